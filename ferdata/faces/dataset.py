@@ -1,0 +1,48 @@
+"""Backends that trust the dataset: its own annotations, or images that already are faces."""
+from __future__ import annotations
+
+import numpy as np
+
+from ferdata.faces.base import BACKENDS, Face, FaceBackend
+from ferdata.geometry import five_from_68, template
+from ferdata.records import FaceRecord
+
+
+@BACKENDS.register("annotations")
+class AnnotationsBackend(FaceBackend):
+    """The dataset's own box and 68 (or 5) landmarks, e.g. AffectNet's CSV or RAF-DB's manual points."""
+
+    name = "annotations"
+    cacheable = False
+
+    def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
+        lmk = record.landmarks
+        if lmk is None:
+            return []
+        lmk = np.asarray(lmk, np.float32)
+        kps5 = five_from_68(lmk) if lmk.shape == (68, 2) else lmk
+        box = record.box or (*lmk.min(0), *lmk.max(0))
+        return [Face(tuple(float(v) for v in box), 1.0, kps5, lmk if lmk.shape == (68, 2) else None)]
+
+    @staticmethod
+    def applies_to(record: FaceRecord) -> bool:
+        return record.landmarks is not None and np.asarray(record.landmarks).shape in ((68, 2), (5, 2))
+
+
+@BACKENDS.register("precropped")
+class PrecroppedBackend(FaceBackend):
+    """The whole image is an aligned face crop (CK+48, RAF-DB aligned, FER2013 48x48).
+
+    The 5 keypoints are the ArcFace template scaled to the image, so alignment
+    reduces to a resize; no 68 landmarks exist unless the dataset gives them.
+    """
+
+    name = "precropped"
+    cacheable = False
+
+    def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
+        h, w = image.shape[:2]
+        kps5 = (template(112) * np.array([w / 112.0, h / 112.0])).astype(np.float32)
+        lmk = record.landmarks
+        lmk68 = np.asarray(lmk, np.float32) if lmk is not None and np.asarray(lmk).shape == (68, 2) else None
+        return [Face((0.0, 0.0, float(w), float(h)), 1.0, kps5, lmk68)]

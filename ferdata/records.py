@@ -1,0 +1,93 @@
+"""Records that flow between readers and stages: one small frozen dataclass per face.
+
+Pixels never travel in records (except for datasets whose images *are* CSV rows,
+e.g. FER2013, where ``pixels`` carries the encoded PNG bytes).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def make_key(*parts: str) -> str:
+    """A WebDataset-safe sample key (no dots, no slashes) built from ``parts``."""
+    return "_".join(_KEY_BAD.sub("-", p).strip("-") for p in parts if p)
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One labelled face as a dataset describes it, before any detection.
+
+    ``box`` is (x0, y0, x1, y1) in source-image pixels; ``landmarks`` is (K, 2)
+    with K in {5, 68} in source-image pixels (68 in iBUG order, 5 in ArcFace order).
+    ``split`` is "" when the dataset has no official split (the shard stage assigns one).
+    """
+
+    dataset: str
+    key: str
+    path: str
+    label: int
+    native_label: str
+    split: str = ""
+    subject: str = ""
+    box: tuple[float, float, float, float] | None = None
+    landmarks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    pixels: bytes | None = field(default=None, compare=False, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if "." in self.key or "/" in self.key:
+            raise ValueError(f"record key {self.key!r} must not contain '.' or '/'")
+        if self.split not in ("",) + SPLITS:
+            raise ValueError(f"record split {self.split!r} not in {SPLITS}")
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A sample that was not kept, and why. Counted by ``reason`` in stage reports."""
+
+    dataset: str
+    key: str
+    reason: str
+    detail: str = ""
+
+
+def record_to_dict(r: FaceRecord) -> dict[str, Any]:
+    """JSON-safe dict of a record (pixels as base64), the form stored in stage tables."""
+    import base64
+
+    return {
+        "dataset": r.dataset, "key": r.key, "path": r.path, "label": r.label,
+        "native_label": r.native_label, "split": r.split, "subject": r.subject,
+        "box": list(r.box) if r.box else None,
+        "landmarks": np.asarray(r.landmarks).round(3).tolist() if r.landmarks is not None else None,
+        "pixels": base64.b64encode(r.pixels).decode("ascii") if r.pixels is not None else None,
+        "extra": dict(r.extra),
+    }
+
+
+def record_from_dict(d: Mapping[str, Any]) -> FaceRecord:
+    import base64
+
+    return FaceRecord(
+        dataset=d["dataset"], key=d["key"], path=d["path"], label=int(d["label"]),
+        native_label=d["native_label"], split=d["split"], subject=d.get("subject", ""),
+        box=tuple(d["box"]) if d.get("box") else None,
+        landmarks=np.asarray(d["landmarks"], np.float32) if d.get("landmarks") is not None else None,
+        pixels=base64.b64decode(d["pixels"]) if d.get("pixels") else None,
+        extra=d.get("extra") or {},
+    )
+
+
+def load_image_bytes(r: FaceRecord) -> bytes:
+    """The record's encoded image: inline pixels or the file's bytes."""
+    if r.pixels is not None:
+        return r.pixels
+    with open(r.path, "rb") as f:
+        return f.read()

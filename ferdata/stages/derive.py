@@ -1,0 +1,75 @@
+"""Derive stage: aligned faces -> landmark heatmap, left + mirrored right halves, region boxes.
+
+Writes only the derived fields (``heatmap.png``, ``left.jpg``, ``right.jpg``,
+``regions.json``) in the aligned chunks' key order; the shard stage joins them.
+All geometry comes from the aligned crop and its landmarks (nothing re-estimated).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ferdata.geometry import split_halves
+from ferdata.heatmap import summed_heatmap_u8
+from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
+from ferdata.parallel import parallel_map
+from ferdata.progress import progress
+from ferdata.regions import fixed_regions, landmark_regions
+from ferdata.report import StageReport
+from ferdata.stages.align import PREFIX as ALIGNED
+from ferdata.tario import TarShardWriter, iter_dir_samples
+
+log = logging.getLogger(__name__)
+PREFIX = "derived"
+
+
+@dataclass(frozen=True)
+class DeriveParams:
+    heatmap_size: int
+    heatmap_sigma: float
+    jpeg_quality: int
+    workers: int
+    chunk_size: int
+
+
+class DeriveWorker:
+    def __init__(self, params: DeriveParams) -> None:
+        self.params = params
+
+    def __call__(self, sample: tuple[str, dict[str, bytes]]) -> tuple[str, dict[str, bytes]]:
+        key, fields = sample
+        face = decode_jpeg_rgb(fields["jpg"])
+        size = face.shape[0]
+        left, right = split_halves(face)
+        hm_size = self.params.heatmap_size
+        regions = {"fixed": fixed_regions(size)}
+        if "lmk.npy" in fields:
+            lmk = np.load(io.BytesIO(fields["lmk.npy"]), allow_pickle=False)
+            heat = summed_heatmap_u8(lmk, hm_size, self.params.heatmap_sigma, stride=size / hm_size)
+            regions["landmarks"] = landmark_regions(lmk, size)
+        else:
+            heat = np.zeros((hm_size, hm_size), np.uint8)
+        q = self.params.jpeg_quality
+        return key, {
+            "heatmap.png": encode_png(heat), "left.jpg": encode_jpeg(left, q), "right.jpg": encode_jpeg(right, q),
+            "regions.json": json.dumps(regions, sort_keys=True).encode(),
+        }
+
+
+def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:
+    out = Path(out_dir)
+    report = StageReport("derive")
+    samples = iter_dir_samples(aligned_dir, ALIGNED)
+    with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
+        for key, fields in progress(parallel_map(DeriveWorker(params), samples, params.workers),
+                                    desc="derive", unit="face"):
+            writer.write(key, fields)
+            report.kept += 1
+    report.write(out / "report.json")
+    log.info("derive: %d samples", report.kept)
+    return report

@@ -1,0 +1,122 @@
+"""Shard stage: join aligned + derived samples, split, shuffle with a seed, write shards.
+
+Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.json``
+(sample count per shard, sha256 per shard, class histogram, label map, params hash).
+Byte-reproducible: the order is a seeded hash permutation and tar metadata is fixed.
+Samples are read by offset from the chunk tars, so memory holds an index, not pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tarfile
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ferdata.classes import CLASSES
+from ferdata.io import atomic_write_text
+from ferdata.progress import progress
+from ferdata.records import SPLITS
+from ferdata.report import StageReport
+from ferdata.stages.align import PREFIX as ALIGNED
+from ferdata.stages.derive import PREFIX as DERIVED
+from ferdata.tario import TarShardWriter, _check_member, split_member
+
+log = logging.getLogger(__name__)
+INFO = "_info.json"
+
+
+@dataclass(frozen=True)
+class ShardParams:
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    maxcount: int
+
+
+Member = tuple[str, int, int]          # (tar path, data offset, size)
+
+
+def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Member]]:
+    """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
+    index: dict[str, dict[str, Member]] = {}
+    for path in sorted(Path(directory).glob(f"{prefix}-*.tar")):
+        with tarfile.open(path, "r:") as tar:
+            for m in tar.getmembers():
+                _check_member(m, str(path))
+                key, ext = split_member(m.name)
+                index.setdefault(key, {})[ext] = (str(path), m.offset_data, m.size)
+    return index
+
+
+def _read(member: Member) -> bytes:
+    path, offset, size = member
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def hash_unit(seed: int, text: str) -> float:
+    """A deterministic pseudo-random number in [0, 1) for (seed, text)."""
+    h = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0 ** 64
+
+
+def assign_split(meta: dict, params: ShardParams, has_official_val: bool) -> str:
+    """Official split when the dataset has one; val carved from train when it has none;
+    otherwise a seeded split by subject (subject-independent) or by key."""
+    unit = hash_unit(params.seed, meta.get("subject") or meta["key"])
+    split = meta["split"]
+    if split == "train" and not has_official_val:
+        return "val" if unit < params.val_fraction else "train"
+    if split:
+        return split
+    if unit < params.test_fraction:
+        return "test"
+    return "val" if unit < params.test_fraction + params.val_fraction else "train"
+
+
+def params_hash(*sections: object) -> str:
+    blob = json.dumps([asdict(s) for s in sections], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardParams, out_dir: str | Path,
+              provenance_hash: str = "") -> StageReport:
+    out = Path(out_dir)
+    report = StageReport("shard")
+    aligned = index_chunks(aligned_dir, ALIGNED)
+    derived = index_chunks(derived_dir, DERIVED)
+    if set(aligned) != set(derived):
+        missing = sorted(set(aligned) ^ set(derived))[:5]
+        raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
+    metas = {k: json.loads(_read(v["json"])) for k, v in aligned.items()}
+    has_val = any(m["split"] == "val" for m in metas.values())
+    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for key, meta in metas.items():
+        by_split[assign_split(meta, params, has_val)].append(key)
+    for split, keys in by_split.items():
+        keys.sort(key=lambda k: (hash_unit(params.seed + 1, k), k))
+        with TarShardWriter(out / split, split, params.maxcount) as writer:
+            for key in progress(keys, desc=f"shard {split}", unit="sample"):
+                fields = {ext: _read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
+                fields["cls"] = str(metas[key]["label"]).encode()
+                writer.write(key, fields)
+        hist = Counter(CLASSES[metas[k]["label"]] for k in keys)
+        info = {
+            "split": split, "num_samples": len(keys),
+            "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
+                       for f in writer.files],
+            "class_histogram": {c: hist.get(c, 0) for c in CLASSES},
+            "label_map": list(CLASSES),
+            "datasets": sorted({metas[k]["dataset"] for k in keys}),
+            "params_hash": params_hash(params), "provenance_hash": provenance_hash,
+        }
+        atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        report.notes[split] = len(keys)
+    report.kept = len(metas)
+    report.write(out / "report.json")
+    log.info("shard: %s", report.notes)
+    return report

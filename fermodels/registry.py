@@ -1,0 +1,76 @@
+"""Model registry and the card every model carries (timm-style ``create_model``).
+
+Contract for every registered model (the trainer, evaluator, exporter and tests
+rely on it):
+
+* ``create_model(name, num_classes=7, **kwargs)`` returns an ``nn.Module`` with a
+  ``card: ModelCard`` attribute.
+* ``forward(batch)`` takes a dict of tensors and returns a dict with at least
+  ``"logits"`` (B, num_classes); it may add named auxiliary outputs (features ...).
+  Batch keys (all float32 unless noted, images normalised with the card's mean/std):
+    - ``image``: (B, 3, S, S) aligned face, S = card.input_size
+    - ``left``/``right``: (B, 3, S, S//2) left half and *mirrored* right half
+    - ``heatmap``: (B, 1, S//4, S//4) summed landmark heatmap in [0, 1]
+    - ``lmk``: (B, 68, 2) landmarks in ``image`` pixel coordinates (iBUG-68 order)
+    - ``label``: (B,) int64 canonical class ids
+  A model reads only the keys listed in ``card.fields``.
+* ``losses(out, batch) -> dict[str, Tensor]`` returns named, already *weighted*
+  scalar losses; the trainer optimises their sum and logs each one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ferdata.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FIELDS = ("image", "left", "right", "heatmap", "lmk")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model needs and where it comes from."""
+
+    name: str
+    input_size: int
+    fields: tuple[str, ...]
+    losses: tuple[str, ...]
+    paper: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        bad = set(self.fields) - set(FIELDS)
+        if bad or "image" not in self.fields:
+            raise ValueError(f"{self.name}: fields {self.fields} must include 'image' and be within {FIELDS}")
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def register_model(name: str) -> Callable:
+    """Register a factory ``fn(num_classes, **kwargs) -> nn.Module`` under ``name``."""
+    return MODELS.register(name)
+
+
+def create_model(name: str, num_classes: int = 7, **kwargs) -> nn.Module:
+    """Build a registered model; the result carries ``.card``."""
+    _import_model_modules()
+    model = MODELS.get(name)(num_classes=num_classes, **kwargs)
+    if not isinstance(getattr(model, "card", None), ModelCard):
+        raise TypeError(f"model {name!r} has no ModelCard in .card")
+    return model
+
+
+def list_models() -> list[str]:
+    _import_model_modules()
+    return MODELS.names()
+
+
+def _import_model_modules() -> None:
+    import fermodels.models  # noqa: F401  (registers every model family)

@@ -1,0 +1,1 @@
+"""DVC stage entry points: read params.yaml, make one library call, write outputs."""

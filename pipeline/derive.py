@@ -1,0 +1,7 @@
+"""Stage `derive@<dataset>`.  Usage: python -m pipeline.derive ALIGNED_DIR OUT_DIR"""
+from ferdata.params import section
+from ferdata.stages.derive import DeriveParams, run_derive
+from pipeline._args import setup
+
+params, (aligned_dir, out) = setup()
+run_derive(aligned_dir, section(DeriveParams, params["derive"], "derive"), out)

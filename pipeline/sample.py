@@ -1,0 +1,8 @@
+"""Stage `sample`: generate the bundled smoke-test dataset.  Usage: python -m pipeline.sample OUT_DIR"""
+from pathlib import Path
+
+from ferdata.sample import make_affectnet_sample
+from pipeline._args import setup
+
+params, (out,) = setup()
+make_affectnet_sample(Path(out), **params["sample"])
