@@ -158,7 +158,7 @@ def train(shard_dir: str | Path, params: TrainParams, ckpt_dir: str | Path, live
                 n = len(batch["label"])
                 seen += n
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * n
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             elapsed = time.perf_counter() - t0
             val = evaluate_split(model, shard_dir, "val", card, device, params)
             for k, v in sums.items():
