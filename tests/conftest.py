@@ -1,0 +1,23 @@
+"""Suite-wide test policy: no network (an accidental download must fail loudly)."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host.startswith("127.") or host in ("localhost", "::1")) or \
+            self.family == socket.AF_UNIX:
+        return _real_connect(self, address)
+    raise OSError(f"network access blocked in tests (tried {address!r})")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

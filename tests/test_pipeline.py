@@ -1,0 +1,62 @@
+"""The whole pipeline through the library (no `dvc` subprocess), on a handful of sample images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ferdata.params import load_params, section
+from ferdata.prepare import prepare, stage_dirs
+from ferdata.sample import make_affectnet_sample
+from ferdata.verify import verify_shards
+from fermodels.evaluate import EvalParams, evaluate
+from fermodels.train import TrainParams, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_params(tmp_path: Path) -> dict:
+    params = load_params(REPO / "params.yaml")
+    params["datasets"] = {"tiny": {"reader": "affectnet", "root": str(tmp_path / "raw"),
+                                   "options": {"protocol": "affectnet7"}}}
+    params["sample"].update(per_class=3)
+    params["detect"].update(cache_dir=str(tmp_path / "cache"), workers=1)
+    params["align"].update(workers=1)
+    params["derive"].update(workers=1)
+    params["shard"].update(maxcount=4)
+    train = {k: v for k, v in params["train"].items() if k != "dataset"}
+    train.update(epochs=1, batch_size=4, workers=0, shuffle_buffer=8)
+    params["train"] = train
+    params["evaluate"] = {k: v for k, v in params["evaluate"].items() if k != "dataset"} | {"workers": 0}
+    return params
+
+
+def test_sample_to_metrics(tmp_path):
+    params = small_params(tmp_path)
+    make_affectnet_sample(tmp_path / "raw", **params["sample"])
+    reports = prepare("tiny", params, tmp_path / "data")
+    n_records = 3 * len(params["sample"]["classes"])
+    detect = reports["detect"]
+    assert detect["kept"] + detect["dropped_total"] == n_records
+    assert detect["kept"] >= n_records - 2, detect["dropped"]          # the real detector finds the faces
+    assert reports["align"]["kept"] == detect["kept"] == reports["shard"]["kept"]
+
+    shards = stage_dirs(tmp_path / "data", "tiny")["shards"]
+    infos = {s: json.loads((shards / s / "_info.json").read_text()) for s in ("train", "val", "test")}
+    assert sum(i["num_samples"] for i in infos.values()) == detect["kept"]
+    assert infos["test"]["num_samples"] > 0 and infos["val"]["num_samples"] > 0
+    assert verify_shards(shards) == []
+
+    best = train(shards, section(TrainParams, params["train"], "train"), tmp_path / "ckpt", tmp_path / "live")
+    assert best["epoch"] == 0
+    assert (tmp_path / "ckpt" / "best.pt").is_file()
+    assert json.loads((tmp_path / "live" / "metrics.json").read_text())["val"]["accuracy"] >= 0
+
+    metrics = evaluate(tmp_path / "ckpt" / "best.pt", shards, section(EvalParams, params["evaluate"], "evaluate"),
+                       tmp_path / "eval")
+    assert metrics["num_samples"] == infos["test"]["num_samples"]
+    for k in ("accuracy", "mean_class_accuracy", "macro_f1"):
+        assert 0.0 <= metrics[k] <= 1.0
+    rows = json.loads((tmp_path / "eval" / "confusion.json").read_text())
+    assert len(rows) == metrics["num_samples"]
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+    assert metrics["batch_composition"]["independent_of_batch"]
