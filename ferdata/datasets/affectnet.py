@@ -1,0 +1,204 @@
+"""AffectNet in both published layouts, detected from the files on disk.
+
+Official (``layout: csv``): ``Manually_Annotated_Images/`` + ``training.csv`` /
+``validation.csv`` with columns subDirectory_filePath, face_x, face_y, face_width,
+face_height, facial_landmarks (136 ';'-separated floats, iBUG-68 x1;y1;...),
+expression (0-10), valence, arousal.
+
+Re-packaged "March 2021" / "4 GB" (``layout: npy``): ``train_set|val_set/images/<i>.jpg``
++ ``annotations/<i>_exp.npy, <i>_val.npy, <i>_aro.npy, <i>_lnd.npy``. Images are
+face crops, so there is no box; ``_lnd`` holds 136 landmark values (verified here).
+
+In both, labels 8-10 (None, Uncertain, No-Face) are dropped and counted, protocol
+``affectnet7`` also drops 7 (Contempt), valence/arousal go to ``record.extra`` and
+the official validation set is the test set (there are no public test labels).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ferdata.classes import to_canonical
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.records import Dropped, FaceRecord, make_key
+
+COLUMNS = (
+    "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+    "facial_landmarks", "expression", "valence", "arousal",
+)
+IMAGES = "Manually_Annotated_Images"
+LISTS = {"train": "training.csv", "test": "validation.csv"}
+LIST_DIRS = ("Manually_Annotated_file_lists", ".")
+NPY_SPLITS = {"train": "train_set", "test": "val_set"}
+PROTOCOLS = {"affectnet7": 7, "affectnet8": 8}
+LAYOUTS = ("auto", "csv", "npy")
+
+
+def label_problem(native: int, num_classes: int) -> str:
+    """The drop reason for AffectNet label ``native`` under a protocol, or "" if it is kept."""
+    if native in (8, 9, 10):
+        return f"label_{['none', 'uncertain', 'no_face'][native - 8]}"
+    if native == 7 and num_classes == 7:
+        return "label_contempt_excluded"
+    if not 0 <= native < num_classes:
+        return "bad_label"
+    return ""
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """``np.load`` without pickles; any unreadable file becomes ``ValueError`` (a drop, not a crash)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as err:
+        raise ValueError(f"{path.name}: unreadable .npy ({err})") from err
+
+
+def npy_scalar(path: Path) -> float:
+    """The single number in a re-packaged ``.npy`` (stored as a string or a number)."""
+    arr = load_npy(path)
+    if arr.size != 1:
+        raise ValueError(f"{path.name}: {arr.size} values, expected 1")
+    return float(str(arr.reshape(-1)[0]))
+
+
+@READERS.register("affectnet")
+class AffectNetReader(DatasetReader):
+    """Both AffectNet layouts; ``protocol`` affectnet7 or affectnet8."""
+
+    name = "affectnet"
+    expects = (
+        "Manually_Annotated_Images/<dir>/<file>.jpg + training.csv, validation.csv "
+        "(at the root or in Manually_Annotated_file_lists/), "
+        "or train_set|val_set/{images/<i>.jpg, annotations/<i>_exp.npy}"
+    )
+    option_defaults = {"protocol": "affectnet8", "layout": "auto"}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        num_classes = PROTOCOLS.get(self.options["protocol"])
+        if num_classes is None:
+            raise ValueError(f"affectnet: protocol must be affectnet7 or affectnet8, got {self.options['protocol']!r}")
+        if self._layout() == "npy":
+            for split, folder in NPY_SPLITS.items():
+                yield from self._read_npy(self.root / folder, split, num_classes)
+        else:
+            for split, csv_path in self._lists().items():
+                yield from self._read_csv(csv_path, split, num_classes)
+
+    def _layout(self) -> str:
+        layout = self.options["layout"]
+        if layout not in LAYOUTS:
+            raise ValueError(f"affectnet: layout must be one of {LAYOUTS}, got {layout!r}")
+        if layout != "auto":
+            return layout
+        has_npy = any((self.root / d / "annotations").is_dir() for d in NPY_SPLITS.values())
+        has_csv = (self.root / IMAGES).is_dir()
+        if has_npy and has_csv:
+            raise ValueError(f"affectnet: {self.root} holds both layouts; set options.layout to csv or npy")
+        return "npy" if has_npy else "csv"
+
+    # ---- official CSV layout -----------------------------------------------------------
+
+    def _lists(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        for split, fname in LISTS.items():
+            for d in LIST_DIRS:
+                if (self.root / d / fname).is_file():
+                    found[split] = self.root / d / fname
+                    break
+        if not (self.root / IMAGES).is_dir() or len(found) != len(LISTS):
+            raise DatasetLayoutError(
+                self.name, self.root,
+                [f"{IMAGES}/", *LISTS.values(), "(or train_set/ val_set/ with images/ and annotations/)"],
+            )
+        return found
+
+    def _read_csv(self, csv_path: Path, split: str, num_classes: int) -> Iterator[FaceRecord | Dropped]:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = tuple(h.strip() for h in next(reader, ()))
+            if header != COLUMNS:
+                raise ValueError(f"{csv_path}: header {header} is not AffectNet's {COLUMNS}")
+            for lineno, row in enumerate(reader, start=2):
+                yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}")
+
+    def _parse(self, row: list[str], split: str, num_classes: int, where: str) -> FaceRecord | Dropped:
+        rel = row[0].strip() if row else ""
+        key = make_key(split, Path(rel).with_suffix("").as_posix().replace("/", "_")) or where
+        if len(row) != len(COLUMNS):
+            return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns")
+        try:
+            native = int(float(row[6]))
+        except ValueError:
+            return Dropped(self.name, key, "bad_label", f"{where}: expression {row[6]!r}")
+        problem = label_problem(native, num_classes)
+        if problem:
+            return Dropped(self.name, key, problem, f"{where}: expression {native}")
+        try:
+            x, y, w, h = (float(v) for v in row[1:5])
+            lmk = np.array([float(v) for v in row[5].split(";")], dtype=np.float32).reshape(68, 2)
+        except ValueError:
+            return Dropped(self.name, key, "bad_landmarks", f"{where}: box or 136 landmarks unreadable")
+        path = self.root / IMAGES / rel
+        if not path.is_file():
+            return Dropped(self.name, key, "missing_image", str(path))
+        extra = {}
+        for name, v in (("valence", row[7]), ("arousal", row[8])):
+            try:
+                extra[name] = float(v)
+            except ValueError:
+                pass
+        return FaceRecord(
+            dataset=self.name, key=key, path=str(path), label=to_canonical("affectnet", native),
+            native_label=str(native), split=split, box=(x, y, x + w, y + h), landmarks=lmk, extra=extra,
+        )
+
+    # ---- re-packaged npy layout --------------------------------------------------------
+
+    def _read_npy(self, folder: Path, split: str, num_classes: int) -> Iterator[FaceRecord | Dropped]:
+        if not (folder / "images").is_dir() or not (folder / "annotations").is_dir():
+            raise DatasetLayoutError(
+                self.name, self.root, [f"{d}/images/, {d}/annotations/" for d in NPY_SPLITS.values()]
+            )
+        ids = sorted((p.name[: -len("_exp.npy")] for p in (folder / "annotations").glob("*_exp.npy")),
+                     key=lambda i: (len(i), i))
+        for image_id in ids:
+            yield self._parse_npy(folder, image_id, split, num_classes)
+
+    def _parse_npy(self, folder: Path, image_id: str, split: str, num_classes: int) -> FaceRecord | Dropped:
+        key = make_key(split, image_id)
+        anno = folder / "annotations"
+        try:
+            native = int(npy_scalar(anno / f"{image_id}_exp.npy"))
+        except ValueError as err:
+            return Dropped(self.name, key, "bad_label", str(err))
+        problem = label_problem(native, num_classes)
+        if problem:
+            return Dropped(self.name, key, problem, f"{folder.name}/{image_id}: expression {native}")
+        path = next((p for p in (folder / "images" / f"{image_id}{ext}" for ext in (".jpg", ".png")) if p.is_file()),
+                    None)
+        if path is None:
+            return Dropped(self.name, key, "missing_image", str(folder / "images" / f"{image_id}.jpg"))
+        lmk = None
+        if (anno / f"{image_id}_lnd.npy").is_file():
+            try:
+                values = load_npy(anno / f"{image_id}_lnd.npy").astype(np.float32).reshape(-1)
+            except ValueError as err:
+                return Dropped(self.name, key, "bad_landmarks", f"{image_id}_lnd.npy: {err}")
+            if values.size != 136 or not np.all(np.isfinite(values)):
+                detail = f"{image_id}_lnd.npy: {values.size} values, expected 136"
+                return Dropped(self.name, key, "bad_landmarks", detail)
+            lmk = values.reshape(68, 2)
+        extra = {}
+        for name, suffix in (("valence", "_val.npy"), ("arousal", "_aro.npy")):
+            if (anno / f"{image_id}{suffix}").is_file():
+                try:
+                    extra[name] = npy_scalar(anno / f"{image_id}{suffix}")
+                except ValueError:
+                    pass
+        return FaceRecord(
+            dataset=self.name, key=key, path=str(path), label=to_canonical("affectnet", native),
+            native_label=str(native), split=split, landmarks=lmk, extra=extra,
+        )

@@ -1,0 +1,143 @@
+"""CK+ (Extended Cohn-Kanade): image sequences from neutral onset to peak expression.
+
+Layout: ``cohn-kanade-images/S005/001/S005_001_00000011.png``, the label in
+``Emotion/S005/001/S005_001_00000011_emotion.txt`` (one float such as
+``3.0000000e+00``, next to the peak frame; only 327 of 593 sequences have one) and
+optional ``Landmarks/.../<frame>_landmarks.txt`` (68 ``x y`` lines per frame).
+
+The common static protocol keeps the last ``frames`` (3) frames up to the peak of
+every labelled sequence (981 images) and can add the first ``neutral_frames`` frames
+as Neutral. Sequences without a label are dropped (one ``no_emotion_label`` item
+each). There is no official split; folds must be subject-independent
+(``ferdata.splits.assign_splits(..., by="subject", folds=10)``).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from ferdata.classes import NEUTRAL, to_canonical
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.folder import IMAGE_EXTS, subdirs
+from ferdata.records import Dropped, FaceRecord, make_key
+
+log = logging.getLogger(__name__)
+
+IMAGE_DIRS = ("cohn-kanade-images", "extended-cohn-kanade-images/cohn-kanade-images", "CK+/cohn-kanade-images")
+EMOTION_DIRS = ("Emotion", "Emotion_labels/Emotion", "Emotion_labels")
+LANDMARK_DIRS = ("Landmarks", "Landmarks/Landmarks")
+FRAME = re.compile(r"_(\d+)$")
+
+
+def _first_dir(root: Path, candidates: tuple[str, ...]) -> Path | None:
+    """The first candidate folder that holds subject folders (``S###``)."""
+    for rel in candidates:
+        d = root / rel
+        if d.is_dir() and any(p.name[:1] in "Ss" for p in subdirs(d)):
+            return d
+    return None
+
+
+def _frame_number(path: Path) -> int:
+    m = FRAME.search(path.stem)
+    if m is None:
+        raise ValueError(f"{path.name}: no frame number")
+    return int(m.group(1))
+
+
+def read_landmarks(path: Path) -> np.ndarray:
+    """A CK+ ``*_landmarks.txt`` file as float32 (68, 2); ``ValueError`` if malformed."""
+    values = np.array(path.read_text().split(), dtype=np.float32)
+    if values.size != 136 or not np.all(np.isfinite(values)):
+        raise ValueError(f"{path.name}: {values.size} values, expected 136")
+    return values.reshape(68, 2)
+
+
+@READERS.register("ckplus")
+class CKPlusReader(DatasetReader):
+    """Last ``frames`` frames of each labelled sequence, optionally ``neutral_frames`` onset frames."""
+
+    name = "ckplus"
+    expects = (
+        "cohn-kanade-images/S###/###/*.png + Emotion/S###/###/*_emotion.txt "
+        "(+ optional Landmarks/S###/###/*_landmarks.txt)"
+    )
+    option_defaults: Mapping[str, object] = {"frames": 3, "neutral_frames": 0}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        frames, neutral = int(self.options["frames"]), int(self.options["neutral_frames"])
+        if frames < 1 or neutral < 0:
+            raise ValueError(f"{self.name}: frames must be >= 1 and neutral_frames >= 0, got {frames}, {neutral}")
+        images = _first_dir(self.root, IMAGE_DIRS)
+        emotions = _first_dir(self.root, EMOTION_DIRS)
+        if images is None or emotions is None:
+            raise DatasetLayoutError(self.name, self.root, ["cohn-kanade-images/S###/", "Emotion/S###/"])
+        landmarks = _first_dir(self.root, LANDMARK_DIRS)
+        if landmarks is None:
+            log.info("%s: no Landmarks/ folder; records carry no landmarks", self.name)
+        for subject_dir in subdirs(images):
+            for seq_dir in subdirs(subject_dir):
+                yield from self._sequence(seq_dir, emotions, landmarks, frames, neutral)
+
+    def _sequence(
+        self, seq_dir: Path, emotions: Path, landmarks: Path | None, frames: int, neutral: int
+    ) -> Iterator[FaceRecord | Dropped]:
+        subject, seq = seq_dir.parent.name, seq_dir.name
+        seq_key = make_key(subject, seq)
+        label_files = sorted((emotions / subject / seq).glob("*_emotion.txt"))
+        if not label_files:
+            yield Dropped(self.name, seq_key, "no_emotion_label", f"{subject}/{seq}")
+            return
+        if len(label_files) > 1:
+            yield Dropped(self.name, seq_key, "ambiguous_label", ", ".join(p.name for p in label_files))
+            return
+        try:
+            native = int(float(label_files[0].read_text().strip()))
+            label = to_canonical("ckplus", native)
+        except ValueError as err:
+            yield Dropped(self.name, seq_key, "bad_label", f"{label_files[0].name}: {err}")
+            return
+        peak_stem = label_files[0].name[: -len("_emotion.txt")]
+        try:
+            peak = _frame_number(Path(peak_stem))
+            images = sorted(
+                (p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")),
+                key=_frame_number,
+            )
+        except ValueError as err:
+            yield Dropped(self.name, seq_key, "bad_filename", str(err))
+            return
+        upto = [p for p in images if _frame_number(p) <= peak]
+        if not upto or _frame_number(upto[-1]) != peak:
+            yield Dropped(self.name, seq_key, "missing_image", f"peak frame {peak_stem} not in {seq_dir}")
+            return
+        chosen = upto[-frames:]
+        onset = [p for p in upto[:neutral] if p not in chosen]
+        for path, cid, native_label, role in (
+            [(p, NEUTRAL, "0", "onset") for p in onset] + [(p, label, str(native), "peak") for p in chosen]
+        ):
+            yield self._record(path, cid, native_label, role, subject, seq, landmarks)
+
+    def _record(
+        self, path: Path, label: int, native: str, role: str, subject: str, seq: str, landmarks: Path | None
+    ) -> FaceRecord | Dropped:
+        key = make_key(path.stem)
+        lmk = None
+        if landmarks is not None:
+            lmk_path = landmarks / subject / seq / f"{path.stem}_landmarks.txt"
+            if lmk_path.is_file():
+                try:
+                    lmk = read_landmarks(lmk_path)
+                except ValueError as err:
+                    return Dropped(self.name, key, "bad_landmarks", str(err))
+            else:
+                log.debug("%s: no landmarks file %s", self.name, lmk_path)
+        return FaceRecord(
+            dataset=self.name, key=key, path=str(path), label=label, native_label=native,
+            subject=subject, landmarks=lmk,
+            extra={"sequence": f"{subject}_{seq}", "frame": _frame_number(path), "role": role},
+        )

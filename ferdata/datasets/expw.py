@@ -1,0 +1,70 @@
+"""ExpW (Expression in-the-Wild): ``image/origin/<name>.jpg`` + ``label/label.lst``.
+
+One face per line: ``image_name face_id top left right bottom confidence label``
+(space-separated; note the **top, left, right, bottom** order). Labels use the
+FER2013 order (0 angry .. 6 neutral). Many images hold several faces, so the key is
+``<image stem>_<face id>``. There is no official split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from ferdata.classes import to_canonical
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.records import Dropped, FaceRecord, make_key
+
+LABEL_FILES = ("label/label.lst", "label.lst")
+IMAGE_DIRS = ("image/origin", "origin", "image")
+
+
+@READERS.register("expw")
+class ExpWReader(DatasetReader):
+    """One record per labelled face; the box is converted to (x0, y0, x1, y1)."""
+
+    name = "expw"
+    expects = "label/label.lst (name face_id top left right bottom confidence label) + image/origin/<name>.jpg"
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        label_file, image_dir = self._layout()
+        exists: dict[str, bool] = {}   # consecutive lines share images; remember the last few lookups
+        with open(label_file, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    yield self._parse(line.split(), f"{label_file.name}:{lineno}", image_dir, exists)
+
+    def _layout(self) -> tuple[Path, Path]:
+        label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
+        image_dir = next((self.root / p for p in IMAGE_DIRS if (self.root / p).is_dir()), None)
+        if label_file is None or image_dir is None:
+            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[0]}/"])
+        return label_file, image_dir
+
+    def _parse(self, fields: list[str], where: str, image_dir: Path, exists: dict[str, bool]) -> FaceRecord | Dropped:
+        key = make_key(Path(fields[0]).stem, *fields[1:2])
+        if len(fields) != 8:
+            return Dropped(self.name, key, "malformed_row", f"{where}: {len(fields)} fields, expected 8")
+        name, face_id = fields[0], fields[1]
+        try:
+            top, left, right, bottom, confidence = (float(v) for v in fields[2:7])
+        except ValueError:
+            return Dropped(self.name, key, "bad_box", f"{where}: {' '.join(fields[2:7])}")
+        if not (right > left and bottom > top):
+            return Dropped(self.name, key, "bad_box", f"{where}: top={top} left={left} right={right} bottom={bottom}")
+        try:
+            native = int(fields[7])
+            label = to_canonical("expw", native)
+        except ValueError:
+            return Dropped(self.name, key, "bad_label", f"{where}: label {fields[7]!r} not in 0..6")
+        path = image_dir / name
+        if name not in exists:
+            if len(exists) > 64:
+                exists.clear()
+            exists[name] = path.is_file()
+        if not exists[name]:
+            return Dropped(self.name, key, "missing_image", str(path))
+        return FaceRecord(
+            dataset=self.name, key=key, path=str(path), label=label, native_label=str(native),
+            box=(left, top, right, bottom), extra={"face_id": int(face_id) if face_id.isdigit() else face_id,
+                                                   "confidence": confidence},
+        )

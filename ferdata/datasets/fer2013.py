@@ -1,0 +1,268 @@
+"""FER2013 (``fer2013.csv`` / Kaggle ``icml_face_data.csv``) and FERPlus (``fer2013new.csv``).
+
+FER2013 rows are ``emotion,pixels,Usage`` with 2,304 space-separated grey values
+(48x48) and labels 0 Angry .. 6 Neutral; ``icml_face_data.csv`` has the columns as
+``emotion, Usage, pixels`` with leading spaces, so columns are found by stripped,
+lower-cased name. Pixels travel as PNG bytes in ``record.pixels`` (path ""). Usage
+gives the official split: Training -> train, PublicTest -> val, PrivateTest -> test.
+
+FERPlus re-labels the same rows with 10 crowd votes (neutral, happiness, surprise,
+sadness, anger, disgust, fear, contempt, unknown, NF). It is joined to FER2013
+strictly by row position, never by the number in the image name, and rows with an
+empty ``Image name`` are dropped with a reason, exactly like Microsoft's
+``generate_training_data.py``. The converted layout that script writes
+(``FER2013Train|Valid|Test/label.csv`` + PNGs) is read too. Label modes follow
+``FERPlus/src/ferplus.py`` (see :func:`ferplus_distribution`); val and test always
+use ``majority``, as the authors do.
+"""
+from __future__ import annotations
+
+import csv
+from itertools import zip_longest
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.io import encode_png
+from ferdata.records import Dropped, FaceRecord, make_key
+
+USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
+FER_CSVS = ("fer2013.csv", "fer2013/fer2013.csv", "icml_face_data.csv")
+FERPLUS_CSVS = ("fer2013new.csv", "FERPlus/fer2013new.csv")
+FERPLUS_DIRS = {"train": "FER2013Train", "val": "FER2013Valid", "test": "FER2013Test"}
+VOTE_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "nf")
+LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
+
+
+class FERPlusUnlabelled(ValueError):
+    """The votes give no usable label; ``reason`` is the drop reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def ferplus_distribution(votes: Sequence[float], mode: str) -> np.ndarray:
+    """The FERPlus authors' target for 10 vote counts, as 8 floats in FERPlus order.
+
+    Single votes are zeroed first (outlier removal). ``majority``: one-hot on the top
+    emotion if it has more than half the remaining votes. ``probability`` /
+    ``crossentropy``: the top emotions (ties taken together, at most 3) until 75 % of
+    the votes are covered; discarded if 50 % or less are covered or unknown/NF ties
+    first. ``multi_target``: every emotion with at least 30 % of the votes. The trainer
+    samples (probability) or flattens (multi_target) this distribution, as in the paper.
+    Raises :class:`FERPlusUnlabelled` (no_majority, no_agreement, label_unknown, not_face).
+    """
+    raw = [0.0 if v < 1.0 + 1e-9 else float(v) for v in votes]
+    total = sum(raw)
+    emotion = [0.0] * len(raw)
+    if mode == "majority":
+        top = max(raw)
+        if not top > 0.5 * total:
+            raise FERPlusUnlabelled("no_majority")
+        emotion[raw.index(top)] = top
+    elif mode in ("probability", "crossentropy"):
+        covered, count, valid = 0.0, 0, True
+        while covered < 0.75 * total and count < 3 and valid:
+            top = max(raw)
+            for i, v in enumerate(raw):
+                if v == top:
+                    emotion[i], raw[i] = top, 0.0
+                    covered += top
+                    count += 1
+                    if i >= 8:          # unknown or NF ties with the current maximum
+                        valid = False
+                        if sum(emotion) > top:
+                            emotion[i] = 0.0
+                            count -= 1
+                        break
+        if sum(emotion) <= 0.5 * total or count > 3:
+            raise FERPlusUnlabelled("no_agreement")
+    elif mode == "multi_target":
+        emotion = [v if v >= 0.3 * total else 0.0 for v in raw]
+        if sum(emotion) <= 0.5 * total:
+            raise FERPlusUnlabelled("no_agreement")
+    else:
+        raise ValueError(f"ferplus: label_mode must be one of {LABEL_MODES}, got {mode!r}")
+    top_index = int(np.argmax(emotion))
+    if top_index == 8:
+        raise FERPlusUnlabelled("label_unknown")
+    if top_index == 9:
+        raise FERPlusUnlabelled("not_face")
+    dist = np.asarray(emotion[:8], dtype=np.float64)
+    return dist / dist.sum()
+
+
+def to_canonical_order(dist: np.ndarray) -> list[float]:
+    """FERPlus-order distribution -> canonical-order list of 8 floats."""
+    out = [0.0] * 8
+    for native, canonical in enumerate(NATIVE_TO_CANONICAL["ferplus"]):
+        out[canonical] = float(dist[native])
+    return out
+
+
+def pixels_to_png(text: str) -> bytes:
+    """2,304 space-separated grey values -> 48x48 PNG bytes; ``ValueError`` if malformed."""
+    values = np.array(text.split(), dtype=np.int64)
+    if values.size != 48 * 48 or values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{values.size} values, expected 2304 in 0..255")
+    return encode_png(values.astype(np.uint8).reshape(48, 48))
+
+
+def find_file(root: Path, candidates: Sequence[str], override: str = "") -> Path | None:
+    """``override`` (relative to ``root`` or absolute) if given, else the first existing candidate."""
+    if override:
+        p = Path(override).expanduser()
+        p = p if p.is_absolute() else root / p
+        return p if p.is_file() else None
+    return next((root / c for c in candidates if (root / c).is_file()), None)
+
+
+def fer_rows(csv_path: Path) -> Iterator[tuple[int, str, str, str]]:
+    """``(row index, emotion, pixels, usage)`` for every data row, whatever the column order."""
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader, [])]
+        missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
+        if missing:
+            raise ValueError(f"{csv_path}: header {header} lacks {missing}; expected emotion,pixels,Usage")
+        ie, ip, iu = header.index("emotion"), header.index("pixels"), header.index("usage")
+        for idx, row in enumerate(r for r in reader if r):   # blank lines are not rows in either file
+            yield idx, _cell(row, ie), _cell(row, ip), _cell(row, iu)
+
+
+def _cell(row: list[str], i: int) -> str:
+    return row[i].strip() if i < len(row) else ""
+
+
+@READERS.register("fer2013")
+class FER2013Reader(DatasetReader):
+    """FER2013 CSV rows; keys are the 0-based data-row index (``00000``)."""
+
+    name = "fer2013"
+    expects = "fer2013.csv (emotion,pixels,Usage) or icml_face_data.csv (emotion, Usage, pixels)"
+    option_defaults: Mapping[str, object] = {"csv": ""}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        csv_path = find_file(self.root, FER_CSVS, str(self.options["csv"]))
+        if csv_path is None:
+            raise DatasetLayoutError(self.name, self.root, [str(self.options["csv"]) or ", ".join(FER_CSVS)])
+        for idx, emotion, pixels, usage in fer_rows(csv_path):
+            yield self._parse(idx, emotion, pixels, usage)
+
+    def _parse(self, idx: int, emotion: str, pixels: str, usage: str) -> FaceRecord | Dropped:
+        key = f"{idx:05d}"
+        split = USAGE.get(usage.lower())
+        if split is None:
+            return Dropped(self.name, key, "bad_split", f"row {idx}: Usage {usage!r}")
+        try:
+            label = to_canonical("fer2013", int(emotion))
+        except ValueError:
+            return Dropped(self.name, key, "bad_label", f"row {idx}: emotion {emotion!r} not in 0..6")
+        try:
+            png = pixels_to_png(pixels)
+        except ValueError as err:
+            return Dropped(self.name, key, "bad_pixels", f"row {idx}: {err}")
+        return FaceRecord(dataset=self.name, key=key, path="", label=label, native_label=emotion,
+                          split=split, pixels=png)
+
+
+@READERS.register("ferplus")
+class FERPlusReader(DatasetReader):
+    """FERPlus votes joined to FER2013 by row position, or the official converted folders."""
+
+    name = "ferplus"
+    expects = (
+        "fer2013new.csv + fer2013.csv (or icml_face_data.csv), or FER2013Train|Valid|Test/label.csv + PNGs"
+    )
+    option_defaults: Mapping[str, object] = {"label_mode": "majority", "fer2013_csv": ""}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        mode = str(self.options["label_mode"])
+        if mode not in LABEL_MODES:
+            raise ValueError(f"{self.name}: label_mode must be one of {LABEL_MODES}, got {mode!r}")
+        new_csv = find_file(self.root, FERPLUS_CSVS)
+        if new_csv is not None:
+            fer_csv = find_file(self.root, FER_CSVS, str(self.options["fer2013_csv"]))
+            if fer_csv is None:
+                raise DatasetLayoutError(self.name, self.root, [new_csv.name, "fer2013.csv (or options.fer2013_csv)"])
+            yield from self._read_csvs(new_csv, fer_csv, mode)
+        elif all((self.root / d / "label.csv").is_file() for d in FERPLUS_DIRS.values()):
+            yield from self._read_folders(mode)
+        else:
+            raise DatasetLayoutError(
+                self.name, self.root, ["fer2013new.csv + fer2013.csv", "or FER2013Train/ FER2013Valid/ FER2013Test/"]
+            )
+
+    def _read_csvs(self, new_csv: Path, fer_csv: Path, mode: str) -> Iterator[FaceRecord | Dropped]:
+        with open(new_csv, newline="", encoding="utf-8") as f:
+            plus = csv.reader(f)
+            header = [h.strip().lower() for h in next(plus, [])]
+            if header[:2] != ["usage", "image name"] or tuple(header[2:12]) != VOTE_COLUMNS:
+                expected = "Usage,Image name," + ",".join(VOTE_COLUMNS)
+                raise ValueError(f"{new_csv}: header {header} is not FERPlus's {expected}")
+            for plus_row, fer_row in zip_longest((r for r in plus if r), fer_rows(fer_csv)):
+                if plus_row is None or fer_row is None:
+                    raise ValueError(
+                        f"{new_csv.name} and {fer_csv.name} have different row counts; they must be "
+                        "the same release (FERPlus joins FER2013 by row position)"
+                    )
+                yield self._join(plus_row, fer_row, mode)
+
+    def _join(self, plus_row: list[str], fer_row: tuple[int, str, str, str], mode: str) -> FaceRecord | Dropped:
+        idx, _, pixels, fer_usage = fer_row
+        name = plus_row[1].strip() if len(plus_row) > 1 else ""
+        key = make_key(Path(name).stem) if name else f"row{idx:05d}"
+        if not name:
+            return Dropped(self.name, key, "no_image_name", f"row {idx}: empty Image name (not a face)")
+        split = USAGE.get(fer_usage.lower())
+        if split is None:
+            return Dropped(self.name, key, "bad_split", f"row {idx}: FER2013 Usage {fer_usage!r}")
+        if plus_row[0].strip().lower() != fer_usage.lower():
+            return Dropped(self.name, key, "usage_mismatch", f"row {idx}: {plus_row[0]!r} vs FER2013 {fer_usage!r}")
+        try:
+            png = pixels_to_png(pixels)
+        except ValueError as err:
+            return Dropped(self.name, key, "bad_pixels", f"row {idx}: {err}")
+        return self._record(key, plus_row[2:], split, mode, path="", pixels=png)
+
+    def _read_folders(self, mode: str) -> Iterator[FaceRecord | Dropped]:
+        for split, folder in FERPLUS_DIRS.items():
+            with open(self.root / folder / "label.csv", newline="", encoding="utf-8") as f:
+                for lineno, row in enumerate(csv.reader(f), start=1):
+                    if not row:
+                        continue
+                    if not row[0].strip():
+                        where = f"{folder}/label.csv:{lineno}"
+                        yield Dropped(self.name, f"{split}-line{lineno}", "no_image_name", where)
+                        continue
+                    key = make_key(Path(row[0].strip()).stem)
+                    path = self.root / folder / row[0].strip()
+                    if not path.is_file():
+                        yield Dropped(self.name, key, "missing_image", str(path))
+                    else:
+                        yield self._record(key, row[1:], split, mode, path=str(path), pixels=None)
+
+    def _record(
+        self, key: str, vote_cells: list[str], split: str, mode: str, path: str, pixels: bytes | None
+    ) -> FaceRecord | Dropped:
+        try:
+            votes = [int(float(v)) for v in vote_cells]
+            if len(votes) != 10 or min(votes) < 0:
+                raise ValueError(f"{len(votes)} vote counts")
+        except ValueError as err:
+            return Dropped(self.name, key, "bad_votes", f"{vote_cells}: {err}")
+        try:
+            dist = ferplus_distribution(votes, mode if split == "train" else "majority")
+        except FERPlusUnlabelled as err:
+            return Dropped(self.name, key, err.reason, f"votes {votes}")
+        native = int(np.argmax(dist))
+        return FaceRecord(
+            dataset=self.name, key=key, path=path, label=to_canonical("ferplus", native),
+            native_label=VOTE_COLUMNS[native], split=split, pixels=pixels,
+            extra={"soft_label": to_canonical_order(dist), "votes": votes,
+                   "label_mode": mode if split == "train" else "majority"},
+        )

@@ -1,0 +1,115 @@
+"""Any folder of labelled images: ``<root>/[<split>/]<class>/**/<image>``.
+
+Class folder names map to canonical ids through ``ferdata.classes`` synonyms
+(case-insensitive) or an explicit ``mapping`` option; an unknown folder name is an
+error that lists every unknown name, because guessing (or sorting folder names, as
+torchvision's ImageFolder does) silently scrambles labels. Optional split folders
+(train/val/test and common spellings) give the official split.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from ferdata.classes import CLASSES, resolve_names
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.records import Dropped, FaceRecord, make_key
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
+SPLIT_DIRS: Mapping[str, str] = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}
+
+
+def subdirs(folder: Path) -> list[Path]:
+    """Visible sub-folders of ``folder``, sorted by name (hidden ones like ``.DS_Store`` skipped)."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted by relative path for a stable order."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def read_class_tree(
+    dataset: str,
+    split_dirs: Mapping[str, Path],
+    mapping: Mapping[str, str | None] | None,
+) -> Iterator[FaceRecord | Dropped]:
+    """Records for ``{split: folder}`` where each folder holds one sub-folder per class.
+
+    Folder names are resolved once over all splits (so an unknown name anywhere fails
+    before any record is produced). Images in a class mapped to ``None`` are dropped
+    with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``.
+    """
+    per_split = {split: subdirs(folder) for split, folder in split_dirs.items()}
+    names = sorted({d.name for dirs in per_split.values() for d in dirs})
+    ids = resolve_names(names, mapping, where=f"{dataset} class folders")
+    seen: set[str] = set()
+    for split, dirs in per_split.items():
+        for class_dir in dirs:
+            cid = ids[class_dir.name]
+            for path in image_files(class_dir):
+                rel = path.relative_to(class_dir).as_posix()
+                key = make_key(split, class_dir.name, rel)
+                if cid is None:
+                    yield Dropped(dataset, key, "excluded_class", f"{class_dir.name}/{rel}")
+                elif key in seen:
+                    yield Dropped(dataset, key, "duplicate_key", f"{path} collides after key sanitising")
+                else:
+                    seen.add(key)
+                    yield FaceRecord(
+                        dataset=dataset, key=key, path=str(path), label=cid,
+                        native_label=class_dir.name, split=split,
+                    )
+
+
+@READERS.register("folder")
+class FolderReader(DatasetReader):
+    """Class-named sub-folders, optionally under train/val/test folders."""
+
+    name = "folder"
+    expects = (
+        "<root>/<class>/*.jpg or <root>/<train|val|test>/<class>/*.jpg; class folders named like "
+        "happy/Happiness/angry/... or mapped with options.mapping"
+    )
+    option_defaults: Mapping[str, object] = {"mapping": {}, "dataset": "folder"}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        dataset = str(self.options["dataset"])
+        yield from read_class_tree(dataset, self._split_dirs(), self.options["mapping"])
+
+    def _split_dirs(self) -> dict[str, Path]:
+        """``{split: folder}``; split is "" when the root holds the class folders directly."""
+        expected = [f"<class>/ folders ({', '.join(CLASSES)} or synonyms)", "or train/ val/ test/ folders of them"]
+        if not self.root.is_dir():
+            raise DatasetLayoutError(self.name, self.root, expected)
+        top = subdirs(self.root)
+        if not top:
+            raise DatasetLayoutError(self.name, self.root, expected)
+        is_split = [d.name.lower() in SPLIT_DIRS for d in top]
+        if not any(is_split):
+            return {"": self.root}
+        if not all(is_split):
+            mixed = sorted(d.name for d, s in zip(top, is_split) if not s)
+            raise ValueError(
+                f"{self.name}: {self.root} mixes split folders with other folders {mixed}; "
+                "put class folders either all under train/val/test or all at the root"
+            )
+        out: dict[str, Path] = {}
+        for d in top:
+            split = SPLIT_DIRS[d.name.lower()]
+            if split in out:
+                raise ValueError(f"{self.name}: two folders mean split {split!r}: {out[split].name}, {d.name}")
+            out[split] = d
+        log.info("%s: split folders %s", self.name, {k: v.name for k, v in out.items()})
+        return out

@@ -1,0 +1,55 @@
+"""JAFFE: 213 grayscale TIFFs of 10 subjects whose file names carry the label.
+
+Names are ``<subject>.<EXPR><n>.<imageid>.tiff`` (e.g. ``KA.AN1.39.tiff``); the
+expression is the two-letter code AN/DI/FE/HA/NE/SA/SU. There is no official split:
+the usual protocols are leave-one-subject-out or 10-fold, which
+``ferdata.splits.assign_splits(..., by="subject", folds=k)`` provides.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterator
+
+from ferdata.classes import JAFFE_CODES
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.folder import IMAGE_EXTS
+from ferdata.records import Dropped, FaceRecord, make_key
+
+NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.tiff?$", re.IGNORECASE)
+
+
+@READERS.register("jaffe")
+class JAFFEReader(DatasetReader):
+    """One record per ``XX.YYn.id.tiff`` file, subject = the first field."""
+
+    name = "jaffe"
+    expects = "<subject>.<AN|DI|FE|HA|NE|SA|SU><n>.<id>.tiff files (e.g. KA.AN1.39.tiff) at the root or in jaffe/"
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        for path in self._images():
+            yield self._parse(path)
+
+    def _images(self) -> list[Path]:
+        for folder in (self.root, self.root / "jaffe"):
+            if folder.is_dir():
+                files = sorted(
+                    p for p in folder.iterdir()
+                    if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+                )
+                if any(NAME.match(p.name) for p in files):
+                    return files
+        raise DatasetLayoutError(self.name, self.root, ["KA.AN1.39.tiff-style image files"])
+
+    def _parse(self, path: Path) -> FaceRecord | Dropped:
+        key = make_key(path.stem)
+        m = NAME.match(path.name)
+        if m is None:
+            return Dropped(self.name, key, "bad_filename", f"{path.name} is not <subject>.<EXPR><n>.<id>.tiff")
+        code = m["code"].upper()
+        if code not in JAFFE_CODES:
+            return Dropped(self.name, key, "bad_label", f"{path.name}: expression code {code!r}")
+        return FaceRecord(
+            dataset=self.name, key=key, path=str(path), label=JAFFE_CODES[code], native_label=code,
+            subject=m["subject"].upper(),
+        )

@@ -1,0 +1,137 @@
+"""RAF-DB (basic subset): ``EmoLabel/list_patition_label.txt`` + ``Image/{original,aligned}/``.
+
+Each label line is ``train_00001.jpg 5`` with **1-based** labels 1 Surprise, 2 Fear,
+3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral; the split is the name prefix
+(12,271 train + 3,068 test). Original images come with the 5 manual landmarks
+(``Annotation/manual/<name>_manu_attri.txt``: 5 ``x y`` lines, then gender, race,
+age) and a box (``Annotation/boundingbox/<name>_boundingbox.txt``: ``x0 y0 x1 y1``),
+which we attach so the ``annotations`` backend can align without a detector.
+Aligned images (100x100) are already face crops; source-frame annotations do not
+apply to them and are not attached. There is no official validation split.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from ferdata.classes import to_canonical
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.subsets import load_subsets, membership
+from ferdata.records import Dropped, FaceRecord, make_key
+
+log = logging.getLogger(__name__)
+
+LABEL_FILES = ("EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt")
+IMAGE_DIRS = {"original": "Image/original", "aligned": "Image/aligned"}
+MANUAL_DIR = "Annotation/manual"
+BOX_DIR = "Annotation/boundingbox"
+ATTRIBUTES = ("gender", "race", "age")
+
+
+def parse_manual(path: Path) -> tuple[np.ndarray, dict[str, int]]:
+    """A ``*_manu_attri.txt`` file: (5, 2) float32 landmarks and the attributes present.
+
+    Raises ``ValueError`` if the first five lines are not five ``x y`` pairs.
+    """
+    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) < 5 or any(len(ln) != 2 for ln in lines[:5]):
+        raise ValueError(f"{path.name}: first 5 lines must be 'x y' landmark pairs")
+    lmk = np.array(lines[:5], dtype=np.float32)
+    if not np.all(np.isfinite(lmk)):
+        raise ValueError(f"{path.name}: non-finite landmark")
+    attrs = {name: int(ln[0]) for name, ln in zip(ATTRIBUTES, lines[5:8]) if len(ln) == 1 and ln[0].isdigit()}
+    return lmk, attrs
+
+
+def parse_box(path: Path) -> tuple[float, float, float, float]:
+    """A ``*_boundingbox.txt`` file: ``x0 y0 x1 y1``; ``ValueError`` if not 4 ordered numbers."""
+    v = [float(t) for t in path.read_text().split()]
+    if len(v) != 4 or not (v[2] > v[0] and v[3] > v[1]):
+        raise ValueError(f"{path.name}: expected 'x0 y0 x1 y1' with x1>x0, y1>y0, got {v}")
+    return v[0], v[1], v[2], v[3]
+
+
+@READERS.register("rafdb")
+class RAFDBReader(DatasetReader):
+    """RAF-DB basic; ``images`` picks original (with annotations) or aligned crops."""
+
+    name = "rafdb"
+    expects = (
+        "EmoLabel/list_patition_label.txt + Image/original/ and/or Image/aligned/ "
+        "(+ optional Annotation/manual/, Annotation/boundingbox/)"
+    )
+    option_defaults: Mapping[str, Any] = {"images": "auto", "subsets": {}}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        label_file, kind = self._layout()
+        subsets = load_subsets(self.options["subsets"], self.root)
+        image_dir = self.root / IMAGE_DIRS[kind]
+        annotated = kind == "original"
+        manual = self.root / MANUAL_DIR if annotated and (self.root / MANUAL_DIR).is_dir() else None
+        boxes = self.root / BOX_DIR if annotated and (self.root / BOX_DIR).is_dir() else None
+        tagged: set[str] = set()
+        with open(label_file, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if line.strip():
+                    item = self._parse(line, f"{label_file.name}:{lineno}", image_dir, kind, manual, boxes, subsets)
+                    if isinstance(item, FaceRecord) and "subsets" in item.extra:
+                        tagged.add(item.key)
+                    yield item
+        for name, ids in sorted(subsets.items()):
+            missing = len(ids - tagged)
+            if missing:
+                log.warning("%s: subset %r lists %d images that were not kept", self.name, name, missing)
+
+    def _layout(self) -> tuple[Path, str]:
+        label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
+        kind = self.options["images"]
+        if kind not in ("auto", *IMAGE_DIRS):
+            raise ValueError(f"{self.name}: images must be auto, original or aligned, got {kind!r}")
+        if kind == "auto":
+            kind = next((k for k, d in IMAGE_DIRS.items() if (self.root / d).is_dir()), "original")
+        if label_file is None or not (self.root / IMAGE_DIRS[kind]).is_dir():
+            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[kind]}/"])
+        return label_file, kind
+
+    def _parse(
+        self, line: str, where: str, image_dir: Path, kind: str,
+        manual: Path | None, boxes: Path | None, subsets: Mapping[str, frozenset[str]],
+    ) -> FaceRecord | Dropped:
+        fields = line.split()
+        stem = Path(fields[0]).stem
+        key = make_key(stem)
+        if len(fields) != 2:
+            return Dropped(self.name, key, "malformed_row", f"{where}: {len(fields)} fields")
+        split = stem.split("_", 1)[0]
+        if split not in ("train", "test"):
+            return Dropped(self.name, key, "bad_split", f"{where}: name {fields[0]!r} lacks train_/test_")
+        try:
+            native = int(fields[1])
+            label = to_canonical("rafdb", native - 1)   # the file is 1-based
+        except ValueError:
+            return Dropped(self.name, key, "bad_label", f"{where}: label {fields[1]!r} not in 1..7")
+        name = f"{stem}_aligned{Path(fields[0]).suffix}" if kind == "aligned" else fields[0]
+        path = image_dir / name
+        if not path.is_file():
+            return Dropped(self.name, key, "missing_image", str(path))
+        lmk, box, extra = None, None, {}
+        try:
+            if manual is not None and (manual / f"{stem}_manu_attri.txt").is_file():
+                lmk, extra = parse_manual(manual / f"{stem}_manu_attri.txt")
+        except ValueError as err:
+            return Dropped(self.name, key, "bad_landmarks", str(err))
+        try:
+            if boxes is not None and (boxes / f"{stem}_boundingbox.txt").is_file():
+                box = parse_box(boxes / f"{stem}_boundingbox.txt")
+        except ValueError as err:
+            return Dropped(self.name, key, "bad_box", str(err))
+        tags = membership(stem, subsets)
+        if tags:
+            extra = {**extra, "subsets": tags}
+        return FaceRecord(
+            dataset=self.name, key=key, path=str(path), label=label, native_label=str(native),
+            split=split, box=box, landmarks=lmk, extra=extra,
+        )

@@ -1,0 +1,54 @@
+"""SFEW 2.0 (Static Facial Expressions in the Wild): ``Train/<Class>/`` and ``Val/<Class>/``.
+
+Class folders are ``Angry Disgust Fear Happy Neutral Sad Surprise``. Test labels
+were never released, so papers report on Val: by default Val becomes our test split
+(like AffectNet's official validation set) and ``ferdata.splits`` carves a
+validation split out of Train. The unlabelled ``Test/`` folder is ignored.
+Faces are not aligned; no boxes or landmarks ship with the images.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.folder import read_class_tree, subdirs
+from ferdata.records import Dropped, FaceRecord
+
+log = logging.getLogger(__name__)
+
+SFEW_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+
+
+@READERS.register("sfew")
+class SFEWReader(DatasetReader):
+    """SFEW 2.0 Train/Val class folders; Val is the test split unless ``val_as: val``."""
+
+    name = "sfew"
+    expects = "Train/<Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise>/*.png and Val/<same>/*.png"
+    option_defaults: Mapping[str, object] = {"val_as": "test"}
+
+    def read(self) -> Iterator[FaceRecord | Dropped]:
+        val_as = self.options["val_as"]
+        if val_as not in ("test", "val"):
+            raise ValueError(f"{self.name}: val_as must be 'test' or 'val', got {val_as!r}")
+        folders = self._folders()
+        split_dirs = {"train": folders["train"], val_as: folders["val"]}
+        for split, folder in split_dirs.items():
+            bad = sorted(d.name for d in subdirs(folder) if d.name.lower() not in {c.lower() for c in SFEW_CLASSES})
+            if bad:
+                raise ValueError(
+                    f"{self.name}: {folder} has folders {bad} that are not SFEW classes {list(SFEW_CLASSES)}; "
+                    "for other class names use the 'folder' reader with a mapping"
+                )
+        yield from read_class_tree(self.name, split_dirs, None)
+
+    def _folders(self) -> dict[str, Path]:
+        """``{"train": Train/, "val": Val/}`` matched case-insensitively."""
+        by_name = {d.name.lower(): d for d in subdirs(self.root)} if self.root.is_dir() else {}
+        if "train" not in by_name or "val" not in by_name:
+            raise DatasetLayoutError(self.name, self.root, ["Train/", "Val/"])
+        if "test" in by_name:
+            log.info("%s: ignoring %s (SFEW test labels are not public)", self.name, by_name["test"])
+        return {"train": by_name["train"], "val": by_name["val"]}

@@ -1,0 +1,79 @@
+"""Named test subsets given as list files (RAF-DB Occlusion, Pose>30, Pose>45, ...).
+
+The RAN authors (Wang et al., "Region Attention Networks", 2019) published the
+challenging-condition subsets as plain lists whose line format varies by file:
+``test_0003_aligned 3 4`` (occlusion), ``0/test_0004_aligned.jpg`` (pose) and others.
+Only membership matters to us, so each line is reduced to the dataset's image id
+(``test_0003`` for RAF-DB) with a regex, and the labels written in those lists (in
+the RAN code's own class order) are ignored: our labels come from the dataset.
+
+A reader tags each record with ``extra["subsets"]`` (sorted names it belongs to);
+the evaluator reports per subset with :class:`InSubset`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from ferdata.records import FaceRecord
+
+log = logging.getLogger(__name__)
+
+RAFDB_ID = re.compile(r"\b((?:train|test)_\d{4,5})(?:_aligned)?(?:\.\w+)?\b")
+
+
+def parse_list(path: str | Path, pattern: re.Pattern[str] = RAFDB_ID) -> frozenset[str]:
+    """Image ids named in a subset list file (one per line; blank and unmatched lines skipped).
+
+    Raises ``ValueError`` when no line names an image, which means the wrong file
+    (or the wrong ``pattern``) was given.
+    """
+    path = Path(path)
+    ids: set[str] = set()
+    skipped = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = pattern.search(line)
+        if m:
+            ids.add(m.group(1))
+        elif line.strip():
+            skipped += 1
+    if not ids:
+        raise ValueError(f"{path}: no image ids matching {pattern.pattern!r}; is this a subset list?")
+    if skipped:
+        log.info("%s: %d lines without an image id (headers or counts) skipped", path.name, skipped)
+    return frozenset(ids)
+
+
+def load_subsets(
+    spec: Mapping[str, str], root: Path, pattern: re.Pattern[str] = RAFDB_ID
+) -> dict[str, frozenset[str]]:
+    """``{name: list file}`` -> ``{name: ids}``; relative paths resolve against ``root``.
+
+    A missing file is a user error and raises ``FileNotFoundError`` naming it.
+    """
+    out: dict[str, frozenset[str]] = {}
+    for name, rel in sorted(spec.items()):
+        path = Path(rel).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise FileNotFoundError(f"subset {name!r}: list file {path} not found (set options.subsets.{name})")
+        out[name] = parse_list(path, pattern)
+    return out
+
+
+def membership(image_id: str, subsets: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
+    """Sorted names of the subsets that contain ``image_id``."""
+    return tuple(name for name in sorted(subsets) if image_id in subsets[name])
+
+
+@dataclass(frozen=True)
+class InSubset:
+    """Picklable predicate: does a record belong to subset ``name``?"""
+
+    name: str
+
+    def __call__(self, record: FaceRecord) -> bool:
+        return self.name in record.extra.get("subsets", ())

@@ -1,0 +1,130 @@
+"""Deterministic train/val/test assignment for records whose dataset lacks some splits.
+
+Official splits are kept. Whatever the dataset does not provide is carved out of its
+train (or unsplit) records by a hash of ``(seed, group)``, where the group is the
+subject when known (so one person never spans two splits: CK+ frames of a sequence
+are near-duplicates) or else the record key. A hash, not a shuffle, decides, so a
+record's split does not depend on record order or on which other records exist,
+and ``--part i/n`` runs agree with a full run. The result always has a validation
+split separate from test: RAF-DB and AffectNet (train/test only) get val carved
+from train.
+
+``folds > 0`` gives k-fold cross-validation over groups (CK+ 10-fold, JAFFE
+leave-one-subject-out): groups are ordered by hash and dealt round-robin into
+``folds`` folds; fold ``fold`` is test, fold ``fold + 1`` is val, the rest train.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import replace
+from typing import Collection, Iterable, Iterator
+
+from ferdata.records import SPLITS, Dropped, FaceRecord
+
+log = logging.getLogger(__name__)
+
+Item = FaceRecord | Dropped
+
+
+def unit_hash(seed: int, group: str) -> float:
+    """A uniform number in [0, 1) fixed by ``seed`` and ``group`` (stable across runs and machines)."""
+    digest = hashlib.blake2b(f"{seed}:{group}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def group_of(record: FaceRecord, by: str) -> str:
+    """The unit that must stay within one split: the subject (when known) or the key."""
+    return record.subject if by == "subject" and record.subject else record.key
+
+
+def assign_splits(
+    records: Iterable[Item],
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    by: str = "subject",
+    folds: int = 0,
+    fold: int = 0,
+    official: Collection[str] | None = None,
+) -> Iterator[Item]:
+    """Yield ``records`` (``Dropped`` items pass through) with every split filled.
+
+    ``official`` names the splits the dataset provides (e.g. ``{"train", "test"}``
+    for RAF-DB). When omitted it is inferred from the records, which needs them all
+    in memory; pass it to stream, or when processing a part of a dataset.
+    Fractions are of the groups that are carved from, i.e. train plus unsplit.
+    """
+    _check(val_fraction, test_fraction, by, folds, fold)
+    if folds:
+        yield from _kfold(list(records), seed=seed, by=by, folds=folds, fold=fold)
+        return
+    if official is None:
+        records = list(records)
+        official = {r.split for r in records if isinstance(r, FaceRecord) and r.split}
+    unknown = set(official) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"official splits {sorted(unknown)} not in {SPLITS}")
+    carve_test = "test" not in official
+    carve_val = "val" not in official
+    if carve_test and test_fraction <= 0:
+        raise ValueError("the dataset has no test split: test_fraction must be > 0")
+    if carve_val and val_fraction <= 0:
+        raise ValueError("the dataset has no validation split: val_fraction must be > 0")
+    test_band = test_fraction if carve_test else 0.0
+    val_band = val_fraction if carve_val else 0.0
+    counts: Counter[str] = Counter()
+    for item in records:
+        if isinstance(item, FaceRecord) and by == "subject" and not item.subject:
+            counts["no_subject"] += 1
+        if isinstance(item, FaceRecord) and item.split in ("", "train"):
+            u = unit_hash(seed, group_of(item, by))
+            split = "test" if u < test_band else "val" if u < test_band + val_band else "train"
+            item = replace(item, split=split) if split != item.split else item
+        if isinstance(item, FaceRecord):
+            counts[item.split] += 1
+        yield item
+    _report(counts, by)
+
+
+def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) -> Iterator[Item]:
+    """Round-robin folds over hash-ordered groups: balanced group counts, deterministic."""
+    kept = [r for r in records if isinstance(r, FaceRecord)]
+    if any(r.split for r in kept):
+        log.info("k-fold assignment replaces the dataset's official splits")
+    groups = sorted({group_of(r, by) for r in kept}, key=lambda g: (unit_hash(seed, g), g))
+    if len(groups) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}")
+    fold_of = {g: i % folds for i, g in enumerate(groups)}
+    names = {fold: "test", (fold + 1) % folds: "val"}
+    counts: Counter[str] = Counter()
+    for item in records:
+        if isinstance(item, FaceRecord):
+            item = replace(item, split=names.get(fold_of[group_of(item, by)], "train"),
+                           extra={**item.extra, "fold": fold_of[group_of(item, by)]})
+            counts[item.split] += 1
+        yield item
+    _report(counts, by)
+
+
+def _check(val_fraction: float, test_fraction: float, by: str, folds: int, fold: int) -> None:
+    if by not in ("subject", "key"):
+        raise ValueError(f"by must be 'subject' or 'key', got {by!r}")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"fractions must be in [0, 1) and sum below 1, got val={val_fraction} test={test_fraction}")
+    if folds and folds < 3:
+        raise ValueError(f"folds must be 0 (off) or >= 3 (one test, one val, the rest train), got {folds}")
+    if folds and not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+
+
+def _report(counts: Counter[str], by: str) -> None:
+    no_subject = counts.pop("no_subject", 0)
+    log.info("splits by %s: %s", by, dict(sorted(counts.items())))
+    if no_subject:
+        log.info("%d records have no subject and were grouped by key", no_subject)
+    for split in ("val", "test"):
+        if counts and not counts[split]:
+            log.warning("split %r is empty; raise its fraction or use more data", split)

@@ -1,0 +1,90 @@
+"""AffectNet: official CSV layout and the re-packaged npy layout, labels 8-10, protocols."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferdata.datasets import DatasetLayoutError
+from tests.ferdata.fixtures_datasets import landmarks68, make_affectnet_csv, make_affectnet_npy, read_all
+
+# AffectNet ids are the canonical ids: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt
+
+
+def test_csv_layout_affectnet8(tmp_path):
+    make_affectnet_csv(tmp_path)
+    records, drops, items = read_all("affectnet", tmp_path)
+    assert {k: (r.split, r.label, r.native_label) for k, r in records.items()} == {
+        "train_1_img0": ("train", 0, "0"),
+        "train_1_img1": ("train", 7, "7"),
+        "test_3_v0": ("test", 6, "6"),
+        "test_3_v1": ("test", 1, "1"),
+    }
+    assert drops == {"label_none": 1, "label_uncertain": 1, "label_no_face": 1, "missing_image": 1,
+                     "bad_landmarks": 1}
+    assert {d.key: d.reason for d in items}["train_2_missing"] == "missing_image"
+    r = records["train_1_img0"]
+    assert r.box == (10.0, 20.0, 60.0, 80.0)          # x, y, x + w, y + h
+    assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (68, 2)
+    np.testing.assert_allclose(r.landmarks, landmarks68(), atol=1e-2)
+    assert r.extra == {"valence": 0.25, "arousal": -0.5}
+
+
+def test_csv_layout_affectnet7_drops_contempt(tmp_path):
+    make_affectnet_csv(tmp_path)
+    records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet7"})
+    assert sorted(records) == ["test_3_v0", "test_3_v1", "train_1_img0"]
+    assert drops["label_contempt_excluded"] == 1
+
+
+def test_npy_layout_is_detected(tmp_path):
+    make_affectnet_npy(tmp_path)
+    records, drops, items = read_all("affectnet", tmp_path)
+    assert {k: (r.split, r.label, r.native_label) for k, r in records.items()} == {
+        "train_0": ("train", 0, "0"),
+        "train_2": ("train", 7, "7"),
+        "train_5": ("train", 2, "2"),
+        "test_0": ("test", 6, "6"),
+    }
+    assert {d.key: d.reason for d in items} == {
+        "train_1": "label_none", "train_3": "missing_image", "train_4": "bad_landmarks", "test_1": "label_no_face",
+    }
+    assert sum(drops.values()) == 4
+    r = records["train_0"]
+    assert r.box is None and r.path.endswith("train_set/images/0.jpg")
+    assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (68, 2)
+    np.testing.assert_allclose(r.landmarks, landmarks68(1.0))
+    assert r.extra == pytest.approx({"valence": 0.785714, "arousal": -0.055556})
+    assert records["train_5"].landmarks is None and records["train_5"].extra == {}
+
+
+def test_npy_layout_affectnet7(tmp_path):
+    make_affectnet_npy(tmp_path)
+    records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet7", "layout": "npy"})
+    assert sorted(records) == ["test_0", "train_0", "train_5"]
+    assert drops["label_contempt_excluded"] == 1
+
+
+def test_layout_errors(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetLayoutError) as err:
+        read_all("affectnet", tmp_path)
+    msg = str(err.value)
+    assert "expected: Manually_Annotated_Images/, training.csv, validation.csv" in msg
+    assert "train_set/ val_set/" in msg and "found:    images" in msg
+    make_affectnet_npy(tmp_path / "npy")
+    (tmp_path / "npy" / "val_set" / "images").rename(tmp_path / "npy" / "val_set" / "imgs")
+    with pytest.raises(DatasetLayoutError, match="val_set/images/"):
+        read_all("affectnet", tmp_path / "npy")
+
+
+def test_both_layouts_and_bad_options(tmp_path):
+    make_affectnet_csv(tmp_path)
+    make_affectnet_npy(tmp_path)
+    with pytest.raises(ValueError, match="both layouts"):
+        read_all("affectnet", tmp_path)
+    records, _, _ = read_all("affectnet", tmp_path, {"layout": "csv"})
+    assert len(records) == 4
+    with pytest.raises(ValueError, match="protocol"):
+        read_all("affectnet", tmp_path, {"protocol": "affectnet6"})
+    with pytest.raises(ValueError, match="layout must be"):
+        read_all("affectnet", tmp_path, {"layout": "zip"})

@@ -1,0 +1,58 @@
+"""CK+: last frames up to the labelled peak, float label files, unlabelled sequences, landmarks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferdata.datasets import DatasetLayoutError
+from tests.ferdata.fixtures_datasets import landmarks68, make_ckplus, read_all
+
+# hand-written CK+ table: 0 neutral 1 anger 2 contempt 3 disgust 4 fear 5 happy 6 sadness 7 surprise
+DISGUST, CONTEMPT, NEUTRAL = 5, 7, 0
+
+
+def test_last_three_frames_up_to_peak(tmp_path):
+    make_ckplus(tmp_path)
+    records, drops, items = read_all("ckplus", tmp_path)
+    got = {k: (r.label, r.native_label, r.subject, r.extra["role"]) for k, r in records.items()}
+    assert got == {
+        "S005_001_00000003": (DISGUST, "3", "S005", "peak"),
+        "S005_001_00000004": (DISGUST, "3", "S005", "peak"),
+        "S005_001_00000005": (DISGUST, "3", "S005", "peak"),
+        "S010_001_00000002": (CONTEMPT, "2", "S010", "peak"),
+        "S010_001_00000004": (CONTEMPT, "2", "S010", "peak"),
+    }
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "bad_landmarks": 1}
+    assert {d.key: d.reason for d in items} == {
+        "S005_002": "no_emotion_label", "S010_002": "bad_label", "S010_001_00000003": "bad_landmarks",
+    }
+    r = records["S005_001_00000004"]
+    assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (68, 2)
+    np.testing.assert_allclose(r.landmarks, landmarks68(4.0), rtol=1e-6)
+    assert r.extra["sequence"] == "S005_001" and r.extra["frame"] == 4
+    assert records["S010_001_00000002"].landmarks is None
+    assert all(r.split == "" for r in records.values())
+
+
+def test_neutral_onset_frames_and_frame_count(tmp_path):
+    make_ckplus(tmp_path)
+    records, _, _ = read_all("ckplus", tmp_path, {"frames": 1, "neutral_frames": 1})
+    assert {k: r.label for k, r in records.items()} == {
+        "S005_001_00000001": NEUTRAL, "S005_001_00000005": DISGUST,
+        "S010_001_00000001": NEUTRAL, "S010_001_00000004": CONTEMPT,
+    }
+    assert records["S005_001_00000001"].native_label == "0"
+    assert records["S005_001_00000001"].extra["role"] == "onset"
+
+
+def test_bad_options_and_layout(tmp_path):
+    make_ckplus(tmp_path)
+    with pytest.raises(ValueError, match="frames must be"):
+        read_all("ckplus", tmp_path, {"frames": 0})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "cohn-kanade-images").mkdir()
+    with pytest.raises(DatasetLayoutError) as err:
+        read_all("ckplus", empty)
+    assert "expected: cohn-kanade-images/S###/, Emotion/S###/" in str(err.value)
+    assert "found:    cohn-kanade-images" in str(err.value)

@@ -1,0 +1,106 @@
+"""The generic class-folder reader and SFEW (which shares its tree walker)."""
+from __future__ import annotations
+
+import pytest
+
+from ferdata.classes import UnknownClassError
+from ferdata.datasets import DatasetLayoutError
+from tests.ferdata.fixtures_datasets import make_folder_splits, make_sfew, read_all, write_image
+
+
+def test_folder_with_splits_needs_mapping_for_unknown(tmp_path):
+    make_folder_splits(tmp_path)
+    with pytest.raises(UnknownClassError) as err:
+        read_all("folder", tmp_path)
+    assert err.value.unknown == ["calm"]
+
+
+def test_folder_with_splits_and_mapping(tmp_path):
+    make_folder_splits(tmp_path)
+    records, drops, _ = read_all("folder", tmp_path, {"mapping": {"calm": "Neutral"}})
+    got = {k: (r.split, r.label, r.native_label) for k, r in records.items()}
+    assert got == {
+        "train_Happiness_x-jpg": ("train", 1, "Happiness"),
+        "train_ANGRY_y-png": ("train", 6, "ANGRY"),
+        "train_ANGRY_sub-y2-jpg": ("train", 6, "ANGRY"),
+        "val_sad_z-jpg": ("val", 2, "sad"),
+        "test_Contempt_w-jpg": ("test", 7, "Contempt"),
+        "test_calm_q-jpg": ("test", 0, "calm"),
+    }
+    assert not drops
+    assert all(r.dataset == "folder" and r.path.endswith((".jpg", ".png")) for r in records.values())
+
+
+def test_folder_excluded_class_is_counted(tmp_path):
+    make_folder_splits(tmp_path)
+    records, drops, items = read_all("folder", tmp_path, {"mapping": {"calm": None}, "dataset": "mine"})
+    assert len(records) == 5
+    assert drops == {"excluded_class": 1}
+    assert items[0].key == "test_calm_q-jpg" and items[0].dataset == "mine"
+
+
+def test_folder_flat_layout(tmp_path):
+    write_image(tmp_path / "happy" / "a.jpg")
+    write_image(tmp_path / "Joy" / "b.jpg")
+    write_image(tmp_path / "surprised" / "c.jpg")
+    records, drops, _ = read_all("folder", tmp_path)
+    assert {k: (r.label, r.split) for k, r in records.items()} == {
+        "happy_a-jpg": (1, ""), "Joy_b-jpg": (1, ""), "surprised_c-jpg": (3, ""),
+    }
+
+
+def test_folder_numeric_folders_are_not_guessed(tmp_path):
+    write_image(tmp_path / "0" / "a.jpg")
+    write_image(tmp_path / "10" / "a.jpg")
+    with pytest.raises(UnknownClassError) as err:
+        read_all("folder", tmp_path)
+    assert err.value.unknown == ["0", "10"]
+
+
+def test_folder_mixed_split_and_class_folders_raise(tmp_path):
+    write_image(tmp_path / "train" / "happy" / "a.jpg")
+    write_image(tmp_path / "sad" / "b.jpg")
+    with pytest.raises(ValueError, match="mixes split folders"):
+        read_all("folder", tmp_path)
+
+
+def test_folder_empty_root_layout_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(DatasetLayoutError) as err:
+        read_all("folder", tmp_path)
+    assert "expected: <class>/ folders" in str(err.value)
+    assert "found:    readme.txt" in str(err.value)
+
+
+def test_sfew(tmp_path):
+    make_sfew(tmp_path)
+    records, drops, _ = read_all("sfew", tmp_path)
+    got = {k: (r.split, r.label, r.native_label) for k, r in records.items()}
+    assert got == {
+        "train_Angry_a_001-png": ("train", 6, "Angry"),
+        "train_Happy_b_002-png": ("train", 1, "Happy"),
+        "train_Neutral_c_003-png": ("train", 0, "Neutral"),
+        "test_Sad_d_004-png": ("test", 2, "Sad"),
+        "test_Surprise_e_005-png": ("test", 3, "Surprise"),
+    }
+    assert not drops
+
+
+def test_sfew_val_as_val(tmp_path):
+    make_sfew(tmp_path)
+    records, _, _ = read_all("sfew", tmp_path, {"val_as": "val"})
+    assert sorted(r.split for r in records.values()) == ["train", "train", "train", "val", "val"]
+
+
+def test_sfew_rejects_non_sfew_class_folder(tmp_path):
+    make_sfew(tmp_path)
+    write_image(tmp_path / "Train" / "Contempt" / "x.png")
+    with pytest.raises(ValueError, match=r"\['Contempt'\]"):
+        read_all("sfew", tmp_path)
+
+
+def test_sfew_layout_error(tmp_path):
+    write_image(tmp_path / "Train" / "Happy" / "a.png")
+    with pytest.raises(DatasetLayoutError) as err:
+        read_all("sfew", tmp_path)
+    assert "expected: Train/, Val/" in str(err.value) and "found:    Train" in str(err.value)

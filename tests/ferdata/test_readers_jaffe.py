@@ -1,0 +1,40 @@
+"""JAFFE: labels from file names, subjects from the first name field."""
+from __future__ import annotations
+
+import pytest
+
+from ferdata.datasets import DatasetLayoutError
+from tests.ferdata.fixtures_datasets import make_jaffe, read_all
+
+# hand-written: NE 0, HA 1, SA 2, SU 3, FE 4, DI 5, AN 6
+
+
+def test_jaffe(tmp_path):
+    make_jaffe(tmp_path)
+    records, drops, items = read_all("jaffe", tmp_path)
+    assert {k: (r.label, r.native_label, r.subject) for k, r in records.items()} == {
+        "KA-AN1-39": (6, "AN", "KA"),
+        "KA-HA2-30": (1, "HA", "KA"),
+        "KL-NE1-155": (0, "NE", "KL"),
+        "MK-FE2-1": (4, "FE", "MK"),
+        "NA-SA1-2": (2, "SA", "NA"),
+        "UY-DI1-1": (5, "DI", "UY"),
+        "YM-SU3-60": (3, "SU", "YM"),
+    }
+    assert drops == {"bad_label": 1, "bad_filename": 1}
+    assert {d.key: d.reason for d in items} == {"XX-ZZ1-1": "bad_label", "random": "bad_filename"}
+    assert all(r.split == "" and r.path.endswith(".tiff") for r in records.values())
+
+
+def test_jaffe_in_subfolder(tmp_path):
+    make_jaffe(tmp_path / "jaffe")
+    records, _, _ = read_all("jaffe", tmp_path)
+    assert len(records) == 7
+
+
+def test_jaffe_layout_error(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"")
+    with pytest.raises(DatasetLayoutError) as err:
+        read_all("jaffe", tmp_path)
+    assert "expected: KA.AN1.39.tiff-style image files" in str(err.value)
+    assert "found:    photo.jpg" in str(err.value)

@@ -1,0 +1,99 @@
+"""RAF-DB: 1-based labels, split by name prefix, manual landmarks/boxes, test subsets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferdata.datasets import DatasetLayoutError
+from ferdata.datasets.subsets import InSubset, parse_list
+from tests.ferdata.fixtures_datasets import make_rafdb, read_all, write_text
+
+# hand-written: RAF-DB 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral
+# -> canonical 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger
+EXPECTED_ORIGINAL = {
+    "train_00001": ("train", 2, "5"),
+    "train_00002": ("train", 3, "1"),
+    "train_00003": ("train", 0, "7"),
+    "test_0001": ("test", 6, "6"),
+    "test_0002": ("test", 4, "2"),
+    "test_0004": ("test", 1, "4"),
+}
+
+
+def test_original_images_with_annotations(tmp_path):
+    make_rafdb(tmp_path)
+    records, drops, items = read_all("rafdb", tmp_path)
+    assert {k: (r.split, r.label, r.native_label) for k, r in records.items()} == EXPECTED_ORIGINAL
+    assert drops == {"bad_label": 2, "missing_image": 1, "bad_landmarks": 1, "malformed_row": 1}
+    assert {d.key: d.reason for d in items} == {
+        "train_00004": "bad_label", "train_00005": "bad_label", "train_00006": "missing_image",
+        "test_0003": "bad_landmarks", "train_00007": "malformed_row",
+    }
+    r = records["train_00001"]
+    assert r.path.endswith("Image/original/train_00001.jpg")
+    assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (5, 2)
+    np.testing.assert_allclose(r.landmarks[0], [33.5, 40.25])
+    np.testing.assert_allclose(r.landmarks[4], [58.0, 70.5])
+    assert r.box == (10.5, 20.0, 80.0, 90.0)
+    assert r.extra == {"gender": 1, "race": 2, "age": 3}
+    assert records["train_00002"].landmarks is None and records["train_00002"].box is None
+
+
+def test_aligned_images_carry_no_source_annotations(tmp_path):
+    make_rafdb(tmp_path)
+    records, drops, _ = read_all("rafdb", tmp_path, {"images": "aligned"})
+    assert set(records) == set(EXPECTED_ORIGINAL) | {"test_0003"}
+    assert records["test_0003"].label == 5           # 3 Disgust
+    assert drops == {"bad_label": 2, "missing_image": 1, "malformed_row": 1}
+    assert records["train_00001"].path.endswith("Image/aligned/train_00001_aligned.jpg")
+    assert all(r.landmarks is None and r.box is None for r in records.values())
+
+
+def test_auto_picks_aligned_when_only_aligned_exists(tmp_path):
+    make_rafdb(tmp_path)
+    import shutil
+    shutil.rmtree(tmp_path / "Image" / "original")
+    records, _, _ = read_all("rafdb", tmp_path)
+    assert records["test_0001"].path.endswith("_aligned.jpg")
+
+
+def test_layout_error_names_expected_and_found(tmp_path):
+    (tmp_path / "Image").mkdir()
+    (tmp_path / "list.txt").write_text("")
+    with pytest.raises(DatasetLayoutError) as err:
+        read_all("rafdb", tmp_path)
+    msg = str(err.value)
+    assert "expected: EmoLabel/list_patition_label.txt, Image/original/" in msg
+    assert "found:    Image, list.txt" in msg
+
+
+def test_bad_option_value(tmp_path):
+    make_rafdb(tmp_path)
+    with pytest.raises(ValueError, match="images must be"):
+        read_all("rafdb", tmp_path, {"images": "cropped"})
+    with pytest.raises(ValueError, match="unknown option"):
+        read_all("rafdb", tmp_path, {"image": "aligned"})
+
+
+def test_subset_lists_in_both_published_formats(tmp_path):
+    make_rafdb(tmp_path)
+    occ = write_text(tmp_path / "lists" / "rafdb_occlusion_list.txt",
+                     "test_0001_aligned 3 4\ntest_0004_aligned 0 1\ntest_0004_aligned 0 1\n")
+    pose = write_text(tmp_path / "lists" / "val_raf_db_list_45.txt",
+                      "0/test_0002_aligned.jpg\n4/test_0004_aligned.jpg\n")
+    assert parse_list(occ) == {"test_0001", "test_0004"}
+    assert parse_list(pose) == {"test_0002", "test_0004"}
+    opts = {"subsets": {"occlusion": "lists/rafdb_occlusion_list.txt", "pose45": str(pose)}}
+    records, _, _ = read_all("rafdb", tmp_path, opts)
+    tags = {k: r.extra.get("subsets", ()) for k, r in records.items() if r.split == "test"}
+    assert tags == {"test_0001": ("occlusion",), "test_0002": ("pose45",), "test_0004": ("occlusion", "pose45")}
+    assert [k for k, r in records.items() if InSubset("pose45")(r)] == ["test_0002", "test_0004"]
+
+
+def test_subset_list_problems(tmp_path):
+    make_rafdb(tmp_path)
+    with pytest.raises(FileNotFoundError, match="occlusion"):
+        read_all("rafdb", tmp_path, {"subsets": {"occlusion": "nope.txt"}})
+    write_text(tmp_path / "bad.txt", "558 7\n0\n4\n")
+    with pytest.raises(ValueError, match="no image ids"):
+        parse_list(tmp_path / "bad.txt")

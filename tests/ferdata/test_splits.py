@@ -1,0 +1,111 @@
+"""Deterministic, subject-independent split assignment and k-fold."""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import pytest
+
+from ferdata.records import Dropped, FaceRecord
+from ferdata.splits import assign_splits, unit_hash
+
+
+def rec(key: str, split: str = "", subject: str = "") -> FaceRecord:
+    return FaceRecord(dataset="t", key=key, path=f"/x/{key}.jpg", label=0, native_label="0",
+                      split=split, subject=subject)
+
+
+def many(n: int, split: str = "", subjects: int = 0) -> list[FaceRecord]:
+    return [rec(f"k{i:04d}", split, f"S{i % subjects:03d}" if subjects else "") for i in range(n)]
+
+
+def splits_of(items) -> dict[str, str]:
+    return {r.key: r.split for r in items if isinstance(r, FaceRecord)}
+
+
+def test_unit_hash_is_stable_and_uniformish():
+    assert unit_hash(0, "a") == unit_hash(0, "a") != unit_hash(1, "a")
+    values = [unit_hash(7, f"g{i}") for i in range(2000)]
+    assert 0 <= min(values) and max(values) < 1
+    assert abs(sum(v < 0.1 for v in values) / 2000 - 0.1) < 0.03
+
+
+def test_unsplit_dataset_gets_all_three_splits_by_fraction():
+    out = splits_of(assign_splits(many(2000), seed=0, val_fraction=0.1, test_fraction=0.2, by="key"))
+    c = Counter(out.values())
+    assert set(c) == {"train", "val", "test"}
+    assert abs(c["test"] / 2000 - 0.2) < 0.04 and abs(c["val"] / 2000 - 0.1) < 0.03
+
+
+def test_deterministic_and_order_independent():
+    recs = many(300, subjects=30)
+    a = splits_of(assign_splits(recs, seed=3, val_fraction=0.2, test_fraction=0.2))
+    b = splits_of(assign_splits(list(reversed(recs)), seed=3, val_fraction=0.2, test_fraction=0.2))
+    c = splits_of(assign_splits(recs[:100], seed=3, val_fraction=0.2, test_fraction=0.2, official=()))
+    assert a == b
+    assert all(a[k] == v for k, v in c.items())   # a part of the dataset agrees with the whole
+    d = splits_of(assign_splits(recs, seed=4, val_fraction=0.2, test_fraction=0.2))
+    assert a != d
+
+
+def test_subject_independent():
+    recs = many(600, subjects=40)
+    out = list(assign_splits(recs, seed=1, val_fraction=0.2, test_fraction=0.2, by="subject"))
+    per_subject = defaultdict(set)
+    for r in out:
+        per_subject[r.subject].add(r.split)
+    assert all(len(s) == 1 for s in per_subject.values())
+    assert {s for v in per_subject.values() for s in v} == {"train", "val", "test"}
+
+
+def test_official_train_test_keeps_test_and_carves_val_from_train():
+    recs = many(500, "train") + [rec(f"t{i}", "test") for i in range(50)]
+    out = splits_of(assign_splits(recs, seed=0, val_fraction=0.1, test_fraction=0.2, by="key"))
+    assert all(out[f"t{i}"] == "test" for i in range(50))
+    train_side = Counter(v for k, v in out.items() if k.startswith("k"))
+    assert set(train_side) == {"train", "val"} and 25 <= train_side["val"] <= 75
+
+
+def test_full_official_split_untouched_and_dropped_pass_through():
+    items = [rec("a", "train"), Dropped("t", "z", "bad_label"), rec("b", "val"), rec("c", "test")]
+    out = list(assign_splits(items, seed=0, val_fraction=0.1, test_fraction=0.1))
+    assert out == items
+
+
+def test_missing_fraction_for_missing_split_raises():
+    with pytest.raises(ValueError, match="no validation split"):
+        list(assign_splits(many(5, "train") + [rec("t", "test")], seed=0, val_fraction=0, test_fraction=0.1))
+    with pytest.raises(ValueError, match="sum below 1"):
+        list(assign_splits(many(5), seed=0, val_fraction=0.6, test_fraction=0.5))
+    with pytest.raises(ValueError, match="by must be"):
+        list(assign_splits(many(5), seed=0, val_fraction=0.1, test_fraction=0.1, by="image"))
+
+
+def test_kfold_subject_folds_partition_subjects():
+    recs = many(200, subjects=20)
+    test_subjects = []
+    for fold in range(10):
+        out = list(assign_splits(recs, seed=0, val_fraction=0.1, test_fraction=0.1, folds=10, fold=fold))
+        by_split = defaultdict(set)
+        for r in out:
+            by_split[r.split].add(r.subject)
+        assert len(by_split["test"]) == 2 and len(by_split["val"]) == 2 and len(by_split["train"]) == 16
+        assert not (by_split["test"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+        test_subjects.append(by_split["test"])
+    assert set().union(*test_subjects) == {f"S{i:03d}" for i in range(20)}   # each subject tested once
+    assert sum(len(s) for s in test_subjects) == 20
+    val_of_0 = {r.subject for r in assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=10, fold=0)
+                if r.split == "val"}
+    assert val_of_0 == test_subjects[1]     # val is the next fold
+
+
+def test_kfold_leave_one_subject_out_and_errors():
+    recs = many(30, subjects=10)
+    out = list(assign_splits(recs, seed=5, val_fraction=0, test_fraction=0, folds=10, fold=3))
+    assert len({r.subject for r in out if r.split == "test"}) == 1
+    assert all("fold" in r.extra for r in out)
+    with pytest.raises(ValueError, match="at least 10 groups"):
+        list(assign_splits(many(30, subjects=5), seed=0, val_fraction=0, test_fraction=0, folds=10))
+    with pytest.raises(ValueError, match="folds must be"):
+        list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=2))
+    with pytest.raises(ValueError, match="fold must be"):
+        list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=5, fold=5))
