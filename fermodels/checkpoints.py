@@ -1,0 +1,162 @@
+"""Load published pretrained checkpoints into this package's backbones, loudly.
+
+Each *layout* (chosen by name, never guessed) maps a checkpoint's key names onto the names of
+one of the trunks in :mod:`fermodels.models.backbones`:
+
+=======================  ===========================================================  ==========================
+layout                   checkpoint                                                   target module
+=======================  ===========================================================  ==========================
+``msceleb_resnet18``     DAN/CMNet/PCNN ``resnet18_msceleb.pth`` (``state_dict``,       :class:`ResNet18Trunk`
+                         torchvision keys incl. a 1000-way ``fc``); torchvision files
+``ir50``                 face.evoLVe ``backbone_ir50_ms1m_epoch120.pth`` / POSTER       :class:`IR50`
+                         ``ir50.pth`` (``input_layer.*``, ``body.N.*``); POSTER++'s
+                         ``body1/2/3.N.*`` renaming is mapped back to ``body.N``
+``mobilefacenet``        cunjian / POSTER ``mobilefacenet_model_best.pth.tar``          :class:`MobileFaceNetTrunk`
+                         (``state_dict``; ``conv1``, ``conv2_dw``, ``conv_23`` ...)
+``convnext_torchvision`` torchvision ``convnext_base`` weights (``features.N.*``)        :class:`ConvNeXtTrunk`
+``convnext_timm``        timm ``convnext_base`` (``stem.*``, ``stages.S.blocks.J.*``)   :class:`ConvNeXtTrunk`
+=======================  ===========================================================  ==========================
+
+Checkpoint tensors the target does not use (output layers, a 1000-way fc, later stages) are
+ignored and counted. A target tensor that is missing or has the wrong shape raises
+:class:`PretrainedMismatchError` naming the keys - random weights are never kept silently.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ferdata.registry import Registry
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, Tensor]
+LAYOUTS: Registry[Callable[[StateDict], StateDict]] = Registry("checkpoint layout")
+_OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+
+class PretrainedMismatchError(RuntimeError):
+    """A checkpoint does not provide every tensor the target module needs."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_pretrained` did: how many target tensors were filled, how many ignored."""
+
+    path: str
+    layout: str
+    matched: int
+    ignored: int
+
+
+def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadReport:
+    """Fill ``module`` (a backbone trunk) from the checkpoint at ``path`` in ``layout``.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`PretrainedMismatchError` if any
+    parameter or buffer of ``module`` is absent from the mapped checkpoint or has another shape.
+    """
+    mapper = LAYOUTS.get(layout)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} ({layout}) does not exist; "
+                                "pass the path of the downloaded file")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    mapped = mapper(_strip_prefix(_unwrap(raw, path)))
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in mapped and not k.endswith(_OPTIONAL_SUFFIXES)]
+    wrong = [f"{k}: model {tuple(v.shape)} vs checkpoint {tuple(mapped[k].shape)}"
+             for k, v in expected.items() if k in mapped and mapped[k].shape != v.shape]
+    if missing or wrong:
+        raise PretrainedMismatchError(
+            f"{path} does not fit {type(module).__name__} as layout {layout!r}: "
+            f"{len(missing)} missing ({_head(missing)}); {len(wrong)} wrong shape ({_head(wrong)}). "
+            f"Checkpoint keys after mapping start with: {_head(sorted(mapped))}")
+    used = {k: mapped[k] for k in expected if k in mapped}
+    module.load_state_dict(used, strict=False)
+    report = LoadReport(str(path), layout, matched=len(used), ignored=len(mapped) - len(used))
+    log.info("loaded %d tensors from %s (%s); %d checkpoint tensors unused",
+             report.matched, path, layout, report.ignored)
+    return report
+
+
+def _unwrap(raw: object, path: Path) -> StateDict:
+    """The state dict inside a checkpoint file (``state_dict``/``model`` wrappers are common)."""
+    if isinstance(raw, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(raw.get(key), Mapping):
+                raw = raw[key]
+                break
+        tensors = {k: v for k, v in raw.items() if isinstance(v, Tensor)}
+        if tensors:
+            return tensors
+    raise PretrainedMismatchError(f"{path} holds no state dict of tensors (got {type(raw).__name__})")
+
+
+def _strip_prefix(state: StateDict) -> StateDict:
+    """Drop DataParallel/DDP ``module.`` prefixes."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _head(items: list[str], n: int = 8) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... (+{len(items) - n})" if len(items) > n else "") if items else "none"
+
+
+@LAYOUTS.register("msceleb_resnet18")
+def _resnet18(state: StateDict) -> StateDict:
+    """torchvision ResNet-18 keys are already the trunk's keys."""
+    return dict(state)
+
+
+_IR50_STAGE_OFFSET = {"body1": 0, "body2": 3, "body3": 7, "body4": 21}
+
+
+@LAYOUTS.register("ir50")
+def _ir50(state: StateDict) -> StateDict:
+    """face.evoLVe keys are the trunk's keys; POSTER++ ``bodyS.N`` becomes ``body.(offset+N)``."""
+    out: StateDict = {}
+    for key, value in state.items():
+        m = re.match(r"(body[1-4])\.(\d+)\.(.*)", key)
+        if m:
+            key = f"body.{_IR50_STAGE_OFFSET[m.group(1)] + int(m.group(2))}.{m.group(3)}"
+        out[key] = value
+    return out
+
+
+@LAYOUTS.register("mobilefacenet")
+def _mobilefacenet(state: StateDict) -> StateDict:
+    """cunjian's names are the trunk's names (``conv1.conv.weight``, ``conv_4.model.5...``)."""
+    return dict(state)
+
+
+@LAYOUTS.register("convnext_torchvision")
+def _convnext_torchvision(state: StateDict) -> StateDict:
+    return dict(state)
+
+
+_TIMM_BLOCK = {"conv_dw": "block.0", "norm": "block.2", "mlp.fc1": "block.3", "mlp.fc2": "block.5"}
+
+
+@LAYOUTS.register("convnext_timm")
+def _convnext_timm(state: StateDict) -> StateDict:
+    """timm ConvNeXt -> torchvision ``features`` indices (stage S sits at ``features.2S+1``)."""
+    out: StateDict = {}
+    for key, value in state.items():
+        if m := re.match(r"stem\.([01])\.(weight|bias)$", key):
+            out[f"features.0.{m.group(1)}.{m.group(2)}"] = value
+        elif m := re.match(r"stages\.(\d)\.downsample\.([01])\.(weight|bias)$", key):
+            out[f"features.{2 * int(m.group(1))}.{m.group(2)}.{m.group(3)}"] = value
+        elif m := re.match(r"stages\.(\d)\.blocks\.(\d+)\.(.+)\.(weight|bias)$", key):
+            if m.group(3) in _TIMM_BLOCK:
+                prefix = f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}"
+                out[f"{prefix}.{_TIMM_BLOCK[m.group(3)]}.{m.group(4)}"] = value
+        elif m := re.match(r"stages\.(\d)\.blocks\.(\d+)\.gamma$", key):
+            prefix = f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}"
+            out[f"{prefix}.layer_scale"] = value.reshape(-1, 1, 1)
+    return out

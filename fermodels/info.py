@@ -1,0 +1,120 @@
+"""Model size and cost: parameters actually used in forward, and MACs at the card's input size.
+
+Parameters are counted over the modules a forward pass calls (found with forward hooks), each
+tensor once - shared trunks count once and registered-but-unused modules do not count, which is
+how seed_models.md measured the public code. MACs come from
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; element-wise ops
+are not counted) at batch size 1: MACs = FLOPs / 2.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fermodels.registry import ModelCard, create_model
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Size and cost of one model configuration."""
+
+    name: str
+    input_size: int
+    fields: tuple[str, ...]
+    losses: tuple[str, ...]
+    paper: str
+    notes: str
+    params_used: int
+    params_registered: int
+    params_trainable: int
+    macs: int
+
+
+def synthetic_landmarks(size: int) -> Tensor:
+    """A plausible frontal iBUG-68 shape (68, 2) in pixel coordinates of a ``size`` crop.
+
+    Drawn from ellipses and lines (jaw, brows, nose, eyes, lips); used for examples and tests
+    wherever a model needs landmarks and no detector ran.
+    """
+    def arc(cx: float, cy: float, rx: float, ry: float, degrees: list[float]) -> list[tuple[float, float]]:
+        return [(cx + rx * math.cos(math.radians(a)), cy - ry * math.sin(math.radians(a))) for a in degrees]
+
+    def line(x0: float, y0: float, x1: float, y1: float, n: int) -> list[tuple[float, float]]:
+        return [(x0 + (x1 - x0) * i / (n - 1), y0 + (y1 - y0) * i / (n - 1)) for i in range(n)]
+
+    jaw = [(0.5 - 0.42 * math.cos(s), 0.38 + 0.55 * math.sin(s))
+           for s in (math.pi * i / 16 for i in range(17))]
+    eye = [180.0, 120.0, 60.0, 0.0, -60.0, -120.0]
+    pts = (jaw + line(0.17, 0.30, 0.43, 0.28, 5) + line(0.57, 0.28, 0.83, 0.30, 5)
+           + line(0.5, 0.38, 0.5, 0.58, 4) + line(0.42, 0.63, 0.58, 0.63, 5)
+           + arc(0.32, 0.42, 0.08, 0.03, eye) + arc(0.68, 0.42, 0.08, 0.03, eye)
+           + arc(0.5, 0.78, 0.15, 0.06, [180.0 - 30.0 * i for i in range(12)])
+           + arc(0.5, 0.78, 0.10, 0.025, [180.0 - 45.0 * i for i in range(8)]))
+    return torch.tensor(pts, dtype=torch.float32) * size
+
+
+def example_batch(card: ModelCard, batch_size: int = 2, num_classes: int = 7,
+                  seed: int = 0) -> dict[str, Tensor]:
+    """A random batch holding exactly ``card.fields`` (+ ``label``) at the card's input size."""
+    g = torch.Generator().manual_seed(seed)
+    s = card.input_size
+    batch: dict[str, Tensor] = {"label": torch.arange(batch_size) % num_classes}
+    for field in card.fields:
+        if field == "image":
+            batch[field] = torch.randn(batch_size, 3, s, s, generator=g)
+        elif field in ("left", "right"):
+            batch[field] = torch.randn(batch_size, 3, s, s // 2, generator=g)
+        elif field == "heatmap":
+            batch[field] = torch.rand(batch_size, 1, s // 4, s // 4, generator=g)
+        elif field == "lmk":
+            jitter = torch.randn(batch_size, 68, 2, generator=g) * (s / 100)
+            batch[field] = synthetic_landmarks(s)[None] + jitter
+    return batch
+
+
+def used_parameters(model: nn.Module, batch: dict[str, Tensor]) -> list[nn.Parameter]:
+    """Parameters of the modules that one forward pass on ``batch`` calls (each once)."""
+    called: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, _args: called.append(mod)) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    seen: dict[int, nn.Parameter] = {}
+    for mod in called:
+        for p in mod.parameters(recurse=False):
+            seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def count_macs(model: nn.Module, batch: dict[str, Tensor]) -> int:
+    """Multiply-accumulates of one forward pass (FLOPs / 2 as counted by FlopCounterMode)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(batch)
+    return counter.get_total_flops() // 2
+
+
+def model_info(name: str, num_classes: int = 7, **kwargs: object) -> ModelInfo:
+    """Build ``name`` and measure it at batch size 1 in eval mode."""
+    model = create_model(name, num_classes=num_classes, **kwargs).eval()
+    return describe(model)
+
+
+def describe(model: nn.Module) -> ModelInfo:
+    """:class:`ModelInfo` of an already built model (put in eval mode here)."""
+    model.eval()
+    card: ModelCard = model.card
+    batch = example_batch(card, batch_size=1)
+    used = used_parameters(model, batch)
+    return ModelInfo(
+        name=card.name, input_size=card.input_size, fields=card.fields, losses=card.losses,
+        paper=card.paper, notes=card.notes, params_used=sum(p.numel() for p in used),
+        params_registered=sum(p.numel() for p in model.parameters()),
+        params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        macs=count_macs(model, batch))

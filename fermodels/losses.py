@@ -1,0 +1,76 @@
+"""Loss functions of the seed models, registered by name.
+
+Models combine these into their ``losses(out, batch)`` dict with their own weights; the
+functions here are unweighted so tests can check each formula against its paper or code.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ferdata.classes import NEUTRAL
+from ferdata.registry import Registry
+
+LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
+
+
+@LOSSES.register("ce")
+def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = None) -> Tensor:
+    """Softmax cross-entropy; with ``class_weight`` (C,) the weighted mean torch defines.
+
+    Models pass ``batch.get("class_weight")`` so the trainer's ``train.class_weights`` works.
+    """
+    return F.cross_entropy(logits, labels, weight=class_weight)
+
+
+@LOSSES.register("half_alignment")
+def half_alignment(left: Tensor, right: Tensor) -> Tensor:
+    """CMNet's half-face alignment loss: MSE between pooled left/right half descriptors.
+
+    The public code stacks the two (B, C) descriptors, log-softmaxes over the 2-element half
+    axis and returns ``2 * var(dim=1).mean()``. The log-softmax shifts both entries by the same
+    constant and the unbiased variance of two numbers is (a - b)^2 / 2, so the loss is exactly
+    ``mean((left - right)^2)`` - computed directly here (seed_models.md §2.4).
+    """
+    return torch.mean((left.float() - right.float()) ** 2)  # float32 under autocast too
+
+
+@LOSSES.register("neaa")
+def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
+                         neutral: int = NEUTRAL) -> Tensor:
+    """Neutral-expression-aware anchor loss (Nie et al., CVM 2024, §3.2, Eqs. 6-10), batch-wise.
+
+    * each non-neutral class c present in the batch: the anchor is its most confident sample,
+      i.e. the one whose softmax over ``logits`` has the lowest entropy (Eq. 6); the loss adds
+      ``1/N_c * sum_i MSE(f_i, f_anchor)`` over the class's N_c samples (Eqs. 7-8);
+    * the neutral class: ``1/(N_n-1)^2 * sum_i sum_{j != i} MSE(f_i, f_j)`` (Eq. 9);
+    * L_NeAA is the sum of both parts (Eq. 10); a class with fewer than 2 samples adds 0.
+
+    ``MSE`` is the mean over feature dimensions. The anchor is chosen without gradient
+    (argmin), but gradients flow through both the samples and the anchor feature, as the
+    paper does not stop them.
+    """
+    if features.dim() != 2 or features.shape[0] != labels.shape[0]:
+        raise ValueError(f"features must be (B, D) matching labels (B,), got "
+                         f"{tuple(features.shape)} and {tuple(labels.shape)}")
+    with torch.no_grad():
+        log_p = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+    features = features.float()  # distances in float32 under autocast
+    total = features.new_zeros(())
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        n = idx.numel()
+        if n < 2:
+            continue
+        f = features[idx]
+        if c == neutral:
+            pair = ((f[:, None, :] - f[None, :, :]) ** 2).mean(-1)  # diagonal is 0
+            total = total + pair.sum() / (n - 1) ** 2
+        else:
+            anchor = f[entropy[idx].argmin()]
+            total = total + ((f - anchor) ** 2).mean(-1).sum() / n
+    return total

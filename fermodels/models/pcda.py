@@ -1,0 +1,191 @@
+"""Product-cross dual attention + NeAA loss (Nie et al., CVM 2024). No public code exists.
+
+Built from the paper (shared/seeds/002, §3) and the components it names:
+
+* image features X: IR-50 stages 1-3 at 112 -> 256 x 14 x 14 (MS-Celeb-1M init via ``pretrained``);
+* landmark features L: 128 x 14 x 14, either from a frozen MobileFaceNet's ``conv_4`` (the paper;
+  needs ``landmark_checkpoint``) or, by default, from 68 Gaussian heatmaps rendered at 14 x 14
+  from ``batch["lmk"]`` and a small conv (the pipeline already ran a landmark detector);
+* dot-product attention: H = channel-max of L, F = X * act(H) (``h_norm``, unspecified in the paper);
+* cross-feature attention: landmark tokens (queries) and fusion tokens (keys/values), each with
+  a learned class token and a shared learned position embedding, ``depth`` pre-LN blocks
+  t' = t_F + CrossAttn(Q_lm, K_F, V_F), t_F = t' + MLP(LN(t')) (Eq. 5); LN; class token -> FC;
+* loss CE + 0.01 * NeAA on the class tokens of the batch (§3.2, :func:`neutral_aware_anchor`).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from fermodels.checkpoints import load_pretrained
+from fermodels.losses import cross_entropy, neutral_aware_anchor
+from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
+from fermodels.models.baselines import Batch, require
+from fermodels.registry import ModelCard, register_model
+
+H_NORMS = ("sigmoid", "raw", "minmax", "softmax")
+NUM_LANDMARKS = 68
+
+
+class GaussianLandmarkEncoder(nn.Module):
+    """68 landmarks (pixel coords at ``input_size``) -> Gaussian maps on a grid -> 128 channels."""
+
+    def __init__(self, input_size: int, grid: int, channels: int = 128, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.cell = input_size / grid
+        self.grid, self.sigma = grid, sigma * self.cell
+        self.conv = nn.Conv2d(NUM_LANDMARKS, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.act = nn.PReLU(channels)
+
+    def render(self, lmk: Tensor) -> Tensor:
+        """(B, 68, 2) -> (B, 68, grid, grid) unnormalised Gaussians at cell centres.
+
+        Landmarks use the pipeline's pixel-centre convention (pixel i is centred at i), so the
+        centre of grid cell j covering pixels [j*cell, (j+1)*cell) is (j + 0.5) * cell - 0.5.
+        """
+        steps = torch.arange(self.grid, dtype=lmk.dtype, device=lmk.device)
+        centres = (steps + 0.5) * self.cell - 0.5
+        dx = centres[None, None, None, :] - lmk[:, :, 0, None, None]
+        dy = centres[None, None, :, None] - lmk[:, :, 1, None, None]
+        return torch.exp(-(dx ** 2 + dy ** 2) / (2 * self.sigma ** 2))
+
+    def forward(self, lmk: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(self.render(lmk))))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Landmark-query / fusion-key-value attention block; only the fusion stream is updated."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm_lm, self.norm_fusion = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, lm: Tensor, fusion: Tensor) -> Tensor:
+        b, n, d = fusion.shape
+        h = self.heads
+        q = self.q(self.norm_lm(lm)).reshape(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(self.norm_fusion(fusion)).reshape(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
+        fusion = fusion + self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+        return fusion + self.mlp(self.norm_mlp(fusion))
+
+
+def normalise_heatmap(h: Tensor, mode: str) -> Tensor:
+    """Map the channel-max heatmap (B, 1, h, w) to attention weights."""
+    if mode == "sigmoid":
+        return torch.sigmoid(h)
+    if mode == "raw":
+        return h
+    flat = h.flatten(1)
+    if mode == "minmax":
+        lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+        return ((flat - lo) / (hi - lo + 1e-6)).view_as(h)
+    if mode == "softmax":  # scaled so the mean weight is 1, keeping the feature scale
+        return (torch.softmax(flat, dim=1) * flat.shape[1]).view_as(h)
+    raise ValueError(f"h_norm must be one of {H_NORMS}, got {mode!r}")
+
+
+class PCDA(nn.Module):
+    """Product-cross dual attention network; see the module docstring."""
+
+    def __init__(self, num_classes: int, card: ModelCard, dim: int = 512, depth: int = 2,
+                 heads: int = 8, mlp_ratio: float = 2.0, h_norm: str = "sigmoid",
+                 neaa_weight: float = 0.01, heatmap_sigma: float = 1.0, head_drop: float = 0.0,
+                 landmark_checkpoint: str | None = None, pretrained: str | None = None) -> None:
+        super().__init__()
+        if h_norm not in H_NORMS:
+            raise ValueError(f"h_norm must be one of {H_NORMS}, got {h_norm!r}")
+        self.card, self.h_norm, self.neaa_weight = card, h_norm, neaa_weight
+        grid = card.input_size // 8
+        self.image_backbone = IR50(num_stages=3)
+        self.landmark_backbone: MobileFaceNetTrunk | None = None
+        self.landmark_encoder: GaussianLandmarkEncoder | None = None
+        if landmark_checkpoint:
+            self.landmark_backbone = MobileFaceNetTrunk()
+            load_pretrained(self.landmark_backbone, landmark_checkpoint, "mobilefacenet")
+            freeze(self.landmark_backbone)
+        else:
+            self.landmark_encoder = GaussianLandmarkEncoder(card.input_size, grid, sigma=heatmap_sigma)
+        if pretrained:
+            load_pretrained(self.image_backbone, pretrained, "ir50")
+        self.embed_lm = nn.Linear(MobileFaceNetTrunk.out_channels, dim)
+        self.embed_fusion = nn.Linear(self.image_backbone.out_channels, dim)
+        self.cls_lm = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_fusion = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
+        for p in (self.cls_lm, self.cls_fusion, self.pos_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Sequential(nn.Dropout(head_drop), nn.Linear(dim, num_classes))
+
+    def train(self, mode: bool = True) -> "PCDA":
+        """Keep the frozen landmark backbone in eval mode (fixed BN statistics)."""
+        super().train(mode)
+        if self.landmark_backbone is not None:
+            self.landmark_backbone.eval()
+        return self
+
+    def landmark_features(self, batch: Batch) -> Tensor:
+        if self.landmark_backbone is not None:
+            return self.landmark_backbone(require(batch, "image", self.card))
+        return self.landmark_encoder(require(batch, "lmk", self.card))
+
+    def _tokens(self, fmap: Tensor, embed: nn.Linear, cls: Tensor) -> Tensor:
+        tokens = embed(fmap.flatten(2).transpose(1, 2))
+        return torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        x = self.image_backbone(require(batch, "image", self.card))
+        lm = self.landmark_features(batch)
+        heat = normalise_heatmap(lm.amax(dim=1, keepdim=True), self.h_norm)
+        fusion = self._tokens(x * heat, self.embed_fusion, self.cls_fusion)
+        lm_tokens = self._tokens(lm, self.embed_lm, self.cls_lm)
+        for block in self.blocks:
+            fusion = block(lm_tokens, fusion)
+        feats = self.norm(fusion)[:, 0]
+        return {"logits": self.head(feats), "features": feats, "heatmap": heat}
+
+    def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        labels = batch["label"]
+        return {"ce": cross_entropy(out["logits"], labels, batch.get("class_weight")),
+                "neaa": self.neaa_weight * neutral_aware_anchor(out["features"], out["logits"], labels)}
+
+
+@register_model("pcda")
+def pcda(num_classes: int = 7, dim: int = 512, depth: int = 2, heads: int = 8, mlp_ratio: float = 2.0,
+         h_norm: str = "sigmoid", neaa_weight: float = 0.01, heatmap_sigma: float = 1.0,
+         head_drop: float = 0.0, landmark_checkpoint: str | None = None,
+         pretrained: str | None = None) -> PCDA:
+    source = ("frozen MobileFaceNet conv_4 (paper)" if landmark_checkpoint else
+              f"Gaussian heatmaps of batch lmk at 14x14 (sigma {heatmap_sigma} cells) + conv3x3 "
+              "68->128 + BN + PReLU (our substitute for the MobileFaceNet, trainable)")
+    card = ModelCard(
+        name="pcda", input_size=112, fields=("image",) if landmark_checkpoint else ("image", "lmk"),
+        losses=("ce", "neaa"),
+        paper="Nie et al.: Face Expression Recognition via Product-Cross Dual Attention and "
+              "Neutral-Aware Anchor Loss, CVM 2024 (OpenReview QXQq9U0BVU)",
+        notes=("Paper-only (no public code). Landmark features: " + source + ". From the paper: "
+               "IR-50 stages 1-3 at 112, H = channel-max of landmark features, F = X*act(H), "
+               "landmark-query / fusion-key-value cross attention with class tokens, 2 blocks, "
+               "NeAA exactly as Eqs. 6-10 with lambda 0.01. Interpretation: "
+               f"act = h_norm ({h_norm!r}); pre-LN blocks; one shared learned pos-embed; q/k/v "
+               "without bias; landmark tokens are not updated between blocks; W_q_fusion (in the "
+               "paper's Eq. 3 but unused by Eq. 4) is not built; no SE gate. Defaults dim=512, "
+               "mlp_ratio=2 follow POSTER; the paper's own setting (c_t=768, MLP ratio 4) "
+               "reproduces its 15.6M attention-module size. With a MobileFaceNet the normalised "
+               "image is fed as POSTER does (the net was trained on BGR /255)."))
+    return PCDA(num_classes, card, dim, depth, heads, mlp_ratio, h_norm, neaa_weight, heatmap_sigma,
+                head_drop, landmark_checkpoint, pretrained)

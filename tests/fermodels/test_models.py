@@ -1,0 +1,364 @@
+"""Contract tests over every registered model, then family-specific behaviour and cost checks."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import Tensor, nn
+from typer.testing import CliRunner
+
+from fermodels.cli import app
+from fermodels.info import example_batch, model_info, synthetic_landmarks
+from fermodels.registry import FIELDS, create_model, list_models
+
+# Narrow ConvNeXt so the Conv-cut variants run in milliseconds; the real default is tested below.
+TINY = {"convcut": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), width=32),
+        "convcut_paper": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), width=32)}
+EXPECTED = {"resnet18", "resnet18_112", "ir50", "cmnet", "pcnn", "pcda", "convcut", "convcut_paper"}
+ALL = list_models()
+# Non-default configurations that change the forward graph, run through the same contract.
+VARIANTS = [pytest.param(n, {}, id=n) for n in ALL] + [
+    pytest.param("pcnn", {"regions": "landmarks"}, id="pcnn-landmarks"),
+    pytest.param("cmnet", {"mirror_right_half": False, "share_trunk": False}, id="cmnet-unmirrored-unshared"),
+    pytest.param("pcda", {"h_norm": "softmax", "depth": 1}, id="pcda-softmax-depth1"),
+]
+
+
+def build(name: str, **kwargs: object) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, **{**TINY.get(name, {}), **kwargs})
+
+
+def export_batch_size(name: str) -> int:
+    """2 where the graph mixes samples (batch attention), else 1 to keep CPU time down."""
+    return 2 if name.startswith("convcut") else 1
+
+
+class LogitsOnly(nn.Module):
+    """Tensor-in / logits-out view of a model (ONNX and tracing need positional tensors)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.fields = model, model.card.fields
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return self.model(dict(zip(self.fields, tensors)))["logits"]
+
+
+def test_registry_has_every_model() -> None:
+    assert EXPECTED <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_card_describes_model(name: str) -> None:
+    card = build(name).card
+    assert card.name == name and card.input_size in (112, 224)
+    assert "image" in card.fields and set(card.fields) <= set(FIELDS)
+    assert card.losses and card.paper and card.notes
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS)
+def test_forward_backward_with_only_card_fields(name: str, kwargs: dict) -> None:
+    model = build(name, **kwargs).train()
+    batch = example_batch(model.card, batch_size=2)
+    assert set(batch) == set(model.card.fields) | {"label"}
+    out = model(batch)
+    assert out["logits"].shape == (2, 7)
+    losses = model.losses(out, batch)
+    assert tuple(losses) == model.card.losses
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"trainable parameters unused in forward: {no_grad[:5]}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_losses_use_class_weight(name: str) -> None:
+    """The trainer's ``train.class_weights`` reaches every cross-entropy term."""
+    model = build(name).eval()
+    batch = example_batch(model.card, batch_size=2)
+    with torch.no_grad():
+        out = model(batch)
+        plain = model.losses(out, {**batch, "class_weight": torch.ones(7)})
+        skewed = model.losses(out, {**batch, "class_weight": torch.tensor([1.0, 1e-3, 1, 1, 1, 1, 1])})
+    changed = {k for k in plain if not torch.allclose(plain[k], skewed[k])}
+    assert changed == {k for k in plain if k.startswith("ce")}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_eval_is_deterministic_and_batch_size_one_works(name: str) -> None:
+    model = build(name).eval()
+    batch = example_batch(model.card, batch_size=1)
+    with torch.no_grad():
+        a, b = model(batch)["logits"], model(batch)["logits"]
+    assert a.shape == (1, 7) and torch.equal(a, b)
+    model.train()
+    out = model(batch)
+    assert all(torch.isfinite(v) for v in model.losses(out, batch).values())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_autocast_losses_stay_float32(name: str) -> None:
+    """Mixed precision (the trainer's ``amp``): every loss comes back finite in float32."""
+    model = build(name).train()
+    batch = example_batch(model.card, batch_size=2)
+    batch["label"] = torch.tensor([0, 0])  # a class with 2 samples: NeAA's pair term is exercised
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.losses(model(batch), batch)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_eight_classes(name: str) -> None:
+    model = build(name, num_classes=8).eval()
+    with torch.no_grad():
+        assert model(example_batch(model.card, 2, num_classes=8))["logits"].shape == (2, 8)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_missing_field_is_named(name: str) -> None:
+    model = build(name)
+    batch = example_batch(model.card, 1)
+    missing = model.card.fields[-1]
+    del batch[missing]
+    with pytest.raises(KeyError, match=missing):
+        model(batch)
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS)
+def test_onnx_export_matches_torch(name: str, kwargs: dict, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = build(name, **kwargs).eval()
+    batch = example_batch(model.card, export_batch_size(name))
+    inputs = tuple(batch[f] for f in model.card.fields)
+    wrapper = LogitsOnly(model).eval()
+    path = tmp_path / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, inputs, str(path), dynamo=False, opset_version=17,
+                          input_names=list(model.card.fields), output_names=["logits"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {f: batch[f].numpy() for f in model.card.fields})[0]
+    with torch.no_grad():
+        want = wrapper(*inputs).numpy()
+    assert got.shape == want.shape
+    assert abs(got - want).max() < 1e-3
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_jit_trace_matches_eager(name: str) -> None:
+    model = build(name).eval()
+    inputs = tuple(example_batch(model.card, export_batch_size(name))[f] for f in model.card.fields)
+    wrapper = LogitsOnly(model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, inputs, check_trace=False)
+        assert torch.allclose(traced(*inputs), wrapper(*inputs), atol=1e-5)
+
+
+def test_unknown_model_lists_known_names() -> None:
+    with pytest.raises(KeyError, match="cmnet"):
+        create_model("no_such_model")
+
+
+# ---- CMNet -------------------------------------------------------------------------------
+
+def test_mycbam_matches_public_parameter_count() -> None:
+    from fermodels.models.cmnet import MyCBAM
+    assert sum(p.numel() for p in MyCBAM(512).parameters()) == 82_569
+    x = torch.randn(2, 512, 7, 7)
+    assert MyCBAM(512).eval()(x).shape == x.shape
+
+
+def test_cmnet_unmirrored_mode_reproduces_public_split() -> None:
+    """mirror_right_half=False flips batch['right'] back: the trunk sees the raw right columns."""
+    model = build("cmnet", mirror_right_half=False).eval()
+    image = torch.randn(1, 3, 224, 224)
+    batch = {"image": image, "left": image[..., :112], "right": torch.flip(image[..., 112:], dims=[3])}
+    with torch.no_grad():
+        out = model(batch)
+        want = model.trunk.to_layer3(image[..., 112:]).mean(dim=(2, 3))
+    assert torch.allclose(out["right_desc"], want, atol=1e-5)
+
+
+def test_cmnet_mirrored_mode_feeds_mirrored_half_and_restores_layout() -> None:
+    model = build("cmnet").eval()
+    image = torch.randn(1, 3, 224, 224)
+    right = torch.flip(image[..., 112:], dims=[3])
+    with torch.no_grad():
+        out = model({"image": image, "left": image[..., :112], "right": right})
+        want = model.trunk.to_layer3(right).mean(dim=(2, 3))
+    assert torch.allclose(out["right_desc"], want, atol=1e-5)
+
+
+def test_cmnet_rejects_wrong_half_width_and_can_unshare() -> None:
+    model = build("cmnet")
+    batch = example_batch(model.card, 1)
+    batch["left"] = torch.randn(1, 3, 224, 224)
+    with pytest.raises(ValueError, match="left"):
+        model(batch)
+    shared = sum(p.numel() for p in model.parameters())
+    unshared = sum(p.numel() for p in build("cmnet", share_trunk=False).parameters())
+    assert unshared > shared
+
+
+# ---- PCNN --------------------------------------------------------------------------------
+
+def test_pcnn_fixed_regions_follow_public_code() -> None:
+    from fermodels.models.pcnn import region_sizes
+    assert region_sizes(224) == {"eye_left": (112, 112), "eye_right": (112, 112),
+                                 "cheek_left": (33, 112), "cheek_right": (33, 112), "mouth": (79, 224)}
+    model = build("pcnn").eval()
+    crops = model.crops(example_batch(model.card, 1))
+    maps = {k: model.local_trunks[k].to_layer3(v).shape[-2:] for k, v in crops.items()}
+    assert maps == {"eye_left": (7, 7), "eye_right": (7, 7), "cheek_left": (3, 7),
+                    "cheek_right": (3, 7), "mouth": (5, 14)}
+
+
+def test_pcnn_stn_starts_at_identity() -> None:
+    model = build("pcnn").eval()
+    with torch.no_grad():
+        theta = model(example_batch(model.card, 2))["theta"]
+    assert torch.allclose(theta, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3))
+    from fermodels.models.pcnn import _affine_grid
+    theta = torch.randn(2, 2, 3)
+    want = torch.nn.functional.affine_grid(theta, (2, 1, 14, 14), align_corners=True)
+    assert torch.allclose(_affine_grid(theta, 14, 14), want, atol=1e-6)
+
+
+def test_pcnn_landmark_regions_have_fixed_crop_sizes() -> None:
+    model = build("pcnn", regions="landmarks")
+    assert model.card.fields == ("image", "lmk")
+    crops = model.crops(example_batch(model.card, 2))
+    assert {k: tuple(v.shape[-2:]) for k, v in crops.items()} == model.sizes
+    from ferdata.regions import landmark_regions
+    from fermodels.models.pcnn import REGIONS, landmark_boxes
+    lmk = synthetic_landmarks(224)
+    lmk[:3] -= 30  # push some jaw points outside the crop: boxes are clipped like the pipeline's
+    boxes = landmark_boxes(lmk[None], 224)[0]
+    want = landmark_regions(lmk.numpy(), 224)
+    assert torch.allclose(boxes, torch.tensor([want[r] for r in REGIONS]), atol=0.01)
+    centres = dict(zip(REGIONS, ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist()))
+    assert centres["eye_left"][0] < 112 < centres["eye_right"][0]
+    assert centres["eye_left"][1] < centres["cheek_left"][1] < centres["mouth"][1]
+    with pytest.raises(ValueError, match="regions"):
+        build("pcnn", regions="random")
+
+
+# ---- PCDA --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("h_norm", ["sigmoid", "raw", "minmax", "softmax"])
+def test_pcda_heatmap_normalisations(h_norm: str) -> None:
+    model = build("pcda", h_norm=h_norm, dim=64, heads=4).eval()
+    with torch.no_grad():
+        out = model(example_batch(model.card, 2))
+    assert out["features"].shape == (2, 64) and out["heatmap"].shape == (2, 1, 14, 14)
+    if h_norm == "minmax":
+        assert out["heatmap"].amin() >= 0 and out["heatmap"].amax() <= 1
+    if h_norm == "softmax":
+        assert torch.allclose(out["heatmap"].mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+
+
+def test_pcda_rejects_unknown_h_norm() -> None:
+    with pytest.raises(ValueError, match="h_norm"):
+        build("pcda", h_norm="tanh")
+
+
+def test_pcda_gaussians_peak_at_landmarks() -> None:
+    from fermodels.models.pcda import GaussianLandmarkEncoder
+    enc = GaussianLandmarkEncoder(112, 14)
+    lmk = torch.full((1, 68, 2), 4.0)
+    lmk[0, 5] = torch.tensor([60.0, 92.0])  # cell (row 11, col 7)
+    maps = enc.render(lmk)
+    assert maps.shape == (1, 68, 14, 14)
+    assert divmod(int(maps[0, 5].argmax()), 14) == (11, 7)
+
+
+# ---- Conv-cut ----------------------------------------------------------------------------
+
+def test_convcut_paper_leaks_across_batch_and_convcut_does_not() -> None:
+    torch.manual_seed(1)
+    a, b, c = (torch.randn(1, 3, 224, 224) for _ in range(3))
+    for name, leaks in (("convcut_paper", True), ("convcut", False)):
+        model = build(name).eval()
+        with torch.no_grad():
+            with_b = model({"image": torch.cat([a, b])})["logits"][0]
+            with_c = model({"image": torch.cat([a, c])})["logits"][0]
+            alone = model({"image": a})["logits"][0]
+        assert torch.allclose(with_b, with_c, atol=1e-5) is not leaks, name
+        assert torch.allclose(with_b, alone, atol=1e-5) is not leaks, name
+
+
+def test_convcut_frozen_backbone_stays_frozen_and_in_eval() -> None:
+    model = build("convcut").train()
+    assert not model.backbone.training and model.det.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    trainable = build("convcut", freeze_backbone=False).train()
+    assert trainable.backbone.training and all(p.requires_grad for p in trainable.backbone.parameters())
+
+
+def test_convcut_cut_stage_two_gives_three_by_three_tokens() -> None:
+    model = build("convcut", cut_stage=2).eval()
+    with torch.no_grad():
+        det = model.det(model.backbone(torch.randn(1, 3, 224, 224)))
+    assert det.shape == (1, 32, 3, 3)
+    with pytest.raises(ValueError, match="cut_stage"):
+        build("convcut", cut_stage=4)
+
+
+def test_convcut_default_is_real_convnext_base() -> None:
+    model = create_model("convcut").train()
+    depths = [len(model.backbone.features[i]) for i in (1, 3, 5)]
+    assert depths == [3, 3, 27] and len(model.backbone.features) == 6
+    assert model.backbone.out_channels == 512
+    batch = example_batch(model.card, 2)
+    sum(model.losses(model(batch), batch).values()).backward()
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 209_159
+
+
+@pytest.mark.slow
+def test_convcut_default_exports_to_onnx(tmp_path) -> None:
+    """The real ConvNeXt-Base cut at stage 3 (a 240 MB ONNX file)."""
+    model = create_model("convcut").eval()
+    image = example_batch(model.card, 1)["image"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LogitsOnly(model).eval(), (image,), str(tmp_path / "convcut.onnx"),
+                          dynamo=False, opset_version=17, input_names=["image"])
+    assert (tmp_path / "convcut.onnx").stat().st_size > 200e6
+
+
+# ---- cost (seed_models.md measurements of the public code) -------------------------------
+
+@pytest.mark.parametrize("name, params_m, gmacs", [
+    ("cmnet", 11.26, 3.22), ("pcnn", 25.9, 3.68), ("ir50", 17.61, 5.47)])
+def test_info_matches_public_code_measurement(name: str, params_m: float, gmacs: float) -> None:
+    info = model_info(name)
+    assert info.params_used / 1e6 == pytest.approx(params_m, rel=0.05)
+    assert info.macs / 1e9 == pytest.approx(gmacs, rel=0.05)
+
+
+def test_info_counts_shared_modules_once_and_skips_unused() -> None:
+    from fermodels.info import used_parameters
+    shared = nn.Linear(4, 4)
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.unused = shared, nn.Linear(4, 50)
+
+        def forward(self, batch: dict) -> dict:
+            return {"logits": self.a(self.a(batch["x"]))}
+
+    used = used_parameters(Twice(), {"x": torch.randn(1, 4)})
+    assert sum(p.numel() for p in used) == 20
+
+
+def test_cli_info_and_list() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["info", "cmnet"])
+    assert result.exit_code == 0, result.output
+    assert "11.26 M" in result.output and "3.22 G" in result.output and "224" in result.output
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0 and EXPECTED <= set(result.output.split())
