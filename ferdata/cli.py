@@ -82,5 +82,14 @@ def sample(
     typer.echo(json.dumps(summary, indent=2))
 
 
+def _register_optional_commands() -> None:
+    """Commands whose implementation lives next to the library code they wrap."""
+    from ferdata.show import show_command
+
+    app.command("show")(show_command)
+
+
+_register_optional_commands()
+
 if __name__ == "__main__":
     app()

@@ -1,8 +1,11 @@
 """Face geometry, computed once: the ArcFace 5-point template, similarity fit, warping,
-landmark transforms and the 68-point left/right permutation.
+landmark transforms, half-faces and the 68-point left/right permutation.
 
 Everything downstream (heatmaps, half-faces, region boxes, flips) uses the matrix
 and landmarks returned by :func:`align_face`; nothing re-estimates geometry.
+Coordinates follow OpenCV's pixel-centre convention: pixel (i, j) has its centre at
+x = j, y = i, which is what ``cv2.warpAffine`` assumes, so a landmark transformed by
+the crop matrix lands on the same pixel the warp put its image content on.
 """
 from __future__ import annotations
 
@@ -17,21 +20,36 @@ ARCFACE_112 = np.array(
     dtype=np.float64,
 )
 
-# Horizontal-flip permutation of iBUG-68: flipped point i is original point FLIP_68[i].
+# Horizontal-flip permutation of iBUG-68 (face-alignment's ``shuffle_lr``): after flipping an
+# image, point i of the flipped face is the mirror of original point FLIP_68[i]. An involution.
 FLIP_68 = np.array(
     list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
     + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
     + [54, 53, 52, 51, 50, 49, 48] + [59, 58, 57, 56, 55] + [64, 63, 62, 61, 60] + [67, 66, 65],
     dtype=np.int64,
 )
+# The same for the 5 ArcFace points (eyes swap, nose stays, mouth corners swap).
+FLIP_5 = np.array([1, 0, 2, 4, 3], dtype=np.int64)
+
+# iBUG-68 index groups (0-based); "1" = image-left (the subject's right side).
+IBUG_GROUPS: dict[str, tuple[int, ...]] = {
+    "jaw": tuple(range(0, 17)), "brow1": tuple(range(17, 22)), "brow2": tuple(range(22, 27)),
+    "nose_bridge": tuple(range(27, 31)), "nostrils": tuple(range(31, 36)),
+    "eye1": tuple(range(36, 42)), "eye2": tuple(range(42, 48)),
+    "outer_lips": tuple(range(48, 60)), "inner_lips": tuple(range(60, 68)),
+}
 
 
 def template(size: int, padding: float = 0.0) -> np.ndarray:
     """The ArcFace template for a ``size`` x ``size`` crop (insightface's scaling rule).
 
-    ``padding`` > 0 shrinks the template towards the crop centre so the crop shows
-    more forehead and chin (FER cues near the borders); 0 reproduces ``norm_crop``.
+    Multiples of 112 scale the 112 template; multiples of 128 scale it by size/128 and
+    shift it right by 8*size/128 (insightface's ``estimate_norm``). ``padding`` > 0
+    shrinks the template towards the crop centre so the crop shows more forehead and
+    chin (FER cues near the borders); 0 reproduces ``norm_crop`` exactly.
     """
+    if size <= 0:
+        raise ValueError(f"crop size must be positive, got {size}")
     if size % 112 == 0:
         dst = ARCFACE_112 * (size / 112.0)
     elif size % 128 == 0:
@@ -39,6 +57,8 @@ def template(size: int, padding: float = 0.0) -> np.ndarray:
         dst = ARCFACE_112 * ratio + np.array([8.0 * ratio, 0.0])
     else:
         raise ValueError(f"crop size must be a multiple of 112 or 128, got {size}")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
     if padding:
         centre = np.array([size / 2.0, size / 2.0])
         dst = centre + (dst - centre) / (1.0 + padding)
@@ -53,18 +73,29 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"need two matching (K>=2, 2) point sets, got {src.shape} and {dst.shape}")
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise ValueError("keypoints contain NaN or infinity")
     n = src.shape[0]
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
+    var_s = (s ** 2).sum() / n
+    if var_s <= 1e-12:
+        raise ValueError("degenerate keypoints: all points coincide")
     cov = d.T @ s / n
     u, sig, vt = np.linalg.svd(cov)
     sign = np.ones(2)
     if np.linalg.det(cov) < 0:
         sign[1] = -1
-    rot = u @ np.diag(sign) @ vt
-    var_s = (s ** 2).sum() / n
-    if var_s <= 0:
-        raise ValueError("degenerate keypoints: all points coincide")
+    if np.linalg.matrix_rank(cov) == 1:
+        # Collinear points (e.g. K=2): the sign of det(cov) is noise; choose the proper
+        # rotation from U and V instead, as Umeyama (and skimage) do.
+        sign[1] = 1.0 if np.linalg.det(u) * np.linalg.det(vt) > 0 else -1.0
+        rot = u @ np.diag(sign) @ vt
+        sign[1] = 1.0                       # sig[1] == 0: the scale does not depend on it
+    else:
+        rot = u @ np.diag(sign) @ vt
     scale = (sig * sign).sum() / var_s
     m = np.empty((2, 3))
     m[:, :2] = scale * rot
@@ -72,28 +103,43 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def estimate_norm(kps5: np.ndarray, size: int = 112, padding: float = 0.0) -> np.ndarray:
+    """The source->crop matrix for 5 ArcFace-order keypoints (insightface's ``estimate_norm``)."""
+    kps5 = np.asarray(kps5)
+    if kps5.shape != (5, 2):
+        raise ValueError(f"expected 5 keypoints of shape (5, 2), got {kps5.shape}")
+    return similarity_matrix(kps5, template(size, padding))
+
+
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply a 2x3 affine matrix to (K, 2) points."""
+    """Apply a 2x3 affine matrix to (..., K, 2) points."""
     pts = np.asarray(points, np.float64)
-    return (pts @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    m = np.asarray(matrix, np.float64)
+    return (pts @ m[:, :2].T + m[:, 2]).astype(np.float32)
 
 
 def five_from_68(lmk68: np.ndarray) -> np.ndarray:
     """ArcFace-order 5 points from iBUG-68: eye centres, nose tip, mouth corners."""
     lmk68 = np.asarray(lmk68, np.float64)
+    if lmk68.shape != (68, 2):
+        raise ValueError(f"expected (68, 2) landmarks, got {lmk68.shape}")
     return np.stack([
         lmk68[36:42].mean(0), lmk68[42:48].mean(0), lmk68[30], lmk68[48], lmk68[54],
     ]).astype(np.float32)
 
 
-def flip_landmarks(lmk68: np.ndarray, width: float) -> np.ndarray:
+def flip_landmarks(lmk: np.ndarray, width: float) -> np.ndarray:
     """Landmarks of the horizontally flipped image, re-indexed so point semantics hold.
 
-    Pixel-centre convention: column x maps to ``width - 1 - x``.
+    Works for iBUG-68 (``FLIP_68``) and ArcFace-5 (``FLIP_5``). Pixel-centre
+    convention: column x maps to ``width - 1 - x``. Flipping twice is the identity.
     """
-    lmk = np.asarray(lmk68, np.float32)
-    flipped = lmk[FLIP_68].copy()
-    flipped[:, 0] = (width - 1) - flipped[:, 0]
+    pts = np.asarray(lmk, np.float32)
+    perm = {68: FLIP_68, 5: FLIP_5}.get(pts.shape[-2]) if pts.ndim >= 2 else None
+    if perm is None or pts.shape[-1] != 2:
+        raise ValueError(f"expected (..., 68, 2) or (..., 5, 2) landmarks, got {pts.shape}")
+    flipped = pts[..., perm, :].copy()
+    flipped[..., 0] = (width - 1) - flipped[..., 0]
     return flipped
 
 
@@ -108,18 +154,36 @@ class Aligned:
 
 def align_face(image: np.ndarray, kps5: np.ndarray, size: int, padding: float = 0.0,
                lmk68: np.ndarray | None = None) -> Aligned:
-    """Warp ``image`` so ``kps5`` land on the template; transform ``lmk68`` with the same matrix."""
-    m = similarity_matrix(kps5, template(size, padding))
+    """Warp ``image`` so ``kps5`` land on the template; transform ``lmk68`` with the same matrix.
+
+    With ``padding=0`` the crop equals ``insightface.utils.face_align.norm_crop``
+    (bilinear, black border).
+    """
+    m = estimate_norm(kps5, size, padding)
     crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
     lmk = transform_points(lmk68, m) if lmk68 is not None else None
     return Aligned(crop, m.astype(np.float32), lmk)
 
 
 def split_halves(face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Left half and the *mirrored* right half of an aligned face (split at the midline).
+    """Left half and the *mirrored* right half of an aligned face (split at the crop's midline).
 
-    The aligned template puts the facial midline at the crop centre, so both halves
-    are ``size // 2`` wide; the mirrored right half looks like a left half.
+    The aligned template puts the facial midline at the crop centre (x = size/2), so
+    both halves are ``size // 2`` wide; the mirrored right half looks like a left half
+    (it is the left half of the horizontally flipped face).
     """
+    if face.ndim < 2 or face.shape[1] % 2:
+        raise ValueError(f"half-faces need an even crop width, got shape {face.shape}")
     mid = face.shape[1] // 2
     return np.ascontiguousarray(face[:, :mid]), np.ascontiguousarray(face[:, mid:][:, ::-1])
+
+
+def half_landmarks(lmk68: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks in the frames of :func:`split_halves`' two halves (all 68, iBUG order).
+
+    Left half: unchanged (points with x < size/2 fall inside it). Mirrored right half:
+    the landmarks of the flipped face (``flip_landmarks``), so index i means the same
+    facial point in both halves, e.g. 36 is the outer corner of the eye in view.
+    """
+    lmk = np.asarray(lmk68, np.float32)
+    return lmk.copy(), flip_landmarks(lmk, size)

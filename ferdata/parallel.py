@@ -1,26 +1,105 @@
 """Ordered, memory-bounded parallel map over processes (the stages' only concurrency).
 
-Items are sent in windows so at most ``window`` results are in flight whatever the
-dataset size; with ``workers <= 1`` everything runs inline (debuggable, no pickling).
+* ``fn`` is sent to each worker **once** (pool initializer), so a callable that loads
+  models lazily loads them once per worker, not once per task.
+* Items go out in chunks of ``chunksize`` and at most ``window`` items are in flight,
+  whatever the dataset size: memory stays flat.
+* Items for which ``local(item)`` is true run in this process (e.g. cache hits, where
+  shipping the item costs more than the work); the pool starts only when the first
+  other item arrives, so a fully cached run starts no workers and loads no models.
+* Under ``fork``, a callable with a ``before_fork()`` method gets it called just before
+  the pool starts, to load read-only model data the workers then share.
+* ``workers <= 1`` runs everything inline (debuggable, no pickling).
 """
 from __future__ import annotations
 
-import itertools
 import multiprocessing as mp
+from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+_WORKER_FN: Callable | None = None
+
+
+def _install(fn: Callable) -> None:
+    global _WORKER_FN
+    _WORKER_FN = fn
+
+
+def _run_chunk(chunk: list) -> list:
+    return [_WORKER_FN(x) for x in chunk]
+
+
+def _context() -> mp.context.BaseContext:
+    """fork where it is the platform default (fast start, nothing re-imported), else spawn."""
+    method = mp.get_start_method(allow_none=True) or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    return mp.get_context("spawn" if method == "spawn" else method)
+
+
+class _Local:
+    """A result computed in this process, queued like a pending chunk."""
+
+    def __init__(self, values: list) -> None:
+        self.values = values
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> list:
+        return self.values
+
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
-                 window: int = 256, chunksize: int = 8) -> Iterator[R]:
+                 window: int = 256, chunksize: int = 8,
+                 local: Callable[[T], bool] | None = None) -> Iterator[R]:
     """``map(fn, items)`` in order; ``fn`` must be a picklable callable (no lambdas)."""
     if workers <= 1:
         yield from map(fn, items)
         return
-    ctx = mp.get_context("spawn" if mp.get_start_method(allow_none=True) == "spawn" else "fork")
-    it = iter(items)
-    with ctx.Pool(workers) as pool:
-        while batch := list(itertools.islice(it, window)):
-            yield from pool.imap(fn, batch, chunksize=chunksize)
+    pool = None
+    pending: deque = deque()       # of (_Local | AsyncResult, item count)
+    in_flight = 0
+    chunk: list = []
+
+    def submit() -> None:
+        nonlocal pool, chunk, in_flight
+        if pool is None:
+            ctx = _context()
+            if ctx.get_start_method() == "fork" and hasattr(fn, "before_fork"):
+                fn.before_fork()
+            pool = ctx.Pool(workers, initializer=_install, initargs=(fn,))
+        pending.append((pool.apply_async(_run_chunk, (chunk,)), len(chunk)))
+        in_flight += len(chunk)
+        chunk = []
+
+    done = False
+    try:
+        for item in items:
+            if local is not None and local(item):
+                if chunk:
+                    submit()
+                pending.append((_Local([fn(item)]), 1))
+                in_flight += 1
+            else:
+                chunk.append(item)
+                if len(chunk) >= chunksize:
+                    submit()
+            while pending and (in_flight > window or pending[0][0].ready()):
+                res, n = pending.popleft()
+                in_flight -= n
+                yield from res.get()
+        if chunk:
+            submit()
+        while pending:
+            res, _ = pending.popleft()
+            yield from res.get()
+        done = True
+    finally:
+        if pool is not None:
+            if done:
+                pool.close()       # let workers exit normally
+            else:
+                pool.terminate()   # error or consumer stopped early: stop the work now
+            pool.join()

@@ -1,4 +1,9 @@
-"""Stage reports: what was kept, what was dropped and why, written as JSON."""
+"""Stage reports: what was kept, what was dropped and why, what was converted, as JSON.
+
+Every bad input ends up here: a drop is counted under its reason (with a few
+examples), and an input that was kept but needed fixing (EXIF rotation, alpha,
+16-bit, several faces ...) is counted under ``notes[<group>][<name>]``.
+"""
 from __future__ import annotations
 
 import json
@@ -26,6 +31,11 @@ class StageReport:
         ex = self.examples.setdefault(item.reason, [])
         if len(ex) < MAX_EXAMPLES:
             ex.append({"key": item.key, "dataset": item.dataset, "detail": item.detail})
+
+    def count(self, group: str, name: str, n: int = 1) -> None:
+        """Add ``n`` to the counter ``notes[group][name]`` (kept samples that needed handling)."""
+        counts = self.notes.setdefault(group, {})
+        counts[name] = counts.get(name, 0) + n
 
     def to_dict(self) -> dict:
         return {

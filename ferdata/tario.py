@@ -1,25 +1,33 @@
 """Deterministic tar shards (WebDataset layout) and a reader that refuses unsafe members.
 
 Writer: members sorted per sample, fixed mtime/uid/gid/mode/owner names, GNU format,
-written to a temp file and renamed, so identical inputs give byte-identical shards
-and a killed run never leaves a partial shard behind.
-Reader: rejects absolute paths, ``..``, links, devices and anything but regular files.
+each shard built in memory, written to a temp file and renamed, so identical inputs
+give byte-identical shards and a killed run never leaves a partial shard behind.
+Reader (for shards from anywhere): rejects absolute paths, ``..``, links, devices,
+anything but regular files, pickle-bearing members and oversized members; ``.npy``
+payloads load with ``allow_pickle=False`` only.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator, Mapping
 
+import numpy as np
+
 from ferdata.io import atomic_write_bytes
+
+PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
+MAX_MEMBER_BYTES = 64 << 20     # far above any face sample; stops a crafted member exhausting memory
 
 
 class UnsafeTarError(ValueError):
-    """A tar member that a shard must never contain."""
+    """A tar member (or payload) that a shard must never contain."""
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,18 @@ def split_member(name: str) -> tuple[str, str]:
     return (str(p.parent / base) if str(p.parent) != "." else base), ext.lower()
 
 
+def shard_name_pattern(prefix: str) -> re.Pattern[str]:
+    """Names :class:`TarShardWriter` gives its files: ``<prefix>-NNNNNN.tar``."""
+    return re.compile(rf"{re.escape(prefix)}-\d{{6}}\.tar")
+
+
 class TarShardWriter:
-    """Writes samples into ``<dir>/<prefix>-%06d.tar``, rolling at ``maxcount`` samples."""
+    """Writes samples into ``<dir>/<prefix>-%06d.tar``, rolling at ``maxcount`` samples.
+
+    The writer owns ``<prefix>-NNNNNN.tar`` in its folder: files of that pattern left by
+    an earlier (larger or interrupted) run are deleted when it starts, so a folder never
+    mixes two runs' shards.
+    """
 
     def __init__(self, directory: str | Path, prefix: str, maxcount: int) -> None:
         if maxcount < 1:
@@ -50,9 +68,18 @@ class TarShardWriter:
         self._buf: io.BytesIO | None = None
         self._tar: tarfile.TarFile | None = None
         self._count = 0
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        if not self.dir.is_dir():
+            return
+        pattern = shard_name_pattern(self.prefix)
+        for p in self.dir.iterdir():
+            if pattern.fullmatch(p.name):
+                p.unlink()
 
     def write(self, key: str, fields: Mapping[str, bytes]) -> None:
-        if "." in key or key.startswith("/") or ".." in key.split("/"):
+        if not key or "." in key or key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid sample key {key!r}")
         if self._tar is None:
             self._buf = io.BytesIO()
@@ -90,12 +117,27 @@ class TarShardWriter:
             self.close()
 
 
-def _check_member(m: tarfile.TarInfo, where: str) -> None:
+def check_member(m: tarfile.TarInfo, where: str) -> None:
+    """Raise :class:`UnsafeTarError` unless ``m`` is a plain, relative, pickle-free regular file."""
     p = PurePosixPath(m.name)
-    if p.is_absolute() or ".." in p.parts:
+    if not m.name or p.is_absolute() or ".." in p.parts or "\\" in m.name or "\0" in m.name:
         raise UnsafeTarError(f"{where}: unsafe member path {m.name!r}")
-    if not m.isfile():
-        raise UnsafeTarError(f"{where}: member {m.name!r} is not a regular file (link/device/dir)")
+    if not m.isreg() or m.issparse():
+        raise UnsafeTarError(f"{where}: member {m.name!r} is not a regular file (link/device/dir/fifo)")
+    if split_member(m.name)[1].rsplit(".", 1)[-1] in PICKLE_EXTS:
+        raise UnsafeTarError(f"{where}: member {m.name!r} is a pickle; shards must not carry pickles")
+    if m.size > MAX_MEMBER_BYTES:
+        raise UnsafeTarError(f"{where}: member {m.name!r} is {m.size} bytes (limit {MAX_MEMBER_BYTES})")
+
+
+def load_npy(data: bytes, where: str = "") -> np.ndarray:
+    """Load ``.npy`` bytes without ever unpickling; a pickled payload is refused."""
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise UnsafeTarError(f"{where}: .npy holds pickled objects; refused") from None
+        raise UnsafeTarError(f"{where}: unreadable .npy ({e})") from None
 
 
 def iter_tar_samples(source: str | Path | BinaryIO, where: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -105,7 +147,7 @@ def iter_tar_samples(source: str | Path | BinaryIO, where: str = "") -> Iterator
           else tarfile.open(fileobj=source, mode="r|*")) as tar:
         key, fields = None, {}
         for m in tar:
-            _check_member(m, where)
+            check_member(m, where)
             k, ext = split_member(m.name)
             if k != key:
                 if key is not None:
@@ -119,9 +161,14 @@ def iter_tar_samples(source: str | Path | BinaryIO, where: str = "") -> Iterator
 
 
 def iter_dir_samples(directory: str | Path, prefix: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """All samples of ``<dir>/<prefix>-*.tar`` in shard order."""
-    for path in sorted(Path(directory).glob(f"{prefix}-*.tar")):
-        yield from iter_tar_samples(path)
+    """All samples of ``<dir>/<prefix>-NNNNNN.tar`` in shard order."""
+    yield from (s for path in list_shards(directory, prefix) for s in iter_tar_samples(path))
+
+
+def list_shards(directory: str | Path, prefix: str) -> list[Path]:
+    """``<dir>/<prefix>-NNNNNN.tar`` files in order (temp files and strays ignored)."""
+    pattern = shard_name_pattern(prefix)
+    return sorted(p for p in Path(directory).glob(f"{prefix}-*.tar") if pattern.fullmatch(p.name))
 
 
 def sha256_file(path: str | Path) -> str:

@@ -1,34 +1,82 @@
-"""Check prepared shards against their ``_info.json``: sha256 per shard and sample counts."""
+"""Check prepared shards against their ``_info.json`` before trusting them.
+
+For shards that came from another machine (``dvc pull``, a copy, a download): every
+listed shard exists and matches its sha256, its sample count and the split's class
+histogram; no shard file is missing from the list; every member is a safe regular
+file (no absolute paths, ``..``, links, devices, pickles) and every ``.npy`` loads
+without pickle. Problems are returned as lines, one per finding, never raised.
+"""
 from __future__ import annotations
 
 import json
+import tarfile
+from collections import Counter
 from pathlib import Path
 
 from ferdata.stages.shard import INFO
-from ferdata.tario import iter_tar_samples, sha256_file
+from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
     """Problems found (empty when every split matches its info file)."""
-    problems: list[str] = []
-    infos = sorted(Path(shard_dir).glob(f"*/{INFO}")) or sorted(Path(shard_dir).glob(INFO))
+    root = Path(shard_dir)
+    infos = sorted(root.glob(f"*/{INFO}")) or sorted(root.glob(INFO))
     if not infos:
-        return [f"no {INFO} under {shard_dir}"]
+        return [f"no {INFO} under {shard_dir}: pass the shards folder (with <split>/{INFO})"]
+    problems: list[str] = []
     for info_path in infos:
-        info = json.loads(info_path.read_text())
-        total = 0
-        for sh in info["shards"]:
-            path = info_path.parent / sh["name"]
-            if not path.is_file():
-                problems.append(f"{path}: missing")
-                continue
-            if sha256_file(path) != sh["sha256"]:
-                problems.append(f"{path}: sha256 mismatch")
-                continue
-            count = sum(1 for _ in iter_tar_samples(path))
-            if count != sh["count"]:
-                problems.append(f"{path}: {count} samples, _info.json says {sh['count']}")
-            total += count
-        if total != info["num_samples"] and not any(str(info_path.parent) in p for p in problems):
-            problems.append(f"{info_path.parent}: {total} samples, _info.json says {info['num_samples']}")
+        problems += verify_split(info_path)
     return problems
+
+
+def verify_split(info_path: Path) -> list[str]:
+    """Problems of one split folder described by ``info_path``."""
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        listed = [(sh["name"], sh["sha256"], int(sh["count"])) for sh in info["shards"]]
+        expected_total = int(info["num_samples"])
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"{info_path}: unreadable ({type(e).__name__}: {e})"]
+    folder = info_path.parent
+    problems = [f"{folder / p.name}: shard not listed in {INFO}"
+                for p in sorted(folder.glob("*.tar")) if p.name not in {n for n, _, _ in listed}]
+    total, classes = 0, Counter()
+    for name, sha, count in listed:
+        path = folder / name
+        if Path(name).name != name or name in ("", ".", ".."):
+            problems.append(f"{info_path}: shard name {name!r} is not a plain file name")
+        elif not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != sha:
+            problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")
+        else:
+            found, problem = _scan(path, classes)
+            if problem:
+                problems.append(problem)
+            elif found != count:
+                problems.append(f"{path}: {found} samples, {INFO} says {count}")
+            total += found
+    if not problems and total != expected_total:
+        problems.append(f"{folder}: {total} samples, {INFO} says {expected_total}")
+    if not problems and "class_histogram" in info:
+        labels = info.get("label_map") or []
+        hist = {labels[c] if 0 <= c < len(labels) else str(c): n for c, n in classes.items()}
+        if {k: v for k, v in info["class_histogram"].items() if v} != hist:
+            problems.append(f"{folder}: class counts {hist} differ from {INFO} {info['class_histogram']}")
+    return problems
+
+
+def _scan(path: Path, classes: Counter) -> tuple[int, str]:
+    """(samples in a shard, problem or ""), counting ``cls`` labels into ``classes``."""
+    found = 0
+    try:
+        for key, fields in iter_tar_samples(path):
+            for ext, data in fields.items():
+                if ext.endswith("npy"):
+                    load_npy(data, f"{path}:{key}.{ext}")
+            if "cls" in fields:
+                classes[int(fields["cls"])] += 1
+            found += 1
+    except (UnsafeTarError, tarfile.TarError, ValueError) as e:
+        return found, f"{path}: refused: {e}"
+    return found, ""

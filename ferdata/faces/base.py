@@ -2,13 +2,15 @@
 
 Every backend ends in the same representation: a box, 5 ArcFace-order keypoints and
 (where it has them) 68 iBUG landmarks, so one alignment and one heatmap renderer
-serve all backends. Heavy imports happen inside each backend, on first use.
+serve all backends. Heavy imports happen inside each backend, on first use. A backend
+never downloads unless it was built with ``allow_download=True``; a missing model is a
+:class:`MissingModelError` that names the file, where it was looked for and the fix.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -21,22 +23,27 @@ BACKENDS: Registry[type["FaceBackend"]] = Registry("face backend")
 class MissingModelError(FileNotFoundError):
     """A backend's model file is absent: says which file, where we looked, and the fix."""
 
-    def __init__(self, backend: str, missing: str, looked_in: list[str], fix: str) -> None:
+    def __init__(self, backend: str, missing: str, looked_in: Sequence[str], fix: str) -> None:
+        self.backend, self.missing, self.looked_in, self.fix = backend, missing, list(looked_in), fix
         super().__init__(
             f"{backend}: model file {missing!r} not found.\n"
-            f"  looked in: {', '.join(looked_in)}\n"
+            f"  looked in: {', '.join(self.looked_in) or '(nowhere)'}\n"
             f"  fix: {fix}"
         )
+
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.backend, self.missing, self.looked_in, self.fix))
 
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face in source-image pixels."""
+    """One detected face in source-image pixels, and the backend that produced it."""
 
     box: tuple[float, float, float, float]   # x0, y0, x1, y1
     score: float
     kps5: np.ndarray                          # (5, 2) ArcFace order
     lmk68: np.ndarray | None = None           # (68, 2) iBUG order
+    backend: str = ""                         # e.g. "embedded"; `auto` keeps its delegate's name
 
     @property
     def area(self) -> float:
@@ -44,32 +51,73 @@ class Face:
 
 
 class FaceBackend:
-    """Base class. ``signature()`` identifies results for the detection cache."""
+    """Base class. ``signature()`` identifies results for the detection cache.
+
+    Subclasses set ``name``, bump ``version`` whenever their output for the same
+    pixels changes, list their option defaults in ``defaults`` and override
+    :meth:`detect` (and :meth:`detect_batch` where the model batches).
+    """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     cacheable: ClassVar[bool] = True   # results depend on pixels only (not on the record)
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None) -> None:
-        self.options = dict(options or {})
+    def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
+                 allow_download: bool = False) -> None:
+        self.options = {**self.defaults, **dict(options or {})}
         self.model_dir = Path(model_dir).expanduser() if model_dir else None
+        self.allow_download = bool(allow_download)
+
+    def fingerprint(self) -> str:
+        """Identity of the model files in use (empty when pinned by a package version)."""
+        return ""
 
     def signature(self) -> str:
         opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options))
-        return f"{self.name}:v{self.version}:{opts}"
+        fp = self.fingerprint()
+        return f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "")
 
-    def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
+    def cacheable_for(self, record: FaceRecord | None) -> bool:
+        """Whether this record's result depends on its pixels only (so may be cached)."""
+        return self.cacheable
+
+    def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
         """All faces in ``image`` (RGB uint8); an empty list means none was found."""
         raise NotImplementedError
+
+    def preload_shared(self) -> None:
+        """Load the model parts that forked worker processes may share (plain memory, no threads
+        or sessions), so each worker starts without reloading them; the default loads nothing."""
+
+    def detect_batch(self, images: Sequence[np.ndarray],
+                     records: Sequence[FaceRecord | None]) -> list[list[Face]]:
+        """:meth:`detect` for several images; backends that batch their model override it."""
+        return [self.detect(img, rec) for img, rec in zip(images, records)]
+
+    @classmethod
+    def check_available(cls, model_dir: str | Path | None = None) -> None:
+        """Raise :class:`MissingModelError` unless the package imports and its weights are
+        present locally. Never downloads."""
+
+    def check_ready(self) -> None:
+        """Like :meth:`check_available`, for this instance's options (e.g. which model pack)."""
+        type(self).check_available(self.model_dir)
 
     @classmethod
     def is_available(cls, model_dir: str | Path | None = None) -> bool:
         """True when the package imports and its weights are present (no download)."""
+        try:
+            cls.check_available(model_dir)
+        except (MissingModelError, ImportError):
+            return False
         return True
 
 
 def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> Face:
-    """Keep one face: the ``largest`` box or the most ``central`` one."""
+    """Keep one face: the ``largest`` box or the most ``central`` one (ties: the first)."""
+    if not faces:
+        raise ValueError("select_face needs at least one face")
     if rule == "largest":
         return max(faces, key=lambda f: f.area)
     if rule == "central":
@@ -79,7 +127,8 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> F
 
 
 def create_backend(name: str, options: Mapping[str, Any] | None = None,
-                   model_dir: str | Path | None = None) -> FaceBackend:
+                   model_dir: str | Path | None = None, allow_download: bool = False) -> FaceBackend:
+    """Build a registered backend by name (unknown names list the known ones)."""
     import ferdata.faces  # noqa: F401  (registers all backends)
 
-    return BACKENDS.get(name)(options, model_dir)
+    return BACKENDS.get(name)(options, model_dir, allow_download)

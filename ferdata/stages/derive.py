@@ -3,10 +3,11 @@
 Writes only the derived fields (``heatmap.png``, ``left.jpg``, ``right.jpg``,
 ``regions.json``) in the aligned chunks' key order; the shard stage joins them.
 All geometry comes from the aligned crop and its landmarks (nothing re-estimated).
+The output folder is built beside ``out_dir`` and swapped in whole; landmarks load
+with ``allow_pickle=False`` (a pickled ``.npy`` in the input is refused).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -16,16 +17,17 @@ import numpy as np
 
 from ferdata.geometry import split_halves
 from ferdata.heatmap import summed_heatmap_u8
-from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
+from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png, require_dir, staged_dir
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.regions import fixed_regions, landmark_regions
 from ferdata.report import StageReport
 from ferdata.stages.align import PREFIX as ALIGNED
-from ferdata.tario import TarShardWriter, iter_dir_samples
+from ferdata.tario import TarShardWriter, iter_dir_samples, load_npy
 
 log = logging.getLogger(__name__)
 PREFIX = "derived"
+OWNED = (f"{PREFIX}-*.tar", "report.json")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class DeriveParams:
 
 
 class DeriveWorker:
+    """Picklable callable: one aligned sample -> its derived fields under the same key."""
+
     def __init__(self, params: DeriveParams) -> None:
         self.params = params
 
@@ -49,7 +53,7 @@ class DeriveWorker:
         hm_size = self.params.heatmap_size
         regions = {"fixed": fixed_regions(size)}
         if "lmk.npy" in fields:
-            lmk = np.load(io.BytesIO(fields["lmk.npy"]), allow_pickle=False)
+            lmk = load_npy(fields["lmk.npy"], f"{key}.lmk.npy")
             heat = summed_heatmap_u8(lmk, hm_size, self.params.heatmap_sigma, stride=size / hm_size)
             regions["landmarks"] = landmark_regions(lmk, size)
         else:
@@ -62,14 +66,16 @@ class DeriveWorker:
 
 
 def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:
-    out = Path(out_dir)
+    """Derive fields for every sample of ``aligned_dir`` into ``out_dir`` (replaced as a whole)."""
+    require_dir(aligned_dir, "aligned", "run the align stage first")
     report = StageReport("derive")
     samples = iter_dir_samples(aligned_dir, ALIGNED)
-    with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
-        for key, fields in progress(parallel_map(DeriveWorker(params), samples, params.workers),
-                                    desc="derive", unit="face"):
-            writer.write(key, fields)
-            report.kept += 1
-    report.write(out / "report.json")
+    with staged_dir(out_dir, OWNED) as out:
+        with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
+            for key, fields in progress(parallel_map(DeriveWorker(params), samples, params.workers),
+                                        desc="derive", unit="face"):
+                writer.write(key, fields)
+                report.kept += 1
+        report.write(out / "report.json")
     log.info("derive: %d samples", report.kept)
     return report

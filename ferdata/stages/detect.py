@@ -1,9 +1,12 @@
 """Detect stage: records -> one face per record (box, 5 keypoints, 68 landmarks) in a table.
 
 Outputs in ``out_dir``: ``faces.jsonl.gz`` (one row per kept record, reader order),
-``dropped.jsonl`` (every drop with its reason) and ``report.json`` (counts).
+``dropped.jsonl`` (every drop with its reason) and ``report.json`` (counts); the folder
+is built beside ``out_dir`` and swapped in whole (``ferdata.io.staged_dir``).
 Detections are cached by image content hash + backend signature, so a repeated run
-detects nothing and a grown dataset detects only its new images.
+detects nothing (and starts no worker, loads no model) and a grown dataset detects
+only its new images. Work goes to the backend in small batches (``BATCH``), so
+backends that batch their model (the embedded one, for small same-size images) can.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from typing import Iterable, Iterator
 
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces.base import FaceBackend, create_backend, select_face
-from ferdata.io import BadImage, atomic_open, decode_rgb
+from ferdata.io import BadImage, atomic_open, decode_rgb, staged_dir
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict
@@ -25,6 +28,9 @@ from ferdata.report import StageReport
 
 log = logging.getLogger(__name__)
 FACES = "faces.jsonl.gz"
+OWNED = (FACES, "dropped.jsonl", "report.json")
+BATCH = 8            # images per task sent to a worker
+LOCAL_BATCH = 64     # cache hits / drops handled per step in the main process
 
 
 @dataclass(frozen=True)
@@ -36,10 +42,11 @@ class DetectParams:
     model_dir: str | None
     cache_dir: str
     workers: int
+    allow_download: bool = False   # let insightface / face_alignment fetch missing weights
 
     def create_backend(self) -> FaceBackend:
         return create_backend(self.backend, {"det_size": self.det_size, "score_threshold": self.score_threshold},
-                              self.model_dir)
+                              self.model_dir, self.allow_download)
 
 
 @dataclass(frozen=True)
@@ -48,29 +55,61 @@ class _Job:
     sha: str
     data: bytes | None                 # None when ``cached`` is set
     cached: Detection | None
+    cacheable: bool
+
+
+Item = _Job | Dropped
+Result = tuple[Item, Detection | None, str]
+
+
+def _is_local(batch: list[Item]) -> bool:
+    """A batch that needs no model: only drops and cache hits."""
+    return all(isinstance(j, Dropped) or j.cached is not None for j in batch)
 
 
 class DetectWorker:
-    """Picklable callable for worker processes: decode + detect one image (or pass through)."""
+    """Picklable callable for worker processes: decode + detect a batch of images.
+
+    The backend (and its models) is created on first use, once per process; cache
+    hits and drops pass straight through.
+    """
 
     def __init__(self, params: DetectParams) -> None:
         self.params = params
         self._backend: FaceBackend | None = None
 
-    def __call__(self, job: _Job | Dropped) -> tuple[_Job | Dropped, Detection | None, str]:
-        if isinstance(job, Dropped) or job.cached is not None:
-            return job, getattr(job, "cached", None), ""
+    def before_fork(self) -> None:
+        """Create the backend and load its shareable parts once, before the workers fork."""
         if self._backend is None:
             self._backend = self.params.create_backend()
-        try:
-            image = decode_rgb(job.data)
-        except BadImage as e:
-            return job, None, e.reason
-        faces = self._backend.detect(image, job.record)
-        return job, Detection(image.shape[:2], tuple(faces)), ""
+        self._backend.preload_shared()
+
+    def __call__(self, batch: list[Item]) -> list[Result]:
+        out: list[Result] = [(j, getattr(j, "cached", None), "") for j in batch]
+        todo, images = [], []
+        for i, job in enumerate(batch):
+            if isinstance(job, Dropped) or job.cached is not None:
+                continue
+            try:
+                images.append(decode_rgb(job.data))
+            except BadImage as e:
+                out[i] = (job, None, e.reason)
+                continue
+            todo.append(i)
+        if todo:
+            if self._backend is None:
+                self._backend = self.params.create_backend()
+            found = self._backend.detect_batch(images, [batch[i].record for i in todo])
+            for i, image, faces in zip(todo, images, found):
+                det = Detection(image.shape[:2], tuple(faces)).canonical()
+                det.to_json()                      # serialise here, in parallel; cached on the object
+                out[i] = (batch[i], det, "")
+        return out
 
 
-def _jobs(items: Iterable[FaceRecord | Dropped], cache: DetectionCache | None, sig: str) -> Iterator[_Job | Dropped]:
+def _jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: DetectionCache | None,
+          sig: str) -> Iterator[Item]:
+    """Read and hash each image; attach its cached detection when there is one."""
     for item in items:
         if isinstance(item, Dropped):
             yield item
@@ -81,47 +120,82 @@ def _jobs(items: Iterable[FaceRecord | Dropped], cache: DetectionCache | None, s
             yield Dropped(item.dataset, item.key, "unreadable_file", f"{item.path}: {e.strerror}")
             continue
         sha = hashlib.sha256(data).hexdigest()
-        hit = cache.get(sha, sig) if cache else None
-        yield _Job(item, sha, None if hit else data, hit)
+        cacheable = cache is not None and backend.cacheable_for(item)
+        hit = cache.get(sha, sig) if cacheable else None
+        yield _Job(item, sha, None if hit else data, hit, cacheable)
+
+
+def _batches(jobs: Iterable[Item]) -> Iterator[list[Item]]:
+    """Consecutive jobs grouped into batches that either all need a model or none does."""
+    batch: list[Item] = []
+    for job in jobs:
+        local = isinstance(job, Dropped) or job.cached is not None
+        if batch and (local != _is_local(batch[-1:]) or len(batch) >= (LOCAL_BATCH if local else BATCH)):
+            yield batch
+            batch = []
+        batch.append(job)
+    if batch:
+        yield batch
+
+
+class _Table:
+    """Turns worker results into table rows or drops, storing fresh detections in the cache."""
+
+    def __init__(self, params: DetectParams, backend: FaceBackend, cache: DetectionCache | None, sig: str) -> None:
+        self.params, self.backend, self.cache, self.sig = params, backend, cache, sig
+        self.counts = {"detections_run": 0, "cache_hits": 0}
+
+    def row(self, job: Item, det: Detection | None, reason: str) -> dict | Dropped:
+        """The table row of a kept record, or why it was dropped."""
+        if isinstance(job, Dropped):
+            return job
+        rec = job.record
+        if det is None:
+            return Dropped(rec.dataset, rec.key, reason, rec.path)
+        if job.cached is None:
+            self.counts["detections_run"] += 1
+            if job.cacheable:
+                self.cache.put(job.sha, self.sig, det)
+        else:
+            self.counts["cache_hits"] += 1
+        if not det.faces:
+            return Dropped(rec.dataset, rec.key, "no_face", rec.path)
+        face = select_face(list(det.faces), det.shape, self.params.select)
+        return {"record": record_to_dict(rec), "face": face_to_dict(face),
+                "backend": face.backend or self.backend.name, "num_faces": len(det.faces),
+                "sha256": job.sha, "image_shape": list(det.shape)}
 
 
 def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path) -> StageReport:
-    """Detect faces for every record and write the stage outputs into ``out_dir``."""
-    out = Path(out_dir)
+    """Detect faces for every record and write the stage outputs into ``out_dir`` (replaced whole)."""
     report = StageReport("detect")
     backend = params.create_backend()
-    sig = backend.signature()
+    sig = backend.signature()                      # a missing model fails here, before any image is read
     cache = DetectionCache(params.cache_dir) if backend.cacheable else None
-    detected = 0
+    table = _Table(params, backend, cache, sig)
     drops: list[Dropped] = []
-    results = parallel_map(DetectWorker(params), _jobs(items, cache, sig), params.workers)
-    with atomic_open(out / FACES) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        for job, det, reason in progress(results, desc="detect", unit="img"):
-            if isinstance(job, Dropped):
-                drops.append(job)
-                continue
-            rec = job.record
-            if det is None:
-                drops.append(Dropped(rec.dataset, rec.key, reason, rec.path))
-                continue
-            if job.cached is None:
-                detected += 1
-                if cache:
-                    cache.put(job.sha, sig, det)
-            if not det.faces:
-                drops.append(Dropped(rec.dataset, rec.key, "no_face", rec.path))
-                continue
-            face = select_face(list(det.faces), det.shape, params.select)
-            row = {"record": record_to_dict(rec), "face": face_to_dict(face), "backend": backend.name,
-                   "num_faces": len(det.faces), "sha256": job.sha, "image_shape": list(det.shape)}
-            gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
-            report.kept += 1
-    if cache:
-        cache.close()
-    write_drops(out, report, drops)
-    report.notes.update({"detections_run": detected, "backend": sig})
-    report.write(out / "report.json")
-    log.info("detect: kept %d, dropped %s, ran %d detections", report.kept, dict(report.dropped), detected)
+    batches = parallel_map(DetectWorker(params), _batches(_jobs(items, backend, cache, sig)), params.workers,
+                           window=max(4, 4 * params.workers), chunksize=1, local=_is_local)
+    try:
+        with staged_dir(out_dir, OWNED) as out:
+            with atomic_open(out / FACES) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0,
+                                                   filename="") as gz:
+                for job, det, reason in progress((r for b in batches for r in b), desc="detect", unit="img"):
+                    row = table.row(job, det, reason)
+                    if isinstance(row, Dropped):
+                        drops.append(row)
+                    else:
+                        gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
+                        report.kept += 1
+            write_drops(out, report, drops)
+            report.notes.update({**table.counts, "backend": sig})
+            report.write(out / "report.json")
+    finally:
+        batches.close()                            # stops the workers at once if we failed midway
+        if cache:
+            cache.close()
+    log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
+             table.counts["detections_run"], table.counts["cache_hits"])
     return report
 
 

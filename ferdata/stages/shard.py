@@ -4,6 +4,8 @@ Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.j
 (sample count per shard, sha256 per shard, class histogram, label map, params hash).
 Byte-reproducible: the order is a seeded hash permutation and tar metadata is fixed.
 Samples are read by offset from the chunk tars, so memory holds an index, not pixels.
+The output folder is built beside ``out_dir`` and swapped in whole, so shards and
+``_info.json`` always come from one complete run.
 """
 from __future__ import annotations
 
@@ -16,16 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ferdata.classes import CLASSES
-from ferdata.io import atomic_write_text
+from ferdata.io import atomic_write_text, require_dir, staged_dir
 from ferdata.progress import progress
 from ferdata.records import SPLITS
 from ferdata.report import StageReport
 from ferdata.stages.align import PREFIX as ALIGNED
 from ferdata.stages.derive import PREFIX as DERIVED
-from ferdata.tario import TarShardWriter, _check_member, split_member
+from ferdata.tario import TarShardWriter, UnsafeTarError, check_member, list_shards, split_member
 
 log = logging.getLogger(__name__)
 INFO = "_info.json"
+OWNED = (*SPLITS, "report.json")
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,15 @@ Member = tuple[str, int, int]          # (tar path, data offset, size)
 def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Member]]:
     """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
     index: dict[str, dict[str, Member]] = {}
-    for path in sorted(Path(directory).glob(f"{prefix}-*.tar")):
+    for path in list_shards(directory, prefix):
         with tarfile.open(path, "r:") as tar:
             for m in tar.getmembers():
-                _check_member(m, str(path))
+                check_member(m, str(path))
                 key, ext = split_member(m.name)
-                index.setdefault(key, {})[ext] = (str(path), m.offset_data, m.size)
+                sample = index.setdefault(key, {})
+                if ext in sample:
+                    raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
+                sample[ext] = (str(path), m.offset_data, m.size)
     return index
 
 
@@ -85,10 +91,10 @@ def params_hash(*sections: object) -> str:
 
 def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardParams, out_dir: str | Path,
               provenance_hash: str = "") -> StageReport:
-    out = Path(out_dir)
+    """Join, split and shuffle every sample into ``out_dir/<split>/`` (``out_dir`` replaced as a whole)."""
     report = StageReport("shard")
-    aligned = index_chunks(aligned_dir, ALIGNED)
-    derived = index_chunks(derived_dir, DERIVED)
+    aligned = index_chunks(require_dir(aligned_dir, "aligned", "run the align stage first"), ALIGNED)
+    derived = index_chunks(require_dir(derived_dir, "derived", "run the derive stage first"), DERIVED)
     if set(aligned) != set(derived):
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
@@ -97,26 +103,34 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
     for key, meta in metas.items():
         by_split[assign_split(meta, params, has_val)].append(key)
-    for split, keys in by_split.items():
-        keys.sort(key=lambda k: (hash_unit(params.seed + 1, k), k))
-        with TarShardWriter(out / split, split, params.maxcount) as writer:
-            for key in progress(keys, desc=f"shard {split}", unit="sample"):
-                fields = {ext: _read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
-                fields["cls"] = str(metas[key]["label"]).encode()
-                writer.write(key, fields)
-        hist = Counter(CLASSES[metas[k]["label"]] for k in keys)
-        info = {
-            "split": split, "num_samples": len(keys),
-            "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
-                       for f in writer.files],
-            "class_histogram": {c: hist.get(c, 0) for c in CLASSES},
-            "label_map": list(CLASSES),
-            "datasets": sorted({metas[k]["dataset"] for k in keys}),
-            "params_hash": params_hash(params), "provenance_hash": provenance_hash,
-        }
-        atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        report.notes[split] = len(keys)
-    report.kept = len(metas)
-    report.write(out / "report.json")
+    with staged_dir(out_dir, OWNED) as out:
+        for split, keys in by_split.items():
+            keys.sort(key=lambda k: (hash_unit(params.seed + 1, k), k))
+            info = _write_split(out / split, split, keys, aligned, derived, metas, params)
+            info["provenance_hash"] = provenance_hash
+            atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
+            report.notes[split] = len(keys)
+        report.kept = len(metas)
+        report.write(out / "report.json")
     log.info("shard: %s", report.notes)
     return report
+
+
+def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,
+                 params: ShardParams) -> dict:
+    """Write one split's shards in ``keys`` order; returns its ``_info.json`` content."""
+    with TarShardWriter(directory, split, params.maxcount) as writer:
+        for key in progress(keys, desc=f"shard {split}", unit="sample"):
+            fields = {ext: _read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
+            fields["cls"] = str(metas[key]["label"]).encode()
+            writer.write(key, fields)
+    hist = Counter(CLASSES[metas[k]["label"]] for k in keys)
+    return {
+        "split": split, "num_samples": len(keys),
+        "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
+                   for f in writer.files],
+        "class_histogram": {c: hist.get(c, 0) for c in CLASSES},
+        "label_map": list(CLASSES),
+        "datasets": sorted({metas[k]["dataset"] for k in keys}),
+        "params_hash": params_hash(params),
+    }

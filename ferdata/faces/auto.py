@@ -1,0 +1,82 @@
+"""``auto``: the dataset's own landmarks where a record has them, else the best model
+backend whose weights are present here (insightface, then face_alignment), else the
+offline embedded stack. Never downloads. Each face records the backend that made it,
+and the detect table stores it per sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
+from ferdata.faces.dataset import AnnotationsBackend
+from ferdata.records import FaceRecord
+
+log = logging.getLogger(__name__)
+
+PREFERENCE = ("insightface", "face_alignment", "embedded")
+
+
+def choose_model_backend(options: Mapping[str, Any], model_dir: str | Path | None) -> FaceBackend:
+    """The first backend in ``PREFERENCE`` that is ready without downloading."""
+    reasons = []
+    for name in PREFERENCE:
+        backend = BACKENDS.get(name)(options, model_dir, False)
+        try:
+            backend.check_ready()
+        except (MissingModelError, ImportError) as e:
+            reasons.append(f"{name}: {str(e).splitlines()[0]}")
+            continue
+        if reasons:
+            log.info("auto: using %s (%s)", name, "; ".join(reasons))
+        return backend
+    raise MissingModelError("auto", "any face model", list(PREFERENCE), "; ".join(reasons))
+
+
+@BACKENDS.register("auto")
+class AutoBackend(FaceBackend):
+    """Annotations when present, else the best locally available model backend."""
+
+    name = "auto"
+    cacheable = True
+
+    def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
+                 allow_download: bool = False) -> None:
+        super().__init__(options, model_dir, allow_download)
+        self.delegate = choose_model_backend(self.options, model_dir)
+        self.annotations = AnnotationsBackend(self.options, model_dir)
+
+    def signature(self) -> str:
+        # The delegate's own signature: `auto` and the backend it picked share cache entries.
+        return self.delegate.signature()
+
+    def cacheable_for(self, record: FaceRecord | None) -> bool:
+        return record is None or not AnnotationsBackend.applies_to(record)
+
+    def _annotated(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
+        return [f if f.backend else dataclasses.replace(f, backend=self.annotations.name)
+                for f in self.annotations.detect(image, record)]
+
+    def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
+        if record is not None and AnnotationsBackend.applies_to(record):
+            return self._annotated(image, record)
+        return self.delegate.detect(image, record)
+
+    def detect_batch(self, images: Sequence[np.ndarray],
+                     records: Sequence[FaceRecord | None]) -> list[list[Face]]:
+        out: list[list[Face]] = [[] for _ in images]
+        rest = []
+        for i, rec in enumerate(records):
+            if rec is not None and AnnotationsBackend.applies_to(rec):
+                out[i] = self._annotated(images[i], rec)
+            else:
+                rest.append(i)
+        if rest:
+            found = self.delegate.detect_batch([images[i] for i in rest], [records[i] for i in rest])
+            for i, faces in zip(rest, found):
+                out[i] = faces
+        return out

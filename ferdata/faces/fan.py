@@ -1,0 +1,175 @@
+"""face-alignment: FAN 2D 68-point landmarks (iBUG order), boxes from a detector.
+
+Default detector ``embedded``: our RetinaFace ONNX boxes and 5 keypoints are passed to
+FAN as ``detected_faces`` (one detector for every backend, no extra weights), with
+face-alignment's own RetinaFace reference scale (165), since those boxes come from the
+same network family. ``sfd`` (S3FD, a weight file) and ``dlib`` (CPU HOG, no file) use
+face-alignment's detectors; the 5 keypoints then come from the 68 points.
+
+Weights come from torch hub's folder, ``$TORCH_HOME/hub/checkpoints`` (FAN has no path
+argument), or from ``detect.model_dir``. Every weight lookup goes through
+:meth:`FanBackend.resolve`, so nothing is fetched unless ``allow_download`` is set, and a
+failed fetch (``URLError``) becomes a :class:`MissingModelError`.
+Always ``device='cpu'`` and ``compile=False`` (face-alignment defaults to CUDA and a
+``torch.compile`` warm-up).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+
+import numpy as np
+
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
+from ferdata.faces.embedded import EmbeddedBackend
+from ferdata.geometry import five_from_68
+from ferdata.records import FaceRecord
+
+log = logging.getLogger(__name__)
+
+FAN_URL = "https://www.adrianbulat.com/downloads/python-fan/2DFAN4-11f355bf06.pth.tar"
+SFD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
+FAN_FILE = Path(urlparse(FAN_URL).path).name
+DETECTORS = {"embedded": None, "sfd": SFD_URL, "dlib": None}   # name -> weight URL (None: no file)
+RETINAFACE_REFERENCE_SCALE = 165.0                              # face-alignment's value for RetinaFace boxes
+
+
+def hub_checkpoints() -> Path:
+    """torch.hub's checkpoint folder, computed as torch does but without importing torch."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def weight_dirs(model_dir: str | Path | None) -> list[Path]:
+    """Where a weight file may be: the model dir (flat or torch-hub layout), then torch hub's folder."""
+    dirs = []
+    if model_dir:
+        root = Path(model_dir).expanduser()
+        dirs += [root, root / "checkpoints", root / "hub" / "checkpoints"]
+    return dirs + [hub_checkpoints()]
+
+
+def _fix(filename: str, url: str) -> str:
+    return (f"download {url} to {hub_checkpoints() / filename} (or set TORCH_HOME, or put it in "
+            f"detect.model_dir); or set detect.allow_download: true to fetch it once (needs network)")
+
+
+def find_weight(url: str, model_dir: str | Path | None) -> Path:
+    name = Path(urlparse(url).path).name
+    dirs = weight_dirs(model_dir)
+    for d in dirs:
+        if (d / name).is_file():
+            return d / name
+    raise MissingModelError("face_alignment", name, [str(d) for d in dirs], _fix(name, url))
+
+
+class _GivenBoxes:
+    """Stands in for face-alignment's detector when boxes come from our detector."""
+
+    def __init__(self, reference_scale: float) -> None:
+        self.reference_scale = reference_scale
+
+    def detect_from_image(self, image: Any) -> list:
+        raise RuntimeError("face_alignment backend passes detected_faces; its detector is never called")
+
+
+@BACKENDS.register("face_alignment")
+class FanBackend(FaceBackend):
+    """FAN-4 2D landmarks on boxes from ``detector`` (embedded | sfd | dlib)."""
+
+    name = "face_alignment"
+    version = "1"
+    defaults = {"detector": "embedded", "det_size": 640, "score_threshold": 0.9, "flip_input": False}
+
+    def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
+                 allow_download: bool = False) -> None:
+        super().__init__(options, model_dir, allow_download)
+        if self.options["detector"] not in DETECTORS:
+            raise ValueError(f"face_alignment detector must be one of {sorted(DETECTORS)}, "
+                             f"got {self.options['detector']!r}")
+        self._fa = None
+        self._boxes = EmbeddedBackend({k: self.options[k] for k in ("det_size", "score_threshold")}, model_dir) \
+            if self.options["detector"] == "embedded" else None
+
+    @classmethod
+    def check_available(cls, model_dir: str | Path | None = None, detector: str = "embedded") -> None:
+        if importlib.util.find_spec("face_alignment") is None:
+            raise ImportError("face_alignment backend needs the package: pip install face-alignment")
+        find_weight(FAN_URL, model_dir)
+        if DETECTORS.get(detector):
+            find_weight(DETECTORS[detector], model_dir)
+
+    def check_ready(self) -> None:
+        type(self).check_available(self.model_dir, self.options["detector"])
+
+    def fingerprint(self) -> str:
+        return f"{FAN_FILE}:{Path(self.resolve(FAN_URL)).stat().st_size}"
+
+    def resolve(self, url: str, *args: Any, **kwargs: Any) -> str:
+        """face-alignment's ``load_file_from_url`` with our policy: local file, else download
+        only when allowed, and any failure as a :class:`MissingModelError`."""
+        try:
+            return str(find_weight(url, self.model_dir))
+        except MissingModelError:
+            if not self.allow_download:
+                raise
+        from face_alignment.utils import load_file_from_url
+
+        name = Path(urlparse(url).path).name
+        try:
+            return load_file_from_url(url, *args, **kwargs)
+        except OSError as e:                    # URLError, socket errors, HTTP errors
+            raise MissingModelError("face_alignment", name, [url],
+                                    f"download failed ({type(e).__name__}: {e}); " + _fix(name, url)) from e
+
+    def load(self) -> None:
+        """Build ``FaceAlignment`` on CPU without compiling; weights through :meth:`resolve`."""
+        import face_alignment
+        import face_alignment.api as fa_api
+        import torch
+
+        if "threads" in self.options:
+            torch.set_num_threads(int(self.options["threads"]))
+        detector = self.options["detector"]
+        kwargs: dict[str, Any] = {}
+        if DETECTORS[detector]:
+            kwargs["face_detector_kwargs"] = {"path_to_detector": self.resolve(DETECTORS[detector])}
+        original: Callable = fa_api.load_file_from_url
+        fa_api.load_file_from_url = self.resolve       # FAN has no path argument: route its lookup
+        try:
+            fa = face_alignment.FaceAlignment(
+                face_alignment.LandmarksType.TWO_D, device="cpu", flip_input=bool(self.options["flip_input"]),
+                face_detector="folder" if detector == "embedded" else detector, compile=False,
+                max_batch_size=8, **kwargs)                # the faces of one image go through FAN together
+        finally:
+            fa_api.load_file_from_url = original
+        if detector == "embedded":
+            fa.face_detector = _GivenBoxes(RETINAFACE_REFERENCE_SCALE)
+        self._fa = fa
+
+    def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
+        if self._fa is None:
+            self.load()
+        if self._boxes is not None:
+            blob, scale = self._boxes.prepare(image)
+            loc, conf, pts = self._boxes.infer(blob)
+            boxes, scores, kps = self._boxes.decode(loc[0], conf[0], pts[0], blob.shape[3], blob.shape[2], scale)
+            if len(boxes) == 0:
+                return []
+            # python floats: face-alignment assigns the box scale into torch tensors
+            lmks = self._fa.get_landmarks_from_image(image, detected_faces=[[float(v) for v in b] for b in boxes])
+            return [Face(tuple(float(v) for v in b), float(s), k, np.asarray(lm, np.float32)[:, :2], self.name)
+                    for b, s, k, lm in zip(boxes, scores, kps, lmks)]
+        lmks, _, boxes = self._fa.get_landmarks_from_image(image, return_bboxes=True)
+        if lmks is None:
+            return []
+        faces = []
+        for lm, b in zip(lmks, boxes):
+            lm = np.asarray(lm, np.float32)[:, :2]
+            score = float(b[4]) if len(b) > 4 else 1.0
+            faces.append(Face(tuple(float(v) for v in b[:4]), score, five_from_68(lm), lm, self.name))
+        return faces

@@ -1,0 +1,172 @@
+"""insightface: SCRFD boxes + 5 keypoints and 68-point (1k3d68) or 106-point (2d106det) landmarks.
+
+Models come from an insightface model pack on disk: ``<root>/models/<pack>/*.onnx``
+(``root`` = ``detect.model_dir``, default ``~/.insightface``), or ``model_dir`` may be
+the pack folder itself. Each ONNX file is loaded with ``insightface.model_zoo.get_model``
+on its local path (routing by the graph's shapes), never through ``FaceAnalysis``' implicit
+download. A missing pack downloads only with ``allow_download``; network failures and
+insightface's empty-folder ``AssertionError`` become :class:`MissingModelError`.
+106-point output is mapped to iBUG-68 (``mapping.py``); 1k3d68 drops its z.
+Note: insightface's pretrained packs are licensed for non-commercial research only.
+"""
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
+from ferdata.faces.mapping import to_ibug68
+from ferdata.geometry import five_from_68
+from ferdata.records import FaceRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = Path("~/.insightface")
+LANDMARK_TASKS = {"68": "landmark_3d_68", "106": "landmark_2d_106"}
+# File names inside the published packs, so a missing file can be named before loading.
+PACK_FILES: dict[str, dict[str, str]] = {
+    "buffalo_l": {"detection": "det_10g.onnx", "landmark_3d_68": "1k3d68.onnx", "landmark_2d_106": "2d106det.onnx"},
+    "buffalo_m": {"detection": "det_2.5g.onnx", "landmark_3d_68": "1k3d68.onnx", "landmark_2d_106": "2d106det.onnx"},
+    "buffalo_s": {"detection": "det_500m.onnx", "landmark_3d_68": "1k3d68.onnx", "landmark_2d_106": "2d106det.onnx"},
+    "antelopev2": {"detection": "scrfd_10g_bnkps.onnx", "landmark_3d_68": "1k3d68.onnx",
+                   "landmark_2d_106": "2d106det.onnx"},
+}
+RELEASE_URL = "https://github.com/deepinsight/insightface/releases/download/model-zoo/{pack}.zip"
+
+
+def pack_dirs(pack: str, model_dir: str | Path | None) -> list[Path]:
+    """Where a pack may live: ``<root>/models/<pack>``, ``<root>/<pack>`` or ``model_dir`` itself."""
+    if model_dir is None:
+        return [DEFAULT_ROOT.expanduser() / "models" / pack]
+    root = Path(model_dir).expanduser()
+    return [root / "models" / pack, root / pack, root]
+
+
+def _fix(pack: str, model_dir: str | Path | None) -> str:
+    root = Path(model_dir).expanduser() if model_dir else DEFAULT_ROOT.expanduser()
+    return (f"put insightface pack {pack!r} in {root / 'models' / pack}/ and set detect.model_dir: {root} "
+            f"(or point detect.model_dir at the pack folder); or set detect.allow_download: true to fetch "
+            f"{RELEASE_URL.format(pack=pack)} once (needs network; models are non-commercial research only)")
+
+
+def find_pack(pack: str, model_dir: str | Path | None, tasks: Sequence[str]) -> dict[str, Path]:
+    """The ONNX files for ``tasks`` of a known pack, or every ``*.onnx`` of an unknown one
+    (keyed by file name, routed at load time). Raises :class:`MissingModelError`."""
+    dirs = pack_dirs(pack, model_dir)
+    names = PACK_FILES.get(pack)
+    for d in dirs:
+        if names is not None and all((d / names[t]).is_file() for t in tasks):
+            return {t: d / names[t] for t in tasks}
+        if names is None and d.is_dir() and any(d.glob("*.onnx")):
+            return {p.name: p for p in sorted(d.glob("*.onnx"))}
+    if names is not None:
+        first = next(t for t in tasks if not any((d / names[t]).is_file() for d in dirs))
+        missing = names[first]
+    else:
+        missing = f"{pack}/*.onnx (a pack with {' + '.join(tasks)} models)"
+    raise MissingModelError("insightface", missing, [str(d) for d in dirs], _fix(pack, model_dir))
+
+
+@BACKENDS.register("insightface")
+class InsightFaceBackend(FaceBackend):
+    """SCRFD detection + insightface landmarks (``landmarks``: "68" = 1k3d68, "106" = 2d106det)."""
+
+    name = "insightface"
+    version = "1"
+    defaults = {"pack": "buffalo_l", "landmarks": "68", "det_size": 640, "score_threshold": 0.5}
+
+    def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
+                 allow_download: bool = False) -> None:
+        super().__init__(options, model_dir, allow_download)
+        if str(self.options["landmarks"]) not in LANDMARK_TASKS:
+            raise ValueError(f"insightface landmarks must be one of {sorted(LANDMARK_TASKS)}, "
+                             f"got {self.options['landmarks']!r}")
+        self.tasks = ("detection", LANDMARK_TASKS[str(self.options["landmarks"])])
+        self._files: dict[str, Path] | None = None
+        self._models: dict[str, Any] | None = None
+
+    @classmethod
+    def check_available(cls, model_dir: str | Path | None = None, pack: str = "buffalo_l",
+                        landmarks: str = "68") -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("insightface") is None:
+            raise ImportError("insightface backend needs the package: pip install insightface")
+        find_pack(pack, model_dir, ("detection", LANDMARK_TASKS[str(landmarks)]))
+
+    def check_ready(self) -> None:
+        type(self).check_available(self.model_dir, str(self.options["pack"]), str(self.options["landmarks"]))
+
+    def files(self) -> dict[str, Path]:
+        """The model files, downloading the pack first when allowed and missing."""
+        if self._files is None:
+            pack = str(self.options["pack"])
+            try:
+                self._files = find_pack(pack, self.model_dir, self.tasks)
+            except MissingModelError:
+                if not self.allow_download:
+                    raise
+                self._download(pack)
+                self._files = find_pack(pack, self.model_dir, self.tasks)
+        return self._files
+
+    def _download(self, pack: str) -> None:
+        from insightface.utils.storage import download
+
+        root = self.model_dir or DEFAULT_ROOT.expanduser()
+        log.info("insightface: downloading pack %s into %s", pack, root / "models" / pack)
+        try:
+            download("models", pack, force=True, root=str(root))
+        except (OSError, zipfile.BadZipFile, AssertionError) as e:   # requests/urllib errors are OSErrors
+            raise MissingModelError("insightface", f"{pack}.zip", [RELEASE_URL.format(pack=pack)],
+                                    f"download failed ({type(e).__name__}: {e}); " + _fix(pack, self.model_dir)) from e
+
+    def fingerprint(self) -> str:
+        return ",".join(f"{p.name}:{p.stat().st_size}" for p in sorted(set(self.files().values())))
+
+    def load(self) -> None:
+        """Load the pack's ONNX models, keep the detector and the wanted landmark model."""
+        import onnxruntime as ort
+        from insightface.model_zoo import get_model
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(self.options.get("threads", 1))   # parallelism comes from processes
+        so.inter_op_num_threads = 1
+        models: dict[str, Any] = {}
+        for path in self.files().values():
+            try:
+                model = get_model(str(path), providers=["CPUExecutionProvider"], sess_options=so)
+            except AssertionError as e:                       # insightface's "file should exist" checks
+                raise MissingModelError("insightface", str(path), [str(path.parent)],
+                                        _fix(str(self.options["pack"]), self.model_dir)) from e
+            task = getattr(model, "taskname", None)
+            if task in self.tasks and task not in models:
+                models[task] = model
+        for task in self.tasks:
+            if task not in models:
+                raise MissingModelError("insightface", f"a {task} model", [str(p) for p in self.files().values()],
+                                        _fix(str(self.options["pack"]), self.model_dir))
+        models["detection"].prepare(-1, input_size=(int(self.options["det_size"]),) * 2,
+                                    det_thresh=float(self.options["score_threshold"]))
+        models[self.tasks[1]].prepare(-1)
+        self._models = models
+
+    def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
+        from insightface.app.common import Face as InsightFace
+
+        if self._models is None:
+            self.load()
+        bgr = np.ascontiguousarray(image[..., ::-1])           # insightface models take BGR
+        boxes, kpss = self._models["detection"].detect(bgr, max_num=0)
+        faces = []
+        for i in range(boxes.shape[0]):
+            box = boxes[i, :4].astype(np.float64)
+            pred = self._models[self.tasks[1]].get(bgr, InsightFace(bbox=box))
+            lmk68 = to_ibug68(pred)
+            kps5 = np.asarray(kpss[i], np.float32) if kpss is not None else five_from_68(lmk68)
+            faces.append(Face(tuple(float(v) for v in box), float(boxes[i, 4]), kps5, lmk68, self.name))
+        return faces

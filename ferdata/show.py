@@ -1,0 +1,159 @@
+"""``ferdata show``: a contact sheet to check alignment by eye.
+
+One tile per sample: the aligned face with its 68 landmarks (dots) and the ArcFace
+template's 5 points (crosses: eyes, nose and mouth corners should sit on them), the
+heatmap overlaid on the face, and the left half beside the mirrored right half,
+labelled with class, backend and key. Reads shards (``<split>/*.tar``), a single tar,
+or an ``aligned`` chunk folder (heatmap and halves are then rendered on the fly with
+the pipeline's own functions).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import typer
+
+from ferdata.classes import CLASSES
+from ferdata.geometry import split_halves, template
+from ferdata.heatmap import summed_heatmap_u8
+from ferdata.io import decode_jpeg_rgb
+from ferdata.tario import iter_tar_samples, load_npy
+
+PANEL = 160                      # display side of the face panel, pixels
+HEATMAP_SIZE, HEATMAP_SIGMA = 28, 1.0
+COLUMNS = 2                      # tiles per sheet row
+LABEL_H = 18
+_GROUP_COLOURS = ((0, 17, (255, 210, 0)), (17, 27, (255, 120, 0)), (27, 36, (0, 200, 255)),
+                  (36, 48, (0, 255, 0)), (48, 68, (255, 0, 200)))
+
+
+@dataclass(frozen=True)
+class SheetSample:
+    """What one tile shows."""
+
+    key: str
+    face: np.ndarray              # RGB uint8, N x N
+    lmk: np.ndarray | None        # (68, 2) crop pixels
+    heatmap: np.ndarray           # uint8 single channel
+    left: np.ndarray
+    right: np.ndarray
+    label: str
+
+
+def _tars(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    tars = sorted(path.rglob("*.tar"))
+    shards = [p for p in tars if not p.name.startswith(("aligned-", "derived-"))]
+    chosen = shards or [p for p in tars if p.name.startswith("aligned-")]
+    if not chosen:
+        raise FileNotFoundError(f"{path}: no shards (*.tar) or aligned chunks (aligned-*.tar) found")
+    return chosen
+
+
+def _samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Round-robin over the tar files, so a sheet mixes splits and shards."""
+    iters = [iter_tar_samples(p) for p in _tars(path)]
+    for group in itertools.zip_longest(*iters):
+        yield from (s for s in group if s is not None)
+
+
+def to_sheet_sample(key: str, fields: dict[str, bytes]) -> SheetSample:
+    """Decode a shard sample; fields the sample lacks are rendered from ``jpg`` + ``lmk.npy``."""
+    face = decode_jpeg_rgb(fields["jpg"])
+    size = face.shape[0]
+    lmk = load_npy(fields["lmk.npy"], f"{key}.lmk.npy") if "lmk.npy" in fields else None
+    if "heatmap.png" in fields:
+        heat = decode_jpeg_rgb(fields["heatmap.png"])
+    elif lmk is not None:
+        heat = summed_heatmap_u8(lmk, HEATMAP_SIZE, HEATMAP_SIGMA, size / HEATMAP_SIZE)
+    else:
+        heat = np.zeros((HEATMAP_SIZE, HEATMAP_SIZE), np.uint8)
+    if "left.jpg" in fields and "right.jpg" in fields:
+        left, right = decode_jpeg_rgb(fields["left.jpg"]), decode_jpeg_rgb(fields["right.jpg"])
+    else:
+        left, right = split_halves(face)
+    meta = json.loads(fields["json"]) if "json" in fields else {}
+    cls = int(fields["cls"]) if "cls" in fields else meta.get("label")
+    name = CLASSES[cls] if isinstance(cls, int) and 0 <= cls < len(CLASSES) else "?"
+    label = f"{name} | {meta.get('backend', '?')} | {key}"
+    return SheetSample(key, face, lmk, heat, left, right, label)
+
+
+def _face_panel(s: SheetSample) -> np.ndarray:
+    size = s.face.shape[0]
+    k = PANEL / size
+    panel = cv2.resize(s.face, (PANEL, PANEL), interpolation=cv2.INTER_LINEAR)
+    if s.lmk is not None:
+        for lo, hi, colour in _GROUP_COLOURS:
+            for x, y in s.lmk[lo:hi]:
+                cv2.circle(panel, (int(round((x + 0.5) * k - 0.5)), int(round((y + 0.5) * k - 0.5))), 2, colour, -1,
+                           cv2.LINE_AA)
+    for x, y in template(size):
+        cv2.drawMarker(panel, (int(round((x + 0.5) * k - 0.5)), int(round((y + 0.5) * k - 0.5))),
+                       (255, 255, 255), cv2.MARKER_CROSS, 9, 1, cv2.LINE_AA)
+    return panel
+
+
+def _heat_panel(s: SheetSample) -> np.ndarray:
+    face = cv2.resize(s.face, (PANEL, PANEL), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.resize(s.heatmap if s.heatmap.ndim == 2 else s.heatmap[..., 0], (PANEL, PANEL),
+                      interpolation=cv2.INTER_LINEAR)
+    colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(face, 0.55, colour, 0.45, 0.0)
+
+
+def _tile(s: SheetSample) -> np.ndarray:
+    half_w = PANEL // 2
+    halves = [cv2.resize(h, (half_w, PANEL), interpolation=cv2.INTER_LINEAR) for h in (s.left, s.right)]
+    gap = np.full((PANEL, 4, 3), 255, np.uint8)
+    body = np.concatenate([_face_panel(s), gap, _heat_panel(s), gap, halves[0], gap[:, :2], halves[1]], axis=1)
+    strip = np.full((LABEL_H, body.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, s.label[:70], (3, LABEL_H - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, body], axis=0)
+
+
+def contact_sheet(samples: list[SheetSample], columns: int = COLUMNS) -> np.ndarray:
+    """Tiles in a grid (RGB uint8) with white gutters."""
+    if not samples:
+        raise ValueError("contact sheet needs at least one sample")
+    tiles = [_tile(s) for s in samples]
+    th, tw = tiles[0].shape[:2]
+    rows = -(-len(tiles) // columns)
+    sheet = np.full((rows * (th + 8) + 8, columns * (tw + 8) + 8, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        sheet[8 + r * (th + 8):8 + r * (th + 8) + th, 8 + c * (tw + 8):8 + c * (tw + 8) + tw] = t
+    return sheet
+
+
+def show(path: Path, out: Path, n: int = 32) -> Path:
+    """Write a contact sheet of the first ``n`` samples under ``path`` to ``out`` (PNG)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    samples = [to_sheet_sample(k, f) for k, f in itertools.islice(_samples(Path(path)), n)]
+    if not samples:
+        raise ValueError(f"{path}: the tar files hold no samples")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {out} (is the extension an image format, e.g. .png?)")
+    return out
+
+
+def show_command(
+    path: Path = typer.Argument(..., help="Shards folder (<split>/*.tar), one .tar, or an aligned chunk folder."),
+    out: Path = typer.Option(Path("sheet.png"), "--out", "-o", help="Contact sheet image to write (PNG)."),
+    n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show."),
+) -> None:
+    """Contact sheet of aligned faces with landmarks, template points, heatmap overlay and the
+    two half-faces, labelled with class and backend: check alignment by eye."""
+    typer.echo(str(show(path, out, n)))

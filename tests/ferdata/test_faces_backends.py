@@ -1,0 +1,345 @@
+"""insightface, face_alignment, auto, annotations and precropped backends.
+
+Offline: the error paths (missing file named, where we looked, the fix; downloads only
+when allowed, and a failed download is the same clear error). Real-output paths with
+synthetic models built here: an SCRFD-layout detector and 106/68-point landmark ONNX
+graphs (random-free constant weights) for insightface, a fake FAN network behind a
+monkeypatched loader for face_alignment. Tests with the real weights run only where
+those weights are installed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ferdata.faces import BACKENDS, Face, MissingModelError, create_backend
+from ferdata.faces.auto import AutoBackend
+from ferdata.faces.fan import FAN_FILE, FAN_URL, FanBackend, hub_checkpoints
+from ferdata.faces.insightface_backend import InsightFaceBackend
+from ferdata.faces.mapping import IBUG_FROM_106, PARTS_106, to_ibug68
+from ferdata.geometry import FLIP_68, IBUG_GROUPS, align_face, five_from_68, template
+from ferdata.records import FaceRecord
+from ferdata.registry import UnknownNameError
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+# ---- synthetic insightface models (onnx.helper: no torch needed) -------------------------
+
+def _scrfd_onnx(path: Path) -> Path:
+    """SCRFD layout: 9 outputs (scores, boxes, kps x strides 8/16/32, 2 anchors), batched.
+
+    Constant heads: only stride 32 fires (score 1), each anchor predicts a 128-px box
+    around itself and 5 keypoints in a face-like pattern inside it.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, outs = [], [], {"score": [], "bbox": [], "kps": []}
+    kps_offsets = np.array([[-0.5, -0.4], [0.5, -0.4], [0.0, 0.1], [-0.4, 0.6], [0.4, 0.6]], np.float32)
+    for s in (8, 16, 32):
+        nodes.append(helper.make_node("AveragePool", ["input"], [f"p{s}"], kernel_shape=[s, s], strides=[s, s]))
+        heads = {"score": (1, np.full(2, 10.0 if s == 32 else -10.0, np.float32)),
+                 "bbox": (4, np.full(8, 2.0, np.float32)),
+                 "kps": (10, np.tile(kps_offsets.reshape(-1), 2))}
+        for kind, (width, bias) in heads.items():
+            w = np.zeros((2 * width, 3, 1, 1), np.float32)
+            inits += [numpy_helper.from_array(w, f"w_{kind}{s}"), numpy_helper.from_array(bias, f"b_{kind}{s}"),
+                      numpy_helper.from_array(np.array([1, -1, width], np.int64), f"shape_{kind}{s}")]
+            conv = f"c_{kind}{s}"
+            nodes.append(helper.make_node("Conv", [f"p{s}", f"w_{kind}{s}", f"b_{kind}{s}"], [conv]))
+            if kind == "score":
+                nodes.append(helper.make_node("Sigmoid", [conv], [conv + "s"]))
+                conv += "s"
+            nodes.append(helper.make_node("Transpose", [conv], [conv + "t"], perm=[0, 2, 3, 1]))
+            nodes.append(helper.make_node("Reshape", [conv + "t", f"shape_{kind}{s}"], [f"{kind}_{s}"]))
+            outs[kind].append(helper.make_tensor_value_info(f"{kind}_{s}", TensorProto.FLOAT, [1, f"n{s}", width]))
+    graph = helper.make_graph(nodes, "scrfd_synthetic",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              outs["score"] + outs["bbox"] + outs["kps"], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def _landmark_onnx(path: Path, outputs: int) -> Path:
+    """insightface Landmark layout: 192x192 input, one (1, outputs) output; constant points
+    spread over the middle of the crop (212 = 106 x 2, 3309 = 1k3d68's 1103 x 3)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    bias = rng.uniform(-0.4, 0.4, outputs).astype(np.float32)
+    nodes = [helper.make_node("GlobalAveragePool", ["data"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w", "b"], ["fc1"], transB=1)]
+    inits = [numpy_helper.from_array(np.zeros((outputs, 3), np.float32), "w"), numpy_helper.from_array(bias, "b")]
+    graph = helper.make_graph(nodes, "landmark_synthetic",
+                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 192, 192])],
+                              [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [1, outputs])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    """An insightface root with pack ``synth`` (unknown name: routed by loading) and a
+    ``buffalo_l``-named pack (known names: detector + 1k3d68 + 2d106det)."""
+    root = tmp_path_factory.mktemp("insightface")
+    synth = root / "models" / "synth"
+    synth.mkdir(parents=True)
+    _scrfd_onnx(synth / "det.onnx")
+    _landmark_onnx(synth / "lmk106.onnx", 212)
+    buffalo = root / "models" / "buffalo_l"
+    buffalo.mkdir(parents=True)
+    _scrfd_onnx(buffalo / "det_10g.onnx")
+    _landmark_onnx(buffalo / "2d106det.onnx", 212)
+    _landmark_onnx(buffalo / "1k3d68.onnx", 3309)
+    return root
+
+
+# ---- registry and contract -----------------------------------------------------------------
+
+def test_registry_names_and_unknown():
+    assert set(BACKENDS.names()) >= {"embedded", "insightface", "face_alignment", "annotations", "precropped", "auto"}
+    with pytest.raises(UnknownNameError, match="embedded"):
+        create_backend("mtcnn")
+
+
+@pytest.mark.parametrize("name", ["embedded", "insightface", "face_alignment", "annotations", "precropped", "auto"])
+def test_contract(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cls = BACKENDS.get(name)
+    assert cls.name == name and isinstance(cls.is_available(tmp_path), bool)
+    backend = create_backend(name, {"det_size": 320}, tmp_path)
+    if backend.is_available(tmp_path) or name in ("annotations", "precropped", "auto"):
+        sig = backend.signature()
+        assert isinstance(sig, str) and sig
+    else:
+        with pytest.raises(MissingModelError):
+            backend.signature()           # fails fast, before any data is read
+
+
+# ---- 106 -> 68 mapping ---------------------------------------------------------------------
+
+def test_106_to_68_table_is_consistent_with_the_106_layout():
+    assert len(IBUG_FROM_106) == 68 and len(set(IBUG_FROM_106.tolist())) == 68
+    assert IBUG_FROM_106.min() >= 0 and IBUG_FROM_106.max() < 106
+    part = {i: p for p, r in PARTS_106.items() for i in r}
+    expect = {"jaw": "contour", "brow1": "brow1", "brow2": "brow2", "nose_bridge": "nose", "nostrils": "nose",
+              "eye1": "eye1", "eye2": "eye2", "outer_lips": "mouth", "inner_lips": "mouth"}
+    for group, idx in IBUG_GROUPS.items():
+        assert {part[int(IBUG_FROM_106[i])] for i in idx} == {expect[group]}, group
+    # mirror-symmetric iBUG pairs map to different 106 points; midline points are shared parts
+    for i in range(68):
+        if FLIP_68[i] != i:
+            assert IBUG_FROM_106[i] != IBUG_FROM_106[FLIP_68[i]]
+    pts = np.random.default_rng(0).uniform(0, 100, (106, 2))
+    np.testing.assert_allclose(to_ibug68(pts), pts[IBUG_FROM_106].astype(np.float32))
+    np.testing.assert_allclose(to_ibug68(np.c_[pts[:68], pts[:68, :1]]), pts[:68].astype(np.float32))
+    with pytest.raises(ValueError, match="known layouts"):
+        to_ibug68(np.zeros((98, 2)))
+
+
+# ---- insightface ---------------------------------------------------------------------------
+
+def test_insightface_missing_pack_names_file_and_fix(tmp_path):
+    b = InsightFaceBackend(model_dir=tmp_path)
+    with pytest.raises(MissingModelError) as err:
+        b.check_ready()
+    msg = str(err.value)
+    assert "det_10g.onnx" in msg and str(tmp_path / "models" / "buffalo_l") in msg
+    assert "detect.model_dir" in msg and "detect.allow_download: true" in msg and "buffalo_l.zip" in msg
+    assert not InsightFaceBackend.is_available(tmp_path)
+
+
+def test_insightface_empty_pack_folder_is_a_clear_error_not_assertion(tmp_path):
+    (tmp_path / "models" / "buffalo_l").mkdir(parents=True)      # insightface's own trap: bare AssertionError
+    with pytest.raises(MissingModelError, match="det_10g.onnx"):
+        InsightFaceBackend(model_dir=tmp_path).detect(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_insightface_download_only_when_allowed_and_offline_failure_is_clear(tmp_path, monkeypatch):
+    import insightface.utils.storage as storage
+
+    calls = []
+    monkeypatch.setattr(storage, "download_file", lambda url, **kw: calls.append(url))
+    with pytest.raises(MissingModelError):
+        InsightFaceBackend(model_dir=tmp_path).files()
+    assert calls == []                                              # not allowed: no attempt
+    monkeypatch.undo()
+    monkeypatch.setattr("socket.getaddrinfo", _no_dns)
+    with pytest.raises(MissingModelError) as err:
+        InsightFaceBackend(model_dir=tmp_path, allow_download=True).files()
+    assert "download failed" in str(err.value) and "ConnectionError" in str(err.value)
+
+
+def _no_dns(host, *a, **k):
+    import socket
+
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+@pytest.mark.parametrize("pack,landmarks", [("synth", "106"), ("buffalo_l", "68"), ("buffalo_l", "106")])
+def test_insightface_synthetic_models_route_and_shape(synthetic_root, photos, pack, landmarks):
+    b = create_backend("insightface", {"pack": pack, "landmarks": landmarks, "det_size": 320}, synthetic_root)
+    b.check_ready()
+    assert "onnx" in b.signature()
+    faces = b.detect(photos["astronaut"])
+    assert faces, "the constant stride-32 head must fire"
+    for f in faces[:5]:
+        assert isinstance(f, Face) and f.backend == "insightface"
+        assert f.kps5.shape == (5, 2) and f.lmk68.shape == (68, 2) and f.lmk68.dtype == np.float32
+        x0, y0, x1, y1 = f.box
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        assert x1 - x0 == pytest.approx(128 * 512 / 320, rel=0.01)   # 4 strides at det scale
+        assert f.kps5[0, 0] < cx < f.kps5[1, 0] and f.kps5[2, 1] < f.kps5[3, 1]   # face-like keypoints
+        assert abs(f.lmk68[:, 0].mean() - cx) < (x1 - x0) and abs(f.lmk68[:, 1].mean() - cy) < (y1 - y0)
+        al = align_face(photos["astronaut"], f.kps5, 112, lmk68=f.lmk68)
+        assert al.lmk68.shape == (68, 2)
+
+
+# ---- face_alignment ------------------------------------------------------------------------
+
+def test_fan_missing_weights_names_file_where_and_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert hub_checkpoints() == tmp_path / "hub" / "checkpoints"
+    with pytest.raises(MissingModelError) as err:
+        FanBackend().check_ready()
+    msg = str(err.value)
+    assert FAN_FILE in msg and str(tmp_path / "hub" / "checkpoints") in msg and "TORCH_HOME" in msg
+    assert "allow_download" in msg
+    assert not FanBackend.is_available()
+
+
+def test_fan_download_only_when_allowed_and_offline_failure_is_clear(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(MissingModelError):
+        FanBackend().resolve(FAN_URL)
+    assert not (tmp_path / "hub" / "checkpoints" / FAN_FILE).exists()
+    monkeypatch.setattr("socket.getaddrinfo", _no_dns)
+    with pytest.raises(MissingModelError) as err:
+        FanBackend(allow_download=True).resolve(FAN_URL)
+    assert "download failed" in str(err.value) and "URLError" in str(err.value)
+    assert not (tmp_path / "hub" / "checkpoints" / FAN_FILE).exists()
+
+
+class _FakeFan:
+    """Stands in for the FAN network: 68 heatmaps (64x64) peaking on a face-shaped layout."""
+
+    def __init__(self) -> None:
+        import torch
+
+        pts = (template(112) - 56) / 112 * 40 + 32          # ArcFace points in the middle of the map
+        lmk = np.concatenate([np.repeat(pts, 14, axis=0)[:68]])
+        g = np.arange(64)
+        maps = np.exp(-((g[None, None, :] - lmk[:, 0, None, None]) ** 2
+                        + (g[None, :, None] - lmk[:, 1, None, None]) ** 2) / 2.0)
+        self.maps = torch.from_numpy(maps.astype(np.float32))[None]
+
+    def __call__(self, x):
+        return self.maps.expand(x.shape[0], -1, -1, -1).clone()
+
+
+def test_fan_real_output_path_with_a_fake_network(tmp_path, monkeypatch, photos):
+    import face_alignment.api as fa_api
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ckpt = tmp_path / "hub" / "checkpoints" / FAN_FILE
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"placeholder: the loader is monkeypatched")
+    seen = []
+
+    def fake_load(self, network_name, network_size, device, dtype):
+        seen.append((network_name, device, fa_api.load_file_from_url(fa_api.models_urls[network_name])))
+        return _FakeFan()
+
+    monkeypatch.setattr(fa_api.FaceAlignment, "_load_native", fake_load)
+    import face_alignment.utils as fa_utils
+
+    for name in ("_get_preds_fromhm", "transform_np"):   # skip numba's ~10 s first-call compile
+        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name).py_func)
+    b = FanBackend(model_dir=None)
+    b.check_ready()
+    faces = b.detect(photos["astronaut"])
+    assert seen == [("2DFAN-4", "cpu", str(ckpt))]                 # our resolver found the local file
+    assert len(faces) == 1 and faces[0].backend == "face_alignment"
+    f = faces[0]
+    assert f.lmk68.shape == (68, 2) and f.kps5.shape == (5, 2)
+    x0, y0, x1, y1 = f.box
+    assert ((f.lmk68[:, 0] > x0) & (f.lmk68[:, 0] < x1) & (f.lmk68[:, 1] > y0 - 0.2 * (y1 - y0))
+            & (f.lmk68[:, 1] < y1)).all()
+    assert b._fa.device == "cpu" and b._fa.flip_input is False
+
+
+# ---- annotations, precropped, auto -----------------------------------------------------------
+
+def _record(lmk=None, key="k") -> FaceRecord:
+    return FaceRecord("d", key, "/nonexistent.jpg", 1, "happy", landmarks=lmk)
+
+
+def test_annotations_backend(embedded, photos):
+    lmk = embedded.detect(photos["astronaut"])[0].lmk68
+    b = create_backend("annotations")
+    (f,) = b.detect(photos["astronaut"], _record(lmk))
+    np.testing.assert_allclose(f.kps5, five_from_68(lmk))
+    np.testing.assert_array_equal(f.lmk68, lmk)
+    (g,) = b.detect(photos["astronaut"], _record(five_from_68(lmk)))
+    assert g.lmk68 is None and g.kps5.shape == (5, 2)
+    assert b.detect(photos["astronaut"], _record()) == []
+    assert not b.cacheable
+
+
+def test_precropped_is_a_resize(photos):
+    import cv2
+
+    crop = cv2.resize(photos["astronaut"][50:250, 130:330], (100, 100))
+    (f,) = create_backend("precropped").detect(crop, _record())
+    al = align_face(crop, f.kps5, 112)
+    np.testing.assert_allclose(al.matrix[:, :2], np.eye(2) * 1.12, atol=1e-4)
+    assert np.abs(al.image.astype(int) - cv2.resize(crop, (112, 112)).astype(int)).mean() < 4
+
+
+def test_auto_prefers_annotations_then_falls_back_to_embedded(tmp_path, monkeypatch, photos, embedded):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    auto = AutoBackend(model_dir=tmp_path)
+    assert auto.delegate.name == "embedded"
+    assert auto.signature() == auto.delegate.signature()           # shares the embedded cache entries
+    lmk = embedded.detect(photos["grace_hopper"])[0].lmk68
+    with_lmk, without = _record(lmk, "a"), _record(None, "b")
+    assert not auto.cacheable_for(with_lmk) and auto.cacheable_for(without)
+    out = auto.detect_batch([photos["grace_hopper"]] * 2, [with_lmk, without])
+    assert [f[0].backend for f in out] == ["annotations", "embedded"]
+
+
+def test_auto_picks_model_backends_whose_weights_are_present(tmp_path, monkeypatch, synthetic_root):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert AutoBackend({"pack": "synth", "landmarks": "106"}, synthetic_root).delegate.name == "insightface"
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints" / FAN_FILE
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    assert AutoBackend(model_dir=tmp_path).delegate.name == "face_alignment"
+
+
+# ---- real weights (run only where they are installed) -------------------------------------
+
+@pytest.mark.skipif(not InsightFaceBackend.is_available(),
+                    reason="insightface pack buffalo_l not in ~/.insightface/models (no network to fetch it)")
+def test_insightface_real_weights(photos, embedded):
+    faces = create_backend("insightface").detect(photos["astronaut"])
+    assert len(faces) == 1
+    ref = embedded.detect(photos["astronaut"])[0]
+    assert np.median(np.linalg.norm(faces[0].lmk68 - ref.lmk68, axis=1)) < 6
+
+
+@pytest.mark.skipif(not FanBackend.is_available(),
+                    reason=f"{FAN_FILE} not in $TORCH_HOME/hub/checkpoints (no network to fetch it)")
+def test_fan_real_weights(photos, embedded):
+    faces = create_backend("face_alignment").detect(photos["astronaut"])
+    assert len(faces) == 1
+    ref = embedded.detect(photos["astronaut"])[0]
+    assert np.median(np.linalg.norm(faces[0].lmk68 - ref.lmk68, axis=1)) < 6

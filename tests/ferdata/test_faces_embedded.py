@@ -1,0 +1,124 @@
+"""The embedded (offline) backend on real photos: faces found, landmarks inside the face,
+alignment puts the eyes on the ArcFace template, batching changes nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferdata.faces import MissingModelError, create_backend, select_face
+from ferdata.faces.embedded import DLIB_68, EmbeddedBackend, dlib_model_path
+from ferdata.geometry import align_face, five_from_68, template, transform_points
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def inside(points: np.ndarray, box, margin: float) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    mx, my = (x1 - x0) * margin, (y1 - y0) * margin
+    return ((points[:, 0] >= x0 - mx) & (points[:, 0] <= x1 + mx)
+            & (points[:, 1] >= y0 - my) & (points[:, 1] <= y1 + my))
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_single_portrait(embedded, photos, name):
+    faces = embedded.detect(photos[name])
+    assert len(faces) == 1
+    f = faces[0]
+    assert f.score > 0.99 and f.backend == "embedded"
+    h, w = photos[name].shape[:2]
+    x0, y0, x1, y1 = f.box
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    assert 60 < x1 - x0 < 0.6 * w                         # a face, not the whole image
+    assert f.kps5.shape == (5, 2) and f.lmk68.shape == (68, 2)
+    assert inside(f.kps5, f.box, 0.0).all()
+    assert inside(f.lmk68, f.box, 0.15).all()             # the jaw may leave a tight box a little
+    assert inside(f.lmk68[17:], f.box, 0.0).mean() > 0.95  # brows, eyes, nose, mouth: inside
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_alignment_puts_eyes_on_template(embedded, photos, name):
+    f = embedded.detect(photos[name])[0]
+    for size in (112, 224):
+        al = align_face(photos[name], f.kps5, size, lmk68=f.lmk68)
+        tpl = template(size)
+        unit = size / 112
+        # the detector's own eye points (what the fit used) ...
+        assert np.abs(transform_points(f.kps5, al.matrix)[:2] - tpl[:2]).max() < 3 * unit
+        # ... and dlib's independent eye centres and nose tip (mouth corners move with a smile)
+        five = five_from_68(al.lmk68)
+        err = np.linalg.norm(five - tpl, axis=1)
+        assert err[:2].max() < 4 * unit and err[2] < 6 * unit and err[3:].max() < 12 * unit, err
+        assert al.image.shape == (size, size, 3)
+
+
+def test_group_photo_six_faces(embedded, photos):
+    faces = embedded.detect(photos["t1"])
+    assert len(faces) == 6
+    assert all(f.score > 0.9 for f in faces)
+    for f in faces:
+        assert inside(f.kps5, f.box, 0.05).all()
+        assert inside(f.lmk68[17:], f.box, 0.1).mean() > 0.9
+    largest = select_face(faces, photos["t1"].shape, "largest")
+    assert largest.area == max(f.area for f in faces)
+    central = select_face(faces, photos["t1"].shape, "central")
+    h, w = photos["t1"].shape[:2]
+    dist = [np.hypot((f.box[0] + f.box[2]) / 2 - w / 2, (f.box[1] + f.box[3]) / 2 - h / 2) for f in faces]
+    assert central is faces[int(np.argmin(dist))]
+    with pytest.raises(ValueError, match="largest"):
+        select_face(faces, photos["t1"].shape, "biggest")
+
+
+def test_lfw_faces_and_non_faces(embedded, lfw):
+    faces, non_faces = lfw
+    found = sum(bool(embedded.detect(x)) for x in faces[:40])
+    false = sum(bool(embedded.detect(x)) for x in non_faces[:40])
+    assert found >= 36, found
+    assert false <= 1, false
+
+
+def test_batch_equals_single(embedded, photos):
+    import cv2
+
+    a = photos["astronaut"]
+    images = [cv2.resize(a, (128, 128)), cv2.resize(a[:, ::-1].copy(), (128, 128)),
+              cv2.resize(a, (160, 128)), cv2.resize(photos["grace_hopper"], (128, 128))]
+    batched = embedded.detect_batch(images, [None] * len(images))
+    for img, got in zip(images, batched):
+        want = embedded.detect(img)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.box, w.box, atol=1e-3)
+            np.testing.assert_allclose(g.kps5, w.kps5, atol=1e-3)
+            np.testing.assert_array_equal(g.lmk68, w.lmk68)
+
+
+def test_blank_image_has_no_face(embedded):
+    assert embedded.detect(np.full((200, 300, 3), 127, np.uint8)) == []
+
+
+def test_available_and_signature():
+    assert EmbeddedBackend.is_available()
+    b = create_backend("embedded", {"score_threshold": 0.8})
+    assert b.signature() != create_backend("embedded").signature()
+    assert "score_threshold=0.8" in b.signature()
+
+
+def test_missing_dlib_model_names_file_and_fix(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "face_recognition_models" else real(name, *a))
+    monkeypatch.setattr("ferdata.faces.embedded.Path", _NoSystemPath)
+    with pytest.raises(MissingModelError) as err:
+        dlib_model_path(tmp_path)
+    msg = str(err.value)
+    assert DLIB_68 in msg and str(tmp_path) in msg and "pip install face-recognition-models" in msg
+    assert not EmbeddedBackend.is_available(tmp_path)
+
+
+class _NoSystemPath(type(__import__("pathlib").Path())):
+    """A Path whose /usr/share/dlib copy (Debian's libdlib-data) never exists."""
+
+    def is_file(self) -> bool:
+        return not str(self).startswith("/usr/share/dlib") and super().is_file()

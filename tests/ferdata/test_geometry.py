@@ -1,0 +1,166 @@
+"""Geometry: alignment matches insightface's norm_crop on real photos; property tests for the
+similarity fit, template scaling, landmark transforms, flips and half-faces."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from ferdata.geometry import (
+    ARCFACE_112, FLIP_5, FLIP_68, IBUG_GROUPS, align_face, estimate_norm, five_from_68, flip_landmarks,
+    half_landmarks, similarity_matrix, split_halves, template, transform_points,
+)
+
+pytestmark = pytest.mark.usefixtures("offline")
+RNG = np.random.default_rng(0)
+
+
+def random_similarity(rng: np.random.Generator) -> np.ndarray:
+    angle, scale = rng.uniform(-np.pi, np.pi), rng.uniform(0.2, 5.0)
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    return np.array([[c, -s, rng.uniform(-300, 300)], [s, c, rng.uniform(-300, 300)]])
+
+
+def norm_crop_with_matrix(img, kps, size):
+    from insightface.utils.face_align import estimate_norm as insight_estimate_norm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # skimage 0.26 FutureWarning inside insightface
+        m = insight_estimate_norm(np.asarray(kps, np.float32), size)
+    import cv2
+
+    return cv2.warpAffine(img, m, (size, size), borderValue=0.0), m
+
+
+@pytest.mark.parametrize("size", [112, 224, 128, 256])
+def test_matches_insightface_norm_crop_on_real_photos(embedded, photos, size):
+    from insightface.utils.face_align import norm_crop
+
+    faces = [(photos[n], f) for n in ("astronaut", "grace_hopper", "t1") for f in embedded.detect(photos[n])]
+    assert len(faces) == 8
+    grid = np.stack(np.meshgrid(np.arange(size), np.arange(size)), -1).reshape(-1, 2).astype(np.float64)
+    for img, f in faces:
+        ours = align_face(img, f.kps5, size, lmk68=f.lmk68)
+        theirs, m = norm_crop_with_matrix(img, f.kps5, size)
+        # every crop pixel samples the same source point within 1 px (in fact ~1e-4 px)
+        src_ours = transform_points(grid, np.linalg.inv(np.vstack([ours.matrix, [0, 0, 1]]))[:2])
+        src_theirs = transform_points(grid, np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2])
+        assert np.abs(src_ours - src_theirs).max() < 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = norm_crop(img, np.asarray(f.kps5, np.float32), size)
+        diff = np.abs(ours.image.astype(int) - ref.astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.1      # float32 vs float64 matrix rounding only
+        np.testing.assert_allclose(ours.lmk68, transform_points(f.lmk68, m), atol=0.05)
+
+
+def test_similarity_fit_recovers_random_transforms():
+    for _ in range(200):
+        m = random_similarity(RNG)
+        src = RNG.uniform(-100, 100, size=(int(RNG.integers(2, 70)), 2))
+        dst = transform_points(src, m)
+        np.testing.assert_allclose(similarity_matrix(src, dst), m, rtol=1e-4, atol=1e-2)
+
+
+def test_similarity_fit_is_least_squares_under_noise():
+    for _ in range(50):
+        m = random_similarity(RNG)
+        src = RNG.uniform(-100, 100, size=(5, 2))
+        dst = transform_points(src, m) + RNG.normal(0, 1.0, size=(5, 2))
+        fit = similarity_matrix(src, dst)
+        base = np.linalg.norm(transform_points(src, fit) - dst)
+        for _ in range(5):                    # no nearby similarity does better
+            c = random_similarity(RNG) * 1e-3
+            c[:, :2] += fit[:, :2]
+            c[:, 2] += fit[:, 2]
+            assert base <= np.linalg.norm(transform_points(src, c) - dst) + 1e-6
+
+
+def test_degenerate_and_bad_input():
+    with pytest.raises(ValueError, match="degenerate"):
+        similarity_matrix(np.ones((5, 2)), ARCFACE_112)
+    with pytest.raises(ValueError, match="NaN"):
+        estimate_norm(np.full((5, 2), np.nan), 112)
+    with pytest.raises(ValueError, match="5 keypoints"):
+        estimate_norm(np.zeros((4, 2)), 112)
+    with pytest.raises(ValueError, match="multiple of 112 or 128"):
+        template(100)
+    with pytest.raises(ValueError, match="padding"):
+        template(112, -0.1)
+
+
+def test_template_scaling_rule():
+    np.testing.assert_allclose(template(224), ARCFACE_112 * 2)
+    np.testing.assert_allclose(template(128), ARCFACE_112 + [8, 0])
+    np.testing.assert_allclose(template(256), (ARCFACE_112 + [8, 0]) * 2)
+    padded = template(112, 0.25)
+    centre = np.array([56.0, 56.0])
+    np.testing.assert_allclose(padded - centre, (ARCFACE_112 - centre) / 1.25)
+    assert abs(template(112)[:, 0].mean() - 56) < 0.2           # midline at the crop centre
+
+
+def test_template_points_land_on_template():
+    for size in (112, 224, 128):
+        m = random_similarity(RNG)
+        kps = transform_points(template(size), np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2])
+        np.testing.assert_allclose(transform_points(kps, estimate_norm(kps, size)), template(size), atol=1e-3)
+
+
+def test_flip_permutation_is_an_involution():
+    np.testing.assert_array_equal(FLIP_68[FLIP_68], np.arange(68))
+    np.testing.assert_array_equal(FLIP_5[FLIP_5], np.arange(5))
+    assert sorted(FLIP_68.tolist()) == list(range(68))
+    for a, b in (("brow1", "brow2"), ("eye1", "eye2")):
+        assert set(FLIP_68[list(IBUG_GROUPS[a])]) == set(IBUG_GROUPS[b])
+    for group in ("nose_bridge",):
+        np.testing.assert_array_equal(FLIP_68[list(IBUG_GROUPS[group])], IBUG_GROUPS[group])
+    assert FLIP_68[8] == 8 and FLIP_68[51] == 51 and FLIP_68[57] == 57   # chin, lip midpoints stay
+
+
+def test_flip_landmarks_twice_is_identity_and_matches_image_flip(embedded, photos):
+    img = photos["astronaut"]
+    f = embedded.detect(img)[0]
+    w = img.shape[1]
+    np.testing.assert_allclose(flip_landmarks(flip_landmarks(f.lmk68, w), w), f.lmk68)
+    np.testing.assert_allclose(flip_landmarks(flip_landmarks(f.kps5, w), w), f.kps5)
+    mirrored = embedded.detect(np.ascontiguousarray(img[:, ::-1]))[0]
+    # the detector on the mirrored photo agrees with our flipped landmarks (semantics kept)
+    assert np.abs(mirrored.kps5 - flip_landmarks(f.kps5, w)).max() < 3.0
+    assert np.median(np.abs(mirrored.lmk68 - flip_landmarks(f.lmk68, w))) < 3.0
+    batch = np.stack([f.lmk68, f.lmk68 + 1])
+    np.testing.assert_allclose(flip_landmarks(batch, w)[1], flip_landmarks(f.lmk68 + 1, w))
+
+
+def test_five_from_68():
+    lmk = RNG.uniform(0, 100, (68, 2))
+    five = five_from_68(lmk)
+    np.testing.assert_allclose(five[0], lmk[36:42].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(five[1], lmk[42:48].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(five[2:], lmk[[30, 48, 54]], rtol=1e-5)
+
+
+def test_halves_split_at_midline_and_mirror():
+    face = RNG.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    left, right = split_halves(face)
+    assert left.shape == right.shape == (112, 56, 3)
+    np.testing.assert_array_equal(left, face[:, :56])
+    np.testing.assert_array_equal(right, face[:, ::-1][:, :56])   # = left half of the flipped face
+    np.testing.assert_array_equal(right[:, ::-1], face[:, 56:])
+    with pytest.raises(ValueError, match="even"):
+        split_halves(face[:, :111])
+
+
+def test_half_landmarks_follow_the_mirrored_pixels(embedded, photos):
+    f = embedded.detect(photos["grace_hopper"])[0]
+    al = align_face(photos["grace_hopper"], f.kps5, 112, lmk68=f.lmk68)
+    left_lmk, right_lmk = half_landmarks(al.lmk68, 112)
+    np.testing.assert_allclose(left_lmk, al.lmk68)
+    # right-half point i is the mirror of original point FLIP_68[i]: same pixel content
+    for i in (36, 39, 48, 31):
+        x, y = al.lmk68[FLIP_68[i]]
+        xr, yr = right_lmk[i]
+        assert abs(xr - (111 - x)) < 1e-4 and abs(yr - y) < 1e-4
+    # the eye in the mirrored right half sits where the left half's eye sits (symmetric face)
+    assert np.abs(right_lmk[36:42].mean(0) - left_lmk[36:42].mean(0)).max() < 6
+    assert (right_lmk[36:48:1][:6, 0] < 56).all() and (left_lmk[36:42, 0] < 56).all()

@@ -1,0 +1,71 @@
+"""Heatmaps: peaks where the landmarks are, sigma is the true std, numpy == torch, and the
+stored uint8 map is the max of the per-landmark maps a model renders from lmk.npy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, landmark_heatmaps, summed_heatmap_u8
+
+pytestmark = pytest.mark.usefixtures("offline")
+RNG = np.random.default_rng(1)
+
+
+def test_peak_at_the_point_at_stride_one():
+    pts = np.array([[3.0, 7.0], [10.0, 2.0]], np.float32)
+    maps = gaussian_heatmaps(pts, 16, 1.5)
+    assert maps.shape == (2, 16, 16)
+    for (x, y), m in zip(pts, maps):
+        assert np.unravel_index(m.argmax(), m.shape) == (int(y), int(x))
+        assert m.max() == pytest.approx(1.0)
+
+
+def test_sigma_is_the_standard_deviation():
+    for sigma in (0.7, 1.0, 2.5):
+        m = gaussian_heatmaps(np.array([[31.0, 31.0]], np.float32), 64, sigma)[0]
+        g = np.arange(64)
+        w = m.sum(0)                               # marginal over rows -> x profile
+        mean = (w * g).sum() / w.sum()
+        std = np.sqrt((w * (g - mean) ** 2).sum() / w.sum())
+        assert mean == pytest.approx(31.0, abs=1e-4)
+        assert std == pytest.approx(sigma, rel=0.02)
+
+
+def test_stride_maps_pixel_centres_to_cell_centres():
+    # a landmark at the centre of a 4x4 pixel block is at that cell's centre
+    stride = heatmap_stride(112, 28)
+    assert stride == 4
+    pts = np.array([[1.5 + 4 * 5, 1.5 + 4 * 9]], np.float32)     # block (col 5, row 9)
+    m = gaussian_heatmaps(pts, 28, 1.0, stride)[0]
+    assert m[9, 5] == pytest.approx(1.0, abs=1e-6)
+    assert m[9, 4] == pytest.approx(m[9, 6]) and m[8, 5] == pytest.approx(m[10, 5])
+
+
+def test_numpy_and_torch_agree_and_batch():
+    torch = pytest.importorskip("torch")
+    lmk = RNG.uniform(0, 112, (3, 68, 2)).astype(np.float32)
+    a = landmark_heatmaps(lmk, 112, 28, 1.0)
+    b = landmark_heatmaps(torch.from_numpy(lmk), 112, 28, 1.0)
+    assert a.shape == tuple(b.shape) == (3, 68, 28, 28)
+    np.testing.assert_allclose(a, b.numpy(), atol=1e-6)
+    np.testing.assert_allclose(a[1], landmark_heatmaps(lmk[1], 112, 28, 1.0), atol=1e-7)
+
+
+def test_stored_map_is_max_of_per_landmark_maps():
+    lmk = RNG.uniform(10, 100, (68, 2)).astype(np.float32)
+    u8 = summed_heatmap_u8(lmk, 28, 1.0, 4.0)
+    assert u8.dtype == np.uint8 and u8.shape == (28, 28)
+    want = np.rint(landmark_heatmaps(lmk, 112, 28, 1.0).max(0) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(u8, want)
+    assert u8.max() >= 200                          # landmarks near cell centres reach the top
+
+
+def test_points_outside_fade_and_bad_arguments():
+    m = gaussian_heatmaps(np.array([[-50.0, -50.0]], np.float32), 8, 1.0)
+    assert m.max() < 1e-6
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_heatmaps(np.zeros((1, 2), np.float32), 8, 0.0)
+    with pytest.raises(ValueError, match=r"\(\.\.\., K, 2\)"):
+        gaussian_heatmaps(np.zeros((4, 3), np.float32), 8, 1.0)
+    with pytest.raises(ValueError, match="positive"):
+        heatmap_stride(112, 0)

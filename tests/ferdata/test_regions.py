@@ -1,0 +1,75 @@
+"""PCNN region boxes: the fixed fractions cut exactly like the public code; landmark boxes
+enclose their landmark groups; both are chosen by name."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ferdata.geometry import align_face
+from ferdata.regions import (
+    LANDMARK_GROUPS, REGION_MODES, REGION_NAMES, crop_regions, fixed_regions, landmark_regions, region_boxes,
+)
+from ferdata.registry import UnknownNameError
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def pcnn_code_slices(h: int, w: int) -> dict[str, tuple[slice, slice]]:
+    """hellloxiaotian/PCNN network/models.py (1656fc6), with its float32 torch fractions."""
+    import torch
+
+    w1, h1, h2 = torch.tensor(0.5), torch.tensor(0.5), torch.tensor(0.65)
+    w_1, h_1, h_2 = int(w * w1), int(h * h1), int(h * h2)
+    return {"eye_left": (slice(0, h_1), slice(0, w_1)), "eye_right": (slice(0, h_1), slice(w_1, w)),
+            "cheek_left": (slice(h_1, h_2), slice(0, w_1)), "cheek_right": (slice(h_1, h_2), slice(w_1, w)),
+            "mouth": (slice(h_2, h), slice(0, w))}
+
+
+@pytest.mark.parametrize("size", [224, 112, 100, 128, 256])
+def test_fixed_regions_match_the_public_code(size):
+    pytest.importorskip("torch")
+    image = np.arange(size * size * 3, dtype=np.int64).reshape(size, size, 3)
+    ours = crop_regions(image, fixed_regions(size))
+    for name, (rows, cols) in pcnn_code_slices(size, size).items():
+        np.testing.assert_array_equal(ours[name], image[rows, cols])
+
+
+def test_fixed_regions_at_224_are_the_documented_sizes():
+    boxes = fixed_regions(224)
+    sizes = {k: (b[3] - b[1], b[2] - b[0]) for k, b in boxes.items()}
+    assert sizes == {"eye_left": (112, 112), "eye_right": (112, 112), "cheek_left": (33, 112),
+                     "cheek_right": (33, 112), "mouth": (79, 224)}
+    with pytest.raises(ValueError):
+        fixed_regions(224, h1=0.7, h2=0.65)
+
+
+def test_landmark_regions_enclose_their_groups(embedded, photos):
+    f = embedded.detect(photos["astronaut"])[0]
+    al = align_face(photos["astronaut"], f.kps5, 112, lmk68=f.lmk68)
+    boxes = landmark_regions(al.lmk68, 112)
+    assert list(boxes) == list(REGION_NAMES)
+    for name, (x0, y0, x1, y1) in boxes.items():
+        assert 0 <= x0 < x1 <= 112 and 0 <= y0 < y1 <= 112
+        pts = np.clip(al.lmk68[list(LANDMARK_GROUPS[name])], 0, 112)
+        assert (pts[:, 0] >= x0).all() and (pts[:, 0] <= x1).all()
+        assert (pts[:, 1] >= y0).all() and (pts[:, 1] <= y1).all()
+    # eyes above the mouth, image-left eye left of image-right eye
+    assert boxes["eye_left"][0] < boxes["eye_right"][0]
+    assert boxes["eye_left"][1] < boxes["mouth"][1]
+    crops = crop_regions(al.image, boxes)
+    assert all(c.ndim == 3 and c.size for c in crops.values())
+
+
+def test_modes_by_name():
+    lmk = np.random.default_rng(0).uniform(20, 90, (68, 2)).astype(np.float32)
+    assert set(REGION_MODES.names()) == {"fixed", "landmarks"}
+    assert region_boxes("fixed", 224) == fixed_regions(224)
+    assert region_boxes("landmarks", 112, lmk) == landmark_regions(lmk, 112)
+    with pytest.raises(ValueError, match="lmk.npy"):
+        region_boxes("landmarks", 112)
+    with pytest.raises(UnknownNameError, match="fixed"):
+        region_boxes("grid", 112)
+    with pytest.raises(ValueError, match=r"\(68, 2\)"):
+        landmark_regions(lmk[:5], 112)
+    with pytest.raises(ValueError, match="empty"):
+        crop_regions(np.zeros((10, 10, 3)), {"x": [5, 5, 5, 9]})

@@ -1,0 +1,136 @@
+"""Crash safety: a stage killed at any point and re-run gives exactly the outputs of an
+uninterrupted run; a stage never leaves a partial shard or stale chunks behind.
+
+Stages commit to disk only through ``os.replace`` (each file is written to a temp name
+first; the output folder is built beside the target and swapped in) and clean up with
+``shutil.rmtree``, so the disk states a kill can leave are "just before the k-th of those
+calls" plus temp files. The child process below is SIGKILLed at chosen k, while the
+folder holds an older, different output.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ferdata.io import StageDirError, atomic_write_bytes
+from ferdata.stages.align import run_align
+from ferdata.stages.derive import run_derive
+from ferdata.stages.detect import run_detect
+from ferdata.stages.shard import run_shard
+from ferdata.datasets import open_reader
+from tests.reliability.corpus import child_env, stage_params, tree_hashes
+
+CHILD = textwrap.dedent("""
+    import os, shutil, signal, sys
+    from pathlib import Path
+    from tests.reliability.test_atomic import run_stage
+    stage, kill_at, src, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+    calls = [0]
+
+    def killing(real):
+        def wrapper(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        return wrapper
+
+    os.replace, shutil.rmtree = killing(os.replace), killing(shutil.rmtree)
+    run_stage(stage, src, out, chunk=2)
+    print(calls[0])
+""")
+
+
+def run_stage(stage: str, src: Path, out: Path, chunk: int) -> None:
+    """One stage from the run in ``src`` (a run_all output folder) into ``out``."""
+    p = stage_params(out.parent, chunk_size=chunk, maxcount=chunk)
+    if stage == "align":
+        run_align(src / "detect", p["align"], out)
+    elif stage == "derive":
+        run_derive(src / "aligned", p["derive"], out)
+    else:
+        run_shard(src / "aligned", src / "derived", p["shard"], out)
+
+
+def run_child(stage: str, kill_at: int, src: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, stage, str(kill_at), str(src), str(out)],
+                          capture_output=True, text=True, env=child_env(), timeout=120)
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temp files and staging folders next to or inside ``out``."""
+    near = [p.name for p in out.parent.glob(f".{out.name}.*")]
+    inside = [p.name for p in out.rglob(".*")] if out.exists() else []
+    return near + inside
+
+
+@pytest.mark.parametrize("stage", ["align", "derive", "shard"])
+def test_killed_stage_reruns_to_identical_output(stage, bad_corpus_run, tmp_path):
+    src, _ = bad_corpus_run
+    reference = tmp_path / "reference" / "out"
+    run_stage(stage, src, reference, chunk=2)
+    old = tmp_path / "old" / "out"
+    run_stage(stage, src, old, chunk=3)                        # an earlier, different complete output
+    run_stage(stage, src, tmp_path / "count" / "out", chunk=3)
+    full = run_child(stage, 0, src, tmp_path / "count" / "out")
+    assert full.returncode == 0, full.stderr[-2000:]
+    calls = int(full.stdout.split()[-1])
+    for kill_at in sorted({1, calls // 2, calls - 1, calls}):
+        out = tmp_path / f"kill{kill_at}" / "out"
+        run_stage(stage, src, out, chunk=3)
+        died = run_child(stage, kill_at, src, out)
+        assert died.returncode == -9, died.stderr[-2000:]
+        assert not out.exists() or tree_hashes(out) in (tree_hashes(old), tree_hashes(reference)), \
+            f"mixed output after kill {kill_at}"
+        run_stage(stage, src, out, chunk=2)
+        assert tree_hashes(out) == tree_hashes(reference), f"kill at {kill_at}/{calls}"
+        assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("stage", ["align", "derive", "shard"])
+def test_rerun_over_a_larger_output_leaves_no_stale_chunks(stage, bad_corpus_run, tmp_path):
+    src, _ = bad_corpus_run
+    run_stage(stage, src, tmp_path / "fresh" / "out", chunk=8)
+    out = tmp_path / "reused" / "out"
+    run_stage(stage, src, out, chunk=1)                        # many chunks
+    (out / ".aligned-000003.tar.x1y2.tmp").write_bytes(b"partial")
+    run_stage(stage, src, out, chunk=8)                        # few chunks
+    assert tree_hashes(out) == tree_hashes(tmp_path / "fresh" / "out")
+
+
+def test_stage_refuses_a_folder_it_does_not_own(bad_corpus_run, tmp_path):
+    src, _ = bad_corpus_run
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(StageDirError, match="thesis.tex"):
+        run_stage("align", src, out, chunk=2)
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
+    root, _ = bad_corpus
+    params = stage_params(tmp_path)["detect"]
+    run_detect(open_reader("affectnet", root).read(), params, tmp_path / "ref")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".faces.jsonl.gz.k1ll3d.tmp").write_bytes(b"\x1f\x8b half a table")
+    run_detect(open_reader("affectnet", root).read(), params, tmp_path / "out")
+    assert tree_hashes(tmp_path / "out") == tree_hashes(tmp_path / "ref")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
+    target = tmp_path / "data.bin"
+    atomic_write_bytes(target, b"old")
+    code = ("import os, signal, sys\nfrom ferdata.io import atomic_open\n"
+            "with atomic_open(sys.argv[1]) as f:\n    f.write(b'new but incomplete')\n"
+            "    f.flush()\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], env=child_env(), timeout=60)
+    assert proc.returncode == -9
+    assert target.read_bytes() == b"old"
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["data.bin"]

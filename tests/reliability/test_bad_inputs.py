@@ -1,0 +1,173 @@
+"""Bad inputs: every case of the corpus gets its recorded reason, the run completes,
+good samples are kept; real photos for no face / several faces / EXIF / huge images."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from ferdata.datasets import DatasetLayoutError, open_reader
+from ferdata.io import BadImage, decode_image, decode_jpeg_rgb
+from ferdata.stages.detect import run_detect
+from ferdata.tario import iter_dir_samples
+from ferdata.verify import verify_shards
+from tests.reliability.corpus import (Case, build_corpus, child_env, encode, exif_rotated, jpeg_of, real_photo,
+                                      run_all, stage_params)
+
+DECODE_REASONS = {"empty_file", "truncated", "not_an_image", "too_small", "too_large"}
+
+
+def aligned_faces(aligned_dir: Path) -> dict[str, np.ndarray]:
+    return {key: decode_jpeg_rgb(f["jpg"]) for key, f in iter_dir_samples(aligned_dir, "aligned")}
+
+
+def test_every_bad_input_is_counted_by_reason(bad_corpus, bad_corpus_run):
+    _, exp = bad_corpus
+    out, reports = bad_corpus_run
+    detect, align = reports["detect"], reports["align"]
+    assert detect["kept"] + detect["dropped_total"] == exp.rows
+    dropped = Counter(detect["dropped"]) + Counter(align["dropped"])
+    assert dropped == exp.detect_dropped + exp.align_dropped
+    assert {r: n for r, n in detect["dropped"].items() if r in DECODE_REASONS} == \
+        {r: n for r, n in exp.detect_dropped.items() if r in DECODE_REASONS}
+    assert align["kept"] == reports["derive"]["kept"] == reports["shard"]["kept"] == exp.kept
+    assert align["notes"]["converted"] == dict(exp.converted)
+    assert align["notes"]["duplicates"] == dict(exp.duplicates)
+    for report, stage in ((detect, "detect"), (align, "aligned")):
+        assert sum(report["dropped"].values()) == report["dropped_total"]
+        assert all(ex["detail"] for exs in report["examples"].values() for ex in exs)
+        lines = (out / stage / "dropped.jsonl").read_text().splitlines()
+        assert Counter(json.loads(x)["reason"] for x in lines) == Counter(report["dropped"])
+    assert verify_shards(out / "shards") == []
+
+
+def test_kept_conversions_have_the_right_pixels(bad_corpus_run):
+    out, _ = bad_corpus_run
+    faces = aligned_faces(out / "aligned")
+    rotated, upright = faces["train_1_exif_rotated"], faces["train_1_exif_upright_twin"]
+    assert np.abs(rotated.astype(int) - upright).mean() < 3           # EXIF applied, landmarks agree
+    alpha = faces["train_1_alpha"]
+    assert alpha[:4, :4].max() < 16 and alpha[40:70, 40:70].mean() > 20  # transparent border is black
+    paths = {json.loads(f["json"])["path"] for _, f in iter_dir_samples(out / "aligned", "aligned")}
+    assert any(p.endswith("ünï cödé dir/fïle with space.jpg") for p in paths)   # unicode + spaces kept
+    for key in ("train_1_grayscale", "train_1_cmyk", "train_1_sixteen", "train_1_palette"):
+        assert faces[key].shape == (112, 112, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pil(orientation):
+    rgb = np.ascontiguousarray(real_photo("astronaut")[:120, :80])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for data in (encode(rgb, quality=95, exif=exif.tobytes()),
+                 encode(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "PNG", exif=exif.tobytes())):
+        ref = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+        got = decode_image(data)
+        assert got.rgb.shape == ref.shape and np.array_equal(got.rgb, ref)
+        assert ("exif_orientation" in got.conversions) == (orientation != 1)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty_file"),
+    (b"GIF89a" + b"\0" * 7, "undecodable"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "truncated"),
+    (b"%PDF-1.4 not a picture", "not_an_image"),
+])
+def test_decode_reasons(data, reason):
+    with pytest.raises(BadImage) as e:
+        decode_image(data)
+    assert e.value.reason == reason
+
+
+def test_wrong_dataset_root_names_the_fix(tmp_path, bad_corpus):
+    root, _ = bad_corpus
+    params = stage_params(tmp_path)
+    for wrong in (tmp_path / "nowhere", root / "Manually_Annotated_Images"):
+        with pytest.raises(DatasetLayoutError, match="fix: point --root"):
+            run_detect(open_reader("affectnet", wrong).read(), params["detect"], tmp_path / "detect")
+    assert not (tmp_path / "detect" / "faces.jsonl.gz").exists()
+    assert not list(tmp_path.glob(".detect*")) and not list(tmp_path.glob("detect/.*"))   # nothing half-written
+
+
+def test_names_that_sanitise_to_one_key_never_collide_silently(tmp_path):
+    root = tmp_path / "raw"
+    build_corpus(root, [Case("a", jpeg_of(1), rel="1/ä.jpg"), Case("o", jpeg_of(2), rel="1/ö.jpg", label="2")])
+    reports = run_all(root, tmp_path / "out", stage_params(tmp_path))
+    kept, dups = reports["align"]["kept"], reports["align"]["dropped"].get("duplicate_key", 0)
+    assert (kept, dups) in ((2, 0), (1, 1))                             # both kept, or the 2nd counted
+    assert reports["shard"]["kept"] == kept and verify_shards(tmp_path / "out" / "shards") == []
+
+
+def test_real_photos_no_face_several_faces_exif(tmp_path):
+    astronaut = real_photo("astronaut")
+    tiny = np.asarray(Image.fromarray(astronaut).resize((24, 24)))
+    cases = [
+        Case("astronaut", lambda: encode(astronaut, quality=95)),
+        Case("astronaut_exif", lambda: exif_rotated(astronaut, 6), reason="exif_orientation"),
+        Case("grace", lambda: encode(real_photo("grace_hopper"), quality=95)),
+        Case("group_of_six", lambda: encode(real_photo("t1"), quality=95)),
+        Case("coffee", lambda: encode(real_photo("coffee"), quality=95), "detect", "no_face"),
+        Case("tiny_face", lambda: encode(tiny, quality=95), "detect", "no_face"),
+    ]
+    exp = build_corpus(tmp_path / "raw", cases)
+    reports = run_all(tmp_path / "raw", tmp_path / "out", stage_params(tmp_path, backend="embedded"))
+    assert Counter(reports["detect"]["dropped"]) == exp.detect_dropped
+    align = reports["align"]
+    assert align["kept"] == exp.kept == 4 and not align["dropped"]
+    assert align["notes"]["converted"] == {"exif_orientation": 1}
+    assert align["notes"]["faces"] == {"several_faces_one_kept": 1}
+    samples = dict(iter_dir_samples(tmp_path / "out" / "aligned", "aligned"))
+    assert json.loads(samples["train_1_group_of_six"]["json"])["num_faces"] == 6
+    upright, rotated = (decode_jpeg_rgb(samples[k]["jpg"]) for k in ("train_1_astronaut", "train_1_astronaut_exif"))
+    assert np.abs(upright.astype(int) - rotated).mean() < 6
+    lmk = [np.load(io.BytesIO(samples[k]["lmk.npy"])) for k in ("train_1_astronaut", "train_1_astronaut_exif")]
+    assert np.abs(lmk[0] - lmk[1]).mean() < 1.5
+
+
+HUGE_CHILD = textwrap.dedent("""
+    import json, resource, sys
+    from pathlib import Path
+    import cv2, numpy as np
+    from skimage import data
+    from tests.reliability.corpus import Case, build_corpus, run_all, stage_params, encode
+    root, out = Path(sys.argv[1]), Path(sys.argv[2])
+    warm = Path(sys.argv[3])
+    build_corpus(warm, [Case("warm", lambda: encode(data.astronaut(), quality=90))])
+    run_all(warm, out / "warm", stage_params(out / "warm", backend="embedded"))     # models loaded
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reports = run_all(root, out / "huge", stage_params(out / "huge", backend="embedded"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "align": reports["align"]}))
+""")
+
+MAKE_HUGE = textwrap.dedent("""
+    import sys, cv2
+    from skimage import data
+    big = cv2.resize(data.astronaut()[..., ::-1], (10000, 10000), interpolation=cv2.INTER_LINEAR)
+    cv2.imwrite(sys.argv[1], big, [cv2.IMWRITE_JPEG_QUALITY, 80])
+""")
+
+
+def test_huge_image_is_decoded_reduced_in_bounded_memory(tmp_path):
+    """A 10k x 10k photo: the face is found and aligned, the process stays far below 1 GB."""
+    cases = [Case("huge", None)]
+    build_corpus(tmp_path / "raw", cases)
+    huge = tmp_path / "raw" / "Manually_Annotated_Images" / cases[0].path()
+    huge.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", MAKE_HUGE, str(huge)], check=True, env=child_env(), timeout=120)
+    proc = subprocess.run([sys.executable, "-c", HUGE_CHILD, str(tmp_path / "raw"), str(tmp_path / "out"),
+                           str(tmp_path / "warm")], capture_output=True, text=True, env=child_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["align"]["kept"] == 1
+    assert result["align"]["notes"]["converted"] == {"downscaled_2x": 1}
+    assert result["peak_mb"] - result["base_mb"] < 600, result
+    assert result["peak_mb"] < 1024, result

@@ -1,0 +1,102 @@
+"""Shards move between machines through a DVC remote: machine A prepares and pushes
+(outputs and run-cache), machine B clones and pulls, gets byte-identical shards that
+verify and train without re-running preprocessing; machine C, without A's ``dvc.lock``,
+restores every stage from the remote's run-cache (``dvc repro --pull``) instead of
+recomputing it.
+
+Each "machine" is a git repository in ``tmp_path`` holding this project's code,
+``dvc.yaml`` and ``params.yaml`` (with one small annotated dataset); the remote is a
+local folder. About 20 s (a dozen ``dvc`` and ``git`` subprocesses).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from fermodels.runstate import LAST, load_checkpoint
+from fermodels.train import train
+from tests.reliability.corpus import REPO, tree_hashes
+from tests.reliability.test_training_resume import TINY, train_params, use_model
+
+CODE = ("ferdata", "fermodels", "pipeline", "dvc.yaml", "params.yaml", "pyproject.toml")
+SHARDS = Path("data/tiny/shards")
+PREP_STAGES = {"detect@tiny", "align@tiny", "derive@tiny", "shard@tiny"}
+
+
+def env() -> dict[str, str]:
+    """Each machine imports its own copy of the code and, like a user's shell, writes
+    ``__pycache__`` into the code folders that stages depend on."""
+    e = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    e.update(DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
+             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org", OMP_NUM_THREADS="1")
+    e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e.get("PATH", "")])   # `python` in dvc.yaml
+    return e
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env(), timeout=600)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    return sh(cwd, sys.executable, "-m", "dvc", *args)
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def make_machine_a(a: Path, raw: Path, remote: Path) -> None:
+    """A git + DVC project with this checkout's code, ``.dvcignore`` and a ``tiny`` dataset in ``raw/tiny``."""
+    a.mkdir()
+    for name in CODE:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, a / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, a / name)
+    shutil.copytree(raw, a / "raw" / "tiny")
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["datasets"]["tiny"] = {"reader": "affectnet", "root": "raw/tiny", "options": {"protocol": "affectnet8"}}
+    params["detect"].update(backend="annotations", workers=1)
+    params["align"].update(workers=1)
+    params["derive"].update(workers=1)
+    params["shard"].update(maxcount=8)
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (a / ".gitignore").write_text("/data/\n/runs/\n/.cache/\n__pycache__/\n")
+    sh(a, "git", "init", "-q")
+    dvc(a, "init", "-q")
+    shutil.copy2(REPO / ".dvcignore", a / ".dvcignore")
+    dvc(a, "remote", "add", "-d", "shared", str(remote))
+
+
+def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
+    a, b, c, remote = (tmp_path / n for n in ("machine_a", "machine_b", "machine_c", "remote"))
+    make_machine_a(a, clean_root, remote)
+    assert stages_run(dvc(a, "repro", "shard@tiny")) == PREP_STAGES
+    sh(a, sys.executable, "-m", "ferdata.cli", "verify", str(SHARDS))
+    dvc(a, "push", "--run-cache")
+    sh(a, "git", "add", "-A")
+    sh(a, "git", "commit", "-q", "-m", "tiny dataset prepared")
+
+    sh(tmp_path, "git", "clone", "-q", str(a), str(b))
+    dvc(b, "pull", "shard@tiny")                                         # the shards only
+    assert tree_hashes(b / SHARDS) == tree_hashes(a / SHARDS)
+    assert "all shards match" in sh(b, sys.executable, "-m", "ferdata.cli", "verify", str(SHARDS))
+    assert stages_run(dvc(b, "repro", "--allow-missing", "shard@tiny")) == set()   # nothing recomputed
+    use_model(TINY, monkeypatch.setattr)
+    train(b / SHARDS, train_params(epochs=1), b / "runs" / "ckpt", b / "runs" / "live")
+    assert load_checkpoint(b / "runs" / "ckpt" / LAST)["epoch"] == 0
+
+    sh(tmp_path, "git", "clone", "-q", str(a), str(c))
+    (c / "dvc.lock").unlink()                                            # A's results never committed
+    out = dvc(c, "repro", "--pull", "shard@tiny")                        # run-cache entries + their outputs
+    assert stages_run(out) == set(), out
+    assert len(re.findall(r"is cached - skipping run", out)) == len(PREP_STAGES), out
+    assert tree_hashes(c / SHARDS) == tree_hashes(a / SHARDS)

@@ -1,0 +1,144 @@
+"""Training survives a kill (resumes to the same weights as an uninterrupted run) and stops
+on NaN/inf losses with a clear message, keeping the last good checkpoint.
+
+The default runs use a tiny conv net patched in for ``create_model`` (the trainer is what
+is tested, and resnet18_112 costs ~8 s per run on 2 CPU cores); the slow variant uses
+resnet18_112 itself.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fermodels.train as trainer
+from fermodels.registry import ModelCard
+from fermodels.runstate import LAST, load_checkpoint
+from fermodels.train import NonFiniteLossError, TrainParams, train
+from tests.reliability.corpus import build, child_env
+
+TINY = "reliability_tiny"
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from tests.reliability.test_training_resume import train_params, use_model
+    from fermodels.train import train
+    shards, ckpt, live, kill_after = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+    use_model(sys.argv[5], setattr)
+    real, saves = os.replace, [0]
+
+    def replace(src, dst):
+        real(src, dst)
+        if str(dst).endswith("last.pt"):
+            saves[0] += 1
+            if saves[0] == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace
+    train(shards, train_params(model=sys.argv[5]), ckpt, live)
+""")
+
+
+class TinyNet(nn.Module):
+    """A registry-contract model small enough to train in a fraction of a second (with
+    BatchNorm and dropout, so state and RNG both matter for exact resume)."""
+
+    def __init__(self, num_classes: int = 7, **_: object) -> None:
+        super().__init__()
+        self.card = ModelCard(TINY, 112, ("image",), ("ce",), "test model")
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2))
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, batch: dict) -> dict:
+        return {"logits": self.head(self.body(batch["image"]))}
+
+    def losses(self, out: dict, batch: dict) -> dict:
+        return {"ce": F.cross_entropy(out["logits"], batch["label"])}
+
+
+def use_model(name: str, setattr_) -> None:
+    """Make the trainer build :class:`TinyNet` for ``TINY`` (other names: the registry)."""
+    if name == TINY:
+        real = trainer.create_model
+        setattr_(trainer, "create_model", lambda n, **kw: TinyNet(**kw) if n == TINY else real(n, **kw))
+
+
+def train_params(**overrides) -> TrainParams:
+    """2 epochs on the tiny shards, a checkpoint after every step."""
+    values = dict(datasets=["tiny"], model=TINY, epochs=2, batch_size=8, workers=0, shuffle_buffer=8,
+                  device="cpu", amp=False, compile=False, checkpoint_every=1)
+    return build(TrainParams, "train", **{**values, **overrides})
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-exact CPU kernels need the same thread count in every process compared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+@pytest.mark.parametrize("model", [TINY, pytest.param("resnet18_112", marks=pytest.mark.slow)])
+def test_killed_training_resumes_to_the_same_weights(model, tiny_shards, tmp_path, one_thread, monkeypatch):
+    use_model(model, monkeypatch.setattr)
+    params = train_params(model=model)
+    best_ref = train(tiny_shards, params, tmp_path / "ref", tmp_path / "ref_live")
+    ref = load_checkpoint(tmp_path / "ref" / LAST)
+    steps = ref["step"]
+    assert ref["epoch"] == 1 and steps >= 4
+    kill_after = steps // 2 + 1                         # mid-way through epoch 1
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tiny_shards), str(tmp_path / "run"),
+                           str(tmp_path / "live"), str(kill_after), model], capture_output=True, text=True,
+                          env=child_env(), timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    killed_at = load_checkpoint(tmp_path / "run" / LAST)
+    assert 0 < killed_at["step"] < steps
+    best = train(tiny_shards, params, tmp_path / "run", tmp_path / "live")
+    assert best == best_ref
+    resumed = weights(tmp_path / "run" / LAST)
+    assert resumed.keys() == ref["state_dict"].keys()
+    assert all(torch.equal(resumed[k], ref["state_dict"][k]) for k in resumed)
+    assert load_checkpoint(tmp_path / "run" / LAST)["step"] == steps
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bad, tiny_shards, tmp_path, monkeypatch):
+    calls = [0]
+
+    def create_poisoned(name, **kwargs):
+        net = TinyNet(**kwargs)
+        clean_losses = net.losses
+
+        def losses(out, batch):
+            calls[0] += 1
+            values = clean_losses(out, batch)
+            return {k: v * bad for k, v in values.items()} if calls[0] > steps_per_epoch else values
+        net.losses = losses
+        return net
+
+    train_samples = json.loads((tiny_shards / "train" / "_info.json").read_text())["num_samples"]
+    steps_per_epoch = math.ceil(train_samples / 8)
+    monkeypatch.setattr(trainer, "create_model", create_poisoned)
+    params = train_params(epochs=3, checkpoint_every=0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .*last good checkpoint kept at"):
+        train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    last = load_checkpoint(tmp_path / "ckpt" / LAST)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
