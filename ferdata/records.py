@@ -5,6 +5,7 @@ e.g. FER2013, where ``pixels`` carries the encoded PNG bytes).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -13,11 +14,25 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_KEY_LOSSY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
 
 def make_key(*parts: str) -> str:
-    """A WebDataset-safe sample key (no dots, no slashes) built from ``parts``."""
-    return "_".join(_KEY_BAD.sub("-", p).strip("-") for p in parts if p)
+    """A WebDataset-safe sample key (no dots, no slashes) built from ``parts``.
+
+    Separators (``/``, ``.``, spaces) become ``-`` and keys stay readable; a part with any
+    other character (``ä``, ``#`` ...) also gets a short hash of its original text, so
+    ``1/ä.jpg`` and ``1/ö.jpg`` stay two different keys.
+    """
+    out = []
+    for p in parts:
+        if not p:
+            continue
+        clean = _KEY_BAD.sub("-", p).strip("-")
+        if _KEY_LOSSY.search(p):
+            clean = f"{clean}-{hashlib.sha1(p.encode('utf-8')).hexdigest()[:8]}".lstrip("-")
+        out.append(clean)
+    return "_".join(out)
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,16 @@ class Dropped:
     key: str
     reason: str
     detail: str = ""
+
+
+def scale_record(r: FaceRecord, factor: float) -> FaceRecord:
+    """The record with its box and landmarks expressed in an image rescaled by ``factor``."""
+    if factor == 1.0 or (r.box is None and r.landmarks is None):
+        return r
+    from dataclasses import replace
+
+    return replace(r, box=None if r.box is None else tuple(float(v) * factor for v in r.box),
+                   landmarks=None if r.landmarks is None else np.asarray(r.landmarks, np.float32) * factor)
 
 
 def record_to_dict(r: FaceRecord) -> dict[str, Any]:

@@ -141,6 +141,8 @@ class AffectNetReader(DatasetReader):
             lmk = np.array([float(v) for v in row[5].split(";")], dtype=np.float32).reshape(68, 2)
         except ValueError:
             return Dropped(self.name, key, "bad_landmarks", f"{where}: box or 136 landmarks unreadable")
+        if not (np.isfinite(lmk).all() and np.isfinite([x, y, w, h]).all()):
+            return Dropped(self.name, key, "bad_landmarks", f"{where}: box or landmarks not finite")
         path = self.root / IMAGES / rel
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))

@@ -8,7 +8,7 @@ never downloads unless it was built with ``allow_download=True``; a missing mode
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -48,6 +48,14 @@ class Face:
     @property
     def area(self) -> float:
         return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+    def scaled(self, factor: float) -> "Face":
+        """The same face with every coordinate multiplied by ``factor`` (image rescaling)."""
+        if factor == 1.0:
+            return self
+        return replace(self, box=tuple(float(v) * factor for v in self.box),
+                       kps5=np.asarray(self.kps5, np.float32) * factor,
+                       lmk68=None if self.lmk68 is None else np.asarray(self.lmk68, np.float32) * factor)
 
 
 class FaceBackend:

@@ -73,13 +73,19 @@ def npy_bytes(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def checked_points(face: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(kps5, lmk68) as float32, or :class:`BadGeometry` when the box or points are non-finite,
-    the points coincide, or their centre lies off the image."""
+def source_matrix(matrix: np.ndarray, scale: float) -> np.ndarray:
+    """The source-image -> crop matrix, given the decoded(=source*scale) -> crop one."""
+    return np.asarray(matrix, np.float64) @ np.diag([scale, scale, 1.0])
+
+
+def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """(kps5, lmk68) in the decoded image's frame (source pixels x ``scale``) as float32, or
+    :class:`BadGeometry` when the box or points are non-finite, the points coincide, or their
+    centre lies off the image."""
     if not np.isfinite(np.asarray(face["box"], np.float64)).all():
         raise BadGeometry("bad_box", f"face box {face['box']} is not finite")
-    kps = np.asarray(face["kps5"], np.float64)
-    lmk = np.asarray(face["lmk68"], np.float64) if face.get("lmk68") is not None else None
+    kps = np.asarray(face["kps5"], np.float64) * scale
+    lmk = np.asarray(face["lmk68"], np.float64) * scale if face.get("lmk68") is not None else None
     if kps.shape != (5, 2) or not np.isfinite(kps).all():
         raise BadGeometry("bad_landmarks", f"5 keypoints non-finite or shaped {kps.shape}")
     if lmk is not None and (lmk.shape != (68, 2) or not np.isfinite(lmk).all()):
@@ -108,7 +114,8 @@ class AlignWorker:
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
                 return Dropped(rec.dataset, rec.key, "source_changed", f"{rec.path}: re-run detect")
             decoded = decode_image(data)
-            kps5, lmk68 = checked_points(face, decoded.rgb.shape)
+            # Detections are in source pixels; a huge image decodes reduced by decoded.scale.
+            kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
             al = align_face(decoded.rgb, kps5, self.params.size, self.params.padding, lmk68)
         except OSError as e:
             return Dropped(rec.dataset, rec.key, "unreadable_file", f"{rec.path}: {e.strerror}")
@@ -117,7 +124,7 @@ class AlignWorker:
         meta = {
             **{k: v for k, v in row["record"].items() if k not in ("pixels", "landmarks")},
             "backend": row["backend"], "score": face["score"], "box": face["box"],
-            "num_faces": row["num_faces"], "matrix": np.asarray(al.matrix, np.float64).round(6).tolist(),
+            "num_faces": row["num_faces"], "matrix": source_matrix(al.matrix, decoded.scale).round(6).tolist(),
             "size": self.params.size, "sha256": row["sha256"],
         }
         fields = {"jpg": encode_jpeg(al.image, self.params.jpeg_quality),

@@ -20,10 +20,10 @@ from typing import Iterable, Iterator
 
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces.base import FaceBackend, create_backend, select_face
-from ferdata.io import BadImage, atomic_open, decode_rgb, staged_dir
+from ferdata.io import BadImage, atomic_open, decode_image, staged_dir
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
-from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict
+from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
 from ferdata.report import StageReport
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class _Job:
 
 
 Item = _Job | Dropped
-Result = tuple[Item, Detection | None, str]
+Result = tuple[Item, Detection | None, str, str]   # item, detection, drop reason, drop detail
 
 
 def _is_local(batch: list[Item]) -> bool:
@@ -85,25 +85,31 @@ class DetectWorker:
         self._backend.preload_shared()
 
     def __call__(self, batch: list[Item]) -> list[Result]:
-        out: list[Result] = [(j, getattr(j, "cached", None), "") for j in batch]
-        todo, images = [], []
+        out: list[Result] = [(j, getattr(j, "cached", None), "", "") for j in batch]
+        todo, images, scales = [], [], []
         for i, job in enumerate(batch):
             if isinstance(job, Dropped) or job.cached is not None:
                 continue
             try:
-                images.append(decode_rgb(job.data))
+                decoded = decode_image(job.data)
             except BadImage as e:
-                out[i] = (job, None, e.reason)
+                out[i] = (job, None, e.reason, e.detail)
                 continue
             todo.append(i)
+            images.append(decoded.rgb)
+            scales.append(decoded.scale)
         if todo:
             if self._backend is None:
                 self._backend = self.params.create_backend()
-            found = self._backend.detect_batch(images, [batch[i].record for i in todo])
-            for i, image, faces in zip(todo, images, found):
-                det = Detection(image.shape[:2], tuple(faces)).canonical()
+            # Huge images decode reduced: backends work in the decoded frame (record
+            # annotations scaled into it); results go back to source-image pixels.
+            records = [scale_record(batch[i].record, s) for i, s in zip(todo, scales)]
+            found = self._backend.detect_batch(images, records)
+            for i, image, s, faces in zip(todo, images, scales, found):
+                shape = (round(image.shape[0] / s), round(image.shape[1] / s))
+                det = Detection(shape, tuple(f.scaled(1.0 / s) for f in faces)).canonical()
                 det.to_json()                      # serialise here, in parallel; cached on the object
-                out[i] = (batch[i], det, "")
+                out[i] = (batch[i], det, "", "")
         return out
 
 
@@ -145,13 +151,13 @@ class _Table:
         self.params, self.backend, self.cache, self.sig = params, backend, cache, sig
         self.counts = {"detections_run": 0, "cache_hits": 0}
 
-    def row(self, job: Item, det: Detection | None, reason: str) -> dict | Dropped:
+    def row(self, job: Item, det: Detection | None, reason: str, detail: str) -> dict | Dropped:
         """The table row of a kept record, or why it was dropped."""
         if isinstance(job, Dropped):
             return job
         rec = job.record
         if det is None:
-            return Dropped(rec.dataset, rec.key, reason, rec.path)
+            return Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {detail}" if detail else rec.path)
         if job.cached is None:
             self.counts["detections_run"] += 1
             if job.cacheable:
@@ -180,8 +186,8 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         with staged_dir(out_dir, OWNED) as out:
             with atomic_open(out / FACES) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0,
                                                    filename="") as gz:
-                for job, det, reason in progress((r for b in batches for r in b), desc="detect", unit="img"):
-                    row = table.row(job, det, reason)
+                for result in progress((r for b in batches for r in b), desc="detect", unit="img"):
+                    row = table.row(*result)
                     if isinstance(row, Dropped):
                         drops.append(row)
                     else:

@@ -190,11 +190,11 @@ def standard_cases() -> list[Case]:
         Case("landmarks_text", jpeg_of(36), "detect", "bad_landmarks", landmarks="a;b;c"),
         Case("short_row", jpeg_of(37), "detect", "malformed_row", columns=5),
         Case("missing_file", None, "detect", "missing_image"),
+        Case("landmarks_nan", jpeg_of(40), "detect", "bad_landmarks", landmarks=";".join(["nan"] * 136)),
+        Case("box_nan", jpeg_of(43), "detect", "bad_landmarks", box=("nan", "20", "120", "120")),
         # geometry problems: reasons recorded by the align stage
-        Case("landmarks_nan", jpeg_of(40), "align", "bad_landmarks", landmarks=";".join(["nan"] * 136)),
         Case("landmarks_degenerate", jpeg_of(41), "align", "bad_landmarks", landmarks=";".join(["50"] * 136)),
         Case("landmarks_off_image", jpeg_of(42), "align", "face_outside_image", landmarks=lmk_text(far)),
-        Case("box_nan", jpeg_of(43), "align", "bad_box", box=("nan", "20", "120", "120")),
         # duplicates: first occurrence wins within a split; across official splits both stay
         Case("dup_of_good_1", jpeg_of(1), "align", "duplicate_image"),
         Case("dup_of_good_2_in_test", jpeg_of(2), split="test", reason="across_splits_train_test"),
