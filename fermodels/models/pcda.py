@@ -100,10 +100,9 @@ def normalise_heatmap(h: Tensor, mode: str) -> Tensor:
 class PCDA(nn.Module):
     """Product-cross dual attention network; see the module docstring."""
 
-    def __init__(self, num_classes: int, card: ModelCard, dim: int = 512, depth: int = 2,
-                 heads: int = 8, mlp_ratio: float = 2.0, h_norm: str = "sigmoid",
-                 neaa_weight: float = 0.01, heatmap_sigma: float = 1.0, head_drop: float = 0.0,
-                 landmark_checkpoint: str | None = None, pretrained: str | None = None) -> None:
+    def __init__(self, num_classes: int, card: ModelCard, dim: int, depth: int,
+                 heads: int, mlp_ratio: float, h_norm: str, neaa_weight: float, heatmap_sigma: float,
+                 head_drop: float, landmark_checkpoint: str | None, pretrained: str | None) -> None:
         super().__init__()
         if h_norm not in H_NORMS:
             raise ValueError(f"h_norm must be one of {H_NORMS}, got {h_norm!r}")
@@ -165,7 +164,7 @@ class PCDA(nn.Module):
 
 
 @register_model("pcda")
-def pcda(num_classes: int = 7, dim: int = 512, depth: int = 2, heads: int = 8, mlp_ratio: float = 2.0,
+def pcda(num_classes: int = 7, dim: int = 768, depth: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
          h_norm: str = "sigmoid", neaa_weight: float = 0.01, heatmap_sigma: float = 1.0,
          head_drop: float = 0.0, landmark_checkpoint: str | None = None,
          pretrained: str | None = None) -> PCDA:
@@ -183,9 +182,9 @@ def pcda(num_classes: int = 7, dim: int = 512, depth: int = 2, heads: int = 8, m
                "NeAA exactly as Eqs. 6-10 with lambda 0.01. Interpretation: "
                f"act = h_norm ({h_norm!r}); pre-LN blocks; one shared learned pos-embed; q/k/v "
                "without bias; landmark tokens are not updated between blocks; W_q_fusion (in the "
-               "paper's Eq. 3 but unused by Eq. 4) is not built; no SE gate. Defaults dim=512, "
-               "mlp_ratio=2 follow POSTER; the paper's own setting (c_t=768, MLP ratio 4) "
-               "reproduces its 15.6M attention-module size. With a MobileFaceNet the normalised "
+               "paper's Eq. 3 but unused by Eq. 4) is not built; no SE gate. Defaults follow the "
+               "paper (class token c_t=768, MLP ratio 4), which reproduces its 15.6M attention-module "
+               "size; POSTER's dim=512, mlp_ratio=2 is one keyword each. With a MobileFaceNet the normalised "
                "image is fed as POSTER does (the net was trained on BGR /255)."))
     return PCDA(num_classes, card, dim, depth, heads, mlp_ratio, h_norm, neaa_weight, heatmap_sigma,
                 head_drop, landmark_checkpoint, pretrained)
