@@ -1,0 +1,183 @@
+"""The offline smoke-test sample (ferdata.sample): AffectNet layout, reader contract,
+determinism, landmark/box consistency, detectability and (slow) class separability."""
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ferdata.datasets.affectnet import AffectNetReader
+from ferdata.geometry import align_face, five_from_68
+from ferdata.io import decode_rgb
+from ferdata.records import Dropped, FaceRecord
+from ferdata.sample import COLUMNS, MARKER, make_affectnet_sample
+
+CLASSES = (0, 1, 2, 3, 6)
+HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+TINY = {"per_class": 4, "classes": CLASSES, "val_fraction": 0.25, "seed": 7, "image_size": 192, "jpeg_quality": 90}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _rows(root: Path, name: str) -> list[list[str]]:
+    with open(root / "Manually_Annotated_file_lists" / name, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("sample") / "affectnet"
+    return root, make_affectnet_sample(root, **TINY)
+
+
+def test_layout_and_header(tiny):
+    root, _ = tiny
+    assert (root / "Manually_Annotated_Images").is_dir()
+    for name in ("training.csv", "validation.csv"):
+        text = (root / "Manually_Annotated_file_lists" / name).read_text(encoding="utf-8")
+        assert text.splitlines()[0] == HEADER
+        for row in _rows(root, name)[1:]:
+            assert len(row) == len(COLUMNS)
+            path = root / "Manually_Annotated_Images" / row[0]
+            assert path.suffix == ".jpg" and path.is_file()
+            assert len(row[5].split(";")) == 136
+            img = decode_rgb(path.read_bytes())
+            assert img.shape == (TINY["image_size"], TINY["image_size"], 3)
+    leftovers = [p.name for p in root.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []                                  # no temp folder left behind
+
+
+def test_reader_counts_per_split_and_class(tiny):
+    root, summary = tiny
+    items = list(AffectNetReader(root).read())
+    assert not [i for i in items if isinstance(i, Dropped)]
+    counts = Counter((r.split, r.label) for r in items if isinstance(r, FaceRecord))
+    assert counts == {**{("train", c): 3 for c in CLASSES}, **{("test", c): 1 for c in CLASSES}}
+    assert summary["counts"]["train"] == {"Neutral": 3, "Happy": 3, "Sad": 3, "Surprise": 3, "Anger": 3}
+    assert summary["counts"]["validation"] == {"Neutral": 1, "Happy": 1, "Sad": 1, "Surprise": 1, "Anger": 1}
+
+
+def test_validation_identities_are_held_out(tiny):
+    _, summary = tiny
+    train, val = set(summary["identities"]["train"]), set(summary["identities"]["validation"])
+    assert train and val and not train & val
+
+
+def test_byte_identical_rerun(tiny, tmp_path):
+    root, _ = tiny
+    again = tmp_path / "again"
+    make_affectnet_sample(again, **TINY)
+    assert _files(again) == _files(root)
+
+
+def test_rerun_replaces_previous_output(tmp_path):
+    root = tmp_path / "s"
+    make_affectnet_sample(root, **{**TINY, "per_class": 8})
+    make_affectnet_sample(root, **TINY)
+    jpgs = list((root / "Manually_Annotated_Images").rglob("*.jpg"))
+    assert len(jpgs) == TINY["per_class"] * len(CLASSES)       # nothing stale from the bigger run
+
+
+def test_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        make_affectnet_sample(tmp_path, **TINY)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    assert not (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("bad", [
+    {"classes": ()}, {"classes": (0, 0)}, {"classes": (9,)}, {"val_fraction": 0.0},
+    {"val_fraction": 1.0}, {"per_class": 1}, {"image_size": 32}, {"jpeg_quality": 0},
+])
+def test_rejects_bad_arguments(tmp_path, bad):
+    with pytest.raises(ValueError):
+        make_affectnet_sample(tmp_path / "x", **{**TINY, **bad})
+
+
+def test_landmarks_lie_inside_box_and_image(tiny):
+    root, _ = tiny
+    size = TINY["image_size"]
+    for rec in AffectNetReader(root).read():
+        x0, y0, x1, y1 = rec.box
+        lmk = rec.landmarks
+        assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size
+        assert (lmk[:, 0] >= x0).all() and (lmk[:, 0] <= x1).all()
+        assert (lmk[:, 1] >= y0).all() and (lmk[:, 1] <= y1).all()
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_embedded_backend_finds_the_labelled_face(tiny, embedded):
+    root, _ = tiny
+    records = [r for r in AffectNetReader(root).read() if isinstance(r, FaceRecord)]
+    found = 0
+    for rec in records:
+        faces = embedded.detect(decode_rgb(Path(rec.path).read_bytes()))
+        if faces and max(_iou(f.box, rec.box) for f in faces) > 0.4:
+            found += 1
+    assert found >= 0.8 * len(records)
+
+
+def _aligned_grey(rec: FaceRecord) -> np.ndarray:
+    """28x28 grey aligned crop from the CSV landmarks (the annotation, no detector)."""
+    img = decode_rgb(Path(rec.path).read_bytes())
+    crop = align_face(img, five_from_68(rec.landmarks), 112).image
+    return cv2.resize(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), (28, 28), interpolation=cv2.INTER_AREA)
+
+
+def _softmax_regression(x: np.ndarray, y: np.ndarray, k: int, l2: float = 1e-2, steps: int = 1500):
+    """Multinomial logistic regression by full-batch gradient descent (numpy only)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+    w, b, onehot = np.zeros((z.shape[1], k)), np.zeros(k), np.eye(k)[y]
+    for _ in range(steps):
+        logits = z @ w + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / len(z)
+        w -= 0.5 * (z.T @ g + l2 * w)
+        b -= 0.5 * g.sum(0)
+    return lambda q: (((q - mu) / sd) @ w + b).argmax(1)
+
+
+@pytest.mark.slow
+def test_classes_are_separable_on_held_out_identities(tmp_path):
+    """Linear models on aligned pixels and on landmark geometry, trained on the training
+    split, must beat chance (20 %) on validation (held-out identities) by a wide margin."""
+    root = tmp_path / "s"
+    make_affectnet_sample(root, per_class=40, classes=CLASSES, val_fraction=0.25, seed=0,
+                          image_size=256, jpeg_quality=90)
+    records = [r for r in AffectNetReader(root).read() if isinstance(r, FaceRecord)]
+    label = {c: i for i, c in enumerate(CLASSES)}
+    split = {s: [r for r in records if r.split == s] for s in ("train", "test")}
+    y = {s: np.array([label[r.label] for r in rs]) for s, rs in split.items()}
+
+    pixels = {s: np.stack([_aligned_grey(r) for r in rs]).reshape(len(rs), -1).astype(np.float64)
+              for s, rs in split.items()}
+    predict = _softmax_regression(pixels["train"], y["train"], len(CLASSES))
+    pixel_acc = float((predict(pixels["test"]) == y["test"]).mean())
+
+    def geometry(rs: list[FaceRecord]) -> np.ndarray:
+        out = []
+        for r in rs:
+            five = five_from_68(r.landmarks)
+            centre, d = (five[0] + five[1]) / 2, np.linalg.norm(five[1] - five[0])
+            out.append(((r.landmarks - centre) / d).reshape(-1))
+        return np.array(out)
+
+    predict = _softmax_regression(geometry(split["train"]), y["train"], len(CLASSES))
+    geometry_acc = float((predict(geometry(split["test"])) == y["test"]).mean())
+    assert pixel_acc >= 0.45, pixel_acc
+    assert geometry_acc >= 0.8, geometry_acc
