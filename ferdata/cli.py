@@ -85,8 +85,10 @@ def sample(
 def _register_optional_commands() -> None:
     """Commands whose implementation lives next to the library code they wrap."""
     from ferdata.show import show_command
+    from fermodels.predict import predict_command
 
     app.command("show")(show_command)
+    app.command("predict")(predict_command)
 
 
 _register_optional_commands()

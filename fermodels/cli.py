@@ -1,6 +1,8 @@
 """``fermodels`` command line: list the registered models and show one model's card and cost."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from fermodels.info import model_info
@@ -34,6 +36,26 @@ def info(name: str, num_classes: int = typer.Option(7, help="number of output cl
     typer.echo(f"MACs:        {i.macs / 1e9:.2f} G (batch 1; FLOPs = 2 x MACs)")
     typer.echo(f"paper:       {i.paper}")
     typer.echo(f"notes:       {i.notes}")
+
+
+@app.command()
+def recipes() -> None:
+    """Named training presets (`dvc exp run -S train.recipe=NAME`) and their sources."""
+    from fermodels.recipes import RECIPES, list_recipes
+
+    for name in list_recipes():
+        typer.echo(f"{name:24s} {RECIPES.get(name).source}")
+
+
+@app.command()
+def export(checkpoint: Path = typer.Argument(..., help="A training checkpoint (runs/train/ckpt/best.pt)."),
+           out: Path = typer.Argument(..., help="Output folder."),
+           onnx: bool = typer.Option(True, help="Write <model>.onnx."),
+           torchscript: bool = typer.Option(True, help="Write <model>.ts.")) -> None:
+    """Export to ONNX and TorchScript with preprocessing metadata, and check both against PyTorch."""
+    from fermodels.export import export_command
+
+    export_command(checkpoint, out, onnx, torchscript)
 
 
 if __name__ == "__main__":

@@ -1,99 +1,119 @@
-"""Shard loader: WebDataset pipeline over our tars -> uint8 batches for a model's fields.
+"""Shard loaders: WebDataset tars -> uint8 batches holding exactly the fields a model declares.
 
-Workers only decode and resize (uint8); normalisation and float conversion happen
-on the training device (see :func:`to_device`), so the loader can feed a GPU.
-Tar members are read with ferdata's safe reader (no links, no ``..``, no pickle).
+* Training streams the shards (sequential reads) along the epoch plan of
+  :mod:`fermodels.distributed` (exact per-rank/per-worker split), optionally resampled for class
+  balance (:mod:`fermodels.sampling`), through a seeded shuffle buffer.
+* Evaluation reads samples by tar offset (:class:`IndexedSplit`), so any order can be asked
+  for: file order, shuffled, class-sorted (the batch-composition check) or one rank's share.
+
+Workers only decode and resize (uint8); floats, augmentation and normalisation happen on the
+training device (:func:`to_device`, :mod:`fermodels.augment`, :func:`normalise`). Tar members
+are read with ferdata's safe reader (no links, no ``..``, no pickles).
 """
 from __future__ import annotations
 
-import io
+import hashlib
+import itertools
 import json
+import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from ferdata.geometry import flip_landmarks
+from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb
-from ferdata.stages.shard import INFO, hash_unit
-from ferdata.tario import iter_tar_samples
+from ferdata.stages.shard import INFO, index_chunks
+from ferdata.tario import iter_tar_samples, load_npy
+from fermodels.distributed import WorkerPlan
 from fermodels.registry import ModelCard
+from fermodels.sampling import ClassRepeat, repeat_stream
+
+MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
+PREFETCH = 4
 
 
-def shard_urls(shard_dir: str | Path, split: str) -> tuple[list[str], dict]:
-    """Shard paths of one split and its ``_info.json``."""
-    d = Path(shard_dir) / split
-    info_path = d / INFO
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path} not found: run the shard stage (dvc repro) or `ferdata prepare` first")
-    info = json.loads(info_path.read_text())
-    return [str(d / s["name"]) for s in info["shards"]], info
+@dataclass(frozen=True)
+class Split:
+    """One split of one or more prepared datasets, as their ``_info.json`` files describe it."""
+
+    name: str
+    dirs: tuple[str, ...]
+    shards: tuple[tuple[str, int], ...]          # (tar path, sample count)
+    histogram: dict[str, int]                   # canonical class name -> count
+    hashes: dict[str, list[str]]                # shard dir -> sha256 of each shard
+
+    @property
+    def num_samples(self) -> int:
+        return sum(n for _, n in self.shards)
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return [self.histogram.get(c, 0) for c in CLASSES[:num_classes]]
+
+    def classes_beyond(self, num_classes: int) -> dict[str, int]:
+        """Samples whose class a ``num_classes`` model cannot predict (e.g. Contempt for 7)."""
+        return {c: n for c, n in self.histogram.items() if n and CLASSES.index(c) >= num_classes}
 
 
-def tar_samples(src: Iterator[dict]) -> Iterator[dict]:
-    """webdataset stage: {"url": path} -> {"__key__", ext: bytes...} via the safe reader."""
-    for item in src:
-        for key, fields in iter_tar_samples(item["url"]):
-            yield {"__key__": key, **fields}
+def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
+    """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
+    shards, hist, hashes = [], Counter(), {}
+    for d in shard_dirs:
+        info_path = Path(d) / split / INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{info_path} not found: prepare the dataset first "
+                                    f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
+        info = json.loads(info_path.read_text())
+        shards += [(str(info_path.parent / s["name"]), int(s["count"])) for s in info["shards"]]
+        hist.update(info["class_histogram"])
+        hashes[str(d)] = [s["sha256"] for s in info["shards"]]
+    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes)
 
 
 @dataclass(frozen=True)
 class SampleDecoder:
-    """Picklable map: raw sample -> dict of uint8/float numpy arrays for ``fields``."""
+    """Picklable map: raw sample (ext -> bytes) -> uint8 arrays for ``fields`` at ``size``."""
 
     fields: tuple[str, ...]
     size: int
-    train: bool
-    seed: int = 0
-    hflip: float = 0.5
 
     def __call__(self, s: dict) -> dict:
-        S = self.size
+        key, size = s["__key__"], self.size
         img = decode_jpeg_rgb(s["jpg"])
         src = img.shape[0]
-        out = {"image": cv2.resize(img, (S, S), interpolation=cv2.INTER_LINEAR) if src != S else img,
-               "label": int(s["cls"]), "key": s["__key__"]}
-        if "left" in self.fields or "right" in self.fields:
-            for name in ("left", "right"):
-                half = decode_jpeg_rgb(s[f"{name}.jpg"])
-                out[name] = cv2.resize(half, (S // 2, S), interpolation=cv2.INTER_LINEAR)
+        out = {"image": _resize(img, size, size), "label": int(s["cls"]), "key": key}
+        for name in ("left", "right"):
+            if name in self.fields:
+                out[name] = _resize(decode_jpeg_rgb(_member(s, MEMBERS[name], key)), size, size // 2)
         if "heatmap" in self.fields:
-            hm = decode_jpeg_rgb(s["heatmap.png"])
-            out["heatmap"] = cv2.resize(hm, (S // 4, S // 4), interpolation=cv2.INTER_LINEAR)
+            out["heatmap"] = _resize(decode_jpeg_rgb(_member(s, "heatmap.png", key)), size // 4, size // 4)
         if "lmk" in self.fields:
-            if "lmk.npy" not in s:
-                raise ValueError(f"sample {s['__key__']} has no lmk.npy but the model needs landmarks")
-            lmk = np.load(io.BytesIO(s["lmk.npy"]), allow_pickle=False).astype(np.float32)
-            out["lmk"] = (lmk + 0.5) * (S / src) - 0.5
-        if self.train and _unit(self.seed, out["key"]) < self.hflip:
-            out = hflip_sample(out)
+            lmk = load_npy(_member(s, "lmk.npy", key), f"{key}.lmk.npy").astype(np.float32)
+            out["lmk"] = (lmk + 0.5) * (size / src) - 0.5          # pixel-centre convention
         return out
 
 
-def _unit(seed: int, key: str) -> float:
-    """Deterministic per-(epoch seed, sample) coin, independent of worker scheduling."""
-    return hash_unit(seed, key)
+def _member(s: dict, ext: str, key: str) -> bytes:
+    if ext not in s:
+        raise ValueError(f"sample {key!r} has no {ext!r} but the model needs it; re-run derive/shard, "
+                         "or prepare the dataset with a backend that gives 68 landmarks")
+    return s[ext]
 
 
-def hflip_sample(s: dict) -> dict:
-    """Mirror a decoded sample: the image flips, halves swap (already mirrored), landmarks permute."""
-    s = dict(s)
-    s["image"] = np.ascontiguousarray(s["image"][:, ::-1])
-    if "left" in s:
-        s["left"], s["right"] = s["right"], s["left"]
-    if "heatmap" in s:
-        s["heatmap"] = np.ascontiguousarray(s["heatmap"][:, ::-1])
-    if "lmk" in s:
-        s["lmk"] = flip_landmarks(s["lmk"], s["image"].shape[1])
-    return s
+def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    if img.shape[:2] == (height, width):
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack decoded samples into uint8 NCHW tensors (images) and float tensors (lmk)."""
+    """Stack decoded samples: uint8 NCHW images, (B, 1, h, w) heatmaps, float landmarks."""
     batch: dict = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
                    "key": [s["key"] for s in samples]}
     for name in ("image", "left", "right"):
@@ -106,42 +126,152 @@ def collate(samples: list[dict]) -> dict:
     return batch
 
 
-def to_device(batch: dict, card: ModelCard, device: torch.device,
-              channels_last: bool = False) -> dict:
-    """Move a uint8 batch to ``device`` and normalise there (cheap on GPU, off the loader)."""
-    mean = torch.tensor(card.mean, device=device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(card.std, device=device).view(1, 3, 1, 1) * 255.0
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a collated batch to ``device`` as float pixel values (0..255); keys stay on the host."""
     out = {"label": batch["label"].to(device, non_blocking=True)}
-    for name in ("image", "left", "right"):
+    for name in ("image", "left", "right", "heatmap", "lmk"):
         if name in batch:
-            x = (batch[name].to(device, non_blocking=True).float() - mean) / std
-            out[name] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    if "heatmap" in batch:
-        out["heatmap"] = batch["heatmap"].to(device, non_blocking=True).float() / 255.0
-    if "lmk" in batch:
-        out["lmk"] = batch["lmk"].to(device, non_blocking=True)
+            out[name] = batch[name].to(device, non_blocking=True).float()
     return out
 
 
-def make_loader(shard_dir: str | Path, split: str, card: ModelCard, *, batch_size: int, workers: int,
-                train: bool, seed: int, epoch: int, shuffle_buffer: int):
-    """A WebLoader yielding uint8 batches for one epoch.
+def normalise(batch: dict, card: ModelCard, channels_last: bool = False) -> dict:
+    """Model input: images (x - mean) / std with the card's statistics, heatmap in [0, 1]."""
+    dev = batch["image"].device
+    mean = torch.tensor(card.mean, device=dev).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(card.std, device=dev).view(1, 3, 1, 1) * 255.0
+    out = dict(batch)
+    for name in ("image", "left", "right"):
+        if name in batch:
+            x = (batch[name] - mean) / std
+            out[name] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    if "heatmap" in batch:
+        out["heatmap"] = batch["heatmap"] / 255.0
+    return out
 
-    Training shuffles the shard order and samples with a generator seeded by
-    (seed, epoch), so an epoch is reproducible and a resumed run sees the same data.
-    """
-    import webdataset as wds
 
-    urls, info = shard_urls(shard_dir, split)
-    if not urls:
-        raise ValueError(f"split {split!r} in {shard_dir} has no samples")
-    if train:
-        random.Random(seed * 100003 + epoch).shuffle(urls)
-    stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, tar_samples]
-    if train and shuffle_buffer > 1:
-        stages.append(wds.shuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed * 100003 + epoch))
-    stages += [wds.map(SampleDecoder(card.fields, card.input_size, train, seed * 100003 + epoch)),
-               wds.batched(batch_size, collation_fn=collate, partial=not train)]
-    loader = wds.WebLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=min(workers, len(urls)),
-                           pin_memory=torch.cuda.is_available())
-    return loader, info
+# ---- training stream -----------------------------------------------------------------------
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def read_pieces(pieces: Sequence) -> Iterator[dict]:
+    """Raw samples of each piece, in file order (reads, never decodes)."""
+    for piece in pieces:
+        for i, (key, fields) in enumerate(iter_tar_samples(piece.url)):
+            if i >= piece.stop:
+                break
+            if i >= piece.start:
+                yield {"__key__": key, **fields}
+
+
+def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Seeded shuffle buffer (reservoir swap), as ``wds.shuffle`` but reproducible."""
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < bufsize:
+            buf.append(s)
+            continue
+        i = rng.randrange(bufsize)
+        buf[i], s = s, buf[i]
+        yield s
+    rng.shuffle(buf)
+    yield from buf
+
+
+class EpochStream(IterableDataset):
+    """One rank's epoch: worker ``w`` reads ``plans[w]`` and yields its planned batches."""
+
+    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, shuffle_buffer: int,
+                 seed: int, repeat: ClassRepeat | None) -> None:
+        self.plans, self.decoder = list(plans), decoder
+        self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        plan = self.plans[wid]
+        if self.repeat is None:
+            source: Iterable[dict] = read_pieces(plan.pieces)
+        else:
+            source = repeat_stream(lambda: read_pieces(plan.pieces), self.repeat, plan.num_samples,
+                                   lambda s: int(s["cls"]))
+        if self.shuffle_buffer > 1:
+            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(self.seed, plan.worker)))
+        samples = iter(source)
+        _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
+        for size in plan.batch_sizes[plan.skip_batches:]:
+            yield collate([self.decoder(s) for s in _take(samples, size)])
+
+
+def _take(it: Iterator[dict], n: int) -> list[dict]:
+    """Exactly ``n`` items of ``it``; fewer means the shards disagree with their ``_info.json``."""
+    out = list(itertools.islice(it, n))
+    if len(out) != n:
+        raise RuntimeError(f"shards ended early: {len(out)} of {n} samples; their _info.json counts are "
+                           "wrong (run `ferdata verify`)")
+    return out
+
+
+def stream_loader(plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
+                  seed: int, repeat: ClassRepeat | None) -> DataLoader:
+    """DataLoader over an :class:`EpochStream` (batches are built inside the workers)."""
+    dataset = EpochStream(plans, decoder, shuffle_buffer, seed, repeat)
+    n = len(plans) if workers > 0 else 0
+    return DataLoader(dataset, batch_size=None, num_workers=n, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=PREFETCH if n else None)
+
+
+# ---- random access for evaluation ----------------------------------------------------------
+
+class IndexedSplit(Dataset):
+    """Samples of one split of one or more shard dirs, read by tar offset (``os.pread``)."""
+
+    def __init__(self, shard_dirs: Sequence[str | Path], split: str, decoder: SampleDecoder,
+                 num_classes: int) -> None:
+        self.decoder, self.num_classes = decoder, num_classes
+        exts = {"cls"} | {MEMBERS[f] for f in decoder.fields}
+        self.keys: list[str] = []
+        self.members: list[dict[str, tuple[str, int, int]]] = []
+        self.dataset_index: list[int] = []
+        self.excluded: Counter = Counter()
+        for d, shard_dir in enumerate(shard_dirs):
+            directory = Path(shard_dir) / split
+            if not (directory / INFO).is_file():
+                raise FileNotFoundError(f"{directory / INFO} not found: prepare the dataset first")
+            for key, fields in index_chunks(directory, split).items():
+                label = int(read_member(fields["cls"]))
+                if label >= num_classes:
+                    self.excluded[CLASSES[label]] += 1
+                    continue
+                self.keys.append(key)
+                self.members.append({e: m for e, m in fields.items() if e in exts})
+                self.dataset_index.append(d)
+        self.labels = np.array([int(read_member(m["cls"])) for m in self.members], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict:
+        raw = {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
+        return self.decoder(raw)
+
+
+_FDS: dict[tuple[int, str], int] = {}
+
+
+def read_member(member: tuple[str, int, int]) -> bytes:
+    """Read one tar member by offset; descriptors are cached per process (fork-safe)."""
+    path, offset, size = member
+    fd = _FDS.get((os.getpid(), path))
+    if fd is None:
+        fd = _FDS[(os.getpid(), path)] = os.open(path, os.O_RDONLY)
+    return os.pread(fd, size, offset)
+
+
+def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int) -> DataLoader:
+    """Batches of ``dataset`` in exactly ``order`` (a list of indices)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
+                      collate_fn=collate, pin_memory=torch.cuda.is_available())

@@ -1,22 +1,35 @@
-"""The evaluator: metrics, confusion matrix (JSON for `dvc plots`, PNG), optional flip TTA,
-and a batch-composition check that exposes cross-sample leaks (e.g. ``convcut_paper``)."""
+"""The evaluator: accuracy, mean class accuracy, macro-F1, per-class P/R/F1, confusion matrix
+(DVC plot rows + PNG), optional flip TTA, cross-dataset evaluation through the canonical
+labels, and a batch-composition check.
+
+Batch-composition check: a model must score each face on its own. The test split is predicted
+again in shuffled order, in class-sorted order and one face at a time; any change of a
+probability exposes a cross-sample leak such as ``convcut_paper``'s batch-wise attention (whose
+published accuracy comes from class-sorted test batches). Accuracy per order is reported.
+"""
 from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from ferdata.classes import class_names
 from ferdata.io import atomic_write_text
-from fermodels.data import make_loader, to_device
-from fermodels.metrics import confusion_matrix, metrics_from_confusion
+from fermodels.augment import hflip_batch
+from fermodels.data import IndexedSplit, SampleDecoder, indexed_loader, normalise, to_device
+from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
+from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
+from fermodels.registry import ModelCard
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
-from fermodels.train import autocast, pick_device
 
 log = logging.getLogger(__name__)
+SAME_PROB = 1e-4          # float noise between batch sizes stays far below this
 
 
 @dataclass(frozen=True)
@@ -27,101 +40,126 @@ class EvalParams:
     device: str
     flip_tta: bool
     batch_check: bool
+    seed: int
 
 
-def _flip_batch(b: dict) -> dict:
-    """Mirror a normalised batch: image flips, halves swap, landmarks permute (see hflip_sample)."""
-    from ferdata.geometry import FLIP_68
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where supported (CPU, Ampere+ GPUs), fp16 on older GPUs."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
-    f = dict(b)
-    f["image"] = b["image"].flip(-1)
-    if "left" in b:
-        f["left"], f["right"] = b["right"], b["left"]
-    if "heatmap" in b:
-        f["heatmap"] = b["heatmap"].flip(-1)
-    if "lmk" in b:
-        lmk = b["lmk"][:, torch.as_tensor(FLIP_68, device=b["lmk"].device)].clone()
-        lmk[..., 0] = (b["image"].shape[-1] - 1) - lmk[..., 0]
-        f["lmk"] = lmk
-    return f
+
+def autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=amp_dtype(device)) if enabled else nullcontext()
 
 
 @torch.no_grad()
-def predict_probs(model, shard_dir, split, card, device, *, batch_size: int, workers: int,
-                  flip_tta: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    loader, _ = make_loader(shard_dir, split, card, batch_size=batch_size, workers=workers, train=False,
-                            seed=0, epoch=0, shuffle_buffer=0)
+def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torch.device, *,
+                   flip_tta: bool, amp: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(labels, probabilities, keys) over a loader of collated uint8 batches, in loader order."""
+    model.eval()
     labels, probs, keys = [], [], []
     for batch in loader:
-        b = to_device(batch, card, device)
-        with autocast(device, False):
+        b = normalise(to_device(batch, device), card)
+        with autocast(device, amp):
             p = model(b)["logits"].float().softmax(-1)
             if flip_tta:
-                p = (p + model(_flip_batch(b))["logits"].float().softmax(-1)) / 2
+                p = (p + model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
         labels.append(batch["label"].numpy())
         probs.append(p.cpu().numpy())
         keys += batch["key"]
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), []
     return np.concatenate(labels), np.concatenate(probs), keys
 
 
-def batch_composition_check(model, shard_dir, split, card, device, params: EvalParams,
-                            probs: np.ndarray, keys: list[str]) -> dict:
-    """Re-predict with batch size 1 (and reversed order); a per-sample model gives the same answers."""
-    _, single, single_keys = predict_probs(model, shard_dir, split, card, device, batch_size=1,
-                                           workers=params.workers, flip_tta=params.flip_tta)
-    pos = {k: i for i, k in enumerate(single_keys)}
-    single = single[[pos[k] for k in keys]]
-    changed = int((single.argmax(1) != probs.argmax(1)).sum())
-    return {"max_prob_diff": float(np.abs(single - probs).max()), "changed_predictions": changed,
-            "independent_of_batch": bool(changed == 0 and np.abs(single - probs).max() < 1e-4)}
+@torch.no_grad()
+def score_split(model: torch.nn.Module, dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: int,
+                device: torch.device, amp: bool) -> dict:
+    """Metrics on a whole split under DDP: each rank scores every world_size-th sample, results
+    are gathered (no per-batch collective, so unequal shares cannot hang)."""
+    loader = indexed_loader(dataset, range(env.rank, len(dataset), env.world_size), batch_size, workers)
+    labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False, amp=amp)
+    parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels), env)
+    y, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    classes = class_names(dataset.num_classes)
+    return metrics_from_confusion(confusion_matrix(y, pred, len(classes)), classes)
 
 
-def evaluate(checkpoint: str | Path, shard_dir: str | Path, params: EvalParams, out_dir: str | Path) -> dict:
-    out = Path(out_dir)
+def _compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+    diff = float(np.abs(reference - probs).max()) if probs.size else 0.0
+    return {"accuracy": float((probs.argmax(1) == labels).mean()) if labels.size else 0.0,
+            "max_prob_diff": diff, "changed_predictions": int((reference.argmax(1) != probs.argmax(1)).sum())}
+
+
+def batch_composition_check(model, dataset: IndexedSplit, card: ModelCard, device: torch.device,
+                            params: EvalParams, reference: np.ndarray) -> dict:
+    """Predict again in other orders / batch sizes; ``reference`` is the file-order prediction."""
+    n = len(dataset)
+    rng = np.random.default_rng(params.seed)
+    orders = {"shuffled": (rng.permutation(n).tolist(), params.batch_size),
+              "class_sorted": (np.argsort(dataset.labels, kind="stable").tolist(), params.batch_size),
+              "batch1": (list(range(n)), 1)}
+    report: dict = {"orders": {}}
+    for name, (order, bs) in orders.items():
+        loader = indexed_loader(dataset, order, bs, params.workers)
+        _, probs, _ = predict_loader(model, loader, card, device, flip_tta=params.flip_tta)
+        back = np.empty_like(probs)
+        back[np.asarray(order, np.int64)] = probs
+        report["orders"][name] = _compare(reference, back, dataset.labels)
+    report["independent_of_batch"] = all(o["changed_predictions"] == 0 and o["max_prob_diff"] < SAME_PROB
+                                         for o in report["orders"].values())
+    if not report["independent_of_batch"]:
+        log.warning("predictions depend on batch composition (cross-sample leak): %s", report["orders"])
+    return report
+
+
+def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Path], params: EvalParams,
+             out_dir: str | Path, datasets: Sequence[str] | None = None) -> dict:
+    """Evaluate a checkpoint on ``params.split`` of one or more shard dirs; writes metrics.json,
+    confusion.json (``dvc plots``) and confusion.png into ``out_dir``; returns the metrics.
+
+    ``datasets`` names the shard dirs (default: the folder above ``shards``); a name the
+    model was not trained on makes it a cross-dataset evaluation (labels are canonical, classes
+    the model cannot predict - e.g. Contempt for a 7-class model - are excluded and counted).
+    """
+    if params.split not in ("train", "val", "test"):
+        raise ValueError(f"evaluate.split must be train, val or test, got {params.split!r}")
+    dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
+    names = list(datasets) if datasets is not None else [d.resolve().parent.name for d in dirs]
     state = load_checkpoint(checkpoint)
-    device = pick_device(params.device)
+    device = pick_device(params.device, env_from_os())
     model = model_from_checkpoint(state).to(device)
-    classes = tuple(state["classes"])
-    labels, probs, keys = predict_probs(model, shard_dir, params.split, model.card, device,
-                                        batch_size=params.batch_size, workers=params.workers,
-                                        flip_tta=params.flip_tta)
+    card, classes = model.card, tuple(state["classes"])
+    dataset = IndexedSplit(dirs, params.split, SampleDecoder(card.fields, card.input_size), len(classes))
+    if len(dataset) == 0:
+        raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
+                         f"{len(classes)}-class model can be scored on")
+    labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), params.batch_size,
+                                                            params.workers), card, device, flip_tta=params.flip_tta)
     preds = probs.argmax(1)
     cm = confusion_matrix(labels, preds, len(classes))
     metrics = metrics_from_confusion(cm, classes)
-    metrics.update({"model": state["model"], "split": params.split, "best_epoch": state["epoch"],
-                    "flip_tta": params.flip_tta})
+    metrics.update({
+        "model": state["model"], "split": params.split, "best_epoch": state["epoch"], "flip_tta": params.flip_tta,
+        "train_datasets": list(state["datasets"]), "test_datasets": names,
+        "cross_dataset": sorted(names) != sorted(state["datasets"]),
+        "excluded": dict(sorted(dataset.excluded.items())),
+    })
+    if len(dirs) > 1:
+        which = np.asarray(dataset.dataset_index)
+        metrics["per_dataset"] = {name: metrics_from_confusion(
+            confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes)
+            for i, name in enumerate(names)}
     if params.batch_check:
-        metrics["batch_composition"] = batch_composition_check(model, shard_dir, params.split, model.card,
-                                                               device, params, probs, keys)
+        metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    rows = [{"actual": classes[t], "predicted": classes[p]} for t, p in zip(labels, preds)]
-    atomic_write_text(out / "confusion.json", json.dumps(rows, indent=1) + "\n")
-    plot_confusion(cm, classes, out / "confusion.png", title=f"{state['model']} on {params.split}")
-    log.info("evaluate: acc %.4f, mean class acc %.4f, macro-F1 %.4f on %d samples", metrics["accuracy"],
-             metrics["mean_class_accuracy"], metrics["macro_f1"], metrics["num_samples"])
+    atomic_write_text(out / "confusion.json", json.dumps(confusion_rows(labels, preds, classes), indent=1) + "\n")
+    plot_confusion(cm, classes, out / "confusion.png", title=f"{state['model']} on {'+'.join(names)} {params.split}")
+    log.info("evaluate: acc %.4f, mean class acc %.4f, macro-F1 %.4f on %d samples%s", metrics["accuracy"],
+             metrics["mean_class_accuracy"], metrics["macro_f1"], metrics["num_samples"],
+             " (cross-dataset)" if metrics["cross_dataset"] else "")
     return metrics
-
-
-def plot_confusion(cm: np.ndarray, classes: tuple[str, ...], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keep = (cm.sum(0) + cm.sum(1)) > 0
-    cm, names = cm[keep][:, keep], [c for c, k in zip(classes, keep) if k]
-    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 1.1 * len(names) + 1.5))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)

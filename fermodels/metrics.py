@@ -1,21 +1,33 @@
-"""Classification metrics from a confusion matrix (rows = true class, columns = predicted)."""
+"""Classification metrics from a confusion matrix (rows = true class, columns = predicted),
+and the confusion-matrix outputs DVC shows: rows for ``dvc plots`` and a PNG.
+
+Macro averages run over the classes present in the ground truth, so a 7-class test set scored
+by an 8-class model (or a cross-dataset test set missing a class) is not penalised for the
+absent class's undefined recall; wrong predictions *of* that class still count as errors.
+"""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{y_true.shape[0]} labels but {y_pred.shape[0]} predictions")
+    if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= num_classes):
+        raise ValueError(f"labels/predictions outside 0..{num_classes - 1}")
     cm = np.zeros((num_classes, num_classes), np.int64)
-    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    np.add.at(cm, (y_true, y_pred), 1)
     return cm
 
 
-def metrics_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> dict:
-    """Accuracy, mean class accuracy and macro-F1 over classes present in the ground truth."""
+def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Accuracy, mean class accuracy (balanced accuracy), macro-F1, per-class P/R/F1/support."""
     cm = np.asarray(cm, np.float64)
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    tp = np.diag(cm)
+    support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
     present = support > 0
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
@@ -33,3 +45,33 @@ def metrics_from_confusion(cm: np.ndarray, class_names: tuple[str, ...]) -> dict
             for i, name in enumerate(class_names) if support[i] > 0 or predicted[i] > 0
         },
     }
+
+
+def confusion_rows(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> list[dict]:
+    """One ``{"actual", "predicted"}`` row per sample: DVC's ``confusion`` plot template input."""
+    return [{"actual": class_names[t], "predicted": class_names[p]} for t, p in zip(y_true, y_pred)]
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str) -> None:
+    """Row-normalised confusion matrix with counts, classes absent from both axes left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = (cm.sum(0) + cm.sum(1)) > 0
+    cm, names = cm[keep][:, keep], [c for c, k in zip(class_names, keep) if k]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 1.1 * len(names) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)

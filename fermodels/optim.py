@@ -1,26 +1,121 @@
-"""Optimisers by name and learning-rate schedules as pure functions of the step."""
+"""Optimisers by name, SAM, and learning-rate schedules as pure functions of the (fractional) epoch.
+
+The papers' settings map onto these names: CMNet/PCNN ``sgd`` + ``step`` (StepLR per epoch),
+CMNet AffectNet ``adam`` + ``exponential`` (ExponentialLR per epoch), POSTER/POSTER++ ``adam``
+wrapped in SAM + ``exponential`` 0.98; ``cosine`` with linear warm-up for everything else.
+"""
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable
 
 import torch
+from torch import nn
 
 from ferdata.registry import Registry
 
-OPTIMIZERS: Registry = Registry("optimizer")
-OPTIMIZERS.register("sgd")(lambda p, lr, wd, mom: torch.optim.SGD(p, lr=lr, momentum=mom, weight_decay=wd))
-OPTIMIZERS.register("adam")(lambda p, lr, wd, mom: torch.optim.Adam(p, lr=lr, weight_decay=wd))
-OPTIMIZERS.register("adamw")(lambda p, lr, wd, mom: torch.optim.AdamW(p, lr=lr, weight_decay=wd))
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 SCHEDULES = ("constant", "step", "exponential", "cosine")
 
 
-def build_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(name)(params, lr, weight_decay, momentum)
+@OPTIMIZERS.register("sgd")
+def _sgd(params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """Adam with L2 weight decay (coupled), as the papers' ``torch.optim.Adam`` calls."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class SAM:
+    """Sharpness-Aware Minimisation (Foret et al., ICLR 2021) around a base optimiser.
+
+    The POSTER lineage (POSTER, POSTER++; Nie et al. by inference) trains with
+    ``SAM(Adam, rho=0.05)``. One step takes two gradients::
+
+        loss(w).backward();       sam.first_step()    # w <- w + rho * g / ||g||
+        loss(w + e).backward();   sam.second_step()   # w <- w - e, then the base step
+
+    ``adaptive`` is ASAM's element-wise scaling by |w|. ``param_groups`` are the base
+    optimiser's, so schedules set the learning rate on either object.
+    """
+
+    def __init__(self, base: torch.optim.Optimizer, rho: float, adaptive: bool = False) -> None:
+        if rho <= 0:
+            raise ValueError(f"SAM rho must be > 0, got {rho}")
+        self.base, self.rho, self.adaptive = base, rho, adaptive
+        self._perturbation: dict[nn.Parameter, torch.Tensor] = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.base.param_groups
+
+    def _params(self) -> list[nn.Parameter]:
+        return [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def first_step(self) -> None:
+        """Climb to the worst nearby point and clear the gradients."""
+        params = self._params()
+        if not params:
+            raise RuntimeError("SAM.first_step: no gradients; call backward() first")
+        scaled = [(p.abs() * p.grad) if self.adaptive else p.grad for p in params]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in scaled]))
+        scale = self.rho / (norm + 1e-12)
+        for p, g in zip(params, scaled):
+            e = g * scale * (p.abs() if self.adaptive else 1.0)
+            p.add_(e)
+            self._perturbation[p] = e
+        self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self) -> None:
+        """Return to the original weights and step with the gradient taken at the worst point."""
+        if not self._perturbation:
+            raise RuntimeError("SAM.second_step without first_step")
+        for p, e in self._perturbation.items():
+            p.sub_(e)
+        self._perturbation.clear()
+        self.base.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state)
+
+
+def build_optimizer(name: str, params: Iterable[nn.Parameter], *, lr: float, weight_decay: float,
+                    momentum: float, sam: bool, sam_rho: float) -> torch.optim.Optimizer | SAM:
+    """The named optimiser, wrapped in :class:`SAM` when ``sam``."""
+    base = OPTIMIZERS.get(name)(list(params), lr, weight_decay, momentum)
+    return SAM(base, sam_rho) if sam else base
+
+
+def set_lr(optimizer: torch.optim.Optimizer | SAM, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
 
 
 def lr_at(epoch_float: float, *, base_lr: float, schedule: str, epochs: int, warmup_epochs: float,
           step_size: int, gamma: float) -> float:
-    """Learning rate at a (fractional) epoch: linear warm-up, then the named decay."""
+    """Learning rate at a fractional epoch: linear warm-up, then the named decay.
+
+    ``step`` and ``exponential`` change once per epoch (torch's StepLR/ExponentialLR stepped
+    per epoch, as the papers do); ``cosine`` decays smoothly to 0 at ``epochs``.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     if warmup_epochs > 0 and epoch_float < warmup_epochs:
         return base_lr * (epoch_float + 1e-8) / warmup_epochs
     e = int(epoch_float)
@@ -30,7 +125,5 @@ def lr_at(epoch_float: float, *, base_lr: float, schedule: str, epochs: int, war
         return base_lr * gamma ** (e // step_size)
     if schedule == "exponential":
         return base_lr * gamma ** e
-    if schedule == "cosine":
-        t = (epoch_float - warmup_epochs) / max(1e-8, epochs - warmup_epochs)
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    t = (epoch_float - warmup_epochs) / max(1e-8, epochs - warmup_epochs)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))

@@ -1,9 +1,20 @@
-"""Self-describing training checkpoints: weights plus everything needed to rebuild,
-resume and audit the run. Loaded with ``torch.load(weights_only=True)`` only."""
+"""Self-describing checkpoints and exact resume.
+
+A checkpoint holds the weights plus everything needed to rebuild, resume and audit the run:
+model name and kwargs, its card, class names, the training params (and recipe), the datasets
+with the sha256 of every shard used, the preprocessing that made the shards (so inference
+rebuilds the same sample) and the position in the run (epoch, step, batch within the epoch).
+Loaded with ``torch.load(weights_only=True)`` only.
+
+Resume is exact because nothing else carries state: the epoch plan, shuffles, augmentation and
+dropout are all seeded from (seed, epoch, step), so restarting at a saved step replays the run.
+"""
 from __future__ import annotations
 
+import csv
+import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +24,33 @@ from torch import nn
 from ferdata.classes import class_names
 from fermodels.registry import create_model
 
+log = logging.getLogger(__name__)
+FORMAT = "fermodels-checkpoint/2"
+LAST, BEST = "last.pt", "best.pt"
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, model_kwargs: dict,
-                    num_classes: int, optimizer: torch.optim.Optimizer | None, epoch: int, step: int,
-                    best: dict, params: Any, data: dict) -> None:
-    """Write atomically (temp + rename) so a kill never leaves a truncated checkpoint."""
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands: ``batch`` batches of ``epoch`` done (0 = the epoch has not started)."""
+
+    epoch: int
+    batch: int
+    step: int
+
+
+def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimizer: Any, position: Position,
+                    best: dict, data: dict, preprocess: dict) -> None:
+    """Write atomically (temp + rename), so a kill never leaves a truncated checkpoint."""
+    p = asdict(params)
     state = {
-        "format": "fermodels-checkpoint/1",
-        "model": model_name, "model_kwargs": dict(model_kwargs), "num_classes": num_classes,
-        "classes": list(class_names(num_classes)), "card": asdict(model.card),
+        "format": FORMAT, "model": p["model"], "model_kwargs": dict(p["model_kwargs"]),
+        "num_classes": p["num_classes"], "classes": list(class_names(p["num_classes"])),
+        "card": asdict(model.card),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "epoch": epoch, "step": step, "best": dict(best),
-        "params": asdict(params) if params is not None else {}, "data": data,
-        "torch_rng": torch.get_rng_state(),
+        "epoch": position.epoch, "batch": position.batch, "step": position.step, "best": dict(best),
+        "params": p, "recipe": p.get("recipe"), "datasets": list(p["datasets"]), "data": data,
+        "preprocess": dict(preprocess), "torch": str(torch.__version__),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,15 +62,50 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, model_name: str, mode
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise FileNotFoundError(f"checkpoint {path} not found; train first (`dvc repro train`)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != "fermodels-checkpoint/1":
-        raise ValueError(f"{path} is not a fermodels checkpoint (format {state.get('format')!r})")
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); retrain with this version")
     return state
 
 
 def model_from_checkpoint(state: dict) -> nn.Module:
-    """Rebuild the model named in a checkpoint and load its weights strictly."""
+    """Rebuild the model named in a checkpoint and load its weights strictly (eval mode)."""
     model = create_model(state["model"], num_classes=state["num_classes"], **state["model_kwargs"])
     model.load_state_dict(state["state_dict"], strict=True)
     return model.eval()
+
+
+def resume_state(ckpt_dir: str | Path, params: dict, data: dict) -> dict | None:
+    """``last.pt`` if it belongs to this exact run (same params and shard hashes), else None."""
+    path = Path(ckpt_dir) / LAST
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    if state["params"] != params or state["data"] != data:
+        what = "params" if state["params"] != params else "data (shard hashes)"
+        log.warning("%s is from a run with other %s: starting over", path, what)
+        return None
+    return state
+
+
+def next_position(state: dict, steps_per_epoch: int) -> Position:
+    """Where to continue after ``state``: the same epoch mid-way, or the start of the next."""
+    if state["batch"] >= steps_per_epoch:
+        return Position(state["epoch"] + 1, 0, state["step"])
+    return Position(state["epoch"], state["batch"], state["step"])
+
+
+def truncate_live(live_dir: str | Path, from_step: int) -> None:
+    """Drop DVCLive history rows logged at or after ``from_step`` (work redone after a kill)."""
+    for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
+        with open(tsv, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        if not rows:
+            continue
+        step_col = rows[0].index("step")
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[step_col]) < from_step]
+        if len(kept) != len(rows):
+            with open(tsv, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)

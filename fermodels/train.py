@@ -1,30 +1,38 @@
-"""The trainer: a short explicit loop over shards, with named losses, a pure LR schedule,
-validation-based model selection, DVCLive logging and exact resume.
+"""The trainer: a short explicit loop over shards with named losses, a pure learning-rate
+schedule, validation-based model selection (never test), DVCLive logging and exact resume.
 
-Best epoch is chosen on the validation split, never on test.
+Runs on CPU or CUDA, with autocast (bf16 where supported, else fp16 with a grad scaler),
+channels_last and ``torch.compile`` as params, and under ``torchrun`` as DDP (one process per
+GPU; ``batch_size`` is the global batch, split over ranks; rank 0 logs and writes).
+Everything random is seeded from (seed, epoch, step, rank), so a run killed at any saved step
+and resumed gives the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Sequence
 
-import numpy as np
 import torch
+from torch import nn
 
-from ferdata.classes import class_names
-from fermodels.data import make_loader, to_device
-from fermodels.metrics import confusion_matrix, metrics_from_confusion
-from fermodels.optim import build_optimizer, lr_at
+from fermodels.augment import AugmentParams, augment_batch
+from fermodels.data import (IndexedSplit, SampleDecoder, Split, mix_seed, normalise, open_split, stream_loader,
+                            to_device)
+from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
+                                   pick_device, plan_epoch, shutdown)
+from fermodels.evaluate import amp_dtype, autocast, score_split
+from fermodels.optim import SAM, SCHEDULES, build_optimizer, lr_at, set_lr
+from fermodels.recipes import check_applied
 from fermodels.registry import create_model
-from fermodels.runstate import load_checkpoint, save_checkpoint
+from fermodels.runstate import BEST, LAST, Position, next_position, resume_state, save_checkpoint, truncate_live
+from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor
 
 log = logging.getLogger(__name__)
-LAST, BEST = "last.pt", "best.pt"
+SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -33,177 +41,305 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainParams:
+    """params.yaml ``train`` (after :func:`fermodels.recipes.apply_recipe`)."""
+
+    recipe: str | None
+    datasets: list = field(hash=False)
     model: str
     model_kwargs: dict = field(hash=False)
     num_classes: int
     epochs: int
     batch_size: int
+    epoch_samples: int | None
     optimizer: str
     lr: float
     weight_decay: float
     momentum: float
+    sam: bool
+    sam_rho: float
     schedule: str
     warmup_epochs: float
     step_size: int
     gamma: float
+    sampler: str
+    class_weights: bool
+    augment: AugmentParams
+    select_metric: str
     seed: int
     workers: int
     device: str
     amp: bool
     channels_last: bool
+    compile: bool
     shuffle_buffer: int
-    class_weights: bool
+    checkpoint_every: int
+
+    def __post_init__(self) -> None:
+        check_applied({f.name: getattr(self, f.name) for f in fields(self)})
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", AugmentParams(**self.augment))
+        if isinstance(self.datasets, str) or not self.datasets:
+            raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
+        for name, value, known in (("sampler", self.sampler, SAMPLERS), ("schedule", self.schedule, SCHEDULES),
+                                   ("select_metric", self.select_metric, SELECT_METRICS)):
+            if value not in known:
+                raise ValueError(f"train.{name} must be one of {known}, got {value!r}")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def seed_step(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
+    """Seed torch (dropout etc.) for this step; return the augmentation generator."""
+    torch.manual_seed(mix_seed(seed, epoch, step, rank))
+    return torch.Generator().manual_seed(mix_seed(seed, epoch, step, rank, 1))
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast where supported (CUDA with bf16, or CPU), else fp16 on CUDA."""
-    if not enabled:
-        return nullcontext()
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
-
-
-@torch.no_grad()
-def predict(model, loader, card, device, amp: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels, logits, keys) over a loader, in loader order."""
-    model.eval()
-    labels, logits, keys = [], [], []
-    for batch in loader:
-        b = to_device(batch, card, device)
+def train_step(fwd: nn.Module, net: nn.Module, opt, scaler: torch.amp.GradScaler, batch: dict,
+               device: torch.device, amp: bool) -> dict[str, torch.Tensor]:
+    """One optimiser step (two forward/backward passes with SAM); returns the named losses."""
+    def losses_at_current_weights() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with autocast(device, amp):
-            out = model(b)
-        labels.append(batch["label"].numpy())
-        logits.append(out["logits"].float().cpu().numpy())
-        keys += batch["key"]
-    return np.concatenate(labels), np.concatenate(logits), keys
+            losses = net.losses(fwd(batch), batch)
+        return losses, sum(losses.values())
+
+    opt.zero_grad(set_to_none=True)
+    losses, total = losses_at_current_weights()
+    if isinstance(opt, SAM):
+        total.backward()
+        opt.first_step()
+        losses_at_current_weights()[1].backward()
+        opt.second_step()
+    else:
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+    return {k: v.detach() for k, v in losses.items()}
 
 
-def train(shard_dir: str | Path, params: TrainParams, ckpt_dir: str | Path, live_dir: str | Path) -> dict:
-    """Train ``params.model`` on ``shard_dir`` (train/val splits); returns the best val metrics.
+def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_dir: str | Path,
+          live_dir: str | Path, preprocess: dict | None = None) -> dict:
+    """Train ``params.model`` on the train splits of ``shards`` (one dir per ``params.datasets``),
+    select the best epoch on their val splits; returns the best val metrics.
 
-    ``ckpt_dir`` holds ``last.pt``/``best.pt`` (kept between runs for resume);
-    ``live_dir`` receives the DVCLive metrics and plots.
+    ``ckpt_dir`` gets ``last.pt`` (resume) and ``best.pt``; ``live_dir`` the DVCLive logs;
+    ``preprocess`` (align/derive settings of the shards) goes into the checkpoints for inference.
     """
-    out = Path(ckpt_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(params.device)
-    seed_everything(params.seed)
-    model = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
+    dirs = [Path(shards)] if isinstance(shards, (str, Path)) else [Path(s) for s in shards]
+    if len(dirs) != len(params.datasets):
+        raise ValueError(f"{len(dirs)} shard dirs for datasets {params.datasets}")
+    env = env_from_os()
+    device = pick_device(params.device, env)
+    created = init_distributed(device, env)
+    try:
+        return _fit(dirs, params, Path(ckpt_dir), Path(live_dir), preprocess or {}, env, device)
+    finally:
+        shutdown(created)
+
+
+@dataclass
+class _Run:
+    """What the loop needs, built once by :func:`_setup`; ``step``/``best`` advance as it runs."""
+
+    net: nn.Module
+    fwd: nn.Module
+    opt: Any
+    scaler: torch.amp.GradScaler
+    decoder: SampleDecoder
+    train_split: Split
+    val_set: IndexedSplit
+    data: dict
+    preprocess: dict
+    repeat: ClassRepeat | None
+    class_weight: torch.Tensor
+    plan_kw: dict
+    steps_per_epoch: int
+    start: Position
+    best: dict
+    step: int = 0
+    weights_checked: bool = False
+
+
+def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: dict, env: DistEnv,
+           device: torch.device) -> _Run:
+    """Model, data, optimiser and the resume point (``last.pt`` of this exact run, if any)."""
+    if params.batch_size % env.world_size:
+        raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
+    torch.manual_seed(params.seed)
+    net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
+    train_split, val_split = open_split(dirs, "train"), open_split(dirs, "val")
+    _check_classes(train_split, val_split, params.num_classes)
+    decoder = SampleDecoder(net.card.fields, net.card.input_size)
+    samples = params.epoch_samples or train_split.num_samples
+    counts = train_split.class_counts(params.num_classes)
+    opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,
+                          weight_decay=params.weight_decay, momentum=params.momentum, sam=params.sam,
+                          sam_rho=params.sam_rho)
+    fp16 = params.amp and amp_dtype(device) == torch.float16
+    if fp16 and params.sam:
+        raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
+    plan_kw = dict(samples=samples, batch_size=params.batch_size // env.world_size, env=env,
+                   workers=params.workers, shuffle=True)
+    steps = sum(len(p.batch_sizes) for p in plan_epoch(train_split.shards, seed=0, **plan_kw))
+    data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes}
+    state = broadcast_object(resume_state(ckpt_dir, asdict(params), data) if env.is_main else None, env)
+    start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
+    if state is not None:
+        net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        start, best = next_position(state, steps), state["best"]
+        log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
     if params.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    card = model.card
-    opt = build_optimizer(params.optimizer, [p for p in model.parameters() if p.requires_grad],
-                          params.lr, params.weight_decay, params.momentum)
-    _, train_info = make_loader(shard_dir, "train", card, batch_size=params.batch_size, workers=0,
-                                train=True, seed=params.seed, epoch=0, shuffle_buffer=0)
-    _, val_info = make_loader(shard_dir, "val", card, batch_size=params.batch_size, workers=0,
-                              train=False, seed=params.seed, epoch=0, shuffle_buffer=0)
-    data = {s: [sh["sha256"] for sh in info["shards"]] for s, info in (("train", train_info), ("val", val_info))}
-    class_weight = _class_weights(train_info, params.num_classes, device) if params.class_weights else None
-    if class_weight is not None:
-        model.class_weight = class_weight  # read by models' CE losses when present
-    start_epoch, step, best = 0, 0, {"val_accuracy": -1.0, "epoch": -1}
-    if (out / LAST).is_file():
-        state = load_checkpoint(out / LAST)
-        if state["params"] != _plain(params) or state["data"] != data:
-            log.warning("checkpoint in %s is from other params or data: starting over", out)
-        else:
-            model.load_state_dict(state["state_dict"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, step, best = state["epoch"] + 1, state["step"], state["best"]
-            log.info("resuming at epoch %d (step %d)", start_epoch, step)
+        net = net.to(memory_format=torch.channels_last)
+    return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
+                decoder, train_split, IndexedSplit(dirs, "val", decoder, params.num_classes), data, preprocess,
+                ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None,
+                class_weight_tensor(counts, device), plan_kw, steps, start, best, start.step,
+                not params.class_weights)
+
+
+def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
+         env: DistEnv, device: torch.device) -> dict:
+    run = _setup(dirs, params, ckpt_dir, preprocess, env, device)
+    live = _open_live(live_dir, run.start, env)
+    try:
+        for epoch in range(run.start.epoch, params.epochs):
+            skip = run.start.batch if epoch == run.start.epoch else 0
+            t0 = time.perf_counter()
+            sums, seen, waited, lr = _train_epoch(run, params, env, device, epoch, skip, ckpt_dir)
+            elapsed = time.perf_counter() - t0
+            val = score_split(run.net, run.val_set, env, max(1, params.batch_size // env.world_size),
+                              params.workers, device, params.amp)
+            end = Position(epoch, run.steps_per_epoch, run.step)
+            if val[params.select_metric] > run.best[params.select_metric]:
+                run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}
+                _save(env, ckpt_dir / BEST, run, params, end)
+            _log_epoch(live, epoch, all_gather_objects((sums, seen, waited), env), lr, elapsed, val)
+            _save(env, ckpt_dir / LAST, run, params, end)
+    finally:
+        if live is not None:
+            live.end()
+    return run.best
+
+
+def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.device, epoch: int, skip: int,
+                 ckpt_dir: Path) -> tuple[dict[str, float], int, float, float]:
+    """One epoch from batch ``skip``: (summed losses x samples, samples, seconds waiting for data, last lr)."""
+    plans = plan_epoch(run.train_split.shards, seed=mix_seed(params.seed, epoch), skip_batches=skip, **run.plan_kw)
+    loader = stream_loader(plans, run.decoder, workers=params.workers, shuffle_buffer=params.shuffle_buffer,
+                           seed=mix_seed(params.seed, epoch, env.rank), repeat=run.repeat)
+    fill = torch.tensor(run.net.card.mean) * 255.0
+    sums: dict[str, torch.Tensor] = {}
+    seen, waited, lr, bad = 0, 0.0, params.lr, torch.zeros((), device=device)
+    run.net.train()
+    t_wait = time.perf_counter()
+    for i, batch in enumerate(loader, start=skip):
+        waited += time.perf_counter() - t_wait
+        lr = lr_at(epoch + i / run.steps_per_epoch, base_lr=params.lr, schedule=params.schedule,
+                   epochs=params.epochs, warmup_epochs=params.warmup_epochs, step_size=params.step_size,
+                   gamma=params.gamma)
+        set_lr(run.opt, lr)
+        gen = seed_step(params.seed, epoch, run.step, env.rank)
+        b = normalise(augment_batch(to_device(batch, device), params.augment, gen, fill), run.net.card,
+                      params.channels_last)
+        if params.class_weights:
+            b["class_weight"] = run.class_weight
+            run.weights_checked = run.weights_checked or _require_class_weight(run.net, b, device, params.amp)
+        losses = train_step(run.fwd, run.net, run.opt, run.scaler, b, device, params.amp)
+        bad = bad + (~torch.isfinite(sum(losses.values()))).float()
+        run.step += 1
+        seen += len(batch["label"])
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.float() * len(batch["label"])
+        if run.step % FINITE_CHECK_EVERY == 0:
+            _check_finite(bad, epoch, run.step, losses, ckpt_dir)
+        if params.checkpoint_every and run.step % params.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
+            _check_finite(bad, epoch, run.step, losses, ckpt_dir)
+            _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
+        t_wait = time.perf_counter()
+    _check_finite(bad, epoch, run.step, sums, ckpt_dir)
+    return {k: float(v) for k, v in sums.items()}, seen, waited, lr
+
+
+def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:
+    for split in (train_split, val_split):
+        beyond = split.classes_beyond(num_classes)
+        if beyond:
+            raise ValueError(f"{split.name} split of {', '.join(split.dirs)} holds {beyond}, which a "
+                             f"{num_classes}-class model cannot learn; set train.num_classes 8 or prepare "
+                             "the dataset without them (e.g. AffectNet protocol affectnet7)")
+    if val_split.num_samples == 0:
+        raise ValueError("the val split is empty: model selection needs it (shard.val_fraction > 0)")
+
+
+def _wrap(net: nn.Module, params: TrainParams, env: DistEnv, device: torch.device) -> nn.Module:
+    """The module the loop calls: DDP around the net under torchrun, compiled if asked."""
+    fwd: nn.Module = net
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        from fermodels.info import example_batch, used_parameters
+
+        was_training = net.training
+        used = {id(p) for p in used_parameters(net.eval(), {k: v.to(device) for k, v in
+                                                           example_batch(net.card, 2, params.num_classes).items()})}
+        net.train(was_training)
+        unused = any(p.requires_grad and id(p) not in used for p in net.parameters())
+        fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=unused)
+    return torch.compile(fwd) if params.compile else fwd
+
+
+def _open_live(live_dir: Path, pos: Position, env: DistEnv):
+    if not env.is_main:
+        return None
     from dvclive import Live
 
-    steps_per_epoch = max(1, math.ceil(train_info["num_samples"] / params.batch_size))
-    with Live(dir=str(live_dir), resume=start_epoch > 0, save_dvc_exp=False, dvcyaml=None) as live:
-        for epoch in range(start_epoch, params.epochs):
-            seed_everything(params.seed * 1000 + epoch)
-            loader, _ = make_loader(shard_dir, "train", card, batch_size=params.batch_size,
-                                    workers=params.workers, train=True, seed=params.seed, epoch=epoch,
-                                    shuffle_buffer=params.shuffle_buffer)
-            model.train()
-            sums, seen, t0 = {}, 0, time.perf_counter()
-            for i, batch in enumerate(loader):
-                lr = lr_at(epoch + i / steps_per_epoch, base_lr=params.lr, schedule=params.schedule,
-                           epochs=params.epochs, warmup_epochs=params.warmup_epochs,
-                           step_size=params.step_size, gamma=params.gamma)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                b = to_device(batch, card, device, params.channels_last)
-                with autocast(device, params.amp):
-                    losses = model.losses(model(b), b)
-                total = sum(losses.values())
-                if not torch.isfinite(total):
-                    raise NonFiniteLossError(
-                        f"non-finite loss {float(total)} at epoch {epoch} step {step} ({_fmt(losses)}); "
-                        f"last good checkpoint kept at {out / LAST}; lower train.lr or disable train.amp")
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-                step += 1
-                n = len(batch["label"])
-                seen += n
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
-            elapsed = time.perf_counter() - t0
-            val = evaluate_split(model, shard_dir, "val", card, device, params)
-            for k, v in sums.items():
-                live.log_metric(f"train/{k}", v / max(seen, 1))
-            live.log_metric("train/lr", lr)
-            live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
-            live.log_metric("val/accuracy", val["accuracy"])
-            live.log_metric("val/mean_class_accuracy", val["mean_class_accuracy"])
-            live.log_metric("val/macro_f1", val["macro_f1"])
-            log.info("epoch %d: %s val acc %.4f (%.1f samples/s)", epoch,
-                     _fmt({k: v / max(seen, 1) for k, v in sums.items()}), val["accuracy"], seen / elapsed)
-            if val["accuracy"] > best["val_accuracy"]:
-                best = {"val_accuracy": val["accuracy"], "val_mean_class_accuracy": val["mean_class_accuracy"],
-                        "epoch": epoch}
-                _save(out / BEST, model, params, opt, epoch, step, best, data)
-            _save(out / LAST, model, params, opt, epoch, step, best, data)
-            live.next_step()
-    return best
+    resuming = pos.epoch > 0 or pos.batch > 0
+    if resuming:
+        truncate_live(live_dir, pos.epoch)
+    live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+    live.step = pos.epoch
+    return live
 
 
-def evaluate_split(model, shard_dir, split, card, device, params: TrainParams) -> dict:
-    loader, _ = make_loader(shard_dir, split, card, batch_size=params.batch_size, workers=params.workers,
-                            train=False, seed=params.seed, epoch=0, shuffle_buffer=0)
-    labels, logits, _ = predict(model, loader, card, device, params.amp)
-    cm = confusion_matrix(labels, logits.argmax(1), params.num_classes)
-    return metrics_from_confusion(cm, class_names(params.num_classes))
+def _log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: dict) -> None:
+    seen = sum(t[1] for t in totals)
+    losses = {k: sum(t[0].get(k, 0.0) for t in totals) / max(seen, 1) for k in totals[0][0]}
+    waited = max(t[2] for t in totals)
+    log.info("epoch %d: %s val acc %.4f (%.1f samples/s, %.0f%% waiting for data)", epoch,
+             " ".join(f"{k}={v:.4f}" for k, v in losses.items()), val["accuracy"], seen / max(elapsed, 1e-9),
+             100 * waited / max(elapsed, 1e-9))
+    if live is None:
+        return
+    for k, v in losses.items():
+        live.log_metric(f"train/{k}", v)
+    live.log_metric("train/lr", lr)
+    live.log_metric("train/samples", seen)
+    live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
+    live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
+    for k in SELECT_METRICS:
+        live.log_metric(f"val/{k}", val[k])
+    live.next_step()
 
 
-def _class_weights(info: dict, num_classes: int, device) -> torch.Tensor:
-    counts = np.array([info["class_histogram"].get(n, 0) for n in class_names(num_classes)], np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
-    return torch.tensor(w, dtype=torch.float32, device=device)
+def _check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path) -> None:
+    if float(bad) > 0:
+        shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); last good checkpoint "
+                                 f"kept at {ckpt_dir / LAST}; lower train.lr or disable train.amp")
 
 
-def _plain(params: TrainParams) -> dict:
-    from dataclasses import asdict
+def _require_class_weight(net: nn.Module, batch: dict, device: torch.device, amp: bool) -> bool:
+    """Fail loudly if class-weighted loss was asked for but the model ignores the weights; True once
+    checked. Runs the plain module in eval mode: no BN update, no RNG use, no DDP collective."""
+    net.eval()
+    with torch.no_grad(), autocast(device, amp):
+        used = check_class_weight_used(net, net(batch), batch)
+    net.train()
+    if used is False:
+        raise NotImplementedError(f"train.class_weights is on but model {net.card.name!r} ignores "
+                                  "batch['class_weight'] (its losses must pass it to cross_entropy)")
+    return used is True
 
-    return asdict(params)
 
-
-def _save(path, model, params, opt, epoch, step, best, data) -> None:
-    save_checkpoint(path, model=model, model_name=params.model, model_kwargs=params.model_kwargs,
-                    num_classes=params.num_classes, optimizer=opt, epoch=epoch, step=step, best=best,
-                    params=params, data=data)
-
-
-def _fmt(losses: dict) -> str:
-    return " ".join(f"{k}={float(v):.4f}" for k, v in losses.items())
+def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position) -> None:
+    if env.is_main:
+        save_checkpoint(path, model=run.net, params=params, optimizer=run.opt, position=position, best=run.best,
+                        data=run.data, preprocess=run.preprocess)

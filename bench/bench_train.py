@@ -1,0 +1,183 @@
+"""Training benchmark: samples/s of one trainer step per model (CPU, and GPU when present) beside
+the shard loader's samples/s alone, so it is clear whether the loader could feed the device.
+
+* **train step**: the trainer's own path on a fixed uint8 batch of the model's fields -
+  ``to_device`` -> ``augment_batch`` (flip, affine, erasing) -> ``normalise`` -> ``train_step``
+  (forward, named losses, backward, optimiser) - timed after warm-up steps. On CUDA with
+  bf16 autocast and channels_last (the settings a GPU run would use).
+* **loader**: ``stream_loader`` over synthetic shards in the real format (JPEG q95 faces from
+  scikit-image's astronaut with jitter, halves, heatmap, landmarks), decoding exactly the fields of
+  each input configuration, with ``--workers`` processes: one epoch, first batch excluded.
+
+Ratio printed last: loader samples/s / train samples/s per model and device (>= 1: the
+loader keeps up with these workers; otherwise add workers - the per-worker rate is printed).
+Usage: ``python bench/bench_train.py [--quick] [--models a,b] [--batch-size N] [--steps N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ferdata.geometry import split_halves  # noqa: E402
+from ferdata.heatmap import summed_heatmap_u8  # noqa: E402
+from ferdata.io import encode_jpeg, encode_png  # noqa: E402
+from ferdata.stages.align import npy_bytes  # noqa: E402
+from ferdata.tario import TarShardWriter  # noqa: E402
+from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
+from fermodels.data import SampleDecoder, normalise, open_split, stream_loader, to_device  # noqa: E402
+from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
+from fermodels.info import synthetic_landmarks  # noqa: E402
+from fermodels.optim import build_optimizer  # noqa: E402
+from fermodels.registry import create_model, list_models  # noqa: E402
+from fermodels.train import train_step  # noqa: E402
+
+AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale_min=0.95, scale_max=1.05,
+                    erase_p=0.25, erase_scale_min=0.02, erase_scale_max=0.15)
+QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
+
+
+def make_shards(folder: Path, n: int, per_shard: int) -> Path:
+    """``n`` samples in the shard format (train split + _info.json), from one real face with jitter."""
+    from skimage import data
+
+    face = cv2.resize(data.astronaut()[40:220, 150:330], (112, 112), interpolation=cv2.INTER_AREA)
+    lmk = synthetic_landmarks(112).numpy()
+    rng = np.random.default_rng(0)
+    with TarShardWriter(folder / "train", "train", per_shard) as writer:
+        for i in range(n):
+            m = np.float32([[1, 0, rng.uniform(-4, 4)], [0, 1, rng.uniform(-4, 4)]])
+            img = np.clip(cv2.warpAffine(face, m, (112, 112)) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
+            left, right = split_halves(img)
+            writer.write(f"s{i:06d}", {"jpg": encode_jpeg(img, 95), "left.jpg": encode_jpeg(left, 95),
+                                       "right.jpg": encode_jpeg(right, 95), "lmk.npy": npy_bytes(lmk),
+                                       "heatmap.png": encode_png(summed_heatmap_u8(lmk, 28, 1.0, 4.0)),
+                                       "cls": str(i % 7).encode()})
+    info = {"split": "train", "num_samples": n, "class_histogram": {},
+            "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256} for f in writer.files]}
+    (folder / "train" / "_info.json").write_text(json.dumps(info))
+    return folder
+
+
+def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int) -> float:
+    """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded)."""
+    split = open_split([shards], "train")
+    plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
+                       workers=workers, seed=0, shuffle=True)
+    loader = stream_loader(plans, SampleDecoder(fields, size), workers=workers, shuffle_buffer=500, seed=0,
+                           repeat=None)
+    it = iter(loader)
+    first = len(next(it)["label"])
+    t0, n = time.perf_counter(), 0
+    for b in it:
+        n += len(b["label"])
+    return n / max(time.perf_counter() - t0, 1e-9) if n else float(first) / 1e-9
+
+
+def example_uint8(card, batch: int) -> dict:
+    """A collated-looking uint8 batch of the card's fields (what the loader hands the trainer)."""
+    g = torch.Generator().manual_seed(0)
+    s = card.input_size
+    shapes = {"image": (3, s, s), "left": (3, s, s // 2), "right": (3, s, s // 2), "heatmap": (1, s // 4, s // 4)}
+    out = {"label": torch.arange(batch) % 7}
+    for f in card.fields:
+        if f == "lmk":
+            out[f] = synthetic_landmarks(s)[None].repeat(batch, 1, 1)
+        else:
+            out[f] = torch.randint(0, 256, (batch, *shapes[f]), generator=g, dtype=torch.uint8)
+    return out
+
+
+def train_rate(name: str, kwargs: dict, device: torch.device, batch: int, steps: int, warmup: int) -> float:
+    """Samples/s of the trainer's step for ``name`` on ``device``."""
+    torch.manual_seed(0)
+    net = create_model(name, **kwargs).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    opt = build_optimizer("adamw", [p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0,
+                          momentum=0.9, sam=False, sam_rho=0.05)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    host = example_uint8(net.card, batch)
+    fill = torch.tensor(net.card.mean) * 255
+    net.train()
+
+    def step(i: int) -> None:
+        b = normalise(augment_batch(to_device(host, device), AUG, torch.Generator().manual_seed(i), fill),
+                      net.card, cuda)
+        train_step(net, net, opt, scaler, b, device, cuda)
+
+    for i in range(warmup):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    if cuda:
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="two small models, tiny batches (smoke test)")
+    ap.add_argument("--models", default=None, help="comma-separated names (default: all registered)")
+    ap.add_argument("--batch-size", type=int, default=None, help="CPU batch (default 8; quick 2)")
+    ap.add_argument("--gpu-batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3; quick 1)")
+    ap.add_argument("--workers", type=int, default=2, help="loader processes")
+    ap.add_argument("--samples", type=int, default=None, help="loader samples (default 3000; quick 64)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return measure(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    names = (args.models.split(",") if args.models else
+             ["resnet18_112", "convcut"] if args.quick else list_models())
+    batch = args.batch_size or (2 if args.quick else 8)
+    steps, warmup = args.steps or (1 if args.quick else 3), 1
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results: dict = {"train": {}, "loader": {}, "ratio": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(Path(tmp), args.samples or (64 if args.quick else 3000), 250)
+        for name in names:
+            kwargs = QUICK_KWARGS.get(name, {}) if args.quick else {}
+            card = create_model(name, **kwargs).card
+            key = f"{'+'.join(card.fields)}@{card.input_size}"
+            if key not in results["loader"]:
+                results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers)
+            for dev in devices:
+                bs = batch if dev.type == "cpu" else args.gpu_batch_size
+                rate = train_rate(name, kwargs, dev, bs, steps if dev.type == "cpu" else 20, warmup)
+                results["train"][f"{name}/{dev.type}"] = rate
+                results["ratio"][f"{name}/{dev.type}"] = results["loader"][key] / rate
+                print(f"{name:<14} {dev.type:<4} {key:<22} train {rate:9.1f} samples/s   "
+                      f"loader ({args.workers} workers) {results['loader'][key]:8.1f} samples/s", flush=True)
+    print(f"\nloader, samples/s with {args.workers} workers (per worker ~ total / {max(1, args.workers)}):")
+    for key, rate in results["loader"].items():
+        print(f"  {key:<22} {rate:9.1f}")
+    print("\nratios (loader samples/s / train samples/s; >= 1 means the loader keeps up)")
+    for key, ratio in results["ratio"].items():
+        print(f"  {key:<22} {ratio:8.2f}x")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Batch augmentation on the training device, after ``to_device`` and before normalisation.
+
+Why on the device: decoding is the loader's whole budget (datasets_and_pipeline.md §5), so
+workers only decode uint8 and the flips, affine warps and erasing run as a few batched tensor
+ops on the GPU (or CPU). Random numbers come from a CPU generator seeded per step, so a step's
+augmentation is the same on CPU and GPU and after a resume.
+
+Geometry stays consistent across a sample's fields:
+
+* horizontal flip: the image flips, the landmark heatmap flips, landmarks are mirrored and
+  re-indexed with ``FLIP_68``, and the halves swap (the stored right half is already mirrored);
+* small affine (rotation, translation, scale, as torchvision's ``RandomAffine`` with black fill):
+  one matrix per sample warps the image, the heatmap (same normalised grid) and the landmarks;
+* random erasing (torchvision ``RandomErasing`` semantics, filled with the mean colour like
+  ``value=0`` after ``Normalize``): one rectangle per sample on the image.
+
+Halves go through the same ops: they are put side by side as a full face (left | flipped right),
+transformed with the image's parameters and cut again, so a half always shows the warped and
+erased face it came from.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ferdata.geometry import FLIP_68
+
+ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))   # torchvision RandomErasing's aspect ratios
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Probabilities and ranges (params.yaml ``train.augment``); 0 probabilities disable a step."""
+
+    hflip: float
+    affine_p: float
+    degrees: float
+    translate: float          # max shift, fraction of the side
+    scale_min: float
+    scale_max: float
+    erase_p: float
+    erase_scale_min: float    # erased area, fraction of the image
+    erase_scale_max: float
+
+    def __post_init__(self) -> None:
+        for name in ("hflip", "affine_p", "erase_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"train.augment.{name} must be a probability, got {getattr(self, name)}")
+        if not 0 < self.scale_min <= self.scale_max or not 0 < self.erase_scale_min <= self.erase_scale_max < 1:
+            raise ValueError("train.augment: need 0 < scale_min <= scale_max and "
+                             "0 < erase_scale_min <= erase_scale_max < 1")
+
+
+def flip_lmk(lmk: Tensor, width: int) -> Tensor:
+    """Landmarks of the mirrored image (pixel-centre convention, iBUG-68 re-indexed)."""
+    out = lmk[:, torch.as_tensor(FLIP_68, device=lmk.device)].clone()
+    out[..., 0] = (width - 1) - out[..., 0]
+    return out
+
+
+def hflip_batch(batch: dict, mask: Tensor | None = None) -> dict:
+    """Mirror the samples where ``mask`` (all when None); used by training and flip TTA."""
+    def pick(flipped: Tensor, orig: Tensor) -> Tensor:
+        if mask is None:
+            return flipped
+        return torch.where(mask.view(-1, *([1] * (orig.dim() - 1))), flipped, orig)
+
+    out = dict(batch)
+    out["image"] = pick(batch["image"].flip(-1), batch["image"])
+    if "left" in batch:
+        out["left"] = pick(batch["right"], batch["left"])
+        out["right"] = pick(batch["left"], batch["right"])
+    if "heatmap" in batch:
+        out["heatmap"] = pick(batch["heatmap"].flip(-1), batch["heatmap"])
+    if "lmk" in batch:
+        out["lmk"] = pick(flip_lmk(batch["lmk"], batch["image"].shape[-1]), batch["lmk"])
+    return out
+
+
+def _affine_matrices(n: int, p: AugmentParams, g: torch.Generator) -> Tensor:
+    """(n, 3, 3) forward maps in normalised coordinates (identity where not drawn)."""
+    u = torch.rand(n, 5, generator=g)
+    angle = torch.deg2rad((u[:, 0] * 2 - 1) * p.degrees)
+    scale = p.scale_min + u[:, 1] * (p.scale_max - p.scale_min)
+    shift = (u[:, 2:4] * 2 - 1) * p.translate * 2          # normalised units span 2 per side
+    on = u[:, 4] < p.affine_p
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    m = torch.eye(3).repeat(n, 1, 1)
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = cos, -sin, shift[:, 0]
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = sin, cos, shift[:, 1]
+    return torch.where(on.view(-1, 1, 1), m, torch.eye(3).expand(n, 3, 3))
+
+
+def _warp(x: Tensor, inverse: Tensor) -> Tensor:
+    """Resample ``x`` (B, C, H, W) so output point q shows input point ``inverse @ q``."""
+    grid = F.affine_grid(inverse[:, :2].to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _warp_points(lmk: Tensor, forward: Tensor, size: int) -> Tensor:
+    """Pixel-centre points through a normalised-coordinate map (align_corners=False)."""
+    u = (2 * lmk + 1) / size - 1
+    u = u @ forward[:, :2, :2].transpose(1, 2).to(u.dtype) + forward[:, None, :2, 2].to(u.dtype)
+    return ((u + 1) * size - 1) / 2
+
+
+def _erase_masks(n: int, size: int, p: AugmentParams, g: torch.Generator) -> Tensor:
+    """(n, 1, size, size) boolean masks, one rectangle per drawn sample."""
+    u = torch.rand(n, 5, generator=g)
+    area = (p.erase_scale_min + u[:, 0] * (p.erase_scale_max - p.erase_scale_min)) * size * size
+    ratio = torch.exp(ERASE_LOG_RATIO[0] + u[:, 1] * (ERASE_LOG_RATIO[1] - ERASE_LOG_RATIO[0]))
+    h = torch.sqrt(area * ratio).round().clamp(1, size)
+    w = torch.sqrt(area / ratio).round().clamp(1, size)
+    top = (u[:, 2] * (size - h + 1)).floor()
+    left = (u[:, 3] * (size - w + 1)).floor()
+    idx = torch.arange(size, dtype=torch.float32)
+    rows = (idx >= top[:, None]) & (idx < (top + h)[:, None])
+    cols = (idx >= left[:, None]) & (idx < (left + w)[:, None])
+    on = (u[:, 4] < p.erase_p)[:, None, None]
+    return (rows[:, :, None] & cols[:, None, :] & on)[:, None]
+
+
+def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tensor) -> dict:
+    """Augment a device batch in pixel space (float 0..255); ``fill`` is the (3,) erase colour."""
+    image = batch["image"]
+    n, size, dev = image.shape[0], image.shape[-1], image.device
+    out = {k: v for k, v in batch.items() if k not in ("left", "right")}
+    if "left" in batch:
+        out["halves"] = torch.cat([batch["left"], batch["right"].flip(-1)], dim=-1)
+    flip = torch.rand(n, generator=g) < p.hflip
+    if p.hflip > 0:
+        mask = flip.to(dev)
+        out = hflip_batch(out, mask)
+        if "halves" in out:
+            out["halves"] = torch.where(mask.view(-1, 1, 1, 1), out["halves"].flip(-1), out["halves"])
+    if p.affine_p > 0:
+        forward = _affine_matrices(n, p, g)
+        inverse = torch.linalg.inv(forward).to(dev)
+        for name in ("image", "halves", "heatmap"):
+            if name in out:
+                out[name] = _warp(out[name], inverse)
+        if "lmk" in out:
+            out["lmk"] = _warp_points(out["lmk"], forward.to(dev), size)
+    if p.erase_p > 0:
+        mask = _erase_masks(n, size, p, g).to(dev)
+        colour = fill.to(dev, image.dtype).view(1, 3, 1, 1)
+        for name in ("image", "halves"):
+            if name in out:
+                out[name] = torch.where(mask, colour, out[name])
+    if "halves" in out:
+        halves = out.pop("halves")
+        out["left"], out["right"] = halves[..., : size // 2], halves[..., size // 2:].flip(-1)
+    return out

@@ -1,0 +1,215 @@
+"""torchrun/DDP set-up from the environment, and the exact split of an epoch into rank and
+DataLoader-worker streams.
+
+Why an explicit plan instead of ``wds.split_by_node`` + ``wds.split_by_worker``: those split at
+shard granularity, so ranks get different sample counts (a rank with fewer batches hangs DDP at
+its next collective), and fewer shards than workers leave workers idle. Here the epoch's shard
+order (seeded by seed and epoch) defines one sequence of samples; each rank takes a contiguous
+range of it and each worker a contiguous part of its rank's range, so shards are still read
+sequentially, every sample is read exactly once per epoch and every rank runs the same number of
+batches (:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples).
+
+Launch: ``torchrun --nproc_per_node=N -m pipeline.train ...`` (one node) or with ``--nnodes``,
+``--node_rank`` and ``--rdzv_endpoint`` on several; the process group is set up from torchrun's
+environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job (rank 0 of 1 outside torchrun)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, writes checkpoints and metrics."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_from_os() -> DistEnv:
+    """Rank and world size as torchrun sets them; a plain ``python`` run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun")
+    return DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, env: DistEnv) -> torch.device:
+    """``auto`` = this rank's GPU when CUDA is present, else CPU; ``cuda`` = ``cuda:LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", env.local_rank)
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device, env: DistEnv) -> bool:
+    """Join the process group (NCCL on CUDA, gloo on CPU); True if this call created it."""
+    if not env.distributed or dist.is_initialized():
+        return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    return True
+
+
+def shutdown(created: bool) -> None:
+    """Leave the process group if :func:`init_distributed` created it."""
+    if created and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj``, in rank order (just ``[obj]`` outside DDP)."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+# ---- the epoch plan ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples ``[start, stop)`` (in file order) of one shard."""
+
+    url: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one DataLoader worker of one rank reads and how it batches it."""
+
+    worker: int                # position in the uninterrupted epoch (seeds the worker's shuffle)
+    pieces: tuple[Piece, ...]
+    batch_sizes: tuple[int, ...]
+    skip_batches: int          # already trained on (resume inside an epoch): read, not decoded
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.batch_sizes)
+
+
+def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> list[tuple[str, int]]:
+    """The shards in this epoch's order: seeded shuffle for training, file order otherwise."""
+    order = list(shards)
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``parts`` counts summing to ``total`` that differ by at most one (larger first)."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def batch_sizes(count: int, batch_size: int, num_batches: int) -> list[int]:
+    """``num_batches`` sizes, each in ``[1, batch_size]``, summing to ``count``.
+
+    Full batches first; the excess is taken from the last batches, so a rank with a few
+    samples fewer than the others still runs as many steps (no sample dropped or repeated).
+    """
+    if not num_batches <= count <= num_batches * batch_size:
+        raise ValueError(f"cannot cut {count} samples into {num_batches} batches of 1..{batch_size}; "
+                         "use fewer ranks or a smaller batch size for this split")
+    sizes = [batch_size] * num_batches
+    excess = batch_size * num_batches - count
+    for i in range(num_batches - 1, -1, -1):
+        take = min(excess, sizes[i] - 1)
+        sizes[i] -= take
+        excess -= take
+    return sizes
+
+
+def _take(sequence: list[tuple[str, int]], start: int, count: int) -> list[Piece]:
+    """Pieces covering positions ``[start, start + count)`` of the concatenated shards."""
+    pieces, pos, end = [], 0, start + count
+    for url, n in sequence:
+        lo, hi = max(start, pos), min(end, pos + n)
+        if lo < hi:
+            pieces.append(Piece(url, lo - pos, hi - pos))
+        pos += n
+        if pos >= end:
+            break
+    return pieces
+
+
+def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]:
+    """How many of each worker's batches are among the first ``skip`` a DataLoader yields, and
+    which worker yields the next one.
+
+    A DataLoader over an IterableDataset takes batches from its workers in turn (worker 0,
+    1, ..., skipping exhausted ones), i.e. in (round, worker) order.
+    """
+    order = sorted((i, w) for w, c in enumerate(counts) for i in range(c))
+    if skip > len(order):
+        raise ValueError("resume point lies beyond the end of the epoch")
+    done = [0] * len(counts)
+    for _, w in order[:skip]:
+        done[w] += 1
+    return done, order[skip][1] if skip < len(order) else 0
+
+
+def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: int, env: DistEnv,
+               workers: int, seed: int, shuffle: bool, skip_batches: int = 0) -> list[WorkerPlan]:
+    """This rank's worker plans for one epoch of ``samples`` samples.
+
+    ``shards`` are (path, sample count) pairs. The sequence is the shard order repeated
+    (each pass reshuffled) and cut at ``samples``; ``batch_size`` is per rank. Every rank gets
+    ``ceil(largest rank share / batch_size)`` batches. ``skip_batches`` resumes inside the epoch.
+    """
+    total = sum(n for _, n in shards)
+    if total == 0 or samples <= 0:
+        raise ValueError("the split has no samples")
+    sequence: list[tuple[str, int]] = []
+    for p in range(math.ceil(samples / total)):
+        sequence += shard_order(shards, seed * 7919 + p, shuffle)
+    per_rank = split_evenly(samples, env.world_size)
+    if per_rank[-1] == 0:
+        raise ValueError(f"{samples} samples cannot feed {env.world_size} ranks")
+    sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
+    blocks = split_evenly(len(sizes), max(1, min(workers, len(sizes))))
+    skips, first = round_robin_skips(blocks, skip_batches)
+    plans, pos, b = [], sum(per_rank[: env.rank]), 0
+    for w, (n, skip) in enumerate(zip(blocks, skips)):
+        worker_sizes = tuple(sizes[b: b + n])
+        count = sum(worker_sizes)
+        plans.append(WorkerPlan(w, tuple(_take(sequence, pos, count)), worker_sizes, skip))
+        pos, b = pos + count, b + n
+    return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

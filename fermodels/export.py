@@ -1,0 +1,145 @@
+"""Export a trained model to ONNX and TorchScript, with the metadata needed to feed it.
+
+The exported graph takes the model's fields as positional float32 tensors in *pixel* units
+(what the loader decodes): ``image`` (B, 3, S, S) RGB 0..255, ``left``/``right`` (B, 3, S, S/2),
+``heatmap`` (B, 1, S/4, S/4) 0..255, ``lmk`` (B, 68, 2) crop pixels; normalisation (the card's
+mean/std) happens inside, so users only align, resize and stack. Outputs: ``logits`` and
+``probs``. ``<name>.json`` beside the files records input names/shapes, mean/std, class names,
+and the align/derive settings that produce the inputs from a photo (see :mod:`fermodels.predict`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ferdata.io import atomic_write_text
+from fermodels.data import normalise
+from fermodels.runstate import load_checkpoint, model_from_checkpoint
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx", "torchscript")
+OPSET = 17
+
+
+class ExportWrapper(nn.Module):
+    """Positional pixel-space inputs -> (logits, probabilities), normalising inside."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.card = model, model.card
+        self.fields = tuple(model.card.fields)
+        self.eval()      # the ONNX exporter restores the wrapper's mode afterwards: it must be eval
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        batch = normalise(dict(zip(self.fields, inputs)), self.card)
+        logits = self.model(batch)["logits"].float()
+        return logits, logits.softmax(-1)
+
+
+def input_shapes(card, batch: int) -> dict[str, list[int]]:
+    s = card.input_size
+    shapes = {"image": [batch, 3, s, s], "left": [batch, 3, s, s // 2], "right": [batch, 3, s, s // 2],
+              "heatmap": [batch, 1, s // 4, s // 4], "lmk": [batch, 68, 2]}
+    return {f: shapes[f] for f in card.fields}
+
+
+def example_inputs(card, batch: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
+    """Plausible pixel-space inputs for tracing and parity checks."""
+    from fermodels.info import synthetic_landmarks
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for field, shape in input_shapes(card, batch).items():
+        if field == "lmk":
+            out.append(synthetic_landmarks(card.input_size)[None].repeat(batch, 1, 1)
+                       + torch.randn(*shape, generator=g))
+        else:
+            out.append(torch.rand(*shape, generator=g) * 255.0)
+    return tuple(out)
+
+
+def metadata(state: dict, card, files: dict[str, str]) -> dict:
+    return {
+        "format": "fermodels-export/1", "model": state["model"], "model_kwargs": state["model_kwargs"],
+        "classes": list(state["classes"]), "input_size": card.input_size, "fields": list(card.fields),
+        "inputs": {f: {"shape": ["batch", *shape[1:]], "dtype": "float32",
+                       "range": "crop pixel coordinates" if f == "lmk" else "0..255 (RGB)"}
+                   for f, shape in input_shapes(card, 1).items()},
+        "outputs": {"logits": ["batch", len(state["classes"])], "probs": ["batch", len(state["classes"])]},
+        "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
+        "preprocess": state.get("preprocess", {}), "datasets": state.get("datasets", []),
+        "best": state.get("best", {}), "files": files, "opset": OPSET,
+    }
+
+
+def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS,
+                 name: str | None = None) -> dict:
+    """Write ``<name>.onnx`` / ``<name>.ts`` and ``<name>.json``; returns the metadata."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export formats {sorted(unknown)}; known: {', '.join(FORMATS)}")
+    state = load_checkpoint(checkpoint)
+    wrapper = ExportWrapper(model_from_checkpoint(state))
+    card, name = wrapper.card, name or state["model"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    example = example_inputs(card)
+    files: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, torch.jit.TracerWarning))
+        if "onnx" in formats:
+            path = out / f"{name}.onnx"
+            torch.onnx.export(wrapper, example, str(path), dynamo=False, opset_version=OPSET,
+                              input_names=list(card.fields), output_names=["logits", "probs"],
+                              dynamic_axes={n: {0: "batch"} for n in (*card.fields, "logits", "probs")})
+            files["onnx"] = path.name
+        if "torchscript" in formats:
+            path = out / f"{name}.ts"
+            torch.jit.save(torch.jit.trace(wrapper.eval(), example, check_trace=False), str(path))
+            files["torchscript"] = path.name
+    meta = metadata(state, card, files)
+    atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))
+    return meta
+
+
+def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None, batch: int = 3,
+           seed: int = 1) -> dict[str, float]:
+    """Max |probability| difference of each exported file against PyTorch on fresh inputs."""
+    state = load_checkpoint(checkpoint)
+    wrapper = ExportWrapper(model_from_checkpoint(state))
+    name = name or state["model"]
+    inputs = example_inputs(wrapper.card, batch, seed)
+    with torch.no_grad():
+        reference = wrapper(*inputs)[1].numpy()
+    diffs: dict[str, float] = {}
+    onnx_path, ts_path = Path(out_dir) / f"{name}.onnx", Path(out_dir) / f"{name}.ts"
+    if onnx_path.is_file():
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        probs = session.run(["probs"], {f: x.numpy() for f, x in zip(wrapper.fields, inputs)})[0]
+        diffs["onnx"] = float(abs(probs - reference).max())
+    if ts_path.is_file():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            probs = torch.jit.load(str(ts_path))(*inputs)[1].numpy()
+        diffs["torchscript"] = float(abs(probs - reference).max())
+    return diffs
+
+
+def export_command(checkpoint: Path, out: Path, onnx: bool = True, torchscript: bool = True) -> None:
+    """Export CHECKPOINT to OUT/<model>.onnx and .ts with OUT/<model>.json (inputs, classes,
+    normalisation, preprocessing), and check both against PyTorch."""
+    import typer
+
+    formats = [f for f, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
+    meta = export_model(checkpoint, out, formats)
+    for fmt, diff in parity(out, checkpoint, meta["model"]).items():
+        typer.echo(f"{fmt}: {out / meta['files'][fmt]}  max |p - p_torch| = {diff:.2e}")

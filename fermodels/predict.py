@@ -1,0 +1,246 @@
+"""Inference for users: images, folders or videos in, per-face expression probabilities out.
+
+Each face goes through the same steps as the training data: the face backend (detect), the
+align stage's ``align_face`` + JPEG encoding at the recorded quality, the derive stage's
+worker (halves via ``split_halves``, landmark heatmap), then the loader's decoder and
+normalisation - so the model sees exactly the kind of sample it was trained on. The align and
+derive settings come from the checkpoint (``preprocess``, recorded by the train stage).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional
+
+import cv2
+import numpy as np
+import torch
+import typer
+
+from ferdata.cache import face_to_dict
+from ferdata.faces import create_backend
+from ferdata.geometry import align_face
+from ferdata.io import BadImage, decode_rgb, encode_jpeg
+from ferdata.records import FaceRecord, make_key
+from ferdata.stages.align import BadGeometry, checked_points, npy_bytes
+from ferdata.stages.derive import DeriveParams, DeriveWorker
+from fermodels.augment import hflip_batch
+from fermodels.data import SampleDecoder, collate, normalise, to_device
+from fermodels.distributed import env_from_os, pick_device
+from fermodels.runstate import load_checkpoint, model_from_checkpoint
+
+log = logging.getLogger(__name__)
+PREPROCESS_KEYS = {"align": ("size", "padding", "jpeg_quality"),
+                   "derive": ("heatmap_size", "heatmap_sigma", "jpeg_quality")}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+def preprocess_record(params: Mapping[str, Any]) -> dict:
+    """The align/derive settings (from params.yaml) that checkpoints carry for inference."""
+    return {section: {k: params[section][k] for k in keys} for section, keys in PREPROCESS_KEYS.items()}
+
+
+@dataclass(frozen=True)
+class FaceSample:
+    """One face ready for the model: where it came from and its shard-format fields."""
+
+    source: str
+    frame: int
+    index: int
+    box: tuple[float, float, float, float]
+    score: float
+    fields: dict
+
+
+class Predictor:
+    """A checkpoint plus the detect -> align -> derive steps that built its training shards."""
+
+    def __init__(self, checkpoint: str | Path, backend: str = "auto", device: str = "auto",
+                 model_dir: str | Path | None = None, backend_options: Mapping[str, Any] | None = None,
+                 flip_tta: bool = False) -> None:
+        state = load_checkpoint(checkpoint)
+        pre = state.get("preprocess") or {}
+        if set(pre) != set(PREPROCESS_KEYS):
+            raise ValueError(f"{checkpoint} does not record its preprocessing (align/derive settings); "
+                             "retrain it with the train stage (pipeline/train.py), which records them")
+        self.device = pick_device(device, env_from_os())
+        self.model = model_from_checkpoint(state).to(self.device)
+        self.card, self.classes, self.flip_tta = self.model.card, tuple(state["classes"]), flip_tta
+        self.align = pre["align"]
+        d = pre["derive"]
+        self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
+        self.decoder = SampleDecoder(self.card.fields, self.card.input_size)
+        self.backend = create_backend(backend, backend_options, model_dir)
+
+    def faces(self, image: np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
+        """Every usable face of an RGB image as a sample, and how many were dropped (bad geometry)."""
+        record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
+                            native_label="")
+        samples, dropped = [], 0
+        for i, face in enumerate(self.backend.detect(image, record)):
+            row = face_to_dict(face)          # what the detect table stores and align reads
+            try:
+                kps5, lmk68 = checked_points(row, image.shape)
+            except BadGeometry as e:
+                log.warning("%s frame %d face %d skipped: %s", source, frame, i, e)
+                dropped += 1
+                continue
+            al = align_face(image, kps5, self.align["size"], self.align["padding"], lmk68)
+            fields = {"jpg": encode_jpeg(al.image, self.align["jpeg_quality"]), "cls": b"0"}
+            if al.lmk68 is not None:
+                fields["lmk.npy"] = npy_bytes(al.lmk68)
+            elif "lmk" in self.card.fields:
+                log.warning("%s frame %d face %d skipped: backend %s gives no 68 landmarks, model %s needs them",
+                            source, frame, i, self.backend.name, self.card.name)
+                dropped += 1
+                continue
+            fields.update(self.derive((f"face{i}", fields))[1])
+            samples.append(FaceSample(source, frame, i, tuple(row["box"]), float(row["score"]), fields))
+        return samples, dropped
+
+    @torch.no_grad()
+    def probabilities(self, faces: list[FaceSample]) -> np.ndarray:
+        """(len(faces), num_classes) class probabilities."""
+        if not faces:
+            return np.zeros((0, len(self.classes)), np.float32)
+        batch = collate([self.decoder({"__key__": f"face{i}", **f.fields}) for i, f in enumerate(faces)])
+        b = normalise(to_device(batch, self.device), self.card)
+        p = self.model(b)["logits"].float().softmax(-1)
+        if self.flip_tta:
+            p = (p + self.model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
+        return p.cpu().numpy()
+
+
+def iter_frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    """(frame index, RGB image or None, problem) for an image, or every ``every``-th video frame."""
+    if path.suffix.lower() in VIDEO_EXTS:
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            yield 0, None, "unreadable_video"
+            return
+        index = 0
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                if index % every == 0:
+                    yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ""
+                index += 1
+        finally:
+            cap.release()
+        return
+    try:
+        yield 0, decode_rgb(path.read_bytes()), ""
+    except (OSError, BadImage) as e:
+        yield 0, None, getattr(e, "reason", "unreadable_file")
+
+
+def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given; folders expanded (recursively, sorted) to their images and videos."""
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist")
+    return out
+
+
+def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int, every: int,
+                annotate: Path | None = None) -> tuple[list[dict], list[dict]]:
+    """(one row per face with its probabilities, one summary per image/frame with its face count)."""
+    rows: list[dict] = []
+    summary: list[dict] = []
+    pending: list[FaceSample] = []
+
+    def flush() -> None:
+        for face, p in zip(pending, predictor.probabilities(pending)):
+            row = {"source": face.source, "frame": face.frame, "face": face.index,
+                   "box": [round(v, 1) for v in face.box], "score": round(face.score, 4),
+                   "expression": predictor.classes[int(p.argmax())]}
+            row.update({c: round(float(v), 6) for c, v in zip(predictor.classes, p)})
+            rows.append(row)
+        pending.clear()
+
+    for path in paths:
+        for frame, image, problem in iter_frames(path, every):
+            if image is None:
+                summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
+                continue
+            faces, dropped = predictor.faces(image, str(path), frame)
+            summary.append({"source": str(path), "frame": frame, "faces": len(faces), "dropped": dropped})
+            log.info("%s%s: %d face(s)", path, f" frame {frame}" if frame else "", len(faces))
+            pending += faces
+            if annotate is not None and faces:
+                flush()
+                draw_faces(image, rows[-len(faces):], annotate / f"{path.stem}{f'_f{frame:06d}' if frame else ''}.jpg")
+            elif len(pending) >= batch_size:
+                flush()
+    flush()
+    return rows, summary
+
+
+def draw_faces(image: np.ndarray, rows: list[dict], path: Path) -> None:
+    """Save ``image`` with each face's box and top expression."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    for r in rows:
+        x0, y0, x1, y1 = (int(round(v)) for v in r["box"])
+        cv2.rectangle(bgr, (x0, y0), (x1, y1), (0, 200, 0), 2)
+        cv2.putText(bgr, f"{r['expression']} {r[r['expression']]:.2f}", (x0, max(12, y0 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), bgr)
+
+
+def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:
+    """CSV (``.csv`` or stdout) or JSON (``.json``: faces + per-image summary); returns the text."""
+    if out is not None and out.suffix.lower() == ".json":
+        text = json.dumps({"faces": rows, "images": summary}, indent=2) + "\n"
+    else:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression", *classes])
+        for r in rows:
+            writer.writerow([r["source"], r["frame"], r["face"], *r["box"], r["score"], r["expression"],
+                             *(r[c] for c in classes)])
+        text = buf.getvalue()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    return text
+
+
+def predict_command(
+    inputs: list[Path] = typer.Argument(..., help="Images, videos or folders of them."),
+    model: Path = typer.Option(..., "--model", "-m", help="A training checkpoint (runs/train/ckpt/best.pt)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json here (default: CSV on stdout)."),
+    annotate: Optional[Path] = typer.Option(None, help="Folder for copies of the images with boxes and labels."),
+    backend: str = typer.Option("auto", help="Face backend (`ferdata backends`): auto, embedded, insightface, ..."),
+    model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
+    batch_size: int = typer.Option(32, help="Faces per forward pass."),
+    every: int = typer.Option(10, help="Videos: score every N-th frame."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
+) -> None:
+    """Detect and align every face as the training data was, then print or write per-face
+    expression probabilities; reports how many faces each image (or video frame) had."""
+    if every < 1 or batch_size < 1:
+        raise typer.BadParameter("--every and --batch-size must be >= 1")
+    predictor = Predictor(model, backend=backend, device=device, model_dir=model_dir, flip_tta=flip_tta)
+    rows, summary = run_predict(predictor, expand_inputs(inputs), batch_size=batch_size, every=every,
+                                annotate=annotate)
+    text = write_rows(rows, summary, predictor.classes, out)
+    if out is None:
+        sys.stdout.write(text)
+    found = sum(s["faces"] for s in summary)
+    typer.echo(f"{found} face(s) in {len(summary)} image(s)/frame(s); "
+               f"{sum(1 for s in summary if s['faces'] == 0)} without a face", err=True)

@@ -1,0 +1,140 @@
+"""Named training presets that reproduce each seed model's public recipe per dataset.
+
+``params.yaml`` ``train.recipe`` is null or one of these names; a recipe's values replace the
+same keys of the ``train`` section (``dvc exp run -S train.recipe=cmnet_rafdb`` is the whole
+command). Recipes set what the papers set - data, model, classes, optimiser, schedule, epochs,
+batch size, augmentation, sampler - and leave machine settings (device, workers, amp,
+``model_kwargs`` such as pretrained-weight paths) to ``params.yaml``.
+
+Dataset names are the ``params.yaml`` ``datasets`` keys a recipe expects: ``rafdb``, ``sfew``,
+``ferplus``, ``affectnet7`` and ``affectnet8`` (the AffectNet reader with ``protocol:
+affectnet7``/``affectnet8``). Each recipe cites its row in shared/reference/seed_models.md
+(``source``); ``notes`` say what that row does not fix and what was chosen.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ferdata.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Values for the ``train`` section, and where they come from."""
+
+    values: Mapping[str, Any] = field(hash=False)
+    source: str
+    notes: str = ""
+
+
+RECIPES: Registry[Recipe] = Registry("training recipe")
+RECIPE_KEYS = ("datasets", "model", "num_classes", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
+               "momentum", "schedule", "warmup_epochs", "step_size", "gamma", "sam", "sam_rho", "sampler",
+               "class_weights", "augment")
+
+
+def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, translate: float = 0.0,
+             scale: tuple[float, float] = (1.0, 1.0), erase_p: float = 0.0,
+             erase_scale: tuple[float, float] = (0.02, 0.33)) -> dict:
+    return {"hflip": hflip, "affine_p": affine_p, "degrees": degrees, "translate": translate,
+            "scale_min": scale[0], "scale_max": scale[1], "erase_p": erase_p,
+            "erase_scale_min": erase_scale[0], "erase_scale_max": erase_scale[1]}
+
+
+def _recipe(name: str, source: str, notes: str = "", **values: Any) -> None:
+    missing = set(RECIPE_KEYS) - set(values)
+    if missing:
+        raise ValueError(f"recipe {name!r} misses {sorted(missing)}")
+    RECIPES.register(name)(Recipe(values, source, notes))
+
+
+# CMNet/PCNN RAF-DB augmentation: HFlip; p=0.2 {RandomRotation 20, RandomCrop 224 pad 32}
+# (pad 32 of 224 = translate 0.143); RandomErasing(scale 0.02-0.25) with torchvision's p=0.5.
+_CROP_ROTATE = _augment(affine_p=0.2, degrees=20.0, translate=32 / 224, erase_p=0.5, erase_scale=(0.02, 0.25))
+_SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "warmup_epochs": 0,
+        "sam": False, "sam_rho": 0.05, "class_weights": False}
+_CMNET_AFFECTNET = {
+    "model": "cmnet", "epochs": 40, "batch_size": 256, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0,
+    "momentum": 0.9, "schedule": "exponential", "warmup_epochs": 0, "step_size": 1, "gamma": 0.6,
+    "sam": False, "sam_rho": 0.05, "sampler": "balanced", "class_weights": False,
+    "augment": _augment(affine_p=0.7, degrees=20.0, translate=0.2, scale=(0.8, 1.0), erase_p=0.5)}
+
+_recipe("cmnet_rafdb", "seed_models.md:89 (§2.5 CMNet train_rafdb.py)",
+        datasets=["rafdb"], model="cmnet", num_classes=7, epochs=100, batch_size=32, lr=0.01, step_size=15,
+        gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
+_recipe("cmnet_affectnet7", "seed_models.md:90 (§2.5 CMNet train_affectnet-7.py)",
+        "ImbalancedDatasetSampler -> sampler balanced; RandomErasing() defaults (p 0.5, scale 0.02-0.33).",
+        datasets=["affectnet7"], num_classes=7, **_CMNET_AFFECTNET)
+_recipe("cmnet_affectnet8", "seed_models.md:91 (§2.5 CMNet train_affectnet-8.py, Model_0 bug fixed)",
+        "as cmnet_affectnet7 with 8 classes.", datasets=["affectnet8"], num_classes=8, **_CMNET_AFFECTNET)
+_recipe("cmnet_sfew", "seed_models.md:92 (§2.5 CMNet SFEW row)",
+        "momentum 0.9 / weight decay 1e-4 not in the row: taken from the RAF-DB script (INFER).",
+        datasets=["sfew"], model="cmnet", num_classes=7, epochs=100, batch_size=16, lr=0.1, step_size=15,
+        gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
+
+for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
+    _recipe(f"pcnn_{_ds}", "seed_models.md:142 (§3.4 PCNN train.py)",
+            "one public script for every dataset; FERPlus as 8 classes (seed_models.md:144). Start from "
+            "random or MS-Celeb weights, never the released checkpoint (the script's pretrained=True pitfall).",
+            datasets=[_ds], model="pcnn", num_classes=_classes, epochs=100, batch_size=128, lr=0.01, step_size=15,
+            gamma=0.5, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
+
+# POSTER++ (seed_models.md:165) via Nie et al.'s INFER row (seed_models.md:180).
+_POSTER = {"model": "pcda", "epochs": 200, "batch_size": 144, "optimizer": "adam", "weight_decay": 0.0,
+           "momentum": 0.9, "schedule": "exponential", "warmup_epochs": 0, "step_size": 1, "gamma": 0.98,
+           "sam": True, "sam_rho": 0.05, "class_weights": False}
+_POSTER_NOTE = ("No public code for Nie et al.; POSTER++ recipe (SAM rho 0.05 from POSTER, seed_models.md:164). "
+                "Adam weight decay 0 and RandomErasing p 0.5 are torch defaults (INFER).")
+for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
+    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> :165 (POSTER++ RAF-DB)", _POSTER_NOTE,
+            datasets=[_ds], num_classes=_classes, lr=3.5e-5, sampler="shuffle",
+            augment=_augment(erase_p=0.5, erase_scale=(0.02, 0.1)), **_POSTER)
+for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
+    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> :165 (POSTER++ AffectNet-7/8)",
+            _POSTER_NOTE + " AffectNet: lr 1e-6, RandomErasing(p=1, scale 0.05), ImbalancedDatasetSampler.",
+            datasets=[_ds], num_classes=_classes, lr=1e-6, sampler="balanced",
+            augment=_augment(erase_p=1.0, erase_scale=(0.05, 0.05)), **_POSTER)
+
+_CONVCUT = {"num_classes": 7, "epochs": 50, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+            "momentum": 0.9, "schedule": "constant", "warmup_epochs": 0, "step_size": 1, "gamma": 1.0,
+            "sam": False, "sam_rho": 0.05, "sampler": "shuffle", "class_weights": False, "augment": _augment()}
+for _model in ("convcut", "convcut_paper"):
+    for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
+        _recipe(f"{_model}_{_ds}", "seed_models.md:225 (§5.3 Conv-cut training row)",
+                "Adam 1e-3, batch 16, 50 epochs, frozen backbone (the model's default); PAtt-Lite's "
+                "RandomFlip -> hflip 0.5, its RandomContrast has no equivalent here. FERPlus as 8 classes (INFER).",
+                datasets=[_ds], model=_model, **{**_CONVCUT, "num_classes": _classes})
+
+
+def list_recipes() -> list[str]:
+    return RECIPES.names()
+
+
+def apply_recipe(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train`` section with its recipe's values in place (unchanged when ``recipe`` is null)."""
+    name = section.get("recipe")
+    values = dict(section)
+    if name is None:
+        return values
+    recipe = RECIPES.get(name)
+    changed = sorted(k for k, v in recipe.values.items() if values.get(k) != v)
+    values.update({k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v)
+                   for k, v in recipe.values.items()})
+    log.info("recipe %s (%s) sets %s", name, recipe.source, ", ".join(changed) or "nothing new")
+    return values
+
+
+def check_applied(values: Mapping[str, Any]) -> None:
+    """Raise if a ``recipe`` is named but its values were not applied (see :func:`apply_recipe`)."""
+    name = values.get("recipe")
+    if name is None:
+        return
+    recipe = RECIPES.get(name)
+    differ = sorted(k for k, v in recipe.values.items() if values.get(k) != v)
+    if differ:
+        raise ValueError(f"train.recipe={name!r} but {differ} differ from it; build the params with "
+                         "fermodels.recipes.apply_recipe (a recipe's values override the section)")

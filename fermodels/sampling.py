@@ -1,0 +1,97 @@
+"""Class imbalance: class-balanced resampling of sample streams and class weights for the loss
+(what published AffectNet results need, datasets_and_pipeline.md §1.3).
+
+Published AffectNet numbers come from ``ImbalancedDatasetSampler`` (per-sample weight
+``1 / count(label)``, drawn with replacement; DAN, CMNet, POSTER++ issue #12). A WebDataset
+stream has no random access, so the same expectation is reached by *repeating* samples: a
+sample of class ``c`` is emitted ``floor(r_c)`` or ``ceil(r_c)`` times, with ``r_c`` = (epoch
+samples / number of present classes) / count(c) and the rounding decided by a seeded hash of
+(seed, pass, key). Rare classes repeat (Contempt about 10x on AffectNet-8), frequent ones are
+mostly skipped (Happy about 0.27x); the shuffle buffer downstream spreads the copies out.
+Deterministic: the same (seed, epoch) gives the same stream, so resumed runs match.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ferdata.stages.shard import hash_unit
+
+SAMPLERS = ("shuffle", "balanced")
+
+
+@dataclass(frozen=True)
+class ClassRepeat:
+    """Expected copies per sample of each canonical class id (index = class id)."""
+
+    rates: tuple[float, ...]
+    seed: int
+
+    @classmethod
+    def balanced(cls, histogram: Sequence[int], samples: int, seed: int) -> "ClassRepeat":
+        """Rates that give every class present in ``histogram`` the same expected share."""
+        present = [n for n in histogram if n > 0]
+        if not present:
+            raise ValueError("class-balanced sampling needs a non-empty class histogram")
+        share = samples / len(present)
+        return cls(tuple(share / n if n > 0 else 0.0 for n in histogram), seed)
+
+    def copies(self, key: str, label: int, pass_index: int) -> int:
+        """How many times this sample appears in this pass (0 = skipped)."""
+        rate = self.rates[label] if 0 <= label < len(self.rates) else 0.0
+        whole = math.floor(rate)
+        return whole + (hash_unit(self.seed * 1009 + pass_index, key) < rate - whole)
+
+
+def repeat_stream(read: Callable[[], Iterable[dict]], repeat: ClassRepeat, quota: int,
+                  label_of: Callable[[dict], int]) -> Iterator[dict]:
+    """Exactly ``quota`` samples: passes over ``read()`` with per-sample copies, cycling the
+    source (a new pass seed each time) until the quota is met."""
+    emitted, pass_index = 0, 0
+    while emitted < quota:
+        produced = False
+        for sample in read():
+            for _ in range(repeat.copies(sample["__key__"], label_of(sample), pass_index)):
+                yield sample
+                produced = True
+                emitted += 1
+                if emitted == quota:
+                    return
+        if not produced and pass_index > 0:
+            raise ValueError("class-balanced sampling emits nothing from this stream (all rates 0?)")
+        pass_index += 1
+
+
+def expected_share(histogram: Mapping[str, int], repeat: ClassRepeat, names: Sequence[str]) -> dict[str, float]:
+    """Expected fraction of each class in a balanced epoch (for logs and tests)."""
+    mass = {n: histogram.get(n, 0) * repeat.rates[i] for i, n in enumerate(names)}
+    total = sum(mass.values()) or 1.0
+    return {n: m / total for n, m in mass.items()}
+
+
+# Class-weighted loss: the trainer puts this tensor in ``batch["class_weight"]`` (EmoNet-style
+# 1/count weights, normalised so a balanced split gives all ones); models pass it to their CE.
+
+def class_weight_tensor(counts: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``N / (C_present * n_c)`` per class (1 for a balanced split, 0 for absent classes)."""
+    c = np.asarray(counts, np.float64)
+    w = np.where(c > 0, c.sum() / np.maximum(c, 1) / max(1, int((c > 0).sum())), 0.0)
+    return torch.tensor(w, dtype=torch.float32, device=device)
+
+
+def check_class_weight_used(model: nn.Module, out: dict, batch: dict) -> bool | None:
+    """Whether ``model.losses`` reads ``batch["class_weight"]`` (None: batch has one class)."""
+    labels = batch["label"]
+    if labels.unique().numel() < 2:
+        return None
+    skew = torch.full_like(batch["class_weight"], 1e-3)
+    skew[labels[0]] = 1.0
+    with torch.no_grad():
+        a = model.losses(out, {**batch, "class_weight": torch.ones_like(skew)})
+        b = model.losses(out, {**batch, "class_weight": skew})
+    return any(not torch.allclose(a[k].float(), b[k].float()) for k in a)

@@ -1,0 +1,182 @@
+"""DDP logic: the epoch plan (exact coverage, equal batches per rank), the real loaders of
+several ranks and workers, and training under a real 2-process gloo group on CPU."""
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from fermodels.data import SampleDecoder, open_split, stream_loader
+from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, plan_epoch,
+                                   round_robin_skips, split_evenly)
+from fermodels.sampling import ClassRepeat
+
+from conftest import make_params
+
+
+def _positions(plans, shards) -> list[tuple[str, int]]:
+    return [(p.url, i) for plan in plans for p in plan.pieces for i in range(p.start, p.stop)]
+
+
+@pytest.mark.parametrize("world,workers,batch,counts", [
+    (1, 0, 8, [4, 4, 4, 2]), (2, 2, 4, [4, 4, 4, 4, 4, 4, 4, 4, 2]), (3, 2, 5, [7, 1, 9, 3]),
+    (4, 3, 2, [5, 5, 5, 5, 5, 5, 1]), (2, 4, 16, [33]), (8, 2, 3, [40, 39, 2])])
+def test_plan_covers_every_sample_once_with_equal_batches(world, workers, batch, counts):
+    shards = [(f"s{i}.tar", n) for i, n in enumerate(counts)]
+    total = sum(counts)
+    seen, batches = Counter(), set()
+    for rank in range(world):
+        plans = plan_epoch(shards, samples=total, batch_size=batch, env=DistEnv(rank, world, 0), workers=workers,
+                           seed=3, shuffle=True)
+        for p in plans:
+            assert sum(pc.stop - pc.start for pc in p.pieces) == p.num_samples
+            assert all(1 <= b <= batch for b in p.batch_sizes)
+        batches.add(sum(len(p.batch_sizes) for p in plans))
+        seen.update(_positions(plans, shards))
+    assert len(batches) == 1, "every rank must run the same number of batches"
+    assert sum(seen.values()) == total and max(seen.values()) == 1
+    assert set(seen) == {(u, i) for u, n in shards for i in range(n)}
+
+
+def test_plan_is_seeded_and_epochs_differ():
+    shards = [(f"s{i}.tar", 5) for i in range(6)]
+    kw = dict(samples=30, batch_size=4, env=DistEnv(0, 1, 0), workers=1, shuffle=True)
+    assert plan_epoch(shards, seed=1, **kw) == plan_epoch(shards, seed=1, **kw)
+    assert plan_epoch(shards, seed=1, **kw) != plan_epoch(shards, seed=2, **kw)
+    unshuffled = plan_epoch(shards, seed=1, **{**kw, "shuffle": False})
+    assert [p.url for p in unshuffled[0].pieces] == [u for u, _ in shards]
+
+
+def test_batch_sizes_and_splits():
+    assert batch_sizes(9, 4, 3) == [4, 4, 1]
+    assert batch_sizes(8, 4, 3) == [4, 3, 1]
+    assert sum(batch_sizes(1000, 32, 32)) == 1000
+    with pytest.raises(ValueError, match="cannot cut"):
+        batch_sizes(2, 4, 3)
+    assert split_evenly(10, 3) == [4, 3, 3]
+    assert round_robin_skips([3, 3, 2], 5) == ([2, 2, 1], 2)
+    assert round_robin_skips([3, 3, 2], 7) == ([3, 2, 2], 1)
+    assert round_robin_skips([2, 1], 3) == ([2, 1], 0)
+
+
+def test_epoch_samples_beyond_the_split_repeat_in_new_order():
+    shards = [("a.tar", 3), ("b.tar", 3)]
+    plans = plan_epoch(shards, samples=10, batch_size=5, env=DistEnv(0, 1, 0), workers=0, seed=0, shuffle=True)
+    assert Counter(_positions(plans, shards)).most_common(1)[0][1] == 2
+    assert sum(p.num_samples for p in plans) == 10
+
+
+def _keys(loader) -> list[list[str]]:
+    return [b["key"] for b in loader]
+
+
+@pytest.mark.parametrize("world,workers", [(2, 2), (3, 0)])
+def test_real_loaders_of_all_ranks_read_each_sample_once(tiny_shards, world, workers):
+    split = open_split([tiny_shards], "train")
+    decoder = SampleDecoder(("image",), 112)
+    per_rank, keys = [], Counter()
+    for rank in range(world):
+        plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=4, env=DistEnv(rank, world, 0),
+                           workers=workers, seed=5, shuffle=True)
+        batches = _keys(stream_loader(plans, decoder, workers=workers, shuffle_buffer=8, seed=rank, repeat=None))
+        per_rank.append(len(batches))
+        keys.update(k for b in batches for k in b)
+    assert len(set(per_rank)) == 1
+    assert sum(keys.values()) == split.num_samples == len(keys)
+
+
+def test_resume_inside_an_epoch_replays_the_same_batches_with_workers(tiny_shards):
+    split = open_split([tiny_shards], "train")
+    decoder = SampleDecoder(("image",), 112)
+    kw = dict(samples=split.num_samples, batch_size=3, env=DistEnv(0, 1, 0), workers=2, seed=9, shuffle=True)
+    full = _keys(stream_loader(plan_epoch(split.shards, **kw), decoder, workers=2, shuffle_buffer=8, seed=1,
+                               repeat=None))
+    for skip in (1, 4, len(full) - 1):
+        rest = _keys(stream_loader(plan_epoch(split.shards, skip_batches=skip, **kw), decoder, workers=2,
+                                   shuffle_buffer=8, seed=1, repeat=None))
+        assert rest == full[skip:]
+
+
+def test_balanced_stream_evens_out_classes(tiny_shards):
+    split = open_split([tiny_shards], "train")
+    counts = split.class_counts(7)
+    repeat = ClassRepeat.balanced([c * 10 if i == 1 else c for i, c in enumerate(counts)], 400, seed=0)
+    plans = plan_epoch(split.shards, samples=400, batch_size=20, env=DistEnv(0, 1, 0), workers=0, seed=0,
+                       shuffle=True)
+    labels = Counter(int(x) for b in stream_loader(plans, SampleDecoder(("image",), 112), workers=0,
+                                                   shuffle_buffer=50, seed=0, repeat=repeat) for x in b["label"])
+    assert sum(labels.values()) == 400
+    assert labels[1] < 400 / 7 / 3, "the class pretending to be 10x larger must be sampled down"
+
+
+# ---- a real process group -----------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if mode == "loader":
+        torch.distributed.init_process_group("gloo")
+        env = env_from_os()
+        split = open_split([Path(shards)], "train")
+        plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=4, env=env, workers=0, seed=2,
+                           shuffle=True)
+        keys = _keys(stream_loader(plans, SampleDecoder(("image",), 112), workers=0, shuffle_buffer=8, seed=rank,
+                                   repeat=None))
+        everything = all_gather_objects(keys, env)
+        if rank == 0:
+            torch.save(everything, out)
+        torch.distributed.destroy_process_group()
+        return
+    import fermodels.train as trainer
+
+    real_save = trainer._save
+
+    def save_every_rank(env, path, run, *args):
+        real_save(env, path, run, *args)
+        torch.save(run.net.state_dict(), Path(out) / f"rank{env.rank}-{path.name}")
+
+    trainer._save = save_every_rank
+    resuming = (Path(out) / "ckpt" / "last.pt").is_file()
+    best = trainer.train(shards, make_params(epochs=1, batch_size=8), Path(out) / "ckpt", Path(out) / "live")
+    torch.save(best, Path(out) / f"rank{rank}-{'again' if resuming else 'first'}.pt")
+
+
+def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
+    out = tmp_path / "keys.pt"
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(out), "loader"), nprocs=2,
+                       start_method="fork")
+    per_rank = torch.load(out)
+    assert len(per_rank[0]) == len(per_rank[1])
+    keys = list(itertools.chain.from_iterable(itertools.chain.from_iterable(per_rank)))
+    assert len(keys) == len(set(keys)) == open_split([tiny_shards], "train").num_samples
+
+
+def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
+    """Train one epoch under 2 ranks, then launch again: rank 0 finds last.pt and both ranks follow
+    (a fresh pair of processes each time, as torchrun starts them)."""
+    for _ in range(2):
+        mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "train"), nprocs=2,
+                           start_method="fork")
+    import json
+
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert metrics["train"]["samples"] == open_split([tiny_shards], "train").num_samples
+    assert metrics["val"]["accuracy"] >= 0
+    assert (tmp_path / "ckpt" / "best.pt").is_file()
+    first = torch.load(tmp_path / "rank0-first.pt")
+    assert first == torch.load(tmp_path / "rank1-first.pt") == torch.load(tmp_path / "rank1-again.pt")
+    w0, w1 = torch.load(tmp_path / "rank0-last.pt"), torch.load(tmp_path / "rank1-last.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point()), "DDP ranks diverged"

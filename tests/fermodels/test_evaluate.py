@@ -1,0 +1,102 @@
+"""The evaluator on tiny shards: DVC metrics/plots files, the batch-composition check (which must
+catch convcut_paper), flip TTA, cross-dataset scoring, and the two stage scripts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fermodels.data import IndexedSplit, SampleDecoder, indexed_loader
+from fermodels.evaluate import EvalParams, evaluate, predict_loader
+from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.train import train
+
+from conftest import REPO, TINY_MODEL, make_params
+
+PARAMS = EvalParams(split="test", batch_size=4, workers=0, device="cpu", flip_tta=False, batch_check=True, seed=0)
+
+
+def test_metrics_and_plots_files(tiny_run, tmp_path, one_thread):
+    m = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path)
+    info = json.loads((tiny_run["shards"] / "test" / "_info.json").read_text())
+    assert m["num_samples"] == info["num_samples"] == sum(c["support"] for c in m["per_class"].values())
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["accuracy"] == m["accuracy"] and saved["model"] == "convcut" and saved["split"] == "test"
+    rows = json.loads((tmp_path / "confusion.json").read_text())
+    assert len(rows) == m["num_samples"]
+    assert np.mean([r["actual"] == r["predicted"] for r in rows]) == pytest.approx(m["accuracy"])
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    check = m["batch_composition"]
+    assert check["independent_of_batch"], check
+    assert set(check["orders"]) == {"shuffled", "class_sorted", "batch1"}
+    assert all(o["accuracy"] == pytest.approx(m["accuracy"]) for o in check["orders"].values())
+    assert m["cross_dataset"] is False and m["test_datasets"] == ["tiny"] and m["excluded"] == {}
+
+
+def test_batch_check_exposes_the_batch_attention_leak(tiny_shards, tmp_path, one_thread):
+    params = make_params(epochs=1, model="convcut_paper", model_kwargs=TINY_MODEL["model_kwargs"])
+    train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    m = evaluate(tmp_path / "ckpt" / "best.pt", tiny_shards, PARAMS, tmp_path / "eval")
+    check = m["batch_composition"]
+    assert check["independent_of_batch"] is False
+    assert check["orders"]["batch1"]["max_prob_diff"] > 1e-3
+
+
+def test_flip_tta_averages_the_mirrored_prediction(tiny_run, one_thread):
+    from fermodels.augment import hflip_batch
+    from fermodels.data import normalise, to_device
+
+    model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt"))
+    card = model.card
+    data = IndexedSplit([tiny_run["shards"]], "test", SampleDecoder(card.fields, card.input_size), 7)
+    cpu = torch.device("cpu")
+    _, tta, _ = predict_loader(model, indexed_loader(data, range(len(data)), 4, 0), card, cpu, flip_tta=True)
+    _, plain, _ = predict_loader(model, indexed_loader(data, range(len(data)), 4, 0), card, cpu, flip_tta=False)
+    batch = normalise(to_device(next(iter(indexed_loader(data, range(4), 4, 0))), cpu), card)
+    with torch.no_grad():
+        mirrored = model(hflip_batch(batch))["logits"].softmax(-1).numpy()
+    assert np.allclose(tta[:4], (plain[:4] + mirrored) / 2, atol=1e-6)
+    assert np.allclose(tta.sum(1), 1.0, atol=1e-5)
+
+
+def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8_shards, tmp_path, one_thread):
+    m = evaluate(tiny_run["ckpt"] / "best.pt", tiny8_shards, PARAMS, tmp_path)
+    info = json.loads((tiny8_shards / "test" / "_info.json").read_text())
+    assert m["cross_dataset"] is True and m["test_datasets"] == ["tiny8"] and m["train_datasets"] == ["tiny"]
+    assert m["excluded"] == {"Contempt": info["class_histogram"]["Contempt"]}
+    assert m["num_samples"] == info["num_samples"] - info["class_histogram"]["Contempt"]
+    both = evaluate(tiny_run["ckpt"] / "best.pt", [tiny_run["shards"], tiny8_shards],
+                    EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path / "both", ["tiny", "tiny8"])
+    assert set(both["per_dataset"]) == {"tiny", "tiny8"}
+    assert sum(d["num_samples"] for d in both["per_dataset"].values()) == both["num_samples"]
+
+
+def test_bad_split_is_refused(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], EvalParams(**{**PARAMS.__dict__, "split": "dev"}),
+                 tmp_path)
+
+
+@pytest.mark.slow
+def test_stage_scripts_train_and_evaluate(tiny_shards, tmp_path):
+    """pipeline/train.py and pipeline/evaluate.py as dvc runs them (cwd with params.yaml and data/)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
+                           shuffle_buffer=8)
+    params["evaluate"].update(workers=0, device="cpu", batch_check=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data" / "tiny").mkdir(parents=True)
+    (tmp_path / "data" / "tiny" / "shards").symlink_to(tiny_shards)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for cmd in (["pipeline.train", "data", "ckpt", "live"], ["pipeline.evaluate", "ckpt/best.pt", "data", "eval"]):
+        subprocess.run([sys.executable, "-m", *cmd], cwd=tmp_path, env=env, check=True, capture_output=True)
+    state = load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert state["preprocess"]["derive"]["heatmap_size"] == params["derive"]["heatmap_size"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test_datasets"] == ["tiny"] and metrics["num_samples"] > 0

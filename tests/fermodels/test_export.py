@@ -1,0 +1,54 @@
+"""ONNX and TorchScript exports give PyTorch's predictions and describe their inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fermodels.export import export_model, parity
+from fermodels.registry import list_models
+from fermodels.runstate import load_checkpoint, save_checkpoint, Position
+from fermodels.train import TrainParams
+
+from conftest import make_params
+
+TOLERANCE = 1e-5
+
+
+def test_export_matches_pytorch_and_writes_metadata(tiny_run, tmp_path, one_thread):
+    meta = export_model(tiny_run["ckpt"] / "best.pt", tmp_path)
+    assert meta["files"] == {"onnx": "convcut.onnx", "torchscript": "convcut.ts"}
+    saved = json.loads((tmp_path / "convcut.json").read_text())
+    assert saved["classes"][:2] == ["Neutral", "Happy"] and saved["input_size"] == 224
+    assert saved["inputs"]["image"]["shape"] == ["batch", 3, 224, 224]
+    assert saved["normalisation"]["mean"] == [0.485, 0.456, 0.406]
+    assert saved["preprocess"]["align"]["size"] == 112
+    diffs = parity(tmp_path, tiny_run["ckpt"] / "best.pt", batch=5)
+    assert set(diffs) == {"onnx", "torchscript"} and max(diffs.values()) < TOLERANCE, diffs
+
+
+def test_unknown_format_is_refused(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="onnx"):
+        export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["tflite"])
+
+
+def _checkpoint_of(name: str, path, preprocess: dict) -> None:
+    """A random-init checkpoint of ``name`` in the trainer's format (export needs no training)."""
+    from fermodels.registry import create_model
+
+    params: TrainParams = make_params(model=name, model_kwargs={})
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=7)
+    save_checkpoint(path, model=net, params=params, optimizer=None, position=Position(0, 0, 0), best={},
+                    data={}, preprocess=preprocess)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_exports_with_parity(name, tmp_path, preprocess):
+    _checkpoint_of(name, tmp_path / "m.pt", preprocess)
+    export_model(tmp_path / "m.pt", tmp_path)
+    diffs = parity(tmp_path, tmp_path / "m.pt", batch=2)
+    assert load_checkpoint(tmp_path / "m.pt")["model"] == name
+    assert max(diffs.values()) < 1e-4, diffs

@@ -1,0 +1,110 @@
+"""Inference for users: the same detect -> align -> derive -> decode path as the shards (checked
+bit for bit against the stages), several faces per image, no face, videos, CSV/JSON, the CLI."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ferdata.params import load_params
+from ferdata.records import FaceRecord
+from ferdata.stages.align import AlignParams, run_align
+from ferdata.stages.derive import DeriveParams, run_derive
+from ferdata.stages.detect import DetectParams, run_detect
+from ferdata.stages.shard import ShardParams, run_shard
+from fermodels.data import IndexedSplit, SampleDecoder, read_member, indexed_loader
+from fermodels.evaluate import predict_loader
+from fermodels.predict import Predictor, predict_command, run_predict
+
+from conftest import REPO, stage_params, make_params
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    face = data.astronaut()
+    cv2.imwrite(str(d / "astronaut.jpg"), face[..., ::-1])
+    cv2.imwrite(str(d / "two.jpg"), np.concatenate([face, face[:, ::-1]], 1)[..., ::-1])
+    cv2.imwrite(str(d / "noise.png"), np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    video = cv2.VideoWriter(str(d / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (512, 512))
+    for _ in range(5):
+        video.write(face[..., ::-1].copy())
+    video.release()
+    return d
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_run) -> Predictor:
+    return Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cpu")
+
+
+def test_same_sample_as_the_shard_stages(photos, predictor, tmp_path, one_thread):
+    params = load_params(REPO / "params.yaml")
+    rec = FaceRecord(dataset="photos", key="astronaut", path=str(photos / "astronaut.jpg"), label=1,
+                     native_label="happy", split="test")
+    run_detect([rec], stage_params(DetectParams, params["detect"], backend="embedded", workers=1,
+                             cache_dir=str(tmp_path / "cache")), tmp_path / "detect")
+    run_align(tmp_path / "detect", stage_params(AlignParams, params["align"], workers=1), tmp_path / "aligned")
+    run_derive(tmp_path / "aligned", stage_params(DeriveParams, params["derive"], workers=1), tmp_path / "derived")
+    run_shard(tmp_path / "aligned", tmp_path / "derived", stage_params(ShardParams, params["shard"]),
+              tmp_path / "shards")
+    card = predictor.card
+    data = IndexedSplit([tmp_path / "shards"], "test", SampleDecoder(card.fields, card.input_size), 7)
+    _, from_shards, _ = predict_loader(predictor.model, indexed_loader(data, [0], 1, 0), card, predictor.device,
+                                       flip_tta=False)
+    image = cv2.imread(str(photos / "astronaut.jpg"))[..., ::-1].copy()
+    faces, dropped = predictor.faces(image, "astronaut.jpg")
+    assert len(faces) == 1 and dropped == 0
+    member = data.members[0]
+    assert faces[0].fields["jpg"] == read_member(member["jpg"]), "aligned face differs from the align stage's"
+    assert np.array_equal(predictor.probabilities(faces), from_shards)
+
+
+def test_faces_per_image_video_frames_and_rows(photos, predictor, one_thread):
+    paths = [photos / n for n in ("astronaut.jpg", "two.jpg", "noise.png", "clip.avi")]
+    rows, summary = run_predict(predictor, paths, batch_size=2, every=2)
+    counts = {(Path(s["source"]).name, s["frame"]): s["faces"] for s in summary}
+    assert counts == {("astronaut.jpg", 0): 1, ("two.jpg", 0): 2, ("noise.png", 0): 0,
+                      ("clip.avi", 0): 1, ("clip.avi", 2): 1, ("clip.avi", 4): 1}
+    assert len(rows) == 6
+    for r in rows:
+        probs = [r[c] for c in predictor.classes]
+        assert abs(sum(probs) - 1) < 1e-4 and r["expression"] == predictor.classes[int(np.argmax(probs))]
+    two = [r for r in rows if r["source"].endswith("two.jpg")]
+    assert two[0]["box"][0] < 512 <= two[1]["box"][0] or two[1]["box"][0] < 512 <= two[0]["box"][0]
+
+
+def test_cli_writes_csv_json_and_annotations(photos, tiny_run, tmp_path, one_thread):
+    app = typer.Typer()
+    app.command()(predict_command)
+    runner = CliRunner()
+    ckpt = str(tiny_run["ckpt"] / "best.pt")
+    res = runner.invoke(app, [str(photos / "astronaut.jpg"), str(photos / "noise.png"), "--model", ckpt,
+                              "--backend", "embedded", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    table = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(table) == 1 and table[0]["expression"] in table[0]
+    res = runner.invoke(app, [str(photos), "-m", ckpt, "--backend", "embedded", "--device", "cpu",
+                              "-o", str(tmp_path / "out.json"), "--annotate", str(tmp_path / "ann"), "--every", "5"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert len(out["faces"]) == 1 + 2 + 1 and len(out["images"]) == 4
+    assert {p.name for p in (tmp_path / "ann").iterdir()} == {"astronaut.jpg", "two.jpg", "clip.jpg"}
+    assert runner.invoke(app, [str(tmp_path / "missing.jpg"), "-m", ckpt]).exit_code != 0
+
+
+def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_thread):
+    from fermodels.train import train
+
+    train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+    with pytest.raises(ValueError, match="preprocessing"):
+        Predictor(tmp_path / "ckpt" / "best.pt", backend="embedded")

@@ -1,0 +1,78 @@
+"""Named recipes: each one turns params.yaml's ``train`` section into a valid run of a registered
+model, cites its source row, and its values win over the section's."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ferdata.params import section
+from fermodels.recipes import RECIPE_KEYS, RECIPES, apply_recipe, check_applied, list_recipes
+from fermodels.registry import list_models
+from fermodels.train import TrainParams
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_MODELS = ("cmnet", "pcnn", "pcda", "convcut", "convcut_paper")
+
+
+def train_section() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_recipe_builds_valid_params(name):
+    params = section(TrainParams, apply_recipe({**train_section(), "recipe": name}), "train")
+    recipe = RECIPES.get(name)
+    assert params.model in list_models()
+    assert params.model == recipe.values["model"] and params.lr == recipe.values["lr"]
+    assert params.augment.hflip == recipe.values["augment"]["hflip"]
+    assert params.datasets == recipe.values["datasets"]
+    assert params.num_classes in (7, 8)
+    assert set(recipe.values) == set(RECIPE_KEYS)
+    assert re.fullmatch(r"seed_models\.md:\d+.*", recipe.source), recipe.source
+    assert params.model_kwargs == train_section()["model_kwargs"], "machine settings stay with params.yaml"
+
+
+def test_every_seed_model_has_a_recipe():
+    models = {RECIPES.get(n).values["model"] for n in list_recipes()}
+    assert set(SEED_MODELS) <= models
+
+
+def test_published_settings():
+    cm = RECIPES.get("cmnet_rafdb").values
+    assert (cm["optimizer"], cm["lr"], cm["schedule"], cm["step_size"], cm["gamma"], cm["epochs"],
+            cm["batch_size"]) == ("sgd", 0.01, "step", 15, 0.1, 100, 32)
+    aff = RECIPES.get("cmnet_affectnet8").values
+    assert (aff["sampler"], aff["num_classes"], aff["schedule"], aff["gamma"]) == ("balanced", 8, "exponential", 0.6)
+    pc = RECIPES.get("pcda_rafdb").values
+    assert pc["sam"] and pc["sam_rho"] == 0.05 and pc["lr"] == 3.5e-5 and pc["batch_size"] == 144
+    assert RECIPES.get("pcda_affectnet7").values["augment"]["erase_p"] == 1.0
+
+
+def test_recipe_overrides_the_section_and_null_changes_nothing():
+    base = train_section()
+    assert apply_recipe({**base, "recipe": None}) == {**base, "recipe": None}
+    values = apply_recipe({**base, "recipe": "pcnn_rafdb", "lr": 123.0, "workers": 7})
+    assert values["lr"] == 0.01 and values["workers"] == 7
+    values["augment"]["hflip"] = 0.0
+    assert RECIPES.get("pcnn_rafdb").values["augment"]["hflip"] == 0.5, "recipes must not be mutated"
+
+
+def test_a_recipe_named_but_not_applied_is_refused():
+    with pytest.raises(ValueError, match="apply_recipe"):
+        section(TrainParams, {**train_section(), "recipe": "cmnet_rafdb"}, "train")
+    with pytest.raises(KeyError, match="cmnet_rafdb"):
+        check_applied({"recipe": "cmnet_raf"})
+
+
+def test_recipe_sources_exist_in_the_reference():
+    ref = REPO.parent / "shared" / "reference" / "seed_models.md"
+    if not ref.is_file():
+        pytest.skip("shared/reference not present beside the repository")
+    lines = ref.read_text().splitlines()
+    for name in list_recipes():
+        line = int(re.match(r"seed_models\.md:(\d+)", RECIPES.get(name).source).group(1))
+        text = lines[line - 1]
+        assert any(t in text for t in ("RAF-DB", "AffectNet", "SFEW", "SGD", "Training")), (name, text)

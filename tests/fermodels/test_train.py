@@ -1,0 +1,313 @@
+"""The trainer on tiny shards: learning, self-describing checkpoints, selection on val (never
+test), exact resume after a kill, AMP/channels_last on CPU, class weights, bad-input policy."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fermodels.train as trainer
+from fermodels.data import SampleDecoder, normalise, open_split, stream_loader, to_device
+from fermodels.distributed import DistEnv, plan_epoch
+from fermodels.optim import build_optimizer
+from fermodels.registry import create_model, list_models
+from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.sampling import check_class_weight_used, class_weight_tensor
+from fermodels.train import NonFiniteLossError, train, train_step
+
+from conftest import TINY_MODEL, make_params
+
+CPU = torch.device("cpu")
+FAST_MODELS = {"resnet18_112", "convcut"}
+SMALL = {"convcut": TINY_MODEL["model_kwargs"], "convcut_paper": TINY_MODEL["model_kwargs"]}
+LR = {"ir50": 1e-4, "pcda": 1e-4}        # IR-50 (PReLU, BN on 4 samples) diverges at 1e-3
+
+
+def first_batch(shards, card, batch_size: int = 4) -> dict:
+    split = open_split([shards], "train")
+    plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch_size, env=DistEnv(0, 1, 0),
+                       workers=0, seed=0, shuffle=True)
+    loader = stream_loader(plans, SampleDecoder(card.fields, card.input_size), workers=0, shuffle_buffer=0, seed=0,
+                           repeat=None)
+    return next(iter(loader))
+
+
+def losses_over_steps(name: str, shards, steps: int, amp: bool = False, channels_last: bool = False) -> list[float]:
+    """Total loss of ``steps`` optimiser steps on one real batch through the trainer's step."""
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=7, **SMALL.get(name, {}))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    batch = normalise(to_device(first_batch(shards, net.card), CPU), net.card, channels_last)
+    opt = build_optimizer("adam", [p for p in net.parameters() if p.requires_grad], lr=LR.get(name, 1e-3),
+                          weight_decay=0.0, momentum=0.9, sam=False, sam_rho=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    net.train()
+    return [float(sum(train_step(net, net, opt, scaler, batch, CPU, amp).values())) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_MODELS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in list_models()])
+def test_a_few_steps_decrease_the_loss(name, tiny_shards, one_thread):
+    totals = losses_over_steps(name, tiny_shards, steps=4)
+    assert all(np.isfinite(totals)) and totals[-1] < totals[0], totals
+
+
+def test_bf16_autocast_and_channels_last_on_cpu(tiny_shards, one_thread):
+    totals = losses_over_steps("convcut", tiny_shards, steps=3, amp=True, channels_last=True)
+    assert all(np.isfinite(totals)) and totals[-1] < totals[0]
+    with trainer.autocast(CPU, True):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_sam_training_step_decreases_the_loss(tiny_shards, one_thread):
+    net = create_model("convcut", **SMALL["convcut"])
+    batch = normalise(to_device(first_batch(tiny_shards, net.card), CPU), net.card)
+    opt = build_optimizer("adam", net.parameters(), lr=1e-3, weight_decay=0.0, momentum=0.9, sam=True, sam_rho=0.05)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    totals = [float(sum(train_step(net, net, opt, scaler, batch, CPU, False).values())) for _ in range(4)]
+    assert totals[-1] < totals[0]
+
+
+def test_checkpoints_describe_themselves_and_best_is_chosen_on_val(tiny_run):
+    best, last = load_checkpoint(tiny_run["ckpt"] / "best.pt"), load_checkpoint(tiny_run["ckpt"] / "last.pt")
+    params, shards = tiny_run["params"], tiny_run["shards"]
+    info = {s: json.loads((shards / s / "_info.json").read_text()) for s in ("train", "val")}
+    assert last["epoch"] == params.epochs - 1 and last["model"] == "convcut"
+    assert last["classes"] == ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
+    assert last["data"]["train"][str(shards)] == [s["sha256"] for s in info["train"]["shards"]]
+    assert last["params"]["augment"]["hflip"] == params.augment.hflip and last["datasets"] == ["tiny"]
+    assert last["preprocess"]["align"]["size"] == 112 and last["card"]["input_size"] == 224
+    rows = (tiny_run["live"] / "plots" / "metrics" / "val" / "accuracy.tsv").read_text().splitlines()[1:]
+    val_acc = [float(r.split("\t")[-1]) for r in rows]
+    assert len(val_acc) == params.epochs
+    assert best["epoch"] == int(np.argmax(val_acc)) == tiny_run["best"]["epoch"]
+    assert best["best"]["accuracy"] == pytest.approx(max(val_acc))
+    model = model_from_checkpoint(best)
+    assert not model.training
+    live = json.loads((tiny_run["live"] / "metrics.json").read_text())
+    assert live["train"]["samples"] == info["train"]["num_samples"] and live["train"]["samples_per_s"] > 0
+
+
+def test_the_test_split_is_never_read(tiny_shards, tmp_path, monkeypatch, one_thread):
+    opened = []
+    real_open, real_indexed = trainer.open_split, trainer.IndexedSplit
+    monkeypatch.setattr(trainer, "open_split", lambda dirs, split: opened.append(split) or real_open(dirs, split))
+    monkeypatch.setattr(trainer, "IndexedSplit",
+                        lambda d, split, *a: opened.append(split) or real_indexed(d, split, *a))
+    train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+    assert "test" not in opened and {"train", "val"} <= set(opened)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(tiny_shards, tmp_path,
+                                                                                monkeypatch, one_thread):
+    params = make_params(epochs=2, checkpoint_every=2)
+    train(tiny_shards, params, tmp_path / "a" / "ckpt", tmp_path / "a" / "live")
+    real_step, calls = trainer.train_step, []
+
+    def step_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:                       # epoch 1, second batch; last save at step 6
+            raise Killed
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", step_then_die)
+    with pytest.raises(Killed):
+        train(tiny_shards, params, tmp_path / "b" / "ckpt", tmp_path / "b" / "live")
+    saved = load_checkpoint(tmp_path / "b" / "ckpt" / "last.pt")
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 1, 6)
+    calls.clear()
+    monkeypatch.setattr(trainer, "train_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    train(tiny_shards, params, tmp_path / "b" / "ckpt", tmp_path / "b" / "live")
+    assert len(calls) == 10 - 6
+    a, b = (load_checkpoint(tmp_path / r / "ckpt" / "last.pt") for r in ("a", "b"))
+    assert a["step"] == b["step"] == 10
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    live_a, live_b = (json.loads((tmp_path / r / "live" / "metrics.json").read_text()) for r in ("a", "b"))
+    assert live_a["val"] == live_b["val"] and live_a["step"] == live_b["step"] == 1
+    rows = (tmp_path / "b" / "live" / "plots" / "metrics" / "train" / "ce.tsv").read_text().splitlines()
+    assert len(rows) == 1 + params.epochs
+
+
+def test_changed_params_start_over(tiny_run, tmp_path, one_thread):
+    import shutil
+
+    shutil.copytree(tiny_run["ckpt"], tmp_path / "ckpt")
+    best = train(tiny_run["shards"], make_params(epochs=1, lr=1e-3), tmp_path / "ckpt", tmp_path / "live")
+    assert best["epoch"] == 0 and load_checkpoint(tmp_path / "ckpt" / "last.pt")["params"]["lr"] == 1e-3
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path, one_thread):
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        train(tiny_shards, make_params(epochs=1, optimizer="sgd", lr=1e30, momentum=0.0), tmp_path / "c",
+              tmp_path / "l")
+    assert not (tmp_path / "c" / "last.pt").exists()
+
+
+def test_classes_the_model_cannot_predict_are_refused(tiny8_shards, tmp_path):
+    with pytest.raises(ValueError, match="num_classes 8"):
+        train(tiny8_shards, make_params(epochs=1), tmp_path / "c", tmp_path / "l")
+
+
+def test_class_weights_reach_the_loss(tiny_shards, tmp_path, monkeypatch, one_thread):
+    from fermodels.models.convcut import ConvCut
+
+    seen = []
+
+    def weighted(self, out, batch):
+        seen.append(batch["class_weight"])
+        return {"ce": F.cross_entropy(out["logits"], batch["label"], weight=batch["class_weight"])}
+
+    monkeypatch.setattr(ConvCut, "losses", weighted)
+    train(tiny_shards, make_params(epochs=1, class_weights=True), tmp_path / "c", tmp_path / "l")
+    counts = open_split([tiny_shards], "train").class_counts(7)
+    assert torch.allclose(seen[-1], class_weight_tensor(counts, CPU))     # seen[:2] are the probe's
+    monkeypatch.setattr(ConvCut, "losses",
+                        lambda self, out, batch: {"ce": F.cross_entropy(out["logits"], batch["label"])})
+    with pytest.raises(NotImplementedError, match="class_weight"):
+        train(tiny_shards, make_params(epochs=1, class_weights=True, lr=1e-3), tmp_path / "c2", tmp_path / "l2")
+
+
+def test_class_weight_values_and_probe():
+    w = class_weight_tensor([10, 30, 0, 20], CPU)
+    assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))
+
+    class Plain(torch.nn.Module):
+        def losses(self, out, batch):
+            return {"ce": F.cross_entropy(out["logits"], batch["label"])}
+
+    class Weighted(Plain):
+        def losses(self, out, batch):
+            return {"ce": F.cross_entropy(out["logits"], batch["label"], weight=batch["class_weight"])}
+
+    out = {"logits": torch.randn(4, 3)}
+    batch = {"label": torch.tensor([0, 1, 2, 1]), "class_weight": torch.ones(3)}
+    assert check_class_weight_used(Weighted(), out, batch) is True
+    assert check_class_weight_used(Plain(), out, batch) is False
+    assert check_class_weight_used(Weighted(), out, {**batch, "label": torch.zeros(4, dtype=torch.int64)}) is None
+
+
+@pytest.mark.slow
+def test_torch_compile_on_cpu(tiny_shards, tmp_path):
+    best = train(tiny_shards, make_params(epochs=1, compile=True), tmp_path / "c", tmp_path / "l")
+    assert best["epoch"] == 0
+
+
+# ---- device-side augmentation --------------------------------------------------------------
+
+def _face_batch(n: int = 3, size: int = 32) -> dict:
+    from fermodels.info import synthetic_landmarks
+    from ferdata.heatmap import landmark_heatmaps
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(n, 3, size, size, generator=g) * 255
+    lmk = synthetic_landmarks(size)[None].repeat(n, 1, 1) + torch.randn(n, 68, 2, generator=g) * 0.5
+    heat = landmark_heatmaps(lmk, size, size // 4, 1.0).amax(1, keepdim=True) * 255
+    return {"image": image, "left": image[..., : size // 2], "right": image[..., size // 2:].flip(-1),
+            "heatmap": heat, "lmk": lmk, "label": torch.zeros(n, dtype=torch.int64)}
+
+
+def _aug(**kw):
+    from fermodels.augment import AugmentParams
+
+    base = dict(hflip=0.0, affine_p=0.0, degrees=0.0, translate=0.0, scale_min=1.0, scale_max=1.0, erase_p=0.0,
+                erase_scale_min=0.02, erase_scale_max=0.2)
+    return AugmentParams(**{**base, **kw})
+
+
+def test_flip_swaps_halves_and_reindexes_landmarks():
+    from fermodels.augment import augment_batch, hflip_batch
+
+    b = _face_batch()
+    f = augment_batch(b, _aug(hflip=1.0), torch.Generator().manual_seed(0), torch.zeros(3))
+    s = b["image"].shape[-1]
+    assert torch.equal(f["image"], b["image"].flip(-1))
+    assert torch.equal(f["left"], f["image"][..., : s // 2])
+    assert torch.equal(f["right"], f["image"][..., s // 2:].flip(-1))
+    assert torch.equal(f["left"], b["right"]) and torch.equal(f["right"], b["left"])
+    assert torch.allclose(hflip_batch(f)["lmk"], b["lmk"])
+    assert torch.allclose(f["lmk"][:, 36], b["lmk"][:, 45] * torch.tensor([-1, 1]) + torch.tensor([s - 1, 0]))
+    assert torch.equal(f["heatmap"], b["heatmap"].flip(-1))
+
+
+def test_affine_moves_landmarks_with_the_pixels_and_keeps_halves_consistent():
+    from fermodels.augment import augment_batch
+
+    b = _face_batch(n=4, size=64)
+    dots = torch.zeros_like(b["image"])
+    for i in range(4):
+        for x, y in b["lmk"][i, [36, 45, 30, 48]].round().long().tolist():
+            dots[i, :, y - 1: y + 2, x - 1: x + 2] = 255.0
+    b = {**b, "image": dots, "left": dots[..., :32], "right": dots[..., 32:].flip(-1)}
+    a = augment_batch(b, _aug(affine_p=1.0, degrees=15.0, translate=0.08, scale_min=0.9, scale_max=1.1),
+                      torch.Generator().manual_seed(3), torch.zeros(3))
+    assert not torch.equal(a["image"], b["image"])
+    for i in range(4):
+        for x, y in a["lmk"][i, [36, 45, 30, 48]].round().long().tolist():
+            assert a["image"][i, 0, y - 1: y + 2, x - 1: x + 2].max() > 100, "landmark left its pixels"
+    assert torch.allclose(a["left"], a["image"][..., :32], atol=1e-4)
+    assert torch.allclose(a["right"], a["image"][..., 32:].flip(-1), atol=1e-4)
+    from ferdata.heatmap import landmark_heatmaps
+
+    redrawn = landmark_heatmaps(a["lmk"], 64, 16, 1.0).amax(1).flatten(1)
+    warped = a["heatmap"][:, 0].flatten(1)
+    corr = torch.nn.functional.cosine_similarity(redrawn - redrawn.mean(1, keepdim=True),
+                                                 warped - warped.mean(1, keepdim=True))
+    assert corr.min() > 0.85, "the heatmap must move with the landmarks"
+
+
+def test_erasing_covers_the_drawn_area_with_the_fill_colour():
+    from fermodels.augment import augment_batch
+
+    b = _face_batch(n=64, size=32)
+    fill = torch.tensor([-1.0, -2.0, -3.0])
+    a = augment_batch(b, _aug(erase_p=1.0, erase_scale_min=0.05, erase_scale_max=0.2),
+                      torch.Generator().manual_seed(1), fill)
+    frac = (a["image"][:, 0] == -1.0).float().mean((1, 2))
+    assert frac.min() > 0.02 and frac.max() < 0.3 and torch.equal(a["lmk"], b["lmk"])
+    assert torch.equal((a["left"][:, 0] == -1.0), (a["image"][:, 0, :, :16] == -1.0))
+    again = augment_batch(b, _aug(erase_p=1.0, erase_scale_min=0.05, erase_scale_max=0.2),
+                          torch.Generator().manual_seed(1), fill)
+    assert torch.equal(a["image"], again["image"])
+
+
+def test_augment_params_are_checked():
+    with pytest.raises(ValueError, match="probability"):
+        _aug(hflip=1.5)
+    with pytest.raises(ValueError, match="scale_min"):
+        _aug(scale_min=1.2, scale_max=1.0)
+
+
+# ---- class-balanced resampling -------------------------------------------------------------
+
+def test_class_repeat_rates_and_determinism():
+    from fermodels.sampling import ClassRepeat, expected_share, repeat_stream
+
+    r = ClassRepeat.balanced([100, 10, 0, 40], samples=150, seed=0)
+    assert r.rates == pytest.approx((0.5, 5.0, 0.0, 1.25))
+    assert expected_share({"a": 100, "b": 10, "c": 0, "d": 40}, r, "abcd") == pytest.approx(
+        {"a": 1 / 3, "b": 1 / 3, "c": 0.0, "d": 1 / 3})
+    assert r.copies("k1", 1, 0) == 5 and r.copies("k1", 2, 0) == 0
+    assert [r.copies(f"k{i}", 3, 0) for i in range(50)] == [r.copies(f"k{i}", 3, 0) for i in range(50)]
+    assert sum(r.copies(f"k{i}", 3, 0) for i in range(400)) == pytest.approx(500, rel=0.1)
+    source = [{"__key__": f"s{i}", "cls": b"0"} for i in range(10)]
+    out = list(repeat_stream(lambda: iter(source), r, quota=12, label_of=lambda s: int(s["cls"])))
+    assert len(out) == 12
+    with pytest.raises(ValueError, match="histogram"):
+        ClassRepeat.balanced([0, 0], 10, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_end_to_end(name, tiny_shards, tmp_path, one_thread):
+    """What `dvc exp run -S train.model=<name>` runs, on 8 samples per epoch."""
+    best = train(tiny_shards, make_params(model=name, model_kwargs={}, epochs=1, epoch_samples=8, batch_size=4),
+                 tmp_path / "ckpt", tmp_path / "live")
+    assert best["epoch"] == 0 and load_checkpoint(tmp_path / "ckpt" / "best.pt")["model"] == name
