@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ferdata.datasets import open_reader
+from ferdata.datasets import READERS, open_reader
 from ferdata.params import section
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
@@ -48,9 +48,16 @@ def read_dataset(spec: DatasetSpec):
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
             root: str | Path | None = None) -> dict[str, Any]:
     """Run every preprocessing stage for dataset ``name``; returns the stage reports."""
-    spec = dataset_spec(params, name)
-    if root is not None:
-        spec = DatasetSpec(spec.reader, str(root), spec.options)
+    if name in (params.get("datasets") or {}):
+        spec = dataset_spec(params, name)
+        if root is not None:
+            spec = DatasetSpec(spec.reader, str(root), spec.options)
+    elif root is not None:
+        spec = DatasetSpec(name, str(root), {})     # a reader name + a root: no params entry needed
+        READERS.get(name)                           # unknown names fail here, listing the readers
+    else:
+        raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
+                       f"--root with a reader name ({', '.join(READERS.names())})")
     dirs = stage_dirs(data_dir, name)
     reports = {
         "detect": run_detect(read_dataset(spec), section(DetectParams, params["detect"], "detect"), dirs["detect"]),

@@ -60,3 +60,25 @@ def test_sample_to_metrics(tmp_path):
     assert len(rows) == metrics["num_samples"]
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
     assert metrics["batch_composition"]["independent_of_batch"]
+
+
+def test_cli_prepare_by_reader_name(tmp_path):
+    """`ferdata prepare <reader> --root PATH` works without a params.yaml entry (in-process CLI)."""
+    from typer.testing import CliRunner
+
+    from ferdata.cli import app
+
+    params = small_params(tmp_path)
+    params["sample"].update(per_class=3)
+    make_affectnet_sample(tmp_path / "raw", **params["sample"])
+    params.pop("datasets")
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["prepare", "affectnet", "--root", str(tmp_path / "raw"),
+                                      "--out", str(tmp_path / "data"), "--params", str(tmp_path / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "affectnet" / "shards" / "train" / "_info.json").is_file()
+    bad = CliRunner().invoke(app, ["prepare", "nosuchreader", "--root", str(tmp_path / "raw"),
+                                   "--params", str(tmp_path / "params.yaml")])
+    assert bad.exit_code != 0 and "affectnet" in str(bad.exception)
