@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferdata.stages.shard import hash_unit
+from ferdata.splits import unit_hash
 
 SAMPLERS = ("shuffle", "balanced")
 
@@ -45,7 +45,7 @@ class ClassRepeat:
         """How many times this sample appears in this pass (0 = skipped)."""
         rate = self.rates[label] if 0 <= label < len(self.rates) else 0.0
         whole = math.floor(rate)
-        return whole + (hash_unit(self.seed * 1009 + pass_index, key) < rate - whole)
+        return whole + (unit_hash(self.seed * 1009 + pass_index, key) < rate - whole)
 
 
 def repeat_stream(read: Callable[[], Iterable[dict]], repeat: ClassRepeat, quota: int,

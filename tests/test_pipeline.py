@@ -22,7 +22,7 @@ def small_params(tmp_path: Path) -> dict:
     params["detect"].update(cache_dir=str(tmp_path / "cache"), workers=1)
     params["align"].update(workers=1)
     params["derive"].update(workers=1)
-    params["shard"].update(maxcount=4)
+    params["shard"].update(maxcount=4, val_fraction=0.3)   # a handful of records still gets a val split
     train = {k: v for k, v in params["train"].items() if k != "dataset"}
     train.update(epochs=1, batch_size=4, workers=0, shuffle_buffer=8)
     params["train"] = train

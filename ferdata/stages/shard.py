@@ -20,7 +20,8 @@ from pathlib import Path
 from ferdata.classes import CLASSES
 from ferdata.io import atomic_write_text, require_dir, staged_dir
 from ferdata.progress import progress
-from ferdata.records import SPLITS
+from ferdata.records import SPLITS, record_from_dict
+from ferdata.splits import assign_splits, unit_hash
 from ferdata.report import StageReport
 from ferdata.stages.align import PREFIX as ALIGNED
 from ferdata.stages.derive import PREFIX as DERIVED
@@ -36,6 +37,9 @@ class ShardParams:
     seed: int
     val_fraction: float
     test_fraction: float
+    split_by: str
+    folds: int
+    fold: int
     maxcount: int
 
 
@@ -64,24 +68,17 @@ def _read(member: Member) -> bytes:
         return f.read(size)
 
 
-def hash_unit(seed: int, text: str) -> float:
-    """A deterministic pseudo-random number in [0, 1) for (seed, text)."""
-    h = hashlib.sha256(f"{seed}:{text}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2.0 ** 64
-
-
-def assign_split(meta: dict, params: ShardParams, has_official_val: bool) -> str:
-    """Official split when the dataset has one; val carved from train when it has none;
-    otherwise a seeded split by subject (subject-independent) or by key."""
-    unit = hash_unit(params.seed, meta.get("subject") or meta["key"])
-    split = meta["split"]
-    if split == "train" and not has_official_val:
-        return "val" if unit < params.val_fraction else "train"
-    if split:
-        return split
-    if unit < params.test_fraction:
-        return "test"
-    return "val" if unit < params.test_fraction + params.val_fraction else "train"
+def assign(metas: dict[str, dict], params: ShardParams) -> dict[str, list[str]]:
+    """Keys per split: official splits kept, the missing ones carved by :mod:`ferdata.splits`
+    (seeded, subject-independent when subjects are known, or k-fold)."""
+    records = (record_from_dict(m) for m in metas.values())
+    official = {m["split"] for m in metas.values() if m["split"]}
+    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for r in assign_splits(records, seed=params.seed, val_fraction=params.val_fraction,
+                           test_fraction=params.test_fraction, by=params.split_by, folds=params.folds,
+                           fold=params.fold, official=official):
+        by_split[r.split].append(r.key)
+    return by_split
 
 
 def params_hash(*sections: object) -> str:
@@ -99,13 +96,10 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     metas = {k: json.loads(_read(v["json"])) for k, v in aligned.items()}
-    has_val = any(m["split"] == "val" for m in metas.values())
-    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for key, meta in metas.items():
-        by_split[assign_split(meta, params, has_val)].append(key)
+    by_split = assign(metas, params)
     with staged_dir(out_dir, OWNED) as out:
         for split, keys in by_split.items():
-            keys.sort(key=lambda k: (hash_unit(params.seed + 1, k), k))
+            keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
             info = _write_split(out / split, split, keys, aligned, derived, metas, params)
             info["provenance_hash"] = provenance_hash
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")

@@ -141,8 +141,9 @@ def test_verify_rejects_info_names_that_escape_the_folder(bad_corpus_run, tmp_pa
     src, _ = bad_corpus_run
     shards = tmp_path / "shards"
     shutil.copytree(src / "shards", shards)
-    info_path = shards / "val" / "_info.json"
+    info_path = shards / "test" / "_info.json"          # the corpus's official test split is never empty
     info = json.loads(info_path.read_text())
+    assert info["shards"], "corpus produced an empty test split"
     info["shards"][0]["name"] = "../train/train-000000.tar"
     info_path.write_text(json.dumps(info))
     problems = verify_shards(shards)
