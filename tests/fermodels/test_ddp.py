@@ -17,7 +17,7 @@ from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env
                                    round_robin_skips, split_evenly)
 from fermodels.sampling import ClassRepeat
 
-from conftest import make_params
+from tests.fermodels.helpers import make_params
 
 
 def _positions(plans, shards) -> list[tuple[str, int]]:

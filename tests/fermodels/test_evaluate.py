@@ -17,7 +17,7 @@ from fermodels.evaluate import EvalParams, evaluate, predict_loader
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.train import train
 
-from conftest import REPO, TINY_MODEL, make_params
+from tests.fermodels.helpers import REPO, TINY_MODEL, make_params
 
 PARAMS = EvalParams(split="test", batch_size=4, workers=0, device="cpu", flip_tta=False, batch_check=True, seed=0)
 

@@ -11,7 +11,7 @@ from fermodels.registry import list_models
 from fermodels.runstate import load_checkpoint, save_checkpoint, Position
 from fermodels.train import TrainParams
 
-from conftest import make_params
+from tests.fermodels.helpers import make_params
 
 TOLERANCE = 1e-5
 

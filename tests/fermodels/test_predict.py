@@ -23,7 +23,7 @@ from fermodels.data import IndexedSplit, SampleDecoder, read_member, indexed_loa
 from fermodels.evaluate import predict_loader
 from fermodels.predict import Predictor, predict_command, run_predict
 
-from conftest import REPO, stage_params, make_params
+from tests.fermodels.helpers import REPO, stage_params, make_params
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ test), exact resume after a kill, AMP/channels_last on CPU, class weights, bad-i
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.sampling import check_class_weight_used, class_weight_tensor
 from fermodels.train import NonFiniteLossError, train, train_step
 
-from conftest import TINY_MODEL, make_params
+from tests.fermodels.helpers import TINY_MODEL, make_params
 
 CPU = torch.device("cpu")
 FAST_MODELS = {"resnet18_112", "convcut"}
@@ -108,13 +109,16 @@ class Killed(Exception):
 
 def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(tiny_shards, tmp_path,
                                                                                 monkeypatch, one_thread):
-    params = make_params(epochs=2, checkpoint_every=2)
+    params = make_params(epochs=2, checkpoint_every=1)
+    info = json.loads((tiny_shards / "train" / "_info.json").read_text())
+    per_epoch = math.ceil(info["num_samples"] / params.batch_size)
+    total = params.epochs * per_epoch
     train(tiny_shards, params, tmp_path / "a" / "ckpt", tmp_path / "a" / "live")
     real_step, calls = trainer.train_step, []
 
     def step_then_die(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 8:                       # epoch 1, second batch; last save at step 6
+        if len(calls) == per_epoch + 2:           # epoch 1, second batch; last save after its first
             raise Killed
         return real_step(*args, **kwargs)
 
@@ -122,13 +126,13 @@ def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(
     with pytest.raises(Killed):
         train(tiny_shards, params, tmp_path / "b" / "ckpt", tmp_path / "b" / "live")
     saved = load_checkpoint(tmp_path / "b" / "ckpt" / "last.pt")
-    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 1, 6)
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 1, per_epoch + 1)
     calls.clear()
     monkeypatch.setattr(trainer, "train_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
     train(tiny_shards, params, tmp_path / "b" / "ckpt", tmp_path / "b" / "live")
-    assert len(calls) == 10 - 6
+    assert len(calls) == total - (per_epoch + 1)
     a, b = (load_checkpoint(tmp_path / r / "ckpt" / "last.pt") for r in ("a", "b"))
-    assert a["step"] == b["step"] == 10
+    assert a["step"] == b["step"] == total
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     live_a, live_b = (json.loads((tmp_path / r / "live" / "metrics.json").read_text()) for r in ("a", "b"))
     assert live_a["val"] == live_b["val"] and live_a["step"] == live_b["step"] == 1
