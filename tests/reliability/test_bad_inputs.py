@@ -157,7 +157,7 @@ MAKE_HUGE = textwrap.dedent("""
 
 
 def test_huge_image_is_decoded_reduced_in_bounded_memory(tmp_path):
-    """A 10k x 10k photo: the face is found and aligned; decoding it adds far less than its 300 MB of full-size pixels."""
+    """A 10k x 10k photo: the face is found and aligned; decoding it adds a bounded amount of memory (< 600 MB)."""
     cases = [Case("huge", None)]
     build_corpus(tmp_path / "raw", cases)
     huge = tmp_path / "raw" / "Manually_Annotated_Images" / cases[0].path()
