@@ -45,14 +45,6 @@ def preprocess() -> dict:
     return preprocess_record(load_params(REPO / "params.yaml"))
 
 
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch: on a shared 2-core box, thread hand-offs dominate tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="session")
 def tiny8_shards(tmp_path_factory) -> Path:

@@ -82,14 +82,6 @@ def train_params(**overrides) -> TrainParams:
     return build(TrainParams, "train", **{**values, **overrides})
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-exact CPU kernels need the same thread count in every process compared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["state_dict"]
