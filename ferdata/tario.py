@@ -3,6 +3,9 @@
 Writer: members sorted per sample, fixed mtime/uid/gid/mode/owner names, GNU format,
 each shard built in memory, written to a temp file and renamed, so identical inputs
 give byte-identical shards and a killed run never leaves a partial shard behind.
+Headers are filled into a fixed 512-byte template (name, size, checksum) instead of going
+through ``tarfile``'s general writer, which cost more than the JPEG encode of a 112 px face;
+the bytes are the same as ``tarfile``'s GNU output (tested), long names go through ``tarfile``.
 Reader (for shards from anywhere): rejects absolute paths, ``..``, links, devices,
 anything but regular files, pickle-bearing members and oversized members; ``.npy``
 payloads load with ``allow_pickle=False`` only.
@@ -24,6 +27,33 @@ from ferdata.io import atomic_write_bytes
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 MAX_MEMBER_BYTES = 64 << 20     # far above any face sample; stops a crafted member exhausting memory
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+_TEMPLATE = _member_info("", 0).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The GNU tar header of a read-only regular file ``name`` of ``size`` bytes, owned by
+    uid/gid 0 with no owner names and mtime 0 (what :class:`TarShardWriter` writes)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) >= 100 or size >= 8 ** 11:        # GNU long name / base-256 size: tarfile's general path
+        return _member_info(name, size).tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    buf = bytearray(_TEMPLATE)
+    buf[0:len(raw)] = raw
+    buf[124:136] = b"%011o\0" % size
+    buf[148:156] = b"        "
+    buf[148:155] = b"%06o\0" % sum(buf)
+    return bytes(buf)
 
 
 class UnsafeTarError(ValueError):
@@ -66,7 +96,6 @@ class TarShardWriter:
         self.maxcount = maxcount
         self.files: list[ShardFile] = []
         self._buf: io.BytesIO | None = None
-        self._tar: tarfile.TarFile | None = None
         self._count = 0
         self._remove_stale()
 
@@ -81,29 +110,27 @@ class TarShardWriter:
     def write(self, key: str, fields: Mapping[str, bytes]) -> None:
         if not key or "." in key or key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid sample key {key!r}")
-        if self._tar is None:
+        if self._buf is None:
             self._buf = io.BytesIO()
-            self._tar = tarfile.open(fileobj=self._buf, mode="w", format=tarfile.GNU_FORMAT)
         for ext in sorted(fields):
             data = fields[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o444
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            self._buf.write(member_header(f"{key}.{ext}", len(data)))
+            self._buf.write(data)
+            self._buf.write(bytes(-len(data) % BLOCK))
         self._count += 1
         if self._count >= self.maxcount:
             self._flush()
 
     def _flush(self) -> None:
-        if self._tar is None:
+        if self._buf is None:
             return
-        self._tar.close()
+        self._buf.write(bytes(2 * BLOCK))                  # end-of-archive, then pad to a full record
+        self._buf.write(bytes(-self._buf.tell() % RECORD))
         data = self._buf.getvalue()
         path = self.dir / f"{self.prefix}-{len(self.files):06d}.tar"
         atomic_write_bytes(path, data)
         self.files.append(ShardFile(path, self._count, hashlib.sha256(data).hexdigest(), len(data)))
-        self._tar, self._buf, self._count = None, None, 0
+        self._buf, self._count = None, 0
 
     def close(self) -> list[ShardFile]:
         self._flush()
