@@ -70,9 +70,13 @@ class ShardFile:
 
 def split_member(name: str) -> tuple[str, str]:
     """WebDataset rule: key = path up to the first dot of the basename, ext = the rest."""
-    p = PurePosixPath(name)
-    base, _, ext = p.name.partition(".")
-    return (str(p.parent / base) if str(p.parent) != "." else base), ext.lower()
+    if "//" in name or "./" in name or "/." in name or name.endswith("/"):   # unusual: normalise like pathlib
+        p = PurePosixPath(name)
+        base, _, ext = p.name.partition(".")
+        return (str(p.parent / base) if str(p.parent) != "." else base), ext.lower()
+    head, slash, base = name.rpartition("/")
+    base, _, ext = base.partition(".")
+    return head + slash + base, ext.lower()
 
 
 def shard_name_pattern(prefix: str) -> re.Pattern[str]:
@@ -146,8 +150,7 @@ class TarShardWriter:
 
 def check_member(m: tarfile.TarInfo, where: str) -> None:
     """Raise :class:`UnsafeTarError` unless ``m`` is a plain, relative, pickle-free regular file."""
-    p = PurePosixPath(m.name)
-    if not m.name or p.is_absolute() or ".." in p.parts or "\\" in m.name or "\0" in m.name:
+    if not m.name or m.name.startswith("/") or ".." in m.name.split("/") or "\\" in m.name or "\0" in m.name:
         raise UnsafeTarError(f"{where}: unsafe member path {m.name!r}")
     if not m.isreg() or m.issparse():
         raise UnsafeTarError(f"{where}: member {m.name!r} is not a regular file (link/device/dir/fifo)")

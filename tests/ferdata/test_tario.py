@@ -3,12 +3,14 @@ it), deterministic, and read back safely by ``iter_tar_samples``."""
 from __future__ import annotations
 
 import io
+import itertools
 import tarfile
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
 
-from ferdata.tario import TarShardWriter, iter_dir_samples, iter_tar_samples, member_header
+from ferdata.tario import TarShardWriter, iter_dir_samples, iter_tar_samples, member_header, split_member
 
 NAMES = ["a.jpg", "x" * 98 + ".j", "x" * 99 + ".j", "dir/sub/key.lmk.npy", "k\u00e9y.json", "k" * 150 + ".json"]
 
@@ -66,3 +68,16 @@ def test_roll_over_and_read_back(tmp_path):
         assert [m.name for m in tar][:3] == [f"{samples[0][0]}.{e}" for e in sorted(samples[0][1])]
     first = iter_tar_samples(io.BytesIO(w.files[2].path.read_bytes()))
     assert list(first) == samples[20:]
+
+
+def test_split_member_is_the_pathlib_rule_on_every_short_path():
+    """The fast string split agrees with the pathlib definition on all paths over {a, b, ., /}."""
+    def by_pathlib(name: str) -> tuple[str, str]:
+        p = PurePosixPath(name)
+        base, _, ext = p.name.partition(".")
+        return (str(p.parent / base) if str(p.parent) != "." else base), ext.lower()
+
+    names = ["".join(t) for n in range(1, 7) for t in itertools.product("ab./", repeat=n)]
+    assert [split_member(n) for n in names if not n.startswith("/")] == \
+        [by_pathlib(n) for n in names if not n.startswith("/")]
+    assert split_member("dir/Key.LMK.npy") == ("dir/Key", "lmk.npy")
