@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ferdata.faces.base import select_face  # noqa: E402
+from ferdata.faces.base import FaceBackend, select_face  # noqa: E402
 from ferdata.faces.embedded import EmbeddedBackend  # noqa: E402
 from ferdata.geometry import align_face, split_halves  # noqa: E402
 from ferdata.heatmap import summed_heatmap_u8  # noqa: E402
@@ -139,13 +139,15 @@ def kernel_timer() -> Iterator[dict[str, float]]:
             setattr(EmbeddedBackend, name, fn)
 
 
-def baseline(records: list[FaceRecord], size: int, hm_size: int, sigma: float) -> Clock:
-    """A plain loop over the same backend, one image at a time, everything in memory."""
+def baseline(records: list[FaceRecord], size: int, hm_size: int, sigma: float,
+             backend: FaceBackend | None = None) -> Clock:
+    """A plain loop over the same backend (default: a fresh embedded one, its model load
+    included), one image at a time, everything in memory."""
     with Clock() as clock:
-        backend = EmbeddedBackend()
+        backend = backend or EmbeddedBackend()
         for rec in records:
             image = decode_rgb(Path(rec.path).read_bytes())
-            faces = backend.detect(image)
+            faces = backend.detect(image, rec)
             if not faces:
                 continue
             face = select_face(faces, image.shape, "largest")
