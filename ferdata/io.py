@@ -191,12 +191,24 @@ def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     return img
 
 
-def decode_image(data: bytes) -> Decoded:
-    """Decode encoded image bytes to RGB uint8 (H, W, 3) in the displayed (EXIF) frame.
+@dataclass(frozen=True)
+class Probe:
+    """What :func:`decode_image` would give, read from the header alone: the decoded image's
+    (height, width) in the displayed frame, its scale and the conversions it would apply."""
 
-    Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``,
-    ``truncated``, ``undecodable``, ``too_large``, ``too_small`` or
-    ``unsupported_pixel_format``.
+    shape: tuple[int, int]
+    scale: float
+    conversions: tuple[str, ...]
+    header: ImageHeader
+    reduce: int
+
+
+def probe_image(data: bytes) -> Probe:
+    """Check ``data`` as :func:`decode_image` does before decoding (same :class:`BadImage`
+    reasons for empty, unknown, tiny and oversized inputs) and predict the decoded shape.
+
+    Pixel-free face backends (annotations, precropped) need only this; a body that turns
+    out undecodable is then dropped, with its reason, by the align stage's decode.
     """
     if not data:
         raise BadImage("empty_file")
@@ -204,6 +216,20 @@ def decode_image(data: bytes) -> Decoded:
     if min(head.width, head.height) < MIN_SIDE:
         raise BadImage("too_small", f"{head.width}x{head.height}")
     reduce = _reduction(head)
+    h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
+    shape = (w, h) if head.orientation in (5, 6, 7, 8) else (h, w)
+    return Probe(shape, 1.0 / reduce, conversions_of(head, reduce), head, reduce)
+
+
+def decode_image(data: bytes) -> Decoded:
+    """Decode encoded image bytes to RGB uint8 (H, W, 3) in the displayed (EXIF) frame.
+
+    Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``,
+    ``truncated``, ``undecodable``, ``too_large``, ``too_small`` or
+    ``unsupported_pixel_format``.
+    """
+    probe = probe_image(data)
+    head, reduce = probe.header, probe.reduce
     flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
@@ -212,7 +238,7 @@ def decode_image(data: bytes) -> Decoded:
     if head.has_alpha:
         img = _flatten_alpha(img)
     rgb = cv2.cvtColor(np.ascontiguousarray(apply_orientation(img, head.orientation)), cv2.COLOR_BGR2RGB)
-    return Decoded(rgb, 1.0 / reduce, conversions_of(head, reduce))
+    return Decoded(rgb, probe.scale, probe.conversions)
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

@@ -69,6 +69,9 @@ class FaceBackend:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     cacheable: ClassVar[bool] = True   # results depend on pixels only (not on the record)
+    # False: the backend reads only the image's size (and the record), so the detect stage gives it
+    # a pixel-less (H, W, 0) array from the file header instead of decoding (see ``shape_only``).
+    needs_pixels: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
@@ -120,6 +123,11 @@ class FaceBackend:
         except (MissingModelError, ImportError):
             return False
         return True
+
+
+def shape_only(height: int, width: int) -> np.ndarray:
+    """A stand-in image for backends with ``needs_pixels = False``: the right (H, W), no pixels."""
+    return np.empty((height, width, 0), np.uint8)
 
 
 def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> Face:

@@ -14,6 +14,7 @@ class AnnotationsBackend(FaceBackend):
 
     name = "annotations"
     cacheable = False
+    needs_pixels = False
 
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
         lmk = record.landmarks
@@ -39,6 +40,7 @@ class PrecroppedBackend(FaceBackend):
 
     name = "precropped"
     cacheable = False
+    needs_pixels = False
 
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
         h, w = image.shape[:2]

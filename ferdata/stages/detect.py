@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ferdata.cache import Detection, DetectionCache, face_to_dict
-from ferdata.faces.base import FaceBackend, create_backend, select_face
-from ferdata.io import BadImage, atomic_open, decode_image, staged_dir
+from ferdata.faces.base import FaceBackend, create_backend, select_face, shape_only
+from ferdata.io import BadImage, atomic_open, decode_image, probe_image, staged_dir
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
@@ -90,17 +90,22 @@ class DetectWorker:
         for i, job in enumerate(batch):
             if isinstance(job, Dropped) or job.cached is not None:
                 continue
+            if self._backend is None:                # models themselves load on first use
+                self._backend = self.params.create_backend()
             try:
-                decoded = decode_image(job.data)
+                if self._backend.needs_pixels:
+                    decoded = decode_image(job.data)
+                    image, scale = decoded.rgb, decoded.scale
+                else:                              # header only: align decodes (and drops bad bodies)
+                    probe = probe_image(job.data)
+                    image, scale = shape_only(*probe.shape), probe.scale
             except BadImage as e:
                 out[i] = (job, None, e.reason, e.detail)
                 continue
             todo.append(i)
-            images.append(decoded.rgb)
-            scales.append(decoded.scale)
+            images.append(image)
+            scales.append(scale)
         if todo:
-            if self._backend is None:
-                self._backend = self.params.create_backend()
             # Huge images decode reduced: backends work in the decoded frame (record
             # annotations scaled into it); results go back to source-image pixels.
             records = [scale_record(batch[i].record, s) for i, s in zip(todo, scales)]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from ferdata.datasets import DatasetLayoutError, open_reader
-from ferdata.io import BadImage, decode_image, decode_jpeg_rgb
+from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, probe_image
 from ferdata.stages.detect import run_detect
 from ferdata.tario import iter_dir_samples
 from ferdata.verify import verify_shards
@@ -73,6 +73,21 @@ def test_exif_orientation_matches_pil(orientation):
         got = decode_image(data)
         assert got.rgb.shape == ref.shape and np.array_equal(got.rgb, ref)
         assert ("exif_orientation" in got.conversions) == (orientation != 1)
+        assert probe_image(data).shape == ref.shape[:2]             # header-only frame for pixel-free backends
+
+
+@pytest.mark.parametrize("max_pixels", [10 ** 9, 5000, 1500, 300])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_probe_predicts_reduced_decodes(monkeypatch, max_pixels, orientation):
+    """Odd sizes decoded at 1/2, 1/4, 1/8 (libjpeg rounds up): the probe gives the same frame,
+    scale and conversions as the decode, without decoding."""
+    monkeypatch.setattr("ferdata.io.MAX_PIXELS", max_pixels)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(np.ascontiguousarray(real_photo("astronaut")[:83, :121]), quality=90, exif=exif.tobytes())
+    got, probe = decode_image(data), probe_image(data)
+    assert (probe.shape, probe.scale, probe.conversions) == (got.rgb.shape[:2], got.scale, got.conversions)
+    assert probe.scale == {10 ** 9: 1, 5000: 0.5, 1500: 0.25, 300: 0.125}[max_pixels]
 
 
 @pytest.mark.parametrize("data, reason", [
