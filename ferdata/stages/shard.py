@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tarfile
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ferdata.splits import assign_splits, unit_hash
 from ferdata.report import StageReport
 from ferdata.stages.align import PREFIX as ALIGNED
 from ferdata.stages.derive import PREFIX as DERIVED
-from ferdata.tario import TarShardWriter, UnsafeTarError, check_member, list_shards, split_member
+from ferdata.tario import TarShardWriter, UnsafeTarError, check_member, iter_members, list_shards, split_member
 
 log = logging.getLogger(__name__)
 INFO = "_info.json"
@@ -50,14 +49,14 @@ def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Memb
     """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
     index: dict[str, dict[str, Member]] = {}
     for path in list_shards(directory, prefix):
-        with tarfile.open(path, "r:") as tar:
-            for m in tar.getmembers():
-                check_member(m, str(path))
-                key, ext = split_member(m.name)
-                sample = index.setdefault(key, {})
-                if ext in sample:
-                    raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
-                sample[ext] = (str(path), m.offset_data, m.size)
+        where = str(path)                                   # one string shared by all its members
+        for m, _ in iter_members(path, read_data=False):
+            check_member(m, where)
+            key, ext = split_member(m.name)
+            sample = index.setdefault(key, {})
+            if ext in sample:
+                raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
+            sample[ext] = (where, m.offset_data, m.size)
     return index
 
 

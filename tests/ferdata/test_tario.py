@@ -10,7 +10,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import pytest
 
-from ferdata.tario import TarShardWriter, iter_dir_samples, iter_tar_samples, member_header, split_member
+from ferdata.tario import (TarShardWriter, UnsafeTarError, iter_dir_samples, iter_members, iter_tar_samples,
+                           member_header, split_member)
 
 NAMES = ["a.jpg", "x" * 98 + ".j", "x" * 99 + ".j", "dir/sub/key.lmk.npy", "k\u00e9y.json", "k" * 150 + ".json"]
 
@@ -57,13 +58,15 @@ def test_shard_bytes_equal_tarfile_output(tmp_path, n):
     assert len(written) % tarfile.RECORDSIZE == 0
 
 
-def test_roll_over_and_read_back(tmp_path):
+def test_roll_over_and_read_back(tmp_path, monkeypatch):
     samples = random_samples(25, seed=3)
     with TarShardWriter(tmp_path, "s", maxcount=10) as w:
         for key, fields in samples:
             w.write(key, fields)
     assert [f.count for f in w.files] == [10, 10, 5]
-    assert list(iter_dir_samples(tmp_path, "s")) == samples
+    with monkeypatch.context() as m:                       # our own shards never need tarfile to read
+        m.setattr("ferdata.tario.tarfile.open", lambda *a, **k: pytest.fail("fell back to tarfile"))
+        assert list(iter_dir_samples(tmp_path, "s")) == samples
     with tarfile.open(w.files[0].path) as tar:                 # any tar reader sees the same members
         assert [m.name for m in tar][:3] == [f"{samples[0][0]}.{e}" for e in sorted(samples[0][1])]
     first = iter_tar_samples(io.BytesIO(w.files[2].path.read_bytes()))
@@ -81,3 +84,68 @@ def test_split_member_is_the_pathlib_rule_on_every_short_path():
     assert [split_member(n) for n in names if not n.startswith("/")] == \
         [by_pathlib(n) for n in names if not n.startswith("/")]
     assert split_member("dir/Key.LMK.npy") == ("dir/Key", "lmk.npy")
+
+
+def archive(fmt: int, members: list[tuple[str, bytes]], mode: str = "w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1234567
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def by_tarfile(data: bytes) -> list[tuple[str, int, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        return [(m.name, m.offset_data, tar.extractfile(m).read()) for m in tar]
+
+
+MEMBERS = [("a.jpg", b"x" * 700), ("deep/" * 30 + "k.json", b"{}"), ("k\u00e9y.cls", b"3"), ("b.jpg", b""),
+           ("n" * 120 + ".lmk.npy", b"y" * 1024)]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_iter_members_reads_what_tarfile_reads(tmp_path, fmt, mode):
+    """GNU long names, ustar prefixes, pax headers (non-ASCII, long names), gzip: the fast
+    scanner or its tarfile fallback give tarfile's names, offsets and bytes."""
+    members = [(n, d) for n, d in MEMBERS if fmt != tarfile.USTAR_FORMAT or len(n) < 100]
+    data = archive(fmt, members, mode)
+    expected = by_tarfile(data)
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    got = [(m.name, m.offset_data, d) for m, d in iter_members(path)]
+    assert [(n, d) for n, _, d in got] == [(n, d) for n, _, d in expected]
+    if mode == "w":                                       # offsets only exist uncompressed
+        assert got == expected
+        index = [(m.name, m.offset_data, m.size) for m, _ in iter_members(io.BytesIO(data), read_data=False)]
+        assert index == [(n, o, len(d)) for n, o, d in expected]
+
+
+def test_iter_members_hands_unusual_members_to_tarfile_midway():
+    """A symlink after plain members: the plain ones come from the scanner, the link from
+    tarfile (and check_member then refuses it)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in MEMBERS[:2]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("evil.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    got = list(iter_members(io.BytesIO(buf.getvalue())))
+    assert [m.name for m, _ in got] == [MEMBERS[0][0], MEMBERS[1][0], "evil.jpg"] and got[2][0].issym()
+    with pytest.raises(UnsafeTarError, match="not a regular file"):
+        list(iter_tar_samples(io.BytesIO(buf.getvalue())))
+
+
+def test_truncated_and_corrupt_archives_raise():
+    data = archive(tarfile.GNU_FORMAT, MEMBERS[:2])
+    with pytest.raises(tarfile.ReadError):
+        list(iter_members(io.BytesIO(data[:600])))              # ends inside the first member's data
+    bad = bytearray(data)
+    bad[10] ^= 0xFF                                            # header checksum no longer matches
+    with pytest.raises(tarfile.ReadError):
+        list(iter_members(io.BytesIO(bytes(bad))))
