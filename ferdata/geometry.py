@@ -111,6 +111,29 @@ def estimate_norm(kps5: np.ndarray, size: int = 112, padding: float = 0.0) -> np
     return similarity_matrix(kps5, template(size, padding))
 
 
+def reduced_frame(scale: float) -> np.ndarray:
+    """The 2x3 matrix from source pixels to the pixels of the same image decoded at ``scale``
+    (1, 1/2, 1/4, 1/8). libjpeg's scaled decode averages r x r blocks, so a pixel centre maps
+    as x' = (x + 0.5) * scale - 0.5, not x * scale (a 1.5 px shift at 1/4)."""
+    return np.array([[scale, 0.0, (scale - 1) / 2], [0.0, scale, (scale - 1) / 2]])
+
+
+def crop_reduction(kps5: np.ndarray, size: int, padding: float = 0.0, limit: int = 8) -> int:
+    """The largest power of two r <= ``limit`` at which the face, decoded at 1/r, still has at
+    least the crop's resolution: decoding at 1/r then costs a fraction of a full decode and,
+    unlike a bilinear warp shrinking a large face several times, does not alias. 1 when the
+    keypoints cannot define an alignment (the caller reports why)."""
+    try:
+        m = estimate_norm(kps5, size, padding)
+    except ValueError:
+        return 1
+    zoom = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))       # crop pixels per source pixel
+    r = 1
+    while r * 2 <= limit and zoom * r * 2 <= 1.0:
+        r *= 2
+    return r
+
+
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a 2x3 affine matrix to (..., K, 2) points."""
     pts = np.asarray(points, np.float64)

@@ -203,7 +203,7 @@ class Probe:
     reduce: int
 
 
-def probe_image(data: bytes) -> Probe:
+def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
     """Check ``data`` as :func:`decode_image` does before decoding (same :class:`BadImage`
     reasons for empty, unknown, tiny and oversized inputs) and predict the decoded shape.
 
@@ -215,20 +215,24 @@ def probe_image(data: bytes) -> Probe:
     head = read_header(data)
     if min(head.width, head.height) < MIN_SIDE:
         raise BadImage("too_small", f"{head.width}x{head.height}")
-    reduce = _reduction(head)
+    needed = _reduction(head)
+    reduce = max(needed, reduce_at_least) if head.format in _JPEG and not head.has_alpha else needed
     h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
     shape = (w, h) if head.orientation in (5, 6, 7, 8) else (h, w)
-    return Probe(shape, 1.0 / reduce, conversions_of(head, reduce), head, reduce)
+    return Probe(shape, 1.0 / reduce, conversions_of(head, needed), head, reduce)
 
 
-def decode_image(data: bytes) -> Decoded:
+def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     """Decode encoded image bytes to RGB uint8 (H, W, 3) in the displayed (EXIF) frame.
 
+    ``reduce_at_least`` (2, 4, 8) lets a JPEG decode at that fraction of its size inside libjpeg
+    when the caller needs no more resolution (the align stage, for large faces); other formats
+    ignore it. Only a reduction forced by :data:`MAX_PIXELS` counts as a conversion.
     Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``,
     ``truncated``, ``undecodable``, ``too_large``, ``too_small`` or
     ``unsupported_pixel_format``.
     """
-    probe = probe_image(data)
+    probe = probe_image(data, reduce_at_least)
     head, reduce = probe.header, probe.reduce
     flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)

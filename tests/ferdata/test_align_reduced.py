@@ -1,0 +1,81 @@
+"""Large faces decode at 1/2..1/8 in the align stage: the same geometry as a full decode (the
+source->crop matrix and crop landmarks agree), pixels like an anti-aliased downscale."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from ferdata.faces.base import select_face
+from ferdata.geometry import align_face, crop_reduction, template
+from ferdata.io import decode_image
+from ferdata.stages.align import checked_points, source_matrix
+
+ZOOM = 2                       # the photo upscaled 2x: its face is 4-8x larger than a 112 crop needs
+
+
+@pytest.mark.parametrize("k, expected", [(1.0, 1), (1.9, 1), (2.0, 2), (2.5, 2), (5.0, 4), (9.0, 8), (20.0, 8)])
+def test_crop_reduction_keeps_at_least_crop_resolution(k, expected):
+    """Keypoints k times the template's spacing: the face at 1/r is still >= the crop (k / r >= 1)."""
+    assert crop_reduction(template(112) * k, 112) == expected
+    assert crop_reduction(template(112) * k, 112, limit=1) == 1
+
+
+def test_crop_reduction_of_degenerate_points_is_one():
+    assert crop_reduction(np.zeros((5, 2)), 112) == 1
+
+
+@pytest.fixture(scope="module")
+def big_face(photos, embedded):
+    """Grace Hopper at 2x as a q95 JPEG, with her face's points in the big image's pixels."""
+    small = photos["grace_hopper"]
+    face = select_face(embedded.detect(small), small.shape, "largest")
+    big = cv2.resize(small, None, fx=ZOOM, fy=ZOOM, interpolation=cv2.INTER_CUBIC)
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    to_big = lambda p: (np.asarray(p, np.float64) + 0.5) * ZOOM - 0.5          # noqa: E731  pixel centres
+    row = {"box": list(to_big(np.reshape(face.box, (2, 2))).ravel()), "kps5": to_big(face.kps5).tolist(),
+           "lmk68": to_big(face.lmk68).tolist()}
+    return jpg.tobytes(), row
+
+
+def crop_at(data: bytes, row: dict, reduce: int):
+    decoded = decode_image(data, reduce)
+    kps5, lmk68 = checked_points(row, decoded.rgb.shape, decoded.scale)
+    al = align_face(decoded.rgb, kps5, 112, lmk68=lmk68)
+    return decoded, al
+
+
+def test_reduced_decode_has_the_full_decodes_geometry(big_face):
+    data, row = big_face
+    reduce = crop_reduction(np.asarray(row["kps5"]), 112)
+    assert reduce == 4                                   # the case under test really reduces (not the limit)
+    full_dec, full = crop_at(data, row, 1)
+    red_dec, red = crop_at(data, row, reduce)
+    assert red_dec.scale == 1 / reduce and red_dec.rgb.shape[0] == -(-full_dec.rgb.shape[0] // reduce)
+    assert red_dec.conversions == ()                     # not a conversion: resolution the crop never uses
+    np.testing.assert_allclose(source_matrix(red.matrix, red_dec.scale), full.matrix, atol=1e-4)
+    np.testing.assert_allclose(red.lmk68, full.lmk68, atol=1e-3)
+
+
+def test_reduced_crop_matches_an_antialiased_downscale(big_face):
+    """The 1/4 decode's crop equals (within JPEG/DCT differences) the crop of the full decode
+    area-averaged 4x, with pixel centres mapped (x + 0.5) / 4 - 0.5; mapping them as x / 4
+    shifts the face by 3/8 of a source pixel and is measurably worse; the plain full-decode
+    warp (bilinear from 4x too many pixels) aliases and differs more."""
+    data, row = big_face
+    _, red = crop_at(data, row, 4)
+    full_dec, full = crop_at(data, row, 1)
+    area = cv2.resize(full_dec.rgb, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
+
+    def warp(shift: float) -> np.ndarray:
+        kps = (np.asarray(row["kps5"]) + shift) * 0.25 - shift
+        return align_face(area, kps, 112).image.astype(np.float64)
+
+    def err(a: np.ndarray) -> float:
+        return float(np.abs(red.image.astype(np.float64) - a)[8:-8, 8:-8].mean())
+
+    right, shifted = err(warp(0.5)), err(warp(0.0))
+    assert right < 1.5
+    assert right < shifted
+    assert right < err(full.image.astype(np.float64))
