@@ -68,8 +68,10 @@ def template(size: int, padding: float = 0.0) -> np.ndarray:
 def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst.
 
-    Umeyama's closed form, the same estimator as skimage's ``SimilarityTransform``
-    used by insightface. Returns the 2x3 matrix.
+    The optimum Umeyama's method (skimage's ``SimilarityTransform``, used by insightface)
+    finds, in its 2-D closed form: with centred points as complex numbers s and d, the
+    rotation+scale is a + ib = sum(conj(s) d) / sum(|s|^2). No SVD: ~20 us instead of ~200.
+    Returns the 2x3 matrix.
     """
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
@@ -77,29 +79,17 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         raise ValueError(f"need two matching (K>=2, 2) point sets, got {src.shape} and {dst.shape}")
     if not (np.isfinite(src).all() and np.isfinite(dst).all()):
         raise ValueError("keypoints contain NaN or infinity")
-    n = src.shape[0]
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
-    var_s = (s ** 2).sum() / n
-    if var_s <= 1e-12:
+    var_s = float((s * s).sum())
+    if var_s <= 1e-12 * len(src):
         raise ValueError("degenerate keypoints: all points coincide")
-    cov = d.T @ s / n
-    u, sig, vt = np.linalg.svd(cov)
-    sign = np.ones(2)
-    if np.linalg.det(cov) < 0:
-        sign[1] = -1
-    if np.linalg.matrix_rank(cov) == 1:
-        # Collinear points (e.g. K=2): the sign of det(cov) is noise; choose the proper
-        # rotation from U and V instead, as Umeyama (and skimage) do.
-        sign[1] = 1.0 if np.linalg.det(u) * np.linalg.det(vt) > 0 else -1.0
-        rot = u @ np.diag(sign) @ vt
-        sign[1] = 1.0                       # sig[1] == 0: the scale does not depend on it
-    else:
-        rot = u @ np.diag(sign) @ vt
-    scale = (sig * sign).sum() / var_s
+    a = float((s * d).sum()) / var_s
+    b = float((s[:, 0] * d[:, 1] - s[:, 1] * d[:, 0]).sum()) / var_s
+    rot = np.array([[a, -b], [b, a]])
     m = np.empty((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
+    m[:, :2] = rot
+    m[:, 2] = mu_d - rot @ mu_s
     return m
 
 

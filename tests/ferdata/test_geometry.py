@@ -77,6 +77,24 @@ def test_similarity_fit_is_least_squares_under_noise():
             assert base <= np.linalg.norm(transform_points(src, c) - dst) + 1e-6
 
 
+def test_similarity_fit_equals_skimage_umeyama():
+    """The 2-D closed form gives skimage's (Umeyama, SVD) estimate, also for noisy, mirrored
+    (a reflection fits better, a similarity must not use it) and two-point inputs."""
+    from skimage.transform import SimilarityTransform
+
+    for i in range(300):
+        k = int(RNG.integers(2, 70))
+        src = RNG.uniform(-100, 100, size=(k, 2))
+        dst = transform_points(src, random_similarity(RNG)) + RNG.normal(0, 5.0, size=(k, 2))
+        if i % 3 == 0:
+            dst[:, 0] *= -1
+        ref = SimilarityTransform.from_estimate(src, dst) if hasattr(SimilarityTransform, "from_estimate") else None
+        if ref is None:
+            ref = SimilarityTransform()
+            ref.estimate(src, dst)
+        np.testing.assert_allclose(similarity_matrix(src, dst), ref.params[:2], rtol=1e-7, atol=1e-7)
+
+
 def test_degenerate_and_bad_input():
     with pytest.raises(ValueError, match="degenerate"):
         similarity_matrix(np.ones((5, 2)), ARCFACE_112)
