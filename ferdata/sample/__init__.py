@@ -1,0 +1,43 @@
+"""A deterministic, offline smoke-test dataset in AffectNet's official on-disk layout.
+
+Why: ``dvc repro`` on a fresh clone must run detect -> align -> train -> evaluate with
+no download and no licensed data, and the trained model must clearly beat chance so a
+broken stage shows up as a broken number. Real face photos that ship inside installed
+packages (scikit-image, matplotlib, insightface) are detected once with the embedded
+backend; each face then gets a *synthetic* expression from a landmark-driven
+thin-plate-spline warp, a random pose, lighting and background, and is written as
+``Manually_Annotated_Images/<dir>/<name>.jpg`` plus ``training.csv``/``validation.csv``
+with the warped 68 landmarks and the face box. The expressions are caricatures made by
+moving landmarks: use the sample to test the pipeline, never for research claims
+(docs/sample_dataset.md).
+
+Geometry lives in a per-face "face frame": an upright face, origin between the eyes,
+y down, one unit about the inter-ocular distance (fitted on the nose and eye corners). Expressions are
+landmark displacements in that frame; each output pixel is mapped back once
+(output -> pose inverse -> spline -> portrait pixel), so every class goes through the
+same single resampling and no class is blurrier than another.
+
+Modules, in the order the data flows:
+
+- ``sources``: the package photos, their detected faces as ``Identity`` portraits, and
+  which identities each split and slot use;
+- ``expressions``: each class as landmark displacements and skin creases;
+- ``warp``: the thin-plate spline and the random pose;
+- ``paint``: creases, mouth interiors, backgrounds and colour jitter;
+- ``render``: one image (``render_sample``);
+- ``writer``: the AffectNet layout and the entry point ``make_affectnet_sample``.
+"""
+from ferdata.datasets.affectnet import COLUMNS
+from ferdata.sample.expressions import (EXPRESSIONS, FOLDS, VALENCE_AROUSAL, Expression, Fold, expression_shape,
+                                        mouth_gap, neutralise)
+from ferdata.sample.render import Sample, face_box, render_sample
+from ferdata.sample.sources import Identity, load_identities, slot_identities, split_identities
+from ferdata.sample.warp import ThinPlateSpline
+from ferdata.sample.writer import CSV_NAMES, IMAGES_DIR, LISTS_DIR, MARKER, SPLIT_DIRS, make_affectnet_sample
+
+__all__ = [
+    "COLUMNS", "CSV_NAMES", "EXPRESSIONS", "FOLDS", "IMAGES_DIR", "LISTS_DIR", "MARKER", "SPLIT_DIRS",
+    "VALENCE_AROUSAL", "Expression", "Fold", "Identity", "Sample", "ThinPlateSpline", "expression_shape",
+    "face_box", "load_identities", "make_affectnet_sample", "mouth_gap", "neutralise", "render_sample",
+    "slot_identities", "split_identities",
+]

@@ -1,0 +1,138 @@
+"""The public entry point: write the sample in AffectNet's official on-disk layout.
+
+``Manually_Annotated_Images/<split dir>/<name>.jpg`` plus ``training.csv`` and
+``validation.csv`` with the 68 landmarks and the face box, named with the AffectNet
+reader's own constants so the writer cannot drift from what ``AffectNetReader``
+expects. The folder is built beside ``out_dir`` and swapped in whole, and a marker file
+says it may be replaced next time.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ferdata.classes import CLASSES
+from ferdata.datasets.affectnet import COLUMNS, IMAGES, LIST_DIRS, LISTS
+from ferdata.io import atomic_write_bytes, atomic_write_text
+from ferdata.sample.render import Sample, render_sample
+from ferdata.sample.sources import load_identities, slot_identities, split_identities
+
+log = logging.getLogger(__name__)
+
+# The reader's own names, so the writer cannot drift from what AffectNetReader expects.
+IMAGES_DIR = IMAGES
+LISTS_DIR = LIST_DIRS[0]                                # Manually_Annotated_file_lists
+CSV_NAMES = {"train": LISTS["train"], "validation": LISTS["test"]}
+SPLIT_DIRS = {"train": "1", "validation": "2"}          # AffectNet's <subDirectory> is numeric
+MARKER = "sample_summary.json"                          # marks a folder this module may replace
+
+
+def _check_args(per_class: int, classes: Sequence[int], val_fraction: float, seed: int, image_size: int,
+                jpeg_quality: int) -> None:
+    """Reject arguments that would give an empty split, unknown classes or unusable images."""
+    if not classes or len(set(classes)) != len(classes) or any(not 0 <= int(c) < len(CLASSES) for c in classes):
+        raise ValueError(f"sample: classes must be distinct AffectNet ids 0..7, got {list(classes)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"sample: val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = round(per_class * val_fraction)
+    if per_class < 2 or n_val < 1 or n_val >= per_class:
+        raise ValueError(f"sample: per_class={per_class} with val_fraction={val_fraction} "
+                         f"leaves an empty split; use per_class >= 2 and a fraction that gives both")
+    if seed < 0:
+        raise ValueError(f"sample: seed must be >= 0, got {seed}")
+    if image_size < 64:
+        raise ValueError(f"sample: image_size must be >= 64, got {image_size}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"sample: jpeg_quality must be in 1..100, got {jpeg_quality}")
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """A fresh temporary folder beside ``out_dir``; refuses to clobber a folder this
+    module did not write (one without the marker file)."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+        raise FileExistsError(f"sample: {out_dir} is not empty and was not written by ferdata.sample; "
+                              f"choose an empty or new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    tmp.chmod(0o755)                     # mkdtemp makes it private; the dataset is not
+    return tmp
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` with ``tmp`` so readers never see a half-written sample."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    """AffectNet's header and the rows, "\n" line ends (byte-stable across platforms)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _row(rel: str, s: Sample, cls: int) -> list[str]:
+    """One CSV row; landmarks at 0.01 px, as ``x1;y1;...;x68;y68``."""
+    return [rel, *(str(v) for v in s.box), ";".join(f"{v:.2f}" for v in s.lmk68.reshape(-1)),
+            str(cls), f"{s.valence:.4f}", f"{s.arousal:.4f}"]
+
+
+def make_affectnet_sample(out_dir: Path, *, per_class: int, classes: Sequence[int], val_fraction: float,
+                          seed: int, image_size: int, jpeg_quality: int) -> dict:
+    """Write the smoke-test sample to ``out_dir`` in AffectNet's official layout.
+
+    ``per_class`` images per class in total; ``round(per_class * val_fraction)`` of them
+    go to ``validation.csv`` and use only held-out identities. The same arguments give
+    byte-identical files (every random draw comes from a Generator seeded by
+    ``(seed, split, class, index)``). ``out_dir`` is replaced as a whole. Returns counts
+    per split and class and the identities used per split.
+    """
+    _check_args(per_class, classes, val_fraction, seed, image_size, jpeg_quality)
+    out_dir = Path(out_dir)
+    identities = load_identities()
+    splits = split_identities(identities, val_fraction, np.random.default_rng([seed, 0]))
+    n_val = round(per_class * val_fraction)
+    sizes = {"train": per_class - n_val, "validation": n_val}
+    tmp = _prepare_out_dir(out_dir)
+    summary: dict = {"image_size": image_size, "counts": {}, "identities": {}}
+    total = len(classes) * per_class
+    try:
+        for split_no, split in enumerate(("train", "validation"), start=1):
+            slots = slot_identities(splits[split], sizes[split], np.random.default_rng([seed, split_no]))
+            rows: list[list[str]] = []
+            for cls in sorted(int(c) for c in classes):
+                for i, ident in enumerate(slots):
+                    rng = np.random.default_rng([seed, split_no, cls, i])
+                    sample = render_sample(ident, cls, rng, image_size, jpeg_quality)
+                    name = hashlib.sha1(f"{seed}/{split}/{cls}/{i}".encode()).hexdigest()
+                    rel = f"{SPLIT_DIRS[split]}/{name}.jpg"
+                    atomic_write_bytes(tmp / IMAGES_DIR / rel, sample.jpeg)
+                    rows.append(_row(rel, sample, cls))
+            atomic_write_text(tmp / LISTS_DIR / CSV_NAMES[split], _csv_text(rows))
+            summary["counts"][split] = {CLASSES[c]: sizes[split] for c in sorted(int(c) for c in classes)}
+            summary["identities"][split] = sorted({i.name for i in slots})
+        atomic_write_text(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("sample: wrote %d images to %s", total, out_dir)
+    return summary
