@@ -13,11 +13,14 @@ JPEGs. Measured:
   the one-time model load is timed separately;
 * baseline: a plain loop calling the same backend one image at a time (decode, detect,
   align, heatmap, halves, encode), no stage machinery, no cache, no processes;
-* a repeat of the pipeline on the warm cache.
+* a repeat of the pipeline on the warm cache;
+* the machine's own 1 -> 2 process ceiling: the detector kernel alone in 1 and in 2
+  concurrent processes (on shared vCPUs it is below 2 and moves with other jobs), so the
+  pipeline's speed-up is judged against what the machine gives at the time.
 
 Prints images/s per stage, then the ratios (last). Goals: pipeline (1 process) within
-1.3x of its model kernels' time, near-linear 1 -> 2 process scaling, repeat detect
->= 20x faster than the first. The default 1,000 inputs (about 2 minutes on 2 cores) keep
+1.3x of its model kernels' time, near-linear 1 -> 2 process scaling (>= 0.9 of the
+machine's ceiling), repeat detect >= 20x faster than the first. The default 1,000 inputs (about 2 minutes on 2 cores) keep
 the one-time model load (dlib's predictor, ~0.6 s, serial before the workers fork) from
 dominating both ratios, as it would at a few hundred images and never does on a real
 dataset; the ratio without it is printed too. Usage:
@@ -29,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import multiprocessing as mp
 import os
 import resource
 import sys
@@ -184,6 +188,37 @@ def run_pipeline(records: list[FaceRecord], work: Path, cache: Path, workers: in
     return out
 
 
+def _spin(seconds: float, start, out) -> None:
+    """Run the RetinaFace kernel on a fixed 640x480 blob for ``seconds``; report calls/s."""
+    backend = EmbeddedBackend()
+    backend.load_detector()
+    blob = np.random.default_rng(0).random((1, 3, 480, 640), dtype=np.float32)
+    backend.infer(blob)
+    start.wait()
+    t0, calls = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        backend.infer(blob)
+        calls += 1
+    out.put(calls / (time.perf_counter() - t0))
+
+
+def kernel_rates(seconds: float) -> tuple[float, float]:
+    """The detector kernel alone (no Python overhead, no I/O): calls/s of 1 process and of 2
+    concurrent processes. Their ratio is what 2 processes can give on this machine: shared
+    or SMT vCPUs, or other jobs, hold it below 2, and no pipeline scales beyond it."""
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    rates = []
+    for n in (1, 2):
+        start, out = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_spin, args=(seconds, start, out)) for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        rates.append(sum(out.get() for _ in procs))
+        for proc in procs:
+            proc.join()
+    return rates[0], rates[1]
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -197,7 +232,9 @@ def measure(n: int, max_side: int, repeats: int) -> dict:
         records = make_inputs(root / "inputs", n, max_side)
         base = baseline(records, size, hm, sigma)
         runs: dict[int, list] = {1: [], 2: []}
+        kernel = []
         for rep in range(repeats):
+            kernel.append(kernel_rates(1.0 if n < 100 else 4.0))
             for workers in (1, 2):
                 with kernel_timer() as kernels:
                     run = run_pipeline(records, root / f"p{workers}_{rep}", root / f"cache{workers}_{rep}", workers)
@@ -206,7 +243,8 @@ def measure(n: int, max_side: int, repeats: int) -> dict:
         one = min(runs[1], key=lambda r: r["total"].wall)
         two = min(runs[2], key=lambda r: r["total"].wall)
         again = run_pipeline(records, root / "repeat", root / "cache2_0", workers=2)
-    return {"base": base, "one": one, "two": two, "again": again, "size": size, "hm": hm}
+    ceiling = max(k[1] for k in kernel) / max(k[0] for k in kernel)      # best of each, as for the runs
+    return {"base": base, "one": one, "two": two, "again": again, "size": size, "hm": hm, "ceiling": ceiling}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -247,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "pipeline_minus_load_over_kernels": (one["total"].wall - kern["load"]) / kern["wall"],
         "detect_over_kernels": one["detect"].wall / kern["wall"],
         "scaling_1_to_2": one["total"].wall / two["total"].wall,
+        "kernel_ceiling_1_to_2": m["ceiling"],
+        "scaling_over_ceiling": one["total"].wall / two["total"].wall / m["ceiling"],
         "cpu_2p_over_1p": two["total"].cpu / one["total"].cpu,
         "repeat_detect_speedup": one["detect"].wall / again["detect"].wall,
         "repeat_pipeline_speedup": one["total"].wall / again["total"].wall,
@@ -261,6 +301,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"  detect stage alone / the model kernels          {r['detect_over_kernels']:6.2f}x")
     print(f"  speed-up 1 -> 2 processes, whole pipeline       {r['scaling_1_to_2']:6.2f}x   goal ~2 (>= 1.7) "
           f"{verdict(r['scaling_1_to_2'] >= 1.7)}")
+    print(f"  the detector kernel alone, 2 processes / 1      {r['kernel_ceiling_1_to_2']:6.2f}x   (this machine's "
+          f"ceiling now: shared vCPUs)")
+    print(f"  pipeline speed-up / that ceiling                {r['scaling_over_ceiling']:6.2f}    goal >= 0.9  "
+          f"{verdict(r['scaling_over_ceiling'] >= 0.9)}")
     print(f"  CPU work of 2 processes / 1 process             {r['cpu_2p_over_1p']:6.2f}x   (1.0: parallelism adds "
           f"no work; the wall speed-up also needs 2 idle cores)")
     print(f"  repeat run speed-up, detect stage               {r['repeat_detect_speedup']:6.1f}x   goal >= 20   "

@@ -23,7 +23,8 @@ def test_quick_benchmark_prints_ratios_last(capsys):
     out = capsys.readouterr().out
     assert "detections run: first 8, repeat 0" in out
     tail = out[out.index("\nratios\n"):]
-    for line in ("model kernels, wall", "speed-up 1 -> 2 processes", "repeat run speed-up, detect stage",
+    for line in ("model kernels, wall", "speed-up 1 -> 2 processes", "pipeline speed-up / that ceiling",
+                 "repeat run speed-up, detect stage",
                  "baseline plain loop, 1 process"):
         assert line in tail
     assert all(v > 0 for v in ratios.values())
