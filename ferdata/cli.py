@@ -1,12 +1,18 @@
-"""The `ferdata` command line: thin typer commands over the library functions."""
+"""The `ferdata` command line: thin typer commands over the library functions.
+
+Library modules are imported inside the commands, so `ferdata --help` and the data commands
+start fast and never import torch (only `predict` does, when it runs)."""
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from ferdata.show import show_command
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
                   no_args_is_help=True, add_completion=False)
@@ -82,16 +88,36 @@ def sample(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _register_optional_commands() -> None:
-    """Commands whose implementation lives next to the library code they wrap."""
-    from ferdata.show import show_command
-    from fermodels.predict import predict_command
-
-    app.command("show")(show_command)
-    app.command("predict")(predict_command)
+app.command("show")(show_command)
 
 
-_register_optional_commands()
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Images, videos or folders of them."),
+    model: Path = typer.Option(..., "--model", "-m", help="A training checkpoint (runs/train/ckpt/best.pt)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json here (default: CSV on stdout)."),
+    annotate: Optional[Path] = typer.Option(None, help="Folder for copies of the images with boxes and labels."),
+    backend: str = typer.Option("auto", help="Face backend (`ferdata backends`): auto, embedded, insightface, ..."),
+    model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
+    batch_size: int = typer.Option(32, help="Faces per forward pass."),
+    every: int = typer.Option(10, help="Videos: score every N-th frame."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
+) -> None:
+    """Detect and align every face as the training data was, then print or write per-face
+    expression probabilities; reports how many faces each image (or video frame) had."""
+    if every < 1 or batch_size < 1:
+        raise typer.BadParameter("--every and --batch-size must be >= 1")
+    from fermodels.predict import predict_files     # torch: imported by this command only
+
+    text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
+                                  batch_size=batch_size, every=every, device=device, flip_tta=flip_tta)
+    if out is None:
+        sys.stdout.write(text)
+    found = sum(s["faces"] for s in summary)
+    typer.echo(f"{found} face(s) in {len(summary)} image(s)/frame(s); "
+               f"{sum(1 for s in summary if s['faces'] == 0)} without a face", err=True)
+
 
 if __name__ == "__main__":
     app()

@@ -12,15 +12,13 @@ import csv
 import io
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
 import torch
-import typer
 
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
@@ -219,28 +217,14 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
     return text
 
 
-def predict_command(
-    inputs: list[Path] = typer.Argument(..., help="Images, videos or folders of them."),
-    model: Path = typer.Option(..., "--model", "-m", help="A training checkpoint (runs/train/ckpt/best.pt)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json here (default: CSV on stdout)."),
-    annotate: Optional[Path] = typer.Option(None, help="Folder for copies of the images with boxes and labels."),
-    backend: str = typer.Option("auto", help="Face backend (`ferdata backends`): auto, embedded, insightface, ..."),
-    model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
-    batch_size: int = typer.Option(32, help="Faces per forward pass."),
-    every: int = typer.Option(10, help="Videos: score every N-th frame."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
-) -> None:
-    """Detect and align every face as the training data was, then print or write per-face
-    expression probabilities; reports how many faces each image (or video frame) had."""
-    if every < 1 or batch_size < 1:
-        raise typer.BadParameter("--every and --batch-size must be >= 1")
-    predictor = Predictor(model, backend=backend, device=device, model_dir=model_dir, flip_tta=flip_tta)
+def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,
+                  annotate: Path | None = None, backend: str = "auto", model_dir: str | Path | None = None,
+                  batch_size: int = 32, every: int = 10, device: str = "auto",
+                  flip_tta: bool = False) -> tuple[str, list[dict]]:
+    """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
+    the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
+    per image/frame (face counts). The library side of ``ferdata predict``."""
+    predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir, flip_tta=flip_tta)
     rows, summary = run_predict(predictor, expand_inputs(inputs), batch_size=batch_size, every=every,
                                 annotate=annotate)
-    text = write_rows(rows, summary, predictor.classes, out)
-    if out is None:
-        sys.stdout.write(text)
-    found = sum(s["faces"] for s in summary)
-    typer.echo(f"{found} face(s) in {len(summary)} image(s)/frame(s); "
-               f"{sum(1 for s in summary if s['faces'] == 0)} without a face", err=True)
+    return write_rows(rows, summary, predictor.classes, out), summary

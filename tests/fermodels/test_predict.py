@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from ferdata.cli import app
 from ferdata.params import load_params
 from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
@@ -21,7 +21,7 @@ from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 from fermodels.data import IndexedSplit, SampleDecoder, read_member, indexed_loader
 from fermodels.evaluate import predict_loader
-from fermodels.predict import Predictor, predict_command, run_predict
+from fermodels.predict import Predictor, run_predict
 
 from tests.fermodels.helpers import REPO, stage_params, make_params
 
@@ -84,22 +84,20 @@ def test_faces_per_image_video_frames_and_rows(photos, predictor, one_thread):
 
 
 def test_cli_writes_csv_json_and_annotations(photos, tiny_run, tmp_path, one_thread):
-    app = typer.Typer()
-    app.command()(predict_command)
     runner = CliRunner()
     ckpt = str(tiny_run["ckpt"] / "best.pt")
-    res = runner.invoke(app, [str(photos / "astronaut.jpg"), str(photos / "noise.png"), "--model", ckpt,
+    res = runner.invoke(app, ["predict", str(photos / "astronaut.jpg"), str(photos / "noise.png"), "--model", ckpt,
                               "--backend", "embedded", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     table = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(table) == 1 and table[0]["expression"] in table[0]
-    res = runner.invoke(app, [str(photos), "-m", ckpt, "--backend", "embedded", "--device", "cpu",
+    res = runner.invoke(app, ["predict", str(photos), "-m", ckpt, "--backend", "embedded", "--device", "cpu",
                               "-o", str(tmp_path / "out.json"), "--annotate", str(tmp_path / "ann"), "--every", "5"])
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "out.json").read_text())
     assert len(out["faces"]) == 1 + 2 + 1 and len(out["images"]) == 4
     assert {p.name for p in (tmp_path / "ann").iterdir()} == {"astronaut.jpg", "two.jpg", "clip.jpg"}
-    assert runner.invoke(app, [str(tmp_path / "missing.jpg"), "-m", ckpt]).exit_code != 0
+    assert runner.invoke(app, ["predict", str(tmp_path / "missing.jpg"), "-m", ckpt]).exit_code != 0
 
 
 def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_thread):
