@@ -27,15 +27,16 @@ def list_cmd(details: bool = typer.Option(False, help="build each model to show 
 def info(name: str, num_classes: int = typer.Option(7, help="number of output classes")) -> None:
     """Parameters used in forward, MACs at the card's input size, fields, losses and paper."""
     i = model_info(name, num_classes=num_classes)
-    typer.echo(f"model:       {i.name}")
-    typer.echo(f"input size:  {i.input_size} x {i.input_size}")
-    typer.echo(f"fields:      {', '.join(i.fields)}")
-    typer.echo(f"losses:      {', '.join(i.losses)}")
+    card = i.card
+    typer.echo(f"model:       {card.name}")
+    typer.echo(f"input size:  {card.input_size} x {card.input_size}")
+    typer.echo(f"fields:      {', '.join(card.fields)}")
+    typer.echo(f"losses:      {', '.join(card.losses)}")
     typer.echo(f"params:      {i.params_used / 1e6:.2f} M used in forward "
                f"({i.params_registered / 1e6:.2f} M registered, {i.params_trainable / 1e6:.2f} M trainable)")
     typer.echo(f"MACs:        {i.macs / 1e9:.2f} G (batch 1; FLOPs = 2 x MACs)")
-    typer.echo(f"paper:       {i.paper}")
-    typer.echo(f"notes:       {i.notes}")
+    typer.echo(f"paper:       {card.paper}")
+    typer.echo(f"notes:       {card.notes}")
 
 
 @app.command()

@@ -20,14 +20,10 @@ from fermodels.registry import ModelCard, create_model
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Size and cost of one model configuration."""
+    """Size and cost of one model configuration, beside the card it measured (what the model
+    needs and where it comes from: name, input size, fields, losses, paper, notes)."""
 
-    name: str
-    input_size: int
-    fields: tuple[str, ...]
-    losses: tuple[str, ...]
-    paper: str
-    notes: str
+    card: ModelCard
     params_used: int
     params_registered: int
     params_trainable: int
@@ -113,8 +109,7 @@ def describe(model: nn.Module) -> ModelInfo:
     batch = example_batch(card, batch_size=1)
     used = used_parameters(model, batch)
     return ModelInfo(
-        name=card.name, input_size=card.input_size, fields=card.fields, losses=card.losses,
-        paper=card.paper, notes=card.notes, params_used=sum(p.numel() for p in used),
+        card=card, params_used=sum(p.numel() for p in used),
         params_registered=sum(p.numel() for p in model.parameters()),
         params_trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         macs=count_macs(model, batch))

@@ -335,6 +335,7 @@ def test_convcut_default_exports_to_onnx(tmp_path) -> None:
     ("cmnet", 11.26, 3.22), ("pcnn", 25.9, 3.68), ("ir50", 17.61, 5.47)])
 def test_info_matches_public_code_measurement(name: str, params_m: float, gmacs: float) -> None:
     info = model_info(name)
+    assert info.card.name == name                            # the measured model's own card
     assert info.params_used / 1e6 == pytest.approx(params_m, rel=0.05)
     assert info.macs / 1e9 == pytest.approx(gmacs, rel=0.05)
 
