@@ -3,14 +3,20 @@ the shard loader's samples/s alone, so it is clear whether the loader could feed
 
 * **train step**: the trainer's own path on a fixed uint8 batch of the model's fields -
   ``to_device`` -> ``augment_batch`` (flip, affine, erasing) -> ``normalise`` -> ``train_step``
-  (forward, named losses, backward, optimiser) - timed after warm-up steps. On CUDA with
-  bf16 autocast and channels_last (the settings a GPU run would use).
+  (forward, named losses, backward, optimiser) - timed after warm-up steps.
 * **loader**: ``stream_loader`` over synthetic shards in the real format (JPEG q95 faces from
   scikit-image's astronaut with jitter, halves, heatmap, landmarks), decoding exactly the fields of
   each input configuration, with ``--workers`` processes: one epoch, first batch excluded.
 
-Ratio printed last: loader samples/s / train samples/s per model and device (>= 1: the
-loader keeps up with these workers; otherwise add workers - the per-worker rate is printed).
+* **fed**: the same step fed by the real loader (``--workers`` processes) for ``--fed-steps``
+  steps, timing how long the loop waits in ``next(loader)``: the fraction of time the device
+  waits for data (the trainer logs the same as ``train/loader_wait_fraction``).
+* On CUDA every model runs as fp32, bf16 autocast, bf16 + channels_last and bf16 +
+  channels_last + ``torch.compile`` (``--cpu-compile`` adds compile on the CPU).
+
+Ratios printed last: loader samples/s / train samples/s per model, device and setting (>= 1:
+the loader keeps up with these workers; otherwise add workers - the per-worker rate is
+printed) and the measured waiting fraction.
 Usage: ``python bench/bench_train.py [--quick] [--models a,b] [--batch-size N] [--steps N]``.
 """
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -98,35 +105,86 @@ def example_uint8(card, batch: int) -> dict:
     return out
 
 
-def train_rate(name: str, kwargs: dict, device: torch.device, batch: int, steps: int, warmup: int) -> float:
-    """Samples/s of the trainer's step for ``name`` on ``device``."""
+@dataclass(frozen=True)
+class Config:
+    """How a train step runs on its device: the settings a GPU run chooses between."""
+
+    name: str
+    amp: bool = False              # bf16 autocast
+    channels_last: bool = False
+    compile: bool = False          # torch.compile of the forward
+
+
+CPU_CONFIGS = (Config("fp32"),)
+CUDA_CONFIGS = (Config("fp32"), Config("bf16", amp=True), Config("bf16+cl", amp=True, channels_last=True),
+                Config("bf16+cl+compile", amp=True, channels_last=True, compile=True))
+
+
+def trainer(name: str, kwargs: dict, device: torch.device, cfg: Config):
+    """(step(batch_uint8, i), card): the trainer's own path for ``name`` under ``cfg``."""
     torch.manual_seed(0)
     net = create_model(name, **kwargs).to(device)
-    cuda = device.type == "cuda"
-    if cuda:
+    if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    fwd = torch.compile(net) if cfg.compile else net
     opt = build_optimizer("adamw", [p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0,
                           momentum=0.9, sam=False, sam_rho=0.05)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    host = example_uint8(net.card, batch)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)          # bf16 needs no loss scaling
     fill = torch.tensor(net.card.mean) * 255
     net.train()
 
-    def step(i: int) -> None:
+    def step(host: dict, i: int) -> None:
         b = normalise(augment_batch(to_device(host, device), AUG, torch.Generator().manual_seed(i), fill),
-                      net.card, cuda)
-        train_step(net, net, opt, scaler, b, device, cuda)
+                      net.card, cfg.channels_last)
+        train_step(fwd, net, opt, scaler, b, device, cfg.amp)
 
-    for i in range(warmup):
-        step(i)
-    if cuda:
+    return step, net.card
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def train_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, batch: int, steps: int,
+               warmup: int) -> float:
+    """Samples/s of the trainer's step for ``name`` on ``device`` on a fixed batch (no loader)."""
+    step, card = trainer(name, kwargs, device, cfg)
+    host = example_uint8(card, batch)
+    for i in range(warmup):
+        step(host, i)
+    sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        step(warmup + i)
-    if cuda:
-        torch.cuda.synchronize()
+        step(host, warmup + i)
+    sync(device)
     return steps * batch / (time.perf_counter() - t0)
+
+
+def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards: Path, batch: int, steps: int,
+             workers: int) -> tuple[float, float]:
+    """(samples/s, fraction of wall time spent waiting for the next batch) of the trainer's step fed
+    by the real shard loader, as in training: the device idles while the loop waits."""
+    step, card = trainer(name, kwargs, device, cfg)
+    split = open_split([shards], "train")
+    plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
+                       workers=workers, seed=0, shuffle=True)
+    it = iter(stream_loader(plans, SampleDecoder(card.fields, card.input_size), workers=workers,
+                            shuffle_buffer=500, seed=0, repeat=None))
+    step(next(it), 0)                                   # worker start-up and the first (compiling) step
+    sync(device)
+    waited, seen, t0 = 0.0, 0, time.perf_counter()
+    for i in range(steps):
+        t_wait = time.perf_counter()
+        host = next(it, None)
+        waited += time.perf_counter() - t_wait
+        if host is None:
+            break
+        step(host, i + 1)
+        seen += len(host["label"])
+    sync(device)
+    wall = time.perf_counter() - t0
+    return seen / wall, waited / wall
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -139,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workers", type=int, default=2, help="loader processes")
     ap.add_argument("--samples", type=int, default=None, help="loader samples (default 3000; quick 64)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--fed-steps", type=int, default=None, help="steps fed by the real loader (default 4 CPU / "
+                    "50 GPU; quick 2)")
+    ap.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow to compile)")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or threads)
@@ -154,7 +215,8 @@ def measure(args: argparse.Namespace) -> dict:
     batch = args.batch_size or (2 if args.quick else 8)
     steps, warmup = args.steps or (1 if args.quick else 3), 1
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results: dict = {"train": {}, "loader": {}, "ratio": {}}
+    cpu_configs = CPU_CONFIGS + ((Config("fp32+compile", compile=True),) if args.cpu_compile else ())
+    results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_shards(Path(tmp), args.samples or (64 if args.quick else 3000), 250)
         for name in names:
@@ -164,18 +226,26 @@ def measure(args: argparse.Namespace) -> dict:
             if key not in results["loader"]:
                 results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers)
             for dev in devices:
-                bs = batch if dev.type == "cpu" else args.gpu_batch_size
-                rate = train_rate(name, kwargs, dev, bs, steps if dev.type == "cpu" else 20, warmup)
-                results["train"][f"{name}/{dev.type}"] = rate
-                results["ratio"][f"{name}/{dev.type}"] = results["loader"][key] / rate
-                print(f"{name:<14} {dev.type:<4} {key:<22} train {rate:9.1f} samples/s   "
-                      f"loader ({args.workers} workers) {results['loader'][key]:8.1f} samples/s", flush=True)
-    print(f"\nloader, samples/s with {args.workers} workers (per worker ~ total / {max(1, args.workers)}):")
+                cuda = dev.type == "cuda"
+                bs = args.gpu_batch_size if cuda else batch
+                fed_steps = args.fed_steps or (2 if args.quick else 50 if cuda else 4)
+                for cfg in CUDA_CONFIGS if cuda else cpu_configs:
+                    tag = f"{name}/{dev.type}/{cfg.name}"
+                    rate = train_rate(name, kwargs, dev, cfg, bs, 20 if cuda else steps, 3 if cfg.compile else warmup)
+                    results["train"][tag] = rate
+                    results["ratio"][tag] = results["loader"][key] / rate
+                    results["fed"][tag], results["wait"][tag] = fed_rate(name, kwargs, dev, cfg, shards, bs,
+                                                                         fed_steps, args.workers)
+                    print(f"{tag:<34} {key:<20} step {rate:8.1f}  fed by the loader {results['fed'][tag]:8.1f} "
+                          f"samples/s, waiting {results['wait'][tag]:5.1%}   loader alone "
+                          f"{results['loader'][key]:8.1f}", flush=True)
+    print(f"\nloader alone, samples/s with {args.workers} workers (per worker ~ total / {max(1, args.workers)}):")
     for key, rate in results["loader"].items():
         print(f"  {key:<22} {rate:9.1f}")
-    print("\nratios (loader samples/s / train samples/s; >= 1 means the loader keeps up)")
-    for key, ratio in results["ratio"].items():
-        print(f"  {key:<22} {ratio:8.2f}x")
+    print("\nratios (loader alone / train step: >= 1 means the loader keeps up; waiting: the share of the fed "
+          "loop's time spent in next(loader), i.e. the device idle for data)")
+    for tag, ratio in results["ratio"].items():
+        print(f"  {tag:<34} {ratio:8.2f}x   waiting {results['wait'][tag]:5.1%}")
     return results
 
 

@@ -6,7 +6,10 @@ configuration was measured.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_train.py"
 
@@ -14,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_train.py"
 def load_bench():
     spec = importlib.util.spec_from_file_location("bench_train", BENCH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -21,7 +25,18 @@ def load_bench():
 def test_quick_benchmark_prints_ratios_last(capsys):
     results = load_bench().main(["--quick", "--threads", "1"])
     out = capsys.readouterr().out
-    assert "\nratios (loader samples/s / train samples/s" in out
-    assert set(results["train"]) >= {"resnet18_112/cpu", "convcut/cpu"}
+    tail = out[out.index("\nratios (loader alone / train step"):]
+    assert set(results["train"]) >= {"resnet18_112/cpu/fp32", "convcut/cpu/fp32"}
     assert set(results["loader"]) == {"image@112", "image@224"}
-    assert all(v > 0 for part in results.values() for v in part.values())
+    assert set(results["fed"]) == set(results["wait"]) == set(results["train"])
+    assert all(0 <= w < 1 for w in results["wait"].values())
+    assert all(v > 0 for part in ("train", "fed", "loader", "ratio") for v in results[part].values())
+    assert all(tag in tail for tag in results["train"])
+
+
+@pytest.mark.slow
+def test_cpu_compile_setting_runs(capsys):
+    """The torch.compile configuration (what a GPU run times) works end to end, here on the CPU."""
+    results = load_bench().main(["--quick", "--threads", "1", "--models", "resnet18_112", "--cpu-compile"])
+    assert set(results["train"]) == {"resnet18_112/cpu/fp32", "resnet18_112/cpu/fp32+compile"}
+    assert results["fed"]["resnet18_112/cpu/fp32+compile"] > 0
