@@ -1,0 +1,401 @@
+"""Loader benchmark: samples/s of the shard loader against torchvision ``ImageFolder`` and the
+raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 224 px.
+
+* **ours**: ``stream_loader`` (epoch plan, seeded shuffle buffer, decode + resize + collate in
+  the workers) over N synthetic samples in the real shard format at the stored crop size (112;
+  ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64. Measured twice:
+  the loader alone, and followed in the main process by what the trainer does on a CPU device
+  (``to_device`` -> ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``).
+* **ImageFolder** (common practice): the *same JPEG bytes* as loose files ``root/<class>/<key>.jpg``,
+  torchvision's ``ImageFolder`` with its PIL loader and the equivalent per-sample transforms in the
+  workers (Resize for 224, RandomHorizontalFlip, RandomAffine / RandomErasing when switched on,
+  ToTensor, Normalize), ``DataLoader(shuffle=True)`` with the same batch size and workers.
+* **decode bound**: ``cv2.imdecode`` + RGB (+ resize) of the same bytes from memory in a tight
+  single-threaded loop (PIL for reference): what one core can do with no loader at all.
+
+Rates count the whole epoch from the moment the workers are forked; CPU seconds (main process +
+its reaped workers) cover the same epoch. Each configuration runs ``--repeats`` times, interleaved,
+and the best is kept (other jobs on the machine can only slow a run down).
+Ratios print last: ours / ImageFolder (goal >= 3), ours per worker / decode bound (goal >= 0.8),
+scaling 1 -> 2 workers (goal: linear). ``--profile`` adds a cProfile of the in-process loader.
+Usage: ``python bench/bench_loader.py [--quick] [--profile] [--samples N] [--augment params|all]``.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.bench_train import AUG, make_shards  # noqa: E402
+from ferdata.classes import CLASSES  # noqa: E402
+from ferdata.io import decode_jpeg_rgb  # noqa: E402
+from ferdata.params import load_params  # noqa: E402
+from ferdata.tario import iter_dir_samples  # noqa: E402
+from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
+from fermodels.data import (MEMBERS, SampleDecoder, normalise, open_split, read_pieces, stream_loader,  # noqa: E402
+                            to_device)
+from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
+from fermodels.registry import ModelCard  # noqa: E402
+
+STORED = 112                                     # align.size: the crop size the shards hold
+INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
+          "image+halves@224": (("image", "left", "right"), 224)}
+GOAL_VS_FOLDER, GOAL_VS_DECODE, GOAL_SCALING = 3.0, 0.8, 1.8
+INSPECT = 8                                      # batches are checked on every 8th row and column
+
+
+@dataclass
+class Epoch:
+    """One measured epoch: its rate and CPU cost, and what its batches looked like."""
+
+    samples: int                  # all samples of the epoch, counted batch by batch
+    rate: float                   # samples/s over the epoch (workers started before the clock)
+    cpu_us: float                 # CPU microseconds per sample, main process + its workers
+    shape: tuple[int, ...]        # of the first batch's model-input image tensor
+    dtype: str
+    finite: bool                  # on the inspected grid of every batch
+    mean: float                   # mean value over the epoch's model-input images (inspected grid)
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def timed_epoch(loader: Iterable, image_of: Callable[[object, int], torch.Tensor]) -> Epoch:
+    """Drive one epoch; ``image_of(batch, step)`` does the per-batch work and returns the image tensor.
+
+    The clock starts once ``iter`` has forked the workers and counts every sample, so filling the
+    shuffle buffer is in (excluding the first batch would leave out a sixth of the tar reading).
+    Nothing is taken off the clock: workers keep decoding while the main process looks at a batch,
+    so the look is kept cheap (every 8th row and column) and the same for every loader."""
+    cpu0, kids0 = time.process_time(), children_cpu()
+    it = iter(loader)
+    t0 = time.perf_counter()
+    n, total, finite, shape, dtype = 0, 0.0, True, None, None
+    for step, batch in enumerate(it):
+        x = image_of(batch, step)
+        grid = x[:, :, ::INSPECT, ::INSPECT]
+        n += len(x)
+        total += grid.sum(dtype=torch.float64).item() / grid[0].numel()
+        finite &= bool(torch.isfinite(grid).all()) if grid.is_floating_point() else True
+        shape, dtype = shape or tuple(x.shape), dtype or str(x.dtype).replace("torch.", "")
+    seconds = time.perf_counter() - t0
+    del it                                               # joins the workers: their CPU time is now ours
+    cpu = time.process_time() - cpu0 + children_cpu() - kids0
+    return Epoch(n, n / seconds, cpu / n * 1e6, shape, dtype, finite, total / n)
+
+
+# ---- the three ways of getting pixels ------------------------------------------------------
+
+def ours_plans(shards: Path, batch: int, workers: int) -> list[WorkerPlan]:
+    """The epoch plan of one shuffled epoch over the whole split (one rank)."""
+    split = open_split([shards], "train")
+    return plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
+                      workers=workers, seed=0, shuffle=True)
+
+
+def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int):
+    """The trainer's ``stream_loader`` for that epoch."""
+    return stream_loader(ours_plans(shards, batch, workers), SampleDecoder(fields, size), workers=workers,
+                         shuffle_buffer=buffer, seed=0, repeat=None)
+
+
+def ours(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
+         aug: AugmentParams | None, card: ModelCard) -> Epoch:
+    """``stream_loader`` alone (``aug`` None) or followed by the trainer's CPU-device steps."""
+    fill = torch.tensor(card.mean) * 255.0
+    cpu = torch.device("cpu")
+
+    def image_of(b: dict, step: int) -> torch.Tensor:
+        if aug is None:
+            return b["image"]
+        return normalise(augment_batch(to_device(b, cpu), aug, torch.Generator().manual_seed(step), fill),
+                         card)["image"]
+
+    return timed_epoch(ours_loader(shards, fields, size, batch, workers, buffer), image_of)
+
+
+def folder_transform(size: int, aug: AugmentParams, card: ModelCard):
+    """The common-practice per-sample PIL/tensor pipeline equivalent to :func:`augment_batch`."""
+    from torchvision import transforms as T
+
+    steps: list = [T.Resize((size, size))] if size != STORED else []
+    if aug.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if aug.affine_p > 0:
+        affine = T.RandomAffine(aug.degrees, (aug.translate, aug.translate), (aug.scale_min, aug.scale_max))
+        steps.append(T.RandomApply([affine], aug.affine_p))
+    steps += [T.ToTensor(), T.Normalize(card.mean, card.std)]
+    if aug.erase_p > 0:           # value 0 after Normalize = the mean colour, as augment_batch fills
+        steps.append(T.RandomErasing(aug.erase_p, (aug.erase_scale_min, aug.erase_scale_max), value=0))
+    return T.Compose(steps)
+
+
+def imagefolder(root: Path, size: int, batch: int, workers: int, aug: AugmentParams, card: ModelCard) -> Epoch:
+    """torchvision ``ImageFolder`` + ``DataLoader(shuffle=True)``: augmentation inside the workers."""
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    data = ImageFolder(str(root), transform=folder_transform(size, aug, card))
+    loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers,
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(0))
+    return timed_epoch(loader, lambda b, step: b[0])
+
+
+def decode_bound(samples: list[dict], fields: tuple[str, ...], size: int, lib: str) -> float:
+    """Samples/s of decoding (and resizing) the members of ``fields`` in a tight loop, one thread."""
+    jobs = [(MEMBERS[f], (size, size) if f == "image" else (size, size // 2)) for f in fields]
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    t0 = time.perf_counter()
+    try:
+        for s in samples:
+            for ext, (h, w) in jobs:
+                if lib == "cv2":
+                    img = decode_jpeg_rgb(s[ext])
+                    if img.shape[:2] != (h, w):
+                        cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+                else:
+                    img = Image.open(io.BytesIO(s[ext])).convert("RGB")
+                    if img.size != (w, h):
+                        img.resize((w, h), Image.BILINEAR)
+    finally:
+        cv2.setNumThreads(threads)
+    return len(samples) / (time.perf_counter() - t0)
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+def make_data(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:
+    """Shards in the real format, the same image JPEGs as an ImageFolder tree, and the raw samples."""
+    shards = make_shards(folder / "shards", n, 250)
+    root = folder / "imagefolder"
+    samples = []
+    for key, fields in iter_dir_samples(shards / "train", "train"):
+        cls_dir = root / CLASSES[int(fields["cls"])]
+        cls_dir.mkdir(parents=True, exist_ok=True)
+        (cls_dir / f"{key}.jpg").write_bytes(fields["jpg"])
+        samples.append(fields)
+    return shards, root, samples
+
+
+# ---- profile -------------------------------------------------------------------------------
+
+BUCKETS = {"decode (imdecode + RGB)": ("ferdata/io.py", "decode_jpeg_rgb"),
+           "resize": ("fermodels/data.py", "_resize"),
+           "tar reading": ("fermodels/data.py", "read_pieces"),
+           "collate": ("fermodels/data.py", "collate")}
+
+
+def profile_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, buffer: int,
+                   top: int) -> dict[str, float]:
+    """cProfile one in-process epoch; print the top functions and return where the time went."""
+    loader = ours_loader(shards, fields, size, batch, 0, buffer)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in loader:
+        pass
+    prof.disable()
+    stats = pstats.Stats(prof)
+    for order in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).strip_dirs().sort_stats(order).print_stats(top)
+        lines = out.getvalue().splitlines()
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        print(f"top {top} by {order}:\n" + "\n".join(line for line in lines[start:] if line.strip()))
+    cum = {}
+    for (path, _, name), (_, _, _, ct, _) in stats.stats.items():
+        for bucket, (suffix, fn) in [*BUCKETS.items(), ("shuffle", ("fermodels/data.py", "shuffled")),
+                                     ("decoder", ("fermodels/data.py", "__call__"))]:
+            if name == fn and path.replace(os.sep, "/").endswith(suffix):
+                cum[bucket] = cum.get(bucket, 0.0) + ct
+    total = stats.total_tt
+    parts = {b: cum.get(b, 0.0) for b in BUCKETS}
+    parts["shuffle buffer"] = cum.get("shuffle", 0.0) - parts["tar reading"]
+    parts["decoder python (dicts, keys, labels)"] = (cum.get("decoder", 0.0) - parts["decode (imdecode + RGB)"]
+                                                     - parts["resize"])
+    parts["loader machinery + other python"] = total - sum(parts.values())
+    return {k: v / total for k, v in parts.items()}
+
+
+def tar_read_us(shards: Path, batch: int) -> float:
+    """Microseconds per sample of reading the epoch's raw samples alone (no profiler, no decode)."""
+    plans = ours_plans(shards, batch, 1)
+    t0 = time.perf_counter()
+    n = sum(1 for plan in plans for _ in read_pieces(plan.pieces))
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+# ---- main ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="192 samples, batch 32, one repeat (smoke test)")
+    ap.add_argument("--samples", type=int, default=None, help="synthetic samples (default 3000; quick 192)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 64; quick 32")
+    ap.add_argument("--workers", default="0,1,2", help="comma-separated worker counts")
+    ap.add_argument("--inputs", default=",".join(INPUTS), help=f"comma-separated, of {', '.join(INPUTS)}")
+    ap.add_argument("--augment", choices=("params", "all"), default="params",
+                    help="params.yaml train.augment, or every step on (affine 0.3, erasing 0.25)")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats, best kept (default 2; quick 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in the main process (0: torch default)")
+    ap.add_argument("--profile", action="store_true", help="cProfile the in-process loader, one epoch per input")
+    args = ap.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return measure(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    unknown = set(args.inputs.split(",")) - set(INPUTS)
+    if unknown:
+        raise SystemExit(f"unknown --inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
+    inputs = {k: INPUTS[k] for k in args.inputs.split(",")}
+    workers = [int(w) for w in args.workers.split(",")]
+    n, batch = args.samples or (192 if args.quick else 3000), args.batch_size or (32 if args.quick else 64)
+    repeats = args.repeats or (1 if args.quick else 2)
+    train = load_params(REPO / "params.yaml")["train"]
+    aug = AugmentParams(**train["augment"]) if args.augment == "params" else AUG
+    buffer = int(train["shuffle_buffer"])
+    res: dict = {"samples": n, "batch": batch, "workers": workers, "augment": vars(aug),
+                 "load": [os.getloadavg()[0]], "decode": {}, "ours": {}, "ours+aug": {}, "imagefolder": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards, root, samples = make_data(Path(tmp), n)
+        for _ in range(repeats):
+            for key, (fields, size) in inputs.items():
+                card = ModelCard("bench", size, fields, (), "")
+                for lib in ("cv2", "pil"):
+                    _best(res["decode"], key, lib, decode_bound(samples, fields, size, lib))
+                for w in workers:
+                    _best(res["ours"], key, w, ours(shards, fields, size, batch, w, buffer, None, card))
+                    if fields == ("image",):       # ImageFolder has no halves: no baseline to compare
+                        _best(res["ours+aug"], key, w, ours(shards, fields, size, batch, w, buffer, aug, card))
+                        _best(res["imagefolder"], key, w, imagefolder(root, size, batch, w, aug, card))
+                res["load"].append(os.getloadavg()[0])
+        print_tables(res)
+        if args.profile:
+            res["profile"] = {}
+            for key, (fields, size) in inputs.items():
+                print(f"\nprofile, in-process loader, {key}, one epoch of {n} samples (cProfile)")
+                res["profile"][key] = profile_loader(shards, fields, size, batch, buffer, 12)
+            print_profile(res["profile"])
+            res["stages_us"] = stages_us(res, tar_read_us(shards, batch))
+            print_stages(res["stages_us"])
+    res["ratios"] = ratios(res)
+    print_ratios(res["ratios"], workers)
+    return res
+
+
+def _best(table: dict, key: str, col: int | str, value: Epoch | float) -> None:
+    """Keep the faster of the repeats (an :class:`Epoch` by its rate, a decode bound as is)."""
+    old = table.setdefault(key, {}).get(col)
+    if old is None or _rate(value) > _rate(old):
+        table[key][col] = value
+
+
+def _rate(v: Epoch | float) -> float:
+    return v.rate if isinstance(v, Epoch) else v
+
+
+def ratios(res: dict) -> dict:
+    """Name -> {workers -> (value, goal, met)}: the goals of the issue, per input and worker count."""
+    out: dict = {}
+    for key in res["ours"]:
+        bound = res["decode"][key]["cv2"]
+        for w, e in res["ours"][key].items():
+            if key in res["imagefolder"]:
+                base = res["imagefolder"][key][w].rate
+                _ratio(out, f"{key} ours / ImageFolder", w, e.rate / base, GOAL_VS_FOLDER)
+                _ratio(out, f"{key} ours+CPU aug / ImageFolder", w, res["ours+aug"][key][w].rate / base,
+                       GOAL_VS_FOLDER)
+            _ratio(out, f"{key} ours per worker / decode", w, e.rate / max(w, 1) / bound, GOAL_VS_DECODE)
+        one, two = res["ours"][key].get(1), res["ours"][key].get(2)
+        if one and two:
+            _ratio(out, f"{key} scaling 1 -> 2 workers", 2, two.rate / one.rate, GOAL_SCALING)
+            _ratio(out, f"{key} CPU per sample, 2 / 1 workers", 2, two.cpu_us / one.cpu_us, None)
+    return out
+
+
+def _ratio(out: dict, name: str, w: int, value: float, goal: float | None) -> None:
+    """``goal`` None: measured for the reader, not a goal of the issue."""
+    out.setdefault(name, {})[w] = {"value": value, "goal": goal, "met": None if goal is None else value >= goal}
+
+
+def print_tables(res: dict) -> None:
+    load = "-".join(f"{x:.1f}" for x in res["load"])
+    print(f"\n{res['samples']} samples, batch {res['batch']}, load average {load}; samples/s "
+          f"(CPU us/sample, main + workers, in brackets)")
+    ws = res["workers"]
+    print(f"{'input':<17} {'configuration':<26}" + "".join(f"{f'{w} workers':>20}" for w in ws))
+    for key in res["ours"]:
+        d = res["decode"][key]
+        print(f"{key:<17} {'decode bound cv2 / PIL':<26}{d['cv2']:>12.0f} / {d['pil']:.0f}")
+        for name, label in (("ours", "ours: loader"), ("ours+aug", "ours: loader + CPU aug"),
+                            ("imagefolder", "ImageFolder + transforms")):
+            if key in res[name]:
+                cells = "".join(f"{f'{e.rate:.0f} ({e.cpu_us:.0f})':>20}" for e in (res[name][key][w] for w in ws))
+                print(f"{key:<17} {label:<26}{cells}")
+
+
+def print_profile(profiles: dict) -> None:
+    print("\nwhere the in-process loader's time goes (cumulative time, fraction of the profiled epoch)")
+    names = list(next(iter(profiles.values())))
+    print(f"{'':<38}" + "".join(f"{k:>18}" for k in profiles))
+    for name in names:
+        print(f"{name:<38}" + "".join(f"{p[name]:>18.1%}" for p in profiles.values()))
+
+
+def stages_us(res: dict, tar_us: float) -> dict:
+    """Unprofiled: the in-process loader's microseconds per sample = decode bound + tar reading + rest."""
+    out = {}
+    for key, by_workers in res["ours"].items():
+        if 0 in by_workers:
+            loader, decode = 1e6 / by_workers[0].rate, 1e6 / res["decode"][key]["cv2"]
+            out[key] = {"loader, in-process": loader, "decode (+ resize) bound": decode, "tar reading alone": tar_us,
+                        "rest (collate, shuffle, python)": loader - decode - tar_us}
+    return out
+
+
+def print_stages(stages: dict) -> None:
+    print("\nthe same without the profiler, us/sample (best in-process epoch; tar reading timed alone)")
+    print(f"{'':<38}" + "".join(f"{k:>18}" for k in stages))
+    for name in next(iter(stages.values()), {}):
+        print(f"{name:<38}" + "".join(f"{p[name]:>18.0f}" for p in stages.values()))
+
+
+def print_ratios(table: dict, ws: list[int]) -> None:
+    print(f"\nratios (goal; met/MISSED){'':<34}" + "".join(f"{f'{w} workers':>16}" for w in ws))
+    for name, cells in table.items():
+        goal = next(iter(cells.values()))["goal"]
+        row = "".join(f"{_cell(cells.get(w)):>16}" for w in ws)
+        print(f"  {name:<48} {'>= ' + str(goal) if goal else 'info':<7}{row}")
+
+
+def _cell(c: dict | None) -> str:
+    if c is None:
+        return ""
+    return f"{c['value']:.2f}" + ("" if c["met"] is None else " met" if c["met"] else " MISSED")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The loader benchmark runs end to end (``--quick``, in-process) and compares like with like.
+
+Timings are not asserted (other jobs share the machine). What is checked could fail: every
+configuration was measured; the shard loader and ImageFolder each delivered the whole epoch
+(counted batch by batch); both hand the model the same kind of tensor after normalisation;
+the ratios are computed from the measured rates and print last.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_loader.py"
+QUICK_SAMPLES, QUICK_BATCH = 192, 32
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_loader", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module              # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick():
+    """One quick run (about 10 s) shared by the checks below, with its printed output."""
+    import io
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        results = load_bench().main(["--quick", "--profile", "--inputs", "image@112,image@224,image+halves@224"])
+    return results, out.getvalue()
+
+
+def test_every_configuration_measured(quick):
+    results, _ = quick
+    inputs = {"image@112", "image@224", "image+halves@224"}
+    assert set(results["decode"]) == set(results["ours"]) == inputs
+    assert set(results["imagefolder"]) == set(results["ours+aug"]) == {"image@112", "image@224"}
+    for key in inputs:
+        assert results["decode"][key]["cv2"] > 0 and results["decode"][key]["pil"] > 0
+    for part in ("ours", "ours+aug", "imagefolder"):
+        for key, by_workers in results[part].items():
+            assert sorted(by_workers) == [0, 1, 2], (part, key)
+            for w, epoch in by_workers.items():
+                assert epoch.rate > 0 and epoch.cpu_us > 0, (part, key, w)
+
+
+def test_both_loaders_deliver_the_whole_epoch(quick):
+    results, _ = quick
+    assert results["samples"] == QUICK_SAMPLES
+    for part in ("ours", "ours+aug", "imagefolder"):
+        for key, by_workers in results[part].items():
+            for w, epoch in by_workers.items():
+                assert epoch.samples == QUICK_SAMPLES, (part, key, w, epoch.samples)
+
+
+@pytest.mark.parametrize("key,size", [("image@112", 112), ("image@224", 224)])
+def test_same_model_input_after_normalisation(quick, key, size):
+    """Both pipelines end in float32 (B, 3, S, S), finite, normalised with the same statistics:
+    over the same photos their epoch means agree (exactly at 112 px, where only flips differ;
+    cv2 and PIL resize a little differently at 224 px)."""
+    results, _ = quick
+    lo, hi = (0 - 0.485) / 0.229, (1 - 0.406) / 0.225           # ImageNet mean/std, the card's
+    means = []
+    for part in ("ours+aug", "imagefolder"):
+        for w, epoch in results[part][key].items():
+            assert epoch.shape == (QUICK_BATCH, 3, size, size), (part, w, epoch.shape)
+            assert epoch.dtype == "float32" and epoch.finite, (part, w)
+            assert lo - 1e-3 <= epoch.mean <= hi + 1e-3
+            means.append(epoch.mean)
+    assert max(means) - min(means) < 0.02, means
+    raw = results["ours"][key][0]                               # the loader alone: uint8 NCHW
+    assert raw.shape == (QUICK_BATCH, 3, size, size) and raw.dtype == "uint8"
+
+
+def test_ratios_follow_from_the_rates_and_print_last(quick):
+    results, out = quick
+    r = results["ratios"]
+    ours, folder = results["ours"]["image@112"], results["imagefolder"]["image@112"]
+    assert math.isclose(r["image@112 ours / ImageFolder"][1]["value"], ours[1].rate / folder[1].rate)
+    bound = results["decode"]["image@224"]["cv2"]
+    assert math.isclose(r["image@224 ours per worker / decode"][2]["value"],
+                        results["ours"]["image@224"][2].rate / 2 / bound)
+    assert r["image@112 scaling 1 -> 2 workers"][2]["goal"] == 1.8
+    assert all(isinstance(c["met"], bool) for cells in r.values() for c in cells.values() if c["goal"])
+    tail = out[out.rindex("\nratios (goal"):]
+    assert "where the in-process loader's time goes" not in tail and "ImageFolder" in tail
+
+
+def test_profile_fractions_cover_the_epoch(quick):
+    results, _ = quick
+    for key, parts in results["profile"].items():
+        assert parts["decode (imdecode + RGB)"] > 0 and parts["tar reading"] > 0, key
+        assert math.isclose(sum(parts.values()), 1.0, abs_tol=1e-6), key
+    assert results["profile"]["image@224"]["resize"] > results["profile"]["image@112"]["resize"]
