@@ -42,7 +42,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_train import AUG, make_shards  # noqa: E402
+from bench.bench_train import AUG, make_shards, torch_threads  # noqa: E402
 from ferdata.classes import CLASSES  # noqa: E402
 from ferdata.io import decode_jpeg_rgb  # noqa: E402
 from ferdata.params import load_params  # noqa: E402
@@ -258,12 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the main process (0: torch default)")
     ap.add_argument("--profile", action="store_true", help="cProfile the in-process loader, one epoch per input")
     args = ap.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)
-    try:
+    with torch_threads(args.threads):
         return measure(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def measure(args: argparse.Namespace) -> dict:

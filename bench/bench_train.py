@@ -22,12 +22,14 @@ Usage: ``python bench/bench_train.py [--quick] [--models a,b] [--batch-size N] [
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -201,12 +203,19 @@ def main(argv: list[str] | None = None) -> dict:
                     "50 GPU; quick 2)")
     ap.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow to compile)")
     args = ap.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)
-    try:
+    with torch_threads(args.threads):
         return measure(args)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to ``n`` (0: unchanged) for the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def measure(args: argparse.Namespace) -> dict:

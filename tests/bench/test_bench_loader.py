@@ -7,23 +7,14 @@ the ratios are computed from the measured rates and print last.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_loader.py"
+from tests.bench.helpers import load_bench
+
+
 QUICK_SAMPLES, QUICK_BATCH = 192, 32
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_loader", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module              # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +25,7 @@ def quick():
 
     out = io.StringIO()
     with redirect_stdout(out):
-        results = load_bench().main(["--quick", "--profile", "--inputs", "image@112,image@224,image+halves@224"])
+        results = load_bench("bench_loader").main(["--quick", "--profile", "--inputs", "image@112,image@224,image+halves@224"])
     return results, out.getvalue()
 
 

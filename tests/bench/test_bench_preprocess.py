@@ -5,21 +5,11 @@ the repeat run detected nothing.
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_preprocess.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_preprocess", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.helpers import load_bench
 
 
 def test_quick_benchmark_prints_ratios_last(capsys):
-    ratios = load_bench().main(["--quick"])
+    ratios = load_bench("bench_preprocess").main(["--quick"])
     out = capsys.readouterr().out
     assert "detections run: first 8, repeat 0" in out
     tail = out[out.index("\nratios\n"):]

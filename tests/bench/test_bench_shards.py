@@ -7,7 +7,6 @@ quality sweep that is not ordered fails. Nothing about time is asserted.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import math
 import tarfile
@@ -15,14 +14,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_shards.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_shards", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.helpers import load_bench
 
 
 def read_tars(folder: Path) -> tuple[set[str], set[str], int]:
@@ -44,7 +36,7 @@ def read_tars(folder: Path) -> tuple[set[str], set[str], int]:
 def run(tmp_path_factory):
     """One quick run shared by the tests: (module, results, printed output, work folder)."""
     work = tmp_path_factory.mktemp("bench_shards")
-    bench, out = load_bench(), io.StringIO()
+    bench, out = load_bench("bench_shards"), io.StringIO()
     with contextlib.redirect_stdout(out):
         results = bench.main(["--quick", "--work", str(work)])
     return bench, results, out.getvalue(), work

@@ -5,23 +5,11 @@ Times and memory are printed, not asserted (other jobs share the machine).
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_streaming.py"
-
-
-def load_bench():
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_streaming", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.helpers import load_bench
 
 
 def test_quick_benchmark_streams_every_sample_and_prints_ratios_last(capsys):
-    ratios = load_bench().main(["--quick"])        # raises if any stage lost a sample
+    ratios = load_bench("bench_streaming").main(["--quick"])        # raises if any stage lost a sample
     out = capsys.readouterr().out
     table = out[out.index("images/s (wall)"):out.index("peak RSS")]
     assert [line.split()[0] for line in table.splitlines()[1:6]] == ["detect", "align", "derive", "shard", "total"]

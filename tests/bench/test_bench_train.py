@@ -5,25 +5,13 @@ configuration was measured.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_train.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.bench.helpers import load_bench
 
 
 def test_quick_benchmark_prints_ratios_last(capsys):
-    results = load_bench().main(["--quick", "--threads", "1"])
+    results = load_bench("bench_train").main(["--quick", "--threads", "1"])
     out = capsys.readouterr().out
     tail = out[out.index("\nratios (loader alone / train step"):]
     assert set(results["train"]) >= {"resnet18_112/cpu/fp32", "convcut/cpu/fp32"}
@@ -37,6 +25,6 @@ def test_quick_benchmark_prints_ratios_last(capsys):
 @pytest.mark.slow
 def test_cpu_compile_setting_runs(capsys):
     """The torch.compile configuration (what a GPU run times) works end to end, here on the CPU."""
-    results = load_bench().main(["--quick", "--threads", "1", "--models", "resnet18_112", "--cpu-compile"])
+    results = load_bench("bench_train").main(["--quick", "--threads", "1", "--models", "resnet18_112", "--cpu-compile"])
     assert set(results["train"]) == {"resnet18_112/cpu/fp32", "resnet18_112/cpu/fp32+compile"}
     assert results["fed"]["resnet18_112/cpu/fp32+compile"] > 0
