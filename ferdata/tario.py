@@ -27,6 +27,7 @@ from ferdata.io import atomic_write_bytes
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 MAX_MEMBER_BYTES = 64 << 20     # far above any face sample; stops a crafted member exhausting memory
+WHOLE_FILE_BYTES = 256 << 20   # shards up to this size are read in one go and scanned in memory
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 
@@ -186,6 +187,22 @@ def _number(field: bytes) -> int:
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
 
 
+def _check_sum(head: bytes, pos: int, unsigned: int, signed: int | None = None) -> None:
+    """A ustar/GNU header whose stored checksum matches neither the unsigned nor the (old) signed
+    byte sum is corrupt: an error, where ``tarfile`` would silently end the archive there and
+    drop every member after it."""
+    try:
+        stored = _number(head[148:156])
+    except ValueError:
+        stored = -1
+    if stored == unsigned:
+        return
+    if signed is None:
+        signed = unsigned - 256 * sum(b >= 128 for b in head[:148] + head[156:])
+    if stored != signed:
+        raise tarfile.ReadError(f"corrupt tar header at byte {pos}: checksum {stored} != {unsigned}")
+
+
 def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """Plain GNU/ustar regular files (and GNU long names) of an uncompressed tar, read directly:
     ``tarfile`` spends ~60 us per member on general header handling. Members get the same
@@ -197,9 +214,9 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes
             if buf and buf != bytes(BLOCK):
                 raise tarfile.ReadError("unexpected end of data")
             return
-        if buf[257:265] not in _MAGICS or buf[124] & 0x80 or \
-                _number(buf[148:156]) != 256 + sum(buf[:148]) + sum(buf[156:]):
+        if buf[257:265] not in _MAGICS or buf[124] & 0x80:
             raise _Unusual
+        _check_sum(buf, pos, 256 + sum(buf[:148]) + sum(buf[156:]))
         size, kind = _number(buf[124:136]), buf[156:157]
         pad = -size % BLOCK
         if kind == b"L":                                  # GNU long name: the next header's real name
@@ -226,6 +243,50 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes
         yield info, data
 
 
+def _scan_buffer(buf: bytes) -> list[tarfile.TarInfo]:
+    """:func:`_scan` for a whole archive in memory: every header is located and checked first
+    (magic, sizes, types, names, all checksums in one numpy pass), so an unusual header raises
+    :class:`_Unusual` before any member is handed out."""
+    heads, pos, end = [], 0, len(buf)
+    while pos + BLOCK <= end:
+        head = buf[pos:pos + BLOCK]
+        if head == bytes(BLOCK):
+            break
+        if head[257:265] not in _MAGICS or head[124] & 0x80:
+            raise _Unusual
+        size = _number(head[124:136])
+        if pos + BLOCK + size > end:
+            raise tarfile.ReadError("unexpected end of data")
+        heads.append((pos, size, head))
+        pos += BLOCK + size + (-size % BLOCK)
+    else:
+        if any(buf[pos:]):
+            raise tarfile.ReadError("unexpected end of data")
+    if heads:
+        blocks = np.frombuffer(buf, np.uint8)[np.array([h[0] for h in heads])[:, None] + np.arange(BLOCK)]
+        blocks[:, 148:156] = 32                                         # the checksum field counts as spaces
+        unsigned = blocks.sum(1, dtype=np.int64)
+        signed = unsigned - 256 * (blocks >= 128).sum(1)
+        for (pos, _, head), u, sg in zip(heads, unsigned.tolist(), signed.tolist()):
+            _check_sum(head, pos, u, sg)
+    members, longname = [], None
+    for pos, size, head in heads:
+        kind = head[156:157]
+        if kind == b"L":
+            longname = _nts(buf[pos + BLOCK:pos + BLOCK + size])
+            continue
+        name = longname if longname is not None else _nts(head[:100])
+        prefix = _nts(head[345:500])
+        if prefix:
+            name = f"{prefix}/{name}"
+        if kind not in (b"0", b"\0") or name.endswith("/"):
+            raise _Unusual
+        info = tarfile.TarInfo(name)
+        info.size, info.offset_data, longname = size, pos + BLOCK, None
+        members.append(info)
+    return members
+
+
 def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """Every member of a tar (path or seekable file object, optionally compressed) with its data
     (``read_data``) or with ``offset_data`` set, in file order. Plain archives (what the writer
@@ -235,6 +296,17 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
     try:
         start = f.tell()
         done = 0
+        if own and read_data and os.fstat(f.fileno()).st_size <= WHOLE_FILE_BYTES:
+            buf = f.read()
+            if not buf.startswith(_COMPRESSED):
+                try:
+                    members = _scan_buffer(buf)
+                except _Unusual:
+                    members = None
+                if members is not None:
+                    yield from ((m, buf[m.offset_data:m.offset_data + m.size]) for m in members)
+                    return
+            f.seek(start)
         if not f.read(6).startswith(_COMPRESSED):
             f.seek(start)
             try:

@@ -141,11 +141,36 @@ def test_iter_members_hands_unusual_members_to_tarfile_midway():
         list(iter_tar_samples(io.BytesIO(buf.getvalue())))
 
 
-def test_truncated_and_corrupt_archives_raise():
+@pytest.mark.parametrize("as_path", [False, True])          # streamed scan / whole-file scan
+def test_truncated_and_corrupt_archives_raise(tmp_path, as_path):
+    def source(data: bytes):
+        if not as_path:
+            return io.BytesIO(data)
+        (tmp_path / "t.tar").write_bytes(data)
+        return tmp_path / "t.tar"
+
     data = archive(tarfile.GNU_FORMAT, MEMBERS[:2])
     with pytest.raises(tarfile.ReadError):
-        list(iter_members(io.BytesIO(data[:600])))              # ends inside the first member's data
+        list(iter_members(source(data[:600])))                  # ends inside the first member's data
     bad = bytearray(data)
     bad[10] ^= 0xFF                                            # header checksum no longer matches
     with pytest.raises(tarfile.ReadError):
-        list(iter_members(io.BytesIO(bytes(bad))))
+        list(iter_members(source(bytes(bad))))
+    later = bytearray(data)
+    later[1536 + 10] ^= 0xFF                                   # the second header (after 512 + 1,024)
+    with pytest.raises(tarfile.ReadError):
+        list(iter_members(source(bytes(later))))
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_old_signed_header_checksums_are_accepted(tmp_path, as_path):
+    """Some old tar writers summed the header as signed bytes; tarfile accepts that, so do we."""
+    head = bytearray(member_header("k\u00e9y.jpg", 3))               # UTF-8 name: bytes >= 128
+    head[148:156] = b"        "
+    signed = sum(b - 256 if b >= 128 else b for b in head)
+    assert signed != sum(head)
+    head[148:155] = b"%06o\0" % signed
+    data = bytes(head) + b"abc" + bytes(509) + bytes(1024)
+    (tmp_path / "s.tar").write_bytes(data)
+    got = list(iter_members(tmp_path / "s.tar" if as_path else io.BytesIO(data)))
+    assert [(m.name, d) for m, d in got] == [("k\u00e9y.jpg", b"abc")]
