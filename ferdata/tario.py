@@ -203,6 +203,20 @@ def _check_sum(head: bytes, pos: int, unsigned: int, signed: int | None = None) 
         raise tarfile.ReadError(f"corrupt tar header at byte {pos}: checksum {stored} != {unsigned}")
 
 
+def _member(head: bytes, pos: int, size: int, longname: str | None) -> tarfile.TarInfo:
+    """The member of a plain regular-file header at byte ``pos`` (a preceding GNU long name
+    applied), with tarfile's name, size and ``offset_data``; anything else is :class:`_Unusual`."""
+    name = longname if longname is not None else _nts(head[:100])
+    prefix = _nts(head[345:500])
+    if prefix:
+        name = f"{prefix}/{name}"
+    if head[156:157] not in (b"0", b"\0") or name.endswith("/"):
+        raise _Unusual
+    info = tarfile.TarInfo(name)
+    info.size, info.offset_data = size, pos + BLOCK
+    return info
+
+
 def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """Plain GNU/ustar regular files (and GNU long names) of an uncompressed tar, read directly:
     ``tarfile`` spends ~60 us per member on general header handling. Members get the same
@@ -223,14 +237,7 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes
             longname = _nts(f.read(size + pad)[:size])
             pos += BLOCK + size + pad
             continue
-        name = longname if longname is not None else _nts(buf[:100])
-        prefix = _nts(buf[345:500])
-        if prefix:
-            name = f"{prefix}/{name}"
-        if kind not in (b"0", b"\0") or name.endswith("/"):
-            raise _Unusual
-        info = tarfile.TarInfo(name)
-        info.size, info.offset_data, longname = size, pos + BLOCK, None
+        info, longname = _member(buf, pos, size, longname), None
         if read_data:
             data = f.read(size)
             if len(data) < size:
@@ -275,15 +282,8 @@ def _scan_buffer(buf: bytes) -> list[tarfile.TarInfo]:
         if kind == b"L":
             longname = _nts(buf[pos + BLOCK:pos + BLOCK + size])
             continue
-        name = longname if longname is not None else _nts(head[:100])
-        prefix = _nts(head[345:500])
-        if prefix:
-            name = f"{prefix}/{name}"
-        if kind not in (b"0", b"\0") or name.endswith("/"):
-            raise _Unusual
-        info = tarfile.TarInfo(name)
-        info.size, info.offset_data, longname = size, pos + BLOCK, None
-        members.append(info)
+        members.append(_member(head, pos, size, longname))
+        longname = None
     return members
 
 
