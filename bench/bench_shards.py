@@ -55,7 +55,8 @@ from ferdata.stages.align import AlignParams, BadGeometry, checked_points, npy_b
 from ferdata.stages.derive import DeriveParams, run_derive  # noqa: E402
 from ferdata.stages.detect import FACES, DetectParams, read_faces, run_detect  # noqa: E402
 from ferdata.stages.shard import ShardParams, run_shard  # noqa: E402
-from ferdata.tario import BLOCK, iter_members, list_shards, split_member  # noqa: E402
+from ferdata.tario import BLOCK, list_shards, split_member  # noqa: E402
+from ferdata.tarscan import iter_members  # noqa: E402
 
 # AffectNet, March-2021 8-class form: train and val counts (datasets_and_pipeline.md 1.2).
 AFFECTNET = {"train": 287_651, "val": 3_999}

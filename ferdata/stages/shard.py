@@ -24,7 +24,8 @@ from ferdata.splits import assign_splits, unit_hash
 from ferdata.report import StageReport
 from ferdata.stages.align import PREFIX as ALIGNED
 from ferdata.stages.derive import PREFIX as DERIVED
-from ferdata.tario import TarShardWriter, UnsafeTarError, check_member, iter_members, list_shards, split_member
+from ferdata.tario import TarShardWriter, UnsafeTarError, check_member, list_shards, split_member
+from ferdata.tarscan import iter_members
 
 log = logging.getLogger(__name__)
 INFO = "_info.json"

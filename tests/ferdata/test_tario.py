@@ -10,8 +10,9 @@ from pathlib import PurePosixPath
 import numpy as np
 import pytest
 
-from ferdata.tario import (TarShardWriter, UnsafeTarError, iter_dir_samples, iter_members, iter_tar_samples,
-                           member_header, split_member)
+from ferdata.tario import (TarShardWriter, UnsafeTarError, iter_dir_samples, iter_tar_samples, member_header,
+                           split_member)
+from ferdata.tarscan import iter_members
 
 NAMES = ["a.jpg", "x" * 98 + ".j", "x" * 99 + ".j", "dir/sub/key.lmk.npy", "k\u00e9y.json", "k" * 150 + ".json"]
 
