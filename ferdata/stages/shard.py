@@ -68,6 +68,13 @@ def _read(member: Member) -> bytes:
         return f.read(size)
 
 
+RECORD_FIELDS = ("dataset", "key", "path", "label", "native_label", "split", "subject", "extra")
+
+
+def _record_fields(meta: dict) -> dict:
+    return {f: meta[f] for f in RECORD_FIELDS if f in meta}
+
+
 def assign(metas: dict[str, dict], params: ShardParams) -> dict[str, list[str]]:
     """Keys per split: official splits kept, the missing ones carved by :mod:`ferdata.splits`
     (seeded, subject-independent when subjects are known, or k-fold)."""
@@ -95,7 +102,9 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     if set(aligned) != set(derived):
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
-    metas = {k: json.loads(_read(v["json"])) for k, v in aligned.items()}
+    # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
+    # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
+    metas = {k: _record_fields(json.loads(_read(v["json"]))) for k, v in aligned.items()}
     by_split = assign(metas, params)
     with staged_dir(out_dir, OWNED) as out:
         for split, keys in by_split.items():
