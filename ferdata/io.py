@@ -217,6 +217,11 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
         raise BadImage("too_small", f"{head.width}x{head.height}")
     needed = _reduction(head)
     reduce = max(needed, reduce_at_least) if head.format in _JPEG and not head.has_alpha else needed
+    # Flipped/rotated frames keep the pixel-centre rule x' = (x + 0.5) / r - 0.5 only when r
+    # divides the stored size (libjpeg's last partial block sits at the far edge, which a flip
+    # brings to the near one); an optional reduction backs off until it does.
+    while reduce > needed and head.orientation != 1 and (head.width % reduce or head.height % reduce):
+        reduce //= 2
     h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
     shape = (w, h) if head.orientation in (5, 6, 7, 8) else (h, w)
     return Probe(shape, 1.0 / reduce, conversions_of(head, needed), head, reduce)

@@ -76,6 +76,18 @@ def test_exif_orientation_matches_pil(orientation):
         assert probe_image(data).shape == ref.shape[:2]             # header-only frame for pixel-free backends
 
 
+@pytest.mark.parametrize("size, orientation, expected", [((121, 83), 1, 4), ((121, 83), 6, 1), ((120, 84), 6, 4),
+                                                          ((122, 84), 8, 2)])
+def test_optional_reduction_keeps_flipped_frames_exact(size, orientation, expected):
+    """EXIF-flipped/rotated images reduce only by factors dividing their stored size."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(np.ascontiguousarray(real_photo("astronaut")[:size[1], :size[0]]), quality=90, exif=exif.tobytes())
+    probe = probe_image(data, reduce_at_least=4)
+    assert probe.reduce == expected
+    assert probe.shape == decode_image(data, 4).rgb.shape[:2] and probe.conversions == decode_image(data).conversions
+
+
 @pytest.mark.parametrize("max_pixels", [10 ** 9, 5000, 1500, 300])
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_probe_predicts_reduced_decodes(monkeypatch, max_pixels, orientation):
