@@ -23,11 +23,10 @@ from typing import BinaryIO, Iterator, Mapping
 import numpy as np
 
 from ferdata.io import atomic_write_bytes
-from ferdata.tarscan import iter_members
+from ferdata.tarscan import BLOCK, iter_members
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 MAX_MEMBER_BYTES = 64 << 20     # far above any face sample; stops a crafted member exhausting memory
-BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 
 

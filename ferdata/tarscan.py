@@ -155,12 +155,11 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
                 try:
                     members = _scan_buffer(buf)
                 except _Unusual:
-                    members = None
-                if members is not None:
+                    pass                 # nothing handed out yet: tarfile reads it all, below
+                else:
                     yield from ((m, buf[m.offset_data:m.offset_data + m.size]) for m in members)
                     return
-            f.seek(start)
-        if not f.read(6).startswith(_COMPRESSED):
+        elif not f.read(6).startswith(_COMPRESSED):
             f.seek(start)
             try:
                 for member in _scan(f, read_data):
