@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -31,12 +31,15 @@ from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb
 from ferdata.stages.shard import INFO, index_chunks
 from ferdata.tario import iter_tar_samples, load_npy
+from fermodels.batchring import BatchRing, received
 from fermodels.distributed import WorkerPlan
 from fermodels.registry import ModelCard
 from fermodels.sampling import ClassRepeat, repeat_stream
 
 MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
 PREFETCH = 4
+LANDMARKS = 68
+RING_DEPTH = PREFETCH + 2         # shared buffers per worker (fermodels.batchring)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,16 @@ class SampleDecoder:
             out["lmk"] = (lmk + 0.5) * (size / src) - 0.5          # pixel-centre convention
         return out
 
+    def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per-sample shape and dtype of each field :func:`stack_fields` makes of this decoder's
+        samples (the loader's shared buffers are made from it)."""
+        size = self.size
+        shapes = {"image": (size, size, 3), "left": (size, size // 2, 3), "right": (size, size // 2, 3),
+                  "heatmap": (size // 4, size // 4), "lmk": (LANDMARKS, 2)}
+        return {"label": ((), torch.int64),
+                **{f: (shapes[f], torch.float32 if f == "lmk" else torch.uint8)
+                   for f in FIELDS if f == "image" or f in self.fields}}
+
 
 def _member(s: dict, ext: str, key: str) -> bytes:
     if ext not in s:
@@ -114,16 +127,43 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def collate(samples: list[dict]) -> dict:
     """Stack decoded samples: uint8 NCHW images, (B, 1, h, w) heatmaps, float landmarks."""
-    batch: dict = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
-                   "key": [s["key"] for s in samples]}
-    for name in ("image", "left", "right"):
-        if name in samples[0]:
-            batch[name] = torch.from_numpy(np.stack([s[name] for s in samples])).permute(0, 3, 1, 2)
-    if "heatmap" in samples[0]:
-        batch["heatmap"] = torch.from_numpy(np.stack([s["heatmap"] for s in samples]))[:, None]
-    if "lmk" in samples[0]:
-        batch["lmk"] = torch.from_numpy(np.stack([s["lmk"] for s in samples]))
+    return assemble(stack_fields(samples), {"key": [s["key"] for s in samples]})
+
+
+def stack_fields(samples: list[dict], empty: Callable[..., torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Each tensor field of ``samples`` stacked into ``empty(name, shape, dtype)`` (default: a new
+    tensor; loader workers pass their shared ring buffers, :mod:`fermodels.batchring`)."""
+    empty = empty or _new_tensor
+    n, first = len(samples), samples[0]
+    label = empty("label", (n,), torch.int64)
+    label.numpy()[:] = [s["label"] for s in samples]
+    out = {"label": label}
+    for name in FIELDS:
+        if name in first:
+            arr = first[name]
+            out[name] = empty(name, (n, *arr.shape), _TORCH_DTYPES[arr.dtype])
+            np.stack([s[name] for s in samples], out=out[name].numpy())
+    return out
+
+
+def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:
+    """The batch a model consumes from stacked fields: images NHWC -> NCHW views, heatmaps
+    (B, 1, h, w); ``rest`` (the keys) as it is."""
+    batch = {"label": fields["label"], "key": rest["key"]}
+    for name in FIELDS:
+        if name in fields:
+            t = fields[name]
+            batch[name] = t.permute(0, 3, 1, 2) if name in IMAGES else t[:, None] if name == "heatmap" else t
     return batch
+
+
+FIELDS = ("image", "left", "right", "heatmap", "lmk")
+IMAGES = ("image", "left", "right")
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}
+
+
+def _new_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -182,16 +222,18 @@ def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Itera
 
 
 class EpochStream(IterableDataset):
-    """One rank's epoch: worker ``w`` reads ``plans[w]`` and yields its planned batches."""
+    """One rank's epoch: worker ``w`` reads ``plans[w]`` and yields its planned batches (into
+    ``ring``'s shared buffers when it runs in a worker process)."""
 
     def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, shuffle_buffer: int,
-                 seed: int, repeat: ClassRepeat | None) -> None:
+                 seed: int, repeat: ClassRepeat | None, ring: BatchRing | None = None) -> None:
         self.plans, self.decoder = list(plans), decoder
-        self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
+        self.shuffle_buffer, self.seed, self.repeat, self.ring = shuffle_buffer, seed, repeat, ring
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid = info.id if info is not None else 0
+        ring = self.ring if info is not None else None
         plan = self.plans[wid]
         if self.repeat is None:
             source: Iterable[dict] = read_pieces(plan.pieces)
@@ -202,8 +244,13 @@ class EpochStream(IterableDataset):
             source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(self.seed, plan.worker)))
         samples = iter(source)
         _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
-        for size in plan.batch_sizes[plan.skip_batches:]:
-            yield collate([self.decoder(s) for s in _take(samples, size)])
+        for serial, size in enumerate(plan.batch_sizes[plan.skip_batches:]):
+            decoded = [self.decoder(s) for s in _take(samples, size)]
+            if ring is None:
+                yield collate(decoded)
+            else:
+                stack_fields(decoded, ring.acquire(wid, serial))
+                yield BatchRing.message(wid, serial, size, {"key": [s["key"] for s in decoded]})
 
 
 def _take(it: Iterator[dict], n: int) -> list[dict]:
@@ -215,13 +262,32 @@ def _take(it: Iterator[dict], n: int) -> list[dict]:
     return out
 
 
+class StreamLoader:
+    """One rank's epoch as batches the caller owns: a DataLoader over an :class:`EpochStream`
+    (batches are built inside the workers, handed over through a :class:`BatchRing`)."""
+
+    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
+                 seed: int, repeat: ClassRepeat | None) -> None:
+        self.plans, self.decoder, self.workers = list(plans), decoder, workers
+        self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
+        self.pin_memory = torch.cuda.is_available()
+
+    def __iter__(self) -> Iterator[dict]:
+        n = len(self.plans) if self.workers > 0 else 0
+        ring = None
+        if n:
+            capacity = max((max(p.batch_sizes, default=0) for p in self.plans), default=0)
+            ring = BatchRing(self.decoder.layout(), n, RING_DEPTH, max(capacity, 1))
+        dataset = EpochStream(self.plans, self.decoder, self.shuffle_buffer, self.seed, self.repeat, ring)
+        loader = DataLoader(dataset, batch_size=None, num_workers=n, pin_memory=self.pin_memory and not n,
+                            prefetch_factor=PREFETCH if n else None)
+        return iter(loader) if ring is None else received(iter(loader), ring, self.pin_memory, assemble)
+
+
 def stream_loader(plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
-                  seed: int, repeat: ClassRepeat | None) -> DataLoader:
-    """DataLoader over an :class:`EpochStream` (batches are built inside the workers)."""
-    dataset = EpochStream(plans, decoder, shuffle_buffer, seed, repeat)
-    n = len(plans) if workers > 0 else 0
-    return DataLoader(dataset, batch_size=None, num_workers=n, pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=PREFETCH if n else None)
+                  seed: int, repeat: ClassRepeat | None) -> StreamLoader:
+    """The loader of one rank's epoch (see :class:`StreamLoader`)."""
+    return StreamLoader(plans, decoder, workers=workers, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
 
 
 # ---- random access for evaluation ----------------------------------------------------------

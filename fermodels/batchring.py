@@ -1,0 +1,100 @@
+"""Loader workers hand their batches to the main process through shared buffers made once.
+
+torch's DataLoader moves every tensor a worker returns into a fresh shared-memory segment and
+passes its file descriptor over a socket: the page faults of the fresh pages and the descriptor
+hand-shakes cost as much as decoding the JPEGs (BENCHMARKS.md, Loader). Here the main process
+makes, before the workers start, a ring of ``depth`` batch buffers per worker for every field of
+the batch (:data:`Layout`: the fields, their per-sample shape and dtype). A worker writes batch
+``serial`` into its buffer ``serial % depth`` and sends only a small message (which buffer, how
+many samples, the keys). The main process copies the batch out (into pinned memory when it is
+bound for a GPU) and releases the buffer through a shared counter per worker; a worker waits for
+that release before it writes into the buffer again. So the batches a loader hands out are
+ordinary tensors their caller owns, and the wait can never deadlock: batches are taken in the
+order they were planned, and the one the main process needs next never waits on a later one.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterator, Mapping
+
+import torch
+
+Layout = Mapping[str, tuple[tuple[int, ...], torch.dtype]]    # field -> (per-sample shape, dtype)
+TAG = "_ring"                        # (worker, serial, samples) of a batch written into the ring
+RELEASE_ALL = 1 << 62
+_POLL_S = 2e-4
+
+
+class BatchRing:
+    """``depth`` buffers of up to ``capacity`` samples per worker and field, in shared memory."""
+
+    def __init__(self, layout: Layout, workers: int, depth: int, capacity: int) -> None:
+        if depth < 1 or workers < 1 or capacity < 1:
+            raise ValueError(f"workers, depth and capacity must be >= 1, got {workers}, {depth}, {capacity}")
+        self.layout, self.depth = dict(layout), depth
+        self.buffers = {name: torch.zeros((workers, depth, capacity, *shape), dtype=dtype).share_memory_()
+                        for name, (shape, dtype) in self.layout.items()}
+        self.released = torch.zeros(workers, dtype=torch.int64).share_memory_()
+        self._parent = os.getpid()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+
+    # ---- worker side ---------------------------------------------------------------------------
+
+    def acquire(self, worker: int, serial: int) -> Callable[[str, tuple[int, ...], torch.dtype], torch.Tensor]:
+        """``empty(name, shape, dtype)`` for batch ``serial`` of ``worker``: its buffers, once the
+        main process has released the batch that used them ``depth`` batches earlier."""
+        need = serial - self.depth + 1
+        while int(self.released[worker]) < need:
+            if os.getpid() != self._parent and os.getppid() != self._parent:     # orphaned worker
+                raise RuntimeError("the loader's main process is gone")
+            time.sleep(_POLL_S)
+        slot = serial % self.depth
+
+        def empty(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            want = self.layout.get(name)
+            buf = self.buffers.get(name)
+            if want != (tuple(shape[1:]), dtype) or buf is None or shape[0] > buf.shape[2]:
+                raise ValueError(f"batch field {name!r} {tuple(shape)} {dtype} does not fit the loader's "
+                                 f"buffers {want} x {buf.shape[2] if buf is not None else 0}")
+            return buf[worker, slot, : shape[0]]
+
+        return empty
+
+    @staticmethod
+    def message(worker: int, serial: int, samples: int, rest: dict) -> dict:
+        """What a worker sends for a batch it wrote into the ring: where it is, plus ``rest`` (the
+        fields that are not tensors, e.g. the keys)."""
+        return {TAG: (worker, serial, samples), **rest}
+
+    # ---- main-process side ---------------------------------------------------------------------
+
+    def receive(self, message: dict, pin: bool) -> dict[str, torch.Tensor]:
+        """The caller's own copy of the fields of a received batch (pinned with ``pin``); the
+        buffers go back to their worker."""
+        worker, serial, n = message[TAG]
+        slot = serial % self.depth
+        own = {}
+        for name, buf in self.buffers.items():
+            src = buf[worker, slot, :n]
+            own[name] = torch.empty_like(src, pin_memory=True).copy_(src) if pin else src.clone()
+        self.released[worker] = serial + 1
+        return own
+
+    def release_all(self) -> None:
+        """Let every worker go on (the main process stopped reading: the loader is shutting down)."""
+        self.released.fill_(RELEASE_ALL)
+
+
+def received(messages: Iterator[dict], ring: BatchRing, pin: bool,
+             assemble: Callable[[dict, dict], dict]) -> Iterator[dict]:
+    """The main process's side of a ring: ``assemble(fields, message)`` of each batch's own copy;
+    when the caller stops early, every worker is let go so the loader can shut down at once."""
+    try:
+        for message in messages:
+            yield assemble(ring.receive(message, pin), message)
+    finally:
+        ring.release_all()

@@ -1,0 +1,109 @@
+"""The shared batch ring between loader workers and the main process: batches arrive intact and
+stay the caller's, a worker never overwrites a buffer the main process has not released, a
+stopped loader lets its workers go, and the buffers fit exactly what the decoder makes."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ferdata.tario import iter_tar_samples
+from fermodels.batchring import BatchRing
+from fermodels.data import RING_DEPTH, SampleDecoder, open_split, stack_fields, stream_loader
+from fermodels.distributed import DistEnv, plan_epoch
+
+FIELD_SETS = [("image",), ("image", "left", "right"), ("image", "heatmap"), ("image", "lmk")]
+
+
+def _raw_samples(split) -> dict[str, dict]:
+    return {key: {"__key__": key, **fields} for url, _ in split.shards for key, fields in iter_tar_samples(url)}
+
+
+@pytest.mark.parametrize("fields", FIELD_SETS)
+def test_decoder_layout_is_what_it_makes(tiny_shards, fields):
+    """The buffers are made from ``layout()`` before any sample is seen: it must match the
+    decoder's real output for every field set (a mismatch would be refused by the ring)."""
+    decoder = SampleDecoder(fields, 112)
+    raw = next(iter(_raw_samples(open_split([tiny_shards], "train")).values()))
+    stacked = stack_fields([decoder(raw)] * 3)
+    assert {k: (tuple(v.shape[1:]), v.dtype) for k, v in stacked.items()} == decoder.layout()
+
+
+@pytest.mark.parametrize("fields", [("image",), ("image", "left", "right", "heatmap", "lmk")])
+def test_worker_batches_are_exact_and_owned_by_the_caller(tiny_shards, fields):
+    """Two workers, batches of 2 (each worker writes more batches than its ring is deep): every
+    batch, kept until the epoch ends, still holds each key's own decoded pixels, label, landmarks."""
+    split = open_split([tiny_shards], "train")
+    decoder = SampleDecoder(fields, 112)
+    plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=2, env=DistEnv(0, 1, 0), workers=2,
+                       seed=5, shuffle=True)
+    assert all(len(p.batch_sizes) > RING_DEPTH for p in plans)
+    batches = list(stream_loader(plans, decoder, workers=2, shuffle_buffer=8, seed=1, repeat=None))
+    raw = _raw_samples(split)
+    seen = []
+    for batch in batches:
+        for i, key in enumerate(batch["key"]):
+            want = decoder(raw[key])
+            assert int(batch["label"][i]) == want["label"]
+            assert torch.equal(batch["image"][i], torch.from_numpy(want["image"]).permute(2, 0, 1))
+            for name in set(fields) & {"left", "right"}:
+                assert torch.equal(batch[name][i], torch.from_numpy(want[name]).permute(2, 0, 1))
+            if "heatmap" in fields:
+                assert torch.equal(batch["heatmap"][i, 0], torch.from_numpy(want["heatmap"]))
+            if "lmk" in fields:
+                assert torch.equal(batch["lmk"][i], torch.from_numpy(want["lmk"]))
+            seen.append(key)
+    assert sorted(seen) == sorted(raw)
+
+
+def _ring(depth: int = 2) -> BatchRing:
+    return BatchRing({"label": ((), torch.int64), "image": ((4, 4, 3), torch.uint8)}, workers=1, depth=depth,
+                     capacity=5)
+
+
+def _acquire_in_thread(ring: BatchRing, serial: int) -> tuple[threading.Thread, threading.Event]:
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (ring.acquire(0, serial), done.set()), daemon=True)
+    t.start()
+    return t, done
+
+
+def test_worker_waits_for_the_release_of_the_buffer_it_reuses():
+    ring = _ring(depth=2)
+    ring.acquire(0, 0), ring.acquire(0, 1)                     # two free buffers: no wait
+    t, done = _acquire_in_thread(ring, 2)                      # reuses batch 0's buffer
+    assert not done.wait(0.3)
+    ring.released[0] = 1                                       # the main process copied batch 0 out
+    assert done.wait(10)
+    t.join(10)
+
+
+def test_release_all_lets_a_waiting_worker_go():
+    ring = _ring(depth=1)
+    t, done = _acquire_in_thread(ring, 5)
+    assert not done.wait(0.3)
+    ring.release_all()
+    assert done.wait(10)
+    t.join(10)
+
+
+def test_receive_copies_out_and_releases():
+    ring = _ring(depth=2)
+    empty = ring.acquire(0, 1)
+    fields = stack_fields([{"label": k, "key": str(k), "image": np.full((4, 4, 3), k, np.uint8)} for k in (3, 7)],
+                          empty)
+    own = ring.receive(BatchRing.message(0, 1, 2, {"key": ["3", "7"]}), pin=False)
+    assert int(ring.released[0]) == 2
+    fields["image"].fill_(0)                                   # the worker reuses the buffer
+    assert own["label"].tolist() == [3, 7] and own["image"][1].unique().tolist() == [7]
+
+
+@pytest.mark.parametrize("name,shape,dtype", [("image", (2, 5, 4, 3), torch.uint8),     # wrong size
+                                              ("image", (6, 4, 4, 3), torch.uint8),     # over capacity
+                                              ("image", (2, 4, 4, 3), torch.float32),   # wrong dtype
+                                              ("lmk", (2, 68, 2), torch.float32)])     # not in the layout
+def test_a_field_that_does_not_fit_is_refused(name, shape, dtype):
+    with pytest.raises(ValueError, match="does not fit"):
+        _ring().acquire(0, 0)(name, shape, dtype)
