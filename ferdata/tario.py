@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator, Mapping
 import numpy as np
 
 from ferdata.io import atomic_write_bytes
-from ferdata.tarscan import BLOCK, iter_members
+from ferdata.tarscan import BLOCK, Member, iter_members
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 MAX_MEMBER_BYTES = 64 << 20     # far above any face sample; stops a crafted member exhausting memory
@@ -147,16 +147,18 @@ class TarShardWriter:
             self.close()
 
 
-def check_member(m: tarfile.TarInfo, where: str) -> None:
-    """Raise :class:`UnsafeTarError` unless ``m`` is a plain, relative, pickle-free regular file."""
-    if not m.name or m.name.startswith("/") or ".." in m.name.split("/") or "\\" in m.name or "\0" in m.name:
-        raise UnsafeTarError(f"{where}: unsafe member path {m.name!r}")
-    if not m.isreg() or m.issparse():
-        raise UnsafeTarError(f"{where}: member {m.name!r} is not a regular file (link/device/dir/fifo)")
-    if split_member(m.name)[1].rsplit(".", 1)[-1] in PICKLE_EXTS:
-        raise UnsafeTarError(f"{where}: member {m.name!r} is a pickle; shards must not carry pickles")
+def check_member(m: Member, where: str, ext: str | None = None) -> None:
+    """Raise :class:`UnsafeTarError` unless ``m`` is a plain, relative, pickle-free regular file
+    (``ext``: its :func:`split_member` extension, when the caller has it already)."""
+    name = m.name
+    if not name or name[0] == "/" or "\\" in name or "\0" in name or (".." in name and ".." in name.split("/")):
+        raise UnsafeTarError(f"{where}: unsafe member path {name!r}")
+    if not m.regular:
+        raise UnsafeTarError(f"{where}: member {name!r} is not a regular file (link/device/dir/fifo)")
+    if (split_member(name)[1] if ext is None else ext).rpartition(".")[2] in PICKLE_EXTS:
+        raise UnsafeTarError(f"{where}: member {name!r} is a pickle; shards must not carry pickles")
     if m.size > MAX_MEMBER_BYTES:
-        raise UnsafeTarError(f"{where}: member {m.name!r} is {m.size} bytes (limit {MAX_MEMBER_BYTES})")
+        raise UnsafeTarError(f"{where}: member {name!r} is {m.size} bytes (limit {MAX_MEMBER_BYTES})")
 
 
 def load_npy(data: bytes, where: str = "") -> np.ndarray:
@@ -174,8 +176,8 @@ def iter_tar_samples(source: str | Path | BinaryIO, where: str = "") -> Iterator
     where = where or str(source)
     key, fields = None, {}
     for m, data in iter_members(source):
-        check_member(m, where)
         k, ext = split_member(m.name)
+        check_member(m, where, ext)
         if k != key:
             if key is not None:
                 yield key, fields

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, NamedTuple
 
 import numpy as np
 
@@ -29,6 +29,9 @@ class _Unusual(Exception):
 
 
 _MAGICS = (b"ustar  \0", b"ustar\x0000")
+_REGULAR = (ord("0"), 0)
+_ZERO = bytes(BLOCK)
+_LONGNAME = ord("L")
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
 
 
@@ -38,6 +41,23 @@ def _nts(field: bytes) -> str:
 
 def _number(field: bytes) -> int:
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def _size(buf: bytes, pos: int, where: int | None = None) -> int:
+    """The size field of the header at ``buf[pos:]`` (file offset ``where``, default ``pos``):
+    the writers' 11 octal digits and NUL directly, any other form through :func:`_number`."""
+    size = -1
+    if buf[pos + 135] == 0:
+        try:
+            size = int(buf[pos + 124:pos + 135], 8)
+        except ValueError:
+            pass
+    if size < 0:
+        size = _number(buf[pos + 124:pos + 136])
+        if size < 0:
+            raise tarfile.ReadError(f"corrupt tar header at byte {pos if where is None else where}: "
+                                     f"negative size {size}")
+    return size
 
 
 def _check_sum(head: bytes, pos: int, unsigned: int, signed: int | None = None) -> None:
@@ -56,41 +76,51 @@ def _check_sum(head: bytes, pos: int, unsigned: int, signed: int | None = None) 
         raise tarfile.ReadError(f"corrupt tar header at byte {pos}: checksum {stored} != {unsigned}")
 
 
-def _member(head: bytes, pos: int, size: int, longname: str | None) -> tarfile.TarInfo:
-    """The member of a plain regular-file header at byte ``pos`` (a preceding GNU long name
-    applied), with tarfile's name, size and ``offset_data``; anything else is :class:`_Unusual`."""
-    name = longname if longname is not None else _nts(head[:100])
-    prefix = _nts(head[345:500])
-    if prefix:
-        name = f"{prefix}/{name}"
-    if head[156:157] not in (b"0", b"\0") or name.endswith("/"):
+class Member(NamedTuple):
+    """A tar member as the readers need it: its name, size and where its data starts."""
+
+    name: str
+    size: int
+    offset_data: int
+    regular: bool = True         # a plain regular file: not a link, device, directory, fifo or sparse file
+
+
+def _member(buf: bytes, at: int, size: int, longname: str | None, offset_data: int) -> Member:
+    """The member of the plain regular-file header at ``buf[at:]`` whose data starts at file
+    offset ``offset_data`` (a preceding GNU long name applied); anything else is :class:`_Unusual`."""
+    name = longname if longname is not None else _nts(buf[at:at + 100])
+    if buf[at + 345]:
+        name = f"{_nts(buf[at + 345:at + 500])}/{name}"
+    if buf[at + 156] not in _REGULAR or name.endswith("/"):
         raise _Unusual
-    info = tarfile.TarInfo(name)
-    info.size, info.offset_data = size, pos + BLOCK
-    return info
+    return Member(name, size, offset_data)
 
 
-def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+def _from_tarfile(m: tarfile.TarInfo) -> Member:
+    return Member(m.name, m.size, m.offset_data, m.isreg() and not m.issparse())
+
+
+def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]:
     """Plain GNU/ustar regular files (and GNU long names) of an uncompressed tar, read directly:
     ``tarfile`` spends ~60 us per member on general header handling. Members get the same
     name, size and ``offset_data`` tarfile would give; any other header raises :class:`_Unusual`."""
     pos, longname = f.tell(), None
     while True:
         buf = f.read(BLOCK)
-        if len(buf) < BLOCK or buf == bytes(BLOCK):
-            if buf and buf != bytes(BLOCK):
+        if len(buf) < BLOCK or buf == _ZERO:
+            if buf and buf != _ZERO:
                 raise tarfile.ReadError("unexpected end of data")
             return
         if buf[257:265] not in _MAGICS or buf[124] & 0x80:
             raise _Unusual
         _check_sum(buf, pos, 256 + sum(buf[:148]) + sum(buf[156:]))
-        size, kind = _number(buf[124:136]), buf[156:157]
+        size, kind = _size(buf, 0, pos), buf[156:157]
         pad = -size % BLOCK
         if kind == b"L":                                  # GNU long name: the next header's real name
             longname = _nts(f.read(size + pad)[:size])
             pos += BLOCK + size + pad
             continue
-        info, longname = _member(buf, pos, size, longname), None
+        info, longname = _member(buf, 0, size, longname, pos + BLOCK), None
         if read_data:
             data = f.read(size)
             if len(data) < size:
@@ -103,44 +133,55 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[tarfile.TarInfo, bytes
         yield info, data
 
 
-def _scan_buffer(buf: bytes) -> list[tarfile.TarInfo]:
+def _scan_buffer(buf: bytes) -> list[Member]:
     """:func:`_scan` for a whole archive in memory: every header is located and checked first
     (magic, sizes, types, names, all checksums in one numpy pass), so an unusual header raises
     :class:`_Unusual` before any member is handed out."""
-    heads, pos, end = [], 0, len(buf)
+    starts, sizes, pos, end = [], [], 0, len(buf)
     while pos + BLOCK <= end:
-        head = buf[pos:pos + BLOCK]
-        if head == bytes(BLOCK):
-            break
-        if head[257:265] not in _MAGICS or head[124] & 0x80:
+        if buf[pos + 257:pos + 265] not in _MAGICS or buf[pos + 124] & 0x80:
+            if buf[pos:pos + BLOCK] == _ZERO:
+                break
             raise _Unusual
-        size = _number(head[124:136])
+        size = _size(buf, pos)
         if pos + BLOCK + size > end:
             raise tarfile.ReadError("unexpected end of data")
-        heads.append((pos, size, head))
+        starts.append(pos)
+        sizes.append(size)
         pos += BLOCK + size + (-size % BLOCK)
     else:
         if any(buf[pos:]):
             raise tarfile.ReadError("unexpected end of data")
-    if heads:
-        blocks = np.frombuffer(buf, np.uint8)[np.array([h[0] for h in heads])[:, None] + np.arange(BLOCK)]
-        blocks[:, 148:156] = 32                                         # the checksum field counts as spaces
-        unsigned = blocks.sum(1, dtype=np.int64)
-        signed = unsigned - 256 * (blocks >= 128).sum(1)
-        for (pos, _, head), u, sg in zip(heads, unsigned.tolist(), signed.tolist()):
-            _check_sum(head, pos, u, sg)
+    if not starts:
+        return []
+    _check_sums(buf, starts)
     members, longname = [], None
-    for pos, size, head in heads:
-        kind = head[156:157]
-        if kind == b"L":
+    for pos, size in zip(starts, sizes):
+        if buf[pos + 156] == _LONGNAME:
             longname = _nts(buf[pos + BLOCK:pos + BLOCK + size])
             continue
-        members.append(_member(head, pos, size, longname))
+        members.append(_member(buf, pos, size, longname, pos + BLOCK))
         longname = None
     return members
 
 
-def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+def _check_sums(buf: bytes, starts: list[int]) -> None:
+    """Check every header's checksum in one numpy pass. The writers' form of the stored field
+    (six octal digits, NUL, space) is read in numpy too; any other form, and any mismatch, goes
+    through :func:`_check_sum` (which also accepts the old signed sums, or raises)."""
+    rows = np.frombuffer(buf, np.uint8, len(buf) // BLOCK * BLOCK).reshape(-1, BLOCK)
+    blocks = rows[np.array(starts) // BLOCK]                        # headers are block-aligned
+    field = blocks[:, 148:156].astype(np.int64)
+    digits = field[:, :6] - ord("0")
+    standard = ((digits >= 0) & (digits <= 7)).all(1) & (field[:, 6] == 0) & (field[:, 7] == ord(" "))
+    stored = digits @ (8 ** np.arange(5, -1, -1))
+    unsigned = blocks.sum(1, dtype=np.int64) - field.sum(1) + 8 * ord(" ")   # the field counts as spaces
+    for i in np.flatnonzero(~standard | (stored != unsigned)).tolist():
+        head = buf[starts[i]:starts[i] + BLOCK]
+        _check_sum(head, starts[i], int(unsigned[i]))
+
+
+def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Iterator[tuple[Member, bytes | None]]:
     """Every member of a tar (path or seekable file object, optionally compressed) with its data
     (``read_data``) or with ``offset_data`` set, in file order. Plain archives (what the writer
     makes) take the fast scanner; anything else, from the first unusual header on, ``tarfile``."""
@@ -172,7 +213,7 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
         with tarfile.open(fileobj=f, mode="r|*" if read_data else "r:*") as tar:
             for i, m in enumerate(tar):
                 if i >= done:
-                    yield m, tar.extractfile(m).read() if read_data and m.isreg() else None
+                    yield _from_tarfile(m), tar.extractfile(m).read() if read_data and m.isreg() else None
     finally:
         if own:
             f.close()
