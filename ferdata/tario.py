@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import BinaryIO, Iterator, Mapping
 import numpy as np
 
 from ferdata.io import atomic_write_bytes
-from ferdata.tarscan import BLOCK, Member, iter_members
+from ferdata.tarscan import BLOCK, Member, Table, iter_members, read_table
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
 MAX_MEMBER_BYTES = 64 << 20     # far above any face sample; stops a crafted member exhausting memory
@@ -73,9 +74,7 @@ def split_member(name: str) -> tuple[str, str]:
         p = PurePosixPath(name)
         base, _, ext = p.name.partition(".")
         return (str(p.parent / base) if str(p.parent) != "." else base), ext.lower()
-    head, slash, base = name.rpartition("/")
-    base, _, ext = base.partition(".")
-    return head + slash + base, ext.lower()
+    return _split_plain(name)
 
 
 def shard_name_pattern(prefix: str) -> re.Pattern[str]:
@@ -174,19 +173,53 @@ def load_npy(data: bytes, where: str = "") -> np.ndarray:
 def iter_tar_samples(source: str | Path | BinaryIO, where: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield (key, {ext: bytes}) for each sample of a tar, in file order, safely."""
     where = where or str(source)
+    table = read_table(source) if isinstance(source, (str, os.PathLike)) else None
+    members = _table_members(table, where) if table is not None else _checked_members(source, where)
     key, fields = None, {}
-    for m, data in iter_members(source):
-        k, ext = split_member(m.name)
-        check_member(m, where, ext)
+    for k, ext, data, name in members:
         if k != key:
             if key is not None:
                 yield key, fields
             key, fields = k, {}
         if ext in fields:
-            raise UnsafeTarError(f"{where}: duplicate member {m.name!r}")
+            raise UnsafeTarError(f"{where}: duplicate member {name!r}")
         fields[ext] = data
     if key is not None:
         yield key, fields
+
+
+def _checked_members(source: str | Path | BinaryIO, where: str) -> Iterator[tuple[str, str, bytes, str]]:
+    """(key, ext, data, name) of each member, checked one by one."""
+    for m, data in iter_members(source):
+        k, ext = split_member(m.name)
+        check_member(m, where, ext)
+        yield k, ext, data, m.name
+
+
+def _table_members(table: Table, where: str) -> Iterator[tuple[str, str, bytes, str]]:
+    """(key, ext, data, name) of each member of a whole archive. The names are screened together
+    (one pass over all of them for anything :func:`check_member` could refuse, every distinct
+    extension once); only a flagged archive is checked member by member, for the exact error."""
+    names, sizes, offsets, buf = table.names, table.sizes, table.offsets, table.buf
+    joined = "\n" + "\n".join(names) + "\n"
+    split = list(map(_split_plain, names)) if not _UNUSUAL_NAME.search(joined) else list(map(split_member, names))
+    exts = {ext.rpartition(".")[2] for _, ext in split}
+    if _SUSPECT_NAME.search(joined) or exts & PICKLE_EXTS or (sizes and max(sizes) > MAX_MEMBER_BYTES):
+        for name, size, (_, ext) in zip(names, sizes, split):
+            check_member(Member(name, size, 0), where, ext)
+    for (k, ext), name, size, offset in zip(split, names, sizes, offsets):
+        yield k, ext, buf[offset:offset + size], name
+
+
+def _split_plain(name: str) -> tuple[str, str]:
+    """:func:`split_member` of a name without ``//``, ``./``, ``/.`` or a trailing ``/``."""
+    head, slash, base = name.rpartition("/")
+    base, _, ext = base.partition(".")
+    return head + slash + base, ext.lower()
+
+
+_UNUSUAL_NAME = re.compile(r"//|\./|/\.|/\n")                # names split_member normalises like pathlib
+_SUSPECT_NAME = re.compile(r"\n/|\\|\0|\.\.|\n\n")        # absolute, backslash, NUL, "..", empty
 
 
 def iter_dir_samples(directory: str | Path, prefix: str) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -30,6 +30,7 @@ class _Unusual(Exception):
 
 _MAGICS = (b"ustar  \0", b"ustar\x0000")
 _REGULAR = (ord("0"), 0)
+_MAGIC_WORDS = np.frombuffer(b"".join(_MAGICS), np.uint64)
 _ZERO = bytes(BLOCK)
 _LONGNAME = ord("L")
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
@@ -85,6 +86,31 @@ class Member(NamedTuple):
     regular: bool = True         # a plain regular file: not a link, device, directory, fifo or sparse file
 
 
+class Table(NamedTuple):
+    """Every member of a whole archive in memory, as columns (what the fast scanners read)."""
+
+    buf: bytes
+    names: list[str]
+    sizes: list[int]
+    offsets: list[int]                  # where each member's data starts in ``buf``
+
+
+def read_table(path: str | Path) -> Table | None:
+    """The members of the tar file at ``path`` read whole and scanned in memory, or None when the
+    file is too large for that, compressed, or has headers only ``tarfile`` reads (then use
+    :func:`iter_members`)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size > WHOLE_FILE_BYTES:
+            return None
+        buf = f.read()
+    if buf.startswith(_COMPRESSED):
+        return None
+    try:
+        return _scan_buffer(buf)
+    except _Unusual:
+        return None
+
+
 def _member(buf: bytes, at: int, size: int, longname: str | None, offset_data: int) -> Member:
     """The member of the plain regular-file header at ``buf[at:]`` whose data starts at file
     offset ``offset_data`` (a preceding GNU long name applied); anything else is :class:`_Unusual`."""
@@ -133,10 +159,14 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]
         yield info, data
 
 
-def _scan_buffer(buf: bytes) -> list[Member]:
+def _scan_buffer(buf: bytes) -> Table:
     """:func:`_scan` for a whole archive in memory: every header is located and checked first
     (magic, sizes, types, names, all checksums in one numpy pass), so an unusual header raises
-    :class:`_Unusual` before any member is handed out."""
+    :class:`_Unusual` before any member is handed out. Archives as the writers make them are
+    scanned without a Python step per header (:func:`_scan_blocks`)."""
+    table = _scan_blocks(buf)
+    if table is not None:
+        return table
     starts, sizes, pos, end = [], [], 0, len(buf)
     while pos + BLOCK <= end:
         if buf[pos + 257:pos + 265] not in _MAGICS or buf[pos + 124] & 0x80:
@@ -153,8 +183,8 @@ def _scan_buffer(buf: bytes) -> list[Member]:
         if any(buf[pos:]):
             raise tarfile.ReadError("unexpected end of data")
     if not starts:
-        return []
-    _check_sums(buf, starts)
+        return Table(buf, [], [], [])
+    _check_sums(buf, _blocks(buf)[np.array(starts) // BLOCK], starts)
     members, longname = [], None
     for pos, size in zip(starts, sizes):
         if buf[pos + 156] == _LONGNAME:
@@ -162,20 +192,60 @@ def _scan_buffer(buf: bytes) -> list[Member]:
             continue
         members.append(_member(buf, pos, size, longname, pos + BLOCK))
         longname = None
-    return members
+    return Table(buf, [m.name for m in members], [m.size for m in members], [m.offset_data for m in members])
 
 
-def _check_sums(buf: bytes, starts: list[int]) -> None:
-    """Check every header's checksum in one numpy pass. The writers' form of the stored field
-    (six octal digits, NUL, space) is read in numpy too; any other form, and any mismatch, goes
-    through :func:`_check_sum` (which also accepts the old signed sums, or raises)."""
-    rows = np.frombuffer(buf, np.uint8, len(buf) // BLOCK * BLOCK).reshape(-1, BLOCK)
-    blocks = rows[np.array(starts) // BLOCK]                        # headers are block-aligned
+def _blocks(buf: bytes) -> np.ndarray:
+    return np.frombuffer(buf, np.uint8, len(buf) // BLOCK * BLOCK).reshape(-1, BLOCK)
+
+
+def _octal(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ASCII octal digits as a number, and whether the row was all octal digits."""
+    d = digits.astype(np.int64) - ord("0")
+    return d @ (8 ** np.arange(d.shape[1] - 1, -1, -1)), ((d >= 0) & (d <= 7)).all(1)
+
+
+def _scan_blocks(buf: bytes) -> Table | None:
+    """The members of an archive as the writers make it, found with numpy alone: every block
+    with a ustar/GNU magic is taken for a header, and the archive qualifies when those headers
+    chain exactly (each one's data ends where the next header starts), all are plain regular
+    files with the writers' size field (11 octal digits, NUL), no prefix or NUL in their names,
+    and only zeros follow the last member. Anything else (None) takes the sequential scan."""
+    rows = _blocks(buf)
+    if len(buf) % BLOCK or not len(rows):
+        return None
+    magic = np.ascontiguousarray(rows[:, 257:265]).view(np.uint64).ravel()
+    heads = np.flatnonzero(np.isin(magic, _MAGIC_WORDS))
+    if not len(heads) or heads[0] != 0:
+        return None
+    blocks = rows[heads]
+    sizes, octal = _octal(blocks[:, 124:135])
+    after = heads + 1 + (sizes + BLOCK - 1) // BLOCK
+    if (not octal.all() or blocks[:, 135].any() or (after[:-1] != heads[1:]).any() or after[-1] > len(rows)
+            or rows[after[-1]:].any() or blocks[:, 345].any() or not np.isin(blocks[:, 156], _REGULAR).all()):
+        return None
+    starts = (heads * BLOCK).tolist()
+    _check_sums(buf, blocks, starts)
+    field = blocks[:, :100]
+    if ((field[:, :-1] == 0) & (field[:, 1:] != 0)).any():          # a NUL inside a name
+        return None
+    length = np.count_nonzero(field, axis=1)
+    if not length.all() or (field[np.arange(len(field)), length - 1] == ord("/")).any():  # empty, directories
+        return None
+    raw = np.ascontiguousarray(field).view("S100").ravel().tolist()                       # trailing NULs dropped
+    return Table(buf, [r.decode("utf-8", "surrogateescape") for r in raw], sizes.tolist(),
+                 [s + BLOCK for s in starts])
+
+
+def _check_sums(buf: bytes, blocks: np.ndarray, starts: list[int]) -> None:
+    """Check the checksums of the header ``blocks`` (at byte ``starts``) in one numpy pass. The
+    writers' form of the stored field (six octal digits, NUL, space) is read in numpy too; any
+    other form, and any mismatch, goes through :func:`_check_sum` (which also accepts the old
+    signed sums, or raises)."""
     field = blocks[:, 148:156].astype(np.int64)
-    digits = field[:, :6] - ord("0")
-    standard = ((digits >= 0) & (digits <= 7)).all(1) & (field[:, 6] == 0) & (field[:, 7] == ord(" "))
-    stored = digits @ (8 ** np.arange(5, -1, -1))
-    unsigned = blocks.sum(1, dtype=np.int64) - field.sum(1) + 8 * ord(" ")   # the field counts as spaces
+    stored, octal = _octal(blocks[:, 148:154])
+    standard = octal & (field[:, 6] == 0) & (field[:, 7] == ord(" "))
+    unsigned = blocks.sum(1, dtype=np.uint32).astype(np.int64) - field.sum(1) + 8 * ord(" ")   # field as spaces
     for i in np.flatnonzero(~standard | (stored != unsigned)).tolist():
         head = buf[starts[i]:starts[i] + BLOCK]
         _check_sum(head, starts[i], int(unsigned[i]))
@@ -191,15 +261,12 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
         start = f.tell()
         done = 0
         if own and read_data and os.fstat(f.fileno()).st_size <= WHOLE_FILE_BYTES:
-            buf = f.read()
-            if not buf.startswith(_COMPRESSED):
-                try:
-                    members = _scan_buffer(buf)
-                except _Unusual:
-                    pass                 # nothing handed out yet: tarfile reads it all, below
-                else:
-                    yield from ((m, buf[m.offset_data:m.offset_data + m.size]) for m in members)
-                    return
+            table = read_table(source)
+            if table is not None:
+                buf = table.buf
+                for name, size, offset in zip(table.names, table.sizes, table.offsets):
+                    yield Member(name, size, offset), buf[offset:offset + size]
+                return                   # else nothing was handed out yet: tarfile reads it all, below
         elif not f.read(6).startswith(_COMPRESSED):
             f.seek(start)
             try:

@@ -12,6 +12,7 @@ import pytest
 
 from ferdata.tario import (TarShardWriter, UnsafeTarError, iter_dir_samples, iter_tar_samples, member_header,
                            split_member)
+from ferdata import tarscan
 from ferdata.tarscan import iter_members
 
 NAMES = ["a.jpg", "x" * 98 + ".j", "x" * 99 + ".j", "dir/sub/key.lmk.npy", "k\u00e9y.json", "k" * 150 + ".json"]
@@ -175,3 +176,75 @@ def test_old_signed_header_checksums_are_accepted(tmp_path, as_path):
     (tmp_path / "s.tar").write_bytes(data)
     got = list(iter_members(tmp_path / "s.tar" if as_path else io.BytesIO(data)))
     assert [(m.name, d) for m, d in got] == [("k\u00e9y.jpg", b"abc")]
+
+
+def _writer_archive(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
+    buf = io.BytesIO()
+    for key, fields in samples:
+        for ext in sorted(fields):
+            buf.write(member_header(f"{key}.{ext}", len(fields[ext])) + fields[ext] + bytes(-len(fields[ext]) % 512))
+    buf.write(bytes(1024))
+    return buf.getvalue()
+
+
+def test_block_scan_takes_writer_archives_and_matches_tarfile(tmp_path):
+    """What the writer makes is read by the numpy-only block scan, with tarfile's members."""
+    data = _writer_archive([(f"d/s{i}", {"jpg": bytes([i]) * (300 * i), "cls": b"%d" % i}) for i in range(6)])
+    table = tarscan._scan_blocks(data)
+    assert table is not None
+    got = [(n, o, table.buf[o:o + s]) for n, s, o in zip(table.names, table.sizes, table.offsets)]
+    assert got == by_tarfile(data)
+
+
+@pytest.mark.parametrize("case", ["nested tar in data", "long name", "dir member", "trailing garbage"])
+def test_block_scan_leaves_anything_unusual_to_the_exact_scanners(tmp_path, case):
+    """A member whose data holds a header-like block (a tar in a tar), GNU long names, other
+    member types, bytes after the end: the block scan declines, and the readers still give
+    exactly tarfile's members (or its error)."""
+    inner = _writer_archive([("x", {"jpg": b"inner"})])
+    members = {"nested tar in data": [("a", {"tar": inner, "cls": b"1"})],
+               "long name": [("n" * 120, {"jpg": b"z" * 10})],
+               "dir member": [], "trailing garbage": [("a", {"cls": b"1"})]}[case]
+    data = _writer_archive(members)
+    if case == "dir member":
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            tar.addfile(tarfile.TarInfo("a.cls"), io.BytesIO(b""))
+            d = tarfile.TarInfo("sub")
+            d.type = tarfile.DIRTYPE
+            tar.addfile(d)
+        data = buf.getvalue()
+    if case == "trailing garbage":
+        data += b"\x01" + bytes(511)
+    assert tarscan._scan_blocks(data) is None
+    (tmp_path / "t.tar").write_bytes(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = [(m.name, m.offset_data, m.isreg()) for m in tar]
+    assert [(m.name, m.offset_data, m.regular) for m, _ in iter_members(tmp_path / "t.tar")] == expected
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_negative_member_size_is_a_corrupt_header(tmp_path, as_path):
+    head = bytearray(member_header("a.jpg", 0))
+    head[124:136] = b"-0000001000\0"
+    head[148:156] = b"        "
+    head[148:155] = b"%06o\0" % sum(head)
+    data = bytes(head) + bytes(1024)
+    (tmp_path / "t.tar").write_bytes(data)
+    with pytest.raises(tarfile.ReadError, match="negative size"):
+        list(iter_members(tmp_path / "t.tar" if as_path else io.BytesIO(data)))
+
+
+def test_sample_reader_gives_the_same_samples_from_a_path_and_a_stream(tmp_path):
+    """Whole-file (screened names, block scan) and streamed (member by member) reading agree,
+    also on names split_member normalises and on extensions with capitals."""
+    samples = [("d/a", {"jpg": b"1", "left.jpg": b"22"}), ("d/b", {"JPG": b"3", "cls": b"4"}), ("c", {"cls": b"5"})]
+    data = _writer_archive(samples) + bytes(512)
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    from_path = list(iter_tar_samples(path))
+    assert from_path == list(iter_tar_samples(io.BytesIO(data)))
+    assert [k for k, _ in from_path] == ["d/a", "d/b", "c"] and from_path[1][1] == {"jpg": b"3", "cls": b"4"}
+    odd = _writer_archive([("d//a", {"jpg": b"1"}), ("./d/b", {"jpg": b"2"})])
+    path.write_bytes(odd)
+    assert [k for k, _ in iter_tar_samples(path)] == ["d/a", "d/b"] == [k for k, _ in iter_tar_samples(io.BytesIO(odd))]
