@@ -271,11 +271,21 @@ def encode_png(gray_or_rgb: np.ndarray) -> bytes:
 
 
 def decode_jpeg_rgb(data: bytes) -> np.ndarray:
-    """Decode a JPEG/PNG written by this pipeline (trusted size) to RGB or grayscale."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    """Decode a JPEG/PNG written by this pipeline (trusted size): JPEGs to RGB (straight from the
+    decoder, no BGR pass), PNGs to grayscale or RGB as stored."""
+    buf = np.frombuffer(data, np.uint8)
+    if data[:2] == _JPEG_SOI:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if img is not None and img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img is None:
         raise BadImage("undecodable")
-    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+_JPEG_SOI = b"\xff\xd8"
 
 
 def _temp_prefix(path: Path) -> str:
