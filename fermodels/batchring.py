@@ -26,6 +26,24 @@ RELEASE_ALL = 1 << 62
 _POLL_S = 2e-4
 
 
+SHM_DIR = "/dev/shm"
+
+
+def require_shared_memory(nbytes: int, where: str = SHM_DIR) -> None:
+    """Refuse, with what to do, a ring larger than the free shared memory: a full ``/dev/shm``
+    would otherwise kill the loader with a bus error on its first write (Docker's default is
+    64 MB). Systems without ``/dev/shm`` are not checked."""
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise RuntimeError(f"the loader's shared batch buffers need {nbytes / 2**20:.0f} MB of shared memory but "
+                           f"{where} has {free / 2**20:.0f} MB free: give the container more (docker run "
+                           f"--shm-size=2g, or a larger tmpfs), or lower train.workers or train.batch_size")
+
+
 class BatchRing:
     """``depth`` buffers of up to ``capacity`` samples per worker and field, in shared memory."""
 
@@ -33,6 +51,9 @@ class BatchRing:
         if depth < 1 or workers < 1 or capacity < 1:
             raise ValueError(f"workers, depth and capacity must be >= 1, got {workers}, {depth}, {capacity}")
         self.layout, self.depth = dict(layout), depth
+        need = workers * depth * capacity * sum(torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+                                                for shape, dtype in self.layout.values())
+        require_shared_memory(need)
         self.buffers = {name: torch.zeros((workers, depth, capacity, *shape), dtype=dtype).share_memory_()
                         for name, (shape, dtype) in self.layout.items()}
         self.released = torch.zeros(workers, dtype=torch.int64).share_memory_()

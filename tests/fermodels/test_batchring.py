@@ -107,3 +107,14 @@ def test_receive_copies_out_and_releases():
 def test_a_field_that_does_not_fit_is_refused(name, shape, dtype):
     with pytest.raises(ValueError, match="does not fit"):
         _ring().acquire(0, 0)(name, shape, dtype)
+
+
+def test_a_ring_larger_than_free_shared_memory_is_refused_with_what_to_do(monkeypatch):
+    """Docker's 64 MB /dev/shm: the ring is refused before any byte is written (a full tmpfs
+    would end the loader with a bus error instead)."""
+    class Tiny:
+        f_bavail, f_frsize = 1024, 4096                            # 4 MB free
+    monkeypatch.setattr("fermodels.batchring.os.statvfs", lambda path: Tiny)
+    with pytest.raises(RuntimeError, match=r"need 14 MB .* 4 MB free: .*--shm-size"):
+        BatchRing({"image": ((112, 112, 3), torch.uint8)}, workers=2, depth=6, capacity=32)    # 2*6*32*37,632 B
+    BatchRing({"image": ((112, 112, 3), torch.uint8)}, workers=1, depth=1, capacity=32)    # 1.2 MB fits
