@@ -1,4 +1,4 @@
-"""Robust image decoding and crash-safe file writes.
+"""Robust image decoding, header probing and encoding.
 
 Decoding turns any bytes into RGB uint8 or raises :class:`BadImage` with a short
 reason the stages record (never a silent skip). One policy for every stage, so the
@@ -13,22 +13,14 @@ detector and the aligner always see the same pixels in the same frame:
   scale inside libjpeg, and anything that would still need more (other formats,
   decompression bombs) is refused as ``too_large`` from its header alone.
 
-Writes go to a temp file (or folder) beside the target and are renamed into place,
-so a reader, or a re-run after a kill, sees the old complete output or the new one.
+Pipeline outputs are encoded here too (:func:`encode_jpeg`, :func:`encode_png`) and read back
+with :func:`decode_jpeg_rgb`; writing them to disk safely is :mod:`ferdata.atomic`'s job.
 """
 from __future__ import annotations
 
-import glob
 import io
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
-from fnmatch import fnmatch
-from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -286,133 +278,3 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray:
 
 
 _JPEG_SOI = b"\xff\xd8"
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temp files a killed writer of ``path`` left behind (they would pollute DVC outputs)."""
-    prefix = _temp_prefix(path)
-    for p in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        p.unlink(missing_ok=True)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where folders cannot be opened)."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class atomic_open:
-    """Context manager yielding a binary file that appears at ``path`` only on success.
-
-    The data goes to ``.<name>.<random>.tmp`` beside ``path``, is fsynced, then renamed;
-    on an exception the temp file is removed, and temp files of earlier killed writers
-    of the same path are removed when a new write starts.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.path)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_temp_prefix(self.path), suffix=".tmp")
-        self.tmp = Path(tmp)
-        self.f = os.fdopen(fd, "wb")
-        return self.f
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        try:
-            if exc_type is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
-            if exc_type is None:
-                os.chmod(self.tmp, 0o644)
-                os.replace(self.tmp, self.path)
-                fsync_dir(self.path.parent)
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, then rename: readers never see a partial file."""
-    with atomic_open(path) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def require_dir(path: str | Path, what: str, fix: str) -> Path:
-    """``path`` as a Path, or a clear error naming the fix when the folder is missing."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder {path} does not exist: {fix}")
-    return path
-
-
-class StageDirError(FileExistsError):
-    """A stage was pointed at a folder holding files it did not write."""
-
-
-class staged_dir:
-    """Build a stage's whole output folder beside it, then swap it in.
-
-    ``with staged_dir(out, owned) as tmp:`` yields an empty ``.<out>.partial`` folder;
-    on success the old ``out`` is replaced by it, on an exception it is deleted. So
-    ``out`` is always absent, the previous complete output, or the new complete one:
-    never a mix, never stale chunks from a larger earlier run, never a partial shard.
-    A kill leaves at most ``.<out>.partial``/``.<out>.old``, cleared by the next run.
-
-    ``owned`` are glob patterns of the names the stage writes; an existing ``out``
-    holding anything else is refused rather than deleted.
-    """
-
-    def __init__(self, out: str | Path, owned: tuple[str, ...]) -> None:
-        self.out = Path(out).resolve()          # "." and symlinked folders get a real name and parent
-        self.owned = owned
-        self.partial = self.out.with_name(f".{self.out.name}.partial")
-        self.old = self.out.with_name(f".{self.out.name}.old")
-
-    def _check_owned(self) -> None:
-        if not self.out.exists():
-            return
-        if not self.out.is_dir():
-            raise StageDirError(f"{self.out} is a file; a stage output must be a folder: remove it or pick another")
-        foreign = sorted(p.name for p in self.out.iterdir()
-                         if not any(fnmatch(p.name, pat) for pat in (*self.owned, ".*.tmp")))
-        if foreign:
-            raise StageDirError(
-                f"{self.out} holds files this stage did not write ({', '.join(foreign[:5])}); "
-                f"it replaces the whole folder: move them away or choose an empty output folder")
-
-    def __enter__(self) -> Path:
-        self._check_owned()
-        for stale in (self.partial, self.old):
-            if stale.exists():
-                shutil.rmtree(stale)
-        self.partial.mkdir(parents=True)
-        return self.partial
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.partial, ignore_errors=True)
-            return
-        if self.out.exists():
-            os.replace(self.out, self.old)
-        os.replace(self.partial, self.out)
-        fsync_dir(self.out.parent)
-        if self.old.exists():
-            shutil.rmtree(self.old)

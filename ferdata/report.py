@@ -48,6 +48,6 @@ class StageReport:
         }
 
     def write(self, path: Path) -> None:
-        from ferdata.io import atomic_write_text
+        from ferdata.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator, Mapping
 
 import numpy as np
 
-from ferdata.io import atomic_write_bytes
+from ferdata.atomic import atomic_write_bytes
 from ferdata.tarscan import BLOCK, Member, Table, iter_members, read_table
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})

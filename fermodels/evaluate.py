@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
-from ferdata.io import atomic_write_text
 from fermodels.augment import hflip_batch
 from fermodels.data import IndexedSplit, SampleDecoder, indexed_loader, normalise, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ferdata.io import atomic_write_text
+from ferdata.atomic import atomic_write_text
 from fermodels.data import normalise
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 

@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ferdata.atomic import atomic_write_bytes, atomic_write_text
 from ferdata.classes import CLASSES
 from ferdata.datasets.affectnet import COLUMNS, IMAGES, LIST_DIRS, LISTS
-from ferdata.io import atomic_write_bytes, atomic_write_text
 from ferdata.sample.render import Sample, render_sample
 from ferdata.sample.sources import load_identities, slot_identities, split_identities
 

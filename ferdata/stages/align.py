@@ -25,8 +25,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from ferdata.atomic import staged_dir
 from ferdata.geometry import align_face, crop_reduction, reduced_frame, template, transform_points
-from ferdata.io import BadImage, decode_image, encode_jpeg, staged_dir
+from ferdata.io import BadImage, decode_image, encode_jpeg
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
 from ferdata.heatmap import summed_heatmap_u8
-from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png, require_dir, staged_dir
+from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.regions import fixed_regions, landmark_regions

@@ -2,7 +2,7 @@
 
 Outputs in ``out_dir``: ``faces.jsonl.gz`` (one row per kept record, reader order),
 ``dropped.jsonl`` (every drop with its reason) and ``report.json`` (counts); the folder
-is built beside ``out_dir`` and swapped in whole (``ferdata.io.staged_dir``).
+is built beside ``out_dir`` and swapped in whole (``ferdata.atomic.staged_dir``).
 Detections are cached by image content hash + backend signature, so a repeated run
 detects nothing (and starts no worker, loads no model) and a grown dataset detects
 only its new images. Work goes to the backend in small batches (``BATCH``), so
@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces.base import FaceBackend, create_backend, select_face, shape_only
-from ferdata.io import BadImage, atomic_open, decode_image, probe_image, staged_dir
+from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record

@@ -16,8 +16,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.io import atomic_write_text, require_dir, staged_dir
 from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
 from ferdata.splits import assign_splits, unit_hash

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ferdata.io import StageDirError, atomic_write_bytes
+from ferdata.atomic import StageDirError, atomic_write_bytes
 from ferdata.stages.align import run_align
 from ferdata.stages.derive import run_derive
 from ferdata.stages.detect import run_detect
@@ -126,7 +126,7 @@ def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
 def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
     target = tmp_path / "data.bin"
     atomic_write_bytes(target, b"old")
-    code = ("import os, signal, sys\nfrom ferdata.io import atomic_open\n"
+    code = ("import os, signal, sys\nfrom ferdata.atomic import atomic_open\n"
             "with atomic_open(sys.argv[1]) as f:\n    f.write(b'new but incomplete')\n"
             "    f.flush()\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(target)], env=child_env(), timeout=60)
