@@ -9,11 +9,6 @@
   other item arrives, so a fully cached run starts no workers and loads no models.
 * Under ``fork``, a callable with a ``before_fork()`` method gets it called just before
   the pool starts, to load read-only model data the workers then share.
-* Each worker is replaced by a fresh one after ``recycle`` chunks, so whatever a long-lived
-  worker accumulates (allocator fragmentation, decoder buffers) cannot grow with the dataset:
-  worker memory is bounded by ``recycle x chunksize`` items, not by the dataset size. A fresh
-  worker is forked from the parent again (sharing what ``before_fork`` loaded) or, under
-  spawn, loads its models again on its first item.
 * ``workers <= 1`` runs everything inline (debuggable, no pickling).
 """
 from __future__ import annotations
@@ -26,7 +21,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _WORKER_FN: Callable | None = None
-RECYCLE_CHUNKS = 500                 # chunks per worker life (4,000 items at the default chunk size)
 
 
 def _install(fn: Callable) -> None:
@@ -59,7 +53,7 @@ class _Local:
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
                  window: int = 256, chunksize: int = 8,
-                 local: Callable[[T], bool] | None = None, recycle: int = RECYCLE_CHUNKS) -> Iterator[R]:
+                 local: Callable[[T], bool] | None = None) -> Iterator[R]:
     """``map(fn, items)`` in order; ``fn`` must be a picklable callable (no lambdas)."""
     if workers <= 1:
         yield from map(fn, items)
@@ -75,7 +69,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             ctx = _context()
             if ctx.get_start_method() == "fork" and hasattr(fn, "before_fork"):
                 fn.before_fork()
-            pool = ctx.Pool(workers, initializer=_install, initargs=(fn,), maxtasksperchild=recycle)
+            pool = ctx.Pool(workers, initializer=_install, initargs=(fn,))
         pending.append((pool.apply_async(_run_chunk, (chunk,)), len(chunk)))
         in_flight += len(chunk)
         chunk = []

@@ -161,14 +161,3 @@ def test_parallel_map_is_bounded_and_propagates_errors():
     with pytest.raises(ValueError, match="boom"):
         list(parallel.parallel_map(_Square(), [1, 2, -1, 4], workers=2, chunksize=1))
     assert list(parallel.parallel_map(_Square(), [3], workers=1))[0][0] == 9
-
-
-def test_parallel_map_recycles_workers_and_keeps_order():
-    """After ``recycle`` chunks a worker is replaced: more distinct worker processes than
-    ``workers``, each fresh copy installed once, and the results still complete and in order."""
-    items = list(range(120))
-    out = list(parallel.parallel_map(_Square(), items, workers=2, window=16, chunksize=4, recycle=3))
-    assert [o[0] for o in out] == [x * x for x in items]
-    pids = {o[1] for o in out}
-    assert len(pids) >= 120 // (4 * 3)                              # 30 chunks, 3 per worker life
-    assert sum(o[2] for o in out) == len(pids)                      # one first call per worker life
