@@ -22,7 +22,7 @@ import torch
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
 from fermodels.augment import hflip_batch
-from fermodels.data import IndexedSplit, SampleDecoder, indexed_loader, normalise, to_device
+from fermodels.data import IndexedSplit, indexed_loader, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
 from fermodels.registry import ModelCard
@@ -61,7 +61,7 @@ def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torc
     model.eval()
     labels, probs, keys = [], [], []
     for batch in loader:
-        b = normalise(to_device(batch, device), card)
+        b = normalise(to_device(batch, device, card.input_size), card)
         with autocast(device, amp):
             p = model(b)["logits"].float().softmax(-1)
             if flip_tta:
@@ -132,7 +132,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     device = pick_device(params.device, env_from_os())
     model = model_from_checkpoint(state).to(device)
     card, classes = model.card, tuple(state["classes"])
-    dataset = IndexedSplit(dirs, params.split, SampleDecoder(card.fields, card.input_size), len(classes))
+    dataset = IndexedSplit(dirs, params.split, split_decoder(card, open_split(dirs, params.split)), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
                          f"{len(classes)}-class model can be scored on")

@@ -73,7 +73,8 @@ class Predictor:
         self.align = pre["align"]
         d = pre["derive"]
         self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
-        self.decoder = SampleDecoder(self.card.fields, self.card.input_size)
+        self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
+                                     wire=min(self.align["size"], self.card.input_size))
         self.backend = create_backend(backend, backend_options, model_dir)
 
     def faces(self, image: np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
@@ -108,7 +109,7 @@ class Predictor:
         if not faces:
             return np.zeros((0, len(self.classes)), np.float32)
         batch = collate([self.decoder({"__key__": f"face{i}", **f.fields}) for i, f in enumerate(faces)])
-        b = normalise(to_device(batch, self.device), self.card)
+        b = normalise(to_device(batch, self.device, self.card.input_size), self.card)
         p = self.model(b)["logits"].float().softmax(-1)
         if self.flip_tta:
             p = (p + self.model(hflip_batch(b))["logits"].float().softmax(-1)) / 2

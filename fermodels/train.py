@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from fermodels.augment import AugmentParams, augment_batch
-from fermodels.data import (IndexedSplit, SampleDecoder, Split, mix_seed, normalise, open_split, stream_loader,
-                            to_device)
+from fermodels.data import (IndexedSplit, SampleDecoder, Split, mix_seed, normalise, open_split, split_decoder,
+                            stream_loader, to_device)
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    pick_device, plan_epoch, shutdown)
 from fermodels.evaluate import amp_dtype, autocast, score_split
@@ -166,7 +166,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
     train_split, val_split = open_split(dirs, "train"), open_split(dirs, "val")
     _check_classes(train_split, val_split, params.num_classes)
-    decoder = SampleDecoder(net.card.fields, net.card.input_size)
+    decoder = split_decoder(net.card, train_split)
     samples = params.epoch_samples or train_split.num_samples
     counts = train_split.class_counts(params.num_classes)
     opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,
@@ -237,8 +237,8 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
                    gamma=params.gamma)
         set_lr(run.opt, lr)
         gen = seed_step(params.seed, epoch, run.step, env.rank)
-        b = normalise(augment_batch(to_device(batch, device), params.augment, gen, fill), run.net.card,
-                      params.channels_last)
+        moved = to_device(batch, device, run.decoder.size)
+        b = normalise(augment_batch(moved, params.augment, gen, fill), run.net.card, params.channels_last)
         if params.class_weights:
             b["class_weight"] = run.class_weight
             run.weights_checked = run.weights_checked or _require_class_weight(run.net, b, device, params.amp)

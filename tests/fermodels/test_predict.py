@@ -19,7 +19,7 @@ from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
-from fermodels.data import IndexedSplit, SampleDecoder, read_member, indexed_loader
+from fermodels.data import IndexedSplit, indexed_loader, open_split, read_member, split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.predict import Predictor, run_predict
 
@@ -58,7 +58,8 @@ def test_same_sample_as_the_shard_stages(photos, predictor, tmp_path, one_thread
     run_shard(tmp_path / "aligned", tmp_path / "derived", stage_params(ShardParams, params["shard"]),
               tmp_path / "shards")
     card = predictor.card
-    data = IndexedSplit([tmp_path / "shards"], "test", SampleDecoder(card.fields, card.input_size), 7)
+    shards = [tmp_path / "shards"]
+    data = IndexedSplit(shards, "test", split_decoder(card, open_split(shards, "test")), 7)
     _, from_shards, _ = predict_loader(predictor.model, indexed_loader(data, [0], 1, 0), card, predictor.device,
                                        flip_tta=False)
     image = cv2.imread(str(photos / "astronaut.jpg"))[..., ::-1].copy()

@@ -1,0 +1,55 @@
+"""Batches travel at the stored crop side and reach the model's side on the device: the same
+pixels (to a grey level), heatmaps and landmarks as resizing on the CPU, for every field."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ferdata.io import read_header
+from ferdata.tario import iter_tar_samples
+from fermodels.data import SampleDecoder, collate, open_split, resize_batch, to_device, wire_size
+
+CPU = torch.device("cpu")
+ALL = ("image", "left", "right", "heatmap", "lmk")
+
+
+def _raw(split, n: int = 4) -> list[dict]:
+    out = []
+    for url, _ in split.shards:
+        out += [{"__key__": k, **f} for k, f in iter_tar_samples(url)]
+        if len(out) >= n:
+            return out[:n]
+    return out
+
+
+def test_wire_size_is_the_stored_side_capped_at_the_model(tiny_shards):
+    split = open_split([tiny_shards], "train")
+    stored = read_header(_raw(split, 1)[0]["jpg"]).width               # the tiny shards' crop side
+    assert stored == 112 and wire_size(split, 224) == stored and wire_size(split, stored) == stored and wire_size(split, 96) == 96
+
+
+@pytest.mark.parametrize("size", [224, 160])
+def test_device_upscale_matches_the_cpu_resize(tiny_shards, size):
+    split = open_split([tiny_shards], "train")
+    raw = _raw(split)
+    on_cpu = to_device(collate([SampleDecoder(ALL, size)(s) for s in raw]), CPU)
+    wire = SampleDecoder(ALL, size, wire=wire_size(split, size))
+    travelled = collate([wire(s) for s in raw])
+    assert travelled["image"].shape[-1] == 112 and travelled["left"].shape[-2:] == (112, 56)
+    on_device = to_device(travelled, CPU, size)
+    for name in ("image", "left", "right", "heatmap"):
+        assert on_device[name].shape == on_cpu[name].shape
+        diff = (on_device[name] - on_cpu[name]).abs()
+        assert diff.max() <= 1.5 and diff.mean() < 0.5, name        # cv2 rounds to uint8; the device does not
+    torch.testing.assert_close(on_device["lmk"], on_cpu["lmk"], rtol=0, atol=1e-4)
+    assert torch.equal(on_device["label"], on_cpu["label"])
+
+
+def test_resize_batch_shrinks_with_antialiasing():
+    """A 3x shrink of a one-pixel checkerboard is grey (plain bilinear would pick single pixels:
+    0 or 255); landmarks keep the pixel-centre convention (centre 4 of 9 -> centre 1 of 3)."""
+    board = (torch.arange(9)[:, None] + torch.arange(9)[None, :]) % 2 * 255.0
+    batch = {"image": board.expand(1, 3, 9, 9).clone(), "lmk": torch.tensor([[[4.0, 4.0]]])}
+    out = resize_batch(batch, 3)
+    assert out["image"].shape == (1, 3, 3, 3) and ((out["image"] - 127.5).abs() < 5).all()
+    torch.testing.assert_close(out["lmk"], torch.tensor([[[1.0, 1.0]]]))
