@@ -1,17 +1,21 @@
 """Loader benchmark: samples/s of the shard loader against torchvision ``ImageFolder`` and the
 raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 224 px.
 
-* **ours**: ``stream_loader`` (epoch plan, seeded shuffle buffer, decode + resize + collate in
-  the workers) over N synthetic samples in the real shard format at the stored crop size (112;
-  ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64. Measured twice:
-  the loader alone, and followed in the main process by what the trainer does on a CPU device
-  (``to_device`` -> ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``).
+* **ours**: ``stream_loader`` (epoch plan, seeded shuffle buffer, decode + collate in the
+  workers) over N synthetic samples in the real shard format at the stored crop size (112;
+  ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64. As the
+  trainer runs it, batches travel at the stored side and a 224 px model's batch is scaled on
+  its device (``to_device(batch, device, 224)``); the row "CPU resize" resizes to 224 in the
+  workers instead (how it was before). Measured twice: the loader alone, and followed in the
+  main process by what the trainer does on a CPU device (``to_device`` with the upscale ->
+  ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``).
 * **ImageFolder** (common practice): the *same JPEG bytes* as loose files ``root/<class>/<key>.jpg``,
   torchvision's ``ImageFolder`` with its PIL loader and the equivalent per-sample transforms in the
   workers (Resize for 224, RandomHorizontalFlip, RandomAffine / RandomErasing when switched on,
   ToTensor, Normalize), ``DataLoader(shuffle=True)`` with the same batch size and workers.
-* **decode bound**: ``cv2.imdecode`` + RGB (+ resize) of the same bytes from memory in a tight
-  single-threaded loop (PIL for reference): what one core can do with no loader at all.
+* **decode bound**: decoding the same bytes to RGB (``decode_jpeg_rgb``) from memory in a tight
+  single-threaded loop, at the side the workers produce (PIL for reference): what one core can
+  do with no loader at all.
 
 Rates count the whole epoch from the moment the workers are forked; CPU seconds (main process +
 its reaped workers) cover the same epoch. Each configuration runs ``--repeats`` times, interleaved,
@@ -111,25 +115,29 @@ def ours_plans(shards: Path, batch: int, workers: int) -> list[WorkerPlan]:
                       workers=workers, seed=0, shuffle=True)
 
 
-def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int):
-    """The trainer's ``stream_loader`` for that epoch."""
-    return stream_loader(ours_plans(shards, batch, workers), SampleDecoder(fields, size), workers=workers,
+def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
+                cpu_resize: bool = False):
+    """The trainer's ``stream_loader`` for that epoch: batches at the stored side, as the trainer
+    sends them (``wire_size``), or resized to ``size`` in the workers (``cpu_resize``, before)."""
+    decoder = SampleDecoder(fields, size, wire=None if cpu_resize else min(STORED, size))
+    return stream_loader(ours_plans(shards, batch, workers), decoder, workers=workers,
                          shuffle_buffer=buffer, seed=0, repeat=None)
 
 
 def ours(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
-         aug: AugmentParams | None, card: ModelCard) -> Epoch:
-    """``stream_loader`` alone (``aug`` None) or followed by the trainer's CPU-device steps."""
+         aug: AugmentParams | None, card: ModelCard, cpu_resize: bool = False) -> Epoch:
+    """``stream_loader`` alone (``aug`` None) or followed by the trainer's CPU-device steps
+    (``to_device`` scales the batch to ``size`` there)."""
     fill = torch.tensor(card.mean) * 255.0
     cpu = torch.device("cpu")
 
     def image_of(b: dict, step: int) -> torch.Tensor:
         if aug is None:
             return b["image"]
-        return normalise(augment_batch(to_device(b, cpu), aug, torch.Generator().manual_seed(step), fill),
+        return normalise(augment_batch(to_device(b, cpu, size), aug, torch.Generator().manual_seed(step), fill),
                          card)["image"]
 
-    return timed_epoch(ours_loader(shards, fields, size, batch, workers, buffer), image_of)
+    return timed_epoch(ours_loader(shards, fields, size, batch, workers, buffer, cpu_resize), image_of)
 
 
 def folder_transform(size: int, aug: AugmentParams, card: ModelCard):
@@ -274,16 +282,20 @@ def measure(args: argparse.Namespace) -> dict:
     aug = AugmentParams(**train["augment"]) if args.augment == "params" else AUG
     buffer = int(train["shuffle_buffer"])
     res: dict = {"samples": n, "batch": batch, "workers": workers, "augment": vars(aug),
-                 "load": [os.getloadavg()[0]], "decode": {}, "ours": {}, "ours+aug": {}, "imagefolder": {}}
+                 "load": [os.getloadavg()[0]], "decode": {}, "ours": {}, "ours+aug": {}, "imagefolder": {},
+                 "ours, cpu resize": {}}
     with tempfile.TemporaryDirectory() as tmp:
         shards, root, samples = make_data(Path(tmp), n)
         for _ in range(repeats):
             for key, (fields, size) in inputs.items():
                 card = ModelCard("bench", size, fields, (), "")
-                for lib in ("cv2", "pil"):
-                    _best(res["decode"], key, lib, decode_bound(samples, fields, size, lib))
+                for lib in ("cv2", "pil"):                  # what the workers decode: the stored side
+                    _best(res["decode"], key, lib, decode_bound(samples, fields, min(STORED, size), lib))
                 for w in workers:
                     _best(res["ours"], key, w, ours(shards, fields, size, batch, w, buffer, None, card))
+                    if size != STORED:
+                        _best(res["ours, cpu resize"], key, w,
+                              ours(shards, fields, size, batch, w, buffer, None, card, cpu_resize=True))
                     if fields == ("image",):       # ImageFolder has no halves: no baseline to compare
                         _best(res["ours+aug"], key, w, ours(shards, fields, size, batch, w, buffer, aug, card))
                         _best(res["imagefolder"], key, w, imagefolder(root, size, batch, w, aug, card))
@@ -325,6 +337,9 @@ def ratios(res: dict) -> dict:
                 _ratio(out, f"{key} ours+CPU aug / ImageFolder", w, res["ours+aug"][key][w].rate / base,
                        GOAL_VS_FOLDER)
             _ratio(out, f"{key} ours per worker / decode", w, e.rate / max(w, 1) / bound, GOAL_VS_DECODE)
+            if key in res["ours, cpu resize"]:
+                _ratio(out, f"{key} ours / ours with CPU resize", w, e.rate / res["ours, cpu resize"][key][w].rate,
+                       None)
         one, two = res["ours"][key].get(1), res["ours"][key].get(2)
         if one and two:
             _ratio(out, f"{key} scaling 1 -> 2 workers", 2, two.rate / one.rate, GOAL_SCALING)
@@ -346,8 +361,8 @@ def print_tables(res: dict) -> None:
     for key in res["ours"]:
         d = res["decode"][key]
         print(f"{key:<17} {'decode bound cv2 / PIL':<26}{d['cv2']:>12.0f} / {d['pil']:.0f}")
-        for name, label in (("ours", "ours: loader"), ("ours+aug", "ours: loader + CPU aug"),
-                            ("imagefolder", "ImageFolder + transforms")):
+        for name, label in (("ours", "ours: loader"), ("ours, cpu resize", "ours: loader, CPU resize"),
+                            ("ours+aug", "ours: loader + CPU aug"), ("imagefolder", "ImageFolder + transforms")):
             if key in res[name]:
                 cells = "".join(f"{f'{e.rate:.0f} ({e.cpu_us:.0f})':>20}" for e in (res[name][key][w] for w in ws))
                 print(f"{key:<17} {label:<26}{cells}")
