@@ -6,8 +6,9 @@ raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 
   ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64. As the
   trainer runs it, batches travel at the stored side and a 224 px model's batch is scaled on
   its device (``to_device(batch, device, 224)``); the row "CPU resize" resizes to 224 in the
-  workers instead (how it was before). Measured twice: the loader alone, and followed in the
-  main process by what the trainer does on a CPU device (``to_device`` with the upscale ->
+  workers instead (how it was before, and what the trainer still does for a CPU device, where
+  the main process would resize alone). Measured twice: the loader alone, and followed in the
+  main process by what the trainer does on a CPU device (workers resize; ``to_device`` ->
   ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``).
 * **ImageFolder** (common practice): the *same JPEG bytes* as loose files ``root/<class>/<key>.jpg``,
   torchvision's ``ImageFolder`` with its PIL loader and the equivalent per-sample transforms in the
@@ -121,7 +122,7 @@ def ours_plans(shards: Path, batch: int, workers: int) -> list[WorkerPlan]:
 def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
                 cpu_resize: bool = False):
     """The trainer's ``stream_loader`` for that epoch: batches at the stored side, as the trainer
-    sends them (``wire_size``), or resized to ``size`` in the workers (``cpu_resize``, before)."""
+    sends them to a GPU (``travel_side``), or resized to ``size`` in the workers (``cpu_resize``)."""
     decoder = SampleDecoder(fields, size, wire=None if cpu_resize else min(STORED, size))
     return stream_loader(ours_plans(shards, batch, workers), decoder, workers=workers,
                          shuffle_buffer=buffer, seed=0, repeat=None)
@@ -324,7 +325,8 @@ def measure(args: argparse.Namespace) -> dict:
                         _best(res["ours, cpu resize"], key, w,
                               ours(shards, fields, size, batch, w, buffer, None, card, cpu_resize=True))
                     if fields == ("image",):       # ImageFolder has no halves: no baseline to compare
-                        _best(res["ours+aug"], key, w, ours(shards, fields, size, batch, w, buffer, aug, card))
+                        _best(res["ours+aug"], key, w, ours(shards, fields, size, batch, w, buffer, aug, card,
+                                                            cpu_resize=True))          # the trainer's choice on a CPU
                         _best(res["imagefolder"], key, w, imagefolder(root, size, batch, w, aug, card))
                 res["load"].append(os.getloadavg()[0])
         print_tables(res)

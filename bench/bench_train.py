@@ -44,8 +44,8 @@ from ferdata.io import encode_jpeg, encode_png  # noqa: E402
 from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
-from fermodels.data import (SampleDecoder, normalise, open_split, split_decoder, stream_loader, to_device,  # noqa: E402
-                            wire_size)
+from fermodels.data import (SampleDecoder, normalise, open_split, split_decoder, stored_side,  # noqa: E402
+                            stream_loader, to_device, travel_side)
 from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
@@ -84,7 +84,7 @@ def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     split = open_split([shards], "train")
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
                        workers=workers, seed=0, shuffle=True)
-    decoder = SampleDecoder(fields, size, wire=wire_size(split, size))          # as the trainer sends batches
+    decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
     loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=500, seed=0, repeat=None)
     it = iter(loader)
     first = len(next(it)["label"])
@@ -173,7 +173,7 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     split = open_split([shards], "train")
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
                        workers=workers, seed=0, shuffle=True)
-    it = iter(stream_loader(plans, split_decoder(card, split), workers=workers,
+    it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
                             shuffle_buffer=500, seed=0, repeat=None))
     step(next(it), 0)                                   # worker start-up and the first (compiling) step
     sync(device)

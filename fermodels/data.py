@@ -85,7 +85,7 @@ class SampleDecoder:
     """Picklable map: raw sample (ext -> bytes) -> uint8 arrays for ``fields`` at the ``wire``
     side (default: the model's ``size``). Batches travel at ``wire`` and
     ``to_device(batch, device, size)`` scales them to the model's side on the device: with
-    ``wire`` = the stored crop side (:func:`wire_size`), a 224 px model fed 112 px shards costs
+    ``wire`` = the stored crop side (:func:`travel_side`), a 224 px model fed 112 px shards costs
     the workers no resize and the hand-off a quarter of the bytes."""
 
     fields: tuple[str, ...]
@@ -123,15 +123,22 @@ class SampleDecoder:
                    for f in FIELDS if f == "image" or f in self.fields}}
 
 
-def split_decoder(card: ModelCard, split: Split) -> SampleDecoder:
-    """The decoder of a model's inputs read from ``split``: batches travel at the stored side."""
-    return SampleDecoder(card.fields, card.input_size, wire=wire_size(split, card.input_size))
+def split_decoder(card: ModelCard, split: Split, device: torch.device) -> SampleDecoder:
+    """The decoder of a model's inputs read from ``split`` for a model on ``device``."""
+    return SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, stored_side(split), device))
 
 
-def wire_size(split: Split, size: int) -> int:
-    """The side batches of ``split`` should travel at for a ``size`` model: the stored crop side
-    (read from the first face of each dataset's first shard), never more than ``size`` (shrinking
-    stays on the CPU, where it cuts the hand-off)."""
+def travel_side(size: int, stored: int, device: torch.device) -> int | None:
+    """The side batches for a ``size`` model on ``device`` travel at, from faces stored at
+    ``stored``: on an accelerator the stored side (shrinking stays in the workers, where it cuts
+    the hand-off), scaled to ``size`` there; on the CPU None: the workers resize, in parallel,
+    what the main process would otherwise resize alone."""
+    return min(stored, size) if device.type != "cpu" else None
+
+
+def stored_side(split: Split) -> int:
+    """The crop side of ``split``'s faces, read from the first face of each dataset's first shard
+    (the smallest, when datasets differ)."""
     firsts = {}
     for path, _ in split.shards:
         firsts.setdefault(str(Path(path).parent), path)
@@ -141,7 +148,9 @@ def wire_size(split: Split, size: int) -> int:
         if "jpg" in fields:
             head = read_header(fields["jpg"])
             sides.append(min(head.width, head.height))
-    return min([size, *sides])
+    if not sides:
+        raise ValueError(f"no face image in the first shard of {', '.join(firsts) or split.name}")
+    return min(sides)
 
 
 def _member(s: dict, ext: str, key: str) -> bytes:

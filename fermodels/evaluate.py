@@ -132,7 +132,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     device = pick_device(params.device, env_from_os())
     model = model_from_checkpoint(state).to(device)
     card, classes = model.card, tuple(state["classes"])
-    dataset = IndexedSplit(dirs, params.split, split_decoder(card, open_split(dirs, params.split)), len(classes))
+    decoder = split_decoder(card, open_split(dirs, params.split), device)
+    dataset = IndexedSplit(dirs, params.split, decoder, len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
                          f"{len(classes)}-class model can be scored on")

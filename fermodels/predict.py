@@ -28,7 +28,7 @@ from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, checked_points, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
-from fermodels.data import SampleDecoder, collate, normalise, to_device
+from fermodels.data import SampleDecoder, collate, normalise, to_device, travel_side
 from fermodels.distributed import env_from_os, pick_device
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
@@ -74,7 +74,7 @@ class Predictor:
         d = pre["derive"]
         self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
         self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
-                                     wire=min(self.align["size"], self.card.input_size))
+                                     wire=travel_side(self.card.input_size, self.align["size"], self.device))
         self.backend = create_backend(backend, backend_options, model_dir)
 
     def faces(self, image: np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:

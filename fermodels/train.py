@@ -166,7 +166,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
     train_split, val_split = open_split(dirs, "train"), open_split(dirs, "val")
     _check_classes(train_split, val_split, params.num_classes)
-    decoder = split_decoder(net.card, train_split)
+    decoder = split_decoder(net.card, train_split, device)
     samples = params.epoch_samples or train_split.num_samples
     counts = train_split.class_counts(params.num_classes)
     opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,

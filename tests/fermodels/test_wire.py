@@ -7,7 +7,7 @@ import torch
 
 from ferdata.io import read_header
 from ferdata.tario import iter_tar_samples
-from fermodels.data import SampleDecoder, collate, open_split, resize_batch, to_device, wire_size
+from fermodels.data import SampleDecoder, collate, open_split, resize_batch, stored_side, to_device, travel_side
 
 CPU = torch.device("cpu")
 ALL = ("image", "left", "right", "heatmap", "lmk")
@@ -22,10 +22,15 @@ def _raw(split, n: int = 4) -> list[dict]:
     return out
 
 
-def test_wire_size_is_the_stored_side_capped_at_the_model(tiny_shards):
+GPU = torch.device("cuda")                                     # a device object only: nothing runs on it
+
+
+def test_batches_travel_at_the_stored_side_on_an_accelerator_and_resized_on_a_cpu(tiny_shards):
     split = open_split([tiny_shards], "train")
     stored = read_header(_raw(split, 1)[0]["jpg"]).width               # the tiny shards' crop side
-    assert stored == 112 and wire_size(split, 224) == stored and wire_size(split, stored) == stored and wire_size(split, 96) == 96
+    assert stored == 112 == stored_side(split)
+    assert travel_side(224, stored, GPU) == 112 and travel_side(96, stored, GPU) == 96
+    assert travel_side(224, stored, CPU) is None                      # the workers resize, in parallel
 
 
 @pytest.mark.parametrize("size", [224, 160])
@@ -33,7 +38,7 @@ def test_device_upscale_matches_the_cpu_resize(tiny_shards, size):
     split = open_split([tiny_shards], "train")
     raw = _raw(split)
     on_cpu = to_device(collate([SampleDecoder(ALL, size)(s) for s in raw]), CPU)
-    wire = SampleDecoder(ALL, size, wire=wire_size(split, size))
+    wire = SampleDecoder(ALL, size, wire=travel_side(size, stored_side(split), GPU))
     travelled = collate([wire(s) for s in raw])
     assert travelled["image"].shape[-1] == 112 and travelled["left"].shape[-2:] == (112, 56)
     on_device = to_device(travelled, CPU, size)
