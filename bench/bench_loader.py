@@ -56,10 +56,10 @@ from ferdata.io import decode_jpeg_rgb  # noqa: E402
 from ferdata.params import load_params  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
-from fermodels.data import (MEMBERS, SampleDecoder, normalise, open_split, read_pieces, stream_loader,  # noqa: E402
-                            to_device)
+from fermodels.data import MEMBERS, SampleDecoder, normalise, open_split, to_device  # noqa: E402
 from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
+from fermodels.stream import read_pieces, stream_loader  # noqa: E402
 
 STORED = 112                                     # align.size: the crop size the shards hold
 INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
@@ -234,7 +234,7 @@ def make_data(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:
 
 BUCKETS = {"decode (imdecode + RGB)": ("ferdata/io.py", "decode_jpeg_rgb"),
            "resize": ("fermodels/data.py", "_resize"),
-           "tar reading": ("fermodels/data.py", "read_pieces"),
+           "tar reading": ("fermodels/stream.py", "read_pieces"),
            "collate": ("fermodels/data.py", "collate")}
 
 
@@ -256,7 +256,7 @@ def profile_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int,
         print(f"top {top} by {order}:\n" + "\n".join(line for line in lines[start:] if line.strip()))
     cum = {}
     for (path, _, name), (_, _, _, ct, _) in stats.stats.items():
-        for bucket, (suffix, fn) in [*BUCKETS.items(), ("shuffle", ("fermodels/data.py", "shuffled")),
+        for bucket, (suffix, fn) in [*BUCKETS.items(), ("shuffle", ("fermodels/stream.py", "shuffled")),
                                      ("decoder", ("fermodels/data.py", "__call__"))]:
             if name == fn and path.replace(os.sep, "/").endswith(suffix):
                 cum[bucket] = cum.get(bucket, 0.0) + ct

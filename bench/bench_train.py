@@ -45,11 +45,12 @@ from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import (SampleDecoder, normalise, open_split, split_decoder, stored_side,  # noqa: E402
-                            stream_loader, to_device, travel_side)
+                            to_device, travel_side)
 from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
 from fermodels.registry import create_model, list_models  # noqa: E402
+from fermodels.stream import stream_loader  # noqa: E402
 from fermodels.train import train_step  # noqa: E402
 
 AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale_min=0.95, scale_max=1.05,

@@ -1,46 +1,33 @@
-"""Shard loaders: WebDataset tars -> uint8 batches holding exactly the fields a model declares.
+"""Shard splits and batches: WebDataset tars -> uint8 batches holding exactly the fields a model declares.
 
-* Training streams the shards (sequential reads) along the epoch plan of
-  :mod:`fermodels.distributed` (exact per-rank/per-worker split), optionally resampled for class
-  balance (:mod:`fermodels.sampling`), through a seeded shuffle buffer.
-* Evaluation reads samples by tar offset (:class:`IndexedSplit`), so any order can be asked
-  for: file order, shuffled, class-sorted (the batch-composition check) or one rank's share.
-
-Workers only decode and resize (uint8); floats, augmentation and normalisation happen on the
-training device (:func:`to_device`, :mod:`fermodels.augment`, :func:`normalise`). Tar members
-are read with ferdata's safe reader (no links, no ``..``, no pickles).
+A :class:`Split` is what a split's ``_info.json`` files say of it; :class:`SampleDecoder` turns one raw
+sample into uint8 arrays of the model's fields (at the side batches travel at); :func:`collate` stacks
+them into a batch; :func:`to_device` moves a batch to the training device as float pixel values, scaled
+there to the model's side, and :func:`normalise` makes it model input. The loaders built on these live
+in :mod:`fermodels.stream` (training) and :mod:`fermodels.indexed` (evaluation). Tar members are read
+with ferdata's safe reader (no links, no ``..``, no pickles).
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
-import os
-import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb, read_header
-from ferdata.stages.shard import INFO, index_chunks
+from ferdata.stages.shard import INFO
 from ferdata.tario import iter_tar_samples, load_npy
-from fermodels.batchring import BatchRing, received
-from fermodels.distributed import WorkerPlan
 from fermodels.registry import ModelCard
-from fermodels.sampling import ClassRepeat, repeat_stream
 
 MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
-PREFETCH = 4
 LANDMARKS = 68
-RING_DEPTH = PREFETCH + 2         # shared buffers per worker (fermodels.batchring)
 
 
 @dataclass(frozen=True)
@@ -251,161 +238,3 @@ def normalise(batch: dict, card: ModelCard, channels_last: bool = False) -> dict
     if "heatmap" in batch:
         out["heatmap"] = batch["heatmap"] / 255.0
     return out
-
-
-# ---- training stream -----------------------------------------------------------------------
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
-
-
-def read_pieces(pieces: Sequence) -> Iterator[dict]:
-    """Raw samples of each piece, in file order (reads, never decodes)."""
-    for piece in pieces:
-        for i, (key, fields) in enumerate(iter_tar_samples(piece.url)):
-            if i >= piece.stop:
-                break
-            if i >= piece.start:
-                yield {"__key__": key, **fields}
-
-
-def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    """Seeded shuffle buffer (reservoir swap), as ``wds.shuffle`` but reproducible."""
-    buf: list[dict] = []
-    for s in samples:
-        if len(buf) < bufsize:
-            buf.append(s)
-            continue
-        i = rng.randrange(bufsize)
-        buf[i], s = s, buf[i]
-        yield s
-    rng.shuffle(buf)
-    yield from buf
-
-
-class EpochStream(IterableDataset):
-    """One rank's epoch: worker ``w`` reads ``plans[w]`` and yields its planned batches (into
-    ``ring``'s shared buffers when it runs in a worker process)."""
-
-    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, shuffle_buffer: int,
-                 seed: int, repeat: ClassRepeat | None, ring: BatchRing | None = None) -> None:
-        self.plans, self.decoder = list(plans), decoder
-        self.shuffle_buffer, self.seed, self.repeat, self.ring = shuffle_buffer, seed, repeat, ring
-
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        wid = info.id if info is not None else 0
-        ring = self.ring if info is not None else None
-        plan = self.plans[wid]
-        if self.repeat is None:
-            source: Iterable[dict] = read_pieces(plan.pieces)
-        else:
-            source = repeat_stream(lambda: read_pieces(plan.pieces), self.repeat, plan.num_samples,
-                                   lambda s: int(s["cls"]))
-        if self.shuffle_buffer > 1:
-            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(self.seed, plan.worker)))
-        samples = iter(source)
-        _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
-        for serial, size in enumerate(plan.batch_sizes[plan.skip_batches:]):
-            decoded = [self.decoder(s) for s in _take(samples, size)]
-            if ring is None:
-                yield collate(decoded)
-            else:
-                stack_fields(decoded, ring.acquire(wid, serial))
-                yield BatchRing.message(wid, serial, size, {"key": [s["key"] for s in decoded]})
-
-
-def _take(it: Iterator[dict], n: int) -> list[dict]:
-    """Exactly ``n`` items of ``it``; fewer means the shards disagree with their ``_info.json``."""
-    out = list(itertools.islice(it, n))
-    if len(out) != n:
-        raise RuntimeError(f"shards ended early: {len(out)} of {n} samples; their _info.json counts are "
-                           "wrong (run `ferdata verify`)")
-    return out
-
-
-class StreamLoader:
-    """One rank's epoch as batches the caller owns: a DataLoader over an :class:`EpochStream`
-    (batches are built inside the workers, handed over through a :class:`BatchRing`)."""
-
-    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
-                 seed: int, repeat: ClassRepeat | None) -> None:
-        self.plans, self.decoder, self.workers = list(plans), decoder, workers
-        self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
-        self.pin_memory = torch.cuda.is_available()
-
-    def __iter__(self) -> Iterator[dict]:
-        n = len(self.plans) if self.workers > 0 else 0
-        ring = None
-        if n:
-            capacity = max((max(p.batch_sizes, default=0) for p in self.plans), default=0)
-            ring = BatchRing(self.decoder.layout(), n, RING_DEPTH, max(capacity, 1))
-        dataset = EpochStream(self.plans, self.decoder, self.shuffle_buffer, self.seed, self.repeat, ring)
-        loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=n,
-                            pin_memory=self.pin_memory and not n, prefetch_factor=PREFETCH if n else None)
-        return iter(loader) if ring is None else received(iter(loader), ring, self.pin_memory, assemble)
-
-
-def _as_is(batch: dict) -> dict:
-    """Batches leave the workers as they are built (DataLoader's default walks every key)."""
-    return batch
-
-
-def stream_loader(plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
-                  seed: int, repeat: ClassRepeat | None) -> StreamLoader:
-    """The loader of one rank's epoch (see :class:`StreamLoader`)."""
-    return StreamLoader(plans, decoder, workers=workers, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
-
-
-# ---- random access for evaluation ----------------------------------------------------------
-
-class IndexedSplit(Dataset):
-    """Samples of one split of one or more shard dirs, read by tar offset (``os.pread``)."""
-
-    def __init__(self, shard_dirs: Sequence[str | Path], split: str, decoder: SampleDecoder,
-                 num_classes: int) -> None:
-        self.decoder, self.num_classes = decoder, num_classes
-        exts = {"cls"} | {MEMBERS[f] for f in decoder.fields}
-        self.keys: list[str] = []
-        self.members: list[dict[str, tuple[str, int, int]]] = []
-        self.dataset_index: list[int] = []
-        self.excluded: Counter = Counter()
-        for d, shard_dir in enumerate(shard_dirs):
-            directory = Path(shard_dir) / split
-            if not (directory / INFO).is_file():
-                raise FileNotFoundError(f"{directory / INFO} not found: prepare the dataset first")
-            for key, fields in index_chunks(directory, split).items():
-                label = int(read_member(fields["cls"]))
-                if label >= num_classes:
-                    self.excluded[CLASSES[label]] += 1
-                    continue
-                self.keys.append(key)
-                self.members.append({e: m for e, m in fields.items() if e in exts})
-                self.dataset_index.append(d)
-        self.labels = np.array([int(read_member(m["cls"])) for m in self.members], np.int64)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: int) -> dict:
-        raw = {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
-        return self.decoder(raw)
-
-
-_FDS: dict[tuple[int, str], int] = {}
-
-
-def read_member(member: tuple[str, int, int]) -> bytes:
-    """Read one tar member by offset; descriptors are cached per process (fork-safe)."""
-    path, offset, size = member
-    fd = _FDS.get((os.getpid(), path))
-    if fd is None:
-        fd = _FDS[(os.getpid(), path)] = os.open(path, os.O_RDONLY)
-    return os.pread(fd, size, offset)
-
-
-def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int) -> DataLoader:
-    """Batches of ``dataset`` in exactly ``order`` (a list of indices)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available())

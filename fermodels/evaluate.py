@@ -22,8 +22,9 @@ import torch
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
 from fermodels.augment import hflip_batch
-from fermodels.data import IndexedSplit, indexed_loader, normalise, open_split, split_decoder, to_device
+from fermodels.data import normalise, open_split, split_decoder, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
+from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
 from fermodels.registry import ModelCard
 from fermodels.runstate import load_checkpoint, model_from_checkpoint

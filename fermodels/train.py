@@ -19,16 +19,17 @@ import torch
 from torch import nn
 
 from fermodels.augment import AugmentParams, augment_batch
-from fermodels.data import (IndexedSplit, SampleDecoder, Split, mix_seed, normalise, open_split, split_decoder,
-                            stream_loader, to_device)
+from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    pick_device, plan_epoch, shutdown)
 from fermodels.evaluate import amp_dtype, autocast, score_split
+from fermodels.indexed import IndexedSplit
 from fermodels.optim import SAM, SCHEDULES, build_optimizer, lr_at, set_lr
 from fermodels.recipes import check_applied
 from fermodels.registry import create_model
 from fermodels.runstate import BEST, LAST, Position, next_position, resume_state, save_checkpoint, truncate_live
 from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor
+from fermodels.stream import mix_seed, stream_loader
 
 log = logging.getLogger(__name__)
 SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")

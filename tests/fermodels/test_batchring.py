@@ -11,8 +11,9 @@ import torch
 
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing
-from fermodels.data import RING_DEPTH, SampleDecoder, open_split, stack_fields, stream_loader
+from fermodels.data import SampleDecoder, open_split, stack_fields
 from fermodels.distributed import DistEnv, plan_epoch
+from fermodels.stream import RING_DEPTH, stream_loader
 
 FIELD_SETS = [("image",), ("image", "left", "right"), ("image", "heatmap"), ("image", "lmk")]
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fermodels.data import SampleDecoder, open_split, stream_loader
+from fermodels.data import SampleDecoder, open_split
 from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, plan_epoch,
                                    round_robin_skips, split_evenly)
 from fermodels.sampling import ClassRepeat
+from fermodels.stream import stream_loader
 
 from tests.fermodels.helpers import make_params
 

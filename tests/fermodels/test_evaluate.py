@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
-from fermodels.data import IndexedSplit, SampleDecoder, indexed_loader
+from fermodels.data import SampleDecoder
 from fermodels.evaluate import EvalParams, evaluate, predict_loader
+from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.train import train
 

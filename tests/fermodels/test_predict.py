@@ -19,8 +19,9 @@ from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
-from fermodels.data import IndexedSplit, indexed_loader, open_split, read_member, split_decoder
+from fermodels.data import open_split, split_decoder
 from fermodels.evaluate import predict_loader
+from fermodels.indexed import IndexedSplit, indexed_loader, read_member
 from fermodels.predict import Predictor, run_predict
 
 from tests.fermodels.helpers import REPO, stage_params, make_params

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import fermodels.train as trainer
-from fermodels.data import SampleDecoder, normalise, open_split, stream_loader, to_device
+from fermodels.data import SampleDecoder, normalise, open_split, to_device
 from fermodels.distributed import DistEnv, plan_epoch
 from fermodels.optim import build_optimizer
 from fermodels.registry import create_model, list_models
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.sampling import check_class_weight_used, class_weight_tensor
+from fermodels.stream import stream_loader
 from fermodels.train import NonFiniteLossError, train, train_step
 
 from tests.fermodels.helpers import TINY_MODEL, make_params

@@ -1,0 +1,68 @@
+"""Random access for evaluation: samples read by tar offset (:class:`IndexedSplit`), so any order
+can be asked for: file order, shuffled, class-sorted (the batch-composition check) or one rank's share.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ferdata.classes import CLASSES
+from ferdata.stages.shard import INFO, index_chunks
+from fermodels.data import MEMBERS, SampleDecoder, collate
+
+
+class IndexedSplit(Dataset):
+    """Samples of one split of one or more shard dirs, read by tar offset (``os.pread``)."""
+
+    def __init__(self, shard_dirs: Sequence[str | Path], split: str, decoder: SampleDecoder,
+                 num_classes: int) -> None:
+        self.decoder, self.num_classes = decoder, num_classes
+        exts = {"cls"} | {MEMBERS[f] for f in decoder.fields}
+        self.keys: list[str] = []
+        self.members: list[dict[str, tuple[str, int, int]]] = []
+        self.dataset_index: list[int] = []
+        self.excluded: Counter = Counter()
+        for d, shard_dir in enumerate(shard_dirs):
+            directory = Path(shard_dir) / split
+            if not (directory / INFO).is_file():
+                raise FileNotFoundError(f"{directory / INFO} not found: prepare the dataset first")
+            for key, fields in index_chunks(directory, split).items():
+                label = int(read_member(fields["cls"]))
+                if label >= num_classes:
+                    self.excluded[CLASSES[label]] += 1
+                    continue
+                self.keys.append(key)
+                self.members.append({e: m for e, m in fields.items() if e in exts})
+                self.dataset_index.append(d)
+        self.labels = np.array([int(read_member(m["cls"])) for m in self.members], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict:
+        raw = {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
+        return self.decoder(raw)
+
+
+_FDS: dict[tuple[int, str], int] = {}
+
+
+def read_member(member: tuple[str, int, int]) -> bytes:
+    """Read one tar member by offset; descriptors are cached per process (fork-safe)."""
+    path, offset, size = member
+    fd = _FDS.get((os.getpid(), path))
+    if fd is None:
+        fd = _FDS[(os.getpid(), path)] = os.open(path, os.O_RDONLY)
+    return os.pread(fd, size, offset)
+
+
+def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int) -> DataLoader:
+    """Batches of ``dataset`` in exactly ``order`` (a list of indices)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
+                      collate_fn=collate, pin_memory=torch.cuda.is_available())

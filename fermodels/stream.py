@@ -1,0 +1,130 @@
+"""The training stream: one rank's epoch of shards -> uint8 batches, built in the loader workers.
+
+Training streams the shards (sequential reads) along the epoch plan of :mod:`fermodels.distributed`
+(exact per-rank/per-worker split), optionally resampled for class balance (:mod:`fermodels.sampling`),
+through a seeded shuffle buffer; batches leave the workers through shared buffers (:mod:`fermodels.batchring`).
+
+Workers only decode and resize (uint8); floats, augmentation and normalisation happen on the training
+device (:func:`fermodels.data.to_device`, :mod:`fermodels.augment`, :func:`fermodels.data.normalise`).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ferdata.tario import iter_tar_samples
+from fermodels.batchring import BatchRing, received
+from fermodels.data import SampleDecoder, assemble, collate, stack_fields
+from fermodels.distributed import WorkerPlan
+from fermodels.sampling import ClassRepeat, repeat_stream
+
+PREFETCH = 4
+RING_DEPTH = PREFETCH + 2         # shared buffers per worker (fermodels.batchring)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def read_pieces(pieces: Sequence) -> Iterator[dict]:
+    """Raw samples of each piece, in file order (reads, never decodes)."""
+    for piece in pieces:
+        for i, (key, fields) in enumerate(iter_tar_samples(piece.url)):
+            if i >= piece.stop:
+                break
+            if i >= piece.start:
+                yield {"__key__": key, **fields}
+
+
+def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
+    """Seeded shuffle buffer (reservoir swap), as ``wds.shuffle`` but reproducible."""
+    buf: list[dict] = []
+    for s in samples:
+        if len(buf) < bufsize:
+            buf.append(s)
+            continue
+        i = rng.randrange(bufsize)
+        buf[i], s = s, buf[i]
+        yield s
+    rng.shuffle(buf)
+    yield from buf
+
+
+class EpochStream(IterableDataset):
+    """One rank's epoch: worker ``w`` reads ``plans[w]`` and yields its planned batches (into
+    ``ring``'s shared buffers when it runs in a worker process)."""
+
+    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, shuffle_buffer: int,
+                 seed: int, repeat: ClassRepeat | None, ring: BatchRing | None = None) -> None:
+        self.plans, self.decoder = list(plans), decoder
+        self.shuffle_buffer, self.seed, self.repeat, self.ring = shuffle_buffer, seed, repeat, ring
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid = info.id if info is not None else 0
+        ring = self.ring if info is not None else None
+        plan = self.plans[wid]
+        if self.repeat is None:
+            source: Iterable[dict] = read_pieces(plan.pieces)
+        else:
+            source = repeat_stream(lambda: read_pieces(plan.pieces), self.repeat, plan.num_samples,
+                                   lambda s: int(s["cls"]))
+        if self.shuffle_buffer > 1:
+            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(self.seed, plan.worker)))
+        samples = iter(source)
+        _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
+        for serial, size in enumerate(plan.batch_sizes[plan.skip_batches:]):
+            decoded = [self.decoder(s) for s in _take(samples, size)]
+            if ring is None:
+                yield collate(decoded)
+            else:
+                stack_fields(decoded, ring.acquire(wid, serial))
+                yield BatchRing.message(wid, serial, size, {"key": [s["key"] for s in decoded]})
+
+
+def _take(it: Iterator[dict], n: int) -> list[dict]:
+    """Exactly ``n`` items of ``it``; fewer means the shards disagree with their ``_info.json``."""
+    out = list(itertools.islice(it, n))
+    if len(out) != n:
+        raise RuntimeError(f"shards ended early: {len(out)} of {n} samples; their _info.json counts are "
+                           "wrong (run `ferdata verify`)")
+    return out
+
+
+class StreamLoader:
+    """One rank's epoch as batches the caller owns: a DataLoader over an :class:`EpochStream`
+    (batches are built inside the workers, handed over through a :class:`BatchRing`)."""
+
+    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
+                 seed: int, repeat: ClassRepeat | None) -> None:
+        self.plans, self.decoder, self.workers = list(plans), decoder, workers
+        self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
+        self.pin_memory = torch.cuda.is_available()
+
+    def __iter__(self) -> Iterator[dict]:
+        n = len(self.plans) if self.workers > 0 else 0
+        ring = None
+        if n:
+            capacity = max((max(p.batch_sizes, default=0) for p in self.plans), default=0)
+            ring = BatchRing(self.decoder.layout(), n, RING_DEPTH, max(capacity, 1))
+        dataset = EpochStream(self.plans, self.decoder, self.shuffle_buffer, self.seed, self.repeat, ring)
+        loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=n,
+                            pin_memory=self.pin_memory and not n, prefetch_factor=PREFETCH if n else None)
+        return iter(loader) if ring is None else received(iter(loader), ring, self.pin_memory, assemble)
+
+
+def _as_is(batch: dict) -> dict:
+    """Batches leave the workers as they are built (DataLoader's default walks every key)."""
+    return batch
+
+
+def stream_loader(plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
+                  seed: int, repeat: ClassRepeat | None) -> StreamLoader:
+    """The loader of one rank's epoch (see :class:`StreamLoader`)."""
+    return StreamLoader(plans, decoder, workers=workers, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
