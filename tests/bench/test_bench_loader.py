@@ -97,4 +97,7 @@ def test_profile_fractions_cover_the_epoch(quick):
     for key, parts in results["profile"].items():
         assert parts["decode (imdecode + RGB)"] > 0 and parts["tar reading"] > 0, key
         assert math.isclose(sum(parts.values()), 1.0, abs_tol=1e-6), key
-    assert results["profile"]["image@224"]["resize"] > results["profile"]["image@112"]["resize"]
+    # the profiled loader is the GPU-bound one: batches travel at the stored side, nothing resizes
+    # in the loader at either input size (the device scales them; see test_wire.py): what is left of
+    # the resize bucket is its shape check (~0.2%); a 112 -> 224 upscale takes over a third
+    assert results["profile"]["image@224"]["resize"] < 0.02 and results["profile"]["image@112"]["resize"] < 0.02
