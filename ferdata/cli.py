@@ -43,13 +43,15 @@ def prepare(
 @app.command()
 def datasets() -> None:
     """List dataset readers and what each expects on disk."""
-    from ferdata.datasets import READERS
+    from ferdata.datasets import COMMON_OPTIONS, READERS
 
     for name in READERS.names():
         reader = READERS.get(name)
         typer.echo(f"{name:12s} {reader.expects}")
         if reader.option_defaults:
             typer.echo(f"{'':12s} options: {json.dumps(dict(reader.option_defaults))}")
+    typer.echo(f"every reader also takes: {json.dumps(dict(COMMON_OPTIONS))} "
+               "(exclude_classes: class names dropped as excluded_class, e.g. [Contempt])")
 
 
 @app.command()

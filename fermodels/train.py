@@ -265,7 +265,8 @@ def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> No
         if beyond:
             raise ValueError(f"{split.name} split of {', '.join(split.dirs)} holds {beyond}, which a "
                              f"{num_classes}-class model cannot learn; set train.num_classes 8 or prepare "
-                             "the dataset without them (e.g. AffectNet protocol affectnet7)")
+                             "the dataset without them (params.yaml datasets.<name>.options: "
+                             "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7)")
     if val_split.num_samples == 0:
         raise ValueError("the val split is empty: model selection needs it (shard.val_fraction > 0)")
 

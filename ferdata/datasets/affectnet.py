@@ -76,7 +76,7 @@ class AffectNetReader(DatasetReader):
     )
     option_defaults = {"protocol": "affectnet8", "layout": "auto"}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         num_classes = PROTOCOLS.get(self.options["protocol"])
         if num_classes is None:
             raise ValueError(f"affectnet: protocol must be affectnet7 or affectnet8, got {self.options['protocol']!r}")

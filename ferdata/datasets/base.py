@@ -3,16 +3,25 @@
 A reader turns a dataset root in its publisher's on-disk format into a stream of
 ``FaceRecord`` (kept) and ``Dropped`` (counted by reason) items. Readers never
 decode pixels except where the labels live in the pixels' container (FER2013 CSV).
+
+Each reader implements ``scan`` (its format); :meth:`DatasetReader.read` applies the
+options every reader shares (``COMMON_OPTIONS``) on top, so no caller can skip them.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
 
+from ferdata.classes import CLASSES, canonical_id
 from ferdata.records import Dropped, FaceRecord
 from ferdata.registry import Registry
 
 READERS: Registry[type["DatasetReader"]] = Registry("dataset reader")
+
+# Options every reader takes, beside its own ``option_defaults``.
+#   exclude_classes: canonical class names (or synonyms) whose records are dropped with reason
+#   ``excluded_class``, e.g. [Contempt] for the 7-class protocols of CK+ and FERPlus.
+COMMON_OPTIONS: Mapping[str, Any] = {"exclude_classes": []}
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -31,10 +40,11 @@ class DatasetLayoutError(FileNotFoundError):
 
 
 class DatasetReader:
-    """Base class: subclasses set ``name``/``expects`` and implement ``read``.
+    """Base class: subclasses set ``name``/``expects`` and implement ``scan``.
 
     ``options`` are the reader's own settings from params.yaml
-    (``datasets.<name>.options``); unknown option names raise ``ValueError``.
+    (``datasets.<name>.options``) plus ``COMMON_OPTIONS``; unknown option names raise
+    ``ValueError``.
     """
 
     name: ClassVar[str] = ""
@@ -42,16 +52,43 @@ class DatasetReader:
     option_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, root: str | Path, **options: Any) -> None:
-        unknown = set(options) - set(self.option_defaults)
+        known = {**COMMON_OPTIONS, **self.option_defaults}
+        unknown = set(options) - set(known)
         if unknown:
-            raise ValueError(
-                f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.option_defaults)}"
-            )
+            raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         self.root = Path(root)
-        self.options = {**self.option_defaults, **options}
+        self.options = {**known, **options}
+        self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
 
     def read(self) -> Iterator[FaceRecord | Dropped]:
+        """Every item of :meth:`scan`, with the records of excluded classes dropped."""
+        for item in self.scan():
+            if isinstance(item, FaceRecord) and item.label in self.excluded:
+                yield Dropped(item.dataset, item.key, "excluded_class",
+                              f"{CLASSES[item.label]} (options.exclude_classes)")
+            else:
+                yield item
+
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
+        """The dataset as its publisher lays it out: records and dropped items, in a stable order."""
         raise NotImplementedError
+
+
+def excluded_ids(names: Any, reader: str) -> frozenset[int]:
+    """Canonical ids of the ``exclude_classes`` option (class names or synonyms, any case)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"{reader}: options.exclude_classes must be a list of class names, "
+                         f"e.g. [Contempt], got {names!r}")
+    ids = set()
+    for n in names:
+        try:
+            ids.add(canonical_id(str(n)))
+        except ValueError:
+            raise ValueError(f"{reader}: options.exclude_classes: {n!r} is not a class; "
+                             f"use the canonical names {list(CLASSES)}") from None
+    if len(ids) >= len(CLASSES):
+        raise ValueError(f"{reader}: options.exclude_classes {list(names)} excludes every class")
+    return frozenset(ids)
 
 
 def open_reader(name: str, root: str | Path, options: Mapping[str, Any] | None = None) -> DatasetReader:

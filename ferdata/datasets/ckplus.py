@@ -68,7 +68,7 @@ class CKPlusReader(DatasetReader):
     )
     option_defaults: Mapping[str, object] = {"frames": 3, "neutral_frames": 0}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         frames, neutral = int(self.options["frames"]), int(self.options["neutral_frames"])
         if frames < 1 or neutral < 0:
             raise ValueError(f"{self.name}: frames must be >= 1 and neutral_frames >= 0, got {frames}, {neutral}")

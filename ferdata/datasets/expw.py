@@ -25,7 +25,7 @@ class ExpWReader(DatasetReader):
     name = "expw"
     expects = "label/label.lst (name face_id top left right bottom confidence label) + image/origin/<name>.jpg"
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, image_dir = self._layout()
         exists: dict[str, bool] = {}   # consecutive lines share images; remember the last few lookups
         with open(label_file, encoding="utf-8") as f:

@@ -146,7 +146,7 @@ class FER2013Reader(DatasetReader):
     expects = "fer2013.csv (emotion,pixels,Usage) or icml_face_data.csv (emotion, Usage, pixels)"
     option_defaults: Mapping[str, object] = {"csv": ""}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         csv_path = find_file(self.root, FER_CSVS, str(self.options["csv"]))
         if csv_path is None:
             raise DatasetLayoutError(self.name, self.root, [str(self.options["csv"]) or ", ".join(FER_CSVS)])
@@ -180,7 +180,7 @@ class FERPlusReader(DatasetReader):
     )
     option_defaults: Mapping[str, object] = {"label_mode": "majority", "fer2013_csv": ""}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         mode = str(self.options["label_mode"])
         if mode not in LABEL_MODES:
             raise ValueError(f"{self.name}: label_mode must be one of {LABEL_MODES}, got {mode!r}")

@@ -84,7 +84,7 @@ class FolderReader(DatasetReader):
     )
     option_defaults: Mapping[str, object] = {"mapping": {}, "dataset": "folder"}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         dataset = str(self.options["dataset"])
         yield from read_class_tree(dataset, self._split_dirs(), self.options["mapping"])
 

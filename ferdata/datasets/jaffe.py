@@ -26,7 +26,7 @@ class JAFFEReader(DatasetReader):
     name = "jaffe"
     expects = "<subject>.<AN|DI|FE|HA|NE|SA|SU><n>.<id>.tiff files (e.g. KA.AN1.39.tiff) at the root or in jaffe/"
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         for path in self._images():
             yield self._parse(path)
 

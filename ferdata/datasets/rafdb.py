@@ -65,7 +65,7 @@ class RAFDBReader(DatasetReader):
     )
     option_defaults: Mapping[str, Any] = {"images": "auto", "subsets": {}}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, kind = self._layout()
         subsets = load_subsets(self.options["subsets"], self.root)
         image_dir = self.root / IMAGE_DIRS[kind]

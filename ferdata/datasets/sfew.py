@@ -29,7 +29,7 @@ class SFEWReader(DatasetReader):
     expects = "Train/<Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise>/*.png and Val/<same>/*.png"
     option_defaults: Mapping[str, object] = {"val_as": "test"}
 
-    def read(self) -> Iterator[FaceRecord | Dropped]:
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
         val_as = self.options["val_as"]
         if val_as not in ("test", "val"):
             raise ValueError(f"{self.name}: val_as must be 'test' or 'val', got {val_as!r}")

@@ -56,3 +56,11 @@ def test_bad_options_and_layout(tmp_path):
         read_all("ckplus", empty)
     assert "expected: cohn-kanade-images/S###/, Emotion/S###/" in str(err.value)
     assert "found:    cohn-kanade-images" in str(err.value)
+
+
+def test_seven_class_protocol_drops_contempt_sequences(tmp_path):
+    make_ckplus(tmp_path)
+    records, drops, items = read_all("ckplus", tmp_path, {"exclude_classes": ["Contempt"]})
+    assert sorted(records) == ["S005_001_00000003", "S005_001_00000004", "S005_001_00000005"]
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "bad_landmarks": 1, "excluded_class": 2}
+    assert {d.key for d in items if d.reason == "excluded_class"} == {"S010_001_00000002", "S010_001_00000004"}

@@ -1,12 +1,29 @@
-"""Contract over every registered reader: description, options, and wrong-root errors."""
+"""Contract over every registered reader: description, options, wrong-root errors and the
+options every reader shares (``exclude_classes``)."""
 from __future__ import annotations
 
 from typing import Mapping
 
 import pytest
 
+from ferdata.classes import CLASSES
 from ferdata.datasets import READERS, DatasetLayoutError, open_reader
+from ferdata.records import FaceRecord
 from ferdata.registry import UnknownNameError
+from tests.ferdata import fixtures_datasets as fx
+
+# every reader on a fixture of its own format (builder, reader options)
+FIXTURES = {
+    "affectnet": (fx.make_affectnet_csv, {"protocol": "affectnet8"}),
+    "ckplus": (fx.make_ckplus, {}),
+    "expw": (fx.make_expw, {}),
+    "fer2013": (fx.make_fer2013, {}),
+    "ferplus": (fx.make_ferplus, {}),
+    "folder": (fx.make_folder_splits, {"mapping": {"calm": None}}),
+    "jaffe": (fx.make_jaffe, {}),
+    "rafdb": (fx.make_rafdb, {}),
+    "sfew": (fx.make_sfew, {}),
+}
 
 ALL = ["affectnet", "ckplus", "expw", "fer2013", "ferplus", "folder", "jaffe", "rafdb", "sfew"]
 
@@ -45,3 +62,36 @@ def test_wrong_root_names_what_it_found(tmp_path, name):
 def test_unknown_option_rejected(tmp_path, name):
     with pytest.raises(ValueError, match="unknown option"):
         open_reader(name, tmp_path, {"no_such_option": 1})
+
+
+def test_every_reader_has_a_fixture_here():
+    assert sorted(FIXTURES) == ALL
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_exclude_classes_drops_exactly_those_records(tmp_path, name):
+    build, options = FIXTURES[name]
+    build(tmp_path)
+    full = list(open_reader(name, tmp_path, options).read())
+    labels = [i.label for i in full if isinstance(i, FaceRecord)]
+    assert len(set(labels)) >= 2, "the fixture needs two classes for this test"
+    gone = CLASSES[labels[0]]
+    kept = list(open_reader(name, tmp_path, {**options, "exclude_classes": [gone.lower()]}).read())
+    assert len(kept) == len(full)                      # nothing vanishes: every record is kept or dropped
+    for before, after in zip(full, kept):
+        if isinstance(before, FaceRecord) and CLASSES[before.label] == gone:
+            assert (after.key, after.reason, after.dataset) == (before.key, "excluded_class", name)
+            assert gone in after.detail
+        else:
+            assert after == before and type(after) is type(before)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("Contempt", "must be a list"),
+    (["Smile"], "'Smile' is not a class"),
+    ([3], "3 is not a class"),
+    (list(CLASSES), "excludes every class"),
+])
+def test_exclude_classes_rejects_what_it_cannot_mean(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        open_reader("ckplus", tmp_path, {"exclude_classes": bad})
