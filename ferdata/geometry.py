@@ -9,6 +9,8 @@ the crop matrix lands on the same pixel the warp put its image content on.
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -112,16 +114,37 @@ def crop_reduction(kps5: np.ndarray, size: int, padding: float = 0.0, limit: int
     """The largest power of two r <= ``limit`` at which the face, decoded at 1/r, still has at
     least the crop's resolution: decoding at 1/r then costs a fraction of a full decode and,
     unlike a bilinear warp shrinking a large face several times, does not alias. 1 when the
-    keypoints cannot define an alignment (the caller reports why)."""
-    try:
-        m = estimate_norm(kps5, size, padding)
-    except ValueError:
+    keypoints cannot define an alignment (the caller reports why).
+
+    No similarity is fitted here (align fits it once, in the decoded frame): the crop's zoom
+    (crop pixels per source pixel) is bounded by the ratio of the template's RMS spread to the
+    keypoints'. The least-squares scale is tr(DS) / var_src <= std_dst / std_src (Umeyama;
+    Cauchy-Schwarz), equal when the points are an exact similarity of the template, so r never
+    leaves the face below the crop's resolution."""
+    kps = np.asarray(kps5, np.float64)
+    if kps.shape != (5, 2):
         return 1
-    zoom = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))       # crop pixels per source pixel
+    src = _rms_spread(kps.tolist())
+    if not math.isfinite(src) or src < 1e-3:
+        return 1
+    zoom = _template_spread(size, padding) / src
     r = 1
     while r * 2 <= limit and zoom * r * 2 <= 1.0:
         r *= 2
     return r
+
+
+def _rms_spread(points: list[list[float]]) -> float:
+    """RMS distance of 2-D points from their centroid (plain Python: five points cost less
+    than numpy's per-call overhead)."""
+    n = len(points)
+    mx, my = sum(p[0] for p in points) / n, sum(p[1] for p in points) / n
+    return math.sqrt(sum((x - mx) ** 2 + (y - my) ** 2 for x, y in points) / n)
+
+
+@functools.lru_cache(maxsize=16)
+def _template_spread(size: int, padding: float) -> float:
+    return _rms_spread(template(size, padding).tolist())
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ferdata.faces.base import select_face
-from ferdata.geometry import align_face, crop_reduction, template
+from ferdata.geometry import align_face, crop_reduction, estimate_norm, template
 from ferdata.io import decode_image
 from ferdata.stages.align import checked_points, source_matrix
 
@@ -23,6 +23,30 @@ def test_crop_reduction_keeps_at_least_crop_resolution(k, expected):
 
 def test_crop_reduction_of_degenerate_points_is_one():
     assert crop_reduction(np.zeros((5, 2)), 112) == 1
+    assert crop_reduction(np.full((5, 2), np.nan), 112) == 1
+    assert crop_reduction(np.zeros((4, 2)), 112) == 1
+
+
+def test_crop_reduction_never_undershoots_the_fitted_zoom():
+    """On keypoints that are no exact similarity of the template (expressions, pose, detector
+    noise), the reduction chosen without a fit still leaves the face at >= crop resolution by
+    the fitted matrix, and is the fit's own choice in most cases."""
+    rng = np.random.default_rng(0)
+    same = 0
+    for _ in range(500):
+        k = rng.uniform(0.8, 12.0)
+        angle = rng.uniform(-0.6, 0.6)
+        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        kps = (template(112) * k) @ rot.T + rng.uniform(0, 800, 2) + rng.normal(0, 0.08 * k * 10, (5, 2))
+        r = crop_reduction(kps, 112)
+        fitted = np.sqrt(abs(np.linalg.det(estimate_norm(kps, 112)[:, :2])))   # crop px per source px
+        assert r == 1 or fitted * r <= 1.0 + 1e-9                               # a small face: no reduction
+        exact = 1
+        while exact * 2 <= 8 and fitted * exact * 2 <= 1.0:
+            exact *= 2
+        assert r <= exact
+        same += r == exact
+    assert same >= 450
 
 
 @pytest.fixture(scope="module")
