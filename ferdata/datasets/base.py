@@ -21,7 +21,7 @@ READERS: Registry[type["DatasetReader"]] = Registry("dataset reader")
 # Options every reader takes, beside its own ``option_defaults``.
 #   exclude_classes: canonical class names (or synonyms) whose records are dropped with reason
 #   ``excluded_class``, e.g. [Contempt] for the 7-class protocols of CK+ and FERPlus.
-COMMON_OPTIONS: Mapping[str, Any] = {"exclude_classes": []}
+COMMON_OPTIONS: Mapping[str, Any] = {"exclude_classes": ()}
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -76,7 +76,7 @@ class DatasetReader:
 
 def excluded_ids(names: Any, reader: str) -> frozenset[int]:
     """Canonical ids of the ``exclude_classes`` option (class names or synonyms, any case)."""
-    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+    if not isinstance(names, (list, tuple)):
         raise ValueError(f"{reader}: options.exclude_classes must be a list of class names, "
                          f"e.g. [Contempt], got {names!r}")
     ids = set()
