@@ -28,14 +28,20 @@ def prepare(
     root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
     out: Path = typer.Option(Path("data"), help="Output folder; results go to OUT/<dataset>/{detect,aligned,derived,shards}."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Reader option KEY=VALUE (a YAML value), "
+                                     "repeatable, over params.yaml's; e.g. -o 'exclude_classes=[Contempt]'."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
-    from ferdata.params import load_params
+    from ferdata.params import load_params, parse_assignments
     from ferdata.prepare import prepare as run
 
     _setup_logging(verbose)
-    reports = run(dataset, load_params(params), out, root)
+    try:
+        options = parse_assignments(option)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--option") from None
+    reports = run(dataset, load_params(params), out, root, options)
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
 

@@ -33,3 +33,18 @@ def section(cls: type[T], values: Mapping[str, Any], name: str) -> T:
             f"params section {name!r}: unknown keys {sorted(unknown)}; missing keys {sorted(missing)}"
         )
     return cls(**values)
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` from the command line as a dict, each value read as YAML
+    (``exclude_classes=[Contempt]`` -> a list, ``frames=3`` -> an int)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. exclude_classes=[Contempt]")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{item!r}: the value is not YAML ({err})") from None
+    return out

@@ -46,18 +46,19 @@ def read_dataset(spec: DatasetSpec):
 
 
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
-            root: str | Path | None = None) -> dict[str, Any]:
-    """Run every preprocessing stage for dataset ``name``; returns the stage reports."""
+            root: str | Path | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run every preprocessing stage for dataset ``name``; returns the stage reports. ``root`` and
+    ``options`` (merged over the params entry's reader options) override params.yaml."""
     if name in (params.get("datasets") or {}):
         spec = dataset_spec(params, name)
-        if root is not None:
-            spec = DatasetSpec(spec.reader, str(root), spec.options)
     elif root is not None:
         spec = DatasetSpec(name, str(root), {})     # a reader name + a root: no params entry needed
         READERS.get(name)                           # unknown names fail here, listing the readers
     else:
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
                        f"--root with a reader name ({', '.join(READERS.names())})")
+    spec = DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
+                       {**(spec.options or {}), **(options or {})})
     dirs = stage_dirs(data_dir, name)
     reports = {
         "detect": run_detect(read_dataset(spec), section(DetectParams, params["detect"], "detect"), dirs["detect"]),

@@ -82,3 +82,23 @@ def test_cli_prepare_by_reader_name(tmp_path):
     bad = CliRunner().invoke(app, ["prepare", "nosuchreader", "--root", str(tmp_path / "raw"),
                                    "--params", str(tmp_path / "params.yaml")])
     assert bad.exit_code != 0 and "affectnet" in str(bad.exception)
+
+    # reader options from the command line: the same raw data without Happy
+    seven = CliRunner().invoke(app, ["prepare", "affectnet", "--root", str(tmp_path / "raw"), "--out",
+                                     str(tmp_path / "no_happy"), "--params", str(tmp_path / "params.yaml"),
+                                     "-o", "exclude_classes=[happy]", "-o", "protocol=affectnet7"])
+    assert seven.exit_code == 0, seven.output
+    before = json.loads((tmp_path / "data" / "affectnet" / "detect" / "report.json").read_text())
+    after = json.loads((tmp_path / "no_happy" / "affectnet" / "detect" / "report.json").read_text())
+    happy = sum(json.loads((tmp_path / "data" / "affectnet" / "shards" / s / "_info.json").read_text())
+                ["class_histogram"].get("Happy", 0) for s in ("train", "val", "test"))
+    assert happy > 0 and after["dropped"]["excluded_class"] >= happy
+    # every record accounted for: what the first run kept or dropped, the second kept or dropped
+    assert after["kept"] + after["dropped_total"] == before["kept"] + before["dropped_total"]
+    assert after["kept"] < before["kept"]
+    for s in ("train", "val", "test"):
+        info = json.loads((tmp_path / "no_happy" / "affectnet" / "shards" / s / "_info.json").read_text())
+        assert info["class_histogram"].get("Happy", 0) == 0
+    malformed = CliRunner().invoke(app, ["prepare", "affectnet", "--root", str(tmp_path / "raw"),
+                                         "--params", str(tmp_path / "params.yaml"), "-o", "exclude_classes"])
+    assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
