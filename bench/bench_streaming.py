@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "rss_main_big_over_small": big_run["rss_main_mb"] / two["rss_main_mb"],
         "rss_worker_big_over_small": big_run["rss_worker_mb"] / two["rss_worker_mb"],
         "private_worker_big_over_small": (big_run["private_worker_mb"] / two["private_worker_mb"]
-                                          if two["private_worker_mb"] else float("nan")),     # nan: too short to see
+                                          if two["private_worker_mb"] and big_run["private_worker_mb"]
+                                          else float("nan")),     # nan: a run too short for the poller to see
         "pipeline_1p_over_baseline": one["first"]["total"] / base.wall,
         "chain_without_shard_1p_over_baseline": (one["first"]["total"] - one["first"]["shard"]) / base.wall,
         "scaling_1_to_2": one["first"]["total"] / two["first"]["total"],

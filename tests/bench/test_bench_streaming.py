@@ -17,6 +17,6 @@ def test_quick_benchmark_streams_every_sample_and_prints_ratios_last(capsys):
     assert "peak RSS, main process, 160 / 40 inputs" in tail and tail.rstrip().splitlines()[-1].startswith("  repeat")
     assert set(ratios) >= {"rss_main_big_over_small", "rss_worker_big_over_small", "private_worker_big_over_small",
                            "scaling_1_to_2"}
-    private = ratios.pop("private_worker_big_over_small")        # nan when the quick runs are too short to poll
-    assert private != private or private > 0
+    private = ratios.pop("private_worker_big_over_small")        # nan when a quick run is too short to poll
+    assert private != private or private > 0                     # never 0: an unseen worker is no measurement
     assert all(v > 0 for v in ratios.values())
