@@ -28,8 +28,8 @@ def prepare(
     root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
     out: Path = typer.Option(Path("data"), help="Output folder; results go to OUT/<dataset>/{detect,aligned,derived,shards}."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Reader option KEY=VALUE (a YAML value), "
-                                     "repeatable, over params.yaml's; e.g. -o 'exclude_classes=[Contempt]'."),
+    option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE (a YAML value), "
+                                     "repeatable, over params.yaml's; e.g. --option 'exclude_classes=[Contempt]'."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""

@@ -86,7 +86,7 @@ def test_cli_prepare_by_reader_name(tmp_path):
     # reader options from the command line: the same raw data without Happy
     seven = CliRunner().invoke(app, ["prepare", "affectnet", "--root", str(tmp_path / "raw"), "--out",
                                      str(tmp_path / "no_happy"), "--params", str(tmp_path / "params.yaml"),
-                                     "-o", "exclude_classes=[happy]", "-o", "protocol=affectnet7"])
+                                     "--option", "exclude_classes=[happy]", "--option", "protocol=affectnet7"])
     assert seven.exit_code == 0, seven.output
     before = json.loads((tmp_path / "data" / "affectnet" / "detect" / "report.json").read_text())
     after = json.loads((tmp_path / "no_happy" / "affectnet" / "detect" / "report.json").read_text())
@@ -100,5 +100,5 @@ def test_cli_prepare_by_reader_name(tmp_path):
         info = json.loads((tmp_path / "no_happy" / "affectnet" / "shards" / s / "_info.json").read_text())
         assert info["class_histogram"].get("Happy", 0) == 0
     malformed = CliRunner().invoke(app, ["prepare", "affectnet", "--root", str(tmp_path / "raw"),
-                                         "--params", str(tmp_path / "params.yaml"), "-o", "exclude_classes"])
+                                         "--params", str(tmp_path / "params.yaml"), "--option", "exclude_classes"])
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
