@@ -19,7 +19,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Collection, Iterator, Mapping
 
 import numpy as np
 
@@ -170,17 +170,22 @@ def load_npy(data: bytes, where: str = "") -> np.ndarray:
         raise UnsafeTarError(f"{where}: unreadable .npy ({e})") from None
 
 
-def iter_tar_samples(source: str | Path | BinaryIO, where: str = "") -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {ext: bytes}) for each sample of a tar, in file order, safely."""
+def iter_tar_samples(source: str | Path | BinaryIO, where: str = "",
+                     only: Collection[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {ext: bytes}) for each sample of a tar, in file order, safely. With ``only``,
+    a sample's dict holds just those extensions (a loader that needs two of six members skips
+    copying the rest); every member is still checked and every sample still yielded."""
     where = where or str(source)
     table = read_table(source) if isinstance(source, (str, os.PathLike)) else None
-    members = _table_members(table, where) if table is not None else _checked_members(source, where)
+    members = _table_members(table, where, only) if table is not None else _checked_members(source, where)
     key, fields = None, {}
     for k, ext, data, name in members:
         if k != key:
             if key is not None:
                 yield key, fields
             key, fields = k, {}
+        if data is None or (only is not None and ext not in only):
+            continue
         if ext in fields:
             raise UnsafeTarError(f"{where}: duplicate member {name!r}")
         fields[ext] = data
@@ -196,10 +201,12 @@ def _checked_members(source: str | Path | BinaryIO, where: str) -> Iterator[tupl
         yield k, ext, data, m.name
 
 
-def _table_members(table: Table, where: str) -> Iterator[tuple[str, str, bytes, str]]:
-    """(key, ext, data, name) of each member of a whole archive. The names are screened together
-    (one pass over all of them for anything :func:`check_member` could refuse, every distinct
-    extension once); only a flagged archive is checked member by member, for the exact error."""
+def _table_members(table: Table, where: str, only: Collection[str] | None = None
+                   ) -> Iterator[tuple[str, str, bytes | None, str]]:
+    """(key, ext, data, name) of each member of a whole archive (data None for an extension not
+    in ``only``). The names are screened together (one pass over all of them for anything
+    :func:`check_member` could refuse, every distinct extension once); only a flagged archive is
+    checked member by member, for the exact error."""
     names, sizes, offsets, buf = table.names, table.sizes, table.offsets, table.buf
     joined = "\n" + "\n".join(names) + "\n"
     split = list(map(_split_plain, names)) if not _UNUSUAL_NAME.search(joined) else list(map(split_member, names))
@@ -208,7 +215,7 @@ def _table_members(table: Table, where: str) -> Iterator[tuple[str, str, bytes, 
         for name, size, (_, ext) in zip(names, sizes, split):
             check_member(Member(name, size, 0), where, ext)
     for (k, ext), name, size, offset in zip(split, names, sizes, offsets):
-        yield k, ext, buf[offset:offset + size], name
+        yield k, ext, buf[offset:offset + size] if only is None or ext in only else None, name
 
 
 def _split_plain(name: str) -> tuple[str, str]:

@@ -84,6 +84,11 @@ class SampleDecoder:
         """The side of the images this decoder makes."""
         return self.wire or self.size
 
+    @property
+    def members(self) -> frozenset[str]:
+        """The tar member extensions this decoder reads (a sample's label and its fields)."""
+        return frozenset({"cls", *(MEMBERS[f] for f in self.fields), MEMBERS["image"]})
+
     def __call__(self, s: dict) -> dict:
         key, side = s["__key__"], self.side
         img = decode_jpeg_rgb(s["jpg"])
@@ -172,6 +177,24 @@ def stack_fields(samples: list[dict], empty: Callable[..., torch.Tensor] | None 
             out[name] = empty(name, (n, *arr.shape), _TORCH_DTYPES[arr.dtype])
             np.stack([s[name] for s in samples], out=out[name].numpy())
     return out
+
+
+def decode_batch(decoder: SampleDecoder, raw: Sequence[dict],
+                 empty: Callable[..., torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``raw`` samples decoded straight into batch tensors made by ``empty(name, shape, dtype)``
+    (default: new tensors; loader workers pass their ring buffers) in ``decoder.layout()``, and
+    their keys. Each sample is copied in while its pixels are still in the cache, instead of a
+    list of decoded samples being stacked afterwards (what :func:`stack_fields` does)."""
+    empty = empty or _new_tensor
+    out = {name: empty(name, (len(raw), *shape), dtype) for name, (shape, dtype) in decoder.layout().items()}
+    views = [(name, t.numpy()) for name, t in out.items()]
+    keys = []
+    for i, s in enumerate(raw):
+        d = decoder(s)
+        for name, view in views:
+            view[i] = d[name]
+        keys.append(d["key"])
+    return out, keys
 
 
 def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:

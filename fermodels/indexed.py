@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
 from ferdata.stages.shard import INFO, index_chunks
-from fermodels.data import MEMBERS, SampleDecoder, collate
+from fermodels.data import SampleDecoder, collate
 
 
 class IndexedSplit(Dataset):
@@ -23,7 +23,7 @@ class IndexedSplit(Dataset):
     def __init__(self, shard_dirs: Sequence[str | Path], split: str, decoder: SampleDecoder,
                  num_classes: int) -> None:
         self.decoder, self.num_classes = decoder, num_classes
-        exts = {"cls"} | {MEMBERS[f] for f in decoder.fields}
+        exts = decoder.members
         self.keys: list[str] = []
         self.members: list[dict[str, tuple[str, int, int]]] = []
         self.dataset_index: list[int] = []

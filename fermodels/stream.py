@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
-from fermodels.data import SampleDecoder, assemble, collate, stack_fields
+from fermodels.data import SampleDecoder, assemble, decode_batch
 from fermodels.distributed import WorkerPlan
 from fermodels.sampling import ClassRepeat, repeat_stream
 
@@ -32,10 +32,11 @@ def mix_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
 
 
-def read_pieces(pieces: Sequence) -> Iterator[dict]:
-    """Raw samples of each piece, in file order (reads, never decodes)."""
+def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterator[dict]:
+    """Raw samples of each piece, in file order (reads, never decodes); with ``only``, just those
+    members of each sample (:func:`ferdata.tario.iter_tar_samples`)."""
     for piece in pieces:
-        for i, (key, fields) in enumerate(iter_tar_samples(piece.url)):
+        for i, (key, fields) in enumerate(iter_tar_samples(piece.url, only=only)):
             if i >= piece.stop:
                 break
             if i >= piece.start:
@@ -70,22 +71,24 @@ class EpochStream(IterableDataset):
         wid = info.id if info is not None else 0
         ring = self.ring if info is not None else None
         plan = self.plans[wid]
+        members = self.decoder.members
         if self.repeat is None:
-            source: Iterable[dict] = read_pieces(plan.pieces)
+            source: Iterable[dict] = read_pieces(plan.pieces, members)
         else:
-            source = repeat_stream(lambda: read_pieces(plan.pieces), self.repeat, plan.num_samples,
+            source = repeat_stream(lambda: read_pieces(plan.pieces, members), self.repeat, plan.num_samples,
                                    lambda s: int(s["cls"]))
         if self.shuffle_buffer > 1:
             source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(self.seed, plan.worker)))
         samples = iter(source)
         _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
         for serial, size in enumerate(plan.batch_sizes[plan.skip_batches:]):
-            decoded = [self.decoder(s) for s in _take(samples, size)]
+            raw = _take(samples, size)
             if ring is None:
-                yield collate(decoded)
+                fields, keys = decode_batch(self.decoder, raw)
+                yield assemble(fields, {"key": keys})
             else:
-                stack_fields(decoded, ring.acquire(wid, serial))
-                yield BatchRing.message(wid, serial, size, {"key": [s["key"] for s in decoded]})
+                _, keys = decode_batch(self.decoder, raw, ring.acquire(wid, serial))
+                yield BatchRing.message(wid, serial, size, {"key": keys})
 
 
 def _take(it: Iterator[dict], n: int) -> list[dict]:

@@ -248,3 +248,17 @@ def test_sample_reader_gives_the_same_samples_from_a_path_and_a_stream(tmp_path)
     odd = _writer_archive([("d//a", {"jpg": b"1"}), ("./d/b", {"jpg": b"2"})])
     path.write_bytes(odd)
     assert [k for k, _ in iter_tar_samples(path)] == ["d/a", "d/b"] == [k for k, _ in iter_tar_samples(io.BytesIO(odd))]
+
+
+def test_only_some_members_are_handed_out_but_every_sample_is(tmp_path):
+    """``only``: each sample's dict holds just those extensions, a sample with none of them is
+    still yielded (empty), whole-file and streamed reading agree; without it nothing is left out."""
+    samples = [("a", {"jpg": b"1", "cls": b"0", "left.jpg": b"22", "lmk.npy": b"x"}), ("b", {"json": b"{}"}),
+               ("c", {"jpg": b"3", "cls": b"4"})]
+    data = _writer_archive(samples) + bytes(512)
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    want = [(k, {e: v for e, v in f.items() if e in {"jpg", "cls"}}) for k, f in samples]
+    assert list(iter_tar_samples(path, only={"jpg", "cls"})) == want
+    assert list(iter_tar_samples(io.BytesIO(data), only={"jpg", "cls"})) == want
+    assert list(iter_tar_samples(path)) == samples

@@ -11,7 +11,7 @@ import torch
 
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing
-from fermodels.data import SampleDecoder, open_split, stack_fields
+from fermodels.data import SampleDecoder, decode_batch, open_split, stack_fields
 from fermodels.distributed import DistEnv, plan_epoch
 from fermodels.stream import RING_DEPTH, stream_loader
 
@@ -32,16 +32,50 @@ def test_decoder_layout_is_what_it_makes(tiny_shards, fields):
     assert {k: (tuple(v.shape[1:]), v.dtype) for k, v in stacked.items()} == decoder.layout()
 
 
+@pytest.mark.parametrize("fields", FIELD_SETS)
+def test_decode_batch_equals_stacking_decoded_samples(tiny_shards, fields):
+    """Decoding straight into the batch (new tensors or given buffers) gives what stacking the
+    decoded samples gives, from just the members the decoder says it reads."""
+    decoder = SampleDecoder(fields, 112, wire=56)
+    raw = list(_raw_samples(open_split([tiny_shards], "train")).values())[:5]
+    want = stack_fields([decoder(s) for s in raw])
+    only = [{e: v for e, v in s.items() if e in decoder.members or e == "__key__"} for s in raw]
+    fields_new, keys = decode_batch(decoder, only)
+    buffers = {name: torch.full((8, *shape), 7, dtype=dtype) for name, (shape, dtype) in decoder.layout().items()}
+    fields_into, _ = decode_batch(decoder, only, lambda name, shape, dtype: buffers[name][: shape[0]])
+    assert keys == [s["__key__"] for s in raw]
+    for got in (fields_new, fields_into):
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(buffers[k][:5], want[k]) for k in want)
+
+
+@pytest.mark.parametrize("fields", FIELD_SETS)
+def test_decoder_members_are_exactly_what_it_reads(tiny_shards, fields):
+    """``members`` is what the loader reads of each sample: enough to decode, and none spare."""
+    decoder = SampleDecoder(fields, 112)
+    raw = next(iter(_raw_samples(open_split([tiny_shards], "train")).values()))
+    assert decoder.members < set(raw)
+    for missing in decoder.members:
+        with pytest.raises((KeyError, ValueError)):
+            decoder({e: v for e, v in raw.items() if e in decoder.members - {missing} or e == "__key__"})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("fields", [("image",), ("image", "left", "right", "heatmap", "lmk")])
-def test_worker_batches_are_exact_and_owned_by_the_caller(tiny_shards, fields):
-    """Two workers, batches of 2 (each worker writes more batches than its ring is deep): every
-    batch, kept until the epoch ends, still holds each key's own decoded pixels, label, landmarks."""
+def test_worker_batches_are_exact_and_owned_by_the_caller(tiny_shards, fields, workers):
+    """Two workers, batches of 2 (each worker writes more batches than its ring is deep), and
+    in-process: every batch, kept until the epoch ends, still holds each key's own decoded
+    pixels, label, landmarks."""
     split = open_split([tiny_shards], "train")
     decoder = SampleDecoder(fields, 112)
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=2, env=DistEnv(0, 1, 0), workers=2,
                        seed=5, shuffle=True)
     assert all(len(p.batch_sizes) > RING_DEPTH for p in plans)
-    batches = list(stream_loader(plans, decoder, workers=2, shuffle_buffer=8, seed=1, repeat=None))
+    if not workers:
+        plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=2, env=DistEnv(0, 1, 0), workers=1,
+                           seed=5, shuffle=True)
+    batches = list(stream_loader(plans, decoder, workers=workers, shuffle_buffer=8, seed=1, repeat=None))
     raw = _raw_samples(split)
     seen = []
     for batch in batches:

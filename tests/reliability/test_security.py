@@ -80,6 +80,8 @@ def test_malicious_member_is_refused_by_every_reader(case, tmp_path):
     tar = write_tar(tmp_path / "aligned" / "aligned-000000.tar", [good, MALICIOUS[case]])
     with pytest.raises(UnsafeTarError):
         list(iter_tar_samples(tar))
+    with pytest.raises(UnsafeTarError):                  # a member the reader is not asked for, too
+        list(iter_tar_samples(tar, only={"jpg"}))
     with pytest.raises(UnsafeTarError):
         index_chunks(tmp_path / "aligned", "aligned")
     split = tmp_path / "shards" / "train"
