@@ -1,8 +1,8 @@
 """Loader benchmark: samples/s of the shard loader against torchvision ``ImageFolder`` and the
 raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 224 px.
 
-* **ours**: ``stream_loader`` (epoch plan, seeded shuffle buffer, decode + collate in the
-  workers) over N synthetic samples in the real shard format at the stored crop size (112;
+* **ours**: ``stream_loader`` (epoch plan, seeded shuffle buffer, decode into the batch in
+  the workers) over N synthetic samples in the real shard format at the stored crop size (112;
   ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64. As the
   trainer runs it, batches travel at the stored side and a 224 px model's batch is scaled on
   its device (``to_device(batch, device, 224)``); the row "CPU resize" resizes to 224 in the
@@ -234,8 +234,7 @@ def make_data(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:
 
 BUCKETS = {"decode (imdecode + RGB)": ("ferdata/io.py", "decode_jpeg_rgb"),
            "resize": ("fermodels/data.py", "_resize"),
-           "tar reading": ("fermodels/stream.py", "read_pieces"),
-           "collate": ("fermodels/data.py", "collate")}
+           "tar reading": ("fermodels/stream.py", "read_pieces")}
 
 
 def profile_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, buffer: int,
@@ -257,7 +256,8 @@ def profile_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int,
     cum = {}
     for (path, _, name), (_, _, _, ct, _) in stats.stats.items():
         for bucket, (suffix, fn) in [*BUCKETS.items(), ("shuffle", ("fermodels/stream.py", "shuffled")),
-                                     ("decoder", ("fermodels/data.py", "__call__"))]:
+                                     ("decoder", ("fermodels/data.py", "__call__")),
+                                     ("batch", ("fermodels/data.py", "decode_batch"))]:
             if name == fn and path.replace(os.sep, "/").endswith(suffix):
                 cum[bucket] = cum.get(bucket, 0.0) + ct
     total = stats.total_tt
@@ -265,18 +265,20 @@ def profile_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int,
     parts["shuffle buffer"] = cum.get("shuffle", 0.0) - parts["tar reading"]
     parts["decoder python (dicts, keys, labels)"] = (cum.get("decoder", 0.0) - parts["decode (imdecode + RGB)"]
                                                      - parts["resize"])
+    parts["filling the batch (copies in)"] = cum.get("batch", 0.0) - cum.get("decoder", 0.0)
     parts["loader machinery + other python"] = total - sum(parts.values())
     return {k: v / total for k, v in parts.items()}
 
 
-def tar_read_us(shards: Path, batch: int, repeats: int = 3) -> float:
-    """Microseconds per sample of reading the epoch's raw samples alone (no profiler, no decode);
-    the best of ``repeats`` epochs, as the loader's own figure is (the first is ~1.6x slower)."""
+def tar_read_us(shards: Path, batch: int, members: frozenset[str], repeats: int = 3) -> float:
+    """Microseconds per sample of reading the epoch's raw samples alone, just ``members`` of each
+    as the loader does (no profiler, no decode); the best of ``repeats`` epochs, as the loader's
+    own figure is (the first is ~1.6x slower)."""
     plans = ours_plans(shards, batch, 1)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        n = sum(1 for plan in plans for _ in read_pieces(plan.pieces))
+        n = sum(1 for plan in plans for _ in read_pieces(plan.pieces, members))
         best = min(best, (time.perf_counter() - t0) / n * 1e6)
     return best
 
@@ -340,7 +342,8 @@ def measure(args: argparse.Namespace) -> dict:
                 print(f"\nprofile, in-process loader, {key}, one epoch of {n} samples (cProfile)")
                 res["profile"][key] = profile_loader(shards, fields, size, batch, buffer, 12)
             print_profile(res["profile"])
-            res["stages_us"] = stages_us(res, tar_read_us(shards, batch))
+            res["stages_us"] = stages_us(res, {key: tar_read_us(shards, batch, SampleDecoder(fields, size).members)
+                                               for key, (fields, size) in inputs.items()})
             print_stages(res["stages_us"])
     res["ratios"] = ratios(res)
     print_ratios(res["ratios"], workers)
@@ -413,14 +416,16 @@ def print_profile(profiles: dict) -> None:
         print(f"{name:<38}" + "".join(f"{p[name]:>18.1%}" for p in profiles.values()))
 
 
-def stages_us(res: dict, tar_us: float) -> dict:
-    """Unprofiled: the in-process loader's microseconds per sample = decode bound + tar reading + rest."""
+def stages_us(res: dict, tar_us: dict[str, float]) -> dict:
+    """Unprofiled: the in-process loader's microseconds per sample = decode bound + tar reading
+    (``tar_us`` per input) + rest."""
     out = {}
     for key, by_workers in res["ours"].items():
         if 0 in by_workers:
             loader, decode = 1e6 / by_workers[0].rate, 1e6 / res["decode"][key]["cv2"]
-            out[key] = {"loader, in-process": loader, "decode (+ resize) bound": decode, "tar reading alone": tar_us,
-                        "rest (collate, shuffle, python)": loader - decode - tar_us}
+            out[key] = {"loader, in-process": loader, "decode (+ resize) bound": decode,
+                        "tar reading alone": tar_us[key],
+                        "rest (batch filling, shuffle, python)": loader - decode - tar_us[key]}
     return out
 
 

@@ -1,8 +1,8 @@
 """Shard splits and batches: WebDataset tars -> uint8 batches holding exactly the fields a model declares.
 
 A :class:`Split` is what a split's ``_info.json`` files say of it; :class:`SampleDecoder` turns one raw
-sample into uint8 arrays of the model's fields (at the side batches travel at); :func:`collate` stacks
-them into a batch; :func:`to_device` moves a batch to the training device as float pixel values, scaled
+sample into uint8 arrays of the model's fields (at the side batches travel at); :func:`decode_batch`
+decodes samples straight into a batch (the training stream) and :func:`collate` stacks decoded ones; :func:`to_device` moves a batch to the training device as float pixel values, scaled
 there to the model's side, and :func:`normalise` makes it model input. The loaders built on these live
 in :mod:`fermodels.stream` (training) and :mod:`fermodels.indexed` (evaluation). Tar members are read
 with ferdata's safe reader (no links, no ``..``, no pickles).
@@ -105,8 +105,9 @@ class SampleDecoder:
         return out
 
     def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Per-sample shape and dtype of each field :func:`stack_fields` makes of this decoder's
-        samples (the loader's shared buffers are made from it)."""
+        """Per-sample shape and dtype of each batch field of this decoder's samples (what
+        :func:`decode_batch` fills and :func:`stack_fields` makes; the loader's shared buffers
+        are made from it)."""
         side = self.side
         shapes = {"image": (side, side, 3), "left": (side, side // 2, 3), "right": (side, side // 2, 3),
                   "heatmap": (side // 4, side // 4), "lmk": (LANDMARKS, 2)}

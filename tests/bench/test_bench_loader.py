@@ -96,6 +96,7 @@ def test_profile_fractions_cover_the_epoch(quick):
     results, _ = quick
     for key, parts in results["profile"].items():
         assert parts["decode (imdecode + RGB)"] > 0 and parts["tar reading"] > 0, key
+        assert parts["filling the batch (copies in)"] > 0, key
         assert math.isclose(sum(parts.values()), 1.0, abs_tol=1e-6), key
     # the profiled loader is the GPU-bound one: batches travel at the stored side, nothing resizes
     # in the loader at either input size (the device scales them; see test_wire.py): what is left of
