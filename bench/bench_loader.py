@@ -65,7 +65,7 @@ STORED = 112                                     # align.size: the crop size the
 INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
           "image+halves@224": (("image", "left", "right"), 224)}
 GOAL_VS_FOLDER, GOAL_VS_DECODE, GOAL_SCALING = 3.0, 0.8, 0.9
-INSPECT = 8                                      # batches are checked on every 8th row and column
+INSPECT = 8                                      # batches are checked on every 8th row and column (+ mirror)
 
 
 @dataclass
@@ -86,20 +86,28 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def inspected_columns(width: int) -> list[int]:
+    """Every ``INSPECT``-th column and its mirror image: a horizontal flip (random in both pipelines)
+    does not change what is looked at, so epoch means over the same photos agree."""
+    cols = set(range(0, width, INSPECT))
+    return sorted(cols | {width - 1 - c for c in cols})
+
+
 def timed_epoch(loader: Iterable, image_of: Callable[[object, int], torch.Tensor]) -> Epoch:
     """Drive one epoch; ``image_of(batch, step)`` does the per-batch work and returns the image tensor.
 
     The clock starts once ``iter`` has forked the workers and counts every sample, so filling the
     shuffle buffer is in (excluding the first batch would leave out a sixth of the tar reading).
     Nothing is taken off the clock: workers keep decoding while the main process looks at a batch,
-    so the look is kept cheap (every 8th row and column) and the same for every loader."""
+    so the look is kept cheap (every 8th row; every 8th column and its mirror) and the same for every
+    loader."""
     cpu0, kids0 = time.process_time(), children_cpu()
     it = iter(loader)
     t0 = time.perf_counter()
     n, total, finite, shape, dtype = 0, 0.0, True, None, None
     for step, batch in enumerate(it):
         x = image_of(batch, step)
-        grid = x[:, :, ::INSPECT, ::INSPECT]
+        grid = x[:, :, ::INSPECT, inspected_columns(x.shape[-1])]
         n += len(x)
         total += grid.sum(dtype=torch.float64).item() / grid[0].numel()
         finite &= bool(torch.isfinite(grid).all()) if grid.is_floating_point() else True

@@ -55,8 +55,9 @@ def test_both_loaders_deliver_the_whole_epoch(quick):
 @pytest.mark.parametrize("key,size", [("image@112", 112), ("image@224", 224)])
 def test_same_model_input_after_normalisation(quick, key, size):
     """Both pipelines end in float32 (B, 3, S, S), finite, normalised with the same statistics:
-    over the same photos their epoch means agree (exactly at 112 px, where only flips differ;
-    the device's bilinear upscale and PIL's resize differ a little at 224 px)."""
+    over the same photos their epoch means agree (at 112 px to float noise: only the random flips
+    differ, and the inspected columns are mirror-closed; the device's bilinear upscale and PIL's
+    resize differ a little at 224 px)."""
     results, _ = quick
     lo, hi = (0 - 0.485) / 0.229, (1 - 0.406) / 0.225           # ImageNet mean/std, the card's
     means = []
@@ -66,7 +67,7 @@ def test_same_model_input_after_normalisation(quick, key, size):
             assert epoch.dtype == "float32" and epoch.finite, (part, w)
             assert lo - 1e-3 <= epoch.mean <= hi + 1e-3
             means.append(epoch.mean)
-    assert max(means) - min(means) < 0.02, means
+    assert max(means) - min(means) < (1e-3 if size == 112 else 0.02), means
     raw = results["ours"][key][0]                               # the loader alone: uint8 NCHW at the stored side
     assert raw.shape == (QUICK_BATCH, 3, 112, 112) and raw.dtype == "uint8"
     if size != 112:                                             # before: resized to the model's side in the workers
