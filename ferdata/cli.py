@@ -57,7 +57,9 @@ def datasets() -> None:
         if reader.option_defaults:
             typer.echo(f"{'':12s} options: {json.dumps(dict(reader.option_defaults))}")
     typer.echo(f"every reader also takes: {json.dumps(dict(COMMON_OPTIONS))} "
-               "(exclude_classes: class names dropped as excluded_class, e.g. [Contempt])")
+               "(exclude_classes: class names dropped as excluded_class, e.g. [Contempt]; subsets, "
+               f"{' and '.join(n for n in READERS.names() if READERS.get(n).subset_pattern is not None)} only: "
+               "{name: list file} of test subsets the evaluator scores apart)")
 
 
 @app.command()

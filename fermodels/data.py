@@ -67,6 +67,14 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes)
 
 
+def subset_keys(shard_dir: str | Path, split: str) -> dict[str, frozenset[str]]:
+    """The keys of each named test subset in ``split`` of ``shard_dir`` (a reader's
+    ``options.subsets``, listed by the shard stage in ``_info.json``; none in shards written
+    without subsets)."""
+    info = json.loads((Path(shard_dir) / split / INFO).read_text())
+    return {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
+
+
 @dataclass(frozen=True)
 class SampleDecoder:
     """Picklable map: raw sample (ext -> bytes) -> uint8 arrays for ``fields`` at the ``wire``

@@ -1,6 +1,6 @@
 """The evaluator: accuracy, mean class accuracy, macro-F1, per-class P/R/F1, confusion matrix
 (DVC plot rows + PNG), optional flip TTA, cross-dataset evaluation through the canonical
-labels, and a batch-composition check.
+labels, metrics per named test subset (occlusion, pose), and a batch-composition check.
 
 Batch-composition check: a model must score each face on its own. The test split is predicted
 again in shuffled order, in class-sorted order and one face at a time; any change of a
@@ -22,7 +22,7 @@ import torch
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
 from fermodels.augment import hflip_batch
-from fermodels.data import normalise, open_split, split_decoder, to_device
+from fermodels.data import normalise, open_split, split_decoder, subset_keys, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
 from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
@@ -154,6 +154,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         metrics["per_dataset"] = {name: metrics_from_confusion(
             confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes)
             for i, name in enumerate(names)}
+    subsets = per_subset(dataset, dirs, names, params.split, labels, preds, classes)
+    if subsets:
+        metrics["per_subset"] = subsets
     if params.batch_check:
         metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
     out = Path(out_dir)
@@ -164,4 +167,23 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     log.info("evaluate: acc %.4f, mean class acc %.4f, macro-F1 %.4f on %d samples%s", metrics["accuracy"],
              metrics["mean_class_accuracy"], metrics["macro_f1"], metrics["num_samples"],
              " (cross-dataset)" if metrics["cross_dataset"] else "")
+    for name, m in subsets.items():
+        log.info("evaluate: subset %s: acc %.4f, mean class acc %.4f on %d samples", name, m["accuracy"],
+                 m["mean_class_accuracy"], m["num_samples"])
     return metrics
+
+
+def per_subset(dataset: IndexedSplit, dirs: Sequence[Path], names: Sequence[str], split: str,
+               labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
+    """Metrics of each named test subset (a reader's ``options.subsets``: RAF-DB/FERPlus occlusion,
+    pose > 30 / 45 degrees), over its members the model can be scored on; named ``<dataset>/<subset>``
+    when several datasets are evaluated together. ``labels``/``preds`` are in ``dataset`` order."""
+    keys, which = np.asarray(dataset.keys), np.asarray(dataset.dataset_index)
+    out = {}
+    for i, (shard_dir, name) in enumerate(zip(dirs, names)):
+        for subset, members in sorted(subset_keys(shard_dir, split).items()):
+            mask = (which == i) & np.isin(keys, sorted(members))
+            if mask.any():
+                out[subset if len(dirs) == 1 else f"{name}/{subset}"] = metrics_from_confusion(
+                    confusion_matrix(labels[mask], preds[mask], len(classes)), classes)
+    return out

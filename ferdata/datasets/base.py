@@ -9,19 +9,28 @@ options every reader shares (``COMMON_OPTIONS``) on top, so no caller can skip t
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
 
 from ferdata.classes import CLASSES, canonical_id
+from ferdata.datasets.subsets import load_subsets, membership
 from ferdata.records import Dropped, FaceRecord
 from ferdata.registry import Registry
+
+log = logging.getLogger(__name__)
 
 READERS: Registry[type["DatasetReader"]] = Registry("dataset reader")
 
 # Options every reader takes, beside its own ``option_defaults``.
 #   exclude_classes: canonical class names (or synonyms) whose records are dropped with reason
 #   ``excluded_class``, e.g. [Contempt] for the 7-class protocols of CK+ and FERPlus.
-COMMON_OPTIONS: Mapping[str, Any] = {"exclude_classes": ()}
+#   subsets: {name: list file} of named test subsets (RAN's Occlusion / Pose>30 / Pose>45 lists);
+#   records listed are tagged ``extra["subsets"]`` and the evaluator reports each subset apart.
+#   Readers whose image ids such lists name set ``subset_pattern`` (:mod:`ferdata.datasets.subsets`).
+COMMON_OPTIONS: Mapping[str, Any] = {"exclude_classes": (), "subsets": {}}
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -50,6 +59,7 @@ class DatasetReader:
     name: ClassVar[str] = ""
     expects: ClassVar[str] = ""          # one line: what must be on disk, shown by `ferdata datasets`
     option_defaults: ClassVar[Mapping[str, Any]] = {}
+    subset_pattern: ClassVar[re.Pattern[str] | None] = None   # a list line -> the record key it names
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         known = {**COMMON_OPTIONS, **self.option_defaults}
@@ -59,15 +69,30 @@ class DatasetReader:
         self.root = Path(root)
         self.options = {**known, **options}
         self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
+        if self.options["subsets"] and self.subset_pattern is None:
+            raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
+                             f"this dataset's images (readers with subset lists: those with a subset_pattern)")
 
     def read(self) -> Iterator[FaceRecord | Dropped]:
-        """Every item of :meth:`scan`, with the records of excluded classes dropped."""
+        """Every item of :meth:`scan`, with the records of excluded classes dropped and the
+        records named by ``options.subsets`` tagged ``extra["subsets"]``."""
+        subsets = (load_subsets(self.options["subsets"], self.root, self.subset_pattern, self.name)
+                   if self.options["subsets"] else {})
+        tagged: set[str] = set()
         for item in self.scan():
             if isinstance(item, FaceRecord) and item.label in self.excluded:
                 yield Dropped(item.dataset, item.key, "excluded_class",
                               f"{CLASSES[item.label]} (options.exclude_classes)")
-            else:
-                yield item
+                continue
+            tags = membership(item.key, subsets) if subsets and isinstance(item, FaceRecord) else ()
+            if tags:
+                item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
+                tagged.add(item.key)
+            yield item
+        for name, ids in sorted(subsets.items()):
+            if ids - tagged:
+                log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
+                            "dropped, or excluded)", self.name, name, len(ids - tagged), len(ids))
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         """The dataset as its publisher lays it out: records and dropped items, in a stable order."""

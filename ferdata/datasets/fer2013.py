@@ -26,6 +26,7 @@ import numpy as np
 
 from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.subsets import FERPLUS_ID
 from ferdata.io import encode_png
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -179,6 +180,7 @@ class FERPlusReader(DatasetReader):
         "fer2013new.csv + fer2013.csv (or icml_face_data.csv), or FER2013Train|Valid|Test/label.csv + PNGs"
     )
     option_defaults: Mapping[str, object] = {"label_mode": "majority", "fer2013_csv": ""}
+    subset_pattern = FERPLUS_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         mode = str(self.options["label_mode"])

@@ -11,7 +11,6 @@ apply to them and are not attached. There is no official validation split.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -19,10 +18,9 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.subsets import load_subsets, membership
+from ferdata.datasets.subsets import RAFDB_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
-log = logging.getLogger(__name__)
 
 LABEL_FILES = ("EmoLabel/list_patition_label.txt", "EmoLabel/list_partition_label.txt")
 IMAGE_DIRS = {"original": "Image/original", "aligned": "Image/aligned"}
@@ -63,27 +61,19 @@ class RAFDBReader(DatasetReader):
         "EmoLabel/list_patition_label.txt + Image/original/ and/or Image/aligned/ "
         "(+ optional Annotation/manual/, Annotation/boundingbox/)"
     )
-    option_defaults: Mapping[str, Any] = {"images": "auto", "subsets": {}}
+    option_defaults: Mapping[str, Any] = {"images": "auto"}
+    subset_pattern = RAFDB_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, kind = self._layout()
-        subsets = load_subsets(self.options["subsets"], self.root)
         image_dir = self.root / IMAGE_DIRS[kind]
         annotated = kind == "original"
         manual = self.root / MANUAL_DIR if annotated and (self.root / MANUAL_DIR).is_dir() else None
         boxes = self.root / BOX_DIR if annotated and (self.root / BOX_DIR).is_dir() else None
-        tagged: set[str] = set()
         with open(label_file, encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
-                    item = self._parse(line, f"{label_file.name}:{lineno}", image_dir, kind, manual, boxes, subsets)
-                    if isinstance(item, FaceRecord) and "subsets" in item.extra:
-                        tagged.add(item.key)
-                    yield item
-        for name, ids in sorted(subsets.items()):
-            missing = len(ids - tagged)
-            if missing:
-                log.warning("%s: subset %r lists %d images that were not kept", self.name, name, missing)
+                    yield self._parse(line, f"{label_file.name}:{lineno}", image_dir, kind, manual, boxes)
 
     def _layout(self) -> tuple[Path, str]:
         label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
@@ -98,7 +88,7 @@ class RAFDBReader(DatasetReader):
 
     def _parse(
         self, line: str, where: str, image_dir: Path, kind: str,
-        manual: Path | None, boxes: Path | None, subsets: Mapping[str, frozenset[str]],
+        manual: Path | None, boxes: Path | None,
     ) -> FaceRecord | Dropped:
         fields = line.split()
         stem = Path(fields[0]).stem
@@ -128,9 +118,6 @@ class RAFDBReader(DatasetReader):
                 box = parse_box(boxes / f"{stem}_boundingbox.txt")
         except ValueError as err:
             return Dropped(self.name, key, "bad_box", str(err))
-        tags = membership(stem, subsets)
-        if tags:
-            extra = {**extra, "subsets": tags}
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=label, native_label=str(native),
             split=split, box=box, landmarks=lmk, extra=extra,

@@ -1,31 +1,32 @@
-"""Named test subsets given as list files (RAF-DB Occlusion, Pose>30, Pose>45, ...).
+"""Named test subsets given as list files (Occlusion, Pose>30, Pose>45 of RAF-DB and FERPlus, ...).
 
 The RAN authors (Wang et al., "Region Attention Networks", 2019) published the
 challenging-condition subsets as plain lists whose line format varies by file:
 ``test_0003_aligned 3 4`` (occlusion), ``0/test_0004_aligned.jpg`` (pose) and others.
 Only membership matters to us, so each line is reduced to the dataset's image id
-(``test_0003`` for RAF-DB) with a regex, and the labels written in those lists (in
-the RAN code's own class order) are ignored: our labels come from the dataset.
+(``test_0003`` for RAF-DB, ``fer0032220`` for FERPlus: the record's key) with the
+reader's ``subset_pattern``, and the labels written in those lists (in the RAN code's
+own class order) are ignored: our labels come from the dataset.
 
-A reader tags each record with ``extra["subsets"]`` (sorted names it belongs to);
-the evaluator reports per subset with :class:`InSubset`.
+:meth:`ferdata.datasets.base.DatasetReader.read` tags each record with
+``extra["subsets"]`` (sorted names it belongs to) for every reader that has a
+``subset_pattern``; the shard stage lists each split's members per subset in its
+``_info.json`` and the evaluator reports metrics per subset from there.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
-
-from ferdata.records import FaceRecord
 
 log = logging.getLogger(__name__)
 
 RAFDB_ID = re.compile(r"\b((?:train|test)_\d{4,5})(?:_aligned)?(?:\.\w+)?\b")
+FERPLUS_ID = re.compile(r"\b(fer\d{7})(?:\.\w+)?\b")
 
 
-def parse_list(path: str | Path, pattern: re.Pattern[str] = RAFDB_ID) -> frozenset[str]:
+def parse_list(path: str | Path, pattern: re.Pattern[str]) -> frozenset[str]:
     """Image ids named in a subset list file (one per line; blank and unmatched lines skipped).
 
     Raises ``ValueError`` when no line names an image, which means the wrong file
@@ -47,13 +48,14 @@ def parse_list(path: str | Path, pattern: re.Pattern[str] = RAFDB_ID) -> frozens
     return frozenset(ids)
 
 
-def load_subsets(
-    spec: Mapping[str, str], root: Path, pattern: re.Pattern[str] = RAFDB_ID
-) -> dict[str, frozenset[str]]:
+def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str], reader: str) -> dict[str, frozenset[str]]:
     """``{name: list file}`` -> ``{name: ids}``; relative paths resolve against ``root``.
 
     A missing file is a user error and raises ``FileNotFoundError`` naming it.
     """
+    if not isinstance(spec, Mapping) or not all(isinstance(n, str) and n and isinstance(f, str) for n, f in spec.items()):
+        raise ValueError(f"{reader}: options.subsets must map subset names to list files, e.g. "
+                         f"{{occlusion: lists/occlusion_list.txt}}, got {spec!r}")
     out: dict[str, frozenset[str]] = {}
     for name, rel in sorted(spec.items()):
         path = Path(rel).expanduser()
@@ -67,13 +69,3 @@ def load_subsets(
 def membership(image_id: str, subsets: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
     """Sorted names of the subsets that contain ``image_id``."""
     return tuple(name for name in sorted(subsets) if image_id in subsets[name])
-
-
-@dataclass(frozen=True)
-class InSubset:
-    """Picklable predicate: does a record belong to subset ``name``?"""
-
-    name: str
-
-    def __call__(self, record: FaceRecord) -> bool:
-        return self.name in record.extra.get("subsets", ())

@@ -1,7 +1,8 @@
 """Shard stage: join aligned + derived samples, split, shuffle with a seed, write shards.
 
 Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.json``
-(sample count per shard, sha256 per shard, class histogram, label map, params hash).
+(sample count per shard, sha256 per shard, class histogram, label map, params hash, and the
+keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists).
 Byte-reproducible: the order is a seeded hash permutation and tar metadata is fixed.
 Samples are read by offset from the chunk tars, so memory holds an index, not pixels.
 The output folder is built beside ``out_dir`` and swapped in whole, so shards and
@@ -128,6 +129,10 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
             fields["cls"] = str(metas[key]["label"]).encode()
             writer.write(key, fields)
     hist = Counter(CLASSES[metas[k]["label"]] for k in keys)
+    subsets: dict[str, list[str]] = {}
+    for k in sorted(keys):
+        for name in (metas[k].get("extra") or {}).get("subsets", ()):
+            subsets.setdefault(name, []).append(k)
     return {
         "split": split, "num_samples": len(keys),
         "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
@@ -136,4 +141,5 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
         "label_map": list(CLASSES),
         "datasets": sorted({metas[k]["dataset"] for k in keys}),
         "params_hash": params_hash(params),
+        "subsets": dict(sorted(subsets.items())),       # name -> sorted keys (options.subsets lists)
     }

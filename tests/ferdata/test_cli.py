@@ -52,3 +52,15 @@ def test_predict_rejects_bad_counts_before_loading_a_model(tmp_path):
     image.write_bytes(b"")
     res = CliRunner().invoke(app, ["predict", str(image), "-m", str(tmp_path / "missing.pt"), "--every", "0"])
     assert res.exit_code == 2 and "--every" in res.output
+
+
+def test_datasets_lists_every_reader_and_the_common_options():
+    from ferdata.datasets import COMMON_OPTIONS, READERS
+
+    res = CliRunner().invoke(app, ["datasets"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    for name in READERS.names():
+        assert any(line.startswith(f"{name} ") for line in res.output.splitlines()), name
+    common = res.output.splitlines()[-1]
+    assert all(option in common for option in COMMON_OPTIONS)
+    assert "ferplus and rafdb only" in common

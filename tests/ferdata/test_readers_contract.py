@@ -95,3 +95,18 @@ def test_exclude_classes_drops_exactly_those_records(tmp_path, name):
 def test_exclude_classes_rejects_what_it_cannot_mean(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):
         open_reader("ckplus", tmp_path, {"exclude_classes": bad})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_subsets_only_where_lists_can_name_the_images(tmp_path, name):
+    """``options.subsets`` is a common option, refused up front by readers whose images no
+    published list names (instead of silently tagging nothing), and checked for its shape."""
+    cls = READERS.get(name)
+    if cls.subset_pattern is None:
+        with pytest.raises(ValueError, match="subsets is not supported"):
+            open_reader(name, tmp_path, {"subsets": {"occlusion": "occlusion.txt"}})
+    else:
+        build, options = FIXTURES[name]
+        build(tmp_path)
+        with pytest.raises(ValueError, match="must map subset names to list files"):
+            list(open_reader(name, tmp_path, {**options, "subsets": ["occlusion.txt"]}).read())

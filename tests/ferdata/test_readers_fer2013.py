@@ -126,3 +126,20 @@ def test_ferplus_unlabelled(votes, mode, reason):
     with pytest.raises(FERPlusUnlabelled) as err:
         ferplus_distribution(votes, mode)
     assert err.value.reason == reason
+
+
+def test_ferplus_subset_lists_tag_kept_records_and_report_the_rest(tmp_path, caplog):
+    """FERPlus occlusion/pose lists name FER2013 images (``fer0000006.png``, with or without a
+    folder or RAN's label column); kept records are tagged, listed images not kept are counted."""
+    make_ferplus(tmp_path)
+    write_text(tmp_path / "lists" / "occlusion.txt", "FER2013Test/fer0000006.png 3\nfer0000005.png 0\n")
+    write_text(tmp_path / "lists" / "pose30.txt", "fer0000001\n")
+    opts = {"subsets": {"occlusion": "lists/occlusion.txt", "pose30": "lists/pose30.txt"}}
+    with caplog.at_level("WARNING"):
+        records, _, _ = read_all("ferplus", tmp_path, opts)
+    assert {k: r.extra.get("subsets") for k, r in records.items()} == {
+        "fer0000001": ("pose30",), "fer0000003": None, "fer0000006": ("occlusion",)}
+    assert records["fer0000006"].extra["votes"] == [0, 0, 6, 4, 0, 0, 0, 0, 0, 0]   # the rest of extra kept
+    assert "subset 'occlusion' lists 1 of its 2 images that were not kept" in caplog.text     # fer0000005: not a face
+    excluded, _, _ = read_all("ferplus", tmp_path, {**opts, "exclude_classes": ["Surprise"]})
+    assert "fer0000006" not in excluded

@@ -13,6 +13,7 @@ import torch
 
 from ferdata.datasets import open_reader
 from ferdata.params import load_params, section
+from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
@@ -62,11 +63,16 @@ def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: ra
 
 
 def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, classes: range = range(7),
-                 maxcount: int = 4, protocol: str = "affectnet7", seed: int = 0) -> Path:
-    """Raw fixture -> detect -> align -> derive -> shard under ``base``; returns the shards dir."""
+                 maxcount: int = 4, protocol: str = "affectnet7", seed: int = 0,
+                 subsets: dict[str, set[str]] | None = None) -> Path:
+    """Raw fixture -> detect -> align -> derive -> shard under ``base``; returns the shards dir.
+    ``subsets`` (name -> record keys) tags records ``extra["subsets"]`` as a reader with
+    ``options.subsets`` does (AffectNet's reader takes no subset lists)."""
     params = load_params(REPO / "params.yaml")
     write_affectnet(base / "raw", per_class, test_per_class, classes, seed)
     records = open_reader("affectnet", base / "raw", {"protocol": protocol}).read()
+    if subsets:
+        records = _tagged(records, subsets)
     detect = stage_params(DetectParams, params["detect"], backend="annotations", workers=1,
                           cache_dir=str(base / "cache"))
     run_detect(records, detect, base / "detect")
@@ -75,6 +81,12 @@ def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, cla
     shard = stage_params(ShardParams, params["shard"], val_fraction=0.25, maxcount=maxcount)
     run_shard(base / "aligned", base / "derived", shard, base / "shards")
     return base / "shards"
+
+
+def _tagged(records, subsets: dict[str, set[str]]):
+    for r in records:
+        tags = tuple(n for n in sorted(subsets) if r.key in subsets[n]) if isinstance(r, FaceRecord) else ()
+        yield dataclasses.replace(r, extra={**r.extra, "subsets": tags}) if tags else r
 
 
 def stage_params(cls, values: dict, **overrides):

@@ -18,7 +18,7 @@ from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.train import train
 
-from tests.fermodels.helpers import REPO, TINY_MODEL, make_params
+from tests.fermodels.helpers import REPO, TINY_MODEL, build_shards, make_params
 
 PARAMS = EvalParams(split="test", batch_size=4, workers=0, device="cpu", flip_tta=False, batch_check=True, seed=0)
 
@@ -76,6 +76,42 @@ def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8
                     EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path / "both", ["tiny", "tiny8"])
     assert set(both["per_dataset"]) == {"tiny", "tiny8"}
     assert sum(d["num_samples"] for d in both["per_dataset"].values()) == both["num_samples"]
+
+
+def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
+    """Records a reader tagged with ``options.subsets`` (occlusion / pose lists) are listed per split
+    by the shard stage and scored apart by the evaluator; a tagged train record stays out of the test
+    split's subsets, and a dataset without subsets reports none."""
+    keys = sorted(json.loads(line)["key"] for line in _aligned_rows(tiny_run["shards"]))
+    test_keys = sorted(k for k in keys if k.startswith("test"))
+    occlusion, pose = set(test_keys[::3]), set(test_keys[1::2])
+    train_key = next(k for k in keys if k.startswith("train"))
+    shards = build_shards(tmp_path_factory.mktemp("data") / "tiny",
+                          subsets={"occlusion": occlusion | {train_key}, "pose30": pose})
+    info = json.loads((shards / "test" / "_info.json").read_text())
+    assert info["subsets"] == {"occlusion": sorted(occlusion), "pose30": sorted(pose)}
+    m = evaluate(tiny_run["ckpt"] / "best.pt", shards, EvalParams(**{**PARAMS.__dict__, "batch_check": False}),
+                 tmp_path_factory.mktemp("eval"))
+    model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt"))
+    data = IndexedSplit([shards], "test", SampleDecoder(model.card.fields, model.card.input_size), 7)
+    labels, probs, got_keys = predict_loader(model, indexed_loader(data, range(len(data)), 4, 0), model.card,
+                                             torch.device("cpu"), flip_tta=False)
+    right = dict(zip(got_keys, probs.argmax(1) == labels))
+    assert set(m["per_subset"]) == {"occlusion", "pose30"}
+    for name, members in (("occlusion", occlusion), ("pose30", pose)):
+        assert m["per_subset"][name]["num_samples"] == len(members)
+        assert m["per_subset"][name]["accuracy"] == pytest.approx(np.mean([right[k] for k in members]))
+    plain = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"],
+                     EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path_factory.mktemp("eval"))
+    assert "per_subset" not in plain
+
+
+def _aligned_rows(shards):
+    """The aligned stage's per-sample JSON of the dataset whose shards are ``shards``."""
+    from ferdata.tario import iter_dir_samples
+
+    for key, fields in iter_dir_samples(shards.parent / "aligned", "aligned"):
+        yield fields["json"].decode()
 
 
 def test_bad_split_is_refused(tiny_run, tmp_path):
