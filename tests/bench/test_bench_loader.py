@@ -103,3 +103,24 @@ def test_profile_fractions_cover_the_epoch(quick):
     # in the loader at either input size (the device scales them; see test_wire.py): what is left of
     # the resize bucket is its shape check (~0.2%); a 112 -> 224 upscale takes over a third
     assert results["profile"]["image@224"]["resize"] < 0.02 and results["profile"]["image@112"]["resize"] < 0.02
+
+
+def test_steady_rate_leaves_out_the_start_up():
+    """Steady state counts from the batch that completes the first quarter: a 1 s start-up before
+    batches of 10 samples every 0.1 s reads 100 samples/s, while the whole epoch reads less."""
+    steady_rate = load_bench("bench_loader").steady_rate
+    marks = [(1.0 + 0.1 * i, 10 * (i + 1)) for i in range(40)]
+    assert steady_rate(marks) == pytest.approx(100.0)
+    assert marks[-1][1] / marks[-1][0] < 85                          # 400 samples in 4.9 s
+    assert steady_rate([(0.5, 64)]) == pytest.approx(128.0)          # one batch: the whole epoch
+    assert steady_rate([]) == 0.0
+
+
+def test_steady_state_figures_are_measured(quick):
+    results, out = quick
+    for key, by_workers in results["ours"].items():
+        for w, epoch in by_workers.items():
+            assert epoch.steady > 0 and epoch.first_batch_ms > 0, (key, w)
+    r = results["ratios"]
+    assert set(r["image@112 ours per worker / decode, steady"]) == {0, 1, 2}
+    assert set(r["image@112 scaling / that ceiling, steady"]) == {2} and "steady (first batch)" in out
