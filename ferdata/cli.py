@@ -56,9 +56,11 @@ def datasets() -> None:
         typer.echo(f"{name:12s} {reader.expects}")
         if reader.option_defaults:
             typer.echo(f"{'':12s} options: {json.dumps(dict(reader.option_defaults))}")
+    listed = [n for n in READERS.names() if READERS.get(n).subset_pattern is not None]
+    readers = ", ".join(listed[:-1]) + (" and " if len(listed) > 1 else "") + listed[-1]
     typer.echo(f"every reader also takes: {json.dumps(dict(COMMON_OPTIONS))} "
                "(exclude_classes: class names dropped as excluded_class, e.g. [Contempt]; subsets, "
-               f"{' and '.join(n for n in READERS.names() if READERS.get(n).subset_pattern is not None)} only: "
+               f"{readers} only: "
                "{name: list file} of test subsets the evaluator scores apart)")
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
 COLUMNS = (
@@ -75,17 +76,25 @@ class AffectNetReader(DatasetReader):
         "or train_set|val_set/{images/<i>.jpg, annotations/<i>_exp.npy}"
     )
     option_defaults = {"protocol": "affectnet8", "layout": "auto"}
+    subset_pattern = AFFECTNET_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         num_classes = PROTOCOLS.get(self.options["protocol"])
         if num_classes is None:
             raise ValueError(f"affectnet: protocol must be affectnet7 or affectnet8, got {self.options['protocol']!r}")
         if self._layout() == "npy":
+            if self.options["subsets"]:
+                raise ValueError("affectnet: options.subsets needs the official layout: subset lists name images "
+                                 "by their hash file names, which the re-packaged npy layout replaced by numbers")
             for split, folder in NPY_SPLITS.items():
                 yield from self._read_npy(self.root / folder, split, num_classes)
         else:
             for split, csv_path in self._lists().items():
                 yield from self._read_csv(csv_path, split, num_classes)
+
+    def subset_id(self, record: FaceRecord) -> str:
+        """Subset lists name AffectNet images by their (hash) file name."""
+        return Path(record.path).stem.lower()
 
     def _layout(self) -> str:
         layout = self.options["layout"]

@@ -84,10 +84,10 @@ class DatasetReader:
                 yield Dropped(item.dataset, item.key, "excluded_class",
                               f"{CLASSES[item.label]} (options.exclude_classes)")
                 continue
-            tags = membership(item.key, subsets) if subsets and isinstance(item, FaceRecord) else ()
+            tags = membership(self.subset_id(item), subsets) if subsets and isinstance(item, FaceRecord) else ()
             if tags:
+                tagged.add(self.subset_id(item))
                 item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
-                tagged.add(item.key)
             yield item
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
@@ -97,6 +97,10 @@ class DatasetReader:
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         """The dataset as its publisher lays it out: records and dropped items, in a stable order."""
         raise NotImplementedError
+
+    def subset_id(self, record: FaceRecord) -> str:
+        """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""
+        return record.key
 
 
 def excluded_ids(names: Any, reader: str) -> frozenset[int]:

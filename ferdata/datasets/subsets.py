@@ -1,12 +1,13 @@
-"""Named test subsets given as list files (Occlusion, Pose>30, Pose>45 of RAF-DB and FERPlus, ...).
+"""Named test subsets given as list files (Occlusion, Pose>30, Pose>45 of RAF-DB, FERPlus, AffectNet).
 
 The RAN authors (Wang et al., "Region Attention Networks", 2019) published the
 challenging-condition subsets as plain lists whose line format varies by file:
 ``test_0003_aligned 3 4`` (occlusion), ``0/test_0004_aligned.jpg`` (pose) and others.
-Only membership matters to us, so each line is reduced to the dataset's image id
-(``test_0003`` for RAF-DB, ``fer0032220`` for FERPlus: the record's key) with the
-reader's ``subset_pattern``, and the labels written in those lists (in the RAN code's
-own class order) are ignored: our labels come from the dataset.
+Only membership matters to us, so each line is reduced to the dataset's image id with the
+reader's ``subset_pattern`` (``test_0003`` for RAF-DB and ``fer0032220`` for FERPlus: the
+record key; AffectNet's hash file name from ``0/<hash>.jpg`` or ``val/0/<hash>/``), and the
+labels written in those lists (in the RAN code's own class order) are ignored: our labels
+come from the dataset.
 
 :meth:`ferdata.datasets.base.DatasetReader.read` tags each record with
 ``extra["subsets"]`` (sorted names it belongs to) for every reader that has a
@@ -23,7 +24,8 @@ from typing import Mapping
 log = logging.getLogger(__name__)
 
 RAFDB_ID = re.compile(r"\b((?:train|test)_\d{4,5})(?:_aligned)?(?:\.\w+)?\b")
-FERPLUS_ID = re.compile(r"\b(fer\d{7})(?:\.\w+)?\b")
+FERPLUS_ID = re.compile(r"(fer\d{7})(?!\d)")                      # also in 1_fer0034656.png (occlusion list)
+AFFECTNET_ID = re.compile(r"(?<![0-9a-f])([0-9a-f]{40,64})(?![0-9a-f])")   # the image's hash name, any folder
 
 
 def parse_list(path: str | Path, pattern: re.Pattern[str]) -> frozenset[str]:

@@ -63,4 +63,4 @@ def test_datasets_lists_every_reader_and_the_common_options():
         assert any(line.startswith(f"{name} ") for line in res.output.splitlines()), name
     common = res.output.splitlines()[-1]
     assert all(option in common for option in COMMON_OPTIONS)
-    assert "ferplus and rafdb only" in common
+    assert "affectnet, ferplus and rafdb only" in common

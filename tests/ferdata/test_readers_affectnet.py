@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ferdata.datasets import DatasetLayoutError
-from tests.ferdata.fixtures_datasets import landmarks68, make_affectnet_csv, make_affectnet_npy, read_all
+from tests.ferdata.fixtures_datasets import (AFFECTNET_HEADER, _affectnet_row, landmarks68, make_affectnet_csv,
+                                            make_affectnet_npy, read_all, write_image, write_text)
 
 # AffectNet ids are the canonical ids: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt
 
@@ -88,3 +89,32 @@ def test_both_layouts_and_bad_options(tmp_path):
         read_all("affectnet", tmp_path, {"protocol": "affectnet6"})
     with pytest.raises(ValueError, match="layout must be"):
         read_all("affectnet", tmp_path, {"layout": "zip"})
+
+
+HASHES = ["83dac9d7eec7fb0bfef79b4d35ddc69a6f7fb458d3bffc4e78f33ad9", "bc9ad400db82eca1882b11c9603348fb3e92f5b0d67391ac22a1bc79",
+          "40e3adfe27564447d960163fa650063d3e1e10d8b393ec0d5798b968"]
+
+
+def test_subset_lists_name_images_by_their_hash(tmp_path, caplog):
+    """RAN's AffectNet lists name validation images as ``0/<hash>.jpg`` (pose) or ``val/0/<hash>/``
+    (occlusion); records are matched by their file name, whatever folder they sit in."""
+    images = tmp_path / "Manually_Annotated_Images"
+    rels = [f"{10 + i}/{h}.jpg" for i, h in enumerate(HASHES)]
+    for rel in rels:
+        write_image(images / rel)
+    write_text(tmp_path / "training.csv", f"{AFFECTNET_HEADER}\n{_affectnet_row('1/a.jpg', 1, landmarks68())}\n")
+    write_image(images / "1" / "a.jpg")
+    rows = [_affectnet_row(rel, label, landmarks68()) for rel, label in zip(rels, (0, 6, 7))]
+    write_text(tmp_path / "validation.csv", "\n".join([AFFECTNET_HEADER, *rows]) + "\n")
+    write_text(tmp_path / "pose30.txt", f"0/{HASHES[0]}.jpg\n7/{HASHES[2]}.jpg\n")
+    write_text(tmp_path / "occlusion.txt", f"val/0/{HASHES[1]}/\nval/0/{'f' * 56}/\n")
+    opts = {"subsets": {"pose30": "pose30.txt", "occlusion": "occlusion.txt"}}
+    with caplog.at_level("WARNING"):
+        records, _, _ = read_all("affectnet", tmp_path, opts)
+    assert {r.path.rsplit("/", 1)[1]: r.extra.get("subsets") for r in records.values()} == {
+        "a.jpg": None, f"{HASHES[0]}.jpg": ("pose30",), f"{HASHES[1]}.jpg": ("occlusion",),
+        f"{HASHES[2]}.jpg": ("pose30",)}
+    assert "subset 'occlusion' lists 1 of its 2 images" in caplog.text
+    make_affectnet_npy(tmp_path / "npy")
+    with pytest.raises(ValueError, match="official layout"):
+        read_all("affectnet", tmp_path / "npy", {"subsets": {"pose30": str(tmp_path / "pose30.txt")}})

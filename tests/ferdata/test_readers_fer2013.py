@@ -129,11 +129,12 @@ def test_ferplus_unlabelled(votes, mode, reason):
 
 
 def test_ferplus_subset_lists_tag_kept_records_and_report_the_rest(tmp_path, caplog):
-    """FERPlus occlusion/pose lists name FER2013 images (``fer0000006.png``, with or without a
-    folder or RAN's label column); kept records are tagged, listed images not kept are counted."""
+    """FERPlus occlusion/pose lists name FER2013 images (``1_fer0000006.png 8 0``, ``0/fer0000001.jpg``);
+    kept records are tagged, listed images not kept are counted."""
     make_ferplus(tmp_path)
-    write_text(tmp_path / "lists" / "occlusion.txt", "FER2013Test/fer0000006.png 3\nfer0000005.png 0\n")
-    write_text(tmp_path / "lists" / "pose30.txt", "fer0000001\n")
+    # the published formats: RAN's jianfei_occlusion_list.txt and pose_30_ferplus_list.txt
+    write_text(tmp_path / "lists" / "occlusion.txt", "1_fer0000006.png 8 0\n0_fer0000005.png 8 2\n")
+    write_text(tmp_path / "lists" / "pose30.txt", "0/fer0000001.jpg\n")
     opts = {"subsets": {"occlusion": "lists/occlusion.txt", "pose30": "lists/pose30.txt"}}
     with caplog.at_level("WARNING"):
         records, _, _ = read_all("ferplus", tmp_path, opts)
