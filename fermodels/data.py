@@ -2,8 +2,9 @@
 
 A :class:`Split` is what a split's ``_info.json`` files say of it; :class:`SampleDecoder` turns one raw
 sample into uint8 arrays of the model's fields (at the side batches travel at); :func:`decode_batch`
-decodes samples straight into a batch (the training stream) and :func:`collate` stacks decoded ones; :func:`to_device` moves a batch to the training device as float pixel values, scaled
-there to the model's side, and :func:`normalise` makes it model input. The loaders built on these live
+decodes samples straight into a batch (the training stream) and :func:`collate` stacks decoded ones;
+:func:`to_device` moves a batch to the training device as float pixel values, scaled there to the
+model's side, and :func:`normalise` makes it model input. The loaders built on these live
 in :mod:`fermodels.stream` (training) and :mod:`fermodels.indexed` (evaluation). Tar members are read
 with ferdata's safe reader (no links, no ``..``, no pickles).
 """

@@ -59,7 +59,7 @@ class DatasetReader:
     name: ClassVar[str] = ""
     expects: ClassVar[str] = ""          # one line: what must be on disk, shown by `ferdata datasets`
     option_defaults: ClassVar[Mapping[str, Any]] = {}
-    subset_pattern: ClassVar[re.Pattern[str] | None] = None   # a list line -> the record key it names
+    subset_pattern: ClassVar[re.Pattern[str] | None] = None   # a subset-list line -> the subset_id it names
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         known = {**COMMON_OPTIONS, **self.option_defaults}
@@ -84,10 +84,12 @@ class DatasetReader:
                 yield Dropped(item.dataset, item.key, "excluded_class",
                               f"{CLASSES[item.label]} (options.exclude_classes)")
                 continue
-            tags = membership(self.subset_id(item), subsets) if subsets and isinstance(item, FaceRecord) else ()
-            if tags:
-                tagged.add(self.subset_id(item))
-                item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
+            if subsets and isinstance(item, FaceRecord):
+                image_id = self.subset_id(item)
+                tags = membership(image_id, subsets)
+                if tags:
+                    tagged.add(image_id)
+                    item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
             yield item
         for name, ids in sorted(subsets.items()):
             if ids - tagged:

@@ -50,12 +50,14 @@ def parse_list(path: str | Path, pattern: re.Pattern[str]) -> frozenset[str]:
     return frozenset(ids)
 
 
-def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str], reader: str) -> dict[str, frozenset[str]]:
+def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str],
+                 reader: str) -> dict[str, frozenset[str]]:
     """``{name: list file}`` -> ``{name: ids}``; relative paths resolve against ``root``.
 
     A missing file is a user error and raises ``FileNotFoundError`` naming it.
     """
-    if not isinstance(spec, Mapping) or not all(isinstance(n, str) and n and isinstance(f, str) for n, f in spec.items()):
+    if not isinstance(spec, Mapping) or not all(isinstance(n, str) and n and isinstance(f, str)
+                                                for n, f in spec.items()):
         raise ValueError(f"{reader}: options.subsets must map subset names to list files, e.g. "
                          f"{{occlusion: lists/occlusion_list.txt}}, got {spec!r}")
     out: dict[str, frozenset[str]] = {}

@@ -91,7 +91,8 @@ def test_both_layouts_and_bad_options(tmp_path):
         read_all("affectnet", tmp_path, {"layout": "zip"})
 
 
-HASHES = ["83dac9d7eec7fb0bfef79b4d35ddc69a6f7fb458d3bffc4e78f33ad9", "bc9ad400db82eca1882b11c9603348fb3e92f5b0d67391ac22a1bc79",
+HASHES = ["83dac9d7eec7fb0bfef79b4d35ddc69a6f7fb458d3bffc4e78f33ad9",
+          "bc9ad400db82eca1882b11c9603348fb3e92f5b0d67391ac22a1bc79",
           "40e3adfe27564447d960163fa650063d3e1e10d8b393ec0d5798b968"]
 
 
