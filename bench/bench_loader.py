@@ -22,8 +22,8 @@ Rates count the whole epoch from the moment the workers are forked; CPU seconds 
 its reaped workers) cover the same epoch. Each configuration runs ``--repeats`` times, interleaved,
 and the best is kept (other jobs on the machine can only slow a run down).
 Ratios print last: ours / ImageFolder (goal >= 3), ours per worker / decode bound (goal >= 0.8),
-scaling 1 -> 2 workers against what 2 processes give the decode alone on this machine (goal:
-linear, i.e. >= 0.9 of that ceiling; as in ``bench_preprocess``). ``--profile`` adds a cProfile
+scaling 1 -> N workers against what N processes give the decode alone on this machine, for every
+N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling; as in ``bench_preprocess``). ``--profile`` adds a cProfile
 of the in-process loader.
 Usage: ``python bench/bench_loader.py [--quick] [--profile] [--samples N] [--augment params|all]``.
 """
@@ -224,21 +224,21 @@ def _decode_in_process(samples: list[dict], fields: tuple[str, ...], side: int, 
     out.put(decode_bound(samples, fields, side, "cv2"))
 
 
-def decode_ceiling(samples: list[dict], fields: tuple[str, ...], side: int) -> float:
-    """What 2 processes give on this machine for the decode alone: the decode bound run in 2
-    concurrent processes (released together), over the same in 1. Shared or SMT vCPUs and
-    other jobs hold it below 2, and no loader scales beyond it."""
+def decode_ceiling(samples: list[dict], fields: tuple[str, ...], side: int, counts: list[int]) -> dict[int, float]:
+    """What N processes give on this machine for the decode alone, for each N of ``counts``: the
+    decode bound run in N concurrent processes (released together), over the same in 1. Fewer
+    cores than N, shared or SMT vCPUs and other jobs hold it below N, and no loader scales beyond it."""
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    rates = []
-    for n in (1, 2):
+    rates = {}
+    for n in sorted({1, *counts}):
         start, out = ctx.Barrier(n), ctx.Queue()
         procs = [ctx.Process(target=_decode_in_process, args=(samples, fields, side, start, out)) for _ in range(n)]
         for proc in procs:
             proc.start()
-        rates.append(sum(out.get() for _ in procs))
+        rates[n] = sum(out.get() for _ in procs)
         for proc in procs:
             proc.join()
-    return rates[1] / rates[0]
+    return {n: rates[n] / rates[1] for n in counts}
 
 
 # ---- data ----------------------------------------------------------------------------------
@@ -349,8 +349,10 @@ def measure(args: argparse.Namespace) -> dict:
                 card = ModelCard("bench", size, fields, (), "")
                 for lib in ("cv2", "pil"):                  # what the workers decode: the stored side
                     _best(res["decode"], key, lib, decode_bound(samples, fields, min(STORED, size), lib))
-                if 2 in workers and 1 in workers:
-                    _best(res["decode"], key, "ceiling", decode_ceiling(samples, fields, min(STORED, size)))
+                several = [w for w in workers if w > 1]
+                if 1 in workers and several:
+                    for w, ceiling in decode_ceiling(samples, fields, min(STORED, size), several).items():
+                        _best(res["decode"], key, f"ceiling{w}", ceiling)
                 for w in workers:
                     _best(res["ours"], key, w, ours(shards, fields, size, batch, w, buffer, None, card))
                     if size != STORED:
@@ -404,16 +406,18 @@ def ratios(res: dict) -> dict:
             if key in res["ours, cpu resize"]:
                 _ratio(out, f"{key} ours / ours with CPU resize", w, e.rate / res["ours, cpu resize"][key][w].rate,
                        None)
-        one, two = res["ours"][key].get(1), res["ours"][key].get(2)
-        if one and two:
-            _ratio(out, f"{key} scaling 1 -> 2 workers", 2, two.rate / one.rate, None)
-            ceiling = res["decode"][key].get("ceiling")
+        one = res["ours"][key].get(1)
+        for w, many in res["ours"][key].items():
+            if one is None or w < 2:
+                continue
+            _ratio(out, f"{key} scaling 1 -> N workers", w, many.rate / one.rate, None)
+            ceiling = res["decode"][key].get(f"ceiling{w}")
             if ceiling:
-                _ratio(out, f"{key} decode alone, 2 / 1 processes", 2, ceiling, None)
-                _ratio(out, f"{key} scaling / that ceiling", 2, two.rate / one.rate / ceiling, GOAL_SCALING)
-                _ratio(out, f"{key} scaling / that ceiling, steady", 2, two.steady / one.steady / ceiling,
+                _ratio(out, f"{key} decode alone, N / 1 processes", w, ceiling, None)
+                _ratio(out, f"{key} scaling / that ceiling", w, many.rate / one.rate / ceiling, GOAL_SCALING)
+                _ratio(out, f"{key} scaling / that ceiling, steady", w, many.steady / one.steady / ceiling,
                        GOAL_SCALING)
-            _ratio(out, f"{key} CPU per sample, 2 / 1 workers", 2, two.cpu_us / one.cpu_us, None)
+            _ratio(out, f"{key} CPU per sample, N / 1 workers", w, many.cpu_us / one.cpu_us, None)
     return out
 
 

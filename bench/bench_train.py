@@ -205,9 +205,25 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fed-steps", type=int, default=None, help="steps fed by the real loader (default 4 CPU / "
                     "50 GPU; quick 2)")
     ap.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow to compile)")
+    ap.add_argument("--devices", default="auto", help="cpu, cuda or cpu,cuda (default auto: the CPU, and CUDA "
+                    "when present)")
     args = ap.parse_args(argv)
     with torch_threads(args.threads):
         return measure(args)
+
+
+def bench_devices(spec: str) -> list[torch.device]:
+    """The devices ``--devices`` names; ``auto``: the CPU, and CUDA when present. Naming CUDA
+    without a GPU is an error, not a silently CPU-only run."""
+    if spec == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    names = [d.strip() for d in spec.split(",") if d.strip()]
+    unknown = sorted(set(names) - {"cpu", "cuda"})
+    if unknown or not names:
+        raise SystemExit(f"--devices: {spec!r}: use cpu, cuda, cpu,cuda or auto")
+    if "cuda" in names and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: no CUDA device here (torch.cuda.is_available() is False)")
+    return [torch.device(d) for d in names]
 
 
 @contextlib.contextmanager
@@ -226,7 +242,7 @@ def measure(args: argparse.Namespace) -> dict:
              ["resnet18_112", "convcut"] if args.quick else list_models())
     batch = args.batch_size or (2 if args.quick else 8)
     steps, warmup = args.steps or (1 if args.quick else 3), 1
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    devices = bench_devices(args.devices)
     cpu_configs = CPU_CONFIGS + ((Config("fp32+compile", compile=True),) if args.cpu_compile else ())
     results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
     with tempfile.TemporaryDirectory() as tmp:

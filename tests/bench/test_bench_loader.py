@@ -84,8 +84,8 @@ def test_ratios_follow_from_the_rates_and_print_last(quick):
     assert math.isclose(r["image@224 ours per worker / decode"][2]["value"],
                         results["ours"]["image@224"][2].rate / 2 / bound)
     one, two = results["ours"]["image@112"][1].rate, results["ours"]["image@112"][2].rate
-    ceiling = results["decode"]["image@112"]["ceiling"]
-    assert 0 < ceiling and r["image@112 decode alone, 2 / 1 processes"][2]["value"] == ceiling
+    ceiling = results["decode"]["image@112"]["ceiling2"]
+    assert 0 < ceiling and r["image@112 decode alone, N / 1 processes"][2]["value"] == ceiling
     assert math.isclose(r["image@112 scaling / that ceiling"][2]["value"], two / one / ceiling)
     assert r["image@112 scaling / that ceiling"][2]["goal"] == 0.9
     assert all(isinstance(c["met"], bool) for cells in r.values() for c in cells.values() if c["goal"])
@@ -124,3 +124,17 @@ def test_steady_state_figures_are_measured(quick):
     r = results["ratios"]
     assert set(r["image@112 ours per worker / decode, steady"]) == {0, 1, 2}
     assert set(r["image@112 scaling / that ceiling, steady"]) == {2} and "steady (first batch)" in out
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")      # 3 workers on a 2-core machine
+def test_scaling_is_measured_for_every_worker_count_above_one():
+    """``--workers 1,3``: scaling 1 -> 3 against what 3 processes give the decode alone here."""
+    import io
+    from contextlib import redirect_stdout
+
+    with redirect_stdout(io.StringIO()):
+        results = load_bench("bench_loader").main(["--quick", "--inputs", "image@112", "--workers", "1,3"])
+    r, ours = results["ratios"], results["ours"]["image@112"]
+    ceiling = results["decode"]["image@112"]["ceiling3"]
+    assert set(r["image@112 scaling / that ceiling"]) == {3} and ceiling > 0
+    assert math.isclose(r["image@112 scaling / that ceiling"][3]["value"], ours[3].rate / ours[1].rate / ceiling)

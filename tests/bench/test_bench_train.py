@@ -28,3 +28,14 @@ def test_cpu_compile_setting_runs(capsys):
     results = load_bench("bench_train").main(["--quick", "--threads", "1", "--models", "resnet18_112", "--cpu-compile"])
     assert set(results["train"]) == {"resnet18_112/cpu/fp32", "resnet18_112/cpu/fp32+compile"}
     assert results["fed"]["resnet18_112/cpu/fp32+compile"] > 0
+
+
+def test_devices_are_chosen_or_refused_plainly():
+    bench = load_bench("bench_train")
+    assert bench.bench_devices("cpu") == [bench.torch.device("cpu")]
+    assert bench.bench_devices("auto")[0].type == "cpu"
+    with pytest.raises(SystemExit, match="use cpu, cuda"):
+        bench.bench_devices("tpu")
+    if not bench.torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            bench.bench_devices("cuda")

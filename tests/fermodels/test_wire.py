@@ -58,3 +58,28 @@ def test_resize_batch_shrinks_with_antialiasing():
     out = resize_batch(batch, 3)
     assert out["image"].shape == (1, 3, 3, 3) and ((out["image"] - 127.5).abs() < 5).all()
     torch.testing.assert_close(out["lmk"], torch.tensor([[[1.0, 1.0]]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
+@pytest.mark.parametrize("size", [112, 224])
+def test_on_a_gpu_the_batch_arrives_as_on_the_cpu(tiny_shards, size):
+    """The trainer's CUDA path (pinned copy, device-side scaling, augmentation and normalisation on
+    the GPU) gives the CPU path's model input to float precision."""
+    from fermodels.augment import AugmentParams, augment_batch
+    from fermodels.data import normalise
+    from fermodels.registry import create_model
+
+    split = open_split([tiny_shards], "train")
+    card = create_model("resnet18_112" if size == 112 else "resnet18").card
+    wire = SampleDecoder(ALL, size, wire=travel_side(size, stored_side(split), GPU))
+    batch = collate([wire(s) for s in _raw(split)])
+    aug = AugmentParams(hflip=0.5, affine_p=0.0, degrees=0.0, translate=0.0, scale_min=1.0, scale_max=1.0,
+                        erase_p=0.0, erase_scale_min=0.02, erase_scale_max=0.15)
+    fill = torch.tensor(card.mean) * 255.0
+    out = {}
+    for device in (CPU, GPU):
+        gen = torch.Generator().manual_seed(3)               # the trainer's CPU generator (seed_step)
+        moved = to_device(batch, device, size)
+        out[device.type] = normalise(augment_batch(moved, aug, gen, fill.to(device)), card)
+    for name in ("image", "left", "right", "heatmap", "lmk"):
+        torch.testing.assert_close(out["cuda"][name].cpu(), out["cpu"][name], rtol=1e-4, atol=1e-3)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU checks of the benchmarks issue in one run, for a lent CUDA machine with spare cores.
+#
+#   bash bench/gpu_check.sh OUT_DIR
+#
+# Each step writes OUT_DIR/<step>.log and a line "<step> rc=N seconds=S" to OUT_DIR/summary.txt; a
+# failing step is recorded and the next one still runs. The steps' time limits add up to 9 minutes.
+#   versions  torch / CUDA / OpenCV versions, the GPU, and that the benchmarks import
+#   tests     the CUDA-only tests (device-side scaling, augmentation, normalisation against the CPU)
+#             and the batch ring, whose copies go to pinned memory when CUDA is present
+#   train     bench_train on CUDA only: fp32, bf16, bf16 + channels_last, + torch.compile, each fed
+#             by the real loader (the fraction of time the GPU waits for data)
+#   loader    bench_loader with 0-8 workers: scaling with workers on a machine with spare cores
+# What the machine lacks (the pinned OpenCV 5, dvclive for full training runs) can travel as wheels:
+# see BENCHMARKS.md, "Running the GPU checks".
+set -u -o pipefail
+out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py=${PYTHON:-python3}
+
+step() {
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "== $name (limit ${limit} s): $*"
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    rc=$?
+    echo "$name rc=$rc seconds=$((SECONDS - t0))" | tee -a "$out/summary.txt"
+    tail -n 30 "$out/$name.log"
+}
+
+step versions 60 "$py" -c "
+import cv2, numpy, torch, torchvision
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__,
+      'opencv', cv2.__version__, 'numpy', numpy.__version__)
+print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')
+import bench.bench_loader, bench.bench_train
+print('benchmarks import')"
+step tests 90 "$py" -m pytest -q -p no:cacheprovider tests/fermodels/test_wire.py tests/fermodels/test_batchring.py
+step train 210 "$py" bench/bench_train.py --devices cuda --models resnet18_112,pcnn --workers 8 --samples 3000
+step loader 180 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
+cat "$out/summary.txt"
