@@ -40,7 +40,7 @@ def verify_split(info_path: Path) -> list[str]:
     folder = info_path.parent
     problems = [f"{folder / p.name}: shard not listed in {INFO}"
                 for p in sorted(folder.glob("*.tar")) if p.name not in {n for n, _, _ in listed}]
-    total, classes = 0, Counter()
+    total, classes, keys = 0, Counter(), set()
     for name, sha, count in listed:
         path = folder / name
         if Path(name).name != name or name in ("", ".", ".."):
@@ -50,7 +50,7 @@ def verify_split(info_path: Path) -> list[str]:
         elif sha256_file(path) != sha:
             problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")
         else:
-            found, problem = _scan(path, classes)
+            found, problem = _scan(path, classes, keys)
             if problem:
                 problems.append(problem)
             elif found != count:
@@ -63,11 +63,18 @@ def verify_split(info_path: Path) -> list[str]:
         hist = {labels[c] if 0 <= c < len(labels) else str(c): n for c, n in classes.items()}
         if {k: v for k, v in info["class_histogram"].items() if v} != hist:
             problems.append(f"{folder}: class counts {hist} differ from {INFO} {info['class_histogram']}")
+    if not problems:
+        for name, members in sorted((info.get("subsets") or {}).items()):
+            stray = sorted(set(members) - keys)
+            if stray:
+                problems.append(f"{folder}: subset {name!r} in {INFO} lists {len(stray)} keys that are not in "
+                                f"the shards (e.g. {stray[0]!r})")
     return problems
 
 
-def _scan(path: Path, classes: Counter) -> tuple[int, str]:
-    """(samples in a shard, problem or ""), counting ``cls`` labels into ``classes``."""
+def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
+    """(samples in a shard, problem or ""), counting ``cls`` labels into ``classes`` and adding
+    the sample keys to ``keys``."""
     found = 0
     try:
         for key, fields in iter_tar_samples(path):
@@ -76,6 +83,7 @@ def _scan(path: Path, classes: Counter) -> tuple[int, str]:
                     load_npy(data, f"{path}:{key}.{ext}")
             if "cls" in fields:
                 classes[int(fields["cls"])] += 1
+            keys.add(key)
             found += 1
     except (UnsafeTarError, tarfile.TarError, ValueError) as e:
         return found, f"{path}: refused: {e}"

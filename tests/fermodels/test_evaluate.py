@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from ferdata.verify import verify_shards
 from fermodels.data import SampleDecoder
 from fermodels.evaluate import EvalParams, evaluate, predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader
@@ -90,6 +92,7 @@ def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
                           subsets={"occlusion": occlusion | {train_key}, "pose30": pose})
     info = json.loads((shards / "test" / "_info.json").read_text())
     assert info["subsets"] == {"occlusion": sorted(occlusion), "pose30": sorted(pose)}
+    assert verify_shards(shards) == []
     m = evaluate(tiny_run["ckpt"] / "best.pt", shards, EvalParams(**{**PARAMS.__dict__, "batch_check": False}),
                  tmp_path_factory.mktemp("eval"))
     model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt"))
@@ -104,6 +107,17 @@ def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
     plain = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"],
                      EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path_factory.mktemp("eval"))
     assert "per_subset" not in plain
+
+
+def test_verify_flags_subset_keys_that_are_not_in_the_shards(tiny_shards, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(tiny_shards, copy)
+    info_path = copy / "test" / "_info.json"
+    info = json.loads(info_path.read_text())
+    info["subsets"] = {"occlusion": ["test-2-nowhere"]}
+    info_path.write_text(json.dumps(info))
+    problems = verify_shards(copy)
+    assert len(problems) == 1 and "subset 'occlusion'" in problems[0] and "test-2-nowhere" in problems[0]
 
 
 def _aligned_rows(shards):
