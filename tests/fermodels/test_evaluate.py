@@ -1,5 +1,6 @@
 """The evaluator on tiny shards: DVC metrics/plots files, the batch-composition check (which must
-catch convcut_paper), flip TTA, cross-dataset scoring, and the two stage scripts."""
+catch convcut_paper), flip TTA, cross-dataset scoring, metrics per named test subset (and
+`ferdata verify`'s check of the subset lists), and the two stage scripts."""
 from __future__ import annotations
 
 import json
