@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from typing import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
 from fermodels.data import SampleDecoder, assemble, decode_batch
-from fermodels.distributed import WorkerPlan
+from fermodels.distributed import WorkerPlan, plan_epoch
 from fermodels.sampling import ClassRepeat, repeat_stream
 
 PREFETCH = 4
@@ -57,20 +58,62 @@ def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Itera
     yield from buf
 
 
-class EpochStream(IterableDataset):
-    """One rank's epoch: worker ``w`` reads ``plans[w]`` and yields its planned batches (into
-    ``ring``'s shared buffers when it runs in a worker process)."""
+@dataclass(frozen=True)
+class FixedEpoch:
+    """The plans and shuffle seed of one epoch, fixed when the loader is made."""
 
-    def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, shuffle_buffer: int,
-                 seed: int, repeat: ClassRepeat | None, ring: BatchRing | None = None) -> None:
-        self.plans, self.decoder = list(plans), decoder
-        self.shuffle_buffer, self.seed, self.repeat, self.ring = shuffle_buffer, seed, repeat, ring
+    plans: tuple[WorkerPlan, ...]
+    seed: int
+
+    def __call__(self) -> tuple[Sequence[WorkerPlan], int]:
+        return self.plans, self.seed
+
+
+@dataclass(frozen=True)
+class EpochPlanner:
+    """Picklable: any epoch's worker plans and shuffle seed for one rank, from the epoch number
+    (what the trainer computes each epoch; persistent workers compute it themselves)."""
+
+    shards: tuple[tuple[str, int], ...]
+    seed: int
+    rank: int
+    plan_kw: Mapping[str, Any] = field(default_factory=dict)     # plan_epoch's samples, batch_size, env, ...
+
+    def plans(self, epoch: int, skip: int = 0) -> list[WorkerPlan]:
+        return plan_epoch(self.shards, seed=mix_seed(self.seed, epoch), skip_batches=skip, **self.plan_kw)
+
+    def stream_seed(self, epoch: int) -> int:
+        return mix_seed(self.seed, epoch, self.rank)
+
+
+@dataclass(frozen=True)
+class PostedEpoch:
+    """The epoch the main process posted in ``control`` (epoch, skip), planned by ``planner``:
+    what a persistent worker reads when an epoch starts."""
+
+    planner: EpochPlanner
+    control: torch.Tensor
+
+    def __call__(self) -> tuple[Sequence[WorkerPlan], int]:
+        epoch, skip = (int(v) for v in self.control)
+        return self.planner.plans(epoch, skip), self.planner.stream_seed(epoch)
+
+
+class EpochStream(IterableDataset):
+    """One rank's epoch: worker ``w`` reads plan ``w`` of ``epoch()`` and yields its planned batches
+    (into ``ring``'s shared buffers when it runs in a worker process)."""
+
+    def __init__(self, epoch: Callable[[], tuple[Sequence[WorkerPlan], int]], decoder: SampleDecoder,
+                 shuffle_buffer: int, repeat: ClassRepeat | None, ring: BatchRing | None = None) -> None:
+        self.epoch, self.decoder = epoch, decoder
+        self.shuffle_buffer, self.repeat, self.ring = shuffle_buffer, repeat, ring
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid = info.id if info is not None else 0
         ring = self.ring if info is not None else None
-        plan = self.plans[wid]
+        plans, seed = self.epoch()
+        plan = plans[wid]
         members = self.decoder.members
         if self.repeat is None:
             source: Iterable[dict] = read_pieces(plan.pieces, members)
@@ -78,7 +121,7 @@ class EpochStream(IterableDataset):
             source = repeat_stream(lambda: read_pieces(plan.pieces, members), self.repeat, plan.num_samples,
                                    lambda s: int(s["cls"]))
         if self.shuffle_buffer > 1:
-            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(self.seed, plan.worker)))
+            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(seed, plan.worker)))
         samples = iter(source)
         _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
         for serial, size in enumerate(plan.batch_sizes[plan.skip_batches:]):
@@ -116,7 +159,8 @@ class StreamLoader:
         if n:
             capacity = max((max(p.batch_sizes, default=0) for p in self.plans), default=0)
             ring = BatchRing(self.decoder.layout(), n, RING_DEPTH, max(capacity, 1))
-        dataset = EpochStream(self.plans, self.decoder, self.shuffle_buffer, self.seed, self.repeat, ring)
+        dataset = EpochStream(FixedEpoch(tuple(self.plans), self.seed), self.decoder, self.shuffle_buffer,
+                              self.repeat, ring)
         loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=n,
                             pin_memory=self.pin_memory and not n, prefetch_factor=PREFETCH if n else None)
         return iter(loader) if ring is None else received(iter(loader), ring, self.pin_memory, assemble)
@@ -131,3 +175,58 @@ def stream_loader(plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, worker
                   seed: int, repeat: ClassRepeat | None) -> StreamLoader:
     """The loader of one rank's epoch (see :class:`StreamLoader`)."""
     return StreamLoader(plans, decoder, workers=workers, shuffle_buffer=shuffle_buffer, seed=seed, repeat=repeat)
+
+
+class PersistentLoader:
+    """A rank's epochs from the same worker processes and batch buffers: the workers are forked
+    and the buffers made once (each epoch's start costs ~50 ms per worker pair otherwise; a tenth
+    of an epoch on a small dataset at GPU speed). Before an epoch the main process posts its
+    number in shared memory and the workers plan it themselves (:class:`EpochPlanner`), so each
+    epoch's batches are exactly those of a fresh :func:`stream_loader` for it. An epoch stopped
+    before its end leaves workers that may still write into the buffers: the next epoch then
+    starts on fresh workers and buffers. ``workers=0`` runs each epoch in-process."""
+
+    def __init__(self, planner: EpochPlanner, decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
+                 repeat: ClassRepeat | None) -> None:
+        self.planner, self.decoder, self.workers = planner, decoder, workers
+        self.shuffle_buffer, self.repeat = shuffle_buffer, repeat
+        self.pin_memory = torch.cuda.is_available()
+        self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._loader: DataLoader | None = None
+        self._ring: BatchRing | None = None
+        self._shape: tuple[int, int] | None = None              # (workers, buffer capacity) they were made for
+        self._clean = True
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
+        """The batches of ``epoch``, from batch ``skip`` (a resume inside the epoch)."""
+        plans = self.planner.plans(epoch, skip)
+        if self.workers <= 0:
+            return iter(StreamLoader(plans, self.decoder, workers=0, shuffle_buffer=self.shuffle_buffer,
+                                     seed=self.planner.stream_seed(epoch), repeat=self.repeat))
+        shape = (len(plans), max(1, max((max(p.batch_sizes, default=0) for p in plans), default=0)))
+        if self._loader is None or not self._clean or shape != self._shape:
+            self.close()
+            self._ring = BatchRing(self.decoder.layout(), shape[0], RING_DEPTH, shape[1])
+            dataset = EpochStream(PostedEpoch(self.planner, self.control), self.decoder, self.shuffle_buffer,
+                                  self.repeat, self._ring)
+            self._loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=shape[0],
+                                      prefetch_factor=PREFETCH, persistent_workers=True)
+            self._shape = shape
+        self.control[0], self.control[1] = epoch, skip
+        self._ring.released.zero_()
+        self._clean = False
+        return self._received(iter(self._loader))
+
+    def _received(self, messages: Iterator[dict]) -> Iterator[dict]:
+        yield from received(messages, self._ring, self.pin_memory, assemble)
+        self._clean = True                       # every batch taken: the workers are idle, the buffers free
+
+    def close(self) -> None:
+        """Stop the workers now (the next epoch forks new ones)."""
+        if self._ring is not None:
+            self._ring.release_all()                          # none may wait for a buffer while stopping
+        running = getattr(self._loader, "_iterator", None)      # DataLoader keeps persistent workers here
+        if running is not None:
+            running._shutdown_workers()
+        self._loader = self._ring = self._shape = None
+        self._clean = True

@@ -29,7 +29,7 @@ from fermodels.recipes import check_applied
 from fermodels.registry import create_model
 from fermodels.runstate import BEST, LAST, Position, next_position, resume_state, save_checkpoint, truncate_live
 from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor
-from fermodels.stream import mix_seed, stream_loader
+from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 
 log = logging.getLogger(__name__)
 SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
@@ -150,7 +150,7 @@ class _Run:
     preprocess: dict
     repeat: ClassRepeat | None
     class_weight: torch.Tensor
-    plan_kw: dict
+    loader: PersistentLoader
     steps_per_epoch: int
     start: Position
     best: dict
@@ -189,10 +189,12 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    repeat = ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None
+    loader = PersistentLoader(EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw), decoder,
+                              workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
                 decoder, train_split, IndexedSplit(dirs, "val", decoder, params.num_classes), data, preprocess,
-                ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None,
-                class_weight_tensor(counts, device), plan_kw, steps, start, best, start.step,
+                repeat, class_weight_tensor(counts, device), loader, steps, start, best, start.step,
                 not params.class_weights)
 
 
@@ -215,6 +217,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             _log_epoch(live, epoch, all_gather_objects((sums, seen, waited), env), lr, elapsed, val)
             _save(env, ckpt_dir / LAST, run, params, end)
     finally:
+        run.loader.close()
         if live is not None:
             live.end()
     return run.best
@@ -223,9 +226,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
 def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.device, epoch: int, skip: int,
                  ckpt_dir: Path) -> tuple[dict[str, float], int, float, float]:
     """One epoch from batch ``skip``: (summed losses x samples, samples, seconds waiting for data, last lr)."""
-    plans = plan_epoch(run.train_split.shards, seed=mix_seed(params.seed, epoch), skip_batches=skip, **run.plan_kw)
-    loader = stream_loader(plans, run.decoder, workers=params.workers, shuffle_buffer=params.shuffle_buffer,
-                           seed=mix_seed(params.seed, epoch, env.rank), repeat=run.repeat)
+    loader = run.loader.epoch(epoch, skip)
     fill = torch.tensor(run.net.card.mean) * 255.0
     sums: dict[str, torch.Tensor] = {}
     seen, waited, lr, bad = 0, 0.0, params.lr, torch.zeros((), device=device)
