@@ -9,7 +9,9 @@ raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 
   workers instead (how it was before, and what the trainer still does for a CPU device, where
   the main process would resize alone). Measured twice: the loader alone, and followed in the
   main process by what the trainer does on a CPU device (workers resize; ``to_device`` ->
-  ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``).
+  ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``). *Persistent*: the
+  trainer's :class:`PersistentLoader`, whose workers and buffers outlive an epoch: its second
+  epoch, with the time its start takes (against a fresh loader's fork and buffers).
 * **ImageFolder** (common practice): the *same JPEG bytes* as loose files ``root/<class>/<key>.jpg``,
   torchvision's ``ImageFolder`` with its PIL loader and the equivalent per-sample transforms in the
   workers (Resize for 224, RandomHorizontalFlip, RandomAffine / RandomErasing when switched on,
@@ -23,8 +25,9 @@ its reaped workers) cover the same epoch. Each configuration runs ``--repeats`` 
 and the best is kept (other jobs on the machine can only slow a run down).
 Ratios print last: ours / ImageFolder (goal >= 3), ours per worker / decode bound (goal >= 0.8),
 scaling 1 -> N workers against what N processes give the decode alone on this machine, for every
-N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling; as in ``bench_preprocess``). ``--profile`` adds a cProfile
-of the in-process loader.
+N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling; as in ``bench_preprocess``);
+and the trainer's persistent workers against fresh ones per epoch, each epoch with its start.
+``--profile`` adds a cProfile of the in-process loader.
 Usage: ``python bench/bench_loader.py [--quick] [--profile] [--samples N] [--augment params|all]``.
 """
 from __future__ import annotations
@@ -59,7 +62,7 @@ from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder, normalise, open_split, to_device  # noqa: E402
 from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
-from fermodels.stream import read_pieces, stream_loader  # noqa: E402
+from fermodels.stream import EpochPlanner, PersistentLoader, read_pieces, stream_loader  # noqa: E402
 
 STORED = 112                                     # align.size: the crop size the shards hold
 INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
@@ -81,6 +84,12 @@ class Epoch:
     mean: float                   # mean value over the epoch's model-input images (inspected grid)
     steady: float = 0.0           # samples/s after the first quarter of the epoch (start-up and buffer fill over)
     first_batch_ms: float = 0.0   # from the workers' fork to the first batch
+    start_ms: float = 0.0         # in ``iter(loader)`` before the clock: forking workers, making buffers
+
+    @property
+    def with_start(self) -> float:
+        """Samples/s over the epoch and its start: what each epoch of a training run costs."""
+        return self.samples / (self.samples / self.rate + self.start_ms / 1e3)
 
 
 def children_cpu() -> float:
@@ -104,6 +113,7 @@ def timed_epoch(loader: Iterable, image_of: Callable[[object, int], torch.Tensor
     so the look is kept cheap (every 8th row; every 8th column and its mirror) and the same for every
     loader."""
     cpu0, kids0 = time.process_time(), children_cpu()
+    t_start = time.perf_counter()
     it = iter(loader)
     t0 = time.perf_counter()
     n, total, finite, shape, dtype = 0, 0.0, True, None, None
@@ -120,7 +130,7 @@ def timed_epoch(loader: Iterable, image_of: Callable[[object, int], torch.Tensor
     del it                                               # joins the workers: their CPU time is now ours
     cpu = time.process_time() - cpu0 + children_cpu() - kids0
     return Epoch(n, n / seconds, cpu / n * 1e6, shape, dtype, finite, total / n, steady_rate(marks),
-                 marks[0][0] * 1e3 if marks else 0.0)
+                 marks[0][0] * 1e3 if marks else 0.0, (t0 - t_start) * 1e3)
 
 
 def steady_rate(marks: list[tuple[float, int]]) -> float:
@@ -168,6 +178,34 @@ def ours(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: 
                          card)["image"]
 
     return timed_epoch(ours_loader(shards, fields, size, batch, workers, buffer, cpu_resize), image_of)
+
+
+def ours_persistent(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int,
+                    buffer: int) -> Epoch:
+    """The trainer's loader (:class:`PersistentLoader`): the second epoch from the workers and
+    buffers the first one started (the first, untimed, pays the fork)."""
+    split = open_split([shards], "train")
+    kw = dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0), workers=workers, shuffle=True)
+    loader = PersistentLoader(EpochPlanner(tuple(split.shards), 0, 0, kw),
+                              SampleDecoder(fields, size, wire=min(STORED, size)), workers=workers,
+                              shuffle_buffer=buffer, repeat=None)
+    try:
+        for _ in loader.epoch(0):
+            pass
+        return timed_epoch(_EpochOf(loader, 1), lambda b, step: b["image"])
+    finally:
+        loader.close()
+
+
+@dataclass
+class _EpochOf:
+    """``iter()`` starts epoch ``epoch`` of a persistent loader (what ``timed_epoch`` times)."""
+
+    loader: PersistentLoader
+    epoch: int
+
+    def __iter__(self):
+        return self.loader.epoch(self.epoch)
 
 
 def folder_transform(size: int, aug: AugmentParams, card: ModelCard):
@@ -341,7 +379,7 @@ def measure(args: argparse.Namespace) -> dict:
     buffer = int(train["shuffle_buffer"])
     res: dict = {"samples": n, "batch": batch, "workers": workers, "augment": vars(aug),
                  "load": [os.getloadavg()[0]], "decode": {}, "ours": {}, "ours+aug": {}, "imagefolder": {},
-                 "ours, cpu resize": {}}
+                 "ours, cpu resize": {}, "ours, persistent": {}}
     with tempfile.TemporaryDirectory() as tmp:
         shards, root, samples = make_data(Path(tmp), n)
         for _ in range(repeats):
@@ -355,6 +393,8 @@ def measure(args: argparse.Namespace) -> dict:
                         _best(res["decode"], key, f"ceiling{w}", ceiling)
                 for w in workers:
                     _best(res["ours"], key, w, ours(shards, fields, size, batch, w, buffer, None, card))
+                    if w > 0:
+                        _best(res["ours, persistent"], key, w, ours_persistent(shards, fields, size, batch, w, buffer))
                     if size != STORED:
                         _best(res["ours, cpu resize"], key, w,
                               ours(shards, fields, size, batch, w, buffer, None, card, cpu_resize=True))
@@ -406,6 +446,9 @@ def ratios(res: dict) -> dict:
             if key in res["ours, cpu resize"]:
                 _ratio(out, f"{key} ours / ours with CPU resize", w, e.rate / res["ours, cpu resize"][key][w].rate,
                        None)
+            kept = res["ours, persistent"].get(key, {}).get(w)
+            if kept is not None:
+                _ratio(out, f"{key} persistent / fresh workers, with start", w, kept.with_start / e.with_start, None)
         one = res["ours"][key].get(1)
         for w, many in res["ours"][key].items():
             if one is None or w < 2:
@@ -444,6 +487,15 @@ def print_tables(res: dict) -> None:
                     cells = "".join(f"{f'{e.steady:.0f} ({e.first_batch_ms:.0f} ms)':>20}"
                                     for e in (res[name][key][w] for w in ws))
                     print(f"{key:<17} {'  steady (first batch)':<26}{cells}")
+                    for part, label in (("ours", "  with its start (start)"),
+                                        ("ours, persistent", "  persistent: the same")):
+                        got = res[part].get(key, {})
+                        cells = "".join(f"{_with_start(got[w]) if w in got else '':>20}" for w in ws)
+                        print(f"{key:<17} {label:<26}{cells}")
+
+
+def _with_start(e: Epoch) -> str:
+    return f"{e.with_start:.0f} ({e.start_ms:.0f} ms)"
 
 
 def print_profile(profiles: dict) -> None:

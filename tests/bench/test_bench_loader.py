@@ -138,3 +138,18 @@ def test_scaling_is_measured_for_every_worker_count_above_one():
     ceiling = results["decode"]["image@112"]["ceiling3"]
     assert set(r["image@112 scaling / that ceiling"]) == {3} and ceiling > 0
     assert math.isclose(r["image@112 scaling / that ceiling"][3]["value"], ours[3].rate / ours[1].rate / ceiling)
+
+
+def test_persistent_workers_are_measured_with_their_start(quick):
+    """The trainer's persistent loader is timed for every worker count above 0, each epoch with
+    the time its start took (fork and buffers for fresh workers), and compared with fresh ones."""
+    results, out = quick
+    for key in ("image@112", "image@224", "image+halves@224"):
+        kept, fresh = results["ours, persistent"][key], results["ours"][key]
+        assert sorted(kept) == [1, 2]
+        for w, e in kept.items():
+            assert e.samples == QUICK_SAMPLES and e.start_ms > 0 and fresh[w].start_ms > 0
+            assert e.with_start < e.rate and math.isclose(
+                results["ratios"][f"{key} persistent / fresh workers, with start"][w]["value"],
+                e.with_start / fresh[w].with_start)
+    assert "persistent: the same" in out
