@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
@@ -75,16 +76,21 @@ def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torc
     return np.concatenate(labels), np.concatenate(probs), keys
 
 
+def rank_loader(dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: int,
+                persistent: bool = False) -> DataLoader:
+    """This rank's share of ``dataset`` for :func:`score_split`: every world_size-th sample."""
+    return indexed_loader(dataset, range(env.rank, len(dataset), env.world_size), batch_size, workers, persistent)
+
+
 @torch.no_grad()
-def score_split(model: torch.nn.Module, dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: int,
+def score_split(model: torch.nn.Module, loader: DataLoader, num_classes: int, env: DistEnv,
                 device: torch.device, amp: bool) -> dict:
-    """Metrics on a whole split under DDP: each rank scores every world_size-th sample, results
-    are gathered (no per-batch collective, so unequal shares cannot hang)."""
-    loader = indexed_loader(dataset, range(env.rank, len(dataset), env.world_size), batch_size, workers)
+    """Metrics on a whole split under DDP from each rank's :func:`rank_loader`; results are
+    gathered (no per-batch collective, so unequal shares cannot hang)."""
     labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False, amp=amp)
     parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels), env)
     y, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    classes = class_names(dataset.num_classes)
+    classes = class_names(num_classes)
     return metrics_from_confusion(confusion_matrix(y, pred, len(classes)), classes)
 
 

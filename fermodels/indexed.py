@@ -62,7 +62,10 @@ def read_member(member: tuple[str, int, int]) -> bytes:
     return os.pread(fd, size, offset)
 
 
-def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int) -> DataLoader:
-    """Batches of ``dataset`` in exactly ``order`` (a list of indices)."""
+def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int,
+                   persistent: bool = False) -> DataLoader:
+    """Batches of ``dataset`` in exactly ``order`` (a list of indices); ``persistent``: the workers
+    serve every pass over it (the trainer's validation each epoch) instead of a fork per pass."""
     return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available())
+                      collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=persistent and workers > 0)

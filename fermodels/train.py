@@ -17,12 +17,13 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    pick_device, plan_epoch, shutdown)
-from fermodels.evaluate import amp_dtype, autocast, score_split
+from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.optim import SAM, SCHEDULES, build_optimizer, lr_at, set_lr
 from fermodels.recipes import check_applied
@@ -145,7 +146,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     decoder: SampleDecoder
     train_split: Split
-    val_set: IndexedSplit
+    val_loader: DataLoader                  # this rank's share of the val split, workers kept across epochs
     data: dict
     preprocess: dict
     repeat: ClassRepeat | None
@@ -192,10 +193,11 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     repeat = ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None
     loader = PersistentLoader(EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw), decoder,
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
+    val_loader = rank_loader(IndexedSplit(dirs, "val", decoder, params.num_classes), env,
+                             max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
-                decoder, train_split, IndexedSplit(dirs, "val", decoder, params.num_classes), data, preprocess,
-                repeat, class_weight_tensor(counts, device), loader, steps, start, best, start.step,
-                not params.class_weights)
+                decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
+                loader, steps, start, best, start.step, not params.class_weights)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -208,8 +210,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             t0 = time.perf_counter()
             sums, seen, waited, lr = _train_epoch(run, params, env, device, epoch, skip, ckpt_dir)
             elapsed = time.perf_counter() - t0
-            val = score_split(run.net, run.val_set, env, max(1, params.batch_size // env.world_size),
-                              params.workers, device, params.amp)
+            val = score_split(run.net, run.val_loader, params.num_classes, env, device, params.amp)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if val[params.select_metric] > run.best[params.select_metric]:
                 run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}

@@ -1,10 +1,12 @@
 """Persistent loader workers: every epoch gives exactly the batches of a fresh loader for that
 epoch (plans, shuffle, pixels), from the same worker processes; an epoch stopped early, a resume
-inside an epoch and in-process loading stay exact, and the trainer forks its workers once."""
+inside an epoch and in-process loading stay exact, and the trainer forks its training and
+validation workers once."""
 from __future__ import annotations
 
 import torch
 
+import fermodels.indexed as indexed
 import fermodels.stream as stream
 from fermodels.data import SampleDecoder, open_split
 from fermodels.distributed import DistEnv
@@ -74,13 +76,16 @@ def test_in_process_epochs(tiny_shards):
 
 
 def test_the_trainer_forks_its_loader_workers_once(tiny_shards, tmp_path, monkeypatch):
+    """Three epochs, each validated: one training loader and one validation loader, both keeping
+    their workers (before, each epoch made both anew)."""
     made = []
 
     class CountingLoader(torch.utils.data.DataLoader):
         def __init__(self, *args, **kwargs):
-            made.append(kwargs.get("num_workers"))
+            made.append((kwargs.get("num_workers"), kwargs.get("persistent_workers")))
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(stream, "DataLoader", CountingLoader)
+    monkeypatch.setattr(indexed, "DataLoader", CountingLoader)
     train(tiny_shards, make_params(epochs=3, workers=2), tmp_path / "ckpt", tmp_path / "live")
-    assert made == [2]
+    assert sorted(made) == [(2, True), (2, True)]
