@@ -151,7 +151,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
 
     trainer._save = save_every_rank
     resuming = (Path(out) / "ckpt" / "last.pt").is_file()
-    best = trainer.train(shards, make_params(epochs=1, batch_size=8), Path(out) / "ckpt", Path(out) / "live")
+    params = make_params(epochs=2, batch_size=8, workers=2)      # persistent loader workers under DDP
+    best = trainer.train(shards, params, Path(out) / "ckpt", Path(out) / "live")
     torch.save(best, Path(out) / f"rank{rank}-{'again' if resuming else 'first'}.pt")
 
 
@@ -166,8 +167,9 @@ def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
 
 
 def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
-    """Train one epoch under 2 ranks, then launch again: rank 0 finds last.pt and both ranks follow
-    (a fresh pair of processes each time, as torchrun starts them)."""
+    """Train two epochs under 2 ranks (2 loader workers each, kept across the epochs), then launch
+    again: rank 0 finds last.pt and both ranks follow (a fresh pair of processes each time, as
+    torchrun starts them)."""
     for _ in range(2):
         mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "train"), nprocs=2,
                            start_method="fork")
