@@ -148,11 +148,18 @@ def steady_rate(marks: list[tuple[float, int]]) -> float:
 
 # ---- the three ways of getting pixels ------------------------------------------------------
 
+def plan_kw(shards: Path, batch: int, workers: int) -> tuple[tuple[tuple[str, int], ...], dict]:
+    """The train split's shards and ``plan_epoch``'s arguments for one shuffled epoch over all of
+    it (one rank)."""
+    split = open_split([shards], "train")
+    return tuple(split.shards), dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
+                                     workers=workers, shuffle=True)
+
+
 def ours_plans(shards: Path, batch: int, workers: int) -> list[WorkerPlan]:
     """The epoch plan of one shuffled epoch over the whole split (one rank)."""
-    split = open_split([shards], "train")
-    return plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                      workers=workers, seed=0, shuffle=True)
+    split_shards, kw = plan_kw(shards, batch, workers)
+    return plan_epoch(split_shards, seed=0, **kw)
 
 
 def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
@@ -184,9 +191,8 @@ def ours_persistent(shards: Path, fields: tuple[str, ...], size: int, batch: int
                     buffer: int) -> Epoch:
     """The trainer's loader (:class:`PersistentLoader`): the second epoch from the workers and
     buffers the first one started (the first, untimed, pays the fork)."""
-    split = open_split([shards], "train")
-    kw = dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0), workers=workers, shuffle=True)
-    loader = PersistentLoader(EpochPlanner(tuple(split.shards), 0, 0, kw),
+    split_shards, kw = plan_kw(shards, batch, workers)
+    loader = PersistentLoader(EpochPlanner(split_shards, 0, 0, kw),
                               SampleDecoder(fields, size, wire=min(STORED, size)), workers=workers,
                               shuffle_buffer=buffer, repeat=None)
     try:

@@ -157,13 +157,19 @@ class StreamLoader:
         n = len(self.plans) if self.workers > 0 else 0
         ring = None
         if n:
-            capacity = max((max(p.batch_sizes, default=0) for p in self.plans), default=0)
-            ring = BatchRing(self.decoder.layout(), n, RING_DEPTH, max(capacity, 1))
+            workers, capacity = ring_shape(self.plans)
+            ring = BatchRing(self.decoder.layout(), workers, RING_DEPTH, capacity)
         dataset = EpochStream(FixedEpoch(tuple(self.plans), self.seed), self.decoder, self.shuffle_buffer,
                               self.repeat, ring)
         loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=n,
                             pin_memory=self.pin_memory and not n, prefetch_factor=PREFETCH if n else None)
         return iter(loader) if ring is None else received(iter(loader), ring, self.pin_memory, assemble)
+
+
+def ring_shape(plans: Sequence[WorkerPlan]) -> tuple[int, int]:
+    """(workers, samples per buffer) of the batch ring that ``plans`` need: one worker per plan,
+    buffers as large as the largest planned batch."""
+    return len(plans), max(1, max((max(p.batch_sizes, default=0) for p in plans), default=0))
 
 
 def _as_is(batch: dict) -> dict:
@@ -203,7 +209,7 @@ class PersistentLoader:
         if self.workers <= 0:
             return iter(StreamLoader(plans, self.decoder, workers=0, shuffle_buffer=self.shuffle_buffer,
                                      seed=self.planner.stream_seed(epoch), repeat=self.repeat))
-        shape = (len(plans), max(1, max((max(p.batch_sizes, default=0) for p in plans), default=0)))
+        shape = ring_shape(plans)
         if self._loader is None or not self._clean or shape != self._shape:
             self.close()
             self._ring = BatchRing(self.decoder.layout(), shape[0], RING_DEPTH, shape[1])

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
-                                   pick_device, plan_epoch, shutdown)
+                                   pick_device, shutdown)
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.optim import SAM, SCHEDULES, build_optimizer, lr_at, set_lr
@@ -179,7 +179,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
     plan_kw = dict(samples=samples, batch_size=params.batch_size // env.world_size, env=env,
                    workers=params.workers, shuffle=True)
-    steps = sum(len(p.batch_sizes) for p in plan_epoch(train_split.shards, seed=0, **plan_kw))
+    planner = EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw)
+    steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes}
     state = broadcast_object(resume_state(ckpt_dir, asdict(params), data) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
@@ -191,8 +192,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
     repeat = ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None
-    loader = PersistentLoader(EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw), decoder,
-                              workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
+    loader = PersistentLoader(planner, decoder, workers=params.workers, shuffle_buffer=params.shuffle_buffer,
+                              repeat=repeat)
     val_loader = rank_loader(IndexedSplit(dirs, "val", decoder, params.num_classes), env,
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
