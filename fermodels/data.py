@@ -2,7 +2,7 @@
 
 A :class:`Split` is what a split's ``_info.json`` files say of it; :class:`SampleDecoder` turns one raw
 sample into uint8 arrays of the model's fields (at the side batches travel at); :func:`decode_batch`
-decodes samples straight into a batch (the training stream) and :func:`collate` stacks decoded ones;
+decodes raw samples straight into a batch (every loader: training stream, evaluation, inference);
 :func:`to_device` moves a batch to the training device as float pixel values, scaled there to the
 model's side, and :func:`normalise` makes it model input. The loaders built on these live
 in :mod:`fermodels.stream` (training) and :mod:`fermodels.indexed` (evaluation). Tar members are read
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,6 +40,8 @@ class Split:
     shards: tuple[tuple[str, int], ...]          # (tar path, sample count)
     histogram: dict[str, int]                   # canonical class name -> count
     hashes: dict[str, list[str]]                # shard dir -> sha256 of each shard
+    subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
+    # shard dir -> named test subset (a reader's ``options.subsets``) -> its keys; none in shards written without
 
     @property
     def num_samples(self) -> int:
@@ -55,7 +57,7 @@ class Split:
 
 def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
-    shards, hist, hashes = [], Counter(), {}
+    shards, hist, hashes, subsets = [], Counter(), {}, {}
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -65,15 +67,8 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         shards += [(str(info_path.parent / s["name"]), int(s["count"])) for s in info["shards"]]
         hist.update(info["class_histogram"])
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
-    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes)
-
-
-def subset_keys(shard_dir: str | Path, split: str) -> dict[str, frozenset[str]]:
-    """The keys of each named test subset in ``split`` of ``shard_dir`` (a reader's
-    ``options.subsets``, listed by the shard stage in ``_info.json``; none in shards written
-    without subsets)."""
-    info = json.loads((Path(shard_dir) / split / INFO).read_text())
-    return {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
+        subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
+    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets)
 
 
 @dataclass(frozen=True)
@@ -113,10 +108,14 @@ class SampleDecoder:
             out["lmk"] = (lmk + 0.5) * (side / src) - 0.5          # pixel-centre convention
         return out
 
+    def collate(self, raw: Sequence[dict]) -> dict:
+        """A model's batch of ``raw`` samples (a DataLoader ``collate_fn``; picklable with the decoder)."""
+        fields, keys = decode_batch(self, raw)
+        return assemble(fields, {"key": keys})
+
     def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Per-sample shape and dtype of each batch field of this decoder's samples (what
-        :func:`decode_batch` fills and :func:`stack_fields` makes; the loader's shared buffers
-        are made from it)."""
+        :func:`decode_batch` fills; the loader's shared buffers are made from it)."""
         side = self.side
         shapes = {"image": (side, side, 3), "left": (side, side // 2, 3), "right": (side, side // 2, 3),
                   "heatmap": (side // 4, side // 4), "lmk": (LANDMARKS, 2)}
@@ -168,33 +167,12 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def collate(samples: list[dict]) -> dict:
-    """Stack decoded samples: uint8 NCHW images, (B, 1, h, w) heatmaps, float landmarks."""
-    return assemble(stack_fields(samples), {"key": [s["key"] for s in samples]})
-
-
-def stack_fields(samples: list[dict], empty: Callable[..., torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Each tensor field of ``samples`` stacked into ``empty(name, shape, dtype)`` (default: a new
-    tensor; loader workers pass their shared ring buffers, :mod:`fermodels.batchring`)."""
-    empty = empty or _new_tensor
-    n, first = len(samples), samples[0]
-    label = empty("label", (n,), torch.int64)
-    label.numpy()[:] = [s["label"] for s in samples]
-    out = {"label": label}
-    for name in FIELDS:
-        if name in first:
-            arr = first[name]
-            out[name] = empty(name, (n, *arr.shape), _TORCH_DTYPES[arr.dtype])
-            np.stack([s[name] for s in samples], out=out[name].numpy())
-    return out
-
-
 def decode_batch(decoder: SampleDecoder, raw: Sequence[dict],
                  empty: Callable[..., torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``raw`` samples decoded straight into batch tensors made by ``empty(name, shape, dtype)``
     (default: new tensors; loader workers pass their ring buffers) in ``decoder.layout()``, and
     their keys. Each sample is copied in while its pixels are still in the cache, instead of a
-    list of decoded samples being stacked afterwards (what :func:`stack_fields` does)."""
+    list of decoded samples being stacked afterwards."""
     empty = empty or _new_tensor
     out = {name: empty(name, (len(raw), *shape), dtype) for name, (shape, dtype) in decoder.layout().items()}
     views = [(name, t.numpy()) for name, t in out.items()]
@@ -220,7 +198,6 @@ def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:
 
 FIELDS = ("image", "left", "right", "heatmap", "lmk")
 IMAGES = ("image", "left", "right")
-_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.float32): torch.float32}
 
 
 def _new_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
 from fermodels.augment import hflip_batch
-from fermodels.data import normalise, open_split, split_decoder, subset_keys, to_device
+from fermodels.data import Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
 from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
@@ -139,8 +139,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     device = pick_device(params.device, env_from_os())
     model = model_from_checkpoint(state).to(device)
     card, classes = model.card, tuple(state["classes"])
-    decoder = split_decoder(card, open_split(dirs, params.split), device)
-    dataset = IndexedSplit(dirs, params.split, decoder, len(classes))
+    split = open_split(dirs, params.split)
+    dataset = IndexedSplit(dirs, params.split, split_decoder(card, split, device), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
                          f"{len(classes)}-class model can be scored on")
@@ -160,7 +160,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         metrics["per_dataset"] = {name: metrics_from_confusion(
             confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes)
             for i, name in enumerate(names)}
-    subsets = per_subset(dataset, dirs, names, params.split, labels, preds, classes)
+    subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:
         metrics["per_subset"] = subsets
     if params.batch_check:
@@ -179,17 +179,17 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     return metrics
 
 
-def per_subset(dataset: IndexedSplit, dirs: Sequence[Path], names: Sequence[str], split: str,
-               labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
+def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,
+               preds: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
     """Metrics of each named test subset (a reader's ``options.subsets``: RAF-DB/FERPlus occlusion,
     pose > 30 / 45 degrees), over its members the model can be scored on; named ``<dataset>/<subset>``
     when several datasets are evaluated together. ``labels``/``preds`` are in ``dataset`` order."""
     keys, which = np.asarray(dataset.keys), np.asarray(dataset.dataset_index)
     out = {}
-    for i, (shard_dir, name) in enumerate(zip(dirs, names)):
-        for subset, members in sorted(subset_keys(shard_dir, split).items()):
+    for i, (shard_dir, name) in enumerate(zip(split.dirs, names)):
+        for subset, members in sorted(split.subsets[shard_dir].items()):
             mask = (which == i) & np.isin(keys, sorted(members))
             if mask.any():
-                out[subset if len(dirs) == 1 else f"{name}/{subset}"] = metrics_from_confusion(
+                out[subset if len(split.dirs) == 1 else f"{name}/{subset}"] = metrics_from_confusion(
                     confusion_matrix(labels[mask], preds[mask], len(classes)), classes)
     return out

@@ -1,5 +1,6 @@
 """Random access for evaluation: samples read by tar offset (:class:`IndexedSplit`), so any order
 can be asked for: file order, shuffled, class-sorted (the batch-composition check) or one rank's share.
+Batches are decoded as the training stream decodes them (:meth:`SampleDecoder.collate`).
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
 from ferdata.stages.shard import INFO, index_chunks
-from fermodels.data import SampleDecoder, collate
+from fermodels.data import SampleDecoder
 
 
 class IndexedSplit(Dataset):
-    """Samples of one split of one or more shard dirs, read by tar offset (``os.pread``)."""
+    """Raw samples (the members ``decoder`` reads) of one split of one or more shard dirs, read by
+    tar offset (``os.pread``); :func:`indexed_loader` decodes them a batch at a time."""
 
     def __init__(self, shard_dirs: Sequence[str | Path], split: str, decoder: SampleDecoder,
                  num_classes: int) -> None:
@@ -46,8 +48,7 @@ class IndexedSplit(Dataset):
         return len(self.keys)
 
     def __getitem__(self, i: int) -> dict:
-        raw = {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
-        return self.decoder(raw)
+        return {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
 
 
 _FDS: dict[tuple[int, str], int] = {}
@@ -67,5 +68,5 @@ def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int,
     """Batches of ``dataset`` in exactly ``order`` (a list of indices); ``persistent``: the workers
     serve every pass over it (the trainer's validation each epoch) instead of a fork per pass."""
     return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                      collate_fn=dataset.decoder.collate, pin_memory=torch.cuda.is_available(),
                       persistent_workers=persistent and workers > 0)

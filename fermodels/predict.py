@@ -28,7 +28,7 @@ from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, checked_points, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
-from fermodels.data import SampleDecoder, collate, normalise, to_device, travel_side
+from fermodels.data import SampleDecoder, normalise, to_device, travel_side
 from fermodels.distributed import env_from_os, pick_device
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
@@ -108,7 +108,7 @@ class Predictor:
         """(len(faces), num_classes) class probabilities."""
         if not faces:
             return np.zeros((0, len(self.classes)), np.float32)
-        batch = collate([self.decoder({"__key__": f"face{i}", **f.fields}) for i, f in enumerate(faces)])
+        batch = self.decoder.collate([{"__key__": f"face{i}", **f.fields} for i, f in enumerate(faces)])
         b = normalise(to_device(batch, self.device, self.card.input_size), self.card)
         p = self.model(b)["logits"].float().softmax(-1)
         if self.flip_tta:

@@ -11,11 +11,17 @@ import torch
 
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing
-from fermodels.data import SampleDecoder, decode_batch, open_split, stack_fields
+from fermodels.data import SampleDecoder, decode_batch, open_split
 from fermodels.distributed import DistEnv, plan_epoch
 from fermodels.stream import RING_DEPTH, stream_loader
 
 FIELD_SETS = [("image",), ("image", "left", "right"), ("image", "heatmap"), ("image", "lmk")]
+
+
+def _stacked(samples: list[dict]) -> dict[str, torch.Tensor]:
+    """The reference batch: each field of decoded ``samples`` stacked with numpy."""
+    out = {"label": torch.tensor([s["label"] for s in samples], dtype=torch.int64)}
+    return out | {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in samples[0] if k not in ("label", "key")}
 
 
 def _raw_samples(split) -> dict[str, dict]:
@@ -28,7 +34,7 @@ def test_decoder_layout_is_what_it_makes(tiny_shards, fields):
     decoder's real output for every field set (a mismatch would be refused by the ring)."""
     decoder = SampleDecoder(fields, 112)
     raw = next(iter(_raw_samples(open_split([tiny_shards], "train")).values()))
-    stacked = stack_fields([decoder(raw)] * 3)
+    stacked = _stacked([decoder(raw)] * 3)
     assert {k: (tuple(v.shape[1:]), v.dtype) for k, v in stacked.items()} == decoder.layout()
 
 
@@ -38,7 +44,7 @@ def test_decode_batch_equals_stacking_decoded_samples(tiny_shards, fields):
     decoded samples gives, from just the members the decoder says it reads."""
     decoder = SampleDecoder(fields, 112, wire=56)
     raw = list(_raw_samples(open_split([tiny_shards], "train")).values())[:5]
-    want = stack_fields([decoder(s) for s in raw])
+    want = _stacked([decoder(s) for s in raw])
     only = [{e: v for e, v in s.items() if e in decoder.members or e == "__key__"} for s in raw]
     fields_new, keys = decode_batch(decoder, only)
     buffers = {name: torch.full((8, *shape), 7, dtype=dtype) for name, (shape, dtype) in decoder.layout().items()}
@@ -127,8 +133,9 @@ def test_release_all_lets_a_waiting_worker_go():
 def test_receive_copies_out_and_releases():
     ring = _ring(depth=2)
     empty = ring.acquire(0, 1)
-    fields = stack_fields([{"label": k, "key": str(k), "image": np.full((4, 4, 3), k, np.uint8)} for k in (3, 7)],
-                          empty)
+    fields = {"label": empty("label", (2,), torch.int64), "image": empty("image", (2, 4, 4, 3), torch.uint8)}
+    for i, k in enumerate((3, 7)):
+        fields["label"][i], fields["image"][i] = k, k
     own = ring.receive(BatchRing.message(0, 1, 2, {"key": ["3", "7"]}), pin=False)
     assert int(ring.released[0]) == 2
     fields["image"].fill_(0)                                   # the worker reuses the buffer

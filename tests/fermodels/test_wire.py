@@ -7,7 +7,7 @@ import torch
 
 from ferdata.io import read_header
 from ferdata.tario import iter_tar_samples
-from fermodels.data import SampleDecoder, collate, open_split, resize_batch, stored_side, to_device, travel_side
+from fermodels.data import SampleDecoder, open_split, resize_batch, stored_side, to_device, travel_side
 
 CPU = torch.device("cpu")
 ALL = ("image", "left", "right", "heatmap", "lmk")
@@ -37,9 +37,9 @@ def test_batches_travel_at_the_stored_side_on_an_accelerator_and_resized_on_a_cp
 def test_device_upscale_matches_the_cpu_resize(tiny_shards, size):
     split = open_split([tiny_shards], "train")
     raw = _raw(split)
-    on_cpu = to_device(collate([SampleDecoder(ALL, size)(s) for s in raw]), CPU)
+    on_cpu = to_device(SampleDecoder(ALL, size).collate(raw), CPU)
     wire = SampleDecoder(ALL, size, wire=travel_side(size, stored_side(split), GPU))
-    travelled = collate([wire(s) for s in raw])
+    travelled = wire.collate(raw)
     assert travelled["image"].shape[-1] == 112 and travelled["left"].shape[-2:] == (112, 56)
     on_device = to_device(travelled, CPU, size)
     for name in ("image", "left", "right", "heatmap"):
@@ -72,7 +72,7 @@ def test_on_a_gpu_the_batch_arrives_as_on_the_cpu(tiny_shards, size):
     split = open_split([tiny_shards], "train")
     card = create_model("resnet18_112" if size == 112 else "resnet18").card
     wire = SampleDecoder(ALL, size, wire=travel_side(size, stored_side(split), GPU))
-    batch = collate([wire(s) for s in _raw(split)])
+    batch = wire.collate(_raw(split))
     aug = AugmentParams(hflip=0.5, affine_p=0.0, degrees=0.0, translate=0.0, scale_min=1.0, scale_max=1.0,
                         erase_p=0.0, erase_scale_min=0.02, erase_scale_max=0.15)
     fill = torch.tensor(card.mean) * 255.0
