@@ -34,6 +34,7 @@ from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 
 log = logging.getLogger(__name__)
 SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+SPLITS_READ = ("train", "val")     # of every training dataset; the test split is the evaluator's
 FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
 
 
@@ -166,7 +167,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
         raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
     torch.manual_seed(params.seed)
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
-    train_split, val_split = open_split(dirs, "train"), open_split(dirs, "val")
+    train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
     _check_classes(train_split, val_split, params.num_classes)
     decoder = split_decoder(net.card, train_split, device)
     samples = params.epoch_samples or train_split.num_samples

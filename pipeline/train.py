@@ -1,16 +1,16 @@
-"""Stage `train`.  Usage: python -m pipeline.train DATA_DIR CKPT_DIR LIVE_DIR
+"""Stage `train`.  Usage: python -m pipeline.train SELECTION CKPT_DIR LIVE_DIR
 
-Applies ``train.recipe`` (if any), then trains on ``DATA_DIR/<name>/shards`` of every
-``train.datasets`` entry; the align/derive settings go into the checkpoints for inference.
+Applies ``train.recipe`` (if any), then trains on the shards of every ``train.datasets`` entry as
+pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive settings go into the
+checkpoints for inference.
 """
 from ferdata.params import section
-from ferdata.prepare import stage_dirs
+from ferdata.selection import read_selection
 from fermodels.predict import preprocess_record
 from fermodels.recipes import apply_recipe
-from fermodels.train import TrainParams, train
+from fermodels.train import SPLITS_READ, TrainParams, train
 from pipeline._args import setup
 
-params, (data_dir, ckpt, live) = setup()
+params, (selection, ckpt, live) = setup()
 train_params = section(TrainParams, apply_recipe(params["train"]), "train")
-shards = [stage_dirs(data_dir, name)["shards"] for name in train_params.datasets]
-train(shards, train_params, ckpt, live, preprocess_record(params))
+train(read_selection(selection, train_params.datasets, SPLITS_READ), train_params, ckpt, live, preprocess_record(params))

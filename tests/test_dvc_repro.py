@@ -1,5 +1,6 @@
-"""`dvc repro` end to end in a temporary clone: runs, is a no-op when repeated, and a
-param change re-runs only the stages that read it. Slow (minutes): `pytest -m slow`."""
+"""`dvc repro` end to end in a temporary clone: runs, is a no-op when repeated, preparing another
+dataset re-runs neither training nor evaluation, and a param change re-runs only the stages that
+read it. Slow (minutes): `pytest -m slow`."""
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def test_dvc_repro_in_clone(tmp_path):
     dvc = [sys.executable, "-m", "dvc"]
 
     first = run(dvc + ["repro"], clone)
-    assert {"sample", "detect@sample", "align@sample", "derive@sample", "shard@sample", "train",
+    assert {"sample", "detect@sample", "align@sample", "derive@sample", "shard@sample", "select", "train",
             "evaluate"} <= stages_run(first)
     metrics = json.loads((clone / "runs/eval/metrics.json").read_text())
     chance = 1.0 / len([c for c in metrics["per_class"].values() if c["support"] > 0])
@@ -50,6 +51,12 @@ def test_dvc_repro_in_clone(tmp_path):
     assert stages_run(second) == set(), second
 
     params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["datasets"]["again"] = dict(params["datasets"]["sample"])     # another dataset, not trained on
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = stages_run(run(dvc + ["repro"], clone))
+    assert {"detect@again", "shard@again", "select"} <= third
+    assert not third & {"train", "evaluate"}, third
+
     params["derive"]["heatmap_sigma"] = params["derive"]["heatmap_sigma"] * 1.5
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dry = run(dvc + ["repro", "--dry"], clone)

@@ -137,7 +137,7 @@ def test_bad_split_is_refused(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_stage_scripts_train_and_evaluate(tiny_shards, tmp_path):
-    """pipeline/train.py and pipeline/evaluate.py as dvc runs them (cwd with params.yaml and data/)."""
+    """pipeline/select.py, train.py and evaluate.py as dvc runs them (cwd with params.yaml and data/)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
                            shuffle_buffer=8)
@@ -146,7 +146,8 @@ def test_stage_scripts_train_and_evaluate(tiny_shards, tmp_path):
     (tmp_path / "data" / "tiny").mkdir(parents=True)
     (tmp_path / "data" / "tiny" / "shards").symlink_to(tiny_shards)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    for cmd in (["pipeline.train", "data", "ckpt", "live"], ["pipeline.evaluate", "ckpt/best.pt", "data", "eval"]):
+    for cmd in (["pipeline.select", "data", "sel"], ["pipeline.train", "sel/train.json", "ckpt", "live"],
+                ["pipeline.evaluate", "ckpt/best.pt", "sel/evaluate.json", "eval"]):
         subprocess.run([sys.executable, "-m", *cmd], cwd=tmp_path, env=env, check=True, capture_output=True)
     state = load_checkpoint(tmp_path / "ckpt" / "best.pt")
     assert state["preprocess"]["derive"]["heatmap_size"] == params["derive"]["heatmap_size"]

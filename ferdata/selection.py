@@ -1,0 +1,83 @@
+"""The prepared data one run reads, pinned by content in a small JSON file that DVC can depend on.
+
+DVC cannot turn a list param (``train.datasets``) into a stage's deps, so without this the train and
+evaluate stages would depend on all of ``data/`` and re-run whenever any dataset is prepared. The
+``select`` stage depends on ``data/`` instead and writes, for each consumer, which shard dirs and
+splits it reads and the sha256 of each of those splits' ``_info.json`` (which itself lists every
+shard's sha256, count and class histogram). The file changes exactly when the data that consumer
+reads changes, and the consumer depends on that file alone; before reading, the consumer checks
+that the shards on disk still are the ones pinned (:func:`read_selection`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ferdata.atomic import atomic_write_text
+from ferdata.prepare import stage_dirs
+from ferdata.stages.shard import INFO
+
+VERSION = 1
+
+
+class SelectionError(RuntimeError):
+    """The pinned selection and the params or the shards on disk disagree."""
+
+
+def split_digest(shards_dir: str | Path, split: str) -> str:
+    """sha256 of ``<shards_dir>/<split>/_info.json`` (the split's shards by their own sha256)."""
+    path = Path(shards_dir) / split / INFO
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: prepare the dataset first "
+                                f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def selection(data_dir: str | Path, names: Sequence[str], splits: Sequence[str]) -> dict:
+    """What a run reading ``splits`` of the prepared datasets ``names`` under ``data_dir`` reads."""
+    if not names:
+        raise SelectionError("no datasets selected")
+    datasets = {}
+    for name in names:
+        shards = stage_dirs(data_dir, name)["shards"]
+        datasets[name] = {"shards": shards.as_posix(), "splits": {s: split_digest(shards, s) for s in splits}}
+    return {"version": VERSION, "datasets": datasets}
+
+
+def write_selection(path: str | Path, data_dir: str | Path, names: Sequence[str], splits: Sequence[str]) -> dict:
+    """Write :func:`selection` as JSON (stable bytes: the file's hash is what DVC compares)."""
+    chosen = selection(data_dir, names, splits)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(chosen, indent=2, sort_keys=True) + "\n")
+    return chosen
+
+
+def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]) -> list[Path]:
+    """The shard dirs of ``names`` pinned in the selection file ``path``, in ``names`` order, after
+    checking that it pins exactly ``splits`` of exactly ``names`` and that every pinned split's
+    ``_info.json`` is unchanged on disk; :class:`SelectionError` says what differs and what to run."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelectionError(f"{path} not found: run the `select` stage (`dvc repro select`)")
+    chosen = json.loads(path.read_text())
+    if chosen.get("version") != VERSION:
+        raise SelectionError(f"{path} has version {chosen.get('version')!r}, expected {VERSION}: "
+                             f"run `dvc repro select`")
+    pinned = chosen["datasets"]
+    if sorted(pinned) != sorted(names):
+        raise SelectionError(f"{path} selects {sorted(pinned)} but the params ask for {sorted(names)}: "
+                             f"run `dvc repro select` (or `dvc repro`)")
+    dirs = []
+    for name in names:
+        shards = Path(pinned[name]["shards"])
+        if sorted(pinned[name]["splits"]) != sorted(splits):
+            raise SelectionError(f"{path} pins the {sorted(pinned[name]['splits'])} splits of {name} but "
+                                 f"{sorted(splits)} are read: run `dvc repro select` (or `dvc repro`)")
+        stale = [s for s, digest in pinned[name]["splits"].items() if split_digest(shards, s) != digest]
+        if stale:
+            raise SelectionError(f"{shards} ({', '.join(stale)}) changed since {path} was written: "
+                                 f"run `dvc repro` so that the stages reading it run again")
+        dirs.append(shards)
+    return dirs

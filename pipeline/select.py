@@ -1,0 +1,19 @@
+"""Stage `select`.  Usage: python -m pipeline.select DATA_DIR OUT_DIR
+
+Pins the prepared data each later stage reads (:mod:`ferdata.selection`): ``OUT_DIR/train.json``
+the train and val splits of ``train.datasets`` (after ``train.recipe``), ``OUT_DIR/evaluate.json``
+the ``evaluate.split`` of ``evaluate.dataset`` (null: the training datasets). Train and evaluate
+depend on these files instead of all of ``data/``, so preparing another dataset re-runs neither.
+"""
+from pathlib import Path
+
+from ferdata.selection import write_selection
+from fermodels.recipes import apply_recipe
+from fermodels.train import SPLITS_READ
+from pipeline._args import setup
+
+params, (data_dir, out) = setup()
+trained_on = apply_recipe(params["train"])["datasets"]
+write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
+tested_on = [params["evaluate"]["dataset"]] if params["evaluate"]["dataset"] else trained_on
+write_selection(Path(out) / "evaluate.json", data_dir, tested_on, (params["evaluate"]["split"],))

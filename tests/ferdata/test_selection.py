@@ -1,0 +1,71 @@
+"""The `select` stage's pinned selection: its bytes change exactly when the data its consumer reads
+changes, and a consumer refuses shards that changed after it was written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ferdata.selection import SelectionError, read_selection, write_selection
+
+TRAIN = ("train", "val")
+
+
+def _prepare(data: Path, name: str, count: int = 3) -> Path:
+    """A prepared dataset as far as the selection sees it: one ``_info.json`` per split."""
+    shards = data / name / "shards"
+    for split in ("train", "val", "test"):
+        (shards / split).mkdir(parents=True, exist_ok=True)
+        info = {"split": split, "shards": [{"name": f"{split}-000000.tar", "count": count, "sha256": f"{name}{split}"}]}
+        (shards / split / "_info.json").write_text(json.dumps(info))
+    return shards
+
+
+def test_round_trip_gives_the_shard_dirs_in_params_order(tmp_path):
+    a, b = _prepare(tmp_path / "data", "a"), _prepare(tmp_path / "data", "b")
+    write_selection(tmp_path / "train.json", tmp_path / "data", ["b", "a"], TRAIN)
+    assert read_selection(tmp_path / "train.json", ["b", "a"], TRAIN) == [b, a]
+
+
+def test_preparing_or_changing_another_dataset_leaves_the_file_unchanged(tmp_path):
+    data = tmp_path / "data"
+    _prepare(data, "a")
+    write_selection(tmp_path / "train.json", data, ["a"], TRAIN)
+    before = (tmp_path / "train.json").read_bytes()
+    _prepare(data, "b")                                            # another dataset prepared
+    _prepare(data, "a")                                            # the same shards written again
+    info = data / "a" / "shards" / "test" / "_info.json"          # a split training does not read
+    info.write_text(info.read_text().replace('"count": 3', '"count": 4'))
+    write_selection(tmp_path / "train.json", data, ["a"], TRAIN)
+    assert (tmp_path / "train.json").read_bytes() == before
+    _prepare(data, "a", count=5)                                   # the data training reads changed
+    write_selection(tmp_path / "train.json", data, ["a"], TRAIN)
+    assert (tmp_path / "train.json").read_bytes() != before
+
+
+def test_shards_changed_after_the_selection_are_refused(tmp_path):
+    data = tmp_path / "data"
+    _prepare(data, "a")
+    write_selection(tmp_path / "train.json", data, ["a"], TRAIN)
+    _prepare(data, "a", count=5)
+    with pytest.raises(SelectionError, match=r"shards \(train, val\) changed since .*dvc repro"):
+        read_selection(tmp_path / "train.json", ["a"], TRAIN)
+
+
+@pytest.mark.parametrize("names,splits,match", [(["a", "b"], TRAIN, r"selects \['a'\] but the params ask for"),
+                                                (["a"], ("test",), r"pins the \['train', 'val'\] splits of a")])
+def test_a_selection_for_other_params_is_refused(tmp_path, names, splits, match):
+    _prepare(tmp_path / "data", "a")
+    write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
+    with pytest.raises(SelectionError, match=match):
+        read_selection(tmp_path / "train.json", names, splits)
+
+
+def test_missing_inputs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data/a/shards/train/_info.json not found: prepare"):
+        write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
+    with pytest.raises(SelectionError, match=r"train.json not found: run the `select` stage"):
+        read_selection(tmp_path / "train.json", ["a"], TRAIN)
+    with pytest.raises(SelectionError, match="no datasets"):
+        write_selection(tmp_path / "train.json", tmp_path / "data", [], TRAIN)
