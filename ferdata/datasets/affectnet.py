@@ -9,7 +9,14 @@ Re-packaged "March 2021" / "4 GB" (``layout: npy``): ``train_set|val_set/images/
 + ``annotations/<i>_exp.npy, <i>_val.npy, <i>_aro.npy, <i>_lnd.npy``. Images are
 face crops, so there is no box; ``_lnd`` holds 136 landmark values (verified here).
 
-In both, labels 8-10 (None, Uncertain, No-Face) are dropped and counted, protocol
+With ``automatic: true`` (official layout only) the automatically annotated images are added to
+the training split: ``Automatically_Annotated_Images/<dir>/<file>.jpg`` (at the root or in
+``Automatically_Annotated/``) listed by ``automatically_annotated.csv`` (same columns; at the root,
+in ``Automatically_Annotated_file_lists/`` or in ``Automatically_Annotated/``), keyed
+``train_auto_<dir>_<file>`` and marked ``extra["annotation"] = "automatic"``. Their labels come
+from a classifier (noisy), so they never enter the test split.
+
+In all, labels 8-10 (None, Uncertain, No-Face) are dropped and counted, protocol
 ``affectnet7`` also drops 7 (Contempt), valence/arousal go to ``record.extra`` and
 the official validation set is the test set (there are no public test labels).
 """
@@ -33,6 +40,10 @@ COLUMNS = (
 IMAGES = "Manually_Annotated_Images"
 LISTS = {"train": "training.csv", "test": "validation.csv"}
 LIST_DIRS = ("Manually_Annotated_file_lists", ".")
+AUTO_IMAGES = "Automatically_Annotated_Images"
+AUTO_LIST = "automatically_annotated.csv"
+AUTO_LIST_DIRS = ("Automatically_Annotated_file_lists", "Automatically_Annotated", ".")
+AUTO_IMAGE_DIRS = (".", "Automatically_Annotated")
 NPY_SPLITS = {"train": "train_set", "test": "val_set"}
 PROTOCOLS = {"affectnet7": 7, "affectnet8": 8}
 LAYOUTS = ("auto", "csv", "npy")
@@ -75,14 +86,19 @@ class AffectNetReader(DatasetReader):
         "(at the root or in Manually_Annotated_file_lists/), "
         "or train_set|val_set/{images/<i>.jpg, annotations/<i>_exp.npy}"
     )
-    option_defaults = {"protocol": "affectnet8", "layout": "auto"}
+    option_defaults = {"protocol": "affectnet8", "layout": "auto", "automatic": False}
     subset_pattern = AFFECTNET_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         num_classes = PROTOCOLS.get(self.options["protocol"])
         if num_classes is None:
             raise ValueError(f"affectnet: protocol must be affectnet7 or affectnet8, got {self.options['protocol']!r}")
+        if self.options["automatic"] not in (True, False):
+            raise ValueError(f"affectnet: automatic must be true or false, got {self.options['automatic']!r}")
         if self._layout() == "npy":
+            if self.options["automatic"]:
+                raise ValueError("affectnet: options.automatic needs the official layout: the re-packaged npy "
+                                 "layout holds no automatically annotated images")
             if self.options["subsets"]:
                 raise ValueError("affectnet: options.subsets needs the official layout: subset lists name images "
                                  "by their hash file names, which the re-packaged npy layout replaced by numbers")
@@ -90,7 +106,10 @@ class AffectNetReader(DatasetReader):
                 yield from self._read_npy(self.root / folder, split, num_classes)
         else:
             for split, csv_path in self._lists().items():
-                yield from self._read_csv(csv_path, split, num_classes)
+                yield from self._read_csv(csv_path, split, num_classes, self.root / IMAGES)
+            if self.options["automatic"]:
+                csv_path, images = self._automatic()
+                yield from self._read_csv(csv_path, "train", num_classes, images, automatic=True)
 
     def subset_id(self, record: FaceRecord) -> str:
         """Subset lists name AffectNet images by their (hash) file name."""
@@ -124,18 +143,31 @@ class AffectNetReader(DatasetReader):
             )
         return found
 
-    def _read_csv(self, csv_path: Path, split: str, num_classes: int) -> Iterator[FaceRecord | Dropped]:
+    def _automatic(self) -> tuple[Path, Path]:
+        """The automatically annotated list and image folder."""
+        csv_path = next((p for p in (self.root / d / AUTO_LIST for d in AUTO_LIST_DIRS) if p.is_file()), None)
+        images = next((p for p in (self.root / d / AUTO_IMAGES for d in AUTO_IMAGE_DIRS) if p.is_dir()), None)
+        if csv_path is None or images is None:
+            raise DatasetLayoutError(self.name, self.root, [
+                f"options.automatic: {AUTO_IMAGES}/ (or Automatically_Annotated/{AUTO_IMAGES}/)",
+                f"{AUTO_LIST} (at the root, in Automatically_Annotated_file_lists/ or Automatically_Annotated/)"])
+        return csv_path, images
+
+    def _read_csv(self, csv_path: Path, split: str, num_classes: int, images: Path,
+                  automatic: bool = False) -> Iterator[FaceRecord | Dropped]:
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = tuple(h.strip() for h in next(reader, ()))
             if header != COLUMNS:
                 raise ValueError(f"{csv_path}: header {header} is not AffectNet's {COLUMNS}")
             for lineno, row in enumerate(reader, start=2):
-                yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}")
+                yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}", images, automatic)
 
-    def _parse(self, row: list[str], split: str, num_classes: int, where: str) -> FaceRecord | Dropped:
+    def _parse(self, row: list[str], split: str, num_classes: int, where: str, images: Path,
+               automatic: bool) -> FaceRecord | Dropped:
         rel = row[0].strip() if row else ""
-        key = make_key(split, Path(rel).with_suffix("").as_posix().replace("/", "_")) or where
+        name = Path(rel).with_suffix("").as_posix().replace("/", "_")
+        key = make_key(split, f"auto_{name}" if automatic else name) or where
         if len(row) != len(COLUMNS):
             return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns")
         try:
@@ -152,10 +184,10 @@ class AffectNetReader(DatasetReader):
             return Dropped(self.name, key, "bad_landmarks", f"{where}: box or 136 landmarks unreadable")
         if not (np.isfinite(lmk).all() and np.isfinite([x, y, w, h]).all()):
             return Dropped(self.name, key, "bad_landmarks", f"{where}: box or landmarks not finite")
-        path = self.root / IMAGES / rel
+        path = images / rel
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))
-        extra = {}
+        extra: dict = {"annotation": "automatic"} if automatic else {}
         for name, v in (("valence", row[7]), ("arousal", row[8])):
             try:
                 extra[name] = float(v)

@@ -95,6 +95,20 @@ def make_affectnet_csv(root: Path) -> Path:
     return root
 
 
+def make_affectnet_automatic(root: Path, nested: bool = False) -> Path:
+    """The automatically annotated part beside an official layout: automatically_annotated.csv
+    (root/Automatically_Annotated_file_lists/, or with ``nested`` all under Automatically_Annotated/):
+    1/img0.jpg expr 2 (the same relative path as a manual image) | 4/a1.jpg expr 8 | 4/a2.jpg expr 1 (no file)."""
+    base = root / "Automatically_Annotated" if nested else root
+    write_image(base / "Automatically_Annotated_Images" / "1" / "img0.jpg", value=60)
+    write_image(base / "Automatically_Annotated_Images" / "4" / "a1.jpg")
+    lmk = landmarks68(3.0)
+    rows = [_affectnet_row("1/img0.jpg", 2, lmk), _affectnet_row("4/a1.jpg", 8, lmk), _affectnet_row("4/a2.jpg", 1, lmk)]
+    lists = base if nested else root / "Automatically_Annotated_file_lists"
+    write_text(lists / "automatically_annotated.csv", "\n".join([AFFECTNET_HEADER, *rows]) + "\n")
+    return root
+
+
 def make_affectnet_npy(root: Path) -> Path:
     """Re-packaged "March 2021" layout (train_set|val_set/images + annotations/*.npy).
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from ferdata.datasets import DatasetLayoutError
-from tests.ferdata.fixtures_datasets import (AFFECTNET_HEADER, _affectnet_row, landmarks68, make_affectnet_csv,
-                                            make_affectnet_npy, read_all, write_image, write_text)
+from tests.ferdata.fixtures_datasets import (AFFECTNET_HEADER, _affectnet_row, landmarks68, make_affectnet_automatic,
+                                            make_affectnet_csv, make_affectnet_npy, read_all, write_image, write_text)
 
 # AffectNet ids are the canonical ids: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt
 
@@ -35,6 +35,35 @@ def test_csv_layout_affectnet7_drops_contempt(tmp_path):
     records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet7"})
     assert sorted(records) == ["test_3_v0", "test_3_v1", "train_1_img0"]
     assert drops["label_contempt_excluded"] == 1
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_automatically_annotated_images_join_training_only_when_asked(tmp_path, nested):
+    make_affectnet_automatic(make_affectnet_csv(tmp_path), nested)
+    manual, _, _ = read_all("affectnet", tmp_path)
+    assert not any("auto" in k for k in manual)                    # off by default
+    records, drops, items = read_all("affectnet", tmp_path, {"automatic": True})
+    auto = {k: r for k, r in records.items() if k not in manual}
+    assert {k: (r.split, r.label) for k, r in auto.items()} == {"train_auto_1_img0": ("train", 2)}
+    r = auto["train_auto_1_img0"]                                  # not the manual 1/img0.jpg
+    assert r.path.endswith("Automatically_Annotated_Images/1/img0.jpg") and r.path != records["train_1_img0"].path
+    assert r.extra == {"annotation": "automatic", "valence": 0.25, "arousal": -0.5}
+    np.testing.assert_allclose(r.landmarks, landmarks68(3.0), atol=1e-2)
+    assert records["train_1_img0"].extra == {"valence": 0.25, "arousal": -0.5}
+    reasons = {d.key: d.reason for d in items}
+    assert reasons["train_auto_4_a1"] == "label_none" and reasons["train_auto_4_a2"] == "missing_image"
+    assert drops["label_none"] == 2 and drops["missing_image"] == 2   # one manual, one automatic each
+
+
+def test_automatic_needs_its_files_and_the_official_layout(tmp_path):
+    make_affectnet_csv(tmp_path / "csv")
+    with pytest.raises(DatasetLayoutError, match="automatically_annotated.csv"):
+        read_all("affectnet", tmp_path / "csv", {"automatic": True})
+    with pytest.raises(ValueError, match="automatic must be true or false"):
+        read_all("affectnet", tmp_path / "csv", {"automatic": "yes"})
+    make_affectnet_npy(tmp_path / "npy")
+    with pytest.raises(ValueError, match="npy layout holds no automatically annotated"):
+        read_all("affectnet", tmp_path / "npy", {"automatic": True})
 
 
 def test_npy_layout_is_detected(tmp_path):
