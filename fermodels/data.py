@@ -33,15 +33,15 @@ LANDMARKS = 68
 
 @dataclass(frozen=True)
 class Split:
-    """One split of one or more prepared datasets, as their ``_info.json`` files describe it."""
+    """One split of one or more prepared datasets, as their ``_info.json`` files describe it
+    (``subsets``: the named test subsets of a reader's ``options.subsets``, listed by the shard stage)."""
 
     name: str
     dirs: tuple[str, ...]
     shards: tuple[tuple[str, int], ...]          # (tar path, sample count)
     histogram: dict[str, int]                   # canonical class name -> count
     hashes: dict[str, list[str]]                # shard dir -> sha256 of each shard
-    subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
-    # shard dir -> named test subset (a reader's ``options.subsets``) -> its keys; none in shards written without
+    subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # shard dir -> test subset -> keys
 
     @property
     def num_samples(self) -> int:

@@ -13,4 +13,5 @@ from pipeline._args import setup
 
 params, (selection, ckpt, live) = setup()
 train_params = section(TrainParams, apply_recipe(params["train"]), "train")
-train(read_selection(selection, train_params.datasets, SPLITS_READ), train_params, ckpt, live, preprocess_record(params))
+shards = read_selection(selection, train_params.datasets, SPLITS_READ)
+train(shards, train_params, ckpt, live, preprocess_record(params))

@@ -103,7 +103,7 @@ def make_affectnet_automatic(root: Path, nested: bool = False) -> Path:
     write_image(base / "Automatically_Annotated_Images" / "1" / "img0.jpg", value=60)
     write_image(base / "Automatically_Annotated_Images" / "4" / "a1.jpg")
     lmk = landmarks68(3.0)
-    rows = [_affectnet_row("1/img0.jpg", 2, lmk), _affectnet_row("4/a1.jpg", 8, lmk), _affectnet_row("4/a2.jpg", 1, lmk)]
+    rows = [_affectnet_row(rel, expression, lmk) for rel, expression in (("1/img0.jpg", 2), ("4/a1.jpg", 8), ("4/a2.jpg", 1))]
     lists = base if nested else root / "Automatically_Annotated_file_lists"
     write_text(lists / "automatically_annotated.csv", "\n".join([AFFECTNET_HEADER, *rows]) + "\n")
     return root
