@@ -4,8 +4,9 @@ Official splits are kept. Whatever the dataset does not provide is carved out of
 train (or unsplit) records by a hash of ``(seed, group)``, where the group is the
 subject when known (so one person never spans two splits: CK+ frames of a sequence
 are near-duplicates) or else the record key. A hash, not a shuffle, decides, so a
-record's split does not depend on record order or on which other records exist,
-and ``--part i/n`` runs agree with a full run. The result always has a validation
+record's split does not depend on record order or on which other records exist
+(records added to a dataset later leave every earlier record's split as it was; tested).
+The result always has a validation
 split separate from test: RAF-DB and AffectNet (train/test only) get val carved
 from train.
 
