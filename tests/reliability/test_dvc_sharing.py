@@ -1,6 +1,7 @@
 """Shards move between machines through a DVC remote: machine A prepares and pushes
 (outputs and run-cache), machine B clones and pulls, gets byte-identical shards that
-verify and train without re-running preprocessing; machine C, without A's ``dvc.lock``,
+verify, pins them with the `select` stage's command and trains on what it pinned, without
+re-running preprocessing; machine C, without A's ``dvc.lock``,
 restores every stage from the remote's run-cache (``dvc repro --pull``) instead of
 recomputing it.
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from ferdata.selection import read_selection
 from fermodels.runstate import LAST, load_checkpoint
-from fermodels.train import train
+from fermodels.train import SPLITS_READ, train
 from tests.reliability.corpus import REPO, tree_hashes
 from tests.reliability.test_training_resume import TINY, train_params, use_model
 
@@ -90,8 +92,15 @@ def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
     assert tree_hashes(b / SHARDS) == tree_hashes(a / SHARDS)
     assert "all shards match" in sh(b, sys.executable, "-m", "ferdata.cli", "verify", str(SHARDS))
     assert stages_run(dvc(b, "repro", "--allow-missing", "shard@tiny")) == set()   # nothing recomputed
+    params = yaml.safe_load((b / "params.yaml").read_text())
+    params["train"]["datasets"] = ["tiny"]
+    (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(b, sys.executable, "-m", "pipeline.select", "data", "runs/select")     # as docs/sharing.md says
+    monkeypatch.chdir(b)
+    shards = read_selection("runs/select/train.json", ["tiny"], SPLITS_READ)
+    assert shards == [SHARDS]
     use_model(TINY, monkeypatch.setattr)
-    train(b / SHARDS, train_params(epochs=1), b / "runs" / "ckpt", b / "runs" / "live")
+    train(shards, train_params(epochs=1), b / "runs" / "ckpt", b / "runs" / "live")
     assert load_checkpoint(b / "runs" / "ckpt" / LAST)["epoch"] == 0
 
     sh(tmp_path, "git", "clone", "-q", str(a), str(c))
