@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from ferdata.errors import run_cli
 from ferdata.show import show_command
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
@@ -131,5 +132,10 @@ def predict(
                f"{sum(1 for s in summary if s['faces'] == 0)} without a face", err=True)
 
 
+def main() -> None:
+    """The ``ferdata`` console script (:mod:`ferdata.errors`: bad input is one line, not a traceback)."""
+    run_cli(app)
+
+
 if __name__ == "__main__":
-    app()
+    main()

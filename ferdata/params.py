@@ -16,6 +16,9 @@ PARAMS_FILE = "params.yaml"
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: run from the project folder (the one with params.yaml) "
+                                f"or pass --params PATH")
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):

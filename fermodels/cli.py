@@ -5,6 +5,8 @@ from pathlib import Path
 
 import typer
 
+from ferdata.errors import run_cli
+from fermodels.checkpoints import PretrainedMismatchError
 from fermodels.info import model_info
 from fermodels.registry import create_model, list_models
 
@@ -59,5 +61,10 @@ def export(checkpoint: Path = typer.Argument(..., help="A training checkpoint (r
     export_command(checkpoint, out, onnx, torchscript)
 
 
+def main() -> None:
+    """The ``fermodels`` console script (:mod:`ferdata.errors`: bad input is one line, not a traceback)."""
+    run_cli(app, extra=(PretrainedMismatchError,))
+
+
 if __name__ == "__main__":
-    app()
+    main()

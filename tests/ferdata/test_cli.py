@@ -1,13 +1,21 @@
 """The `ferdata` command line: cheap to start (torch is imported only by the command that needs
-it) and every command, `predict` included, listed with its options."""
+it), every command, `predict` included, listed with its options, and bad input reported as one
+line (ferdata/errors.py)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
+from ferdata.errors import run_cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 COMMANDS = ("prepare", "datasets", "backends", "verify", "sample", "show", "predict")
 PREDICT_OPTIONS = ("--model", "-m", "--out", "-o", "--annotate", "--backend", "--model-dir", "--batch-size",
@@ -64,3 +72,44 @@ def test_datasets_lists_every_reader_and_the_common_options():
     common = res.output.splitlines()[-1]
     assert all(option in common for option in COMMON_OPTIONS)
     assert "affectnet, ferplus and rafdb only" in common
+
+
+def _ferdata(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ferdata.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+def test_bad_input_is_one_line_without_a_traceback(tmp_path):
+    """Run where no params.yaml is, then against an empty dataset folder: `error: ...` on stderr,
+    status 1; --verbose and FER_TRACEBACK=1 add the traceback."""
+    missing = _ferdata("prepare", "affectnet", "--root", str(tmp_path), cwd=tmp_path)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("error: params.yaml not found: run from the project folder"), missing.stderr
+    layout = _ferdata("prepare", "sample", "--root", str(tmp_path), "--out", str(tmp_path / "out"), cwd=REPO)
+    assert layout.returncode == 1 and "Traceback" not in layout.stderr
+    assert "error: affectnet:" in layout.stderr and "Manually_Annotated_Images/" in layout.stderr, layout.stderr
+    assert not (tmp_path / "out" / "sample" / "shards").exists()
+    for args, env in ((("-v",), None), ((), {"FER_TRACEBACK": "1"})):
+        shown = _ferdata("prepare", "affectnet", "--root", str(tmp_path), *args, cwd=tmp_path, env=env)
+        assert shown.returncode == 1 and "Traceback" in shown.stderr and "params.yaml not found" in shown.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_names_are_unquoted(capsys):
+    def bug():
+        raise TypeError("a bug")
+
+    with pytest.raises(TypeError):
+        run_cli(bug, argv=[])
+
+    def unknown():
+        raise KeyError("dataset 'x' is not in params.yaml datasets")
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(unknown, argv=[])
+    assert done.value.code == 1
+    assert capsys.readouterr().err.startswith("error: dataset 'x' is not in params.yaml datasets\n")
+
+
+def test_console_scripts_run_under_the_error_policy():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"ferdata": "ferdata.cli:main", "fermodels": "fermodels.cli:main"}

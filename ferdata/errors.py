@@ -1,0 +1,36 @@
+"""The command lines' error policy: bad input is one clear line, a bug keeps its traceback.
+
+A user's mistake or bad input - a missing file or model, a dataset laid out otherwise, an unknown
+name, a bad parameter value, shards that fail their checks - raises ``OSError``, ``ValueError``,
+``KeyError`` or one of their subclasses with a message that says what is wrong and how to fix it.
+The commands print that message as ``error: ...`` on stderr and exit with status 1;
+``FER_TRACEBACK=1`` (or ``--verbose``/``-v`` where a command has it) shows the traceback too. Any other exception is a bug and keeps
+its full traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+
+
+def message(err: BaseException) -> str:
+    """The error's own message (``KeyError`` would quote it), with its type when it has none."""
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
+    return str(text) or type(err).__name__
+
+
+def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = (),
+            argv: Sequence[str] | None = None) -> None:
+    """Run a typer ``app`` under the policy above; ``extra``: more exception types that mean bad input."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        app()
+    except (*USER_ERRORS, *extra) as err:
+        if os.environ.get("FER_TRACEBACK") == "1" or {"-v", "--verbose"} & set(argv):
+            raise
+        print(f"error: {message(err)}", file=sys.stderr)
+        print("(FER_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
