@@ -3,14 +3,15 @@
 A user's mistake or bad input - a missing file or model, a dataset laid out otherwise, an unknown
 name, a bad parameter value, shards that fail their checks - raises ``OSError``, ``ValueError``,
 ``KeyError`` or one of their subclasses with a message that says what is wrong and how to fix it.
-The commands print that message as ``error: ...`` on stderr and exit with status 1;
-``FER_TRACEBACK=1`` (or ``--verbose``/``-v`` where a command has it) shows the traceback too. Any other exception is a bug and keeps
-its full traceback.
+The commands and the DVC stage scripts print that message as ``error: ...`` on stderr and exit with
+status 1; ``FER_TRACEBACK=1`` (or ``--verbose``/``-v`` where a command has it) shows the traceback
+too. Any other exception is a bug and keeps its full traceback.
 """
 from __future__ import annotations
 
 import os
 import sys
+from types import TracebackType
 from typing import Callable, Sequence
 
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
@@ -29,8 +30,27 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
     try:
         app()
     except (*USER_ERRORS, *extra) as err:
-        if os.environ.get("FER_TRACEBACK") == "1" or {"-v", "--verbose"} & set(argv):
+        if _traceback_wanted(argv):
             raise
-        print(f"error: {message(err)}", file=sys.stderr)
-        print("(FER_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        _report(err)
         raise SystemExit(1) from None
+
+
+def install_excepthook() -> None:
+    """The same policy for a script that ends on an uncaught exception (the DVC stage scripts)."""
+    def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(kind, USER_ERRORS) and not _traceback_wanted(sys.argv[1:]):
+            _report(err)
+        else:
+            sys.__excepthook__(kind, err, tb)
+
+    sys.excepthook = hook
+
+
+def _traceback_wanted(argv: Sequence[str]) -> bool:
+    return os.environ.get("FER_TRACEBACK") == "1" or bool({"-v", "--verbose"} & set(argv))
+
+
+def _report(err: BaseException) -> None:
+    print(f"error: {message(err)}", file=sys.stderr)
+    print("(FER_TRACEBACK=1 shows the traceback)", file=sys.stderr)

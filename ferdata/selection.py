@@ -22,7 +22,7 @@ from ferdata.stages.shard import INFO
 VERSION = 1
 
 
-class SelectionError(RuntimeError):
+class SelectionError(ValueError):
     """The pinned selection and the params or the shards on disk disagree."""
 
 

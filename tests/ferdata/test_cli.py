@@ -113,3 +113,13 @@ def test_a_bug_keeps_its_traceback_and_names_are_unquoted(capsys):
 def test_console_scripts_run_under_the_error_policy():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"ferdata": "ferdata.cli:main", "fermodels": "fermodels.cli:main"}
+
+
+def test_stage_scripts_report_bad_input_in_one_line(tmp_path):
+    """A DVC stage script (pipeline/) ending on bad input: the same one line and status 1."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = subprocess.run([sys.executable, "-m", "pipeline.train", "runs/select/train.json", "ckpt", "live"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: runs/select/train.json not found: run the `select` stage" in proc.stderr
