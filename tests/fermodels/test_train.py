@@ -156,6 +156,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, t
     assert not (tmp_path / "c" / "last.pt").exists()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
+def test_training_on_cuda_with_amp_and_channels_last(tiny_shards, tmp_path):
+    """The trainer's GPU path end to end: bf16/fp16 autocast, channels_last, persistent loader workers
+    handing batches over through pinned memory, validation every epoch. The trained model then gives
+    the same logits on the GPU (fp32) as on the CPU."""
+    params = make_params(epochs=2, device="cuda", amp=True, channels_last=True, workers=2)
+    best = train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    state = load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert state["epoch"] == best["epoch"] and math.isfinite(best["accuracy"])
+    on_cpu = model_from_checkpoint(state)
+    on_gpu = model_from_checkpoint(state).cuda()
+    batch = first_batch(tiny_shards, on_cpu.card, batch_size=8)
+    with torch.no_grad():
+        want = on_cpu(normalise(to_device(batch, CPU), on_cpu.card))["logits"]
+        got = on_gpu(normalise(to_device(batch, torch.device("cuda")), on_gpu.card))["logits"].cpu()
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)       # cuDNN may convolve in TF32
+
+
 def test_classes_the_model_cannot_predict_are_refused(tiny8_shards, tmp_path):
     with pytest.raises(ValueError, match=r"num_classes 8 .*exclude_classes: \[Contempt\]"):
         train(tiny8_shards, make_params(epochs=1), tmp_path / "c", tmp_path / "l")
