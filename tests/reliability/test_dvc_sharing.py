@@ -56,7 +56,8 @@ def stages_run(output: str) -> set[str]:
 
 
 def make_machine_a(a: Path, raw: Path, remote: Path) -> None:
-    """A git + DVC project with this checkout's code, ``.dvcignore`` and a ``tiny`` dataset in ``raw/tiny``."""
+    """A git + DVC project with this checkout's code, ``.gitignore``, ``.dvcignore`` and a ``tiny``
+    dataset in ``raw/tiny``."""
     a.mkdir()
     for name in CODE:
         if (REPO / name).is_dir():
@@ -71,7 +72,7 @@ def make_machine_a(a: Path, raw: Path, remote: Path) -> None:
     params["derive"].update(workers=1)
     params["shard"].update(maxcount=8)
     (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (a / ".gitignore").write_text("/data/\n/runs/\n/.cache/\n__pycache__/\n")
+    shutil.copy2(REPO / ".gitignore", a / ".gitignore")          # the project's: run metrics are tracked
     sh(a, "git", "init", "-q")
     dvc(a, "init", "-q")
     shutil.copy2(REPO / ".dvcignore", a / ".dvcignore")
