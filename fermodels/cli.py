@@ -1,7 +1,9 @@
 """``fermodels`` command line: list the registered models and show one model's card and cost."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -59,6 +61,28 @@ def export(checkpoint: Path = typer.Argument(..., help="A training checkpoint (r
     from fermodels.export import export_command
 
     export_command(checkpoint, out, onnx, torchscript)
+
+
+@app.command()
+def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose experiments to read."),
+             repo: Path = typer.Option(Path("."), help="The project's git repository."),
+             out: Optional[Path] = typer.Option(None, help="Also write the summaries as JSON here.")) -> None:
+    """Summarise k-fold experiments (`dvc exp run --queue -S shard.fold=0,...,K-1`): per fold, mean, std, pooled."""
+    from fermodels.crossval import describe, read_experiments, summarise
+
+    runs, skipped = read_experiments(repo, rev)
+    for name, why in skipped.items():
+        typer.echo(f"skipped experiment {name}: {why}", err=True)
+    series = summarise(runs)
+    if not series:
+        raise ValueError(f"no cross-validation experiments of {rev} (of {len(runs)} with an evaluation): set "
+                         f"shard.folds in params.yaml, commit, then `dvc exp run --queue -S shard.fold=0,1,...` "
+                         f"and `dvc queue start`")
+    typer.echo("\n\n".join(describe(s) for s in series))
+    if out is not None:
+        out.write_text(json.dumps([{"params": s.params, "folds": s.folds, "missing": s.missing,
+                                    "experiments": {k: r.name for k, r in sorted(s.runs.items())},
+                                    "replaced": s.replaced, "metrics": s.table()} for s in series], indent=2) + "\n")
 
 
 def main() -> None:

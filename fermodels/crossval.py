@@ -1,0 +1,140 @@
+"""k-fold cross-validation (CK+ 10-fold, JAFFE leave-one-subject-out): one DVC experiment per fold,
+summarised together.
+
+With ``shard.folds: K`` in params.yaml, ``dvc exp run --queue -S shard.fold=0,1,...,K-1`` queues
+one experiment per fold and ``dvc queue start`` runs them; each experiment's commit holds its
+``params.yaml`` and its evaluation (``runs/eval/metrics.json``, ``runs/eval/confusion.json``).
+:func:`read_experiments` reads those with git alone from every experiment of a baseline commit
+(DVC keeps them under ``refs/exps/<baseline>/``), and :func:`summarise` groups them into series
+(the same params but the fold) and gives, per metric, each fold's value, the mean and sample
+standard deviation over folds, and the pooled value over every test sample of all folds (the sum
+of the folds' confusion matrices: what "overall accuracy" over K folds means).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import yaml
+
+from ferdata.classes import CLASSES
+from fermodels.metrics import metrics_from_confusion
+
+METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+EVAL_DIR = "runs/eval"
+
+
+@dataclass(frozen=True)
+class FoldRun:
+    """One experiment: its name, commit, commit time, params and evaluation."""
+
+    name: str
+    commit: str
+    time: int
+    params: dict = field(hash=False)
+    metrics: dict = field(hash=False)
+    confusion: np.ndarray = field(hash=False)       # rows actual, columns predicted, all canonical classes
+
+
+@dataclass
+class Series:
+    """The folds of one configuration (params equal but ``shard.fold``)."""
+
+    params: dict
+    folds: int
+    runs: dict[int, FoldRun]                        # fold -> its newest run
+    replaced: list[str]                             # older runs of a fold that ran again
+
+    @property
+    def missing(self) -> list[int]:
+        return [k for k in range(self.folds) if k not in self.runs]
+
+    def table(self) -> dict:
+        """Per metric: each fold's value, mean and sample std over the folds, and the pooled value."""
+        ordered = [self.runs[k] for k in sorted(self.runs)]
+        pooled = metrics_from_confusion(sum(r.confusion for r in ordered), CLASSES)
+        out = {}
+        for m in METRICS:
+            values = np.array([r.metrics[m] for r in ordered], np.float64)
+            out[m] = {"folds": values.tolist(), "mean": float(values.mean()),
+                      "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "pooled": pooled[m]}
+        out["num_samples"] = {"folds": [r.metrics["num_samples"] for r in ordered], "pooled": pooled["num_samples"]}
+        return out
+
+
+def _git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if proc.returncode:
+        raise ValueError(f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[list[FoldRun], dict[str, str]]:
+    """Every DVC experiment of ``baseline`` with an evaluation, and {name: why skipped} for the rest."""
+    repo = Path(repo)
+    sha = _git(repo, "rev-parse", "--verify", f"{baseline}^{{commit}}").strip()
+    listing = _git(repo, "for-each-ref", "--format=%(refname) %(objectname) %(committerdate:unix)",
+                   f"refs/exps/{sha[:2]}/{sha[2:]}/")
+    runs, skipped = [], {}
+    for line in listing.splitlines():
+        ref, commit, time = line.split()
+        name = ref.rsplit("/", 1)[1]
+        try:
+            params = yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml"))
+            metrics = json.loads(_git(repo, "show", f"{commit}:{EVAL_DIR}/metrics.json"))
+            rows = json.loads(_git(repo, "show", f"{commit}:{EVAL_DIR}/confusion.json"))
+        except ValueError as err:
+            skipped[name] = f"no evaluation in its commit ({err})"
+            continue
+        cm = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+        for r in rows:
+            cm[CLASSES.index(r["actual"]), CLASSES.index(r["predicted"])] += 1
+        runs.append(FoldRun(name, commit, int(time), params, metrics, cm))
+    return runs, skipped
+
+
+def summarise(runs: Sequence[FoldRun]) -> list[Series]:
+    """Runs with ``shard.folds > 0`` grouped into series; within a series the newest run of each
+    fold counts and older ones are listed as replaced. Series come newest first."""
+    groups: dict[str, list[FoldRun]] = {}
+    for run in runs:
+        shard = run.params.get("shard") or {}
+        if int(shard.get("folds") or 0) > 0:
+            rest = {**run.params, "shard": {k: v for k, v in shard.items() if k != "fold"}}
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
+    series = []
+    for members in groups.values():
+        members = sorted(members, key=lambda r: r.time)
+        by_fold: dict[int, FoldRun] = {}
+        replaced = []
+        for run in members:
+            fold = int(run.params["shard"]["fold"])
+            if fold in by_fold:
+                replaced.append(by_fold[fold].name)
+            by_fold[fold] = run
+        first = members[0].params
+        series.append(Series({k: v for k, v in first.items() if k != "shard"} | {"shard": first["shard"]},
+                             int(first["shard"]["folds"]), by_fold, replaced))
+    return sorted(series, key=lambda s: -max(r.time for r in s.runs.values()))
+
+
+def describe(series: Series) -> str:
+    """A readable table: the configuration, one row per fold, then mean, sample std and pooled."""
+    train = series.params.get("train", {})
+    head = (f"{train.get('recipe') or train.get('model')} on {'+'.join(train.get('datasets') or [])}: "
+            f"{len(series.runs)} of {series.folds} folds" + (f", missing {series.missing}" if series.missing else ""))
+    table = series.table()
+    rows = [f"{'':>7s}" + "".join(f"{m:>21s}" for m in METRICS) + f"{'test samples':>14s}"]
+    for i, k in enumerate(sorted(series.runs)):
+        rows.append(f"{'fold ' + str(k):>7s}" + "".join(f"{table[m]['folds'][i]:21.4f}" for m in METRICS)
+                    + f"{table['num_samples']['folds'][i]:14d}")
+    for what in ("mean", "std", "pooled"):
+        rows.append(f"{what:>7s}" + "".join(f"{table[m][what]:21.4f}" for m in METRICS)
+                    + (f"{table['num_samples']['pooled']:14d}" if what == "pooled" else ""))
+    if series.replaced:
+        rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")
+    return "\n".join([head, *rows])

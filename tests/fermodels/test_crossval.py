@@ -1,0 +1,116 @@
+"""k-fold summaries from DVC experiment commits: series grouping, newest run per fold, mean / sample
+std over folds and pooled metrics from the summed confusion matrices. The experiments are made here
+with git alone, as DVC stores them (``refs/exps/<baseline sha[:2]>/<rest>/<name>``)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fermodels.cli import app
+from fermodels.crossval import read_experiments, summarise
+
+CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@x"}
+
+
+def git(repo: Path, *args: str, env: dict | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=repo, env=env or ENV, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
+               pairs: list[tuple[str, str]] | None) -> None:
+    """An experiment commit on top of ``baseline``: params.yaml and (unless ``pairs`` is None) an
+    evaluation whose test samples are the (actual, predicted) ``pairs``."""
+    git(repo, "checkout", "-q", "-f", "--detach", baseline)
+    git(repo, "clean", "-fdq")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    if pairs is not None:
+        (repo / "runs" / "eval").mkdir(parents=True, exist_ok=True)
+        right = sum(a == p for a, p in pairs)
+        metrics = {"accuracy": right / len(pairs), "mean_class_accuracy": 0.1 * when % 1, "macro_f1": 0.5,
+                   "num_samples": len(pairs), "per_class": {c: {"support": 0} for c in CLASSES}}
+        (repo / "runs" / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        (repo / "runs" / "eval" / "confusion.json").write_text(
+            json.dumps([{"actual": a, "predicted": p} for a, p in pairs]))
+    git(repo, "add", "-A")
+    stamp = {**ENV, "GIT_COMMITTER_DATE": f"{1_700_000_000 + when} +0000"}
+    git(repo, "commit", "-q", "-m", name, env=stamp)
+    git(repo, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}", git(repo, "rev-parse", "HEAD"))
+
+
+def params(fold: int, folds: int = 3, model: str = "cmnet") -> dict:
+    return {"shard": {"seed": 0, "folds": folds, "fold": fold}, "train": {"model": model, "datasets": ["ckplus"]}}
+
+
+H, S, N = "Happy", "Sad", "Neutral"
+FOLDS = {0: [(H, H), (H, H), (S, S), (S, H)],          # 3 of 4
+         1: [(H, S), (N, H)],                          # 0 of 2 (a first run of fold 1, replaced below)
+         2: [(S, S), (N, N)]}                          # 2 of 2
+
+
+@pytest.fixture()
+def repo(tmp_path) -> tuple[Path, str]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README").write_text("baseline\n")
+    git(repo, "add", "README")
+    git(repo, "commit", "-q", "-m", "baseline")
+    base = git(repo, "rev-parse", "HEAD")
+    experiment(repo, base, "f0", 1, params(0), FOLDS[0])
+    experiment(repo, base, "f1-old", 2, params(1), [(H, H), (N, N)])
+    experiment(repo, base, "f1", 3, params(1), FOLDS[1])
+    experiment(repo, base, "f2", 4, params(2), FOLDS[2])
+    experiment(repo, base, "other-model", 5, params(0, model="pcnn"), FOLDS[0])
+    experiment(repo, base, "no-folds", 6, params(0, folds=0), FOLDS[0])
+    experiment(repo, base, "no-eval", 7, params(2), None)
+    return repo, base
+
+
+def test_folds_are_grouped_and_summarised(repo):
+    runs, skipped = read_experiments(repo[0], repo[1])
+    assert set(skipped) == {"no-eval"} and len(runs) == 6
+    series = summarise(runs)
+    assert [s.params["train"]["model"] for s in series] == ["pcnn", "cmnet"]       # newest first
+    pcnn, cmnet = series
+    assert pcnn.missing == [1, 2] and cmnet.missing == []
+    assert {k: r.name for k, r in cmnet.runs.items()} == {0: "f0", 1: "f1", 2: "f2"} and cmnet.replaced == ["f1-old"]
+    acc = cmnet.table()["accuracy"]
+    assert acc["folds"] == [0.75, 0.0, 1.0]
+    assert acc["mean"] == pytest.approx(1.75 / 3)
+    assert acc["std"] == pytest.approx(math.sqrt(((0.75 - 1.75 / 3) ** 2 + (1.75 / 3) ** 2 + (1 - 1.75 / 3) ** 2) / 2))
+    assert acc["pooled"] == pytest.approx(5 / 8)
+    # pooled recall per class: Happy 2 of 3 (fold 1 misses one), Sad 2 of 3, Neutral 1 of 2
+    assert cmnet.table()["mean_class_accuracy"]["pooled"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
+    assert cmnet.table()["num_samples"] == {"folds": [4, 2, 2], "pooled": 8}
+
+
+def test_the_command_prints_and_writes_the_summary(repo, tmp_path):
+    out = tmp_path / "cv.json"
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo[0]), "--rev", repo[1], "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "cmnet on ckplus: 3 of 3 folds" in res.output and "pcnn on ckplus: 1 of 3 folds, missing [1, 2]" in res.output
+    assert "skipped experiment no-eval" in res.output
+    saved = json.loads(out.read_text())
+    assert saved[1]["experiments"] == {"0": "f0", "1": "f1", "2": "f2"}
+    assert saved[1]["metrics"]["accuracy"]["pooled"] == pytest.approx(5 / 8)
+
+
+def test_no_folds_is_a_clear_error(tmp_path):
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README").write_text("x\n")
+    git(repo, "add", "README")
+    git(repo, "commit", "-q", "-m", "x")
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo)])
+    assert res.exit_code != 0 and "no cross-validation experiments of HEAD" in str(res.exception)

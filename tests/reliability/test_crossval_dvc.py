@@ -1,0 +1,48 @@
+"""k-fold cross-validation through DVC experiments, end to end: one queued experiment per fold, the
+queue run, `fermodels crossval` over the experiments' commits. Every kept sample is in exactly one
+fold's test split, and each experiment's commit holds its evaluation (the project's .gitignore
+leaves runs/ to git). Slow (~1.5 min): `pytest -m slow`."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.fermodels.helpers import TINY_MODEL
+from tests.reliability.test_dvc_sharing import dvc, make_machine_a, sh
+
+FOLDS = 3
+
+
+@pytest.mark.slow
+def test_kfold_experiments_are_summarised(clean_root, tmp_path):
+    a = tmp_path / "a"
+    make_machine_a(a, clean_root, tmp_path / "remote")
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["shard"].update(folds=FOLDS, fold=0)
+    params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
+                           shuffle_buffer=8)
+    params["evaluate"].update(workers=0, device="cpu", batch_check=False)
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(a, "git", "add", "-A")
+    sh(a, "git", "commit", "-q", "-m", "tiny dataset, 3 folds")
+    dvc(a, "exp", "run", "--queue", "-S", f"shard.fold={','.join(map(str, range(FOLDS)))}")
+    dvc(a, "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 900
+    while any(s in (status := dvc(a, "queue", "status")) for s in ("Queued", "Running")):
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") == FOLDS, status
+
+    sh(a, sys.executable, "-m", "fermodels.cli", "crossval", "--out", "cv.json")
+    [series] = json.loads((a / "cv.json").read_text())
+    assert series["folds"] == FOLDS and series["missing"] == [] and len(series["experiments"]) == FOLDS
+    dvc(a, "repro", "shard@tiny")                                  # fold 0 in the workspace: every kept sample
+    kept = sum(json.loads((a / "data/tiny/shards" / s / "_info.json").read_text())["num_samples"]
+               for s in ("train", "val", "test"))
+    tested = series["metrics"]["num_samples"]
+    assert sum(tested["folds"]) == tested["pooled"] == kept
+    assert all(n > 0 for n in tested["folds"])
