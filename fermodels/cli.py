@@ -1,4 +1,4 @@
-"""``fermodels`` command line: list the registered models and show one model's card and cost."""
+"""``fermodels`` command line: the model registry (cards, costs), recipes, export, k-fold summaries."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ from fermodels.checkpoints import PretrainedMismatchError
 from fermodels.info import model_info
 from fermodels.registry import create_model, list_models
 
-app = typer.Typer(help="FER model zoo: registered models, their inputs, sizes and costs.",
+app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), training recipes, export, "
+                       "k-fold cross-validation summaries.",
                   no_args_is_help=True)
 
 
