@@ -44,7 +44,7 @@ class FoldRun:
 class Series:
     """The folds of one configuration (params equal but ``shard.fold``)."""
 
-    params: dict
+    params: dict                                    # the common params (``shard`` without ``fold``)
     folds: int
     runs: dict[int, FoldRun]                        # fold -> its newest run
     replaced: list[str]                             # older runs of a fold that ran again
@@ -100,25 +100,22 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
 def summarise(runs: Sequence[FoldRun]) -> list[Series]:
     """Runs with ``shard.folds > 0`` grouped into series; within a series the newest run of each
     fold counts and older ones are listed as replaced. Series come newest first."""
-    groups: dict[str, list[FoldRun]] = {}
+    groups: dict[str, tuple[dict, list[FoldRun]]] = {}
     for run in runs:
         shard = run.params.get("shard") or {}
         if int(shard.get("folds") or 0) > 0:
             rest = {**run.params, "shard": {k: v for k, v in shard.items() if k != "fold"}}
-            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
+            groups.setdefault(json.dumps(rest, sort_keys=True, default=str), (rest, []))[1].append(run)
     series = []
-    for members in groups.values():
-        members = sorted(members, key=lambda r: r.time)
+    for rest, members in groups.values():
         by_fold: dict[int, FoldRun] = {}
         replaced = []
-        for run in members:
+        for run in sorted(members, key=lambda r: r.time):
             fold = int(run.params["shard"]["fold"])
             if fold in by_fold:
                 replaced.append(by_fold[fold].name)
             by_fold[fold] = run
-        first = members[0].params
-        series.append(Series({k: v for k, v in first.items() if k != "shard"} | {"shard": first["shard"]},
-                             int(first["shard"]["folds"]), by_fold, replaced))
+        series.append(Series(rest, int(rest["shard"]["folds"]), by_fold, replaced))
     return sorted(series, key=lambda s: -max(r.time for r in s.runs.values()))
 
 
