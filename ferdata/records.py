@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY_LOSSY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
@@ -41,7 +42,8 @@ class FaceRecord:
 
     ``box`` is (x0, y0, x1, y1) in source-image pixels; ``landmarks`` is (K, 2)
     with K in {5, 68} in source-image pixels (68 in iBUG order, 5 in ArcFace order).
-    ``split`` is "" when the dataset has no official split (the shard stage assigns one).
+    ``split`` is "" when the dataset has no official split (the shard stage assigns one);
+    ``extra[TRAIN_ONLY]`` keeps a training record out of the val/test splits carved from train.
     """
 
     dataset: str

@@ -10,6 +10,9 @@ The result always has a validation
 split separate from test: RAF-DB and AffectNet (train/test only) get val carved
 from train.
 
+Records flagged ``extra[TRAIN_ONLY]`` (e.g. AffectNet's automatically annotated images) stay in
+train: val and test never hold them, in every fold.
+
 ``folds > 0`` gives k-fold cross-validation over groups (CK+ 10-fold, JAFFE
 leave-one-subject-out): groups are ordered by hash and dealt round-robin into
 ``folds`` folds; fold ``fold`` is test, fold ``fold + 1`` is val, the rest train.
@@ -22,7 +25,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Collection, Iterable, Iterator
 
-from ferdata.records import SPLITS, Dropped, FaceRecord
+from ferdata.records import SPLITS, TRAIN_ONLY, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def assign_splits(
     for item in records:
         if isinstance(item, FaceRecord) and by == "subject" and not item.subject:
             counts["no_subject"] += 1
-        if isinstance(item, FaceRecord) and item.split in ("", "train"):
+        if isinstance(item, FaceRecord) and item.split in ("", "train") and not item.extra.get(TRAIN_ONLY):
             u = unit_hash(seed, group_of(item, by))
             split = "test" if u < test_band else "val" if u < test_band + val_band else "train"
             item = replace(item, split=split) if split != item.split else item
@@ -92,7 +95,7 @@ def assign_splits(
 
 def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) -> Iterator[Item]:
     """Round-robin folds over hash-ordered groups: balanced group counts, deterministic."""
-    kept = [r for r in records if isinstance(r, FaceRecord)]
+    kept = [r for r in records if isinstance(r, FaceRecord) and not r.extra.get(TRAIN_ONLY)]
     if any(r.split for r in kept):
         log.info("k-fold assignment replaces the dataset's official splits")
     groups = sorted({group_of(r, by) for r in kept}, key=lambda g: (unit_hash(seed, g), g))
@@ -102,9 +105,12 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
     names = {fold: "test", (fold + 1) % folds: "val"}
     counts: Counter[str] = Counter()
     for item in records:
-        if isinstance(item, FaceRecord):
+        if isinstance(item, FaceRecord) and item.extra.get(TRAIN_ONLY):
+            item = replace(item, split="train")                   # in every fold's training split
+        elif isinstance(item, FaceRecord):
             item = replace(item, split=names.get(fold_of[group_of(item, by)], "train"),
                            extra={**item.extra, "fold": fold_of[group_of(item, by)]})
+        if isinstance(item, FaceRecord):
             counts[item.split] += 1
         yield item
     _report(counts, by)

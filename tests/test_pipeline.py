@@ -102,3 +102,36 @@ def test_cli_prepare_by_reader_name(tmp_path):
     malformed = CliRunner().invoke(app, ["prepare", "affectnet", "--root", str(tmp_path / "raw"),
                                          "--params", str(tmp_path / "params.yaml"), "--option", "exclude_classes"])
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
+
+
+def test_automatic_affectnet_images_are_trained_on_never_validated_or_tested(tmp_path):
+    """`options.automatic`: the automatically annotated images (here brightened copies of the manual
+    training set in their own folder and list; exact copies would be dropped as duplicates) all land
+    in the training shards; val (carved from train) and test hold manually annotated images only."""
+    import shutil
+
+    import cv2
+
+    from ferdata.tario import iter_dir_samples
+
+    params = small_params(tmp_path)
+    params["sample"].update(per_class=3)
+    raw = tmp_path / "raw"
+    make_affectnet_sample(raw, **params["sample"])
+    for src in (raw / "Manually_Annotated_Images").rglob("*.jpg"):       # other images: a little brighter
+        dst = raw / "Automatically_Annotated_Images" / src.relative_to(raw / "Manually_Annotated_Images")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(dst), cv2.add(cv2.imread(str(src)), 6))
+    (raw / "Automatically_Annotated_file_lists").mkdir()
+    shutil.copy2(raw / "Manually_Annotated_file_lists" / "training.csv",
+                 raw / "Automatically_Annotated_file_lists" / "automatically_annotated.csv")
+    params["datasets"] = {"affectnet": {"reader": "affectnet", "root": str(raw),
+                                        "options": {"protocol": "affectnet7", "automatic": True}}}
+    prepare("affectnet", params, tmp_path / "data")
+    shards = stage_dirs(tmp_path / "data", "affectnet")["shards"]
+    keys = {s: [k for k, _ in iter_dir_samples(shards / s, s)] for s in ("train", "val", "test")}
+    auto = [k for k in keys["train"] if k.startswith("train_auto_")]
+    manual_train = [k for k in keys["train"] if not k.startswith("train_auto_")]
+    assert len(auto) == len(manual_train) + len(keys["val"]) > 0     # every manual training image, once more
+    assert keys["val"] and keys["test"]
+    assert not any("auto" in k for k in keys["val"] + keys["test"])

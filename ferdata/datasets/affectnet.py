@@ -14,7 +14,8 @@ the training split: ``Automatically_Annotated_Images/<dir>/<file>.jpg`` (at the 
 ``Automatically_Annotated/``) listed by ``automatically_annotated.csv`` (same columns; at the root,
 in ``Automatically_Annotated_file_lists/`` or in ``Automatically_Annotated/``), keyed
 ``train_auto_<dir>_<file>`` and marked ``extra["annotation"] = "automatic"``. Their labels come
-from a classifier (noisy), so they never enter the test split.
+from a classifier (noisy), so they are flagged ``train_only``: the validation split carved from
+train (which picks the best epoch) and the test split hold manually annotated images only.
 
 In all, labels 8-10 (None, Uncertain, No-Face) are dropped and counted, protocol
 ``affectnet7`` also drops 7 (Contempt), valence/arousal go to ``record.extra`` and
@@ -31,7 +32,7 @@ import numpy as np
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.subsets import AFFECTNET_ID
-from ferdata.records import Dropped, FaceRecord, make_key
+from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
 
 COLUMNS = (
     "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
@@ -187,7 +188,7 @@ class AffectNetReader(DatasetReader):
         path = images / rel
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))
-        extra: dict = {"annotation": "automatic"} if automatic else {}
+        extra: dict = {"annotation": "automatic", TRAIN_ONLY: True} if automatic else {}
         for name, v in (("valence", row[7]), ("arousal", row[8])):
             try:
                 extra[name] = float(v)

@@ -47,7 +47,7 @@ def test_automatically_annotated_images_join_training_only_when_asked(tmp_path, 
     assert {k: (r.split, r.label) for k, r in auto.items()} == {"train_auto_1_img0": ("train", 2)}
     r = auto["train_auto_1_img0"]                                  # not the manual 1/img0.jpg
     assert r.path.endswith("Automatically_Annotated_Images/1/img0.jpg") and r.path != records["train_1_img0"].path
-    assert r.extra == {"annotation": "automatic", "valence": 0.25, "arousal": -0.5}
+    assert r.extra == {"annotation": "automatic", "train_only": True, "valence": 0.25, "arousal": -0.5}
     np.testing.assert_allclose(r.landmarks, landmarks68(3.0), atol=1e-2)
     assert records["train_1_img0"].extra == {"valence": 0.25, "arousal": -0.5}
     reasons = {d.key: d.reason for d in items}

@@ -5,13 +5,13 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from ferdata.records import Dropped, FaceRecord
+from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord
 from ferdata.splits import assign_splits, unit_hash
 
 
-def rec(key: str, split: str = "", subject: str = "") -> FaceRecord:
+def rec(key: str, split: str = "", subject: str = "", train_only: bool = False) -> FaceRecord:
     return FaceRecord(dataset="t", key=key, path=f"/x/{key}.jpg", label=0, native_label="0",
-                      split=split, subject=subject)
+                      split=split, subject=subject, extra={TRAIN_ONLY: True} if train_only else {})
 
 
 def many(n: int, split: str = "", subjects: int = 0) -> list[FaceRecord]:
@@ -109,3 +109,18 @@ def test_kfold_leave_one_subject_out_and_errors():
         list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=2))
     with pytest.raises(ValueError, match="fold must be"):
         list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=5, fold=5))
+
+
+def test_train_only_records_are_never_carved_into_val_or_test():
+    """Half of the groups go to val/test by hash; the flagged records stay in train, in plain
+    carving and in every fold, and take no fold's place."""
+    plain, flagged = many(200), [rec(f"auto{i:04d}", "train", train_only=True) for i in range(200)]
+    out = splits_of(assign_splits(plain + flagged, seed=0, val_fraction=0.25, test_fraction=0.25, by="key"))
+    assert {out[r.key] for r in flagged} == {"train"}
+    assert Counter(out[r.key] for r in plain).keys() == {"train", "val", "test"}
+    for fold in range(3):
+        folded = list(assign_splits(plain + flagged, seed=0, val_fraction=0.1, test_fraction=0.1, by="key",
+                                    folds=3, fold=fold))
+        split = splits_of(folded)
+        assert {split[r.key] for r in flagged} == {"train"}
+        assert sum(split[r.key] == "test" for r in plain) in (66, 67)   # 200 plain groups in 3 folds
