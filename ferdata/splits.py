@@ -6,9 +6,8 @@ subject when known (so one person never spans two splits: CK+ frames of a sequen
 are near-duplicates) or else the record key. A hash, not a shuffle, decides, so a
 record's split does not depend on record order or on which other records exist
 (records added to a dataset later leave every earlier record's split as it was; tested).
-The result always has a validation
-split separate from test: RAF-DB and AffectNet (train/test only) get val carved
-from train.
+The result always has a validation split separate from test: RAF-DB and AffectNet
+(train/test only) get val carved from train.
 
 Records flagged ``extra[TRAIN_ONLY]`` (e.g. AffectNet's automatically annotated images) stay in
 train: val and test never hold them, in every fold.
