@@ -12,9 +12,10 @@
 #   train     bench_train on CUDA only: fp32, bf16, bf16 + channels_last, + torch.compile, each fed
 #             by the real loader (the fraction of time the GPU waits for data)
 #   loader    bench_loader with 0-8 workers: scaling with workers on a machine with spare cores
-# What the machine lacks (the pinned OpenCV 5) can travel as wheels: see BENCHMARKS.md, "Running the
-# GPU checks". Its image has no DVCLive (nor the dvc it needs): the trainer then logs into the
-# in-memory stand-in bench/gpu_stubs/dvclive, put on PYTHONPATH only when the real one is missing.
+# An OpenCV without IMREAD_COLOR_RGB (before 4.11) fails the `versions` step; BENCHMARKS.md ("Running
+# the GPU checks") gives the device call that brings OpenCV 5 along as a wheel. The image has no
+# DVCLive (nor the dvc it needs): the trainer then logs into the in-memory stand-in
+# bench/gpu_stubs/dvclive, put on PYTHONPATH only when the real one is missing.
 set -u -o pipefail
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
@@ -40,6 +41,7 @@ step versions 60 "$py" -c "
 import cv2, numpy, torch, torchvision
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__,
       'opencv', cv2.__version__, 'numpy', numpy.__version__)
+assert hasattr(cv2, 'IMREAD_COLOR_RGB'), 'OpenCV ' + cv2.__version__ + ' lacks IMREAD_COLOR_RGB: bring OpenCV 5'
 print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')
 import bench.bench_loader, bench.bench_train
 print('benchmarks import')"
