@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh OUT_DIR
 #
 # Each step writes OUT_DIR/<step>.log and a line "<step> rc=N seconds=S" to OUT_DIR/summary.txt; a
-# failing step is recorded and the next one still runs. The steps' time limits add up to 9.5 minutes.
+# failing step is recorded and the next one still runs. The steps' time limits add up to 8.2 minutes.
 #   versions  torch / CUDA / OpenCV versions, the GPU, and that the benchmarks import
 #   tests     the CUDA-only tests (device-side scaling, augmentation, normalisation against the CPU;
 #             the trainer on CUDA with AMP, channels_last and loader workers, its model then
@@ -45,8 +45,8 @@ assert hasattr(cv2, 'IMREAD_COLOR_RGB'), 'OpenCV ' + cv2.__version__ + ' lacks I
 print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')
 import bench.bench_loader, bench.bench_train
 print('benchmarks import')"
-step tests 120 "$py" -m pytest -q -p no:cacheprovider -rs tests/fermodels/test_wire.py tests/fermodels/test_batchring.py \
+step tests 100 "$py" -m pytest -q -p no:cacheprovider -rs tests/fermodels/test_wire.py tests/fermodels/test_batchring.py \
     tests/fermodels/test_train.py::test_training_on_cuda_with_amp_and_channels_last
 step train 210 "$py" bench/bench_train.py --devices cuda --models resnet18_112,pcnn --workers 8 --samples 3000
-step loader 180 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
+step loader 120 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
 cat "$out/summary.txt"
