@@ -1,0 +1,34 @@
+"""bench/gpu_check.sh runs only on a lent GPU machine, with minutes of device time: keep it valid
+here. Its shell parses, every test it names exists, its benchmarks' options exist, and its steps'
+limits leave room for the OpenCV install inside one 600 s device call."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bench" / "gpu_check.sh"
+
+
+def test_the_script_parses_and_names_existing_tests():
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    text = SCRIPT.read_text()
+    named = re.findall(r"(tests/[\w/]+\.py)(?:::(\w+))?", text)
+    assert named
+    for path, test in named:
+        assert (REPO / path).is_file(), path
+        if test:
+            assert re.search(rf"^def {test}\(", (REPO / path).read_text(), re.M), f"{path}::{test}"
+
+
+def test_the_benchmark_options_exist_and_the_limits_fit_one_device_call():
+    text = SCRIPT.read_text()
+    for script, args in re.findall(r"(bench/bench_\w+\.py) ([^\n]+)", text):
+        options = re.findall(r"(--[\w-]+)", args)
+        helptext = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                                  check=True, cwd=REPO).stdout
+        assert all(o in helptext for o in options), (script, options)
+    limits = [int(n) for n in re.findall(r"^step \w+ (\d+) ", text, re.M)]
+    assert len(limits) == 4 and sum(limits) <= 510
