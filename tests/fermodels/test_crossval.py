@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from fermodels.cli import app
 from fermodels.crossval import read_experiments, summarise
 
-CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@x"}
 
@@ -36,8 +35,8 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
     if pairs is not None:
         (repo / "runs" / "eval").mkdir(parents=True, exist_ok=True)
         right = sum(a == p for a, p in pairs)
-        metrics = {"accuracy": right / len(pairs), "mean_class_accuracy": 0.1 * when % 1, "macro_f1": 0.5,
-                   "num_samples": len(pairs), "per_class": {c: {"support": 0} for c in CLASSES}}
+        metrics = {"accuracy": right / len(pairs), "mean_class_accuracy": 0.5, "macro_f1": 0.5,
+                   "num_samples": len(pairs)}
         (repo / "runs" / "eval" / "metrics.json").write_text(json.dumps(metrics))
         (repo / "runs" / "eval" / "confusion.json").write_text(
             json.dumps([{"actual": a, "predicted": p} for a, p in pairs]))
