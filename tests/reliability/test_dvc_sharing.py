@@ -1,6 +1,6 @@
 """Shards move between machines through a DVC remote: machine A prepares and pushes
 (outputs and run-cache), machine B clones and pulls, gets byte-identical shards that
-verify, pins them with the `select` stage's command and trains on what it pinned, without
+verify, and runs just the `select` and `train` stages on them (``dvc repro -s``), without
 re-running preprocessing; machine C, without A's ``dvc.lock``,
 restores every stage from the remote's run-cache (``dvc repro --pull``) instead of
 recomputing it.
@@ -22,9 +22,9 @@ import yaml
 
 from ferdata.selection import read_selection
 from fermodels.runstate import LAST, load_checkpoint
-from fermodels.train import SPLITS_READ, train
+from fermodels.train import SPLITS_READ
+from tests.fermodels.helpers import TINY_MODEL
 from tests.reliability.corpus import REPO, tree_hashes
-from tests.reliability.test_training_resume import TINY, train_params, use_model
 
 CODE = ("ferdata", "fermodels", "pipeline", "dvc.yaml", "params.yaml", "pyproject.toml")
 SHARDS = Path("data/tiny/shards")
@@ -94,15 +94,15 @@ def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
     assert "all shards match" in sh(b, sys.executable, "-m", "ferdata.cli", "verify", str(SHARDS))
     assert stages_run(dvc(b, "repro", "--allow-missing", "shard@tiny")) == set()   # nothing recomputed
     params = yaml.safe_load((b / "params.yaml").read_text())
-    params["train"]["datasets"] = ["tiny"]
+    params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
+                           shuffle_buffer=8)
     (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(b, sys.executable, "-m", "pipeline.select", "data", "runs/select")     # as docs/sharing.md says
+    assert stages_run(dvc(b, "repro", "-s", "select")) == {"select"}          # as docs/sharing.md says
+    assert stages_run(dvc(b, "repro", "-s", "train")) == {"train"}
     monkeypatch.chdir(b)
-    shards = read_selection("runs/select/train.json", ["tiny"], SPLITS_READ)
-    assert shards == [SHARDS]
-    use_model(TINY, monkeypatch.setattr)
-    train(shards, train_params(epochs=1), b / "runs" / "ckpt", b / "runs" / "live")
-    assert load_checkpoint(b / "runs" / "ckpt" / LAST)["epoch"] == 0
+    assert read_selection("runs/select/train.json", ["tiny"], SPLITS_READ) == [SHARDS]
+    assert load_checkpoint(b / "runs" / "train" / "ckpt" / LAST)["epoch"] == 0
+    assert set(yaml.safe_load((b / "dvc.lock").read_text())["stages"]) >= {"select", "train"}
 
     sh(tmp_path, "git", "clone", "-q", str(a), str(c))
     (c / "dvc.lock").unlink()                                            # A's results never committed
