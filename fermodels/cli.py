@@ -78,7 +78,8 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
     if not series:
         raise ValueError(f"no cross-validation experiments of {rev} (of {len(runs)} with an evaluation): set "
                          f"shard.folds in params.yaml, commit, then `dvc exp run --queue -S shard.fold=0,1,...` "
-                         f"and `dvc queue start`")
+                         f"and `dvc queue start`; experiments of another commit: --rev COMMIT "
+                         f"(`dvc exp show -A` lists them)")
     typer.echo("\n\n".join(describe(s) for s in series))
     if out is not None:
         out.write_text(json.dumps([{"params": s.params, "folds": s.folds, "missing": s.missing,
