@@ -56,15 +56,20 @@ FOLDS = {0: [(H, H), (H, H), (S, S), (S, H)],          # 3 of 4
          2: [(S, S), (N, N)]}                          # 2 of 2
 
 
-@pytest.fixture()
-def repo(tmp_path) -> tuple[Path, str]:
-    repo = tmp_path / "repo"
+def baseline_repo(repo: Path) -> str:
+    """A git repository at ``repo`` with one commit (the experiments' baseline); its sha."""
     repo.mkdir()
     git(repo, "init", "-q")
     (repo / "README").write_text("baseline\n")
     git(repo, "add", "README")
     git(repo, "commit", "-q", "-m", "baseline")
-    base = git(repo, "rev-parse", "HEAD")
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture()
+def repo(tmp_path) -> tuple[Path, str]:
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
     experiment(repo, base, "f0", 1, params(0), FOLDS[0])
     experiment(repo, base, "f1-old", 2, params(1), [(H, H), (N, N)])
     experiment(repo, base, "f1", 3, params(1), FOLDS[1])
@@ -106,10 +111,6 @@ def test_the_command_prints_and_writes_the_summary(repo, tmp_path):
 
 def test_no_folds_is_a_clear_error(tmp_path):
     repo = tmp_path / "empty"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    (repo / "README").write_text("x\n")
-    git(repo, "add", "README")
-    git(repo, "commit", "-q", "-m", "x")
+    baseline_repo(repo)
     res = CliRunner().invoke(app, ["crossval", "--repo", str(repo)])
     assert res.exit_code != 0 and "no cross-validation experiments of HEAD" in str(res.exception)
