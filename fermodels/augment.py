@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,22 +64,34 @@ def flip_lmk(lmk: Tensor, width: int) -> Tensor:
 
 
 def hflip_batch(batch: dict, mask: Tensor | None = None) -> dict:
-    """Mirror the samples where ``mask`` (all when None); used by training and flip TTA."""
-    def pick(flipped: Tensor, orig: Tensor) -> Tensor:
-        if mask is None:
-            return flipped
-        return torch.where(mask.view(-1, *([1] * (orig.dim() - 1))), flipped, orig)
+    """Mirror the samples where ``mask`` ((n,) bool; all when None); used by training and flip
+    TTA. Only the chosen samples are copied and flipped, in the batch's dtype: uint8 pixels flip
+    before their conversion to float."""
+    rows = None if mask is None else mask.nonzero().squeeze(1)
 
+    def pick(orig: Tensor, new: Callable[[Tensor | slice], Tensor]) -> Tensor:
+        """``orig`` with the chosen rows replaced by ``new`` of those rows."""
+        return new(slice(None)) if rows is None else _replace_rows(orig, rows, new)
+
+    image = batch["image"]
     out = dict(batch)
-    out["image"] = pick(batch["image"].flip(-1), batch["image"])
+    out["image"] = pick(image, lambda r: image[r].flip(-1))
     if "left" in batch:
-        out["left"] = pick(batch["right"], batch["left"])
-        out["right"] = pick(batch["left"], batch["right"])
+        left, right = batch["left"], batch["right"]
+        out["left"], out["right"] = pick(left, lambda r: right[r]), pick(right, lambda r: left[r])
     if "heatmap" in batch:
-        out["heatmap"] = pick(batch["heatmap"].flip(-1), batch["heatmap"])
+        heat = batch["heatmap"]
+        out["heatmap"] = pick(heat, lambda r: heat[r].flip(-1))
     if "lmk" in batch:
-        out["lmk"] = pick(flip_lmk(batch["lmk"], batch["image"].shape[-1]), batch["lmk"])
+        lmk = batch["lmk"]
+        out["lmk"] = pick(lmk, lambda r: flip_lmk(lmk[r], image.shape[-1]))
     return out
+
+
+def _replace_rows(orig: Tensor, rows: Tensor, new: Callable[[Tensor], Tensor]) -> Tensor:
+    """A copy of ``orig`` whose samples ``rows`` (indices, any device) are ``new(rows)``."""
+    rows = rows.to(orig.device)
+    return orig.index_copy(0, rows, new(rows))
 
 
 def _affine_matrices(n: int, p: AugmentParams, g: torch.Generator) -> Tensor:
@@ -125,7 +138,8 @@ def _erase_masks(n: int, size: int, p: AugmentParams, g: torch.Generator) -> Ten
 
 
 def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tensor) -> dict:
-    """Augment a device batch in pixel space (float 0..255); ``fill`` is the (3,) erase colour."""
+    """Augment a device batch in pixel space (0..255: uint8 as decoded, or float after scaling on
+    the device; float after a warp or erasing); ``fill`` is the (3,) erase colour."""
     image = batch["image"]
     n, size, dev = image.shape[0], image.shape[-1], image.device
     out = {k: v for k, v in batch.items() if k not in ("left", "right")}
@@ -133,10 +147,12 @@ def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tenso
         out["halves"] = torch.cat([batch["left"], batch["right"].flip(-1)], dim=-1)
     flip = torch.rand(n, generator=g) < p.hflip
     if p.hflip > 0:
-        mask = flip.to(dev)
-        out = hflip_batch(out, mask)
+        out = hflip_batch(out, flip)
         if "halves" in out:
-            out["halves"] = torch.where(mask.view(-1, 1, 1, 1), out["halves"].flip(-1), out["halves"])
+            halves = out["halves"]
+            out["halves"] = _replace_rows(halves, flip.nonzero().squeeze(1), lambda r: halves[r].flip(-1))
+    if p.affine_p > 0 or p.erase_p > 0:          # resampling and fill colours need float pixels
+        out.update({k: out[k].float() for k in ("image", "halves", "heatmap") if k in out})
     if p.affine_p > 0:
         forward = _affine_matrices(n, p, g)
         inverse = torch.linalg.inv(forward).to(dev)
@@ -147,7 +163,7 @@ def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tenso
             out["lmk"] = _warp_points(out["lmk"], forward.to(dev), size)
     if p.erase_p > 0:
         mask = _erase_masks(n, size, p, g).to(dev)
-        colour = fill.to(dev, image.dtype).view(1, 3, 1, 1)
+        colour = fill.to(dev, out["image"].dtype).view(1, 3, 1, 1)
         for name in ("image", "halves"):
             if name in out:
                 out[name] = torch.where(mask, colour, out[name])

@@ -3,8 +3,8 @@
 A :class:`Split` is what a split's ``_info.json`` files say of it; :class:`SampleDecoder` turns one raw
 sample into uint8 arrays of the model's fields (at the side batches travel at); :func:`decode_batch`
 decodes raw samples straight into a batch (every loader: training stream, evaluation, inference);
-:func:`to_device` moves a batch to the training device as float pixel values, scaled there to the
-model's side, and :func:`normalise` makes it model input. The loaders built on these live
+:func:`to_device` moves a batch to the training device (pixels stay uint8 unless scaled there to
+the model's side), and :func:`normalise` makes it float model input. The loaders built on these live
 in :mod:`fermodels.stream` (training) and :mod:`fermodels.indexed` (evaluation). Tar members are read
 with ferdata's safe reader (no links, no ``..``, no pickles).
 """
@@ -205,27 +205,31 @@ def _new_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.
 
 
 def to_device(batch: dict, device: torch.device, size: int | None = None) -> dict:
-    """Move a collated batch to ``device`` as float pixel values (0..255), scaled to the model's
-    side ``size`` there when it travelled smaller (:func:`resize_batch`); keys stay on the host."""
+    """Move a collated batch to ``device``: pixel fields as decoded (uint8 0..255, so a flip or a
+    copy moves a quarter of float's bytes), landmarks as float; when the batch travelled smaller
+    than the model's side ``size``, scaled to it there (float pixels, :func:`resize_batch`). Keys
+    stay on the host."""
     out = {"label": batch["label"].to(device, non_blocking=True)}
-    for name in ("image", "left", "right", "heatmap", "lmk"):
+    for name in ("image", "left", "right", "heatmap"):
         if name in batch:
-            out[name] = batch[name].to(device, non_blocking=True).float()
+            out[name] = batch[name].to(device, non_blocking=True)
+    if "lmk" in batch:
+        out["lmk"] = batch["lmk"].to(device, non_blocking=True).float()
     if size is not None and out["image"].shape[-1] != size:
         out = resize_batch(out, size)
     return out
 
 
 def resize_batch(batch: dict, size: int) -> dict:
-    """A float batch at another side scaled to side ``size``: bilinear with pixel-centre alignment
-    (as the decoder's ``cv2.INTER_LINEAR``), antialiased when shrinking; halves to (size, size/2),
-    heatmaps to size/4, landmarks scaled the same way."""
+    """A batch at another side scaled to side ``size`` (float pixels): bilinear with pixel-centre
+    alignment (as the decoder's ``cv2.INTER_LINEAR``), antialiased when shrinking; halves to
+    (size, size/2), heatmaps to size/4, landmarks scaled the same way."""
     side = batch["image"].shape[-1]
     out = dict(batch)
     for name, (h, w) in (("image", (size, size)), ("left", (size, size // 2)), ("right", (size, size // 2)),
                          ("heatmap", (size // 4, size // 4))):
         if name in batch:
-            x = batch[name]
+            x = batch[name].float()
             out[name] = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
                                       antialias=h < x.shape[-2])
     if "lmk" in batch:
@@ -234,17 +238,26 @@ def resize_batch(batch: dict, size: int) -> dict:
 
 
 def normalise(batch: dict, card: ModelCard, channels_last: bool = False) -> dict:
-    """Model input: images (x - mean) / std with the card's statistics, heatmap in [0, 1]. One
-    fused multiply-add per image (x * 1/std - mean/std): one pass, one new tensor."""
+    """Model input: images (x - mean) / std with the card's statistics, heatmap in [0, 1], as new
+    tensors. A float image (scaled or warped on the device, an exported graph's input) takes one
+    fused multiply-add (x * 1/std - mean/std); a uint8 image is converted once, into the memory
+    format the model wants, and scaled in place (on a CPU, a second fresh float tensor costs more
+    than the arithmetic)."""
     dev = batch["image"].device
     std = torch.tensor(card.std, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
     mean = torch.tensor(card.mean, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
     scale, shift = (1.0 / std).to(dev, torch.float32), (-mean / std).to(dev, torch.float32)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
     out = dict(batch)
     for name in ("image", "left", "right"):
         if name in batch:
-            x = torch.addcmul(shift.to(batch[name].dtype), batch[name], scale.to(batch[name].dtype))
-            out[name] = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            x = batch[name]
+            if x.is_floating_point():
+                y = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+                out[name] = y.contiguous(memory_format=fmt) if channels_last else y
+            else:
+                y = torch.empty_like(x, dtype=torch.float32, memory_format=fmt).copy_(x)
+                out[name] = y.mul_(scale).add_(shift)
     if "heatmap" in batch:
         out["heatmap"] = batch["heatmap"] / 255.0
     return out

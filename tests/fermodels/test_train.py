@@ -260,6 +260,49 @@ def test_flip_swaps_halves_and_reindexes_landmarks():
     assert torch.equal(f["heatmap"], b["heatmap"].flip(-1))
 
 
+def test_flip_mirrors_only_the_drawn_samples_and_keeps_uint8_pixels():
+    """With hflip 0.5 each sample is either untouched or wholly mirrored (image, halves, heatmap,
+    landmarks together); a uint8 batch (as decoded) stays uint8 and gets the float batch's flips."""
+    from fermodels.augment import augment_batch, hflip_batch
+
+    f = _face_batch(n=16)
+    b = {**f, **{k: f[k].round().to(torch.uint8) for k in ("image", "left", "right", "heatmap")}}
+    a = augment_batch(b, _aug(hflip=0.5), torch.Generator().manual_seed(2), torch.zeros(3))
+    mirrored = hflip_batch(b)
+    flipped = []
+    for i in range(16):
+        same = {k: torch.equal(a[k][i], b[k][i]) for k in ("image", "left", "right", "heatmap", "lmk")}
+        mirror = {k: torch.equal(a[k][i], mirrored[k][i]) for k in same}
+        assert all(same.values()) or all(mirror.values()), f"sample {i} half flipped: {same} {mirror}"
+        flipped.append(not all(same.values()))
+    assert 0 < sum(flipped) < 16
+    assert all(a[k].dtype == torch.uint8 for k in ("image", "left", "right", "heatmap"))
+    as_float = augment_batch({**b, **{k: b[k].float() for k in ("image", "left", "right", "heatmap")}},
+                             _aug(hflip=0.5), torch.Generator().manual_seed(2), torch.zeros(3))
+    for k in ("image", "left", "right", "heatmap", "lmk"):
+        assert torch.equal(as_float[k], a[k].float()), k
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalise_takes_uint8_or_float_pixels_alike_and_leaves_them_alone(channels_last):
+    from fermodels.registry import create_model
+
+    card = create_model("resnet18_112").card
+    f = _face_batch(n=4)
+    b = {**f, **{k: f[k].round().to(torch.uint8) for k in ("image", "left", "right", "heatmap")}}
+    kept = {k: v.clone() for k, v in b.items()}
+    from_uint8 = normalise(b, card, channels_last)
+    from_float = normalise({k: v.float() if v.dtype == torch.uint8 else v for k, v in b.items()}, card, channels_last)
+    mean, std = torch.tensor(card.mean).view(1, 3, 1, 1), torch.tensor(card.std).view(1, 3, 1, 1)
+    for k in ("image", "left", "right"):
+        torch.testing.assert_close(from_uint8[k], (b[k] / 255.0 - mean) / std)
+        torch.testing.assert_close(from_uint8[k], from_float[k])
+        assert from_uint8[k].dtype == torch.float32
+        assert from_uint8[k].is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(from_uint8["heatmap"], b["heatmap"] / 255.0)
+    assert all(torch.equal(b[k], kept[k]) for k in b), "normalise must not write into its input"
+
+
 def test_affine_moves_landmarks_with_the_pixels_and_keeps_halves_consistent():
     from fermodels.augment import augment_batch
 
