@@ -1,10 +1,12 @@
 """k-fold cross-validation through DVC experiments, end to end: one queued experiment per fold, the
 queue run, `fermodels crossval` over the experiments' commits. Every kept sample is in exactly one
 fold's test split, and each experiment's commit holds its evaluation (the project's .gitignore
-leaves runs/ to git). Slow (~1.5 min): `pytest -m slow`."""
+leaves runs/ to git), so a clone that fetched the experiments with `dvc exp pull` gets the same
+summary. Slow (~1.5 min): `pytest -m slow`."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 from tests.fermodels.helpers import TINY_MODEL
-from tests.reliability.test_dvc_sharing import dvc, make_machine_a, sh
+from tests.reliability.test_dvc_sharing import dvc, env, make_machine_a, sh
 
 FOLDS = 3
 
@@ -46,3 +48,20 @@ def test_kfold_experiments_are_summarised(clean_root, tmp_path):
     tested = series["metrics"]["num_samples"]
     assert sum(tested["folds"]) == tested["pooled"] == kept
     assert all(n > 0 for n in tested["folds"])
+
+    hub = tmp_path / "hub.git"                                     # a shared git remote, as on GitHub
+    sh(tmp_path, "git", "clone", "-q", "--bare", str(a), str(hub))
+    dvc(a, "exp", "push", "--no-cache", str(hub))                  # the fold experiments' refs
+    sh(tmp_path, "git", "clone", "-q", str(hub), str(tmp_path / "c"))
+    c = tmp_path / "c"
+    assert "error:" in _crossval_fails(c)                          # no experiments before the pull
+    dvc(c, "exp", "pull", "--no-cache", "origin")
+    sh(c, sys.executable, "-m", "fermodels.cli", "crossval", "--out", "cv.json")
+    assert json.loads((c / "cv.json").read_text()) == json.loads((a / "cv.json").read_text())
+
+
+def _crossval_fails(repo) -> str:
+    proc = subprocess.run([sys.executable, "-m", "fermodels.cli", "crossval"], cwd=repo, capture_output=True,
+                          text=True, env=env(), timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    return proc.stderr
