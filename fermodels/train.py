@@ -300,7 +300,15 @@ def _open_live(live_dir: Path, pos: Position, env: DistEnv):
     resuming = pos.epoch > 0 or pos.batch > 0
     if resuming:
         truncate_live(live_dir, pos.epoch)
-    live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+    try:
+        live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+    except Exception as e:
+        # DVCLive reads the project's git HEAD, which does not exist before the first commit. Its
+        # scmrepo.SCMError is matched by module: scmrepo (DVC's git layer) need not be importable.
+        if not type(e).__module__.startswith("scmrepo."):
+            raise
+        raise ValueError(f"DVCLive, which logs the metrics, cannot read this project's git repository ({e}): "
+                         f"a repository needs a commit before training (`git add -A && git commit -m ...`)") from e
     live.step = pos.epoch
     return live
 

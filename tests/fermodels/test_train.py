@@ -377,3 +377,28 @@ def test_every_model_trains_end_to_end(name, tiny_shards, tmp_path, one_thread):
     best = train(tiny_shards, make_params(model=name, model_kwargs={}, epochs=1, epoch_samples=8, batch_size=4),
                  tmp_path / "ckpt", tmp_path / "live")
     assert best["epoch"] == 0 and load_checkpoint(tmp_path / "ckpt" / "best.pt")["model"] == name
+
+
+def test_training_in_a_git_repository_without_commits_says_to_commit(tmp_path, monkeypatch):
+    """DVCLive fails on a git repository's missing HEAD with a bare "Empty git repo"; the trainer
+    turns it into a user error (exit 1 through the CLIs) that says what to do, and a commit fixes it."""
+    import os
+    import subprocess
+    import sys
+
+    from fermodels.runstate import Position
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org", "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    main = DistEnv(rank=0, world_size=1, local_rank=0)
+    with pytest.raises(ValueError, match=r"needs a commit before training \(`git add -A && git commit"):
+        trainer._open_live(tmp_path / "live", Position(0, 0, 0), main)
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-q", "-m", "project"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
+    live = trainer._open_live(tmp_path / "live", Position(0, 0, 0), main)
+    live.log_metric("x", 1.0)
+    live.end()
+    assert (tmp_path / "live" / "metrics.json").is_file()
