@@ -3,7 +3,8 @@
 verify, and runs just the `select` and `train` stages on them (``dvc repro -s``), without
 re-running preprocessing; machine C, without A's ``dvc.lock``,
 restores every stage from the remote's run-cache (``dvc repro --pull``) instead of
-recomputing it.
+recomputing it. When A ran every stage, B's plain ``dvc repro --allow-missing`` re-runs only
+what B changed (slow test).
 
 Each "machine" is a git repository in ``tmp_path`` holding this project's code,
 ``dvc.yaml`` and ``params.yaml`` (with one small annotated dataset); the remote is a
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ferdata.selection import read_selection
@@ -110,3 +112,31 @@ def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
     assert stages_run(out) == set(), out
     assert len(re.findall(r"is cached - skipping run", out)) == len(PREP_STAGES), out
     assert tree_hashes(c / SHARDS) == tree_hashes(a / SHARDS)
+
+
+@pytest.mark.slow
+def test_with_every_stage_locked_allow_missing_reruns_only_what_changed(clean_root, tmp_path):
+    """When A ran the whole pipeline (every stage in ``dvc.lock``), B with only one dataset's
+    shards pulled can use a plain ``dvc repro --allow-missing``: stages whose only change is
+    absent data are skipped, what B changed (a train param) and what reads it run. ~1 min."""
+    a, b = tmp_path / "machine_a", tmp_path / "machine_b"
+    make_machine_a(a, clean_root, tmp_path / "remote")
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
+                           shuffle_buffer=8)
+    params["evaluate"].update(workers=0, device="cpu", batch_check=False)
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(a, "git", "add", "-A")
+    sh(a, "git", "commit", "-q", "-m", "project")                       # DVCLive needs a commit
+    dvc(a, "repro")
+    dvc(a, "push")
+    sh(a, "git", "add", "-A")
+    sh(a, "git", "commit", "-q", "-m", "every stage run")
+
+    sh(tmp_path, "git", "clone", "-q", str(a), str(b))
+    dvc(b, "pull", "shard@tiny")
+    params["train"]["epochs"] = 2
+    (b / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stages_run(dvc(b, "repro", "--allow-missing")) == {"select", "train", "evaluate"}
+    assert not (b / "data" / "sample").exists() and not (b / "data" / "tiny" / "detect").exists()
+    assert load_checkpoint(b / "runs" / "train" / "ckpt" / LAST)["epoch"] == 1
