@@ -117,8 +117,9 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
 ) -> None:
-    """Detect and align every face as the training data was, then print or write per-face
-    expression probabilities; reports how many faces each image (or video frame) had."""
+    """Per-face expression probabilities of images, videos or folders, faces aligned as in training.
+
+    Prints CSV or writes CSV/JSON, and reports how many faces each image (or video frame) had."""
     if every < 1 or batch_size < 1:
         raise typer.BadParameter("--every and --batch-size must be >= 1")
     from fermodels.predict import predict_files     # torch: imported by this command only

@@ -154,6 +154,8 @@ def show_command(
     out: Path = typer.Option(Path("sheet.png"), "--out", "-o", help="Contact sheet image to write (PNG)."),
     n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show."),
 ) -> None:
-    """Contact sheet of aligned faces with landmarks, template points, heatmap overlay and the
-    two half-faces, labelled with class and backend: check alignment by eye."""
+    """Contact sheet of aligned faces to check alignment by eye.
+
+    Each face shows its landmarks, the template points, the heatmap overlay and the two
+    half-faces, labelled with class and backend."""
     typer.echo(str(show(path, out, n)))

@@ -14,12 +14,12 @@ from fermodels.registry import create_model, list_models
 
 app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), training recipes, export, "
                        "k-fold cross-validation summaries.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False)
 
 
 @app.command("list")
 def list_cmd(details: bool = typer.Option(False, help="build each model to show its input size and fields")) -> None:
-    """Print every registered model name (with ``--details``: input size and sample fields)."""
+    """Print every registered model name (with `--details`: input size and sample fields)."""
     for name in list_models():
         if not details:
             typer.echo(name)
