@@ -1,0 +1,119 @@
+"""`ferdata verify` after a copy, a pull or a bad disk: every way a shards folder can disagree with
+its `_info.json` is named, with the file, and the command exits 1; an intact folder exits 0."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ferdata.cli import app
+from ferdata.tario import sha256_file
+from ferdata.stages.shard import INFO
+from ferdata.verify import verify_shards
+
+
+@pytest.fixture
+def shards(tiny_shards, tmp_path) -> Path:
+    copy = tmp_path / "shards"
+    shutil.copytree(tiny_shards, copy)
+    return copy
+
+
+def _info(shards: Path, split: str = "train") -> tuple[Path, dict]:
+    path = shards / split / INFO
+    return path, json.loads(path.read_text())
+
+
+def _first_shard(shards: Path) -> Path:
+    _, info = _info(shards)
+    return shards / "train" / info["shards"][0]["name"]
+
+
+def _with_info(shards: Path, edit) -> None:
+    path, info = _info(shards)
+    edit(info)
+    path.write_text(json.dumps(info))
+
+
+def test_an_intact_folder_passes(shards):
+    assert verify_shards(shards) == []
+    result = CliRunner().invoke(app, ["verify", str(shards)])
+    assert result.exit_code == 0 and "all shards match" in result.output
+
+
+def _flip_a_byte(shards):
+    shard = _first_shard(shards)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return f"{shard}: sha256 mismatch"
+
+
+def _delete(shards):
+    shard = _first_shard(shards)
+    shard.unlink()
+    return f"{shard}: missing"
+
+
+def _stray(shards):
+    stray = shards / "train" / "train-999999.tar"
+    shutil.copy2(_first_shard(shards), stray)
+    return f"{stray}: shard not listed in {INFO}"
+
+
+def _unreadable(shards):
+    path, _ = _info(shards)
+    path.write_text(path.read_text()[:-40])                     # cut short: not JSON any more
+    return f"{path}: unreadable"
+
+
+def _wrong_count(shards):
+    """The listed count of one shard is off by one (its sha256 still matches)."""
+    shard = _first_shard(shards)
+    _, info = _info(shards)
+    real = info["shards"][0]["count"]
+    _with_info(shards, lambda i: i["shards"][0].update(count=real + 1))
+    return f"{shard}: {real} samples, {INFO} says {real + 1}"
+
+
+def _wrong_total(shards):
+    _, info = _info(shards)
+    real = info["num_samples"]
+    _with_info(shards, lambda i: i.update(num_samples=real + 3))
+    return f"{shards / 'train'}: {real} samples, {INFO} says {real + 3}"
+
+
+def _wrong_histogram(shards):
+    _, info = _info(shards)
+    name, n = next((k, v) for k, v in info["class_histogram"].items() if v)
+    _with_info(shards, lambda i: i["class_histogram"].update({name: n + 1}))
+    return f"{shards / 'train'}: class counts"
+
+
+def _truncated_tar_with_its_hash(shards):
+    """A shard cut short inside a member, its sha256 updated (a buggy writer, or someone 'fixing'
+    the hash): the tar reader refuses it."""
+    shard = _first_shard(shards)
+    shard.write_bytes(shard.read_bytes()[:1500])
+    _with_info(shards, lambda i: i["shards"][0].update(sha256=sha256_file(shard)))
+    return f"{shard}: refused: "
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _delete, _stray, _unreadable, _wrong_count, _wrong_total,
+                                    _wrong_histogram, _truncated_tar_with_its_hash], ids=lambda f: f.__name__[1:])
+def test_each_disagreement_is_named_and_exits_1(shards, damage):
+    expected = damage(shards)
+    problems = verify_shards(shards)
+    assert any(p.startswith(expected) for p in problems), problems
+    assert all(str(shards / "train") in p for p in problems), problems        # val and test are intact
+    result = CliRunner().invoke(app, ["verify", str(shards)])
+    assert result.exit_code == 1 and expected in result.output
+
+
+def test_a_folder_without_info_files_says_what_to_pass(tmp_path):
+    (tmp_path / "empty").mkdir()
+    [problem] = verify_shards(tmp_path / "empty")
+    assert f"no {INFO} under" in problem and "pass the shards folder" in problem
