@@ -140,7 +140,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     model = model_from_checkpoint(state).to(device)
     card, classes = model.card, tuple(state["classes"])
     split = open_split(dirs, params.split)
-    dataset = IndexedSplit(dirs, params.split, split_decoder(card, split, device), len(classes))
+    dataset = IndexedSplit(split, split_decoder(card, split, device), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
                          f"{len(classes)}-class model can be scored on")

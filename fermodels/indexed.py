@@ -14,27 +14,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
-from ferdata.stages.shard import INFO, index_chunks
-from fermodels.data import SampleDecoder
+from ferdata.stages.shard import INFO, index_tars
+from fermodels.data import SampleDecoder, Split
 
 
 class IndexedSplit(Dataset):
-    """Raw samples (the members ``decoder`` reads) of one split of one or more shard dirs, read by
-    tar offset (``os.pread``); :func:`indexed_loader` decodes them a batch at a time."""
+    """Raw samples (the members ``decoder`` reads) of a :class:`Split`, read by tar offset
+    (``os.pread``); :func:`indexed_loader` decodes them a batch at a time. Exactly the shards the
+    split's ``_info.json`` files list are read (as the training stream does), and each must hold
+    the samples they say it holds."""
 
-    def __init__(self, shard_dirs: Sequence[str | Path], split: str, decoder: SampleDecoder,
-                 num_classes: int) -> None:
+    def __init__(self, split: Split, decoder: SampleDecoder, num_classes: int) -> None:
         self.decoder, self.num_classes = decoder, num_classes
         exts = decoder.members
         self.keys: list[str] = []
         self.members: list[dict[str, tuple[str, int, int]]] = []
         self.dataset_index: list[int] = []
         self.excluded: Counter = Counter()
-        for d, shard_dir in enumerate(shard_dirs):
-            directory = Path(shard_dir) / split
-            if not (directory / INFO).is_file():
-                raise FileNotFoundError(f"{directory / INFO} not found: prepare the dataset first")
-            for key, fields in index_chunks(directory, split).items():
+        for d, shard_dir in enumerate(split.dirs):                  # keys are unique within a dataset
+            listed = [(path, n) for path, n in split.shards if Path(path).parent.parent == Path(shard_dir)]
+            index = index_tars(path for path, _ in listed)
+            _check_counts(listed, index)
+            for key, fields in index.items():
                 label = int(read_member(fields["cls"]))
                 if label >= num_classes:
                     self.excluded[CLASSES[label]] += 1
@@ -49,6 +50,16 @@ class IndexedSplit(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
+
+
+def _check_counts(listed: Sequence[tuple[str, int]], index: dict[str, dict[str, tuple[str, int, int]]]) -> None:
+    """Each listed (shard, count) holds the samples its ``_info.json`` gives (a shard cut short
+    at a member boundary reads as a valid, smaller tar)."""
+    found = Counter(path for fields in index.values() for path in {m[0] for m in fields.values()})
+    for path, count in listed:
+        if found[path] != count:
+            raise ValueError(f"{path}: {found[path]} samples, {INFO} says {count}: the shard changed after "
+                             f"it was written; run `ferdata verify {Path(path).parent.parent}`")
 
 
 _FDS: dict[tuple[int, str], int] = {}

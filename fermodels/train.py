@@ -195,7 +195,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     repeat = ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None
     loader = PersistentLoader(planner, decoder, workers=params.workers, shuffle_buffer=params.shuffle_buffer,
                               repeat=repeat)
-    val_loader = rank_loader(IndexedSplit(dirs, "val", decoder, params.num_classes), env,
+    val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),

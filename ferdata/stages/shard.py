@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
@@ -49,8 +50,14 @@ Member = tuple[str, int, int]          # (tar path, data offset, size)
 
 def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Member]]:
     """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
+    return index_tars(list_shards(directory, prefix))
+
+
+def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Member]]:
+    """key -> {ext: (path, offset, size)} over the tars ``paths``, checking member safety; a key
+    with the same member twice (in one tar or across them) is refused."""
     index: dict[str, dict[str, Member]] = {}
-    for path in list_shards(directory, prefix):
+    for path in paths:
         where = str(path)                                   # one string shared by all its members
         for m, _ in iter_members(path, read_data=False):
             check_member(m, where)

@@ -3,11 +3,13 @@ catch convcut_paper), flip TTA, cross-dataset scoring, metrics per named test su
 `ferdata verify`'s check of the subset lists), and the two stage scripts."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import torch
 import yaml
 
 from ferdata.verify import verify_shards
-from fermodels.data import SampleDecoder
+from fermodels.data import SampleDecoder, open_split
 from fermodels.evaluate import EvalParams, evaluate, predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
@@ -58,7 +60,7 @@ def test_flip_tta_averages_the_mirrored_prediction(tiny_run, one_thread):
 
     model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt"))
     card = model.card
-    data = IndexedSplit([tiny_run["shards"]], "test", SampleDecoder(card.fields, card.input_size), 7)
+    data = IndexedSplit(open_split([tiny_run["shards"]], "test"), SampleDecoder(card.fields, card.input_size), 7)
     cpu = torch.device("cpu")
     _, tta, _ = predict_loader(model, indexed_loader(data, range(len(data)), 4, 0), card, cpu, flip_tta=True)
     _, plain, _ = predict_loader(model, indexed_loader(data, range(len(data)), 4, 0), card, cpu, flip_tta=False)
@@ -97,7 +99,7 @@ def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
     m = evaluate(tiny_run["ckpt"] / "best.pt", shards, EvalParams(**{**PARAMS.__dict__, "batch_check": False}),
                  tmp_path_factory.mktemp("eval"))
     model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt"))
-    data = IndexedSplit([shards], "test", SampleDecoder(model.card.fields, model.card.input_size), 7)
+    data = IndexedSplit(open_split([shards], "test"), SampleDecoder(model.card.fields, model.card.input_size), 7)
     labels, probs, got_keys = predict_loader(model, indexed_loader(data, range(len(data)), 4, 0), model.card,
                                              torch.device("cpu"), flip_tta=False)
     right = dict(zip(got_keys, probs.argmax(1) == labels))
@@ -108,6 +110,32 @@ def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
     plain = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"],
                      EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path_factory.mktemp("eval"))
     assert "per_subset" not in plain
+
+
+def test_evaluation_reads_exactly_the_listed_shards_and_checks_their_counts(tiny_shards, tmp_path):
+    """A stray tar beside the listed shards (an old run's, a copy) is not read, as in training; a
+    listed shard that lost samples (cut at a member boundary: still a valid tar) is refused."""
+    import tarfile
+
+    copy = tmp_path / "shards"
+    shutil.copytree(tiny_shards, copy)
+    split = open_split([copy], "test")
+    decoder = SampleDecoder(("image",), 112)
+    first = Path(split.shards[0][0])
+    shutil.copy2(first, first.with_name("test-000099.tar"))              # the same keys again
+    data = IndexedSplit(split, decoder, 7)
+    assert len(data) == split.num_samples and sorted(data.keys) == sorted(set(data.keys))
+
+    with tarfile.open(first) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    last_key = members[-1][0].name.split(".")[0]
+    with tarfile.open(first, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, payload in members:
+            if m.name.split(".")[0] != last_key:
+                tar.addfile(m, io.BytesIO(payload))
+    listed = split.shards[0][1]
+    with pytest.raises(ValueError, match=rf"{listed - 1} samples, _info.json says {listed}: .*ferdata verify"):
+        IndexedSplit(split, decoder, 7)
 
 
 def test_verify_flags_subset_keys_that_are_not_in_the_shards(tiny_shards, tmp_path):

@@ -60,7 +60,8 @@ def test_same_sample_as_the_shard_stages(photos, predictor, tmp_path, one_thread
               tmp_path / "shards")
     card = predictor.card
     shards = [tmp_path / "shards"]
-    data = IndexedSplit(shards, "test", split_decoder(card, open_split(shards, "test"), predictor.device), 7)
+    split = open_split(shards, "test")
+    data = IndexedSplit(split, split_decoder(card, split, predictor.device), 7)
     _, from_shards, _ = predict_loader(predictor.model, indexed_loader(data, [0], 1, 0), card, predictor.device,
                                        flip_tta=False)
     image = cv2.imread(str(photos / "astronaut.jpg"))[..., ::-1].copy()
