@@ -13,7 +13,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from ferdata.stages.shard import INFO
+from ferdata.stages.shard import INFO, listed_shard
 from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
 
 
@@ -42,10 +42,12 @@ def verify_split(info_path: Path) -> list[str]:
                 for p in sorted(folder.glob("*.tar")) if p.name not in {n for n, _, _ in listed}]
     total, classes, keys = 0, Counter(), set()
     for name, sha, count in listed:
-        path = folder / name
-        if Path(name).name != name or name in ("", ".", ".."):
-            problems.append(f"{info_path}: shard name {name!r} is not a plain file name")
-        elif not path.is_file():
+        try:
+            path = listed_shard(folder, name)
+        except UnsafeTarError as e:
+            problems.append(str(e))
+            continue
+        if not path.is_file():
             problems.append(f"{path}: missing")
         elif sha256_file(path) != sha:
             problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")

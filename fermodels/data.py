@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb, read_header
-from ferdata.stages.shard import INFO
+from ferdata.stages.shard import INFO, listed_shard
 from ferdata.tario import iter_tar_samples, load_npy
 from fermodels.registry import ModelCard
 
@@ -64,7 +64,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
             raise FileNotFoundError(f"{info_path} not found: prepare the dataset first "
                                     f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
         info = json.loads(info_path.read_text())
-        shards += [(str(info_path.parent / s["name"]), int(s["count"])) for s in info["shards"]]
+        shards += [(str(listed_shard(info_path.parent, s["name"])), int(s["count"])) for s in info["shards"]]
         hist.update(info["class_histogram"])
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}

@@ -48,6 +48,14 @@ class ShardParams:
 Member = tuple[str, int, int]          # (tar path, data offset, size)
 
 
+def listed_shard(split_dir: str | Path, name: str) -> Path:
+    """The shard an ``_info.json`` in ``split_dir`` lists as ``name``; names are plain file names
+    (an info file must not point a reader outside its folder)."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise UnsafeTarError(f"{Path(split_dir) / INFO}: shard name {name!r} is not a plain file name")
+    return Path(split_dir) / name
+
+
 def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Member]]:
     """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
     return index_tars(list_shards(directory, prefix))
