@@ -104,12 +104,12 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
     names = {fold: "test", (fold + 1) % folds: "val"}
     counts: Counter[str] = Counter()
     for item in records:
-        if isinstance(item, FaceRecord) and item.extra.get(TRAIN_ONLY):
-            item = replace(item, split="train")                   # in every fold's training split
-        elif isinstance(item, FaceRecord):
-            item = replace(item, split=names.get(fold_of[group_of(item, by)], "train"),
-                           extra={**item.extra, "fold": fold_of[group_of(item, by)]})
         if isinstance(item, FaceRecord):
+            if item.extra.get(TRAIN_ONLY):
+                item = replace(item, split="train")               # in every fold's training split
+            else:
+                k = fold_of[group_of(item, by)]
+                item = replace(item, split=names.get(k, "train"), extra={**item.extra, "fold": k})
             counts[item.split] += 1
         yield item
     _report(counts, by)

@@ -82,9 +82,7 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
                          f"(`dvc exp show -A` lists them)")
     typer.echo("\n\n".join(describe(s) for s in series))
     if out is not None:
-        out.write_text(json.dumps([{"params": s.params, "folds": s.folds, "missing": s.missing,
-                                    "experiments": {k: r.name for k, r in sorted(s.runs.items())},
-                                    "replaced": s.replaced, "metrics": s.table()} for s in series], indent=2) + "\n")
+        out.write_text(json.dumps([s.record() for s in series], indent=2) + "\n")
 
 
 def main() -> None:

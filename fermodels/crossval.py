@@ -65,6 +65,12 @@ class Series:
         out["num_samples"] = {"folds": [r.metrics["num_samples"] for r in ordered], "pooled": pooled["num_samples"]}
         return out
 
+    def record(self) -> dict:
+        """The series as JSON-ready data: configuration, folds, experiments per fold, metrics."""
+        return {"params": self.params, "folds": self.folds, "missing": self.missing,
+                "experiments": {k: r.name for k, r in sorted(self.runs.items())}, "replaced": self.replaced,
+                "metrics": self.table()}
+
 
 def _git(repo: Path, *args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
