@@ -109,7 +109,8 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Images, videos or folders of them."),
     model: Path = typer.Option(..., "--model", "-m", help="A training checkpoint (runs/train/ckpt/best.pt)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json here (default: CSV on stdout)."),
-    annotate: Optional[Path] = typer.Option(None, help="Folder for copies of the images with boxes and labels."),
+    annotate: Optional[Path] = typer.Option(
+        None, help="Folder for copies of the images with boxes and labels (sub-folders as in the inputs)."),
     backend: str = typer.Option("auto", help="Face backend (`ferdata backends`): auto, embedded, insightface, ..."),
     model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
     batch_size: int = typer.Option(32, help="Faces per forward pass."),
@@ -122,15 +123,13 @@ def predict(
     Prints CSV or writes CSV/JSON, and reports how many faces each image (or video frame) had."""
     if every < 1 or batch_size < 1:
         raise typer.BadParameter("--every and --batch-size must be >= 1")
-    from fermodels.predict import predict_files     # torch: imported by this command only
+    from fermodels.predict import describe, predict_files     # torch: imported by this command only
 
     text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
                                   batch_size=batch_size, every=every, device=device, flip_tta=flip_tta)
     if out is None:
         sys.stdout.write(text)
-    found = sum(s["faces"] for s in summary)
-    typer.echo(f"{found} face(s) in {len(summary)} image(s)/frame(s); "
-               f"{sum(1 for s in summary if s['faces'] == 0)} without a face", err=True)
+    typer.echo(describe(summary), err=True)
 
 
 def main() -> None:

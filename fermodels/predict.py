@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -134,6 +135,8 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray | None
                 index += 1
         finally:
             cap.release()
+        if index == 0:
+            yield 0, None, "no_video_frames"
         return
     try:
         yield 0, decode_rgb(path.read_bytes()), ""
@@ -154,9 +157,33 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return out
 
 
+def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path, Path]:
+    """Where each file's annotated copies go, relative to the ``--annotate`` folder: its path below
+    the folder that holds every input (so ``a/x.jpg`` and ``b/x.jpg`` stay apart), ``.jpg`` added
+    to names that are not JPEG already (``x.png`` -> ``x.png.jpg``, apart from ``x.jpg``)."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    homes = [os.path.abspath(p if p.is_dir() else p.parent) for p in inputs]     # links kept as named
+    base = Path(os.path.commonpath(homes))
+    names = {}
+    for p in paths:
+        rel = Path(os.path.abspath(p)).relative_to(base)
+        names[p] = rel if rel.suffix.lower() in (".jpg", ".jpeg") else rel.with_name(rel.name + ".jpg")
+    return names
+
+
+def annotation_path(name: Path, frame: int, video: bool) -> Path:
+    """A video frame's copy carries its frame number: ``clip.avi.jpg`` -> ``clip.avi.f000010.jpg``."""
+    return name.with_name(f"{name.stem}.f{frame:06d}{name.suffix}") if video else name
+
+
 def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int, every: int,
-                annotate: Path | None = None) -> tuple[list[dict], list[dict]]:
-    """(one row per face with its probabilities, one summary per image/frame with its face count)."""
+                annotate: Path | None = None, names: Mapping[Path, Path] | None = None,
+                ) -> tuple[list[dict], list[dict]]:
+    """(one row per face with its probabilities, one summary per image/frame with its face count,
+    or the reason it could not be read). With ``annotate``, each image with a face is saved there
+    boxed and labelled, under ``names[path]`` (default: the file's name, see :func:`annotation_names`)."""
     rows: list[dict] = []
     summary: list[dict] = []
     pending: list[FaceSample] = []
@@ -171,21 +198,39 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
         pending.clear()
 
     for path in paths:
+        video = path.suffix.lower() in VIDEO_EXTS
         for frame, image, problem in iter_frames(path, every):
             if image is None:
+                log.warning("%s skipped: %s", path, problem)
                 summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
                 continue
             faces, dropped = predictor.faces(image, str(path), frame)
             summary.append({"source": str(path), "frame": frame, "faces": len(faces), "dropped": dropped})
-            log.info("%s%s: %d face(s)", path, f" frame {frame}" if frame else "", len(faces))
+            log.info("%s%s: %d face(s)", path, f" frame {frame}" if video else "", len(faces))
             pending += faces
             if annotate is not None and faces:
                 flush()
-                draw_faces(image, rows[-len(faces):], annotate / f"{path.stem}{f'_f{frame:06d}' if frame else ''}.jpg")
+                name = (names or {}).get(path) or annotation_names([path], [path])[path]
+                draw_faces(image, rows[-len(faces):], annotate / annotation_path(name, frame, video))
             elif len(pending) >= batch_size:
                 flush()
     flush()
     return rows, summary
+
+
+def describe(summary: list[dict], most: int = 5) -> str:
+    """One line for the user: faces found, images or frames without one, inputs not read (named,
+    with the reason), faces skipped for bad geometry."""
+    unread = [s for s in summary if s.get("problem")]
+    parts = [f"{sum(s['faces'] for s in summary)} face(s) in {len(summary) - len(unread)} image(s)/frame(s)",
+             f"{sum(1 for s in summary if s['faces'] == 0 and not s.get('problem'))} without a face"]
+    if unread:
+        shown = ", ".join(f"{s['source']} ({s['problem']})" for s in unread[:most])
+        parts.append(f"{len(unread)} not read: {shown}{', ...' if len(unread) > most else ''}")
+    skipped = sum(s.get("dropped", 0) for s in summary)
+    if skipped:
+        parts.append(f"{skipped} face(s) skipped (bad geometry or no landmarks; see the warnings)")
+    return "; ".join(parts)
 
 
 def draw_faces(image: np.ndarray, rows: list[dict], path: Path) -> None:
@@ -226,6 +271,8 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
     per image/frame (face counts). The library side of ``ferdata predict``."""
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir, flip_tta=flip_tta)
-    rows, summary = run_predict(predictor, expand_inputs(inputs), batch_size=batch_size, every=every,
-                                annotate=annotate)
+    inputs = list(inputs)
+    paths = expand_inputs(inputs)
+    rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,
+                                names=annotation_names(inputs, paths))
     return write_rows(rows, summary, predictor.classes, out), summary

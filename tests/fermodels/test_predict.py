@@ -22,7 +22,8 @@ from ferdata.stages.shard import ShardParams, run_shard
 from fermodels.data import open_split, split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
-from fermodels.predict import Predictor, run_predict
+from fermodels.predict import (Predictor, annotation_names, annotation_path, expand_inputs, iter_frames,
+                               run_predict)
 
 from tests.fermodels.helpers import REPO, stage_params, make_params
 
@@ -99,8 +100,44 @@ def test_cli_writes_csv_json_and_annotations(photos, tiny_run, tmp_path, one_thr
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "out.json").read_text())
     assert len(out["faces"]) == 1 + 2 + 1 and len(out["images"]) == 4
-    assert {p.name for p in (tmp_path / "ann").iterdir()} == {"astronaut.jpg", "two.jpg", "clip.jpg"}
+    assert {p.name for p in (tmp_path / "ann").iterdir()} == {"astronaut.jpg", "two.jpg", "clip.avi.f000000.jpg"}
     assert runner.invoke(app, ["predict", str(tmp_path / "missing.jpg"), "-m", ckpt]).exit_code != 0
+
+
+def test_cli_names_what_it_could_not_read_and_keeps_every_annotation(photos, tiny_run, tmp_path, one_thread):
+    """An unreadable file is named with its reason (not counted as an image without a face), and
+    same-named images in different folders, or differing only in extension, get one copy each."""
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    face = (photos / "astronaut.jpg").read_bytes()
+    for rel in ("face.jpg", "sub/face.jpg"):
+        (inputs / rel).write_bytes(face)
+    cv2.imwrite(str(inputs / "face.png"), cv2.imread(str(photos / "astronaut.jpg")))
+    (inputs / "broken.jpg").write_bytes(b"%PDF-1.4 not a picture")
+    res = CliRunner().invoke(app, ["predict", str(inputs), "-m", str(tiny_run["ckpt"] / "best.pt"),
+                                   "--backend", "embedded", "--device", "cpu", "--annotate", str(tmp_path / "ann")])
+    assert res.exit_code == 0, res.output
+    assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 3
+    assert "3 face(s) in 3 image(s)/frame(s); 0 without a face; 1 not read: " in res.stderr
+    assert f"{inputs / 'broken.jpg'} (not_an_image)" in res.stderr
+    written = sorted(str(p.relative_to(tmp_path / "ann")) for p in (tmp_path / "ann").rglob("*.jpg"))
+    assert written == ["face.jpg", "face.png.jpg", "sub/face.jpg"]
+
+
+def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
+    for rel in ("a/x.jpg", "b/x.jpg", "a/x.png", "a/y.JPEG", "a/deep/clip.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    files = [tmp_path / "a/x.jpg", tmp_path / "b/x.jpg"]
+    assert annotation_names(files, files) == {files[0]: Path("a/x.jpg"), files[1]: Path("b/x.jpg")}
+    folder = tmp_path / "a"
+    paths = expand_inputs([folder])
+    assert {str(v) for v in annotation_names([folder], paths).values()} == {
+        "x.jpg", "x.png.jpg", "y.JPEG", "deep/clip.mp4.jpg"}
+    (folder / "link.jpg").symlink_to(tmp_path / "b/x.jpg")          # a link leaving the folder keeps its name
+    assert annotation_names([folder], [folder / "link.jpg"]) == {folder / "link.jpg": Path("link.jpg")}
+    assert annotation_path(Path("deep/clip.mp4.jpg"), 30, video=True) == Path("deep/clip.mp4.f000030.jpg")
+    assert annotation_path(Path("x.jpg"), 0, video=False) == Path("x.jpg")
 
 
 def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_thread):
@@ -109,3 +146,11 @@ def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_
     train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
     with pytest.raises(ValueError, match="preprocessing"):
         Predictor(tmp_path / "ckpt" / "best.pt", backend="embedded")
+
+
+def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
+    empty = tmp_path / "empty.avi"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 64)).release()
+    (tmp_path / "garbage.mp4").write_bytes(b"not a video at all")
+    assert [(f, im, p) for f, im, p in iter_frames(empty, 1)] == [(0, None, "no_video_frames")]
+    assert [(f, im, p) for f, im, p in iter_frames(tmp_path / "garbage.mp4", 1)] == [(0, None, "unreadable_video")]
