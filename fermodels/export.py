@@ -4,8 +4,9 @@ The exported graph takes the model's fields as positional float32 tensors in *pi
 (what the loader decodes): ``image`` (B, 3, S, S) RGB 0..255, ``left``/``right`` (B, 3, S, S/2),
 ``heatmap`` (B, 1, S/4, S/4) 0..255, ``lmk`` (B, 68, 2) crop pixels; normalisation (the card's
 mean/std) happens inside, so users only align, resize and stack. Outputs: ``logits`` and
-``probs``. ``<name>.json`` beside the files records input names/shapes, mean/std, class names,
-and the align/derive settings that produce the inputs from a photo (see :mod:`fermodels.predict`).
+``probs``. ``<name>.json`` beside the files records input names/shapes, mean/std, class names, the
+align/derive settings, and the 5-point template and resizing that turn a photo's face into the
+``image`` input without this package (:mod:`fermodels.predict` does the same with it).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text
+from ferdata.geometry import template
 from fermodels.data import normalise
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
@@ -73,9 +75,31 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
                    for f, shape in input_shapes(card, 1).items()},
         "outputs": {"logits": ["batch", len(state["classes"])], "probs": ["batch", len(state["classes"])]},
         "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
-        "preprocess": state.get("preprocess", {}), "datasets": state.get("datasets", []),
-        "best": state.get("best", {}), "files": files, "opset": OPSET,
+        "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card),
+        "datasets": state.get("datasets", []), "best": state.get("best", {}), "files": files, "opset": OPSET,
     }
+
+
+def alignment(preprocess: dict, card) -> dict:
+    """How a photo's face becomes the graph's ``image`` without this package: the 5-point template
+    the training crops were warped to, and how a crop is brought to the model's input size."""
+    if "align" not in preprocess:
+        return {}
+    size, padding = preprocess["align"]["size"], preprocess["align"]["padding"]
+    out = {
+        "keypoints": ["eye, image left", "eye, image right", "nose tip", "mouth corner, image left",
+                      "mouth corner, image right"],
+        "template": [[round(float(v), 4) for v in point] for point in template(size, padding)],
+        "crop_size": size,
+        "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints to the template; "
+                "warpAffine to crop_size x crop_size, bilinear, black border",
+        "resize": "none" if card.input_size == size else
+                  f"{size} -> {card.input_size}: bilinear, pixel centres aligned, antialiased when shrinking",
+    }
+    if {"left", "right"} & set(card.fields):
+        out["halves"] = ("left = crop[:, :W/2], right = crop[:, W/2:] flipped left-right (W: the crop's side), "
+                         "each resized as the image, to half its width")
+    return out
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +28,25 @@ def test_export_matches_pytorch_and_writes_metadata(tiny_run, tmp_path, one_thre
     assert saved["preprocess"]["align"]["size"] == 112
     diffs = parity(tmp_path, tiny_run["ckpt"] / "best.pt", batch=5)
     assert set(diffs) == {"onnx", "torchscript"} and max(diffs.values()) < TOLERANCE, diffs
+
+
+def test_the_metadata_alone_reproduces_the_training_crop(tiny_run, tmp_path, one_thread):
+    """A deployer with only the .json (and OpenCV / scikit-image) gets the crop the align stage makes."""
+    from skimage import data
+    from skimage.transform import SimilarityTransform
+
+    from ferdata.geometry import align_face
+
+    meta = export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])["alignment"]
+    size = meta["crop_size"]
+    photo = data.astronaut()
+    kps5 = np.array([[199.0, 106.0], [248.0, 104.0], [226.0, 131.0], [204.0, 160.0], [243.0, 158.0]])
+    fit = SimilarityTransform.from_estimate(kps5, np.array(meta["template"]))
+    theirs = cv2.warpAffine(photo, fit.params[:2], (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    ours = align_face(photo, kps5, 112).image
+    assert theirs.shape == ours.shape == (112, 112, 3)
+    assert np.abs(theirs.astype(int) - ours).max() <= 2
+    assert meta["resize"].startswith("112 -> 224: bilinear")
 
 
 def test_unknown_format_is_refused(tiny_run, tmp_path):
