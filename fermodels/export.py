@@ -99,6 +99,14 @@ def alignment(preprocess: dict, card) -> dict:
     if {"left", "right"} & set(card.fields):
         out["halves"] = ("left = crop[:, :W/2], right = crop[:, W/2:] flipped left-right (W: the crop's side), "
                          "each resized as the image, to half its width")
+    if "lmk" in card.fields:
+        out["lmk"] = ("the 68 iBUG landmarks mapped into the crop by the same similarity, then to the input size: "
+                      "(p + 0.5) * input_size / crop_size - 0.5")
+    if "heatmap" in card.fields:
+        out["heatmap"] = ("on a derive.heatmap_size grid over the crop (cell (i, j) centred at crop pixel "
+                          "((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5), s = crop_size / heatmap_size): the maximum "
+                          "over the 68 landmarks of exp(-d^2 / (2 derive.heatmap_sigma^2)), d in cells, times 255, "
+                          "rounded; resized as the image, to a quarter of its side")
     return out
 
 

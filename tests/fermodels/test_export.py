@@ -49,6 +49,18 @@ def test_the_metadata_alone_reproduces_the_training_crop(tiny_run, tmp_path, one
     assert meta["resize"].startswith("112 -> 224: bilinear")
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_the_metadata_says_how_to_make_every_input_of_every_model(name):
+    from fermodels.export import alignment
+    from fermodels.registry import create_model
+
+    card = create_model(name).card
+    meta = alignment({"align": {"size": 112, "padding": 0.0}}, card)
+    described = {"image", *(f for f in ("lmk", "heatmap") if f in meta)}
+    described |= {"left", "right"} if "halves" in meta else set()
+    assert set(card.fields) <= described, f"{name}: {set(card.fields) - described} not described"
+
+
 def test_unknown_format_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="onnx"):
         export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["tflite"])
