@@ -4,11 +4,11 @@ Each sample: ``jpg`` (aligned RGB face), ``lmk.npy`` (68x2 float32, crop pixels;
 when the backend has no 68 points) and ``json`` (record provenance, backend, score,
 box and the source->crop matrix). Train and test go through the same function.
 
-Bad rows are dropped by reason, never crash the run: a repeated key
-(``duplicate_key``), the same picture and face again in the same split
-(``duplicate_image``; across official splits it is kept and counted, so official
-test sets stay intact), a source file that changed since detect (``source_changed``),
-unusable geometry (``bad_landmarks``, ``bad_box``, ``face_outside_image``) and every decode
+Bad rows are dropped by reason, never crash the run: a repeated key (``duplicate_key``),
+the same picture and face again in the same split (``duplicate_image``; every copy when
+the copies' labels disagree, ``conflicting_labels``; across official splits it is kept and
+counted, so official test sets stay intact), a source file that changed since detect
+(``source_changed``), unusable geometry (``bad_landmarks``, ``bad_box``, ``face_outside_image``) and every decode
 failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
 (EXIF rotation, alpha, 16-bit, CMYK, several faces ...) are counted in the report's
 notes. The output folder is built beside ``out_dir`` and swapped in whole.
@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ferdata.atomic import staged_dir
+from ferdata.classes import CLASSES
 from ferdata.geometry import align_face, crop_reduction, reduced_frame, template, transform_points
 from ferdata.io import BadImage, decode_image, encode_jpeg
 from ferdata.parallel import parallel_map
@@ -140,12 +141,39 @@ class AlignWorker:
         return AlignedSample(rec.key, fields, decoded.conversions, int(row["num_faces"]))
 
 
-class Deduplicator:
-    """First occurrence wins. Keys must be unique; a picture + face box seen before in the
-    same split is dropped, one seen only in another official split is kept and counted."""
+Identity = tuple[bytes, tuple[str, ...], str]
 
-    def __init__(self, report: StageReport) -> None:
+
+def face_identity(row: dict) -> Identity:
+    """The picture (its sha256), the face (box rounded to pixels) and the split of a detect row."""
+    return bytes.fromhex(row["sha256"])[:16], tuple(f"{v:.0f}" for v in row["face"]["box"]), row["record"]["split"]
+
+
+def conflicting_labels(rows: Iterable[dict]) -> dict[Identity, list[str]]:
+    """Faces given different labels by copies of one picture in one split, with those labels
+    (a repeated key is not a copy: :class:`Deduplicator` drops it first)."""
+    first: dict[Identity, int] = {}
+    conflicts: dict[Identity, set[int]] = {}
+    keys: set[str] = set()
+    for row in rows:
+        if row["record"]["key"] in keys:
+            continue
+        keys.add(row["record"]["key"])
+        ident, label = face_identity(row), int(row["record"]["label"])
+        if first.setdefault(ident, label) != label:
+            conflicts.setdefault(ident, {first[ident]}).add(label)
+    return {ident: [CLASSES[c] for c in sorted(labels)] for ident, labels in conflicts.items()}
+
+
+class Deduplicator:
+    """Keys must be unique. Copies of one picture + face in one split: all are dropped when their
+    labels disagree (neither label can be trusted; ``conflicting_labels``, pass the rows'
+    :func:`conflicting_labels`), else the first is kept. A face seen only in another official
+    split is kept and counted, so official test sets stay whole."""
+
+    def __init__(self, report: StageReport, conflicts: dict[Identity, list[str]] | None = None) -> None:
         self.report = report
+        self.conflicts = conflicts or {}
         self.keys: set[str] = set()
         self.faces: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
 
@@ -156,16 +184,20 @@ class Deduplicator:
                 yield Dropped(rec["dataset"], rec["key"], "duplicate_key", f"{rec['path']}: key used before")
                 continue
             self.keys.add(rec["key"])
-            ident = (bytes.fromhex(row["sha256"])[:16], tuple(f"{v:.0f}" for v in row["face"]["box"]))
-            seen = self.faces.setdefault(ident, {})          # split -> first key
-            if rec["split"] in seen:
-                first = seen[rec["split"]]
-                yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{rec['path']}: same as {first}")
+            picture, box, split = ident = face_identity(row)
+            if ident in self.conflicts:
+                yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
+                              f"{rec['path']}: copies of this picture and face in split {split or 'none'} are "
+                              f"labelled {', '.join(self.conflicts[ident])}")
+                continue
+            seen = self.faces.setdefault((picture, box), {})          # split -> first key
+            if split in seen:
+                yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{rec['path']}: same as {seen[split]}")
                 continue
             if seen:
                 first_split = next(iter(seen))
-                self.report.count("duplicates", f"across_splits_{first_split or 'none'}_{rec['split'] or 'none'}")
-            seen[rec["split"]] = rec["key"]
+                self.report.count("duplicates", f"across_splits_{first_split or 'none'}_{split or 'none'}")
+            seen[split] = rec["key"]
             yield row
 
 
@@ -174,7 +206,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     template(params.size, params.padding)          # a bad crop size fails here, not per sample
     report = StageReport("align")
     drops: list[Dropped] = []
-    rows = Deduplicator(report)(read_faces(detect_dir))
+    rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)))(read_faces(detect_dir))
     with staged_dir(out_dir, OWNED) as out:
         with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
             for res in progress(parallel_map(AlignWorker(params), rows, params.workers), desc="align", unit="face"):

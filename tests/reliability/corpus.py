@@ -200,6 +200,11 @@ def standard_cases() -> list[Case]:
         Case("dup_of_good_1", jpeg_of(1), "align", "duplicate_image"),
         Case("dup_of_good_2_in_test", jpeg_of(2), split="test", reason="across_splits_train_test"),
         Case("dup_of_good_2_in_test_again", jpeg_of(2), "align", "duplicate_image", split="test"),
+        # copies whose labels disagree: every copy in that split goes; a copy in another split stays
+        Case("conflict_a", jpeg_of(50), "align", "conflicting_labels", label="2"),
+        Case("conflict_b", jpeg_of(50), "align", "conflicting_labels", label="4"),
+        Case("conflict_a_again", jpeg_of(50), "align", "conflicting_labels", label="2"),
+        Case("conflict_in_test", jpeg_of(50), split="test", label="6"),
     ]
 
 
