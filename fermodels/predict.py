@@ -145,16 +145,19 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray | None
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
-    """Files as given; folders expanded (recursively, sorted) to their images and videos."""
-    out: list[Path] = []
+    """Files as given; folders expanded (recursively, sorted) to their images and videos; a file
+    named twice (itself and inside a folder given too) is read once."""
+    out: dict[str, Path] = {}
     for p in inputs:
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
         elif p.is_file():
-            out.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"{p} does not exist")
-    return out
+        for f in found:
+            out.setdefault(os.path.abspath(f), f)
+    return list(out.values())
 
 
 def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path, Path]:

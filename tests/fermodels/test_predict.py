@@ -132,6 +132,7 @@ def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
     assert annotation_names(files, files) == {files[0]: Path("a/x.jpg"), files[1]: Path("b/x.jpg")}
     folder = tmp_path / "a"
     paths = expand_inputs([folder])
+    assert expand_inputs([folder, folder / "x.png", tmp_path / "b/x.jpg"]) == [*paths, tmp_path / "b/x.jpg"]
     assert {str(v) for v in annotation_names([folder], paths).values()} == {
         "x.jpg", "x.png.jpg", "y.JPEG", "deep/clip.mp4.jpg"}
     (folder / "link.jpg").symlink_to(tmp_path / "b/x.jpg")          # a link leaving the folder keeps its name
