@@ -120,7 +120,7 @@ def predict(
 ) -> None:
     """Per-face expression probabilities of images, videos or folders, faces aligned as in training.
 
-    Prints CSV or writes CSV/JSON, and reports how many faces each image (or video frame) had."""
+    Prints CSV or writes CSV/JSON; the last line counts faces, images without one and inputs not read."""
     if every < 1 or batch_size < 1:
         raise typer.BadParameter("--every and --batch-size must be >= 1")
     from fermodels.predict import describe, predict_files     # torch: imported by this command only

@@ -156,6 +156,5 @@ def show_command(
 ) -> None:
     """Contact sheet of aligned faces to check alignment by eye.
 
-    Each face shows its landmarks, the template points, the heatmap overlay and the two
-    half-faces, labelled with class and backend."""
+    Each face shows its landmarks, the template points, the heatmap and both half-faces, with class and backend."""
     typer.echo(str(show(path, out, n)))
