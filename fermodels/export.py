@@ -5,8 +5,8 @@ The exported graph takes the model's fields as positional float32 tensors in *pi
 ``heatmap`` (B, 1, S/4, S/4) 0..255, ``lmk`` (B, 68, 2) crop pixels; normalisation (the card's
 mean/std) happens inside, so users only align, resize and stack. Outputs: ``logits`` and
 ``probs``. ``<name>.json`` beside the files records input names/shapes, mean/std, class names, the
-align/derive settings, and the 5-point template and resizing that turn a photo's face into the
-``image`` input without this package (:mod:`fermodels.predict` does the same with it).
+align/derive settings, and how a photo's face becomes each input without this package (the
+5-point template, the resizing, halves, landmarks, heatmap; :mod:`fermodels.predict` does it here).
 """
 from __future__ import annotations
 

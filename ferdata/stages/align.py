@@ -8,8 +8,8 @@ Bad rows are dropped by reason, never crash the run: a repeated key (``duplicate
 the same picture and face again in the same split (``duplicate_image``; every copy when
 the copies' labels disagree, ``conflicting_labels``; across official splits it is kept and
 counted, so official test sets stay intact), a source file that changed since detect
-(``source_changed``), unusable geometry (``bad_landmarks``, ``bad_box``, ``face_outside_image``) and every decode
-failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
+(``source_changed``), unusable geometry (``bad_landmarks``, ``bad_box``,
+``face_outside_image``) and every decode failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
 (EXIF rotation, alpha, 16-bit, CMYK, several faces ...) are counted in the report's
 notes. The output folder is built beside ``out_dir`` and swapped in whole.
 """
@@ -167,9 +167,9 @@ def conflicting_labels(rows: Iterable[dict]) -> dict[Identity, list[str]]:
 
 class Deduplicator:
     """Keys must be unique. Copies of one picture + face in one split: all are dropped when their
-    labels disagree (neither label can be trusted; ``conflicting_labels``, pass the rows'
-    :func:`conflicting_labels`), else the first is kept. A face seen only in another official
-    split is kept and counted, so official test sets stay whole."""
+    labels disagree (``conflicting_labels``: neither label can be trusted; ``conflicts`` is
+    :func:`conflicting_labels` of the same rows), else the first is kept. A face seen only in
+    another official split is kept and counted, so official test sets stay whole."""
 
     def __init__(self, report: StageReport, conflicts: dict[Identity, list[str]] | None = None) -> None:
         self.report = report
