@@ -6,11 +6,11 @@ functions one at a time (see pipeline/), so both always produce the same shards.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ferdata.datasets import READERS, open_reader
+from ferdata.datasets import READERS, DatasetSpec, dataset_spec, read_dataset
+from ferdata.layout import stage_dirs
 from ferdata.params import section
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
@@ -18,31 +18,6 @@ from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 
 log = logging.getLogger(__name__)
-STAGES = ("detect", "aligned", "derived", "shards")
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    reader: str
-    root: str
-    options: dict
-
-
-def stage_dirs(data_dir: str | Path, name: str) -> dict[str, Path]:
-    """The one place the per-dataset folder layout is defined (dvc.yaml mirrors it)."""
-    base = Path(data_dir) / name
-    return {s: base / s for s in STAGES}
-
-
-def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
-    specs = params.get("datasets") or {}
-    if name not in specs:
-        raise KeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
-    return section(DatasetSpec, specs[name], f"datasets.{name}")
-
-
-def read_dataset(spec: DatasetSpec):
-    return open_reader(spec.reader, spec.root, spec.options).read()
 
 
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",

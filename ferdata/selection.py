@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Sequence
 
 from ferdata.atomic import atomic_write_text
-from ferdata.prepare import stage_dirs
-from ferdata.stages.shard import INFO
+from ferdata.layout import INFO, stage_dirs
 
 VERSION = 1
+SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
 
 
 class SelectionError(ValueError):

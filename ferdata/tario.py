@@ -19,7 +19,7 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Collection, Iterator, Mapping
+from typing import BinaryIO, Collection, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -246,3 +246,27 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+Indexed = tuple[str, int, int]          # a member's (tar path, data offset, size)
+
+
+def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Indexed]]:
+    """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
+    return index_tars(list_shards(directory, prefix))
+
+
+def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Indexed]]:
+    """key -> {ext: (path, offset, size)} over the tars ``paths``, checking member safety; a key
+    with the same member twice (in one tar or across them) is refused."""
+    index: dict[str, dict[str, Indexed]] = {}
+    for path in paths:
+        where = str(path)                                   # one string shared by all its members
+        for m, _ in iter_members(path, read_data=False):
+            check_member(m, where)
+            key, ext = split_member(m.name)
+            sample = index.setdefault(key, {})
+            if ext in sample:
+                raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
+            sample[ext] = (where, m.offset_data, m.size)
+    return index

@@ -13,7 +13,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from ferdata.stages.shard import INFO, listed_shard
+from ferdata.layout import INFO, listed_shard
 from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
 
 

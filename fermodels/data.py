@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb, read_header
-from ferdata.stages.shard import INFO, listed_shard
+from ferdata.layout import INFO, listed_shard
 from ferdata.tario import iter_tar_samples, load_npy
 from fermodels.registry import ModelCard
 

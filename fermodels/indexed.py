@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
-from ferdata.stages.shard import INFO, index_tars
+from ferdata.layout import INFO
+from ferdata.tario import index_tars
 from fermodels.data import SampleDecoder, Split
 
 

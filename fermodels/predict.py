@@ -31,18 +31,11 @@ from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, normalise, to_device, travel_side
 from fermodels.distributed import env_from_os, pick_device
-from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.runstate import PREPROCESS_KEYS, load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
-PREPROCESS_KEYS = {"align": ("size", "padding", "jpeg_quality"),
-                   "derive": ("heatmap_size", "heatmap_sigma", "jpeg_quality")}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-
-
-def preprocess_record(params: Mapping[str, Any]) -> dict:
-    """The align/derive settings (from params.yaml) that checkpoints carry for inference."""
-    return {section: {k: params[section][k] for k in keys} for section, keys in PREPROCESS_KEYS.items()}
 
 
 @dataclass(frozen=True)

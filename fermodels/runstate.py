@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -27,6 +27,15 @@ from fermodels.registry import create_model
 log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
 LAST, BEST = "last.pt", "best.pt"
+# The align/derive settings that made the shards: checkpoints carry them, so inference rebuilds
+# the training sample from a photo (fermodels.predict) and exports can describe it.
+PREPROCESS_KEYS = {"align": ("size", "padding", "jpeg_quality"),
+                   "derive": ("heatmap_size", "heatmap_sigma", "jpeg_quality")}
+
+
+def preprocess_record(params: Mapping[str, Any]) -> dict:
+    """The align/derive settings (from params.yaml) that checkpoints carry for inference."""
+    return {section: {k: params[section][k] for k in keys} for section, keys in PREPROCESS_KEYS.items()}
 
 
 @dataclass(frozen=True)

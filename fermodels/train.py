@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
@@ -34,7 +35,6 @@ from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 
 log = logging.getLogger(__name__)
 SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
-SPLITS_READ = ("train", "val")     # of every training dataset; the test split is the evaluator's
 FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
 
 

@@ -1,6 +1,6 @@
 """Stage `detect@<dataset>`.  Usage: python -m pipeline.detect DATASET OUT_DIR"""
 from ferdata.params import section
-from ferdata.prepare import dataset_spec, read_dataset
+from ferdata.datasets import dataset_spec, read_dataset
 from ferdata.stages.detect import DetectParams, run_detect
 from pipeline._args import setup
 

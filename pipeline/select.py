@@ -7,9 +7,8 @@ depend on these files instead of all of ``data/``, so preparing another dataset 
 """
 from pathlib import Path
 
-from ferdata.selection import write_selection
+from ferdata.selection import SPLITS_READ, write_selection
 from fermodels.recipes import apply_recipe
-from fermodels.train import SPLITS_READ
 from pipeline._args import setup
 
 params, (data_dir, out) = setup()

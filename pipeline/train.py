@@ -5,10 +5,10 @@ pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive 
 checkpoints for inference.
 """
 from ferdata.params import section
-from ferdata.selection import read_selection
-from fermodels.predict import preprocess_record
+from ferdata.selection import SPLITS_READ, read_selection
 from fermodels.recipes import apply_recipe
-from fermodels.train import SPLITS_READ, TrainParams, train
+from fermodels.runstate import preprocess_record
+from fermodels.train import TrainParams, train
 from pipeline._args import setup
 
 params, (selection, ckpt, live) = setup()

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from ferdata.params import load_params, section
-from ferdata.prepare import prepare, stage_dirs
+from ferdata.layout import stage_dirs
+from ferdata.prepare import prepare
 from ferdata.sample import make_affectnet_sample
 from ferdata.verify import verify_shards
 from fermodels.evaluate import EvalParams, evaluate

@@ -1,5 +1,33 @@
 """Dataset readers, registered by name. Importing this package registers them all."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
 from ferdata.datasets.base import COMMON_OPTIONS, READERS, DatasetLayoutError, DatasetReader, open_reader
 from ferdata.datasets import affectnet, ckplus, expw, fer2013, folder, jaffe, rafdb, sfew  # noqa: F401  (registers)
+from ferdata.params import section
+from ferdata.records import Dropped, FaceRecord
 
-__all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "open_reader"]
+__all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "DatasetSpec", "dataset_spec",
+           "open_reader", "read_dataset"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A params.yaml ``datasets`` entry: which reader, where, with which options."""
+
+    reader: str
+    root: str
+    options: dict
+
+
+def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
+    specs = params.get("datasets") or {}
+    if name not in specs:
+        raise KeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
+    return section(DatasetSpec, specs[name], f"datasets.{name}")
+
+
+def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:
+    return open_reader(spec.reader, spec.root, spec.options).read()

@@ -140,11 +140,3 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> F
         cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
         return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
     raise ValueError(f"face selection must be 'largest' or 'central', got {rule!r}")
-
-
-def create_backend(name: str, options: Mapping[str, Any] | None = None,
-                   model_dir: str | Path | None = None, allow_download: bool = False) -> FaceBackend:
-    """Build a registered backend by name (unknown names list the known ones)."""
-    import ferdata.faces  # noqa: F401  (registers all backends)
-
-    return BACKENDS.get(name)(options, model_dir, allow_download)

@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
-from ferdata.faces.base import FaceBackend, create_backend, select_face, shape_only
+from ferdata.faces import create_backend
+from ferdata.faces.base import FaceBackend, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress

@@ -16,7 +16,6 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
@@ -26,11 +25,10 @@ from ferdata.splits import assign_splits, unit_hash
 from ferdata.report import StageReport
 from ferdata.stages.align import PREFIX as ALIGNED
 from ferdata.stages.derive import PREFIX as DERIVED
-from ferdata.tario import TarShardWriter, UnsafeTarError, check_member, list_shards, split_member
-from ferdata.tarscan import iter_members
+from ferdata.layout import INFO
+from ferdata.tario import Indexed, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)
-INFO = "_info.json"
 OWNED = (*SPLITS, "report.json")
 
 
@@ -45,39 +43,7 @@ class ShardParams:
     maxcount: int
 
 
-Member = tuple[str, int, int]          # (tar path, data offset, size)
-
-
-def listed_shard(split_dir: str | Path, name: str) -> Path:
-    """The shard an ``_info.json`` in ``split_dir`` lists as ``name``; names are plain file names
-    (an info file must not point a reader outside its folder)."""
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise UnsafeTarError(f"{Path(split_dir) / INFO}: shard name {name!r} is not a plain file name")
-    return Path(split_dir) / name
-
-
-def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Member]]:
-    """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
-    return index_tars(list_shards(directory, prefix))
-
-
-def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Member]]:
-    """key -> {ext: (path, offset, size)} over the tars ``paths``, checking member safety; a key
-    with the same member twice (in one tar or across them) is refused."""
-    index: dict[str, dict[str, Member]] = {}
-    for path in paths:
-        where = str(path)                                   # one string shared by all its members
-        for m, _ in iter_members(path, read_data=False):
-            check_member(m, where)
-            key, ext = split_member(m.name)
-            sample = index.setdefault(key, {})
-            if ext in sample:
-                raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
-            sample[ext] = (where, m.offset_data, m.size)
-    return index
-
-
-def _read(member: Member) -> bytes:
+def _read(member: Indexed) -> bytes:
     path, offset, size = member
     with open(path, "rb") as f:
         f.seek(offset)

@@ -24,7 +24,7 @@ from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 from fermodels.info import synthetic_landmarks
-from fermodels.predict import preprocess_record
+from fermodels.runstate import preprocess_record
 from fermodels.recipes import apply_recipe
 from fermodels.train import TrainParams
 

@@ -16,7 +16,7 @@ import pytest
 
 import ferdata.tario as tario
 from ferdata.stages.derive import run_derive
-from ferdata.stages.shard import index_chunks
+from ferdata.tario import index_chunks
 from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
 from ferdata.verify import verify_shards
 from tests.reliability.corpus import REPO, stage_params

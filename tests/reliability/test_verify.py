@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ferdata.cli import app
 from ferdata.tario import sha256_file
-from ferdata.stages.shard import INFO
+from ferdata.layout import INFO
 from ferdata.verify import verify_shards
 
 
