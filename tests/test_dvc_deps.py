@@ -1,0 +1,93 @@
+"""dvc.yaml: every stage depends on all the project code its command can run, so `dvc repro`
+re-runs a stage whenever code that shapes its output changes (and only then, plus infrastructure
+listed in EXEMPT). The code a stage can run is the static import closure of its pipeline script,
+imports inside functions included."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("ferdata", "fermodels", "pipeline")
+# Modules that never shape a stage's data: what they do is checked by their own tests, and
+# changing them must not re-run hours of preprocessing or training.
+EXEMPT = {
+    "ferdata/atomic.py": "writes files atomically",
+    "ferdata/errors.py": "formats errors for the command line",
+    "ferdata/parallel.py": "runs work in processes, results in input order",
+    "ferdata/params.py": "reads params.yaml, whose values DVC tracks key by key",
+    "ferdata/progress.py": "progress bars",
+    "ferdata/registry.py": "name -> object tables",
+    "ferdata/report.py": "the stage report's format; the stages count what goes in it",
+    "pipeline/_args.py": "command-line arguments",
+}
+
+
+def module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def imported(path: Path) -> set[str]:
+    """Every module an import statement anywhere in ``path`` names (``from a import b``: a and a.b)."""
+    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]     # a/b/c.py and a/b/__init__.py: a.b
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)
+    return names
+
+
+def closure(script: Path) -> set[str]:
+    """Project files ``script`` can run: its imports, theirs, and so on."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo += [f for n in imported(path) if n.split(".")[0] in PACKAGES and (f := module_file(n))]
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+def stage_deps() -> dict[str, list[str]]:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, spec in stages.items():
+        spec = spec.get("do", spec)
+        out[name] = [d if isinstance(d, str) else next(iter(d)) for d in spec["deps"]]
+    return out
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("stage", sorted(stage_deps()))
+def test_a_stage_depends_on_the_code_it_runs(stage):
+    deps = stage_deps()[stage]
+    script = f"pipeline/{stage}.py"
+    assert script in deps
+    missing = sorted(f for f in closure(ROOT / script) if f not in EXEMPT and not covered(f, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} runs code it does not depend on: {missing}"
+    code = [d for d in deps if d.split("/")[0] in PACKAGES]
+    assert all((ROOT / d).exists() for d in code), f"{stage}: deps that do not exist: {code}"
+
+
+def test_the_closure_follows_imports_inside_functions(tmp_path):
+    """The walker must see a lazy import, else a stage could run code it does not depend on."""
+    reached = closure(ROOT / "pipeline" / "detect.py")
+    assert "ferdata/faces/embedded.py" in reached          # registered by ferdata.faces' package import
+    assert "ferdata/stages/shard.py" not in reached        # detect never runs the shard stage
+    assert "ferdata/classes.py" in reached                 # labels: every reader maps through it
