@@ -53,7 +53,8 @@ from ferdata.params import load_params, section  # noqa: E402
 from ferdata.records import SPLITS, load_image_bytes, record_from_dict  # noqa: E402
 from ferdata.stages.align import AlignParams, BadGeometry, checked_points, npy_bytes, run_align  # noqa: E402
 from ferdata.stages.derive import DeriveParams, run_derive  # noqa: E402
-from ferdata.stages.detect import FACES, DetectParams, read_faces, run_detect  # noqa: E402
+from ferdata.layout import FACES, read_faces  # noqa: E402
+from ferdata.stages.detect import DetectParams, run_detect  # noqa: E402
 from ferdata.stages.shard import ShardParams, run_shard  # noqa: E402
 from ferdata.tario import BLOCK, list_shards, split_member  # noqa: E402
 from ferdata.tarscan import iter_members  # noqa: E402

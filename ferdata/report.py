@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ferdata.atomic import atomic_open
 from ferdata.records import Dropped
 
 MAX_EXAMPLES = 20  # examples kept per reason, so a report stays small for 10^5 drops
@@ -51,3 +52,11 @@ class StageReport:
         from ferdata.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
+    """Count drops in the report and list every one of them in ``out/dropped.jsonl``."""
+    for d in drops:
+        report.drop(d)
+    with atomic_open(out / "dropped.jsonl") as f:
+        f.write("".join(json.dumps(asdict(d), sort_keys=True) + "\n" for d in drops).encode())

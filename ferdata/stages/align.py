@@ -32,12 +32,12 @@ from ferdata.io import BadImage, decode_image, encode_jpeg
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict
-from ferdata.report import StageReport
-from ferdata.stages.detect import read_faces, write_drops
+from ferdata.layout import ALIGNED, read_faces
+from ferdata.report import StageReport, write_drops
 from ferdata.tario import TarShardWriter
 
 log = logging.getLogger(__name__)
-PREFIX = "aligned"
+PREFIX = ALIGNED
 OWNED = (f"{PREFIX}-*.tar", "report.json", "dropped.jsonl")
 
 

@@ -21,13 +21,13 @@ from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
+from ferdata.layout import ALIGNED, DERIVED
 from ferdata.regions import fixed_regions, landmark_regions
 from ferdata.report import StageReport
-from ferdata.stages.align import PREFIX as ALIGNED
 from ferdata.tario import TarShardWriter, iter_dir_samples, load_npy
 
 log = logging.getLogger(__name__)
-PREFIX = "derived"
+PREFIX = DERIVED
 OWNED = (f"{PREFIX}-*.tar", "report.json")
 
 

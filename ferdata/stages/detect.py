@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -26,10 +26,10 @@ from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
-from ferdata.report import StageReport
+from ferdata.layout import FACES
+from ferdata.report import StageReport, write_drops
 
 log = logging.getLogger(__name__)
-FACES = "faces.jsonl.gz"
 OWNED = (FACES, "dropped.jsonl", "report.json")
 BATCH = 8            # images per task sent to a worker
 LOCAL_BATCH = 64     # cache hits / drops handled per step in the main process
@@ -214,18 +214,3 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
     log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
              table.counts["detections_run"], table.counts["cache_hits"])
     return report
-
-
-def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
-    """Count drops in the report and list every one of them in ``dropped.jsonl``."""
-    for d in drops:
-        report.drop(d)
-    with atomic_open(out / "dropped.jsonl") as f:
-        f.write("".join(json.dumps(asdict(d), sort_keys=True) + "\n" for d in drops).encode())
-
-
-def read_faces(path: str | Path) -> Iterator[dict]:
-    """Rows of a detect table."""
-    with gzip.open(Path(path) / FACES, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)

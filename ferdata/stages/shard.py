@@ -23,9 +23,7 @@ from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
 from ferdata.splits import assign_splits, unit_hash
 from ferdata.report import StageReport
-from ferdata.stages.align import PREFIX as ALIGNED
-from ferdata.stages.derive import PREFIX as DERIVED
-from ferdata.layout import INFO
+from ferdata.layout import ALIGNED, DERIVED, INFO
 from ferdata.tario import Indexed, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)

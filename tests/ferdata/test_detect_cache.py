@@ -15,7 +15,8 @@ import ferdata.parallel as parallel
 from ferdata.cache import DetectionCache
 from ferdata.io import BadImage, decode_rgb
 from ferdata.records import Dropped, FaceRecord
-from ferdata.stages.detect import FACES, DetectParams, read_faces, run_detect
+from ferdata.layout import FACES, read_faces
+from ferdata.stages.detect import DetectParams, run_detect
 
 pytestmark = pytest.mark.usefixtures("offline")
 
