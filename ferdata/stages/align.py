@@ -29,10 +29,10 @@ from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
 from ferdata.geometry import align_face, crop_reduction, reduced_frame, template, transform_points
 from ferdata.io import BadImage, decode_image, encode_jpeg
+from ferdata.layout import ALIGNED, read_faces
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict
-from ferdata.layout import ALIGNED, read_faces
 from ferdata.report import StageReport, write_drops
 from ferdata.tario import TarShardWriter
 

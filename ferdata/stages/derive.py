@@ -19,9 +19,9 @@ from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
 from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
+from ferdata.layout import ALIGNED, DERIVED
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
-from ferdata.layout import ALIGNED, DERIVED
 from ferdata.regions import fixed_regions, landmark_regions
 from ferdata.report import StageReport
 from ferdata.tario import TarShardWriter, iter_dir_samples, load_npy

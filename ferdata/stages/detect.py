@@ -23,10 +23,10 @@ from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces import create_backend
 from ferdata.faces.base import FaceBackend, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
+from ferdata.layout import FACES
 from ferdata.parallel import parallel_map
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
-from ferdata.layout import FACES
 from ferdata.report import StageReport, write_drops
 
 log = logging.getLogger(__name__)

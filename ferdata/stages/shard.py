@@ -19,11 +19,11 @@ from pathlib import Path
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
+from ferdata.layout import ALIGNED, DERIVED, INFO
 from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
-from ferdata.splits import assign_splits, unit_hash
 from ferdata.report import StageReport
-from ferdata.layout import ALIGNED, DERIVED, INFO
+from ferdata.splits import assign_splits, unit_hash
 from ferdata.tario import Indexed, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)
