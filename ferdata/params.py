@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Collection, Mapping, TypeVar
 
 import yaml
 
@@ -51,3 +51,48 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise ValueError(f"{item!r}: the value is not YAML ({err})") from None
     return out
+
+
+Rule = tuple[Callable[[Any], bool], str]       # (test, what a good value is)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def at_least(n: float) -> Rule:
+    return (lambda v: _number(v) and v >= n, f">= {n}")
+
+
+def above(n: float) -> Rule:
+    return (lambda v: _number(v) and v > n, f"> {n}")
+
+
+def within(lo: float, hi: float) -> Rule:
+    return (lambda v: _number(v) and lo <= v <= hi, f"in [{lo}, {hi}]")
+
+
+def one_of(values: Collection[Any]) -> Rule:
+    return (lambda v: v in values, f"one of {', '.join(map(str, values))}")
+
+
+def optional(rule: Rule) -> Rule:
+    return (lambda v: v is None or rule[0](v), f"null or {rule[1]}")
+
+
+def check_values(name: str, values: Any, rules: Mapping[str, Rule]) -> None:
+    """Refuse a params section whose values break ``rules`` (field -> rule), naming every bad one:
+    a zero batch size or a negative worker count fails here, with what to set, not inside a stage."""
+    bad = [f"{name}.{key} must be {good}, got {getattr(values, key)!r}{_text_number(getattr(values, key))}"
+           for key, (ok, good) in rules.items() if not ok(getattr(values, key))]
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
+def _text_number(value: Any) -> str:
+    """A hint for YAML's classic trap: ``1e-3`` (no dot) is read as text, not a number."""
+    try:
+        float(value) if isinstance(value, str) else None
+    except ValueError:
+        return ""
+    return " (YAML read it as text: write 1.0e-3, not 1e-3)" if isinstance(value, str) else ""

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
+from ferdata.params import at_least, check_values, one_of
 from fermodels.augment import hflip_batch
 from fermodels.data import Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
@@ -43,6 +44,10 @@ class EvalParams:
     flip_tta: bool
     batch_check: bool
     seed: int
+
+    def __post_init__(self) -> None:
+        check_values("evaluate", self, {"split": one_of(("train", "val", "test")), "batch_size": at_least(1),
+                                        "workers": at_least(0)})
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -131,8 +136,6 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     model was not trained on makes it a cross-dataset evaluation (labels are canonical, classes
     the model cannot predict - e.g. Contempt for a 7-class model - are excluded and counted).
     """
-    if params.split not in ("train", "val", "test"):
-        raise ValueError(f"evaluate.split must be train, val or test, got {params.split!r}")
     dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
     names = list(datasets) if datasets is not None else [d.resolve().parent.name for d in dirs]
     state = load_checkpoint(checkpoint)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ferdata.params import above, at_least, check_values, one_of, optional, within
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
@@ -26,7 +27,7 @@ from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object
                                    pick_device, shutdown)
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
-from fermodels.optim import SAM, SCHEDULES, build_optimizer, lr_at, set_lr
+from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
 from fermodels.recipes import check_applied
 from fermodels.registry import create_model
 from fermodels.runstate import BEST, LAST, Position, next_position, resume_state, save_checkpoint, truncate_live
@@ -83,10 +84,13 @@ class TrainParams:
             object.__setattr__(self, "augment", AugmentParams(**self.augment))
         if isinstance(self.datasets, str) or not self.datasets:
             raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
-        for name, value, known in (("sampler", self.sampler, SAMPLERS), ("schedule", self.schedule, SCHEDULES),
-                                   ("select_metric", self.select_metric, SELECT_METRICS)):
-            if value not in known:
-                raise ValueError(f"train.{name} must be one of {known}, got {value!r}")
+        check_values("train", self, {
+            "num_classes": one_of((7, 8)), "epochs": at_least(1), "batch_size": at_least(1),
+            "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),
+            "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
+            "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
+            "select_metric": one_of(SELECT_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
+            "checkpoint_every": at_least(0)})
 
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:

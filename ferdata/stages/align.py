@@ -27,10 +27,11 @@ import numpy as np
 
 from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
-from ferdata.geometry import align_face, crop_reduction, reduced_frame, template, transform_points
+from ferdata.geometry import align_face, crop_reduction, reduced_frame, transform_points
 from ferdata.io import BadImage, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, read_faces
 from ferdata.parallel import parallel_map
+from ferdata.params import at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict
 from ferdata.report import StageReport, write_drops
@@ -48,6 +49,12 @@ class AlignParams:
     jpeg_quality: int
     workers: int
     chunk_size: int
+
+    def __post_init__(self) -> None:
+        crop_side = (lambda v: isinstance(v, int) and v > 0 and (v % 112 == 0 or v % 128 == 0),
+                     "a multiple of 112 or 128 (the ArcFace template's scales)")
+        check_values("align", self, {"size": crop_side, "padding": at_least(0), "jpeg_quality": within(1, 100),
+                                     "workers": at_least(1), "chunk_size": at_least(1)})
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,6 @@ class Deduplicator:
 
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
-    template(params.size, params.padding)          # a bad crop size fails here, not per sample
     report = StageReport("align")
     drops: list[Dropped] = []
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)))(read_faces(detect_dir))

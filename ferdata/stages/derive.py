@@ -21,6 +21,7 @@ from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
 from ferdata.layout import ALIGNED, DERIVED
 from ferdata.parallel import parallel_map
+from ferdata.params import above, at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.regions import fixed_regions, landmark_regions
 from ferdata.report import StageReport
@@ -38,6 +39,10 @@ class DeriveParams:
     jpeg_quality: int
     workers: int
     chunk_size: int
+
+    def __post_init__(self) -> None:
+        check_values("derive", self, {"heatmap_size": at_least(1), "heatmap_sigma": above(0),
+                                      "jpeg_quality": within(1, 100), "workers": at_least(1), "chunk_size": at_least(1)})
 
 
 class DeriveWorker:

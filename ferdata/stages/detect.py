@@ -25,6 +25,7 @@ from ferdata.faces.base import FaceBackend, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.layout import FACES
 from ferdata.parallel import parallel_map
+from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
 from ferdata.report import StageReport, write_drops
@@ -45,6 +46,10 @@ class DetectParams:
     cache_dir: str
     workers: int
     allow_download: bool = False   # let insightface / face_alignment fetch missing weights
+
+    def __post_init__(self) -> None:
+        check_values("detect", self, {"select": one_of(("largest", "central")), "det_size": at_least(32),
+                                      "score_threshold": within(0, 1), "workers": at_least(1)})
 
     def create_backend(self) -> FaceBackend:
         return create_backend(self.backend, {"det_size": self.det_size, "score_threshold": self.score_threshold},

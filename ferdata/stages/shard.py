@@ -20,6 +20,7 @@ from pathlib import Path
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.layout import ALIGNED, DERIVED, INFO
+from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
 from ferdata.report import StageReport
@@ -39,6 +40,11 @@ class ShardParams:
     folds: int
     fold: int
     maxcount: int
+
+    def __post_init__(self) -> None:
+        check_values("shard", self, {"val_fraction": within(0, 1), "test_fraction": within(0, 1),
+                                     "split_by": one_of(("subject", "key")), "folds": at_least(0),
+                                     "fold": at_least(0), "maxcount": at_least(1)})
 
 
 def _read(member: Indexed) -> bytes:

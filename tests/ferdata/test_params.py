@@ -1,0 +1,69 @@
+"""Bad parameter values fail when the section is read, naming every bad key and what it must be,
+instead of crashing inside a stage (a zero batch size divided by zero) or running on silently
+(zero epochs trained nothing and wrote no best.pt)."""
+from __future__ import annotations
+
+import pytest
+
+from ferdata.params import load_params, section
+from ferdata.stages.align import AlignParams
+from ferdata.stages.derive import DeriveParams
+from ferdata.stages.detect import DetectParams
+from ferdata.stages.shard import ShardParams
+from fermodels.evaluate import EvalParams
+from tests.fermodels.helpers import REPO, make_params
+
+PARAMS = load_params(REPO / "params.yaml")
+SECTIONS = {"detect": DetectParams, "align": AlignParams, "derive": DeriveParams, "shard": ShardParams}
+
+
+def read(name: str, **changes):
+    return section(SECTIONS[name], {**PARAMS[name], **changes}, name)
+
+
+def read_evaluate(**changes) -> EvalParams:
+    values = {k: v for k, v in PARAMS["evaluate"].items() if k != "dataset"}    # the select stage's key
+    return section(EvalParams, {**values, **changes}, "evaluate")
+
+
+def test_params_yaml_as_shipped_passes():
+    for name in SECTIONS:
+        read(name)
+    read_evaluate()
+    make_params()
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    ("detect", {"score_threshold": 1.5}, "detect.score_threshold must be in [0, 1], got 1.5"),
+    ("detect", {"select": "biggest"}, "detect.select must be one of largest, central, got 'biggest'"),
+    ("align", {"size": 100}, "align.size must be a multiple of 112 or 128"),
+    ("align", {"jpeg_quality": 0, "workers": 0},
+     "align.jpeg_quality must be in [1, 100], got 0; align.workers must be >= 1, got 0"),
+    ("derive", {"heatmap_sigma": 0}, "derive.heatmap_sigma must be > 0, got 0"),
+    ("shard", {"maxcount": 0}, "shard.maxcount must be >= 1, got 0"),
+])
+def test_a_bad_stage_value_is_refused_by_name(name, changes, message):
+    with pytest.raises(ValueError) as e:
+        read(name, **changes)
+    assert message in str(e.value)
+
+
+def test_a_bad_evaluate_value_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"evaluate.batch_size must be >= 1, got 0"):
+        read_evaluate(batch_size=0)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"batch_size": 0}, "train.batch_size must be >= 1, got 0"),           # was ZeroDivisionError
+    ({"epochs": 0}, "train.epochs must be >= 1, got 0"),                   # was a run with no best.pt
+    ({"schedule": "step", "step_size": 0}, "train.step_size must be >= 1"),  # was ZeroDivisionError
+    ({"num_classes": 5}, "train.num_classes must be one of 7, 8, got 5"),
+    ({"optimizer": "lion"}, "train.optimizer must be one of adam, adamw, sgd"),
+    ({"warmup_epochs": -1, "workers": -2}, "train.warmup_epochs must be >= 0, got -1; train.workers must be >= 0"),
+    ({"lr": "1e-3"}, "train.lr must be > 0, got '1e-3' (YAML read it as text: write 1.0e-3"),
+    ({"epochs": True}, "train.epochs must be >= 1, got True"),
+])
+def test_a_bad_train_value_is_refused_by_name(changes, message):
+    with pytest.raises(ValueError) as e:
+        make_params(**changes)
+    assert message in str(e.value)
