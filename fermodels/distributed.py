@@ -53,12 +53,26 @@ def env_from_os() -> DistEnv:
 
 
 def pick_device(name: str, env: DistEnv) -> torch.device:
-    """``auto`` = this rank's GPU when CUDA is present, else CPU; ``cuda`` = ``cuda:LOCAL_RANK``."""
+    """``auto`` = this rank's GPU when CUDA is present, else CPU; ``cuda`` = ``cuda:LOCAL_RANK``;
+    ``cpu`` or ``cuda:N``. A GPU that is not there is refused here, in words, not by the first
+    tensor moved to it."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", env.local_rank)
-    return torch.device(name)
+    try:
+        device = torch.device("cuda", env.local_rank) if name == "cuda" else torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r}: no CUDA device is visible here (torch.cuda.is_available() is "
+                             "False); use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r}: cuda:{device.index} does not exist, {count} CUDA device(s) are "
+                             "visible (LOCAL_RANK picks the GPU under torchrun)")
+    return device
 
 
 def init_distributed(device: torch.device, env: DistEnv) -> bool:

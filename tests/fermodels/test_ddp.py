@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fermodels.data import SampleDecoder, open_split
-from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, plan_epoch,
+from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, pick_device, plan_epoch,
                                    round_robin_skips, split_evenly)
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
@@ -183,3 +183,22 @@ def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
     assert first == torch.load(tmp_path / "rank1-first.pt") == torch.load(tmp_path / "rank1-again.pt")
     w0, w1 = torch.load(tmp_path / "rank0-last.pt"), torch.load(tmp_path / "rank1-last.pt")
     assert all(torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point()), "DDP ranks diverged"
+
+
+@pytest.mark.parametrize("name, message", [("gpu", "expected auto, cpu, cuda or cuda:N"),
+                                           ("cuda:x", "expected auto, cpu, cuda or cuda:N")])
+def test_an_unknown_device_is_refused_in_words(name, message):
+    with pytest.raises(ValueError, match=message):
+        pick_device(name, DistEnv(0, 1, 0))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_asking_for_a_gpu_that_is_not_there_is_refused_before_any_work(tiny_run):
+    from fermodels.predict import Predictor
+
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="no CUDA device is visible here"):
+            pick_device(name, DistEnv(0, 1, 0))
+    assert pick_device("auto", DistEnv(0, 1, 0)) == torch.device("cpu")
+    with pytest.raises(ValueError, match="no CUDA device is visible here"):     # was torch's own assertion
+        Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cuda")
