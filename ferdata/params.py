@@ -91,8 +91,10 @@ def check_values(name: str, values: Any, rules: Mapping[str, Rule]) -> None:
 
 def _text_number(value: Any) -> str:
     """A hint for YAML's classic trap: ``1e-3`` (no dot) is read as text, not a number."""
+    if not isinstance(value, str):
+        return ""
     try:
-        float(value) if isinstance(value, str) else None
+        float(value)
     except ValueError:
         return ""
-    return " (YAML read it as text: write 1.0e-3, not 1e-3)" if isinstance(value, str) else ""
+    return " (YAML read it as text: write 1.0e-3, not 1e-3)"
