@@ -82,7 +82,12 @@ def _git(repo: Path, *args: str) -> str:
 def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[list[FoldRun], dict[str, str]]:
     """Every DVC experiment of ``baseline`` with an evaluation, and {name: why skipped} for the rest."""
     repo = Path(repo)
-    sha = _git(repo, "rev-parse", "--verify", f"{baseline}^{{commit}}").strip()
+    try:
+        sha = _git(repo, "rev-parse", "--verify", f"{baseline}^{{commit}}").strip()
+    except ValueError as err:
+        raise ValueError(f"{repo.resolve()}: no commit {baseline!r} to read experiments of ({err}); run this in "
+                         "the project's git repository (or pass --repo) after committing and running the folds "
+                         "with `dvc exp run`") from None
     listing = _git(repo, "for-each-ref", "--format=%(refname) %(objectname) %(committerdate:unix)",
                    f"refs/exps/{sha[:2]}/{sha[2:]}/")
     runs, skipped = [], {}

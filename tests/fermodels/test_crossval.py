@@ -114,3 +114,15 @@ def test_no_folds_is_a_clear_error(tmp_path):
     baseline_repo(repo)
     res = CliRunner().invoke(app, ["crossval", "--repo", str(repo)])
     assert res.exit_code != 0 and "no cross-validation experiments of HEAD" in str(res.exception)
+
+
+def test_outside_a_repository_or_before_a_commit_the_error_says_where_to_run(tmp_path):
+    """Both were git's own message ("fatal: Needed a single revision")."""
+    plain, fresh = tmp_path / "not_a_repo", tmp_path / "no_commit"
+    plain.mkdir()
+    fresh.mkdir()
+    subprocess.run(["git", "init", "-q", str(fresh)], check=True)
+    for repo in (plain, fresh):
+        res = CliRunner().invoke(app, ["crossval", "--repo", str(repo)])
+        assert res.exit_code != 0 and "no commit 'HEAD'" in str(res.exception)
+        assert "run this in the project's git repository" in str(res.exception)
