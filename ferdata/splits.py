@@ -27,6 +27,7 @@ from typing import Collection, Iterable, Iterator
 from ferdata.records import SPLITS, TRAIN_ONLY, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
+SPLIT_BY = ("subject", "key")     # shard.split_by
 
 Item = FaceRecord | Dropped
 
@@ -116,8 +117,8 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
 
 
 def _check(val_fraction: float, test_fraction: float, by: str, folds: int, fold: int) -> None:
-    if by not in ("subject", "key"):
-        raise ValueError(f"by must be 'subject' or 'key', got {by!r}")
+    if by not in SPLIT_BY:
+        raise ValueError(f"by must be one of {', '.join(SPLIT_BY)}, got {by!r}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"fractions must be in [0, 1) and sum below 1, got val={val_fraction} test={test_fraction}")
     if folds and folds < 3:

@@ -73,18 +73,17 @@ def hflip_batch(batch: dict, mask: Tensor | None = None) -> dict:
         """``orig`` with the chosen rows replaced by ``new`` of those rows."""
         return new(slice(None)) if rows is None else _replace_rows(orig, rows, new)
 
-    image = batch["image"]
     out = dict(batch)
-    out["image"] = pick(image, lambda r: image[r].flip(-1))
+    for name in ("image", "heatmap", "halves"):     # halves: augment's (left | mirrored right) side by side
+        if name in batch:
+            x = batch[name]
+            out[name] = pick(x, lambda r, x=x: x[r].flip(-1))
     if "left" in batch:
         left, right = batch["left"], batch["right"]
         out["left"], out["right"] = pick(left, lambda r: right[r]), pick(right, lambda r: left[r])
-    if "heatmap" in batch:
-        heat = batch["heatmap"]
-        out["heatmap"] = pick(heat, lambda r: heat[r].flip(-1))
     if "lmk" in batch:
-        lmk = batch["lmk"]
-        out["lmk"] = pick(lmk, lambda r: flip_lmk(lmk[r], image.shape[-1]))
+        lmk, width = batch["lmk"], batch["image"].shape[-1]
+        out["lmk"] = pick(lmk, lambda r: flip_lmk(lmk[r], width))
     return out
 
 
@@ -148,9 +147,6 @@ def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tenso
     flip = torch.rand(n, generator=g) < p.hflip
     if p.hflip > 0:
         out = hflip_batch(out, flip)
-        if "halves" in out:
-            halves = out["halves"]
-            out["halves"] = _replace_rows(halves, flip.nonzero().squeeze(1), lambda r: halves[r].flip(-1))
     if p.affine_p > 0 or p.erase_p > 0:          # resampling and fill colours need float pixels
         out.update({k: out[k].float() for k in ("image", "halves", "heatmap") if k in out})
     if p.affine_p > 0:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
 from ferdata.params import at_least, check_values, one_of
+from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
 from fermodels.data import Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
@@ -46,7 +47,7 @@ class EvalParams:
     seed: int
 
     def __post_init__(self) -> None:
-        check_values("evaluate", self, {"split": one_of(("train", "val", "test")), "batch_size": at_least(1),
+        check_values("evaluate", self, {"split": one_of(SPLITS), "batch_size": at_least(1),
                                         "workers": at_least(0)})
 
 

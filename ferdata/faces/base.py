@@ -130,6 +130,9 @@ def shape_only(height: int, width: int) -> np.ndarray:
     return np.empty((height, width, 0), np.uint8)
 
 
+SELECTIONS = ("largest", "central")     # detect.select
+
+
 def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> Face:
     """Keep one face: the ``largest`` box or the most ``central`` one (ties: the first)."""
     if not faces:
@@ -139,4 +142,4 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> F
     if rule == "central":
         cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
         return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
-    raise ValueError(f"face selection must be 'largest' or 'central', got {rule!r}")
+    raise ValueError(f"face selection must be one of {', '.join(SELECTIONS)}, got {rule!r}")

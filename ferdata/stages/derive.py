@@ -42,7 +42,8 @@ class DeriveParams:
 
     def __post_init__(self) -> None:
         check_values("derive", self, {"heatmap_size": at_least(1), "heatmap_sigma": above(0),
-                                      "jpeg_quality": within(1, 100), "workers": at_least(1), "chunk_size": at_least(1)})
+                                      "jpeg_quality": within(1, 100), "workers": at_least(1),
+                                      "chunk_size": at_least(1)})
 
 
 class DeriveWorker:

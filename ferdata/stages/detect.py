@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces import create_backend
-from ferdata.faces.base import FaceBackend, select_face, shape_only
+from ferdata.faces.base import SELECTIONS, FaceBackend, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.layout import FACES
 from ferdata.parallel import parallel_map
@@ -48,7 +48,7 @@ class DetectParams:
     allow_download: bool = False   # let insightface / face_alignment fetch missing weights
 
     def __post_init__(self) -> None:
-        check_values("detect", self, {"select": one_of(("largest", "central")), "det_size": at_least(32),
+        check_values("detect", self, {"select": one_of(SELECTIONS), "det_size": at_least(32),
                                       "score_threshold": within(0, 1), "workers": at_least(1)})
 
     def create_backend(self) -> FaceBackend:

@@ -24,7 +24,7 @@ from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
 from ferdata.report import StageReport
-from ferdata.splits import assign_splits, unit_hash
+from ferdata.splits import SPLIT_BY, assign_splits, unit_hash
 from ferdata.tario import Indexed, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ShardParams:
 
     def __post_init__(self) -> None:
         check_values("shard", self, {"val_fraction": within(0, 1), "test_fraction": within(0, 1),
-                                     "split_by": one_of(("subject", "key")), "folds": at_least(0),
+                                     "split_by": one_of(SPLIT_BY), "folds": at_least(0),
                                      "fold": at_least(0), "maxcount": at_least(1)})
 
 
