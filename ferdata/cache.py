@@ -4,6 +4,8 @@ A repeated run with unchanged inputs performs zero detections; new images are th
 only ones detected. The cache lives outside DVC outputs (DVC deletes outputs before
 re-running a stage), under ``detect.cache_dir``. Writes are committed every
 ``COMMIT_EVERY`` puts, so a killed run keeps (and a re-run skips) most finished work.
+Caches filled on several machines (each detecting a part of a dataset) merge into one with
+:meth:`DetectionCache.merge`.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 from ferdata.faces.base import Face
 
 COMMIT_EVERY = 256
+FILE = "detections.sqlite"
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,22 @@ def face_from_dict(d: dict[str, Any]) -> Face:
                 d.get("backend", ""))
 
 
+@dataclass
+class MergeCounts:
+    """What :meth:`DetectionCache.merge` did with the other cache's entries."""
+
+    added: int = 0
+    present: int = 0        # the same detection was here already
+    differing: int = 0      # another detection of the same image and settings was here: kept that one
+
+
 class DetectionCache:
     """``get``/``put`` detections by (sha256 of the encoded image, backend signature)."""
 
     def __init__(self, directory: str | Path) -> None:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        self.path = path / "detections.sqlite"
+        self.path = path / FILE
         self.db = sqlite3.connect(self.path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -97,6 +109,42 @@ class DetectionCache:
         if self._pending >= COMMIT_EVERY:
             self.db.commit()
             self._pending = 0
+
+    def merge(self, source: str | Path) -> MergeCounts:
+        """Add the entries of another cache (its folder or its ``detections.sqlite``, read-only).
+        An entry already here stays as it is; one whose stored detection differs is counted
+        (detection on another CPU can differ in the last rounded digit)."""
+        src_path = Path(source)
+        if src_path.is_dir():
+            src_path = src_path / FILE
+        if not src_path.is_file():
+            raise FileNotFoundError(f"{source}: no detection cache there (expected a folder with {FILE}, or the file)")
+        if src_path.resolve() == self.path.resolve():
+            raise ValueError(f"{source} is this cache itself; give the other machines' caches")
+        src = sqlite3.connect(src_path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            try:
+                rows = src.execute("SELECT sha, sig, value FROM det")
+            except sqlite3.DatabaseError as e:
+                raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
+            counts = MergeCounts()
+            for sha, sig, value in rows:
+                have = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
+                if have is None:
+                    self.db.execute("INSERT INTO det VALUES (?, ?, ?)", (sha, sig, value))
+                    counts.added += 1
+                elif have[0] == value:
+                    counts.present += 1
+                else:
+                    counts.differing += 1
+            self.db.commit()
+        finally:
+            src.close()
+        return counts
+
+    def signatures(self) -> dict[str, int]:
+        """Entries per backend signature (which backend and settings they were detected with)."""
+        return dict(self.db.execute("SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig").fetchall())
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM det").fetchone()[0]

@@ -48,6 +48,65 @@ def prepare(
 
 
 @app.command()
+def detect(
+    dataset: str = typer.Argument(..., help="Dataset name from params.yaml `datasets`, or a reader name with --root."),
+    part: str = typer.Option("1/1", help="This machine's part K/N of the dataset (1/4 .. 4/4 on four machines)."),
+    root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: backend, cache_dir)."),
+    option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE, as for `prepare`."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Detect one part of a dataset into the detection cache, for sharing detection between machines.
+
+    Run part K/N on machine K, copy each machine's `detect.cache_dir`/detections.sqlite to one
+    machine, `ferdata cache merge` them there, and `dvc repro` (or `prepare`) detects nothing."""
+    from ferdata.params import load_params, parse_assignments
+    from ferdata.parts import Part
+    from ferdata.prepare import detect_part
+
+    _setup_logging(verbose)
+    try:
+        which = Part.parse(part)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--part") from None
+    try:
+        options = parse_assignments(option)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--option") from None
+    r = detect_part(dataset, load_params(params), which, root, options)
+    n = r["notes"]
+    typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped {r['dropped'] or ''}; "
+               f"{n['detections_run']} detected, {n['cache_hits']} were cached")
+    typer.echo(f"cache {n['cache']} (backend {n['backend']})")
+
+
+cache_app = typer.Typer(help="The detection cache (detect.cache_dir): merge caches filled on other machines.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("merge")
+def cache_merge(
+    sources: list[Path] = typer.Argument(..., help="Other caches: folders holding detections.sqlite, or the files."),
+    into: Optional[Path] = typer.Option(None, help="The cache folder to merge into (default: detect.cache_dir)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file (for detect.cache_dir)."),
+) -> None:
+    """Add the entries of other detection caches to this machine's (existing entries stay)."""
+    from ferdata.cache import DetectionCache
+    from ferdata.params import load_params
+
+    target = into if into is not None else Path(load_params(params)["detect"]["cache_dir"])
+    with DetectionCache(target) as cache:
+        for source in sources:
+            c = cache.merge(source)
+            typer.echo(f"{source}: {c.added} added, {c.present} already here"
+                       + (f", {c.differing} differing from the entry here (kept it)" if c.differing else ""))
+        typer.echo(f"{cache.path}: {len(cache)} detections")
+        for sig, n in cache.signatures().items():
+            typer.echo(f"  {n:9d}  {sig}")
+
+
+@app.command()
 def datasets() -> None:
     """List dataset readers and what each expects on disk."""
     from ferdata.datasets import COMMON_OPTIONS, READERS

@@ -1,4 +1,5 @@
-"""Whole preprocessing of one dataset: read -> detect -> align -> derive -> shard.
+"""Whole preprocessing of one dataset: read -> detect -> align -> derive -> shard; and one
+machine's part of the detection, when several machines share it.
 
 ``ferdata prepare`` calls :func:`prepare`; the DVC stages call the same stage
 functions one at a time (see pipeline/), so both always produce the same shards.
@@ -12,18 +13,20 @@ from typing import Any, Mapping
 from ferdata.datasets import READERS, DatasetSpec, dataset_spec, read_dataset
 from ferdata.layout import stage_dirs
 from ferdata.params import section
+from ferdata.parts import Part
+from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
-from ferdata.stages.detect import DetectParams, run_detect
+from ferdata.stages.detect import DetectParams, fill_cache, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 
 log = logging.getLogger(__name__)
 
 
-def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
-            root: str | Path | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Run every preprocessing stage for dataset ``name``; returns the stage reports. ``root`` and
-    ``options`` (merged over the params entry's reader options) override params.yaml."""
+def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None = None,
+                 options: Mapping[str, Any] | None = None) -> DatasetSpec:
+    """Dataset ``name``'s params.yaml entry, or reader ``name`` at ``root`` when it has none;
+    ``root`` and ``options`` (merged over the entry's reader options) override params.yaml."""
     if name in (params.get("datasets") or {}):
         spec = dataset_spec(params, name)
     elif root is not None:
@@ -32,8 +35,15 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
     else:
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
                        f"--root with a reader name ({', '.join(READERS.names())})")
-    spec = DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
+    return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
                        {**(spec.options or {}), **(options or {})})
+
+
+def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
+            root: str | Path | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run every preprocessing stage for dataset ``name``; returns the stage reports (``root``,
+    ``options``: as in :func:`resolve_spec`)."""
+    spec = resolve_spec(name, params, root, options)
     dirs = stage_dirs(data_dir, name)
     reports = {
         "detect": run_detect(read_dataset(spec), section(DetectParams, params["detect"], "detect"), dirs["detect"]),
@@ -43,3 +53,13 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
                            dirs["shards"]),
     }
     return {k: r.to_dict() for k, r in reports.items()}
+
+
+def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Path | None = None,
+                options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Detect the faces of one part of dataset ``name`` into the detection cache
+    (``detect.cache_dir``), for merging with the other parts' caches; returns the report.
+    Records the reader drops are left to the full detect run, which counts them."""
+    spec = resolve_spec(name, params, root, options)
+    records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
+    return fill_cache(records, section(DetectParams, params["detect"], "detect")).to_dict()

@@ -17,7 +17,7 @@ from ferdata.errors import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
-COMMANDS = ("prepare", "datasets", "backends", "verify", "sample", "show", "predict")
+COMMANDS = ("prepare", "detect", "cache", "datasets", "backends", "verify", "sample", "show", "predict")
 PREDICT_OPTIONS = ("--model", "-m", "--out", "-o", "--annotate", "--backend", "--model-dir", "--batch-size",
                    "--every", "--device", "--flip-tta")
 
@@ -123,3 +123,33 @@ def test_stage_scripts_report_bad_input_in_one_line(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "error: runs/select/train.json not found: run the `select` stage" in proc.stderr
+
+
+def test_detect_parts_on_two_machines_then_merge(tmp_path, photo_paths):
+    """`ferdata detect --part K/N` on each "machine" (its own cache), `ferdata cache merge` on one."""
+    import cv2
+    import yaml
+
+    root = tmp_path / "faces"
+    for i, src in enumerate(sorted(photo_paths.values())):
+        image = cv2.imread(str(src))
+        for label, pixels in (("happy", image), ("neutral", image[:, ::-1])):   # 6 distinct pictures
+            (root / label).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / label / f"{i}.jpg"), pixels)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    runner, lines = CliRunner(), []
+    for k in (1, 2):
+        params["detect"]["cache_dir"] = str(tmp_path / f"machine{k}")
+        (tmp_path / f"p{k}.yaml").write_text(yaml.safe_dump(params))
+        res = runner.invoke(app, ["detect", "folder", "--root", str(root), "--part", f"{k}/2",
+                                  "--params", str(tmp_path / f"p{k}.yaml")])
+        assert res.exit_code == 0, res.output
+        lines.append(res.output.splitlines()[0])
+    detected = [int(line.split("; ")[1].split()[0]) for line in lines]
+    assert sum(detected) == 6, lines                  # each record detected on exactly one machine
+    res = runner.invoke(app, ["cache", "merge", str(tmp_path / "machine1"), str(tmp_path / "machine2"),
+                              "--into", str(tmp_path / "main")])
+    assert res.exit_code == 0, res.output
+    assert f"{detected[0]} added" in res.output and "detections.sqlite: 6 detections" in res.output, res.output
+    bad = runner.invoke(app, ["detect", "folder", "--root", str(root), "--part", "3/2"])
+    assert bad.exit_code == 2 and "--part" in bad.output and "1 <= K <= N" in bad.output

@@ -1,6 +1,7 @@
 """The detect stage's cache and parallelism: a repeat run detects nothing (and starts no
 worker), a grown dataset detects only its new images, parameters invalidate, workers do
-not change the output, drops carry reasons, and `auto` records the backend per sample."""
+not change the output, drops carry reasons, `auto` records the backend per sample, and parts
+detected on several machines merge into the single-machine result."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 
 import ferdata.parallel as parallel
-from ferdata.cache import DetectionCache
+from ferdata.cache import Detection, DetectionCache
+from ferdata.faces.base import Face
 from ferdata.io import BadImage, decode_rgb
 from ferdata.records import Dropped, FaceRecord
 from ferdata.layout import FACES, read_faces
-from ferdata.stages.detect import DetectParams, run_detect
+from ferdata.parts import Part
+from ferdata.stages.detect import DetectParams, fill_cache, run_detect
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -117,6 +120,78 @@ def test_auto_records_backend_per_sample(tmp_path, images, embedded, photos, mon
     assert notes(report)["detections_run"] == 3
     with DetectionCache(tmp_path / "cache") as cache:
         assert len(cache) == 2                                     # annotation results depend on the record
+
+
+# ---- several machines: parts detected apart, caches merged, then detect runs no model ------
+
+def test_parts_partition_keys_whatever_the_order():
+    keys = [f"train/{i:05d}.jpg" for i in range(4000)]
+    parts = [Part(k, 4) for k in range(1, 5)]
+    members = [{key for key in keys if p.holds(key)} for p in parts]
+    assert sum(len(m) for m in members) == len(keys) and set().union(*members) == set(keys)   # disjoint, complete
+    assert all(850 <= len(m) <= 1150 for m in members), [len(m) for m in members]            # about a quarter each
+    assert {key for key in reversed(keys) if parts[0].holds(key)} == members[0]              # order plays no part
+    assert all(Part(1, 1).holds(key) for key in keys[:100])
+
+
+@pytest.mark.parametrize("text", ["0/4", "5/4", "2/0", "3", "a/4", "1/4/2", "-1/4", ""])
+def test_a_bad_part_is_refused_in_words(text):
+    with pytest.raises(ValueError, match="K/N"):
+        Part.parse(text)
+
+
+def test_parts_detected_apart_and_merged_give_the_single_machine_table(tmp_path, images, monkeypatch):
+    whole = run_detect(records(images), params(tmp_path / "one"), tmp_path / "single")
+    caches = []
+    for k in (1, 2, 3):                                    # three "machines", each with its own cache
+        part = Part(k, 3)
+        mine = [r for r in records(images) if part.holds(r.key)]
+        report = fill_cache(iter(mine), params(tmp_path / f"m{k}"))
+        assert notes(report)["detections_run"] == len(mine) and report.kept == len(mine)
+        caches.append(tmp_path / f"m{k}" / "cache")
+    with DetectionCache(tmp_path / "merged") as merged:
+        counts = [merged.merge(c) for c in caches]
+        assert [c.added for c in counts] == [len([r for r in records(images) if Part(k, 3).holds(r.key)])
+                                             for k in (1, 2, 3)]
+        assert sum(c.added for c in counts) == len(images) and all(c.differing == 0 for c in counts)
+        again = merged.merge(caches[0] / "detections.sqlite")          # the file works like its folder
+        assert (again.added, again.present) == (0, counts[0].added)
+
+    monkeypatch.setattr(parallel, "_context", lambda: pytest.fail("merged parts must leave nothing to detect"))
+    merged_run = run_detect(records(images), DetectParams(**{**vars(params(tmp_path)), "cache_dir":
+                                                             str(tmp_path / "merged")}), tmp_path / "from_parts")
+    assert notes(merged_run)["detections_run"] == 0 and notes(merged_run)["cache_hits"] == len(images)
+    assert merged_run.kept == whole.kept == len(images)
+    assert (tmp_path / "from_parts" / FACES).read_bytes() == (tmp_path / "single" / FACES).read_bytes()
+
+
+def test_merge_keeps_what_is_here_and_refuses_what_is_not_a_cache(tmp_path):
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    other = Face((1.0, 2.0, 30.0, 40.5), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(tmp_path / "a") as a:
+        a.put("s1", "sig", Detection((50, 60), (face,)))
+        a.put("s2", "sig", Detection((50, 60), (face,)))
+        a.put("s3", "sig2", Detection((50, 60), ()))
+    with DetectionCache(tmp_path / "b") as b:
+        b.put("s1", "sig", Detection((50, 60), (face,)))
+        b.put("s2", "sig", Detection((50, 60), (other,)))
+        counts = b.merge(tmp_path / "a")
+        assert (counts.added, counts.present, counts.differing) == (1, 1, 1)
+        assert b.get("s2", "sig").faces[0].box == other.box                 # the entry here stays
+        assert b.signatures() == {"sig": 2, "sig2": 1}
+        with pytest.raises(ValueError, match="itself"):
+            b.merge(tmp_path / "b")
+        with pytest.raises(FileNotFoundError, match="no detection cache"):
+            b.merge(tmp_path / "nowhere")
+        (tmp_path / "x.sqlite").write_bytes(b"not a database, just bytes" * 100)
+        with pytest.raises(ValueError, match="not a ferdata detection cache"):
+            b.merge(tmp_path / "x.sqlite")
+        assert len(b) == 3                                                  # nothing half-merged
+
+
+def test_fill_cache_refuses_a_backend_that_caches_nothing(tmp_path, images):
+    with pytest.raises(ValueError, match="caches nothing"):
+        fill_cache(records(images[:1]), params(tmp_path, backend="annotations"))
 
 
 # ---- parallel_map: order, bounded memory, one fn copy per worker, errors --------------------

@@ -1,0 +1,39 @@
+"""One part of a dataset, for detecting faces on several machines (``ferdata detect --part K/N``).
+
+A record belongs to part ``K`` of ``N`` by a hash of its key, so every machine that reads the
+same dataset makes the same split without talking to the others, each record falls in exactly
+one part, and parts are equal in size up to sampling noise, whatever order the reader yields.
+Parts count from 1 (``1/4`` .. ``4/4``), like GNU ``split -n K/N``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part ``index`` (1-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 1 <= self.index <= self.count:
+            raise ValueError(f"part {self.index}/{self.count}: write K/N with 1 <= K <= N (parts count from 1)")
+
+    @staticmethod
+    def parse(text: str) -> "Part":
+        """``"2/4"`` -> ``Part(2, 4)``; anything else is refused in words."""
+        index, sep, count = text.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            raise ValueError(f"part {text!r}: write K/N, e.g. 1/4 .. 4/4 for four machines")
+        return Part(int(index), int(count))
+
+    def holds(self, key: str) -> bool:
+        """Whether the record with this key is in this part."""
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index - 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
