@@ -1,8 +1,8 @@
-"""Where things live on disk: a dataset's stage folders, the files in them, a split's index.
+"""Where things live on disk: a dataset's stage folders and the files in them.
 
 The one definition of the per-dataset layout (``dvc.yaml`` mirrors it), of the file names one
-stage writes and the next reads, and of the names a ``_info.json`` may list; stages import their
-inputs' names from here, not from the stage that wrote them.
+stage writes and the next reads; stages import their inputs' names from here, not from the
+stage that wrote them. (Which shard names an ``_info.json`` may list is :func:`ferdata.tario.listed_shard`.)
 """
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import gzip
 import json
 from pathlib import Path
 from typing import Iterator
-
-from ferdata.tario import UnsafeTarError
 
 STAGES = ("detect", "aligned", "derived", "shards")
 FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
@@ -31,11 +29,3 @@ def stage_dirs(data_dir: str | Path, name: str) -> dict[str, Path]:
     """``<data_dir>/<name>/{detect,aligned,derived,shards}``."""
     base = Path(data_dir) / name
     return {s: base / s for s in STAGES}
-
-
-def listed_shard(split_dir: str | Path, name: str) -> Path:
-    """The shard an ``_info.json`` in ``split_dir`` lists as ``name``; names are plain file names
-    (an info file must not point a reader outside its folder)."""
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise UnsafeTarError(f"{Path(split_dir) / INFO}: shard name {name!r} is not a plain file name")
-    return Path(split_dir) / name

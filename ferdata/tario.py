@@ -24,6 +24,7 @@ from typing import BinaryIO, Collection, Iterable, Iterator, Mapping
 import numpy as np
 
 from ferdata.atomic import atomic_write_bytes
+from ferdata.layout import INFO
 from ferdata.tarscan import BLOCK, Member, Table, iter_members, read_table
 
 PICKLE_EXTS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
@@ -58,6 +59,14 @@ def member_header(name: str, size: int) -> bytes:
 
 class UnsafeTarError(ValueError):
     """A tar member (or payload) that a shard must never contain."""
+
+
+def listed_shard(split_dir: str | Path, name: str) -> Path:
+    """The shard an ``_info.json`` in ``split_dir`` lists as ``name``; names are plain file names
+    (an info file must not point a reader outside its folder)."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise UnsafeTarError(f"{Path(split_dir) / INFO}: shard name {name!r} is not a plain file name")
+    return Path(split_dir) / name
 
 
 @dataclass(frozen=True)

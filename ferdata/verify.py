@@ -13,8 +13,8 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from ferdata.layout import INFO, listed_shard
-from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
+from ferdata.layout import INFO
+from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:

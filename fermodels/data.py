@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb, read_header
-from ferdata.layout import INFO, listed_shard
-from ferdata.tario import iter_tar_samples, load_npy
+from ferdata.layout import INFO
+from ferdata.tario import iter_tar_samples, listed_shard, load_npy
 from fermodels.registry import ModelCard
 
 MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
