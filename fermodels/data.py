@@ -47,6 +47,12 @@ class Split:
     def num_samples(self) -> int:
         return sum(n for _, n in self.shards)
 
+    def shards_of(self, shard_dir: str) -> tuple[tuple[str, int], ...]:
+        """The shards that ``shard_dir``'s ``_info.json`` lists (``shards`` holds every dir's, in
+        ``dirs`` order; ``hashes`` one sha256 per shard)."""
+        start = sum(len(self.hashes[d]) for d in self.dirs[:self.dirs.index(shard_dir)])
+        return self.shards[start:start + len(self.hashes[shard_dir])]
+
     def class_counts(self, num_classes: int) -> list[int]:
         return [self.histogram.get(c, 0) for c in CLASSES[:num_classes]]
 

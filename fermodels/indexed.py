@@ -33,7 +33,7 @@ class IndexedSplit(Dataset):
         self.dataset_index: list[int] = []
         self.excluded: Counter = Counter()
         for d, shard_dir in enumerate(split.dirs):                  # keys are unique within a dataset
-            listed = [(path, n) for path, n in split.shards if Path(path).parent.parent == Path(shard_dir)]
+            listed = split.shards_of(shard_dir)
             index = index_tars(path for path, _ in listed)
             _check_counts(listed, index)
             for key, fields in index.items():

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from ferdata.tario import iter_tar_samples
 from ferdata.verify import verify_shards
 from fermodels.data import SampleDecoder, open_split
 from fermodels.evaluate import EvalParams, evaluate, predict_loader
@@ -136,6 +137,19 @@ def test_evaluation_reads_exactly_the_listed_shards_and_checks_their_counts(tiny
     listed = split.shards[0][1]
     with pytest.raises(ValueError, match=rf"{listed - 1} samples, _info.json says {listed}: .*ferdata verify"):
         IndexedSplit(split, decoder, 7)
+
+
+def test_two_datasets_in_one_split_keep_their_own_shards(tiny_shards, tiny8_shards):
+    """Each sample is attributed to the dataset whose _info.json lists its shard (per-dataset
+    metrics and subsets rest on it)."""
+    split = open_split([tiny_shards, tiny8_shards], "test")
+    for d in (tiny_shards, tiny8_shards):
+        alone = open_split([d], "test")
+        assert split.shards_of(str(d)) == alone.shards
+    data = IndexedSplit(split, SampleDecoder(("image",), 112), 8)
+    for i, d in enumerate((tiny_shards, tiny8_shards)):
+        mine = {k for k, w in zip(data.keys, data.dataset_index) if w == i}
+        assert mine == {k for path, _ in open_split([d], "test").shards for k, _ in iter_tar_samples(path)}
 
 
 def test_verify_flags_subset_keys_that_are_not_in_the_shards(tiny_shards, tmp_path):
