@@ -212,6 +212,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
     report = StageReport("align")
     drops: list[Dropped] = []
+    # Two reads of the table: whether a first copy stays depends on copies later in it, and the
+    # rows are streamed, never held (the first read keeps one small entry per picture and face).
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)))(read_faces(detect_dir))
     with staged_dir(out_dir, OWNED) as out:
         with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
