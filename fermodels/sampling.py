@@ -5,10 +5,11 @@ Published AffectNet numbers come from ``ImbalancedDatasetSampler`` (per-sample w
 ``1 / count(label)``, drawn with replacement; DAN, CMNet, POSTER++ issue #12). A WebDataset
 stream has no random access, so the same expectation is reached by *repeating* samples: a
 sample of class ``c`` is emitted ``floor(r_c)`` or ``ceil(r_c)`` times, with ``r_c`` = (epoch
-samples / number of present classes) / count(c) and the rounding decided by a seeded hash of
-(seed, pass, key). Rare classes repeat (Contempt about 10x on AffectNet-8), frequent ones are
-mostly skipped (Happy about 0.27x); the shuffle buffer downstream spreads the copies out.
-Deterministic: the same (seed, epoch) gives the same stream, so resumed runs match.
+samples / number of present classes) / count(c) and the rounding decided by a hash of (the
+epoch's stream seed, pass, key). Rare classes repeat (Contempt about 10x on AffectNet-8),
+frequent ones are mostly skipped (Happy about 0.27x), a different part of them every epoch, so
+over epochs every sample is seen, as with drawing; the shuffle buffer downstream spreads the
+copies out. Deterministic: the same (seed, epoch) gives the same stream, so resumed runs match.
 """
 from __future__ import annotations
 
@@ -30,33 +31,33 @@ class ClassRepeat:
     """Expected copies per sample of each canonical class id (index = class id)."""
 
     rates: tuple[float, ...]
-    seed: int
 
     @classmethod
-    def balanced(cls, histogram: Sequence[int], samples: int, seed: int) -> "ClassRepeat":
+    def balanced(cls, histogram: Sequence[int], samples: int) -> "ClassRepeat":
         """Rates that give every class present in ``histogram`` the same expected share."""
         present = [n for n in histogram if n > 0]
         if not present:
             raise ValueError("class-balanced sampling needs a non-empty class histogram")
         share = samples / len(present)
-        return cls(tuple(share / n if n > 0 else 0.0 for n in histogram), seed)
+        return cls(tuple(share / n if n > 0 else 0.0 for n in histogram))
 
-    def copies(self, key: str, label: int, pass_index: int) -> int:
-        """How many times this sample appears in this pass (0 = skipped)."""
+    def copies(self, key: str, label: int, seed: int, pass_index: int) -> int:
+        """How many times this sample appears in pass ``pass_index`` of the stream seeded ``seed``
+        (0 = skipped). The seed is the epoch's, so the skipped samples change every epoch."""
         rate = self.rates[label] if 0 <= label < len(self.rates) else 0.0
         whole = math.floor(rate)
-        return whole + (unit_hash(self.seed * 1009 + pass_index, key) < rate - whole)
+        return whole + (unit_hash(seed, f"{pass_index}:{key}") < rate - whole)
 
 
 def repeat_stream(read: Callable[[], Iterable[dict]], repeat: ClassRepeat, quota: int,
-                  label_of: Callable[[dict], int]) -> Iterator[dict]:
+                  label_of: Callable[[dict], int], seed: int) -> Iterator[dict]:
     """Exactly ``quota`` samples: passes over ``read()`` with per-sample copies, cycling the
-    source (a new pass seed each time) until the quota is met."""
+    source (a new pass each time) until the quota is met; ``seed``: the epoch's stream seed."""
     emitted, pass_index = 0, 0
     while emitted < quota:
         produced = False
         for sample in read():
-            for _ in range(repeat.copies(sample["__key__"], label_of(sample), pass_index)):
+            for _ in range(repeat.copies(sample["__key__"], label_of(sample), seed, pass_index)):
                 yield sample
                 produced = True
                 emitted += 1

@@ -119,7 +119,7 @@ class EpochStream(IterableDataset):
             source: Iterable[dict] = read_pieces(plan.pieces, members)
         else:
             source = repeat_stream(lambda: read_pieces(plan.pieces, members), self.repeat, plan.num_samples,
-                                   lambda s: int(s["cls"]))
+                                   lambda s: int(s["cls"]), seed)
         if self.shuffle_buffer > 1:
             source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(seed, plan.worker)))
         samples = iter(source)

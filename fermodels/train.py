@@ -196,7 +196,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    repeat = ClassRepeat.balanced(counts, samples, params.seed) if params.sampler == "balanced" else None
+    repeat = ClassRepeat.balanced(counts, samples) if params.sampler == "balanced" else None
     loader = PersistentLoader(planner, decoder, workers=params.workers, shuffle_buffer=params.shuffle_buffer,
                               repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,

@@ -107,7 +107,7 @@ def test_resume_inside_an_epoch_replays_the_same_batches_with_workers(tiny_shard
 def test_balanced_stream_evens_out_classes(tiny_shards):
     split = open_split([tiny_shards], "train")
     counts = split.class_counts(7)
-    repeat = ClassRepeat.balanced([c * 10 if i == 1 else c for i, c in enumerate(counts)], 400, seed=0)
+    repeat = ClassRepeat.balanced([c * 10 if i == 1 else c for i, c in enumerate(counts)], 400)
     plans = plan_epoch(split.shards, samples=400, batch_size=20, env=DistEnv(0, 1, 0), workers=0, seed=0,
                        shuffle=True)
     labels = Counter(int(x) for b in stream_loader(plans, SampleDecoder(("image",), 112), workers=0,

@@ -356,18 +356,42 @@ def test_augment_params_are_checked():
 def test_class_repeat_rates_and_determinism():
     from fermodels.sampling import ClassRepeat, expected_share, repeat_stream
 
-    r = ClassRepeat.balanced([100, 10, 0, 40], samples=150, seed=0)
+    r = ClassRepeat.balanced([100, 10, 0, 40], samples=150)
     assert r.rates == pytest.approx((0.5, 5.0, 0.0, 1.25))
     assert expected_share({"a": 100, "b": 10, "c": 0, "d": 40}, r, "abcd") == pytest.approx(
         {"a": 1 / 3, "b": 1 / 3, "c": 0.0, "d": 1 / 3})
-    assert r.copies("k1", 1, 0) == 5 and r.copies("k1", 2, 0) == 0
-    assert [r.copies(f"k{i}", 3, 0) for i in range(50)] == [r.copies(f"k{i}", 3, 0) for i in range(50)]
-    assert sum(r.copies(f"k{i}", 3, 0) for i in range(400)) == pytest.approx(500, rel=0.1)
+    assert r.copies("k1", 1, 7, 0) == 5 and r.copies("k1", 2, 7, 0) == 0
+    assert [r.copies(f"k{i}", 3, 7, 0) for i in range(50)] == [r.copies(f"k{i}", 3, 7, 0) for i in range(50)]
+    assert sum(r.copies(f"k{i}", 3, 7, 0) for i in range(400)) == pytest.approx(500, rel=0.1)
     source = [{"__key__": f"s{i}", "cls": b"0"} for i in range(10)]
-    out = list(repeat_stream(lambda: iter(source), r, quota=12, label_of=lambda s: int(s["cls"])))
+    out = list(repeat_stream(lambda: iter(source), r, quota=12, label_of=lambda s: int(s["cls"]), seed=7))
     assert len(out) == 12
     with pytest.raises(ValueError, match="histogram"):
-        ClassRepeat.balanced([0, 0], 10, 0)
+        ClassRepeat.balanced([0, 0], 10)
+
+
+def test_balanced_epochs_skip_a_different_part_of_a_frequent_class():
+    """DAN's sampler draws afresh every epoch: a class sampled at half its size must show
+    nearly all its samples over a few epochs (the same half every epoch left the rest unseen)."""
+    from fermodels.sampling import ClassRepeat, repeat_stream
+    from fermodels.stream import EpochPlanner
+
+    source = [{"__key__": f"s{i:04d}", "cls": b"1" if i < 1000 else b"7"} for i in range(1030)]
+    repeat = ClassRepeat.balanced([0, 1000, 0, 0, 0, 0, 0, 30], samples=1030)      # Happy 0.515x
+    planner = EpochPlanner((), seed=3, rank=0)
+    seen: set[str] = set()
+    per_epoch = []
+    for epoch in range(8):
+        keys = [s["__key__"] for s in repeat_stream(lambda: iter(source), repeat, 1030, lambda s: int(s["cls"]),
+                                                   planner.stream_seed(epoch)) if s["cls"] == b"1"]
+        per_epoch.append(set(keys))
+        seen |= set(keys)
+    assert all(400 < len(k) < 620 for k in per_epoch), [len(k) for k in per_epoch]   # about half each epoch
+    assert len(per_epoch[0] & per_epoch[1]) < 0.75 * len(per_epoch[0])               # not the same half
+    assert len(seen) > 980, len(seen)                                                # 1 - 0.485^8: 99.7% expected
+    again = [s["__key__"] for s in repeat_stream(lambda: iter(source), repeat, 1030, lambda s: int(s["cls"]),
+                                                 planner.stream_seed(0)) if s["cls"] == b"1"]
+    assert set(again) == per_epoch[0]                                                # a resumed epoch matches
 
 
 @pytest.mark.slow
