@@ -188,15 +188,21 @@ class Aligned:
     lmk68: np.ndarray | None
 
 
+BORDERS = {"black": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE}
+
+
 def align_face(image: np.ndarray, kps5: np.ndarray, size: int, padding: float = 0.0,
-               lmk68: np.ndarray | None = None) -> Aligned:
+               lmk68: np.ndarray | None = None, border: str = "black") -> Aligned:
     """Warp ``image`` so ``kps5`` land on the template; transform ``lmk68`` with the same matrix.
 
     With ``padding=0`` the crop equals ``insightface.utils.face_align.norm_crop``
-    (bilinear, black border).
+    (bilinear, black border). ``border="replicate"`` continues the image's edge instead: for an
+    image that already is the crop, whose last pixel centres sit inside the crop's edge (as in a
+    resize), so that edge does not fade to black.
     """
     m = estimate_norm(kps5, size, padding)
-    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border],
+                          borderValue=0.0)
     lmk = transform_points(lmk68, m) if lmk68 is not None else None
     return Aligned(crop, m.astype(np.float32), lmk)
 

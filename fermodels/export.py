@@ -92,7 +92,8 @@ def alignment(preprocess: dict, card) -> dict:
         "template": [[round(float(v), 4) for v in point] for point in template(size, padding)],
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints to the template; "
-                "warpAffine to crop_size x crop_size, bilinear, black border",
+                "warpAffine to crop_size x crop_size, bilinear, black border (the edge replicated "
+                "for datasets read pre-cropped: the template then maps pixel centres, (t + 0.5) * side / 112 - 0.5)",
         "resize": "none" if card.input_size == size else
                   f"{size} -> {card.input_size}: bilinear, pixel centres aligned, antialiased when shrinking",
     }

@@ -35,7 +35,8 @@ class PrecroppedBackend(FaceBackend):
     """The whole image is an aligned face crop (CK+48, RAF-DB aligned, FER2013 48x48).
 
     The 5 keypoints are the ArcFace template scaled to the image, so alignment
-    reduces to a resize; no 68 landmarks exist unless the dataset gives them.
+    reduces to a resize (align continues the image's edge for it: ``ferdata.stages.align.crop_border``); no 68
+    landmarks exist unless the dataset gives them.
     """
 
     name = "precropped"
@@ -44,7 +45,8 @@ class PrecroppedBackend(FaceBackend):
 
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
         h, w = image.shape[:2]
-        kps5 = (template(112) * np.array([w / 112.0, h / 112.0])).astype(np.float32)
+        # The 112 template in the image's pixels, pixel centres matched (as a resize maps them).
+        kps5 = ((template(112) + 0.5) * np.array([w / 112.0, h / 112.0]) - 0.5).astype(np.float32)
         lmk = record.landmarks
         lmk68 = np.asarray(lmk, np.float32) if lmk is not None and np.asarray(lmk).shape == (68, 2) else None
         return [Face((0.0, 0.0, float(w), float(h)), 1.0, kps5, lmk68)]

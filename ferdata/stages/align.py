@@ -76,6 +76,15 @@ class BadGeometry(ValueError):
         self.detail = detail
 
 
+WHOLE_IMAGE_BACKENDS = ("precropped",)      # the face is the whole image (ferdata.faces.dataset)
+
+
+def crop_border(backend: str) -> str:
+    """How a crop continues past its image's edge: a precropped image's own edge pixels (the
+    image is the crop, its last pixel centres sit just inside the crop's edge), else black."""
+    return "replicate" if backend in WHOLE_IMAGE_BACKENDS else "black"
+
+
 def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
@@ -130,7 +139,8 @@ class AlignWorker:
             reduce = crop_reduction(np.asarray(face["kps5"], np.float64), self.params.size, self.params.padding)
             decoded = decode_image(data, reduce)
             kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
-            al = align_face(decoded.rgb, kps5, self.params.size, self.params.padding, lmk68)
+            al = align_face(decoded.rgb, kps5, self.params.size, self.params.padding, lmk68,
+                            crop_border(row["backend"]))
         except OSError as e:
             return Dropped(rec.dataset, rec.key, "unreadable_file", f"{rec.path}: {e.strerror}")
         except (BadImage, BadGeometry) as e:

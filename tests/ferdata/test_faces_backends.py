@@ -294,14 +294,26 @@ def test_annotations_backend(embedded, photos):
     assert not b.cacheable
 
 
-def test_precropped_is_a_resize(photos):
+@pytest.mark.parametrize("side", [48, 100])                 # FER2013 / CK+48, RAF-DB aligned
+def test_precropped_is_a_resize_edges_included(photos, side):
+    """A pre-cropped face becomes the crop as a resize makes it: pixel centres matched, and the
+    last rows and columns continue the image (they faded to black on one side only, a cue that
+    a flip moves)."""
     import cv2
 
-    crop = cv2.resize(photos["astronaut"][50:250, 130:330], (100, 100))
+    from ferdata.stages.align import crop_border
+
+    crop = cv2.resize(photos["astronaut"][50:250, 130:330], (side, side), interpolation=cv2.INTER_AREA)
     (f,) = create_backend("precropped").detect(crop, _record())
-    al = align_face(crop, f.kps5, 112)
-    np.testing.assert_allclose(al.matrix[:, :2], np.eye(2) * 1.12, atol=1e-4)
-    assert np.abs(al.image.astype(int) - cv2.resize(crop, (112, 112)).astype(int)).mean() < 4
+    al = align_face(crop, f.kps5, 112, border=crop_border("precropped"))
+    np.testing.assert_allclose(al.matrix[:, :2], np.eye(2) * 112 / side, atol=1e-4)
+    resized = cv2.resize(crop, (112, 112), interpolation=cv2.INTER_LINEAR).astype(int)
+    assert np.abs(al.image.astype(int) - resized).max() <= 2
+    flat = np.full((side, side, 3), 200, np.uint8)
+    (g,) = create_backend("precropped").detect(flat, _record())
+    edges = align_face(flat, g.kps5, 112, border=crop_border("precropped")).image
+    assert edges.min() >= 199, (edges[-1, :, 0].min(), edges[:, -1, 0].min())
+    assert crop_border("embedded") == "black"
 
 
 def test_auto_prefers_annotations_then_falls_back_to_embedded(tmp_path, monkeypatch, photos, embedded):
