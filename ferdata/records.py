@@ -75,14 +75,24 @@ class Dropped:
     detail: str = ""
 
 
+def scaled_points(points: np.ndarray | None, factor: float) -> np.ndarray | None:
+    """Pixel coordinates in the image rescaled by ``factor``, pixel centre to pixel centre:
+    ``(p + 0.5) * factor - 0.5``, as libjpeg's reduced decode and a resize map them
+    (:func:`ferdata.geometry.reduced_frame`)."""
+    if points is None:
+        return None
+    return ((np.asarray(points, np.float64) + 0.5) * factor - 0.5).astype(np.float32)
+
+
 def scale_record(r: FaceRecord, factor: float) -> FaceRecord:
-    """The record with its box and landmarks expressed in an image rescaled by ``factor``."""
+    """The record with its box and landmarks expressed in an image rescaled by ``factor``
+    (landmarks by :func:`scaled_points`; box edges scale by ``factor``)."""
     if factor == 1.0 or (r.box is None and r.landmarks is None):
         return r
     from dataclasses import replace
 
     return replace(r, box=None if r.box is None else tuple(float(v) * factor for v in r.box),
-                   landmarks=None if r.landmarks is None else np.asarray(r.landmarks, np.float32) * factor)
+                   landmarks=scaled_points(r.landmarks, factor))
 
 
 def record_to_dict(r: FaceRecord) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from ferdata.records import FaceRecord
+from ferdata.records import FaceRecord, scaled_points
 from ferdata.registry import Registry
 
 BACKENDS: Registry[type["FaceBackend"]] = Registry("face backend")
@@ -50,12 +50,12 @@ class Face:
         return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
 
     def scaled(self, factor: float) -> "Face":
-        """The same face with every coordinate multiplied by ``factor`` (image rescaling)."""
+        """The same face in the image rescaled by ``factor``: points by
+        :func:`ferdata.records.scaled_points` (pixel centres matched), box edges by ``factor``."""
         if factor == 1.0:
             return self
         return replace(self, box=tuple(float(v) * factor for v in self.box),
-                       kps5=np.asarray(self.kps5, np.float32) * factor,
-                       lmk68=None if self.lmk68 is None else np.asarray(self.lmk68, np.float32) * factor)
+                       kps5=scaled_points(self.kps5, factor), lmk68=scaled_points(self.lmk68, factor))
 
 
 class FaceBackend:

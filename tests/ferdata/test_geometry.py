@@ -9,7 +9,7 @@ import pytest
 
 from ferdata.geometry import (
     ARCFACE_112, FLIP_5, FLIP_68, IBUG_GROUPS, align_face, estimate_norm, five_from_68, flip_landmarks,
-    half_landmarks, similarity_matrix, split_halves, template, transform_points,
+    half_landmarks, reduced_frame, similarity_matrix, split_halves, template, transform_points,
 )
 
 pytestmark = pytest.mark.usefixtures("offline")
@@ -182,3 +182,23 @@ def test_half_landmarks_follow_the_mirrored_pixels(embedded, photos):
     # the eye in the mirrored right half sits where the left half's eye sits (symmetric face)
     assert np.abs(right_lmk[36:42].mean(0) - left_lmk[36:42].mean(0)).max() < 6
     assert (right_lmk[36:48:1][:6, 0] < 56).all() and (left_lmk[36:42, 0] < 56).all()
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.25, 0.125])
+def test_rescaled_faces_and_records_map_pixel_centres_as_the_reduced_decode(scale):
+    """Detections made on a reduced decode go back to source pixels by the inverse of the map
+    align uses into a reduced decode; a round trip returns the points (it shifted them by
+    (r - 1) / 2 source px when points were only multiplied)."""
+    from ferdata.faces.base import Face
+    from ferdata.records import FaceRecord, scale_record
+
+    rng = np.random.default_rng(0)
+    kps, lmk = rng.uniform(0, 900, (5, 2)), rng.uniform(0, 900, (68, 2))
+    face = Face((10.0, 20.0, 300.0, 400.0), 0.9, kps.astype(np.float32), lmk.astype(np.float32))
+    np.testing.assert_allclose(face.scaled(scale).kps5, transform_points(kps, reduced_frame(scale)), atol=1e-3)
+    back = face.scaled(scale).scaled(1 / scale)
+    np.testing.assert_allclose(back.kps5, kps, atol=1e-3)
+    np.testing.assert_allclose(back.lmk68, lmk, atol=1e-3)
+    assert back.box == pytest.approx(face.box)
+    rec = FaceRecord("d", "k", "x.jpg", 0, "", box=(10.0, 20.0, 300.0, 400.0), landmarks=lmk.astype(np.float32))
+    np.testing.assert_allclose(scale_record(rec, scale).landmarks, face.scaled(scale).lmk68, atol=1e-4)
