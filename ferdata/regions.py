@@ -57,13 +57,14 @@ def fixed_regions(size: int, w1: float = 0.5, h1: float = 0.5, h2: float = 0.65)
 @REGION_MODES.register("landmarks")
 def landmark_regions(lmk68: np.ndarray, size: int, margin: float = 0.15) -> Boxes:
     """Boxes around landmark groups, grown by ``margin`` of their extent (+2 px) per side
-    and clipped to the crop; coordinates rounded to 0.01 px."""
+    and clipped to the crop; coordinates rounded to 0.01 px. Landmarks are pixel-centre
+    coordinates (pixel i at i), box edges are not (pixel i spans [i, i + 1)): a point adds 0.5."""
     p = np.asarray(lmk68, np.float32)
     if p.shape != (68, 2):
         raise ValueError(f"landmark regions need (68, 2) landmarks, got {p.shape}")
     out: Boxes = {}
     for name in REGION_NAMES:
-        pts = p[list(LANDMARK_GROUPS[name])]
+        pts = p[list(LANDMARK_GROUPS[name])] + 0.5       # pixel centres -> edge coordinates
         lo, hi = pts.min(0), pts.max(0)
         pad = (hi - lo) * margin + 2.0
         lo, hi = np.clip(lo - pad, 0, size), np.clip(hi + pad, 0, size)

@@ -57,7 +57,7 @@ def landmark_boxes(lmk: Tensor, size: int, margin: float = 0.15) -> Tensor:
     """
     boxes = []
     for name in REGIONS:
-        pts = lmk[:, list(LANDMARK_GROUPS[name])]
+        pts = lmk[:, list(LANDMARK_GROUPS[name])] + 0.5   # pixel centres -> edges (roi_align, aligned=True)
         lo, hi = pts.amin(dim=1), pts.amax(dim=1)
         pad = (hi - lo) * margin + 2.0
         boxes.append(torch.cat([(lo - pad).clamp(0, size), (hi + pad).clamp(0, size)], dim=1))

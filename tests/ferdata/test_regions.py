@@ -73,3 +73,13 @@ def test_modes_by_name():
         landmark_regions(lmk[:5], 112)
     with pytest.raises(ValueError, match="empty"):
         crop_regions(np.zeros((10, 10, 3)), {"x": [5, 5, 5, 9]})
+
+
+def test_landmark_boxes_are_centred_on_their_points_pixels():
+    """A landmark at pixel-centre (50, 60) is pixel column 50, row 60: a box around it, cut as
+    slices, is centred on that pixel (it sat half a pixel up and left)."""
+    lmk = np.tile(np.array([[50.0, 60.0]], np.float32), (68, 1))
+    box = landmark_regions(lmk, 112)["mouth"]
+    assert box == [48.5, 58.5, 52.5, 62.5]
+    crop = crop_regions(np.arange(112 * 112).reshape(112, 112), {"mouth": box})["mouth"]
+    assert crop.shape == (5, 5) and crop[2, 2] == 60 * 112 + 50
