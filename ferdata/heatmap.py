@@ -60,8 +60,9 @@ def landmark_heatmaps(lmk: Any, image_size: int, heatmap_size: int, sigma: float
 def summed_heatmap_u8(points: np.ndarray, size: int, sigma: float, stride: float) -> np.ndarray:
     """The stored single-channel map: max over landmarks, uint8 0..255.
 
-    Max (not sum) keeps every landmark's peak at 255 however close the points are,
-    so the map reads as a mask and needs no per-image normalisation.
+    Max (not sum) keeps every landmark's peak as high as it is alone however close the
+    points are (255 on a cell centre, down to 199 half a cell off in both
+    axes at sigma 1), so the map reads as a mask and needs no per-image normalisation.
     """
     maps = gaussian_heatmaps(np.asarray(points, np.float32), size, sigma, stride)
     return np.clip(np.rint(maps.max(axis=-3) * 255.0), 0, 255).astype(np.uint8)
