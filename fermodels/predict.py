@@ -1,10 +1,17 @@
 """Inference for users: images, folders or videos in, per-face expression probabilities out.
 
 Each face goes through the same steps as the training data: the face backend (detect), the
-align stage's ``align_face`` + JPEG encoding at the recorded quality, the derive stage's
-worker (halves via ``split_halves``, landmark heatmap), then the loader's decoder and
-normalisation - so the model sees exactly the kind of sample it was trained on. The align and
-derive settings come from the checkpoint (``preprocess``, recorded by the train stage).
+align stage's reduced decode + ``align_face`` + JPEG encoding at the recorded quality, the
+derive stage's worker (halves via ``split_halves``, landmark heatmap), then the loader's
+decoder and normalisation - so the model sees exactly the kind of sample it was trained on.
+The align and derive settings come from the checkpoint (``preprocess``, recorded by the train
+stage).
+
+A face much larger than the crop is warped, as in the align stage, from the picture decoded at
+1/2, 1/4 or 1/8 (``crop_reduction``; libjpeg's reduced decode for a JPEG file), not from the
+full-size pixels, which one bilinear warp would shrink 4-10x with aliasing. An image file's
+crops equal the align stage's byte for byte; a video frame has no file bytes, so its reduced
+copy is the block mean libjpeg's decode approximates (:func:`block_mean`).
 """
 from __future__ import annotations
 
@@ -23,10 +30,11 @@ import torch
 
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
-from ferdata.geometry import align_face
-from ferdata.io import BadImage, decode_rgb, encode_jpeg
+from ferdata.faces.base import Face
+from ferdata.geometry import Aligned, align_face, crop_reduction
+from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.records import FaceRecord, make_key
-from ferdata.stages.align import BadGeometry, checked_points, npy_bytes
+from ferdata.stages.align import BadGeometry, checked_points, crop_border, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, normalise, to_device, travel_side
@@ -45,9 +53,48 @@ class FaceSample:
     source: str
     frame: int
     index: int
-    box: tuple[float, float, float, float]
+    box: tuple[float, float, float, float]        # x0, y0, x1, y1 in the file's pixels
     score: float
     fields: dict
+
+
+def block_mean(rgb: np.ndarray, reduce: int) -> np.ndarray:
+    """``rgb`` at 1/``reduce`` the way libjpeg's reduced decode makes it: ceil(h/r) x ceil(w/r)
+    pixels, each the mean of an r x r block (the last, partial blocks filled by repeating the edge,
+    as a JPEG encoder pads them), so pixel centres map as ``reduced_frame(1 / reduce)`` says."""
+    if reduce == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    padded = cv2.copyMakeBorder(rgb, 0, -h % reduce, 0, -w % reduce, cv2.BORDER_REPLICATE)
+    size = (padded.shape[1] // reduce, padded.shape[0] // reduce)
+    return cv2.resize(padded, size, interpolation=cv2.INTER_AREA)      # integer factor: exact block means
+
+
+class Picture:
+    """One image or video frame: the RGB pixels detection runs on (``scale``: their size relative
+    to the file's, below 1 only for a huge JPEG) and, made once per reduction on first use, the
+    copies the align stage would warp a face from (:meth:`reduced`)."""
+
+    def __init__(self, rgb: np.ndarray, data: bytes | None = None, scale: float = 1.0) -> None:
+        self.rgb, self.data, self.scale = rgb, data, scale
+        self._reduced: dict[int, Decoded] = {} if data is not None else {1: Decoded(rgb, 1.0, ())}
+
+    @classmethod
+    def from_file(cls, data: bytes) -> "Picture":
+        """A still image from its file's bytes, decoded as the detect stage decodes it."""
+        decoded = decode_image(data)
+        picture = cls(decoded.rgb, data, decoded.scale)
+        picture._reduced[1] = decoded                  # decode_image(data, 1) is this very decode
+        return picture
+
+    def reduced(self, reduce: int) -> Decoded:
+        """The picture as the align stage decodes it for a face at ``reduce`` (1, 2, 4, 8): a
+        file's bytes through ``decode_image(data, reduce)``, a frame's pixels through
+        :func:`block_mean` (its nearest equivalent: frames have no bytes to decode reduced)."""
+        if reduce not in self._reduced:
+            self._reduced[reduce] = (decode_image(self.data, reduce) if self.data is not None
+                                     else Decoded(block_mean(self.rgb, reduce), 1.0 / reduce, ()))
+        return self._reduced[reduce]
 
 
 class Predictor:
@@ -71,20 +118,21 @@ class Predictor:
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
         self.backend = create_backend(backend, backend_options, model_dir)
 
-    def faces(self, image: np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
-        """Every usable face of an RGB image as a sample, and how many were dropped (bad geometry)."""
+    def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
+        """Every usable face of a picture (an RGB array is taken as a video frame) as a sample,
+        and how many were dropped (bad geometry, no landmarks the model needs)."""
+        if isinstance(picture, np.ndarray):
+            picture = Picture(picture)
         record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
                             native_label="")
         samples, dropped = [], 0
-        for i, face in enumerate(self.backend.detect(image, record)):
-            row = face_to_dict(face)          # what the detect table stores and align reads
+        for i, face in enumerate(self.backend.detect(picture.rgb, record)):
             try:
-                kps5, lmk68 = checked_points(row, image.shape)
-            except BadGeometry as e:
+                row, al = self.aligned(picture, face)
+            except (BadGeometry, BadImage) as e:
                 log.warning("%s frame %d face %d skipped: %s", source, frame, i, e)
                 dropped += 1
                 continue
-            al = align_face(image, kps5, self.align["size"], self.align["padding"], lmk68)
             fields = {"jpg": encode_jpeg(al.image, self.align["jpeg_quality"]), "cls": b"0"}
             if al.lmk68 is not None:
                 fields["lmk.npy"] = npy_bytes(al.lmk68)
@@ -96,6 +144,18 @@ class Predictor:
             fields.update(self.derive((f"face{i}", fields))[1])
             samples.append(FaceSample(source, frame, i, tuple(row["box"]), float(row["score"]), fields))
         return samples, dropped
+
+    def aligned(self, picture: Picture, face: Face) -> tuple[dict, Aligned]:
+        """(the detect table's row for ``face``, its crop), made as ``AlignWorker`` makes it: the
+        row in file pixels (as the detect stage stores it), the picture at that face's
+        ``crop_reduction``, the points mapped into it, the same warp and border. Raises
+        :class:`BadGeometry` (or :class:`BadImage`) as the align stage would drop the face."""
+        row = face_to_dict(face.scaled(1.0 / picture.scale))
+        reduce = crop_reduction(np.asarray(row["kps5"], np.float64), self.align["size"], self.align["padding"])
+        decoded = picture.reduced(reduce)
+        kps5, lmk68 = checked_points(row, decoded.rgb.shape, decoded.scale)
+        border = crop_border(row["backend"] or self.backend.name)
+        return row, align_face(decoded.rgb, kps5, self.align["size"], self.align["padding"], lmk68, border)
 
     @torch.no_grad()
     def probabilities(self, faces: list[FaceSample]) -> np.ndarray:
@@ -110,8 +170,9 @@ class Predictor:
         return p.cpu().numpy()
 
 
-def iter_frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray | None, str]]:
-    """(frame index, RGB image or None, problem) for an image, or every ``every``-th video frame."""
+def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, str]]:
+    """(frame index, picture or None, problem) for an image (which keeps its file's bytes for
+    the reduced decodes), or every ``every``-th video frame."""
     if path.suffix.lower() in VIDEO_EXTS:
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
@@ -124,7 +185,7 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray | None
                 if not ok:
                     break
                 if index % every == 0:
-                    yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), ""
+                    yield index, Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), ""
                 index += 1
         finally:
             cap.release()
@@ -132,7 +193,7 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, np.ndarray | None
             yield 0, None, "no_video_frames"
         return
     try:
-        yield 0, decode_rgb(path.read_bytes()), ""
+        yield 0, Picture.from_file(path.read_bytes()), ""
     except (OSError, BadImage) as e:
         yield 0, None, getattr(e, "reason", "unreadable_file")
 
@@ -195,19 +256,20 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
 
     for path in paths:
         video = path.suffix.lower() in VIDEO_EXTS
-        for frame, image, problem in iter_frames(path, every):
-            if image is None:
+        for frame, picture, problem in iter_frames(path, every):
+            if picture is None:
                 log.warning("%s skipped: %s", path, problem)
                 summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
                 continue
-            faces, dropped = predictor.faces(image, str(path), frame)
+            faces, dropped = predictor.faces(picture, str(path), frame)
             summary.append({"source": str(path), "frame": frame, "faces": len(faces), "dropped": dropped})
             log.info("%s%s: %d face(s)", path, f" frame {frame}" if video else "", len(faces))
             pending += faces
             if annotate is not None and faces:
                 flush()
                 name = (names or {}).get(path) or annotation_names([path], [path])[path]
-                draw_faces(image, rows[-len(faces):], annotate / annotation_path(name, frame, video))
+                draw_faces(picture.rgb, rows[-len(faces):], annotate / annotation_path(name, frame, video),
+                           picture.scale)
             elif len(pending) >= batch_size:
                 flush()
     flush()
@@ -229,11 +291,12 @@ def describe(summary: list[dict], most: int = 5) -> str:
     return "; ".join(parts)
 
 
-def draw_faces(image: np.ndarray, rows: list[dict], path: Path) -> None:
-    """Save ``image`` with each face's box and top expression."""
+def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1.0) -> None:
+    """Save ``image`` with each face's box (in file pixels; ``scale``: the image's size relative
+    to the file's, below 1 for a huge JPEG decoded reduced) and top expression."""
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     for r in rows:
-        x0, y0, x1, y1 = (int(round(v)) for v in r["box"])
+        x0, y0, x1, y1 = (int(round(v * scale)) for v in r["box"])
         cv2.rectangle(bgr, (x0, y0), (x1, y1), (0, 200, 0), 2)
         cv2.putText(bgr, f"{r['expression']} {r[r['expression']]:.2f}", (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)

@@ -1,5 +1,6 @@
 """Inference for users: the same detect -> align -> derive -> decode path as the shards (checked
-bit for bit against the stages), several faces per image, no face, videos, CSV/JSON, the CLI."""
+bit for bit against the stages, a large face's reduced decode included), several faces per image,
+no face, videos, CSV/JSON, the CLI."""
 from __future__ import annotations
 
 import csv
@@ -13,16 +14,21 @@ import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
+from ferdata.geometry import align_face, crop_reduction
+from ferdata.io import decode_jpeg_rgb, decode_rgb, encode_jpeg
+from ferdata.layout import read_faces
 from ferdata.params import load_params
 from ferdata.records import FaceRecord
-from ferdata.stages.align import AlignParams, run_align
+from ferdata.stages.align import AlignParams, checked_points, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
+from ferdata.tario import iter_tar_samples
 from fermodels.data import open_split, split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
-from fermodels.predict import (Predictor, annotation_names, annotation_path, expand_inputs, iter_frames,
+import fermodels.predict
+from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, expand_inputs, iter_frames,
                                run_predict)
 
 from tests.fermodels.helpers import REPO, stage_params, make_params
@@ -71,6 +77,79 @@ def test_same_sample_as_the_shard_stages(photos, predictor, tmp_path, one_thread
     member = data.members[0]
     assert faces[0].fields["jpg"] == read_member(member["jpg"]), "aligned face differs from the align stage's"
     assert np.array_equal(predictor.probabilities(faces), from_shards)
+
+
+def large_face_photo(faces: int = 1) -> np.ndarray:
+    """The astronaut upscaled 4x (her face then decodes at 1/4 in the align stage) with fine
+    per-pixel texture, which a one-step bilinear shrink aliases; ``faces=2`` adds a mirrored copy."""
+    from skimage.data import astronaut
+
+    big = cv2.resize(astronaut(), None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    texture = np.random.default_rng(0).integers(-16, 17, big.shape)
+    big = np.clip(big + texture, 0, 255).astype(np.uint8)
+    return big if faces == 1 else np.concatenate([big, big[:, ::-1]], 1)
+
+
+@pytest.fixture(scope="module")
+def large_face(tmp_path_factory) -> dict:
+    """The large-face JPEG run through the real detect and align stages: its path, the detect
+    table's row and the align stage's aligned JPEG."""
+    d = tmp_path_factory.mktemp("large")
+    path = d / "large.jpg"
+    cv2.imwrite(str(path), large_face_photo()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    params = load_params(REPO / "params.yaml")
+    rec = FaceRecord(dataset="photos", key="large", path=str(path), label=1, native_label="happy", split="test")
+    run_detect([rec], stage_params(DetectParams, params["detect"], backend="embedded", workers=1,
+                                   cache_dir=str(d / "cache")), d / "detect")
+    run_align(d / "detect", stage_params(AlignParams, params["align"], workers=1), d / "aligned")
+    (row,) = read_faces(d / "detect")
+    ((_, fields),) = [s for tar in sorted((d / "aligned").glob("aligned-*.tar")) for s in iter_tar_samples(tar)]
+    return {"path": path, "row": row, "jpg": fields["jpg"], "align": params["align"]}
+
+
+def test_large_face_crop_is_the_align_stages_byte_for_byte(large_face, predictor, one_thread):
+    """A face 4x the crop's resolution: the align stage warps it from the JPEG decoded at 1/4
+    (libjpeg's low-pass); predict must too, not shrink the full-size pixels in one aliasing warp."""
+    face, align = large_face["row"]["face"], large_face["align"]
+    assert crop_reduction(np.asarray(face["kps5"]), align["size"], align["padding"]) == 4
+    ((_, picture, _),) = iter_frames(large_face["path"], 1)
+    faces, dropped = predictor.faces(picture, str(large_face["path"]))
+    assert len(faces) == 1 and dropped == 0
+    assert list(faces[0].box) == face["box"], "not the detect stage's detection"
+    assert faces[0].fields["jpg"] == large_face["jpg"], "aligned face differs from the align stage's"
+
+
+def test_large_face_in_a_video_frame_is_low_passed_like_the_reduced_decode(large_face, predictor, one_thread):
+    """A frame has no file bytes to decode reduced; its block-mean copy gives a sample (the crop's
+    JPEG, decoded) within about a grey level of the align stage's (measured 1.18 mean abs diff;
+    0.46 before JPEG encoding), 4x closer than one warp of the full-size frame (4.68; 4.29 before
+    encoding), which aliases the fine texture."""
+    face, align = large_face["row"]["face"], large_face["align"]
+    full = decode_rgb(large_face["path"].read_bytes())
+    faces, dropped = predictor.faces(full, str(large_face["path"]))
+    assert len(faces) == 1 and dropped == 0
+    trained = decode_jpeg_rgb(large_face["jpg"]).astype(np.float64)
+    frame_crop = decode_jpeg_rgb(faces[0].fields["jpg"])
+    unreduced = align_face(full, checked_points(face, full.shape)[0], align["size"], align["padding"]).image
+    unreduced = decode_jpeg_rgb(encode_jpeg(unreduced, align["jpeg_quality"]))
+    new, old = (float(np.abs(c - trained).mean()) for c in (frame_crop, unreduced))
+    assert new < 2.0 and old > 3 * new, (new, old)
+
+
+def test_each_reduction_is_decoded_once_per_picture(predictor, monkeypatch, one_thread):
+    """Two large faces of one image need one decode at 1/4 between them (and a frame one block mean)."""
+    _, buf = cv2.imencode(".jpg", large_face_photo(faces=2)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+    decode, reduce = fermodels.predict.decode_image, fermodels.predict.block_mean
+    calls = []
+    monkeypatch.setattr(fermodels.predict, "decode_image",
+                        lambda data, r=1: calls.append(("decode", r)) or decode(data, r))
+    monkeypatch.setattr(fermodels.predict, "block_mean", lambda rgb, r: calls.append(("mean", r)) or reduce(rgb, r))
+    picture = Picture.from_file(buf.tobytes())
+    faces, _ = predictor.faces(picture, "two.jpg")
+    assert len(faces) == 2 and calls == [("decode", 1), ("decode", 4)]
+    calls.clear()
+    faces, _ = predictor.faces(picture.rgb, "two.avi", 3)
+    assert len(faces) == 2 and calls == [("mean", 4)]
 
 
 def test_faces_per_image_video_frames_and_rows(photos, predictor, one_thread):
