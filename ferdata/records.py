@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+SOFT_LABEL = "soft_label"    # ``extra``: a label distribution (8 floats, canonical order), e.g. FERPlus votes
+LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, probability, multi_target; majority: not)
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY_LOSSY = re.compile(r"[^A-Za-z0-9_\-./ ]")

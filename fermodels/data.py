@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from ferdata.classes import CLASSES
 from ferdata.io import decode_jpeg_rgb, read_header
 from ferdata.layout import INFO
+from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.tario import iter_tar_samples, listed_shard, load_npy
+from fermodels.losses import TARGET_KINDS
 from fermodels.registry import ModelCard
 
 MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
@@ -42,6 +44,7 @@ class Split:
     histogram: dict[str, int]                   # canonical class name -> count
     hashes: dict[str, list[str]]                # shard dir -> sha256 of each shard
     subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # shard dir -> test subset -> keys
+    soft_labels: dict[str, int] = field(default_factory=dict)  # label mode -> samples with a distribution to train on
 
     @property
     def num_samples(self) -> int:
@@ -63,7 +66,7 @@ class Split:
 
 def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
-    shards, hist, hashes, subsets = [], Counter(), {}, {}
+    shards, hist, hashes, subsets, soft = [], Counter(), {}, {}, Counter()
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -74,7 +77,8 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         hist.update(info["class_histogram"])
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
-    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets)
+        soft.update(info.get("soft_labels", {}))
+    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft))
 
 
 @dataclass(frozen=True)
@@ -83,11 +87,15 @@ class SampleDecoder:
     side (default: the model's ``size``). Batches travel at ``wire`` and
     ``to_device(batch, device, size)`` scales them to the model's side on the device: with
     ``wire`` = the stored crop side (:func:`travel_side`), a 224 px model fed 112 px shards costs
-    the workers no resize and the hand-off a quarter of the bytes."""
+    the workers no resize and the hand-off a quarter of the bytes. With ``targets`` it also reads
+    each sample's label distribution (``json``: FERPlus votes in a training label mode) into
+    ``target`` (one-hot of the label when it has none) and ``target_kind`` (how the loss uses it,
+    :data:`fermodels.losses.TARGET_KINDS`)."""
 
     fields: tuple[str, ...]
     size: int
     wire: int | None = None
+    targets: bool = False
 
     @property
     def side(self) -> int:
@@ -97,7 +105,8 @@ class SampleDecoder:
     @property
     def members(self) -> frozenset[str]:
         """The tar member extensions this decoder reads (a sample's label and its fields)."""
-        return frozenset({"cls", *(MEMBERS[f] for f in self.fields), MEMBERS["image"]})
+        return frozenset({"cls", *(MEMBERS[f] for f in self.fields), MEMBERS["image"],
+                          *(("json",) if self.targets else ())})
 
     def __call__(self, s: dict) -> dict:
         key, side = s["__key__"], self.side
@@ -112,6 +121,8 @@ class SampleDecoder:
         if "lmk" in self.fields:
             lmk = load_npy(_member(s, "lmk.npy", key), f"{key}.lmk.npy").astype(np.float32)
             out["lmk"] = (lmk + 0.5) * (side / src) - 0.5          # pixel-centre convention
+        if self.targets:
+            out["target"], out["target_kind"] = label_target(_member(s, "json", key), out["label"], key)
         return out
 
     def collate(self, raw: Sequence[dict]) -> dict:
@@ -125,9 +136,29 @@ class SampleDecoder:
         side = self.side
         shapes = {"image": (side, side, 3), "left": (side, side // 2, 3), "right": (side, side // 2, 3),
                   "heatmap": (side // 4, side // 4), "lmk": (LANDMARKS, 2)}
+        targets = {"target": ((len(CLASSES),), torch.float32), "target_kind": ((), torch.int64)}
         return {"label": ((), torch.int64),
                 **{f: (shapes[f], torch.float32 if f == "lmk" else torch.uint8)
-                   for f in FIELDS if f == "image" or f in self.fields}}
+                   for f in FIELDS if f == "image" or f in self.fields},
+                **(targets if self.targets else {})}
+
+
+def label_target(meta: bytes, label: int, key: str) -> tuple[np.ndarray, int]:
+    """A sample's training target from its ``json`` member: (distribution over the canonical
+    classes, kind) when it carries one in a training label mode, else (one-hot of ``label``, 0)."""
+    extra = json.loads(meta).get("extra") or {}
+    mode = extra.get(LABEL_MODE, "majority")
+    if SOFT_LABEL not in extra or mode == "majority":
+        target = np.zeros(len(CLASSES), np.float32)
+        target[label] = 1.0
+        return target, TARGET_KINDS["crossentropy"]          # one-hot: plain cross-entropy
+    if mode not in TARGET_KINDS:
+        raise ValueError(f"sample {key!r}: label mode {mode!r} unknown; known: {', '.join(TARGET_KINDS)}")
+    target = np.asarray(extra[SOFT_LABEL], np.float32)
+    if target.shape != (len(CLASSES),) or not np.isfinite(target).all() or target.min() < 0 or target.sum() <= 0:
+        raise ValueError(f"sample {key!r}: {SOFT_LABEL} must be {len(CLASSES)} non-negative numbers with a "
+                         f"positive sum, got {extra[SOFT_LABEL]!r}")
+    return target, TARGET_KINDS[mode]
 
 
 def split_decoder(card: ModelCard, split: Split, device: torch.device) -> SampleDecoder:
@@ -194,7 +225,8 @@ def decode_batch(decoder: SampleDecoder, raw: Sequence[dict],
 def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:
     """The batch a model consumes from stacked fields: images NHWC -> NCHW views, heatmaps
     (B, 1, h, w); ``rest`` (the keys) as it is."""
-    batch = {"label": fields["label"], "key": rest["key"]}
+    batch = {"label": fields["label"], "key": rest["key"],
+             **{name: fields[name] for name in TARGETS if name in fields}}
     for name in FIELDS:
         if name in fields:
             t = fields[name]
@@ -203,6 +235,7 @@ def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:
 
 
 FIELDS = ("image", "left", "right", "heatmap", "lmk")
+TARGETS = ("target", "target_kind")
 IMAGES = ("image", "left", "right")
 
 
@@ -221,6 +254,9 @@ def to_device(batch: dict, device: torch.device, size: int | None = None) -> dic
             out[name] = batch[name].to(device, non_blocking=True)
     if "lmk" in batch:
         out["lmk"] = batch["lmk"].to(device, non_blocking=True).float()
+    for name in TARGETS:
+        if name in batch:
+            out[name] = batch[name].to(device, non_blocking=True)
     if size is not None and out["image"].shape[-1] != size:
         out = resize_batch(out, size)
     return out

@@ -26,6 +26,54 @@ def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = 
     return F.cross_entropy(logits, labels, weight=class_weight)
 
 
+# How a sample's label distribution (``batch["target"]``, FERPlus votes) is trained on, by the
+# reader's label mode (Barsoum et al. 2016; microsoft/FERPlus src/train.py): 0 cross-entropy
+# against the distribution, 1 one label drawn from it at every step (:func:`draw_targets`),
+# 2 any label of it: -log of the highest probability among its classes.
+TARGET_KINDS = {"crossentropy": 0, "probability": 1, "multi_target": 2}
+
+
+@LOSSES.register("soft_ce")
+def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy against per-sample distributions ``target`` (B, >= C; truncated to the C
+    classes of ``logits`` and renormalised), or for ``kind`` 2 rows ``-log max_{k: t_k > 0} p_k``.
+    One-hot targets give exactly :func:`cross_entropy`; ``class_weight`` weighs a sample by its
+    target's mean class weight (the weighted mean torch defines, for one-hot targets)."""
+    t = target[:, : logits.shape[1]].float()
+    t = t / t.sum(1, keepdim=True).clamp_min(1e-12)
+    logp = F.log_softmax(logits.float(), dim=1)
+    per = -(t * logp).sum(1)
+    multi = kind == TARGET_KINDS["multi_target"]
+    if bool(multi.any()):
+        per = torch.where(multi, -logp.masked_fill(t <= 0, float("-inf")).amax(1), per)
+    w = t @ class_weight.float() if class_weight is not None else torch.ones_like(per)
+    return (w * per).sum() / w.sum()
+
+
+def label_loss(logits: Tensor, batch: dict) -> Tensor:
+    """A model's classification loss for ``batch``: :func:`cross_entropy` on its labels, or
+    :func:`soft_cross_entropy` when it carries label distributions (``target``, ``target_kind``);
+    with ``batch["class_weight"]`` when the trainer's ``train.class_weights`` is on."""
+    if "target" in batch:
+        return soft_cross_entropy(logits, batch["target"], batch["target_kind"], batch.get("class_weight"))
+    return cross_entropy(logits, batch["label"], batch.get("class_weight"))
+
+
+def draw_targets(batch: dict, generator: torch.Generator) -> dict:
+    """The batch with each ``probability`` row's distribution replaced by one class drawn from it
+    (one-hot, trained as cross-entropy): FERPlus's PROB mode, a new draw at every step."""
+    if "target" not in batch:
+        return batch
+    rows = (batch["target_kind"] == TARGET_KINDS["probability"]).nonzero().flatten()
+    if not len(rows):
+        return batch
+    target, kind = batch["target"].clone(), batch["target_kind"].clone()
+    drawn = torch.multinomial(target[rows].float(), 1, generator=generator).flatten()
+    target[rows] = F.one_hot(drawn, target.shape[1]).to(target.dtype)
+    kind[rows] = TARGET_KINDS["crossentropy"]
+    return {**batch, "target": target, "target_kind": kind}
+
+
 @LOSSES.register("half_alignment")
 def half_alignment(left: Tensor, right: Tensor) -> Tensor:
     """CMNet's half-face alignment loss: MSE between pooled left/right half descriptors.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +27,7 @@ from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object
                                    pick_device, shutdown)
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
+from fermodels.losses import draw_targets
 from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
 from fermodels.recipes import check_applied
 from fermodels.registry import create_model
@@ -174,6 +175,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
     _check_classes(train_split, val_split, params.num_classes)
     decoder = split_decoder(net.card, train_split, device)
+    if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes
+        log.info("training on label distributions: %s samples", train_split.soft_labels)
     samples = params.epoch_samples or train_split.num_samples
     counts = train_split.class_counts(params.num_classes)
     opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,
@@ -197,8 +200,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
     repeat = ClassRepeat.balanced(counts, samples) if params.sampler == "balanced" else None
-    loader = PersistentLoader(planner, decoder, workers=params.workers, shuffle_buffer=params.shuffle_buffer,
-                              repeat=repeat)
+    loader = PersistentLoader(planner, replace(decoder, targets=bool(train_split.soft_labels)),
+                              workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
@@ -246,7 +249,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
                    gamma=params.gamma)
         set_lr(run.opt, lr)
         gen = seed_step(params.seed, epoch, run.step, env.rank)
-        moved = to_device(batch, device, run.decoder.size)
+        moved = to_device(draw_targets(batch, gen), device, run.decoder.size)
         b = normalise(augment_batch(moved, params.augment, gen, fill), run.net.card, params.channels_last)
         if params.class_weights:
             b["class_weight"] = run.class_weight

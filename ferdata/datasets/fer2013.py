@@ -28,7 +28,7 @@ from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.subsets import FERPLUS_ID
 from ferdata.io import encode_png
-from ferdata.records import Dropped, FaceRecord, make_key
+from ferdata.records import LABEL_MODE, SOFT_LABEL, Dropped, FaceRecord, make_key
 
 USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
 FER_CSVS = ("fer2013.csv", "fer2013/fer2013.csv", "icml_face_data.csv")
@@ -53,8 +53,10 @@ def ferplus_distribution(votes: Sequence[float], mode: str) -> np.ndarray:
     emotion if it has more than half the remaining votes. ``probability`` /
     ``crossentropy``: the top emotions (ties taken together, at most 3) until 75 % of
     the votes are covered; discarded if 50 % or less are covered or unknown/NF ties
-    first. ``multi_target``: every emotion with at least 30 % of the votes. The trainer
-    samples (probability) or flattens (multi_target) this distribution, as in the paper.
+    first. ``multi_target``: every emotion with at least 30 % of the votes. Training
+    (:data:`fermodels.losses.TARGET_KINDS`) uses it as the paper does: cross-entropy against it
+    (crossentropy), one label drawn from it at every step (probability), or -log of the most
+    probable of its emotions (multi_target); val and test are always read ``majority``.
     Raises :class:`FERPlusUnlabelled` (no_majority, no_agreement, label_unknown, not_face).
     """
     raw = [0.0 if v < 1.0 + 1e-9 else float(v) for v in votes]
@@ -265,6 +267,6 @@ class FERPlusReader(DatasetReader):
         return FaceRecord(
             dataset=self.name, key=key, path=path, label=to_canonical("ferplus", native),
             native_label=VOTE_COLUMNS[native], split=split, pixels=pixels,
-            extra={"soft_label": to_canonical_order(dist), "votes": votes,
-                   "label_mode": mode if split == "train" else "majority"},
+            extra={SOFT_LABEL: to_canonical_order(dist), "votes": votes,
+                   LABEL_MODE: mode if split == "train" else "majority"},
         )

@@ -1,8 +1,10 @@
 """Shard stage: join aligned + derived samples, split, shuffle with a seed, write shards.
 
 Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.json``
-(sample count per shard, sha256 per shard, class histogram, label map, params hash, and the
-keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists).
+(sample count per shard, sha256 per shard, class histogram, label map, params hash, the
+keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists, and,
+when samples carry label distributions that training uses, e.g. FERPlus's crossentropy mode,
+how many per mode).
 Byte-reproducible: the order is a seeded hash permutation and tar metadata is fixed.
 Samples are read by offset from the chunk tars, so memory holds an index, not pixels.
 The output folder is built beside ``out_dir`` and swapped in whole, so shards and
@@ -22,7 +24,7 @@ from ferdata.classes import CLASSES
 from ferdata.layout import ALIGNED, DERIVED, INFO
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
-from ferdata.records import SPLITS, record_from_dict
+from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, unit_hash
 from ferdata.tario import Indexed, TarShardWriter, index_chunks
@@ -118,7 +120,7 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
     for k in sorted(keys):
         for name in (metas[k].get("extra") or {}).get("subsets", ()):
             subsets.setdefault(name, []).append(k)
-    return {
+    info = {
         "split": split, "num_samples": len(keys),
         "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
                    for f in writer.files],
@@ -128,3 +130,8 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
         "params_hash": params_hash(params),
         "subsets": dict(sorted(subsets.items())),       # name -> sorted keys (options.subsets lists)
     }
+    soft = Counter(e[LABEL_MODE] for e in (metas[k].get("extra") or {} for k in keys)
+                   if SOFT_LABEL in e and e.get(LABEL_MODE, "majority") != "majority")
+    if soft:                                            # only then: other datasets' info is unchanged
+        info["soft_labels"] = dict(sorted(soft.items()))   # label mode -> samples training reads it for
+    return info

@@ -11,7 +11,7 @@ from typing import Mapping
 from torch import Tensor, nn
 
 from fermodels.checkpoints import load_pretrained
-from fermodels.losses import cross_entropy
+from fermodels.losses import label_loss
 from fermodels.models.backbones import IR50, ResNet18Trunk, global_avg_pool
 from fermodels.registry import ModelCard, register_model
 
@@ -52,7 +52,7 @@ class ResNet18Classifier(nn.Module):
         return {"logits": self.fc(feats), "features": feats}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {"ce": cross_entropy(out["logits"], batch["label"], batch.get("class_weight"))}
+        return {"ce": label_loss(out["logits"], batch)}
 
 
 class IR50Classifier(nn.Module):
@@ -71,7 +71,7 @@ class IR50Classifier(nn.Module):
         return {"logits": self.fc(feats), "features": feats}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {"ce": cross_entropy(out["logits"], batch["label"], batch.get("class_weight"))}
+        return {"ce": label_loss(out["logits"], batch)}
 
 
 _RESNET_NOTES = ("torchvision ResNet-18 with a new fc; `pretrained` takes an MS-Celeb-1M "

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from fermodels.checkpoints import load_pretrained
-from fermodels.losses import cross_entropy, half_alignment
+from fermodels.losses import half_alignment, label_loss
 from fermodels.models.backbones import ResNet18Trunk, global_avg_pool
 from fermodels.models.baselines import Batch, require
 from fermodels.registry import ModelCard, register_model
@@ -109,7 +109,7 @@ class CMNet(nn.Module):
                 "left_desc": global_avg_pool(f_left), "right_desc": global_avg_pool(f_right)}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {"ce": self.alpha * cross_entropy(out["logits"], batch["label"], batch.get("class_weight")),
+        return {"ce": self.alpha * label_loss(out["logits"], batch),
                 "half_alignment": (1 - self.alpha) * half_alignment(out["left_desc"], out["right_desc"])}
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.models.convnext import LayerNorm2d
 
 from fermodels.checkpoints import load_pretrained
-from fermodels.losses import cross_entropy
+from fermodels.losses import label_loss
 from fermodels.models.backbones import ConvNeXtTrunk, freeze, global_avg_pool
 from fermodels.models.baselines import Batch, require
 from fermodels.registry import ModelCard, register_model
@@ -112,7 +112,7 @@ class ConvCut(nn.Module):
         return {"logits": self.head(feats), "features": feats}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {"ce": cross_entropy(out["logits"], batch["label"], batch.get("class_weight"))}
+        return {"ce": label_loss(out["logits"], batch)}
 
 
 _PAPER = ("Nan, Liu, Qian, Song: A Visual Self-attention Mechanism Facial Expression Recognition "

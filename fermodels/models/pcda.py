@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fermodels.checkpoints import load_pretrained
-from fermodels.losses import cross_entropy, neutral_aware_anchor
+from fermodels.losses import label_loss, neutral_aware_anchor
 from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
 from fermodels.models.baselines import Batch, require
 from fermodels.registry import ModelCard, register_model
@@ -158,9 +158,8 @@ class PCDA(nn.Module):
         return {"logits": self.head(feats), "features": feats, "heatmap": heat}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        labels = batch["label"]
-        return {"ce": cross_entropy(out["logits"], labels, batch.get("class_weight")),
-                "neaa": self.neaa_weight * neutral_aware_anchor(out["features"], out["logits"], labels)}
+        return {"ce": label_loss(out["logits"], batch),
+                "neaa": self.neaa_weight * neutral_aware_anchor(out["features"], out["logits"], batch["label"])}
 
 
 @register_model("pcda")

@@ -26,7 +26,7 @@ from torchvision.ops import roi_align
 from ferdata.regions import LANDMARK_GROUPS, PCNN_FRACTIONS, REGION_NAMES
 from ferdata.regions import fixed_regions as ferdata_fixed_regions
 from fermodels.checkpoints import load_pretrained
-from fermodels.losses import cross_entropy
+from fermodels.losses import label_loss
 from fermodels.models.backbones import ResNet18Trunk, global_avg_pool
 from fermodels.models.baselines import Batch, require
 from fermodels.registry import ModelCard, register_model
@@ -146,9 +146,8 @@ class PCNN(nn.Module):
                 "theta": theta}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        labels, weight = batch["label"], batch.get("class_weight")
-        return {"ce_main": self.main_weight * cross_entropy(out["logits"], labels, weight),
-                "ce_local": self.local_weight * cross_entropy(out["local_logits"], labels, weight)}
+        return {"ce_main": self.main_weight * label_loss(out["logits"], batch),
+                "ce_local": self.local_weight * label_loss(out["local_logits"], batch)}
 
 
 @register_model("pcnn")

@@ -13,7 +13,7 @@ import torch
 
 from ferdata.datasets import open_reader
 from ferdata.params import load_params, section
-from ferdata.records import FaceRecord
+from ferdata.records import LABEL_MODE, SOFT_LABEL, FaceRecord
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
@@ -64,15 +64,19 @@ def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: ra
 
 def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, classes: range = range(7),
                  maxcount: int = 4, protocol: str = "affectnet7", seed: int = 0,
-                 subsets: dict[str, set[str]] | None = None) -> Path:
+                 subsets: dict[str, set[str]] | None = None, soft_mode: str | None = None) -> Path:
     """Raw fixture -> detect -> align -> derive -> shard under ``base``; returns the shards dir.
     ``subsets`` (name -> record keys) tags records ``extra["subsets"]`` as a reader with
-    ``options.subsets`` does (AffectNet's reader takes no subset lists)."""
+    ``options.subsets`` does (AffectNet's reader takes no subset lists); ``soft_mode`` gives every
+    training record a label distribution in that label mode, as the FERPlus reader does
+    (:func:`soft_label_of`)."""
     params = load_params(REPO / "params.yaml")
     write_affectnet(base / "raw", per_class, test_per_class, classes, seed)
     records = open_reader("affectnet", base / "raw", {"protocol": protocol}).read()
     if subsets:
         records = _tagged(records, subsets)
+    if soft_mode:
+        records = _soft(records, soft_mode)
     detect = stage_params(DetectParams, params["detect"], backend="annotations", workers=1,
                           cache_dir=str(base / "cache"))
     run_detect(records, detect, base / "detect")
@@ -87,6 +91,20 @@ def _tagged(records, subsets: dict[str, set[str]]):
     for r in records:
         tags = tuple(n for n in sorted(subsets) if r.key in subsets[n]) if isinstance(r, FaceRecord) else ()
         yield dataclasses.replace(r, extra={**r.extra, "subsets": tags}) if tags else r
+
+
+def soft_label_of(label: int) -> list[float]:
+    """A test distribution: 0.6 on ``label``, 0.4 on the next class (of 7)."""
+    dist = [0.0] * 8
+    dist[label], dist[(label + 1) % 7] = 0.6, 0.4
+    return dist
+
+
+def _soft(records, mode: str):
+    for r in records:
+        if isinstance(r, FaceRecord) and r.split == "train":
+            r = dataclasses.replace(r, extra={**r.extra, SOFT_LABEL: soft_label_of(r.label), LABEL_MODE: mode})
+        yield r
 
 
 def stage_params(cls, values: dict, **overrides):

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ferdata.registry import UnknownNameError
 from fermodels.info import example_batch
-from fermodels.losses import LOSSES, half_alignment, neutral_aware_anchor
+from fermodels.losses import (LOSSES, TARGET_KINDS, draw_targets, half_alignment, label_loss, neutral_aware_anchor,
+                              soft_cross_entropy)
 from fermodels.registry import create_model
 
 
@@ -95,3 +96,61 @@ def test_pcda_neaa_acts_on_class_tokens_of_the_batch() -> None:
     assert losses["neaa"].item() > 0
     losses["neaa"].backward()
     assert model.image_backbone.input_layer[0].weight.grad is not None
+
+
+# ---- label distributions (FERPlus label modes) ------------------------------------------------
+
+def _logits_targets(n: int = 6, classes: int = 7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, classes, generator=g) * 2
+    labels = torch.randint(0, classes, (n,), generator=g)
+    return logits, labels
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_hot_targets_give_plain_cross_entropy(weighted: bool) -> None:
+    logits, labels = _logits_targets()
+    weight = torch.linspace(0.5, 2.0, 7) if weighted else None
+    target = F.one_hot(labels, 8).float()                      # 8 canonical classes, a 7-class model
+    kind = torch.zeros(6, dtype=torch.int64)
+    want = F.cross_entropy(logits, labels, weight=weight)
+    assert soft_cross_entropy(logits, target, kind, weight).item() == pytest.approx(want.item(), rel=1e-6)
+    batch = {"label": labels, "target": target, "target_kind": kind, **({"class_weight": weight} if weighted else {})}
+    assert label_loss(logits, batch).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_soft_targets_cross_entropy_and_multi_target_by_hand() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    p = logits.softmax(1)
+    # row 0: crossentropy against (0.5, 0.3, 0.2) given over 4 classes with mass 0.2 on a 4th
+    # (a class the model lacks: dropped and renormalised); row 1: multi_target over {0, 2}
+    target = torch.tensor([[0.4, 0.24, 0.16, 0.2], [0.5, 0.0, 0.5, 0.0]])
+    kind = torch.tensor([TARGET_KINDS["crossentropy"], TARGET_KINDS["multi_target"]])
+    ce0 = -(0.5 * p[0, 0].log() + 0.3 * p[0, 1].log() + 0.2 * p[0, 2].log())
+    mt1 = -torch.log(torch.maximum(p[1, 0], p[1, 2]))          # class 1, the most likely, is not a target
+    assert soft_cross_entropy(logits, target, kind).item() == pytest.approx(((ce0 + mt1) / 2).item(), rel=1e-6)
+    weight = torch.tensor([1.0, 2.0, 3.0])
+    w0, w1 = 0.5 * 1 + 0.3 * 2 + 0.2 * 3, 0.5 * 1 + 0.5 * 3
+    got = soft_cross_entropy(logits, target, kind, weight).item()
+    assert got == pytest.approx(((w0 * ce0 + w1 * mt1) / (w0 + w1)).item(), rel=1e-6)
+    logits.requires_grad_(True)
+    soft_cross_entropy(logits, target, kind).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[1, 1] > 0   # pushed away from the non-target
+
+
+def test_probability_rows_draw_one_label_per_step_from_their_distribution() -> None:
+    dist = torch.tensor([0.7, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
+    n = 4000
+    batch = {"label": torch.zeros(n, dtype=torch.int64), "target": dist.repeat(n, 1),
+             "target_kind": torch.full((n,), TARGET_KINDS["probability"])}
+    batch["target_kind"][0] = TARGET_KINDS["crossentropy"]     # not a probability row: left alone
+    drawn = draw_targets(batch, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn["target"][0], dist) and torch.equal(batch["target"][1], dist)   # input untouched
+    rows = drawn["target"][1:]
+    assert torch.equal(rows.sum(1), torch.ones(n - 1)) and set(rows.argmax(1).tolist()) == {0, 2}
+    assert rows[:, 0].mean().item() == pytest.approx(0.7, abs=0.03)
+    assert (drawn["target_kind"] == TARGET_KINDS["crossentropy"]).all()
+    again = draw_targets(batch, torch.Generator().manual_seed(1))
+    assert torch.equal(again["target"], drawn["target"])       # the step's generator decides: resumable
+    plain = {"label": torch.zeros(2, dtype=torch.int64)}
+    assert draw_targets(plain, torch.Generator()) is plain

@@ -20,7 +20,7 @@ from fermodels.sampling import check_class_weight_used, class_weight_tensor
 from fermodels.stream import stream_loader
 from fermodels.train import NonFiniteLossError, train, train_step
 
-from tests.fermodels.helpers import TINY_MODEL, make_params
+from tests.fermodels.helpers import TINY_MODEL, build_shards, make_params, soft_label_of
 
 CPU = torch.device("cpu")
 FAST_MODELS = {"resnet18_112", "convcut"}
@@ -349,6 +349,46 @@ def test_augment_params_are_checked():
         _aug(hflip=1.5)
     with pytest.raises(ValueError, match="scale_min"):
         _aug(scale_min=1.2, scale_max=1.0)
+
+
+# ---- label distributions (FERPlus crossentropy / probability / multi_target) ----------------
+
+@pytest.fixture(scope="module")
+def soft_shards(tmp_path_factory):
+    return build_shards(tmp_path_factory.mktemp("data") / "soft", soft_mode="probability")
+
+
+@pytest.mark.parametrize("workers", [0, 2])                 # in-process, and through the workers' batch ring
+def test_label_distributions_travel_from_records_to_the_loss(soft_shards, workers, tmp_path, monkeypatch, one_thread):
+    """A reader's label distributions (FERPlus votes in a training label mode) are counted in the
+    train split's _info.json, decoded into ``target`` and trained on; validation stays on labels."""
+    import fermodels.models.convcut as convcut
+    from ferdata.tario import iter_tar_samples
+    from fermodels.losses import TARGET_KINDS
+
+    split = open_split([soft_shards], "train")
+    assert split.soft_labels == {"probability": split.num_samples}
+    decoder = SampleDecoder(("image",), 112, targets=True)
+    path = split.shards[0][0]
+    for key, raw in iter_tar_samples(path):
+        d = decoder({"__key__": key, **raw})
+        assert d["target"].tolist() == pytest.approx(soft_label_of(d["label"]))
+        assert d["target_kind"] == TARGET_KINDS["probability"]
+    seen = []
+    real = convcut.label_loss
+
+    def spy(logits, batch):
+        seen.append(("target" in batch, batch["target"].argmax(1).tolist() if "target" in batch else [],
+                     batch["label"].tolist()))
+        return real(logits, batch)
+
+    monkeypatch.setattr(convcut, "label_loss", spy)
+    train(soft_shards, make_params(epochs=1, workers=workers), tmp_path / "ckpt", tmp_path / "live")
+    assert seen and all(has for has, _, _ in seen)              # every training step had targets
+    drawn = [t for _, targets, _ in seen for t in targets]
+    labels = [lab for _, _, batch_labels in seen for lab in batch_labels]
+    assert all(t in (lab, (lab + 1) % 7) for t, lab in zip(drawn, labels))   # drawn from each distribution
+    assert 0.3 < np.mean([t == lab for t, lab in zip(drawn, labels)]) < 0.9   # 0.6 expected, not always the label
 
 
 # ---- class-balanced resampling -------------------------------------------------------------
