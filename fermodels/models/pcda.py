@@ -59,7 +59,7 @@ class GaussianLandmarkEncoder(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """Landmark-query / fusion-key-value attention block; only the fusion stream is updated."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float = 0.0) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -71,6 +71,7 @@ class CrossAttentionBlock(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(drop)            # the attention output and both MLP layers' (ViT drop_ratio)
 
     def forward(self, lm: Tensor, fusion: Tensor) -> Tensor:
         b, n, d = fusion.shape
@@ -78,8 +79,9 @@ class CrossAttentionBlock(nn.Module):
         q = self.q(self.norm_lm(lm)).reshape(b, n, h, d // h).transpose(1, 2)
         k, v = self.kv(self.norm_fusion(fusion)).reshape(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)
         attn = torch.softmax((q @ k.transpose(-2, -1)) * (d // h) ** -0.5, dim=-1)
-        fusion = fusion + self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
-        return fusion + self.mlp(self.norm_mlp(fusion))
+        fusion = fusion + self.drop(self.proj((attn @ v).transpose(1, 2).reshape(b, n, d)))
+        fc1, act, fc2 = self.mlp
+        return fusion + self.drop(fc2(self.drop(act(fc1(self.norm_mlp(fusion))))))
 
 
 def normalise_heatmap(h: Tensor, mode: str) -> Tensor:
@@ -101,8 +103,9 @@ class PCDA(nn.Module):
     """Product-cross dual attention network; see the module docstring."""
 
     def __init__(self, num_classes: int, card: ModelCard, dim: int, depth: int,
-                 heads: int, mlp_ratio: float, h_norm: str, neaa_weight: float, heatmap_sigma: float,
-                 head_drop: float, landmark_checkpoint: str | None, pretrained: str | None) -> None:
+                 heads: int, mlp_ratio: float, drop: float, h_norm: str, neaa_weight: float,
+                 heatmap_sigma: float, head_drop: float, landmark_checkpoint: str | None,
+                 pretrained: str | None) -> None:
         super().__init__()
         if h_norm not in H_NORMS:
             raise ValueError(f"h_norm must be one of {H_NORMS}, got {h_norm!r}")
@@ -126,7 +129,8 @@ class PCDA(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
         for p in (self.cls_lm, self.cls_fusion, self.pos_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio) for _ in range(depth))
+        self.token_drop = nn.Dropout(drop)
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, heads, mlp_ratio, drop) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Dropout(head_drop), nn.Linear(dim, num_classes))
 
@@ -144,7 +148,7 @@ class PCDA(nn.Module):
 
     def _tokens(self, fmap: Tensor, embed: nn.Linear, cls: Tensor) -> Tensor:
         tokens = embed(fmap.flatten(2).transpose(1, 2))
-        return torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
+        return self.token_drop(torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         x = self.image_backbone(require(batch, "image", self.card))
@@ -164,7 +168,7 @@ class PCDA(nn.Module):
 
 @register_model("pcda")
 def pcda(num_classes: int = 7, dim: int = 768, depth: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
-         h_norm: str = "sigmoid", neaa_weight: float = 0.01, heatmap_sigma: float = 1.0,
+         drop: float = 0.5, h_norm: str = "sigmoid", neaa_weight: float = 0.01, heatmap_sigma: float = 1.0,
          head_drop: float = 0.0, landmark_checkpoint: str | None = None,
          pretrained: str | None = None) -> PCDA:
     source = ("frozen MobileFaceNet conv_4 (paper)" if landmark_checkpoint else
@@ -182,8 +186,10 @@ def pcda(num_classes: int = 7, dim: int = 768, depth: int = 2, heads: int = 8, m
                f"act = h_norm ({h_norm!r}); pre-LN blocks; one shared learned pos-embed; q/k/v "
                "without bias; landmark tokens are not updated between blocks; W_q_fusion (in the "
                "paper's Eq. 3 but unused by Eq. 4) is not built; no SE gate. Defaults follow the "
-               "paper (class token c_t=768, MLP ratio 4), which reproduces its 15.6M attention-module "
-               "size; POSTER's dim=512, mlp_ratio=2 is one keyword each. With a MobileFaceNet the normalised "
+               "paper (class token c_t=768, MLP ratio 4, drop ratio 0.5), which reproduces its 15.6M "
+               "attention-module size; the drop ratio is read as the drop_ratio of the ViT code POSTER "
+               "builds on (dropout of the tokens, the attention output and in the MLP; drop=0 turns it "
+               "off); POSTER's dim=512, mlp_ratio=2 is one keyword each. With a MobileFaceNet the normalised "
                "image is fed as POSTER does (the net was trained on BGR /255)."))
-    return PCDA(num_classes, card, dim, depth, heads, mlp_ratio, h_norm, neaa_weight, heatmap_sigma,
+    return PCDA(num_classes, card, dim, depth, heads, mlp_ratio, drop, h_norm, neaa_weight, heatmap_sigma,
                 head_drop, landmark_checkpoint, pretrained)

@@ -260,6 +260,27 @@ def test_pcda_heatmap_normalisations(h_norm: str) -> None:
         assert torch.allclose(out["heatmap"].mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
 
 
+def test_pcda_drop_ratio_is_the_papers_and_only_acts_in_training() -> None:
+    """Nie et al. §4.2: "the drop ratio is 0.5" in the cross-attention ViT: by default the
+    tokens, the attention output and the MLP drop at 0.5 in training; eval is deterministic;
+    drop=0 removes it, with the same parameters (checkpoints of either load into the other)."""
+    torch.manual_seed(0)
+    model = build("pcda", dim=64, heads=4)
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)].count(0.5) == 3   # tokens + 2 blocks
+    batch = example_batch(model.card, 2)
+    with torch.no_grad():
+        model.train()
+        a, b = model(batch)["features"], model(batch)["features"]
+        model.eval()
+        c, d = model(batch)["features"], model(batch)["features"]
+    assert not torch.allclose(a, b) and torch.equal(c, d)
+    plain = build("pcda", dim=64, heads=4, drop=0.0)
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        plain.train()
+        assert torch.allclose(plain(batch)["features"], plain(batch)["features"])
+
+
 def test_pcda_rejects_unknown_h_norm() -> None:
     with pytest.raises(ValueError, match="h_norm"):
         build("pcda", h_norm="tanh")
