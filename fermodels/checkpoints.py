@@ -55,12 +55,22 @@ class LoadReport:
     ignored: int
 
 
+# Model keywords that name a weight file, and the value they take when a model is rebuilt from a
+# training checkpoint: its state dict holds those weights, so the file (perhaps on another
+# machine) is neither needed nor read.
+WEIGHT_FILE_KWARGS = ("pretrained", "landmark_checkpoint")
+FROM_CHECKPOINT = "<weights from the training checkpoint>"
+
+
 def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadReport:
-    """Fill ``module`` (a backbone trunk) from the checkpoint at ``path`` in ``layout``.
+    """Fill ``module`` (a backbone trunk) from the checkpoint at ``path`` in ``layout``
+    (nothing for :data:`FROM_CHECKPOINT`: the caller loads a training checkpoint next).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`PretrainedMismatchError` if any
     parameter or buffer of ``module`` is absent from the mapped checkpoint or has another shape.
     """
+    if path == FROM_CHECKPOINT:
+        return LoadReport(FROM_CHECKPOINT, layout, matched=0, ignored=0)
     mapper = LAYOUTS.get(layout)
     path = Path(path)
     if not path.is_file():

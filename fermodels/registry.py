@@ -19,8 +19,9 @@ rely on it):
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -65,6 +66,16 @@ def create_model(name: str, num_classes: int = 7, **kwargs) -> nn.Module:
     if not isinstance(getattr(model, "card", None), ModelCard):
         raise TypeError(f"model {name!r} has no ModelCard in .card")
     return model
+
+
+def model_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` completed with the factory's defaults for every other keyword (checkpoints
+    store this, so a later change of a default never changes a saved model)."""
+    _import_model_modules()
+    sig = inspect.signature(MODELS.get(name))
+    bound = sig.bind_partial(**kwargs)          # an unknown keyword fails here, naming it
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "num_classes"}
 
 
 def list_models() -> list[str]:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ferdata.classes import class_names
-from fermodels.registry import create_model
+from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
+from fermodels.registry import create_model, model_kwargs
 
 log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
@@ -52,7 +53,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
     """Write atomically (temp + rename), so a kill never leaves a truncated checkpoint."""
     p = asdict(params)
     state = {
-        "format": FORMAT, "model": p["model"], "model_kwargs": dict(p["model_kwargs"]),
+        "format": FORMAT, "model": p["model"], "model_kwargs": model_kwargs(p["model"], p["model_kwargs"]),
         "num_classes": p["num_classes"], "classes": list(class_names(p["num_classes"])),
         "card": asdict(model.card),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -79,9 +80,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+# Defaults that changed after checkpoints stored only the keywords given: (model, keyword) -> the
+# value such a checkpoint was trained with (checkpoints now store every keyword).
+FORMER_DEFAULTS = {("cmnet", "mirror_right_half"): True, ("pcda", "drop"): 0.0}
+
+
 def model_from_checkpoint(state: dict) -> nn.Module:
-    """Rebuild the model named in a checkpoint and load its weights strictly (eval mode)."""
-    model = create_model(state["model"], num_classes=state["num_classes"], **state["model_kwargs"])
+    """Rebuild the model named in a checkpoint and load its weights strictly (eval mode). Weight
+    files it was initialised from (``pretrained`` ...) are not read: the checkpoint holds them."""
+    kwargs = {**{k: v for (m, k), v in FORMER_DEFAULTS.items() if m == state["model"]}, **state["model_kwargs"]}
+    kwargs = {k: FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v for k, v in kwargs.items()}
+    model = create_model(state["model"], num_classes=state["num_classes"], **kwargs)
     model.load_state_dict(state["state_dict"], strict=True)
     return model.eval()
 

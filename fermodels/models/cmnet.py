@@ -65,15 +65,16 @@ class MyCBAM(nn.Module):
 class CMNet(nn.Module):
     """Whole + half-face ResNet-18 fusion with myCBAM; see the module docstring.
 
-    ``mirror_right_half=True`` (default) means ``batch["right"]`` is the mirrored right half
-    the data pipeline writes: the trunk sees it mirrored (so both halves look like left halves)
-    and its feature map is flipped back before the side-by-side fusion, keeping the fused map in
-    face layout. ``False`` flips ``batch["right"]`` back first, so the trunk sees the plain right
+    ``batch["right"]`` is the mirrored right half the data pipeline writes. By default
+    (``mirror_right_half=False``) it is flipped back first, so the trunk sees the plain right
     columns exactly as the public code (which splits the un-mirrored input) does.
+    ``mirror_right_half=True`` (our variant) lets the trunk see it mirrored (both halves then look
+    like left halves) and flips its feature map back before the side-by-side fusion, keeping the
+    fused map in face layout.
     ``share_trunk=False`` gives the whole face and each half their own trunk.
     """
 
-    def __init__(self, num_classes: int, card: ModelCard, mirror_right_half: bool = True,
+    def __init__(self, num_classes: int, card: ModelCard, mirror_right_half: bool = False,
                  share_trunk: bool = True, alpha: float = 0.9, pretrained: str | None = None) -> None:
         super().__init__()
         self.card = card
@@ -114,7 +115,7 @@ class CMNet(nn.Module):
 
 
 @register_model("cmnet")
-def cmnet(num_classes: int = 7, mirror_right_half: bool = True, share_trunk: bool = True,
+def cmnet(num_classes: int = 7, mirror_right_half: bool = False, share_trunk: bool = True,
           alpha: float = 0.9, pretrained: str | None = None) -> CMNet:
     card = ModelCard(
         name="cmnet", input_size=224, fields=("image", "left", "right"),
@@ -122,10 +123,10 @@ def cmnet(num_classes: int = 7, mirror_right_half: bool = True, share_trunk: boo
         paper="Li, Tian, Xie, Zhang, Zhang, Zuo: CMNet, IEEE TIP 2026 (arXiv 2605.04439)",
         notes=("Faithful to public code Model_5: shared ResNet-18 trunk, additive fusion, myCBAM "
                "(82,569 params), 0.9*CE + 0.1*MSE half alignment (the PartitionLoss in closed form). "
-               f"Deviations: halves come from batch left/right (mirrored right half, "
-               f"mirror_right_half={mirror_right_half}; the public code splits the un-mirrored "
-               "input - use mirror_right_half=False); the mirrored half's layer3 map is flipped back "
-               "before fusion (interpretation); debug prints removed; share_trunk=False (three "
+               f"Halves come from batch left/right; the pipeline's mirrored right half is flipped "
+               f"back, so the trunk sees the public code's un-mirrored split (mirror_right_half="
+               f"{mirror_right_half}; True: the trunk sees it mirrored and its layer3 map is flipped "
+               "back before fusion, our variant); debug prints removed; share_trunk=False (three "
                f"trunks, share_trunk={share_trunk}) is an ablation, not public code. `pretrained`: "
                "MS-Celeb-1M ResNet-18."))
     return CMNet(num_classes, card, mirror_right_half, share_trunk, alpha, pretrained)

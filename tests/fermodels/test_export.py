@@ -85,3 +85,25 @@ def test_every_model_exports_with_parity(name, tmp_path, preprocess):
     diffs = parity(tmp_path, tmp_path / "m.pt", batch=2)
     assert load_checkpoint(tmp_path / "m.pt")["model"] == name
     assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_checkpoints_rebuild_without_their_weight_files_and_keep_their_defaults(tmp_path, preprocess):
+    """A model initialised from a weight file (`pretrained: /models/...`) rebuilds from its
+    checkpoint where that file is absent (another machine: predict, evaluate, export), with the
+    checkpoint's weights; checkpoints store every keyword, so a later default change does not
+    alter them, and those saved before the cmnet default changed rebuild as they were trained."""
+    from fermodels.registry import create_model
+    from fermodels.runstate import FORMER_DEFAULTS, model_from_checkpoint
+
+    params: TrainParams = make_params(model="cmnet", model_kwargs={"pretrained": str(tmp_path / "gone.pth")})
+    torch.manual_seed(0)
+    net = create_model("cmnet", num_classes=7)                 # as if initialised from that file
+    save_checkpoint(tmp_path / "m.pt", model=net, params=params, optimizer=None, position=Position(0, 0, 0),
+                    best={}, data={}, preprocess=preprocess)
+    state = load_checkpoint(tmp_path / "m.pt")
+    assert state["model_kwargs"]["mirror_right_half"] is False and state["model_kwargs"]["alpha"] == 0.9
+    rebuilt = model_from_checkpoint(state)                     # FileNotFoundError before
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in net.state_dict().items())
+    assert rebuilt.mirror_right_half is False
+    old = {**state, "model_kwargs": {"pretrained": str(tmp_path / "gone.pth")}}   # saved before the change
+    assert model_from_checkpoint(old).mirror_right_half is FORMER_DEFAULTS[("cmnet", "mirror_right_half")]

@@ -20,7 +20,7 @@ ALL = list_models()
 # Non-default configurations that change the forward graph, run through the same contract.
 VARIANTS = [pytest.param(n, {}, id=n) for n in ALL] + [
     pytest.param("pcnn", {"regions": "landmarks"}, id="pcnn-landmarks"),
-    pytest.param("cmnet", {"mirror_right_half": False, "share_trunk": False}, id="cmnet-unmirrored-unshared"),
+    pytest.param("cmnet", {"mirror_right_half": True, "share_trunk": False}, id="cmnet-mirrored-unshared"),
     pytest.param("pcda", {"h_norm": "softmax", "depth": 1}, id="pcda-softmax-depth1"),
 ]
 
@@ -171,9 +171,10 @@ def test_mycbam_matches_public_parameter_count() -> None:
     assert MyCBAM(512).eval()(x).shape == x.shape
 
 
-def test_cmnet_unmirrored_mode_reproduces_public_split() -> None:
-    """mirror_right_half=False flips batch['right'] back: the trunk sees the raw right columns."""
-    model = build("cmnet", mirror_right_half=False).eval()
+def test_cmnet_default_reproduces_public_split() -> None:
+    """By default (mirror_right_half=False, as the public code) batch['right'] is flipped back:
+    the trunk sees the raw right columns."""
+    model = build("cmnet").eval()
     image = torch.randn(1, 3, 224, 224)
     batch = {"image": image, "left": image[..., :112], "right": torch.flip(image[..., 112:], dims=[3])}
     with torch.no_grad():
@@ -183,7 +184,7 @@ def test_cmnet_unmirrored_mode_reproduces_public_split() -> None:
 
 
 def test_cmnet_mirrored_mode_feeds_mirrored_half_and_restores_layout() -> None:
-    model = build("cmnet").eval()
+    model = build("cmnet", mirror_right_half=True).eval()
     image = torch.randn(1, 3, 224, 224)
     right = torch.flip(image[..., 112:], dims=[3])
     with torch.no_grad():
