@@ -54,14 +54,16 @@ class Series:
         return [k for k in range(self.folds) if k not in self.runs]
 
     def table(self) -> dict:
-        """Per metric: each fold's value, mean and sample std over the folds, and the pooled value."""
+        """Per metric: each fold's value, mean and sample std over the folds (None for one fold),
+        and the pooled value."""
         ordered = [self.runs[k] for k in sorted(self.runs)]
         pooled = metrics_from_confusion(sum(r.confusion for r in ordered), CLASSES)
         out = {}
         for m in METRICS:
             values = np.array([r.metrics[m] for r in ordered], np.float64)
             out[m] = {"folds": values.tolist(), "mean": float(values.mean()),
-                      "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "pooled": pooled[m]}
+                      "std": float(values.std(ddof=1)) if len(values) > 1 else None,   # undefined for one fold
+                      "pooled": pooled[m]}
         out["num_samples"] = {"folds": [r.metrics["num_samples"] for r in ordered], "pooled": pooled["num_samples"]}
         return out
 
@@ -141,7 +143,8 @@ def describe(series: Series) -> str:
         rows.append(f"{'fold ' + str(k):>7s}" + "".join(f"{table[m]['folds'][i]:21.4f}" for m in METRICS)
                     + f"{table['num_samples']['folds'][i]:14d}")
     for what in ("mean", "std", "pooled"):
-        rows.append(f"{what:>7s}" + "".join(f"{table[m][what]:21.4f}" for m in METRICS)
+        rows.append(f"{what:>7s}" + "".join(f"{'n/a':>21s}" if table[m][what] is None else f"{table[m][what]:21.4f}"
+                                            for m in METRICS)
                     + (f"{table['num_samples']['pooled']:14d}" if what == "pooled" else ""))
     if series.replaced:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from fermodels.cli import app
-from fermodels.crossval import read_experiments, summarise
+from fermodels.crossval import describe, read_experiments, summarise
 
 ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@x"}
@@ -96,6 +96,8 @@ def test_folds_are_grouped_and_summarised(repo):
     # pooled recall per class: Happy 2 of 3 (fold 1 misses one), Sad 2 of 3, Neutral 1 of 2
     assert cmnet.table()["mean_class_accuracy"]["pooled"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
     assert cmnet.table()["num_samples"] == {"folds": [4, 2, 2], "pooled": 8}
+    assert len(pcnn.runs) == 1 and pcnn.table()["accuracy"]["std"] is None      # undefined for one fold, not 0
+    assert describe(pcnn).splitlines()[-2].split()[:2] == ["std", "n/a"]
 
 
 def test_the_command_prints_and_writes_the_summary(repo, tmp_path):
