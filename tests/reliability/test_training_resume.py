@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fermodels.runstate as runstate
 import fermodels.train as trainer
 from fermodels.registry import ModelCard
 from fermodels.runstate import LAST, load_checkpoint
@@ -71,8 +72,9 @@ class TinyNet(nn.Module):
 def use_model(name: str, setattr_) -> None:
     """Make the trainer build :class:`TinyNet` for ``TINY`` (other names: the registry)."""
     if name == TINY:
-        real = trainer.create_model
+        real, real_kwargs = trainer.create_model, runstate.model_kwargs
         setattr_(trainer, "create_model", lambda n, **kw: TinyNet(**kw) if n == TINY else real(n, **kw))
+        setattr_(runstate, "model_kwargs", lambda n, kw: dict(kw) if n == TINY else real_kwargs(n, kw))
 
 
 def train_params(**overrides) -> TrainParams:
@@ -127,6 +129,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bad, tiny_shar
 
     train_samples = json.loads((tiny_shards / "train" / "_info.json").read_text())["num_samples"]
     steps_per_epoch = math.ceil(train_samples / 8)
+    use_model(TINY, monkeypatch.setattr)                        # checkpoints describe TinyNet
     monkeypatch.setattr(trainer, "create_model", create_poisoned)
     params = train_params(epochs=3, checkpoint_every=0)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss .*last good checkpoint kept at"):
