@@ -201,18 +201,24 @@ def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]
 
 
 def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: int, env: DistEnv,
-               workers: int, seed: int, shuffle: bool, skip_batches: int = 0) -> list[WorkerPlan]:
+               workers: int, seed: int, shuffle: bool, skip_batches: int = 0,
+               one_pass: bool = False) -> list[WorkerPlan]:
     """This rank's worker plans for one epoch of ``samples`` samples.
 
     ``shards`` are (path, sample count) pairs. The sequence is the shard order repeated
     (each pass reshuffled) and cut at ``samples``; ``batch_size`` is per rank. Every rank gets
     ``ceil(largest rank share / batch_size)`` batches. ``skip_batches`` resumes inside the epoch.
+    ``one_pass``: the workers read one pass over the split between them, whatever ``samples``
+    is, and a class-balanced stream (:func:`fermodels.sampling.repeat_stream`) makes each its
+    quota from its part: repeating shards instead would give a sample in two workers' parts the
+    same keep-or-skip draw, so it came out twice and others never.
     """
     total = sum(n for _, n in shards)
     if total == 0 or samples <= 0:
         raise ValueError("the split has no samples")
+    read = total if one_pass else samples
     sequence: list[tuple[str, int]] = []
-    for p in range(math.ceil(samples / total)):
+    for p in range(math.ceil(read / total)):
         sequence += shard_order(shards, seed * 7919 + p, shuffle)
     per_rank = split_evenly(samples, env.world_size)
     if per_rank[-1] == 0:
@@ -220,10 +226,11 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
     blocks = split_evenly(len(sizes), max(1, min(workers, len(sizes))))
     skips, first = round_robin_skips(blocks, skip_batches)
-    plans, pos, b = [], sum(per_rank[: env.rank]), 0
+    reads = split_evenly(split_evenly(read, env.world_size)[env.rank], len(blocks)) if one_pass else None
+    plans, pos, b = [], sum(split_evenly(read, env.world_size)[: env.rank]), 0
     for w, (n, skip) in enumerate(zip(blocks, skips)):
         worker_sizes = tuple(sizes[b: b + n])
-        count = sum(worker_sizes)
+        count = reads[w] if reads else sum(worker_sizes)
         plans.append(WorkerPlan(w, tuple(_take(sequence, pos, count)), worker_sizes, skip))
         pos, b = pos + count, b + n
     return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

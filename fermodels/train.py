@@ -186,7 +186,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     if fp16 and params.sam:
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
     plan_kw = dict(samples=samples, batch_size=params.batch_size // env.world_size, env=env,
-                   workers=params.workers, shuffle=True)
+                   workers=params.workers, shuffle=True, one_pass=params.sampler == "balanced")
     planner = EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw)
     steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes}

@@ -116,6 +116,50 @@ def test_balanced_stream_evens_out_classes(tiny_shards):
     assert labels[1] < 400 / 7 / 3, "the class pretending to be 10x larger must be sampled down"
 
 
+def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
+    """Class-balanced epochs read the split once between all ranks and workers (each sample in
+    exactly one part), so which samples an epoch shows does not depend on how many workers or
+    ranks read it, also when the epoch is longer than the split (shards repeated in the plan gave
+    a sample in two workers' parts the same keep-or-skip draw: 1,370 distinct of 2,000 with one
+    worker, 1,027 with two)."""
+    import random
+
+    from fermodels.sampling import repeat_stream
+    from fermodels.stream import mix_seed
+
+    rng = random.Random(0)
+    shards = [(f"s{i}", 40) for i in range(50)]
+    label = {f"s{i}/{j}": 0 if rng.random() < 0.6 else rng.randint(1, 6) for i in range(50) for j in range(40)}
+    counts = [sum(1 for v in label.values() if v == c) for c in range(7)]
+
+    def epoch(samples: int, workers: int, world: int) -> Counter:
+        repeat, out = ClassRepeat.balanced(counts, samples), Counter()
+        for rank in range(world):
+            plans = plan_epoch(shards, samples=samples, batch_size=32 // world, env=DistEnv(rank, world, 0),
+                               workers=workers, seed=5, shuffle=True, one_pass=True)
+            read = [f"{p.url}/{j}" for plan in plans for p in plan.pieces for j in range(p.start, p.stop)]
+            assert len(read) == len(set(read))
+            for plan in plans:
+                keys = [{"__key__": f"{p.url}/{j}"} for p in plan.pieces for j in range(p.start, p.stop)]
+                out.update(s["__key__"] for s in repeat_stream(lambda: iter(keys), repeat, plan.num_samples,
+                                                               lambda s: label[s["__key__"]], mix_seed(5, rank)))
+        return out
+
+    for samples in (1000, 2000, 4000):
+        distinct = {}
+        for workers, world in ((1, 1), (2, 1), (4, 1), (4, 2)):
+            got = epoch(samples, workers, world)
+            assert sum(got.values()) == samples
+            distinct[(workers, world)] = len(got)
+        assert max(distinct.values()) - min(distinct.values()) < 0.06 * min(distinct.values()), (samples, distinct)
+    whole = {f"{u}/{j}" for u, n in shards for j in range(n)}
+    for world in (1, 3):
+        parts = [f"{p.url}/{j}" for rank in range(world) for plan in plan_epoch(
+                     shards, samples=4000, batch_size=8, env=DistEnv(rank, world, 0), workers=3, seed=1,
+                     shuffle=True, one_pass=True) for p in plan.pieces for j in range(p.start, p.stop)]
+        assert sorted(parts) == sorted(whole)                  # one pass: every sample in exactly one part
+
+
 # ---- a real process group -----------------------------------------------------------------
 
 def _free_port() -> int:
