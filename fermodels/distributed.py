@@ -110,6 +110,15 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
     return box[0]
 
 
+def sync_buffers(module: torch.nn.Module, env: DistEnv) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP copies them only at
+    the start of a training forward, so after an epoch's last step each rank's hold its own last
+    batch; evaluating then would score each rank's share with a slightly different model."""
+    if env.distributed:
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

@@ -24,7 +24,7 @@ from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
-                                   pick_device, shutdown)
+                                   pick_device, shutdown, sync_buffers)
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
@@ -219,6 +219,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             t0 = time.perf_counter()
             sums, seen, waited, lr = _train_epoch(run, params, env, device, epoch, skip, ckpt_dir)
             elapsed = time.perf_counter() - t0
+            sync_buffers(run.net, env)            # validate (and save) rank 0's model on every rank
             val = score_split(run.net, run.val_loader, params.num_classes, env, device, params.amp)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if val[params.select_metric] > run.best[params.select_metric]:

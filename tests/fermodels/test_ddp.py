@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from fermodels.data import SampleDecoder, open_split
 from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, pick_device, plan_epoch,
-                                   round_robin_skips, split_evenly)
+                                   round_robin_skips, split_evenly, sync_buffers)
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
 
@@ -185,6 +185,27 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             torch.save(everything, out)
         torch.distributed.destroy_process_group()
         return
+    if mode == "buffers":
+        torch.distributed.init_process_group("gloo")
+        env = env_from_os()
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                  torch.nn.LazyLinear(2))
+        net(torch.zeros(2, 3, 8, 8))
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+        for step in range(3):                           # each rank its own data, as under DDP
+            x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(10 * rank + step)) * (1 + rank)
+            opt.zero_grad()
+            ddp(x).sum().backward()
+            opt.step()
+        before = [b.clone() for b in net.buffers()]
+        sync_buffers(net, env)
+        gathered = all_gather_objects(([b for b in before], [b.clone() for b in net.buffers()]), env)
+        if rank == 0:
+            torch.save(gathered, out)
+        torch.distributed.destroy_process_group()
+        return
     import fermodels.train as trainer
 
     real_save = trainer._save
@@ -208,6 +229,17 @@ def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
     assert len(per_rank[0]) == len(per_rank[1])
     keys = list(itertools.chain.from_iterable(itertools.chain.from_iterable(per_rank)))
     assert len(keys) == len(set(keys)) == open_split([tiny_shards], "train").num_samples
+
+
+def test_ranks_validate_rank_0s_batchnorm_statistics(tmp_path):
+    """After DDP steps each rank's BatchNorm running statistics hold its own last batch; the
+    trainer gives every rank rank 0's before validating (and saving)."""
+    out = tmp_path / "buffers.pt"
+    mp.start_processes(_worker, args=(2, _free_port(), "", str(out), "buffers"), nprocs=2, start_method="fork")
+    (before0, after0), (before1, after1) = torch.load(out)
+    assert not all(torch.equal(a, b) for a, b in zip(before0, before1) if a.is_floating_point())   # they drift
+    assert all(torch.equal(a, b) for a, b in zip(after0, after1))
+    assert all(torch.equal(a, b) for a, b in zip(after1, before0))                 # rank 0's, unchanged
 
 
 def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
