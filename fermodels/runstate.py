@@ -49,8 +49,10 @@ class Position:
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimizer: Any, position: Position,
-                    best: dict, data: dict, preprocess: dict) -> None:
-    """Write atomically (temp + rename), so a kill never leaves a truncated checkpoint."""
+                    best: dict, data: dict, preprocess: dict, scaler: dict | None = None,
+                    layout: dict | None = None) -> None:
+    """Write atomically (temp + rename), so a kill never leaves a truncated checkpoint. ``scaler``:
+    the fp16 gradient scaler's state; ``layout``: the ranks and steps per epoch the position counts in."""
     p = asdict(params)
     state = {
         "format": FORMAT, "model": p["model"], "model_kwargs": model_kwargs(p["model"], p["model_kwargs"]),
@@ -61,6 +63,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
         "epoch": position.epoch, "batch": position.batch, "step": position.step, "best": dict(best),
         "params": p, "recipe": p.get("recipe"), "datasets": list(p["datasets"]), "data": data,
         "preprocess": dict(preprocess), "torch": str(torch.__version__),
+        "scaler": dict(scaler or {}), **(layout or {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,8 +111,21 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict) -> dict | None:
     return state
 
 
-def next_position(state: dict, steps_per_epoch: int) -> Position:
-    """Where to continue after ``state``: the same epoch mid-way, or the start of the next."""
+def next_position(state: dict, steps_per_epoch: int, world_size: int = 1) -> Position:
+    """Where to continue after ``state``: the same epoch mid-way, or the start of the next.
+
+    A batch index mid-epoch counts in the rank layout that saved it (the global batch is split
+    over the ranks, the epoch over ranks and workers), so it cannot be continued under another
+    number of ranks: that is refused; from an epoch's end the next one starts under any."""
+    saved = state.get("world_size", world_size)
+    if saved != world_size:
+        if state["batch"] < state.get("epoch_steps", 0):
+            raise ValueError(f"last.pt was saved by {saved} rank(s) in the middle of epoch {state['epoch']} "
+                             f"(batch {state['batch']}); resume it with {saved} rank(s), or delete last.pt to "
+                             f"start over with {world_size}")
+        log.warning("resuming a run saved by %d rank(s) with %d: from here on it is not the run %d rank(s) "
+                    "would have made", saved, world_size, saved)
+        return Position(state["epoch"] + 1, 0, state["step"])
     if state["batch"] >= steps_per_epoch:
         return Position(state["epoch"] + 1, 0, state["step"])
     return Position(state["epoch"], state["batch"], state["step"])

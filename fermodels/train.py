@@ -192,10 +192,13 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes}
     state = broadcast_object(resume_state(ckpt_dir, asdict(params), data) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     if state is not None:
         net.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
-        start, best = next_position(state, steps), state["best"]
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start, best = next_position(state, steps, env.world_size), state["best"]
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -204,7 +207,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
-    return _Run(net, _wrap(net, params, env, device), opt, torch.amp.GradScaler(device.type, enabled=fp16),
+    return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
                 loader, steps, start, best, start.step, not params.class_weights)
 
@@ -364,4 +367,5 @@ def _require_class_weight(net: nn.Module, batch: dict, device: torch.device, amp
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position) -> None:
     if env.is_main:
         save_checkpoint(path, model=run.net, params=params, optimizer=run.opt, position=position, best=run.best,
-                        data=run.data, preprocess=run.preprocess)
+                        data=run.data, preprocess=run.preprocess, scaler=run.scaler.state_dict(),
+                        layout={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch})

@@ -79,6 +79,7 @@ def test_checkpoints_describe_themselves_and_best_is_chosen_on_val(tiny_run):
     params, shards = tiny_run["params"], tiny_run["shards"]
     info = {s: json.loads((shards / s / "_info.json").read_text()) for s in ("train", "val")}
     assert last["epoch"] == params.epochs - 1 and last["model"] == "convcut"
+    assert last["world_size"] == 1 and last["batch"] == last["epoch_steps"] > 0      # the layout positions count in
     assert last["classes"] == ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
     assert last["data"]["train"][str(shards)] == [s["sha256"] for s in info["train"]["shards"]]
     assert last["params"]["augment"]["hflip"] == params.augment.hflip and last["datasets"] == ["tiny"]
@@ -466,3 +467,36 @@ def test_training_in_a_git_repository_without_commits_says_to_commit(tmp_path, m
     live.log_metric("x", 1.0)
     live.end()
     assert (tmp_path / "live" / "metrics.json").is_file()
+
+
+def test_resume_position_counts_in_the_rank_layout_that_saved_it(caplog):
+    """A mid-epoch batch index means nothing under another number of ranks (resuming it trained
+    some samples twice and others never): refused, in words; from an epoch's end any count goes."""
+    from fermodels.runstate import Position, next_position
+
+    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5}
+    assert next_position(mid, 5, world_size=1) == Position(2, 3, 13)
+    with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) in the middle of epoch 2 .* resume it with 1"):
+        next_position(mid, 3, world_size=2)
+    end = {**mid, "batch": 5, "step": 15}
+    assert next_position(end, 3, world_size=2) == Position(3, 0, 15)
+    assert "not the run 1 rank(s) would have made" in caplog.text
+    older = {k: v for k, v in mid.items() if k not in ("world_size", "epoch_steps")}   # saved before layouts
+    assert next_position(older, 5, world_size=1) == Position(2, 3, 13)
+
+
+def test_checkpoints_keep_the_gradient_scaler(tmp_path):
+    """fp16 training's loss scale survives a resume (it restarted at 65536, skipping steps an
+    uninterrupted run would not)."""
+    from fermodels.runstate import Position, save_checkpoint
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    net = create_model("resnet18_112", num_classes=7)
+    save_checkpoint(tmp_path / "last.pt", model=net, params=make_params(model="resnet18_112", model_kwargs={}),
+                    optimizer=None, position=Position(0, 1, 1), best={}, data={}, preprocess={},
+                    scaler=scaler.state_dict(), layout={"world_size": 1, "epoch_steps": 4})
+    state = load_checkpoint(tmp_path / "last.pt")
+    restored = torch.amp.GradScaler("cpu")
+    restored.load_state_dict(state["scaler"])
+    assert restored.get_scale() == 1024.0 and restored.get_growth_interval() == 7
+    assert (state["world_size"], state["epoch_steps"]) == (1, 4)
