@@ -119,6 +119,15 @@ def sync_buffers(module: torch.nn.Module, env: DistEnv) -> None:
             dist.broadcast(buf, src=0)
 
 
+def max_over_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """The largest of every rank's ``value`` (every rank must call it at the same point)."""
+    if not env.distributed:
+        return value
+    out = value.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

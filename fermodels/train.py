@@ -24,7 +24,7 @@ from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
-                                   pick_device, shutdown, sync_buffers)
+                                   max_over_ranks, pick_device, shutdown, sync_buffers)
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
@@ -265,12 +265,12 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.float() * len(batch["label"])
         if run.step % FINITE_CHECK_EVERY == 0:
-            _check_finite(bad, epoch, run.step, losses, ckpt_dir)
+            _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
         if params.checkpoint_every and run.step % params.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
-            _check_finite(bad, epoch, run.step, losses, ckpt_dir)
+            _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
             _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
         t_wait = time.perf_counter()
-    _check_finite(bad, epoch, run.step, sums, ckpt_dir)
+    _check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
     return {k: float(v) for k, v in sums.items()}, seen, waited, lr
 
 
@@ -345,6 +345,8 @@ def _log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: d
 
 
 def _check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path) -> None:
+    """Stop on a non-finite loss; ``bad`` is every rank's count at once (:func:`max_over_ranks`),
+    so all ranks stop together instead of one leaving the others in a collective."""
     if float(bad) > 0:
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
         raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); last good checkpoint "

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from fermodels.data import SampleDecoder, open_split
 from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, pick_device, plan_epoch,
-                                   round_robin_skips, split_evenly, sync_buffers)
+                                   max_over_ranks, round_robin_skips, split_evenly, sync_buffers)
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
 
@@ -201,7 +201,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             opt.step()
         before = [b.clone() for b in net.buffers()]
         sync_buffers(net, env)
-        gathered = all_gather_objects(([b for b in before], [b.clone() for b in net.buffers()]), env)
+        worst = float(max_over_ranks(torch.tensor(float(rank)), env))     # rank 1 "saw a NaN"
+        gathered = all_gather_objects(([b for b in before], [b.clone() for b in net.buffers()], worst), env)
         if rank == 0:
             torch.save(gathered, out)
         torch.distributed.destroy_process_group()
@@ -231,12 +232,14 @@ def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
     assert len(keys) == len(set(keys)) == open_split([tiny_shards], "train").num_samples
 
 
-def test_ranks_validate_rank_0s_batchnorm_statistics(tmp_path):
+def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path):
     """After DDP steps each rank's BatchNorm running statistics hold its own last batch; the
-    trainer gives every rank rank 0's before validating (and saving)."""
+    trainer gives every rank rank 0's before validating (and saving). The non-finite-loss check
+    takes the worst rank's count on every rank."""
     out = tmp_path / "buffers.pt"
     mp.start_processes(_worker, args=(2, _free_port(), "", str(out), "buffers"), nprocs=2, start_method="fork")
-    (before0, after0), (before1, after1) = torch.load(out)
+    (before0, after0, worst0), (before1, after1, worst1) = torch.load(out)
+    assert worst0 == worst1 == 1.0           # a non-finite loss on one rank stops every rank at once
     assert not all(torch.equal(a, b) for a, b in zip(before0, before1) if a.is_floating_point())   # they drift
     assert all(torch.equal(a, b) for a, b in zip(after0, after1))
     assert all(torch.equal(a, b) for a, b in zip(after1, before0))                 # rank 0's, unchanged
