@@ -59,15 +59,20 @@ def assign_splits(
     ``official`` names the splits the dataset provides (e.g. ``{"train", "test"}``
     for RAF-DB). When omitted it is inferred from the records, which needs them all
     in memory; pass it to stream, or when processing a part of a dataset.
-    Fractions are of the groups that are carved from, i.e. train plus unsplit.
+    Fractions are of the groups that are carved from, i.e. train plus unsplit. ``folds``
+    (fold ``fold`` = test, the next = val) applies to a dataset without an official test split;
+    one with a test split keeps it (``shard.folds`` is one setting for every prepared dataset).
     """
     _check(val_fraction, test_fraction, by, folds, fold)
-    if folds:
-        yield from _kfold(list(records), seed=seed, by=by, folds=folds, fold=fold)
-        return
-    if official is None:
+    if official is None or folds:
         records = list(records)
         official = {r.split for r in records if isinstance(r, FaceRecord) and r.split}
+    if folds and "test" not in official:
+        yield from _kfold(records, seed=seed, by=by, folds=folds, fold=fold)
+        return
+    if folds:       # shard.folds is one setting for every dataset: k-fold is for those without a test split
+        log.warning("shard.folds %d: this dataset keeps its official test split (k-fold applies to datasets "
+                    "without one, such as CK+ and JAFFE)", folds)
     unknown = set(official) - set(SPLITS)
     if unknown:
         raise ValueError(f"official splits {sorted(unknown)} not in {SPLITS}")
@@ -97,7 +102,7 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
     """Round-robin folds over hash-ordered groups: balanced group counts, deterministic."""
     kept = [r for r in records if isinstance(r, FaceRecord) and not r.extra.get(TRAIN_ONLY)]
     if any(r.split for r in kept):
-        log.info("k-fold assignment replaces the dataset's official splits")
+        log.info("k-fold assignment replaces the dataset's official train/val splits")
     groups = sorted({group_of(r, by) for r in kept}, key=lambda g: (unit_hash(seed, g), g))
     if len(groups) < folds:
         raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}")

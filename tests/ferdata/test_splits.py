@@ -124,3 +124,17 @@ def test_train_only_records_are_never_carved_into_val_or_test():
         split = splits_of(folded)
         assert {split[r.key] for r in flagged} == {"train"}
         assert sum(split[r.key] == "test" for r in plain) in (66, 67)   # 200 plain groups in 3 folds
+
+
+def test_kfold_leaves_a_dataset_with_an_official_test_split_as_published(caplog):
+    """shard.folds is one setting for every prepared dataset: folding CK+ must not move RAF-DB's
+    or AffectNet's official test images into training (it did)."""
+    official = many(40, "train", subjects=8) + [rec(f"t{i:03d}", "test", f"T{i % 4}") for i in range(12)]
+    for fold in range(3):
+        out = splits_of(assign_splits(official, seed=0, val_fraction=0.25, test_fraction=0.1, folds=3, fold=fold))
+        assert {out[f"t{i:03d}"] for i in range(12)} == {"test"}
+        assert Counter(out[r.key] for r in official[:40]).keys() == {"train", "val"}   # val carved from train
+    assert "keeps its official test split" in caplog.text
+    unsplit = many(40, subjects=8)                                     # CK+-like: folded
+    folded = splits_of(assign_splits(unsplit, seed=0, val_fraction=0, test_fraction=0, folds=4, fold=1))
+    assert Counter(folded.values()).keys() == {"train", "val", "test"}

@@ -19,10 +19,22 @@ from tests.reliability.test_dvc_sharing import dvc, env, make_machine_a, sh
 FOLDS = 3
 
 
+def _without_official_test(root) -> None:
+    """The AffectNet-layout corpus as a CK+-like dataset: every row in training.csv, an empty
+    validation.csv (k-fold is for datasets without an official test split)."""
+    (train_csv,) = root.rglob("training.csv")
+    (val_csv,) = root.rglob("validation.csv")
+    header, *rows = val_csv.read_text().splitlines(keepends=True)
+    text = train_csv.read_text()
+    train_csv.write_text(text + ("" if text.endswith("\n") else "\n") + "".join(rows))
+    val_csv.write_text(header)
+
+
 @pytest.mark.slow
 def test_kfold_experiments_are_summarised(clean_root, tmp_path):
     a = tmp_path / "a"
     make_machine_a(a, clean_root, tmp_path / "remote")
+    _without_official_test(a / "raw" / "tiny")
     params = yaml.safe_load((a / "params.yaml").read_text())
     params["shard"].update(folds=FOLDS, fold=0)
     params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
