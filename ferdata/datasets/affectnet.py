@@ -162,17 +162,22 @@ class AffectNetReader(DatasetReader):
             if header != COLUMNS:
                 raise ValueError(f"{csv_path}: header {header} is not AffectNet's {COLUMNS}")
             for lineno, row in enumerate(reader, start=2):
-                yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}", images, automatic)
+                if any(cell.strip() for cell in row):                 # blank lines are not rows
+                    yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}", images, automatic)
 
     def _parse(self, row: list[str], split: str, num_classes: int, where: str, images: Path,
                automatic: bool) -> FaceRecord | Dropped:
-        rel = row[0].strip() if row else ""
-        name = Path(rel).with_suffix("").as_posix().replace("/", "_")
-        key = make_key(split, f"auto_{name}" if automatic else name) or where
-        if len(row) != len(COLUMNS):
-            return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns")
+        rel = row[0].strip()
+        name = Path(rel).with_suffix("").as_posix().replace("/", "_") if rel else ""
+        key = make_key(split, f"auto_{name}" if automatic else name) if name else make_key(split, where)
+        if len(row) != len(COLUMNS) or not name:
+            return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns"
+                           + ("" if name else ", no image path"))
         try:
-            native = int(float(row[6]))
+            value = float(row[6])
+            if not value.is_integer():
+                raise ValueError(row[6])
+            native = int(value)
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: expression {row[6]!r}")
         problem = label_problem(native, num_classes)
@@ -191,9 +196,11 @@ class AffectNetReader(DatasetReader):
         extra: dict = {"annotation": "automatic", TRAIN_ONLY: True} if automatic else {}
         for name, v in (("valence", row[7]), ("arousal", row[8])):
             try:
-                extra[name] = float(v)
+                value = float(v)
             except ValueError:
-                pass
+                continue
+            if -1.0 <= value <= 1.0:           # automatic and No-Face rows carry sentinels such as -2
+                extra[name] = value
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=to_canonical("affectnet", native),
             native_label=str(native), split=split, box=(x, y, x + w, y + h), landmarks=lmk, extra=extra,

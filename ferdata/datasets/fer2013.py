@@ -245,10 +245,13 @@ class FERPlusReader(DatasetReader):
                         continue
                     key = make_key(Path(row[0].strip()).stem)
                     path = self.root / folder / row[0].strip()
+                    # Microsoft's committed label.csv files carry the face box "(x, y, w, h)" before
+                    # the 10 votes; generate_training_data.py writes the votes right after the name.
+                    votes = row[2:] if len(row) == 12 and row[1].strip().startswith("(") else row[1:]
                     if not path.is_file():
                         yield Dropped(self.name, key, "missing_image", str(path))
                     else:
-                        yield self._record(key, row[1:], split, mode, path=str(path), pixels=None)
+                        yield self._record(key, votes, split, mode, path=str(path), pixels=None)
 
     def _record(
         self, key: str, vote_cells: list[str], split: str, mode: str, path: str, pixels: bytes | None

@@ -8,6 +8,7 @@ torchvision's ImageFolder does) silently scrambles labels. Optional split folder
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -61,6 +62,8 @@ def read_class_tree(
             for path in image_files(class_dir):
                 rel = path.relative_to(class_dir).as_posix()
                 key = make_key(split, class_dir.name, rel)
+                if key in seen:        # names alike after sanitising (img 1.jpg, img-1.jpg): still two images
+                    key = f"{key}-{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}"
                 if cid is None:
                     yield Dropped(dataset, key, "excluded_class", f"{class_dir.name}/{rel}")
                 elif key in seen:

@@ -148,3 +148,30 @@ def test_subset_lists_name_images_by_their_hash(tmp_path, caplog):
     make_affectnet_npy(tmp_path / "npy")
     with pytest.raises(ValueError, match="official layout"):
         read_all("affectnet", tmp_path / "npy", {"subsets": {"pose30": str(tmp_path / "pose30.txt")}})
+
+
+def test_blank_lines_and_rows_without_a_path(tmp_path):
+    """A blank line is not a row; a row with no image path is a malformed_row drop (both crashed
+    the whole read: Path('').with_suffix)."""
+    make_affectnet_csv(tmp_path)
+    csv_path = next(tmp_path.rglob("training.csv"))
+    text = csv_path.read_text()
+    csv_path.write_text(text.rstrip("\n") + "\n\n" + ",10,20,50,60," + ";".join(["1"] * 136) + ",1,0.1,0.1\n\n")
+    records, drops, items = read_all("affectnet", tmp_path)
+    assert len(records) == 4 and drops["malformed_row"] == 1
+    assert any(d.reason == "malformed_row" and "no image path" in d.detail for d in items)
+
+
+def test_fractional_expressions_and_sentinel_valence(tmp_path):
+    """Expression 1.7 is no label (it was read as 1); valence/arousal outside [-1, 1] (the -2
+    sentinel of automatic and No-Face rows) are not kept as values."""
+    make_affectnet_csv(tmp_path)
+    csv_path = next(tmp_path.rglob("training.csv"))
+    lines = csv_path.read_text().splitlines()
+    first = lines[1].split(",")
+    fractional = ",".join([first[0].replace("img0", "img0b"), *first[1:6], "1.7", *first[7:]])
+    sentinel = ",".join([*first[:6], first[6], "-2", "-2"])
+    csv_path.write_text("\n".join([lines[0], sentinel, fractional, *lines[2:]]) + "\n")
+    records, drops, items = read_all("affectnet", tmp_path)
+    assert drops["bad_label"] == 1 and any("1.7" in d.detail for d in items if d.reason == "bad_label")
+    assert "valence" not in records["train_1_img0"].extra and "arousal" not in records["train_1_img0"].extra

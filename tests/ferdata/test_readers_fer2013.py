@@ -93,6 +93,18 @@ def test_ferplus_converted_folders(tmp_path):
     assert records["fer0000000"].path.endswith("FER2013Train/fer0000000.png") and records["fer0000000"].pixels is None
 
 
+def test_ferplus_folders_with_microsofts_face_box_column(tmp_path):
+    """The label.csv files committed in microsoft/FERPlus carry the face box before the votes:
+    `fer0000000.png,"(0, 0, 48, 48)",4,0,...` (every record was dropped as bad_votes)."""
+    make_ferplus_folders(tmp_path)
+    for csv_file in tmp_path.glob("FER2013*/label.csv"):
+        rows = [line.split(",", 1) for line in csv_file.read_text().splitlines()]
+        csv_file.write_text("".join(f'{name},"(0, 0, 48, 48)",{votes}\n' for name, votes in rows))
+    records, drops, _ = read_all("ferplus", tmp_path)
+    assert {k: (r.split, r.label) for k, r in records.items()} == {"fer0000000": ("train", 1), "fer0000002": ("val", 0)}
+    assert drops == {"missing_image": 1, "not_face": 1}
+
+
 def test_ferplus_layout_error_and_bad_mode(tmp_path):
     with pytest.raises(DatasetLayoutError) as err:
         read_all("ferplus", tmp_path)

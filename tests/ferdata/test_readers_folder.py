@@ -104,3 +104,16 @@ def test_sfew_layout_error(tmp_path):
     with pytest.raises(DatasetLayoutError) as err:
         read_all("sfew", tmp_path)
     assert "expected: Train/, Val/" in str(err.value) and "found:    Train" in str(err.value)
+
+
+def test_folder_names_alike_after_sanitising_stay_distinct_images(tmp_path):
+    """`img 1.jpg`, `img-1.jpg` and `img.1.jpg` all sanitise to `img-1-jpg`: the first keeps the
+    plain key, the others get a hash of their name (two of three were dropped as duplicate_key)."""
+    for name in ("img 1.jpg", "img-1.jpg", "img.1.jpg"):
+        write_image(tmp_path / "happy" / name)
+    records, drops, _ = read_all("folder", tmp_path)
+    assert not drops and len(records) == 3
+    assert sorted(r.path.rsplit("/", 1)[1] for r in records.values()) == ["img 1.jpg", "img-1.jpg", "img.1.jpg"]
+    assert "happy_img-1-jpg" in records and all(k.startswith("happy_img-1-jpg") for k in records)
+    again, _, _ = read_all("folder", tmp_path)
+    assert {k: r.path for k, r in again.items()} == {k: r.path for k, r in records.items()}   # stable keys
