@@ -279,16 +279,20 @@ def resize_batch(batch: dict, size: int) -> dict:
     return out
 
 
+def pixel_affine(card: ModelCard, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, 3, 1, 1) float32: ``x * scale + shift`` = ``(x / 255 - mean) / std``."""
+    std = torch.tensor(card.std, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(card.mean, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
+    return (1.0 / std).to(device, torch.float32), (-mean / std).to(device, torch.float32)
+
+
 def normalise(batch: dict, card: ModelCard, channels_last: bool = False) -> dict:
     """Model input: images (x - mean) / std with the card's statistics, heatmap in [0, 1], as new
     tensors. A float image (scaled or warped on the device, an exported graph's input) takes one
     fused multiply-add (x * 1/std - mean/std); a uint8 image is converted once, into the memory
     format the model wants, and scaled in place (on a CPU, a second fresh float tensor costs more
     than the arithmetic)."""
-    dev = batch["image"].device
-    std = torch.tensor(card.std, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
-    mean = torch.tensor(card.mean, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
-    scale, shift = (1.0 / std).to(dev, torch.float32), (-mean / std).to(dev, torch.float32)
+    scale, shift = pixel_affine(card, batch["image"].device)
     fmt = torch.channels_last if channels_last else torch.preserve_format
     out = dict(batch)
     for name in ("image", "left", "right"):

@@ -2,7 +2,7 @@
 
 The exported graph takes the model's fields as positional float32 tensors in *pixel* units
 (what the loader decodes): ``image`` (B, 3, S, S) RGB 0..255, ``left``/``right`` (B, 3, S, S/2),
-``heatmap`` (B, 1, S/4, S/4) 0..255, ``lmk`` (B, 68, 2) crop pixels; normalisation (the card's
+``heatmap`` (B, 1, S/4, S/4) 0..255, ``lmk`` (B, 68, 2) input pixels; normalisation (the card's
 mean/std) happens inside, so users only align, resize and stack. Outputs: ``logits`` and
 ``probs``. ``<name>.json`` beside the files records input names/shapes, mean/std, class names, the
 align/derive settings, and how a photo's face becomes each input without this package (the
@@ -21,12 +21,13 @@ from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text
 from ferdata.geometry import template
-from fermodels.data import normalise
+from fermodels.data import pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 OPSET = 17
+PARITY_TOLERANCE = 1e-4      # max |probability| difference an export may have from PyTorch
 
 
 class ExportWrapper(nn.Module):
@@ -36,10 +37,20 @@ class ExportWrapper(nn.Module):
         super().__init__()
         self.model, self.card = model, model.card
         self.fields = tuple(model.card.fields)
+        # Buffers, not constants made in forward: a traced graph moved to a GPU takes them along.
+        scale, shift = pixel_affine(model.card)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
         self.eval()      # the ONNX exporter restores the wrapper's mode afterwards: it must be eval
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        batch = normalise(dict(zip(self.fields, inputs)), self.card)
+        """:func:`fermodels.data.normalise` of float pixels (same arithmetic), then the model."""
+        batch = dict(zip(self.fields, inputs))
+        for name in ("image", "left", "right"):
+            if name in batch:
+                batch[name] = torch.addcmul(self.shift, batch[name], self.scale)
+        if "heatmap" in batch:
+            batch["heatmap"] = batch["heatmap"] / 255.0
         logits = self.model(batch)["logits"].float()
         return logits, logits.softmax(-1)
 
@@ -66,13 +77,17 @@ def example_inputs(card, batch: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
+INPUT_RANGES = {"image": "0..255 RGB", "left": "0..255 RGB", "right": "0..255 RGB", "heatmap": "0..255, one channel",
+                "lmk": "(x, y) in the input's pixels (input_size x input_size), pixel centres at integers"}
+
+
 def metadata(state: dict, card, files: dict[str, str]) -> dict:
     return {
         "format": "fermodels-export/1", "model": state["model"], "model_kwargs": state["model_kwargs"],
         "classes": list(state["classes"]), "input_size": card.input_size, "fields": list(card.fields),
-        "inputs": {f: {"shape": ["batch", *shape[1:]], "dtype": "float32",
-                       "range": "crop pixel coordinates" if f == "lmk" else "0..255 (RGB)"}
+        "inputs": {f: {"shape": ["batch", *shape[1:]], "dtype": "float32", "range": INPUT_RANGES[f]}
                    for f, shape in input_shapes(card, 1).items()},
+        "input_order": list(card.fields),   # the TorchScript graph takes them positionally, in this order
         "outputs": {"logits": ["batch", len(state["classes"])], "probs": ["batch", len(state["classes"])]},
         "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
         "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card),
@@ -84,6 +99,8 @@ def alignment(preprocess: dict, card) -> dict:
     """How a photo's face becomes the graph's ``image`` without this package: the 5-point template
     the training crops were warped to, and how a crop is brought to the model's input size."""
     if "align" not in preprocess:
+        log.warning("the checkpoint records no align/derive settings (trained before they were recorded): "
+                    "the export's alignment section is empty")
         return {}
     size, padding = preprocess["align"]["size"], preprocess["align"]["padding"]
     out = {
@@ -93,7 +110,10 @@ def alignment(preprocess: dict, card) -> dict:
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints to the template; "
                 "warpAffine to crop_size x crop_size, bilinear, black border (the edge replicated "
-                "for datasets read pre-cropped: the template then maps pixel centres, (t + 0.5) * side / 112 - 0.5)",
+                "for datasets read pre-cropped: the template then maps pixel centres, (t + 0.5) * side / 112 - 0.5). "
+                "A face with more than twice the crop's resolution is warped from the image first shrunk by the "
+                "largest r in 2, 4, 8 that keeps it at least crop_size (r x r block means, as libjpeg's reduced "
+                "JPEG decode; points map as (p + 0.5) / r - 0.5), not from the full image, which one warp aliases",
         "resize": "none" if card.input_size == size else
                   f"{size} -> {card.input_size}: bilinear, pixel centres aligned, antialiased when shrinking",
     }
@@ -143,8 +163,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
 
 
 def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None, batch: int = 3,
-           seed: int = 1) -> dict[str, float]:
-    """Max |probability| difference of each exported file against PyTorch on fresh inputs."""
+           seed: int = 1, formats: Sequence[str] = FORMATS) -> dict[str, float]:
+    """Max |probability| difference of each exported file of ``formats`` against PyTorch on fresh
+    inputs (a batch size other than the traced one)."""
     state = load_checkpoint(checkpoint)
     wrapper = ExportWrapper(model_from_checkpoint(state))
     name = name or state["model"]
@@ -153,13 +174,13 @@ def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None,
         reference = wrapper(*inputs)[1].numpy()
     diffs: dict[str, float] = {}
     onnx_path, ts_path = Path(out_dir) / f"{name}.onnx", Path(out_dir) / f"{name}.ts"
-    if onnx_path.is_file():
+    if "onnx" in formats and onnx_path.is_file():
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         probs = session.run(["probs"], {f: x.numpy() for f, x in zip(wrapper.fields, inputs)})[0]
         diffs["onnx"] = float(abs(probs - reference).max())
-    if ts_path.is_file():
+    if "torchscript" in formats and ts_path.is_file():
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             probs = torch.jit.load(str(ts_path))(*inputs)[1].numpy()
@@ -174,5 +195,8 @@ def export_command(checkpoint: Path, out: Path, onnx: bool = True, torchscript: 
 
     formats = [f for f, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
     meta = export_model(checkpoint, out, formats)
-    for fmt, diff in parity(out, checkpoint, meta["model"]).items():
+    for fmt, diff in parity(out, checkpoint, meta["model"], formats=formats).items():
         typer.echo(f"{fmt}: {out / meta['files'][fmt]}  max |p - p_torch| = {diff:.2e}")
+        if diff > PARITY_TOLERANCE:
+            raise RuntimeError(f"the exported {fmt} graph's probabilities differ from PyTorch's by {diff:.2e} "
+                               f"(more than {PARITY_TOLERANCE:g}); do not use {out / meta['files'][fmt]}")

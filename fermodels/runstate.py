@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -76,7 +77,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train first (`dvc repro train`)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as e:
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (torch could not load it: {type(e).__name__}); "
+                         "give a training checkpoint such as runs/train/ckpt/best.pt, not an export") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); retrain with this version")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import cv2
 import numpy as np
@@ -59,6 +60,36 @@ def test_the_metadata_says_how_to_make_every_input_of_every_model(name):
     described = {"image", *(f for f in ("lmk", "heatmap") if f in meta)}
     described |= {"left", "right"} if "halves" in meta else set()
     assert set(card.fields) <= described, f"{name}: {set(card.fields) - described} not described"
+
+
+def test_torchscript_graph_holds_no_device_and_reexports_check_only_what_they_wrote(tiny_run, tmp_path, one_thread):
+    """The normalisation constants are buffers (a traced graph moved to a GPU takes them along;
+    made in forward they were baked in as CPU tensors), and `export --no-onnx` into a folder with
+    an earlier export checks and prints the TorchScript file only (it failed with `error: onnx`)."""
+    from typer.testing import CliRunner
+
+    from fermodels.cli import app
+
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)             # torch.jit.load's deprecation notice
+        graph = torch.jit.load(str(tmp_path / "convcut.ts"))
+    assert "cpu" not in graph.code and {"scale", "shift"} <= {n for n, _ in graph.named_buffers()}
+    res = CliRunner().invoke(app, ["export", str(tiny_run["ckpt"] / "best.pt"), str(tmp_path), "--no-onnx"])
+    assert res.exit_code == 0, res.output
+    assert "torchscript:" in res.output and "onnx:" not in res.output
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, tiny_run):
+    """An export, a truncated file or text given where a training checkpoint belongs."""
+    from fermodels.runstate import load_checkpoint as load
+
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    (tmp_path / "text.pt").write_text("hello\n")
+    (tmp_path / "cut.pt").write_bytes((tiny_run["ckpt"] / "best.pt").read_bytes()[:4000])
+    for bad in ("convcut.onnx", "text.pt", "cut.pt"):
+        with pytest.raises(ValueError, match=r"is not a fermodels-checkpoint/\d checkpoint .*not an export"):
+            load(tmp_path / bad)
 
 
 def test_unknown_format_is_refused(tiny_run, tmp_path):
