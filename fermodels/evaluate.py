@@ -156,7 +156,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     metrics.update({
         "model": state["model"], "split": params.split, "best_epoch": state["epoch"], "flip_tta": params.flip_tta,
         "train_datasets": list(state["datasets"]), "test_datasets": names,
-        "cross_dataset": sorted(names) != sorted(state["datasets"]),
+        "cross_dataset": not set(names) <= set(state["datasets"]),       # a dataset it was not trained on
         "excluded": dict(sorted(dataset.excluded.items())),
     })
     if len(dirs) > 1:

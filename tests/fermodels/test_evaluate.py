@@ -80,8 +80,13 @@ def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8
     assert m["num_samples"] == info["num_samples"] - info["class_histogram"]["Contempt"]
     both = evaluate(tiny_run["ckpt"] / "best.pt", [tiny_run["shards"], tiny8_shards],
                     EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path / "both", ["tiny", "tiny8"])
-    assert set(both["per_dataset"]) == {"tiny", "tiny8"}
+    assert set(both["per_dataset"]) == {"tiny", "tiny8"} and both["cross_dataset"] is True
     assert sum(d["num_samples"] for d in both["per_dataset"].values()) == both["num_samples"]
+    state = torch.load(tiny_run["ckpt"] / "best.pt", weights_only=True)
+    torch.save({**state, "datasets": ["tiny", "tiny8"]}, tmp_path / "two.pt")     # trained on both
+    one = evaluate(tmp_path / "two.pt", tiny_run["shards"], EvalParams(**{**PARAMS.__dict__, "batch_check": False}),
+                   tmp_path / "one", ["tiny"])
+    assert one["cross_dataset"] is False                  # one of its training datasets: not cross-dataset
 
 
 def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
