@@ -156,7 +156,7 @@ class AffectNetReader(DatasetReader):
 
     def _read_csv(self, csv_path: Path, split: str, num_classes: int, images: Path,
                   automatic: bool = False) -> Iterator[FaceRecord | Dropped]:
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = tuple(h.strip() for h in next(reader, ()))
             if header != COLUMNS:

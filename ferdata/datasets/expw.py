@@ -28,7 +28,7 @@ class ExpWReader(DatasetReader):
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, image_dir = self._layout()
         exists: dict[str, bool] = {}   # consecutive lines share images; remember the last few lookups
-        with open(label_file, encoding="utf-8") as f:
+        with open(label_file, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
                     yield self._parse(line.split(), f"{label_file.name}:{lineno}", image_dir, exists)

@@ -70,7 +70,7 @@ class RAFDBReader(DatasetReader):
         annotated = kind == "original"
         manual = self.root / MANUAL_DIR if annotated and (self.root / MANUAL_DIR).is_dir() else None
         boxes = self.root / BOX_DIR if annotated and (self.root / BOX_DIR).is_dir() else None
-        with open(label_file, encoding="utf-8") as f:
+        with open(label_file, encoding="utf-8-sig") as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
                     yield self._parse(line, f"{label_file.name}:{lineno}", image_dir, kind, manual, boxes)

@@ -37,7 +37,7 @@ def parse_list(path: str | Path, pattern: re.Pattern[str]) -> frozenset[str]:
     path = Path(path)
     ids: set[str] = set()
     skipped = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
         m = pattern.search(line)
         if m:
             ids.add(m.group(1))

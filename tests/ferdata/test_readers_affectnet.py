@@ -175,3 +175,13 @@ def test_fractional_expressions_and_sentinel_valence(tmp_path):
     records, drops, items = read_all("affectnet", tmp_path)
     assert drops["bad_label"] == 1 and any("1.7" in d.detail for d in items if d.reason == "bad_label")
     assert "valence" not in records["train_1_img0"].extra and "arousal" not in records["train_1_img0"].extra
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    """CSV files saved by Excel on Windows start with a UTF-8 byte order mark (the header check
+    refused them)."""
+    make_affectnet_csv(tmp_path)
+    for csv_path in tmp_path.rglob("*.csv"):
+        csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
+    records, _, _ = read_all("affectnet", tmp_path)
+    assert len(records) == 4
