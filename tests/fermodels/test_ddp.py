@@ -158,6 +158,9 @@ def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
                      shards, samples=4000, batch_size=8, env=DistEnv(rank, world, 0), workers=3, seed=1,
                      shuffle=True, one_pass=True) for p in plan.pieces for j in range(p.start, p.stop)]
         assert sorted(parts) == sorted(whole)                  # one pass: every sample in exactly one part
+    with pytest.raises(ValueError, match="lower train.workers"):   # a part with nothing to read
+        plan_epoch([("s0", 3)], samples=64, batch_size=4, env=DistEnv(0, 1, 0), workers=4, seed=0, shuffle=True,
+                   one_pass=True)
 
 
 # ---- a real process group -----------------------------------------------------------------
