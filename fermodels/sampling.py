@@ -9,7 +9,9 @@ samples / number of present classes) / count(c) and the rounding decided by a ha
 epoch's stream seed, pass, key). Rare classes repeat (Contempt about 10x on AffectNet-8),
 frequent ones are mostly skipped (Happy about 0.27x), a different part of them every epoch, so
 over epochs every sample is seen, as with drawing; the shuffle buffer downstream spreads the
-copies out. Deterministic: the same (seed, epoch) gives the same stream, so resumed runs match.
+copies out. Each rank and loader worker makes its share of the epoch from its part of one pass
+over the split (``plan_epoch(one_pass=True)``). Deterministic: the same (seed, epoch) gives the
+same stream, so resumed runs match.
 """
 from __future__ import annotations
 
