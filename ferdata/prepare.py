@@ -6,7 +6,6 @@ functions one at a time (see pipeline/), so both always produce the same shards.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,8 +18,6 @@ from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, fill_cache, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
-
-log = logging.getLogger(__name__)
 
 
 def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None = None,
