@@ -51,9 +51,10 @@ class Position:
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimizer: Any, position: Position,
                     best: dict, data: dict, preprocess: dict, scaler: dict | None = None,
-                    layout: dict | None = None) -> None:
+                    resume: dict | None = None) -> None:
     """Write atomically (temp + rename), so a kill never leaves a truncated checkpoint. ``scaler``:
-    the fp16 gradient scaler's state; ``layout``: the ranks and steps per epoch the position counts in."""
+    the fp16 gradient scaler's state; ``resume``: what the trainer continues from besides weights
+    and position (the ranks and steps per epoch the position counts in, partial epoch totals)."""
     p = asdict(params)
     state = {
         "format": FORMAT, "model": p["model"], "model_kwargs": model_kwargs(p["model"], p["model_kwargs"]),
@@ -64,7 +65,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
         "epoch": position.epoch, "batch": position.batch, "step": position.step, "best": dict(best),
         "params": p, "recipe": p.get("recipe"), "datasets": list(p["datasets"]), "data": data,
         "preprocess": dict(preprocess), "torch": str(torch.__version__),
-        "scaler": dict(scaler or {}), **(layout or {}),
+        "scaler": dict(scaler or {}), **(resume or {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,6 +143,21 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
 
 
 @dataclass
+class Tally:
+    """One rank's running totals of an epoch. Mid-epoch checkpoints keep every rank's, so a resumed
+    epoch logs the samples, losses and times of the whole epoch, as an uninterrupted one does."""
+
+    sums: dict = field(default_factory=dict)        # loss name -> loss x samples
+    seen: int = 0
+    waited: float = 0.0                             # seconds waiting for data
+    elapsed: float = 0.0
+
+    def saved(self) -> dict:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "seen": self.seen, "waited": self.waited,
+                "elapsed": self.elapsed}
+
+
+@dataclass
 class _Run:
     """What the loop needs, built once by :func:`_setup`; ``step``/``best`` advance as it runs."""
 
@@ -163,6 +178,8 @@ class _Run:
     best: dict
     step: int = 0
     weights_checked: bool = False
+    resumed: Tally = field(default_factory=Tally)    # the start epoch's totals before the resume
+    tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
 
 
 def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: dict, env: DistEnv,
@@ -192,7 +209,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes}
     state = broadcast_object(resume_state(ckpt_dir, asdict(params), data) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()
     if state is not None:
         net.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
@@ -200,6 +217,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
             scaler.load_state_dict(state["scaler"])
         start, best = next_position(state, steps, env.world_size), state["best"]
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
+        if start.batch and state.get("tallies"):
+            resumed = Tally(**state["tallies"][env.rank])
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
     repeat = ClassRepeat.balanced(counts, samples) if params.sampler == "balanced" else None
@@ -209,7 +228,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
-                loader, steps, start, best, start.step, not params.class_weights)
+                loader, steps, start, best, start.step, not params.class_weights, resumed)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -218,17 +237,18 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
     live = _open_live(live_dir, run.start, env)
     try:
         for epoch in range(run.start.epoch, params.epochs):
-            skip = run.start.batch if epoch == run.start.epoch else 0
-            t0 = time.perf_counter()
-            sums, seen, waited, lr = _train_epoch(run, params, env, device, epoch, skip, ckpt_dir)
-            elapsed = time.perf_counter() - t0
+            first = epoch == run.start.epoch
+            tally, lr = _train_epoch(run, params, env, device, epoch, run.start.batch if first else 0, ckpt_dir,
+                                     run.resumed if first else Tally())
+            run.tallies = []                      # the epoch is whole: nothing partial to keep
             sync_buffers(run.net, env)            # validate (and save) rank 0's model on every rank
             val = score_split(run.net, run.val_loader, params.num_classes, env, device, params.amp)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if val[params.select_metric] > run.best[params.select_metric]:
                 run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}
                 _save(env, ckpt_dir / BEST, run, params, end)
-            _log_epoch(live, epoch, all_gather_objects((sums, seen, waited), env), lr, elapsed, val)
+            _log_epoch(live, epoch, all_gather_objects((tally.sums, tally.seen, tally.waited), env), lr,
+                       tally.elapsed, val)
             _save(env, ckpt_dir / LAST, run, params, end)
     finally:
         run.loader.close()
@@ -238,12 +258,14 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
 
 
 def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.device, epoch: int, skip: int,
-                 ckpt_dir: Path) -> tuple[dict[str, float], int, float, float]:
-    """One epoch from batch ``skip``: (summed losses x samples, samples, seconds waiting for data, last lr)."""
+                 ckpt_dir: Path, tally: Tally) -> tuple[Tally, float]:
+    """One epoch from batch ``skip``, adding to ``tally`` (the totals before a resume): the
+    epoch's totals and the last learning rate."""
+    t0 = time.perf_counter() - tally.elapsed
     loader = run.loader.epoch(epoch, skip)
     fill = torch.tensor(run.net.card.mean) * 255.0
-    sums: dict[str, torch.Tensor] = {}
-    seen, waited, lr, bad = 0, 0.0, params.lr, torch.zeros((), device=device)
+    sums: dict = dict(tally.sums)
+    seen, waited, lr, bad = tally.seen, tally.waited, params.lr, torch.zeros((), device=device)
     run.net.train()
     t_wait = time.perf_counter()
     for i, batch in enumerate(loader, start=skip):
@@ -268,10 +290,12 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
             _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
         if params.checkpoint_every and run.step % params.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
             _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
+            now = Tally(sums, seen, waited, time.perf_counter() - t0).saved()
+            run.tallies = all_gather_objects(now, env)
             _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
         t_wait = time.perf_counter()
     _check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
-    return {k: float(v) for k, v in sums.items()}, seen, waited, lr
+    return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0), lr
 
 
 def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:
@@ -370,4 +394,5 @@ def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Po
     if env.is_main:
         save_checkpoint(path, model=run.net, params=params, optimizer=run.opt, position=position, best=run.best,
                         data=run.data, preprocess=run.preprocess, scaler=run.scaler.state_dict(),
-                        layout={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch})
+                        resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,
+                                "tallies": run.tallies})

@@ -494,7 +494,7 @@ def test_checkpoints_keep_the_gradient_scaler(tmp_path):
     net = create_model("resnet18_112", num_classes=7)
     save_checkpoint(tmp_path / "last.pt", model=net, params=make_params(model="resnet18_112", model_kwargs={}),
                     optimizer=None, position=Position(0, 1, 1), best={}, data={}, preprocess={},
-                    scaler=scaler.state_dict(), layout={"world_size": 1, "epoch_steps": 4})
+                    scaler=scaler.state_dict(), resume={"world_size": 1, "epoch_steps": 4})
     state = load_checkpoint(tmp_path / "last.pt")
     restored = torch.amp.GradScaler("cpu")
     restored.load_state_dict(state["scaler"])
