@@ -77,8 +77,8 @@ class Dropped:
     detail: str = ""
 
 
-def scaled_points(points: np.ndarray | None, factor: float) -> np.ndarray | None:
-    """Pixel coordinates in the image rescaled by ``factor``, pixel centre to pixel centre:
+def scaled_points(points: np.ndarray | None, factor: float | np.ndarray) -> np.ndarray | None:
+    """Pixel coordinates in the image rescaled by ``factor`` (or by (x, y) factors), pixel centre to pixel centre:
     ``(p + 0.5) * factor - 0.5``, as libjpeg's reduced decode and a resize map them
     (:func:`ferdata.geometry.reduced_frame`)."""
     if points is None:

@@ -286,13 +286,15 @@ def pixel_affine(card: ModelCard, device: torch.device | None = None) -> tuple[t
     return (1.0 / std).to(device, torch.float32), (-mean / std).to(device, torch.float32)
 
 
-def normalise(batch: dict, card: ModelCard, channels_last: bool = False) -> dict:
+def normalise(batch: dict, card: ModelCard, channels_last: bool = False,
+              affine: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Model input: images (x - mean) / std with the card's statistics, heatmap in [0, 1], as new
     tensors. A float image (scaled or warped on the device, an exported graph's input) takes one
     fused multiply-add (x * 1/std - mean/std); a uint8 image is converted once, into the memory
     format the model wants, and scaled in place (on a CPU, a second fresh float tensor costs more
-    than the arithmetic)."""
-    scale, shift = pixel_affine(card, batch["image"].device)
+    than the arithmetic). ``affine``: :func:`pixel_affine`'s pair made beforehand (an exported
+    graph keeps it as buffers, which move with the graph; made here, a trace bakes in the device)."""
+    scale, shift = affine if affine is not None else pixel_affine(card, batch["image"].device)
     fmt = torch.channels_last if channels_last else torch.preserve_format
     out = dict(batch)
     for name in ("image", "left", "right"):

@@ -244,11 +244,12 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
     blocks = split_evenly(len(sizes), max(1, min(workers, len(sizes))))
     skips, first = round_robin_skips(blocks, skip_batches)
-    reads = split_evenly(split_evenly(read, env.world_size)[env.rank], len(blocks)) if one_pass else None
+    rank_reads = split_evenly(read, env.world_size)
+    reads = split_evenly(rank_reads[env.rank], len(blocks)) if one_pass else None
     if reads and not reads[-1]:
         raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
                          f"{len(blocks)} worker(s), more parts than its {total} samples: lower train.workers")
-    plans, pos, b = [], sum(split_evenly(read, env.world_size)[: env.rank]), 0
+    plans, pos, b = [], sum(rank_reads[: env.rank]), 0
     for w, (n, skip) in enumerate(zip(blocks, skips)):
         worker_sizes = tuple(sizes[b: b + n])
         count = reads[w] if reads else sum(worker_sizes)

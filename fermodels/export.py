@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text
 from ferdata.geometry import template
-from fermodels.data import pixel_affine
+from fermodels.data import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,7 @@ class ExportWrapper(nn.Module):
         self.eval()      # the ONNX exporter restores the wrapper's mode afterwards: it must be eval
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """:func:`fermodels.data.normalise` of float pixels (same arithmetic), then the model."""
-        batch = dict(zip(self.fields, inputs))
-        for name in ("image", "left", "right"):
-            if name in batch:
-                batch[name] = torch.addcmul(self.shift, batch[name], self.scale)
-        if "heatmap" in batch:
-            batch["heatmap"] = batch["heatmap"] / 255.0
+        batch = normalise(dict(zip(self.fields, inputs)), self.card, affine=(self.scale, self.shift))
         logits = self.model(batch)["logits"].float()
         return logits, logits.softmax(-1)
 

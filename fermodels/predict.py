@@ -31,10 +31,10 @@ import torch
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
 from ferdata.faces.base import Face
-from ferdata.geometry import Aligned, align_face, crop_reduction
+from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.records import FaceRecord, make_key
-from ferdata.stages.align import BadGeometry, checked_points, crop_border, npy_bytes
+from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, normalise, to_device, travel_side
@@ -146,16 +146,13 @@ class Predictor:
         return samples, dropped
 
     def aligned(self, picture: Picture, face: Face) -> tuple[dict, Aligned]:
-        """(the detect table's row for ``face``, its crop), made as ``AlignWorker`` makes it: the
-        row in file pixels (as the detect stage stores it), the picture at that face's
-        ``crop_reduction``, the points mapped into it, the same warp and border. Raises
-        :class:`BadGeometry` (or :class:`BadImage`) as the align stage would drop the face."""
+        """(the detect table's row for ``face``, in file pixels as the detect stage stores it, and
+        its crop, by the align stage's :func:`crop_face`). Raises :class:`BadGeometry` (or
+        :class:`BadImage`) as the align stage would drop the face."""
         row = face_to_dict(face.scaled(1.0 / picture.scale))
-        reduce = crop_reduction(np.asarray(row["kps5"], np.float64), self.align["size"], self.align["padding"])
-        decoded = picture.reduced(reduce)
-        kps5, lmk68 = checked_points(row, decoded.rgb.shape, decoded.scale)
-        border = crop_border(row["backend"] or self.backend.name)
-        return row, align_face(decoded.rgb, kps5, self.align["size"], self.align["padding"], lmk68, border)
+        al, _ = crop_face(row, row["backend"] or self.backend.name, self.align["size"], self.align["padding"],
+                          picture.reduced)
+        return row, al
 
     @torch.no_grad()
     def probabilities(self, faces: list[FaceSample]) -> np.ndarray:

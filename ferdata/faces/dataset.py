@@ -5,7 +5,7 @@ import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import five_from_68, template
-from ferdata.records import FaceRecord
+from ferdata.records import FaceRecord, scaled_points
 
 
 @BACKENDS.register("annotations")
@@ -46,7 +46,7 @@ class PrecroppedBackend(FaceBackend):
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
         h, w = image.shape[:2]
         # The 112 template in the image's pixels, pixel centres matched (as a resize maps them).
-        kps5 = ((template(112) + 0.5) * np.array([w / 112.0, h / 112.0]) - 0.5).astype(np.float32)
+        kps5 = scaled_points(template(112), np.array([w / 112.0, h / 112.0]))
         lmk = record.landmarks
         lmk68 = np.asarray(lmk, np.float32) if lmk is not None and np.asarray(lmk).shape == (68, 2) else None
         return [Face((0.0, 0.0, float(w), float(h)), 1.0, kps5, lmk68)]

@@ -21,14 +21,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
-from ferdata.geometry import align_face, crop_reduction, reduced_frame, transform_points
-from ferdata.io import BadImage, decode_image, encode_jpeg
+from ferdata.geometry import Aligned, align_face, crop_reduction, reduced_frame, transform_points
+from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, read_faces
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, within
@@ -119,6 +119,18 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
     return kps.astype(np.float32), lmk
 
 
+def crop_face(face: dict, backend: str, size: int, padding: float,
+              decoded_at: Callable[[int], Decoded]) -> tuple[Aligned, Decoded]:
+    """A detect row's face cropped as the align stage crops it, and the picture it was warped
+    from. A face much larger than the crop is warped from the picture at 1/2..1/8
+    (``decoded_at(reduce)``: faster, and no aliasing); detections are in source pixels, mapped
+    into that frame; the border follows the backend (:func:`crop_border`). Raises
+    :class:`BadGeometry` (and ``decoded_at``'s :class:`BadImage`) for a face the stage drops."""
+    decoded = decoded_at(crop_reduction(np.asarray(face["kps5"], np.float64), size, padding))
+    kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
+    return align_face(decoded.rgb, kps5, size, padding, lmk68, crop_border(backend)), decoded
+
+
 class AlignWorker:
     """Picklable callable: one detect row -> :class:`AlignedSample`, or a Dropped (passed through)."""
 
@@ -134,13 +146,8 @@ class AlignWorker:
             data = load_image_bytes(rec)
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
                 return Dropped(rec.dataset, rec.key, "source_changed", f"{rec.path}: re-run detect")
-            # A face much larger than the crop decodes at 1/2..1/8 (faster, and no aliasing); a
-            # huge image too. Detections are in source pixels, mapped into the decoded frame.
-            reduce = crop_reduction(np.asarray(face["kps5"], np.float64), self.params.size, self.params.padding)
-            decoded = decode_image(data, reduce)
-            kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
-            al = align_face(decoded.rgb, kps5, self.params.size, self.params.padding, lmk68,
-                            crop_border(row["backend"]))
+            al, decoded = crop_face(face, row["backend"], self.params.size, self.params.padding,
+                                    lambda reduce: decode_image(data, reduce))
         except OSError as e:
             return Dropped(rec.dataset, rec.key, "unreadable_file", f"{rec.path}: {e.strerror}")
         except (BadImage, BadGeometry) as e:
