@@ -74,9 +74,11 @@ def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, cla
     write_affectnet(base / "raw", per_class, test_per_class, classes, seed)
     records = open_reader("affectnet", base / "raw", {"protocol": protocol}).read()
     if subsets:
-        records = _tagged(records, subsets)
+        records = _with_extra(records, lambda r: {"subsets": tags} if (tags := tuple(
+            n for n in sorted(subsets) if r.key in subsets[n])) else {})
     if soft_mode:
-        records = _soft(records, soft_mode)
+        records = _with_extra(records, lambda r: {SOFT_LABEL: soft_label_of(r.label), LABEL_MODE: soft_mode}
+                              if r.split == "train" else {})
     detect = stage_params(DetectParams, params["detect"], backend="annotations", workers=1,
                           cache_dir=str(base / "cache"))
     run_detect(records, detect, base / "detect")
@@ -87,10 +89,11 @@ def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, cla
     return base / "shards"
 
 
-def _tagged(records, subsets: dict[str, set[str]]):
+def _with_extra(records, extra_of):
+    """Records with ``extra_of(record)`` merged into their ``extra``, as a reader that tags them does."""
     for r in records:
-        tags = tuple(n for n in sorted(subsets) if r.key in subsets[n]) if isinstance(r, FaceRecord) else ()
-        yield dataclasses.replace(r, extra={**r.extra, "subsets": tags}) if tags else r
+        more = extra_of(r) if isinstance(r, FaceRecord) else {}
+        yield dataclasses.replace(r, extra={**r.extra, **more}) if more else r
 
 
 def soft_label_of(label: int) -> list[float]:
@@ -98,13 +101,6 @@ def soft_label_of(label: int) -> list[float]:
     dist = [0.0] * 8
     dist[label], dist[(label + 1) % 7] = 0.6, 0.4
     return dist
-
-
-def _soft(records, mode: str):
-    for r in records:
-        if isinstance(r, FaceRecord) and r.split == "train":
-            r = dataclasses.replace(r, extra={**r.extra, SOFT_LABEL: soft_label_of(r.label), LABEL_MODE: mode})
-        yield r
 
 
 def stage_params(cls, values: dict, **overrides):
