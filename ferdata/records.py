@@ -16,6 +16,7 @@ SPLITS = ("train", "val", "test")
 SOFT_LABEL = "soft_label"    # ``extra``: a label distribution (8 floats, canonical order), e.g. FERPlus votes
 LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, probability, multi_target; majority: not)
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
+PHOTO = "photo"             # ``extra``: the photo a face shares with others (ExpW); its faces stay in one split
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY_LOSSY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
@@ -45,7 +46,9 @@ class FaceRecord:
     ``box`` is (x0, y0, x1, y1) in source-image pixels; ``landmarks`` is (K, 2)
     with K in {5, 68} in source-image pixels (68 in iBUG order, 5 in ArcFace order).
     ``split`` is "" when the dataset has no official split (the shard stage assigns one);
-    ``extra[TRAIN_ONLY]`` keeps a training record out of the val/test splits carved from train.
+    ``extra[TRAIN_ONLY]`` keeps a training record out of the val/test splits carved from train;
+    ``extra[PHOTO]`` names the photo of a face that shares it with others, so that the faces of one
+    photo (one scene, often one person twice) are never split between train and test.
     """
 
     dataset: str

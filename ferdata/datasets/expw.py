@@ -3,7 +3,8 @@
 One face per line: ``image_name face_id top left right bottom confidence label``
 (space-separated; note the **top, left, right, bottom** order). Labels use the
 FER2013 order (0 angry .. 6 neutral). Many images hold several faces, so the key is
-``<image stem>_<face id>``. There is no official split.
+``<image stem>_<face id>``, and ``extra[PHOTO]`` names the image: the faces of one photo
+are carved into the same split. There is no official split.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Iterator
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.records import Dropped, FaceRecord, make_key
+from ferdata.records import PHOTO, Dropped, FaceRecord, make_key
 
 LABEL_FILES = ("label/label.lst", "label.lst")
 IMAGE_DIRS = ("image/origin", "origin", "image")
@@ -66,5 +67,5 @@ class ExpWReader(DatasetReader):
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=label, native_label=str(native),
             box=(left, top, right, bottom), extra={"face_id": int(face_id) if face_id.isdigit() else face_id,
-                                                   "confidence": confidence},
+                                                   "confidence": confidence, PHOTO: make_key(Path(name).stem)},
         )

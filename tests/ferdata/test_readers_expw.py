@@ -23,7 +23,8 @@ def test_expw(tmp_path):
         "sad_y_3_0": "malformed_row",
     }
     r = records["angry_actor_104_0"]
-    assert r.extra == {"face_id": 0, "confidence": 22.9}
+    assert r.extra == {"face_id": 0, "confidence": 22.9, "photo": "angry_actor_104"}
+    assert records["angry_actor_104_1"].extra["photo"] == "angry_actor_104"   # both faces: one photo
     assert r.path.endswith("image/origin/angry_actor_104.jpg") and r.split == ""
 
 

@@ -5,7 +5,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord
+from ferdata.records import PHOTO, TRAIN_ONLY, Dropped, FaceRecord
 from ferdata.splits import assign_splits, unit_hash
 
 
@@ -55,6 +55,27 @@ def test_subject_independent():
         per_subject[r.subject].add(r.split)
     assert all(len(s) == 1 for s in per_subject.values())
     assert {s for v in per_subject.values() for s in v} == {"train", "val", "test"}
+
+
+def test_faces_of_one_photo_stay_in_one_split():
+    """ExpW-like: several faces per photo, no subjects. Splitting by subject keeps each photo's faces
+    together (the subject, when known, still decides); ``by="key"`` splits faces as asked."""
+    recs = [FaceRecord(dataset="t", key=f"p{p:03d}_{f}", path=f"/x/p{p:03d}.jpg", label=0, native_label="0",
+                       subject="S1" if p == 0 else "", extra={PHOTO: f"p{p:03d}"})
+            for p in range(200) for f in range(3)]
+    per_photo = defaultdict(set)
+    for r in assign_splits(recs, seed=0, val_fraction=0.2, test_fraction=0.2, by="subject"):
+        per_photo[r.extra[PHOTO]].add(r.split)
+    assert all(len(s) == 1 for s in per_photo.values())
+    assert set().union(*per_photo.values()) == {"train", "val", "test"}
+    folds = defaultdict(set)
+    for r in assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, by="subject", folds=5, fold=0):
+        folds[r.extra[PHOTO]].add(r.extra["fold"])
+    assert all(len(s) == 1 for s in folds.values())
+    by_key = defaultdict(set)
+    for r in assign_splits(recs, seed=0, val_fraction=0.2, test_fraction=0.2, by="key"):
+        by_key[r.extra[PHOTO]].add(r.split)
+    assert any(len(s) > 1 for s in by_key.values())
 
 
 def test_official_train_test_keeps_test_and_carves_val_from_train():
