@@ -170,7 +170,9 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write .csv or .json here (default: CSV on stdout)."),
     annotate: Optional[Path] = typer.Option(
         None, help="Folder for copies of the images with boxes and labels (sub-folders as in the inputs)."),
-    backend: str = typer.Option("auto", help="Face backend (`ferdata backends`): auto, embedded, insightface, ..."),
+    backend: Optional[str] = typer.Option(
+        None, help="Face backend (`ferdata backends`): auto, embedded, insightface, ... Default: the one that "
+                   "made the model's training faces when it runs here, else auto."),
     model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
     batch_size: int = typer.Option(32, help="Faces per forward pass."),
     every: int = typer.Option(10, help="Videos: score every N-th frame."),

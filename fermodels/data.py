@@ -45,6 +45,7 @@ class Split:
     hashes: dict[str, list[str]]                # shard dir -> sha256 of each shard
     subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # shard dir -> test subset -> keys
     soft_labels: dict[str, int] = field(default_factory=dict)  # label mode -> samples with a distribution to train on
+    face_backends: dict[str, int] = field(default_factory=dict)  # face backend -> samples whose crop it made
 
     @property
     def num_samples(self) -> int:
@@ -66,7 +67,7 @@ class Split:
 
 def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
-    shards, hist, hashes, subsets, soft = [], Counter(), {}, {}, Counter()
+    shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -78,7 +79,9 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
         soft.update(info.get("soft_labels", {}))
-    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft))
+        backends.update(info.get("face_backends", {}))
+    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
+                 dict(sorted(backends.items())))
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,8 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
         "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card),
         "datasets": state.get("datasets", []), "best": state.get("best", {}), "files": files, "opset": OPSET,
+        # the face backends that found the training faces (samples each): find new faces the same way
+        "face_backends": (state.get("data") or {}).get("face_backends", {}),
     }
 
 

@@ -5,7 +5,8 @@ align stage's reduced decode + ``align_face`` + JPEG encoding at the recorded qu
 derive stage's worker (halves via ``split_halves``, landmark heatmap), then the loader's
 decoder and normalisation - so the model sees exactly the kind of sample it was trained on.
 The align and derive settings come from the checkpoint (``preprocess``, recorded by the train
-stage).
+stage), and so, unless asked for another, does the face backend: the detector that made the
+training crops (``data.face_backends``), when it can run here (:func:`choose_backend`).
 
 A face much larger than the crop is warped, as in the align stage, from the picture decoded at
 1/2, 1/4 or 1/8 (``crop_reduction``; libjpeg's reduced decode for a JPEG file), not from the
@@ -30,7 +31,7 @@ import torch
 
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
-from ferdata.faces.base import Face
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.records import FaceRecord, make_key
@@ -97,10 +98,38 @@ class Picture:
         return self._reduced[reduce]
 
 
+def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,
+                   model_dir: str | Path | None = None) -> FaceBackend:
+    """The face backend for inference: ``asked`` when given; else the detector that made most of
+    the model's training crops (``trained``: backend -> samples, from the checkpoint), when it runs
+    here, so new faces are found and landmarked as the training faces were; else ``auto`` (with a
+    warning when the training detector is missing here: crops and landmarks then differ from
+    training's). A model trained on the dataset's own crops or landmarks (``precropped``,
+    ``annotations``: they find no faces in a new photo) gets ``auto``."""
+    if asked:
+        return create_backend(asked, options, model_dir)
+    ranked = sorted(trained, key=lambda name: (-trained[name], name))
+    detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
+    if detectors:
+        backend = create_backend(detectors[0], options, model_dir)
+        try:
+            backend.check_ready()
+            log.info("face backend %s, as for the model's training faces", backend.name)
+            return backend
+        except (MissingModelError, ImportError) as e:
+            log.warning("the model's training faces were found by %s, which cannot run here (%s); using auto, "
+                        "whose crops may differ (give --model-dir, or --backend to choose)",
+                        backend.name, str(e).splitlines()[0])
+    elif ranked:
+        log.info("the model's training faces came from %s, which find no faces in new pictures; using auto",
+                 ", ".join(ranked))
+    return create_backend("auto", options, model_dir)
+
+
 class Predictor:
     """A checkpoint plus the detect -> align -> derive steps that built its training shards."""
 
-    def __init__(self, checkpoint: str | Path, backend: str = "auto", device: str = "auto",
+    def __init__(self, checkpoint: str | Path, backend: str | None = None, device: str = "auto",
                  model_dir: str | Path | None = None, backend_options: Mapping[str, Any] | None = None,
                  flip_tta: bool = False) -> None:
         state = load_checkpoint(checkpoint)
@@ -116,7 +145,8 @@ class Predictor:
         self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
         self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
-        self.backend = create_backend(backend, backend_options, model_dir)
+        self.backend = choose_backend(backend, (state.get("data") or {}).get("face_backends", {}),
+                                      backend_options, model_dir)
 
     def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
         """Every usable face of a picture (an RGB array is taken as a video frame) as a sample,
@@ -320,7 +350,7 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
 
 
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,
-                  annotate: Path | None = None, backend: str = "auto", model_dir: str | Path | None = None,
+                  annotate: Path | None = None, backend: str | None = None, model_dir: str | Path | None = None,
                   batch_size: int = 32, every: int = 10, device: str = "auto",
                   flip_tta: bool = False) -> tuple[str, list[dict]]:
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write

@@ -72,6 +72,9 @@ class FaceBackend:
     # False: the backend reads only the image's size (and the record), so the detect stage gives it
     # a pixel-less (H, W, 0) array from the file header instead of decoding (see ``shape_only``).
     needs_pixels: ClassVar[bool] = True
+    # False: the backend trusts the dataset (its landmarks, or images that are crops) and cannot find
+    # faces in a new photo; inference then uses a detector (``fermodels.predict.choose_backend``).
+    finds_faces: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,

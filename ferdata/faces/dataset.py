@@ -15,6 +15,7 @@ class AnnotationsBackend(FaceBackend):
     name = "annotations"
     cacheable = False
     needs_pixels = False
+    finds_faces = False
 
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
         lmk = record.landmarks
@@ -42,6 +43,7 @@ class PrecroppedBackend(FaceBackend):
     name = "precropped"
     cacheable = False
     needs_pixels = False
+    finds_faces = False
 
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
         h, w = image.shape[:2]

@@ -2,8 +2,8 @@
 
 Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.json``
 (sample count per shard, sha256 per shard, class histogram, label map, params hash, the
-keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists, and,
-when samples carry label distributions that training uses, e.g. FERPlus's crossentropy mode,
+keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists, how
+many samples each face backend made, and, when samples carry label distributions that training uses, e.g. FERPlus's crossentropy mode,
 how many per mode).
 Byte-reproducible: the order is a seeded hash permutation and tar metadata is fixed.
 Samples are read by offset from the chunk tars, so memory holds an index, not pixels.
@@ -57,10 +57,11 @@ def _read(member: Indexed) -> bytes:
 
 
 RECORD_FIELDS = ("dataset", "key", "path", "label", "native_label", "split", "subject", "extra")
+KEPT_FIELDS = RECORD_FIELDS + ("backend",)      # + the face backend that made the sample (counted per split)
 
 
 def _record_fields(meta: dict) -> dict:
-    return {f: meta[f] for f in RECORD_FIELDS if f in meta}
+    return {f: meta[f] for f in KEPT_FIELDS if f in meta}
 
 
 def assign(metas: dict[str, dict], params: ShardParams) -> dict[str, list[str]]:
@@ -129,6 +130,8 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
         "datasets": sorted({metas[k]["dataset"] for k in keys}),
         "params_hash": params_hash(params),
         "subsets": dict(sorted(subsets.items())),       # name -> sorted keys (options.subsets lists)
+        # which face backend made the crops: inference finds faces the same way (fermodels.predict)
+        "face_backends": dict(sorted(Counter(metas[k].get("backend") or "unknown" for k in keys).items())),
     }
     soft = Counter(e[LABEL_MODE] for e in (metas[k].get("extra") or {} for k in keys)
                    if SOFT_LABEL in e and e.get(LABEL_MODE, "majority") != "majority")

@@ -27,6 +27,7 @@ def test_export_matches_pytorch_and_writes_metadata(tiny_run, tmp_path, one_thre
     assert saved["inputs"]["image"]["shape"] == ["batch", 3, 224, 224]
     assert saved["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     assert saved["preprocess"]["align"]["size"] == 112
+    assert list(saved["face_backends"]) == ["annotations"]          # tiny_shards' faces: the annotations backend
     diffs = parity(tmp_path, tiny_run["ckpt"] / "best.pt", batch=5)
     assert set(diffs) == {"onnx", "torchscript"} and max(diffs.values()) < TOLERANCE, diffs
 

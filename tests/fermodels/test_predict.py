@@ -28,8 +28,9 @@ from fermodels.data import open_split, split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
 import fermodels.predict
-from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, expand_inputs, iter_frames,
-                               run_predict)
+from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, choose_backend, expand_inputs,
+                               iter_frames, run_predict)
+from fermodels.runstate import load_checkpoint
 
 from tests.fermodels.helpers import REPO, stage_params, make_params
 
@@ -68,6 +69,7 @@ def test_same_sample_as_the_shard_stages(photos, predictor, tmp_path, one_thread
     card = predictor.card
     shards = [tmp_path / "shards"]
     split = open_split(shards, "test")
+    assert split.face_backends == {"embedded": 1}               # _info.json counts who found the faces
     data = IndexedSplit(split, split_decoder(card, split, predictor.device), 7)
     _, from_shards, _ = predict_loader(predictor.model, indexed_loader(data, [0], 1, 0), card, predictor.device,
                                        flip_tta=False)
@@ -226,6 +228,34 @@ def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_
     train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
     with pytest.raises(ValueError, match="preprocessing"):
         Predictor(tmp_path / "ckpt" / "best.pt", backend="embedded")
+
+
+def test_checkpoints_record_which_backend_found_the_training_faces(tiny_run):
+    state = load_checkpoint(tiny_run["ckpt"] / "best.pt")
+    train_samples = open_split([tiny_run["shards"]], "train").num_samples
+    assert state["data"]["face_backends"] == {"annotations": train_samples}   # tiny_shards: annotations backend
+
+
+def test_predict_finds_faces_with_the_training_detector_when_it_runs_here(monkeypatch, caplog):
+    """No --backend: the detector behind most training crops (not the dataset-trusting backends,
+    which find no face in a new photo); auto, with a warning, when that detector cannot run here."""
+    from ferdata.faces import MissingModelError
+    from ferdata.faces.insightface_backend import InsightFaceBackend
+
+    assert choose_backend(None, {"annotations": 90, "embedded": 10}).name == "embedded"
+    assert choose_backend("auto", {"embedded": 10}).name == "auto"                 # asked: as asked
+    assert choose_backend(None, {"precropped": 5}).name == "auto"
+    assert choose_backend(None, {}).name == "auto"                                   # older checkpoints
+    assert choose_backend(None, {"unknown": 3, "no_such_backend": 1}).name == "auto"
+
+    def missing(self):
+        raise MissingModelError("insightface", "det_10g.onnx", ["/nowhere"], "install it")
+
+    monkeypatch.setattr(InsightFaceBackend, "check_ready", missing)
+    with caplog.at_level("WARNING", logger="fermodels.predict"):
+        backend = choose_backend(None, {"insightface": 10, "embedded": 2})
+    assert backend.name == "auto"
+    assert "found by insightface, which cannot run here" in caplog.text
 
 
 def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
