@@ -1,8 +1,8 @@
 """insightface: SCRFD boxes + 5 keypoints and 68-point (1k3d68) or 106-point (2d106det) landmarks.
 
 Models come from an insightface model pack on disk: ``<root>/models/<pack>/*.onnx``
-(``root`` = ``detect.model_dir``, default ``~/.insightface``), or ``model_dir`` may be
-the pack folder itself. Each ONNX file is loaded with ``insightface.model_zoo.get_model``
+(``root`` = ``detect.model_dir``, then ``~/.insightface``), or ``model_dir`` may be
+the pack folder itself (:func:`pack_dirs`). Each ONNX file is loaded with ``insightface.model_zoo.get_model``
 on its local path (routing by the graph's shapes), never through ``FaceAnalysis``' implicit
 download. A missing pack downloads only with ``allow_download``; network failures and
 insightface's empty-folder ``AssertionError`` become :class:`MissingModelError`.
@@ -39,11 +39,16 @@ RELEASE_URL = "https://github.com/deepinsight/insightface/releases/download/mode
 
 
 def pack_dirs(pack: str, model_dir: str | Path | None) -> list[Path]:
-    """Where a pack may live: ``<root>/models/<pack>``, ``<root>/<pack>`` or ``model_dir`` itself."""
-    if model_dir is None:
-        return [DEFAULT_ROOT.expanduser() / "models" / pack]
-    root = Path(model_dir).expanduser()
-    return [root / "models" / pack, root / pack, root]
+    """Where a pack may live, searched in order: ``<model_dir>/models/<pack>``, ``<model_dir>/<pack>``,
+    ``model_dir`` itself, then insightface's own ``~/.insightface/models/<pack>`` (so setting
+    ``detect.model_dir`` for other backends' files does not hide a pack installed there); each also
+    one level deeper, ``.../<pack>/<pack>``, as some packs' zips (antelopev2) unpack."""
+    roots = []
+    if model_dir is not None:
+        root = Path(model_dir).expanduser()
+        roots += [root / "models" / pack, root / pack, root]
+    roots.append(DEFAULT_ROOT.expanduser() / "models" / pack)
+    return list(dict.fromkeys(d for r in roots for d in (r, r / pack)))
 
 
 def _fix(pack: str, model_dir: str | Path | None) -> str:
@@ -121,7 +126,8 @@ class InsightFaceBackend(FaceBackend):
         log.info("insightface: downloading pack %s into %s", pack, root / "models" / pack)
         try:
             download("models", pack, force=True, root=str(root))
-        except (OSError, zipfile.BadZipFile, AssertionError) as e:   # requests/urllib errors are OSErrors
+        # requests/urllib errors are OSErrors; insightface raises RuntimeError on an HTTP error status
+        except (OSError, RuntimeError, zipfile.BadZipFile, AssertionError) as e:
             raise MissingModelError("insightface", f"{pack}.zip", [RELEASE_URL.format(pack=pack)],
                                     f"download failed ({type(e).__name__}: {e}); " + _fix(pack, self.model_dir)) from e
 

@@ -147,7 +147,8 @@ def test_106_to_68_table_is_consistent_with_the_106_layout():
 
 # ---- insightface ---------------------------------------------------------------------------
 
-def test_insightface_missing_pack_names_file_and_fix(tmp_path):
+def test_insightface_missing_pack_names_file_and_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr("ferdata.faces.insightface_backend.DEFAULT_ROOT", tmp_path / "home")
     b = InsightFaceBackend(model_dir=tmp_path)
     with pytest.raises(MissingModelError) as err:
         b.check_ready()
@@ -176,6 +177,39 @@ def test_insightface_download_only_when_allowed_and_offline_failure_is_clear(tmp
     with pytest.raises(MissingModelError) as err:
         InsightFaceBackend(model_dir=tmp_path, allow_download=True).files()
     assert "download failed" in str(err.value) and "ConnectionError" in str(err.value)
+
+
+def test_insightface_http_error_during_download_is_the_clear_error(tmp_path, monkeypatch):
+    import insightface.utils.storage as storage
+
+    def refused(url, **kw):
+        raise RuntimeError(f"Failed downloading url {url}")            # what insightface raises on HTTP 403/404
+
+    monkeypatch.setattr(storage, "download_file", refused)
+    with pytest.raises(MissingModelError, match="download failed .RuntimeError"):
+        InsightFaceBackend(model_dir=tmp_path, allow_download=True).files()
+
+
+def test_insightface_packs_are_found_nested_and_in_insightfaces_own_root(tmp_path, monkeypatch):
+    """antelopev2's zip unpacks into ``models/antelopev2/antelopev2/``; and a ``model_dir`` set for
+    other backends' files does not hide a pack in ``~/.insightface``."""
+    import ferdata.faces.insightface_backend as ib
+
+    def put(folder, pack):
+        folder.mkdir(parents=True)
+        for name in ib.PACK_FILES[pack].values():
+            (folder / name).write_bytes(b"onnx")
+
+    home, mine = tmp_path / "home" / ".insightface", tmp_path / "mine"
+    monkeypatch.setattr(ib, "DEFAULT_ROOT", home)
+    put(mine / "models" / "antelopev2" / "antelopev2", "antelopev2")
+    put(home / "models" / "buffalo_l", "buffalo_l")
+    tasks = ("detection", "landmark_3d_68")
+    assert ib.find_pack("antelopev2", mine, tasks)["detection"] == \
+        mine / "models" / "antelopev2" / "antelopev2" / "scrfd_10g_bnkps.onnx"
+    assert ib.find_pack("buffalo_l", mine, tasks)["detection"] == home / "models" / "buffalo_l" / "det_10g.onnx"
+    put(mine / "buffalo_l", "buffalo_l")                               # model_dir's copy comes first
+    assert ib.find_pack("buffalo_l", mine, tasks)["detection"] == mine / "buffalo_l" / "det_10g.onnx"
 
 
 def _no_dns(host, *a, **k):
