@@ -18,10 +18,9 @@ class AnnotationsBackend(FaceBackend):
     finds_faces = False
 
     def detect(self, image: np.ndarray, record: FaceRecord) -> list[Face]:
-        lmk = record.landmarks
-        if lmk is None:
+        if not self.applies_to(record):                  # none, or not 68 / 5 points: no face (a counted drop)
             return []
-        lmk = np.asarray(lmk, np.float32)
+        lmk = np.asarray(record.landmarks, np.float32)
         kps5 = five_from_68(lmk) if lmk.shape == (68, 2) else lmk
         box = record.box or (*lmk.min(0), *lmk.max(0))
         return [Face(tuple(float(v) for v in box), 1.0, kps5, lmk if lmk.shape == (68, 2) else None)]

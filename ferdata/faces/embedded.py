@@ -144,7 +144,8 @@ class EmbeddedBackend(FaceBackend):
         scale = min(1.0, self.options["det_size"] / max(h, w))
         small = image
         if scale < 1:
-            small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))   # a 16 x 21000 strip keeps 1 px
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return to_blob(small), scale
 
     def infer(self, blob: np.ndarray) -> list[np.ndarray]:

@@ -325,6 +325,7 @@ def test_annotations_backend(embedded, photos):
     (g,) = b.detect(photos["astronaut"], _record(five_from_68(lmk)))
     assert g.lmk68 is None and g.kps5.shape == (5, 2)
     assert b.detect(photos["astronaut"], _record()) == []
+    assert b.detect(photos["astronaut"], _record(lmk.reshape(-1))) == []     # flat 136 values: no face, no crash
     assert not b.cacheable
 
 

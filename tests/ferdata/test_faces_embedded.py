@@ -96,6 +96,12 @@ def test_blank_image_has_no_face(embedded):
     assert embedded.detect(np.full((200, 300, 3), 127, np.uint8)) == []
 
 
+def test_extreme_aspect_ratio_has_no_face_not_a_crash(embedded):
+    """16 x 21000 shrinks to under one pixel across at det_size 640: it keeps one (resize refused 0)."""
+    assert embedded.detect(np.full((16, 21000, 3), 127, np.uint8)) == []
+    assert embedded.detect_batch([np.full((21000, 16, 3), 127, np.uint8)], [None]) == [[]]
+
+
 def test_available_and_signature():
     assert EmbeddedBackend.is_available()
     b = create_backend("embedded", {"score_threshold": 0.8})
