@@ -1,7 +1,9 @@
 """Derive stage: aligned faces -> landmark heatmap, left + mirrored right halves, region boxes.
 
 Writes only the derived fields (``heatmap.png``, ``left.jpg``, ``right.jpg``,
-``regions.json``) in the aligned chunks' key order; the shard stage joins them.
+``regions.json``) in the aligned chunks' key order; the shard stage joins them. A face
+without 68 landmarks (a ``precropped`` dataset) gets no heatmap: a model that reads
+heatmaps then stops with the missing field named, instead of training on blank maps.
 All geometry comes from the aligned crop and its landmarks (nothing re-estimated).
 The output folder is built beside ``out_dir`` and swapped in whole; landmarks load
 with ``allow_pickle=False`` (a pickled ``.npy`` in the input is refused).
@@ -13,7 +15,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
@@ -59,17 +60,16 @@ class DeriveWorker:
         left, right = split_halves(face)
         hm_size = self.params.heatmap_size
         regions = {"fixed": fixed_regions(size)}
+        out = {}
         if "lmk.npy" in fields:
             lmk = load_npy(fields["lmk.npy"], f"{key}.lmk.npy")
-            heat = summed_heatmap_u8(lmk, hm_size, self.params.heatmap_sigma, stride=size / hm_size)
+            out["heatmap.png"] = encode_png(summed_heatmap_u8(lmk, hm_size, self.params.heatmap_sigma,
+                                                              stride=size / hm_size))
             regions["landmarks"] = landmark_regions(lmk, size)
-        else:
-            heat = np.zeros((hm_size, hm_size), np.uint8)
         q = self.params.jpeg_quality
-        return key, {
-            "heatmap.png": encode_png(heat), "left.jpg": encode_jpeg(left, q), "right.jpg": encode_jpeg(right, q),
-            "regions.json": json.dumps(regions, sort_keys=True).encode(),
-        }
+        out.update({"left.jpg": encode_jpeg(left, q), "right.jpg": encode_jpeg(right, q),
+                    "regions.json": json.dumps(regions, sort_keys=True).encode()})
+        return key, out
 
 
 def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:

@@ -69,3 +69,23 @@ def test_points_outside_fade_and_bad_arguments():
         gaussian_heatmaps(np.zeros((4, 3), np.float32), 8, 1.0)
     with pytest.raises(ValueError, match="positive"):
         heatmap_stride(112, 0)
+
+
+def test_derive_writes_a_heatmap_only_for_a_face_with_landmarks():
+    """A precropped face (no 68 points) gets no blank heatmap.png: a model that reads heatmaps is
+    told the field is missing (fermodels' decoder names it) instead of training on zeros."""
+    from ferdata.io import encode_jpeg
+    from ferdata.stages.align import npy_bytes
+    from ferdata.stages.derive import DeriveParams, DeriveWorker
+    from fermodels.data import SampleDecoder
+
+    face = np.full((112, 112, 3), 128, np.uint8)
+    lmk = np.stack([np.linspace(20, 90, 68), np.linspace(30, 95, 68)], 1).astype(np.float32)
+    derive = DeriveWorker(DeriveParams(28, 1.0, 95, 1, 1))
+    _, with_points = derive(("a", {"jpg": encode_jpeg(face, 95), "lmk.npy": npy_bytes(lmk)}))
+    _, without = derive(("b", {"jpg": encode_jpeg(face, 95)}))
+    assert set(with_points) == {"heatmap.png", "left.jpg", "right.jpg", "regions.json"}
+    assert set(without) == {"left.jpg", "right.jpg", "regions.json"}
+    sample = {"__key__": "b", "jpg": encode_jpeg(face, 95), "cls": b"0", **without}
+    with pytest.raises(ValueError, match="has no 'heatmap.png'"):
+        SampleDecoder(("image", "heatmap"), 112)(sample)
