@@ -227,8 +227,12 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
                     report.kept += 1
         write_drops(out, report, drops)
-        report.notes.update({**table.counts, "backend": table.sig})
+        report.notes["backend"] = table.sig
+        # The file holds what the table holds: a run served from the cache (warm, merged, other
+        # workers) writes the same bytes as a cold one, so DVC sees the same output and align
+        # does not re-run. How many detections ran is logged and returned, not written.
         report.write(out / "report.json")
+        report.notes.update(table.counts)
     log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
              table.counts["detections_run"], table.counts["cache_hits"])
     return report
