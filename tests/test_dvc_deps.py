@@ -92,3 +92,24 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     assert "ferdata/faces/embedded.py" in reached          # registered by ferdata.faces' package import
     assert "ferdata/stages/shard.py" not in reached        # detect never runs the shard stage
     assert "ferdata/classes.py" in reached                 # labels: every reader maps through it
+
+
+def test_the_pipeline_parses_with_the_sample_removed_from_datasets(tmp_path):
+    """A user's params.yaml that lists only their own datasets (README: "add it to params.yaml")
+    still gives a valid pipeline: no stage reads ``datasets.sample``."""
+    import shutil
+    import subprocess
+    import sys
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = {"rafdb": {"reader": "rafdb", "root": "raw/rafdb", "options": {}}}
+    params["train"]["datasets"] = ["rafdb"]
+    params["evaluate"]["dataset"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    listed = subprocess.run([*dvc, "stage", "list", "--name-only"], cwd=tmp_path, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert {"sample", "detect@rafdb", "shard@rafdb", "train"} <= set(listed.stdout.split())
+    assert "detect@sample" not in listed.stdout.split()
