@@ -12,5 +12,8 @@ __all__ = ["BACKENDS", "Face", "FaceBackend", "MissingModelError", "create_backe
 
 def create_backend(name: str, options: Mapping[str, Any] | None = None,
                    model_dir: str | Path | None = None, allow_download: bool = False) -> FaceBackend:
-    """Build a registered backend by name (unknown names list the known ones)."""
-    return BACKENDS.get(name)(options, model_dir, allow_download)
+    """Build a registered backend by name (unknown names list the known ones; options it does
+    not read are refused)."""
+    cls = BACKENDS.get(name)
+    cls.check_options(options or {})
+    return cls(options, model_dir, allow_download)

@@ -44,6 +44,11 @@ class AutoBackend(FaceBackend):
     name = "auto"
     cacheable = True
 
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """Every candidate's options: each delegate keeps those it reads."""
+        return frozenset().union(*(BACKENDS.get(n).option_names() for n in PREFERENCE))
+
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:
         super().__init__(options, model_dir, allow_download)

@@ -76,10 +76,14 @@ class FaceBackend:
     # faces in a new photo; inference then uses a detector (``fermodels.predict.choose_backend``).
     finds_faces: ClassVar[bool] = True
     defaults: ClassVar[Mapping[str, Any]] = {}
+    # Options every backend accepts that never change its output, so stay out of the signature.
+    UNSIGNED: ClassVar[frozenset[str]] = frozenset({"threads"})
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:
-        self.options = {**self.defaults, **dict(options or {})}
+        # Only the options this backend reads: ``auto`` hands every delegate the same set.
+        names = self.option_names()
+        self.options = {**self.defaults, **{k: v for k, v in dict(options or {}).items() if k in names}}
         self.model_dir = Path(model_dir).expanduser() if model_dir else None
         self.allow_download = bool(allow_download)
 
@@ -87,8 +91,21 @@ class FaceBackend:
         """Identity of the model files in use (empty when pinned by a package version)."""
         return ""
 
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The options this backend reads (``detect.options`` may set them)."""
+        return frozenset(cls.defaults) | cls.UNSIGNED
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse options this backend does not read (a typo would otherwise be ignored)."""
+        unknown = sorted(set(options) - cls.option_names())
+        if unknown:
+            raise ValueError(f"face backend {cls.name!r} takes no option {', '.join(map(repr, unknown))}; "
+                             f"its options: {', '.join(sorted(cls.option_names()))}")
+
     def signature(self) -> str:
-        opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options))
+        opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in self.UNSIGNED)
         fp = self.fingerprint()
         return f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "")
 

@@ -17,18 +17,18 @@ import hashlib
 import json
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces import create_backend
-from ferdata.faces.base import SELECTIONS, FaceBackend, select_face, shape_only
+from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.layout import FACES
 from ferdata.parallel import parallel_map
-from ferdata.params import at_least, check_values, one_of, within
+from ferdata.params import at_least, check_values, one_of, optional, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
 from ferdata.report import StageReport, write_drops
@@ -44,19 +44,31 @@ class DetectParams:
     backend: str
     select: str
     det_size: int
-    score_threshold: float
+    score_threshold: float | None    # None: the backend's own (embedded 0.9, insightface SCRFD 0.5)
     model_dir: str | None
     cache_dir: str
     workers: int
     allow_download: bool = False   # let insightface / face_alignment fetch missing weights
+    options: Mapping[str, Any] = field(default_factory=dict)   # backend-specific, e.g. {pack: antelopev2}
 
     def __post_init__(self) -> None:
         check_values("detect", self, {"select": one_of(SELECTIONS), "det_size": at_least(32),
-                                      "score_threshold": within(0, 1), "workers": at_least(1)})
+                                      "score_threshold": optional(within(0, 1)), "workers": at_least(1)})
+        if not isinstance(self.options, Mapping):
+            raise ValueError(f"detect.options must be a mapping (e.g. {{pack: antelopev2}}), got {self.options!r}")
+        twice = sorted({"det_size", "score_threshold"} & set(self.options))
+        if twice:
+            raise ValueError(f"detect.options sets {', '.join(twice)}: set detect.{twice[0]} instead")
+
+    def backend_options(self) -> dict[str, Any]:
+        """What the backend is built with: det_size and score_threshold (unless null) where it
+        reads them (``annotations`` does not), and ``options``, which it must read every one of."""
+        reads = BACKENDS.get(self.backend).option_names()
+        given = {"det_size": self.det_size, "score_threshold": self.score_threshold}
+        return {**{k: v for k, v in given.items() if v is not None and k in reads}, **self.options}
 
     def create_backend(self) -> FaceBackend:
-        return create_backend(self.backend, {"det_size": self.det_size, "score_threshold": self.score_threshold},
-                              self.model_dir, self.allow_download)
+        return create_backend(self.backend, self.backend_options(), self.model_dir, self.allow_download)
 
 
 @dataclass(frozen=True)

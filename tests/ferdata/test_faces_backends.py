@@ -115,13 +115,37 @@ def test_contract(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cls = BACKENDS.get(name)
     assert cls.name == name and isinstance(cls.is_available(tmp_path), bool)
-    backend = create_backend(name, {"det_size": 320}, tmp_path)
+    backend = create_backend(name, {"det_size": 320} if "det_size" in cls.option_names() else {}, tmp_path)
     if backend.is_available(tmp_path) or name in ("annotations", "precropped", "auto"):
         sig = backend.signature()
         assert isinstance(sig, str) and sig
     else:
         with pytest.raises(MissingModelError):
             backend.signature()           # fails fast, before any data is read
+
+
+def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
+    """params.yaml's detect.options (e.g. an insightface pack) build the backend; a key no backend
+    reads is refused with the backend's options named; score_threshold null is the backend's own;
+    threads never changes a signature (nor the cache key)."""
+    from ferdata.params import load_params
+    from ferdata.stages.detect import DetectParams
+
+    base = {**load_params(Path(__file__).resolve().parents[2] / "params.yaml")["detect"],
+            "cache_dir": str(tmp_path), "model_dir": str(tmp_path)}
+    insight = DetectParams(**{**base, "backend": "insightface", "options": {"pack": "antelopev2", "landmarks": "106"}})
+    b = insight.create_backend()
+    assert (b.options["pack"], b.options["landmarks"], b.options["score_threshold"]) == ("antelopev2", "106", 0.5)
+    assert DetectParams(**{**base, "score_threshold": 0.7}).create_backend().options["score_threshold"] == 0.7
+    with pytest.raises(ValueError, match="'embedded' takes no option 'pak'; its options: det_size, nms"):
+        DetectParams(**{**base, "backend": "embedded", "options": {"pak": "antelopev2"}}).create_backend()
+    with pytest.raises(ValueError, match="set detect.det_size instead"):
+        DetectParams(**{**base, "options": {"det_size": 320}})
+    auto = DetectParams(**{**base, "backend": "auto", "options": {"pack": "antelopev2", "threads": 2}}).create_backend()
+    assert "pack" not in auto.delegate.options or auto.delegate.name == "insightface"   # each keeps what it reads
+    plain = create_backend("embedded")
+    assert create_backend("embedded", {"threads": 4}).signature() == plain.signature()
+    assert create_backend("annotations").signature() == "annotations:v1:"
 
 
 # ---- 106 -> 68 mapping ---------------------------------------------------------------------

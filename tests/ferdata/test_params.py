@@ -34,7 +34,7 @@ def test_params_yaml_as_shipped_passes():
 
 
 @pytest.mark.parametrize("name, changes, message", [
-    ("detect", {"score_threshold": 1.5}, "detect.score_threshold must be in [0, 1], got 1.5"),
+    ("detect", {"score_threshold": 1.5}, "detect.score_threshold must be null or in [0, 1], got 1.5"),
     ("detect", {"select": "biggest"}, "detect.select must be one of largest, central, got 'biggest'"),
     ("align", {"size": 100}, "align.size must be a multiple of 112 or 128"),
     ("align", {"jpeg_quality": 0, "workers": 0},
