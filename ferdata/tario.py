@@ -17,6 +17,7 @@ import io
 import os
 import re
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Collection, Iterable, Iterator, Mapping
@@ -59,6 +60,23 @@ def member_header(name: str, size: int) -> bytes:
 
 class UnsafeTarError(ValueError):
     """A tar member (or payload) that a shard must never contain."""
+
+
+class BadTarError(ValueError):
+    """A shard or chunk that is not a readable tar (cut short, overwritten, not a tar at all)."""
+
+    def __init__(self, where: str, err: Exception) -> None:
+        super().__init__(f"{where}: not a readable tar ({err}); check it with `ferdata verify`, then re-run the "
+                         "stage that wrote it (or `dvc pull` / `dvc checkout` it)")
+
+
+@contextmanager
+def readable_tar(where: str | Path | BinaryIO) -> Iterator[None]:
+    """Turn ``tarfile``'s errors while reading ``where`` into :class:`BadTarError`, which names it."""
+    try:
+        yield
+    except tarfile.TarError as e:
+        raise BadTarError(str(where), e) from e
 
 
 def listed_shard(split_dir: str | Path, name: str) -> Path:
@@ -185,19 +203,21 @@ def iter_tar_samples(source: str | Path | BinaryIO, where: str = "",
     a sample's dict holds just those extensions (a loader that needs two of six members skips
     copying the rest); every member is still checked and every sample still yielded."""
     where = where or str(source)
-    table = read_table(source) if isinstance(source, (str, os.PathLike)) else None
+    with readable_tar(where):
+        table = read_table(source) if isinstance(source, (str, os.PathLike)) else None
     members = _table_members(table, where, only) if table is not None else _checked_members(source, where)
     key, fields = None, {}
-    for k, ext, data, name in members:
-        if k != key:
-            if key is not None:
-                yield key, fields
-            key, fields = k, {}
-        if data is None or (only is not None and ext not in only):
-            continue
-        if ext in fields:
-            raise UnsafeTarError(f"{where}: duplicate member {name!r}")
-        fields[ext] = data
+    with readable_tar(where):
+        for k, ext, data, name in members:
+            if k != key:
+                if key is not None:
+                    yield key, fields
+                key, fields = k, {}
+            if data is None or (only is not None and ext not in only):
+                continue
+            if ext in fields:
+                raise UnsafeTarError(f"{where}: duplicate member {name!r}")
+            fields[ext] = data
     if key is not None:
         yield key, fields
 
@@ -271,11 +291,12 @@ def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Indexed]]:
     index: dict[str, dict[str, Indexed]] = {}
     for path in paths:
         where = str(path)                                   # one string shared by all its members
-        for m, _ in iter_members(path, read_data=False):
-            check_member(m, where)
-            key, ext = split_member(m.name)
-            sample = index.setdefault(key, {})
-            if ext in sample:
-                raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
-            sample[ext] = (where, m.offset_data, m.size)
+        with readable_tar(where):
+            for m, _ in iter_members(path, read_data=False):
+                check_member(m, where)
+                key, ext = split_member(m.name)
+                sample = index.setdefault(key, {})
+                if ext in sample:
+                    raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
+                sample[ext] = (where, m.offset_data, m.size)
     return index

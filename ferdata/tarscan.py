@@ -131,6 +131,8 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]
     ``tarfile`` spends ~60 us per member on general header handling. Members get the same
     name, size and ``offset_data`` tarfile would give; any other header raises :class:`_Unusual`."""
     pos, longname = f.tell(), None
+    end = None if read_data else f.seek(0, os.SEEK_END)     # members are skipped: check they fit
+    f.seek(pos)
     while True:
         buf = f.read(BLOCK)
         if len(buf) < BLOCK or buf == _ZERO:
@@ -154,6 +156,8 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]
             f.seek(pad, os.SEEK_CUR)
         else:
             data = None
+            if info.offset_data + size > end:
+                raise tarfile.ReadError("unexpected end of data")
             f.seek(info.offset_data + size + pad)
         pos = info.offset_data + size + pad
         yield info, data

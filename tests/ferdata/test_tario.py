@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pytest
 
-from ferdata.tario import (TarShardWriter, UnsafeTarError, iter_dir_samples, iter_tar_samples, member_header,
+from ferdata.tario import (BadTarError, TarShardWriter, UnsafeTarError, iter_dir_samples, iter_tar_samples, member_header,
                            split_member)
 from ferdata import tarscan
 from ferdata.tarscan import iter_members
@@ -162,6 +162,21 @@ def test_truncated_and_corrupt_archives_raise(tmp_path, as_path):
     later[1536 + 10] ^= 0xFF                                   # the second header (after 512 + 1,024)
     with pytest.raises(tarfile.ReadError):
         list(iter_members(source(bytes(later))))
+
+
+def test_a_shard_that_is_no_tar_is_a_user_error_naming_it(tmp_path):
+    """Readers of shards and chunks (show, train, evaluate, align ...) say which file is damaged,
+    as a ValueError (one error line on the command line), not tarfile's bare ReadError."""
+    from ferdata.tario import index_tars
+
+    data = archive(tarfile.GNU_FORMAT, MEMBERS[:2])
+    (tmp_path / "cut.tar").write_bytes(data[:600])
+    (tmp_path / "text.tar").write_bytes(b"just some text, not a tar archive\n" * 40)
+    for name in ("cut.tar", "text.tar"):
+        with pytest.raises(BadTarError, match=f"{name}: not a readable tar .*`ferdata verify`"):
+            list(iter_tar_samples(tmp_path / name))
+        with pytest.raises(ValueError, match=name):
+            index_tars([tmp_path / name])
 
 
 @pytest.mark.parametrize("as_path", [False, True])
