@@ -14,16 +14,23 @@ from collections import Counter
 from pathlib import Path
 
 from ferdata.layout import INFO
+from ferdata.records import SPLITS
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
     """Problems found (empty when every split matches its info file)."""
     root = Path(shard_dir)
-    infos = sorted(root.glob(f"*/{INFO}")) or sorted(root.glob(INFO))
+    if (root / INFO).is_file():                                  # one split's folder
+        return verify_split(root / INFO)
+    infos = sorted(root.glob(f"*/{INFO}"))
     if not infos:
         return [f"no {INFO} under {shard_dir}: pass the shards folder (with <split>/{INFO})"]
-    problems: list[str] = []
+    # The shard stage writes every split (an empty one too): a missing one was lost on the way.
+    problems = [f"{root / split}: no {INFO} (the shard stage writes one for every split; the copy is "
+                "incomplete)" for split in SPLITS if not (root / split / INFO).is_file()]
+    problems += [f"{d}: shards without {INFO}" for d in sorted(p for p in root.iterdir() if p.is_dir())
+                 if d.name not in SPLITS and not (d / INFO).is_file() and any(d.glob("*.tar"))]
     for info_path in infos:
         problems += verify_split(info_path)
     return problems
@@ -35,7 +42,10 @@ def verify_split(info_path: Path) -> list[str]:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         listed = [(sh["name"], sh["sha256"], int(sh["count"])) for sh in info["shards"]]
         expected_total = int(info["num_samples"])
-    except (ValueError, KeyError, TypeError) as e:
+        for field, kind in (("class_histogram", dict), ("label_map", list), ("subsets", dict)):
+            if not isinstance(info.get(field, kind()), kind):
+                raise TypeError(f"{field} is {type(info[field]).__name__}, not {kind.__name__}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         return [f"{info_path}: unreadable ({type(e).__name__}: {e})"]
     folder = info_path.parent
     problems = [f"{folder / p.name}: shard not listed in {INFO}"

@@ -102,8 +102,25 @@ def _truncated_tar_with_its_hash(shards):
     return f"{shard}: refused: "
 
 
+def _info_lost(shards):
+    """The split's _info.json did not travel: its shards were never checked, not "all match"."""
+    (shards / "train" / INFO).unlink()
+    return f"{shards / 'train'}: no {INFO}"
+
+
+def _split_lost(shards):
+    shutil.rmtree(shards / "train")
+    return f"{shards / 'train'}: no {INFO}"
+
+
+def _histogram_not_a_mapping(shards):
+    _with_info(shards, lambda i: i.update(class_histogram=None))
+    return f"{shards / 'train' / INFO}: unreadable (TypeError: class_histogram is NoneType"
+
+
 @pytest.mark.parametrize("damage", [_flip_a_byte, _delete, _stray, _unreadable, _wrong_count, _wrong_total,
-                                    _wrong_histogram, _truncated_tar_with_its_hash], ids=lambda f: f.__name__[1:])
+                                    _wrong_histogram, _truncated_tar_with_its_hash, _info_lost, _split_lost,
+                                    _histogram_not_a_mapping], ids=lambda f: f.__name__[1:])
 def test_each_disagreement_is_named_and_exits_1(shards, damage):
     expected = damage(shards)
     problems = verify_shards(shards)
@@ -111,6 +128,12 @@ def test_each_disagreement_is_named_and_exits_1(shards, damage):
     assert all(str(shards / "train") in p for p in problems), problems        # val and test are intact
     result = CliRunner().invoke(app, ["verify", str(shards)])
     assert result.exit_code == 1 and expected in result.output
+
+
+def test_one_split_folder_is_checked_alone(shards):
+    assert verify_shards(shards / "val") == []
+    _flip_a_byte(shards)
+    assert verify_shards(shards / "val") == [] and verify_shards(shards / "train")
 
 
 def test_a_folder_without_info_files_says_what_to_pass(tmp_path):
