@@ -20,10 +20,20 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: run from the project folder (the one with params.yaml) "
                                 f"or pass --params PATH")
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def stage_section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
+    """``params[name]`` as dataclass ``cls`` (:func:`section`); a missing section is named."""
+    if not isinstance(params.get(name), Mapping):
+        raise KeyError(f"params.yaml has no {name!r} section (copy it from the project's params.yaml)")
+    return section(cls, params[name], name)
 
 
 def section(cls: type[T], values: Mapping[str, Any], name: str) -> T:

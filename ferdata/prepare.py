@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ferdata.datasets import READERS, DatasetSpec, dataset_spec, read_dataset
 from ferdata.layout import stage_dirs
-from ferdata.params import section
+from ferdata.params import stage_section
 from ferdata.parts import Part
 from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
@@ -41,13 +41,16 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
     """Run every preprocessing stage for dataset ``name``; returns the stage reports (``root``,
     ``options``: as in :func:`resolve_spec`)."""
     spec = resolve_spec(name, params, root, options)
+    # Every stage's settings are checked before the first stage runs: a bad shard value must not
+    # surface after hours of detection.
+    detect, align, derive, shard = (stage_section(params, n, cls) for n, cls in (
+        ("detect", DetectParams), ("align", AlignParams), ("derive", DeriveParams), ("shard", ShardParams)))
     dirs = stage_dirs(data_dir, name)
     reports = {
-        "detect": run_detect(read_dataset(spec), section(DetectParams, params["detect"], "detect"), dirs["detect"]),
-        "align": run_align(dirs["detect"], section(AlignParams, params["align"], "align"), dirs["aligned"]),
-        "derive": run_derive(dirs["aligned"], section(DeriveParams, params["derive"], "derive"), dirs["derived"]),
-        "shard": run_shard(dirs["aligned"], dirs["derived"], section(ShardParams, params["shard"], "shard"),
-                           dirs["shards"]),
+        "detect": run_detect(read_dataset(spec), detect, dirs["detect"]),
+        "align": run_align(dirs["detect"], align, dirs["aligned"]),
+        "derive": run_derive(dirs["aligned"], derive, dirs["derived"]),
+        "shard": run_shard(dirs["aligned"], dirs["derived"], shard, dirs["shards"]),
     }
     return {k: r.to_dict() for k, r in reports.items()}
 
@@ -59,4 +62,4 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
     Records the reader drops are left to the full detect run, which counts them."""
     spec = resolve_spec(name, params, root, options)
     records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
-    return fill_cache(records, section(DetectParams, params["detect"], "detect")).to_dict()
+    return fill_cache(records, stage_section(params, "detect", DetectParams)).to_dict()

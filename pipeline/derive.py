@@ -1,7 +1,7 @@
 """Stage `derive@<dataset>`.  Usage: python -m pipeline.derive ALIGNED_DIR OUT_DIR"""
-from ferdata.params import section
+from ferdata.params import stage_section
 from ferdata.stages.derive import DeriveParams, run_derive
 from pipeline._args import setup
 
 params, (aligned_dir, out) = setup()
-run_derive(aligned_dir, section(DeriveParams, params["derive"], "derive"), out)
+run_derive(aligned_dir, stage_section(params, "derive", DeriveParams), out)

@@ -1,7 +1,7 @@
 """Stage `shard@<dataset>`.  Usage: python -m pipeline.shard ALIGNED_DIR DERIVED_DIR OUT_DIR"""
-from ferdata.params import section
+from ferdata.params import stage_section
 from ferdata.stages.shard import ShardParams, run_shard
 from pipeline._args import setup
 
 params, (aligned_dir, derived_dir, out) = setup()
-run_shard(aligned_dir, derived_dir, section(ShardParams, params["shard"], "shard"), out)
+run_shard(aligned_dir, derived_dir, stage_section(params, "shard", ShardParams), out)

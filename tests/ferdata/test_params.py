@@ -41,6 +41,9 @@ def test_params_yaml_as_shipped_passes():
      "align.jpeg_quality must be in [1, 100], got 0; align.workers must be >= 1, got 0"),
     ("derive", {"heatmap_sigma": 0}, "derive.heatmap_sigma must be > 0, got 0"),
     ("shard", {"maxcount": 0}, "shard.maxcount must be >= 1, got 0"),
+    ("shard", {"folds": 3, "fold": 5}, "shard.fold must be in 0..2 (shard.folds is 3), got 5"),
+    ("shard", {"folds": 2}, "shard.folds must be 0 (off) or >= 3"),
+    ("shard", {"val_fraction": 0.6, "test_fraction": 0.5}, "shard.val_fraction + shard.test_fraction must be below 1"),
 ])
 def test_a_bad_stage_value_is_refused_by_name(name, changes, message):
     with pytest.raises(ValueError) as e:
@@ -67,3 +70,23 @@ def test_a_bad_train_value_is_refused_by_name(changes, message):
     with pytest.raises(ValueError) as e:
         make_params(**changes)
     assert message in str(e.value)
+
+
+def test_prepare_checks_every_stage_before_the_first_runs(tmp_path, monkeypatch):
+    """A bad shard value fails before detection starts (on AffectNet: hours earlier)."""
+    import ferdata.prepare as prep
+
+    monkeypatch.setattr(prep, "run_detect", lambda *a, **k: pytest.fail("detect ran with a bad shard section"))
+    params = {**PARAMS, "shard": {**PARAMS["shard"], "folds": 3, "fold": 3}}
+    with pytest.raises(ValueError, match="shard.fold must be in 0..2"):
+        prep.prepare("sample", params, tmp_path / "data")
+    without = {k: v for k, v in PARAMS.items() if k != "derive"}
+    with pytest.raises(KeyError, match="params.yaml has no 'derive' section"):
+        prep.prepare("sample", without, tmp_path / "data")
+
+
+def test_a_params_file_that_is_not_yaml_is_named(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("detect: [\n  backend: embedded\n")
+    with pytest.raises(ValueError, match=f"{bad} is not valid YAML"):
+        load_params(bad)
