@@ -34,7 +34,7 @@ def make_key(*parts: str) -> str:
             continue
         clean = _KEY_BAD.sub("-", p).strip("-")
         if _KEY_LOSSY.search(p):
-            clean = f"{clean}-{hashlib.sha1(p.encode('utf-8')).hexdigest()[:8]}".lstrip("-")
+            clean = f"{clean}-{hashlib.sha1(p.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}".lstrip("-")
         out.append(clean)
     return "_".join(out)
 

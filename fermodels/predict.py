@@ -321,14 +321,14 @@ def describe(summary: list[dict], most: int = 5) -> str:
 def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1.0) -> None:
     """Save ``image`` with each face's box (in file pixels; ``scale``: the image's size relative
     to the file's, below 1 for a huge JPEG decoded reduced) and top expression."""
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    canvas = np.ascontiguousarray(image).copy()
     for r in rows:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in r["box"])
-        cv2.rectangle(bgr, (x0, y0), (x1, y1), (0, 200, 0), 2)
-        cv2.putText(bgr, f"{r['expression']} {r[r['expression']]:.2f}", (x0, max(12, y0 - 4)),
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), (0, 200, 0), 2)
+        cv2.putText(canvas, f"{r['expression']} {r[r['expression']]:.2f}", (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), bgr)
+    path.write_bytes(encode_jpeg(canvas, 90))      # Python writes any file name (cv2's imwrite needs UTF-8)
 
 
 def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:
@@ -345,7 +345,7 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
         text = buf.getvalue()
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        out.write_text(text, encoding="utf-8", errors="surrogateescape")   # names undecodable as UTF-8 kept
     return text
 
 

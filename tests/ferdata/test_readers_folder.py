@@ -117,3 +117,16 @@ def test_folder_names_alike_after_sanitising_stay_distinct_images(tmp_path):
     assert "happy_img-1-jpg" in records and all(k.startswith("happy_img-1-jpg") for k in records)
     again, _, _ = read_all("folder", tmp_path)
     assert {k: r.path for k, r in again.items()} == {k: r.path for k, r in records.items()}   # stable keys
+
+
+def test_a_file_name_that_is_not_utf8_is_read_not_fatal(tmp_path):
+    """Latin-1 `café.jpg` next to UTF-8 `café.jpg`: both read, distinct keys (the name's hash was
+    taken of its UTF-8 encoding, which a lone surrogate has not: the whole dataset failed)."""
+    import os
+
+    write_image(tmp_path / "happy" / "café.jpg", value=40)
+    os.rename(write_image(tmp_path / "happy" / "x.jpg", value=90),
+              os.path.join(os.fsencode(tmp_path / "happy"), b"caf\xe9.jpg"))
+    records, drops, _ = read_all("folder", tmp_path)
+    assert not drops and len(records) == 2
+    assert {os.fsencode(r.path).rsplit(b"/", 1)[1] for r in records.values()} == {"café.jpg".encode(), b"caf\xe9.jpg"}

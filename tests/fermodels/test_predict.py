@@ -205,6 +205,22 @@ def test_cli_names_what_it_could_not_read_and_keeps_every_annotation(photos, tin
     assert written == ["face.jpg", "face.png.jpg", "sub/face.jpg"]
 
 
+def test_file_names_that_are_not_utf8_are_scored_written_and_annotated(photos, tiny_run, tmp_path, one_thread):
+    """A Latin-1 name (``café.jpg`` as bytes) is read, named in the CSV as its own bytes, and
+    gets its annotated copy (cv2 could not write such a name; the CSV could not encode it)."""
+    import os
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")
+    (inputs / name).write_bytes((photos / "astronaut.jpg").read_bytes())
+    text, _ = fermodels.predict.predict_files([inputs], tiny_run["ckpt"] / "best.pt", out=tmp_path / "out.csv",
+                                              annotate=tmp_path / "ann", backend="embedded", device="cpu")
+    assert b"caf\xe9.jpg" in (tmp_path / "out.csv").read_bytes()
+    assert len(list(csv.DictReader(io.StringIO(text)))) == 1
+    assert os.listdir(os.fsencode(tmp_path / "ann")) == [b"caf\xe9.jpg"]
+
+
 def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
     for rel in ("a/x.jpg", "b/x.jpg", "a/x.png", "a/y.JPEG", "a/deep/clip.mp4"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
