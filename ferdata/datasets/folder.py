@@ -32,13 +32,21 @@ def subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted by relative path for a stable order."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+def visible_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """Files (and links, broken ones too) under ``folder``, hidden ones (``.DS_Store``, ``.git/``)
+    left out, sorted by relative path for a stable order."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if not p.is_dir()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def unread(path: Path) -> tuple[str, str] | None:
+    """Why a visible file is no image to read, as a drop (reason, detail); None for an image."""
+    if path.suffix.lower() not in IMAGE_EXTS:
+        return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
+    if not path.is_file():
+        return "missing_image", f"{path}: a link to nothing"
+    return None
 
 
 def read_class_tree(
@@ -50,21 +58,27 @@ def read_class_tree(
 
     Folder names are resolved once over all splits (so an unknown name anywhere fails
     before any record is produced). Images in a class mapped to ``None`` are dropped
-    with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``.
+    with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``. Every other
+    visible file is a counted drop too: one beside the class folders (``outside_class_folder``),
+    one that is no image file (``not_an_image``: notes, GIFs), a link to nothing (``missing_image``).
     """
     per_split = {split: subdirs(folder) for split, folder in split_dirs.items()}
     names = sorted({d.name for dirs in per_split.values() for d in dirs})
     ids = resolve_names(names, mapping, where=f"{dataset} class folders")
     seen: set[str] = set()
     for split, dirs in per_split.items():
+        for path in visible_files(split_dirs[split], recursive=False):    # beside the class folders
+            yield Dropped(dataset, make_key(split, path.name), "outside_class_folder", str(path))
         for class_dir in dirs:
             cid = ids[class_dir.name]
-            for path in image_files(class_dir):
+            for path in visible_files(class_dir):
                 rel = path.relative_to(class_dir).as_posix()
                 key = make_key(split, class_dir.name, rel)
                 if key in seen:        # names alike after sanitising (img 1.jpg, img-1.jpg): still two images
-                    key = f"{key}-{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}"
-                if cid is None:
+                    key = f"{key}-{hashlib.sha1(rel.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+                if (why := unread(path)) is not None:
+                    yield Dropped(dataset, key, *why)
+                elif cid is None:
                     yield Dropped(dataset, key, "excluded_class", f"{class_dir.name}/{rel}")
                 elif key in seen:
                     yield Dropped(dataset, key, "duplicate_key", f"{path} collides after key sanitising")

@@ -27,7 +27,7 @@ def test_folder_with_splits_and_mapping(tmp_path):
         "test_Contempt_w-jpg": ("test", 7, "Contempt"),
         "test_calm_q-jpg": ("test", 0, "calm"),
     }
-    assert not drops
+    assert drops == {"not_an_image": 1}                     # train/Happiness/notes.txt (.DS_Store: hidden)
     assert all(r.dataset == "folder" and r.path.endswith((".jpg", ".png")) for r in records.values())
 
 
@@ -35,8 +35,9 @@ def test_folder_excluded_class_is_counted(tmp_path):
     make_folder_splits(tmp_path)
     records, drops, items = read_all("folder", tmp_path, {"mapping": {"calm": None}, "dataset": "mine"})
     assert len(records) == 5
-    assert drops == {"excluded_class": 1}
-    assert items[0].key == "test_calm_q-jpg" and items[0].dataset == "mine"
+    assert drops == {"excluded_class": 1, "not_an_image": 1}
+    excluded = next(d for d in items if d.reason == "excluded_class")
+    assert excluded.key == "test_calm_q-jpg" and excluded.dataset == "mine"
 
 
 def test_folder_flat_layout(tmp_path):
@@ -130,3 +131,20 @@ def test_a_file_name_that_is_not_utf8_is_read_not_fatal(tmp_path):
     records, drops, _ = read_all("folder", tmp_path)
     assert not drops and len(records) == 2
     assert {os.fsencode(r.path).rsplit(b"/", 1)[1] for r in records.values()} == {"café.jpg".encode(), b"caf\xe9.jpg"}
+
+
+def test_every_visible_file_is_read_or_counted(tmp_path):
+    """Nothing is skipped silently: an image beside the class folders, a GIF, a text file and a
+    link to nothing are counted drops with their paths; hidden files are not data."""
+    write_image(tmp_path / "train" / "happy" / "a.jpg")
+    write_image(tmp_path / "train" / "stray.jpg")
+    (tmp_path / "train" / "happy" / "e.gif").write_bytes(b"GIF89a" + bytes(40))
+    (tmp_path / "train" / "sad").mkdir()
+    (tmp_path / "train" / "sad" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "train" / "sad" / ".thumbs.db").write_bytes(b"x")
+    records, drops, items = read_all("folder", tmp_path)
+    assert list(records) == ["train_happy_a-jpg"]
+    assert drops == {"outside_class_folder": 1, "not_an_image": 1, "missing_image": 1}
+    details = {d.reason: d.detail for d in items}
+    assert details["outside_class_folder"].endswith("train/stray.jpg")
+    assert "e.gif: not one of" in details["not_an_image"] and "gone.jpg" in details["missing_image"]
