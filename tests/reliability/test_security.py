@@ -89,7 +89,7 @@ def test_malicious_member_is_refused_by_every_reader(case, tmp_path):
     shutil.copy(tar, split / "train-000000.tar")
     (split / "_info.json").write_text(json.dumps({"num_samples": 1, "shards": [
         {"name": "train-000000.tar", "count": 1, "sha256": sha256_file(split / "train-000000.tar")}]}))
-    problems = verify_shards(tmp_path / "shards")
+    problems = verify_shards(split)                      # the one split written here
     assert len(problems) == 1 and "refused" in problems[0]
     assert not (tmp_path / "outside.jpg").exists() and not (tmp_path.parent / "outside.jpg").exists()
 
