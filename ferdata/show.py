@@ -59,11 +59,21 @@ def _tars(path: Path) -> list[Path]:
     return chosen
 
 
-def _samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Round-robin over the tar files, so a sheet mixes splits and shards."""
-    iters = [iter_tar_samples(p) for p in _tars(path)]
+def _samples(path: Path) -> Iterator[tuple[Path, str, dict[str, bytes]]]:
+    """(tar, key, fields), round-robin over the tar files, so a sheet mixes splits and shards."""
+    iters = [((tar, k, f) for k, f in iter_tar_samples(tar)) for tar in _tars(path)]
     for group in itertools.zip_longest(*iters):
         yield from (s for s in group if s is not None)
+
+
+def _sheet_sample(tar: Path, key: str, fields: dict[str, bytes]) -> SheetSample:
+    """:func:`to_sheet_sample`, a sample it cannot draw named with its tar (a missing or undecodable
+    member, a label or json of another shape)."""
+    try:
+        return to_sheet_sample(key, fields)
+    except (KeyError, ValueError, TypeError, AttributeError, cv2.error) as e:
+        raise ValueError(f"{tar}: sample {key!r} cannot be shown ({type(e).__name__}: {e}); "
+                         f"`ferdata verify` the shards, or re-run the stage that wrote them") from e
 
 
 def to_sheet_sample(key: str, fields: dict[str, bytes]) -> SheetSample:
@@ -135,17 +145,25 @@ def contact_sheet(samples: list[SheetSample], columns: int = COLUMNS) -> np.ndar
     return sheet
 
 
+SHEET_FORMATS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+
+
 def show(path: Path, out: Path, n: int = 32) -> Path:
     """Write a contact sheet of the first ``n`` samples under ``path`` to ``out`` (PNG)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    samples = [to_sheet_sample(k, f) for k, f in itertools.islice(_samples(Path(path)), n)]
+    out = Path(out)
+    if out.suffix.lower() not in SHEET_FORMATS:
+        raise ValueError(f"--out {out}: a contact sheet is an image; end the name in "
+                         f"{' or '.join(sorted(SHEET_FORMATS))}")
+    samples = [_sheet_sample(*s) for s in itertools.islice(_samples(Path(path)), n)]
     if not samples:
         raise ValueError(f"{path}: the tar files hold no samples")
-    out = Path(out)
+    ok, data = cv2.imencode(out.suffix.lower(), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"could not encode the sheet as {out.suffix}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {out} (is the extension an image format, e.g. .png?)")
+    out.write_bytes(data.tobytes())
     return out
 
 

@@ -60,7 +60,7 @@ def test_sample_fields_and_labels(tmp_path, aligned):
     write_shards(tmp_path / "shards", aligned)
     from ferdata.show import _samples
 
-    samples = [to_sheet_sample(k, f) for k, f in _samples(tmp_path / "shards")]
+    samples = [to_sheet_sample(k, f) for _, k, f in _samples(tmp_path / "shards")]
     assert len(samples) == len(aligned) == 8
     assert [s.key for s in samples[:2]] == ["test_0", "train_0"]           # splits interleaved
     s = samples[1]
@@ -72,7 +72,7 @@ def test_sheet_from_aligned_chunks_renders_derived_fields(tmp_path, aligned):
     write_shards(tmp_path / "aligned", aligned, derived=False)
     from ferdata.show import _samples
 
-    s = to_sheet_sample(*next(_samples(tmp_path / "aligned")))
+    s = to_sheet_sample(*next(_samples(tmp_path / "aligned"))[1:])
     img, lmk = aligned[3]
     np.testing.assert_array_equal(s.heatmap, summed_heatmap_u8(lmk, 28, 1.0, 4.0))
     assert s.left.shape == (112, 56, 3) and s.label.startswith("Neutral | embedded")
@@ -88,6 +88,22 @@ def test_errors(tmp_path):
         show(tmp_path / "nope", tmp_path / "x.png", 4)
     with pytest.raises(ValueError, match="at least one"):
         contact_sheet([])
+
+
+def test_a_sample_it_cannot_draw_is_named_with_its_tar(tmp_path, aligned):
+    """A sheet name that is no image fails before any work; a sample without a face image, with an
+    unreadable label or a json that is not an object is a ValueError naming the tar and key."""
+    with pytest.raises(ValueError, match=r"sheet.txt: a contact sheet is an image; end the name in \.bmp"):
+        show(tmp_path, tmp_path / "sheet.txt", 4)
+    img, lmk = aligned[0]
+    cases = {"nojpg": {"lmk.npy": npy_bytes(lmk)}, "badcls": {"jpg": encode_jpeg(img, 95), "cls": b"abc"},
+             "listjson": {"jpg": encode_jpeg(img, 95), "json": b"[1, 2]"},
+             "badjpg": {"jpg": b"\xff\xd8 not a jpeg"}}
+    for name, fields in cases.items():
+        with TarShardWriter(tmp_path / name, "test", 10) as w:
+            w.write("k0", fields)
+        with pytest.raises(ValueError, match=rf"{name}/test-000000.tar: sample 'k0' cannot be shown"):
+            show(tmp_path / name, tmp_path / "s.png", 4)
 
 
 def test_command_in_process(tmp_path, aligned):
