@@ -5,12 +5,14 @@ only ones detected. The cache lives outside DVC outputs (DVC deletes outputs bef
 re-running a stage), under ``detect.cache_dir``. Writes are committed every
 ``COMMIT_EVERY`` puts, so a killed run keeps (and a re-run skips) most finished work.
 Caches filled on several machines (each detecting a part of a dataset) merge into one with
-:meth:`DetectionCache.merge`.
+:meth:`DetectionCache.merge`. An entry that does not parse (a damaged file) is a miss: the image
+is detected again and the entry replaced; merging skips such entries and counts them.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,8 +23,10 @@ import numpy as np
 
 from ferdata.faces.base import Face
 
+log = logging.getLogger(__name__)
 COMMIT_EVERY = 256
 FILE = "detections.sqlite"
+BAD_ENTRY = (ValueError, KeyError, TypeError, IndexError)    # what parsing a damaged entry raises
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class MergeCounts:
     added: int = 0
     present: int = 0        # the same detection was here already
     differing: int = 0      # another detection of the same image and settings was here: kept that one
+    corrupt: int = 0        # entries that do not parse: not added
 
 
 class DetectionCache:
@@ -101,7 +106,14 @@ class DetectionCache:
     def get(self, sha: str, sig: str) -> Detection | None:
         """The cached detection, or ``None`` on a miss (a miss is not an error)."""
         row = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
-        return Detection.from_json(row[0]) if row else None
+        if row is None:
+            return None
+        try:
+            return Detection.from_json(row[0])
+        except BAD_ENTRY as e:
+            log.warning("%s: damaged entry for image %s (%s: %s); detecting it again", self.path, sha[:12],
+                        type(e).__name__, e)
+            return None
 
     def put(self, sha: str, sig: str, det: Detection) -> None:
         self.db.execute("INSERT OR REPLACE INTO det VALUES (?, ?, ?)", (sha, sig, det.to_json()))
@@ -129,6 +141,11 @@ class DetectionCache:
                 raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
             counts = MergeCounts()
             for sha, sig, value in rows:
+                try:
+                    Detection.from_json(value)
+                except BAD_ENTRY:
+                    counts.corrupt += 1
+                    continue
                 have = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
                 if have is None:
                     self.db.execute("INSERT INTO det VALUES (?, ?, ?)", (sha, sig, value))

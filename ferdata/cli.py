@@ -100,7 +100,8 @@ def cache_merge(
         for source in sources:
             c = cache.merge(source)
             typer.echo(f"{source}: {c.added} added, {c.present} already here"
-                       + (f", {c.differing} differing from the entry here (kept it)" if c.differing else ""))
+                       + (f", {c.differing} differing from the entry here (kept it)" if c.differing else "")
+                       + (f", {c.corrupt} damaged (skipped: detected again when needed)" if c.corrupt else ""))
         typer.echo(f"{cache.path}: {len(cache)} detections")
         for sig, n in cache.signatures().items():
             typer.echo(f"  {n:9d}  {sig}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import cv2
@@ -188,6 +189,26 @@ def test_merge_keeps_what_is_here_and_refuses_what_is_not_a_cache(tmp_path):
         with pytest.raises(ValueError, match="not a ferdata detection cache"):
             b.merge(tmp_path / "x.sqlite")
         assert len(b) == 3                                                  # nothing half-merged
+
+
+def test_a_damaged_entry_is_a_miss_detected_again_and_never_merged(tmp_path, images, caplog):
+    """A cache entry that does not parse (a damaged copy) costs one detection, not the run; merging
+    skips it and counts it."""
+    run_detect(records(images[:3]), params(tmp_path), tmp_path / "cold")
+    cache_file = tmp_path / "cache" / "detections.sqlite"
+    db = sqlite3.connect(cache_file)
+    db.execute("UPDATE det SET value='garbage' WHERE rowid IN (SELECT rowid FROM det LIMIT 1)")
+    db.commit()
+    db.close()
+    with DetectionCache(tmp_path / "merged") as m:
+        assert m.merge(cache_file).corrupt == 1 and len(m) == 2
+    with caplog.at_level("WARNING", logger="ferdata.cache"):
+        again = run_detect(records(images[:3]), params(tmp_path), tmp_path / "warm")
+    assert notes(again)["detections_run"] == 1 and notes(again)["cache_hits"] == 2
+    assert "damaged entry" in caplog.text
+    assert (tmp_path / "cold" / FACES).read_bytes() == (tmp_path / "warm" / FACES).read_bytes()
+    with DetectionCache(tmp_path / "merged") as m:                      # the re-detection replaced it
+        assert m.merge(cache_file).corrupt == 0
 
 
 def test_fill_cache_refuses_a_backend_that_caches_nothing(tmp_path, images):
