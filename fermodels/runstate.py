@@ -28,6 +28,7 @@ from fermodels.registry import create_model, model_kwargs
 
 log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
+CHECKPOINT_KEYS = ("model", "model_kwargs", "num_classes", "classes", "state_dict")   # what loading needs
 LAST, BEST = "last.pt", "best.pt"
 # The align/derive settings that made the shards: checkpoints carry them, so inference rebuilds
 # the training sample from a photo (fermodels.predict) and exports can describe it.
@@ -76,6 +77,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
 
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder; give the .pt file in it (e.g. {path / BEST})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train first (`dvc repro train`)")
     try:
@@ -86,6 +89,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); retrain with this version")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is a damaged {FORMAT} checkpoint: it lacks {', '.join(missing)}")
     return state
 
 
@@ -100,7 +106,13 @@ def model_from_checkpoint(state: dict) -> nn.Module:
     kwargs = {**{k: v for (m, k), v in FORMER_DEFAULTS.items() if m == state["model"]}, **state["model_kwargs"]}
     kwargs = {k: FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v for k, v in kwargs.items()}
     model = create_model(state["model"], num_classes=state["num_classes"], **kwargs)
-    model.load_state_dict(state["state_dict"], strict=True)
+    try:
+        model.load_state_dict(state["state_dict"], strict=True)
+    except RuntimeError as e:                    # missing, unexpected or mis-shaped tensors
+        detail = " ".join(str(e).split())
+        raise ValueError(f"the checkpoint's weights do not fit model {state['model']!r} "
+                         f"({detail[:300]}{' ...' if len(detail) > 300 else ''}): the checkpoint is damaged "
+                         "or was edited") from e
     return model.eval()
 
 

@@ -93,6 +93,22 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, tiny_run):
             load(tmp_path / bad)
 
 
+def test_a_folder_or_a_damaged_checkpoint_is_one_clear_error(tmp_path, tiny_run):
+    """A folder given as the checkpoint, one that lacks its weights, one whose weights were edited."""
+    from fermodels.runstate import load_checkpoint as load, model_from_checkpoint
+
+    with pytest.raises(IsADirectoryError, match="is a folder; give the .pt file in it"):
+        load(tiny_run["ckpt"])
+    state = load(tiny_run["ckpt"] / "best.pt")
+    torch.save({k: v for k, v in state.items() if k != "state_dict"}, tmp_path / "nodict.pt")
+    with pytest.raises(ValueError, match="damaged .* it lacks state_dict"):
+        load(tmp_path / "nodict.pt")
+    first = next(iter(state["state_dict"]))
+    edited = {**state, "state_dict": {k: v for k, v in state["state_dict"].items() if k != first}}
+    with pytest.raises(ValueError, match="weights do not fit model 'convcut' .*Missing key"):
+        model_from_checkpoint(edited)
+
+
 def test_unknown_format_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="onnx"):
         export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["tflite"])
