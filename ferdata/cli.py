@@ -75,7 +75,8 @@ def detect(
         raise typer.BadParameter(str(err), param_hint="--option") from None
     r = detect_part(dataset, load_params(params), which, root, options)
     n = r["notes"]
-    typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped {r['dropped'] or ''}; "
+    dropped = f" {r['dropped']}" if r["dropped"] else ""
+    typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped{dropped}; "
                f"{n['detections_run']} detected, {n['cache_hits']} were cached")
     typer.echo(f"cache {n['cache']} (backend {n['backend']})")
 

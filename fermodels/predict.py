@@ -356,6 +356,8 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
     the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
     per image/frame (face counts). The library side of ``ferdata predict``."""
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir, flip_tta=flip_tta)
     inputs = list(inputs)
     paths = expand_inputs(inputs)

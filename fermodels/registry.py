@@ -62,7 +62,10 @@ def register_model(name: str) -> Callable:
 def create_model(name: str, num_classes: int = 7, **kwargs) -> nn.Module:
     """Build a registered model; the result carries ``.card``."""
     _import_model_modules()
-    model = MODELS.get(name)(num_classes=num_classes, **kwargs)
+    factory = MODELS.get(name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    model = factory(num_classes=num_classes, **kwargs)
     if not isinstance(getattr(model, "card", None), ModelCard):
         raise TypeError(f"model {name!r} has no ModelCard in .card")
     return model

@@ -50,6 +50,12 @@ def test_registry_has_every_model() -> None:
     assert EXPECTED <= set(ALL)
 
 
+def test_a_class_count_below_two_is_refused_by_name() -> None:
+    for bad in (-3, 0, 1, 2.5, True):
+        with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+            create_model("resnet18_112", num_classes=bad)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_card_describes_model(name: str) -> None:
     card = build(name).card

@@ -280,3 +280,8 @@ def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
     (tmp_path / "garbage.mp4").write_bytes(b"not a video at all")
     assert [(f, im, p) for f, im, p in iter_frames(empty, 1)] == [(0, None, "no_video_frames")]
     assert [(f, im, p) for f, im, p in iter_frames(tmp_path / "garbage.mp4", 1)] == [(0, None, "unreadable_video")]
+
+
+def test_an_output_that_is_neither_csv_nor_json_is_refused_first(tmp_path):
+    with pytest.raises(ValueError, match=r"out.xlsx: predictions are written as .csv or .json"):
+        fermodels.predict.predict_files([tmp_path], tmp_path / "no.pt", out=tmp_path / "out.xlsx")
