@@ -79,18 +79,26 @@ class DatasetReader:
         subsets = (load_subsets(self.options["subsets"], self.root, self.subset_pattern, self.name)
                    if self.options["subsets"] else {})
         tagged: set[str] = set()
-        for item in self.scan():
-            if isinstance(item, FaceRecord) and item.label in self.excluded:
-                yield Dropped(item.dataset, item.key, "excluded_class",
-                              f"{CLASSES[item.label]} (options.exclude_classes)")
-                continue
-            if subsets and isinstance(item, FaceRecord):
-                image_id = self.subset_id(item)
-                tags = membership(image_id, subsets)
-                if tags:
-                    tagged.add(image_id)
-                    item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
-            yield item
+        items = 0
+        try:
+            for item in self.scan():
+                items += 1
+                if isinstance(item, FaceRecord) and item.label in self.excluded:
+                    yield Dropped(item.dataset, item.key, "excluded_class",
+                                  f"{CLASSES[item.label]} (options.exclude_classes)")
+                    continue
+                if subsets and isinstance(item, FaceRecord):
+                    image_id = self.subset_id(item)
+                    tags = membership(image_id, subsets)
+                    if tags:
+                        tagged.add(image_id)
+                        item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
+                yield item
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "
+                             "save it as UTF-8 (the publishers' files are)") from None
+        if not items:                # an empty label file or class folders: nothing to prepare
+            raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects})")
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "

@@ -110,3 +110,22 @@ def test_subsets_only_where_lists_can_name_the_images(tmp_path, name):
         build(tmp_path)
         with pytest.raises(ValueError, match="must map subset names to list files"):
             list(open_reader(name, tmp_path, {**options, "subsets": ["occlusion.txt"]}).read())
+
+
+def test_a_dataset_with_nothing_in_it_or_text_not_utf8_is_refused(tmp_path):
+    """A header-only CSV or empty class folders prepared 0 samples and exited 0; a Latin-1 label
+    file failed with a bare codec error naming no file."""
+    from tests.ferdata.fixtures_datasets import make_fer2013, read_all
+
+    empty = tmp_path / "empty"
+    (empty / "happy").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"folder: no samples found under {empty}"):
+        read_all("folder", empty)
+    csv_path = make_fer2013(tmp_path / "fer") / "fer2013.csv"
+    header = csv_path.read_text().splitlines()[0]
+    csv_path.write_text(header + "\n")
+    with pytest.raises(ValueError, match="fer2013: no samples found"):
+        read_all("fer2013", tmp_path / "fer")
+    csv_path.write_bytes(header.encode() + "\n0,1 2 3,Training # caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"fer2013: a text file under {tmp_path / 'fer'} is not UTF-8"):
+        read_all("fer2013", tmp_path / "fer")
