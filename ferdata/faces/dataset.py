@@ -34,9 +34,10 @@ class AnnotationsBackend(FaceBackend):
 class PrecroppedBackend(FaceBackend):
     """The whole image is an aligned face crop (CK+48, RAF-DB aligned, FER2013 48x48).
 
-    The 5 keypoints are the ArcFace template scaled to the image, so alignment
-    reduces to a resize (align continues the image's edge for it: ``ferdata.stages.align.crop_border``); no 68
-    landmarks exist unless the dataset gives them.
+    The 5 keypoints are the 112 ArcFace template scaled to the image; align warps such a face
+    as a resize of the whole image at any crop size, edges continued
+    (``ferdata.stages.align.crop_face``, ``crop_border``); no 68 landmarks exist unless the
+    dataset gives them.
     """
 
     name = "precropped"

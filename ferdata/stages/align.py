@@ -27,13 +27,13 @@ import numpy as np
 
 from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
-from ferdata.geometry import Aligned, align_face, crop_reduction, reduced_frame, transform_points
+from ferdata.geometry import Aligned, align_face, crop_reduction, reduced_frame, template, transform_points
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, read_faces
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, within
 from ferdata.progress import progress
-from ferdata.records import Dropped, load_image_bytes, record_from_dict
+from ferdata.records import Dropped, load_image_bytes, record_from_dict, scaled_points
 from ferdata.report import StageReport, write_drops
 from ferdata.tario import TarShardWriter
 
@@ -128,6 +128,12 @@ def crop_face(face: dict, backend: str, size: int, padding: float,
     :class:`BadGeometry` (and ``decoded_at``'s :class:`BadImage`) for a face the stage drops."""
     decoded = decoded_at(crop_reduction(np.asarray(face["kps5"], np.float64), size, padding))
     kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
+    if backend in WHOLE_IMAGE_BACKENDS:
+        # The image is the crop: its keypoints are this crop size's template, pixel centres
+        # matched, so the warp is a resize at any size (the 112 template the backend stored
+        # shifted a 224 crop by half a pixel and shrank a 128 one to 112 inside a smeared border).
+        h, w = decoded.rgb.shape[:2]
+        kps5 = scaled_points(template(size), np.array([w / size, h / size])).astype(np.float32)
     return align_face(decoded.rgb, kps5, size, padding, lmk68, crop_border(backend)), decoded
 
 

@@ -353,24 +353,27 @@ def test_annotations_backend(embedded, photos):
     assert not b.cacheable
 
 
-@pytest.mark.parametrize("side", [48, 100])                 # FER2013 / CK+48, RAF-DB aligned
-def test_precropped_is_a_resize_edges_included(photos, side):
-    """A pre-cropped face becomes the crop as a resize makes it: pixel centres matched, and the
-    last rows and columns continue the image (they faded to black on one side only, a cue that
-    a flip moves)."""
+@pytest.mark.parametrize("side,size", [(48, 112), (100, 112), (48, 224), (100, 128)])   # FER2013, RAF aligned
+def test_precropped_is_a_resize_edges_included(photos, side, size):
+    """A pre-cropped face becomes the crop as a resize makes it, at every align size: pixel centres
+    matched (x' = (x + 0.5) * size / side - 0.5), and the last rows and columns continue the image
+    (they faded to black on one side only, a cue that a flip moves)."""
     import cv2
 
-    from ferdata.stages.align import crop_border
+    from ferdata.cache import face_to_dict
+    from ferdata.io import Decoded
+    from ferdata.stages.align import crop_border, crop_face
 
     crop = cv2.resize(photos["astronaut"][50:250, 130:330], (side, side), interpolation=cv2.INTER_AREA)
     (f,) = create_backend("precropped").detect(crop, _record())
-    al = align_face(crop, f.kps5, 112, border=crop_border("precropped"))
-    np.testing.assert_allclose(al.matrix[:, :2], np.eye(2) * 112 / side, atol=1e-4)
-    resized = cv2.resize(crop, (112, 112), interpolation=cv2.INTER_LINEAR).astype(int)
+    al, _ = crop_face(face_to_dict(f), "precropped", size, 0.0, lambda r: Decoded(crop, 1.0, ()))
+    k = size / side
+    np.testing.assert_allclose(al.matrix, [[k, 0, 0.5 * k - 0.5], [0, k, 0.5 * k - 0.5]], atol=1e-4)
+    resized = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR).astype(int)
     assert np.abs(al.image.astype(int) - resized).max() <= 2
     flat = np.full((side, side, 3), 200, np.uint8)
     (g,) = create_backend("precropped").detect(flat, _record())
-    edges = align_face(flat, g.kps5, 112, border=crop_border("precropped")).image
+    edges = crop_face(face_to_dict(g), "precropped", size, 0.0, lambda r: Decoded(flat, 1.0, ()))[0].image
     assert edges.min() >= 199, (edges[-1, :, 0].min(), edges[:, -1, 0].min())
     assert crop_border("embedded") == "black"
 
