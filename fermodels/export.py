@@ -106,7 +106,8 @@ def alignment(preprocess: dict, card) -> dict:
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints to the template; "
                 "warpAffine to crop_size x crop_size, bilinear, black border (the edge replicated "
-                "for datasets read pre-cropped: the template then maps pixel centres, (t + 0.5) * side / crop_size - 0.5, i.e. a resize). "
+                "for datasets read pre-cropped: the template then maps pixel centres, "
+                "(t + 0.5) * side / crop_size - 0.5, i.e. a resize). "
                 "A face with more than twice the crop's resolution is warped from the image first shrunk by the "
                 "largest r in 2, 4, 8 that keeps it at least crop_size (r x r block means, as libjpeg's reduced "
                 "JPEG decode; points map as (p + 0.5) / r - 0.5), not from the full image, which one warp aliases",

@@ -3,8 +3,8 @@
 Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.json``
 (sample count per shard, sha256 per shard, class histogram, label map, params hash, the
 keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists, how
-many samples each face backend made, and, when samples carry label distributions that training uses, e.g. FERPlus's crossentropy mode,
-how many per mode).
+many samples each face backend made, and, when samples carry label distributions that
+training uses, e.g. FERPlus's crossentropy mode, how many per mode).
 Byte-reproducible: the order is a seeded hash permutation and tar metadata is fixed.
 Samples are read by offset from the chunk tars, so memory holds an index, not pixels.
 The output folder is built beside ``out_dir`` and swapped in whole, so shards and
@@ -51,7 +51,8 @@ class ShardParams:
             raise ValueError(f"shard.folds must be 0 (off) or >= 3 (one test, one val, the rest train), "
                              f"got {self.folds}")
         if self.folds and self.fold >= self.folds:
-            raise ValueError(f"shard.fold must be in 0..{self.folds - 1} (shard.folds is {self.folds}), got {self.fold}")
+            raise ValueError(f"shard.fold must be in 0..{self.folds - 1} (shard.folds is {self.folds}), "
+                             f"got {self.fold}")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"shard.val_fraction + shard.test_fraction must be below 1, got "
                              f"{self.val_fraction} + {self.test_fraction}")

@@ -10,8 +10,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import pytest
 
-from ferdata.tario import (BadTarError, TarShardWriter, UnsafeTarError, iter_dir_samples, iter_tar_samples, member_header,
-                           split_member)
+from ferdata.tario import (BadTarError, TarShardWriter, UnsafeTarError, iter_dir_samples, iter_tar_samples,
+                           member_header, split_member)
 from ferdata import tarscan
 from ferdata.tarscan import iter_members
 
