@@ -6,7 +6,8 @@ re-running a stage), under ``detect.cache_dir``. Writes are committed every
 ``COMMIT_EVERY`` puts, so a killed run keeps (and a re-run skips) most finished work.
 Caches filled on several machines (each detecting a part of a dataset) merge into one with
 :meth:`DetectionCache.merge`. An entry that does not parse (a damaged file) is a miss: the image
-is detected again and the entry replaced; merging skips such entries and counts them.
+is detected again and the entry replaced; merging skips entries cut short or overwritten and
+counts them.
 """
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ class Detection:
         1e-5), so a fresh result and its cached copy select and serialise identically.
         Equal to ``from_json(to_json())``, without the JSON round trip."""
         return Detection(tuple(int(v) for v in self.shape), tuple(_rounded(f) for f in self.faces))
+
+
+def _looks_whole(value: object) -> bool:
+    """Whether a stored entry has the shape :meth:`Detection.to_json` writes, checked without
+    parsing it (merging 100k entries: 2 s, 6 s parsing each); an entry damaged inside is still
+    caught when read (:meth:`DetectionCache.get`: a miss)."""
+    return isinstance(value, str) and value.startswith('{"shape":[') and value.endswith("]}")
 
 
 def _round_points(a: np.ndarray | None) -> np.ndarray | None:
@@ -141,9 +149,7 @@ class DetectionCache:
                 raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
             counts = MergeCounts()
             for sha, sig, value in rows:
-                try:
-                    Detection.from_json(value)
-                except BAD_ENTRY:
+                if not _looks_whole(value):
                     counts.corrupt += 1
                     continue
                 have = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
