@@ -176,6 +176,9 @@ def predict(
         None, help="Face backend (`ferdata backends`): auto, embedded, insightface, ... Default: the one that "
                    "made the model's training faces when it runs here, else auto."),
     model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
+    backend_option: list[str] = typer.Option(
+        [], "--backend-option", help="KEY=VALUE for the face backend, as detect.options in params.yaml "
+                                     "(e.g. pack=antelopev2); repeatable."),
     batch_size: int = typer.Option(32, help="Faces per forward pass."),
     every: int = typer.Option(10, help="Videos: score every N-th frame."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -186,10 +189,16 @@ def predict(
     Prints CSV or writes CSV/JSON; the last line counts faces, images without one and inputs not read."""
     if every < 1 or batch_size < 1:
         raise typer.BadParameter("--every and --batch-size must be >= 1")
+    from ferdata.params import parse_assignments
     from fermodels.predict import describe, predict_files     # torch: imported by this command only
 
+    try:
+        options = parse_assignments(backend_option)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--backend-option") from None
     text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
-                                  batch_size=batch_size, every=every, device=device, flip_tta=flip_tta)
+                                  backend_options=options, batch_size=batch_size, every=every, device=device,
+                                  flip_tta=flip_tta)
     if out is None:
         sys.stdout.write(text)
     typer.echo(describe(summary), err=True)

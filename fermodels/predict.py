@@ -101,25 +101,34 @@ class Picture:
 def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,
                    model_dir: str | Path | None = None) -> FaceBackend:
     """The face backend for inference: ``asked`` when given; else the detector that made most of
-    the model's training crops (``trained``: backend -> samples, from the checkpoint), when it runs
+    the model's training crops (``trained``: backend -> samples, from the checkpoint) that runs
     here, so new faces are found and landmarked as the training faces were; else ``auto`` (with a
-    warning when the training detector is missing here: crops and landmarks then differ from
+    warning when the training detectors are missing here: crops and landmarks then differ from
     training's). A model trained on the dataset's own crops or landmarks (``precropped``,
-    ``annotations``: they find no faces in a new photo) gets ``auto``."""
+    ``annotations``: they find no faces in a new photo) gets ``auto``. ``options`` (e.g. the
+    insightface ``pack`` the training data used) go to the backend, each backend keeping those it
+    reads; the checkpoint names the backends, not their options."""
     if asked:
         return create_backend(asked, options, model_dir)
     ranked = sorted(trained, key=lambda name: (-trained[name], name))
     detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
-    if detectors:
-        backend = create_backend(detectors[0], options, model_dir)
+    missing = []
+    for name in detectors:                       # the training detectors, most training faces first
+        cls = BACKENDS.get(name)
+        backend = cls({k: v for k, v in (options or {}).items() if k in cls.option_names()}, model_dir)
         try:
             backend.check_ready()
-            log.info("face backend %s, as for the model's training faces", backend.name)
-            return backend
         except (MissingModelError, ImportError) as e:
-            log.warning("the model's training faces were found by %s, which cannot run here (%s); using auto, "
-                        "whose crops may differ (give --model-dir, or --backend to choose)",
-                        backend.name, str(e).splitlines()[0])
+            missing.append(f"{name} ({str(e).splitlines()[0]})")
+            continue
+        if missing:
+            log.warning("the model's training faces came mostly from %s, which cannot run here; using %s, "
+                        "which found some of them", "; ".join(missing), name)
+        log.info("face backend %s, as for the model's training faces (its options: %s)", name, backend.options)
+        return backend
+    if missing:
+        log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "
+                    "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
     elif ranked:
         log.info("the model's training faces came from %s, which find no faces in new pictures; using auto",
                  ", ".join(ranked))
@@ -166,7 +175,7 @@ class Predictor:
             fields = {"jpg": encode_jpeg(al.image, self.align["jpeg_quality"]), "cls": b"0"}
             if al.lmk68 is not None:
                 fields["lmk.npy"] = npy_bytes(al.lmk68)
-            elif "lmk" in self.card.fields:
+            elif {"lmk", "heatmap"} & set(self.card.fields):
                 log.warning("%s frame %d face %d skipped: backend %s gives no 68 landmarks, model %s needs them",
                             source, frame, i, self.backend.name, self.card.name)
                 dropped += 1
@@ -351,14 +360,15 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
 
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,
                   annotate: Path | None = None, backend: str | None = None, model_dir: str | Path | None = None,
-                  batch_size: int = 32, every: int = 10, device: str = "auto",
-                  flip_tta: bool = False) -> tuple[str, list[dict]]:
+                  backend_options: Mapping[str, Any] | None = None, batch_size: int = 32, every: int = 10,
+                  device: str = "auto", flip_tta: bool = False) -> tuple[str, list[dict]]:
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
     the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
     per image/frame (face counts). The library side of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
-    predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir, flip_tta=flip_tta)
+    predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
+                          backend_options=backend_options, flip_tta=flip_tta)
     inputs = list(inputs)
     paths = expand_inputs(inputs)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,

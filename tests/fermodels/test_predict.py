@@ -270,8 +270,33 @@ def test_predict_finds_faces_with_the_training_detector_when_it_runs_here(monkey
     monkeypatch.setattr(InsightFaceBackend, "check_ready", missing)
     with caplog.at_level("WARNING", logger="fermodels.predict"):
         backend = choose_backend(None, {"insightface": 10, "embedded": 2})
+    assert backend.name == "embedded"                # the next detector the training faces came from
+    assert "came mostly from insightface" in caplog.text and "using embedded" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fermodels.predict"):
+        backend = choose_backend(None, {"insightface": 10, "annotations": 2})
     assert backend.name == "auto"
-    assert "found by insightface, which cannot run here" in caplog.text
+    assert "found by insightface (" in caplog.text and "which cannot run here; using auto" in caplog.text
+    # options reach the chosen backend (each keeps what it reads): a pack the training data used
+    monkeypatch.undo()
+    chosen = choose_backend(None, {"embedded": 1}, {"pack": "antelopev2", "score_threshold": 0.7})
+    assert chosen.name == "embedded" and chosen.options["score_threshold"] == 0.7 and "pack" not in chosen.options
+
+
+def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
+    seen = {}
+    real = fermodels.predict.choose_backend
+
+    def spy(asked, trained, options=None, model_dir=None):
+        seen["options"] = options
+        return real(asked, trained, options, model_dir)
+
+    monkeypatch.setattr(fermodels.predict, "choose_backend", spy)
+    res = CliRunner().invoke(app, ["predict", str(photos / "astronaut.jpg"), "-m", str(tiny_run["ckpt"] / "best.pt"),
+                                   "--backend", "embedded", "--device", "cpu", "--backend-option", "det_size=320",
+                                   "--backend-option", "score_threshold=0.8"])
+    assert res.exit_code == 0, res.output
+    assert seen["options"] == {"det_size": 320, "score_threshold": 0.8}
 
 
 def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
