@@ -42,9 +42,10 @@ def section(cls: type[T], values: Mapping[str, Any], name: str) -> T:
     unknown = set(values) - names
     missing = names - set(values)
     if unknown or missing:
-        raise ValueError(
-            f"params section {name!r}: unknown keys {sorted(unknown)}; missing keys {sorted(missing)}"
-        )
+        parts = ([f"unknown keys {sorted(unknown)} (misspelt, or from another version?)"] if unknown else []) + \
+                ([f"missing keys {sorted(missing)} (new settings: copy them with their defaults from the "
+                  f"project's params.yaml, section {name})"] if missing else [])
+        raise ValueError(f"params section {name!r}: " + "; ".join(parts))
     return cls(**values)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping
 
@@ -79,10 +80,13 @@ class DatasetReader:
         subsets = (load_subsets(self.options["subsets"], self.root, self.subset_pattern, self.name)
                    if self.options["subsets"] else {})
         tagged: set[str] = set()
-        items = 0
+        records, drops = 0, Counter()
         try:
             for item in self.scan():
-                items += 1
+                if isinstance(item, FaceRecord):
+                    records += 1
+                else:
+                    drops[item.reason] += 1
                 if isinstance(item, FaceRecord) and item.label in self.excluded:
                     yield Dropped(item.dataset, item.key, "excluded_class",
                                   f"{CLASSES[item.label]} (options.exclude_classes)")
@@ -96,9 +100,10 @@ class DatasetReader:
                 yield item
         except UnicodeDecodeError as e:
             raise ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "
-                             "save it as UTF-8 (the publishers' files are)") from None
-        if not items:                # an empty label file or class folders: nothing to prepare
-            raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects})")
+                             "save it as UTF-8 (the publishers' files are)") from e
+        if not records:              # an empty label file or class folders: nothing to prepare
+            dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
+            raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "

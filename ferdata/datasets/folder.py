@@ -103,7 +103,11 @@ class FolderReader(DatasetReader):
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         dataset = str(self.options["dataset"])
-        yield from read_class_tree(dataset, self._split_dirs(), self.options["mapping"])
+        split_dirs = self._split_dirs()
+        if "" not in split_dirs:                      # train/val/test folders: files beside them are no data
+            for path in visible_files(self.root, recursive=False):
+                yield Dropped(dataset, make_key("root", path.name), "outside_class_folder", str(path))
+        yield from read_class_tree(dataset, split_dirs, self.options["mapping"])
 
     def _split_dirs(self) -> dict[str, Path]:
         """``{split: folder}``; split is "" when the root holds the class folders directly."""

@@ -54,6 +54,8 @@ class DetectParams:
     def __post_init__(self) -> None:
         check_values("detect", self, {"select": one_of(SELECTIONS), "det_size": at_least(32),
                                       "score_threshold": optional(within(0, 1)), "workers": at_least(1)})
+        if self.options is None:                                   # `options:` left empty in YAML
+            object.__setattr__(self, "options", {})
         if not isinstance(self.options, Mapping):
             raise ValueError(f"detect.options must be a mapping (e.g. {{pack: antelopev2}}), got {self.options!r}")
         twice = sorted({"det_size", "score_threshold"} & set(self.options))

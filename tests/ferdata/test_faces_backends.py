@@ -144,6 +144,10 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
     auto = DetectParams(**{**base, "backend": "auto", "options": {"pack": "antelopev2", "threads": 2}}).create_backend()
     assert "pack" not in auto.delegate.options or auto.delegate.name == "insightface"   # each keeps what it reads
     plain = create_backend("embedded")
+    # the default embedded configuration keys the detection cache exactly as before detect.options
+    assert DetectParams(**base).create_backend().signature() == plain.signature() == \
+        "embedded:v1:det_size=640,nms_threshold=0.4,score_threshold=0.9"
+    assert DetectParams(**{**base, "options": None}).options == {}          # `options:` left empty
     assert create_backend("embedded", {"threads": 4}).signature() == plain.signature()
     assert create_backend("annotations").signature() == "annotations:v1:"
 

@@ -90,3 +90,12 @@ def test_a_params_file_that_is_not_yaml_is_named(tmp_path):
     bad.write_text("detect: [\n  backend: embedded\n")
     with pytest.raises(ValueError, match=f"{bad} is not valid YAML"):
         load_params(bad)
+
+
+def test_a_params_file_from_another_version_is_told_what_to_add():
+    old = {k: v for k, v in PARAMS["detect"].items() if k != "options"}
+    with pytest.raises(ValueError, match=r"missing keys \['options'\] \(new settings: copy them with their "
+                                         r"defaults from the project's params.yaml, section detect\)"):
+        section(DetectParams, old, "detect")
+    with pytest.raises(ValueError, match=r"unknown keys \['treshold'\] \(misspelt"):
+        section(DetectParams, {**PARAMS["detect"], "treshold": 1}, "detect")

@@ -121,6 +121,9 @@ def test_a_dataset_with_nothing_in_it_or_text_not_utf8_is_refused(tmp_path):
     (empty / "happy").mkdir(parents=True)
     with pytest.raises(ValueError, match=f"folder: no samples found under {empty}"):
         read_all("folder", empty)
+    (empty / "README.txt").write_text("only a note\n")                  # a drop is no sample
+    with pytest.raises(ValueError, match=r"no samples found .*dropped: \{'outside_class_folder': 1\}"):
+        read_all("folder", empty)
     csv_path = make_fer2013(tmp_path / "fer") / "fer2013.csv"
     header = csv_path.read_text().splitlines()[0]
     csv_path.write_text(header + "\n")

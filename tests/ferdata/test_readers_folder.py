@@ -138,13 +138,15 @@ def test_every_visible_file_is_read_or_counted(tmp_path):
     link to nothing are counted drops with their paths; hidden files are not data."""
     write_image(tmp_path / "train" / "happy" / "a.jpg")
     write_image(tmp_path / "train" / "stray.jpg")
+    (tmp_path / "labels.txt").write_text("beside the split folders\n")
     (tmp_path / "train" / "happy" / "e.gif").write_bytes(b"GIF89a" + bytes(40))
     (tmp_path / "train" / "sad").mkdir()
     (tmp_path / "train" / "sad" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (tmp_path / "train" / "sad" / ".thumbs.db").write_bytes(b"x")
     records, drops, items = read_all("folder", tmp_path)
     assert list(records) == ["train_happy_a-jpg"]
-    assert drops == {"outside_class_folder": 1, "not_an_image": 1, "missing_image": 1}
+    assert drops == {"outside_class_folder": 2, "not_an_image": 1, "missing_image": 1}
     details = {d.reason: d.detail for d in items}
-    assert details["outside_class_folder"].endswith("train/stray.jpg")
+    outside = sorted(d.detail for d in items if d.reason == "outside_class_folder")
+    assert outside == [str(tmp_path / "labels.txt"), str(tmp_path / "train" / "stray.jpg")]
     assert "e.gif: not one of" in details["not_an_image"] and "gone.jpg" in details["missing_image"]
