@@ -230,16 +230,17 @@ def measure(n: int, max_side: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
         root = Path(tmp)
         records = make_inputs(root / "inputs", n, max_side)
-        base = baseline(records, size, hm, sigma)
         runs: dict[int, list] = {1: [], 2: []}
-        kernel = []
-        for rep in range(repeats):
+        kernel, bases = [], []
+        for rep in range(repeats):                 # the baseline too: best of as many, interleaved
+            bases.append(baseline(records, size, hm, sigma))
             kernel.append(kernel_rates(1.0 if n < 100 else 4.0))
             for workers in (1, 2):
                 with kernel_timer() as kernels:
                     run = run_pipeline(records, root / f"p{workers}_{rep}", root / f"cache{workers}_{rep}", workers)
                 run["kernels"] = kernels
                 runs[workers].append(run)
+        base = min(bases, key=lambda c: c.wall)
         one = min(runs[1], key=lambda r: r["total"].wall)
         two = min(runs[2], key=lambda r: r["total"].wall)
         again = run_pipeline(records, root / "repeat", root / "cache2_0", workers=2)
@@ -288,8 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "kernel_ceiling_1_to_2": m["ceiling"],
         "scaling_over_ceiling": one["total"].wall / two["total"].wall / m["ceiling"],
         "cpu_2p_over_1p": two["total"].cpu / one["total"].cpu,
-        "repeat_detect_speedup": one["detect"].wall / again["detect"].wall,
-        "repeat_pipeline_speedup": one["total"].wall / again["total"].wall,
+        # the repeat runs with 2 processes, as the first run it is set against
+        "repeat_detect_speedup": two["detect"].wall / again["detect"].wall,
+        "repeat_pipeline_speedup": two["total"].wall / again["total"].wall,
         "pipeline_1p_over_baseline": one["total"].wall / base.wall,
         "pipeline_2p_over_baseline": two["total"].wall / base.wall,
     }

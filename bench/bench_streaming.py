@@ -167,14 +167,15 @@ def _private_kb(pid: str) -> int:
 
 
 def child(index: Path, work: Path, workers: int, repeat: bool) -> None:
-    """Run the chain (twice with ``repeat``) and print one JSON line: timings, peak RSS (MB) and
-    the workers' peak private memory (MB)."""
+    """Run the chain (twice with ``repeat``) and print one JSON line: timings, and the peak RSS (MB)
+    and workers' peak private memory (MB) of the first run (taken before any repeat, so runs of
+    different sizes are compared over the same work)."""
     monitor = WorkerMemory()
     monitor.start()
     first = run_chain(index, work, workers)
-    again = run_chain(index, work, workers) if repeat else None
     private = monitor.stop()
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    again = run_chain(index, work, workers) if repeat else None
     print(json.dumps({"first": first, "repeat": again, "rss_main_mb": me.ru_maxrss / 1024,
                       "rss_worker_mb": kids.ru_maxrss / 1024, "private_worker_mb": private}))
 

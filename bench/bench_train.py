@@ -50,7 +50,7 @@ from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
 from fermodels.registry import create_model, list_models  # noqa: E402
-from fermodels.stream import stream_loader  # noqa: E402
+from fermodels.stream import RING_DEPTH, stream_loader  # noqa: E402
 from fermodels.train import train_step  # noqa: E402
 
 AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale_min=0.95, scale_max=1.05,
@@ -88,11 +88,11 @@ def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
     loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=500, seed=0, repeat=None)
     it = iter(loader)
-    first = len(next(it)["label"])
+    next(it)
     t0, n = time.perf_counter(), 0
     for b in it:
         n += len(b["label"])
-    return n / max(time.perf_counter() - t0, 1e-9) if n else float(first) / 1e-9
+    return n / (time.perf_counter() - t0) if n else float("nan")      # one batch: nothing after the first
 
 
 def example_uint8(card, batch: int) -> dict:
@@ -169,27 +169,39 @@ def train_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, batch
 def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards: Path, batch: int, steps: int,
              workers: int) -> tuple[float, float]:
     """(samples/s, fraction of wall time spent waiting for the next batch) of the trainer's step fed
-    by the real shard loader, as in training: the device idles while the loop waits."""
+    by the real shard loader, as in training: the device idles while the loop waits. The batches
+    the workers decoded ahead while the first (compiling) step ran are stepped through before the
+    clock starts (timed, they would hide the loader's pace), and the clock stops before a short
+    last batch (a new batch shape: ``torch.compile`` would recompile inside the timing)."""
     step, card = trainer(name, kwargs, device, cfg)
     split = open_split([shards], "train")
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
                        workers=workers, seed=0, shuffle=True)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
                             shuffle_buffer=500, seed=0, repeat=None))
-    step(next(it), 0)                                   # worker start-up and the first (compiling) step
+    # The first step, then (on a GPU, whose steps are as fast as the loader) what was decoded
+    # meanwhile; a CPU step is ~100x slower than the loader, which never falls behind there.
+    ahead = 1 + (RING_DEPTH * max(1, workers) if device.type == "cuda" else 0)
+    for i in range(ahead):
+        host = next(it, None)
+        if host is None or len(host["label"]) != batch:
+            raise ValueError(f"--samples too small: {ahead} batches of {batch} go before the timed steps")
+        step(host, i)
     sync(device)
     waited, seen, t0 = 0.0, 0, time.perf_counter()
     for i in range(steps):
         t_wait = time.perf_counter()
         host = next(it, None)
         waited += time.perf_counter() - t_wait
-        if host is None:
+        if host is None or len(host["label"]) != batch:
             break
-        step(host, i + 1)
+        step(host, ahead + i)
         seen += len(host["label"])
     sync(device)
     wall = time.perf_counter() - t0
-    return seen / wall, waited / wall
+    if seen < steps * batch:
+        print(f"  ({name}: the epoch ended after {seen // batch} of {steps} timed steps; raise --samples)")
+    return (seen / wall, waited / wall) if seen else (float("nan"), float("nan"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -247,26 +259,34 @@ def measure(args: argparse.Namespace) -> dict:
     results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_shards(Path(tmp), args.samples or (64 if args.quick else 3000), 250)
-        for name in names:
-            kwargs = QUICK_KWARGS.get(name, {}) if args.quick else {}
-            card = create_model(name, **kwargs).card
-            key = f"{'+'.join(card.fields)}@{card.input_size}"
-            if key not in results["loader"]:
-                results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers)
-            for dev in devices:
-                cuda = dev.type == "cuda"
-                bs = args.gpu_batch_size if cuda else batch
-                fed_steps = args.fed_steps or (2 if args.quick else 50 if cuda else 4)
-                for cfg in CUDA_CONFIGS if cuda else cpu_configs:
-                    tag = f"{name}/{dev.type}/{cfg.name}"
-                    rate = train_rate(name, kwargs, dev, cfg, bs, 20 if cuda else steps, 3 if cfg.compile else warmup)
-                    results["train"][tag] = rate
-                    results["ratio"][tag] = results["loader"][key] / rate
-                    results["fed"][tag], results["wait"][tag] = fed_rate(name, kwargs, dev, cfg, shards, bs,
-                                                                         fed_steps, args.workers)
-                    print(f"{tag:<34} {key:<20} step {rate:8.1f}  fed by the loader {results['fed'][tag]:8.1f} "
-                          f"samples/s, waiting {results['wait'][tag]:5.1%}   loader alone "
-                          f"{results['loader'][key]:8.1f}", flush=True)
+        # Compiled configurations last, over all models: they take the longest and fail in the
+        # most ways (a missing compiler), and each configuration's failure is printed and skipped.
+        for compiled in (False, True):
+            for name in names:
+                kwargs = QUICK_KWARGS.get(name, {}) if args.quick else {}
+                card = create_model(name, **kwargs).card
+                key = f"{'+'.join(card.fields)}@{card.input_size}"
+                if key not in results["loader"]:
+                    results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers)
+                for dev in devices:
+                    cuda = dev.type == "cuda"
+                    bs = args.gpu_batch_size if cuda else batch
+                    fed_steps = args.fed_steps or (2 if args.quick else 50 if cuda else 4)
+                    for cfg in (c for c in (CUDA_CONFIGS if cuda else cpu_configs) if c.compile == compiled):
+                        tag = f"{name}/{dev.type}/{cfg.name}"
+                        try:
+                            rate = train_rate(name, kwargs, dev, cfg, bs, 20 if cuda else steps,
+                                              3 if cfg.compile else warmup)
+                            fed = fed_rate(name, kwargs, dev, cfg, shards, bs, fed_steps, args.workers)
+                        except Exception as e:                  # noqa: BLE001 - report, go on to the next
+                            print(f"{tag:<34} FAILED: {type(e).__name__}: {e}", flush=True)
+                            continue
+                        results["train"][tag] = rate
+                        results["ratio"][tag] = results["loader"][key] / rate
+                        results["fed"][tag], results["wait"][tag] = fed
+                        print(f"{tag:<34} {key:<20} step {rate:8.1f}  fed by the loader {fed[0]:8.1f} "
+                              f"samples/s, waiting {fed[1]:5.1%}   loader alone {results['loader'][key]:8.1f}",
+                              flush=True)
     print(f"\nloader alone, samples/s with {args.workers} workers (per worker ~ total / {max(1, args.workers)}):")
     for key, rate in results["loader"].items():
         print(f"  {key:<22} {rate:9.1f}")
