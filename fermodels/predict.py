@@ -31,7 +31,8 @@ import torch
 
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
-from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
+from ferdata.faces.auto import first_ready
+from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.records import FaceRecord, make_key
@@ -112,19 +113,13 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
         return create_backend(asked, options, model_dir)
     ranked = sorted(trained, key=lambda name: (-trained[name], name))
     detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
-    missing = []
-    for name in detectors:                       # the training detectors, most training faces first
-        cls = BACKENDS.get(name)
-        backend = cls({k: v for k, v in (options or {}).items() if k in cls.option_names()}, model_dir)
-        try:
-            backend.check_ready()
-        except (MissingModelError, ImportError) as e:
-            missing.append(f"{name} ({str(e).splitlines()[0]})")
-            continue
+    backend, missing = first_ready(detectors, options, model_dir)   # most training faces first
+    if backend is not None:
         if missing:
             log.warning("the model's training faces came mostly from %s, which cannot run here; using %s, "
-                        "which found some of them", "; ".join(missing), name)
-        log.info("face backend %s, as for the model's training faces (its options: %s)", name, backend.options)
+                        "which found some of them", "; ".join(missing), backend.name)
+        log.info("face backend %s, as for the model's training faces (its options: %s)", backend.name,
+                 backend.options)
         return backend
     if missing:
         log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "

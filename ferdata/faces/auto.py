@@ -21,20 +21,30 @@ log = logging.getLogger(__name__)
 PREFERENCE = ("insightface", "face_alignment", "embedded")
 
 
-def choose_model_backend(options: Mapping[str, Any], model_dir: str | Path | None) -> FaceBackend:
-    """The first backend in ``PREFERENCE`` that is ready without downloading."""
+def first_ready(names: Sequence[str], options: Mapping[str, Any] | None,
+                model_dir: str | Path | None) -> tuple[FaceBackend | None, list[str]]:
+    """The first of the backends ``names`` whose models are here (never downloading), built with
+    ``options`` (each keeps those it reads), and why each one before it could not run."""
     reasons = []
-    for name in PREFERENCE:
+    for name in names:
         backend = BACKENDS.get(name)(options, model_dir, False)
         try:
             backend.check_ready()
         except (MissingModelError, ImportError) as e:
             reasons.append(f"{name}: {str(e).splitlines()[0]}")
             continue
-        if reasons:
-            log.info("auto: using %s (%s)", name, "; ".join(reasons))
-        return backend
-    raise MissingModelError("auto", "any face model", list(PREFERENCE), "; ".join(reasons))
+        return backend, reasons
+    return None, reasons
+
+
+def choose_model_backend(options: Mapping[str, Any], model_dir: str | Path | None) -> FaceBackend:
+    """The first backend in ``PREFERENCE`` that is ready without downloading."""
+    backend, reasons = first_ready(PREFERENCE, options, model_dir)
+    if backend is None:
+        raise MissingModelError("auto", "any face model", list(PREFERENCE), "; ".join(reasons))
+    if reasons:
+        log.info("auto: using %s (%s)", backend.name, "; ".join(reasons))
+    return backend
 
 
 @BACKENDS.register("auto")

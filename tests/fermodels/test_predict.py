@@ -276,7 +276,7 @@ def test_predict_finds_faces_with_the_training_detector_when_it_runs_here(monkey
     with caplog.at_level("WARNING", logger="fermodels.predict"):
         backend = choose_backend(None, {"insightface": 10, "annotations": 2})
     assert backend.name == "auto"
-    assert "found by insightface (" in caplog.text and "which cannot run here; using auto" in caplog.text
+    assert "found by insightface: " in caplog.text and "which cannot run here; using auto" in caplog.text
     # options reach the chosen backend (each keeps what it reads): a pack the training data used
     monkeypatch.undo()
     chosen = choose_backend(None, {"embedded": 1}, {"pack": "antelopev2", "score_threshold": 0.7})
