@@ -259,3 +259,23 @@ def test_parallel_map_is_bounded_and_propagates_errors():
     with pytest.raises(ValueError, match="boom"):
         list(parallel.parallel_map(_Square(), [1, 2, -1, 4], workers=2, chunksize=1))
     assert list(parallel.parallel_map(_Square(), [3], workers=1))[0][0] == 9
+
+
+class _FrozenCount:
+    def __call__(self, x: int) -> int:
+        import gc
+
+        return gc.get_freeze_count()
+
+
+def test_forked_workers_leave_the_parents_objects_to_copy_on_write():
+    """The parent's objects are frozen in the workers (their collector never writes the shared
+    pages) and in the parent only while forking."""
+    import gc
+
+    if parallel._context().get_start_method() != "fork":
+        pytest.skip("only fork shares the parent's pages")
+    before = gc.get_freeze_count()
+    counts = list(parallel.parallel_map(_FrozenCount(), range(8), workers=2, chunksize=2))
+    assert min(counts) > before + 1000                   # this test process's objects, frozen in each worker
+    assert gc.get_freeze_count() == before
