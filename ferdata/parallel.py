@@ -11,7 +11,7 @@
   the pool starts, to load read-only model data the workers then share; and the parent's
   objects are frozen for the fork (``gc.freeze``), so the workers' garbage collector does not
   write to their pages and copy them (it took a worker's private memory from 7 to 16 MB
-  between 1k and 10k images; 8 MB frozen, ``bench/bench_streaming.py``).
+  between 1k and 10k images; 7 MB at both with the freeze, ``bench/bench_streaming.py``).
 * ``workers <= 1`` runs everything inline (debuggable, no pickling).
 """
 from __future__ import annotations
