@@ -6,6 +6,8 @@ functions one at a time (see pipeline/), so both always produce the same shards.
 """
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,9 +47,11 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
     # surface after hours of detection.
     detect, align, derive, shard = (stage_section(params, n, cls) for n, cls in (
         ("detect", DetectParams), ("align", AlignParams), ("derive", DeriveParams), ("shard", ShardParams)))
+    records = read_dataset(spec)
+    first = next(records)        # a root laid out otherwise fails here, before any output folder exists
     dirs = stage_dirs(data_dir, name)
     reports = {
-        "detect": run_detect(read_dataset(spec), detect, dirs["detect"]),
+        "detect": run_detect(itertools.chain([first], records), detect, dirs["detect"]),
         "align": run_align(dirs["detect"], align, dirs["aligned"]),
         "derive": run_derive(dirs["aligned"], derive, dirs["derived"]),
         "shard": run_shard(dirs["aligned"], dirs["derived"], shard, dirs["shards"]),

@@ -99,3 +99,13 @@ def test_a_params_file_from_another_version_is_told_what_to_add():
         section(DetectParams, old, "detect")
     with pytest.raises(ValueError, match=r"unknown keys \['treshold'\] \(misspelt"):
         section(DetectParams, {**PARAMS["detect"], "treshold": 1}, "detect")
+
+
+def test_prepare_with_a_root_laid_out_otherwise_writes_nothing(tmp_path):
+    """The layout error comes before any output folder is made (data/<name>/ was left behind)."""
+    from ferdata.datasets import DatasetLayoutError
+    from ferdata.prepare import prepare
+
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        prepare("rafdb", PARAMS, tmp_path / "data", root=tmp_path / "missing")
+    assert not (tmp_path / "data").exists()
