@@ -70,7 +70,7 @@ def assign_splits(
     (fold ``fold`` = test, the next = val) applies to a dataset without an official test split;
     one with a test split keeps it (``shard.folds`` is one setting for every prepared dataset).
     """
-    _check(val_fraction, test_fraction, by, folds, fold)
+    check_settings(val_fraction, test_fraction, by, folds, fold)
     if official is None or folds:
         records = list(records)
         official = {r.split for r in records if isinstance(r, FaceRecord) and r.split}
@@ -128,15 +128,19 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
     _report(counts, by)
 
 
-def _check(val_fraction: float, test_fraction: float, by: str, folds: int, fold: int) -> None:
+def check_settings(val_fraction: float, test_fraction: float, by: str, folds: int, fold: int,
+                   prefix: str = "") -> None:
+    """Refuse split settings that cannot work, naming them with ``prefix`` (``"shard."`` when they
+    come from params.yaml, so a bad value fails when the section is read)."""
     if by not in SPLIT_BY:
-        raise ValueError(f"by must be one of {', '.join(SPLIT_BY)}, got {by!r}")
+        raise ValueError(f"{prefix}by must be one of {', '.join(SPLIT_BY)}, got {by!r}")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"fractions must be in [0, 1) and sum below 1, got val={val_fraction} test={test_fraction}")
+        raise ValueError(f"{prefix}val_fraction + {prefix}test_fraction must be below 1 (fractions in [0, 1) "
+                         f"that sum below 1), got {val_fraction} + {test_fraction}")
     if folds and folds < 3:
-        raise ValueError(f"folds must be 0 (off) or >= 3 (one test, one val, the rest train), got {folds}")
+        raise ValueError(f"{prefix}folds must be 0 (off) or >= 3 (one test, one val, the rest train), got {folds}")
     if folds and not 0 <= fold < folds:
-        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+        raise ValueError(f"{prefix}fold must be in 0..{folds - 1} ({prefix}folds is {folds}), got {fold}")
 
 
 def _report(counts: Counter[str], by: str) -> None:

@@ -203,11 +203,10 @@ def iter_tar_samples(source: str | Path | BinaryIO, where: str = "",
     a sample's dict holds just those extensions (a loader that needs two of six members skips
     copying the rest); every member is still checked and every sample still yielded."""
     where = where or str(source)
-    with readable_tar(where):
-        table = read_table(source) if isinstance(source, (str, os.PathLike)) else None
-    members = _table_members(table, where, only) if table is not None else _checked_members(source, where)
     key, fields = None, {}
     with readable_tar(where):
+        table = read_table(source) if isinstance(source, (str, os.PathLike)) else None
+        members = _table_members(table, where, only) if table is not None else _checked_members(source, where)
         for k, ext, data, name in members:
             if k != key:
                 if key is not None:

@@ -49,6 +49,13 @@ def unread(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def files_beside(dataset: str, folder: Path, where: str) -> Iterator[Dropped]:
+    """The visible files directly in ``folder`` (beside its class or split folders): no data,
+    each a counted drop (keys prefixed by ``where``)."""
+    for path in visible_files(folder, recursive=False):
+        yield Dropped(dataset, make_key(where, path.name), "outside_class_folder", str(path))
+
+
 def read_class_tree(
     dataset: str,
     split_dirs: Mapping[str, Path],
@@ -67,8 +74,7 @@ def read_class_tree(
     ids = resolve_names(names, mapping, where=f"{dataset} class folders")
     seen: set[str] = set()
     for split, dirs in per_split.items():
-        for path in visible_files(split_dirs[split], recursive=False):    # beside the class folders
-            yield Dropped(dataset, make_key(split, path.name), "outside_class_folder", str(path))
+        yield from files_beside(dataset, split_dirs[split], split)
         for class_dir in dirs:
             cid = ids[class_dir.name]
             for path in visible_files(class_dir):
@@ -105,8 +111,7 @@ class FolderReader(DatasetReader):
         dataset = str(self.options["dataset"])
         split_dirs = self._split_dirs()
         if "" not in split_dirs:                      # train/val/test folders: files beside them are no data
-            for path in visible_files(self.root, recursive=False):
-                yield Dropped(dataset, make_key("root", path.name), "outside_class_folder", str(path))
+            yield from files_beside(dataset, self.root, "root")
         yield from read_class_tree(dataset, split_dirs, self.options["mapping"])
 
     def _split_dirs(self) -> dict[str, Path]:

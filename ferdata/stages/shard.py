@@ -26,7 +26,7 @@ from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
 from ferdata.report import StageReport
-from ferdata.splits import SPLIT_BY, assign_splits, unit_hash
+from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.tario import Indexed, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,7 @@ class ShardParams:
         check_values("shard", self, {"val_fraction": within(0, 1), "test_fraction": within(0, 1),
                                      "split_by": one_of(SPLIT_BY), "folds": at_least(0),
                                      "fold": at_least(0), "maxcount": at_least(1)})
-        if self.folds and self.folds < 3:
-            raise ValueError(f"shard.folds must be 0 (off) or >= 3 (one test, one val, the rest train), "
-                             f"got {self.folds}")
-        if self.folds and self.fold >= self.folds:
-            raise ValueError(f"shard.fold must be in 0..{self.folds - 1} (shard.folds is {self.folds}), "
-                             f"got {self.fold}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"shard.val_fraction + shard.test_fraction must be below 1, got "
-                             f"{self.val_fraction} + {self.test_fraction}")
+        check_settings(self.val_fraction, self.test_fraction, self.split_by, self.folds, self.fold, "shard.")
 
 
 def _read(member: Indexed) -> bytes:
