@@ -9,8 +9,10 @@ too. Any other exception is a bug and keeps its full traceback.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from pathlib import Path
 from types import TracebackType
 from typing import Callable, Sequence
 
@@ -18,9 +20,27 @@ USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 
 
 def message(err: BaseException) -> str:
-    """The error's own message (``KeyError`` would quote it), with its type when it has none."""
+    """The error's own message (``KeyError`` would quote it), with its type when it has none; an
+    output path of the wrong kind (a file where a folder must go, or the reverse) in plain words."""
+    if isinstance(err, OSError) and (plain := _wrong_kind(err)):
+        return plain
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     return str(text) or type(err).__name__
+
+
+def _wrong_kind(err: OSError) -> str | None:
+    """For the OS's "[Errno 17] File exists: 'x'" / "Not a directory" / "Is a directory": what is in
+    the way, judged by what is on disk now (None when that does not explain the error)."""
+    if err.errno not in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR) or err.filename is None:
+        return None
+    path = Path(os.fsdecode(err.filename))
+    if err.errno == errno.EISDIR:
+        return f"{path} is a folder, but a file must be written there: choose a file name" if path.is_dir() else None
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is None:
+        return None
+    inside = "" if blocker == path else f" (to hold {path})"
+    return f"{blocker} is a file, but a folder is needed there{inside}: move it away or choose another path"
 
 
 def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = (),

@@ -153,3 +153,37 @@ def test_detect_parts_on_two_machines_then_merge(tmp_path, photo_paths):
     assert f"{detected[0]} added" in res.output and "detections.sqlite: 6 detections" in res.output, res.output
     bad = runner.invoke(app, ["detect", "folder", "--root", str(root), "--part", "3/2"])
     assert bad.exit_code == 2 and "--part" in bad.output and "1 <= K <= N" in bad.output
+
+
+@pytest.mark.parametrize("target", ["here.txt", "here.txt/inner"])
+def test_an_output_folder_that_is_a_file_is_named_in_plain_words(tmp_path, target):
+    """`cache merge --into FILE` (and any output folder the OS cannot make because a file is in the
+    way): the file and the fix, not "[Errno 17] File exists"."""
+    (tmp_path / "here.txt").write_text("keep me")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = _ferdata("cache", "merge", str(tmp_path / "elsewhere"), "--into", target, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Errno" not in proc.stderr
+    assert proc.stderr.startswith("error: here.txt is a file, but a folder is needed there"), proc.stderr
+    assert (tmp_path / "here.txt").read_text() == "keep me"
+
+
+def test_an_output_file_that_is_a_folder_is_named_in_plain_words(tmp_path, capsys):
+    (tmp_path / "out.csv").mkdir()
+
+    def write():
+        (tmp_path / "out.csv").write_text("rows")
+
+    with pytest.raises(SystemExit):
+        run_cli(write, argv=[])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'out.csv'} is a folder, but a file must be written there"), err
+
+
+def test_other_os_errors_keep_their_own_message(capsys):
+    def exclusive():
+        raise FileExistsError(17, "File exists", "/no/such/place")     # nothing on disk explains it
+
+    with pytest.raises(SystemExit):
+        run_cli(exclusive, argv=[])
+    assert "[Errno 17] File exists: '/no/such/place'" in capsys.readouterr().err
