@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -34,14 +35,42 @@ def subdirs(folder: Path) -> list[Path]:
 
 def visible_files(folder: Path, recursive: bool = True) -> list[Path]:
     """Files (and links, broken ones too) under ``folder``, hidden ones (``.DS_Store``, ``.git/``)
-    left out, sorted by relative path for a stable order."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if not p.is_dir()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    left out, sorted by relative path for a stable order.
+
+    Linked folders are walked like real ones (as torchvision's ImageFolder does; a class folder
+    often links images kept elsewhere). A link to a folder walked already from ``folder`` (a loop,
+    or a second way into one folder) is listed itself, not walked again, for :func:`unread` to
+    count. An unreadable folder is an error, not a silent gap.
+    """
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith("."))
+    found: list[Path] = []
+    walked = {os.path.realpath(folder)}
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    for top, dirs, files in os.walk(folder, onerror=fail, followlinks=True):
+        here = Path(top)
+        found += (here / f for f in files if not f.startswith("."))
+        kept = []
+        for d in sorted(dirs, key=lambda d: (os.path.islink(here / d), d)):     # real folders claim first
+            if d.startswith("."):
+                continue
+            real = os.path.realpath(here / d)
+            if real in walked:
+                found.append(here / d)
+            else:
+                walked.add(real)
+                kept.append(d)
+        dirs[:] = kept
+    return sorted(found)
 
 
 def unread(path: Path) -> tuple[str, str] | None:
     """Why a visible file is no image to read, as a drop (reason, detail); None for an image."""
+    if path.is_dir():
+        return "repeated_folder", f"{path}: a link to a folder read already (a loop, or a second way in)"
     if path.suffix.lower() not in IMAGE_EXTS:
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
     if not path.is_file():
@@ -67,7 +96,8 @@ def read_class_tree(
     before any record is produced). Images in a class mapped to ``None`` are dropped
     with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``. Every other
     visible file is a counted drop too: one beside the class folders (``outside_class_folder``),
-    one that is no image file (``not_an_image``: notes, GIFs), a link to nothing (``missing_image``).
+    one that is no image file (``not_an_image``: notes, GIFs), a link to nothing (``missing_image``),
+    a link to a folder read already (``repeated_folder``). Linked folders are read.
     """
     per_split = {split: subdirs(folder) for split, folder in split_dirs.items()}
     names = sorted({d.name for dirs in per_split.values() for d in dirs})

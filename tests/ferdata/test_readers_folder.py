@@ -150,3 +150,22 @@ def test_every_visible_file_is_read_or_counted(tmp_path):
     outside = sorted(d.detail for d in items if d.reason == "outside_class_folder")
     assert outside == [str(tmp_path / "labels.txt"), str(tmp_path / "train" / "stray.jpg")]
     assert "e.gif: not one of" in details["not_an_image"] and "gone.jpg" in details["missing_image"]
+
+
+def test_linked_folders_are_read_and_loops_counted(tmp_path):
+    """A class folder that links a folder of images kept elsewhere is read (Python 3.11's rglob
+    skipped it: its images were lost without a count), so is a class folder that is a link; a link
+    back up the tree is walked once and counted as a drop, not followed forever."""
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    write_image(root / "happy" / "a.jpg")
+    write_image(elsewhere / "more" / "b.jpg")
+    write_image(elsewhere / "c.jpg")
+    write_image(tmp_path / "sad_images" / "d.jpg")
+    (root / "happy" / "batch2").symlink_to(elsewhere)
+    (elsewhere / "more" / "up").symlink_to(elsewhere)              # a loop
+    (root / "sad").symlink_to(tmp_path / "sad_images", target_is_directory=True)
+    records, drops, items = read_all("folder", root)
+    assert sorted(records) == ["happy_a-jpg", "happy_batch2-c-jpg", "happy_batch2-more-b-jpg", "sad_d-jpg"]
+    assert records["happy_batch2-more-b-jpg"].label == 1 and records["sad_d-jpg"].label == 2
+    assert drops == {"repeated_folder": 1}
+    assert items[0].detail.startswith(str(root / "happy" / "batch2" / "more" / "up") + ":")
