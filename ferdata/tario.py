@@ -279,6 +279,22 @@ def sha256_file(path: str | Path) -> str:
 Indexed = tuple[str, int, int]          # a member's (tar path, data offset, size)
 
 
+def read_indexed(member: Indexed, fd: int | None = None) -> bytes:
+    """An indexed member's bytes (``fd``: its tar, open already; else opened for this read). A tar
+    cut short since it was indexed is a :class:`BadTarError`, not a silently shorter member."""
+    path, offset, size = member
+    own = fd is None
+    fd = os.open(path, os.O_RDONLY) if own else fd
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        if own:
+            os.close(fd)
+    if len(data) != size:
+        raise BadTarError(path, EOFError(f"a member at byte {offset} needs {size} bytes, {len(data)} are left"))
+    return data
+
+
 def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Indexed]]:
     """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
     return index_tars(list_shards(directory, prefix))

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
 from ferdata.layout import INFO
-from ferdata.tario import index_tars
+from ferdata.tario import Indexed, index_tars, read_indexed
 from fermodels.data import SampleDecoder, Split
 
 
@@ -66,13 +66,13 @@ def _check_counts(listed: Sequence[tuple[str, int]], index: dict[str, dict[str, 
 _FDS: dict[tuple[int, str], int] = {}
 
 
-def read_member(member: tuple[str, int, int]) -> bytes:
+def read_member(member: Indexed) -> bytes:
     """Read one tar member by offset; descriptors are cached per process (fork-safe)."""
-    path, offset, size = member
+    path = member[0]
     fd = _FDS.get((os.getpid(), path))
     if fd is None:
         fd = _FDS[(os.getpid(), path)] = os.open(path, os.O_RDONLY)
-    return os.pread(fd, size, offset)
+    return read_indexed(member, fd)
 
 
 def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int,

@@ -27,7 +27,7 @@ from ferdata.progress import progress
 from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
-from ferdata.tario import Indexed, TarShardWriter, index_chunks
+from ferdata.tario import TarShardWriter, index_chunks, read_indexed
 
 log = logging.getLogger(__name__)
 OWNED = (*SPLITS, "report.json")
@@ -48,13 +48,6 @@ class ShardParams:
                                      "split_by": one_of(SPLIT_BY), "folds": at_least(0),
                                      "fold": at_least(0), "maxcount": at_least(1)})
         check_settings(self.val_fraction, self.test_fraction, self.split_by, self.folds, self.fold, "shard.")
-
-
-def _read(member: Indexed) -> bytes:
-    path, offset, size = member
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
 
 
 RECORD_FIELDS = ("dataset", "key", "path", "label", "native_label", "split", "subject", "extra")
@@ -94,7 +87,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
-    metas = {k: _record_fields(json.loads(_read(v["json"]))) for k, v in aligned.items()}
+    metas = {k: _record_fields(json.loads(read_indexed(v["json"]))) for k, v in aligned.items()}
     by_split = assign(metas, params)
     with staged_dir(out_dir, OWNED) as out:
         for split, keys in by_split.items():
@@ -114,7 +107,7 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
     """Write one split's shards in ``keys`` order; returns its ``_info.json`` content."""
     with TarShardWriter(directory, split, params.maxcount) as writer:
         for key in progress(keys, desc=f"shard {split}", unit="sample"):
-            fields = {ext: _read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
+            fields = {ext: read_indexed(m) for ext, m in {**aligned[key], **derived[key]}.items()}
             fields["cls"] = str(metas[key]["label"]).encode()
             writer.write(key, fields)
     hist = Counter(CLASSES[metas[k]["label"]] for k in keys)

@@ -277,3 +277,23 @@ def test_only_some_members_are_handed_out_but_every_sample_is(tmp_path):
     assert list(iter_tar_samples(path, only={"jpg", "cls"})) == want
     assert list(iter_tar_samples(io.BytesIO(data), only={"jpg", "cls"})) == want
     assert list(iter_tar_samples(path)) == samples
+
+
+def test_a_tar_cut_short_after_indexing_is_an_error_not_a_shorter_member(tmp_path):
+    """The shard stage and training's indexed reader read members by (path, offset, size): a tar
+    truncated since it was indexed gave a few bytes fewer, silently (a JSON or JPEG cut mid-way)."""
+    from ferdata.tario import index_tars, read_indexed
+    from fermodels.indexed import read_member
+
+    with TarShardWriter(tmp_path, "s", maxcount=10) as w:
+        w.write("a", {"cls": b"3", "json": b'{"key": "a"}'})
+        w.write("b", {"cls": b"1", "json": b'{"key": "b"}'})
+    path = w.files[0].path
+    member = index_tars([path])["b"]["json"]
+    assert read_indexed(member) == read_member(member) == b'{"key": "b"}'
+    with open(path, "r+b") as f:
+        f.truncate(member[1] + member[2] - 1)
+    for read in (read_indexed, read_member):
+        with pytest.raises(BadTarError, match=f"{path.name}: not a readable tar .*needs {member[2]} bytes, "
+                                              f"{member[2] - 1} are left"):
+            read(member)
