@@ -210,9 +210,13 @@ def align_face(image: np.ndarray, kps5: np.ndarray, size: int, padding: float = 
 def split_halves(face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Left half and the *mirrored* right half of an aligned face (split at the crop's midline).
 
-    The aligned template puts the facial midline at the crop centre (x = size/2), so
-    both halves are ``size // 2`` wide; the mirrored right half looks like a left half
-    (it is the left half of the horizontally flipped face).
+    Both halves are ``size // 2`` wide; the mirrored right half looks like a left half (it is the
+    left half of the horizontally flipped face). The split runs between columns ``size/2 - 1`` and
+    ``size/2``, at x = size/2 - 0.5 in the warp's pixel-centre coordinates, which is also the axis of
+    the flip (x -> size - 1 - x). The template's midline (the midpoints of its eyes and mouth
+    corners, and its nose tip) lies at x = size/2 (55.9-56.1 at 112 px), so the split is half a
+    pixel left of it at every crop size: an even crop has no pixel column to split at, and moving
+    the template would break ``norm_crop`` parity; half a pixel is below the landmarks' own error.
     """
     if face.ndim < 2 or face.shape[1] % 2:
         raise ValueError(f"half-faces need an even crop width, got shape {face.shape}")

@@ -202,3 +202,18 @@ def test_rescaled_faces_and_records_map_pixel_centres_as_the_reduced_decode(scal
     assert back.box == pytest.approx(face.box)
     rec = FaceRecord("d", "k", "x.jpg", 0, "", box=(10.0, 20.0, 300.0, 400.0), landmarks=lmk.astype(np.float32))
     np.testing.assert_allclose(scale_record(rec, scale).landmarks, face.scaled(scale).lmk68, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [112, 128, 224, 256])
+def test_the_halves_split_half_a_pixel_left_of_the_template_midline(size):
+    """split_halves' docstring: the template's midline lies at x = size/2 (within 0.15 px per 112),
+    the split and the flip axis at size/2 - 0.5 (pixel centres), whatever the crop size."""
+    dst = template(size)
+    midline = [(dst[0, 0] + dst[1, 0]) / 2, dst[2, 0], (dst[3, 0] + dst[4, 0]) / 2]
+    assert np.allclose(midline, size / 2, atol=0.15 * size / 112)
+    ramp = np.tile(np.arange(size, dtype=np.float32), (4, 1))            # each pixel holds its x
+    left, right = split_halves(ramp)
+    assert left[0, -1] == size / 2 - 1 and right[0, -1] == size / 2      # columns either side of the split
+    assert (left[0, -1] + right[0, -1]) / 2 == size / 2 - 0.5
+    x = np.array([[size / 2 - 0.5, 0.0]] * 68, np.float32)
+    assert np.allclose(flip_landmarks(x, size)[:, 0], size / 2 - 0.5)  # the flip's fixed axis
