@@ -1,21 +1,39 @@
 """The preprocessing benchmark runs end to end (``--quick``, in-process) and prints its ratios last.
 
-Timings are not asserted (other jobs share the machine); only that every stage ran and
-the repeat run detected nothing.
+Timings are not asserted (other jobs share the machine): every stage ran, the repeat run detected
+nothing, each ratio follows from the measured clocks, and the printed figures are the returned ones.
 """
 from __future__ import annotations
+
+import math
+import re
 
 from tests.bench.helpers import load_bench
 
 
 def test_quick_benchmark_prints_ratios_last(capsys):
-    ratios = load_bench("bench_preprocess").main(["--quick"])
+    results = load_bench("bench_preprocess").main(["--quick"])
     out = capsys.readouterr().out
+    m, r = results["measured"], results["ratios"]
     assert "detections run: first 8, repeat 0" in out
+    assert m["one"]["detections_run"] == m["two"]["detections_run"] == 8 and m["again"]["detections_run"] == 0
+
+    one_wall, two_wall, again_wall = (m[k]["total"].wall for k in ("one", "two", "again"))
+    kern = m["one"]["kernels"]
+    assert math.isclose(r["pipeline_over_kernels"], one_wall / kern["wall"])
+    assert math.isclose(r["scaling_over_ceiling"], one_wall / two_wall / m["ceiling"])
+    assert math.isclose(r["repeat_pipeline_speedup"], two_wall / again_wall)
+    assert math.isclose(r["repeat_detect_speedup"], m["two"]["detect"].wall / m["again"]["detect"].wall)
+    assert math.isclose(r["pipeline_1p_over_baseline"], one_wall / m["base"].wall)
+    assert all(v > 0 for v in r.values()) and r["repeat_detect_speedup"] > 1
+
     tail = out[out.index("\nratios\n"):]
-    for line in ("model kernels, wall", "speed-up 1 -> 2 processes", "pipeline speed-up / that ceiling",
-                 "repeat run speed-up, detect stage",
-                 "baseline plain loop, 1 process"):
-        assert line in tail
-    assert all(v > 0 for v in ratios.values())
-    assert ratios["repeat_detect_speedup"] > 1
+    printed = {label: float(value) for label, value in
+               re.findall(r"^  (.+?)\s{2,}(\d+\.\d+)x?\s", tail + "\n", flags=re.M)}
+    for label, key, digits in (("pipeline (1 process) / its model kernels, wall", "pipeline_over_kernels", 2),
+                               ("pipeline speed-up / that ceiling", "scaling_over_ceiling", 2),
+                               ("repeat run speed-up, detect stage", "repeat_detect_speedup", 1),
+                               ("pipeline / baseline plain loop, 1 process", "pipeline_1p_over_baseline", 2)):
+        assert printed[label] == round(r[key], digits), (label, printed)
+    rates = re.search(r"^total\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d)$", out, flags=re.M)
+    assert rates and [float(v) for v in rates.groups()] == [round(8 / w, 1) for w in (one_wall, two_wall, again_wall)]

@@ -5,6 +5,9 @@ configuration was measured.
 """
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 
 from tests.bench.helpers import load_bench
@@ -19,7 +22,13 @@ def test_quick_benchmark_prints_ratios_last(capsys):
     assert set(results["fed"]) == set(results["wait"]) == set(results["train"])
     assert all(0 <= w < 1 for w in results["wait"].values())
     assert all(v > 0 for part in ("train", "fed", "loader", "ratio") for v in results[part].values())
-    assert all(tag in tail for tag in results["train"])
+    loader_of = {"resnet18_112": "image@112", "convcut": "image@224"}
+    for tag, rate in results["train"].items():
+        assert math.isclose(results["ratio"][tag], results["loader"][loader_of[tag.split("/")[0]]] / rate)
+        line = re.search(rf"^  {re.escape(tag)}\s+(\d+\.\d\d)x   waiting\s+(\d+\.\d)%$", tail, flags=re.M)
+        assert line, (tag, tail)
+        assert float(line[1]) == round(results["ratio"][tag], 2)
+        assert float(line[2]) == round(100 * results["wait"][tag], 1)
 
 
 @pytest.mark.slow
