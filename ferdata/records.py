@@ -17,6 +17,8 @@ SOFT_LABEL = "soft_label"    # ``extra``: a label distribution (8 floats, canoni
 LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, probability, multi_target; majority: not)
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
 PHOTO = "photo"             # ``extra``: the photo a face shares with others (ExpW); its faces stay in one split
+MOVIE = "movie"             # ``extra``: the film a frame comes from (SFEW); its frames stay in one split
+GROUPS = (PHOTO, MOVIE)     # ``extra`` keys that group records without a subject, in this order
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY_LOSSY = re.compile(r"[^A-Za-z0-9_\-./ ]")
 
@@ -49,6 +51,8 @@ class FaceRecord:
     ``extra[TRAIN_ONLY]`` keeps a training record out of the val/test splits carved from train;
     ``extra[PHOTO]`` names the photo of a face that shares it with others, so that the faces of one
     photo (one scene, often one person twice) are never split between train and test.
+    ``extra[MOVIE]`` names the film of a movie frame, so that frames of one film (its actors, its
+    scenes) are never split either.
     """
 
     dataset: str

@@ -4,7 +4,8 @@ Official splits are kept. Whatever the dataset does not provide is carved out of
 train (or unsplit) records by a hash of ``(seed, group)``, where the group is the
 subject when known (so one person never spans two splits: CK+ frames of a sequence
 are near-duplicates), else the photo a reader says the face shares with other faces
-(``extra[PHOTO]``: ExpW's faces of one picture), else the record key. A hash, not a shuffle, decides, so a
+(``extra[PHOTO]``: ExpW's faces of one picture) or the film a frame comes from (``extra[MOVIE]``:
+SFEW), else the record key. A hash, not a shuffle, decides, so a
 record's split does not depend on record order or on which other records exist
 (records added to a dataset later leave every earlier record's split as it was; tested).
 The result always has a validation split separate from test: RAF-DB and AffectNet
@@ -25,7 +26,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Collection, Iterable, Iterator
 
-from ferdata.records import PHOTO, SPLITS, TRAIN_ONLY, Dropped, FaceRecord
+from ferdata.records import GROUPS, SPLITS, TRAIN_ONLY, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
 SPLIT_BY = ("subject", "key")     # shard.split_by
@@ -41,13 +42,19 @@ def unit_hash(seed: int, group: str) -> float:
 
 def group_of(record: FaceRecord, by: str) -> str:
     """The unit that must stay within one split. ``by="subject"``: the subject when known, else
-    the photo the face shares with others (``extra[PHOTO]``), else the key; ``by="key"``: the key."""
+    the photo the face shares with others (``extra[PHOTO]``), else its film (``extra[MOVIE]``),
+    else the key; ``by="key"``: the key."""
     if by != "subject":
         return record.key
     if record.subject:
         return record.subject
-    photo = record.extra.get(PHOTO)
-    return f"photo:{photo}" if photo else record.key
+    name = _grouped_by(record)
+    return f"{name}:{record.extra[name]}" if name else record.key
+
+
+def _grouped_by(record: FaceRecord) -> str | None:
+    """The first ``extra`` group key (:data:`ferdata.records.GROUPS`) the record has."""
+    return next((name for name in GROUPS if record.extra.get(name)), None)
 
 
 def assign_splits(
@@ -94,7 +101,7 @@ def assign_splits(
     counts: Counter[str] = Counter()
     for item in records:
         if isinstance(item, FaceRecord) and by == "subject" and not item.subject:
-            counts["by_photo" if item.extra.get(PHOTO) else "no_subject"] += 1
+            counts[f"by_{name}" if (name := _grouped_by(item)) else "no_subject"] += 1
         if isinstance(item, FaceRecord) and item.split in ("", "train") and not item.extra.get(TRAIN_ONLY):
             u = unit_hash(seed, group_of(item, by))
             split = "test" if u < test_band else "val" if u < test_band + val_band else "train"
@@ -144,10 +151,12 @@ def check_settings(val_fraction: float, test_fraction: float, by: str, folds: in
 
 
 def _report(counts: Counter[str], by: str) -> None:
-    no_subject, by_photo = counts.pop("no_subject", 0), counts.pop("by_photo", 0)
+    no_subject = counts.pop("no_subject", 0)
+    grouped = {name: counts.pop(f"by_{name}", 0) for name in GROUPS}
     log.info("splits by %s: %s", by, dict(sorted(counts.items())))
-    if by_photo:
-        log.info("%d records have no subject and were grouped by their photo", by_photo)
+    for name, n in grouped.items():
+        if n:
+            log.info("%d records have no subject and were grouped by their %s", n, name)
     if no_subject:
         log.info("%d records have no subject and were grouped by key", no_subject)
     for split in ("val", "test"):

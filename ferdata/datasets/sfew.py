@@ -5,20 +5,34 @@ were never released, so papers report on Val: by default Val becomes our test sp
 (like AffectNet's official validation set) and ``ferdata.splits`` carves a
 validation split out of Train. The unlabelled ``Test/`` folder is ignored.
 Faces are not aligned; no boxes or landmarks ship with the images.
+
+Images are frames of films, named ``<film>_<clip>_<frame>`` (``Airheads_000519240_00000005.png``):
+the film goes to ``extra[MOVIE]``, so the validation split carved out of Train holds films that
+training never sees (frames of one clip are near-duplicates; a film's frames share its actors).
+A name of another form keeps its frame ungrouped.
 """
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.folder import read_class_tree, subdirs
-from ferdata.records import Dropped, FaceRecord
+from ferdata.records import MOVIE, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
 
 SFEW_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+FRAME_NAME = re.compile(r"(?P<film>.+?)_\d+_\d+")       # <film>_<clip>_<frame>; a film's name may hold "_"
+
+
+def film_of(path: str) -> str | None:
+    """The film of an SFEW frame from its file name, or None for a name of another form."""
+    match = FRAME_NAME.fullmatch(Path(path).stem)
+    return match["film"] if match else None
 
 
 @READERS.register("sfew")
@@ -42,7 +56,10 @@ class SFEWReader(DatasetReader):
                     f"{self.name}: {folder} has folders {bad} that are not SFEW classes {list(SFEW_CLASSES)}; "
                     "for other class names use the 'folder' reader with a mapping"
                 )
-        yield from read_class_tree(self.name, split_dirs, None)
+        for item in read_class_tree(self.name, split_dirs, None):
+            if isinstance(item, FaceRecord) and (film := film_of(item.path)):
+                item = replace(item, extra={**item.extra, MOVIE: film})
+            yield item
 
     def _folders(self) -> dict[str, Path]:
         """``{"train": Train/, "val": Val/}`` matched case-insensitively."""

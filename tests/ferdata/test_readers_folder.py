@@ -169,3 +169,30 @@ def test_linked_folders_are_read_and_loops_counted(tmp_path):
     assert records["happy_batch2-more-b-jpg"].label == 1 and records["sad_d-jpg"].label == 2
     assert drops == {"repeated_folder": 1}
     assert items[0].detail.startswith(str(root / "happy" / "batch2" / "more" / "up") + ":")
+
+
+def test_sfew_frames_carry_their_film_and_one_film_stays_in_one_split(tmp_path):
+    """SFEW names frames <film>_<clip>_<frame>: the carved validation split must not share films
+    with training (frames of one clip are near-duplicates)."""
+    from collections import defaultdict
+
+    from ferdata.records import MOVIE
+    from ferdata.splits import assign_splits
+
+    films = [f"Film{f}" for f in range(30)] + ["Harry_Potter_2"]
+    for i, film in enumerate(films):
+        for clip, frame in ((f"{100 + i:09d}", 5), (f"{100 + i:09d}", 12), (f"{900 + i:09d}", 3)):
+            write_image(tmp_path / "Train" / ("Happy", "Sad")[i % 2] / f"{film}_{clip}_{frame:08d}.png")
+    write_image(tmp_path / "Train" / "Happy" / "frame 7.png")                 # another form: no film
+    write_image(tmp_path / "Val" / "Angry" / "Airheads_000519240_00000005.png")
+    records, drops, _ = read_all("sfew", tmp_path)
+    assert not drops
+    assert {r.extra.get(MOVIE) for r in records.values()} == {*films, "Airheads", None}
+    assert records["train_Happy_frame-7-png"].extra == {}
+    assert records["train_Happy_Harry_Potter_2_000000130_00000005-png"].extra[MOVIE] == "Harry_Potter_2"
+    per_film = defaultdict(set)
+    for r in assign_splits(records.values(), seed=0, val_fraction=0.3, test_fraction=0.2, by="subject"):
+        per_film[r.extra.get(MOVIE)].add(r.split)
+    assert per_film.pop("Airheads") == {"test"}
+    assert all(len(s) == 1 for film, s in per_film.items() if film), per_film
+    assert set().union(*per_film.values()) == {"train", "val"}
