@@ -59,16 +59,19 @@ def label_loss(logits: Tensor, batch: dict) -> Tensor:
     return cross_entropy(logits, batch["label"], batch.get("class_weight"))
 
 
-def draw_targets(batch: dict, generator: torch.Generator) -> dict:
+def draw_targets(batch: dict, generator: torch.Generator, num_classes: int) -> dict:
     """The batch with each ``probability`` row's distribution replaced by one class drawn from it
-    (one-hot, trained as cross-entropy): FERPlus's PROB mode, a new draw at every step."""
+    (one-hot, trained as cross-entropy): FERPlus's PROB mode, a new draw at every step. Only the
+    model's ``num_classes`` are drawn (the distribution renormalised over them, as the other modes
+    do): a 7-class model never draws Contempt, which would leave a sample with no target."""
     if "target" not in batch:
         return batch
-    rows = (batch["target_kind"] == TARGET_KINDS["probability"]).nonzero().flatten()
+    mass = batch["target"][:, :num_classes].float()
+    rows = ((batch["target_kind"] == TARGET_KINDS["probability"]) & (mass.sum(1) > 0)).nonzero().flatten()
     if not len(rows):
         return batch
     target, kind = batch["target"].clone(), batch["target_kind"].clone()
-    drawn = torch.multinomial(target[rows].float(), 1, generator=generator).flatten()
+    drawn = torch.multinomial(mass[rows], 1, generator=generator).flatten()
     target[rows] = F.one_hot(drawn, target.shape[1]).to(target.dtype)
     kind[rows] = TARGET_KINDS["crossentropy"]
     return {**batch, "target": target, "target_kind": kind}

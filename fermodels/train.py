@@ -276,7 +276,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
                    gamma=params.gamma)
         set_lr(run.opt, lr)
         gen = seed_step(params.seed, epoch, run.step, env.rank)
-        moved = to_device(draw_targets(batch, gen), device, run.decoder.size)
+        moved = to_device(draw_targets(batch, gen, params.num_classes), device, run.decoder.size)
         b = normalise(augment_batch(moved, params.augment, gen, fill), run.net.card, params.channels_last)
         if params.class_weights:
             b["class_weight"] = run.class_weight

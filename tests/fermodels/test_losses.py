@@ -1,6 +1,8 @@
 """Loss formulas against hand-computed values and the public code's own formulation."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,13 +146,28 @@ def test_probability_rows_draw_one_label_per_step_from_their_distribution() -> N
     batch = {"label": torch.zeros(n, dtype=torch.int64), "target": dist.repeat(n, 1),
              "target_kind": torch.full((n,), TARGET_KINDS["probability"])}
     batch["target_kind"][0] = TARGET_KINDS["crossentropy"]     # not a probability row: left alone
-    drawn = draw_targets(batch, torch.Generator().manual_seed(1))
+    drawn = draw_targets(batch, torch.Generator().manual_seed(1), 8)
     assert torch.equal(drawn["target"][0], dist) and torch.equal(batch["target"][1], dist)   # input untouched
     rows = drawn["target"][1:]
     assert torch.equal(rows.sum(1), torch.ones(n - 1)) and set(rows.argmax(1).tolist()) == {0, 2}
     assert rows[:, 0].mean().item() == pytest.approx(0.7, abs=0.03)
     assert (drawn["target_kind"] == TARGET_KINDS["crossentropy"]).all()
-    again = draw_targets(batch, torch.Generator().manual_seed(1))
+    again = draw_targets(batch, torch.Generator().manual_seed(1), 8)
     assert torch.equal(again["target"], drawn["target"])       # the step's generator decides: resumable
     plain = {"label": torch.zeros(2, dtype=torch.int64)}
-    assert draw_targets(plain, torch.Generator()) is plain
+    assert draw_targets(plain, torch.Generator(), 8) is plain
+
+
+def test_a_seven_class_model_draws_only_its_classes() -> None:
+    """FERPlus votes for Contempt (class 7) on a face whose majority is kept: a 7-class model's
+    draw comes from the other votes, renormalised, so every row keeps a full one-hot target and
+    the loss is the cross-entropy of its drawn classes (a drawn Contempt was an all-zero row,
+    which added nothing to the loss but counted in its mean)."""
+    dist = torch.tensor([0.0, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.4])       # Happy 6 votes, Contempt 4
+    n = 2000
+    batch = {"label": torch.ones(n, dtype=torch.int64), "target": dist.repeat(n, 1),
+             "target_kind": torch.full((n,), TARGET_KINDS["probability"])}
+    drawn = draw_targets(batch, torch.Generator().manual_seed(3), 7)
+    assert set(drawn["target"].argmax(1).tolist()) == {1}
+    logits = torch.zeros(n, 7)
+    assert label_loss(logits, drawn).item() == pytest.approx(math.log(7), rel=1e-6)
