@@ -172,10 +172,12 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     by the real shard loader, as in training: the device idles while the loop waits. The batches
     the workers decoded ahead while the first (compiling) step ran are stepped through before the
     clock starts (timed, they would hide the loader's pace), and the clock stops before a short
-    last batch (a new batch shape: ``torch.compile`` would recompile inside the timing)."""
+    last batch (a new batch shape: ``torch.compile`` would recompile inside the timing); the epoch
+    is planned in whole batches, which ``plan_epoch`` makes as even as it can."""
     step, card = trainer(name, kwargs, device, cfg)
     split = open_split([shards], "train")
-    plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
+    full = split.num_samples // batch * batch or split.num_samples      # whole batches: one batch shape
+    plans = plan_epoch(split.shards, samples=full, batch_size=batch, env=DistEnv(0, 1, 0),
                        workers=workers, seed=0, shuffle=True)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
                             shuffle_buffer=500, seed=0, repeat=None))
