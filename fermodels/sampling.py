@@ -10,8 +10,15 @@ epoch's stream seed, pass, key). Rare classes repeat (Contempt about 10x on Affe
 frequent ones are mostly skipped (Happy about 0.27x), a different part of them every epoch, so
 over epochs every sample is seen, as with drawing; the shuffle buffer downstream spreads the
 copies out. Each rank and loader worker makes its share of the epoch from its part of one pass
-over the split (``plan_epoch(one_pass=True)``). Deterministic: the same (seed, epoch) gives the
-same stream, so resumed runs match.
+over the split (``plan_epoch(one_pass=True)``) with the split's rates. Deterministic: the same
+(seed, epoch) gives the same stream, so resumed runs match.
+
+The rates assume each part holds the split's class mix. With one dataset it does (the shard stage
+hash-shuffles a dataset's samples into its shards). With several, each shard holds one dataset, so
+a part's mix depends on which shards it drew this epoch, and a part filling its quota from a mix
+unlike the split's skews the epoch (parts of 1,000 samples of class A alone and 500 A + 500 B:
+62% A, not 50%). The shuffled shard order evens this out over epochs and with many shards per
+part; with few shards per rank x worker, check the shares the trainer logs (`train/class_share/<class>`).
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ferdata.classes import CLASSES
 from ferdata.params import above, at_least, check_values, one_of, optional, within
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
@@ -151,10 +152,11 @@ class Tally:
     seen: int = 0
     waited: float = 0.0                             # seconds waiting for data
     elapsed: float = 0.0
+    classes: list = field(default_factory=list)     # samples trained on per class id (what sampling made)
 
     def saved(self) -> dict:
         return {"sums": {k: float(v) for k, v in self.sums.items()}, "seen": self.seen, "waited": self.waited,
-                "elapsed": self.elapsed}
+                "elapsed": self.elapsed, "classes": list(self.classes)}
 
 
 @dataclass
@@ -248,8 +250,8 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             if val[params.select_metric] > run.best[params.select_metric]:
                 run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}
                 _save(env, ckpt_dir / BEST, run, params, end)
-            _log_epoch(live, epoch, all_gather_objects((tally.sums, tally.seen, tally.waited), env), lr,
-                       tally.elapsed, val)
+            _log_epoch(live, epoch, all_gather_objects((tally.sums, tally.seen, tally.waited, tally.classes), env),
+                       lr, tally.elapsed, val)
             _save(env, ckpt_dir / LAST, run, params, end)
     finally:
         run.loader.close()
@@ -266,6 +268,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
     loader = run.loader.epoch(epoch, skip)
     fill = torch.tensor(run.net.card.mean) * 255.0
     sums: dict = dict(tally.sums)
+    classes = torch.tensor(tally.classes or [0] * params.num_classes, dtype=torch.int64)
     seen, waited, lr, bad = tally.seen, tally.waited, params.lr, torch.zeros((), device=device)
     run.net.train()
     t_wait = time.perf_counter()
@@ -285,18 +288,19 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         bad = bad + (~torch.isfinite(sum(losses.values()))).float()
         run.step += 1
         seen += len(batch["label"])
+        classes += torch.bincount(batch["label"], minlength=params.num_classes)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.float() * len(batch["label"])
         if run.step % FINITE_CHECK_EVERY == 0:
             _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
         if params.checkpoint_every and run.step % params.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
             _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
-            now = Tally(sums, seen, waited, time.perf_counter() - t0).saved()
+            now = Tally(sums, seen, waited, time.perf_counter() - t0, classes.tolist()).saved()
             run.tallies = all_gather_objects(now, env)
             _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
         t_wait = time.perf_counter()
     _check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
-    return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0), lr
+    return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
 
 
 def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:
@@ -353,9 +357,11 @@ def _log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: d
     seen = sum(t[1] for t in totals)
     losses = {k: sum(t[0].get(k, 0.0) for t in totals) / max(seen, 1) for k in totals[0][0]}
     waited = max(t[2] for t in totals)
+    shares = {CLASSES[c]: sum(t[3][c] for t in totals) / max(seen, 1) for c in range(len(totals[0][3]))}
     log.info("epoch %d: %s val acc %.4f (%.1f samples/s, %.0f%% waiting for data)", epoch,
              " ".join(f"{k}={v:.4f}" for k, v in losses.items()), val["accuracy"], seen / max(elapsed, 1e-9),
              100 * waited / max(elapsed, 1e-9))
+    log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
     if live is None:
         return
     for k, v in losses.items():
@@ -364,6 +370,8 @@ def _log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: d
     live.log_metric("train/samples", seen)
     live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
     live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
+    for name, share in shares.items():
+        live.log_metric(f"train/class_share/{name}", share)
     for k in SELECT_METRICS:
         live.log_metric(f"val/{k}", val[k])
     live.next_step()

@@ -93,6 +93,8 @@ def test_checkpoints_describe_themselves_and_best_is_chosen_on_val(tiny_run):
     assert not model.training
     live = json.loads((tiny_run["live"] / "metrics.json").read_text())
     assert live["train"]["samples"] == info["train"]["num_samples"] and live["train"]["samples_per_s"] > 0
+    hist, n = info["train"]["class_histogram"], info["train"]["num_samples"]     # an epoch: each sample once
+    assert live["train"]["class_share"] == pytest.approx({c: hist.get(c, 0) / n for c in last["classes"]})
 
 
 def test_the_test_split_is_never_read(tiny_shards, tmp_path, monkeypatch, one_thread):
