@@ -90,10 +90,12 @@ def rank_loader(dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: i
 
 @torch.no_grad()
 def score_split(model: torch.nn.Module, loader: DataLoader, num_classes: int, env: DistEnv,
-                device: torch.device, amp: bool) -> dict:
+                device: torch.device) -> dict:
     """Metrics on a whole split under DDP from each rank's :func:`rank_loader`; results are
-    gathered (no per-batch collective, so unequal shares cannot hang)."""
-    labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False, amp=amp)
+    gathered (no per-batch collective, so unequal shares cannot hang). In float32 whatever
+    ``train.amp`` is, as :func:`evaluate` scores: the epoch ``best.pt`` keeps is chosen by the
+    computation that reports it, not by half-precision rounding between near-tied epochs."""
+    labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False)
     parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels), env)
     y, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     classes = class_names(num_classes)

@@ -245,7 +245,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
                                      run.resumed if first else Tally())
             run.tallies = []                      # the epoch is whole: nothing partial to keep
             sync_buffers(run.net, env)            # validate (and save) rank 0's model on every rank
-            val = score_split(run.net, run.val_loader, params.num_classes, env, device, params.amp)
+            val = score_split(run.net, run.val_loader, params.num_classes, env, device)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if val[params.select_metric] > run.best[params.select_metric]:
                 run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}

@@ -107,6 +107,21 @@ def test_the_test_split_is_never_read(tiny_shards, tmp_path, monkeypatch, one_th
     assert "test" not in opened and {"train", "val"} <= set(opened)
 
 
+def test_validation_scores_in_float32_even_when_training_in_mixed_precision(tiny_shards, tmp_path, monkeypatch,
+                                                                            one_thread):
+    """best.pt is chosen by the computation `evaluate` reports with (float32), not by bf16/fp16
+    rounding between near-tied epochs; training itself still runs under autocast."""
+    import fermodels.evaluate as evaluate
+
+    calls, autocast_steps = [], []
+    real_predict, real_step = evaluate.predict_loader, trainer.train_step
+    monkeypatch.setattr(evaluate, "predict_loader", lambda *a, **k: calls.append(k.get("amp", False))
+                        or real_predict(*a, **k))
+    monkeypatch.setattr(trainer, "train_step", lambda *a: autocast_steps.append(a[-1]) or real_step(*a))
+    train(tiny_shards, make_params(epochs=1, amp=True), tmp_path / "ckpt", tmp_path / "live")
+    assert calls == [False] and autocast_steps and all(autocast_steps)
+
+
 class Killed(Exception):
     pass
 
