@@ -4,6 +4,10 @@ and the confusion-matrix outputs DVC shows: rows for ``dvc plots`` and a PNG.
 Macro averages run over the classes present in the ground truth, so a 7-class test set scored
 by an 8-class model (or a cross-dataset test set missing a class) is not penalised for the
 absent class's undefined recall; wrong predictions *of* that class still count as errors.
+This differs from scikit-learn's ``f1_score(average="macro")``, which averages over the classes
+in the labels *or* the predictions (a predicted absent class adds an F1 of 0): the two agree
+whenever every predicted class occurs in the test set. Mean class accuracy equals
+``balanced_accuracy_score``.
 """
 from __future__ import annotations
 
