@@ -159,11 +159,31 @@ class WorkerPlan:
 
 
 def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> list[tuple[str, int]]:
-    """The shards in this epoch's order: seeded shuffle for training, file order otherwise."""
+    """The shards in this epoch's order: seeded shuffle for training, file order otherwise.
+
+    Shards of several datasets (one folder each) are shuffled within their folder and then
+    interleaved in proportion to each folder's shard count, from a random phase per folder: any
+    contiguous run of the order, so every rank's and worker's part of the epoch, holds the datasets
+    in the split's proportions to within a shard, and so their class mix (a class-balanced epoch,
+    :mod:`fermodels.sampling`, relies on each part having the split's mix). One folder: a plain
+    seeded shuffle.
+    """
     order = list(shards)
-    if shuffle:
-        random.Random(seed).shuffle(order)
-    return order
+    if not shuffle:
+        return order
+    rng = random.Random(seed)
+    folders: dict[str, list[tuple[str, int]]] = {}
+    for shard in order:
+        folders.setdefault(os.path.dirname(shard[0]), []).append(shard)
+    if len(folders) == 1:
+        rng.shuffle(order)
+        return order
+    placed = []
+    for f, group in enumerate(folders.values()):
+        rng.shuffle(group)
+        phase = rng.random()
+        placed += [((i + phase) / len(group), f, shard) for i, shard in enumerate(group)]
+    return [shard for *_, shard in sorted(placed, key=lambda p: p[:2])]
 
 
 def split_evenly(total: int, parts: int) -> list[int]:

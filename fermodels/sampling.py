@@ -14,11 +14,11 @@ over the split (``plan_epoch(one_pass=True)``) with the split's rates. Determini
 (seed, epoch) gives the same stream, so resumed runs match.
 
 The rates assume each part holds the split's class mix. With one dataset it does (the shard stage
-hash-shuffles a dataset's samples into its shards). With several, each shard holds one dataset, so
-a part's mix depends on which shards it drew this epoch, and a part filling its quota from a mix
-unlike the split's skews the epoch (parts of 1,000 samples of class A alone and 500 A + 500 B:
-62% A, not 50%). The shuffled shard order evens this out over epochs and with many shards per
-part; with few shards per rank x worker, check the shares the trainer logs (`train/class_share/<class>`).
+hash-shuffles a dataset's samples into its shards); with several, each shard holds one dataset,
+and :func:`fermodels.distributed.shard_order` interleaves their shards in proportion, so every
+part holds each dataset's share to within a shard or so (in contiguous runs, a part of one
+dataset filling its quota skewed the epoch: 1,000 samples of class A alone beside 500 A + 500 B
+gave 62% A). The trainer logs what each epoch held (``train/class_share/<class>``).
 """
 from __future__ import annotations
 

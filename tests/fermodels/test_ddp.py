@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from fermodels.data import SampleDecoder, open_split
 from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, pick_device, plan_epoch,
-                                   max_over_ranks, round_robin_skips, split_evenly, sync_buffers)
+                                   max_over_ranks, round_robin_skips, shard_order, split_evenly, sync_buffers)
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
 
@@ -286,3 +286,45 @@ def test_asking_for_a_gpu_that_is_not_there_is_refused_before_any_work(tiny_run)
     assert pick_device("auto", DistEnv(0, 1, 0)) == torch.device("cpu")
     with pytest.raises(ValueError, match="no CUDA device is visible here"):     # was torch's own assertion
         Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cuda")
+
+
+def test_shards_of_several_datasets_are_interleaved_in_proportion():
+    """Any run of the epoch's shard order holds each dataset's share to within a shard."""
+    shards = [(f"/d/a/train/a{i}.tar", 10) for i in range(12)] + [(f"/d/b/train/b{i}.tar", 10) for i in range(6)]
+    for seed in range(20):
+        order = shard_order(shards, seed, shuffle=True)
+        assert sorted(order) == sorted(shards)
+        is_b = [url.startswith("/d/b/") for url, _ in order]
+        for width in range(1, len(order) + 1):
+            for start in range(len(order) - width + 1):
+                assert abs(sum(is_b[start:start + width]) - width / 3) <= 1, (seed, width, start)
+    one = [(f"/d/a/train/a{i}.tar", 10) for i in range(12)]
+    assert shard_order(one, 5, shuffle=True) != one and sorted(shard_order(one, 5, shuffle=True)) == sorted(one)
+
+
+@pytest.mark.parametrize("world,workers", [(1, 4), (2, 2)])
+def test_a_balanced_epoch_over_two_datasets_is_balanced(world, workers):
+    """Dataset A: class 0 only; dataset B: classes 0 and 1 alike. Each rank x worker part fills its
+    quota with the split's rates, so the epoch is balanced only if every part holds the split's
+    mix; with A's and B's shards in contiguous runs a part of A alone filled its quota with class 0
+    (epochs came out up to ~62 / 38)."""
+    from fermodels.sampling import ClassRepeat, repeat_stream
+
+    shards = [(f"/d/a/train/a{i}.tar", 100) for i in range(8)] + [(f"/d/b/train/b{i}.tar", 100) for i in range(8)]
+
+    def label(url: str, i: int) -> int:
+        return 0 if "/a/" in url else i % 2
+
+    total = sum(n for _, n in shards)
+    repeat = ClassRepeat.balanced([1200, 400], samples=total)
+    for seed in range(6):
+        counts = Counter()
+        for rank in range(world):
+            for plan in plan_epoch(shards, samples=total, batch_size=50, env=DistEnv(rank, world, 0), workers=workers,
+                                   seed=seed, shuffle=True, one_pass=True):
+                source = [{"__key__": f"{p.url}:{i}", "cls": label(p.url, i)} for p in plan.pieces
+                          for i in range(p.start, p.stop)]
+                counts.update(s["cls"] for s in repeat_stream(lambda: iter(source), repeat, plan.num_samples,
+                                                              lambda s: s["cls"], seed))
+        assert sum(counts.values()) == total
+        assert abs(counts[1] / total - 0.5) < 0.04, (seed, counts)
