@@ -112,7 +112,10 @@ def lr_at(epoch_float: float, *, base_lr: float, schedule: str, epochs: int, war
     """Learning rate at a fractional epoch: linear warm-up, then the named decay.
 
     ``step`` and ``exponential`` change once per epoch (torch's StepLR/ExponentialLR stepped
-    per epoch, as the papers do); ``cosine`` decays smoothly to 0 at ``epochs``.
+    per epoch, as the papers do) and count epochs from 0, so a warm-up takes the place of the
+    decay's first epochs (timm's convention; after ``warmup_epochs: 1`` an exponential decay
+    starts at ``gamma * base_lr``); ``cosine`` decays smoothly from the end of the warm-up to 0
+    at ``epochs``. No recipe warms up.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
