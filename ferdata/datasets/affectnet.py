@@ -19,20 +19,26 @@ train (which picks the best epoch) and the test split hold manually annotated im
 
 In all, labels 8-10 (None, Uncertain, No-Face) are dropped and counted, protocol
 ``affectnet7`` also drops 7 (Contempt), valence/arousal go to ``record.extra`` and
-the official validation set is the test set (there are no public test labels).
+the official validation set is the test set (there are no public test labels). Unreadable
+landmarks or box keep the face without them (counted in the log: a face detector still finds it);
+a list file without its header line is read from its first row (some copies lack it).
 """
 from __future__ import annotations
 
 import csv
+import itertools
+import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
+
+log = logging.getLogger(__name__)
 
 COLUMNS = (
     "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
@@ -75,6 +81,16 @@ def npy_scalar(path: Path) -> float:
     if arr.size != 1:
         raise ValueError(f"{path.name}: {arr.size} values, expected 1")
     return float(str(arr.reshape(-1)[0]))
+
+
+def _looks_like_a_row(cells: list[str]) -> bool:
+    """A data row, not a header: 9 cells, an image path first and a whole-number expression."""
+    if len(cells) != len(COLUMNS) or Path(cells[0].strip()).suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        return False
+    try:
+        return float(cells[6]).is_integer()
+    except ValueError:
+        return False
 
 
 @READERS.register("affectnet")
@@ -158,10 +174,15 @@ class AffectNetReader(DatasetReader):
                   automatic: bool = False) -> Iterator[FaceRecord | Dropped]:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            header = tuple(h.strip() for h in next(reader, ()))
+            first = next(reader, [])
+            header = tuple(h.strip() for h in first)
+            rows: Iterable[list[str]] = enumerate(reader, start=2)
             if header != COLUMNS:
-                raise ValueError(f"{csv_path}: header {header} is not AffectNet's {COLUMNS}")
-            for lineno, row in enumerate(reader, start=2):
+                if not _looks_like_a_row(first):
+                    raise ValueError(f"{csv_path}: header {header} is not AffectNet's {COLUMNS}")
+                log.warning("%s: %s has no header line; reading its first line as a row", self.name, csv_path)
+                rows = itertools.chain([(1, first)], rows)
+            for lineno, row in rows:
                 if any(cell.strip() for cell in row):                 # blank lines are not rows
                     yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}", images, automatic)
 
@@ -183,13 +204,23 @@ class AffectNetReader(DatasetReader):
         problem = label_problem(native, num_classes)
         if problem:
             return Dropped(self.name, key, problem, f"{where}: expression {native}")
+        box: tuple[float, float, float, float] | None
         try:
             x, y, w, h = (float(v) for v in row[1:5])
+            if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
+                raise ValueError("not a finite box of positive size")
+            box = (x, y, x + w, y + h)
+        except ValueError as err:
+            self.note(BOX_UNREADABLE, f"{where}: face_x/y/width/height {row[1:5]}: {err}")
+            box = None
+        lmk: np.ndarray | None
+        try:
             lmk = np.array([float(v) for v in row[5].split(";")], dtype=np.float32).reshape(68, 2)
-        except ValueError:
-            return Dropped(self.name, key, "bad_landmarks", f"{where}: box or 136 landmarks unreadable")
-        if not (np.isfinite(lmk).all() and np.isfinite([x, y, w, h]).all()):
-            return Dropped(self.name, key, "bad_landmarks", f"{where}: box or landmarks not finite")
+            if not np.isfinite(lmk).all():
+                raise ValueError("not finite")
+        except ValueError as err:          # the face, its box and label are good: keep them
+            self.note(LANDMARKS_UNREADABLE, f"{where}: facial_landmarks {err}")
+            lmk = None
         path = images / rel
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))
@@ -203,7 +234,7 @@ class AffectNetReader(DatasetReader):
                 extra[name] = value
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=to_canonical("affectnet", native),
-            native_label=str(native), split=split, box=(x, y, x + w, y + h), landmarks=lmk, extra=extra,
+            native_label=str(native), split=split, box=box, landmarks=lmk, extra=extra,
         )
 
     # ---- re-packaged npy layout --------------------------------------------------------
@@ -236,12 +267,11 @@ class AffectNetReader(DatasetReader):
         if (anno / f"{image_id}_lnd.npy").is_file():
             try:
                 values = load_npy(anno / f"{image_id}_lnd.npy").astype(np.float32).reshape(-1)
-            except ValueError as err:
-                return Dropped(self.name, key, "bad_landmarks", f"{image_id}_lnd.npy: {err}")
-            if values.size != 136 or not np.all(np.isfinite(values)):
-                detail = f"{image_id}_lnd.npy: {values.size} values, expected 136"
-                return Dropped(self.name, key, "bad_landmarks", detail)
-            lmk = values.reshape(68, 2)
+                if values.size != 136 or not np.all(np.isfinite(values)):
+                    raise ValueError(f"{values.size} values, expected 136 finite ones")
+                lmk = values.reshape(68, 2)
+            except ValueError as err:      # a pre-cropped face with a good label: keep it
+                self.note(LANDMARKS_UNREADABLE, f"{image_id}_lnd.npy: {err}")
         extra = {}
         for name, suffix in (("valence", "_val.npy"), ("arousal", "_aro.npy")):
             if (anno / f"{image_id}{suffix}").is_file():

@@ -49,6 +49,12 @@ class DatasetLayoutError(FileNotFoundError):
         )
 
 
+# An unreadable annotation is a note, not a drop: the image and its label are the data, and a record
+# without landmarks or box is what a dataset without them gives (a face detector finds the face).
+LANDMARKS_UNREADABLE = "kept without landmarks (their landmark file or column is unreadable)"
+BOX_UNREADABLE = "kept without a face box (its file or columns are unreadable)"
+
+
 class DatasetReader:
     """Base class: subclasses set ``name``/``expects`` and implement ``scan``.
 
@@ -69,6 +75,7 @@ class DatasetReader:
             raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         self.root = Path(root)
         self.options = {**known, **options}
+        self._notes: dict[str, tuple[int, str]] = {}
         self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
         if self.options["subsets"] and self.subset_pattern is None:
             raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
@@ -81,6 +88,7 @@ class DatasetReader:
                    if self.options["subsets"] else {})
         tagged: set[str] = set()
         records, drops = 0, Counter()
+        self._notes = {}
         try:
             for item in self.scan():
                 if isinstance(item, FaceRecord):
@@ -104,6 +112,8 @@ class DatasetReader:
         if not records:              # an empty label file or class folders: nothing to prepare
             dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
+        for what, (n, example) in sorted(self._notes.items()):
+            log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, example)
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
@@ -112,6 +122,12 @@ class DatasetReader:
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         """The dataset as its publisher lays it out: records and dropped items, in a stable order."""
         raise NotImplementedError
+
+    def note(self, what: str, example: str) -> None:
+        """Count a record kept despite a flaw (``what``: "kept without landmarks: ..."); :meth:`read`
+        logs each count with its first example when the scan ends."""
+        n, first = self._notes.get(what, (0, example))
+        self._notes[what] = (n + 1, first)
 
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""

@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ferdata.classes import NEUTRAL, to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.folder import IMAGE_EXTS, subdirs
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -79,9 +79,16 @@ class CKPlusReader(DatasetReader):
         landmarks = _first_dir(self.root, LANDMARK_DIRS)
         if landmarks is None:
             log.info("%s: no Landmarks/ folder; records carry no landmarks", self.name)
+        walked = set()
         for subject_dir in subdirs(images):
             for seq_dir in subdirs(subject_dir):
+                walked.add((subject_dir.name, seq_dir.name))
                 yield from self._sequence(seq_dir, emotions, landmarks, frames, neutral)
+        for label_file in sorted(emotions.glob("*/*/*_emotion.txt")):          # a label without its frames
+            subject, seq = label_file.parent.parent.name, label_file.parent.name
+            if (subject, seq) not in walked and not subject.startswith(".") and not seq.startswith("."):
+                yield Dropped(self.name, make_key(subject, seq), "missing_image",
+                              f"{label_file}: no {images.name}/{subject}/{seq}/ folder")
 
     def _sequence(
         self, seq_dir: Path, emotions: Path, landmarks: Path | None, frames: int, neutral: int
@@ -132,8 +139,8 @@ class CKPlusReader(DatasetReader):
             if lmk_path.is_file():
                 try:
                     lmk = read_landmarks(lmk_path)
-                except ValueError as err:
-                    return Dropped(self.name, key, "bad_landmarks", str(err))
+                except ValueError as err:       # the frame and its label are good: keep them
+                    self.note(LANDMARKS_UNREADABLE, str(err))
             else:
                 log.debug("%s: no landmarks file %s", self.name, lmk_path)
         return FaceRecord(

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.subsets import RAFDB_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -71,9 +71,21 @@ class RAFDBReader(DatasetReader):
         manual = self.root / MANUAL_DIR if annotated and (self.root / MANUAL_DIR).is_dir() else None
         boxes = self.root / BOX_DIR if annotated and (self.root / BOX_DIR).is_dir() else None
         with open(label_file, encoding="utf-8-sig") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    yield self._parse(line, f"{label_file.name}:{lineno}", image_dir, kind, manual, boxes)
+            lines = f.readlines()
+        self._refuse_compound(lines, label_file)
+        for lineno, line in enumerate(lines, start=1):
+            if line.strip():
+                yield self._parse(line, f"{label_file.name}:{lineno}", image_dir, kind, manual, boxes)
+
+    def _refuse_compound(self, lines: list[str], label_file: Path) -> None:
+        """RAF-DB's compound subset has the same layout with labels 1-11: read as basic, its labels
+        1-7 would become basic classes. A file with many labels past 7 (compound: a third of them) is
+        it; a few are bad rows of basic, dropped one by one."""
+        labels = [fields[1] for fields in (ln.split() for ln in lines) if len(fields) == 2]
+        beyond = sum(1 for v in labels if v.isdigit() and int(v) > 7)
+        if beyond >= max(20, 0.05 * len(labels)):
+            raise ValueError(f"{self.name}: {label_file} has {beyond} of {len(labels)} labels above 7: that is "
+                             "RAF-DB's compound subset (labels 1-11), not basic (1-7); point the root at basic/")
 
     def _layout(self) -> tuple[Path, str]:
         label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
@@ -112,12 +124,12 @@ class RAFDBReader(DatasetReader):
             if manual is not None and (manual / f"{stem}_manu_attri.txt").is_file():
                 lmk, extra = parse_manual(manual / f"{stem}_manu_attri.txt")
         except ValueError as err:
-            return Dropped(self.name, key, "bad_landmarks", str(err))
+            self.note(LANDMARKS_UNREADABLE, str(err))
         try:
             if boxes is not None and (boxes / f"{stem}_boundingbox.txt").is_file():
                 box = parse_box(boxes / f"{stem}_boundingbox.txt")
         except ValueError as err:
-            return Dropped(self.name, key, "bad_box", str(err))
+            self.note(BOX_UNREADABLE, str(err))
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=label, native_label=str(native),
             split=split, box=box, landmarks=lmk, extra=extra,

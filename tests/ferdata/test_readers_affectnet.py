@@ -11,17 +11,20 @@ from tests.ferdata.fixtures_datasets import (AFFECTNET_HEADER, _affectnet_row, l
 # AffectNet ids are the canonical ids: 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger 7 Contempt
 
 
-def test_csv_layout_affectnet8(tmp_path):
+def test_csv_layout_affectnet8(tmp_path, caplog):
     make_affectnet_csv(tmp_path)
     records, drops, items = read_all("affectnet", tmp_path)
     assert {k: (r.split, r.label, r.native_label) for k, r in records.items()} == {
         "train_1_img0": ("train", 0, "0"),
         "train_1_img1": ("train", 7, "7"),
+        "train_2_img5": ("train", 6, "6"),
         "test_3_v0": ("test", 6, "6"),
         "test_3_v1": ("test", 1, "1"),
     }
-    assert drops == {"label_none": 1, "label_uncertain": 1, "label_no_face": 1, "missing_image": 1,
-                     "bad_landmarks": 1}
+    assert drops == {"label_none": 1, "label_uncertain": 1, "label_no_face": 1, "missing_image": 1}
+    # 100 landmark values: the face, its box and label are kept (a detector finds the landmarks), noted
+    assert records["train_2_img5"].landmarks is None and records["train_2_img5"].box == (10.0, 20.0, 60.0, 80.0)
+    assert "affectnet: 1 record(s) kept without landmarks" in caplog.text and "training.csv:8" in caplog.text
     assert {d.key: d.reason for d in items}["train_2_missing"] == "missing_image"
     r = records["train_1_img0"]
     assert r.box == (10.0, 20.0, 60.0, 80.0)          # x, y, x + w, y + h
@@ -33,7 +36,7 @@ def test_csv_layout_affectnet8(tmp_path):
 def test_csv_layout_affectnet7_drops_contempt(tmp_path):
     make_affectnet_csv(tmp_path)
     records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet7"})
-    assert sorted(records) == ["test_3_v0", "test_3_v1", "train_1_img0"]
+    assert sorted(records) == ["test_3_v0", "test_3_v1", "train_1_img0", "train_2_img5"]
     assert drops["label_contempt_excluded"] == 1
 
 
@@ -72,13 +75,15 @@ def test_npy_layout_is_detected(tmp_path):
     assert {k: (r.split, r.label, r.native_label) for k, r in records.items()} == {
         "train_0": ("train", 0, "0"),
         "train_2": ("train", 7, "7"),
+        "train_4": ("train", 5, "5"),
         "train_5": ("train", 2, "2"),
         "test_0": ("test", 6, "6"),
     }
     assert {d.key: d.reason for d in items} == {
-        "train_1": "label_none", "train_3": "missing_image", "train_4": "bad_landmarks", "test_1": "label_no_face",
+        "train_1": "label_none", "train_3": "missing_image", "test_1": "label_no_face",
     }
-    assert sum(drops.values()) == 4
+    assert sum(drops.values()) == 3
+    assert records["train_4"].landmarks is None          # its 10-value _lnd.npy: kept, noted
     r = records["train_0"]
     assert r.box is None and r.path.endswith("train_set/images/0.jpg")
     assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (68, 2)
@@ -90,7 +95,7 @@ def test_npy_layout_is_detected(tmp_path):
 def test_npy_layout_affectnet7(tmp_path):
     make_affectnet_npy(tmp_path)
     records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet7", "layout": "npy"})
-    assert sorted(records) == ["test_0", "train_0", "train_5"]
+    assert sorted(records) == ["test_0", "train_0", "train_4", "train_5"]
     assert drops["label_contempt_excluded"] == 1
 
 
@@ -113,7 +118,7 @@ def test_both_layouts_and_bad_options(tmp_path):
     with pytest.raises(ValueError, match="both layouts"):
         read_all("affectnet", tmp_path)
     records, _, _ = read_all("affectnet", tmp_path, {"layout": "csv"})
-    assert len(records) == 4
+    assert len(records) == 5
     with pytest.raises(ValueError, match="protocol"):
         read_all("affectnet", tmp_path, {"protocol": "affectnet6"})
     with pytest.raises(ValueError, match="layout must be"):
@@ -158,7 +163,7 @@ def test_blank_lines_and_rows_without_a_path(tmp_path):
     text = csv_path.read_text()
     csv_path.write_text(text.rstrip("\n") + "\n\n" + ",10,20,50,60," + ";".join(["1"] * 136) + ",1,0.1,0.1\n\n")
     records, drops, items = read_all("affectnet", tmp_path)
-    assert len(records) == 4 and drops["malformed_row"] == 1
+    assert len(records) == 5 and drops["malformed_row"] == 1
     assert any(d.reason == "malformed_row" and "no image path" in d.detail for d in items)
 
 
@@ -184,4 +189,18 @@ def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path):
     for csv_path in tmp_path.rglob("*.csv"):
         csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())
     records, _, _ = read_all("affectnet", tmp_path)
-    assert len(records) == 4
+    assert len(records) == 5
+
+
+def test_a_list_without_its_header_line_is_read_from_its_first_row(tmp_path, caplog):
+    """Some copies of validation.csv lack the header: its first row is data, not a wrong header
+    (which stopped the whole dataset); a first line that is neither stays an error."""
+    make_affectnet_csv(tmp_path)
+    val = tmp_path / "Manually_Annotated_file_lists" / "validation.csv"
+    val.write_text(val.read_text().split("\n", 1)[1])
+    records, _, _ = read_all("affectnet", tmp_path)
+    assert {k for k, r in records.items() if r.split == "test"} == {"test_3_v0", "test_3_v1"}
+    assert "has no header line" in caplog.text
+    val.write_text("image,x,y,w,h,landmarks,label,valence,arousal\n" + val.read_text())
+    with pytest.raises(ValueError, match="is not AffectNet's"):
+        read_all("affectnet", tmp_path)

@@ -11,7 +11,7 @@ from tests.ferdata.fixtures_datasets import landmarks68, make_ckplus, read_all
 DISGUST, CONTEMPT, NEUTRAL = 5, 7, 0
 
 
-def test_last_three_frames_up_to_peak(tmp_path):
+def test_last_three_frames_up_to_peak(tmp_path, caplog):
     make_ckplus(tmp_path)
     records, drops, items = read_all("ckplus", tmp_path)
     got = {k: (r.label, r.native_label, r.subject, r.extra["role"]) for k, r in records.items()}
@@ -20,12 +20,14 @@ def test_last_three_frames_up_to_peak(tmp_path):
         "S005_001_00000004": (DISGUST, "3", "S005", "peak"),
         "S005_001_00000005": (DISGUST, "3", "S005", "peak"),
         "S010_001_00000002": (CONTEMPT, "2", "S010", "peak"),
+        "S010_001_00000003": (CONTEMPT, "2", "S010", "peak"),
         "S010_001_00000004": (CONTEMPT, "2", "S010", "peak"),
     }
-    assert drops == {"no_emotion_label": 1, "bad_label": 1, "bad_landmarks": 1}
-    assert {d.key: d.reason for d in items} == {
-        "S005_002": "no_emotion_label", "S010_002": "bad_label", "S010_001_00000003": "bad_landmarks",
-    }
+    assert drops == {"no_emotion_label": 1, "bad_label": 1}
+    assert {d.key: d.reason for d in items} == {"S005_002": "no_emotion_label", "S010_002": "bad_label"}
+    # frame 3's landmarks file has 10 lines: the frame and its label are kept, without landmarks, noted
+    assert records["S010_001_00000003"].landmarks is None
+    assert "ckplus: 1 record(s) kept without landmarks" in caplog.text and "S010_001_00000003" in caplog.text
     r = records["S005_001_00000004"]
     assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (68, 2)
     np.testing.assert_allclose(r.landmarks, landmarks68(4.0), rtol=1e-6)
@@ -62,5 +64,16 @@ def test_seven_class_protocol_drops_contempt_sequences(tmp_path):
     make_ckplus(tmp_path)
     records, drops, items = read_all("ckplus", tmp_path, {"exclude_classes": ["Contempt"]})
     assert sorted(records) == ["S005_001_00000003", "S005_001_00000004", "S005_001_00000005"]
-    assert drops == {"no_emotion_label": 1, "bad_label": 1, "bad_landmarks": 1, "excluded_class": 2}
-    assert {d.key for d in items if d.reason == "excluded_class"} == {"S010_001_00000002", "S010_001_00000004"}
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "excluded_class": 3}
+    assert {d.key for d in items if d.reason == "excluded_class"} == {f"S010_001_0000000{f}" for f in (2, 3, 4)}
+
+
+def test_a_label_whose_frames_are_missing_is_a_counted_drop(tmp_path):
+    """A partly extracted CK+: an Emotion/ label with no image folder was skipped without a count."""
+    make_ckplus(tmp_path)
+    (tmp_path / "Emotion" / "S999" / "001").mkdir(parents=True)
+    (tmp_path / "Emotion" / "S999" / "001" / "S999_001_00000010_emotion.txt").write_text("   1.0e+00\n")
+    _, drops, items = read_all("ckplus", tmp_path)
+    assert drops["missing_image"] == 1
+    (gone,) = [d for d in items if d.reason == "missing_image"]
+    assert gone.key == "S999_001" and "cohn-kanade-images/S999/001/" in gone.detail

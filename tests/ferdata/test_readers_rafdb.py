@@ -20,15 +20,19 @@ EXPECTED_ORIGINAL = {
 }
 
 
-def test_original_images_with_annotations(tmp_path):
+def test_original_images_with_annotations(tmp_path, caplog):
     make_rafdb(tmp_path)
     records, drops, items = read_all("rafdb", tmp_path)
-    assert {k: (r.split, r.label, r.native_label) for k, r in records.items()} == EXPECTED_ORIGINAL
-    assert drops == {"bad_label": 2, "missing_image": 1, "bad_landmarks": 1, "malformed_row": 1}
+    got = {k: (r.split, r.label, r.native_label) for k, r in records.items()}
+    assert {k: v for k, v in got.items() if k != "test_0003"} == EXPECTED_ORIGINAL
+    assert drops == {"bad_label": 2, "missing_image": 1, "malformed_row": 1}
     assert {d.key: d.reason for d in items} == {
         "train_00004": "bad_label", "train_00005": "bad_label", "train_00006": "missing_image",
-        "test_0003": "bad_landmarks", "train_00007": "malformed_row",
+        "train_00007": "malformed_row",
     }
+    # test_0003's manual landmark file is malformed: the image and label are kept without them, noted
+    assert records["test_0003"].landmarks is None and records["test_0003"].split == "test"
+    assert "rafdb: 1 record(s) kept without landmarks" in caplog.text and "test_0003" in caplog.text
     r = records["train_00001"]
     assert r.path.endswith("Image/original/train_00001.jpg")
     assert r.landmarks.dtype == np.float32 and r.landmarks.shape == (5, 2)
@@ -86,7 +90,8 @@ def test_subset_lists_in_both_published_formats(tmp_path):
     opts = {"subsets": {"occlusion": "lists/rafdb_occlusion_list.txt", "pose45": str(pose)}}
     records, _, _ = read_all("rafdb", tmp_path, opts)
     tags = {k: r.extra.get("subsets", ()) for k, r in records.items() if r.split == "test"}
-    assert tags == {"test_0001": ("occlusion",), "test_0002": ("pose45",), "test_0004": ("occlusion", "pose45")}
+    assert tags == {"test_0001": ("occlusion",), "test_0002": ("pose45",), "test_0003": (),
+                    "test_0004": ("occlusion", "pose45")}
     assert all("subsets" not in r.extra for r in records.values() if r.split == "train")
 
 
@@ -97,3 +102,12 @@ def test_subset_list_problems(tmp_path):
     write_text(tmp_path / "bad.txt", "558 7\n0\n4\n")
     with pytest.raises(ValueError, match="no image ids"):
         parse_list(tmp_path / "bad.txt", RAFDB_ID)
+
+
+def test_the_compound_subset_is_refused_not_read_as_basic(tmp_path):
+    """Compound's labels 1-11 in basic's layout: labels 1-7 would silently become basic classes."""
+    make_rafdb(tmp_path)
+    label_file = next(tmp_path.glob("EmoLabel/*.txt"))
+    label_file.write_text("".join(f"train_{i:05d}.jpg {i % 11 + 1}\n" for i in range(1, 67)))
+    with pytest.raises(ValueError, match="24 of 66 labels above 7: that is RAF-DB's compound subset"):
+        read_all("rafdb", tmp_path)
