@@ -86,6 +86,8 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
         "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card),
         "datasets": state.get("datasets", []), "best": state.get("best", {}), "files": files, "opset": OPSET,
+        # false: a face's scores depend on the other faces in its batch; run such a model one face at a time
+        "per_sample": card.per_sample,
         # the face backends that found the training faces (samples each): find new faces the same way
         "face_backends": (state.get("data") or {}).get("face_backends", {}),
     }
@@ -112,7 +114,8 @@ def alignment(preprocess: dict, card) -> dict:
                 "largest r in 2, 4, 8 that keeps it at least crop_size (r x r block means, as libjpeg's reduced "
                 "JPEG decode; points map as (p + 0.5) / r - 0.5), not from the full image, which one warp aliases",
         "resize": "none" if card.input_size == size else
-                  f"{size} -> {card.input_size}: bilinear, pixel centres aligned, antialiased when shrinking",
+                  f"{size} -> {card.input_size}: bilinear, pixel centres aligned (OpenCV INTER_LINEAR; "
+                  "no antialiasing when shrinking, as the training loader resized)",
     }
     if {"left", "right"} & set(card.fields):
         out["halves"] = ("left = crop[:, :W/2], right = crop[:, W/2:] flipped left-right (W: the crop's side), "

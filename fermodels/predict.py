@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ferdata.cache import face_to_dict
+from ferdata.datasets.folder import visible_files
 from ferdata.faces import create_backend
 from ferdata.faces.auto import first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
@@ -230,12 +231,18 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
-    """Files as given; folders expanded (recursively, sorted) to their images and videos; a file
-    named twice (itself and inside a folder given too) is read once."""
+    """Files as given; folders expanded (recursively, linked folders too, sorted) to their images and
+    videos, the other visible files counted in a warning; a file named twice (itself and inside a
+    folder given too) is read once."""
     out: dict[str, Path] = {}
     for p in inputs:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS)
+            visible = visible_files(p)
+            found = [f for f in visible if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS]
+            others = [f for f in visible if f.suffix.lower() not in IMAGE_EXTS | VIDEO_EXTS]
+            if others:
+                log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", p, len(others),
+                            " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), others[0])
         elif p.is_file():
             found = [p]
         else:
@@ -276,8 +283,14 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     summary: list[dict] = []
     pending: list[FaceSample] = []
 
+    per_pass = batch_size if predictor.card.per_sample else 1
+    if not predictor.card.per_sample:
+        log.warning("%s's predictions depend on the other faces in a batch (its card: per_sample false): "
+                    "scoring one face at a time", predictor.card.name)
+
     def flush() -> None:
-        for face, p in zip(pending, predictor.probabilities(pending)):
+        chunks = (predictor.probabilities(pending[i:i + per_pass]) for i in range(0, len(pending), per_pass))
+        for face, p in zip(pending, (row for chunk in chunks for row in chunk)):
             row = {"source": face.source, "frame": face.frame, "face": face.index,
                    "box": [round(v, 1) for v in face.box], "score": round(face.score, 4),
                    "expression": predictor.classes[int(p.argmax())]}
@@ -301,7 +314,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                 name = (names or {}).get(path) or annotation_names([path], [path])[path]
                 draw_faces(picture.rgb, rows[-len(faces):], annotate / annotation_path(name, frame, video),
                            picture.scale)
-            elif len(pending) >= batch_size:
+            elif len(pending) >= per_pass:
                 flush()
     flush()
     return rows, summary

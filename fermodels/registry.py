@@ -44,6 +44,7 @@ class ModelCard:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     notes: str = ""
+    per_sample: bool = True      # False: an eval-mode prediction depends on the other samples in its batch
 
     def __post_init__(self) -> None:
         bad = set(self.fields) - set(FIELDS)

@@ -125,9 +125,9 @@ _COMMON = ("Paper + PAtt-Lite template (the TF code was not readable): ConvNeXt-
            "mean/std as torchvision's weights expect.")
 
 
-def _card(name: str, notes: str) -> ModelCard:
+def _card(name: str, notes: str, per_sample: bool = True) -> ModelCard:
     return ModelCard(name=name, input_size=224, fields=("image",), losses=("ce",), paper=_PAPER,
-                     notes=notes)
+                     notes=notes, per_sample=per_sample)
 
 
 @register_model("convcut")
@@ -152,5 +152,6 @@ def convcut_paper(num_classes: int = 7, cut_stage: int = 3, freeze_backbone: boo
              "error). Predictions depend on batch composition even in eval mode and leak labels "
              "on class-sorted test batches; evaluate with batch size 1 or shuffled order to see "
              "it. " + _COMMON.format(cut=cut_stage, frozen=freeze_backbone))
-    return ConvCut(num_classes, _card("convcut_paper", notes), cut_stage, freeze_backbone, width, True,
+    return ConvCut(num_classes, _card("convcut_paper", notes, per_sample=False), cut_stage, freeze_backbone,
+                   width, True,
                    pretrained, pretrained_layout, depths, dims)

@@ -28,6 +28,7 @@ def test_export_matches_pytorch_and_writes_metadata(tiny_run, tmp_path, one_thre
     assert saved["normalisation"]["mean"] == [0.485, 0.456, 0.406]
     assert saved["preprocess"]["align"]["size"] == 112
     assert list(saved["face_backends"]) == ["annotations"]          # tiny_shards' faces: the annotations backend
+    assert saved["per_sample"] is True                                # convcut, not convcut_paper: batch it freely
     diffs = parity(tmp_path, tiny_run["ckpt"] / "best.pt", batch=5)
     assert set(diffs) == {"onnx", "torchscript"} and max(diffs.values()) < TOLERANCE, diffs
 

@@ -310,3 +310,50 @@ def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
 def test_an_output_that_is_neither_csv_nor_json_is_refused_first(tmp_path):
     with pytest.raises(ValueError, match=r"out.xlsx: predictions are written as .csv or .json"):
         fermodels.predict.predict_files([tmp_path], tmp_path / "no.pt", out=tmp_path / "out.xlsx")
+
+
+def test_no_forward_pass_is_larger_than_the_batch_size(photos, predictor, monkeypatch, one_thread):
+    """--batch-size caps every pass, with --annotate too (an image's faces went in one pass: a
+    crowd photo with 300 faces was one batch of 300), and the rows keep the faces' order."""
+    sizes, real = [], predictor.probabilities
+    monkeypatch.setattr(predictor, "probabilities", lambda faces: sizes.append(len(faces)) or real(faces))
+    paths = [photos / "two.jpg", photos / "astronaut.jpg", photos / "two.jpg"]
+    reference, _ = run_predict(predictor, paths, batch_size=8, every=1)
+    sizes.clear()
+    rows, _ = run_predict(predictor, paths, batch_size=1, every=1)
+    assert sizes and max(sizes) == 1 and sum(sizes) == 5
+    sizes.clear()
+    annotated, _ = run_predict(predictor, paths, batch_size=1, every=1, annotate=photos / "annotated")
+    assert max(sizes) == 1 and sum(sizes) == 5
+    for got in (rows, annotated):
+        assert [(r["source"], r["face"]) for r in got] == [(r["source"], r["face"]) for r in reference]
+        assert all(abs(a[c] - b[c]) < 1e-4 for a, b in zip(got, reference) for c in predictor.classes)
+
+
+def test_a_model_whose_scores_depend_on_its_batch_scores_one_face_at_a_time(photos, predictor, monkeypatch, caplog,
+                                                                             one_thread):
+    """convcut_paper's card says per_sample false: predict must not let one file's faces change
+    another's scores through a shared batch."""
+    from dataclasses import replace
+
+    from fermodels.registry import create_model
+
+    assert create_model("convcut_paper", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)).card.per_sample is False
+    assert create_model("convcut", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)).card.per_sample is True
+    sizes, real = [], predictor.probabilities
+    monkeypatch.setattr(predictor, "probabilities", lambda faces: sizes.append(len(faces)) or real(faces))
+    monkeypatch.setattr(predictor, "card", replace(predictor.card, per_sample=False))
+    run_predict(predictor, [photos / "two.jpg", photos / "astronaut.jpg"], batch_size=32, every=1)
+    assert sizes and set(sizes) == {1} and sum(sizes) == 3
+    assert "scoring one face at a time" in caplog.text
+
+
+def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, caplog):
+    (tmp_path / "kept" / "more").mkdir(parents=True)
+    for rel in ("photos/a.jpg", "kept/more/b.png", "photos/c.heic", "photos/.hidden.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    (tmp_path / "photos" / "linked").symlink_to(tmp_path / "kept")
+    found = expand_inputs([tmp_path / "photos"])
+    assert found == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "linked" / "more" / "b.png"]
+    assert "1 file(s) neither image" in caplog.text and "c.heic" in caplog.text
