@@ -26,6 +26,7 @@ class StageReport:
     dropped: Counter = field(default_factory=Counter)
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)   # the params that shaped the output
 
     def drop(self, item: Dropped) -> None:
         self.dropped[item.reason] += 1
@@ -46,6 +47,7 @@ class StageReport:
             "dropped_total": sum(self.dropped.values()),
             "examples": {k: self.examples[k] for k in sorted(self.examples)},
             "notes": self.notes,
+            **({"settings": self.settings} if self.settings else {}),
         }
 
     def write(self, path: Path) -> None:

@@ -46,6 +46,7 @@ class Split:
     subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # shard dir -> test subset -> keys
     soft_labels: dict[str, int] = field(default_factory=dict)  # label mode -> samples with a distribution to train on
     face_backends: dict[str, int] = field(default_factory=dict)  # face backend -> samples whose crop it made
+    preprocess: dict = field(default_factory=dict)   # align/derive settings that made the faces ({}: not recorded)
 
     @property
     def num_samples(self) -> int:
@@ -68,6 +69,7 @@ class Split:
 def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
     shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
+    settings: dict[str, dict] = {}
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -80,8 +82,22 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
         soft.update(info.get("soft_labels", {}))
         backends.update(info.get("face_backends", {}))
+        settings[str(d)] = info.get("preprocess") or {}
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
-                 dict(sorted(backends.items())))
+                 dict(sorted(backends.items())), _one_preprocess(settings, split))
+
+
+def _one_preprocess(settings: dict[str, dict], split: str) -> dict:
+    """The align/derive settings all datasets' faces share ({} when one did not record them); faces
+    cropped or derived differently cannot feed one model, whose checkpoint records one way."""
+    if not all(settings.values()):
+        return {}
+    distinct = {json.dumps(v, sort_keys=True) for v in settings.values()}
+    if len(distinct) > 1:
+        shown = "; ".join(f"{d}: {v}" for d, v in settings.items())
+        raise ValueError(f"the {split} shards were prepared with different align/derive settings ({shown}); "
+                         "prepare every dataset with the same align and derive sections")
+    return next(iter(settings.values()))
 
 
 @dataclass(frozen=True)

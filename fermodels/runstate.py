@@ -37,7 +37,8 @@ PREPROCESS_KEYS = {"align": ("size", "padding", "jpeg_quality"),
 
 
 def preprocess_record(params: Mapping[str, Any]) -> dict:
-    """The align/derive settings (from params.yaml) that checkpoints carry for inference."""
+    """The align/derive settings of a params file, in the form checkpoints carry them (training
+    prefers what the shards record: ``_info.json``'s ``preprocess``, from the align/derive reports)."""
     return {section: {k: params[section][k] for k in keys} for section, keys in PREPROCESS_KEYS.items()}
 
 

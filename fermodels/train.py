@@ -193,6 +193,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
     _check_classes(train_split, val_split, params.num_classes)
+    preprocess = _shards_preprocess(train_split, preprocess)
     decoder = split_decoder(net.card, train_split, device)
     if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes
         log.info("training on label distributions: %s samples", train_split.soft_labels)
@@ -301,6 +302,18 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         t_wait = time.perf_counter()
     _check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
+
+
+def _shards_preprocess(split: Split, given: dict) -> dict:
+    """The align/derive settings for the checkpoints: what the shards record (the stages that made
+    them), else ``given`` (params.yaml's, for shards of a version that did not record them)."""
+    if not split.preprocess:
+        return given
+    if given and given != split.preprocess:
+        log.warning("params.yaml's align/derive settings %s are not the ones the shards were made with %s "
+                    "(prepared with another params file?): the checkpoints record the shards'", given,
+                    split.preprocess)
+    return split.preprocess
 
 
 def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:

@@ -1,8 +1,8 @@
 """Stage `train`.  Usage: python -m pipeline.train SELECTION CKPT_DIR LIVE_DIR
 
 Applies ``train.recipe`` (if any), then trains on the shards of every ``train.datasets`` entry as
-pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive settings go into the
-checkpoints for inference.
+pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive settings the shards
+record go into the checkpoints for inference (params.yaml's, for shards that do not record them).
 """
 from ferdata.params import section
 from ferdata.selection import SPLITS_READ, read_selection

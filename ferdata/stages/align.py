@@ -56,6 +56,10 @@ class AlignParams:
         check_values("align", self, {"size": crop_side, "padding": at_least(0), "jpeg_quality": within(1, 100),
                                      "workers": at_least(1), "chunk_size": at_least(1)})
 
+    def settings(self) -> dict:
+        """What shapes a crop (not how fast it is made): the shards record it, inference repeats it."""
+        return {"size": self.size, "padding": self.padding, "jpeg_quality": self.jpeg_quality}
+
 
 @dataclass(frozen=True)
 class AlignedSample:
@@ -233,7 +237,7 @@ class Deduplicator:
 
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
-    report = StageReport("align")
+    report = StageReport("align", settings=params.settings())
     drops: list[Dropped] = []
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).

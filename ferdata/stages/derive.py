@@ -46,6 +46,11 @@ class DeriveParams:
                                       "jpeg_quality": within(1, 100), "workers": at_least(1),
                                       "chunk_size": at_least(1)})
 
+    def settings(self) -> dict:
+        """What shapes the derived fields: the shards record it, inference repeats it."""
+        return {"heatmap_size": self.heatmap_size, "heatmap_sigma": self.heatmap_sigma,
+                "jpeg_quality": self.jpeg_quality}
+
 
 class DeriveWorker:
     """Picklable callable: one aligned sample -> its derived fields under the same key."""
@@ -75,7 +80,7 @@ class DeriveWorker:
 def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:
     """Derive fields for every sample of ``aligned_dir`` into ``out_dir`` (replaced as a whole)."""
     require_dir(aligned_dir, "aligned", "run the align stage first")
-    report = StageReport("derive")
+    report = StageReport("derive", settings=params.settings())
     samples = iter_dir_samples(aligned_dir, ALIGNED)
     with staged_dir(out_dir, OWNED) as out:
         with TarShardWriter(out, PREFIX, params.chunk_size) as writer:

@@ -89,17 +89,34 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     metas = {k: _record_fields(json.loads(read_indexed(v["json"]))) for k, v in aligned.items()}
     by_split = assign(metas, params)
+    preprocess = stage_settings(aligned_dir, derived_dir)
     with staged_dir(out_dir, OWNED) as out:
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
             info = _write_split(out / split, split, keys, aligned, derived, metas, params)
             info["provenance_hash"] = provenance_hash
+            if preprocess:
+                info["preprocess"] = preprocess
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
         report.kept = len(metas)
         report.write(out / "report.json")
     log.info("shard: %s", report.notes)
     return report
+
+
+def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> dict:
+    """The align and derive settings that made these samples, from the stages' reports (``{}``
+    for outputs of a version that did not record them): ``{"align": {...}, "derive": {...}}``,
+    what training puts in its checkpoints so that inference crops faces the same way."""
+    found = {}
+    for name, folder in (("align", aligned_dir), ("derive", derived_dir)):
+        report = Path(folder) / "report.json"
+        settings = json.loads(report.read_text()).get("settings") if report.is_file() else None
+        if not settings:
+            return {}
+        found[name] = settings
+    return found
 
 
 def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,

@@ -239,11 +239,33 @@ def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
 
 
 def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_thread):
+    """Shards of a version that did not record their align/derive settings, trained without them."""
+    import shutil
+
     from fermodels.train import train
 
-    train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+    old = shutil.copytree(tiny_shards, tmp_path / "tiny")
+    for info_path in old.glob("*/_info.json"):
+        info = json.loads(info_path.read_text())
+        del info["preprocess"]
+        info_path.write_text(json.dumps(info))
+    train(old, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
     with pytest.raises(ValueError, match="preprocessing"):
         Predictor(tmp_path / "ckpt" / "best.pt", backend="embedded")
+
+
+def test_checkpoints_record_the_settings_the_shards_were_made_with(tiny_shards, preprocess, tmp_path, caplog,
+                                                                   one_thread):
+    """Shards prepared with another params file (``ferdata prepare --params exp.yaml``) than the
+    params.yaml training reads: inference must crop as the shards were cropped."""
+    from fermodels.train import train
+
+    info = json.loads((tiny_shards / "train" / "_info.json").read_text())
+    assert info["preprocess"] == preprocess                       # made with params.yaml's settings
+    other = {"align": {**preprocess["align"], "padding": 0.25}, "derive": preprocess["derive"]}
+    train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live", other)
+    assert load_checkpoint(tmp_path / "ckpt" / "best.pt")["preprocess"] == preprocess
+    assert "not the ones the shards were made with" in caplog.text
 
 
 def test_checkpoints_record_which_backend_found_the_training_faces(tiny_run):
@@ -357,3 +379,18 @@ def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, 
     found = expand_inputs([tmp_path / "photos"])
     assert found == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "linked" / "more" / "b.png"]
     assert "1 file(s) neither image" in caplog.text and "c.heic" in caplog.text
+
+
+def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shards, tmp_path):
+    import shutil
+
+    a, b = (shutil.copytree(tiny_shards, tmp_path / name) for name in ("a", "b"))
+    assert open_split([a, b], "train").preprocess == json.loads((a / "train" / "_info.json").read_text())["preprocess"]
+    info = json.loads((b / "train" / "_info.json").read_text())
+    info["preprocess"]["align"]["size"] = 224
+    (b / "train" / "_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="prepared with different align/derive settings"):
+        open_split([a, b], "train")
+    del info["preprocess"]
+    (b / "train" / "_info.json").write_text(json.dumps(info))
+    assert open_split([a, b], "train").preprocess == {}                 # one did not record them: unknown
