@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ferdata.classes import class_names
+from ferdata.stages import align, derive
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
 from fermodels.registry import create_model, model_kwargs
 
@@ -32,8 +33,7 @@ CHECKPOINT_KEYS = ("model", "model_kwargs", "num_classes", "classes", "state_dic
 LAST, BEST = "last.pt", "best.pt"
 # The align/derive settings that made the shards: checkpoints carry them, so inference rebuilds
 # the training sample from a photo (fermodels.predict) and exports can describe it.
-PREPROCESS_KEYS = {"align": ("size", "padding", "jpeg_quality"),
-                   "derive": ("heatmap_size", "heatmap_sigma", "jpeg_quality")}
+PREPROCESS_KEYS = {"align": align.SETTINGS, "derive": derive.SETTINGS}
 
 
 def preprocess_record(params: Mapping[str, Any]) -> dict:

@@ -42,6 +42,9 @@ PREFIX = ALIGNED
 OWNED = (f"{PREFIX}-*.tar", "report.json", "dropped.jsonl")
 
 
+SETTINGS = ("size", "padding", "jpeg_quality")     # the params that shape a crop (AlignParams.settings)
+
+
 @dataclass(frozen=True)
 class AlignParams:
     size: int
@@ -58,7 +61,7 @@ class AlignParams:
 
     def settings(self) -> dict:
         """What shapes a crop (not how fast it is made): the shards record it, inference repeats it."""
-        return {"size": self.size, "padding": self.padding, "jpeg_quality": self.jpeg_quality}
+        return {k: getattr(self, k) for k in SETTINGS}
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ PREFIX = DERIVED
 OWNED = (f"{PREFIX}-*.tar", "report.json")
 
 
+SETTINGS = ("heatmap_size", "heatmap_sigma", "jpeg_quality")   # what shapes the derived fields
+
+
 @dataclass(frozen=True)
 class DeriveParams:
     heatmap_size: int
@@ -48,8 +51,7 @@ class DeriveParams:
 
     def settings(self) -> dict:
         """What shapes the derived fields: the shards record it, inference repeats it."""
-        return {"heatmap_size": self.heatmap_size, "heatmap_sigma": self.heatmap_sigma,
-                "jpeg_quality": self.jpeg_quality}
+        return {k: getattr(self, k) for k in SETTINGS}
 
 
 class DeriveWorker:
