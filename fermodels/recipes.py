@@ -96,12 +96,13 @@ _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random eras
              "decay 0 is torch's default (INFER). The paper's landmark net is a frozen MobileFaceNet: set "
              "train.model_kwargs.landmark_checkpoint, else the model uses its heatmap substitute (model card).")
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
-    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing as POSTER++ RAF-DB (:165)", _NIE_NOTE +
-            " RandomErasing p 0.5 (torch default), scale 0.02-0.1 (POSTER++).",
+    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing as POSTER++ "
+            "RAF-DB (:165)", _NIE_NOTE + " RandomErasing p 0.5 (torch default), scale 0.02-0.1 (POSTER++).",
             datasets=[_ds], num_classes=_classes, lr=3.5e-5, sampler="shuffle",
             augment=_augment(erase_p=0.5, erase_scale=(0.02, 0.1)), **_NIE)
 for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
-    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing, sampler as POSTER++ AffectNet (:165)",
+    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing, sampler as "
+            "POSTER++ AffectNet (:165)",
             _NIE_NOTE + " AffectNet: RandomErasing(p=1, scale 0.05) and ImbalancedDatasetSampler as POSTER++ "
             "(whose AffectNet figures need that sampler, seed_models.md:246).",
             datasets=[_ds], num_classes=_classes, lr=1e-6, sampler="balanced",

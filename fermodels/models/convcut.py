@@ -153,5 +153,4 @@ def convcut_paper(num_classes: int = 7, cut_stage: int = 3, freeze_backbone: boo
              "on class-sorted test batches; evaluate with batch size 1 or shuffled order to see "
              "it. " + _COMMON.format(cut=cut_stage, frozen=freeze_backbone))
     return ConvCut(num_classes, _card("convcut_paper", notes, per_sample=False), cut_stage, freeze_backbone,
-                   width, True,
-                   pretrained, pretrained_layout, depths, dims)
+                   width, True, pretrained, pretrained_layout, depths, dims)

@@ -184,14 +184,15 @@ def pcda(num_classes: int = 7, dim: int = 768, depth: int = 2, heads: int = 8, m
                "IR-50 stages 1-3 at 112, H = channel-max of landmark features, F = X*act(H), "
                "landmark-query / fusion-key-value cross attention with class tokens, 2 blocks, "
                "NeAA exactly as Eqs. 6-10 with lambda 0.01. Interpretation: "
-               f"act = h_norm ({h_norm!r}; the paper's Eq. 1 is 'raw'); pre-LN blocks; one shared learned pos-embed; q/k/v "
-               "without bias; landmark tokens are not updated between blocks; W_q_fusion (in the "
-               "paper's Eq. 3 but unused by Eq. 4) is not built; no SE gate. Defaults follow the "
-               "paper (class token c_t=768, MLP ratio 4, drop ratio 0.5): a 14.63M attention module against "
-               "the paper's 15.6M (W_q_fusion's 1.18M not built; an output projection after the attention, "
-               "as in ViT, and GELU in the MLP, neither in Eqs. 4-5, are); the drop ratio is read as the drop_ratio of the ViT code POSTER "
-               "builds on (dropout of the tokens, the attention output and in the MLP; drop=0 turns it "
-               "off); POSTER's dim=512, mlp_ratio=2 is one keyword each. With a MobileFaceNet the normalised "
-               "image is fed as POSTER does (the net was trained on BGR /255)."))
+               f"act = h_norm ({h_norm!r}; the paper's Eq. 1 is 'raw'); pre-LN blocks; one shared "
+               "learned pos-embed; q/k/v without bias; landmark tokens are not updated between blocks; "
+               "W_q_fusion (in the paper's Eq. 3 but unused by Eq. 4) is not built; no SE gate. Defaults "
+               "follow the paper (class token c_t=768, MLP ratio 4, drop ratio 0.5): a 14.63M attention "
+               "module against the paper's 15.6M (W_q_fusion's 1.18M not built; an output projection "
+               "after the attention, as in ViT, and GELU in the MLP, neither in Eqs. 4-5, are); the drop "
+               "ratio is read as the drop_ratio of the ViT code POSTER builds on (dropout of the tokens, "
+               "the attention output and in the MLP; drop=0 turns it off); POSTER's dim=512, mlp_ratio=2 "
+               "is one keyword each. With a MobileFaceNet the normalised image is fed as POSTER does (the "
+               "net was trained on BGR /255)."))
     return PCDA(num_classes, card, dim, depth, heads, mlp_ratio, drop, h_norm, neaa_weight, heatmap_sigma,
                 head_drop, landmark_checkpoint, pretrained)
