@@ -36,13 +36,14 @@ from ferdata.faces.auto import first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
+from ferdata.params import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, normalise, to_device, travel_side
 from fermodels.distributed import env_from_os, pick_device
-from fermodels.runstate import PREPROCESS_KEYS, load_checkpoint, model_from_checkpoint
+from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -139,7 +140,7 @@ class Predictor:
                  flip_tta: bool = False) -> None:
         state = load_checkpoint(checkpoint)
         pre = state.get("preprocess") or {}
-        if set(pre) != set(PREPROCESS_KEYS):
+        if set(pre) != set(SAMPLE_SETTINGS):
             raise ValueError(f"{checkpoint} does not record its preprocessing (align/derive settings); "
                              "retrain it with the train stage (pipeline/train.py), which records them")
         self.device = pick_device(device, env_from_os())

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ferdata.classes import class_names
-from ferdata.stages import align, derive
+from ferdata.params import SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
 from fermodels.registry import create_model, model_kwargs
 
@@ -31,15 +31,12 @@ log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
 CHECKPOINT_KEYS = ("model", "model_kwargs", "num_classes", "classes", "state_dict")   # what loading needs
 LAST, BEST = "last.pt", "best.pt"
-# The align/derive settings that made the shards: checkpoints carry them, so inference rebuilds
-# the training sample from a photo (fermodels.predict) and exports can describe it.
-PREPROCESS_KEYS = {"align": align.SETTINGS, "derive": derive.SETTINGS}
 
 
 def preprocess_record(params: Mapping[str, Any]) -> dict:
     """The align/derive settings of a params file, in the form checkpoints carry them (training
     prefers what the shards record: ``_info.json``'s ``preprocess``, from the align/derive reports)."""
-    return {section: {k: params[section][k] for k in keys} for section, keys in PREPROCESS_KEYS.items()}
+    return {section: {k: params[section][k] for k in keys} for section, keys in SAMPLE_SETTINGS.items()}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from ferdata.geometry import Aligned, align_face, crop_reduction, reduced_frame,
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, read_faces
 from ferdata.parallel import parallel_map
-from ferdata.params import at_least, check_values, within
+from ferdata.params import SAMPLE_SETTINGS, at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, scaled_points
 from ferdata.report import StageReport, write_drops
@@ -40,9 +40,6 @@ from ferdata.tario import TarShardWriter
 log = logging.getLogger(__name__)
 PREFIX = ALIGNED
 OWNED = (f"{PREFIX}-*.tar", "report.json", "dropped.jsonl")
-
-
-SETTINGS = ("size", "padding", "jpeg_quality")     # the params that shape a crop (AlignParams.settings)
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class AlignParams:
 
     def settings(self) -> dict:
         """What shapes a crop (not how fast it is made): the shards record it, inference repeats it."""
-        return {k: getattr(self, k) for k in SETTINGS}
+        return {k: getattr(self, k) for k in SAMPLE_SETTINGS["align"]}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
 from ferdata.layout import ALIGNED, DERIVED
 from ferdata.parallel import parallel_map
-from ferdata.params import above, at_least, check_values, within
+from ferdata.params import SAMPLE_SETTINGS, above, at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.regions import fixed_regions, landmark_regions
 from ferdata.report import StageReport
@@ -31,9 +31,6 @@ from ferdata.tario import TarShardWriter, iter_dir_samples, load_npy
 log = logging.getLogger(__name__)
 PREFIX = DERIVED
 OWNED = (f"{PREFIX}-*.tar", "report.json")
-
-
-SETTINGS = ("heatmap_size", "heatmap_sigma", "jpeg_quality")   # what shapes the derived fields
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,7 @@ class DeriveParams:
 
     def settings(self) -> dict:
         """What shapes the derived fields: the shards record it, inference repeats it."""
-        return {k: getattr(self, k) for k in SETTINGS}
+        return {k: getattr(self, k) for k in SAMPLE_SETTINGS["derive"]}
 
 
 class DeriveWorker:
