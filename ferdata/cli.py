@@ -178,7 +178,8 @@ def predict(
     model_dir: Optional[Path] = typer.Option(None, help="Folder with the backend's model files."),
     backend_option: list[str] = typer.Option(
         [], "--backend-option", help="KEY=VALUE for the face backend, as detect.options in params.yaml "
-                                     "(e.g. pack=antelopev2); repeatable."),
+                                     "(e.g. pack=antelopev2), over the options training's backend ran with; "
+                                     "repeatable."),
     batch_size: int = typer.Option(32, help="Faces per forward pass."),
     every: int = typer.Option(10, help="Videos: score every N-th frame."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),

@@ -11,6 +11,7 @@ with ferdata's safe reader (no links, no ``..``, no pickles).
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from ferdata.tario import iter_tar_samples, listed_shard, load_npy
 from fermodels.losses import TARGET_KINDS
 from fermodels.registry import ModelCard
 
+log = logging.getLogger(__name__)
 MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
 LANDMARKS = 68
 
@@ -47,6 +49,7 @@ class Split:
     soft_labels: dict[str, int] = field(default_factory=dict)  # label mode -> samples with a distribution to train on
     face_backends: dict[str, int] = field(default_factory=dict)  # face backend -> samples whose crop it made
     preprocess: dict = field(default_factory=dict)   # align/derive settings that made the faces ({}: not recorded)
+    face_backend_options: dict[str, dict] = field(default_factory=dict)   # face backend -> the options it ran with
 
     @property
     def num_samples(self) -> int:
@@ -70,6 +73,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
     shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
     settings: dict[str, dict] = {}
+    detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -83,8 +87,25 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         soft.update(info.get("soft_labels", {}))
         backends.update(info.get("face_backends", {}))
         settings[str(d)] = info.get("preprocess") or {}
+        if info.get("detect"):                        # auto's options went to each backend it used
+            detectors[str(d)] = {name: info["detect"]["options"] for name in info.get("face_backends", {})}
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
-                 dict(sorted(backends.items())), _one_preprocess(settings, split))
+                 dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors))
+
+
+def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Each face backend's options over all datasets; a backend run with different options for
+    two datasets is left out (inference then builds it with its own defaults), with a warning."""
+    merged: dict[str, dict] = {}
+    differing: set[str] = set()
+    for per_backend in detectors.values():
+        for name, options in per_backend.items():
+            if merged.setdefault(name, options) != options:
+                differing.add(name)
+    if differing:
+        log.warning("face backend(s) %s ran with different options for different datasets: inference will "
+                    "not repeat either (pass --backend-option)", ", ".join(sorted(differing)))
+    return {name: options for name, options in sorted(merged.items()) if name not in differing}
 
 
 def _one_preprocess(settings: dict[str, dict], split: str) -> dict:

@@ -90,6 +90,7 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "per_sample": card.per_sample,
         # the face backends that found the training faces (samples each): find new faces the same way
         "face_backends": (state.get("data") or {}).get("face_backends", {}),
+        "face_backend_options": (state.get("data") or {}).get("face_backend_options", {}),
     }
 
 

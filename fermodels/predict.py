@@ -6,7 +6,8 @@ derive stage's worker (halves via ``split_halves``, landmark heatmap), then the 
 decoder and normalisation - so the model sees exactly the kind of sample it was trained on.
 The align and derive settings come from the checkpoint (``preprocess``, recorded by the train
 stage), and so, unless asked for another, does the face backend: the detector that made the
-training crops (``data.face_backends``), when it can run here (:func:`choose_backend`).
+training crops (``data.face_backends``), when it can run here, with the options it ran with
+(``data.face_backend_options``; :func:`choose_backend`).
 
 A face much larger than the crop is warped, as in the align stage, from the picture decoded at
 1/2, 1/4 or 1/8 (``crop_reduction``; libjpeg's reduced decode for a JPEG file), not from the
@@ -102,20 +103,25 @@ class Picture:
 
 
 def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,
-                   model_dir: str | Path | None = None) -> FaceBackend:
+                   model_dir: str | Path | None = None,
+                   trained_options: Mapping[str, Mapping[str, Any]] | None = None) -> FaceBackend:
     """The face backend for inference: ``asked`` when given; else the detector that made most of
     the model's training crops (``trained``: backend -> samples, from the checkpoint) that runs
     here, so new faces are found and landmarked as the training faces were; else ``auto`` (with a
     warning when the training detectors are missing here: crops and landmarks then differ from
     training's). A model trained on the dataset's own crops or landmarks (``precropped``,
     ``annotations``: they find no faces in a new photo) gets ``auto``. ``options`` (e.g. the
-    insightface ``pack`` the training data used) go to the backend, each backend keeping those it
-    reads; the checkpoint names the backends, not their options."""
+    insightface ``pack``) go to the backend, each backend keeping those it reads, over the options
+    each backend ran with for the training data (``trained_options``, from the checkpoint: its
+    det_size, score_threshold, pack ...)."""
+    trained_options = trained_options or {}
     if asked:
-        return create_backend(asked, options, model_dir)
+        reads = BACKENDS.get(asked).option_names()
+        recorded = {k: v for k, v in trained_options.get(asked, {}).items() if k in reads}
+        return create_backend(asked, {**recorded, **(options or {})}, model_dir)
     ranked = sorted(trained, key=lambda name: (-trained[name], name))
     detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
-    backend, missing = first_ready(detectors, options, model_dir)   # most training faces first
+    backend, missing = first_ready(detectors, options, model_dir, trained_options)   # most training faces first
     if backend is not None:
         if missing:
             log.warning("the model's training faces came mostly from %s, which cannot run here; using %s, "
@@ -151,8 +157,9 @@ class Predictor:
         self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
         self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
-        self.backend = choose_backend(backend, (state.get("data") or {}).get("face_backends", {}),
-                                      backend_options, model_dir)
+        data = state.get("data") or {}
+        self.backend = choose_backend(backend, data.get("face_backends", {}), backend_options, model_dir,
+                                      data.get("face_backend_options", {}))
 
     def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
         """Every usable face of a picture (an RGB array is taken as a video frame) as a sample,

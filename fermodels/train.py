@@ -210,7 +210,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     planner = EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw)
     steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
-            "face_backends": train_split.face_backends}     # predict finds faces as the training data's were
+            "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
+            "face_backend_options": train_split.face_backend_options}
     state = broadcast_object(resume_state(ckpt_dir, asdict(params), data) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()

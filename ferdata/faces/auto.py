@@ -21,13 +21,14 @@ log = logging.getLogger(__name__)
 PREFERENCE = ("insightface", "face_alignment", "embedded")
 
 
-def first_ready(names: Sequence[str], options: Mapping[str, Any] | None,
-                model_dir: str | Path | None) -> tuple[FaceBackend | None, list[str]]:
+def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_dir: str | Path | None,
+                per_backend: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[FaceBackend | None, list[str]]:
     """The first of the backends ``names`` whose models are here (never downloading), built with
-    ``options`` (each keeps those it reads), and why each one before it could not run."""
+    ``per_backend[name]`` updated by ``options`` (each keeps those it reads), and why each one
+    before it could not run."""
     reasons = []
     for name in names:
-        backend = BACKENDS.get(name)(options, model_dir, False)
+        backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir, False)
         try:
             backend.check_ready()
         except (MissingModelError, ImportError) as e:

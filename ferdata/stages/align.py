@@ -34,7 +34,7 @@ from ferdata.parallel import parallel_map
 from ferdata.params import SAMPLE_SETTINGS, at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, scaled_points
-from ferdata.report import StageReport, write_drops
+from ferdata.report import StageReport, report_settings, write_drops
 from ferdata.tario import TarShardWriter
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,9 @@ class Deduplicator:
 
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
-    report = StageReport("align", settings=params.settings())
+    # the detector's settings ride along (under "detect"): the shards record how their faces were found
+    detected = report_settings(detect_dir)
+    report = StageReport("align", settings={**params.settings(), **({"detect": detected} if detected else {})})
     drops: list[Dropped] = []
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).

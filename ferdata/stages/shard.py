@@ -25,7 +25,7 @@ from ferdata.layout import ALIGNED, DERIVED, INFO
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
-from ferdata.report import StageReport
+from ferdata.report import StageReport, report_settings
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.tario import TarShardWriter, index_chunks, read_indexed
 
@@ -89,7 +89,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     metas = {k: _record_fields(json.loads(read_indexed(v["json"]))) for k, v in aligned.items()}
     by_split = assign(metas, params)
-    preprocess = stage_settings(aligned_dir, derived_dir)
+    preprocess, detect = stage_settings(aligned_dir, derived_dir)
     with staged_dir(out_dir, OWNED) as out:
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
@@ -97,6 +97,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
             info["provenance_hash"] = provenance_hash
             if preprocess:
                 info["preprocess"] = preprocess
+            if detect:
+                info["detect"] = detect
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
         report.kept = len(metas)
@@ -105,18 +107,14 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     return report
 
 
-def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> dict:
-    """The align and derive settings that made these samples, from the stages' reports (``{}``
-    for outputs of a version that did not record them): ``{"align": {...}, "derive": {...}}``,
-    what training puts in its checkpoints so that inference crops faces the same way."""
-    found = {}
-    for name, folder in (("align", aligned_dir), ("derive", derived_dir)):
-        report = Path(folder) / "report.json"
-        settings = json.loads(report.read_text()).get("settings") if report.is_file() else None
-        if not settings:
-            return {}
-        found[name] = settings
-    return found
+def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict]:
+    """How these samples were made, from the stages' reports: the align and derive settings
+    (``{"align": {...}, "derive": {...}}``, what training puts in its checkpoints so inference crops
+    faces the same way) and the detector's (``{"backend", "options"}``, so inference finds faces
+    the same way); ``{}`` for outputs of a version that did not record them."""
+    align, derive = report_settings(aligned_dir), report_settings(derived_dir)
+    detect = align.pop("detect", {})
+    return ({"align": align, "derive": derive} if align and derive else {}), detect
 
 
 def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,

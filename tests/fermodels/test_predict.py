@@ -309,9 +309,9 @@ def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
     seen = {}
     real = fermodels.predict.choose_backend
 
-    def spy(asked, trained, options=None, model_dir=None):
+    def spy(asked, trained, options=None, model_dir=None, trained_options=None):
         seen["options"] = options
-        return real(asked, trained, options, model_dir)
+        return real(asked, trained, options, model_dir, trained_options)
 
     monkeypatch.setattr(fermodels.predict, "choose_backend", spy)
     res = CliRunner().invoke(app, ["predict", str(photos / "astronaut.jpg"), "-m", str(tiny_run["ckpt"] / "best.pt"),
@@ -394,3 +394,33 @@ def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shard
     del info["preprocess"]
     (b / "train" / "_info.json").write_text(json.dumps(info))
     assert open_split([a, b], "train").preprocess == {}                 # one did not record them: unknown
+
+
+def test_the_backend_runs_with_the_options_it_ran_with_for_the_training_faces(tiny_run, tmp_path):
+    """Detection settings travel detect report -> align report -> shard _info.json -> checkpoint ->
+    predict: a model whose training faces came from embedded at score_threshold 0.5 finds new faces
+    at 0.5 (it used the backend's own 0.9), unless --backend-option says otherwise."""
+    info = json.loads((tiny_run["shards"] / "train" / "_info.json").read_text())
+    assert info["detect"]["backend"] == "annotations" and "options" in info["detect"]
+    recorded = {"embedded": {"det_size": 320, "score_threshold": 0.5},
+                "insightface": {"pack": "antelopev2", "det_size": 320}}
+    assert choose_backend(None, {"embedded": 5}, None, None, recorded).options["score_threshold"] == 0.5
+    assert choose_backend(None, {"embedded": 5}, {"score_threshold": 0.7}, None, recorded).options == \
+        {"det_size": 320, "score_threshold": 0.7, "nms_threshold": 0.4}
+    asked = choose_backend("embedded", {"insightface": 5}, None, None, recorded)
+    assert asked.options["det_size"] == 320 and asked.options["score_threshold"] == 0.5
+    state = load_checkpoint(tiny_run["ckpt"] / "best.pt")
+    assert state["data"]["face_backend_options"] == {"annotations": info["detect"]["options"]}
+
+
+def test_a_backend_run_two_ways_for_two_datasets_is_not_repeated(tiny_shards, tmp_path, caplog):
+    import shutil
+
+    a, b = (shutil.copytree(tiny_shards, tmp_path / name) for name in ("a", "b"))
+    base = json.loads((a / "train" / "_info.json").read_text())["detect"]["options"]
+    assert open_split([a, b], "train").face_backend_options == {"annotations": base}
+    info = json.loads((b / "train" / "_info.json").read_text())
+    info["detect"]["options"] = {**base, "landmarks": "68"}
+    (b / "train" / "_info.json").write_text(json.dumps(info))
+    assert open_split([a, b], "train").face_backend_options == {}
+    assert "annotations ran with different options" in caplog.text
