@@ -16,6 +16,13 @@ FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
 ALIGNED = "aligned"             # chunk tar prefixes: aligned-000000.tar, derived-000000.tar
 DERIVED = "derived"
 INFO = "_info.json"
+REPORT = "report.json"          # every stage's counts and the settings that shaped its output
+# The align and derive params that shape a sample (not how fast it is made): their stages' reports
+# record them, the shards and checkpoints carry them, inference repeats them.
+SAMPLE_SETTINGS = {
+    "align": ("size", "padding", "jpeg_quality"),
+    "derive": ("heatmap_size", "heatmap_sigma", "jpeg_quality"),
+}
 
 
 def read_faces(detect_dir: str | Path) -> Iterator[dict]:
@@ -29,3 +36,10 @@ def stage_dirs(data_dir: str | Path, name: str) -> dict[str, Path]:
     """``<data_dir>/<name>/{detect,aligned,derived,shards}``."""
     base = Path(data_dir) / name
     return {s: base / s for s in STAGES}
+
+
+def report_settings(stage_dir: str | Path) -> dict:
+    """The ``settings`` a stage's report records (``{}``: no report, or one from a version that did
+    not record them)."""
+    path = Path(stage_dir) / REPORT
+    return (json.loads(path.read_text()).get("settings") or {}) if path.is_file() else {}

@@ -13,12 +13,6 @@ import yaml
 
 T = TypeVar("T")
 PARAMS_FILE = "params.yaml"
-# The align and derive params that shape a sample (not how fast it is made): the stages report them,
-# the shards and checkpoints record them, inference repeats them.
-SAMPLE_SETTINGS: Mapping[str, tuple[str, ...]] = {
-    "align": ("size", "padding", "jpeg_quality"),
-    "derive": ("heatmap_size", "heatmap_sigma", "jpeg_quality"),
-}
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:

@@ -56,13 +56,6 @@ class StageReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def report_settings(stage_dir: str | Path) -> dict:
-    """The ``settings`` a stage's ``report.json`` records (``{}``: no report, or one from a version
-    that did not record them)."""
-    path = Path(stage_dir) / "report.json"
-    return (json.loads(path.read_text()).get("settings") or {}) if path.is_file() else {}
-
-
 def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
     """Count drops in the report and list every one of them in ``out/dropped.jsonl``."""
     for d in drops:

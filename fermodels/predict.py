@@ -37,7 +37,7 @@ from ferdata.faces.auto import first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
-from ferdata.params import SAMPLE_SETTINGS
+from ferdata.layout import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ferdata.classes import class_names
-from ferdata.params import SAMPLE_SETTINGS
+from ferdata.layout import SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
 from fermodels.registry import create_model, model_kwargs
 

@@ -29,17 +29,17 @@ from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
 from ferdata.geometry import Aligned, align_face, crop_reduction, reduced_frame, template, transform_points
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
-from ferdata.layout import ALIGNED, read_faces
+from ferdata.layout import ALIGNED, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
-from ferdata.params import SAMPLE_SETTINGS, at_least, check_values, within
+from ferdata.params import at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, scaled_points
-from ferdata.report import StageReport, report_settings, write_drops
+from ferdata.report import StageReport, write_drops
 from ferdata.tario import TarShardWriter
 
 log = logging.getLogger(__name__)
 PREFIX = ALIGNED
-OWNED = (f"{PREFIX}-*.tar", "report.json", "dropped.jsonl")
+OWNED = (f"{PREFIX}-*.tar", REPORT, "dropped.jsonl")
 
 
 @dataclass(frozen=True)
@@ -257,6 +257,6 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                 if res.num_faces > 1:
                     report.count("faces", "several_faces_one_kept")
         write_drops(out, report, drops)
-        report.write(out / "report.json")
+        report.write(out / REPORT)
     log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped), report.notes)
     return report

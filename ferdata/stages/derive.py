@@ -20,9 +20,9 @@ from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
 from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
-from ferdata.layout import ALIGNED, DERIVED
+from ferdata.layout import ALIGNED, DERIVED, REPORT, SAMPLE_SETTINGS
 from ferdata.parallel import parallel_map
-from ferdata.params import SAMPLE_SETTINGS, above, at_least, check_values, within
+from ferdata.params import above, at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.regions import fixed_regions, landmark_regions
 from ferdata.report import StageReport
@@ -30,7 +30,7 @@ from ferdata.tario import TarShardWriter, iter_dir_samples, load_npy
 
 log = logging.getLogger(__name__)
 PREFIX = DERIVED
-OWNED = (f"{PREFIX}-*.tar", "report.json")
+OWNED = (f"{PREFIX}-*.tar", REPORT)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,6 @@ def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Pat
                                         desc="derive", unit="face"):
                 writer.write(key, fields)
                 report.kept += 1
-        report.write(out / "report.json")
+        report.write(out / REPORT)
     log.info("derive: %d samples", report.kept)
     return report

@@ -26,7 +26,7 @@ from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
-from ferdata.layout import FACES
+from ferdata.layout import FACES, REPORT
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, within
 from ferdata.progress import progress
@@ -34,7 +34,7 @@ from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dic
 from ferdata.report import StageReport, write_drops
 
 log = logging.getLogger(__name__)
-OWNED = (FACES, "dropped.jsonl", "report.json")
+OWNED = (FACES, "dropped.jsonl", REPORT)
 BATCH = 8            # images per task sent to a worker
 LOCAL_BATCH = 64     # cache hits / drops handled per step in the main process
 
@@ -249,7 +249,7 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         # The file holds what the table holds: a run served from the cache (warm, merged, other
         # workers) writes the same bytes as a cold one, so DVC sees the same output and align
         # does not re-run. How many detections ran is logged and returned, not written.
-        report.write(out / "report.json")
+        report.write(out / REPORT)
         report.notes.update(table.counts)
     log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
              table.counts["detections_run"], table.counts["cache_hits"])

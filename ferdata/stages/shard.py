@@ -21,16 +21,16 @@ from pathlib import Path
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.layout import ALIGNED, DERIVED, INFO
+from ferdata.layout import ALIGNED, DERIVED, INFO, REPORT, report_settings
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
-from ferdata.report import StageReport, report_settings
+from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.tario import TarShardWriter, index_chunks, read_indexed
 
 log = logging.getLogger(__name__)
-OWNED = (*SPLITS, "report.json")
+OWNED = (*SPLITS, REPORT)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
         report.kept = len(metas)
-        report.write(out / "report.json")
+        report.write(out / REPORT)
     log.info("shard: %s", report.notes)
     return report
 
