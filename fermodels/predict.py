@@ -246,11 +246,15 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     for p in inputs:
         if p.is_dir():
             visible = visible_files(p)
-            found = [f for f in visible if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS]
-            others = [f for f in visible if f.suffix.lower() not in IMAGE_EXTS | VIDEO_EXTS]
+            links = [f for f in visible if f.is_dir()]            # up the tree or walked already
+            found = [f for f in visible if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS and not f.is_dir()]
+            others = [f for f in visible if f.suffix.lower() not in IMAGE_EXTS | VIDEO_EXTS and not f.is_dir()]
             if others:
                 log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", p, len(others),
                             " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), others[0])
+            if links:
+                log.warning("%s: %d linked folder(s) not followed (up the tree or read already), e.g. %s", p,
+                            len(links), links[0])
         elif p.is_file():
             found = [p]
         else:

@@ -33,19 +33,22 @@ def subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def visible_files(folder: Path, recursive: bool = True) -> list[Path]:
+def visible_files(folder: Path, recursive: bool = True, fence: Path | None = None) -> list[Path]:
     """Files (and links, broken ones too) under ``folder``, hidden ones (``.DS_Store``, ``.git/``)
     left out, sorted by relative path for a stable order.
 
     Linked folders are walked like real ones (as torchvision's ImageFolder does; a class folder
-    often links images kept elsewhere). A link to a folder walked already from ``folder`` (a loop,
-    or a second way into one folder) is listed itself, not walked again, for :func:`unread` to
-    count. An unreadable folder is an error, not a silent gap.
+    often links images kept elsewhere) when they stay inside ``folder`` or lead out of ``fence``
+    (default ``folder``; readers pass the dataset's root). A link leading up to ``fence`` or above
+    it, back into ``fence`` outside ``folder`` (another class's folder), or to a folder walked
+    already is listed itself, not walked, for :func:`unread` to count: walked, it would loop, or
+    read images a second time under this folder's label. An unreadable folder is an error.
     """
     if not recursive:
         return sorted(p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith("."))
+    home, bound = os.path.realpath(folder), os.path.realpath(fence or folder)
     found: list[Path] = []
-    walked = {os.path.realpath(folder)}
+    walked = {home}
 
     def fail(err: OSError) -> None:
         raise err
@@ -58,7 +61,8 @@ def visible_files(folder: Path, recursive: bool = True) -> list[Path]:
             if d.startswith("."):
                 continue
             real = os.path.realpath(here / d)
-            if real in walked:
+            elsewhere_inside = _within(real, bound) and not _within(real, home)
+            if real in walked or _within(bound, real) or elsewhere_inside:
                 found.append(here / d)
             else:
                 walked.add(real)
@@ -67,10 +71,16 @@ def visible_files(folder: Path, recursive: bool = True) -> list[Path]:
     return sorted(found)
 
 
+def _within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies below it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def unread(path: Path) -> tuple[str, str] | None:
     """Why a visible file is no image to read, as a drop (reason, detail); None for an image."""
     if path.is_dir():
-        return "repeated_folder", f"{path}: a link to a folder read already (a loop, or a second way in)"
+        return "repeated_folder", (f"{path}: a link up the tree, into another folder of the dataset, or to a "
+                                   "folder read already: not followed (a loop, or a second way in)")
     if path.suffix.lower() not in IMAGE_EXTS:
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
     if not path.is_file():
@@ -89,6 +99,7 @@ def read_class_tree(
     dataset: str,
     split_dirs: Mapping[str, Path],
     mapping: Mapping[str, str | None] | None,
+    root: Path,
 ) -> Iterator[FaceRecord | Dropped]:
     """Records for ``{split: folder}`` where each folder holds one sub-folder per class.
 
@@ -97,7 +108,8 @@ def read_class_tree(
     with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``. Every other
     visible file is a counted drop too: one beside the class folders (``outside_class_folder``),
     one that is no image file (``not_an_image``: notes, GIFs), a link to nothing (``missing_image``),
-    a link to a folder read already (``repeated_folder``). Linked folders are read.
+    a link it does not follow (``repeated_folder``: up the tree, into another folder under ``root``,
+    the dataset's folder, or to one read already). Other linked folders are read.
     """
     per_split = {split: subdirs(folder) for split, folder in split_dirs.items()}
     names = sorted({d.name for dirs in per_split.values() for d in dirs})
@@ -107,7 +119,7 @@ def read_class_tree(
         yield from files_beside(dataset, split_dirs[split], split)
         for class_dir in dirs:
             cid = ids[class_dir.name]
-            for path in visible_files(class_dir):
+            for path in visible_files(class_dir, fence=root):
                 rel = path.relative_to(class_dir).as_posix()
                 key = make_key(split, class_dir.name, rel)
                 if key in seen:        # names alike after sanitising (img 1.jpg, img-1.jpg): still two images
@@ -142,7 +154,7 @@ class FolderReader(DatasetReader):
         split_dirs = self._split_dirs()
         if "" not in split_dirs:                      # train/val/test folders: files beside them are no data
             yield from files_beside(dataset, self.root, "root")
-        yield from read_class_tree(dataset, split_dirs, self.options["mapping"])
+        yield from read_class_tree(dataset, split_dirs, self.options["mapping"], self.root)
 
     def _split_dirs(self) -> dict[str, Path]:
         """``{split: folder}``; split is "" when the root holds the class folders directly."""

@@ -56,7 +56,7 @@ class SFEWReader(DatasetReader):
                     f"{self.name}: {folder} has folders {bad} that are not SFEW classes {list(SFEW_CLASSES)}; "
                     "for other class names use the 'folder' reader with a mapping"
                 )
-        for item in read_class_tree(self.name, split_dirs, None):
+        for item in read_class_tree(self.name, split_dirs, None, self.root):
             if isinstance(item, FaceRecord) and (film := film_of(item.path)):
                 item = replace(item, extra={**item.extra, MOVIE: film})
             yield item

@@ -1,6 +1,8 @@
 """The generic class-folder reader and SFEW (which shares its tree walker)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ferdata.classes import UnknownClassError
@@ -196,3 +198,17 @@ def test_sfew_frames_carry_their_film_and_one_film_stays_in_one_split(tmp_path):
     assert per_film.pop("Airheads") == {"test"}
     assert all(len(s) == 1 for film, s in per_film.items() if film), per_film
     assert set().union(*per_film.values()) == {"train", "val"}
+
+
+def test_links_back_into_the_dataset_are_counted_not_read_under_another_label(tmp_path):
+    """happy/up -> .. (the root) and happy/theirs -> ../sad would read sad's images a second time,
+    labelled Happy; a link to / would walk the machine. Each is one counted repeated_folder drop."""
+    write_image(tmp_path / "happy" / "a.jpg")
+    write_image(tmp_path / "sad" / "s.jpg")
+    (tmp_path / "happy" / "up").symlink_to(tmp_path)
+    (tmp_path / "happy" / "theirs").symlink_to(tmp_path / "sad")
+    (tmp_path / "happy" / "everything").symlink_to("/")
+    records, drops, items = read_all("folder", tmp_path)
+    assert {k: r.label for k, r in records.items()} == {"happy_a-jpg": 1, "sad_s-jpg": 2}
+    assert drops == {"repeated_folder": 3}
+    assert sorted(Path(d.detail.split(":")[0]).name for d in items) == ["everything", "theirs", "up"]

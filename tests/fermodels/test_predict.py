@@ -376,9 +376,11 @@ def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, 
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"")
     (tmp_path / "photos" / "linked").symlink_to(tmp_path / "kept")
+    (tmp_path / "photos" / "up").symlink_to(tmp_path)                 # would score files outside photos/
     found = expand_inputs([tmp_path / "photos"])
     assert found == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "linked" / "more" / "b.png"]
     assert "1 file(s) neither image" in caplog.text and "c.heic" in caplog.text
+    assert "1 linked folder(s) not followed" in caplog.text
 
 
 def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shards, tmp_path):
