@@ -121,8 +121,10 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict) -> dict | None:
         return None
     state = load_checkpoint(path)
     if state["params"] != params or state["data"] != data:
-        what = "params" if state["params"] != params else "data (shard hashes)"
-        log.warning("%s is from a run with other %s: starting over", path, what)
+        differ = sorted(k for k in {*params, *state["params"]} if params.get(k) != state["params"].get(k))
+        differ += sorted(f"data.{k}" for k in {*data, *state["data"]} if data.get(k) != state["data"].get(k))
+        log.warning("%s is from another run (it differs in %s; a checkpoint from an earlier version of this "
+                    "package lacks what training now records): starting over", path, ", ".join(differ))
         return None
     return state
 

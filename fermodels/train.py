@@ -371,11 +371,14 @@ def _log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: d
     seen = sum(t[1] for t in totals)
     losses = {k: sum(t[0].get(k, 0.0) for t in totals) / max(seen, 1) for k in totals[0][0]}
     waited = max(t[2] for t in totals)
-    shares = {CLASSES[c]: sum(t[3][c] for t in totals) / max(seen, 1) for c in range(len(totals[0][3]))}
+    counted = [sum(t[3][c] for t in totals) for c in range(len(totals[0][3]))]
+    # per-class counts cover the epoch unless it resumed from a checkpoint that did not keep them
+    shares = {CLASSES[c]: n / seen for c, n in enumerate(counted)} if seen and sum(counted) == seen else {}
     log.info("epoch %d: %s val acc %.4f (%.1f samples/s, %.0f%% waiting for data)", epoch,
              " ".join(f"{k}={v:.4f}" for k, v in losses.items()), val["accuracy"], seen / max(elapsed, 1e-9),
              100 * waited / max(elapsed, 1e-9))
-    log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
+    if shares:
+        log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
     if live is None:
         return
     for k, v in losses.items():

@@ -159,12 +159,13 @@ def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(
     assert len(rows) == 1 + params.epochs
 
 
-def test_changed_params_start_over(tiny_run, tmp_path, one_thread):
+def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     import shutil
 
     shutil.copytree(tiny_run["ckpt"], tmp_path / "ckpt")
     best = train(tiny_run["shards"], make_params(epochs=1, lr=1e-3), tmp_path / "ckpt", tmp_path / "live")
     assert best["epoch"] == 0 and load_checkpoint(tmp_path / "ckpt" / "last.pt")["params"]["lr"] == 1e-3
+    assert "differs in epochs, lr;" in caplog.text                     # says what, not only "params"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path, one_thread):
@@ -517,3 +518,15 @@ def test_checkpoints_keep_the_gradient_scaler(tmp_path):
     restored.load_state_dict(state["scaler"])
     assert restored.get_scale() == 1024.0 and restored.get_growth_interval() == 7
     assert (state["world_size"], state["epoch_steps"]) == (1, 4)
+
+
+def test_class_shares_are_logged_only_when_they_cover_the_epoch(caplog):
+    """An epoch resumed from a checkpoint that kept no per-class counts has counts for part of it
+    only: its shares would come out too low, so none are logged."""
+    caplog.set_level("INFO", logger="fermodels.train")
+    trainer._log_epoch(None, 0, [({"ce": 2.0}, 4, 0.0, [1, 3]), ({"ce": 2.0}, 4, 0.0, [2, 2])], 0.1, 1.0,
+                       {"accuracy": 0.5})
+    assert "epoch 0 trained on: Neutral 37.5% Happy 62.5%" in caplog.text
+    caplog.clear()
+    trainer._log_epoch(None, 1, [({"ce": 2.0}, 4, 0.0, [0, 1])], 0.1, 1.0, {"accuracy": 0.5})
+    assert "trained on" not in caplog.text and "epoch 1:" in caplog.text
