@@ -91,9 +91,10 @@ _NIE = {"model": "pcda", "epochs": 200, "batch_size": 144, "optimizer": "adam", 
         "momentum": 0.9, "schedule": "constant", "warmup_epochs": 0, "step_size": 1, "gamma": 1.0,
         "sam": False, "sam_rho": 0.05, "class_weights": False}
 _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random erasing; the paper names no SAM and "
-             "no schedule (POSTER++'s code wraps Adam in SAM rho 0.05 with ExponentialLR 0.98: "
-             "-S train.sam=true -S train.schedule=exponential -S train.gamma=0.98 for that reading). Adam weight "
-             "decay 0 is torch's default (INFER). The paper's landmark net is a frozen MobileFaceNet: set "
+             "no schedule (POSTER++'s code wraps Adam in SAM rho 0.05 with ExponentialLR 0.98; a recipe's values "
+             "replace the train section's, so for that reading set train.recipe null, the recipe's values in "
+             "params.yaml and sam true, schedule exponential, gamma 0.98). Adam weight decay 0 is torch's default "
+             "(INFER). The paper's landmark net is a frozen MobileFaceNet: set "
              "train.model_kwargs.landmark_checkpoint, else the model uses its heatmap substitute (model card).")
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
     _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing as POSTER++ "
