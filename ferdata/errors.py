@@ -33,14 +33,16 @@ def _wrong_kind(err: OSError) -> str | None:
     the way, judged by what is on disk now (None when that does not explain the error)."""
     if err.errno not in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR) or err.filename is None:
         return None
-    path = Path(os.fsdecode(err.filename))
+    named = [Path(os.fsdecode(f)) for f in (err.filename2, err.filename) if f is not None]   # a rename: its target
     if err.errno == errno.EISDIR:
-        return f"{path} is a folder, but a file must be written there: choose a file name" if path.is_dir() else None
-    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if blocker is None:
-        return None
-    inside = "" if blocker == path else f" (to hold {path})"
-    return f"{blocker} is a file, but a folder is needed there{inside}: move it away or choose another path"
+        folder = next((p for p in named if p.is_dir()), None)
+        return f"{folder} is a folder, but a file must be written there: choose a file name" if folder else None
+    path = named[-1]
+    if err.errno == errno.EEXIST:           # mkdir over a file, or a file created exclusively: both "exist"
+        return f"{path} exists and is a file: move it away or choose another path" if path.is_file() else None
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    return (f"{blocker} is a file, but a folder is needed there (to hold {path}): move it away or choose "
+            "another path") if blocker else None
 
 
 def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = (),

@@ -155,8 +155,10 @@ def test_detect_parts_on_two_machines_then_merge(tmp_path, photo_paths):
     assert bad.exit_code == 2 and "--part" in bad.output and "1 <= K <= N" in bad.output
 
 
-@pytest.mark.parametrize("target", ["here.txt", "here.txt/inner"])
-def test_an_output_folder_that_is_a_file_is_named_in_plain_words(tmp_path, target):
+@pytest.mark.parametrize("target, says", [("here.txt", "here.txt exists and is a file: move it away"),
+                                          ("here.txt/inner", "here.txt is a file, but a folder is needed there "
+                                                             "(to hold here.txt/inner)")])
+def test_an_output_folder_that_is_a_file_is_named_in_plain_words(tmp_path, target, says):
     """`cache merge --into FILE` (and any output folder the OS cannot make because a file is in the
     way): the file and the fix, not "[Errno 17] File exists"."""
     (tmp_path / "here.txt").write_text("keep me")
@@ -164,15 +166,22 @@ def test_an_output_folder_that_is_a_file_is_named_in_plain_words(tmp_path, targe
     proc = _ferdata("cache", "merge", str(tmp_path / "elsewhere"), "--into", target, cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "Errno" not in proc.stderr
-    assert proc.stderr.startswith("error: here.txt is a file, but a folder is needed there"), proc.stderr
+    assert proc.stderr.startswith(f"error: {says}"), proc.stderr
     assert (tmp_path / "here.txt").read_text() == "keep me"
 
 
-def test_an_output_file_that_is_a_folder_is_named_in_plain_words(tmp_path, capsys):
+@pytest.mark.parametrize("atomic", [False, True])
+def test_an_output_file_that_is_a_folder_is_named_in_plain_words(tmp_path, capsys, atomic):
+    """Written in place or atomically (a temp file renamed onto the folder: the OS names the temp)."""
+    from ferdata.atomic import atomic_write_text
+
     (tmp_path / "out.csv").mkdir()
 
     def write():
-        (tmp_path / "out.csv").write_text("rows")
+        if atomic:
+            atomic_write_text(tmp_path / "out.csv", "rows")
+        else:
+            (tmp_path / "out.csv").write_text("rows")
 
     with pytest.raises(SystemExit):
         run_cli(write, argv=[])
