@@ -211,7 +211,7 @@ class AffectNetReader(DatasetReader):
                 raise ValueError("not a finite box of positive size")
             box = (x, y, x + w, y + h)
         except ValueError as err:
-            self.note(BOX_UNREADABLE, f"{where}: face_x/y/width/height {row[1:5]}: {err}")
+            self.note(BOX_UNREADABLE, key, f"{where}: face_x/y/width/height {row[1:5]}: {err}")
             box = None
         lmk: np.ndarray | None
         try:
@@ -219,7 +219,7 @@ class AffectNetReader(DatasetReader):
             if not np.isfinite(lmk).all():
                 raise ValueError("not finite")
         except ValueError as err:          # the face, its box and label are good: keep them
-            self.note(LANDMARKS_UNREADABLE, f"{where}: facial_landmarks {err}")
+            self.note(LANDMARKS_UNREADABLE, key, f"{where}: facial_landmarks {err}")
             lmk = None
         path = images / rel
         if not path.is_file():
@@ -271,7 +271,7 @@ class AffectNetReader(DatasetReader):
                     raise ValueError(f"{values.size} values, expected 136 finite ones")
                 lmk = values.reshape(68, 2)
             except ValueError as err:      # a pre-cropped face with a good label: keep it
-                self.note(LANDMARKS_UNREADABLE, f"{image_id}_lnd.npy: {err}")
+                self.note(LANDMARKS_UNREADABLE, key, f"{image_id}_lnd.npy: {err}")
         extra = {}
         for name, suffix in (("valence", "_val.npy"), ("arousal", "_aro.npy")):
             if (anno / f"{image_id}{suffix}").is_file():

@@ -75,7 +75,7 @@ class DatasetReader:
             raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         self.root = Path(root)
         self.options = {**known, **options}
-        self._notes: dict[str, tuple[int, str]] = {}
+        self._notes: dict[str, dict[str, str]] = {}      # what -> key -> example
         self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
         if self.options["subsets"] and self.subset_pattern is None:
             raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
@@ -95,7 +95,9 @@ class DatasetReader:
                     records += 1
                 else:
                     drops[item.reason] += 1
+                    self._unnote(item.key)
                 if isinstance(item, FaceRecord) and item.label in self.excluded:
+                    self._unnote(item.key)
                     yield Dropped(item.dataset, item.key, "excluded_class",
                                   f"{CLASSES[item.label]} (options.exclude_classes)")
                     continue
@@ -112,8 +114,10 @@ class DatasetReader:
         if not records:              # an empty label file or class folders: nothing to prepare
             dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
-        for what, (n, example) in sorted(self._notes.items()):
-            log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, example)
+        for what, examples in sorted(self._notes.items()):
+            if examples:
+                log.warning("%s: %d record(s) %s, e.g. %s", self.name, len(examples), what,
+                            next(iter(examples.values())))
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
@@ -123,11 +127,14 @@ class DatasetReader:
         """The dataset as its publisher lays it out: records and dropped items, in a stable order."""
         raise NotImplementedError
 
-    def note(self, what: str, example: str) -> None:
-        """Count a record kept despite a flaw (``what``: "kept without landmarks: ..."); :meth:`read`
-        logs each count with its first example when the scan ends."""
-        n, first = self._notes.get(what, (0, example))
-        self._notes[what] = (n + 1, first)
+    def note(self, what: str, key: str, example: str) -> None:
+        """Count record ``key`` as kept despite a flaw (``what``: "kept without landmarks ..."); :meth:`read`
+        logs each count with its first example when the scan ends, leaving out records dropped after all."""
+        self._notes.setdefault(what, {}).setdefault(key, example)
+
+    def _unnote(self, key: str) -> None:
+        for examples in self._notes.values():
+            examples.pop(key, None)
 
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""

@@ -140,7 +140,7 @@ class CKPlusReader(DatasetReader):
                 try:
                     lmk = read_landmarks(lmk_path)
                 except ValueError as err:       # the frame and its label are good: keep them
-                    self.note(LANDMARKS_UNREADABLE, str(err))
+                    self.note(LANDMARKS_UNREADABLE, key, str(err))
             else:
                 log.debug("%s: no landmarks file %s", self.name, lmk_path)
         return FaceRecord(

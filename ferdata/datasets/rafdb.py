@@ -124,12 +124,12 @@ class RAFDBReader(DatasetReader):
             if manual is not None and (manual / f"{stem}_manu_attri.txt").is_file():
                 lmk, extra = parse_manual(manual / f"{stem}_manu_attri.txt")
         except ValueError as err:
-            self.note(LANDMARKS_UNREADABLE, str(err))
+            self.note(LANDMARKS_UNREADABLE, key, str(err))
         try:
             if boxes is not None and (boxes / f"{stem}_boundingbox.txt").is_file():
                 box = parse_box(boxes / f"{stem}_boundingbox.txt")
         except ValueError as err:
-            self.note(BOX_UNREADABLE, str(err))
+            self.note(BOX_UNREADABLE, key, str(err))
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=label, native_label=str(native),
             split=split, box=box, landmarks=lmk, extra=extra,

@@ -60,12 +60,13 @@ def test_bad_options_and_layout(tmp_path):
     assert "found:    cohn-kanade-images" in str(err.value)
 
 
-def test_seven_class_protocol_drops_contempt_sequences(tmp_path):
+def test_seven_class_protocol_drops_contempt_sequences(tmp_path, caplog):
     make_ckplus(tmp_path)
     records, drops, items = read_all("ckplus", tmp_path, {"exclude_classes": ["Contempt"]})
     assert sorted(records) == ["S005_001_00000003", "S005_001_00000004", "S005_001_00000005"]
     assert drops == {"no_emotion_label": 1, "bad_label": 1, "excluded_class": 3}
     assert {d.key for d in items if d.reason == "excluded_class"} == {f"S010_001_0000000{f}" for f in (2, 3, 4)}
+    assert "kept without landmarks" not in caplog.text       # frame 3's note: the frame was dropped after all
 
 
 def test_a_label_whose_frames_are_missing_is_a_counted_drop(tmp_path):
