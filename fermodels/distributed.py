@@ -7,7 +7,7 @@ its next collective), and fewer shards than workers leave workers idle. Here the
 order (seeded by seed and epoch) defines one sequence of samples; each rank takes a contiguous
 range of it and each worker a contiguous part of its rank's range, so shards are still read
 sequentially, every sample is read exactly once per epoch and every rank runs the same number of
-batches (:func:`batch_sizes` evens out the batch sizes instead of dropping or repeating samples).
+batches (:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples).
 
 Launch: ``torchrun --nproc_per_node=N -m pipeline.train ...`` (one node) or with ``--nnodes``,
 ``--node_rank`` and ``--rdzv_endpoint`` on several; the process group is set up from torchrun's
@@ -192,18 +192,25 @@ def split_evenly(total: int, parts: int) -> list[int]:
 
 
 def batch_sizes(count: int, batch_size: int, num_batches: int) -> list[int]:
-    """``num_batches`` sizes, each in ``[1, batch_size]``, summing to ``count``, as even as can be
-    (larger first).
+    """``num_batches`` sizes, each in ``[1, batch_size]``, summing to ``count``.
 
-    Even, not full batches and a remainder: 130 samples on 2 ranks at batch 64 would end every
-    epoch on a step over 1 sample per rank (a full-rate update on one face, BatchNorm statistics
-    pulled toward it just before validation); evenly they are batches of 33 and 32. A rank with a
-    sample fewer than the others runs as many steps; no sample is dropped or repeated.
+    Full batches first; the excess is taken from the last batches, so a rank with a few samples
+    fewer than the others still runs as many steps (no sample dropped or repeated). A last batch
+    under half the size shares the last two evenly: 65 samples at batch 64 are 33 + 32, not 64 + 1
+    (an epoch ending on a full-rate step over one face, BatchNorm pulled toward it before validation).
     """
     if not num_batches <= count <= num_batches * batch_size:
         raise ValueError(f"cannot cut {count} samples into {num_batches} batches of 1..{batch_size}; "
                          "use fewer ranks or a smaller batch size for this split")
-    return split_evenly(count, num_batches)
+    sizes = [batch_size] * num_batches
+    excess = batch_size * num_batches - count
+    for i in range(num_batches - 1, -1, -1):
+        take = min(excess, sizes[i] - 1)
+        sizes[i] -= take
+        excess -= take
+    if num_batches >= 2 and 2 * sizes[-1] < batch_size:
+        sizes[-2:] = split_evenly(sizes[-2] + sizes[-1], 2)
+    return sizes
 
 
 def _take(sequence: list[tuple[str, int]], start: int, count: int) -> list[Piece]:

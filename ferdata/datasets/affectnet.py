@@ -35,6 +35,7 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.folder import IMAGE_EXTS
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
 
@@ -85,7 +86,7 @@ def npy_scalar(path: Path) -> float:
 
 def _looks_like_a_row(cells: list[str]) -> bool:
     """A data row, not a header: 9 cells, an image path first and a whole-number expression."""
-    if len(cells) != len(COLUMNS) or Path(cells[0].strip()).suffix.lower() not in (".jpg", ".jpeg", ".png"):
+    if len(cells) != len(COLUMNS) or Path(cells[0].strip()).suffix.lower() not in IMAGE_EXTS:
         return False
     try:
         return float(cells[6]).is_integer()

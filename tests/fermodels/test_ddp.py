@@ -55,10 +55,11 @@ def test_plan_is_seeded_and_epochs_differ():
 
 
 def test_batch_sizes_and_splits():
-    assert batch_sizes(9, 4, 3) == [3, 3, 3]
-    assert batch_sizes(8, 4, 3) == [3, 3, 2]
+    assert batch_sizes(9, 4, 3) == [4, 3, 2]            # the last two share 5: no batch under half
+    assert batch_sizes(8, 4, 3) == [4, 2, 2]
     assert batch_sizes(65, 64, 2) == [33, 32]          # not [64, 1]: no step on a single sample
-    assert batch_sizes(64, 64, 1) == [64]
+    assert batch_sizes(1000, 64, 16) == [64] * 15 + [40]   # the configured size, but for the last
+    assert batch_sizes(64, 64, 1) == [64] and batch_sizes(3, 4, 3) == [1, 1, 1]
     assert sum(batch_sizes(1000, 32, 32)) == 1000
     with pytest.raises(ValueError, match="cannot cut"):
         batch_sizes(2, 4, 3)
