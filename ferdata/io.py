@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})  # file names read
 MAX_PIXELS = 40_000_000            # above this a JPEG decodes reduced; other formats are refused
 MAX_SOURCE_PIXELS = 178_956_970    # PIL's decompression-bomb limit: refused whatever the format
 MIN_SIDE = 16                      # smaller images cannot hold a usable face

@@ -35,8 +35,8 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import IMAGE_EXTS
 from ferdata.datasets.subsets import AFFECTNET_ID
+from ferdata.io import IMAGE_EXTS
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
 
 log = logging.getLogger(__name__)

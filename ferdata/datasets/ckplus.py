@@ -22,7 +22,8 @@ import numpy as np
 
 from ferdata.classes import NEUTRAL, to_canonical
 from ferdata.datasets.base import LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import IMAGE_EXTS, subdirs
+from ferdata.datasets.folder import subdirs
+from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
 log = logging.getLogger(__name__)

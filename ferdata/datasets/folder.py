@@ -16,11 +16,11 @@ from typing import Iterator, Mapping
 
 from ferdata.classes import CLASSES, resolve_names
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 SPLIT_DIRS: Mapping[str, str] = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val",

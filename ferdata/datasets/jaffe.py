@@ -13,7 +13,7 @@ from typing import Iterator
 
 from ferdata.classes import JAFFE_CODES
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import IMAGE_EXTS
+from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
 NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.tiff?$", re.IGNORECASE)
