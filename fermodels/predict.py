@@ -333,11 +333,14 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
 
 
 def describe(summary: list[dict], most: int = 5) -> str:
-    """One line for the user: faces found, images or frames without one, inputs not read (named,
-    with the reason), faces skipped for bad geometry."""
+    """One line for the user: faces found, images or frames without one (named: a CSV has no row
+    for them), inputs not read (named, with the reason), faces skipped for bad geometry."""
     unread = [s for s in summary if s.get("problem")]
+    faceless = [s for s in summary if s["faces"] == 0 and not s.get("problem")]
+    named = ", ".join(f"{s['source']}" + (f" frame {s['frame']}" if s["frame"] else "") for s in faceless[:most])
     parts = [f"{sum(s['faces'] for s in summary)} face(s) in {len(summary) - len(unread)} image(s)/frame(s)",
-             f"{sum(1 for s in summary if s['faces'] == 0 and not s.get('problem'))} without a face"]
+             f"{len(faceless)} without a face" + (f": {named}{', ...' if len(faceless) > most else ''}"
+                                                   if faceless else "")]
     if unread:
         shown = ", ".join(f"{s['source']} ({s['problem']})" for s in unread[:most])
         parts.append(f"{len(unread)} not read: {shown}{', ...' if len(unread) > most else ''}")

@@ -79,11 +79,11 @@ class RAFDBReader(DatasetReader):
 
     def _refuse_compound(self, lines: list[str], label_file: Path) -> None:
         """RAF-DB's compound subset has the same layout with labels 1-11: read as basic, its labels
-        1-7 would become basic classes. A file with many labels past 7 (compound: a third of them) is
-        it; a few are bad rows of basic, dropped one by one."""
+        1-7 would become basic classes. A file with labels past 7 in 5% of its rows or more (compound:
+        a third of them) is it; a few are bad rows of basic, dropped one by one."""
         labels = [fields[1] for fields in (ln.split() for ln in lines) if len(fields) == 2]
         beyond = sum(1 for v in labels if v.isdigit() and int(v) > 7)
-        if beyond >= max(20, 0.05 * len(labels)):
+        if beyond >= max(3, 0.05 * len(labels)):
             raise ValueError(f"{self.name}: {label_file} has {beyond} of {len(labels)} labels above 7: that is "
                              "RAF-DB's compound subset (labels 1-11), not basic (1-7); point the root at basic/")
 

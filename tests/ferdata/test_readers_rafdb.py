@@ -111,3 +111,6 @@ def test_the_compound_subset_is_refused_not_read_as_basic(tmp_path):
     label_file.write_text("".join(f"train_{i:05d}.jpg {i % 11 + 1}\n" for i in range(1, 67)))
     with pytest.raises(ValueError, match="24 of 66 labels above 7: that is RAF-DB's compound subset"):
         read_all("rafdb", tmp_path)
+    label_file.write_text("".join(f"train_{i:05d}.jpg {i % 11 + 1}\n" for i in range(1, 12)))   # a short list
+    with pytest.raises(ValueError, match="4 of 11 labels above 7"):
+        read_all("rafdb", tmp_path)

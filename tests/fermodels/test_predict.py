@@ -176,6 +176,7 @@ def test_cli_writes_csv_json_and_annotations(photos, tiny_run, tmp_path, one_thr
     assert res.exit_code == 0, res.output
     table = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(table) == 1 and table[0]["expression"] in table[0]
+    assert f"1 without a face: {photos / 'noise.png'}" in res.stderr          # a CSV has no row for it
     res = runner.invoke(app, ["predict", str(photos), "-m", ckpt, "--backend", "embedded", "--device", "cpu",
                               "-o", str(tmp_path / "out.json"), "--annotate", str(tmp_path / "ann"), "--every", "5"])
     assert res.exit_code == 0, res.output
