@@ -337,7 +337,8 @@ def describe(summary: list[dict], most: int = 5) -> str:
     for them), inputs not read (named, with the reason), faces skipped for bad geometry."""
     unread = [s for s in summary if s.get("problem")]
     faceless = [s for s in summary if s["faces"] == 0 and not s.get("problem")]
-    named = ", ".join(f"{s['source']}" + (f" frame {s['frame']}" if s["frame"] else "") for s in faceless[:most])
+    named = ", ".join(s["source"] + (f" frame {s['frame']}" if Path(s["source"]).suffix.lower() in VIDEO_EXTS else "")
+                      for s in faceless[:most])
     parts = [f"{sum(s['faces'] for s in summary)} face(s) in {len(summary) - len(unread)} image(s)/frame(s)",
              f"{len(faceless)} without a face" + (f": {named}{', ...' if len(faceless) > most else ''}"
                                                    if faceless else "")]
