@@ -165,8 +165,8 @@ def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> 
     interleaved in proportion to each folder's shard count, from a random phase per folder: any
     contiguous run of the order, so every rank's and worker's part of the epoch, holds the datasets
     in the split's proportions to within a shard, and so their class mix (a class-balanced epoch,
-    :mod:`fermodels.sampling`, relies on each part having the split's mix). One folder: a plain
-    seeded shuffle.
+    :mod:`fermodels.sampling`, relies on each part having the split's mix). One folder: the seeded
+    shuffle alone (the same order as a plain ``random.Random(seed).shuffle``).
     """
     order = list(shards)
     if not shuffle:
@@ -175,9 +175,6 @@ def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> 
     folders: dict[str, list[tuple[str, int]]] = {}
     for shard in order:
         folders.setdefault(os.path.dirname(shard[0]), []).append(shard)
-    if len(folders) == 1:
-        rng.shuffle(order)
-        return order
     placed = []
     for f, group in enumerate(folders.values()):
         rng.shuffle(group)

@@ -245,10 +245,9 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     out: dict[str, Path] = {}
     for p in inputs:
         if p.is_dir():
-            visible = visible_files(p)
-            links = [f for f in visible if f.is_dir()]            # up the tree or walked already
-            found = [f for f in visible if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS and not f.is_dir()]
-            others = [f for f in visible if f.suffix.lower() not in IMAGE_EXTS | VIDEO_EXTS and not f.is_dir()]
+            found, others, links = [], [], []         # links: folders not followed (up the tree or walked already)
+            for f in visible_files(p):
+                (links if f.is_dir() else found if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS else others).append(f)
             if others:
                 log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", p, len(others),
                             " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), others[0])

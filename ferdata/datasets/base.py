@@ -75,7 +75,7 @@ class DatasetReader:
             raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         self.root = Path(root)
         self.options = {**known, **options}
-        self._notes: dict[str, dict[str, str]] = {}      # what -> key -> example
+        self._notes: dict[str, tuple[str, str]] = {}     # key -> (what, example): the flaw of a record scanned
         self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
         if self.options["subsets"] and self.subset_pattern is None:
             raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
@@ -89,15 +89,15 @@ class DatasetReader:
         tagged: set[str] = set()
         records, drops = 0, Counter()
         self._notes = {}
+        noted: dict[str, list] = {}                       # what -> [records kept with it, first example]
         try:
             for item in self.scan():
                 if isinstance(item, FaceRecord):
                     records += 1
                 else:
                     drops[item.reason] += 1
-                    self._unnote(item.key)
+                note = self._notes.pop(item.key, None)        # counted below only if the record stays
                 if isinstance(item, FaceRecord) and item.label in self.excluded:
-                    self._unnote(item.key)
                     yield Dropped(item.dataset, item.key, "excluded_class",
                                   f"{CLASSES[item.label]} (options.exclude_classes)")
                     continue
@@ -107,6 +107,8 @@ class DatasetReader:
                     if tags:
                         tagged.add(image_id)
                         item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
+                if note is not None and isinstance(item, FaceRecord):
+                    noted.setdefault(note[0], [0, note[1]])[0] += 1
                 yield item
         except UnicodeDecodeError as e:
             raise ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "
@@ -114,10 +116,8 @@ class DatasetReader:
         if not records:              # an empty label file or class folders: nothing to prepare
             dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
-        for what, examples in sorted(self._notes.items()):
-            if examples:
-                log.warning("%s: %d record(s) %s, e.g. %s", self.name, len(examples), what,
-                            next(iter(examples.values())))
+        for what, (n, example) in sorted(noted.items()):
+            log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, example)
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
@@ -128,13 +128,10 @@ class DatasetReader:
         raise NotImplementedError
 
     def note(self, what: str, key: str, example: str) -> None:
-        """Count record ``key`` as kept despite a flaw (``what``: "kept without landmarks ..."); :meth:`read`
-        logs each count with its first example when the scan ends, leaving out records dropped after all."""
-        self._notes.setdefault(what, {}).setdefault(key, example)
-
-    def _unnote(self, key: str) -> None:
-        for examples in self._notes.values():
-            examples.pop(key, None)
+        """Mark record ``key`` as kept despite a flaw (``what``: "kept without landmarks ..."), before
+        it is yielded; :meth:`read` counts it when the record stays (not dropped after all) and logs
+        each count with its first example when the scan ends."""
+        self._notes[key] = (what, example)
 
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""
