@@ -36,7 +36,7 @@ from ferdata.faces import create_backend
 from ferdata.faces.auto import first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import Aligned
-from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
+from ferdata.io import IMAGE_EXTS, BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
@@ -47,7 +47,6 @@ from fermodels.distributed import env_from_os, pick_device
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 

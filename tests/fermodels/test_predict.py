@@ -384,6 +384,14 @@ def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, 
     assert "1 linked folder(s) not followed" in caplog.text
 
 
+def test_predict_reads_every_image_type_the_dataset_readers_read(tmp_path):
+    from ferdata.io import IMAGE_EXTS
+
+    for ext in IMAGE_EXTS:                      # a model trained on .pgm faces (JAFFE's .tiff, ...) predicts them too
+        (tmp_path / f"face{ext.upper()}").write_bytes(b"")
+    assert sorted(p.suffix.lower() for p in expand_inputs([tmp_path])) == sorted(IMAGE_EXTS)
+
+
 def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shards, tmp_path):
     import shutil
 
