@@ -4,7 +4,6 @@ Batches are decoded as the training stream decodes them (:meth:`SampleDecoder.co
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
 from ferdata.layout import INFO
-from ferdata.tario import Indexed, index_tars, read_indexed
+from ferdata.tario import MemberReader, index_tars
 from fermodels.data import SampleDecoder, Split
 
 
@@ -63,16 +62,7 @@ def _check_counts(listed: Sequence[tuple[str, int]], index: dict[str, dict[str, 
                              f"it was written; run `ferdata verify {Path(path).parent.parent}`")
 
 
-_FDS: dict[tuple[int, str], int] = {}
-
-
-def read_member(member: Indexed) -> bytes:
-    """Read one tar member by offset; descriptors are cached per process (fork-safe)."""
-    path = member[0]
-    fd = _FDS.get((os.getpid(), path))
-    if fd is None:
-        fd = _FDS[(os.getpid(), path)] = os.open(path, os.O_RDONLY)
-    return read_indexed(member, fd)
+read_member = MemberReader()          # one tar member by offset; descriptors kept per process (fork-safe)
 
 
 def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int, workers: int,

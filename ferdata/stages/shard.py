@@ -27,7 +27,7 @@ from ferdata.progress import progress
 from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
-from ferdata.tario import TarShardWriter, index_chunks, read_indexed
+from ferdata.tario import MemberReader, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)
 OWNED = (*SPLITS, REPORT)
@@ -87,13 +87,14 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
-    metas = {k: _record_fields(json.loads(read_indexed(v["json"]))) for k, v in aligned.items()}
+    with MemberReader() as read:
+        metas = {k: _record_fields(json.loads(read(v["json"]))) for k, v in aligned.items()}
     by_split = assign(metas, params)
     preprocess, detect = stage_settings(aligned_dir, derived_dir)
-    with staged_dir(out_dir, OWNED) as out:
+    with staged_dir(out_dir, OWNED) as out, MemberReader() as read:
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
-            info = _write_split(out / split, split, keys, aligned, derived, metas, params)
+            info = _write_split(out / split, split, keys, aligned, derived, metas, params, read)
             info["provenance_hash"] = provenance_hash
             if preprocess:
                 info["preprocess"] = preprocess
@@ -118,11 +119,11 @@ def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[di
 
 
 def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,
-                 params: ShardParams) -> dict:
+                 params: ShardParams, read: MemberReader) -> dict:
     """Write one split's shards in ``keys`` order; returns its ``_info.json`` content."""
     with TarShardWriter(directory, split, params.maxcount) as writer:
         for key in progress(keys, desc=f"shard {split}", unit="sample"):
-            fields = {ext: read_indexed(m) for ext, m in {**aligned[key], **derived[key]}.items()}
+            fields = {ext: read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
             fields["cls"] = str(metas[key]["label"]).encode()
             writer.write(key, fields)
     hist = Counter(CLASSES[metas[k]["label"]] for k in keys)

@@ -297,3 +297,24 @@ def test_a_tar_cut_short_after_indexing_is_an_error_not_a_shorter_member(tmp_pat
         with pytest.raises(BadTarError, match=f"{path.name}: not a readable tar .*needs {member[2]} bytes, "
                                               f"{member[2] - 1} are left"):
             read(member)
+
+
+def test_member_reader_keeps_at_most_max_open_tars_open_and_reads_each_member_right(tmp_path):
+    import os
+
+    from ferdata.tario import MemberReader, index_tars
+
+    paths = []
+    for t in range(3):
+        with TarShardWriter(tmp_path, f"t{t}", maxcount=10) as w:
+            for k in "ab":
+                w.write(f"{t}{k}", {"cls": f"{t}{k}".encode(), "json": b"{}"})
+        paths.append(w.files[0].path)
+    index = index_tars(paths)
+    open_fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = open_fds()
+    with MemberReader(max_open=2) as read:
+        for key in ["0a", "1a", "2a", "0b", "2b", "1b", "0a"] * 2:     # round robin over 3 tars, 2 slots
+            assert read(index[key]["cls"]) == key.encode()
+            assert open_fds() - before <= 2
+    assert open_fds() == before                                       # closed on exit
