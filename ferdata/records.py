@@ -73,6 +73,15 @@ class FaceRecord:
         if self.split not in ("",) + SPLITS:
             raise ValueError(f"record split {self.split!r} not in {SPLITS}")
 
+    def annotated_box(self) -> tuple[float, float, float, float] | None:
+        """Where the dataset says the face is: its box, else its landmarks' bounds, else None."""
+        if self.box is not None:
+            return self.box
+        if self.landmarks is None:
+            return None
+        (x0, y0), (x1, y1) = np.min(self.landmarks, 0), np.max(self.landmarks, 0)
+        return float(x0), float(y0), float(x1), float(y1)
+
 
 @dataclass(frozen=True)
 class Dropped:

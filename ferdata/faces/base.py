@@ -163,3 +163,20 @@ def select_face(faces: list[Face], image_shape: tuple[int, ...], rule: str) -> F
         cy, cx = image_shape[0] / 2.0, image_shape[1] / 2.0
         return min(faces, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
     raise ValueError(f"face selection must be one of {', '.join(SELECTIONS)}, got {rule!r}")
+
+
+def face_in_box(faces: Sequence[Face], box: tuple[float, float, float, float]) -> Face | None:
+    """The face a dataset's ``box`` (x0, y0, x1, y1) annotates: of the faces whose box centre lies
+    inside it, the one overlapping it most (IoU); None when no face is centred in it. The centre
+    test tolerates annotation boxes looser or tighter than the detector's; the overlap then tells
+    the annotated face from a smaller one beside it."""
+    x0, y0, x1, y1 = box
+
+    def iou(f: Face) -> float:
+        w = min(x1, f.box[2]) - max(x0, f.box[0])
+        h = min(y1, f.box[3]) - max(y0, f.box[1])
+        inter = max(0.0, w) * max(0.0, h)
+        return inter / ((x1 - x0) * (y1 - y0) + f.area - inter)
+
+    inside = [f for f in faces if x0 <= (f.box[0] + f.box[2]) / 2 <= x1 and y0 <= (f.box[1] + f.box[3]) / 2 <= y1]
+    return max(inside, key=iou, default=None)

@@ -1,5 +1,9 @@
 """Detect stage: records -> one face per record (box, 5 keypoints, 68 landmarks) in a table.
 
+A record's face is the detected one centred in the box (or landmarks) the dataset gives for it
+(ExpW labels several faces of a photo; AffectNet and RAF-DB photos hold bystanders), dropped as
+``no_face_in_box`` when none is; without a box, ``detect.select`` picks one (largest or central).
+
 Outputs in ``out_dir``: ``faces.jsonl.gz`` (one row per kept record, reader order),
 ``dropped.jsonl`` (every drop with its reason) and ``report.json`` (counts); the folder
 is built beside ``out_dir`` and swapped in whole (``ferdata.atomic.staged_dir``).
@@ -24,7 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.faces import create_backend
-from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, select_face, shape_only
+from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.layout import FACES, REPORT
 from ferdata.parallel import parallel_map
@@ -199,7 +203,11 @@ class _Table:
             self.counts["cache_hits"] += 1
         if not det.faces:
             return Dropped(rec.dataset, rec.key, "no_face", rec.path)
-        face = select_face(list(det.faces), det.shape, self.params.select)
+        if (box := rec.annotated_box()) is None:
+            face = select_face(list(det.faces), det.shape, self.params.select)
+        elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
+            return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.path}: {len(det.faces)} face(s) found, "
+                           f"none centred in the dataset's box {tuple(round(v) for v in box)}")
         # The face holds the landmarks alignment uses; the dataset's own (if any) stay in the dataset.
         return {"record": record_to_dict(replace(rec, landmarks=None)), "face": face_to_dict(face),
                 "backend": face.backend or self.backend.name, "num_faces": len(det.faces),

@@ -1,0 +1,78 @@
+"""Which detected face a record gets: the one the dataset's box (or landmarks) marks, not the
+largest in the photo. ExpW labels several faces of one photo, each with its own expression."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from ferdata.datasets import open_reader
+from ferdata.faces.base import Face, face_in_box
+from ferdata.layout import read_faces
+from ferdata.records import FaceRecord
+from ferdata.stages.detect import DetectParams, run_detect
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def face(x0: float, y0: float, x1: float, y1: float) -> Face:
+    return Face((x0, y0, x1, y1), 0.99, np.zeros((5, 2), np.float32))
+
+
+def test_the_face_centred_in_the_box_and_overlapping_it_most_is_chosen():
+    big, small, beside = face(100, 100, 300, 300), face(310, 120, 370, 180), face(500, 100, 600, 200)
+    faces = [big, small, beside]
+    assert face_in_box(faces, (80, 60, 320, 330)) is big            # a loose box around the big face
+    assert face_in_box(faces, (120, 140, 280, 280)) is big          # a tight one
+    assert face_in_box(faces, (300, 110, 380, 190)) is small        # the small face, its centre in
+    assert face_in_box(faces, (0, 0, 700, 400)) is big              # every centre in: most overlap
+    assert face_in_box(faces, (700, 0, 800, 100)) is None           # nothing where the dataset says
+
+
+@pytest.fixture(scope="module")
+def two_face_expw(tmp_path_factory, photos):
+    """An ExpW photo with the astronaut at full size (face near x 150-260, y 40-190) and at half
+    size to its right (face near x 605-660, y 148-223), each labelled, plus a box on bare wall."""
+    root = tmp_path_factory.mktemp("expw")
+    astronaut = photos["astronaut"]                                  # 512 x 512
+    canvas = np.full((512, 800, 3), 90, np.uint8)
+    canvas[:, :512] = astronaut
+    canvas[128:384, 530:786] = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    (root / "image" / "origin").mkdir(parents=True)
+    cv2.imwrite(str(root / "image/origin/pair.jpg"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    (root / "label").mkdir()
+    # name face_id top left right bottom confidence label (ExpW: 3 happy, 5 surprise, 6 neutral)
+    (root / "label/label.lst").write_text("pair.jpg 0 30 140 270 200 90.0 3\n"
+                                          "pair.jpg 1 140 595 670 230 80.0 5\n"
+                                          "pair.jpg 2 400 620 700 500 70.0 6\n")
+    return root
+
+
+def test_each_labelled_face_of_a_photo_gets_its_own_detection(two_face_expw, tmp_path):
+    params = DetectParams(backend="embedded", select="largest", det_size=640, score_threshold=None,
+                          model_dir=None, cache_dir=str(tmp_path / "cache"), workers=1)
+    report = run_detect(open_reader("expw", str(two_face_expw), {}).read(), params, tmp_path / "det")
+    rows = {r["record"]["key"]: r for r in read_faces(tmp_path / "det")}
+    assert set(rows) == {"pair_0", "pair_1"} and {r["num_faces"] for r in rows.values()} == {2}
+    big, small = (rows[k]["face"]["box"] for k in ("pair_0", "pair_1"))
+    assert big[2] < 512 and small[0] > 530                           # each in its own half of the photo
+    assert (small[2] - small[0]) < 0.7 * (big[2] - big[0])           # the half-size copy's face
+    dropped = [json.loads(line) for line in (tmp_path / "det" / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["key"], d["reason"]) for d in dropped] == [("pair_2", "no_face_in_box")]
+    assert "2 face(s) found, none centred in the dataset's box (620, 400, 700, 500)" in dropped[0]["detail"]
+    assert report.to_dict()["dropped"] == {"no_face_in_box": 1}
+
+
+def test_landmarks_mark_the_face_when_the_dataset_gives_no_box(two_face_expw, tmp_path, embedded):
+    path = two_face_expw / "image/origin/pair.jpg"
+    faces = embedded.detect(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB))
+    small = min(faces, key=lambda f: f.area)
+    records = [FaceRecord("t", "marked", str(path), 3, "x", landmarks=small.lmk68),
+               FaceRecord("t", "unmarked", str(path), 3, "x")]
+    params = DetectParams(backend="embedded", select="largest", det_size=640, score_threshold=None,
+                          model_dir=None, cache_dir=str(tmp_path / "cache"), workers=1)
+    run_detect(records, params, tmp_path / "det")
+    rows = {r["record"]["key"]: r["face"]["box"] for r in read_faces(tmp_path / "det")}
+    assert rows["marked"][0] > 530 and rows["unmarked"][2] < 512     # marked: the small one; else largest
