@@ -187,6 +187,7 @@ class _Table:
     def __init__(self, params: DetectParams, backend: FaceBackend, cache: DetectionCache | None, sig: str) -> None:
         self.params, self.backend, self.cache, self.sig = params, backend, cache, sig
         self.counts = {"detections_run": 0, "cache_hits": 0}
+        self.marked = {"found": 0, "missed": 0}     # faces the dataset marks: found there or not
 
     def row(self, job: Item, det: Detection | None, reason: str, detail: str) -> dict | Dropped:
         """The table row of a kept record, or why it was dropped."""
@@ -206,8 +207,11 @@ class _Table:
         if (box := rec.annotated_box()) is None:
             face = select_face(list(det.faces), det.shape, self.params.select)
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
+            self.marked["missed"] += 1
             return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.path}: {len(det.faces)} face(s) found, "
                            f"none centred in the dataset's box {tuple(round(v) for v in box)}")
+        else:
+            self.marked["found"] += 1
         # The face holds the landmarks alignment uses; the dataset's own (if any) stay in the dataset.
         return {"record": record_to_dict(replace(rec, landmarks=None)), "face": face_to_dict(face),
                 "backend": face.backend or self.backend.name, "num_faces": len(det.faces),
@@ -261,6 +265,11 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         report.notes.update(table.counts)
     log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
              table.counts["detections_run"], table.counts["cache_hits"])
+    if (missed := table.marked["missed"]) > max(10, table.marked["found"]):
+        log.warning("detect: %d of the %d faces the dataset marks were found nowhere near its boxes or landmarks "
+                    "(dropped as no_face_in_box, see %s): are they in these images' pixels, or was the dataset "
+                    "resized after annotation?", missed, missed + table.marked["found"],
+                    Path(out_dir) / "dropped.jsonl")
     return report
 
 

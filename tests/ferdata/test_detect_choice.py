@@ -76,3 +76,16 @@ def test_landmarks_mark_the_face_when_the_dataset_gives_no_box(two_face_expw, tm
     run_detect(records, params, tmp_path / "det")
     rows = {r["record"]["key"]: r["face"]["box"] for r in read_faces(tmp_path / "det")}
     assert rows["marked"][0] > 530 and rows["unmarked"][2] < 512     # marked: the small one; else largest
+
+
+def test_boxes_that_mark_no_face_in_most_images_are_reported(two_face_expw, tmp_path, caplog):
+    """A dataset re-saved at another size keeps its annotation: its boxes then point nowhere."""
+    path = str(two_face_expw / "image/origin/pair.jpg")
+    records = [FaceRecord("t", f"k{i}", path, 3, "x", box=(700.0 + i, 0.0, 790.0, 60.0)) for i in range(12)]
+    params = DetectParams(backend="embedded", select="largest", det_size=640, score_threshold=None,
+                          model_dir=None, cache_dir=str(tmp_path / "cache"), workers=1)
+    with caplog.at_level("WARNING"):
+        report = run_detect([*records, FaceRecord("t", "ok", path, 3, "x", box=(140.0, 30.0, 270.0, 200.0))],
+                            params, tmp_path / "det")
+    assert report.kept == 1 and report.to_dict()["dropped"] == {"no_face_in_box": 12}
+    assert "12 of the 13 faces the dataset marks were found nowhere near" in caplog.text

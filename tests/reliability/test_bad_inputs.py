@@ -136,11 +136,12 @@ def test_names_that_sanitise_to_one_key_never_collide_silently(tmp_path):
 def test_real_photos_no_face_several_faces_exif(tmp_path):
     astronaut = real_photo("astronaut")
     tiny = np.asarray(Image.fromarray(astronaut).resize((24, 24)))
+    whole = ("0", "0", "2000", "2000")          # a box around the whole photo: the dataset marks no one face
     cases = [
-        Case("astronaut", lambda: encode(astronaut, quality=95)),
-        Case("astronaut_exif", lambda: exif_rotated(astronaut, 6), reason="exif_orientation"),
-        Case("grace", lambda: encode(real_photo("grace_hopper"), quality=95)),
-        Case("group_of_six", lambda: encode(real_photo("t1"), quality=95)),
+        Case("astronaut", lambda: encode(astronaut, quality=95), box=whole),
+        Case("astronaut_exif", lambda: exif_rotated(astronaut, 6), reason="exif_orientation", box=whole),
+        Case("grace", lambda: encode(real_photo("grace_hopper"), quality=95), box=whole),
+        Case("group_of_six", lambda: encode(real_photo("t1"), quality=95), box=whole),
         Case("coffee", lambda: encode(real_photo("coffee"), quality=95), "detect", "no_face"),
         Case("tiny_face", lambda: encode(tiny, quality=95), "detect", "no_face"),
     ]
@@ -185,7 +186,7 @@ MAKE_HUGE = textwrap.dedent("""
 
 def test_huge_image_is_decoded_reduced_in_bounded_memory(tmp_path):
     """A 10k x 10k photo: the face is found and aligned; decoding it adds a bounded amount of memory (< 600 MB)."""
-    cases = [Case("huge", None)]
+    cases = [Case("huge", None, box=("2500", "500", "3000", "3500"))]   # the astronaut's face, x 19.5
     build_corpus(tmp_path / "raw", cases)
     huge = tmp_path / "raw" / "Manually_Annotated_Images" / cases[0].path()
     huge.parent.mkdir(parents=True, exist_ok=True)
