@@ -60,7 +60,8 @@ def _record_fields(meta: dict) -> dict:
 
 def assign(metas: dict[str, dict], params: ShardParams) -> dict[str, list[str]]:
     """Keys per split: official splits kept, the missing ones carved by :mod:`ferdata.splits`
-    (seeded, subject-independent when subjects are known, or k-fold)."""
+    (seeded, subject-independent when subjects are known, or k-fold). Each of ``metas`` takes
+    its assigned split and ``extra`` (k-fold adds the fold), which the sample's ``json`` carries."""
     records = (record_from_dict(m) for m in metas.values())
     official = {m["split"] for m in metas.values() if m["split"]}
     by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -68,7 +69,17 @@ def assign(metas: dict[str, dict], params: ShardParams) -> dict[str, list[str]]:
                            test_fraction=params.test_fraction, by=params.split_by, folds=params.folds,
                            fold=params.fold, official=official):
         by_split[r.split].append(r.key)
+        metas[r.key].update(split=r.split, extra=dict(r.extra))
     return by_split
+
+
+def placed(meta_json: bytes, record: dict) -> bytes:
+    """The aligned sample's ``json`` with the split (and extra) the shard stage placed it in: the
+    reader's split is empty for a dataset without one, and "train" for a face carved into val."""
+    meta = json.loads(meta_json)
+    if all(meta.get(f) == record[f] for f in ("split", "extra")):
+        return meta_json
+    return json.dumps({**meta, "split": record["split"], "extra": record["extra"]}, sort_keys=True).encode()
 
 
 def params_hash(*sections: object) -> str:
@@ -124,6 +135,7 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
     with TarShardWriter(directory, split, params.maxcount) as writer:
         for key in progress(keys, desc=f"shard {split}", unit="sample"):
             fields = {ext: read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
+            fields["json"] = placed(fields["json"], metas[key])
             fields["cls"] = str(metas[key]["label"]).encode()
             writer.write(key, fields)
     hist = Counter(CLASSES[metas[k]["label"]] for k in keys)

@@ -56,6 +56,29 @@ def test_seed_changes_the_order_not_the_samples(bad_corpus_run, tmp_path):
     assert sorted(a) == sorted(b) and a != b
 
 
+def test_each_samples_json_names_the_split_it_is_in(bad_corpus_run):
+    """The corpus is AffectNet-like: the val split is carved from the reader's train split, whose
+    records say "train" until the shard stage places them."""
+    out, _ = bad_corpus_run
+    for split in SPLITS:
+        metas = [json.loads(s["json"]) for _, s in iter_dir_samples(out / "shards" / split, split)]
+        assert metas and {m["split"] for m in metas} == {split}, split
+
+
+def test_k_fold_assignment_gives_each_record_its_split_and_fold(tmp_path):
+    from dataclasses import replace
+
+    from ferdata.records import FaceRecord, record_to_dict
+    from ferdata.stages.shard import assign
+
+    metas = {f"k{i}": record_to_dict(FaceRecord("jaffe", f"k{i}", "x.png", i % 7, "x", subject=f"s{i % 6}"))
+             for i in range(24)}
+    by_split = assign(metas, replace(stage_params(tmp_path)["shard"], folds=3, fold=1))
+    for split, keys in by_split.items():
+        assert {metas[k]["split"] for k in keys} <= {split}
+        assert {metas[k]["extra"]["fold"] for k in keys} == {"test": {1}, "val": {2}, "train": {0}}[split]
+
+
 def shard_keys(shards) -> list[str]:
     return [key for split in SPLITS for key, _ in iter_dir_samples(shards / split, split)]
 
