@@ -8,7 +8,10 @@ never downloads unless it was built with ``allow_download=True``; a missing mode
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -33,6 +36,46 @@ class MissingModelError(FileNotFoundError):
 
     def __reduce__(self):  # picklable across worker processes
         return (type(self), (self.backend, self.missing, self.looked_in, self.fix))
+
+
+class BadModelError(MissingModelError):
+    """A backend's model file is there but cannot be loaded (cut short, an HTML error page, another
+    model): says which file, what failed, and to fetch it again."""
+
+    def __init__(self, backend: str, missing: str, looked_in: Sequence[str], fix: str) -> None:
+        super().__init__(backend, missing, looked_in, fix)
+        self.args = (f"{backend}: model file {missing!r} cannot be loaded.\n  fix: {fix}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def unusable(backend: str, path: str | Path, err: BaseException, fix: str) -> BadModelError:
+    """The error for a model file its runtime refused (onnxruntime, torch, pickle errors), with the
+    runtime's first sentence only (torch's goes on to advise ``weights_only=False``: not for a file
+    that failed to load)."""
+    first = str(err).strip().split("\n")[0].split(". ")[0][:160]
+    return BadModelError(backend, str(path), [str(Path(path).parent)],
+                         f"delete it and fetch it again ({type(err).__name__}: {first}); {fix}")
+
+
+@lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def files_fingerprint(paths: Sequence[str | Path]) -> str:
+    """Model files identified by content (sha256, memoised per path, size and mtime): a retrained or
+    re-exported model of the same name and size is another model, and its detections another cache."""
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append(f"{Path(p).name}:{_digest(str(p), st.st_size, st.st_mtime_ns)}")
+    return ",".join(out)
 
 
 @dataclass(frozen=True)
@@ -88,7 +131,8 @@ class FaceBackend:
         self.allow_download = bool(allow_download)
 
     def fingerprint(self) -> str:
-        """Identity of the model files in use (empty when pinned by a package version)."""
+        """Identity of the model files in use, by content (:func:`files_fingerprint`); empty for
+        backends that run no model."""
         return ""
 
     @classmethod

@@ -18,13 +18,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
 
-from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.embedded import EmbeddedBackend
 from ferdata.geometry import five_from_68
 from ferdata.records import FaceRecord
@@ -55,7 +56,8 @@ def weight_dirs(model_dir: str | Path | None) -> list[Path]:
 
 def _fix(filename: str, url: str) -> str:
     return (f"download {url} to {hub_checkpoints() / filename} (or set TORCH_HOME, or put it in "
-            f"detect.model_dir); or set detect.allow_download: true to fetch it once (needs network)")
+            f"detect.model_dir, predict: --model-dir); or set detect.allow_download: true (predict: "
+            f"--allow-download) to fetch it once (needs network)")
 
 
 def find_weight(url: str, model_dir: str | Path | None) -> Path:
@@ -107,7 +109,11 @@ class FanBackend(FaceBackend):
         type(self).check_available(self.model_dir, self.options["detector"])
 
     def fingerprint(self) -> str:
-        return f"{FAN_FILE}:{Path(self.resolve(FAN_URL)).stat().st_size}"
+        """FAN's weights and the detector's (S3FD's file, or RetinaFace's for ``embedded``), by content."""
+        detector = self.options["detector"]
+        files = [self.resolve(FAN_URL), *([self.resolve(DETECTORS[detector])] if DETECTORS[detector] else [])]
+        boxes = f",{self._boxes.fingerprint().split(',')[0]}" if self._boxes is not None else ""
+        return files_fingerprint(files) + boxes
 
     def resolve(self, url: str, *args: Any, **kwargs: Any) -> str:
         """face-alignment's ``load_file_from_url`` with our policy: local file, else download
@@ -132,8 +138,6 @@ class FanBackend(FaceBackend):
         import face_alignment.api as fa_api
         import torch
 
-        if "threads" in self.options:
-            torch.set_num_threads(int(self.options["threads"]))
         detector = self.options["detector"]
         kwargs: dict[str, Any] = {}
         if DETECTORS[detector]:
@@ -145,6 +149,9 @@ class FanBackend(FaceBackend):
                 face_alignment.LandmarksType.TWO_D, device="cpu", flip_input=bool(self.options["flip_input"]),
                 face_detector="folder" if detector == "embedded" else detector, compile=False,
                 max_batch_size=8, **kwargs)                # the faces of one image go through FAN together
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as e:   # a cut or wrong weight file
+            files = [FAN_FILE, *([Path(urlparse(DETECTORS[detector]).path).name] if DETECTORS[detector] else [])]
+            raise unusable("face_alignment", " or ".join(files), e, _fix(FAN_FILE, FAN_URL)) from e
         finally:
             fa_api.load_file_from_url = original
         if detector == "embedded":
@@ -152,8 +159,21 @@ class FanBackend(FaceBackend):
         self._fa = fa
 
     def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
+        """Faces with FAN's 68 points, on ``threads`` torch threads (default 1, as the ONNX backends:
+        the detect stage's parallelism comes from its processes; torch's default, one thread per
+        core in every worker, ran FAN 3x slower on 2 cores); the caller's thread count is restored."""
+        import torch
+
         if self._fa is None:
             self.load()
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(self.options.get("threads", 1)))
+        try:
+            return self._detect(image)
+        finally:
+            torch.set_num_threads(before)
+
+    def _detect(self, image: np.ndarray) -> list[Face]:
         if self._boxes is not None:
             blob, scale = self._boxes.prepare(image)
             loc, conf, pts = self._boxes.infer(blob)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.mapping import to_ibug68
 from ferdata.geometry import five_from_68
 from ferdata.records import FaceRecord
@@ -54,8 +54,9 @@ def pack_dirs(pack: str, model_dir: str | Path | None) -> list[Path]:
 def _fix(pack: str, model_dir: str | Path | None) -> str:
     root = Path(model_dir).expanduser() if model_dir else DEFAULT_ROOT.expanduser()
     return (f"put insightface pack {pack!r} in {root / 'models' / pack}/ and set detect.model_dir: {root} "
-            f"(or point detect.model_dir at the pack folder); or set detect.allow_download: true to fetch "
-            f"{RELEASE_URL.format(pack=pack)} once (needs network; models are non-commercial research only)")
+            f"(predict: --model-dir; or point it at the pack folder); or set detect.allow_download: true "
+            f"(predict: --allow-download) to fetch {RELEASE_URL.format(pack=pack)} once (needs network; models "
+            f"are non-commercial research only)")
 
 
 def find_pack(pack: str, model_dir: str | Path | None, tasks: Sequence[str]) -> dict[str, Path]:
@@ -132,7 +133,7 @@ class InsightFaceBackend(FaceBackend):
                                     f"download failed ({type(e).__name__}: {e}); " + _fix(pack, self.model_dir)) from e
 
     def fingerprint(self) -> str:
-        return ",".join(f"{p.name}:{p.stat().st_size}" for p in sorted(set(self.files().values())))
+        return files_fingerprint(sorted(set(self.files().values())))
 
     def load(self) -> None:
         """Load the pack's ONNX models, keep the detector and the wanted landmark model."""
@@ -149,6 +150,8 @@ class InsightFaceBackend(FaceBackend):
             except AssertionError as e:                       # insightface's "file should exist" checks
                 raise MissingModelError("insightface", str(path), [str(path.parent)],
                                         _fix(str(self.options["pack"]), self.model_dir)) from e
+            except Exception as e:                            # onnxruntime: InvalidProtobuf, InvalidGraph ...
+                raise unusable("insightface", path, e, _fix(str(self.options["pack"]), self.model_dir)) from e
             task = getattr(model, "taskname", None)
             if task in self.tasks and task not in models:
                 models[task] = model

@@ -9,6 +9,8 @@ those weights are installed.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,12 +146,53 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
     auto = DetectParams(**{**base, "backend": "auto", "options": {"pack": "antelopev2", "threads": 2}}).create_backend()
     assert "pack" not in auto.delegate.options or auto.delegate.name == "insightface"   # each keeps what it reads
     plain = create_backend("embedded")
-    # the default embedded configuration keys the detection cache exactly as before detect.options
-    assert DetectParams(**base).create_backend().signature() == plain.signature() == \
-        "embedded:v1:det_size=640,nms_threshold=0.4,score_threshold=0.9"
+    # the default embedded configuration: its options, then its two model files by content
+    import hashlib
+
+    from retinaface.weights import WEIGHTS
+
+    from ferdata.faces.embedded import dlib_model_path
+
+    dat = dlib_model_path(None)
+    assert DetectParams(**base).create_backend().signature() == plain.signature() == (
+        "embedded:v2:det_size=640,nms_threshold=0.4,score_threshold=0.9:"
+        f"retinaface:{hashlib.sha256(WEIGHTS).hexdigest()[:16]},{dat.name}:"
+        f"{hashlib.sha256(dat.read_bytes()).hexdigest()[:16]}")
     assert DetectParams(**{**base, "options": None}).options == {}          # `options:` left empty
     assert create_backend("embedded", {"threads": 4}).signature() == plain.signature()
     assert create_backend("annotations").signature() == "annotations:v1:"
+
+
+def test_signatures_follow_the_model_files_content_not_their_names(tmp_path, synthetic_root):
+    """A retrained model of the same name and size is another model: its detections must not be
+    served from the cache of the old one."""
+    from ferdata.faces.embedded import DLIB_68
+
+    mine = tmp_path / "dlib"
+    mine.mkdir()
+    (mine / DLIB_68).write_bytes(b"a predictor of my own")
+    assert create_backend("embedded", {}, mine).signature() != create_backend("embedded").signature()
+    shutil.copytree(synthetic_root, tmp_path / "if")
+    before = create_backend("insightface", {"pack": "buffalo_l"}, tmp_path / "if").signature()
+    det = tmp_path / "if" / "models" / "buffalo_l" / "det_10g.onnx"
+    data = bytearray(det.read_bytes())
+    data[-1] ^= 0xFF                                            # same name, same size, other bytes
+    det.write_bytes(bytes(data))
+    os.utime(det, ns=(det.stat().st_atime_ns, det.stat().st_mtime_ns + 10**9))
+    after = create_backend("insightface", {"pack": "buffalo_l"}, tmp_path / "if").signature()
+    assert after != before and after.split(":")[:3] == before.split(":")[:3]
+
+
+def test_a_damaged_model_file_is_named_with_the_fix_not_a_runtime_traceback(tmp_path, synthetic_root, photos):
+    from ferdata.faces.base import BadModelError
+
+    shutil.copytree(synthetic_root, tmp_path / "if")
+    det = tmp_path / "if" / "models" / "buffalo_l" / "det_10g.onnx"
+    det.write_bytes(b"<html>404 Not Found</html>")              # a failed download saved as the model
+    with pytest.raises(BadModelError) as err:
+        create_backend("insightface", {"pack": "buffalo_l"}, tmp_path / "if").detect(photos["astronaut"])
+    assert f"model file '{det}' cannot be loaded" in str(err.value) and "fetch it again" in str(err.value)
+    assert isinstance(err.value, FileNotFoundError)             # the CLI reports it in one line
 
 
 # ---- 106 -> 68 mapping ---------------------------------------------------------------------
@@ -336,6 +379,48 @@ def test_fan_real_output_path_with_a_fake_network(tmp_path, monkeypatch, photos)
     assert ((f.lmk68[:, 0] > x0) & (f.lmk68[:, 0] < x1) & (f.lmk68[:, 1] > y0 - 0.2 * (y1 - y0))
             & (f.lmk68[:, 1] < y1)).all()
     assert b._fa.device == "cpu" and b._fa.flip_input is False
+
+
+def test_fan_runs_on_one_thread_by_default_and_restores_the_callers(tmp_path, monkeypatch, photos):
+    """Every detect worker ran FAN on torch's default (a thread per core): 3x slower on 2 cores."""
+    import face_alignment.api as fa_api
+    import face_alignment.utils as fa_utils
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ckpt = tmp_path / "hub" / "checkpoints" / FAN_FILE
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"placeholder: the loader is monkeypatched")
+    threads = []
+
+    class Counting(_FakeFan):
+        def __call__(self, x):
+            threads.append(torch.get_num_threads())
+            return super().__call__(x)
+
+    monkeypatch.setattr(fa_api.FaceAlignment, "_load_native", lambda *a, **k: Counting())
+    for name in ("_get_preds_fromhm", "transform_np"):
+        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name).py_func)
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        FanBackend().detect(photos["astronaut"])
+        FanBackend({"threads": 3}).detect(photos["astronaut"])
+        assert threads == [1, 3] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
+
+
+def test_fan_damaged_weights_are_named_with_the_fix(tmp_path, monkeypatch, photos):
+    from ferdata.faces.base import BadModelError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ckpt = tmp_path / "hub" / "checkpoints" / FAN_FILE
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"<html>404 Not Found</html>")
+    with pytest.raises(BadModelError, match=f"(?s){FAN_FILE}' cannot be loaded.*fetch it again") as err:
+        FanBackend().detect(photos["astronaut"])
+    assert "weights_only" not in str(err.value)                  # torch's advice is not for a damaged file
 
 
 # ---- annotations, precropped, auto -----------------------------------------------------------
