@@ -184,6 +184,8 @@ def predict(
     every: int = typer.Option(10, help="Videos: score every N-th frame."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
+    allow_download: bool = typer.Option(
+        False, "--allow-download", help="Let insightface / face_alignment fetch missing weights (needs network)."),
 ) -> None:
     """Per-face expression probabilities of images, videos or folders, faces aligned as in training.
 
@@ -199,7 +201,7 @@ def predict(
         raise typer.BadParameter(str(err), param_hint="--backend-option") from None
     text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
                                   backend_options=options, batch_size=batch_size, every=every, device=device,
-                                  flip_tta=flip_tta)
+                                  flip_tta=flip_tta, allow_download=allow_download)
     if out is None:
         sys.stdout.write(text)
     typer.echo(describe(summary), err=True)

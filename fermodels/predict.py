@@ -33,7 +33,7 @@ import torch
 from ferdata.cache import face_to_dict
 from ferdata.datasets.folder import visible_files
 from ferdata.faces import create_backend
-from ferdata.faces.auto import first_ready
+from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import Aligned
 from ferdata.io import IMAGE_EXTS, BadImage, Decoded, decode_image, encode_jpeg
@@ -103,7 +103,8 @@ class Picture:
 
 def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,
                    model_dir: str | Path | None = None,
-                   trained_options: Mapping[str, Mapping[str, Any]] | None = None) -> FaceBackend:
+                   trained_options: Mapping[str, Mapping[str, Any]] | None = None,
+                   allow_download: bool = False) -> FaceBackend:
     """The face backend for inference: ``asked`` when given; else the detector that made most of
     the model's training crops (``trained``: backend -> samples, from the checkpoint) that runs
     here, so new faces are found and landmarked as the training faces were; else ``auto`` (with a
@@ -112,29 +113,55 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
     ``annotations``: they find no faces in a new photo) gets ``auto``. ``options`` (e.g. the
     insightface ``pack``) go to the backend, each backend keeping those it reads, over the options
     each backend ran with for the training data (``trained_options``, from the checkpoint: its
-    det_size, score_threshold, pack ...)."""
+    det_size, score_threshold, pack ...); an option no backend that may be chosen reads is
+    refused (a typo), one the chosen backend does not read is named in a warning.
+    ``allow_download``: a detector whose package is installed but whose weights are missing here
+    (insightface, face_alignment) fetches them on first use instead of being passed over."""
     trained_options = trained_options or {}
     if asked:
         reads = BACKENDS.get(asked).option_names()
         recorded = {k: v for k, v in trained_options.get(asked, {}).items() if k in reads}
-        return create_backend(asked, {**recorded, **(options or {})}, model_dir)
+        return create_backend(asked, {**recorded, **(options or {})}, model_dir, allow_download)
     ranked = sorted(trained, key=lambda name: (-trained[name], name))
     detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
-    backend, missing = first_ready(detectors, options, model_dir, trained_options)   # most training faces first
+    check_candidate_options(detectors + ["auto"], options or {})
+    backend, missing = first_ready(detectors, options, model_dir, trained_options, allow_download)
     if backend is not None:
         if missing:
             log.warning("the model's training faces came mostly from %s, which cannot run here; using %s, "
                         "which found some of them", "; ".join(missing), backend.name)
         log.info("face backend %s, as for the model's training faces (its options: %s)", backend.name,
                  backend.options)
-        return backend
-    if missing:
-        log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "
-                    "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
-    elif ranked:
-        log.info("the model's training faces came from %s, which find no faces in new pictures; using auto",
-                 ", ".join(ranked))
-    return create_backend("auto", options, model_dir)
+    else:
+        if missing:
+            log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "
+                        "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
+        elif ranked:
+            log.info("the model's training faces came from %s, which find no faces in new pictures; using auto",
+                     ", ".join(ranked))
+        backend = create_backend("auto", options, model_dir, allow_download)
+    warn_unread_options(backend, options or {})
+    return backend
+
+
+def check_candidate_options(candidates: list[str], options: Mapping[str, Any]) -> None:
+    """Refuse options that none of the backends choose_backend may pick reads (a typo would
+    otherwise be ignored), worded as a backend's own refusal (``FaceBackend.check_options``)."""
+    reads = frozenset().union(*(BACKENDS.get(n).option_names() for n in candidates))
+    unknown = sorted(set(options) - reads)
+    if unknown:
+        raise ValueError(f"face backends {', '.join(map(repr, candidates))} take no option "
+                         f"{', '.join(map(repr, unknown))}; their options: {', '.join(sorted(reads))} "
+                         f"(or choose one with --backend)")
+
+
+def warn_unread_options(backend: FaceBackend, options: Mapping[str, Any]) -> None:
+    """Name the options the chosen backend (``auto``: the model backend it delegates to) ignores."""
+    used = backend.delegate if isinstance(backend, AutoBackend) else backend
+    unread = sorted(set(options) - type(used).option_names())
+    if unread:
+        log.warning("face backend %s does not read option %s (ignored); its options: %s", used.name,
+                    ", ".join(map(repr, unread)), ", ".join(sorted(type(used).option_names())))
 
 
 class Predictor:
@@ -142,7 +169,7 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, backend: str | None = None, device: str = "auto",
                  model_dir: str | Path | None = None, backend_options: Mapping[str, Any] | None = None,
-                 flip_tta: bool = False) -> None:
+                 flip_tta: bool = False, allow_download: bool = False) -> None:
         state = load_checkpoint(checkpoint)
         pre = state.get("preprocess") or {}
         if set(pre) != set(SAMPLE_SETTINGS):
@@ -158,7 +185,7 @@ class Predictor:
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
         data = state.get("data") or {}
         self.backend = choose_backend(backend, data.get("face_backends", {}), backend_options, model_dir,
-                                      data.get("face_backend_options", {}))
+                                      data.get("face_backend_options", {}), allow_download=allow_download)
 
     def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
         """Every usable face of a picture (an RGB array is taken as a video frame) as a sample,
@@ -383,14 +410,15 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,
                   annotate: Path | None = None, backend: str | None = None, model_dir: str | Path | None = None,
                   backend_options: Mapping[str, Any] | None = None, batch_size: int = 32, every: int = 10,
-                  device: str = "auto", flip_tta: bool = False) -> tuple[str, list[dict]]:
+                  device: str = "auto", flip_tta: bool = False,
+                  allow_download: bool = False) -> tuple[str, list[dict]]:
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
     the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
     per image/frame (face counts). The library side of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
-                          backend_options=backend_options, flip_tta=flip_tta)
+                          backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download)
     inputs = list(inputs)
     paths = expand_inputs(inputs)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,

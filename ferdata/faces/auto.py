@@ -22,16 +22,25 @@ PREFERENCE = ("insightface", "face_alignment", "embedded")
 
 
 def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_dir: str | Path | None,
-                per_backend: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[FaceBackend | None, list[str]]:
-    """The first of the backends ``names`` whose models are here (never downloading), built with
-    ``per_backend[name]`` updated by ``options`` (each keeps those it reads), and why each one
-    before it could not run."""
+                per_backend: Mapping[str, Mapping[str, Any]] | None = None,
+                allow_download: bool = False) -> tuple[FaceBackend | None, list[str]]:
+    """The first of the backends ``names`` whose models are here, built with ``per_backend[name]``
+    updated by ``options`` (each keeps those it reads), and why each one before it could not run.
+    ``allow_download``: one whose package is installed but whose weights are not counts as ready
+    (it fetches them on first use); else nothing is ever downloaded."""
     reasons = []
     for name in names:
-        backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir, False)
+        backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir,
+                                     allow_download)
         try:
             backend.check_ready()
-        except (MissingModelError, ImportError) as e:
+        except MissingModelError as e:
+            if allow_download:
+                log.info("%s: model files missing here; fetched on first use (allow_download)", name)
+                return backend, reasons
+            reasons.append(f"{name}: {str(e).splitlines()[0]}")
+            continue
+        except ImportError as e:
             reasons.append(f"{name}: {str(e).splitlines()[0]}")
             continue
         return backend, reasons

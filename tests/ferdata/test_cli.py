@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 COMMANDS = ("prepare", "detect", "cache", "datasets", "backends", "verify", "sample", "show", "predict")
 PREDICT_OPTIONS = ("--model", "-m", "--out", "-o", "--annotate", "--backend", "--model-dir", "--batch-size",
-                   "--every", "--device", "--flip-tta")
+                   "--every", "--device", "--flip-tta", "--allow-download")
 
 
 def _heavy_modules_after(code: str) -> list[str]:
@@ -108,6 +108,29 @@ def test_a_bug_keeps_its_traceback_and_names_are_unquoted(capsys):
         run_cli(unknown, argv=[])
     assert done.value.code == 1
     assert capsys.readouterr().err.startswith("error: dataset 'x' is not in params.yaml datasets\n")
+
+
+def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, capsys):
+    """An aligned folder re-made without re-running derive is the user's to fix (re-run derive):
+    one line naming the fix, not a traceback."""
+    from ferdata.layout import ALIGNED, DERIVED
+    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.tario import TarShardWriter
+
+    for name, prefix, keys in (("aligned", ALIGNED, ("a", "b")), ("derived", DERIVED, ("a",))):
+        (tmp_path / name).mkdir()
+        with TarShardWriter(tmp_path / name, prefix, 10) as w:
+            for key in keys:
+                w.write(key, {"json": b"{}"})
+    params = ShardParams(seed=0, val_fraction=0.1, test_fraction=0.1, split_by="key", folds=0, fold=0,
+                         maxcount=10)
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: run_shard(tmp_path / "aligned", tmp_path / "derived", params, tmp_path / "shards"),
+                argv=[])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: aligned and derived samples differ (e.g. ['b']); re-run derive")
+    assert "Traceback" not in err and "FER_TRACEBACK=1" in err
 
 
 def test_console_scripts_run_under_the_error_policy():

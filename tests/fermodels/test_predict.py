@@ -310,16 +310,62 @@ def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
     seen = {}
     real = fermodels.predict.choose_backend
 
-    def spy(asked, trained, options=None, model_dir=None, trained_options=None):
-        seen["options"] = options
-        return real(asked, trained, options, model_dir, trained_options)
+    def spy(asked, trained, options=None, model_dir=None, trained_options=None, allow_download=False):
+        seen["options"], seen["allow_download"] = options, allow_download
+        return real(asked, trained, options, model_dir, trained_options, allow_download)
 
     monkeypatch.setattr(fermodels.predict, "choose_backend", spy)
-    res = CliRunner().invoke(app, ["predict", str(photos / "astronaut.jpg"), "-m", str(tiny_run["ckpt"] / "best.pt"),
-                                   "--backend", "embedded", "--device", "cpu", "--backend-option", "det_size=320",
-                                   "--backend-option", "score_threshold=0.8"])
+    args = ["predict", str(photos / "astronaut.jpg"), "-m", str(tiny_run["ckpt"] / "best.pt"), "--backend", "embedded",
+            "--device", "cpu", "--backend-option", "det_size=320", "--backend-option", "score_threshold=0.8"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert seen["options"] == {"det_size": 320, "score_threshold": 0.8}
+    assert seen == {"options": {"det_size": 320, "score_threshold": 0.8}, "allow_download": False}
+    res = CliRunner().invoke(app, args + ["--allow-download"])
+    assert res.exit_code == 0, res.output
+    assert seen["allow_download"] is True
+
+
+def test_allow_download_lets_the_training_detector_fetch_its_weights(monkeypatch):
+    """Without it a detector whose weights are missing is passed over; with it the detector is
+    built to download them (asked or chosen), and only one whose package is missing is passed over."""
+    from ferdata.faces import MissingModelError
+    from ferdata.faces.fan import FanBackend
+    from ferdata.faces.insightface_backend import InsightFaceBackend
+
+    def missing(self):
+        raise MissingModelError("insightface", "det_10g.onnx", ["/nowhere"], "install it")
+
+    def not_installed(self):
+        raise ImportError("face_alignment backend needs the package: pip install face-alignment")
+
+    monkeypatch.setattr(InsightFaceBackend, "check_ready", missing)
+    monkeypatch.setattr(FanBackend, "check_ready", not_installed)
+    assert choose_backend(None, {"insightface": 10, "embedded": 2}).name == "embedded"
+    chosen = choose_backend(None, {"insightface": 10, "embedded": 2}, allow_download=True)
+    assert chosen.name == "insightface" and chosen.allow_download
+    chosen = choose_backend(None, {"face_alignment": 10, "embedded": 2}, allow_download=True)
+    assert chosen.name == "embedded"
+    assert choose_backend("insightface", {}, allow_download=True).allow_download
+    assert not choose_backend("insightface", {}).allow_download
+
+
+def test_an_option_no_backend_reads_is_refused_without_backend_too(caplog):
+    """A typo in --backend-option is refused whether or not --backend is given; an option some
+    candidate reads but the chosen backend does not is named in a warning."""
+    with pytest.raises(ValueError, match="takes no option 'pak'"):
+        choose_backend("embedded", {}, {"pak": "antelopev2"})
+    with pytest.raises(ValueError, match="take no option 'pak'; their options: .*pack"):
+        choose_backend(None, {"embedded": 3}, {"pak": "antelopev2"})
+    with pytest.raises(ValueError, match="take no option 'pak'"):
+        choose_backend(None, {}, {"pak": "antelopev2", "score_threshold": 0.7})
+    with caplog.at_level("WARNING", logger="fermodels.predict"):
+        chosen = choose_backend(None, {"embedded": 3}, {"pack": "antelopev2", "score_threshold": 0.7})
+    assert chosen.name == "embedded" and chosen.options["score_threshold"] == 0.7
+    assert "embedded does not read option 'pack'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fermodels.predict"):
+        choose_backend(None, {"embedded": 3}, {"score_threshold": 0.7, "threads": 1})
+    assert "does not read" not in caplog.text
 
 
 def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
