@@ -95,7 +95,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     derived = index_chunks(require_dir(derived_dir, "derived", "run the derive stage first"), DERIVED)
     if set(aligned) != set(derived):
         missing = sorted(set(aligned) ^ set(derived))[:5]
-        raise RuntimeError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
+        raise ValueError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     with MemberReader() as read:
