@@ -123,6 +123,26 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
     return kps.astype(np.float32), lmk
 
 
+def whole_image_points(width: float, height: float, size: int) -> np.ndarray:
+    """The keypoints of an image that is the crop: this crop size's template scaled to the image,
+    pixel centres matched, so the warp is a resize at any size (the 112 template the precropped
+    backend stores shifted a 224 crop by half a pixel and shrank a 128 one to 112 inside a
+    smeared border)."""
+    return scaled_points(template(size), np.array([width / size, height / size]))
+
+
+def warp_points(face: dict, backend: str, size: int) -> np.ndarray:
+    """The source-pixel keypoints the crop is warped from, which set how far the picture may be
+    reduced: a whole-image face's (its box is the image) are this size's template, not the
+    stored 112 one (whose spread differs at multiples of 128: 240x240 at 128 decoded at 1/2,
+    120x120, and was upscaled)."""
+    if backend in WHOLE_IMAGE_BACKENDS:
+        box = np.asarray(face["box"], np.float64).ravel()
+        if box.shape == (4,) and np.isfinite(box).all():          # else checked_points says why
+            return whole_image_points(box[2] - box[0], box[3] - box[1], size)
+    return np.asarray(face["kps5"], np.float64)
+
+
 def crop_face(face: dict, backend: str, size: int, padding: float,
               decoded_at: Callable[[int], Decoded]) -> tuple[Aligned, Decoded]:
     """A detect row's face cropped as the align stage crops it, and the picture it was warped
@@ -130,14 +150,11 @@ def crop_face(face: dict, backend: str, size: int, padding: float,
     (``decoded_at(reduce)``: faster, and no aliasing); detections are in source pixels, mapped
     into that frame; the border follows the backend (:func:`crop_border`). Raises
     :class:`BadGeometry` (and ``decoded_at``'s :class:`BadImage`) for a face the stage drops."""
-    decoded = decoded_at(crop_reduction(np.asarray(face["kps5"], np.float64), size, padding))
+    decoded = decoded_at(crop_reduction(warp_points(face, backend, size), size, padding))
     kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
     if backend in WHOLE_IMAGE_BACKENDS:
-        # The image is the crop: its keypoints are this crop size's template, pixel centres
-        # matched, so the warp is a resize at any size (the 112 template the backend stored
-        # shifted a 224 crop by half a pixel and shrank a 128 one to 112 inside a smeared border).
         h, w = decoded.rgb.shape[:2]
-        kps5 = scaled_points(template(size), np.array([w / size, h / size])).astype(np.float32)
+        kps5 = whole_image_points(w, h, size).astype(np.float32)
     return align_face(decoded.rgb, kps5, size, padding, lmk68, crop_border(backend)), decoded
 
 

@@ -9,7 +9,7 @@ import pytest
 from ferdata.faces.base import select_face
 from ferdata.geometry import align_face, crop_reduction, estimate_norm, template
 from ferdata.io import decode_image
-from ferdata.stages.align import checked_points, source_matrix
+from ferdata.stages.align import checked_points, crop_face, source_matrix
 
 ZOOM = 2                       # the photo upscaled 2x: its face is 4-8x larger than a 112 crop needs
 
@@ -103,3 +103,33 @@ def test_reduced_crop_matches_an_antialiased_downscale(big_face):
     assert right < 1.5
     assert right < shifted
     assert right < err(full.image.astype(np.float64))
+
+
+@pytest.mark.parametrize("side, size, reduce", [(240, 128, 1), (240, 112, 2), (1000, 112, 8), (1000, 128, 4),
+                                                (1000, 256, 2)])
+def test_precropped_decodes_at_no_less_than_the_crop(side, size, reduce):
+    """A whole-image face is reduced by the crop it is warped to (this size's template), not by
+    the 112 template the backend stored: at multiples of 128 the stored one allowed 1/2 on a
+    240x240 image, 120 px upscaled to a 128 crop. Large images still decode reduced."""
+    from ferdata.cache import face_to_dict
+    from ferdata.faces import create_backend
+    from ferdata.records import FaceRecord
+
+    rng = np.random.default_rng(side)
+    img = cv2.resize(rng.integers(0, 255, (side // 8, side // 8, 3), np.uint8), (side, side))
+    ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    rec = FaceRecord(dataset="t", key="t_a", path="a.jpg", label=0, native_label="x", split="train")
+    (f,) = create_backend("precropped").detect(img, rec)
+    asked = []
+
+    def decoded_at(r: int):
+        asked.append(r)
+        return decode_image(jpg.tobytes(), r)
+
+    al, decoded = crop_face(face_to_dict(f), "precropped", size, 0.0, decoded_at)
+    assert asked == [reduce] and decoded.scale == 1 / reduce
+    assert min(decoded.rgb.shape[:2]) >= size
+    zoom = np.sqrt(abs(np.linalg.det(al.matrix[:, :2])))               # crop px per decoded px
+    assert zoom <= 1.0 + 1e-6 or reduce == 1
+    np.testing.assert_allclose(source_matrix(al.matrix, decoded.scale)[:, :2], np.eye(2) * size / side, atol=1e-4)
