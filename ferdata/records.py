@@ -28,14 +28,15 @@ def make_key(*parts: str) -> str:
 
     Separators (``/``, ``.``, spaces) become ``-`` and keys stay readable; a part with any
     other character (``ä``, ``#`` ...) also gets a short hash of its original text, so
-    ``1/ä.jpg`` and ``1/ö.jpg`` stay two different keys.
+    ``1/ä.jpg`` and ``1/ö.jpg`` stay two different keys; so does a part of separators only
+    (``-``, `` ``, ``..``), which cleans to nothing: it is that hash alone. Empty parts are skipped.
     """
     out = []
     for p in parts:
         if not p:
             continue
         clean = _KEY_BAD.sub("-", p).strip("-")
-        if _KEY_LOSSY.search(p):
+        if _KEY_LOSSY.search(p) or not clean:
             clean = f"{clean}-{hashlib.sha1(p.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}".lstrip("-")
         out.append(clean)
     return "_".join(out)
@@ -68,6 +69,9 @@ class FaceRecord:
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError(f"record of {self.dataset!r} at {self.path!r} has an empty key; build keys with "
+                             "ferdata.records.make_key from parts that name the image")
         if "." in self.key or "/" in self.key:
             raise ValueError(f"record key {self.key!r} must not contain '.' or '/'")
         if self.split not in ("",) + SPLITS:

@@ -122,6 +122,23 @@ def test_folder_names_alike_after_sanitising_stay_distinct_images(tmp_path):
     assert {k: r.path for k, r in again.items()} == {k: r.path for k, r in records.items()}   # stable keys
 
 
+def test_a_key_part_of_separators_only_gets_its_hash_not_nothing():
+    """`-`, ` ` and `..` clean to nothing: each becomes a hash of its text, so no key is empty
+    and `a_` is not shared by `('a', '-')` and `('a', ' ')`; an empty key is refused."""
+    from ferdata.records import FaceRecord, make_key
+
+    keys = [make_key(p) for p in ("-", " ", "..", "/")]
+    assert all(k and len(k) == 8 for k in keys) and len(set(keys)) == 4
+    assert make_key("-") == make_key("-")                                       # stable
+    assert make_key("a", "-") != make_key("a", " ") and make_key("a", "-").startswith("a_")
+    assert make_key("a", "-") != make_key("a") and make_key("a", "", "b") == "a_b"
+    assert make_key("img 1.jpg") == "img-1-jpg"                                 # readable parts unchanged
+    with pytest.raises(ValueError, match="empty key"):
+        FaceRecord(dataset="mine", key="", path="x.jpg", label=0, native_label="happy")
+    with pytest.raises(ValueError, match="empty key"):
+        FaceRecord(dataset="mine", key=make_key(), path="x.jpg", label=0, native_label="happy")
+
+
 def test_a_file_name_that_is_not_utf8_is_read_not_fatal(tmp_path):
     """Latin-1 `café.jpg` next to UTF-8 `café.jpg`: both read, distinct keys (the name's hash was
     taken of its UTF-8 encoding, which a lone surrogate has not: the whole dataset failed)."""
