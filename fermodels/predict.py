@@ -305,6 +305,16 @@ def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path
     return names
 
 
+def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
+    """Refuse an ``--annotate`` folder where a copy would replace an input: a JPEG keeps its name
+    there, so the inputs' own folder (or the folder above them) would lose the originals."""
+    inputs = {os.path.realpath(p): p for p in names}
+    for p, name in names.items():
+        if (hit := inputs.get(os.path.realpath(annotate / name))) is not None:
+            raise ValueError(f"--annotate {annotate}: its copy of {p} would replace the input {hit}; choose a "
+                             "folder outside the inputs")
+
+
 def annotation_path(name: Path, frame: int, video: bool) -> Path:
     """A video frame's copy carries its frame number: ``clip.avi.jpg`` -> ``clip.avi.f000010.jpg``."""
     return name.with_name(f"{name.stem}.f{frame:06d}{name.suffix}") if video else name
@@ -417,10 +427,13 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     per image/frame (face counts). The library side of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
-    predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
-                          backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download)
     inputs = list(inputs)
     paths = expand_inputs(inputs)
+    names = annotation_names(inputs, paths)
+    if annotate is not None:
+        check_annotations(annotate, names)
+    predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
+                          backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,
-                                names=annotation_names(inputs, paths))
+                                names=names)
     return write_rows(rows, summary, predictor.classes, out), summary

@@ -28,8 +28,8 @@ from fermodels.data import open_split, split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
 import fermodels.predict
-from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, choose_backend, expand_inputs,
-                               iter_frames, run_predict)
+from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, check_annotations,
+                               choose_backend, expand_inputs, iter_frames, predict_files, run_predict)
 from fermodels.runstate import load_checkpoint
 
 from tests.fermodels.helpers import REPO, stage_params, make_params
@@ -415,6 +415,22 @@ def test_a_model_whose_scores_depend_on_its_batch_scores_one_face_at_a_time(phot
     run_predict(predictor, [photos / "two.jpg", photos / "astronaut.jpg"], batch_size=32, every=1)
     assert sizes and set(sizes) == {1} and sum(sizes) == 3
     assert "scoring one face at a time" in caplog.text
+
+
+def test_annotating_into_the_inputs_folder_never_replaces_an_input(tmp_path):
+    """A JPEG's annotated copy keeps its name: pointed at the photos' own folder, --annotate
+    replaced the originals with their boxed copies."""
+    photos = tmp_path / "photos"
+    (photos / "more").mkdir(parents=True)
+    for rel in ("a.jpg", "b.png", "more/c.JPEG"):
+        (photos / rel).write_bytes(b"original")
+    with pytest.raises(ValueError, match=r"its copy of .*a\.jpg would replace the input .*a\.jpg; choose a folder"):
+        predict_files([photos], tmp_path / "no_checkpoint_needed.pt", annotate=photos)
+    with pytest.raises(ValueError, match=r"more/c\.JPEG would replace"):
+        predict_files([photos / "more"], tmp_path / "none.pt", annotate=photos / "more")
+    assert all((photos / rel).read_bytes() == b"original" for rel in ("a.jpg", "b.png", "more/c.JPEG"))
+    check_annotations(tmp_path / "annotated", annotation_names([photos], expand_inputs([photos])))   # elsewhere: fine
+    check_annotations(photos, annotation_names([photos / "b.png"], [photos / "b.png"]))   # b.png.jpg beside it
 
 
 def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, caplog):
