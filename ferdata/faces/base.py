@@ -127,6 +127,7 @@ class FaceBackend:
         # Only the options this backend reads: ``auto`` hands every delegate the same set.
         names = self.option_names()
         self.options = {**self.defaults, **{k: v for k, v in dict(options or {}).items() if k in names}}
+        self.check_values(self.options)
         self.model_dir = Path(model_dir).expanduser() if model_dir else None
         self.allow_download = bool(allow_download)
 
@@ -147,6 +148,23 @@ class FaceBackend:
         if unknown:
             raise ValueError(f"face backend {cls.name!r} takes no option {', '.join(map(repr, unknown))}; "
                              f"its options: {', '.join(sorted(cls.option_names()))}")
+
+    @classmethod
+    def check_values(cls, options: Mapping[str, Any]) -> None:
+        """Refuse an option value of the wrong kind (``--backend-option det_size=abc`` failed deep in
+        the detector with a TypeError): a whole number where the default is one (``threads`` too), a
+        number for a float default, true/false for a flag; names (``pack``) take any text."""
+        kinds = {**{k: type(v) for k, v in cls.defaults.items()}, "threads": int}
+        for key, value in options.items():
+            kind = kinds.get(key)
+            ok = (kind is None or kind is str and isinstance(value, (str, int)) and not isinstance(value, bool)
+                  or kind is bool and isinstance(value, bool)
+                  or kind is int and isinstance(value, int) and not isinstance(value, bool)
+                  or kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+            if not ok or (key == "threads" and value < 1):
+                wanted = {int: "a whole number", float: "a number", bool: "true or false", str: "a name"}[kind]
+                raise ValueError(f"face backend {cls.name!r}: option {key} must be {wanted}"
+                                 f"{' >= 1' if key == 'threads' else ''}, got {value!r}")
 
     def signature(self) -> str:
         opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in self.UNSIGNED)

@@ -163,6 +163,21 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
     assert create_backend("annotations").signature() == "annotations:v1:"
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("embedded", {"det_size": "abc"}, "option det_size must be a whole number, got 'abc'"),
+    ("embedded", {"score_threshold": "high"}, "option score_threshold must be a number, got 'high'"),
+    ("embedded", {"det_size": True}, "option det_size must be a whole number, got True"),
+    ("insightface", {"threads": 0}, "option threads must be a whole number >= 1, got 0"),
+    ("face_alignment", {"flip_input": "yes"}, "option flip_input must be true or false, got 'yes'"),
+])
+def test_an_option_value_of_the_wrong_kind_is_refused_when_the_backend_is_built(name, options, message):
+    """``--backend-option det_size=abc`` reached the detector and failed there with a TypeError."""
+    with pytest.raises(ValueError, match=f"face backend {name!r}: {message}"):
+        create_backend(name, options)
+    assert create_backend("embedded", {"score_threshold": 1}).options["score_threshold"] == 1    # an int is a number
+    assert create_backend("insightface", {"landmarks": 106}).tasks[1] == "landmark_2d_106"      # a name may be a number
+
+
 def test_signatures_follow_the_model_files_content_not_their_names(tmp_path, synthetic_root):
     """A retrained model of the same name and size is another model: its detections must not be
     served from the cache of the old one."""
