@@ -40,7 +40,8 @@ class DatasetLayoutError(FileNotFoundError):
     def __init__(self, reader: str, root: Path, expected: list[str]) -> None:
         root = Path(root)
         found = sorted(p.name for p in root.iterdir())[:20] if root.is_dir() else []
-        where = f"{root} (exists)" if root.is_dir() else f"{root} (does not exist)"
+        state = "exists" if root.is_dir() else "is a file, not a folder" if root.exists() else "does not exist"
+        where = f"{root} ({state})"
         super().__init__(
             f"{reader}: {where} does not look like this dataset.\n"
             f"  expected: {', '.join(expected)}\n"

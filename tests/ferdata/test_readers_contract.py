@@ -48,6 +48,9 @@ def test_missing_root_raises_layout_error(tmp_path, name):
     with pytest.raises(DatasetLayoutError) as err:
         list(open_reader(name, tmp_path / "nope").read())
     assert "(does not exist)" in str(err.value) and "expected:" in str(err.value)
+    (tmp_path / "notes.txt").write_text("a file given as the root")
+    with pytest.raises(DatasetLayoutError, match=r"notes\.txt \(is a file, not a folder\)"):
+        list(open_reader(name, tmp_path / "notes.txt").read())
 
 
 @pytest.mark.parametrize("name", ALL)
