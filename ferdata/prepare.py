@@ -18,7 +18,7 @@ from ferdata.parts import Part
 from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
-from ferdata.stages.detect import DetectParams, fill_cache, run_detect
+from ferdata.stages.detect import detect_section, fill_cache, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 
 
@@ -35,7 +35,7 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
                        f"--root with a reader name ({', '.join(READERS.names())})")
     return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
-                       {**(spec.options or {}), **(options or {})})
+                       {**(spec.options or {}), **(options or {})}, spec.detect or {})
 
 
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
@@ -45,8 +45,9 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
     spec = resolve_spec(name, params, root, options)
     # Every stage's settings are checked before the first stage runs: a bad shard value must not
     # surface after hours of detection.
-    detect, align, derive, shard = (stage_section(params, n, cls) for n, cls in (
-        ("detect", DetectParams), ("align", AlignParams), ("derive", DeriveParams), ("shard", ShardParams)))
+    align, derive, shard = (stage_section(params, n, cls) for n, cls in (
+        ("align", AlignParams), ("derive", DeriveParams), ("shard", ShardParams)))
+    detect = detect_section(params, name, spec)
     records = read_dataset(spec)
     first = next(records)        # a root laid out otherwise fails here, before any output folder exists
     dirs = stage_dirs(data_dir, name)
@@ -66,4 +67,4 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
     Records the reader drops are left to the full detect run, which counts them."""
     spec = resolve_spec(name, params, root, options)
     records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
-    return fill_cache(records, stage_section(params, "detect", DetectParams)).to_dict()
+    return fill_cache(records, detect_section(params, name, spec)).to_dict()

@@ -136,3 +136,28 @@ def test_automatic_affectnet_images_are_trained_on_never_validated_or_tested(tmp
     assert len(auto) == len(manual_train) + len(keys["val"]) > 0     # every manual training image, once more
     assert keys["val"] and keys["test"]
     assert not any("auto" in k for k in keys["val"] + keys["test"])
+
+
+def test_a_dataset_sets_its_own_detect_values(tmp_path):
+    """FER2013-like 48 px crops (precropped) prepared under a params.yaml whose detect backend is the
+    face detector that RAF-DB's photos need: ``datasets.<name>.detect`` overrides the section."""
+    import cv2
+    import numpy as np
+    import pytest
+
+    root = tmp_path / "crops"
+    for i in range(12):
+        img = np.full((48, 48), 40 + 15 * i, np.uint8)
+        (root / ("happy", "sad")[i % 2]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / ("happy", "sad")[i % 2] / f"{i}.png"), img)
+    params = small_params(tmp_path)
+    params["datasets"]["crops"] = {"reader": "folder", "root": str(root), "options": {},
+                                   "detect": {"backend": "precropped"}}
+    assert params["detect"]["backend"] == "embedded"
+    reports = prepare("crops", params, tmp_path / "data")
+    assert reports["detect"]["kept"] == 12 and reports["detect"]["settings"]["backend"] == "precropped"
+    info = json.loads((stage_dirs(tmp_path / "data", "crops")["shards"] / "train" / "_info.json").read_text())
+    assert info["detect"]["backend"] == "precropped"
+    params["datasets"]["crops"]["detect"] = {"backend": "precropped", "selct": "largest"}
+    with pytest.raises(ValueError, match=r"datasets\.crops\.detect: unknown keys \['selct'\]"):
+        prepare("crops", params, tmp_path / "data2")

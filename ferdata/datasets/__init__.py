@@ -1,7 +1,7 @@
 """Dataset readers, registered by name. Importing this package registers them all."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from ferdata.datasets.base import COMMON_OPTIONS, READERS, DatasetLayoutError, DatasetReader, open_reader
@@ -15,18 +15,28 @@ __all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A params.yaml ``datasets`` entry: which reader, where, with which options."""
+    """A params.yaml ``datasets`` entry: which reader, where, with which options, and (optional)
+    ``detect``: this dataset's values over the ``detect`` section (``{backend: precropped}`` for
+    FER2013's 48 px crops beside RAF-DB's photos in one params.yaml)."""
 
     reader: str
     root: str
     options: dict
+    detect: dict = field(default_factory=dict)
 
 
 def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
     specs = params.get("datasets") or {}
     if name not in specs:
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
-    return section(DatasetSpec, specs[name], f"datasets.{name}")
+    entry = specs[name]
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"params.yaml datasets.{name} must be a mapping (reader, root, options), got {entry!r}")
+    spec = section(DatasetSpec, {"detect": {}, **entry}, f"datasets.{name}")
+    if not isinstance(spec.detect or {}, Mapping):
+        raise ValueError(f"datasets.{name}.detect must be a mapping of detect values (e.g. {{backend: precropped}}), "
+                         f"got {spec.detect!r}")
+    return spec
 
 
 def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:

@@ -27,12 +27,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
+from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.layout import FACES, REPORT
 from ferdata.parallel import parallel_map
-from ferdata.params import at_least, check_values, one_of, optional, within
+from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
 from ferdata.report import StageReport, write_drops
@@ -240,6 +241,16 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
         batches.close()                            # stops the workers at once if we failed midway
         if cache:
             cache.close()
+
+
+def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> DetectParams:
+    """The ``detect`` section with dataset ``name``'s own values over it (``datasets.<name>.detect``)."""
+    base = stage_section(params, "detect", DetectParams)         # a missing or wrong section is named as such
+    unknown = sorted(set(spec.detect or {}) - set(vars(base)))
+    if unknown:
+        raise ValueError(f"datasets.{name}.detect: unknown keys {unknown}; it takes the detect section's: "
+                         f"{', '.join(sorted(vars(base)))}")
+    return section(DetectParams, {**params["detect"], **(spec.detect or {})}, f"datasets.{name}.detect")
 
 
 def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path) -> StageReport:
