@@ -1,15 +1,48 @@
-"""Shared argument handling for the stage scripts (logging set-up and params loading)."""
+"""Shared argument handling for the stage scripts (usage, logging set-up and params loading).
+
+A script's arguments are named once, in its docstring's ``Usage: python -m pipeline.<stage> NAME ...``
+line (the stage scripts are DVC dependencies: naming them here leaves every stage's hash alone).
+"""
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from typing import Sequence
 
 from ferdata.errors import install_excepthook
 from ferdata.params import load_params
 
+HELP = ("-h", "--help")
+USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
+
 
 def setup() -> tuple[dict, list[str]]:
-    """Logging, the command lines' error policy (bad input: one ``error:`` line), params.yaml and argv."""
+    """The script's arguments from argv, then logging, the command lines' error policy (bad input: one
+    ``error:`` line) and params.yaml.
+
+    ``-h``/``--help`` prints the usage line and the script's docstring and exits 0; a wrong number of
+    arguments prints the usage line on stderr and exits 2, as argparse does."""
+    doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
+    args = arguments(doc, sys.argv[1:])
     install_excepthook()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return load_params(), sys.argv[1:]
+    return load_params(), args
+
+
+def arguments(doc: str, argv: Sequence[str]) -> list[str]:
+    """``argv`` when it holds one value per argument ``doc``'s usage names; else the usage, and exit
+    (0 for help, 2 for a mistake)."""
+    m = USAGE.search(doc)
+    if m is None:
+        raise RuntimeError(f"{sys.argv[0]}: its docstring has no 'Usage: python -m pipeline.<stage> ARG ...' line")
+    names = m.group(2).split()
+    line = f"usage: {m.group(1)}{m.group(2)}"
+    if any(a in HELP for a in argv):
+        print(f"{line}\n\n{doc.strip()}")
+        raise SystemExit(0)
+    if len(argv) != len(names):
+        print(f"{line}\nerror: expected {len(names)} argument(s) ({' '.join(names)}), got {len(argv)}",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return list(argv)

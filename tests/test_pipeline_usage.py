@@ -1,0 +1,61 @@
+"""Every stage script, run by hand with the wrong arguments or --help, prints its usage line."""
+from __future__ import annotations
+
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = sorted(p.stem for p in (REPO / "pipeline").glob("[a-z]*.py"))
+
+
+def usage_in_docstring(stage: str) -> str:
+    """The ``Usage: python -m pipeline.<stage> ...`` its docstring states."""
+    doc = (REPO / "pipeline" / f"{stage}.py").read_text().split('"""')[1]
+    m = re.search(r"Usage: (python -m pipeline\.\w+(?: [A-Z_]+)*)", doc)
+    assert m is not None, f"pipeline/{stage}.py: no Usage line in its docstring"
+    return m.group(1)
+
+
+def run_stage(stage: str, argv: list[str], monkeypatch) -> int:
+    monkeypatch.setattr(sys, "argv", [f"pipeline/{stage}.py", *argv])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module(f"pipeline.{stage}", run_name="__main__", alter_sys=True)
+    return stop.value.code
+
+
+def test_every_stage_is_covered():
+    assert {"train", "select", "evaluate", "detect", "align", "derive", "shard", "sample"} <= set(STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("argv", [[], ["a"] * 5], ids=["none", "too-many"])
+def test_wrong_number_of_arguments_prints_usage_and_exits_2(stage, argv, monkeypatch, capsys):
+    assert run_stage(stage, argv, monkeypatch) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"usage: {usage_in_docstring(stage)}"
+    assert lines[1].startswith("error: expected ") and f"got {len(argv)}" in lines[1]
+    assert "Traceback" not in err and "unpack" not in err
+
+
+def test_train_run_by_hand_names_its_arguments(monkeypatch, capsys):
+    """The README's torchrun line runs ``-m pipeline.train`` by hand."""
+    assert run_stage("train", ["runs/select/train.json"], monkeypatch) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "usage: python -m pipeline.train SELECTION CKPT_DIR LIVE_DIR",
+        "error: expected 3 argument(s) (SELECTION CKPT_DIR LIVE_DIR), got 1",
+    ]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_usage_and_exits_0(stage, flag, monkeypatch, capsys):
+    assert run_stage(stage, [flag], monkeypatch) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == f"usage: {usage_in_docstring(stage)}"
+    assert f"Stage `{stage}" in out and err == ""
