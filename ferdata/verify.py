@@ -4,7 +4,8 @@ For shards that came from another machine (``dvc pull``, a copy, a download): ev
 listed shard exists and matches its sha256, its sample count and the split's class
 histogram; no shard file is missing from the list; every member is a safe regular
 file (no absolute paths, ``..``, links, devices, pickles) and every ``.npy`` loads
-without pickle. Problems are returned as lines, one per finding, never raised.
+without pickle. Problems are returned as lines, one per finding, never raised; a path that is
+no folder at all (missing, or a file) is the caller's mistake and raises.
 """
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_n
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
-    """Problems found (empty when every split matches its info file)."""
+    """Problems found (empty when every split matches its info file); ``FileNotFoundError`` or
+    ``NotADirectoryError`` when ``shard_dir`` does not exist or is a file."""
     root = Path(shard_dir)
+    fix = f"pass the shards folder (with <split>/{INFO}), e.g. data/<dataset>/shards"
+    if not root.exists():
+        raise FileNotFoundError(f"{shard_dir} does not exist: {fix}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{shard_dir} is a file, not a folder: {fix}")
     if (root / INFO).is_file():                                  # one split's folder
         return verify_split(root / INFO)
     infos = sorted(root.glob(f"*/{INFO}"))

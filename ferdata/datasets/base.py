@@ -79,8 +79,9 @@ class DatasetReader:
         self._notes: dict[str, tuple[str, str]] = {}     # key -> (what, example): the flaw of a record scanned
         self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
         if self.options["subsets"] and self.subset_pattern is None:
+            takers = ", ".join(n for n in READERS.names() if READERS.get(n).subset_pattern is not None)
             raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
-                             f"this dataset's images (readers with subset lists: those with a subset_pattern)")
+                             f"this dataset's images (readers that take subsets: {takers}); remove options.subsets")
 
     def read(self) -> Iterator[FaceRecord | Dropped]:
         """Every item of :meth:`scan`, with the records of excluded classes dropped and the

@@ -50,6 +50,16 @@ def _frame_number(path: Path) -> int:
     return int(m.group(1))
 
 
+def whole_number(reader: str, option: str, value: object, least: int) -> int:
+    """An integer option's value, refused with its name and what it takes when it is not a whole
+    number >= ``least`` (``int()`` would truncate 2.5 and quote only Python's own message for 'abc')."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{reader}: options.{option} must be a whole number >= {least}, got {value!r}")
+    return value
+
+
 def read_landmarks(path: Path) -> np.ndarray:
     """A CK+ ``*_landmarks.txt`` file as float32 (68, 2); ``ValueError`` if malformed."""
     values = np.array(path.read_text().split(), dtype=np.float32)
@@ -70,9 +80,8 @@ class CKPlusReader(DatasetReader):
     option_defaults: Mapping[str, object] = {"frames": 3, "neutral_frames": 0}
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
-        frames, neutral = int(self.options["frames"]), int(self.options["neutral_frames"])
-        if frames < 1 or neutral < 0:
-            raise ValueError(f"{self.name}: frames must be >= 1 and neutral_frames >= 0, got {frames}, {neutral}")
+        frames = whole_number(self.name, "frames", self.options["frames"], 1)
+        neutral = whole_number(self.name, "neutral_frames", self.options["neutral_frames"], 0)
         images = _first_dir(self.root, IMAGE_DIRS)
         emotions = _first_dir(self.root, EMOTION_DIRS)
         if images is None or emotions is None:

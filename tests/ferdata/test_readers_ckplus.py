@@ -60,6 +60,26 @@ def test_bad_options_and_layout(tmp_path):
     assert "found:    cohn-kanade-images" in str(err.value)
 
 
+@pytest.mark.parametrize("options, named", [
+    ({"frames": "abc"}, "options.frames must be a whole number >= 1, got 'abc'"),
+    ({"frames": 2.5}, "options.frames must be a whole number >= 1, got 2.5"),
+    ({"frames": True}, "options.frames must be a whole number >= 1, got True"),
+    ({"neutral_frames": "x"}, "options.neutral_frames must be a whole number >= 0, got 'x'"),
+    ({"neutral_frames": -1}, "options.neutral_frames must be a whole number >= 0, got -1"),
+])
+def test_a_frame_count_that_is_not_a_whole_number_names_the_option(tmp_path, options, named):
+    make_ckplus(tmp_path)
+    with pytest.raises(ValueError) as err:
+        read_all("ckplus", tmp_path, options)
+    assert str(err.value) == f"ckplus: {named}"
+
+
+def test_a_whole_float_frame_count_is_that_number(tmp_path):
+    make_ckplus(tmp_path)
+    records, _, _ = read_all("ckplus", tmp_path, {"frames": 1.0})
+    assert len(records) == 2
+
+
 def test_seven_class_protocol_drops_contempt_sequences(tmp_path, caplog):
     make_ckplus(tmp_path)
     records, drops, items = read_all("ckplus", tmp_path, {"exclude_classes": ["Contempt"]})

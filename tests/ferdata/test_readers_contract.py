@@ -106,7 +106,8 @@ def test_subsets_only_where_lists_can_name_the_images(tmp_path, name):
     published list names (instead of silently tagging nothing), and checked for its shape."""
     cls = READERS.get(name)
     if cls.subset_pattern is None:
-        with pytest.raises(ValueError, match="subsets is not supported"):
+        with pytest.raises(ValueError, match="subsets is not supported.*readers that take subsets: affectnet, "
+                                             "ferplus, rafdb"):
             open_reader(name, tmp_path, {"subsets": {"occlusion": "occlusion.txt"}})
     else:
         build, options = FIXTURES[name]

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
+from ferdata.errors import run_cli
 from ferdata.tario import sha256_file
 from ferdata.layout import INFO
 from ferdata.verify import verify_shards
@@ -140,3 +141,18 @@ def test_a_folder_without_info_files_says_what_to_pass(tmp_path):
     (tmp_path / "empty").mkdir()
     [problem] = verify_shards(tmp_path / "empty")
     assert f"no {INFO} under" in problem and "pass the shards folder" in problem
+
+
+@pytest.mark.parametrize("make, says", [(lambda p: None, "does not exist"),
+                                         (lambda p: p.write_text("x"), "is a file, not a folder")],
+                         ids=["missing", "a-file"])
+def test_a_path_that_is_no_folder_is_an_error_line(tmp_path, capsys, make, says):
+    """`ferdata verify` on a typo or a file: the policy's `error:` line naming what is wrong, status 1."""
+    path = tmp_path / "shards"
+    make(path)
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: app(["verify", str(path)], standalone_mode=False), argv=[])
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} {says}: pass the shards folder (with <split>/{INFO})"), err
+    assert "Traceback" not in err
