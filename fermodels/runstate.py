@@ -123,8 +123,11 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict) -> dict | None:
     if state["params"] != params or state["data"] != data:
         differ = sorted(k for k in {*params, *state["params"]} if params.get(k) != state["params"].get(k))
         differ += sorted(f"data.{k}" for k in {*data, *state["data"]} if data.get(k) != state["data"].get(k))
-        log.warning("%s is from another run (it differs in %s; a checkpoint from an earlier version of this "
-                    "package lacks what training now records): starting over", path, ", ".join(differ))
+        lacks = sorted(k for k in params if k not in state["params"])
+        lacks += sorted(f"data.{k}" for k in data if k not in state["data"])
+        older = (f"; it is from an earlier version of this package, which did not record {', '.join(lacks)}"
+                 if lacks else "")
+        log.warning("%s is from another run (it differs in %s%s): starting over", path, ", ".join(differ), older)
         return None
     return state
 

@@ -165,7 +165,7 @@ def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     shutil.copytree(tiny_run["ckpt"], tmp_path / "ckpt")
     best = train(tiny_run["shards"], make_params(epochs=1, lr=1e-3), tmp_path / "ckpt", tmp_path / "live")
     assert best["epoch"] == 0 and load_checkpoint(tmp_path / "ckpt" / "last.pt")["params"]["lr"] == 1e-3
-    assert "differs in epochs, lr;" in caplog.text                     # says what, not only "params"
+    assert "differs in epochs, lr): starting over" in caplog.text      # says what, not only "params"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path, one_thread):

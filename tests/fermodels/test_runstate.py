@@ -1,0 +1,42 @@
+"""resume_state: last.pt resumes only its own run, and the warning says why it does not."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from fermodels.runstate import CHECKPOINT_KEYS, FORMAT, LAST, resume_state
+
+PARAMS = {"epochs": 2, "lr": 0.1, "seed": 0}
+DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_backends": ["retinaface"]}
+
+
+def save_last(ckpt: str, params: dict, data: dict) -> None:
+    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data}
+    torch.save(state, f"{ckpt}/{LAST}")
+
+
+def test_the_same_run_resumes(tmp_path):
+    save_last(str(tmp_path), PARAMS, DATA)
+    assert resume_state(tmp_path, PARAMS, DATA)["params"] == PARAMS
+
+
+def test_a_params_change_is_not_blamed_on_an_older_version(tmp_path, caplog):
+    save_last(str(tmp_path), {**PARAMS, "epochs": 5}, DATA)
+    with caplog.at_level(logging.WARNING, "fermodels.runstate"):
+        assert resume_state(tmp_path, PARAMS, DATA) is None
+    assert f"{tmp_path / LAST} is from another run (it differs in epochs): starting over" in caplog.text
+    assert "earlier version" not in caplog.text
+
+
+@pytest.mark.parametrize("old_params, old_data, lacks", [
+    ({"epochs": 2, "lr": 0.1}, DATA, "seed"),
+    (PARAMS, {k: v for k, v in DATA.items() if k != "face_backends"}, "data.face_backends"),
+])
+def test_a_checkpoint_lacking_what_training_records_names_it(tmp_path, caplog, old_params, old_data, lacks):
+    save_last(str(tmp_path), old_params, old_data)
+    with caplog.at_level(logging.WARNING, "fermodels.runstate"):
+        assert resume_state(tmp_path, PARAMS, DATA) is None
+    assert (f"(it differs in {lacks}; it is from an earlier version of this package, which did not record "
+            f"{lacks}): starting over") in caplog.text
