@@ -29,7 +29,8 @@ from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
-from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, shape_only
+from ferdata.faces.base import (BACKENDS, SELECTIONS, Face, FaceBackend, MissingModelError, face_in_box,
+                                select_face, shape_only)
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.layout import FACES, REPORT
 from ferdata.parallel import parallel_map
@@ -41,6 +42,7 @@ from ferdata.report import StageReport, write_drops
 log = logging.getLogger(__name__)
 OWNED = (FACES, "dropped.jsonl", REPORT)
 BATCH = 8            # images per task sent to a worker
+DETECTOR_FAILED = "detector_failed"       # the backend raised on this image (the error is the detail)
 LOCAL_BATCH = 64     # cache hits / drops handled per step in the main process
 
 
@@ -142,13 +144,37 @@ class DetectWorker:
             # Huge images decode reduced: backends work in the decoded frame (record
             # annotations scaled into it); results go back to source-image pixels.
             records = [scale_record(batch[i].record, s) for i, s in zip(todo, scales)]
-            found = self._backend.detect_batch(images, records)
+            found = self._detect(images, records)
             for i, image, s, faces in zip(todo, images, scales, found):
+                if isinstance(faces, Exception):
+                    out[i] = (batch[i], None, DETECTOR_FAILED, f"{type(faces).__name__}: {faces}")
+                    continue
                 shape = (round(image.shape[0] / s), round(image.shape[1] / s))
                 det = Detection(shape, tuple(f.scaled(1.0 / s) for f in faces)).canonical()
                 det.to_json()                      # serialise here, in parallel; cached on the object
                 out[i] = (batch[i], det, "", "")
         return out
+
+
+    def _detect(self, images: list, records: list) -> list[list[Face] | Exception]:
+        """The backend's faces per image; an image on which it fails is its exception, so one odd
+        image is a recorded drop, not the end of an hours-long run. A missing or unusable model is
+        no image's fault and ends the run."""
+        try:
+            return self._backend.detect_batch(images, records)
+        except (MissingModelError, ImportError, MemoryError):
+            raise
+        except Exception:                          # noqa: BLE001  (found again one image at a time)
+            pass
+        found: list[list[Face] | Exception] = []
+        for image, record in zip(images, records):
+            try:
+                found.append(self._backend.detect(image, record))
+            except (MissingModelError, ImportError, MemoryError):
+                raise
+            except Exception as e:                 # noqa: BLE001  (counted, named in dropped.jsonl)
+                found.append(e)
+        return found
 
 
 def _jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: DetectionCache | None,
@@ -268,6 +294,10 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
                     report.kept += 1
         write_drops(out, report, drops)
+        failed = [d for d in drops if d.reason == DETECTOR_FAILED]
+        if len(failed) >= 10 and len(failed) > report.kept:       # a broken install, not odd images
+            raise RuntimeError(f"detect: the face backend failed on {len(failed)} images and found faces in "
+                               f"{report.kept}; the first: {failed[0].detail}")
         report.notes["backend"] = table.sig
         # The file holds what the table holds: a run served from the cache (warm, merged, other
         # workers) writes the same bytes as a cold one, so DVC sees the same output and align

@@ -279,3 +279,37 @@ def test_forked_workers_leave_the_parents_objects_to_copy_on_write():
     counts = list(parallel.parallel_map(_FrozenCount(), range(8), workers=2, chunksize=2))
     assert min(counts) > before + 1000                   # this test process's objects, frozen in each worker
     assert gc.get_freeze_count() == before
+
+
+def test_an_image_the_backend_fails_on_is_a_recorded_drop_and_a_broken_backend_ends_the_run(
+        tmp_path, images, monkeypatch):
+    """One image on which the detector raises (an odd size, a library bug) is dropped with the
+    error, its batch-mates detected one by one; a backend failing on most images is no image's
+    fault: the run ends naming the first error and leaves no output."""
+    import hashlib
+
+    from ferdata.faces.embedded import EmbeddedBackend
+
+    bad = hashlib.sha1(decode_rgb(images[2].read_bytes()).tobytes()).digest()
+    faces = EmbeddedBackend._faces
+
+    def flaky(self, image, decoded):
+        if hashlib.sha1(np.ascontiguousarray(image).tobytes()).digest() == bad:
+            raise RuntimeError("RetinaFace gave 10 anchors, expected 12")
+        return faces(self, image, decoded)
+
+    monkeypatch.setattr(EmbeddedBackend, "_faces", flaky)
+    report = run_detect(records(images[:4]), params(tmp_path), tmp_path / "one")
+    assert report.kept == 3 and report.to_dict()["dropped"] == {"detector_failed": 1}
+    dropped = [json.loads(line) for line in (tmp_path / "one" / "dropped.jsonl").read_text().splitlines()]
+    assert dropped == [{"dataset": "t", "key": "k2", "reason": "detector_failed",
+                        "detail": f"{images[2]}: RuntimeError: RetinaFace gave 10 anchors, expected 12"}]
+
+    def broken(self, image, decoded):
+        raise RuntimeError("symbol not found in libonnxruntime")
+
+    monkeypatch.setattr(EmbeddedBackend, "_faces", broken)
+    with pytest.raises(RuntimeError, match="failed on 10 images and found faces in 0; the first: .*img0.jpg: "
+                                           "RuntimeError: symbol not found"):
+        run_detect(records(images), params(tmp_path / "fresh"), tmp_path / "all")
+    assert not (tmp_path / "all").exists()
