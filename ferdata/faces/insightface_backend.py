@@ -67,8 +67,8 @@ def find_pack(pack: str, model_dir: str | Path | None, tasks: Sequence[str]) -> 
     for d in dirs:
         if names is not None and all((d / names[t]).is_file() for t in tasks):
             return {t: d / names[t] for t in tasks}
-        if names is None and d.is_dir() and any(d.glob("*.onnx")):
-            return {p.name: p for p in sorted(d.glob("*.onnx"))}
+        if names is None and d.is_dir() and len(found := sorted(d.glob("*.onnx"))) >= len(tasks):
+            return {p.name: p for p in found}            # one file cannot hold a detector and landmarks
     if names is not None:
         first = next(t for t in tasks if not any((d / names[t]).is_file() for d in dirs))
         missing = names[first]

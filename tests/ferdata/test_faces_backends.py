@@ -501,6 +501,12 @@ def test_auto_picks_model_backends_whose_weights_are_present(tmp_path, monkeypat
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"x")
     assert AutoBackend(model_dir=tmp_path).delegate.name == "face_alignment"
+    lone = tmp_path / "lone" / "models" / "mypack"                      # a detector alone: no landmarks
+    lone.mkdir(parents=True)
+    shutil.copy(synthetic_root / "models" / "synth" / "det.onnx", lone)
+    assert AutoBackend({"pack": "mypack"}, tmp_path / "lone").delegate.name != "insightface"
+    with pytest.raises(MissingModelError, match=r"mypack/\*\.onnx \(a pack with detection \+ landmark"):
+        create_backend("insightface", {"pack": "mypack"}, tmp_path / "lone").check_ready()
 
 
 # ---- real weights (run only where they are installed) -------------------------------------
