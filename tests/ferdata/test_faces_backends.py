@@ -365,24 +365,33 @@ class _FakeFan:
         return self.maps.expand(x.shape[0], -1, -1, -1).clone()
 
 
-def test_fan_real_output_path_with_a_fake_network(tmp_path, monkeypatch, photos):
+@pytest.fixture
+def fake_fan(tmp_path, monkeypatch):
+    """A placeholder FAN weight file in TORCH_HOME; ``install(load)`` routes FAN's network loading
+    to ``load(self, name, size, device, dtype)``. Returns (the placeholder's path, install)."""
     import face_alignment.api as fa_api
+    import face_alignment.utils as fa_utils
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     ckpt = tmp_path / "hub" / "checkpoints" / FAN_FILE
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"placeholder: the loader is monkeypatched")
+    for name in ("_get_preds_fromhm", "transform_np"):   # skip numba's ~10 s first-call compile
+        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name).py_func)
+    return ckpt, lambda load: monkeypatch.setattr(fa_api.FaceAlignment, "_load_native", load)
+
+
+def test_fan_real_output_path_with_a_fake_network(fake_fan, photos):
+    import face_alignment.api as fa_api
+
+    ckpt, install = fake_fan
     seen = []
 
     def fake_load(self, network_name, network_size, device, dtype):
         seen.append((network_name, device, fa_api.load_file_from_url(fa_api.models_urls[network_name])))
         return _FakeFan()
 
-    monkeypatch.setattr(fa_api.FaceAlignment, "_load_native", fake_load)
-    import face_alignment.utils as fa_utils
-
-    for name in ("_get_preds_fromhm", "transform_np"):   # skip numba's ~10 s first-call compile
-        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name).py_func)
+    install(fake_load)
     b = FanBackend(model_dir=None)
     b.check_ready()
     faces = b.detect(photos["astronaut"])
@@ -396,16 +405,10 @@ def test_fan_real_output_path_with_a_fake_network(tmp_path, monkeypatch, photos)
     assert b._fa.device == "cpu" and b._fa.flip_input is False
 
 
-def test_fan_runs_on_one_thread_by_default_and_restores_the_callers(tmp_path, monkeypatch, photos):
+def test_fan_runs_on_one_thread_by_default_and_restores_the_callers(fake_fan, photos):
     """Every detect worker ran FAN on torch's default (a thread per core): 3x slower on 2 cores."""
-    import face_alignment.api as fa_api
-    import face_alignment.utils as fa_utils
     import torch
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    ckpt = tmp_path / "hub" / "checkpoints" / FAN_FILE
-    ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"placeholder: the loader is monkeypatched")
     threads = []
 
     class Counting(_FakeFan):
@@ -413,9 +416,7 @@ def test_fan_runs_on_one_thread_by_default_and_restores_the_callers(tmp_path, mo
             threads.append(torch.get_num_threads())
             return super().__call__(x)
 
-    monkeypatch.setattr(fa_api.FaceAlignment, "_load_native", lambda *a, **k: Counting())
-    for name in ("_get_preds_fromhm", "transform_np"):
-        monkeypatch.setattr(fa_utils, name, getattr(fa_utils, name).py_func)
+    fake_fan[1](lambda *a, **k: Counting())
     caller = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
