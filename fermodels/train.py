@@ -252,8 +252,9 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             if val[params.select_metric] > run.best[params.select_metric]:
                 run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}
                 _save(env, ckpt_dir / BEST, run, params, end)
-            _log_epoch(live, epoch, all_gather_objects((tally.sums, tally.seen, tally.waited, tally.classes), env),
-                       lr, tally.elapsed, val)
+            totals = all_gather_objects((tally.sums, tally.seen, tally.waited, tally.classes), env)
+            if env.is_main:                        # every rank's counts, told once
+                _log_epoch(live, epoch, totals, lr, tally.elapsed, val)
             _save(env, ckpt_dir / LAST, run, params, end)
     finally:
         run.loader.close()

@@ -222,6 +222,10 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
         torch.save(run.net.state_dict(), Path(out) / f"rank{env.rank}-{path.name}")
 
     trainer._save = save_every_rank
+    import logging
+
+    logging.getLogger("fermodels.train").setLevel(logging.INFO)
+    logging.getLogger("fermodels.train").addHandler(logging.FileHandler(Path(out) / f"rank{rank}.log"))
     resuming = (Path(out) / "ckpt" / "last.pt").is_file()
     params = make_params(epochs=2, batch_size=8, workers=2)      # persistent loader workers under DDP
     best = trainer.train(shards, params, Path(out) / "ckpt", Path(out) / "live")
@@ -266,6 +270,8 @@ def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
     assert (tmp_path / "ckpt" / "best.pt").is_file()
     first = torch.load(tmp_path / "rank0-first.pt")
     assert first == torch.load(tmp_path / "rank1-first.pt") == torch.load(tmp_path / "rank1-again.pt")
+    logs = [(tmp_path / f"rank{r}.log").read_text() for r in (0, 1)]
+    assert "epoch 1: " in logs[0] and "epoch 1: " not in logs[1]        # the epoch is told once, by rank 0
     w0, w1 = torch.load(tmp_path / "rank0-last.pt"), torch.load(tmp_path / "rank1-last.pt")
     assert all(torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point()), "DDP ranks diverged"
 
