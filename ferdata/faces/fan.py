@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
-from ferdata.faces.embedded import EmbeddedBackend
+from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
 from ferdata.geometry import five_from_68
 from ferdata.records import FaceRecord
 
@@ -112,7 +112,7 @@ class FanBackend(FaceBackend):
         """FAN's weights and the detector's (S3FD's file, or RetinaFace's for ``embedded``), by content."""
         detector = self.options["detector"]
         files = [self.resolve(FAN_URL), *([self.resolve(DETECTORS[detector])] if DETECTORS[detector] else [])]
-        boxes = f",{self._boxes.fingerprint().split(',')[0]}" if self._boxes is not None else ""
+        boxes = f",retinaface:{retinaface_digest()}" if self._boxes is not None else ""   # its boxes, not dlib
         return files_fingerprint(files) + boxes
 
     def resolve(self, url: str, *args: Any, **kwargs: Any) -> str:

@@ -427,6 +427,22 @@ def test_fan_runs_on_one_thread_by_default_and_restores_the_callers(fake_fan, ph
         torch.set_num_threads(caller)
 
 
+def test_fan_signature_names_its_own_model_files_not_dlibs(fake_fan, monkeypatch):
+    """FAN on the embedded detector uses RetinaFace's boxes only: a machine without dlib's
+    predictor runs it, and its cache key holds FAN's and RetinaFace's weights by content."""
+    import hashlib
+
+    import ferdata.faces.embedded as embedded
+
+    def no_dlib(model_dir):
+        raise MissingModelError("embedded", embedded.DLIB_68, ["/nowhere"], "not needed here")
+
+    monkeypatch.setattr(embedded, "dlib_model_path", no_dlib)
+    ckpt, _ = fake_fan
+    sig = FanBackend().signature()
+    assert f"{FAN_FILE}:{hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]},retinaface:" in sig
+
+
 def test_fan_damaged_weights_are_named_with_the_fix(tmp_path, monkeypatch, photos):
     from ferdata.faces.base import BadModelError
 
