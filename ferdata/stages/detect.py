@@ -215,6 +215,16 @@ class _Table:
         self.params, self.backend, self.cache, self.sig = params, backend, cache, sig
         self.counts = {"detections_run": 0, "cache_hits": 0}
         self.marked = {"found": 0, "missed": 0}     # faces the dataset marks: found there or not
+        self.ran, self.failures = 0, []               # images the backend ran on (faces or none) / raised on
+
+    def check_backend(self, final: bool) -> None:
+        """Stop when the backend fails on images as a rule, not as an exception: its first 10 all
+        failed, or (at the end) 10 or more failed and more than it ran on."""
+        failed = len(self.failures)
+        if failed >= 10 and (failed > self.ran if final else self.ran == 0):
+            raise RuntimeError(f"detect: the face backend ({self.sig}) failed on {failed} images and ran on "
+                               f"{self.ran}: a broken install or model, not odd images; the first: "
+                               f"{self.failures[0].detail}")
 
     def row(self, job: Item, det: Detection | None, reason: str, detail: str) -> dict | Dropped:
         """The table row of a kept record, or why it was dropped."""
@@ -222,7 +232,12 @@ class _Table:
             return job
         rec = job.record
         if det is None:
-            return Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {detail}" if detail else rec.path)
+            drop = Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {detail}" if detail else rec.path)
+            if reason == DETECTOR_FAILED:
+                self.failures.append(drop)
+                self.check_backend(final=False)
+            return drop
+        self.ran += 1
         if job.cached is None:
             self.counts["detections_run"] += 1
             if job.cacheable:
@@ -236,7 +251,7 @@ class _Table:
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
             self.marked["missed"] += 1
             return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.path}: {len(det.faces)} face(s) found, "
-                           f"none centred in the dataset's box {tuple(round(v) for v in box)}")
+                           f"none centred where the dataset marks the face {tuple(round(v) for v in box)}")
         else:
             self.marked["found"] += 1
         # The face holds the landmarks alignment uses; the dataset's own (if any) stay in the dataset.
@@ -270,13 +285,25 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
 
 
 def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> DetectParams:
-    """The ``detect`` section with dataset ``name``'s own values over it (``datasets.<name>.detect``)."""
+    """The ``detect`` section with dataset ``name``'s own values over it (``datasets.<name>.detect``).
+    A dataset that sets its own ``backend`` starts from no ``options`` (the section's belong to the
+    section's backend); a bad value is named where it was set."""
     base = stage_section(params, "detect", DetectParams)         # a missing or wrong section is named as such
-    unknown = sorted(set(spec.detect or {}) - set(vars(base)))
+    own = dict(spec.detect or {})
+    if not own:
+        return base
+    unknown = sorted(set(own) - set(vars(base)))
     if unknown:
         raise ValueError(f"datasets.{name}.detect: unknown keys {unknown}; it takes the detect section's: "
                          f"{', '.join(sorted(vars(base)))}")
-    return section(DetectParams, {**params["detect"], **(spec.detect or {})}, f"datasets.{name}.detect")
+    if "backend" in own and own["backend"] != base.backend:
+        own.setdefault("options", {})
+    try:
+        merged = section(DetectParams, {**params["detect"], **own}, f"datasets.{name}.detect")
+        BACKENDS.get(merged.backend).check_options(merged.options)
+    except ValueError as e:
+        raise ValueError(f"datasets.{name}.detect (over the detect section): {e}") from None
+    return merged
 
 
 def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path) -> StageReport:
@@ -294,10 +321,7 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     gz.write((json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n").encode())
                     report.kept += 1
         write_drops(out, report, drops)
-        failed = [d for d in drops if d.reason == DETECTOR_FAILED]
-        if len(failed) >= 10 and len(failed) > report.kept:       # a broken install, not odd images
-            raise RuntimeError(f"detect: the face backend failed on {len(failed)} images and found faces in "
-                               f"{report.kept}; the first: {failed[0].detail}")
+        table.check_backend(final=True)
         report.notes["backend"] = table.sig
         # The file holds what the table holds: a run served from the cache (warm, merged, other
         # workers) writes the same bytes as a cold one, so DVC sees the same output and align

@@ -305,11 +305,15 @@ def test_an_image_the_backend_fails_on_is_a_recorded_drop_and_a_broken_backend_e
     assert dropped == [{"dataset": "t", "key": "k2", "reason": "detector_failed",
                         "detail": f"{images[2]}: RuntimeError: RetinaFace gave 10 anchors, expected 12"}]
 
+    calls = []
+
     def broken(self, image, decoded):
+        calls.append(1)
         raise RuntimeError("symbol not found in libonnxruntime")
 
     monkeypatch.setattr(EmbeddedBackend, "_faces", broken)
-    with pytest.raises(RuntimeError, match="failed on 10 images and found faces in 0; the first: .*img0.jpg: "
-                                           "RuntimeError: symbol not found"):
-        run_detect(records(images), params(tmp_path / "fresh"), tmp_path / "all")
+    with pytest.raises(RuntimeError, match="failed on 10 images and ran on 0: a broken install or model, not odd "
+                                           "images; the first: .*img0.jpg: RuntimeError: symbol not found"):
+        run_detect(records(images * 4), params(tmp_path / "fresh"), tmp_path / "all")
     assert not (tmp_path / "all").exists()
+    assert len(calls) < 24                    # stopped after the first 10 failures, not after all 40 images

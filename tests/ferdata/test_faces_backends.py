@@ -427,6 +427,25 @@ def test_fan_runs_on_one_thread_by_default_and_restores_the_callers(fake_fan, ph
         torch.set_num_threads(caller)
 
 
+def test_a_damaged_dlib_predictor_is_named_and_ends_detection(tmp_path, photos):
+    """A cut download saved as the predictor was an error on every image (each a detector_failed
+    drop, the 100 MB file re-read each time), not one error naming the file."""
+    from ferdata.faces.base import BadModelError
+    from ferdata.faces.embedded import DLIB_68
+    from ferdata.stages.detect import DetectParams, run_detect
+
+    (tmp_path / DLIB_68).write_bytes(b"<html>404 Not Found</html>")
+    with pytest.raises(BadModelError, match=f"(?s)model file '{tmp_path / DLIB_68}' cannot be loaded.*fetch it"):
+        create_backend("embedded", {}, tmp_path).detect(photos["astronaut"])
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), photos["astronaut"][..., ::-1])
+    params = DetectParams(backend="embedded", select="largest", det_size=640, score_threshold=None,
+                          model_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), workers=1)
+    with pytest.raises(BadModelError):
+        run_detect([FaceRecord("t", "k", str(tmp_path / "a.jpg"), 1, "x")], params, tmp_path / "out")
+
+
 def test_fan_signature_names_its_own_model_files_not_dlibs(fake_fan, monkeypatch):
     """FAN on the embedded detector uses RetinaFace's boxes only: a machine without dlib's
     predictor runs it, and its cache key holds FAN's and RetinaFace's weights by content."""
