@@ -26,8 +26,9 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
                 allow_download: bool = False) -> tuple[FaceBackend | None, list[str]]:
     """The first of the backends ``names`` whose models are here, built with ``per_backend[name]``
     updated by ``options`` (each keeps those it reads), and why each one before it could not run.
-    ``allow_download``: one whose package is installed but whose weights are not counts as ready
-    (it fetches them on first use); else nothing is ever downloaded."""
+    ``allow_download``: one that fetches its own weights (``downloads``: insightface, FAN) and
+    whose package is installed counts as ready without them (it fetches them on first use); else
+    nothing is ever downloaded."""
     reasons = []
     for name in names:
         backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir,
@@ -35,7 +36,7 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
         try:
             backend.check_ready()
         except MissingModelError as e:
-            if allow_download:
+            if allow_download and backend.downloads:
                 log.info("%s: model files missing here; fetched on first use (allow_download)", name)
                 return backend, reasons
             reasons.append(f"{name}: {str(e).splitlines()[0]}")
@@ -48,7 +49,8 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
 
 
 def choose_model_backend(options: Mapping[str, Any], model_dir: str | Path | None) -> FaceBackend:
-    """The first backend in ``PREFERENCE`` that is ready without downloading."""
+    """The first backend in ``PREFERENCE`` whose weights are here: ``auto`` never downloads (with
+    downloads allowed, the first preference would always be fetched, whatever is installed)."""
     backend, reasons = first_ready(PREFERENCE, options, model_dir)
     if backend is None:
         raise MissingModelError("auto", "any face model", list(PREFERENCE), "; ".join(reasons))

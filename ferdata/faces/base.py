@@ -118,6 +118,8 @@ class FaceBackend:
     # False: the backend trusts the dataset (its landmarks, or images that are crops) and cannot find
     # faces in a new photo; inference then uses a detector (``fermodels.predict.choose_backend``).
     finds_faces: ClassVar[bool] = True
+    # True: with ``allow_download`` the backend fetches missing weights itself (insightface, FAN).
+    downloads: ClassVar[bool] = False
     defaults: ClassVar[Mapping[str, Any]] = {}
     # Options every backend accepts that never change its output, so stay out of the signature.
     UNSIGNED: ClassVar[frozenset[str]] = frozenset({"threads"})

@@ -85,6 +85,7 @@ class FanBackend(FaceBackend):
 
     name = "face_alignment"
     version = "1"
+    downloads = True
     defaults = {"detector": "embedded", "det_size": 640, "score_threshold": 0.9, "flip_input": False}
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,

@@ -83,6 +83,7 @@ class InsightFaceBackend(FaceBackend):
 
     name = "insightface"
     version = "1"
+    downloads = True
     defaults = {"pack": "buffalo_l", "landmarks": "68", "det_size": 640, "score_threshold": 0.5}
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,

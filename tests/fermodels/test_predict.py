@@ -347,6 +347,16 @@ def test_allow_download_lets_the_training_detector_fetch_its_weights(monkeypatch
     assert chosen.name == "embedded"
     assert choose_backend("insightface", {}, allow_download=True).allow_download
     assert not choose_backend("insightface", {}).allow_download
+    # embedded fetches nothing: its missing predictor does not make it "ready" with downloads allowed,
+    # so the next detector that found training faces (and can fetch its weights) is chosen
+    from ferdata.faces.embedded import EmbeddedBackend
+
+    def no_predictor(self):
+        raise MissingModelError("embedded", "shape_predictor_68_face_landmarks.dat", ["/nowhere"], "install it")
+
+    monkeypatch.setattr(EmbeddedBackend, "check_ready", no_predictor)
+    chosen = choose_backend(None, {"embedded": 300, "insightface": 100}, allow_download=True)
+    assert chosen.name == "insightface" and chosen.allow_download
 
 
 def test_an_option_no_backend_reads_is_refused_without_backend_too(caplog):
