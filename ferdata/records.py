@@ -78,13 +78,16 @@ class FaceRecord:
             raise ValueError(f"record split {self.split!r} not in {SPLITS}")
 
     def annotated_box(self) -> tuple[float, float, float, float] | None:
-        """Where the dataset says the face is: its box, else its landmarks' bounds, else None."""
+        """Where the dataset says the face is: its box, else its landmarks' bounds grown by half
+        their larger side each way (5 points span eyes to mouth only: a turned face's detector box
+        is centred outside them), else None."""
         if self.box is not None:
             return self.box
         if self.landmarks is None:
             return None
         (x0, y0), (x1, y1) = np.min(self.landmarks, 0), np.max(self.landmarks, 0)
-        return float(x0), float(y0), float(x1), float(y1)
+        pad = 0.5 * max(x1 - x0, y1 - y0)
+        return float(x0 - pad), float(y0 - pad), float(x1 + pad), float(y1 + pad)
 
 
 @dataclass(frozen=True)
