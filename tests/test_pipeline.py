@@ -161,3 +161,13 @@ def test_a_dataset_sets_its_own_detect_values(tmp_path):
     params["datasets"]["crops"]["detect"] = {"backend": "precropped", "selct": "largest"}
     with pytest.raises(ValueError, match=r"datasets\.crops\.detect: unknown keys \['selct'\]"):
         prepare("crops", params, tmp_path / "data2")
+    params["datasets"]["crops"]["detect"] = {"backend": "precropped", "workers": 0}
+    with pytest.raises(ValueError, match=r"datasets\.crops\.detect \(over the detect section\): detect\.workers"):
+        prepare("crops", params, tmp_path / "data2")
+    # the section's options belong to its backend: a dataset with its own backend starts from none
+    params["detect"].update(backend="insightface", options={"pack": "antelopev2"})
+    params["datasets"]["crops"]["detect"] = {"backend": "precropped"}
+    assert prepare("crops", params, tmp_path / "data3")["detect"]["kept"] == 12
+    params["datasets"]["crops"]["detect"] = {"backend": "precropped", "options": {"pack": "x"}}
+    with pytest.raises(ValueError, match=r"datasets\.crops\.detect .*'precropped' takes no option 'pack'"):
+        prepare("crops", params, tmp_path / "data4")
