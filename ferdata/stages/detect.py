@@ -155,7 +155,6 @@ class DetectWorker:
                 out[i] = (batch[i], det, "", "")
         return out
 
-
     def _detect(self, images: list, records: list) -> list[list[Face] | Exception]:
         """The backend's faces per image; an image on which it fails is its exception, so one odd
         image is a recorded drop, not the end of an hours-long run. A missing or unusable model is
@@ -349,5 +348,6 @@ def fill_cache(items: Iterable[FaceRecord | Dropped], params: DetectParams) -> S
                 report.drop(row)
             else:
                 report.kept += 1
+        table.check_backend(final=True)
     report.notes.update({**table.counts, "backend": table.sig, "cache": str(table.cache.path)})
     return report
