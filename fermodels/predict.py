@@ -307,7 +307,8 @@ def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path
 
 def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
     """Refuse an ``--annotate`` folder where a copy would replace an input: a JPEG keeps its name
-    there, so the inputs' own folder (or the folder above them) would lose the originals."""
+    there, below the folder that holds every input, so pointed at that folder it would replace the
+    originals."""
     inputs = {os.path.realpath(p): p for p in names}
     for p, name in names.items():
         if (hit := inputs.get(os.path.realpath(annotate / name))) is not None:
