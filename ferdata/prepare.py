@@ -35,7 +35,7 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
                        f"--root with a reader name ({', '.join(READERS.names())})")
     return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
-                       {**(spec.options or {}), **(options or {})}, spec.detect or {})
+                       {**(spec.options or {}), **(options or {})}, spec.detect)
 
 
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",

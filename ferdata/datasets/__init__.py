@@ -32,8 +32,8 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
     entry = specs[name]
     if not isinstance(entry, Mapping):
         raise ValueError(f"params.yaml datasets.{name} must be a mapping (reader, root, options), got {entry!r}")
-    spec = section(DatasetSpec, {"detect": {}, **entry}, f"datasets.{name}")
-    if not isinstance(spec.detect or {}, Mapping):
+    spec = section(DatasetSpec, {**entry, "detect": entry.get("detect") or {}}, f"datasets.{name}")  # `detect:` empty
+    if not isinstance(spec.detect, Mapping):
         raise ValueError(f"datasets.{name}.detect must be a mapping of detect values (e.g. {{backend: precropped}}), "
                          f"got {spec.detect!r}")
     return spec

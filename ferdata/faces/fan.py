@@ -137,7 +137,6 @@ class FanBackend(FaceBackend):
         """Build ``FaceAlignment`` on CPU without compiling; weights through :meth:`resolve`."""
         import face_alignment
         import face_alignment.api as fa_api
-        import torch
 
         detector = self.options["detector"]
         kwargs: dict[str, Any] = {}

@@ -288,7 +288,7 @@ def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> D
     A dataset that sets its own ``backend`` starts from no ``options`` (the section's belong to the
     section's backend); a bad value is named where it was set."""
     base = stage_section(params, "detect", DetectParams)         # a missing or wrong section is named as such
-    own = dict(spec.detect or {})
+    own = dict(spec.detect)
     if not own:
         return base
     unknown = sorted(set(own) - set(vars(base)))
