@@ -12,6 +12,9 @@
   objects are frozen for the fork (``gc.freeze``), so the workers' garbage collector does not
   write to their pages and copy them (it took a worker's private memory from 7 to 16 MB
   between 1k and 10k images; 7 MB at both with the freeze, ``bench/bench_streaming.py``).
+* Each worker runs OpenCV on one thread (:func:`one_thread_per_worker`): the processes are the
+  parallelism, and OpenCV's default of a thread per core in each of N workers put N x N threads
+  on N cores.
 * ``workers <= 1`` runs everything inline (debuggable, no pickling).
 """
 from __future__ import annotations
@@ -21,14 +24,25 @@ import multiprocessing as mp
 from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
+import cv2
+
 T = TypeVar("T")
 R = TypeVar("R")
 
 _WORKER_FN: Callable | None = None
 
 
+def one_thread_per_worker(*_: object) -> None:
+    """In a worker process: OpenCV on one thread (its own pool defaults to one thread per core,
+    in every worker). Also a DataLoader ``worker_init_fn``. Zero, not one: 0 runs OpenCV
+    sequentially, while 1 resizes the thread pool inherited from the parent, whose threads do
+    not exist in a forked child: it hung 17 of 20 forks after the parent had used the pool."""
+    cv2.setNumThreads(0)
+
+
 def _install(fn: Callable) -> None:
     global _WORKER_FN
+    one_thread_per_worker()
     _WORKER_FN = fn
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ferdata.classes import CLASSES
 from ferdata.layout import INFO
+from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import MemberReader, index_tars
 from fermodels.data import SampleDecoder, Split
 
@@ -71,4 +72,4 @@ def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int,
     serve every pass over it (the trainer's validation each epoch) instead of a fork per pass."""
     return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
                       collate_fn=dataset.decoder.collate, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=persistent and workers > 0)
+                      persistent_workers=persistent and workers > 0, worker_init_fn=one_thread_per_worker)

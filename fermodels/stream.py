@@ -18,6 +18,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Seque
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
 from fermodels.data import SampleDecoder, assemble, decode_batch
@@ -162,7 +163,8 @@ class StreamLoader:
         dataset = EpochStream(FixedEpoch(tuple(self.plans), self.seed), self.decoder, self.shuffle_buffer,
                               self.repeat, ring)
         loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=n,
-                            pin_memory=self.pin_memory and not n, prefetch_factor=PREFETCH if n else None)
+                            pin_memory=self.pin_memory and not n, prefetch_factor=PREFETCH if n else None,
+                            worker_init_fn=one_thread_per_worker)
         return iter(loader) if ring is None else received(iter(loader), ring, self.pin_memory, assemble)
 
 
@@ -216,7 +218,8 @@ class PersistentLoader:
             dataset = EpochStream(PostedEpoch(self.planner, self.control), self.decoder, self.shuffle_buffer,
                                   self.repeat, self._ring)
             self._loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=shape[0],
-                                      prefetch_factor=PREFETCH, persistent_workers=True)
+                                      prefetch_factor=PREFETCH, persistent_workers=True,
+                                      worker_init_fn=one_thread_per_worker)
             self._shape = shape
         self.control[0], self.control[1] = epoch, skip
         self._ring.released.zero_()

@@ -281,6 +281,65 @@ def test_forked_workers_leave_the_parents_objects_to_copy_on_write():
     assert gc.get_freeze_count() == before
 
 
+class _CvThreads:
+    def __call__(self, x: int) -> int:
+        import cv2
+
+        return cv2.getNumThreads()
+
+
+def test_workers_run_opencv_on_one_thread_and_the_parent_keeps_its_own():
+    """N workers with OpenCV's default pool (a thread per core each) would run N x N threads on N cores."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(4)                               # what a parent on a 4-core machine has
+    try:
+        assert set(parallel.parallel_map(_CvThreads(), range(8), workers=2, chunksize=2)) == {1}
+        assert cv2.getNumThreads() == 4
+    finally:
+        cv2.setNumThreads(before)
+
+
+_AFTER_THE_PARENTS_POOL = """
+import cv2, numpy as np, torch
+from ferdata import parallel
+
+BIG = np.full((1080, 1920, 3), 7, np.uint8)
+
+
+class Work(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return int(cv2.cvtColor(BIG, cv2.COLOR_RGB2GRAY)[0, 0]), cv2.getNumThreads()
+
+    __call__ = __getitem__
+
+
+cv2.setNumThreads(4)
+cv2.cvtColor(BIG, cv2.COLOR_RGB2GRAY)                 # the parent's pool threads exist at the fork
+pool = set(parallel.parallel_map(Work(), range(8), workers=2, chunksize=1))
+loader = torch.utils.data.DataLoader(Work(), batch_size=None, num_workers=2,
+                                     worker_init_fn=parallel.one_thread_per_worker)
+print(sorted(pool), sorted({(int(a), int(b)) for a, b in loader}))
+"""
+
+
+def test_workers_limit_opencv_without_hanging_after_the_parent_used_its_pool():
+    """Limiting OpenCV in a forked worker must not touch the parent's thread pool, whose threads
+    the child does not have (``cv2.setNumThreads(1)`` there hangs most forks)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _AFTER_THE_PARENTS_POOL], capture_output=True, text=True,
+                          timeout=120, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "[(7, 1)] [(7, 1)]", proc.stdout
+
+
 def test_an_image_the_backend_fails_on_is_a_recorded_drop_and_a_broken_backend_ends_the_run(
         tmp_path, images, monkeypatch):
     """One image on which the detector raises (an odd size, a library bug) is dropped with the

@@ -89,3 +89,31 @@ def test_the_trainer_forks_its_loader_workers_once(tiny_shards, tmp_path, monkey
     monkeypatch.setattr(indexed, "DataLoader", CountingLoader)
     train(tiny_shards, make_params(epochs=3, workers=2), tmp_path / "ckpt", tmp_path / "live")
     assert sorted(made) == [(2, True), (2, True)]
+
+
+def test_every_loader_worker_runs_opencv_on_one_thread(tiny_shards, monkeypatch):
+    """Loader workers resize with OpenCV, whose pool defaults to a thread per core in each worker:
+    N workers put N x N threads on N cores. Each image here is filled with its worker's thread count."""
+    import cv2
+    import numpy as np
+
+    import fermodels.data as data
+
+    monkeypatch.setattr(data, "_resize", lambda img, h, w: np.full((h, w, 3), cv2.getNumThreads(), np.uint8))
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(4)                               # what a parent on a 4-core machine has
+    try:
+        planner, decoder = _planner(tiny_shards), SampleDecoder(FIELDS, 112)
+        fresh = _fresh(planner, decoder, 0)
+        persistent = PersistentLoader(planner, decoder, workers=2, shuffle_buffer=8, repeat=None)
+        try:
+            kept = list(persistent.epoch(0))
+        finally:
+            persistent.close()
+        split = indexed.IndexedSplit(open_split([tiny_shards], "val"), decoder, 7)
+        validation = list(indexed.indexed_loader(split, range(len(split)), 4, workers=2))
+        for batches in (fresh, kept, validation):
+            assert batches and {int(v) for b in batches for v in b["image"].unique()} == {1}
+        assert cv2.getNumThreads() == 4
+    finally:
+        cv2.setNumThreads(before)
