@@ -90,13 +90,18 @@ app.add_typer(cache_app, name="cache")
 def cache_merge(
     sources: list[Path] = typer.Argument(..., help="Other caches: folders holding detections.sqlite, or the files."),
     into: Optional[Path] = typer.Option(None, help="The cache folder to merge into (default: detect.cache_dir)."),
+    dataset: Optional[str] = typer.Option(None, help="Merge into the cache this dataset's detect runs use "
+                                                     "(its datasets.<name>.detect.cache_dir, when it sets one)."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (for detect.cache_dir)."),
 ) -> None:
     """Add the entries of other detection caches to this machine's (existing entries stay)."""
     from ferdata.cache import DetectionCache
     from ferdata.params import load_params
+    from ferdata.prepare import cache_dir_of
 
-    target = into if into is not None else Path(load_params(params)["detect"]["cache_dir"])
+    if into is not None and dataset is not None:
+        raise typer.BadParameter("give --into or --dataset, not both", param_hint="--dataset")
+    target = into if into is not None else cache_dir_of(load_params(params), dataset)
     with DetectionCache(target) as cache:
         for source in sources:
             c = cache.merge(source)

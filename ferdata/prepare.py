@@ -18,7 +18,7 @@ from ferdata.parts import Part
 from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
-from ferdata.stages.detect import detect_section, fill_cache, run_detect
+from ferdata.stages.detect import DetectParams, detect_section, fill_cache, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 
 
@@ -68,3 +68,11 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
     spec = resolve_spec(name, params, root, options)
     records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
     return fill_cache(records, detect_section(params, name, spec)).to_dict()
+
+
+def cache_dir_of(params: Mapping[str, Any], name: str | None = None) -> Path:
+    """The detection cache folder that dataset ``name``'s detect runs use (its own
+    ``datasets.<name>.detect.cache_dir`` when it sets one), or the detect section's."""
+    if name is None:
+        return Path(stage_section(params, "detect", DetectParams).cache_dir)
+    return Path(detect_section(params, name, dataset_spec(params, name)).cache_dir)

@@ -178,6 +178,33 @@ def test_detect_parts_on_two_machines_then_merge(tmp_path, photo_paths):
     assert bad.exit_code == 2 and "--part" in bad.output and "1 <= K <= N" in bad.output
 
 
+def test_cache_merge_into_the_cache_a_dataset_of_its_own_detect_values_uses(tmp_path):
+    """A dataset with its own ``detect.cache_dir`` (datasets.<name>.detect) fills that cache in
+    `ferdata detect --part`: `cache merge --dataset <name>` merges into it, not the section's."""
+    import yaml
+
+    from ferdata.cache import DetectionCache
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["detect"]["cache_dir"] = str(tmp_path / "section")
+    params["datasets"] = {"mine": {"reader": "folder", "root": str(tmp_path / "faces"), "options": {},
+                                   "detect": {"cache_dir": str(tmp_path / "own")}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    with DetectionCache(tmp_path / "other"):
+        pass
+    runner, args = CliRunner(), ["cache", "merge", str(tmp_path / "other"), "--params", str(tmp_path / "p.yaml")]
+    res = runner.invoke(app, [*args, "--dataset", "mine"])
+    assert res.exit_code == 0, res.output
+    assert f"{tmp_path / 'own' / 'detections.sqlite'}: 0 detections" in res.output, res.output
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and f"{tmp_path / 'section' / 'detections.sqlite'}: 0" in res.output, res.output
+    res = runner.invoke(app, [*args, "--dataset", "yours"])
+    assert isinstance(res.exception, KeyError) and "'yours' is not in params.yaml datasets (known: mine)" in str(
+        res.exception)
+    res = runner.invoke(app, [*args, "--dataset", "mine", "--into", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "not both" in res.output
+
+
 @pytest.mark.parametrize("target, says", [("here.txt", "here.txt exists and is a file: move it away"),
                                           ("here.txt/inner", "here.txt is a file, but a folder is needed there "
                                                              "(to hold here.txt/inner)")])
