@@ -12,15 +12,16 @@
   objects are frozen for the fork (``gc.freeze``), so the workers' garbage collector does not
   write to their pages and copy them (it took a worker's private memory from 7 to 16 MB
   between 1k and 10k images; 7 MB at both with the freeze, ``bench/bench_streaming.py``).
-* Each worker runs OpenCV on one thread (:func:`one_thread_per_worker`): the processes are the
-  parallelism, and OpenCV's default of a thread per core in each of N workers put N x N threads
-  on N cores.
+* Each worker runs OpenCV and torch on one thread (:func:`one_thread_per_worker`): the processes
+  are the parallelism, and their default of a thread per core in each of N workers put N x N
+  threads on N cores (and hangs a forked worker, below the function).
 * ``workers <= 1`` runs everything inline (debuggable, no pickling).
 """
 from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import sys
 from collections import deque
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -33,11 +34,17 @@ _WORKER_FN: Callable | None = None
 
 
 def one_thread_per_worker(*_: object) -> None:
-    """In a worker process: OpenCV on one thread (its own pool defaults to one thread per core,
-    in every worker). Also a DataLoader ``worker_init_fn``. Zero, not one: 0 runs OpenCV
-    sequentially, while 1 resizes the thread pool inherited from the parent, whose threads do
-    not exist in a forked child: it hung 17 of 20 forks after the parent had used the pool."""
+    """In a worker process: OpenCV, and torch when it is loaded, on one thread (their pools
+    default to one thread per core, in every worker). Also a DataLoader ``worker_init_fn``.
+
+    Both matter in a forked child of a parent that used the pools, whose threads the child does
+    not have: OpenCV is set to 0 (sequential), not 1, which resizes the parent's pool and hung 17
+    of 20 such forks; torch's first multi-threaded operation there never returns (OpenMP), on one
+    thread it runs (DataLoader's own workers do the same)."""
     cv2.setNumThreads(0)
+    torch = sys.modules.get("torch")               # not imported for it: that costs a worker a second
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _install(fn: Callable) -> None:

@@ -313,23 +313,28 @@ class Work(torch.utils.data.Dataset):
         return 8
 
     def __getitem__(self, i):
-        return int(cv2.cvtColor(BIG, cv2.COLOR_RGB2GRAY)[0, 0]), cv2.getNumThreads()
+        assert float((MANY * 2).sum()) == 2 * MANY.numel()
+        return int(cv2.cvtColor(BIG, cv2.COLOR_RGB2GRAY)[0, 0]), cv2.getNumThreads(), torch.get_num_threads()
 
     __call__ = __getitem__
 
 
+MANY = torch.ones(1 << 20)
 cv2.setNumThreads(4)
-cv2.cvtColor(BIG, cv2.COLOR_RGB2GRAY)                 # the parent's pool threads exist at the fork
+torch.set_num_threads(2)
+cv2.cvtColor(BIG, cv2.COLOR_RGB2GRAY)                 # the parents' pool threads exist at the fork
+(MANY * 2).sum()
 pool = set(parallel.parallel_map(Work(), range(8), workers=2, chunksize=1))
 loader = torch.utils.data.DataLoader(Work(), batch_size=None, num_workers=2,
                                      worker_init_fn=parallel.one_thread_per_worker)
-print(sorted(pool), sorted({(int(a), int(b)) for a, b in loader}))
+print(sorted(pool), sorted({tuple(int(v) for v in item) for item in loader}))
 """
 
 
-def test_workers_limit_opencv_without_hanging_after_the_parent_used_its_pool():
-    """Limiting OpenCV in a forked worker must not touch the parent's thread pool, whose threads
-    the child does not have (``cv2.setNumThreads(1)`` there hangs most forks)."""
+def test_workers_limit_opencv_and_torch_without_hanging_after_the_parent_used_their_pools():
+    """A forked worker has none of the parent's pool threads: limiting OpenCV must not resize its
+    pool (``cv2.setNumThreads(1)`` there hangs most forks), and torch must run on one thread (its
+    first multi-threaded operation there never returns)."""
     import subprocess
     import sys
 
@@ -337,7 +342,7 @@ def test_workers_limit_opencv_without_hanging_after_the_parent_used_its_pool():
     proc = subprocess.run([sys.executable, "-c", _AFTER_THE_PARENTS_POOL], capture_output=True, text=True,
                           timeout=120, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[0] == "[(7, 1)] [(7, 1)]", proc.stdout
+    assert proc.stdout.split("\n")[0] == "[(7, 1, 1)] [(7, 1, 1)]", proc.stdout
 
 
 def test_an_image_the_backend_fails_on_is_a_recorded_drop_and_a_broken_backend_ends_the_run(
