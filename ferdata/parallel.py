@@ -13,8 +13,8 @@
   write to their pages and copy them (it took a worker's private memory from 7 to 16 MB
   between 1k and 10k images; 7 MB at both with the freeze, ``bench/bench_streaming.py``).
 * Each worker runs OpenCV and torch on one thread (:func:`one_thread_per_worker`): the processes
-  are the parallelism, and their default of a thread per core in each of N workers put N x N
-  threads on N cores (and hangs a forked worker, below the function).
+  are the parallelism; their default of a thread per core in each of N workers put N x N threads
+  on N cores, and can hang a forked worker (see the function).
 * ``workers <= 1`` runs everything inline (debuggable, no pickling).
 """
 from __future__ import annotations
