@@ -178,7 +178,7 @@ def test_detect_parts_on_two_machines_then_merge(tmp_path, photo_paths):
     assert bad.exit_code == 2 and "--part" in bad.output and "1 <= K <= N" in bad.output
 
 
-def test_cache_merge_into_the_cache_a_dataset_of_its_own_detect_values_uses(tmp_path):
+def test_cache_merge_dataset_merges_into_that_datasets_own_cache(tmp_path):
     """A dataset with its own ``detect.cache_dir`` (datasets.<name>.detect) fills that cache in
     `ferdata detect --part`: `cache merge --dataset <name>` merges into it, not the section's."""
     import yaml
