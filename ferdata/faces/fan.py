@@ -161,7 +161,9 @@ class FanBackend(FaceBackend):
     def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
         """Faces with FAN's 68 points, on ``threads`` torch threads (default 1, as the ONNX backends:
         the detect stage's parallelism comes from its processes; torch's default, one thread per
-        core in every worker, ran FAN 3x slower on 2 cores); the caller's thread count is restored."""
+        core in every worker, ran FAN 3x slower on 2 cores); the caller's thread count is restored.
+        More than 1 in a detect worker forked from a process that had run torch on several threads
+        (a notebook that trained first) hangs there: OpenMP's threads do not survive a fork."""
         import torch
 
         if self._fa is None:
