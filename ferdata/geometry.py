@@ -103,11 +103,14 @@ def estimate_norm(kps5: np.ndarray, size: int = 112, padding: float = 0.0) -> np
     return similarity_matrix(kps5, template(size, padding))
 
 
-def reduced_frame(scale: float) -> np.ndarray:
+def reduced_frame(scale: float, scale_y: float | None = None) -> np.ndarray:
     """The 2x3 matrix from source pixels to the pixels of the same image decoded at ``scale``
-    (1, 1/2, 1/4, 1/8). libjpeg's scaled decode averages r x r blocks, so a pixel centre maps
-    as x' = (x + 0.5) * scale - 0.5, not x * scale (a 1.5 px shift at 1/4)."""
-    return np.array([[scale, 0.0, (scale - 1) / 2], [0.0, scale, (scale - 1) / 2]])
+    (1, 1/2, 1/4, 1/8), or resized by ``cv2.resize`` to ``scale`` x ``scale_y`` of its width and height.
+    libjpeg's scaled decode averages r x r blocks, and OpenCV resizes by the same rule, so a pixel
+    centre maps as x' = (x + 0.5) * scale - 0.5, not x * scale (a 1.5 px shift at 1/4).
+    ``reduced_frame(1 / sx, 1 / sy)`` is the way back."""
+    sy = scale if scale_y is None else scale_y
+    return np.array([[scale, 0.0, (scale - 1) / 2], [0.0, sy, (sy - 1) / 2]])
 
 
 def crop_reduction(kps5: np.ndarray, size: int, padding: float = 0.0, limit: int = 8) -> int:

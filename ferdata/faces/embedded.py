@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
+from ferdata.geometry import reduced_frame, transform_points
 from ferdata.records import FaceRecord
 
 DLIB_68 = "shape_predictor_68_face_landmarks.dat"
@@ -118,7 +119,7 @@ class EmbeddedBackend(FaceBackend):
     """Boxes + 5 keypoints from RetinaFace ONNX, 68 landmarks from dlib's shape predictor."""
 
     name = "embedded"
-    version = "2"                          # 2: dlib started from a keypoint-placed box (dlib_box)
+    version = "3"      # 2: dlib started from a keypoint-placed box (dlib_box); 3: exact per-axis map back
     defaults = {"det_size": 640, "score_threshold": 0.9, "nms_threshold": 0.4}
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
@@ -177,15 +178,16 @@ class EmbeddedBackend(FaceBackend):
             self.load_predictor()
 
     # -- the three steps, public so benchmarks can time the model kernels alone ----------
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Resize so the longest side is at most ``det_size``; returns (blob, scale)."""
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+        """Resize so the longest side is at most ``det_size``; returns (blob, (x scale, y scale)):
+        each side rounds to whole pixels on its own, so the two scales differ slightly."""
         h, w = image.shape[:2]
         scale = min(1.0, self.options["det_size"] / max(h, w))
-        small = image
-        if scale < 1:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))   # a 16 x 21000 strip keeps 1 px
-            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return to_blob(small), scale
+        if scale == 1:
+            return to_blob(image), (1.0, 1.0)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))       # a 16 x 21000 strip keeps 1 px
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return to_blob(small), (size[0] / w, size[1] / h)
 
     def infer(self, blob: np.ndarray) -> list[np.ndarray]:
         """The RetinaFace ONNX kernel: (N, 3, H, W) -> [loc, conf, landmarks]."""
@@ -194,8 +196,10 @@ class EmbeddedBackend(FaceBackend):
         return self._session.run(None, {"input": blob})
 
     def decode(self, loc: np.ndarray, conf: np.ndarray, pts: np.ndarray, width: int, height: int,
-               scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One image's raw outputs -> (xyxy boxes, scores, (K, 5, 2) keypoints) in source pixels."""
+               scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image's raw outputs -> (xyxy boxes, scores, (K, 5, 2) keypoints) in source pixels.
+        ``scale`` is :meth:`prepare`'s (x, y) resize: boxes (pixel edges) scale back, keypoints map
+        back as pixel centres (:func:`~ferdata.geometry.reduced_frame`), the frame every stage uses."""
         total = _levels(width, height)[-1][0]
         if total != loc.shape[0]:
             raise RuntimeError(f"RetinaFace gave {loc.shape[0]} anchors, expected {total}")
@@ -212,9 +216,9 @@ class EmbeddedBackend(FaceBackend):
         idx = np.asarray(cv2.dnn.NMSBoxes(boxes.tolist(), score[keep].tolist(), thr,
                                           self.options["nms_threshold"]), dtype=np.int64).reshape(-1)
         idx = idx[np.argsort(-score[keep][idx], kind="stable")]
-        b = boxes[idx] / scale
+        b = boxes[idx] / np.array([*scale, *scale], np.float32)
         xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-        return xyxy, score[keep][idx], kps[idx] / scale
+        return xyxy, score[keep][idx], transform_points(kps[idx], reduced_frame(1 / scale[0], 1 / scale[1]))
 
     def landmarks(self, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
         """dlib's 68 points started from ``box`` (the second model kernel; faces use :func:`dlib_box`)."""

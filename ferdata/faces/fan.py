@@ -84,7 +84,7 @@ class FanBackend(FaceBackend):
     """FAN-4 2D landmarks on boxes from ``detector`` (embedded | sfd | dlib)."""
 
     name = "face_alignment"
-    version = "1"
+    version = "2"                  # 2: the embedded detector's exact per-axis map back
     downloads = True
     defaults = {"detector": "embedded", "det_size": 640, "score_threshold": 0.9, "flip_input": False}
 

@@ -155,7 +155,7 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
 
     dat = dlib_model_path(None)
     assert DetectParams(**base).create_backend().signature() == plain.signature() == (
-        "embedded:v2:det_size=640,nms_threshold=0.4,score_threshold=0.9:"
+        "embedded:v3:det_size=640,nms_threshold=0.4,score_threshold=0.9:"
         f"retinaface:{hashlib.sha256(WEIGHTS).hexdigest()[:16]},{dat.name}:"
         f"{hashlib.sha256(dat.read_bytes()).hexdigest()[:16]}")
     assert DetectParams(**{**base, "options": None}).options == {}          # `options:` left empty

@@ -104,6 +104,31 @@ def test_batch_equals_single(embedded, photos):
             np.testing.assert_array_equal(g.lmk68, w.lmk68)
 
 
+def test_points_map_back_to_the_source_frame_as_pixel_centres(photos):
+    """A 3x nearest-neighbour enlargement shrinks back (INTER_AREA) to exactly the original, so the
+    detector sees the same pixels: original pixel x is enlarged pixels 3x .. 3x + 2, its centre
+    3x + 1, so keypoints must come back as (x + 0.5) * 3 - 0.5 (dividing by the scale put them
+    1 px short, a bias that grew with the image) and boxes, pixel edges, as 3x."""
+    import cv2
+
+    small = create_backend("embedded", {"det_size": 512})
+    image = photos["astronaut"]
+    assert image.shape[:2] == (512, 512)
+    big = cv2.resize(image, (1536, 1536), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(small.prepare(big)[0], small.prepare(image)[0])
+    want, got = small.detect(image)[0], small.detect(big)[0]
+    np.testing.assert_allclose(got.kps5, (want.kps5 + 0.5) * 3 - 0.5, atol=1e-3)
+    np.testing.assert_allclose(got.box, np.asarray(want.box) * 3, atol=1e-3)
+
+
+def test_each_axis_maps_back_with_its_own_scale(embedded):
+    """601 rows at 1000 -> 640 columns round to 385 rows: 385 / 601 is not 640 / 1000."""
+    blob, scale = embedded.prepare(np.zeros((601, 1000, 3), np.uint8))
+    assert blob.shape == (1, 3, 385, 640)
+    assert scale == (640 / 1000, 385 / 601)
+    assert embedded.prepare(np.zeros((300, 200, 3), np.uint8))[1] == (1.0, 1.0)
+
+
 def test_blank_image_has_no_face(embedded):
     assert embedded.detect(np.full((200, 300, 3), 127, np.uint8)) == []
 
