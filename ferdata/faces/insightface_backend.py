@@ -6,7 +6,9 @@ the pack folder itself (:func:`pack_dirs`). Each ONNX file is loaded with ``insi
 on its local path (routing by the graph's shapes), never through ``FaceAnalysis``' implicit
 download. A missing pack downloads only with ``allow_download``; network failures and
 insightface's empty-folder ``AssertionError`` become :class:`MissingModelError`.
-106-point output is mapped to iBUG-68 (``mapping.py``); 1k3d68 drops its z.
+106-point output is mapped to iBUG-68 (``mapping.py``); 1k3d68 drops its z. The detector's input
+is letterboxed here (:func:`letterbox`), so its boxes and keypoints map back exactly, each axis on its
+own (insightface's own resize maps both back by the height's truncated scale, as pixel edges).
 Note: insightface's pretrained packs are licensed for non-commercial research only.
 """
 from __future__ import annotations
@@ -16,11 +18,12 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import cv2
 import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.mapping import to_ibug68
-from ferdata.geometry import five_from_68
+from ferdata.geometry import five_from_68, reduced_frame, transform_points
 from ferdata.records import FaceRecord
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,17 @@ def _fix(pack: str, model_dir: str | Path | None) -> str:
             f"are non-commercial research only)")
 
 
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, tuple[float, float]]:
+    """``image`` resized (bilinear, as insightface does) to fit ``size`` = (width, height), aspect kept,
+    at the top left of a black canvas of that size; returns it and the (x, y) scales of the resize."""
+    h, w = image.shape[:2]
+    s = min(size[0] / w, size[1] / h)
+    nw, nh = min(size[0], max(1, round(w * s))), min(size[1], max(1, round(h * s)))
+    canvas = np.zeros((size[1], size[0], *image.shape[2:]), image.dtype)
+    canvas[:nh, :nw] = image if (nw, nh) == (w, h) else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas, (nw / w, nh / h)
+
+
 def find_pack(pack: str, model_dir: str | Path | None, tasks: Sequence[str]) -> dict[str, Path]:
     """The ONNX files for ``tasks`` of a known pack, or every ``*.onnx`` of an unknown one
     (keyed by file name, routed at load time). Raises :class:`MissingModelError`."""
@@ -82,7 +96,7 @@ class InsightFaceBackend(FaceBackend):
     """SCRFD detection + insightface landmarks (``landmarks``: "68" = 1k3d68, "106" = 2d106det)."""
 
     name = "insightface"
-    version = "1"
+    version = "2"                          # 2: own letterbox, exact per-axis map back
     downloads = True
     defaults = {"pack": "buffalo_l", "landmarks": "68", "det_size": 640, "score_threshold": 0.5}
 
@@ -171,12 +185,19 @@ class InsightFaceBackend(FaceBackend):
         if self._models is None:
             self.load()
         bgr = np.ascontiguousarray(image[..., ::-1])           # insightface models take BGR
-        boxes, kpss = self._models["detection"].detect(bgr, max_num=0)
+        detector = self._models["detection"]
+        size = tuple(int(v) for v in detector.input_size)       # det_size, or the model's fixed input
+        boxed, (sx, sy) = letterbox(bgr, size)
+        found, kpss = detector.detect(boxed, input_size=size, max_num=0)   # its own resize: the identity
+        scores = found[:, 4]
+        boxes = found[:, :4] / np.array([sx, sy, sx, sy])                 # pixel edges
+        if kpss is not None:
+            kpss = transform_points(kpss, reduced_frame(1 / sx, 1 / sy))   # pixel centres
         faces = []
         for i in range(boxes.shape[0]):
-            box = boxes[i, :4].astype(np.float64)
+            box = boxes[i].astype(np.float64)
             pred = self._models[self.tasks[1]].get(bgr, InsightFace(bbox=box))
             lmk68 = to_ibug68(pred)
             kps5 = np.asarray(kpss[i], np.float32) if kpss is not None else five_from_68(lmk68)
-            faces.append(Face(tuple(float(v) for v in box), float(boxes[i, 4]), kps5, lmk68, self.name))
+            faces.append(Face(tuple(float(v) for v in box), float(scores[i]), kps5, lmk68, self.name))
         return faces

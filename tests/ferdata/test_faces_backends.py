@@ -323,6 +323,23 @@ def test_insightface_synthetic_models_route_and_shape(synthetic_root, photos, pa
         assert al.lmk68.shape == (68, 2)
 
 
+def test_insightface_points_map_back_per_axis_as_pixel_centres(synthetic_root):
+    """The synthetic detector's heads are constant, so its output in the 640 x 640 frame it sees does
+    not depend on the pixels. A 1000 x 601 image fills 640 x 385 of that frame (384.64 rounds up;
+    insightface truncated it to 384 and mapped both axes back by 384 / 601): keypoints must come
+    back as pixel centres, x = (x' + 0.5) / s - 0.5 on each axis with its own s, boxes (edges) as x' / s."""
+    b = create_backend("insightface", {"pack": "synth", "landmarks": "106", "det_size": 640}, synthetic_root)
+    image = np.full((601, 1000, 3), 90, np.uint8)
+    faces = b.detect(image)
+    found, kps = b._models["detection"].detect(np.zeros((640, 640, 3), np.uint8), input_size=(640, 640))
+    assert len(faces) == len(found) > 0
+    sx, sy = 640 / 1000, 385 / 601
+    np.testing.assert_allclose([f.box for f in faces], found[:, :4] / [sx, sy, sx, sy], rtol=1e-5)
+    want = np.stack([(kps[..., 0] + 0.5) / sx - 0.5, (kps[..., 1] + 0.5) / sy - 0.5], axis=-1)
+    np.testing.assert_allclose(np.stack([f.kps5 for f in faces]), want, rtol=1e-5)
+    np.testing.assert_allclose([f.score for f in faces], found[:, 4], rtol=1e-6)
+
+
 # ---- face_alignment ------------------------------------------------------------------------
 
 def test_fan_missing_weights_names_file_where_and_fix(tmp_path, monkeypatch):
