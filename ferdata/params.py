@@ -83,6 +83,10 @@ def within(lo: float, hi: float) -> Rule:
     return (lambda v: _number(v) and lo <= v <= hi, f"in [{lo}, {hi}]")
 
 
+def below_from(lo: float, hi: float) -> Rule:
+    return (lambda v: _number(v) and lo <= v < hi, f"in [{lo}, {hi})")
+
+
 def one_of(values: Collection[Any]) -> Rule:
     return (lambda v: v in values, f"one of {', '.join(map(str, values))}")
 

@@ -34,15 +34,20 @@ TARGET_KINDS = {"crossentropy": 0, "probability": 1, "multi_target": 2}
 
 
 @LOSSES.register("soft_ce")
-def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weight: Tensor | None = None) -> Tensor:
+def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weight: Tensor | None = None,
+                       smoothing: float = 0.0) -> Tensor:
     """Cross-entropy against per-sample distributions ``target`` (B, >= C; truncated to the C
     classes of ``logits`` and renormalised), or for ``kind`` 2 rows ``-log max_{k: t_k > 0} p_k``.
     One-hot targets give exactly :func:`cross_entropy`; ``class_weight`` weighs a sample by its
-    target's mean class weight (the weighted mean torch defines, for one-hot targets)."""
+    target's mean class weight (the weighted mean torch defines, for one-hot targets).
+    ``smoothing`` e trains distributions against ``(1 - e) t + e / C`` (label smoothing; one-hot
+    targets without weights give torch's ``label_smoothing``); a sample's weight stays its
+    unsmoothed target's, and ``kind`` 2 rows (a set of labels, not a distribution) are not smoothed."""
     t = target[:, : logits.shape[1]].float()
     t = t / t.sum(1, keepdim=True).clamp_min(1e-12)
     logp = F.log_softmax(logits.float(), dim=1)
-    per = -(t * logp).sum(1)
+    smoothed = (1 - smoothing) * t + smoothing / logits.shape[1] if smoothing else t
+    per = -(smoothed * logp).sum(1)
     multi = kind == TARGET_KINDS["multi_target"]
     if bool(multi.any()):
         per = torch.where(multi, -logp.masked_fill(t <= 0, float("-inf")).amax(1), per)
@@ -52,10 +57,16 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weigh
 
 def label_loss(logits: Tensor, batch: dict) -> Tensor:
     """A model's classification loss for ``batch``: :func:`cross_entropy` on its labels, or
-    :func:`soft_cross_entropy` when it carries label distributions (``target``, ``target_kind``);
-    with ``batch["class_weight"]`` when the trainer's ``train.class_weights`` is on."""
+    :func:`soft_cross_entropy` when it carries label distributions (``target``, ``target_kind``)
+    or ``label_smoothing`` (the trainer's ``train.label_smoothing``, when above 0); with
+    ``batch["class_weight"]`` when the trainer's ``train.class_weights`` is on."""
+    smoothing = float(batch.get("label_smoothing", 0.0))
     if "target" in batch:
-        return soft_cross_entropy(logits, batch["target"], batch["target_kind"], batch.get("class_weight"))
+        return soft_cross_entropy(logits, batch["target"], batch["target_kind"], batch.get("class_weight"), smoothing)
+    if smoothing:
+        labels = batch["label"]
+        return soft_cross_entropy(logits, F.one_hot(labels, logits.shape[1]), torch.zeros_like(labels),
+                                  batch.get("class_weight"), smoothing)
     return cross_entropy(logits, batch["label"], batch.get("class_weight"))
 
 

@@ -94,6 +94,14 @@ def class_weight_tensor(counts: Sequence[int], device: torch.device) -> torch.Te
     return torch.tensor(w, dtype=torch.float32, device=device)
 
 
+def loss_reads(model: nn.Module, out: dict, batch: dict, key: str, one: object, other: object) -> bool:
+    """Whether ``model.losses`` reads ``batch[key]``: any loss differs between the two values."""
+    with torch.no_grad():
+        a = model.losses(out, {**batch, key: one})
+        b = model.losses(out, {**batch, key: other})
+    return any(not torch.allclose(a[k].float(), b[k].float()) for k in a)
+
+
 def check_class_weight_used(model: nn.Module, out: dict, batch: dict) -> bool | None:
     """Whether ``model.losses`` reads ``batch["class_weight"]`` (None: batch has one class)."""
     labels = batch["label"]
@@ -101,7 +109,4 @@ def check_class_weight_used(model: nn.Module, out: dict, batch: dict) -> bool | 
         return None
     skew = torch.full_like(batch["class_weight"], 1e-3)
     skew[labels[0]] = 1.0
-    with torch.no_grad():
-        a = model.losses(out, {**batch, "class_weight": torch.ones_like(skew)})
-        b = model.losses(out, {**batch, "class_weight": skew})
-    return any(not torch.allclose(a[k].float(), b[k].float()) for k in a)
+    return loss_reads(model, out, batch, "class_weight", torch.ones_like(skew), skew)

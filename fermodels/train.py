@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
-from ferdata.params import above, at_least, check_values, one_of, optional, within
+from ferdata.params import above, at_least, below_from, check_values, one_of, optional, within
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
@@ -33,7 +33,7 @@ from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, 
 from fermodels.recipes import check_applied
 from fermodels.registry import create_model
 from fermodels.runstate import BEST, LAST, Position, next_position, resume_state, save_checkpoint, truncate_live
-from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor
+from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor, loss_reads
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class TrainParams:
     gamma: float
     sampler: str
     class_weights: bool
+    label_smoothing: float
     augment: AugmentParams
     select_metric: str
     seed: int
@@ -92,7 +93,7 @@ class TrainParams:
             "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
             "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
             "select_metric": one_of(SELECT_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
-            "checkpoint_every": at_least(0)})
+            "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1)})
 
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -179,7 +180,7 @@ class _Run:
     start: Position
     best: dict
     step: int = 0
-    weights_checked: bool = False
+    extras_checked: bool = False            # the losses are known to read class_weight / label_smoothing
     resumed: Tally = field(default_factory=Tally)    # the start epoch's totals before the resume
     tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
 
@@ -233,7 +234,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
-                loader, steps, start, best, start.step, not params.class_weights, resumed)
+                loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), resumed)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -286,7 +287,9 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         b = normalise(augment_batch(moved, params.augment, gen, fill), run.net.card, params.channels_last)
         if params.class_weights:
             b["class_weight"] = run.class_weight
-            run.weights_checked = run.weights_checked or _require_class_weight(run.net, b, device, params.amp)
+        if params.label_smoothing:
+            b["label_smoothing"] = params.label_smoothing
+        run.extras_checked = run.extras_checked or _require_extras_read(run.net, b, device, params.amp)
         losses = train_step(run.fwd, run.net, run.opt, run.scaler, b, device, params.amp)
         bad = bad + (~torch.isfinite(sum(losses.values()))).float()
         run.step += 1
@@ -404,17 +407,23 @@ def _check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_d
                                  f"kept at {ckpt_dir / LAST}; lower train.lr or disable train.amp")
 
 
-def _require_class_weight(net: nn.Module, batch: dict, device: torch.device, amp: bool) -> bool:
-    """Fail loudly if class-weighted loss was asked for but the model ignores the weights; True once
-    checked. Runs the plain module in eval mode: no BN update, no RNG use, no DDP collective."""
+def _require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp: bool) -> bool:
+    """Fail loudly if class-weighted loss or label smoothing was asked for (``batch`` holds
+    ``class_weight`` / ``label_smoothing``) but the model's losses ignore it; True once checked.
+    Runs the plain module in eval mode: no BN update, no RNG use, no DDP collective."""
     net.eval()
     with torch.no_grad(), autocast(device, amp):
-        used = check_class_weight_used(net, net(batch), batch)
+        out = net(batch)
+        weights = check_class_weight_used(net, out, batch) if "class_weight" in batch else True
+        smoothing = loss_reads(net, out, batch, "label_smoothing", 0.0, 0.5) if "label_smoothing" in batch else True
     net.train()
-    if used is False:
-        raise NotImplementedError(f"train.class_weights is on but model {net.card.name!r} ignores "
-                                  "batch['class_weight'] (its losses must pass it to cross_entropy)")
-    return used is True
+    ignored = [setting for setting, used in (("class_weights", weights), ("label_smoothing", smoothing))
+               if used is False]
+    if ignored:
+        raise NotImplementedError(f"train.{ignored[0]} is on but model {net.card.name!r}'s losses ignore it "
+                                  "(they must take batch['class_weight'] and batch['label_smoothing'] through "
+                                  "fermodels.losses.label_loss)")
+    return weights is True
 
 
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position) -> None:

@@ -65,6 +65,8 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"warmup_epochs": -1, "workers": -2}, "train.warmup_epochs must be >= 0, got -1; train.workers must be >= 0"),
     ({"lr": "1e-3"}, "train.lr must be > 0, got '1e-3' (YAML read it as text: write 1.0e-3"),
     ({"epochs": True}, "train.epochs must be >= 1, got True"),
+    ({"label_smoothing": 1.0}, "train.label_smoothing must be in [0, 1), got 1.0"),   # a uniform target
+    ({"label_smoothing": -0.1}, "train.label_smoothing must be in [0, 1), got -0.1"),
 ])
 def test_a_bad_train_value_is_refused_by_name(changes, message):
     with pytest.raises(ValueError) as e:

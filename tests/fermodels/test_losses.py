@@ -140,6 +140,34 @@ def test_soft_targets_cross_entropy_and_multi_target_by_hand() -> None:
     assert torch.isfinite(logits.grad).all() and logits.grad[1, 1] > 0   # pushed away from the non-target
 
 
+def test_label_smoothing_is_torchs_on_hard_labels_and_mixes_soft_targets_by_hand() -> None:
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 7), torch.tensor([0, 1, 2, 6, 6, 3])
+    for e in (0.1, 0.3):
+        want = F.cross_entropy(logits, labels, label_smoothing=e)
+        got = label_loss(logits, {"label": labels, "label_smoothing": e})
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert label_loss(logits, {"label": labels, "label_smoothing": 0.0}).item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-6)
+    # weighted: each sample counts by its label's weight, its target is smoothed
+    weight = torch.tensor([1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 0.5])
+    logp = logits.log_softmax(1)
+    per = -(0.8 * logp[torch.arange(6), labels] + 0.2 / 7 * logp.sum(1))
+    w = weight[labels]
+    got = label_loss(logits, {"label": labels, "label_smoothing": 0.2, "class_weight": weight}).item()
+    assert got == pytest.approx(((w * per).sum() / w.sum()).item(), rel=1e-6)
+    # distributions mix the same way; a multi_target row (a set of labels) stays as it was
+    small = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    p = small.softmax(1)
+    target = torch.tensor([[0.5, 0.3, 0.2], [0.5, 0.0, 0.5]])
+    kind = torch.tensor([TARGET_KINDS["crossentropy"], TARGET_KINDS["multi_target"]])
+    mixed = [0.9 * t + 0.1 / 3 for t in (0.5, 0.3, 0.2)]
+    ce0 = -sum(m * p[0, k].log() for k, m in enumerate(mixed))
+    mt1 = -torch.maximum(p[1, 0], p[1, 2]).log()
+    got = soft_cross_entropy(small, target, kind, smoothing=0.1).item()
+    assert got == pytest.approx(((ce0 + mt1) / 2).item(), rel=1e-6)
+
+
 def test_probability_rows_draw_one_label_per_step_from_their_distribution() -> None:
     dist = torch.tensor([0.7, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
     n = 4000

@@ -93,6 +93,18 @@ def test_losses_use_class_weight(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_label_smoothing_reaches_every_cross_entropy_term(name: str) -> None:
+    model = build(name).eval()
+    batch = example_batch(model.card, batch_size=2)
+    with torch.no_grad():
+        out = model(batch)
+        plain = model.losses(out, batch)
+        smoothed = model.losses(out, {**batch, "label_smoothing": 0.3})
+    changed = {k for k in plain if not torch.allclose(plain[k], smoothed[k])}
+    assert changed == {k for k in plain if k.startswith("ce")}
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_eval_is_deterministic_and_batch_size_one_works(name: str) -> None:
     model = build(name).eval()
     batch = example_batch(model.card, batch_size=1)

@@ -217,6 +217,25 @@ def test_class_weights_reach_the_loss(tiny_shards, tmp_path, monkeypatch, one_th
         train(tiny_shards, make_params(epochs=1, class_weights=True, lr=1e-3), tmp_path / "c2", tmp_path / "l2")
 
 
+def test_label_smoothing_reaches_the_loss_and_a_model_ignoring_it_is_refused(tiny_shards, tmp_path, monkeypatch,
+                                                                             one_thread):
+    from fermodels.models.convcut import ConvCut
+
+    seen = []
+
+    def smoothed(self, out, batch):
+        seen.append(batch.get("label_smoothing"))
+        return {"ce": F.cross_entropy(out["logits"], batch["label"], label_smoothing=batch["label_smoothing"])}
+
+    monkeypatch.setattr(ConvCut, "losses", smoothed)
+    train(tiny_shards, make_params(epochs=1, label_smoothing=0.1), tmp_path / "c", tmp_path / "l")
+    assert seen[-1] == 0.1 and len(seen) > 2                              # seen[:2] are the probe's
+    monkeypatch.setattr(ConvCut, "losses",
+                        lambda self, out, batch: {"ce": F.cross_entropy(out["logits"], batch["label"])})
+    with pytest.raises(NotImplementedError, match="train.label_smoothing is on but model"):
+        train(tiny_shards, make_params(epochs=1, label_smoothing=0.1), tmp_path / "c2", tmp_path / "l2")
+
+
 def test_class_weight_values_and_probe():
     w = class_weight_tensor([10, 30, 0, 20], CPU)
     assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))
