@@ -3,9 +3,9 @@
 ``params.yaml`` ``train.recipe`` is null or one of these names; a recipe's values replace the
 same keys of the ``train`` section (``dvc exp run -S train.recipe=cmnet_rafdb`` is the whole
 command). Recipes set what the papers set - data, model, classes, optimiser, schedule, epochs,
-batch size, augmentation, sampler, no label smoothing (none of the seed papers uses it) - and
-leave machine settings (device, workers, amp, ``model_kwargs`` such as pretrained-weight paths)
-to ``params.yaml``.
+batch size, augmentation, sampler; no SAM, class weights, label smoothing or weight average (none
+of the seed papers uses them) - and leave machine settings (device, workers, amp, ``model_kwargs``
+such as pretrained-weight paths) to ``params.yaml``.
 
 Dataset names are the ``params.yaml`` ``datasets`` keys a recipe expects: ``rafdb``, ``sfew``,
 ``ferplus``, ``affectnet7`` and ``affectnet8`` (the AffectNet reader with ``protocol:
@@ -35,7 +35,7 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("training recipe")
 RECIPE_KEYS = ("datasets", "model", "num_classes", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                "momentum", "schedule", "warmup_epochs", "step_size", "gamma", "sam", "sam_rho", "sampler",
-               "class_weights", "label_smoothing", "augment")
+               "class_weights", "label_smoothing", "ema_decay", "augment")
 
 
 def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, translate: float = 0.0,
@@ -53,15 +53,18 @@ def _recipe(name: str, source: str, notes: str = "", **values: Any) -> None:
     RECIPES.register(name)(Recipe(values, source, notes))
 
 
+# What no seed paper uses: SAM (POSTER++'s code, not its paper: see _NIE_NOTE), class weights,
+# label smoothing, a weight average.
+_PLAIN = {"sam": False, "sam_rho": 0.05, "class_weights": False, "label_smoothing": 0.0, "ema_decay": 0.0}
 # CMNet/PCNN RAF-DB augmentation: HFlip; p=0.2 {RandomRotation 20, RandomCrop 224 pad 32}
 # (pad 32 of 224 = translate 0.143); RandomErasing(scale 0.02-0.25) with torchvision's p=0.5.
 _CROP_ROTATE = _augment(affine_p=0.2, degrees=20.0, translate=32 / 224, erase_p=0.5, erase_scale=(0.02, 0.25))
 _SGD = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step", "warmup_epochs": 0,
-        "sam": False, "sam_rho": 0.05, "class_weights": False, "label_smoothing": 0.0}
+        **_PLAIN}
 _CMNET_AFFECTNET = {
     "model": "cmnet", "epochs": 40, "batch_size": 256, "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0,
     "momentum": 0.9, "schedule": "exponential", "warmup_epochs": 0, "step_size": 1, "gamma": 0.6,
-    "sam": False, "sam_rho": 0.05, "sampler": "balanced", "class_weights": False, "label_smoothing": 0.0,
+    "sampler": "balanced", **_PLAIN,
     "augment": _augment(affine_p=0.7, degrees=20.0, translate=0.2, scale=(0.8, 1.0), erase_p=0.5)}
 
 _recipe("cmnet_rafdb", "seed_models.md:89 (§2.5 CMNet train_rafdb.py)",
@@ -90,7 +93,7 @@ for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
 # model builds on.
 _NIE = {"model": "pcda", "epochs": 200, "batch_size": 144, "optimizer": "adam", "weight_decay": 0.0,
         "momentum": 0.9, "schedule": "constant", "warmup_epochs": 0, "step_size": 1, "gamma": 1.0,
-        "sam": False, "sam_rho": 0.05, "class_weights": False, "label_smoothing": 0.0}
+        **_PLAIN}
 _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random erasing; the paper names no SAM and "
              "no schedule (POSTER++'s code wraps Adam in SAM rho 0.05 with ExponentialLR 0.98; a recipe's values "
              "replace the train section's, so for that reading set train.recipe null, the recipe's values in "
@@ -112,7 +115,7 @@ for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
 
 _CONVCUT = {"num_classes": 7, "epochs": 50, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
             "momentum": 0.9, "schedule": "constant", "warmup_epochs": 0, "step_size": 1, "gamma": 1.0,
-            "sam": False, "sam_rho": 0.05, "sampler": "shuffle", "class_weights": False, "label_smoothing": 0.0,
+            "sampler": "shuffle", **_PLAIN,
             "augment": _augment()}
 for _model in ("convcut", "convcut_paper"):
     for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):

@@ -26,6 +26,7 @@ from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    max_over_ranks, pick_device, shutdown, sync_buffers)
+from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
@@ -70,6 +71,7 @@ class TrainParams:
     sampler: str
     class_weights: bool
     label_smoothing: float
+    ema_decay: float
     augment: AugmentParams
     select_metric: str
     seed: int
@@ -93,7 +95,8 @@ class TrainParams:
             "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
             "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
             "select_metric": one_of(SELECT_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
-            "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1)})
+            "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
+            "ema_decay": below_from(0, 1)})
 
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
@@ -181,6 +184,7 @@ class _Run:
     best: dict
     step: int = 0
     extras_checked: bool = False            # the losses are known to read class_weight / label_smoothing
+    ema: WeightAverage | None = None        # train.ema_decay > 0: the weights validated and saved as best.pt
     resumed: Tally = field(default_factory=Tally)    # the start epoch's totals before the resume
     tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
 
@@ -227,6 +231,9 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
             resumed = Tally(**state["tallies"][env.rank])
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    ema = WeightAverage(net, params.ema_decay) if params.ema_decay else None
+    if ema is not None and state is not None:
+        ema.load_state_dict(state["ema"])
     repeat = ClassRepeat.balanced(counts, samples) if params.sampler == "balanced" else None
     loader = PersistentLoader(planner, replace(decoder, targets=bool(train_split.soft_labels)),
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
@@ -234,7 +241,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
-                loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), resumed)
+                loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), ema,
+                resumed)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -248,11 +256,14 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
                                      run.resumed if first else Tally())
             run.tallies = []                      # the epoch is whole: nothing partial to keep
             sync_buffers(run.net, env)            # validate (and save) rank 0's model on every rank
-            val = score_split(run.net, run.val_loader, params.num_classes, env, device)
+            scored = run.net if run.ema is None else run.ema.module
+            if run.ema is not None:               # each rank averaged its own BatchNorm statistics
+                sync_buffers(scored, env)
+            val = score_split(scored, run.val_loader, params.num_classes, env, device)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if val[params.select_metric] > run.best[params.select_metric]:
                 run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}
-                _save(env, ckpt_dir / BEST, run, params, end)
+                _save(env, ckpt_dir / BEST, run, params, end, scored)
             totals = all_gather_objects((tally.sums, tally.seen, tally.waited, tally.classes), env)
             if env.is_main:                        # every rank's counts, told once
                 _log_epoch(live, epoch, totals, lr, tally.elapsed, val)
@@ -291,6 +302,8 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
             b["label_smoothing"] = params.label_smoothing
         run.extras_checked = run.extras_checked or _require_extras_read(run.net, b, device, params.amp)
         losses = train_step(run.fwd, run.net, run.opt, run.scaler, b, device, params.amp)
+        if run.ema is not None:
+            run.ema.update(run.net, run.step)
         bad = bad + (~torch.isfinite(sum(losses.values()))).float()
         run.step += 1
         seen += len(batch["label"])
@@ -426,9 +439,13 @@ def _require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp:
     return weights is True
 
 
-def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position) -> None:
+def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position,
+          model: nn.Module | None = None) -> None:
+    """``model``: the weights to save (best.pt: the ones validated); else the raw weights, with the
+    weight average (when on) beside them to resume from."""
     if env.is_main:
-        save_checkpoint(path, model=run.net, params=params, optimizer=run.opt, position=position, best=run.best,
-                        data=run.data, preprocess=run.preprocess, scaler=run.scaler.state_dict(),
+        averaged = {"ema": run.ema.state_dict()} if run.ema is not None and model is None else {}
+        save_checkpoint(path, model=model or run.net, params=params, optimizer=run.opt, position=position,
+                        best=run.best, data=run.data, preprocess=run.preprocess, scaler=run.scaler.state_dict(),
                         resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,
-                                "tallies": run.tallies})
+                                "tallies": run.tallies, **averaged})

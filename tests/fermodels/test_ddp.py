@@ -220,6 +220,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
     def save_every_rank(env, path, run, *args):
         real_save(env, path, run, *args)
         torch.save(run.net.state_dict(), Path(out) / f"rank{env.rank}-{path.name}")
+        if run.ema is not None:
+            torch.save(run.ema.state_dict(), Path(out) / f"rank{env.rank}-ema-{path.name}")
 
     trainer._save = save_every_rank
     import logging
@@ -227,7 +229,9 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
     logging.getLogger("fermodels.train").setLevel(logging.INFO)
     logging.getLogger("fermodels.train").addHandler(logging.FileHandler(Path(out) / f"rank{rank}.log"))
     resuming = (Path(out) / "ckpt" / "last.pt").is_file()
-    params = make_params(epochs=2, batch_size=8, workers=2)      # persistent loader workers under DDP
+    # persistent loader workers under DDP; the average on a model with BatchNorm statistics
+    average = {"ema_decay": 0.9, "model": "resnet18_112", "model_kwargs": {}} if mode == "train_ema" else {}
+    params = make_params(epochs=2, batch_size=8, workers=2, **average)
     best = trainer.train(shards, params, Path(out) / "ckpt", Path(out) / "live")
     torch.save(best, Path(out) / f"rank{rank}-{'again' if resuming else 'first'}.pt")
 
@@ -255,12 +259,14 @@ def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(after1, before0))                 # rank 0's, unchanged
 
 
-def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
+@pytest.mark.parametrize("mode", ["train", "train_ema"])
+def test_training_under_two_gloo_ranks(tiny_shards, tmp_path, mode):
     """Train two epochs under 2 ranks (2 loader workers each, kept across the epochs), then launch
     again: rank 0 finds last.pt and both ranks follow (a fresh pair of processes each time, as
-    torchrun starts them)."""
+    torchrun starts them). With a weight average, every rank validates the same average (BatchNorm
+    statistics included), so they agree on the best epoch."""
     for _ in range(2):
-        mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "train"), nprocs=2,
+        mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), mode), nprocs=2,
                            start_method="fork")
     import json
 
@@ -274,6 +280,11 @@ def test_training_under_two_gloo_ranks(tiny_shards, tmp_path):
     assert "epoch 1: " in logs[0] and "epoch 1: " not in logs[1]        # the epoch is told once, by rank 0
     w0, w1 = torch.load(tmp_path / "rank0-last.pt"), torch.load(tmp_path / "rank1-last.pt")
     assert all(torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point()), "DDP ranks diverged"
+    averages = [tmp_path / f"rank{r}-ema-last.pt" for r in (0, 1)]
+    assert all(p.is_file() for p in averages) == (mode == "train_ema")
+    if mode == "train_ema":
+        e0, e1 = (torch.load(p) for p in averages)
+        assert all(torch.equal(e0[k], e1[k]) for k in e0), "the ranks' weight averages differ"
 
 
 @pytest.mark.parametrize("name, message", [("gpu", "expected auto, cpu, cuda or cuda:N"),

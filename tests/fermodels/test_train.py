@@ -126,9 +126,10 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(tiny_shards, tmp_path,
-                                                                                monkeypatch, one_thread):
-    params = make_params(epochs=2, checkpoint_every=1)
+                                                                                monkeypatch, one_thread, ema_decay):
+    params = make_params(epochs=2, checkpoint_every=1, ema_decay=ema_decay)
     info = json.loads((tiny_shards / "train" / "_info.json").read_text())
     per_epoch = math.ceil(info["num_samples"] / params.batch_size)
     total = params.epochs * per_epoch
@@ -153,6 +154,8 @@ def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(
     a, b = (load_checkpoint(tmp_path / r / "ckpt" / "last.pt") for r in ("a", "b"))
     assert a["step"] == b["step"] == total
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert ("ema" in a) == ("ema" in b) == bool(ema_decay)
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a.get("ema", {}))      # the average resumed too
     live_a, live_b = (json.loads((tmp_path / r / "live" / "metrics.json").read_text()) for r in ("a", "b"))
     assert live_a["val"] == live_b["val"] and live_a["step"] == live_b["step"] == 1
     rows = (tmp_path / "b" / "live" / "plots" / "metrics" / "train" / "ce.tsv").read_text().splitlines()
