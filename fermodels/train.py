@@ -445,7 +445,8 @@ def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Po
     weight average (when on) beside them to resume from."""
     if env.is_main:
         averaged = {"ema": run.ema.state_dict()} if run.ema is not None and model is None else {}
-        save_checkpoint(path, model=model or run.net, params=params, optimizer=run.opt, position=position,
-                        best=run.best, data=run.data, preprocess=run.preprocess, scaler=run.scaler.state_dict(),
+        save_checkpoint(path, model=run.net if model is None else model, params=params, optimizer=run.opt,
+                        position=position, best=run.best, data=run.data, preprocess=run.preprocess,
+                        scaler=run.scaler.state_dict(),
                         resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,
                                 "tallies": run.tallies, **averaged})
