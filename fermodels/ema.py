@@ -29,14 +29,17 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        d = self.decay_at(step)
+        """``avg += (1 - d) * (weights - avg)``, as one fused call over every float tensor (a loop of
+        two kernels per tensor is ~200 launches per step for a ResNet-18 on a GPU)."""
         current = model.state_dict()
+        averaged, now = [], []
         for name, avg in self.module.state_dict().items():
-            now = current[name].detach()
             if avg.is_floating_point():
-                avg.mul_(d).add_(now.to(avg.dtype), alpha=1.0 - d)
+                averaged.append(avg)
+                now.append(current[name])
             else:
-                avg.copy_(now)
+                avg.copy_(current[name])
+        torch._foreach_lerp_(averaged, now, 1.0 - self.decay_at(step))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
