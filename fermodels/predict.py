@@ -184,7 +184,9 @@ class Predictor:
         self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
         data = state.get("data") or {}
-        self.backend = choose_backend(backend, data.get("face_backends", {}), backend_options, model_dir,
+        # One process: the face model may take the threads torch has here (a detect worker runs on one)
+        options = {"threads": torch.get_num_threads(), **(backend_options or {})}
+        self.backend = choose_backend(backend, data.get("face_backends", {}), options, model_dir,
                                       data.get("face_backend_options", {}), allow_download=allow_download)
 
     def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ferdata.cli import app
@@ -319,10 +320,23 @@ def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
             "--device", "cpu", "--backend-option", "det_size=320", "--backend-option", "score_threshold=0.8"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert seen == {"options": {"det_size": 320, "score_threshold": 0.8}, "allow_download": False}
+    assert seen == {"options": {"threads": 1, "det_size": 320, "score_threshold": 0.8}, "allow_download": False}
     res = CliRunner().invoke(app, args + ["--allow-download"])
     assert res.exit_code == 0, res.output
     assert seen["allow_download"] is True
+
+
+def test_the_face_model_gets_torchs_threads_unless_told(tiny_run):
+    """Detect workers run their face model on one thread each; predict is one process."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cpu").backend.options["threads"] == 2
+        told = Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cpu",
+                         backend_options={"threads": 1})
+        assert told.backend.options["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_allow_download_lets_the_training_detector_fetch_its_weights(monkeypatch):
