@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import pickle
 from dataclasses import asdict, dataclass
@@ -114,8 +115,9 @@ def model_from_checkpoint(state: dict) -> nn.Module:
     return model.eval()
 
 
-def resume_state(ckpt_dir: str | Path, params: dict, data: dict) -> dict | None:
-    """``last.pt`` if it belongs to this exact run (same params and shard hashes), else None."""
+def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str | Path | None = None) -> dict | None:
+    """``last.pt`` if it belongs to this exact run (same params and shard hashes) and, given
+    ``live_dir``, the DVCLive logs there still hold every epoch it finished; else None."""
     path = Path(ckpt_dir) / LAST
     if not path.is_file():
         return None
@@ -129,7 +131,32 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict) -> dict | None:
                  if lacks else "")
         log.warning("%s is from another run (it differs in %s%s): starting over", path, ", ".join(differ), older)
         return None
+    if live_dir is not None:
+        done = state["epoch"] + int(state["batch"] >= state.get("epoch_steps", math.inf))
+        unlogged = sorted(set(range(done)) - logged_epochs(live_dir))
+        if unlogged:       # resuming would leave them out of the logs (and a finished run would write none)
+            log.warning("%s has finished %d epoch(s), but %s lacks the logs of epoch(s) %s (removed?): starting "
+                        "over, so that the logs cover every epoch", path, done, live_dir,
+                        ", ".join(map(str, unlogged)))
+            return None
     return state
+
+
+def logged_epochs(live_dir: str | Path) -> set[int]:
+    """The epochs (DVCLive steps) that every history file of ``live_dir`` has a row for; none when
+    its ``metrics.json`` is missing."""
+    live = Path(live_dir)
+    files = sorted(live.glob("plots/metrics/**/*.tsv"))
+    if not files or not (live / "metrics.json").is_file():
+        return set()
+    common: set[int] | None = None
+    for tsv in files:
+        with open(tsv, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        col = rows[0].index("step") if rows and "step" in rows[0] else None
+        steps = {int(r[col]) for r in rows[1:] if len(r) > col} if col is not None else set()
+        common = steps if common is None else common & steps
+    return common or set()
 
 
 def next_position(state: dict, steps_per_epoch: int, world_size: int = 1) -> Position:

@@ -189,9 +189,10 @@ class _Run:
     tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
 
 
-def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: dict, env: DistEnv,
+def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict, env: DistEnv,
            device: torch.device) -> _Run:
-    """Model, data, optimiser and the resume point (``last.pt`` of this exact run, if any)."""
+    """Model, data, optimiser and the resume point (``last.pt`` of this exact run whose epochs
+    ``live_dir`` logged, if any)."""
     if params.batch_size % env.world_size:
         raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
     torch.manual_seed(params.seed)
@@ -217,7 +218,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
             "face_backend_options": train_split.face_backend_options}
-    state = broadcast_object(resume_state(ckpt_dir, asdict(params), data) if env.is_main else None, env)
+    state = broadcast_object(resume_state(ckpt_dir, asdict(params), data, live_dir) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()
     if state is not None:
@@ -247,7 +248,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, preprocess: di
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
          env: DistEnv, device: torch.device) -> dict:
-    run = _setup(dirs, params, ckpt_dir, preprocess, env, device)
+    run = _setup(dirs, params, ckpt_dir, live_dir, preprocess, env, device)
     live = _open_live(live_dir, run.start, env)
     try:
         for epoch in range(run.start.epoch, params.epochs):

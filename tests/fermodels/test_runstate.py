@@ -12,8 +12,8 @@ PARAMS = {"epochs": 2, "lr": 0.1, "seed": 0}
 DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_backends": ["retinaface"]}
 
 
-def save_last(ckpt: str, params: dict, data: dict) -> None:
-    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data}
+def save_last(ckpt: str, params: dict, data: dict, **position) -> None:
+    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, **position}
     torch.save(state, f"{ckpt}/{LAST}")
 
 
@@ -40,3 +40,31 @@ def test_a_checkpoint_lacking_what_training_records_names_it(tmp_path, caplog, o
         assert resume_state(tmp_path, PARAMS, DATA) is None
     assert (f"(it differs in {lacks}; it is from an earlier version of this package, which did not record "
             f"{lacks}): starting over") in caplog.text
+
+
+def _log(live, rows: dict[str, list[int]]) -> None:
+    (live / "metrics.json").write_text("{}")
+    for name, steps in rows.items():
+        tsv = live / "plots" / "metrics" / f"{name}.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text("timestamp\tstep\tvalue\n" + "".join(f"0\t{s}\t0.5\n" for s in steps))
+
+
+@pytest.mark.parametrize("position, logged, resumes", [
+    ({"epoch": 1, "batch": 4, "epoch_steps": 4}, {"train/ce": [0, 1], "val/accuracy": [0, 1]}, True),
+    ({"epoch": 1, "batch": 2, "epoch_steps": 4}, {"train/ce": [0], "val/accuracy": [0]}, True),   # mid-epoch 1
+    ({"epoch": 1, "batch": 4, "epoch_steps": 4}, {"train/ce": [0, 1], "val/accuracy": [0]}, False),
+    ({"epoch": 1, "batch": 4, "epoch_steps": 4}, {}, False),                     # the logs were removed
+    ({"epoch": 0, "batch": 2, "epoch_steps": 4}, {}, True),                      # nothing finished yet
+])
+def test_a_run_resumes_only_while_its_logs_hold_every_finished_epoch(tmp_path, caplog, position, logged, resumes):
+    ckpt, live = tmp_path / "ckpt", tmp_path / "live"
+    ckpt.mkdir()
+    live.mkdir()
+    save_last(str(ckpt), PARAMS, DATA, **position)
+    if logged:
+        _log(live, logged)
+    with caplog.at_level(logging.WARNING, "fermodels.runstate"):
+        state = resume_state(ckpt, PARAMS, DATA, live)
+    assert (state is not None) == resumes
+    assert ("lacks the logs of epoch(s)" in caplog.text) != resumes

@@ -509,6 +509,25 @@ def test_training_in_a_git_repository_without_commits_says_to_commit(tmp_path, m
     assert (tmp_path / "live" / "metrics.json").is_file()
 
 
+def test_a_finished_run_whose_logs_were_removed_trains_again(tiny_shards, tmp_path, monkeypatch, one_thread):
+    """A failed `dvc exp run` may remove runs/train/live; `dvc repro` then re-runs train beside a
+    last.pt that finished every epoch. Resuming would train nothing and write no logs (DVC then fails
+    on the missing outputs), so the run starts over."""
+    import shutil
+
+    params = make_params(epochs=1)
+    train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    shutil.rmtree(tmp_path / "live")
+    calls, real_step = [], trainer.train_step
+    monkeypatch.setattr(trainer, "train_step", lambda *a, **k: calls.append(1) or real_step(*a, **k))
+    train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    assert calls and (tmp_path / "live" / "metrics.json").is_file()
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "ce.tsv").is_file()
+    calls.clear()
+    train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")             # logs whole: nothing to do
+    assert not calls
+
+
 def test_resume_position_counts_in_the_rank_layout_that_saved_it(caplog):
     """A mid-epoch batch index means nothing under another number of ranks (resuming it trained
     some samples twice and others never): refused, in words; from an epoch's end any count goes."""
