@@ -10,6 +10,7 @@ options every reader shares (``COMMON_OPTIONS``) on top, so no caller can skip t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import re
 from collections import Counter
@@ -86,14 +87,21 @@ class DatasetReader:
     def read(self) -> Iterator[FaceRecord | Dropped]:
         """Every item of :meth:`scan`, with the records of excluded classes dropped and the
         records named by ``options.subsets`` tagged ``extra["subsets"]``."""
+        self._notes = {}
+        scanned = self.scan()
+        try:
+            # A root laid out otherwise is named by the scan's first step, before the subset lists
+            # under it are looked for (a wrong --root was reported as a missing list file).
+            first = list(itertools.islice(scanned, 1))
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(e) from e
         subsets = (load_subsets(self.options["subsets"], self.root, self.subset_pattern, self.name)
                    if self.options["subsets"] else {})
         tagged: set[str] = set()
         records, drops = 0, Counter()
-        self._notes = {}
         noted: dict[str, list] = {}                       # what -> [records kept with it, first example]
         try:
-            for item in self.scan():
+            for item in itertools.chain(first, scanned):
                 if isinstance(item, FaceRecord):
                     records += 1
                 else:
@@ -113,8 +121,7 @@ class DatasetReader:
                     noted.setdefault(note[0], [0, note[1]])[0] += 1
                 yield item
         except UnicodeDecodeError as e:
-            raise ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "
-                             "save it as UTF-8 (the publishers' files are)") from e
+            raise self._not_utf8(e) from e
         if not records:              # an empty label file or class folders: nothing to prepare
             dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
@@ -124,6 +131,10 @@ class DatasetReader:
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
                             "dropped, or excluded)", self.name, name, len(ids - tagged), len(ids))
+
+    def _not_utf8(self, e: UnicodeDecodeError) -> ValueError:
+        return ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "
+                          "save it as UTF-8 (the publishers' files are)")
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         """The dataset as its publisher lays it out: records and dropped items, in a stable order."""

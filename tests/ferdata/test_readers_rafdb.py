@@ -99,6 +99,9 @@ def test_subset_list_problems(tmp_path):
     make_rafdb(tmp_path)
     with pytest.raises(FileNotFoundError, match="occlusion"):
         read_all("rafdb", tmp_path, {"subsets": {"occlusion": "nope.txt"}})
+    # a wrong root is named as such, not as the list file missing under it
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        read_all("rafdb", tmp_path / "RAF-DBX", {"subsets": {"occlusion": "lists/occlusion_list.txt"}})
     write_text(tmp_path / "bad.txt", "558 7\n0\n4\n")
     with pytest.raises(ValueError, match="no image ids"):
         parse_list(tmp_path / "bad.txt", RAFDB_ID)
