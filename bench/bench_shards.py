@@ -11,7 +11,7 @@ more at 224 (align/derive/shard only: only the crop size changes). Measured:
   file's end-of-archive blocks and record padding; the detect table, aligned and derived
   chunk tars per sample;
 * AffectNet scale: those bytes per sample times the March-2021 8-class counts
-  (``../shared/reference/datasets_and_pipeline.md`` 1.2);
+  (``docs/reference/datasets_and_pipeline.md`` 1.2);
 * face crops: the uncompressed aligned crops are rebuilt from the detect table the way the
   align stage builds them, then encoded as JPEG at several qualities and as PNG: bytes,
   PSNR, mean/max absolute error and landmark stability (dlib's 68-point predictor re-run on

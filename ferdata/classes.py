@@ -13,7 +13,7 @@ CLASSES: tuple[str, ...] = (
 NEUTRAL = 0
 CONTEMPT = 7
 
-# index = native id, value = canonical id (see shared/reference/datasets_and_pipeline.md §1.11)
+# index = native id, value = canonical id (see docs/reference/datasets_and_pipeline.md §1.11)
 NATIVE_TO_CANONICAL: Mapping[str, tuple[int, ...]] = {
     "affectnet": (0, 1, 2, 3, 4, 5, 6, 7),          # 8 None, 9 Uncertain, 10 No-Face are dropped
     "fer2013": (6, 5, 4, 1, 2, 3, 0),               # 0 Angry .. 6 Neutral (also ExpW)

@@ -9,7 +9,7 @@ such as pretrained-weight paths) to ``params.yaml``.
 
 Dataset names are the ``params.yaml`` ``datasets`` keys a recipe expects: ``rafdb``, ``sfew``,
 ``ferplus``, ``affectnet7`` and ``affectnet8`` (the AffectNet reader with ``protocol:
-affectnet7``/``affectnet8``). Each recipe cites its row in shared/reference/seed_models.md
+affectnet7``/``affectnet8``). Each recipe cites its row in docs/reference/seed_models.md
 (``source``); ``notes`` say what that row does not fix and what was chosen.
 """
 from __future__ import annotations
@@ -67,27 +67,27 @@ _CMNET_AFFECTNET = {
     "sampler": "balanced", **_PLAIN,
     "augment": _augment(affine_p=0.7, degrees=20.0, translate=0.2, scale=(0.8, 1.0), erase_p=0.5)}
 
-_recipe("cmnet_rafdb", "seed_models.md:89 (§2.5 CMNet train_rafdb.py)",
+_recipe("cmnet_rafdb", "docs/reference/seed_models.md:89 (§2.5 CMNet train_rafdb.py)",
         datasets=["rafdb"], model="cmnet", num_classes=7, epochs=100, batch_size=32, lr=0.01, step_size=15,
         gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
-_recipe("cmnet_affectnet7", "seed_models.md:90 (§2.5 CMNet train_affectnet-7.py)",
+_recipe("cmnet_affectnet7", "docs/reference/seed_models.md:90 (§2.5 CMNet train_affectnet-7.py)",
         "ImbalancedDatasetSampler -> sampler balanced; RandomErasing() defaults (p 0.5, scale 0.02-0.33).",
         datasets=["affectnet7"], num_classes=7, **_CMNET_AFFECTNET)
-_recipe("cmnet_affectnet8", "seed_models.md:91 (§2.5 CMNet train_affectnet-8.py, Model_0 bug fixed)",
+_recipe("cmnet_affectnet8", "docs/reference/seed_models.md:91 (§2.5 CMNet train_affectnet-8.py, Model_0 bug fixed)",
         "as cmnet_affectnet7 with 8 classes.", datasets=["affectnet8"], num_classes=8, **_CMNET_AFFECTNET)
-_recipe("cmnet_sfew", "seed_models.md:92 (§2.5 CMNet SFEW row)",
+_recipe("cmnet_sfew", "docs/reference/seed_models.md:92 (§2.5 CMNet SFEW row)",
         "momentum 0.9 / weight decay 1e-4 not in the row: taken from the RAF-DB script (INFER).",
         datasets=["sfew"], model="cmnet", num_classes=7, epochs=100, batch_size=16, lr=0.1, step_size=15,
         gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
 
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
-    _recipe(f"pcnn_{_ds}", "seed_models.md:142 (§3.4 PCNN train.py)",
+    _recipe(f"pcnn_{_ds}", "docs/reference/seed_models.md:142 (§3.4 PCNN train.py)",
             "one public script for every dataset; FERPlus as 8 classes (seed_models.md:144). Start from "
             "random or MS-Celeb weights, never the released checkpoint (the script's pretrained=True pitfall).",
             datasets=[_ds], model="pcnn", num_classes=_classes, epochs=100, batch_size=128, lr=0.01, step_size=15,
             gamma=0.5, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
 
-# Nie et al. §4.2 (shared/seeds/002): Adam, 200 epochs, batch 144, lr 3.5e-5 (RAF-DB, FERPlus) / 1e-6
+# Nie et al. §4.2 (the paper, docs/models.md): Adam, 200 epochs, batch 144, lr 3.5e-5 (RAF-DB, FERPlus) / 1e-6
 # (AffectNet), random horizontal flips and random erasing; no SAM and no schedule are named. The
 # erasing settings and AffectNet's sampler come from POSTER++ (seed_models.md:165), whose code this
 # model builds on.
@@ -101,13 +101,14 @@ _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random eras
              "(INFER). The paper's landmark net is a frozen MobileFaceNet: set "
              "train.model_kwargs.landmark_checkpoint, else the model uses its heatmap substitute (model card).")
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
-    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing as POSTER++ "
-            "RAF-DB (:165)", _NIE_NOTE + " RandomErasing p 0.5 (torch default), scale 0.02-0.1 (POSTER++).",
+    _recipe(f"pcda_{_ds}", "docs/reference/seed_models.md:180 -> Nie et al. §4.2 (the paper states it); "
+            "erasing as POSTER++ RAF-DB (:165)",
+            _NIE_NOTE + " RandomErasing p 0.5 (torch default), scale 0.02-0.1 (POSTER++).",
             datasets=[_ds], num_classes=_classes, lr=3.5e-5, sampler="shuffle",
             augment=_augment(erase_p=0.5, erase_scale=(0.02, 0.1)), **_NIE)
 for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
-    _recipe(f"pcda_{_ds}", "seed_models.md:180 -> seeds/002 §4.2 (the paper states it); erasing, sampler as "
-            "POSTER++ AffectNet (:165)",
+    _recipe(f"pcda_{_ds}", "docs/reference/seed_models.md:180 -> Nie et al. §4.2 (the paper states it); "
+            "erasing, sampler as POSTER++ AffectNet (:165)",
             _NIE_NOTE + " AffectNet: RandomErasing(p=1, scale 0.05) and ImbalancedDatasetSampler as POSTER++ "
             "(whose AffectNet figures need that sampler, seed_models.md:246).",
             datasets=[_ds], num_classes=_classes, lr=1e-6, sampler="balanced",
@@ -119,7 +120,7 @@ _CONVCUT = {"num_classes": 7, "epochs": 50, "batch_size": 16, "optimizer": "adam
             "augment": _augment()}
 for _model in ("convcut", "convcut_paper"):
     for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
-        _recipe(f"{_model}_{_ds}", "seed_models.md:225 (§5.3 Conv-cut training row)",
+        _recipe(f"{_model}_{_ds}", "docs/reference/seed_models.md:225 (§5.3 Conv-cut training row)",
                 "Adam 1e-3, batch 16, 50 epochs, frozen backbone (the model's default); PAtt-Lite's "
                 "RandomFlip -> hflip 0.5, its RandomContrast has no equivalent here. FERPlus as 8 classes (INFER).",
                 datasets=[_ds], model=_model, **{**_CONVCUT, "num_classes": _classes})

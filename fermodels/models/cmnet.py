@@ -1,7 +1,7 @@
 """CMNet: whole face + left/right half faces through one ResNet-18 trunk, fused, refined by myCBAM.
 
 Follows the public code's final model (``Model_5``, hellloxiaotian/CMNet 33905f7; spec in
-shared/reference/seed_models.md §2):
+docs/reference/seed_models.md §2):
 
 * T = ResNet-18 conv1..layer3, one set of weights for the whole face (S x S) and both halves
   (S x S/2); fusion X = T(whole) + concat_W(T(left), T(right)) -> 256 x 14 x 14 at 224;

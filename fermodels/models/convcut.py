@@ -1,6 +1,6 @@
 """Conv-cut: truncated ConvNeXt-Base + Detail Extraction block + self-attention (arXiv 2504.09077).
 
-Two variants, identical except for the attention (shared/seeds/003, Algorithm 1; seed_models.md §5):
+Two variants, identical except for the attention (the paper, Algorithm 1; docs/reference/seed_models.md §5):
 
 * ``convcut`` - attention **within each sample** over the DET block's spatial tokens
   (4 tokens after stage 3, 9 after stage 2), then global average pooling: a prediction depends on

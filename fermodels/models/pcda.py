@@ -1,6 +1,6 @@
 """Product-cross dual attention + NeAA loss (Nie et al., CVM 2024). No public code exists.
 
-Built from the paper (shared/seeds/002, §3) and the components it names:
+Built from the paper (Nie et al., docs/models.md; §3) and the components it names:
 
 * image features X: IR-50 stages 1-3 at 112 -> 256 x 14 x 14 (MS-Celeb-1M init via ``pretrained``);
 * landmark features L: 128 x 14 x 14, either from a frozen MobileFaceNet's ``conv_4`` (the paper;

@@ -31,7 +31,7 @@ def test_recipe_builds_valid_params(name):
     assert params.datasets == recipe.values["datasets"]
     assert params.num_classes in (7, 8)
     assert set(recipe.values) == set(RECIPE_KEYS)
-    assert re.fullmatch(r"seed_models\.md:\d+.*", recipe.source), recipe.source
+    assert re.fullmatch(r"docs/reference/seed_models\.md:\d+.*", recipe.source), recipe.source
     assert params.model_kwargs == train_section()["model_kwargs"], "machine settings stay with params.yaml"
 
 
@@ -70,11 +70,8 @@ def test_a_recipe_named_but_not_applied_is_refused():
 
 
 def test_recipe_sources_exist_in_the_reference():
-    ref = REPO.parent / "shared" / "reference" / "seed_models.md"
-    if not ref.is_file():
-        pytest.skip("shared/reference not present beside the repository")
-    lines = ref.read_text().splitlines()
+    lines = (REPO / "docs" / "reference" / "seed_models.md").read_text().splitlines()
     for name in list_recipes():
-        line = int(re.match(r"seed_models\.md:(\d+)", RECIPES.get(name).source).group(1))
+        line = int(re.match(r"docs/reference/seed_models\.md:(\d+)", RECIPES.get(name).source).group(1))
         text = lines[line - 1]
         assert any(t in text for t in ("RAF-DB", "AffectNet", "SFEW", "SGD", "Training")), (name, text)
