@@ -25,7 +25,8 @@ def _setup_logging(verbose: bool) -> None:
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="Dataset name from params.yaml `datasets` (e.g. sample, affectnet)."),
+    dataset: str = typer.Argument(..., help="Dataset name from params.yaml `datasets` (e.g. sample), or a reader "
+                                  "name with --root (e.g. rafdb)."),
     root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
     out: Path = typer.Option(Path("data"), help="Output folder; results go to OUT/<dataset>/{detect,aligned,derived,shards}."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),

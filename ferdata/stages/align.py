@@ -238,8 +238,9 @@ class Deduplicator:
             picture, box, split = ident = face_identity(row)
             if ident in self.conflicts:
                 yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
-                              f"{rec['path']}: copies of this picture and face in split {split or 'none'} are "
-                              f"labelled {', '.join(self.conflicts[ident])}")
+                              f"{rec['path']}: copies of this picture and face "
+                              f"{f'in split {split}' if split else 'in the dataset'} are labelled "
+                              f"{', '.join(self.conflicts[ident])}")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
             if split in seen:

@@ -96,6 +96,9 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     if set(aligned) != set(derived):
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise ValueError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
+    if not aligned:                 # empty shards would only fail later, in train or evaluate
+        raise ValueError(f"no samples to shard in {aligned_dir}: every record was dropped before this stage (the "
+                         "detect and align stages' report.json count the reasons, dropped.jsonl lists each record)")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     with MemberReader() as read:

@@ -168,7 +168,7 @@ HUGE_CHILD = textwrap.dedent("""
     from tests.reliability.corpus import Case, build_corpus, run_all, stage_params, encode
     root, out = Path(sys.argv[1]), Path(sys.argv[2])
     warm = Path(sys.argv[3])
-    build_corpus(warm, [Case("warm", lambda: encode(data.astronaut(), quality=90))])
+    build_corpus(warm, [Case("warm", lambda: encode(data.astronaut(), quality=90), box=("128", "26", "154", "179"))])
     run_all(warm, out / "warm", stage_params(out / "warm", backend="embedded"))     # models loaded
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     reports = run_all(root, out / "huge", stage_params(out / "huge", backend="embedded"))

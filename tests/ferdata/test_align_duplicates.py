@@ -1,0 +1,35 @@
+"""The align stage's deduplication: repeated keys, copies of one face, and copies whose labels disagree."""
+from __future__ import annotations
+
+from ferdata.records import Dropped
+from ferdata.report import StageReport
+from ferdata.stages.align import Deduplicator, conflicting_labels
+
+
+def row(key: str, label: int, split: str, picture: str = "ab" * 32, box=(10.2, 10.0, 90.0, 90.4)) -> dict:
+    return {"record": {"dataset": "d", "key": key, "path": f"{key}.jpg", "label": label, "split": split},
+            "face": {"box": list(box)}, "sha256": picture}
+
+
+def dedup(rows: list[dict]) -> tuple[list[str], dict[str, str], StageReport]:
+    report = StageReport("align")
+    out = list(Deduplicator(report, conflicting_labels(rows))(rows))
+    kept = [r["record"]["key"] for r in out if not isinstance(r, Dropped)]
+    drops = {d.key: f"{d.reason}: {d.detail}" for d in out if isinstance(d, Dropped)}
+    return kept, drops, report
+
+
+def test_copies_with_other_labels_are_all_dropped_and_named_by_split_or_dataset():
+    for split, where in (("train", "in split train"), ("", "in the dataset")):
+        kept, drops, _ = dedup([row("a", 1, split), row("b", 2, split), row("c", 1, split, picture="cd" * 32)])
+        assert kept == ["c"]
+        assert drops == {k: f"conflicting_labels: {k}.jpg: copies of this picture and face {where} are labelled "
+                            "Happy, Sad" for k in ("a", "b")}
+
+
+def test_same_label_copies_keep_the_first_and_official_splits_keep_theirs():
+    kept, drops, report = dedup([row("a", 1, "train"), row("b", 1, "train"), row("a", 3, "train"),
+                                 row("t", 1, "test")])
+    assert kept == ["a", "t"]
+    assert drops == {"b": "duplicate_image: b.jpg: same as a", "a": "duplicate_key: a.jpg: key used before"}
+    assert report.notes["duplicates"] == {"across_splits_train_test": 1}
