@@ -133,6 +133,22 @@ def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, ca
     assert "Traceback" not in err and "FER_TRACEBACK=1" in err
 
 
+def test_a_dataset_whose_every_record_was_dropped_is_an_error_at_shard_not_empty_shards(tmp_path):
+    from ferdata.layout import ALIGNED, DERIVED
+    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.tario import TarShardWriter
+
+    for name, prefix in (("aligned", ALIGNED), ("derived", DERIVED)):
+        (tmp_path / name).mkdir()
+        with TarShardWriter(tmp_path / name, prefix, 10):
+            pass
+    params = ShardParams(seed=0, val_fraction=0.1, test_fraction=0.1, split_by="key", folds=0, fold=0,
+                         maxcount=10)
+    with pytest.raises(ValueError, match="no samples to shard in .*every record was dropped before this stage"):
+        run_shard(tmp_path / "aligned", tmp_path / "derived", params, tmp_path / "shards")
+    assert not (tmp_path / "shards").exists()
+
+
 def test_console_scripts_run_under_the_error_policy():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"ferdata": "ferdata.cli:main", "fermodels": "fermodels.cli:main"}
