@@ -136,10 +136,20 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
         unlogged = sorted(set(range(done)) - logged_epochs(live_dir))
         if unlogged:       # resuming would leave them out of the logs (and a finished run would write none)
             log.warning("%s has finished %d epoch(s), but %s lacks the logs of epoch(s) %s (removed?): starting "
-                        "over, so that the logs cover every epoch", path, done, live_dir,
-                        ", ".join(map(str, unlogged)))
+                        "over, so that the logs cover every epoch", path, done, live_dir, _spans(unlogged))
             return None
     return state
+
+
+def _spans(numbers: list[int]) -> str:
+    """Sorted numbers as runs: [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def logged_epochs(live_dir: str | Path) -> set[int]:

@@ -68,3 +68,12 @@ def test_a_run_resumes_only_while_its_logs_hold_every_finished_epoch(tmp_path, c
         state = resume_state(ckpt, PARAMS, DATA, live)
     assert (state is not None) == resumes
     assert ("lacks the logs of epoch(s)" in caplog.text) != resumes
+    if not logged and not resumes:
+        assert "has finished 2 epoch(s), but" in caplog.text
+        assert "lacks the logs of epoch(s) 0-1 (removed?)" in caplog.text
+
+
+def test_missing_epochs_are_named_as_runs():
+    from fermodels.runstate import _spans
+
+    assert _spans([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8" and _spans([3]) == "3" and _spans([]) == ""
