@@ -56,8 +56,8 @@ def dlib_box(kps5: np.ndarray) -> tuple[float, float, float, float]:
     distance (fitted on the 135 faces of the package photos, LFW subset, rotations and mirrors
     where the HOG detector also fires). RetinaFace's own box sits off-centre on a turned face
     (it holds the side of the head), and dlib's points followed it off the features: mean 5-point
-    error 0.098 -> 0.081 eyes-to-mouth distances, worst 0.54 -> 0.26, dlib's own boxes 0.079
-    (``bench/bench_landmarks.py`` measures it and refits the constants)."""
+    error 0.098 -> 0.081 eyes-to-mouth distances, worst 0.53 -> 0.28, dlib's own boxes 0.078
+    (``bench/bench_landmarks.py`` measures it and refits the constants; BENCHMARKS.md)."""
     k = np.asarray(kps5, np.float64)
     eyes, mouth = (k[0] + k[1]) / 2, (k[3] + k[4]) / 2
     centre = eyes + 0.48 * (mouth - eyes)
