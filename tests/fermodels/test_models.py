@@ -79,29 +79,21 @@ def test_forward_backward_with_only_card_fields(name: str, kwargs: dict) -> None
     assert not no_grad, f"trainable parameters unused in forward: {no_grad[:5]}"
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_losses_use_class_weight(name: str) -> None:
-    """The trainer's ``train.class_weights`` reaches every cross-entropy term."""
-    model = build(name).eval()
-    batch = example_batch(model.card, batch_size=2)
-    with torch.no_grad():
-        out = model(batch)
-        plain = model.losses(out, {**batch, "class_weight": torch.ones(7)})
-        skewed = model.losses(out, {**batch, "class_weight": torch.tensor([1.0, 1e-3, 1, 1, 1, 1, 1])})
-    changed = {k for k in plain if not torch.allclose(plain[k], skewed[k])}
-    assert changed == {k for k in plain if k.startswith("ce")}
+# What the trainer puts in a batch for train.class_weights / train.label_smoothing: two values each.
+EXTRAS = {"class_weight": (torch.ones(7), torch.tensor([1.0, 1e-3, 1, 1, 1, 1, 1])), "label_smoothing": (0.0, 0.3)}
 
 
+@pytest.mark.parametrize("key", sorted(EXTRAS))
 @pytest.mark.parametrize("name", ALL)
-def test_label_smoothing_reaches_every_cross_entropy_term(name: str) -> None:
+def test_class_weights_and_label_smoothing_reach_every_cross_entropy_term(name: str, key: str) -> None:
     model = build(name).eval()
     batch = example_batch(model.card, batch_size=2)
+    one, other = EXTRAS[key]
     with torch.no_grad():
         out = model(batch)
-        plain = model.losses(out, batch)
-        smoothed = model.losses(out, {**batch, "label_smoothing": 0.3})
-    changed = {k for k in plain if not torch.allclose(plain[k], smoothed[k])}
-    assert changed == {k for k in plain if k.startswith("ce")}
+        a, b = model.losses(out, {**batch, key: one}), model.losses(out, {**batch, key: other})
+    changed = {k for k in a if not torch.allclose(a[k], b[k])}
+    assert changed == {k for k in a if k.startswith("ce")}
 
 
 @pytest.mark.parametrize("name", ALL)
