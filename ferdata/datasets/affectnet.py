@@ -28,8 +28,9 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -82,6 +83,20 @@ def npy_scalar(path: Path) -> float:
     if arr.size != 1:
         raise ValueError(f"{path.name}: {arr.size} values, expected 1")
     return float(str(arr.reshape(-1)[0]))
+
+
+def affect(**readers: Callable[[], float]) -> dict[str, float]:
+    """Valence / arousal as read by ``readers`` (name -> a reader of the value), kept only where
+    readable and in [-1, 1]: automatic and No-Face rows carry sentinels such as -2, in either layout."""
+    out = {}
+    for name, read in readers.items():
+        try:
+            value = read()
+        except ValueError:
+            continue
+        if -1.0 <= value <= 1.0:
+            out[name] = value
+    return out
 
 
 def _looks_like_a_row(cells: list[str]) -> bool:
@@ -226,13 +241,7 @@ class AffectNetReader(DatasetReader):
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))
         extra: dict = {"annotation": "automatic", TRAIN_ONLY: True} if automatic else {}
-        for name, v in (("valence", row[7]), ("arousal", row[8])):
-            try:
-                value = float(v)
-            except ValueError:
-                continue
-            if -1.0 <= value <= 1.0:           # automatic and No-Face rows carry sentinels such as -2
-                extra[name] = value
+        extra.update(affect(valence=partial(float, row[7]), arousal=partial(float, row[8])))
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=to_canonical("affectnet", native),
             native_label=str(native), split=split, box=box, landmarks=lmk, extra=extra,
@@ -273,13 +282,9 @@ class AffectNetReader(DatasetReader):
                 lmk = values.reshape(68, 2)
             except ValueError as err:      # a pre-cropped face with a good label: keep it
                 self.note(LANDMARKS_UNREADABLE, key, f"{image_id}_lnd.npy: {err}")
-        extra = {}
-        for name, suffix in (("valence", "_val.npy"), ("arousal", "_aro.npy")):
-            if (anno / f"{image_id}{suffix}").is_file():
-                try:
-                    extra[name] = npy_scalar(anno / f"{image_id}{suffix}")
-                except ValueError:
-                    pass
+        extra = affect(**{name: partial(npy_scalar, anno / f"{image_id}{suffix}")
+                          for name, suffix in (("valence", "_val.npy"), ("arousal", "_aro.npy"))
+                          if (anno / f"{image_id}{suffix}").is_file()})
         return FaceRecord(
             dataset=self.name, key=key, path=str(path), label=to_canonical("affectnet", native),
             native_label=str(native), split=split, landmarks=lmk, extra=extra,

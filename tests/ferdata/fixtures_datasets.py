@@ -114,15 +114,17 @@ def make_affectnet_npy(root: Path) -> Path:
 
     train_set: 0 exp '0' (string npy, like the release) with val/aro/lnd |
     1 exp '8' | 2 exp 7 (int npy) | 3 exp '3' but no image | 4 exp '5' with a 10-value lnd |
-    5 exp '2' with no val/aro/lnd files.  val_set: 0 exp '6' | 1 exp '10'.
+    5 exp '2' with no val/aro/lnd files.  val_set: 0 exp '6' with the -2 valence / arousal
+    placeholders | 1 exp '10'.
     """
-    def anno(split_dir: Path, i: int, exp: object, lnd: np.ndarray | None = None, va: bool = True) -> None:
+    def anno(split_dir: Path, i: int, exp: object, lnd: np.ndarray | None = None, va: bool = True,
+             values: tuple[str, str] = ("0.785714", "-0.055556")) -> None:
         a = split_dir / "annotations"
         a.mkdir(parents=True, exist_ok=True)
         np.save(a / f"{i}_exp.npy", np.array(exp))
         if va:
-            np.save(a / f"{i}_val.npy", np.array("0.785714"))
-            np.save(a / f"{i}_aro.npy", np.array("-0.055556"))
+            np.save(a / f"{i}_val.npy", np.array(values[0]))
+            np.save(a / f"{i}_aro.npy", np.array(values[1]))
         if lnd is not None:
             np.save(a / f"{i}_lnd.npy", lnd)
 
@@ -138,7 +140,7 @@ def make_affectnet_npy(root: Path) -> Path:
     anno(train, 3, "3", lnd)
     anno(train, 4, "5", np.arange(10, dtype=np.float64))
     anno(train, 5, "2", None, va=False)
-    anno(val, 0, "6", lnd)
+    anno(val, 0, "6", lnd, values=("-2", "-2"))
     anno(val, 1, "10", lnd)
     return root
 

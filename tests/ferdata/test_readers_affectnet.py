@@ -90,6 +90,7 @@ def test_npy_layout_is_detected(tmp_path):
     np.testing.assert_allclose(r.landmarks, landmarks68(1.0))
     assert r.extra == pytest.approx({"valence": 0.785714, "arousal": -0.055556})
     assert records["train_5"].landmarks is None and records["train_5"].extra == {}
+    assert records["test_0"].extra == {}                  # the -2 placeholders, as in the CSV layout
 
 
 def test_npy_layout_affectnet7(tmp_path):
