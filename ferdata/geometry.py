@@ -113,6 +113,16 @@ def reduced_frame(scale: float, scale_y: float | None = None) -> np.ndarray:
     return np.array([[scale, 0.0, (scale - 1) / 2], [0.0, sy, (sy - 1) / 2]])
 
 
+def resized_back(boxes: np.ndarray, points: np.ndarray | None, scale: tuple[float, float]
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Boxes (x0, y0, x1, y1: pixel edges, which scale) and points (pixel centres, which map by
+    :func:`reduced_frame`) found in an image ``cv2.resize``-d by ``scale`` = (sx, sy), in the
+    source image's pixels: how a detector run on a resized copy reports its faces."""
+    sx, sy = scale
+    back = (np.asarray(boxes, np.float64) / np.array([sx, sy, sx, sy])).astype(np.float32)
+    return back, None if points is None else transform_points(points, reduced_frame(1 / sx, 1 / sy))
+
+
 def crop_reduction(kps5: np.ndarray, size: int, padding: float = 0.0, limit: int = 8) -> int:
     """The largest power of two r <= ``limit`` at which the face, decoded at 1/r, still has at
     least the crop's resolution: decoding at 1/r then costs a fraction of a full decode and,

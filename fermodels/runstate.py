@@ -161,12 +161,17 @@ def logged_epochs(live_dir: str | Path) -> set[int]:
         return set()
     common: set[int] | None = None
     for tsv in files:
-        with open(tsv, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-        col = rows[0].index("step") if rows and "step" in rows[0] else None
+        rows, col = _history(tsv)
         steps = {int(r[col]) for r in rows[1:] if len(r) > col} if col is not None else set()
         common = steps if common is None else common & steps
     return common or set()
+
+
+def _history(tsv: Path) -> tuple[list[list[str]], int | None]:
+    """A DVCLive history file's rows (header first) and the index of its ``step`` column."""
+    with open(tsv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    return rows, rows[0].index("step") if rows and "step" in rows[0] else None
 
 
 def next_position(state: dict, steps_per_epoch: int, world_size: int = 1) -> Position:
@@ -192,11 +197,9 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1) -> Pos
 def truncate_live(live_dir: str | Path, from_step: int) -> None:
     """Drop DVCLive history rows logged at or after ``from_step`` (work redone after a kill)."""
     for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
-        with open(tsv, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-        if not rows:
+        rows, step_col = _history(tsv)
+        if step_col is None:
             continue
-        step_col = rows[0].index("step")
         kept = [rows[0]] + [r for r in rows[1:] if int(r[step_col]) < from_step]
         if len(kept) != len(rows):
             with open(tsv, "w", newline="", encoding="utf-8") as f:

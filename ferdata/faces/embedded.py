@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
-from ferdata.geometry import reduced_frame, transform_points
+from ferdata.geometry import resized_back
 from ferdata.records import FaceRecord
 
 DLIB_68 = "shape_predictor_68_face_landmarks.dat"
@@ -198,8 +198,7 @@ class EmbeddedBackend(FaceBackend):
     def decode(self, loc: np.ndarray, conf: np.ndarray, pts: np.ndarray, width: int, height: int,
                scale: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image's raw outputs -> (xyxy boxes, scores, (K, 5, 2) keypoints) in source pixels.
-        ``scale`` is :meth:`prepare`'s (x, y) resize: boxes (pixel edges) scale back, keypoints map
-        back as pixel centres (:func:`~ferdata.geometry.reduced_frame`), the frame every stage uses."""
+        ``scale`` is :meth:`prepare`'s (x, y) resize, undone by :func:`~ferdata.geometry.resized_back`."""
         total = _levels(width, height)[-1][0]
         if total != loc.shape[0]:
             raise RuntimeError(f"RetinaFace gave {loc.shape[0]} anchors, expected {total}")
@@ -216,9 +215,9 @@ class EmbeddedBackend(FaceBackend):
         idx = np.asarray(cv2.dnn.NMSBoxes(boxes.tolist(), score[keep].tolist(), thr,
                                           self.options["nms_threshold"]), dtype=np.int64).reshape(-1)
         idx = idx[np.argsort(-score[keep][idx], kind="stable")]
-        b = boxes[idx] / np.array([*scale, *scale], np.float32)
-        xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-        return xyxy, score[keep][idx], transform_points(kps[idx], reduced_frame(1 / scale[0], 1 / scale[1]))
+        b = boxes[idx]
+        xyxy, points = resized_back(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1), kps[idx], scale)
+        return xyxy, score[keep][idx], points
 
     def landmarks(self, image: np.ndarray, box: Sequence[float]) -> np.ndarray:
         """dlib's 68 points started from ``box`` (the second model kernel; faces use :func:`dlib_box`)."""

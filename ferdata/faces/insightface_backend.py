@@ -23,7 +23,7 @@ import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.mapping import to_ibug68
-from ferdata.geometry import five_from_68, reduced_frame, transform_points
+from ferdata.geometry import five_from_68, resized_back
 from ferdata.records import FaceRecord
 
 log = logging.getLogger(__name__)
@@ -187,12 +187,10 @@ class InsightFaceBackend(FaceBackend):
         bgr = np.ascontiguousarray(image[..., ::-1])           # insightface models take BGR
         detector = self._models["detection"]
         size = tuple(int(v) for v in detector.input_size)       # det_size, or the model's fixed input
-        boxed, (sx, sy) = letterbox(bgr, size)
+        boxed, scale = letterbox(bgr, size)
         found, kpss = detector.detect(boxed, input_size=size, max_num=0)   # its own resize: the identity
         scores = found[:, 4]
-        boxes = found[:, :4] / np.array([sx, sy, sx, sy])                 # pixel edges
-        if kpss is not None:
-            kpss = transform_points(kpss, reduced_frame(1 / sx, 1 / sy))   # pixel centres
+        boxes, kpss = resized_back(found[:, :4], kpss, scale)
         faces = []
         for i in range(boxes.shape[0]):
             box = boxes[i].astype(np.float64)
