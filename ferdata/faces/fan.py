@@ -8,8 +8,8 @@ face-alignment's detectors; the 5 keypoints then come from the 68 points.
 
 Weights come from torch hub's folder, ``$TORCH_HOME/hub/checkpoints`` (FAN has no path
 argument), or from ``detect.model_dir``. Every weight lookup goes through
-:meth:`FanBackend.resolve`, so nothing is fetched unless ``allow_download`` is set, and a
-failed fetch (``URLError``) becomes a :class:`MissingModelError`.
+:meth:`FanBackend.resolve`, so nothing is fetched unless ``allow_download`` is set (then into torch
+hub's folder through :mod:`ferdata.faces.fetch`), and a failed fetch becomes a :class:`MissingModelError`.
 Always ``device='cpu'`` and ``compile=False`` (face-alignment defaults to CUDA and a
 ``torch.compile`` warm-up).
 """
@@ -27,6 +27,7 @@ import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
+from ferdata.faces.fetch import fetch
 from ferdata.geometry import five_from_68
 from ferdata.records import FaceRecord
 
@@ -117,19 +118,18 @@ class FanBackend(FaceBackend):
         return files_fingerprint(files) + boxes
 
     def resolve(self, url: str, *args: Any, **kwargs: Any) -> str:
-        """face-alignment's ``load_file_from_url`` with our policy: local file, else download
-        only when allowed, and any failure as a :class:`MissingModelError`."""
+        """The local file for ``url`` (face-alignment's ``load_file_from_url``, routed here), else a
+        download into torch hub's folder where face-alignment would put it, only when allowed, through
+        :mod:`ferdata.faces.fetch`; any failure is a :class:`MissingModelError`."""
         try:
             return str(find_weight(url, self.model_dir))
         except MissingModelError:
             if not self.allow_download:
                 raise
-        from face_alignment.utils import load_file_from_url
-
         name = Path(urlparse(url).path).name
         try:
-            return load_file_from_url(url, *args, **kwargs)
-        except OSError as e:                    # URLError, socket errors, HTTP errors
+            return str(fetch(url, hub_checkpoints() / name))
+        except OSError as e:                    # URLError, socket errors, HTTP errors, a stall
             raise MissingModelError("face_alignment", name, [url],
                                     f"download failed ({type(e).__name__}: {e}); " + _fix(name, url)) from e
 

@@ -4,8 +4,9 @@ Models come from an insightface model pack on disk: ``<root>/models/<pack>/*.onn
 (``root`` = ``detect.model_dir``, then ``~/.insightface``), or ``model_dir`` may be
 the pack folder itself (:func:`pack_dirs`). Each ONNX file is loaded with ``insightface.model_zoo.get_model``
 on its local path (routing by the graph's shapes), never through ``FaceAnalysis``' implicit
-download. A missing pack downloads only with ``allow_download``; network failures and
-insightface's empty-folder ``AssertionError`` become :class:`MissingModelError`.
+download. A missing pack downloads only with ``allow_download``, from insightface's release URL into
+its layout (:mod:`ferdata.faces.fetch`); a failed download and insightface's empty-folder
+``AssertionError`` become :class:`MissingModelError`.
 106-point output is mapped to iBUG-68 (``mapping.py``); 1k3d68 drops its z. The detector's input
 is letterboxed here (:func:`letterbox`), so its boxes and keypoints map back exactly, each axis on its
 own (insightface's own resize maps both back by the height's truncated scale, as pixel edges).
@@ -13,7 +14,6 @@ Note: insightface's pretrained packs are licensed for non-commercial research on
 """
 from __future__ import annotations
 
-import logging
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,11 +22,10 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
+from ferdata.faces.fetch import fetch, unpack_zip
 from ferdata.faces.mapping import to_ibug68
 from ferdata.geometry import five_from_68, resized_back
 from ferdata.records import FaceRecord
-
-log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path("~/.insightface")
 LANDMARK_TASKS = {"68": "landmark_3d_68", "106": "landmark_2d_106"}
@@ -136,15 +135,14 @@ class InsightFaceBackend(FaceBackend):
         return self._files
 
     def _download(self, pack: str) -> None:
-        from insightface.utils.storage import download
-
-        root = self.model_dir or DEFAULT_ROOT.expanduser()
-        log.info("insightface: downloading pack %s into %s", pack, root / "models" / pack)
+        """insightface's release zip of ``pack`` unpacked into ``<root>/models/<pack>``, as insightface's
+        own ``download`` does, but through :mod:`ferdata.faces.fetch` (a stall fails, nothing half-made)."""
+        models = Path(self.model_dir or DEFAULT_ROOT).expanduser() / "models"
+        url = RELEASE_URL.format(pack=pack)
         try:
-            download("models", pack, force=True, root=str(root))
-        # requests/urllib errors are OSErrors; insightface raises RuntimeError on an HTTP error status
-        except (OSError, RuntimeError, zipfile.BadZipFile, AssertionError) as e:
-            raise MissingModelError("insightface", f"{pack}.zip", [RELEASE_URL.format(pack=pack)],
+            unpack_zip(fetch(url, models / f"{pack}.zip"), models / pack)
+        except (OSError, zipfile.BadZipFile) as e:
+            raise MissingModelError("insightface", f"{pack}.zip", [url],
                                     f"download failed ({type(e).__name__}: {e}); " + _fix(pack, self.model_dir)) from e
 
     def fingerprint(self) -> str:
