@@ -5,7 +5,8 @@ reason the stages record (never a silent skip). One policy for every stage, so t
 detector and the aligner always see the same pixels in the same frame:
 
 * EXIF orientation is read with PIL and applied here (OpenCV's own is switched off),
-  so the pixel frame is the one a photo viewer shows;
+  so the pixel frame is the one a photo viewer shows; a TIFF's orientation tag, which
+  the TIFF decoders apply themselves, is left to them;
 * alpha is flattened onto black (the alignment border colour), so pixels hidden
   under full transparency never reach a model;
 * 16-bit, grayscale, palette and CMYK images become 8-bit RGB;
@@ -58,6 +59,13 @@ class ImageHeader:
     orientation: int          # EXIF 1..8 (1 = as stored)
     bit_depth: int
     has_alpha: bool
+
+    @property
+    def turn(self) -> int:
+        """The orientation left to apply after decoding. TIFF's is tag 274 of the image itself, which
+        libtiff-based decoders (OpenCV's whatever its flags, and PIL's, whose size is then the
+        displayed one) already apply: turning again would rotate or mirror the face twice."""
+        return 1 if self.format == "TIFF" else self.orientation
 
 
 @dataclass(frozen=True)
@@ -213,10 +221,10 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
     # Flipped/rotated frames keep the pixel-centre rule x' = (x + 0.5) / r - 0.5 only when r
     # divides the stored size (libjpeg's last partial block sits at the far edge, which a flip
     # brings to the near one); an optional reduction backs off until it does.
-    while reduce > needed and head.orientation != 1 and (head.width % reduce or head.height % reduce):
+    while reduce > needed and head.turn != 1 and (head.width % reduce or head.height % reduce):
         reduce //= 2
     h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
-    shape = (w, h) if head.orientation in (5, 6, 7, 8) else (h, w)
+    shape = (w, h) if head.turn in (5, 6, 7, 8) else (h, w)
     return Probe(shape, 1.0 / reduce, conversions_of(head, needed), head, reduce)
 
 
@@ -239,7 +247,7 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
         raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
     if head.has_alpha:
         img = _flatten_alpha(img)
-    rgb = cv2.cvtColor(np.ascontiguousarray(apply_orientation(img, head.orientation)), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(np.ascontiguousarray(apply_orientation(img, head.turn)), cv2.COLOR_BGR2RGB)
     return Decoded(rgb, probe.scale, probe.conversions)
 
 

@@ -67,8 +67,10 @@ def test_exif_orientation_matches_pil(orientation):
     rgb = np.ascontiguousarray(real_photo("astronaut")[:120, :80])
     exif = Image.Exif()
     exif[0x0112] = orientation
-    for data in (encode(rgb, quality=95, exif=exif.tobytes()),
-                 encode(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]), "PNG", exif=exif.tobytes())):
+    opaque = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    for data in (encode(rgb, quality=95, exif=exif.tobytes()), encode(opaque, "PNG", exif=exif.tobytes()),
+                 encode(rgb, "TIFF", exif=exif), encode(rgb, "TIFF", "L", exif=exif, compression="tiff_lzw"),
+                 encode(opaque, "TIFF", exif=exif)):                # TIFF decoders turn by tag 274 themselves
         ref = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
         got = decode_image(data)
         assert got.rgb.shape == ref.shape and np.array_equal(got.rgb, ref)
