@@ -4,7 +4,8 @@ Each sample: ``jpg`` (aligned RGB face), ``lmk.npy`` (68x2 float32, crop pixels;
 when the backend has no 68 points) and ``json`` (record provenance, backend, score,
 box and the source->crop matrix). Train and test go through the same function.
 
-Bad rows are dropped by reason, never crash the run: a repeated key (``duplicate_key``),
+Bad rows are dropped by reason, never crash the run: a repeated key (``duplicate_key``; every
+listing of a file listed again with another label, ``conflicting_labels``),
 the same picture and face again in the same split (``duplicate_image``; every copy when
 the copies' labels disagree, ``conflicting_labels``; across official splits it is kept and
 counted, so official test sets stay intact), a source file that changed since detect
@@ -19,7 +20,7 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -200,47 +201,72 @@ def face_identity(row: dict) -> Identity:
     return bytes.fromhex(row["sha256"])[:16], tuple(f"{v:.0f}" for v in row["face"]["box"]), row["record"]["split"]
 
 
-def conflicting_labels(rows: Iterable[dict]) -> dict[Identity, list[str]]:
-    """Faces given different labels by copies of one picture in one split, with those labels
-    (a repeated key is not a copy: :class:`Deduplicator` drops it first)."""
+@dataclass(frozen=True)
+class Conflicts:
+    """Labels that disagree, found by a first read of the detect table; every row they name is dropped."""
+
+    faces: dict[Identity, list[str]] = field(default_factory=dict)   # copies of one face in one split
+    keys: dict[str, list[str]] = field(default_factory=dict)         # one file listed again, otherwise labelled
+
+
+def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
+    """Faces given different labels by copies of one picture in one split, and files listed more
+    than once (same key, same path) with different labels, each with those labels. A key repeated
+    for another file is not a conflict: :class:`Deduplicator` keeps its first file."""
     first: dict[Identity, int] = {}
-    conflicts: dict[Identity, set[int]] = {}
-    keys: set[str] = set()
+    listed: dict[str, tuple[str, int]] = {}
+    faces: dict[Identity, set[int]] = {}
+    keys: dict[str, set[int]] = {}
     for row in rows:
-        if row["record"]["key"] in keys:
+        rec = row["record"]
+        label = int(rec["label"])
+        if rec["key"] in listed:
+            path, was = listed[rec["key"]]
+            if path == rec["path"] and was != label:
+                keys.setdefault(rec["key"], {was}).add(label)
             continue
-        keys.add(row["record"]["key"])
-        ident, label = face_identity(row), int(row["record"]["label"])
+        listed[rec["key"]] = rec["path"], label
+        ident = face_identity(row)
         if first.setdefault(ident, label) != label:
-            conflicts.setdefault(ident, {first[ident]}).add(label)
-    return {ident: [CLASSES[c] for c in sorted(labels)] for ident, labels in conflicts.items()}
+            faces.setdefault(ident, {first[ident]}).add(label)
+    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()})
+
+
+def _names(labels: set[int]) -> list[str]:
+    return [CLASSES[c] for c in sorted(labels)]
 
 
 class Deduplicator:
-    """Keys must be unique. Copies of one picture + face in one split: all are dropped when their
-    labels disagree (``conflicting_labels``: neither label can be trusted; ``conflicts`` is
-    :func:`conflicting_labels` of the same rows), else the first is kept. A face seen only in
-    another official split is kept and counted, so official test sets stay whole."""
+    """Keys must be unique: a file listed again is dropped (``duplicate_key``), and every listing
+    of it when the labels disagree (``conflicting_labels``). Copies of one picture + face in one
+    split: all are dropped when their labels disagree (``conflicting_labels``: neither label can be
+    trusted), else the first is kept. ``conflicts`` is :func:`conflicting_labels` of the same rows.
+    A face seen only in another official split is kept and counted, so official test sets stay whole."""
 
-    def __init__(self, report: StageReport, conflicts: dict[Identity, list[str]] | None = None) -> None:
+    def __init__(self, report: StageReport, conflicts: Conflicts | None = None) -> None:
         self.report = report
-        self.conflicts = conflicts or {}
+        self.conflicts = conflicts or Conflicts()
         self.keys: set[str] = set()
         self.faces: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
 
     def __call__(self, rows: Iterable[dict]) -> Iterator[dict | Dropped]:
         for row in rows:
             rec = row["record"]
+            if rec["key"] in self.conflicts.keys:
+                labels = ", ".join(self.conflicts.keys[rec["key"]])
+                yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
+                              f"{rec['path']}: listed more than once, labelled {labels}")
+                continue
             if rec["key"] in self.keys:
                 yield Dropped(rec["dataset"], rec["key"], "duplicate_key", f"{rec['path']}: key used before")
                 continue
             self.keys.add(rec["key"])
             picture, box, split = ident = face_identity(row)
-            if ident in self.conflicts:
+            if ident in self.conflicts.faces:
                 yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
                               f"{rec['path']}: copies of this picture and face "
                               f"{f'in split {split}' if split else 'in the dataset'} are labelled "
-                              f"{', '.join(self.conflicts[ident])}")
+                              f"{', '.join(self.conflicts.faces[ident])}")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
             if split in seen:

@@ -28,8 +28,23 @@ def test_copies_with_other_labels_are_all_dropped_and_named_by_split_or_dataset(
 
 
 def test_same_label_copies_keep_the_first_and_official_splits_keep_theirs():
-    kept, drops, report = dedup([row("a", 1, "train"), row("b", 1, "train"), row("a", 3, "train"),
+    kept, drops, report = dedup([row("a", 1, "train"), row("b", 1, "train"), row("a", 1, "train"),
                                  row("t", 1, "test")])
     assert kept == ["a", "t"]
     assert drops == {"b": "duplicate_image: b.jpg: same as a", "a": "duplicate_key: a.jpg: key used before"}
     assert report.notes["duplicates"] == {"across_splits_train_test": 1}
+
+
+def test_a_file_listed_again_with_another_label_is_dropped_every_time():
+    rows = [row("a", 1, "train"), row("b", 2, "train", picture="cd" * 32), row("a", 3, "train")]
+    out = list(Deduplicator(StageReport("align"), conflicting_labels(rows))(rows))
+    assert [r["record"]["key"] for r in out if not isinstance(r, Dropped)] == ["b"]
+    assert [f"{d.key} {d.reason}: {d.detail}" for d in out if isinstance(d, Dropped)] == \
+        ["a conflicting_labels: a.jpg: listed more than once, labelled Happy, Surprise"] * 2
+
+
+def test_a_key_repeated_for_another_file_keeps_the_first_file():
+    rows = [row("a", 1, "train"), {**row("a", 3, "train", picture="cd" * 32),
+                                   "record": {**row("a", 3, "train")["record"], "path": "other/a.jpg"}}]
+    kept, drops, _ = dedup(rows)
+    assert kept == ["a"] and drops == {"a": "duplicate_key: other/a.jpg: key used before"}

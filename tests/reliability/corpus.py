@@ -207,12 +207,15 @@ def standard_cases() -> list[Case]:
         Case("conflict_b", jpeg_of(50), "align", "conflicting_labels", label="4"),
         Case("conflict_a_again", jpeg_of(50), "align", "conflicting_labels", label="2"),
         Case("conflict_in_test", jpeg_of(50), split="test", label="6"),
+        # one file listed twice with two labels: both listings go
+        Case("relisted", jpeg_of(51), "align", "conflicting_labels", label="2"),
+        Case("relisted", None, "align", "conflicting_labels", label="4"),
     ]
 
 
 def repeated_row_case() -> Case:
-    """The CSV lists ``good_0`` a second time (same path, same key)."""
-    return Case("good_0", None, "align", "duplicate_key")
+    """The CSV lists ``good_0`` a second time (same path, same key, same label)."""
+    return Case("good_0", None, "align", "duplicate_key", label="0")
 
 
 @dataclass
