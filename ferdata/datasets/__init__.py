@@ -10,7 +10,7 @@ from ferdata.params import section
 from ferdata.records import Dropped, FaceRecord
 
 __all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "DatasetSpec", "dataset_spec",
-           "open_reader", "read_dataset"]
+           "official_splits", "open_reader", "read_dataset"]
 
 
 @dataclass(frozen=True)
@@ -41,3 +41,8 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
 
 def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:
     return open_reader(spec.reader, spec.root, spec.options).read()
+
+
+def official_splits(spec: DatasetSpec) -> tuple[str, ...]:
+    """The splits the dataset's publisher defines (:meth:`DatasetReader.official_splits`)."""
+    return open_reader(spec.reader, spec.root, spec.options).official_splits()

@@ -120,6 +120,7 @@ class AffectNetReader(DatasetReader):
         "or train_set|val_set/{images/<i>.jpg, annotations/<i>_exp.npy}"
     )
     option_defaults = {"protocol": "affectnet8", "layout": "auto", "automatic": False}
+    official = tuple(LISTS)
     subset_pattern = AFFECTNET_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:

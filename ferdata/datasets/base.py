@@ -69,6 +69,7 @@ class DatasetReader:
     expects: ClassVar[str] = ""          # one line: what must be on disk, shown by `ferdata datasets`
     option_defaults: ClassVar[Mapping[str, Any]] = {}
     subset_pattern: ClassVar[re.Pattern[str] | None] = None   # a subset-list line -> the subset_id it names
+    official: ClassVar[tuple[str, ...]] = ()     # the splits the publisher defines (none: ferdata.splits carves)
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         known = {**COMMON_OPTIONS, **self.option_defaults}
@@ -83,6 +84,11 @@ class DatasetReader:
             takers = ", ".join(n for n in READERS.names() if READERS.get(n).subset_pattern is not None)
             raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
                              f"this dataset's images (readers that take subsets: {takers}); remove options.subsets")
+
+    def official_splits(self) -> tuple[str, ...]:
+        """The splits the dataset's publisher defines, whether or not any of their records survive
+        (the shard stage refuses to carve one that lost every sample out of train)."""
+        return self.official
 
     def read(self) -> Iterator[FaceRecord | Dropped]:
         """Every item of :meth:`scan`, with the records of excluded classes dropped and the

@@ -148,6 +148,7 @@ class FER2013Reader(DatasetReader):
     name = "fer2013"
     expects = "fer2013.csv (emotion,pixels,Usage) or icml_face_data.csv (emotion, Usage, pixels)"
     option_defaults: Mapping[str, object] = {"csv": ""}
+    official = tuple(USAGE.values())
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         csv_path = find_file(self.root, FER_CSVS, str(self.options["csv"]))
@@ -183,6 +184,7 @@ class FERPlusReader(DatasetReader):
     )
     option_defaults: Mapping[str, object] = {"label_mode": "majority", "fer2013_csv": ""}
     subset_pattern = FERPLUS_ID
+    official = tuple(FERPLUS_DIRS)
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         mode = str(self.options["label_mode"])

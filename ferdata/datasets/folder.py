@@ -156,6 +156,9 @@ class FolderReader(DatasetReader):
             yield from files_beside(dataset, self.root, "root")
         yield from read_class_tree(dataset, split_dirs, self.options["mapping"], self.root)
 
+    def official_splits(self) -> tuple[str, ...]:
+        return tuple(s for s in self._split_dirs() if s)
+
     def _split_dirs(self) -> dict[str, Path]:
         """``{split: folder}``; split is "" when the root holds the class folders directly."""
         expected = [f"<class>/ folders ({', '.join(CLASSES)} or synonyms)", "or train/ val/ test/ folders of them"]

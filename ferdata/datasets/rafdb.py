@@ -63,6 +63,7 @@ class RAFDBReader(DatasetReader):
     )
     option_defaults: Mapping[str, Any] = {"images": "auto"}
     subset_pattern = RAFDB_ID
+    official = ("train", "test")
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, kind = self._layout()

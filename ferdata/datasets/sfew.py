@@ -43,6 +43,9 @@ class SFEWReader(DatasetReader):
     expects = "Train/<Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise>/*.png and Val/<same>/*.png"
     option_defaults: Mapping[str, object] = {"val_as": "test"}
 
+    def official_splits(self) -> tuple[str, ...]:
+        return ("train", self.options["val_as"])
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         val_as = self.options["val_as"]
         if val_as not in ("test", "val"):

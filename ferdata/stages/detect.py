@@ -23,7 +23,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
@@ -305,9 +305,13 @@ def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> D
     return merged
 
 
-def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path) -> StageReport:
-    """Detect faces for every record and write the stage outputs into ``out_dir`` (replaced whole)."""
-    report = StageReport("detect", settings=params.settings())
+def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path,
+               official_splits: Sequence[str] | None = None) -> StageReport:
+    """Detect faces for every record and write the stage outputs into ``out_dir`` (replaced whole).
+    ``official_splits`` (the reader's) ride along in the report's settings to the shard stage,
+    which must not carve a split the publisher defines when every sample of it was dropped."""
+    splits = {} if official_splits is None else {"official_splits": sorted(official_splits)}
+    report = StageReport("detect", settings={**params.settings(), **splits})
     drops: list[Dropped] = []
     with _detections(items, params) as (table, rows), staged_dir(out_dir, OWNED) as out:
         # gzip level 1: 19% larger than level 6 at a sixth of its time (level 6: 0.09 ms per row)

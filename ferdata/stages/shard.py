@@ -18,6 +18,7 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Collection
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
@@ -58,12 +59,23 @@ def _record_fields(meta: dict) -> dict:
     return {f: meta[f] for f in KEPT_FIELDS if f in meta}
 
 
-def assign(metas: dict[str, dict], params: ShardParams) -> dict[str, list[str]]:
+WHERE_DROPS = "the detect and align stages' report.json count the reasons, dropped.jsonl lists each record"
+
+
+def assign(metas: dict[str, dict], params: ShardParams,
+           official: Collection[str] | None = None) -> dict[str, list[str]]:
     """Keys per split: official splits kept, the missing ones carved by :mod:`ferdata.splits`
     (seeded, subject-independent when subjects are known, or k-fold). Each of ``metas`` takes
-    its assigned split and ``extra`` (k-fold adds the fold), which the sample's ``json`` carries."""
+    its assigned split and ``extra`` (k-fold adds the fold), which the sample's ``json`` carries.
+    ``official``: the splits the dataset defines (the reader's); one with no sample left is an error,
+    not a split to carve out of train. None: the splits the samples carry."""
     records = (record_from_dict(m) for m in metas.values())
-    official = {m["split"] for m in metas.values() if m["split"]}
+    present = {m["split"] for m in metas.values() if m["split"]}
+    lost = sorted(set(official or ()) - present)
+    if lost:
+        raise ValueError(f"no sample is left in the dataset's official {' and '.join(lost)} split ({WHERE_DROPS}); "
+                         "carving it out of train would change the benchmark: restore or fix those images")
+    official = present | set(official or ())
     by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
     for r in assign_splits(records, seed=params.seed, val_fraction=params.val_fraction,
                            test_fraction=params.test_fraction, by=params.split_by, folds=params.folds,
@@ -97,14 +109,14 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise ValueError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     if not aligned:                 # empty shards would only fail later, in train or evaluate
-        raise ValueError(f"no samples to shard in {aligned_dir}: every record was dropped before this stage (the "
-                         "detect and align stages' report.json count the reasons, dropped.jsonl lists each record)")
+        raise ValueError(f"no samples to shard in {aligned_dir}: every record was dropped before this stage "
+                         f"({WHERE_DROPS})")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     with MemberReader() as read:
         metas = {k: _record_fields(json.loads(read(v["json"]))) for k, v in aligned.items()}
-    by_split = assign(metas, params)
-    preprocess, detect = stage_settings(aligned_dir, derived_dir)
+    preprocess, detect, official = stage_settings(aligned_dir, derived_dir)
+    by_split = assign(metas, params, official)
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read:
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
@@ -122,14 +134,15 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     return report
 
 
-def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict]:
+def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict, list[str] | None]:
     """How these samples were made, from the stages' reports: the align and derive settings
     (``{"align": {...}, "derive": {...}}``, what training puts in its checkpoints so inference crops
-    faces the same way) and the detector's (``{"backend", "options"}``, so inference finds faces
-    the same way); ``{}`` for outputs of a version that did not record them."""
+    faces the same way), the detector's (``{"backend", "options"}``, so inference finds faces
+    the same way), ``{}`` for outputs of a version that did not record them; and the dataset's
+    official splits (None where not recorded)."""
     align, derive = report_settings(aligned_dir), report_settings(derived_dir)
-    detect = align.pop("detect", {})
-    return ({"align": align, "derive": derive} if align and derive else {}), detect
+    detect, official = align.pop("detect", {}), align.pop("official_splits", None)
+    return ({"align": align, "derive": derive} if align and derive else {}), detect, official
 
 
 def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,

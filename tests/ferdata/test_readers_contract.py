@@ -8,7 +8,7 @@ import pytest
 
 from ferdata.classes import CLASSES
 from ferdata.datasets import READERS, DatasetLayoutError, open_reader
-from ferdata.records import FaceRecord
+from ferdata.records import SPLITS, FaceRecord
 from ferdata.registry import UnknownNameError
 from tests.ferdata import fixtures_datasets as fx
 
@@ -136,3 +136,16 @@ def test_a_dataset_with_nothing_in_it_or_text_not_utf8_is_refused(tmp_path):
     csv_path.write_bytes(header.encode() + "\n0,1 2 3,Training # caf\u00e9\n".encode("latin-1"))
     with pytest.raises(ValueError, match=f"fer2013: a text file under {tmp_path / 'fer'} is not UTF-8"):
         read_all("fer2013", tmp_path / "fer")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_official_splits_are_the_splits_a_whole_dataset_gives(tmp_path, name):
+    build, options = FIXTURES[name]
+    reader = open_reader(name, build(tmp_path), options)
+    splits = {item.split for item in reader.read() if isinstance(item, FaceRecord)} - {""}
+    official = set(reader.official_splits())
+    assert splits <= official <= set(SPLITS)
+    if name == "ferplus":                 # the fixture's one PublicTest row has no usable votes
+        assert official - splits == {"val"}
+    else:
+        assert official == splits

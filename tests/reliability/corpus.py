@@ -304,9 +304,9 @@ def stage_params(tmp: Path, backend: str = "annotations", workers: int = 1, chun
 def run_all(root: Path, out: Path, params: dict[str, Any], reader: str = "affectnet",
             options: dict | None = None) -> dict[str, dict]:
     """read -> detect -> align -> derive -> shard into ``out/{detect,aligned,derived,shards}``."""
-    records = open_reader(reader, root, options or {"protocol": "affectnet8"}).read()
+    opened = open_reader(reader, root, options or {"protocol": "affectnet8"})
     return {
-        "detect": run_detect(records, params["detect"], out / "detect").to_dict(),
+        "detect": run_detect(opened.read(), params["detect"], out / "detect", opened.official_splits()).to_dict(),
         "align": run_align(out / "detect", params["align"], out / "aligned").to_dict(),
         "derive": run_derive(out / "aligned", params["derive"], out / "derived").to_dict(),
         "shard": run_shard(out / "aligned", out / "derived", params["shard"], out / "shards").to_dict(),

@@ -126,12 +126,22 @@ def test_wrong_dataset_root_names_the_fix(tmp_path, bad_corpus):
     assert not list(tmp_path.glob(".detect*")) and not list(tmp_path.glob("detect/.*"))   # nothing half-written
 
 
+def test_an_official_split_that_lost_every_sample_is_an_error_not_carved_from_train(tmp_path):
+    root = tmp_path / "raw"
+    build_corpus(root, [*(Case(f"good_{i}", jpeg_of(i)) for i in range(4)),
+                        Case("test_missing", None, "detect", "missing_image", split="test")])
+    with pytest.raises(ValueError, match="no sample is left in the dataset's official test split"):
+        run_all(root, tmp_path / "out", stage_params(tmp_path))
+    assert not (tmp_path / "out" / "shards").exists()
+
+
 def test_names_that_sanitise_to_one_key_never_collide_silently(tmp_path):
     root = tmp_path / "raw"
-    build_corpus(root, [Case("a", jpeg_of(1), rel="1/ä.jpg"), Case("o", jpeg_of(2), rel="1/ö.jpg", label="2")])
+    build_corpus(root, [Case("a", jpeg_of(1), rel="1/ä.jpg"), Case("o", jpeg_of(2), rel="1/ö.jpg", label="2"),
+                        Case("t", jpeg_of(3), split="test")])
     reports = run_all(root, tmp_path / "out", stage_params(tmp_path))
     kept, dups = reports["align"]["kept"], reports["align"]["dropped"].get("duplicate_key", 0)
-    assert (kept, dups) in ((2, 0), (1, 1))                             # both kept, or the 2nd counted
+    assert (kept, dups) in ((3, 0), (2, 1))                             # both kept, or the 2nd counted
     assert reports["shard"]["kept"] == kept and verify_shards(tmp_path / "out" / "shards") == []
 
 
@@ -142,7 +152,7 @@ def test_real_photos_no_face_several_faces_exif(tmp_path):
     cases = [
         Case("astronaut", lambda: encode(astronaut, quality=95), box=whole),
         Case("astronaut_exif", lambda: exif_rotated(astronaut, 6), reason="exif_orientation", box=whole),
-        Case("grace", lambda: encode(real_photo("grace_hopper"), quality=95), box=whole),
+        Case("grace", lambda: encode(real_photo("grace_hopper"), quality=95), box=whole, split="test"),
         Case("group_of_six", lambda: encode(real_photo("t1"), quality=95), box=whole),
         Case("coffee", lambda: encode(real_photo("coffee"), quality=95), "detect", "no_face"),
         Case("tiny_face", lambda: encode(tiny, quality=95), "detect", "no_face"),
@@ -170,7 +180,8 @@ HUGE_CHILD = textwrap.dedent("""
     from tests.reliability.corpus import Case, build_corpus, run_all, stage_params, encode
     root, out = Path(sys.argv[1]), Path(sys.argv[2])
     warm = Path(sys.argv[3])
-    build_corpus(warm, [Case("warm", lambda: encode(data.astronaut(), quality=90), box=("128", "26", "154", "179"))])
+    face = dict(data=lambda: encode(data.astronaut(), quality=90), box=("128", "26", "154", "179"))
+    build_corpus(warm, [Case("warm", **face), Case("warm", split="test", **face)])
     run_all(warm, out / "warm", stage_params(out / "warm", backend="embedded"))     # models loaded
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     reports = run_all(root, out / "huge", stage_params(out / "huge", backend="embedded"))
@@ -188,7 +199,9 @@ MAKE_HUGE = textwrap.dedent("""
 
 def test_huge_image_is_decoded_reduced_in_bounded_memory(tmp_path):
     """A 10k x 10k photo: the face is found and aligned; decoding it adds a bounded amount of memory (< 600 MB)."""
-    cases = [Case("huge", None, box=("2500", "500", "3000", "3500"))]   # the astronaut's face, x 19.5
+    cases = [Case("huge", None, box=("2500", "500", "3000", "3500")),    # the astronaut's face, x 19.5
+             Case("astronaut", lambda: encode(real_photo("astronaut"), quality=90), split="test",
+                  box=("128", "26", "154", "179"))]
     build_corpus(tmp_path / "raw", cases)
     huge = tmp_path / "raw" / "Manually_Annotated_Images" / cases[0].path()
     huge.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +210,7 @@ def test_huge_image_is_decoded_reduced_in_bounded_memory(tmp_path):
                            str(tmp_path / "warm")], capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["align"]["kept"] == 1
+    assert result["align"]["kept"] == 2
     assert result["align"]["notes"]["converted"] == {"downscaled_2x": 1}
     # The growth the huge image causes is what must stay bounded; the absolute RSS depends on
     # what else the interpreter has loaded (torch build, BLAS threads) and is not asserted.

@@ -87,7 +87,8 @@ def test_embedded_backend_cold_and_warm_cache_agree(tmp_path):
     """Real detector: a second run served from the detection cache writes the same bytes."""
     faces = {"astronaut": ("178", "57", "95", "120"), "grace_hopper": ("178", "107", "176", "221"),
              "t1": ("52", "262", "117", "139")}                    # face_x, face_y, width, height (t1: one of 6)
-    cases = [Case(name, lambda name=name: encode(real_photo(name), quality=95), box=box) for name, box in faces.items()]
+    cases = [Case(name, lambda name=name: encode(real_photo(name), quality=95), box=box, split="test" if name == "t1"
+                  else "train") for name, box in faces.items()]
     build_corpus(tmp_path / "raw", cases)
     cold = run_all(tmp_path / "raw", tmp_path / "cold", stage_params(tmp_path, backend="embedded"))
     warm = run_all(tmp_path / "raw", tmp_path / "warm", stage_params(tmp_path, backend="embedded"))
