@@ -35,7 +35,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
+                                   whole)
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
@@ -212,10 +213,7 @@ class AffectNetReader(DatasetReader):
             return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns"
                            + ("" if name else ", no image path"))
         try:
-            value = float(row[6])
-            if not value.is_integer():
-                raise ValueError(row[6])
-            native = int(value)
+            native = whole(row[6])
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: expression {row[6]!r}")
         problem = label_problem(native, num_classes)
@@ -264,7 +262,7 @@ class AffectNetReader(DatasetReader):
         key = make_key(split, image_id)
         anno = folder / "annotations"
         try:
-            native = int(npy_scalar(anno / f"{image_id}_exp.npy"))
+            native = whole(npy_scalar(anno / f"{image_id}_exp.npy"))
         except ValueError as err:
             return Dropped(self.name, key, "bad_label", str(err))
         problem = label_problem(native, num_classes)

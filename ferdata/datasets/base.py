@@ -157,6 +157,15 @@ class DatasetReader:
         return record.key
 
 
+def whole(text: object) -> int:
+    """A label or count written as a whole number ("3", "3.0", CK+'s "3.0000000e+00"); anything
+    else (3.7, inf, nan, a word) is a ``ValueError``, never a class truncated or an overflow."""
+    value = float(str(text).strip())
+    if not value.is_integer():                      # False for nan and inf too
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def excluded_ids(names: Any, reader: str) -> frozenset[int]:
     """Canonical ids of the ``exclude_classes`` option (class names or synonyms, any case)."""
     if not isinstance(names, (list, tuple)):

@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ferdata.classes import NEUTRAL, to_canonical
-from ferdata.datasets.base import LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, whole
 from ferdata.datasets.folder import subdirs
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
@@ -113,7 +113,7 @@ class CKPlusReader(DatasetReader):
             yield Dropped(self.name, seq_key, "ambiguous_label", ", ".join(p.name for p in label_files))
             return
         try:
-            native = int(float(label_files[0].read_text().strip()))
+            native = whole(label_files[0].read_text())
             label = to_canonical("ckplus", native)
         except ValueError as err:
             yield Dropped(self.name, seq_key, "bad_label", f"{label_files[0].name}: {err}")

@@ -25,7 +25,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, whole
 from ferdata.datasets.subsets import FERPLUS_ID
 from ferdata.io import encode_png
 from ferdata.records import LABEL_MODE, SOFT_LABEL, Dropped, FaceRecord, make_key
@@ -109,7 +109,10 @@ def to_canonical_order(dist: np.ndarray) -> list[float]:
 
 def pixels_to_png(text: str) -> bytes:
     """2,304 space-separated grey values -> 48x48 PNG bytes; ``ValueError`` if malformed."""
-    values = np.array(text.split(), dtype=np.int64)
+    try:
+        values = np.array(text.split(), dtype=np.int64)
+    except OverflowError:
+        raise ValueError("a value far beyond 0..255") from None
     if values.size != 48 * 48 or values.min() < 0 or values.max() > 255:
         raise ValueError(f"{values.size} values, expected 2304 in 0..255")
     return encode_png(values.astype(np.uint8).reshape(48, 48))
@@ -259,7 +262,7 @@ class FERPlusReader(DatasetReader):
         self, key: str, vote_cells: list[str], split: str, mode: str, path: str, pixels: bytes | None
     ) -> FaceRecord | Dropped:
         try:
-            votes = [int(float(v)) for v in vote_cells]
+            votes = [whole(v) for v in vote_cells]
             if len(votes) != 10 or min(votes) < 0:
                 raise ValueError(f"{len(votes)} vote counts")
         except ValueError as err:
