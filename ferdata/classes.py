@@ -96,7 +96,12 @@ def resolve_names(
     :class:`UnknownClassError` listing all of them at once (never silently dropped).
     Mapping keys that match no name also raise, since they are most likely typos.
     """
-    explicit = {k.strip().lower(): v for k, v in (mapping or {}).items()}
+    mapping = mapping or {}
+    if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
+                                                   for k, v in mapping.items()):
+        raise ValueError(f"{where}: options.mapping must map folder names to classes (or to null, leaving the folder "
+                         f"out), e.g. {{calm: Neutral, unsure: null}}; got {mapping!r}")
+    explicit = {k.strip().lower(): v for k, v in mapping.items()}
     lowered = {n.strip().lower() for n in names}
     stray = sorted(k for k in explicit if k not in lowered)
     if stray:

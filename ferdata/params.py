@@ -6,6 +6,7 @@ and a missing or unknown key is a clear error naming the section.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, TypeVar
 
@@ -95,11 +96,39 @@ def optional(rule: Rule) -> Rule:
     return (lambda v: v is None or rule[0](v), f"null or {rule[1]}")
 
 
+# The plain types a params field can be annotated with, and what a value of each must be.
+KINDS: Mapping[type, Rule] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    float: (_number, "a number"),
+    str: (lambda v: isinstance(v, str), "text"),
+}
+
+
+def kind_rule(hint: Any) -> Rule | None:
+    """The rule of a field annotated ``bool``, ``int``, ``float`` or ``str`` (or one of them ``| None``);
+    None for other annotations (mappings, lists, nested sections), which their own checks cover."""
+    args = typing.get_args(hint)
+    kinds = [a for a in args if a is not type(None)] if args else [hint]
+    if len(kinds) != 1 or kinds[0] not in KINDS:
+        return None
+    rule = KINDS[kinds[0]]
+    return optional(rule) if type(None) in args else rule
+
+
 def check_values(name: str, values: Any, rules: Mapping[str, Rule]) -> None:
-    """Refuse a params section whose values break ``rules`` (field -> rule), naming every bad one:
-    a zero batch size or a negative worker count fails here, with what to set, not inside a stage."""
-    bad = [f"{name}.{key} must be {good}, got {getattr(values, key)!r}{_text_number(getattr(values, key))}"
-           for key, (ok, good) in rules.items() if not ok(getattr(values, key))]
+    """Refuse a params section (a dataclass) whose values have the wrong type for their annotation
+    or break ``rules`` (field -> rule), naming every bad one: ``workers: 1.5``, ``seed: abc`` or a
+    zero batch size fails here, with what to set, not inside a stage."""
+    hints = typing.get_type_hints(type(values))
+    checks = {f.name: [r for r in (rules.get(f.name), kind_rule(hints[f.name])) if r]    # the rule's words first
+              for f in dataclasses.fields(values)}
+    bad = []
+    for key, field_rules in checks.items():
+        value = getattr(values, key)
+        broken = next((good for ok, good in field_rules if not ok(value)), None)
+        if broken:
+            bad.append(f"{name}.{key} must be {broken}, got {value!r}{_text_number(value)}")
     if bad:
         raise ValueError("; ".join(bad))
 

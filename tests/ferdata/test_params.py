@@ -44,6 +44,15 @@ def test_params_yaml_as_shipped_passes():
     ("shard", {"folds": 3, "fold": 5}, "shard.fold must be in 0..2 (shard.folds is 3), got 5"),
     ("shard", {"folds": 2}, "shard.folds must be 0 (off) or >= 3"),
     ("shard", {"val_fraction": 0.6, "test_fraction": 0.5}, "shard.val_fraction + shard.test_fraction must be below 1"),
+    # a value of the wrong type for its field, named before any stage runs (were tracebacks, or ran on)
+    ("shard", {"seed": "abc"}, "shard.seed must be a whole number, got 'abc'"),
+    ("shard", {"maxcount": 2.5}, "shard.maxcount must be a whole number, got 2.5"),
+    ("detect", {"workers": 1.5}, "detect.workers must be a whole number, got 1.5"),
+    ("detect", {"allow_download": "no"}, "detect.allow_download must be true or false, got 'no'"),
+    ("detect", {"cache_dir": None}, "detect.cache_dir must be text, got None"),
+    ("detect", {"model_dir": 5}, "detect.model_dir must be null or text, got 5"),
+    ("align", {"padding": "0.1"}, "align.padding must be >= 0, got '0.1'"),
+    ("derive", {"chunk_size": True}, "derive.chunk_size must be >= 1, got True"),
 ])
 def test_a_bad_stage_value_is_refused_by_name(name, changes, message):
     with pytest.raises(ValueError) as e:
@@ -65,6 +74,7 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"warmup_epochs": -1, "workers": -2}, "train.warmup_epochs must be >= 0, got -1; train.workers must be >= 0"),
     ({"lr": "1e-3"}, "train.lr must be > 0, got '1e-3' (YAML read it as text: write 1.0e-3"),
     ({"epochs": True}, "train.epochs must be >= 1, got True"),
+    ({"seed": 1.5, "amp": "yes"}, "train.seed must be a whole number, got 1.5; train.amp must be true or false"),
     ({"label_smoothing": 1.0}, "train.label_smoothing must be in [0, 1), got 1.0"),   # a uniform target
     ({"label_smoothing": -0.1}, "train.label_smoothing must be in [0, 1), got -0.1"),
 ])

@@ -17,6 +17,13 @@ def test_folder_with_splits_needs_mapping_for_unknown(tmp_path):
     assert err.value.unknown == ["calm"]
 
 
+@pytest.mark.parametrize("mapping", [5, ["calm"], "calm: Neutral", {1: "Happy"}, {"calm": 3}])
+def test_a_mapping_that_is_not_names_to_classes_is_refused_by_name(tmp_path, mapping):
+    make_folder_splits(tmp_path)
+    with pytest.raises(ValueError, match=r"options.mapping must map folder names to classes .* got "):
+        read_all("folder", tmp_path, {"mapping": mapping})
+
+
 def test_folder_with_splits_and_mapping(tmp_path):
     make_folder_splits(tmp_path)
     records, drops, _ = read_all("folder", tmp_path, {"mapping": {"calm": "Neutral"}})
