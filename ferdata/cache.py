@@ -7,18 +7,20 @@ re-running a stage), under ``detect.cache_dir``. Writes are committed every
 Caches filled on several machines (each detecting a part of a dataset) merge into one with
 :meth:`DetectionCache.merge`. An entry that does not parse (a damaged file) is a miss: the image
 is detected again and the entry replaced; merging skips entries cut short or overwritten and
-counts them.
+counts them. A cache file that cannot be used at all (not SQLite, damaged, its disk full or
+read-only) is a :class:`CacheError` naming it and what to do.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import sqlite3
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,38 @@ log = logging.getLogger(__name__)
 COMMIT_EVERY = 256
 FILE = "detections.sqlite"
 BAD_ENTRY = (ValueError, KeyError, TypeError, IndexError)    # what parsing a damaged entry raises
+R = TypeVar("R")
+
+
+class CacheError(OSError):
+    """The cache file cannot be read or written: named, with what to do (a user error, not a bug)."""
+
+    def __init__(self, path: Path, err: sqlite3.DatabaseError) -> None:
+        if isinstance(err, sqlite3.OperationalError):      # disk full or read-only, locked, I/O error
+            fix = "is its disk full or read-only? detect.cache_dir sets where the cache lives"
+        else:                                              # not a database, or malformed
+            fix = "the file is damaged: delete it (it only saves time: its images are detected again)"
+        super().__init__(f"detection cache {path}: {err}; {fix}")
+
+
+def _named(method: Callable[..., R]) -> Callable[..., R]:
+    """A :class:`DetectionCache` method whose SQLite errors become a :class:`CacheError` naming the file."""
+    @functools.wraps(method)
+    def wrapper(self: "DetectionCache", *args: Any, **kwargs: Any) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as err:
+            raise CacheError(self.path, err) from err
+    return wrapper
+
+
+def _source_rows(rows: Iterable[tuple], source: str | Path) -> Iterator[tuple]:
+    """The rows of a cache being merged in; its damage is named as its own, not this cache's."""
+    try:
+        yield from rows
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"{source} is not a whole ferdata detection cache ({err}); nothing after this "
+                         "point of it was merged") from None
 
 
 @dataclass(frozen=True)
@@ -101,6 +135,7 @@ class MergeCounts:
 class DetectionCache:
     """``get``/``put`` detections by (sha256 of the encoded image, backend signature)."""
 
+    @_named
     def __init__(self, directory: str | Path) -> None:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
@@ -111,6 +146,7 @@ class DetectionCache:
         self.db.execute("CREATE TABLE IF NOT EXISTS det (sha TEXT, sig TEXT, value TEXT, PRIMARY KEY (sha, sig))")
         self._pending = 0
 
+    @_named
     def get(self, sha: str, sig: str) -> Detection | None:
         """The cached detection, or ``None`` on a miss (a miss is not an error)."""
         row = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
@@ -123,6 +159,7 @@ class DetectionCache:
                         type(e).__name__, e)
             return None
 
+    @_named
     def put(self, sha: str, sig: str, det: Detection) -> None:
         self.db.execute("INSERT OR REPLACE INTO det VALUES (?, ?, ?)", (sha, sig, det.to_json()))
         self._pending += 1
@@ -130,6 +167,7 @@ class DetectionCache:
             self.db.commit()
             self._pending = 0
 
+    @_named
     def merge(self, source: str | Path) -> MergeCounts:
         """Add the entries of another cache (its folder or its ``detections.sqlite``, read-only).
         An entry already here stays as it is; one whose stored detection differs is counted
@@ -148,7 +186,7 @@ class DetectionCache:
             except sqlite3.DatabaseError as e:
                 raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
             counts = MergeCounts()
-            for sha, sig, value in rows:
+            for sha, sig, value in _source_rows(rows, source):
                 if not _looks_whole(value):
                     counts.corrupt += 1
                     continue
@@ -165,13 +203,16 @@ class DetectionCache:
             src.close()
         return counts
 
+    @_named
     def signatures(self) -> dict[str, int]:
         """Entries per backend signature (which backend and settings they were detected with)."""
         return dict(self.db.execute("SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig").fetchall())
 
+    @_named
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM det").fetchone()[0]
 
+    @_named
     def close(self) -> None:
         self.db.commit()
         self.db.close()

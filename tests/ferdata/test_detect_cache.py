@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ferdata.parallel as parallel
-from ferdata.cache import Detection, DetectionCache
+from ferdata.cache import CacheError, Detection, DetectionCache
 from ferdata.faces.base import Face
 from ferdata.io import BadImage, decode_rgb
 from ferdata.records import Dropped, FaceRecord
@@ -209,6 +209,30 @@ def test_a_damaged_entry_is_a_miss_detected_again_and_never_merged(tmp_path, ima
     assert (tmp_path / "cold" / FACES).read_bytes() == (tmp_path / "warm" / FACES).read_bytes()
     with DetectionCache(tmp_path / "merged") as m:                      # the re-detection replaced it
         assert m.merge(cache_file).corrupt == 0
+
+
+def test_a_damaged_cache_file_is_named_with_what_to_do(tmp_path, images):
+    cache_file = tmp_path / "cache" / "detections.sqlite"
+    cache_file.parent.mkdir()
+    cache_file.write_bytes(os.urandom(5000))
+    with pytest.raises(CacheError, match=rf"detection cache {cache_file}: .*the file is damaged: delete it"):
+        run_detect(records(images[:2]), params(tmp_path), tmp_path / "out")
+    cache_file.unlink()
+    run_detect(records(images[:2]), params(tmp_path), tmp_path / "out")          # deleted: it is rebuilt
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    with DetectionCache(tmp_path / "c") as cache:
+        monkeypatch.setattr(cache, "db", _FullDisk())
+        with pytest.raises(CacheError, match=r"detection cache .*detections.sqlite: database or disk is full; "
+                                             r"is its disk full or read-only\?"):
+            cache.put("s", "sig", Detection((5, 5), ()))
+        monkeypatch.undo()
+
+
+class _FullDisk:
+    def execute(self, *args):
+        raise sqlite3.OperationalError("database or disk is full")
 
 
 def test_fill_cache_refuses_a_backend_that_caches_nothing(tmp_path, images):
