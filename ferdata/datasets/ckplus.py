@@ -121,13 +121,14 @@ class CKPlusReader(DatasetReader):
         peak_stem = label_files[0].name[: -len("_emotion.txt")]
         try:
             peak = _frame_number(Path(peak_stem))
-            images = sorted(
-                (p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")),
-                key=_frame_number,
-            )
         except ValueError as err:
-            yield Dropped(self.name, seq_key, "bad_filename", str(err))
+            yield Dropped(self.name, seq_key, "bad_filename", f"{label_files[0].name}: {err}")
             return
+        files = [p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+        images = sorted((p for p in files if FRAME.search(p.stem)), key=_frame_number)
+        for stray in sorted(set(files) - set(images)):         # a copy or preview beside the frames: itself only
+            yield Dropped(self.name, make_key(stray.stem), "bad_filename",
+                          f"{stray}: not a frame (<subject>_<sequence>_<frame number>{stray.suffix})")
         upto = [p for p in images if _frame_number(p) <= peak]
         if not upto or _frame_number(upto[-1]) != peak:
             yield Dropped(self.name, seq_key, "missing_image", f"peak frame {peak_stem} not in {seq_dir}")

@@ -1,11 +1,13 @@
 """CK+: last frames up to the labelled peak, float label files, unlabelled sequences, landmarks."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ferdata.datasets import DatasetLayoutError
-from tests.ferdata.fixtures_datasets import landmarks68, make_ckplus, read_all
+from tests.ferdata.fixtures_datasets import landmarks68, make_ckplus, read_all, write_image
 
 # hand-written CK+ table: 0 neutral 1 anger 2 contempt 3 disgust 4 fear 5 happy 6 sadness 7 surprise
 DISGUST, CONTEMPT, NEUTRAL = 5, 7, 0
@@ -98,3 +100,14 @@ def test_a_label_whose_frames_are_missing_is_a_counted_drop(tmp_path):
     assert drops["missing_image"] == 1
     (gone,) = [d for d in items if d.reason == "missing_image"]
     assert gone.key == "S999_001" and "cohn-kanade-images/S999/001/" in gone.detail
+
+
+def test_a_stray_image_beside_the_frames_is_dropped_alone(tmp_path):
+    make_ckplus(tmp_path)
+    seq = tmp_path / "cohn-kanade-images" / "S005" / "001"
+    for name in ("S005_001_00000005 (copy).png", "preview.png"):
+        write_image(seq / name)
+    records, drops, items = read_all("ckplus", tmp_path)
+    assert [k for k in records if k.startswith("S005_001")] == [f"S005_001_0000000{f}" for f in (3, 4, 5)]
+    strays = sorted(d.detail for d in items if d.reason == "bad_filename")
+    assert [Path(s.split(":")[0]).name for s in strays] == ["S005_001_00000005 (copy).png", "preview.png"]
