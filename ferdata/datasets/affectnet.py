@@ -36,7 +36,7 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
-                                   whole)
+                                   open_text, whole)
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
@@ -190,7 +190,7 @@ class AffectNetReader(DatasetReader):
 
     def _read_csv(self, csv_path: Path, split: str, num_classes: int, images: Path,
                   automatic: bool = False) -> Iterator[FaceRecord | Dropped]:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        with open_text(csv_path, newline="") as f:
             reader = csv.reader(f)
             first = next(reader, [])
             header = tuple(h.strip() for h in first)

@@ -9,13 +9,14 @@ options every reader shares (``COMMON_OPTIONS``) on top, so no caller can skip t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping, TextIO
 
 from ferdata.classes import CLASSES, canonical_id
 from ferdata.datasets.subsets import load_subsets, membership
@@ -155,6 +156,18 @@ class DatasetReader:
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""
         return record.key
+
+
+@contextlib.contextmanager
+def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
+    """A publisher's text file (UTF-8, a byte-order mark allowed); a byte that is not UTF-8, wherever
+    reading meets it, is a ``ValueError`` naming the file."""
+    try:
+        with open(path, newline=newline, encoding="utf-8-sig") as f:
+            yield f
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 ({e.reason}: byte {e.object[e.start:e.start + 1]!r} at offset "
+                         f"{e.start}); save it as UTF-8 (the publishers' files are)") from None
 
 
 def whole(text: object) -> int:

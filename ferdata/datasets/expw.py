@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, open_text
 from ferdata.records import PHOTO, Dropped, FaceRecord, make_key
 
 LABEL_FILES = ("label/label.lst", "label.lst")
@@ -29,7 +29,7 @@ class ExpWReader(DatasetReader):
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, image_dir = self._layout()
         exists: dict[str, bool] = {}   # consecutive lines share images; remember the last few lookups
-        with open(label_file, encoding="utf-8-sig") as f:
+        with open_text(label_file) as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
                     yield self._parse(line.split(), f"{label_file.name}:{lineno}", image_dir, exists)

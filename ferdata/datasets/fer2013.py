@@ -25,7 +25,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, whole
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, open_text, whole
 from ferdata.datasets.subsets import FERPLUS_ID
 from ferdata.io import encode_png
 from ferdata.records import LABEL_MODE, SOFT_LABEL, Dropped, FaceRecord, make_key
@@ -129,7 +129,7 @@ def find_file(root: Path, candidates: Sequence[str], override: str = "") -> Path
 
 def fer_rows(csv_path: Path) -> Iterator[tuple[int, str, str, str]]:
     """``(row index, emotion, pixels, usage)`` for every data row, whatever the column order."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+    with open_text(csv_path, newline="") as f:
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
         missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
@@ -207,7 +207,7 @@ class FERPlusReader(DatasetReader):
             )
 
     def _read_csvs(self, new_csv: Path, fer_csv: Path, mode: str) -> Iterator[FaceRecord | Dropped]:
-        with open(new_csv, newline="", encoding="utf-8-sig") as f:
+        with open_text(new_csv, newline="") as f:
             plus = csv.reader(f)
             header = [h.strip().lower() for h in next(plus, [])]
             if header[:2] != ["usage", "image name"] or tuple(header[2:12]) != VOTE_COLUMNS:
@@ -240,7 +240,7 @@ class FERPlusReader(DatasetReader):
 
     def _read_folders(self, mode: str) -> Iterator[FaceRecord | Dropped]:
         for split, folder in FERPLUS_DIRS.items():
-            with open(self.root / folder / "label.csv", newline="", encoding="utf-8-sig") as f:
+            with open_text(self.root / folder / "label.csv", newline="") as f:
                 for lineno, row in enumerate(csv.reader(f), start=1):
                     if not row:
                         continue

@@ -33,9 +33,14 @@ def subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
+def hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
 def visible_files(folder: Path, recursive: bool = True, fence: Path | None = None) -> list[Path]:
-    """Files (and links, broken ones too) under ``folder``, hidden ones (``.DS_Store``, ``.git/``)
-    left out, sorted by relative path for a stable order.
+    """Files (and links, broken ones too) under ``folder``, sorted by relative path for a stable
+    order. Hidden files that are no images (``.DS_Store``) are left out; hidden images and, when
+    ``recursive``, hidden folders (``.thumbs/``) are listed, not walked, for :func:`unread` to count.
 
     Linked folders are walked like real ones (as torchvision's ImageFolder does; a class folder
     often links images kept elsewhere) when they stay inside ``folder`` or lead out of ``fence``
@@ -45,7 +50,7 @@ def visible_files(folder: Path, recursive: bool = True, fence: Path | None = Non
     read images a second time under this folder's label. An unreadable folder is an error.
     """
     if not recursive:
-        return sorted(p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and (not hidden(p.name) or _image(p)))
     home, bound = os.path.realpath(folder), os.path.realpath(fence or folder)
     found: list[Path] = []
     walked = {home}
@@ -55,10 +60,11 @@ def visible_files(folder: Path, recursive: bool = True, fence: Path | None = Non
 
     for top, dirs, files in os.walk(folder, onerror=fail, followlinks=True):
         here = Path(top)
-        found += (here / f for f in files if not f.startswith("."))
+        found += (here / f for f in files if not hidden(f) or _image(here / f))
         kept = []
         for d in sorted(dirs, key=lambda d: (os.path.islink(here / d), d)):     # real folders claim first
-            if d.startswith("."):
+            if hidden(d):
+                found.append(here / d)
                 continue
             real = os.path.realpath(here / d)
             elsewhere_inside = _within(real, bound) and not _within(real, home)
@@ -76,15 +82,23 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def _image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTS
+
+
 def unread(path: Path) -> tuple[str, str] | None:
-    """Why a visible file is no image to read, as a drop (reason, detail); None for an image."""
+    """Why a listed file is no image to read, as a drop (reason, detail); None for an image."""
+    if hidden(path.name):
+        return "hidden_file", f"{path}: hidden (its name starts with '.'): not read"
     if path.is_dir():
         return "repeated_folder", (f"{path}: a link up the tree, into another folder of the dataset, or to a "
                                    "folder read already: not followed (a loop, or a second way in)")
     if path.suffix.lower() not in IMAGE_EXTS:
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
-    if not path.is_file():
+    if not path.exists():
         return "missing_image", f"{path}: a link to nothing"
+    if not path.is_file():
+        return "not_an_image", f"{path}: not a regular file (a pipe, socket or device)"
     return None
 
 
@@ -107,7 +121,8 @@ def read_class_tree(
     before any record is produced). Images in a class mapped to ``None`` are dropped
     with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``. Every other
     visible file is a counted drop too: one beside the class folders (``outside_class_folder``),
-    one that is no image file (``not_an_image``: notes, GIFs), a link to nothing (``missing_image``),
+    one that is no image file (``not_an_image``: notes, GIFs, pipes), a link to nothing (``missing_image``),
+    a hidden image or folder (``hidden_file``: ``._x.jpg``, ``.thumbs/``; ``.DS_Store`` is ignored),
     a link it does not follow (``repeated_folder``: up the tree, into another folder under ``root``,
     the dataset's folder, or to one read already). Other linked folders are read.
     """

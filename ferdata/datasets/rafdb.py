@@ -17,7 +17,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
+                                   open_text)
 from ferdata.datasets.subsets import RAFDB_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -71,7 +72,7 @@ class RAFDBReader(DatasetReader):
         annotated = kind == "original"
         manual = self.root / MANUAL_DIR if annotated and (self.root / MANUAL_DIR).is_dir() else None
         boxes = self.root / BOX_DIR if annotated and (self.root / BOX_DIR).is_dir() else None
-        with open(label_file, encoding="utf-8-sig") as f:
+        with open_text(label_file) as f:
             lines = f.readlines()
         self._refuse_compound(lines, label_file)
         for lineno, line in enumerate(lines, start=1):

@@ -1,6 +1,7 @@
 """The generic class-folder reader and SFEW (which shares its tree walker)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,15 @@ def test_links_back_into_the_dataset_are_counted_not_read_under_another_label(tm
     assert {k: r.label for k, r in records.items()} == {"happy_a-jpg": 1, "sad_s-jpg": 2}
     assert drops == {"repeated_folder": 3}
     assert sorted(Path(d.detail.split(":")[0]).name for d in items) == ["everything", "theirs", "up"]
+
+
+def test_hidden_images_and_folders_and_pipes_are_counted_not_skipped(tmp_path):
+    write_image(tmp_path / "happy" / "a.jpg")
+    write_image(tmp_path / "happy" / "._a.jpg")                      # macOS AppleDouble beside the image
+    write_image(tmp_path / "happy" / ".thumbs" / "c.jpg")
+    (tmp_path / "happy" / ".DS_Store").write_bytes(b"\0")           # no image: ignored
+    os.mkfifo(tmp_path / "happy" / "pipe.jpg")
+    records, drops, items = read_all("folder", tmp_path)
+    assert list(records) == ["happy_a-jpg"]
+    assert drops == {"hidden_file": 2, "not_an_image": 1}
+    assert {Path(d.detail.split(":")[0]).name for d in items} == {"._a.jpg", ".thumbs", "pipe.jpg"}
