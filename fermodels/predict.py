@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ferdata.cache import face_to_dict
-from ferdata.datasets.folder import visible_files
+from ferdata.datasets.folder import hidden, visible_files
 from ferdata.faces import create_backend
 from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
@@ -268,14 +268,17 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     """Files as given; folders expanded (recursively, linked folders too, sorted) to their images and
-    videos, the other visible files counted in a warning; a file named twice (itself and inside a
-    folder given too) is read once."""
+    videos, the other files and hidden images and folders (``._x.jpg``, ``.thumbs/``) counted in
+    warnings; a file named twice (itself and inside a folder given too) is read once."""
     out: dict[str, Path] = {}
     for p in inputs:
         if p.is_dir():
-            found, others, links = [], [], []         # links: folders not followed (up the tree or walked already)
+            found, others, links, unseen = [], [], [], []   # links: folders not followed (up the tree or walked)
             for f in visible_files(p):
-                (links if f.is_dir() else found if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS else others).append(f)
+                (unseen if hidden(f.name) else links if f.is_dir()
+                 else found if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS else others).append(f)
+            if unseen:
+                log.warning("%s: %d hidden file(s) or folder(s) skipped, e.g. %s", p, len(unseen), unseen[0])
             if others:
                 log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", p, len(others),
                             " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), others[0])

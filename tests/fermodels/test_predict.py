@@ -468,6 +468,7 @@ def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, 
     assert found == [tmp_path / "photos" / "a.jpg", tmp_path / "photos" / "linked" / "more" / "b.png"]
     assert "1 file(s) neither image" in caplog.text and "c.heic" in caplog.text
     assert "1 linked folder(s) not followed" in caplog.text
+    assert "1 hidden file(s) or folder(s) skipped" in caplog.text and ".hidden.jpg" in caplog.text
 
 
 def test_predict_reads_every_image_type_the_dataset_readers_read(tmp_path):
