@@ -442,11 +442,13 @@ def _require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp:
 
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position,
           model: nn.Module | None = None) -> None:
-    """``model``: the weights to save (best.pt: the ones validated); else the raw weights, with the
-    weight average (when on) beside them to resume from."""
+    """``model``: the weights to save (best.pt: the ones validated, without the optimizer's state, which
+    only resuming reads, from last.pt: two thirds of an AdamW checkpoint); else the raw weights, with
+    the optimizer's state and the weight average (when on) beside them to resume from."""
     if env.is_main:
         averaged = {"ema": run.ema.state_dict()} if run.ema is not None and model is None else {}
-        save_checkpoint(path, model=run.net if model is None else model, params=params, optimizer=run.opt,
+        save_checkpoint(path, model=run.net if model is None else model, params=params,
+                        optimizer=run.opt if model is None else None,
                         position=position, best=run.best, data=run.data, preprocess=run.preprocess,
                         scaler=run.scaler.state_dict(),
                         resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,

@@ -91,6 +91,7 @@ def test_checkpoints_describe_themselves_and_best_is_chosen_on_val(tiny_run):
     assert best["best"]["accuracy"] == pytest.approx(max(val_acc))
     model = model_from_checkpoint(best)
     assert not model.training
+    assert best["optimizer"] is None and last["optimizer"]["state"]        # only resuming (last.pt) needs it
     live = json.loads((tiny_run["live"] / "metrics.json").read_text())
     assert live["train"]["samples"] == info["train"]["num_samples"] and live["train"]["samples_per_s"] > 0
     hist, n = info["train"]["class_histogram"], info["train"]["num_samples"]     # an epoch: each sample once
