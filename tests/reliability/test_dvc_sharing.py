@@ -118,7 +118,8 @@ def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
 def test_with_every_stage_locked_allow_missing_reruns_only_what_changed(clean_root, tmp_path):
     """When A ran the whole pipeline (every stage in ``dvc.lock``), B with only one dataset's
     shards pulled can use a plain ``dvc repro --allow-missing``: stages whose only change is
-    absent data are skipped, what B changed (a train param) and what reads it run. ~1.5 min."""
+    absent data are skipped, what B changed (a train param) and what reads it run; so does an
+    experiment (``dvc exp run --allow-missing``). ~2 min."""
     a, b = tmp_path / "machine_a", tmp_path / "machine_b"
     make_machine_a(a, clean_root, tmp_path / "remote")
     params = yaml.safe_load((a / "params.yaml").read_text())
@@ -143,3 +144,7 @@ def test_with_every_stage_locked_allow_missing_reruns_only_what_changed(clean_ro
     assert stages_run(dvc(b, "repro", "--allow-missing")) == {"train", "evaluate"}
     assert not (b / "data" / "sample").exists() and not (b / "data" / "tiny" / "detect").exists()
     assert load_checkpoint(b / "runs" / "train" / "ckpt" / LAST)["epoch"] == 1
+    # experiments too (docs/sharing.md): only what reads the changed param runs, never the preparation
+    assert stages_run(dvc(b, "repro", "--dry", "--allow-missing")) == set()
+    ran = stages_run(dvc(b, "exp", "run", "--allow-missing", "-S", "train.lr=0.0005"))
+    assert {"train", "evaluate"} <= ran <= {"select", "train", "evaluate"}, ran
