@@ -110,6 +110,15 @@ def _looks_like_a_row(cells: list[str]) -> bool:
         return False
 
 
+def _lists_a_row(csv_path: Path) -> bool:
+    """Whether an AffectNet list names any image (a line beyond the header that is not blank)."""
+    with open_text(csv_path, newline="") as f:
+        for cells in csv.reader(f):
+            if any(c.strip() for c in cells) and tuple(c.strip() for c in cells) != COLUMNS:
+                return True
+    return False
+
+
 @READERS.register("affectnet")
 class AffectNetReader(DatasetReader):
     """Both AffectNet layouts; ``protocol`` affectnet7 or affectnet8."""
@@ -145,6 +154,15 @@ class AffectNetReader(DatasetReader):
             if self.options["automatic"]:
                 csv_path, images = self._automatic()
                 yield from self._read_csv(csv_path, "train", num_classes, images, automatic=True)
+
+    def official_splits(self) -> tuple[str, ...]:
+        """The splits whose list names at least one image: a corpus in AffectNet's layout with an
+        empty validation.csv (or no val_set annotation) has no test split to keep, so the shard stage
+        carves one (or k-fold assigns it); a list whose every image was dropped is an error there."""
+        if self._layout() == "npy":
+            return tuple(s for s, d in NPY_SPLITS.items()
+                         if any((self.root / d / "annotations").glob("*_exp.npy")))
+        return tuple(s for s, path in self._lists().items() if _lists_a_row(path))
 
     def subset_id(self, record: FaceRecord) -> str:
         """Subset lists name AffectNet images by their (hash) file name."""

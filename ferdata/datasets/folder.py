@@ -102,6 +102,16 @@ def unread(path: Path) -> tuple[str, str] | None:
     return None
 
 
+def _holds_a_file(folder: Path) -> bool:
+    """Whether anything under ``folder`` could be a sample: a file or a linked folder (hidden non-images
+    such as ``.DS_Store`` aside). Stops at the first one."""
+    for top, dirs, files in os.walk(folder):
+        if any(not hidden(f) or _image(Path(top, f)) for f in files) or any(os.path.islink(Path(top, d))
+                                                                           for d in dirs):
+            return True
+    return False
+
+
 def files_beside(dataset: str, folder: Path, where: str) -> Iterator[Dropped]:
     """The visible files directly in ``folder`` (beside its class or split folders): no data,
     each a counted drop (keys prefixed by ``where``)."""
@@ -172,7 +182,8 @@ class FolderReader(DatasetReader):
         yield from read_class_tree(dataset, split_dirs, self.options["mapping"], self.root)
 
     def official_splits(self) -> tuple[str, ...]:
-        return tuple(s for s in self._split_dirs() if s)
+        """The split folders holding a file: an empty ``test/`` defines no test split (it is carved)."""
+        return tuple(s for s, d in self._split_dirs().items() if s and _holds_a_file(d))
 
     def _split_dirs(self) -> dict[str, Path]:
         """``{split: folder}``; split is "" when the root holds the class folders directly."""

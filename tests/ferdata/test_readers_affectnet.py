@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ferdata.datasets import DatasetLayoutError
+from ferdata.datasets import DatasetLayoutError, open_reader
+from ferdata.records import FaceRecord
 from tests.ferdata.fixtures_datasets import (AFFECTNET_HEADER, _affectnet_row, landmarks68, make_affectnet_automatic,
                                             make_affectnet_csv, make_affectnet_npy, read_all, write_image, write_text)
 
@@ -205,3 +206,29 @@ def test_a_list_without_its_header_line_is_read_from_its_first_row(tmp_path, cap
     val.write_text("image,x,y,w,h,landmarks,label,valence,arousal\n" + val.read_text())
     with pytest.raises(ValueError, match="is not AffectNet's"):
         read_all("affectnet", tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["csv", "npy"])
+def test_an_empty_validation_list_is_no_official_test_split(tmp_path, layout):
+    """A corpus in AffectNet's layout without a test split (the validation list names nothing) has its
+    test split carved or k-folded by the shard stage; a list whose images were all dropped stays official."""
+    if layout == "csv":
+        make_affectnet_csv(tmp_path)
+        (val_csv,) = tmp_path.rglob("validation.csv")
+        val_csv.write_text(AFFECTNET_HEADER + "\n\n")
+    else:
+        make_affectnet_npy(tmp_path)
+        for p in (tmp_path / "val_set" / "annotations").iterdir():
+            p.unlink()
+    reader = open_reader("affectnet", tmp_path)
+    assert reader.official_splits() == ("train",)
+    assert {r.split for r in reader.read() if isinstance(r, FaceRecord)} == {"train"}
+
+
+def test_a_validation_list_of_dropped_images_is_still_an_official_test_split(tmp_path):
+    make_affectnet_csv(tmp_path)
+    for p in (tmp_path / "Manually_Annotated_Images" / "3").iterdir():
+        p.unlink()
+    reader = open_reader("affectnet", tmp_path)
+    assert reader.official_splits() == ("train", "test")
+    assert {r.split for r in reader.read() if isinstance(r, FaceRecord)} == {"train"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ferdata.classes import UnknownClassError
-from ferdata.datasets import DatasetLayoutError
+from ferdata.datasets import DatasetLayoutError, open_reader
 from tests.ferdata.fixtures_datasets import make_folder_splits, make_sfew, read_all, write_image
 
 
@@ -39,6 +39,18 @@ def test_folder_with_splits_and_mapping(tmp_path):
     }
     assert drops == {"not_an_image": 1}                     # train/Happiness/notes.txt (.DS_Store: hidden)
     assert all(r.dataset == "folder" and r.path.endswith((".jpg", ".png")) for r in records.values())
+
+
+def test_an_empty_split_folder_defines_no_split(tmp_path):
+    """test/ holding nothing but an empty class folder and a .DS_Store is no official split (the shard
+    stage carves one); one image in it, even an unreadable one, makes it official."""
+    write_image(tmp_path / "train" / "happy" / "a.jpg")
+    (tmp_path / "test" / "sad").mkdir(parents=True)
+    (tmp_path / "test" / "sad" / ".DS_Store").write_bytes(b"\0")
+    reader = open_reader("folder", tmp_path)
+    assert reader.official_splits() == ("train",)
+    (tmp_path / "test" / "sad" / "b.jpg").write_bytes(b"")
+    assert sorted(reader.official_splits()) == ["test", "train"]
 
 
 def test_folder_excluded_class_is_counted(tmp_path):
