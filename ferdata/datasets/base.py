@@ -170,6 +170,13 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
                          f"{e.start}); save it as UTF-8 (the publishers' files are)") from None
 
 
+def read_text(path: Path) -> str:
+    """A small per-image annotation file's text, read as :func:`open_text` reads a list (a byte-order
+    mark left by an editor is not part of its first number)."""
+    with open_text(path) as f:
+        return f.read()
+
+
 def whole(text: object) -> int:
     """A label or count written as a whole number ("3", "3.0", CK+'s "3.0000000e+00"); anything
     else (3.7, inf, nan, a word) is a ``ValueError``, never a class truncated or an overflow."""

@@ -21,7 +21,8 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from ferdata.classes import NEUTRAL, to_canonical
-from ferdata.datasets.base import LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, whole
+from ferdata.datasets.base import (LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, read_text,
+                                   whole)
 from ferdata.datasets.folder import subdirs
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
@@ -62,7 +63,7 @@ def whole_number(reader: str, option: str, value: object, least: int) -> int:
 
 def read_landmarks(path: Path) -> np.ndarray:
     """A CK+ ``*_landmarks.txt`` file as float32 (68, 2); ``ValueError`` if malformed."""
-    values = np.array(path.read_text().split(), dtype=np.float32)
+    values = np.array(read_text(path).split(), dtype=np.float32)
     if values.size != 136 or not np.all(np.isfinite(values)):
         raise ValueError(f"{path.name}: {values.size} values, expected 136")
     return values.reshape(68, 2)
@@ -113,7 +114,7 @@ class CKPlusReader(DatasetReader):
             yield Dropped(self.name, seq_key, "ambiguous_label", ", ".join(p.name for p in label_files))
             return
         try:
-            native = whole(label_files[0].read_text())
+            native = whole(read_text(label_files[0]))
             label = to_canonical("ckplus", native)
         except ValueError as err:
             yield Dropped(self.name, seq_key, "bad_label", f"{label_files[0].name}: {err}")

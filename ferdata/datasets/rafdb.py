@@ -18,7 +18,7 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
-                                   open_text)
+                                   open_text, read_text)
 from ferdata.datasets.subsets import RAFDB_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -35,7 +35,7 @@ def parse_manual(path: Path) -> tuple[np.ndarray, dict[str, int]]:
 
     Raises ``ValueError`` if the first five lines are not five ``x y`` pairs.
     """
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln.split() for ln in read_text(path).splitlines() if ln.strip()]
     if len(lines) < 5 or any(len(ln) != 2 for ln in lines[:5]):
         raise ValueError(f"{path.name}: first 5 lines must be 'x y' landmark pairs")
     lmk = np.array(lines[:5], dtype=np.float32)
@@ -47,7 +47,7 @@ def parse_manual(path: Path) -> tuple[np.ndarray, dict[str, int]]:
 
 def parse_box(path: Path) -> tuple[float, float, float, float]:
     """A ``*_boundingbox.txt`` file: ``x0 y0 x1 y1``; ``ValueError`` if not 4 ordered numbers."""
-    v = [float(t) for t in path.read_text().split()]
+    v = [float(t) for t in read_text(path).split()]
     if len(v) != 4 or not (v[2] > v[0] and v[3] > v[1]):
         raise ValueError(f"{path.name}: expected 'x0 y0 x1 y1' with x1>x0, y1>y0, got {v}")
     return v[0], v[1], v[2], v[3]

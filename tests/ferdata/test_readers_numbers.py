@@ -74,3 +74,26 @@ def test_a_pixel_value_past_int64_is_a_bad_pixels_drop(tmp_path):
     key = fer2013(tmp_path, "99999999999999999999999")
     records, _, drops = fx.read_all("fer2013", tmp_path)
     assert list(records) == ["00001"] and [(d.key, d.reason) for d in drops] == [(key, "bad_pixels")]
+
+
+@pytest.mark.parametrize("name, make, rel", [
+    ("ckplus", fx.make_ckplus, "Emotion/S005/001/S005_001_00000005_emotion.txt"),
+    ("ckplus", fx.make_ckplus, "Landmarks/S005/001/S005_001_00000005_landmarks.txt"),
+    ("rafdb", fx.make_rafdb, "Annotation/manual/train_00001_manu_attri.txt"),
+    ("rafdb", fx.make_rafdb, "Annotation/boundingbox/train_00001_boundingbox.txt"),
+])
+def test_a_byte_order_mark_in_a_per_image_file_changes_nothing(tmp_path, name, make, rel):
+    """An annotation file re-saved by an editor that writes a BOM reads as the original: its first
+    number is not unreadable (a CK+ sequence was dropped as bad_label, RAF-DB points or boxes lost)."""
+    make(tmp_path / "plain")
+    make(tmp_path / "bom")
+    path = tmp_path / "bom" / rel
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    plain, plain_drops, _ = fx.read_all(name, tmp_path / "plain")
+    bom, bom_drops, _ = fx.read_all(name, tmp_path / "bom")
+    assert bom_drops == plain_drops and bom.keys() == plain.keys()
+    for key, r in plain.items():
+        assert (bom[key].label, bom[key].box) == (r.label, r.box)
+        assert (bom[key].landmarks is None) == (r.landmarks is None)
+        if r.landmarks is not None:
+            np.testing.assert_array_equal(bom[key].landmarks, r.landmarks)
