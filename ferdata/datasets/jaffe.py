@@ -1,7 +1,8 @@
 """JAFFE: 213 grayscale TIFFs of 10 subjects whose file names carry the label.
 
-Names are ``<subject>.<EXPR><n>.<imageid>.tiff`` (e.g. ``KA.AN1.39.tiff``); the
-expression is the two-letter code AN/DI/FE/HA/NE/SA/SU. There is no official split:
+Names are ``<subject>.<EXPR><n>.<imageid>.tiff`` (e.g. ``KA.AN1.39.tiff``; a copy converted to
+PNG or JPEG keeps the name: any image extension is read); the expression is the two-letter code
+AN/DI/FE/HA/NE/SA/SU. There is no official split:
 the usual protocols are leave-one-subject-out or 10-fold, which
 ``ferdata.splits.assign_splits(..., by="subject", folds=k)`` provides.
 """
@@ -16,15 +17,16 @@ from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
-NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.tiff?$", re.IGNORECASE)
+NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.[^.]+$", re.IGNORECASE)
 
 
 @READERS.register("jaffe")
 class JAFFEReader(DatasetReader):
-    """One record per ``XX.YYn.id.tiff`` file, subject = the first field."""
+    """One record per ``XX.YYn.id.tiff`` file (or another image extension), subject = the first field."""
 
     name = "jaffe"
-    expects = "<subject>.<AN|DI|FE|HA|NE|SA|SU><n>.<id>.tiff files (e.g. KA.AN1.39.tiff) at the root or in jaffe/"
+    expects = ("<subject>.<AN|DI|FE|HA|NE|SA|SU><n>.<id>.tiff files (e.g. KA.AN1.39.tiff; .png or .jpg too) "
+               "at the root or in jaffe/")
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         for path in self._images():
@@ -45,7 +47,7 @@ class JAFFEReader(DatasetReader):
         key = make_key(path.stem)
         m = NAME.match(path.name)
         if m is None:
-            return Dropped(self.name, key, "bad_filename", f"{path.name} is not <subject>.<EXPR><n>.<id>.tiff")
+            return Dropped(self.name, key, "bad_filename", f"{path.name} is not <subject>.<EXPR><n>.<id>.<tiff|png|jpg...>")
         code = m["code"].upper()
         if code not in JAFFE_CODES:
             return Dropped(self.name, key, "bad_label", f"{path.name}: expression code {code!r}")

@@ -38,3 +38,17 @@ def test_jaffe_layout_error(tmp_path):
         read_all("jaffe", tmp_path)
     assert "expected: KA.AN1.39.tiff-style image files" in str(err.value)
     assert "found:    photo.jpg" in str(err.value)
+
+
+def test_jaffe_converted_to_png_or_jpeg_is_read_alike(tmp_path):
+    """Copies of JAFFE converted from TIFF keep the names: read with the same labels and subjects."""
+    make_jaffe(tmp_path / "tiff")
+    for path in (tmp_path / "tiff").glob("*.tiff"):
+        converted = tmp_path / "converted" / path.with_suffix(".png" if "A" in path.name else ".JPG").name
+        converted.parent.mkdir(exist_ok=True)
+        converted.write_bytes(path.read_bytes())
+    tiff, tiff_drops, _ = read_all("jaffe", tmp_path / "tiff")
+    converted, drops, _ = read_all("jaffe", tmp_path / "converted")
+    assert drops == tiff_drops
+    assert {k: (r.label, r.subject) for k, r in converted.items()} == {k: (r.label, r.subject) for k, r in tiff.items()}
+    assert {r.path.rpartition(".")[2] for r in converted.values()} == {"png", "JPG"}
