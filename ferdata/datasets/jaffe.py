@@ -47,7 +47,8 @@ class JAFFEReader(DatasetReader):
         key = make_key(path.stem)
         m = NAME.match(path.name)
         if m is None:
-            return Dropped(self.name, key, "bad_filename", f"{path.name} is not <subject>.<EXPR><n>.<id>.<tiff|png|jpg...>")
+            return Dropped(self.name, key, "bad_filename",
+                           f"{path.name} is not <subject>.<EXPR><n>.<id>.<tiff|png|jpg...>")
         code = m["code"].upper()
         if code not in JAFFE_CODES:
             return Dropped(self.name, key, "bad_label", f"{path.name}: expression code {code!r}")
