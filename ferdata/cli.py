@@ -209,8 +209,20 @@ def predict(
                                   backend_options=options, batch_size=batch_size, every=every, device=device,
                                   flip_tta=flip_tta, allow_download=allow_download)
     if out is None:
-        sys.stdout.write(text)
+        write_stdout(text)
     typer.echo(describe(summary), err=True)
+
+
+def write_stdout(text: str) -> None:
+    """Text naming files, written as UTF-8 whatever the locale, a file name undecodable as UTF-8 as its
+    own bytes (as ``--out`` writes it), never an encoding error after every image was scored."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8", "surrogateescape"))
+    buffer.flush()
 
 
 def main() -> None:

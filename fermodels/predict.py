@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -297,17 +298,26 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
 def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path, Path]:
     """Where each file's annotated copies go, relative to the ``--annotate`` folder: its path below
     the folder that holds every input (so ``a/x.jpg`` and ``b/x.jpg`` stay apart), ``.jpg`` added
-    to names that are not JPEG already (``x.png`` -> ``x.png.jpg``, apart from ``x.jpg``)."""
+    to names that are not JPEG already (``x.png`` -> ``x.png.jpg``, apart from ``x.jpg``). A JPEG
+    keeps its name; an added name that a JPEG input holds too (``x.png`` beside ``x.png.jpg``) gets
+    a number (``x.png-2.jpg``)."""
     paths = list(paths)
     if not paths:
         return {}
     homes = [os.path.abspath(p if p.is_dir() else p.parent) for p in inputs]     # links kept as named
     base = Path(os.path.commonpath(homes))
-    names = {}
-    for p in paths:
-        rel = Path(os.path.abspath(p)).relative_to(base)
-        names[p] = rel if rel.suffix.lower() in (".jpg", ".jpeg") else rel.with_name(rel.name + ".jpg")
-    return names
+    rels = {p: Path(os.path.abspath(p)).relative_to(base) for p in paths}
+    names = {p: rel for p, rel in rels.items() if rel.suffix.lower() in (".jpg", ".jpeg")}
+    taken = set(names.values())
+    for p, rel in rels.items():
+        if p not in names:
+            name, n = rel.with_name(rel.name + ".jpg"), 1
+            while name in taken:
+                n += 1
+                name = rel.with_name(f"{rel.name}-{n}.jpg")
+            names[p] = name
+            taken.add(name)
+    return {p: names[p] for p in paths}
 
 
 def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
@@ -423,6 +433,17 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
     return text
 
 
+def writable_folder(folder: Path, what: str) -> None:
+    """Make ``folder`` and write a file there before any image is scored: a results path that cannot
+    be written fails now, not after the whole run."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} cannot write in {folder} ({err.strerror or err}); choose another folder") from None
+
+
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,
                   annotate: Path | None = None, backend: str | None = None, model_dir: str | Path | None = None,
                   backend_options: Mapping[str, Any] | None = None, batch_size: int = 32, every: int = 10,
@@ -438,6 +459,9 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     names = annotation_names(inputs, paths)
     if annotate is not None:
         check_annotations(annotate, names)
+        writable_folder(annotate, "--annotate")
+    if out is not None:
+        writable_folder(out.parent, f"--out {out}:")
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
                           backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,

@@ -221,6 +221,10 @@ def test_file_names_that_are_not_utf8_are_scored_written_and_annotated(photos, t
     assert b"caf\xe9.jpg" in (tmp_path / "out.csv").read_bytes()
     assert len(list(csv.DictReader(io.StringIO(text)))) == 1
     assert os.listdir(os.fsencode(tmp_path / "ann")) == [b"caf\xe9.jpg"]
+    res = CliRunner().invoke(app, ["predict", str(inputs), "-m", str(tiny_run["ckpt"] / "best.pt"),
+                                   "--backend", "embedded", "--device", "cpu"])        # CSV on stdout
+    assert res.exit_code == 0, res.output
+    assert res.stdout_bytes.splitlines()[1].startswith(os.fsencode(inputs) + b"/caf\xe9.jpg,")
 
 
 def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
@@ -238,6 +242,12 @@ def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
     assert annotation_names([folder], [folder / "link.jpg"]) == {folder / "link.jpg": Path("link.jpg")}
     assert annotation_path(Path("deep/clip.mp4.jpg"), 30, video=True) == Path("deep/clip.mp4.f000030.jpg")
     assert annotation_path(Path("x.jpg"), 0, video=False) == Path("x.jpg")
+    (folder / "x.png.jpg").write_bytes(b"")      # a JPEG holding the name x.png's copy would take
+    (folder / "x.png-2.jpg").write_bytes(b"")
+    names = annotation_names([folder], expand_inputs([folder]))
+    assert len(set(names.values())) == len(names) == 7                # with link.jpg
+    assert {str(names[folder / n]) for n in ("x.png.jpg", "x.png-2.jpg", "x.png")} == {
+        "x.png.jpg", "x.png-2.jpg", "x.png-3.jpg"}
 
 
 def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_thread):
@@ -403,6 +413,21 @@ def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
 def test_an_output_that_is_neither_csv_nor_json_is_refused_first(tmp_path):
     with pytest.raises(ValueError, match=r"out.xlsx: predictions are written as .csv or .json"):
         fermodels.predict.predict_files([tmp_path], tmp_path / "no.pt", out=tmp_path / "out.xlsx")
+
+
+def test_an_output_or_annotation_folder_that_cannot_be_written_is_refused_before_scoring(tmp_path):
+    """Checked before the checkpoint is even read (no.pt does not exist): a run of hours must not end
+    in a write error with its results lost."""
+    (tmp_path / "file.jpg").write_bytes(b"")
+    inputs = [tmp_path / "file.jpg"]
+    with pytest.raises(ValueError, match=r"--out .*p.csv: cannot write in .*file.jpg"):
+        fermodels.predict.predict_files(inputs, tmp_path / "no.pt", out=tmp_path / "file.jpg" / "p.csv")
+    with pytest.raises(ValueError, match=r"--annotate cannot write in .*file.jpg/ann"):
+        fermodels.predict.predict_files(inputs, tmp_path / "no.pt", annotate=tmp_path / "file.jpg" / "ann")
+    with pytest.raises(FileNotFoundError, match="no.pt not found"):          # a writable one passes
+        fermodels.predict.predict_files(inputs, tmp_path / "no.pt", out=tmp_path / "new" / "p.csv",
+                                        annotate=tmp_path / "ann")
+    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
 
 
 def test_no_forward_pass_is_larger_than_the_batch_size(photos, predictor, monkeypatch, one_thread):
