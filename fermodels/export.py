@@ -118,9 +118,14 @@ def alignment(preprocess: dict, card) -> dict:
                   f"{size} -> {card.input_size}: bilinear, pixel centres aligned (OpenCV INTER_LINEAR; "
                   "no antialiasing when shrinking, as the training loader resized)",
     }
+    derive_q = (preprocess.get("derive") or {}).get("jpeg_quality")
+    if (align_q := preprocess["align"].get("jpeg_quality")) is not None:
+        out["stored"] = (f"training read each crop back from a JPEG of quality {align_q} (the halves from JPEGs "
+                         f"of quality {derive_q}): encode and decode them so too for the exact training inputs "
+                         "(ferdata predict does); the raw crop differs from them by that JPEG error")
     if {"left", "right"} & set(card.fields):
         out["halves"] = ("left = crop[:, :W/2], right = crop[:, W/2:] flipped left-right (W: the crop's side), "
-                         "each resized as the image, to half its width")
+                         "each JPEG-encoded as in 'stored', then resized as the image, to half its width")
     if "lmk" in card.fields:
         out["lmk"] = ("the 68 iBUG landmarks mapped into the crop by the same similarity, then to the input size: "
                       "(p + 0.5) * input_size / crop_size - 0.5")
@@ -138,6 +143,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown export formats {sorted(unknown)}; known: {', '.join(FORMATS)}")
+    if not formats:
+        raise ValueError("no export format left (--no-onnx and --no-torchscript together): keep one")
     state = load_checkpoint(checkpoint)
     wrapper = ExportWrapper(model_from_checkpoint(state))
     card, name = wrapper.card, name or state["model"]

@@ -85,6 +85,11 @@ def load_checkpoint(path: str | Path) -> dict:
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as e:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (torch could not load it: {type(e).__name__}); "
                          "give a training checkpoint such as runs/train/ckpt/best.pt, not an export") from None
+    except PermissionError:
+        raise
+    except OSError as e:                    # a zip cut short: torch's reader seeks past its end
+        raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: {e}); copy it "
+                         "again (`dvc pull`, a finished download) or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); retrain with this version")

@@ -50,6 +50,8 @@ def test_the_metadata_alone_reproduces_the_training_crop(tiny_run, tmp_path, one
     assert theirs.shape == ours.shape == (112, 112, 3)
     assert np.abs(theirs.astype(int) - ours).max() <= 2
     assert meta["resize"].startswith("112 -> 224: bilinear")
+    quality = load_checkpoint(tiny_run["ckpt"] / "best.pt")["preprocess"]["align"]["jpeg_quality"]
+    assert f"a JPEG of quality {quality}" in meta["stored"]         # the training crops' pixels went through it
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -94,6 +96,18 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, tiny_run):
             load(tmp_path / bad)
 
 
+def test_a_checkpoint_cut_short_anywhere_is_named(tmp_path, tiny_run):
+    """A download or copy cut short: torch's zip reader fails with a bare OSError ([Errno 22]) past
+    the first few kB; every cut is one error naming the file."""
+    from fermodels.runstate import load_checkpoint as load
+
+    data = (tiny_run["ckpt"] / "best.pt").read_bytes()
+    for n in range(1000, len(data), len(data) // 12):
+        (tmp_path / "cut.pt").write_bytes(data[:n])
+        with pytest.raises(ValueError, match=f"{tmp_path / 'cut.pt'} is (not a|a cut-off or damaged) .*checkpoint"):
+            load(tmp_path / "cut.pt")
+
+
 def test_a_folder_or_a_damaged_checkpoint_is_one_clear_error(tmp_path, tiny_run):
     """A folder given as the checkpoint, one that lacks its weights, one whose weights were edited."""
     from fermodels.runstate import load_checkpoint as load, model_from_checkpoint
@@ -110,9 +124,12 @@ def test_a_folder_or_a_damaged_checkpoint_is_one_clear_error(tmp_path, tiny_run)
         model_from_checkpoint(edited)
 
 
-def test_unknown_format_is_refused(tiny_run, tmp_path):
+def test_unknown_format_or_none_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="onnx"):
         export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["tflite"])
+    with pytest.raises(ValueError, match="no export format left"):           # it wrote the .json alone, exit 0
+        export_model(tiny_run["ckpt"] / "best.pt", tmp_path / "none", formats=[])
+    assert not (tmp_path / "none").exists()
 
 
 def _checkpoint_of(name: str, path, preprocess: dict) -> None:
