@@ -2,9 +2,10 @@
 
 For shards that came from another machine (``dvc pull``, a copy, a download): every
 listed shard exists and matches its sha256, its sample count and the split's class
-histogram; no shard file is missing from the list; every member is a safe regular
-file (no absolute paths, ``..``, links, devices, pickles) and every ``.npy`` loads
-without pickle. Problems are returned as lines, one per finding, never raised; a path that is
+histogram; no shard file is missing from the list or listed twice; each split folder holds
+the split its info file names (folders swapped in a copy would test on the validation set);
+no sample is in two shards or two splits; every member is a safe regular file (no absolute
+paths, ``..``, links, devices, pickles) and every ``.npy`` loads without pickle. Problems are returned as lines, one per finding, never raised; a path that is
 no folder at all (missing, or a file) is the caller's mistake and raises.
 """
 from __future__ import annotations
@@ -38,25 +39,59 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
                 "incomplete)" for split in SPLITS if not (root / split / INFO).is_file()]
     problems += [f"{d}: shards without {INFO}" for d in sorted(p for p in root.iterdir() if p.is_dir())
                  if d.name not in SPLITS and not (d / INFO).is_file() and any(d.glob("*.tar"))]
+    owner: dict[str, str] = {}                                    # sample key -> the split holding it
     for info_path in infos:
-        problems += verify_split(info_path)
+        found, keys = _verify_split(info_path)
+        problems += found
+        split = info_path.parent.name
+        shared = sorted(k for k in keys if k in owner)
+        if shared:
+            problems.append(f"{root}: {len(shared)} sample(s) in both {owner[shared[0]]} and {split} (e.g. "
+                            f"{shared[0]!r}): a test sample seen in training; prepare the shards again")
+        owner.update((k, split) for k in keys if k not in owner)
     return problems
 
 
 def verify_split(info_path: Path) -> list[str]:
     """Problems of one split folder described by ``info_path``."""
+    return _verify_split(info_path)[0]
+
+
+def _info_fields(info: dict) -> tuple[list[tuple[str, str, int]], int]:
+    """The listed shards (name, sha256, count) and the sample count of an info file; ``TypeError``
+    for a field of the wrong kind, so that a damaged file is one problem line, not a crash."""
+    listed = [(sh["name"], sh["sha256"], int(sh["count"])) for sh in info["shards"]]
+    if not all(isinstance(n, str) and isinstance(h, str) for n, h, _ in listed):
+        raise TypeError("a shard's name or sha256 is not text")
+    labels = info.get("label_map", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise TypeError("label_map is not a list of class names")
+    hist = info.get("class_histogram", {})
+    if not isinstance(hist, dict) or not all(isinstance(n, int) for n in hist.values()):
+        raise TypeError("class_histogram is not class names to counts")
+    subsets = info.get("subsets", {})
+    if not isinstance(subsets, dict) or not all(isinstance(m, list) and all(isinstance(k, str) for k in m)
+                                                for m in subsets.values()):
+        raise TypeError("subsets is not names to lists of sample keys")
+    return listed, int(info["num_samples"])
+
+
+def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
+    """Problems of one split folder and the sample keys its shards hold."""
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        listed = [(sh["name"], sh["sha256"], int(sh["count"])) for sh in info["shards"]]
-        expected_total = int(info["num_samples"])
-        for field, kind in (("class_histogram", dict), ("label_map", list), ("subsets", dict)):
-            if not isinstance(info.get(field, kind()), kind):
-                raise TypeError(f"{field} is {type(info[field]).__name__}, not {kind.__name__}")
+        listed, expected_total = _info_fields(info)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        return [f"{info_path}: unreadable ({type(e).__name__}: {e})"]
+        return [f"{info_path}: unreadable ({type(e).__name__}: {e})"], set()
     folder = info_path.parent
-    problems = [f"{folder / p.name}: shard not listed in {INFO}"
-                for p in sorted(folder.glob("*.tar")) if p.name not in {n for n, _, _ in listed}]
+    problems = []
+    if folder.name in SPLITS and info.get("split", folder.name) != folder.name:
+        problems.append(f"{folder}: {INFO} describes the {info['split']!r} split (split folders swapped or "
+                        "renamed in a copy?); copy the shards again")
+    names = Counter(n for n, _, _ in listed)
+    problems += [f"{folder / n}: listed {c} times in {INFO}" for n, c in sorted(names.items()) if c > 1]
+    problems += [f"{folder / p.name}: shard not listed in {INFO}"
+                 for p in sorted(folder.glob("*.tar")) if p.name not in names]
     total, classes, keys = 0, Counter(), set()
     for name, sha, count in listed:
         try:
@@ -88,12 +123,12 @@ def verify_split(info_path: Path) -> list[str]:
             if stray:
                 problems.append(f"{folder}: subset {name!r} in {INFO} lists {len(stray)} keys that are not in "
                                 f"the shards (e.g. {stray[0]!r})")
-    return problems
+    return problems, keys
 
 
 def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
     """(samples in a shard, problem or ""), counting ``cls`` labels into ``classes`` and adding
-    the sample keys to ``keys``."""
+    the sample keys to ``keys``; a key seen already (in this split's shards) is a problem."""
     found = 0
     try:
         for key, fields in iter_tar_samples(path):
@@ -102,6 +137,8 @@ def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
                     load_npy(data, f"{path}:{key}.{ext}")
             if "cls" in fields:
                 classes[int(fields["cls"])] += 1
+            if key in keys:
+                return found, f"{path}: sample {key!r} is in this split twice (a shard copied or listed twice?)"
             keys.add(key)
             found += 1
     except (UnsafeTarError, tarfile.TarError, ValueError) as e:

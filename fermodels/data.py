@@ -80,6 +80,9 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
             raise FileNotFoundError(f"{info_path} not found: prepare the dataset first "
                                     f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
         info = json.loads(info_path.read_text())
+        if info.get("split", split) != split:
+            raise ValueError(f"{info_path} describes the {info['split']!r} split, not {split!r}: split folders "
+                             "swapped or renamed in a copy? (`ferdata verify` checks a copy)")
         shards += [(str(listed_shard(info_path.parent, s["name"])), int(s["count"])) for s in info["shards"]]
         hist.update(info["class_histogram"])
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]

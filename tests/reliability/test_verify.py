@@ -114,14 +114,23 @@ def _split_lost(shards):
     return f"{shards / 'train'}: no {INFO}"
 
 
+def _listed_twice(shards):
+    """One shard listed twice, the counts doubled to match: every sample would be read twice."""
+    shard = _first_shard(shards)
+    _, info = _info(shards)
+    first = info["shards"][0]
+    _with_info(shards, lambda i: i.update(shards=[first, *i["shards"]], num_samples=i["num_samples"] + first["count"]))
+    return f"{shard}: listed 2 times in {INFO}"
+
+
 def _histogram_not_a_mapping(shards):
     _with_info(shards, lambda i: i.update(class_histogram=None))
-    return f"{shards / 'train' / INFO}: unreadable (TypeError: class_histogram is NoneType"
+    return f"{shards / 'train' / INFO}: unreadable (TypeError: class_histogram is not class names to counts"
 
 
 @pytest.mark.parametrize("damage", [_flip_a_byte, _delete, _stray, _unreadable, _wrong_count, _wrong_total,
                                     _wrong_histogram, _truncated_tar_with_its_hash, _info_lost, _split_lost,
-                                    _histogram_not_a_mapping], ids=lambda f: f.__name__[1:])
+                                    _histogram_not_a_mapping, _listed_twice], ids=lambda f: f.__name__[1:])
 def test_each_disagreement_is_named_and_exits_1(shards, damage):
     expected = damage(shards)
     problems = verify_shards(shards)
@@ -156,3 +165,45 @@ def test_a_path_that_is_no_folder_is_an_error_line(tmp_path, capsys, make, says)
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path} {says}: pass the shards folder (with <split>/{INFO})"), err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("field, value", [("label_map", [[1]] * 8), ("subsets", {"occlusion": 5}),
+                                          ("class_histogram", {"Happy": "3"}), ("shards.name", ["x"])])
+def test_a_field_of_the_wrong_kind_is_a_problem_line_not_a_crash(shards, field, value):
+    def edit(info):
+        if field == "shards.name":
+            info["shards"][0]["name"] = value
+        else:
+            info[field] = value
+    _with_info(shards, edit)
+    assert verify_shards(shards) == [f"{shards / 'train' / INFO}: unreadable (TypeError: " + {
+        "label_map": "label_map is not a list of class names)", "subsets": "subsets is not names to lists of "
+        "sample keys)", "class_histogram": "class_histogram is not class names to counts)",
+        "shards.name": "a shard's name or sha256 is not text)"}[field]]
+
+
+def test_split_folders_swapped_in_a_copy_are_named_and_refused_by_training(shards):
+    """val/ holding the test split would pick the best epoch on the test set."""
+    from fermodels.data import open_split
+
+    (shards / "val").rename(shards / "was-val")
+    (shards / "test").rename(shards / "val")
+    (shards / "was-val").rename(shards / "test")
+    problems = verify_shards(shards)
+    assert sorted(p.partition(" split")[0] for p in problems) == [
+        f"{shards / 'test'}: {INFO} describes the 'val'", f"{shards / 'val'}: {INFO} describes the 'test'"]
+    with pytest.raises(ValueError, match=r"val/_info.json describes the 'test' split, not 'val'"):
+        open_split([shards], "val")
+
+
+def test_a_sample_in_two_splits_is_named(shards):
+    """A train shard copied into val and listed there (hash and count right): a leak across splits."""
+    train = _first_shard(shards)
+    _, info = _info(shards)
+    shutil.copy2(train, shards / "val" / "val-900000.tar")
+    path, val = _info(shards, "val")
+    val["shards"].append({**info["shards"][0], "name": "val-900000.tar"})
+    path.write_text(json.dumps(val))
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shards}: {info['shards'][0]['count']} sample(s) in both train and val (e.g. ")
+               for p in problems), problems
