@@ -5,8 +5,9 @@ listed shard exists and matches its sha256, its sample count and the split's cla
 histogram; no shard file is missing from the list or listed twice; each split folder holds
 the split its info file names (folders swapped in a copy would test on the validation set);
 no sample is in two shards or two splits; every member is a safe regular file (no absolute
-paths, ``..``, links, devices, pickles) and every ``.npy`` loads without pickle. Problems are returned as lines, one per finding, never raised; a path that is
-no folder at all (missing, or a file) is the caller's mistake and raises.
+paths, ``..``, links, devices, pickles) and every ``.npy`` loads without pickle. Problems are
+returned as lines, one per finding, never raised; a path that is no folder at all (missing, or
+a file) is the caller's mistake and raises.
 """
 from __future__ import annotations
 
