@@ -55,6 +55,17 @@ def _named(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+def cache_file(source: str | Path) -> Path:
+    """The ``detections.sqlite`` of a cache given as its folder or as the file; ``FileNotFoundError``
+    when there is none."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: no detection cache there (expected a folder with {FILE}, or the file)")
+    return path
+
+
 def _source_rows(rows: Iterable[tuple], source: str | Path) -> Iterator[tuple]:
     """The rows of a cache being merged in; its damage is named as its own, not this cache's."""
     try:
@@ -138,6 +149,8 @@ class DetectionCache:
     @_named
     def __init__(self, directory: str | Path) -> None:
         path = Path(directory)
+        if path.name == FILE and path.is_file():          # the cache's file named instead of its folder
+            path = path.parent
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / FILE
         self.db = sqlite3.connect(self.path, timeout=60)
@@ -172,11 +185,7 @@ class DetectionCache:
         """Add the entries of another cache (its folder or its ``detections.sqlite``, read-only).
         An entry already here stays as it is; one whose stored detection differs is counted
         (detection on another CPU can differ in the last rounded digit)."""
-        src_path = Path(source)
-        if src_path.is_dir():
-            src_path = src_path / FILE
-        if not src_path.is_file():
-            raise FileNotFoundError(f"{source}: no detection cache there (expected a folder with {FILE}, or the file)")
+        src_path = cache_file(source)
         if src_path.resolve() == self.path.resolve():
             raise ValueError(f"{source} is this cache itself; give the other machines' caches")
         src = sqlite3.connect(src_path.resolve().as_uri() + "?mode=ro", uri=True)

@@ -40,8 +40,9 @@ def _wrong_kind(err: OSError) -> str | None:
     path = named[-1]
     if err.errno == errno.EEXIST:           # mkdir over a file, or a file created exclusively: both "exist"
         return f"{path} exists and is a file: move it away or choose another path" if path.is_file() else None
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    return (f"{blocker} is a file, but a folder is needed there (to hold {path}): move it away or choose "
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    held = f" (to hold {path})" if blocker != path else ""
+    return (f"{blocker} is a file, but a folder is needed there{held}: move it away or choose "
             "another path") if blocker else None
 
 

@@ -227,13 +227,44 @@ def test_cache_merge_dataset_merges_into_that_datasets_own_cache(tmp_path):
 def test_an_output_folder_that_is_a_file_is_named_in_plain_words(tmp_path, target, says):
     """`cache merge --into FILE` (and any output folder the OS cannot make because a file is in the
     way): the file and the fix, not "[Errno 17] File exists"."""
+    from ferdata.cache import DetectionCache
+
     (tmp_path / "here.txt").write_text("keep me")
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    with DetectionCache(tmp_path / "elsewhere"):
+        pass
     proc = _ferdata("cache", "merge", str(tmp_path / "elsewhere"), "--into", target, cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "Errno" not in proc.stderr
     assert proc.stderr.startswith(f"error: {says}"), proc.stderr
     assert (tmp_path / "here.txt").read_text() == "keep me"
+
+
+def test_cache_merge_checks_its_sources_first_and_takes_the_target_as_its_file(tmp_path):
+    """A missing source leaves no new empty cache behind; --into naming the target's detections.sqlite
+    (as sources may) merges into it instead of calling the user's cache a file in the way."""
+    from ferdata.cache import DetectionCache
+
+    with DetectionCache(tmp_path / "w1"), DetectionCache(tmp_path / "t1"):
+        pass
+    runner = CliRunner()
+    res = runner.invoke(app, ["cache", "merge", str(tmp_path / "w1"), str(tmp_path / "nope"),
+                              "--into", str(tmp_path / "brandnew")])
+    assert isinstance(res.exception, FileNotFoundError) and "nope: no detection cache there" in str(res.exception)
+    assert not (tmp_path / "brandnew").exists()
+    res = runner.invoke(app, ["cache", "merge", str(tmp_path / "w1"), "--into",
+                              str(tmp_path / "t1" / "detections.sqlite")])
+    assert res.exit_code == 0, res.output
+    assert f"{tmp_path / 't1' / 'detections.sqlite'}: 0 detections" in res.output
+
+
+def test_sample_into_a_file_is_named_in_plain_words(tmp_path):
+    (tmp_path / "afile").write_text("keep me")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = _ferdata("sample", str(tmp_path / "afile"), cwd=tmp_path)
+    assert proc.returncode == 1 and "Errno" not in proc.stderr, proc.stderr
+    assert f"\nerror: {tmp_path / 'afile'} is a file, but a folder is needed there: " in proc.stderr, proc.stderr
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 @pytest.mark.parametrize("atomic", [False, True])
