@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -42,8 +43,9 @@ SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN/inf; the last good checkpoint is kept untouched."""
+class NonFiniteLossError(ValueError):
+    """Training produced NaN/inf; the last good checkpoint is kept untouched. A ``ValueError``: the
+    settings (``train.lr``, ``train.amp``) are what to change, so commands report it in one line."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     decoder = split_decoder(net.card, train_split, device)
     if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes
         log.info("training on label distributions: %s samples", train_split.soft_labels)
+    _check_smoothing_applies(params.label_smoothing, train_split)
     samples = params.epoch_samples or train_split.num_samples
     counts = train_split.class_counts(params.num_classes)
     opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,
@@ -417,8 +420,24 @@ def _check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_d
     so all ranks stop together instead of one leaving the others in a collective."""
     if float(bad) > 0:
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-        raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); last good checkpoint "
-                                 f"kept at {ckpt_dir / LAST}; lower train.lr or disable train.amp")
+        kept = (f"last good checkpoint kept at {ckpt_dir / LAST}" if (ckpt_dir / LAST).is_file() else
+                "no checkpoint was saved before it")
+        raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); {kept}; lower train.lr "
+                                 "or disable train.amp")
+
+
+def _check_smoothing_applies(smoothing: float, split: Split) -> None:
+    """Label smoothing needs a distribution to smooth: FERPlus's multi_target rows (a set of labels,
+    trained as -log of the likeliest) are not smoothed, so on them alone it would be ignored."""
+    multi = split.soft_labels.get("multi_target", 0)
+    if not smoothing or not multi:
+        return
+    if multi >= split.num_samples:
+        raise ValueError(f"train.label_smoothing {smoothing:g} does not apply to FERPlus's multi_target label mode "
+                         "(every training sample uses it: a set of labels, not a distribution): set it to 0 or "
+                         "choose label_mode majority, probability or crossentropy")
+    log.warning("train.label_smoothing %g: the %d multi_target samples (a set of labels) are not smoothed, the "
+                "other %d are", smoothing, multi, split.num_samples - multi)
 
 
 def _require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp: bool) -> bool:
@@ -426,6 +445,9 @@ def _require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp:
     ``class_weight`` / ``label_smoothing``) but the model's losses ignore it; True once checked.
     Runs the plain module in eval mode: no BN update, no RNG use, no DDP collective."""
     net.eval()
+    if "target" in batch:           # probe with the labels as targets: a drawn or multi_target target may
+        batch = {**batch, "target": F.one_hot(batch["label"], batch["target"].shape[1]).to(batch["target"].dtype),
+                 "target_kind": torch.zeros_like(batch["target_kind"])}      # leave out the skewed class
     with torch.no_grad(), autocast(device, amp):
         out = net(batch)
         weights = check_class_weight_used(net, out, batch) if "class_weight" in batch else True

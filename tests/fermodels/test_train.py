@@ -172,11 +172,14 @@ def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     assert "differs in epochs, lr): starting over" in caplog.text      # says what, not only "params"
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path, one_thread):
-    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, one_thread):
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was saved before it; lower train.lr"):
         train(tiny_shards, make_params(epochs=1, optimizer="sgd", lr=1e30, momentum=0.0), tmp_path / "c",
               tmp_path / "l")
     assert not (tmp_path / "c" / "last.pt").exists()
+    from ferdata.errors import USER_ERRORS
+
+    assert issubclass(NonFiniteLossError, USER_ERRORS)            # the stage prints one error line, no traceback
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
@@ -431,6 +434,43 @@ def test_label_distributions_travel_from_records_to_the_loss(soft_shards, worker
     labels = [lab for _, _, batch_labels in seen for lab in batch_labels]
     assert all(t in (lab, (lab + 1) % 7) for t, lab in zip(drawn, labels))   # drawn from each distribution
     assert 0.3 < np.mean([t == lab for t, lab in zip(drawn, labels)]) < 0.9   # 0.6 expected, not always the label
+
+
+@pytest.mark.parametrize("kind", ["probability", "multi_target"])
+def test_the_weights_and_smoothing_probe_does_not_depend_on_the_label_mode(kind):
+    """FERPlus targets: a class drawn for each row (probability) that avoids the probe's skewed class,
+    or sets of labels (multi_target, never smoothed), made a model that reads both settings look as
+    if it ignored them (a random NotImplementedError at the first step); one that does ignore the
+    class weights is still refused."""
+    from fermodels.info import example_batch
+    from fermodels.losses import TARGET_KINDS
+
+    net = create_model("convcut", num_classes=7)
+    batch = {**example_batch(net.card, 2, 7), "label": torch.tensor([0, 1]),
+             "target": F.one_hot(torch.tensor([1, 1]), 8).float(),
+             "target_kind": torch.full((2,), TARGET_KINDS[kind]),
+             "class_weight": torch.tensor([0.5, 3, 1, 1, 1, 1, 1.0]), "label_smoothing": 0.1}
+    assert trainer._require_extras_read(net, batch, CPU, False) is True
+    real = type(net).losses
+    try:
+        type(net).losses = lambda self, out, b: {"ce": F.cross_entropy(out["logits"], b["label"])}
+        with pytest.raises(NotImplementedError, match="train.class_weights is on but model 'convcut'"):
+            trainer._require_extras_read(net, batch, CPU, False)
+    finally:
+        type(net).losses = real
+
+
+def test_label_smoothing_on_multi_target_labels_alone_is_refused_and_on_some_warned(soft_shards, caplog):
+    from dataclasses import replace
+
+    split = open_split([soft_shards], "train")
+    n = split.num_samples
+    trainer._check_smoothing_applies(0.1, split)                                  # probability rows: smoothed
+    trainer._check_smoothing_applies(0.0, replace(split, soft_labels={"multi_target": n}))
+    with pytest.raises(ValueError, match="label_smoothing 0.1 does not apply to FERPlus's multi_target"):
+        trainer._check_smoothing_applies(0.1, replace(split, soft_labels={"multi_target": n}))
+    trainer._check_smoothing_applies(0.1, replace(split, soft_labels={"multi_target": n - 2}))
+    assert f"the {n - 2} multi_target samples (a set of labels) are not smoothed, the other 2 are" in caplog.text
 
 
 # ---- class-balanced resampling -------------------------------------------------------------
