@@ -17,6 +17,7 @@ from typing import Sequence
 
 from ferdata.atomic import atomic_write_text
 from ferdata.layout import INFO, stage_dirs
+from ferdata.records import SPLITS
 
 VERSION = 1
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
@@ -39,6 +40,9 @@ def selection(data_dir: str | Path, names: Sequence[str], splits: Sequence[str])
     """What a run reading ``splits`` of the prepared datasets ``names`` under ``data_dir`` reads."""
     if not names:
         raise SelectionError("no datasets selected")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:                         # a typo in evaluate.split, before any file is looked for under it
+        raise SelectionError(f"split {unknown[0]!r} is none of {', '.join(SPLITS)} (evaluate.split in params.yaml?)")
     datasets = {}
     for name in names:
         shards = stage_dirs(data_dir, name)["shards"]

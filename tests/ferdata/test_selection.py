@@ -69,3 +69,6 @@ def test_missing_inputs_are_named(tmp_path):
         read_selection(tmp_path / "train.json", ["a"], TRAIN)
     with pytest.raises(SelectionError, match="no datasets"):
         write_selection(tmp_path / "train.json", tmp_path / "data", [], TRAIN)
+    _prepare(tmp_path / "data", "a")
+    with pytest.raises(SelectionError, match=r"split 'tset' is none of train, val, test \(evaluate.split"):
+        write_selection(tmp_path / "evaluate.json", tmp_path / "data", ["a"], ("tset",))  # not "tset/_info.json"
