@@ -101,10 +101,12 @@ class TrainParams:
             "ema_decay": below_from(0, 1)})
 
 
-def seed_step(seed: int, epoch: int, step: int, rank: int) -> torch.Generator:
-    """Seed torch (dropout etc.) for this step; return the augmentation generator."""
+def seed_step(seed: int, epoch: int, step: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
+    """Seed torch (dropout etc.) for this step; return the augmentation generator and the one that
+    draws FERPlus probability targets (apart: how many rows draw must not move the batch's flips)."""
     torch.manual_seed(mix_seed(seed, epoch, step, rank))
-    return torch.Generator().manual_seed(mix_seed(seed, epoch, step, rank, 1))
+    return (torch.Generator().manual_seed(mix_seed(seed, epoch, step, rank, 1)),
+            torch.Generator().manual_seed(mix_seed(seed, epoch, step, rank, 2)))
 
 
 def train_step(fwd: nn.Module, net: nn.Module, opt, scaler: torch.amp.GradScaler, batch: dict,
@@ -297,8 +299,8 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
                    epochs=params.epochs, warmup_epochs=params.warmup_epochs, step_size=params.step_size,
                    gamma=params.gamma)
         set_lr(run.opt, lr)
-        gen = seed_step(params.seed, epoch, run.step, env.rank)
-        moved = to_device(draw_targets(batch, gen, params.num_classes), device, run.decoder.size)
+        gen, draws = seed_step(params.seed, epoch, run.step, env.rank)
+        moved = to_device(draw_targets(batch, draws, params.num_classes), device, run.decoder.size)
         b = normalise(augment_batch(moved, params.augment, gen, fill), run.net.card, params.channels_last)
         if params.class_weights:
             b["class_weight"] = run.class_weight

@@ -436,6 +436,22 @@ def test_label_distributions_travel_from_records_to_the_loss(soft_shards, worker
     assert 0.3 < np.mean([t == lab for t, lab in zip(drawn, labels)]) < 0.9   # 0.6 expected, not always the label
 
 
+def test_drawing_probability_targets_leaves_the_augmentation_draws_alone(soft_shards, tiny_shards, tmp_path,
+                                                                         monkeypatch, one_thread):
+    """How many rows of a batch draw a FERPlus target must not move every sample's flips and crops:
+    the augmentation generator is in the same state at every step with or without targets to draw."""
+    states: dict[str, list] = {"soft": [], "hard": []}
+    real = trainer.augment_batch
+    for name, shards in (("soft", soft_shards), ("hard", tiny_shards)):
+        def spy(b, p, gen, fill, seen=states[name]):
+            seen.append(gen.get_state())
+            return real(b, p, gen, fill)
+        monkeypatch.setattr(trainer, "augment_batch", spy)
+        train(shards, make_params(epochs=1), tmp_path / name / "c", tmp_path / name / "l")
+    assert len(states["soft"]) == len(states["hard"]) > 1
+    assert all(torch.equal(a, b) for a, b in zip(states["soft"], states["hard"]))
+
+
 @pytest.mark.parametrize("kind", ["probability", "multi_target"])
 def test_the_weights_and_smoothing_probe_does_not_depend_on_the_label_mode(kind):
     """FERPlus targets: a class drawn for each row (probability) that avoids the probe's skewed class,
