@@ -48,7 +48,7 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
         shared = sorted(k for k in keys if k in owner)
         if shared:
             problems.append(f"{root}: {len(shared)} sample(s) in both {owner[shared[0]]} and {split} (e.g. "
-                            f"{shared[0]!r}): a test sample seen in training; prepare the shards again")
+                            f"{shared[0]!r}): a sample must be in one split only; prepare the shards again")
         owner.update((k, split) for k in keys if k not in owner)
     return problems
 

@@ -120,9 +120,10 @@ def alignment(preprocess: dict, card) -> dict:
     }
     derive_q = (preprocess.get("derive") or {}).get("jpeg_quality")
     if (align_q := preprocess["align"].get("jpeg_quality")) is not None:
-        out["stored"] = (f"training read each crop back from a JPEG of quality {align_q} (the halves from JPEGs "
-                         f"of quality {derive_q}): encode and decode them so too for the exact training inputs "
-                         "(ferdata predict does); the raw crop differs from them by that JPEG error")
+        halves = f" (the halves from JPEGs of quality {derive_q})" if derive_q is not None else ""
+        out["stored"] = (f"training read each crop back from a JPEG of quality {align_q}{halves}: encode and decode "
+                         "them so too for the exact training inputs (ferdata predict does); the raw crop differs "
+                         "from them by that JPEG error")
     if {"left", "right"} & set(card.fields):
         out["halves"] = ("left = crop[:, :W/2], right = crop[:, W/2:] flipped left-right (W: the crop's side), "
                          "each JPEG-encoded as in 'stored', then resized as the image, to half its width")
