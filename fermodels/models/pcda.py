@@ -30,25 +30,35 @@ H_NORMS = ("sigmoid", "raw", "minmax", "softmax")
 NUM_LANDMARKS = 68
 
 
+HEATMAP_CENTRES = ("features", "cells")
+
+
 class GaussianLandmarkEncoder(nn.Module):
     """68 landmarks (pixel coords at ``input_size``) -> Gaussian maps on a grid -> 128 channels."""
 
-    def __init__(self, input_size: int, grid: int, channels: int = 128, sigma: float = 1.0) -> None:
+    def __init__(self, input_size: int, grid: int, channels: int = 128, sigma: float = 1.0,
+                 centres: str = "features") -> None:
         super().__init__()
+        if centres not in HEATMAP_CENTRES:
+            raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")
         self.cell = input_size / grid
-        self.grid, self.sigma = grid, sigma * self.cell
+        self.grid, self.sigma, self.centres = grid, sigma * self.cell, centres
         self.conv = nn.Conv2d(NUM_LANDMARKS, channels, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         self.act = nn.PReLU(channels)
 
     def render(self, lmk: Tensor) -> Tensor:
-        """(B, 68, 2) -> (B, 68, grid, grid) unnormalised Gaussians at cell centres.
+        """(B, 68, 2) -> (B, 68, grid, grid) unnormalised Gaussians, one per feature cell.
 
-        Landmarks use the pipeline's pixel-centre convention (pixel i is centred at i), so the
-        centre of grid cell j covering pixels [j*cell, (j+1)*cell) is (j + 0.5) * cell - 0.5.
+        Landmarks use the pipeline's pixel-centre convention (pixel i is centred at i). The maps
+        multiply IR-50's 14 x 14 features (as the paper's MobileFaceNet maps do), whose cell j sits
+        over pixel ``j * cell``: both trunks reach the grid through stride-2 3 x 3 convolutions
+        padded by 1, each centring output j on input 2j. ``centres="cells"`` puts them at
+        ``(j + 0.5) * cell - 0.5`` instead, the middle of pixels [j*cell, (j+1)*cell), 3.5 px off
+        the features at 112 (how checkpoints saved before this keyword were trained).
         """
         steps = torch.arange(self.grid, dtype=lmk.dtype, device=lmk.device)
-        centres = (steps + 0.5) * self.cell - 0.5
+        centres = steps * self.cell if self.centres == "features" else (steps + 0.5) * self.cell - 0.5
         dx = centres[None, None, None, :] - lmk[:, :, 0, None, None]
         dy = centres[None, None, :, None] - lmk[:, :, 1, None, None]
         return torch.exp(-(dx ** 2 + dy ** 2) / (2 * self.sigma ** 2))
@@ -106,7 +116,7 @@ class PCDA(nn.Module):
     def __init__(self, num_classes: int, card: ModelCard, dim: int, depth: int,
                  heads: int, mlp_ratio: float, drop: float, h_norm: str, neaa_weight: float,
                  heatmap_sigma: float, head_drop: float, landmark_checkpoint: str | None,
-                 pretrained: str | None) -> None:
+                 pretrained: str | None, heatmap_centres: str = "features") -> None:
         super().__init__()
         if h_norm not in H_NORMS:
             raise ValueError(f"h_norm must be one of {H_NORMS}, got {h_norm!r}")
@@ -120,7 +130,8 @@ class PCDA(nn.Module):
             load_pretrained(self.landmark_backbone, landmark_checkpoint, "mobilefacenet")
             freeze(self.landmark_backbone)
         else:
-            self.landmark_encoder = GaussianLandmarkEncoder(card.input_size, grid, sigma=heatmap_sigma)
+            self.landmark_encoder = GaussianLandmarkEncoder(card.input_size, grid, sigma=heatmap_sigma,
+                                                            centres=heatmap_centres)
         if pretrained:
             load_pretrained(self.image_backbone, pretrained, "ir50")
         self.embed_lm = nn.Linear(MobileFaceNetTrunk.out_channels, dim)
@@ -171,9 +182,10 @@ class PCDA(nn.Module):
 def pcda(num_classes: int = 7, dim: int = 768, depth: int = 2, heads: int = 8, mlp_ratio: float = 4.0,
          drop: float = 0.5, h_norm: str = "sigmoid", neaa_weight: float = 0.01, heatmap_sigma: float = 1.0,
          head_drop: float = 0.0, landmark_checkpoint: str | None = None,
-         pretrained: str | None = None) -> PCDA:
+         pretrained: str | None = None, heatmap_centres: str = "features") -> PCDA:
     source = ("frozen MobileFaceNet conv_4 (paper)" if landmark_checkpoint else
-              f"Gaussian heatmaps of batch lmk at 14x14 (sigma {heatmap_sigma} cells) + conv3x3 "
+              f"Gaussian heatmaps of batch lmk at 14x14 (sigma {heatmap_sigma} cells, centred on the "
+              f"image features' cells: heatmap_centres {heatmap_centres!r}) + conv3x3 "
               "68->128 + BN + PReLU (our substitute for the MobileFaceNet, trainable)")
     card = ModelCard(
         name="pcda", input_size=112, fields=("image",) if landmark_checkpoint else ("image", "lmk"),
@@ -195,4 +207,4 @@ def pcda(num_classes: int = 7, dim: int = 768, depth: int = 2, heads: int = 8, m
                "is one keyword each. With a MobileFaceNet the normalised image is fed as POSTER does (the "
                "net was trained on BGR /255)."))
     return PCDA(num_classes, card, dim, depth, heads, mlp_ratio, drop, h_norm, neaa_weight, heatmap_sigma,
-                head_drop, landmark_checkpoint, pretrained)
+                head_drop, landmark_checkpoint, pretrained, heatmap_centres)

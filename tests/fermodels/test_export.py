@@ -173,3 +173,8 @@ def test_checkpoints_rebuild_without_their_weight_files_and_keep_their_defaults(
     assert rebuilt.mirror_right_half is False
     old = {**state, "model_kwargs": {"pretrained": str(tmp_path / "gone.pth")}}   # saved before the change
     assert model_from_checkpoint(old).mirror_right_half is FORMER_DEFAULTS[("cmnet", "mirror_right_half")]
+    _checkpoint_of("pcda", tmp_path / "p.pt", preprocess)       # pcda's heatmaps moved onto the feature cells
+    state = load_checkpoint(tmp_path / "p.pt")
+    assert model_from_checkpoint(state).landmark_encoder.centres == "features"
+    old = {**state, "model_kwargs": {k: v for k, v in state["model_kwargs"].items() if k != "heatmap_centres"}}
+    assert model_from_checkpoint(old).landmark_encoder.centres == "cells"

@@ -297,14 +297,31 @@ def test_pcda_rejects_unknown_h_norm() -> None:
         build("pcda", h_norm="tanh")
 
 
-def test_pcda_gaussians_peak_at_landmarks() -> None:
+def test_pcda_gaussians_peak_on_the_image_features_cell_of_each_landmark() -> None:
+    """The maps multiply IR-50's 14 x 14 features: a landmark over the pixel a feature cell is centred
+    on (found from IR-50's own gradients) peaks at exactly 1 there. The former cell-middle centres
+    sat 3.5 px down-right of the features, peaking a cell off for a third of the positions."""
+    from fermodels.models.backbones import IR50
     from fermodels.models.pcda import GaussianLandmarkEncoder
-    enc = GaussianLandmarkEncoder(112, 14)
+
+    torch.manual_seed(0)
+    trunk, x = IR50(num_stages=3).eval(), torch.randn(1, 3, 112, 112, requires_grad=True)
+    trunk(x)[0, :, 6, 9].sum().backward()
+    weight = x.grad.abs().sum((0, 1))
+    centre_y = float((weight.sum(1) * torch.arange(112.0)).sum() / weight.sum())
+    centre_x = float((weight.sum(0) * torch.arange(112.0)).sum() / weight.sum())
+    assert abs(centre_y - 48) < 1.5 and abs(centre_x - 72) < 1.5, (centre_y, centre_x)
     lmk = torch.full((1, 68, 2), 4.0)
-    lmk[0, 5] = torch.tensor([60.0, 92.0])  # cell (row 11, col 7)
-    maps = enc.render(lmk)
+    lmk[0, 5] = torch.tensor([72.0, 48.0])                     # x, y: over feature cell (row 6, col 9)
+    lmk[0, 6] = torch.tensor([61.0, 94.0])                     # nearest cell centres: (12, 8)
+    maps = GaussianLandmarkEncoder(112, 14).render(lmk)
     assert maps.shape == (1, 68, 14, 14)
-    assert divmod(int(maps[0, 5].argmax()), 14) == (11, 7)
+    assert float(maps[0, 5, 6, 9]) == pytest.approx(1.0) and int(maps[0, 5].argmax()) == 6 * 14 + 9
+    assert divmod(int(maps[0, 6].argmax()), 14) == (12, 8)
+    old = GaussianLandmarkEncoder(112, 14, centres="cells").render(lmk)      # checkpoints saved before
+    assert divmod(int(old[0, 6].argmax()), 14) == (11, 7)
+    with pytest.raises(ValueError, match="heatmap_centres must be one of"):
+        GaussianLandmarkEncoder(112, 14, centres="middle")
 
 
 # ---- Conv-cut ----------------------------------------------------------------------------
