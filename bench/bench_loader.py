@@ -24,9 +24,9 @@ Rates count the whole epoch from the moment ``iter()`` has forked the workers (t
 reported apart as the start); CPU seconds (main process + its reaped workers) cover the epoch and
 ``iter()``. Each configuration runs ``--repeats`` times, interleaved,
 and the best is kept (other jobs on the machine can only slow a run down).
-Ratios print last: ours + the trainer's CPU augmentation / ImageFolder with the same augmentation
-(goal >= 3; the loader alone, whose batches a GPU resizes, flips and normalises after the copy, is
-printed beside it without a goal), ours per worker / decode bound (goal >= 0.8),
+Ratios print last: ours + the trainer's augmentation on its device (the GPU when there is one, else
+the CPU) / ImageFolder with the same augmentation (goal >= 3; the loader alone, whose batches the
+device resizes, flips and normalises after the copy, is printed beside it without a goal), ours per worker / decode bound (goal >= 0.8),
 scaling 1 -> N workers against what N processes give the decode alone on this machine, for every
 N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling; as in ``bench_preprocess``);
 and the trainer's persistent workers against fresh ones per epoch, each epoch with its start.
@@ -71,6 +71,7 @@ STORED = 112                                     # align.size: the crop size the
 INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
           "image+halves@224": (("image", "left", "right"), 224)}
 GOAL_VS_FOLDER, GOAL_VS_DECODE, GOAL_SCALING = 3.0, 0.8, 0.9
+TRAIN_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where the trainer augments
 INSPECT = 8                                      # batches are checked on every 8th row and column (+ mirror)
 
 
@@ -175,17 +176,17 @@ def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
 
 
 def ours(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
-         aug: AugmentParams | None, card: ModelCard, cpu_resize: bool = False) -> Epoch:
-    """``stream_loader`` alone (``aug`` None) or followed by the trainer's CPU-device steps
-    (``to_device`` scales the batch to ``size`` there)."""
+         aug: AugmentParams | None, card: ModelCard, cpu_resize: bool = False,
+         device: torch.device = torch.device("cpu")) -> Epoch:
+    """``stream_loader`` alone (``aug`` None) or followed by the trainer's steps on ``device``
+    (``to_device`` scales the batch to ``size`` there, then flip and normalise)."""
     fill = torch.tensor(card.mean) * 255.0
-    cpu = torch.device("cpu")
 
     def image_of(b: dict, step: int) -> torch.Tensor:
         if aug is None:
             return b["image"]
-        return normalise(augment_batch(to_device(b, cpu, size), aug, torch.Generator().manual_seed(step), fill),
-                         card)["image"]
+        moved = to_device(b, device, size)
+        return normalise(augment_batch(moved, aug, torch.Generator().manual_seed(step), fill), card)["image"]
 
     return timed_epoch(ours_loader(shards, fields, size, batch, workers, buffer, cpu_resize), image_of)
 
@@ -408,8 +409,10 @@ def measure(args: argparse.Namespace) -> dict:
                         _best(res["ours, cpu resize"], key, w,
                               ours(shards, fields, size, batch, w, buffer, None, card, cpu_resize=True))
                     if fields == ("image",):       # ImageFolder has no halves: no baseline to compare
+                        # what the trainer does: on a CPU the workers resize, on a GPU the device does
                         _best(res["ours+aug"], key, w, ours(shards, fields, size, batch, w, buffer, aug, card,
-                                                            cpu_resize=True))          # the trainer's choice on a CPU
+                                                            cpu_resize=TRAIN_DEVICE.type == "cpu",
+                                                            device=TRAIN_DEVICE))
                         _best(res["imagefolder"], key, w, imagefolder(root, size, batch, w, aug, card))
                 res["load"].append(os.getloadavg()[0])
         print_tables(res)
@@ -449,7 +452,7 @@ def ratios(res: dict) -> dict:
                 # not the goal's comparison: the loader alone leaves the resize, flip and normalisation
                 # that ImageFolder's batches include to the training device (untimed without a GPU)
                 _ratio(out, f"{key} ours, loader alone / ImageFolder", w, e.rate / base, None)
-                _ratio(out, f"{key} ours+CPU aug / ImageFolder", w, res["ours+aug"][key][w].rate / base,
+                _ratio(out, f"{key} ours+aug / ImageFolder", w, res["ours+aug"][key][w].rate / base,
                        GOAL_VS_FOLDER)
             _ratio(out, f"{key} ours per worker / decode", w, e.rate / max(w, 1) / bound, GOAL_VS_DECODE)
             _ratio(out, f"{key} ours per worker / decode, steady", w, e.steady / max(w, 1) / bound,
@@ -490,7 +493,8 @@ def print_tables(res: dict) -> None:
         d = res["decode"][key]
         print(f"{key:<17} {'decode bound cv2 / PIL':<26}{d['cv2']:>12.0f} / {d['pil']:.0f}")
         for name, label in (("ours", "ours: loader"), ("ours, cpu resize", "ours: loader, CPU resize"),
-                            ("ours+aug", "ours: loader + CPU aug"), ("imagefolder", "ImageFolder + transforms")):
+                            ("ours+aug", f"ours: loader + {TRAIN_DEVICE.type} aug"),
+                            ("imagefolder", "ImageFolder + transforms")):
             if key in res[name]:
                 cells = "".join(f"{f'{e.rate:.0f} ({e.cpu_us:.0f})':>20}" for e in (res[name][key][w] for w in ws))
                 print(f"{key:<17} {label:<26}{cells}")

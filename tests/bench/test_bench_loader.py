@@ -82,7 +82,7 @@ def test_ratios_follow_from_the_rates_and_print_last(quick):
     alone = r["image@112 ours, loader alone / ImageFolder"][1]
     assert math.isclose(alone["value"], ours[1].rate / folder[1].rate)
     assert alone["goal"] is None                         # unequal work (no resize, flip, normalise): no verdict
-    assert r["image@112 ours+CPU aug / ImageFolder"][1]["goal"] == 3.0
+    assert r["image@112 ours+aug / ImageFolder"][1]["goal"] == 3.0
     bound = results["decode"]["image@224"]["cv2"]
     assert math.isclose(r["image@224 ours per worker / decode"][2]["value"],
                         results["ours"]["image@224"][2].rate / 2 / bound)
