@@ -15,6 +15,7 @@ environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -188,6 +189,18 @@ def split_evenly(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
+def split_in_proportion(total: int, weights: Sequence[int]) -> list[int]:
+    """Counts summing to ``total`` in proportion to ``weights`` (largest remainders, then the first,
+    get the leftover units): each worker reads a part of the split as large, relative to the
+    others, as the quota of samples it makes from it."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights]
+    counts = [math.floor(x) for x in exact]
+    for i in sorted(range(len(weights)), key=lambda i: (counts[i] - exact[i], i))[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 def batch_sizes(count: int, batch_size: int, num_batches: int) -> list[int]:
     """``num_batches`` sizes, each in ``[1, batch_size]``, summing to ``count``.
 
@@ -197,8 +210,9 @@ def batch_sizes(count: int, batch_size: int, num_batches: int) -> list[int]:
     (an epoch ending on a full-rate step over one face, BatchNorm pulled toward it before validation).
     """
     if not num_batches <= count <= num_batches * batch_size:
-        raise ValueError(f"cannot cut {count} samples into {num_batches} batches of 1..{batch_size}; "
-                         "use fewer ranks or a smaller batch size for this split")
+        raise ValueError(f"cannot cut {count} samples into {num_batches} batches of 1..{batch_size}: with a "
+                         "batch of 1 per rank every rank needs as many samples; use fewer ranks or a larger "
+                         "train.batch_size")
     sizes = [batch_size] * num_batches
     excess = batch_size * num_batches - count
     for i in range(num_batches - 1, -1, -1):
@@ -266,8 +280,9 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     blocks = split_evenly(len(sizes), max(1, min(workers, len(sizes))))
     skips, first = round_robin_skips(blocks, skip_batches)
     rank_reads = split_evenly(read, env.world_size)
-    reads = split_evenly(rank_reads[env.rank], len(blocks)) if one_pass else None
-    if reads and not reads[-1]:
+    quotas = [sum(sizes[b: b + n]) for b, n in zip(itertools.accumulate([0, *blocks]), blocks)]
+    reads = split_in_proportion(rank_reads[env.rank], quotas) if one_pass else None
+    if reads and not all(reads):
         raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
                          f"{len(blocks)} worker(s), more parts than its {total} samples: lower train.workers")
     plans, pos, b = [], sum(rank_reads[: env.rank]), 0

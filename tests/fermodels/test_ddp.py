@@ -320,6 +320,31 @@ def test_shards_of_several_datasets_are_interleaved_in_proportion():
     assert shard_order(one, 5, shuffle=True) != one and sorted(shard_order(one, 5, shuffle=True)) == sorted(one)
 
 
+@pytest.mark.parametrize("world,workers", [(1, 2), (1, 3), (2, 3), (3, 4)])
+def test_a_balanced_epoch_at_rate_one_shows_every_sample_once_whatever_the_workers(world, workers):
+    """Each worker reads a part of the split in proportion to the quota it makes from it: with parts
+    split evenly but quotas by whole batches, a worker with more quota than part showed some samples
+    twice and one with less never reached the end of its part (950 distinct of 1,000 with 3 workers)."""
+    from fermodels.sampling import ClassRepeat, repeat_stream
+
+    shards = [(f"s{i}", 40) for i in range(25)]
+    label = {f"s{i}/{j}": (i * 40 + j) % 5 for i in range(25) for j in range(40)}
+    repeat = ClassRepeat.balanced([200] * 5, 1000)                   # every rate exactly 1
+    shown = Counter()
+    for rank in range(world):
+        for plan in plan_epoch(shards, samples=1000, batch_size=64, env=DistEnv(rank, world, 0), workers=workers,
+                               seed=0, shuffle=True, one_pass=True):
+            part = [{"__key__": f"{p.url}/{j}"} for p in plan.pieces for j in range(p.start, p.stop)]
+            shown.update(s["__key__"] for s in repeat_stream(lambda: iter(part), repeat, plan.num_samples,
+                                                             lambda s: label[s["__key__"]], 1))
+    assert len(shown) == 1000 and set(shown.values()) == {1}
+
+
+def test_a_batch_of_one_per_rank_names_the_fix():
+    with pytest.raises(ValueError, match="with a batch of 1 per rank every rank needs as many samples"):
+        plan_epoch([("a.tar", 13)], samples=13, batch_size=1, env=DistEnv(1, 2, 0), workers=0, seed=0, shuffle=True)
+
+
 @pytest.mark.parametrize("world,workers", [(1, 4), (2, 2)])
 def test_a_balanced_epoch_over_two_datasets_is_balanced(world, workers):
     """Dataset A: class 0 only; dataset B: classes 0 and 1 alike. Each rank x worker part fills its
