@@ -22,13 +22,14 @@ raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 
 
 Rates count the whole epoch from the moment ``iter()`` has forked the workers (the fork itself is
 reported apart as the start); CPU seconds (main process + its reaped workers) cover the epoch and
-``iter()``. Each configuration runs ``--repeats`` times, interleaved,
-and the best is kept (other jobs on the machine can only slow a run down).
+``iter()``. Each configuration runs ``--repeats`` times, interleaved, and the best is kept (other
+jobs on the machine can only slow a run down).
 Ratios print last: ours + the trainer's augmentation on its device (the GPU when there is one, else
 the CPU) / ImageFolder with the same augmentation (goal >= 3; the loader alone, whose batches the
-device resizes, flips and normalises after the copy, is printed beside it without a goal), ours per worker / decode bound (goal >= 0.8),
-scaling 1 -> N workers against what N processes give the decode alone on this machine, for every
-N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling; as in ``bench_preprocess``);
+device resizes, flips and normalises after the copy, is printed beside it without a goal), ours per
+worker / decode bound (goal >= 0.8), scaling 1 -> N workers against what N processes give the decode
+alone on this machine, for every N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling;
+as in ``bench_preprocess``);
 and the trainer's persistent workers against fresh ones per epoch, each epoch with its start.
 ``--profile`` adds a cProfile of the in-process loader.
 Usage: ``python bench/bench_loader.py [--quick] [--profile] [--samples N] [--augment params|all]``.

@@ -280,8 +280,10 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     blocks = split_evenly(len(sizes), max(1, min(workers, len(sizes))))
     skips, first = round_robin_skips(blocks, skip_batches)
     rank_reads = split_evenly(read, env.world_size)
-    quotas = [sum(sizes[b: b + n]) for b, n in zip(itertools.accumulate([0, *blocks]), blocks)]
-    reads = split_in_proportion(rank_reads[env.rank], quotas) if one_pass else None
+    reads = None
+    if one_pass:                    # each worker reads a part as large as its quota of the rank's samples
+        quotas = [sum(sizes[b: b + n]) for b, n in zip(itertools.accumulate([0, *blocks]), blocks)]
+        reads = split_in_proportion(rank_reads[env.rank], quotas)
     if reads and not all(reads):
         raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
                          f"{len(blocks)} worker(s), more parts than its {total} samples: lower train.workers")
