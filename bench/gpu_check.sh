@@ -4,12 +4,13 @@
 #   bash bench/gpu_check.sh OUT_DIR
 #
 # Each step writes OUT_DIR/<step>.log and a line "<step> rc=N seconds=S" to OUT_DIR/summary.txt; a
-# failing step is recorded and the next one still runs. The steps' time limits add up to 8.3 minutes.
+# failing step is recorded and the next one still runs. The steps' time limits add up to 9 minutes.
 # OUT_DIR/machine.txt: nvidia-smi, cores, load.
 #   versions  torch / CUDA / OpenCV versions, the GPU, and that the benchmarks import
 #   tests     the CUDA-only tests (device-side scaling, augmentation, normalisation against the CPU;
 #             the trainer on CUDA with AMP, channels_last and loader workers, its model then
-#             checked against the CPU) and the batch ring, whose copies go to pinned memory
+#             checked against the CPU; the trainer's own torch.compile; fp16 through the gradient
+#             scaler) and the batch ring, whose copies go to pinned memory
 #   train     bench_train on CUDA only (a 112 px and a 224 px model): fp32, bf16, bf16 + channels_last,
 #             + torch.compile (last; a failing configuration is printed and skipped), each fed by the
 #             real loader with 8 workers over 20,000 samples (the fraction of time the GPU waits for
@@ -42,7 +43,7 @@ step() {
 }
 
 { nvidia-smi; nproc; cat /proc/loadavg; } >"$out/machine.txt" 2>&1
-step versions 60 "$py" -c "
+step versions 40 "$py" -c "
 import cv2, numpy, pytest, torch, torchvision
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__,
       'opencv', cv2.__version__, 'numpy', numpy.__version__)
@@ -50,8 +51,10 @@ assert hasattr(cv2, 'IMREAD_COLOR_RGB'), 'OpenCV ' + cv2.__version__ + ' lacks I
 print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')
 import bench.bench_loader, bench.bench_train
 print('benchmarks import')"
-step tests 100 "$py" -m pytest -q -p no:cacheprovider -rs tests/fermodels/test_wire.py tests/fermodels/test_batchring.py \
-    tests/fermodels/test_train.py::test_training_on_cuda_with_amp_and_channels_last
-step train 240 "$py" bench/bench_train.py --devices cuda --models resnet18_112,convcut --workers 8 --samples 20000
-step loader 100 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
+t=tests/fermodels/test_train.py
+step tests 180 "$py" -m pytest -q -p no:cacheprovider -rs --durations=5 tests/fermodels/test_wire.py \
+    tests/fermodels/test_batchring.py $t::test_training_on_cuda_with_amp_and_channels_last \
+    $t::test_training_on_cuda_compiled_saves_the_plain_model $t::test_fp16_autocast_on_cuda_trains_through_the_gradient_scaler
+step train 230 "$py" bench/bench_train.py --devices cuda --models resnet18_112,convcut --workers 8 --samples 20000
+step loader 90 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
 cat "$out/summary.txt"

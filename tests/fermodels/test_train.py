@@ -182,7 +182,11 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, on
     assert issubclass(NonFiniteLossError, USER_ERRORS)            # the stage prints one error line, no traceback
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
+
+
+@NEEDS_CUDA
 def test_training_on_cuda_with_amp_and_channels_last(tiny_shards, tmp_path):
     """The trainer's GPU path end to end: bf16/fp16 autocast, channels_last, persistent loader workers
     handing batches over through pinned memory, validation every epoch. The trained model then gives
@@ -198,6 +202,44 @@ def test_training_on_cuda_with_amp_and_channels_last(tiny_shards, tmp_path):
         want = on_cpu(normalise(to_device(batch, CPU), on_cpu.card))["logits"]
         got = on_gpu(normalise(to_device(batch, torch.device("cuda")), on_gpu.card))["logits"].cpu()
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)       # cuDNN may convolve in TF32
+
+
+@NEEDS_CUDA
+def test_training_on_cuda_compiled_saves_the_plain_model(tiny_shards, tmp_path):
+    """``train.compile`` on CUDA: the loop calls the compiled module, the checkpoint holds the plain
+    model's weights (no ``_orig_mod.`` prefix), which rebuild strictly and classify as in training."""
+    best = train(tiny_shards, make_params(epochs=1, device="cuda", amp=True, compile=True), tmp_path / "c",
+                 tmp_path / "l")
+    state = load_checkpoint(tmp_path / "c" / "best.pt")
+    assert math.isfinite(best["accuracy"])
+    assert state["state_dict"] and not any("_orig_mod" in k for k in state["state_dict"])
+    model = model_from_checkpoint(state).cuda()
+    batch = first_batch(tiny_shards, model.card, batch_size=8)
+    with torch.no_grad():
+        logits = model(normalise(to_device(batch, torch.device("cuda")), model.card))["logits"]
+    assert logits.shape == (8, 7) and torch.isfinite(logits).all()
+
+
+@NEEDS_CUDA
+def test_fp16_autocast_on_cuda_trains_through_the_gradient_scaler(tiny_shards, tmp_path, monkeypatch):
+    """GPUs without bf16 train in fp16 with a gradient scaler (an H200 has bf16, so fp16 is forced
+    here): the steps run through an enabled scaler and its state is saved with the checkpoint
+    (that a resume restores it is tested on the CPU)."""
+    import fermodels.evaluate as evaluate
+
+    for module in (trainer, evaluate):
+        monkeypatch.setattr(module, "amp_dtype", lambda device: torch.float16)
+    made, real_scaler = [], torch.amp.GradScaler
+
+    def recording_scaler(*args, **kwargs):
+        made.append(real_scaler(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", recording_scaler)
+    best = train(tiny_shards, make_params(epochs=1, device="cuda", amp=True), tmp_path / "c", tmp_path / "l")
+    saved = load_checkpoint(tmp_path / "c" / "last.pt")["scaler"]
+    assert math.isfinite(best["accuracy"]) and len(made) == 1 and made[0].is_enabled()
+    assert 0 < saved["scale"] < math.inf and saved["scale"] == made[0].get_scale()
 
 
 def test_classes_the_model_cannot_predict_are_refused(tiny8_shards, tmp_path):
