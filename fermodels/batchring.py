@@ -100,14 +100,23 @@ class BatchRing:
         slot = serial % self.depth
         own = {}
         for name, buf in self.buffers.items():
-            src = buf[worker, slot, :n]
-            own[name] = torch.empty_like(src, pin_memory=True).copy_(src) if pin else src.clone()
+            own[name] = copy_out(buf[worker, slot, :n], pin)
         self.released[worker] = serial + 1
         return own
 
     def release_all(self) -> None:
         """Let every worker go on (the main process stopped reading: the loader is shutting down)."""
         self.released.fill_(RELEASE_ALL)
+
+
+def copy_out(src: torch.Tensor, pin: bool) -> torch.Tensor:
+    """A copy of ``src`` made by one thread (NumPy's), pinned with ``pin``. torch's own copy of a
+    batch-sized tensor runs in its OpenMP pool, whose threads then spin for a while waiting for
+    more work, on the cores the workers decode on: with torch's default threads in the main
+    process that made the loader 1.7x slower on 2 cores (BENCHMARKS.md, Loader)."""
+    own = torch.empty_like(src, pin_memory=pin)
+    own.numpy()[...] = src.numpy()
+    return own
 
 
 def received(messages: Iterator[dict], ring: BatchRing, pin: bool,
