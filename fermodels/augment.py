@@ -120,8 +120,10 @@ def _warp_points(lmk: Tensor, forward: Tensor, size: int) -> Tensor:
     return ((u + 1) * size - 1) / 2
 
 
-def _erase_masks(n: int, size: int, p: AugmentParams, g: torch.Generator) -> Tensor:
-    """(n, 1, size, size) boolean masks, one rectangle per drawn sample."""
+def _erase_masks(n: int, size: int, p: AugmentParams, g: torch.Generator, device: torch.device) -> Tensor:
+    """(n, 1, size, size) boolean masks on ``device``, one rectangle per drawn sample. The draws and
+    the rectangles are the CPU's (the same on every device); the masks are made on ``device``: made
+    on the CPU they took 13-143 ms a step at batch 512 and a pageable copy of up to 26 MB."""
     u = torch.rand(n, 5, generator=g)
     area = (p.erase_scale_min + u[:, 0] * (p.erase_scale_max - p.erase_scale_min)) * size * size
     ratio = torch.exp(ERASE_LOG_RATIO[0] + u[:, 1] * (ERASE_LOG_RATIO[1] - ERASE_LOG_RATIO[0]))
@@ -129,10 +131,11 @@ def _erase_masks(n: int, size: int, p: AugmentParams, g: torch.Generator) -> Ten
     w = torch.sqrt(area / ratio).round().clamp(1, size)
     top = (u[:, 2] * (size - h + 1)).floor()
     left = (u[:, 3] * (size - w + 1)).floor()
-    idx = torch.arange(size, dtype=torch.float32)
-    rows = (idx >= top[:, None]) & (idx < (top + h)[:, None])
-    cols = (idx >= left[:, None]) & (idx < (left + w)[:, None])
-    on = (u[:, 4] < p.erase_p)[:, None, None]
+    box = torch.stack([top, top + h, left, left + w, (u[:, 4] < p.erase_p).float()], 1).to(device)
+    idx = torch.arange(size, dtype=torch.float32, device=device)
+    rows = (idx >= box[:, 0, None]) & (idx < box[:, 1, None])
+    cols = (idx >= box[:, 2, None]) & (idx < box[:, 3, None])
+    on = (box[:, 4] > 0)[:, None, None]
     return (rows[:, :, None] & cols[:, None, :] & on)[:, None]
 
 
@@ -158,7 +161,7 @@ def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tenso
         if "lmk" in out:
             out["lmk"] = _warp_points(out["lmk"], forward.to(dev), size)
     if p.erase_p > 0:
-        mask = _erase_masks(n, size, p, g).to(dev)
+        mask = _erase_masks(n, size, p, g, dev)
         colour = fill.to(dev, out["image"].dtype).view(1, 3, 1, 1)
         for name in ("image", "halves"):
             if name in out:
