@@ -17,6 +17,9 @@ the shard loader's samples/s alone, so it is clear whether the loader could feed
 Ratios printed last: loader samples/s / train samples/s per model, device and setting (>= 1:
 the loader keeps up with these workers; otherwise add workers - the per-worker rate is
 printed) and the measured waiting fraction.
+``--profile model/setting[,...]`` (e.g. ``resnet18_112/bf16+cl``) instead runs torch.profiler over a
+few train steps of each and prints where a step's time goes: the busiest ops on the host and on the
+device, and the device's busy share of the step (low: the step waits on the host, not the GPU).
 Usage: ``python bench/bench_train.py [--quick] [--models a,b] [--batch-size N] [--steps N]``.
 """
 from __future__ import annotations
@@ -206,6 +209,67 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     return (seen / wall, waited / wall) if seen else (float("nan"), float("nan"))
 
 
+def _self_device_us(event) -> float:
+    """An op's own device time (us); the attribute's name changed across torch releases."""
+    return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0) or 0)
+
+
+def profile_step(name: str, kwargs: dict, device: torch.device, cfg: Config, batch: int, steps: int,
+                 top: int = 12) -> dict:
+    """Where one train step's time goes: ``steps`` steps (after 3 warm-up steps) under torch.profiler;
+    prints the ops with the most host time and the most device time per step. ``busy``: device
+    time / wall time of the profiled steps (the profiler adds host time per op, so it is a lower
+    bound); an unprofiled step of the same setting is timed first for comparison."""
+    from torch.profiler import ProfilerActivity, profile
+
+    plain = train_rate(name, kwargs, device, cfg, batch, steps, 3)
+    step, card = trainer(name, kwargs, device, cfg)
+    host = example_uint8(card, batch)
+    for i in range(3):
+        step(host, i)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(host, 3 + i)
+        sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    device_us = sum(_self_device_us(e) for e in events)
+    out = {"step_ms": 1e3 * batch / plain, "profiled_step_ms": 1e3 * wall / steps,
+           "device_ms": device_us / 1e3 / steps, "busy": device_us / 1e6 / wall}
+    print(f"\n{name}/{device.type}/{cfg.name}, batch {batch}: step {out['step_ms']:.2f} ms unprofiled, "
+          f"{out['profiled_step_ms']:.2f} ms profiled, device busy {out['device_ms']:.2f} ms of it", flush=True)
+    for title, key in (("host", lambda e: e.self_cpu_time_total), ("device", _self_device_us)):
+        if title == "device" and not device_us:
+            continue
+        print(f"  most {title} time per step: ms, calls")
+        for e in sorted(events, key=key, reverse=True)[:top]:
+            print(f"    {key(e) / 1e3 / steps:8.3f}  {e.count / steps:6.1f}  {e.key[:90]}")
+    return out
+
+
+def run_profiles(spec: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """``--profile model/setting[,...]`` on ``device`` (the settings of that device's matrix)."""
+    configs = {c.name: c for c in (CUDA_CONFIGS if device.type == "cuda" else CPU_CONFIGS + (
+        Config("fp32+compile", compile=True),))}
+    results = {}
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        name, _, setting = item.partition("/")
+        if name not in list_models() or setting not in configs:
+            raise SystemExit(f"--profile {item!r}: expected model/setting, models {', '.join(list_models())}, "
+                             f"settings on {device.type} {', '.join(configs)}")
+        kwargs = QUICK_KWARGS.get(name, {}) if args.quick else {}
+        batch = args.gpu_batch_size if device.type == "cuda" else (args.batch_size or (2 if args.quick else 8))
+        results[item] = profile_step(name, kwargs, device, configs[setting], batch,
+                                     args.steps or (1 if args.quick else 10))
+    print("\nratios (device busy / step: near 1, the device is the limit; low, the host is)")
+    for item, r in results.items():
+        print(f"  {item:<34} {r['busy']:5.2f}   step {r['step_ms']:.2f} ms")
+    return {"profile": results}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="two small models, tiny batches (smoke test)")
@@ -221,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow to compile)")
     ap.add_argument("--devices", default="auto", help="cpu, cuda or cpu,cuda (default auto: the CPU, and CUDA "
                     "when present)")
+    ap.add_argument("--profile", default="", help="model/setting[,...], e.g. resnet18_112/bf16+cl: profile these "
+                    "train steps on the last of --devices instead of timing the matrix")
     args = ap.parse_args(argv)
     with torch_threads(args.threads):
         return measure(args)
@@ -257,6 +323,8 @@ def measure(args: argparse.Namespace) -> dict:
     batch = args.batch_size or (2 if args.quick else 8)
     steps, warmup = args.steps or (1 if args.quick else 3), 1
     devices = bench_devices(args.devices)
+    if args.profile:
+        return run_profiles(args.profile, args, devices[-1])
     cpu_configs = CPU_CONFIGS + ((Config("fp32+compile", compile=True),) if args.cpu_compile else ())
     results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
     with tempfile.TemporaryDirectory() as tmp:

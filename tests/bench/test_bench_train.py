@@ -48,3 +48,18 @@ def test_devices_are_chosen_or_refused_plainly():
     if not bench.torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device"):
             bench.bench_devices("cuda")
+
+
+def test_profile_says_where_a_step_goes(capsys):
+    """``--profile``: the named steps under torch.profiler, their busiest ops, and the device's busy
+    share of the step printed last (0 on the CPU, where there is no device time)."""
+    bench = load_bench("bench_train")
+    results = bench.main(["--quick", "--threads", "1", "--devices", "cpu", "--profile", "resnet18_112/fp32"])
+    out = capsys.readouterr().out
+    got = results["profile"]["resnet18_112/fp32"]
+    assert got["step_ms"] > 0 and got["profiled_step_ms"] > 0 and got["device_ms"] == got["busy"] == 0
+    assert re.search(r"most host time per step: ms, calls\n\s+\d+\.\d{3}\s+\d+\.\d\s+aten::", out)
+    tail = out[out.index("\nratios (device busy / step"):]
+    assert re.search(r"^  resnet18_112/fp32\s+0\.00   step \d+\.\d\d ms$", tail, flags=re.M), tail
+    with pytest.raises(SystemExit, match="expected model/setting"):
+        bench.main(["--quick", "--devices", "cpu", "--profile", "resnet18_112/bf16"])       # a GPU setting
