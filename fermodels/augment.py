@@ -29,8 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ferdata.geometry import FLIP_68
+from fermodels.data import host_to
 
 ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))   # torchvision RandomErasing's aspect ratios
+FLIP_INDEX = torch.as_tensor(FLIP_68)
+
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class AugmentParams:
 
 def flip_lmk(lmk: Tensor, width: int) -> Tensor:
     """Landmarks of the mirrored image (pixel-centre convention, iBUG-68 re-indexed)."""
-    out = lmk[:, torch.as_tensor(FLIP_68, device=lmk.device)].clone()
+    out = lmk[:, host_to(FLIP_INDEX, lmk.device)].clone()
     out[..., 0] = (width - 1) - out[..., 0]
     return out
 
@@ -67,7 +70,7 @@ def hflip_batch(batch: dict, mask: Tensor | None = None) -> dict:
     """Mirror the samples where ``mask`` ((n,) bool; all when None); used by training and flip
     TTA. Only the chosen samples are copied and flipped, in the batch's dtype: uint8 pixels flip
     before their conversion to float."""
-    rows = None if mask is None else mask.nonzero().squeeze(1)
+    rows = None if mask is None else host_to(mask.nonzero().squeeze(1), batch["image"].device)
 
     def pick(orig: Tensor, new: Callable[[Tensor | slice], Tensor]) -> Tensor:
         """``orig`` with the chosen rows replaced by ``new`` of those rows."""
@@ -131,7 +134,7 @@ def _erase_masks(n: int, size: int, p: AugmentParams, g: torch.Generator, device
     w = torch.sqrt(area / ratio).round().clamp(1, size)
     top = (u[:, 2] * (size - h + 1)).floor()
     left = (u[:, 3] * (size - w + 1)).floor()
-    box = torch.stack([top, top + h, left, left + w, (u[:, 4] < p.erase_p).float()], 1).to(device)
+    box = host_to(torch.stack([top, top + h, left, left + w, (u[:, 4] < p.erase_p).float()], 1), device)
     idx = torch.arange(size, dtype=torch.float32, device=device)
     rows = (idx >= box[:, 0, None]) & (idx < box[:, 1, None])
     cols = (idx >= box[:, 2, None]) & (idx < box[:, 3, None])
@@ -154,15 +157,15 @@ def augment_batch(batch: dict, p: AugmentParams, g: torch.Generator, fill: Tenso
         out.update({k: out[k].float() for k in ("image", "halves", "heatmap") if k in out})
     if p.affine_p > 0:
         forward = _affine_matrices(n, p, g)
-        inverse = torch.linalg.inv(forward).to(dev)
+        inverse = host_to(torch.linalg.inv(forward), dev)
         for name in ("image", "halves", "heatmap"):
             if name in out:
                 out[name] = _warp(out[name], inverse)
         if "lmk" in out:
-            out["lmk"] = _warp_points(out["lmk"], forward.to(dev), size)
+            out["lmk"] = _warp_points(out["lmk"], host_to(forward, dev), size)
     if p.erase_p > 0:
         mask = _erase_masks(n, size, p, g, dev)
-        colour = fill.to(dev, out["image"].dtype).view(1, 3, 1, 1)
+        colour = host_to(fill, dev).to(out["image"].dtype).view(1, 3, 1, 1)
         for name in ("image", "halves"):
             if name in out:
                 out[name] = torch.where(mask, colour, out[name])

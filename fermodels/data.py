@@ -291,15 +291,15 @@ def to_device(batch: dict, device: torch.device, size: int | None = None) -> dic
     copy moves a quarter of float's bytes), landmarks as float; when the batch travelled smaller
     than the model's side ``size``, scaled to it there (float pixels, :func:`resize_batch`). Keys
     stay on the host."""
-    out = {"label": batch["label"].to(device, non_blocking=True)}
+    out = {"label": host_to(batch["label"], device)}
     for name in ("image", "left", "right", "heatmap"):
         if name in batch:
-            out[name] = batch[name].to(device, non_blocking=True)
+            out[name] = host_to(batch[name], device)
     if "lmk" in batch:
-        out["lmk"] = batch["lmk"].to(device, non_blocking=True).float()
-    for name in TARGETS:
+        out["lmk"] = host_to(batch["lmk"], device).float()
+    for name in TARGETS:                   # drawn targets are new host tensors, not the loader's pinned ones
         if name in batch:
-            out[name] = batch[name].to(device, non_blocking=True)
+            out[name] = host_to(batch[name], device)
     if size is not None and out["image"].shape[-1] != size:
         out = resize_batch(out, size)
     return out
@@ -323,10 +323,23 @@ def resize_batch(batch: dict, size: int) -> dict:
 
 
 def pixel_affine(card: ModelCard, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (1, 3, 1, 1) float32: ``x * scale + shift`` = ``(x / 255 - mean) / std``."""
+    """(scale, shift), each (1, 3, 1, 1) float32: ``x * scale + shift`` = ``(x / 255 - mean) / std``;
+    on the host unless ``device`` is given."""
     std = torch.tensor(card.std, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
     mean = torch.tensor(card.mean, dtype=torch.float64).view(1, 3, 1, 1) * 255.0
-    return (1.0 / std).to(device, torch.float32), (-mean / std).to(device, torch.float32)
+    scale, shift = (1.0 / std).float(), (-mean / std).float()
+    return (scale, shift) if device is None else (host_to(scale, device), host_to(shift, device))
+
+
+def host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (a batch field, draws, matrices, constants) on ``device`` without holding up the
+    host: a copy from pageable memory to a GPU first waits for everything queued on it, which would
+    stop the host from queuing the next step while the GPU runs this one; from pinned memory (the
+    loader's batches are pinned already; anything else is pinned first) it is queued behind that
+    work instead."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def normalise(batch: dict, card: ModelCard, channels_last: bool = False,
