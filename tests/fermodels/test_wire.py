@@ -157,3 +157,54 @@ def test_augmentation_does_only_per_sample_work_on_the_host():
     assert {k: (v.device, tuple(v.shape)) for k, v in out.items()} == {k: (meta, tuple(v.shape)) for k, v in
                                                                          batch.items()}
     assert 0 < host.largest <= 16 * n, f"a host tensor of {host.largest} values: per-pixel work on the CPU"
+
+
+def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
+    """The input path (to_device, every augmentation, normalise) moves host tensors to the device
+    only through ``host_to``, which pins them so that the copy queues behind the GPU's work instead
+    of waiting for it (the sync debug test checks the effect on a GPU). On the meta device, any op
+    outside ``host_to`` that reads a host tensor and makes a device one is a stray transfer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    import fermodels.augment as augment
+    import fermodels.data as data
+    from fermodels.registry import create_model
+
+    inside, real = [], data.host_to
+
+    def tracked(t, device):
+        inside.append(True)
+        try:
+            return real(t, device)
+        finally:
+            inside.pop()
+
+    for module in (data, augment):
+        monkeypatch.setattr(module, "host_to", tracked)
+
+    class StrayTransfers(TorchDispatchMode):
+        found: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            reads_host = any(isinstance(a, torch.Tensor) and a.device.type == "cpu" and a.dim() > 0
+                             for a in tree_flatten((args, kwargs))[0])
+            makes_device = any(isinstance(o, torch.Tensor) and o.device.type == "meta" for o in tree_flatten(out)[0])
+            if reads_host and makes_device and not inside:
+                self.found.append(str(func))
+            return out
+
+    card = create_model("cmnet").card                              # image and halves at 224 px
+    s, n = 112, 4                                                  # travelling at 112: scaled on the device
+    g = torch.Generator().manual_seed(0)
+    host = {"image": torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g),
+            "left": torch.randint(0, 256, (n, 3, s, s // 2), dtype=torch.uint8, generator=g),
+            "right": torch.randint(0, 256, (n, 3, s, s // 2), dtype=torch.uint8, generator=g),
+            "lmk": torch.rand(n, 68, 2, generator=g) * s, "label": torch.arange(n)}
+    with StrayTransfers() as seen:
+        x = data.normalise(augment.augment_batch(data.to_device(host, torch.device("meta"), card.input_size),
+                                                 _augment(True), torch.Generator().manual_seed(1),
+                                                 torch.tensor(card.mean) * 255.0), card, True)
+    assert x["image"].device.type == "meta" and x["image"].shape == (n, 3, 224, 224)
+    assert seen.found == [], f"host tensors reached the device outside host_to: {seen.found}"
