@@ -52,6 +52,54 @@ def test_neaa_is_zero_for_singletons_and_differentiable() -> None:
         neutral_aware_anchor(torch.randn(3, 8), torch.randn(4, 7), torch.tensor([0, 0, 1, 1]))
 
 
+def _neaa_per_class(features, logits, labels, neutral=0):
+    """NeAA written class by class, as Eqs. 6-10 read: the reference for the batched version."""
+    entropy = -(logits.float().log_softmax(-1).exp() * logits.float().log_softmax(-1)).sum(-1)
+    total = features.new_zeros(())
+    for c in sorted(set(labels.tolist())):
+        idx = [i for i in range(len(labels)) if labels[i] == c]
+        f, n = features[idx].float(), len(idx)
+        if n < 2:
+            continue
+        if c == neutral:
+            pairs = sum(((f[i] - f[j]) ** 2).mean() for i in range(n) for j in range(n) if i != j)
+            total = total + pairs / (n - 1) ** 2
+        else:
+            anchor = f[min(range(n), key=lambda k: (float(entropy[idx[k]]), k))]      # lowest entropy, first of equals
+            total = total + sum(((f[i] - anchor) ** 2).mean() for i in range(n)) / n
+    return total
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_neaa_batched_equals_the_per_class_formula_with_its_gradient(seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    b = [5, 16, 33][seed % 3]
+    labels = torch.randint(0, [2, 7, 7, 3][seed % 4], (b,), generator=g)
+    if seed == 5:
+        labels[:] = 0                                                    # neutral only
+    if seed == 6:
+        labels = torch.where(labels == 0, 1, labels)                    # no neutral at all
+    logits = torch.randn(b, 7, generator=g) * 3
+    logits[: b // 3] = 0.0                                               # equal entropies: the first one anchors
+    feats = (torch.randn(b, 12, generator=g) + 5.0).requires_grad_()     # offset: pairs as differences of large values
+    ref = feats.detach().clone().requires_grad_()
+    got, want = neutral_aware_anchor(feats, logits, labels), _neaa_per_class(ref, logits, labels)
+    got.backward()
+    want.backward() if want.requires_grad else None
+    assert got.item() == pytest.approx(want.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(feats.grad, ref.grad if ref.grad is not None else torch.zeros_like(feats),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_neaa_reads_nothing_back_from_the_device() -> None:
+    """The loss runs on the meta device (shapes, no data): no per-class loop, no ``unique`` or
+    ``nonzero`` whose sizes would need the values, i.e. no wait for the GPU in a training step."""
+    meta = torch.device("meta")
+    loss = neutral_aware_anchor(torch.empty(8, 16, device=meta), torch.empty(8, 7, device=meta),
+                                torch.empty(8, dtype=torch.int64, device=meta))
+    assert loss.device == meta and loss.shape == ()
+
+
 def test_half_alignment_equals_public_partition_loss() -> None:
     left, right = torch.randn(5, 256), torch.randn(5, 256)
     heads = F.log_softmax(torch.stack([left, right], dim=1), dim=1)
