@@ -35,7 +35,6 @@ ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))   # torchvision RandomErasing's
 FLIP_INDEX = torch.as_tensor(FLIP_68)
 
 
-
 @dataclass(frozen=True)
 class AugmentParams:
     """Probabilities and ranges (params.yaml ``train.augment``); 0 probabilities disable a step."""
