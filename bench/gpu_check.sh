@@ -4,7 +4,7 @@
 #   bash bench/gpu_check.sh OUT_DIR
 #
 # Each step writes OUT_DIR/<step>.log and a line "<step> rc=N seconds=S" to OUT_DIR/summary.txt; a
-# failing step is recorded and the next one still runs. The steps' time limits add up to 9.7 minutes.
+# failing step is recorded and the next one still runs. The steps' time limits add up to 8.8 minutes.
 # OUT_DIR/machine.txt: nvidia-smi, cores, load.
 #   versions  torch / CUDA / OpenCV versions, the GPU, and that the benchmarks import
 #   tests     the CUDA-only tests (device-side scaling, augmentation, normalisation against the CPU;
@@ -45,7 +45,7 @@ step() {
 }
 
 { nvidia-smi; nproc; cat /proc/loadavg; } >"$out/machine.txt" 2>&1
-step versions 30 "$py" -c "
+step versions 25 "$py" -c "
 import cv2, numpy, pytest, torch, torchvision
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__,
       'opencv', cv2.__version__, 'numpy', numpy.__version__)
@@ -53,13 +53,13 @@ assert hasattr(cv2, 'IMREAD_COLOR_RGB'), 'OpenCV ' + cv2.__version__ + ' lacks I
 print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')
 import bench.bench_loader, bench.bench_train
 print('benchmarks import')"
-t=tests/fermodels/test_train.py
-step tests 150 "$py" -m pytest -q -p no:cacheprovider -rs --durations=5 tests/fermodels/test_wire.py \
-    tests/fermodels/test_batchring.py $t::test_training_on_cuda_with_amp_and_channels_last \
-    $t::test_training_on_cuda_compiled_saves_the_plain_model \
-    $t::test_fp16_autocast_on_cuda_trains_through_the_gradient_scaler
+step tests 130 "$py" -m pytest -q -p no:cacheprovider -rs --durations=5 tests/fermodels/test_wire.py \
+    tests/fermodels/test_batchring.py \
+    tests/fermodels/test_train.py::test_training_on_cuda_with_amp_and_channels_last \
+    tests/fermodels/test_train.py::test_training_on_cuda_compiled_saves_the_plain_model \
+    tests/fermodels/test_train.py::test_fp16_autocast_on_cuda_trains_through_the_gradient_scaler
 step train 230 "$py" bench/bench_train.py --devices cuda --models resnet18_112,convcut --workers 8 --samples 20000
-step profile 80 "$py" bench/bench_train.py --devices cuda --steps 10 \
+step profile 60 "$py" bench/bench_train.py --devices cuda --steps 10 \
     --profile resnet18_112/fp32,resnet18_112/bf16+cl,convcut/bf16+cl
-step loader 90 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
+step loader 85 "$py" bench/bench_loader.py --inputs image@112,image@224 --workers 0,1,2,4,8 --repeats 1
 cat "$out/summary.txt"

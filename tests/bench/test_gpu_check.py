@@ -1,6 +1,6 @@
 """bench/gpu_check.sh runs only on a lent GPU machine, with minutes of device time: keep it valid
 here. Its shell parses, every test it names exists, its benchmarks' options exist, and its steps'
-limits leave room for the OpenCV install inside one 600 s device call."""
+limits leave room for start-up (and an OpenCV install if needed) inside one 600 s device call."""
 from __future__ import annotations
 
 import re
@@ -31,4 +31,4 @@ def test_the_benchmark_options_exist_and_the_limits_fit_one_device_call():
                                   check=True, cwd=REPO).stdout
         assert all(o in helptext for o in options), (script, options)
     limits = [int(n) for n in re.findall(r"^step \w+ (\d+) ", text, re.M)]
-    assert len(limits) == 4 and sum(limits) <= 510
+    assert len(limits) == 5 and sum(limits) <= 540      # 60 s of a 600 s call for start-up and kill grace
