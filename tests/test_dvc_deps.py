@@ -15,6 +15,9 @@ PACKAGES = ("ferdata", "fermodels", "pipeline")
 # Modules that never shape a stage's data: what they do is checked by their own tests, and
 # changing them must not re-run hours of preprocessing or training.
 EXEMPT = {
+    "ferdata/__init__.py": "the package's docstring and version string",
+    "ferdata/stages/__init__.py": "empty",
+    "pipeline/__init__.py": "the package's docstring",
     "ferdata/atomic.py": "writes files atomically",
     "ferdata/errors.py": "formats errors for the command line",
     "ferdata/parallel.py": "runs work in processes, results in input order",
@@ -57,7 +60,9 @@ def closure(script: Path) -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        todo += [f for n in imported(path) if n.split(".")[0] in PACKAGES and (f := module_file(n))]
+        names = imported(path)
+        names |= {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}  # packages run first
+        todo += [f for n in names if n.split(".")[0] in PACKAGES and (f := module_file(n))]
     return {str(p.relative_to(ROOT)) for p in seen}
 
 
@@ -84,6 +89,10 @@ def test_a_stage_depends_on_the_code_it_runs(stage):
     runs = closure(ROOT / script)
     unused = [d for d in deps if d.split("/")[0] in PACKAGES and not any(covered(f, [d]) for f in runs)]
     assert not unused, f"dvc.yaml stage {stage!r} depends on code it never runs (stale deps): {unused}"
+    # a folder counts only if the stage can run all of it: an edit to predict.py must not re-run training
+    idle = sorted(str(f.relative_to(ROOT)) for d in deps if d.split("/")[0] in PACKAGES and (ROOT / d).is_dir()
+                  for f in (ROOT / d).rglob("*.py") if str(f.relative_to(ROOT)) not in runs | EXEMPT.keys())
+    assert not idle, f"dvc.yaml stage {stage!r} depends on folders holding code it never runs: {idle}"
 
 
 def test_the_closure_follows_imports_inside_functions(tmp_path):
@@ -113,3 +122,24 @@ def test_the_pipeline_parses_with_the_sample_removed_from_datasets(tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert {"sample", "detect@rafdb", "shard@rafdb", "train"} <= set(listed.stdout.split())
     assert "detect@sample" not in listed.stdout.split()
+
+
+# Settings that change how fast a stage runs, never what it writes: changing them must not re-run
+# the stage (an align re-run is a full re-alignment; a new detect cache_dir would detect every face
+# again). Every other key of a stage's own params section must be declared, key by key or whole.
+NOT_SHAPING = {"detect": {"workers", "cache_dir"}, "align": {"workers"}, "derive": {"workers"},
+               "evaluate": {"workers"}}
+
+
+@pytest.mark.parametrize("stage", sorted(stage_deps()))
+def test_a_stage_declares_the_settings_that_shape_its_output_and_no_others(stage):
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    declared = {p if isinstance(p, str) else next(iter(p)) for p in spec.get("do", spec).get("params", [])}
+    own = yaml.safe_load((ROOT / "params.yaml").read_text()).get(stage)
+    if not isinstance(own, dict):
+        return                                          # select: reads other stages' keys only
+    covered_keys = {k for k in own if stage in declared or f"{stage}.{k}" in declared}
+    skipped = NOT_SHAPING.get(stage, set())
+    assert covered_keys == set(own) - skipped, (
+        f"stage {stage!r}: undeclared {sorted(set(own) - skipped - covered_keys)}, "
+        f"declared but not shaping its output {sorted(covered_keys & skipped)}")

@@ -143,3 +143,32 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(bad, tiny_shar
     last = load_checkpoint(tmp_path / "ckpt" / LAST)
     assert last["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_dvc_keeps_what_a_resume_reads_when_train_runs_again(tmp_path):
+    """``dvc repro`` after a killed train stage: DVC deletes a stage's outputs before its command
+    unless they persist, and resuming needs both last.pt and the DVCLive logs of the epochs it
+    finished (without them the trainer starts over). A stage with the train stage's own outs,
+    metrics and plots, as dvc.yaml declares them, finds all of them on its second run."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    train = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]
+    kept = ["runs/train/ckpt/last.pt", "runs/train/live/metrics.json", "runs/train/live/plots/metrics/loss.tsv"]
+    (tmp_path / "make.py").write_text(textwrap.dedent(f"""
+        import os, pathlib
+        kept = {kept!r}
+        pathlib.Path("found.txt").write_text("\\n".join(p for p in kept if os.path.exists(p)))
+        for p in kept:
+            pathlib.Path(p).parent.mkdir(parents=True, exist_ok=True)
+            pathlib.Path(p).write_text("step\\tloss\\n0\\t1\\n" if p.endswith(".tsv") else "{{}}")
+    """))
+    stage = {"cmd": f"{sys.executable} make.py", "deps": ["make.py"],
+             **{k: train[k] for k in ("outs", "metrics", "plots")}}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}))
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    for _ in range(2):
+        run = subprocess.run([*dvc, "repro", "-f", "-q"], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    assert (tmp_path / "found.txt").read_text().split("\n") == kept
