@@ -4,7 +4,9 @@ Default detector ``embedded``: our RetinaFace ONNX boxes and 5 keypoints are pas
 FAN as ``detected_faces`` (one detector for every backend, no extra weights), with
 face-alignment's own RetinaFace reference scale (165), since those boxes come from the
 same network family. ``sfd`` (S3FD, a weight file) and ``dlib`` (CPU HOG, no file) use
-face-alignment's detectors; the 5 keypoints then come from the 68 points.
+face-alignment's detectors, on the image shrunk to ``det_size`` with their own score filters
+(``score_threshold`` is the embedded detector's); FAN then reads the 68 points from the full image,
+and the 5 keypoints come from them.
 
 Weights come from torch hub's folder, ``$TORCH_HOME/hub/checkpoints`` (FAN has no path
 argument), or from ``detect.model_dir``. Every weight lookup goes through
@@ -85,7 +87,7 @@ class FanBackend(FaceBackend):
     """FAN-4 2D landmarks on boxes from ``detector`` (embedded | sfd | dlib)."""
 
     name = "face_alignment"
-    version = "2"                  # 2: the embedded detector's exact per-axis map back
+    version = "3"                  # 2: the embedded detector's exact per-axis map back; 3: sfd / dlib on det_size
     downloads = True
     defaults = {"detector": "embedded", "det_size": 640, "score_threshold": 0.9, "flip_input": False}
 
@@ -98,6 +100,8 @@ class FanBackend(FaceBackend):
         self._fa = None
         self._boxes = EmbeddedBackend({k: self.options[k] for k in ("det_size", "score_threshold")}, model_dir) \
             if self.options["detector"] == "embedded" else None
+        if self._boxes is None:            # sfd and dlib keep their own score filters: not in the cache key
+            self.UNSIGNED = type(self).UNSIGNED | {"score_threshold"}
 
     @classmethod
     def check_available(cls, model_dir: str | Path | None = None, detector: str = "embedded") -> None:
@@ -186,12 +190,28 @@ class FanBackend(FaceBackend):
             lmks = self._fa.get_landmarks_from_image(image, detected_faces=[[float(v) for v in b] for b in boxes])
             return [Face(tuple(float(v) for v in b), float(s), k, np.asarray(lm, np.float32)[:, :2], self.name)
                     for b, s, k, lm in zip(boxes, scores, kps, lmks)]
-        lmks, _, boxes = self._fa.get_landmarks_from_image(image, return_bboxes=True)
-        if lmks is None:
+        # face-alignment's detectors see the image shrunk to det_size, as ours do (S3FD on a 6000 px
+        # photo needs tens of GB); FAN then reads the landmarks from the full image
+        small = shrunk(image, int(self.options["det_size"]))
+        found = self._fa.face_detector.detect_from_image(small.copy())
+        if len(found) == 0:
             return []
+        sx, sy = image.shape[1] / small.shape[1], image.shape[0] / small.shape[0]
+        boxes = [(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy) for b in found]
+        lmks = self._fa.get_landmarks_from_image(image, detected_faces=[list(b) for b in boxes])
         faces = []
-        for lm, b in zip(lmks, boxes):
+        for b, box, lm in zip(found, boxes, lmks):
             lm = np.asarray(lm, np.float32)[:, :2]
-            score = float(b[4]) if len(b) > 4 else 1.0
-            faces.append(Face(tuple(float(v) for v in b[:4]), score, five_from_68(lm), lm, self.name))
+            faces.append(Face(box, float(b[4]) if len(b) > 4 else 1.0, five_from_68(lm), lm, self.name))
         return faces
+
+
+def shrunk(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` with its longest side at most ``side`` (area-averaged), else itself."""
+    h, w = image.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return image
+    import cv2
+
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)

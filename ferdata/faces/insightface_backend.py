@@ -99,6 +99,16 @@ class InsightFaceBackend(FaceBackend):
     downloads = True
     defaults = {"pack": "buffalo_l", "landmarks": "68", "det_size": 640, "score_threshold": 0.5}
 
+    @classmethod
+    def check_values(cls, options: Mapping[str, Any]) -> None:
+        """As every backend's, and ``det_size`` a multiple of 32: SCRFD's strides are 8, 16 and 32, and
+        on another size its anchor grid (rounded down) misses its output grid (rounded up)."""
+        super().check_values(options)
+        size = options.get("det_size")
+        if size is not None and (size < 32 or size % 32):
+            raise ValueError(f"face backend {cls.name!r}: option det_size must be a multiple of 32 (SCRFD's "
+                             f"largest stride), got {size}")
+
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:
         super().__init__(options, model_dir, allow_download)

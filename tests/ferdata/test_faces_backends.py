@@ -169,6 +169,7 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
     ("embedded", {"det_size": True}, "option det_size must be a whole number, got True"),
     ("insightface", {"threads": 0}, "option threads must be a whole number >= 1, got 0"),
     ("face_alignment", {"flip_input": "yes"}, "option flip_input must be true or false, got 'yes'"),
+    ("insightface", {"det_size": 600}, r"option det_size must be a multiple of 32 \(SCRFD's largest stride\), got 600"),
 ])
 def test_an_option_value_of_the_wrong_kind_is_refused_when_the_backend_is_built(name, options, message):
     """``--backend-option det_size=abc`` reached the detector and failed there with a TypeError."""
@@ -567,3 +568,37 @@ def test_fan_real_weights(photos, embedded):
     assert len(faces) == 1
     ref = embedded.detect(photos["astronaut"])[0]
     assert np.median(np.linalg.norm(faces[0].lmk68 - ref.lmk68, axis=1)) < 6
+
+
+def test_fan_own_detectors_see_the_image_shrunk_to_det_size_and_fan_the_full_image(fake_fan):
+    """S3FD and dlib ran on the full image (S3FD on a 6000 px photo needs tens of GB): they now see it
+    shrunk to det_size, their boxes map back per axis, and FAN reads the landmarks at full size.
+    Their own score filters stay theirs: score_threshold is out of their cache key."""
+    seen = {}
+
+    class Detector:
+        def detect_from_image(self, img):
+            seen["detector"] = img.shape
+            h, w = img.shape[:2]
+            return [np.array([w * 0.25, h * 0.25, w * 0.75, h * 0.5, 0.97])]
+
+    class Fan:
+        face_detector = Detector()
+
+        def get_landmarks_from_image(self, image, detected_faces=None):
+            seen["fan"] = (image.shape, detected_faces)
+            return [np.tile([[800.0, 500.0, 0.0]], (68, 1))]
+
+    backend = FanBackend({"detector": "dlib", "det_size": 320})
+    backend._fa = Fan()
+    faces = backend.detect(np.zeros((1200, 1600, 3), np.uint8))
+    assert seen["detector"] == (240, 320, 3)
+    assert seen["fan"][0] == (1200, 1600, 3) and np.allclose(seen["fan"][1], [[400, 300, 1200, 600]])
+    assert len(faces) == 1 and np.allclose(faces[0].box, (400, 300, 1200, 600)) and faces[0].score == 0.97
+    assert faces[0].lmk68.shape == (68, 2) and faces[0].kps5.shape == (5, 2)
+    small = np.zeros((200, 100, 3), np.uint8)                        # within det_size: the image itself
+    backend.detect(small)
+    assert seen["detector"] == small.shape
+    sig = FanBackend({"detector": "dlib", "score_threshold": 0.3}).signature()
+    assert sig == FanBackend({"detector": "dlib"}).signature() and "score_threshold" not in sig
+    assert "score_threshold=0.3" in FanBackend({"score_threshold": 0.3}).signature()     # the embedded detector's
