@@ -98,8 +98,8 @@ class FanBackend(FaceBackend):
             raise ValueError(f"face_alignment detector must be one of {sorted(DETECTORS)}, "
                              f"got {self.options['detector']!r}")
         self._fa = None
-        self._boxes = EmbeddedBackend({k: self.options[k] for k in ("det_size", "score_threshold")}, model_dir) \
-            if self.options["detector"] == "embedded" else None
+        boxes = {k: self.options[k] for k in ("det_size", "score_threshold", "threads") if k in self.options}
+        self._boxes = EmbeddedBackend(boxes, model_dir) if self.options["detector"] == "embedded" else None
         if self._boxes is None:            # sfd and dlib keep their own score filters: not in the cache key
             self.UNSIGNED = type(self).UNSIGNED | {"score_threshold"}
 

@@ -602,3 +602,8 @@ def test_fan_own_detectors_see_the_image_shrunk_to_det_size_and_fan_the_full_ima
     sig = FanBackend({"detector": "dlib", "score_threshold": 0.3}).signature()
     assert sig == FanBackend({"detector": "dlib"}).signature() and "score_threshold" not in sig
     assert "score_threshold=0.3" in FanBackend({"score_threshold": 0.3}).signature()     # the embedded detector's
+
+
+def test_fan_gives_its_threads_to_the_embedded_detector_it_runs():
+    assert FanBackend({"threads": 3})._boxes.options["threads"] == 3
+    assert "threads" not in FanBackend()._boxes.options or FanBackend()._boxes.options["threads"] == 1
