@@ -83,6 +83,8 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
     typer.echo("\n\n".join(describe(s) for s in series))
     if out is not None:
         out.write_text(json.dumps([s.record() for s in series], indent=2) + "\n")
+    if any(s.problem for s in series):
+        raise ValueError("some series are not cross-validations (above): their folds share a test split")
 
 
 def main() -> None:

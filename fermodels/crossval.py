@@ -26,6 +26,7 @@ from fermodels.metrics import metrics_from_confusion
 
 METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 EVAL_DIR = "runs/eval"
+TESTED = "runs/select/evaluate.json"                # the split each fold was tested on, pinned by its hash
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class FoldRun:
     params: dict = field(hash=False)
     metrics: dict = field(hash=False)
     confusion: np.ndarray = field(hash=False)       # rows actual, columns predicted, all canonical classes
+    tested: str | None = None                       # the pinned test split(s), as JSON; None if not recorded
 
 
 @dataclass
@@ -53,6 +55,24 @@ class Series:
     def missing(self) -> list[int]:
         return [k for k in range(self.folds) if k not in self.runs]
 
+    @property
+    def problem(self) -> str | None:
+        """Why the folds do not make a cross-validation, or None: folds tested on the same split
+        (a dataset with an official test split, such as RAF-DB's or AffectNet's, keeps it whatever
+        ``shard.fold`` says; so does a cross-dataset ``evaluate.dataset``): averaging them would count
+        one test set several times."""
+        by_split: dict[str, list[int]] = {}
+        for k, run in sorted(self.runs.items()):
+            if run.tested is not None:
+                by_split.setdefault(run.tested, []).append(k)
+        same = [folds for folds in by_split.values() if len(folds) > 1]
+        if not same:
+            return None
+        return (f"folds {', '.join(' and '.join(map(str, f)) for f in same)} were tested on the same split: a "
+                "dataset with an official test split (RAF-DB, AffectNet, FER2013, SFEW) keeps it whatever "
+                "shard.fold says, and so does a cross-dataset evaluate.dataset; k-fold cross-validation is "
+                "for datasets without one (CK+, JAFFE)")
+
     def table(self) -> dict:
         """Per metric: each fold's value, mean and sample std over the folds (None for one fold),
         and the pooled value."""
@@ -65,13 +85,17 @@ class Series:
                       "std": float(values.std(ddof=1)) if len(values) > 1 else None,   # undefined for one fold
                       "pooled": pooled[m]}
         out["num_samples"] = {"folds": [r.metrics["num_samples"] for r in ordered], "pooled": pooled["num_samples"]}
+        out["per_class_pooled"] = pooled["per_class"]
         return out
 
     def record(self) -> dict:
         """The series as JSON-ready data: configuration, folds, experiments per fold, metrics."""
-        return {"params": self.params, "folds": self.folds, "missing": self.missing,
-                "experiments": {k: r.name for k, r in sorted(self.runs.items())}, "replaced": self.replaced,
-                "metrics": self.table()}
+        out = {"params": self.params, "folds": self.folds, "missing": self.missing,
+               "experiments": {k: r.name for k, r in sorted(self.runs.items())}, "replaced": self.replaced}
+        if self.problem:
+            return {**out, "problem": self.problem}
+        confusion = {k: r.confusion.tolist() for k, r in sorted(self.runs.items())}
+        return {**out, "metrics": self.table(), "classes": list(CLASSES), "confusion": confusion}
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -103,10 +127,14 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
         except ValueError as err:
             skipped[name] = f"no evaluation in its commit ({err})"
             continue
+        try:
+            tested = json.dumps(json.loads(_git(repo, "show", f"{commit}:{TESTED}")), sort_keys=True)
+        except ValueError:                          # an experiment of a version that did not pin it
+            tested = None
         cm = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
         for r in rows:
             cm[CLASSES.index(r["actual"]), CLASSES.index(r["predicted"])] += 1
-        runs.append(FoldRun(name, commit, int(time), params, metrics, cm))
+        runs.append(FoldRun(name, commit, int(time), params, metrics, cm, tested))
     return runs, skipped
 
 
@@ -134,9 +162,15 @@ def summarise(runs: Sequence[FoldRun]) -> list[Series]:
 
 def describe(series: Series) -> str:
     """A readable table: the configuration, one row per fold, then mean, sample std and pooled."""
+    from fermodels.recipes import RECIPES
+
     train = series.params.get("train", {})
-    head = (f"{train.get('recipe') or train.get('model')} on {'+'.join(train.get('datasets') or [])}: "
+    recipe = RECIPES.get(train["recipe"]).values if train.get("recipe") in RECIPES.names() else {}
+    datasets = recipe.get("datasets") or train.get("datasets") or []          # a recipe names its own
+    head = (f"{train.get('recipe') or train.get('model')} on {'+'.join(datasets)}: "
             f"{len(series.runs)} of {series.folds} folds" + (f", missing {series.missing}" if series.missing else ""))
+    if series.problem:
+        return f"{head}\nnot summarised: {series.problem}"
     table = series.table()
     rows = [f"{'':>7s}" + "".join(f"{m:>21s}" for m in METRICS) + f"{'test samples':>14s}"]
     for i, k in enumerate(sorted(series.runs)):

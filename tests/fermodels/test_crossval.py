@@ -26,9 +26,10 @@ def git(repo: Path, *args: str, env: dict | None = None) -> str:
 
 
 def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
-               pairs: list[tuple[str, str]] | None) -> None:
+               pairs: list[tuple[str, str]] | None, tested: str | None = None) -> None:
     """An experiment commit on top of ``baseline``: params.yaml and (unless ``pairs`` is None) an
-    evaluation whose test samples are the (actual, predicted) ``pairs``."""
+    evaluation whose test samples are the (actual, predicted) ``pairs``; ``tested``: the hash of the
+    test split its ``runs/select/evaluate.json`` pins (none written when None)."""
     git(repo, "checkout", "-q", "-f", "--detach", baseline)
     git(repo, "clean", "-fdq")
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -40,6 +41,9 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
         (repo / "runs" / "eval" / "metrics.json").write_text(json.dumps(metrics))
         (repo / "runs" / "eval" / "confusion.json").write_text(
             json.dumps([{"actual": a, "predicted": p} for a, p in pairs]))
+    if tested is not None:
+        (repo / "runs" / "select").mkdir(parents=True, exist_ok=True)
+        (repo / "runs" / "select" / "evaluate.json").write_text(json.dumps({"ckplus": {"test": tested}}))
     git(repo, "add", "-A")
     stamp = {**ENV, "GIT_COMMITTER_DATE": f"{1_700_000_000 + when} +0000"}
     git(repo, "commit", "-q", "-m", name, env=stamp)
@@ -128,3 +132,52 @@ def test_outside_a_repository_or_before_a_commit_the_error_says_where_to_run(tmp
         res = CliRunner().invoke(app, ["crossval", "--repo", str(repo)])
         assert res.exit_code != 0 and "no commit 'HEAD'" in str(res.exception)
         assert "run this in the project's git repository" in str(res.exception)
+
+
+def test_the_summary_holds_what_recomputes_it(repo, tmp_path):
+    """cv.json keeps each fold's confusion matrix and the pooled per-class metrics: the pooled and
+    per-fold figures can be recomputed from it."""
+    import numpy as np
+
+    from fermodels.metrics import metrics_from_confusion
+
+    out = tmp_path / "cv.json"
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo[0]), "--rev", repo[1], "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cmnet = json.loads(out.read_text())[1]
+    folds = {k: np.array(v) for k, v in cmnet["confusion"].items()}
+    assert {k: int(v.sum()) for k, v in folds.items()} == {"0": 4, "1": 2, "2": 2}
+    pooled = metrics_from_confusion(sum(folds.values()), cmnet["classes"])
+    assert pooled["accuracy"] == pytest.approx(5 / 8) == cmnet["metrics"]["accuracy"]["pooled"]
+    assert cmnet["metrics"]["per_class_pooled"]["Happy"] == {**pooled["per_class"]["Happy"]}
+    assert cmnet["metrics"]["per_class_pooled"]["Happy"]["recall"] == pytest.approx(2 / 3)
+
+
+def test_folds_tested_on_one_split_are_not_summarised(tmp_path):
+    """RAF-DB or AffectNet keep their official test split whatever shard.fold says: K such "folds"
+    are one test set counted K times (std 0, pooled samples K times too many). The pinned test
+    split tells them apart from real folds."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        experiment(repo, base, f"raf{k}", k, params(k, model="pcnn"), FOLDS[0], tested="same-sha")
+        experiment(repo, base, f"ck{k}", 10 + k, params(k), FOLDS[k], tested=f"sha-{k}")
+    pcnn, cmnet = summarise(read_experiments(repo, base)[0])[::-1]
+    assert cmnet.problem is None and cmnet.table()["num_samples"]["pooled"] == 8
+    assert pcnn.problem.startswith("folds 0 and 1 and 2 were tested on the same split")
+    assert describe(pcnn).splitlines()[1].startswith("not summarised: folds 0 and 1 and 2")
+    out = tmp_path / "cv.json"
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo), "--rev", base, "--out", str(out)])
+    assert res.exit_code != 0 and "their folds share a test split" in str(res.exception)
+    saved = {s["params"]["train"]["model"]: s for s in json.loads(out.read_text())}
+    assert "metrics" not in saved["pcnn"] and "official test split" in saved["pcnn"]["problem"]
+    assert saved["cmnet"]["metrics"]["accuracy"]["pooled"] == pytest.approx(5 / 8)
+
+
+def test_a_recipe_series_is_named_with_the_recipes_datasets(tmp_path):
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    experiment(repo, base, "r0", 0, {"shard": {"folds": 2, "fold": 0},
+                                     "train": {"recipe": "pcnn_rafdb", "model": "cmnet", "datasets": ["sample"]}},
+               FOLDS[0])
+    assert describe(summarise(read_experiments(repo, base)[0])[0]).startswith("pcnn_rafdb on rafdb: 1 of 2 folds")

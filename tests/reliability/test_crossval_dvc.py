@@ -60,6 +60,11 @@ def test_kfold_experiments_are_summarised(clean_root, tmp_path):
     tested = series["metrics"]["num_samples"]
     assert sum(tested["folds"]) == tested["pooled"] == kept
     assert all(n > 0 for n in tested["folds"])
+    assert [sum(map(sum, series["confusion"][str(k)])) for k in range(FOLDS)] == tested["folds"]
+    from fermodels.crossval import read_experiments
+
+    pins = {run.tested for run in read_experiments(a)[0]}           # each fold's commit pins its own test split
+    assert len(pins) == FOLDS and None not in pins
 
     hub = tmp_path / "hub.git"                                     # a shared git remote, as on GitHub
     sh(tmp_path, "git", "clone", "-q", "--bare", str(a), str(hub))
