@@ -33,9 +33,9 @@ class Recipe:
 
 
 RECIPES: Registry[Recipe] = Registry("training recipe")
-RECIPE_KEYS = ("datasets", "model", "num_classes", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-               "momentum", "schedule", "warmup_epochs", "step_size", "gamma", "sam", "sam_rho", "sampler",
-               "class_weights", "label_smoothing", "ema_decay", "augment")
+RECIPE_KEYS = ("datasets", "model", "num_classes", "epochs", "epoch_samples", "batch_size", "optimizer", "lr",
+               "weight_decay", "momentum", "schedule", "warmup_epochs", "step_size", "gamma", "sam", "sam_rho",
+               "sampler", "class_weights", "label_smoothing", "ema_decay", "augment")
 
 
 def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, translate: float = 0.0,
@@ -54,8 +54,10 @@ def _recipe(name: str, source: str, notes: str = "", **values: Any) -> None:
 
 
 # What no seed paper uses: SAM (POSTER++'s code, not its paper: see _NIE_NOTE), class weights,
-# label smoothing, a weight average.
-_PLAIN = {"sam": False, "sam_rho": 0.05, "class_weights": False, "label_smoothing": 0.0, "ema_decay": 0.0}
+# label smoothing, a weight average; and epochs are passes over the training split (epoch_samples
+# null), so that "epochs" means what the papers mean whatever params.yaml says.
+_PLAIN = {"sam": False, "sam_rho": 0.05, "class_weights": False, "label_smoothing": 0.0, "ema_decay": 0.0,
+          "epoch_samples": None}
 # CMNet/PCNN RAF-DB augmentation: HFlip; p=0.2 {RandomRotation 20, RandomCrop 224 pad 32}
 # (pad 32 of 224 = translate 0.143); RandomErasing(scale 0.02-0.25) with torchvision's p=0.5.
 _CROP_ROTATE = _augment(affine_p=0.2, degrees=20.0, translate=32 / 224, erase_p=0.5, erase_scale=(0.02, 0.25))
@@ -114,7 +116,9 @@ for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
     _recipe(f"pcda_{_ds}", f"{_NIE_SOURCE}; "
             "erasing, sampler as POSTER++ AffectNet (:165)",
             _NIE_NOTE + " AffectNet: RandomErasing(p=1, scale 0.05) and ImbalancedDatasetSampler as POSTER++ "
-            "(whose AffectNet figures need that sampler, seed_models.md:246).",
+            "(whose AffectNet figures need that sampler, seed_models.md:246)."
+            + (" The paper reports AffectNet 7-class only (§4.1, Tables 5-6): this 8-class recipe has no "
+               "published figure to compare with." if _classes == 8 else ""),
             datasets=[_ds], num_classes=_classes, lr=1e-6, sampler="balanced",
             augment=_augment(erase_p=1.0, erase_scale=(0.05, 0.05)), **_NIE)
 
@@ -125,7 +129,8 @@ _CONVCUT = {"num_classes": 7, "epochs": 50, "batch_size": 16, "optimizer": "adam
 for _model in ("convcut", "convcut_paper"):
     for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
         _recipe(f"{_model}_{_ds}", "docs/reference/seed_models.md:225 (§5.3 Conv-cut training row)",
-                "Adam 1e-3, batch 16, 50 epochs, frozen backbone (the model's default); PAtt-Lite's "
+                "Adam 1e-3, batch 16, 50 epochs, frozen backbone (the model's default); the paper gives only the "
+                "initial learning rate (§4.1), so it stays constant (INFER); PAtt-Lite's "
                 "RandomFlip -> hflip 0.5, its RandomContrast has no equivalent here. FERPlus as 8 classes (INFER).",
                 datasets=[_ds], model=_model, **{**_CONVCUT, "num_classes": _classes})
 

@@ -56,8 +56,9 @@ def test_published_settings():
 def test_recipe_overrides_the_section_and_null_changes_nothing():
     base = train_section()
     assert apply_recipe({**base, "recipe": None}) == {**base, "recipe": None}
-    values = apply_recipe({**base, "recipe": "pcnn_rafdb", "lr": 123.0, "workers": 7})
+    values = apply_recipe({**base, "recipe": "pcnn_rafdb", "lr": 123.0, "workers": 7, "epoch_samples": 16})
     assert values["lr"] == 0.01 and values["workers"] == 7
+    assert values["epoch_samples"] is None          # the paper's epochs are passes over the training split
     values["augment"]["hflip"] = 0.0
     assert RECIPES.get("pcnn_rafdb").values["augment"]["hflip"] == 0.5, "recipes must not be mutated"
 
