@@ -331,14 +331,18 @@ def pixel_affine(card: ModelCard, device: torch.device | None = None) -> tuple[t
     return (scale, shift) if device is None else (host_to(scale, device), host_to(shift, device))
 
 
-def host_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+def host_to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """A host tensor (a batch field, draws, matrices, constants) on ``device`` without holding up the
     host: a copy from pageable memory to a GPU first waits for everything queued on it, which would
     stop the host from queuing the next step while the GPU runs this one; from pinned memory (the
     loader's batches are pinned already; anything else is pinned first) it is queued behind that
     work instead."""
+    device = torch.device(device)
     if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
+        # pinned as a dense copy: pin_memory() keeps a view's strides (an expanded tensor fails, a
+        # strided slice pins its whole span and its copy to the GPU goes through pageable memory)
+        pinned = t if t.is_pinned() else torch.empty_like(t, pin_memory=True).copy_(t)
+        return pinned.to(device, non_blocking=True)
     return t.to(device)
 
 

@@ -116,12 +116,16 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
     paper does not stop them. Computed for all classes at once, without reading anything back
     from the device (a loop over the classes present waited for the GPU once per class): the
     neutral pairs through their spread about the mean, ``sum_ij MSE(f_i, f_j) = 2 N/D sum_i
-    |f_i - mean|^2``, which is exact and as stable as the pairwise differences.
+    |f_i - mean|^2`` (exact in arithmetic; in float32 it loses precision only for features whose
+    offset is orders of magnitude above their spread). Masks select with ``where``, so a sample
+    outside a term cannot spoil it (an infinite feature times 0 is nan).
     """
     if features.dim() != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"features must be (B, D) matching labels (B,), got "
                          f"{tuple(features.shape)} and {tuple(labels.shape)}")
     features = features.float()  # distances in float32 under autocast
+    if labels.numel() == 0:
+        return features.sum()                                                # 0, on the graph
     member = F.one_hot(labels, logits.shape[-1]).bool()                      # (B, K)
     count = member.sum(0)[labels].float()                                    # N_c of each sample's class
     with torch.no_grad():
@@ -131,9 +135,10 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
         anchor = torch.where(member, entropy[:, None], torch.inf).argmin(0)[labels]
     to_anchor = ((features - features[anchor]) ** 2).mean(-1)               # (B,)
     anchored = torch.where((count >= 2) & (labels != neutral), to_anchor / count, 0.0).sum()
-    is_neutral = (labels == neutral).float()
-    n = is_neutral.sum()
-    mean = (is_neutral[:, None] * features).sum(0) / n.clamp(min=1)
-    spread = (is_neutral * ((features - mean) ** 2).sum(-1)).sum()          # sum_i |f_i - mean|^2
+    is_neutral = labels == neutral
+    n = is_neutral.sum().float()
+    neutral_features = torch.where(is_neutral[:, None], features, 0.0)
+    mean = neutral_features.sum(0) / n.clamp(min=1)
+    spread = torch.where(is_neutral, ((neutral_features - mean) ** 2).sum(-1), 0.0).sum()   # sum_i |f_i - mean|^2
     pairs = 2 * n * spread / (features.shape[1] * (n - 1).clamp(min=1) ** 2)
     return anchored + torch.where(n >= 2, pairs, 0.0)

@@ -91,6 +91,16 @@ def test_neaa_batched_equals_the_per_class_formula_with_its_gradient(seed) -> No
                                rtol=1e-4, atol=1e-6)
 
 
+def test_neaa_of_no_samples_is_zero_and_a_bad_feature_outside_a_term_leaves_it_alone() -> None:
+    empty = neutral_aware_anchor(torch.zeros(0, 4, requires_grad=True), torch.zeros(0, 7), torch.zeros(0, dtype=int))
+    assert empty.item() == 0.0 and empty.requires_grad
+    feats = torch.randn(6, 4)
+    labels = torch.tensor([0, 0, 0, 3, 3, 5])                    # class 5: one sample, in no term
+    want = _neaa_per_class(feats, torch.zeros(6, 7), labels)
+    feats[5] = torch.inf
+    assert neutral_aware_anchor(feats, torch.zeros(6, 7), labels).item() == pytest.approx(want.item())
+
+
 def test_neaa_reads_nothing_back_from_the_device() -> None:
     """The loss runs on the meta device (shapes, no data): no per-class loop, no ``unique`` or
     ``nonzero`` whose sizes would need the values, i.e. no wait for the GPU in a training step."""

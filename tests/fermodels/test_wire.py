@@ -115,14 +115,40 @@ def test_the_host_never_waits_for_the_gpu_in_the_input_path(tiny_shards):
     wire = SampleDecoder(ALL, card.input_size, wire=travel_side(card.input_size, stored_side(split), GPU))
     batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in wire.collate(_raw(split)).items()}
     fill = torch.tensor(card.mean) * 255.0
+    real_to, pageable = torch.Tensor.to, []
+
+    def to(self, *args, **kwargs):               # the sync debug mode does not flag a non_blocking pageable copy
+        out = real_to(self, *args, **kwargs)
+        if self.device.type == "cpu" and out.device.type == "cuda" and not self.is_pinned():
+            pageable.append(tuple(self.shape))
+        return out
+
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        x = normalise(augment_batch(to_device(batch, GPU, card.input_size), _augment(True),
-                                    torch.Generator().manual_seed(0), fill), card, True)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.Tensor, "to", to)
+            x = normalise(augment_batch(to_device(batch, GPU, card.input_size), _augment(True),
+                                        torch.Generator().manual_seed(0), fill), card, True)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert x["image"].is_cuda and torch.isfinite(x["image"]).all()
+    assert pageable == [], f"copies to the GPU from pageable memory: {pageable}"
+
+
+@NEEDS_CUDA
+def test_host_to_pins_what_it_copies_densely():
+    """An already pinned tensor is copied as it is; an expanded tensor (pin_memory() keeps its zero
+    strides and fails) and a strided slice (pinned whole, copied through pageable memory) arrive
+    as their values."""
+    from fermodels.data import host_to
+
+    pinned = torch.arange(6).pin_memory()
+    expanded = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1).expand(4, 3, 5, 5)
+    strided = torch.arange(4000).reshape(40, 100)[:, ::50]
+    for t in (pinned, expanded, strided):
+        torch.testing.assert_close(host_to(t, GPU).cpu(), t)
+    assert host_to(torch.ones(2), "cuda").is_cuda
 
 
 def test_augmentation_does_only_per_sample_work_on_the_host():
@@ -208,3 +234,11 @@ def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
                                                  torch.tensor(card.mean) * 255.0), card, True)
     assert x["image"].device.type == "meta" and x["image"].shape == (n, 3, 224, 224)
     assert seen.found == [], f"host tensors reached the device outside host_to: {seen.found}"
+
+
+
+def test_host_to_leaves_other_devices_to_a_plain_copy():
+    from fermodels.data import host_to
+
+    t = torch.arange(6).reshape(2, 3).t()
+    assert host_to(t, "cpu") is t and host_to(t, torch.device("meta")).device.type == "meta"
