@@ -110,8 +110,9 @@ class BatchRing:
 
 
 def copy_out(src: torch.Tensor, pin: bool) -> torch.Tensor:
-    """A copy of ``src`` made by one thread (NumPy's), pinned with ``pin``. torch's own copy of a
-    batch-sized tensor runs in its OpenMP pool, whose threads then spin for a while waiting for
+    """A dense copy of ``src`` (a NumPy dtype) made by one thread (NumPy's), pinned with ``pin``: the
+    main process's copy of a ring buffer, or of any host tensor bound for a GPU. torch's own copy of
+    a batch-sized tensor runs in its OpenMP pool, whose threads then spin for a while waiting for
     more work, on the cores the workers decode on: with torch's default threads in the main
     process that made the loader 1.7-2x slower on 2 cores (BENCHMARKS.md, the GPU section)."""
     own = torch.empty_like(src, pin_memory=pin)

@@ -27,6 +27,7 @@ from ferdata.io import decode_jpeg_rgb, read_header
 from ferdata.layout import INFO
 from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.tario import iter_tar_samples, listed_shard, load_npy
+from fermodels.batchring import copy_out
 from fermodels.losses import TARGET_KINDS
 from fermodels.registry import ModelCard
 
@@ -341,7 +342,7 @@ def host_to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     if device.type == "cuda" and t.device.type == "cpu":
         # pinned as a dense copy: pin_memory() keeps a view's strides (an expanded tensor fails, a
         # strided slice pins its whole span and its copy to the GPU goes through pageable memory)
-        pinned = t if t.is_pinned() else torch.empty_like(t, pin_memory=True).copy_(t)
+        pinned = t if t.is_pinned() else copy_out(t, pin=True)
         return pinned.to(device, non_blocking=True)
     return t.to(device)
 
