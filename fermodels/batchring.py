@@ -109,14 +109,22 @@ class BatchRing:
         self.released.fill_(RELEASE_ALL)
 
 
+# dtypes NumPy lacks, copied as the integers of their width
+_NUMPY_STAND_IN = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
+
+
 def copy_out(src: torch.Tensor, pin: bool) -> torch.Tensor:
-    """A dense copy of ``src`` (a NumPy dtype) made by one thread (NumPy's), pinned with ``pin``: the
+    """A dense copy of ``src`` made by one thread (NumPy's), pinned with ``pin``: the
     main process's copy of a ring buffer, or of any host tensor bound for a GPU. torch's own copy of
     a batch-sized tensor runs in its OpenMP pool, whose threads then spin for a while waiting for
     more work, on the cores the workers decode on: with torch's default threads in the main
     process that made the loader 1.7-2x slower on 2 cores (BENCHMARKS.md, the GPU section)."""
     own = torch.empty_like(src, pin_memory=pin)
-    own.numpy()[...] = src.numpy()
+    as_numpy = _NUMPY_STAND_IN.get(src.dtype)
+    if as_numpy is None:
+        own.numpy()[...] = src.numpy()
+    else:  # a dtype NumPy lacks: copy its bits as integers of the same width
+        own.view(as_numpy).numpy()[...] = src.view(as_numpy).numpy()
     return own
 
 

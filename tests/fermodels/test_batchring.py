@@ -167,6 +167,20 @@ def test_the_main_process_copies_batches_out_without_torchs_thread_pool(monkeypa
     assert all(own[k].is_pinned() == pin and own[k].data_ptr() != written[k].data_ptr() for k in want)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32, torch.float16, torch.bfloat16,
+                                   torch.float8_e4m3fn, torch.bool])
+def test_copy_out_is_exact_for_every_dtype_and_layout(dtype):
+    """``copy_out`` (also ``host_to``'s pinned copy) must take any tensor bound for a GPU, bfloat16
+    among them (NumPy has no such dtype), expanded or strided, and give a dense, bit-exact copy."""
+    from fermodels.batchring import copy_out
+    base = (torch.arange(24, dtype=torch.float32) / 7 - 1).to(dtype).reshape(2, 3, 4)
+    for src in (base, base[:, ::2, 1:], base[:1].expand(5, 3, 4), base.transpose(0, 2)):
+        own = copy_out(src, pin=False)
+        assert own.dtype == dtype and own.shape == src.shape and own.data_ptr() != src.data_ptr()
+        assert own.untyped_storage().nbytes() == own.numel() * own.element_size()      # dense
+        assert torch.equal(own.contiguous().view(-1).view(torch.uint8), src.contiguous().view(-1).view(torch.uint8))
+
+
 @pytest.mark.parametrize("name,shape,dtype", [("image", (2, 5, 4, 3), torch.uint8),     # wrong size
                                               ("image", (6, 4, 4, 3), torch.uint8),     # over capacity
                                               ("image", (2, 4, 4, 3), torch.float32),   # wrong dtype
