@@ -173,6 +173,11 @@ class DetectionCache:
             return None
 
     @_named
+    def other_signatures(self, sha: str, sig: str) -> list[str]:
+        """The signatures other than ``sig`` that image ``sha`` is cached under."""
+        return [s for (s,) in self.db.execute("SELECT sig FROM det WHERE sha=? AND sig!=?", (sha, sig))]
+
+    @_named
     def put(self, sha: str, sig: str, det: Detection) -> None:
         self.db.execute("INSERT OR REPLACE INTO det VALUES (?, ?, ?)", (sha, sig, det.to_json()))
         self._pending += 1

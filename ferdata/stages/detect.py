@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import json
 import logging
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -215,6 +216,18 @@ class _Table:
         self.counts = {"detections_run": 0, "cache_hits": 0}
         self.marked = {"found": 0, "missed": 0}     # faces the dataset marks: found there or not
         self.ran, self.failures = 0, []               # images the backend ran on (faces or none) / raised on
+        self.elsewhere: Counter[str] = Counter()      # other signatures of the images detected now
+
+    def warn_cached_elsewhere(self) -> None:
+        """Say so when images were detected again that the cache holds under other signatures:
+        ``auto`` chose another backend than where the cache was filled (that one's models are not
+        here), or a setting, model file or backend version changed. The old entries stay unused."""
+        if self.elsewhere:
+            n = self.counts["detections_run"]
+            log.warning("detect: images detected now were cached under other signatures, not used here: %s; this "
+                        "run's is %s (%d detections). A different backend (auto picks the first whose models "
+                        "are here), setting, model file or backend version makes a different signature",
+                        ", ".join(f"{sig} ({k} images)" for sig, k in sorted(self.elsewhere.items())), self.sig, n)
 
     def check_backend(self, final: bool) -> None:
         """Stop when the backend fails on images as a rule, not as an exception: its first 10 all
@@ -240,6 +253,7 @@ class _Table:
         if job.cached is None:
             self.counts["detections_run"] += 1
             if job.cacheable:
+                self.elsewhere.update(self.cache.other_signatures(job.sha, self.sig))
                 self.cache.put(job.sha, self.sig, det)
         else:
             self.counts["cache_hits"] += 1
@@ -325,6 +339,7 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     report.kept += 1
         write_drops(out, report, drops)
         table.check_backend(final=True)
+        table.warn_cached_elsewhere()
         report.notes["backend"] = table.sig
         # The file holds what the table holds: a run served from the cache (warm, merged, other
         # workers) writes the same bytes as a cold one, so DVC sees the same output and align
@@ -353,5 +368,6 @@ def fill_cache(items: Iterable[FaceRecord | Dropped], params: DetectParams) -> S
             else:
                 report.kept += 1
         table.check_backend(final=True)
+        table.warn_cached_elsewhere()
     report.notes.update({**table.counts, "backend": table.sig, "cache": str(table.cache.path)})
     return report

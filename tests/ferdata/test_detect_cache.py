@@ -82,6 +82,23 @@ def test_repeat_detects_nothing_and_growth_detects_only_new(tmp_path, images, mo
     assert notes(changed)["detections_run"] == 3                   # new backend signature: new entries
 
 
+def test_images_cached_under_another_signature_are_named_when_detected_again(tmp_path, images, caplog):
+    """Detecting again what the cache holds under another signature (``auto`` on a machine without
+    the models the cache was filled with, a changed setting or model file) is worth a warning that
+    names both: silently it looks like a cache that does not work."""
+    first = run_detect(records(images[:4]), params(tmp_path), tmp_path / "a")
+    assert "other signatures" not in caplog.text
+    old_sig = notes(first)["backend"]
+    caplog.clear()
+    changed = run_detect(records(images[:6]), params(tmp_path, threshold=0.8), tmp_path / "b")
+    warned = [r.getMessage() for r in caplog.records if "other signatures" in r.getMessage()]
+    assert notes(changed)["detections_run"] == 6 and len(warned) == 1
+    assert f"{old_sig} (4 images)" in warned[0] and notes(changed)["backend"] in warned[0]
+    caplog.clear()
+    run_detect(records(images[6:]), params(tmp_path, threshold=0.8), tmp_path / "c")     # new images only
+    assert "other signatures" not in caplog.text
+
+
 def test_workers_do_not_change_the_output(tmp_path, images):
     one = run_detect(records(images), params(tmp_path / "1", workers=1), tmp_path / "o1")
     two = run_detect(records(images), params(tmp_path / "2", workers=2), tmp_path / "o2")
