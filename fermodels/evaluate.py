@@ -65,7 +65,9 @@ def autocast(device: torch.device, enabled: bool):
 @torch.no_grad()
 def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torch.device, *,
                    flip_tta: bool, amp: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(labels, probabilities, keys) over a loader of collated uint8 batches, in loader order."""
+    """(labels, probabilities, keys) over a loader of collated uint8 batches, in loader order. The
+    probabilities stay on the device until the end: a copy back per batch would make the host wait
+    for each batch's forward instead of queuing the next one."""
     model.eval()
     labels, probs, keys = [], [], []
     for batch in loader:
@@ -75,11 +77,11 @@ def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torc
             if flip_tta:
                 p = (p + model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
         labels.append(batch["label"].numpy())
-        probs.append(p.cpu().numpy())
+        probs.append(p)
         keys += batch["key"]
     if not labels:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), []
-    return np.concatenate(labels), np.concatenate(probs), keys
+    return np.concatenate(labels), torch.cat(probs).cpu().numpy(), keys
 
 
 def rank_loader(dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: int,

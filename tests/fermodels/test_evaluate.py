@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,30 @@ def test_batch_check_exposes_the_batch_attention_leak(tiny_shards, tmp_path, one
     check = m["batch_composition"]
     assert check["independent_of_batch"] is False
     assert check["orders"]["batch1"]["max_prob_diff"] > 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prediction_waits_for_the_gpu_once_not_per_batch(tiny_run):
+    """Probabilities copied back per batch make the host wait for each forward before it queues the
+    next batch; torch's sync debug mode counts each wait: three batches must wait as often as one."""
+    model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt")).cuda()
+    card, gpu = model.card, torch.device("cuda")
+    data = IndexedSplit(open_split([tiny_run["shards"]], "test"), SampleDecoder(card.fields, card.input_size), 7)
+    assert len(data) >= 6
+
+    def waits(n_batches: int) -> int:
+        loader = indexed_loader(data, range(2 * n_batches), 2, 0)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                predict_loader(model, loader, card, gpu, flip_tta=True)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in seen)
+
+    assert waits(3) == waits(1) >= 1
 
 
 def test_flip_tta_averages_the_mirrored_prediction(tiny_run, one_thread):
