@@ -7,8 +7,10 @@ shards up to :data:`WHOLE_FILE_BYTES` are read whole and every header is checked
 sizes, types, names, checksums in one numpy pass) before a member is handed out; other
 sources are scanned block by block. From the first header the scanner does not handle (pax,
 links, sparse files, base-256 sizes, compressed archives) ``tarfile`` takes over, so the
-members are always the ones ``tarfile`` would give. A header with a valid magic and a wrong
-checksum is an error, where ``tarfile`` would silently end the archive there. Safety checks
+members are always the ones ``tarfile`` would give. Where ``tarfile`` would silently end the
+archive early, the scanner raises: a header with a valid magic and a wrong checksum, an archive
+without its end-of-archive marker (cut short, perhaps between two samples) and data after that
+marker (a header zeroed). Safety checks
 on the members themselves are the caller's (:func:`ferdata.tario.check_member`).
 """
 from __future__ import annotations
@@ -122,6 +124,21 @@ def _member(buf: bytes, at: int, size: int, longname: str | None, offset_data: i
     return Member(name, size, offset_data)
 
 
+_NO_END = "cut short: it ends without the end-of-archive marker"
+
+
+def _after_end(pos: int) -> str:
+    return f"data after the end-of-archive marker at byte {pos} (a header zeroed, or bytes appended)"
+
+
+def _only_zeros_after(f: BinaryIO, pos: int) -> None:
+    """The rest of ``f`` after an end-of-archive block at ``pos``: anything but zeros is damage (a
+    zeroed header would otherwise end the archive there, its later members silently gone)."""
+    while chunk := f.read(1 << 20):
+        if any(chunk):
+            raise tarfile.ReadError(_after_end(pos))
+
+
 def _from_tarfile(m: tarfile.TarInfo) -> Member:
     return Member(m.name, m.size, m.offset_data, m.isreg() and not m.issparse())
 
@@ -135,10 +152,11 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]
     f.seek(pos)
     while True:
         buf = f.read(BLOCK)
-        if len(buf) < BLOCK or buf == _ZERO:
-            if buf and buf != _ZERO:
-                raise tarfile.ReadError("unexpected end of data")
+        if buf == _ZERO:
+            _only_zeros_after(f, pos)
             return
+        if len(buf) < BLOCK:
+            raise tarfile.ReadError("unexpected end of data" if buf else _NO_END)
         if buf[257:265] not in _MAGICS or buf[124] & 0x80:
             raise _Unusual
         _check_sum(buf, pos, 256 + sum(buf[:148]) + sum(buf[156:]))
@@ -175,6 +193,8 @@ def _scan_buffer(buf: bytes) -> Table:
     while pos + BLOCK <= end:
         if buf[pos + 257:pos + 265] not in _MAGICS or buf[pos + 124] & 0x80:
             if buf[pos:pos + BLOCK] == _ZERO:
+                if any(buf[pos:]):
+                    raise tarfile.ReadError(_after_end(pos))
                 break
             raise _Unusual
         size = _size(buf, pos)
@@ -184,8 +204,7 @@ def _scan_buffer(buf: bytes) -> Table:
         sizes.append(size)
         pos += BLOCK + size + (-size % BLOCK)
     else:
-        if any(buf[pos:]):
-            raise tarfile.ReadError("unexpected end of data")
+        raise tarfile.ReadError("unexpected end of data" if any(buf[pos:]) else _NO_END)
     if not starts:
         return Table(buf, [], [], [])
     _check_sums(buf, _blocks(buf)[np.array(starts) // BLOCK], starts)
@@ -214,7 +233,7 @@ def _scan_blocks(buf: bytes) -> Table | None:
     with a ustar/GNU magic is taken for a header, and the archive qualifies when those headers
     chain exactly (each one's data ends where the next header starts), all are plain regular
     files with the writers' size field (11 octal digits, NUL), no prefix or NUL in their names,
-    and only zeros follow the last member. Anything else (None) takes the sequential scan."""
+    and only zeros, at least one block of them, follow the last member. Anything else (None) takes the sequential scan."""
     rows = _blocks(buf)
     if len(buf) % BLOCK or not len(rows):
         return None
@@ -225,7 +244,7 @@ def _scan_blocks(buf: bytes) -> Table | None:
     blocks = rows[heads]
     sizes, octal = _octal(blocks[:, 124:135])
     after = heads + 1 + (sizes + BLOCK - 1) // BLOCK
-    if (not octal.all() or blocks[:, 135].any() or (after[:-1] != heads[1:]).any() or after[-1] > len(rows)
+    if (not octal.all() or blocks[:, 135].any() or (after[:-1] != heads[1:]).any() or after[-1] >= len(rows)
             or rows[after[-1]:].any() or blocks[:, 345].any() or not np.isin(blocks[:, 156], _REGULAR).all()):
         return None
     starts = (heads * BLOCK).tolist()

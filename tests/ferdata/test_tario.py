@@ -215,7 +215,8 @@ def test_block_scan_takes_writer_archives_and_matches_tarfile(tmp_path):
 def test_block_scan_leaves_anything_unusual_to_the_exact_scanners(tmp_path, case):
     """A member whose data holds a header-like block (a tar in a tar), GNU long names, other
     member types, bytes after the end: the block scan declines, and the readers still give
-    exactly tarfile's members (or its error)."""
+    exactly tarfile's members (or its error), but for bytes after the end-of-archive marker,
+    which tarfile ignores and the readers refuse (a zeroed header looks the same)."""
     inner = _writer_archive([("x", {"jpg": b"inner"})])
     members = {"nested tar in data": [("a", {"tar": inner, "cls": b"1"})],
                "long name": [("n" * 120, {"jpg": b"z" * 10})],
@@ -233,6 +234,11 @@ def test_block_scan_leaves_anything_unusual_to_the_exact_scanners(tmp_path, case
         data += b"\x01" + bytes(511)
     assert tarscan._scan_blocks(data) is None
     (tmp_path / "t.tar").write_bytes(data)
+    if case == "trailing garbage":
+        for source in (tmp_path / "t.tar", io.BytesIO(data)):
+            with pytest.raises(tarfile.ReadError, match="after the end-of-archive marker at byte 1024"):
+                list(iter_members(source))
+        return
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         expected = [(m.name, m.offset_data, m.isreg()) for m in tar]
     assert [(m.name, m.offset_data, m.regular) for m, _ in iter_members(tmp_path / "t.tar")] == expected
@@ -318,3 +324,50 @@ def test_member_reader_keeps_at_most_max_open_tars_open_and_reads_each_member_ri
             assert read(index[key]["cls"]) == key.encode()
             assert open_fds() - before <= 2
     assert open_fds() == before                                       # closed on exit
+
+
+def _damaged(tmp_path, how: str) -> tuple[bytes, int]:
+    """A writer's shard of 4 three-member samples, damaged ``how``; and how many of its members
+    tarfile still reads without complaint (the damage it would not see)."""
+    with TarShardWriter(tmp_path, "s", maxcount=10) as w:
+        for i in range(4):
+            w.write(f"k{i}", {"jpg": bytes([i + 1]) * 700, "cls": b"%d" % i, "json": b"{}"})
+    data = (tmp_path / "s-000000.tar").read_bytes()
+    table = tarscan._scan_blocks(data)
+    heads = [o - 512 for o in table.offsets]
+    if how == "cut between samples":
+        data = data[:heads[6]]
+    elif how == "cut inside a sample":
+        data = data[:heads[10]]
+    elif how == "header zeroed":
+        data = data[:heads[6]] + bytes(512) + data[heads[6] + 512:]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return data, len(tar.getmembers())
+
+
+@pytest.mark.parametrize("how", ["cut between samples", "cut inside a sample", "header zeroed"])
+@pytest.mark.parametrize("reader", ["whole file", "block by block", "file object"])
+def test_a_shard_that_lost_its_tail_is_an_error_not_fewer_samples(tmp_path, monkeypatch, how, reader):
+    """tarfile reads a shard cut short, or one whose header was zeroed, as a shorter but valid
+    archive: the loaders would train on fewer samples, or on a last sample missing its image. The
+    readers refuse both: an archive must end with its end-of-archive marker, and only zeros follow."""
+    data, tarfile_sees = _damaged(tmp_path, how)
+    assert tarfile_sees < 12                               # tarfile reads on, without an error
+    path = tmp_path / "d.tar"
+    path.write_bytes(data)
+    if reader == "block by block":
+        monkeypatch.setattr(tarscan, "WHOLE_FILE_BYTES", 0)
+    want = "after the end-of-archive marker" if how == "header zeroed" else "without the end-of-archive marker"
+    with pytest.raises(tarfile.ReadError, match=want):
+        list(iter_members(io.BytesIO(data) if reader == "file object" else path))
+    if reader != "file object":
+        with pytest.raises(BadTarError, match=f"d.tar: not a readable tar .*{want}"):
+            list(iter_tar_samples(path))
+
+
+def test_an_undamaged_shard_reads_whole_by_every_reader(tmp_path, monkeypatch):
+    data, n = _damaged(tmp_path, "none")
+    assert n == 12
+    assert len(list(iter_members(io.BytesIO(data)))) == 12
+    monkeypatch.setattr(tarscan, "WHOLE_FILE_BYTES", 0)
+    assert len(list(iter_tar_samples(tmp_path / "s-000000.tar"))) == 4
