@@ -6,7 +6,9 @@ evaluate stages would depend on all of ``data/`` and re-run whenever any dataset
 splits it reads and the sha256 of each of those splits' ``_info.json`` (which itself lists every
 shard's sha256, count and class histogram). The file changes exactly when the data that consumer
 reads changes, and the consumer depends on that file alone; before reading, the consumer checks
-that the shards on disk still are the ones pinned (:func:`read_selection`).
+that each split's ``_info.json`` still is the one pinned (:func:`read_selection`) and that every
+shard it lists is there with its listed size (:func:`fermodels.data.open_split`); the shards'
+contents against their sha256 are ``ferdata verify``'s to check (DVC checks them on checkout).
 """
 from __future__ import annotations
 
@@ -36,10 +38,16 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _check_unique(names: Sequence[str]) -> None:
+    if twice := sorted({n for n in names if list(names).count(n) > 1}):
+        raise SelectionError(f"datasets listed more than once: {', '.join(map(repr, twice))} (train.datasets?)")
+
+
 def selection(data_dir: str | Path, names: Sequence[str], splits: Sequence[str]) -> dict:
     """What a run reading ``splits`` of the prepared datasets ``names`` under ``data_dir`` reads."""
     if not names:
         raise SelectionError("no datasets selected")
+    _check_unique(names)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:                         # a typo in evaluate.split, before any file is looked for under it
         raise SelectionError(f"split {unknown[0]!r} is none of {', '.join(SPLITS)} (evaluate.split in params.yaml?)")
@@ -62,6 +70,7 @@ def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]
     """The shard dirs of ``names`` pinned in the selection file ``path``, in ``names`` order, after
     checking that it pins exactly ``splits`` of exactly ``names`` and that every pinned split's
     ``_info.json`` is unchanged on disk; :class:`SelectionError` says what differs and what to run."""
+    _check_unique(names)
     path = Path(path)
     if not path.is_file():
         raise SelectionError(f"{path} not found: run the `select` stage (`dvc repro select`)")

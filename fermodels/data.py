@@ -15,7 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -70,8 +70,31 @@ class Split:
         return {c: n for c, n in self.histogram.items() if n and CLASSES.index(c) >= num_classes}
 
 
+def _listed_on_disk(info_path: Path, listed: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """(path, sample count) of each shard ``_info.json`` lists, after checking that each is there
+    with its listed size (a stat each; ``ferdata verify`` compares the contents with their sha256)."""
+    out = []
+    for s in listed:
+        path = listed_shard(info_path.parent, s["name"])
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}, listed in {info_path}, is missing: `dvc pull` / `dvc checkout` it, or "
+                                    "re-run the shard stage") from None
+        if "bytes" in s and size != s["bytes"]:
+            raise ValueError(f"{path} is {size} bytes where {info_path} lists {s['bytes']}: cut short or replaced "
+                             "since it was written; check the split with `ferdata verify`, then re-run the shard "
+                             "stage (or `dvc pull` / `dvc checkout` it)")
+        out.append((str(path), int(s["count"])))
+    return out
+
+
 def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
-    """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset)."""
+    """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset); each shard
+    it lists must be there with its listed size."""
+    if len({Path(d).resolve() for d in shard_dirs}) < len(shard_dirs):
+        raise ValueError(f"shard dirs listed more than once: {[str(d) for d in shard_dirs]} (each would be read "
+                         "twice an epoch)")
     shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
     settings: dict[str, dict] = {}
     detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
@@ -84,7 +107,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         if info.get("split", split) != split:
             raise ValueError(f"{info_path} describes the {info['split']!r} split, not {split!r}: split folders "
                              "swapped or renamed in a copy? (`ferdata verify` checks a copy)")
-        shards += [(str(listed_shard(info_path.parent, s["name"])), int(s["count"])) for s in info["shards"]]
+        shards += _listed_on_disk(info_path, info["shards"])
         hist.update(info["class_histogram"])
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
@@ -154,9 +177,9 @@ class SampleDecoder:
 
     def __call__(self, s: dict) -> dict:
         key, side = s["__key__"], self.side
-        img = decode_jpeg_rgb(s["jpg"])
+        img = decode_jpeg_rgb(_member(s, "jpg", key))
         src = img.shape[0]
-        out = {"image": _resize(img, side, side), "label": int(s["cls"]), "key": key}
+        out = {"image": _resize(img, side, side), "label": int(_member(s, "cls", key)), "key": key}
         for name in ("left", "right"):
             if name in self.fields:
                 out[name] = _resize(decode_jpeg_rgb(_member(s, MEMBERS[name], key)), side, side // 2)
@@ -237,8 +260,9 @@ def stored_side(split: Split) -> int:
 
 def _member(s: dict, ext: str, key: str) -> bytes:
     if ext not in s:
-        raise ValueError(f"sample {key!r} has no {ext!r} but the model needs it; re-run derive/shard, "
-                         "or prepare the dataset with a backend that gives 68 landmarks")
+        raise ValueError(f"sample {key!r} has no {ext!r} but the model needs it; " + (
+            "every sample has one: its shard is damaged (`ferdata verify` checks the split)" if ext in ("jpg", "cls")
+            else "re-run derive/shard, or prepare the dataset with a backend that gives 68 landmarks"))
     return s[ext]
 
 

@@ -37,6 +37,9 @@ class IndexedSplit(Dataset):
             index = index_tars(path for path, _ in listed)
             _check_counts(listed, index)
             for key, fields in index.items():
+                if "cls" not in fields:
+                    raise ValueError(f"{next(iter(fields.values()))[0]}: sample {key!r} has no label (.cls): the "
+                                     "shard is damaged; check the split with `ferdata verify`")
                 label = int(read_member(fields["cls"]))
                 if label >= num_classes:
                     self.excluded[CLASSES[label]] += 1

@@ -36,13 +36,21 @@ def mix_seed(*parts: int) -> int:
 
 def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterator[dict]:
     """Raw samples of each piece, in file order (reads, never decodes); with ``only``, just those
-    members of each sample (:func:`ferdata.tario.iter_tar_samples`)."""
+    members of each sample (:func:`ferdata.tario.iter_tar_samples`). A shard with fewer samples
+    than its piece ends at is an error (a resampling stream would otherwise read on past it)."""
     for piece in pieces:
-        for i, (key, fields) in enumerate(iter_tar_samples(piece.url, only=only)):
-            if i >= piece.stop:
-                break
-            if i >= piece.start:
+        if piece.stop <= piece.start:
+            continue
+        n = 0
+        for n, (key, fields) in enumerate(iter_tar_samples(piece.url, only=only), 1):
+            if n > piece.start:
                 yield {"__key__": key, **fields}
+            if n == piece.stop:
+                break
+        else:
+            raise ValueError(f"{piece.url} holds {n} samples, fewer than its split's _info.json lists: the "
+                             "shard changed after it was written; check it with `ferdata verify`, then re-run "
+                             "the shard stage (or `dvc pull` / `dvc checkout` it)")
 
 
 def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:

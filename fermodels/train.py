@@ -91,6 +91,9 @@ class TrainParams:
             object.__setattr__(self, "augment", AugmentParams(**self.augment))
         if isinstance(self.datasets, str) or not self.datasets:
             raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
+        if twice := sorted({d for d in self.datasets if list(self.datasets).count(d) > 1}):
+            raise ValueError(f"train.datasets lists {', '.join(map(repr, twice))} more than once (each dataset "
+                             "is read once an epoch; the class-balanced sampler evens out their classes)")
         check_values("train", self, {
             "num_classes": one_of((7, 8)), "epochs": at_least(1), "batch_size": at_least(1),
             "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),

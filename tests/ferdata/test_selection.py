@@ -72,3 +72,14 @@ def test_missing_inputs_are_named(tmp_path):
     _prepare(tmp_path / "data", "a")
     with pytest.raises(SelectionError, match=r"split 'tset' is none of train, val, test \(evaluate.split"):
         write_selection(tmp_path / "evaluate.json", tmp_path / "data", ["a"], ("tset",))  # not "tset/_info.json"
+
+
+def test_a_dataset_listed_twice_is_refused_where_it_is_listed(tmp_path):
+    """Writing the selection kept one entry and reading it then asked for `dvc repro select`, which
+    wrote the same file again: the duplicate itself must be named, on both sides."""
+    _prepare(tmp_path / "data", "a")
+    with pytest.raises(SelectionError, match="listed more than once: 'a'"):
+        write_selection(tmp_path / "train.json", tmp_path / "data", ["a", "a"], TRAIN)
+    write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
+    with pytest.raises(SelectionError, match="listed more than once: 'a'"):
+        read_selection(tmp_path / "train.json", ["a", "a"], TRAIN)

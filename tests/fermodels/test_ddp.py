@@ -119,6 +119,30 @@ def test_balanced_stream_evens_out_classes(tiny_shards):
     assert labels[1] < 400 / 7 / 3, "the class pretending to be 10x larger must be sampled down"
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_a_shard_shorter_than_listed_is_an_error_not_a_shorter_epoch(tiny_shards, tmp_path, balanced):
+    """A shard rewritten with fewer samples than its _info.json lists (a valid tar: nothing the tar
+    reader can see) must stop the epoch, naming it; the class-balanced stream, which passes over its
+    source until the epoch is full, silently trained on the rest before."""
+    import shutil
+
+    from ferdata.tario import TarShardWriter, iter_tar_samples
+
+    data = shutil.copytree(tiny_shards, tmp_path / "shards")
+    split = open_split([data], "train")
+    shard, count = split.shards[0]
+    with TarShardWriter(tmp_path / "short", "x", maxcount=count) as w:
+        for key, fields in itertools.islice(iter_tar_samples(shard), count - 1):
+            w.write(key, fields)
+    shutil.move(tmp_path / "short" / "x-000000.tar", shard)          # after the split was opened
+    repeat = ClassRepeat.balanced(split.class_counts(7), 64) if balanced else None
+    plans = plan_epoch(split.shards, samples=64 if balanced else sum(n for _, n in split.shards), batch_size=8,
+                       env=DistEnv(0, 1, 0), workers=0, seed=0, shuffle=False, one_pass=balanced)
+    with pytest.raises(ValueError, match=f"{shard} holds {count - 1} samples, fewer than its split's _info.json"):
+        list(stream_loader(plans, SampleDecoder(("image",), 112), workers=0, shuffle_buffer=8, seed=0,
+                           repeat=repeat))
+
+
 def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
     """Class-balanced epochs read the split once between all ranks and workers (each sample in
     exactly one part), so which samples an epoch shows does not depend on how many workers or

@@ -285,6 +285,11 @@ def test_label_smoothing_reaches_the_loss_and_a_model_ignoring_it_is_refused(tin
         train(tiny_shards, make_params(epochs=1, label_smoothing=0.1), tmp_path / "c2", tmp_path / "l2")
 
 
+def test_a_dataset_listed_twice_is_refused():
+    with pytest.raises(ValueError, match="train.datasets lists 'tiny' more than once"):
+        make_params(datasets=["tiny", "b", "tiny"])
+
+
 def test_class_weight_values_and_probe():
     w = class_weight_tensor([10, 30, 0, 20], CPU)
     assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))

@@ -207,3 +207,59 @@ def test_a_sample_in_two_splits_is_named(shards):
     problems = verify_shards(shards)
     assert any(p.startswith(f"{shards}: {info['shards'][0]['count']} sample(s) in both train and val (e.g. ")
                for p in problems), problems
+
+
+@pytest.mark.parametrize("damage", ["missing", "cut short", "grown"])
+def test_training_refuses_a_listed_shard_missing_or_of_another_size(shards, damage):
+    """A shard cut short at a sample boundary, or grown, reads as a valid tar; without a look at
+    its size the epoch ran shorter (or the class-balanced stream read on past it). A stat per shard
+    catches it before any worker starts; ``ferdata verify`` compares contents too."""
+    from fermodels.data import open_split
+
+    path = sorted((shards / "train").glob("*.tar"))[0]
+    data = path.read_bytes()
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(data[:-1024] if damage == "cut short" else data + bytes(512))
+    size = len(data) - 1024 if damage == "cut short" else len(data) + 512
+    want = "is missing: `dvc pull`" if damage == "missing" else f"is {size} bytes where .*_info.json lists {len(data)}"
+    with pytest.raises((FileNotFoundError, ValueError), match=want):
+        open_split([shards], "train")
+    assert any(path.name in p for p in verify_shards(shards))
+
+
+def test_a_shard_dir_given_twice_is_refused(shards):
+    from fermodels.data import open_split
+
+    with pytest.raises(ValueError, match="listed more than once"):
+        open_split([shards, shards / ".." / shards.name], "train")
+
+
+@pytest.mark.parametrize("lost", ["jpg", "cls"])
+def test_a_sample_without_its_image_or_label_is_named_by_both_loaders(shards, tmp_path, lost):
+    """A shard listed with its own size and count whose sample lacks the image or the label (written
+    so, or re-listed after damage): a bare KeyError before; now the sample, and where to look."""
+    from ferdata.tario import TarShardWriter, iter_tar_samples
+    from fermodels.data import SampleDecoder, open_split
+    from fermodels.indexed import IndexedSplit
+
+    shard = _first_shard(shards)
+    samples = list(iter_tar_samples(shard))
+    bad_key = samples[0][0]
+    with TarShardWriter(tmp_path / "w", "x", maxcount=len(samples)) as w:
+        for key, fields in samples:
+            w.write(key, {e: b for e, b in fields.items() if not (key == bad_key and e == lost)})
+    shutil.move(tmp_path / "w" / "x-000000.tar", shard)
+
+    def relist(info):
+        info["shards"][0].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    _with_info(shards, relist)
+    decoder = SampleDecoder(("image",), 112)
+    raw = {"__key__": bad_key, **samples[0][1]}
+    raw.pop(lost)
+    with pytest.raises(ValueError, match=f"sample '{bad_key}' has no '{lost}' .* its shard is damaged"):
+        decoder(raw)
+    if lost == "cls":
+        with pytest.raises(ValueError, match=f"{shard}: sample '{bad_key}' has no label"):
+            IndexedSplit(open_split([shards], "train"), decoder, 7)
