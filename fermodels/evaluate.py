@@ -154,6 +154,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
                          f"{len(classes)}-class model can be scored on")
     labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), params.batch_size,
                                                             params.workers), card, device, flip_tta=params.flip_tta)
+    if bad := int((~np.isfinite(probs).all(1)).sum()):        # argmax would score them all as class 0
+        raise ValueError(f"{checkpoint}: the model's probabilities are not finite (NaN or inf) for {bad} of the "
+                         f"{len(probs)} {params.split} samples: it overflows on them (trained with train.amp?)")
     preds = probs.argmax(1)
     cm = confusion_matrix(labels, preds, len(classes))
     metrics = metrics_from_confusion(cm, classes)

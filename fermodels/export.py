@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -181,6 +182,9 @@ def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None,
     inputs = example_inputs(wrapper.card, batch, seed)
     with torch.no_grad():
         reference = wrapper(*inputs)[1].numpy()
+    if not np.isfinite(reference).all():
+        raise RuntimeError(f"{checkpoint}'s model gives non-finite probabilities on the parity inputs: nothing "
+                           "to check the exports against; do not use them")
     diffs: dict[str, float] = {}
     onnx_path, ts_path = Path(out_dir) / f"{name}.onnx", Path(out_dir) / f"{name}.ts"
     if "onnx" in formats and onnx_path.is_file():
@@ -206,6 +210,6 @@ def export_command(checkpoint: Path, out: Path, onnx: bool = True, torchscript: 
     meta = export_model(checkpoint, out, formats)
     for fmt, diff in parity(out, checkpoint, meta["model"], formats=formats).items():
         typer.echo(f"{fmt}: {out / meta['files'][fmt]}  max |p - p_torch| = {diff:.2e}")
-        if diff > PARITY_TOLERANCE:
+        if not diff <= PARITY_TOLERANCE:                           # NaN too
             raise RuntimeError(f"the exported {fmt} graph's probabilities differ from PyTorch's by {diff:.2e} "
                                f"(more than {PARITY_TOLERANCE:g}); do not use {out / meta['files'][fmt]}")

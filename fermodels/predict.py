@@ -354,10 +354,14 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     def flush() -> None:
         chunks = (predictor.probabilities(pending[i:i + per_pass]) for i in range(0, len(pending), per_pass))
         for face, p in zip(pending, (row for chunk in chunks for row in chunk)):
+            finite = bool(np.isfinite(p).all())                     # argmax of NaNs would say class 0
+            if not finite:
+                log.warning("%s face %d: the model's probabilities are not finite; no expression given",
+                            face.source, face.index)
             row = {"source": face.source, "frame": face.frame, "face": face.index,
                    "box": [round(v, 1) for v in face.box], "score": round(face.score, 4),
-                   "expression": predictor.classes[int(p.argmax())]}
-            row.update({c: round(float(v), 6) for c, v in zip(predictor.classes, p)})
+                   "expression": predictor.classes[int(p.argmax())] if finite else None}
+            row.update({c: round(float(v), 6) if finite else None for c, v in zip(predictor.classes, p)})
             rows.append(row)
         pending.clear()
 
@@ -409,7 +413,8 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1
     for r in rows:
         x0, y0, x1, y1 = (int(round(v * scale)) for v in r["box"])
         cv2.rectangle(canvas, (x0, y0), (x1, y1), (0, 200, 0), 2)
-        cv2.putText(canvas, f"{r['expression']} {r[r['expression']]:.2f}", (x0, max(12, y0 - 4)),
+        label = f"{r['expression']} {r[r['expression']]:.2f}" if r["expression"] else "?"
+        cv2.putText(canvas, label, (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_jpeg(canvas, 90))      # Python writes any file name (cv2's imwrite needs UTF-8)

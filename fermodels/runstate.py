@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import pickle
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -74,12 +75,26 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
     os.replace(tmp, path)
 
 
+def _failed_checksum(path: Path) -> str | None:
+    """The first member of a zip checkpoint (what ``torch.save`` writes) whose bytes fail their
+    CRC-32, which ``torch.load`` never checks: damaged weights would load as numbers. None when all
+    pass, or when the file is no zip (``torch.load`` then says what it is)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except zipfile.BadZipFile:
+        return None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint {path} is a folder; give the .pt file in it (e.g. {path / BEST})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train first (`dvc repro train`)")
+    if bad := _failed_checksum(path):
+        raise ValueError(f"{path} is a damaged checkpoint: its {bad!r} fails its CRC-32 (torch does not check them); "
+                         "copy it again (`dvc pull`, a finished download) or retrain")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as e:
@@ -109,6 +124,16 @@ def model_from_checkpoint(state: dict) -> nn.Module:
     files it was initialised from (``pretrained`` ...) are not read: the checkpoint holds them."""
     kwargs = {**{k: v for (m, k), v in FORMER_DEFAULTS.items() if m == state["model"]}, **state["model_kwargs"]}
     kwargs = {k: FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v for k, v in kwargs.items()}
+    try:
+        model_kwargs(state["model"], kwargs)
+    except TypeError as e:                       # a keyword the model's factory does not take
+        raise ValueError(f"the checkpoint's {state['model']} was made with settings this version does not know "
+                         f"({e}): use the version of the package that trained it, or retrain") from None
+    bad = [k for k, t in state["state_dict"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"the checkpoint's weights are not finite (NaN or inf in {', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''}): its training diverged; use an earlier checkpoint, "
+                         "or retrain (lower train.lr, train.amp off)")
     model = create_model(state["model"], num_classes=state["num_classes"], **kwargs)
     try:
         model.load_state_dict(state["state_dict"], strict=True)

@@ -225,3 +225,19 @@ def test_stage_scripts_train_and_evaluate(tiny_shards, tmp_path):
     assert state["preprocess"]["derive"]["heatmap_size"] == params["derive"]["heatmap_size"]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test_datasets"] == ["tiny"] and metrics["num_samples"] > 0
+
+
+def test_non_finite_probabilities_are_an_error_not_class_0(tiny_run, tmp_path, monkeypatch, one_thread):
+    """argmax of a NaN row is 0: a model that overflows scored every such sample as Neutral."""
+    import fermodels.evaluate as ev
+
+    real = ev.predict_loader
+
+    def overflowing(*args, **kwargs):
+        labels, probs, keys = real(*args, **kwargs)
+        probs[1] = np.nan
+        return labels, probs, keys
+
+    monkeypatch.setattr(ev, "predict_loader", overflowing)
+    with pytest.raises(ValueError, match="not finite \\(NaN or inf\\) for 1 of the \\d+ test samples"):
+        evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path)

@@ -178,3 +178,48 @@ def test_checkpoints_rebuild_without_their_weight_files_and_keep_their_defaults(
     assert model_from_checkpoint(state).landmark_encoder.centres == "features"
     old = {**state, "model_kwargs": {k: v for k, v in state["model_kwargs"].items() if k != "heatmap_centres"}}
     assert model_from_checkpoint(old).landmark_encoder.centres == "cells"
+
+
+def _damage_first_tensor(src, dst) -> None:
+    """``src`` with 64 bytes of its first tensor's data overwritten, the zip itself intact (what a
+    bad disk or a broken copy leaves): torch.load reads such weights as numbers."""
+    import zipfile
+
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if i.filename.split("/")[-2:-1] == ["data"])
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start:start + 64] = bytes(0xFF for _ in range(64))
+    dst.write_bytes(bytes(data))
+
+
+def test_weights_damaged_inside_an_intact_file_are_named(tmp_path, tiny_run):
+    from fermodels.runstate import load_checkpoint as load
+
+    _damage_first_tensor(tiny_run["ckpt"] / "best.pt", tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad.pt is a damaged checkpoint: its '.*/data/\d+' fails its CRC-32"):
+        load(tmp_path / "bad.pt")
+
+
+def test_non_finite_weights_and_unknown_settings_are_refused_with_what_to_do(tiny_run):
+    from fermodels.runstate import load_checkpoint as load, model_from_checkpoint
+
+    state = load(tiny_run["ckpt"] / "best.pt")
+    name, first = next((k, v) for k, v in state["state_dict"].items() if v.is_floating_point())
+    nan = {**state, "state_dict": {**state["state_dict"], name: torch.full_like(first, float("nan"))}}
+    with pytest.raises(ValueError, match=f"weights are not finite \\(NaN or inf in {name}\\): its training diverged"):
+        model_from_checkpoint(nan)
+    newer = {**state, "model_kwargs": {**state["model_kwargs"], "bogus": 1}}
+    with pytest.raises(ValueError, match="convcut was made with settings this version does not know .*'bogus'"):
+        model_from_checkpoint(newer)
+
+
+def test_export_refuses_parity_it_cannot_establish(tiny_run, tmp_path, monkeypatch):
+    """NaN compares false with any tolerance: a NaN difference passed the parity check."""
+    import fermodels.export as export
+
+    monkeypatch.setattr(export, "parity", lambda *a, **k: {"onnx": float("nan")})
+    with pytest.raises(RuntimeError, match="differ from PyTorch's by nan"):
+        export.export_command(tiny_run["ckpt"] / "best.pt", tmp_path, onnx=True, torchscript=False)
