@@ -114,9 +114,12 @@ def _holds_a_file(folder: Path) -> bool:
 
 def files_beside(dataset: str, folder: Path, where: str) -> Iterator[Dropped]:
     """The visible files directly in ``folder`` (beside its class or split folders): no data,
-    each a counted drop (keys prefixed by ``where``)."""
+    each a counted drop (keys prefixed by ``where``); and its hidden folders that hold a file
+    (``.trash/``, ``.@__thumb/``), not read, each a ``hidden_file`` drop."""
     for path in visible_files(folder, recursive=False):
         yield Dropped(dataset, make_key(where, path.name), "outside_class_folder", str(path))
+    for path in sorted(p for p in folder.iterdir() if hidden(p.name) and p.is_dir() and _holds_a_file(p)):
+        yield Dropped(dataset, make_key(where, path.name), *unread(path))
 
 
 def read_class_tree(
@@ -178,6 +181,7 @@ class FolderReader(DatasetReader):
         dataset = str(self.options["dataset"])
         split_dirs = self._split_dirs()
         if "" not in split_dirs:                      # train/val/test folders: files beside them are no data
+            log.info("%s: split folders %s", self.name, {k: v.name for k, v in split_dirs.items()})
             yield from files_beside(dataset, self.root, "root")
         yield from read_class_tree(dataset, split_dirs, self.options["mapping"], self.root)
 
@@ -208,5 +212,4 @@ class FolderReader(DatasetReader):
             if split in out:
                 raise ValueError(f"{self.name}: two folders mean split {split!r}: {out[split].name}, {d.name}")
             out[split] = d
-        log.info("%s: split folders %s", self.name, {k: v.name for k, v in out.items()})
         return out

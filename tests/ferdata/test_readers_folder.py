@@ -261,3 +261,19 @@ def test_hidden_images_and_folders_and_pipes_are_counted_not_skipped(tmp_path):
     assert list(records) == ["happy_a-jpg"]
     assert drops == {"hidden_file": 2, "not_an_image": 1}
     assert {Path(d.detail.split(":")[0]).name for d in items} == {"._a.jpg", ".thumbs", "pipe.jpg"}
+
+
+@pytest.mark.parametrize("splits", [False, True])
+def test_hidden_folders_beside_the_class_or_split_folders_are_counted(tmp_path, splits):
+    """A NAS's `.@__thumb/` or a `.trash/happy/` next to the class folders (or the split folders)
+    was skipped without a trace; empty hidden folders (`.git/` of nothing) stay silent."""
+    top = tmp_path / "train" if splits else tmp_path
+    write_image(top / "happy" / "a.jpg")
+    write_image(top / "sad" / "b.jpg")
+    write_image(top / ".trash" / "happy" / "c.jpg")
+    write_image(tmp_path / ".@__thumb" / "d.jpg")
+    (tmp_path / ".empty" / "sub").mkdir(parents=True)
+    records, drops, items = read_all("folder", tmp_path)
+    assert sorted(r.native_label for r in records.values()) == ["happy", "sad"]
+    assert drops == {"hidden_file": 2}
+    assert sorted(Path(d.detail.split(":")[0]).name for d in items) == [".@__thumb", ".trash"]
