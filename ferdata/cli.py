@@ -32,7 +32,7 @@ def prepare(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
     option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE (a YAML value), "
                                      "repeatable, over params.yaml's; e.g. --option 'exclude_classes=[Contempt]'."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
     from ferdata.params import load_params, parse_assignments
@@ -55,7 +55,7 @@ def detect(
     root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: backend, cache_dir)."),
     option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE, as for `prepare`."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Detect one part of a dataset into the detection cache, for sharing detection between machines.
 
@@ -204,7 +204,7 @@ def predict(
     from fermodels.predict import describe, predict_files     # torch: imported by this command only
 
     try:
-        options = parse_assignments(backend_option)
+        options = parse_assignments(backend_option, example="threads=2")
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--backend-option") from None
     text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,

@@ -50,14 +50,15 @@ def section(cls: type[T], values: Mapping[str, Any], name: str) -> T:
     return cls(**values)
 
 
-def parse_assignments(items: list[str]) -> dict[str, Any]:
+def parse_assignments(items: list[str], example: str = "exclude_classes=[Contempt]") -> dict[str, Any]:
     """``["key=value", ...]`` from the command line as a dict, each value read as YAML
-    (``exclude_classes=[Contempt]`` -> a list, ``frames=3`` -> an int)."""
+    (``exclude_classes=[Contempt]`` -> a list, ``frames=3`` -> an int); ``example``: one the
+    option takes, for the error."""
     out: dict[str, Any] = {}
     for item in items:
         key, eq, text = item.partition("=")
         if not eq or not key.strip():
-            raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. exclude_classes=[Contempt]")
+            raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. {example}")
         try:
             out[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as err:

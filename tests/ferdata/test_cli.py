@@ -293,3 +293,11 @@ def test_other_os_errors_keep_their_own_message(capsys):
     with pytest.raises(SystemExit):
         run_cli(exclusive, argv=[])
     assert "[Errno 17] File exists: '/no/such/place'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,flag,example", [(["prepare", "sample"], "--option", "exclude_classes=[Contempt]"),
+                                                  (["predict", "x.jpg", "-m", "m.pt"], "--backend-option", "threads=2")])
+def test_a_malformed_assignment_is_refused_with_an_example_that_option_takes(command, flag, example):
+    res = CliRunner().invoke(app, [*command, flag, "threads"])
+    text = " ".join(res.output.replace("│", " ").split())                     # rich's box, unwrapped
+    assert res.exit_code == 2 and f"expected KEY=VALUE, e.g. {example}" in text
