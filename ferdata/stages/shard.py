@@ -99,8 +99,8 @@ def params_hash(*sections: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardParams, out_dir: str | Path,
-              provenance_hash: str = "") -> StageReport:
+def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardParams,
+              out_dir: str | Path) -> StageReport:
     """Join, split and shuffle every sample into ``out_dir/<split>/`` (``out_dir`` replaced as a whole)."""
     report = StageReport("shard")
     aligned = index_chunks(require_dir(aligned_dir, "aligned", "run the align stage first"), ALIGNED)
@@ -121,7 +121,6 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
             info = _write_split(out / split, split, keys, aligned, derived, metas, params, read)
-            info["provenance_hash"] = provenance_hash
             if preprocess:
                 info["preprocess"] = preprocess
             if detect:
