@@ -7,30 +7,16 @@ so a model learns them in a few steps. Built once per test session.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
 import logging
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
-from ferdata.datasets import open_reader
-from ferdata.params import load_params, section
-from ferdata.stages.align import AlignParams, run_align
-from ferdata.stages.derive import DeriveParams, run_derive
-from ferdata.stages.detect import DetectParams, run_detect
-from ferdata.stages.shard import ShardParams, run_shard
-from fermodels.info import synthetic_landmarks
+from ferdata.params import load_params
 from fermodels.runstate import preprocess_record
-from fermodels.recipes import apply_recipe
-from fermodels.train import TrainParams
 
-from tests.fermodels.helpers import (  # noqa: F401 (used by the fixtures below)
-    REPO, COLUMNS, TINT, TINY_MODEL, _face_image, write_affectnet, build_shards, stage_params, make_params,
-)
+from tests.fermodels.helpers import REPO, build_shards, make_params
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +29,6 @@ def tiny_shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def preprocess() -> dict:
     return preprocess_record(load_params(REPO / "params.yaml"))
-
 
 
 @pytest.fixture(scope="session")

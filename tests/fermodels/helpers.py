@@ -3,13 +3,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-import torch
 
 from ferdata.datasets import open_reader
 from ferdata.params import load_params, section
@@ -19,7 +16,6 @@ from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 from fermodels.info import synthetic_landmarks
-from fermodels.runstate import preprocess_record
 from fermodels.recipes import apply_recipe
 from fermodels.train import TrainParams
 
