@@ -23,7 +23,7 @@ import numpy as np
 from ferdata.classes import NEUTRAL, to_canonical
 from ferdata.datasets.base import (LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, read_text,
                                    whole)
-from ferdata.datasets.folder import subdirs
+from ferdata.datasets.folder import hidden, subdirs, unread
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -125,7 +125,10 @@ class CKPlusReader(DatasetReader):
         except ValueError as err:
             yield Dropped(self.name, seq_key, "bad_filename", f"{label_files[0].name}: {err}")
             return
-        files = [p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+        files = [p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+        for path in sorted(p for p in files if hidden(p.name)):               # ._S005_001_00000001.png
+            yield Dropped(self.name, make_key(path.stem), *unread(path))
+        files = [p for p in files if not hidden(p.name)]
         images = sorted((p for p in files if FRAME.search(p.stem)), key=_frame_number)
         for stray in sorted(set(files) - set(images)):         # a copy or preview beside the frames: itself only
             yield Dropped(self.name, make_key(stray.stem), "bad_filename",

@@ -14,6 +14,7 @@ from typing import Iterator
 
 from ferdata.classes import JAFFE_CODES
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.datasets.folder import unread
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -30,15 +31,14 @@ class JAFFEReader(DatasetReader):
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         for path in self._images():
-            yield self._parse(path)
+            yield Dropped(self.name, make_key(path.stem), *why) if (why := unread(path)) else self._parse(path)
 
     def _images(self) -> list[Path]:
+        """The image files of the folder holding the dataset, hidden ones (``._KA.AN1.39.tiff``) too:
+        they are counted drops (:func:`ferdata.datasets.folder.unread`)."""
         for folder in (self.root, self.root / "jaffe"):
             if folder.is_dir():
-                files = sorted(
-                    p for p in folder.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
-                )
+                files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
                 if any(NAME.match(p.name) for p in files):
                     return files
         raise DatasetLayoutError(self.name, self.root, ["KA.AN1.39.tiff-style image files"])

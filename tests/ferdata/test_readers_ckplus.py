@@ -111,3 +111,13 @@ def test_a_stray_image_beside_the_frames_is_dropped_alone(tmp_path):
     assert [k for k in records if k.startswith("S005_001")] == [f"S005_001_0000000{f}" for f in (3, 4, 5)]
     strays = sorted(d.detail for d in items if d.reason == "bad_filename")
     assert [Path(s.split(":")[0]).name for s in strays] == ["S005_001_00000005 (copy).png", "preview.png"]
+
+
+def test_a_hidden_frame_is_a_counted_drop_and_not_a_frame(tmp_path):
+    make_ckplus(tmp_path)
+    hidden = tmp_path / "cohn-kanade-images" / "S005" / "001" / "._S005_001_00000005.png"
+    write_image(hidden)
+    records, drops, items = read_all("ckplus", tmp_path)
+    assert sorted(k for k in records if k.startswith("S005_001")) == [f"S005_001_0000000{f}" for f in (3, 4, 5)]
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "hidden_file": 1}
+    assert [d.detail.split(":")[0] for d in items if d.reason == "hidden_file"] == [str(hidden)]

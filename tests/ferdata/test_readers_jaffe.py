@@ -52,3 +52,14 @@ def test_jaffe_converted_to_png_or_jpeg_is_read_alike(tmp_path):
     assert drops == tiff_drops
     assert {k: (r.label, r.subject) for k, r in converted.items()} == {k: (r.label, r.subject) for k, r in tiff.items()}
     assert {r.path.rpartition(".")[2] for r in converted.values()} == {"png", "JPG"}
+
+
+def test_a_hidden_image_is_a_counted_drop(tmp_path):
+    """macOS leaves ``._KA.SU1.41.tiff`` beside each file copied from its disks: not read, but counted."""
+    from tests.ferdata.fixtures_datasets import write_image
+
+    make_jaffe(tmp_path)
+    write_image(tmp_path / "._KA.SU1.41.tiff", gray=True)
+    records, drops, items = read_all("jaffe", tmp_path)
+    assert len(records) == 7 and drops == {"bad_label": 1, "bad_filename": 1, "hidden_file": 1}
+    assert [d.detail.split(":")[0] for d in items if d.reason == "hidden_file"] == [str(tmp_path / "._KA.SU1.41.tiff")]
