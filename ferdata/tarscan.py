@@ -233,7 +233,8 @@ def _scan_blocks(buf: bytes) -> Table | None:
     with a ustar/GNU magic is taken for a header, and the archive qualifies when those headers
     chain exactly (each one's data ends where the next header starts), all are plain regular
     files with the writers' size field (11 octal digits, NUL), no prefix or NUL in their names,
-    and only zeros, at least one block of them, follow the last member. Anything else (None) takes the sequential scan."""
+    and only zeros, at least one block of them, follow the last member. Anything else (None) takes
+    the sequential scan."""
     rows = _blocks(buf)
     if len(buf) % BLOCK or not len(rows):
         return None

@@ -295,8 +295,9 @@ def test_other_os_errors_keep_their_own_message(capsys):
     assert "[Errno 17] File exists: '/no/such/place'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command,flag,example", [(["prepare", "sample"], "--option", "exclude_classes=[Contempt]"),
-                                                  (["predict", "x.jpg", "-m", "m.pt"], "--backend-option", "threads=2")])
+@pytest.mark.parametrize("command,flag,example", [
+    (["prepare", "sample"], "--option", "exclude_classes=[Contempt]"),
+    (["predict", "x.jpg", "-m", "m.pt"], "--backend-option", "threads=2")])
 def test_a_malformed_assignment_is_refused_with_an_example_that_option_takes(command, flag, example):
     res = CliRunner().invoke(app, [*command, flag, "threads"])
     text = " ".join(res.output.replace("│", " ").split())                     # rich's box, unwrapped
