@@ -275,6 +275,11 @@ class AffectNetReader(DatasetReader):
                      key=lambda i: (len(i), i))
         for image_id in ids:
             yield self._parse_npy(folder, image_id, split, num_classes)
+        labelled = set(ids)
+        for path in sorted((folder / "images").iterdir()):      # an image its annotations do not label
+            if path.suffix.lower() in (".jpg", ".png") and path.stem not in labelled:
+                yield Dropped(self.name, make_key(split, path.stem), "no_label",
+                              f"{path}: no annotations/{path.stem}_exp.npy")
 
     def _parse_npy(self, folder: Path, image_id: str, split: str, num_classes: int) -> FaceRecord | Dropped:
         key = make_key(split, image_id)

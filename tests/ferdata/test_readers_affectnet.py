@@ -232,3 +232,12 @@ def test_a_validation_list_of_dropped_images_is_still_an_official_test_split(tmp
     reader = open_reader("affectnet", tmp_path)
     assert reader.official_splits() == ("train", "test")
     assert {r.split for r in reader.read() if isinstance(r, FaceRecord)} == {"train"}
+
+
+def test_npy_layout_counts_an_image_without_annotations(tmp_path):
+    """The re-packaged layout's images are defined by their annotations: one without was ignored."""
+    make_affectnet_npy(tmp_path)
+    write_image(tmp_path / "train_set" / "images" / "77.jpg")
+    records, drops, items = read_all("affectnet", tmp_path)
+    assert "train_77" not in records and drops["no_label"] == 1
+    assert [d.key for d in items if d.reason == "no_label"] == ["train_77"]
