@@ -10,7 +10,7 @@ rely on it):
   Batch keys (all float32 unless noted, images normalised with the card's mean/std):
     - ``image``: (B, 3, S, S) aligned face, S = card.input_size
     - ``left``/``right``: (B, 3, S, S//2) left half and *mirrored* right half
-    - ``heatmap``: (B, 1, S//4, S//4) summed landmark heatmap in [0, 1]
+    - ``heatmap``: (B, 1, S//4, S//4) landmark heatmap in [0, 1] (the max over the 68 Gaussians)
     - ``lmk``: (B, 68, 2) landmarks in ``image`` pixel coordinates (iBUG-68 order)
     - ``label``: (B,) int64 canonical class ids
   A model reads only the keys listed in ``card.fields``.

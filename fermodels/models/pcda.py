@@ -7,10 +7,11 @@ Built from the paper (Nie et al., docs/models.md; §3) and the components it nam
   needs ``landmark_checkpoint``) or, by default, from 68 Gaussian heatmaps rendered at 14 x 14
   from ``batch["lmk"]`` and a small conv (the pipeline already ran a landmark detector);
 * dot-product attention: H = channel-max of L, F = X * act(H); the paper multiplies by H itself
-  (act = identity: ``h_norm="raw"``); the default ``sigmoid`` bounds the scale (our choice);
+  (Eq. 1, act = identity: ``h_norm="raw"``); the default ``sigmoid`` bounds the scale (our choice);
 * cross-feature attention: landmark tokens (queries) and fusion tokens (keys/values), each with
-  a learned class token and a shared learned position embedding, ``depth`` pre-LN blocks
-  t' = t_F + CrossAttn(Q_lm, K_F, V_F), t_F = t' + MLP(LN(t')) (Eq. 5); LN; class token -> FC;
+  a learned class token and a shared learned position embedding, ``depth`` blocks
+  t' = t_F + Proj(CrossAttn(LN(Q_lm), LN(K_F), LN(V_F))), t_F = t' + MLP(LN(t')): Eq. 5 with, our
+  choice, a LayerNorm before the attention too (pre-LN) and an output projection; LN; class token -> FC;
 * loss CE + 0.01 * NeAA on the class tokens of the batch (§3.2, :func:`neutral_aware_anchor`).
 """
 from __future__ import annotations
