@@ -78,9 +78,12 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
 def _failed_checksum(path: Path) -> str | None:
     """The first member of a zip checkpoint (what ``torch.save`` writes) whose bytes fail their
     CRC-32, which ``torch.load`` never checks: damaged weights would load as numbers. None when all
-    pass, or when the file is no zip (``torch.load`` then says what it is)."""
+    pass, when the file is no zip (``torch.load`` then says what it is), or when it was saved
+    without checksums (``torch.serialization.set_crc32_options(False)`` writes every one as 0)."""
     try:
         with zipfile.ZipFile(path) as z:
+            if all(info.CRC == 0 for info in z.infolist()):
+                return None
             return z.testzip()
     except zipfile.BadZipFile:
         return None

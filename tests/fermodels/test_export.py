@@ -201,6 +201,13 @@ def test_weights_damaged_inside_an_intact_file_are_named(tmp_path, tiny_run):
     _damage_first_tensor(tiny_run["ckpt"] / "best.pt", tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad.pt is a damaged checkpoint: its '.*/data/\d+' fails its CRC-32"):
         load(tmp_path / "bad.pt")
+    state = load(tiny_run["ckpt"] / "best.pt")                  # saved without checksums (all 0): loads
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(state, tmp_path / "no_crc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert load(tmp_path / "no_crc.pt")["model"] == state["model"]
 
 
 def test_non_finite_weights_and_unknown_settings_are_refused_with_what_to_do(tiny_run):
@@ -217,9 +224,17 @@ def test_non_finite_weights_and_unknown_settings_are_refused_with_what_to_do(tin
 
 
 def test_export_refuses_parity_it_cannot_establish(tiny_run, tmp_path, monkeypatch):
-    """NaN compares false with any tolerance: a NaN difference passed the parity check."""
+    """NaN compares false with any tolerance: a NaN difference passed the parity check; and a model
+    whose own probabilities are not finite gives nothing to check the exports against."""
     import fermodels.export as export
 
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    real_forward = export.ExportWrapper.forward
+    monkeypatch.setattr(export.ExportWrapper, "forward",
+                        lambda self, *x: tuple(t * float("nan") for t in real_forward(self, *x)))
+    with pytest.raises(RuntimeError, match="model gives non-finite probabilities on the parity inputs"):
+        parity(tmp_path, tiny_run["ckpt"] / "best.pt", formats=["onnx"])
+    monkeypatch.undo()
     monkeypatch.setattr(export, "parity", lambda *a, **k: {"onnx": float("nan")})
     with pytest.raises(RuntimeError, match="differ from PyTorch's by nan"):
         export.export_command(tiny_run["ckpt"] / "best.pt", tmp_path, onnx=True, torchscript=False)
