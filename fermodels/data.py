@@ -179,7 +179,7 @@ class SampleDecoder:
         key, side = s["__key__"], self.side
         img = decode_jpeg_rgb(_member(s, "jpg", key))
         src = img.shape[0]
-        out = {"image": _resize(img, side, side), "label": int(_member(s, "cls", key)), "key": key}
+        out = {"image": _resize(img, side, side), "label": sample_label(s), "key": key}
         for name in ("left", "right"):
             if name in self.fields:
                 out[name] = _resize(decode_jpeg_rgb(_member(s, MEMBERS[name], key)), side, side // 2)
@@ -258,9 +258,15 @@ def stored_side(split: Split) -> int:
     return min(sides)
 
 
+def sample_label(s: dict) -> int:
+    """The class id of a raw sample (its ``cls`` member)."""
+    return int(_member(s, "cls", s["__key__"]))
+
+
 def _member(s: dict, ext: str, key: str) -> bytes:
     if ext not in s:
-        raise ValueError(f"sample {key!r} has no {ext!r} but the model needs it; " + (
+        where = f" of {s['__url__']}" if "__url__" in s else ""
+        raise ValueError(f"sample {key!r}{where} has no {ext!r} but the model needs it; " + (
             "every sample has one: its shard is damaged (`ferdata verify` checks the split)" if ext in ("jpg", "cls")
             else "re-run derive/shard, or prepare the dataset with a backend that gives 68 landmarks"))
     return s[ext]

@@ -53,7 +53,9 @@ class IndexedSplit(Dataset):
         return len(self.keys)
 
     def __getitem__(self, i: int) -> dict:
-        return {"__key__": self.keys[i], **{e: read_member(m) for e, m in self.members[i].items()}}
+        members = self.members[i]                    # ext -> (shard, offset, size); cls is always there
+        return {"__key__": self.keys[i], "__url__": members["cls"][0],
+                **{e: read_member(m) for e, m in members.items()}}
 
 
 def _check_counts(listed: Sequence[tuple[str, int]], index: dict[str, dict[str, tuple[str, int, int]]]) -> None:

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
-from fermodels.data import SampleDecoder, assemble, decode_batch
+from fermodels.data import SampleDecoder, assemble, decode_batch, sample_label
 from fermodels.distributed import WorkerPlan, plan_epoch
 from fermodels.sampling import ClassRepeat, repeat_stream
 
@@ -36,7 +36,8 @@ def mix_seed(*parts: int) -> int:
 
 def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterator[dict]:
     """Raw samples of each piece, in file order (reads, never decodes); with ``only``, just those
-    members of each sample (:func:`ferdata.tario.iter_tar_samples`). A shard with fewer samples
+    members of each sample (:func:`ferdata.tario.iter_tar_samples`), and ``__url__``, the shard
+    (for errors that name it). A shard with fewer samples
     than its piece ends at is an error (a resampling stream would otherwise read on past it)."""
     for piece in pieces:
         if piece.stop <= piece.start:
@@ -44,7 +45,7 @@ def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterat
         n = 0
         for n, (key, fields) in enumerate(iter_tar_samples(piece.url, only=only), 1):
             if n > piece.start:
-                yield {"__key__": key, **fields}
+                yield {"__key__": key, "__url__": piece.url, **fields}
             if n == piece.stop:
                 break
         else:
@@ -128,7 +129,7 @@ class EpochStream(IterableDataset):
             source: Iterable[dict] = read_pieces(plan.pieces, members)
         else:
             source = repeat_stream(lambda: read_pieces(plan.pieces, members), self.repeat, plan.num_samples,
-                                   lambda s: int(s["cls"]), seed)
+                                   sample_label, seed)
         if self.shuffle_buffer > 1:
             source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(seed, plan.worker)))
         samples = iter(source)

@@ -216,13 +216,18 @@ def test_training_refuses_a_listed_shard_missing_or_of_another_size(shards, dama
     catches it before any worker starts; ``ferdata verify`` compares contents too."""
     from fermodels.data import open_split
 
+    from ferdata.tarscan import _scan_blocks
+
     path = sorted((shards / "train").glob("*.tar"))[0]
     data = path.read_bytes()
+    table = _scan_blocks(data)
+    last = table.names[-1].partition(".")[0]                   # the last sample's key
+    cut = min(o for n, o in zip(table.names, table.offsets) if n.partition(".")[0] == last) - 512
     if damage == "missing":
         path.unlink()
     else:
-        path.write_bytes(data[:-1024] if damage == "cut short" else data + bytes(512))
-    size = len(data) - 1024 if damage == "cut short" else len(data) + 512
+        path.write_bytes(data[:cut] if damage == "cut short" else data + bytes(512))
+    size = cut if damage == "cut short" else len(data) + 512
     want = "is missing: `dvc pull`" if damage == "missing" else f"is {size} bytes where .*_info.json lists {len(data)}"
     with pytest.raises((FileNotFoundError, ValueError), match=want):
         open_split([shards], "train")
@@ -237,12 +242,16 @@ def test_a_shard_dir_given_twice_is_refused(shards):
 
 
 @pytest.mark.parametrize("lost", ["jpg", "cls"])
-def test_a_sample_without_its_image_or_label_is_named_by_both_loaders(shards, tmp_path, lost):
+def test_a_sample_without_its_image_or_label_is_named_by_every_loader(shards, tmp_path, lost):
     """A shard listed with its own size and count whose sample lacks the image or the label (written
-    so, or re-listed after damage): a bare KeyError before; now the sample, and where to look."""
+    so, or re-listed after damage): a bare KeyError before; now the sample and its shard, from every
+    loader (the training stream, plain and class-balanced, and the evaluator's indexed reader)."""
     from ferdata.tario import TarShardWriter, iter_tar_samples
     from fermodels.data import SampleDecoder, open_split
+    from fermodels.distributed import DistEnv, plan_epoch
     from fermodels.indexed import IndexedSplit
+    from fermodels.sampling import ClassRepeat
+    from fermodels.stream import stream_loader
 
     shard = _first_shard(shards)
     samples = list(iter_tar_samples(shard))
@@ -256,10 +265,16 @@ def test_a_sample_without_its_image_or_label_is_named_by_both_loaders(shards, tm
         info["shards"][0].update(bytes=shard.stat().st_size, sha256=sha256_file(shard))
     _with_info(shards, relist)
     decoder = SampleDecoder(("image",), 112)
-    raw = {"__key__": bad_key, **samples[0][1]}
-    raw.pop(lost)
-    with pytest.raises(ValueError, match=f"sample '{bad_key}' has no '{lost}' .* its shard is damaged"):
-        decoder(raw)
+    split = open_split([shards], "train")
+    for balanced in (False, True):
+        repeat = ClassRepeat.balanced(split.class_counts(7), 32) if balanced else None
+        plans = plan_epoch(split.shards, samples=32, batch_size=4, env=DistEnv(0, 1, 0), workers=0, seed=0,
+                           shuffle=False, one_pass=balanced)
+        with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard} has no '{lost}' .* shard is damaged"):
+            list(stream_loader(plans, decoder, workers=0, shuffle_buffer=0, seed=0, repeat=repeat))
     if lost == "cls":
         with pytest.raises(ValueError, match=f"{shard}: sample '{bad_key}' has no label"):
-            IndexedSplit(open_split([shards], "train"), decoder, 7)
+            IndexedSplit(split, decoder, 7)
+    else:
+        with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard} has no 'jpg'"):
+            [decoder(s) for s in IndexedSplit(split, decoder, 7)]
