@@ -8,9 +8,10 @@ sizes, types, names, checksums in one numpy pass) before a member is handed out;
 sources are scanned block by block. From the first header the scanner does not handle (pax,
 links, sparse files, base-256 sizes, compressed archives) ``tarfile`` takes over, so the
 members are always the ones ``tarfile`` would give. Where ``tarfile`` would silently end the
-archive early, the scanner raises: a header with a valid magic and a wrong checksum, an archive
-without its end-of-archive marker (cut short, perhaps between two samples) and data after that
-marker (a header zeroed). Safety checks
+archive early, the readers raise: a header with a valid magic and a wrong checksum, an archive
+without its end-of-archive marker (cut short, perhaps between two samples), data after that
+marker (a header zeroed) and, in an uncompressed archive, a header ``tarfile`` cannot read (one
+overwritten). Safety checks
 on the members themselves are the caller's (:func:`ferdata.tario.check_member`).
 """
 from __future__ import annotations
@@ -137,6 +138,18 @@ def _only_zeros_after(f: BinaryIO, pos: int) -> None:
     while chunk := f.read(1 << 20):
         if any(chunk):
             raise tarfile.ReadError(_after_end(pos))
+
+
+def _check_end(f: BinaryIO, pos: int) -> None:
+    """What follows the last member ``tarfile`` read (at ``pos``) must be the end-of-archive
+    marker and zeros: ``tarfile`` ends silently at a header it cannot read (overwritten) and at the
+    end of the file (cut short)."""
+    head = f.read(BLOCK)
+    if len(head) < BLOCK:
+        raise tarfile.ReadError("unexpected end of data" if any(head) else _NO_END)
+    if head != _ZERO:
+        raise tarfile.ReadError(f"a damaged header at byte {pos}, where tarfile would end the archive")
+    _only_zeros_after(f, pos)
 
 
 def _from_tarfile(m: tarfile.TarInfo) -> Member:
@@ -301,10 +314,16 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
             except _Unusual:
                 pass
         f.seek(start)
+        plain = not f.read(6).startswith(_COMPRESSED)
+        f.seek(start)
         with tarfile.open(fileobj=f, mode="r|*" if read_data else "r:*") as tar:
             for i, m in enumerate(tar):
                 if i >= done:
                     yield _from_tarfile(m), tar.extractfile(m).read() if read_data and m.isreg() else None
+            end = start + tar.offset
+        if plain:
+            f.seek(end)
+            _check_end(f, end)
     finally:
         if own:
             f.close()

@@ -341,23 +341,26 @@ def _damaged(tmp_path, how: str) -> tuple[bytes, int]:
         data = data[:heads[10]]
     elif how == "header zeroed":
         data = data[:heads[6]] + bytes(512) + data[heads[6] + 512:]
+    elif how == "header overwritten":
+        data = data[:heads[6]] + b"\x01" * 512 + data[heads[6] + 512:]
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return data, len(tar.getmembers())
 
 
-@pytest.mark.parametrize("how", ["cut between samples", "cut inside a sample", "header zeroed"])
+@pytest.mark.parametrize("how", ["cut between samples", "cut inside a sample", "header zeroed", "header overwritten"])
 @pytest.mark.parametrize("reader", ["whole file", "block by block", "file object"])
 def test_a_shard_that_lost_its_tail_is_an_error_not_fewer_samples(tmp_path, monkeypatch, how, reader):
-    """tarfile reads a shard cut short, or one whose header was zeroed, as a shorter but valid
-    archive: the loaders would train on fewer samples, or on a last sample missing its image. The
-    readers refuse both: an archive must end with its end-of-archive marker, and only zeros follow."""
+    """tarfile reads a shard cut short, or one whose header was zeroed or overwritten, as a shorter
+    valid archive: the loaders would train on fewer samples, or on a last sample missing its image.
+    The readers refuse each: an archive must end with its end-of-archive marker, only zeros follow."""
     data, tarfile_sees = _damaged(tmp_path, how)
     assert tarfile_sees < 12                               # tarfile reads on, without an error
     path = tmp_path / "d.tar"
     path.write_bytes(data)
     if reader == "block by block":
         monkeypatch.setattr(tarscan, "WHOLE_FILE_BYTES", 0)
-    want = "after the end-of-archive marker" if how == "header zeroed" else "without the end-of-archive marker"
+    want = {"header zeroed": "after the end-of-archive marker", "header overwritten": "a damaged header at byte"}.get(
+        how, "without the end-of-archive marker")
     with pytest.raises(tarfile.ReadError, match=want):
         list(iter_members(io.BytesIO(data) if reader == "file object" else path))
     if reader != "file object":
