@@ -37,6 +37,7 @@ import numpy as np
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
                                    open_text, whole)
+from ferdata.datasets.folder import hidden, unread
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
@@ -278,8 +279,8 @@ class AffectNetReader(DatasetReader):
         labelled = set(ids)
         for path in sorted((folder / "images").iterdir()):      # an image its annotations do not label
             if path.suffix.lower() in (".jpg", ".png") and path.stem not in labelled:
-                yield Dropped(self.name, make_key(split, path.stem), "no_label",
-                              f"{path}: no annotations/{path.stem}_exp.npy")
+                why = unread(path) if hidden(path.name) else ("no_label", f"{path}: no annotations/{path.stem}_exp.npy")
+                yield Dropped(self.name, make_key(split, path.stem), *why)
 
     def _parse_npy(self, folder: Path, image_id: str, split: str, num_classes: int) -> FaceRecord | Dropped:
         key = make_key(split, image_id)

@@ -238,6 +238,7 @@ def test_npy_layout_counts_an_image_without_annotations(tmp_path):
     """The re-packaged layout's images are defined by their annotations: one without was ignored."""
     make_affectnet_npy(tmp_path)
     write_image(tmp_path / "train_set" / "images" / "77.jpg")
+    write_image(tmp_path / "train_set" / "images" / "._0.jpg")            # macOS's copy of 0.jpg's metadata
     records, drops, items = read_all("affectnet", tmp_path)
-    assert "train_77" not in records and drops["no_label"] == 1
+    assert "train_77" not in records and drops["no_label"] == 1 and drops["hidden_file"] == 1
     assert [d.key for d in items if d.reason == "no_label"] == ["train_77"]
