@@ -109,8 +109,8 @@ class BatchRing:
         self.released.fill_(RELEASE_ALL)
 
 
-# dtypes NumPy lacks, copied as the integers of their width
-_NUMPY_STAND_IN = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
+# a dtype NumPy lacks (bfloat16, the float8s, complex32) is copied as the integers of its width
+_SAME_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def copy_out(src: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -120,11 +120,11 @@ def copy_out(src: torch.Tensor, pin: bool) -> torch.Tensor:
     more work, on the cores the workers decode on: with torch's default threads in the main
     process that made the loader 1.7-2x slower on 2 cores (BENCHMARKS.md, the GPU section)."""
     own = torch.empty_like(src, pin_memory=pin)
-    as_numpy = _NUMPY_STAND_IN.get(src.dtype)
-    if as_numpy is None:
+    try:
         own.numpy()[...] = src.numpy()
-    else:  # a dtype NumPy lacks: copy its bits as integers of the same width
-        own.view(as_numpy).numpy()[...] = src.view(as_numpy).numpy()
+    except TypeError:                                  # a dtype NumPy lacks: its bits, as integers
+        width = _SAME_WIDTH[src.element_size()]
+        own.view(width).numpy()[...] = src.view(width).numpy()
     return own
 
 

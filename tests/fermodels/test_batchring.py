@@ -167,13 +167,20 @@ def test_the_main_process_copies_batches_out_without_torchs_thread_pool(monkeypa
     assert all(own[k].is_pinned() == pin and own[k].data_ptr() != written[k].data_ptr() for k in want)
 
 
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32, torch.float16, torch.bfloat16,
-                                   torch.float8_e4m3fn, torch.bool])
+FLOAT8 = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu")
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32, torch.float16, torch.bool,
+                                   torch.complex64, torch.bfloat16, torch.complex32,   # the last: NumPy lacks them
+                                   *(getattr(torch, n) for n in FLOAT8 if hasattr(torch, n))])
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 def test_copy_out_is_exact_for_every_dtype_and_layout(dtype):
     """``copy_out`` (also ``host_to``'s pinned copy) must take any tensor bound for a GPU, bfloat16
     among them (NumPy has no such dtype), expanded or strided, and give a dense, bit-exact copy."""
     from fermodels.batchring import copy_out
-    base = (torch.arange(24, dtype=torch.float32) / 7 - 1).to(dtype).reshape(2, 3, 4)
+    width = torch.empty(0, dtype=dtype).element_size()
+    bits = (torch.arange(24 * width) * 37 % (2 if dtype == torch.bool else 256)).to(torch.uint8)
+    base = bits.view(dtype).reshape(2, 3, 4)                         # any bit pattern, reinterpreted
     for src in (base, base[:, ::2, 1:], base[:1].expand(5, 3, 4), base.transpose(0, 2)):
         own = copy_out(src, pin=False)
         assert own.dtype == dtype and own.shape == src.shape and own.data_ptr() != src.data_ptr()
