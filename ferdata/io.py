@@ -220,7 +220,9 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
     reduce = max(needed, reduce_at_least) if head.format in _JPEG and not head.has_alpha else needed
     # Flipped/rotated frames keep the pixel-centre rule x' = (x + 0.5) / r - 0.5 only when r
     # divides the stored size (libjpeg's last partial block sits at the far edge, which a flip
-    # brings to the near one); an optional reduction backs off until it does.
+    # brings to the near one); an optional reduction backs off until it does. A forced one (over
+    # MAX_PIXELS) cannot: there, on a reversed axis whose stored size N is no multiple of r,
+    # points map (r * ceil(N / r) - N) / r decoded px off (under one decoded px; known, not corrected).
     while reduce > needed and head.turn != 1 and (head.width % reduce or head.height % reduce):
         reduce //= 2
     h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
