@@ -9,7 +9,7 @@ subset's 100 faces (8x upscaled). Error: the mean distance between the 5 points 
 (two models agreeing, not ground truth; dlib's own boxes give the floor). The script also refits
 ``dlib_box``'s constants on the faces where the HOG detector fires.
 
-``python bench/bench_landmarks.py [--quick]`` (about a minute; ``--quick``: the group photo only).
+``python bench/bench_landmarks.py [--quick]`` (10-15 s on 2 cores; ``--quick``: the group photo only).
 """
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ JPEGs. Measured:
 
 Prints images/s per stage, then the ratios (last). Goals: pipeline (1 process) within
 1.3x of its model kernels' time, near-linear 1 -> 2 process scaling (>= 0.9 of the
-machine's ceiling), repeat detect >= 20x faster than the first. The default 1,000 inputs (about 2 minutes on 2 cores) keep
-the one-time model load (dlib's predictor, ~0.6 s, serial before the workers fork) from
-dominating both ratios, as it would at a few hundred images and never does on a real
-dataset; the ratio without it is printed too. Usage:
+machine's ceiling), repeat detect >= 20x faster than the first. The default 1,000 inputs
+(about 3.5 minutes on 2 cores) keep the one-time model load (dlib's predictor, ~0.6 s, serial
+before the workers fork) from dominating both ratios, as it would at a few hundred images and
+never does on a real dataset; the ratio without it is printed too. Usage:
 ``python bench/bench_preprocess.py [--quick] [--n N]``.
 """
 from __future__ import annotations
@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  the same in CPU seconds                         {r['pipeline_over_kernels_cpu']:6.2f}x")
     print(f"  the same without the one-time model load        {r['pipeline_minus_load_over_kernels']:6.2f}x")
     print(f"  detect stage alone / the model kernels          {r['detect_over_kernels']:6.2f}x")
-    print(f"  speed-up 1 -> 2 processes, whole pipeline       {r['scaling_1_to_2']:6.2f}x   goal ~2 (>= 1.7) "
-          f"{verdict(r['scaling_1_to_2'] >= 1.7)}")
+    print(f"  speed-up 1 -> 2 processes, whole pipeline       {r['scaling_1_to_2']:6.2f}x   (judged against "
+          f"the machine's ceiling, below)")
     print(f"  the detector kernel alone, 2 processes / 1      {r['kernel_ceiling_1_to_2']:6.2f}x   (this machine's "
           f"ceiling now: shared vCPUs)")
     print(f"  pipeline speed-up / that ceiling                {r['scaling_over_ceiling']:6.2f}    goal >= 0.9  "

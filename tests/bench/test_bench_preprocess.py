@@ -25,7 +25,7 @@ def test_quick_benchmark_prints_ratios_last(capsys):
     assert math.isclose(r["repeat_pipeline_speedup"], two_wall / again_wall)
     assert math.isclose(r["repeat_detect_speedup"], m["two"]["detect"].wall / m["again"]["detect"].wall)
     assert math.isclose(r["pipeline_1p_over_baseline"], one_wall / m["base"].wall)
-    assert all(v > 0 for v in r.values()) and r["repeat_detect_speedup"] > 1
+    assert all(v > 0 for v in r.values())             # no timing is asserted: the machine is shared
 
     tail = out[out.index("\nratios\n"):]
     printed = {label: float(value) for label, value in
