@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_preprocess import make_inputs  # noqa: E402
 from ferdata.faces.embedded import EmbeddedBackend  # noqa: E402
-from ferdata.geometry import align_face, split_halves  # noqa: E402
+from ferdata.geometry import split_halves  # noqa: E402
 from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, summed_heatmap_u8  # noqa: E402
 from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, decode_rgb, encode_jpeg, encode_png  # noqa: E402
 from ferdata.params import load_params, section  # noqa: E402
 from ferdata.records import SPLITS, load_image_bytes, record_from_dict  # noqa: E402
-from ferdata.stages.align import AlignParams, BadGeometry, checked_points, npy_bytes, run_align  # noqa: E402
+from ferdata.stages.align import AlignParams, BadGeometry, crop_face, npy_bytes, run_align  # noqa: E402
 from ferdata.stages.derive import DeriveParams, run_derive  # noqa: E402
 from ferdata.layout import FACES, read_faces  # noqa: E402
 from ferdata.stages.detect import DetectParams, run_detect  # noqa: E402
@@ -157,18 +157,17 @@ def affectnet_gb(per_sample: float) -> float:
 # -- uncompressed crops and their fidelity ------------------------------------------------------
 def raw_crops(detect_dir: Path, size: int, padding: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """(uncompressed aligned crop, crop-frame 68 landmarks) per detect row with 68 landmarks, as
-    the align stage builds them (decode, checked keypoints, ``align_face``), before any JPEG encode."""
+    the align stage crops them (``crop_face``: a large face warped from a reduced decode, the
+    backend's border), before any JPEG encode."""
     out = []
     for row in read_faces(detect_dir):
+        data = load_image_bytes(record_from_dict(row["record"]))
         try:
-            decoded = decode_image(load_image_bytes(record_from_dict(row["record"])))
-            kps5, lmk68 = checked_points(row["face"], decoded.rgb.shape, decoded.scale)
+            al, _ = crop_face(row["face"], row["backend"], size, padding, lambda reduce: decode_image(data, reduce))
         except (BadImage, BadGeometry):
             continue                           # the align stage drops these rows too
-        if lmk68 is None:
-            continue
-        al = align_face(decoded.rgb, kps5, size, padding, lmk68)
-        out.append((al.image, al.lmk68))
+        if al.lmk68 is not None:
+            out.append((al.image, al.lmk68))
     return out
 
 
