@@ -3,7 +3,7 @@ and a plain-loop baseline timed side by side in the same process.
 
 Inputs: the photos shipped inside pip packages (skimage's astronaut, matplotlib's
 grace_hopper, insightface's 6-face t1), rescaled, mirrored and tiled 2x2 into N distinct
-JPEGs. Measured:
+JPEGs. Every process runs OpenCV on one thread, as the stage workers do. Measured:
 
 * the pipeline stages (``run_detect``, ``run_align``, ``run_derive``), each config with a
   fresh detection cache, with 1 and 2 worker processes, alternated ``--repeats`` times
@@ -223,11 +223,25 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+@contextlib.contextmanager
+def one_opencv_thread() -> Iterator[None]:
+    """OpenCV sequential in this process, as in every stage worker (``one_thread_per_worker``): the
+    1-process run, the baseline and the kernels then do a worker's work on one thread, so 1 vs 2
+    processes and pipeline vs kernels compare like with like (OpenCV's default pool gave the
+    1-process run a thread per core; a pipeline with ``workers: 1`` still has it)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def measure(n: int, max_side: int, repeats: int) -> dict:
     """Run every configuration; the best of ``repeats`` alternated 1p/2p cold runs is kept."""
     params = load_params(REPO / "params.yaml")
     size, hm, sigma = params["align"]["size"], params["derive"]["heatmap_size"], params["derive"]["heatmap_sigma"]
-    with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp, one_opencv_thread():
         root = Path(tmp)
         records = make_inputs(root / "inputs", n, max_side)
         runs: dict[int, list] = {1: [], 2: []}

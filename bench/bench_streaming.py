@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_preprocess import Clock, baseline, package_photos, verdict  # noqa: E402
+from bench_preprocess import Clock, baseline, one_opencv_thread, package_photos, verdict  # noqa: E402
 from ferdata.faces.base import select_face  # noqa: E402
 from ferdata.faces.dataset import AnnotationsBackend  # noqa: E402
 from ferdata.faces.embedded import EmbeddedBackend  # noqa: E402
@@ -172,10 +172,11 @@ def child(index: Path, work: Path, workers: int, repeat: bool) -> None:
     different sizes are compared over the same work)."""
     monitor = WorkerMemory()
     monitor.start()
-    first = run_chain(index, work, workers)
-    private = monitor.stop()
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    again = run_chain(index, work, workers) if repeat else None
+    with one_opencv_thread():                      # as every worker: 1 vs 2 processes alike
+        first = run_chain(index, work, workers)
+        private = monitor.stop()
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        again = run_chain(index, work, workers) if repeat else None
     print(json.dumps({"first": first, "repeat": again, "rss_main_mb": me.ru_maxrss / 1024,
                       "rss_worker_mb": kids.ru_maxrss / 1024, "private_worker_mb": private}))
 
@@ -190,8 +191,9 @@ def spawn(index: Path, work: Path, workers: int, repeat: bool) -> dict:
 
 def annotation_baseline(index: Path) -> Clock:
     params = load_params(REPO / "params.yaml")
-    return baseline(list(read_records(index)), params["align"]["size"], params["derive"]["heatmap_size"],
-                    params["derive"]["heatmap_sigma"], AnnotationsBackend())
+    with one_opencv_thread():
+        return baseline(list(read_records(index)), params["align"]["size"], params["derive"]["heatmap_size"],
+                        params["derive"]["heatmap_sigma"], AnnotationsBackend())
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
