@@ -113,6 +113,18 @@ def reduced_frame(scale: float, scale_y: float | None = None) -> np.ndarray:
     return np.array([[scale, 0.0, (scale - 1) / 2], [0.0, sy, (sy - 1) / 2]])
 
 
+def shrunk(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[float, float]]:
+    """``image`` with its longest side at most ``side`` (area-averaged; else itself), and the (x, y)
+    scale it was resized by: each side rounds to whole pixels on its own, so the two differ slightly
+    (:func:`resized_back` undoes them)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale == 1:
+        return image, (1.0, 1.0)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))       # a 16 x 21000 strip keeps 1 px
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), (size[0] / w, size[1] / h)
+
+
 def resized_back(boxes: np.ndarray, points: np.ndarray | None, scale: tuple[float, float]
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """Boxes (x0, y0, x1, y1: pixel edges, which scale) and points (pixel centres, which map by

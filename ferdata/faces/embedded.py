@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
-from ferdata.geometry import resized_back
+from ferdata.geometry import resized_back, shrunk
 from ferdata.records import FaceRecord
 
 DLIB_68 = "shape_predictor_68_face_landmarks.dat"
@@ -179,15 +179,10 @@ class EmbeddedBackend(FaceBackend):
 
     # -- the three steps, public so benchmarks can time the model kernels alone ----------
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
-        """Resize so the longest side is at most ``det_size``; returns (blob, (x scale, y scale)):
-        each side rounds to whole pixels on its own, so the two scales differ slightly."""
-        h, w = image.shape[:2]
-        scale = min(1.0, self.options["det_size"] / max(h, w))
-        if scale == 1:
-            return to_blob(image), (1.0, 1.0)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))       # a 16 x 21000 strip keeps 1 px
-        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        return to_blob(small), (size[0] / w, size[1] / h)
+        """Resize so the longest side is at most ``det_size``; returns (blob, (x scale, y scale))
+        (:func:`~ferdata.geometry.shrunk`)."""
+        small, scale = shrunk(image, self.options["det_size"])
+        return to_blob(small), scale
 
     def infer(self, blob: np.ndarray) -> list[np.ndarray]:
         """The RetinaFace ONNX kernel: (N, 3, H, W) -> [loc, conf, landmarks]."""

@@ -30,7 +30,7 @@ import numpy as np
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
 from ferdata.faces.fetch import fetch
-from ferdata.geometry import five_from_68
+from ferdata.geometry import five_from_68, resized_back, shrunk
 from ferdata.records import FaceRecord
 
 log = logging.getLogger(__name__)
@@ -192,12 +192,12 @@ class FanBackend(FaceBackend):
                     for b, s, k, lm in zip(boxes, scores, kps, lmks)]
         # face-alignment's detectors see the image shrunk to det_size, as ours do (S3FD on a 6000 px
         # photo needs tens of GB); FAN then reads the landmarks from the full image
-        small = shrunk(image, int(self.options["det_size"]))
+        small, scale = shrunk(image, int(self.options["det_size"]))
         found = self._fa.face_detector.detect_from_image(small.copy())
         if len(found) == 0:
             return []
-        sx, sy = image.shape[1] / small.shape[1], image.shape[0] / small.shape[0]
-        boxes = [(float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy) for b in found]
+        boxes, _ = resized_back(np.array([b[:4] for b in found], np.float64), None, scale)
+        boxes = [tuple(float(v) for v in b) for b in boxes]
         lmks = self._fa.get_landmarks_from_image(image, detected_faces=[list(b) for b in boxes])
         faces = []
         for b, box, lm in zip(found, boxes, lmks):
@@ -205,13 +205,3 @@ class FanBackend(FaceBackend):
             faces.append(Face(box, float(b[4]) if len(b) > 4 else 1.0, five_from_68(lm), lm, self.name))
         return faces
 
-
-def shrunk(image: np.ndarray, side: int) -> np.ndarray:
-    """``image`` with its longest side at most ``side`` (area-averaged), else itself."""
-    h, w = image.shape[:2]
-    scale = side / max(h, w)
-    if scale >= 1:
-        return image
-    import cv2
-
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
