@@ -69,6 +69,13 @@ def parse_assignments(items: list[str], example: str = "exclude_classes=[Contemp
 Rule = tuple[Callable[[Any], bool], str]       # (test, what a good value is)
 
 
+def repeated(values: Collection[Any]) -> list[Any]:
+    """The values that occur more than once in ``values``, sorted (a list param that names
+    datasets or files must name each once)."""
+    seen = list(values)
+    return sorted({v for v in seen if seen.count(v) > 1})
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 

@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ferdata.atomic import atomic_write_text
 from ferdata.layout import INFO, stage_dirs
+from ferdata.params import repeated
 from ferdata.records import SPLITS
 
 VERSION = 1
@@ -39,7 +40,7 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
 
 
 def _check_unique(names: Sequence[str]) -> None:
-    if twice := sorted({n for n in names if list(names).count(n) > 1}):
+    if twice := repeated(names):
         raise SelectionError(f"datasets listed more than once: {', '.join(map(repr, twice))} (train.datasets?)")
 
 

@@ -37,8 +37,8 @@ def mix_seed(*parts: int) -> int:
 def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterator[dict]:
     """Raw samples of each piece, in file order (reads, never decodes); with ``only``, just those
     members of each sample (:func:`ferdata.tario.iter_tar_samples`), and ``__url__``, the shard
-    (for errors that name it). A shard with fewer samples
-    than its piece ends at is an error (a resampling stream would otherwise read on past it)."""
+    (for errors that name it). A shard with fewer samples than its piece ends at is an error (a
+    resampling stream would otherwise read on past it)."""
     for piece in pieces:
         if piece.stop <= piece.start:
             continue

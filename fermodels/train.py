@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
-from ferdata.params import above, at_least, below_from, check_values, one_of, optional, within
+from ferdata.params import above, at_least, below_from, check_values, one_of, optional, repeated, within
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
@@ -91,7 +91,7 @@ class TrainParams:
             object.__setattr__(self, "augment", AugmentParams(**self.augment))
         if isinstance(self.datasets, str) or not self.datasets:
             raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
-        if twice := sorted({d for d in self.datasets if list(self.datasets).count(d) > 1}):
+        if twice := repeated(self.datasets):
             raise ValueError(f"train.datasets lists {', '.join(map(repr, twice))} more than once (each dataset "
                              "is read once an epoch; the class-balanced sampler evens out their classes)")
         check_values("train", self, {
