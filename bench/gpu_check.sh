@@ -10,7 +10,8 @@
 #   tests     the CUDA-only tests (device-side scaling, augmentation, normalisation against the CPU;
 #             the trainer on CUDA with AMP, channels_last and loader workers, its model then
 #             checked against the CPU; the trainer's own torch.compile; fp16 through the gradient
-#             scaler) and the batch ring, whose copies go to pinned memory
+#             scaler), the batch ring, whose copies go to pinned memory, and prediction waiting for the
+#             GPU once, not per batch
 #   train     bench_train on CUDA only (a 112 px and a 224 px model): fp32, bf16, bf16 + channels_last,
 #             + torch.compile (last; a failing configuration is printed and skipped), each fed by the
 #             real loader with 8 workers over 20,000 samples (the fraction of time the GPU waits for
