@@ -3,10 +3,10 @@
 DVC cannot turn a list param (``train.datasets``) into a stage's deps, so without this the train and
 evaluate stages would depend on all of ``data/`` and re-run whenever any dataset is prepared. The
 ``select`` stage depends on ``data/`` instead and writes, for each consumer, which shard dirs and
-splits it reads and the sha256 of each of those splits' ``_info.json`` (which itself lists every
-shard's sha256, count and class histogram). The file changes exactly when the data that consumer
-reads changes, and the consumer depends on that file alone; before reading, the consumer checks
-that each split's ``_info.json`` still is the one pinned (:func:`read_selection`) and that every
+splits it reads and the sha256 of each of those splits' ``_info.json`` content (which lists every
+shard's sha256, count and class histogram; :func:`split_digest`). The file changes exactly when the
+data that consumer reads changes, and the consumer depends on that file alone; before reading, the
+consumer checks that each split's ``_info.json`` still holds what was pinned (:func:`read_selection`) and that every
 shard it lists is there with its listed size (:func:`fermodels.data.open_split`); the shards'
 contents against their sha256 are ``ferdata verify``'s to check (DVC checks them on checkout).
 """
@@ -30,13 +30,24 @@ class SelectionError(ValueError):
     """The pinned selection and the params or the shards on disk disagree."""
 
 
+PROVENANCE = ("params_hash",)      # what made a split, not what it holds: not pinned
+
+
 def split_digest(shards_dir: str | Path, split: str) -> str:
-    """sha256 of ``<shards_dir>/<split>/_info.json`` (the split's shards by their own sha256)."""
+    """sha256 of ``<shards_dir>/<split>/_info.json`` without its :data:`PROVENANCE`: the split's content
+    (its shards by their own sha256, counts, classes), so two splits that hold the same samples pin
+    alike whatever params made them (a dataset's official test split under every ``shard.fold``:
+    :mod:`fermodels.crossval` tells such folds from a cross-validation by this)."""
     path = Path(shards_dir) / split / INFO
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: prepare the dataset first "
                                 f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as err:
+        raise SelectionError(f"{path} is not JSON ({err}): prepare the dataset again") from None
+    content = {k: v for k, v in info.items() if k not in PROVENANCE}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _check_unique(names: Sequence[str]) -> None:

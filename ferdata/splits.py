@@ -7,7 +7,8 @@ are near-duplicates), else the photo a reader says the face shares with other fa
 (``extra[PHOTO]``: ExpW's faces of one picture) or the film a frame comes from (``extra[MOVIE]``:
 SFEW), else the record key. A hash, not a shuffle, decides, so a
 record's split does not depend on record order or on which other records exist
-(records added to a dataset later leave every earlier record's split as it was; tested).
+(records added to a dataset later leave every earlier record's split as it was; tested; this holds
+for the carved fractions, not for k-fold, whose folds are dealt by each group's rank).
 The result always has a validation split separate from test: RAF-DB and AffectNet
 (train/test only) get val carved from train.
 
@@ -16,7 +17,7 @@ train: val and test never hold them, in every fold.
 
 ``folds > 0`` gives k-fold cross-validation over groups (CK+ 10-fold, JAFFE
 leave-one-subject-out): groups are ordered by hash and dealt round-robin into
-``folds`` folds; fold ``fold`` is test, fold ``fold + 1`` is val, the rest train.
+``folds`` folds; fold ``fold`` is test, fold ``fold + 1`` is val, the rest (``folds - 2``) train.
 """
 from __future__ import annotations
 

@@ -61,14 +61,15 @@ class Series:
         (a dataset with an official test split, such as RAF-DB's or AffectNet's, keeps it whatever
         ``shard.fold`` says; so does a cross-dataset ``evaluate.dataset``): averaging them would count
         one test set several times."""
-        by_split: dict[str, list[int]] = {}
+        by_split: dict[tuple[str, str], list[int]] = {}
         for k, run in sorted(self.runs.items()):
-            if run.tested is not None:
-                by_split.setdefault(run.tested, []).append(k)
-        same = [folds for folds in by_split.values() if len(folds) > 1]
+            for pin in _pins(run.tested):
+                by_split.setdefault(pin, []).append(k)
+        same = {pin: folds for pin, folds in by_split.items() if len(folds) > 1}
         if not same:
             return None
-        return (f"folds {', '.join(' and '.join(map(str, f)) for f in same)} were tested on the same split: a "
+        shared = ", ".join(f"{' and '.join(map(str, folds))} ({pin[0]})" for pin, folds in same.items())
+        return (f"folds {shared} were tested on the same split: a "
                 "dataset with an official test split (RAF-DB, AffectNet, FER2013, SFEW) keeps it whatever "
                 "shard.fold says, and so does a cross-dataset evaluate.dataset; k-fold cross-validation is "
                 "for datasets without one (CK+, JAFFE)")
@@ -96,6 +97,20 @@ class Series:
             return {**out, "problem": self.problem}
         confusion = {k: r.confusion.tolist() for k, r in sorted(self.runs.items())}
         return {**out, "metrics": self.table(), "classes": list(CLASSES), "confusion": confusion}
+
+
+def _pins(tested: str | None) -> list[tuple[str, ...]]:
+    """The ("<dataset> <split>", content digest) of each split pinned in ``tested`` (the JSON of a
+    run's ``runs/select/evaluate.json``) names: several datasets are compared one by one, so one that
+    keeps its test split is found beside one that folds. None: nothing pinned."""
+    if tested is None:
+        return []
+    chosen = json.loads(tested)
+    datasets = chosen.get("datasets") if isinstance(chosen, dict) else None
+    if not isinstance(datasets, dict):              # not a selection file: compared whole
+        return [("its test split", tested)]
+    return sorted((f"{name} {split}", str(digest)) for name, pinned in datasets.items()
+                  for split, digest in (pinned.get("splits") or {}).items())
 
 
 def _git(repo: Path, *args: str) -> str:

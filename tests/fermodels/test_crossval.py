@@ -26,10 +26,10 @@ def git(repo: Path, *args: str, env: dict | None = None) -> str:
 
 
 def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
-               pairs: list[tuple[str, str]] | None, tested: str | None = None) -> None:
+               pairs: list[tuple[str, str]] | None, tested: str | dict | None = None) -> None:
     """An experiment commit on top of ``baseline``: params.yaml and (unless ``pairs`` is None) an
-    evaluation whose test samples are the (actual, predicted) ``pairs``; ``tested``: the hash of the
-    test split its ``runs/select/evaluate.json`` pins (none written when None)."""
+    evaluation whose test samples are the (actual, predicted) ``pairs``; ``tested``: the digest of the
+    ckplus test split (or {dataset: digest}) its ``runs/select/evaluate.json`` pins (none when None)."""
     git(repo, "checkout", "-q", "-f", "--detach", baseline)
     git(repo, "clean", "-fdq")
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -43,7 +43,10 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
             json.dumps([{"actual": a, "predicted": p} for a, p in pairs]))
     if tested is not None:
         (repo / "runs" / "select").mkdir(parents=True, exist_ok=True)
-        (repo / "runs" / "select" / "evaluate.json").write_text(json.dumps({"ckplus": {"test": tested}}))
+        pins = tested if isinstance(tested, dict) else {"ckplus": tested}
+        chosen = {"version": 1, "datasets": {name: {"shards": f"data/{name}/shards", "splits": {"test": sha}}
+                                             for name, sha in pins.items()}}
+        (repo / "runs" / "select" / "evaluate.json").write_text(json.dumps(chosen))
     git(repo, "add", "-A")
     stamp = {**ENV, "GIT_COMMITTER_DATE": f"{1_700_000_000 + when} +0000"}
     git(repo, "commit", "-q", "-m", name, env=stamp)
@@ -164,14 +167,50 @@ def test_folds_tested_on_one_split_are_not_summarised(tmp_path):
         experiment(repo, base, f"ck{k}", 10 + k, params(k), FOLDS[k], tested=f"sha-{k}")
     pcnn, cmnet = summarise(read_experiments(repo, base)[0])[::-1]
     assert cmnet.problem is None and cmnet.table()["num_samples"]["pooled"] == 8
-    assert pcnn.problem.startswith("folds 0 and 1 and 2 were tested on the same split")
-    assert describe(pcnn).splitlines()[1].startswith("not summarised: folds 0 and 1 and 2")
+    assert pcnn.problem.startswith("folds 0 and 1 and 2 (ckplus test) were tested on the same split")
+    assert describe(pcnn).splitlines()[1].startswith("not summarised: folds 0 and 1 and 2 (ckplus test)")
     out = tmp_path / "cv.json"
     res = CliRunner().invoke(app, ["crossval", "--repo", str(repo), "--rev", base, "--out", str(out)])
     assert res.exit_code != 0 and "their folds share a test split" in str(res.exception)
     saved = {s["params"]["train"]["model"]: s for s in json.loads(out.read_text())}
     assert "metrics" not in saved["pcnn"] and "official test split" in saved["pcnn"]["problem"]
     assert saved["cmnet"]["metrics"]["accuracy"]["pooled"] == pytest.approx(5 / 8)
+
+
+def test_a_dataset_keeping_its_test_split_is_found_beside_one_that_folds(tmp_path):
+    """Evaluated on two datasets' test splits: CK+'s changes with the fold, RAF-DB's official one does
+    not; the run's pins differ as a whole, yet RAF-DB's test set would be counted once per fold."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(2):
+        experiment(repo, base, f"f{k}", k, params(k), FOLDS[0], tested={"ckplus": f"ck-{k}", "rafdb": "raf"})
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.problem.startswith("folds 0 and 1 (rafdb test) were tested on the same split")
+
+
+def test_folds_of_a_dataset_with_an_official_test_split_pin_the_same_test_split(tmp_path):
+    """The real stages: whatever shard.fold says, an AffectNet-layout dataset keeps its official test
+    split (the same shards); its pinned digest must say so though each fold's params differ."""
+    from dataclasses import replace
+
+    from ferdata.selection import selection
+    from ferdata.stages.shard import run_shard
+    from tests.reliability.corpus import Case, build_corpus, jpeg_of, run_all, stage_params
+
+    cases = [Case(f"tr{i}", jpeg_of(i), label=str(i % 7)) for i in range(12)]
+    cases += [Case(f"te{i}", jpeg_of(100 + i), split="test", label=str(i % 7)) for i in range(5)]
+    build_corpus(tmp_path / "raw", cases)
+    stages = stage_params(tmp_path)
+    stages["shard"] = replace(stages["shard"], folds=3, fold=0)
+    run_all(tmp_path / "raw", tmp_path / "x", stages)
+    pinned = []
+    for fold in (0, 1):
+        run_shard(tmp_path / "x/aligned", tmp_path / "x/derived", replace(stages["shard"], fold=fold),
+                  tmp_path / "data" / "x" / "shards")
+        info = json.loads((tmp_path / "data/x/shards/test/_info.json").read_text())
+        pinned.append((info["params_hash"], selection(tmp_path / "data", ["x"], ["test"])))
+    (hash0, chosen0), (hash1, chosen1) = pinned
+    assert hash0 != hash1 and chosen0 == chosen1
 
 
 def test_a_recipe_series_is_named_with_the_recipes_datasets(tmp_path):
