@@ -237,6 +237,22 @@ def _take(sequence: list[tuple[str, int]], start: int, count: int) -> list[Piece
     return pieces
 
 
+def _take_each(sequence: list[tuple[str, int]], start: int, count: int, total: int) -> list[Piece]:
+    """Pieces covering the same fraction ``[start, start + count) / total`` of each dataset (shard
+    folder) of the one pass ``sequence``: every part holds each dataset's share to within a sample,
+    however few shards a dataset has (CK+ is one shard: a part without it, beside one holding it,
+    skewed a class-balanced epoch; 0.62 of it class A in :mod:`fermodels.sampling`'s example)."""
+    folders: dict[str, list[tuple[str, int]]] = {}
+    for shard in sequence:
+        folders.setdefault(os.path.dirname(shard[0]), []).append(shard)
+    pieces = []
+    for group in folders.values():
+        n = sum(c for _, c in group)
+        lo, hi = start * n // total, (start + count) * n // total
+        pieces += _take(group, lo, hi - lo)
+    return pieces
+
+
 def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]:
     """How many of each worker's batches are among the first ``skip`` a DataLoader yields, and
     which worker yields the next one.
@@ -264,7 +280,8 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     ``one_pass``: the workers read one pass over the split between them, whatever ``samples``
     is, and a class-balanced stream (:func:`fermodels.sampling.repeat_stream`) makes each its
     quota from its part: repeating shards instead would give a sample in two workers' parts the
-    same keep-or-skip draw, so it came out twice and others never.
+    same keep-or-skip draw, so it came out twice and others never. Each part then holds the same
+    fraction of every dataset (:func:`_take_each`), so its class mix is the split's.
     """
     total = sum(n for _, n in shards)
     if total == 0 or samples <= 0:
@@ -284,13 +301,14 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     if one_pass:                    # each worker reads a part as large as its quota of the rank's samples
         quotas = [sum(sizes[b: b + n]) for b, n in zip(itertools.accumulate([0, *blocks]), blocks)]
         reads = split_in_proportion(rank_reads[env.rank], quotas)
-    if reads and not all(reads):
-        raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
-                         f"{len(blocks)} worker(s), more parts than its {total} samples: lower train.workers")
     plans, pos, b = [], sum(rank_reads[: env.rank]), 0
     for w, (n, skip) in enumerate(zip(blocks, skips)):
         worker_sizes = tuple(sizes[b: b + n])
         count = reads[w] if reads else sum(worker_sizes)
-        plans.append(WorkerPlan(w, tuple(_take(sequence, pos, count)), worker_sizes, skip))
+        pieces = _take_each(sequence, pos, count, total) if one_pass else _take(sequence, pos, count)
+        if not any(p.stop > p.start for p in pieces):
+            raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
+                             f"{len(blocks)} worker(s), more parts than its {total} samples: lower train.workers")
+        plans.append(WorkerPlan(w, tuple(pieces), worker_sizes, skip))
         pos, b = pos + count, b + n
     return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

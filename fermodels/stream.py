@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -35,10 +36,34 @@ def mix_seed(*parts: int) -> int:
 
 
 def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterator[dict]:
-    """Raw samples of each piece, in file order (reads, never decodes); with ``only``, just those
-    members of each sample (:func:`ferdata.tario.iter_tar_samples`), and ``__url__``, the shard
-    (for errors that name it). A shard with fewer samples than its piece ends at is an error (a
-    resampling stream would otherwise read on past it)."""
+    """Raw samples of the pieces (reads, never decodes); with ``only``, just those members of each
+    sample (:func:`ferdata.tario.iter_tar_samples`), and ``__url__``, the shard (for errors that name
+    it). Each dataset's (shard folder's) pieces are read in order, one shard at a time, and the
+    datasets are interleaved in proportion to what each contributes, so any stretch of the stream
+    holds them in the part's mix (read one after the other, a shuffle buffer smaller than a shard
+    left most batches of one dataset, and a balanced stream that met its quota early cut the last
+    one short). A shard with fewer samples than its piece ends at is an error (a resampling stream
+    would otherwise read on past it)."""
+    folders: dict[str, list] = {}
+    for piece in pieces:
+        folders.setdefault(os.path.dirname(piece.url), []).append(piece)
+    if len(folders) < 2:
+        yield from _read_in_order(pieces, only)
+        return
+    streams = [_read_in_order(group, only) for group in folders.values()]
+    sizes = [sum(max(0, p.stop - p.start) for p in group) for group in folders.values()]
+    taken = [0] * len(streams)
+    while True:              # next from the dataset furthest behind its share (ties: the first)
+        behind = [((taken[i] + 1) / sizes[i], i) for i in range(len(streams)) if taken[i] < sizes[i]]
+        if not behind:
+            return
+        i = min(behind)[1]
+        yield next(streams[i])
+        taken[i] += 1
+
+
+def _read_in_order(pieces: Sequence, only: Collection[str] | None) -> Iterator[dict]:
+    """Raw samples of each piece in turn, in file order."""
     for piece in pieces:
         if piece.stop <= piece.start:
             continue

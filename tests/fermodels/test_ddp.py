@@ -2,6 +2,7 @@
 several ranks and workers, and training under a real 2-process gloo group on CPU."""
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import socket
@@ -367,6 +368,57 @@ def test_a_balanced_epoch_at_rate_one_shows_every_sample_once_whatever_the_worke
 def test_a_batch_of_one_per_rank_names_the_fix():
     with pytest.raises(ValueError, match="with a batch of 1 per rank every rank needs as many samples"):
         plan_epoch([("a.tar", 13)], samples=13, batch_size=1, env=DistEnv(1, 2, 0), workers=0, seed=0, shuffle=True)
+
+
+@pytest.mark.parametrize("world,workers", [(1, 2), (2, 2), (1, 8)])
+def test_a_balanced_epoch_over_datasets_of_one_shard_each_is_balanced(world, workers):
+    """sampling.py's example at params.yaml's shard.maxcount: dataset A, 1,000 samples of class 0,
+    and B, 500 of class 0 and 500 of class 1, one shard each. Parts of whole shards gave one part
+    A alone beside another holding B, and 0.62 of the epoch class 0."""
+    from fermodels.sampling import ClassRepeat, repeat_stream
+
+    shards = [("/d/a/train/a0.tar", 1000), ("/d/b/train/b0.tar", 1000)]
+    repeat = ClassRepeat.balanced([1500, 500], samples=2000)
+    for seed in range(4):
+        counts = Counter()
+        for rank in range(world):
+            for plan in plan_epoch(shards, samples=2000, batch_size=32, env=DistEnv(rank, world, 0), workers=workers,
+                                   seed=seed, shuffle=True, one_pass=True):
+                source = [{"__key__": f"{p.url}:{i}", "cls": 0 if "/a/" in p.url else i % 2} for p in plan.pieces
+                          for i in range(p.start, p.stop)]
+                assert {os.path.dirname(p.url) for p in plan.pieces} == {"/d/a/train", "/d/b/train"}
+                counts.update(s["cls"] for s in repeat_stream(lambda: iter(source), repeat, plan.num_samples,
+                                                              lambda s: s["cls"], seed))
+        assert sum(counts.values()) == 2000
+        assert abs(counts[0] / 2000 - 0.5) < 0.04, (seed, counts)
+
+
+def test_a_part_reads_its_datasets_interleaved_in_proportion(tmp_path):
+    """Read one after the other, a part's datasets reached a shuffle buffer smaller than a shard one
+    at a time: most batches held one dataset."""
+    import tarfile
+
+    from fermodels.distributed import Piece
+    from fermodels.stream import read_pieces
+
+    def shard(path: Path, keys: list[str]) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key in keys:
+                info = tarfile.TarInfo(f"{key}.cls")
+                info.size = 1
+                tar.addfile(info, io.BytesIO(b"0"))
+        return str(path)
+
+    a = [shard(tmp_path / "a" / f"a{i}.tar", [f"a{i}_{j:02d}" for j in range(30)]) for i in range(2)]
+    b = shard(tmp_path / "b" / "b0.tar", [f"b_{j:02d}" for j in range(30)])
+    pieces = [Piece(a[0], 5, 30), Piece(a[1], 0, 30), Piece(b, 10, 30)]      # 55 of A, 20 of B
+    keys = [s["__key__"] for s in read_pieces(pieces)]
+    assert [k for k in keys if k.startswith("a")] == [f"a0_{j:02d}" for j in range(5, 30)] + [
+        f"a1_{j:02d}" for j in range(30)]
+    assert [k for k in keys if k.startswith("b")] == [f"b_{j:02d}" for j in range(10, 30)]
+    for m in range(1, len(keys) + 1):                                          # every prefix in the 55:20 mix
+        assert abs(sum(k.startswith("b") for k in keys[:m]) - m * 20 / 75) <= 1, m
 
 
 @pytest.mark.parametrize("world,workers", [(1, 4), (2, 2)])

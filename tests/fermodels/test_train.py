@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -288,6 +289,13 @@ def test_label_smoothing_reaches_the_loss_and_a_model_ignoring_it_is_refused(tin
 def test_a_dataset_listed_twice_is_refused():
     with pytest.raises(ValueError, match="train.datasets lists 'tiny' more than once"):
         make_params(datasets=["tiny", "b", "tiny"])
+
+
+def test_balanced_sampling_and_class_weights_together_are_refused():
+    """Each evens out the classes alone; together a rare class counts twice."""
+    with pytest.raises(ValueError, match="train.sampler balanced and train.class_weights true"):
+        make_params(sampler="balanced", class_weights=True)
+    assert make_params(sampler="balanced").class_weights is False
 
 
 def test_class_weight_values_and_probe():
@@ -577,6 +585,43 @@ def test_balanced_epochs_skip_a_different_part_of_a_frequent_class():
     again = [s["__key__"] for s in repeat_stream(lambda: iter(source), repeat, 1030, lambda s: int(s["cls"]),
                                                  planner.stream_seed(0)) if s["cls"] == b"1"]
     assert set(again) == per_epoch[0]                                                # a resumed epoch matches
+
+
+def test_a_samples_copies_are_spread_out_not_back_to_back():
+    """AffectNet-8's training counts over 10: Contempt and Disgust repeat about 10x. Copies emitted
+    in a row put one image in a batch several times whatever a 500-sample shuffle buffer did (75%
+    of batches of 32 held a repeat; with no buffer every batch). Drawing with replacement over the
+    epoch, as ImbalancedDatasetSampler does, gives about 6%."""
+    import random
+
+    from fermodels.sampling import ClassRepeat, repeat_stream
+
+    counts = [7487, 13441, 2546, 1409, 638, 380, 2488, 375]
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    random.Random(0).shuffle(labels)
+    part = [{"__key__": f"k{i}", "cls": c} for i, c in enumerate(labels)]
+    out = [s["__key__"] for s in repeat_stream(lambda: iter(part), ClassRepeat.balanced(counts, len(part)),
+                                               len(part), lambda s: s["cls"], 3)]
+    assert len(out) == len(part)
+    batches = [out[i:i + 32] for i in range(0, len(out), 32)]
+    assert sum(len(set(b)) < len(b) for b in batches) / len(batches) < 0.2
+    assert max(Counter(out).values()) >= 10                             # the rare classes still repeat
+    share = Counter(labels[int(k[1:])] for k in out)
+    assert all(abs(share[c] / len(out) - 1 / 8) < 0.01 for c in range(8)), share
+
+
+def test_a_part_whose_pass_skips_everything_by_chance_is_read_again():
+    """Six samples of a class at rate 0.2: a pass emits none of them about a quarter of the time;
+    that is chance, not an error (it stopped training in 14 of 50 epochs of a 95/5 split over 16
+    parts). A part none of whose classes the split counts is an error."""
+    from fermodels.sampling import ClassRepeat, repeat_stream
+
+    repeat = ClassRepeat.balanced([30, 0, 150], samples=36)                # rates 0.6, 0, 0.12
+    part = [{"__key__": f"k{i}", "cls": 2} for i in range(6)]
+    for seed in range(200):
+        assert len(list(repeat_stream(lambda: iter(part), repeat, 3, lambda s: s["cls"], seed))) == 3
+    with pytest.raises(ValueError, match="no sample in it has a class the split's histogram counts"):
+        list(repeat_stream(lambda: iter([{"__key__": "x", "cls": 1}]), repeat, 3, lambda s: s["cls"], 0))
 
 
 @pytest.mark.slow
