@@ -20,12 +20,14 @@ USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 
 
 def message(err: BaseException) -> str:
-    """The error's own message (``KeyError`` would quote it), with its type when it has none; an
-    output path of the wrong kind (a file where a folder must go, or the reverse) in plain words."""
+    """The error's own message (``KeyError`` would quote it), with its type when it has none, and its
+    notes; an output path of the wrong kind (a file where a folder must go, or the reverse) in plain
+    words."""
     if isinstance(err, OSError) and (plain := _wrong_kind(err)):
         return plain
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
-    return str(text) or type(err).__name__
+    notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))     # e.g. which input a worker was on
+    return (str(text) or type(err).__name__) + notes
 
 
 def _wrong_kind(err: OSError) -> str | None:

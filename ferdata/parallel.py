@@ -16,13 +16,22 @@
   are the parallelism; their default of a thread per core in each of N workers put N x N threads
   on N cores, and can hang a forked worker (see the function).
 * ``workers <= 1`` runs everything inline (debuggable, no pickling).
+* Errors name their input: an exception from ``fn`` carries a note ``while processing
+  <describe(item)>``; a worker that dies without one (a crash in native code, the out-of-memory
+  killer) stops the run with an error naming the items it may have been on (a ``multiprocessing``
+  pool started a new worker and waited for the lost result for ever). Workers ignore Ctrl-C: the
+  parent takes it and stops them (a worker interrupted while holding the pool's queue lock hung the
+  parent about once in 13 tries).
 """
 from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import signal
 import sys
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import cv2
@@ -31,6 +40,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _WORKER_FN: Callable | None = None
+_DESCRIBE: Callable | None = None
 
 
 def one_thread_per_worker(*_: object) -> None:
@@ -47,26 +57,54 @@ def one_thread_per_worker(*_: object) -> None:
         torch.set_num_threads(1)
 
 
-def _install(fn: Callable) -> None:
-    global _WORKER_FN
+def _install(fn: Callable, describe: Callable | None) -> None:
+    global _WORKER_FN, _DESCRIBE
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the workers
     one_thread_per_worker()
-    _WORKER_FN = fn
+    _WORKER_FN, _DESCRIBE = fn, describe
+
+
+def _named(fn: Callable[[T], R], item: T, describe: Callable[[T], str] | None) -> R:
+    """``fn(item)``; an exception gets a note naming the item."""
+    try:
+        return fn(item)
+    except Exception as err:
+        if describe is not None:
+            err.add_note(f"while processing {describe(item)}")
+        raise
 
 
 def _run_chunk(chunk: list) -> list:
-    return [_WORKER_FN(x) for x in chunk]
+    return [_named(_WORKER_FN, x, _DESCRIBE) for x in chunk]
 
 
-def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable):
-    """A pool whose workers hold ``fn``; under fork the parent's objects are frozen while the
-    workers are forked (they stay frozen in the workers only)."""
-    if ctx.get_start_method() != "fork":
-        return ctx.Pool(workers, initializer=_install, initargs=(fn,))
+def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable,
+                describe: Callable | None) -> ProcessPoolExecutor:
+    """A pool whose workers hold ``fn``."""
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install, initargs=(fn, describe))
+
+
+def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list, first: bool):
+    """Submit a chunk; under fork the first submit forks the workers, with the parent's objects
+    frozen meanwhile (they stay frozen in the workers only)."""
+    if not first or ctx.get_start_method() != "fork":
+        return pool.submit(_run_chunk, chunk)
     gc.freeze()
     try:
-        return ctx.Pool(workers, initializer=_install, initargs=(fn,))
+        return pool.submit(_run_chunk, chunk)
     finally:
         gc.unfreeze()
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now (queued chunks are dropped, running ones killed)."""
+    terminate = getattr(pool, "terminate_workers", None)        # Python 3.14+
+    if terminate is not None:
+        terminate()
+    else:
+        for proc in list((pool._processes or {}).values()):
+            proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _context() -> mp.context.BaseContext:
@@ -81,35 +119,61 @@ class _Local:
     def __init__(self, values: list) -> None:
         self.values = values
 
-    def ready(self) -> bool:
+    def done(self) -> bool:
         return True
 
-    def get(self) -> list:
+    def result(self) -> list:
         return self.values
+
+
+def _lost(pending: deque, describe: Callable | None) -> ChildProcessError:
+    """The error for a worker that died: the items of the chunks still out, as far as named."""
+    items = [x for _, chunk in pending for x in chunk]
+    named = [describe(x) for x in items[:8]] if describe is not None else []
+    more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
+    where = f" while processing one of: {'; '.join(named)}{more}" if named else ""
+    return ChildProcessError(f"a worker process died without an error (killed, out of memory, or a crash in "
+                             f"native code){where}. Re-run with workers: 1 and `python -X faulthandler` to see "
+                             "where it crashes")
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
                  window: int = 256, chunksize: int = 8,
-                 local: Callable[[T], bool] | None = None) -> Iterator[R]:
-    """``map(fn, items)`` in order; ``fn`` must be a picklable callable (no lambdas)."""
+                 local: Callable[[T], bool] | None = None,
+                 describe: Callable[[T], str] | None = None) -> Iterator[R]:
+    """``map(fn, items)`` in order; ``fn`` must be a picklable callable (no lambdas), and so must
+    ``describe`` (item -> words naming it in errors)."""
     if workers <= 1:
-        yield from map(fn, items)
+        for item in items:
+            yield _named(fn, item, describe)
         return
     pool = None
-    pending: deque = deque()       # of (_Local | AsyncResult, item count)
+    pending: deque = deque()       # of (_Local | Future, its items)
     in_flight = 0
     chunk: list = []
 
+    ctx = None
+
     def submit() -> None:
-        nonlocal pool, chunk, in_flight
-        if pool is None:
-            ctx = _context()
+        nonlocal pool, ctx, chunk, in_flight
+        first = pool is None
+        if first:
+            ctx = _context()                   # only now: a run all of whose items are local starts nothing
             if ctx.get_start_method() == "fork" and hasattr(fn, "before_fork"):
                 fn.before_fork()
-            pool = _start_pool(ctx, workers, fn)
-        pending.append((pool.apply_async(_run_chunk, (chunk,)), len(chunk)))
+            pool = _start_pool(ctx, workers, fn, describe)
+        pending.append((_submit(pool, ctx, chunk, first), chunk))
         in_flight += len(chunk)
         chunk = []
+
+    def results() -> list:
+        nonlocal in_flight
+        try:
+            values = pending[0][0].result()
+        except BrokenProcessPool:
+            raise _lost(pending, describe) from None
+        in_flight -= len(pending.popleft()[1])
+        return values
 
     done = False
     try:
@@ -117,26 +181,22 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             if local is not None and local(item):
                 if chunk:
                     submit()
-                pending.append((_Local([fn(item)]), 1))
+                pending.append((_Local([_named(fn, item, describe)]), [item]))
                 in_flight += 1
             else:
                 chunk.append(item)
                 if len(chunk) >= chunksize:
                     submit()
-            while pending and (in_flight > window or pending[0][0].ready()):
-                res, n = pending.popleft()
-                in_flight -= n
-                yield from res.get()
+            while pending and (in_flight > window or pending[0][0].done()):
+                yield from results()
         if chunk:
             submit()
         while pending:
-            res, _ = pending.popleft()
-            yield from res.get()
+            yield from results()
         done = True
     finally:
         if pool is not None:
             if done:
-                pool.close()       # let workers exit normally
+                pool.shutdown(wait=True)   # let workers exit normally
             else:
-                pool.terminate()   # error or consumer stopped early: stop the work now
-            pool.join()
+                _stop(pool)                # error or consumer stopped early: stop the work now

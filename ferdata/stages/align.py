@@ -159,6 +159,12 @@ def crop_face(face: dict, backend: str, size: int, padding: float,
     return align_face(decoded.rgb, kps5, size, padding, lmk68, crop_border(backend)), decoded
 
 
+def _row_name(row: dict | Dropped) -> str:
+    if isinstance(row, Dropped):
+        return f"dropped record {row.key!r}"
+    return f"record {row['record'].get('key')!r} ({row['record'].get('path')})"
+
+
 class AlignWorker:
     """Picklable callable: one detect row -> :class:`AlignedSample`, or a Dropped (passed through)."""
 
@@ -293,7 +299,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)))(read_faces(detect_dir))
     with staged_dir(out_dir, OWNED) as out:
         with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
-            for res in progress(parallel_map(AlignWorker(params), rows, params.workers), desc="align", unit="face"):
+            for res in progress(parallel_map(AlignWorker(params), rows, params.workers, describe=_row_name),
+                                desc="align", unit="face"):
                 if isinstance(res, Dropped):
                     drops.append(res)
                     continue

@@ -59,6 +59,8 @@ class DeriveWorker:
 
     def __call__(self, sample: tuple[str, dict[str, bytes]]) -> tuple[str, dict[str, bytes]]:
         key, fields = sample
+        if "jpg" not in fields:
+            raise ValueError(f"aligned sample {key!r} has no face image (jpg): its chunk is damaged; re-run align")
         face = decode_jpeg_rgb(fields["jpg"])
         size = face.shape[0]
         left, right = split_halves(face)
@@ -76,6 +78,10 @@ class DeriveWorker:
         return key, out
 
 
+def _sample_name(sample: tuple[str, dict[str, bytes]]) -> str:
+    return f"aligned sample {sample[0]!r}"
+
+
 def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:
     """Derive fields for every sample of ``aligned_dir`` into ``out_dir`` (replaced as a whole)."""
     require_dir(aligned_dir, "aligned", "run the align stage first")
@@ -83,8 +89,8 @@ def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Pat
     samples = iter_dir_samples(aligned_dir, ALIGNED)
     with staged_dir(out_dir, OWNED) as out:
         with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
-            for key, fields in progress(parallel_map(DeriveWorker(params), samples, params.workers),
-                                        desc="derive", unit="face"):
+            for key, fields in progress(parallel_map(DeriveWorker(params), samples, params.workers,
+                                                     describe=_sample_name), desc="derive", unit="face"):
                 writer.write(key, fields)
                 report.kept += 1
         report.write(out / REPORT)

@@ -195,6 +195,12 @@ def _jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: De
         yield _Job(item, sha, None if hit else data, hit, cacheable)
 
 
+def _batch_name(batch: list[Item]) -> str:
+    """The images of a batch, for errors."""
+    first = batch[0].record.path if isinstance(batch[0], _Job) else batch[0].key
+    return f"{first}" if len(batch) == 1 else f"the {len(batch)} images from {first} on"
+
+
 def _batches(jobs: Iterable[Item]) -> Iterator[list[Item]]:
     """Consecutive jobs grouped into batches that either all need a model or none does."""
     batch: list[Item] = []
@@ -288,7 +294,7 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     # A pixel-free backend only parses headers: shipping each file to a worker costs more than that.
     workers = params.workers if backend.needs_pixels else 1
     batches = parallel_map(DetectWorker(params), _batches(_jobs(items, backend, cache, sig)), workers,
-                           window=max(4, 4 * workers), chunksize=1, local=_is_local)
+                           window=max(4, 4 * workers), chunksize=1, local=_is_local, describe=_batch_name)
     try:
         yield table, (table.row(*r) for r in progress((r for b in batches for r in b), desc="detect", unit="img"))
     finally:

@@ -9,12 +9,14 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ferdata.tario as tario
+from ferdata.errors import message
 from ferdata.stages.derive import run_derive
 from ferdata.tario import index_chunks
 from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
@@ -121,6 +123,22 @@ def test_derive_refuses_aligned_chunks_with_a_pickled_npy(bad_corpus_run, tmp_pa
     with pytest.raises(UnsafeTarError, match="pickled"):
         run_derive(aligned, stage_params(tmp_path)["derive"], tmp_path / "derived")
     assert not (tmp_path / "derived").exists() and not list(tmp_path.glob(".derived*"))
+
+
+def test_derive_names_an_aligned_sample_without_its_image(bad_corpus_run, tmp_path):
+    """It said only "error: jpg" (a bare KeyError, raised in a worker)."""
+    src, _ = bad_corpus_run
+    aligned = tmp_path / "aligned"
+    shutil.copytree(src / "aligned", aligned)
+    first = sorted(aligned.glob("aligned-*.tar"))[0]
+    samples = list(iter_tar_samples(first))
+    key = samples[0][0]
+    del samples[0][1]["jpg"]
+    write_tar(first, [_member(f"{k}.{ext}", data) for k, f in samples for ext, data in sorted(f.items())])
+    with pytest.raises(ValueError, match=f"aligned sample '{key}' has no face image") as caught:
+        run_derive(aligned, replace(stage_params(tmp_path)["derive"], workers=2), tmp_path / "derived")
+    assert message(caught.value).endswith(f"(while processing aligned sample '{key}')")
+    assert not (tmp_path / "derived").exists()
 
 
 def test_verify_flags_a_pickled_npy_in_a_shard(bad_corpus_run, tmp_path):
