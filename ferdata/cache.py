@@ -2,8 +2,11 @@
 
 A repeated run with unchanged inputs performs zero detections; new images are the
 only ones detected. The cache lives outside DVC outputs (DVC deletes outputs before
-re-running a stage), under ``detect.cache_dir``. Writes are committed every
-``COMMIT_EVERY`` puts, so a killed run keeps (and a re-run skips) most finished work.
+re-running a stage), under ``detect.cache_dir``. Puts are buffered and written in one short
+transaction every ``COMMIT_EVERY`` puts or ``COMMIT_SECONDS``, so a killed run keeps (and a re-run
+skips) most finished work, and another process using the same cache (a second dataset, another
+``--part``) waits milliseconds for the write lock (a transaction held open across 256 puts kept it
+for minutes, and the other run failed after 60 s).
 Caches filled on several machines (each detecting a part of a dataset) merge into one with
 :meth:`DetectionCache.merge`. An entry that does not parse (a damaged file) is a miss: the image
 is detected again and the entry replaced; merging skips entries cut short or overwritten and
@@ -17,6 +20,7 @@ import functools
 import json
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +32,7 @@ from ferdata.faces.base import Face
 
 log = logging.getLogger(__name__)
 COMMIT_EVERY = 256
+COMMIT_SECONDS = 2.0
 FILE = "detections.sqlite"
 BAD_ENTRY = (ValueError, KeyError, TypeError, IndexError)    # what parsing a damaged entry raises
 R = TypeVar("R")
@@ -37,7 +42,10 @@ class CacheError(OSError):
     """The cache file cannot be read or written: named, with what to do (a user error, not a bug)."""
 
     def __init__(self, path: Path, err: sqlite3.DatabaseError) -> None:
-        if isinstance(err, sqlite3.OperationalError):      # disk full or read-only, locked, I/O error
+        if isinstance(err, sqlite3.OperationalError) and "locked" in str(err):
+            fix = ("another process held it for over a minute (a detect run on the same detect.cache_dir, or a "
+                   "program holding it open?); run again when it is done")
+        elif isinstance(err, sqlite3.OperationalError):    # disk full or read-only, I/O error
             fix = "is its disk full or read-only? detect.cache_dir sets where the cache lives"
         else:                                              # not a database, or malformed
             fix = "the file is damaged: delete it (it only saves time: its images are detected again)"
@@ -157,16 +165,21 @@ class DetectionCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS det (sha TEXT, sig TEXT, value TEXT, PRIMARY KEY (sha, sig))")
-        self._pending = 0
+        self.db.commit()
+        self._pending: dict[tuple[str, str], str] = {}         # (sha, sig) -> JSON, not yet written
+        self._written = time.monotonic()
 
     @_named
     def get(self, sha: str, sig: str) -> Detection | None:
         """The cached detection, or ``None`` on a miss (a miss is not an error)."""
-        row = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
-        if row is None:
-            return None
+        value = self._pending.get((sha, sig))
+        if value is None:
+            row = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
+            if row is None:
+                return None
+            value = row[0]
         try:
-            return Detection.from_json(row[0])
+            return Detection.from_json(value)
         except BAD_ENTRY as e:
             log.warning("%s: damaged entry for image %s (%s: %s); detecting it again", self.path, sha[:12],
                         type(e).__name__, e)
@@ -175,15 +188,24 @@ class DetectionCache:
     @_named
     def other_signatures(self, sha: str, sig: str) -> list[str]:
         """The signatures other than ``sig`` that image ``sha`` is cached under."""
-        return [s for (s,) in self.db.execute("SELECT sig FROM det WHERE sha=? AND sig!=?", (sha, sig))]
+        stored = {s for (s,) in self.db.execute("SELECT sig FROM det WHERE sha=? AND sig!=?", (sha, sig))}
+        return sorted(stored | {s for h, s in self._pending if h == sha and s != sig})
 
     @_named
     def put(self, sha: str, sig: str, det: Detection) -> None:
-        self.db.execute("INSERT OR REPLACE INTO det VALUES (?, ?, ?)", (sha, sig, det.to_json()))
-        self._pending += 1
-        if self._pending >= COMMIT_EVERY:
-            self.db.commit()
-            self._pending = 0
+        self._pending[sha, sig] = det.to_json()
+        if len(self._pending) >= COMMIT_EVERY or time.monotonic() - self._written >= COMMIT_SECONDS:
+            self.flush()
+
+    @_named
+    def flush(self) -> None:
+        """Write the buffered puts in one transaction (the write lock is held only meanwhile)."""
+        if self._pending:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO det VALUES (?, ?, ?)",
+                                    [(sha, sig, value) for (sha, sig), value in self._pending.items()])
+            self._pending = {}
+        self._written = time.monotonic()
 
     @_named
     def merge(self, source: str | Path) -> MergeCounts:
@@ -193,6 +215,7 @@ class DetectionCache:
         src_path = cache_file(source)
         if src_path.resolve() == self.path.resolve():
             raise ValueError(f"{source} is this cache itself; give the other machines' caches")
+        self.flush()
         src = sqlite3.connect(src_path.resolve().as_uri() + "?mode=ro", uri=True)
         try:
             try:
@@ -220,15 +243,17 @@ class DetectionCache:
     @_named
     def signatures(self) -> dict[str, int]:
         """Entries per backend signature (which backend and settings they were detected with)."""
+        self.flush()
         return dict(self.db.execute("SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig").fetchall())
 
     @_named
     def __len__(self) -> int:
+        self.flush()
         return self.db.execute("SELECT COUNT(*) FROM det").fetchone()[0]
 
     @_named
     def close(self) -> None:
-        self.db.commit()
+        self.flush()
         self.db.close()
 
     def __enter__(self) -> "DetectionCache":

@@ -244,12 +244,45 @@ def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
         with pytest.raises(CacheError, match=r"detection cache .*detections.sqlite: database or disk is full; "
                                              r"is its disk full or read-only\?"):
             cache.put("s", "sig", Detection((5, 5), ()))
+            cache.flush()
         monkeypatch.undo()
 
 
 class _FullDisk:
     def execute(self, *args):
         raise sqlite3.OperationalError("database or disk is full")
+
+    executemany = execute
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_two_runs_sharing_a_cache_do_not_lock_each_other_out(tmp_path):
+    """A transaction held open across 256 puts kept the write lock for minutes: a second detect run
+    on the same cache (another dataset, another --part) failed after 60 s."""
+    first, second = DetectionCache(tmp_path / "c"), DetectionCache(tmp_path / "c")
+    second.db.close()
+    second.db = sqlite3.connect(second.path, timeout=1)
+    first.put("a", "sig", Detection((5, 5), ()))                # the first run is mid-way
+    second.put("b", "sig", Detection((6, 6), ()))
+    second.flush()                                              # waited for the lock, then failed
+    assert first.get("a", "sig") == Detection((5, 5), ())       # its own puts, before they are written
+    first.close()
+    second.close()
+    with DetectionCache(tmp_path / "c") as cache:
+        assert len(cache) == 2 and cache.get("b", "sig").shape == (6, 6)
+
+
+def test_a_cache_another_process_holds_says_so(tmp_path):
+    from ferdata.cache import CacheError
+
+    with DetectionCache(tmp_path / "c") as cache:
+        err = CacheError(cache.path, sqlite3.OperationalError("database is locked"))
+    assert "another process held it" in str(err) and "disk full" not in str(err)
 
 
 def test_fill_cache_refuses_a_backend_that_caches_nothing(tmp_path, images):
