@@ -12,6 +12,7 @@ dropout are all seeded from (seed, epoch, step), so restarting at a saved step r
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import math
 import os
@@ -148,8 +149,30 @@ def model_from_checkpoint(state: dict) -> nn.Module:
     return model.eval()
 
 
+CODE_PACKAGES = ("ferdata", "fermodels", "pipeline")
+
+
+def code_fingerprint() -> str:
+    """sha256 (16 hex digits) of the project's Python sources, every ``.py`` file of
+    :data:`CODE_PACKAGES` (``pipeline`` when it sits beside ``fermodels``, as in a checkout).
+    Training records it with the data (``data["code"]``), so a run resumes only on the code it
+    started with: DVC re-runs ``train`` after an edit of its code, and resuming the finished
+    ``last.pt`` trained nothing (the old weights went on under the new code's lock entry)."""
+    digest = hashlib.sha256()
+    home = Path(__file__).resolve().parent.parent
+    for name in CODE_PACKAGES:
+        root = home / name
+        if not (root / "__init__.py").is_file():
+            continue
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
 def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str | Path | None = None) -> dict | None:
-    """``last.pt`` if it belongs to this exact run (same params and shard hashes) and, given
+    """``last.pt`` if it belongs to this exact run (same params, shard hashes and code) and, given
     ``live_dir``, the DVCLive logs there still hold every epoch it finished; else None."""
     path = Path(ckpt_dir) / LAST
     if not path.is_file():
@@ -157,7 +180,8 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
     state = load_checkpoint(path)
     if state["params"] != params or state["data"] != data:
         differ = sorted(k for k in {*params, *state["params"]} if params.get(k) != state["params"].get(k))
-        differ += sorted(f"data.{k}" for k in {*data, *state["data"]} if data.get(k) != state["data"].get(k))
+        differ += sorted("the training code (data.code)" if k == "code" else f"data.{k}"
+                         for k in {*data, *state["data"]} if data.get(k) != state["data"].get(k))
         lacks = sorted(k for k in params if k not in state["params"])
         lacks += sorted(f"data.{k}" for k in data if k not in state["data"])
         older = (f"; it is from an earlier version of this package, which did not record {', '.join(lacks)}"

@@ -34,7 +34,8 @@ from fermodels.losses import draw_targets
 from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
 from fermodels.recipes import check_applied
 from fermodels.registry import create_model
-from fermodels.runstate import BEST, LAST, Position, next_position, resume_state, save_checkpoint, truncate_live
+from fermodels.runstate import (BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint,
+                                truncate_live)
 from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor, loss_reads
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 
@@ -228,7 +229,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
-            "face_backend_options": train_split.face_backend_options}
+            "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}
     state = broadcast_object(resume_state(ckpt_dir, asdict(params), data, live_dir) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()

@@ -173,6 +173,22 @@ def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     assert "differs in epochs, lr): starting over" in caplog.text      # says what, not only "params"
 
 
+def test_a_finished_run_trains_again_when_its_code_changed(tiny_run, tmp_path, caplog, one_thread, monkeypatch):
+    """DVC re-runs train after an edit of its code; resuming the finished last.pt trained nothing."""
+    import shutil
+
+    import fermodels.train as trainer
+
+    shutil.copytree(tiny_run["ckpt"], tmp_path / "ckpt")
+    shutil.copytree(tiny_run["live"], tmp_path / "live")
+    before = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    monkeypatch.setattr(trainer, "code_fingerprint", lambda: "edited")
+    train(tiny_run["shards"], tiny_run["params"], tmp_path / "ckpt", tmp_path / "live")
+    after = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert "differs in the training code (data.code)): starting over" in caplog.text
+    assert before["data"]["code"] != after["data"]["code"] == "edited" and after["step"] == before["step"]
+
+
 def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, one_thread):
     with pytest.raises(NonFiniteLossError, match="no checkpoint was saved before it; lower train.lr"):
         train(tiny_shards, make_params(epochs=1, optimizer="sgd", lr=1e30, momentum=0.0), tmp_path / "c",
