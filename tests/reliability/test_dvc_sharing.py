@@ -82,13 +82,21 @@ def make_machine_a(a: Path, raw: Path, remote: Path) -> None:
 
 
 def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
+    """docs/sharing.md's machines A, B and C, with its commands as written; the raw images stay out
+    of git (and so off B and C unless copied there)."""
     a, b, c, remote = (tmp_path / n for n in ("machine_a", "machine_b", "machine_c", "remote"))
     make_machine_a(a, clean_root, remote)
+    (a / ".git" / "info" / "exclude").write_text("/raw/\n")
+    sh(a, "git", "add", "-A")
+    sh(a, "git", "commit", "-q", "-m", "project")
     assert stages_run(dvc(a, "repro", "shard@tiny")) == PREP_STAGES
     sh(a, sys.executable, "-m", "ferdata.cli", "verify", str(SHARDS))
     dvc(a, "push", "--run-cache")
-    sh(a, "git", "add", "-A")
+    doc = (REPO / "docs" / "sharing.md").read_text()
+    add = next(line.split("   #")[0] for line in doc.splitlines() if line.startswith("git add dvc.lock"))
+    sh(a, "bash", "-c", add)                                             # no runs/ yet: still adds dvc.lock
     sh(a, "git", "commit", "-q", "-m", "tiny dataset prepared")
+    assert "dvc.lock" in sh(a, "git", "show", "--stat", "HEAD")
 
     sh(tmp_path, "git", "clone", "-q", str(a), str(b))
     dvc(b, "pull", "shard@tiny")                                         # the shards only
@@ -108,6 +116,11 @@ def test_shards_travel_through_a_dvc_remote(clean_root, tmp_path, monkeypatch):
 
     sh(tmp_path, "git", "clone", "-q", str(a), str(c))
     (c / "dvc.lock").unlink()                                            # A's results never committed
+    lacking = subprocess.run([sys.executable, "-m", "dvc", "repro", "--pull", "shard@tiny"], cwd=c, env=env(),
+                             capture_output=True, text=True, timeout=600)
+    assert lacking.returncode != 0 and "does not exist as an output or a stage name" in lacking.stderr + \
+        lacking.stdout                                                   # the signature needs the raw data
+    shutil.copytree(clean_root, c / "raw" / "tiny")                      # the same raw data, the same path
     out = dvc(c, "repro", "--pull", "shard@tiny")                        # run-cache entries + their outputs
     assert stages_run(out) == set(), out
     assert len(re.findall(r"is cached - skipping run", out)) == len(PREP_STAGES), out
