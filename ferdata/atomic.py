@@ -4,9 +4,17 @@ or the new one, never a mix.
 * Files are written to ``.<name>.<random>.tmp`` beside the target, fsynced, renamed into
   place, and the folder is fsynced so the rename survives a power cut
   (:class:`atomic_open`, :func:`atomic_write_bytes`, :func:`atomic_write_text`).
-* Temp files left by a killed writer are removed when the next write to the same path starts.
+* Temp files left by a killed writer are removed when the next write to the same path starts;
+  a writer holds a lock on its temp file, so one still being written by another process stays.
 * A stage's whole output folder is built beside it and swapped in (:class:`staged_dir`);
-  a folder holding files the stage did not write is refused (:class:`StageDirError`).
+  a folder holding files the stage did not write is refused (:class:`StageDirError`), and so is a
+  second run into the same folder while one is at work (it deleted the first's staging folder
+  under it: both reported success, the output lacked most of its chunks).
+* A failed write names its file (an ``OSError`` such as a full disk gets the note
+  ``while writing <path>``, shown by the one-line error).
+
+The locks are POSIX ``flock``s, released by the OS when their process dies; where ``fcntl`` is
+missing (Windows) nothing is locked.
 """
 from __future__ import annotations
 
@@ -19,16 +27,48 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
+try:
+    import fcntl
+except ImportError:                                  # Windows: no locks
+    fcntl = None
+
 
 def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def _try_lock(fd: int) -> bool:
+    """An exclusive lock on the open file or folder ``fd``, without waiting: False if another
+    process holds one."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _remove_stale_temps(path: Path) -> None:
-    """Delete temp files a killed writer of ``path`` left behind (they would pollute DVC outputs)."""
+    """Delete temp files a killed writer of ``path`` left behind (they would pollute DVC outputs);
+    one whose writer is still at work (it holds its lock) stays."""
     prefix = _temp_prefix(path)
     for p in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
-        p.unlink(missing_ok=True)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            if _try_lock(fd):
+                p.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _name(err: BaseException, path: Path) -> None:
+    """Note on an OS error that names no file which file was being written (a full disk)."""
+    if isinstance(err, OSError) and err.filename is None:
+        err.add_note(f"while writing {path}")
 
 
 def fsync_dir(directory: Path) -> None:
@@ -57,21 +97,29 @@ class atomic_open:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.path)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_temp_prefix(self.path), suffix=".tmp")
+        _try_lock(fd)                                # ours alone: nobody else's to lock yet
         self.tmp = Path(tmp)
         self.f = os.fdopen(fd, "wb")
         return self.f
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if exc is not None:
+            _name(exc, self.path)
         try:
-            if exc_type is None:
-                self.f.flush()
-                os.fsync(self.f.fileno())
-            self.f.close()
+            try:
+                if exc_type is None:
+                    self.f.flush()
+                    os.fsync(self.f.fileno())
+            finally:
+                self.f.close()
             if exc_type is None:
                 os.chmod(self.tmp, 0o644)
                 os.replace(self.tmp, self.path)
                 fsync_dir(self.path.parent)
+        except OSError as err:
+            _name(err, self.path)
+            raise
         finally:
             self.tmp.unlink(missing_ok=True)
 
@@ -101,7 +149,8 @@ class StageDirError(FileExistsError):
 class staged_dir:
     """Build a stage's whole output folder beside it, then swap it in.
 
-    ``with staged_dir(out, owned) as tmp:`` yields an empty ``.<out>.partial`` folder;
+    ``with staged_dir(out, owned) as tmp:`` yields an empty ``.<out>.partial`` folder, locked
+    while the run holds it;
     on success the old ``out`` is replaced by it, on an exception it is deleted. So
     ``out`` is always absent, the previous complete output, or the new complete one:
     never a mix, never stale chunks from a larger earlier run, never a partial shard.
@@ -131,20 +180,37 @@ class staged_dir:
 
     def __enter__(self) -> Path:
         self._check_owned()
-        for stale in (self.partial, self.old):
-            if stale.exists():
-                shutil.rmtree(stale)
-        self.partial.mkdir(parents=True)
+        self._claim()
+        if self.old.exists():
+            shutil.rmtree(self.old)
         return self.partial
+
+    def _claim(self) -> None:
+        """Hold ``.<out>.partial``, empty: made, or taken over from a killed run (its lock is free);
+        held by a run at work, it is that run's and this one stops."""
+        self.partial.mkdir(parents=True, exist_ok=True)
+        self.lock = os.open(self.partial, os.O_RDONLY)
+        if not _try_lock(self.lock):
+            os.close(self.lock)
+            raise StageDirError(f"another run is writing {self.out} now (it holds {self.partial.name}): wait for "
+                                "it to finish, or stop it, then run again")
+        for leftover in self.partial.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.partial, ignore_errors=True)
-            return
-        if self.out.exists():
-            os.replace(self.out, self.old)
-        os.replace(self.partial, self.out)
-        fsync_dir(self.out.parent)
-        if self.old.exists():
-            shutil.rmtree(self.old)
+        try:
+            if exc_type is not None:
+                shutil.rmtree(self.partial, ignore_errors=True)
+                return
+            if self.out.exists():
+                os.replace(self.out, self.old)
+            os.replace(self.partial, self.out)
+            fsync_dir(self.out.parent)
+            if self.old.exists():
+                shutil.rmtree(self.old)
+        finally:
+            os.close(self.lock)                      # held until the old output is gone

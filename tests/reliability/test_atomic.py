@@ -134,3 +134,56 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_dies(tmp_path):
     assert target.read_bytes() == b"old"
     atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["data.bin"]
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path):
+    """The second run deleted the first's staging folder under it: both reported success and the
+    output lacked most of its chunks."""
+    from ferdata.atomic import staged_dir
+
+    out = tmp_path / "derived"
+    with staged_dir(out, ("*.tar",)) as first:
+        (first / "a.tar").write_bytes(b"first")
+        with pytest.raises(StageDirError, match=r"another run is writing .*derived now \(it holds .derived.partial"):
+            with staged_dir(out, ("*.tar",)):
+                pass
+        assert (first / "a.tar").read_bytes() == b"first"
+    assert sorted(p.name for p in out.iterdir()) == ["a.tar"]
+    stale = tmp_path / ".derived.partial"                  # what a killed run leaves: taken over, emptied
+    stale.mkdir()
+    (stale / "b.tar").write_bytes(b"stale")
+    with staged_dir(out, ("*.tar",)) as again:
+        assert not any(again.iterdir())
+        (again / "c.tar").write_bytes(b"again")
+    assert sorted(p.name for p in out.iterdir()) == ["c.tar"] and not stale.exists()
+
+
+def test_a_temp_file_another_writer_is_writing_is_not_removed(tmp_path):
+    """Temp files of killed writers are removed when a write starts; one still being written (by
+    another process: its lock is held) was removed too, and that writer failed."""
+    from ferdata.atomic import atomic_open
+
+    target = tmp_path / "metrics.json"
+    with atomic_open(target) as first:
+        first.write(b"first")
+        atomic_write_bytes(target, b"second")
+        first.write(b" writer")
+    assert target.read_bytes() == b"first writer"
+    leftover = tmp_path / f".{target.name}.dead.tmp"       # a killed writer's: no lock held
+    leftover.write_bytes(b"x")
+    atomic_write_bytes(target, b"third")
+    assert not leftover.exists() and target.read_bytes() == b"third"
+
+
+def test_a_failed_write_names_its_file(tmp_path):
+    import errno
+
+    from ferdata.atomic import atomic_open
+    from ferdata.errors import message
+
+    with pytest.raises(OSError) as caught:
+        with atomic_open(tmp_path / "out.bin") as f:
+            f.write(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert message(caught.value) == f"[Errno 28] No space left on device (while writing {tmp_path / 'out.bin'})"
+    assert not list(tmp_path.iterdir())
