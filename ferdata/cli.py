@@ -162,11 +162,11 @@ def sample(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `sample`)."),
 ) -> None:
     """Generate the bundled smoke-test dataset (AffectNet layout)."""
-    from ferdata.params import load_params
-    from ferdata.sample import make_affectnet_sample
+    from ferdata.params import load_params, stage_section
+    from ferdata.sample import SampleParams, make_affectnet_sample
 
     _setup_logging(False)
-    summary = make_affectnet_sample(out, **load_params(params)["sample"])
+    summary = make_affectnet_sample(out, stage_section(load_params(params), "sample", SampleParams))
     typer.echo(json.dumps(summary, indent=2))
 
 

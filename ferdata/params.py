@@ -149,4 +149,6 @@ def _text_number(value: Any) -> str:
         float(value)
     except ValueError:
         return ""
-    return " (YAML read it as text: write 1.0e-3, not 1e-3)"
+    if "e" in value.lower() and "." not in value:
+        return " (YAML read it as text: write 1.0e-3, not 1e-3)"
+    return " (YAML read it as text: write it without quotes)"

@@ -1,8 +1,9 @@
 """Stage `sample`: generate the bundled smoke-test dataset.  Usage: python -m pipeline.sample OUT_DIR"""
 from pathlib import Path
 
-from ferdata.sample import make_affectnet_sample
+from ferdata.params import stage_section
+from ferdata.sample import SampleParams, make_affectnet_sample
 from pipeline._args import setup
 
 params, (out,) = setup()
-make_affectnet_sample(Path(out), **params["sample"])
+make_affectnet_sample(Path(out), stage_section(params, "sample", SampleParams))

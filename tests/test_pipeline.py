@@ -7,7 +7,7 @@ from pathlib import Path
 from ferdata.params import load_params, section
 from ferdata.layout import stage_dirs
 from ferdata.prepare import prepare
-from ferdata.sample import make_affectnet_sample
+from ferdata.sample import SampleParams, make_affectnet_sample
 from ferdata.verify import verify_shards
 from fermodels.evaluate import EvalParams, evaluate
 from fermodels.train import TrainParams, train
@@ -33,7 +33,7 @@ def small_params(tmp_path: Path) -> dict:
 
 def test_sample_to_metrics(tmp_path):
     params = small_params(tmp_path)
-    make_affectnet_sample(tmp_path / "raw", **params["sample"])
+    make_affectnet_sample(tmp_path / "raw", SampleParams(**params["sample"]))
     reports = prepare("tiny", params, tmp_path / "data")
     n_records = 3 * len(params["sample"]["classes"])
     detect = reports["detect"]
@@ -71,7 +71,7 @@ def test_cli_prepare_by_reader_name(tmp_path):
 
     params = small_params(tmp_path)
     params["sample"].update(per_class=3)
-    make_affectnet_sample(tmp_path / "raw", **params["sample"])
+    make_affectnet_sample(tmp_path / "raw", SampleParams(**params["sample"]))
     params.pop("datasets")
     import yaml
 
@@ -118,7 +118,7 @@ def test_automatic_affectnet_images_are_trained_on_never_validated_or_tested(tmp
     params = small_params(tmp_path)
     params["sample"].update(per_class=3)
     raw = tmp_path / "raw"
-    make_affectnet_sample(raw, **params["sample"])
+    make_affectnet_sample(raw, SampleParams(**params["sample"]))
     for src in (raw / "Manually_Annotated_Images").rglob("*.jpg"):       # other images: a little brighter
         dst = raw / "Automatically_Annotated_Images" / src.relative_to(raw / "Manually_Annotated_Images")
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -33,11 +33,12 @@ from ferdata.sample.expressions import (EXPRESSIONS, FOLDS, VALENCE_AROUSAL, Exp
 from ferdata.sample.render import Sample, face_box, render_sample
 from ferdata.sample.sources import Identity, load_identities, slot_identities, split_identities
 from ferdata.sample.warp import ThinPlateSpline
-from ferdata.sample.writer import CSV_NAMES, IMAGES_DIR, LISTS_DIR, MARKER, SPLIT_DIRS, make_affectnet_sample
+from ferdata.sample.writer import (CSV_NAMES, IMAGES_DIR, LISTS_DIR, MARKER, SPLIT_DIRS, SampleParams,
+                                  make_affectnet_sample)
 
 __all__ = [
     "COLUMNS", "CSV_NAMES", "EXPRESSIONS", "FOLDS", "IMAGES_DIR", "LISTS_DIR", "MARKER", "SPLIT_DIRS",
-    "VALENCE_AROUSAL", "Expression", "Fold", "Identity", "Sample", "ThinPlateSpline", "expression_shape",
-    "face_box", "load_identities", "make_affectnet_sample", "mouth_gap", "neutralise", "render_sample",
-    "slot_identities", "split_identities",
+    "VALENCE_AROUSAL", "Expression", "Fold", "Identity", "Sample", "SampleParams", "ThinPlateSpline",
+    "expression_shape", "face_box", "load_identities", "make_affectnet_sample", "mouth_gap", "neutralise",
+    "render_sample", "slot_identities", "split_identities",
 ]

@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 from ferdata.atomic import atomic_write_bytes, atomic_write_text
 from ferdata.classes import CLASSES
 from ferdata.datasets.affectnet import COLUMNS, IMAGES, LIST_DIRS, LISTS
+from ferdata.params import at_least, check_values, repeated, within
 from ferdata.sample.render import Sample, render_sample
 from ferdata.sample.sources import load_identities, slot_identities, split_identities
 
@@ -36,23 +38,32 @@ SPLIT_DIRS = {"train": "1", "validation": "2"}          # AffectNet's <subDirect
 MARKER = "sample_summary.json"                          # marks a folder this module may replace
 
 
-def _check_args(per_class: int, classes: Sequence[int], val_fraction: float, seed: int, image_size: int,
-                jpeg_quality: int) -> None:
-    """Reject arguments that would give an empty split, unknown classes or unusable images."""
-    if not classes or len(set(classes)) != len(classes) or any(not 0 <= int(c) < len(CLASSES) for c in classes):
-        raise ValueError(f"sample: classes must be distinct AffectNet ids 0..7, got {list(classes)}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"sample: val_fraction must be in (0, 1), got {val_fraction}")
-    n_val = round(per_class * val_fraction)
-    if per_class < 2 or n_val < 1 or n_val >= per_class:
-        raise ValueError(f"sample: per_class={per_class} with val_fraction={val_fraction} "
-                         f"leaves an empty split; use per_class >= 2 and a fraction that gives both")
-    if seed < 0:
-        raise ValueError(f"sample: seed must be >= 0, got {seed}")
-    if image_size < 64:
-        raise ValueError(f"sample: image_size must be >= 64, got {image_size}")
-    if not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"sample: jpeg_quality must be in 1..100, got {jpeg_quality}")
+@dataclass(frozen=True)
+class SampleParams:
+    """The ``sample`` section of params.yaml (:func:`make_affectnet_sample`)."""
+
+    per_class: int              # images per class, both splits together
+    classes: tuple[int, ...]    # AffectNet ids, e.g. [0, 1, 2, 3, 6]
+    val_fraction: float         # of each class's images, from held-out identities
+    seed: int
+    image_size: int
+    jpeg_quality: int
+
+    def __post_init__(self) -> None:
+        check_values("sample", self, {"per_class": at_least(2), "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+                                      "seed": at_least(0), "image_size": at_least(64),
+                                      "jpeg_quality": within(1, 100)})
+        classes = self.classes
+        if (isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes
+                or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(CLASSES) for c in classes)
+                or repeated(classes)):
+            raise ValueError(f"sample.classes must be a list of distinct AffectNet ids 0..{len(CLASSES) - 1} "
+                             f"(e.g. [0, 1, 2, 3, 6]), got {classes!r}")
+        object.__setattr__(self, "classes", tuple(classes))
+        n_val = round(self.per_class * self.val_fraction)
+        if n_val < 1 or n_val >= self.per_class:
+            raise ValueError(f"sample: per_class={self.per_class} with val_fraction={self.val_fraction} "
+                             "leaves an empty split; use per_class >= 2 and a fraction that gives both")
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:
@@ -95,18 +106,18 @@ def _row(rel: str, s: Sample, cls: int) -> list[str]:
             str(cls), f"{s.valence:.4f}", f"{s.arousal:.4f}"]
 
 
-def make_affectnet_sample(out_dir: Path, *, per_class: int, classes: Sequence[int], val_fraction: float,
-                          seed: int, image_size: int, jpeg_quality: int) -> dict:
+def make_affectnet_sample(out_dir: Path, params: SampleParams) -> dict:
     """Write the smoke-test sample to ``out_dir`` in AffectNet's official layout.
 
     ``per_class`` images per class in total; ``round(per_class * val_fraction)`` of them
     go to ``validation.csv`` and use only held-out identities. The same arguments give
     byte-identical files (every random draw comes from a Generator seeded by
-    ``(seed, split, class, index)``). ``out_dir`` is replaced as a whole. Returns counts
-    per split and class and the identities used per split.
+    ``(seed, split, class, index)``). ``out_dir`` is replaced as a whole (a symlink to a folder:
+    the folder it points to). Returns counts per split and class and the identities used per split.
     """
-    _check_args(per_class, classes, val_fraction, seed, image_size, jpeg_quality)
-    out_dir = Path(out_dir)
+    per_class, classes, val_fraction = params.per_class, params.classes, params.val_fraction
+    seed, image_size, jpeg_quality = params.seed, params.image_size, params.jpeg_quality
+    out_dir = Path(out_dir).resolve()          # "." gets a name to build beside; a symlink, its folder
     identities = load_identities()
     splits = split_identities(identities, val_fraction, np.random.default_rng([seed, 0]))
     n_val = round(per_class * val_fraction)
@@ -118,7 +129,7 @@ def make_affectnet_sample(out_dir: Path, *, per_class: int, classes: Sequence[in
         for split_no, split in enumerate(("train", "validation"), start=1):
             slots = slot_identities(splits[split], sizes[split], np.random.default_rng([seed, split_no]))
             rows: list[list[str]] = []
-            for cls in sorted(int(c) for c in classes):
+            for cls in sorted(classes):
                 for i, ident in enumerate(slots):
                     rng = np.random.default_rng([seed, split_no, cls, i])
                     sample = render_sample(ident, cls, rng, image_size, jpeg_quality)
@@ -127,7 +138,7 @@ def make_affectnet_sample(out_dir: Path, *, per_class: int, classes: Sequence[in
                     atomic_write_bytes(tmp / IMAGES_DIR / rel, sample.jpeg)
                     rows.append(_row(rel, sample, cls))
             atomic_write_text(tmp / LISTS_DIR / CSV_NAMES[split], _csv_text(rows))
-            summary["counts"][split] = {CLASSES[c]: sizes[split] for c in sorted(int(c) for c in classes)}
+            summary["counts"][split] = {CLASSES[c]: sizes[split] for c in sorted(classes)}
             summary["identities"][split] = sorted({i.name for i in slots})
         atomic_write_text(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         _swap_in(tmp, out_dir)

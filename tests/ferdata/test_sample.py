@@ -14,7 +14,7 @@ from ferdata.datasets.affectnet import AffectNetReader
 from ferdata.geometry import align_face, five_from_68
 from ferdata.io import decode_rgb
 from ferdata.records import Dropped, FaceRecord
-from ferdata.sample import COLUMNS, MARKER, make_affectnet_sample
+from ferdata.sample import COLUMNS, MARKER, SampleParams, make_affectnet_sample
 
 CLASSES = (0, 1, 2, 3, 6)
 HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
@@ -33,7 +33,7 @@ def _rows(root: Path, name: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("sample") / "affectnet"
-    return root, make_affectnet_sample(root, **TINY)
+    return root, make_affectnet_sample(root, SampleParams(**TINY))
 
 
 def test_layout_and_header(tiny):
@@ -72,14 +72,14 @@ def test_validation_identities_are_held_out(tiny):
 def test_byte_identical_rerun(tiny, tmp_path):
     root, _ = tiny
     again = tmp_path / "again"
-    make_affectnet_sample(again, **TINY)
+    make_affectnet_sample(again, SampleParams(**TINY))
     assert _files(again) == _files(root)
 
 
 def test_rerun_replaces_previous_output(tmp_path):
     root = tmp_path / "s"
-    make_affectnet_sample(root, **{**TINY, "per_class": 8})
-    make_affectnet_sample(root, **TINY)
+    make_affectnet_sample(root, SampleParams(**{**TINY, "per_class": 8}))
+    make_affectnet_sample(root, SampleParams(**TINY))
     jpgs = list((root / "Manually_Annotated_Images").rglob("*.jpg"))
     assert len(jpgs) == TINY["per_class"] * len(CLASSES)       # nothing stale from the bigger run
 
@@ -87,7 +87,7 @@ def test_rerun_replaces_previous_output(tmp_path):
 def test_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
-        make_affectnet_sample(tmp_path, **TINY)
+        make_affectnet_sample(tmp_path, SampleParams(**TINY))
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     assert not (tmp_path / MARKER).exists()
 
@@ -95,10 +95,53 @@ def test_refuses_a_foreign_folder(tmp_path):
 @pytest.mark.parametrize("bad", [
     {"classes": ()}, {"classes": (0, 0)}, {"classes": (9,)}, {"val_fraction": 0.0},
     {"val_fraction": 1.0}, {"per_class": 1}, {"image_size": 32}, {"jpeg_quality": 0},
+    {"classes": (1, 1.5)}, {"classes": 3}, {"classes": ["Neutral", "Happy"]}, {"classes": (True, 2)},
+    {"per_class": "96"}, {"per_class": 9.5}, {"seed": 0.5}, {"image_size": None},
 ])
 def test_rejects_bad_arguments(tmp_path, bad):
     with pytest.raises(ValueError):
-        make_affectnet_sample(tmp_path / "x", **{**TINY, **bad})
+        make_affectnet_sample(tmp_path / "x", SampleParams(**{**TINY, **bad}))
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"per_clas": 4, "per_class": None}, "unknown keys ['per_clas']"),
+    ({"workers": 2}, "unknown keys ['workers']"),
+    ({"per_class": "96"}, "sample.per_class must be >= 2, got '96' (YAML read it as text: write it without quotes)"),
+    ({"classes": ["Neutral", "Happy"]}, "sample.classes must be a list of distinct AffectNet ids"),
+    ({"seed": 0.5}, "sample.seed must be a whole number, got 0.5"),
+])
+def test_a_bad_sample_section_is_one_clear_error(tmp_path, change, words):
+    """Typos and wrong types in params.yaml's sample section gave tracebacks (TypeError, numpy's)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from ferdata.cli import app
+
+    values = {k: v for k, v in {**TINY, "classes": list(CLASSES), **change}.items() if v is not None}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"sample": values}))
+    res = CliRunner().invoke(app, ["sample", str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml")])
+    assert res.exit_code != 0 and isinstance(res.exception, ValueError) and words in str(res.exception)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump({"detect": {}}))
+    res = CliRunner().invoke(app, ["sample", str(tmp_path / "out"), "--params", str(tmp_path / "none.yaml")])
+    assert "has no 'sample' section" in str(res.exception)
+
+
+def test_the_output_may_be_the_current_folder_or_a_link_to_one(tiny, tmp_path, monkeypatch):
+    """'.' failed after all the work ("has an empty name"); a symlinked folder was replaced by a real
+    one and the next run failed for good ("Cannot call rmtree on a symbolic link")."""
+    root, _ = tiny
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    make_affectnet_sample(Path("."), SampleParams(**TINY))
+    assert _files(here) == _files(root)
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    for _ in range(2):
+        make_affectnet_sample(link, SampleParams(**TINY))
+        assert link.is_symlink() and _files(target) == _files(root)
 
 
 def test_landmarks_lie_inside_box_and_image(tiny):
@@ -157,8 +200,8 @@ def test_classes_are_separable_on_held_out_identities(tmp_path):
     """Linear models on aligned pixels and on landmark geometry, trained on the training
     split, must beat chance (20 %) on validation (held-out identities) by a wide margin."""
     root = tmp_path / "s"
-    make_affectnet_sample(root, per_class=40, classes=CLASSES, val_fraction=0.25, seed=0,
-                          image_size=256, jpeg_quality=90)
+    make_affectnet_sample(root, SampleParams(per_class=40, classes=CLASSES, val_fraction=0.25, seed=0,
+                                             image_size=256, jpeg_quality=90))
     records = [r for r in AffectNetReader(root).read() if isinstance(r, FaceRecord)]
     label = {c: i for i, c in enumerate(CLASSES)}
     split = {s: [r for r in records if r.split == s] for s in ("train", "test")}
