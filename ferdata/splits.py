@@ -111,6 +111,10 @@ def assign_splits(
             counts[item.split] += 1
         yield item
     _report(counts, by)
+    if carve_test and counts and not counts["test"]:      # found here, not at evaluation after training
+        raise ValueError(f"the carved test split of this dataset's {counts.total()} records is empty (no group of "
+                         f"them by {by} fell in shard.test_fraction): raise it, or, for a dataset of few people "
+                         "(JAFFE, CK+), use k-fold (shard.folds)")
 
 
 def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) -> Iterator[Item]:
@@ -160,6 +164,5 @@ def _report(counts: Counter[str], by: str) -> None:
             log.info("%d records have no subject and were grouped by their %s", n, name)
     if no_subject:
         log.info("%d records have no subject and were grouped by key", no_subject)
-    for split in ("val", "test"):
-        if counts and not counts[split]:
-            log.warning("split %r is empty; raise its fraction or use more data", split)
+    if counts and not counts["val"]:                      # training refuses it when it starts
+        log.warning("split 'val' is empty; raise shard.val_fraction or use more data")

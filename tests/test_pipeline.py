@@ -151,6 +151,7 @@ def test_a_dataset_sets_its_own_detect_values(tmp_path):
         (root / ("happy", "sad")[i % 2]).mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(root / ("happy", "sad")[i % 2] / f"{i}.png"), img)
     params = small_params(tmp_path)
+    params["shard"]["test_fraction"] = 0.35             # 12 unsplit images: a carved test split that holds some
     params["datasets"]["crops"] = {"reader": "folder", "root": str(root), "options": {},
                                    "detect": {"backend": "precropped"}}
     assert params["detect"]["backend"] == "embedded"

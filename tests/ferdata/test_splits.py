@@ -159,3 +159,18 @@ def test_kfold_leaves_a_dataset_with_an_official_test_split_as_published(caplog)
     unsplit = many(40, subjects=8)                                     # CK+-like: folded
     folded = splits_of(assign_splits(unsplit, seed=0, val_fraction=0, test_fraction=0, folds=4, fold=1))
     assert Counter(folded.values()).keys() == {"train", "val", "test"}
+
+
+def test_an_empty_carved_split_stops_the_shard_stage_with_what_to_do():
+    """JAFFE-like: 10 people at the default fractions left test empty for 65 of 200 seeds, a warning
+    in the log; training then ran to the end and evaluate refused the empty split."""
+    people = many(200, subjects=10)
+    empty_test = next(seed for seed in range(200)
+                      if all(unit_hash(seed, f"S{i:03d}") >= 0.1 for i in range(10)))
+    with pytest.raises(ValueError, match=r"carved test split of this dataset's 200 records is empty \(no group of "
+                                         r"them by subject fell in shard.test_fraction\).*use k-fold \(shard.folds\)"):
+        list(assign_splits(people, seed=empty_test, val_fraction=0.1, test_fraction=0.1))
+    both = assign_splits(people, seed=empty_test, val_fraction=0.1, test_fraction=0.1, folds=5)
+    assert set(splits_of(both).values()) == {"train", "val", "test"}              # k-fold: every split filled
+    official = [rec(f"t{i}", "test") for i in range(5)] + many(50)               # only val is carved
+    assert "val" in splits_of(assign_splits(official, seed=0, val_fraction=0.2, test_fraction=0.1)).values()
