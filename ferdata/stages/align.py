@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -298,9 +299,9 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)))(read_faces(detect_dir))
     with staged_dir(out_dir, OWNED) as out:
-        with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
-            for res in progress(parallel_map(AlignWorker(params), rows, params.workers, describe=_row_name),
-                                desc="align", unit="face"):
+        with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
+              closing(parallel_map(AlignWorker(params), rows, params.workers, describe=_row_name)) as done):
+            for res in progress(done, desc="align", unit="face"):
                 if isinstance(res, Dropped):
                     drops.append(res)
                     continue

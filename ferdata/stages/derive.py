@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +89,9 @@ def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Pat
     report = StageReport("derive", settings=params.settings())
     samples = iter_dir_samples(aligned_dir, ALIGNED)
     with staged_dir(out_dir, OWNED) as out:
-        with TarShardWriter(out, PREFIX, params.chunk_size) as writer:
-            for key, fields in progress(parallel_map(DeriveWorker(params), samples, params.workers,
-                                                     describe=_sample_name), desc="derive", unit="face"):
+        with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
+              closing(parallel_map(DeriveWorker(params), samples, params.workers, describe=_sample_name)) as done):
+            for key, fields in progress(done, desc="derive", unit="face"):
                 writer.write(key, fields)
                 report.kept += 1
         report.write(out / REPORT)

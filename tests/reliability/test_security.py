@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import multiprocessing
 import pickle
 import shutil
 import tarfile
@@ -139,6 +140,7 @@ def test_derive_names_an_aligned_sample_without_its_image(bad_corpus_run, tmp_pa
         run_derive(aligned, replace(stage_params(tmp_path)["derive"], workers=2), tmp_path / "derived")
     assert message(caught.value).endswith(f"(while processing aligned sample '{key}')")
     assert not (tmp_path / "derived").exists()
+    assert not multiprocessing.active_children()          # its workers stopped with it, not at garbage collection
 
 
 def test_verify_flags_a_pickled_npy_in_a_shard(bad_corpus_run, tmp_path):
