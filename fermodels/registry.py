@@ -50,6 +50,9 @@ class ModelCard:
         bad = set(self.fields) - set(FIELDS)
         if bad or "image" not in self.fields:
             raise ValueError(f"{self.name}: fields {self.fields} must include 'image' and be within {FIELDS}")
+        if ("left" in self.fields) != ("right" in self.fields):      # a flip swaps them (augment, predict)
+            raise ValueError(f"{self.name}: fields {self.fields} must hold both half-faces, 'left' and 'right', or "
+                             "neither")
 
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")

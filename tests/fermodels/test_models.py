@@ -412,3 +412,12 @@ def test_cli_info_and_list() -> None:
     assert "11.26 M" in result.output and "3.22 G" in result.output and "224" in result.output
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0 and EXPECTED <= set(result.output.split())
+
+
+def test_a_card_with_one_half_face_is_refused():
+    """A horizontal flip swaps the halves (augmentation, test-time flips): one alone raised a KeyError there."""
+    from fermodels.registry import ModelCard
+
+    with pytest.raises(ValueError, match="both half-faces, 'left' and 'right', or neither"):
+        ModelCard("x", 112, ("image", "left"), ("ce",), "paper")
+    assert ModelCard("x", 112, ("image", "left", "right"), ("ce",), "paper").fields[1:] == ("left", "right")
