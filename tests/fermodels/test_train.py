@@ -460,6 +460,20 @@ def test_erasing_covers_the_drawn_area_with_the_fill_colour():
     assert torch.equal(a["image"], again["image"])
 
 
+def test_an_erased_rectangle_fits_inside_the_image_with_the_drawn_area():
+    """As torchvision's RandomErasing: a rectangle that does not fit is drawn again (up to 10 times),
+    not clamped to the image side (that erased less than drawn, along a whole side)."""
+    from fermodels.augment import _erase_masks
+
+    p = _aug(erase_p=1.0, erase_scale_min=0.25, erase_scale_max=0.33)        # AffectNet recipes: up to 0.33
+    masks = _erase_masks(512, 32, p, torch.Generator().manual_seed(0), torch.device("cpu"))[:, 0]
+    area = masks.float().mean((1, 2))
+    erased = area > 0
+    assert erased.float().mean() > 0.9
+    assert area[erased].min() >= 0.22 and area[erased].max() <= 0.37
+    assert not masks.all(1).any() and not masks.all(2).any()                # never a whole column or row
+
+
 def test_augment_params_are_checked():
     with pytest.raises(ValueError, match="probability"):
         _aug(hflip=1.5)

@@ -182,7 +182,8 @@ def test_augmentation_does_only_per_sample_work_on_the_host():
         out = augment_batch(batch, every, torch.Generator().manual_seed(0), torch.tensor([1.0, 2.0, 3.0]))
     assert {k: (v.device, tuple(v.shape)) for k, v in out.items()} == {k: (meta, tuple(v.shape)) for k, v in
                                                                          batch.items()}
-    assert 0 < host.largest <= 16 * n, f"a host tensor of {host.largest} values: per-pixel work on the CPU"
+    # per sample: erasing's 10 tries x (area, aspect) are the most; a per-pixel tensor holds 112 x 112
+    assert 0 < host.largest <= 32 * n, f"a host tensor of {host.largest} values: per-pixel work on the CPU"
 
 
 def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
