@@ -101,8 +101,14 @@ class Detection:
 
     @staticmethod
     def from_json(text: str) -> "Detection":
+        """The detection of a cache entry; ``ValueError`` for one of the wrong form (a damaged or
+        hand-edited entry parses as JSON yet would crop the wrong place)."""
         d = json.loads(text)
-        return Detection(tuple(d["shape"]), tuple(face_from_dict(f) for f in d["faces"]))
+        shape = d["shape"]
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            raise ValueError(f"shape {shape!r} is not an image's (height, width)")
+        return Detection(tuple(shape), tuple(face_from_dict(f) for f in d["faces"]))
 
     def canonical(self) -> "Detection":
         """The detection as the cache stores it (coordinates rounded to 1/1000 px, scores to
@@ -136,8 +142,17 @@ def face_to_dict(f: Face) -> dict[str, Any]:
 
 
 def face_from_dict(d: dict[str, Any]) -> Face:
-    return Face(tuple(d["box"]), d["score"], np.asarray(d["kps5"], np.float32),
-                np.asarray(d["lmk68"], np.float32) if d.get("lmk68") is not None else None,
+    """The face of :func:`face_to_dict`; ``ValueError`` for one of another form (points not (5, 2) or
+    (68, 2), a box not four numbers, anything not finite)."""
+    box, kps5 = np.asarray(d["box"], np.float64), np.asarray(d["kps5"], np.float32)
+    lmk68 = np.asarray(d["lmk68"], np.float32) if d.get("lmk68") is not None else None
+    score = d["score"]
+    if (box.shape != (4,) or kps5.shape != (5, 2) or (lmk68 is not None and lmk68.shape != (68, 2))
+            or isinstance(score, bool) or not isinstance(score, (int, float))
+            or not all(np.isfinite(a).all() for a in (box, kps5, lmk68, np.float64(score)) if a is not None)):
+        raise ValueError(f"not a face: box {box.shape}, kps5 {kps5.shape}, "
+                         f"lmk68 {None if lmk68 is None else lmk68.shape}, score {score!r}")
+    return Face(tuple(d["box"]), d["score"], kps5, lmk68,
                 d.get("backend", ""))
 
 

@@ -228,6 +228,31 @@ def test_a_damaged_entry_is_a_miss_detected_again_and_never_merged(tmp_path, ima
         assert m.merge(cache_file).corrupt == 0
 
 
+@pytest.mark.parametrize("edit", [
+    lambda d: d.update(shape=[[480, 640]]), lambda d: d.update(shape=[480, 0]),
+    lambda d: d["faces"][0].update(kps5=[[1.0, 2.0]] * 4), lambda d: d["faces"][0].update(box=[1, 2, 3]),
+    lambda d: d["faces"][0].update(lmk68=[[0.0, 0.0]] * 67), lambda d: d["faces"][0].update(score="0.9"),
+    lambda d: d["faces"][0].update(box=[0, 0, float("nan"), 10]),
+])
+def test_an_entry_of_the_wrong_form_is_a_miss(tmp_path, edit, caplog):
+    """Valid JSON of another form (a hand-edited or damaged entry) was used as it was: the faces were
+    cropped from wrong numbers (output differing from a clean run, rc 0)."""
+    face = Face((10.0, 20.0, 110.0, 140.0), 0.9, np.arange(10, dtype=np.float32).reshape(5, 2),
+                np.zeros((68, 2), np.float32), "embedded")
+    with DetectionCache(tmp_path / "c") as cache:
+        cache.put("sha", "sig", Detection((480, 640), (face,)))
+        assert cache.get("sha", "sig").shape == (480, 640)
+    db = sqlite3.connect(tmp_path / "c" / "detections.sqlite")
+    entry = json.loads(db.execute("SELECT value FROM det").fetchone()[0])
+    edit(entry)
+    db.execute("UPDATE det SET value=?", (json.dumps(entry),))
+    db.commit()
+    db.close()
+    with caplog.at_level("WARNING", logger="ferdata.cache"), DetectionCache(tmp_path / "c") as cache:
+        assert cache.get("sha", "sig") is None
+    assert "damaged entry" in caplog.text
+
+
 def test_a_damaged_cache_file_is_named_with_what_to_do(tmp_path, images):
     cache_file = tmp_path / "cache" / "detections.sqlite"
     cache_file.parent.mkdir()
