@@ -6,6 +6,12 @@ heatmap overlaid on the face, and the left half beside the mirrored right half,
 labelled with class, backend and key. Reads shards (``<split>/*.tar``), a single tar,
 or an ``aligned`` chunk folder (heatmap and halves are then rendered on the fly with
 the pipeline's own functions).
+
+The crosses are the template for the ``align.padding`` the crops were made with, which the
+split's ``_info.json`` records (``preprocess.align.padding``) and an aligned chunk folder's
+``report.json`` (``settings.padding``). Where the tar's folder records none (outputs of a version
+that did not record it, a tar copied out alone) they are drawn for padding 0, and the face panel
+says ``pad ?``: they then fit only crops made with the default padding 0.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from ferdata.classes import CLASSES
 from ferdata.geometry import split_halves, template
 from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import decode_jpeg_rgb
+from ferdata.layout import INFO, REPORT
 from ferdata.tario import iter_tar_samples, load_npy
 
 PANEL = 160                      # display side of the face panel, pixels
@@ -44,6 +51,8 @@ class SheetSample:
     left: np.ndarray
     right: np.ndarray
     label: str
+    crosses: np.ndarray           # (5, 2) crop pixels: the template the crop was aligned to
+    padding: float | None         # the align padding of that template; None: not recorded, 0 assumed
 
 
 def _tars(path: Path) -> list[Path]:
@@ -61,26 +70,61 @@ def _tars(path: Path) -> list[Path]:
 
 def _samples(path: Path) -> Iterator[tuple[Path, str, dict[str, bytes]]]:
     """(tar, key, fields), round-robin over the tar files, so a sheet mixes splits and shards."""
-    iters = [((tar, k, f) for k, f in iter_tar_samples(tar)) for tar in _tars(path)]
-    for group in itertools.zip_longest(*iters):
+    for group in itertools.zip_longest(*map(_tar_samples, _tars(path))):
         yield from (s for s in group if s is not None)
 
 
-def _sheet_sample(tar: Path, key: str, fields: dict[str, bytes]) -> SheetSample:
+def _tar_samples(tar: Path) -> Iterator[tuple[Path, str, dict[str, bytes]]]:
+    """(tar, key, fields) of one tar: each sample named with its own tar."""
+    for key, fields in iter_tar_samples(tar):
+        yield tar, key, fields
+
+
+def recorded_padding(folder: Path) -> float | None:
+    """The ``align.padding`` the crops of the tars in ``folder`` were made with: a split folder's
+    ``_info.json`` records it (``preprocess.align.padding``), an aligned chunk folder's
+    ``report.json`` too (``settings.padding``); None where neither does."""
+    for name, where in ((INFO, ("preprocess", "align", "padding")), (REPORT, ("settings", "padding"))):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e}); `ferdata verify` the shards, or "
+                             "re-run the stage that wrote it") from e
+        for field in where:
+            value = value.get(field) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{path}: {'.'.join(where)} is {value!r}, not a number >= 0; `ferdata verify` the "
+                             "shards, or re-run the stage that wrote it")
+        return float(value)
+    return None
+
+
+def _sheet_sample(tar: Path, key: str, fields: dict[str, bytes], padding: float | None = None) -> SheetSample:
     """:func:`to_sheet_sample`, a sample it cannot draw named with its tar (a missing or undecodable
-    member, a label or json of another shape)."""
+    member, malformed landmarks, a face of a size no template has, a label or json of another shape)."""
     try:
-        return to_sheet_sample(key, fields)
+        return to_sheet_sample(key, fields, padding)
     except (KeyError, ValueError, TypeError, AttributeError, cv2.error) as e:
         raise ValueError(f"{tar}: sample {key!r} cannot be shown ({type(e).__name__}: {e}); "
                          f"`ferdata verify` the shards, or re-run the stage that wrote them") from e
 
 
-def to_sheet_sample(key: str, fields: dict[str, bytes]) -> SheetSample:
-    """Decode a shard sample; fields the sample lacks are rendered from ``jpg`` + ``lmk.npy``."""
+def to_sheet_sample(key: str, fields: dict[str, bytes], padding: float | None = None) -> SheetSample:
+    """Decode a shard sample; fields the sample lacks are rendered from ``jpg`` + ``lmk.npy``.
+    ``padding``: the align padding the crop was made with (None: not recorded; the crosses then
+    assume 0). ``ValueError`` for a face that is not a square crop of a size the template has,
+    or landmarks that are not 68 finite points near the crop."""
     face = decode_jpeg_rgb(fields["jpg"])
     size = face.shape[0]
-    lmk = load_npy(fields["lmk.npy"], f"{key}.lmk.npy") if "lmk.npy" in fields else None
+    if face.shape != (size, size, 3):
+        raise ValueError(f"the face image is {'x'.join(map(str, face.shape))}, not a square RGB crop")
+    crosses = template(size, padding or 0.0)         # a size no template has: ValueError naming it
+    lmk = _landmarks(load_npy(fields["lmk.npy"], f"{key}.lmk.npy"), size) if "lmk.npy" in fields else None
     if "heatmap.png" in fields:
         heat = decode_jpeg_rgb(fields["heatmap.png"])
     elif lmk is not None:
@@ -95,7 +139,21 @@ def to_sheet_sample(key: str, fields: dict[str, bytes]) -> SheetSample:
     cls = int(fields["cls"]) if "cls" in fields else meta.get("label")
     name = CLASSES[cls] if isinstance(cls, int) and 0 <= cls < len(CLASSES) else "?"
     label = f"{name} | {meta.get('backend', '?')} | {key}"
-    return SheetSample(key, face, lmk, heat, left, right, label)
+    return SheetSample(key, face, lmk, heat, left, right, label, crosses, padding)
+
+
+def _landmarks(lmk: np.ndarray, size: int) -> np.ndarray:
+    """``lmk`` if it holds 68 (x, y) points of a ``size`` px crop, finite and within a crop's width
+    of the crop (anything further is no face in it); else ``ValueError``."""
+    if lmk.shape != (68, 2) or lmk.dtype.kind not in "iuf":
+        raise ValueError(f"lmk.npy holds a {lmk.dtype} array of shape {lmk.shape}, not 68 (x, y) points")
+    xy = lmk.astype(np.float64)
+    if not np.isfinite(xy).all():
+        raise ValueError("lmk.npy holds NaN or infinite coordinates")
+    if xy.min() < -size or xy.max() > 2 * size:
+        raise ValueError(f"lmk.npy holds coordinates from {xy.min():.4g} to {xy.max():.4g}: more than a crop's "
+                         f"width outside the {size} px crop")
+    return lmk
 
 
 def _face_panel(s: SheetSample) -> np.ndarray:
@@ -107,9 +165,12 @@ def _face_panel(s: SheetSample) -> np.ndarray:
             for x, y in s.lmk[lo:hi]:
                 cv2.circle(panel, (int(round((x + 0.5) * k - 0.5)), int(round((y + 0.5) * k - 0.5))), 2, colour, -1,
                            cv2.LINE_AA)
-    for x, y in template(size):
+    for x, y in s.crosses:
         cv2.drawMarker(panel, (int(round((x + 0.5) * k - 0.5)), int(round((y + 0.5) * k - 0.5))),
                        (255, 255, 255), cv2.MARKER_CROSS, 9, 1, cv2.LINE_AA)
+    if s.padding is None:                    # crosses for padding 0: the crop's own padding is not recorded
+        for colour, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+            cv2.putText(panel, "pad ?", (3, PANEL - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, colour, width, cv2.LINE_AA)
     return panel
 
 
@@ -156,7 +217,12 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
     if out.suffix.lower() not in SHEET_FORMATS:
         raise ValueError(f"--out {out}: a contact sheet is an image; end the name in "
                          f"{' or '.join(sorted(SHEET_FORMATS))}")
-    samples = [_sheet_sample(*s) for s in itertools.islice(_samples(Path(path)), n)]
+    paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
+    samples = []
+    for tar, key, fields in itertools.islice(_samples(Path(path)), n):
+        if tar.parent not in paddings:
+            paddings[tar.parent] = recorded_padding(tar.parent)
+        samples.append(_sheet_sample(tar, key, fields, paddings[tar.parent]))
     if not samples:
         raise ValueError(f"{path}: the tar files hold no samples")
     ok, data = cv2.imencode(out.suffix.lower(), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))

@@ -190,6 +190,8 @@ def check_member(m: Member, where: str, ext: str | None = None) -> None:
 
 def load_npy(data: bytes, where: str = "") -> np.ndarray:
     """Load ``.npy`` bytes without ever unpickling; a pickled payload is refused."""
+    if not data.startswith(b"\x93NUMPY"):            # np.load would take it for a pickle ("holds pickled objects")
+        raise UnsafeTarError(f"{where}: not a .npy array (no NUMPY header: damaged?); refused")
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:

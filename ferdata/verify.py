@@ -1,13 +1,17 @@
 """Check prepared shards against their ``_info.json`` before trusting them.
 
 For shards that came from another machine (``dvc pull``, a copy, a download): every
-listed shard exists and matches its sha256, its sample count and the split's class
-histogram; no shard file is missing from the list or listed twice; each split folder holds
-the split its info file names (folders swapped in a copy would test on the validation set);
-no sample is in two shards or two splits; every member is a safe regular file (no absolute
-paths, ``..``, links, devices, pickles) and every ``.npy`` loads without pickle. Problems are
-returned as lines, one per finding, never raised; a path that is no folder at all (missing, or
-a file) is the caller's mistake and raises.
+listed shard exists and matches its sha256, its size (``bytes``, which training checks), its
+sample count and the split's class histogram; no shard file is missing from the list or listed
+twice; the info file has the fields training reads; each split folder holds the split its info
+file names (folders swapped in a copy would test on the validation set); no sample is in two
+shards or two splits, and each sample's members are next to each other; every member is a safe
+regular file (no absolute paths, ``..``, links, devices, pickles) and every ``.npy`` loads
+without pickle; every sample has the members the shard stage always writes (``jpg``, ``cls``,
+``json``), a ``cls`` that is a class id and agrees with its ``json`` label, and landmarks (where
+it has them) that are 68 finite points. Images are not decoded (the sha256 covers them). Problems
+are returned as lines, one per finding, never raised; a path that is no folder at all (missing,
+or a file) is the caller's mistake and raises.
 """
 from __future__ import annotations
 
@@ -16,9 +20,15 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from ferdata.classes import CLASSES
 from ferdata.layout import INFO
 from ferdata.records import SPLITS
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
+
+REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
+INFO_NEEDS = ("class_histogram", "label_map")   # always written; training reads the histogram
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
@@ -36,10 +46,11 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
     if not infos:
         return [f"no {INFO} under {shard_dir}: pass the shards folder (with <split>/{INFO})"]
     # The shard stage writes every split (an empty one too): a missing one was lost on the way.
+    # (An _info.json that is there but no file is one problem line of its own, from _verify_split.)
     problems = [f"{root / split}: no {INFO} (the shard stage writes one for every split; the copy is "
-                "incomplete)" for split in SPLITS if not (root / split / INFO).is_file()]
+                "incomplete)" for split in SPLITS if root / split / INFO not in infos]
     problems += [f"{d}: shards without {INFO}" for d in sorted(p for p in root.iterdir() if p.is_dir())
-                 if d.name not in SPLITS and not (d / INFO).is_file() and any(d.glob("*.tar"))]
+                 if d.name not in SPLITS and d / INFO not in infos and any(d.glob("*.tar"))]
     owner: dict[str, str] = {}                                    # sample key -> the split holding it
     for info_path in infos:
         found, keys = _verify_split(info_path)
@@ -58,12 +69,17 @@ def verify_split(info_path: Path) -> list[str]:
     return _verify_split(info_path)[0]
 
 
-def _info_fields(info: dict) -> tuple[list[tuple[str, str, int]], int]:
-    """The listed shards (name, sha256, count) and the sample count of an info file; ``TypeError``
-    for a field of the wrong kind, so that a damaged file is one problem line, not a crash."""
-    listed = [(sh["name"], sh["sha256"], int(sh["count"])) for sh in info["shards"]]
-    if not all(isinstance(n, str) and isinstance(h, str) for n, h, _ in listed):
+Listed = tuple[str, str, int, int | None]      # a shard's name, sha256, count and size (None: not listed)
+
+
+def _info_fields(info: dict) -> tuple[list[Listed], int]:
+    """The listed shards (name, sha256, count, bytes) and the sample count of an info file;
+    ``TypeError`` for a field of the wrong kind, so that a damaged file is one problem line, not a crash."""
+    listed = [(sh["name"], sh["sha256"], int(sh["count"]), sh.get("bytes")) for sh in info["shards"]]
+    if not all(isinstance(n, str) and isinstance(h, str) for n, h, _, _ in listed):
         raise TypeError("a shard's name or sha256 is not text")
+    if not all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for *_, b in listed):
+        raise TypeError("a shard's bytes is not a whole number")
     labels = info.get("label_map", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise TypeError("label_map is not a list of class names")
@@ -82,6 +98,8 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         listed, expected_total = _info_fields(info)
+    except OSError as e:                                      # a folder, a dangling link, no permission
+        return [f"{info_path}: unreadable ({e.strerror or e}); copy the shards again"], set()
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         return [f"{info_path}: unreadable ({type(e).__name__}: {e})"], set()
     folder = info_path.parent
@@ -89,12 +107,12 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
     if folder.name in SPLITS and info.get("split", folder.name) != folder.name:
         problems.append(f"{folder}: {INFO} describes the {info['split']!r} split (split folders swapped or "
                         "renamed in a copy?); copy the shards again")
-    names = Counter(n for n, _, _ in listed)
+    names = Counter(n for n, *_ in listed)
     problems += [f"{folder / n}: listed {c} times in {INFO}" for n, c in sorted(names.items()) if c > 1]
     problems += [f"{folder / p.name}: shard not listed in {INFO}"
                  for p in sorted(folder.glob("*.tar")) if p.name not in names]
     total, classes, keys = 0, Counter(), set()
-    for name, sha, count in listed:
+    for name, sha, count, size in listed:
         try:
             path = listed_shard(folder, name)
         except UnsafeTarError as e:
@@ -110,10 +128,18 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
                 problems.append(problem)
             elif found != count:
                 problems.append(f"{path}: {found} samples, {INFO} says {count}")
+            actual = path.stat().st_size
+            if not problem and size is not None and actual != size:
+                problems.append(f"{path}: {actual} bytes, {INFO} says {size} (its sha256 matches, so the size in "
+                                f"{INFO} is wrong; training refuses the shard): prepare the shards again")
             total += found
     if not problems and total != expected_total:
         problems.append(f"{folder}: {total} samples, {INFO} says {expected_total}")
-    if not problems and "class_histogram" in info:
+    absent = [f for f in INFO_NEEDS if f not in info]
+    if not problems and absent:
+        problems.append(f"{info_path}: no {' and no '.join(absent)} (the shard stage always writes "
+                        f"{' and '.join(INFO_NEEDS)}; training reads the histogram): prepare the shards again")
+    if not problems:
         labels = info.get("label_map") or []
         hist = {labels[c] if 0 <= c < len(labels) else str(c): n for c, n in classes.items()}
         if {k: v for k, v in info["class_histogram"].items() if v} != hist:
@@ -129,19 +155,66 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
 
 def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
     """(samples in a shard, problem or ""), counting ``cls`` labels into ``classes`` and adding
-    the sample keys to ``keys``; a key seen already (in this split's shards) is a problem."""
+    the sample keys to ``keys``; a key seen already (in this split's shards) is a problem, and so
+    is a sample whose members are bad (:func:`_sample_problem`) or lack one of :data:`REQUIRED`
+    (named only once the whole shard is read: the rest may come later, split apart from it)."""
     found = 0
+    here: dict[str, frozenset[str]] = {}                  # this shard's keys -> their members' extensions
+    lacking: dict[str, list[str]] = {}                   # this shard's keys -> the required members they lack
     try:
         for key, fields in iter_tar_samples(path):
-            for ext, data in fields.items():
-                if ext.endswith("npy"):
-                    load_npy(data, f"{path}:{key}.{ext}")
-            if "cls" in fields:
-                classes[int(fields["cls"])] += 1
+            if key in here:                               # the reader groups a sample's members by adjacency
+                if here[key].isdisjoint(fields):
+                    return found, (f"{path}: the members of sample {key!r} are split apart in the shard (other "
+                                   "samples' members between them), so readers take it for two samples: "
+                                   "prepare the shards again")
+                return found, f"{path}: sample {key!r} is in this shard twice: prepare the shards again"
             if key in keys:
                 return found, f"{path}: sample {key!r} is in this split twice (a shard copied or listed twice?)"
+            problem = _sample_problem(path, key, fields)
+            if problem:
+                return found, f"{path}: sample {key!r} {problem}: prepare the shards again"
+            missing = [ext for ext in REQUIRED if ext not in fields]
+            if missing:
+                lacking[key] = missing
+            if "cls" in fields:
+                classes[int(fields["cls"])] += 1
+            here[key] = frozenset(fields)
             keys.add(key)
             found += 1
     except (UnsafeTarError, tarfile.TarError, ValueError) as e:
         return found, f"{path}: refused: {e}"
+    if lacking:
+        key, missing = next(iter(lacking.items()))
+        more = f"; {len(lacking) - 1} more of its samples lack members too" if len(lacking) > 1 else ""
+        return found, (f"{path}: sample {key!r} has no {' and no '.join(missing)} (the shard stage writes "
+                       f"{', '.join(REQUIRED)} for every sample){more}: prepare the shards again")
     return found, ""
+
+
+def _sample_problem(path: Path, key: str, fields: dict[str, bytes]) -> str:
+    """What is wrong with the members one sample has ("" when nothing): an ``.npy`` that needs
+    pickle (``UnsafeTarError``), landmarks that are not 68 finite (x, y) points, a ``cls`` that is
+    no class id, a ``json`` that is no object or whose label is not the ``cls``."""
+    for ext, data in fields.items():
+        if ext.endswith("npy"):
+            array = load_npy(data, f"{path}:{key}.{ext}")
+            if ext == "lmk.npy" and (array.shape != (68, 2) or array.dtype.kind not in "fiu"
+                                     or not np.isfinite(array).all()):
+                return f"has a lmk.npy of {array.dtype} {array.shape}, not 68 finite (x, y) points"
+    label = None
+    if "cls" in fields:
+        text = fields["cls"].decode("ascii", "replace").strip()
+        if not text.isdigit() or int(text) >= len(CLASSES):
+            return f"has cls {fields['cls'][:20]!r}, not a class id 0-{len(CLASSES) - 1}"
+        label = int(text)
+    if "json" in fields:
+        try:
+            meta = json.loads(fields["json"])
+        except ValueError as e:
+            return f"has a json that does not parse ({e})"
+        if not isinstance(meta, dict):
+            return f"has a json that is a {type(meta).__name__}, not an object"
+        if label is not None and "label" in meta and meta["label"] != label:
+            return f"has cls {label} but its json says label {meta['label']!r}"
+    return ""

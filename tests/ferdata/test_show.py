@@ -2,6 +2,8 @@
 fields rendered on the fly); the typer command works in-process."""
 from __future__ import annotations
 
+import io
+import itertools
 import json
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ferdata.geometry import align_face, split_halves
+from ferdata.geometry import align_face, split_halves, template
 from ferdata.heatmap import summed_heatmap_u8
 from ferdata.io import encode_jpeg, encode_png
 from ferdata.show import LABEL_H, PANEL, contact_sheet, show, show_command, to_sheet_sample
@@ -104,6 +106,100 @@ def test_a_sample_it_cannot_draw_is_named_with_its_tar(tmp_path, aligned):
             w.write("k0", fields)
         with pytest.raises(ValueError, match=rf"{name}/test-000000.tar: sample 'k0' cannot be shown"):
             show(tmp_path / name, tmp_path / "s.png", 4)
+
+
+def test_a_bad_sample_is_named_with_its_own_tar(tmp_path, aligned):
+    """Every sample was named with the last tar of the folder (the generators bound ``tar`` late)."""
+    img, lmk = aligned[0]
+    with TarShardWriter(tmp_path / "two", "test", 1) as w:
+        w.write("k0", {"lmk.npy": npy_bytes(lmk)})                   # test-000000.tar: no face image
+        w.write("k1", {"jpg": encode_jpeg(img, 95), "lmk.npy": npy_bytes(lmk)})
+    with pytest.raises(ValueError, match=r"two/test-000000.tar: sample 'k0' cannot be shown"):
+        show(tmp_path / "two", tmp_path / "s.png", 4)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case, says", [
+    ("lmk (5,)", r"lmk.npy holds a float32 array of shape \(5,\), not 68"),
+    ("lmk (68, 3)", r"lmk.npy holds a float32 array of shape \(68, 3\), not 68"),
+    ("lmk nan", "lmk.npy holds NaN or infinite coordinates"),
+    ("lmk 1e30", r"lmk.npy holds coordinates from 1e\+30 to 1e\+30: more than a crop's width outside"),
+    ("face 100 px", "crop size must be a multiple of 112 or 128, got 100"),
+    ("face 112 x 128", "the face image is 112x128x3, not a square RGB crop")])
+def test_a_face_or_landmarks_it_cannot_draw_are_named_with_tar_and_key(tmp_path, aligned, case, says):
+    """Malformed landmarks crashed with a TypeError, an OpenCV error or a ValueError naming no file, and
+    a face of a size no template has failed only when the sheet was drawn, naming nothing."""
+    img, lmk = aligned[0]
+    bad = {"lmk (5,)": np.zeros(5, np.float32), "lmk (68, 3)": np.zeros((68, 3), np.float32),
+           "lmk nan": np.full((68, 2), np.nan, np.float32), "lmk 1e30": np.full((68, 2), 1e30, np.float32)}
+    faces = {"face 100 px": cv2.resize(img, (100, 100)), "face 112 x 128": cv2.resize(img, (128, 112))}
+    fields = {"jpg": encode_jpeg(faces.get(case, img), 95), "lmk.npy": _npy(bad.get(case, lmk)),
+              "json": json.dumps({"backend": "embedded", "label": 1}).encode()}
+    with TarShardWriter(tmp_path / "bad", "test", 10) as w:
+        w.write("k0", fields)
+    with pytest.raises(ValueError, match=rf"bad/test-000000.tar: sample 'k0' cannot be shown \(ValueError: {says}"):
+        show(tmp_path / "bad", tmp_path / "s.png", 4)
+
+
+def test_whole_number_landmarks_are_drawn(aligned):
+    img, lmk = aligned[0]
+    s = to_sheet_sample("k0", {"jpg": encode_jpeg(img, 95), "lmk.npy": _npy(np.rint(lmk).astype(np.int64))})
+    assert s.lmk.shape == (68, 2) and contact_sheet([s]).std() > 20
+
+
+def _record_padding(folder: Path, padding: float, report: bool = False) -> None:
+    """What the shard stage (``_info.json``) or the align stage (``report.json``) records."""
+    if report:
+        (folder / "report.json").write_text(json.dumps({"stage": "align", "settings": {"padding": padding}}))
+    else:
+        (folder / "_info.json").write_text(json.dumps({"preprocess": {"align": {"padding": padding}}}))
+
+
+def test_crosses_follow_the_padding_the_crops_were_made_with(tmp_path, aligned):
+    """The crosses were the padding-0 template whatever align.padding made the crops: with padding 0.4
+    every face looked misaligned by ~9 px. The split's _info.json records the padding."""
+    root = tmp_path / "shards"
+    write_shards(root, aligned)
+    from ferdata.show import _samples
+
+    unrecorded = show(root, tmp_path / "unrecorded.png", 3)
+    for split in ("train", "test"):
+        _record_padding(root / split, 0.4)
+    out = show(root, tmp_path / "padded.png", 3)
+    expected = contact_sheet([to_sheet_sample(k, f, 0.4) for _, k, f in itertools.islice(_samples(root), 3)])
+    np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB), expected)
+    assert not np.array_equal(cv2.imread(str(out)), cv2.imread(str(unrecorded)))
+    s = to_sheet_sample(*next(_samples(root))[1:], padding=0.4)
+    np.testing.assert_allclose(s.crosses, template(112, 0.4))
+
+
+def test_recorded_padding_of_shards_and_aligned_chunks(tmp_path):
+    """Shards record it in _info.json (preprocess.align), aligned chunks in report.json (settings);
+    unrecorded is None (crosses for padding 0, marked "pad ?" on the face); a bad value names the file."""
+    from ferdata.show import recorded_padding
+
+    for name in ("split", "aligned", "none", "bad"):
+        (tmp_path / name).mkdir()
+    _record_padding(tmp_path / "split", 0.4)
+    _record_padding(tmp_path / "aligned", 0.25, report=True)
+    _record_padding(tmp_path / "bad", -1)
+    assert recorded_padding(tmp_path / "split") == 0.4 and recorded_padding(tmp_path / "aligned") == 0.25
+    assert recorded_padding(tmp_path / "none") is None
+    with pytest.raises(ValueError, match=r"bad/_info.json: preprocess.align.padding is -1, not a number >= 0"):
+        recorded_padding(tmp_path / "bad")
+
+
+def test_an_unrecorded_padding_is_said_on_the_sheet(aligned):
+    img, lmk = aligned[0]
+    fields = {"jpg": encode_jpeg(img, 95), "lmk.npy": npy_bytes(lmk)}
+    unknown, zero = to_sheet_sample("k", fields), to_sheet_sample("k", fields, 0.0)
+    np.testing.assert_array_equal(unknown.crosses, zero.crosses)             # padding 0 assumed ...
+    assert not np.array_equal(contact_sheet([unknown]), contact_sheet([zero]))   # ... and "pad ?" drawn
 
 
 def test_command_in_process(tmp_path, aligned):

@@ -110,6 +110,11 @@ def test_pickled_npy_is_refused(tmp_path):
     plain = io.BytesIO()
     np.save(plain, np.eye(2, dtype=np.float32), allow_pickle=False)
     assert load_npy(plain.getvalue()).dtype == np.float32
+    raw_pickle = pickle.dumps([Exploit()])                         # no .npy at all: a bare pickle
+    with pytest.raises(UnsafeTarError, match="not a .npy array"):
+        load_npy(raw_pickle, "x.lmk.npy")
+    with pytest.raises(UnsafeTarError, match=r"x.lmk.npy: not a .npy array \(no NUMPY header: damaged\?\)"):
+        load_npy(b"\x00garbage bytes" * 4, "x.lmk.npy")           # was "holds pickled objects"
 
 
 def test_derive_refuses_aligned_chunks_with_a_pickled_npy(bad_corpus_run, tmp_path):

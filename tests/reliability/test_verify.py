@@ -2,16 +2,19 @@
 its `_info.json` is named, with the file, and the command exits 1; an intact folder exits 0."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
 from ferdata.errors import run_cli
-from ferdata.tario import sha256_file
+from ferdata.tario import TarShardWriter, iter_tar_samples, sha256_file
 from ferdata.layout import INFO
 from ferdata.verify import verify_shards
 
@@ -128,9 +131,109 @@ def _histogram_not_a_mapping(shards):
     return f"{shards / 'train' / INFO}: unreadable (TypeError: class_histogram is not class names to counts"
 
 
+def _relisted(shards, edit) -> tuple[Path, str]:
+    """The first train shard rewritten with ``edit`` applied to its first sample's members (a dict it
+    may change) and listed again with its new sha256 and size, as someone "fixing" a copy would:
+    only a look inside the samples finds the damage. Returns the shard and that sample's key."""
+    shard = _first_shard(shards)
+    samples = list(iter_tar_samples(shard))
+    edit(samples[0][1])
+    shard.unlink()
+    with TarShardWriter(shard.parent, "rewritten", maxcount=len(samples)) as w:
+        for key, fields in samples:
+            w.write(key, fields)
+    (shard.parent / "rewritten-000000.tar").rename(shard)
+    _with_info(shards, lambda i: i["shards"][0].update(sha256=sha256_file(shard), bytes=shard.stat().st_size))
+    return shard, samples[0][0]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _bytes_wrong(shards):
+    """The listed size is off (the shard itself intact): training refuses the shard, so verify must too."""
+    shard = _first_shard(shards)
+    size = shard.stat().st_size
+    _with_info(shards, lambda i: i["shards"][0].update(bytes=size + 512))
+    return f"{shard}: {size} bytes, {INFO} says {size + 512} (its sha256 matches"
+
+
+def _no_histogram(shards):
+    """Training reads class_histogram (a KeyError there): verify passed such a file."""
+    _with_info(shards, lambda i: i.pop("class_histogram"))
+    return f"{shards / 'train' / INFO}: no class_histogram (the shard stage always writes"
+
+
+def _no_label_map(shards):
+    _with_info(shards, lambda i: i.pop("label_map"))
+    return f"{shards / 'train' / INFO}: no label_map"
+
+
+def _member_lost(ext):
+    def damage(shards):
+        shard, key = _relisted(shards, lambda fields: fields.pop(ext))
+        return f"{shard}: sample {key!r} has no {ext} (the shard stage writes cls, jpg, json for every sample)"
+    damage.__name__ = f"_no_{ext}_relisted"
+    return damage
+
+
+def _landmarks(value, says):
+    def damage(shards):
+        shard, key = _relisted(shards, lambda fields: fields.update({"lmk.npy": _npy(value)}))
+        return f"{shard}: sample {key!r} has a lmk.npy of {says}, not 68 finite (x, y) points"
+    damage.__name__ = f"_lmk_{'x'.join(map(str, value.shape))}_{'nan' if np.isnan(value).any() else 'shape'}"
+    return damage
+
+
+def _cls_disagrees_with_json(shards):
+    """Training learns the cls; the json label (what the reader found) says otherwise."""
+    cls = int(next(iter_tar_samples(_first_shard(shards)))[1]["cls"])
+    shard, key = _relisted(shards, lambda fields: fields.update(
+        json=json.dumps({**json.loads(fields["json"]), "label": (cls + 1) % 7}).encode()))
+    return f"{shard}: sample {key!r} has cls {cls} but its json says label {(cls + 1) % 7}"
+
+
+def _cls_not_a_class(shards):
+    shard, key = _relisted(shards, lambda fields: fields.update(cls=b"9"))
+    return f"{shard}: sample {key!r} has cls b'9', not a class id 0-7"
+
+
+def _members_split_apart(shards):
+    """One sample's cls moved to the end of its shard (a valid tar, listed again): it was reported as
+    "in this split twice (a shard copied or listed twice?)", which sends the user looking elsewhere."""
+    shard = _first_shard(shards)
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    key = members[0][0].name.partition(".")[0]
+    moved = next(i for i, (m, _) in enumerate(members) if m.name == f"{key}.cls")
+    members.append(members.pop(moved))
+    with tarfile.open(shard, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data))
+    _with_info(shards, lambda i: i["shards"][0].update(sha256=sha256_file(shard), bytes=shard.stat().st_size))
+    return f"{shard}: the members of sample {key!r} are split apart in the shard"
+
+
+def _info_is_a_folder(shards):
+    """It raised IsADirectoryError instead of naming the file."""
+    path, _ = _info(shards)
+    path.unlink()
+    path.mkdir()
+    return f"{path}: unreadable (Is a directory)"
+
+
 @pytest.mark.parametrize("damage", [_flip_a_byte, _delete, _stray, _unreadable, _wrong_count, _wrong_total,
                                     _wrong_histogram, _truncated_tar_with_its_hash, _info_lost, _split_lost,
-                                    _histogram_not_a_mapping, _listed_twice], ids=lambda f: f.__name__[1:])
+                                    _histogram_not_a_mapping, _listed_twice, _bytes_wrong, _no_histogram,
+                                    _no_label_map, _member_lost("jpg"), _member_lost("cls"), _member_lost("json"),
+                                    _landmarks(np.zeros(5, np.float32), "float32 (5,)"),
+                                    _landmarks(np.zeros((68, 3), np.float32), "float32 (68, 3)"),
+                                    _landmarks(np.full((68, 2), np.nan, np.float32), "float32 (68, 2)"),
+                                    _cls_disagrees_with_json, _cls_not_a_class, _members_split_apart,
+                                    _info_is_a_folder], ids=lambda f: f.__name__[1:])
 def test_each_disagreement_is_named_and_exits_1(shards, damage):
     expected = damage(shards)
     problems = verify_shards(shards)
@@ -138,6 +241,12 @@ def test_each_disagreement_is_named_and_exits_1(shards, damage):
     assert all(str(shards / "train") in p for p in problems), problems        # val and test are intact
     result = CliRunner().invoke(app, ["verify", str(shards)])
     assert result.exit_code == 1 and expected in result.output
+
+
+def test_a_sample_without_landmarks_passes(shards):
+    """A face backend without 68 points (a precropped dataset) writes no lmk.npy: that is no damage."""
+    _relisted(shards, lambda fields: fields.pop("lmk.npy"))
+    assert verify_shards(shards) == []
 
 
 def test_one_split_folder_is_checked_alone(shards):
@@ -168,18 +277,20 @@ def test_a_path_that_is_no_folder_is_an_error_line(tmp_path, capsys, make, says)
 
 
 @pytest.mark.parametrize("field, value", [("label_map", [[1]] * 8), ("subsets", {"occlusion": 5}),
-                                          ("class_histogram", {"Happy": "3"}), ("shards.name", ["x"])])
+                                          ("class_histogram", {"Happy": "3"}), ("shards.name", ["x"]),
+                                          ("shards.bytes", "122880"), ("shards.bytes", 1.5e5)])
 def test_a_field_of_the_wrong_kind_is_a_problem_line_not_a_crash(shards, field, value):
     def edit(info):
-        if field == "shards.name":
-            info["shards"][0]["name"] = value
+        if field.startswith("shards."):
+            info["shards"][0][field.partition(".")[2]] = value
         else:
             info[field] = value
     _with_info(shards, edit)
     assert verify_shards(shards) == [f"{shards / 'train' / INFO}: unreadable (TypeError: " + {
         "label_map": "label_map is not a list of class names)", "subsets": "subsets is not names to lists of "
         "sample keys)", "class_histogram": "class_histogram is not class names to counts)",
-        "shards.name": "a shard's name or sha256 is not text)"}[field]]
+        "shards.name": "a shard's name or sha256 is not text)",
+        "shards.bytes": "a shard's bytes is not a whole number)"}[field]]
 
 
 def test_split_folders_swapped_in_a_copy_are_named_and_refused_by_training(shards):
