@@ -37,7 +37,7 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
     """An exclusive lock on the open file or folder ``fd``, without waiting: False if another
     process holds one."""
     if fcntl is None:
@@ -59,7 +59,7 @@ def _remove_stale_temps(path: Path) -> None:
         except FileNotFoundError:
             continue
         try:
-            if _try_lock(fd):
+            if try_lock(fd):
                 p.unlink(missing_ok=True)
         finally:
             os.close(fd)
@@ -97,7 +97,7 @@ class atomic_open:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.path)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_temp_prefix(self.path), suffix=".tmp")
-        _try_lock(fd)                                # ours alone: nobody else's to lock yet
+        try_lock(fd)                                # ours alone: nobody else's to lock yet
         self.tmp = Path(tmp)
         self.f = os.fdopen(fd, "wb")
         return self.f
@@ -190,7 +190,7 @@ class staged_dir:
         held by a run at work, it is that run's and this one stops."""
         self.partial.mkdir(parents=True, exist_ok=True)
         self.lock = os.open(self.partial, os.O_RDONLY)
-        if not _try_lock(self.lock):
+        if not try_lock(self.lock):
             os.close(self.lock)
             raise StageDirError(f"another run is writing {self.out} now (it holds {self.partial.name}): wait for "
                                 "it to finish, or stop it, then run again")

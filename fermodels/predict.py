@@ -126,7 +126,8 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
     ranked = sorted(trained, key=lambda name: (-trained[name], name))
     detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
     check_candidate_options(detectors + ["auto"], options or {})
-    backend, missing = first_ready(detectors, options, model_dir, trained_options, allow_download)
+    backend, why = first_ready(detectors, options, model_dir, trained_options, allow_download)
+    missing = [w.splitlines()[0] for w in why]
     if backend is not None:
         if missing:
             log.warning("the model's training faces came mostly from %s, which cannot run here; using %s, "

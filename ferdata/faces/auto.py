@@ -25,7 +25,8 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
                 per_backend: Mapping[str, Mapping[str, Any]] | None = None,
                 allow_download: bool = False) -> tuple[FaceBackend | None, list[str]]:
     """The first of the backends ``names`` whose models are here, built with ``per_backend[name]``
-    updated by ``options`` (each keeps those it reads), and why each one before it could not run.
+    updated by ``options`` (each keeps those it reads), and why each one before it could not run (its
+    error in full: the first line names it).
     ``allow_download``: one that fetches its own weights (``downloads``: insightface, FAN) and
     whose package is installed counts as ready without them (it fetches them on first use); else
     nothing is ever downloaded."""
@@ -39,23 +40,31 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
             if allow_download and backend.downloads:
                 log.info("%s: model files missing here; fetched on first use (allow_download)", name)
                 return backend, reasons
-            reasons.append(f"{name}: {str(e).splitlines()[0]}")
+            reasons.append(_why(name, e))
             continue
         except ImportError as e:
-            reasons.append(f"{name}: {str(e).splitlines()[0]}")
+            reasons.append(_why(name, e))
             continue
         return backend, reasons
     return None, reasons
+
+
+def _why(name: str, err: Exception) -> str:
+    """Why backend ``name`` cannot run: its error in full (the file, where it looked, the fix)."""
+    text = str(err)
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
 
 
 def choose_model_backend(options: Mapping[str, Any], model_dir: str | Path | None) -> FaceBackend:
     """The first backend in ``PREFERENCE`` whose weights are here: ``auto`` never downloads (with
     downloads allowed, the first preference would always be fetched, whatever is installed)."""
     backend, reasons = first_ready(PREFERENCE, options, model_dir)
-    if backend is None:
-        raise MissingModelError("auto", "any face model", list(PREFERENCE), "; ".join(reasons))
+    if backend is None:             # each backend's own error: its missing file, where it looked, the fix
+        raise MissingModelError("auto", "any face model", list(PREFERENCE),
+                                "make one backend's models available:\n" + "\n".join(
+                                    "    " + r.replace("\n", "\n    ") for r in reasons))
     if reasons:
-        log.info("auto: using %s (%s)", backend.name, "; ".join(reasons))
+        log.info("auto: using %s (%s)", backend.name, "; ".join(r.splitlines()[0] for r in reasons))
     return backend
 
 

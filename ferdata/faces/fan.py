@@ -21,13 +21,14 @@ import importlib.util
 import logging
 import os
 import pickle
+import struct
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
 import numpy as np
 
-from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
+from ferdata.faces.base import BACKENDS, OPENCV, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
 from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
 from ferdata.faces.fetch import fetch
 from ferdata.geometry import five_from_68, resized_back, shrunk
@@ -102,6 +103,9 @@ class FanBackend(FaceBackend):
         self._boxes = EmbeddedBackend(boxes, model_dir) if self.options["detector"] == "embedded" else None
         if self._boxes is None:            # sfd and dlib keep their own score filters: not in the cache key
             self.UNSIGNED = type(self).UNSIGNED | {"score_threshold"}
+        detector_packages = {"embedded": EmbeddedBackend.packages, "dlib": (("dlib-bin", "dlib"),), "sfd": ()}
+        self.packages = (("face-alignment",), ("torch",), OPENCV,
+                         *(p for p in detector_packages[self.options["detector"]] if p != OPENCV))
 
     @classmethod
     def check_available(cls, model_dir: str | Path | None = None, detector: str = "embedded") -> None:
@@ -153,7 +157,10 @@ class FanBackend(FaceBackend):
                 face_alignment.LandmarksType.TWO_D, device="cpu", flip_input=bool(self.options["flip_input"]),
                 face_detector="folder" if detector == "embedded" else detector, compile=False,
                 max_batch_size=8, **kwargs)                # the faces of one image go through FAN together
-        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as e:   # a cut or wrong weight file
+        except MissingModelError:
+            raise
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError,
+                struct.error) as e:                # a cut or wrong weight file: torch.load's errors differ by cut
             files = [FAN_FILE, *([Path(urlparse(DETECTORS[detector]).path).name] if DETECTORS[detector] else [])]
             raise unusable("face_alignment", " or ".join(files), e, _fix(FAN_FILE, FAN_URL)) from e
         finally:

@@ -7,6 +7,7 @@ its zip and unpacks it in place. The backends fetch the same URLs into the same 
 """
 from __future__ import annotations
 
+import glob
 import http.client
 import logging
 import os
@@ -16,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ferdata.atomic import atomic_open
+from ferdata.atomic import atomic_open, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,10 @@ def unpack_zip(archive: Path, folder: Path) -> None:
     """Every file of ``archive`` moved into ``folder`` (made if needed) only after the whole archive
     unpacked and passed its CRC checks, so a bad archive adds nothing; the archive is then removed.
     Raises :class:`zipfile.BadZipFile` or :class:`OSError`."""
+    _remove_stale_unpacks(archive)
     work = Path(tempfile.mkdtemp(dir=archive.parent, prefix=f".{archive.stem}.", suffix=".unpack"))
+    lock = os.open(work, os.O_RDONLY)
+    try_lock(lock)                                   # ours: a stale one's lock is free (its process died)
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(work)                      # names with '..' or a root are made safe by zipfile
@@ -58,6 +62,22 @@ def unpack_zip(archive: Path, folder: Path) -> None:
             target = folder / path.relative_to(work)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
+    except zipfile.BadZipFile:
+        archive.unlink(missing_ok=True)              # the next try downloads it again
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        os.close(lock)
     archive.unlink()
+
+
+def _remove_stale_unpacks(archive: Path) -> None:
+    """Remove the work folders an unpacking killed midway left beside ``archive`` (a pack's
+    hundreds of MB); one another process is unpacking into now (its lock is held) stays."""
+    for old in archive.parent.glob(f".{glob.escape(archive.stem)}.*.unpack"):
+        fd = os.open(old, os.O_RDONLY)
+        try:
+            if try_lock(fd):
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            os.close(fd)

