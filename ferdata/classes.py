@@ -52,8 +52,8 @@ class UnknownClassError(ValueError):
         self.unknown = sorted(unknown)
         super().__init__(
             f"{where}: unknown class name(s) {self.unknown}; known names: {sorted(SYNONYMS)}.\n"
-            f"  fix: add an explicit mapping, e.g. options: {{mapping: {{{self.unknown[0]!r}: 'Happy'}}}} "
-            f"(a value of null excludes that class and counts its images as dropped)"
+            f"  fix: add an explicit mapping, options: {{mapping: {{{self.unknown[0]!r}: <one of "
+            f"{', '.join(CLASSES)}>}}}} (a value of null excludes that class and counts its images as dropped)"
         )
 
 

@@ -150,11 +150,13 @@ class AffectNetReader(DatasetReader):
             for split, folder in NPY_SPLITS.items():
                 yield from self._read_npy(self.root / folder, split, num_classes)
         else:
-            for split, csv_path in self._lists().items():
+            lists = self._lists()
+            automatic = self._automatic() if self.options["automatic"] else None   # found before any record
+            for split, csv_path in lists.items():
                 yield from self._read_csv(csv_path, split, num_classes, self.root / IMAGES)
-            if self.options["automatic"]:
-                csv_path, images = self._automatic()
-                yield from self._read_csv(csv_path, "train", num_classes, images, automatic=True)
+            if automatic is not None:
+                auto_csv, auto_images = automatic
+                yield from self._read_csv(auto_csv, "train", num_classes, auto_images, automatic=True)
 
     def official_splits(self) -> tuple[str, ...]:
         """The splits whose list names at least one image: a corpus in AffectNet's layout with an
@@ -204,7 +206,8 @@ class AffectNetReader(DatasetReader):
         if csv_path is None or images is None:
             raise DatasetLayoutError(self.name, self.root, [
                 f"options.automatic: {AUTO_IMAGES}/ (or Automatically_Annotated/{AUTO_IMAGES}/)",
-                f"{AUTO_LIST} (at the root, in Automatically_Annotated_file_lists/ or Automatically_Annotated/)"])
+                f"{AUTO_LIST} (at the root, in Automatically_Annotated_file_lists/ or Automatically_Annotated/)"],
+                "add AffectNet's automatically annotated part there, or set options.automatic: false")
         return csv_path, images
 
     def _read_csv(self, csv_path: Path, split: str, num_classes: int, images: Path,

@@ -39,7 +39,8 @@ COMMON_OPTIONS: Mapping[str, Any] = {"exclude_classes": (), "subsets": {}}
 class DatasetLayoutError(FileNotFoundError):
     """The root does not look like the dataset: names what was expected and what was found."""
 
-    def __init__(self, reader: str, root: Path, expected: list[str]) -> None:
+    def __init__(self, reader: str, root: Path, expected: list[str],
+                 fix: str = "point --root (or params.yaml datasets.<name>.root) at the dataset's top folder") -> None:
         root = Path(root)
         found = sorted(p.name for p in root.iterdir())[:20] if root.is_dir() else []
         state = "exists" if root.is_dir() else "is a file, not a folder" if root.exists() else "does not exist"
@@ -48,7 +49,7 @@ class DatasetLayoutError(FileNotFoundError):
             f"{reader}: {where} does not look like this dataset.\n"
             f"  expected: {', '.join(expected)}\n"
             f"  found:    {', '.join(found) or '(nothing)'}\n"
-            f"  fix: point --root (or params.yaml datasets.<name>.root) at the dataset's top folder"
+            f"  fix: {fix}"
         )
 
 

@@ -140,6 +140,22 @@ def fer_rows(csv_path: Path) -> Iterator[tuple[int, str, str, str]]:
             yield idx, _cell(row, ie), _cell(row, ip), _cell(row, iu)
 
 
+_ROW_COUNTS = ("{new} and {fer} have different row counts{counts}; they must be the same release (FERPlus joins "
+               "FER2013 by row position)")
+
+
+def _data_rows(csv_path: Path) -> int:
+    """The non-blank rows after the header (as the readers count them; a second for FER2013's 300 MB)."""
+    with open_text(csv_path, newline="") as f:
+        return sum(1 for row in csv.reader(f) if row) - 1
+
+
+def _same_row_count(new_csv: Path, fer_csv: Path) -> None:
+    plus, fer = _data_rows(new_csv), _data_rows(fer_csv)
+    if plus != fer:
+        raise ValueError(_ROW_COUNTS.format(new=new_csv.name, fer=fer_csv.name, counts=f" ({plus} and {fer})"))
+
+
 def _cell(row: list[str], i: int) -> str:
     return row[i].strip() if i < len(row) else ""
 
@@ -213,12 +229,10 @@ class FERPlusReader(DatasetReader):
             if header[:2] != ["usage", "image name"] or tuple(header[2:12]) != VOTE_COLUMNS:
                 expected = "Usage,Image name," + ",".join(VOTE_COLUMNS)
                 raise ValueError(f"{new_csv}: header {header} is not FERPlus's {expected}")
+            _same_row_count(new_csv, fer_csv)      # before any record: a mismatch surfaced after the detections
             for plus_row, fer_row in zip_longest((r for r in plus if r), fer_rows(fer_csv)):
                 if plus_row is None or fer_row is None:
-                    raise ValueError(
-                        f"{new_csv.name} and {fer_csv.name} have different row counts; they must be "
-                        "the same release (FERPlus joins FER2013 by row position)"
-                    )
+                    raise ValueError(_ROW_COUNTS.format(new=new_csv.name, fer=fer_csv.name, counts=""))
                 yield self._join(plus_row, fer_row, mode)
 
     def _join(self, plus_row: list[str], fer_row: tuple[int, str, str, str], mode: str) -> FaceRecord | Dropped:

@@ -34,12 +34,13 @@ class JAFFEReader(DatasetReader):
             yield Dropped(self.name, make_key(path.stem), *why) if (why := unread(path)) else self._parse(path)
 
     def _images(self) -> list[Path]:
-        """The image files of the folder holding the dataset, hidden ones (``._KA.AN1.39.tiff``) too:
-        they are counted drops (:func:`ferdata.datasets.folder.unread`)."""
+        """The files of the folder holding the dataset: its images, and, as counted drops
+        (:func:`ferdata.datasets.folder.unread`), hidden ones (``._KA.AN1.39.tiff``) and the rest
+        (``not_an_image``: a README, a GIF), as the folder reader counts them."""
         for folder in (self.root, self.root / "jaffe"):
             if folder.is_dir():
-                files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-                if any(NAME.match(p.name) for p in files):
+                files = sorted(p for p in folder.iterdir() if not p.is_dir())
+                if any(NAME.match(p.name) and p.suffix.lower() in IMAGE_EXTS for p in files):
                     return files
         raise DatasetLayoutError(self.name, self.root, ["KA.AN1.39.tiff-style image files"])
 

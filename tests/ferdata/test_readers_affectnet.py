@@ -61,8 +61,12 @@ def test_automatically_annotated_images_join_training_only_when_asked(tmp_path, 
 
 def test_automatic_needs_its_files_and_the_official_layout(tmp_path):
     make_affectnet_csv(tmp_path / "csv")
-    with pytest.raises(DatasetLayoutError, match="automatically_annotated.csv"):
+    with pytest.raises(DatasetLayoutError, match="(?s)automatically_annotated.csv.*fix: add AffectNet's "
+                                                 "automatically annotated part there, or set options.automatic"):
         read_all("affectnet", tmp_path / "csv", {"automatic": True})
+    records = open_reader("affectnet", tmp_path / "csv", {"automatic": True}).read()
+    with pytest.raises(DatasetLayoutError):                 # at the first record, not after every manual one
+        next(records)
     with pytest.raises(ValueError, match="automatic must be true or false"):
         read_all("affectnet", tmp_path / "csv", {"automatic": "yes"})
     make_affectnet_npy(tmp_path / "npy")

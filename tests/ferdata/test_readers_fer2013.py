@@ -80,9 +80,14 @@ def test_ferplus_crossentropy_soft_labels(tmp_path):
 
 
 def test_ferplus_row_count_mismatch_raises(tmp_path):
+    """Before the first record: found at the end, it came after every row had been detected."""
+    from ferdata.datasets import open_reader
+
     make_ferplus(tmp_path, extra_plus_row=True)
-    with pytest.raises(ValueError, match="different row counts"):
+    with pytest.raises(ValueError, match=r"different row counts \(\d+ and \d+\)"):
         read_all("ferplus", tmp_path)
+    with pytest.raises(ValueError, match="different row counts"):
+        next(open_reader("ferplus", tmp_path, {}).read())
 
 
 def test_ferplus_converted_folders(tmp_path):

@@ -21,8 +21,9 @@ def test_jaffe(tmp_path):
         "UY-DI1-1": (5, "DI", "UY"),
         "YM-SU3-60": (3, "SU", "YM"),
     }
-    assert drops == {"bad_label": 1, "bad_filename": 1}
-    assert {d.key: d.reason for d in items} == {"XX-ZZ1-1": "bad_label", "random": "bad_filename"}
+    assert drops == {"bad_label": 1, "bad_filename": 1, "not_an_image": 1}           # the README too
+    assert {d.key: d.reason for d in items} == {"XX-ZZ1-1": "bad_label", "random": "bad_filename",
+                                                "README": "not_an_image"}
     assert all(r.split == "" and r.path.endswith(".tiff") for r in records.values())
 
 
@@ -47,6 +48,7 @@ def test_jaffe_converted_to_png_or_jpeg_is_read_alike(tmp_path):
         converted = tmp_path / "converted" / path.with_suffix(".png" if "A" in path.name else ".JPG").name
         converted.parent.mkdir(exist_ok=True)
         converted.write_bytes(path.read_bytes())
+    (tmp_path / "converted" / "README").write_bytes((tmp_path / "tiff" / "README").read_bytes())
     tiff, tiff_drops, _ = read_all("jaffe", tmp_path / "tiff")
     converted, drops, _ = read_all("jaffe", tmp_path / "converted")
     assert drops == tiff_drops
@@ -61,5 +63,16 @@ def test_a_hidden_image_is_a_counted_drop(tmp_path):
     make_jaffe(tmp_path)
     write_image(tmp_path / "._KA.SU1.41.tiff", gray=True)
     records, drops, items = read_all("jaffe", tmp_path)
-    assert len(records) == 7 and drops == {"bad_label": 1, "bad_filename": 1, "hidden_file": 1}
+    assert len(records) == 7 and drops == {"bad_label": 1, "bad_filename": 1, "hidden_file": 1, "not_an_image": 1}
     assert [d.detail.split(":")[0] for d in items if d.reason == "hidden_file"] == [str(tmp_path / "._KA.SU1.41.tiff")]
+
+
+def test_a_file_that_is_no_image_is_a_counted_drop(tmp_path):
+    """A README (make_jaffe writes one) or a GIF beside the images was skipped without a trace (the
+    folder reader counts them)."""
+    make_jaffe(tmp_path)
+    (tmp_path / "KA.HA1.29.gif").write_bytes(b"GIF89a")
+    records, drops, items = read_all("jaffe", tmp_path)
+    assert len(records) == 7 and drops == {"bad_label": 1, "bad_filename": 1, "not_an_image": 2}
+    assert sorted(d.detail.split(":")[0] for d in items if d.reason == "not_an_image") == [
+        str(tmp_path / "KA.HA1.29.gif"), str(tmp_path / "README")]
