@@ -157,6 +157,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     if bad := int((~np.isfinite(probs).all(1)).sum()):        # argmax would score them all as class 0
         raise ValueError(f"{checkpoint}: the model's probabilities are not finite (NaN or inf) for {bad} of the "
                          f"{len(probs)} {params.split} samples: it overflows on them (trained with train.amp?)")
+    if dataset.excluded:        # in metrics.json too; said here, as the accuracy is over the rest only
+        log.warning("evaluate: %d %s sample(s) of classes a %d-class model cannot predict are left out: %s",
+                    sum(dataset.excluded.values()), params.split, len(classes), dict(sorted(dataset.excluded.items())))
     preds = probs.argmax(1)
     cm = confusion_matrix(labels, preds, len(classes))
     metrics = metrics_from_confusion(cm, classes)

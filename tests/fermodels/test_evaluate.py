@@ -97,9 +97,13 @@ def test_flip_tta_averages_the_mirrored_prediction(tiny_run, one_thread):
     assert np.allclose(tta.sum(1), 1.0, atol=1e-5)
 
 
-def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8_shards, tmp_path, one_thread):
-    m = evaluate(tiny_run["ckpt"] / "best.pt", tiny8_shards, PARAMS, tmp_path)
+def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8_shards, tmp_path, one_thread,
+                                                                 caplog):
+    with caplog.at_level("WARNING", logger="fermodels.evaluate"):
+        m = evaluate(tiny_run["ckpt"] / "best.pt", tiny8_shards, PARAMS, tmp_path)
     info = json.loads((tiny8_shards / "test" / "_info.json").read_text())
+    assert (f"{info['class_histogram']['Contempt']} test sample(s) of classes a 7-class model cannot predict are "
+            "left out: {'Contempt'") in caplog.text                  # the log's accuracy is over the rest only
     assert m["cross_dataset"] is True and m["test_datasets"] == ["tiny8"] and m["train_datasets"] == ["tiny"]
     assert m["excluded"] == {"Contempt": info["class_histogram"]["Contempt"]}
     assert m["num_samples"] == info["num_samples"] - info["class_histogram"]["Contempt"]
