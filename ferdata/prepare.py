@@ -11,7 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
-from ferdata.datasets import READERS, DatasetSpec, dataset_spec, official_splits, read_dataset
+from ferdata.datasets import READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source
 from ferdata.layout import stage_dirs
 from ferdata.params import stage_section
 from ferdata.parts import Part
@@ -52,7 +52,8 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
     first = next(records)        # a root laid out otherwise fails here, before any output folder exists
     dirs = stage_dirs(data_dir, name)
     reports = {
-        "detect": run_detect(itertools.chain([first], records), detect, dirs["detect"], official_splits(spec)),
+        "detect": run_detect(itertools.chain([first], records), detect, dirs["detect"], official_splits(spec),
+                             source(spec)),
         "align": run_align(dirs["detect"], align, dirs["aligned"]),
         "derive": run_derive(dirs["aligned"], derive, dirs["derived"]),
         "shard": run_shard(dirs["aligned"], dirs["derived"], shard, dirs["shards"]),

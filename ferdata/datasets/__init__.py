@@ -1,6 +1,7 @@
 """Dataset readers, registered by name. Importing this package registers them all."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
@@ -10,7 +11,7 @@ from ferdata.params import section
 from ferdata.records import Dropped, FaceRecord
 
 __all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "DatasetSpec", "dataset_spec",
-           "official_splits", "open_reader", "read_dataset"]
+           "official_splits", "open_reader", "read_dataset", "source"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,15 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
 
 def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:
     return open_reader(spec.reader, spec.root, spec.options).read()
+
+
+def source(spec: DatasetSpec) -> dict[str, Any]:
+    """What the records come from, for the shards to record (``_info.json`` ``source``): the reader
+    and its options with their defaults filled in (protocol, label mode, exclusions, subsets), not
+    the root, a path of this machine. JSON-safe (tuples as lists)."""
+    reader = open_reader(spec.reader, spec.root, spec.options)
+    return json.loads(json.dumps({"reader": spec.reader, "options": dict(sorted(reader.options.items()))},
+                                 default=str))
 
 
 def official_splits(spec: DatasetSpec) -> tuple[str, ...]:

@@ -289,9 +289,9 @@ class Deduplicator:
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
     # the detector's settings ride along (under "detect"): the shards record how their faces were found;
-    # the dataset's official splits too, for the shard stage
+    # the dataset's official splits and source (reader, options) too, for the shard stage
     detected = report_settings(detect_dir)
-    splits = {k: detected.pop(k) for k in ("official_splits",) if k in detected}
+    splits = {k: detected.pop(k) for k in ("official_splits", "source") if k in detected}
     report = StageReport("align", settings={**params.settings(), **({"detect": detected} if detected else {}),
                                             **splits})
     drops: list[Dropped] = []

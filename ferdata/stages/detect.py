@@ -326,12 +326,13 @@ def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> D
 
 
 def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path,
-               official_splits: Sequence[str] | None = None) -> StageReport:
+               official_splits: Sequence[str] | None = None, source: Mapping[str, Any] | None = None) -> StageReport:
     """Detect faces for every record and write the stage outputs into ``out_dir`` (replaced whole).
     ``official_splits`` (the reader's) ride along in the report's settings to the shard stage,
-    which must not carve a split the publisher defines when every sample of it was dropped."""
+    which must not carve a split the publisher defines when every sample of it was dropped;
+    ``source`` (:func:`ferdata.datasets.source`: reader and options) to ``_info.json``."""
     splits = {} if official_splits is None else {"official_splits": sorted(official_splits)}
-    report = StageReport("detect", settings={**params.settings(), **splits})
+    report = StageReport("detect", settings={**params.settings(), **splits, **({"source": source} if source else {})})
     drops: list[Dropped] = []
     with _detections(items, params) as (table, rows), staged_dir(out_dir, OWNED) as out:
         # gzip level 1: 19% larger than level 6 at a sixth of its time (level 6: 0.09 ms per row)

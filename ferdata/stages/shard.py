@@ -115,7 +115,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     with MemberReader() as read:
         metas = {k: _record_fields(json.loads(read(v["json"]))) for k, v in aligned.items()}
-    preprocess, detect, official = stage_settings(aligned_dir, derived_dir)
+    preprocess, detect, official, source = stage_settings(aligned_dir, derived_dir)
     by_split = assign(metas, params, official)
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read:
         for split, keys in by_split.items():
@@ -125,6 +125,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["preprocess"] = preprocess
             if detect:
                 info["detect"] = detect
+            if source:
+                info["source"] = source
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
         report.kept = len(metas)
@@ -133,15 +135,17 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     return report
 
 
-def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict, list[str] | None]:
+def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict, list[str] | None, dict]:
     """How these samples were made, from the stages' reports: the align and derive settings
     (``{"align": {...}, "derive": {...}}``, what training puts in its checkpoints so inference crops
     faces the same way), the detector's (``{"backend", "options"}``, so inference finds faces
-    the same way), ``{}`` for outputs of a version that did not record them; and the dataset's
-    official splits (None where not recorded)."""
+    the same way), ``{}`` for outputs of a version that did not record them; the dataset's
+    official splits (None where not recorded); and its source (reader and options: protocol, label
+    mode, exclusions; ``{}`` where not recorded)."""
     align, derive = report_settings(aligned_dir), report_settings(derived_dir)
     detect, official = align.pop("detect", {}), align.pop("official_splits", None)
-    return ({"align": align, "derive": derive} if align and derive else {}), detect, official
+    source = align.pop("source", {})
+    return ({"align": align, "derive": derive} if align and derive else {}), detect, official, source
 
 
 def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,
