@@ -95,7 +95,8 @@ class _Job:
 
 
 Item = _Job | Dropped
-Result = tuple[Item, Detection | None, str, str]   # item, detection, drop reason, drop detail
+# item, detection, drop reason, drop detail, whether the detection is another record's of the same image
+Result = tuple[Item, Detection | None, str, str, bool]
 
 
 def _is_local(batch: list[Item]) -> bool:
@@ -121,11 +122,18 @@ class DetectWorker:
         self._backend.preload_shared()
 
     def __call__(self, batch: list[Item]) -> list[Result]:
-        out: list[Result] = [(j, getattr(j, "cached", None), "", "") for j in batch]
+        out: list[Result] = [(j, getattr(j, "cached", None), "", "", False) for j in batch]
         todo, images, scales = [], [], []
+        same: dict[int, int] = {}                  # a job -> the earlier one of its image (detected once)
+        first: dict[str, int] = {}
         for i, job in enumerate(batch):
             if isinstance(job, Dropped) or job.cached is not None:
                 continue
+            if job.cacheable and job.sha in first:
+                same[i] = first[job.sha]
+                continue
+            if job.cacheable:
+                first[job.sha] = i
             if self._backend is None:                # models themselves load on first use
                 self._backend = self.params.create_backend()
             try:
@@ -136,7 +144,7 @@ class DetectWorker:
                     probe = probe_image(job.data)
                     image, scale = shape_only(*probe.shape), probe.scale
             except BadImage as e:
-                out[i] = (job, None, e.reason, e.detail)
+                out[i] = (job, None, e.reason, e.detail, False)
                 continue
             todo.append(i)
             images.append(image)
@@ -148,12 +156,14 @@ class DetectWorker:
             found = self._detect(images, records)
             for i, image, s, faces in zip(todo, images, scales, found):
                 if isinstance(faces, Exception):
-                    out[i] = (batch[i], None, DETECTOR_FAILED, f"{type(faces).__name__}: {faces}")
+                    out[i] = (batch[i], None, DETECTOR_FAILED, f"{type(faces).__name__}: {faces}", False)
                     continue
                 shape = (round(image.shape[0] / s), round(image.shape[1] / s))
                 det = Detection(shape, tuple(f.scaled(1.0 / s) for f in faces)).canonical()
                 det.to_json()                      # serialise here, in parallel; cached on the object
-                out[i] = (batch[i], det, "", "")
+                out[i] = (batch[i], det, "", "", False)
+        for i, j in same.items():
+            out[i] = (batch[i], *out[j][1:4], True)
         return out
 
     def _detect(self, images: list, records: list) -> list[list[Face] | Exception]:
@@ -195,6 +205,11 @@ def _jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: De
         yield _Job(item, sha, None if hit else data, hit, cacheable)
 
 
+def _same_image(a: Item, b: Item) -> bool:
+    """Whether ``b`` needs the detection ``a`` gets: the same image, whose faces depend on its pixels only."""
+    return isinstance(a, _Job) and isinstance(b, _Job) and a.sha == b.sha and a.cacheable and b.cacheable
+
+
 def _batch_name(batch: list[Item]) -> str:
     """The images of a batch, for errors."""
     first = batch[0].record.path if isinstance(batch[0], _Job) else batch[0].key
@@ -202,11 +217,14 @@ def _batch_name(batch: list[Item]) -> str:
 
 
 def _batches(jobs: Iterable[Item]) -> Iterator[list[Item]]:
-    """Consecutive jobs grouped into batches that either all need a model or none does."""
+    """Consecutive jobs grouped into batches that either all need a model or none does; a record of
+    the image the one before it is of (ExpW's faces of one photo) stays in its batch, so the worker
+    detects that image once (:meth:`DetectWorker.__call__`)."""
     batch: list[Item] = []
     for job in jobs:
         local = isinstance(job, Dropped) or job.cached is not None
-        if batch and (local != _is_local(batch[-1:]) or len(batch) >= (LOCAL_BATCH if local else BATCH)):
+        full = len(batch) >= (LOCAL_BATCH if local else BATCH) and not _same_image(batch[-1], job)
+        if batch and (local != _is_local(batch[-1:]) or full):
             yield batch
             batch = []
         batch.append(job)
@@ -244,8 +262,9 @@ class _Table:
                                f"{self.ran}: a broken install or model, not odd images; the first: "
                                f"{self.failures[0].detail}")
 
-    def row(self, job: Item, det: Detection | None, reason: str, detail: str) -> dict | Dropped:
-        """The table row of a kept record, or why it was dropped."""
+    def row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool = False) -> dict | Dropped:
+        """The table row of a kept record, or why it was dropped (``reused``: the detection of an
+        earlier record of the same image, counted as a cache hit)."""
         if isinstance(job, Dropped):
             return job
         rec = job.record
@@ -256,7 +275,7 @@ class _Table:
                 self.check_backend(final=False)
             return drop
         self.ran += 1
-        if job.cached is None:
+        if job.cached is None and not reused:
             self.counts["detections_run"] += 1
             if job.cacheable:
                 self.elsewhere.update(self.cache.other_signatures(job.sha, self.sig))

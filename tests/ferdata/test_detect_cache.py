@@ -56,6 +56,23 @@ def notes(report) -> dict:
     return report.to_dict()["notes"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_faces_of_one_photo_are_detected_once(tmp_path, images, workers, monkeypatch):
+    """ExpW lists each labelled face of a photo as a record: the photo was detected once per face
+    (21 detections for 9 photos). Records of one image next to each other share one detection, also
+    across a batch boundary; their rows are what separate detections give."""
+    paths = [images[0]] * 3 + [images[1]] + [images[2]] * 7 + [images[3]] * 2     # 13 records, 4 photos
+    recs = [FaceRecord("t", f"k{i:02d}", str(p), 1, "x") for i, p in enumerate(paths)]
+    once = run_detect(recs, params(tmp_path, workers=workers), tmp_path / "once")
+    assert notes(once)["detections_run"] == 4 and notes(once)["cache_hits"] == 9 and once.kept == 13
+    apart = [run_detect([r], params(tmp_path / f"apart{i}"), tmp_path / f"apart{i}" / "out") for i, r in
+             enumerate(recs[:4])]
+    assert all(notes(r)["detections_run"] == 1 for r in apart)
+    rows = {r["record"]["key"]: r["face"] for r in read_faces(tmp_path / "once")}
+    for i in range(4):
+        assert rows[f"k{i:02d}"] == next(iter(read_faces(tmp_path / f"apart{i}" / "out")))["face"]
+
+
 def test_repeat_detects_nothing_and_growth_detects_only_new(tmp_path, images, monkeypatch):
     first = run_detect(records(images[:8]), params(tmp_path), tmp_path / "a")
     assert notes(first)["detections_run"] == 8 and first.kept == 8
