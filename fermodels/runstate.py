@@ -150,6 +150,7 @@ def model_from_checkpoint(state: dict) -> nn.Module:
 
 
 CODE_PACKAGES = ("ferdata", "fermodels", "pipeline")
+RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes
 
 
 def code_fingerprint() -> str:
@@ -178,11 +179,12 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
     if not path.is_file():
         return None
     state = load_checkpoint(path)
-    if state["params"] != params or state["data"] != data:
-        differ = sorted(k for k in {*params, *state["params"]} if params.get(k) != state["params"].get(k))
+    params, saved = ({k: v for k, v in p.items() if k not in RESUME_IGNORES} for p in (params, state["params"]))
+    if saved != params or state["data"] != data:
+        differ = sorted(k for k in {*params, *saved} if params.get(k) != saved.get(k))
         differ += sorted("the training code (data.code)" if k == "code" else f"data.{k}"
                          for k in {*data, *state["data"]} if data.get(k) != state["data"].get(k))
-        lacks = sorted(k for k in params if k not in state["params"])
+        lacks = sorted(k for k in params if k not in saved)
         lacks += sorted(f"data.{k}" for k in data if k not in state["data"])
         older = (f"; it is from an earlier version of this package, which did not record {', '.join(lacks)}"
                  if lacks else "")

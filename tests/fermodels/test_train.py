@@ -173,6 +173,20 @@ def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     assert "differs in epochs, lr): starting over" in caplog.text      # says what, not only "params"
 
 
+def test_a_setting_that_shapes_no_weight_still_resumes(tiny_run, tmp_path, caplog, one_thread):
+    """Changing train.checkpoint_every after a kill threw the run's progress away."""
+    import shutil
+
+    shutil.copytree(tiny_run["ckpt"], tmp_path / "ckpt")
+    shutil.copytree(tiny_run["live"], tmp_path / "live")
+    before = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    params = make_params(epochs=3, checkpoint_every=2)
+    assert params != tiny_run["params"]
+    train(tiny_run["shards"], params, tmp_path / "ckpt", tmp_path / "live")
+    assert "starting over" not in caplog.text
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["step"] == before["step"]
+
+
 def test_a_finished_run_trains_again_when_its_code_changed(tiny_run, tmp_path, caplog, one_thread, monkeypatch):
     """DVC re-runs train after an edit of its code; resuming the finished last.pt trained nothing."""
     import shutil
