@@ -37,16 +37,46 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
-def try_lock(fd: int) -> bool:
+_HELD: set[int] = set()         # lock descriptors this process holds; a forked child closes its copies
+
+
+def _forget_inherited_locks() -> None:
+    """In a forked child (a stage's worker): close the inherited copies of the parent's lock
+    descriptors. A flock lives while any copy is open: workers orphaned by a killed parent kept a
+    stage folder locked, and every later run was refused."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_locks)
+
+
+def try_lock(fd: int, forked_children_drop: bool = True) -> bool:
     """An exclusive lock on the open file or folder ``fd``, without waiting: False if another
-    process holds one."""
+    process holds one. A forked child closes its copy (:func:`_forget_inherited_locks`), so the lock
+    ends with this process; release it with :func:`unlock_close`. ``forked_children_drop=False``
+    for a descriptor a Python file object owns (a child closing it under the object could close
+    another file later)."""
     if fcntl is None:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    if forked_children_drop:
+        _HELD.add(fd)
     return True
+
+
+def unlock_close(fd: int) -> None:
+    """Close a descriptor :func:`try_lock` locked (its lock goes with it)."""
+    _HELD.discard(fd)
+    os.close(fd)
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -62,7 +92,7 @@ def _remove_stale_temps(path: Path) -> None:
             if try_lock(fd):
                 p.unlink(missing_ok=True)
         finally:
-            os.close(fd)
+            unlock_close(fd)
 
 
 def _name(err: BaseException, path: Path) -> None:
@@ -97,7 +127,7 @@ class atomic_open:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(self.path)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_temp_prefix(self.path), suffix=".tmp")
-        try_lock(fd)                                # ours alone: nobody else's to lock yet
+        try_lock(fd, forked_children_drop=False)    # ours alone: nobody else's to lock yet
         self.tmp = Path(tmp)
         self.f = os.fdopen(fd, "wb")
         return self.f
@@ -108,14 +138,14 @@ class atomic_open:
             _name(exc, self.path)
         try:
             try:
-                if exc_type is None:
+                if exc_type is None:           # renamed while open and locked: no writer takes it for stale
                     self.f.flush()
                     os.fsync(self.f.fileno())
+                    os.fchmod(self.f.fileno(), 0o644)
+                    os.replace(self.tmp, self.path)
             finally:
                 self.f.close()
             if exc_type is None:
-                os.chmod(self.tmp, 0o644)
-                os.replace(self.tmp, self.path)
                 fsync_dir(self.path.parent)
         except OSError as err:
             _name(err, self.path)
@@ -181,19 +211,30 @@ class staged_dir:
     def __enter__(self) -> Path:
         self._check_owned()
         self._claim()
-        if self.old.exists():
-            shutil.rmtree(self.old)
+        shutil.rmtree(self.old, ignore_errors=True)      # a killed run's; or one a run finishing now removes too
         return self.partial
 
     def _claim(self) -> None:
         """Hold ``.<out>.partial``, empty: made, or taken over from a killed run (its lock is free);
         held by a run at work, it is that run's and this one stops."""
-        self.partial.mkdir(parents=True, exist_ok=True)
-        self.lock = os.open(self.partial, os.O_RDONLY)
-        if not try_lock(self.lock):
-            os.close(self.lock)
-            raise StageDirError(f"another run is writing {self.out} now (it holds {self.partial.name}): wait for "
-                                "it to finish, or stop it, then run again")
+        for _ in range(3):          # the folder locked must still be the one named (a run may swap it in)
+            self.partial.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock = os.open(self.partial, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            if not try_lock(self.lock):
+                os.close(self.lock)
+                raise StageDirError(f"another run is writing {self.out} now (it holds {self.partial.name}): wait "
+                                    "for it to finish, or stop it, then run again")
+            try:
+                if os.stat(self.partial).st_ino == os.fstat(self.lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            unlock_close(self.lock)
+        else:
+            raise StageDirError(f"{self.partial} keeps changing under this run: another run is writing {self.out}")
         for leftover in self.partial.iterdir():
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
@@ -210,7 +251,6 @@ class staged_dir:
                 os.replace(self.out, self.old)
             os.replace(self.partial, self.out)
             fsync_dir(self.out.parent)
-            if self.old.exists():
-                shutil.rmtree(self.old)
+            shutil.rmtree(self.old, ignore_errors=True)   # a run starting now may be removing it as well
         finally:
-            os.close(self.lock)                      # held until the old output is gone
+            unlock_close(self.lock)                  # held until the old output is gone

@@ -47,6 +47,9 @@ class BadImage(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # rebuilt whole in the parent when a worker raises it (notes too)
+        return (type(self), (self.reason, self.detail), self.__dict__)
+
 
 @dataclass(frozen=True)
 class ImageHeader:

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import os
 import signal
 import sys
+import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -57,11 +60,22 @@ def one_thread_per_worker(*_: object) -> None:
         torch.set_num_threads(1)
 
 
-def _install(fn: Callable, describe: Callable | None) -> None:
+def _install(fn: Callable, describe: Callable | None, parent: int) -> None:
     global _WORKER_FN, _DESCRIBE
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the workers
     one_thread_per_worker()
     _WORKER_FN, _DESCRIBE = fn, describe
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
+
+
+def _exit_with(parent: int) -> None:
+    """In a worker: exit when the parent is gone (killed: its workers waited for work for ever)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+PARENT_POLL_S = 1.0
 
 
 def _named(fn: Callable[[T], R], item: T, describe: Callable[[T], str] | None) -> R:
@@ -81,7 +95,7 @@ def _run_chunk(chunk: list) -> list:
 def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable,
                 describe: Callable | None) -> ProcessPoolExecutor:
     """A pool whose workers hold ``fn``."""
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install, initargs=(fn, describe))
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install, initargs=(fn, describe, os.getpid()))
 
 
 def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list, first: bool):
@@ -126,15 +140,20 @@ class _Local:
         return self.values
 
 
-def _lost(pending: deque, describe: Callable | None) -> ChildProcessError:
-    """The error for a worker that died: the items of the chunks still out, as far as named."""
+def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool) -> ChildProcessError:
+    """The error for a broken pool: a worker died (the items of the chunks still out, as far as
+    named), or a result could not be sent back (an exception its class cannot rebuild: the pool's
+    account of it, a remote traceback, is the error's cause)."""
     items = [x for _, chunk in pending for x in chunk]
     named = [describe(x) for x in items[:8]] if describe is not None else []
     more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
     where = f" while processing one of: {'; '.join(named)}{more}" if named else ""
+    told_lines = str(err.__cause__ or "").splitlines()
+    cause = [line.strip() for line in told_lines if line.strip() not in ("", "\'\'\'")][-1:]
+    told = f"; the pool says: {cause[0][:300]}" if cause else ""
     return ChildProcessError(f"a worker process died without an error (killed, out of memory, or a crash in "
-                             f"native code){where}. Re-run with workers: 1 and `python -X faulthandler` to see "
-                             "where it crashes")
+                             f"native code), or its result could not be sent back{where}{told}. Re-run with "
+                             "workers: 1 and `python -X faulthandler` to see where")
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
@@ -162,16 +181,20 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             if ctx.get_start_method() == "fork" and hasattr(fn, "before_fork"):
                 fn.before_fork()
             pool = _start_pool(ctx, workers, fn, describe)
-        pending.append((_submit(pool, ctx, chunk, first), chunk))
         in_flight += len(chunk)
+        pending.append((None, chunk))
+        try:                           # a worker that died while none of its items was out breaks it too
+            pending[-1] = (_submit(pool, ctx, chunk, first), chunk)
+        except BrokenProcessPool as err:
+            raise _lost(pending, describe, err) from err
         chunk = []
 
     def results() -> list:
         nonlocal in_flight
         try:
             values = pending[0][0].result()
-        except BrokenProcessPool:
-            raise _lost(pending, describe) from None
+        except BrokenProcessPool as err:
+            raise _lost(pending, describe, err) from err
         in_flight -= len(pending.popleft()[1])
         return values
 

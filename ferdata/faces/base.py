@@ -35,8 +35,8 @@ class MissingModelError(FileNotFoundError):
             f"  fix: {fix}"
         )
 
-    def __reduce__(self):  # picklable across worker processes
-        return (type(self), (self.backend, self.missing, self.looked_in, self.fix))
+    def __reduce__(self):  # picklable across worker processes, with its notes
+        return (type(self), (self.backend, self.missing, self.looked_in, self.fix), self.__dict__)
 
 
 class MissingPackageError(OSError):

@@ -17,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ferdata.atomic import atomic_open, try_lock
+from ferdata.atomic import atomic_open, try_lock, unlock_close
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def unpack_zip(archive: Path, folder: Path) -> None:
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        os.close(lock)
+        unlock_close(lock)
     archive.unlink()
 
 
@@ -75,9 +75,12 @@ def _remove_stale_unpacks(archive: Path) -> None:
     """Remove the work folders an unpacking killed midway left beside ``archive`` (a pack's
     hundreds of MB); one another process is unpacking into now (its lock is held) stays."""
     for old in archive.parent.glob(f".{glob.escape(archive.stem)}.*.unpack"):
-        fd = os.open(old, os.O_RDONLY)
+        try:
+            fd = os.open(old, os.O_RDONLY)
+        except FileNotFoundError:                    # its process has just removed it
+            continue
         try:
             if try_lock(fd):
                 shutil.rmtree(old, ignore_errors=True)
         finally:
-            os.close(fd)
+            unlock_close(fd)

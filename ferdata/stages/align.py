@@ -81,6 +81,9 @@ class BadGeometry(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self):  # rebuilt whole in the parent when a worker raises it (notes too)
+        return (type(self), (self.reason, self.detail), self.__dict__)
+
 
 WHOLE_IMAGE_BACKENDS = ("precropped",)      # the face is the whole image (ferdata.faces.dataset)
 

@@ -114,3 +114,104 @@ def test_ctrl_c_stops_the_run_and_its_workers_at_once():
     assert proc.returncode != 0 and "KeyboardInterrupt" in out, out
     left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert not left, f"workers left running: {left}"
+
+
+class KeywordOnlyError(Exception):
+    """An exception its class cannot rebuild from its args (many libraries' are so)."""
+
+    def __init__(self, path: str, *, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+
+
+class RaiseKeywordOnly:
+    def __call__(self, x: int) -> int:
+        if x == 3:
+            raise KeywordOnlyError("p", why="bad")
+        return x
+
+
+class DieWhenIdle:
+    """Finishes item 2, then its worker is killed 0.3 s later, while it waits for work."""
+
+    def __call__(self, x: int) -> int:
+        if x == 2:
+            import threading
+
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return x
+
+
+def test_an_error_the_parent_cannot_rebuild_says_so_with_the_pools_account():
+    """It read as a dead worker, and the real error was dropped."""
+    with pytest.raises(ChildProcessError, match=r"could not be sent back.*the pool says: TypeError: "
+                                                r"KeywordOnlyError.__init__\(\) missing") as caught:
+        list(parallel_map(RaiseKeywordOnly(), range(12), workers=2, chunksize=1, describe=name))
+    assert caught.value.__cause__ is not None
+
+
+def test_a_worker_killed_while_idle_is_the_same_named_error():
+    """The next submit raised the bare BrokenProcessPool (a traceback, as for a bug)."""
+    def slow_reader():
+        for i in range(12):
+            if i == 6:
+                time.sleep(1.5)                  # everything out has come back; the worker dies meanwhile
+            yield i
+
+    with pytest.raises(ChildProcessError, match="a worker process died without an error"):
+        list(parallel_map(DieWhenIdle(), slow_reader(), workers=2, chunksize=1, describe=name))
+
+
+def test_exceptions_cross_processes_whole_with_their_notes():
+    import pickle
+
+    from ferdata.faces.base import MissingModelError
+    from ferdata.io import BadImage
+    from ferdata.stages.align import BadGeometry
+
+    for err in (BadImage("too_small", "8x8"), BadGeometry("bad_keypoints", "collinear"),
+                MissingModelError("embedded", "x.dat", ["/here"], "fetch it")):
+        err.add_note("while processing item 1")
+        back = pickle.loads(pickle.dumps(err))
+        assert (type(back), str(back), back.__notes__) == (type(err), str(err), ["while processing item 1"])
+        assert getattr(back, "reason", None) == getattr(err, "reason", None)
+
+
+def test_a_killed_stage_leaves_its_folder_to_the_next_run(tmp_path):
+    """Its workers kept the inherited lock on .<out>.partial (and waited for work for ever): every
+    later run into the folder was refused."""
+    from ferdata.atomic import StageDirError, staged_dir
+
+    out = tmp_path / "derived"
+    proc = _run(f"""
+        import time
+        from ferdata.atomic import staged_dir
+        from ferdata.parallel import parallel_map
+
+        class Slow:
+            def __call__(self, x):
+                time.sleep(0.05)
+                return x
+
+        with staged_dir({str(out)!r}, ("*",)) as partial:
+            for i, _ in enumerate(parallel_map(Slow(), range(10_000), workers=2, chunksize=1)):
+                if i == 3:
+                    print("started", flush=True)
+        """)
+    assert proc.stdout.readline().strip() == "started"
+    os.kill(proc.pid, signal.SIGKILL)                     # the parent alone, as the out-of-memory killer
+    proc.wait(timeout=30)
+    try:
+        with staged_dir(out, ("*",)) as again:
+            (again / "a").write_text("next run")
+    except StageDirError as err:
+        pytest.fail(f"the next run was refused: {err}")
+    finally:
+        deadline = time.time() + 10                       # the orphaned workers follow their parent
+        while time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid)],
+                                                        capture_output=True).stdout.strip():
+            time.sleep(0.2)
+        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+    assert not left, f"workers still running after their parent was killed: {left}"
+    assert (out / "a").read_text() == "next run"

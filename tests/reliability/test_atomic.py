@@ -187,3 +187,20 @@ def test_a_failed_write_names_its_file(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert message(caught.value) == f"[Errno 28] No space left on device (while writing {tmp_path / 'out.bin'})"
     assert not list(tmp_path.iterdir())
+
+
+def test_a_writer_starting_as_another_renames_leaves_it_its_file(tmp_path, monkeypatch):
+    """The temp file's lock was released (closed) before the rename: a second writer of the same
+    path starting in between removed the finished temp file, and the first write failed."""
+    import ferdata.atomic as atomic
+
+    target = tmp_path / "metrics.json"
+    real_replace = os.replace
+
+    def another_writer_starts_first(src, dst):
+        atomic._remove_stale_temps(target)            # what a second atomic_open(target) does first
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", another_writer_starts_first)
+    atomic_write_bytes(target, b"first")
+    assert target.read_bytes() == b"first"
