@@ -12,7 +12,6 @@ dropout are all seeded from (seed, epoch, step), so restarting at a saved step r
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from ferdata.classes import class_names
+from ferdata.codeclosure import ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
 from fermodels.registry import create_model, model_kwargs
@@ -149,27 +149,18 @@ def model_from_checkpoint(state: dict) -> nn.Module:
     return model.eval()
 
 
-CODE_PACKAGES = ("ferdata", "fermodels", "pipeline")
 RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes
 
 
 def code_fingerprint() -> str:
-    """sha256 (16 hex digits) of the project's Python sources, every ``.py`` file of
-    :data:`CODE_PACKAGES` (``pipeline`` when it sits beside ``fermodels``, as in a checkout).
-    Training records it with the data (``data["code"]``), so a run resumes only on the code it
-    started with: DVC re-runs ``train`` after an edit of its code, and resuming the finished
-    ``last.pt`` trained nothing (the old weights went on under the new code's lock entry)."""
-    digest = hashlib.sha256()
-    home = Path(__file__).resolve().parent.parent
-    for name in CODE_PACKAGES:
-        root = home / name
-        if not (root / "__init__.py").is_file():
-            continue
-        for path in sorted(root.rglob("*.py")):
-            digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
-            digest.update(path.read_bytes())
-            digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    """A hash of the code training runs (:func:`ferdata.codeclosure.fingerprint` of ``pipeline/train.py``,
+    whose closure the train stage depends on in dvc.yaml; ``fermodels/train.py``'s where the package is
+    installed without ``pipeline``). Training records it with the data (``data["code"]``), so a run
+    resumes only on the code it started with: DVC re-runs ``train`` after an edit of that code, and
+    resuming the finished ``last.pt`` trained nothing (the old weights went on under the new code's
+    lock entry). An edit elsewhere (predict, verify, the CLI) still resumes."""
+    script = ROOT / "pipeline" / "train.py"
+    return fingerprint(script if script.is_file() else ROOT / "fermodels" / "train.py")
 
 
 def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str | Path | None = None) -> dict | None:

@@ -1,69 +1,14 @@
 """dvc.yaml: every stage depends on the project code its command can run, and on no other, so
 `dvc repro` re-runs a stage when code that shapes its output changes (infrastructure that does not
 is listed in EXEMPT). The code a stage can run is the static import closure of its pipeline
-script, imports inside functions included."""
+script, imports inside functions included (:mod:`ferdata.codeclosure`, which training's code
+fingerprint uses too)."""
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ferdata", "fermodels", "pipeline")
-# Modules that never shape a stage's data: what they do is checked by their own tests, and
-# changing them must not re-run hours of preprocessing or training.
-EXEMPT = {
-    "ferdata/__init__.py": "the package's docstring and version string",
-    "ferdata/stages/__init__.py": "empty",
-    "pipeline/__init__.py": "the package's docstring",
-    "ferdata/atomic.py": "writes files atomically",
-    "ferdata/errors.py": "formats errors for the command line",
-    "ferdata/parallel.py": "runs work in processes, results in input order",
-    "ferdata/params.py": "reads params.yaml, whose values DVC tracks key by key",
-    "ferdata/progress.py": "progress bars",
-    "ferdata/registry.py": "name -> object tables",
-    "ferdata/report.py": "the stage report's format; the stages count what goes in it",
-    "pipeline/_args.py": "command-line arguments",
-}
-
-
-def module_file(name: str) -> Path | None:
-    path = ROOT.joinpath(*name.split("."))
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
-
-
-def imported(path: Path) -> set[str]:
-    """Every module an import statement anywhere in ``path`` names (``from a import b``: a and a.b)."""
-    package = list(path.relative_to(ROOT).with_suffix("").parts)[:-1]     # a/b/c.py and a/b/__init__.py: a.b
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            names.add(module)
-            names.update(f"{module}.{a.name}" for a in node.names)
-    return names
-
-
-def closure(script: Path) -> set[str]:
-    """Project files ``script`` can run: its imports, theirs, and so on."""
-    seen: set[Path] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        names = imported(path)
-        names |= {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}  # packages run first
-        todo += [f for n in names if n.split(".")[0] in PACKAGES and (f := module_file(n))]
-    return {str(p.relative_to(ROOT)) for p in seen}
+from ferdata.codeclosure import EXEMPT, PACKAGES, ROOT, closure
 
 
 def stage_deps() -> dict[str, list[str]]:

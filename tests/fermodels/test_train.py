@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,27 @@ def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     best = train(tiny_run["shards"], make_params(epochs=1, lr=1e-3), tmp_path / "ckpt", tmp_path / "live")
     assert best["epoch"] == 0 and load_checkpoint(tmp_path / "ckpt" / "last.pt")["params"]["lr"] == 1e-3
     assert "differs in epochs, lr): starting over" in caplog.text      # says what, not only "params"
+
+
+def test_the_code_fingerprint_covers_what_the_train_stage_depends_on(tmp_path, monkeypatch):
+    """It hashed every file of the three packages: an edit of predict.py or the CLI (no train
+    dependency in dvc.yaml) threw an interrupted run's progress away."""
+    import shutil
+
+    import ferdata.codeclosure as codeclosure
+    import fermodels.runstate as runstate
+
+    repo = Path(__file__).resolve().parents[2]
+    for package in codeclosure.PACKAGES:
+        shutil.copytree(repo / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codeclosure, "ROOT", tmp_path)
+    monkeypatch.setattr(runstate, "ROOT", tmp_path)
+    before = runstate.code_fingerprint()
+    for unrelated in ("fermodels/predict.py", "ferdata/verify.py", "ferdata/cli.py", "ferdata/parallel.py"):
+        (tmp_path / unrelated).write_text((tmp_path / unrelated).read_text() + "\n# edited\n")
+    assert runstate.code_fingerprint() == before
+    (tmp_path / "fermodels/losses.py").write_text((tmp_path / "fermodels/losses.py").read_text() + "\n# edited\n")
+    assert runstate.code_fingerprint() != before
 
 
 def test_a_setting_that_shapes_no_weight_still_resumes(tiny_run, tmp_path, caplog, one_thread):
