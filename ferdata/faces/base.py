@@ -121,13 +121,15 @@ OPTION_RANGES: Mapping[str, tuple[Any, str]] = {
 
 @lru_cache(maxsize=None)
 def package_versions(packages: tuple[tuple[str, ...], ...]) -> str:
-    """``name==version`` of each package (the first installed of its alternative distribution names,
-    e.g. ``onnxruntime`` or ``onnxruntime-gpu``; ``name==none`` when none is)."""
+    """``name==version`` of each package, under its first name whichever of its alternative
+    distributions is installed (``onnxruntime`` for ``onnxruntime-gpu`` too) and without a local
+    version label (``+cu124``): builds of one release for another device find the same faces here
+    (the backends run on the CPU); ``name==none`` when none is installed."""
     found = []
     for names in packages:
         for name in names:
             try:
-                found.append(f"{name}=={metadata.version(name)}")
+                found.append(f"{names[0]}=={metadata.version(name).split('+')[0]}")
                 break
             except metadata.PackageNotFoundError:
                 continue

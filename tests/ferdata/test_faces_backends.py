@@ -486,6 +486,18 @@ def test_upgrading_a_face_package_changes_the_signature(monkeypatch):
         base.package_versions.cache_clear()
     assert after != before and "dlib-bin==99.0" in after
     assert base.package_versions((("no-such-dist-x", "no-such-dist-y"),)) == "no-such-dist-x==none"
+    def cuda_build(name):
+        if name == "onnxruntime":
+            raise metadata.PackageNotFoundError(name)
+        return "1.32.0+cu124" if name == "onnxruntime-gpu" else real(name)
+
+    monkeypatch.setattr(base.metadata, "version", cuda_build)
+    base.package_versions.cache_clear()
+    try:                                     # a CUDA machine's build signs as the CPU machine's release
+        assert base.package_versions((base.ONNXRUNTIME,)) == "onnxruntime==1.32.0"
+    finally:
+        monkeypatch.undo()
+        base.package_versions.cache_clear()
 
 
 def test_a_missing_face_package_is_named_before_any_image_is_read(monkeypatch):
