@@ -22,7 +22,7 @@ from ferdata.layout import INFO, stage_dirs
 from ferdata.params import repeated
 from ferdata.records import SPLITS
 
-VERSION = 1
+VERSION = 2     # 2: split digests of the content, without params_hash (1: of the whole _info.json)
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
 
 
@@ -46,6 +46,9 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
         info = json.loads(path.read_text())
     except ValueError as err:
         raise SelectionError(f"{path} is not JSON ({err}): prepare the dataset again") from None
+    if not isinstance(info, dict):
+        raise SelectionError(f"{path} holds a {type(info).__name__}, not a split's description: prepare the "
+                             "dataset again")
     content = {k: v for k, v in info.items() if k not in PROVENANCE}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

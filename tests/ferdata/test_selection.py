@@ -83,3 +83,20 @@ def test_a_dataset_listed_twice_is_refused_where_it_is_listed(tmp_path):
     write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
     with pytest.raises(SelectionError, match="listed more than once: 'a'"):
         read_selection(tmp_path / "train.json", ["a", "a"], TRAIN)
+
+
+def test_a_selection_of_the_previous_version_says_to_run_select_again(tmp_path):
+    """Version 1 pinned the whole _info.json (params_hash included): against unchanged shards it
+    read as changed data; now its version names the fix."""
+    _prepare(tmp_path / "data", "a")
+    chosen = write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
+    (tmp_path / "train.json").write_text(json.dumps({**chosen, "version": 1}))
+    with pytest.raises(SelectionError, match="has version 1, expected 2"):
+        read_selection(tmp_path / "train.json", ["a"], TRAIN)
+
+
+def test_an_info_file_that_is_not_an_object_is_named(tmp_path):
+    shards = _prepare(tmp_path / "data", "a")
+    (shards / "train" / "_info.json").write_text("[1, 2]")
+    with pytest.raises(SelectionError, match=r"_info.json holds a list, not a split's description"):
+        write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
