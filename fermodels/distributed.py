@@ -308,7 +308,8 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
         pieces = _take_each(sequence, pos, count, total) if one_pass else _take(sequence, pos, count)
         if not any(p.stop > p.start for p in pieces):
             raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
-                             f"{len(blocks)} worker(s), more parts than its {total} samples: lower train.workers")
+                             f"{len(blocks)} worker(s), each part the same share of every dataset: one part of "
+                             f"its {total} samples gets none: lower train.workers")
         plans.append(WorkerPlan(w, tuple(pieces), worker_sizes, skip))
         pos, b = pos + count, b + n
     return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

@@ -47,7 +47,8 @@ def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:
 def source(spec: DatasetSpec) -> dict[str, Any]:
     """What the records come from, for the shards to record (``_info.json`` ``source``): the reader
     and its options with their defaults filled in (protocol, label mode, exclusions, subsets), not
-    the root, a path of this machine. JSON-safe (tuples as lists)."""
+    the root, a path of this machine (an option naming a file by an absolute path, such as a subset
+    list, is recorded as given: name such files relative to the root). JSON-safe (tuples as lists)."""
     reader = open_reader(spec.reader, spec.root, spec.options)
     return json.loads(json.dumps({"reader": spec.reader, "options": dict(sorted(reader.options.items()))},
                                  default=str))

@@ -189,6 +189,9 @@ def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
     with pytest.raises(ValueError, match="lower train.workers"):   # a part with nothing to read
         plan_epoch([("s0", 3)], samples=64, batch_size=4, env=DistEnv(0, 1, 0), workers=4, seed=0, shuffle=True,
                    one_pass=True)
+    with pytest.raises(ValueError, match="each part the same share of every dataset: one part of its 4 samples"):
+        plan_epoch([("/d/a/t/a.tar", 3), ("/d/b/t/b.tar", 1)], samples=4, batch_size=1, env=DistEnv(0, 2, 0),
+                   workers=2, seed=0, shuffle=True, one_pass=True)
 
 
 # ---- a real process group -----------------------------------------------------------------

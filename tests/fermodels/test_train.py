@@ -688,6 +688,7 @@ def test_a_part_whose_pass_skips_everything_by_chance_is_read_again():
         assert len(list(repeat_stream(lambda: iter(part), repeat, 3, lambda s: s["cls"], seed))) == 3
     with pytest.raises(ValueError, match="no sample in it has a class the split's histogram counts"):
         list(repeat_stream(lambda: iter([{"__key__": "x", "cls": 1}]), repeat, 3, lambda s: s["cls"], 0))
+    assert list(repeat_stream(lambda: iter(part), repeat, 0, lambda s: s["cls"], 0)) == []     # was endless
 
 
 @pytest.mark.slow
