@@ -117,15 +117,19 @@ def test_pickled_npy_is_refused(tmp_path):
         load_npy(b"\x00garbage bytes" * 4, "x.lmk.npy")           # was "holds pickled objects"
 
 
-def test_derive_refuses_aligned_chunks_with_a_pickled_npy(bad_corpus_run, tmp_path):
-    src, _ = bad_corpus_run
+def _edited_aligned(src: Path, tmp_path: Path, edit) -> tuple[Path, str]:
+    """A copy of ``src``'s aligned chunks whose first sample's fields ``edit`` changed; its key."""
     aligned = tmp_path / "aligned"
     shutil.copytree(src / "aligned", aligned)
     first = sorted(aligned.glob("aligned-*.tar"))[0]
     samples = list(iter_tar_samples(first))
-    key, fields = samples[0]
-    fields["lmk.npy"] = pickled_npy()
+    edit(samples[0][1])
     write_tar(first, [_member(f"{k}.{ext}", data) for k, f in samples for ext, data in sorted(f.items())])
+    return aligned, samples[0][0]
+
+
+def test_derive_refuses_aligned_chunks_with_a_pickled_npy(bad_corpus_run, tmp_path):
+    aligned, _ = _edited_aligned(bad_corpus_run[0], tmp_path, lambda fields: fields.update({"lmk.npy": pickled_npy()}))
     with pytest.raises(UnsafeTarError, match="pickled"):
         run_derive(aligned, stage_params(tmp_path)["derive"], tmp_path / "derived")
     assert not (tmp_path / "derived").exists() and not list(tmp_path.glob(".derived*"))
@@ -133,14 +137,7 @@ def test_derive_refuses_aligned_chunks_with_a_pickled_npy(bad_corpus_run, tmp_pa
 
 def test_derive_names_an_aligned_sample_without_its_image(bad_corpus_run, tmp_path):
     """It said only "error: jpg" (a bare KeyError, raised in a worker)."""
-    src, _ = bad_corpus_run
-    aligned = tmp_path / "aligned"
-    shutil.copytree(src / "aligned", aligned)
-    first = sorted(aligned.glob("aligned-*.tar"))[0]
-    samples = list(iter_tar_samples(first))
-    key = samples[0][0]
-    del samples[0][1]["jpg"]
-    write_tar(first, [_member(f"{k}.{ext}", data) for k, f in samples for ext, data in sorted(f.items())])
+    aligned, key = _edited_aligned(bad_corpus_run[0], tmp_path, lambda fields: fields.pop("jpg"))
     with pytest.raises(ValueError, match=f"aligned sample '{key}' has no face image") as caught:
         run_derive(aligned, replace(stage_params(tmp_path)["derive"], workers=2), tmp_path / "derived")
     assert message(caught.value).endswith(f"(while processing aligned sample '{key}')")
