@@ -44,6 +44,7 @@ R = TypeVar("R")
 
 _WORKER_FN: Callable | None = None
 _DESCRIBE: Callable | None = None
+PARENT_POLL_S = 1.0            # how often a worker checks that its parent is alive
 
 
 def one_thread_per_worker(*_: object) -> None:
@@ -73,9 +74,6 @@ def _exit_with(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
     os._exit(1)
-
-
-PARENT_POLL_S = 1.0
 
 
 def _named(fn: Callable[[T], R], item: T, describe: Callable[[T], str] | None) -> R:
@@ -149,7 +147,7 @@ def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool) -> 
     more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
     where = f" while processing one of: {'; '.join(named)}{more}" if named else ""
     told_lines = str(err.__cause__ or "").splitlines()
-    cause = [line.strip() for line in told_lines if line.strip() not in ("", "\'\'\'")][-1:]
+    cause = [line.strip() for line in told_lines if line.strip() not in ("", "'''")][-1:]
     told = f"; the pool says: {cause[0][:300]}" if cause else ""
     return ChildProcessError(f"a worker process died without an error (killed, out of memory, or a crash in "
                              f"native code), or its result could not be sent back{where}{told}. Re-run with "
@@ -170,7 +168,6 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     pending: deque = deque()       # of (_Local | Future, its items)
     in_flight = 0
     chunk: list = []
-
     ctx = None
 
     def submit() -> None:
@@ -181,12 +178,13 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             if ctx.get_start_method() == "fork" and hasattr(fn, "before_fork"):
                 fn.before_fork()
             pool = _start_pool(ctx, workers, fn, describe)
-        in_flight += len(chunk)
-        pending.append((None, chunk))
-        try:                           # a worker that died while none of its items was out breaks it too
-            pending[-1] = (_submit(pool, ctx, chunk, first), chunk)
-        except BrokenProcessPool as err:
+        try:
+            future = _submit(pool, ctx, chunk, first)
+        except BrokenProcessPool as err:       # a worker died while none of its items was out
+            pending.append((None, chunk))
             raise _lost(pending, describe, err) from err
+        pending.append((future, chunk))
+        in_flight += len(chunk)
         chunk = []
 
     def results() -> list:
