@@ -79,9 +79,9 @@ def repeat_stream(read: Callable[[], Iterable[dict]], repeat: ClassRepeat, quota
     shuffle buffer downstream (500 by default) mixed them (75% of AffectNet-8 batches of 32 held a
     repeat; now about 12%, against 6% for drawing with replacement over the whole epoch). Copies due
     after the quota's end come sooner, so a part's last batches hold more repeats (2-3 a batch of 32
-    at AffectNet-8's rates, 0.5 elsewhere). Copies wait
-    as references to the one raw sample: at AffectNet-8's rates about 2,200 distinct raw samples are
-    held at a time (tens of MB per loader worker)."""
+    at AffectNet-8's rates, 0.5 elsewhere). Copies wait as references to the one raw sample: at
+    AffectNet-8's rates about 2,200 distinct raw samples are held at a time (tens of MB per loader
+    worker)."""
     due: list[tuple[int, int, dict]] = []           # (emission index, serial, sample): a heap
     emitted, pass_index, serial = 0, 0, 0
     while emitted < quota:
