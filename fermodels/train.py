@@ -24,6 +24,7 @@ from ferdata.classes import CLASSES
 from ferdata.params import above, at_least, below_from, check_values, one_of, optional, repeated, within
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
+from fermodels.checkpoints import WEIGHT_FILE_KWARGS
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    max_over_ranks, pick_device, shutdown, sync_buffers)
@@ -32,7 +33,7 @@ from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
 from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
-from fermodels.recipes import check_applied
+from fermodels.recipes import check_applied, weights_of
 from fermodels.registry import create_model
 from fermodels.runstate import (BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint,
                                 truncate_live)
@@ -208,6 +209,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
     torch.manual_seed(params.seed)
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
+    for warning in random_start_warnings(net, params):
+        log.warning(warning)
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
     _check_classes(train_split, val_split, params.num_classes)
     preprocess = _shards_preprocess(train_split, preprocess)
@@ -345,6 +348,25 @@ def _shards_preprocess(split: Split, given: dict) -> dict:
                     "(prepared with another params file?): the checkpoints record the shards'", given,
                     split.preprocess)
     return split.preprocess
+
+
+def random_start_warnings(net: nn.Module, params: TrainParams) -> list[str]:
+    """What a run starting from random weights should be told: a frozen part with random weights
+    (only the rest learns: Conv-cut's head on a random trunk is near chance), and a recipe whose
+    paper starts from pretrained weights run without them (its results are not the paper's)."""
+    if any(params.model_kwargs.get(k) for k in WEIGHT_FILE_KWARGS):
+        return []
+    out = []
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    if frozen:
+        out.append(f"train.model {params.model} keeps {frozen:,} parameters frozen at random weights (no "
+                   "train.model_kwargs.pretrained): only the rest learns; give its weights (docs/models.md, "
+                   "Pretrained weights), or unfreeze them")
+    if weights := weights_of(params.recipe):
+        out.append(f"train.recipe {params.recipe}: the paper starts from {weights}; without "
+                   "train.model_kwargs.pretrained this run starts from random weights, and its figures are not "
+                   "comparable with the paper's")
+    return out
 
 
 def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:

@@ -76,3 +76,22 @@ def test_recipe_sources_exist_in_the_reference():
         line = int(re.match(r"docs/reference/seed_models\.md:(\d+)", RECIPES.get(name).source).group(1))
         text = lines[line - 1]
         assert any(t in text for t in ("RAF-DB", "AffectNet", "SFEW", "SGD", "Training")), (name, text)
+
+
+def test_a_run_without_the_papers_weights_is_told_so():
+    """Every recipe ran from random init with no word (params.yaml's model_kwargs is {}); Conv-cut's
+    head then trained on a frozen random trunk, near chance."""
+    from fermodels.registry import create_model
+    from fermodels.train import random_start_warnings
+
+    tiny = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
+    params = section(TrainParams, {**apply_recipe({**train_section(), "recipe": "convcut_rafdb"}),
+                                   "model_kwargs": tiny}, "train")
+    frozen, paper = random_start_warnings(create_model("convcut", 7, **tiny), params)
+    assert "keeps" in frozen and "parameters frozen at random weights" in frozen
+    assert "the paper starts from an ImageNet ConvNeXt-Base" in paper and "not comparable" in paper
+    given = section(TrainParams, {**apply_recipe({**train_section(), "recipe": "pcnn_rafdb"}),
+                                  "model_kwargs": {"pretrained": "/w/resnet18_msceleb.pth"}}, "train")
+    assert random_start_warnings(create_model("pcnn", 7), given) == []
+    plain = section(TrainParams, {**train_section(), "recipe": None}, "train")
+    assert random_start_warnings(create_model(plain.model, 7), plain) == []     # the sample's resnet18_112
