@@ -15,7 +15,7 @@ affectnet7``/``affectnet8``). Each recipe cites its row in docs/reference/seed_m
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Mapping
 
 from ferdata.registry import Registry
@@ -171,7 +171,8 @@ def check_applied(values: Mapping[str, Any]) -> None:
     if name is None:
         return
     recipe = RECIPES.get(name)
-    differ = sorted(k for k, v in recipe.values.items() if values.get(k) != v)
+    plain = {k: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v for k, v in values.items()}
+    differ = sorted(k for k, v in recipe.values.items() if plain.get(k) != v)     # augment: a section again
     if differ:
         raise ValueError(f"train.recipe={name!r} but {differ} differ from it; build the params with "
                          "fermodels.recipes.apply_recipe (a recipe's values override the section)")

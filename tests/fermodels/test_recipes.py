@@ -95,3 +95,11 @@ def test_a_run_without_the_papers_weights_is_told_so():
     assert random_start_warnings(create_model("pcnn", 7), given) == []
     plain = section(TrainParams, {**train_section(), "recipe": None}, "train")
     assert random_start_warnings(create_model(plain.model, 7), plain) == []     # the sample's resnet18_112
+
+
+def test_params_built_from_a_recipe_can_be_copied_with_changes():
+    """replace() ran the checks again with augment already a section: 'augment differ' was raised."""
+    from dataclasses import replace
+
+    params = section(TrainParams, apply_recipe({**train_section(), "recipe": "pcda_rafdb"}), "train")
+    assert replace(params, workers=0).workers == 0
