@@ -17,6 +17,8 @@ PARAMS_FILE = "params.yaml"
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the parameters file (params.yaml) with --params PATH")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found: run from the project folder (the one with params.yaml) "
                                 f"or pass --params PATH")
@@ -25,6 +27,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
             data = yaml.safe_load(f)
         except yaml.YAMLError as err:
             raise ValueError(f"{path} is not valid YAML: {err}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a YAML text file (not UTF-8 text): give the parameters file "
+                             "(params.yaml)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data

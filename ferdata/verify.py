@@ -43,8 +43,8 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
     if (root / INFO).is_file():                                  # one split's folder
         return verify_split(root / INFO)
     infos = sorted(root.glob(f"*/{INFO}"))
-    if not infos:
-        return [f"no {INFO} under {shard_dir}: pass the shards folder (with <split>/{INFO})"]
+    if not infos:                  # the caller's mistake (another folder), not damage: raised
+        raise FileNotFoundError(f"no {INFO} under {shard_dir}: pass the shards folder (with <split>/{INFO})")
     # The shard stage writes every split (an empty one too): a missing one was lost on the way.
     # (An _info.json that is there but no file is one problem line of its own, from _verify_split.)
     problems = [f"{root / split}: no {INFO} (the shard stage writes one for every split; the copy is "

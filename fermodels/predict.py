@@ -287,6 +287,9 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
             if links:
                 log.warning("%s: %d linked folder(s) not followed (up the tree or read already), e.g. %s", p,
                             len(links), links[0])
+            if not found:          # a folder given for its pictures holds none: a wrong folder, not a result
+                raise FileNotFoundError(f"{p}: no images ({' '.join(sorted(IMAGE_EXTS))}) or videos "
+                                        f"({' '.join(sorted(VIDEO_EXTS))}) in it or below it")
         elif p.is_file():
             found = [p]
         else:

@@ -90,6 +90,11 @@ def _failed_checksum(path: Path) -> str | None:
         return None
 
 
+def _starts_as_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -102,6 +107,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as e:
+        if _starts_as_zip(path):            # torch.save's format, but the zip does not open: cut short
+            raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: "
+                             f"{str(e).splitlines()[0][:160]}); copy it again (`dvc pull`, a finished download) "
+                             "or retrain") from None
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (torch could not load it: {type(e).__name__}); "
                          "give a training checkpoint such as runs/train/ckpt/best.pt, not an export") from None
     except PermissionError:

@@ -102,6 +102,11 @@ def test_a_params_file_that_is_not_yaml_is_named(tmp_path):
     bad.write_text("detect: [\n  backend: embedded\n")
     with pytest.raises(ValueError, match=f"{bad} is not valid YAML"):
         load_params(bad)
+    bad.write_bytes(b"\xff\xd8\xff\xe0 a JPEG given as --params")       # named (was a bare codec error)
+    with pytest.raises(ValueError, match=f"{bad} is not a YAML text file"):
+        load_params(bad)
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a folder: give the parameters file"):
+        load_params(tmp_path)
 
 
 def test_a_params_file_from_another_version_is_told_what_to_add():

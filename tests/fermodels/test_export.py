@@ -102,9 +102,9 @@ def test_a_checkpoint_cut_short_anywhere_is_named(tmp_path, tiny_run):
     from fermodels.runstate import load_checkpoint as load
 
     data = (tiny_run["ckpt"] / "best.pt").read_bytes()
-    for n in range(1000, len(data), len(data) // 12):
+    for n in [*range(1000, len(data), len(data) // 12), len(data) - 100]:     # every cut says it is cut
         (tmp_path / "cut.pt").write_bytes(data[:n])
-        with pytest.raises(ValueError, match=f"{tmp_path / 'cut.pt'} is (not a|a cut-off or damaged) .*checkpoint"):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'cut.pt'} is a cut-off or damaged checkpoint"):
             load(tmp_path / "cut.pt")
 
 

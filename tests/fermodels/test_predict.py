@@ -227,6 +227,16 @@ def test_file_names_that_are_not_utf8_are_scored_written_and_annotated(photos, t
     assert res.stdout_bytes.splitlines()[1].startswith(os.fsencode(inputs) + b"/caf\xe9.jpg,")
 
 
+def test_a_folder_without_pictures_is_an_error_not_an_empty_result(tmp_path):
+    """It printed a CSV header and '0 face(s) in 0 image(s)', exit 0: a wrong folder looked like a result."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no pictures here")
+    for folder in ("empty", "notes"):
+        with pytest.raises(FileNotFoundError, match=f"{tmp_path / folder}: no images .* or videos"):
+            expand_inputs([tmp_path / folder])
+
+
 def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
     for rel in ("a/x.jpg", "b/x.jpg", "a/x.png", "a/y.JPEG", "a/deep/clip.mp4"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -255,10 +255,15 @@ def test_one_split_folder_is_checked_alone(shards):
     assert verify_shards(shards / "val") == [] and verify_shards(shards / "train")
 
 
-def test_a_folder_without_info_files_says_what_to_pass(tmp_path):
+def test_a_folder_without_info_files_says_what_to_pass(tmp_path, capsys):
+    """Another folder (aligned/, an empty one) is the caller's mistake: an `error:` line, like a typo
+    (it was printed as a bare problem line)."""
     (tmp_path / "empty").mkdir()
-    [problem] = verify_shards(tmp_path / "empty")
-    assert f"no {INFO} under" in problem and "pass the shards folder" in problem
+    with pytest.raises(FileNotFoundError, match=f"no {INFO} under .*empty: pass the shards folder"):
+        verify_shards(tmp_path / "empty")
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: app(["verify", str(tmp_path / "empty")], standalone_mode=False), argv=[])
+    assert done.value.code == 1 and capsys.readouterr().err.startswith(f"error: no {INFO} under")
 
 
 @pytest.mark.parametrize("make, says", [(lambda p: None, "does not exist"),
