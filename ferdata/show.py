@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import typer
 
+from ferdata.atomic import atomic_write_bytes
 from ferdata.classes import CLASSES
 from ferdata.geometry import split_halves, template
 from ferdata.heatmap import summed_heatmap_u8
@@ -228,8 +229,7 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
     ok, data = cv2.imencode(out.suffix.lower(), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode the sheet as {out.suffix}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data.tobytes())
+    atomic_write_bytes(out, data.tobytes())
     return out
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ferdata.atomic import atomic_write_text
 from ferdata.errors import run_cli
 from fermodels.checkpoints import PretrainedMismatchError
 from fermodels.info import model_info
@@ -82,7 +83,7 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
                          f"(`dvc exp show -A` lists them)")
     typer.echo("\n\n".join(describe(s) for s in series))
     if out is not None:
-        out.write_text(json.dumps([s.record() for s in series], indent=2) + "\n")
+        atomic_write_text(out, json.dumps([s.record() for s in series], indent=2) + "\n")
     if any(s.problem for s in series):
         raise ValueError("some series are not cross-validations (above): their folds share a test split")
 

@@ -11,10 +11,13 @@ whenever every predicted class occurs in the test set. Mean class accuracy equal
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ferdata.atomic import atomic_write_bytes
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
@@ -77,5 +80,7 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
     ax.set_ylabel("actual")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 
+from ferdata.atomic import atomic_write_bytes
 from ferdata.cache import face_to_dict
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.faces import create_backend
@@ -420,8 +421,7 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1
         label = f"{r['expression']} {r[r['expression']]:.2f}" if r["expression"] else "?"
         cv2.putText(canvas, label, (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_jpeg(canvas, 90))      # Python writes any file name (cv2's imwrite needs UTF-8)
+    atomic_write_bytes(path, encode_jpeg(canvas, 90))      # any file name (cv2's imwrite needs UTF-8)
 
 
 def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:
@@ -436,9 +436,8 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
             writer.writerow([r["source"], r["frame"], r["face"], *r["box"], r["score"], r["expression"],
                              *(r[c] for c in classes)])
         text = buf.getvalue()
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8", errors="surrogateescape")   # names undecodable as UTF-8 kept
+    if out is not None:                 # names undecodable as UTF-8 kept
+        atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))
     return text
 
 
