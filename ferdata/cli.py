@@ -145,7 +145,9 @@ def backends() -> None:
 
 @app.command()
 def verify(shards: Path = typer.Argument(..., help="A shards folder (with <split>/_info.json).")) -> None:
-    """Check every shard's sha256 and sample count against _info.json."""
+    """Check shards against their _info.json: every shard's sha256, size and sample count, the class
+    histogram, samples in two shards or splits, each sample's members, unsafe tar members
+    (docs/sharing.md, "Verifying what arrived")."""
     from ferdata.verify import verify_shards
 
     problems = verify_shards(shards)
@@ -188,8 +190,8 @@ def predict(
         [], "--backend-option", help="KEY=VALUE for the face backend, as detect.options in params.yaml "
                                      "(e.g. pack=antelopev2), over the options training's backend ran with; "
                                      "repeatable."),
-    batch_size: int = typer.Option(32, help="Faces per forward pass."),
-    every: int = typer.Option(10, help="Videos: score every N-th frame."),
+    batch_size: int = typer.Option(32, min=1, help="Faces per forward pass."),
+    every: int = typer.Option(10, min=1, help="Videos: score every N-th frame."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
     allow_download: bool = typer.Option(
@@ -198,8 +200,6 @@ def predict(
     """Per-face expression probabilities of images, videos or folders, faces aligned as in training.
 
     Prints CSV or writes CSV/JSON; the last line counts faces, images without one and inputs not read."""
-    if every < 1 or batch_size < 1:
-        raise typer.BadParameter("--every and --batch-size must be >= 1")
     from ferdata.params import parse_assignments
     from fermodels.predict import describe, predict_files     # torch: imported by this command only
 

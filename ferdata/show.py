@@ -235,7 +235,9 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
 
 def show_command(
     path: Path = typer.Argument(..., help="Shards folder (<split>/*.tar), one .tar, or an aligned chunk folder."),
-    out: Path = typer.Option(Path("sheet.png"), "--out", "-o", help="Contact sheet image to write (PNG)."),
+    out: Path = typer.Option(Path("sheet.png"), "--out", "-o",
+                             help="Contact sheet image to write (.png, or .jpg, .webp, .bmp: the format follows "
+                                  "the suffix)."),
     n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show."),
 ) -> None:
     """Contact sheet of aligned faces to check alignment by eye.
