@@ -58,6 +58,8 @@ class SheetSample:
 
 def _tars(path: Path) -> list[Path]:
     if path.is_file():
+        if path.suffix.lower() != ".tar":      # read as a tar, it was blamed on the stage that wrote it
+            raise ValueError(f"{path} is no .tar: give a shards folder, one .tar of it, or an aligned folder")
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")

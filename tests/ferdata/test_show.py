@@ -214,3 +214,13 @@ def test_command_in_process(tmp_path, aligned):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.png").is_file() and str(tmp_path / "s.png") in result.output
     assert "Contact sheet" in CliRunner().invoke(app, ["show", "--help"]).output
+
+
+def test_a_file_that_is_no_tar_is_told_what_to_give(tmp_path):
+    """An _info.json or a JPEG given to show read as a broken shard: 'check it with ferdata verify,
+    then re-run the stage that wrote it'."""
+    from ferdata.show import show
+
+    (tmp_path / "_info.json").write_text("{}")
+    with pytest.raises(ValueError, match="_info.json is no .tar: give a shards folder, one .tar of it"):
+        show(tmp_path / "_info.json", tmp_path / "sheet.png")
