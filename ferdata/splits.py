@@ -153,6 +153,8 @@ def check_settings(val_fraction: float, test_fraction: float, by: str, folds: in
         raise ValueError(f"{prefix}folds must be 0 (off) or >= 3 (one test, one val, the rest train), got {folds}")
     if folds and not 0 <= fold < folds:
         raise ValueError(f"{prefix}fold must be in 0..{folds - 1} ({prefix}folds is {folds}), got {fold}")
+    if not folds and fold:          # a queue of -S shard.fold=0,...,9 without folds set: K identical runs
+        raise ValueError(f"{prefix}fold {fold} needs {prefix}folds (k-fold cross-validation is off: folds 0)")
 
 
 def _report(counts: Counter[str], by: str) -> None:

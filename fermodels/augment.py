@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ferdata.geometry import FLIP_68
+from ferdata.params import above, at_least, below_from, check_values, within
 from fermodels.data import host_to
 
 ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))   # torchvision RandomErasing's aspect ratios
@@ -51,9 +52,11 @@ class AugmentParams:
     erase_scale_max: float
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "affine_p", "erase_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"train.augment.{name} must be a probability, got {getattr(self, name)}")
+        probability = (within(0, 1)[0], "a probability in [0, 1]")
+        check_values("train.augment", self, {"hflip": probability, "affine_p": probability, "erase_p": probability,
+                                             "degrees": at_least(0), "translate": below_from(0, 1),
+                                             "scale_min": above(0), "scale_max": above(0),
+                                             "erase_scale_min": above(0), "erase_scale_max": below_from(0, 1)})
         if not 0 < self.scale_min <= self.scale_max or not 0 < self.erase_scale_min <= self.erase_scale_max < 1:
             raise ValueError("train.augment: need 0 < scale_min <= scale_max and "
                              "0 < erase_scale_min <= erase_scale_max < 1")

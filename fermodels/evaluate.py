@@ -48,7 +48,7 @@ class EvalParams:
 
     def __post_init__(self) -> None:
         check_values("evaluate", self, {"split": one_of(SPLITS), "batch_size": at_least(1),
-                                        "workers": at_least(0)})
+                                        "workers": at_least(0), "seed": at_least(0)})
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:

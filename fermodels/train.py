@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
-from ferdata.params import above, at_least, below_from, check_values, one_of, optional, repeated, within
+from ferdata.params import above, at_least, below_from, check_values, one_of, optional, repeated, section, within
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
@@ -34,7 +34,7 @@ from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
 from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
 from fermodels.recipes import check_applied, weights_of
-from fermodels.registry import create_model
+from fermodels.registry import create_model, model_kwargs
 from fermodels.runstate import (BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint,
                                 truncate_live)
 from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor, loss_reads
@@ -89,8 +89,20 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         check_applied({f.name: getattr(self, f.name) for f in fields(self)})
-        if isinstance(self.augment, dict):
-            object.__setattr__(self, "augment", AugmentParams(**self.augment))
+        if isinstance(self.augment, Mapping):       # unknown or missing keys named, as for every section
+            object.__setattr__(self, "augment", section(AugmentParams, self.augment, "train.augment"))
+        if not isinstance(self.augment, AugmentParams):
+            raise ValueError(f"train.augment must be a mapping of the augmentation settings, got {self.augment!r}")
+        if self.model_kwargs is None:               # `model_kwargs:` left empty in YAML
+            object.__setattr__(self, "model_kwargs", {})
+        if not isinstance(self.model_kwargs, Mapping):
+            raise ValueError(f"train.model_kwargs must be a mapping of the model's keywords (e.g. {{pretrained: "
+                             f"/path/weights.pth}}), got {self.model_kwargs!r}")
+        try:                                        # a keyword the model lacks: named now, not at model build
+            model_kwargs(self.model, self.model_kwargs)
+        except TypeError as err:
+            raise ValueError(f"train.model_kwargs for train.model {self.model}: {err} (`fermodels info "
+                             f"{self.model}` lists its keywords)") from None
         if isinstance(self.datasets, str) or not self.datasets:
             raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
         if twice := repeated(self.datasets):
@@ -104,6 +116,9 @@ class TrainParams:
             "select_metric": one_of(SELECT_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
             "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
             "ema_decay": below_from(0, 1)})
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"train.warmup_epochs {self.warmup_epochs} is more than train.epochs {self.epochs} "
+                             "(the learning rate would never reach train.lr)")
         if self.sampler == "balanced" and self.class_weights:
             raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
                              "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")

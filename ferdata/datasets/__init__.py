@@ -33,7 +33,12 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
     entry = specs[name]
     if not isinstance(entry, Mapping):
         raise ValueError(f"params.yaml datasets.{name} must be a mapping (reader, root, options), got {entry!r}")
-    spec = section(DatasetSpec, {**entry, "detect": entry.get("detect") or {}}, f"datasets.{name}")  # `detect:` empty
+    spec = section(DatasetSpec, {**entry, "detect": entry.get("detect") or {},           # `detect:` left empty
+                                 "options": entry.get("options") or {}}, f"datasets.{name}")
+    if not isinstance(spec.reader, str) or not isinstance(spec.root, str) or not isinstance(spec.options, Mapping):
+        raise ValueError(f"params.yaml datasets.{name}: reader and root must be text and options a mapping "
+                         f"(e.g. {{protocol: affectnet7}}), got reader {spec.reader!r}, root {spec.root!r}, "
+                         f"options {spec.options!r}")
     if not isinstance(spec.detect, Mapping):
         raise ValueError(f"datasets.{name}.detect must be a mapping of detect values (e.g. {{backend: precropped}}), "
                          f"got {spec.detect!r}")

@@ -24,7 +24,7 @@ import numpy as np
 from ferdata.atomic import atomic_write_bytes, atomic_write_text
 from ferdata.classes import CLASSES
 from ferdata.datasets.affectnet import COLUMNS, IMAGES, LIST_DIRS, LISTS
-from ferdata.params import at_least, check_values, repeated, within
+from ferdata.params import above, at_least, check_values, repeated, within
 from ferdata.sample.render import Sample, render_sample
 from ferdata.sample.sources import load_identities, slot_identities, split_identities
 
@@ -50,9 +50,11 @@ class SampleParams:
     jpeg_quality: int
 
     def __post_init__(self) -> None:
-        check_values("sample", self, {"per_class": at_least(2), "val_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+        check_values("sample", self, {"per_class": at_least(2), "val_fraction": above(0),
                                       "seed": at_least(0), "image_size": at_least(64),
                                       "jpeg_quality": within(1, 100)})
+        if self.val_fraction >= 1:
+            raise ValueError(f"sample.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         classes = self.classes
         if (isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or not classes
                 or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < len(CLASSES) for c in classes)

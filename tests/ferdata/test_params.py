@@ -43,6 +43,7 @@ def test_params_yaml_as_shipped_passes():
     ("shard", {"maxcount": 0}, "shard.maxcount must be >= 1, got 0"),
     ("shard", {"folds": 3, "fold": 5}, "shard.fold must be in 0..2 (shard.folds is 3), got 5"),
     ("shard", {"folds": 2}, "shard.folds must be 0 (off) or >= 3"),
+    ("shard", {"folds": 0, "fold": 7}, "shard.fold 7 needs shard.folds"),
     ("shard", {"val_fraction": 0.6, "test_fraction": 0.5}, "shard.val_fraction + shard.test_fraction must be below 1"),
     # a value of the wrong type for its field, named before any stage runs (were tracebacks, or ran on)
     ("shard", {"seed": "abc"}, "shard.seed must be a whole number, got 'abc'"),
@@ -126,3 +127,14 @@ def test_prepare_with_a_root_laid_out_otherwise_writes_nothing(tmp_path):
     with pytest.raises(DatasetLayoutError, match="does not exist"):
         prepare("rafdb", PARAMS, tmp_path / "data", root=tmp_path / "missing")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("entry, words", [({"root": 5}, "reader and root must be text"),
+                                          ({"options": [1]}, "options a mapping")])
+def test_a_dataset_entry_of_the_wrong_kind_is_named(entry, words):
+    """root: 5 or options: [1] gave TypeError tracebacks in the reader."""
+    from ferdata.datasets import dataset_spec
+
+    params = {"datasets": {"x": {"reader": "affectnet", "root": "raw/x", "options": {}, **entry}}}
+    with pytest.raises(ValueError, match=f"params.yaml datasets.x: .*{words}"):
+        dataset_spec(params, "x")

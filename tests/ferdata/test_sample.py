@@ -96,7 +96,8 @@ def test_refuses_a_foreign_folder(tmp_path):
     {"classes": ()}, {"classes": (0, 0)}, {"classes": (9,)}, {"val_fraction": 0.0},
     {"val_fraction": 1.0}, {"per_class": 1}, {"image_size": 32}, {"jpeg_quality": 0},
     {"classes": (1, 1.5)}, {"classes": 3}, {"classes": ["Neutral", "Happy"]}, {"classes": (True, 2)},
-    {"per_class": "96"}, {"per_class": 9.5}, {"seed": 0.5}, {"image_size": None},
+    {"per_class": "96"}, {"per_class": 9.5}, {"seed": 0.5}, {"image_size": None}, {"val_fraction": "abc"},
+    {"val_fraction": None},
 ])
 def test_rejects_bad_arguments(tmp_path, bad):
     with pytest.raises(ValueError):

@@ -245,3 +245,11 @@ def test_non_finite_probabilities_are_an_error_not_class_0(tiny_run, tmp_path, m
     monkeypatch.setattr(ev, "predict_loader", overflowing)
     with pytest.raises(ValueError, match="not finite \\(NaN or inf\\) for 1 of the \\d+ test samples"):
         evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path)
+
+
+def test_a_negative_seed_is_refused_when_read():
+    """It passed and failed after the whole test set was predicted, naming no key."""
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="evaluate.seed must be >= 0, got -1"):
+        replace(PARAMS, seed=-1)

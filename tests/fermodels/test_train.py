@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -508,6 +509,26 @@ def test_an_erased_rectangle_fits_inside_the_image_with_the_drawn_area():
     assert erased.float().mean() > 0.9
     assert area[erased].min() >= 0.22 and area[erased].max() <= 0.37
     assert not masks.all(1).any() and not masks.all(2).any()                # never a whole column or row
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"augment": None}, "train.augment must be a mapping"),
+    ({"augment": {"hflip": 0.5}}, "params section 'train.augment': missing keys"),
+    ({"model_kwargs": [1]}, "train.model_kwargs must be a mapping"),
+    ({"model_kwargs": {"foo": 1}}, "got an unexpected keyword argument 'foo' (`fermodels info"),
+    ({"warmup_epochs": 6, "epochs": 5}, "train.warmup_epochs 6 is more than train.epochs 5"),
+])
+def test_train_values_a_run_would_fail_on_late_are_refused_when_read(change, words):
+    """augment null passed and crashed at the first step; model_kwargs null, a list or a typo gave
+    TypeError tracebacks when the model was built; a warm-up as long as the run never reached lr."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        make_params(**change)
+
+
+def test_augment_values_of_the_wrong_kind_are_named():
+    for key, value in (("hflip", "0.5"), ("degrees", "abc"), ("translate", 5.0), ("hflip", None)):
+        with pytest.raises(ValueError, match=f"train.augment.{key} must be"):
+            _aug(**{key: value})
 
 
 def test_augment_params_are_checked():
