@@ -74,7 +74,9 @@ def use_model(name: str, setattr_) -> None:
     if name == TINY:
         real, real_kwargs = trainer.create_model, runstate.model_kwargs
         setattr_(trainer, "create_model", lambda n, **kw: TinyNet(**kw) if n == TINY else real(n, **kw))
-        setattr_(runstate, "model_kwargs", lambda n, kw: dict(kw) if n == TINY else real_kwargs(n, kw))
+        tiny_kwargs = lambda n, kw: dict(kw) if n == TINY else real_kwargs(n, kw)    # noqa: E731
+        setattr_(runstate, "model_kwargs", tiny_kwargs)
+        setattr_(trainer, "model_kwargs", tiny_kwargs)                  # train params check the keywords
 
 
 def train_params(**overrides) -> TrainParams:
