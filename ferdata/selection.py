@@ -54,6 +54,9 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
 
 
 def _check_unique(names: Sequence[str]) -> None:
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):   # "sample": s, a, m, ...
+        raise SelectionError(f"datasets must be named as a list of prepared datasets' names (train.datasets: "
+                             f"[sample]; evaluate.dataset: null or one name), got {names!r}")
     if twice := repeated(names):
         raise SelectionError(f"datasets listed more than once: {', '.join(map(repr, twice))} (train.datasets?)")
 

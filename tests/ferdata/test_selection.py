@@ -100,3 +100,12 @@ def test_an_info_file_that_is_not_an_object_is_named(tmp_path):
     (shards / "train" / "_info.json").write_text("[1, 2]")
     with pytest.raises(SelectionError, match=r"_info.json holds a list, not a split's description"):
         write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
+
+
+@pytest.mark.parametrize("names", ["a", [["a"]], [5], [""]])
+def test_names_of_the_wrong_kind_are_refused(tmp_path, names):
+    """train.datasets: sample (no list) looked for data/s/shards/...; evaluate.dataset: [sample] or 5
+    gave TypeError tracebacks in the select stage."""
+    _prepare(tmp_path / "data", "a")
+    with pytest.raises(SelectionError, match="datasets must be named as a list of prepared datasets' names"):
+        write_selection(tmp_path / "train.json", tmp_path / "data", names, TRAIN)
