@@ -25,7 +25,7 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Iterable
 
 try:
     import fcntl
@@ -79,20 +79,28 @@ def unlock_close(fd: int) -> None:
     os.close(fd)
 
 
-def _remove_stale_temps(path: Path) -> None:
-    """Delete temp files a killed writer of ``path`` left behind (they would pollute DVC outputs);
-    one whose writer is still at work (it holds its lock) stays."""
-    prefix = _temp_prefix(path)
-    for p in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+def remove_unlocked(paths: Iterable[Path]) -> None:
+    """Remove the files or folders of ``paths`` that no live process holds locked (:func:`try_lock`):
+    what a killed process left; one still at work keeps its own."""
+    for p in paths:
         try:
             fd = os.open(p, os.O_RDONLY)
-        except FileNotFoundError:
+        except FileNotFoundError:                   # its process has just removed it
             continue
         try:
             if try_lock(fd):
-                p.unlink(missing_ok=True)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
         finally:
             unlock_close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files a killed writer of ``path`` left behind (they would pollute DVC outputs);
+    one whose writer is still at work (it holds its lock) stays."""
+    remove_unlocked(path.parent.glob(f"{glob.escape(_temp_prefix(path))}*.tmp"))
 
 
 def _name(err: BaseException, path: Path) -> None:

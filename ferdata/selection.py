@@ -53,7 +53,7 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _check_unique(names: Sequence[str]) -> None:
+def _check_names(names: Sequence[str]) -> None:
     if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):   # "sample": s, a, m, ...
         raise SelectionError(f"datasets must be named as a list of prepared datasets' names (train.datasets: "
                              f"[sample]; evaluate.dataset: null or one name), got {names!r}")
@@ -65,7 +65,7 @@ def selection(data_dir: str | Path, names: Sequence[str], splits: Sequence[str])
     """What a run reading ``splits`` of the prepared datasets ``names`` under ``data_dir`` reads."""
     if not names:
         raise SelectionError("no datasets selected")
-    _check_unique(names)
+    _check_names(names)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:                         # a typo in evaluate.split, before any file is looked for under it
         raise SelectionError(f"split {unknown[0]!r} is none of {', '.join(SPLITS)} (evaluate.split in params.yaml?)")
@@ -88,7 +88,7 @@ def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]
     """The shard dirs of ``names`` pinned in the selection file ``path``, in ``names`` order, after
     checking that it pins exactly ``splits`` of exactly ``names`` and that every pinned split's
     ``_info.json`` is unchanged on disk; :class:`SelectionError` says what differs and what to run."""
-    _check_unique(names)
+    _check_names(names)
     path = Path(path)
     if not path.is_file():
         raise SelectionError(f"{path} not found: run the `select` stage (`dvc repro select`)")

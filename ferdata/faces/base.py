@@ -119,23 +119,24 @@ OPTION_RANGES: Mapping[str, tuple[Any, str]] = {
 }
 
 
+def installed_release(names: tuple[str, ...]) -> str | None:
+    """The release of the first installed of a package's alternative distribution names
+    (``onnxruntime`` or ``onnxruntime-gpu``), without a local version label (``+cu124``: builds of
+    one release for another device find the same faces here, the backends run on the CPU); None
+    when none is installed."""
+    for name in names:
+        try:
+            return metadata.version(name).split("+")[0]
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 @lru_cache(maxsize=None)
 def package_versions(packages: tuple[tuple[str, ...], ...]) -> str:
-    """``name==version`` of each package, under its first name whichever of its alternative
-    distributions is installed (``onnxruntime`` for ``onnxruntime-gpu`` too) and without a local
-    version label (``+cu124``): builds of one release for another device find the same faces here
-    (the backends run on the CPU); ``name==none`` when none is installed."""
-    found = []
-    for names in packages:
-        for name in names:
-            try:
-                found.append(f"{names[0]}=={metadata.version(name).split('+')[0]}")
-                break
-            except metadata.PackageNotFoundError:
-                continue
-        else:
-            found.append(f"{names[0]}==none")
-    return ",".join(found)
+    """``name==release`` of each package under its first name (:func:`installed_release`);
+    ``name==none`` when none is installed."""
+    return ",".join(f"{names[0]}=={installed_release(names) or 'none'}" for names in packages)
 
 
 class FaceBackend:
@@ -215,13 +216,13 @@ class FaceBackend:
     def signature(self) -> str:
         """What identifies this backend's results in the detection cache: name, ``version``, the
         options that shape them, the model files by content and the versions of :attr:`packages`."""
-        packages = package_versions(self.packages)
-        missing = [names[0] for names in self.packages if f"{names[0]}==none" in packages.split(",")]
+        missing = [names[0] for names in self.packages if installed_release(names) is None]
         if missing:                     # before fingerprint(), which imports them; before any image is read
             raise MissingPackageError(f"face backend {self.name!r} needs the Python package(s) {', '.join(missing)}: "
                                       f"pip install {' '.join(missing)} (or reinstall this project)")
         opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in self.UNSIGNED)
         fp = self.fingerprint()
+        packages = package_versions(self.packages)
         return f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "") + (f":{packages}" if packages else "")
 
     def cacheable_for(self, record: FaceRecord | None) -> bool:

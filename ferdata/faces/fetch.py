@@ -17,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from ferdata.atomic import atomic_open, try_lock, unlock_close
+from ferdata.atomic import atomic_open, remove_unlocked, try_lock, unlock_close
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,4 @@ def unpack_zip(archive: Path, folder: Path) -> None:
 def _remove_stale_unpacks(archive: Path) -> None:
     """Remove the work folders an unpacking killed midway left beside ``archive`` (a pack's
     hundreds of MB); one another process is unpacking into now (its lock is held) stays."""
-    for old in archive.parent.glob(f".{glob.escape(archive.stem)}.*.unpack"):
-        try:
-            fd = os.open(old, os.O_RDONLY)
-        except FileNotFoundError:                    # its process has just removed it
-            continue
-        try:
-            if try_lock(fd):
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            unlock_close(fd)
+    remove_unlocked(archive.parent.glob(f".{glob.escape(archive.stem)}.*.unpack"))
