@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -140,8 +142,14 @@ def alignment(preprocess: dict, card) -> dict:
 
 
 def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS,
-                 name: str | None = None) -> dict:
-    """Write ``<name>.onnx`` / ``<name>.ts`` and ``<name>.json``; returns the metadata."""
+                 name: str | None = None, tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Write ``<name>.onnx`` / ``<name>.ts`` and ``<name>.json``; returns the metadata.
+
+    The graphs are written into a hidden folder inside ``out_dir`` and checked against PyTorch
+    there (:func:`parity`); only graphs within ``tolerance`` are moved to their names, the
+    ``.json`` (which records the differences under ``parity``) last. A graph that fails the check
+    raises and leaves ``out_dir`` as it was: no file under a final name that should not be used.
+    """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown export formats {sorted(unknown)}; known: {', '.join(FORMATS)}")
@@ -152,24 +160,36 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     card, name = wrapper.card, name or state["model"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    example = example_inputs(card)
-    files: dict[str, str] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, torch.jit.TracerWarning))
-        if "onnx" in formats:
-            path = out / f"{name}.onnx"
-            torch.onnx.export(wrapper, example, str(path), dynamo=False, opset_version=OPSET,
-                              input_names=list(card.fields), output_names=["logits", "probs"],
-                              dynamic_axes={n: {0: "batch"} for n in (*card.fields, "logits", "probs")})
-            files["onnx"] = path.name
-        if "torchscript" in formats:
-            path = out / f"{name}.ts"
-            torch.jit.save(torch.jit.trace(wrapper.eval(), example, check_trace=False), str(path))
-            files["torchscript"] = path.name
-    meta = metadata(state, card, files)
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-") as staging:
+        files = _write_graphs(wrapper, Path(staging), name, formats)
+        diffs = parity(staging, checkpoint, name, formats=formats)
+        for fmt, diff in diffs.items():
+            if not diff <= tolerance:                                   # NaN too
+                raise RuntimeError(f"the exported {fmt} graph's probabilities differ from PyTorch's by {diff:.2e} "
+                                   f"(more than {tolerance:g}): not written to {out / files[fmt]}")
+        for file in files.values():
+            os.replace(Path(staging) / file, out / file)
+    meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
     atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))
     return meta
+
+
+def _write_graphs(wrapper: ExportWrapper, folder: Path, name: str, formats: Sequence[str]) -> dict[str, str]:
+    """Trace ``wrapper`` into ``folder``; returns {format: file name}."""
+    card, example, files = wrapper.card, example_inputs(wrapper.card), {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, torch.jit.TracerWarning))
+        if "onnx" in formats:
+            files["onnx"] = f"{name}.onnx"
+            torch.onnx.export(wrapper, example, str(folder / files["onnx"]), dynamo=False, opset_version=OPSET,
+                              input_names=list(card.fields), output_names=["logits", "probs"],
+                              dynamic_axes={n: {0: "batch"} for n in (*card.fields, "logits", "probs")})
+        if "torchscript" in formats:
+            files["torchscript"] = f"{name}.ts"
+            traced = torch.jit.trace(wrapper.eval(), example, check_trace=False)
+            torch.jit.save(traced, str(folder / files["torchscript"]))
+    return files
 
 
 def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None, batch: int = 3,
@@ -208,8 +228,5 @@ def export_command(checkpoint: Path, out: Path, onnx: bool = True, torchscript: 
 
     formats = [f for f, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
     meta = export_model(checkpoint, out, formats)
-    for fmt, diff in parity(out, checkpoint, meta["model"], formats=formats).items():
+    for fmt, diff in meta["parity"].items():
         typer.echo(f"{fmt}: {out / meta['files'][fmt]}  max |p - p_torch| = {diff:.2e}")
-        if not diff <= PARITY_TOLERANCE:                           # NaN too
-            raise RuntimeError(f"the exported {fmt} graph's probabilities differ from PyTorch's by {diff:.2e} "
-                               f"(more than {PARITY_TOLERANCE:g}); do not use {out / meta['files'][fmt]}")

@@ -31,6 +31,8 @@ def test_export_matches_pytorch_and_writes_metadata(tiny_run, tmp_path, one_thre
     assert saved["per_sample"] is True                                # convcut, not convcut_paper: batch it freely
     diffs = parity(tmp_path, tiny_run["ckpt"] / "best.pt", batch=5)
     assert set(diffs) == {"onnx", "torchscript"} and max(diffs.values()) < TOLERANCE, diffs
+    assert set(saved["parity"]) == {"onnx", "torchscript"} and max(saved["parity"].values()) < TOLERANCE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convcut.json", "convcut.onnx", "convcut.ts"]
 
 
 def test_the_metadata_alone_reproduces_the_training_crop(tiny_run, tmp_path, one_thread):
@@ -240,3 +242,19 @@ def test_export_refuses_parity_it_cannot_establish(tiny_run, tmp_path, monkeypat
     monkeypatch.setattr(export, "parity", lambda *a, **k: {"onnx": float("nan")})
     with pytest.raises(RuntimeError, match="differ from PyTorch's by nan"):
         export.export_command(tiny_run["ckpt"] / "best.pt", tmp_path, onnx=True, torchscript=False)
+
+
+def test_a_graph_failing_parity_is_not_left_under_its_name(tiny_run, tmp_path, monkeypatch):
+    """The graphs were written under their final names before the check: a failed export left a
+    `.onnx` a deployer would pick up. Now nothing of it appears, and an earlier export stays whole."""
+    import fermodels.export as export
+
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(export, "parity", lambda folder, *a, **k: {"onnx": 0.0, "torchscript": 0.5})
+    with pytest.raises(RuntimeError, match=r"torchscript graph's .* by 5.00e-01 .*not written to .*convcut.ts"):
+        export_model(tiny_run["ckpt"] / "best.pt", tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before       # no .ts, no staging left
+    with pytest.raises(RuntimeError, match="not written"):
+        export_model(tiny_run["ckpt"] / "best.pt", tmp_path / "fresh")
+    assert list((tmp_path / "fresh").iterdir()) == []
