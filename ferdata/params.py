@@ -37,9 +37,14 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 def stage_section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
     """``params[name]`` as dataclass ``cls`` (:func:`section`); a missing section is named."""
+    return section(cls, section_values(params, name), name)
+
+
+def section_values(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """``params[name]``; a missing section (or one that is not a mapping) is named."""
     if not isinstance(params.get(name), Mapping):
         raise KeyError(f"params.yaml has no {name!r} section (copy it from the project's params.yaml)")
-    return section(cls, params[name], name)
+    return params[name]
 
 
 def section(cls: type[T], values: Mapping[str, Any], name: str) -> T:

@@ -14,7 +14,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from ferdata.atomic import atomic_write_text
 from ferdata.classes import class_names
-from ferdata.params import at_least, check_values, one_of
+from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
 from fermodels.data import Split, normalise, open_split, split_decoder, to_device
@@ -50,6 +50,20 @@ class EvalParams:
         check_values("evaluate", self, {"split": one_of(SPLITS), "batch_size": at_least(1),
                                         "workers": at_least(0), "seed": at_least(0)})
 
+
+
+def evaluate_section(params: Mapping[str, Any]) -> tuple[str | None, EvalParams]:
+    """params.yaml's ``evaluate`` section as the evaluate stage reads it: ``dataset`` (null: the
+    checkpoint's training datasets) and the rest as :class:`EvalParams`."""
+    values = dict(section_values(params, "evaluate"))
+    if "dataset" not in values:
+        raise ValueError("params section 'evaluate': missing keys ['dataset'] (null scores the training datasets; "
+                         "copy it from the project's params.yaml)")
+    dataset = values.pop("dataset")
+    if dataset is not None and not isinstance(dataset, str):
+        raise ValueError(f"evaluate.dataset must be null (the training datasets) or one prepared dataset's name, "
+                         f"got {dataset!r}")
+    return dataset, section(EvalParams, values, "evaluate")
 
 def amp_dtype(device: torch.device) -> torch.dtype:
     """bf16 where supported (CPU, Ampere+ GPUs), fp16 on older GPUs."""

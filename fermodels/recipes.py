@@ -151,8 +151,9 @@ def list_recipes() -> list[str]:
     return RECIPES.names()
 
 
-def apply_recipe(section: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``train`` section with its recipe's values in place (unchanged when ``recipe`` is null)."""
+def apply_recipe(section: Mapping[str, Any], announce: bool = True) -> dict[str, Any]:
+    """The ``train`` section with its recipe's values in place (unchanged when ``recipe`` is null);
+    ``announce``: log what the recipe sets."""
     name = section.get("recipe")
     values = dict(section)
     if name is None:
@@ -161,7 +162,8 @@ def apply_recipe(section: Mapping[str, Any]) -> dict[str, Any]:
     changed = sorted(k for k, v in recipe.values.items() if values.get(k) != v)
     values.update({k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v)
                    for k, v in recipe.values.items()})
-    log.info("recipe %s (%s) sets %s", name, recipe.source, ", ".join(changed) or "nothing new")
+    if announce:
+        log.info("recipe %s (%s) sets %s", name, recipe.source, ", ".join(changed) or "nothing new")
     return values
 
 

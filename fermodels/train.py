@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
-from ferdata.params import above, at_least, below_from, check_values, one_of, optional, repeated, section, within
+from ferdata.params import (above, at_least, below_from, check_values, one_of, optional, repeated, section,
+                            section_values, within)
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import AugmentParams, augment_batch
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
@@ -33,7 +34,7 @@ from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
 from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
-from fermodels.recipes import check_applied, weights_of
+from fermodels.recipes import apply_recipe, check_applied, weights_of
 from fermodels.registry import create_model, model_kwargs
 from fermodels.runstate import (BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint,
                                 truncate_live)
@@ -123,6 +124,12 @@ class TrainParams:
             raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
                              "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
 
+
+
+def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:
+    """params.yaml's ``train`` section with its recipe applied (:func:`apply_recipe`), as the train
+    stage runs it; ``announce``: log what the recipe sets."""
+    return section(TrainParams, apply_recipe(section_values(params, "train"), announce), "train")
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
     """Seed torch (dropout etc.) for this step; return the augmentation generator and the one that

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from ferdata.errors import install_excepthook
 from ferdata.params import load_params
+from pipeline._checks import check_params
 
 HELP = ("-h", "--help")
 USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
@@ -19,7 +20,7 @@ USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
 
 def setup() -> tuple[dict, list[str]]:
     """The script's arguments from argv, then logging, the command lines' error policy (bad input: one
-    ``error:`` line) and params.yaml.
+    ``error:`` line) and params.yaml, every section of it checked (:mod:`pipeline._checks`).
 
     ``-h``/``--help`` prints the usage line and the script's docstring and exits 0; a wrong number of
     arguments prints the usage line on stderr and exits 2, as argparse does."""
@@ -27,7 +28,9 @@ def setup() -> tuple[dict, list[str]]:
     args = arguments(doc, sys.argv[1:])
     install_excepthook()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    return load_params(), args
+    params = load_params()
+    check_params(params)
+    return params, args
 
 
 def arguments(doc: str, argv: Sequence[str]) -> list[str]:

@@ -4,15 +4,12 @@
 scores that one instead (cross-dataset, through the canonical labels). The shards are the ones
 pinned in ``SELECTION`` (the `select` stage's ``evaluate.json``).
 """
-from ferdata.params import section
 from ferdata.selection import read_selection
-from fermodels.evaluate import EvalParams, evaluate
+from fermodels.evaluate import evaluate, evaluate_section
 from fermodels.runstate import load_checkpoint
 from pipeline._args import setup
 
 params, (ckpt, selection, out) = setup()
-values = dict(params["evaluate"])
-dataset = values.pop("dataset")
+dataset, eval_params = evaluate_section(params)
 names = [dataset] if dataset else load_checkpoint(ckpt)["datasets"]
-eval_params = section(EvalParams, values, "evaluate")
 evaluate(ckpt, read_selection(selection, names, (eval_params.split,)), eval_params, out, names)

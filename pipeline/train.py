@@ -4,14 +4,12 @@ Applies ``train.recipe`` (if any), then trains on the shards of every ``train.da
 pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive settings the shards
 record go into the checkpoints for inference (params.yaml's, for shards that do not record them).
 """
-from ferdata.params import section
 from ferdata.selection import SPLITS_READ, read_selection
-from fermodels.recipes import apply_recipe
 from fermodels.runstate import preprocess_record
-from fermodels.train import TrainParams, train
+from fermodels.train import train, train_section
 from pipeline._args import setup
 
 params, (selection, ckpt, live) = setup()
-train_params = section(TrainParams, apply_recipe(params["train"]), "train")
+train_params = train_section(params)
 shards = read_selection(selection, train_params.datasets, SPLITS_READ)
 train(shards, train_params, ckpt, live, preprocess_record(params))

@@ -1,12 +1,15 @@
 """Every stage script, run by hand with the wrong arguments or --help, prints its usage line."""
 from __future__ import annotations
 
+import os
 import re
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = sorted(p.stem for p in (REPO / "pipeline").glob("[a-z]*.py"))
@@ -59,3 +62,23 @@ def test_help_prints_usage_and_exits_0(stage, flag, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert out.splitlines()[0] == f"usage: {usage_in_docstring(stage)}"
     assert f"Stage `{stage}" in out and err == ""
+
+
+@pytest.mark.parametrize("section, key, value, says", [
+    ("train", "bogus", 1, "params section 'train': unknown keys ['bogus']"),
+    ("train", "epochs", 0, "train.epochs"),
+    ("evaluate", "dataset", 7, "evaluate.dataset must be null"),
+    ("evaluate", "seed", -1, "evaluate.seed"),
+    ("detect", "det_size", "big", "detect.det_size"),
+], ids=["train-key", "train-value", "evaluate-dataset", "evaluate-value", "detect-value"])
+def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, section, key, value, says):
+    """Each stage checked only its own section: a bad `train` value surfaced after every
+    preprocessing stage had run (hours on AffectNet). Now the first stage to run names it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "pipeline.align", "detect", "aligned"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: ") and says in run.stderr and "checked whole" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "aligned").exists()

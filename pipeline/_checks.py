@@ -1,0 +1,40 @@
+"""Every params.yaml section checked before any stage of ``dvc repro`` runs.
+
+DVC runs the stages one after another and each reads its own section, so a mistake in ``train`` or
+``evaluate`` surfaced only after hours of preprocessing. :func:`check_params` builds every section
+as its stage does (each dataset's ``detect`` values over the section, the recipe applied to
+``train``), reading no data and opening no file. Checking shapes no output: a stage does not depend
+on the code this module imports (``ferdata.codeclosure.CHECKS``), only on the code it runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ferdata.datasets import dataset_spec
+from ferdata.params import stage_section
+from ferdata.sample import SampleParams
+from ferdata.stages.align import AlignParams
+from ferdata.stages.derive import DeriveParams
+from ferdata.stages.detect import detect_section
+from ferdata.stages.shard import ShardParams
+from fermodels.evaluate import evaluate_section
+from fermodels.train import train_section
+
+NOTE = "params.yaml is checked whole before a stage runs: fix this value even where this stage does not read it"
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """Raise the error the stage reading a bad value would raise, with :data:`NOTE`; ``sample`` only
+    where the section is there (it feeds only the bundled sample)."""
+    try:
+        for name, cls in (("align", AlignParams), ("derive", DeriveParams), ("shard", ShardParams)):
+            stage_section(params, name, cls)
+        if "sample" in params:
+            stage_section(params, "sample", SampleParams)
+        for name in params.get("datasets") or {}:
+            detect_section(params, name, dataset_spec(params, name))
+        train_section(params, announce=False)
+        evaluate_section(params)
+    except (ValueError, KeyError, TypeError) as err:
+        err.add_note(NOTE)
+        raise
