@@ -51,7 +51,6 @@ class EvalParams:
                                         "workers": at_least(0), "seed": at_least(0)})
 
 
-
 def evaluate_section(params: Mapping[str, Any]) -> tuple[str | None, EvalParams]:
     """params.yaml's ``evaluate`` section as the evaluate stage reads it: ``dataset`` (null: the
     checkpoint's training datasets) and the rest as :class:`EvalParams`."""
@@ -64,6 +63,7 @@ def evaluate_section(params: Mapping[str, Any]) -> tuple[str | None, EvalParams]
         raise ValueError(f"evaluate.dataset must be null (the training datasets) or one prepared dataset's name, "
                          f"got {dataset!r}")
     return dataset, section(EvalParams, values, "evaluate")
+
 
 def amp_dtype(device: torch.device) -> torch.dtype:
     """bf16 where supported (CPU, Ampere+ GPUs), fp16 on older GPUs."""

@@ -12,7 +12,6 @@ from typing import Sequence
 
 from ferdata.errors import install_excepthook
 from ferdata.params import load_params
-from pipeline._checks import check_params
 
 HELP = ("-h", "--help")
 USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
@@ -28,6 +27,8 @@ def setup() -> tuple[dict, list[str]]:
     args = arguments(doc, sys.argv[1:])
     install_excepthook()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from pipeline._checks import check_params     # after the arguments: --help needs no torch
+
     params = load_params()
     check_params(params)
     return params, args
