@@ -101,6 +101,10 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
+            inside = Path(d) / "shards"
+            if (inside / split / INFO).is_file():
+                raise FileNotFoundError(f"{info_path} not found: {d} is a dataset's folder; give its shards "
+                                        f"folder, {inside}")
             raise FileNotFoundError(f"{info_path} not found: prepare the dataset first "
                                     f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
         info = json.loads(info_path.read_text())
@@ -242,20 +246,22 @@ def travel_side(size: int, stored: int, device: torch.device) -> int | None:
 
 
 def stored_side(split: Split) -> int:
-    """The crop side of ``split``'s faces, read from the first face of each dataset's first shard
-    (the smallest, when datasets differ)."""
-    firsts = {}
+    """The crop side of ``split``'s faces: the align size the shards record, else (shards of a
+    version that did not record it) read from each dataset's first face, the smallest when
+    datasets differ."""
+    if split.preprocess:
+        return int(split.preprocess["align"]["size"])
+    sides: dict[str, int] = {}
     for path, _ in split.shards:
-        firsts.setdefault(str(Path(path).parent), path)
-    sides = []
-    for path in firsts.values():
-        _, fields = next(iter_tar_samples(path), (None, {}))
-        if "jpg" in fields:
-            head = read_header(fields["jpg"])
-            sides.append(min(head.width, head.height))
+        folder = str(Path(path).parent)
+        if folder not in sides:
+            image = next((f["jpg"] for _, f in iter_tar_samples(path) if "jpg" in f), None)
+            if image is not None:           # a shard without faces: the folder's next one
+                head = read_header(image)
+                sides[folder] = min(head.width, head.height)
     if not sides:
-        raise ValueError(f"no face image in the first shard of {', '.join(firsts) or split.name}")
-    return min(sides)
+        raise ValueError(f"no face image in the {split.name} shards of {', '.join(split.dirs)}")
+    return min(sides.values())
 
 
 def sample_label(s: dict) -> int:

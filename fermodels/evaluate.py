@@ -157,11 +157,15 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     """
     dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
     names = list(datasets) if datasets is not None else [d.resolve().parent.name for d in dirs]
+    if len(names) != len(dirs) or len(set(names)) < len(names):
+        raise ValueError(f"datasets {names} must name each of the {len(dirs)} shard folders once (folders of one "
+                         "name: pass datasets=)")
     state = load_checkpoint(checkpoint)
     device = pick_device(params.device, env_from_os())
     model = model_from_checkpoint(state).to(device)
     card, classes = model.card, tuple(state["classes"])
     split = open_split(dirs, params.split)
+    check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)
     dataset = IndexedSplit(split, split_decoder(card, split, device), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
@@ -206,6 +210,25 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
                  m["mean_class_accuracy"], m["num_samples"])
     return metrics
 
+
+
+def check_preprocess(trained: dict, shards: dict, fields: Sequence[str], checkpoint: str | Path,
+                     dirs: Sequence[Path]) -> None:
+    """Refuse shards whose faces were made otherwise than the checkpoint's training faces, in the
+    settings that shape the model's ``fields`` (a crop of another size or padding scores another
+    task). Either side unrecorded (older versions): nothing to compare."""
+    if not trained or not shards:
+        return
+    keys = [("align", k) for k in shards["align"]]
+    keys += [("derive", k) for k in ("heatmap_size", "heatmap_sigma") if "heatmap" in fields]
+    keys += [("derive", "jpeg_quality")] if {"left", "right"} & set(fields) else []
+    ours = {(sec, k): trained.get(sec, {}).get(k) for sec, k in keys}
+    differ = [f"{sec}.{k} {ours[sec, k]!r} (training) vs {shards[sec].get(k)!r}" for sec, k in keys
+              if ours[sec, k] != shards[sec].get(k)]
+    if differ:
+        raise ValueError(f"{', '.join(map(str, dirs))} hold faces made otherwise than {checkpoint}'s training faces: "
+                         f"{'; '.join(differ)}. Prepare the test data with the training's align/derive settings "
+                         "(the checkpoint's `preprocess`), or score a checkpoint trained on these shards")
 
 def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,
                preds: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:

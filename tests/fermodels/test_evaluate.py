@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,60 @@ def test_a_negative_seed_is_refused_when_read():
 
     with pytest.raises(ValueError, match="evaluate.seed must be >= 0, got -1"):
         replace(PARAMS, seed=-1)
+
+
+def _shards_with(src: Path, dst: Path, **preprocess) -> Path:
+    """A copy of ``src`` whose test split records other align/derive settings ({section: {key: value}})."""
+    shutil.copytree(src, dst)
+    info_path = dst / "test" / "_info.json"
+    info = json.loads(info_path.read_text())
+    for section, values in preprocess.items():
+        info["preprocess"][section].update(values)
+    info_path.write_text(json.dumps(info))
+    return dst
+
+
+def test_faces_made_otherwise_than_the_training_faces_are_refused(tiny_run, tmp_path, one_thread):
+    """A checkpoint trained on 112 px crops of padding 0.0 was scored on crops of padding 0.3 (or
+    another size) without a word, and the figure read as a same-dataset result."""
+    ckpt = tiny_run["ckpt"] / "best.pt"
+    fields = model_from_checkpoint(load_checkpoint(ckpt)).card.fields
+    assert "heatmap" not in fields and not {"left", "right"} & set(fields)
+    padded = _shards_with(tiny_run["shards"], tmp_path / "padded" / "shards", align={"padding": 0.3})
+    with pytest.raises(ValueError, match=r"made otherwise than .*best.pt's training faces: align.padding 0.0 "
+                                         r"\(training\) vs 0.3\. Prepare the test data with the training's"):
+        evaluate(ckpt, padded, PARAMS, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+    other_heatmaps = _shards_with(tiny_run["shards"], tmp_path / "hm" / "shards", derive={"heatmap_size": 56})
+    fast = EvalParams(**{**PARAMS.__dict__, "batch_check": False})
+    assert evaluate(ckpt, other_heatmaps, fast, tmp_path / "ok")["num_samples"] > 0   # not an input of this model
+
+
+def test_one_name_for_two_folders_and_a_dataset_folder_for_its_shards_are_named(tiny_run, tmp_path):
+    copy = tmp_path / "b" / "tiny" / "shards"
+    shutil.copytree(tiny_run["shards"], copy)
+    with pytest.raises(ValueError, match=r"must name each of the 2 shard folders once .*pass datasets="):
+        evaluate(tiny_run["ckpt"] / "best.pt", [tiny_run["shards"], copy], PARAMS, tmp_path / "eval")
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'b' / 'tiny'} is a dataset's folder; give its "
+                                                rf"shards folder, {copy}"):
+        evaluate(tiny_run["ckpt"] / "best.pt", tmp_path / "b" / "tiny", PARAMS, tmp_path / "eval")
+
+
+def test_the_stored_side_skips_a_shard_without_faces_and_prefers_the_record(tiny_shards, tmp_path):
+    import tarfile
+
+    from fermodels.data import stored_side
+
+    copy = tmp_path / "shards"
+    shutil.copytree(tiny_shards, copy)
+    split = open_split([copy], "test")
+    empty = copy / "test" / "test-000099.tar"                 # beside the others: the folder's first
+    with tarfile.open(empty, "w"):
+        pass
+    unrecorded = replace(split, shards=((str(empty), 0), *split.shards), preprocess={})
+    assert stored_side(unrecorded) == 112                  # "no face image in the first shard" before
+    recorded = replace(split, shards=(), preprocess={**split.preprocess, "align": {
+        **split.preprocess["align"], "size": 96}})
+    assert stored_side(recorded) == 96
+    with pytest.raises(ValueError, match="no face image in the test shards of"):
+        stored_side(replace(split, shards=((str(empty), 0),), preprocess={}))
