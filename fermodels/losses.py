@@ -128,9 +128,9 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
         return features.sum()                                                # 0, on the graph
     member = F.one_hot(labels, logits.shape[-1]).bool()                      # (B, K)
     count = member.sum(0)[labels].float()                                    # N_c of each sample's class
-    with torch.no_grad():
-        log_p = torch.log_softmax(logits.float(), dim=-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
+    with torch.no_grad():         # entr(0) = 0: a -inf logit is a certain 0, not 0 * -inf = nan
+        entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
+        entropy = entropy.nan_to_num(nan=torch.finfo(entropy.dtype).max)     # never the anchor, still a member
         # each class's most confident sample (the first of equals, as argmin over the class's samples)
         anchor = torch.where(member, entropy[:, None], torch.inf).argmin(0)[labels]
     to_anchor = ((features - features[anchor]) ** 2).mean(-1)               # (B,)

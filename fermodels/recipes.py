@@ -116,7 +116,11 @@ _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random eras
              "replace the train section's, so for that reading set train.recipe null, the recipe's values in "
              "params.yaml and sam true, schedule exponential, gamma 0.98). Adam weight decay 0 is torch's default "
              "(INFER). The paper's landmark net is a frozen MobileFaceNet: set "
-             "train.model_kwargs.landmark_checkpoint, else the model uses its heatmap substitute (model card).")
+             "train.model_kwargs.landmark_checkpoint, else the model uses its heatmap substitute (model card); "
+             "Eq. 1 weights the features by the raw heatmap: train.model_kwargs.h_norm raw (the model's default, "
+             "sigmoid, bounds the weights and flattens their contrast). Under DDP, NeAA's anchors and neutral "
+             "pairs come from each GPU's share of the batch (the paper's 144 on 2 GPUs: its split is not said); "
+             "with FERPlus label distributions NeAA groups samples by their majority label.")
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
     _recipe(f"pcda_{_ds}", f"{_NIE_SOURCE}; "
             "erasing as POSTER++ RAF-DB (:165)",
