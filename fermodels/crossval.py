@@ -74,6 +74,12 @@ class Series:
                 "shard.fold says, and so does a cross-dataset evaluate.dataset; k-fold cross-validation is "
                 "for datasets without one (CK+, JAFFE)")
 
+    @property
+    def unchecked(self) -> list[int]:
+        """Folds whose run records no pinned test split (a version before ``runs/select``): nothing
+        shows that their test splits differ."""
+        return [k for k, run in sorted(self.runs.items()) if run.tested is None]
+
     def table(self) -> dict:
         """Per metric: each fold's value, mean and sample std over the folds (None for one fold),
         and the pooled value."""
@@ -92,7 +98,8 @@ class Series:
     def record(self) -> dict:
         """The series as JSON-ready data: configuration, folds, experiments per fold, metrics."""
         out = {"params": self.params, "folds": self.folds, "missing": self.missing,
-               "experiments": {k: r.name for k, r in sorted(self.runs.items())}, "replaced": self.replaced}
+               "experiments": {k: r.name for k, r in sorted(self.runs.items())}, "replaced": self.replaced,
+               "unchecked": self.unchecked}
         if self.problem:
             return {**out, "problem": self.problem}
         confusion = {k: r.confusion.tolist() for k, r in sorted(self.runs.items())}
@@ -197,4 +204,7 @@ def describe(series: Series) -> str:
                     + (f"{table['num_samples']['pooled']:14d}" if what == "pooled" else ""))
     if series.replaced:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")
+    if series.unchecked:
+        rows.append(f"folds {', '.join(map(str, series.unchecked))} record no test split (runs of an older version): "
+                    "not checked to differ; a dataset with an official test split keeps it in every fold")
     return "\n".join([head, *rows])

@@ -104,7 +104,7 @@ def test_folds_are_grouped_and_summarised(repo):
     assert cmnet.table()["mean_class_accuracy"]["pooled"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
     assert cmnet.table()["num_samples"] == {"folds": [4, 2, 2], "pooled": 8}
     assert len(pcnn.runs) == 1 and pcnn.table()["accuracy"]["std"] is None      # undefined for one fold, not 0
-    assert describe(pcnn).splitlines()[-2].split()[:2] == ["std", "n/a"]
+    assert [row.split()[:2] for row in describe(pcnn).splitlines() if row.split()[0] == "std"] == [["std", "n/a"]]
 
 
 def test_the_command_prints_and_writes_the_summary(repo, tmp_path):
@@ -220,3 +220,16 @@ def test_a_recipe_series_is_named_with_the_recipes_datasets(tmp_path):
                                      "train": {"recipe": "pcnn_rafdb", "model": "cmnet", "datasets": ["sample"]}},
                FOLDS[0])
     assert describe(summarise(read_experiments(repo, base)[0])[0]).startswith("pcnn_rafdb on rafdb: 1 of 2 folds")
+
+
+def test_folds_that_record_no_test_split_are_said_to_be_unchecked(tmp_path):
+    """Runs of a version that pinned no test split passed the shared-split check silently: K runs on
+    RAF-DB's official test set would be averaged as a cross-validation without a word."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(2):
+        experiment(repo, base, f"f{k}", k, params(k, folds=2), FOLDS[0], tested=None if k == 0 else "sha-1")
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.problem is None and series.unchecked == [0]
+    assert "folds 0 record no test split (runs of an older version): not checked to differ" in describe(series)
+    assert series.record()["unchecked"] == [0]
