@@ -159,6 +159,9 @@ def model_from_checkpoint(state: dict) -> nn.Module:
 
 
 RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes
+# train params that lay an epoch out over the loader workers, as world_size does over the ranks: a
+# run continues under others from an epoch's end (:func:`next_position`), not from the middle of one
+LAYOUT = ("workers",)
 
 
 def code_fingerprint() -> str:
@@ -179,7 +182,8 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
     if not path.is_file():
         return None
     state = load_checkpoint(path)
-    params, saved = ({k: v for k, v in p.items() if k not in RESUME_IGNORES} for p in (params, state["params"]))
+    params, saved = ({k: v for k, v in p.items() if k not in RESUME_IGNORES + LAYOUT}
+                     for p in (params, state["params"]))
     if saved != params or state["data"] != data:
         differ = sorted(k for k in {*params, *saved} if params.get(k) != saved.get(k))
         differ += sorted("the training code (data.code)" if k == "code" else f"data.{k}"
@@ -233,20 +237,23 @@ def _history(tsv: Path) -> tuple[list[list[str]], int | None]:
     return rows, rows[0].index("step") if rows and "step" in rows[0] else None
 
 
-def next_position(state: dict, steps_per_epoch: int, world_size: int = 1) -> Position:
+def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, workers: int | None = None) -> Position:
     """Where to continue after ``state``: the same epoch mid-way, or the start of the next.
 
-    A batch index mid-epoch counts in the rank layout that saved it (the global batch is split
-    over the ranks, the epoch over ranks and workers), so it cannot be continued under another
-    number of ranks: that is refused; from an epoch's end the next one starts under any."""
-    saved = state.get("world_size", world_size)
-    if saved != world_size:
+    A batch index mid-epoch counts in the layout that saved it (the global batch is split over
+    the ranks, each rank's epoch over its loader workers), so it cannot be continued under another
+    number of ranks or ``workers`` (None: the saved number): that is refused; from an epoch's end
+    the next one starts under any, with a warning (the epochs are laid out otherwise from there)."""
+    saved = (state.get("world_size", world_size), (state.get("params") or {}).get("workers", workers))
+    now = (world_size, saved[1] if workers is None else workers)
+    if saved != now:
+        was, will = (f"{r} rank(s) x {w} loader worker(s)" for r, w in (saved, now))
         if state["batch"] < state.get("epoch_steps", 0):
-            raise ValueError(f"last.pt was saved by {saved} rank(s) in the middle of epoch {state['epoch']} "
-                             f"(batch {state['batch']}); resume it with {saved} rank(s), or delete last.pt to "
-                             f"start over with {world_size}")
-        log.warning("resuming a run saved by %d rank(s) with %d: from here on it is not the run %d rank(s) "
-                    "would have made", saved, world_size, saved)
+            raise ValueError(f"last.pt was saved by {was} in the middle of epoch {state['epoch']} (batch "
+                             f"{state['batch']}); resume it with the same numbers (torchrun's --nproc_per_node, "
+                             f"train.workers), or delete last.pt to start over with {will}")
+        log.warning("resuming a run saved by %s with %s: from here on it is not the run %s would have made",
+                    was, will, was)
         return Position(state["epoch"] + 1, 0, state["step"])
     if state["batch"] >= steps_per_epoch:
         return Position(state["epoch"] + 1, 0, state["step"])

@@ -263,7 +263,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start, best = next_position(state, steps, env.world_size), state["best"]
+        start, best = next_position(state, steps, env.world_size, params.workers), state["best"]
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
         if start.batch and state.get("tallies"):
             resumed = Tally(**state["tallies"][env.rank])

@@ -770,15 +770,36 @@ def test_resume_position_counts_in_the_rank_layout_that_saved_it(caplog):
     some samples twice and others never): refused, in words; from an epoch's end any count goes."""
     from fermodels.runstate import Position, next_position
 
-    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5}
+    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5, "params": {"workers": 2}}
     assert next_position(mid, 5, world_size=1) == Position(2, 3, 13)
-    with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) in the middle of epoch 2 .* resume it with 1"):
+    assert next_position(mid, 5, world_size=1, workers=2) == Position(2, 3, 13)
+    with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) x 2 loader worker\(s\) in the middle of epoch 2 "
+                                         r".* resume it with the same numbers"):
         next_position(mid, 3, world_size=2)
     end = {**mid, "batch": 5, "step": 15}
     assert next_position(end, 3, world_size=2) == Position(3, 0, 15)
-    assert "not the run 1 rank(s) would have made" in caplog.text
+    assert "not the run 1 rank(s) x 2 loader worker(s) would have made" in caplog.text
     older = {k: v for k, v in mid.items() if k not in ("world_size", "epoch_steps")}   # saved before layouts
     assert next_position(older, 5, world_size=1) == Position(2, 3, 13)
+
+
+def test_a_run_goes_on_under_other_loader_workers_from_an_epochs_end(tmp_path, caplog):
+    """`train.workers` sets how an epoch is split, not what it holds: changing it made resume_state
+    start the run over (the finished epochs' weights and logs overwritten). Now it resumes, from the
+    next epoch's start; in the middle of an epoch it is refused, as another number of ranks is."""
+    from fermodels.runstate import CHECKPOINT_KEYS, FORMAT, Position, next_position, resume_state
+
+    params, data = {"epochs": 3, "lr": 0.1, "workers": 2}, {"datasets": ["x"]}
+    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, "epoch": 1,
+                                                  "batch": 3, "step": 8, "world_size": 1, "epoch_steps": 5}
+    torch.save(state, tmp_path / "last.pt")
+    resumed = resume_state(tmp_path, {**params, "workers": 0}, data)
+    assert resumed is not None and resumed["epoch"] == 1                                 # None before
+    with pytest.raises(ValueError, match=r"x 2 loader worker\(s\) in the middle of epoch 1 .*start over with "
+                                         r"1 rank\(s\) x 0 loader worker\(s\)"):
+        next_position(resumed, 5, world_size=1, workers=0)
+    assert next_position({**resumed, "batch": 5}, 5, world_size=1, workers=0) == Position(2, 0, 8)
+    assert resume_state(tmp_path, {**params, "lr": 0.2}, data) is None                   # a real change still restarts
 
 
 def test_checkpoints_keep_the_gradient_scaler(tmp_path):
