@@ -10,8 +10,10 @@ sequentially, every sample is read exactly once per epoch and every rank runs th
 batches (:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples).
 
 Launch: ``torchrun --nproc_per_node=N -m pipeline.train ...`` (one node) or with ``--nnodes``,
-``--node_rank`` and ``--rdzv_endpoint`` on several; the process group is set up from torchrun's
-environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``).
+``--node_rank`` and ``--master_addr``/``--master_port`` on several; the process group is set up from
+torchrun's environment variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``).
+A rank that stops answering (alive, but stuck) holds the others at their next collective for
+torch's default timeout (10 minutes with NCCL, 30 with gloo); ``FER_DIST_TIMEOUT_S`` sets it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import math
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Sequence
 
 import torch
@@ -76,13 +79,38 @@ def pick_device(name: str, env: DistEnv) -> torch.device:
     return device
 
 
+TIMEOUT_ENV = "FER_DIST_TIMEOUT_S"
+
+
+def collective_timeout() -> timedelta | None:
+    """How long a collective waits for a rank that does not arrive: ``FER_DIST_TIMEOUT_S`` seconds,
+    or None (torch's default: 10 minutes with NCCL, 30 with gloo)."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds above 0 (e.g. 300)")
+    return timedelta(seconds=seconds)
+
+
 def init_distributed(device: torch.device, env: DistEnv) -> bool:
-    """Join the process group (NCCL on CUDA, gloo on CPU); True if this call created it."""
+    """Join the process group (NCCL on CUDA, gloo on CPU) with :func:`collective_timeout`; True if
+    this call created it."""
     if not env.distributed or dist.is_initialized():
         return False
     if device.type == "cuda":
+        # every rank on one GPU fails at NCCL's first step ("duplicate GPU"); a launcher that shows each
+        # rank only its own GPU (fewer visible than LOCAL_RANK) makes cuda:0 right
+        if device.index != env.local_rank and torch.cuda.device_count() > env.local_rank:
+            raise ValueError(f"device cuda:{device.index} under torchrun: each rank takes the GPU of its "
+                             f"LOCAL_RANK (this one cuda:{env.local_rank}); set the device to cuda or auto, and "
+                             "choose GPUs with CUDA_VISIBLE_DEVICES")
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout(),
                             device_id=device if device.type == "cuda" else None)
     return True
 

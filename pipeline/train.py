@@ -3,13 +3,23 @@
 Applies ``train.recipe`` (if any), then trains on the shards of every ``train.datasets`` entry as
 pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive settings the shards
 record go into the checkpoints for inference (params.yaml's, for shards that do not record them).
+Under torchrun a rank's error goes into torchrun's failure summary (``record``), not only its log.
 """
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from ferdata.selection import SPLITS_READ, read_selection
 from fermodels.runstate import preprocess_record
 from fermodels.train import train, train_section
 from pipeline._args import setup
 
-params, (selection, ckpt, live) = setup()
-train_params = train_section(params)
-shards = read_selection(selection, train_params.datasets, SPLITS_READ)
-train(shards, train_params, ckpt, live, preprocess_record(params))
+
+@record
+def run(params: dict, selection: str, ckpt: str, live: str) -> None:
+    train_params = train_section(params)
+    shards = read_selection(selection, train_params.datasets, SPLITS_READ)
+    train(shards, train_params, ckpt, live, preprocess_record(params))
+
+
+if __name__ == "__main__":
+    params, args = setup()            # usage and params mistakes: the same on every rank, told by each
+    run(params, *args)

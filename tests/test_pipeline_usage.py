@@ -1,6 +1,7 @@
 """Every stage script, run by hand with the wrong arguments or --help, prints its usage line."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
@@ -82,3 +83,15 @@ def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, s
     assert run.returncode == 1, run.stderr
     assert run.stderr.startswith("error: ") and says in run.stderr and "checked whole" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and not (tmp_path / "aligned").exists()
+
+
+def test_a_training_error_reaches_torchruns_failure_summary(tmp_path):
+    """torchrun's "Root Cause" showed only `error_file: <N/A>` and an exit code: the stage did not
+    record its exception where torchrun reads it (TORCHELASTIC_ERROR_FILE)."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TORCHELASTIC_ERROR_FILE": str(tmp_path / "error.json")}
+    run = subprocess.run([sys.executable, "-m", "pipeline.train", "missing.json", "ckpt", "live"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 1 and run.stderr.startswith("error: missing.json not found"), run.stderr
+    recorded = json.loads((tmp_path / "error.json").read_text())
+    assert "missing.json not found: run the `select` stage" in recorded["message"]["message"]

@@ -219,6 +219,25 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             torch.save(everything, out)
         torch.distributed.destroy_process_group()
         return
+    if mode == "timeout":                               # rank 1 alive but stuck: rank 0 must not wait for ever
+        import time
+
+        from fermodels.distributed import init_distributed
+
+        os.environ["FER_DIST_TIMEOUT_S"] = "2"
+        env = env_from_os()
+        init_distributed(torch.device("cpu"), env)
+        if rank == 1:
+            time.sleep(12)
+            os._exit(0)
+        t0 = time.perf_counter()
+        try:
+            all_gather_objects("here", env)
+            outcome = "no error"
+        except RuntimeError as err:
+            outcome = f"{type(err).__name__}: {err}"
+        torch.save((outcome, time.perf_counter() - t0), out)
+        os._exit(0)
     if mode == "buffers":
         torch.distributed.init_process_group("gloo")
         env = env_from_os()
@@ -450,3 +469,38 @@ def test_a_balanced_epoch_over_two_datasets_is_balanced(world, workers):
                                                               lambda s: s["cls"], seed))
         assert sum(counts.values()) == total
         assert abs(counts[1] / total - 0.5) < 0.04, (seed, counts)
+
+
+def test_a_stuck_rank_ends_the_wait_after_the_set_timeout(tmp_path):
+    """init_process_group had torch's default timeout only: a rank alive but stuck held the others
+    for 30 minutes (gloo; 10 with NCCL), with no way to shorten it."""
+    out = tmp_path / "outcome.pt"
+    mp.start_processes(_worker, args=(2, _free_port(), "", str(out), "timeout"), nprocs=2, start_method="fork")
+    outcome, waited = torch.load(out)
+    assert outcome != "no error" and waited < 8, (outcome, waited)     # 12 s without the timeout
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "soon", "inf", "nan"])
+def test_a_bad_timeout_is_refused_in_words(raw, monkeypatch):
+    from fermodels.distributed import collective_timeout
+
+    monkeypatch.setenv("FER_DIST_TIMEOUT_S", raw)
+    with pytest.raises(ValueError, match=f"FER_DIST_TIMEOUT_S='{raw}': expected a number of seconds above 0"):
+        collective_timeout()
+
+
+def test_one_gpu_index_for_every_rank_is_refused_before_nccl(monkeypatch):
+    """`device: cuda:0` under torchrun put every rank on GPU 0 (NCCL fails at the first step); a
+    launcher that shows each rank only its own GPU still may name cuda:0."""
+    from fermodels.distributed import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ValueError, match=r"device cuda:0 under torchrun: each rank takes the GPU of its LOCAL_RANK "
+                                         r"\(this one cuda:1\)"):
+        init_distributed(torch.device("cuda", 0), DistEnv(1, 4, 1))
+    assert init_distributed(torch.device("cuda", 1), DistEnv(1, 4, 1)) is True
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)      # CUDA_VISIBLE_DEVICES per rank
+    assert init_distributed(torch.device("cuda", 0), DistEnv(1, 4, 1)) is True
