@@ -29,7 +29,8 @@ import numpy as np
 
 from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
-from ferdata.geometry import Aligned, align_face, crop_reduction, reduced_frame, template, transform_points
+from ferdata.geometry import (Aligned, align_face, crop_reduction, reduced_frame, spread, template, template_misfit,
+                              transform_points)
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
@@ -94,6 +95,11 @@ def crop_border(backend: str) -> str:
     return "replicate" if backend in WHOLE_IMAGE_BACKENDS else "black"
 
 
+# Keypoints no face has (ferdata.geometry.template_misfit): real detections stay under 0.43 (1,101
+# faces of the benchmark photos), full profile reaches about 0.62; mirrored or shuffled order ~1.
+MAX_MISFIT = 0.8
+MIN_SPREAD_PX = 1.0      # RMS spread of the 5 keypoints in source pixels (the template's: 23 px at 112)
+
 def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
@@ -107,7 +113,9 @@ def source_matrix(matrix: np.ndarray, scale: float) -> np.ndarray:
 
 def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
     """(kps5, lmk68) in the frame of the image decoded at ``scale`` as float32, or
-    :class:`BadGeometry` when the box or points are non-finite, the points coincide, or their
+    :class:`BadGeometry` when the box or points are non-finite, the points coincide or spread over
+    less than :data:`MIN_SPREAD_PX` (a zoom of hundreds: a crop of one pixel), they fit no face
+    (:data:`MAX_MISFIT`: listed in mirrored or shuffled order, or with points missing), or their
     centre lies off the image."""
     if not np.isfinite(np.asarray(face["box"], np.float64)).all():
         raise BadGeometry("bad_box", f"face box {face['box']} is not finite")
@@ -122,6 +130,13 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
     lmk = None if lmk is None else transform_points(lmk, frame)
     if np.ptp(kps, axis=0).max() < 1e-3:
         raise BadGeometry("bad_landmarks", "degenerate: the 5 keypoints coincide")
+    if (size := spread(kps) / scale) < MIN_SPREAD_PX:
+        raise BadGeometry("bad_landmarks", f"the 5 keypoints spread over {size:.2g} px (RMS about their centre): "
+                                           "no face that small can be aligned")
+    if (misfit := template_misfit(kps)) > MAX_MISFIT:
+        raise BadGeometry("bad_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > {MAX_MISFIT}: a face "
+                                           "in full profile is about 0.6): listed in mirrored or shuffled order, or "
+                                           "with points missing?")
     cx, cy = kps.mean(0)
     if not (0 <= cx < shape[1] and 0 <= cy < shape[0]):
         raise BadGeometry("face_outside_image", f"keypoint centre ({cx:.0f}, {cy:.0f}) outside {shape[1]}x{shape[0]}")

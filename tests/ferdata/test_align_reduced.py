@@ -133,3 +133,33 @@ def test_precropped_decodes_at_no_less_than_the_crop(side, size, reduce):
     zoom = np.sqrt(abs(np.linalg.det(al.matrix[:, :2])))               # crop px per decoded px
     assert zoom <= 1.0 + 1e-6 or reduce == 1
     np.testing.assert_allclose(source_matrix(al.matrix, decoded.scale)[:, :2], np.eye(2) * size / side, atol=1e-4)
+
+
+def _face(kps: np.ndarray) -> dict:
+    return {"box": [0.0, 0.0, 10.0, 10.0], "kps5": kps.tolist(), "lmk68": None}
+
+
+def test_keypoints_no_face_has_are_dropped_and_turned_faces_kept():
+    """Only coinciding or non-finite keypoints were dropped: a mirrored or shuffled order (a crop
+    96% black, a face upside down), points missing at (0, 0) and a sub-pixel spread (a zoom of
+    thousands) were all cropped and kept as faces. Turned faces, up to full profile, stay."""
+    from ferdata.geometry import ARCFACE_112, FLIP_5, template_misfit
+    from ferdata.stages.align import MAX_MISFIT, BadGeometry
+
+    face = ARCFACE_112 * 3 + 100                                # a face seen straight on
+    shape = (600, 600, 3)
+    centre = face.mean(0)
+    profile = (face - centre) * [0.02, 1.0] + centre            # eyes and mouth almost on one line
+    assert template_misfit(profile) < MAX_MISFIT
+    for kept in (face, profile, (face - centre) * [0.5, 0.8] + centre):
+        assert np.allclose(checked_points(_face(kept), shape)[0], kept, atol=1e-3)
+    mirrored, missing = face[FLIP_5], face.copy()
+    missing[1:] = 0.0                                           # an annotation that had only one point
+    shuffled = face[[3, 4, 2, 0, 1]]                            # mouth where the eyes belong
+    for bad in (mirrored, missing, shuffled):
+        with pytest.raises(BadGeometry, match=r"fit no face \(misfit 0\.\d\d > 0.8"):
+            checked_points(_face(bad), shape)
+    with pytest.raises(BadGeometry, match=r"spread over 0.035 px .*no face that small"):
+        checked_points(_face((face - centre) * 0.0005 + centre), shape)
+    small = (face - centre) * 0.1 + centre                      # 2.3 px in the source, 0.6 px decoded at 1/4
+    assert np.allclose(checked_points(_face(small), shape, 0.25)[0], (small + 0.5) / 4 - 0.5, atol=1e-3)
