@@ -31,6 +31,8 @@ MAX_PIXELS = 40_000_000            # above this a JPEG decodes reduced; other fo
 MAX_SOURCE_PIXELS = 178_956_970    # PIL's decompression-bomb limit: refused whatever the format
 MIN_SIDE = 16                      # smaller images cannot hold a usable face
 EXIF_ORIENTATION = 0x0112
+TIFF_EXTRA_SAMPLES = 338          # ExtraSamples: 1 associated (premultiplied) alpha, 2 unassociated
+TIFF_BITS_PER_SAMPLE = 258
 _JPEG = ("JPEG", "MPO")
 _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
             8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -62,6 +64,7 @@ class ImageHeader:
     orientation: int          # EXIF 1..8 (1 = as stored)
     bit_depth: int
     has_alpha: bool
+    premultiplied: bool = False   # the decoded colour already holds alpha (see :func:`read_header`)
 
     @property
     def turn(self) -> int:
@@ -107,6 +110,8 @@ def read_header(data: bytes) -> ImageHeader:
                 fmt, mode, (w, h) = im.format or "", im.mode, im.size
                 alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
                 orientation = _orientation(im)
+                tags = getattr(im, "tag_v2", {}) if fmt == "TIFF" else {}
+                extra, bits = tags.get(TIFF_EXTRA_SAMPLES), tags.get(TIFF_BITS_PER_SAMPLE)
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
@@ -116,7 +121,14 @@ def read_header(data: bytes) -> ImageHeader:
         reason = "truncated" if is_truncated(kind, data) else "undecodable"
         raise BadImage(reason, f"{kind} header unreadable: {type(e).__name__}") from None
     depth = data[24] if fmt == "PNG" and len(data) > 24 else (16 if mode.startswith("I;16") else 8)
-    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha)
+    if bits:                                  # PIL shows a 16-bit RGBA TIFF as mode RGBA
+        depth = max(bits) if isinstance(bits, (tuple, list)) else int(bits)
+    # A TIFF's alpha is associated (ExtraSamples 1: colour stored premultiplied) or unassociated (2),
+    # which OpenCV's libtiff path premultiplies itself for 8-bit samples (RGBA interface); the raw
+    # 16-bit path does not. Premultiplied colour is already the picture over black.
+    extra = tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
+    premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and depth == 8))
+    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied)
 
 
 def is_truncated(fmt: str, data: bytes) -> bool:
@@ -168,15 +180,16 @@ def _to_u8(img: np.ndarray) -> np.ndarray:
     raise BadImage("unsupported_pixel_format", f"{img.dtype} samples")
 
 
-def _flatten_alpha(img: np.ndarray) -> np.ndarray:
-    """BGR(A)/gray(+alpha) of any depth -> BGR uint8, transparent areas black."""
+def _flatten_alpha(img: np.ndarray, premultiplied: bool = False) -> np.ndarray:
+    """BGR(A)/gray(+alpha) of any depth -> BGR uint8, transparent areas black; ``premultiplied``:
+    the colour already holds alpha (multiplying again darkened half-transparent pixels)."""
     img = _to_u8(img)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     channels = img.shape[2]
     if channels in (2, 4):
         colour, alpha = img[..., :-1], img[..., -1:].astype(np.uint16)
-        img = ((colour.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+        img = colour if premultiplied else ((colour.astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
         channels -= 1
     return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if channels == 1 else img
 
@@ -251,7 +264,7 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
         reason = "truncated" if is_truncated(head.format, data) else "undecodable"
         raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
     if head.has_alpha:
-        img = _flatten_alpha(img)
+        img = _flatten_alpha(img, head.premultiplied)
     rgb = cv2.cvtColor(np.ascontiguousarray(apply_orientation(img, head.turn)), cv2.COLOR_BGR2RGB)
     return Decoded(rgb, probe.scale, probe.conversions)
 

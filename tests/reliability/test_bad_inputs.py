@@ -62,6 +62,26 @@ def test_kept_conversions_have_the_right_pixels(bad_corpus_run):
         assert faces[key].shape == (112, 112, 3)
 
 
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("extra", [0, 1, 2], ids=["unspecified", "associated", "unassociated"])
+def test_a_tiffs_alpha_is_applied_once(dtype, extra):
+    """OpenCV already premultiplies an 8-bit TIFF's unassociated alpha, and associated alpha is
+    stored premultiplied: multiplying again darkened a half-transparent pixel 203 to 51. A 16-bit
+    one's unassociated alpha is applied here."""
+    import tifffile
+
+    top = np.iinfo(dtype).max
+    rgb = (real_photo("astronaut")[:40, :60].astype(np.float64) / 255)
+    alpha = np.tile(np.linspace(0, 1, 60), (40, 1))[..., None]
+    straight = np.round(np.dstack([rgb, alpha]) * top).astype(dtype)
+    stored = np.round(np.dstack([rgb * alpha, alpha]) * top).astype(dtype) if extra == 1 else straight
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stored, photometric="rgb", extrasamples=[extra])
+    want = rgb * (alpha if extra else 1) * 255                  # over black; an unspecified extra sample is no alpha
+    got = decode_image(buf.getvalue()).rgb.astype(np.float64)
+    assert np.abs(got - want).max() <= 2.5, np.abs(got - want).max()
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_pil(orientation):
     rgb = np.ascontiguousarray(real_photo("astronaut")[:120, :80])
