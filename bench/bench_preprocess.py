@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 from ferdata.faces.base import FaceBackend, select_face  # noqa: E402
 from ferdata.faces.embedded import EmbeddedBackend  # noqa: E402
 from ferdata.geometry import align_face, split_halves  # noqa: E402
-from ferdata.heatmap import summed_heatmap_u8  # noqa: E402
+from ferdata.heatmap import max_heatmap_u8  # noqa: E402
 from ferdata.io import decode_rgb, encode_jpeg, encode_png  # noqa: E402
 from ferdata.params import load_params, section  # noqa: E402
 from ferdata.records import FaceRecord  # noqa: E402
@@ -160,7 +160,7 @@ def baseline(records: list[FaceRecord], size: int, hm_size: int, sigma: float,
                 continue
             face = select_face(faces, image.shape, "largest")
             al = align_face(image, face.kps5, size, lmk68=face.lmk68)
-            heat = summed_heatmap_u8(al.lmk68, hm_size, sigma, size / hm_size)
+            heat = max_heatmap_u8(al.lmk68, hm_size, sigma, size / hm_size)
             left, right = split_halves(al.image)
             encoded = [encode_jpeg(al.image, 95), encode_png(heat), encode_jpeg(left, 95), encode_jpeg(right, 95)]
             if not all(encoded):

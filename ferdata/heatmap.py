@@ -57,7 +57,7 @@ def landmark_heatmaps(lmk: Any, image_size: int, heatmap_size: int, sigma: float
     return gaussian_heatmaps(lmk, heatmap_size, sigma, heatmap_stride(image_size, heatmap_size))
 
 
-def summed_heatmap_u8(points: np.ndarray, size: int, sigma: float, stride: float) -> np.ndarray:
+def max_heatmap_u8(points: np.ndarray, size: int, sigma: float, stride: float) -> np.ndarray:
     """The stored single-channel map: max over landmarks, uint8 0..255.
 
     Max (not sum) keeps every landmark's peak as high as it is alone however close the

@@ -28,7 +28,7 @@ import typer
 from ferdata.atomic import atomic_write_bytes
 from ferdata.classes import CLASSES
 from ferdata.geometry import split_halves, template
-from ferdata.heatmap import summed_heatmap_u8
+from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import decode_jpeg_rgb
 from ferdata.layout import INFO, REPORT
 from ferdata.tario import iter_tar_samples, load_npy
@@ -131,7 +131,7 @@ def to_sheet_sample(key: str, fields: dict[str, bytes], padding: float | None = 
     if "heatmap.png" in fields:
         heat = decode_jpeg_rgb(fields["heatmap.png"])
     elif lmk is not None:
-        heat = summed_heatmap_u8(lmk, HEATMAP_SIZE, HEATMAP_SIGMA, size / HEATMAP_SIZE)
+        heat = max_heatmap_u8(lmk, HEATMAP_SIZE, HEATMAP_SIGMA, size / HEATMAP_SIZE)
     else:
         heat = np.zeros((HEATMAP_SIZE, HEATMAP_SIZE), np.uint8)
     if "left.jpg" in fields and "right.jpg" in fields:

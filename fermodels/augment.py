@@ -8,9 +8,15 @@ augmentation is the same on CPU and GPU and after a resume.
 Geometry stays consistent across a sample's fields:
 
 * horizontal flip: the image flips, the landmark heatmap flips, landmarks are mirrored and
-  re-indexed with ``FLIP_68``, and the halves swap (the stored right half is already mirrored);
+  re-indexed with ``FLIP_68``, and the halves swap (the stored right half is already mirrored).
+  A flipped crop is the mirror image of the crop, not quite the crop ``align_face`` makes of the
+  mirrored photo: the ArcFace template is not symmetric about the crop's centre (its centroid
+  sits at x = 56.03 of 112, the mirror axis at 55.5; its eyes and mouth corners are not level),
+  so the two differ by about 1 px and 0.6 degrees at 112 px, well inside the affine jitter;
 * small affine (rotation, translation, scale, as torchvision's ``RandomAffine`` with black fill):
-  one matrix per sample warps the image, the heatmap (same normalised grid) and the landmarks;
+  one matrix per sample warps the image, the heatmap (same normalised grid, resampled: peak
+  heights and widths change with the scale, where a map drawn from the warped landmarks would
+  not; no model reads the stored heatmap yet) and the landmarks;
 * random erasing (torchvision ``RandomErasing`` semantics, filled with the mean colour like
   ``value=0`` after ``Normalize``): one rectangle per sample on the image.
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
-from ferdata.heatmap import summed_heatmap_u8
+from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
 from ferdata.layout import ALIGNED, DERIVED, REPORT, SAMPLE_SETTINGS
 from ferdata.parallel import parallel_map
@@ -70,7 +70,7 @@ class DeriveWorker:
         out = {}
         if "lmk.npy" in fields:
             lmk = load_npy(fields["lmk.npy"], f"{key}.lmk.npy")
-            out["heatmap.png"] = encode_png(summed_heatmap_u8(lmk, hm_size, self.params.heatmap_sigma,
+            out["heatmap.png"] = encode_png(max_heatmap_u8(lmk, hm_size, self.params.heatmap_sigma,
                                                               stride=size / hm_size))
             regions["landmarks"] = landmark_regions(lmk, size)
         q = self.params.jpeg_quality

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, landmark_heatmaps, summed_heatmap_u8
+from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, landmark_heatmaps, max_heatmap_u8
 
 pytestmark = pytest.mark.usefixtures("offline")
 RNG = np.random.default_rng(1)
@@ -53,7 +53,7 @@ def test_numpy_and_torch_agree_and_batch():
 
 def test_stored_map_is_max_of_per_landmark_maps():
     lmk = RNG.uniform(10, 100, (68, 2)).astype(np.float32)
-    u8 = summed_heatmap_u8(lmk, 28, 1.0, 4.0)
+    u8 = max_heatmap_u8(lmk, 28, 1.0, 4.0)
     assert u8.dtype == np.uint8 and u8.shape == (28, 28)
     want = np.rint(landmark_heatmaps(lmk, 112, 28, 1.0).max(0) * 255).astype(np.uint8)
     np.testing.assert_array_equal(u8, want)

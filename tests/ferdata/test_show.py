@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ferdata.geometry import align_face, split_halves, template
-from ferdata.heatmap import summed_heatmap_u8
+from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import encode_jpeg, encode_png
 from ferdata.show import LABEL_H, PANEL, contact_sheet, show, show_command, to_sheet_sample
 from ferdata.stages.align import npy_bytes
@@ -42,7 +42,7 @@ def write_shards(root: Path, aligned, derived: bool = True) -> None:
                           "json": json.dumps({"backend": "embedded", "label": i}).encode()}
                 if derived:
                     left, right = split_halves(img)
-                    fields |= {"heatmap.png": encode_png(summed_heatmap_u8(lmk, 28, 1.0, 4.0)),
+                    fields |= {"heatmap.png": encode_png(max_heatmap_u8(lmk, 28, 1.0, 4.0)),
                                "left.jpg": encode_jpeg(left, 95), "right.jpg": encode_jpeg(right, 95),
                                "cls": str(i + 1).encode()}
                 w.write(f"{split}_{i}", fields)
@@ -76,7 +76,7 @@ def test_sheet_from_aligned_chunks_renders_derived_fields(tmp_path, aligned):
 
     s = to_sheet_sample(*next(_samples(tmp_path / "aligned"))[1:])
     img, lmk = aligned[3]
-    np.testing.assert_array_equal(s.heatmap, summed_heatmap_u8(lmk, 28, 1.0, 4.0))
+    np.testing.assert_array_equal(s.heatmap, max_heatmap_u8(lmk, 28, 1.0, 4.0))
     assert s.left.shape == (112, 56, 3) and s.label.startswith("Neutral | embedded")
     assert show(tmp_path / "aligned", tmp_path / "a.png", 2).is_file()
     single = sorted((tmp_path / "aligned").glob("*.tar"))[0]
