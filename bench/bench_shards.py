@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_preprocess import make_inputs  # noqa: E402
 from ferdata.faces.embedded import EmbeddedBackend  # noqa: E402
 from ferdata.geometry import split_halves  # noqa: E402
-from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, summed_heatmap_u8  # noqa: E402
+from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, max_heatmap_u8  # noqa: E402
 from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, decode_rgb, encode_jpeg, encode_png  # noqa: E402
 from ferdata.params import load_params, section  # noqa: E402
 from ferdata.records import SPLITS, load_image_bytes, record_from_dict  # noqa: E402
@@ -257,7 +257,7 @@ def heatmap_fidelity(crops: list[tuple[np.ndarray, np.ndarray]], size: int, hm: 
     for _, lmk in crops:
         full = gaussian_heatmaps(lmk, hm, sigma, stride)          # (68, hm, hm) float32
         f32 = full.max(axis=0)
-        u8 = summed_heatmap_u8(lmk, hm, sigma, stride)
+        u8 = max_heatmap_u8(lmk, hm, sigma, stride)
         for name, data in (("png", encode_png(u8)), ("npy f32", npy_bytes(f32)),
                            ("npy f16", npy_bytes(f32.astype(np.float16))), ("npy u8", npy_bytes(u8)),
                            ("npy 68ch f16", npy_bytes(full.astype(np.float16)))):

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ferdata.geometry import split_halves  # noqa: E402
-from ferdata.heatmap import summed_heatmap_u8  # noqa: E402
+from ferdata.heatmap import max_heatmap_u8  # noqa: E402
 from ferdata.io import encode_jpeg, encode_png  # noqa: E402
 from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
@@ -75,7 +75,7 @@ def make_shards(folder: Path, n: int, per_shard: int) -> Path:
             left, right = split_halves(img)
             writer.write(f"s{i:06d}", {"jpg": encode_jpeg(img, 95), "left.jpg": encode_jpeg(left, 95),
                                        "right.jpg": encode_jpeg(right, 95), "lmk.npy": npy_bytes(lmk),
-                                       "heatmap.png": encode_png(summed_heatmap_u8(lmk, 28, 1.0, 4.0)),
+                                       "heatmap.png": encode_png(max_heatmap_u8(lmk, 28, 1.0, 4.0)),
                                        "cls": str(i % 7).encode()})
     info = {"split": "train", "num_samples": n, "class_histogram": {},
             "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256} for f in writer.files]}
