@@ -95,6 +95,10 @@ def crop_border(backend: str) -> str:
     return "replicate" if backend in WHOLE_IMAGE_BACKENDS else "black"
 
 
+# A face the dataset's annotations placed in a picture the decoder turned by its EXIF orientation
+# (a conversion of its own: annotations drawn on the stored pixels would be in another frame)
+ANNOTATED_TURNED = "exif_orientation_annotations"
+
 # Keypoints no face has (ferdata.geometry.template_misfit): real detections stay under 0.43 (1,101
 # faces of the benchmark photos), full profile reaches about 0.62; mirrored or shuffled order ~1.
 MAX_MISFIT = 0.8
@@ -215,7 +219,10 @@ class AlignWorker:
                   "json": json.dumps(meta, sort_keys=True).encode()}
         if al.lmk68 is not None:
             fields["lmk.npy"] = npy_bytes(al.lmk68)
-        return AlignedSample(rec.key, fields, decoded.conversions, int(row["num_faces"]))
+        conversions = decoded.conversions
+        if row["backend"] == "annotations" and "exif_orientation" in conversions:
+            conversions += (ANNOTATED_TURNED,)           # told apart: which frame the annotations meant is a guess
+        return AlignedSample(rec.key, fields, conversions, int(row["num_faces"]))
 
 
 Identity = tuple[bytes, tuple[str, ...], str]
@@ -332,4 +339,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
         write_drops(out, report, drops)
         report.write(out / REPORT)
     log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped), report.notes)
+    if turned := report.notes.get("converted", {}).get(ANNOTATED_TURNED):
+        log.warning("align: %d face(s) placed by the dataset's annotations are in pictures with an EXIF "
+                    "orientation; the annotations were read in the turned (displayed) frame: if the dataset drew "
+                    "them on the stored pixels these crops are wrong; look at some with `ferdata show`", turned)
     return report
