@@ -104,6 +104,7 @@ ANNOTATED_TURNED = "exif_orientation_annotations"
 MAX_MISFIT = 0.8
 MIN_SPREAD_PX = 1.0      # RMS spread of the 5 keypoints in source pixels (the template's: 23 px at 112)
 
+
 def npy_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
