@@ -9,7 +9,9 @@ import hashlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ferdata", "fermodels", "pipeline")
+# pipeline/ is ours only in a checkout (beside dvc.yaml); installed, ROOT is site-packages, where a
+# folder of that name would be another project's
+PACKAGES = ("ferdata", "fermodels", *(("pipeline",) if (ROOT / "dvc.yaml").is_file() else ()))
 # Modules that never shape a stage's data: what they do is checked by their own tests, and
 # changing them must not re-run hours of preprocessing or training.
 EXEMPT = {

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ferdata.classes import class_names
-from ferdata.codeclosure import ROOT, fingerprint
+from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
 from fermodels.registry import create_model, model_kwargs
@@ -171,8 +171,7 @@ def code_fingerprint() -> str:
     resumes only on the code it started with: DVC re-runs ``train`` after an edit of that code, and
     resuming the finished ``last.pt`` trained nothing (the old weights went on under the new code's
     lock entry). An edit elsewhere (predict, verify, the CLI) still resumes."""
-    script = ROOT / "pipeline" / "train.py"
-    return fingerprint(script if script.is_file() else ROOT / "fermodels" / "train.py")
+    return fingerprint(ROOT / "pipeline" / "train.py" if "pipeline" in PACKAGES else ROOT / "fermodels" / "train.py")
 
 
 def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str | Path | None = None) -> dict | None:

@@ -88,3 +88,25 @@ def test_a_stage_declares_the_settings_that_shape_its_output_and_no_others(stage
     assert covered_keys == set(own) - skipped, (
         f"stage {stage!r}: undeclared {sorted(set(own) - skipped - covered_keys)}, "
         f"declared but not shaping its output {sorted(covered_keys & skipped)}")
+
+
+def test_installed_without_pipeline_the_code_hash_ignores_a_foreign_pipeline_package(tmp_path):
+    """Installed, the closure's root is site-packages: another project's `pipeline/train.py` there
+    was hashed as the training code (and its imports followed) in place of fermodels/train.py."""
+    import shutil
+    import subprocess
+    import sys
+
+    site = tmp_path / "site-packages"
+    for package in ("ferdata", "fermodels"):
+        shutil.copytree(ROOT / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "pipeline").mkdir()
+    (site / "pipeline" / "__init__.py").write_text("")
+    (site / "pipeline" / "train.py").write_text("import ferdata.stages.detect\n")     # someone else's
+    probe = ("from ferdata.codeclosure import PACKAGES, ROOT, fingerprint; "
+             "from fermodels.runstate import code_fingerprint; print(PACKAGES); "
+             "print(code_fingerprint() == fingerprint(ROOT / 'fermodels' / 'train.py'))")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[:2] == ["('ferdata', 'fermodels')", "True"]
