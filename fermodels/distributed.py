@@ -17,6 +17,7 @@ torch's default timeout (10 minutes with NCCL, 30 with gloo); ``FER_DIST_TIMEOUT
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -265,20 +267,40 @@ def _take(sequence: list[tuple[str, int]], start: int, count: int) -> list[Piece
     return pieces
 
 
-def _take_each(sequence: list[tuple[str, int]], start: int, count: int, total: int) -> list[Piece]:
-    """Pieces covering the same fraction ``[start, start + count) / total`` of each dataset (shard
-    folder) of the one pass ``sequence``: every part holds each dataset's share to within a sample,
-    however few shards a dataset has (CK+ is one shard: a part without it, beside one holding it,
-    skewed a class-balanced epoch; 0.62 of it class A in :mod:`fermodels.sampling`'s example)."""
-    folders: dict[str, list[tuple[str, int]]] = {}
-    for shard in sequence:
-        folders.setdefault(os.path.dirname(shard[0]), []).append(shard)
-    pieces = []
-    for group in folders.values():
-        n = sum(c for _, c in group)
-        lo, hi = start * n // total, (start + count) * n // total
-        pieces += _take(group, lo, hi - lo)
+def _take_mixed(sequence: list[tuple[str, int]], start: int, count: int, total: int) -> list[Piece]:
+    """Pieces covering positions ``[start, start + count)`` of ``sequence`` (passes of ``total``
+    samples over every shard) with each pass's datasets (shard folders) interleaved sample by
+    sample in proportion (:func:`_mixed_order`): exactly ``count`` samples, each dataset's share of
+    them to within one sample, however few shards a dataset has. Cutting whole shards gave a
+    one-shard dataset (CK+, JAFFE) to one rank x worker part: its batches held all of it and the
+    others none (a class-balanced epoch skewed, 0.62 of it class A in :mod:`fermodels.sampling`'s
+    example). One dataset: the plain positions of the shard order."""
+    names = sorted({os.path.dirname(url) for url, _ in sequence})
+    if len(names) == 1:
+        return _take(sequence, start, count)
+    shards_per_pass = len({url for url, _ in sequence})           # each pass lists every shard once
+    sizes = tuple(sum(n for url, n in sequence[:shards_per_pass] if os.path.dirname(url) == d) for d in names)
+    order = _mixed_order(sizes)
+    pieces: list[Piece] = []
+    for p in range(start // total, math.ceil((start + count) / total)):
+        lo, hi = max(start - p * total, 0), min(start + count - p * total, total)
+        if lo >= hi:
+            continue
+        one_pass = sequence[p * shards_per_pass: (p + 1) * shards_per_pass]
+        before, upto = (np.bincount(order[:x], minlength=len(names)) for x in (lo, hi))
+        for d, name in enumerate(names):
+            group = [shard for shard in one_pass if os.path.dirname(shard[0]) == name]
+            pieces += _take(group, int(before[d]), int(upto[d] - before[d]))
     return pieces
+
+
+@functools.lru_cache(maxsize=8)
+def _mixed_order(sizes: tuple[int, ...]) -> np.ndarray:
+    """The dataset index of each position of a pass over datasets of ``sizes`` samples, each
+    dataset's k-th sample at (k + 1/2) / n of the pass (ties: the dataset listed first)."""
+    times = np.concatenate([(np.arange(n) + 0.5) / n for n in sizes])
+    which = np.repeat(np.arange(len(sizes), dtype=np.int16), sizes)
+    return which[np.lexsort((which, times))]
 
 
 def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]:
@@ -309,7 +331,7 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     is, and a class-balanced stream (:func:`fermodels.sampling.repeat_stream`) makes each its
     quota from its part: repeating shards instead would give a sample in two workers' parts the
     same keep-or-skip draw, so it came out twice and others never. Each part then holds the same
-    fraction of every dataset (:func:`_take_each`), so its class mix is the split's.
+    fraction of every dataset (:func:`_take_mixed`, as every part is), so its class mix is the split's.
     """
     total = sum(n for _, n in shards)
     if total == 0 or samples <= 0:
@@ -333,7 +355,7 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     for w, (n, skip) in enumerate(zip(blocks, skips)):
         worker_sizes = tuple(sizes[b: b + n])
         count = reads[w] if reads else sum(worker_sizes)
-        pieces = _take_each(sequence, pos, count, total) if one_pass else _take(sequence, pos, count)
+        pieces = _take_mixed(sequence, pos, count, total)
         if not any(p.stop > p.start for p in pieces):
             raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
                              f"{len(blocks)} worker(s), each part the same share of every dataset: one part of "

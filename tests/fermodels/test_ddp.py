@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import os
 import socket
 from collections import Counter
@@ -189,9 +190,12 @@ def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
     with pytest.raises(ValueError, match="lower train.workers"):   # a part with nothing to read
         plan_epoch([("s0", 3)], samples=64, batch_size=4, env=DistEnv(0, 1, 0), workers=4, seed=0, shuffle=True,
                    one_pass=True)
-    with pytest.raises(ValueError, match="each part the same share of every dataset: one part of its 4 samples"):
-        plan_epoch([("/d/a/t/a.tar", 3), ("/d/b/t/b.tar", 1)], samples=4, batch_size=1, env=DistEnv(0, 2, 0),
-                   workers=2, seed=0, shuffle=True, one_pass=True)
+    two = [("/d/a/t/a.tar", 3), ("/d/b/t/b.tar", 1)]         # 4 samples, 2 ranks x 2 workers: one each
+    parts = [[(p.url, j) for p in plan.pieces for j in range(p.start, p.stop)] for rank in range(2)
+             for plan in plan_epoch(two, samples=4, batch_size=1, env=DistEnv(rank, 2, 0), workers=2, seed=0,
+                                    shuffle=True, one_pass=True)]
+    assert sorted(len(part) for part in parts) == [1, 1, 1, 1]   # a part with none was refused before
+    assert sorted(x for part in parts for x in part) == [(u, j) for u, n in two for j in range(n)]
 
 
 # ---- a real process group -----------------------------------------------------------------
@@ -504,3 +508,23 @@ def test_one_gpu_index_for_every_rank_is_refused_before_nccl(monkeypatch):
     assert init_distributed(torch.device("cuda", 1), DistEnv(1, 4, 1)) is True
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)      # CUDA_VISIBLE_DEVICES per rank
     assert init_distributed(torch.device("cuda", 0), DistEnv(1, 4, 1)) is True
+
+
+@pytest.mark.parametrize("samples", [40, 100])
+def test_a_shuffled_epoch_gives_every_part_its_share_of_a_one_shard_dataset(samples):
+    """Parts of whole shards gave a one-shard dataset (CK+, JAFFE beside a larger one) to one
+    rank x worker part: every batch of that worker held all of it, the others' none. Now each part
+    holds each dataset's share to within a sample, and the epoch still reads each sample once a pass."""
+    shards = [("/d/ck/train/ck-000000.tar", 10), *((f"/d/raf/train/raf-{i:06d}.tar", 10) for i in range(3))]
+    seen: Counter = Counter()
+    for rank in range(2):
+        plans = plan_epoch(shards, samples=samples, batch_size=4, env=DistEnv(rank, 2, 0), workers=2, seed=3,
+                           shuffle=True)
+        for plan in plans:
+            read = [(p.url, j) for p in plan.pieces for j in range(p.start, p.stop)]
+            assert len(read) == plan.num_samples
+            ck = sum(url.startswith("/d/ck/") for url, _ in read)
+            assert abs(ck - plan.num_samples / 4) <= 1, (ck, plan.num_samples)   # before: 0 or 10 per part
+            seen.update(read)
+    assert sum(seen.values()) == samples
+    assert set(seen) == {(u, j) for u, n in shards for j in range(n)} and max(seen.values()) == math.ceil(samples / 40)
