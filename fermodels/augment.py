@@ -15,8 +15,8 @@ Geometry stays consistent across a sample's fields:
   so the two differ by about 1 px and 0.6 degrees at 112 px, well inside the affine jitter;
 * small affine (rotation, translation, scale, as torchvision's ``RandomAffine`` with black fill):
   one matrix per sample warps the image, the heatmap (same normalised grid, resampled: peak
-  heights and widths change with the scale, where a map drawn from the warped landmarks would
-  not; no model reads the stored heatmap yet) and the landmarks;
+  heights and widths change with the scale, by up to about 55/255 against a map drawn from the
+  warped landmarks; ``resnet18_heatmap`` reads it as an attention mask) and the landmarks;
 * random erasing (torchvision ``RandomErasing`` semantics, filled with the mean colour like
   ``value=0`` after ``Normalize``): one rectangle per sample on the image.
 

@@ -2,12 +2,14 @@
 
 ``resnet18`` is torchvision's ResNet-18 (MS-Celeb-1M or ImageNet weights load into it) with a
 new ``fc``; ``resnet18_112`` is the same network declared at 112 x 112 for the CPU smoke
-pipeline; ``ir50`` is IR-50 stages 1-3 (the image backbone of POSTER / Nie et al.) + GAP + FC.
+pipeline; ``resnet18_heatmap`` (and ``_112``) weights its layer-2 features by the stored landmark
+heatmap; ``ir50`` is IR-50 stages 1-3 (the image backbone of POSTER / Nie et al.) + GAP + FC.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fermodels.checkpoints import load_pretrained
@@ -27,12 +29,15 @@ def require(batch: Batch, key: str, card: ModelCard, width: int | None = None) -
         raise KeyError(f"model {card.name!r} needs batch[{key!r}]; its card lists fields "
                        f"{card.fields}, the batch has {sorted(batch)}")
     x = batch[key]
+    s = card.input_size
     if key in ("image", "left", "right"):
-        s = card.input_size
         want = (s, s if width is None else width)
         if x.dim() != 4 or tuple(x.shape[-2:]) != want:
             raise ValueError(f"model {card.name!r} expects batch[{key!r}] of shape (B, 3, {want[0]}, "
                              f"{want[1]}), got {tuple(x.shape)}; resize faces to the card's input_size")
+    if key == "heatmap" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, s // 4, s // 4)):
+        raise ValueError(f"model {card.name!r} expects batch['heatmap'] of shape (B, 1, {s // 4}, {s // 4}) (a "
+                         f"quarter of the input side), got {tuple(x.shape)}")
     return x
 
 
@@ -53,6 +58,22 @@ class ResNet18Classifier(nn.Module):
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
         return {"ce": label_loss(out["logits"], batch)}
+
+
+class ResNet18HeatmapAttention(ResNet18Classifier):
+    """ResNet-18 whose layer-2 features (1/8 of the input side) are weighted by the stored
+    landmark heatmap as residual attention, F * (1 + H): H in [0, 1] (the max over the 68
+    landmarks' Gaussians, average-pooled from 1/4 to 1/8 of the side), so features on the
+    eyes, brows, nose and mouth count up to twice and the rest as in ``resnet18``; with H = 0 it
+    is ``resnet18`` exactly (the same weights load)."""
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        t = self.trunk
+        x = t.maxpool(t.relu(t.bn1(t.conv1(require(batch, "image", self.card)))))
+        x = t.layer2(t.layer1(x))
+        x = x * (1 + F.avg_pool2d(require(batch, "heatmap", self.card), 2).to(x.dtype))
+        feats = global_avg_pool(t.layer4(t.layer3(x)))
+        return {"logits": self.fc(feats), "features": feats}
 
 
 class IR50Classifier(nn.Module):
@@ -93,6 +114,29 @@ def resnet18(num_classes: int = 7, pretrained: str | None = None) -> ResNet18Cla
 def resnet18_112(num_classes: int = 7, pretrained: str | None = None) -> ResNet18Classifier:
     """Same network at 112 x 112 (the CPU smoke pipeline's face size)."""
     return ResNet18Classifier(num_classes, _resnet_card("resnet18_112", 112), pretrained)
+
+
+_HEATMAP_NOTES = ("resnet18 with its layer-2 features weighted by the stored 68-landmark heatmap (derive "
+                  "stage, heatmap.png) as residual attention F * (1 + H), H average-pooled to the feature grid: "
+                  "our baseline for the landmark heatmaps (landmark maps as attention as in EmoNet; the "
+                  "(1 + M) form of Residual Attention Networks). `pretrained` as resnet18. Random init without it.")
+
+
+def _heatmap_card(name: str, size: int) -> ModelCard:
+    return ModelCard(name=name, input_size=size, fields=("image", "heatmap"), losses=("ce",),
+                     paper="Wang et al., Residual Attention Network, CVPR 2017; Toisoul et al., EmoNet, "
+                           "Nature Machine Intelligence 2021 (heatmaps as attention)", notes=_HEATMAP_NOTES)
+
+
+@register_model("resnet18_heatmap")
+def resnet18_heatmap(num_classes: int = 7, pretrained: str | None = None) -> ResNet18HeatmapAttention:
+    return ResNet18HeatmapAttention(num_classes, _heatmap_card("resnet18_heatmap", 224), pretrained)
+
+
+@register_model("resnet18_heatmap_112")
+def resnet18_heatmap_112(num_classes: int = 7, pretrained: str | None = None) -> ResNet18HeatmapAttention:
+    """Same network at 112 x 112 (heatmaps at the derive stage's default 28 x 28)."""
+    return ResNet18HeatmapAttention(num_classes, _heatmap_card("resnet18_heatmap_112", 112), pretrained)
 
 
 @register_model("ir50")

@@ -15,7 +15,8 @@ from fermodels.registry import FIELDS, create_model, list_models
 # Narrow ConvNeXt so the Conv-cut variants run in milliseconds; the real default is tested below.
 TINY = {"convcut": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), width=32),
         "convcut_paper": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), width=32)}
-EXPECTED = {"resnet18", "resnet18_112", "ir50", "cmnet", "pcnn", "pcda", "convcut", "convcut_paper"}
+EXPECTED = {"resnet18", "resnet18_112", "resnet18_heatmap", "resnet18_heatmap_112", "ir50", "cmnet", "pcnn", "pcda",
+            "convcut", "convcut_paper"}
 ALL = list_models()
 # Non-default configurations that change the forward graph, run through the same contract.
 VARIANTS = [pytest.param(n, {}, id=n) for n in ALL] + [
@@ -421,3 +422,20 @@ def test_a_card_with_one_half_face_is_refused():
     with pytest.raises(ValueError, match="both half-faces, 'left' and 'right', or neither"):
         ModelCard("x", 112, ("image", "left"), ("ce",), "paper")
     assert ModelCard("x", 112, ("image", "left", "right"), ("ce",), "paper").fields[1:] == ("left", "right")
+
+
+def test_the_heatmap_baseline_is_resnet18_where_the_heatmap_is_dark_and_reads_it_elsewhere() -> None:
+    """F * (1 + H): with H = 0 the network is resnet18 with the same weights; a heatmap changes the
+    prediction, through the feature cells it covers; a heatmap of the wrong grid is named."""
+    net = build("resnet18_heatmap_112").eval()
+    plain = build("resnet18_112").eval()
+    plain.load_state_dict(net.state_dict())
+    batch = example_batch(net.card, batch_size=2)
+    with torch.no_grad():
+        dark = net({**batch, "heatmap": torch.zeros_like(batch["heatmap"])})["logits"]
+        torch.testing.assert_close(dark, plain({"image": batch["image"]})["logits"])
+    heat = torch.zeros_like(batch["heatmap"], requires_grad=True)
+    net({**batch, "heatmap": heat})["logits"][:, 0].sum().backward()
+    assert heat.grad.abs().amax(dim=(1, 2, 3)).min() > 0                       # every face reads its heatmap
+    with pytest.raises(ValueError, match=r"expects batch\['heatmap'\] of shape \(B, 1, 28, 28\)"):
+        net({**batch, "heatmap": torch.zeros(2, 1, 56, 56)})

@@ -829,3 +829,30 @@ def test_class_shares_are_logged_only_when_they_cover_the_epoch(caplog):
     caplog.clear()
     trainer._log_epoch(None, 1, [({"ce": 2.0}, 4, 0.0, [0, 1])], 0.1, 1.0, {"accuracy": 0.5})
     assert "trained on" not in caplog.text and "epoch 1:" in caplog.text
+
+
+def test_the_heatmap_baseline_trains_on_the_stored_heatmaps(tiny_shards, tmp_path, monkeypatch, one_thread):
+    """The stored heatmap reaches a model through the loader, the flip and the affine warp: every
+    training batch's heatmap is the shards' (non-zero on each face, in [0, 1], at a quarter of the
+    side), and the run trains and scores like any other."""
+    from fermodels.evaluate import EvalParams, evaluate
+    from fermodels.models.baselines import ResNet18HeatmapAttention
+
+    seen = []
+    real_forward = ResNet18HeatmapAttention.forward
+
+    def forward(self, batch):
+        if self.training:
+            seen.append(batch["heatmap"].detach().clone())
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(ResNet18HeatmapAttention, "forward", forward)
+    augment = {**make_params().augment.__dict__, "hflip": 0.5, "affine_p": 1.0, "degrees": 10.0}
+    params = make_params(model="resnet18_heatmap_112", model_kwargs={}, epochs=1, augment=augment)
+    train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    assert seen and sum(len(h) for h in seen) == open_split([tiny_shards], "train").num_samples
+    for heat in seen:
+        assert heat.shape[1:] == (1, 28, 28) and 0 <= heat.min() and heat.max() <= 1
+        assert heat.amax(dim=(1, 2, 3)).min() > 0.5                # every face's landmarks are there
+    fast = EvalParams("test", 4, 0, "cpu", False, False, 0)
+    assert evaluate(tmp_path / "ckpt" / "best.pt", tiny_shards, fast, tmp_path / "eval")["num_samples"] > 0
