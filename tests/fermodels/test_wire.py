@@ -60,6 +60,27 @@ def test_resize_batch_shrinks_with_antialiasing():
     torch.testing.assert_close(out["lmk"], torch.tensor([[[1.0, 1.0]]]))
 
 
+
+def test_the_workers_shrink_by_averaging_as_the_device_does():
+    """The loader's own resize (every shrink happens there: a heatmap stored finer than a quarter
+    of the side, a crop stored larger than the model) was plain bilinear: a 4x shrink of stripes
+    0, 255, 255, 0 read only the middle two pixels (255), where the device's antialiased resize,
+    and the picture, give their mean."""
+    import cv2
+    import numpy as np
+
+    from ferdata.io import encode_jpeg
+
+    stripes = np.tile(np.array([0, 255, 255, 0], np.uint8), (112, 28))                  # 112 x 112 cells
+    ok, png = cv2.imencode(".png", stripes)
+    raw = {"__key__": "k", "cls": b"0", "jpg": encode_jpeg(np.zeros((112, 112, 3), np.uint8), 95),
+           "heatmap.png": png.tobytes()}
+    heat = SampleDecoder(("image", "heatmap"), 112)(raw)["heatmap"]
+    assert heat.shape == (28, 28) and np.abs(heat.astype(float) - 127.5).max() <= 1
+    device = resize_batch({"image": torch.zeros(1, 3, 112, 112),
+                           "heatmap": torch.from_numpy(stripes).float()[None, None]}, 112)["heatmap"]
+    assert (device[..., 1:-1] - 127.5).abs().max() <= 1                    # its border columns weigh edges
+
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
 
