@@ -4,10 +4,11 @@ DataLoader-worker streams.
 Why an explicit plan instead of ``wds.split_by_node`` + ``wds.split_by_worker``: those split at
 shard granularity, so ranks get different sample counts (a rank with fewer batches hangs DDP at
 its next collective), and fewer shards than workers leave workers idle. Here the epoch's shard
-order (seeded by seed and epoch) defines one sequence of samples; each rank takes a contiguous
-range of it and each worker a contiguous part of its rank's range, so shards are still read
-sequentially, every sample is read exactly once per epoch and every rank runs the same number of
-batches (:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples).
+order (seeded by seed and epoch) defines one sequence of samples per dataset; each rank takes a
+range of it and each worker a part of its rank's range, the same share of every dataset
+(:func:`_take_mixed`; one dataset: contiguous ranges, so shards are read sequentially), so every
+sample is read exactly once per epoch and every rank runs the same number of batches
+(:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples).
 
 Launch: ``torchrun --nproc_per_node=N -m pipeline.train ...`` (one node) or with ``--nnodes``,
 ``--node_rank`` and ``--master_addr``/``--master_port`` on several; the process group is set up from
@@ -190,15 +191,10 @@ class WorkerPlan:
 
 
 def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> list[tuple[str, int]]:
-    """The shards in this epoch's order: seeded shuffle for training, file order otherwise.
-
-    Shards of several datasets (one folder each) are shuffled within their folder and then
-    interleaved in proportion to each folder's shard count, from a random phase per folder: any
-    contiguous run of the order, so every rank's and worker's part of the epoch, holds the datasets
-    in the split's proportions to within a shard, and so their class mix (a class-balanced epoch,
-    :mod:`fermodels.sampling`, relies on each part having the split's mix). One folder: the seeded
-    shuffle alone (the same order as a plain ``random.Random(seed).shuffle``).
-    """
+    """The shards in this epoch's order: seeded shuffle for training, file order otherwise. Shards
+    of several datasets (one folder each) are shuffled within their folder, folder after folder in
+    the order listed; :func:`_take_mixed` interleaves the datasets when it cuts the epoch into
+    parts. One folder: the same order as a plain ``random.Random(seed).shuffle``."""
     order = list(shards)
     if not shuffle:
         return order
@@ -206,12 +202,9 @@ def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> 
     folders: dict[str, list[tuple[str, int]]] = {}
     for shard in order:
         folders.setdefault(os.path.dirname(shard[0]), []).append(shard)
-    placed = []
-    for f, group in enumerate(folders.values()):
+    for group in folders.values():
         rng.shuffle(group)
-        phase = rng.random()
-        placed += [((i + phase) / len(group), f, shard) for i, shard in enumerate(group)]
-    return [shard for *_, shard in sorted(placed, key=lambda p: p[:2])]
+    return [shard for group in folders.values() for shard in group]
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -358,8 +351,8 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
         pieces = _take_mixed(sequence, pos, count, total)
         if not any(p.stop > p.start for p in pieces):
             raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
-                             f"{len(blocks)} worker(s), each part the same share of every dataset: one part of "
-                             f"its {total} samples gets none: lower train.workers")
+                             f"{len(blocks)} worker(s): its {total} samples leave a part none to read; lower "
+                             "train.workers")
         plans.append(WorkerPlan(w, tuple(pieces), worker_sizes, skip))
         pos, b = pos + count, b + n
     return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

@@ -211,24 +211,33 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     return metrics
 
 
-
 def check_preprocess(trained: dict, shards: dict, fields: Sequence[str], checkpoint: str | Path,
                      dirs: Sequence[Path]) -> None:
-    """Refuse shards whose faces were made otherwise than the checkpoint's training faces, in the
-    settings that shape the model's ``fields`` (a crop of another size or padding scores another
-    task). Either side unrecorded (older versions): nothing to compare."""
+    """Compare the settings that made ``shards``' faces with the checkpoint's training faces, in
+    what the model's ``fields`` read: another framing (``align.padding``: the face at another
+    scale in the crop) or another heatmap (size, sigma) scores another task, and is refused; a
+    crop stored at another size (the loader resizes it) or through another JPEG quality is warned
+    about. Either side unrecorded (older versions): nothing to compare."""
     if not trained or not shards:
         return
-    keys = [("align", k) for k in shards["align"]]
-    keys += [("derive", k) for k in ("heatmap_size", "heatmap_sigma") if "heatmap" in fields]
-    keys += [("derive", "jpeg_quality")] if {"left", "right"} & set(fields) else []
-    ours = {(sec, k): trained.get(sec, {}).get(k) for sec, k in keys}
-    differ = [f"{sec}.{k} {ours[sec, k]!r} (training) vs {shards[sec].get(k)!r}" for sec, k in keys
-              if ours[sec, k] != shards[sec].get(k)]
-    if differ:
-        raise ValueError(f"{', '.join(map(str, dirs))} hold faces made otherwise than {checkpoint}'s training faces: "
-                         f"{'; '.join(differ)}. Prepare the test data with the training's align/derive settings "
-                         "(the checkpoint's `preprocess`), or score a checkpoint trained on these shards")
+    halves = bool({"left", "right"} & set(fields))
+    refuse = [("align", "padding"), *((("derive", k) for k in ("heatmap_size", "heatmap_sigma"))
+                                      if "heatmap" in fields else ())]
+    warn = [("align", "size"), ("align", "jpeg_quality"), *((("derive", "jpeg_quality"),) if halves else ())]
+
+    def differing(keys: list[tuple[str, str]]) -> list[str]:
+        return [f"{sec}.{k} {trained.get(sec, {}).get(k)!r} (training) vs {shards.get(sec, {}).get(k)!r}"
+                for sec, k in keys if trained.get(sec, {}).get(k) != shards.get(sec, {}).get(k)]
+
+    where = ", ".join(map(str, dirs))
+    if differ := differing(refuse):
+        raise ValueError(f"{where} hold faces made otherwise than {checkpoint}'s training faces: {'; '.join(differ)}. "
+                         "Prepare the test data with the training's align/derive settings (the checkpoint's "
+                         "`preprocess`), or score a checkpoint trained on these shards")
+    if differ := differing(warn):
+        log.warning("evaluate: %s hold faces stored otherwise than the training faces (%s): scored, but not quite "
+                    "the faces the model learnt from", where, "; ".join(differ))
+
 
 def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,
                preds: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:

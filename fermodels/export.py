@@ -29,6 +29,7 @@ from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
 OPSET = 17
 PARITY_TOLERANCE = 1e-4      # max |probability| difference an export may have from PyTorch
 
@@ -147,8 +148,10 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
 
     The graphs are written into a hidden folder inside ``out_dir`` and checked against PyTorch
     there (:func:`parity`); only graphs within ``tolerance`` are moved to their names, the
-    ``.json`` (which records the differences under ``parity``) last. A graph that fails the check
-    raises and leaves ``out_dir`` as it was: no file under a final name that should not be used.
+    ``.json`` (which records the differences under ``parity``) last, after the old ``.json`` and
+    any graph of this name in a format not exported now (an earlier export's) are removed. A graph
+    that fails the check raises and leaves ``out_dir`` as it was: no file under a final name that
+    should not be used.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown:
@@ -167,6 +170,11 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
             if not diff <= tolerance:                                   # NaN too
                 raise RuntimeError(f"the exported {fmt} graph's probabilities differ from PyTorch's by {diff:.2e} "
                                    f"(more than {tolerance:g}): not written to {out / files[fmt]}")
+        for stale in [*(f for f in FORMATS if f not in files), "json"]:     # no old .json beside new graphs
+            path = out / f"{name}{SUFFIX.get(stale, '.json')}"
+            if path.is_file():
+                path.unlink()
+                log.info("export: removed %s (an earlier export's)", path)
         for file in files.values():
             os.replace(Path(staging) / file, out / file)
     meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
@@ -181,12 +189,12 @@ def _write_graphs(wrapper: ExportWrapper, folder: Path, name: str, formats: Sequ
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, torch.jit.TracerWarning))
         if "onnx" in formats:
-            files["onnx"] = f"{name}.onnx"
+            files["onnx"] = f"{name}{SUFFIX['onnx']}"
             torch.onnx.export(wrapper, example, str(folder / files["onnx"]), dynamo=False, opset_version=OPSET,
                               input_names=list(card.fields), output_names=["logits", "probs"],
                               dynamic_axes={n: {0: "batch"} for n in (*card.fields, "logits", "probs")})
         if "torchscript" in formats:
-            files["torchscript"] = f"{name}.ts"
+            files["torchscript"] = f"{name}{SUFFIX['torchscript']}"
             traced = torch.jit.trace(wrapper.eval(), example, check_trace=False)
             torch.jit.save(traced, str(folder / files["torchscript"]))
     return files
@@ -206,7 +214,7 @@ def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None,
         raise RuntimeError(f"{checkpoint}'s model gives non-finite probabilities on the parity inputs: nothing "
                            "to check the exports against; do not use them")
     diffs: dict[str, float] = {}
-    onnx_path, ts_path = Path(out_dir) / f"{name}.onnx", Path(out_dir) / f"{name}.ts"
+    onnx_path, ts_path = (Path(out_dir) / f"{name}{SUFFIX[f]}" for f in FORMATS)
     if "onnx" in formats and onnx_path.is_file():
         import onnxruntime as ort
 

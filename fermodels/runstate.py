@@ -245,7 +245,7 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, worker
     the next one starts under any, with a warning (the epochs are laid out otherwise from there)."""
     saved = (state.get("world_size", world_size), (state.get("params") or {}).get("workers", workers))
     now = (world_size, saved[1] if workers is None else workers)
-    if saved != now:
+    if _layout(saved, steps_per_epoch) != _layout(now, steps_per_epoch):
         was, will = (f"{r} rank(s) x {w} loader worker(s)" for r, w in (saved, now))
         if state["batch"] < state.get("epoch_steps", 0):
             raise ValueError(f"last.pt was saved by {was} in the middle of epoch {state['epoch']} (batch "
@@ -257,6 +257,13 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, worker
     if state["batch"] >= steps_per_epoch:
         return Position(state["epoch"] + 1, 0, state["step"])
     return Position(state["epoch"], state["batch"], state["step"])
+
+
+def _layout(ranks_workers: tuple[int, int | None], steps_per_epoch: int) -> tuple[int, int | None]:
+    """(ranks, loader workers) as an epoch is laid out: 0 workers (in-process) reads as one, and
+    no more workers than a rank has batches (:func:`fermodels.distributed.plan_epoch`)."""
+    ranks, workers = ranks_workers
+    return ranks, None if workers is None else max(1, min(workers, steps_per_epoch))
 
 
 def truncate_live(live_dir: str | Path, from_step: int) -> None:

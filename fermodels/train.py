@@ -125,11 +125,11 @@ class TrainParams:
                              "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
 
 
-
 def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:
     """params.yaml's ``train`` section with its recipe applied (:func:`apply_recipe`), as the train
     stage runs it; ``announce``: log what the recipe sets."""
     return section(TrainParams, apply_recipe(section_values(params, "train"), announce), "train")
+
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
     """Seed torch (dropout etc.) for this step; return the augmentation generator and the one that

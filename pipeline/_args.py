@@ -17,9 +17,11 @@ HELP = ("-h", "--help")
 USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
 
 
-def setup() -> tuple[dict, list[str]]:
+def setup(check_all: bool = True) -> tuple[dict, list[str]]:
     """The script's arguments from argv, then logging, the command lines' error policy (bad input: one
-    ``error:`` line) and params.yaml, every section of it checked (:mod:`pipeline._checks`).
+    ``error:`` line) and params.yaml, every section of it checked (:mod:`pipeline._checks`) unless
+    ``check_all`` is false: the quick stages on either side of preprocessing (sample, select) leave
+    it to the next, so that the check's imports (torch, every model) cost only the stages it guards.
 
     ``-h``/``--help`` prints the usage line and the script's docstring and exits 0; a wrong number of
     arguments prints the usage line on stderr and exits 2, as argparse does."""
@@ -27,10 +29,11 @@ def setup() -> tuple[dict, list[str]]:
     args = arguments(doc, sys.argv[1:])
     install_excepthook()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from pipeline._checks import check_params     # after the arguments: --help needs no torch
-
     params = load_params()
-    check_params(params)
+    if check_all:
+        from pipeline._checks import check_params     # after the arguments: --help needs no torch
+
+        check_params(params)
     return params, args
 
 

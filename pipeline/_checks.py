@@ -8,9 +8,11 @@ on the code this module imports (``ferdata.codeclosure.CHECKS``), only on the co
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 from ferdata.datasets import dataset_spec
+from ferdata.layout import stage_dirs
 from ferdata.params import stage_section
 from ferdata.sample import SampleParams
 from ferdata.stages.align import AlignParams
@@ -20,21 +22,34 @@ from ferdata.stages.shard import ShardParams
 from fermodels.evaluate import evaluate_section
 from fermodels.train import train_section
 
+DATA_DIR = "data"        # where dvc.yaml's stages put each dataset (data/<name>/...)
 NOTE = "params.yaml is checked whole before a stage runs: fix this value even where this stage does not read it"
 
 
-def check_params(params: Mapping[str, Any]) -> None:
+def check_params(params: Mapping[str, Any], data_dir: str | Path = DATA_DIR) -> None:
     """Raise the error the stage reading a bad value would raise, with :data:`NOTE`; ``sample`` only
-    where the section is there (it feeds only the bundled sample)."""
+    where the section is given (it feeds only the bundled sample). The datasets train and evaluate
+    name must be ones ``dvc repro`` prepares (``datasets``) or prepared already under ``data_dir``."""
     try:
         for name, cls in (("align", AlignParams), ("derive", DeriveParams), ("shard", ShardParams)):
             stage_section(params, name, cls)
-        if "sample" in params:
+        if params.get("sample") is not None:
             stage_section(params, "sample", SampleParams)
         for name in params.get("datasets") or {}:
             detect_section(params, name, dataset_spec(params, name))
-        train_section(params, announce=False)
-        evaluate_section(params)
+        trained_on = train_section(params, announce=False).datasets
+        tested_on, _ = evaluate_section(params)
+        for name, key in [*((n, "train.datasets (or its recipe's)") for n in trained_on),
+                          *(((tested_on, "evaluate.dataset"),) if tested_on else ())]:
+            _check_named(name, key, params, Path(data_dir))
     except (ValueError, KeyError, TypeError) as err:
         err.add_note(NOTE)
         raise
+
+
+def _check_named(name: str, key: str, params: Mapping[str, Any], data_dir: Path) -> None:
+    known = params.get("datasets") or {}
+    if name not in known and not stage_dirs(data_dir, name)["shards"].is_dir():
+        raise KeyError(f"{key} names {name!r}, which is neither in params.yaml's datasets ({', '.join(sorted(known))}) "
+                       f"nor prepared under {data_dir / name / 'shards'}: add it to datasets (dvc repro prepares it) "
+                       f"or prepare it with `ferdata prepare {name} --root ...`")

@@ -5,5 +5,5 @@ from ferdata.params import stage_section
 from ferdata.sample import SampleParams, make_affectnet_sample
 from pipeline._args import setup
 
-params, (out,) = setup()
+params, (out,) = setup(check_all=False)
 make_affectnet_sample(Path(out), stage_section(params, "sample", SampleParams))

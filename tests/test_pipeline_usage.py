@@ -71,7 +71,10 @@ def test_help_prints_usage_and_exits_0(stage, flag, monkeypatch, capsys):
     ("evaluate", "dataset", 7, "evaluate.dataset must be null"),
     ("evaluate", "seed", -1, "evaluate.seed"),
     ("detect", "det_size", "big", "detect.det_size"),
-], ids=["train-key", "train-value", "evaluate-dataset", "evaluate-value", "detect-value"])
+    ("train", "datasets", ["sampel"], "train.datasets (or its recipe's) names 'sampel', which is neither in"),
+    ("evaluate", "dataset", "nosuch", "evaluate.dataset names 'nosuch', which is neither in params.yaml's"),
+], ids=["train-key", "train-value", "evaluate-dataset", "evaluate-value", "detect-value", "train-unknown-dataset",
+        "evaluate-unknown-dataset"])
 def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, section, key, value, says):
     """Each stage checked only its own section: a bad `train` value surfaced after every
     preprocessing stage had run (hours on AffectNet). Now the first stage to run names it."""
@@ -95,3 +98,17 @@ def test_a_training_error_reaches_torchruns_failure_summary(tmp_path):
     assert run.returncode == 1 and run.stderr.startswith("error: missing.json not found"), run.stderr
     recorded = json.loads((tmp_path / "error.json").read_text())
     assert "missing.json not found: run the `select` stage" in recorded["message"]["message"]
+
+
+def test_the_whole_check_takes_datasets_prepared_outside_params_and_an_empty_sample_section(tmp_path):
+    """`ferdata prepare NAME --root ...` prepares a dataset that params.yaml does not list: training
+    on it must pass the check; `sample:` left empty (no bundled sample) is no error either."""
+    from pipeline._checks import check_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["datasets"] = ["mine"]
+    params["sample"] = None
+    with pytest.raises(KeyError, match=r"names 'mine', which is neither .* nor prepared under .*mine/shards"):
+        check_params(params, tmp_path)
+    (tmp_path / "mine" / "shards").mkdir(parents=True)
+    check_params(params, tmp_path)

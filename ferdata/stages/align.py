@@ -100,8 +100,9 @@ def crop_border(backend: str) -> str:
 ANNOTATED_TURNED = "exif_orientation_annotations"
 
 # Keypoints no face has (ferdata.geometry.template_misfit): real detections stay under 0.43 (1,101
-# faces of the benchmark photos), full profile reaches about 0.62; mirrored or shuffled order ~1.
-MAX_MISFIT = 0.8
+# faces of the benchmark photos); a 3-D face turned to full profile and pitched 30 degrees reaches
+# 0.7-0.8 with detector noise; mirrored or shuffled order about 0.97.
+MAX_MISFIT = 0.9
 MIN_SPREAD_PX = 1.0      # RMS spread of the 5 keypoints in source pixels (the template's: 23 px at 112)
 
 
@@ -120,7 +121,7 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
     """(kps5, lmk68) in the frame of the image decoded at ``scale`` as float32, or
     :class:`BadGeometry` when the box or points are non-finite, the points coincide or spread over
     less than :data:`MIN_SPREAD_PX` (a zoom of hundreds: a crop of one pixel), they fit no face
-    (:data:`MAX_MISFIT`: listed in mirrored or shuffled order, or with points missing), or their
+    (:data:`MAX_MISFIT`: listed in mirrored or shuffled order, or with most points missing), or their
     centre lies off the image."""
     if not np.isfinite(np.asarray(face["box"], np.float64)).all():
         raise BadGeometry("bad_box", f"face box {face['box']} is not finite")
@@ -140,8 +141,8 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
                                            "no face that small can be aligned")
     if (misfit := template_misfit(kps)) > MAX_MISFIT:
         raise BadGeometry("bad_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > {MAX_MISFIT}: a face "
-                                           "in full profile is about 0.6): listed in mirrored or shuffled order, or "
-                                           "with points missing?")
+                                           "in full profile is under 0.8): listed in mirrored or shuffled order, or "
+                                           "with most points missing?")
     cx, cy = kps.mean(0)
     if not (0 <= cx < shape[1] and 0 <= cy < shape[0]):
         raise BadGeometry("face_outside_image", f"keypoint centre ({cx:.0f}, {cy:.0f}) outside {shape[1]}x{shape[0]}")

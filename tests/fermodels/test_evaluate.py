@@ -267,9 +267,11 @@ def _shards_with(src: Path, dst: Path, **preprocess) -> Path:
     return dst
 
 
-def test_faces_made_otherwise_than_the_training_faces_are_refused(tiny_run, tmp_path, one_thread):
-    """A checkpoint trained on 112 px crops of padding 0.0 was scored on crops of padding 0.3 (or
-    another size) without a word, and the figure read as a same-dataset result."""
+def test_faces_made_otherwise_than_the_training_faces_are_refused(tiny_run, tmp_path, one_thread, caplog):
+    """A checkpoint trained on crops of padding 0.0 was scored on crops of padding 0.3 without a
+    word, and the figure read as a same-dataset result. Another stored size or JPEG quality (the
+    loader resizes the crop) is scored with a warning; a setting of a field the model does not
+    read is no matter."""
     ckpt = tiny_run["ckpt"] / "best.pt"
     fields = model_from_checkpoint(load_checkpoint(ckpt)).card.fields
     assert "heatmap" not in fields and not {"left", "right"} & set(fields)
@@ -280,7 +282,13 @@ def test_faces_made_otherwise_than_the_training_faces_are_refused(tiny_run, tmp_
     assert not (tmp_path / "eval").exists()
     other_heatmaps = _shards_with(tiny_run["shards"], tmp_path / "hm" / "shards", derive={"heatmap_size": 56})
     fast = EvalParams(**{**PARAMS.__dict__, "batch_check": False})
-    assert evaluate(ckpt, other_heatmaps, fast, tmp_path / "ok")["num_samples"] > 0   # not an input of this model
+    with caplog.at_level("WARNING", logger="fermodels.evaluate"):
+        assert evaluate(ckpt, other_heatmaps, fast, tmp_path / "ok")["num_samples"] > 0   # not this model's input
+    assert "stored otherwise" not in caplog.text
+    q90 = _shards_with(tiny_run["shards"], tmp_path / "q90" / "shards", align={"jpeg_quality": 90})
+    with caplog.at_level("WARNING", logger="fermodels.evaluate"):
+        assert evaluate(ckpt, q90, fast, tmp_path / "q90eval")["num_samples"] > 0
+    assert "stored otherwise than the training faces (align.jpeg_quality 95 (training) vs 90)" in caplog.text
 
 
 def test_one_name_for_two_folders_and_a_dataset_folder_for_its_shards_are_named(tiny_run, tmp_path):

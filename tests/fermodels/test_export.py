@@ -258,3 +258,12 @@ def test_a_graph_failing_parity_is_not_left_under_its_name(tiny_run, tmp_path, m
     with pytest.raises(RuntimeError, match="not written"):
         export_model(tiny_run["ckpt"] / "best.pt", tmp_path / "fresh")
     assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_a_narrower_export_leaves_no_graph_of_an_earlier_one(tiny_run, tmp_path):
+    """Exporting ONNX alone into a folder that held an earlier export left its .ts under the final
+    name beside a .json that no longer listed it."""
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path)
+    meta = export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convcut.json", "convcut.onnx"]
+    assert meta["files"] == {"onnx": "convcut.onnx"}

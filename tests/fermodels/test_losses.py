@@ -101,7 +101,6 @@ def test_neaa_of_no_samples_is_zero_and_a_bad_feature_outside_a_term_leaves_it_a
     assert neutral_aware_anchor(feats, torch.zeros(6, 7), labels).item() == pytest.approx(want.item())
 
 
-
 def test_neaa_anchor_is_the_most_confident_even_beside_a_minus_infinite_logit() -> None:
     """The entropy was -(p log p) from log_softmax: a -inf logit made 0 * -inf = nan, and argmin
     took that sample, the least confident of its class, as the anchor."""
@@ -110,6 +109,7 @@ def test_neaa_anchor_is_the_most_confident_even_beside_a_minus_infinite_logit() 
     assert neutral_aware_anchor(FEATS, logits, LABELS).item() == pytest.approx(8.0)     # anchor f4, as above
     logits[3] = torch.nan                                       # a sample whose entropy is unknown: never the anchor
     assert neutral_aware_anchor(FEATS, logits, LABELS).item() == pytest.approx(8.0)
+
 
 def test_neaa_reads_nothing_back_from_the_device() -> None:
     """The loss runs on the meta device (shapes, no data): no per-class loop, no ``unique`` or

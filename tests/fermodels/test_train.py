@@ -799,6 +799,10 @@ def test_a_run_goes_on_under_other_loader_workers_from_an_epochs_end(tmp_path, c
                                          r"1 rank\(s\) x 0 loader worker\(s\)"):
         next_position(resumed, 5, world_size=1, workers=0)
     assert next_position({**resumed, "batch": 5}, 5, world_size=1, workers=0) == Position(2, 0, 8)
+    one = {**resumed, "params": {**params, "workers": 1}}       # 0 and 1 lay an epoch out alike, as do 8 and 5
+    assert next_position(one, 5, world_size=1, workers=0) == Position(1, 3, 8)          # mid-epoch: same layout
+    assert next_position({**resumed, "params": {**params, "workers": 8}}, 5, world_size=1, workers=5) == \
+        Position(1, 3, 8)
     assert resume_state(tmp_path, {**params, "lr": 0.2}, data) is None                   # a real change still restarts
 
 

@@ -60,7 +60,6 @@ def test_resize_batch_shrinks_with_antialiasing():
     torch.testing.assert_close(out["lmk"], torch.tensor([[[1.0, 1.0]]]))
 
 
-
 def test_the_workers_shrink_by_averaging_as_the_device_does():
     """The loader's own resize (every shrink happens there: a heatmap stored finer than a quarter
     of the side, a crop stored larger than the model) was plain bilinear: a 4x shrink of stripes
@@ -80,6 +79,7 @@ def test_the_workers_shrink_by_averaging_as_the_device_does():
     device = resize_batch({"image": torch.zeros(1, 3, 112, 112),
                            "heatmap": torch.from_numpy(stripes).float()[None, None]}, 112)["heatmap"]
     assert (device[..., 1:-1] - 127.5).abs().max() <= 1                    # its border columns weigh edges
+
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
@@ -256,7 +256,6 @@ def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
                                                  torch.tensor(card.mean) * 255.0), card, True)
     assert x["image"].device.type == "meta" and x["image"].shape == (n, 3, 224, 224)
     assert seen.found == [], f"host tensors reached the device outside host_to: {seen.found}"
-
 
 
 def test_host_to_leaves_other_devices_to_a_plain_copy():

@@ -62,7 +62,6 @@ def test_kept_conversions_have_the_right_pixels(bad_corpus_run):
         assert faces[key].shape == (112, 112, 3)
 
 
-
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("extra", [0, 1, 2], ids=["unspecified", "associated", "unassociated"])
 def test_a_tiffs_alpha_is_applied_once(dtype, extra):
@@ -81,6 +80,7 @@ def test_a_tiffs_alpha_is_applied_once(dtype, extra):
     want = rgb * (alpha if extra else 1) * 255                  # over black; an unspecified extra sample is no alpha
     got = decode_image(buf.getvalue()).rgb.astype(np.float64)
     assert np.abs(got - want).max() <= 2.5, np.abs(got - want).max()
+
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_pil(orientation):
