@@ -9,7 +9,7 @@ listing of a file listed again with another label, ``conflicting_labels``),
 the same picture and face again in the same split (``duplicate_image``; every copy when
 the copies' labels disagree, ``conflicting_labels``; across official splits it is kept and
 counted, so official test sets stay intact), a source file that changed since detect
-(``source_changed``), unusable geometry (``bad_landmarks``, ``bad_box``,
+(``source_changed``), unusable geometry (``bad_landmarks``, ``implausible_landmarks``, ``bad_box``,
 ``face_outside_image``) and every decode failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
 (EXIF rotation, alpha, 16-bit, CMYK, several faces ...) are counted in the report's
 notes. The output folder is built beside ``out_dir`` and swapped in whole.
@@ -140,7 +140,7 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
         raise BadGeometry("bad_landmarks", f"the 5 keypoints spread over {size:.2g} px (RMS about their centre): "
                                            "no face that small can be aligned")
     if (misfit := template_misfit(kps)) > MAX_MISFIT:
-        raise BadGeometry("bad_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > {MAX_MISFIT}: a face "
+        raise BadGeometry("implausible_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > {MAX_MISFIT}: a face "
                                            "in full profile is under 0.8): listed in mirrored or shuffled order, or "
                                            "with most points missing?")
     cx, cy = kps.mean(0)

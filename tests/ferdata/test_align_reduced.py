@@ -157,8 +157,9 @@ def test_keypoints_no_face_has_are_dropped_and_turned_faces_kept():
     mirrored = face[FLIP_5]
     shuffled = face[[3, 4, 2, 0, 1]]                            # mouth where the eyes belong
     for bad in (mirrored, shuffled):
-        with pytest.raises(BadGeometry, match=r"fit no face \(misfit 0\.9\d > 0.9"):
+        with pytest.raises(BadGeometry, match=r"fit no face \(misfit 0\.9\d > 0.9") as drop:
             checked_points(_face(bad), shape)
+        assert drop.value.reason == "implausible_landmarks"             # counted apart from malformed points
     with pytest.raises(BadGeometry, match=r"spread over 0.035 px .*no face that small"):
         checked_points(_face((face - centre) * 0.0005 + centre), shape)
     small = (face - centre) * 0.1 + centre                      # 2.3 px in the source, 0.6 px decoded at 1/4
