@@ -196,12 +196,16 @@ def predict(
     flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
     allow_download: bool = typer.Option(
         False, "--allow-download", help="Let insightface / face_alignment fetch missing weights (needs network)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Per-face expression probabilities of images, videos or folders, faces aligned as in training.
 
-    Prints CSV or writes CSV/JSON; the last line counts faces, images without one and inputs not read."""
+    Prints CSV or writes CSV/JSON; the last line counts faces, images without one and inputs not read
+    (exit status 1 when no input could be read)."""
     from ferdata.params import parse_assignments
     from fermodels.predict import describe, predict_files     # torch: imported by this command only
+
+    _setup_logging(verbose)                                   # which face backend runs, and why
 
     try:
         options = parse_assignments(backend_option, example="threads=2")
@@ -213,6 +217,8 @@ def predict(
     if out is None:
         write_stdout(text)
     typer.echo(describe(summary), err=True)
+    if summary and all(s.get("problem") for s in summary):   # nothing scored: not "no faces"
+        raise typer.Exit(1)
 
 
 def write_stdout(text: str) -> None:

@@ -95,12 +95,6 @@ def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def spread(points: np.ndarray) -> float:
-    """RMS distance of ``points`` (K, 2) from their centroid: a face's size, whatever its pose."""
-    points = np.asarray(points, np.float64)
-    return float(np.sqrt(((points - points.mean(0)) ** 2).sum(1).mean()))
-
-
 def template_misfit(kps5: np.ndarray) -> float:
     """How far 5 ArcFace-order keypoints are from a similarity image of the template: the RMS
     residual of their fit onto it, in units of the template's spread. 0 for a face seen straight
@@ -165,7 +159,7 @@ def crop_reduction(kps5: np.ndarray, size: int, padding: float = 0.0, limit: int
     kps = np.asarray(kps5, np.float64)
     if kps.shape != (5, 2):
         return 1
-    src = _rms_spread(kps.tolist())
+    src = spread(kps)
     if not math.isfinite(src) or src < 1e-3:
         return 1
     zoom = _template_spread(size, padding) / src
@@ -175,9 +169,10 @@ def crop_reduction(kps5: np.ndarray, size: int, padding: float = 0.0, limit: int
     return r
 
 
-def _rms_spread(points: list[list[float]]) -> float:
-    """RMS distance of 2-D points from their centroid (plain Python: five points cost less
-    than numpy's per-call overhead)."""
+def spread(points: np.ndarray | list[list[float]]) -> float:
+    """RMS distance of 2-D points from their centroid: a face's size, whatever its pose (plain
+    Python: five points cost less than numpy's per-call overhead)."""
+    points = points.tolist() if isinstance(points, np.ndarray) else points
     n = len(points)
     mx, my = sum(p[0] for p in points) / n, sum(p[1] for p in points) / n
     return math.sqrt(sum((x - mx) ** 2 + (y - my) ** 2 for x, y in points) / n)
@@ -185,7 +180,7 @@ def _rms_spread(points: list[list[float]]) -> float:
 
 @functools.lru_cache(maxsize=16)
 def _template_spread(size: int, padding: float) -> float:
-    return _rms_spread(template(size, padding).tolist())
+    return spread(template(size, padding))
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -233,13 +233,14 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
     if min(head.width, head.height) < MIN_SIDE:
         raise BadImage("too_small", f"{head.width}x{head.height}")
     needed = _reduction(head)
-    reduce = max(needed, reduce_at_least) if head.format in _JPEG and not head.has_alpha else needed
+    reduce = max(needed, reduce_at_least)
     # Flipped/rotated frames keep the pixel-centre rule x' = (x + 0.5) / r - 0.5 only when r
     # divides the stored size (libjpeg's last partial block sits at the far edge, which a flip
     # brings to the near one); an optional reduction backs off until it does. A forced one (over
     # MAX_PIXELS) cannot: there, on a reversed axis whose stored size N is no multiple of r,
     # points map (r * ceil(N / r) - N) / r decoded px off (under one decoded px; known, not corrected).
-    while reduce > needed and head.turn != 1 and (head.width % reduce or head.height % reduce):
+    # Other formats are shrunk after decoding, in the displayed frame (block_mean): no such offset.
+    while reduce > needed and _libjpeg(head) and head.turn != 1 and (head.width % reduce or head.height % reduce):
         reduce //= 2
     h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
     shape = (w, h) if head.turn in (5, 6, 7, 8) else (h, w)
@@ -249,16 +250,19 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
 def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     """Decode encoded image bytes to RGB uint8 (H, W, 3) in the displayed (EXIF) frame.
 
-    ``reduce_at_least`` (2, 4, 8) lets a JPEG decode at that fraction of its size inside libjpeg
-    when the caller needs no more resolution (the align stage, for large faces); other formats
-    ignore it. Only a reduction forced by :data:`MAX_PIXELS` counts as a conversion.
+    ``reduce_at_least`` (2, 4, 8) decodes at that fraction of the size when the caller needs no
+    more resolution (the align stage, for large faces): a JPEG inside libjpeg, other formats whole
+    and then shrunk by r x r block means (:func:`block_mean`, libjpeg's rule: the face a warp
+    would take from the full image is not aliased, whatever the file's format). Only a reduction
+    forced by :data:`MAX_PIXELS` counts as a conversion.
     Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``,
     ``truncated``, ``undecodable``, ``too_large``, ``too_small`` or
     ``unsupported_pixel_format``.
     """
     probe = probe_image(data, reduce_at_least)
     head, reduce = probe.header, probe.reduce
-    flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
+    inside = reduce if _libjpeg(head) else 1                      # the reduction the decoder makes itself
+    flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED[inside] | cv2.IMREAD_IGNORE_ORIENTATION
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         reason = "truncated" if is_truncated(head.format, data) else "undecodable"
@@ -266,7 +270,24 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     if head.has_alpha:
         img = _flatten_alpha(img, head.premultiplied)
     rgb = cv2.cvtColor(np.ascontiguousarray(apply_orientation(img, head.turn)), cv2.COLOR_BGR2RGB)
-    return Decoded(rgb, probe.scale, probe.conversions)
+    return Decoded(block_mean(rgb, reduce // inside), probe.scale, probe.conversions)
+
+
+def _libjpeg(head: ImageHeader) -> bool:
+    """Whether the decoder shrinks this file itself (libjpeg's scaled decode)."""
+    return head.format in _JPEG and not head.has_alpha
+
+
+def block_mean(rgb: np.ndarray, reduce: int) -> np.ndarray:
+    """``rgb`` at 1/``reduce`` the way libjpeg's reduced decode makes it: ceil(h/r) x ceil(w/r)
+    pixels, each the mean of an r x r block (the last, partial blocks filled by repeating the edge,
+    as a JPEG encoder pads them), so pixel centres map as ``reduced_frame(1 / reduce)`` says."""
+    if reduce == 1:
+        return rgb
+    h, w = rgb.shape[:2]
+    padded = cv2.copyMakeBorder(rgb, 0, -h % reduce, 0, -w % reduce, cv2.BORDER_REPLICATE)
+    size = (padded.shape[1] // reduce, padded.shape[0] // reduce)
+    return cv2.resize(padded, size, interpolation=cv2.INTER_AREA)      # integer factor: exact block means
 
 
 def decode_rgb(data: bytes) -> np.ndarray:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
 OPSET = 17
-PARITY_TOLERANCE = 1e-4      # max |probability| difference an export may have from PyTorch
+PARITY_TOLERANCE = 1e-4      # max |probability| (or relative logit) difference an export may have from PyTorch
 
 
 class ExportWrapper(nn.Module):
@@ -116,11 +116,16 @@ def alignment(preprocess: dict, card) -> dict:
                 "for datasets read pre-cropped: the template then maps pixel centres, "
                 "(t + 0.5) * side / crop_size - 0.5, i.e. a resize). "
                 "A face with more than twice the crop's resolution is warped from the image first shrunk by the "
-                "largest r in 2, 4, 8 that keeps it at least crop_size (r x r block means, as libjpeg's reduced "
-                "JPEG decode; points map as (p + 0.5) / r - 0.5), not from the full image, which one warp aliases",
+                "largest r in 2, 4, 8 that keeps it at least crop_size (the 5 keypoints' RMS distance from their "
+                "centre, divided by r, at least the template's), not from the full image, which one warp aliases: a "
+                "JPEG file decoded at 1/r by libjpeg (OpenCV IMREAD_REDUCED_COLOR_r), any other picture (PNG, "
+                "a video frame) as ceil(h/r) x ceil(w/r) means of r x r blocks, the last ones padded by repeating "
+                "the edge; points map as (p + 0.5) / r - 0.5. Pictures are decoded upright (EXIF orientation "
+                "applied) and transparency flattened onto black",
         "resize": "none" if card.input_size == size else
-                  f"{size} -> {card.input_size}: bilinear, pixel centres aligned (OpenCV INTER_LINEAR; "
-                  "no antialiasing when shrinking, as the training loader resized)",
+                  f"{size} -> {card.input_size}: pixel centres aligned, OpenCV INTER_LINEAR when enlarging and "
+                  "INTER_AREA when shrinking, on the uint8 crop (rounded), as the loader resized for training on "
+                  "a CPU (on a GPU the enlargement ran in float, within one level of it)",
     }
     derive_q = (preprocess.get("derive") or {}).get("jpeg_quality")
     if (align_q := preprocess["align"].get("jpeg_quality")) is not None:
@@ -129,8 +134,9 @@ def alignment(preprocess: dict, card) -> dict:
                          "them so too for the exact training inputs (ferdata predict does); the raw crop differs "
                          "from them by that JPEG error")
     if {"left", "right"} & set(card.fields):
-        out["halves"] = ("left = crop[:, :W/2], right = crop[:, W/2:] flipped left-right (W: the crop's side), "
-                         "each JPEG-encoded as in 'stored', then resized as the image, to half its width")
+        out["halves"] = ("from the crop as read back from its JPEG ('stored'): left = crop[:, :W/2], right = "
+                         "crop[:, W/2:] flipped left-right (W: the crop's side), each JPEG-encoded again at the "
+                         "halves' quality and read back, then resized as the image, to half its width")
     if "lmk" in card.fields:
         out["lmk"] = ("the 68 iBUG landmarks mapped into the crop by the same similarity, then to the input size: "
                       "(p + 0.5) * input_size / crop_size - 0.5")
@@ -202,30 +208,36 @@ def _write_graphs(wrapper: ExportWrapper, folder: Path, name: str, formats: Sequ
 
 def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None, batch: int = 3,
            seed: int = 1, formats: Sequence[str] = FORMATS) -> dict[str, float]:
-    """Max |probability| difference of each exported file of ``formats`` against PyTorch on fresh
-    inputs (a batch size other than the traced one)."""
+    """How far each exported file of ``formats`` is from PyTorch on fresh inputs (a batch size
+    other than the traced one): the larger of the max |probability| difference and the max |logit|
+    difference over the logits' scale (max(1, max |logit|)), which a saturated model's
+    probabilities (all 0 or 1) would hide."""
     state = load_checkpoint(checkpoint)
     wrapper = ExportWrapper(model_from_checkpoint(state))
     name = name or state["model"]
     inputs = example_inputs(wrapper.card, batch, seed)
     with torch.no_grad():
-        reference = wrapper(*inputs)[1].numpy()
-    if not np.isfinite(reference).all():
-        raise RuntimeError(f"{checkpoint}'s model gives non-finite probabilities on the parity inputs: nothing "
+        logits, probs = (t.numpy() for t in wrapper(*inputs))
+    if not (np.isfinite(probs).all() and np.isfinite(logits).all()):
+        raise RuntimeError(f"{checkpoint}'s model gives non-finite outputs on the parity inputs: nothing "
                            "to check the exports against; do not use them")
+    scale = max(1.0, float(abs(logits).max()))
+
+    def distance(theirs: Sequence[np.ndarray]) -> float:
+        return max(float(abs(theirs[1] - probs).max()), float(abs(theirs[0] - logits).max()) / scale)
+
     diffs: dict[str, float] = {}
     onnx_path, ts_path = (Path(out_dir) / f"{name}{SUFFIX[f]}" for f in FORMATS)
     if "onnx" in formats and onnx_path.is_file():
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        probs = session.run(["probs"], {f: x.numpy() for f, x in zip(wrapper.fields, inputs)})[0]
-        diffs["onnx"] = float(abs(probs - reference).max())
+        feed = {f: x.numpy() for f, x in zip(wrapper.fields, inputs)}
+        diffs["onnx"] = distance(session.run(["logits", "probs"], feed))
     if "torchscript" in formats and ts_path.is_file():
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            probs = torch.jit.load(str(ts_path))(*inputs)[1].numpy()
-        diffs["torchscript"] = float(abs(probs - reference).max())
+            diffs["torchscript"] = distance([t.numpy() for t in torch.jit.load(str(ts_path))(*inputs)])
     return diffs
 
 

@@ -10,10 +10,11 @@ training crops (``data.face_backends``), when it can run here, with the options 
 (``data.face_backend_options``; :func:`choose_backend`).
 
 A face much larger than the crop is warped, as in the align stage, from the picture decoded at
-1/2, 1/4 or 1/8 (``crop_reduction``; libjpeg's reduced decode for a JPEG file), not from the
-full-size pixels, which one bilinear warp would shrink 4-10x with aliasing. An image file's
-crops equal the align stage's byte for byte; a video frame has no file bytes, so its reduced
-copy is the block mean libjpeg's decode approximates (:func:`block_mean`).
+1/2, 1/4 or 1/8 (``crop_reduction``; libjpeg's reduced decode for a JPEG file, block means of
+the decoded pixels for other formats, :func:`ferdata.io.block_mean`), not from the full-size
+pixels, which one bilinear warp would shrink 4-10x with aliasing. An image file's crops equal
+the align stage's byte for byte; a video frame has no file bytes, so its reduced copy is the
+block mean, as for a PNG.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from ferdata.faces import create_backend
 from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
 from ferdata.geometry import Aligned
-from ferdata.io import IMAGE_EXTS, BadImage, Decoded, decode_image, encode_jpeg
+from ferdata.io import IMAGE_EXTS, BadImage, Decoded, block_mean, decode_image, encode_jpeg
 from ferdata.layout import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
@@ -62,18 +63,6 @@ class FaceSample:
     box: tuple[float, float, float, float]        # x0, y0, x1, y1 in the file's pixels
     score: float
     fields: dict
-
-
-def block_mean(rgb: np.ndarray, reduce: int) -> np.ndarray:
-    """``rgb`` at 1/``reduce`` the way libjpeg's reduced decode makes it: ceil(h/r) x ceil(w/r)
-    pixels, each the mean of an r x r block (the last, partial blocks filled by repeating the edge,
-    as a JPEG encoder pads them), so pixel centres map as ``reduced_frame(1 / reduce)`` says."""
-    if reduce == 1:
-        return rgb
-    h, w = rgb.shape[:2]
-    padded = cv2.copyMakeBorder(rgb, 0, -h % reduce, 0, -w % reduce, cv2.BORDER_REPLICATE)
-    size = (padded.shape[1] // reduce, padded.shape[0] // reduce)
-    return cv2.resize(padded, size, interpolation=cv2.INTER_AREA)      # integer factor: exact block means
 
 
 class Picture:

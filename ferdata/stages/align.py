@@ -140,9 +140,9 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
         raise BadGeometry("bad_landmarks", f"the 5 keypoints spread over {size:.2g} px (RMS about their centre): "
                                            "no face that small can be aligned")
     if (misfit := template_misfit(kps)) > MAX_MISFIT:
-        raise BadGeometry("implausible_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > {MAX_MISFIT}: a face "
-                                           "in full profile is under 0.8): listed in mirrored or shuffled order, or "
-                                           "with most points missing?")
+        raise BadGeometry("implausible_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > "
+                                                   f"{MAX_MISFIT}: a face in full profile is under 0.8): listed in "
+                                                   "mirrored or shuffled order, or with most points missing?")
     cx, cy = kps.mean(0)
     if not (0 <= cx < shape[1] and 0 <= cy < shape[0]):
         raise BadGeometry("face_outside_image", f"keypoint centre ({cx:.0f}, {cy:.0f}) outside {shape[1]}x{shape[0]}")

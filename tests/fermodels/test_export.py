@@ -51,7 +51,7 @@ def test_the_metadata_alone_reproduces_the_training_crop(tiny_run, tmp_path, one
     ours = align_face(photo, kps5, 112).image
     assert theirs.shape == ours.shape == (112, 112, 3)
     assert np.abs(theirs.astype(int) - ours).max() <= 2
-    assert meta["resize"].startswith("112 -> 224: bilinear")
+    assert meta["resize"].startswith("112 -> 224: pixel centres aligned, OpenCV INTER_LINEAR when enlarging")
     quality = load_checkpoint(tiny_run["ckpt"] / "best.pt")["preprocess"]["align"]["jpeg_quality"]
     assert f"a JPEG of quality {quality}" in meta["stored"]         # the training crops' pixels went through it
 
@@ -236,7 +236,7 @@ def test_export_refuses_parity_it_cannot_establish(tiny_run, tmp_path, monkeypat
     real_forward = export.ExportWrapper.forward
     monkeypatch.setattr(export.ExportWrapper, "forward",
                         lambda self, *x: tuple(t * float("nan") for t in real_forward(self, *x)))
-    with pytest.raises(RuntimeError, match="model gives non-finite probabilities on the parity inputs"):
+    with pytest.raises(RuntimeError, match="model gives non-finite outputs on the parity inputs"):
         parity(tmp_path, tiny_run["ckpt"] / "best.pt", formats=["onnx"])
     monkeypatch.undo()
     monkeypatch.setattr(export, "parity", lambda *a, **k: {"onnx": float("nan")})
@@ -267,3 +267,17 @@ def test_a_narrower_export_leaves_no_graph_of_an_earlier_one(tiny_run, tmp_path)
     meta = export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["convcut.json", "convcut.onnx"]
     assert meta["files"] == {"onnx": "convcut.onnx"}
+
+
+def test_parity_sees_logit_errors_a_saturated_model_hides(tmp_path, preprocess, one_thread):
+    """A model whose probabilities are all 0 or 1 passed the probability check whatever its graph
+    computed (parity 0.0 at a logit range of 13,000); logits are now compared on their scale."""
+    _checkpoint_of("resnet18_112", tmp_path / "m.pt", preprocess)
+    state = torch.load(tmp_path / "m.pt", weights_only=False)
+    for factor, name in ((1e4, "saturated.pt"), (1.1e4, "other.pt")):
+        weights = {**state["state_dict"], "fc.weight": state["state_dict"]["fc.weight"] * factor}
+        torch.save({**state, "state_dict": weights}, tmp_path / name)
+    export_model(tmp_path / "saturated.pt", tmp_path / "out", formats=["onnx"])
+    assert max(parity(tmp_path / "out", tmp_path / "saturated.pt", formats=["onnx"]).values()) < TOLERANCE
+    wrong = parity(tmp_path / "out", tmp_path / "other.pt", "resnet18_112", formats=["onnx"])["onnx"]
+    assert wrong > 0.05                                       # the probabilities alike (0 or 1), the logits 10% off

@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -142,7 +145,7 @@ def test_large_face_in_a_video_frame_is_low_passed_like_the_reduced_decode(large
 def test_each_reduction_is_decoded_once_per_picture(predictor, monkeypatch, one_thread):
     """Two large faces of one image need one decode at 1/4 between them (and a frame one block mean)."""
     _, buf = cv2.imencode(".jpg", large_face_photo(faces=2)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-    decode, reduce = fermodels.predict.decode_image, fermodels.predict.block_mean
+    decode, reduce = fermodels.predict.decode_image, fermodels.predict.block_mean   # ferdata.io's, as predict sees it
     calls = []
     monkeypatch.setattr(fermodels.predict, "decode_image",
                         lambda data, r=1: calls.append(("decode", r)) or decode(data, r))
@@ -210,8 +213,6 @@ def test_cli_names_what_it_could_not_read_and_keeps_every_annotation(photos, tin
 def test_file_names_that_are_not_utf8_are_scored_written_and_annotated(photos, tiny_run, tmp_path, one_thread):
     """A Latin-1 name (``café.jpg`` as bytes) is read, named in the CSV as its own bytes, and
     gets its annotated copy (cv2 could not write such a name; the CSV could not encode it)."""
-    import os
-
     inputs = tmp_path / "in"
     inputs.mkdir()
     name = os.fsdecode(b"caf\xe9.jpg")
@@ -571,3 +572,15 @@ def test_a_face_with_non_finite_probabilities_gets_no_expression(photos, predict
     assert "probabilities are not finite" in caplog.text
     json.loads(write_rows(rows, summary, predictor.classes, tmp_path / "out.json"), parse_constant=pytest.fail)
     assert (tmp_path / "ann" / "astronaut.jpg").is_file()
+
+
+def test_predict_exits_1_when_no_input_could_be_read_and_logs_its_backend(tiny_run, tmp_path):
+    """A broken video gave a header-only CSV and exit 0, like a photo without faces; and predict set
+    up no logging, so which face backend it chose (and why) was never shown."""
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    args = ["predict", str(tmp_path / "broken.jpg"), "-m", str(tiny_run["ckpt"] / "best.pt"), "--device", "cpu"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "1 not read" in res.output, res.output
+    run = subprocess.run([sys.executable, "-m", "ferdata.cli", *args], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 1 and "fermodels.predict: " in run.stderr, run.stderr   # the backend choice

@@ -110,6 +110,26 @@ def test_optional_reduction_keeps_flipped_frames_exact(size, orientation, expect
     assert probe.shape == decode_image(data, 4).rgb.shape[:2] and probe.conversions == decode_image(data).conversions
 
 
+@pytest.mark.parametrize("fmt, orientation", [("PNG", 1), ("PNG", 6), ("WEBP", 1), ("TIFF", 1)])
+def test_other_formats_shrink_by_block_means_as_a_video_frame_does(fmt, orientation):
+    """Only JPEGs shrank before the warp: a large face in a PNG was warped from full resolution
+    (aliased: another prediction for the same pixels than from the JPEG or a video frame). Now
+    every format's reduced decode is the block mean of its full decode, in the displayed frame."""
+    from ferdata.io import block_mean
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    rgb = np.ascontiguousarray(real_photo("astronaut")[:121, :83])
+    options = {"exif": exif.tobytes()} if fmt == "PNG" else {"lossless": True} if fmt == "WEBP" else {}
+    data = encode(rgb, fmt, **options)
+    full = decode_image(data)
+    for r in (2, 4, 8):
+        reduced = decode_image(data, r)
+        assert reduced.scale == 1 / r and probe_image(data, r).shape == reduced.rgb.shape[:2]
+        assert np.array_equal(reduced.rgb, block_mean(full.rgb, r))
+    assert decode_image(data, 4).rgb.shape[:2] == ((21, 31) if orientation == 6 else (31, 21))
+
+
 @pytest.mark.parametrize("max_pixels", [10 ** 9, 5000, 1500, 300])
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_probe_predicts_reduced_decodes(monkeypatch, max_pixels, orientation):
