@@ -174,8 +174,9 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
         diffs = parity(staging, checkpoint, name, formats=formats)
         for fmt, diff in diffs.items():
             if not diff <= tolerance:                                   # NaN too
-                raise RuntimeError(f"the exported {fmt} graph's probabilities differ from PyTorch's by {diff:.2e} "
-                                   f"(more than {tolerance:g}): not written to {out / files[fmt]}")
+                raise RuntimeError(f"the exported {fmt} graph's outputs differ from PyTorch's by {diff:.2e} "
+                                   f"(probabilities, or logits over their scale; more than {tolerance:g}): not "
+                                   f"written to {out / files[fmt]}")
         for stale in [*(f for f in FORMATS if f not in files), "json"]:     # no old .json beside new graphs
             path = out / f"{name}{SUFFIX.get(stale, '.json')}"
             if path.is_file():
@@ -249,4 +250,5 @@ def export_command(checkpoint: Path, out: Path, onnx: bool = True, torchscript: 
     formats = [f for f, on in (("onnx", onnx), ("torchscript", torchscript)) if on]
     meta = export_model(checkpoint, out, formats)
     for fmt, diff in meta["parity"].items():
-        typer.echo(f"{fmt}: {out / meta['files'][fmt]}  max |p - p_torch| = {diff:.2e}")
+        typer.echo(f"{fmt}: {out / meta['files'][fmt]}  parity {diff:.2e} (max |p - p_torch|, or |logit| difference "
+                   "over the logits' scale)")
