@@ -171,7 +171,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-") as staging:
         files = _write_graphs(wrapper, Path(staging), name, formats)
-        diffs = parity(staging, checkpoint, name, formats=formats)
+        diffs = parity(staging, checkpoint, name, formats=formats, wrapper=wrapper)
         for fmt, diff in diffs.items():
             if not diff <= tolerance:                                   # NaN too
                 raise RuntimeError(f"the exported {fmt} graph's outputs differ from PyTorch's by {diff:.2e} "
@@ -208,14 +208,15 @@ def _write_graphs(wrapper: ExportWrapper, folder: Path, name: str, formats: Sequ
 
 
 def parity(out_dir: str | Path, checkpoint: str | Path, name: str | None = None, batch: int = 3,
-           seed: int = 1, formats: Sequence[str] = FORMATS) -> dict[str, float]:
+           seed: int = 1, formats: Sequence[str] = FORMATS, wrapper: ExportWrapper | None = None) -> dict[str, float]:
     """How far each exported file of ``formats`` is from PyTorch on fresh inputs (a batch size
     other than the traced one): the larger of the max |probability| difference and the max |logit|
     difference over the logits' scale (max(1, max |logit|)), which a saturated model's
-    probabilities (all 0 or 1) would hide."""
-    state = load_checkpoint(checkpoint)
-    wrapper = ExportWrapper(model_from_checkpoint(state))
-    name = name or state["model"]
+    probabilities (all 0 or 1) would hide. ``wrapper``: the checkpoint's model already built (the
+    export's own), else it is loaded from ``checkpoint``."""
+    if wrapper is None or name is None:
+        state = load_checkpoint(checkpoint)
+        wrapper, name = wrapper or ExportWrapper(model_from_checkpoint(state)), name or state["model"]
     inputs = example_inputs(wrapper.card, batch, seed)
     with torch.no_grad():
         logits, probs = (t.numpy() for t in wrapper(*inputs))
