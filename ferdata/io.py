@@ -39,6 +39,7 @@ _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_RE
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_GRAY_ALPHA = ("LA", "La")
 
 
 class BadImage(ValueError):
@@ -124,10 +125,12 @@ def read_header(data: bytes) -> ImageHeader:
     if bits:                                  # PIL shows a 16-bit RGBA TIFF as mode RGBA
         depth = max(bits) if isinstance(bits, (tuple, list)) else int(bits)
     # A TIFF's alpha is associated (ExtraSamples 1: colour stored premultiplied) or unassociated (2),
-    # which OpenCV's libtiff path premultiplies itself for 8-bit samples (RGBA interface); the raw
-    # 16-bit path does not. Premultiplied colour is already the picture over black.
+    # which OpenCV's libtiff path premultiplies itself for 8-bit colour samples (RGBA interface); the
+    # raw 16-bit path does not, nor PIL, which reads grey + alpha (see :func:`decode_image`).
+    # Premultiplied colour is already the picture over black.
     extra = tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
-    premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and depth == 8))
+    opencv_multiplies = depth == 8 and mode not in _GRAY_ALPHA
+    premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and opencv_multiplies))
     return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied)
 
 
@@ -268,9 +271,19 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
         reason = "truncated" if is_truncated(head.format, data) else "undecodable"
         raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
     if head.has_alpha:
+        if head.format == "TIFF" and head.mode in _GRAY_ALPHA:
+            img = _pil_pixels(data)               # OpenCV's TIFF reader drops a grey image's alpha
         img = _flatten_alpha(img, head.premultiplied)
     rgb = cv2.cvtColor(np.ascontiguousarray(apply_orientation(img, head.turn)), cv2.COLOR_BGR2RGB)
     return Decoded(block_mean(rgb, reduce // inside), probe.scale, probe.conversions)
+
+
+def _pil_pixels(data: bytes) -> np.ndarray:
+    """The stored samples as PIL reads them (no EXIF turn, no conversion)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
 
 
 def _libjpeg(head: ImageHeader) -> bool:

@@ -82,6 +82,22 @@ def test_a_tiffs_alpha_is_applied_once(dtype, extra):
     assert np.abs(got - want).max() <= 2.5, np.abs(got - want).max()
 
 
+@pytest.mark.parametrize("extra", [1, 2], ids=["associated", "unassociated"])
+def test_a_grey_tiffs_alpha_is_applied(extra):
+    """OpenCV reads a grey + alpha TIFF as grey alone: its transparent areas came out grey, not black."""
+    import tifffile
+
+    grey = real_photo("astronaut")[:40, :60].mean(axis=2) / 255
+    alpha = np.tile(np.linspace(0, 1, 60), (40, 1))
+    stored = np.dstack([grey * alpha if extra == 1 else grey, alpha])
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.round(stored * 255).astype(np.uint8), photometric="minisblack", extrasamples=[extra])
+    got = decode_image(buf.getvalue())
+    want = np.repeat((grey * alpha * 255)[..., None], 3, axis=2)
+    assert "alpha_flattened" in got.conversions
+    assert np.abs(got.rgb.astype(np.float64) - want).max() <= 2.5, np.abs(got.rgb - want).max()
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_pil(orientation):
     rgb = np.ascontiguousarray(real_photo("astronaut")[:120, :80])
