@@ -22,9 +22,8 @@ import numpy as np
 import yaml
 
 from ferdata.classes import CLASSES
-from fermodels.metrics import metrics_from_confusion
+from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
 
-METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 EVAL_DIR = "runs/eval"
 TESTED = "runs/select/evaluate.json"                # the split each fold was tested on, pinned by its hash
 

@@ -19,6 +19,8 @@ import numpy as np
 
 from ferdata.atomic import atomic_write_bytes
 
+SUMMARY_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")   # the figures a run is selected and compared on
+
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
     y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ferdata.classes import CLASSES
-from ferdata.params import (above, at_least, below_from, check_values, one_of, optional, repeated, section,
-                            section_values, within)
 from ferdata.selection import SPLITS_READ
-from fermodels.augment import AugmentParams, augment_batch
-from fermodels.checkpoints import WEIGHT_FILE_KWARGS
+from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    max_over_ranks, pick_device, shutdown, sync_buffers)
@@ -33,102 +28,17 @@ from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
 from fermodels.losses import draw_targets
-from fermodels.optim import OPTIMIZERS, SAM, SCHEDULES, build_optimizer, lr_at, set_lr
-from fermodels.recipes import apply_recipe, check_applied, weights_of
-from fermodels.registry import create_model, model_kwargs
-from fermodels.runstate import (BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint,
-                                truncate_live)
-from fermodels.sampling import SAMPLERS, ClassRepeat, check_class_weight_used, class_weight_tensor, loss_reads
+from fermodels.metrics import SUMMARY_METRICS
+from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
+from fermodels.registry import create_model
+from fermodels.runstate import BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint
+from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
+from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
+from fermodels.trainparams import (TrainParams, check_classes, check_smoothing_applies, random_start_warnings,
+                                   require_extras_read, shards_preprocess)
 
 log = logging.getLogger(__name__)
-SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
-FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
-
-
-class NonFiniteLossError(ValueError):
-    """Training produced NaN/inf; the last good checkpoint is kept untouched. A ``ValueError``: the
-    settings (``train.lr``, ``train.amp``) are what to change, so commands report it in one line."""
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """params.yaml ``train`` (after :func:`fermodels.recipes.apply_recipe`)."""
-
-    recipe: str | None
-    datasets: list = field(hash=False)
-    model: str
-    model_kwargs: dict = field(hash=False)
-    num_classes: int
-    epochs: int
-    batch_size: int
-    epoch_samples: int | None
-    optimizer: str
-    lr: float
-    weight_decay: float
-    momentum: float
-    sam: bool
-    sam_rho: float
-    schedule: str
-    warmup_epochs: float
-    step_size: int
-    gamma: float
-    sampler: str
-    class_weights: bool
-    label_smoothing: float
-    ema_decay: float
-    augment: AugmentParams
-    select_metric: str
-    seed: int
-    workers: int
-    device: str
-    amp: bool
-    channels_last: bool
-    compile: bool
-    shuffle_buffer: int
-    checkpoint_every: int
-
-    def __post_init__(self) -> None:
-        check_applied({f.name: getattr(self, f.name) for f in fields(self)})
-        if isinstance(self.augment, Mapping):       # unknown or missing keys named, as for every section
-            object.__setattr__(self, "augment", section(AugmentParams, self.augment, "train.augment"))
-        if not isinstance(self.augment, AugmentParams):
-            raise ValueError(f"train.augment must be a mapping of the augmentation settings, got {self.augment!r}")
-        if self.model_kwargs is None:               # `model_kwargs:` left empty in YAML
-            object.__setattr__(self, "model_kwargs", {})
-        if not isinstance(self.model_kwargs, Mapping):
-            raise ValueError(f"train.model_kwargs must be a mapping of the model's keywords (e.g. {{pretrained: "
-                             f"/path/weights.pth}}), got {self.model_kwargs!r}")
-        try:                                        # a keyword the model lacks: named now, not at model build
-            model_kwargs(self.model, self.model_kwargs)
-        except TypeError as err:
-            raise ValueError(f"train.model_kwargs for train.model {self.model}: {err} (`fermodels info "
-                             f"{self.model}` lists its keywords)") from None
-        if isinstance(self.datasets, str) or not self.datasets:
-            raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
-        if twice := repeated(self.datasets):
-            raise ValueError(f"train.datasets lists {', '.join(map(repr, twice))} more than once (each dataset "
-                             "is read once an epoch; the class-balanced sampler evens out their classes)")
-        check_values("train", self, {
-            "num_classes": one_of((7, 8)), "epochs": at_least(1), "batch_size": at_least(1),
-            "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),
-            "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
-            "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
-            "select_metric": one_of(SELECT_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
-            "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
-            "ema_decay": below_from(0, 1)})
-        if self.warmup_epochs > self.epochs:
-            raise ValueError(f"train.warmup_epochs {self.warmup_epochs} is more than train.epochs {self.epochs} "
-                             "(the learning rate would never reach train.lr)")
-        if self.sampler == "balanced" and self.class_weights:
-            raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
-                             "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
-
-
-def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:
-    """params.yaml's ``train`` section with its recipe applied (:func:`apply_recipe`), as the train
-    stage runs it; ``announce``: log what the recipe sets."""
-    return section(TrainParams, apply_recipe(section_values(params, "train"), announce), "train")
 
 
 def seed_step(seed: int, epoch: int, step: int, rank: int) -> tuple[torch.Generator, torch.Generator]:
@@ -182,22 +92,6 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
 
 
 @dataclass
-class Tally:
-    """One rank's running totals of an epoch. Mid-epoch checkpoints keep every rank's, so a resumed
-    epoch logs the samples, losses and times of the whole epoch, as an uninterrupted one does."""
-
-    sums: dict = field(default_factory=dict)        # loss name -> loss x samples
-    seen: int = 0
-    waited: float = 0.0                             # seconds waiting for data
-    elapsed: float = 0.0
-    classes: list = field(default_factory=list)     # samples trained on per class id (what sampling made)
-
-    def saved(self) -> dict:
-        return {"sums": {k: float(v) for k, v in self.sums.items()}, "seen": self.seen, "waited": self.waited,
-                "elapsed": self.elapsed, "classes": list(self.classes)}
-
-
-@dataclass
 class _Run:
     """What the loop needs, built once by :func:`_setup`; ``step``/``best`` advance as it runs."""
 
@@ -234,12 +128,12 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     for warning in random_start_warnings(net, params):
         log.warning(warning)
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
-    _check_classes(train_split, val_split, params.num_classes)
-    preprocess = _shards_preprocess(train_split, preprocess)
+    check_classes(train_split, val_split, params.num_classes)
+    preprocess = shards_preprocess(train_split, preprocess)
     decoder = split_decoder(net.card, train_split, device)
     if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes
         log.info("training on label distributions: %s samples", train_split.soft_labels)
-    _check_smoothing_applies(params.label_smoothing, train_split)
+    check_smoothing_applies(params.label_smoothing, train_split)
     samples = params.epoch_samples or train_split.num_samples
     counts = train_split.class_counts(params.num_classes)
     opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,
@@ -286,7 +180,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
          env: DistEnv, device: torch.device) -> dict:
     run = _setup(dirs, params, ckpt_dir, live_dir, preprocess, env, device)
-    live = _open_live(live_dir, run.start, env)
+    live = open_live(live_dir, run.start, env)
     try:
         for epoch in range(run.start.epoch, params.epochs):
             first = epoch == run.start.epoch
@@ -300,11 +194,11 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             val = score_split(scored, run.val_loader, params.num_classes, env, device)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if val[params.select_metric] > run.best[params.select_metric]:
-                run.best = {**{k: val[k] for k in SELECT_METRICS}, "epoch": epoch}
+                run.best = {**{k: val[k] for k in SUMMARY_METRICS}, "epoch": epoch}
                 _save(env, ckpt_dir / BEST, run, params, end, scored)
             totals = all_gather_objects((tally.sums, tally.seen, tally.waited, tally.classes), env)
             if env.is_main:                        # every rank's counts, told once
-                _log_epoch(live, epoch, totals, lr, tally.elapsed, val)
+                log_epoch(live, epoch, totals, lr, tally.elapsed, val)
             _save(env, ckpt_dir / LAST, run, params, end)
     finally:
         run.loader.close()
@@ -338,7 +232,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
             b["class_weight"] = run.class_weight
         if params.label_smoothing:
             b["label_smoothing"] = params.label_smoothing
-        run.extras_checked = run.extras_checked or _require_extras_read(run.net, b, device, params.amp)
+        run.extras_checked = run.extras_checked or require_extras_read(run.net, b, device, params.amp)
         losses = train_step(run.fwd, run.net, run.opt, run.scaler, b, device, params.amp)
         if run.ema is not None:
             run.ema.update(run.net, run.step)
@@ -349,58 +243,15 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.float() * len(batch["label"])
         if run.step % FINITE_CHECK_EVERY == 0:
-            _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
+            check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
         if params.checkpoint_every and run.step % params.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
-            _check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
+            check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
             now = Tally(sums, seen, waited, time.perf_counter() - t0, classes.tolist()).saved()
             run.tallies = all_gather_objects(now, env)
             _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
         t_wait = time.perf_counter()
-    _check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
+    check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
-
-
-def _shards_preprocess(split: Split, given: dict) -> dict:
-    """The align/derive settings for the checkpoints: what the shards record (the stages that made
-    them), else ``given`` (params.yaml's, for shards of a version that did not record them)."""
-    if not split.preprocess:
-        return given
-    if given and given != split.preprocess:
-        log.warning("params.yaml's align/derive settings %s are not the ones the shards were made with %s "
-                    "(prepared with another params file?): the checkpoints record the shards'", given,
-                    split.preprocess)
-    return split.preprocess
-
-
-def random_start_warnings(net: nn.Module, params: TrainParams) -> list[str]:
-    """What a run starting from random weights should be told: a frozen part with random weights
-    (only the rest learns: Conv-cut's head on a random trunk is near chance), and a recipe whose
-    paper starts from pretrained weights run without them (its results are not the paper's)."""
-    if any(params.model_kwargs.get(k) for k in WEIGHT_FILE_KWARGS):
-        return []
-    out = []
-    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
-    if frozen:
-        out.append(f"train.model {params.model} keeps {frozen:,} parameters frozen at random weights (no "
-                   "train.model_kwargs.pretrained): only the rest learns; give its weights (docs/models.md, "
-                   "Pretrained weights), or unfreeze them")
-    if weights := weights_of(params.recipe):
-        out.append(f"train.recipe {params.recipe}: the paper starts from {weights}; without "
-                   "train.model_kwargs.pretrained this run starts from random weights, and its figures are not "
-                   "comparable with the paper's")
-    return out
-
-
-def _check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:
-    for split in (train_split, val_split):
-        beyond = split.classes_beyond(num_classes)
-        if beyond:
-            raise ValueError(f"{split.name} split of {', '.join(split.dirs)} holds {beyond}, which a "
-                             f"{num_classes}-class model cannot learn; set train.num_classes 8 or prepare "
-                             "the dataset without them (params.yaml datasets.<name>.options: "
-                             "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7)")
-    if val_split.num_samples == 0:
-        raise ValueError("the val split is empty: model selection needs it (shard.val_fraction > 0)")
 
 
 def _wrap(net: nn.Module, params: TrainParams, env: DistEnv, device: torch.device) -> nn.Module:
@@ -418,101 +269,6 @@ def _wrap(net: nn.Module, params: TrainParams, env: DistEnv, device: torch.devic
         fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=unused)
     return torch.compile(fwd) if params.compile else fwd
-
-
-def _open_live(live_dir: Path, pos: Position, env: DistEnv):
-    if not env.is_main:
-        return None
-    from dvclive import Live
-
-    resuming = pos.epoch > 0 or pos.batch > 0
-    if resuming:
-        truncate_live(live_dir, pos.epoch)
-    try:
-        live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
-    except Exception as e:
-        # DVCLive reads the project's git HEAD, which does not exist before the first commit. Its
-        # scmrepo.SCMError is matched by module: scmrepo (DVC's git layer) need not be importable.
-        if not type(e).__module__.startswith("scmrepo."):
-            raise
-        raise ValueError(f"DVCLive, which logs the metrics, cannot read this project's git repository ({e}): "
-                         f"a repository needs a commit before training (`git add -A && git commit -m ...`)") from e
-    live.step = pos.epoch
-    return live
-
-
-def _log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: dict) -> None:
-    seen = sum(t[1] for t in totals)
-    losses = {k: sum(t[0].get(k, 0.0) for t in totals) / max(seen, 1) for k in totals[0][0]}
-    waited = max(t[2] for t in totals)
-    counted = [sum(t[3][c] for t in totals) for c in range(len(totals[0][3]))]
-    # per-class counts cover the epoch unless it resumed from a checkpoint that did not keep them
-    shares = {CLASSES[c]: n / seen for c, n in enumerate(counted)} if seen and sum(counted) == seen else {}
-    log.info("epoch %d: %s val acc %.4f (%.1f samples/s, %.0f%% waiting for data)", epoch,
-             " ".join(f"{k}={v:.4f}" for k, v in losses.items()), val["accuracy"], seen / max(elapsed, 1e-9),
-             100 * waited / max(elapsed, 1e-9))
-    if shares:
-        log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
-    if live is None:
-        return
-    for k, v in losses.items():
-        live.log_metric(f"train/{k}", v)
-    live.log_metric("train/lr", lr)
-    live.log_metric("train/samples", seen)
-    live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
-    live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
-    for name, share in shares.items():
-        live.log_metric(f"train/class_share/{name}", share)
-    for k in SELECT_METRICS:
-        live.log_metric(f"val/{k}", val[k])
-    live.next_step()
-
-
-def _check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path) -> None:
-    """Stop on a non-finite loss; ``bad`` is every rank's count at once (:func:`max_over_ranks`),
-    so all ranks stop together instead of one leaving the others in a collective."""
-    if float(bad) > 0:
-        shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-        kept = (f"last good checkpoint kept at {ckpt_dir / LAST}" if (ckpt_dir / LAST).is_file() else
-                "no checkpoint was saved before it")
-        raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); {kept}; lower train.lr "
-                                 "or disable train.amp")
-
-
-def _check_smoothing_applies(smoothing: float, split: Split) -> None:
-    """Label smoothing needs a distribution to smooth: FERPlus's multi_target rows (a set of labels,
-    trained as -log of the likeliest) are not smoothed, so on them alone it would be ignored."""
-    multi = split.soft_labels.get("multi_target", 0)
-    if not smoothing or not multi:
-        return
-    if multi >= split.num_samples:
-        raise ValueError(f"train.label_smoothing {smoothing:g} does not apply to FERPlus's multi_target label mode "
-                         "(every training sample uses it: a set of labels, not a distribution): set it to 0 or "
-                         "choose label_mode majority, probability or crossentropy")
-    log.warning("train.label_smoothing %g: the %d multi_target samples (a set of labels) are not smoothed, the "
-                "other %d are", smoothing, multi, split.num_samples - multi)
-
-
-def _require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp: bool) -> bool:
-    """Fail loudly if class-weighted loss or label smoothing was asked for (``batch`` holds
-    ``class_weight`` / ``label_smoothing``) but the model's losses ignore it; True once checked.
-    Runs the plain module in eval mode: no BN update, no RNG use, no DDP collective."""
-    net.eval()
-    if "target" in batch:           # probe with the labels as targets: a drawn or multi_target target may
-        batch = {**batch, "target": F.one_hot(batch["label"], batch["target"].shape[1]).to(batch["target"].dtype),
-                 "target_kind": torch.zeros_like(batch["target_kind"])}      # leave out the skewed class
-    with torch.no_grad(), autocast(device, amp):
-        out = net(batch)
-        weights = check_class_weight_used(net, out, batch) if "class_weight" in batch else True
-        smoothing = loss_reads(net, out, batch, "label_smoothing", 0.0, 0.5) if "label_smoothing" in batch else True
-    net.train()
-    ignored = [setting for setting, used in (("class_weights", weights), ("label_smoothing", smoothing))
-               if used is False]
-    if ignored:
-        raise NotImplementedError(f"train.{ignored[0]} is on but model {net.card.name!r}'s losses ignore it "
-                                  "(they must take batch['class_weight'] and batch['label_smoothing'] through "
-                                  "fermodels.losses.label_loss)")
-    return weights is True
 
 
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position,

@@ -20,7 +20,7 @@ from ferdata.stages.derive import DeriveParams
 from ferdata.stages.detect import detect_section
 from ferdata.stages.shard import ShardParams
 from fermodels.evaluate import evaluate_section
-from fermodels.train import train_section
+from fermodels.trainparams import train_section
 
 DATA_DIR = "data"        # where dvc.yaml's stages put each dataset (data/<name>/...)
 NOTE = "params.yaml is checked whole before a stage runs: fix this value even where this stage does not read it"

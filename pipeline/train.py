@@ -9,7 +9,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from ferdata.selection import SPLITS_READ, read_selection
 from fermodels.runstate import preprocess_record
-from fermodels.train import train, train_section
+from fermodels.train import train
+from fermodels.trainparams import train_section
 from pipeline._args import setup
 
 

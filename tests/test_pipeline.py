@@ -10,7 +10,8 @@ from ferdata.prepare import prepare
 from ferdata.sample import SampleParams, make_affectnet_sample
 from ferdata.verify import verify_shards
 from fermodels.evaluate import EvalParams, evaluate
-from fermodels.train import TrainParams, train
+from fermodels.train import train
+from fermodels.trainparams import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 from fermodels.info import synthetic_landmarks
 from fermodels.recipes import apply_recipe
-from fermodels.train import TrainParams
+from fermodels.trainparams import TrainParams
 
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",

@@ -277,8 +277,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
     trainer._save = save_every_rank
     import logging
 
-    logging.getLogger("fermodels.train").setLevel(logging.INFO)
-    logging.getLogger("fermodels.train").addHandler(logging.FileHandler(Path(out) / f"rank{rank}.log"))
+    logging.getLogger("fermodels").setLevel(logging.INFO)
+    logging.getLogger("fermodels").addHandler(logging.FileHandler(Path(out) / f"rank{rank}.log"))
     resuming = (Path(out) / "ckpt" / "last.pt").is_file()
     # persistent loader workers under DDP; the average on a model with BatchNorm statistics
     average = {"ema_decay": 0.9, "model": "resnet18_112", "model_kwargs": {}} if mode == "train_ema" else {}

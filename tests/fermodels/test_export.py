@@ -12,7 +12,7 @@ import torch
 from fermodels.export import export_model, parity
 from fermodels.registry import list_models
 from fermodels.runstate import load_checkpoint, save_checkpoint, Position
-from fermodels.train import TrainParams
+from fermodels.trainparams import TrainParams
 
 from tests.fermodels.helpers import make_params
 

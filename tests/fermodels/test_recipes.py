@@ -11,7 +11,7 @@ import yaml
 from ferdata.params import section
 from fermodels.recipes import RECIPE_KEYS, RECIPES, apply_recipe, check_applied, list_recipes
 from fermodels.registry import list_models
-from fermodels.train import TrainParams
+from fermodels.trainparams import TrainParams
 
 REPO = Path(__file__).resolve().parents[2]
 SEED_MODELS = ("cmnet", "pcnn", "pcda", "convcut", "convcut_paper")
@@ -82,7 +82,7 @@ def test_a_run_without_the_papers_weights_is_told_so():
     """Every recipe ran from random init with no word (params.yaml's model_kwargs is {}); Conv-cut's
     head then trained on a frozen random trunk, near chance."""
     from fermodels.registry import create_model
-    from fermodels.train import random_start_warnings
+    from fermodels.trainparams import random_start_warnings
 
     tiny = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
     params = section(TrainParams, {**apply_recipe({**train_section(), "recipe": "convcut_rafdb"}),

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import fermodels.train as trainer
+import fermodels.trainlog as trainlog
+import fermodels.trainparams as trainparams
 from fermodels.data import SampleDecoder, normalise, open_split, to_device
 from fermodels.distributed import DistEnv, plan_epoch
 from fermodels.optim import build_optimizer
@@ -21,7 +23,8 @@ from fermodels.registry import create_model, list_models
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.sampling import check_class_weight_used, class_weight_tensor
 from fermodels.stream import stream_loader
-from fermodels.train import NonFiniteLossError, train, train_step
+from fermodels.train import train, train_step
+from fermodels.trainlog import NonFiniteLossError
 
 from tests.fermodels.helpers import TINY_MODEL, build_shards, make_params, soft_label_of
 
@@ -608,12 +611,12 @@ def test_the_weights_and_smoothing_probe_does_not_depend_on_the_label_mode(kind)
              "target": F.one_hot(torch.tensor([1, 1]), 8).float(),
              "target_kind": torch.full((2,), TARGET_KINDS[kind]),
              "class_weight": torch.tensor([0.5, 3, 1, 1, 1, 1, 1.0]), "label_smoothing": 0.1}
-    assert trainer._require_extras_read(net, batch, CPU, False) is True
+    assert trainparams.require_extras_read(net, batch, CPU, False) is True
     real = type(net).losses
     try:
         type(net).losses = lambda self, out, b: {"ce": F.cross_entropy(out["logits"], b["label"])}
         with pytest.raises(NotImplementedError, match="train.class_weights is on but model 'convcut'"):
-            trainer._require_extras_read(net, batch, CPU, False)
+            trainparams.require_extras_read(net, batch, CPU, False)
     finally:
         type(net).losses = real
 
@@ -623,11 +626,11 @@ def test_label_smoothing_on_multi_target_labels_alone_is_refused_and_on_some_war
 
     split = open_split([soft_shards], "train")
     n = split.num_samples
-    trainer._check_smoothing_applies(0.1, split)                                  # probability rows: smoothed
-    trainer._check_smoothing_applies(0.0, replace(split, soft_labels={"multi_target": n}))
+    trainparams.check_smoothing_applies(0.1, split)                                  # probability rows: smoothed
+    trainparams.check_smoothing_applies(0.0, replace(split, soft_labels={"multi_target": n}))
     with pytest.raises(ValueError, match="label_smoothing 0.1 does not apply to FERPlus's multi_target"):
-        trainer._check_smoothing_applies(0.1, replace(split, soft_labels={"multi_target": n}))
-    trainer._check_smoothing_applies(0.1, replace(split, soft_labels={"multi_target": n - 2}))
+        trainparams.check_smoothing_applies(0.1, replace(split, soft_labels={"multi_target": n}))
+    trainparams.check_smoothing_applies(0.1, replace(split, soft_labels={"multi_target": n - 2}))
     assert f"the {n - 2} multi_target samples (a set of labels) are not smoothed, the other 2 are" in caplog.text
 
 
@@ -737,10 +740,10 @@ def test_training_in_a_git_repository_without_commits_says_to_commit(tmp_path, m
     monkeypatch.chdir(tmp_path)
     main = DistEnv(rank=0, world_size=1, local_rank=0)
     with pytest.raises(ValueError, match=r"needs a commit before training \(`git add -A && git commit"):
-        trainer._open_live(tmp_path / "live", Position(0, 0, 0), main)
+        trainlog.open_live(tmp_path / "live", Position(0, 0, 0), main)
     for cmd in (["git", "add", "-A"], ["git", "commit", "-q", "-m", "project"]):
         subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
-    live = trainer._open_live(tmp_path / "live", Position(0, 0, 0), main)
+    live = trainlog.open_live(tmp_path / "live", Position(0, 0, 0), main)
     live.log_metric("x", 1.0)
     live.end()
     assert (tmp_path / "live" / "metrics.json").is_file()
@@ -826,12 +829,12 @@ def test_checkpoints_keep_the_gradient_scaler(tmp_path):
 def test_class_shares_are_logged_only_when_they_cover_the_epoch(caplog):
     """An epoch resumed from a checkpoint that kept no per-class counts has counts for part of it
     only: its shares would come out too low, so none are logged."""
-    caplog.set_level("INFO", logger="fermodels.train")
-    trainer._log_epoch(None, 0, [({"ce": 2.0}, 4, 0.0, [1, 3]), ({"ce": 2.0}, 4, 0.0, [2, 2])], 0.1, 1.0,
+    caplog.set_level("INFO", logger="fermodels.trainlog")
+    trainlog.log_epoch(None, 0, [({"ce": 2.0}, 4, 0.0, [1, 3]), ({"ce": 2.0}, 4, 0.0, [2, 2])], 0.1, 1.0,
                        {"accuracy": 0.5})
     assert "epoch 0 trained on: Neutral 37.5% Happy 62.5%" in caplog.text
     caplog.clear()
-    trainer._log_epoch(None, 1, [({"ce": 2.0}, 4, 0.0, [0, 1])], 0.1, 1.0, {"accuracy": 0.5})
+    trainlog.log_epoch(None, 1, [({"ce": 2.0}, 4, 0.0, [0, 1])], 0.1, 1.0, {"accuracy": 0.5})
     assert "trained on" not in caplog.text and "epoch 1:" in caplog.text
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from ferdata.selection import read_selection
 from fermodels.runstate import LAST, load_checkpoint
-from fermodels.train import SPLITS_READ
+from ferdata.selection import SPLITS_READ
 from tests.fermodels.helpers import TINY_MODEL
 from tests.reliability.corpus import REPO, tree_hashes
 

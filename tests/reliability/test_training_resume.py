@@ -21,9 +21,12 @@ from torch import nn
 
 import fermodels.runstate as runstate
 import fermodels.train as trainer
+import fermodels.trainparams as trainparams
 from fermodels.registry import ModelCard
 from fermodels.runstate import LAST, load_checkpoint
-from fermodels.train import NonFiniteLossError, TrainParams, train
+from fermodels.train import train
+from fermodels.trainlog import NonFiniteLossError
+from fermodels.trainparams import TrainParams
 from tests.reliability.corpus import build, child_env
 
 TINY = "reliability_tiny"
@@ -76,7 +79,7 @@ def use_model(name: str, setattr_) -> None:
         setattr_(trainer, "create_model", lambda n, **kw: TinyNet(**kw) if n == TINY else real(n, **kw))
         tiny_kwargs = lambda n, kw: dict(kw) if n == TINY else real_kwargs(n, kw)    # noqa: E731
         setattr_(runstate, "model_kwargs", tiny_kwargs)
-        setattr_(trainer, "model_kwargs", tiny_kwargs)                  # train params check the keywords
+        setattr_(trainparams, "model_kwargs", tiny_kwargs)              # train params check the keywords
 
 
 def train_params(**overrides) -> TrainParams:

@@ -1,0 +1,100 @@
+"""What a training run tells: each rank's running totals of an epoch (:class:`Tally`), the
+epoch's log line and DVCLive metrics (every rank's totals, told once by rank 0), and the stop on
+a non-finite loss (all ranks together)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ferdata.classes import CLASSES
+from fermodels.distributed import DistEnv
+from fermodels.metrics import SUMMARY_METRICS
+from fermodels.runstate import LAST, Position, truncate_live
+
+log = logging.getLogger(__name__)
+FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced NaN/inf; the last good checkpoint is kept untouched. A ``ValueError``: the
+    settings (``train.lr``, ``train.amp``) are what to change, so commands report it in one line."""
+
+
+@dataclass
+class Tally:
+    """One rank's running totals of an epoch. Mid-epoch checkpoints keep every rank's, so a resumed
+    epoch logs the samples, losses and times of the whole epoch, as an uninterrupted one does."""
+
+    sums: dict = field(default_factory=dict)        # loss name -> loss x samples
+    seen: int = 0
+    waited: float = 0.0                             # seconds waiting for data
+    elapsed: float = 0.0
+    classes: list = field(default_factory=list)     # samples trained on per class id (what sampling made)
+
+    def saved(self) -> dict:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "seen": self.seen, "waited": self.waited,
+                "elapsed": self.elapsed, "classes": list(self.classes)}
+
+
+def open_live(live_dir: Path, pos: Position, env: DistEnv):
+    """Rank 0's DVCLive logger (None on the other ranks), its logs cut back to the epoch a resume
+    starts from."""
+    if not env.is_main:
+        return None
+    from dvclive import Live
+
+    resuming = pos.epoch > 0 or pos.batch > 0
+    if resuming:
+        truncate_live(live_dir, pos.epoch)
+    try:
+        live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+    except Exception as e:
+        # DVCLive reads the project's git HEAD, which does not exist before the first commit. Its
+        # scmrepo.SCMError is matched by module: scmrepo (DVC's git layer) need not be importable.
+        if not type(e).__module__.startswith("scmrepo."):
+            raise
+        raise ValueError(f"DVCLive, which logs the metrics, cannot read this project's git repository ({e}): "
+                         f"a repository needs a commit before training (`git add -A && git commit -m ...`)") from e
+    live.step = pos.epoch
+    return live
+
+
+def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: dict) -> None:
+    seen = sum(t[1] for t in totals)
+    losses = {k: sum(t[0].get(k, 0.0) for t in totals) / max(seen, 1) for k in totals[0][0]}
+    waited = max(t[2] for t in totals)
+    counted = [sum(t[3][c] for t in totals) for c in range(len(totals[0][3]))]
+    # per-class counts cover the epoch unless it resumed from a checkpoint that did not keep them
+    shares = {CLASSES[c]: n / seen for c, n in enumerate(counted)} if seen and sum(counted) == seen else {}
+    log.info("epoch %d: %s val acc %.4f (%.1f samples/s, %.0f%% waiting for data)", epoch,
+             " ".join(f"{k}={v:.4f}" for k, v in losses.items()), val["accuracy"], seen / max(elapsed, 1e-9),
+             100 * waited / max(elapsed, 1e-9))
+    if shares:
+        log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
+    if live is None:
+        return
+    for k, v in losses.items():
+        live.log_metric(f"train/{k}", v)
+    live.log_metric("train/lr", lr)
+    live.log_metric("train/samples", seen)
+    live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
+    live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
+    for name, share in shares.items():
+        live.log_metric(f"train/class_share/{name}", share)
+    for k in SUMMARY_METRICS:
+        live.log_metric(f"val/{k}", val[k])
+    live.next_step()
+
+
+def check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path) -> None:
+    """Stop on a non-finite loss; ``bad`` is every rank's count at once (:func:`max_over_ranks`),
+    so all ranks stop together instead of one leaving the others in a collective."""
+    if float(bad) > 0:
+        shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        kept = (f"last good checkpoint kept at {ckpt_dir / LAST}" if (ckpt_dir / LAST).is_file() else
+                "no checkpoint was saved before it")
+        raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); {kept}; lower train.lr "
+                                 "or disable train.amp")

@@ -1,0 +1,185 @@
+"""The trainer's settings: params.yaml's ``train`` section (:class:`TrainParams`, checked when read)
+and the checks a run makes of them against its model and data before the first step, so a setting
+that cannot apply stops the run with what to change instead of training on without it."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ferdata.params import (above, at_least, below_from, check_values, one_of, optional, repeated, section,
+                            section_values, within)
+from fermodels.augment import AugmentParams
+from fermodels.checkpoints import WEIGHT_FILE_KWARGS
+from fermodels.data import Split
+from fermodels.evaluate import autocast
+from fermodels.metrics import SUMMARY_METRICS
+from fermodels.optim import OPTIMIZERS, SCHEDULES
+from fermodels.recipes import apply_recipe, check_applied, weights_of
+from fermodels.registry import model_kwargs
+from fermodels.sampling import SAMPLERS, check_class_weight_used, loss_reads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """params.yaml ``train`` (after :func:`fermodels.recipes.apply_recipe`)."""
+
+    recipe: str | None
+    datasets: list = field(hash=False)
+    model: str
+    model_kwargs: dict = field(hash=False)
+    num_classes: int
+    epochs: int
+    batch_size: int
+    epoch_samples: int | None
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    sam: bool
+    sam_rho: float
+    schedule: str
+    warmup_epochs: float
+    step_size: int
+    gamma: float
+    sampler: str
+    class_weights: bool
+    label_smoothing: float
+    ema_decay: float
+    augment: AugmentParams
+    select_metric: str
+    seed: int
+    workers: int
+    device: str
+    amp: bool
+    channels_last: bool
+    compile: bool
+    shuffle_buffer: int
+    checkpoint_every: int
+
+    def __post_init__(self) -> None:
+        check_applied({f.name: getattr(self, f.name) for f in fields(self)})
+        if isinstance(self.augment, Mapping):       # unknown or missing keys named, as for every section
+            object.__setattr__(self, "augment", section(AugmentParams, self.augment, "train.augment"))
+        if not isinstance(self.augment, AugmentParams):
+            raise ValueError(f"train.augment must be a mapping of the augmentation settings, got {self.augment!r}")
+        if self.model_kwargs is None:               # `model_kwargs:` left empty in YAML
+            object.__setattr__(self, "model_kwargs", {})
+        if not isinstance(self.model_kwargs, Mapping):
+            raise ValueError(f"train.model_kwargs must be a mapping of the model's keywords (e.g. {{pretrained: "
+                             f"/path/weights.pth}}), got {self.model_kwargs!r}")
+        try:                                        # a keyword the model lacks: named now, not at model build
+            model_kwargs(self.model, self.model_kwargs)
+        except TypeError as err:
+            raise ValueError(f"train.model_kwargs for train.model {self.model}: {err} (`fermodels info "
+                             f"{self.model}` lists its keywords)") from None
+        if isinstance(self.datasets, str) or not self.datasets:
+            raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
+        if twice := repeated(self.datasets):
+            raise ValueError(f"train.datasets lists {', '.join(map(repr, twice))} more than once (each dataset "
+                             "is read once an epoch; the class-balanced sampler evens out their classes)")
+        check_values("train", self, {
+            "num_classes": one_of((7, 8)), "epochs": at_least(1), "batch_size": at_least(1),
+            "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),
+            "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
+            "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
+            "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
+            "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
+            "ema_decay": below_from(0, 1)})
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"train.warmup_epochs {self.warmup_epochs} is more than train.epochs {self.epochs} "
+                             "(the learning rate would never reach train.lr)")
+        if self.sampler == "balanced" and self.class_weights:
+            raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
+                             "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
+
+
+def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:
+    """params.yaml's ``train`` section with its recipe applied (:func:`apply_recipe`), as the train
+    stage runs it; ``announce``: log what the recipe sets."""
+    return section(TrainParams, apply_recipe(section_values(params, "train"), announce), "train")
+
+
+def shards_preprocess(split: Split, given: dict) -> dict:
+    """The align/derive settings for the checkpoints: what the shards record (the stages that made
+    them), else ``given`` (params.yaml's, for shards of a version that did not record them)."""
+    if not split.preprocess:
+        return given
+    if given and given != split.preprocess:
+        log.warning("params.yaml's align/derive settings %s are not the ones the shards were made with %s "
+                    "(prepared with another params file?): the checkpoints record the shards'", given,
+                    split.preprocess)
+    return split.preprocess
+
+
+def random_start_warnings(net: nn.Module, params: TrainParams) -> list[str]:
+    """What a run starting from random weights should be told: a frozen part with random weights
+    (only the rest learns: Conv-cut's head on a random trunk is near chance), and a recipe whose
+    paper starts from pretrained weights run without them (its results are not the paper's)."""
+    if any(params.model_kwargs.get(k) for k in WEIGHT_FILE_KWARGS):
+        return []
+    out = []
+    frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
+    if frozen:
+        out.append(f"train.model {params.model} keeps {frozen:,} parameters frozen at random weights (no "
+                   "train.model_kwargs.pretrained): only the rest learns; give its weights (docs/models.md, "
+                   "Pretrained weights), or unfreeze them")
+    if weights := weights_of(params.recipe):
+        out.append(f"train.recipe {params.recipe}: the paper starts from {weights}; without "
+                   "train.model_kwargs.pretrained this run starts from random weights, and its figures are not "
+                   "comparable with the paper's")
+    return out
+
+
+def check_classes(train_split: Split, val_split: Split, num_classes: int) -> None:
+    for split in (train_split, val_split):
+        beyond = split.classes_beyond(num_classes)
+        if beyond:
+            raise ValueError(f"{split.name} split of {', '.join(split.dirs)} holds {beyond}, which a "
+                             f"{num_classes}-class model cannot learn; set train.num_classes 8 or prepare "
+                             "the dataset without them (params.yaml datasets.<name>.options: "
+                             "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7)")
+    if val_split.num_samples == 0:
+        raise ValueError("the val split is empty: model selection needs it (shard.val_fraction > 0)")
+
+
+def check_smoothing_applies(smoothing: float, split: Split) -> None:
+    """Label smoothing needs a distribution to smooth: FERPlus's multi_target rows (a set of labels,
+    trained as -log of the likeliest) are not smoothed, so on them alone it would be ignored."""
+    multi = split.soft_labels.get("multi_target", 0)
+    if not smoothing or not multi:
+        return
+    if multi >= split.num_samples:
+        raise ValueError(f"train.label_smoothing {smoothing:g} does not apply to FERPlus's multi_target label mode "
+                         "(every training sample uses it: a set of labels, not a distribution): set it to 0 or "
+                         "choose label_mode majority, probability or crossentropy")
+    log.warning("train.label_smoothing %g: the %d multi_target samples (a set of labels) are not smoothed, the "
+                "other %d are", smoothing, multi, split.num_samples - multi)
+
+
+def require_extras_read(net: nn.Module, batch: dict, device: torch.device, amp: bool) -> bool:
+    """Fail loudly if class-weighted loss or label smoothing was asked for (``batch`` holds
+    ``class_weight`` / ``label_smoothing``) but the model's losses ignore it; True once checked.
+    Runs the plain module in eval mode: no BN update, no RNG use, no DDP collective."""
+    net.eval()
+    if "target" in batch:           # probe with the labels as targets: a drawn or multi_target target may
+        batch = {**batch, "target": F.one_hot(batch["label"], batch["target"].shape[1]).to(batch["target"].dtype),
+                 "target_kind": torch.zeros_like(batch["target_kind"])}      # leave out the skewed class
+    with torch.no_grad(), autocast(device, amp):
+        out = net(batch)
+        weights = check_class_weight_used(net, out, batch) if "class_weight" in batch else True
+        smoothing = loss_reads(net, out, batch, "label_smoothing", 0.0, 0.5) if "label_smoothing" in batch else True
+    net.train()
+    ignored = [setting for setting, used in (("class_weights", weights), ("label_smoothing", smoothing))
+               if used is False]
+    if ignored:
+        raise NotImplementedError(f"train.{ignored[0]} is on but model {net.card.name!r}'s losses ignore it "
+                                  "(they must take batch['class_weight'] and batch['label_smoothing'] through "
+                                  "fermodels.losses.label_loss)")
+    return weights is True
