@@ -63,9 +63,11 @@ from ferdata.io import decode_jpeg_rgb  # noqa: E402
 from ferdata.params import load_params  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
-from fermodels.data import MEMBERS, SampleDecoder, normalise, open_split, to_device  # noqa: E402
+from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
 from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
+from fermodels.modelinput import normalise, to_device
 from fermodels.registry import ModelCard  # noqa: E402
+from fermodels.shardsplit import open_split
 from fermodels.stream import EpochPlanner, PersistentLoader, read_pieces, stream_loader  # noqa: E402
 
 STORED = 112                                     # align.size: the crop size the shards hold

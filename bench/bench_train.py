@@ -47,12 +47,13 @@ from ferdata.io import encode_jpeg, encode_png  # noqa: E402
 from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
-from fermodels.data import (SampleDecoder, normalise, open_split, split_decoder, stored_side,  # noqa: E402
-                            to_device, travel_side)
+from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
 from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
+from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
 from fermodels.registry import create_model, list_models  # noqa: E402
+from fermodels.shardsplit import open_split, stored_side  # noqa: E402
 from fermodels.stream import RING_DEPTH, stream_loader  # noqa: E402
 from fermodels.train import train_step  # noqa: E402
 

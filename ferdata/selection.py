@@ -7,7 +7,7 @@ splits it reads and the sha256 of each of those splits' ``_info.json`` content (
 shard's sha256, count and class histogram; :func:`split_digest`). The file changes exactly when the
 data that consumer reads changes, and the consumer depends on that file alone; before reading, the
 consumer checks that each split's ``_info.json`` still holds what was pinned (:func:`read_selection`) and that every
-shard it lists is there with its listed size (:func:`fermodels.data.open_split`); the shards'
+shard it lists is there with its listed size (:func:`fermodels.shardsplit.open_split`); the shards'
 contents against their sha256 are ``ferdata verify``'s to check (DVC checks them on checkout).
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ferdata.geometry import FLIP_68
 from ferdata.params import above, at_least, below_from, check_values, within
-from fermodels.data import host_to
+from fermodels.modelinput import host_to
 
 ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))   # torchvision RandomErasing's aspect ratios
 ERASE_TRIES = 10                                      # its draws of a rectangle that fits (none fits: no erasing)

@@ -25,12 +25,14 @@ from ferdata.classes import class_names
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
-from fermodels.data import Split, normalise, open_split, split_decoder, to_device
+from fermodels.data import split_decoder
 from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
 from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
+from fermodels.modelinput import normalise, to_device
 from fermodels.registry import ModelCard
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.shardsplit import Split, open_split
 
 log = logging.getLogger(__name__)
 SAME_PROB = 1e-4          # float noise between batch sizes stays far below this

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text
 from ferdata.geometry import template
-from fermodels.data import normalise, pixel_affine
+from fermodels.modelinput import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)

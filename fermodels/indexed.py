@@ -16,7 +16,8 @@ from ferdata.classes import CLASSES
 from ferdata.layout import INFO
 from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import MemberReader, index_tars
-from fermodels.data import SampleDecoder, Split
+from fermodels.data import SampleDecoder
+from fermodels.shardsplit import Split
 
 
 class IndexedSplit(Dataset):

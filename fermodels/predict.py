@@ -45,8 +45,9 @@ from ferdata.records import FaceRecord, make_key
 from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
-from fermodels.data import SampleDecoder, normalise, to_device, travel_side
+from fermodels.data import SampleDecoder, travel_side
 from fermodels.distributed import env_from_os, pick_device
+from fermodels.modelinput import normalise, to_device
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Training streams the shards (sequential reads) along the epoch plan of :mod:`fer
 through a seeded shuffle buffer; batches leave the workers through shared buffers (:mod:`fermodels.batchring`).
 
 Workers only decode and resize (uint8); floats, augmentation and normalisation happen on the training
-device (:func:`fermodels.data.to_device`, :mod:`fermodels.augment`, :func:`fermodels.data.normalise`).
+device (:func:`fermodels.modelinput.to_device`, :mod:`fermodels.augment`, :func:`fermodels.modelinput.normalise`).
 """
 from __future__ import annotations
 

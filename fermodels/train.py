@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader
 
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import augment_batch
-from fermodels.data import SampleDecoder, Split, normalise, open_split, split_decoder, to_device
+from fermodels.data import SampleDecoder, split_decoder
+from fermodels.modelinput import normalise, to_device
+from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
                                    max_over_ranks, pick_device, shutdown, sync_buffers)
 from fermodels.ema import WeightAverage

@@ -15,13 +15,13 @@ from ferdata.params import (above, at_least, below_from, check_values, one_of, o
                             section_values, within)
 from fermodels.augment import AugmentParams
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
-from fermodels.data import Split
 from fermodels.evaluate import autocast
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import OPTIMIZERS, SCHEDULES
 from fermodels.recipes import apply_recipe, check_applied, weights_of
 from fermodels.registry import model_kwargs
 from fermodels.sampling import SAMPLERS, check_class_weight_used, loss_reads
+from fermodels.shardsplit import Split
 
 log = logging.getLogger(__name__)
 

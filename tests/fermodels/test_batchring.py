@@ -11,8 +11,9 @@ import torch
 
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing
-from fermodels.data import SampleDecoder, decode_batch, open_split
+from fermodels.data import SampleDecoder, decode_batch
 from fermodels.distributed import DistEnv, plan_epoch
+from fermodels.shardsplit import open_split
 from fermodels.stream import RING_DEPTH, stream_loader
 
 FIELD_SETS = [("image",), ("image", "left", "right"), ("image", "heatmap"), ("image", "lmk")]

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fermodels.data import SampleDecoder, open_split
+from fermodels.data import SampleDecoder
+from fermodels.shardsplit import open_split
 from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, pick_device, plan_epoch,
                                    max_over_ranks, round_robin_skips, shard_order, split_evenly, sync_buffers)
 from fermodels.sampling import ClassRepeat

@@ -20,10 +20,11 @@ import yaml
 
 from ferdata.tario import iter_tar_samples
 from ferdata.verify import verify_shards
-from fermodels.data import SampleDecoder, open_split
+from fermodels.data import SampleDecoder
 from fermodels.evaluate import EvalParams, evaluate, predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.shardsplit import open_split
 from fermodels.train import train
 
 from tests.fermodels.helpers import REPO, TINY_MODEL, build_shards, make_params
@@ -83,7 +84,7 @@ def test_prediction_waits_for_the_gpu_once_not_per_batch(tiny_run):
 
 def test_flip_tta_averages_the_mirrored_prediction(tiny_run, one_thread):
     from fermodels.augment import hflip_batch
-    from fermodels.data import normalise, to_device
+    from fermodels.modelinput import normalise, to_device
 
     model = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt"))
     card = model.card
@@ -304,7 +305,7 @@ def test_one_name_for_two_folders_and_a_dataset_folder_for_its_shards_are_named(
 def test_the_stored_side_skips_a_shard_without_faces_and_prefers_the_record(tiny_shards, tmp_path):
     import tarfile
 
-    from fermodels.data import stored_side
+    from fermodels.shardsplit import stored_side
 
     copy = tmp_path / "shards"
     shutil.copytree(tiny_shards, copy)

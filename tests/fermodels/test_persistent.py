@@ -8,8 +8,9 @@ import torch
 
 import fermodels.indexed as indexed
 import fermodels.stream as stream
-from fermodels.data import SampleDecoder, open_split
+from fermodels.data import SampleDecoder
 from fermodels.distributed import DistEnv
+from fermodels.shardsplit import open_split
 from fermodels.stream import EpochPlanner, PersistentLoader, stream_loader
 from fermodels.train import train
 

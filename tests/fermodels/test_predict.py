@@ -28,9 +28,10 @@ from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 from ferdata.tario import iter_tar_samples
-from fermodels.data import open_split, split_decoder
+from fermodels.data import split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
+from fermodels.shardsplit import open_split
 import fermodels.predict
 from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, check_annotations,
                                choose_backend, expand_inputs, iter_frames, predict_files, run_predict)

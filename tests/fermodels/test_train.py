@@ -16,12 +16,14 @@ import torch.nn.functional as F
 import fermodels.train as trainer
 import fermodels.trainlog as trainlog
 import fermodels.trainparams as trainparams
-from fermodels.data import SampleDecoder, normalise, open_split, to_device
+from fermodels.data import SampleDecoder
 from fermodels.distributed import DistEnv, plan_epoch
+from fermodels.modelinput import normalise, to_device
 from fermodels.optim import build_optimizer
 from fermodels.registry import create_model, list_models
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.sampling import check_class_weight_used, class_weight_tensor
+from fermodels.shardsplit import open_split
 from fermodels.stream import stream_loader
 from fermodels.train import train, train_step
 from fermodels.trainlog import NonFiniteLossError

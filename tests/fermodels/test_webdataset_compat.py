@@ -10,7 +10,7 @@ import numpy as np
 
 from ferdata.io import decode_jpeg_rgb
 from ferdata.tario import iter_tar_samples
-from fermodels.data import open_split
+from fermodels.shardsplit import open_split
 
 
 def test_the_webdataset_library_reads_every_split_as_we_do(tiny_shards):

@@ -7,7 +7,9 @@ import torch
 
 from ferdata.io import read_header
 from ferdata.tario import iter_tar_samples
-from fermodels.data import SampleDecoder, open_split, resize_batch, stored_side, to_device, travel_side
+from fermodels.data import SampleDecoder, travel_side
+from fermodels.modelinput import resize_batch, to_device
+from fermodels.shardsplit import open_split, stored_side
 
 CPU = torch.device("cpu")
 ALL = ("image", "left", "right", "heatmap", "lmk")
@@ -103,7 +105,7 @@ def test_on_a_gpu_the_batch_arrives_as_on_the_cpu(tiny_shards, size, every):
     the GPU) gives the CPU path's model input to float precision: the same draws, the same warps
     (bilinear resampling in float32 on both) and the same erased rectangles."""
     from fermodels.augment import augment_batch
-    from fermodels.data import normalise
+    from fermodels.modelinput import normalise
     from fermodels.registry import create_model
 
     split = open_split([tiny_shards], "train")
@@ -128,7 +130,7 @@ def test_the_host_never_waits_for_the_gpu_in_the_input_path(tiny_shards):
     read back or a device-side ``nonzero`` would each stop it from queuing the next step while the
     GPU runs this one. torch's sync debug mode turns each such wait into an error."""
     from fermodels.augment import augment_batch
-    from fermodels.data import normalise
+    from fermodels.modelinput import normalise
     from fermodels.registry import create_model
 
     split = open_split([tiny_shards], "train")
@@ -162,7 +164,7 @@ def test_host_to_pins_what_it_copies_densely():
     """An already pinned tensor is copied as it is; an expanded tensor (pin_memory() keeps its zero
     strides and fails) and a strided slice (pinned whole, copied through pageable memory) arrive
     as their values."""
-    from fermodels.data import host_to
+    from fermodels.modelinput import host_to
 
     pinned = torch.arange(6).pin_memory()
     expanded = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1).expand(4, 3, 5, 5)
@@ -216,10 +218,10 @@ def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
     from torch.utils._pytree import tree_flatten
 
     import fermodels.augment as augment
-    import fermodels.data as data
+    import fermodels.modelinput as modelinput
     from fermodels.registry import create_model
 
-    inside, real = [], data.host_to
+    inside, real = [], modelinput.host_to
 
     def tracked(t, device):
         inside.append(True)
@@ -228,7 +230,7 @@ def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
         finally:
             inside.pop()
 
-    for module in (data, augment):
+    for module in (modelinput, augment):
         monkeypatch.setattr(module, "host_to", tracked)
 
     class StrayTransfers(TorchDispatchMode):
@@ -251,15 +253,15 @@ def test_every_host_tensor_reaches_the_device_through_host_to(monkeypatch):
             "right": torch.randint(0, 256, (n, 3, s, s // 2), dtype=torch.uint8, generator=g),
             "lmk": torch.rand(n, 68, 2, generator=g) * s, "label": torch.arange(n)}
     with StrayTransfers() as seen:
-        x = data.normalise(augment.augment_batch(data.to_device(host, torch.device("meta"), card.input_size),
-                                                 _augment(True), torch.Generator().manual_seed(1),
-                                                 torch.tensor(card.mean) * 255.0), card, True)
+        moved = modelinput.to_device(host, torch.device("meta"), card.input_size)
+        x = modelinput.normalise(augment.augment_batch(moved, _augment(True), torch.Generator().manual_seed(1),
+                                                       torch.tensor(card.mean) * 255.0), card, True)
     assert x["image"].device.type == "meta" and x["image"].shape == (n, 3, 224, 224)
     assert seen.found == [], f"host tensors reached the device outside host_to: {seen.found}"
 
 
 def test_host_to_leaves_other_devices_to_a_plain_copy():
-    from fermodels.data import host_to
+    from fermodels.modelinput import host_to
 
     t = torch.arange(6).reshape(2, 3).t()
     assert host_to(t, "cpu") is t and host_to(t, torch.device("meta")).device.type == "meta"

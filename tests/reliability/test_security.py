@@ -172,7 +172,7 @@ def test_verify_rejects_info_names_that_escape_the_folder(bad_corpus_run, tmp_pa
     info_path.write_text(json.dumps(info))
     problems = verify_shards(shards)
     assert any("not a plain file name" in p for p in problems)
-    from fermodels.data import open_split                  # training and evaluation open splits this way
+    from fermodels.shardsplit import open_split  # training and evaluation open splits this way
 
     with pytest.raises(UnsafeTarError, match="not a plain file name"):
         open_split([shards], "test")

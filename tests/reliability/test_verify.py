@@ -300,7 +300,7 @@ def test_a_field_of_the_wrong_kind_is_a_problem_line_not_a_crash(shards, field, 
 
 def test_split_folders_swapped_in_a_copy_are_named_and_refused_by_training(shards):
     """val/ holding the test split would pick the best epoch on the test set."""
-    from fermodels.data import open_split
+    from fermodels.shardsplit import open_split
 
     (shards / "val").rename(shards / "was-val")
     (shards / "test").rename(shards / "val")
@@ -330,7 +330,7 @@ def test_training_refuses_a_listed_shard_missing_or_of_another_size(shards, dama
     """A shard cut short at a sample boundary, or grown, reads as a valid tar; without a look at
     its size the epoch ran shorter (or the class-balanced stream read on past it). A stat per shard
     catches it before any worker starts; ``ferdata verify`` compares contents too."""
-    from fermodels.data import open_split
+    from fermodels.shardsplit import open_split
 
     from ferdata.tarscan import _scan_blocks
 
@@ -351,7 +351,7 @@ def test_training_refuses_a_listed_shard_missing_or_of_another_size(shards, dama
 
 
 def test_a_shard_dir_given_twice_is_refused(shards):
-    from fermodels.data import open_split
+    from fermodels.shardsplit import open_split
 
     with pytest.raises(ValueError, match="listed more than once"):
         open_split([shards, shards / ".." / shards.name], "train")
@@ -363,10 +363,11 @@ def test_a_sample_without_its_image_or_label_is_named_by_every_loader(shards, tm
     so, or re-listed after damage): a bare KeyError before; now the sample and its shard, from every
     loader (the training stream, plain and class-balanced, and the evaluator's indexed reader)."""
     from ferdata.tario import TarShardWriter, iter_tar_samples
-    from fermodels.data import SampleDecoder, open_split
+    from fermodels.data import SampleDecoder
     from fermodels.distributed import DistEnv, plan_epoch
     from fermodels.indexed import IndexedSplit
     from fermodels.sampling import ClassRepeat
+    from fermodels.shardsplit import open_split
     from fermodels.stream import stream_loader
 
     shard = _first_shard(shards)

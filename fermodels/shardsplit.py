@@ -1,0 +1,154 @@
+"""A split of prepared datasets as their shards' ``_info.json`` files describe it (:class:`Split`):
+the shards and their sample counts (each checked to be there at its listed size), the class
+histogram, the shards' sha256, test subsets, label modes, and the face backends and align/derive
+settings that made the faces, which checkpoints record so inference repeats them."""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ferdata.classes import CLASSES
+from ferdata.io import read_header
+from ferdata.layout import INFO
+from ferdata.tario import iter_tar_samples, listed_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of one or more prepared datasets, as their ``_info.json`` files describe it
+    (``subsets``: the named test subsets of a reader's ``options.subsets``, listed by the shard stage)."""
+
+    name: str
+    dirs: tuple[str, ...]
+    shards: tuple[tuple[str, int], ...]          # (tar path, sample count)
+    histogram: dict[str, int]                   # canonical class name -> count
+    hashes: dict[str, list[str]]                # shard dir -> sha256 of each shard
+    subsets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # shard dir -> test subset -> keys
+    soft_labels: dict[str, int] = field(default_factory=dict)  # label mode -> samples with a distribution to train on
+    face_backends: dict[str, int] = field(default_factory=dict)  # face backend -> samples whose crop it made
+    preprocess: dict = field(default_factory=dict)   # align/derive settings that made the faces ({}: not recorded)
+    face_backend_options: dict[str, dict] = field(default_factory=dict)   # face backend -> the options it ran with
+
+    @property
+    def num_samples(self) -> int:
+        return sum(n for _, n in self.shards)
+
+    def shards_of(self, shard_dir: str) -> tuple[tuple[str, int], ...]:
+        """The shards that ``shard_dir``'s ``_info.json`` lists (``shards`` holds every dir's, in
+        ``dirs`` order; ``hashes`` one sha256 per shard)."""
+        start = sum(len(self.hashes[d]) for d in self.dirs[:self.dirs.index(shard_dir)])
+        return self.shards[start:start + len(self.hashes[shard_dir])]
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        return [self.histogram.get(c, 0) for c in CLASSES[:num_classes]]
+
+    def classes_beyond(self, num_classes: int) -> dict[str, int]:
+        """Samples whose class a ``num_classes`` model cannot predict (e.g. Contempt for 7)."""
+        return {c: n for c, n in self.histogram.items() if n and CLASSES.index(c) >= num_classes}
+
+
+def _listed_on_disk(info_path: Path, listed: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """(path, sample count) of each shard ``_info.json`` lists, after checking that each is there
+    with its listed size (a stat each; ``ferdata verify`` compares the contents with their sha256)."""
+    out = []
+    for s in listed:
+        path = listed_shard(info_path.parent, s["name"])
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}, listed in {info_path}, is missing: `dvc pull` / `dvc checkout` it, or "
+                                    "re-run the shard stage") from None
+        if "bytes" in s and size != s["bytes"]:
+            raise ValueError(f"{path} is {size} bytes where {info_path} lists {s['bytes']}: cut short or replaced "
+                             "since it was written; check the split with `ferdata verify`, then re-run the shard "
+                             "stage (or `dvc pull` / `dvc checkout` it)")
+        out.append((str(path), int(s["count"])))
+    return out
+
+
+def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
+    """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset); each shard
+    it lists must be there with its listed size."""
+    if len({Path(d).resolve() for d in shard_dirs}) < len(shard_dirs):
+        raise ValueError(f"shard dirs listed more than once: {[str(d) for d in shard_dirs]} (each would be read "
+                         "twice an epoch)")
+    shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
+    settings: dict[str, dict] = {}
+    detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
+    for d in shard_dirs:
+        info_path = Path(d) / split / INFO
+        if not info_path.is_file():
+            inside = Path(d) / "shards"
+            if (inside / split / INFO).is_file():
+                raise FileNotFoundError(f"{info_path} not found: {d} is a dataset's folder; give its shards "
+                                        f"folder, {inside}")
+            raise FileNotFoundError(f"{info_path} not found: prepare the dataset first "
+                                    f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
+        info = json.loads(info_path.read_text())
+        if info.get("split", split) != split:
+            raise ValueError(f"{info_path} describes the {info['split']!r} split, not {split!r}: split folders "
+                             "swapped or renamed in a copy? (`ferdata verify` checks a copy)")
+        shards += _listed_on_disk(info_path, info["shards"])
+        hist.update(info["class_histogram"])
+        hashes[str(d)] = [s["sha256"] for s in info["shards"]]
+        subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
+        soft.update(info.get("soft_labels", {}))
+        backends.update(info.get("face_backends", {}))
+        settings[str(d)] = info.get("preprocess") or {}
+        if info.get("detect"):                        # auto's options went to each backend it used
+            detectors[str(d)] = {name: info["detect"]["options"] for name in info.get("face_backends", {})}
+    return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
+                 dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors))
+
+
+def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Each face backend's options over all datasets; a backend run with different options for
+    two datasets is left out (inference then builds it with its own defaults), with a warning."""
+    merged: dict[str, dict] = {}
+    differing: set[str] = set()
+    for per_backend in detectors.values():
+        for name, options in per_backend.items():
+            if merged.setdefault(name, options) != options:
+                differing.add(name)
+    if differing:
+        log.warning("face backend(s) %s ran with different options for different datasets: inference will "
+                    "not repeat either (pass --backend-option)", ", ".join(sorted(differing)))
+    return {name: options for name, options in sorted(merged.items()) if name not in differing}
+
+
+def _one_preprocess(settings: dict[str, dict], split: str) -> dict:
+    """The align/derive settings all datasets' faces share ({} when one did not record them); faces
+    cropped or derived differently cannot feed one model, whose checkpoint records one way."""
+    if not all(settings.values()):
+        return {}
+    distinct = {json.dumps(v, sort_keys=True) for v in settings.values()}
+    if len(distinct) > 1:
+        shown = "; ".join(f"{d}: {v}" for d, v in settings.items())
+        raise ValueError(f"the {split} shards were prepared with different align/derive settings ({shown}); "
+                         "prepare every dataset with the same align and derive sections")
+    return next(iter(settings.values()))
+
+
+def stored_side(split: Split) -> int:
+    """The crop side of ``split``'s faces: the align size the shards record, else (shards of a
+    version that did not record it) read from each dataset's first face, the smallest when
+    datasets differ."""
+    if split.preprocess:
+        return int(split.preprocess["align"]["size"])
+    sides: dict[str, int] = {}
+    for path, _ in split.shards:
+        folder = str(Path(path).parent)
+        if folder not in sides:
+            image = next((f["jpg"] for _, f in iter_tar_samples(path) if "jpg" in f), None)
+            if image is not None:           # a shard without faces: the folder's next one
+                head = read_header(image)
+                sides[folder] = min(head.width, head.height)
+    if not sides:
+        raise ValueError(f"no face image in the {split.name} shards of {', '.join(split.dirs)}")
+    return min(sides.values())
