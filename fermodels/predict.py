@@ -1,20 +1,9 @@
 """Inference for users: images, folders or videos in, per-face expression probabilities out.
 
-Each face goes through the same steps as the training data: the face backend (detect), the
-align stage's reduced decode + ``align_face`` + JPEG encoding at the recorded quality, the
-derive stage's worker (halves via ``split_halves``, landmark heatmap), then the loader's
-decoder and normalisation - so the model sees exactly the kind of sample it was trained on.
-The align and derive settings come from the checkpoint (``preprocess``, recorded by the train
-stage), and so, unless asked for another, does the face backend: the detector that made the
-training crops (``data.face_backends``), when it can run here, with the options it ran with
-(``data.face_backend_options``; :func:`choose_backend`).
-
-A face much larger than the crop is warped, as in the align stage, from the picture decoded at
-1/2, 1/4 or 1/8 (``crop_reduction``; libjpeg's reduced decode for a JPEG file, block means of
-the decoded pixels for other formats, :func:`ferdata.io.block_mean`), not from the full-size
-pixels, which one bilinear warp would shrink 4-10x with aliasing. An image file's crops equal
-the align stage's byte for byte; a video frame has no file bytes, so its reduced copy is the
-block mean, as for a PNG.
+This module handles the inputs and outputs: which files and video frames are read
+(:func:`expand_inputs`, :func:`iter_frames`), the per-face CSV and summary, and annotated copies.
+Each face becomes model input through :class:`fermodels.predictor.Predictor`, which repeats the
+steps that made the checkpoint's training faces.
 """
 from __future__ import annotations
 
@@ -24,211 +13,19 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
-import torch
 
 from ferdata.atomic import atomic_write_bytes
-from ferdata.cache import face_to_dict
 from ferdata.datasets.folder import hidden, visible_files
-from ferdata.faces import create_backend
-from ferdata.faces.auto import AutoBackend, first_ready
-from ferdata.faces.base import BACKENDS, Face, FaceBackend
-from ferdata.geometry import Aligned
-from ferdata.io import IMAGE_EXTS, BadImage, Decoded, block_mean, decode_image, encode_jpeg
-from ferdata.layout import SAMPLE_SETTINGS
-from ferdata.records import FaceRecord, make_key
-from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
-from ferdata.stages.derive import DeriveParams, DeriveWorker
-from fermodels.augment import hflip_batch
-from fermodels.data import SampleDecoder, travel_side
-from fermodels.distributed import env_from_os, pick_device
-from fermodels.modelinput import normalise, to_device
-from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
+from fermodels.predictor import FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-
-
-@dataclass(frozen=True)
-class FaceSample:
-    """One face ready for the model: where it came from and its shard-format fields."""
-
-    source: str
-    frame: int
-    index: int
-    box: tuple[float, float, float, float]        # x0, y0, x1, y1 in the file's pixels
-    score: float
-    fields: dict
-
-
-class Picture:
-    """One image or video frame: the RGB pixels detection runs on (``scale``: their size relative
-    to the file's, below 1 only for a huge JPEG) and, made once per reduction on first use, the
-    copies the align stage would warp a face from (:meth:`reduced`)."""
-
-    def __init__(self, rgb: np.ndarray, data: bytes | None = None, scale: float = 1.0) -> None:
-        self.rgb, self.data, self.scale = rgb, data, scale
-        self._reduced: dict[int, Decoded] = {} if data is not None else {1: Decoded(rgb, 1.0, ())}
-
-    @classmethod
-    def from_file(cls, data: bytes) -> "Picture":
-        """A still image from its file's bytes, decoded as the detect stage decodes it."""
-        decoded = decode_image(data)
-        picture = cls(decoded.rgb, data, decoded.scale)
-        picture._reduced[1] = decoded                  # decode_image(data, 1) is this very decode
-        return picture
-
-    def reduced(self, reduce: int) -> Decoded:
-        """The picture as the align stage decodes it for a face at ``reduce`` (1, 2, 4, 8): a
-        file's bytes through ``decode_image(data, reduce)``, a frame's pixels through
-        :func:`block_mean` (its nearest equivalent: frames have no bytes to decode reduced)."""
-        if reduce not in self._reduced:
-            self._reduced[reduce] = (decode_image(self.data, reduce) if self.data is not None
-                                     else Decoded(block_mean(self.rgb, reduce), 1.0 / reduce, ()))
-        return self._reduced[reduce]
-
-
-def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,
-                   model_dir: str | Path | None = None,
-                   trained_options: Mapping[str, Mapping[str, Any]] | None = None,
-                   allow_download: bool = False) -> FaceBackend:
-    """The face backend for inference: ``asked`` when given; else the detector that made most of
-    the model's training crops (``trained``: backend -> samples, from the checkpoint) that runs
-    here, so new faces are found and landmarked as the training faces were; else ``auto`` (with a
-    warning when the training detectors are missing here: crops and landmarks then differ from
-    training's). A model trained on the dataset's own crops or landmarks (``precropped``,
-    ``annotations``: they find no faces in a new photo) gets ``auto``. ``options`` (e.g. the
-    insightface ``pack``) go to the backend, each backend keeping those it reads, over the options
-    each backend ran with for the training data (``trained_options``, from the checkpoint: its
-    det_size, score_threshold, pack ...); an option no backend that may be chosen reads is
-    refused (a typo), one the chosen backend does not read is named in a warning.
-    ``allow_download``: a detector whose package is installed but whose weights are missing here
-    (insightface, face_alignment) fetches them on first use instead of being passed over."""
-    trained_options = trained_options or {}
-    if asked:
-        reads = BACKENDS.get(asked).option_names()
-        recorded = {k: v for k, v in trained_options.get(asked, {}).items() if k in reads}
-        return create_backend(asked, {**recorded, **(options or {})}, model_dir, allow_download)
-    ranked = sorted(trained, key=lambda name: (-trained[name], name))
-    detectors = [n for n in ranked if n in BACKENDS and BACKENDS.get(n).finds_faces]
-    check_candidate_options(detectors + ["auto"], options or {})
-    backend, why = first_ready(detectors, options, model_dir, trained_options, allow_download)
-    missing = [w.splitlines()[0] for w in why]
-    if backend is not None:
-        if missing:
-            log.warning("the model's training faces came mostly from %s, which cannot run here; using %s, "
-                        "which found some of them", "; ".join(missing), backend.name)
-        log.info("face backend %s, as for the model's training faces (its options: %s)", backend.name,
-                 backend.options)
-    else:
-        if missing:
-            log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "
-                        "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
-        elif ranked:
-            log.info("the model's training faces came from %s, which find no faces in new pictures; using auto",
-                     ", ".join(ranked))
-        backend = create_backend("auto", options, model_dir, allow_download)
-    warn_unread_options(backend, options or {})
-    return backend
-
-
-def check_candidate_options(candidates: list[str], options: Mapping[str, Any]) -> None:
-    """Refuse options that none of the backends choose_backend may pick reads (a typo would
-    otherwise be ignored), worded as a backend's own refusal (``FaceBackend.check_options``)."""
-    reads = frozenset().union(*(BACKENDS.get(n).option_names() for n in candidates))
-    unknown = sorted(set(options) - reads)
-    if unknown:
-        raise ValueError(f"face backends {', '.join(map(repr, candidates))} take no option "
-                         f"{', '.join(map(repr, unknown))}; their options: {', '.join(sorted(reads))} "
-                         f"(or choose one with --backend)")
-
-
-def warn_unread_options(backend: FaceBackend, options: Mapping[str, Any]) -> None:
-    """Name the options the chosen backend (``auto``: the model backend it delegates to) ignores."""
-    used = backend.delegate if isinstance(backend, AutoBackend) else backend
-    unread = sorted(set(options) - type(used).option_names())
-    if unread:
-        log.warning("face backend %s does not read option %s (ignored); its options: %s", used.name,
-                    ", ".join(map(repr, unread)), ", ".join(sorted(type(used).option_names())))
-
-
-class Predictor:
-    """A checkpoint plus the detect -> align -> derive steps that built its training shards."""
-
-    def __init__(self, checkpoint: str | Path, backend: str | None = None, device: str = "auto",
-                 model_dir: str | Path | None = None, backend_options: Mapping[str, Any] | None = None,
-                 flip_tta: bool = False, allow_download: bool = False) -> None:
-        state = load_checkpoint(checkpoint)
-        pre = state.get("preprocess") or {}
-        if set(pre) != set(SAMPLE_SETTINGS):
-            raise ValueError(f"{checkpoint} does not record its preprocessing (align/derive settings); "
-                             "retrain it with the train stage (pipeline/train.py), which records them")
-        self.device = pick_device(device, env_from_os())
-        self.model = model_from_checkpoint(state).to(self.device)
-        self.card, self.classes, self.flip_tta = self.model.card, tuple(state["classes"]), flip_tta
-        self.align = pre["align"]
-        d = pre["derive"]
-        self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
-        self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
-                                     wire=travel_side(self.card.input_size, self.align["size"], self.device))
-        data = state.get("data") or {}
-        # One process: the face model may take the threads torch has here (a detect worker runs on one)
-        options = {"threads": torch.get_num_threads(), **(backend_options or {})}
-        self.backend = choose_backend(backend, data.get("face_backends", {}), options, model_dir,
-                                      data.get("face_backend_options", {}), allow_download=allow_download)
-
-    def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
-        """Every usable face of a picture (an RGB array is taken as a video frame) as a sample,
-        and how many were dropped (bad geometry, no landmarks the model needs)."""
-        if isinstance(picture, np.ndarray):
-            picture = Picture(picture)
-        record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
-                            native_label="")
-        samples, dropped = [], 0
-        for i, face in enumerate(self.backend.detect(picture.rgb, record)):
-            try:
-                row, al = self.aligned(picture, face)
-            except (BadGeometry, BadImage) as e:
-                log.warning("%s frame %d face %d skipped: %s", source, frame, i, e)
-                dropped += 1
-                continue
-            fields = {"jpg": encode_jpeg(al.image, self.align["jpeg_quality"]), "cls": b"0"}
-            if al.lmk68 is not None:
-                fields["lmk.npy"] = npy_bytes(al.lmk68)
-            elif {"lmk", "heatmap"} & set(self.card.fields):
-                log.warning("%s frame %d face %d skipped: backend %s gives no 68 landmarks, model %s needs them",
-                            source, frame, i, self.backend.name, self.card.name)
-                dropped += 1
-                continue
-            fields.update(self.derive((f"face{i}", fields))[1])
-            samples.append(FaceSample(source, frame, i, tuple(row["box"]), float(row["score"]), fields))
-        return samples, dropped
-
-    def aligned(self, picture: Picture, face: Face) -> tuple[dict, Aligned]:
-        """(the detect table's row for ``face``, in file pixels as the detect stage stores it, and
-        its crop, by the align stage's :func:`crop_face`). Raises :class:`BadGeometry` (or
-        :class:`BadImage`) as the align stage would drop the face."""
-        row = face_to_dict(face.scaled(1.0 / picture.scale))
-        al, _ = crop_face(row, row["backend"] or self.backend.name, self.align["size"], self.align["padding"],
-                          picture.reduced)
-        return row, al
-
-    @torch.no_grad()
-    def probabilities(self, faces: list[FaceSample]) -> np.ndarray:
-        """(len(faces), num_classes) class probabilities."""
-        if not faces:
-            return np.zeros((0, len(self.classes)), np.float32)
-        batch = self.decoder.collate([{"__key__": f"face{i}", **f.fields} for i, f in enumerate(faces)])
-        b = normalise(to_device(batch, self.device, self.card.input_size), self.card)
-        p = self.model(b)["logits"].float().softmax(-1)
-        if self.flip_tta:
-            p = (p + self.model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
-        return p.cpu().numpy()
 
 
 def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, str]]:

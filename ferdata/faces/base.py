@@ -154,7 +154,7 @@ class FaceBackend:
     # a pixel-less (H, W, 0) array from the file header instead of decoding (see ``shape_only``).
     needs_pixels: ClassVar[bool] = True
     # False: the backend trusts the dataset (its landmarks, or images that are crops) and cannot find
-    # faces in a new photo; inference then uses a detector (``fermodels.predict.choose_backend``).
+    # faces in a new photo; inference then uses a detector (``fermodels.predictor.choose_backend``).
     finds_faces: ClassVar[bool] = True
     # True: with ``allow_download`` the backend fetches missing weights itself (insightface, FAN).
     downloads: ClassVar[bool] = False

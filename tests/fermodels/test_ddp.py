@@ -348,7 +348,7 @@ def test_an_unknown_device_is_refused_in_words(name, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_asking_for_a_gpu_that_is_not_there_is_refused_before_any_work(tiny_run):
-    from fermodels.predict import Predictor
+    from fermodels.predictor import Predictor
 
     for name in ("cuda", "cuda:1"):
         with pytest.raises(ValueError, match="no CUDA device is visible here"):

@@ -31,11 +31,13 @@ from ferdata.tario import iter_tar_samples
 from fermodels.data import split_decoder
 from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
-from fermodels.shardsplit import open_split
 import fermodels.predict
-from fermodels.predict import (Picture, Predictor, annotation_names, annotation_path, check_annotations,
-                               choose_backend, expand_inputs, iter_frames, predict_files, run_predict)
+import fermodels.predictor
+from fermodels.predict import (annotation_names, annotation_path, check_annotations, expand_inputs, iter_frames,
+                               predict_files, run_predict)
+from fermodels.predictor import Picture, Predictor, choose_backend
 from fermodels.runstate import load_checkpoint
+from fermodels.shardsplit import open_split
 
 from tests.fermodels.helpers import REPO, stage_params, make_params
 
@@ -146,11 +148,11 @@ def test_large_face_in_a_video_frame_is_low_passed_like_the_reduced_decode(large
 def test_each_reduction_is_decoded_once_per_picture(predictor, monkeypatch, one_thread):
     """Two large faces of one image need one decode at 1/4 between them (and a frame one block mean)."""
     _, buf = cv2.imencode(".jpg", large_face_photo(faces=2)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
-    decode, reduce = fermodels.predict.decode_image, fermodels.predict.block_mean   # ferdata.io's, as predict sees it
+    decode, reduce = fermodels.predictor.decode_image, fermodels.predictor.block_mean   # ferdata.io's, as seen there
     calls = []
-    monkeypatch.setattr(fermodels.predict, "decode_image",
+    monkeypatch.setattr(fermodels.predictor, "decode_image",
                         lambda data, r=1: calls.append(("decode", r)) or decode(data, r))
-    monkeypatch.setattr(fermodels.predict, "block_mean", lambda rgb, r: calls.append(("mean", r)) or reduce(rgb, r))
+    monkeypatch.setattr(fermodels.predictor, "block_mean", lambda rgb, r: calls.append(("mean", r)) or reduce(rgb, r))
     picture = Picture.from_file(buf.tobytes())
     faces, _ = predictor.faces(picture, "two.jpg")
     assert len(faces) == 2 and calls == [("decode", 1), ("decode", 4)]
@@ -314,12 +316,12 @@ def test_predict_finds_faces_with_the_training_detector_when_it_runs_here(monkey
         raise MissingModelError("insightface", "det_10g.onnx", ["/nowhere"], "install it")
 
     monkeypatch.setattr(InsightFaceBackend, "check_ready", missing)
-    with caplog.at_level("WARNING", logger="fermodels.predict"):
+    with caplog.at_level("WARNING", logger="fermodels"):
         backend = choose_backend(None, {"insightface": 10, "embedded": 2})
     assert backend.name == "embedded"                # the next detector the training faces came from
     assert "came mostly from insightface" in caplog.text and "using embedded" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="fermodels.predict"):
+    with caplog.at_level("WARNING", logger="fermodels"):
         backend = choose_backend(None, {"insightface": 10, "annotations": 2})
     assert backend.name == "auto"
     assert "found by insightface: " in caplog.text and "which cannot run here; using auto" in caplog.text
@@ -331,13 +333,13 @@ def test_predict_finds_faces_with_the_training_detector_when_it_runs_here(monkey
 
 def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
     seen = {}
-    real = fermodels.predict.choose_backend
+    real = fermodels.predictor.choose_backend
 
     def spy(asked, trained, options=None, model_dir=None, trained_options=None, allow_download=False):
         seen["options"], seen["allow_download"] = options, allow_download
         return real(asked, trained, options, model_dir, trained_options, allow_download)
 
-    monkeypatch.setattr(fermodels.predict, "choose_backend", spy)
+    monkeypatch.setattr(fermodels.predictor, "choose_backend", spy)
     args = ["predict", str(photos / "astronaut.jpg"), "-m", str(tiny_run["ckpt"] / "best.pt"), "--backend", "embedded",
             "--device", "cpu", "--backend-option", "det_size=320", "--backend-option", "score_threshold=0.8"]
     res = CliRunner().invoke(app, args)
@@ -404,12 +406,12 @@ def test_an_option_no_backend_reads_is_refused_without_backend_too(caplog):
         choose_backend(None, {"embedded": 3}, {"pak": "antelopev2"})
     with pytest.raises(ValueError, match="take no option 'pak'"):
         choose_backend(None, {}, {"pak": "antelopev2", "score_threshold": 0.7})
-    with caplog.at_level("WARNING", logger="fermodels.predict"):
+    with caplog.at_level("WARNING", logger="fermodels"):
         chosen = choose_backend(None, {"embedded": 3}, {"pack": "antelopev2", "score_threshold": 0.7})
     assert chosen.name == "embedded" and chosen.options["score_threshold"] == 0.7
     assert "embedded does not read option 'pack'" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="fermodels.predict"):
+    with caplog.at_level("WARNING", logger="fermodels"):
         choose_backend(None, {"embedded": 3}, {"score_threshold": 0.7, "threads": 1})
     assert "does not read" not in caplog.text
 

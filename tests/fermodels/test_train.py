@@ -194,7 +194,8 @@ def test_the_code_fingerprint_covers_what_the_train_stage_depends_on(tmp_path, m
     monkeypatch.setattr(codeclosure, "ROOT", tmp_path)
     monkeypatch.setattr(runstate, "ROOT", tmp_path)
     before = runstate.code_fingerprint()
-    for unrelated in ("fermodels/predict.py", "ferdata/verify.py", "ferdata/cli.py", "ferdata/parallel.py"):
+    for unrelated in ("fermodels/predict.py", "fermodels/predictor.py", "ferdata/verify.py", "ferdata/cli.py",
+                      "ferdata/parallel.py"):
         (tmp_path / unrelated).write_text((tmp_path / unrelated).read_text() + "\n# edited\n")
     assert runstate.code_fingerprint() == before
     (tmp_path / "fermodels/losses.py").write_text((tmp_path / "fermodels/losses.py").read_text() + "\n# edited\n")
