@@ -114,6 +114,7 @@ class DetectWorker:
     def __init__(self, params: DetectParams) -> None:
         self.params = params
         self._backend: FaceBackend | None = None
+        self._batch_failures = 0
 
     def before_fork(self) -> None:
         """Create the backend and load its shareable parts once, before the workers fork."""
@@ -174,8 +175,13 @@ class DetectWorker:
             return self._backend.detect_batch(images, records)
         except (MissingModelError, ImportError, MemoryError):
             raise
-        except Exception:                          # noqa: BLE001  (found again one image at a time)
-            pass
+        except Exception as e:                     # noqa: BLE001  (found again one image at a time)
+            # told once per process: an odd image fails its batch now and then, but a batch path that
+            # always fails would otherwise show only as a slower run
+            (log.debug if self._batch_failures else log.warning)(
+                "%s: a batch of %d images failed (%s: %s); detecting them one at a time (an image failing "
+                "alone is recorded as a drop)", self._backend.name, len(images), type(e).__name__, e)
+            self._batch_failures += 1
         found: list[list[Face] | Exception] = []
         for image, record in zip(images, records):
             try:

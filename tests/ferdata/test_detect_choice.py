@@ -104,3 +104,31 @@ def test_five_landmarks_mark_their_face_on_turned_and_rotated_faces(embedded, ph
     for f in faces:
         marked = FaceRecord("t", "k", "x.jpg", 1, "x", landmarks=f.kps5).annotated_box()
         assert face_in_box(faces, marked) is f
+
+
+def test_a_failing_batch_is_detected_image_by_image_and_told_once(caplog):
+    """A batch the backend cannot detect whole is detected one image at a time (an image that fails
+    alone becomes its exception, a recorded drop); the batch failure is logged once per process, so
+    a batch path that always fails does not pass as a slow run."""
+    from ferdata.stages.detect import DetectWorker
+
+    class BatchFails:
+        name = "stub"
+
+        def detect_batch(self, images, records):
+            raise RuntimeError("batch path broken")
+
+        def detect(self, image, record):
+            if image.sum() == 0:
+                raise ValueError("odd image")
+            return [Face(box=(0.0, 0.0, 4.0, 4.0), score=0.9, kps5=np.zeros((5, 2), np.float32))]
+
+    worker = DetectWorker(DetectParams("embedded", "largest", 640, None, None, "unused", 1))
+    worker._backend = BatchFails()
+    images = [np.ones((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)]
+    with caplog.at_level("DEBUG", logger="ferdata.stages.detect"):
+        first = worker._detect(images, [None, None])
+        worker._detect(images, [None, None])
+    assert len(first[0]) == 1 and first[0][0].score == 0.9 and isinstance(first[1], ValueError)
+    told = [r for r in caplog.records if "batch path broken" in r.getMessage()]
+    assert [r.levelname for r in told] == ["WARNING", "DEBUG"]
