@@ -26,6 +26,12 @@ VERSION = 2     # 2: split digests of the content, without params_hash (1: of th
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
 
 
+def tested_on(dataset: str | None, trained_on: Sequence[str]) -> list[str]:
+    """The datasets the evaluate stage scores: ``evaluate.dataset`` when set (cross-dataset), else
+    the training datasets (null)."""
+    return [dataset] if dataset else list(trained_on)
+
+
 class SelectionError(ValueError):
     """The pinned selection and the params or the shards on disk disagree."""
 

@@ -4,12 +4,12 @@
 scores that one instead (cross-dataset, through the canonical labels). The shards are the ones
 pinned in ``SELECTION`` (the `select` stage's ``evaluate.json``).
 """
-from ferdata.selection import read_selection
+from ferdata.selection import read_selection, tested_on
 from fermodels.evaluate import evaluate, evaluate_section
 from fermodels.runstate import load_checkpoint
 from pipeline._args import setup
 
 params, (ckpt, selection, out) = setup()
 dataset, eval_params = evaluate_section(params)
-names = [dataset] if dataset else load_checkpoint(ckpt)["datasets"]
+names = tested_on(dataset, load_checkpoint(ckpt)["datasets"])
 evaluate(ckpt, read_selection(selection, names, (eval_params.split,)), eval_params, out, names)

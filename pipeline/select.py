@@ -7,12 +7,12 @@ depend on these files instead of all of ``data/``, so preparing another dataset 
 """
 from pathlib import Path
 
-from ferdata.selection import SPLITS_READ, write_selection
+from ferdata.selection import SPLITS_READ, tested_on, write_selection
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
 params, (data_dir, out) = setup(check_all=False)
 trained_on = apply_recipe(params["train"])["datasets"]
 write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
-tested_on = [params["evaluate"]["dataset"]] if params["evaluate"]["dataset"] else trained_on
-write_selection(Path(out) / "evaluate.json", data_dir, tested_on, (params["evaluate"]["split"],))
+write_selection(Path(out) / "evaluate.json", data_dir, tested_on(params["evaluate"]["dataset"], trained_on),
+                (params["evaluate"]["split"],))
