@@ -13,7 +13,6 @@ from typing import Optional
 import typer
 
 from ferdata.errors import run_cli
-from ferdata.show import show_command
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
                   no_args_is_help=True, add_completion=False)
@@ -172,7 +171,20 @@ def sample(
     typer.echo(json.dumps(summary, indent=2))
 
 
-app.command("show")(show_command)
+@app.command("show")
+def show_sheet(
+    path: Path = typer.Argument(..., help="Shards folder (<split>/*.tar), one .tar, or an aligned chunk folder."),
+    out: Path = typer.Option(Path("sheet.png"), "--out", "-o",
+                             help="Contact sheet image to write (.png, or .jpg, .webp, .bmp: the format follows "
+                                  "the suffix)."),
+    n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show."),
+) -> None:
+    """Contact sheet of aligned faces to check alignment by eye.
+
+    Each face shows its landmarks, the template points, the heatmap and both half-faces, with class and backend."""
+    from ferdata.show import show
+
+    typer.echo(str(show(path, out, n)))
 
 
 @app.command()

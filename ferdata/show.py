@@ -23,7 +23,6 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-import typer
 
 from ferdata.atomic import atomic_write_bytes
 from ferdata.classes import CLASSES
@@ -234,15 +233,3 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
     atomic_write_bytes(out, data.tobytes())
     return out
 
-
-def show_command(
-    path: Path = typer.Argument(..., help="Shards folder (<split>/*.tar), one .tar, or an aligned chunk folder."),
-    out: Path = typer.Option(Path("sheet.png"), "--out", "-o",
-                             help="Contact sheet image to write (.png, or .jpg, .webp, .bmp: the format follows "
-                                  "the suffix)."),
-    n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show."),
-) -> None:
-    """Contact sheet of aligned faces to check alignment by eye.
-
-    Each face shows its landmarks, the template points, the heatmap and both half-faces, with class and backend."""
-    typer.echo(str(show(path, out, n)))

@@ -23,8 +23,8 @@ PREDICT_OPTIONS = ("--model", "-m", "--out", "-o", "--annotate", "--backend", "-
 
 
 def _heavy_modules_after(code: str) -> list[str]:
-    """Which of torch/fermodels a fresh interpreter has imported after running ``code``."""
-    probe = f"{code}\nimport sys\nprint(','.join(m for m in ('torch', 'fermodels') if m in sys.modules))"
+    """Which of torch/fermodels/OpenCV a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(','.join(m for m in ('torch', 'fermodels', 'cv2') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return [m for m in proc.stdout.strip().splitlines()[-1].split(",") if m] if proc.stdout.strip() else []

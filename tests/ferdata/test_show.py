@@ -14,7 +14,7 @@ import pytest
 from ferdata.geometry import align_face, split_halves, template
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import encode_jpeg, encode_png
-from ferdata.show import LABEL_H, PANEL, contact_sheet, show, show_command, to_sheet_sample
+from ferdata.show import LABEL_H, PANEL, contact_sheet, show, to_sheet_sample
 from ferdata.stages.align import npy_bytes
 from ferdata.tario import TarShardWriter
 
@@ -203,13 +203,11 @@ def test_an_unrecorded_padding_is_said_on_the_sheet(aligned):
 
 
 def test_command_in_process(tmp_path, aligned):
-    import typer
     from typer.testing import CliRunner
 
+    from ferdata.cli import app
+
     write_shards(tmp_path / "shards", aligned)
-    app = typer.Typer()
-    app.command("show")(show_command)
-    app.command("noop")(lambda: None)                      # keep `show` a named sub-command
     result = CliRunner().invoke(app, ["show", str(tmp_path / "shards"), "--out", str(tmp_path / "s.png"), "-n", "3"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "s.png").is_file() and str(tmp_path / "s.png") in result.output
