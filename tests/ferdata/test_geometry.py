@@ -217,3 +217,25 @@ def test_the_halves_split_half_a_pixel_left_of_the_template_midline(size):
     assert (left[0, -1] + right[0, -1]) / 2 == size / 2 - 0.5
     x = np.array([[size / 2 - 0.5, 0.0]] * 68, np.float32)
     assert np.allclose(flip_landmarks(x, size)[:, 0], size / 2 - 0.5)  # the flip's fixed axis
+
+
+def test_flip_68_equals_the_ibug_mirror_table_and_keeps_a_symmetric_face():
+    """Guards against a wrong pair in FLIP_68 that is still an involution (e.g. the nostrils
+    31..35 left unreversed): the table must equal face-alignment's ``shuffle_lr``, written out
+    here pair by pair, and flipping a mirror-symmetric face must give back (almost) the same points."""
+    pairs = [(i, 16 - i) for i in range(8)]                                   # jaw 0<->16 ... 7<->9
+    pairs += [(17 + i, 26 - i) for i in range(5)]                             # brows 17<->26 ... 21<->22
+    pairs += [(31, 35), (32, 34)]                                             # nostrils
+    pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]     # eyes
+    pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]               # outer lips
+    pairs += [(60, 64), (61, 63), (65, 67)]                                   # inner lips
+    expected = list(range(68))                                                # 8, 27-30, 33, 51, 57, 62, 66 stay
+    for a, b in pairs:
+        expected[a], expected[b] = b, a
+    assert FLIP_68.tolist() == expected
+
+    from fermodels.info import synthetic_landmarks
+
+    face = synthetic_landmarks(112).numpy()
+    # the synthetic face is symmetric about x = 56 and the flip axis is x = 55.5: 1 px apart at most
+    assert np.abs(flip_landmarks(face, 112) - face).max() < 2.0

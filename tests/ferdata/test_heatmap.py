@@ -89,3 +89,28 @@ def test_derive_writes_a_heatmap_only_for_a_face_with_landmarks():
     sample = {"__key__": "b", "jpg": encode_jpeg(face, 95), "cls": b"0", **without}
     with pytest.raises(ValueError, match="has no 'heatmap.png'"):
         SampleDecoder(("image", "heatmap"), 112)(sample)
+
+
+def test_derive_stores_the_image_left_half_as_left_and_the_mirrored_right_half_as_right():
+    """Guards against left.jpg and right.jpg swapped (or the right half stored unmirrored): as
+    geometry.split_halves, left.jpg is columns 0..55 of the 112 px crop and right.jpg columns 56..111
+    flipped left-right (the right half of the flipped face), so column j of right.jpg is column 111 - j."""
+    from ferdata.io import decode_jpeg_rgb, encode_jpeg
+    from ferdata.stages.derive import DeriveParams, DeriveWorker
+
+    derive = DeriveWorker(DeriveParams(28, 1.0, 95, 1, 1))
+    face = np.zeros((112, 112, 3), np.uint8)
+    face[:, 56:] = 255
+    _, out = derive(("k", {"jpg": encode_jpeg(face, 95)}))
+    left, right = decode_jpeg_rgb(out["left.jpg"]), decode_jpeg_rgb(out["right.jpg"])
+    assert left.shape == right.shape == (112, 56, 3)
+    assert left.max() <= 3 and right.min() >= 252
+
+    y, x = np.mgrid[0:112, 0:112]
+    ramp = np.repeat((x + y)[..., None], 3, axis=2).astype(np.uint8)          # pixel (y, x) holds x + y
+    _, out = derive(("k", {"jpg": encode_jpeg(ramp, 95)}))
+    left, right = (decode_jpeg_rgb(out[f]).astype(int) for f in ("left.jpg", "right.jpg"))
+    y, j = np.mgrid[0:112, 0:56]
+    want_left, want_right = j + y, (111 - j) + y          # right.jpg column j is crop column 111 - j
+    assert np.abs(left - want_left[..., None]).max() <= 4
+    assert np.abs(right - want_right[..., None]).max() <= 4

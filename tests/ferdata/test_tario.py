@@ -374,3 +374,20 @@ def test_an_undamaged_shard_reads_whole_by_every_reader(tmp_path, monkeypatch):
     assert len(list(iter_members(io.BytesIO(data)))) == 12
     monkeypatch.setattr(tarscan, "WHOLE_FILE_BYTES", 0)
     assert len(list(iter_tar_samples(tmp_path / "s-000000.tar"))) == 4
+
+
+def test_a_sample_with_a_member_written_twice_is_refused_from_a_path_and_a_stream(tmp_path):
+    """Guards against dropping the duplicate-member refusal: ``k1.cls`` twice in one sample must be
+    an UnsafeTarError naming it, not the second copy silently replacing the first (a relabelled sample)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for payload in (b"first", b"second"):
+            info = tarfile.TarInfo("k1.cls")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    data = buf.getvalue()
+    path = tmp_path / "dup.tar"
+    path.write_bytes(data)
+    for source in (path, io.BytesIO(data)):
+        with pytest.raises(UnsafeTarError, match=r"duplicate member 'k1\.cls'"):
+            list(iter_tar_samples(source))

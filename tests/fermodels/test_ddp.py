@@ -72,6 +72,17 @@ def test_batch_sizes_and_splits():
     assert round_robin_skips([2, 1], 3) == ([2, 1], 0)
 
 
+def test_a_last_batch_under_half_an_odd_batch_size_is_shared_with_the_one_before():
+    """Guards against the "under half a batch" rule being off by one (``2 * last < bs - 1``), which
+    only shows at an odd batch size: the documented rule compares the last batch with bs / 2."""
+    # 7 at 5: full batches first give [5, 2]; 2 < 5 / 2 = 2.5, so the last two share 7 as 4 + 3
+    assert batch_sizes(7, 5, 2) == [4, 3]
+    # 10 at 7: [7, 3]; 3 < 3.5, shared as 5 + 5
+    assert batch_sizes(10, 7, 2) == [5, 5]
+    # at or above half nothing moves: 8 at 5 -> [5, 3] (3 >= 2.5), 11 at 7 -> [7, 4] (4 >= 3.5)
+    assert batch_sizes(8, 5, 2) == [5, 3] and batch_sizes(11, 7, 2) == [7, 4]
+
+
 def test_epoch_samples_beyond_the_split_repeat_in_new_order():
     shards = [("a.tar", 3), ("b.tar", 3)]
     plans = plan_epoch(shards, samples=10, batch_size=5, env=DistEnv(0, 1, 0), workers=0, seed=0, shuffle=True)

@@ -204,6 +204,30 @@ def test_cmnet_mirrored_mode_feeds_mirrored_half_and_restores_layout() -> None:
     assert torch.allclose(out["right_desc"], want, atol=1e-5)
 
 
+def test_cmnet_fuses_the_left_half_into_the_left_columns_of_the_whole_face_map() -> None:
+    """Guards against the halves' maps fused in swapped order: X = T(whole) + concat_W(T(left), T(right)),
+    so layer4 must receive T(whole) + T(left) in its left 7 columns (at 224: 14 x 14 layer3 maps) and
+    T(whole) + T(right columns, un-mirrored) in its right 7."""
+    torch.manual_seed(0)
+    model = build("cmnet").eval()
+    image = torch.randn(1, 3, 224, 224)
+    batch = {"image": image, "left": image[..., :112], "right": torch.flip(image[..., 112:], dims=[3])}
+    seen = []
+    hook = model.trunk.layer4.register_forward_pre_hook(lambda _mod, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(batch)
+            whole = model.trunk.to_layer3(image)
+            left, right = model.trunk.to_layer3(image[..., :112]), model.trunk.to_layer3(image[..., 112:])
+    finally:
+        hook.remove()
+    (fused,) = seen
+    assert fused.shape == whole.shape == (1, 256, 14, 14) and left.shape[-1] == right.shape[-1] == 7
+    assert (left - right).abs().max() > 0.1, "the halves must differ for the test to see a swap"
+    torch.testing.assert_close(fused[..., :7], whole[..., :7] + left, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fused[..., 7:], whole[..., 7:] + right, atol=1e-4, rtol=0)
+
+
 def test_cmnet_rejects_wrong_half_width_and_can_unshare() -> None:
     model = build("cmnet")
     batch = example_batch(model.card, 1)
@@ -226,6 +250,23 @@ def test_pcnn_fixed_regions_follow_public_code() -> None:
     maps = {k: model.local_trunks[k].to_layer3(v).shape[-2:] for k, v in crops.items()}
     assert maps == {"eye_left": (7, 7), "eye_right": (7, 7), "cheek_left": (3, 7),
                     "cheek_right": (3, 7), "mouth": (5, 14)}
+
+
+def test_pcnn_mosaic_puts_the_image_left_eye_in_the_image_left_tile() -> None:
+    """Guards against the two eye tiles swapped in the mosaic. Region names are image-left / image-right
+    (ferdata.regions: ``eye_left`` is columns 0..size/2, the subject's right eye) and the mosaic keeps
+    face layout, so a map that is ones only in ``eye_left`` must light the top rows' left 7 columns of
+    the 14 x 14 mosaic and leave the right 7 columns dark."""
+    model = build("pcnn").eval()
+    shapes = {"eye_left": (7, 7), "eye_right": (7, 7), "cheek_left": (3, 7), "cheek_right": (3, 7),
+              "mouth": (5, 14)}                                                  # layer3 maps at 224
+    maps = {k: (torch.ones if k == "eye_left" else torch.zeros)(1, 2, *hw) for k, hw in shapes.items()}
+    with torch.no_grad():
+        out = model.mosaic(maps, torch.zeros(1, 2, 14, 14))
+    assert out.shape == (1, 2, 14, 14)
+    # 15 tile rows (7 eyes + 3 cheeks + 5 mouth) resized to 14: output rows 0..5 sample eye rows only
+    torch.testing.assert_close(out[..., :6, :7], torch.ones(1, 2, 6, 7))
+    assert torch.equal(out[..., 7:], torch.zeros(1, 2, 14, 7))
 
 
 def test_pcnn_stn_starts_at_identity() -> None:
@@ -323,6 +364,53 @@ def test_pcda_gaussians_peak_on_the_image_features_cell_of_each_landmark() -> No
     assert divmod(int(old[0, 6].argmax()), 14) == (11, 7)
     with pytest.raises(ValueError, match="heatmap_centres must be one of"):
         GaussianLandmarkEncoder(112, 14, centres="middle")
+
+
+def _cross_attention_block(zeroed: tuple[str, ...]) -> nn.Module:
+    """A small pre-LN cross-attention block (no dropout) with the named Linear layers zeroed."""
+    from fermodels.models.pcda import CrossAttentionBlock
+
+    torch.manual_seed(0)
+    block = CrossAttentionBlock(dim=64, heads=4, mlp_ratio=2.0, drop=0.0).eval()
+    layers = {"proj": block.proj, "mlp_out": block.mlp[-1]}
+    with torch.no_grad():
+        for name in zeroed:
+            layers[name].weight.zero_()
+            layers[name].bias.zero_()
+    return block
+
+
+def test_pcda_block_with_zero_attention_and_mlp_outputs_returns_the_fusion_tokens() -> None:
+    """Guards against a dropped residual (t' = t_F + Proj(attn), t_F = t' + MLP(LN(t'))): with the output
+    projection and the MLP's last Linear zeroed both branches add nothing, so the block is the identity
+    on the fusion tokens (it returned zeros when the MLP's residual was lost)."""
+    block = _cross_attention_block(("proj", "mlp_out"))
+    lm, fusion = torch.randn(2, 10, 64), torch.randn(2, 10, 64)
+    with torch.no_grad():
+        out = block(lm, fusion)
+    torch.testing.assert_close(out, fusion, atol=1e-6, rtol=0)
+
+
+def test_pcda_block_attention_is_per_head_scaled_dot_product_attention() -> None:
+    """Guards against the wrong softmax temperature (d^-1/2 for the head's (d/heads)^-1/2): with the MLP's
+    last Linear zeroed, the block must equal t_F + Proj(multi-head attention) computed here with
+    torch's scaled_dot_product_attention from the block's own LayerNorms and q / kv / proj layers."""
+    block = _cross_attention_block(("mlp_out",))
+    b, n, d, h = 2, 10, 64, 4
+    g = torch.Generator().manual_seed(1)
+    lm, fusion = torch.randn(b, n, d, generator=g) * 2, torch.randn(b, n, d, generator=g) * 2
+    with torch.no_grad():
+        out = block(lm, fusion)
+
+        def heads(t: Tensor) -> Tensor:                  # (b, n, d) -> (b, h, n, d / h)
+            return t.reshape(b, n, h, d // h).transpose(1, 2)
+
+        q = heads(block.q(block.norm_lm(lm)))
+        kv = block.kv(block.norm_fusion(fusion))          # the first d outputs are K, the next d V
+        k, v = heads(kv[..., :d]), heads(kv[..., d:])
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v)   # scale 1 / sqrt(d / h)
+        want = fusion + block.proj(attended.transpose(1, 2).reshape(b, n, d))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
 
 
 # ---- Conv-cut ----------------------------------------------------------------------------

@@ -517,6 +517,64 @@ def test_an_erased_rectangle_fits_inside_the_image_with_the_drawn_area():
     assert not masks.all(1).any() and not masks.all(2).any()                # never a whole column or row
 
 
+def test_an_identity_affine_leaves_landmarks_where_they_are():
+    """Guards against dropping the half-pixel term of the pixel-centre <-> normalised map in the
+    landmark warp: an affine of no rotation, shift or scale must leave every landmark in place."""
+    from fermodels.augment import augment_batch
+
+    b = _face_batch(n=4, size=64)
+    a = augment_batch(b, _aug(affine_p=1.0), torch.Generator().manual_seed(0), torch.zeros(3))
+    torch.testing.assert_close(a["lmk"], b["lmk"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(a["image"], b["image"], atol=1e-3, rtol=0)
+
+
+def test_a_warped_landmark_lands_on_the_centroid_of_the_warped_blob():
+    """Guards against a landmark warp off by half a pixel (pixel centres at x = j, as OpenCV and
+    grid_sample(align_corners=False) place them): a smooth blob centred on the landmark is rotated,
+    scaled and shifted; the landmark must follow the blob's intensity centroid to 0.3 px."""
+    from fermodels.augment import augment_batch
+
+    n, size, sigma = 8, 64, 2.0
+    lmk = torch.tensor([30.3, 33.6]).repeat(n, 68, 1)                       # every point on the blob
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    blob = 255 * torch.exp(-((xs - 30.3) ** 2 + (ys - 33.6) ** 2) / (2 * sigma ** 2))
+    image = blob.expand(n, 3, size, size).clone()
+    b = {"image": image, "lmk": lmk, "label": torch.zeros(n, dtype=torch.int64)}
+    a = augment_batch(b, _aug(affine_p=1.0, degrees=25.0, translate=0.05, scale_min=0.9, scale_max=1.1),
+                      torch.Generator().manual_seed(4), torch.zeros(3))
+    mass = a["image"][:, 0]
+    centroid = torch.stack([(mass * xs).sum((1, 2)), (mass * ys).sum((1, 2))], 1) / mass.sum((1, 2))[:, None]
+    assert (a["lmk"][:, 0] - torch.tensor([30.3, 33.6])).abs().max() > 1.0, "the draw should move the blob"
+    assert (a["lmk"][:, 0] - centroid).abs().max() < 0.3
+
+
+def test_drawn_affine_matrices_are_rotations_when_scale_is_one():
+    """Guards against a sign slip in the rotation block (``sin`` for ``-sin`` makes a shear): with
+    scale 1 and no shift, each drawn 2x2 part A must be orthonormal (A A^T = I) with det(A) = 1."""
+    from fermodels.augment import _affine_matrices
+
+    m = _affine_matrices(256, _aug(affine_p=1.0, degrees=30.0), torch.Generator().manual_seed(0))
+    a = m[:, :2, :2].double()
+    assert a[:, 1, 0].abs().max() > 0.3, "the draw should rotate"
+    torch.testing.assert_close(a @ a.transpose(1, 2), torch.eye(2, dtype=torch.float64).expand(256, 2, 2),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(a), torch.ones(256, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert torch.equal(m[:, :2, 2], torch.zeros(256, 2))
+
+
+def test_an_erased_rectangle_can_touch_every_edge_of_the_image():
+    """Guards against an off-by-one in the rectangle's position (top/left drawn from
+    [0, size - h) instead of [0, size - h]): rectangles must be able to reach the last row and
+    column, as well as the first ones."""
+    from fermodels.augment import _erase_masks
+
+    p = _aug(erase_p=1.0, erase_scale_min=0.02, erase_scale_max=0.06)
+    masks = _erase_masks(2000, 16, p, torch.Generator().manual_seed(0), torch.device("cpu"))[:, 0]
+    assert masks[:, 0, :].any() and masks[:, :, 0].any()                    # first row, first column
+    assert masks[:, -1, :].any() and masks[:, :, -1].any()                  # last row, last column
+
+
 @pytest.mark.parametrize("change,words", [
     ({"augment": None}, "train.augment must be a mapping"),
     ({"augment": {"hflip": 0.5}}, "params section 'train.augment': missing keys"),
