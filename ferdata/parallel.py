@@ -109,13 +109,22 @@ def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list,
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Stop the workers now (queued chunks are dropped, running ones killed)."""
+    """Stop the workers now (queued chunks are dropped, running ones killed).
+
+    A worker killed while sending a result leaves half a message in the result pipe, and the
+    pool's manager thread, reading it, waited for the rest for ever (so did ``shutdown`` and the
+    interpreter's exit: Ctrl-C or a full disk hung a stage). This process's own copy of the pipe's
+    write end, which it never writes to, is closed first, so that read ends at the end of the
+    pipe and the pool shuts down as broken."""
     terminate = getattr(pool, "terminate_workers", None)        # Python 3.14+
     if terminate is not None:
         terminate()
     else:
         for proc in list((pool._processes or {}).values()):
             proc.terminate()
+    results = getattr(pool, "_result_queue", None)
+    if results is not None:
+        results._writer.close()
     pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -116,6 +116,31 @@ def test_ctrl_c_stops_the_run_and_its_workers_at_once():
     assert not left, f"workers left running: {left}"
 
 
+def test_stopping_workers_in_the_middle_of_sending_a_result_does_not_hang():
+    """Workers stopped (Ctrl-C, an error, a consumer that stops early) while sending a large result
+    left half a message in the result pipe: the pool's manager thread waited for the rest for ever,
+    and so did the stage (derive hung in 3 of 7 Ctrl-Cs, or on a full disk)."""
+    proc = _run("""
+        from ferdata.parallel import parallel_map
+
+        class Big:
+            def __call__(self, x):
+                return b"x" * 4_000_000          # larger than a pipe's buffer: sent in many writes
+
+        for _ in range(10):
+            run = parallel_map(Big(), range(10_000), workers=2, window=64, chunksize=4)
+            next(run), next(run)
+            run.close()                          # stops the workers, most likely mid-send
+        print("stopped", flush=True)
+        """)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("stopping the pool hung")
+    assert proc.returncode == 0 and "stopped" in out, out
+
+
 class KeywordOnlyError(Exception):
     """An exception its class cannot rebuild from its args (many libraries' are so)."""
 
