@@ -19,6 +19,7 @@ missing (Windows) nothing is locked.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ try:
     import fcntl
 except ImportError:                                  # Windows: no locks
     fcntl = None
+
+log = logging.getLogger(__name__)
 
 
 def _temp_prefix(path: Path) -> str:
@@ -180,6 +183,14 @@ def require_dir(path: str | Path, what: str, fix: str) -> Path:
     return path
 
 
+def _remove_tree(path: Path) -> None:
+    """Remove a folder a stage no longer needs; one that cannot be removed (read-only files) is
+    named in a warning, not left silently inside the DVC-tracked data."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        log.warning("could not remove %s (read-only?): remove it by hand, it holds an earlier output", path)
+
+
 class StageDirError(FileExistsError):
     """A stage was pointed at a folder holding files it did not write."""
 
@@ -218,8 +229,10 @@ class staged_dir:
 
     def __enter__(self) -> Path:
         self._check_owned()
-        self._claim()
-        shutil.rmtree(self.old, ignore_errors=True)      # a killed run's; or one a run finishing now removes too
+        self._claim()                                    # no other run is at work on ``out`` from here
+        if not self.out.exists() and self.old.is_dir():  # a run killed between its two renames:
+            os.replace(self.old, self.out)               # the previous output stays until this one succeeds
+        _remove_tree(self.old)
         return self.partial
 
     def _claim(self) -> None:
@@ -259,6 +272,6 @@ class staged_dir:
                 os.replace(self.out, self.old)
             os.replace(self.partial, self.out)
             fsync_dir(self.out.parent)
-            shutil.rmtree(self.old, ignore_errors=True)   # a run starting now may be removing it as well
+            _remove_tree(self.old)
         finally:
             unlock_close(self.lock)                  # held until the old output is gone

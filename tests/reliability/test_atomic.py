@@ -204,3 +204,44 @@ def test_a_writer_starting_as_another_renames_leaves_it_its_file(tmp_path, monke
     monkeypatch.setattr(atomic.os, "replace", another_writer_starts_first)
     atomic_write_bytes(target, b"first")
     assert target.read_bytes() == b"first"
+
+
+def test_a_run_killed_between_its_two_renames_keeps_the_previous_output_for_the_next(tmp_path):
+    """Killed after moving the old output aside (``.<out>.old``) and before moving the new one in,
+    a run left no ``out``; the next run deleted ``.old`` before doing any work, so a failure of that
+    run lost both complete outputs. The old one is moved back first and kept until a run succeeds."""
+    from ferdata.atomic import staged_dir
+
+    out = tmp_path / "aligned"
+    with staged_dir(out, ("*.tar",)) as first:
+        (first / "a.tar").write_bytes(b"previous")
+    old, partial = tmp_path / ".aligned.old", tmp_path / ".aligned.partial"
+    os.replace(out, old)                                   # the killed run's first rename
+    partial.mkdir()
+    (partial / "a.tar").write_bytes(b"new, never moved in")
+    with pytest.raises(RuntimeError, match="the next run fails"):
+        with staged_dir(out, ("*.tar",)) as again:
+            raise RuntimeError("the next run fails")
+    assert (out / "a.tar").read_bytes() == b"previous" and not old.exists() and not partial.exists()
+
+
+def test_an_old_output_that_cannot_be_removed_is_named(tmp_path, caplog, monkeypatch):
+    """A read-only previous output was left as ``.<out>.old`` inside the data folder without a word."""
+    import ferdata.atomic as atomic
+
+    out = tmp_path / "derived"
+    with atomic.staged_dir(out, ("*.tar",)) as first:
+        (first / "a.tar").write_bytes(b"one")
+    real = atomic.shutil.rmtree
+
+    def refuse_old(path, ignore_errors=False):
+        if Path(path).name != ".derived.old":
+            real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", refuse_old)
+    with caplog.at_level("WARNING", logger="ferdata.atomic"):
+        with atomic.staged_dir(out, ("*.tar",)) as second:
+            (second / "b.tar").write_bytes(b"two")
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["b.tar"]
+    assert "could not remove" in caplog.text and ".derived.old" in caplog.text
