@@ -220,7 +220,7 @@ def test_a_run_killed_between_its_two_renames_keeps_the_previous_output_for_the_
     partial.mkdir()
     (partial / "a.tar").write_bytes(b"new, never moved in")
     with pytest.raises(RuntimeError, match="the next run fails"):
-        with staged_dir(out, ("*.tar",)) as again:
+        with staged_dir(out, ("*.tar",)):
             raise RuntimeError("the next run fails")
     assert (out / "a.tar").read_bytes() == b"previous" and not old.exists() and not partial.exists()
 
