@@ -17,13 +17,15 @@ import math
 import os
 import pickle
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
+from ferdata.atomic import atomic_open, try_lock, unlock_close
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
@@ -51,10 +53,29 @@ class Position:
     step: int
 
 
+@contextmanager
+def checkpoints_held(ckpt_dir: str | Path) -> Iterator[Path]:
+    """Hold ``ckpt_dir`` for one training run (a lock on the folder, which its process's death
+    releases): a second run writing the same ``last.pt``/``best.pt`` is refused, where their saves
+    interleaved and each resumed from the other's checkpoints."""
+    folder = Path(ckpt_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    if not try_lock(fd):
+        os.close(fd)
+        raise BlockingIOError(f"another run is training into {folder} now: wait for it to finish, or stop it, "
+                              "then run again (or give this run another checkpoint folder)")
+    try:
+        yield folder
+    finally:
+        unlock_close(fd)
+
+
 def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimizer: Any, position: Position,
                     best: dict, data: dict, preprocess: dict, scaler: dict | None = None,
                     resume: dict | None = None) -> None:
-    """Write atomically (temp + rename), so a kill never leaves a truncated checkpoint. ``scaler``:
+    """Write atomically (:class:`ferdata.atomic.atomic_open`: a temp file of its own, fsynced, then
+    renamed), so neither a kill, a power cut nor a second writer leaves a truncated checkpoint. ``scaler``:
     the fp16 gradient scaler's state; ``resume``: what the trainer continues from besides weights
     and position (the ranks and steps per epoch the position counts in, partial epoch totals)."""
     p = asdict(params)
@@ -70,10 +91,14 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
         "scaler": dict(scaler or {}), **(resume or {}),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path) as f:       # a temp file of its own, fsynced, renamed; removed on failure
+            torch.save(state, f)
+    except RuntimeError as err:            # torch's account of a failed write ("unexpected pos ...")
+        if not isinstance(err.__context__, OSError):
+            raise
+        cause = err.__context__            # e.g. the disk is full: named, in one line
+        raise OSError(cause.errno, f"{cause.strerror} (while writing checkpoint {path})") from err
 
 
 def _failed_checksum(path: Path) -> str | None:
@@ -180,7 +205,11 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
     path = Path(ckpt_dir) / LAST
     if not path.is_file():
         return None
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except ValueError as err:              # every later run would stop here too: say how to go on
+        raise ValueError(f"{err}; training resumes from {path.name}: delete it to train from the start "
+                         "instead") from None
     params, saved = ({k: v for k, v in p.items() if k not in RESUME_IGNORES + LAYOUT}
                      for p in (params, state["params"]))
     if saved != params or state["data"] != data:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +34,8 @@ from fermodels.losses import draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
-from fermodels.runstate import BEST, LAST, Position, code_fingerprint, next_position, resume_state, save_checkpoint
+from fermodels.runstate import (BEST, LAST, Position, checkpoints_held, code_fingerprint, next_position, resume_state,
+                                save_checkpoint)
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
@@ -88,7 +90,8 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
     device = pick_device(params.device, env)
     created = init_distributed(device, env)
     try:
-        return _fit(dirs, params, Path(ckpt_dir), Path(live_dir), preprocess or {}, env, device)
+        with checkpoints_held(ckpt_dir) if env.is_main else nullcontext():     # rank 0 alone writes them
+            return _fit(dirs, params, Path(ckpt_dir), Path(live_dir), preprocess or {}, env, device)
     finally:
         shutdown(created)
 

@@ -77,3 +77,72 @@ def test_missing_epochs_are_named_as_runs():
     from fermodels.runstate import _spans
 
     assert _spans([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8" and _spans([3]) == "3" and _spans([]) == ""
+
+
+def test_a_damaged_last_pt_says_how_to_train_from_the_start(tmp_path):
+    """A cut-off last.pt stopped every run with 'copy it again or retrain', but retraining stopped on
+    it again: the error now says that deleting it trains from the start."""
+    save_last(str(tmp_path), PARAMS, DATA)
+    data = (tmp_path / LAST).read_bytes()
+    (tmp_path / LAST).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut-off or damaged .*training resumes from last\.pt: delete it"):
+        resume_state(tmp_path, PARAMS, DATA)
+
+
+def test_a_second_run_into_the_same_checkpoint_folder_is_refused(tmp_path):
+    """Two runs saving into one folder interleaved their last.pt / best.pt (and resumed from each
+    other's); the folder is held for the run, and released with it."""
+    from fermodels.runstate import checkpoints_held
+
+    with checkpoints_held(tmp_path / "ckpt"):
+        with pytest.raises(BlockingIOError, match="another run is training into .*ckpt now"):
+            with checkpoints_held(tmp_path / "ckpt"):
+                pass
+    with checkpoints_held(tmp_path / "ckpt") as held:      # free again
+        assert held == tmp_path / "ckpt"
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_and_leaves_the_old_one(tmp_path):
+    """A full disk during torch.save ended in torch's 'unexpected pos ...' with no file named, and
+    left a 100 MB temp file in the DVC-tracked checkpoint folder."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.reliability.corpus import child_env
+
+    (tmp_path / LAST).write_bytes(b"the previous checkpoint")
+    code = textwrap.dedent("""
+        import resource, signal, sys
+        import torch
+        from fermodels.registry import create_model
+        from fermodels.runstate import Position, save_checkpoint
+        from tests.fermodels.helpers import make_params
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # a write past the limit fails with EFBIG
+        params = make_params()
+        model = create_model(params.model, num_classes=params.num_classes)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))      # less than the checkpoint
+        try:
+            save_checkpoint(sys.argv[1], model=model, params=params, optimizer=None,
+                            position=Position(0, 0, 0), best={}, data={}, preprocess={})
+        except OSError as err:
+            print("OSError:", err)
+        """)
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / LAST)], capture_output=True, text=True,
+                         env=child_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "OSError: [Errno 27] File too large (while writing checkpoint" in out.stdout and LAST in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST]
+    assert (tmp_path / LAST).read_bytes() == b"the previous checkpoint"
+
+
+def test_training_holds_its_checkpoint_folder(tiny_shards, tmp_path):
+    from fermodels.runstate import checkpoints_held
+    from fermodels.train import train
+    from tests.fermodels.helpers import make_params
+
+    with checkpoints_held(tmp_path / "ckpt"):
+        with pytest.raises(BlockingIOError, match="another run is training into"):
+            train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+    assert not (tmp_path / "ckpt" / LAST).exists()
