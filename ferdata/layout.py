@@ -7,6 +7,7 @@ stage that wrote them. (Which shard names an ``_info.json`` may list is :func:`f
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -43,3 +44,20 @@ def report_settings(stage_dir: str | Path) -> dict:
     not record them)."""
     path = Path(stage_dir) / REPORT
     return (json.loads(path.read_text()).get("settings") or {}) if path.is_file() else {}
+
+
+def report_inputs(stage_dir: str | Path) -> dict:
+    """What a stage's report says its output was made from (``{}``: no report, or an older one)."""
+    path = Path(stage_dir) / REPORT
+    return (json.loads(path.read_text()).get("inputs") or {}) if path.is_file() else {}
+
+
+def output_digest(stage_dir: str | Path, prefix: str) -> str:
+    """The identity of a chunked stage output, without reading its chunks: its report (counts, drops,
+    settings) and the names and sizes of its ``<prefix>-*.tar`` chunks. Another run of the stage
+    with other settings, data or code changes it; the same run again (deterministic output) does not."""
+    folder = Path(stage_dir)
+    h = hashlib.sha256((folder / REPORT).read_bytes() if (folder / REPORT).is_file() else b"")
+    for chunk in sorted(folder.glob(f"{prefix}-*.tar")):
+        h.update(f"\0{chunk.name}\0{chunk.stat().st_size}".encode())
+    return h.hexdigest()

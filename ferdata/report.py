@@ -27,6 +27,7 @@ class StageReport:
     examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)   # the params that shaped the output
+    inputs: dict[str, str] = field(default_factory=dict)         # earlier outputs it was made from -> digest
 
     def drop(self, item: Dropped) -> None:
         self.dropped[item.reason] += 1
@@ -48,6 +49,7 @@ class StageReport:
             "examples": {k: self.examples[k] for k in sorted(self.examples)},
             "notes": self.notes,
             **({"settings": self.settings} if self.settings else {}),
+            **({"inputs": self.inputs} if self.inputs else {}),
         }
 
     def write(self, path: Path) -> None:

@@ -21,7 +21,7 @@ from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
-from ferdata.layout import ALIGNED, DERIVED, REPORT, SAMPLE_SETTINGS
+from ferdata.layout import ALIGNED, DERIVED, REPORT, SAMPLE_SETTINGS, output_digest
 from ferdata.parallel import parallel_map
 from ferdata.params import above, at_least, check_values, within
 from ferdata.progress import progress
@@ -86,7 +86,7 @@ def _sample_name(sample: tuple[str, dict[str, bytes]]) -> str:
 def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:
     """Derive fields for every sample of ``aligned_dir`` into ``out_dir`` (replaced as a whole)."""
     require_dir(aligned_dir, "aligned", "run the align stage first")
-    report = StageReport("derive", settings=params.settings())
+    report = StageReport("derive", settings=params.settings(), inputs={ALIGNED: output_digest(aligned_dir, ALIGNED)})
     samples = iter_dir_samples(aligned_dir, ALIGNED)
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers

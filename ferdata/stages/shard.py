@@ -22,7 +22,7 @@ from typing import Collection
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.layout import ALIGNED, DERIVED, INFO, REPORT, report_settings
+from ferdata.layout import ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_settings
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
@@ -105,6 +105,11 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     report = StageReport("shard")
     aligned = index_chunks(require_dir(aligned_dir, "aligned", "run the align stage first"), ALIGNED)
     derived = index_chunks(require_dir(derived_dir, "derived", "run the derive stage first"), DERIVED)
+    made_from = report_inputs(derived_dir).get(ALIGNED)
+    if made_from is not None and made_from != output_digest(aligned_dir, ALIGNED):
+        raise ValueError(f"{derived_dir} was derived from another output of the align stage than {aligned_dir} "
+                         "holds now (align ran again since, with other settings or data): run the derive stage "
+                         "again before sharding")
     if set(aligned) != set(derived):
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise ValueError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")

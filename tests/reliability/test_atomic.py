@@ -113,6 +113,27 @@ def test_stage_refuses_a_folder_it_does_not_own(bad_corpus_run, tmp_path):
     assert (out / "thesis.tex").read_text() == "precious"
 
 
+def test_shard_refuses_derived_fields_made_from_another_aligned_output(bad_corpus_run, tmp_path):
+    """Align re-run (224 px) without derive, e.g. a `ferdata prepare` stopped between the two, then
+    shard: the shards mixed 224 px crops with halves and heatmaps of the old 112 px ones, and
+    ``_info.json`` claimed 224. Derive records the aligned output it read; shard compares."""
+    from ferdata.stages.align import AlignParams
+    from tests.reliability.corpus import build
+
+    src, _ = bad_corpus_run
+    p = stage_params(tmp_path)
+    run_align(src / "detect", p["align"], tmp_path / "aligned")
+    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
+    run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")   # in step: fine
+    run_align(src / "detect", build(AlignParams, "align", size=224, workers=1), tmp_path / "aligned")
+    before = tree_hashes(tmp_path / "shards")
+    with pytest.raises(ValueError, match="derived from another output of the align stage .* run the derive stage"):
+        run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+    assert tree_hashes(tmp_path / "shards") == before                 # the earlier shards stay
+    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
+    run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+
+
 def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
     root, _ = bad_corpus
     params = stage_params(tmp_path)["detect"]
