@@ -12,6 +12,7 @@ dropout are all seeded from (seed, epoch, step), so restarting at a saved step r
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ferdata.atomic import atomic_open, try_lock, unlock_close
+from ferdata.atomic import atomic_open, atomic_write_text, try_lock, unlock_close
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
@@ -302,6 +303,7 @@ def truncate_live(live_dir: str | Path, from_step: int) -> None:
         if step_col is None:
             continue
         kept = [rows[0]] + [r for r in rows[1:] if int(r[step_col]) < from_step]
-        if len(kept) != len(rows):
-            with open(tsv, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)
+        if len(kept) != len(rows):             # replaced whole: a kill mid-write lost the history rows
+            text = io.StringIO(newline="")
+            csv.writer(text, delimiter="\t", lineterminator="\n").writerows(kept)
+            atomic_write_text(tsv, text.getvalue())
