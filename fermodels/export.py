@@ -10,6 +10,7 @@ align/derive settings, and how a photo's face becomes each input without this pa
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ferdata.atomic import atomic_write_text
+from ferdata.atomic import atomic_write_text, remove_unlocked, try_lock, unlock_close
 from ferdata.geometry import template
 from fermodels.modelinput import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
@@ -169,25 +170,41 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     card, name = wrapper.card, name or state["model"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_unlocked(out.glob(f"{glob.escape(f'.{name}.export-')}*"))     # what a killed export left
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-") as staging:
-        files = _write_graphs(wrapper, Path(staging), name, formats)
-        diffs = parity(staging, checkpoint, name, formats=formats, wrapper=wrapper)
-        for fmt, diff in diffs.items():
-            if not diff <= tolerance:                                   # NaN too
-                raise RuntimeError(f"the exported {fmt} graph's outputs differ from PyTorch's by {diff:.2e} "
-                                   f"(probabilities, or logits over their scale; more than {tolerance:g}): not "
-                                   f"written to {out / files[fmt]}")
-        for stale in [*(f for f in FORMATS if f not in files), "json"]:     # no old .json beside new graphs
-            path = out / f"{name}{SUFFIX.get(stale, '.json')}"
-            if path.is_file():
-                path.unlink()
-                log.info("export: removed %s (an earlier export's)", path)
-        for file in files.values():
-            os.replace(Path(staging) / file, out / file)
+        held = os.open(staging, os.O_RDONLY)                            # ours while it works
+        try_lock(held)
+        try:
+            files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
+        finally:
+            unlock_close(held)
     meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
     atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))
     return meta
+
+
+def _publish(wrapper: ExportWrapper, checkpoint: str | Path, staging: Path, out: Path, name: str,
+             formats: Sequence[str], tolerance: float) -> tuple[dict[str, str], dict[str, float]]:
+    """Write the graphs into ``staging``, check them against PyTorch (:func:`parity`), and move them to
+    their names in ``out`` when all are within ``tolerance``, after removing what an earlier export of
+    ``name`` left there that would disagree with them (its ``.json``, a graph of a format not exported
+    now). Returns {format: file name} and {format: difference}."""
+    files = _write_graphs(wrapper, staging, name, formats)
+    diffs = parity(staging, checkpoint, name, formats=formats, wrapper=wrapper)
+    for fmt, diff in diffs.items():
+        if not diff <= tolerance:                                   # NaN too
+            raise RuntimeError(f"the exported {fmt} graph's outputs differ from PyTorch's by {diff:.2e} "
+                               f"(probabilities, or logits over their scale; more than {tolerance:g}): not "
+                               f"written to {out / files[fmt]}")
+    for stale in [*(f for f in FORMATS if f not in files), "json"]:     # no old .json beside new graphs
+        path = out / f"{name}{SUFFIX.get(stale, '.json')}"
+        if path.is_file():
+            path.unlink()
+            log.info("export: removed %s (an earlier export's)", path)
+    for file in files.values():
+        os.replace(staging / file, out / file)
+    return files, diffs
 
 
 def _write_graphs(wrapper: ExportWrapper, folder: Path, name: str, formats: Sequence[str]) -> dict[str, str]:

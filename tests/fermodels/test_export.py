@@ -86,6 +86,16 @@ def test_torchscript_graph_holds_no_device_and_reexports_check_only_what_they_wr
     assert "torchscript:" in res.output and "onnx:" not in res.output
 
 
+def test_an_export_clears_the_staging_folder_a_killed_export_left(tiny_run, tmp_path, one_thread):
+    """A killed export left its hidden staging folder (half-written graphs) in the output folder for
+    good; the next export of the name removes it (one another export still holds would stay)."""
+    left = tmp_path / ".convcut.export-k1ll3d"
+    left.mkdir()
+    (left / "convcut.onnx").write_bytes(b"half a graph")
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["convcut.json", "convcut.onnx"]
+
+
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, tiny_run):
     """An export, a truncated file or text given where a training checkpoint belongs."""
     from fermodels.runstate import load_checkpoint as load
