@@ -164,3 +164,46 @@ def test_keypoints_no_face_has_are_dropped_and_turned_faces_kept():
         checked_points(_face((face - centre) * 0.0005 + centre), shape)
     small = (face - centre) * 0.1 + centre                      # 2.3 px in the source, 0.6 px decoded at 1/4
     assert np.allclose(checked_points(_face(small), shape, 0.25)[0], (small + 0.5) / 4 - 0.5, atol=1e-3)
+
+
+def test_keypoint_centre_checked_against_width_and_height_of_a_wide_picture():
+    """Bug guarded: the image's height and width swapped in the off-image check: on a 600 x 100
+    picture a face at x 300, y 50 was dropped as face_outside_image (and one past the bottom kept)."""
+    from ferdata.geometry import ARCFACE_112
+    from ferdata.stages.align import BadGeometry
+
+    face = (ARCFACE_112 - ARCFACE_112.mean(0)) * 0.5 + [300.0, 50.0]
+    assert np.allclose(checked_points(_face(face), (100, 600, 3))[0], face, atol=1e-3)
+    below = face + [0.0, 100.0]                                     # centre (300, 150): under the picture
+    with pytest.raises(BadGeometry) as drop:
+        checked_points(_face(below), (100, 600, 3))
+    assert drop.value.reason == "face_outside_image"
+
+
+def test_non_finite_box_or_landmarks_are_dropped_by_reason():
+    """Bug guarded: the box or the 68 landmarks not checked for NaN/inf: such a face was cropped and
+    written (the crop's landmarks NaN, the json box NaN) instead of dropped as bad_box/bad_landmarks."""
+    from ferdata.geometry import ARCFACE_112
+    from ferdata.stages.align import BadGeometry
+
+    kps = ARCFACE_112 * 3 + 100
+    lmk = np.full((68, 2), 150.0)
+    lmk[7] = np.nan
+    for face, reason in (({"box": [0.0, float("nan"), 10.0, 10.0], "kps5": kps.tolist(), "lmk68": None}, "bad_box"),
+                         ({"box": [0.0, 0.0, 10.0, 10.0], "kps5": kps.tolist(), "lmk68": lmk.tolist()},
+                          "bad_landmarks")):
+        with pytest.raises(BadGeometry) as drop:
+            checked_points(face, (600, 600, 3))
+        assert drop.value.reason == reason
+
+
+def test_the_smallest_face_is_measured_in_source_pixels_not_in_the_reduced_decode():
+    """Bug guarded: the MIN_SPREAD_PX bound (1 px RMS in the source) applied in the frame decoded
+    at 1/4: a face of ~2 px spread in the source (0.5 px decoded) was dropped as bad_landmarks."""
+    from ferdata.geometry import ARCFACE_112, spread
+
+    face = ARCFACE_112 * 3 + 100
+    centre = face.mean(0)
+    small = (face - centre) * (2.0 / spread(face)) + centre        # 2 px RMS spread in the source
+    assert abs(spread(small) - 2.0) < 1e-6
+    assert np.allclose(checked_points(_face(small), (600, 600, 3), 0.25)[0], (small + 0.5) / 4 - 0.5, atol=1e-3)

@@ -478,3 +478,16 @@ def test_an_image_the_backend_fails_on_is_a_recorded_drop_and_a_broken_backend_e
         run_detect(records(images * 4), params(tmp_path / "fresh"), tmp_path / "all")
     assert not (tmp_path / "all").exists()
     assert len(calls) < 24                    # stopped after the first 10 failures, not after all 40 images
+
+
+def test_an_unflushed_entry_is_found_under_its_own_signature_only(tmp_path):
+    """Bug guarded: a pending (not yet committed) entry looked up by image hash alone, so a detection
+    made by another backend or setting in this run was served as this signature's cache hit."""
+    cache = DetectionCache(tmp_path / "cache")
+    try:
+        det = Detection((10, 20), (Face((1.0, 2.0, 5.0, 6.0), 0.9, np.zeros((5, 2), np.float32)),))
+        cache.put("ab" * 32, "embedded:v3:a", det)
+        assert cache.get("ab" * 32, "embedded:v3:b") is None
+        assert cache.get("ab" * 32, "embedded:v3:a").shape == (10, 20)
+    finally:
+        cache.close()

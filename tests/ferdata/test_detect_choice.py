@@ -132,3 +132,23 @@ def test_a_failing_batch_is_detected_image_by_image_and_told_once(caplog):
     assert len(first[0]) == 1 and first[0][0].score == 0.9 and isinstance(first[1], ValueError)
     told = [r for r in caplog.records if "batch path broken" in r.getMessage()]
     assert [r.levelname for r in told] == ["WARNING", "DEBUG"]
+
+
+def test_largest_means_the_largest_area_and_central_the_nearest_centre():
+    """Bug guarded: ``largest`` measured by one side (a wide, thin false detection beat a bigger
+    square face) and ``central`` with the image's height and width swapped (on a wide picture the
+    face left of centre won over the one at the centre)."""
+    from ferdata.faces.base import select_face
+
+    wide, square = face(0, 0, 300, 60), face(400, 0, 600, 200)        # areas 18,000 and 40,000
+    assert select_face([wide, square], (400, 800, 3), "largest") is square
+    middle, left = face(350, 150, 450, 250), face(150, 350, 250, 450)   # centres (400, 200) and (200, 400)
+    assert select_face([left, middle], (400, 800, 3), "central") is middle  # image centre (x 400, y 200)
+
+
+def test_of_faces_centred_in_the_box_the_one_overlapping_it_most_wins_whatever_the_order():
+    """Bug guarded: the first face whose centre lies in the dataset's box taken (a small face listed
+    first beat the annotated one it sits beside); the overlap (IoU) decides."""
+    small, big = face(310, 120, 370, 180), face(100, 100, 300, 300)
+    assert face_in_box([small, big], (0, 0, 700, 400)) is big
+    assert face_in_box([big, small], (0, 0, 700, 400)) is big

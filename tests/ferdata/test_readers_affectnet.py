@@ -246,3 +246,12 @@ def test_npy_layout_counts_an_image_without_annotations(tmp_path):
     records, drops, items = read_all("affectnet", tmp_path)
     assert "train_77" not in records and drops["no_label"] == 1 and drops["hidden_file"] == 1
     assert [d.key for d in items if d.reason == "no_label"] == ["train_77"]
+
+
+def test_valence_and_arousal_at_the_ends_of_their_range_are_kept():
+    """Bug guarded: the range check made open at an end, dropping valence -1 (AffectNet's most
+    negative value, which its annotators use) while the sentinels -2 stay out."""
+    from ferdata.datasets.affectnet import affect
+
+    assert affect(valence=lambda: -1.0, arousal=lambda: 1.0) == {"valence": -1.0, "arousal": 1.0}
+    assert affect(valence=lambda: -2.0, arousal=lambda: 1.0001) == {}

@@ -121,3 +121,35 @@ def test_a_hidden_frame_is_a_counted_drop_and_not_a_frame(tmp_path):
     assert sorted(k for k in records if k.startswith("S005_001")) == [f"S005_001_0000000{f}" for f in (3, 4, 5)]
     assert drops == {"no_emotion_label": 1, "bad_label": 1, "hidden_file": 1}
     assert [d.detail.split(":")[0] for d in items if d.reason == "hidden_file"] == [str(hidden)]
+
+
+def _ckplus_sequence(root: Path, frames: int, peak: int, label: str = "3", labels_at: tuple[int, ...] = ()) -> None:
+    """One CK+ sequence S020/001 with ``frames`` frames and an emotion file at ``peak`` (and ``labels_at``)."""
+    for f in range(1, frames + 1):
+        write_image(root / "cohn-kanade-images" / "S020" / "001" / f"S020_001_{f:08d}.png", value=f * 20)
+    for f in (peak, *labels_at):
+        path = root / "Emotion" / "S020" / "001" / f"S020_001_{f:08d}_emotion.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"   {label}.0000000e+00\n")
+
+
+def test_a_frame_chosen_as_peak_is_not_also_an_onset_neutral(tmp_path):
+    """Bug guarded: onset frames taken from the first ``neutral_frames`` without leaving out the
+    peak frames, so a short sequence gave one frame twice, once Neutral and once its expression."""
+    _ckplus_sequence(tmp_path, frames=4, peak=4)                  # frames 2-4 are the peak frames
+    records, _, items = read_all("ckplus", tmp_path, {"frames": 3, "neutral_frames": 2})
+    assert {k: (r.label, r.extra["role"]) for k, r in records.items()} == {
+        "S020_001_00000001": (NEUTRAL, "onset"),
+        "S020_001_00000002": (DISGUST, "peak"), "S020_001_00000003": (DISGUST, "peak"),
+        "S020_001_00000004": (DISGUST, "peak")}
+    assert not items
+
+
+def test_two_emotion_files_in_one_sequence_are_ambiguous_not_the_first_taken(tmp_path):
+    """Bug guarded: a sequence with two label files read the first (sorted) one; which frame is the
+    peak and which label holds cannot be told, so the sequence is dropped as ambiguous_label."""
+    make_ckplus(tmp_path)
+    _ckplus_sequence(tmp_path, frames=5, peak=5, labels_at=(4,))
+    records, _, items = read_all("ckplus", tmp_path)
+    assert not any(k.startswith("S020") for k in records)
+    assert {d.key: d.reason for d in items if d.key.startswith("S020")} == {"S020_001": "ambiguous_label"}

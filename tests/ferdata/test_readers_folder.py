@@ -277,3 +277,13 @@ def test_hidden_folders_beside_the_class_or_split_folders_are_counted(tmp_path, 
     assert sorted(r.native_label for r in records.values()) == ["happy", "sad"]
     assert drops == {"hidden_file": 2}
     assert sorted(Path(d.detail.split(":")[0]).name for d in items) == [".@__thumb", ".trash"]
+
+
+@pytest.mark.parametrize("name, split", [("validation", "val"), ("Valid", "val"), ("testing", "test"),
+                                         ("Training", "train")])
+def test_split_folder_spellings_mean_their_split(tmp_path, name, split):
+    """Bug guarded: a spelling of a split folder mapped to another split (``validation`` read as
+    test would score the model on the set that picked its best epoch)."""
+    write_image(tmp_path / name / "happy" / "a.png")
+    records, drops, _ = read_all("folder", tmp_path)
+    assert not drops and [r.split for r in records.values()] == [split]

@@ -76,3 +76,17 @@ def test_a_file_that_is_no_image_is_a_counted_drop(tmp_path):
     assert len(records) == 7 and drops == {"bad_label": 1, "bad_filename": 1, "not_an_image": 2}
     assert sorted(d.detail.split(":")[0] for d in items if d.reason == "not_an_image") == [
         str(tmp_path / "KA.HA1.29.gif"), str(tmp_path / "README")]
+
+
+def test_lower_case_file_names_keep_their_label_and_subject(tmp_path):
+    """Bug guarded: the expression code or the subject taken as written: a copy with lower-case names
+    (``ka.ha2.30.tiff``) dropped every face as bad_label, or split subject KA into ``ka`` and ``KA``
+    (leaking one person across leave-one-subject-out folds)."""
+    from tests.ferdata.fixtures_datasets import write_image
+
+    write_image(tmp_path / "ka.ha2.30.tiff")
+    write_image(tmp_path / "KA.AN1.39.tiff")
+    records, drops, _ = read_all("jaffe", tmp_path)
+    assert not drops
+    assert {k: (r.label, r.native_label, r.subject) for k, r in records.items()} == {
+        "ka-ha2-30": (1, "HA", "KA"), "KA-AN1-39": (6, "AN", "KA")}

@@ -109,3 +109,12 @@ def test_names_of_the_wrong_kind_are_refused(tmp_path, names):
     _prepare(tmp_path / "data", "a")
     with pytest.raises(SelectionError, match="datasets must be named as a list of prepared datasets' names"):
         write_selection(tmp_path / "train.json", tmp_path / "data", names, TRAIN)
+
+
+def test_a_selection_pinning_more_splits_than_are_read_is_refused(tmp_path):
+    """Bug guarded: pinned splits compared as "covers what is read" instead of "exactly": a file
+    pinning train, val and test (the evaluator's) passed for training, which reads train and val."""
+    _prepare(tmp_path / "data", "a")
+    write_selection(tmp_path / "all.json", tmp_path / "data", ["a"], ("train", "val", "test"))
+    with pytest.raises(SelectionError, match=r"pins the \['test', 'train', 'val'\] splits of a"):
+        read_selection(tmp_path / "all.json", ["a"], TRAIN)

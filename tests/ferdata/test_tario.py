@@ -391,3 +391,56 @@ def test_a_sample_with_a_member_written_twice_is_refused_from_a_path_and_a_strea
     for source in (path, io.BytesIO(data)):
         with pytest.raises(UnsafeTarError, match=r"duplicate member 'k1\.cls'"):
             list(iter_tar_samples(source))
+
+
+def _plain_tar(path, names: list[str], fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    """A tar of ``names`` (4 bytes each, ``fmt``) written by ``tarfile``; its bytes."""
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name in names:
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"data"))
+    return path.read_bytes()
+
+
+def _with_checksum(header: bytearray) -> None:
+    """Store the header's checksum as tar writes it: 6 octal digits, NUL, space (field as spaces)."""
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:512])
+
+
+def test_a_checksum_field_that_is_no_number_is_a_corrupt_header(tmp_path):
+    """Bug guarded: a checksum field that does not parse (overwritten with text) taken as matching,
+    so a damaged header was read as a member instead of refused as corrupt."""
+    path = tmp_path / "a.tar"
+    data = bytearray(_plain_tar(path, ["k.jpg", "k.cls"]))
+    data[148:156] = b"garbage!"
+    path.write_bytes(bytes(data))
+    with pytest.raises(tarfile.ReadError, match="corrupt tar header at byte 0: checksum"):
+        list(iter_members(path))
+
+
+def test_a_name_field_with_a_nul_inside_ends_at_the_nul_as_tarfile_reads_it(tmp_path):
+    """Bug guarded: a name field holding bytes after its NUL (``k.jpg\\0xyz``, left by an editor or a
+    writer that reuses buffers) kept them, so the member was not the one tarfile names ``k.jpg``."""
+    path = tmp_path / "a.tar"
+    data = bytearray(_plain_tar(path, ["k.jpg", "k.cls"]))
+    data[6:9] = b"xyz"                                    # after "k.jpg\0"
+    header = data[:512]
+    _with_checksum(header)
+    data[:512] = header
+    path.write_bytes(bytes(data))
+    with tarfile.open(path) as tar:
+        expected = tar.getnames()
+    assert expected == ["k.jpg", "k.cls"]
+    assert [m.name for m, _ in iter_members(path)] == expected
+
+
+def test_a_ustar_prefix_is_part_of_the_name(tmp_path):
+    """Bug guarded: the ustar ``prefix`` field (names over 100 characters) ignored, so a member
+    ``<long folder>/k.jpg`` was read as ``k.jpg``, as tarfile never names it."""
+    long_dir = "d" * 120
+    path = tmp_path / "a.tar"
+    _plain_tar(path, [f"{long_dir}/k.jpg"], fmt=tarfile.USTAR_FORMAT)
+    assert path.read_bytes()[345:345 + 120] == long_dir.encode()         # the writer did use the prefix
+    assert [m.name for m, _ in iter_members(path)] == [f"{long_dir}/k.jpg"]

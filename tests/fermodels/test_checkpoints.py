@@ -207,3 +207,14 @@ def test_missing_file_unknown_layout_and_pickles(tmp_path) -> None:
     torch.save({"state_dict": nn.Linear(2, 2)}, path)  # a whole module: needs unsafe unpickling
     with pytest.raises(pickle.UnpicklingError):
         load_pretrained(nn.Linear(2, 2), path, "msceleb_resnet18")
+
+
+def test_ir50_stage_offsets_follow_the_3_4_14_3_units():
+    """Bug guarded: a POSTER++ stage offset off by one (body4 at 20): body4.0 then overwrote body3's
+    last unit, body.20. IR-50 has 3, 4, 14 and 3 units, so stages start at 0, 3, 7 and 21."""
+    from fermodels.checkpoints import LAYOUTS
+
+    keys = [f"body{s}.{n}.w" for s, units in zip(range(1, 5), (3, 4, 14, 3)) for n in range(units)]
+    mapped = LAYOUTS.get("ir50")({k: torch.zeros(1) for k in keys})
+    assert list(mapped) == [f"body.{i}.w" for i in range(24)]
+    assert "body.20.w" in mapped and list(mapped)[keys.index("body4.0.w")] == "body.21.w"

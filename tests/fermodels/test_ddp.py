@@ -544,3 +544,19 @@ def test_a_shuffled_epoch_gives_every_part_its_share_of_a_one_shard_dataset(samp
             seen.update(read)
     assert sum(seen.values()) == samples
     assert set(seen) == {(u, j) for u, n in shards for j in range(n)} and max(seen.values()) == math.ceil(samples / 40)
+
+
+def test_the_shuffle_buffers_last_fill_is_shuffled_too():
+    """Bug guarded: the samples left in the shuffle buffer at the end of a stream yielded in read
+    order (the buffer was drained unshuffled): a part no larger than the buffer, e.g. a small
+    dataset's worker share, came out in file order every epoch."""
+    import random
+
+    from fermodels.stream import shuffled
+
+    samples = [{"__key__": f"k{i:02d}"} for i in range(20)]
+    out = [s["__key__"] for s in shuffled(samples, 32, random.Random(0))]           # the buffer holds them all
+    assert sorted(out) == [s["__key__"] for s in samples]
+    assert out != [s["__key__"] for s in samples]
+    tail = [s["__key__"] for s in shuffled(samples, 8, random.Random(0))][-8:]       # the drained last 8
+    assert tail != sorted(tail)

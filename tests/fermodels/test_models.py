@@ -527,3 +527,19 @@ def test_the_heatmap_baseline_is_resnet18_where_the_heatmap_is_dark_and_reads_it
     assert heat.grad.abs().amax(dim=(1, 2, 3)).min() > 0                       # every face reads its heatmap
     with pytest.raises(ValueError, match=r"expects batch\['heatmap'\] of shape \(B, 1, 28, 28\)"):
         net({**batch, "heatmap": torch.zeros(2, 1, 56, 56)})
+
+
+def test_convcut_self_attention_rows_are_softmax_over_keys() -> None:
+    """Bug guarded: the softmax taken over the wrong axis of Y Y^T / sqrt(d) (columns, not rows):
+    each output must be a convex mix of the inputs with weights softmax_j(y_i . y_j / sqrt(d))."""
+    import math
+
+    from fermodels.models.convcut import self_attention
+
+    y = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]], dtype=torch.float64)
+    rows = y[0].tolist()
+    expected = []
+    for yi in rows:
+        w = [math.exp(sum(a * b for a, b in zip(yi, yj)) / math.sqrt(2)) for yj in rows]
+        expected.append([sum(wj * yj[c] for wj, yj in zip(w, rows)) / sum(w) for c in range(2)])
+    torch.testing.assert_close(self_attention(y), torch.tensor([expected], dtype=torch.float64))

@@ -75,3 +75,23 @@ def test_sam_adaptive_scales_by_weight_magnitude():
     w.grad = torch.tensor([1.0, 1.0])
     sam.first_step()
     assert w.detach()[1] == 0.0 and w.detach()[0] == pytest.approx(2.0 + 0.1 * 4 / math.sqrt(4))
+
+
+def test_warm_up_ends_exactly_at_warmup_epochs():
+    """Bug guarded: the warm-up bound made inclusive: at epoch 1.0 after ``warmup_epochs: 1`` an
+    exponential decay must give gamma * base_lr (timm's convention, the docstring's), not base_lr."""
+    kw = dict(base_lr=0.1, epochs=10, warmup_epochs=1.0, step_size=1, gamma=0.5)
+    assert lr_at(1.0, schedule="exponential", **kw) == pytest.approx(0.05)
+    assert lr_at(1.0, schedule="step", **kw) == pytest.approx(0.05)
+    assert lr_at(0.5, schedule="exponential", **kw) == pytest.approx(0.05)      # half-way up the warm-up
+
+
+def test_adam_couples_weight_decay_into_the_gradient():
+    """Bug guarded: ``adam`` built as AdamW (decoupled decay). The papers' torch.optim.Adam adds
+    wd * w to the gradient: with zero loss gradient, w = 1, wd = 0.1, lr = 0.1 the first step sees
+    gradient 0.1 and moves w by lr (Adam's first step is lr * sign), to 0.9; AdamW gives 0.99."""
+    w = torch.nn.Parameter(torch.ones(1))
+    opt = build_optimizer("adam", [w], lr=0.1, weight_decay=0.1, momentum=0.9, sam=False, sam_rho=0.05)
+    w.grad = torch.zeros(1)
+    opt.step()
+    assert w.item() == pytest.approx(0.9, abs=1e-6)

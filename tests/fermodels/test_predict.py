@@ -587,3 +587,25 @@ def test_predict_exits_1_when_no_input_could_be_read_and_logs_its_backend(tiny_r
     run = subprocess.run([sys.executable, "-m", "ferdata.cli", *args], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 1 and "fermodels.predict: " in run.stderr, run.stderr   # the backend choice
+
+
+def test_flip_tta_averages_the_prediction_of_the_mirrored_face(photos, predictor, one_thread):
+    """Bug guarded: flip TTA averaging the face's prediction with itself (the flip left out), which
+    scores as if TTA were off: the result must be the mean of the face's and its mirror's softmax."""
+    import copy
+
+    from fermodels.augment import hflip_batch
+    from fermodels.modelinput import normalise, to_device
+
+    image = cv2.imread(str(photos / "astronaut.jpg"))[..., ::-1].copy()
+    faces, _ = predictor.faces(image, "astronaut.jpg")
+    tta = copy.copy(predictor)
+    tta.flip_tta = True
+    batch = predictor.decoder.collate([{"__key__": f"face{i}", **f.fields} for i, f in enumerate(faces)])
+    b = normalise(to_device(batch, predictor.device, predictor.card.input_size), predictor.card)
+    with torch.no_grad():
+        plain = predictor.model(b)["logits"].float().softmax(-1)
+        mirrored = predictor.model(hflip_batch(b))["logits"].float().softmax(-1)
+    assert not torch.allclose(plain, mirrored, atol=1e-6)             # the mirror scores differently
+    np.testing.assert_allclose(tta.probabilities(faces), ((plain + mirrored) / 2).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictor.probabilities(faces), plain.numpy(), rtol=1e-5, atol=1e-6)

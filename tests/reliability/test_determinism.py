@@ -96,3 +96,11 @@ def test_embedded_backend_cold_and_warm_cache_agree(tmp_path):
     assert cold["shard"]["kept"] == warm["shard"]["kept"] == 3             # the same bytes of every face
     for stage in ("aligned", "derived", "shards"):
         assert tree_hashes(tmp_path / "cold" / stage) == tree_hashes(tmp_path / "warm" / stage), stage
+
+
+def test_each_split_is_written_shuffled_not_in_key_order(bad_corpus_run):
+    """Bug guarded: the seeded permutation of a split's samples left out (keys written sorted): a
+    shuffle buffer smaller than a shard then trains on runs of one class or one source folder."""
+    out, _ = bad_corpus_run
+    keys = [key for key, _ in iter_dir_samples(out / "shards" / "train", "train")]
+    assert len(keys) >= 5 and keys != sorted(keys)

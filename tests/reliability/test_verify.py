@@ -395,3 +395,21 @@ def test_a_sample_without_its_image_or_label_is_named_by_every_loader(shards, tm
     else:
         with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard} has no 'jpg'"):
             [decoder(s) for s in IndexedSplit(split, decoder, 7)]
+
+
+def test_cls_one_past_the_last_class_is_no_class_id(shards):
+    """Bug guarded: the class-id bound off by one: cls 8 (one past Contempt, 0-7) passed verify,
+    and training's one-hot/histogram indexing would fail or mislabel on it."""
+    shard, key = _relisted(shards, lambda fields: fields.update(cls=b"8"))
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shard}: sample {key!r} has cls b'8', not a class id 0-7") for p in problems), problems
+
+
+def test_a_listed_size_smaller_than_the_shard_is_named(shards):
+    """Bug guarded: only a shard smaller than its listed ``bytes`` named; one larger (the listed size
+    too small) passed verify, though training refuses it (it checks the size both ways)."""
+    shard = _first_shard(shards)
+    size = shard.stat().st_size
+    _with_info(shards, lambda i: i["shards"][0].update(bytes=size - 512))
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shard}: {size} bytes, {INFO} says {size - 512}") for p in problems), problems
