@@ -168,6 +168,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
             resumed = Tally(**state["tallies"][env.rank])
     if params.channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if params.sync_batchnorm:
+        net = sync_batchnorm(net, env, device)
     ema = WeightAverage(net, params.ema_decay) if params.ema_decay else None
     if ema is not None and state is not None:
         ema.load_state_dict(state["ema"])
@@ -257,6 +259,18 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         t_wait = time.perf_counter()
     check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
+
+
+def sync_batchnorm(net: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """``net`` with its BatchNorm layers computing statistics over every rank's samples (torch's
+    SyncBatchNorm, GPU only; the same parameters and buffers, so optimiser, checkpoints and the
+    weight average are unchanged); a single process is left as it is."""
+    if not env.distributed:
+        return net
+    if device.type != "cuda":
+        raise ValueError("train.sync_batchnorm needs CUDA ranks (torch's SyncBatchNorm runs on GPUs only): set it "
+                         "false on CPUs")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
 
 def _wrap(net: nn.Module, params: TrainParams, env: DistEnv, device: torch.device) -> nn.Module:

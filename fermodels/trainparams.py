@@ -60,6 +60,7 @@ class TrainParams:
     amp: bool
     channels_last: bool
     compile: bool
+    sync_batchnorm: bool
     shuffle_buffer: int
     checkpoint_every: int
 

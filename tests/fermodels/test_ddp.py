@@ -560,3 +560,28 @@ def test_the_shuffle_buffers_last_fill_is_shuffled_too():
     assert out != [s["__key__"] for s in samples]
     tail = [s["__key__"] for s in shuffled(samples, 8, random.Random(0))][-8:]       # the drained last 8
     assert tail != sorted(tail)
+
+
+def test_sync_batchnorm_converts_only_distributed_gpu_runs_and_keeps_the_parameters():
+    """``train.sync_batchnorm``: BatchNorm over the global batch under DDP (each rank's share of a
+    small per-GPU batch gave noisy statistics). The conversion keeps the very parameter objects the
+    optimiser holds; a single process is untouched; CPU ranks are refused (torch's SyncBatchNorm
+    runs on GPUs only) before any step."""
+    from torch import nn
+
+    from fermodels.registry import create_model
+    from fermodels.train import sync_batchnorm
+
+    net = create_model("resnet18_112", num_classes=7)
+    params = list(net.parameters())
+    single = DistEnv(0, 1, 0)
+    assert sync_batchnorm(net, single, torch.device("cuda", 0)) is net
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in net.modules())
+    ranks = DistEnv(1, 2, 1)
+    with pytest.raises(ValueError, match="train.sync_batchnorm needs CUDA ranks"):
+        sync_batchnorm(net, ranks, torch.device("cpu"))
+    converted = sync_batchnorm(net, ranks, torch.device("cuda", 1))     # conversion itself needs no GPU
+    norms = [m for m in converted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    assert [id(p) for p in converted.parameters()] == [id(p) for p in params]
+    assert converted.card.name == "resnet18_112"
