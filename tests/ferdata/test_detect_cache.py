@@ -491,3 +491,31 @@ def test_an_unflushed_entry_is_found_under_its_own_signature_only(tmp_path):
         assert cache.get("ab" * 32, "embedded:v3:a").shape == (10, 20)
     finally:
         cache.close()
+
+
+def test_auto_uses_a_cached_model_detection_only_for_records_without_landmarks(tmp_path, monkeypatch):
+    """Bug guarded: the cache lookup ignored the backend's ``cacheable_for``: under ``auto`` a record
+    with the dataset's own landmarks (found by the annotations, which depend on the record, not on the
+    pixels) was served the model's cached detection of its image. Two records of one image, the cache
+    holding a model detection of it: the one with landmarks gets the annotations, the other the entry."""
+    import hashlib
+
+    from tests.reliability.corpus import encode, face_landmarks, picture
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode(picture(7), quality=90))
+    own = face_landmarks()                                   # the dataset's landmarks (160 px picture)
+    model = (own + 3.0).astype(np.float32)                   # the cached model's, told apart from them
+    cached = Face((25.0, 20.0, 135.0, 150.0), 0.99, model[[36, 45, 30, 48, 54]], model, "embedded")
+    p = params(tmp_path, backend="auto")
+    with DetectionCache(tmp_path / "cache") as cache:
+        cache.put(hashlib.sha256(path.read_bytes()).hexdigest(), p.create_backend().signature(),
+                  Detection((160, 160), (cached,)))
+    recs = [FaceRecord("t", "marked", str(path), 1, "x", landmarks=own), FaceRecord("t", "bare", str(path), 2, "x")]
+    report = run_detect(recs, p, tmp_path / "out")
+    rows = {r["record"]["key"]: r for r in read_faces(tmp_path / "out")}
+    assert {k: r["backend"] for k, r in rows.items()} == {"marked": "annotations", "bare": "embedded"}
+    np.testing.assert_allclose(rows["marked"]["face"]["lmk68"], own, atol=1e-3)
+    np.testing.assert_allclose(rows["bare"]["face"]["lmk68"], model, atol=1e-3)
+    assert (notes(report)["detections_run"], notes(report)["cache_hits"]) == (1, 1)

@@ -19,8 +19,8 @@ from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, probe_image
 from ferdata.stages.detect import run_detect
 from ferdata.tario import iter_dir_samples
 from ferdata.verify import verify_shards
-from tests.reliability.corpus import (Case, build_corpus, child_env, encode, exif_rotated, jpeg_of, real_photo,
-                                      run_all, stage_params)
+from tests.reliability.corpus import (Case, build_corpus, child_env, encode, exif_rotated, jpeg_of, picture,
+                                      real_photo, run_all, stage_params)
 
 DECODE_REASONS = {"empty_file", "truncated", "not_an_image", "too_small", "too_large"}
 
@@ -271,3 +271,28 @@ def test_huge_image_is_decoded_reduced_in_bounded_memory(tmp_path):
     # The growth the huge image causes is what must stay bounded; the absolute RSS depends on
     # what else the interpreter has loaded (torch build, BLAS threads) and is not asserted.
     assert result["peak_mb"] - result["base_mb"] < 600, result
+
+
+def test_an_image_replaced_after_detect_is_dropped_by_align_not_cropped(tmp_path):
+    """Bug guarded: align dropped the check that the image on disk is the one detect hashed: an image
+    replaced after detection was cropped with another picture's face geometry. Its record must be
+    dropped as ``source_changed`` (counted, listed in dropped.jsonl), the others kept."""
+    from ferdata.layout import read_faces
+    from ferdata.stages.align import run_align
+
+    root, out = tmp_path / "raw", tmp_path / "out"
+    build_corpus(root, [Case(f"good_{i}", jpeg_of(600 + i), label=str(i)) for i in range(3)]
+                 + [Case("good_test", jpeg_of(610), split="test")])
+    params = stage_params(tmp_path)
+    opened = open_reader("affectnet", root, {"protocol": "affectnet8"})
+    run_detect(opened.read(), params["detect"], out / "detect", opened.official_splits())
+    keys = {Path(r["record"]["path"]).name: r["record"]["key"] for r in read_faces(out / "detect")}
+    replaced = root / "Manually_Annotated_Images" / "1" / "good_1.jpg"
+    assert len(keys) == 4 and replaced.is_file()
+    replaced.write_bytes(encode(picture(620), quality=90))          # another picture under the same name
+    report = run_align(out / "detect", params["align"], out / "aligned").to_dict()
+    assert (report["kept"], report["dropped"]) == (3, {"source_changed": 1})
+    dropped = [json.loads(line) for line in (out / "aligned" / "dropped.jsonl").read_text().splitlines()]
+    assert [(d["key"], d["reason"]) for d in dropped] == [(keys["good_1.jpg"], "source_changed")]
+    kept = {key for key, _ in iter_dir_samples(out / "aligned", "aligned")}
+    assert kept == set(keys.values()) - {keys["good_1.jpg"]}

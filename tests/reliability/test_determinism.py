@@ -10,7 +10,8 @@ from ferdata.records import SPLITS
 from ferdata.stages.shard import run_shard
 from ferdata.tario import iter_dir_samples, list_shards, sha256_file
 from ferdata.verify import verify_shards
-from tests.reliability.corpus import Case, build_corpus, encode, real_photo, run_all, stage_params, tree_hashes
+from tests.reliability.corpus import (Case, build_corpus, encode, picture, real_photo, run_all, stage_params,
+                                      tree_hashes)
 
 STAGE_DIRS = ("detect", "aligned", "derived", "shards")
 
@@ -104,3 +105,69 @@ def test_each_split_is_written_shuffled_not_in_key_order(bad_corpus_run):
     out, _ = bad_corpus_run
     keys = [key for key, _ in iter_dir_samples(out / "shards" / "train", "train")]
     assert len(keys) >= 5 and keys != sorted(keys)
+
+
+def _folder_with_train_and_val(root) -> None:
+    """A ``folder`` dataset with official train/ and val/ folders but no test/: k-fold applies to it, and
+    a face k-fold leaves in the split its folder names keeps its reader's split, its ``extra`` gains a fold."""
+    for i in range(12):
+        split = "val" if i % 4 == 3 else "train"
+        path = root / split / ("happy", "sad", "angry")[i % 3] / f"f{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(picture(300 + i, 64), quality=90))
+
+
+def test_k_fold_samples_json_names_the_fold_also_where_the_split_is_unchanged(tmp_path):
+    """Bug guarded: the shard stage kept an aligned sample's stored json when only its split matched the
+    placed one: under k-fold (shard.folds > 0) a face whose split did not change but whose fold (``extra``)
+    did kept the reader's json, without the fold it is in. Fold ``f`` is test, ``f + 1`` val, the rest train;
+    a face's fold is the same whichever fold is tested."""
+    from dataclasses import replace
+
+    root = tmp_path / "raw"
+    _folder_with_train_and_val(root)
+    params = stage_params(tmp_path, backend="precropped")
+    params["shard"] = replace(params["shard"], folds=3, fold=0)
+    run_all(root, tmp_path / "out", params, reader="folder", options={"dataset": "folder"})
+    folds_of: list[dict[str, int]] = []
+    for fold in (0, 1):
+        out = tmp_path / f"shards_fold{fold}"
+        run_shard(tmp_path / "out" / "aligned", tmp_path / "out" / "derived", replace(params["shard"], fold=fold), out)
+        want = {"test": {fold}, "val": {(fold + 1) % 3}, "train": {0, 1, 2} - {fold, (fold + 1) % 3}}
+        folds, unchanged = {}, 0
+        for split in SPLITS:
+            for key, sample in iter_dir_samples(out / split, split):
+                meta = json.loads(sample["json"])
+                assert meta["split"] == split, key
+                assert meta["extra"].get("fold") in want[split], (fold, split, key, meta["extra"])
+                folds[key] = meta["extra"]["fold"]
+                unchanged += key.startswith(f"{split}_")          # keys start with the reader's split folder
+        assert len(folds) == 12 and unchanged, (fold, unchanged)  # some faces stay where their folder puts them
+        folds_of.append(folds)
+    assert folds_of[0] == folds_of[1]
+
+
+RAFDB_PUBLISHED = {1: "Surprise", 2: "Fear", 3: "Disgust", 4: "Happiness", 5: "Sadness", 6: "Anger", 7: "Neutral"}
+CANONICAL_ORDER = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
+
+
+def test_cls_is_the_canonical_class_id_not_the_datasets_own_label(tmp_path):
+    """Bug guarded: the shard stage wrote the dataset's native label as ``cls``, not the canonical id.
+    AffectNet's order is the canonical one, so only another dataset shows it: RAF-DB's 1-based labels
+    (1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral) in AffectNet's order
+    (0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger, 7 Contempt)."""
+    root = tmp_path / "raw"
+    native = {}
+    for i in range(14):
+        stem = f"train_{i + 1:05d}" if i < 10 else f"test_{i - 9:04d}"
+        path = root / "Image" / "aligned" / f"{stem}_aligned.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode(picture(400 + i, 100), quality=90))
+        native[stem] = i % 7 + 1
+    (root / "EmoLabel").mkdir()
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("".join(f"{s}.jpg {v}\n" for s, v in native.items()))
+    run_all(root, tmp_path / "out", stage_params(tmp_path, backend="precropped"), reader="rafdb",
+            options={"images": "aligned"})
+    cls = {key: int(sample["cls"]) for split in SPLITS
+           for key, sample in iter_dir_samples(tmp_path / "out" / "shards" / split, split)}
+    assert cls == {stem: CANONICAL_ORDER.index(RAFDB_PUBLISHED[v]) for stem, v in native.items()}

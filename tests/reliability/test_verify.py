@@ -413,3 +413,12 @@ def test_a_listed_size_smaller_than_the_shard_is_named(shards):
     _with_info(shards, lambda i: i["shards"][0].update(bytes=size - 512))
     problems = verify_shards(shards)
     assert any(p.startswith(f"{shard}: {size} bytes, {INFO} says {size - 512}") for p in problems), problems
+
+
+def test_boolean_landmarks_are_named(shards):
+    """Bug guarded: a boolean ``lmk.npy`` of shape (68, 2) passed verify: True/False are no (x, y)
+    points, though the shape and finiteness checks hold (landmarks must be 68x2 numbers)."""
+    shard, key = _relisted(shards, lambda fields: fields.update({"lmk.npy": _npy(np.ones((68, 2), bool))}))
+    problems = verify_shards(shards)
+    expected = f"{shard}: sample {key!r} has a lmk.npy of bool (68, 2), not 68 finite (x, y) points"
+    assert any(p.startswith(expected) for p in problems), problems
