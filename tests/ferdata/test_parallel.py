@@ -49,6 +49,16 @@ def test_workers_leave_ctrl_c_to_the_parent():
     assert all(parallel_map(SigintHandler(), range(8), workers=2, chunksize=1))
 
 
+def _output(proc: subprocess.Popen, timeout: float, hung: str) -> str:
+    """What ``proc`` printed once it ended; past ``timeout`` its process group is killed and the
+    test fails with ``hung``."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(hung)
+
+
 def _run(script: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -79,11 +89,7 @@ def test_a_worker_that_dies_stops_the_run_naming_what_it_was_on(death):
         except ChildProcessError as err:
             print("stopped after", len(got), "|", err)
         """)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("the run hung after its worker died")
+    out = _output(proc, 60, "the run hung after its worker died")
     assert proc.returncode == 0 and "stopped after" in out, out
     assert "a worker process died without an error" in out and "item 13" in out, out
     assert "python -X faulthandler" in out
@@ -106,11 +112,7 @@ def test_ctrl_c_stops_the_run_and_its_workers_at_once():
     assert proc.stdout.readline().strip() == "started"
     time.sleep(1.5)
     os.killpg(proc.pid, signal.SIGINT)                  # as a terminal's Ctrl-C: the whole group
-    try:
-        out, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("Ctrl-C left the run hanging")
+    out = _output(proc, 30, "Ctrl-C left the run hanging")
     assert proc.returncode != 0 and "KeyboardInterrupt" in out, out
     left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert not left, f"workers left running: {left}"
@@ -133,11 +135,7 @@ def test_stopping_workers_in_the_middle_of_sending_a_result_does_not_hang():
             run.close()                          # stops the workers, most likely mid-send
         print("stopped", flush=True)
         """)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("stopping the pool hung")
+    out = _output(proc, 60, "stopping the pool hung")
     assert proc.returncode == 0 and "stopped" in out, out
 
 
