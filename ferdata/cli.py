@@ -18,6 +18,10 @@ app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, de
                   no_args_is_help=True, add_completion=False)
 
 
+BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over params.yaml's detect.backend and "
+                "datasets.<name>.detect; e.g. precropped for images that are face crops already (FER2013).")
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(name)s: %(message)s")
 
@@ -31,6 +35,7 @@ def prepare(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file."),
     option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE (a YAML value), "
                                      "repeatable, over params.yaml's; e.g. --option 'exclude_classes=[Contempt]'."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
@@ -42,7 +47,7 @@ def prepare(
         options = parse_assignments(option)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
-    reports = run(dataset, load_params(params), out, root, options)
+    reports = run(dataset, load_params(params), out, root, options, backend)
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
 
@@ -54,6 +59,7 @@ def detect(
     root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: backend, cache_dir)."),
     option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE, as for `prepare`."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Detect one part of a dataset into the detection cache, for sharing detection between machines.
@@ -73,7 +79,7 @@ def detect(
         options = parse_assignments(option)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
-    r = detect_part(dataset, load_params(params), which, root, options)
+    r = detect_part(dataset, load_params(params), which, root, options, backend)
     n = r["notes"]
     dropped = f" {r['dropped']}" if r["dropped"] else ""
     typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped{dropped}; "

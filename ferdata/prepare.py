@@ -23,9 +23,10 @@ from ferdata.stages.shard import ShardParams, run_shard
 
 
 def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None = None,
-                 options: Mapping[str, Any] | None = None) -> DatasetSpec:
+                 options: Mapping[str, Any] | None = None, backend: str | None = None) -> DatasetSpec:
     """Dataset ``name``'s params.yaml entry, or reader ``name`` at ``root`` when it has none;
-    ``root`` and ``options`` (merged over the entry's reader options) override params.yaml."""
+    ``root``, ``options`` (merged over the entry's reader options) and ``backend`` (the face backend,
+    over ``datasets.<name>.detect.backend`` and the detect section's) override params.yaml."""
     if name in (params.get("datasets") or {}):
         spec = dataset_spec(params, name)
     elif root is not None:
@@ -34,15 +35,17 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
     else:
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
                        f"--root with a reader name ({', '.join(READERS.names())})")
+    detect = {**(spec.detect or {}), "backend": backend} if backend is not None else spec.detect
     return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
-                       {**(spec.options or {}), **(options or {})}, spec.detect)
+                       {**(spec.options or {}), **(options or {})}, detect)
 
 
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
-            root: str | Path | None = None, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+            root: str | Path | None = None, options: Mapping[str, Any] | None = None,
+            backend: str | None = None) -> dict[str, Any]:
     """Run every preprocessing stage for dataset ``name``; returns the stage reports (``root``,
-    ``options``: as in :func:`resolve_spec`)."""
-    spec = resolve_spec(name, params, root, options)
+    ``options``, ``backend``: as in :func:`resolve_spec`)."""
+    spec = resolve_spec(name, params, root, options, backend)
     # Every stage's settings are checked before the first stage runs: a bad shard value must not
     # surface after hours of detection.
     align, derive, shard = (stage_section(params, n, cls) for n, cls in (
@@ -62,11 +65,11 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
 
 
 def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Path | None = None,
-                options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                options: Mapping[str, Any] | None = None, backend: str | None = None) -> dict[str, Any]:
     """Detect the faces of one part of dataset ``name`` into the detection cache
     (``detect.cache_dir``), for merging with the other parts' caches; returns the report.
     Records the reader drops are left to the full detect run, which counts them."""
-    spec = resolve_spec(name, params, root, options)
+    spec = resolve_spec(name, params, root, options, backend)
     records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
     return fill_cache(records, detect_section(params, name, spec)).to_dict()
 

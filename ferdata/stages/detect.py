@@ -380,6 +380,12 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         report.notes.update(table.counts)
     log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
              table.counts["detections_run"], table.counts["cache_hits"])
+    if (faceless := report.dropped["no_face"]) > max(10, report.kept) and params.backend != "precropped":
+        log.warning("detect: backend %s found no face in %d of %d images (see %s). If they are face crops already "
+                    "(FER2013 / FERPlus 48 px, CK+48, RAF-DB aligned), too small or too tight for a detector, use "
+                    "the precropped backend: `ferdata prepare <name> --backend precropped`, or "
+                    "datasets.<name>.detect: {backend: precropped} in params.yaml", params.backend, faceless,
+                    faceless + report.kept, Path(out_dir) / "dropped.jsonl")
     if (missed := table.marked["missed"]) > max(10, table.marked["found"]):
         log.warning("detect: %d of the %d faces the dataset marks were found nowhere near its boxes or landmarks "
                     "(dropped as no_face_in_box, see %s): are they in these images' pixels, or was the dataset "

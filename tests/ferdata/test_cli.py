@@ -4,6 +4,7 @@ line (ferdata/errors.py)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -302,3 +303,27 @@ def test_a_malformed_assignment_is_refused_with_an_example_that_option_takes(com
     res = CliRunner().invoke(app, [*command, flag, "threads"])
     text = " ".join(res.output.replace("│", " ").split())                     # rich's box, unwrapped
     assert res.exit_code == 2 and f"expected KEY=VALUE, e.g. {example}" in text
+
+
+def test_prepare_takes_a_backend_and_names_it_when_a_detector_finds_no_faces(tmp_path):
+    """FER2013's 48 px crops through `ferdata prepare fer2013 --root ...` went to the default
+    detector, which found no face in them, and the run ended in 'no sample is left in the official
+    test split ... restore or fix those images'; `prepare` had no way to choose the backend."""
+    import yaml
+
+    from tests.ferdata.fixtures_datasets import pixel_text
+
+    rows = [f"{i % 7},{pixel_text(5 * i + 3, 2304)},{('Training', 'PublicTest', 'PrivateTest')[i % 3]}"
+            for i in range(24)]
+    (tmp_path / "fer").mkdir()
+    (tmp_path / "fer" / "fer2013.csv").write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["detect"]["cache_dir"] = str(tmp_path / "cache")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    args = ("prepare", "fer2013", "--root", str(tmp_path / "fer"), "--out", str(tmp_path / "out"))
+    detected = _ferdata(*args, cwd=tmp_path)
+    assert detected.returncode == 1, detected.stderr
+    assert "found no face in 24 of 24 images" in detected.stderr and "--backend precropped" in detected.stderr
+    cropped = _ferdata(*args, "--backend", "precropped", cwd=tmp_path)
+    assert cropped.returncode == 0, cropped.stderr
+    assert re.search(r"shard\s+kept\s+24\b", cropped.stdout), cropped.stdout
