@@ -140,12 +140,22 @@ def datasets() -> None:
 
 
 @app.command()
-def backends() -> None:
-    """List face backends and whether each can run here without downloading."""
+def backends(
+    model_dir: Optional[Path] = typer.Option(None, help="Folder with model files (default: params.yaml's "
+                                             "detect.model_dir, when there is a params.yaml here)."),
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: model_dir)."),
+) -> None:
+    """List face backends and whether each can run here without downloading (from the model folder
+    and each package's own default places)."""
     from ferdata.faces import BACKENDS
+    from ferdata.params import load_params
 
+    if model_dir is None and params.is_file():
+        model_dir = (load_params(params).get("detect") or {}).get("model_dir")
+    where = f" (model_dir {model_dir})" if model_dir else ""
     for name in BACKENDS.names():
-        typer.echo(f"{name:15s} {'available' if BACKENDS.get(name).is_available() else 'weights missing'}")
+        ready = BACKENDS.get(name).is_available(model_dir)
+        typer.echo(f"{name:15s} {'available' if ready else 'weights missing' + where}")
 
 
 @app.command()

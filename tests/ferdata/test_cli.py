@@ -327,3 +327,20 @@ def test_prepare_takes_a_backend_and_names_it_when_a_detector_finds_no_faces(tmp
     cropped = _ferdata(*args, "--backend", "precropped", cwd=tmp_path)
     assert cropped.returncode == 0, cropped.stderr
     assert re.search(r"shard\s+kept\s+24\b", cropped.stdout), cropped.stdout
+
+
+def test_backends_looks_in_the_model_folder(tmp_path):
+    """`ferdata backends` said 'weights missing' for a pack placed under detect.model_dir, where
+    README says to put it (it checked only the packages' default places)."""
+    pytest.importorskip("insightface")
+    pack = tmp_path / "models" / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    for name in ("det_10g", "1k3d68", "2d106det"):
+        (pack / f"{name}.onnx").write_bytes(b"")
+    home = {"HOME": str(tmp_path / "home")}                  # no ~/.insightface to find it in instead
+    without = _ferdata("backends", cwd=tmp_path, env=home)
+    given = _ferdata("backends", "--model-dir", str(tmp_path / "models"), cwd=tmp_path, env=home)
+    (tmp_path / "params.yaml").write_text(f"detect: {{model_dir: {tmp_path / 'models'}}}\n")
+    from_params = _ferdata("backends", cwd=tmp_path, env=home)
+    assert "insightface     weights missing" in without.stdout, without.stdout + without.stderr
+    assert "insightface     available" in given.stdout and "insightface     available" in from_params.stdout
