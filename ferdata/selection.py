@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from ferdata.atomic import atomic_write_text
 from ferdata.layout import INFO, stage_dirs
@@ -24,6 +24,18 @@ from ferdata.records import SPLITS
 
 VERSION = 2     # 2: split digests of the content, without params_hash (1: of the whole _info.json)
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
+
+
+def check_named(names: Sequence[str], key: str, datasets: Mapping[str, Any], data_dir: str | Path) -> None:
+    """Raise unless every dataset of ``names`` (params key ``key``) is one ``dvc repro`` prepares
+    (params.yaml's ``datasets``) or is prepared already under ``data_dir``."""
+    _check_names(names)
+    for name in names:
+        if name not in datasets and not stage_dirs(data_dir, name)["shards"].is_dir():
+            raise KeyError(f"{key} names {name!r}, which is neither in params.yaml's datasets "
+                           f"({', '.join(sorted(datasets))}) nor prepared under {Path(data_dir) / name / 'shards'}: "
+                           f"add it to datasets (dvc repro prepares it) or prepare it with `ferdata prepare {name} "
+                           "--root ...`")
 
 
 def tested_on(dataset: str | None, trained_on: Sequence[str]) -> list[str]:

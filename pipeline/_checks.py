@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ferdata.datasets import dataset_spec
-from ferdata.layout import stage_dirs
 from ferdata.params import stage_section
+from ferdata.selection import check_named
 from ferdata.sample import SampleParams
 from ferdata.stages.align import AlignParams
 from ferdata.stages.derive import DeriveParams
@@ -39,17 +39,9 @@ def check_params(params: Mapping[str, Any], data_dir: str | Path = DATA_DIR) -> 
             detect_section(params, name, dataset_spec(params, name))
         trained_on = train_section(params, announce=False).datasets
         tested_on, _ = evaluate_section(params)
-        for name, key in [*((n, "train.datasets (or its recipe's)") for n in trained_on),
-                          *(((tested_on, "evaluate.dataset"),) if tested_on else ())]:
-            _check_named(name, key, params, Path(data_dir))
+        check_named(trained_on, "train.datasets (or its recipe's)", params.get("datasets") or {}, data_dir)
+        if tested_on:
+            check_named([tested_on], "evaluate.dataset", params.get("datasets") or {}, data_dir)
     except (ValueError, KeyError, TypeError) as err:
         err.add_note(NOTE)
         raise
-
-
-def _check_named(name: str, key: str, params: Mapping[str, Any], data_dir: Path) -> None:
-    known = params.get("datasets") or {}
-    if name not in known and not stage_dirs(data_dir, name)["shards"].is_dir():
-        raise KeyError(f"{key} names {name!r}, which is neither in params.yaml's datasets ({', '.join(sorted(known))}) "
-                       f"nor prepared under {data_dir / name / 'shards'}: add it to datasets (dvc repro prepares it) "
-                       f"or prepare it with `ferdata prepare {name} --root ...`")

@@ -88,6 +88,23 @@ def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, s
     assert "Traceback" not in run.stderr and not (tmp_path / "aligned").exists()
 
 
+@pytest.mark.parametrize("section, key, value, says", [
+    ("train", "datasets", ["rafbd"], "train.datasets (or its recipe's) names 'rafbd', which is neither in"),
+    ("evaluate", "dataset", "rafbd", "evaluate.dataset names 'rafbd', which is neither in params.yaml's"),
+], ids=["train", "evaluate"])
+def test_select_names_a_misspelt_dataset(tmp_path, section, key, value, says):
+    """With the datasets prepared, `select` runs first and skips the whole check: a misspelt name
+    got 'data/rafbd/shards/train/_info.json not found: prepare the dataset first (`dvc repro
+    shard@<name>`)', a stage that does not exist."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "pipeline.select", "data", "select"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 1 and run.stderr.startswith("error: ") and says in run.stderr, run.stderr
+    assert not (tmp_path / "select").exists()
+
+
 def test_a_training_error_reaches_torchruns_failure_summary(tmp_path):
     """torchrun's "Root Cause" showed only `error_file: <N/A>` and an exit code: the stage did not
     record its exception where torchrun reads it (TORCHELASTIC_ERROR_FILE)."""
