@@ -61,12 +61,15 @@ def one_thread_per_worker(*_: object) -> None:
         torch.set_num_threads(1)
 
 
-def _install(fn: Callable, describe: Callable | None, parent: int) -> None:
+def _install(fn: Callable, describe: Callable | None, parent: int, method: str) -> None:
     global _WORKER_FN, _DESCRIBE
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the workers
     one_thread_per_worker()
     _WORKER_FN, _DESCRIBE = fn, describe
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
+    # A forkserver worker's parent is the fork server, which ends with the run's process; under
+    # fork and spawn it is the run's process itself (watched by pid: it may be gone already)
+    watched = os.getppid() if method == "forkserver" else parent
+    threading.Thread(target=_exit_with, args=(watched,), daemon=True, name="exit-with-parent").start()
 
 
 def _exit_with(parent: int) -> None:
@@ -93,7 +96,8 @@ def _run_chunk(chunk: list) -> list:
 def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable,
                 describe: Callable | None) -> ProcessPoolExecutor:
     """A pool whose workers hold ``fn``."""
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install, initargs=(fn, describe, os.getpid()))
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install,
+                               initargs=(fn, describe, os.getpid(), ctx.get_start_method()))
 
 
 def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list, first: bool):
@@ -116,13 +120,13 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     interpreter's exit: Ctrl-C or a full disk hung a stage). This process's own copy of the pipe's
     write end, which it never writes to, is closed first, so that read ends at the end of the
     pipe and the pool shuts down as broken."""
+    results = getattr(pool, "_result_queue", None)              # taken first: 3.14's terminate drops it
     terminate = getattr(pool, "terminate_workers", None)        # Python 3.14+
     if terminate is not None:
         terminate()
     else:
         for proc in list((pool._processes or {}).values()):
             proc.terminate()
-    results = getattr(pool, "_result_queue", None)
     if results is not None:
         results._writer.close()
     pool.shutdown(wait=True, cancel_futures=True)

@@ -238,3 +238,19 @@ def test_a_killed_stage_leaves_its_folder_to_the_next_run(tmp_path):
             os.kill(int(pid), signal.SIGKILL)
     assert not left, f"workers still running after their parent was killed: {left}"
     assert (out / "a").read_text() == "next run"
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_the_pool_runs_under_every_start_method(method):
+    """Under forkserver every worker exited at once: it watched for the run's process as its parent,
+    but a forkserver worker's parent is the fork server (a ChildProcessError for every run)."""
+    proc = _run(f"""
+        import multiprocessing as mp
+        from ferdata.parallel import parallel_map
+        from tests.ferdata.test_parallel import Double
+
+        mp.set_start_method({method!r})
+        print(sum(parallel_map(Double(), range(40, 60), workers=2)), flush=True)
+        """)
+    out = _output(proc, 120, f"the pool hung under {method}")
+    assert proc.returncode == 0 and out.strip().splitlines()[-1] == str(2 * sum(range(40, 60))), out
