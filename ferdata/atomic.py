@@ -203,7 +203,8 @@ class staged_dir:
     on success the old ``out`` is replaced by it, on an exception it is deleted. So
     ``out`` is always absent, the previous complete output, or the new complete one:
     never a mix, never stale chunks from a larger earlier run, never a partial shard.
-    A kill leaves at most ``.<out>.partial``/``.<out>.old``, cleared by the next run.
+    A kill leaves at most ``.<out>.partial`` (cleared by the next run) and ``.<out>.old`` (moved
+    back to ``out`` when the kill came between the two renames, else removed).
 
     ``owned`` are glob patterns of the names the stage writes; an existing ``out``
     holding anything else is refused rather than deleted.
@@ -230,9 +231,16 @@ class staged_dir:
     def __enter__(self) -> Path:
         self._check_owned()
         self._claim()                                    # no other run is at work on ``out`` from here
-        if not self.out.exists() and self.old.is_dir():  # a run killed between its two renames:
-            os.replace(self.old, self.out)               # the previous output stays until this one succeeds
-        _remove_tree(self.old)
+        try:
+            if not self.out.exists() and self.old.is_dir():  # a run killed between its two renames:
+                os.replace(self.old, self.out)               # the previous output stays until this one succeeds
+            shutil.rmtree(self.old, ignore_errors=True)
+            if self.old.exists():                        # the swap at the end would fail after all the work
+                raise StageDirError(f"{self.old} (an earlier output) cannot be removed (read-only?): remove it by "
+                                    "hand, then run again")
+        except BaseException:
+            unlock_close(self.lock)
+            raise
         return self.partial
 
     def _claim(self) -> None:

@@ -263,6 +263,13 @@ def test_an_old_output_that_cannot_be_removed_is_named(tmp_path, caplog, monkeyp
     with caplog.at_level("WARNING", logger="ferdata.atomic"):
         with atomic.staged_dir(out, ("*.tar",)) as second:
             (second / "b.tar").write_bytes(b"two")
-    monkeypatch.undo()
     assert sorted(p.name for p in out.iterdir()) == ["b.tar"]
     assert "could not remove" in caplog.text and ".derived.old" in caplog.text
+    # the next run stops before its work (its swap would fail at the end), naming the folder
+    with pytest.raises(StageDirError, match=r"\.derived\.old \(an earlier output\) cannot be removed"):
+        with atomic.staged_dir(out, ("*.tar",)):
+            pytest.fail("the run started its work")
+    monkeypatch.undo()
+    with atomic.staged_dir(out, ("*.tar",)) as third:        # removable again, and no lock left held
+        (third / "c.tar").write_bytes(b"three")
+    assert sorted(p.name for p in out.iterdir()) == ["c.tar"]
