@@ -65,9 +65,9 @@ from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
 from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
-from fermodels.modelinput import normalise, to_device
+from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
-from fermodels.shardsplit import open_split
+from fermodels.shardsplit import open_split  # noqa: E402
 from fermodels.stream import EpochPlanner, PersistentLoader, read_pieces, stream_loader  # noqa: E402
 
 STORED = 112                                     # align.size: the crop size the shards hold

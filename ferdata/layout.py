@@ -54,8 +54,10 @@ def report_inputs(stage_dir: str | Path) -> dict:
 
 def output_digest(stage_dir: str | Path, prefix: str) -> str:
     """The identity of a chunked stage output, without reading its chunks: its report (counts, drops,
-    settings) and the names and sizes of its ``<prefix>-*.tar`` chunks. Another run of the stage
-    with other settings, data or code changes it; the same run again (deterministic output) does not."""
+    settings) and the names and sizes of its ``<prefix>-*.tar`` chunks (not mtimes: a ``dvc checkout``
+    keeps it). Another run with other settings or data changes it, and the same run again
+    (deterministic output) does not; a code change that alters pixels but no size or count is not
+    seen (tar pads members to 512 bytes)."""
     folder = Path(stage_dir)
     h = hashlib.sha256((folder / REPORT).read_bytes() if (folder / REPORT).is_file() else b"")
     for chunk in sorted(folder.glob(f"{prefix}-*.tar")):

@@ -173,7 +173,10 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     remove_unlocked(out.glob(f"{glob.escape(f'.{name}.export-')}*"))     # what a killed export left
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-") as staging:
         held = os.open(staging, os.O_RDONLY)                            # ours while it works
-        try_lock(held)
+        if not try_lock(held):                  # another export of this name removing leftovers took it
+            os.close(held)
+            raise BlockingIOError(f"another export of {name} into {out} is running: wait for it, or export "
+                                  "under another --name")
         try:
             files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
         finally:

@@ -66,6 +66,8 @@ def checkpoints_held(ckpt_dir: str | Path) -> Iterator[Path]:
         os.close(fd)
         raise BlockingIOError(f"another run is training into {folder} now: wait for it to finish, or stop it, "
                               "then run again (or give this run another checkpoint folder)")
+    for legacy in (LAST, BEST):               # earlier versions' fixed temp names (a failed save left them)
+        (folder / f".{legacy}.tmp").unlink(missing_ok=True)
     try:
         yield folder
     finally:

@@ -98,8 +98,9 @@ def test_a_second_run_into_the_same_checkpoint_folder_is_refused(tmp_path):
         with pytest.raises(BlockingIOError, match="another run is training into .*ckpt now"):
             with checkpoints_held(tmp_path / "ckpt"):
                 pass
-    with checkpoints_held(tmp_path / "ckpt") as held:      # free again
-        assert held == tmp_path / "ckpt"
+    (tmp_path / "ckpt" / f".{LAST}.tmp").write_bytes(b"an earlier version's failed save")
+    with checkpoints_held(tmp_path / "ckpt") as held:      # free again; the old temp name cleared
+        assert held == tmp_path / "ckpt" and not any(held.iterdir())
 
 
 def test_a_checkpoint_that_cannot_be_written_is_named_and_leaves_the_old_one(tmp_path):
