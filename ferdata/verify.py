@@ -107,6 +107,10 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
     if folder.name in SPLITS and info.get("split", folder.name) != folder.name:
         problems.append(f"{folder}: {INFO} describes the {info['split']!r} split (split folders swapped or "
                         "renamed in a copy?); copy the shards again")
+    elif folder.name not in SPLITS:           # readers look for train/val/test only: this one is never read
+        problems.append(f"{folder}: a split folder of another name ({INFO} describes the "
+                        f"{info.get('split', '?')!r} split; readers look for {', '.join(SPLITS)}): renamed in a "
+                        "copy? copy the shards again")
     names = Counter(n for n, *_ in listed)
     problems += [f"{folder / n}: listed {c} times in {INFO}" for n, c in sorted(names.items()) if c > 1]
     problems += [f"{folder / p.name}: shard not listed in {INFO}"

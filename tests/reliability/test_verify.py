@@ -312,6 +312,15 @@ def test_split_folders_swapped_in_a_copy_are_named_and_refused_by_training(shard
         open_split([shards], "val")
 
 
+def test_a_split_folder_renamed_in_a_copy_is_named_where_it_went(shards):
+    """val/ renamed val2/: verify said only that val/ had no _info.json, not where the split went."""
+    (shards / "val").rename(shards / "val2")
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shards / 'val'}: no {INFO}") for p in problems), problems
+    assert any(p.startswith(f"{shards / 'val2'}: a split folder of another name ({INFO} describes the 'val' split")
+               for p in problems), problems
+
+
 def test_a_sample_in_two_splits_is_named(shards):
     """A train shard copied into val and listed there (hash and count right): a leak across splits."""
     train = _first_shard(shards)
