@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_preprocess  # noqa: E402
 from bench_preprocess import Clock, baseline, one_opencv_thread, package_photos, verdict  # noqa: E402
 from ferdata.faces.base import select_face  # noqa: E402
 from ferdata.faces.dataset import AnnotationsBackend  # noqa: E402
@@ -208,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]), int(args.child[2]), args.repeat)
         return {}
+    bench_preprocess.QUICK = args.quick                # verdicts of smoke-test sizes judge nothing
     n, big = args.n or (40 if args.quick else 1000), args.big or (160 if args.quick else 10000)
     max_side = args.max_side or (160 if args.quick else 480)
     print(f"inputs: {n} and {big} JPEGs from package photos with their landmarks, longest side "
