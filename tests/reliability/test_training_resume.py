@@ -89,7 +89,6 @@ def train_params(**overrides) -> TrainParams:
     return build(TrainParams, "train", **{**values, **overrides})
 
 
-
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["state_dict"]
 
