@@ -171,12 +171,12 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_unlocked(out.glob(f"{glob.escape(f'.{name}.export-')}*"))     # what a killed export left
-    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-") as staging:
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-", ignore_cleanup_errors=True) as staging:
         held = os.open(staging, os.O_RDONLY)                            # ours while it works
         if not try_lock(held):                  # another export of this name removing leftovers took it
             os.close(held)
             raise BlockingIOError(f"another export of {name} into {out} is running: wait for it, or export "
-                                  "under another --name")
+                                  "into another folder")
         try:
             files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
         finally:
