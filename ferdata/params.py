@@ -70,9 +70,13 @@ def parse_assignments(items: list[str], example: str = "exclude_classes=[Contemp
         if not eq or not key.strip():
             raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. {example}")
         try:
-            out[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise ValueError(f"{item!r}: the value is not YAML ({err})") from None
+        if isinstance(value, dict) and any(":" in str(k) and v is None for k, v in value.items()):
+            raise ValueError(f"{item!r}: YAML reads {{a:b}} as one key 'a:b'; write a space after each colon, "
+                             "e.g. mapping={happy: Happy}")
+        out[key.strip()] = value
     return out
 
 

@@ -138,3 +138,16 @@ def test_a_dataset_entry_of_the_wrong_kind_is_named(entry, words):
     params = {"datasets": {"x": {"reader": "affectnet", "root": "raw/x", "options": {}, **entry}}}
     with pytest.raises(ValueError, match=f"params.yaml datasets.x: .*{words}"):
         dataset_spec(params, "x")
+
+
+def test_command_line_values_are_yaml_and_a_colon_without_a_space_is_named():
+    """`--option mapping={happy:Joyful}` read as the one key 'happy:joyful' (YAML needs a space after
+    the colon), and the reader's error spoke of a class folder instead."""
+    from ferdata.params import parse_assignments
+
+    assert parse_assignments(["frames=3", "exclude_classes=[Contempt]", "mapping={happy: Happy}"]) == {
+        "frames": 3, "exclude_classes": ["Contempt"], "mapping": {"happy": "Happy"}}
+    with pytest.raises(ValueError, match=r"one key 'a:b'; write a space after each colon"):
+        parse_assignments(["mapping={happy:Joyful}"])
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_assignments(["frames"])
