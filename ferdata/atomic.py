@@ -23,10 +23,11 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 try:
     import fcntl
@@ -74,6 +75,20 @@ def try_lock(fd: int, forked_children_drop: bool = True) -> bool:
     if forked_children_drop:
         _HELD.add(fd)
     return True
+
+
+@contextmanager
+def held_folder(folder: str | Path, busy: str) -> Iterator[int]:
+    """Hold an existing ``folder`` (its lock, released when the block ends or the process dies) for
+    the block; another process holding it raises ``BlockingIOError(busy)``."""
+    fd = os.open(folder, os.O_RDONLY)
+    if not try_lock(fd):
+        os.close(fd)
+        raise BlockingIOError(busy)
+    try:
+        yield fd
+    finally:
+        unlock_close(fd)
 
 
 def unlock_close(fd: int) -> None:

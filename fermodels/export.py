@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ferdata.atomic import atomic_write_text, remove_unlocked, try_lock, unlock_close
+from ferdata.atomic import atomic_write_text, held_folder, remove_unlocked
 from ferdata.geometry import template
 from fermodels.modelinput import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
@@ -172,15 +172,10 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     remove_unlocked(out.glob(f"{glob.escape(f'.{name}.export-')}*"))     # what a killed export left
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-", ignore_cleanup_errors=True) as staging:
-        held = os.open(staging, os.O_RDONLY)                            # ours while it works
-        if not try_lock(held):                  # another export of this name removing leftovers took it
-            os.close(held)
-            raise BlockingIOError(f"another export of {name} into {out} is running: wait for it, or export "
-                                  "into another folder")
-        try:
+        # ours while it works (another export of this name, removing leftovers, may have taken it)
+        with held_folder(staging, f"another export of {name} into {out} is running: wait for it, or export "
+                                  "into another folder"):
             files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
-        finally:
-            unlock_close(held)
     meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
     atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))

@@ -15,7 +15,6 @@ import csv
 import io
 import logging
 import math
-import os
 import pickle
 import zipfile
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from ferdata.atomic import atomic_open, atomic_write_text, try_lock, unlock_close
+from ferdata.atomic import atomic_open, atomic_write_text, held_folder
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
@@ -61,17 +60,11 @@ def checkpoints_held(ckpt_dir: str | Path) -> Iterator[Path]:
     interleaved and each resumed from the other's checkpoints."""
     folder = Path(ckpt_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    if not try_lock(fd):
-        os.close(fd)
-        raise BlockingIOError(f"another run is training into {folder} now: wait for it to finish, or stop it, "
-                              "then run again (or give this run another checkpoint folder)")
-    for legacy in (LAST, BEST):               # earlier versions' fixed temp names (a failed save left them)
-        (folder / f".{legacy}.tmp").unlink(missing_ok=True)
-    try:
+    with held_folder(folder, f"another run is training into {folder} now: wait for it to finish, or stop it, "
+                             "then run again (or give this run another checkpoint folder)"):
+        for legacy in (LAST, BEST):           # earlier versions' fixed temp names (a failed save left them)
+            (folder / f".{legacy}.tmp").unlink(missing_ok=True)
         yield folder
-    finally:
-        unlock_close(fd)
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimizer: Any, position: Position,
