@@ -198,12 +198,11 @@ def require_dir(path: str | Path, what: str, fix: str) -> Path:
     return path
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove a folder a stage no longer needs; one that cannot be removed (read-only files) is
-    named in a warning, not left silently inside the DVC-tracked data."""
+def _removed(path: Path) -> bool:
+    """Remove a folder a stage no longer needs; False when it cannot be (read-only files), so the
+    caller says so instead of leaving it silently inside the DVC-tracked data."""
     shutil.rmtree(path, ignore_errors=True)
-    if path.exists():
-        log.warning("could not remove %s (read-only?): remove it by hand, it holds an earlier output", path)
+    return not path.exists()
 
 
 class StageDirError(FileExistsError):
@@ -249,8 +248,7 @@ class staged_dir:
         try:
             if not self.out.exists() and self.old.is_dir():  # a run killed between its two renames:
                 os.replace(self.old, self.out)               # the previous output stays until this one succeeds
-            shutil.rmtree(self.old, ignore_errors=True)
-            if self.old.exists():                        # the swap at the end would fail after all the work
+            if not _removed(self.old):                   # the swap at the end would fail after all the work
                 raise StageDirError(f"{self.old} (an earlier output) cannot be removed (read-only?): remove it by "
                                     "hand, then run again")
         except BaseException:
@@ -295,6 +293,8 @@ class staged_dir:
                 os.replace(self.out, self.old)
             os.replace(self.partial, self.out)
             fsync_dir(self.out.parent)
-            _remove_tree(self.old)
+            if not _removed(self.old):
+                log.warning("could not remove %s (read-only?): remove it by hand, it holds an earlier output",
+                            self.old)
         finally:
             unlock_close(self.lock)                  # held until the old output is gone
