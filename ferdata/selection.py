@@ -38,6 +38,15 @@ def check_named(names: Sequence[str], key: str, datasets: Mapping[str, Any], dat
                            "--root ...`")
 
 
+def check_run_datasets(trained_on: Sequence[str], evaluated: str | None, datasets: Mapping[str, Any],
+                       data_dir: str | Path) -> None:
+    """:func:`check_named` for what a run reads: ``train.datasets`` (after the recipe) and
+    ``evaluate.dataset`` (None: the training datasets)."""
+    check_named(trained_on, "train.datasets (or its recipe's)", datasets, data_dir)
+    if evaluated:
+        check_named([evaluated], "evaluate.dataset", datasets, data_dir)
+
+
 def tested_on(dataset: str | None, trained_on: Sequence[str]) -> list[str]:
     """The datasets the evaluate stage scores: ``evaluate.dataset`` when set (cross-dataset), else
     the training datasets (null)."""

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ferdata.datasets import dataset_spec
 from ferdata.params import stage_section
-from ferdata.selection import check_named
+from ferdata.selection import check_run_datasets
 from ferdata.sample import SampleParams
 from ferdata.stages.align import AlignParams
 from ferdata.stages.derive import DeriveParams
@@ -39,9 +39,7 @@ def check_params(params: Mapping[str, Any], data_dir: str | Path = DATA_DIR) -> 
             detect_section(params, name, dataset_spec(params, name))
         trained_on = train_section(params, announce=False).datasets
         tested_on, _ = evaluate_section(params)
-        check_named(trained_on, "train.datasets (or its recipe's)", params.get("datasets") or {}, data_dir)
-        if tested_on:
-            check_named([tested_on], "evaluate.dataset", params.get("datasets") or {}, data_dir)
+        check_run_datasets(trained_on, tested_on, params.get("datasets") or {}, data_dir)
     except (ValueError, KeyError, TypeError) as err:
         err.add_note(NOTE)
         raise

@@ -7,16 +7,14 @@ depend on these files instead of all of ``data/``, so preparing another dataset 
 """
 from pathlib import Path
 
-from ferdata.selection import SPLITS_READ, check_named, tested_on, write_selection
+from ferdata.selection import SPLITS_READ, check_run_datasets, tested_on, write_selection
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
 params, (data_dir, out) = setup(check_all=False)
 trained_on = apply_recipe(params["train"])["datasets"]
 tested = tested_on(params["evaluate"]["dataset"], trained_on)
-known = params.get("datasets") or {}   # a misspelt name is said as such (the full check: the stages after)
-check_named(trained_on, "train.datasets (or its recipe's)", known, data_dir)
-if params["evaluate"]["dataset"]:
-    check_named([params["evaluate"]["dataset"]], "evaluate.dataset", known, data_dir)
+# a misspelt name is said as such (the whole check runs in the stages after)
+check_run_datasets(trained_on, params["evaluate"]["dataset"], params.get("datasets") or {}, data_dir)
 write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
 write_selection(Path(out) / "evaluate.json", data_dir, tested, (params["evaluate"]["split"],))
