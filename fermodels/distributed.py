@@ -25,7 +25,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -163,6 +163,53 @@ def max_over_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+@dataclass(frozen=True)
+class GlobalBatch:
+    """A loss over the whole step's batch under DDP, not each rank's share (NeAA's anchors and
+    neutral pairs), so that the training does not depend on how many GPUs share the batch.
+
+    ``capacity`` is the per-rank batch size (no rank's batch is larger): every rank pads its rows to
+    it, so one fixed-size gather serves any uneven last batch without a size exchange or a host
+    sync. Each rank computes the loss on the gathered rows, its own with their graph and the
+    others' as constants, so it differentiates only through its own samples; DDP then averages the
+    parameter gradients over the ranks. :meth:`loss` therefore scales the gradient (not the value)
+    by the world size: the average of ``W * dL/df_r * df_r/dtheta`` over the ranks is the
+    single-process gradient of ``L`` over the global batch. No collective runs in the backward pass.
+    """
+
+    world_size: int
+    rank: int
+    capacity: int
+
+    def gather(self, *rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every rank's ``rows`` (tensors of equal length B <= capacity) in rank order, each rank's
+        padded with zeros to ``capacity``, and the mask of real rows. One all_gather of float32 (the
+        values of integer tensors must be exact in float32: labels, counts)."""
+        n = rows[0].shape[0]
+        if n > self.capacity or any(r.shape[0] != n for r in rows):
+            raise ValueError(f"rows of lengths {[r.shape[0] for r in rows]} for a capacity of {self.capacity}")
+        flat = [r.detach().reshape(n, -1).float() for r in rows]
+        widths = [f.shape[1] for f in flat]
+        local = rows[0].new_zeros((self.capacity, sum(widths) + 1), dtype=torch.float32)
+        local[:n] = torch.cat([*flat, local.new_ones((n, 1))], 1)
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)
+        columns = [part.split([*widths, 1], 1) for part in parts]
+        out = []
+        for i, r in enumerate(rows):
+            own = torch.cat([r, r.new_zeros((self.capacity - n, *r.shape[1:]))])
+            out.append(torch.cat([own if k == self.rank else cols[i].to(r.dtype).reshape(own.shape)
+                                  for k, cols in enumerate(columns)]))
+        return out, torch.cat([cols[-1].flatten() > 0 for cols in columns])
+
+    def loss(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor) -> torch.Tensor:
+        """``fn(*gathered_rows, valid=mask)``: its value over the global batch, its gradient scaled
+        as the class docstring says."""
+        gathered, valid = self.gather(*rows)
+        value = fn(*gathered, valid=valid)
+        return value * self.world_size - (value * (self.world_size - 1)).detach()
 
 
 # ---- the epoch plan ------------------------------------------------------------------------

@@ -16,6 +16,10 @@ from ferdata.registry import Registry
 
 LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 
+# The batch key under which the trainer hands a model's losses, under DDP, the
+# :class:`fermodels.distributed.GlobalBatch` for losses over the whole step's batch (NeAA).
+GLOBAL_BATCH = "global_batch"
+
 
 @LOSSES.register("ce")
 def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = None) -> Tensor:
@@ -101,8 +105,8 @@ def half_alignment(left: Tensor, right: Tensor) -> Tensor:
 
 
 @LOSSES.register("neaa")
-def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
-                         neutral: int = NEUTRAL) -> Tensor:
+def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor, neutral: int = NEUTRAL,
+                         valid: Tensor | None = None) -> Tensor:
     """Neutral-expression-aware anchor loss (Nie et al., CVM 2024, §3.2, Eqs. 6-10), batch-wise.
 
     * each non-neutral class c present in the batch: the anchor is its most confident sample,
@@ -118,7 +122,9 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
     neutral pairs through their spread about the mean, ``sum_ij MSE(f_i, f_j) = 2 N/D sum_i
     |f_i - mean|^2`` (exact in arithmetic; in float32 it loses precision only for features whose
     offset is orders of magnitude above their spread). Masks select with ``where``, so a sample
-    outside a term cannot spoil it (an infinite feature times 0 is nan).
+    outside a term cannot spoil it (an infinite feature times 0 is nan). ``valid`` (B,) bool
+    leaves the other rows out of every term (the padding of a gathered DDP batch,
+    :class:`fermodels.distributed.GlobalBatch`).
     """
     if features.dim() != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"features must be (B, D) matching labels (B,), got "
@@ -126,7 +132,8 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
     features = features.float()  # distances in float32 under autocast
     if labels.numel() == 0:
         return features.sum()                                                # 0, on the graph
-    member = F.one_hot(labels, logits.shape[-1]).bool()                      # (B, K)
+    real = torch.ones_like(labels, dtype=torch.bool) if valid is None else valid
+    member = F.one_hot(labels, logits.shape[-1]).bool() & real[:, None]      # (B, K)
     count = member.sum(0)[labels].float()                                    # N_c of each sample's class
     with torch.no_grad():         # entr(0) = 0: a -inf logit is a certain 0, not 0 * -inf = nan
         entropy = torch.special.entr(torch.softmax(logits.float(), dim=-1)).sum(-1)
@@ -134,8 +141,8 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor,
         # each class's most confident sample (the first of equals, as argmin over the class's samples)
         anchor = torch.where(member, entropy[:, None], torch.inf).argmin(0)[labels]
     to_anchor = ((features - features[anchor]) ** 2).mean(-1)               # (B,)
-    anchored = torch.where((count >= 2) & (labels != neutral), to_anchor / count, 0.0).sum()
-    is_neutral = labels == neutral
+    anchored = torch.where(real & (count >= 2) & (labels != neutral), to_anchor / count, 0.0).sum()
+    is_neutral = real & (labels == neutral)
     n = is_neutral.sum().float()
     neutral_features = torch.where(is_neutral[:, None], features, 0.0)
     mean = neutral_features.sum(0) / n.clamp(min=1)

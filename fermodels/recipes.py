@@ -119,7 +119,7 @@ _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random eras
              "train.model_kwargs.landmark_checkpoint, else the model uses its heatmap substitute (model card); "
              "Eq. 1 weights the features by the raw heatmap: train.model_kwargs.h_norm raw (the model's default, "
              "sigmoid, bounds the weights and flattens their contrast). Under DDP, NeAA's anchors and neutral "
-             "pairs come from each GPU's share of the batch (the paper's 144 on 2 GPUs: its split is not said); "
+             "pairs come from the step's whole batch, all GPUs' rows (the paper's 144 on 2 GPUs); "
              "with FERPlus label distributions NeAA groups samples by their majority label.")
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
     _recipe(f"pcda_{_ds}", f"{_NIE_SOURCE}; "

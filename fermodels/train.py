@@ -25,12 +25,12 @@ from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
-from fermodels.distributed import (DistEnv, all_gather_objects, broadcast_object, env_from_os, init_distributed,
-                                   max_over_ranks, pick_device, shutdown, sync_buffers)
+from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, broadcast_object, env_from_os,
+                                   init_distributed, max_over_ranks, pick_device, shutdown, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
-from fermodels.losses import draw_targets
+from fermodels.losses import GLOBAL_BATCH, draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
@@ -54,11 +54,12 @@ def seed_step(seed: int, epoch: int, step: int, rank: int) -> tuple[torch.Genera
 
 
 def train_step(fwd: nn.Module, net: nn.Module, opt, scaler: torch.amp.GradScaler, batch: dict,
-               device: torch.device, amp: bool) -> dict[str, torch.Tensor]:
-    """One optimiser step (two forward/backward passes with SAM); returns the named losses."""
+               device: torch.device, amp: bool, whole: GlobalBatch | None = None) -> dict[str, torch.Tensor]:
+    """One optimiser step (two forward/backward passes with SAM); returns the named losses. Under
+    DDP, ``whole`` reaches the losses as ``batch[GLOBAL_BATCH]`` (not the forward pass)."""
     def losses_at_current_weights() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         with autocast(device, amp):
-            losses = net.losses(fwd(batch), batch)
+            losses = net.losses(fwd(batch), batch if whole is None else {**batch, GLOBAL_BATCH: whole})
         return losses, sum(losses.values())
 
     opt.zero_grad(set_to_none=True)
@@ -120,6 +121,7 @@ class _Run:
     ema: WeightAverage | None = None        # train.ema_decay > 0: the weights validated and saved as best.pt
     resumed: Tally = field(default_factory=Tally)    # the start epoch's totals before the resume
     tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
+    whole: GlobalBatch | None = None        # under DDP: losses over the step's global batch (NeAA)
 
 
 def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict, env: DistEnv,
@@ -178,10 +180,11 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
                              max(1, params.batch_size // env.world_size), params.workers, persistent=True)
+    whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
                 loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), ema,
-                resumed)
+                resumed, whole=whole)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -240,7 +243,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         if params.label_smoothing:
             b["label_smoothing"] = params.label_smoothing
         run.extras_checked = run.extras_checked or require_extras_read(run.net, b, device, params.amp)
-        losses = train_step(run.fwd, run.net, run.opt, run.scaler, b, device, params.amp)
+        losses = train_step(run.fwd, run.net, run.opt, run.scaler, b, device, params.amp, run.whole)
         if run.ema is not None:
             run.ema.update(run.net, run.step)
         bad = bad + (~torch.isfinite(sum(losses.values()))).float()

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fermodels.checkpoints import load_pretrained
-from fermodels.losses import label_loss, neutral_aware_anchor
+from fermodels.losses import GLOBAL_BATCH, label_loss, neutral_aware_anchor
 from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
 from fermodels.models.baselines import Batch, require
 from fermodels.registry import ModelCard, register_model
@@ -178,8 +178,9 @@ class PCDA(nn.Module):
         return {"logits": self.head(feats), "features": feats, "heatmap": heat}
 
     def losses(self, out: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        return {"ce": label_loss(out["logits"], batch),
-                "neaa": self.neaa_weight * neutral_aware_anchor(out["features"], out["logits"], batch["label"])}
+        rows, whole = (out["features"], out["logits"], batch["label"]), batch.get(GLOBAL_BATCH)
+        neaa = neutral_aware_anchor(*rows) if whole is None else whole.loss(neutral_aware_anchor, *rows)
+        return {"ce": label_loss(out["logits"], batch), "neaa": self.neaa_weight * neaa}
 
 
 @register_model("pcda")

@@ -16,8 +16,9 @@ import torch.multiprocessing as mp
 
 from fermodels.data import SampleDecoder
 from fermodels.shardsplit import open_split
-from fermodels.distributed import (DistEnv, all_gather_objects, batch_sizes, env_from_os, pick_device, plan_epoch,
-                                   max_over_ranks, round_robin_skips, shard_order, split_evenly, sync_buffers)
+from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, batch_sizes, env_from_os, max_over_ranks,
+                                   pick_device, plan_epoch, round_robin_skips, shard_order, split_evenly, sync_buffers)
+from fermodels.losses import neutral_aware_anchor
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
 
@@ -254,6 +255,23 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             outcome = f"{type(err).__name__}: {err}"
         torch.save((outcome, time.perf_counter() - t0), out)
         os._exit(0)
+    if mode == "global_batch":
+        torch.distributed.init_process_group("gloo")
+        env = env_from_os()
+        x, labels = _probe_batch()
+        share = slice(0, 5) if rank == 0 else slice(5, 8)           # uneven: the capacity is 5 rows
+        net = _probe_net()
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        loss = GlobalBatch(world, rank, 5).loss(neutral_aware_anchor, *ddp(x[share]), labels[share])
+        loss.backward()
+        whole = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        neutral_aware_anchor(*ddp(x[share]), labels[share]).backward()     # each rank's share alone
+        gathered = all_gather_objects((loss.item(), whole, [p.grad.clone() for p in net.parameters()]), env)
+        if rank == 0:
+            torch.save(gathered, out)
+        torch.distributed.destroy_process_group()
+        return
     if mode == "buffers":
         torch.distributed.init_process_group("gloo")
         env = env_from_os()
@@ -283,6 +301,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
     def save_every_rank(env, path, run, *args):
         real_save(env, path, run, *args)
         torch.save(run.net.state_dict(), Path(out) / f"rank{env.rank}-{path.name}")
+        whole = run.whole
+        (Path(out) / f"rank{env.rank}-whole.txt").write_text(f"{whole.world_size} {whole.rank} {whole.capacity}")
         if run.ema is not None:
             torch.save(run.ema.state_dict(), Path(out) / f"rank{env.rank}-ema-{path.name}")
 
@@ -322,6 +342,46 @@ def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(after1, before0))                 # rank 0's, unchanged
 
 
+def _probe_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """8 samples whose classes span both ranks' shares (5 + 3): neutral (0) and class 3 three
+    times each, class 5 twice."""
+    return torch.randn(8, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 3, 0, 3, 5, 0, 3, 5])
+
+
+class _Probe(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(5, 6)
+        self.register_buffer("head", torch.randn(6, 7))    # NeAA takes no gradient through the logits
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)
+        return features, features @ self.head
+
+
+def _probe_net() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return _Probe()
+
+
+def test_a_loss_over_the_global_batch_has_the_single_process_value_and_gradient(tmp_path):
+    """NeAA under DDP over the step's whole batch: two gloo ranks with uneven shares (5 + 3 rows,
+    each padded to 5 for the gather) reach, after DDP's gradient average, the value and the
+    gradient of one process computing it on all 8 rows; each rank's share alone does not."""
+    out = tmp_path / "grads.pt"
+    mp.start_processes(_worker, args=(2, _free_port(), "", str(out), "global_batch"), nprocs=2, start_method="fork")
+    x, labels = _probe_batch()
+    net = _probe_net()
+    want = neutral_aware_anchor(*net(x), labels)
+    want.backward()
+    for value, grads, _ in torch.load(out):
+        assert value == pytest.approx(want.item(), rel=1e-6)
+        for got, ref in zip(grads, (p.grad for p in net.parameters())):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+    share_alone = torch.load(out)[0][2]
+    assert not all(torch.allclose(a, p.grad, rtol=1e-3) for a, p in zip(share_alone, net.parameters()))
+
+
 @pytest.mark.parametrize("mode", ["train", "train_ema"])
 def test_training_under_two_gloo_ranks(tiny_shards, tmp_path, mode):
     """Train two epochs under 2 ranks (2 loader workers each, kept across the epochs), then launch
@@ -339,6 +399,8 @@ def test_training_under_two_gloo_ranks(tiny_shards, tmp_path, mode):
     assert (tmp_path / "ckpt" / "best.pt").is_file()
     first = torch.load(tmp_path / "rank0-first.pt")
     assert first == torch.load(tmp_path / "rank1-first.pt") == torch.load(tmp_path / "rank1-again.pt")
+    # NeAA-like losses see the step's global batch: both ranks' rows, each padded to batch 8 / 2 ranks
+    assert [(tmp_path / f"rank{r}-whole.txt").read_text() for r in (0, 1)] == ["2 0 4", "2 1 4"]
     logs = [(tmp_path / f"rank{r}.log").read_text() for r in (0, 1)]
     assert "epoch 1: " in logs[0] and "epoch 1: " not in logs[1]        # the epoch is told once, by rank 0
     w0, w1 = torch.load(tmp_path / "rank0-last.pt"), torch.load(tmp_path / "rank1-last.pt")

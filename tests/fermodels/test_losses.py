@@ -101,6 +101,23 @@ def test_neaa_of_no_samples_is_zero_and_a_bad_feature_outside_a_term_leaves_it_a
     assert neutral_aware_anchor(feats, torch.zeros(6, 7), labels).item() == pytest.approx(want.item())
 
 
+def test_neaa_leaves_rows_marked_invalid_out_of_every_term() -> None:
+    """A gathered DDP batch is padded to a fixed size; the padding (zeros, label 0 = neutral, or
+    any junk) must not join the neutral pairs, a class's count or its anchor."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.tensor([0, 0, 0, 3, 3, 3, 5])
+    feats, logits = torch.randn(7, 6, generator=g), torch.randn(7, 7, generator=g)
+    want = _neaa_per_class(feats, logits, labels)
+    pad_labels = torch.tensor([0, 3, 3])
+    pad_logits = torch.zeros(3, 7)
+    pad_logits[1, 3] = 50.0                                       # a padded row more confident than any real one
+    padded = neutral_aware_anchor(torch.cat([feats, torch.full((3, 6), 9.0)]), torch.cat([logits, pad_logits]),
+                                  torch.cat([labels, pad_labels]), valid=torch.arange(10) < 7)
+    assert padded.item() == pytest.approx(want.item(), rel=1e-6)
+    assert neutral_aware_anchor(torch.cat([feats, torch.full((3, 6), 9.0)]), torch.cat([logits, pad_logits]),
+                                torch.cat([labels, pad_labels])).item() != pytest.approx(want.item(), rel=1e-3)
+
+
 def test_neaa_anchor_is_the_most_confident_even_beside_a_minus_infinite_logit() -> None:
     """The entropy was -(p log p) from log_softmax: a -inf logit made 0 * -inf = nan, and argmin
     took that sample, the least confident of its class, as the anchor."""

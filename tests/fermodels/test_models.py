@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fermodels.cli import app
 from fermodels.info import example_batch, model_info, synthetic_landmarks
+from fermodels.losses import GLOBAL_BATCH, neutral_aware_anchor
 from fermodels.registry import FIELDS, create_model, list_models
 
 # Narrow ConvNeXt so the Conv-cut variants run in milliseconds; the real default is tested below.
@@ -311,6 +312,28 @@ def test_pcda_heatmap_normalisations(h_norm: str) -> None:
         assert out["heatmap"].amin() >= 0 and out["heatmap"].amax() <= 1
     if h_norm == "softmax":
         assert torch.allclose(out["heatmap"].mean(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+
+
+def test_pcda_computes_neaa_through_the_global_batch_it_is_handed() -> None:
+    """Under DDP the trainer hands the losses a GlobalBatch (``batch[GLOBAL_BATCH]``): PCDA's
+    NeAA goes through it with the features, logits and labels; its CE stays on the rank's rows."""
+    model = build("pcda", dim=64, heads=4).eval()
+    batch = {**example_batch(model.card, 4), "label": torch.tensor([0, 0, 3, 3])}
+    with torch.no_grad():
+        out = model(batch)
+    calls = []
+
+    class Whole:
+        def loss(self, fn, *rows):
+            calls.append((fn, rows))
+            return torch.tensor(3.0)
+
+    got, alone = model.losses(out, {**batch, GLOBAL_BATCH: Whole()}), model.losses(out, batch)
+    (fn, (features, logits, labels)), = calls
+    assert fn is neutral_aware_anchor and features is out["features"] and logits is out["logits"]
+    assert torch.equal(labels, batch["label"])
+    assert got["neaa"].item() == pytest.approx(model.neaa_weight * 3.0) != alone["neaa"].item()
+    assert torch.equal(got["ce"], alone["ce"])
 
 
 def test_pcda_drop_ratio_is_the_papers_and_only_acts_in_training() -> None:

@@ -45,6 +45,33 @@ def first_batch(shards, card, batch_size: int = 4) -> dict:
     return next(iter(loader))
 
 
+def test_train_step_hands_the_global_batch_to_the_losses_not_the_forward_pass() -> None:
+    """DDP's forward moves what it is given to the device; the GlobalBatch is for the losses."""
+    from fermodels.losses import GLOBAL_BATCH
+
+    seen = {}
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, batch):
+            seen["forward"] = set(batch)
+            return {"logits": self.lin(batch["x"])}
+
+        def losses(self, out, batch):
+            seen["losses"] = batch.get(GLOBAL_BATCH)
+            return {"ce": out["logits"].square().mean()}
+
+    net, whole = Net(), object()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    train_step(net, net, opt, torch.amp.GradScaler("cpu", enabled=False), {"x": torch.ones(2, 3)}, CPU, False, whole)
+    assert seen == {"forward": {"x"}, "losses": whole}
+    train_step(net, net, opt, torch.amp.GradScaler("cpu", enabled=False), {"x": torch.ones(2, 3)}, CPU, False)
+    assert seen == {"forward": {"x"}, "losses": None}
+
+
 def losses_over_steps(name: str, shards, steps: int, amp: bool = False, channels_last: bool = False) -> list[float]:
     """Total loss of ``steps`` optimiser steps on one real batch through the trainer's step."""
     torch.manual_seed(0)
