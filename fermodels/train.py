@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -91,10 +91,28 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
     device = pick_device(params.device, env)
     created = init_distributed(device, env)
     try:
-        with checkpoints_held(ckpt_dir) if env.is_main else nullcontext():     # rank 0 alone writes them
+        with _held_by_rank_0(ckpt_dir, env):
             return _fit(dirs, params, Path(ckpt_dir), Path(live_dir), preprocess or {}, env, device)
     finally:
         shutdown(created)
+
+
+@contextmanager
+def _held_by_rank_0(ckpt_dir: str | Path, env: DistEnv) -> Iterator[None]:
+    """Rank 0, which alone writes the checkpoints, holds their folder for the run
+    (:func:`checkpoints_held`); a refusal stops every rank with rank 0's error, where the others went
+    on to wait for it at their first collective."""
+    with ExitStack() as stack:
+        refusal = None
+        if env.is_main:
+            try:
+                stack.enter_context(checkpoints_held(ckpt_dir))
+            except OSError as err:
+                refusal = err
+        shared = broadcast_object(refusal, env)
+        if shared is not None:
+            raise refusal if env.is_main else shared
+        yield
 
 
 @dataclass

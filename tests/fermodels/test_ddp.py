@@ -296,6 +296,15 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
         return
     import fermodels.train as trainer
 
+    if mode == "held":                                  # the checkpoint folder is another run's
+        os.environ["FER_DIST_TIMEOUT_S"] = "20"
+        try:
+            trainer.train(shards, make_params(epochs=1), Path(out) / "ckpt", Path(out) / "live")
+            outcome = "trained"
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-held.txt").write_text(outcome)
+        return
     real_save = trainer._save
 
     def save_every_rank(env, path, run, *args):
@@ -327,6 +336,20 @@ def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
     assert len(per_rank[0]) == len(per_rank[1])
     keys = list(itertools.chain.from_iterable(itertools.chain.from_iterable(per_rank)))
     assert len(keys) == len(set(keys)) == open_split([tiny_shards], "train").num_samples
+
+
+def test_a_checkpoint_folder_another_run_holds_stops_every_rank_with_the_reason(tiny_shards, tmp_path):
+    """Rank 0 alone holds the checkpoint folder; when it is refused, the other ranks stop with
+    its message at once (they went on and waited at their first collective for rank 0)."""
+    from fermodels.runstate import checkpoints_held
+
+    with checkpoints_held(tmp_path / "ckpt"):
+        mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,
+                           start_method="fork")
+    for rank in (0, 1):
+        outcome = (tmp_path / f"rank{rank}-held.txt").read_text()
+        assert outcome.startswith("BlockingIOError: another run is training into"), (rank, outcome)
+    assert not (tmp_path / "live").exists()
 
 
 def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path):
