@@ -10,6 +10,7 @@ options every reader shares (``COMMON_OPTIONS``) on top, so no caller can skip t
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import itertools
 import logging
@@ -169,6 +170,23 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 ({e.reason}: byte {e.object[e.start:e.start + 1]!r} at offset "
                          f"{e.start}); save it as UTF-8 (the publishers' files are)") from None
+
+
+def csv_lines(f: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells)`` of each line of a publisher's CSV list that holds anything but
+    spaces and commas, without the empty cells a trailing comma leaves at its end.
+
+    One row per line: no field of these lists spans lines, and ``csv.reader`` over the whole file
+    lets a stray opening quote run on through every later line, taking their rows into one cell
+    (one bad row took the rest of the file with it, line numbers after it wrong). Here such a line
+    alone reads wrong (its cell count or its values) and the reader drops it with that reason.
+    None of the formats read this way has a column that may be empty at the end of a line."""
+    for number, line in enumerate(f, 1):
+        cells = next(csv.reader([line]), [])
+        while cells and not cells[-1].strip():
+            cells.pop()
+        if cells:
+            yield number, cells
 
 
 def read_text(path: Path) -> str:

@@ -149,3 +149,14 @@ def test_official_splits_are_the_splits_a_whole_dataset_gives(tmp_path, name):
         assert official - splits == {"val"}
     else:
         assert official == splits
+
+
+def test_csv_lines_reads_one_row_per_line_so_a_stray_quote_spoils_only_its_own():
+    """csv's reader let an unclosed quote run on through every later line (all their rows one
+    cell); blank lines, spaces-and-commas lines and a trailing comma's empty cells are not data."""
+    import io
+
+    from ferdata.datasets.base import csv_lines
+
+    text = 'a,b\r\n"x,y\nc,"d"\n  ,  \n\ne,f,,\r\n'
+    assert list(csv_lines(io.StringIO(text))) == [(1, ["a", "b"]), (2, ["x,y\n"]), (3, ["c", "d"]), (6, ["e", "f"])]
