@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import itertools
 import logging
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -107,15 +109,21 @@ class DatasetReader:
         subsets = (load_subsets(self.options["subsets"], self.root, self.subset_pattern, self.name)
                    if self.options["subsets"] else {})
         tagged: set[str] = set()
+        owners: dict[str, bytes] = {}                     # key -> digest of the file (or pixels) that took it
+        renamed: list[str] = []                           # "<file> as <key>" of each record given its own key
         records, drops = 0, Counter()
         noted: dict[str, list] = {}                       # what -> [records kept with it, first example]
         try:
             for item in itertools.chain(first, scanned):
+                note = self._notes.pop(item.key, None)        # counted below only if the record stays
                 if isinstance(item, FaceRecord):
                     records += 1
+                    own = self._distinct(item, owners)
+                    if own.key != item.key:
+                        renamed.append(f"{item.path or item.key} as {own.key}")
+                    item = own
                 else:
                     drops[item.reason] += 1
-                note = self._notes.pop(item.key, None)        # counted below only if the record stays
                 if isinstance(item, FaceRecord) and item.label in self.excluded:
                     yield Dropped(item.dataset, item.key, "excluded_class",
                                   f"{CLASSES[item.label]} (options.exclude_classes)")
@@ -134,12 +142,29 @@ class DatasetReader:
         if not records:              # an empty label file or class folders: nothing to prepare
             dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
+        if renamed:
+            log.warning("%s: %d record(s) named alike after key sanitising took their own key (a hash of the "
+                        "file's name appended), e.g. %s", self.name, len(renamed), renamed[0])
         for what, (n, example) in sorted(noted.items()):
             log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, example)
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
                             "dropped, or excluded)", self.name, name, len(ids - tagged), len(ids))
+
+    def _distinct(self, record: FaceRecord, owners: dict[str, bytes]) -> FaceRecord:
+        """``record`` with a key no other file has: names alike after sanitising (``a b.jpg`` and
+        ``a-b.jpg``, ``x.jpg`` and ``x.png``, rows of one image name with other pixels) were two images
+        under one key, and align kept the first as a "duplicate". The first file keeps the key, another
+        gets a hash of its path relative to the root (or of its pixels) appended: keys stay stable and
+        readable. The same file listed again keeps the key: align drops the repeat (``duplicate_key``)."""
+        own = (f"path:{os.path.relpath(record.path, self.root)}" if record.path else
+               "pixels:" + hashlib.sha1(record.pixels or b"").hexdigest())
+        digest = hashlib.sha1(own.encode("utf-8", "surrogateescape")).digest()[:8]
+        key = record.key
+        while owners.setdefault(key, digest) != digest:
+            key = f"{key}-{digest.hex()[:8]}"
+        return record if key == record.key else dataclasses.replace(record, key=key)
 
     def _not_utf8(self, e: UnicodeDecodeError) -> ValueError:
         return ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "

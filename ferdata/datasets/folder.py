@@ -8,7 +8,6 @@ torchvision's ImageFolder does) silently scrambles labels. Optional split folder
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -142,24 +141,18 @@ def read_class_tree(
     per_split = {split: subdirs(folder) for split, folder in split_dirs.items()}
     names = sorted({d.name for dirs in per_split.values() for d in dirs})
     ids = resolve_names(names, mapping, where=f"{dataset} class folders")
-    seen: set[str] = set()
     for split, dirs in per_split.items():
         yield from files_beside(dataset, split_dirs[split], split)
         for class_dir in dirs:
             cid = ids[class_dir.name]
             for path in visible_files(class_dir, fence=root):
                 rel = path.relative_to(class_dir).as_posix()
-                key = make_key(split, class_dir.name, rel)
-                if key in seen:        # names alike after sanitising (img 1.jpg, img-1.jpg): still two images
-                    key = f"{key}-{hashlib.sha1(rel.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+                key = make_key(split, class_dir.name, rel)     # names alike after sanitising: DatasetReader.read
                 if (why := unread(path)) is not None:
                     yield Dropped(dataset, key, *why)
                 elif cid is None:
                     yield Dropped(dataset, key, "excluded_class", f"{class_dir.name}/{rel}")
-                elif key in seen:
-                    yield Dropped(dataset, key, "duplicate_key", f"{path} collides after key sanitising")
                 else:
-                    seen.add(key)
                     yield FaceRecord(
                         dataset=dataset, key=key, path=str(path), label=cid,
                         native_label=class_dir.name, split=split,

@@ -160,3 +160,54 @@ def test_csv_lines_reads_one_row_per_line_so_a_stray_quote_spoils_only_its_own()
 
     text = 'a,b\r\n"x,y\nc,"d"\n  ,  \n\ne,f,,\r\n'
     assert list(csv_lines(io.StringIO(text))) == [(1, ["a", "b"]), (2, ["x,y\n"]), (3, ["c", "d"]), (6, ["e", "f"])]
+
+
+def _keys_and_paths(name: str, root, options=None) -> list[tuple[str, str, bytes | None]]:
+    return [(r.key, r.path, r.pixels) for r in open_reader(name, root, options).read() if isinstance(r, FaceRecord)]
+
+
+def test_files_named_alike_after_key_sanitising_keep_keys_of_their_own(tmp_path, caplog):
+    """AffectNet keys are the path without its suffix: `x.jpg`/`x.png`, `a b.jpg`/`a-b.jpg` and
+    `1_2/z.jpg`/`1/2_z.jpg` were two images under one key, and align dropped the second as a
+    "duplicate". The first keeps the key, the other gets a hash of its path; a file listed twice
+    keeps one key (align drops the repeat); keys are stable from run to run and from root to root."""
+    lmk = fx.landmarks68()
+    rels = ["7/x.jpg", "7/x.png", "7/a b.jpg", "7/a-b.jpg", "1_2/z.jpg", "1/2_z.jpg"]
+    for i, rel in enumerate(rels):
+        fx.write_image(tmp_path / "a" / "Manually_Annotated_Images" / rel, value=20 * i)
+    rows = [fx._affectnet_row(rel, 1, lmk) for rel in rels] + [fx._affectnet_row("7/x.jpg", 1, lmk)]
+    lists = tmp_path / "a" / "Manually_Annotated_file_lists"
+    fx.write_text(lists / "training.csv", "\n".join([fx.AFFECTNET_HEADER, *rows]) + "\n")
+    val = fx._affectnet_row("7/x.jpg", 2, lmk)
+    fx.write_text(lists / "validation.csv", "\n".join([fx.AFFECTNET_HEADER, val]) + "\n")
+    with caplog.at_level("WARNING"):
+        got = _keys_and_paths("affectnet", tmp_path / "a")
+    by_file = {}
+    for key, path, _ in got:
+        by_file.setdefault(path.split("Manually_Annotated_Images/")[1], set()).add(key)
+    train = {rel: {k for k in keys if k.startswith("train")} for rel, keys in by_file.items()}
+    assert all(len(keys) == 1 for keys in train.values())                   # listed twice: one key
+    assert len({next(iter(k)) for k in train.values()}) == len(rels)          # six files, six keys
+    assert train["7/x.jpg"] == {"train_7_x"} and next(iter(train["7/x.png"])).startswith("train_7_x-")
+    assert "3 record(s) named alike" in caplog.text
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert [k for k, _, _ in _keys_and_paths("affectnet", tmp_path / "b")] == [k for k, _, _ in got]
+
+
+def test_rows_of_one_image_name_with_other_pixels_keep_keys_of_their_own(tmp_path):
+    """FERPlus names an image per row; a repeated name over other pixels is another image (align
+    took the rows for one file listed twice and dropped both as conflicting); the same pixels
+    under the same name keep one key."""
+    root = fx.make_ferplus(tmp_path)
+    plus = (root / "fer2013new.csv").read_text().replace("fer0000006.png", "fer0000003.png")
+    (root / "fer2013new.csv").write_text(plus)
+    got = _keys_and_paths("ferplus", root)
+    keys = [k for k, _, _ in got]
+    assert len(keys) == len(set(keys)) == 3
+    three = [(k, pixels) for k, _, pixels in got if k.startswith("fer0000003")]
+    assert len(three) == 2 and three[0][1] != three[1][1] and three[0][0] == "fer0000003"
+    fer = (root / "fer2013.csv").read_text().splitlines()
+    emotion, _, usage = fer[7].split(",")
+    fer[7] = ",".join([emotion, fer[4].split(",")[1], usage])           # row 6 now has row 3's pixels too
+    (root / "fer2013.csv").write_text("\n".join(fer) + "\n")
+    assert [k for k, _, _ in _keys_and_paths("ferplus", root)].count("fer0000003") == 2
