@@ -25,18 +25,18 @@ a list file without its header line is read from its first row (some copies lack
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import logging
+import os
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
-                                   open_text, whole)
+                                   csv_lines, open_text, whole)
 from ferdata.datasets.folder import hidden, unread
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.io import IMAGE_EXTS
@@ -114,10 +114,18 @@ def _looks_like_a_row(cells: list[str]) -> bool:
 def _lists_a_row(csv_path: Path) -> bool:
     """Whether an AffectNet list names any image (a line beyond the header that is not blank)."""
     with open_text(csv_path, newline="") as f:
-        for cells in csv.reader(f):
-            if any(c.strip() for c in cells) and tuple(c.strip() for c in cells) != COLUMNS:
-                return True
-    return False
+        return any(tuple(c.strip() for c in cells) != COLUMNS for _, cells in csv_lines(f))
+
+
+def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
+    """The image files of ``folder`` (any of ``IMAGE_EXTS``, in any case: ``0.JPG``, ``1.jpeg``) by
+    name without suffix, in name order (``.jpg`` before ``.png``); the npy layout's labels name
+    images by their id alone, and only ``.jpg``/``.png`` in lower case were found."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTS:
+            found.setdefault(path.stem, []).append(path)
+    return found
 
 
 @READERS.register("affectnet")
@@ -213,18 +221,16 @@ class AffectNetReader(DatasetReader):
     def _read_csv(self, csv_path: Path, split: str, num_classes: int, images: Path,
                   automatic: bool = False) -> Iterator[FaceRecord | Dropped]:
         with open_text(csv_path, newline="") as f:
-            reader = csv.reader(f)
-            first = next(reader, [])
-            header = tuple(h.strip() for h in first)
-            rows: Iterable[list[str]] = enumerate(reader, start=2)
+            rows = csv_lines(f)
+            first = next(rows, (1, []))
+            header = tuple(h.strip() for h in first[1])
             if header != COLUMNS:
-                if not _looks_like_a_row(first):
+                if not _looks_like_a_row(first[1]):
                     raise ValueError(f"{csv_path}: header {header} is not AffectNet's {COLUMNS}")
                 log.warning("%s: %s has no header line; reading its first line as a row", self.name, csv_path)
-                rows = itertools.chain([(1, first)], rows)
+                rows = itertools.chain([first], rows)
             for lineno, row in rows:
-                if any(cell.strip() for cell in row):                 # blank lines are not rows
-                    yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}", images, automatic)
+                yield self._parse(row, split, num_classes, f"{csv_path.name}:{lineno}", images, automatic)
 
     def _parse(self, row: list[str], split: str, num_classes: int, where: str, images: Path,
                automatic: bool) -> FaceRecord | Dropped:
@@ -258,6 +264,8 @@ class AffectNetReader(DatasetReader):
         except ValueError as err:          # the face, its box and label are good: keep them
             self.note(LANDMARKS_UNREADABLE, key, f"{where}: facial_landmarks {err}")
             lmk = None
+        if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
+            return Dropped(self.name, key, "malformed_row", f"{where}: {rel!r} leads out of {images.name}/")
         path = images / rel
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))
@@ -275,17 +283,25 @@ class AffectNetReader(DatasetReader):
             raise DatasetLayoutError(
                 self.name, self.root, [f"{d}/images/, {d}/annotations/" for d in NPY_SPLITS.values()]
             )
-        ids = sorted((p.name[: -len("_exp.npy")] for p in (folder / "annotations").glob("*_exp.npy")),
-                     key=lambda i: (len(i), i))
+        labels = sorted((folder / "annotations").glob("*_exp.npy"))
+        for path in labels:                                   # what copying from a Mac leaves: ._123_exp.npy
+            if hidden(path.name):
+                yield Dropped(self.name, make_key(split, path.name), *unread(path))
+        ids = sorted((p.name[: -len("_exp.npy")] for p in labels if not hidden(p.name)), key=lambda i: (len(i), i))
+        images = _images_by_stem(folder / "images")
         for image_id in ids:
-            yield self._parse_npy(folder, image_id, split, num_classes)
+            yield self._parse_npy(folder, image_id, split, num_classes, images.get(image_id, []))
+            for other in images.get(image_id, [])[1:]:
+                yield Dropped(self.name, make_key(split, other.name), "duplicate_image",
+                              f"{other}: annotations/{image_id}_exp.npy labels {images[image_id][0].name}")
         labelled = set(ids)
-        for path in sorted((folder / "images").iterdir()):      # an image its annotations do not label
-            if path.suffix.lower() in (".jpg", ".png") and path.stem not in labelled:
-                why = unread(path) if hidden(path.name) else ("no_label", f"{path}: no annotations/{path.stem}_exp.npy")
-                yield Dropped(self.name, make_key(split, path.stem), *why)
+        for stem, paths in images.items():                   # an image its annotations do not label
+            for path in paths if stem not in labelled else ():
+                why = unread(path) if hidden(path.name) else ("no_label", f"{path}: no annotations/{stem}_exp.npy")
+                yield Dropped(self.name, make_key(split, stem), *why)
 
-    def _parse_npy(self, folder: Path, image_id: str, split: str, num_classes: int) -> FaceRecord | Dropped:
+    def _parse_npy(self, folder: Path, image_id: str, split: str, num_classes: int,
+                   images: list[Path]) -> FaceRecord | Dropped:
         key = make_key(split, image_id)
         anno = folder / "annotations"
         try:
@@ -295,10 +311,10 @@ class AffectNetReader(DatasetReader):
         problem = label_problem(native, num_classes)
         if problem:
             return Dropped(self.name, key, problem, f"{folder.name}/{image_id}: expression {native}")
-        path = next((p for p in (folder / "images" / f"{image_id}{ext}" for ext in (".jpg", ".png")) if p.is_file()),
-                    None)
-        if path is None:
-            return Dropped(self.name, key, "missing_image", str(folder / "images" / f"{image_id}.jpg"))
+        if not images:
+            return Dropped(self.name, key, "missing_image", f"{folder / 'images' / image_id}.jpg (or another image "
+                           f"type: {', '.join(sorted(IMAGE_EXTS))})")
+        path = images[0]
         lmk = None
         if (anno / f"{image_id}_lnd.npy").is_file():
             try:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ferdata.datasets import DatasetLayoutError, open_reader
-from ferdata.records import FaceRecord
+from ferdata.records import Dropped, FaceRecord
 from tests.ferdata.fixtures_datasets import (AFFECTNET_HEADER, _affectnet_row, landmarks68, make_affectnet_automatic,
                                             make_affectnet_csv, make_affectnet_npy, read_all, write_image, write_text)
 
@@ -255,3 +255,59 @@ def test_valence_and_arousal_at_the_ends_of_their_range_are_kept():
 
     assert affect(valence=lambda: -1.0, arousal=lambda: 1.0) == {"valence": -1.0, "arousal": 1.0}
     assert affect(valence=lambda: -2.0, arousal=lambda: 1.0001) == {}
+
+
+def _write_training_csv(root, lines: list[str]) -> None:
+    lists = root / "Manually_Annotated_file_lists"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "training.csv").write_text("\n".join([AFFECTNET_HEADER, *lines]) + "\n")
+    (lists / "validation.csv").write_text(AFFECTNET_HEADER + "\n")
+
+
+def test_a_stray_quote_drops_its_own_row_only_and_a_trailing_comma_is_no_column(tmp_path):
+    """csv's reader let a quote left open run on through every later line: one row swallowed the
+    rest of the list into a single malformed drop. A trailing comma on every row (a 10th, empty
+    cell) dropped every row as "10 columns"."""
+    lmk = landmarks68()
+    for i in range(4):
+        write_image(tmp_path / "Manually_Annotated_Images" / "1" / f"i{i}.jpg")
+    rows = [_affectnet_row(f"1/i{i}.jpg", 1, lmk) for i in range(4)]
+    rows[1] = '"' + rows[1]
+    _write_training_csv(tmp_path, rows)
+    records, drops, items = read_all("affectnet", tmp_path, {"protocol": "affectnet8"})
+    assert sorted(records) == ["train_1_i0", "train_1_i2", "train_1_i3"] and drops == {"malformed_row": 1}
+    assert next(d.detail for d in items if d.reason == "malformed_row").startswith("training.csv:3: ")
+    _write_training_csv(tmp_path, [row + "," for row in rows[:1] + rows[2:]])
+    records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet8"})
+    assert sorted(records) == ["train_1_i0", "train_1_i2", "train_1_i3"] and not drops
+
+
+def test_a_listed_path_that_leads_out_of_the_images_folder_is_dropped(tmp_path):
+    lmk = landmarks68()
+    write_image(tmp_path / "Manually_Annotated_Images" / "1" / "a.jpg")
+    write_image(tmp_path / "outside.jpg")
+    rows = [_affectnet_row(rel, 1, lmk) for rel in ("1/a.jpg", "../outside.jpg", str(tmp_path / "outside.jpg"))]
+    _write_training_csv(tmp_path, rows)
+    records, drops, items = read_all("affectnet", tmp_path, {"protocol": "affectnet8"})
+    assert list(records) == ["train_1_a"] and drops == {"malformed_row": 2}
+    assert all("leads out of Manually_Annotated_Images/" in d.detail for d in items if isinstance(d, Dropped))
+
+
+def test_npy_layout_finds_images_of_any_type_and_case_and_counts_the_rest(tmp_path):
+    """Labels name an image by its id: `0.JPG`, `2.jpeg` were "missing" (only .jpg/.png were
+    tried) and an unlabelled `9.bmp` went unreported; a second file of one id and macOS's
+    `._5_exp.npy` are counted drops, not labels."""
+    make_affectnet_npy(tmp_path)
+    images = tmp_path / "train_set" / "images"
+    (images / "0.jpg").rename(images / "0.JPG")
+    (images / "2.jpg").rename(images / "2.jpeg")
+    write_image(images / "5.png")
+    write_image(images / "9.bmp")
+    (tmp_path / "train_set" / "annotations" / "._5_exp.npy").write_bytes(b"\x00\x05junk")
+    records, drops, items = read_all("affectnet", tmp_path, {"protocol": "affectnet8"})
+    assert records["train_0"].path.endswith("0.JPG") and records["train_2"].path.endswith("2.jpeg")
+    assert records["train_5"].path.endswith("5.jpg")
+    assert drops["duplicate_image"] == 1 and drops["hidden_file"] == 1
+    by_reason = {d.reason: d.detail for d in items if isinstance(d, Dropped)}
+    assert by_reason["duplicate_image"].endswith("5.png: annotations/5_exp.npy labels 5.jpg")
+    assert [d.key for d in items if isinstance(d, Dropped) and d.reason == "no_label"] == ["train_9"]
