@@ -17,15 +17,14 @@ use ``majority``, as the authors do.
 """
 from __future__ import annotations
 
-import csv
 from itertools import zip_longest
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, open_text, whole
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, csv_lines, open_text, whole
 from ferdata.datasets.subsets import FERPLUS_ID
 from ferdata.io import encode_png
 from ferdata.records import LABEL_MODE, SOFT_LABEL, Dropped, FaceRecord, make_key
@@ -108,13 +107,24 @@ def to_canonical_order(dist: np.ndarray) -> list[float]:
 
 
 def pixels_to_png(text: str) -> bytes:
-    """2,304 space-separated grey values -> 48x48 PNG bytes; ``ValueError`` if malformed."""
+    """2,304 space-separated grey values -> 48x48 PNG bytes; ``ValueError`` if malformed.
+
+    The message names the one thing wrong (the count, a value out of range, a value that is no
+    whole number): "2304 values, expected 2304 in 0..255" sent readers counting a right count.
+    """
     try:
         values = np.array(text.split(), dtype=np.int64)
     except OverflowError:
         raise ValueError("a value far beyond 0..255") from None
-    if values.size != 48 * 48 or values.min() < 0 or values.max() > 255:
-        raise ValueError(f"{values.size} values, expected 2304 in 0..255")
+    except ValueError:
+        bad = next((v for v in text.split() if not v.lstrip("+-").isdigit()), text.strip())
+        raise ValueError(f"pixel value {bad[:40]!r} is not a whole number in 0..255") from None
+    if values.size != 48 * 48:
+        raise ValueError(f"{values.size} pixel values, expected 2304 (48x48)")
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 255:
+        out = ([f"min {low}"] if low < 0 else []) + ([f"max {high}"] if high > 255 else [])
+        raise ValueError(f"values outside 0..255 ({', '.join(out)})")
     return encode_png(values.astype(np.uint8).reshape(48, 48))
 
 
@@ -127,17 +137,44 @@ def find_file(root: Path, candidates: Sequence[str], override: str = "") -> Path
     return next((root / c for c in candidates if (root / c).is_file()), None)
 
 
-def fer_rows(csv_path: Path) -> Iterator[tuple[int, str, str, str]]:
-    """``(row index, emotion, pixels, usage)`` for every data row, whatever the column order."""
+class FerRow(NamedTuple):
+    """One data line of fer2013.csv. ``idx`` counts data lines (the FER2013 key and FERPlus's join
+    position); ``where`` is ``file:line`` for drop details; ``width`` against ``columns`` (the
+    header's) tells a cut-off or quote-broken line from one whose values are wrong."""
+
+    idx: int
+    where: str
+    width: int
+    columns: int
+    emotion: str
+    pixels: str
+    usage: str
+
+    def malformed(self) -> str:
+        """"N of M columns" when the line has not the header's cell count, else ""."""
+        return "" if self.width == self.columns else f"{self.width} of {self.columns} columns"
+
+
+def shown(cells: Sequence[str], width: int = 40) -> list[str]:
+    """``cells`` for a message, each cut to ``width`` characters: a data line taken for the header
+    quoted its 2,304 pixel values (9 KB)."""
+    return [c if len(c) <= width else c[:width] + "..." for c in cells]
+
+
+def fer_rows(csv_path: Path) -> Iterator[FerRow]:
+    """Every data line of a FER2013 CSV, whatever the column order, one row per line
+    (:func:`csv_lines`: FERPlus's file is read alike, so row positions join)."""
     with open_text(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
+        lines = csv_lines(f)
+        header = [h.strip().lower() for h in next(lines, (0, []))[1]]
         missing = [c for c in ("emotion", "pixels", "usage") if c not in header]
         if missing:
-            raise ValueError(f"{csv_path}: header {header} lacks {missing}; expected emotion,pixels,Usage")
+            raise ValueError(f"{csv_path}: header {shown(header)} lacks {missing}; the first line must be the "
+                             "header emotion,pixels,Usage (no header line? add it)")
         ie, ip, iu = header.index("emotion"), header.index("pixels"), header.index("usage")
-        for idx, row in enumerate(r for r in reader if r):   # blank lines are not rows in either file
-            yield idx, _cell(row, ie), _cell(row, ip), _cell(row, iu)
+        for idx, (lineno, row) in enumerate(lines):
+            yield FerRow(idx, f"{csv_path.name}:{lineno}", len(row), len(header),
+                         _cell(row, ie), _cell(row, ip), _cell(row, iu))
 
 
 _ROW_COUNTS = ("{new} and {fer} have different row counts{counts}; they must be the same release (FERPlus joins "
@@ -145,15 +182,43 @@ _ROW_COUNTS = ("{new} and {fer} have different row counts{counts}; they must be 
 
 
 def _data_rows(csv_path: Path) -> int:
-    """The non-blank rows after the header (as the readers count them; a second for FER2013's 300 MB)."""
+    """The rows after the header, counted as the readers read them (:func:`csv_lines`: a line of
+    only spaces was a row here and refused the dataset); a second or two for FER2013's 300 MB."""
     with open_text(csv_path, newline="") as f:
-        return sum(1 for row in csv.reader(f) if row) - 1
+        return max(sum(1 for _ in csv_lines(f)) - 1, 0)
 
 
 def _same_row_count(new_csv: Path, fer_csv: Path) -> None:
+    """Refuse files of two releases before any record (a mismatch found at the end came after every row)."""
     plus, fer = _data_rows(new_csv), _data_rows(fer_csv)
     if plus != fer:
         raise ValueError(_ROW_COUNTS.format(new=new_csv.name, fer=fer_csv.name, counts=f" ({plus} and {fer})"))
+
+
+def _check_ferplus_header(new_csv: Path, header: list[str]) -> None:
+    """Refuse a header that is not FERPlus's, naming any extra column (its rows would carry 11 votes)."""
+    expected = "Usage,Image name," + ",".join(VOTE_COLUMNS)
+    if header[:2] != ["usage", "image name"] or tuple(header[2:12]) != VOTE_COLUMNS:
+        raise ValueError(f"{new_csv}: header {shown(header)} is not FERPlus's {expected} (no header line? add it)")
+    if len(header) > len(VOTE_COLUMNS) + 2:
+        raise ValueError(f"{new_csv}: header has extra column(s) {shown(header[12:])} after FERPlus's {expected}; "
+                         "remove them (and their cells in every row)")
+
+
+def _votes(cells: list[str]) -> list[int]:
+    """The 10 vote counts of a FERPlus row; ``ValueError`` naming the one thing wrong (a count of
+    cells, a cell that is no whole number, a negative vote) and its column."""
+    if len(cells) != len(VOTE_COLUMNS):
+        raise ValueError(f"{len(cells)} vote cells, expected {len(VOTE_COLUMNS)} ({','.join(VOTE_COLUMNS)})")
+    votes = []
+    for column, cell in zip(VOTE_COLUMNS, cells):
+        try:
+            votes.append(whole(cell))
+        except ValueError:
+            raise ValueError(f"vote {cell.strip()[:40]!r} in column {column} is not a whole number") from None
+        if votes[-1] < 0:
+            raise ValueError(f"negative vote {votes[-1]} in column {column}")
+    return votes
 
 
 def _cell(row: list[str], i: int) -> str:
@@ -173,23 +238,30 @@ class FER2013Reader(DatasetReader):
         csv_path = find_file(self.root, FER_CSVS, str(self.options["csv"]))
         if csv_path is None:
             raise DatasetLayoutError(self.name, self.root, [str(self.options["csv"]) or ", ".join(FER_CSVS)])
-        for idx, emotion, pixels, usage in fer_rows(csv_path):
-            yield self._parse(idx, emotion, pixels, usage)
+        for row in fer_rows(csv_path):
+            yield self._parse(row)
 
-    def _parse(self, idx: int, emotion: str, pixels: str, usage: str) -> FaceRecord | Dropped:
-        key = f"{idx:05d}"
-        split = USAGE.get(usage.lower())
+    def _parse(self, row: FerRow) -> FaceRecord | Dropped:
+        """The row's record, or a drop naming its line and what is wrong: the cell count first, as a
+        cut-off line or a stray quote leaves no Usage to check ("Usage ''" named the wrong fault)."""
+        key, where = f"{row.idx:05d}", f"{row.where} (row {row.idx})"
+        if row.malformed():
+            return Dropped(self.name, key, "malformed_row", f"{where}: {row.malformed()}")
+        split = USAGE.get(row.usage.lower())
         if split is None:
-            return Dropped(self.name, key, "bad_split", f"row {idx}: Usage {usage!r}")
+            return Dropped(self.name, key, "bad_split", f"{where}: Usage {row.usage!r}, expected one of "
+                           "Training, PublicTest, PrivateTest")
         try:
-            label = to_canonical("fer2013", int(emotion))
+            emotion = whole(row.emotion)
+            label = to_canonical("fer2013", emotion)
         except ValueError:
-            return Dropped(self.name, key, "bad_label", f"row {idx}: emotion {emotion!r} not in 0..6")
+            return Dropped(self.name, key, "bad_label", f"{where}: emotion {row.emotion!r} is not a whole "
+                           "number in 0..6 (0 Angry .. 6 Neutral)")
         try:
-            png = pixels_to_png(pixels)
+            png = pixels_to_png(row.pixels)
         except ValueError as err:
-            return Dropped(self.name, key, "bad_pixels", f"row {idx}: {err}")
-        return FaceRecord(dataset=self.name, key=key, path="", label=label, native_label=emotion,
+            return Dropped(self.name, key, "bad_pixels", f"{where}: {err}")
+        return FaceRecord(dataset=self.name, key=key, path="", label=label, native_label=str(emotion),
                           split=split, pixels=png)
 
 
@@ -223,41 +295,41 @@ class FERPlusReader(DatasetReader):
             )
 
     def _read_csvs(self, new_csv: Path, fer_csv: Path, mode: str) -> Iterator[FaceRecord | Dropped]:
+        """Both files one row per line (:func:`csv_lines`), so the same kinds of line are skipped in
+        each and row ``i`` of one stays row ``i`` of the other."""
         with open_text(new_csv, newline="") as f:
-            plus = csv.reader(f)
-            header = [h.strip().lower() for h in next(plus, [])]
-            if header[:2] != ["usage", "image name"] or tuple(header[2:12]) != VOTE_COLUMNS:
-                expected = "Usage,Image name," + ",".join(VOTE_COLUMNS)
-                raise ValueError(f"{new_csv}: header {header} is not FERPlus's {expected}")
+            plus = csv_lines(f)
+            _check_ferplus_header(new_csv, [h.strip().lower() for h in next(plus, (0, []))[1]])
             _same_row_count(new_csv, fer_csv)      # before any record: a mismatch surfaced after the detections
-            for plus_row, fer_row in zip_longest((r for r in plus if r), fer_rows(fer_csv)):
+            for plus_row, fer_row in zip_longest(plus, fer_rows(fer_csv)):
                 if plus_row is None or fer_row is None:
                     raise ValueError(_ROW_COUNTS.format(new=new_csv.name, fer=fer_csv.name, counts=""))
-                yield self._join(plus_row, fer_row, mode)
+                yield self._join(f"{new_csv.name}:{plus_row[0]}", plus_row[1], fer_row, mode)
 
-    def _join(self, plus_row: list[str], fer_row: tuple[int, str, str, str], mode: str) -> FaceRecord | Dropped:
-        idx, _, pixels, fer_usage = fer_row
+    def _join(self, plus_where: str, plus_row: list[str], fer_row: FerRow, mode: str) -> FaceRecord | Dropped:
+        """FERPlus row ``plus_row`` (at ``plus_where``) with the pixels of the FER2013 row at its position."""
         name = plus_row[1].strip() if len(plus_row) > 1 else ""
-        key = make_key(Path(name).stem) if name else f"row{idx:05d}"
+        key = make_key(Path(name).stem) if name else f"row{fer_row.idx:05d}"
+        where = f"{plus_where}, {fer_row.where} (row {fer_row.idx})"
         if not name:
-            return Dropped(self.name, key, "no_image_name", f"row {idx}: empty Image name (not a face)")
-        split = USAGE.get(fer_usage.lower())
+            return Dropped(self.name, key, "no_image_name", f"{where}: empty Image name (not a face)")
+        if fer_row.malformed():
+            return Dropped(self.name, key, "malformed_row", f"{where}: FER2013 line has {fer_row.malformed()}")
+        split = USAGE.get(fer_row.usage.lower())
         if split is None:
-            return Dropped(self.name, key, "bad_split", f"row {idx}: FER2013 Usage {fer_usage!r}")
-        if plus_row[0].strip().lower() != fer_usage.lower():
-            return Dropped(self.name, key, "usage_mismatch", f"row {idx}: {plus_row[0]!r} vs FER2013 {fer_usage!r}")
+            return Dropped(self.name, key, "bad_split", f"{where}: FER2013 Usage {fer_row.usage!r}")
+        if plus_row[0].strip().lower() != fer_row.usage.lower():
+            return Dropped(self.name, key, "usage_mismatch", f"{where}: {plus_row[0]!r} vs FER2013 {fer_row.usage!r}")
         try:
-            png = pixels_to_png(pixels)
+            png = pixels_to_png(fer_row.pixels)
         except ValueError as err:
-            return Dropped(self.name, key, "bad_pixels", f"row {idx}: {err}")
-        return self._record(key, plus_row[2:], split, mode, path="", pixels=png)
+            return Dropped(self.name, key, "bad_pixels", f"{where}: {err}")
+        return self._record(key, plus_row[2:], split, mode, path="", pixels=png, where=where)
 
     def _read_folders(self, mode: str) -> Iterator[FaceRecord | Dropped]:
         for split, folder in FERPLUS_DIRS.items():
             with open_text(self.root / folder / "label.csv", newline="") as f:
-                for lineno, row in enumerate(csv.reader(f), start=1):
-                    if not row:
-                        continue
+                for lineno, row in csv_lines(f):
                     if not row[0].strip():
                         where = f"{folder}/label.csv:{lineno}"
                         yield Dropped(self.name, f"{split}-line{lineno}", "no_image_name", where)
@@ -270,17 +342,16 @@ class FERPlusReader(DatasetReader):
                     if not path.is_file():
                         yield Dropped(self.name, key, "missing_image", str(path))
                     else:
-                        yield self._record(key, votes, split, mode, path=str(path), pixels=None)
+                        where = f"{folder}/label.csv:{lineno}"
+                        yield self._record(key, votes, split, mode, path=str(path), pixels=None, where=where)
 
     def _record(
-        self, key: str, vote_cells: list[str], split: str, mode: str, path: str, pixels: bytes | None
+        self, key: str, vote_cells: list[str], split: str, mode: str, path: str, pixels: bytes | None, where: str
     ) -> FaceRecord | Dropped:
         try:
-            votes = [whole(v) for v in vote_cells]
-            if len(votes) != 10 or min(votes) < 0:
-                raise ValueError(f"{len(votes)} vote counts")
+            votes = _votes(vote_cells)
         except ValueError as err:
-            return Dropped(self.name, key, "bad_votes", f"{vote_cells}: {err}")
+            return Dropped(self.name, key, "bad_votes", f"{where}: {err}")
         try:
             dist = ferplus_distribution(votes, mode if split == "train" else "majority")
         except FERPlusUnlabelled as err:

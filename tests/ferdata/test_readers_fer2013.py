@@ -7,7 +7,9 @@ import pytest
 
 from ferdata.datasets import DatasetLayoutError
 from ferdata.datasets.fer2013 import FERPlusUnlabelled, ferplus_distribution
-from tests.ferdata.fixtures_datasets import make_fer2013, make_ferplus, make_ferplus_folders, read_all, write_text
+from tests.ferdata.fixtures_datasets import (
+    make_fer2013, make_ferplus, make_ferplus_folders, pixel_text, read_all, write_text,
+)
 
 # hand-written FER2013 table: 0 Angry->6, 1 Disgust->5, 2 Fear->4, 3 Happy->1, 4 Sad->2, 5 Surprise->3, 6 Neutral->0
 FER_EXPECTED = {
@@ -185,3 +187,120 @@ def test_val_and_test_distributions_are_majority_whatever_the_training_mode(tmp_
     np.testing.assert_allclose(soft["train"], [0.6, 0.4, 0, 0, 0, 0, 0, 0])
     np.testing.assert_allclose(soft["val"], [1, 0, 0, 0, 0, 0, 0, 0])
     np.testing.assert_allclose(soft["test"], [0, 1, 0, 0, 0, 0, 0, 0])
+
+
+# ---- bad lines: one row per line, each fault named (audit N2, N6-N9) ------------------------------------
+
+def write_fer(root, *rows: str, header: str = "emotion,pixels,Usage"):
+    """fer2013.csv of ``header`` and ``rows`` as given; ``{p}`` in a row stands for a real pixel row."""
+    lines = [header] + [r.replace("{p}", pixel_text(50)) for r in rows]
+    return write_text(root / "fer2013.csv", "\n".join(lines) + "\n")
+
+
+def drop_details(items):
+    return {d.key: (d.reason, d.detail) for d in items}
+
+
+def test_fer2013_a_stray_quote_spoils_only_its_own_line(tmp_path):
+    """csv.reader let the opening quote of row 1 run on through every later line: rows 1-3 were one
+    ``bad_split "Usage ''"`` drop and the good rows 2 and 3 were lost."""
+    write_fer(tmp_path, "3,{p},Training", '3,"{p},Training', "4,{p},PublicTest", "6,{p},PrivateTest")
+    records, drops, items = read_all("fer2013", tmp_path)
+    assert {k: r.split for k, r in records.items()} == {"00000": "train", "00002": "val", "00003": "test"}
+    assert drop_details(items) == {"00001": ("malformed_row", "fer2013.csv:3 (row 1): 2 of 3 columns")}
+
+
+def test_fer2013_blank_and_cut_off_lines(tmp_path):
+    """A line of spaces is no row (it was ``bad_split "Usage ''"`` and shifted no key), a cut-off last
+    line is ``malformed_row`` naming its cell count, not a wrong Usage."""
+    write_fer(tmp_path, "3,{p},Training", "   ", " , ", "4,{p},PublicTest", "5,1 2 3")
+    records, drops, items = read_all("fer2013", tmp_path)
+    assert sorted(records) == ["00000", "00001"]
+    assert drop_details(items) == {"00002": ("malformed_row", "fer2013.csv:6 (row 2): 2 of 3 columns")}
+
+
+def test_fer2013_pixel_messages_name_the_fault(tmp_path):
+    """A value 256 read "2304 values, expected 2304 in 0..255": the count was right, the range wrong."""
+    write_fer(tmp_path, "3,{p},Training", "3," + pixel_text(50).replace("50", "256", 1) + ",Training",
+              "3," + pixel_text(50).replace("50", "-1", 1) + ",Training", "3,1 2 3,Training",
+              "3," + pixel_text(50).replace("50", "x7", 1) + ",Training")
+    _, _, items = read_all("fer2013", tmp_path)
+    assert {k: d for k, (_, d) in drop_details(items).items()} == {
+        "00001": "fer2013.csv:3 (row 1): values outside 0..255 (max 256)",
+        "00002": "fer2013.csv:4 (row 2): values outside 0..255 (min -1)",
+        "00003": "fer2013.csv:5 (row 3): 3 pixel values, expected 2304 (48x48)",
+        "00004": "fer2013.csv:6 (row 4): pixel value 'x7' is not a whole number in 0..255",
+    }
+
+
+def test_fer2013_emotion_written_as_a_float_is_a_whole_number(tmp_path):
+    """"3.0" was refused as "'3.0' not in 0..6"; 3.7 stays refused (no class truncated)."""
+    write_fer(tmp_path, "3.0,{p},Training", "3.7,{p},Training")
+    records, drops, items = read_all("fer2013", tmp_path)
+    assert {k: (r.label, r.native_label) for k, r in records.items()} == {"00000": (1, "3")}
+    assert drop_details(items)["00001"][0] == "bad_label" and "'3.7' is not a whole number" in items[0].detail
+
+
+def test_fer2013_without_a_header_line_says_so_briefly(tmp_path):
+    """The first data line taken for the header quoted all 2,304 pixel values (a 9 KB message)."""
+    write_text(tmp_path / "fer2013.csv", f"3,{pixel_text(50)},Training\n")
+    with pytest.raises(ValueError, match=r"no header line\?") as err:
+        read_all("fer2013", tmp_path)
+    assert len(str(err.value)) < 400 and "lacks ['emotion', 'pixels', 'usage']" in str(err.value)
+
+
+def rewrite(path, edit):
+    path.write_text(edit(path.read_text()))
+
+
+@pytest.mark.parametrize("plus_edit,fer_edit", [
+    (lambda t: t + "   \n", lambda t: t),                                        # trailing spaces line
+    (lambda t: t.replace("\n", "\n , \n", 3), lambda t: t.replace("\n", "\n\n  \n", 5)),   # inside both
+    (lambda t: t.replace("\n", ",\n"), lambda t: t),                            # trailing comma on every line
+], ids=["trailing-spaces", "blank-lines-inside", "trailing-commas"])
+def test_ferplus_lines_of_nothing_and_trailing_commas_change_nothing(tmp_path, plus_edit, fer_edit):
+    """A spaces-only last line refused the dataset ("different row counts (11 and 10)"); a trailing
+    comma made every row ``bad_votes "11 vote counts"``. Both files skip the same lines, so rows join."""
+    make_ferplus(tmp_path / "plain")
+    plain, plain_drops, _ = read_all("ferplus", tmp_path / "plain")
+    root = make_ferplus(tmp_path / "edited")
+    rewrite(root / "fer2013new.csv", plus_edit)
+    rewrite(root / "fer2013.csv", fer_edit)
+    records, drops, _ = read_all("ferplus", root)
+    assert drops == plain_drops
+    assert {k: (r.label, r.pixels) for k, r in records.items()} == {k: (r.label, r.pixels) for k, r in plain.items()}
+
+
+def test_ferplus_a_stray_quote_in_fer2013_keeps_the_join(tmp_path):
+    """csv.reader merged the lines after the quote: the row counts differed and the dataset was refused."""
+    root = make_ferplus(tmp_path)
+    lines = (root / "fer2013.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",", ',"', 1)                       # row 1 (fer0000001)
+    (root / "fer2013.csv").write_text("\n".join(lines) + "\n")
+    records, drops, items = read_all("ferplus", root)
+    assert sorted(records) == ["fer0000003", "fer0000006"]
+    assert int(decode(records["fer0000003"].pixels)[0, 0]) == 30   # still row 3's pixels
+    assert drop_details(items)["fer0000001"] == (
+        "malformed_row", "fer2013new.csv:3, fer2013.csv:3 (row 1): FER2013 line has 2 of 3 columns")
+
+
+def test_ferplus_header_with_an_extra_column_is_refused_by_name(tmp_path):
+    """Extra columns were accepted and every row then dropped as ``bad_votes "11 vote counts"``."""
+    root = make_ferplus(tmp_path)
+    rewrite(root / "fer2013new.csv", lambda t: t.replace("\n", ",x\n").replace("NF,x", "NF,comment"))
+    with pytest.raises(ValueError, match=r"extra column\(s\) \['comment'\]"):
+        read_all("ferplus", root)
+
+
+def test_ferplus_bad_votes_say_which_fault(tmp_path):
+    """A negative vote read "...: 10 vote counts", as if the count were wrong."""
+    root = make_ferplus(tmp_path)
+    rewrite(root / "fer2013new.csv", lambda t: t.replace("fer0000003.png,0,10,", "fer0000003.png,0,-1,")
+            .replace("fer0000001.png,6,0,1,1,0,0,0,0,2,0", "fer0000001.png,6,0,1,1,0,0,0,0,2"))
+    _, _, items = read_all("ferplus", root)
+    details = drop_details(items)
+    assert details["fer0000003"] == ("bad_votes", "fer2013new.csv:5, fer2013.csv:5 (row 3): "
+                                                  "negative vote -1 in column happiness")
+    assert details["fer0000001"][0] == "bad_votes"
+    assert details["fer0000001"][1].endswith(": 9 vote cells, expected 10 (" + ",".join(
+        ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "nf"]) + ")")
