@@ -16,14 +16,14 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Generator, Iterator, Mapping
 
 import numpy as np
 
 from ferdata.classes import NEUTRAL, to_canonical
 from ferdata.datasets.base import (LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, read_text,
                                    whole)
-from ferdata.datasets.folder import hidden, subdirs, unread
+from ferdata.datasets.folder import hidden, subdirs, unread, visible_files
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -49,6 +49,23 @@ def _frame_number(path: Path) -> int:
     if m is None:
         raise ValueError(f"{path.name}: no frame number")
     return int(m.group(1))
+
+
+def _one_file_per_frame(files: list[Path]) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """One file per frame number, in frame order, and each other file of a frame with the one kept.
+
+    A frame saved twice (``.png`` and a ``.jpg`` copy) is one frame: both taken, one of the last
+    ``frames`` frames was a copy and a real frame fell out of the window unrecorded. The ``.png``
+    (CK+'s own format) is kept, then the first name."""
+    by_frame: dict[int, list[Path]] = {}
+    for path in files:
+        by_frame.setdefault(_frame_number(path), []).append(path)
+    kept, copies = [], []
+    for number in sorted(by_frame):
+        first, *others = sorted(by_frame[number], key=lambda p: (p.suffix.lower() != ".png", p.name))
+        kept.append(first)
+        copies += [(p, first) for p in others]
+    return kept, copies
 
 
 def whole_number(reader: str, option: str, value: object, least: int) -> int:
@@ -90,23 +107,54 @@ class CKPlusReader(DatasetReader):
         landmarks = _first_dir(self.root, LANDMARK_DIRS)
         if landmarks is None:
             log.info("%s: no Landmarks/ folder; records carry no landmarks", self.name)
-        walked = set()
+        walked: set[tuple[str, str]] = set()
+        yield from self._outside_sequences(images, visible_files(images, recursive=False))
         for subject_dir in subdirs(images):
+            yield from self._outside_sequences(images, visible_files(subject_dir, recursive=False))
             for seq_dir in subdirs(subject_dir):
                 walked.add((subject_dir.name, seq_dir.name))
+                for nested in subdirs(seq_dir):
+                    yield from self._outside_sequences(images, visible_files(nested, fence=self.root))
                 yield from self._sequence(seq_dir, emotions, landmarks, frames, neutral)
-        for label_file in sorted(emotions.glob("*/*/*_emotion.txt")):          # a label without its frames
+        yield from self._unmatched_labels(emotions, images, walked)
+
+    def _unmatched_labels(self, emotions: Path, images: Path, walked: set[tuple[str, str]]) -> Iterator[Dropped]:
+        """Label files :meth:`_sequence` does not read, each a counted drop: a label without its frames
+        (a partly extracted copy), and every hidden ``._<frame>_emotion.txt`` (macOS leaves one beside
+        each file copied from its disks; read as a second label it made the sequence ambiguous)."""
+        for label_file in sorted(emotions.glob("*/*/*_emotion.txt")):
             subject, seq = label_file.parent.parent.name, label_file.parent.name
-            if (subject, seq) not in walked and not subject.startswith(".") and not seq.startswith("."):
+            if hidden(subject) or hidden(seq):
+                continue
+            if hidden(label_file.name):
+                yield Dropped(self.name, make_key(label_file.stem), *unread(label_file))
+            elif (subject, seq) not in walked:
                 yield Dropped(self.name, make_key(subject, seq), "missing_image",
                               f"{label_file}: no {images.name}/{subject}/{seq}/ folder")
+
+    def _outside_sequences(self, images: Path, files: list[Path]) -> Iterator[Dropped]:
+        """The image files of ``files``, listed outside a sequence folder (beside the subject folders,
+        in a subject folder, in a folder inside a sequence folder): no frame of a sequence, so never
+        read, but each a counted drop (a hidden one as ``hidden_file``), as the folder reader counts
+        the files beside its class folders."""
+        for path in files:
+            if path.suffix.lower() not in IMAGE_EXTS or path.is_dir():
+                continue
+            key = make_key(path.relative_to(images).as_posix())
+            if hidden(path.name):
+                yield Dropped(self.name, key, *unread(path))
+            else:
+                yield Dropped(self.name, key, "outside_sequence_folder",
+                              f"{path}: not read: CK+ keeps frames directly in {images.name}/<subject>/<sequence>/ "
+                              "(move it there, or remove it)")
 
     def _sequence(
         self, seq_dir: Path, emotions: Path, landmarks: Path | None, frames: int, neutral: int
     ) -> Iterator[FaceRecord | Dropped]:
         subject, seq = seq_dir.parent.name, seq_dir.name
         seq_key = make_key(subject, seq)
-        label_files = sorted((emotions / subject / seq).glob("*_emotion.txt"))
+        label_files = sorted(p for p in (emotions / subject / seq).glob("*_emotion.txt")
+                             if not hidden(p.name))                      # ._x_emotion.txt: _unmatched_labels
         if not label_files:
             yield Dropped(self.name, seq_key, "no_emotion_label", f"{subject}/{seq}")
             return
@@ -125,14 +173,7 @@ class CKPlusReader(DatasetReader):
         except ValueError as err:
             yield Dropped(self.name, seq_key, "bad_filename", f"{label_files[0].name}: {err}")
             return
-        files = [p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS]
-        for path in sorted(p for p in files if hidden(p.name)):               # ._S005_001_00000001.png
-            yield Dropped(self.name, make_key(path.stem), *unread(path))
-        files = [p for p in files if not hidden(p.name)]
-        images = sorted((p for p in files if FRAME.search(p.stem)), key=_frame_number)
-        for stray in sorted(set(files) - set(images)):         # a copy or preview beside the frames: itself only
-            yield Dropped(self.name, make_key(stray.stem), "bad_filename",
-                          f"{stray}: not a frame (<subject>_<sequence>_<frame number>{stray.suffix})")
+        images = yield from self._frames(seq_dir)
         upto = [p for p in images if _frame_number(p) <= peak]
         if not upto or _frame_number(upto[-1]) != peak:
             yield Dropped(self.name, seq_key, "missing_image", f"peak frame {peak_stem} not in {seq_dir}")
@@ -143,6 +184,25 @@ class CKPlusReader(DatasetReader):
             [(p, NEUTRAL, "0", "onset") for p in onset] + [(p, label, str(native), "peak") for p in chosen]
         ):
             yield self._record(path, cid, native_label, role, subject, seq, landmarks)
+
+    def _frames(self, seq_dir: Path) -> Generator[Dropped, None, list[Path]]:
+        """The frames of a sequence folder, one file per frame number in frame order (returned); every
+        other image file there is a counted drop (yielded): hidden ones, those named without a frame
+        number, and a second file of one frame (its ``.jpg`` copy beside the ``.png``)."""
+        files = [p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+        for path in sorted(p for p in files if hidden(p.name)):               # ._S005_001_00000001.png
+            yield Dropped(self.name, make_key(path.stem), *unread(path))
+        files = [p for p in files if not hidden(p.name)]
+        framed = [p for p in files if FRAME.search(p.stem)]
+        for stray in sorted(set(files) - set(framed)):         # a copy or preview beside the frames: itself only
+            yield Dropped(self.name, make_key(stray.stem), "bad_filename",
+                          f"{stray}: not a frame (<subject>_<sequence>_<frame number>{stray.suffix})")
+        images, copies = _one_file_per_frame(framed)
+        for path, kept in copies:              # keyed by its whole name: the kept file's record has its stem
+            yield Dropped(self.name, make_key(path.name), "duplicate_frame",
+                          f"{path}: a second file of frame {_frame_number(path)}, not read: {kept.name} is "
+                          "(keep one file per frame: remove the copy)")
+        return images
 
     def _record(
         self, path: Path, label: int, native: str, role: str, subject: str, seq: str, landmarks: Path | None

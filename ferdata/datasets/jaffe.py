@@ -14,11 +14,19 @@ from typing import Iterator
 
 from ferdata.classes import JAFFE_CODES
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import unread
+from ferdata.datasets.folder import hidden, unread, visible_files
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
 NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.[^.]+$", re.IGNORECASE)
+
+
+def _jaffe_names(folder: Path) -> int:
+    """How many image files directly in ``folder`` are named like JAFFE's (0 when it is no folder)."""
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if NAME.match(p.name) and p.suffix.lower() in IMAGE_EXTS
+               and not p.is_dir())
 
 
 @READERS.register("jaffe")
@@ -30,19 +38,38 @@ class JAFFEReader(DatasetReader):
                "at the root or in jaffe/")
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
-        for path in self._images():
+        folder = self._folder()
+        for path in sorted(p for p in folder.iterdir() if not p.is_dir()):
             yield Dropped(self.name, make_key(path.stem), *why) if (why := unread(path)) else self._parse(path)
+        yield from self._elsewhere(folder)
 
-    def _images(self) -> list[Path]:
-        """The files of the folder holding the dataset: its images, and, as counted drops
-        (:func:`ferdata.datasets.folder.unread`), hidden ones (``._KA.AN1.39.tiff``) and the rest
-        (``not_an_image``: a README, a GIF), as the folder reader counts them."""
-        for folder in (self.root, self.root / "jaffe"):
-            if folder.is_dir():
-                files = sorted(p for p in folder.iterdir() if not p.is_dir())
-                if any(NAME.match(p.name) and p.suffix.lower() in IMAGE_EXTS for p in files):
-                    return files
-        raise DatasetLayoutError(self.name, self.root, ["KA.AN1.39.tiff-style image files"])
+    def _folder(self) -> Path:
+        """The one folder holding the dataset (the root or ``jaffe/``): its files are read, hidden ones
+        (``._KA.AN1.39.tiff``) and the rest (``not_an_image``: a README, a GIF) as counted drops, as the
+        folder reader counts them. Both holding JAFFE names is an error: the first one found was read
+        and the other's faces were lost without a trace (one stray image at the root hid ``jaffe/``)."""
+        held = {d: n for d in (self.root, self.root / "jaffe") if (n := _jaffe_names(d))}
+        if not held:
+            raise DatasetLayoutError(self.name, self.root, ["KA.AN1.39.tiff-style image files"])
+        if len(held) > 1:
+            each = ", ".join(f"{d} ({n} JAFFE-named image(s))" for d, n in held.items())
+            raise ValueError(f"{self.name}: two folders hold JAFFE images: {each}; only one is read. Move them "
+                             "into one folder (or remove the strays) and point --root at it")
+        return next(iter(held))
+
+    def _elsewhere(self, folder: Path) -> Iterator[Dropped]:
+        """The image files under the root outside ``folder`` (in its sub-folders, or at the root when
+        ``folder`` is ``jaffe/``): not read, each a counted drop (a hidden one as ``hidden_file``)."""
+        for path in visible_files(self.root, fence=self.root):
+            if path.parent == folder or path.is_dir() or path.suffix.lower() not in IMAGE_EXTS:
+                continue
+            key = make_key(path.relative_to(self.root).as_posix())
+            if hidden(path.name):
+                yield Dropped(self.name, key, *unread(path))
+            else:
+                yield Dropped(self.name, key, "outside_dataset_folder",
+                              f"{path}: not read: JAFFE is read from the files directly in {folder} "
+                              "(move it there, or remove it)")
 
     def _parse(self, path: Path) -> FaceRecord | Dropped:
         key = make_key(path.stem)

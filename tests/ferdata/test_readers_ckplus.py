@@ -153,3 +153,84 @@ def test_two_emotion_files_in_one_sequence_are_ambiguous_not_the_first_taken(tmp
     records, _, items = read_all("ckplus", tmp_path)
     assert not any(k.startswith("S020") for k in records)
     assert {d.key: d.reason for d in items if d.key.startswith("S020")} == {"S020_001": "ambiguous_label"}
+
+
+def _write_label(root: Path, name: str, value: str = "   3.0000000e+00\n") -> Path:
+    """An emotion file ``name`` (``S005_001_00000005_emotion.txt``) in its Emotion/<subject>/<sequence>/."""
+    subject, seq = name.lstrip("._").split("_")[:2]
+    path = root / "Emotion" / subject / seq / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value)
+    return path
+
+
+def test_an_appledouble_emotion_file_is_a_hidden_drop_not_a_second_label(tmp_path):
+    """Bug guarded: macOS's ``._S005_001_00000005_emotion.txt`` beside the label was read as a second
+    label, the sequence dropped as ambiguous_label (a whole copy from a Mac lost every sequence)."""
+    make_ckplus(tmp_path)
+    beside = _write_label(tmp_path, "._S005_001_00000005_emotion.txt", "\x00\x05\x16\x07")
+    records, drops, items = read_all("ckplus", tmp_path)
+    assert sorted(k for k in records if k.startswith("S005_001")) == [f"S005_001_0000000{f}" for f in (3, 4, 5)]
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "hidden_file": 1}
+    assert [d.detail.split(":")[0] for d in items if d.reason == "hidden_file"] == [str(beside)]
+
+
+def test_an_appledouble_label_without_frames_is_a_hidden_drop_not_a_missing_sequence(tmp_path):
+    """Bug guarded: the search for labels without their frames took ``._`` files for labels too: each
+    counted as a missing_image sequence (and twice beside a real label)."""
+    make_ckplus(tmp_path)
+    real = _write_label(tmp_path, "S999_001_00000010_emotion.txt")
+    beside = _write_label(tmp_path, "._S999_001_00000010_emotion.txt", "\x00\x05\x16\x07")
+    alone = _write_label(tmp_path, "._S998_001_00000010_emotion.txt", "\x00\x05\x16\x07")
+    _, drops, items = read_all("ckplus", tmp_path)
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "missing_image": 1, "hidden_file": 2}
+    assert [d.detail.split(":")[0] for d in items if d.reason == "missing_image"] == [str(real)]
+    assert sorted(d.detail.split(":")[0] for d in items if d.reason == "hidden_file") == sorted([str(beside),
+                                                                                                str(alone)])
+
+
+def test_a_frame_saved_twice_is_read_once_from_its_png(tmp_path):
+    """Bug guarded: ``.png`` and ``.jpg`` copies of one frame were two frames: the last 3 held a copy
+    (one key twice), frame 3 fell out of the window, and nothing recorded it."""
+    make_ckplus(tmp_path)
+    seq = tmp_path / "cohn-kanade-images" / "S005" / "001"
+    copies = [write_image(seq / name, value=99) for name in (
+        "S005_001_00000005.JPG", "S005_001_00000005.bmp", "S005_001_00000004.jpg")]
+    records, drops, items = read_all("ckplus", tmp_path)
+    mine = {k: Path(r.path).name for k, r in records.items() if k.startswith("S005_001")}
+    assert mine == {f"S005_001_0000000{f}": f"S005_001_0000000{f}.png" for f in (3, 4, 5)}
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "duplicate_frame": 3}
+    dups = sorted((d.detail.split(":")[0], d.detail) for d in items if d.reason == "duplicate_frame")
+    assert [p for p, _ in dups] == sorted(str(p) for p in copies)
+    assert all(f"{Path(p).stem}.png is" in detail for p, detail in dups)
+    assert len({d.key for d in items if d.reason == "duplicate_frame"} | set(records)) == len(records) + 3
+
+
+def test_a_frame_saved_only_as_jpeg_is_still_read(tmp_path):
+    """The preference for ``.png`` chooses among copies of a frame: a frame with one file is that file."""
+    make_ckplus(tmp_path)
+    seq = tmp_path / "cohn-kanade-images" / "S005" / "001"
+    (seq / "S005_001_00000004.png").unlink()
+    write_image(seq / "S005_001_00000004.jpg")
+    records, drops, _ = read_all("ckplus", tmp_path)
+    assert Path(records["S005_001_00000004"].path).name == "S005_001_00000004.jpg"
+    assert drops == {"no_emotion_label": 1, "bad_label": 1}
+
+
+def test_images_outside_a_sequence_folder_are_counted_drops(tmp_path):
+    """Bug guarded: frames in a folder inside a sequence folder, directly in a subject folder, or beside
+    the subject folders were never read and never counted."""
+    make_ckplus(tmp_path)
+    images = tmp_path / "cohn-kanade-images"
+    outside = [write_image(images / "S005" / "001" / "more" / "S005_001_00000006.png"),
+               write_image(images / "S005" / "002" / "a" / "b" / "S005_002_00000005.png"),
+               write_image(images / "S010" / "S010_001_00000007.png"),
+               write_image(images / "cover.jpg")]
+    (images / "S010" / "notes.txt").write_text("not an image\n")
+    records, drops, items = read_all("ckplus", tmp_path)
+    assert len(records) == 6
+    assert drops == {"no_emotion_label": 1, "bad_label": 1, "outside_sequence_folder": 4}
+    strays = [d for d in items if d.reason == "outside_sequence_folder"]
+    assert sorted(d.detail.split(":")[0] for d in strays) == sorted(str(p) for p in outside)
+    assert all("cohn-kanade-images/<subject>/<sequence>/" in d.detail for d in strays)
+    assert len({d.key for d in strays}) == 4

@@ -90,3 +90,50 @@ def test_lower_case_file_names_keep_their_label_and_subject(tmp_path):
     assert not drops
     assert {k: (r.label, r.native_label, r.subject) for k, r in records.items()} == {
         "ka-ha2-30": (1, "HA", "KA"), "KA-AN1-39": (6, "AN", "KA")}
+
+
+def test_jaffe_names_at_the_root_and_in_jaffe_is_an_error_naming_both(tmp_path):
+    """Bug guarded: one JAFFE-named image at the root made the root the dataset: ``jaffe/`` with the
+    other faces was never read and never reported."""
+    from tests.ferdata.fixtures_datasets import write_image
+
+    make_jaffe(tmp_path / "jaffe")
+    write_image(tmp_path / "KA.AN1.39.tiff", gray=True)
+    with pytest.raises(ValueError) as err:
+        read_all("jaffe", tmp_path)
+    message = str(err.value)
+    assert f"{tmp_path} (1 JAFFE-named image(s))" in message
+    assert f"{tmp_path / 'jaffe'} (8 JAFFE-named image(s))" in message
+    assert "Move them into one folder" in message
+
+
+def test_images_in_folders_not_read_are_counted_drops(tmp_path):
+    """Bug guarded: images in sub-folders of the dataset's folder (or at the root when ``jaffe/`` is
+    read) were skipped without a trace."""
+    from tests.ferdata.fixtures_datasets import write_image
+
+    make_jaffe(tmp_path)
+    outside = [write_image(tmp_path / "extra" / "KA.AN1.40.tiff", gray=True),
+               write_image(tmp_path / "jaffe" / "photo.png", gray=True)]
+    hidden = write_image(tmp_path / "extra" / "._KA.AN1.40.tiff", gray=True)
+    (tmp_path / "extra" / "notes.txt").write_text("not an image\n")
+    records, drops, items = read_all("jaffe", tmp_path)
+    assert len(records) == 7
+    assert drops == {"bad_label": 1, "bad_filename": 1, "not_an_image": 1, "outside_dataset_folder": 2,
+                     "hidden_file": 1}
+    assert sorted(d.detail.split(":")[0] for d in items if d.reason == "outside_dataset_folder") == sorted(
+        str(p) for p in outside)
+    assert [d.detail.split(":")[0] for d in items if d.reason == "hidden_file"] == [str(hidden)]
+
+
+def test_images_beside_jaffe_folder_are_counted_drops(tmp_path):
+    """The same when ``jaffe/`` is read: an image at the root, or in a folder inside ``jaffe/``, is counted."""
+    from tests.ferdata.fixtures_datasets import write_image
+
+    make_jaffe(tmp_path / "jaffe")
+    outside = [write_image(tmp_path / "cover.jpg"), write_image(tmp_path / "jaffe" / "old" / "KA.AN1.39.tiff")]
+    records, drops, items = read_all("jaffe", tmp_path)
+    assert len(records) == 7 and drops["outside_dataset_folder"] == 2
+    assert sorted(d.detail.split(":")[0] for d in items if d.reason == "outside_dataset_folder") == sorted(
+        str(p) for p in outside)
+    assert all(f"directly in {tmp_path / 'jaffe'}" in d.detail for d in items if d.reason == "outside_dataset_folder")
