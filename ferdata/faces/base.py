@@ -233,6 +233,11 @@ class FaceBackend:
         """All faces in ``image`` (RGB uint8); an empty list means none was found."""
         raise NotImplementedError
 
+    def refuses(self, record: FaceRecord) -> tuple[str, str] | None:
+        """Why this backend finds no face for ``record`` whatever its pixels, as a drop's (reason,
+        detail); None when it looks at the image. Backends that trust the dataset say what it lacks."""
+        return None
+
     def preload_shared(self) -> None:
         """Load the model parts that forked worker processes may share (plain memory, no threads
         or sessions), so each worker starts without reloading them; the default loads nothing."""

@@ -25,6 +25,12 @@ class AnnotationsBackend(FaceBackend):
         box = record.box or (*lmk.min(0), *lmk.max(0))
         return [Face(tuple(float(v) for v in box), 1.0, kps5, lmk if lmk.shape == (68, 2) else None)]
 
+    def refuses(self, record: FaceRecord) -> tuple[str, str] | None:
+        if self.applies_to(record):
+            return None
+        return ("no_landmarks", "the annotations backend places a face by the dataset's 68 or 5 landmarks and this "
+                "record has none; use a backend that finds faces (--backend auto or embedded)")
+
     @staticmethod
     def applies_to(record: FaceRecord) -> bool:
         return record.landmarks is not None and np.asarray(record.landmarks).shape in ((68, 2), (5, 2))

@@ -289,7 +289,8 @@ class _Table:
         else:
             self.counts["cache_hits"] += 1
         if not det.faces:
-            return Dropped(rec.dataset, rec.key, "no_face", rec.path)
+            reason, why = self.backend.refuses(rec) or ("no_face", "")
+            return Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {why}" if why else rec.path)
         if (box := rec.annotated_box()) is None:
             face = select_face(list(det.faces), det.shape, self.params.select)
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says

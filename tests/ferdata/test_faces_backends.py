@@ -486,6 +486,7 @@ def test_upgrading_a_face_package_changes_the_signature(monkeypatch):
         base.package_versions.cache_clear()
     assert after != before and "dlib-bin==99.0" in after
     assert base.package_versions((("no-such-dist-x", "no-such-dist-y"),)) == "no-such-dist-x==none"
+
     def cuda_build(name):
         if name == "onnxruntime":
             raise metadata.PackageNotFoundError(name)
@@ -724,3 +725,17 @@ def test_fan_own_detectors_see_the_image_shrunk_to_det_size_and_fan_the_full_ima
 def test_fan_gives_its_threads_to_the_embedded_detector_it_runs():
     assert FanBackend({"threads": 3})._boxes.options["threads"] == 3
     assert "threads" not in FanBackend()._boxes.options or FanBackend()._boxes.options["threads"] == 1
+
+
+def test_only_the_annotations_backend_refuses_a_record_for_what_it_lacks():
+    """A record without 68 or 5 landmarks gets no face from the annotations backend whatever its
+    pixels: the drop says so (it was "no_face" with the path alone); detectors look at pixels."""
+    from ferdata.records import FaceRecord
+
+    bare = FaceRecord(dataset="d", key="k", path="/x/k.jpg", label=1, native_label="1")
+    marked = FaceRecord(dataset="d", key="k", path="/x/k.jpg", label=1, native_label="1",
+                        landmarks=np.zeros((68, 2), np.float32))
+    reason, detail = create_backend("annotations").refuses(bare)
+    assert reason == "no_landmarks" and "68 or 5 landmarks" in detail and "--backend auto" in detail
+    assert create_backend("annotations").refuses(marked) is None
+    assert create_backend("precropped").refuses(bare) is None

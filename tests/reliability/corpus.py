@@ -188,13 +188,14 @@ def standard_cases() -> list[Case]:
         Case("label_text", jpeg_of(33), "detect", "bad_label", label="happy"),
         Case("label_uncertain", jpeg_of(34), "detect", "label_uncertain", label="9"),
         # unreadable annotations: the reader keeps the face without them (noted); the annotations
-        # backend then finds no face in a record without landmarks, and uses landmarks without a box
-        Case("landmarks_135", jpeg_of(35), "detect", "no_face",
+        # backend then places no face in a record without landmarks (no_landmarks: it says what the
+        # record lacks; no_face named only the file), and uses landmarks without a box
+        Case("landmarks_135", jpeg_of(35), "detect", "no_landmarks",
              landmarks=";".join(lmk_text(face_landmarks()).split(";")[:135])),
-        Case("landmarks_text", jpeg_of(36), "detect", "no_face", landmarks="a;b;c"),
+        Case("landmarks_text", jpeg_of(36), "detect", "no_landmarks", landmarks="a;b;c"),
         Case("short_row", jpeg_of(37), "detect", "malformed_row", columns=5),
         Case("missing_file", None, "detect", "missing_image"),
-        Case("landmarks_nan", jpeg_of(40), "detect", "no_face", landmarks=";".join(["nan"] * 136)),
+        Case("landmarks_nan", jpeg_of(40), "detect", "no_landmarks", landmarks=";".join(["nan"] * 136)),
         Case("box_nan", jpeg_of(43), box=("nan", "20", "120", "120")),
         # geometry problems: reasons recorded by the align stage
         Case("landmarks_degenerate", jpeg_of(41), "align", "bad_landmarks", landmarks=";".join(["50"] * 136)),
