@@ -10,7 +10,10 @@ import gzip
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+if TYPE_CHECKING:                 # tario names its shards' info file from here
+    from ferdata.tario import ShardFile
 
 STAGES = ("detect", "aligned", "derived", "shards")
 FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
@@ -52,12 +55,26 @@ def report_inputs(stage_dir: str | Path) -> dict:
     return (json.loads(path.read_text()).get("inputs") or {}) if path.is_file() else {}
 
 
+# The report note in which a chunked stage records :func:`content_digest` of the chunks it wrote.
+CONTENT = "chunks_sha256"
+
+
+def content_digest(files: Iterable[ShardFile]) -> str:
+    """One digest of the chunks a stage wrote (their names and SHA-256s, which the writer computes
+    as it writes): in the stage's report, it makes :func:`output_digest` see a change of content
+    that keeps every size (landmarks moved a fraction of a pixel, a re-encoded crop)."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path.name):
+        h.update(f"{f.path.name}\0{f.sha256}\0".encode())
+    return h.hexdigest()
+
+
 def output_digest(stage_dir: str | Path, prefix: str) -> str:
     """The identity of a chunked stage output, without reading its chunks: its report (counts, drops,
-    settings) and the names and sizes of its ``<prefix>-*.tar`` chunks (not mtimes: a ``dvc checkout``
-    keeps it). Another run with other settings or data changes it, and the same run again
-    (deterministic output) does not; a code change that alters pixels but no size or count is not
-    seen (tar pads members to 512 bytes)."""
+    settings, and :data:`CONTENT`, the chunks' own digest, where the stage records it: align does) and
+    the names and sizes of its ``<prefix>-*.tar`` chunks (not mtimes: a ``dvc checkout`` keeps it).
+    Another run with other settings, data or code changes it, and the same run again (deterministic
+    output) does not."""
     folder = Path(stage_dir)
     h = hashlib.sha256((folder / REPORT).read_bytes() if (folder / REPORT).is_file() else b"")
     for chunk in sorted(folder.glob(f"{prefix}-*.tar")):

@@ -32,7 +32,7 @@ from ferdata.classes import CLASSES
 from ferdata.geometry import (Aligned, align_face, crop_reduction, reduced_frame, spread, template, template_misfit,
                               transform_points)
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
-from ferdata.layout import ALIGNED, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
+from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, content_digest, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, within
 from ferdata.progress import progress
@@ -338,6 +338,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                     report.count("converted", name)
                 if res.num_faces > 1:
                     report.count("faces", "several_faces_one_kept")
+        report.notes[CONTENT] = content_digest(writer.files)
         write_drops(out, report, drops)
         report.write(out / REPORT)
     log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped), report.notes)

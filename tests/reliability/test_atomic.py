@@ -134,6 +134,34 @@ def test_shard_refuses_derived_fields_made_from_another_aligned_output(bad_corpu
     run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
 
 
+def test_shard_sees_an_aligned_output_changed_in_content_but_not_in_size(bad_corpus_run, tmp_path, monkeypatch):
+    """Align re-run by code that moves the landmarks a quarter pixel: every member and chunk keeps its
+    size, so a digest of the report and chunk sizes alone took it for the output derive read (the
+    heatmaps and halves of the old landmarks were sharded with the new ones). Align records its
+    chunks' content digest in its report; shard refuses until derive runs again."""
+    import hashlib
+
+    import ferdata.stages.align as align
+
+    src, _ = bad_corpus_run
+    p = stage_params(tmp_path)
+    run_align(src / "detect", p["align"], tmp_path / "aligned")
+    chunks = sorted((tmp_path / "aligned").glob("aligned-*.tar"))
+    sizes = [c.stat().st_size for c in chunks]
+    digest = hashlib.sha256()
+    for c in chunks:
+        digest.update(f"{c.name}\0{hashlib.sha256(c.read_bytes()).hexdigest()}\0".encode())
+    report = (tmp_path / "aligned" / "report.json").read_text()
+    assert digest.hexdigest() in report                                 # the chunks' own content, as written
+    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
+    real = align.npy_bytes
+    monkeypatch.setattr(align, "npy_bytes", lambda a: real(a + 0.25))
+    run_align(src / "detect", p["align"], tmp_path / "aligned")
+    assert [c.stat().st_size for c in sorted((tmp_path / "aligned").glob("aligned-*.tar"))] == sizes
+    with pytest.raises(ValueError, match="derived from another output of the align stage"):
+        run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+
+
 def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
     root, _ = bad_corpus
     params = stage_params(tmp_path)["detect"]
