@@ -10,10 +10,7 @@ import gzip
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
-
-if TYPE_CHECKING:                 # tario names its shards' info file from here
-    from ferdata.tario import ShardFile
+from typing import Iterator
 
 STAGES = ("detect", "aligned", "derived", "shards")
 FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
@@ -55,18 +52,8 @@ def report_inputs(stage_dir: str | Path) -> dict:
     return (json.loads(path.read_text()).get("inputs") or {}) if path.is_file() else {}
 
 
-# The report note in which a chunked stage records :func:`content_digest` of the chunks it wrote.
+# The report note in which a chunked stage records :func:`ferdata.tario.content_digest` of its chunks.
 CONTENT = "chunks_sha256"
-
-
-def content_digest(files: Iterable[ShardFile]) -> str:
-    """One digest of the chunks a stage wrote (their names and SHA-256s, which the writer computes
-    as it writes): in the stage's report, it makes :func:`output_digest` see a change of content
-    that keeps every size (landmarks moved a fraction of a pixel, a re-encoded crop)."""
-    h = hashlib.sha256()
-    for f in sorted(files, key=lambda f: f.path.name):
-        h.update(f"{f.path.name}\0{f.sha256}\0".encode())
-    return h.hexdigest()
 
 
 def output_digest(stage_dir: str | Path, prefix: str) -> str:

@@ -174,6 +174,17 @@ class TarShardWriter:
             self.close()
 
 
+def content_digest(files: Iterable[ShardFile]) -> str:
+    """One digest of the chunks a stage wrote (their names and SHA-256s, which :class:`TarShardWriter`
+    computes as it writes): in the stage's report (:data:`ferdata.layout.CONTENT`), it makes
+    :func:`ferdata.layout.output_digest` see a change of content that keeps every size (landmarks
+    moved a fraction of a pixel, a re-encoded crop)."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path.name):
+        h.update(f"{f.path.name}\0{f.sha256}\0".encode())
+    return h.hexdigest()
+
+
 def check_member(m: Member, where: str, ext: str | None = None) -> None:
     """Raise :class:`UnsafeTarError` unless ``m`` is a plain, relative, pickle-free regular file
     (``ext``: its :func:`split_member` extension, when the caller has it already)."""

@@ -32,13 +32,13 @@ from ferdata.classes import CLASSES
 from ferdata.geometry import (Aligned, align_face, crop_reduction, reduced_frame, spread, template, template_misfit,
                               transform_points)
 from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
-from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, content_digest, read_faces, report_settings
+from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, scaled_points
 from ferdata.report import StageReport, write_drops
-from ferdata.tario import TarShardWriter
+from ferdata.tario import TarShardWriter, content_digest
 
 log = logging.getLogger(__name__)
 PREFIX = ALIGNED
