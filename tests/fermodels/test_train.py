@@ -2,6 +2,7 @@
 test), exact resume after a kill, AMP/channels_last on CPU, class weights, bad-input policy."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -153,7 +154,8 @@ def test_validation_scores_in_float32_even_when_training_in_mixed_precision(tiny
     real_predict, real_step = evaluate.predict_loader, trainer.train_step
     monkeypatch.setattr(evaluate, "predict_loader", lambda *a, **k: calls.append(k.get("amp", False))
                         or real_predict(*a, **k))
-    monkeypatch.setattr(trainer, "train_step", lambda *a: autocast_steps.append(a[-1]) or real_step(*a))
+    amp_of = lambda *a: inspect.signature(real_step).bind(*a).arguments["amp"]      # noqa: E731
+    monkeypatch.setattr(trainer, "train_step", lambda *a: autocast_steps.append(amp_of(*a)) or real_step(*a))
     train(tiny_shards, make_params(epochs=1, amp=True), tmp_path / "ckpt", tmp_path / "live")
     assert calls == [False] and autocast_steps and all(autocast_steps)
 
