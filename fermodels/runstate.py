@@ -16,7 +16,9 @@ import io
 import logging
 import math
 import pickle
+import sys
 import zipfile
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,12 +91,29 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimize
     path = Path(path)
     try:
         with atomic_open(path) as f:       # a temp file of its own, fsynced, renamed; removed on failure
-            torch.save(state, f)
+            torch.save(_interned(state), f)
     except RuntimeError as err:            # torch's account of a failed write ("unexpected pos ...")
         if not isinstance(err.__context__, OSError):
             raise
         cause = err.__context__            # e.g. the disk is full: named, in one line
         raise OSError(cause.errno, f"{cause.strerror} (while writing checkpoint {path})") from err
+
+
+def _interned(obj: Any) -> Any:
+    """``obj`` with every text interned, containers rebuilt, tensors as they are: pickle writes a
+    text once per object, so a resumed run (the optimizer's ``"step"`` keys read back from last.pt
+    beside its own) wrote other bytes than an uninterrupted one for equal values, and DVC saw two
+    outputs. A state dict's ``_metadata`` (module versions) is kept."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if type(obj) in (dict, OrderedDict):                  # not a Counter or defaultdict: built otherwise
+        out = type(obj)((_interned(k), _interned(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = _interned(obj._metadata)
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(_interned(v) for v in obj)
+    return obj
 
 
 def _failed_checksum(path: Path) -> str | None:

@@ -194,6 +194,8 @@ def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert ("ema" in a) == ("ema" in b) == bool(ema_decay)
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a.get("ema", {}))      # the average resumed too
+    for name in ("last.pt", "best.pt"):     # byte for byte: DVC's lock and cache see one output, not two
+        assert (tmp_path / "a" / "ckpt" / name).read_bytes() == (tmp_path / "b" / "ckpt" / name).read_bytes(), name
     live_a, live_b = (json.loads((tmp_path / r / "live" / "metrics.json").read_text()) for r in ("a", "b"))
     assert live_a["val"] == live_b["val"] and live_a["step"] == live_b["step"] == 1
     rows = (tmp_path / "b" / "live" / "plots" / "metrics" / "train" / "ce.tsv").read_text().splitlines()
