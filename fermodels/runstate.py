@@ -247,6 +247,18 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
     return state
 
 
+def other_threads(state: dict, threads: int | None) -> str | None:
+    """A warning when a CPU run resumes ``state`` (last.pt) under another number of torch threads
+    than saved it: CPU kernels sum in an order set by the thread count, so the weights part from
+    the uninterrupted run's (OMP_NUM_THREADS, taskset or a container's CPU quota change it)."""
+    saved = state.get("cpu_threads")
+    if threads is None or saved is None or saved == threads:
+        return None
+    return (f"last.pt was trained with {saved} torch CPU thread(s), this run has {threads}: CPU results depend on "
+            "the thread count, so from here on it is not the run it would have made (set OMP_NUM_THREADS="
+            f"{saved} to continue it exactly)")
+
+
 def _spans(numbers: list[int]) -> str:
     """Sorted numbers as runs: [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
     runs: list[list[int]] = []

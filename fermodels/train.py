@@ -34,8 +34,8 @@ from fermodels.losses import GLOBAL_BATCH, draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
-from fermodels.runstate import (BEST, LAST, Position, checkpoints_held, code_fingerprint, next_position, resume_state,
-                                save_checkpoint)
+from fermodels.runstate import (BEST, LAST, Position, checkpoints_held, code_fingerprint, next_position, other_threads,
+                                resume_state, save_checkpoint)
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
@@ -140,6 +140,7 @@ class _Run:
     resumed: Tally = field(default_factory=Tally)    # the start epoch's totals before the resume
     tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
     whole: GlobalBatch | None = None        # under DDP: losses over the step's global batch (NeAA)
+    threads: int | None = None              # torch's CPU threads, when it trains on the CPU (in last.pt)
 
 
 def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict, env: DistEnv,
@@ -177,6 +178,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     state = broadcast_object(resume_state(ckpt_dir, asdict(params), data, live_dir) if env.is_main else None, env)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()
+    threads = torch.get_num_threads() if device.type == "cpu" else None
     if state is not None:
         net.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
@@ -184,6 +186,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
             scaler.load_state_dict(state["scaler"])
         start, best = next_position(state, steps, env.world_size, params.workers), state["best"]
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
+        if warning := other_threads(state, threads):
+            log.warning(warning)
         if start.batch and state.get("tallies"):
             resumed = Tally(**state["tallies"][env.rank])
     if params.channels_last:
@@ -202,7 +206,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
                 loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), ema,
-                resumed, whole=whole)
+                resumed, whole=whole, threads=threads)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -323,4 +327,5 @@ def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Po
                         position=position, best=run.best, data=run.data, preprocess=run.preprocess,
                         scaler=run.scaler.state_dict(),
                         resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,
-                                "tallies": run.tallies, **averaged})
+                                "tallies": run.tallies, **averaged,
+                                **({"cpu_threads": run.threads} if run.threads else {})})

@@ -202,6 +202,29 @@ def test_resume_after_a_kill_continues_from_the_saved_step_with_the_same_result(
     assert len(rows) == 1 + params.epochs
 
 
+def test_a_cpu_run_resumed_under_another_thread_count_says_it_parts_from_the_run(tiny_shards, tmp_path,
+                                                                                   monkeypatch, one_thread, caplog):
+    """CPU kernels sum in an order the thread count sets: last.pt records it, and a resume under
+    another (OMP_NUM_THREADS, a CPU quota) warns that the weights part from the uninterrupted run's."""
+    params = make_params(epochs=1, checkpoint_every=1)
+    real_step, calls = trainer.train_step, []
+
+    def step_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", step_then_die)
+    with pytest.raises(Killed):
+        train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["cpu_threads"] == 1
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    torch.set_num_threads(2)
+    train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    assert "trained with 1 torch CPU thread(s), this run has 2" in caplog.text and "OMP_NUM_THREADS=1" in caplog.text
+
+
 def test_changed_params_start_over(tiny_run, tmp_path, caplog, one_thread):
     import shutil
 
