@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ferdata.datasets.base import COMMON_OPTIONS, READERS, DatasetLayoutError, DatasetReader, open_reader
@@ -10,8 +12,10 @@ from ferdata.datasets import affectnet, ckplus, expw, fer2013, folder, jaffe, ra
 from ferdata.params import section
 from ferdata.records import Dropped, FaceRecord
 
+log = logging.getLogger(__name__)
+
 __all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "DatasetSpec", "dataset_spec",
-           "official_splits", "open_reader", "read_dataset", "source"]
+           "official_splits", "open_reader", "read_dataset", "source", "warn_absolute_root"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,15 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
 
 def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:
     return open_reader(spec.reader, spec.root, spec.options).read()
+
+
+def warn_absolute_root(name: str, spec: DatasetSpec) -> None:
+    """Each sample's provenance in the shards records its source path: under an absolute root a
+    machine that mounts the data elsewhere writes other shards, and DVC sees another output."""
+    if Path(spec.root).is_absolute():
+        log.warning("datasets.%s.root %s is absolute: the shards record each image's path, so a machine with the "
+                    "images elsewhere writes different shards; give a path inside the repository (a symlink to "
+                    "the images works, e.g. raw/%s -> %s; docs/sharing.md)", name, spec.root, name, spec.root)
 
 
 def source(spec: DatasetSpec) -> dict[str, Any]:

@@ -211,3 +211,15 @@ def test_rows_of_one_image_name_with_other_pixels_keep_keys_of_their_own(tmp_pat
     fer[7] = ",".join([emotion, fer[4].split(",")[1], usage])           # row 6 now has row 3's pixels too
     (root / "fer2013.csv").write_text("\n".join(fer) + "\n")
     assert [k for k, _, _ in _keys_and_paths("ferplus", root)].count("fer0000003") == 2
+
+
+def test_an_absolute_dataset_root_is_warned_about_a_relative_one_is_not(caplog):
+    """The shards record each image's source path: an absolute root makes machines that mount the
+    data elsewhere write other shards (README and docs/sharing.md said so; the run said nothing)."""
+    from ferdata.datasets import DatasetSpec, warn_absolute_root
+
+    with caplog.at_level("WARNING"):
+        warn_absolute_root("rafdb", DatasetSpec("rafdb", "raw/RAF-DB", {}))
+        assert not caplog.text
+        warn_absolute_root("rafdb", DatasetSpec("rafdb", "/mnt/data/RAF-DB", {}))
+    assert "datasets.rafdb.root /mnt/data/RAF-DB is absolute" in caplog.text and "raw/rafdb ->" in caplog.text
