@@ -190,7 +190,7 @@ class GlobalBatch:
         n = rows[0].shape[0]
         if n > self.capacity or any(r.shape[0] != n for r in rows):
             raise ValueError(f"rows of lengths {[r.shape[0] for r in rows]} for a capacity of {self.capacity}")
-        flat = [r.detach().reshape(n, -1).float() for r in rows]
+        flat = [r.detach().reshape(n, math.prod(r.shape[1:])).float() for r in rows]
         widths = [f.shape[1] for f in flat]
         local = rows[0].new_zeros((self.capacity, sum(widths) + 1), dtype=torch.float32)
         local[:n] = torch.cat([*flat, local.new_ones((n, 1))], 1)

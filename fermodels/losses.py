@@ -141,7 +141,9 @@ def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor, neutr
         # each class's most confident sample (the first of equals, as argmin over the class's samples)
         anchor = torch.where(member, entropy[:, None], torch.inf).argmin(0)[labels]
     to_anchor = ((features - features[anchor]) ** 2).mean(-1)               # (B,)
-    anchored = torch.where(real & (count >= 2) & (labels != neutral), to_anchor / count, 0.0).sum()
+    # count >= 1 in the divisor: a padded row's count may be 0, and 0/0 in the branch ``where`` drops is a
+    # nan gradient all the same
+    anchored = torch.where(real & (count >= 2) & (labels != neutral), to_anchor / count.clamp(min=1), 0.0).sum()
     is_neutral = real & (labels == neutral)
     n = is_neutral.sum().float()
     neutral_features = torch.where(is_neutral[:, None], features, 0.0)

@@ -104,7 +104,7 @@ def _interned(obj: Any) -> Any:
     text once per object, so a resumed run (the optimizer's ``"step"`` keys read back from last.pt
     beside its own) wrote other bytes than an uninterrupted one for equal values, and DVC saw two
     outputs. A state dict's ``_metadata`` (module versions) is kept."""
-    if isinstance(obj, str):
+    if type(obj) is str:                                   # sys.intern refuses subclasses (numpy.str_)
         return sys.intern(obj)
     if type(obj) in (dict, OrderedDict):                  # not a Counter or defaultdict: built otherwise
         out = type(obj)((_interned(k), _interned(v)) for k, v in obj.items())

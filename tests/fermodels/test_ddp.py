@@ -387,6 +387,17 @@ def _probe_net() -> torch.nn.Module:
     return _Probe()
 
 
+def test_a_global_batch_gathers_a_rank_with_no_rows_as_padding_only(monkeypatch):
+    """A world of one (the collective stubbed: shapes only): zero rows pad to the capacity; a rank
+    that raised here would leave the others waiting in the gather."""
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "all_gather", lambda parts, local: calls.append(local) or [p.copy_(local) for p in parts])
+    (f, y), valid = GlobalBatch(1, 0, 4).gather(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long))
+    assert f.shape == (4, 6) and y.shape == (4,) and not valid.any() and calls[0].shape == (4, 8)
+
+
 def test_a_loss_over_the_global_batch_has_the_single_process_value_and_gradient(tmp_path):
     """NeAA under DDP over the step's whole batch: two gloo ranks with uneven shares (5 + 3 rows,
     each padded to 5 for the gather) reach, after DDP's gradient average, the value and the

@@ -118,6 +118,22 @@ def test_neaa_leaves_rows_marked_invalid_out_of_every_term() -> None:
                                 torch.cat([labels, pad_labels])).item() != pytest.approx(want.item(), rel=1e-3)
 
 
+def test_neaa_gradient_with_padding_and_no_neutral_sample_is_the_unpadded_one() -> None:
+    """A padded row (label 0 = neutral) of a step without a real neutral sample counted 0 samples:
+    its 0/0 in the branch ``where`` drops made the gradient nan (DDP spread it to every rank)."""
+    g = torch.Generator().manual_seed(5)
+    labels = torch.tensor([3, 3, 5, 5, 1])
+    feats, logits = torch.randn(5, 6, generator=g, requires_grad=True), torch.randn(5, 7, generator=g)
+    neutral_aware_anchor(feats, logits, labels).backward()
+    padded = torch.cat([feats.detach(), torch.zeros(3, 6)]).requires_grad_()
+    loss = neutral_aware_anchor(padded, torch.cat([logits, torch.zeros(3, 7)]),
+                                torch.cat([labels, torch.zeros(3, dtype=torch.long)]), valid=torch.arange(8) < 5)
+    loss.backward()
+    assert torch.isfinite(padded.grad).all()
+    torch.testing.assert_close(padded.grad[:5], feats.grad)
+    assert not padded.grad[5:].any()
+
+
 def test_neaa_anchor_is_the_most_confident_even_beside_a_minus_infinite_logit() -> None:
     """The entropy was -(p log p) from log_softmax: a -inf logit made 0 * -inf = nan, and argmin
     took that sample, the least confident of its class, as the anchor."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -147,3 +148,19 @@ def test_training_holds_its_checkpoint_folder(tiny_shards, tmp_path):
         with pytest.raises(BlockingIOError, match="another run is training into"):
             train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
     assert not (tmp_path / "ckpt" / LAST).exists()
+
+
+def test_interning_a_checkpoint_keeps_text_subclasses_and_a_state_dicts_metadata():
+    """sys.intern refuses str subclasses (numpy.str_): a first save would fail after an epoch."""
+    from collections import OrderedDict
+
+    import numpy as np
+
+    from fermodels.runstate import _interned
+
+    sd = OrderedDict(w=1)
+    sd._metadata = {"": {"version": 1}}
+    out = _interned({"name": np.str_("x"), "sd": sd, "t": ("a", "b"), "plain": "text" + str(3)})
+    assert type(out["name"]) is np.str_ and out["name"] == "x"
+    assert out["sd"]._metadata == {"": {"version": 1}} and type(out["sd"]) is OrderedDict
+    assert out["t"] == ("a", "b") and out["plain"] is sys.intern("text3")
