@@ -107,11 +107,13 @@ def _held_by_rank_0(ckpt_dir: str | Path, env: DistEnv) -> Iterator[None]:
         if env.is_main:
             try:
                 stack.enter_context(checkpoints_held(ckpt_dir))
-            except OSError as err:
+            except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
                 refusal = err
-        shared = broadcast_object(refusal, env)
+        shared = broadcast_object(None if refusal is None else f"{type(refusal).__name__}: {refusal}", env)
+        if refusal is not None:
+            raise refusal
         if shared is not None:
-            raise refusal if env.is_main else shared
+            raise RuntimeError(f"rank 0 stopped before training: {shared}")
         yield
 
 

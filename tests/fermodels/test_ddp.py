@@ -346,9 +346,10 @@ def test_a_checkpoint_folder_another_run_holds_stops_every_rank_with_the_reason(
     with checkpoints_held(tmp_path / "ckpt"):
         mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,
                            start_method="fork")
-    for rank in (0, 1):
-        outcome = (tmp_path / f"rank{rank}-held.txt").read_text()
-        assert outcome.startswith("BlockingIOError: another run is training into"), (rank, outcome)
+    outcomes = [(tmp_path / f"rank{rank}-held.txt").read_text() for rank in (0, 1)]
+    assert outcomes[0].startswith("BlockingIOError: another run is training into"), outcomes
+    assert outcomes[1].startswith("RuntimeError: rank 0 stopped before training: BlockingIOError: another run is "
+                                  "training into"), outcomes
     assert not (tmp_path / "live").exists()
 
 
