@@ -109,42 +109,43 @@ class DatasetReader:
         subsets = (load_subsets(self.options["subsets"], self.root, self.subset_pattern, self.name)
                    if self.options["subsets"] else {})
         tagged: set[str] = set()
-        owners: dict[str, bytes] = {}                     # key -> digest of the file (or pixels) that took it
+        owners: dict[str, int] = {}                       # key -> digest of the file (or pixels) that took it
         renamed: list[str] = []                           # "<file> as <key>" of each record given its own key
         records, drops = 0, Counter()
         noted: dict[str, list] = {}                       # what -> [records kept with it, first example]
         try:
             for item in itertools.chain(first, scanned):
                 note = self._notes.pop(item.key, None)        # counted below only if the record stays
-                if isinstance(item, FaceRecord):
-                    records += 1
-                    own = self._distinct(item, owners)
-                    if own.key != item.key:
-                        renamed.append(f"{item.path or item.key} as {own.key}")
-                    item = own
-                else:
+                if not isinstance(item, FaceRecord):
                     drops[item.reason] += 1
-                if isinstance(item, FaceRecord) and item.label in self.excluded:
-                    yield Dropped(item.dataset, item.key, "excluded_class",
-                                  f"{CLASSES[item.label]} (options.exclude_classes)")
+                    yield item
                     continue
-                if subsets and isinstance(item, FaceRecord):
-                    image_id = self.subset_id(item)
+                records += 1
+                own = self._distinct(item, owners)
+                if own.key != item.key:
+                    renamed.append(f"{item.path or item.key} as {own.key}")
+                if own.label in self.excluded:
+                    yield Dropped(own.dataset, own.key, "excluded_class",
+                                  f"{CLASSES[own.label]} (options.exclude_classes)")
+                    continue
+                if subsets:
+                    image_id = self.subset_id(item)           # as the lists name it: before any new key
                     tags = membership(image_id, subsets)
                     if tags:
                         tagged.add(image_id)
-                        item = dataclasses.replace(item, extra={**item.extra, "subsets": tags})
-                if note is not None and isinstance(item, FaceRecord):
+                        own = dataclasses.replace(own, extra={**own.extra, "subsets": tags})
+                if note is not None:
                     noted.setdefault(note[0], [0, note[1]])[0] += 1
-                yield item
+                yield own
         except UnicodeDecodeError as e:
             raise self._not_utf8(e) from e
         if not records:              # an empty label file or class folders: nothing to prepare
             dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
         if renamed:
-            log.warning("%s: %d record(s) named alike after key sanitising took their own key (a hash of the "
-                        "file's name appended), e.g. %s", self.name, len(renamed), renamed[0])
+            log.warning("%s: %d record(s) named alike after key sanitising took their own key (a hash of their "
+                        "path under the root, or of their pixels, appended), e.g. %s", self.name, len(renamed),
+                        renamed[0])
         for what, (n, example) in sorted(noted.items()):
             log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, example)
         for name, ids in sorted(subsets.items()):
@@ -152,19 +153,27 @@ class DatasetReader:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
                             "dropped, or excluded)", self.name, name, len(ids - tagged), len(ids))
 
-    def _distinct(self, record: FaceRecord, owners: dict[str, bytes]) -> FaceRecord:
+    def _distinct(self, record: FaceRecord, owners: dict[str, int]) -> FaceRecord:
         """``record`` with a key no other file has: names alike after sanitising (``a b.jpg`` and
         ``a-b.jpg``, ``x.jpg`` and ``x.png``, rows of one image name with other pixels) were two images
         under one key, and align kept the first as a "duplicate". The first file keeps the key, another
         gets a hash of its path relative to the root (or of its pixels) appended: keys stay stable and
-        readable. The same file listed again keeps the key: align drops the repeat (``duplicate_key``)."""
-        own = (f"path:{os.path.relpath(record.path, self.root)}" if record.path else
+        readable. The same file listed again keeps the key: align drops the repeat (``duplicate_key``).
+        ``owners`` holds 8 bytes of digest per key (~70 MB for AffectNet's 400k)."""
+        own = (f"path:{self._under_root(record.path)}" if record.path else
                "pixels:" + hashlib.sha1(record.pixels or b"").hexdigest())
-        digest = hashlib.sha1(own.encode("utf-8", "surrogateescape")).digest()[:8]
+        digest = hashlib.sha1(own.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         key = record.key
-        while owners.setdefault(key, digest) != digest:
-            key = f"{key}-{digest.hex()[:8]}"
+        while owners.setdefault(key, int(digest, 16)) != int(digest, 16):
+            key = f"{key}-{digest[:8]}"
         return record if key == record.key else dataclasses.replace(record, key=key)
+
+    def _under_root(self, path: str) -> str:
+        """``path`` relative to the root (what does not move with the dataset's mount point); the
+        readers join their paths to the root, so mostly a prefix cut (``relpath`` asks for the working
+        folder twice per call)."""
+        root = str(self.root).rstrip(os.sep) + os.sep
+        return path[len(root):] if path.startswith(root) else os.path.relpath(path, self.root)
 
     def _not_utf8(self, e: UnicodeDecodeError) -> ValueError:
         return ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "

@@ -223,3 +223,15 @@ def test_an_absolute_dataset_root_is_warned_about_a_relative_one_is_not(caplog):
         assert not caplog.text
         warn_absolute_root("rafdb", DatasetSpec("rafdb", "/mnt/data/RAF-DB", {}))
     assert "datasets.rafdb.root /mnt/data/RAF-DB is absolute" in caplog.text and "raw/rafdb ->" in caplog.text
+
+
+def test_a_record_given_its_own_key_keeps_its_subset_membership(tmp_path):
+    """Subset lists name images as the dataset does (FERPlus's name): a record whose key was
+    changed for a collision lost its tag (and the "not kept" warning blamed the other)."""
+    root = fx.make_ferplus(tmp_path)
+    plus = (root / "fer2013new.csv").read_text().replace("fer0000006.png", "fer0000003.png")
+    (root / "fer2013new.csv").write_text(plus)
+    (root / "hard.txt").write_text("fer0000003\n")
+    read = open_reader("ferplus", root, {"subsets": {"hard": "hard.txt"}}).read()
+    tagged = {r.key: tuple(r.extra.get("subsets", ())) for r in read if isinstance(r, FaceRecord)}
+    assert [k for k, tags in tagged.items() if tags == ("hard",)] == ["fer0000003", "fer0000003-05e57f77"]
