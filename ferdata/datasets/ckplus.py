@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 from pathlib import Path
 from typing import Generator, Iterator, Mapping
 
@@ -23,7 +24,7 @@ import numpy as np
 from ferdata.classes import NEUTRAL, to_canonical
 from ferdata.datasets.base import (LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, read_text,
                                    whole)
-from ferdata.datasets.folder import hidden, subdirs, unread, visible_files
+from ferdata.datasets.folder import hidden, stray_images, subdirs, unread, visible_files
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -108,13 +109,16 @@ class CKPlusReader(DatasetReader):
         if landmarks is None:
             log.info("%s: no Landmarks/ folder; records carry no landmarks", self.name)
         walked: set[tuple[str, str]] = set()
-        yield from self._outside_sequences(images, visible_files(images, recursive=False))
+        strays = partial(stray_images, self.name, base=images, reason="outside_sequence_folder",
+                         hint=f"CK+ keeps frames directly in {images.name}/<subject>/<sequence>/ (move it there, "
+                              "or remove it)")
+        yield from strays(visible_files(images, recursive=False))
         for subject_dir in subdirs(images):
-            yield from self._outside_sequences(images, visible_files(subject_dir, recursive=False))
+            yield from strays(visible_files(subject_dir, recursive=False))
             for seq_dir in subdirs(subject_dir):
                 walked.add((subject_dir.name, seq_dir.name))
                 for nested in subdirs(seq_dir):
-                    yield from self._outside_sequences(images, visible_files(nested, fence=self.root))
+                    yield from strays(visible_files(nested, fence=self.root))
                 yield from self._sequence(seq_dir, emotions, landmarks, frames, neutral)
         yield from self._unmatched_labels(emotions, images, walked)
 
@@ -131,22 +135,6 @@ class CKPlusReader(DatasetReader):
             elif (subject, seq) not in walked:
                 yield Dropped(self.name, make_key(subject, seq), "missing_image",
                               f"{label_file}: no {images.name}/{subject}/{seq}/ folder")
-
-    def _outside_sequences(self, images: Path, files: list[Path]) -> Iterator[Dropped]:
-        """The image files of ``files``, listed outside a sequence folder (beside the subject folders,
-        in a subject folder, in a folder inside a sequence folder): no frame of a sequence, so never
-        read, but each a counted drop (a hidden one as ``hidden_file``), as the folder reader counts
-        the files beside its class folders."""
-        for path in files:
-            if path.suffix.lower() not in IMAGE_EXTS or path.is_dir():
-                continue
-            key = make_key(path.relative_to(images).as_posix())
-            if hidden(path.name):
-                yield Dropped(self.name, key, *unread(path))
-            else:
-                yield Dropped(self.name, key, "outside_sequence_folder",
-                              f"{path}: not read: CK+ keeps frames directly in {images.name}/<subject>/<sequence>/ "
-                              "(move it there, or remove it)")
 
     def _sequence(
         self, seq_dir: Path, emotions: Path, landmarks: Path | None, frames: int, neutral: int

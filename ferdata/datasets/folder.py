@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from ferdata.classes import CLASSES, resolve_names
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
@@ -119,6 +119,18 @@ def files_beside(dataset: str, folder: Path, where: str) -> Iterator[Dropped]:
         yield Dropped(dataset, make_key(where, path.name), "outside_class_folder", str(path))
     for path in sorted(p for p in folder.iterdir() if hidden(p.name) and p.is_dir() and _holds_a_file(p)):
         yield Dropped(dataset, make_key(where, path.name), *unread(path))
+
+
+def stray_images(dataset: str, paths: Iterable[Path], base: Path, reason: str, hint: str) -> Iterator[Dropped]:
+    """The image files among ``paths``, found where the dataset keeps none (CK+ frames outside a
+    sequence folder, JAFFE images outside the folder read): not read, each a counted drop, ``reason``
+    with ``hint`` (where they belong), a hidden one as ``hidden_file``; keyed by their path under ``base``."""
+    for path in paths:
+        if path.is_dir() or not _image(path):
+            continue
+        key = make_key(path.relative_to(base).as_posix())
+        why = unread(path) if hidden(path.name) else (reason, f"{path}: not read: {hint}")
+        yield Dropped(dataset, key, *why)
 
 
 def read_class_tree(

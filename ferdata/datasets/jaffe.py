@@ -14,7 +14,7 @@ from typing import Iterator
 
 from ferdata.classes import JAFFE_CODES
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import hidden, unread, visible_files
+from ferdata.datasets.folder import stray_images, unread, visible_files
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -60,16 +60,9 @@ class JAFFEReader(DatasetReader):
     def _elsewhere(self, folder: Path) -> Iterator[Dropped]:
         """The image files under the root outside ``folder`` (in its sub-folders, or at the root when
         ``folder`` is ``jaffe/``): not read, each a counted drop (a hidden one as ``hidden_file``)."""
-        for path in visible_files(self.root, fence=self.root):
-            if path.parent == folder or path.is_dir() or path.suffix.lower() not in IMAGE_EXTS:
-                continue
-            key = make_key(path.relative_to(self.root).as_posix())
-            if hidden(path.name):
-                yield Dropped(self.name, key, *unread(path))
-            else:
-                yield Dropped(self.name, key, "outside_dataset_folder",
-                              f"{path}: not read: JAFFE is read from the files directly in {folder} "
-                              "(move it there, or remove it)")
+        paths = (p for p in visible_files(self.root, fence=self.root) if p.parent != folder)
+        return stray_images(self.name, paths, self.root, "outside_dataset_folder",
+                            f"JAFFE is read from the files directly in {folder} (move it there, or remove it)")
 
     def _parse(self, path: Path) -> FaceRecord | Dropped:
         key = make_key(path.stem)
