@@ -110,6 +110,24 @@ def test_real_loaders_of_all_ranks_read_each_sample_once(tiny_shards, world, wor
     assert sum(keys.values()) == split.num_samples == len(keys)
 
 
+def test_no_loader_worker_and_one_give_the_same_batches_two_another_order(tiny_shards):
+    """README: the worker count sets the sample order (each worker shuffles its own part), and 0
+    (in-process) and 1 give the same batches; a resume may switch between those two exactly."""
+    split = open_split([tiny_shards], "train")
+    decoder = SampleDecoder(("image",), 112)
+
+    def epoch(workers):
+        plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=4, env=DistEnv(0, 1, 0),
+                           workers=workers, seed=3, shuffle=True)
+        return [(b["key"], b["image"]) for b in stream_loader(plans, decoder, workers=workers, shuffle_buffer=8,
+                                                              seed=1, repeat=None)]
+
+    none, one, two = epoch(0), epoch(1), epoch(2)
+    assert [k for k, _ in none] == [k for k, _ in one] and all(torch.equal(a, b) for (_, a), (_, b) in zip(none, one))
+    assert [k for k, _ in two] != [k for k, _ in one]
+    assert sorted(k for keys, _ in two for k in keys) == sorted(k for keys, _ in one for k in keys)
+
+
 def test_resume_inside_an_epoch_replays_the_same_batches_with_workers(tiny_shards):
     split = open_split([tiny_shards], "train")
     decoder = SampleDecoder(("image",), 112)
