@@ -168,7 +168,8 @@ def barrier(env: DistEnv) -> None:
 @dataclass(frozen=True)
 class GlobalBatch:
     """A loss over the whole step's batch under DDP, not each rank's share (NeAA's anchors and
-    neutral pairs), so that the training does not depend on how many GPUs share the batch.
+    neutral pairs): its value and gradient are one process's over that batch, however many GPUs
+    share it (the rest of the step, per-rank means and the sample order, is not made so).
 
     ``capacity`` is the per-rank batch size (no rank's batch is larger): every rank pads its rows to
     it, so one fixed-size gather serves any uneven last batch without a size exchange or a host
