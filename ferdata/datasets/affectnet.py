@@ -114,7 +114,7 @@ def _looks_like_a_row(cells: list[str]) -> bool:
 def _lists_a_row(csv_path: Path) -> bool:
     """Whether an AffectNet list names any image (a line beyond the header that is not blank)."""
     with open_text(csv_path, newline="") as f:
-        return any(tuple(c.strip() for c in cells) != COLUMNS for _, cells in csv_lines(f))
+        return any(tuple(c.strip() for c in cells) != COLUMNS for _, cells in csv_lines(f, len(COLUMNS)))
 
 
 def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
@@ -221,7 +221,7 @@ class AffectNetReader(DatasetReader):
     def _read_csv(self, csv_path: Path, split: str, num_classes: int, images: Path,
                   automatic: bool = False) -> Iterator[FaceRecord | Dropped]:
         with open_text(csv_path, newline="") as f:
-            rows = csv_lines(f)
+            rows = csv_lines(f, len(COLUMNS))
             first = next(rows, (1, []))
             header = tuple(h.strip() for h in first[1])
             if header != COLUMNS:
@@ -236,8 +236,9 @@ class AffectNetReader(DatasetReader):
                automatic: bool) -> FaceRecord | Dropped:
         rel = row[0].strip()
         name = Path(rel).with_suffix("").as_posix().replace("/", "_") if rel else ""
-        key = make_key(split, f"auto_{name}" if automatic else name) if name else make_key(split, where)
-        if len(row) != len(COLUMNS) or not name:
+        whole_row = len(row) == len(COLUMNS)           # else a quote may have merged the line into its first cell
+        key = make_key(split, f"auto_{name}" if automatic else name) if name and whole_row else make_key(split, where)
+        if not whole_row or not name:
             return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns"
                            + ("" if name else ", no image path"))
         try:

@@ -206,21 +206,34 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
                          f"{e.start}); save it as UTF-8 (the publishers' files are)") from None
 
 
-def csv_lines(f: TextIO) -> Iterator[tuple[int, list[str]]]:
-    """``(line number, cells)`` of each line of a publisher's CSV list that holds anything but
-    spaces and commas, without the empty cells a trailing comma leaves at its end.
+def csv_lines(f: TextIO, width: int | None = None, warn: bool = True) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells)`` of each line of a publisher's CSV list that holds more than spaces
+    and commas, without the empty cells a trailing comma adds beyond ``width`` cells (None: the first
+    line's own width, without such cells: a header's). Empty cells within ``width`` stay (AffectNet
+    leaves valence and arousal empty). Lines of only commas (what a spreadsheet writes for a blank
+    row) are skipped and counted in a warning (``warn``).
 
     One row per line: no field of these lists spans lines, and ``csv.reader`` over the whole file
     lets a stray opening quote run on through every later line, taking their rows into one cell
     (one bad row took the rest of the file with it, line numbers after it wrong). Here such a line
-    alone reads wrong (its cell count or its values) and the reader drops it with that reason.
-    None of the formats read this way has a column that may be empty at the end of a line."""
+    alone reads wrong (its cell count or its values) and the reader drops it with that reason."""
+    commas: list[int] = []
     for number, line in enumerate(f, 1):
         cells = next(csv.reader([line]), [])
-        while cells and not cells[-1].strip():
+        if not any(c.strip() for c in cells):
+            if line.strip():
+                commas.append(number)
+            continue
+        if width is None:
+            width = len(cells)
+            while width and not cells[width - 1].strip():
+                width -= 1
+        while len(cells) > width and not cells[-1].strip():
             cells.pop()
-        if cells:
-            yield number, cells
+        yield number, cells
+    if commas and warn:
+        log.warning("%s: %d line(s) of only commas skipped (no row), e.g. line %d", getattr(f, "name", "a list"),
+                    len(commas), commas[0])
 
 
 def read_text(path: Path) -> str:

@@ -178,14 +178,15 @@ def fer_rows(csv_path: Path) -> Iterator[FerRow]:
 
 
 _ROW_COUNTS = ("{new} and {fer} have different row counts{counts}; they must be the same release (FERPlus joins "
-               "FER2013 by row position)")
+               "FER2013 by row position; lines of only spaces or commas are no rows: a row blanked in one file "
+               "puts the two out of step)")
 
 
 def _data_rows(csv_path: Path) -> int:
     """The rows after the header, counted as the readers read them (:func:`csv_lines`: a line of
     only spaces was a row here and refused the dataset); a second or two for FER2013's 300 MB."""
     with open_text(csv_path, newline="") as f:
-        return max(sum(1 for _ in csv_lines(f)) - 1, 0)
+        return max(sum(1 for _ in csv_lines(f, warn=False)) - 1, 0)
 
 
 def _same_row_count(new_csv: Path, fer_csv: Path) -> None:

@@ -311,3 +311,22 @@ def test_npy_layout_finds_images_of_any_type_and_case_and_counts_the_rest(tmp_pa
     by_reason = {d.reason: d.detail for d in items if isinstance(d, Dropped)}
     assert by_reason["duplicate_image"].endswith("5.png: annotations/5_exp.npy labels 5.jpg")
     assert [d.key for d in items if isinstance(d, Dropped) and d.reason == "no_label"] == ["train_9"]
+
+
+def test_empty_valence_and_arousal_are_kept_and_a_merged_line_gets_a_short_key(tmp_path):
+    """The empty cells of a row's last columns are data (valence, arousal: optional); only those a
+    trailing comma adds beyond the 9 columns go. A line a stray quote merged into one cell was keyed
+    by its whole text (864 characters)."""
+    lmk = landmarks68()
+    for i in range(3):
+        write_image(tmp_path / "Manually_Annotated_Images" / "1" / f"e{i}.jpg")
+    rows = [_affectnet_row(f"1/e{i}.jpg", 1, lmk) for i in range(3)]
+    rows[0] = rows[0].rsplit(",", 1)[0] + ","                      # arousal empty
+    rows[1] = rows[1].rsplit(",", 2)[0] + ",,"                     # valence and arousal empty
+    rows[2] = '"' + rows[2]
+    _write_training_csv(tmp_path, rows)
+    records, drops, items = read_all("affectnet", tmp_path, {"protocol": "affectnet8"})
+    assert sorted(records) == ["train_1_e0", "train_1_e1"] and drops == {"malformed_row": 1}
+    assert records["train_1_e0"].extra == {"valence": 0.25} and records["train_1_e1"].extra == {}
+    (key,) = [d.key for d in items if isinstance(d, Dropped)]
+    assert key.startswith("train_training-csv-4") and len(key) < 40

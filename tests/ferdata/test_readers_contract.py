@@ -151,7 +151,7 @@ def test_official_splits_are_the_splits_a_whole_dataset_gives(tmp_path, name):
         assert official == splits
 
 
-def test_csv_lines_reads_one_row_per_line_so_a_stray_quote_spoils_only_its_own():
+def test_csv_lines_reads_one_row_per_line_so_a_stray_quote_spoils_only_its_own(caplog):
     """csv's reader let an unclosed quote run on through every later line (all their rows one
     cell); blank lines, spaces-and-commas lines and a trailing comma's empty cells are not data."""
     import io
@@ -160,6 +160,11 @@ def test_csv_lines_reads_one_row_per_line_so_a_stray_quote_spoils_only_its_own()
 
     text = 'a,b\r\n"x,y\nc,"d"\n  ,  \n\ne,f,,\r\n'
     assert list(csv_lines(io.StringIO(text))) == [(1, ["a", "b"]), (2, ["x,y\n"]), (3, ["c", "d"]), (6, ["e", "f"])]
+    # empty cells within the width are data (AffectNet's optional valence, arousal); a header sets it
+    assert list(csv_lines(io.StringIO("h1,h2,h3,\n1,,\n2,3,4,\n"))) == [(1, ["h1", "h2", "h3"]),
+                                                                          (2, ["1", "", ""]), (3, ["2", "3", "4"])]
+    assert list(csv_lines(io.StringIO("1,,\n"), width=3)) == [(1, ["1", "", ""])]
+    assert "1 line(s) of only commas skipped (no row), e.g. line 4" in caplog.text     # the first call's
 
 
 def _keys_and_paths(name: str, root, options=None) -> list[tuple[str, str, bytes | None]]:
