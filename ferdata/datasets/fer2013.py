@@ -330,7 +330,9 @@ class FERPlusReader(DatasetReader):
     def _read_folders(self, mode: str) -> Iterator[FaceRecord | Dropped]:
         for split, folder in FERPLUS_DIRS.items():
             with open_text(self.root / folder / "label.csv", newline="") as f:
-                for lineno, row in csv_lines(f):
+                for n, (lineno, row) in enumerate(csv_lines(f)):
+                    if n == 0 and {c.strip().lower() for c in row} & set(VOTE_COLUMNS):
+                        continue                  # a header line (Microsoft's files have none): not an image
                     if not row[0].strip():
                         where = f"{folder}/label.csv:{lineno}"
                         yield Dropped(self.name, f"{split}-line{lineno}", "no_image_name", where)

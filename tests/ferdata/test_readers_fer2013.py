@@ -304,3 +304,15 @@ def test_ferplus_bad_votes_say_which_fault(tmp_path):
     assert details["fer0000001"][0] == "bad_votes"
     assert details["fer0000001"][1].endswith(": 9 vote cells, expected 10 (" + ",".join(
         ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "nf"]) + ")")
+
+
+def test_ferplus_folder_label_csv_with_a_header_line_reads_its_rows_only(tmp_path):
+    """Microsoft's label.csv files have no header; one written with a header line (pandas' default)
+    read the header as an image ("Image name": missing_image)."""
+    make_ferplus_folders(tmp_path)
+    plain, plain_drops, _ = read_all("ferplus", tmp_path)
+    label = tmp_path / "FER2013Train" / "label.csv"
+    label.write_text("Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+                     + label.read_text())
+    records, drops, _ = read_all("ferplus", tmp_path)
+    assert sorted(records) == sorted(plain) and drops == plain_drops
