@@ -139,6 +139,23 @@ def test_missing_field_is_named(name: str) -> None:
 
 
 @pytest.mark.parametrize("name, kwargs", VARIANTS)
+def test_the_ddp_probe_of_used_parameters_matches_what_the_training_loss_reaches(name: str, kwargs: dict) -> None:
+    """The trainer tells DDP whether parameters go unused from one eval-mode forward pass (no
+    gradients, no BatchNorm update): a parameter called there but not reached by the training
+    loss (or the other way round) would hang or fail DDP's gradient reduction at the second step."""
+    from fermodels.info import used_parameters
+
+    model = build(name, **kwargs)
+    batch = example_batch(model.card, 2)
+    called = {id(p) for p in used_parameters(model.eval(), batch)}
+    model.train()
+    sum(model.losses(model(batch), batch).values()).backward()
+    reached = {id(p) for p in model.parameters() if p.grad is not None}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert called & trainable == reached
+
+
+@pytest.mark.parametrize("name, kwargs", VARIANTS)
 def test_onnx_export_matches_torch(name: str, kwargs: dict, tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = build(name, **kwargs).eval()
