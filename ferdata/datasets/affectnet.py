@@ -37,7 +37,7 @@ import numpy as np
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
                                    csv_lines, open_text, whole)
-from ferdata.datasets.folder import hidden, unread
+from ferdata.datasets.folder import hidden, is_image, unread
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.io import IMAGE_EXTS
 from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
@@ -123,7 +123,7 @@ def _images_by_stem(folder: Path) -> dict[str, list[Path]]:
     images by their id alone, and only ``.jpg``/``.png`` in lower case were found."""
     found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() in IMAGE_EXTS:
+        if is_image(path):
             found.setdefault(path.stem, []).append(path)
     return found
 

@@ -24,8 +24,7 @@ import numpy as np
 from ferdata.classes import NEUTRAL, to_canonical
 from ferdata.datasets.base import (LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, read_text,
                                    whole)
-from ferdata.datasets.folder import hidden, stray_images, subdirs, unread, visible_files
-from ferdata.io import IMAGE_EXTS
+from ferdata.datasets.folder import hidden, is_image, stray_images, subdirs, unread, visible_files
 from ferdata.records import Dropped, FaceRecord, make_key
 
 log = logging.getLogger(__name__)
@@ -177,7 +176,7 @@ class CKPlusReader(DatasetReader):
         """The frames of a sequence folder, one file per frame number in frame order (returned); every
         other image file there is a counted drop (yielded): hidden ones, those named without a frame
         number, and a second file of one frame (its ``.jpg`` copy beside the ``.png``)."""
-        files = [p for p in seq_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+        files = [p for p in seq_dir.iterdir() if is_image(p)]
         for path in sorted(p for p in files if hidden(p.name)):               # ._S005_001_00000001.png
             yield Dropped(self.name, make_key(path.stem), *unread(path))
         files = [p for p in files if not hidden(p.name)]

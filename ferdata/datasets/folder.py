@@ -49,7 +49,7 @@ def visible_files(folder: Path, recursive: bool = True, fence: Path | None = Non
     read images a second time under this folder's label. An unreadable folder is an error.
     """
     if not recursive:
-        return sorted(p for p in folder.iterdir() if not p.is_dir() and (not hidden(p.name) or _image(p)))
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and (not hidden(p.name) or is_image(p)))
     home, bound = os.path.realpath(folder), os.path.realpath(fence or folder)
     found: list[Path] = []
     walked = {home}
@@ -59,7 +59,7 @@ def visible_files(folder: Path, recursive: bool = True, fence: Path | None = Non
 
     for top, dirs, files in os.walk(folder, onerror=fail, followlinks=True):
         here = Path(top)
-        found += (here / f for f in files if not hidden(f) or _image(here / f))
+        found += (here / f for f in files if not hidden(f) or is_image(here / f))
         kept = []
         for d in sorted(dirs, key=lambda d: (os.path.islink(here / d), d)):     # real folders claim first
             if hidden(d):
@@ -81,7 +81,8 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _image(path: Path) -> bool:
+def is_image(path: Path) -> bool:
+    """Named as an image this package reads (any of ``IMAGE_EXTS``, in any case)."""
     return path.suffix.lower() in IMAGE_EXTS
 
 
@@ -92,7 +93,7 @@ def unread(path: Path) -> tuple[str, str] | None:
     if path.is_dir():
         return "repeated_folder", (f"{path}: a link up the tree, into another folder of the dataset, or to a "
                                    "folder read already: not followed (a loop, or a second way in)")
-    if path.suffix.lower() not in IMAGE_EXTS:
+    if not is_image(path):
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
     if not path.exists():
         return "missing_image", f"{path}: a link to nothing"
@@ -105,7 +106,7 @@ def _holds_a_file(folder: Path) -> bool:
     """Whether anything under ``folder`` could be a sample: a file or a linked folder (hidden non-images
     such as ``.DS_Store`` aside). Stops at the first one."""
     for top, dirs, files in os.walk(folder):
-        if any(not hidden(f) or _image(Path(top, f)) for f in files) or any(os.path.islink(Path(top, d))
+        if any(not hidden(f) or is_image(Path(top, f)) for f in files) or any(os.path.islink(Path(top, d))
                                                                            for d in dirs):
             return True
     return False
@@ -126,7 +127,7 @@ def stray_images(dataset: str, paths: Iterable[Path], base: Path, reason: str, h
     sequence folder, JAFFE images outside the folder read): not read, each a counted drop, ``reason``
     with ``hint`` (where they belong), a hidden one as ``hidden_file``; keyed by their path under ``base``."""
     for path in paths:
-        if path.is_dir() or not _image(path):
+        if path.is_dir() or not is_image(path):
             continue
         key = make_key(path.relative_to(base).as_posix())
         why = unread(path) if hidden(path.name) else (reason, f"{path}: not read: {hint}")

@@ -14,8 +14,7 @@ from typing import Iterator
 
 from ferdata.classes import JAFFE_CODES
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import stray_images, unread, visible_files
-from ferdata.io import IMAGE_EXTS
+from ferdata.datasets.folder import is_image, stray_images, unread, visible_files
 from ferdata.records import Dropped, FaceRecord, make_key
 
 NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.[^.]+$", re.IGNORECASE)
@@ -25,7 +24,7 @@ def _jaffe_names(folder: Path) -> int:
     """How many image files directly in ``folder`` are named like JAFFE's (0 when it is no folder)."""
     if not folder.is_dir():
         return 0
-    return sum(1 for p in folder.iterdir() if NAME.match(p.name) and p.suffix.lower() in IMAGE_EXTS
+    return sum(1 for p in folder.iterdir() if NAME.match(p.name) and is_image(p)
                and not p.is_dir())
 
 
