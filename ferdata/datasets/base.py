@@ -82,6 +82,7 @@ class DatasetReader:
         if unknown:
             raise ValueError(f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
         self.root = Path(root)
+        self._prefix = str(self.root).rstrip(os.sep) + os.sep         # of the paths the readers join to it
         self.options = {**known, **options}
         self._notes: dict[str, tuple[str, str]] = {}     # key -> (what, example): the flaw of a record scanned
         self.excluded = excluded_ids(self.options["exclude_classes"], self.name)
@@ -172,8 +173,7 @@ class DatasetReader:
         """``path`` relative to the root (what does not move with the dataset's mount point); the
         readers join their paths to the root, so mostly a prefix cut (``relpath`` asks for the working
         folder twice per call)."""
-        root = str(self.root).rstrip(os.sep) + os.sep
-        return path[len(root):] if path.startswith(root) else os.path.relpath(path, self.root)
+        return path[len(self._prefix):] if path.startswith(self._prefix) else os.path.relpath(path, self.root)
 
     def _not_utf8(self, e: UnicodeDecodeError) -> ValueError:
         return ValueError(f"{self.name}: a text file under {self.root} is not UTF-8 ({e}); "
