@@ -386,8 +386,6 @@ def measure(args: argparse.Namespace) -> dict:
         raise SystemExit(f"unknown --inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
     inputs = {k: INPUTS[k] for k in args.inputs.split(",")}
     workers = [int(w) for w in args.workers.split(",")]
-    global QUICK
-    QUICK = args.quick
     n, batch = args.samples or (192 if args.quick else 3000), args.batch_size or (32 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 2)
     train = load_params(REPO / "params.yaml")["train"]
@@ -434,7 +432,7 @@ def measure(args: argparse.Namespace) -> dict:
                                                for key, (fields, size) in inputs.items()})
             print_stages(res["stages_us"])
     res["ratios"] = ratios(res)
-    print_ratios(res["ratios"], workers)
+    print_ratios(res["ratios"], workers, args.quick)
     return res
 
 
@@ -552,22 +550,20 @@ def print_stages(stages: dict) -> None:
         print(f"{name:<38}" + "".join(f"{p[name]:>18.0f}" for p in stages.values()))
 
 
-def print_ratios(table: dict, ws: list[int]) -> None:
-    told = "goal; met/MISSED" + ("; n/a: --quick sizes" if QUICK else "")
+def print_ratios(table: dict, ws: list[int], quick: bool) -> None:
+    """The ratios against their goals; a --quick run's smoke-test sizes judge none (n/a)."""
+    told = "goal; met/MISSED" + ("; n/a: --quick sizes" if quick else "")
     print(f"\nratios ({told}){'':<38}" + "".join(f"{f'{w} workers':>16}" for w in ws))
     for name, cells in table.items():
         goal = next(iter(cells.values()))["goal"]
-        row = "".join(f"{_cell(cells.get(w)):>16}" for w in ws)
+        row = "".join(f"{_cell(cells.get(w), quick):>16}" for w in ws)
         print(f"  {name:<52} {'>= ' + str(goal) if goal else 'info':<7}{row}")
 
 
-QUICK = False      # set by a --quick run: smoke-test sizes, whose ratios judge no goal
-
-
-def _cell(c: dict | None) -> str:
+def _cell(c: dict | None, quick: bool) -> str:
     if c is None:
         return ""
-    told = "" if c["met"] is None else " n/a" if QUICK else " met" if c["met"] else " MISSED"
+    told = "" if c["met"] is None else " n/a" if quick else " met" if c["met"] else " MISSED"
     return f"{c['value']:.2f}{told}"
 
 
