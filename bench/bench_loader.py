@@ -75,6 +75,7 @@ INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
           "image+halves@224": (("image", "left", "right"), 224)}
 GOAL_VS_FOLDER, GOAL_VS_DECODE, GOAL_SCALING = 3.0, 0.8, 0.9
 TRAIN_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where the trainer augments
+STREAMS = int(load_params(REPO / "params.yaml")["train"]["streams"])   # the trainer's shuffle streams per rank
 INSPECT = 8                                      # batches are checked on every 8th row and column (+ mirror)
 
 
@@ -160,7 +161,7 @@ def plan_kw(shards: Path, batch: int, workers: int) -> tuple[tuple[tuple[str, in
     it (one rank)."""
     split = open_split([shards], "train")
     return tuple(split.shards), dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                                     workers=workers, shuffle=True)
+                                     workers=workers, streams=STREAMS, shuffle=True)
 
 
 def ours_plans(shards: Path, batch: int, workers: int) -> list[WorkerPlan]:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from ferdata.geometry import split_halves  # noqa: E402
 from ferdata.heatmap import max_heatmap_u8  # noqa: E402
 from ferdata.io import encode_jpeg, encode_png  # noqa: E402
+from ferdata.params import load_params  # noqa: E402
 from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
@@ -59,6 +60,7 @@ from fermodels.train import train_step  # noqa: E402
 
 AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale_min=0.95, scale_max=1.05,
                     erase_p=0.25, erase_scale_min=0.02, erase_scale_max=0.15)
+STREAMS = int(load_params(REPO / "params.yaml")["train"]["streams"])   # the trainer's shuffle streams per rank
 QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
 
 
@@ -88,7 +90,7 @@ def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded)."""
     split = open_split([shards], "train")
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, seed=0, shuffle=True)
+                       workers=workers, streams=STREAMS, seed=0, shuffle=True)
     decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
     loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=500, seed=0, repeat=None)
     it = iter(loader)
@@ -182,7 +184,7 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     split = open_split([shards], "train")
     full = split.num_samples // batch * batch or split.num_samples      # whole batches: one batch shape
     plans = plan_epoch(split.shards, samples=full, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, seed=0, shuffle=True)
+                       workers=workers, streams=STREAMS, seed=0, shuffle=True)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
                             shuffle_buffer=500, seed=0, repeat=None))
     # The first step, then (on a GPU, whose steps are as fast as the loader) what was decoded

@@ -1,14 +1,15 @@
-"""torchrun/DDP set-up from the environment, and the exact split of an epoch into rank and
-DataLoader-worker streams.
+"""torchrun/DDP set-up from the environment, and the exact split of an epoch into ranks and
+shuffle streams, and of the streams over the DataLoader workers.
 
 Why an explicit plan instead of ``wds.split_by_node`` + ``wds.split_by_worker``: those split at
 shard granularity, so ranks get different sample counts (a rank with fewer batches hangs DDP at
 its next collective), and fewer shards than workers leave workers idle. Here the epoch's shard
 order (seeded by seed and epoch) defines one sequence of samples per dataset; each rank takes a
-range of it and each worker a part of its rank's range, the same share of every dataset
+range of it and each shuffle stream a part of its rank's range, the same share of every dataset
 (:func:`_take_mixed`; one dataset: contiguous ranges, so shards are read sequentially), so every
 sample is read exactly once per epoch and every rank runs the same number of batches
-(:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples).
+(:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples). The
+loader workers only make the streams' batches (:func:`assign_streams`): their number changes no batch.
 
 Launch: ``torchrun --nproc_per_node=N -m pipeline.train ...`` (one node) or with ``--nnodes``,
 ``--node_rank`` and ``--master_addr``/``--master_port`` on several; the process group is set up from
@@ -225,17 +226,51 @@ class Piece:
 
 
 @dataclass(frozen=True)
-class WorkerPlan:
-    """What one DataLoader worker of one rank reads and how it batches it."""
+class StreamPlan:
+    """One shuffle stream of a rank's epoch: what it reads, in which batches, how many of them
+    were trained on already (a resume inside the epoch: read, not decoded)."""
 
-    worker: int                # position in the uninterrupted epoch (seeds the worker's shuffle)
+    stream: int                # its index in the rank's epoch (seeds its shuffle)
     pieces: tuple[Piece, ...]
     batch_sizes: tuple[int, ...]
-    skip_batches: int          # already trained on (resume inside an epoch): read, not decoded
+    skip_batches: int
 
     @property
     def num_samples(self) -> int:
         return sum(self.batch_sizes)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What one DataLoader worker of one rank makes: the batches of its streams, round by round
+    (in a round, one batch of each of its streams that has one left, in stream order)."""
+
+    worker: int                # its place in the loader's round robin from the epoch's start
+    streams: tuple[StreamPlan, ...]
+
+    @property
+    def order(self) -> tuple[tuple[int, int], ...]:
+        """(index into ``streams``, batch size) of each batch the worker makes, in order."""
+        rounds = max((len(s.batch_sizes) for s in self.streams), default=0)
+        return tuple((i, s.batch_sizes[r]) for r in range(rounds) for i, s in enumerate(self.streams)
+                     if r < len(s.batch_sizes))
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        return tuple(size for _, size in self.order)
+
+    @property
+    def skip_batches(self) -> int:
+        """The first batches of :attr:`order` already trained on (each stream's are its first)."""
+        return sum(s.skip_batches for s in self.streams)
+
+    @property
+    def pieces(self) -> tuple[Piece, ...]:
+        return tuple(p for s in self.streams for p in s.pieces)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(s.num_samples for s in self.streams)
 
 
 def shard_order(shards: Sequence[tuple[str, int]], seed: int, shuffle: bool) -> list[tuple[str, int]]:
@@ -362,15 +397,21 @@ def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]
 
 def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: int, env: DistEnv,
                workers: int, seed: int, shuffle: bool, skip_batches: int = 0,
-               one_pass: bool = False) -> list[WorkerPlan]:
+               one_pass: bool = False, streams: int | None = None) -> list[WorkerPlan]:
     """This rank's worker plans for one epoch of ``samples`` samples.
 
     ``shards`` are (path, sample count) pairs. The sequence is the shard order repeated
     (each pass reshuffled) and cut at ``samples``; ``batch_size`` is per rank. Every rank gets
     ``ceil(largest rank share / batch_size)`` batches. ``skip_batches`` resumes inside the epoch.
-    ``one_pass``: the workers read one pass over the split between them, whatever ``samples``
+
+    The rank's batches are cut into ``streams`` contiguous blocks (one per worker if None; no more
+    than there are batches), each read from its own part of the sequence through its own shuffle,
+    and taken round by round, one batch of each stream in turn: the epoch's batches depend on the
+    streams, not on the ``workers`` that make them (:func:`assign_streams`).
+
+    ``one_pass``: the streams read one pass over the split between them, whatever ``samples``
     is, and a class-balanced stream (:func:`fermodels.sampling.repeat_stream`) makes each its
-    quota from its part: repeating shards instead would give a sample in two workers' parts the
+    quota from its part: repeating shards instead would give a sample in two streams' parts the
     same keep-or-skip draw, so it came out twice and others never. Each part then holds the same
     fraction of every dataset (:func:`_take_mixed`, as every part is), so its class mix is the split's.
     """
@@ -385,22 +426,43 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     if per_rank[-1] == 0:
         raise ValueError(f"{samples} samples cannot feed {env.world_size} ranks")
     sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
-    blocks = split_evenly(len(sizes), max(1, min(workers, len(sizes))))
-    skips, first = round_robin_skips(blocks, skip_batches)
+    asked = max(1, workers if streams is None else streams)
+    blocks = split_evenly(len(sizes), min(asked, len(sizes)))
+    skips, _ = round_robin_skips(blocks, skip_batches)
     rank_reads = split_evenly(read, env.world_size)
     reads = None
-    if one_pass:                    # each worker reads a part as large as its quota of the rank's samples
+    if one_pass:                    # each stream reads a part as large as its quota of the rank's samples
         quotas = [sum(sizes[b: b + n]) for b, n in zip(itertools.accumulate([0, *blocks]), blocks)]
         reads = split_in_proportion(rank_reads[env.rank], quotas)
-    plans, pos, b = [], sum(rank_reads[: env.rank]), 0
-    for w, (n, skip) in enumerate(zip(blocks, skips)):
-        worker_sizes = tuple(sizes[b: b + n])
-        count = reads[w] if reads else sum(worker_sizes)
+    lanes, pos, b = [], sum(rank_reads[: env.rank]), 0
+    for s, (n, skip) in enumerate(zip(blocks, skips)):
+        lane_sizes = tuple(sizes[b: b + n])
+        count = reads[s] if reads else sum(lane_sizes)
         pieces = _take_mixed(sequence, pos, count, total)
         if not any(p.stop > p.start for p in pieces):
             raise ValueError(f"a class-balanced epoch reads the split once between {env.world_size} rank(s) x "
-                             f"{len(blocks)} worker(s): its {total} samples leave a part none to read; lower "
-                             "train.workers")
-        plans.append(WorkerPlan(w, tuple(pieces), worker_sizes, skip))
+                             f"{len(blocks)} stream(s): its {total} samples leave a part none to read; lower "
+                             f"train.{'workers' if streams is None else 'streams'}")
+        lanes.append(StreamPlan(s, tuple(pieces), lane_sizes, skip))
         pos, b = pos + count, b + n
+    return assign_streams(lanes, workers, skip_batches)
+
+
+def assign_streams(lanes: Sequence[StreamPlan], workers: int, skip_batches: int = 0) -> list[WorkerPlan]:
+    """The streams dealt to ``workers`` loader workers (0: one, in-process) so that the DataLoader's
+    round robin over the workers yields the streams' round-by-round order, whatever their number.
+
+    Stream ``s`` goes to worker ``s mod W``. The epoch's ``k``-th batch is then made by worker ``k mod W``
+    whenever ``W`` divides the number of streams (in a full round ``k = round x streams + s``; the last
+    round holds the first streams only, as :func:`split_evenly` gives them the extra batch) or there
+    is one round; each worker makes its batches in that order, and the round robin, which takes
+    worker 0, 1, ... in turn and passes over those done, interleaves them back. A resume at batch
+    ``skip_batches`` starts with worker ``skip_batches mod W``."""
+    n = max(1, min(workers, len(lanes)))
+    if len(lanes) % n and max(len(lane.batch_sizes) for lane in lanes) > 1:
+        raise ValueError(f"{n} loader workers cannot share {len(lanes)} shuffle streams evenly: set train.workers "
+                         f"to a divisor of train.streams ({len(lanes)}), or train.streams to a multiple of "
+                         "train.workers (another number of streams is another sample order)")
+    plans = [WorkerPlan(w, tuple(lane for lane in lanes if lane.stream % n == w)) for w in range(n)]
+    first = skip_batches % n
     return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

@@ -199,9 +199,10 @@ def model_from_checkpoint(state: dict) -> nn.Module:
 
 
 RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes
-# train params that lay an epoch out over the loader workers, as world_size does over the ranks: a
-# run continues under others from an epoch's end (:func:`next_position`), not from the middle of one
-LAYOUT = ("workers",)
+# train params that lay an epoch out over shuffle streams, as world_size does over the ranks: a run
+# continues under others from an epoch's end (:func:`next_position`), not from the middle of one;
+# the loader workers that make the streams' batches change nothing
+LAYOUT = ("streams", "workers")
 
 
 def code_fingerprint() -> str:
@@ -292,21 +293,24 @@ def _history(tsv: Path) -> tuple[list[list[str]], int | None]:
     return rows, rows[0].index("step") if rows and "step" in rows[0] else None
 
 
-def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, workers: int | None = None) -> Position:
+def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, streams: int | None = None) -> Position:
     """Where to continue after ``state``: the same epoch mid-way, or the start of the next.
 
     A batch index mid-epoch counts in the layout that saved it (the global batch is split over
-    the ranks, each rank's epoch over its loader workers), so it cannot be continued under another
-    number of ranks or ``workers`` (None: the saved number): that is refused; from an epoch's end
-    the next one starts under any, with a warning (the epochs are laid out otherwise from there)."""
-    saved = (state.get("world_size", world_size), (state.get("params") or {}).get("workers", workers))
-    now = (world_size, saved[1] if workers is None else workers)
+    the ranks, each rank's epoch over its shuffle streams), so it cannot be continued under another
+    number of ranks or ``streams`` (None: the saved number): that is refused; from an epoch's end
+    the next one starts under any, with a warning (the epochs are laid out otherwise from there).
+    The number of loader workers lays nothing out (:func:`fermodels.distributed.assign_streams`): a
+    run continues under any. A checkpoint of a version without streams had one per loader worker."""
+    params = state.get("params") or {}
+    saved = (state.get("world_size", world_size), params.get("streams", params.get("workers", streams)))
+    now = (world_size, saved[1] if streams is None else streams)
     if _layout(saved, steps_per_epoch) != _layout(now, steps_per_epoch):
-        was, will = (f"{r} rank(s) x {w} loader worker(s)" for r, w in (saved, now))
+        was, will = (f"{r} rank(s) x {s} shuffle stream(s)" for r, s in (saved, now))
         if state["batch"] < state.get("epoch_steps", 0):
             raise ValueError(f"last.pt was saved by {was} in the middle of epoch {state['epoch']} (batch "
                              f"{state['batch']}); resume it with the same numbers (torchrun's --nproc_per_node, "
-                             f"train.workers), or delete last.pt to start over with {will}")
+                             f"train.streams), or delete last.pt to start over with {will}")
         log.warning("resuming a run saved by %s with %s: from here on it is not the run %s would have made",
                     was, will, was)
         return Position(state["epoch"] + 1, 0, state["step"])
@@ -315,11 +319,11 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, worker
     return Position(state["epoch"], state["batch"], state["step"])
 
 
-def _layout(ranks_workers: tuple[int, int | None], steps_per_epoch: int) -> tuple[int, int | None]:
-    """(ranks, loader workers) as an epoch is laid out: 0 workers (in-process) reads as one, and
-    no more workers than a rank has batches (:func:`fermodels.distributed.plan_epoch`)."""
-    ranks, workers = ranks_workers
-    return ranks, None if workers is None else max(1, min(workers, steps_per_epoch))
+def _layout(ranks_streams: tuple[int, int | None], steps_per_epoch: int) -> tuple[int, int | None]:
+    """(ranks, shuffle streams) as an epoch is laid out: 0 (a version's in-process loader) reads as
+    one, and no more streams than a rank has batches (:func:`fermodels.distributed.plan_epoch`)."""
+    ranks, streams = ranks_streams
+    return ranks, None if streams is None else max(1, min(streams, steps_per_epoch))
 
 
 def truncate_live(live_dir: str | Path, from_step: int) -> None:

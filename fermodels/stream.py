@@ -1,8 +1,9 @@
 """The training stream: one rank's epoch of shards -> uint8 batches, built in the loader workers.
 
 Training streams the shards (sequential reads) along the epoch plan of :mod:`fermodels.distributed`
-(exact per-rank/per-worker split), optionally resampled for class balance (:mod:`fermodels.sampling`),
-through a seeded shuffle buffer; batches leave the workers through shared buffers (:mod:`fermodels.batchring`).
+(exact per-rank split into shuffle streams, dealt to the workers), each stream optionally resampled for
+class balance (:mod:`fermodels.sampling`) and through its own seeded shuffle buffer; a worker makes its
+streams' batches in turn, and batches leave the workers through shared buffers (:mod:`fermodels.batchring`).
 
 Workers only decode and resize (uint8); floats, augmentation and normalisation happen on the training
 device (:func:`fermodels.modelinput.to_device`, :mod:`fermodels.augment`, :func:`fermodels.modelinput.normalise`).
@@ -13,6 +14,7 @@ import hashlib
 import itertools
 import os
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
@@ -23,7 +25,7 @@ from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
 from fermodels.data import SampleDecoder, assemble, decode_batch, sample_label
-from fermodels.distributed import WorkerPlan, plan_epoch
+from fermodels.distributed import StreamPlan, WorkerPlan, plan_epoch
 from fermodels.sampling import ClassRepeat, repeat_stream
 
 PREFETCH = 4
@@ -63,20 +65,20 @@ def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterat
 
 
 def _read_in_order(pieces: Sequence, only: Collection[str] | None) -> Iterator[dict]:
-    """Raw samples of each piece in turn, in file order."""
+    """Raw samples of each piece in turn, in file order. A piece's samples are taken out of its
+    shard at once and handed out from there: a stream paused between batches (a worker makes
+    batches of several in turn) holds them, not the whole shard file it read them from."""
     for piece in pieces:
         if piece.stop <= piece.start:
             continue
-        n = 0
-        for n, (key, fields) in enumerate(iter_tar_samples(piece.url, only=only), 1):
-            if n > piece.start:
-                yield {"__key__": key, "__url__": piece.url, **fields}
-            if n == piece.stop:
-                break
-        else:
-            raise ValueError(f"{piece.url} holds {n} samples, fewer than its split's _info.json lists: the "
-                             "shard changed after it was written; check it with `ferdata verify`, then re-run "
-                             "the shard stage (or `dvc pull` / `dvc checkout` it)")
+        taken = deque(itertools.islice(iter_tar_samples(piece.url, only=only), piece.start, piece.stop))
+        if len(taken) < piece.stop - piece.start:
+            raise ValueError(f"{piece.url} holds {piece.start + len(taken)} samples, fewer than its split's "
+                             "_info.json lists: the shard changed after it was written; check it with `ferdata "
+                             "verify`, then re-run the shard stage (or `dvc pull` / `dvc checkout` it)")
+        while taken:
+            key, fields = taken.popleft()
+            yield {"__key__": key, "__url__": piece.url, **fields}
 
 
 def shuffled(samples: Iterable[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
@@ -149,24 +151,30 @@ class EpochStream(IterableDataset):
         ring = self.ring if info is not None else None
         plans, seed = self.epoch()
         plan = plans[wid]
-        members = self.decoder.members
-        if self.repeat is None:
-            source: Iterable[dict] = read_pieces(plan.pieces, members)
-        else:
-            source = repeat_stream(lambda: read_pieces(plan.pieces, members), self.repeat, plan.num_samples,
-                                   sample_label, seed)
-        if self.shuffle_buffer > 1:
-            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(seed, plan.worker)))
-        samples = iter(source)
-        _take(samples, sum(plan.batch_sizes[: plan.skip_batches]))        # done before the resume
-        for serial, size in enumerate(plan.batch_sizes[plan.skip_batches:]):
-            raw = _take(samples, size)
+        lanes = [self._samples(lane, seed) for lane in plan.streams]
+        for n, (i, size) in enumerate(plan.order):
+            raw = _take(lanes[i], size)
+            serial = n - plan.skip_batches
+            if serial < 0:                                      # trained on before the resume
+                continue
             if ring is None:
                 fields, keys = decode_batch(self.decoder, raw)
                 yield assemble(fields, {"key": keys})
             else:
                 _, keys = decode_batch(self.decoder, raw, ring.acquire(wid, serial))
                 yield BatchRing.message(wid, serial, size, {"key": keys})
+
+    def _samples(self, lane: StreamPlan, seed: int) -> Iterator[dict]:
+        """The raw samples of one stream, in its shuffled (and, balanced, resampled) order."""
+        members = self.decoder.members
+        if self.repeat is None:
+            source: Iterable[dict] = read_pieces(lane.pieces, members)
+        else:
+            source = repeat_stream(lambda: read_pieces(lane.pieces, members), self.repeat, lane.num_samples,
+                                   sample_label, seed)
+        if self.shuffle_buffer > 1:
+            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(seed, lane.stream)))
+        return iter(source)
 
 
 def _take(it: Iterator[dict], n: int) -> list[dict]:

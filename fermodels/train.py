@@ -171,7 +171,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     if fp16 and params.sam:
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
     plan_kw = dict(samples=samples, batch_size=params.batch_size // env.world_size, env=env,
-                   workers=params.workers, shuffle=True, one_pass=params.sampler == "balanced")
+                   workers=params.workers, streams=params.streams, shuffle=True,
+                   one_pass=params.sampler == "balanced")
     planner = EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw)
     steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
@@ -186,7 +187,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start, best = next_position(state, steps, env.world_size, params.workers), state["best"]
+        start, best = next_position(state, steps, env.world_size, params.streams), state["best"]
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
         if warning := other_threads(state, threads):
             log.warning(warning)

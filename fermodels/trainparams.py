@@ -56,6 +56,7 @@ class TrainParams:
     select_metric: str
     seed: int
     workers: int
+    streams: int
     device: str
     amp: bool
     channels_last: bool
@@ -90,15 +91,24 @@ class TrainParams:
             "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),
             "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
             "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
-            "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0), "shuffle_buffer": at_least(0),
-            "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
+            "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0), "streams": at_least(1),
+            "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
             "ema_decay": below_from(0, 1)})
+        if self.workers and self.streams % self.workers:
+            raise ValueError(f"train.workers {self.workers} must divide train.streams {self.streams}: each loader "
+                             "worker makes the batches of as many shuffle streams (the streams set the sample order, "
+                             f"the workers do not); use one of {divisors(self.streams)} workers, or more streams "
+                             "(another number of streams is another order)")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"train.warmup_epochs {self.warmup_epochs} is more than train.epochs {self.epochs} "
                              "(the learning rate would never reach train.lr)")
         if self.sampler == "balanced" and self.class_weights:
             raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
                              "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:

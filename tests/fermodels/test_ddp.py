@@ -110,34 +110,63 @@ def test_real_loaders_of_all_ranks_read_each_sample_once(tiny_shards, world, wor
     assert sum(keys.values()) == split.num_samples == len(keys)
 
 
-def test_no_loader_worker_and_one_give_the_same_batches_two_another_order(tiny_shards):
-    """README: the worker count sets the sample order (each worker shuffles its own part), and 0
-    (in-process) and 1 give the same batches; a resume may switch between those two exactly."""
+@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("batch,streams,workers", [(2, 4, (1, 2, 4)), (2, 3, (1, 3)), (4, 16, (2, 16))])
+def test_the_streams_set_the_batches_not_the_loader_workers(tiny_shards, balanced, batch, streams, workers):
+    """README: an epoch's batches (which samples, in which order, their pixels) are the same under any
+    number of loader workers that divides train.streams, 0 (in-process) included; before, each worker
+    shuffled its own part, so another count trained on other batches. Cases: several rounds of
+    streams, a number of streams no power of two, and more streams than batches (one round)."""
     split = open_split([tiny_shards], "train")
     decoder = SampleDecoder(("image",), 112)
+    repeat = ClassRepeat.balanced(split.class_counts(7), split.num_samples) if balanced else None
 
-    def epoch(workers):
-        plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=4, env=DistEnv(0, 1, 0),
-                           workers=workers, seed=3, shuffle=True)
-        return [(b["key"], b["image"]) for b in stream_loader(plans, decoder, workers=workers, shuffle_buffer=8,
-                                                              seed=1, repeat=None)]
+    def epoch(n, lanes):
+        plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
+                           workers=n, streams=lanes, seed=3, shuffle=True, one_pass=balanced)
+        return [(b["key"], b["image"]) for b in stream_loader(plans, decoder, workers=n, shuffle_buffer=8,
+                                                              seed=1, repeat=repeat)]
 
-    none, one, two = epoch(0), epoch(1), epoch(2)
-    assert [k for k, _ in none] == [k for k, _ in one] and all(torch.equal(a, b) for (_, a), (_, b) in zip(none, one))
-    assert [k for k, _ in two] != [k for k, _ in one]
-    assert sorted(k for keys, _ in two for k in keys) == sorted(k for keys, _ in one for k in keys)
+    alone = epoch(0, streams)
+    assert len(alone) == math.ceil(split.num_samples / batch)
+    for n in workers:
+        made = epoch(n, streams)
+        assert [k for k, _ in made] == [k for k, _ in alone], n
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(made, alone))
+    other = epoch(2, 2)
+    assert [k for k, _ in other] != [k for k, _ in alone]              # the streams do set the order
+    if not balanced:
+        assert sorted(k for keys, _ in other for k in keys) == sorted(k for keys, _ in alone for k in keys)
 
 
-def test_resume_inside_an_epoch_replays_the_same_batches_with_workers(tiny_shards):
+def test_loader_workers_that_cannot_share_the_streams_evenly_are_refused():
+    shards = [(f"s{i}.tar", 8) for i in range(4)]
+    kw = dict(samples=32, batch_size=2, env=DistEnv(0, 1, 0), seed=0, shuffle=True)
+    with pytest.raises(ValueError, match="3 loader workers cannot share 4 shuffle streams evenly"):
+        plan_epoch(shards, workers=3, streams=4, **kw)
+    assert len(plan_epoch(shards, workers=3, streams=3, **kw)) == 3
+    assert len(plan_epoch(shards, workers=3, streams=4, **{**kw, "samples": 8})) == 3    # one round: any count
+
+
+def test_resume_inside_an_epoch_replays_the_same_batches_under_any_workers(tiny_shards):
     split = open_split([tiny_shards], "train")
     decoder = SampleDecoder(("image",), 112)
-    kw = dict(samples=split.num_samples, batch_size=3, env=DistEnv(0, 1, 0), workers=2, seed=9, shuffle=True)
-    full = _keys(stream_loader(plan_epoch(split.shards, **kw), decoder, workers=2, shuffle_buffer=8, seed=1,
-                               repeat=None))
-    for skip in (1, 4, len(full) - 1):
-        rest = _keys(stream_loader(plan_epoch(split.shards, skip_batches=skip, **kw), decoder, workers=2,
-                                   shuffle_buffer=8, seed=1, repeat=None))
-        assert rest == full[skip:]
+    kw = dict(samples=split.num_samples, batch_size=3, env=DistEnv(0, 1, 0), streams=4, seed=9, shuffle=True)
+    full = _keys(stream_loader(plan_epoch(split.shards, workers=2, **kw), decoder, workers=2, shuffle_buffer=8,
+                               seed=1, repeat=None))
+    for skip, workers in ((1, 2), (4, 4), (5, 0), (6, 4), (len(full) - 1, 2), (len(full) - 2, 1)):
+        rest = _keys(stream_loader(plan_epoch(split.shards, skip_batches=skip, workers=workers, **kw), decoder,
+                                   workers=workers, shuffle_buffer=8, seed=1, repeat=None))
+        assert rest == full[skip:], (skip, workers)
+
+
+def test_one_stream_per_worker_by_default_as_before(tiny_shards):
+    """plan_epoch without ``streams`` gives each worker one stream: the order of the previous version
+    for a run of that many workers (its last.pt resumes as that many streams)."""
+    split = open_split([tiny_shards], "train")
+    kw = dict(samples=split.num_samples, batch_size=3, env=DistEnv(0, 1, 0), seed=9, shuffle=True)
+    assert plan_epoch(split.shards, workers=2, **kw) == plan_epoch(split.shards, workers=2, streams=2, **kw)
+    assert [len(p.streams) for p in plan_epoch(split.shards, workers=2, **kw)] == [1, 1]
 
 
 def test_balanced_stream_evens_out_classes(tiny_shards):

@@ -411,6 +411,26 @@ def test_balanced_sampling_and_class_weights_together_are_refused():
     assert make_params(sampler="balanced").class_weights is False
 
 
+def test_loader_workers_must_divide_the_streams():
+    with pytest.raises(ValueError, match=r"train.workers 3 must divide train.streams 16: .* one of \[1, 2, 4, 8, 16\]"):
+        make_params(workers=3, streams=16)
+    assert make_params(workers=3, streams=12).workers == 3 and make_params(workers=0, streams=5).streams == 5
+
+
+def test_training_gives_the_same_weights_under_any_number_of_loader_workers(tiny_shards, tmp_path, one_thread):
+    """train.workers only says which process makes a batch: 0 and 2 workers (and the streams dealt
+    to them otherwise) train byte-identical weights. Before, each worker shuffled its own part of the
+    epoch, so changing the count trained another model."""
+    states = []
+    for workers in (0, 2):
+        out = tmp_path / str(workers)
+        train(tiny_shards, make_params(epochs=2, workers=workers, streams=2, batch_size=4), out / "ckpt", out / "live")
+        states.append(load_checkpoint(out / "ckpt" / "last.pt"))
+    a, b = states
+    assert a["step"] == b["step"] > 4
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
 def test_class_weight_values_and_probe():
     w = class_weight_tensor([10, 30, 0, 20], CPU)
     assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))
@@ -888,39 +908,45 @@ def test_resume_position_counts_in_the_rank_layout_that_saved_it(caplog):
     some samples twice and others never): refused, in words; from an epoch's end any count goes."""
     from fermodels.runstate import Position, next_position
 
-    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5, "params": {"workers": 2}}
+    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5,
+           "params": {"workers": 2, "streams": 4}}
     assert next_position(mid, 5, world_size=1) == Position(2, 3, 13)
-    assert next_position(mid, 5, world_size=1, workers=2) == Position(2, 3, 13)
-    with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) x 2 loader worker\(s\) in the middle of epoch 2 "
+    assert next_position(mid, 5, world_size=1, streams=4) == Position(2, 3, 13)
+    with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) x 4 shuffle stream\(s\) in the middle of epoch 2 "
                                          r".* resume it with the same numbers"):
         next_position(mid, 3, world_size=2)
     end = {**mid, "batch": 5, "step": 15}
     assert next_position(end, 3, world_size=2) == Position(3, 0, 15)
-    assert "not the run 1 rank(s) x 2 loader worker(s) would have made" in caplog.text
+    assert "not the run 1 rank(s) x 4 shuffle stream(s) would have made" in caplog.text
     older = {k: v for k, v in mid.items() if k not in ("world_size", "epoch_steps")}   # saved before layouts
     assert next_position(older, 5, world_size=1) == Position(2, 3, 13)
 
 
-def test_a_run_goes_on_under_other_loader_workers_from_an_epochs_end(tmp_path, caplog):
-    """`train.workers` sets how an epoch is split, not what it holds: changing it made resume_state
-    start the run over (the finished epochs' weights and logs overwritten). Now it resumes, from the
-    next epoch's start; in the middle of an epoch it is refused, as another number of ranks is."""
+def test_a_run_goes_on_under_other_loader_workers_even_mid_epoch(tmp_path, caplog):
+    """`train.workers` only sets which process makes a batch: a run continues under another count
+    from anywhere, and resume_state does not start it over. Another number of streams lays the
+    epoch out otherwise: from an epoch's end it goes on (with a warning), mid-epoch it is refused,
+    as another number of ranks is. A checkpoint of a version without streams had one per worker."""
     from fermodels.runstate import CHECKPOINT_KEYS, FORMAT, Position, next_position, resume_state
 
-    params, data = {"epochs": 3, "lr": 0.1, "workers": 2}, {"datasets": ["x"]}
+    params, data = {"epochs": 3, "lr": 0.1, "workers": 2, "streams": 4}, {"datasets": ["x"]}
     state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, "epoch": 1,
                                                   "batch": 3, "step": 8, "world_size": 1, "epoch_steps": 5}
     torch.save(state, tmp_path / "last.pt")
-    resumed = resume_state(tmp_path, {**params, "workers": 0}, data)
-    assert resumed is not None and resumed["epoch"] == 1                                 # None before
-    with pytest.raises(ValueError, match=r"x 2 loader worker\(s\) in the middle of epoch 1 .*start over with "
-                                         r"1 rank\(s\) x 0 loader worker\(s\)"):
-        next_position(resumed, 5, world_size=1, workers=0)
-    assert next_position({**resumed, "batch": 5}, 5, world_size=1, workers=0) == Position(2, 0, 8)
-    one = {**resumed, "params": {**params, "workers": 1}}       # 0 and 1 lay an epoch out alike, as do 8 and 5
-    assert next_position(one, 5, world_size=1, workers=0) == Position(1, 3, 8)          # mid-epoch: same layout
-    assert next_position({**resumed, "params": {**params, "workers": 8}}, 5, world_size=1, workers=5) == \
-        Position(1, 3, 8)
+    for workers in (0, 1, 4):
+        resumed = resume_state(tmp_path, {**params, "workers": workers}, data)
+        assert resumed is not None and resumed["epoch"] == 1
+        assert next_position(resumed, 5, world_size=1, streams=4) == Position(1, 3, 8)
+    assert resume_state(tmp_path, {**params, "streams": 8}, data) is not None
+    with pytest.raises(ValueError, match=r"x 4 shuffle stream\(s\) in the middle of epoch 1 .*start over with "
+                                         r"1 rank\(s\) x 8 shuffle stream\(s\)"):
+        next_position(resumed, 5, world_size=1, streams=8)
+    assert next_position({**resumed, "batch": 5}, 5, world_size=1, streams=8) == Position(2, 0, 8)
+    assert next_position(resumed, 4, world_size=1, streams=8) == Position(1, 3, 8)    # 4 batches: 4 streams either way
+    older = {**resumed, "params": {"epochs": 3, "lr": 0.1, "workers": 2}}
+    assert next_position(older, 5, world_size=1, streams=2) == Position(1, 3, 8)
+    with pytest.raises(ValueError, match="2 shuffle stream"):
+        next_position(older, 5, world_size=1, streams=16)
     assert resume_state(tmp_path, {**params, "lr": 0.2}, data) is None                   # a real change still restarts
 
 
