@@ -64,7 +64,7 @@ from ferdata.params import load_params  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
+from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch, stream_count  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
 from fermodels.shardsplit import open_split  # noqa: E402
@@ -156,17 +156,18 @@ def steady_rate(marks: list[tuple[float, int]]) -> float:
 
 # ---- the three ways of getting pixels ------------------------------------------------------
 
-def plan_kw(shards: Path, batch: int, workers: int) -> tuple[tuple[tuple[str, int], ...], dict]:
+def plan_kw(shards: Path, batch: int, workers: int, buffer: int) -> tuple[tuple[tuple[str, int], ...], dict]:
     """The train split's shards and ``plan_epoch``'s arguments for one shuffled epoch over all of
-    it (one rank)."""
+    it (one rank), cut into the shuffle streams the trainer would cut it into."""
     split = open_split([shards], "train")
     return tuple(split.shards), dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                                     workers=workers, streams=STREAMS, shuffle=True)
+                                     workers=workers, streams=stream_count(STREAMS, split.num_samples, buffer),
+                                     shuffle=True)
 
 
-def ours_plans(shards: Path, batch: int, workers: int) -> list[WorkerPlan]:
+def ours_plans(shards: Path, batch: int, workers: int, buffer: int) -> list[WorkerPlan]:
     """The epoch plan of one shuffled epoch over the whole split (one rank)."""
-    split_shards, kw = plan_kw(shards, batch, workers)
+    split_shards, kw = plan_kw(shards, batch, workers, buffer)
     return plan_epoch(split_shards, seed=0, **kw)
 
 
@@ -175,7 +176,7 @@ def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     """The trainer's ``stream_loader`` for that epoch: batches at the stored side, as the trainer
     sends them to a GPU (``travel_side``), or resized to ``size`` in the workers (``cpu_resize``)."""
     decoder = SampleDecoder(fields, size, wire=None if cpu_resize else min(STORED, size))
-    return stream_loader(ours_plans(shards, batch, workers), decoder, workers=workers,
+    return stream_loader(ours_plans(shards, batch, workers, buffer), decoder, workers=workers,
                          shuffle_buffer=buffer, seed=0, repeat=None)
 
 
@@ -199,7 +200,7 @@ def ours_persistent(shards: Path, fields: tuple[str, ...], size: int, batch: int
                     buffer: int) -> Epoch:
     """The trainer's loader (:class:`PersistentLoader`): the second epoch from the workers and
     buffers the first one started (the first, untimed, pays the fork)."""
-    split_shards, kw = plan_kw(shards, batch, workers)
+    split_shards, kw = plan_kw(shards, batch, workers, buffer)
     loader = PersistentLoader(EpochPlanner(split_shards, 0, 0, kw),
                               SampleDecoder(fields, size, wire=min(STORED, size)), workers=workers,
                               shuffle_buffer=buffer, repeat=None)
@@ -349,11 +350,11 @@ def profile_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int,
     return {k: v / total for k, v in parts.items()}
 
 
-def tar_read_us(shards: Path, batch: int, members: frozenset[str], repeats: int = 3) -> float:
+def tar_read_us(shards: Path, batch: int, buffer: int, members: frozenset[str], repeats: int = 3) -> float:
     """Microseconds per sample of reading the epoch's raw samples alone, just ``members`` of each
     as the loader does (no profiler, no decode); the best of ``repeats`` epochs, as the loader's
     own figure is (the first is ~1.6x slower)."""
-    plans = ours_plans(shards, batch, 1)
+    plans = ours_plans(shards, batch, 1, buffer)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -429,8 +430,9 @@ def measure(args: argparse.Namespace) -> dict:
                 print(f"\nprofile, in-process loader, {key}, one epoch of {n} samples (cProfile)")
                 res["profile"][key] = profile_loader(shards, fields, size, batch, buffer, 12)
             print_profile(res["profile"])
-            res["stages_us"] = stages_us(res, {key: tar_read_us(shards, batch, SampleDecoder(fields, size).members)
-                                               for key, (fields, size) in inputs.items()})
+            members = {key: SampleDecoder(fields, size).members for key, (fields, size) in inputs.items()}
+            res["stages_us"] = stages_us(res, {key: tar_read_us(shards, batch, buffer, m)
+                                               for key, m in members.items()})
             print_stages(res["stages_us"])
     res["ratios"] = ratios(res)
     print_ratios(res["ratios"], workers, args.quick)

@@ -49,7 +49,7 @@ from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
-from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
+from fermodels.distributed import DistEnv, plan_epoch, stream_count  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
@@ -61,6 +61,7 @@ from fermodels.train import train_step  # noqa: E402
 AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale_min=0.95, scale_max=1.05,
                     erase_p=0.25, erase_scale_min=0.02, erase_scale_max=0.15)
 STREAMS = int(load_params(REPO / "params.yaml")["train"]["streams"])   # the trainer's shuffle streams per rank
+BUFFER = 500                                                            # samples each stream shuffles among
 QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
 
 
@@ -90,9 +91,9 @@ def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded)."""
     split = open_split([shards], "train")
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, streams=STREAMS, seed=0, shuffle=True)
+                       workers=workers, streams=stream_count(STREAMS, split.num_samples, BUFFER), seed=0, shuffle=True)
     decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
-    loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=500, seed=0, repeat=None)
+    loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=BUFFER, seed=0, repeat=None)
     it = iter(loader)
     next(it)
     t0, n = time.perf_counter(), 0
@@ -184,9 +185,9 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     split = open_split([shards], "train")
     full = split.num_samples // batch * batch or split.num_samples      # whole batches: one batch shape
     plans = plan_epoch(split.shards, samples=full, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, streams=STREAMS, seed=0, shuffle=True)
+                       workers=workers, streams=stream_count(STREAMS, split.num_samples, BUFFER), seed=0, shuffle=True)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
-                            shuffle_buffer=500, seed=0, repeat=None))
+                            shuffle_buffer=BUFFER, seed=0, repeat=None))
     # The first step, then (on a GPU, whose steps are as fast as the loader) what was decoded
     # meanwhile; a CPU step is ~100x slower than the loader, which never falls behind there.
     ahead = 1 + (RING_DEPTH * max(1, workers) if device.type == "cuda" else 0)

@@ -448,21 +448,34 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     return assign_streams(lanes, workers, skip_batches)
 
 
+def stream_count(streams: int, samples: int, shuffle_buffer: int) -> int:
+    """How many shuffle streams one rank's epoch of ``samples`` is cut into: ``streams``, or fewer
+    (the largest divisor of it) so that each stream shuffles at least ``shuffle_buffer`` samples.
+    Parts are contiguous in the shard order and a one-shard dataset (CK+, JAFFE, the sample) keeps
+    its file order every epoch, so 8 parts of it would batch the same few dozen faces together in
+    every epoch; one part of it is shuffled whole. Depends on the data and the params, never on the
+    loader workers."""
+    if shuffle_buffer <= 1:
+        return streams
+    return max(d for d in range(1, streams + 1) if streams % d == 0 and (d == 1 or samples // d >= shuffle_buffer))
+
+
 def assign_streams(lanes: Sequence[StreamPlan], workers: int, skip_batches: int = 0) -> list[WorkerPlan]:
-    """The streams dealt to ``workers`` loader workers (0: one, in-process) so that the DataLoader's
+    """The streams dealt to loader workers (``workers``; 0: one, in-process) so that the DataLoader's
     round robin over the workers yields the streams' round-by-round order, whatever their number.
 
-    Stream ``s`` goes to worker ``s mod W``. The epoch's ``k``-th batch is then made by worker ``k mod W``
-    whenever ``W`` divides the number of streams (in a full round ``k = round x streams + s``; the last
-    round holds the first streams only, as :func:`split_evenly` gives them the extra batch) or there
-    is one round; each worker makes its batches in that order, and the round robin, which takes
-    worker 0, 1, ... in turn and passes over those done, interleaves them back. A resume at batch
-    ``skip_batches`` starts with worker ``skip_batches mod W``."""
-    n = max(1, min(workers, len(lanes)))
-    if len(lanes) % n and max(len(lane.batch_sizes) for lane in lanes) > 1:
-        raise ValueError(f"{n} loader workers cannot share {len(lanes)} shuffle streams evenly: set train.workers "
-                         f"to a divisor of train.streams ({len(lanes)}), or train.streams to a multiple of "
-                         "train.workers (another number of streams is another sample order)")
+    With ``W`` workers, stream ``s`` goes to worker ``s mod W``, and the epoch's ``k``-th batch is then
+    made by worker ``k mod W`` when ``W`` divides the number of streams (in a full round ``k = round x
+    streams + s``; the last round holds the first streams only, as :func:`split_evenly` gives them the
+    extra batch) or there is one round. So ``W`` is ``workers`` when it divides the streams (or more
+    workers than streams: one each), else their greatest common divisor (fewer workers: what a small
+    epoch cut into fewer streams than asked, :func:`stream_count`, leaves). Each worker makes its
+    batches in that order, and the round robin, which takes worker 0, 1, ... in turn and passes over
+    those done, interleaves them back. A resume at batch ``skip_batches`` starts with worker
+    ``skip_batches mod W``."""
+    asked = max(1, workers)
+    one_round = max(len(lane.batch_sizes) for lane in lanes) <= 1
+    n = min(asked, len(lanes)) if one_round or asked >= len(lanes) else math.gcd(asked, len(lanes))
     plans = [WorkerPlan(w, tuple(lane for lane in lanes if lane.stream % n == w)) for w in range(n)]
     first = skip_batches % n
     return plans[first:] + plans[:first]      # a resumed loader starts with the worker that is due

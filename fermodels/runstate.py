@@ -300,10 +300,12 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, stream
     the ranks, each rank's epoch over its shuffle streams), so it cannot be continued under another
     number of ranks or ``streams`` (None: the saved number): that is refused; from an epoch's end
     the next one starts under any, with a warning (the epochs are laid out otherwise from there).
-    The number of loader workers lays nothing out (:func:`fermodels.distributed.assign_streams`): a
-    run continues under any. A checkpoint of a version without streams had one per loader worker."""
-    params = state.get("params") or {}
-    saved = (state.get("world_size", world_size), params.get("streams", params.get("workers", streams)))
+    ``streams`` is the number an epoch is cut into (:func:`fermodels.distributed.stream_count`), as
+    ``last.pt`` records it. The number of loader workers lays nothing out
+    (:func:`fermodels.distributed.assign_streams`): a run continues under any. A checkpoint of a
+    version without streams had one per loader worker."""
+    older = (state.get("params") or {}).get("workers", streams)           # one stream per loader worker
+    saved = (state.get("world_size", world_size), state.get("streams", older))
     now = (world_size, saved[1] if streams is None else streams)
     if _layout(saved, steps_per_epoch) != _layout(now, steps_per_epoch):
         was, will = (f"{r} rank(s) x {s} shuffle stream(s)" for r, s in (saved, now))

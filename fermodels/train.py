@@ -26,7 +26,8 @@ from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, broadcast_object, env_from_os,
-                                   init_distributed, max_over_ranks, pick_device, shutdown, sync_buffers)
+                                   init_distributed, max_over_ranks, pick_device, shutdown, stream_count,
+                                   sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
@@ -143,6 +144,7 @@ class _Run:
     tallies: list = field(default_factory=list)     # every rank's, saved with a mid-epoch checkpoint
     whole: GlobalBatch | None = None        # under DDP: losses over the step's global batch (NeAA)
     threads: int | None = None              # torch's CPU threads, when it trains on the CPU (in last.pt)
+    streams: int = 1                        # shuffle streams an epoch is cut into (in last.pt: its layout)
 
 
 def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict, env: DistEnv,
@@ -170,9 +172,12 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     fp16 = params.amp and amp_dtype(device) == torch.float16
     if fp16 and params.sam:
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
+    streams = stream_count(params.streams, samples // env.world_size, params.shuffle_buffer)
+    if streams < params.streams:
+        log.info("each epoch is cut into %d shuffle stream(s), not train.streams %d: each shuffles at least "
+                 "train.shuffle_buffer (%d) samples", streams, params.streams, params.shuffle_buffer)
     plan_kw = dict(samples=samples, batch_size=params.batch_size // env.world_size, env=env,
-                   workers=params.workers, streams=params.streams, shuffle=True,
-                   one_pass=params.sampler == "balanced")
+                   workers=params.workers, streams=streams, shuffle=True, one_pass=params.sampler == "balanced")
     planner = EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw)
     steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
@@ -187,7 +192,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        start, best = next_position(state, steps, env.world_size, params.streams), state["best"]
+        start, best = next_position(state, steps, env.world_size, streams), state["best"]
         log.info("resuming at epoch %d, batch %d (step %d)", start.epoch, start.batch, start.step)
         if warning := other_threads(state, threads):
             log.warning(warning)
@@ -209,7 +214,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
                 loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), ema,
-                resumed, whole=whole, threads=threads)
+                resumed, whole=whole, threads=threads, streams=streams)
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
@@ -330,5 +335,5 @@ def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Po
                         position=position, best=run.best, data=run.data, preprocess=run.preprocess,
                         scaler=run.scaler.state_dict(),
                         resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,
-                                "tallies": run.tallies, **averaged,
+                                "streams": run.streams, "tallies": run.tallies, **averaged,
                                 **({"cpu_threads": run.threads} if run.threads else {})})

@@ -139,13 +139,32 @@ def test_the_streams_set_the_batches_not_the_loader_workers(tiny_shards, balance
         assert sorted(k for keys, _ in other for k in keys) == sorted(k for keys, _ in alone for k in keys)
 
 
-def test_loader_workers_that_cannot_share_the_streams_evenly_are_refused():
-    shards = [(f"s{i}.tar", 8) for i in range(4)]
-    kw = dict(samples=32, batch_size=2, env=DistEnv(0, 1, 0), seed=0, shuffle=True)
-    with pytest.raises(ValueError, match="3 loader workers cannot share 4 shuffle streams evenly"):
-        plan_epoch(shards, workers=3, streams=4, **kw)
-    assert len(plan_epoch(shards, workers=3, streams=3, **kw)) == 3
-    assert len(plan_epoch(shards, workers=3, streams=4, **{**kw, "samples": 8})) == 3    # one round: any count
+def test_workers_that_do_not_divide_the_streams_leave_some_idle_but_make_the_same_batches(tiny_shards):
+    """A rank whose epoch is cut into fewer streams than asked (stream_count) may meet a worker count
+    that does not divide them: the greatest common divisor of the two make its batches, unchanged."""
+    split = open_split([tiny_shards], "train")
+    decoder = SampleDecoder(("image",), 112)
+    kw = dict(samples=split.num_samples, batch_size=2, env=DistEnv(0, 1, 0), streams=6, seed=4, shuffle=True)
+    assert len(plan_epoch(split.shards, workers=4, **kw)) == 2 and len(plan_epoch(split.shards, workers=6, **kw)) == 6
+    alone = _keys(stream_loader(plan_epoch(split.shards, workers=0, **kw), decoder, workers=0, shuffle_buffer=8,
+                                seed=1, repeat=None))
+    assert _keys(stream_loader(plan_epoch(split.shards, workers=4, **kw), decoder, workers=4, shuffle_buffer=8,
+                               seed=1, repeat=None)) == alone
+    one_round = dict(kw, samples=8, batch_size=2)                      # 4 batches, 4 streams: any count
+    assert len(plan_epoch(split.shards, workers=3, **one_round)) == 3
+
+
+def test_a_small_epoch_is_cut_into_fewer_streams_each_shuffling_a_buffer():
+    """A one-shard dataset keeps its file order every epoch: cut into 8 contiguous parts, its batches
+    would hold the same few dozen faces every epoch. Fewer streams (a divisor of train.streams), each
+    at least a shuffle buffer, never depending on the workers."""
+    from fermodels.distributed import stream_count
+
+    assert stream_count(8, 330, 500) == 1                   # the sample, CK+, JAFFE: one stream, shuffled whole
+    assert stream_count(8, 2400, 500) == 4 and stream_count(8, 4000, 500) == 8
+    assert stream_count(8, 287_651, 500) == 8              # AffectNet
+    assert stream_count(24, 3500, 500) == 6                # the largest divisor with 500 each (8 would hold 437)
+    assert stream_count(8, 100, 0) == 8 and stream_count(8, 100, 1) == 8       # no shuffle: nothing to keep
 
 
 def test_resume_inside_an_epoch_replays_the_same_batches_under_any_workers(tiny_shards):
@@ -370,7 +389,7 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
     resuming = (Path(out) / "ckpt" / "last.pt").is_file()
     # persistent loader workers under DDP; the average on a model with BatchNorm statistics
     average = {"ema_decay": 0.9, "model": "resnet18_112", "model_kwargs": {}} if mode == "train_ema" else {}
-    params = make_params(epochs=2, batch_size=8, workers=2, **average)
+    params = make_params(epochs=2, batch_size=8, workers=2, shuffle_buffer=4, **average)   # 2 streams a rank
     best = trainer.train(shards, params, Path(out) / "ckpt", Path(out) / "live")
     torch.save(best, Path(out) / f"rank{rank}-{'again' if resuming else 'first'}.pt")
 

@@ -88,7 +88,8 @@ def test_the_trainer_forks_its_loader_workers_once(tiny_shards, tmp_path, monkey
 
     monkeypatch.setattr(stream, "DataLoader", CountingLoader)
     monkeypatch.setattr(indexed, "DataLoader", CountingLoader)
-    train(tiny_shards, make_params(epochs=3, workers=2), tmp_path / "ckpt", tmp_path / "live")
+    # a buffer of 4 leaves the tiny split 4 shuffle streams (stream_count), so both workers make batches
+    train(tiny_shards, make_params(epochs=3, workers=2, shuffle_buffer=4), tmp_path / "ckpt", tmp_path / "live")
     assert sorted(made) == [(2, True), (2, True)]
 
 

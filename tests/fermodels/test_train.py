@@ -421,13 +421,17 @@ def test_training_gives_the_same_weights_under_any_number_of_loader_workers(tiny
     """train.workers only says which process makes a batch: 0 and 2 workers (and the streams dealt
     to them otherwise) train byte-identical weights. Before, each worker shuffled its own part of the
     epoch, so changing the count trained another model."""
-    states = []
+    from fermodels.distributed import stream_count
+
+    states, split = [], open_split([tiny_shards], "train")
+    assert stream_count(2, split.num_samples, 4) == 2                 # two streams, dealt to the workers
     for workers in (0, 2):
         out = tmp_path / str(workers)
-        train(tiny_shards, make_params(epochs=2, workers=workers, streams=2, batch_size=4), out / "ckpt", out / "live")
+        train(tiny_shards, make_params(epochs=2, workers=workers, streams=2, shuffle_buffer=4, batch_size=4),
+              out / "ckpt", out / "live")
         states.append(load_checkpoint(out / "ckpt" / "last.pt"))
     a, b = states
-    assert a["step"] == b["step"] > 4
+    assert a["step"] == b["step"] > 4 and a["streams"] == b["streams"] == 2
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
@@ -908,8 +912,8 @@ def test_resume_position_counts_in_the_rank_layout_that_saved_it(caplog):
     some samples twice and others never): refused, in words; from an epoch's end any count goes."""
     from fermodels.runstate import Position, next_position
 
-    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5,
-           "params": {"workers": 2, "streams": 4}}
+    mid = {"epoch": 2, "batch": 3, "step": 13, "world_size": 1, "epoch_steps": 5, "streams": 4,
+           "params": {"workers": 2, "streams": 8}}
     assert next_position(mid, 5, world_size=1) == Position(2, 3, 13)
     assert next_position(mid, 5, world_size=1, streams=4) == Position(2, 3, 13)
     with pytest.raises(ValueError, match=r"saved by 1 rank\(s\) x 4 shuffle stream\(s\) in the middle of epoch 2 "
@@ -918,7 +922,7 @@ def test_resume_position_counts_in_the_rank_layout_that_saved_it(caplog):
     end = {**mid, "batch": 5, "step": 15}
     assert next_position(end, 3, world_size=2) == Position(3, 0, 15)
     assert "not the run 1 rank(s) x 4 shuffle stream(s) would have made" in caplog.text
-    older = {k: v for k, v in mid.items() if k not in ("world_size", "epoch_steps")}   # saved before layouts
+    older = {k: v for k, v in mid.items() if k not in ("world_size", "epoch_steps", "streams")}   # before layouts
     assert next_position(older, 5, world_size=1) == Position(2, 3, 13)
 
 
@@ -931,7 +935,8 @@ def test_a_run_goes_on_under_other_loader_workers_even_mid_epoch(tmp_path, caplo
 
     params, data = {"epochs": 3, "lr": 0.1, "workers": 2, "streams": 4}, {"datasets": ["x"]}
     state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, "epoch": 1,
-                                                  "batch": 3, "step": 8, "world_size": 1, "epoch_steps": 5}
+                                                  "batch": 3, "step": 8, "world_size": 1, "epoch_steps": 5,
+                                                  "streams": 4}
     torch.save(state, tmp_path / "last.pt")
     for workers in (0, 1, 4):
         resumed = resume_state(tmp_path, {**params, "workers": workers}, data)
@@ -943,7 +948,7 @@ def test_a_run_goes_on_under_other_loader_workers_even_mid_epoch(tmp_path, caplo
         next_position(resumed, 5, world_size=1, streams=8)
     assert next_position({**resumed, "batch": 5}, 5, world_size=1, streams=8) == Position(2, 0, 8)
     assert next_position(resumed, 4, world_size=1, streams=8) == Position(1, 3, 8)    # 4 batches: 4 streams either way
-    older = {**resumed, "params": {"epochs": 3, "lr": 0.1, "workers": 2}}
+    older = {**{k: v for k, v in resumed.items() if k != "streams"}, "params": {"epochs": 3, "lr": 0.1, "workers": 2}}
     assert next_position(older, 5, world_size=1, streams=2) == Position(1, 3, 8)
     with pytest.raises(ValueError, match="2 shuffle stream"):
         next_position(older, 5, world_size=1, streams=16)
