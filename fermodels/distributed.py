@@ -449,8 +449,9 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
 
 
 def stream_count(streams: int, samples: int, shuffle_buffer: int) -> int:
-    """How many shuffle streams one rank's epoch of ``samples`` is cut into: ``streams``, or fewer
-    (the largest divisor of it) so that each stream shuffles at least ``shuffle_buffer`` samples.
+    """How many shuffle streams one rank's epoch reading ``samples`` (a class-balanced epoch reads one
+    pass over the split, however many it makes of them) is cut into: ``streams``, or fewer (the largest
+    divisor of it) so that each stream shuffles at least ``shuffle_buffer`` samples it reads.
     Parts are contiguous in the shard order and a one-shard dataset (CK+, JAFFE, the sample) keeps
     its file order every epoch, so 8 parts of it would batch the same few dozen faces together in
     every epoch; one part of it is shuffled whole. Depends on the data and the params, never on the

@@ -199,10 +199,9 @@ def model_from_checkpoint(state: dict) -> nn.Module:
 
 
 RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes
-# train params that lay an epoch out over shuffle streams, as world_size does over the ranks: a run
-# continues under others from an epoch's end (:func:`next_position`), not from the middle of one;
-# the loader workers that make the streams' batches change nothing
-LAYOUT = ("streams", "workers")
+# train params that change no batch: the loader workers only make the shuffle streams' batches, so a
+# run goes on under another count (train.streams sets the order: another value is another run)
+LAYOUT = ("workers",)
 
 
 def code_fingerprint() -> str:
@@ -300,12 +299,11 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, stream
     the ranks, each rank's epoch over its shuffle streams), so it cannot be continued under another
     number of ranks or ``streams`` (None: the saved number): that is refused; from an epoch's end
     the next one starts under any, with a warning (the epochs are laid out otherwise from there).
-    ``streams`` is the number an epoch is cut into (:func:`fermodels.distributed.stream_count`), as
-    ``last.pt`` records it. The number of loader workers lays nothing out
-    (:func:`fermodels.distributed.assign_streams`): a run continues under any. A checkpoint of a
-    version without streams had one per loader worker."""
-    older = (state.get("params") or {}).get("workers", streams)           # one stream per loader worker
-    saved = (state.get("world_size", world_size), state.get("streams", older))
+    ``streams`` is the number an epoch is cut into (:func:`fermodels.distributed.stream_count`, from
+    ``train.streams`` and the rank's share of the epoch), as ``last.pt`` records it. The number of
+    loader workers lays nothing out (:func:`fermodels.distributed.assign_streams`): a run continues
+    under any."""
+    saved = (state.get("world_size", world_size), state.get("streams", streams))
     now = (world_size, saved[1] if streams is None else streams)
     if _layout(saved, steps_per_epoch) != _layout(now, steps_per_epoch):
         was, will = (f"{r} rank(s) x {s} shuffle stream(s)" for r, s in (saved, now))

@@ -71,11 +71,17 @@ def _read_in_order(pieces: Sequence, only: Collection[str] | None) -> Iterator[d
     for piece in pieces:
         if piece.stop <= piece.start:
             continue
-        taken = deque(itertools.islice(iter_tar_samples(piece.url, only=only), piece.start, piece.stop))
-        if len(taken) < piece.stop - piece.start:
-            raise ValueError(f"{piece.url} holds {piece.start + len(taken)} samples, fewer than its split's "
-                             "_info.json lists: the shard changed after it was written; check it with `ferdata "
-                             "verify`, then re-run the shard stage (or `dvc pull` / `dvc checkout` it)")
+        taken: deque[tuple[str, dict]] = deque()
+        n = 0
+        for n, sample in enumerate(iter_tar_samples(piece.url, only=only), 1):
+            if n > piece.start:
+                taken.append(sample)
+            if n == piece.stop:
+                break
+        if n < piece.stop:
+            raise ValueError(f"{piece.url} holds {n} samples, fewer than its split's _info.json lists: the shard "
+                             "changed after it was written; check it with `ferdata verify`, then re-run the shard "
+                             "stage (or `dvc pull` / `dvc checkout` it)")
         while taken:
             key, fields = taken.popleft()
             yield {"__key__": key, "__url__": piece.url, **fields}

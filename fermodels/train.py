@@ -172,7 +172,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     fp16 = params.amp and amp_dtype(device) == torch.float16
     if fp16 and params.sam:
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
-    streams = stream_count(params.streams, samples // env.world_size, params.shuffle_buffer)
+    reads = train_split.num_samples if params.sampler == "balanced" else samples     # plan_epoch's one_pass
+    streams = stream_count(params.streams, reads // env.world_size, params.shuffle_buffer)
     if streams < params.streams:
         log.info("each epoch is cut into %d shuffle stream(s), not train.streams %d: each shuffles at least "
                  "train.shuffle_buffer (%d) samples", streams, params.streams, params.shuffle_buffer)

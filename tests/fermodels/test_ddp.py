@@ -180,12 +180,21 @@ def test_resume_inside_an_epoch_replays_the_same_batches_under_any_workers(tiny_
 
 
 def test_one_stream_per_worker_by_default_as_before(tiny_shards):
-    """plan_epoch without ``streams`` gives each worker one stream: the order of the previous version
-    for a run of that many workers (its last.pt resumes as that many streams)."""
+    """plan_epoch without ``streams`` (a library caller; the trainer always passes its count) gives
+    each worker one stream."""
     split = open_split([tiny_shards], "train")
     kw = dict(samples=split.num_samples, batch_size=3, env=DistEnv(0, 1, 0), seed=9, shuffle=True)
     assert plan_epoch(split.shards, workers=2, **kw) == plan_epoch(split.shards, workers=2, streams=2, **kw)
     assert [len(p.streams) for p in plan_epoch(split.shards, workers=2, **kw)] == [1, 1]
+
+
+def test_a_piece_past_its_shards_end_names_the_shards_real_count(tiny_shards):
+    from fermodels.distributed import Piece
+    from fermodels.stream import read_pieces
+
+    url, count = open_split([tiny_shards], "train").shards[0]
+    with pytest.raises(ValueError, match=f"holds {count} samples, fewer than"):
+        list(read_pieces([Piece(url, count + 2, count + 5)]))
 
 
 def test_balanced_stream_evens_out_classes(tiny_shards):
