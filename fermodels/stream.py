@@ -143,8 +143,8 @@ class PostedEpoch:
 
 
 class EpochStream(IterableDataset):
-    """One rank's epoch: worker ``w`` reads plan ``w`` of ``epoch()`` and yields its planned batches
-    (into ``ring``'s shared buffers when it runs in a worker process)."""
+    """One rank's epoch: worker ``w`` makes the batches of the streams of plan ``w`` of ``epoch()``,
+    round by round (into ``ring``'s shared buffers when it runs in a worker process)."""
 
     def __init__(self, epoch: Callable[[], tuple[Sequence[WorkerPlan], int]], decoder: SampleDecoder,
                  shuffle_buffer: int, repeat: ClassRepeat | None, ring: BatchRing | None = None) -> None:
@@ -157,10 +157,10 @@ class EpochStream(IterableDataset):
         ring = self.ring if info is not None else None
         plans, seed = self.epoch()
         plan = plans[wid]
-        lanes = [self._samples(lane, seed) for lane in plan.streams]
+        lanes, done = [self._samples(lane, seed) for lane in plan.streams], plan.skip_batches
         for n, (i, size) in enumerate(plan.order):
             raw = _take(lanes[i], size)
-            serial = n - plan.skip_batches
+            serial = n - done
             if serial < 0:                                      # trained on before the resume
                 continue
             if ring is None:
