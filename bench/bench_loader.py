@@ -64,7 +64,7 @@ from ferdata.params import load_params  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch, stream_count  # noqa: E402
+from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
 from fermodels.shardsplit import open_split  # noqa: E402
@@ -161,8 +161,7 @@ def plan_kw(shards: Path, batch: int, workers: int, buffer: int) -> tuple[tuple[
     it (one rank), cut into the shuffle streams the trainer would cut it into."""
     split = open_split([shards], "train")
     return tuple(split.shards), dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                                     workers=workers, streams=stream_count(STREAMS, split.num_samples, buffer),
-                                     shuffle=True)
+                                     workers=workers, streams=STREAMS, shuffle_buffer=buffer, shuffle=True)
 
 
 def ours_plans(shards: Path, batch: int, workers: int, buffer: int) -> list[WorkerPlan]:

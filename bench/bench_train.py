@@ -49,7 +49,7 @@ from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
-from fermodels.distributed import DistEnv, plan_epoch, stream_count  # noqa: E402
+from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
@@ -91,7 +91,7 @@ def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded)."""
     split = open_split([shards], "train")
     plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, streams=stream_count(STREAMS, split.num_samples, BUFFER), seed=0, shuffle=True)
+                       workers=workers, streams=STREAMS, shuffle_buffer=BUFFER, seed=0, shuffle=True)
     decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
     loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=BUFFER, seed=0, repeat=None)
     it = iter(loader)
@@ -185,7 +185,7 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     split = open_split([shards], "train")
     full = split.num_samples // batch * batch or split.num_samples      # whole batches: one batch shape
     plans = plan_epoch(split.shards, samples=full, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, streams=stream_count(STREAMS, split.num_samples, BUFFER), seed=0, shuffle=True)
+                       workers=workers, streams=STREAMS, shuffle_buffer=BUFFER, seed=0, shuffle=True)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
                             shuffle_buffer=BUFFER, seed=0, repeat=None))
     # The first step, then (on a GPU, whose steps are as fast as the loader) what was decoded

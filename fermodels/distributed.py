@@ -397,15 +397,16 @@ def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]
 
 def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: int, env: DistEnv,
                workers: int, seed: int, shuffle: bool, skip_batches: int = 0,
-               one_pass: bool = False, streams: int | None = None) -> list[WorkerPlan]:
+               one_pass: bool = False, streams: int | None = None, shuffle_buffer: int = 0) -> list[WorkerPlan]:
     """This rank's worker plans for one epoch of ``samples`` samples.
 
     ``shards`` are (path, sample count) pairs. The sequence is the shard order repeated
     (each pass reshuffled) and cut at ``samples``; ``batch_size`` is per rank. Every rank gets
     ``ceil(largest rank share / batch_size)`` batches. ``skip_batches`` resumes inside the epoch.
 
-    The rank's batches are cut into ``streams`` contiguous blocks (one per worker if None; no more
-    than there are batches), each read from its own part of the sequence through its own shuffle,
+    The rank's batches are cut into ``streams`` contiguous blocks (one per worker if None; fewer when
+    each would read less than ``shuffle_buffer`` samples, :func:`stream_count`; no more than there are
+    batches), each read from its own part of the sequence through its own shuffle,
     and taken round by round, one batch of each stream in turn: the epoch's batches depend on the
     streams, not on the ``workers`` that make them (:func:`assign_streams`).
 
@@ -426,7 +427,7 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     if per_rank[-1] == 0:
         raise ValueError(f"{samples} samples cannot feed {env.world_size} ranks")
     sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
-    asked = max(1, workers if streams is None else streams)
+    asked = max(1, workers if streams is None else stream_count(streams, read // env.world_size, shuffle_buffer))
     blocks = split_evenly(len(sizes), min(asked, len(sizes)))
     skips, _ = round_robin_skips(blocks, skip_batches)
     rank_reads = split_evenly(read, env.world_size)

@@ -26,8 +26,7 @@ from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, broadcast_object, env_from_os,
-                                   init_distributed, max_over_ranks, pick_device, shutdown, stream_count,
-                                   sync_buffers)
+                                   init_distributed, max_over_ranks, pick_device, shutdown, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
@@ -172,15 +171,17 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     fp16 = params.amp and amp_dtype(device) == torch.float16
     if fp16 and params.sam:
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")
-    reads = train_split.num_samples if params.sampler == "balanced" else samples     # plan_epoch's one_pass
-    streams = stream_count(params.streams, reads // env.world_size, params.shuffle_buffer)
-    if streams < params.streams:
-        log.info("each epoch is cut into %d shuffle stream(s), not train.streams %d: each shuffles at least "
-                 "train.shuffle_buffer (%d) samples", streams, params.streams, params.shuffle_buffer)
     plan_kw = dict(samples=samples, batch_size=params.batch_size // env.world_size, env=env,
-                   workers=params.workers, streams=streams, shuffle=True, one_pass=params.sampler == "balanced")
+                   workers=params.workers, streams=params.streams, shuffle_buffer=params.shuffle_buffer,
+                   shuffle=True, one_pass=params.sampler == "balanced")
     planner = EpochPlanner(tuple(train_split.shards), params.seed, env.rank, plan_kw)
-    steps = sum(len(p.batch_sizes) for p in planner.plans(0))          # the same count every epoch
+    plans = planner.plans(0)
+    steps = sum(len(p.batch_sizes) for p in plans)                     # the same count every epoch
+    streams = sum(len(p.streams) for p in plans)                       # and the same layout
+    if streams < params.streams:
+        log.info("each epoch is cut into %d shuffle stream(s), not train.streams %d: each stream shuffles at "
+                 "least train.shuffle_buffer (%d) samples and makes a batch", streams, params.streams,
+                 params.shuffle_buffer)
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
             "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}
