@@ -57,10 +57,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_train import AUG, make_shards, torch_threads  # noqa: E402
+from bench.bench_train import AUG, BUFFER, STREAMS, TRAIN, make_shards, torch_threads  # noqa: E402
 from ferdata.classes import CLASSES  # noqa: E402
 from ferdata.io import decode_jpeg_rgb  # noqa: E402
-from ferdata.params import load_params  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
@@ -75,7 +74,6 @@ INPUTS = {"image@112": (("image",), 112), "image@224": (("image",), 224),
           "image+halves@224": (("image", "left", "right"), 224)}
 GOAL_VS_FOLDER, GOAL_VS_DECODE, GOAL_SCALING = 3.0, 0.8, 0.9
 TRAIN_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # where the trainer augments
-STREAMS = int(load_params(REPO / "params.yaml")["train"]["streams"])   # the trainer's shuffle streams per rank
 INSPECT = 8                                      # batches are checked on every 8th row and column (+ mirror)
 
 
@@ -389,9 +387,8 @@ def measure(args: argparse.Namespace) -> dict:
     workers = [int(w) for w in args.workers.split(",")]
     n, batch = args.samples or (192 if args.quick else 3000), args.batch_size or (32 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 2)
-    train = load_params(REPO / "params.yaml")["train"]
-    aug = AugmentParams(**train["augment"]) if args.augment == "params" else AUG
-    buffer = int(train["shuffle_buffer"])
+    aug = AugmentParams(**TRAIN["augment"]) if args.augment == "params" else AUG
+    buffer = BUFFER
     res: dict = {"samples": n, "batch": batch, "workers": workers, "augment": vars(aug),
                  "load": [os.getloadavg()[0]], "decode": {}, "ours": {}, "ours+aug": {}, "imagefolder": {},
                  "ours, cpu resize": {}, "ours, persistent": {}}

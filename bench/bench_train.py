@@ -60,8 +60,9 @@ from fermodels.train import train_step  # noqa: E402
 
 AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale_min=0.95, scale_max=1.05,
                     erase_p=0.25, erase_scale_min=0.02, erase_scale_max=0.15)
-STREAMS = int(load_params(REPO / "params.yaml")["train"]["streams"])   # the trainer's shuffle streams per rank
-BUFFER = 500                                                            # samples each stream shuffles among
+TRAIN = load_params(REPO / "params.yaml")["train"]   # the trainer's settings, read once for both benches
+STREAMS = int(TRAIN["streams"])                      # shuffle streams per rank
+BUFFER = int(TRAIN["shuffle_buffer"])                # samples each stream shuffles among
 QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
 
 

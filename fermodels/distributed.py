@@ -379,20 +379,17 @@ def _mixed_order(sizes: tuple[int, ...]) -> np.ndarray:
     return which[np.lexsort((which, times))]
 
 
-def round_robin_skips(counts: Sequence[int], skip: int) -> tuple[list[int], int]:
-    """How many of each worker's batches are among the first ``skip`` a DataLoader yields, and
-    which worker yields the next one.
-
-    A DataLoader over an IterableDataset takes batches from its workers in turn (worker 0,
-    1, ..., skipping exhausted ones), i.e. in (round, worker) order.
-    """
-    order = sorted((i, w) for w, c in enumerate(counts) for i in range(c))
+def round_robin_skips(counts: Sequence[int], skip: int) -> list[int]:
+    """How many of each stream's batches (``counts``) are among the epoch's first ``skip``: the
+    epoch takes one batch of each stream in turn (stream 0, 1, ..., passing over those done),
+    i.e. in (round, stream) order."""
+    order = sorted((i, s) for s, c in enumerate(counts) for i in range(c))
     if skip > len(order):
         raise ValueError("resume point lies beyond the end of the epoch")
     done = [0] * len(counts)
-    for _, w in order[:skip]:
-        done[w] += 1
-    return done, order[skip][1] if skip < len(order) else 0
+    for _, s in order[:skip]:
+        done[s] += 1
+    return done
 
 
 def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: int, env: DistEnv,
@@ -429,7 +426,7 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
     asked = max(1, workers if streams is None else stream_count(streams, read // env.world_size, shuffle_buffer))
     blocks = split_evenly(len(sizes), min(asked, len(sizes)))
-    skips, _ = round_robin_skips(blocks, skip_batches)
+    skips = round_robin_skips(blocks, skip_batches)
     rank_reads = split_evenly(read, env.world_size)
     reads = None
     if one_pass:                    # each stream reads a part as large as its quota of the rank's samples
