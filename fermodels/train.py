@@ -179,9 +179,11 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     steps = sum(len(p.batch_sizes) for p in plans)                     # the same count every epoch
     streams = sum(len(p.streams) for p in plans)                       # and the same layout
     if streams < params.streams:
+        idle = (f"; {len(plans)} of the {params.workers} train.workers make its batches (the others are not started)"
+                if len(plans) < params.workers else "")
         log.info("each epoch is cut into %d shuffle stream(s), not train.streams %d: each stream shuffles at "
-                 "least train.shuffle_buffer (%d) samples and makes a batch", streams, params.streams,
-                 params.shuffle_buffer)
+                 "least train.shuffle_buffer (%d) samples and makes a batch%s", streams, params.streams,
+                 params.shuffle_buffer, idle)
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
             "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}

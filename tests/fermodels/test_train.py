@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -441,6 +442,16 @@ def test_a_balanced_epoch_counts_its_streams_by_the_samples_it_reads(tiny_shards
     train(tiny_shards, make_params(epochs=1, sampler="balanced", epoch_samples=400), tmp_path / "ckpt",
           tmp_path / "live")
     assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["streams"] == 1
+
+
+def test_the_log_says_how_many_loader_workers_a_small_epoch_keeps_busy(tiny_shards, tmp_path, one_thread, caplog):
+    """The tiny split (31 samples) fills no 500-sample buffer twice: one stream, made by one of the
+    two workers; the other is never forked, and the log says so rather than leave the user guessing."""
+    with caplog.at_level(logging.INFO, logger="fermodels.train"):
+        train(tiny_shards, make_params(epochs=1, workers=2, streams=8, shuffle_buffer=500), tmp_path / "ckpt",
+              tmp_path / "live")
+    assert "cut into 1 shuffle stream(s), not train.streams 8" in caplog.text
+    assert "1 of the 2 train.workers make its batches" in caplog.text
 
 
 def test_class_weight_values_and_probe():
