@@ -3,7 +3,9 @@ raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 
 
 * **ours**: ``stream_loader`` (epoch plan, seeded shuffle buffer, decode into the batch in
   the workers) over N synthetic samples in the real shard format at the stored crop size (112;
-  ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64. As the
+  ``bench_train.make_shards``), with 0 (in-process), 1 and 2 workers and batch 64 (3,000 samples, or
+  as many as keep each of ``--workers`` busy: an epoch too small for every shuffle stream to fill
+  its buffer is cut into fewer streams, made by fewer workers, as in training). As the
   trainer runs it, batches travel at the stored side and a 224 px model's batch is scaled on
   its device (``to_device(batch, device, 224)``); the row "CPU resize" resizes to 224 in the
   workers instead (how it was before, and what the trainer still does for a CPU device, where
@@ -57,13 +59,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_train import AUG, BUFFER, STREAMS, TRAIN, make_shards, torch_threads  # noqa: E402
+from bench.bench_train import (AUG, BUFFER, TRAIN, epoch_plans, make_shards, samples_for, streams_for,  # noqa: E402
+                               torch_threads)
 from ferdata.classes import CLASSES  # noqa: E402
 from ferdata.io import decode_jpeg_rgb  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
+from fermodels.distributed import DistEnv, WorkerPlan  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
 from fermodels.shardsplit import open_split  # noqa: E402
@@ -156,16 +159,19 @@ def steady_rate(marks: list[tuple[float, int]]) -> float:
 
 def plan_kw(shards: Path, batch: int, workers: int, buffer: int) -> tuple[tuple[tuple[str, int], ...], dict]:
     """The train split's shards and ``plan_epoch``'s arguments for one shuffled epoch over all of
-    it (one rank), cut into the shuffle streams the trainer would cut it into."""
+    it (one rank), cut into the shuffle streams the trainer would cut it into (for the persistent
+    loader, whose workers plan each epoch; checked by planning the first here)."""
     split = open_split([shards], "train")
+    epoch_plans(tuple(split.shards), split.num_samples, batch, workers, buffer)
     return tuple(split.shards), dict(samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                                     workers=workers, streams=STREAMS, shuffle_buffer=buffer, shuffle=True)
+                                     workers=workers, streams=streams_for(workers), shuffle_buffer=buffer,
+                                     shuffle=True)
 
 
 def ours_plans(shards: Path, batch: int, workers: int, buffer: int) -> list[WorkerPlan]:
-    """The epoch plan of one shuffled epoch over the whole split (one rank)."""
-    split_shards, kw = plan_kw(shards, batch, workers, buffer)
-    return plan_epoch(split_shards, seed=0, **kw)
+    """The epoch plan of one shuffled epoch over the whole split (one rank), every worker busy."""
+    split = open_split([shards], "train")
+    return epoch_plans(tuple(split.shards), split.num_samples, batch, workers, buffer)
 
 
 def ours_loader(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int, buffer: int,
@@ -385,11 +391,13 @@ def measure(args: argparse.Namespace) -> dict:
         raise SystemExit(f"unknown --inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
     inputs = {k: INPUTS[k] for k in args.inputs.split(",")}
     workers = [int(w) for w in args.workers.split(",")]
-    n, batch = args.samples or (192 if args.quick else 3000), args.batch_size or (32 if args.quick else 64)
+    # Every worker busy: the default epoch holds a buffer per stream; --quick's shrinks the buffer instead
+    n = args.samples or (192 if args.quick else samples_for(workers, 3000))
+    buffer = max(1, n // max(streams_for(w) for w in workers)) if args.quick else BUFFER
+    batch = args.batch_size or (32 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 2)
     aug = AugmentParams(**TRAIN["augment"]) if args.augment == "params" else AUG
-    buffer = BUFFER
-    res: dict = {"samples": n, "batch": batch, "workers": workers, "augment": vars(aug),
+    res: dict = {"samples": n, "batch": batch, "buffer": buffer, "workers": workers, "augment": vars(aug),
                  "load": [os.getloadavg()[0]], "decode": {}, "ours": {}, "ours+aug": {}, "imagefolder": {},
                  "ours, cpu resize": {}, "ours, persistent": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -490,8 +498,8 @@ def _ratio(out: dict, name: str, w: int, value: float, goal: float | None) -> No
 
 def print_tables(res: dict) -> None:
     load = "-".join(f"{x:.1f}" for x in res["load"])
-    print(f"\n{res['samples']} samples, batch {res['batch']}, load average {load}; samples/s "
-          f"(CPU us/sample, main + workers, in brackets)")
+    print(f"\n{res['samples']} samples, batch {res['batch']}, shuffle buffer {res['buffer']} per stream, "
+          f"load average {load}; samples/s (CPU us/sample, main + workers, in brackets)")
     ws = res["workers"]
     print(f"{'input':<17} {'configuration':<26}" + "".join(f"{f'{w} workers':>20}" for w in ws))
     for key in res["ours"]:

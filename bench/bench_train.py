@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -49,7 +50,7 @@ from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
-from fermodels.distributed import DistEnv, plan_epoch  # noqa: E402
+from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
@@ -63,6 +64,35 @@ AUG = AugmentParams(hflip=0.5, affine_p=0.3, degrees=10.0, translate=0.05, scale
 TRAIN = load_params(REPO / "params.yaml")["train"]   # the trainer's settings, read once for both benches
 STREAMS = int(TRAIN["streams"])                      # shuffle streams per rank
 BUFFER = int(TRAIN["shuffle_buffer"])                # samples each stream shuffles among
+
+
+def streams_for(workers: int) -> int:
+    """The ``train.streams`` a run with ``workers`` loader workers has: params.yaml's, or the least
+    multiple of it that they divide (what a user must set: TrainParams refuses the others)."""
+    return math.lcm(STREAMS, max(1, workers))
+
+
+def samples_for(workers: Iterable[int], at_least: int, buffer: int = BUFFER) -> int:
+    """``at_least`` samples, or as many as keep each of ``workers`` busy: an epoch smaller than
+    ``streams x buffer`` is cut into fewer streams (``stream_count``, as the trainer cuts it) and
+    fewer workers make its batches."""
+    return max(at_least, *(streams_for(w) * buffer for w in workers))
+
+
+def epoch_plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, workers: int,
+                buffer: int = BUFFER) -> list[WorkerPlan]:
+    """One shuffled epoch of one rank as the trainer plans it with ``workers`` loader workers and
+    :func:`streams_for` streams; an epoch too small to keep every worker busy is refused (a row
+    labelled N workers must be N workers' figure)."""
+    plans = plan_epoch(shards, samples=samples, batch_size=batch, env=DistEnv(0, 1, 0), workers=workers,
+                       streams=streams_for(workers), shuffle_buffer=buffer, seed=0, shuffle=True)
+    if len(plans) < max(1, workers):
+        raise ValueError(f"{samples} samples are too few for {workers} busy loader workers: each of the epoch's "
+                         f"{streams_for(workers)} shuffle streams needs {buffer} samples (train.shuffle_buffer), "
+                         f"so {samples_for([workers], 0, buffer)} samples (--samples)")
+    return plans
+
+
 QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
 
 
@@ -88,13 +118,13 @@ def make_shards(folder: Path, n: int, per_shard: int) -> Path:
     return folder
 
 
-def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int) -> float:
+def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int,
+                buffer: int = BUFFER) -> float:
     """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded)."""
     split = open_split([shards], "train")
-    plans = plan_epoch(split.shards, samples=split.num_samples, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, streams=STREAMS, shuffle_buffer=BUFFER, seed=0, shuffle=True)
+    plans = epoch_plans(split.shards, split.num_samples, batch, workers, buffer)
     decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
-    loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=BUFFER, seed=0, repeat=None)
+    loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=buffer, seed=0, repeat=None)
     it = iter(loader)
     next(it)
     t0, n = time.perf_counter(), 0
@@ -175,7 +205,7 @@ def train_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, batch
 
 
 def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards: Path, batch: int, steps: int,
-             workers: int) -> tuple[float, float]:
+             workers: int, buffer: int = BUFFER) -> tuple[float, float]:
     """(samples/s, fraction of wall time spent waiting for the next batch) of the trainer's step fed
     by the real shard loader, as in training: the device idles while the loop waits. The batches
     the workers decoded ahead while the first (compiling) step ran are stepped through before the
@@ -185,10 +215,9 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     step, card = trainer(name, kwargs, device, cfg)
     split = open_split([shards], "train")
     full = split.num_samples // batch * batch or split.num_samples      # whole batches: one batch shape
-    plans = plan_epoch(split.shards, samples=full, batch_size=batch, env=DistEnv(0, 1, 0),
-                       workers=workers, streams=STREAMS, shuffle_buffer=BUFFER, seed=0, shuffle=True)
+    plans = epoch_plans(split.shards, full, batch, workers, buffer)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
-                            shuffle_buffer=BUFFER, seed=0, repeat=None))
+                            shuffle_buffer=buffer, seed=0, repeat=None))
     # The first step, then (on a GPU, whose steps are as fast as the loader) what was decoded
     # meanwhile; a CPU step is ~100x slower than the loader, which never falls behind there.
     ahead = 1 + (RING_DEPTH * max(1, workers) if device.type == "cuda" else 0)
@@ -283,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--gpu-batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3; quick 1)")
     ap.add_argument("--workers", type=int, default=2, help="loader processes")
-    ap.add_argument("--samples", type=int, default=None, help="loader samples (default 3000; quick 64)")
+    ap.add_argument("--samples", type=int, default=None,
+                    help="loader samples (default 3000, or what keeps --workers busy; quick 64)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--fed-steps", type=int, default=None, help="steps fed by the real loader (default 4 CPU / "
                     "50 GPU; quick 2)")
@@ -332,8 +362,11 @@ def measure(args: argparse.Namespace) -> dict:
         return run_profiles(args.profile, args, devices[-1])
     cpu_configs = CPU_CONFIGS + ((Config("fp32+compile", compile=True),) if args.cpu_compile else ())
     results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
+    # Every worker busy: the default epoch holds a buffer per stream; --quick's shrinks the buffer instead
+    n = args.samples or (64 if args.quick else samples_for([args.workers], 3000))
+    buffer = max(1, n // streams_for(args.workers)) if args.quick else BUFFER
     with tempfile.TemporaryDirectory() as tmp:
-        shards = make_shards(Path(tmp), args.samples or (64 if args.quick else 3000), 250)
+        shards = make_shards(Path(tmp), n, 250)
         # Compiled configurations last, over all models: they take the longest and fail in the
         # most ways (a missing compiler), and each configuration's failure is printed and skipped.
         for compiled in (False, True):
@@ -342,7 +375,8 @@ def measure(args: argparse.Namespace) -> dict:
                 card = create_model(name, **kwargs).card
                 key = f"{'+'.join(card.fields)}@{card.input_size}"
                 if key not in results["loader"]:
-                    results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers)
+                    results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers,
+                                                         buffer)
                 for dev in devices:
                     cuda = dev.type == "cuda"
                     bs = args.gpu_batch_size if cuda else batch
@@ -352,7 +386,7 @@ def measure(args: argparse.Namespace) -> dict:
                         try:
                             rate = train_rate(name, kwargs, dev, cfg, bs, 20 if cuda else steps,
                                               3 if cfg.compile else warmup)
-                            fed = fed_rate(name, kwargs, dev, cfg, shards, bs, fed_steps, args.workers)
+                            fed = fed_rate(name, kwargs, dev, cfg, shards, bs, fed_steps, args.workers, buffer)
                         except Exception as e:                  # noqa: BLE001 - report, go on to the next
                             print(f"{tag:<34} FAILED: {type(e).__name__}: {e}", flush=True)
                             continue

@@ -170,3 +170,23 @@ def test_persistent_workers_are_measured_with_their_start(quick):
                 results["ratios"][f"{key} persistent / fresh workers, with start"][w]["value"],
                 e.with_start / fresh[w].with_start)
     assert "persistent: the same" in out
+
+
+def test_a_row_of_n_workers_is_n_busy_workers(quick, tmp_path):
+    """An epoch too small for every shuffle stream to fill a buffer is cut into fewer streams, and
+    fewer workers make its batches (as in training): the bench sizes its epoch (or, --quick, its
+    buffer) so each row's workers all work, and refuses sizes that would not."""
+    import yaml
+
+    from fermodels.distributed import stream_count
+
+    bench, results = load_bench("bench_loader"), quick[0]
+    shards = load_bench("bench_train").make_shards(tmp_path, QUICK_SAMPLES, 250)
+    for w in results["workers"]:
+        assert len(bench.ours_plans(shards, QUICK_BATCH, w, results["buffer"])) == max(1, w)
+    train = yaml.safe_load((load_bench("bench_train").REPO / "params.yaml").read_text())["train"]
+    streams, buffer = train["streams"], train["shuffle_buffer"]
+    assert stream_count(streams, 3000, buffer) < streams        # the old default epoch: 8 workers, 4 busy
+    assert load_bench("bench_train").samples_for([0, 1, 2, 4, streams], 3000) == streams * buffer
+    with pytest.raises(ValueError, match=f"so {streams * QUICK_SAMPLES} samples"):  # 2 workers, 8 streams of 192
+        bench.ours_plans(shards, QUICK_BATCH, 2, QUICK_SAMPLES)
