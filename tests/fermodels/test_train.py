@@ -306,10 +306,12 @@ def test_training_on_cuda_with_amp_and_channels_last(tiny_shards, tmp_path):
     """The trainer's GPU path end to end: bf16/fp16 autocast, channels_last, persistent loader workers
     handing batches over through pinned memory, validation every epoch. The trained model then gives
     the same logits on the GPU (fp32) as on the CPU."""
-    params = make_params(epochs=2, device="cuda", amp=True, channels_last=True, workers=2)
+    # a buffer of 4 cuts the tiny split into 4 shuffle streams, so both workers make batches
+    params = make_params(epochs=2, device="cuda", amp=True, channels_last=True, workers=2, shuffle_buffer=4)
     best = train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
     state = load_checkpoint(tmp_path / "ckpt" / "best.pt")
     assert state["epoch"] == best["epoch"] and math.isfinite(best["accuracy"])
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["streams"] == 4
     on_cpu = model_from_checkpoint(state)
     on_gpu = model_from_checkpoint(state).cuda()
     batch = first_batch(tiny_shards, on_cpu.card, batch_size=8)
