@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
@@ -145,8 +146,9 @@ def backends(
                                              "detect.model_dir, when there is a params.yaml here)."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: model_dir)."),
 ) -> None:
-    """List face backends and whether each can run here without downloading (from the model folder
-    and each package's own default places)."""
+    """List face backends and whether each can run here without downloading.
+
+    Looks in the model folder and in each package's own default places."""
     from ferdata.faces import BACKENDS
     from ferdata.params import load_params
 
@@ -160,9 +162,10 @@ def backends(
 
 @app.command()
 def verify(shards: Path = typer.Argument(..., help="A shards folder (with <split>/_info.json).")) -> None:
-    """Check shards against their _info.json: every shard's sha256, size and sample count, the class
-    histogram, samples in two shards or splits, each sample's members, unsafe tar members
-    (docs/sharing.md, "Verifying what arrived")."""
+    """Check shards against their _info.json (docs/sharing.md, "Verifying what arrived").
+
+    Every shard's sha256, size and sample count, the class histogram, samples in two shards or
+    splits, each sample's members, unsafe tar members."""
     from ferdata.verify import verify_shards
 
     problems = verify_shards(shards)
@@ -259,6 +262,9 @@ def write_stdout(text: str) -> None:
     sys.stdout.flush()
     buffer.write(text.encode("utf-8", "surrogateescape"))
     buffer.flush()
+
+
+reflow_help(app)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ferdata.atomic import atomic_write_text
+from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
 from fermodels.checkpoints import PretrainedMismatchError
 from fermodels.info import model_info
@@ -86,6 +87,9 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
         atomic_write_text(out, json.dumps([s.record() for s in series], indent=2) + "\n")
     if any(s.problem for s in series):
         raise ValueError("some series are not cross-validations (above): their folds share a test split")
+
+
+reflow_help(app)
 
 
 def main() -> None:
