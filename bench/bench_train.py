@@ -50,7 +50,7 @@ from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
+from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch, stream_count  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
@@ -73,10 +73,12 @@ def streams_for(workers: int) -> int:
 
 
 def samples_for(workers: Iterable[int], at_least: int, buffer: int = BUFFER) -> int:
-    """``at_least`` samples, or as many as keep each of ``workers`` busy: an epoch smaller than
-    ``streams x buffer`` is cut into fewer streams (``stream_count``, as the trainer cuts it) and
-    fewer workers make its batches."""
-    return max(at_least, *(streams_for(w) * buffer for w in workers))
+    """``at_least`` samples, or as many as keep each of ``workers`` busy: an epoch too small for
+    every stream to shuffle ``buffer`` samples is cut into fewer streams (``stream_count``, as the
+    trainer cuts it), and a count the workers do not divide leaves some of them idle."""
+    def busy(w: int) -> bool:
+        return w <= 1 or stream_count(streams_for(w), at_least, buffer) % w == 0
+    return max(at_least, *(streams_for(w) * buffer for w in workers if not busy(w)), 0)
 
 
 def epoch_plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, workers: int,
@@ -87,9 +89,10 @@ def epoch_plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, wor
     plans = plan_epoch(shards, samples=samples, batch_size=batch, env=DistEnv(0, 1, 0), workers=workers,
                        streams=streams_for(workers), shuffle_buffer=buffer, seed=0, shuffle=True)
     if len(plans) < max(1, workers):
-        raise ValueError(f"{samples} samples are too few for {workers} busy loader workers: each of the epoch's "
-                         f"{streams_for(workers)} shuffle streams needs {buffer} samples (train.shuffle_buffer), "
-                         f"so {samples_for([workers], 0, buffer)} samples (--samples)")
+        raise ValueError(f"{samples} samples keep {len(plans)} of {workers} loader workers busy: an epoch too small "
+                         f"for each of its {streams_for(workers)} shuffle streams to shuffle {buffer} samples "
+                         f"(train.shuffle_buffer) is cut into fewer; {streams_for(workers) * buffer} samples "
+                         "(--samples) keep every worker busy")
     return plans
 
 
