@@ -17,9 +17,12 @@ layout                   checkpoint                                             
 ``convnext_timm``        timm ``convnext_base`` (``stem.*``, ``stages.S.blocks.J.*``)   :class:`ConvNeXtTrunk`
 =======================  ===========================================================  ==========================
 
-Checkpoint tensors the target does not use (output layers, a 1000-way fc, later stages) are
+Checkpoint tensors of parts the target leaves out (output layers, a 1000-way fc, later stages) are
 ignored and counted. A target tensor that is missing or has the wrong shape raises
-:class:`PretrainedMismatchError` naming the keys - random weights are never kept silently.
+:class:`PretrainedMismatchError` naming the keys - random weights are never kept silently - and so
+do unused tensors inside a part the target has: they are another network's (an IR-SE-50's
+squeeze-excitation in IR-50's units, a ResNet-34's extra blocks in ResNet-18's stages), whose
+remaining tensors would load into a network that is neither pretrained nor random.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ log = logging.getLogger(__name__)
 StateDict = dict[str, Tensor]
 LAYOUTS: Registry[Callable[[StateDict], StateDict]] = Registry("checkpoint layout")
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+# Layouts whose trunk keeps the first units of one flat, numbered list of the published network's
+# units or stages: a unit index the trunk lacks is a later stage it leaves out.
+_UNIT_LISTS = {"ir50": "body", "convnext_torchvision": "features"}
 
 
 class PretrainedMismatchError(RuntimeError):
@@ -88,11 +94,32 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
             f"{len(missing)} missing ({_head(missing)}); {len(wrong)} wrong shape ({_head(wrong)}). "
             f"Checkpoint keys after mapping start with: {_head(sorted(mapped))}")
     used = {k: mapped[k] for k in expected if k in mapped}
+    foreign = _inside_the_target([k for k in mapped if k not in used], module, layout)
+    if foreign:
+        raise PretrainedMismatchError(
+            f"{path} is not the network layout {layout!r} expects: {len(foreign)} of its tensors sit inside parts "
+            f"{type(module).__name__} has but does not use ({_head(foreign)}), as in another network's file "
+            "(an IR-SE-50 for IR-50, a ResNet-34 for ResNet-18); pass the file the layout names")
     module.load_state_dict(used, strict=False)
     report = LoadReport(str(path), layout, matched=len(used), ignored=len(mapped) - len(used))
     log.info("loaded %d tensors from %s (%s); %d checkpoint tensors unused",
              report.matched, path, layout, report.ignored)
     return report
+
+
+def _inside_the_target(unused: list[str], module: nn.Module, layout: str) -> list[str]:
+    """The ``unused`` checkpoint keys that are not in a part ``module`` leaves out: a top-level
+    module it lacks (``fc``, ``output_layer``, a ``layer4`` it stops before), or a unit of the
+    layout's unit list (:data:`_UNIT_LISTS`) past its own."""
+    present = {name for name, _ in module.named_modules()}
+    units = _UNIT_LISTS.get(layout)
+
+    def left_out(key: str) -> bool:
+        top, _, rest = key.partition(".")
+        if top not in present:
+            return True
+        return top == units and f"{top}.{rest.partition('.')[0]}" not in present
+    return [k for k in unused if not left_out(k)]
 
 
 def _unwrap(raw: object, path: Path) -> StateDict:

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet18
+from torchvision.models import resnet18, resnet34
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 
 from ferdata.registry import UnknownNameError
@@ -184,6 +184,26 @@ def test_missing_tensor_fails_loudly(msceleb, tmp_path) -> None:
     torch.save({"state_dict": ref}, path)
     with pytest.raises(PretrainedMismatchError, match=r"1 missing \(layer3\.1\.bn2\.running_var\)"):
         load_pretrained(ResNet18Trunk(), path, "msceleb_resnet18")
+
+
+def test_another_networks_file_whose_shapes_fit_is_refused(tmp_path) -> None:
+    """An IR-SE-50 file (face.evoLVe's IR_SE_50, InsightFace_Pytorch's model_ir_se50.pth) holds every
+    IR-50 tensor plus a squeeze-excitation at ``res_layer.5`` of each unit, and a ResNet-34 the first
+    two blocks of each ResNet-18 stage plus more: both loaded, with the rest counted as unused, into
+    a network that was neither pretrained nor random. Parts the trunk leaves out stay ignored."""
+    ir_se = evolve_ir50().state_dict()
+    for unit, depth in enumerate([64] * 3 + [128] * 4 + [256] * 14 + [512] * 3):
+        ir_se[f"body.{unit}.res_layer.5.fc1.weight"] = torch.randn(depth // 16, depth, 1, 1)
+        ir_se[f"body.{unit}.res_layer.5.fc2.weight"] = torch.randn(depth, depth // 16, 1, 1)
+    path = tmp_path / "model_ir_se50.pth"
+    torch.save(ir_se, path)
+    with pytest.raises(PretrainedMismatchError, match=r"42 of its tensors .*body\.0\.res_layer\.5\.fc1\.weight"):
+        load_pretrained(IR50(3), path, "ir50")           # units 21-23 (stage 4, left out) are not counted
+    torch.save(resnet34(weights=None).state_dict(), path)
+    with pytest.raises(PretrainedMismatchError, match=r"inside parts ResNet18Trunk has .*layer1\.2\.conv1\.weight"):
+        load_pretrained(ResNet18Trunk(include_layer4=False), path, "msceleb_resnet18")
+    torch.save(resnet18(weights=None).state_dict(), path)         # fc and layer4: parts it leaves out
+    assert load_pretrained(ResNet18Trunk(include_layer4=False), path, "msceleb_resnet18").ignored == 32
 
 
 def test_wrong_shape_fails_loudly(tmp_path) -> None:
