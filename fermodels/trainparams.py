@@ -132,16 +132,16 @@ def shards_preprocess(split: Split, given: dict) -> dict:
 def random_start_warnings(net: nn.Module, params: TrainParams) -> list[str]:
     """What a run starting from random weights should be told: a frozen part with random weights
     (only the rest learns: Conv-cut's head on a random trunk is near chance), and a recipe whose
-    paper starts from pretrained weights run without them (its results are not the paper's)."""
-    if any(params.model_kwargs.get(k) for k in WEIGHT_FILE_KWARGS):
-        return []
+    paper starts from pretrained weights run without them (its results are not the paper's): without
+    ``pretrained``, whatever else is given (pcda's ``landmark_checkpoint`` leaves its IR-50 random)."""
+    given = {k for k in WEIGHT_FILE_KWARGS if params.model_kwargs.get(k)}
     out = []
     frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
-    if frozen:
+    if frozen and not given:
         out.append(f"train.model {params.model} keeps {frozen:,} parameters frozen at random weights (no "
                    "train.model_kwargs.pretrained): only the rest learns; give its weights (docs/models.md, "
                    "Pretrained weights), or unfreeze them")
-    if weights := weights_of(params.recipe):
+    if (weights := weights_of(params.recipe)) and "pretrained" not in given:
         out.append(f"train.recipe {params.recipe}: the paper starts from {weights}; without "
                    "train.model_kwargs.pretrained this run starts from random weights, and its figures are not "
                    "comparable with the paper's")

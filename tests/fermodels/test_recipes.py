@@ -95,6 +95,11 @@ def test_a_run_without_the_papers_weights_is_told_so():
     assert random_start_warnings(create_model("pcnn", 7), given) == []
     plain = section(TrainParams, {**train_section(), "recipe": None}, "train")
     assert random_start_warnings(create_model(plain.model, 7), plain) == []     # the sample's resnet18_112
+    # pcda's landmark net alone leaves the IR-50 the paper pretrains random (no word of it before)
+    landmarks_only = section(TrainParams, {**apply_recipe({**train_section(), "recipe": "pcda_rafdb"}),
+                                           "model_kwargs": {"landmark_checkpoint": "/w/mfn.pth.tar"}}, "train")
+    (paper,) = random_start_warnings(create_model("pcda", 7, dim=64, heads=4), landmarks_only)
+    assert "the paper starts from an MS-Celeb-1M IR-50" in paper and "not comparable" in paper
 
 
 def test_params_built_from_a_recipe_can_be_copied_with_changes():
