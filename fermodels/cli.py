@@ -48,11 +48,12 @@ def info(name: str, num_classes: int = typer.Option(7, help="number of output cl
 
 @app.command()
 def recipes() -> None:
-    """Named training presets (`dvc exp run -S train.recipe=NAME`) and their sources."""
+    """Named training presets (`dvc exp run -S train.recipe=NAME`), their sources and the paper's figure."""
     from fermodels.recipes import RECIPES, list_recipes
 
     for name in list_recipes():
-        typer.echo(f"{name:24s} {RECIPES.get(name).source}")
+        recipe = RECIPES.get(name)
+        typer.echo(f"{name:24s} {recipe.source}\n{'':24s} paper's test accuracy: {recipe.published}")
 
 
 @app.command()

@@ -31,6 +31,7 @@ class Recipe:
     source: str
     notes: str = ""
     weights: str = ""         # what the paper starts from (train.model_kwargs.pretrained, a path, gives it)
+    published: str = ""       # the test figure the paper reports for this setting, or why there is none
 
 
 RECIPES: Registry[Recipe] = Registry("training recipe")
@@ -47,11 +48,11 @@ def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, tr
             "erase_scale_min": erase_scale[0], "erase_scale_max": erase_scale[1]}
 
 
-def _recipe(name: str, source: str, notes: str = "", weights: str = "", **values: Any) -> None:
+def _recipe(name: str, source: str, notes: str = "", weights: str = "", *, published: str, **values: Any) -> None:
     missing = set(RECIPE_KEYS) - set(values)
-    if missing:
-        raise ValueError(f"recipe {name!r} misses {sorted(missing)}")
-    RECIPES.register(name)(Recipe(values, source, notes, weights))
+    if missing or not published:
+        raise ValueError(f"recipe {name!r} misses {sorted(missing) or 'its published figure'}")
+    RECIPES.register(name)(Recipe(values, source, notes, weights, published))
 
 
 def weights_of(name: str | None) -> str:
@@ -60,6 +61,9 @@ def weights_of(name: str | None) -> str:
 
 
 _MSCELEB_R18 = "an MS-Celeb-1M ResNet-18 (the papers' pretrained trunk)"
+# Every figure below is test accuracy, as the papers report it: their best test epoch, where best.pt here
+# is picked on a validation split carved from the training set (README, Models and training).
+_CMNET_FIGURE = "none found: CMNet's results table was not reachable (seed_models.md §2.7)"
 
 
 # What no seed paper uses: SAM (POSTER++'s code, not its paper: see _NIE_NOTE), class weights,
@@ -79,24 +83,28 @@ _CMNET_AFFECTNET = {
     "augment": _augment(affine_p=0.7, degrees=20.0, translate=0.2, scale=(0.8, 1.0), erase_p=0.5)}
 
 _recipe("cmnet_rafdb", "docs/reference/seed_models.md:89 (§2.5 CMNet train_rafdb.py)", weights=_MSCELEB_R18,
+        published=_CMNET_FIGURE,
         datasets=["rafdb"], model="cmnet", num_classes=7, epochs=100, batch_size=32, lr=0.01, step_size=15,
         gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
 _recipe("cmnet_affectnet7", "docs/reference/seed_models.md:90 (§2.5 CMNet train_affectnet-7.py)",
         "ImbalancedDatasetSampler -> sampler balanced; RandomErasing() defaults (p 0.5, scale 0.02-0.33).",
-        weights=_MSCELEB_R18, datasets=["affectnet7"], num_classes=7, **_CMNET_AFFECTNET)
+        weights=_MSCELEB_R18, published=_CMNET_FIGURE, datasets=["affectnet7"], num_classes=7, **_CMNET_AFFECTNET)
 _recipe("cmnet_affectnet8", "docs/reference/seed_models.md:91 (§2.5 CMNet train_affectnet-8.py, Model_0 bug fixed)",
-        "as cmnet_affectnet7 with 8 classes.", weights=_MSCELEB_R18, datasets=["affectnet8"], num_classes=8,
-        **_CMNET_AFFECTNET)
+        "as cmnet_affectnet7 with 8 classes.", weights=_MSCELEB_R18, published=_CMNET_FIGURE,
+        datasets=["affectnet8"], num_classes=8, **_CMNET_AFFECTNET)
 _recipe("cmnet_sfew", "docs/reference/seed_models.md:92 (§2.5 CMNet SFEW row)",
         "momentum 0.9 / weight decay 1e-4 not in the row: taken from the RAF-DB script (INFER).",
-        weights=_MSCELEB_R18, datasets=["sfew"], model="cmnet", num_classes=7, epochs=100, batch_size=16, lr=0.1, step_size=15,
-        gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
+        weights=_MSCELEB_R18, published=_CMNET_FIGURE, datasets=["sfew"], model="cmnet", num_classes=7,
+        epochs=100, batch_size=16, lr=0.1, step_size=15, gamma=0.1, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
 
+_PCNN_FIGURES = {"rafdb": "89.31% (a third-party extraction of the paper's tables, seed_models.md §3.5)",
+                 "ferplus": "85.59% (a third-party extraction, below the paper's own FERPlus pose subsets: "
+                            "treat with caution, seed_models.md §3.5)"}
 for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
     _recipe(f"pcnn_{_ds}", "docs/reference/seed_models.md:142 (§3.4 PCNN train.py)",
             "one public script for every dataset; FERPlus as 8 classes (seed_models.md:144). Start from "
             "random or MS-Celeb weights, never the released checkpoint (the script's pretrained=True pitfall).",
-            weights=_MSCELEB_R18, datasets=[_ds], model="pcnn", num_classes=_classes, epochs=100, batch_size=128, lr=0.01, step_size=15,
+            weights=_MSCELEB_R18, published=_PCNN_FIGURES[_ds], datasets=[_ds], model="pcnn", num_classes=_classes, epochs=100, batch_size=128, lr=0.01, step_size=15,
             gamma=0.5, sampler="shuffle", augment=_CROP_ROTATE, **_SGD)
 
 # Nie et al. §4.2 "Implementation Details" (the paper, listed in docs/models.md; the research note at
@@ -109,6 +117,9 @@ _NIE = {"model": "pcda", "epochs": 200, "batch_size": 144, "optimizer": "adam", 
         "momentum": 0.9, "schedule": "constant", "warmup_epochs": 0, "step_size": 1, "gamma": 1.0,
         **_PLAIN}
 _NIE_WEIGHTS = "an MS-Celeb-1M IR-50 (§4.2) and a frozen landmark net (landmark_checkpoint)"
+_NIE_FIGURES = {"rafdb": "92.31% (Nie et al. Table 5)", "ferplus": "92.97% (Nie et al. Table 5)",
+                "affectnet7": "67.14% (Nie et al. Table 5)",
+                "affectnet8": "none: the paper reports AffectNet 7-class only (§4.1, Tables 5-6)"}
 _NIE_SOURCE = ("docs/reference/seed_models.md:180 (the notes found no recipe and inferred POSTER++'s; the paper's "
                "§4.2 Implementation Details gives it)")
 _NIE_NOTE = ("Nie et al. §4.2: Adam, 200 epochs, batch 144, flips + random erasing; the paper names no SAM and "
@@ -125,6 +136,7 @@ for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
     _recipe(f"pcda_{_ds}", f"{_NIE_SOURCE}; "
             "erasing as POSTER++ RAF-DB (:165)",
             _NIE_NOTE + " RandomErasing p 0.5 (torch default), scale 0.02-0.1 (POSTER++).", weights=_NIE_WEIGHTS,
+            published=_NIE_FIGURES[_ds],
             datasets=[_ds], num_classes=_classes, lr=3.5e-5, sampler="shuffle",
             augment=_augment(erase_p=0.5, erase_scale=(0.02, 0.1)), **_NIE)
 for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
@@ -134,20 +146,28 @@ for _ds, _classes in (("affectnet7", 7), ("affectnet8", 8)):
             "(whose AffectNet figures need that sampler, seed_models.md:246)."
             + (" The paper reports AffectNet 7-class only (§4.1, Tables 5-6): this 8-class recipe has no "
                "published figure to compare with." if _classes == 8 else ""),
-            weights=_NIE_WEIGHTS, datasets=[_ds], num_classes=_classes, lr=1e-6, sampler="balanced",
+            weights=_NIE_WEIGHTS, published=_NIE_FIGURES[_ds], datasets=[_ds], num_classes=_classes, lr=1e-6,
+            sampler="balanced",
             augment=_augment(erase_p=1.0, erase_scale=(0.05, 0.05)), **_NIE)
 
 _CONVCUT = {"num_classes": 7, "epochs": 50, "batch_size": 16, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
             "momentum": 0.9, "schedule": "constant", "warmup_epochs": 0, "step_size": 1, "gamma": 1.0,
             "sampler": "shuffle", **_PLAIN,
             "augment": _augment()}
+_CONVCUT_FIGURES = {"rafdb": "97.33%", "ferplus": "95.69%"}     # the paper's Table 1 (seed_models.md §5.3)
 for _model in ("convcut", "convcut_paper"):
     for _ds, _classes in (("rafdb", 7), ("ferplus", 8)):
+        _figure = (f"{_CONVCUT_FIGURES[_ds]} (Table 1), with the batch attention whose cross-sample leak "
+                   "seed_models.md §5.3 takes to inflate it (evaluate.batch_check measures the leak)"
+                   if _model == "convcut_paper" else
+                   f"none for per-sample attention: the paper's {_CONVCUT_FIGURES[_ds]} is convcut_paper's batch "
+                   "attention" + ("; ResNet / ConvNeXt baselines reach about 86-90% (an estimate, seed_models.md "
+                                  "§5.3)" if _ds == "rafdb" else ""))
         _recipe(f"{_model}_{_ds}", "docs/reference/seed_models.md:225 (§5.3 Conv-cut training row)",
                 "Adam 1e-3, batch 16, 50 epochs, frozen backbone (the model's default); the paper gives only the "
                 "initial learning rate (§4.1), so it stays constant (INFER); PAtt-Lite's "
                 "RandomFlip -> hflip 0.5, its RandomContrast has no equivalent here. FERPlus as 8 classes (INFER).",
-                weights="an ImageNet ConvNeXt-Base, truncated and frozen (§4.1)",
+                weights="an ImageNet ConvNeXt-Base, truncated and frozen (§4.1)", published=_figure,
                 datasets=[_ds], model=_model, **{**_CONVCUT, "num_classes": _classes})
 
 
@@ -167,7 +187,8 @@ def apply_recipe(section: Mapping[str, Any], announce: bool = True) -> dict[str,
     values.update({k: (dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, list) else v)
                    for k, v in recipe.values.items()})
     if announce:
-        log.info("recipe %s (%s) sets %s", name, recipe.source, ", ".join(changed) or "nothing new")
+        log.info("recipe %s (%s) sets %s; the paper's test accuracy: %s", name, recipe.source,
+                 ", ".join(changed) or "nothing new", recipe.published)
     return values
 
 
