@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferdata.classes import CLASSES, CONTEMPT
 from ferdata.params import (above, at_least, below_from, check_values, one_of, optional, repeated, section,
                             section_values, within)
 from fermodels.augment import AugmentParams
@@ -158,6 +159,13 @@ def check_classes(train_split: Split, val_split: Split, num_classes: int) -> Non
                              "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7)")
     if val_split.num_samples == 0:
         raise ValueError("the val split is empty: model selection needs it (shard.val_fraction > 0)")
+    absent = [c for c, n in zip(CLASSES, train_split.class_counts(num_classes)) if not n]
+    if CLASSES[CONTEMPT] in absent:         # an 8-class recipe on data prepared as AffectNet-7 / without it
+        log.warning("the train split of %s has no Contempt sample for the 8-class model to learn: prepared with "
+                    "protocol affectnet7 or exclude_classes [Contempt]? (an 8-class recipe needs them, else "
+                    "train.num_classes 7)", ", ".join(train_split.dirs))
+    elif absent:
+        log.info("the train split has no sample of %s: the model learns no evidence for it", " or ".join(absent))
 
 
 def check_smoothing_applies(smoothing: float, split: Split) -> None:

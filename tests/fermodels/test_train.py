@@ -456,6 +456,16 @@ def test_the_log_says_how_many_loader_workers_a_small_epoch_keeps_busy(tiny_shar
     assert "1 of the 2 train.workers make its batches" in caplog.text
 
 
+def test_an_8_class_model_on_data_without_contempt_is_warned(tiny_shards, tmp_path, one_thread, caplog):
+    """An 8-class recipe (cmnet_affectnet8) on data prepared as AffectNet-7 trained an output no
+    sample teaches, with no word; the run now says so and what to check."""
+    assert not open_split([tiny_shards], "train").histogram.get("Contempt")
+    with caplog.at_level(logging.INFO, logger="fermodels.trainparams"):
+        train(tiny_shards, make_params(epochs=1, num_classes=8), tmp_path / "ckpt", tmp_path / "live")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "no Contempt sample" in r.message]
+    assert len(warned) == 1 and "protocol affectnet7" in warned[0].message
+
+
 def test_class_weight_values_and_probe():
     w = class_weight_tensor([10, 30, 0, 20], CPU)
     assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))
