@@ -95,8 +95,9 @@ def assign_splits(
     carve_val = "val" not in official
     if carve_test and test_fraction <= 0:
         raise ValueError("the dataset has no test split: test_fraction must be > 0")
-    if carve_val and val_fraction <= 0:
-        raise ValueError("the dataset has no validation split: val_fraction must be > 0")
+    if carve_val and val_fraction <= 0:     # the papers' setting: train on every official training face
+        log.info("shard.val_fraction 0 and no official validation split: none is carved (training then keeps "
+                 "its last epoch)")
     test_band = test_fraction if carve_test else 0.0
     val_band = val_fraction if carve_val else 0.0
     counts: Counter[str] = Counter()

@@ -127,7 +127,7 @@ class _Run:
     scaler: torch.amp.GradScaler
     decoder: SampleDecoder
     train_split: Split
-    val_loader: DataLoader                  # this rank's share of the val split, workers kept across epochs
+    val_loader: DataLoader | None           # this rank's share of the val split (workers kept); None: no split
     data: dict
     preprocess: dict
     repeat: ClassRepeat | None
@@ -158,6 +158,9 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         log.warning(warning)
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
     check_classes(train_split, val_split, params.num_classes)
+    if not val_split.num_samples:
+        log.warning("no validation split (no official one, and shard.val_fraction 0 carved none): no model "
+                    "selection, best.pt is the last epoch (train.select_metric is not used)")
     preprocess = shards_preprocess(train_split, preprocess)
     decoder = split_decoder(net.card, train_split, device)
     if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes
@@ -213,7 +216,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     loader = PersistentLoader(planner, replace(decoder, targets=bool(train_split.soft_labels)),
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
-                             max(1, params.batch_size // env.world_size), params.workers, persistent=True)
+                             max(1, params.batch_size // env.world_size), params.workers,
+                             persistent=True) if val_split.num_samples else None
     whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
@@ -235,10 +239,11 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             scored = run.net if run.ema is None else run.ema.module
             if run.ema is not None:               # each rank averaged its own BatchNorm statistics
                 sync_buffers(scored, env)
-            val = score_split(scored, run.val_loader, params.num_classes, env, device)
+            val = {} if run.val_loader is None else score_split(scored, run.val_loader, params.num_classes, env,
+                                                                 device)
             end = Position(epoch, run.steps_per_epoch, run.step)
-            if val[params.select_metric] > run.best[params.select_metric]:
-                run.best = {**{k: val[k] for k in SUMMARY_METRICS}, "epoch": epoch}
+            if not val or val[params.select_metric] > run.best[params.select_metric]:   # no val: the last epoch
+                run.best = {**{k: val[k] for k in SUMMARY_METRICS if val}, "epoch": epoch}
                 _save(env, ckpt_dir / BEST, run, params, end, scored)
             totals = all_gather_objects((tally.sums, tally.seen, tally.waited, tally.classes), env)
             if env.is_main:                        # every rank's counts, told once

@@ -69,9 +69,9 @@ def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: di
     counted = [sum(t[3][c] for t in totals) for c in range(len(totals[0][3]))]
     # per-class counts cover the epoch unless it resumed from a checkpoint that did not keep them
     shares = {CLASSES[c]: n / seen for c, n in enumerate(counted)} if seen and sum(counted) == seen else {}
-    log.info("epoch %d: %s val acc %.4f (%.1f samples/s, %.0f%% waiting for data)", epoch,
-             " ".join(f"{k}={v:.4f}" for k, v in losses.items()), val["accuracy"], seen / max(elapsed, 1e-9),
-             100 * waited / max(elapsed, 1e-9))
+    log.info("epoch %d: %s%s (%.1f samples/s, %.0f%% waiting for data)", epoch,
+             " ".join(f"{k}={v:.4f}" for k, v in losses.items()), f" val acc {val['accuracy']:.4f}" if val else "",
+             seen / max(elapsed, 1e-9), 100 * waited / max(elapsed, 1e-9))
     if shares:
         log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
     if live is None:
@@ -84,7 +84,7 @@ def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: di
     live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
     for name, share in shares.items():
         live.log_metric(f"train/class_share/{name}", share)
-    for k in SUMMARY_METRICS:
+    for k in SUMMARY_METRICS if val else ():       # no val split: nothing to log
         live.log_metric(f"val/{k}", val[k])
     live.next_step()
 

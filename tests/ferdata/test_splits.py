@@ -92,9 +92,13 @@ def test_full_official_split_untouched_and_dropped_pass_through():
     assert out == items
 
 
-def test_missing_fraction_for_missing_split_raises():
-    with pytest.raises(ValueError, match="no validation split"):
-        list(assign_splits(many(5, "train") + [rec("t", "test")], seed=0, val_fraction=0, test_fraction=0.1))
+def test_val_fraction_0_carves_no_val_split_and_bad_fractions_raise():
+    """val_fraction 0 trains on every official training face (the papers' setting; training then
+    keeps its last epoch); it was refused."""
+    out = splits_of(assign_splits(many(50, "train") + [rec("t", "test")], seed=0, val_fraction=0, test_fraction=0.1))
+    assert Counter(out.values()) == {"train": 50, "test": 1}
+    with pytest.raises(ValueError, match="test_fraction must be > 0"):
+        list(assign_splits(many(5, "train"), seed=0, val_fraction=0, test_fraction=0))
     with pytest.raises(ValueError, match="sum below 1"):
         list(assign_splits(many(5), seed=0, val_fraction=0.6, test_fraction=0.5))
     with pytest.raises(ValueError, match="by must be"):

@@ -60,7 +60,8 @@ def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: ra
 
 def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, classes: range = range(7),
                  maxcount: int = 4, protocol: str = "affectnet7", seed: int = 0,
-                 subsets: dict[str, set[str]] | None = None, soft_mode: str | None = None) -> Path:
+                 subsets: dict[str, set[str]] | None = None, soft_mode: str | None = None,
+                 val_fraction: float = 0.25) -> Path:
     """Raw fixture -> detect -> align -> derive -> shard under ``base``; returns the shards dir.
     ``subsets`` (name -> record keys) tags records ``extra["subsets"]`` as a reader with
     ``options.subsets`` does (AffectNet's reader takes no subset lists); ``soft_mode`` gives every
@@ -80,7 +81,7 @@ def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, cla
     run_detect(records, detect, base / "detect")
     run_align(base / "detect", stage_params(AlignParams, params["align"], workers=1), base / "aligned")
     run_derive(base / "aligned", stage_params(DeriveParams, params["derive"], workers=1), base / "derived")
-    shard = stage_params(ShardParams, params["shard"], val_fraction=0.25, maxcount=maxcount)
+    shard = stage_params(ShardParams, params["shard"], val_fraction=val_fraction, maxcount=maxcount)
     run_shard(base / "aligned", base / "derived", shard, base / "shards")
     return base / "shards"
 

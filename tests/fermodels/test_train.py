@@ -466,6 +466,28 @@ def test_an_8_class_model_on_data_without_contempt_is_warned(tiny_shards, tmp_pa
     assert len(warned) == 1 and "protocol affectnet7" in warned[0].message
 
 
+def test_without_a_val_split_training_keeps_its_last_epoch(tmp_path, one_thread, caplog):
+    """shard.val_fraction 0 on a dataset without an official val split trains on every training face,
+    as the papers do: no model selection, best.pt is the last epoch, no val metrics logged; a killed
+    run resumes. (An empty val split was refused before.)"""
+    from tests.fermodels.helpers import build_shards
+
+    shards = build_shards(tmp_path / "noval", val_fraction=0.0)
+    assert open_split([shards], "val").num_samples == 0
+    caplog.set_level(logging.INFO, logger="fermodels.train")
+    best = train(shards, make_params(epochs=2), tmp_path / "ckpt", tmp_path / "live")
+    assert best == {"epoch": 1} and "best.pt is the last epoch" in caplog.text
+    saved = load_checkpoint(tmp_path / "ckpt" / "best.pt")
+    last = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert saved["epoch"] == last["epoch"] == 1
+    assert all(torch.equal(saved["state_dict"][k], last["state_dict"][k]) for k in last["state_dict"])
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert "val" not in metrics and metrics["train"]["samples"] == open_split([shards], "train").num_samples
+    before = (tmp_path / "ckpt" / "best.pt").read_bytes()
+    assert train(shards, make_params(epochs=2), tmp_path / "ckpt", tmp_path / "live") == {"epoch": 1}   # resumed
+    assert (tmp_path / "ckpt" / "best.pt").read_bytes() == before and "resuming at epoch 2" in caplog.text
+
+
 def test_class_weight_values_and_probe():
     w = class_weight_tensor([10, 30, 0, 20], CPU)
     assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))
