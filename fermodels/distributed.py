@@ -90,7 +90,7 @@ def collective_timeout() -> timedelta | None:
     """How long a collective waits for a rank that does not arrive: ``FER_DIST_TIMEOUT_S`` seconds,
     or None (torch's default: 10 minutes with NCCL, 30 with gloo)."""
     raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None:
+    if raw is None or not raw.strip():          # unset or set empty (FER_DIST_TIMEOUT_S= ...): the default
         return None
     try:
         seconds = float(raw)
@@ -422,7 +422,8 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
         sequence += shard_order(shards, seed * 7919 + p, shuffle)
     per_rank = split_evenly(samples, env.world_size)
     if per_rank[-1] == 0:
-        raise ValueError(f"{samples} samples cannot feed {env.world_size} ranks")
+        raise ValueError(f"an epoch of {samples} samples (the train split's, or train.epoch_samples) cannot give "
+                         f"each of {env.world_size} ranks one: use fewer ranks")
     sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
     asked = max(1, workers if streams is None else stream_count(streams, read // env.world_size, shuffle_buffer))
     blocks = split_evenly(len(sizes), min(asked, len(sizes)))

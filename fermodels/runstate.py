@@ -235,7 +235,9 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
         lacks += sorted(f"data.{k}" for k in data if k not in state["data"])
         older = (f"; it is from an earlier version of this package, which did not record {', '.join(lacks)}"
                  if lacks else "")
-        log.warning("%s is from another run (it differs in %s%s): starting over", path, ", ".join(differ), older)
+        log.warning("%s is from another run (it differs in %s%s): starting over, replacing its checkpoints in %s and "
+                    "its logs (dvc repro keeps a finished run's in DVC's cache; copy them first to keep them "
+                    "otherwise)", path, ", ".join(differ), older, path.parent)
         return None
     if live_dir is not None:
         done = state["epoch"] + int(state["batch"] >= state.get("epoch_steps", math.inf))

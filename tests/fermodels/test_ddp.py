@@ -582,6 +582,8 @@ def test_a_balanced_epoch_at_rate_one_shows_every_sample_once_whatever_the_worke
 def test_a_batch_of_one_per_rank_names_the_fix():
     with pytest.raises(ValueError, match="with a batch of 1 per rank every rank needs as many samples"):
         plan_epoch([("a.tar", 13)], samples=13, batch_size=1, env=DistEnv(1, 2, 0), workers=0, seed=0, shuffle=True)
+    with pytest.raises(ValueError, match=r"1 samples \(the train split's, or train.epoch_samples\) .* use fewer ranks"):
+        plan_epoch([("a.tar", 13)], samples=1, batch_size=2, env=DistEnv(0, 2, 0), workers=0, seed=0, shuffle=True)
 
 
 @pytest.mark.parametrize("world,workers", [(1, 2), (2, 2), (1, 8)])
@@ -679,6 +681,14 @@ def test_a_bad_timeout_is_refused_in_words(raw, monkeypatch):
     monkeypatch.setenv("FER_DIST_TIMEOUT_S", raw)
     with pytest.raises(ValueError, match=f"FER_DIST_TIMEOUT_S='{raw}': expected a number of seconds above 0"):
         collective_timeout()
+
+
+@pytest.mark.parametrize("raw", ["", "  "])
+def test_an_empty_timeout_means_the_default(raw, monkeypatch):
+    from fermodels.distributed import collective_timeout
+
+    monkeypatch.setenv("FER_DIST_TIMEOUT_S", raw)
+    assert collective_timeout() is None
 
 
 def test_one_gpu_index_for_every_rank_is_refused_before_nccl(monkeypatch):

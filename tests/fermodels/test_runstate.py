@@ -27,7 +27,8 @@ def test_a_params_change_is_not_blamed_on_an_older_version(tmp_path, caplog):
     save_last(str(tmp_path), {**PARAMS, "epochs": 5}, DATA)
     with caplog.at_level(logging.WARNING, "fermodels.runstate"):
         assert resume_state(tmp_path, PARAMS, DATA) is None
-    assert f"{tmp_path / LAST} is from another run (it differs in epochs): starting over" in caplog.text
+    assert (f"{tmp_path / LAST} is from another run (it differs in epochs): starting over, replacing its "
+            f"checkpoints in {tmp_path} and its logs") in caplog.text
     assert "earlier version" not in caplog.text
 
 
