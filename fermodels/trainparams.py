@@ -163,7 +163,8 @@ def check_classes(train_split: Split, val_split: Split, num_classes: int) -> Non
                     "protocol affectnet7 or exclude_classes [Contempt]? (an 8-class recipe needs them, else "
                     "train.num_classes 7)", ", ".join(train_split.dirs))
     elif absent:
-        log.info("the train split has no sample of %s: the model learns no evidence for it", " or ".join(absent))
+        log.info("the train split has no sample of %s: the model cannot learn to predict %s", " or ".join(absent),
+                 "it" if len(absent) == 1 else "them")
 
 
 def check_smoothing_applies(smoothing: float, split: Split) -> None:
