@@ -161,6 +161,34 @@ def max_over_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return out
 
 
+class LauncherGoneError(RuntimeError):
+    """torchrun, which started this rank, is gone: every rank stops together."""
+
+
+@dataclass(frozen=True)
+class LauncherWatch:
+    """Whether torchrun's agent, this rank's parent, still runs. torchrun starts each rank in a
+    session of its own, so a SIGKILL to torchrun (which it cannot pass on) or to its process group
+    left the ranks training unsupervised, holding the run against a relaunch. ``pid`` None: not
+    started by torchrun (a plain run goes on when its parent ends, as any program)."""
+
+    pid: int | None = None
+
+    @staticmethod
+    def here() -> LauncherWatch:
+        return LauncherWatch(os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None)
+
+    def gone(self) -> bool:
+        return self.pid is not None and os.getppid() != self.pid
+
+    def check(self, gone: torch.Tensor) -> None:
+        """Raise when any rank found the launcher gone (``gone``: :func:`max_over_ranks` of each
+        rank's :meth:`gone`, so the ranks stop at the same step, none left in a collective)."""
+        if float(gone) > 0:
+            raise LauncherGoneError(f"torchrun (pid {self.pid}), which started the ranks, is gone (killed?): every "
+                                    "rank stops here; launch it again to resume from last.pt")
+
+
 def barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()

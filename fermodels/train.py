@@ -25,8 +25,9 @@ from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
-from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, broadcast_object, env_from_os,
-                                   init_distributed, max_over_ranks, pick_device, shutdown, sync_buffers)
+from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects, broadcast_object,
+                                   env_from_os, init_distributed, max_over_ranks, pick_device, shutdown,
+                                   sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
@@ -144,6 +145,7 @@ class _Run:
     whole: GlobalBatch | None = None        # under DDP: losses over the step's global batch (NeAA)
     threads: int | None = None              # torch's CPU threads, when it trains on the CPU (in last.pt)
     streams: int = 1                        # shuffle streams an epoch is cut into (in last.pt: its layout)
+    launcher: LauncherWatch = field(default_factory=LauncherWatch.here)   # torchrun's agent, watched at checks
 
 
 def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict, env: DistEnv,
@@ -256,6 +258,14 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
     return run.best
 
 
+def _check_health(run: _Run, bad: torch.Tensor, env: DistEnv, epoch: int, losses: dict, ckpt_dir: Path) -> None:
+    """Stop every rank together on a non-finite loss (``bad``: this rank's count) or when torchrun
+    is gone: one collective carries both."""
+    flags = max_over_ranks(torch.stack([bad, bad.new_full((), float(run.launcher.gone()))]), env)
+    run.launcher.check(flags[1])
+    check_finite(flags[0], epoch, run.step, losses, ckpt_dir)
+
+
 def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.device, epoch: int, skip: int,
                  ckpt_dir: Path, tally: Tally) -> tuple[Tally, float]:
     """One epoch from batch ``skip``, adding to ``tally`` (the totals before a resume): the
@@ -292,14 +302,14 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.float() * len(batch["label"])
         if run.step % FINITE_CHECK_EVERY == 0:
-            check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
+            _check_health(run, bad, env, epoch, losses, ckpt_dir)
         if params.checkpoint_every and run.step % params.checkpoint_every == 0 and i + 1 < run.steps_per_epoch:
-            check_finite(max_over_ranks(bad, env), epoch, run.step, losses, ckpt_dir)
+            _check_health(run, bad, env, epoch, losses, ckpt_dir)
             now = Tally(sums, seen, waited, time.perf_counter() - t0, classes.tolist()).saved()
             run.tallies = all_gather_objects(now, env)
             _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
         t_wait = time.perf_counter()
-    check_finite(max_over_ranks(bad, env), epoch, run.step, sums, ckpt_dir)
+    _check_health(run, bad, env, epoch, sums, ckpt_dir)
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
 
 

@@ -683,6 +683,29 @@ def test_a_bad_timeout_is_refused_in_words(raw, monkeypatch):
         collective_timeout()
 
 
+def test_ranks_whose_torchrun_is_gone_stop_at_the_next_check(tiny_shards, tmp_path, monkeypatch):
+    """torchrun starts each rank in a session of its own: a SIGKILL to it (or its process group) left
+    the ranks training unsupervised, holding the run against a relaunch. A rank now watches its
+    parent at the loss checks, which every rank reaches at the same step (one collective)."""
+    import os
+
+    import fermodels.distributed as distributed
+    import fermodels.train as trainer
+    from tests.fermodels.helpers import make_params
+
+    parent = os.getppid()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "audit")
+    assert distributed.LauncherWatch.here().pid == parent and not distributed.LauncherWatch.here().gone()
+    calls = iter([parent] + [1] * 1000)                         # torchrun exits after the set-up: adopted by init
+    monkeypatch.setattr(distributed.os, "getppid", lambda: next(calls))
+    monkeypatch.setattr(trainer, "FINITE_CHECK_EVERY", 2)
+    with pytest.raises(distributed.LauncherGoneError, match=f"torchrun \\(pid {parent}\\), which started the ranks, "
+                       "is gone"):
+        trainer.train(tiny_shards, make_params(epochs=1, batch_size=4), tmp_path / "ckpt", tmp_path / "live")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert distributed.LauncherWatch.here().pid is None and not distributed.LauncherWatch.here().gone()
+
+
 @pytest.mark.parametrize("raw", ["", "  "])
 def test_an_empty_timeout_means_the_default(raw, monkeypatch):
     from fermodels.distributed import collective_timeout
