@@ -44,7 +44,7 @@ LAYOUTS: Registry[Callable[[StateDict], StateDict]] = Registry("checkpoint layou
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 # Layouts whose trunk keeps the first units of one flat, numbered list of the published network's
 # units or stages: a unit index the trunk lacks is a later stage it leaves out.
-_UNIT_LISTS = {"ir50": "body", "convnext_torchvision": "features"}
+_UNIT_LISTS = {"ir50": "body", "convnext_torchvision": "features", "convnext_timm": "features"}   # timm: as mapped
 
 
 class PretrainedMismatchError(RuntimeError):

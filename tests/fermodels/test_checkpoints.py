@@ -177,6 +177,19 @@ def test_convnext_timm_layout(tmp_path) -> None:
     assert_same(trunk, ref)
 
 
+@pytest.mark.parametrize("cut", [2, 3])
+def test_a_whole_timm_convnext_loads_into_a_cut_trunk(tmp_path, cut) -> None:
+    """A real timm file holds all four stages and the head: the stages the trunk cuts off are
+    ignored, not taken for another network's tensors inside its own parts."""
+    full = randomise(ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, 32, 1), CNBlockConfig(32, 64, 2),
+                               CNBlockConfig(64, None, 1)]))
+    path = tmp_path / "convnext_base.fb_in22k_ft_in1k.pth"
+    torch.save(timm_names({k: v for k, v in full.state_dict().items() if k.startswith("features.")}), path)
+    trunk = ConvNeXtTrunk(cut, **TINY_CONVNEXT)
+    assert load_pretrained(trunk, path, "convnext_timm").ignored > 0
+    assert_same(trunk, full.state_dict())
+
+
 def test_missing_tensor_fails_loudly(msceleb, tmp_path) -> None:
     _, ref = msceleb
     del ref["layer3.1.bn2.running_var"]
