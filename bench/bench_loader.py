@@ -59,8 +59,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_train import (AUG, BUFFER, TRAIN, epoch_plans, make_shards, samples_for, streams_for,  # noqa: E402
-                               torch_threads)
+from bench.bench_train import (AUG, BUFFER, QUICK_BUFFER, TRAIN, epoch_plans, make_shards,  # noqa: E402
+                               samples_for, streams_for, torch_threads)
 from ferdata.classes import CLASSES  # noqa: E402
 from ferdata.io import decode_jpeg_rgb  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
@@ -391,10 +391,11 @@ def measure(args: argparse.Namespace) -> dict:
         raise SystemExit(f"unknown --inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
     inputs = {k: INPUTS[k] for k in args.inputs.split(",")}
     workers = [int(w) for w in args.workers.split(",")]
-    # Every worker busy: the default epoch holds a buffer per stream; --quick's shrinks the buffer instead
-    n = args.samples or (192 if args.quick else samples_for(workers, 3000))
-    buffer = max(1, n // max(streams_for(w) for w in workers)) if args.quick else BUFFER
+    # Every worker busy: the default epoch grows to keep them so; --quick's small one keeps them so with
+    # a small buffer
     batch = args.batch_size or (32 if args.quick else 64)
+    buffer = QUICK_BUFFER if args.quick else BUFFER
+    n = args.samples or samples_for(workers, 192 if args.quick else 3000, batch, buffer)
     repeats = args.repeats or (1 if args.quick else 2)
     aug = AugmentParams(**TRAIN["augment"]) if args.augment == "params" else AUG
     res: dict = {"samples": n, "batch": batch, "buffer": buffer, "workers": workers, "augment": vars(aug),

@@ -50,7 +50,7 @@ from ferdata.stages.align import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch, stream_count  # noqa: E402
+from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
@@ -72,13 +72,19 @@ def streams_for(workers: int) -> int:
     return math.lcm(STREAMS, max(1, workers))
 
 
-def samples_for(workers: Iterable[int], at_least: int, buffer: int = BUFFER) -> int:
-    """``at_least`` samples, or as many as keep each of ``workers`` busy: an epoch too small for
-    every stream to shuffle ``buffer`` samples is cut into fewer streams (``stream_count``, as the
-    trainer cuts it), and a count the workers do not divide leaves some of them idle."""
-    def busy(w: int) -> bool:
-        return w <= 1 or stream_count(streams_for(w), at_least, buffer) % w == 0
-    return max(at_least, *(streams_for(w) * buffer for w in workers if not busy(w)), 0)
+def _plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, workers: int,
+           buffer: int) -> list[WorkerPlan]:
+    return plan_epoch(shards, samples=samples, batch_size=batch, env=DistEnv(0, 1, 0), workers=workers,
+                      streams=streams_for(workers), shuffle_buffer=buffer, seed=0, shuffle=True)
+
+
+def samples_for(workers: Iterable[int], at_least: int, batch: int, buffer: int = BUFFER) -> int:
+    """``at_least`` samples, or as many as keep each of ``workers`` busy at ``batch``: an epoch too
+    small for every stream to shuffle ``buffer`` samples, or to give it a batch, is cut into fewer
+    streams (as the trainer cuts it), and a count the workers do not divide leaves some idle;
+    ``w x max(buffer, batch)`` samples make ``w`` streams of ``w`` workers."""
+    idle = [w for w in workers if len(_plans([("-", at_least)], at_least, batch, w, buffer)) < max(1, w)]
+    return max(at_least, *(w * max(buffer, batch) for w in idle), 0)
 
 
 def epoch_plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, workers: int,
@@ -86,16 +92,16 @@ def epoch_plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, wor
     """One shuffled epoch of one rank as the trainer plans it with ``workers`` loader workers and
     :func:`streams_for` streams; an epoch too small to keep every worker busy is refused (a row
     labelled N workers must be N workers' figure)."""
-    plans = plan_epoch(shards, samples=samples, batch_size=batch, env=DistEnv(0, 1, 0), workers=workers,
-                       streams=streams_for(workers), shuffle_buffer=buffer, seed=0, shuffle=True)
+    plans = _plans(shards, samples, batch, workers, buffer)
     if len(plans) < max(1, workers):
-        raise ValueError(f"{samples} samples keep {len(plans)} of {workers} loader workers busy: an epoch too small "
-                         f"for each of its {streams_for(workers)} shuffle streams to shuffle {buffer} samples "
-                         f"(train.shuffle_buffer) is cut into fewer; {streams_for(workers) * buffer} samples "
-                         "(--samples) keep every worker busy")
+        raise ValueError(f"{samples} samples keep {len(plans)} of {workers} loader workers busy at batch {batch}: an "
+                         "epoch too small for every shuffle stream to shuffle train.shuffle_buffer "
+                         f"({buffer}) samples, or to make a batch, is cut into fewer streams; "
+                         f"{samples_for([workers], samples, batch, buffer)} samples (--samples) keep every worker busy")
     return plans
 
 
+QUICK_BUFFER = 16                                    # --quick's shuffle buffer: a few hundred samples, all workers busy
 QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
 
 
@@ -214,11 +220,10 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     the workers decoded ahead while the first (compiling) step ran are stepped through before the
     clock starts (timed, they would hide the loader's pace), and the clock stops before a short
     last batch (a new batch shape: ``torch.compile`` would recompile inside the timing); the epoch
-    is planned in whole batches, which ``plan_epoch`` makes as even as it can."""
+    is the whole split, whose short batches ``plan_epoch`` puts last."""
     step, card = trainer(name, kwargs, device, cfg)
     split = open_split([shards], "train")
-    full = split.num_samples // batch * batch or split.num_samples      # whole batches: one batch shape
-    plans = epoch_plans(split.shards, full, batch, workers, buffer)
+    plans = epoch_plans(split.shards, split.num_samples, batch, workers, buffer)
     it = iter(stream_loader(plans, split_decoder(card, split, device), workers=workers,
                             shuffle_buffer=buffer, seed=0, repeat=None))
     # The first step, then (on a GPU, whose steps are as fast as the loader) what was decoded
@@ -365,9 +370,11 @@ def measure(args: argparse.Namespace) -> dict:
         return run_profiles(args.profile, args, devices[-1])
     cpu_configs = CPU_CONFIGS + ((Config("fp32+compile", compile=True),) if args.cpu_compile else ())
     results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
-    # Every worker busy: the default epoch holds a buffer per stream; --quick's shrinks the buffer instead
-    n = args.samples or (64 if args.quick else samples_for([args.workers], 3000))
-    buffer = max(1, n // streams_for(args.workers)) if args.quick else BUFFER
+    # Every worker busy at every batch size used (the loader's 32, the steps'): the default epoch grows
+    # to keep them so; --quick's small one keeps them so with a small buffer
+    buffer = QUICK_BUFFER if args.quick else BUFFER
+    widest = max([32, batch] + ([args.gpu_batch_size] if any(d.type == "cuda" for d in devices) else []))
+    n = args.samples or samples_for([args.workers], 64 if args.quick else 3000, widest, buffer)
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_shards(Path(tmp), n, 250)
         # Compiled configurations last, over all models: they take the longest and fail in the

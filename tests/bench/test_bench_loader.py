@@ -25,7 +25,8 @@ def quick():
 
     out = io.StringIO()
     with redirect_stdout(out):
-        results = load_bench("bench_loader").main(["--quick", "--profile", "--inputs", "image@112,image@224,image+halves@224"])
+        results = load_bench("bench_loader").main(["--quick", "--profile",
+                                                   "--inputs", "image@112,image@224,image+halves@224"])
     return results, out.getvalue()
 
 
@@ -173,21 +174,26 @@ def test_persistent_workers_are_measured_with_their_start(quick):
 
 
 def test_a_row_of_n_workers_is_n_busy_workers(quick, tmp_path):
-    """An epoch too small for every shuffle stream to fill a buffer is cut into fewer streams, and
-    fewer workers make its batches (as in training): the bench sizes its epoch (or, --quick, its
-    buffer) so each row's workers all work, and refuses sizes that would not."""
+    """An epoch too small for every shuffle stream to fill a buffer, or to make a batch, is cut into
+    fewer streams, and fewer workers make its batches (as in training): the bench sizes its epoch so
+    each row's workers all work, and refuses sizes that would not."""
     import yaml
 
     from fermodels.distributed import stream_count
 
-    bench, results = load_bench("bench_loader"), quick[0]
-    shards = load_bench("bench_train").make_shards(tmp_path, QUICK_SAMPLES, 250)
+    bench, train_bench, results = load_bench("bench_loader"), load_bench("bench_train"), quick[0]
+    shards = train_bench.make_shards(tmp_path, QUICK_SAMPLES, 250)
     for w in results["workers"]:
         assert len(bench.ours_plans(shards, QUICK_BATCH, w, results["buffer"])) == max(1, w)
-    train = yaml.safe_load((load_bench("bench_train").REPO / "params.yaml").read_text())["train"]
+    train = yaml.safe_load((train_bench.REPO / "params.yaml").read_text())["train"]
     streams, buffer = train["streams"], train["shuffle_buffer"]
     assert stream_count(streams, 3000, buffer) < streams        # the old default epoch: 8 workers, 4 busy
-    assert load_bench("bench_train").samples_for([0, 1, 2, 4, streams], 3000) == streams * buffer
-    assert load_bench("bench_train").samples_for([0, 1, 2], 3000) == 3000      # 4 streams: 2 workers busy
-    with pytest.raises(ValueError, match=f"; {streams * QUICK_SAMPLES} samples"):  # 2 workers, 8 streams of 192
+    samples_for = train_bench.samples_for
+    assert samples_for([0, 1, 2, 4, streams], 3000, 64) == streams * buffer
+    assert samples_for([0, 1, 2], 3000, 64) == 3000              # 4 streams: 2 workers busy
+    for w, n in ((12, 12 * buffer), (7, 7 * buffer), (6, 6 * buffer)):   # w streams of w workers, not lcm(8, w)
+        assert samples_for([w], 3000, 64) == n
+        assert len(train_bench.epoch_plans([("-", n)], n, 64, w)) == w
+    assert samples_for([8], QUICK_SAMPLES, QUICK_BATCH, 16) == 8 * QUICK_BATCH    # 6 batches cannot feed 8
+    with pytest.raises(ValueError, match=f"; {2 * QUICK_SAMPLES} samples"):    # 2 workers, buffer 192: 1 stream
         bench.ours_plans(shards, QUICK_BATCH, 2, QUICK_SAMPLES)
