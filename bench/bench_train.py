@@ -220,7 +220,7 @@ def fed_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, shards:
     the workers decoded ahead while the first (compiling) step ran are stepped through before the
     clock starts (timed, they would hide the loader's pace), and the clock stops before a short
     last batch (a new batch shape: ``torch.compile`` would recompile inside the timing); the epoch
-    is the whole split, whose short batches ``plan_epoch`` puts last."""
+    is the whole split, whose short batches ``plan_epoch`` puts in its last rounds."""
     step, card = trainer(name, kwargs, device, cfg)
     split = open_split([shards], "train")
     plans = epoch_plans(split.shards, split.num_samples, batch, workers, buffer)
