@@ -111,7 +111,7 @@ def assign_splits(
         if isinstance(item, FaceRecord):
             counts[item.split] += 1
         yield item
-    _report(counts, by)
+    _report(counts, by, carve_val and val_fraction > 0)
     if carve_test and counts and not counts["test"]:      # found here, not at evaluation after training
         raise ValueError(f"the carved test split of this dataset's {counts.total()} records is empty (no group of "
                          f"them by {by} fell in shard.test_fraction): raise it, or, for a dataset of few people "
@@ -158,7 +158,7 @@ def check_settings(val_fraction: float, test_fraction: float, by: str, folds: in
         raise ValueError(f"{prefix}fold {fold} needs {prefix}folds (k-fold cross-validation is off: folds 0)")
 
 
-def _report(counts: Counter[str], by: str) -> None:
+def _report(counts: Counter[str], by: str, carved_val: bool = True) -> None:
     no_subject = counts.pop("no_subject", 0)
     grouped = {name: counts.pop(f"by_{name}", 0) for name in GROUPS}
     log.info("splits by %s: %s", by, dict(sorted(counts.items())))
@@ -167,5 +167,5 @@ def _report(counts: Counter[str], by: str) -> None:
             log.info("%d records have no subject and were grouped by their %s", n, name)
     if no_subject:
         log.info("%d records have no subject and were grouped by key", no_subject)
-    if counts and not counts["val"]:                      # training refuses it when it starts
+    if counts and not counts["val"] and carved_val:       # training refuses it when it starts
         log.warning("split 'val' is empty; raise shard.val_fraction or use more data")

@@ -171,7 +171,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     dataset = IndexedSplit(split, split_decoder(card, split, device), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
-                         f"{len(classes)}-class model can be scored on")
+                         f"{len(classes)}-class model can be scored on"
+                         + (" (prepared with shard.val_fraction 0?)" if params.split == "val" else ""))
     labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), params.batch_size,
                                                             params.workers), card, device, flip_tta=params.flip_tta)
     if bad := int((~np.isfinite(probs).all(1)).sum()):        # argmax would score them all as class 0

@@ -236,8 +236,8 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
         older = (f"; it is from an earlier version of this package, which did not record {', '.join(lacks)}"
                  if lacks else "")
         log.warning("%s is from another run (it differs in %s%s): starting over, replacing its checkpoints in %s and "
-                    "its logs (dvc repro keeps a finished run's in DVC's cache; copy them first to keep them "
-                    "otherwise)", path, ", ".join(differ), older, path.parent)
+                    "its logs (dvc repro keeps a finished run's checkpoints in DVC's cache, its logs are what git "
+                    "has; copy them first to keep them otherwise)", path, ", ".join(differ), older, path.parent)
         return None
     if live_dir is not None:
         done = state["epoch"] + int(state["batch"] >= state.get("epoch_steps", math.inf))

@@ -34,6 +34,7 @@ class Split:
     face_backends: dict[str, int] = field(default_factory=dict)  # face backend -> samples whose crop it made
     preprocess: dict = field(default_factory=dict)   # align/derive settings that made the faces ({}: not recorded)
     face_backend_options: dict[str, dict] = field(default_factory=dict)   # face backend -> the options it ran with
+    empty_by_setting: tuple[str, ...] = ()      # dirs whose split the settings left empty (shard.val_fraction 0)
 
     @property
     def num_samples(self) -> int:
@@ -81,6 +82,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
     settings: dict[str, dict] = {}
     detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
+    by_setting: list[str] = []
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -103,8 +105,11 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         settings[str(d)] = info.get("preprocess") or {}
         if info.get("detect"):                        # auto's options went to each backend it used
             detectors[str(d)] = {name: info["detect"]["options"] for name in info.get("face_backends", {})}
+        if info.get("empty_by_setting") and not info["shards"]:
+            by_setting.append(str(d))
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
-                 dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors))
+                 dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors),
+                 tuple(by_setting))
 
 
 def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:

@@ -40,8 +40,8 @@ from fermodels.runstate import (BEST, LAST, Position, checkpoints_held, code_fin
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
-from fermodels.trainparams import (TrainParams, check_classes, check_smoothing_applies, random_start_warnings,
-                                   require_extras_read, shards_preprocess)
+from fermodels.trainparams import (TrainParams, check_classes, check_selection, check_smoothing_applies,
+                                   random_start_warnings, require_extras_read, shards_preprocess)
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +160,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         log.warning(warning)
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
     check_classes(train_split, val_split, params.num_classes)
-    if not val_split.num_samples:
-        log.warning("no validation split (no official one, and shard.val_fraction 0 carved none): no model "
-                    "selection, best.pt is the last epoch (train.select_metric is not used)")
+    selects = check_selection(val_split)
     preprocess = shards_preprocess(train_split, preprocess)
     decoder = split_decoder(net.card, train_split, device)
     if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes
@@ -219,7 +217,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
                              max(1, params.batch_size // env.world_size), params.workers,
-                             persistent=True) if val_split.num_samples else None
+                             persistent=True) if selects else None
     whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
     return _Run(net, _wrap(net, params, env, device), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),

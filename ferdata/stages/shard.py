@@ -132,6 +132,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["detect"] = detect
             if source:
                 info["source"] = source
+            if split == "val" and not keys and params.val_fraction == 0:    # only then: others' info unchanged
+                info["empty_by_setting"] = "shard.val_fraction 0"          # training keeps its last epoch
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
         report.kept = len(metas)

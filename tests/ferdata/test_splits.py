@@ -92,11 +92,13 @@ def test_full_official_split_untouched_and_dropped_pass_through():
     assert out == items
 
 
-def test_val_fraction_0_carves_no_val_split_and_bad_fractions_raise():
+def test_val_fraction_0_carves_no_val_split_and_bad_fractions_raise(caplog):
     """val_fraction 0 trains on every official training face (the papers' setting; training then
-    keeps its last epoch); it was refused."""
+    keeps its last epoch); it was refused. The empty-val warning is for a fraction that carved none."""
     out = splits_of(assign_splits(many(50, "train") + [rec("t", "test")], seed=0, val_fraction=0, test_fraction=0.1))
-    assert Counter(out.values()) == {"train": 50, "test": 1}
+    assert Counter(out.values()) == {"train": 50, "test": 1} and "split 'val' is empty" not in caplog.text
+    splits_of(assign_splits(many(3, "train") + [rec("t", "test")], seed=0, val_fraction=0.01, test_fraction=0.1))
+    assert "split 'val' is empty; raise shard.val_fraction" in caplog.text
     with pytest.raises(ValueError, match="test_fraction must be > 0"):
         list(assign_splits(many(5, "train"), seed=0, val_fraction=0, test_fraction=0))
     with pytest.raises(ValueError, match="sum below 1"):

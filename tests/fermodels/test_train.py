@@ -488,6 +488,24 @@ def test_without_a_val_split_training_keeps_its_last_epoch(tmp_path, one_thread,
     assert (tmp_path / "ckpt" / "best.pt").read_bytes() == before and "resuming at epoch 2" in caplog.text
 
 
+def test_an_empty_val_split_by_accident_is_refused_and_a_partial_one_named(tiny_shards, tmp_path, one_thread,
+                                                                          caplog):
+    """Only shard.val_fraction 0 (recorded in the split's _info.json) trains without selection: a
+    fraction too small for the dataset is refused as before; with one dataset's val split only,
+    selection says so."""
+    from tests.fermodels.helpers import build_shards
+
+    tiny_val = build_shards(tmp_path / "tinyval", val_fraction=0.001)
+    assert open_split([tiny_val], "val").num_samples == 0
+    with pytest.raises(ValueError, match="val split of .*tinyval.* is empty: model selection needs it"):
+        train(tiny_val, make_params(epochs=1), tmp_path / "c1", tmp_path / "l1")
+    noval = build_shards(tmp_path / "noval", val_fraction=0.0)
+    caplog.set_level(logging.WARNING, logger="fermodels.trainparams")
+    best = train([tiny_shards, noval], make_params(epochs=1, datasets=["tiny", "noval"]), tmp_path / "c2",
+                 tmp_path / "l2")
+    assert "accuracy" in best and f"chosen on the val split of {tiny_shards} only: {noval} has none" in caplog.text
+
+
 def test_class_weight_values_and_probe():
     w = class_weight_tensor([10, 30, 0, 20], CPU)
     assert torch.allclose(w, torch.tensor([60 / 30, 60 / 90, 0.0, 60 / 60]))
