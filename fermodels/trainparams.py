@@ -168,23 +168,22 @@ def check_classes(train_split: Split, val_split: Split, num_classes: int) -> Non
 
 
 def check_selection(val_split: Split) -> bool:
-    """Whether ``best.pt`` is chosen on ``val_split``: refuses a dataset whose val split is empty by
-    accident (too small a ``shard.val_fraction``, or shards of a version that did not record why);
-    without any val split (``shard.val_fraction 0``: every training face trained on, as the papers
-    do) training keeps its last epoch; with some datasets' only, selection says whose it uses."""
+    """Whether ``best.pt`` is chosen on ``val_split``. Without any val split it keeps the last epoch
+    when ``shard.val_fraction 0`` made it so (every training face trained on, as the papers do),
+    and refuses a split empty by accident (too small a fraction, or shards of a version that did
+    not record why); with some datasets' val splits only, the log says whose it is chosen on."""
     empty = [d for d in val_split.dirs if not val_split.shards_of(d)]
-    accidental = [d for d in empty if d not in val_split.empty_by_setting]
-    if accidental:
-        raise ValueError(f"the val split of {', '.join(accidental)} is empty: model selection needs it (raise "
-                         "shard.val_fraction), or prepare it with shard.val_fraction 0 to train on every training "
-                         "face and keep the last epoch")
     if not val_split.num_samples:
+        if accidental := [d for d in empty if d not in val_split.empty_by_setting]:
+            raise ValueError(f"the val split of {', '.join(accidental)} is empty: model selection needs it (raise "
+                             "shard.val_fraction), or prepare it with shard.val_fraction 0 to train on every "
+                             "training face and keep the last epoch")
         log.warning("no validation split (shard.val_fraction 0): no model selection, best.pt is the last epoch "
                     "(train.select_metric is not used)")
         return False
     if empty:
-        log.warning("best.pt is chosen on the val split of %s only: %s has none (shard.val_fraction 0)",
-                    ", ".join(d for d in val_split.dirs if d not in empty), ", ".join(empty))
+        log.warning("best.pt is chosen on the val split of %s only: %s has none (shard.val_fraction 0 or too "
+                    "small)", ", ".join(d for d in val_split.dirs if d not in empty), ", ".join(empty))
     return True
 
 
