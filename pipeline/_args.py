@@ -6,9 +6,10 @@ line (the stage scripts are DVC dependencies: naming them here leaves every stag
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ferdata.errors import install_excepthook
 from ferdata.params import load_params
@@ -28,13 +29,19 @@ def setup(check_all: bool = True) -> tuple[dict, list[str]]:
     doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
     args = arguments(doc, sys.argv[1:])
     install_excepthook()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(name)s: %(message)s")
     params = load_params()
     if check_all:
         from pipeline._checks import check_params     # after the arguments: --help needs no torch
 
         check_params(params)
     return params, args
+
+
+def log_level(env: Mapping[str, str] = os.environ) -> int:
+    """INFO, but WARNING on the ranks after the first under torchrun: every rank would tell the same
+    progress (stream counts, the resume point, the recipe), once per GPU."""
+    return logging.INFO if env.get("RANK", "0") == "0" else logging.WARNING
 
 
 def arguments(doc: str, argv: Sequence[str]) -> list[str]:

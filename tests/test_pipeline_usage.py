@@ -129,3 +129,13 @@ def test_the_whole_check_takes_datasets_prepared_outside_params_and_an_empty_sam
         check_params(params, tmp_path)
     (tmp_path / "mine" / "shards").mkdir(parents=True)
     check_params(params, tmp_path)
+
+def test_ranks_after_the_first_log_warnings_only():
+    """Under torchrun every rank told the same progress (stream counts, the resume point, the
+    recipe), once per GPU; rank 0 tells it, the others warn and fail."""
+    import logging
+
+    from pipeline._args import log_level
+
+    assert log_level({}) == log_level({"RANK": "0"}) == logging.INFO
+    assert log_level({"RANK": "1"}) == log_level({"RANK": "7"}) == logging.WARNING
