@@ -276,7 +276,7 @@ class WorkerPlan:
     worker: int                # its place in the loader's round robin from the epoch's start
     streams: tuple[StreamPlan, ...]
 
-    @property
+    @functools.cached_property
     def order(self) -> tuple[tuple[int, int], ...]:
         """(index into ``streams``, batch size) of each batch the worker makes, in order."""
         rounds = max((len(s.batch_sizes) for s in self.streams), default=0)
@@ -485,7 +485,12 @@ def stream_count(streams: int, samples: int, shuffle_buffer: int) -> int:
     loader workers."""
     if shuffle_buffer <= 1:
         return streams
-    return max(d for d in range(1, streams + 1) if streams % d == 0 and (d == 1 or samples // d >= shuffle_buffer))
+    return max(d for d in divisors(streams) if d == 1 or samples // d >= shuffle_buffer)
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of ``n``, ascending."""
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def assign_streams(lanes: Sequence[StreamPlan], workers: int, skip_batches: int = 0) -> list[WorkerPlan]:

@@ -16,6 +16,7 @@ from ferdata.params import (above, at_least, below_from, check_values, one_of, o
                             section_values, within)
 from fermodels.augment import AugmentParams
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
+from fermodels.distributed import divisors
 from fermodels.evaluate import autocast
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import OPTIMIZERS, SCHEDULES
@@ -106,10 +107,6 @@ class TrainParams:
         if self.sampler == "balanced" and self.class_weights:
             raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
                              "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:
