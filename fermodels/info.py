@@ -33,8 +33,9 @@ class ModelInfo:
 def synthetic_landmarks(size: int) -> Tensor:
     """A plausible frontal iBUG-68 shape (68, 2) in pixel coordinates of a ``size`` crop.
 
-    Drawn from ellipses and lines (jaw, brows, nose, eyes, lips); used for examples and tests
-    wherever a model needs landmarks and no detector ran.
+    Drawn from ellipses and lines (jaw, brows, nose, eyes, lips) in fractions of the crop, 0 and 1
+    the first and last pixel centres; used for examples and tests wherever a model needs landmarks
+    and no detector ran.
     """
     def arc(cx: float, cy: float, rx: float, ry: float, degrees: list[float]) -> list[tuple[float, float]]:
         return [(cx + rx * math.cos(math.radians(a)), cy - ry * math.sin(math.radians(a))) for a in degrees]
@@ -50,7 +51,7 @@ def synthetic_landmarks(size: int) -> Tensor:
            + arc(0.32, 0.42, 0.08, 0.03, eye) + arc(0.68, 0.42, 0.08, 0.03, eye)
            + arc(0.5, 0.78, 0.15, 0.06, [180.0 - 30.0 * i for i in range(12)])
            + arc(0.5, 0.78, 0.10, 0.025, [180.0 - 45.0 * i for i in range(8)]))
-    return torch.tensor(pts, dtype=torch.float32) * size
+    return torch.tensor(pts, dtype=torch.float32) * (size - 1)
 
 
 def example_batch(card: ModelCard, batch_size: int = 2, num_classes: int = 7,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -296,6 +297,14 @@ def test_pcnn_stn_starts_at_identity() -> None:
     theta = torch.randn(2, 2, 3)
     want = torch.nn.functional.affine_grid(theta, (2, 1, 14, 14), align_corners=True)
     assert torch.allclose(_affine_grid(theta, 14, 14), want, atol=1e-6)
+
+
+def test_synthetic_landmarks_are_a_mirror_symmetric_face_about_the_crop_centre() -> None:
+    from ferdata.geometry import flip_landmarks
+    for size in (112, 224):
+        lmk = synthetic_landmarks(size).numpy()
+        assert np.allclose(flip_landmarks(lmk, size), lmk, atol=1e-3)     # the flip maps it onto itself
+        assert np.allclose(lmk[27:31, 0], (size - 1) / 2)                  # nose bridge on the centre pixel
 
 
 def test_pcnn_landmark_regions_have_fixed_crop_sizes() -> None:
