@@ -46,6 +46,11 @@ class ModelCard:
     notes: str = ""
     per_sample: bool = True      # False: an eval-mode prediction depends on the other samples in its batch
 
+    def scoring_batch(self, batch_size: int) -> int:
+        """The batch size that scores each face on its own: ``batch_size``, or 1 where a face's
+        prediction depends on the others in its batch (``per_sample`` false)."""
+        return batch_size if self.per_sample else 1
+
     def __post_init__(self) -> None:
         bad = set(self.fields) - set(FIELDS)
         if bad or "image" not in self.fields:

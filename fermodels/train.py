@@ -216,7 +216,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     loader = PersistentLoader(planner, replace(decoder, targets=bool(train_split.soft_labels)),
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
     val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
-                             max(1, params.batch_size // env.world_size), params.workers,
+                             net.card.scoring_batch(max(1, params.batch_size // env.world_size)), params.workers,
                              persistent=True) if selects else None
     whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
     return _Run(net, _wrap(net, params, env, device), opt, scaler,

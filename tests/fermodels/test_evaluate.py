@@ -49,13 +49,73 @@ def test_metrics_and_plots_files(tiny_run, tmp_path, one_thread):
     assert m["cross_dataset"] is False and m["test_datasets"] == ["tiny"] and m["excluded"] == {}
 
 
-def test_batch_check_exposes_the_batch_attention_leak(tiny_shards, tmp_path, one_thread):
+def test_batch_check_exposes_the_batch_attention_leak(tiny_shards, tmp_path, one_thread, monkeypatch):
+    import fermodels.train
+
+    val_batches, original = [], fermodels.train.rank_loader
+
+    def rank_loader(dataset, env, batch_size, *args, **kwargs):
+        val_batches.append(batch_size)
+        return original(dataset, env, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(fermodels.train, "rank_loader", rank_loader)
     params = make_params(epochs=1, model="convcut_paper", model_kwargs=TINY_MODEL["model_kwargs"])
     train(tiny_shards, params, tmp_path / "ckpt", tmp_path / "live")
+    assert val_batches == [1]                   # training's validation scores it one face at a time too
     m = evaluate(tmp_path / "ckpt" / "best.pt", tiny_shards, PARAMS, tmp_path / "eval")
     check = m["batch_composition"]
     assert check["independent_of_batch"] is False
-    assert check["orders"]["batch1"]["max_prob_diff"] > 1e-3
+    assert set(check["orders"]) == {"shuffled", "class_sorted", "file_order"}    # the headline is one at a time
+    assert check["orders"]["file_order"]["max_prob_diff"] > 1e-3
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "ckpt" / "best.pt"))
+    data = IndexedSplit(open_split([tiny_shards], "test"), SampleDecoder(model.card.fields, model.card.input_size), 7)
+    labels, alone, _ = predict_loader(model, indexed_loader(data, range(len(data)), 1, 0), model.card,
+                                      torch.device("cpu"), flip_tta=False)
+    assert m["accuracy"] == pytest.approx(float((alone.argmax(1) == labels).mean()))   # what predict would say
+    best = load_checkpoint(tmp_path / "ckpt" / "best.pt")["best"]
+    val = evaluate(tmp_path / "ckpt" / "best.pt", tiny_shards, replace(PARAMS, split="val", batch_check=False),
+                   tmp_path / "val")
+    assert {k: best[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")} == pytest.approx(
+        {k: val[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")})      # selected as it is scored
+
+
+class _NearTie(torch.nn.Module):
+    """Two classes tied but for 1e-6 in the logits, which of the two leads depending on the batch
+    size: the kind of rounding that moves with the batch on a GPU, with no sample reading another."""
+
+    def forward(self, batch):
+        n = batch["image"].shape[0]
+        logits = torch.zeros(n, 7)
+        logits[:, 1 if n == 1 else 0] += 1e-6
+        return {"logits": logits}
+
+
+def test_batch_check_tells_a_leak_from_a_tie_flipped_by_rounding(tiny_run, one_thread):
+    from fermodels.evaluate import batch_composition_check
+
+    card = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt")).card
+    data = IndexedSplit(open_split([tiny_run["shards"]], "test"), SampleDecoder(card.fields, card.input_size), 7)
+    cpu = torch.device("cpu")
+    _, headline, _ = predict_loader(_NearTie(), indexed_loader(data, range(len(data)), 4, 0), card, cpu,
+                                    flip_tta=False)
+    check = batch_composition_check(_NearTie(), data, card, cpu, PARAMS, headline)
+    assert check["orders"]["batch1"]["changed_predictions"] == len(data)           # every argmax flipped...
+    assert check["orders"]["batch1"]["max_prob_diff"] < 1e-6
+    assert check["independent_of_batch"] is True                                   # ...by rounding, not a leak
+
+
+def test_scores_are_full_float32_and_the_settings_restored():
+    from fermodels.evaluate import full_float32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = True
+    try:
+        with full_float32():
+            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
