@@ -216,16 +216,20 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     cm = confusion_matrix(labels, preds, len(classes))
     metrics = metrics_from_confusion(cm, classes)
     metrics.update({
-        "model": state["model"], "split": params.split, "best_epoch": state["epoch"], "flip_tta": params.flip_tta,
+        "model": state["model"], "split": params.split, "checkpoint": Path(checkpoint).name, "epoch": state["epoch"],
+        "flip_tta": params.flip_tta,
         "train_datasets": list(state["datasets"]), "test_datasets": names,
         "cross_dataset": not set(names) <= set(state["datasets"]),       # a dataset it was not trained on
         "excluded": dict(sorted(dataset.excluded.items())),
     })
     if len(dirs) > 1:
         which = np.asarray(dataset.dataset_index)
+        if unscored := [name for i, name in enumerate(names) if not (which == i).any()]:
+            log.warning("evaluate: %s hold(s) no %s sample a %d-class model can be scored on: left out of "
+                        "per_dataset", ", ".join(unscored), params.split, len(classes))
         metrics["per_dataset"] = {name: metrics_from_confusion(
             confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes)
-            for i, name in enumerate(names)}
+            for i, name in enumerate(names) if name not in unscored}
     subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:
         metrics["per_subset"] = subsets

@@ -23,7 +23,7 @@ SUMMARY_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")   # the figure
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    y_true, y_pred = _class_indices(y_true, "labels"), _class_indices(y_pred, "predictions")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"{y_true.shape[0]} labels but {y_pred.shape[0]} predictions")
     if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= num_classes):
@@ -33,9 +33,19 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     return cm
 
 
+def _class_indices(values: Sequence[int], what: str) -> np.ndarray:
+    """``values`` as int64 class indices; refused unless each is a whole number (a float cast would cut 2.7 to 2)."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iub" and not (array.size == 0 or np.array_equal(array, np.round(array))):
+        raise ValueError(f"{what} must be class indices (whole numbers), got e.g. {array[array != np.round(array)][0]}")
+    return array.astype(np.int64)
+
+
 def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dict:
     """Accuracy, mean class accuracy (balanced accuracy), macro-F1, per-class P/R/F1/support."""
     cm = np.asarray(cm, np.float64)
+    if cm.ndim != 2 or cm.shape != (len(class_names), len(class_names)):
+        raise ValueError(f"a {' x '.join(map(str, cm.shape))} confusion matrix for {len(class_names)} class names")
     support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
     present = support > 0
     recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)

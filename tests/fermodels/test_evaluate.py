@@ -178,6 +178,14 @@ def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8
     one = evaluate(tmp_path / "two.pt", tiny_run["shards"], EvalParams(**{**PARAMS.__dict__, "batch_check": False}),
                    tmp_path / "one", ["tiny"])
     assert one["cross_dataset"] is False                  # one of its training datasets: not cross-dataset
+    assert (one["checkpoint"], one["epoch"]) == ("two.pt", state["epoch"])
+    contempt = build_shards(tmp_path / "contempt", per_class=3, test_per_class=2, classes=range(7, 8),
+                            protocol="affectnet8")
+    with caplog.at_level("WARNING", logger="fermodels.evaluate"):
+        some = evaluate(tiny_run["ckpt"] / "best.pt", [tiny_run["shards"], contempt],
+                        EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path / "some", ["tiny", "c"])
+    assert set(some["per_dataset"]) == {"tiny"}         # not a 0.0 accuracy for a dataset with nothing scored
+    assert "c hold(s) no test sample a 7-class model can be scored on: left out of per_dataset" in caplog.text
 
 
 def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):

@@ -17,6 +17,16 @@ def test_confusion_matrix_by_hand():
         confusion_matrix([0, 3], [0, 0], 3)
     with pytest.raises(ValueError, match="labels but"):
         confusion_matrix([0, 1], [0], 3)
+    assert confusion_matrix(np.array([2.0, 0.0]), [2, 1], 3).tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match="labels must be class indices.*2.7"):
+        confusion_matrix([2.7, 0], [2, 0], 3)                   # not cut to 2
+    with pytest.raises(ValueError, match="predictions must be class indices.*nan"):
+        confusion_matrix([2, 0], [np.nan, 0], 3)
+
+
+def test_metrics_refuse_class_names_that_do_not_fit_the_matrix():
+    with pytest.raises(ValueError, match="a 3 x 3 confusion matrix for 2 class names"):
+        metrics_from_confusion(np.eye(3), NAMES[:2])          # Sad's row would go unnamed and unreported
 
 
 def test_metrics_by_hand():
