@@ -65,6 +65,16 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
     (its shards by their own sha256, counts, classes), so two splits that hold the same samples pin
     alike whatever params made them (a dataset's official test split under every ``shard.fold``:
     :mod:`fermodels.crossval` tells such folds from a cross-validation by this)."""
+    return _digest(_info(shards_dir, split))
+
+
+def _digest(info: dict) -> str:
+    content = {k: v for k, v in info.items() if k not in PROVENANCE}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _info(shards_dir: str | Path, split: str) -> dict:
+    """``<shards_dir>/<split>/_info.json``, refused with what to do when missing or not a split's."""
     path = Path(shards_dir) / split / INFO
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: prepare the dataset first "
@@ -76,8 +86,7 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
     if not isinstance(info, dict):
         raise SelectionError(f"{path} holds a {type(info).__name__}, not a split's description: prepare the "
                              "dataset again")
-    content = {k: v for k, v in info.items() if k not in PROVENANCE}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return info
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -99,7 +108,10 @@ def selection(data_dir: str | Path, names: Sequence[str], splits: Sequence[str])
     datasets = {}
     for name in names:
         shards = stage_dirs(data_dir, name)["shards"]
-        datasets[name] = {"shards": shards.as_posix(), "splits": {s: split_digest(shards, s) for s in splits}}
+        infos = {s: _info(shards, s) for s in splits}
+        datasets[name] = {"shards": shards.as_posix(), "splits": {s: _digest(i) for s, i in infos.items()}}
+        if dealt := infos[splits[0]].get("fold_assignment"):         # k-fold: which data the folds came from
+            datasets[name]["fold_assignment"] = dealt
     return {"version": VERSION, "datasets": datasets}
 
 

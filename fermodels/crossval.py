@@ -61,9 +61,18 @@ class Series:
         ``shard.fold`` says; so does a cross-dataset ``evaluate.dataset``): averaging them would count
         one test set several times."""
         by_split: dict[tuple[str, str], list[int]] = {}
+        dealt: dict[str, dict[str, list[int]]] = {}
         for k, run in sorted(self.runs.items()):
             for pin in _pins(run.tested):
                 by_split.setdefault(pin, []).append(k)
+            for dataset, assignment in _assignments(run.tested).items():
+                dealt.setdefault(dataset, {}).setdefault(assignment, []).append(k)
+        if redealt := {d: list(by.values()) for d, by in dealt.items() if len(by) > 1}:
+            groups = "; ".join(f"{d}: folds " + " vs ".join(",".join(map(str, f)) for f in folds)
+                               for d, folds in redealt.items())
+            return (f"the folds were dealt from different preparations of the data ({groups}): a face lost or "
+                    "gained before the shard stage (another detector, changed images) deals the people to other "
+                    "folds, so their test sets overlap and miss faces; run every fold again from one preparation")
         same = {pin: folds for pin, folds in by_split.items() if len(folds) > 1}
         if not same:
             return None
@@ -117,6 +126,15 @@ def _pins(tested: str | None) -> list[tuple[str, ...]]:
         return [("its test split", tested)]
     return sorted((f"{name} {split}", str(digest)) for name, pinned in datasets.items()
                   for split, digest in (pinned.get("splits") or {}).items())
+
+
+def _assignments(tested: str | None) -> dict[str, str]:
+    """{dataset: digest of its fold assignment} pinned in ``tested`` (k-fold datasets of a version that
+    records it: the shard stage's ``fold_assignment``)."""
+    chosen = json.loads(tested) if tested else None
+    datasets = chosen.get("datasets") if isinstance(chosen, dict) else None
+    return {name: str(pinned["fold_assignment"]) for name, pinned in (datasets or {}).items()
+            if isinstance(pinned, dict) and pinned.get("fold_assignment")}
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -85,6 +85,14 @@ def assign(metas: dict[str, dict], params: ShardParams,
     return by_split
 
 
+def fold_assignment(metas: dict[str, dict]) -> str | None:
+    """A digest of which fold every sample was dealt to (k-fold; None otherwise), the same in every
+    fold's splits: folds summarised together must come from one preparation of the data, as a face
+    lost or gained before the shard stage re-deals the groups (:mod:`fermodels.crossval` compares it)."""
+    dealt = sorted((key, m["extra"]["fold"]) for key, m in metas.items() if "fold" in (m.get("extra") or {}))
+    return hashlib.sha256(json.dumps(dealt).encode()).hexdigest()[:16] if dealt else None
+
+
 def placed(meta_json: bytes, record: dict) -> bytes:
     """The aligned sample's ``json`` with the split (and extra) the shard stage placed it in: the
     reader's split is empty for a dataset without one, and "train" for a face carved into val."""
@@ -122,6 +130,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         metas = {k: _record_fields(json.loads(read(v["json"]))) for k, v in aligned.items()}
     preprocess, detect, official, source = stage_settings(aligned_dir, derived_dir)
     by_split = assign(metas, params, official)
+    dealt = fold_assignment(metas)
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read:
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
@@ -132,6 +141,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["detect"] = detect
             if source:
                 info["source"] = source
+            if dealt:                                                       # k-fold only: others' info unchanged
+                info["fold_assignment"] = dealt
             if split == "val" and not keys and params.val_fraction == 0:    # only then: others' info unchanged
                 info["empty_by_setting"] = "shard.val_fraction 0"          # training keeps its last epoch
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")

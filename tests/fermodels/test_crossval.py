@@ -44,8 +44,9 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
     if tested is not None:
         (repo / "runs" / "select").mkdir(parents=True, exist_ok=True)
         pins = tested if isinstance(tested, dict) else {"ckplus": tested}
-        chosen = {"version": 1, "datasets": {name: {"shards": f"data/{name}/shards", "splits": {"test": sha}}
-                                             for name, sha in pins.items()}}
+        chosen = pins if "datasets" in pins else {     # a whole selection file, or digests of the test splits
+            "version": 1, "datasets": {name: {"shards": f"data/{name}/shards", "splits": {"test": sha}}
+                                       for name, sha in pins.items()}}
         (repo / "runs" / "select" / "evaluate.json").write_text(json.dumps(chosen))
     git(repo, "add", "-A")
     stamp = {**ENV, "GIT_COMMITTER_DATE": f"{1_700_000_000 + when} +0000"}
@@ -212,6 +213,21 @@ def test_folds_of_a_dataset_with_an_official_test_split_pin_the_same_test_split(
         pinned.append((info["params_hash"], selection(tmp_path / "data", ["x"], ["test"])))
     (hash0, chosen0), (hash1, chosen1) = pinned
     assert hash0 != hash1 and chosen0 == chosen1
+    assert "fold_assignment" not in chosen0["datasets"]["x"]            # not dealt into folds
+
+
+def test_folds_dealt_from_two_preparations_are_not_summarised(tmp_path):
+    """A fold run after the data were prepared again (a face lost or gained) has its people dealt
+    otherwise: pooled with the others, its test set overlaps theirs and misses faces."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k, dealt in enumerate(("a1", "a1", "b2")):
+        chosen = {"version": 2, "datasets": {"ckplus": {"shards": "data/ckplus/shards", "splits": {"test": f"t{k}"},
+                                                        "fold_assignment": dealt}}}
+        experiment(repo, base, f"f{k}", k, params(k), FOLDS[k], tested=chosen)
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.problem.startswith("the folds were dealt from different preparations of the data (ckplus: "
+                                     "folds 0,1 vs 2)")
 
 
 def test_a_recipe_series_is_named_with_the_recipes_datasets(tmp_path):

@@ -147,6 +147,33 @@ def test_k_fold_samples_json_names_the_fold_also_where_the_split_is_unchanged(tm
     assert folds_of[0] == folds_of[1]
 
 
+def _fold_assignments(shards) -> set[str]:
+    return {json.loads((shards / split / "_info.json").read_text())["fold_assignment"] for split in SPLITS}
+
+
+def test_folds_record_which_preparation_they_were_dealt_from(tmp_path):
+    """Every fold's splits carry one digest of the whole fold assignment; a face lost before the
+    shard stage (another detector, a changed image) deals the faces anew and changes it, so that
+    ``fermodels crossval`` can refuse to pool folds of two preparations (their test sets overlap)."""
+    from dataclasses import replace
+
+    from ferdata.selection import selection
+
+    root = tmp_path / "raw"
+    _folder_with_train_and_val(root)
+    params = stage_params(tmp_path, backend="precropped")
+    params["shard"] = replace(params["shard"], folds=3, fold=0)
+    run_all(root, tmp_path / "out", params, reader="folder", options={"dataset": "folder"})
+    dealt = _fold_assignments(tmp_path / "out" / "shards")
+    run_shard(tmp_path / "out" / "aligned", tmp_path / "out" / "derived", replace(params["shard"], fold=1),
+              tmp_path / "data" / "folder" / "shards")
+    assert len(dealt) == 1 and _fold_assignments(tmp_path / "data" / "folder" / "shards") == dealt
+    assert selection(tmp_path / "data", ["folder"], ["test"])["datasets"]["folder"]["fold_assignment"] == min(dealt)
+    (root / "train" / "happy" / "f00.jpg").unlink()
+    run_all(root, tmp_path / "less", params, reader="folder", options={"dataset": "folder"})
+    assert len(_fold_assignments(tmp_path / "less" / "shards") | dealt) == 2
+
+
 RAFDB_PUBLISHED = {1: "Surprise", 2: "Fear", 3: "Disgust", 4: "Happiness", 5: "Sadness", 6: "Anger", 7: "Neutral"}
 CANONICAL_ORDER = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
 
