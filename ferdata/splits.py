@@ -17,7 +17,8 @@ train: val and test never hold them, in every fold.
 
 ``folds > 0`` gives k-fold cross-validation over groups (CK+ 10-fold, JAFFE
 leave-one-subject-out): groups are ordered by hash and dealt round-robin into
-``folds`` folds; fold ``fold`` is test, fold ``fold + 1`` is val, the rest (``folds - 2``) train.
+``folds`` folds; fold ``fold`` is test, fold ``fold + 1`` is val, the rest (``folds - 2``) train;
+with ``val_fraction`` 0 no fold is val and ``folds - 1`` train (the papers' protocol).
 """
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def assign_splits(
         records = list(records)
         official = {r.split for r in records if isinstance(r, FaceRecord) and r.split}
     if folds and "test" not in official:
-        yield from _kfold(records, seed=seed, by=by, folds=folds, fold=fold)
+        yield from _kfold(records, seed=seed, by=by, folds=folds, fold=fold, with_val=val_fraction > 0)
         return
     if folds:       # shard.folds is one setting for every dataset: k-fold is for those without a test split
         log.warning("shard.folds %d: this dataset keeps its official test split (k-fold applies to datasets "
@@ -118,8 +119,9 @@ def assign_splits(
                          "(JAFFE, CK+), use k-fold (shard.folds)")
 
 
-def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) -> Iterator[Item]:
-    """Round-robin folds over hash-ordered groups: balanced group counts, deterministic."""
+def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int, with_val: bool) -> Iterator[Item]:
+    """Round-robin folds over hash-ordered groups: balanced group counts, deterministic; the fold
+    after the tested one is val ``with_val``, else trained on."""
     kept = [r for r in records if isinstance(r, FaceRecord) and not r.extra.get(TRAIN_ONLY)]
     if any(r.split for r in kept):
         log.info("k-fold assignment replaces the dataset's official train/val splits")
@@ -127,7 +129,7 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
     if len(groups) < folds:
         raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}")
     fold_of = {g: i % folds for i, g in enumerate(groups)}
-    names = {fold: "test", (fold + 1) % folds: "val"}
+    names = {fold: "test", **({(fold + 1) % folds: "val"} if with_val else {})}
     counts: Counter[str] = Counter()
     for item in records:
         if isinstance(item, FaceRecord):
@@ -138,7 +140,10 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int) ->
                 item = replace(item, split=names.get(k, "train"), extra={**item.extra, "fold": k})
             counts[item.split] += 1
         yield item
-    _report(counts, by)
+    _report(counts, by, with_val)
+    if not with_val:
+        log.info("shard.val_fraction 0: no fold is val, %d of the %d folds train (training then keeps its last "
+                 "epoch)", folds - 1, folds)
 
 
 def check_settings(val_fraction: float, test_fraction: float, by: str, folds: int, fold: int,
@@ -150,8 +155,9 @@ def check_settings(val_fraction: float, test_fraction: float, by: str, folds: in
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"{prefix}val_fraction + {prefix}test_fraction must be below 1 (fractions in [0, 1) "
                          f"that sum below 1), got {val_fraction} + {test_fraction}")
-    if folds and folds < 3:
-        raise ValueError(f"{prefix}folds must be 0 (off) or >= 3 (one test, one val, the rest train), got {folds}")
+    if folds and folds < (3 if val_fraction else 2):
+        raise ValueError(f"{prefix}folds must be 0 (off) or >= 3 (one test, one val, the rest train; >= 2 with "
+                         f"{prefix}val_fraction 0: no val fold), got {folds}")
     if folds and not 0 <= fold < folds:
         raise ValueError(f"{prefix}fold must be in 0..{folds - 1} ({prefix}folds is {folds}), got {fold}")
     if not folds and fold:          # a queue of -S shard.fold=0,...,9 without folds set: K identical runs

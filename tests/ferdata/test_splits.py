@@ -120,20 +120,34 @@ def test_kfold_subject_folds_partition_subjects():
         test_subjects.append(by_split["test"])
     assert set().union(*test_subjects) == {f"S{i:03d}" for i in range(20)}   # each subject tested once
     assert sum(len(s) for s in test_subjects) == 20
-    val_of_0 = {r.subject for r in assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=10, fold=0)
+    val_of_0 = {r.subject for r in assign_splits(recs, seed=0, val_fraction=0.1, test_fraction=0, folds=10, fold=0)
                 if r.split == "val"}
     assert val_of_0 == test_subjects[1]     # val is the next fold
 
 
+def test_kfold_without_val_trains_on_every_other_fold():
+    """shard.val_fraction 0: the literature's protocol (CK+ 10-fold trains on 9 folds), no val fold."""
+    recs = many(200, subjects=20)
+    with_val = list(assign_splits(recs, seed=0, val_fraction=0.1, test_fraction=0, folds=10, fold=4))
+    without = list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=10, fold=4))
+    assert Counter(r.split for r in without) == {"test": 20, "train": 180}
+    assert [r.split == "test" for r in without] == [r.split == "test" for r in with_val]    # the same folds
+    assert [r.extra["fold"] for r in without] == [r.extra["fold"] for r in with_val]
+    two = list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=2, fold=1))
+    assert Counter(r.split for r in two) == {"test": 100, "train": 100}
+
+
 def test_kfold_leave_one_subject_out_and_errors():
     recs = many(30, subjects=10)
-    out = list(assign_splits(recs, seed=5, val_fraction=0, test_fraction=0, folds=10, fold=3))
+    out = list(assign_splits(recs, seed=5, val_fraction=0.1, test_fraction=0, folds=10, fold=3))
     assert len({r.subject for r in out if r.split == "test"}) == 1
     assert all("fold" in r.extra for r in out)
     with pytest.raises(ValueError, match="at least 10 groups"):
         list(assign_splits(many(30, subjects=5), seed=0, val_fraction=0, test_fraction=0, folds=10))
     with pytest.raises(ValueError, match="folds must be"):
-        list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=2))
+        list(assign_splits(recs, seed=0, val_fraction=0.1, test_fraction=0, folds=2))
+    with pytest.raises(ValueError, match="folds must be"):
+        list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=1))
     with pytest.raises(ValueError, match="fold must be"):
         list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0, folds=5, fold=5))
 
@@ -163,7 +177,7 @@ def test_kfold_leaves_a_dataset_with_an_official_test_split_as_published(caplog)
         assert Counter(out[r.key] for r in official[:40]).keys() == {"train", "val"}   # val carved from train
     assert "keeps its official test split" in caplog.text
     unsplit = many(40, subjects=8)                                     # CK+-like: folded
-    folded = splits_of(assign_splits(unsplit, seed=0, val_fraction=0, test_fraction=0, folds=4, fold=1))
+    folded = splits_of(assign_splits(unsplit, seed=0, val_fraction=0.1, test_fraction=0, folds=4, fold=1))
     assert Counter(folded.values()).keys() == {"train", "val", "test"}
 
 

@@ -198,3 +198,16 @@ def test_cls_is_the_canonical_class_id_not_the_datasets_own_label(tmp_path):
     cls = {key: int(sample["cls"]) for split in SPLITS
            for key, sample in iter_dir_samples(tmp_path / "out" / "shards" / split, split)}
     assert cls == {stem: CANONICAL_ORDER.index(RAFDB_PUBLISHED[v]) for stem, v in native.items()}
+
+
+def test_k_fold_without_val_trains_on_the_other_folds_and_says_val_is_empty_by_setting(tmp_path):
+    from dataclasses import replace
+
+    root = tmp_path / "raw"
+    _folder_with_train_and_val(root)
+    params = stage_params(tmp_path, backend="precropped")
+    params["shard"] = replace(params["shard"], folds=3, fold=2, val_fraction=0)
+    run_all(root, tmp_path / "out", params, reader="folder", options={"dataset": "folder"})
+    info = {s: json.loads((tmp_path / "out" / "shards" / s / "_info.json").read_text()) for s in SPLITS}
+    assert info["val"]["num_samples"] == 0 and info["val"]["empty_by_setting"] == "shard.val_fraction 0"
+    assert info["train"]["num_samples"] + info["test"]["num_samples"] == 12 and info["test"]["num_samples"] == 4
