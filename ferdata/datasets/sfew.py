@@ -40,7 +40,8 @@ class SFEWReader(DatasetReader):
     """SFEW 2.0 Train/Val class folders; Val is the test split unless ``val_as: val``."""
 
     name = "sfew"
-    expects = "Train/<Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise>/*.png and Val/<same>/*.png"
+    expects = ("Train/<Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise>/<film>_<clip>_<frame>.png and "
+               "Val/<same>/...")
     option_defaults: Mapping[str, object] = {"val_as": "test"}
 
     def official_splits(self) -> tuple[str, ...]:
@@ -59,10 +60,19 @@ class SFEWReader(DatasetReader):
                     f"{self.name}: {folder} has folders {bad} that are not SFEW classes {list(SFEW_CLASSES)}; "
                     "for other class names use the 'folder' reader with a mapping"
                 )
+        frames, loose = 0, []
         for item in read_class_tree(self.name, split_dirs, None, self.root):
-            if isinstance(item, FaceRecord) and (film := film_of(item.path)):
-                item = replace(item, extra={**item.extra, MOVIE: film})
+            if isinstance(item, FaceRecord):
+                frames += 1
+                if film := film_of(item.path):
+                    item = replace(item, extra={**item.extra, MOVIE: film})
+                else:
+                    loose.append(item.path)
             yield item
+        if loose:           # the split carved from Train then mixes a film's frames, near-duplicates
+            log.warning("%s: %d of %d frames are not named <film>_<clip>_<frame> as SFEW's release names them "
+                        "(e.g. %s): each goes to a split on its own, so a film's frames can be in train and val",
+                        self.name, len(loose), frames, Path(loose[0]).name)
 
     def _folders(self) -> dict[str, Path]:
         """``{"train": Train/, "val": Val/}`` matched case-insensitively."""

@@ -131,15 +131,18 @@ class FanBackend(FaceBackend):
         :mod:`ferdata.faces.fetch`; any failure is a :class:`MissingModelError`."""
         try:
             return str(find_weight(url, self.model_dir))
-        except MissingModelError:
+        except MissingModelError as missing:
             if not self.allow_download:
                 raise
+            looked_in = missing.looked_in
         name = Path(urlparse(url).path).name
         try:
             return str(fetch(url, hub_checkpoints() / name))
         except OSError as e:                    # URLError, socket errors, HTTP errors, a stall
-            raise MissingModelError("face_alignment", name, [url],
-                                    f"download failed ({type(e).__name__}: {e}); " + _fix(name, url)) from e
+            raise MissingModelError("face_alignment", name, looked_in,
+                                    f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
+                                    f"proxy: HTTPS_PROXY), or download it yourself to {hub_checkpoints() / name} "
+                                    "(or into detect.model_dir, predict: --model-dir)") from e
 
     def load(self) -> None:
         """Build ``FaceAlignment`` on CPU without compiling; weights through :meth:`resolve`."""

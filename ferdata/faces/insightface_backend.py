@@ -139,14 +139,14 @@ class InsightFaceBackend(FaceBackend):
             pack = str(self.options["pack"])
             try:
                 self._files = find_pack(pack, self.model_dir, self.tasks)
-            except MissingModelError:
+            except MissingModelError as missing:
                 if not self.allow_download:
                     raise
-                self._download(pack)
+                self._download(pack, missing.looked_in)
                 self._files = find_pack(pack, self.model_dir, self.tasks)
         return self._files
 
-    def _download(self, pack: str) -> None:
+    def _download(self, pack: str, looked_in: list[str]) -> None:
         """insightface's release zip of ``pack`` unpacked into ``<root>/models/<pack>``, as insightface's
         own ``download`` does, but through :mod:`ferdata.faces.fetch` (a stall fails, nothing half-made)."""
         models = Path(self.model_dir or DEFAULT_ROOT).expanduser() / "models"
@@ -154,8 +154,10 @@ class InsightFaceBackend(FaceBackend):
         try:
             unpack_zip(fetch(url, models / f"{pack}.zip"), models / pack)
         except (OSError, zipfile.BadZipFile) as e:
-            raise MissingModelError("insightface", f"{pack}.zip", [url],
-                                    f"download failed ({type(e).__name__}: {e}); " + _fix(pack, self.model_dir)) from e
+            raise MissingModelError("insightface", f"{pack}.zip", looked_in,
+                                    f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
+                                    f"proxy: HTTPS_PROXY), or download it yourself and unzip it into "
+                                    f"{models / pack}/ (models are non-commercial research only)") from e
 
     def fingerprint(self) -> str:
         return files_fingerprint(sorted(set(self.files().values())))

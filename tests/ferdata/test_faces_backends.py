@@ -266,7 +266,10 @@ def test_insightface_download_only_when_allowed_and_offline_failure_is_clear(tmp
     monkeypatch.setattr("socket.getaddrinfo", _no_dns)
     with pytest.raises(MissingModelError) as err:
         InsightFaceBackend(model_dir=tmp_path, allow_download=True).files()
-    assert "download failed" in str(err.value) and "URLError" in str(err.value)
+    assert "buffalo_l.zip failed (URLError" in str(err.value) and "check the network" in str(err.value)
+    assert "allow_download" not in str(err.value)                   # it was set: not the fix
+    assert err.value.looked_in and all(not d.startswith("http") for d in err.value.looked_in)   # folders searched
+    assert f"unzip it into {tmp_path / 'models' / 'buffalo_l'}/" in str(err.value)
 
 
 def test_insightface_packs_are_found_nested_and_in_insightfaces_own_root(tmp_path, monkeypatch):
@@ -354,7 +357,9 @@ def test_fan_download_only_when_allowed_and_offline_failure_is_clear(tmp_path, m
     monkeypatch.setattr("socket.getaddrinfo", _no_dns)
     with pytest.raises(MissingModelError) as err:
         FanBackend(allow_download=True).resolve(FAN_URL)
-    assert "download failed" in str(err.value) and "URLError" in str(err.value)
+    assert f"{FAN_FILE} failed (URLError" in str(err.value) and "check the network" in str(err.value)
+    assert "allow_download" not in str(err.value)                   # it was set: not the fix
+    assert err.value.looked_in and all(not d.startswith("http") for d in err.value.looked_in)
     assert not (tmp_path / "hub" / "checkpoints" / FAN_FILE).exists()
 
 

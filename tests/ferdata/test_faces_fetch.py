@@ -137,7 +137,7 @@ def test_insightface_bad_or_stalled_download_is_the_clear_error(server, tmp_path
     monkeypatch.setattr("ferdata.faces.insightface_backend.RELEASE_URL", base + "/{pack}.zip")
     monkeypatch.setattr(fetch_mod, "STALL_S", 0.3)
     routes["/buffalo_l.zip"] = route
-    with pytest.raises(MissingModelError, match=f"download failed .*{error}"):
+    with pytest.raises(MissingModelError, match=f"buffalo_l.zip failed .*{error}"):
         InsightFaceBackend(model_dir=tmp_path, allow_download=True).files()
     assert _leftovers(tmp_path / "models") in ([], ["buffalo_l.zip"])   # a readable zip stays for a look
     assert not (tmp_path / "models" / "buffalo_l").exists()
@@ -148,7 +148,7 @@ def test_fan_downloads_into_torch_hubs_folder_and_a_stall_fails(server, tmp_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(fetch_mod, "STALL_S", 0.3)
     routes[f"/{FAN_FILE}"] = ("stall", b"weights")
-    with pytest.raises(MissingModelError, match="download failed .*timed out"):
+    with pytest.raises(MissingModelError, match=f"{FAN_FILE} failed .*timed out"):
         FanBackend(allow_download=True).resolve(f"{base}/{FAN_FILE}")
     checkpoints = tmp_path / "hub" / "checkpoints"
     assert _leftovers(checkpoints) == []

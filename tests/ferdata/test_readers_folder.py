@@ -210,9 +210,9 @@ def test_linked_folders_are_read_and_loops_counted(tmp_path):
     assert items[0].detail.startswith(str(root / "happy" / "batch2" / "more" / "up") + ":")
 
 
-def test_sfew_frames_carry_their_film_and_one_film_stays_in_one_split(tmp_path):
+def test_sfew_frames_carry_their_film_and_one_film_stays_in_one_split(tmp_path, caplog):
     """SFEW names frames <film>_<clip>_<frame>: the carved validation split must not share films
-    with training (frames of one clip are near-duplicates)."""
+    with training (frames of one clip are near-duplicates); frames named otherwise are said."""
     from collections import defaultdict
 
     from ferdata.records import MOVIE
@@ -224,7 +224,10 @@ def test_sfew_frames_carry_their_film_and_one_film_stays_in_one_split(tmp_path):
             write_image(tmp_path / "Train" / ("Happy", "Sad")[i % 2] / f"{film}_{clip}_{frame:08d}.png")
     write_image(tmp_path / "Train" / "Happy" / "frame 7.png")                 # another form: no film
     write_image(tmp_path / "Val" / "Angry" / "Airheads_000519240_00000005.png")
-    records, drops, _ = read_all("sfew", tmp_path)
+    with caplog.at_level("WARNING", logger="ferdata.datasets.sfew"):
+        records, drops, _ = read_all("sfew", tmp_path)
+    assert ("1 of 95 frames are not named <film>_<clip>_<frame> as SFEW's release names them (e.g. frame 7.png)"
+            in caplog.text)
     assert not drops
     assert {r.extra.get(MOVIE) for r in records.values()} == {*films, "Airheads", None}
     assert records["train_Happy_frame-7-png"].extra == {}
