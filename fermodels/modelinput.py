@@ -79,16 +79,18 @@ def normalise(batch: dict, card: ModelCard, channels_last: bool = False,
     fused multiply-add (x * 1/std - mean/std); a uint8 image is converted once, into the memory
     format the model wants, and scaled in place (on a CPU, a second fresh float tensor costs more
     than the arithmetic). ``affine``: :func:`pixel_affine`'s pair made beforehand (an exported
-    graph keeps it as buffers, which move with the graph; made here, a trace bakes in the device)."""
+    graph keeps it as buffers, which move with the graph; made here, a trace bakes in the device).
+    ``channels_last`` false gives NCHW images whatever the input's layout (the loader's are NHWC in
+    memory: kept, they ran every convolution channels_last whatever ``train.channels_last`` said)."""
     scale, shift = affine if affine is not None else pixel_affine(card, batch["image"].device)
-    fmt = torch.channels_last if channels_last else torch.preserve_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = dict(batch)
     for name in ("image", "left", "right"):
         if name in batch:
             x = batch[name]
             if x.is_floating_point():
                 y = torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
-                out[name] = y.contiguous(memory_format=fmt) if channels_last else y
+                out[name] = y.contiguous(memory_format=fmt)
             else:
                 y = torch.empty_like(x, dtype=torch.float32, memory_format=fmt).copy_(x)
                 out[name] = y.mul_(scale).add_(shift)

@@ -609,6 +609,13 @@ def test_normalise_takes_uint8_or_float_pixels_alike_and_leaves_them_alone(chann
         assert from_uint8[k].is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(from_uint8["heatmap"], b["heatmap"] / 255.0)
     assert all(torch.equal(b[k], kept[k]) for k in b), "normalise must not write into its input"
+    as_loaded = {k: v.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) if k in ("image", "left", "right") else v
+                 for k, v in b.items()}                       # the loader's layout: NHWC memory seen as NCHW
+    for x in (as_loaded, {k: v.float() if v.dtype == torch.uint8 else v for k, v in as_loaded.items()}):
+        for k, y in normalise(x, card, channels_last).items():
+            if k in ("image", "left", "right"):
+                torch.testing.assert_close(y, from_uint8[k])
+                assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def test_affine_moves_landmarks_with_the_pixels_and_keeps_halves_consistent():
