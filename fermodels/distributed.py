@@ -234,6 +234,15 @@ class GlobalBatch:
                                   for k, cols in enumerate(columns)]))
         return out, torch.cat([cols[-1].flatten() > 0 for cols in columns])
 
+    def mean_over_ranks(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of ``x`` over the ranks, as a constant (one all_reduce). A weighted loss's sum on
+        each rank divided by the mean of the ranks' weight sums is that rank's share of the weighted
+        mean over the global batch, and DDP's average of the ranks' gradients is its gradient (each
+        rank dividing by its own weight sum weighted a rare class by the rank's share instead)."""
+        total = x.detach().float().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
     def loss(self, fn: Callable[..., torch.Tensor], *rows: torch.Tensor) -> torch.Tensor:
         """``fn(*gathered_rows, valid=mask)``: its value over the global batch, its gradient scaled
         as the class docstring says."""

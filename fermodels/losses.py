@@ -21,13 +21,26 @@ LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 GLOBAL_BATCH = "global_batch"
 
 
+Norm = Callable[[Tensor], Tensor]
+
+
 @LOSSES.register("ce")
-def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = None) -> Tensor:
+def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = None,
+                  norm: Norm | None = None) -> Tensor:
     """Softmax cross-entropy; with ``class_weight`` (C,) the weighted mean torch defines.
 
     Models pass ``batch.get("class_weight")`` so the trainer's ``train.class_weights`` works.
+    ``norm`` maps the batch's weight sum to the divisor (under DDP: the ranks' mean,
+    :meth:`fermodels.distributed.GlobalBatch.mean_over_ranks`).
     """
-    return F.cross_entropy(logits, labels, weight=class_weight)
+    if class_weight is None:
+        return F.cross_entropy(logits, labels)
+    weights = class_weight[labels].sum()
+    return F.cross_entropy(logits, labels, weight=class_weight, reduction="sum") / (norm or _same)(weights)
+
+
+def _same(x: Tensor) -> Tensor:
+    return x
 
 
 # How a sample's label distribution (``batch["target"]``, FERPlus votes) is trained on, by the
@@ -39,14 +52,15 @@ TARGET_KINDS = {"crossentropy": 0, "probability": 1, "multi_target": 2}
 
 @LOSSES.register("soft_ce")
 def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weight: Tensor | None = None,
-                       smoothing: float = 0.0) -> Tensor:
+                       smoothing: float = 0.0, norm: Norm | None = None) -> Tensor:
     """Cross-entropy against per-sample distributions ``target`` (B, >= C; truncated to the C
     classes of ``logits`` and renormalised), or for ``kind`` 2 rows ``-log max_{k: t_k > 0} p_k``.
     One-hot targets give exactly :func:`cross_entropy`; ``class_weight`` weighs a sample by its
     target's mean class weight (the weighted mean torch defines, for one-hot targets).
     ``smoothing`` e trains distributions against ``(1 - e) t + e / C`` (label smoothing; one-hot
     targets without weights give torch's ``label_smoothing``); a sample's weight stays its
-    unsmoothed target's, and ``kind`` 2 rows (a set of labels, not a distribution) are not smoothed."""
+    unsmoothed target's, and ``kind`` 2 rows (a set of labels, not a distribution) are not smoothed.
+    ``norm``: as :func:`cross_entropy`'s, for the weighted mean."""
     t = target[:, : logits.shape[1]].float()
     t = t / t.sum(1, keepdim=True).clamp_min(1e-12)
     logp = F.log_softmax(logits.float(), dim=1)
@@ -55,23 +69,28 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weigh
     multi = kind == TARGET_KINDS["multi_target"]
     if bool(multi.any()):
         per = torch.where(multi, -logp.masked_fill(t <= 0, float("-inf")).amax(1), per)
-    w = t @ class_weight.float() if class_weight is not None else torch.ones_like(per)
-    return (w * per).sum() / w.sum()
+    if class_weight is None:
+        return per.mean()
+    w = t @ class_weight.float()
+    return (w * per).sum() / (norm or _same)(w.sum())
 
 
 def label_loss(logits: Tensor, batch: dict) -> Tensor:
     """A model's classification loss for ``batch``: :func:`cross_entropy` on its labels, or
     :func:`soft_cross_entropy` when it carries label distributions (``target``, ``target_kind``)
     or ``label_smoothing`` (the trainer's ``train.label_smoothing``, when above 0); with
-    ``batch["class_weight"]`` when the trainer's ``train.class_weights`` is on."""
+    ``batch["class_weight"]`` when the trainer's ``train.class_weights`` is on: under DDP the weighted
+    mean over the step's global batch (the ranks' weight sums exchanged)."""
     smoothing = float(batch.get("label_smoothing", 0.0))
+    weight, whole = batch.get("class_weight"), batch.get(GLOBAL_BATCH)
+    norm = whole.mean_over_ranks if weight is not None and whole is not None else None
     if "target" in batch:
-        return soft_cross_entropy(logits, batch["target"], batch["target_kind"], batch.get("class_weight"), smoothing)
+        return soft_cross_entropy(logits, batch["target"], batch["target_kind"], weight, smoothing, norm)
     if smoothing:
         labels = batch["label"]
         return soft_cross_entropy(logits, F.one_hot(labels, logits.shape[1]), torch.zeros_like(labels),
-                                  batch.get("class_weight"), smoothing)
-    return cross_entropy(logits, batch["label"], batch.get("class_weight"))
+                                  weight, smoothing, norm)
+    return cross_entropy(logits, batch["label"], weight, norm)
 
 
 def draw_targets(batch: dict, generator: torch.Generator, num_classes: int) -> dict:
