@@ -169,7 +169,9 @@ def load_checkpoint(path: str | Path) -> dict:
 
 # Defaults that changed after checkpoints stored only the keywords given: (model, keyword) -> the
 # value such a checkpoint was trained with (checkpoints now store every keyword).
-FORMER_DEFAULTS = {("cmnet", "mirror_right_half"): True, ("pcda", "drop"): 0.0, ("pcda", "heatmap_centres"): "cells"}
+FORMER_DEFAULTS = {("cmnet", "mirror_right_half"): True, ("pcda", "drop"): 0.0, ("pcda", "heatmap_centres"): "cells",
+                   ("resnet18_heatmap", "heatmap_centres"): "cells",
+                   ("resnet18_heatmap_112", "heatmap_centres"): "cells"}
 
 
 def model_from_checkpoint(state: dict) -> nn.Module:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -60,18 +61,45 @@ class ResNet18Classifier(nn.Module):
         return {"ce": label_loss(out["logits"], batch)}
 
 
+HEATMAP_CENTRES = ("features", "cells")
+
+
+def heatmap_at_layer2(heatmap: Tensor, centres: str = "features") -> Tensor:
+    """A heatmap at 1/4 of the input side (cell j centred on input pixel ``4 j + 1.5``, the
+    pixel-centre convention of :func:`ferdata.heatmap.gaussian_heatmaps`) at ResNet's layer-2 grid,
+    1/8 of the side. ``features``: read at the pixels the features sit over, ``8 k`` (conv1, the
+    max-pool and layer 2 each stride 2 with their kernels centred), i.e. heatmap coordinate
+    ``2 k - 0.375``: bilinear between cells ``2 k - 1`` and ``2 k``, the edge repeated.
+    ``cells``: the 2 x 2 average, centred on pixel ``8 k + 3.5``, 3.5 px right of and below the
+    features (how checkpoints saved before this keyword were trained)."""
+    if centres not in HEATMAP_CENTRES:
+        raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")
+    if centres == "cells":
+        return F.avg_pool2d(heatmap, 2)
+    at = (0 + 0.5) / 4 - 0.5                      # pixel 0 in heatmap cells: -0.375
+    w = torch.tensor([-at, 1 + at], dtype=heatmap.dtype, device=heatmap.device)    # cells 2k-1 and 2k
+    kernel = (w[:, None] * w[None, :]).expand(heatmap.shape[1], 1, 2, 2)
+    return F.conv2d(F.pad(heatmap, (1, 0, 1, 0), mode="replicate"), kernel, stride=2, groups=heatmap.shape[1])
+
+
 class ResNet18HeatmapAttention(ResNet18Classifier):
     """ResNet-18 whose layer-2 features (1/8 of the input side) are weighted by the stored
     landmark heatmap as residual attention, F * (1 + H): H in [0, 1] (the max over the 68
-    landmarks' Gaussians, average-pooled from 1/4 to 1/8 of the side), so features on the
-    eyes, brows, nose and mouth count up to twice and the rest as in ``resnet18``; with H = 0 it
-    is ``resnet18`` exactly (the same weights load)."""
+    landmarks' Gaussians, read at the features' centres: :func:`heatmap_at_layer2`), so features
+    on the eyes, brows, nose and mouth count up to twice and the rest as in ``resnet18``; with
+    H = 0 it is ``resnet18`` exactly (the same weights load)."""
+
+    def __init__(self, num_classes: int, card: ModelCard, pretrained: str | None = None,
+                 heatmap_centres: str = "features") -> None:
+        heatmap_at_layer2(torch.zeros(1, 1, 4, 4), heatmap_centres)        # a bad name fails at build
+        super().__init__(num_classes, card, pretrained)
+        self.heatmap_centres = heatmap_centres
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         t = self.trunk
         x = t.maxpool(t.relu(t.bn1(t.conv1(require(batch, "image", self.card)))))
         x = t.layer2(t.layer1(x))
-        x = x * (1 + F.avg_pool2d(require(batch, "heatmap", self.card), 2).to(x.dtype))
+        x = x * (1 + heatmap_at_layer2(require(batch, "heatmap", self.card), self.heatmap_centres).to(x.dtype))
         feats = global_avg_pool(t.layer4(t.layer3(x)))
         return {"logits": self.fc(feats), "features": feats}
 
@@ -117,7 +145,7 @@ def resnet18_112(num_classes: int = 7, pretrained: str | None = None) -> ResNet1
 
 
 _HEATMAP_NOTES = ("resnet18 with its layer-2 features weighted by the stored 68-landmark heatmap (derive "
-                  "stage, heatmap.png) as residual attention F * (1 + H), H average-pooled to the feature grid: "
+                  "stage, heatmap.png) as residual attention F * (1 + H), H read at the layer-2 features' centres: "
                   "our baseline for the landmark heatmaps (landmark maps as attention as in EmoNet; the "
                   "(1 + M) form of Residual Attention Networks). `pretrained` as resnet18. Random init without it.")
 
@@ -129,14 +157,18 @@ def _heatmap_card(name: str, size: int) -> ModelCard:
 
 
 @register_model("resnet18_heatmap")
-def resnet18_heatmap(num_classes: int = 7, pretrained: str | None = None) -> ResNet18HeatmapAttention:
-    return ResNet18HeatmapAttention(num_classes, _heatmap_card("resnet18_heatmap", 224), pretrained)
+def resnet18_heatmap(num_classes: int = 7, pretrained: str | None = None,
+                     heatmap_centres: str = "features") -> ResNet18HeatmapAttention:
+    return ResNet18HeatmapAttention(num_classes, _heatmap_card("resnet18_heatmap", 224), pretrained,
+                                    heatmap_centres)
 
 
 @register_model("resnet18_heatmap_112")
-def resnet18_heatmap_112(num_classes: int = 7, pretrained: str | None = None) -> ResNet18HeatmapAttention:
+def resnet18_heatmap_112(num_classes: int = 7, pretrained: str | None = None,
+                         heatmap_centres: str = "features") -> ResNet18HeatmapAttention:
     """Same network at 112 x 112 (heatmaps at the derive stage's default 28 x 28)."""
-    return ResNet18HeatmapAttention(num_classes, _heatmap_card("resnet18_heatmap_112", 112), pretrained)
+    return ResNet18HeatmapAttention(num_classes, _heatmap_card("resnet18_heatmap_112", 112), pretrained,
+                                    heatmap_centres)
 
 
 @register_model("ir50")

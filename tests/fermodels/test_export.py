@@ -192,6 +192,11 @@ def test_checkpoints_rebuild_without_their_weight_files_and_keep_their_defaults(
     assert model_from_checkpoint(state).landmark_encoder.centres == "features"
     old = {**state, "model_kwargs": {k: v for k, v in state["model_kwargs"].items() if k != "heatmap_centres"}}
     assert model_from_checkpoint(old).landmark_encoder.centres == "cells"
+    _checkpoint_of("resnet18_heatmap_112", tmp_path / "h.pt", preprocess)   # read at the features' centres
+    state = load_checkpoint(tmp_path / "h.pt")
+    assert model_from_checkpoint(state).heatmap_centres == "features"
+    old = {**state, "model_kwargs": {k: v for k, v in state["model_kwargs"].items() if k != "heatmap_centres"}}
+    assert model_from_checkpoint(old).heatmap_centres == "cells"
 
 
 def _damage_first_tensor(src, dst) -> None:

@@ -561,6 +561,34 @@ def test_a_card_with_one_half_face_is_refused():
     assert ModelCard("x", 112, ("image", "left", "right"), ("ce",), "paper").fields[1:] == ("left", "right")
 
 
+def test_the_heatmap_baseline_reads_the_heatmap_at_its_layer2_features_centres() -> None:
+    """Layer-2 feature k of ResNet-18 sits over input pixel 8 k (gradient centroid); the stored
+    heatmap (stride 4, cells centred at 4 j + 1.5) must weigh it with the value there, so a landmark
+    on that pixel weighs its own cell most and its two neighbours alike; the former 2 x 2 average
+    (checkpoints saved before) centred the cells 3.5 px right of and below the features."""
+    from ferdata.heatmap import gaussian_heatmaps
+    from fermodels.models.backbones import ResNet18Trunk
+    from fermodels.models.baselines import heatmap_at_layer2
+
+    torch.manual_seed(0)
+    t, x = ResNet18Trunk(include_layer4=False).eval(), torch.randn(1, 3, 112, 112, requires_grad=True)
+    t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(x))))))[0, :, 6, 9].sum().backward()
+    weight = x.grad.abs().sum((0, 1))
+    centre_y = float((weight.sum(1) * torch.arange(112.0)).sum() / weight.sum())
+    centre_x = float((weight.sum(0) * torch.arange(112.0)).sum() / weight.sum())
+    assert abs(centre_y - 48) < 1.5 and abs(centre_x - 72) < 1.5, (centre_y, centre_x)
+    heat = gaussian_heatmaps(torch.tensor([[72.0, 48.0]]), 28, sigma=1.0, stride=4.0).amax(0)[None, None]
+    at = heatmap_at_layer2(heat)[0, 0]
+    assert at.shape == (14, 14) and divmod(int(at.argmax()), 14) == (6, 9)
+    assert float(at[6, 8]) == pytest.approx(float(at[6, 10]), rel=0.05)      # even on either side (linear reads)
+    assert float(at[5, 9]) == pytest.approx(float(at[7, 9]), rel=0.05)
+    old = heatmap_at_layer2(heat, "cells")[0, 0]
+    assert float(old[6, 8]) > 2 * float(old[6, 10])                                   # pulled to the right
+    torch.testing.assert_close(heatmap_at_layer2(torch.ones(2, 1, 28, 28)), torch.ones(2, 1, 14, 14))
+    with pytest.raises(ValueError, match="heatmap_centres must be one of"):
+        build("resnet18_heatmap_112", heatmap_centres="middle")
+
+
 def test_the_heatmap_baseline_is_resnet18_where_the_heatmap_is_dark_and_reads_it_elsewhere() -> None:
     """F * (1 + H): with H = 0 the network is resnet18 with the same weights; a heatmap changes the
     prediction, through the feature cells it covers; a heatmap of the wrong grid is named."""
