@@ -1085,3 +1085,19 @@ def test_the_heatmap_baseline_trains_on_the_stored_heatmaps(tiny_shards, tmp_pat
         assert heat.amax(dim=(1, 2, 3)).min() > 0.5                # every face's landmarks are there
     fast = EvalParams("test", 4, 0, "cpu", False, False, 0)
     assert evaluate(tmp_path / "ckpt" / "best.pt", tiny_shards, fast, tmp_path / "eval")["num_samples"] > 0
+
+
+def test_each_step_and_rank_draws_its_own_augmentation_and_a_resume_the_same():
+    """Dropout and augmentation are seeded per (seed, epoch, step, rank): one rank's flips are not its
+    peers' (else every GPU mirrored the same faces), and the same step on the same rank draws alike."""
+    from fermodels.train import seed_step
+
+    def draws(seed: int, epoch: int, step: int, rank: int) -> tuple[list, list, list]:
+        gen, targets = seed_step(seed, epoch, step, rank)
+        return torch.rand(8).tolist(), torch.rand(8, generator=gen).tolist(), torch.rand(8, generator=targets).tolist()
+
+    base = draws(0, 1, 5, 0)
+    assert draws(0, 1, 5, 0) == base                                        # a resumed step: the same
+    for other in (draws(0, 1, 5, 1), draws(0, 1, 6, 0), draws(0, 2, 5, 0), draws(1, 1, 5, 0)):
+        assert all(a != b for a, b in zip(base, other))                     # torch, augmentation, targets
+    assert base[1] != base[2]                                               # the two generators apart
