@@ -78,11 +78,19 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"seed": 1.5, "amp": "yes"}, "train.seed must be a whole number, got 1.5; train.amp must be true or false"),
     ({"label_smoothing": 1.0}, "train.label_smoothing must be in [0, 1), got 1.0"),   # a uniform target
     ({"label_smoothing": -0.1}, "train.label_smoothing must be in [0, 1), got -0.1"),
+    ({"momentum": 1.5}, "train.momentum must be in [0, 1], got 1.5"),
+    ({"streams": 0}, "train.streams must be >= 1, got 0"),
+    ({"datasets": "tiny"}, "train.datasets must be a non-empty list"),      # "tiny": t, i, n, y
+    ({"warmup_epochs": 3, "epochs": 2}, "train.warmup_epochs 3 is more than train.epochs 2"),
 ])
 def test_a_bad_train_value_is_refused_by_name(changes, message):
     with pytest.raises(ValueError) as e:
         make_params(**changes)
     assert message in str(e.value)
+
+
+def test_a_warm_up_as_long_as_the_run_is_allowed():
+    assert make_params(warmup_epochs=2, epochs=2).warmup_epochs == 2
 
 
 def test_prepare_checks_every_stage_before_the_first_runs(tmp_path, monkeypatch):

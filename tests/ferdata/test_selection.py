@@ -53,6 +53,21 @@ def test_shards_changed_after_the_selection_are_refused(tmp_path):
         read_selection(tmp_path / "train.json", ["a"], TRAIN)
 
 
+def test_what_evaluate_scores():
+    from ferdata.selection import tested_on
+
+    assert tested_on("rafdb", ["ckplus"]) == ["rafdb"]               # cross-dataset
+    assert tested_on(None, ["a", "b"]) == ["a", "b"]                 # the training datasets
+
+
+def test_a_selection_pinning_another_dataset_too_is_refused(tmp_path):
+    for name in ("a", "b"):
+        _prepare(tmp_path / "data", name)
+    write_selection(tmp_path / "train.json", tmp_path / "data", ["a", "b"], TRAIN)
+    with pytest.raises(SelectionError, match=r"selects \['a', 'b'\] but the params ask for \['a'\]"):
+        read_selection(tmp_path / "train.json", ["a"], TRAIN)
+
+
 @pytest.mark.parametrize("names,splits,match", [(["a", "b"], TRAIN, r"selects \['a'\] but the params ask for"),
                                                 (["a"], ("test",), r"pins the \['train', 'val'\] splits of a")])
 def test_a_selection_for_other_params_is_refused(tmp_path, names, splits, match):

@@ -125,6 +125,17 @@ def test_kfold_subject_folds_partition_subjects():
     assert val_of_0 == test_subjects[1]     # val is the next fold
 
 
+def test_kfold_deals_by_the_seed_and_needs_a_group_per_fold():
+    recs = many(60, subjects=12)
+    dealt = [{r.subject: r.extra["fold"] for r in assign_splits(recs, seed=seed, val_fraction=0.1, test_fraction=0,
+                                                                folds=4, fold=0)} for seed in (0, 1)]
+    assert dealt[0] != dealt[1] and sorted(dealt[0].values()) == sorted(dealt[1].values())   # another deal, as even
+    assert len(set(dealt[0].values())) == 4
+    list(assign_splits(many(20, subjects=4), seed=0, val_fraction=0.1, test_fraction=0, folds=4))   # one each
+    with pytest.raises(ValueError, match="4 folds need at least 4 groups"):
+        list(assign_splits(many(20, subjects=3), seed=0, val_fraction=0.1, test_fraction=0, folds=4))
+
+
 def test_kfold_without_val_trains_on_every_other_fold():
     """shard.val_fraction 0: the literature's protocol (CK+ 10-fold trains on 9 folds), no val fold."""
     recs = many(200, subjects=20)

@@ -216,6 +216,19 @@ def test_folds_of_a_dataset_with_an_official_test_split_pin_the_same_test_split(
     assert "fold_assignment" not in chosen0["datasets"]["x"]            # not dealt into folds
 
 
+def test_another_split_seed_is_another_series_and_a_missing_first_fold_is_named(tmp_path):
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in (1, 2):
+        experiment(repo, base, f"s0f{k}", k, params(k), FOLDS[k], tested=f"a{k}")
+        other = params(k)
+        other["shard"]["seed"] = 1                              # another deal of the people into folds
+        experiment(repo, base, f"s1f{k}", 10 + k, other, FOLDS[k], tested=f"b{k}")
+    series = summarise(read_experiments(repo, base)[0])
+    assert sorted(s.params["shard"]["seed"] for s in series) == [0, 1]
+    assert all(s.missing == [0] for s in series)
+
+
 def test_folds_dealt_from_two_preparations_are_not_summarised(tmp_path):
     """A fold run after the data were prepared again (a face lost or gained) has its people dealt
     otherwise: pooled with the others, its test set overlaps theirs and misses faces."""

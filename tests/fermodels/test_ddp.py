@@ -73,6 +73,10 @@ def test_batch_sizes_and_splits():
     assert round_robin_skips([2, 1], 3) == [2, 1]
 
 
+def test_a_last_batch_of_exactly_half_is_kept():
+    assert batch_sizes(6, 4, 2) == [4, 2] and batch_sizes(5, 4, 2) == [3, 2]      # 1 < 2: shared
+
+
 def test_a_last_batch_under_half_an_odd_batch_size_is_shared_with_the_one_before():
     """Guards against the "under half a batch" rule being off by one (``2 * last < bs - 1``), which
     only shows at an odd batch size: the documented rule compares the last batch with bs / 2."""

@@ -215,6 +215,11 @@ def test_metrics_per_named_subset(tiny_run, tmp_path_factory, one_thread):
     plain = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"],
                      EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path_factory.mktemp("eval"))
     assert "per_subset" not in plain
+    both = evaluate(tiny_run["ckpt"] / "best.pt", [shards, tiny_run["shards"]],
+                    EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path_factory.mktemp("eval"),
+                    ["tagged", "plain"])
+    assert set(both["per_subset"]) == {"tagged/occlusion", "tagged/pose30"}      # whose subset, named
+    assert both["per_subset"]["tagged/pose30"]["num_samples"] == len(pose)
 
 
 def test_evaluation_reads_exactly_the_listed_shards_and_checks_their_counts(tiny_shards, tmp_path):
@@ -309,7 +314,7 @@ def test_non_finite_probabilities_are_an_error_not_class_0(tiny_run, tmp_path, m
 
     def overflowing(*args, **kwargs):
         labels, probs, keys = real(*args, **kwargs)
-        probs[1] = np.nan
+        probs[1, 2] = np.nan                             # one class's probability is enough
         return labels, probs, keys
 
     monkeypatch.setattr(ev, "predict_loader", overflowing)
@@ -388,3 +393,36 @@ def test_the_stored_side_skips_a_shard_without_faces_and_prefers_the_record(tiny
     assert stored_side(recorded) == 96
     with pytest.raises(ValueError, match="no face image in the test shards of"):
         stored_side(replace(split, shards=((str(empty), 0),), preprocess={}))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_the_ranks_validate_every_sample_once(tiny_shards, world):
+    from fermodels.distributed import DistEnv
+    from fermodels.evaluate import rank_loader
+
+    data = IndexedSplit(open_split([tiny_shards], "val"), SampleDecoder(("image",), 112), 7)
+    seen = [key for rank in range(world) for batch in rank_loader(data, DistEnv(rank, world, rank), 4, 0)
+            for key in batch["key"]]
+    assert sorted(seen) == sorted(data.keys) and len(seen) == len(data) > world
+
+
+def test_the_batch_check_reports_the_largest_change_of_any_face():
+    from fermodels.evaluate import _compare
+
+    ref = np.full((50, 7), 1 / 7, np.float32)
+    moved = ref.copy()
+    moved[17, :2] += (0.01, -0.01)                        # one face leaks: an average would hide it
+    assert _compare(ref, moved, np.zeros(50, np.int64))["max_prob_diff"] == pytest.approx(0.01)
+
+
+def test_preprocessing_is_compared_only_where_both_sides_record_it(caplog):
+    from fermodels.evaluate import check_preprocess
+
+    shards = {"align": {"padding": 0.2, "size": 112}, "derive": {"jpeg_quality": 90}}
+    check_preprocess({}, shards, ("image",), "old.pt", [])            # a checkpoint of an older version
+    check_preprocess(shards, {}, ("image",), "new.pt", [])            # shards of an older version
+    with pytest.raises(ValueError, match=r"align.padding 0.2 \(training\) vs None"):
+        check_preprocess(shards, {"align": {"size": 112}, "derive": {}}, ("image",), "a.pt", [])
+    with caplog.at_level("WARNING", logger="fermodels.evaluate"):
+        check_preprocess(shards, {**shards, "derive": {"jpeg_quality": 75}}, ("image", "left", "right"), "h.pt", [])
+    assert "derive.jpeg_quality 90 (training) vs 75" in caplog.text      # the halves are derive's JPEGs

@@ -15,6 +15,8 @@ def test_confusion_matrix_by_hand():
     assert confusion_matrix(y, p, 3).tolist() == [[2, 1, 0], [0, 2, 0], [1, 1, 2]]
     with pytest.raises(ValueError, match="outside"):
         confusion_matrix([0, 3], [0, 0], 3)
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix([-1], [0], 3)                          # not the last class by wrap-around
     with pytest.raises(ValueError, match="labels but"):
         confusion_matrix([0, 1], [0], 3)
     assert confusion_matrix(np.array([2.0, 0.0]), [2, 1], 3).tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 1]]

@@ -211,3 +211,14 @@ def test_k_fold_without_val_trains_on_the_other_folds_and_says_val_is_empty_by_s
     info = {s: json.loads((tmp_path / "out" / "shards" / s / "_info.json").read_text()) for s in SPLITS}
     assert info["val"]["num_samples"] == 0 and info["val"]["empty_by_setting"] == "shard.val_fraction 0"
     assert info["train"]["num_samples"] + info["test"]["num_samples"] == 12 and info["test"]["num_samples"] == 4
+
+
+def test_the_fold_assignment_digest_names_each_face_and_its_fold():
+    from ferdata.stages.shard import fold_assignment
+
+    metas = {f"k{i}": {"extra": {"fold": i % 3}} for i in range(6)}
+    swapped = {**metas, "k0": {"extra": {"fold": 1}}, "k1": {"extra": {"fold": 0}}}   # same fold sizes
+    renamed = {("x0" if k == "k0" else k): m for k, m in metas.items()}
+    digests = {fold_assignment(m) for m in (metas, swapped, renamed)}
+    assert len(digests) == 3 and None not in digests
+    assert fold_assignment({"k0": {"extra": {}}, "k1": {}}) is None           # not k-fold: no key written
