@@ -12,7 +12,8 @@ the shard loader's samples/s alone, so it is clear whether the loader could feed
   steps, timing how long the loop waits in ``next(loader)``: the fraction of time the device
   waits for data (the trainer logs the same as ``train/loader_wait_fraction``).
 * On CUDA every model runs as fp32, bf16 autocast, bf16 + channels_last and bf16 +
-  channels_last + ``torch.compile`` (``--cpu-compile`` adds compile on the CPU).
+  channels_last + ``torch.compile``; on the CPU as fp32 + channels_last, the trainer's default
+  (``--cpu-compile`` adds compile).
 
 Ratios printed last: loader samples/s / train samples/s per model, device and setting (>= 1:
 the loader keeps up with these workers; otherwise add workers - the per-worker rate is
@@ -166,7 +167,7 @@ class Config:
     compile: bool = False          # torch.compile of the forward
 
 
-CPU_CONFIGS = (Config("fp32"),)
+CPU_CONFIGS = (Config("fp32+cl", channels_last=True),)       # the trainer's default on a CPU
 CUDA_CONFIGS = (Config("fp32"), Config("bf16", amp=True), Config("bf16+cl", amp=True, channels_last=True),
                 Config("bf16+cl+compile", amp=True, channels_last=True, compile=True))
 
@@ -295,7 +296,7 @@ def profile_step(name: str, kwargs: dict, device: torch.device, cfg: Config, bat
 def run_profiles(spec: str, args: argparse.Namespace, device: torch.device) -> dict:
     """``--profile model/setting[,...]`` on ``device`` (the settings of that device's matrix)."""
     configs = {c.name: c for c in (CUDA_CONFIGS if device.type == "cuda" else CPU_CONFIGS + (
-        Config("fp32+compile", compile=True),))}
+        Config("fp32+cl+compile", channels_last=True, compile=True),))}
     results = {}
     for item in (x.strip() for x in spec.split(",") if x.strip()):
         name, _, setting = item.partition("/")
@@ -368,7 +369,8 @@ def measure(args: argparse.Namespace) -> dict:
     devices = bench_devices(args.devices)
     if args.profile:
         return run_profiles(args.profile, args, devices[-1])
-    cpu_configs = CPU_CONFIGS + ((Config("fp32+compile", compile=True),) if args.cpu_compile else ())
+    cpu_configs = CPU_CONFIGS + ((Config("fp32+cl+compile", channels_last=True, compile=True),) if args.cpu_compile
+                                 else ())
     results: dict = {"train": {}, "fed": {}, "wait": {}, "loader": {}, "ratio": {}}
     # Every worker busy at every batch size used (the loader's 32, the steps'): the default epoch grows
     # to keep them so; --quick's small one keeps them so with a small buffer

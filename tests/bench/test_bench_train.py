@@ -17,7 +17,7 @@ def test_quick_benchmark_prints_ratios_last(capsys):
     results = load_bench("bench_train").main(["--quick", "--threads", "1"])
     out = capsys.readouterr().out
     tail = out[out.index("\nratios (loader alone / train step"):]
-    assert set(results["train"]) >= {"resnet18_112/cpu/fp32", "convcut/cpu/fp32"}
+    assert set(results["train"]) >= {"resnet18_112/cpu/fp32+cl", "convcut/cpu/fp32+cl"}
     assert set(results["loader"]) == {"image@112", "image@224"}
     assert set(results["fed"]) == set(results["wait"]) == set(results["train"])
     assert all(0 <= w < 1 for w in results["wait"].values())
@@ -35,8 +35,8 @@ def test_quick_benchmark_prints_ratios_last(capsys):
 def test_cpu_compile_setting_runs(capsys):
     """The torch.compile configuration (what a GPU run times) works end to end, here on the CPU."""
     results = load_bench("bench_train").main(["--quick", "--threads", "1", "--models", "resnet18_112", "--cpu-compile"])
-    assert set(results["train"]) == {"resnet18_112/cpu/fp32", "resnet18_112/cpu/fp32+compile"}
-    assert results["fed"]["resnet18_112/cpu/fp32+compile"] > 0
+    assert set(results["train"]) == {"resnet18_112/cpu/fp32+cl", "resnet18_112/cpu/fp32+cl+compile"}
+    assert results["fed"]["resnet18_112/cpu/fp32+cl+compile"] > 0
 
 
 def test_devices_are_chosen_or_refused_plainly():
@@ -54,12 +54,12 @@ def test_profile_says_where_a_step_goes(capsys):
     """``--profile``: the named steps under torch.profiler, their busiest ops, and the device's busy
     share of the step printed last (0 on the CPU, where there is no device time)."""
     bench = load_bench("bench_train")
-    results = bench.main(["--quick", "--threads", "1", "--devices", "cpu", "--profile", "resnet18_112/fp32"])
+    results = bench.main(["--quick", "--threads", "1", "--devices", "cpu", "--profile", "resnet18_112/fp32+cl"])
     out = capsys.readouterr().out
-    got = results["profile"]["resnet18_112/fp32"]
+    got = results["profile"]["resnet18_112/fp32+cl"]
     assert got["step_ms"] > 0 and got["profiled_step_ms"] > 0 and got["device_ms"] == got["busy"] == 0
     assert re.search(r"most host time per step: ms, calls\n\s+\d+\.\d{3}\s+\d+\.\d\s+aten::", out)
     tail = out[out.index("\nratios (device busy / step"):]
-    assert re.search(r"^  resnet18_112/fp32\s+0\.00   step \d+\.\d\d ms$", tail, flags=re.M), tail
+    assert re.search(r"^  resnet18_112/fp32\+cl\s+0\.00   step \d+\.\d\d ms$", tail, flags=re.M), tail
     with pytest.raises(SystemExit, match="expected model/setting"):
         bench.main(["--quick", "--devices", "cpu", "--profile", "resnet18_112/bf16"])       # a GPU setting
