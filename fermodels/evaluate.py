@@ -87,14 +87,16 @@ def full_float32():
     """float32 convolutions and matmuls at full precision on a GPU: cuDNN's default TF32 (Ampere
     and later) rounds their inputs to 10 mantissa bits, and the kernels it picks change with the
     batch size, so a face's probabilities moved with its batch by more than the batch check's
-    :data:`SAME_PROB`, and near-tied epochs swapped places in validation."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    :data:`SAME_PROB`, and near-tied epochs swapped places in validation. Through torch's
+    ``fp32_precision`` settings (the legacy ``allow_tf32`` flags cannot be read once a user set
+    those), restored as found."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
     try:
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = saved
+        conv.fp32_precision, matmul.fp32_precision = saved
 
 
 @torch.no_grad()

@@ -107,15 +107,26 @@ def test_batch_check_tells_a_leak_from_a_tie_flipped_by_rounding(tiny_run, one_t
 def test_scores_are_full_float32_and_the_settings_restored():
     from fermodels.evaluate import full_float32
 
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = True
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+
+    def state() -> tuple:
+        return conv.fp32_precision, matmul.fp32_precision
+
+    before, legacy = state(), torch.get_float32_matmul_precision()
     try:
-        with full_float32():
-            assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
-        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = before
+        for user_setting in (lambda: setattr(torch.backends.cudnn, "allow_tf32", True),         # legacy
+                             lambda: setattr(matmul, "fp32_precision", "tf32"),                   # new API
+                             lambda: torch.set_float32_matmul_precision("medium")):
+            user_setting()
+            mine = state()
+            with full_float32():
+                assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+            assert state() == mine
+    finally:                                                          # nothing of this left for later tests
+        torch.set_float32_matmul_precision(legacy)
+        torch.backends.cudnn.allow_tf32 = True
+        conv.fp32_precision, matmul.fp32_precision = before
+    assert (state(), torch.get_float32_matmul_precision()) == (before, legacy)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
