@@ -64,22 +64,29 @@ class ResNet18Classifier(nn.Module):
 HEATMAP_CENTRES = ("features", "cells")
 
 
-def heatmap_at_layer2(heatmap: Tensor, centres: str = "features") -> Tensor:
-    """A heatmap at 1/4 of the input side (cell j centred on input pixel ``4 j + 1.5``, the
+def layer2_kernel() -> Tensor:
+    """The 2 x 2 bilinear weights :func:`heatmap_at_layer2` reads a heatmap cell pair with: pixel 0
+    is heatmap coordinate ``0.5 / 4 - 0.5 = -0.375``, so cells ``2k - 1`` and ``2k`` weigh 0.375 and 0.625."""
+    at = (0 + 0.5) / 4 - 0.5
+    w = torch.tensor([-at, 1 + at])
+    return (w[:, None] * w[None, :])[None, None]
+
+
+def heatmap_at_layer2(heatmap: Tensor, centres: str = "features", kernel: Tensor | None = None) -> Tensor:
+    """A (B, 1, H, W) heatmap at 1/4 of the input side (cell j centred on input pixel ``4 j + 1.5``, the
     pixel-centre convention of :func:`ferdata.heatmap.gaussian_heatmaps`) at ResNet's layer-2 grid,
     1/8 of the side. ``features``: read at the pixels the features sit over, ``8 k`` (conv1, the
     max-pool and layer 2 each stride 2 with their kernels centred), i.e. heatmap coordinate
     ``2 k - 0.375``: bilinear between cells ``2 k - 1`` and ``2 k``, the edge repeated.
     ``cells``: the 2 x 2 average, centred on pixel ``8 k + 3.5``, 3.5 px right of and below the
-    features (how checkpoints saved before this keyword were trained)."""
+    features (how checkpoints saved before this keyword were trained). ``kernel``: :func:`layer2_kernel`
+    already on the heatmap's device (a model's buffer: made here, a GPU would wait for its copy)."""
     if centres not in HEATMAP_CENTRES:
         raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")
     if centres == "cells":
         return F.avg_pool2d(heatmap, 2)
-    at = (0 + 0.5) / 4 - 0.5                      # pixel 0 in heatmap cells: -0.375
-    w = torch.tensor([-at, 1 + at], dtype=heatmap.dtype, device=heatmap.device)    # cells 2k-1 and 2k
-    kernel = (w[:, None] * w[None, :]).expand(heatmap.shape[1], 1, 2, 2)
-    return F.conv2d(F.pad(heatmap, (1, 0, 1, 0), mode="replicate"), kernel, stride=2, groups=heatmap.shape[1])
+    kernel = (layer2_kernel() if kernel is None else kernel).to(heatmap.dtype)      # (1, 1, 2, 2): one map
+    return F.conv2d(F.pad(heatmap, (1, 0, 1, 0), mode="replicate"), kernel, stride=2)
 
 
 class ResNet18HeatmapAttention(ResNet18Classifier):
@@ -94,12 +101,14 @@ class ResNet18HeatmapAttention(ResNet18Classifier):
         heatmap_at_layer2(torch.zeros(1, 1, 4, 4), heatmap_centres)        # a bad name fails at build
         super().__init__(num_classes, card, pretrained)
         self.heatmap_centres = heatmap_centres
+        self.register_buffer("layer2_kernel", layer2_kernel(), persistent=False)    # moves with the model
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         t = self.trunk
         x = t.maxpool(t.relu(t.bn1(t.conv1(require(batch, "image", self.card)))))
         x = t.layer2(t.layer1(x))
-        x = x * (1 + heatmap_at_layer2(require(batch, "heatmap", self.card), self.heatmap_centres).to(x.dtype))
+        heat = heatmap_at_layer2(require(batch, "heatmap", self.card), self.heatmap_centres, self.layer2_kernel)
+        x = x * (1 + heat.to(x.dtype))
         feats = global_avg_pool(t.layer4(t.layer3(x)))
         return {"logits": self.fc(feats), "features": feats}
 

@@ -27,14 +27,13 @@ from torch import Tensor, nn
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import GLOBAL_BATCH, label_loss, neutral_aware_anchor
 from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
-from fermodels.models.baselines import Batch, require
+from fermodels.models.baselines import HEATMAP_CENTRES, Batch, require
 from fermodels.registry import ModelCard, register_model
 
 H_NORMS = ("sigmoid", "raw", "minmax", "softmax")
 NUM_LANDMARKS = 68
 
 
-HEATMAP_CENTRES = ("features", "cells")
 
 
 class GaussianLandmarkEncoder(nn.Module):
