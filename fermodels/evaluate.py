@@ -101,14 +101,16 @@ def full_float32():
 
 @torch.no_grad()
 def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torch.device, *,
-                   flip_tta: bool, amp: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                   flip_tta: bool, amp: bool = False, channels_last: bool = True,
+                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(labels, probabilities, keys) over a loader of collated uint8 batches, in loader order. The
     probabilities stay on the device until the end: a copy back per batch would make the host wait
-    for each batch's forward instead of queuing the next one."""
+    for each batch's forward instead of queuing the next one. ``channels_last``: the images' memory
+    format, the model's (:func:`evaluate` and the predictor convert it; training's as ``train.channels_last``)."""
     model.eval()
     labels, probs, keys = [], [], []
     for batch in loader:
-        b = normalise(to_device(batch, device, card.input_size), card)
+        b = normalise(to_device(batch, device, card.input_size), card, channels_last)
         with autocast(device, amp):
             p = model(b)["logits"].float().softmax(-1)
             if flip_tta:
@@ -129,13 +131,14 @@ def rank_loader(dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: i
 
 @torch.no_grad()
 def score_split(model: torch.nn.Module, loader: DataLoader, num_classes: int, env: DistEnv,
-                device: torch.device) -> dict:
+                device: torch.device, channels_last: bool) -> dict:
     """Metrics on a whole split under DDP from each rank's :func:`rank_loader`; results are
     gathered (no per-batch collective, so unequal shares cannot hang). In float32 whatever
     ``train.amp`` is, as :func:`evaluate` scores: the epoch ``best.pt`` keeps is chosen by the
     computation that reports it, not by half-precision rounding between near-tied epochs."""
     with full_float32():
-        labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False)
+        labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False,
+                                          channels_last=channels_last)
     parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels), env)
     y, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     classes = class_names(num_classes)
@@ -192,7 +195,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
                          "name: pass datasets=)")
     state = load_checkpoint(checkpoint)
     device = pick_device(params.device, env_from_os())
-    model = model_from_checkpoint(state).to(device)
+    model = model_from_checkpoint(state).to(device).to(memory_format=torch.channels_last)     # the faster layout
     card, classes = model.card, tuple(state["classes"])
     split = open_split(dirs, params.split)
     check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)

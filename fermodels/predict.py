@@ -138,7 +138,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     summary: list[dict] = []
     pending: list[FaceSample] = []
 
-    per_pass = predictor.card.scoring_batch(batch_size)
+    per_pass = batch_size                          # probabilities() scores a per_sample-false model face by face
     if not predictor.card.per_sample:
         log.warning("%s's predictions depend on the other faces in a batch (its card: per_sample false): "
                     "scoring one face at a time", predictor.card.name)

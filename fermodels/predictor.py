@@ -40,6 +40,7 @@ from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, travel_side
 from fermodels.distributed import env_from_os, pick_device
+from fermodels.evaluate import full_float32
 from fermodels.modelinput import normalise, to_device
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
@@ -161,7 +162,7 @@ class Predictor:
             raise ValueError(f"{checkpoint} does not record its preprocessing (align/derive settings); "
                              "retrain it with the train stage (pipeline/train.py), which records them")
         self.device = pick_device(device, env_from_os())
-        self.model = model_from_checkpoint(state).to(self.device)
+        self.model = model_from_checkpoint(state).to(self.device).to(memory_format=torch.channels_last)
         self.card, self.classes, self.flip_tta = self.model.card, tuple(state["classes"]), flip_tta
         self.align = pre["align"]
         d = pre["derive"]
@@ -212,12 +213,18 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, faces: list[FaceSample]) -> np.ndarray:
-        """(len(faces), num_classes) class probabilities."""
+        """(len(faces), num_classes) class probabilities, computed as the evaluator scores: in full
+        float32, and one face at a time for a model whose card says its faces are not scored on their
+        own (``per_sample`` false)."""
         if not faces:
             return np.zeros((0, len(self.classes)), np.float32)
+        step = self.card.scoring_batch(len(faces))
+        if step < len(faces):
+            return np.concatenate([self.probabilities(faces[i:i + step]) for i in range(0, len(faces), step)])
         batch = self.decoder.collate([{"__key__": f"face{i}", **f.fields} for i, f in enumerate(faces)])
-        b = normalise(to_device(batch, self.device, self.card.input_size), self.card)
-        p = self.model(b)["logits"].float().softmax(-1)
-        if self.flip_tta:
-            p = (p + self.model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
+        b = normalise(to_device(batch, self.device, self.card.input_size), self.card, channels_last=True)
+        with full_float32():
+            p = self.model(b)["logits"].float().softmax(-1)
+            if self.flip_tta:
+                p = (p + self.model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
         return p.cpu().numpy()

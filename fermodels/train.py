@@ -240,7 +240,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             if run.ema is not None:               # each rank averaged its own BatchNorm statistics
                 sync_buffers(scored, env)
             val = {} if run.val_loader is None else score_split(scored, run.val_loader, params.num_classes, env,
-                                                                 device)
+                                                                 device, params.channels_last)
             end = Position(epoch, run.steps_per_epoch, run.step)
             if not val or val[params.select_metric] > run.best[params.select_metric]:   # no val: the last epoch
                 run.best = {**{k: val[k] for k in SUMMARY_METRICS if val}, "epoch": epoch}

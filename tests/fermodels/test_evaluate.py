@@ -105,6 +105,8 @@ def test_batch_check_tells_a_leak_from_a_tie_flipped_by_rounding(tiny_run, one_t
 
 
 def test_scores_are_full_float32_and_the_settings_restored():
+    """TF32 off inside, whichever of torch's APIs the user set it with (reading the legacy flags
+    after the new ones were set raises), and every setting as found afterwards."""
     from fermodels.evaluate import full_float32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
@@ -437,3 +439,40 @@ def test_preprocessing_is_compared_only_where_both_sides_record_it(caplog):
     with caplog.at_level("WARNING", logger="fermodels.evaluate"):
         check_preprocess(shards, {**shards, "derive": {"jpeg_quality": 75}}, ("image", "left", "right"), "h.pt", [])
     assert "derive.jpeg_quality 90 (training) vs 75" in caplog.text      # the halves are derive's JPEGs
+
+
+class _Layout(torch.nn.Module):
+    """Records the memory format of the images it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, batch):
+        self.seen.append(batch["image"].is_contiguous(memory_format=torch.channels_last))
+        return {"logits": torch.zeros(batch["image"].shape[0], 7)}
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_scoring_feeds_the_layout_asked_for(tiny_run, channels_last, monkeypatch):
+    """Evaluation and prediction run model and images channels_last (on this CPU NCHW throughout
+    was ~1.3x slower); training's validation follows train.channels_last."""
+    import fermodels.evaluate as ev
+
+    card = model_from_checkpoint(load_checkpoint(tiny_run["ckpt"] / "best.pt")).card
+    data = IndexedSplit(open_split([tiny_run["shards"]], "test"), SampleDecoder(card.fields, card.input_size), 7)
+    probe = _Layout()
+    predict_loader(probe, indexed_loader(data, range(4), 2, 0), card, torch.device("cpu"), flip_tta=False,
+                   channels_last=channels_last)
+    assert probe.seen == [channels_last] * 2
+    class Seen(Exception):
+        pass
+
+    def record(model, *args, **kwargs):
+        conv = next(p for p in model.parameters() if p.dim() == 4)
+        raise Seen(kwargs.get("channels_last", True), conv.is_contiguous(memory_format=torch.channels_last))
+
+    monkeypatch.setattr(ev, "predict_loader", record)
+    with pytest.raises(Seen) as seen:
+        evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, Path("unused"))
+    assert seen.value.args == (True, True)                                  # images and weights alike

@@ -86,6 +86,8 @@ def test_same_sample_as_the_shard_stages(photos, predictor, tmp_path, one_thread
     member = data.members[0]
     assert faces[0].fields["jpg"] == read_member(member["jpg"]), "aligned face differs from the align stage's"
     assert np.array_equal(predictor.probabilities(faces), from_shards)
+    conv = next(p for p in predictor.model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)          # evaluate's layout, the faster one
 
 
 def large_face_photo(faces: int = 1) -> np.ndarray:
@@ -472,12 +474,20 @@ def test_a_model_whose_scores_depend_on_its_batch_scores_one_face_at_a_time(phot
 
     assert create_model("convcut_paper", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)).card.per_sample is False
     assert create_model("convcut", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)).card.per_sample is True
-    sizes, real = [], predictor.probabilities
-    monkeypatch.setattr(predictor, "probabilities", lambda faces: sizes.append(len(faces)) or real(faces))
+    sizes: list[int] = []
+    hook = predictor.model.register_forward_pre_hook(lambda _m, args: sizes.append(args[0]["image"].shape[0]))
     monkeypatch.setattr(predictor, "card", replace(predictor.card, per_sample=False))
-    run_predict(predictor, [photos / "two.jpg", photos / "astronaut.jpg"], batch_size=32, every=1)
-    assert sizes and set(sizes) == {1} and sum(sizes) == 3
-    assert "scoring one face at a time" in caplog.text
+    try:
+        rows, _ = run_predict(predictor, [photos / "two.jpg", photos / "astronaut.jpg"], batch_size=32, every=1)
+        assert sizes and set(sizes) == {1} and sum(sizes) == 3                 # the model saw one face a pass
+        assert "scoring one face at a time" in caplog.text
+        sizes.clear()
+        faces = [face for path in ("two.jpg", "astronaut.jpg") for face in predictor.faces(
+            cv2.imread(str(photos / path))[..., ::-1].copy(), path)[0]]
+        alone = predictor.probabilities(faces)                                # the Python API too
+        assert sizes == [1, 1, 1] and alone.shape == (3, len(predictor.classes))
+    finally:
+        hook.remove()
 
 
 def test_annotating_into_the_inputs_folder_never_replaces_an_input(tmp_path):
