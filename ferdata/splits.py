@@ -75,9 +75,10 @@ def assign_splits(
     ``official`` names the splits the dataset provides (e.g. ``{"train", "test"}``
     for RAF-DB). When omitted it is inferred from the records, which needs them all
     in memory; pass it to stream, or when processing a part of a dataset.
-    Fractions are of the groups that are carved from, i.e. train plus unsplit. ``folds``
-    (fold ``fold`` = test, the next = val) applies to a dataset without an official test split;
-    one with a test split keeps it (``shard.folds`` is one setting for every prepared dataset).
+    Fractions are of the groups that are carved from, i.e. train plus unsplit. ``folds`` (fold
+    ``fold`` = test, the next = val unless ``val_fraction`` is 0) applies to a dataset without an
+    official test split; one with a test split keeps it (``shard.folds`` is one setting for every
+    prepared dataset).
     """
     check_settings(val_fraction, test_fraction, by, folds, fold)
     if official is None or folds:

@@ -71,8 +71,9 @@ class Series:
             groups = "; ".join(f"{d}: folds " + " vs ".join(",".join(map(str, f)) for f in folds)
                                for d, folds in redealt.items())
             return (f"the folds were dealt from different preparations of the data ({groups}): a face lost or "
-                    "gained before the shard stage (another detector, changed images) deals the people to other "
-                    "folds, so their test sets overlap and miss faces; run every fold again from one preparation")
+                    "gained before the shard stage (another detector, changed images) changes the folds' "
+                    "contents, and a person lost or gained deals the others to other folds, so their test sets "
+                    "overlap and miss faces; run every fold again from one preparation")
         same = {pin: folds for pin, folds in by_split.items() if len(folds) > 1}
         if not same:
             return None
