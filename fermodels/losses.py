@@ -36,11 +36,7 @@ def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = 
     if class_weight is None:
         return F.cross_entropy(logits, labels)
     weights = class_weight[labels].sum()
-    return F.cross_entropy(logits, labels, weight=class_weight, reduction="sum") / (norm or _same)(weights)
-
-
-def _same(x: Tensor) -> Tensor:
-    return x
+    return F.cross_entropy(logits, labels, weight=class_weight, reduction="sum") / (norm(weights) if norm else weights)
 
 
 # How a sample's label distribution (``batch["target"]``, FERPlus votes) is trained on, by the
@@ -72,7 +68,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weigh
     if class_weight is None:
         return per.mean()
     w = t @ class_weight.float()
-    return (w * per).sum() / (norm or _same)(w.sum())
+    return (w * per).sum() / (norm(w.sum()) if norm else w.sum())
 
 
 def label_loss(logits: Tensor, batch: dict) -> Tensor:
