@@ -88,7 +88,8 @@ def assign(metas: dict[str, dict], params: ShardParams,
 def fold_assignment(metas: dict[str, dict]) -> str | None:
     """A digest of which fold every sample was dealt to (k-fold; None otherwise), the same in every
     fold's splits: folds summarised together must come from one preparation of the data, as a face
-    lost or gained before the shard stage re-deals the groups (:mod:`fermodels.crossval` compares it)."""
+    lost or gained before the shard stage changes the folds' contents and a person lost or gained
+    deals the others anew (:mod:`fermodels.crossval` compares it)."""
     dealt = sorted((key, m["extra"]["fold"]) for key, m in metas.items() if "fold" in (m.get("extra") or {}))
     return hashlib.sha256(json.dumps(dealt).encode()).hexdigest()[:16] if dealt else None
 

@@ -64,6 +64,11 @@ class ResNet18Classifier(nn.Module):
 HEATMAP_CENTRES = ("features", "cells")
 
 
+def check_heatmap_centres(centres: str) -> None:
+    if centres not in HEATMAP_CENTRES:
+        raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")
+
+
 def layer2_kernel() -> Tensor:
     """The 2 x 2 bilinear weights :func:`heatmap_at_layer2` reads a heatmap cell pair with: pixel 0
     is heatmap coordinate ``0.5 / 4 - 0.5 = -0.375``, so cells ``2k - 1`` and ``2k`` weigh 0.375 and 0.625."""
@@ -81,8 +86,7 @@ def heatmap_at_layer2(heatmap: Tensor, centres: str = "features", kernel: Tensor
     ``cells``: the 2 x 2 average, centred on pixel ``8 k + 3.5``, 3.5 px right of and below the
     features (how checkpoints saved before this keyword were trained). ``kernel``: :func:`layer2_kernel`
     already on the heatmap's device (a model's buffer: made here, a GPU would wait for its copy)."""
-    if centres not in HEATMAP_CENTRES:
-        raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")
+    check_heatmap_centres(centres)
     if centres == "cells":
         return F.avg_pool2d(heatmap, 2)
     kernel = (layer2_kernel() if kernel is None else kernel).to(heatmap.dtype)      # (1, 1, 2, 2): one map
@@ -98,7 +102,7 @@ class ResNet18HeatmapAttention(ResNet18Classifier):
 
     def __init__(self, num_classes: int, card: ModelCard, pretrained: str | None = None,
                  heatmap_centres: str = "features") -> None:
-        heatmap_at_layer2(torch.zeros(1, 1, 4, 4), heatmap_centres)        # a bad name fails at build
+        check_heatmap_centres(heatmap_centres)
         super().__init__(num_classes, card, pretrained)
         self.heatmap_centres = heatmap_centres
         self.register_buffer("layer2_kernel", layer2_kernel(), persistent=False)    # moves with the model

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import GLOBAL_BATCH, label_loss, neutral_aware_anchor
 from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
-from fermodels.models.baselines import HEATMAP_CENTRES, Batch, require
+from fermodels.models.baselines import Batch, check_heatmap_centres, require
 from fermodels.registry import ModelCard, register_model
 
 H_NORMS = ("sigmoid", "raw", "minmax", "softmax")
@@ -42,8 +42,7 @@ class GaussianLandmarkEncoder(nn.Module):
     def __init__(self, input_size: int, grid: int, channels: int = 128, sigma: float = 1.0,
                  centres: str = "features") -> None:
         super().__init__()
-        if centres not in HEATMAP_CENTRES:
-            raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")
+        check_heatmap_centres(centres)
         self.cell = input_size / grid
         self.grid, self.sigma, self.centres = grid, sigma * self.cell, centres
         self.conv = nn.Conv2d(NUM_LANDMARKS, channels, 3, padding=1, bias=False)
