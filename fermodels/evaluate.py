@@ -99,6 +99,12 @@ def full_float32():
         conv.fp32_precision, matmul.fp32_precision = saved
 
 
+def scoring_model(state: dict, device: torch.device) -> torch.nn.Module:
+    """A checkpoint's model as evaluation and prediction run it: on ``device``, in eval mode, weights
+    channels_last (the faster layout on GPUs and on this project's CPUs; images to match)."""
+    return model_from_checkpoint(state).to(device).to(memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torch.device, *,
                    flip_tta: bool, amp: bool = False, channels_last: bool = True,
@@ -106,12 +112,13 @@ def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torc
     """(labels, probabilities, keys) over a loader of collated uint8 batches, in loader order. The
     probabilities stay on the device until the end: a copy back per batch would make the host wait
     for each batch's forward instead of queuing the next one. ``channels_last``: the images' memory
-    format, the model's (:func:`evaluate` and the predictor convert it; training's as ``train.channels_last``)."""
+    format, the model's (:func:`scoring_model` converts it; training's as ``train.channels_last``).
+    In full float32 (:func:`full_float32`) where ``amp`` is off."""
     model.eval()
     labels, probs, keys = [], [], []
     for batch in loader:
         b = normalise(to_device(batch, device, card.input_size), card, channels_last)
-        with autocast(device, amp):
+        with autocast(device, amp), full_float32():
             p = model(b)["logits"].float().softmax(-1)
             if flip_tta:
                 p = (p + model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
@@ -136,9 +143,7 @@ def score_split(model: torch.nn.Module, loader: DataLoader, num_classes: int, en
     gathered (no per-batch collective, so unequal shares cannot hang). In float32 whatever
     ``train.amp`` is, as :func:`evaluate` scores: the epoch ``best.pt`` keeps is chosen by the
     computation that reports it, not by half-precision rounding between near-tied epochs."""
-    with full_float32():
-        labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False,
-                                          channels_last=channels_last)
+    labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False, channels_last=channels_last)
     parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels), env)
     y, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     classes = class_names(num_classes)
@@ -195,7 +200,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
                          "name: pass datasets=)")
     state = load_checkpoint(checkpoint)
     device = pick_device(params.device, env_from_os())
-    model = model_from_checkpoint(state).to(device).to(memory_format=torch.channels_last)     # the faster layout
+    model = scoring_model(state, device)
     card, classes = model.card, tuple(state["classes"])
     split = open_split(dirs, params.split)
     check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)
@@ -208,9 +213,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     if batch_size != params.batch_size:
         log.warning("evaluate: %s's predictions depend on the other faces in a batch (its card: per_sample false): "
                     "scored one face at a time; its batched figures are batch_composition's", card.name)
-    with full_float32():
-        labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), batch_size,
-                                                                params.workers), card, device, flip_tta=params.flip_tta)
+    labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), batch_size, params.workers),
+                                      card, device, flip_tta=params.flip_tta)
     if bad := int((~np.isfinite(probs).all(1)).sum()):        # argmax would score them all as class 0
         raise ValueError(f"{checkpoint}: the model's probabilities are not finite (NaN or inf) for {bad} of the "
                          f"{len(probs)} {params.split} samples: it overflows on them (trained with train.amp?)")
@@ -239,8 +243,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     if subsets:
         metrics["per_subset"] = subsets
     if params.batch_check:
-        with full_float32():
-            metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
+        metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")

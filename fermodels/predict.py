@@ -138,13 +138,12 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     summary: list[dict] = []
     pending: list[FaceSample] = []
 
-    per_pass = batch_size                          # probabilities() scores a per_sample-false model face by face
     if not predictor.card.per_sample:
         log.warning("%s's predictions depend on the other faces in a batch (its card: per_sample false): "
                     "scoring one face at a time", predictor.card.name)
 
     def flush() -> None:
-        chunks = (predictor.probabilities(pending[i:i + per_pass]) for i in range(0, len(pending), per_pass))
+        chunks = (predictor.probabilities(pending[i:i + batch_size]) for i in range(0, len(pending), batch_size))
         for face, p in zip(pending, (row for chunk in chunks for row in chunk)):
             finite = bool(np.isfinite(p).all())                     # argmax of NaNs would say class 0
             if not finite:
@@ -173,7 +172,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                 name = (names or {}).get(path) or annotation_names([path], [path])[path]
                 draw_faces(picture.rgb, rows[-len(faces):], annotate / annotation_path(name, frame, video),
                            picture.scale)
-            elif len(pending) >= per_pass:
+            elif len(pending) >= batch_size:
                 flush()
     flush()
     return rows, summary

@@ -40,9 +40,9 @@ from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, travel_side
 from fermodels.distributed import env_from_os, pick_device
-from fermodels.evaluate import full_float32
+from fermodels.evaluate import full_float32, scoring_model
 from fermodels.modelinput import normalise, to_device
-from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.runstate import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class Predictor:
             raise ValueError(f"{checkpoint} does not record its preprocessing (align/derive settings); "
                              "retrain it with the train stage (pipeline/train.py), which records them")
         self.device = pick_device(device, env_from_os())
-        self.model = model_from_checkpoint(state).to(self.device).to(memory_format=torch.channels_last)
+        self.model = scoring_model(state, self.device)
         self.card, self.classes, self.flip_tta = self.model.card, tuple(state["classes"]), flip_tta
         self.align = pre["align"]
         d = pre["derive"]
