@@ -96,10 +96,11 @@ class SAM:
 
 
 def build_optimizer(name: str, params: Iterable[nn.Parameter], *, lr: float, weight_decay: float,
-                    momentum: float, sam: bool, sam_rho: float) -> torch.optim.Optimizer | SAM:
-    """The named optimiser, wrapped in :class:`SAM` when ``sam``."""
+                    momentum: float, sam: bool, sam_rho: float,
+                    sam_adaptive: bool = False) -> torch.optim.Optimizer | SAM:
+    """The named optimiser, wrapped in :class:`SAM` (ASAM's with ``sam_adaptive``) when ``sam``."""
     base = OPTIMIZERS.get(name)(list(params), lr, weight_decay, momentum)
-    return SAM(base, sam_rho) if sam else base
+    return SAM(base, sam_rho, sam_adaptive) if sam else base
 
 
 def set_lr(optimizer: torch.optim.Optimizer | SAM, lr: float) -> None:

@@ -37,7 +37,7 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("training recipe")
 RECIPE_KEYS = ("datasets", "model", "num_classes", "epochs", "epoch_samples", "batch_size", "optimizer", "lr",
                "weight_decay", "momentum", "schedule", "warmup_epochs", "step_size", "gamma", "sam", "sam_rho",
-               "sampler", "class_weights", "label_smoothing", "ema_decay", "augment")
+               "sam_adaptive", "sampler", "class_weights", "label_smoothing", "ema_decay", "augment")
 
 
 def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, translate: float = 0.0,
@@ -69,8 +69,8 @@ _CMNET_FIGURE = "none found: CMNet's results table was not reachable (seed_model
 # What no seed paper uses: SAM (POSTER++'s code, not its paper: see _NIE_NOTE), class weights,
 # label smoothing, a weight average; and epochs are passes over the training split (epoch_samples
 # null), so that "epochs" means what the papers mean whatever params.yaml says.
-_PLAIN = {"sam": False, "sam_rho": 0.05, "class_weights": False, "label_smoothing": 0.0, "ema_decay": 0.0,
-          "epoch_samples": None}
+_PLAIN = {"sam": False, "sam_rho": 0.05, "sam_adaptive": False, "class_weights": False, "label_smoothing": 0.0,
+          "ema_decay": 0.0, "epoch_samples": None}
 # CMNet/PCNN RAF-DB augmentation: HFlip; p=0.2 {RandomRotation 20, RandomCrop 224 pad 32}
 # (pad 32 of 224 = translate 0.143); RandomErasing(scale 0.02-0.25) with torchvision's p=0.5.
 _CROP_ROTATE = _augment(affine_p=0.2, degrees=20.0, translate=32 / 224, erase_p=0.5, erase_scale=(0.02, 0.25))

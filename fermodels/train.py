@@ -170,7 +170,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     counts = train_split.class_counts(params.num_classes)
     opt = build_optimizer(params.optimizer, [p for p in net.parameters() if p.requires_grad], lr=params.lr,
                           weight_decay=params.weight_decay, momentum=params.momentum, sam=params.sam,
-                          sam_rho=params.sam_rho)
+                          sam_rho=params.sam_rho, sam_adaptive=params.sam_adaptive)
     fp16 = params.amp and amp_dtype(device) == torch.float16
     if fp16 and params.sam:
         raise ValueError("SAM with fp16 autocast is not supported (no bf16 on this GPU): set train.amp false")

@@ -46,6 +46,7 @@ class TrainParams:
     momentum: float
     sam: bool
     sam_rho: float
+    sam_adaptive: bool
     schedule: str
     warmup_epochs: float
     step_size: int
@@ -107,6 +108,9 @@ class TrainParams:
         if self.sampler == "balanced" and self.class_weights:
             raise ValueError("train.sampler balanced and train.class_weights true each even out the classes; both "
                              "would count a rare class twice (Contempt about 36x Happy on AffectNet-8): set one")
+        if self.sam_adaptive and not self.sam:
+            raise ValueError("train.sam_adaptive true scales SAM's perturbation, but train.sam is false (no SAM "
+                             "step to scale): set train.sam true for ASAM, or sam_adaptive false")
 
 
 def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainParams:

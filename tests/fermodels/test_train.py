@@ -21,7 +21,7 @@ import fermodels.trainparams as trainparams
 from fermodels.data import SampleDecoder
 from fermodels.distributed import DistEnv, plan_epoch
 from fermodels.modelinput import normalise, to_device
-from fermodels.optim import build_optimizer
+from fermodels.optim import SAM, build_optimizer
 from fermodels.registry import create_model, list_models
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 from fermodels.sampling import check_class_weight_used, class_weight_tensor
@@ -412,6 +412,17 @@ def test_balanced_sampling_and_class_weights_together_are_refused():
     with pytest.raises(ValueError, match="train.sampler balanced and train.class_weights true"):
         make_params(sampler="balanced", class_weights=True)
     assert make_params(sampler="balanced").class_weights is False
+
+
+def test_asam_is_a_setting_and_needs_sam(tiny_shards, tmp_path, monkeypatch, one_thread):
+    """train.sam_adaptive reaches the optimiser the steps use; without train.sam it is refused."""
+    with pytest.raises(ValueError, match="train.sam_adaptive true scales SAM's perturbation, but train.sam is false"):
+        make_params(sam_adaptive=True)
+    optimisers, real_step = [], trainer.train_step
+    opt_of = lambda *a: inspect.signature(real_step).bind(*a).arguments["opt"]      # noqa: E731
+    monkeypatch.setattr(trainer, "train_step", lambda *a: optimisers.append(opt_of(*a)) or real_step(*a))
+    train(tiny_shards, make_params(epochs=1, sam=True, sam_adaptive=True), tmp_path / "ckpt", tmp_path / "live")
+    assert optimisers and all(isinstance(o, SAM) and o.adaptive for o in optimisers)
 
 
 def test_loader_workers_must_divide_the_streams():
