@@ -257,11 +257,15 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
 
 
 def _check_health(run: _Run, bad: torch.Tensor, env: DistEnv, epoch: int, losses: dict, ckpt_dir: Path) -> None:
-    """Stop every rank together on a non-finite loss (``bad``: this rank's count) or when torchrun
-    is gone: one collective carries both."""
-    flags = max_over_ranks(torch.stack([bad, bad.new_full((), float(run.launcher.gone()))]), env)
+    """Stop every rank together on a non-finite loss (``bad``: this rank's count) or non-finite
+    weights, or when torchrun is gone: one collective carries the three. Weights: a gradient that
+    overflowed while the loss stayed finite steps them to NaN (only the fp16 path's scaler skips
+    such steps); checked here, before every save, so ``last.pt`` never holds them."""
+    broken = ~torch.stack([p.isfinite().all() for p in run.net.parameters()]).all()
+    flags = max_over_ranks(torch.stack([bad, bad.new_full((), float(run.launcher.gone())),
+                                        broken.to(bad.device, bad.dtype)]), env)
     run.launcher.check(flags[1])
-    check_finite(flags[0], epoch, run.step, losses, ckpt_dir)
+    check_finite(flags[0], epoch, run.step, losses, ckpt_dir, weights=flags[2])
 
 
 def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.device, epoch: int, skip: int,

@@ -89,12 +89,16 @@ def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: di
     live.next_step()
 
 
-def check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path) -> None:
-    """Stop on a non-finite loss; ``bad`` is every rank's count at once (:func:`max_over_ranks`),
-    so all ranks stop together instead of one leaving the others in a collective."""
-    if float(bad) > 0:
+def check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path,
+                 weights: torch.Tensor | None = None) -> None:
+    """Stop on a non-finite loss, or non-finite model ``weights`` (above 0: some are); ``bad`` is
+    every rank's count at once (:func:`max_over_ranks`), as ``weights``, so all ranks stop together
+    instead of one leaving the others in a collective."""
+    loss_bad, weights_bad = float(bad) > 0, weights is not None and float(weights) > 0
+    if loss_bad or weights_bad:
         shown = " ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        what = "loss" if loss_bad else "weights (a gradient overflowed while the loss stayed finite)"
         kept = (f"last good checkpoint kept at {ckpt_dir / LAST}" if (ckpt_dir / LAST).is_file() else
                 "no checkpoint was saved before it")
-        raise NonFiniteLossError(f"non-finite loss by epoch {epoch} step {step} ({shown}); {kept}; lower train.lr "
-                                 "or disable train.amp")
+        raise NonFiniteLossError(f"non-finite {what} by epoch {epoch} step {step} ({shown}); {kept}; lower "
+                                 "train.lr or disable train.amp")

@@ -297,6 +297,34 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, on
     assert issubclass(NonFiniteLossError, USER_ERRORS)            # the stage prints one error line, no traceback
 
 
+def test_non_finite_weights_under_a_finite_loss_stop_before_a_checkpoint_holds_them(tiny_shards, tmp_path,
+                                                                                    monkeypatch, one_thread):
+    """Bug guarded: a gradient that overflows while the loss stays finite (bf16 / fp32: no scaler to
+    skip the step) stepped the weights to NaN, and the epoch's end saved them as last.pt, the
+    checkpoint a resume and the error's "last good checkpoint" point to."""
+    params = make_params(epochs=2)
+    info = json.loads((tiny_shards / "train" / "_info.json").read_text())
+    per_epoch = math.ceil(info["num_samples"] / params.batch_size)
+    real_step, steps = trainer.train_step, []
+
+    def overflowing_step(fwd, net, *a):
+        losses = real_step(fwd, net, *a)
+        steps.append(1)
+        if len(steps) == per_epoch:           # the epoch's last step: its loss was finite, its update was not
+            with torch.no_grad():
+                first = next(net.parameters())
+                first[(0,) * first.dim()] = float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer, "train_step", overflowing_step)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights \(a gradient overflowed"):
+        train(tiny_shards, params, tmp_path / "c", tmp_path / "l")
+    for name in ("last.pt", "best.pt"):
+        if (tmp_path / "c" / name).exists():
+            state = load_checkpoint(tmp_path / "c" / name)["state_dict"]
+            assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), name
+
+
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device (bench/gpu_check.sh runs it there)")
 
