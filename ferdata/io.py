@@ -10,6 +10,8 @@ detector and the aligner always see the same pixels in the same frame:
 * alpha is flattened onto black (the alignment border colour), so pixels hidden
   under full transparency never reach a model;
 * 16-bit, grayscale, palette and CMYK images become 8-bit RGB;
+* a file holding several pictures (multi-page TIFF, animated WebP or PNG) gives its first, and
+  says so (``first_frame_only``);
 * memory stays bounded: a JPEG above :data:`MAX_PIXELS` decodes at 1/2, 1/4 or 1/8
   scale inside libjpeg, and anything that would still need more (other formats,
   decompression bombs) is refused as ``too_large`` from its header alone.
@@ -67,6 +69,7 @@ class ImageHeader:
     bit_depth: int
     has_alpha: bool
     premultiplied: bool = False   # the decoded colour already holds alpha (see :func:`read_header`)
+    frames: int = 1               # pages of a TIFF, frames of an animated WebP: the first is decoded
 
     @property
     def turn(self) -> int:
@@ -114,6 +117,7 @@ def read_header(data: bytes) -> ImageHeader:
                 orientation = _orientation(im)
                 tags = getattr(im, "tag_v2", {}) if fmt == "TIFF" else {}
                 extra, bits = tags.get(TIFF_EXTRA_SAMPLES), tags.get(TIFF_BITS_PER_SAMPLE)
+                frames = _frames(im)
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
@@ -132,7 +136,15 @@ def read_header(data: bytes) -> ImageHeader:
     extra = tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
     opencv_multiplies = depth == 8 and mode not in _GRAY_ALPHA
     premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and opencv_multiplies))
-    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied)
+    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied, frames)
+
+
+def _frames(im) -> int:
+    """How many pictures the file holds (walking a TIFF's page directory, no pixels decoded)."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - a broken later page must not cost the first: counted as one
+        return 1
 
 
 def is_truncated(fmt: str, data: bytes) -> bool:
@@ -159,6 +171,8 @@ def conversions_of(head: ImageHeader, reduce: int) -> tuple[str, ...]:
         names.append("cmyk")
     elif head.mode in ("P", "PA"):
         names.append("palette")
+    if head.frames > 1:
+        names.append("first_frame_only")         # a multi-page TIFF or animated WebP: its first picture
     if reduce > 1:
         names.append(f"downscaled_{reduce}x")
     return tuple(names)

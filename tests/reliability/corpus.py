@@ -122,6 +122,13 @@ def alpha_png(rgb: np.ndarray) -> bytes:
     return encode(np.dstack([rgb, alpha]), "PNG")
 
 
+def multi_page_tiff(first: np.ndarray, second: np.ndarray) -> bytes:
+    """A two-page TIFF: the pipeline uses the first page and counts it ``first_frame_only``."""
+    buf = io.BytesIO()
+    Image.fromarray(first).save(buf, format="TIFF", save_all=True, append_images=[Image.fromarray(second)])
+    return buf.getvalue()
+
+
 def lmk_text(pts: np.ndarray) -> str:
     return ";".join(f"{v:.2f}" for v in np.asarray(pts, np.float64).reshape(-1))
 
@@ -177,6 +184,7 @@ def standard_cases() -> list[Case]:
         Case("grayscale", lambda: encode(pic(24), mode="L"), reason="grayscale"),
         Case("cmyk", lambda: encode(pic(25), mode="CMYK", quality=95), reason="cmyk"),
         Case("palette", lambda: encode(pic(26), "PNG", mode="P"), reason="palette", rel="1/palette.png"),
+        Case("two_pages", lambda: multi_page_tiff(pic(29), pic(38)), reason="first_frame_only", rel="1/two.tif"),
         # turned by its EXIF orientation; the annotations backend places its face: counted apart too
         Case("exif_rotated", lambda: exif_rotated(pic(27)), reason="exif_orientation+exif_orientation_annotations"),
         Case("exif_upright_twin", lambda: encode(pic(27), quality=95)),

@@ -19,8 +19,8 @@ from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, probe_image
 from ferdata.stages.detect import run_detect
 from ferdata.tario import iter_dir_samples
 from ferdata.verify import verify_shards
-from tests.reliability.corpus import (Case, build_corpus, child_env, encode, exif_rotated, jpeg_of, picture,
-                                      real_photo, run_all, stage_params)
+from tests.reliability.corpus import (Case, build_corpus, child_env, encode, exif_rotated, jpeg_of,
+                                      multi_page_tiff, picture, real_photo, run_all, stage_params)
 
 DECODE_REASONS = {"empty_file", "truncated", "not_an_image", "too_small", "too_large"}
 
@@ -60,6 +60,13 @@ def test_kept_conversions_have_the_right_pixels(bad_corpus_run):
     assert any(p.endswith("ünï cödé dir/fïle with space.jpg") for p in paths)   # unicode + spaces kept
     for key in ("train_1_grayscale", "train_1_cmyk", "train_1_sixteen", "train_1_palette"):
         assert faces[key].shape == (112, 112, 3)
+
+
+def test_a_file_of_several_pictures_gives_its_first_and_says_so():
+    first, second = picture(29), picture(38)
+    got = decode_image(multi_page_tiff(first, second))
+    assert np.array_equal(got.rgb, first) and got.conversions == ("first_frame_only",)
+    assert decode_image(encode(first, "TIFF")).conversions == ()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
