@@ -42,7 +42,9 @@ def _class_indices(values: Sequence[int], what: str) -> np.ndarray:
 
 
 def metrics_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Accuracy, mean class accuracy (balanced accuracy), macro-F1, per-class P/R/F1/support."""
+    """Accuracy, mean class accuracy (balanced accuracy), macro-F1, and per-class P/R/F1/support for
+    each class in the labels or the predictions (a class in neither has no figure to give: it is left
+    out, so ``per_class``'s keys can differ between test sets)."""
     cm = np.asarray(cm, np.float64)
     if cm.ndim != 2 or cm.shape != (len(class_names), len(class_names)):
         raise ValueError(f"a {' x '.join(map(str, cm.shape))} confusion matrix for {len(class_names)} class names")
