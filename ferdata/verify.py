@@ -1,8 +1,10 @@
 """Check prepared shards against their ``_info.json`` before trusting them.
 
 For shards that came from another machine (``dvc pull``, a copy, a download): every
-listed shard exists and matches its sha256, its size (``bytes``, which training checks), its
-sample count and the split's class histogram; no shard file is missing from the list or listed
+listed shard exists and matches its sha256, its size (``bytes``, which training checks) and its
+sample count; the summaries training, evaluation and prediction act on match the samples' own
+``cls`` and ``json`` (class histogram in the one class order, test subsets, face backends, label
+modes); no shard file is missing from the list or listed
 twice; the info file has the fields training reads; each split folder holds the split its info
 file names (folders swapped in a copy would test on the validation set); no sample is in two
 shards or two splits, and each sample's members are next to each other; every member is a safe
@@ -18,13 +20,14 @@ from __future__ import annotations
 import json
 import tarfile
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ferdata.classes import CLASSES
 from ferdata.layout import INFO
-from ferdata.records import SPLITS
+from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
@@ -115,7 +118,7 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
     problems += [f"{folder / n}: listed {c} times in {INFO}" for n, c in sorted(names.items()) if c > 1]
     problems += [f"{folder / p.name}: shard not listed in {INFO}"
                  for p in sorted(folder.glob("*.tar")) if p.name not in names]
-    total, classes, keys = 0, Counter(), set()
+    total, tally = 0, _Tally()
     for name, sha, count, size in listed:
         try:
             path = listed_shard(folder, name)
@@ -127,7 +130,7 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
         elif sha256_file(path) != sha:
             problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")
         else:
-            found, problem = _scan(path, classes, keys)
+            found, problem = _scan(path, tally)
             if problem:
                 problems.append(problem)
             elif found != count:
@@ -144,22 +147,66 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
         problems.append(f"{info_path}: no {' and no '.join(absent)} (the shard stage always writes "
                         f"{' and '.join(INFO_NEEDS)}; training reads the histogram): prepare the shards again")
     if not problems:
-        labels = info.get("label_map") or []
-        hist = {labels[c] if 0 <= c < len(labels) else str(c): n for c, n in classes.items()}
-        if {k: v for k, v in info["class_histogram"].items() if v} != hist:
-            problems.append(f"{folder}: class counts {hist} differ from {INFO} {info['class_histogram']}")
-    if not problems:
-        for name, members in sorted((info.get("subsets") or {}).items()):
-            stray = sorted(set(members) - keys)
-            if stray:
-                problems.append(f"{folder}: subset {name!r} in {INFO} lists {len(stray)} keys that are not in "
-                                f"the shards (e.g. {stray[0]!r})")
-    return problems, keys
+        problems += _summary_problems(folder, info, tally)
+    return problems, tally.keys
 
 
-def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
-    """(samples in a shard, problem or ""), counting ``cls`` labels into ``classes`` and adding
-    the sample keys to ``keys``; a key seen already (in this split's shards) is a problem, and so
+@dataclass
+class _Tally:
+    """What a split's samples say, for the summaries its info file keeps of them."""
+
+    keys: set[str] = field(default_factory=set)
+    classes: Counter = field(default_factory=Counter)               # cls id -> samples
+    backends: Counter = field(default_factory=Counter)              # json backend -> samples
+    soft: Counter = field(default_factory=Counter)                  # label mode -> samples with a distribution
+    subsets: dict[str, set[str]] = field(default_factory=dict)      # test subset -> its keys
+
+    def add(self, key: str, label: int | None, meta: dict) -> None:
+        self.keys.add(key)
+        if label is not None:
+            self.classes[label] += 1
+        self.backends[meta.get("backend") or "unknown"] += 1
+        extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+        if SOFT_LABEL in extra and extra.get(LABEL_MODE, "majority") != "majority":
+            self.soft[extra[LABEL_MODE]] += 1
+        for name in extra.get("subsets") or ():
+            self.subsets.setdefault(name, set()).add(key)
+
+
+def _summary_problems(folder: Path, info: dict, tally: _Tally) -> list[str]:
+    """Where the info file's summaries of the samples, which training, evaluation and prediction act
+    on (class counts by the canonical class order, test subsets, face backends, label modes), differ
+    from what the samples' own ``cls`` and ``json`` say."""
+    fix = "edited, or from another preparation? prepare the shards again"
+    if info["label_map"] != list(CLASSES):
+        return [f"{folder}: {INFO}'s label_map {info['label_map']} is not the class order "
+                f"{list(CLASSES)} every stage reads class ids in: {fix}"]
+    problems = []
+    hist = {CLASSES[c]: n for c, n in sorted(tally.classes.items())}
+    if {k: v for k, v in info["class_histogram"].items() if v} != hist:
+        problems.append(f"{folder}: class counts {hist} differ from {INFO} {info['class_histogram']}")
+    listed = {name: set(members) for name, members in (info.get("subsets") or {}).items()}
+    for name in sorted(set(listed) | set(tally.subsets)):
+        named, given = tally.subsets.get(name, set()), listed.get(name, set())
+        if named != given:
+            extra, stray = sorted(given - named), len(given - tally.keys)
+            missed = sorted(named - given)
+            problems.append(f"{folder}: subset {name!r} in {INFO} lists {len(extra)} keys whose json does not "
+                            f"name it ({stray} not in the shards at all) and misses {len(missed)} whose json does "
+                            f"(e.g. {(extra or missed)[0]!r}): {fix}")
+    summaries = {"soft_labels": (info.get("soft_labels", {}), tally.soft)}      # written only when some
+    if "face_backends" in info:                                       # shards of older versions lack it
+        summaries["face_backends"] = (info["face_backends"], tally.backends)
+    for name, (written, counted) in summaries.items():
+        if written != dict(counted):
+            problems.append(f"{folder}: {INFO}'s {name} {written} differ from the samples' "
+                            f"{dict(sorted(counted.items()))}: {fix}")
+    return problems
+
+
+def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
+    """(samples in a shard, problem or ""), each sample added to ``tally``; a key seen already (in
+    this split's shards) is a problem, and so
     is a sample whose members are bad (:func:`_sample_problem`) or lack one of :data:`REQUIRED`
     (named only once the whole shard is read: the rest may come later, split apart from it)."""
     found = 0
@@ -173,18 +220,16 @@ def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
                                    "samples' members between them), so readers take it for two samples: "
                                    "prepare the shards again")
                 return found, f"{path}: sample {key!r} is in this shard twice: prepare the shards again"
-            if key in keys:
+            if key in tally.keys:
                 return found, f"{path}: sample {key!r} is in this split twice (a shard copied or listed twice?)"
-            problem = _sample_problem(path, key, fields)
+            problem, label, meta = _read_sample(path, key, fields)
             if problem:
                 return found, f"{path}: sample {key!r} {problem}: prepare the shards again"
             missing = [ext for ext in REQUIRED if ext not in fields]
             if missing:
                 lacking[key] = missing
-            if "cls" in fields:
-                classes[int(fields["cls"])] += 1
             here[key] = frozenset(fields)
-            keys.add(key)
+            tally.add(key, label, meta)
             found += 1
     except (UnsafeTarError, tarfile.TarError, ValueError) as e:
         return found, f"{path}: refused: {e}"
@@ -196,29 +241,30 @@ def _scan(path: Path, classes: Counter, keys: set[str]) -> tuple[int, str]:
     return found, ""
 
 
-def _sample_problem(path: Path, key: str, fields: dict[str, bytes]) -> str:
-    """What is wrong with the members one sample has ("" when nothing): an ``.npy`` that needs
-    pickle (``UnsafeTarError``), landmarks that are not 68 finite (x, y) points, a ``cls`` that is
-    no class id, a ``json`` that is no object or whose label is not the ``cls``."""
+def _read_sample(path: Path, key: str, fields: dict[str, bytes]) -> tuple[str, int | None, dict]:
+    """(what is wrong with the members one sample has, "" when nothing; its ``cls``; its ``json``):
+    wrong is an ``.npy`` that needs pickle (``UnsafeTarError``), landmarks that are not 68 finite
+    (x, y) points, a ``cls`` that is no class id, a ``json`` that is no object or whose label is not
+    the ``cls``."""
     for ext, data in fields.items():
         if ext.endswith("npy"):
             array = load_npy(data, f"{path}:{key}.{ext}")
             if ext == "lmk.npy" and (array.shape != (68, 2) or array.dtype.kind not in "fiu"
                                      or not np.isfinite(array).all()):
-                return f"has a lmk.npy of {array.dtype} {array.shape}, not 68 finite (x, y) points"
-    label = None
+                return f"has a lmk.npy of {array.dtype} {array.shape}, not 68 finite (x, y) points", None, {}
+    label, meta = None, {}
     if "cls" in fields:
         text = fields["cls"].decode("ascii", "replace").strip()
         if not text.isdigit() or int(text) >= len(CLASSES):
-            return f"has cls {fields['cls'][:20]!r}, not a class id 0-{len(CLASSES) - 1}"
+            return f"has cls {fields['cls'][:20]!r}, not a class id 0-{len(CLASSES) - 1}", None, {}
         label = int(text)
     if "json" in fields:
         try:
             meta = json.loads(fields["json"])
         except ValueError as e:
-            return f"has a json that does not parse ({e})"
+            return f"has a json that does not parse ({e})", None, {}
         if not isinstance(meta, dict):
-            return f"has a json that is a {type(meta).__name__}, not an object"
+            return f"has a json that is a {type(meta).__name__}, not an object", None, {}
         if label is not None and "label" in meta and meta["label"] != label:
-            return f"has cls {label} but its json says label {meta['label']!r}"
-    return ""
+            return f"has cls {label} but its json says label {meta['label']!r}", None, {}
+    return "", label, meta

@@ -97,6 +97,33 @@ def _wrong_histogram(shards):
     return f"{shards / 'train'}: class counts"
 
 
+def _label_map_permuted_with_its_histogram(shards):
+    """The counts still add up under the permuted names, but training reads them in class order."""
+    def permute(info):
+        first, second = info["label_map"][:2]
+        info["label_map"][:2] = [second, first]
+        hist = info["class_histogram"]
+        hist[first], hist[second] = hist[second], hist[first]
+    _with_info(shards, permute)
+    return f"{shards / 'train'}: {INFO}'s label_map"
+
+
+def _subset_edited(shards):
+    some_key = next(iter_tar_samples(_first_shard(shards)))[0]
+    _with_info(shards, lambda i: i.update(subsets={"occlusion": [some_key]}))     # its json names no subset
+    return f"{shards / 'train'}: subset 'occlusion' in {INFO} lists 1 keys whose json does not name it (0 not"
+
+
+def _face_backends_edited(shards):
+    _with_info(shards, lambda i: i.update(face_backends={"insightface": i["num_samples"]}))
+    return f"{shards / 'train'}: {INFO}'s face_backends {{'insightface'"
+
+
+def _soft_labels_added(shards):
+    _with_info(shards, lambda i: i.update(soft_labels={"probability": 2}))
+    return f"{shards / 'train'}: {INFO}'s soft_labels {{'probability': 2}} differ from the samples' {{}}"
+
+
 def _truncated_tar_with_its_hash(shards):
     """A shard cut short inside a member, its sha256 updated (a buggy writer, or someone 'fixing'
     the hash): the tar reader refuses it."""
@@ -233,7 +260,8 @@ def _info_is_a_folder(shards):
                                     _landmarks(np.zeros((68, 3), np.float32), "float32 (68, 3)"),
                                     _landmarks(np.full((68, 2), np.nan, np.float32), "float32 (68, 2)"),
                                     _cls_disagrees_with_json, _cls_not_a_class, _members_split_apart,
-                                    _info_is_a_folder], ids=lambda f: f.__name__[1:])
+                                    _info_is_a_folder, _label_map_permuted_with_its_histogram, _subset_edited,
+                                    _face_backends_edited, _soft_labels_added], ids=lambda f: f.__name__[1:])
 def test_each_disagreement_is_named_and_exits_1(shards, damage):
     expected = damage(shards)
     problems = verify_shards(shards)
@@ -431,3 +459,14 @@ def test_boolean_landmarks_are_named(shards):
     problems = verify_shards(shards)
     expected = f"{shard}: sample {key!r} has a lmk.npy of bool (68, 2), not 68 finite (x, y) points"
     assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_shards_with_soft_labels_pass(tmp_path):
+    """The label modes and face backends verify rebuilds from the samples are the ones the shard stage
+    writes (test subsets: tests/fermodels/test_evaluate.py's per-subset test verifies its shards)."""
+    from tests.fermodels.helpers import build_shards
+
+    shards = build_shards(tmp_path / "soft", per_class=2, test_per_class=1, classes=range(3), soft_mode="probability")
+    info = json.loads((shards / "train" / INFO).read_text())
+    assert info["soft_labels"] == {"probability": info["num_samples"]} and info["face_backends"]
+    assert verify_shards(shards) == []
