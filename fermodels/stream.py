@@ -179,8 +179,18 @@ class EpochStream(IterableDataset):
             source = repeat_stream(lambda: read_pieces(lane.pieces, members), self.repeat, lane.num_samples,
                                    sample_label, seed)
         if self.shuffle_buffer > 1:
-            source = shuffled(source, self.shuffle_buffer, random.Random(mix_seed(seed, lane.stream)))
+            rng = random.Random(mix_seed(seed, lane.stream))
+            source = shuffled(source, buffer_size(lane, self.shuffle_buffer), rng)
         return iter(source)
+
+
+def buffer_size(lane: StreamPlan, shuffle_buffer: int) -> int:
+    """The shuffle buffer of a stream: ``shuffle_buffer``, or the stream's one piece of a shard when
+    it reads just that and it is larger (a one-shard dataset, such as CK+ at 800 faces): the piece is
+    held whole anyway (:func:`_read_in_order`), and shuffled whole, its last samples can open an
+    epoch (through a smaller buffer, the file's last samples never reached the first batches)."""
+    pieces = [p for p in lane.pieces if p.stop > p.start]
+    return max(shuffle_buffer, pieces[0].stop - pieces[0].start) if len(pieces) == 1 else shuffle_buffer
 
 
 def _take(it: Iterator[dict], n: int) -> list[dict]:

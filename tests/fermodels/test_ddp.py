@@ -809,6 +809,34 @@ def test_the_shuffle_buffers_last_fill_is_shuffled_too():
     assert tail != sorted(tail)
 
 
+def test_a_stream_reading_one_shard_shuffles_it_whole(tmp_path):
+    """Bug guarded: a one-stream epoch of a one-shard dataset larger than train.shuffle_buffer (CK+
+    at 800 faces, buffer 500) went through the buffer in the same file order every epoch: the file's
+    last samples never reached the first batches. The stream's one piece is held whole anyway, and
+    is now shuffled whole; a stream of several pieces keeps the buffer it was given."""
+    import numpy as np
+
+    from ferdata.io import encode_jpeg
+    from ferdata.tario import TarShardWriter
+    from fermodels.distributed import Piece, StreamPlan
+    from fermodels.stream import buffer_size
+
+    with TarShardWriter(tmp_path, "one", 100) as writer:
+        for i in range(40):
+            writer.write(f"k{i:02d}", {"jpg": encode_jpeg(np.zeros((16, 16, 3), np.uint8), 90), "cls": b"0"})
+    shards, decoder = [(str(writer.files[0].path), 40)], SampleDecoder(("image",), 16)
+    kw = dict(samples=40, batch_size=4, env=DistEnv(0, 1, 0), workers=0, streams=1, shuffle=True)
+    openers = set()
+    for epoch in range(6):
+        first = next(iter(stream_loader(plan_epoch(shards, seed=epoch, **kw), decoder, workers=0, shuffle_buffer=8,
+                                        seed=epoch, repeat=None)))
+        openers.update(int(k[1:]) for k in first["key"])
+    assert max(openers) >= 8 + 4                 # a buffer of 8 gave the first 4 from the first 12 only
+    two = StreamPlan(0, (Piece("a", 0, 30), Piece("b", 0, 30)), (30, 30), 0)
+    assert buffer_size(two, 8) == 8 and buffer_size(StreamPlan(0, (Piece("a", 5, 35),), (30,), 0), 8) == 30
+    assert buffer_size(StreamPlan(0, (Piece("a", 0, 5),), (5,), 0), 8) == 8
+
+
 def test_sync_batchnorm_converts_only_distributed_gpu_runs_and_keeps_the_parameters():
     """``train.sync_batchnorm``: BatchNorm over the global batch under DDP (each rank's share of a
     small per-GPU batch gave noisy statistics). The conversion keeps the very parameter objects the
