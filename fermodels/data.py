@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ferdata.classes import CLASSES
-from ferdata.io import decode_jpeg_rgb
+from ferdata.io import BadImage, decode_jpeg_rgb
 from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.tario import load_npy
 from fermodels.losses import TARGET_KINDS
@@ -59,14 +59,14 @@ class SampleDecoder:
 
     def __call__(self, s: dict) -> dict:
         key, side = s["__key__"], self.side
-        img = decode_jpeg_rgb(_member(s, "jpg", key))
+        img = _image(s, "jpg")
         src = img.shape[0]
         out = {"image": _resize(img, side, side), "label": sample_label(s), "key": key}
         for name in ("left", "right"):
             if name in self.fields:
-                out[name] = _resize(decode_jpeg_rgb(_member(s, MEMBERS[name], key)), side, side // 2)
+                out[name] = _resize(_image(s, MEMBERS[name]), side, side // 2)
         if "heatmap" in self.fields:
-            out["heatmap"] = _resize(decode_jpeg_rgb(_member(s, "heatmap.png", key)), side // 4, side // 4)
+            out["heatmap"] = _resize(_image(s, "heatmap.png"), side // 4, side // 4)
         if "lmk" in self.fields:
             lmk = load_npy(_member(s, "lmk.npy", key), f"{key}.lmk.npy").astype(np.float32)
             out["lmk"] = (lmk + 0.5) * (side / src) - 0.5          # pixel-centre convention
@@ -125,16 +125,41 @@ def travel_side(size: int, stored: int, device: torch.device) -> int | None:
 
 def sample_label(s: dict) -> int:
     """The class id of a raw sample (its ``cls`` member)."""
-    return int(_member(s, "cls", s["__key__"]))
+    return class_id(_member(s, "cls", s["__key__"]), s["__key__"], s.get("__url__", ""))
+
+
+def class_id(text: bytes, key: str, url: str) -> int:
+    """A ``cls`` member's class id; anything but a canonical class id is a damaged shard (named)."""
+    value = text.strip()
+    if not value.isdigit() or int(value) >= len(CLASSES):
+        raise ValueError(f"sample {key!r}{_of(url)} has cls {text[:20]!r}, not a class id 0-{len(CLASSES) - 1}: "
+                         f"{DAMAGED}")
+    return int(value)
+
+
+DAMAGED = "its shard is damaged (`ferdata verify` checks the split; re-run the shard stage or `dvc pull` it)"
+
+
+def _of(url: str) -> str:
+    return f" of {url}" if url else ""
 
 
 def _member(s: dict, ext: str, key: str) -> bytes:
     if ext not in s:
-        where = f" of {s['__url__']}" if "__url__" in s else ""
-        raise ValueError(f"sample {key!r}{where} has no {ext!r} but the model needs it; " + (
-            "every sample has one: its shard is damaged (`ferdata verify` checks the split)" if ext in ("jpg", "cls")
+        raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))} has no {ext!r} but the model needs it; " + (
+            f"every sample has one: {DAMAGED}" if ext in ("jpg", "cls")
             else "re-run derive/shard, or prepare the dataset with a backend that gives 68 landmarks"))
     return s[ext]
+
+
+def _image(s: dict, ext: str) -> np.ndarray:
+    """Member ``ext`` of raw sample ``s`` decoded; one that does not decode names the sample and shard."""
+    key = s["__key__"]
+    try:
+        return decode_jpeg_rgb(_member(s, ext, key))
+    except BadImage as e:
+        raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))}: its {ext} does not decode ({e}): "
+                         f"{DAMAGED}") from None
 
 
 def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:

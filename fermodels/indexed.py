@@ -16,7 +16,7 @@ from ferdata.classes import CLASSES
 from ferdata.layout import INFO
 from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import MemberReader, index_tars
-from fermodels.data import SampleDecoder
+from fermodels.data import SampleDecoder, class_id
 from fermodels.shardsplit import Split
 
 
@@ -41,7 +41,7 @@ class IndexedSplit(Dataset):
                 if "cls" not in fields:
                     raise ValueError(f"{next(iter(fields.values()))[0]}: sample {key!r} has no label (.cls): the "
                                      "shard is damaged; check the split with `ferdata verify`")
-                label = int(read_member(fields["cls"]))
+                label = class_id(read_member(fields["cls"]), key, fields["cls"][0])
                 if label >= num_classes:
                     self.excluded[CLASSES[label]] += 1
                     continue

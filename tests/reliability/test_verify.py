@@ -394,11 +394,18 @@ def test_a_shard_dir_given_twice_is_refused(shards):
         open_split([shards, shards / ".." / shards.name], "train")
 
 
-@pytest.mark.parametrize("lost", ["jpg", "cls"])
-def test_a_sample_without_its_image_or_label_is_named_by_every_loader(shards, tmp_path, lost):
-    """A shard listed with its own size and count whose sample lacks the image or the label (written
-    so, or re-listed after damage): a bare KeyError before; now the sample and its shard, from every
-    loader (the training stream, plain and class-balanced, and the evaluator's indexed reader)."""
+@pytest.mark.parametrize("ext, replacement, says", [
+    ("jpg", None, "has no 'jpg' .* shard is damaged"), ("cls", None, "has no 'cls' .* shard is damaged"),
+    ("jpg", b"\xff\xd8" + bytes(200), "its jpg does not decode .* shard is damaged"),
+    ("cls", b"x", "has cls b'x', not a class id 0-7: its shard is damaged"),
+    ("cls", b"9", "has cls b'9', not a class id 0-7: its shard is damaged")],
+    ids=["no-jpg", "no-cls", "jpg-undecodable", "cls-text", "cls-9"])
+def test_a_damaged_image_or_label_is_named_by_every_loader(shards, tmp_path, ext, replacement, says):
+    """A shard listed with its own size and count whose sample lacks the image or the label, or holds
+    one that does not decode or is no class id (written so, or re-listed after damage): a bare
+    KeyError, ``BadImage: undecodable`` or ``invalid literal for int()`` before, and cls 9 went through
+    unnoticed; now the sample and its shard, from every loader (the training stream, plain and
+    class-balanced, and the evaluator's indexed reader)."""
     from ferdata.tario import TarShardWriter, iter_tar_samples
     from fermodels.data import SampleDecoder
     from fermodels.distributed import DistEnv, plan_epoch
@@ -412,7 +419,9 @@ def test_a_sample_without_its_image_or_label_is_named_by_every_loader(shards, tm
     bad_key = samples[0][0]
     with TarShardWriter(tmp_path / "w", "x", maxcount=len(samples)) as w:
         for key, fields in samples:
-            w.write(key, {e: b for e, b in fields.items() if not (key == bad_key and e == lost)})
+            if key == bad_key:
+                fields = {e: (replacement if e == ext else b) for e, b in fields.items()}
+            w.write(key, {e: b for e, b in fields.items() if b is not None})
     shutil.move(tmp_path / "w" / "x-000000.tar", shard)
 
     def relist(info):
@@ -424,13 +433,13 @@ def test_a_sample_without_its_image_or_label_is_named_by_every_loader(shards, tm
         repeat = ClassRepeat.balanced(split.class_counts(7), 32) if balanced else None
         plans = plan_epoch(split.shards, samples=32, batch_size=4, env=DistEnv(0, 1, 0), workers=0, seed=0,
                            shuffle=False, one_pass=balanced)
-        with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard} has no '{lost}' .* shard is damaged"):
+        with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard}:? {says}"):
             list(stream_loader(plans, decoder, workers=0, shuffle_buffer=0, seed=0, repeat=repeat))
-    if lost == "cls":
+    if ext == "cls" and replacement is None:
         with pytest.raises(ValueError, match=f"{shard}: sample '{bad_key}' has no label"):
             IndexedSplit(split, decoder, 7)
     else:
-        with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard} has no 'jpg'"):
+        with pytest.raises(ValueError, match=f"sample '{bad_key}' of {shard}:? {says}"):
             [decoder(s) for s in IndexedSplit(split, decoder, 7)]
 
 
