@@ -208,6 +208,9 @@ class StreamLoader:
 
     def __init__(self, plans: Sequence[WorkerPlan], decoder: SampleDecoder, *, workers: int, shuffle_buffer: int,
                  seed: int, repeat: ClassRepeat | None) -> None:
+        if workers <= 0 and len(plans) > 1:          # in process, the one iterator reads plan 0 alone
+            raise ValueError(f"{len(plans)} worker plans for an in-process loader (workers 0), which reads one: "
+                             "plan the epoch with workers=0 (the same batches), or load with a worker per plan")
         self.plans, self.decoder, self.workers = list(plans), decoder, workers
         self.shuffle_buffer, self.seed, self.repeat = shuffle_buffer, seed, repeat
         self.pin_memory = torch.cuda.is_available()

@@ -837,6 +837,19 @@ def test_a_stream_reading_one_shard_shuffles_it_whole(tmp_path):
     assert buffer_size(StreamPlan(0, (Piece("a", 0, 5),), (5,), 0), 8) == 8
 
 
+def test_an_in_process_loader_refuses_plans_made_for_several_workers(tiny_shards):
+    """Bug guarded: workers=0 over plans for 2 workers read plan 0 alone: half the epoch, no error."""
+    split = open_split([tiny_shards], "train")
+    kw = dict(samples=split.num_samples, batch_size=2, env=DistEnv(0, 1, 0), streams=2, seed=0, shuffle=True)
+    decoder = SampleDecoder(("image",), 112)
+    with pytest.raises(ValueError, match="2 worker plans for an in-process loader"):
+        stream_loader(plan_epoch(split.shards, workers=2, **kw), decoder, workers=0, shuffle_buffer=8, seed=0,
+                      repeat=None)
+    alone = stream_loader(plan_epoch(split.shards, workers=0, **kw), decoder, workers=0, shuffle_buffer=8, seed=0,
+                          repeat=None)
+    assert sum(len(b["key"]) for b in alone) == split.num_samples
+
+
 def test_sync_batchnorm_converts_only_distributed_gpu_runs_and_keeps_the_parameters():
     """``train.sync_batchnorm``: BatchNorm over the global batch under DDP (each rank's share of a
     small per-GPU batch gave noisy statistics). The conversion keeps the very parameter objects the
