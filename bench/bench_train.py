@@ -9,8 +9,9 @@ the shard loader's samples/s alone, so it is clear whether the loader could feed
   each input configuration, with ``--workers`` processes: one epoch, first batch excluded.
 
 * **fed**: the same step fed by the real loader (``--workers`` processes) for ``--fed-steps``
-  steps, timing how long the loop waits in ``next(loader)``: the fraction of time the device
-  waits for data (the trainer logs the same as ``train/loader_wait_fraction``).
+  steps, timing how long the loop waits in ``next(loader)`` (the trainer logs the same as
+  ``train/loader_wait_fraction``): on the CPU the time the step waits for data; on a GPU an upper
+  bound of the device's idle time (work queued before the wait may still run during it).
 * On CUDA every model runs as fp32, bf16 autocast, bf16 + channels_last and bf16 +
   channels_last + ``torch.compile``; on the CPU as fp32 + channels_last, the trainer's default
   (``--cpu-compile`` adds compile).
@@ -257,6 +258,18 @@ def _self_device_us(event) -> float:
     return float(getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0) or 0)
 
 
+def device_events(events: list) -> list:
+    """The profiler events that are device work, each counted once: kineto gives an aten op that
+    launched a kernel that kernel's time as its own too, beside the kernel's own (device-type)
+    event; torch's table sums the device-type events (and the legacy profiler's CPU events, which
+    alone hold kernel time there). Summing every event counted the device's time twice."""
+    from torch.autograd import DeviceType
+
+    kinds = {getattr(DeviceType, n) for n in ("CUDA", "PrivateUse1", "XPU", "MTIA") if hasattr(DeviceType, n)}
+    return [e for e in events if (e.device_type in kinds and not getattr(e, "is_user_annotation", False))
+            or (e.device_type == DeviceType.CPU and getattr(e, "is_legacy", False))]
+
+
 def profile_step(name: str, kwargs: dict, device: torch.device, cfg: Config, batch: int, steps: int,
                  top: int = 12) -> dict:
     """Where one train step's time goes: ``steps`` steps (after 3 warm-up steps) under torch.profiler;
@@ -279,16 +292,17 @@ def profile_step(name: str, kwargs: dict, device: torch.device, cfg: Config, bat
         sync(device)
         wall = time.perf_counter() - t0
     events = prof.key_averages()
-    device_us = sum(_self_device_us(e) for e in events)
+    work = device_events(events)
+    device_us = sum(_self_device_us(e) for e in work)
     out = {"step_ms": 1e3 * batch / plain, "profiled_step_ms": 1e3 * wall / steps,
            "device_ms": device_us / 1e3 / steps, "busy": device_us / 1e6 / wall}
     print(f"\n{name}/{device.type}/{cfg.name}, batch {batch}: step {out['step_ms']:.2f} ms unprofiled, "
           f"{out['profiled_step_ms']:.2f} ms profiled, device busy {out['device_ms']:.2f} ms of it", flush=True)
-    for title, key in (("host", lambda e: e.self_cpu_time_total), ("device", _self_device_us)):
+    for title, key, among in (("host", lambda e: e.self_cpu_time_total, events), ("device", _self_device_us, work)):
         if title == "device" and not device_us:
             continue
         print(f"  most {title} time per step: ms, calls")
-        for e in sorted(events, key=key, reverse=True)[:top]:
+        for e in sorted(among, key=key, reverse=True)[:top]:
             print(f"    {key(e) / 1e3 / steps:8.3f}  {e.count / steps:6.1f}  {e.key[:90]}")
     return out
 
@@ -319,11 +333,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=None, help="comma-separated names (default: all registered)")
     ap.add_argument("--batch-size", type=int, default=None, help="CPU batch (default 8; quick 2)")
     ap.add_argument("--gpu-batch-size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3; quick 1)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 3 on the CPU, quick 1; 20 on CUDA)")
     ap.add_argument("--workers", type=int, default=2, help="loader processes")
     ap.add_argument("--samples", type=int, default=None,
                     help="loader samples (default 3000, or what keeps --workers busy; quick 64)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default; 1, as "
+                    "bench_loader: more made small CPU steps up to 30x slower here, and the fed loop unlike the step)")
     ap.add_argument("--fed-steps", type=int, default=None, help="steps fed by the real loader (default 4 CPU / "
                     "50 GPU; quick 2)")
     ap.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on the CPU (slow to compile)")
@@ -396,7 +411,7 @@ def measure(args: argparse.Namespace) -> dict:
                     for cfg in (c for c in (CUDA_CONFIGS if cuda else cpu_configs) if c.compile == compiled):
                         tag = f"{name}/{dev.type}/{cfg.name}"
                         try:
-                            rate = train_rate(name, kwargs, dev, cfg, bs, 20 if cuda else steps,
+                            rate = train_rate(name, kwargs, dev, cfg, bs, (args.steps or 20) if cuda else steps,
                                               3 if cfg.compile else warmup)
                             fed = fed_rate(name, kwargs, dev, cfg, shards, bs, fed_steps, args.workers, buffer)
                         except Exception as e:                  # noqa: BLE001 - report, go on to the next
@@ -412,7 +427,7 @@ def measure(args: argparse.Namespace) -> dict:
     for key, rate in results["loader"].items():
         print(f"  {key:<22} {rate:9.1f}")
     print("\nratios (loader alone / train step: >= 1 means the loader keeps up; waiting: the share of the fed "
-          "loop's time spent in next(loader), i.e. the device idle for data)")
+          "loop's time spent in next(loader): on a GPU at most the device's idle time)")
     for tag, ratio in results["ratio"].items():
         print(f"  {tag:<34} {ratio:8.2f}x   waiting {results['wait'][tag]:5.1%}")
     return results

@@ -50,6 +50,26 @@ def test_devices_are_chosen_or_refused_plainly():
             bench.bench_devices("cuda")
 
 
+def test_device_time_counts_each_kernel_once():
+    """Bug guarded: the device-busy share summed every profiler event, but kineto gives an aten op
+    the time of the kernel it launched too, beside the kernel's own (CUDA-type) event: busy read
+    about 2x, past 1.0. Only device-type events count (and the legacy profiler's CPU events)."""
+    from types import SimpleNamespace as Event
+
+    from torch.autograd import DeviceType
+
+    bench = load_bench("bench_train")
+    events = [Event(key="aten::conv2d", device_type=DeviceType.CPU, self_device_time_total=300.0, is_legacy=False),
+              Event(key="sm80_conv_kernel", device_type=DeviceType.CUDA, self_device_time_total=300.0,
+                    is_user_annotation=False),
+              Event(key="ProfilerStep", device_type=DeviceType.CUDA, self_device_time_total=900.0,
+                    is_user_annotation=True),
+              Event(key="legacy::conv", device_type=DeviceType.CPU, self_device_time_total=50.0, is_legacy=True)]
+    work = bench.device_events(events)
+    assert [e.key for e in work] == ["sm80_conv_kernel", "legacy::conv"]
+    assert sum(bench._self_device_us(e) for e in work) == 350.0
+
+
 def test_profile_says_where_a_step_goes(capsys):
     """``--profile``: the named steps under torch.profiler, their busiest ops, and the device's busy
     share of the step printed last (0 on the CPU, where there is no device time)."""
