@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fermodels.registry import list_models
+from tests.bench.helpers import load_bench
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "gpu_check.sh"
 
@@ -25,10 +28,16 @@ def test_the_script_parses_and_names_existing_tests():
 
 def test_the_benchmark_options_exist_and_the_limits_fit_one_device_call():
     text = SCRIPT.read_text()
-    for script, args in re.findall(r"(bench/bench_\w+\.py) ([^\n]+)", text):
+    checked = set()
+    for script, args in re.findall(r"(bench/bench_\w+\.py) ((?:[^\n]*\\\n)*[^\n]+)", text):   # lines go on after \\
         options = re.findall(r"(--[\w-]+)", args)
+        checked.update(options)
         helptext = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
                                   check=True, cwd=REPO).stdout
         assert all(o in helptext for o in options), (script, options)
+    assert "--profile" in checked                # on the line after a backslash: the first version missed it
+    profiled = re.search(r"--profile ([\w+/,]+)", text).group(1).split(",")
+    configs = {c.name for c in load_bench("bench_train").CUDA_CONFIGS}
+    assert profiled and all(m in list_models() and c in configs for m, c in (p.split("/") for p in profiled)), profiled
     limits = [int(n) for n in re.findall(r"^step \w+ (\d+) ", text, re.M)]
     assert len(limits) == 5 and sum(limits) <= 540      # 60 s of a 600 s call for start-up and kill grace
