@@ -30,8 +30,8 @@ Ratios print last: ours + the trainer's augmentation on its device (the GPU when
 the CPU) / ImageFolder with the same augmentation (goal >= 3; the loader alone, whose batches the
 device resizes, flips and normalises after the copy, is printed beside it without a goal), ours per
 worker / decode bound (goal >= 0.8), scaling 1 -> N workers against what N processes give the decode
-alone on this machine, for every N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling;
-as in ``bench_preprocess``);
+alone on this machine, for every N > 1 of ``--workers`` (goal: linear, i.e. >= 0.9 of that ceiling,
+taken as at most N since 2026-12-05; as in ``bench_preprocess``);
 and the trainer's persistent workers against fresh ones per epoch, each epoch with its start.
 ``--profile`` adds a cProfile of the in-process loader.
 Usage: ``python bench/bench_loader.py [--quick] [--profile] [--samples N] [--augment params|all]``.
@@ -50,7 +50,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import torch
@@ -426,8 +426,8 @@ def measure(args: argparse.Namespace) -> dict:
                                                             device=TRAIN_DEVICE))
                         _best(res["imagefolder"], key, w, imagefolder(root, size, batch, w, aug, card))
                 res["load"].append(os.getloadavg()[0])
-        for by in res["decode"].values():               # scaling is judged as best N / best 1: so is its ceiling
-            by.update({f"ceiling{w}": by[f"procs{w}"] / by["procs1"] for w in workers if f"procs{w}" in by and w > 1})
+        for key, by in res["decode"].items():       # scaling is judged as best N / best 1: so is its ceiling
+            by.update(scaling_ceilings(by, workers, key))
         print_tables(res)
         if args.profile:
             res["profile"] = {}
@@ -489,6 +489,20 @@ def ratios(res: dict) -> dict:
                 _ratio(out, f"{key} scaling / that ceiling, steady", w, many.steady / one.steady / ceiling,
                        GOAL_SCALING)
             _ratio(out, f"{key} CPU per sample, N / 1 workers", w, many.cpu_us / one.cpu_us, None)
+    return out
+
+
+def scaling_ceilings(rates: dict, workers: Sequence[int], key: str) -> dict[str, float]:
+    """``ceiling<N>``: what N processes give the decode alone over what 1 gives (``procs<N>``), at
+    most N: a measured ceiling above N is noise (a 1-process run slowed by other jobs), said so."""
+    out = {}
+    for w in workers:
+        if w > 1 and f"procs{w}" in rates:
+            measured = rates[f"procs{w}"] / rates["procs1"]
+            if measured > w:
+                print(f"  ({key}: the decode alone in {w} processes measured {measured:.2f}x one process, above "
+                      f"{w}: the 1-process run was slowed, e.g. by other jobs; the ceiling is taken as {w})")
+            out[f"ceiling{w}"] = min(measured, float(w))
     return out
 
 

@@ -197,3 +197,12 @@ def test_a_row_of_n_workers_is_n_busy_workers(quick, tmp_path):
     assert samples_for([8], QUICK_SAMPLES, QUICK_BATCH, 16) == 8 * QUICK_BATCH    # 6 batches cannot feed 8
     with pytest.raises(ValueError, match=f"; {2 * QUICK_SAMPLES} samples"):    # 2 workers, buffer 192: 1 stream
         bench.ours_plans(shards, QUICK_BATCH, 2, QUICK_SAMPLES)
+
+
+def test_a_scaling_ceiling_above_the_process_count_is_capped_and_said(capsys):
+    """A 1-process decode slowed by other jobs made 2 processes read 2.30x one: scaling was then
+    judged against an impossible ceiling. Above N it is taken as N, and the print says why."""
+    bench = load_bench("bench_loader")
+    got = bench.scaling_ceilings({"procs1": 100.0, "procs2": 230.0, "procs4": 300.0}, [0, 1, 2, 4, 8], "image@224")
+    assert got == {"ceiling2": 2.0, "ceiling4": 3.0}
+    assert "image@224: the decode alone in 2 processes measured 2.30x one process, above 2" in capsys.readouterr().out
