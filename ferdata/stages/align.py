@@ -11,8 +11,8 @@ the copies' labels disagree, ``conflicting_labels``; across official splits it i
 counted, so official test sets stay intact), a source file that changed since detect
 (``source_changed``), unusable geometry (``bad_landmarks``, ``implausible_landmarks``, ``bad_box``,
 ``face_outside_image``) and every decode failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
-(EXIF rotation, alpha, 16-bit, CMYK, several faces ...) are counted in the report's
-notes. The output folder is built beside ``out_dir`` and swapped in whole.
+(EXIF rotation, alpha, 16-bit, CMYK, several faces, a JPEG with damaged data ...) are counted in
+the report's notes. The output folder is built beside ``out_dir`` and swapped in whole.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
 from ferdata.geometry import (Aligned, align_face, crop_reduction, reduced_frame, spread, template, template_misfit,
                               transform_points)
-from ferdata.io import BadImage, Decoded, decode_image, encode_jpeg
+from ferdata.io import JPEG_DAMAGED, BadImage, Decoded, decode_image, encode_jpeg, jpeg_damage
 from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, within
@@ -217,11 +217,14 @@ class AlignWorker:
             "num_faces": row["num_faces"], "matrix": source_matrix(al.matrix, decoded.scale).round(6).tolist(),
             "size": self.params.size, "sha256": row["sha256"],
         }
+        conversions = decoded.conversions
+        if damage := jpeg_damage(data):               # kept, as every decoder reads it, and said (not dropped:
+            meta["jpeg_damage"] = damage                # an official test set stays whole)
+            conversions += (JPEG_DAMAGED,)
         fields = {"jpg": encode_jpeg(al.image, self.params.jpeg_quality),
                   "json": json.dumps(meta, sort_keys=True).encode()}
         if al.lmk68 is not None:
             fields["lmk.npy"] = npy_bytes(al.lmk68)
-        conversions = decoded.conversions
         if row["backend"] == "annotations" and "exif_orientation" in conversions:
             conversions += (ANNOTATED_TURNED,)           # told apart: which frame the annotations meant is a guess
         return AlignedSample(rec.key, fields, conversions, int(row["num_faces"]))
@@ -342,6 +345,10 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
         write_drops(out, report, drops)
         report.write(out / REPORT)
     log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped), report.notes)
+    if damaged := report.notes.get("converted", {}).get(JPEG_DAMAGED):
+        log.warning("align: %d JPEG(s) with damaged compressed data kept as decoders read them (the damaged part grey "
+                    "or shifted; each sample's json names libjpeg's complaint under jpeg_damage); look at them with "
+                    "`ferdata show`", damaged)
     if turned := report.notes.get("converted", {}).get(ANNOTATED_TURNED):
         log.warning("align: %d face(s) placed by the dataset's annotations are in pictures with an EXIF "
                     "orientation; the annotations were read in the turned (displayed) frame: if the dataset drew "

@@ -122,6 +122,15 @@ def alpha_png(rgb: np.ndarray) -> bytes:
     return encode(np.dstack([rgb, alpha]), "PNG")
 
 
+def damaged_jpeg(rgb: np.ndarray) -> bytes:
+    """A JPEG whose entropy-coded data has a zeroed run: decoders fill the rest of the picture with
+    grey or shifted blocks and report nothing."""
+    data = bytearray(encode(rgb, quality=92))
+    middle = len(data) // 2
+    data[middle:middle + 400] = bytes(400)
+    return bytes(data)
+
+
 def multi_page_tiff(first: np.ndarray, second: np.ndarray) -> bytes:
     """A two-page TIFF: the pipeline uses the first page and counts it ``first_frame_only``."""
     buf = io.BytesIO()
@@ -185,6 +194,7 @@ def standard_cases() -> list[Case]:
         Case("cmyk", lambda: encode(pic(25), mode="CMYK", quality=95), reason="cmyk"),
         Case("palette", lambda: encode(pic(26), "PNG", mode="P"), reason="palette", rel="1/palette.png"),
         Case("two_pages", lambda: multi_page_tiff(pic(29), pic(38)), reason="first_frame_only", rel="1/two.tif"),
+        Case("damaged_data", lambda: damaged_jpeg(pic(39)), reason="corrupt_jpeg_data"),
         # turned by its EXIF orientation; the annotations backend places its face: counted apart too
         Case("exif_rotated", lambda: exif_rotated(pic(27)), reason="exif_orientation+exif_orientation_annotations"),
         Case("exif_upright_twin", lambda: encode(pic(27), quality=95)),

@@ -15,11 +15,11 @@ import pytest
 from PIL import Image, ImageOps
 
 from ferdata.datasets import DatasetLayoutError, open_reader
-from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, probe_image
+from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, jpeg_damage, probe_image
 from ferdata.stages.detect import run_detect
 from ferdata.tario import iter_dir_samples
 from ferdata.verify import verify_shards
-from tests.reliability.corpus import (Case, build_corpus, child_env, encode, exif_rotated, jpeg_of,
+from tests.reliability.corpus import (Case, build_corpus, child_env, damaged_jpeg, encode, exif_rotated, jpeg_of,
                                       multi_page_tiff, picture, real_photo, run_all, stage_params)
 
 DECODE_REASONS = {"empty_file", "truncated", "not_an_image", "too_small", "too_large"}
@@ -60,6 +60,20 @@ def test_kept_conversions_have_the_right_pixels(bad_corpus_run):
     assert any(p.endswith("ünï cödé dir/fïle with space.jpg") for p in paths)   # unicode + spaces kept
     for key in ("train_1_grayscale", "train_1_cmyk", "train_1_sixteen", "train_1_palette"):
         assert faces[key].shape == (112, 112, 3)
+
+
+def test_damaged_jpeg_data_is_named_and_harmless_warnings_are_not(bad_corpus_run):
+    """Bug guarded: a JPEG whose compressed data is damaged decoded with grey or shifted blocks
+    (OpenCV and Pillow say nothing) and was kept without a word. It is still kept (an official test
+    set stays whole), counted as corrupt_jpeg_data and named in its sample's json."""
+    sound = encode(picture(39), quality=92)
+    assert jpeg_damage(damaged_jpeg(picture(39))).startswith("Corrupt JPEG data")
+    assert jpeg_damage(sound) == "" and jpeg_damage(sound[:-2] + bytes(3) + sound[-2:]) == ""   # extra bytes
+    assert jpeg_damage(encode(picture(39), "PNG")) == ""
+    out, _ = bad_corpus_run
+    metas = {k: json.loads(f["json"]) for k, f in iter_dir_samples(out / "aligned", "aligned")}
+    assert metas["train_1_damaged_data"]["jpeg_damage"].startswith("Corrupt JPEG data")
+    assert [k for k, m in metas.items() if "jpeg_damage" in m] == ["train_1_damaged_data"]
 
 
 def test_a_file_of_several_pictures_gives_its_first_and_says_so():
