@@ -32,8 +32,13 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
     nothing is ever downloaded."""
     reasons = []
     for name in names:
-        backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir,
-                                     allow_download)
+        try:                                # an option only this candidate refuses (insightface's det_size
+            backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir,
+                                         allow_download)          # a multiple of 32): it cannot run, the next may
+        except ValueError as e:
+            log.warning("auto: %s refuses the options, so it is not used: %s", name, e)
+            reasons.append(_why(name, e))
+            continue
         try:
             backend.check_ready()
         except MissingModelError as e:
@@ -61,7 +66,7 @@ def choose_model_backend(options: Mapping[str, Any], model_dir: str | Path | Non
     backend, reasons = first_ready(PREFERENCE, options, model_dir)
     if backend is None:             # each backend's own error: its missing file, where it looked, the fix
         raise MissingModelError("auto", "any face model", list(PREFERENCE),
-                                "make one backend's models available:\n" + "\n".join(
+                                "make one backend's models available (or give options it takes):\n" + "\n".join(
                                     "    " + r.replace("\n", "\n    ") for r in reasons))
     if reasons:
         log.info("auto: using %s (%s)", backend.name, "; ".join(r.splitlines()[0] for r in reasons))

@@ -9,6 +9,7 @@ those weights are installed.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -652,6 +653,19 @@ def test_auto_picks_model_backends_whose_weights_are_present(tmp_path, monkeypat
     assert AutoBackend({"pack": "mypack"}, tmp_path / "lone").delegate.name != "insightface"
     with pytest.raises(MissingModelError, match=r"mypack/\*\.onnx \(a pack with detection \+ landmark"):
         create_backend("insightface", {"pack": "mypack"}, tmp_path / "lone").check_ready()
+
+
+def test_auto_skips_a_candidate_that_refuses_the_options(tmp_path, monkeypatch, synthetic_root, caplog):
+    """Bug guarded: det_size 600 (no multiple of 32, which SCRFD needs) ended `auto` with insightface's
+    error, where the embedded stack it would have used takes 600. A refusing candidate is passed
+    over, with a warning (its models may be here: the user may have meant it)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert AutoBackend({"det_size": 600}, tmp_path).delegate.name == "embedded"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ferdata.faces.auto"):
+        assert AutoBackend({"pack": "synth", "det_size": 600}, synthetic_root).delegate.name == "embedded"
+    assert "auto: insightface refuses the options, so it is not used: face backend 'insightface': option " \
+           "det_size must be a multiple of 32" in caplog.text
 
 
 def test_auto_with_no_backend_ready_gives_each_ones_file_place_and_fix(tmp_path, monkeypatch):
