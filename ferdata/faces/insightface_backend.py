@@ -37,7 +37,9 @@ PACK_FILES: dict[str, dict[str, str]] = {
     "buffalo_s": {"detection": "det_500m.onnx", "landmark_3d_68": "1k3d68.onnx", "landmark_2d_106": "2d106det.onnx"},
     "antelopev2": {"detection": "scrfd_10g_bnkps.onnx", "landmark_3d_68": "1k3d68.onnx",
                    "landmark_2d_106": "2d106det.onnx"},
+    "buffalo_sc": {"detection": "det_500m.onnx"},          # a detector and a recognition model: no landmarks
 }
+WITH_LANDMARKS = [p for p, files in PACK_FILES.items() if set(LANDMARK_TASKS.values()) <= set(files)]
 RELEASE_URL = "https://github.com/deepinsight/insightface/releases/download/model-zoo/{pack}.zip"
 
 
@@ -118,6 +120,10 @@ class InsightFaceBackend(FaceBackend):
             raise ValueError(f"insightface landmarks must be one of {sorted(LANDMARK_TASKS)}, "
                              f"got {self.options['landmarks']!r}")
         self.tasks = ("detection", LANDMARK_TASKS[str(self.options["landmarks"])])
+        pack = str(self.options["pack"])
+        if pack in PACK_FILES and self.tasks[1] not in PACK_FILES[pack]:
+            raise ValueError(f"insightface pack {pack!r} has no {self.options['landmarks']}-point landmark model: "
+                             f"use one that has ({', '.join(WITH_LANDMARKS)})")
         self._files: dict[str, Path] | None = None
         self._models: dict[str, Any] | None = None
 
@@ -183,9 +189,11 @@ class InsightFaceBackend(FaceBackend):
             if task in self.tasks and task not in models:
                 models[task] = model
         for task in self.tasks:
-            if task not in models:
+            if task not in models:                          # a pack of other files (a recognition model ...)
                 raise MissingModelError("insightface", f"a {task} model", [str(p) for p in self.files().values()],
-                                        _fix(str(self.options["pack"]), self.model_dir))
+                                        f"pack {self.options['pack']!r} has none among these files (each routed by "
+                                        f"its graph's shapes): add one, or use a pack that has one "
+                                        f"({', '.join(WITH_LANDMARKS)})")
         models["detection"].prepare(-1, input_size=(int(self.options["det_size"]),) * 2,
                                     det_thresh=float(self.options["score_threshold"]))
         models[self.tasks[1]].prepare(-1)

@@ -668,6 +668,25 @@ def test_auto_skips_a_candidate_that_refuses_the_options(tmp_path, monkeypatch, 
            "det_size must be a multiple of 32" in caplog.text
 
 
+def test_a_pack_without_landmark_models_is_named_and_passed_over_by_auto(tmp_path, monkeypatch, photos):
+    """Bug guarded: buffalo_sc (a detector and a recognition model) counted as ready, so `auto` chose
+    insightface and the run ended at the first image with 'put the pack in place' (it was). A known
+    pack without the landmark model is refused at once, and `auto` goes on; an unknown pack whose
+    files hold none says so, not where to put the pack."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    sc = tmp_path / "models" / "buffalo_sc"
+    sc.mkdir(parents=True)
+    _scrfd_onnx(sc / "det_500m.onnx")
+    _scrfd_onnx(sc / "w600k_mbf.onnx")                        # stands in for the recognition model
+    with pytest.raises(ValueError, match="insightface pack 'buffalo_sc' has no 68-point landmark model: use one "
+                                         r"that has \(buffalo_l, buffalo_m, buffalo_s, antelopev2\)"):
+        create_backend("insightface", {"pack": "buffalo_sc"}, tmp_path)
+    assert AutoBackend({"pack": "buffalo_sc"}, tmp_path).delegate.name == "embedded"
+    shutil.copytree(sc, tmp_path / "models" / "mine")
+    with pytest.raises(MissingModelError, match="pack 'mine' has none among these files"):
+        create_backend("insightface", {"pack": "mine", "det_size": 320}, tmp_path).detect(photos["astronaut"])
+
+
 def test_auto_with_no_backend_ready_gives_each_ones_file_place_and_fix(tmp_path, monkeypatch):
     """It kept each backend's first line only ("... not found."): no paths, no fix."""
     import ferdata.faces.embedded as embedded
