@@ -123,8 +123,16 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise ValueError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     if not aligned:                 # empty shards would only fail later, in train or evaluate
+        if not (Path(aligned_dir) / REPORT).is_file():
+            raise ValueError(f"{aligned_dir} holds no output of the align stage (no {REPORT}, no "
+                             f"{ALIGNED}-NNNNNN.tar): pass data/<name>/aligned, then data/<name>/derived")
         raise ValueError(f"no samples to shard in {aligned_dir}: every record was dropped before this stage "
                          f"({WHERE_DROPS})")
+    for key, members in aligned.items():       # the align stage writes both for every sample
+        if lost := [e for e in ("jpg", "json") if e not in members]:
+            where = next(iter(members.values()))[0]
+            raise ValueError(f"{where}: sample {key!r} has no {' and no '.join(lost)}: the align stage's output is "
+                             "damaged; run the align stage again (`dvc repro --force --single-item align@<name>`)")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
     with MemberReader() as read:

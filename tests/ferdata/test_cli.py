@@ -158,8 +158,12 @@ def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, ca
     assert "Traceback" not in err and "FER_TRACEBACK=1" in err
 
 
+SHARD = dict(seed=0, val_fraction=0.1, test_fraction=0.1, split_by="key", folds=0, fold=0, maxcount=10)
+
+
 def test_a_dataset_whose_every_record_was_dropped_is_an_error_at_shard_not_empty_shards(tmp_path):
-    from ferdata.layout import ALIGNED, DERIVED
+    from ferdata.layout import ALIGNED, DERIVED, REPORT
+    from ferdata.report import StageReport
     from ferdata.stages.shard import ShardParams, run_shard
     from ferdata.tario import TarShardWriter
 
@@ -167,11 +171,30 @@ def test_a_dataset_whose_every_record_was_dropped_is_an_error_at_shard_not_empty
         (tmp_path / name).mkdir()
         with TarShardWriter(tmp_path / name, prefix, 10):
             pass
-    params = ShardParams(seed=0, val_fraction=0.1, test_fraction=0.1, split_by="key", folds=0, fold=0,
-                         maxcount=10)
+    with pytest.raises(ValueError, match="derived holds no output of the align stage .*pass data/<name>/aligned"):
+        run_shard(tmp_path / "derived", tmp_path / "aligned", ShardParams(**SHARD), tmp_path / "shards")  # swapped
+    StageReport("align").write(tmp_path / "aligned" / REPORT)                 # the align stage ran, kept nothing
     with pytest.raises(ValueError, match="no samples to shard in .*every record was dropped before this stage"):
-        run_shard(tmp_path / "aligned", tmp_path / "derived", params, tmp_path / "shards")
+        run_shard(tmp_path / "aligned", tmp_path / "derived", ShardParams(**SHARD), tmp_path / "shards")
     assert not (tmp_path / "shards").exists()
+
+
+@pytest.mark.parametrize("lost", ["jpg", "json"])
+def test_an_aligned_sample_without_its_image_or_record_is_named_at_shard(tmp_path, lost):
+    """A bare KeyError 'json' before (`error: json`), or a sample without its image sharded anyway."""
+    from ferdata.layout import ALIGNED, DERIVED
+    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.tario import TarShardWriter
+
+    members = {"jpg": b"\xff\xd8\xff", "json": b"{}"}
+    for name, prefix, fields in (("aligned", ALIGNED, {e: b for e, b in members.items() if e != lost}),
+                                 ("derived", DERIVED, {"heatmap.png": b"png"})):
+        (tmp_path / name).mkdir()
+        with TarShardWriter(tmp_path / name, prefix, 10) as writer:
+            writer.write("k", fields)
+    with pytest.raises(ValueError, match=f"aligned-000000.tar: sample 'k' has no {lost}: the align stage's output "
+                                         "is damaged; run the align stage again"):
+        run_shard(tmp_path / "aligned", tmp_path / "derived", ShardParams(**SHARD), tmp_path / "shards")
 
 
 def test_console_scripts_run_under_the_error_policy():
