@@ -26,7 +26,8 @@ class Part:
     def parse(text: str) -> "Part":
         """``"2/4"`` -> ``Part(2, 4)``; anything else is refused in words."""
         index, sep, count = text.partition("/")
-        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        whole = [v.strip() for v in (index, count)]         # ASCII digits: "²".isdigit() holds, int("²") fails
+        if not sep or not all(v.isascii() and v.isdigit() for v in whole):
             raise ValueError(f"part {text!r}: write K/N, e.g. 1/4 .. 4/4 for four machines")
         return Part(int(index), int(count))
 

@@ -170,7 +170,7 @@ def test_parts_partition_keys_whatever_the_order():
     assert all(Part(1, 1).holds(key) for key in keys[:100])
 
 
-@pytest.mark.parametrize("text", ["0/4", "5/4", "2/0", "3", "a/4", "1/4/2", "-1/4", ""])
+@pytest.mark.parametrize("text", ["0/4", "5/4", "2/0", "3", "a/4", "1/4/2", "-1/4", "", "²/4", "1/٤"])
 def test_a_bad_part_is_refused_in_words(text):
     with pytest.raises(ValueError, match="K/N"):
         Part.parse(text)
