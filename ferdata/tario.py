@@ -138,8 +138,9 @@ class TarShardWriter:
                 p.unlink()
 
     def write(self, key: str, fields: Mapping[str, bytes]) -> None:
-        if not key or "." in key or key.startswith("/") or ".." in key.split("/"):
-            raise ValueError(f"invalid sample key {key!r}")
+        if not key or "." in key or "" in key.split("/") or any(c in key for c in "\\\0\n"):
+            raise ValueError(f"invalid sample key {key!r}: no dots, empty path parts, backslashes, NUL or line "
+                             "breaks (readers would rename or refuse it)")
         if self._buf is None:
             self._buf = io.BytesIO()
         for ext in sorted(fields):

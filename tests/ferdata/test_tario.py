@@ -444,3 +444,13 @@ def test_a_ustar_prefix_is_part_of_the_name(tmp_path):
     _plain_tar(path, [f"{long_dir}/k.jpg"], fmt=tarfile.USTAR_FORMAT)
     assert path.read_bytes()[345:345 + 120] == long_dir.encode()         # the writer did use the prefix
     assert [m.name for m, _ in iter_members(path)] == [f"{long_dir}/k.jpg"]
+
+
+@pytest.mark.parametrize("key", ["", "a.b", "/a", "a//b", "a/", "a\\b", "a\0b", "a\nb", "a/../b"])
+def test_the_writer_refuses_keys_its_readers_would_rename_or_refuse(tmp_path, key):
+    """'a//b' was written and read back as 'a/b'; 'a\\b' written and then refused as unsafe on read."""
+    with TarShardWriter(tmp_path, "x", 10) as writer:
+        with pytest.raises(ValueError, match="invalid sample key"):
+            writer.write(key, {"cls": b"0"})
+        writer.write("dir/ok_key-1", {"cls": b"0"})
+    assert [k for k, _ in iter_tar_samples(writer.files[0].path)] == ["dir/ok_key-1"]
