@@ -150,11 +150,18 @@ def _frames(im) -> int:
 
 
 def is_truncated(fmt: str, data: bytes) -> bool:
-    """True when the file visibly ends early (JPEG: no EOI after the last scan; PNG: no IEND)."""
+    """True when the file visibly ends early (JPEG: no EOI after the last scan; PNG: no IEND; BMP
+    and WebP: shorter than the size their header gives; GIF: no trailer byte)."""
     if fmt in _JPEG:
         return data.rfind(b"\xff\xd9") < max(data.rfind(b"\xff\xda"), 2)
     if fmt == "PNG":
         return data.rfind(b"IEND") < 0
+    if fmt == "BMP" and len(data) >= 6:
+        return len(data) < int.from_bytes(data[2:6], "little")
+    if fmt == "WEBP" and len(data) >= 8:
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    if fmt == "GIF":
+        return not data.rstrip(b"\0").endswith(b";")
     return False
 
 

@@ -183,10 +183,13 @@ def test_probe_predicts_reduced_decodes(monkeypatch, max_pixels, orientation):
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty_file"),
-    (b"GIF89a" + b"\0" * 7, "undecodable"),
+    (b"GIF89a" + b"\0" * 7, "truncated"),                          # no trailer byte: it ends early
+    (b"GIF89a" + b"\0" * 7 + b";", "undecodable"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "truncated"),
+    (encode(picture(44), "BMP")[:400], "truncated"),                 # "undecodable" before, as every format
+    (encode(picture(44), "WEBP")[:200], "truncated"),                #   but JPEG and PNG
     (b"%PDF-1.4 not a picture", "not_an_image"),
-])
+], ids=["empty", "gif-cut", "gif-garbage", "png-cut", "bmp-cut", "webp-cut", "pdf"])
 def test_decode_reasons(data, reason):
     with pytest.raises(BadImage) as e:
         decode_image(data)
