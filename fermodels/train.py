@@ -159,6 +159,10 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     for warning in random_start_warnings(net, params):
         log.warning(warning)
     train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
+    if not train_split.num_samples:
+        raise ValueError(f"the train split of {', '.join(train_split.dirs)} holds no sample (a dataset prepared "
+                         "all into test, or every face dropped?): nothing to train on; see the shard stage's "
+                         "report.json, or choose other train.datasets")
     check_classes(train_split, val_split, params.num_classes)
     selects = check_selection(val_split)
     preprocess = shards_preprocess(train_split, preprocess)

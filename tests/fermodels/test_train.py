@@ -287,6 +287,22 @@ def test_a_finished_run_trains_again_when_its_code_changed(tiny_run, tmp_path, c
     assert before["data"]["code"] != after["data"]["code"] == "edited" and after["step"] == before["step"]
 
 
+def test_an_empty_train_split_is_named(tiny_shards, tmp_path):
+    """It stopped with 'the split has no samples', naming neither the split nor the shards."""
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    info_path = shards / "train" / "_info.json"
+    info = json.loads(info_path.read_text())
+    for tar in (shards / "train").glob("*.tar"):
+        tar.unlink()
+    info.update(num_samples=0, shards=[], class_histogram={c: 0 for c in info["class_histogram"]})
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"the train split of {shards} holds no sample"):
+        train(shards, make_params(epochs=1), tmp_path / "c", tmp_path / "l")
+
+
 def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, one_thread):
     with pytest.raises(NonFiniteLossError, match="no checkpoint was saved before it; lower train.lr"):
         train(tiny_shards, make_params(epochs=1, optimizer="sgd", lr=1e30, momentum=0.0), tmp_path / "c",
