@@ -13,7 +13,7 @@ detector and the aligner always see the same pixels in the same frame:
 * a file holding several pictures (multi-page TIFF, animated WebP or PNG) gives its first, and
   says so (``first_frame_only``);
 * a JPEG whose compressed data is damaged decodes as every decoder does (the damaged part grey or
-  shifted), and the align stage says so (:func:`jpeg_damage`, ``corrupt_jpeg_data``);
+  shifted), and says so (``corrupt_jpeg_data``, :func:`decode_image`);
 * memory stays bounded: a JPEG above :data:`MAX_PIXELS` decodes at 1/2, 1/4 or 1/8
   scale inside libjpeg, and anything that would still need more (other formats,
   decompression bombs) is refused as ``too_large`` from its header alone.
@@ -88,6 +88,7 @@ class Decoded:
     rgb: np.ndarray
     scale: float
     conversions: tuple[str, ...]
+    damage: str = ""          # libjpeg's complaint about a JPEG whose compressed data is damaged (see decode_image)
 
 
 def sniff_format(data: bytes) -> str:
@@ -282,6 +283,11 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     and then shrunk by r x r block means (:func:`block_mean`, libjpeg's rule: the face a warp
     would take from the full image is not aliased, whatever the file's format). Only a reduction
     forced by :data:`MAX_PIXELS` counts as a conversion.
+    A JPEG whose compressed data is damaged decodes as every decoder reads it (the damaged part grey
+    or shifted) with libjpeg's complaint in ``damage`` and ``corrupt_jpeg_data`` among the
+    conversions: an RGB or grey JPEG is read by libjpeg-turbo in strict mode (simplejpeg: OpenCV's
+    pixels bit for bit, at any reduction, in the same time), which stops at a warning, then by
+    OpenCV, which reads on; other JPEGs (CMYK) are checked by :func:`jpeg_damage`.
     Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``,
     ``truncated``, ``undecodable``, ``too_large``, ``too_small`` or
     ``unsupported_pixel_format``.
@@ -289,9 +295,14 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     probe = probe_image(data, reduce_at_least)
     head, reduce = probe.header, probe.reduce
     inside = reduce if _libjpeg(head) else 1                      # the reduction the decoder makes itself
-    # without alpha the decoder writes RGB itself (the pixels of BGR + cvtColor, one pass less)
-    flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED_RGB[inside] | cv2.IMREAD_IGNORE_ORIENTATION
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    img, damage = None, ""
+    if _libjpeg(head) and head.mode in ("RGB", "L"):
+        img, damage = _strict_jpeg(data, head, inside)
+    elif head.format in _JPEG:
+        damage = jpeg_damage(data)
+    if img is None:             # without alpha the decoder writes RGB itself (BGR + cvtColor's pixels, a pass less)
+        flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED_RGB[inside] | cv2.IMREAD_IGNORE_ORIENTATION
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         reason = "truncated" if is_truncated(head.format, data) else "undecodable"
         raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
@@ -300,7 +311,30 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
             img = _pil_pixels(data)               # OpenCV's TIFF reader drops a grey image's alpha
         img = cv2.cvtColor(_flatten_alpha(img, head.premultiplied), cv2.COLOR_BGR2RGB)
     rgb = np.ascontiguousarray(apply_orientation(img, head.turn))
-    return Decoded(block_mean(rgb, reduce // inside), probe.scale, probe.conversions)
+    conversions = probe.conversions + ((JPEG_DAMAGED,) if damage else ())
+    return Decoded(block_mean(rgb, reduce // inside), probe.scale, conversions, damage)
+
+
+def _strict_jpeg(data: bytes, head: ImageHeader, reduce: int) -> tuple[np.ndarray | None, str]:
+    """(RGB pixels of an RGB or grey JPEG at 1/``reduce``, "") from libjpeg-turbo in strict mode,
+    or (None, libjpeg's complaint where the compressed data is damaged, else ""): the caller then
+    decodes it with OpenCV, which reads on past a warning as every decoder does."""
+    import simplejpeg
+
+    try:
+        rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=-(-head.height // reduce),
+                                     min_width=-(-head.width // reduce))
+    except ValueError as e:
+        return None, _damage(str(e))
+    return rgb, ""
+
+
+def _damage(message: str) -> str:
+    """``message`` (a libjpeg warning or error) when it says the compressed data is damaged, else
+    "": extra bytes before a marker ("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9",
+    common in web-crawled sets) and an unknown JFIF revision are harmless."""
+    damaged = message.startswith(("Corrupt JPEG data", "Premature end of JPEG file"))
+    return message if damaged and "extraneous bytes" not in message else ""
 
 
 def _pil_pixels(data: bytes) -> np.ndarray:
@@ -334,11 +368,10 @@ JPEG_DAMAGED = "corrupt_jpeg_data"       # the conversion note of a kept JPEG wh
 def jpeg_damage(data: bytes) -> str:
     """libjpeg's complaint about a JPEG whose compressed data is damaged ("Corrupt JPEG data:
     premature end of data segment", "Premature end of JPEG file"), "" for a sound one or another
-    format. Decoders fill the damaged part with grey or shifted blocks and say nothing (OpenCV's
-    and PIL's alike); this decodes in simplejpeg's strict mode at 1/8 scale, which still reads
-    every coefficient, at about half the cost of a full decode. Harmless warnings ("Corrupt JPEG
-    data: 1 extraneous bytes before marker 0xd9", common in web-crawled sets; an unknown JFIF
-    revision) and what it cannot decode (left to the decoder that reads the pixels) are not damage."""
+    format (harmless warnings: :func:`_damage`). Decoders fill the damaged part with grey or shifted
+    blocks and say nothing (OpenCV's and PIL's alike); this decodes in strict mode at 1/8 scale,
+    which still reads every coefficient, at about half the cost of a full decode (:func:`decode_image`
+    says so at no cost for RGB and grey JPEGs)."""
     if sniff_format(data) != "JPEG":
         return ""
     import simplejpeg
@@ -346,9 +379,7 @@ def jpeg_damage(data: bytes) -> str:
     try:
         simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
     except ValueError as e:
-        message = str(e)
-        damaged = message.startswith(("Corrupt JPEG data", "Premature end of JPEG file"))
-        return message if damaged and "extraneous bytes" not in message else ""
+        return _damage(str(e))
     return ""
 
 

@@ -31,7 +31,7 @@ from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
 from ferdata.geometry import (Aligned, align_face, crop_reduction, reduced_frame, spread, template, template_misfit,
                               transform_points)
-from ferdata.io import JPEG_DAMAGED, BadImage, Decoded, decode_image, encode_jpeg, jpeg_damage
+from ferdata.io import JPEG_DAMAGED, BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, within
@@ -217,10 +217,9 @@ class AlignWorker:
             "num_faces": row["num_faces"], "matrix": source_matrix(al.matrix, decoded.scale).round(6).tolist(),
             "size": self.params.size, "sha256": row["sha256"],
         }
+        if decoded.damage:                            # kept, as every decoder reads it, and said (not dropped:
+            meta["jpeg_damage"] = decoded.damage        # an official test set stays whole)
         conversions = decoded.conversions
-        if damage := jpeg_damage(data):               # kept, as every decoder reads it, and said (not dropped:
-            meta["jpeg_damage"] = damage                # an official test set stays whole)
-            conversions += (JPEG_DAMAGED,)
         fields = {"jpg": encode_jpeg(al.image, self.params.jpeg_quality),
                   "json": json.dumps(meta, sort_keys=True).encode()}
         if al.lmk68 is not None:

@@ -62,6 +62,24 @@ def test_kept_conversions_have_the_right_pixels(bad_corpus_run):
         assert faces[key].shape == (112, 112, 3)
 
 
+@pytest.mark.parametrize("reduce", [1, 2, 4, 8])
+def test_jpegs_decode_to_opencvs_pixels_bit_for_bit(reduce):
+    """RGB and grey JPEGs are read by libjpeg-turbo in strict mode (to hear of damaged data): its
+    pixels are OpenCV's, whatever the chroma subsampling, progression, size or reduction."""
+    import cv2
+
+    rgb = real_photo("astronaut")
+    files = [encode(rgb, quality=90, subsampling=s) for s in (0, 1, 2)] + [
+        encode(rgb, quality=75, progressive=True), encode(np.ascontiguousarray(rgb[:333, :517]), quality=85),
+        encode(np.ascontiguousarray(rgb[..., 0]), quality=90)]
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
+    for data in files:
+        got = decode_image(data, reduce)
+        want = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)[..., ::-1]
+        assert got.rgb.shape == want.shape and np.array_equal(got.rgb, want) and not got.damage
+
+
 def test_damaged_jpeg_data_is_named_and_harmless_warnings_are_not(bad_corpus_run):
     """Bug guarded: a JPEG whose compressed data is damaged decoded with grey or shifted blocks
     (OpenCV and Pillow say nothing) and was kept without a word. It is still kept (an official test
@@ -70,6 +88,11 @@ def test_damaged_jpeg_data_is_named_and_harmless_warnings_are_not(bad_corpus_run
     assert jpeg_damage(damaged_jpeg(picture(39))).startswith("Corrupt JPEG data")
     assert jpeg_damage(sound) == "" and jpeg_damage(sound[:-2] + bytes(3) + sound[-2:]) == ""   # extra bytes
     assert jpeg_damage(encode(picture(39), "PNG")) == ""
+    decoded = decode_image(damaged_jpeg(picture(39)))
+    assert decoded.damage.startswith("Corrupt JPEG data") and decoded.conversions == ("corrupt_jpeg_data",)
+    cmyk = bytearray(encode(picture(39), mode="CMYK", quality=95))     # read by OpenCV, checked apart
+    cmyk[len(cmyk) // 2:len(cmyk) // 2 + 400] = bytes(400)
+    assert decode_image(bytes(cmyk)).conversions == ("cmyk", "corrupt_jpeg_data")
     out, _ = bad_corpus_run
     metas = {k: json.loads(f["json"]) for k, f in iter_dir_samples(out / "aligned", "aligned")}
     assert metas["train_1_damaged_data"]["jpeg_damage"].startswith("Corrupt JPEG data")
