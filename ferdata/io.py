@@ -326,6 +326,8 @@ def _strict_jpeg(data: bytes, head: ImageHeader, reduce: int) -> tuple[np.ndarra
                                      min_width=-(-head.width // reduce))
     except ValueError as e:
         return None, _damage(str(e))
+    except Exception:  # noqa: BLE001 - anything else it cannot read is OpenCV's to decode or refuse
+        return None, ""
     return rgb, ""
 
 
