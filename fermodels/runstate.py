@@ -15,7 +15,6 @@ import csv
 import io
 import logging
 import math
-import pickle
 import sys
 import zipfile
 from collections import OrderedDict
@@ -135,6 +134,35 @@ def _starts_as_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
+def _looks_like(path: Path) -> str:
+    """What a file that is no torch archive starts as, for the error."""
+    from ferdata.io import sniff_format
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    kind = sniff_format(head) or ("ONNX or other protobuf" if head[:1] == b"\x08" else "")
+    return f"{kind} data" if kind else f"it starts {head[:8]!r}"
+
+
+def _other_archive(path: Path) -> str:
+    """What a torch zip archive that is no weights file holds ("" when it looks like one): a
+    TorchScript export (its code and constants) or a pickled model object, which ``weights_only``
+    refuses to unpickle."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+                return "a TorchScript export (`fermodels export` writes these)"
+            pickled = next((n for n in names if n.endswith("/data.pkl")), None)
+            if pickled is None:
+                return "a zip archive that holds no torch data"
+            if any(op in z.read(pickled) for op in (b"torch.nn.modules", b"__main__")):
+                return "a pickled model object (torch.save(model))"
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return ""
+    return ""
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -144,23 +172,25 @@ def load_checkpoint(path: str | Path) -> dict:
     if bad := _failed_checksum(path):
         raise ValueError(f"{path} is a damaged checkpoint: its {bad!r} fails its CRC-32 (torch does not check them); "
                          "copy it again (`dvc pull`, a finished download) or retrain")
+    give = "give a training checkpoint such as runs/train/ckpt/best.pt"
+    if not _starts_as_zip(path):            # torch.save's format since torch 1.6; anything else is no checkpoint
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (not a torch archive: {_looks_like(path)}); {give}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, KeyError, EOFError, ValueError) as e:
-        if _starts_as_zip(path):            # torch.save's format, but the zip does not open: cut short
-            raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: "
-                             f"{str(e).splitlines()[0][:160]}); copy it again (`dvc pull`, a finished download) "
-                             "or retrain") from None
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (torch could not load it: {type(e).__name__}); "
-                         "give a training checkpoint such as runs/train/ckpt/best.pt, not an export") from None
     except PermissionError:
         raise
-    except OSError as e:                    # a zip cut short: torch's reader seeks past its end
-        raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: {e}); copy it "
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds; each one is named below
+        if other := _other_archive(path):
+            raise ValueError(f"{path} is {other}, not a training checkpoint; {give} (fermodels loads "
+                             "weights without running code from the file)") from None
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: {first}); copy it "
                          "again (`dvc pull`, a finished download) or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (found {found!r}); retrain with this version")
+        what = ("a state dict or another program's checkpoint (no 'format' key)" if found is None else
+                f"a checkpoint of another format ({found!r}): retrain with this version")
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint: {what}; {give}")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path} is a damaged {FORMAT} checkpoint: it lacks {', '.join(missing)}")

@@ -97,15 +97,34 @@ def test_an_export_clears_the_staging_folder_a_killed_export_left(tiny_run, tmp_
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, tiny_run):
-    """An export, a truncated file or text given where a training checkpoint belongs."""
+    """An export, a truncated file, text or a picture given where a training checkpoint belongs. Bug
+    guarded: text starting with some letters ('train:', 'score,...'), or a GIF, reached torch's legacy
+    unpickler, which crashed with a traceback (IndexError: pop from empty list); our own TorchScript
+    export and a pickled model were called cut-off, a state dict a checkpoint of an old version."""
     from fermodels.runstate import load_checkpoint as load
 
-    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx", "torchscript"])
     (tmp_path / "text.pt").write_text("hello\n")
+    (tmp_path / "params.pt").write_text("train:\n  lr: 0.1\n")
+    (tmp_path / "scores.pt").write_text("score,path\n0.5,a.jpg\n")
+    (tmp_path / "picture.pt").write_bytes(b"GIF89a" + bytes(40))
     (tmp_path / "cut.pt").write_bytes((tiny_run["ckpt"] / "best.pt").read_bytes()[:4000])
-    for bad in ("convcut.onnx", "text.pt"):
-        with pytest.raises(ValueError, match=r"is not a fermodels-checkpoint/\d checkpoint .*not an export"):
+    net = torch.nn.Linear(2, 2)
+    torch.save(net, tmp_path / "module.pt")
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    give = "give a training checkpoint such as runs/train/ckpt/best.pt"
+    for bad, says in (("convcut.onnx", "ONNX or other protobuf data"), ("text.pt", r"it starts b'hello\\n'"),
+                      ("params.pt", "it starts b'train:"), ("scores.pt", "it starts b'score,pa"),
+                      ("picture.pt", "GIF data")):
+        with pytest.raises(ValueError, match=rf"{bad} is not a fermodels-checkpoint/\d checkpoint \(not a torch "
+                                             rf"archive: {says}.*\); {give}"):
             load(tmp_path / bad)
+    with pytest.raises(ValueError, match=f"convcut.ts is a TorchScript export .*, not a training checkpoint; {give}"):
+        load(tmp_path / "convcut.ts")
+    with pytest.raises(ValueError, match=r"module.pt is a pickled model object \(torch.save\(model\)\), not a"):
+        load(tmp_path / "module.pt")
+    with pytest.raises(ValueError, match="weights.pt is not a fermodels-checkpoint/\\d checkpoint: a state dict"):
+        load(tmp_path / "weights.pt")
     with pytest.raises(ValueError, match="cut.pt is a cut-off or damaged checkpoint .*copy it again"):
         load(tmp_path / "cut.pt")                                   # torch's own format, cut short
 
