@@ -132,13 +132,18 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
 
 def check_candidate_options(candidates: list[str], options: Mapping[str, Any]) -> None:
     """Refuse options that none of the backends choose_backend may pick reads (a typo would
-    otherwise be ignored), worded as a backend's own refusal (``FaceBackend.check_options``)."""
+    otherwise be ignored), worded as a backend's own refusal (``FaceBackend.check_options``), and a
+    value a candidate that reads it refuses (``det_size=100.5``: passed over as "cannot run here",
+    the fallback then ended with "model file 'any face model' not found")."""
     reads = frozenset().union(*(BACKENDS.get(n).option_names() for n in candidates))
     unknown = sorted(set(options) - reads)
     if unknown:
         raise ValueError(f"face backends {', '.join(map(repr, candidates))} take no option "
                          f"{', '.join(map(repr, unknown))}; their options: {', '.join(sorted(reads))} "
                          f"(or choose one with --backend)")
+    for name in candidates:                 # a value one refuses is the user's to mend, not a reason to fall back
+        cls = BACKENDS.get(name)
+        cls.check_values({k: v for k, v in options.items() if k in cls.option_names()})
 
 
 def warn_unread_options(backend: FaceBackend, options: Mapping[str, Any]) -> None:

@@ -211,6 +211,9 @@ class FaceBackend:
                 raise ValueError(f"face backend {cls.name!r}: option {key} must be {wanted}"
                                  f"{' >= 1' if key == 'threads' else ''}, got {value!r}")
             test, words = OPTION_RANGES.get(key, (None, ""))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if test is not None and not number:          # a backend without this default (auto) checks its kind here
+                raise ValueError(f"face backend {cls.name!r}: option {key} must be a number {words}, got {value!r}")
             if test is not None and not test(value):      # --backend-option and detect.options skip params' rules
                 raise ValueError(f"face backend {cls.name!r}: option {key} must be {words}, got {value!r}")
 

@@ -176,6 +176,7 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
     ("insightface", {"threads": 0}, "option threads must be a whole number >= 1, got 0"),
     ("face_alignment", {"flip_input": "yes"}, "option flip_input must be true or false, got 'yes'"),
     ("insightface", {"det_size": 600}, r"option det_size must be a multiple of 32 \(SCRFD's largest stride\), got 600"),
+    ("auto", {"det_size": "abc"}, r"option det_size must be a number >= 32, got 'abc'"),     # a TypeError before
 ])
 def test_an_option_value_of_the_wrong_kind_is_refused_when_the_backend_is_built(name, options, message):
     """``--backend-option det_size=abc`` reached the detector and failed there with a TypeError."""

@@ -543,6 +543,15 @@ def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shard
     assert open_split([a, b], "train").preprocess == {}                 # one did not record them: unknown
 
 
+def test_an_option_value_a_candidate_refuses_is_an_error_not_a_fallback():
+    """Bug guarded: det_size=100.5 made the training faces' detector 'cannot run here', the fallback
+    `auto` then ended with "model file 'any face model' not found"; det_size=abc raised a TypeError."""
+    with pytest.raises(ValueError, match="face backend 'embedded': option det_size must be a whole number, got 100.5"):
+        choose_backend(None, {"embedded": 3}, {"det_size": 100.5})
+    with pytest.raises(ValueError, match="face backend 'embedded': option det_size must be a whole number, got 'abc'"):
+        choose_backend(None, {"embedded": 3}, {"det_size": "abc"})
+
+
 def test_the_backend_runs_with_the_options_it_ran_with_for_the_training_faces(tiny_run, tmp_path):
     """Detection settings travel detect report -> align report -> shard _info.json -> checkpoint ->
     predict: a model whose training faces came from embedded at score_threshold 0.5 finds new faces
