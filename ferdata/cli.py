@@ -144,16 +144,21 @@ def datasets() -> None:
 def backends(
     model_dir: Optional[Path] = typer.Option(None, help="Folder with model files (default: params.yaml's "
                                              "detect.model_dir, when there is a params.yaml here)."),
-    params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: model_dir)."),
+    params: Optional[Path] = typer.Option(None, help="Parameters file (section `detect`: model_dir; default: "
+                                          "params.yaml when there is one here)."),
 ) -> None:
     """List face backends and whether each can run here without downloading.
 
     Looks in the model folder and in each package's own default places."""
     from ferdata.faces import BACKENDS
-    from ferdata.params import load_params
+    from ferdata.params import load_params, section_values
 
-    if model_dir is None and params.is_file():
-        model_dir = (load_params(params).get("detect") or {}).get("model_dir")
+    if params is None and Path("params.yaml").is_file():
+        params = Path("params.yaml")
+    if model_dir is None and params is not None:      # one given is read (a missing one is an error)
+        model_dir = section_values(load_params(params), "detect").get("model_dir")
+        if model_dir is not None and not isinstance(model_dir, str):
+            raise ValueError(f"{params}: detect.model_dir must be a folder path or null, got {model_dir!r}")
     where = f" (model_dir {model_dir})" if model_dir else ""
     for name in BACKENDS.names():
         ready = BACKENDS.get(name).is_available(model_dir)

@@ -391,3 +391,16 @@ def test_backends_looks_in_the_model_folder(tmp_path):
     from_params = _ferdata("backends", cwd=tmp_path, env=home)
     assert "insightface     weights missing" in without.stdout, without.stdout + without.stderr
     assert "insightface     available" in given.stdout and "insightface     available" in from_params.stdout
+
+
+@pytest.mark.parametrize("params, says", [
+    (None, "error: elsewhere.yaml not found"), ("detect: 5\n", "error: params.yaml has no 'detect' section"),
+    ("detect: {model_dir: 5}\n", "error: params.yaml: detect.model_dir must be a folder path or null, got 5")])
+def test_backends_refuses_a_params_file_it_cannot_read(tmp_path, params, says):
+    """A --params that is not there was ignored (rc 0); `detect: 5` or a number for model_dir gave a
+    traceback."""
+    if params is not None:
+        (tmp_path / "params.yaml").write_text(params)
+    args = ("--params", "elsewhere.yaml") if params is None else ()
+    done = _ferdata("backends", *args, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.startswith(says) and "Traceback" not in done.stderr, done.stderr
