@@ -31,6 +31,7 @@ from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
 from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend
+from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
 from ferdata.layout import SAMPLE_SETTINGS
@@ -103,6 +104,11 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
     ``allow_download``: a detector whose package is installed but whose weights are missing here
     (insightface, face_alignment) fetches them on first use instead of being passed over."""
     trained_options = trained_options or {}
+    if asked and issubclass(BACKENDS.get(asked), AnnotationsBackend):
+        raise ValueError(f"--backend {asked} places a face by a dataset's own landmarks, which a new image does not "
+                         "have (no face would ever be found): leave --backend out, or give one that finds faces "
+                         f"({', '.join(n for n in BACKENDS.names() if BACKENDS.get(n).finds_faces)}), or "
+                         "precropped for inputs that already are face crops")
     if asked:
         reads = BACKENDS.get(asked).option_names()
         recorded = {k: v for k, v in trained_options.get(asked, {}).items() if k in reads}

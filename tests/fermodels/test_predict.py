@@ -543,6 +543,14 @@ def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shard
     assert open_split([a, b], "train").preprocess == {}                 # one did not record them: unknown
 
 
+def test_the_annotations_backend_is_refused_for_new_images():
+    """It was accepted and could never place a face: '0 face(s)', rc 0."""
+    with pytest.raises(ValueError, match=r"--backend annotations places a face by a dataset's own landmarks.*\(auto, "
+                                         r"embedded, .*\), or precropped"):
+        choose_backend("annotations", {"embedded": 3})
+    assert choose_backend("precropped", {"embedded": 3}).name == "precropped"       # face crops: a face each
+
+
 def test_an_option_value_a_candidate_refuses_is_an_error_not_a_fallback():
     """Bug guarded: det_size=100.5 made the training faces' detector 'cannot run here', the fallback
     `auto` then ended with "model file 'any face model' not found"; det_size=abc raised a TypeError."""
