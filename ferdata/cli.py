@@ -21,6 +21,9 @@ app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, de
 
 BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over params.yaml's detect.backend and "
                 "datasets.<name>.detect; e.g. precropped for images that are face crops already (FER2013).")
+DETECT_BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over params.yaml's detect.backend "
+                       "and datasets.<name>.detect: one that runs a model (embedded, insightface, face_alignment, "
+                       "auto), whose detections the cache keeps.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -60,7 +63,7 @@ def detect(
     root: Optional[Path] = typer.Option(None, help="Dataset root folder (overrides params.yaml)."),
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (section `detect`: backend, cache_dir)."),
     option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE, as for `prepare`."),
-    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    backend: Optional[str] = typer.Option(None, help=DETECT_BACKEND_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Detect one part of a dataset into the detection cache, for sharing detection between machines.
