@@ -228,11 +228,14 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
 
 
 def writable_folder(folder: Path, what: str) -> None:
-    """Make ``folder`` and write a file there before any image is scored: a results path that cannot
-    be written fails now, not after the whole run."""
+    """Write a file in ``folder``, or in the nearest folder above it that exists (where it would be
+    made), before any image is scored: a results path that cannot be written fails now, not after
+    the whole run, and nothing is made yet."""
+    there = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not there.is_dir():
+            raise NotADirectoryError(20, f"{there} is a file")
+        with tempfile.TemporaryFile(dir=there):
             pass
     except OSError as err:
         raise ValueError(f"{what} cannot write in {folder} ({err.strerror or err}); choose another folder") from None
@@ -248,6 +251,8 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     per image/frame (face counts). The library side of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the file to write (a name ending in .csv or .json)")
     inputs = list(inputs)
     paths = expand_inputs(inputs)
     names = annotation_names(inputs, paths)
@@ -258,6 +263,9 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
         writable_folder(out.parent, f"--out {out}:")
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
                           backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download)
+    for folder in (annotate, out.parent if out is not None else None):
+        if folder is not None:          # made once the checkpoint loaded: a bad one leaves no empty folders
+            folder.mkdir(parents=True, exist_ok=True)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,
                                 names=names)
     return write_rows(rows, summary, predictor.classes, out), summary

@@ -443,7 +443,10 @@ def test_an_output_or_annotation_folder_that_cannot_be_written_is_refused_before
     with pytest.raises(FileNotFoundError, match="no.pt not found"):          # a writable one passes
         fermodels.predict.predict_files(inputs, tmp_path / "no.pt", out=tmp_path / "new" / "p.csv",
                                         annotate=tmp_path / "ann")
-    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
+    assert not (tmp_path / "new").exists() and not (tmp_path / "ann").exists()   # no empty folders left behind
+    (tmp_path / "taken.csv").mkdir()
+    with pytest.raises(ValueError, match=r"--out .*taken.csv is a folder: give the file to write"):   # not after
+        fermodels.predict.predict_files(inputs, tmp_path / "no.pt", out=tmp_path / "taken.csv")     # scoring
 
 
 def test_no_forward_pass_is_larger_than_the_batch_size(photos, predictor, monkeypatch, one_thread):
