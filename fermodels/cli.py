@@ -22,16 +22,18 @@ app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), trainin
 @app.command("list")
 def list_cmd(details: bool = typer.Option(False, help="build each model to show its input size and fields")) -> None:
     """Print every registered model name (with `--details`: input size and sample fields)."""
+    width = max(map(len, list_models()))
     for name in list_models():
         if not details:
             typer.echo(name)
             continue
         card = create_model(name).card
-        typer.echo(f"{name:<16} {card.input_size:>4}px  fields={','.join(card.fields)}")
+        typer.echo(f"{name:<{width}} {card.input_size:>4}px  fields={','.join(card.fields)}")
 
 
 @app.command()
-def info(name: str, num_classes: int = typer.Option(7, help="number of output classes")) -> None:
+def info(name: str = typer.Argument(..., help="a registered model name (`fermodels list`)"),
+         num_classes: int = typer.Option(7, help="number of output classes")) -> None:
     """Parameters used in forward, MACs at the card's input size, fields, losses and paper."""
     i = model_info(name, num_classes=num_classes)
     card = i.card

@@ -148,6 +148,8 @@ def _git(repo: Path, *args: str) -> str:
 def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[list[FoldRun], dict[str, str]]:
     """Every DVC experiment of ``baseline`` with an evaluation, and {name: why skipped} for the rest."""
     repo = Path(repo)
+    if not repo.is_dir():
+        raise ValueError(f"--repo {repo} is no folder: give the project's git repository (default: here)")
     try:
         sha = _git(repo, "rev-parse", "--verify", f"{baseline}^{{commit}}").strip()
     except ValueError as err:
