@@ -138,7 +138,8 @@ def test_outside_a_repository_or_before_a_commit_the_error_says_where_to_run(tmp
         assert res.exit_code != 0 and "no commit 'HEAD'" in str(res.exception)
         assert "run this in the project's git repository" in str(res.exception)
     res = CliRunner().invoke(app, ["crossval", "--repo", str(tmp_path / "missing")])        # an OSError before
-    assert isinstance(res.exception, ValueError) and "missing is no folder: give the project's git" in str(res.exception)
+    assert isinstance(res.exception, ValueError)
+    assert "missing is no folder: give the project's git" in str(res.exception)
 
 
 def test_the_summary_holds_what_recomputes_it(repo, tmp_path):
