@@ -74,6 +74,20 @@ def cache_file(source: str | Path) -> Path:
     return path
 
 
+def readable_cache(source: str | Path) -> Path:
+    """:func:`cache_file`, checked to open as a detection cache (read-only): a merge refuses a
+    source that is none before it opens, or makes, the cache it merges into."""
+    path = cache_file(source)
+    src = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        src.execute("SELECT sha, sig, value FROM det LIMIT 1").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
+    finally:
+        src.close()
+    return path
+
+
 def _source_rows(rows: Iterable[tuple], source: str | Path) -> Iterator[tuple]:
     """The rows of a cache being merged in; its damage is named as its own, not this cache's."""
     try:
@@ -172,7 +186,7 @@ class DetectionCache:
     @_named
     def __init__(self, directory: str | Path) -> None:
         path = Path(directory)
-        if path.name == FILE and path.is_file():          # the cache's file named instead of its folder
+        if path.name == FILE and not path.is_dir():       # the cache's file named instead of its folder
             path = path.parent
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / FILE

@@ -105,14 +105,14 @@ def cache_merge(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (for detect.cache_dir)."),
 ) -> None:
     """Add the entries of other detection caches to this machine's (existing entries stay)."""
-    from ferdata.cache import DetectionCache, cache_file
+    from ferdata.cache import DetectionCache, readable_cache
     from ferdata.params import load_params
     from ferdata.prepare import cache_dir_of
 
     if into is not None and dataset is not None:
         raise typer.BadParameter("give --into or --dataset, not both", param_hint="--dataset")
-    for source in sources:              # every source found before the target is opened (or made)
-        cache_file(source)
+    for source in sources:              # every source found and readable before the target is opened (or made)
+        readable_cache(source)
     target = into if into is not None else cache_dir_of(load_params(params), dataset)
     with DetectionCache(target) as cache:
         for source in sources:

@@ -304,6 +304,13 @@ def test_cache_merge_checks_its_sources_first_and_takes_the_target_as_its_file(t
                               str(tmp_path / "t1" / "detections.sqlite")])
     assert res.exit_code == 0, res.output
     assert f"{tmp_path / 't1' / 'detections.sqlite'}: 0 detections" in res.output
+    (tmp_path / "afile").write_bytes(b"")                      # a source that is no cache: refused first too
+    res = runner.invoke(app, ["cache", "merge", str(tmp_path / "afile"), "--into", str(tmp_path / "c1")])
+    assert isinstance(res.exception, ValueError) and "afile is not a ferdata detection cache" in str(res.exception)
+    assert not (tmp_path / "c1").exists()
+    res = runner.invoke(app, ["cache", "merge", str(tmp_path / "w1"), "--into",        # a new cache named by its
+                              str(tmp_path / "c2" / "detections.sqlite")])               # file: no folder of that name
+    assert res.exit_code == 0 and (tmp_path / "c2" / "detections.sqlite").is_file(), res.output
 
 
 def test_sample_into_a_file_is_named_in_plain_words(tmp_path):
