@@ -27,7 +27,8 @@ import numpy as np
 
 from ferdata.classes import CLASSES
 from ferdata.layout import INFO
-from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS
+from ferdata.records import SPLITS
+from ferdata.summary import SplitSummary
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
@@ -153,54 +154,44 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
 
 @dataclass
 class _Tally:
-    """What a split's samples say, for the summaries its info file keeps of them."""
+    """A split's sample keys and what its samples say of themselves (:class:`SplitSummary`)."""
 
     keys: set[str] = field(default_factory=set)
-    classes: Counter = field(default_factory=Counter)               # cls id -> samples
-    backends: Counter = field(default_factory=Counter)              # json backend -> samples
-    soft: Counter = field(default_factory=Counter)                  # label mode -> samples with a distribution
-    subsets: dict[str, set[str]] = field(default_factory=dict)      # test subset -> its keys
+    summary: SplitSummary = field(default_factory=SplitSummary)
 
     def add(self, key: str, label: int | None, meta: dict) -> None:
         self.keys.add(key)
-        if label is not None:
-            self.classes[label] += 1
-        self.backends[meta.get("backend") or "unknown"] += 1
-        extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
-        if SOFT_LABEL in extra and extra.get(LABEL_MODE, "majority") != "majority":
-            self.soft[extra[LABEL_MODE]] += 1
-        for name in extra.get("subsets") or ():
-            self.subsets.setdefault(name, set()).add(key)
+        self.summary.add(key, label, meta)
 
 
 def _summary_problems(folder: Path, info: dict, tally: _Tally) -> list[str]:
     """Where the info file's summaries of the samples, which training, evaluation and prediction act
     on (class counts by the canonical class order, test subsets, face backends, label modes), differ
-    from what the samples' own ``cls`` and ``json`` say."""
+    from what the samples' own ``cls`` and ``json`` say. Shards of versions before the info file
+    recorded ``face_backends`` (which came last) may lack ``subsets`` and ``soft_labels`` whose
+    samples carry them: there only listed keys that are not in the shards are problems."""
     fix = "edited, or from another preparation? prepare the shards again"
     if info["label_map"] != list(CLASSES):
         return [f"{folder}: {INFO}'s label_map {info['label_map']} is not the class order "
                 f"{list(CLASSES)} every stage reads class ids in: {fix}"]
-    problems = []
-    hist = {CLASSES[c]: n for c, n in sorted(tally.classes.items())}
+    problems, want, whole = [], tally.summary.info(), "face_backends" in info
+    hist = {c: n for c, n in want["class_histogram"].items() if n}
     if {k: v for k, v in info["class_histogram"].items() if v} != hist:
         problems.append(f"{folder}: class counts {hist} differ from {INFO} {info['class_histogram']}")
     listed = {name: set(members) for name, members in (info.get("subsets") or {}).items()}
-    for name in sorted(set(listed) | set(tally.subsets)):
-        named, given = tally.subsets.get(name, set()), listed.get(name, set())
-        if named != given:
-            extra, stray = sorted(given - named), len(given - tally.keys)
-            missed = sorted(named - given)
-            problems.append(f"{folder}: subset {name!r} in {INFO} lists {len(extra)} keys whose json does not "
-                            f"name it ({stray} not in the shards at all) and misses {len(missed)} whose json does "
-                            f"(e.g. {(extra or missed)[0]!r}): {fix}")
-    summaries = {"soft_labels": (info.get("soft_labels", {}), tally.soft)}      # written only when some
-    if "face_backends" in info:                                       # shards of older versions lack it
-        summaries["face_backends"] = (info["face_backends"], tally.backends)
-    for name, (written, counted) in summaries.items():
-        if written != dict(counted):
-            problems.append(f"{folder}: {INFO}'s {name} {written} differ from the samples' "
-                            f"{dict(sorted(counted.items()))}: {fix}")
+    named = {name: set(keys) for name, keys in want["subsets"].items()} if whole else listed
+    for name in sorted(set(listed) | set(named)):
+        given, says = listed.get(name, set()), named.get(name, set())
+        stray = sorted(given - tally.keys)
+        extra, missed = sorted(given - says - set(stray)), sorted(says - given)
+        if stray or extra or missed:
+            problems.append(f"{folder}: subset {name!r} in {INFO} lists {len(stray)} keys not in the shards and "
+                            f"{len(extra)} whose json does not name it, and misses {len(missed)} whose json does "
+                            f"(e.g. {(stray or extra or missed)[0]!r}): {fix}")
+    for name in ("face_backends", "soft_labels") if whole else ():
+        if info.get(name, {}) != want.get(name, {}):
+            problems.append(f"{folder}: {INFO}'s {name} {info.get(name, {})} differ from the samples' "
+                            f"{want.get(name, {})}: {fix}")
     return problems
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Collection
@@ -25,9 +24,10 @@ from ferdata.classes import CLASSES
 from ferdata.layout import ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_settings
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
-from ferdata.records import LABEL_MODE, SOFT_LABEL, SPLITS, record_from_dict
+from ferdata.records import SPLITS, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
+from ferdata.summary import SplitSummary
 from ferdata.tario import MemberReader, TarShardWriter, index_chunks
 
 log = logging.getLogger(__name__)
@@ -184,25 +184,13 @@ def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, de
             fields["json"] = placed(fields["json"], metas[key])
             fields["cls"] = str(metas[key]["label"]).encode()
             writer.write(key, fields)
-    hist = Counter(CLASSES[metas[k]["label"]] for k in keys)
-    subsets: dict[str, list[str]] = {}
-    for k in sorted(keys):
-        for name in (metas[k].get("extra") or {}).get("subsets", ()):
-            subsets.setdefault(name, []).append(k)
-    info = {
-        "split": split, "num_samples": len(keys),
-        "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
-                   for f in writer.files],
-        "class_histogram": {c: hist.get(c, 0) for c in CLASSES},
-        "label_map": list(CLASSES),
-        "datasets": sorted({metas[k]["dataset"] for k in keys}),
-        "params_hash": params_hash(params),
-        "subsets": dict(sorted(subsets.items())),       # name -> sorted keys (options.subsets lists)
-        # which face backend made the crops: inference finds faces the same way (fermodels.predict)
-        "face_backends": dict(sorted(Counter(metas[k].get("backend") or "unknown" for k in keys).items())),
-    }
-    soft = Counter(e[LABEL_MODE] for e in (metas[k].get("extra") or {} for k in keys)
-                   if SOFT_LABEL in e and e.get(LABEL_MODE, "majority") != "majority")
-    if soft:                                            # only then: other datasets' info is unchanged
-        info["soft_labels"] = dict(sorted(soft.items()))   # label mode -> samples training reads it for
-    return info
+    summary = SplitSummary()
+    for k in keys:
+        summary.add(k, metas[k]["label"], metas[k])
+    # the summaries: the class histogram (training's class counts), the test subsets (options.subsets
+    # lists), the face backends (inference finds faces the same way) and the label modes training reads
+    return {"split": split, "num_samples": len(keys),
+            "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
+                       for f in writer.files],
+            "label_map": list(CLASSES), "datasets": sorted({metas[k]["dataset"] for k in keys}),
+            "params_hash": params_hash(params), **summary.info()}
