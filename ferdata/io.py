@@ -10,10 +10,11 @@ detector and the aligner always see the same pixels in the same frame:
 * alpha is flattened onto black (the alignment border colour), so pixels hidden
   under full transparency never reach a model;
 * 16-bit, grayscale, palette and CMYK images become 8-bit RGB;
-* a file holding several pictures (multi-page TIFF, animated WebP or PNG) gives its first, and
-  says so (``first_frame_only``);
+* a file holding several pictures (multi-page TIFF, animated GIF, WebP or PNG) gives its first, and
+  says so (``first_frame_only``; not a camera's MPO JPEG, whose first picture is the photo and the
+  rest previews or gain maps);
 * a JPEG whose compressed data is damaged decodes as every decoder does (the damaged part grey or
-  shifted), and says so (``corrupt_jpeg_data``, :func:`decode_image`);
+  shifted), and says so where libjpeg notices (``corrupt_jpeg_data``, :func:`decode_image`);
 * memory stays bounded: a JPEG above :data:`MAX_PIXELS` decodes at 1/2, 1/4 or 1/8
   scale inside libjpeg, and anything that would still need more (other formats,
   decompression bombs) is refused as ``too_large`` from its header alone.
@@ -23,7 +24,10 @@ with :func:`decode_jpeg_rgb`; writing them to disk safely is :mod:`ferdata.atomi
 """
 from __future__ import annotations
 
+import functools
 import io
+import logging
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -120,7 +124,7 @@ def read_header(data: bytes) -> ImageHeader:
                 orientation = _orientation(im)
                 tags = getattr(im, "tag_v2", {}) if fmt == "TIFF" else {}
                 extra, bits = tags.get(TIFF_EXTRA_SAMPLES), tags.get(TIFF_BITS_PER_SAMPLE)
-                frames = _frames(im)
+                frames = _frames(im) if fmt != "MPO" else 1     # an MPO's first picture is the photo itself
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
@@ -319,8 +323,11 @@ def _strict_jpeg(data: bytes, head: ImageHeader, reduce: int) -> tuple[np.ndarra
     """(RGB pixels of an RGB or grey JPEG at 1/``reduce``, "") from libjpeg-turbo in strict mode,
     or (None, libjpeg's complaint where the compressed data is damaged, else ""): the caller then
     decodes it with OpenCV, which reads on past a warning as every decoder does."""
-    import simplejpeg
-
+    try:
+        import simplejpeg
+    except ImportError:             # a broken install: the same pixels from OpenCV, damage unheard (said once)
+        _say_once("simplejpeg is not installed (pip install simplejpeg): JPEGs with damaged data are not noticed")
+        return None, ""
     try:
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=-(-head.height // reduce),
                                      min_width=-(-head.width // reduce))
@@ -331,12 +338,30 @@ def _strict_jpeg(data: bytes, head: ImageHeader, reduce: int) -> tuple[np.ndarra
     return rgb, ""
 
 
+@functools.lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+    logging.getLogger(__name__).warning(message)
+
+
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
+TRAILING_JUNK = 8          # extra bytes before the end marker a writer may leave (web-crawled sets have 1-3)
+
+
 def _damage(message: str) -> str:
-    """``message`` (a libjpeg warning or error) when it says the compressed data is damaged, else
-    "": extra bytes before a marker ("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9",
-    common in web-crawled sets) and an unknown JFIF revision are harmless."""
-    damaged = message.startswith(("Corrupt JPEG data", "Premature end of JPEG file"))
-    return message if damaged and "extraneous bytes" not in message else ""
+    """``message`` (a libjpeg warning or error) when it says the compressed data is damaged, else "".
+    Extra bytes before a marker are libjpeg's usual (often only) sign that damaged data threw the
+    decoder off: damage before a restart or scan marker, or more than :data:`TRAILING_JUNK` before
+    the end marker; a few there ("1 extraneous bytes before marker 0xd9"), or before a table
+    marker, are a writer's junk. An unknown JFIF revision is harmless. libjpeg notices only some
+    damage: most single flipped bytes decode to wrong pixels without a warning."""
+    if not message.startswith(("Corrupt JPEG data", "Premature end of JPEG file")):
+        return ""
+    extra = _EXTRANEOUS.search(message)
+    if extra is None:
+        return message
+    count, marker = int(extra[1]), int(extra[2], 16)
+    damaged = 0xD0 <= marker <= 0xD7 or marker == 0xDA or (marker == 0xD9 and count > TRAILING_JUNK)
+    return message if damaged else ""
 
 
 def _pil_pixels(data: bytes) -> np.ndarray:
@@ -376,8 +401,11 @@ def jpeg_damage(data: bytes) -> str:
     says so at no cost for RGB and grey JPEGs)."""
     if sniff_format(data) != "JPEG":
         return ""
-    import simplejpeg
-
+    try:
+        import simplejpeg
+    except ImportError:
+        _say_once("simplejpeg is not installed (pip install simplejpeg): JPEGs with damaged data are not noticed")
+        return ""
     try:
         simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)
     except ValueError as e:

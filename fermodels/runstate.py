@@ -118,7 +118,7 @@ def _interned(obj: Any) -> Any:
 def _failed_checksum(path: Path) -> str | None:
     """The first member of a zip checkpoint (what ``torch.save`` writes) whose bytes fail their
     CRC-32, which ``torch.load`` never checks: damaged weights would load as numbers. None when all
-    pass, when the file is no zip (``torch.load`` then says what it is), or when it was saved
+    pass, when the file is no zip (:func:`load_checkpoint` then says what it is), or when it was saved
     without checksums (``torch.serialization.set_crc32_options(False)`` writes every one as 0)."""
     try:
         with zipfile.ZipFile(path) as z:

@@ -88,6 +88,13 @@ def test_damaged_jpeg_data_is_named_and_harmless_warnings_are_not(bad_corpus_run
     assert jpeg_damage(damaged_jpeg(picture(39))).startswith("Corrupt JPEG data")
     assert jpeg_damage(sound) == "" and jpeg_damage(sound[:-2] + bytes(3) + sound[-2:]) == ""   # extra bytes
     assert jpeg_damage(encode(picture(39), "PNG")) == ""
+    from ferdata.io import _damage                # libjpeg's one sign of most damage it notices: extra bytes
+    for message, damaged in (("Corrupt JPEG data: 3 extraneous bytes before marker 0xd9", False),   # a writer's
+                             ("Corrupt JPEG data: 114 extraneous bytes before marker 0xd9", True),  # decoder thrown
+                             ("Corrupt JPEG data: 30 extraneous bytes before marker 0xd2", True),   # before a restart
+                             ("Corrupt JPEG data: 2 extraneous bytes before marker 0xdb", False),   # between tables
+                             ("Warning: unknown JFIF revision number 1.03", False)):
+        assert bool(_damage(message)) is damaged, message
     decoded = decode_image(damaged_jpeg(picture(39)))
     assert decoded.damage.startswith("Corrupt JPEG data") and decoded.conversions == ("corrupt_jpeg_data",)
     cmyk = bytearray(encode(picture(39), mode="CMYK", quality=95))     # read by OpenCV, checked apart
@@ -104,6 +111,25 @@ def test_a_file_of_several_pictures_gives_its_first_and_says_so():
     got = decode_image(multi_page_tiff(first, second))
     assert np.array_equal(got.rgb, first) and got.conversions == ("first_frame_only",)
     assert decode_image(encode(first, "TIFF")).conversions == ()
+    mpo = io.BytesIO()              # a camera's MPO JPEG: the photo, then previews or gain maps: not a note
+    Image.fromarray(first).save(mpo, "MPO", save_all=True, append_images=[Image.fromarray(second)])
+    assert decode_image(mpo.getvalue()).conversions == ()
+
+
+def test_without_simplejpeg_jpegs_decode_to_the_same_pixels_and_it_is_said(monkeypatch, caplog):
+    """A broken install without simplejpeg (a GPU image with its own packages) still decodes every
+    JPEG, through OpenCV, and says once that damaged data goes unnoticed."""
+    import sys
+
+    import ferdata.io as fio
+
+    data, damaged = encode(picture(39), quality=92), damaged_jpeg(picture(39))
+    want = decode_image(data).rgb
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)            # import simplejpeg raises ImportError
+    fio._say_once.cache_clear()
+    with caplog.at_level("WARNING", logger="ferdata.io"):
+        assert np.array_equal(decode_image(data).rgb, want) and decode_image(damaged).damage == ""
+    assert caplog.text.count("simplejpeg is not installed") == 1
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
