@@ -90,7 +90,7 @@ def test_ratios_follow_from_the_rates_and_print_last(quick):
     one, two = results["ours"]["image@112"][1].rate, results["ours"]["image@112"][2].rate
     decode = results["decode"]["image@112"]
     ceiling = decode["ceiling2"]                  # best rate of 2 processes over best of 1, as scaling is judged
-    assert math.isclose(ceiling, decode["procs2"] / decode["procs1"])
+    assert math.isclose(ceiling, min(2.0, decode["procs2"] / decode["procs1"]))      # above 2 processes: noise
     assert 0 < ceiling and r["image@112 decode alone, N / 1 processes"][2]["value"] == ceiling
     assert math.isclose(r["image@112 scaling / that ceiling"][2]["value"], two / one / ceiling)
     assert r["image@112 scaling / that ceiling"][2]["goal"] == 0.9
