@@ -154,12 +154,16 @@ def backends(
 
     Looks in the model folder and in each package's own default places."""
     from ferdata.faces import BACKENDS
-    from ferdata.params import load_params, section_values
+    from ferdata.params import load_params
 
-    if params is None and Path("params.yaml").is_file():
+    given = params is not None                        # one given is read (a missing one is an error)
+    if not given and Path("params.yaml").is_file():   # one found here may be another project's
         params = Path("params.yaml")
-    if model_dir is None and params is not None:      # one given is read (a missing one is an error)
-        model_dir = section_values(load_params(params), "detect").get("model_dir")
+    if model_dir is None and params is not None:
+        detect = load_params(params).get("detect")
+        if given and not isinstance(detect, dict):
+            raise ValueError(f"{params} has no detect section (a mapping with model_dir) to read")
+        model_dir = detect.get("model_dir") if isinstance(detect, dict) else None
         if model_dir is not None and not isinstance(model_dir, str):
             raise ValueError(f"{params}: detect.model_dir must be a folder path or null, got {model_dir!r}")
     where = f" (model_dir {model_dir})" if model_dir else ""

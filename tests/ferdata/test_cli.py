@@ -400,14 +400,17 @@ def test_backends_looks_in_the_model_folder(tmp_path):
     assert "insightface     available" in given.stdout and "insightface     available" in from_params.stdout
 
 
-@pytest.mark.parametrize("params, says", [
-    (None, "error: elsewhere.yaml not found"), ("detect: 5\n", "error: params.yaml has no 'detect' section"),
-    ("detect: {model_dir: 5}\n", "error: params.yaml: detect.model_dir must be a folder path or null, got 5")])
-def test_backends_refuses_a_params_file_it_cannot_read(tmp_path, params, says):
+@pytest.mark.parametrize("params, given, says", [
+    (None, True, "error: elsewhere.yaml not found"),
+    ("detect: 5\n", True, "error: elsewhere.yaml has no detect section (a mapping with model_dir) to read"),
+    ("detect: {model_dir: 5}\n", False, "error: params.yaml: detect.model_dir must be a folder path or null, got 5")])
+def test_backends_refuses_a_params_file_it_cannot_read(tmp_path, params, given, says):
     """A --params that is not there was ignored (rc 0); `detect: 5` or a number for model_dir gave a
-    traceback."""
+    traceback. A params.yaml found here without a detect section (another project's) is passed over."""
     if params is not None:
-        (tmp_path / "params.yaml").write_text(params)
-    args = ("--params", "elsewhere.yaml") if params is None else ()
+        (tmp_path / ("elsewhere.yaml" if given else "params.yaml")).write_text(params)
+    args = ("--params", "elsewhere.yaml") if given else ()
     done = _ferdata("backends", *args, cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.startswith(says) and "Traceback" not in done.stderr, done.stderr
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\n")
+    assert _ferdata("backends", cwd=tmp_path).returncode == 0
