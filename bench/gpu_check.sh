@@ -56,7 +56,9 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', tor
 assert hasattr(cv2, 'IMREAD_COLOR_RGB'), 'OpenCV ' + cv2.__version__ + ' lacks IMREAD_COLOR_RGB: bring OpenCV 5'
 print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO CUDA DEVICE')
 import bench.bench_loader, bench.bench_train
-print('benchmarks import')"
+import importlib.util
+print('benchmarks import; simplejpeg', 'present' if importlib.util.find_spec('simplejpeg') else
+      'missing (JPEGs decode through OpenCV, damage unheard)')"
 step tests 135 "$py" -m pytest -q -p no:cacheprovider -rs --durations=5 tests/fermodels/test_wire.py \
     tests/fermodels/test_batchring.py \
     tests/fermodels/test_evaluate.py::test_prediction_waits_for_the_gpu_once_not_per_batch \
