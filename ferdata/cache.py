@@ -74,11 +74,16 @@ def cache_file(source: str | Path) -> Path:
     return path
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """Another cache's file opened read-only (a merge never writes to its sources)."""
+    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+
+
 def readable_cache(source: str | Path) -> Path:
     """:func:`cache_file`, checked to open as a detection cache (read-only): a merge refuses a
     source that is none before it opens, or makes, the cache it merges into."""
     path = cache_file(source)
-    src = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    src = _read_only(path)
     try:
         src.execute("SELECT sha, sig, value FROM det LIMIT 1").fetchall()
     except sqlite3.DatabaseError as e:
@@ -245,7 +250,7 @@ class DetectionCache:
         if src_path.resolve() == self.path.resolve():
             raise ValueError(f"{source} is this cache itself; give the other machines' caches")
         self.flush()
-        src = sqlite3.connect(src_path.resolve().as_uri() + "?mode=ro", uri=True)
+        src = _read_only(src_path)
         try:
             try:
                 rows = src.execute("SELECT sha, sig, value FROM det")

@@ -24,6 +24,12 @@ NATIVE_TO_CANONICAL: Mapping[str, tuple[int, ...]] = {
 }
 
 
+def stored_class_id(text: bytes) -> int | None:
+    """A shard sample's ``cls`` member as a canonical class id, or None when it is none ("x", "9")."""
+    value = text.strip()
+    return int(value) if value.isdigit() and value.isascii() and int(value) < len(CLASSES) else None
+
+
 def class_names(num_classes: int) -> tuple[str, ...]:
     """Names of the first ``num_classes`` canonical classes (7 drops Contempt)."""
     if num_classes not in (7, 8):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferdata.classes import CLASSES
+from ferdata.classes import CLASSES, stored_class_id
 from ferdata.layout import INFO
 from ferdata.records import SPLITS
 from ferdata.summary import SplitSummary
@@ -245,10 +245,9 @@ def _read_sample(path: Path, key: str, fields: dict[str, bytes]) -> tuple[str, i
                 return f"has a lmk.npy of {array.dtype} {array.shape}, not 68 finite (x, y) points", None, {}
     label, meta = None, {}
     if "cls" in fields:
-        text = fields["cls"].decode("ascii", "replace").strip()
-        if not text.isdigit() or int(text) >= len(CLASSES):
+        label = stored_class_id(fields["cls"])
+        if label is None:
             return f"has cls {fields['cls'][:20]!r}, not a class id 0-{len(CLASSES) - 1}", None, {}
-        label = int(text)
     if "json" in fields:
         try:
             meta = json.loads(fields["json"])

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from ferdata.classes import CLASSES
+from ferdata.classes import CLASSES, stored_class_id
 from ferdata.io import BadImage, decode_jpeg_rgb
 from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.tario import load_npy
@@ -130,11 +130,11 @@ def sample_label(s: dict) -> int:
 
 def class_id(text: bytes, key: str, url: str) -> int:
     """A ``cls`` member's class id; anything but a canonical class id is a damaged shard (named)."""
-    value = text.strip()
-    if not value.isdigit() or int(value) >= len(CLASSES):
+    value = stored_class_id(text)
+    if value is None:
         raise ValueError(f"sample {key!r}{_of(url)} has cls {text[:20]!r}, not a class id 0-{len(CLASSES) - 1}: "
                          f"{DAMAGED}")
-    return int(value)
+    return value
 
 
 DAMAGED = "its shard is damaged (`ferdata verify` checks the split; re-run the shard stage or `dvc pull` it)"

@@ -36,7 +36,7 @@ def first_ready(names: Sequence[str], options: Mapping[str, Any] | None, model_d
             backend = BACKENDS.get(name)({**(per_backend or {}).get(name, {}), **(options or {})}, model_dir,
                                          allow_download)          # a multiple of 32): it cannot run, the next may
         except ValueError as e:
-            log.warning("auto: %s refuses the options, so it is not used: %s", name, e)
+            log.warning("face backend %s refuses the options, so it is not used: %s", name, e)
             reasons.append(_why(name, e))
             continue
         try:

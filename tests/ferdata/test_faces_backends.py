@@ -665,7 +665,7 @@ def test_auto_skips_a_candidate_that_refuses_the_options(tmp_path, monkeypatch, 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ferdata.faces.auto"):
         assert AutoBackend({"pack": "synth", "det_size": 600}, synthetic_root).delegate.name == "embedded"
-    assert "auto: insightface refuses the options, so it is not used: face backend 'insightface': option " \
+    assert "face backend insightface refuses the options, so it is not used: face backend 'insightface': option " \
            "det_size must be a multiple of 32" in caplog.text
 
 
