@@ -323,10 +323,7 @@ def _strict_jpeg(data: bytes, head: ImageHeader, reduce: int) -> tuple[np.ndarra
     """(RGB pixels of an RGB or grey JPEG at 1/``reduce``, "") from libjpeg-turbo in strict mode,
     or (None, libjpeg's complaint where the compressed data is damaged, else ""): the caller then
     decodes it with OpenCV, which reads on past a warning as every decoder does."""
-    try:
-        import simplejpeg
-    except ImportError:             # a broken install: the same pixels from OpenCV, damage unheard (said once)
-        _say_once("simplejpeg is not installed (pip install simplejpeg): JPEGs with damaged data are not noticed")
+    if (simplejpeg := _simplejpeg()) is None:
         return None, ""
     try:
         rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_height=-(-head.height // reduce),
@@ -339,8 +336,16 @@ def _strict_jpeg(data: bytes, head: ImageHeader, reduce: int) -> tuple[np.ndarra
 
 
 @functools.lru_cache(maxsize=None)
-def _say_once(message: str) -> None:
-    logging.getLogger(__name__).warning(message)
+def _simplejpeg():
+    """The strict JPEG decoder's module, or None in a broken install without it: JPEGs then decode
+    through OpenCV to the same pixels, damaged data unheard (said once)."""
+    try:
+        import simplejpeg
+    except ImportError:
+        logging.getLogger(__name__).warning("simplejpeg is not installed (pip install simplejpeg): JPEGs with "
+                                            "damaged data are not noticed")
+        return None
+    return simplejpeg
 
 
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-f]{2})")
@@ -399,12 +404,7 @@ def jpeg_damage(data: bytes) -> str:
     blocks and say nothing (OpenCV's and PIL's alike); this decodes in strict mode at 1/8 scale,
     which still reads every coefficient, at about half the cost of a full decode (:func:`decode_image`
     says so at no cost for RGB and grey JPEGs)."""
-    if sniff_format(data) != "JPEG":
-        return ""
-    try:
-        import simplejpeg
-    except ImportError:
-        _say_once("simplejpeg is not installed (pip install simplejpeg): JPEGs with damaged data are not noticed")
+    if sniff_format(data) != "JPEG" or (simplejpeg := _simplejpeg()) is None:
         return ""
     try:
         simplejpeg.decode_jpeg(data, strict=True, min_height=1, min_width=1)

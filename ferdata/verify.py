@@ -4,8 +4,8 @@ For shards that came from another machine (``dvc pull``, a copy, a download): ev
 listed shard exists and matches its sha256, its size (``bytes``, which training checks) and its
 sample count; the summaries training, evaluation and prediction act on match the samples' own
 ``cls`` and ``json`` (class histogram in the one class order, test subsets, face backends, label
-modes); no shard file is missing from the list or listed
-twice; the info file has the fields training reads; each split folder holds the split its info
+modes); no shard file is missing from the list or listed twice; the info file has the fields
+training reads; each split folder holds the split its info
 file names (folders swapped in a copy would test on the validation set); no sample is in two
 shards or two splits, and each sample's members are next to each other; every member is a safe
 regular file (no absolute paths, ``..``, links, devices, pickles) and every ``.npy`` loads
@@ -197,9 +197,9 @@ def _summary_problems(folder: Path, info: dict, tally: _Tally) -> list[str]:
 
 def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
     """(samples in a shard, problem or ""), each sample added to ``tally``; a key seen already (in
-    this split's shards) is a problem, and so
-    is a sample whose members are bad (:func:`_sample_problem`) or lack one of :data:`REQUIRED`
-    (named only once the whole shard is read: the rest may come later, split apart from it)."""
+    this split's shards) is a problem, and so is a sample whose members are bad (:func:`_read_sample`)
+    or lack one of :data:`REQUIRED` (named only once the whole shard is read: the rest may come
+    later, split apart from it)."""
     found = 0
     here: dict[str, frozenset[str]] = {}                  # this shard's keys -> their members' extensions
     lacking: dict[str, list[str]] = {}                   # this shard's keys -> the required members they lack

@@ -126,9 +126,12 @@ def test_without_simplejpeg_jpegs_decode_to_the_same_pixels_and_it_is_said(monke
     data, damaged = encode(picture(39), quality=92), damaged_jpeg(picture(39))
     want = decode_image(data).rgb
     monkeypatch.setitem(sys.modules, "simplejpeg", None)            # import simplejpeg raises ImportError
-    fio._say_once.cache_clear()
-    with caplog.at_level("WARNING", logger="ferdata.io"):
-        assert np.array_equal(decode_image(data).rgb, want) and decode_image(damaged).damage == ""
+    fio._simplejpeg.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="ferdata.io"):
+            assert np.array_equal(decode_image(data).rgb, want) and decode_image(damaged).damage == ""
+    finally:
+        fio._simplejpeg.cache_clear()                           # the next test finds the installed module
     assert caplog.text.count("simplejpeg is not installed") == 1
 
 
