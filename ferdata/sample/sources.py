@@ -214,14 +214,15 @@ def split_identities(identities: Sequence[Identity], val_fraction: float,
     Held-out photo identities are the most frontal faces whose source photo has a closed
     mouth (for the package photos: t1_0 and grace_hopper), so validation measures
     expressions on unseen people, not extrapolation to strong yaw nor a source smile that
-    no warp fully removes. Held-out LFW identities are a seeded draw from all of them.
+    no warp fully removes. Held-out LFW identities are a seeded draw from all of them. A tier of
+    two or more identities keeps at least one on each side, whatever the fraction.
     """
     out: dict[str, list[Identity]] = {"train": [], "validation": []}
     for tier in ("photo", "lfw"):
         pool = sorted((i for i in identities if i.tier == tier), key=lambda i: i.name)
         if not pool:
             continue
-        n_val = max(1, round(val_fraction * len(pool))) if len(pool) > 1 else 0
+        n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)     # each split keeps one
         if tier == "photo":
             ranked = sorted(pool, key=lambda i: (not _easy(i), -i.frontal, i.name))
             held = {i.name for i in ranked[:n_val]}
@@ -235,6 +236,8 @@ def split_identities(identities: Sequence[Identity], val_fraction: float,
 def slot_identities(pool: Sequence[Identity], n: int, rng: np.random.Generator) -> list[Identity]:
     """The identity of slot 0..n-1, shared by every class (so identity never predicts
     the label): three photo faces, then one LFW face, each tier cycling in a seeded order."""
+    if n and not pool:
+        raise ValueError("sample: no identity left for a split (the package photos gave too few faces)")
     photo = [pool[k] for k in rng.permutation(len(pool)) if pool[k].tier == "photo"]
     lfw = [pool[k] for k in rng.permutation(len(pool)) if pool[k].tier == "lfw"]
     out: list[Identity] = []

@@ -3,8 +3,8 @@
 ``Manually_Annotated_Images/<split dir>/<name>.jpg`` plus ``training.csv`` and
 ``validation.csv`` with the 68 landmarks and the face box, named with the AffectNet
 reader's own constants so the writer cannot drift from what ``AffectNetReader``
-expects. The folder is built beside ``out_dir`` and swapped in whole, and a marker file
-says it may be replaced next time.
+expects. The folder is built beside ``out_dir`` and swapped in whole (:class:`staged_dir`: locked,
+a killed run's leftovers cleared by the next), and a marker file says it may be replaced next time.
 """
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ import hashlib
 import io
 import json
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ferdata.atomic import atomic_write_bytes, atomic_write_text
+from ferdata.atomic import StageDirError, atomic_write_bytes, atomic_write_text, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.datasets.affectnet import COLUMNS, IMAGES, LIST_DIRS, LISTS
 from ferdata.params import above, at_least, check_values, repeated, within
@@ -68,29 +66,12 @@ class SampleParams:
                              "leaves an empty split; use per_class >= 2 and a fraction that gives both")
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """A fresh temporary folder beside ``out_dir``; refuses to clobber a folder this
-    module did not write (one without the marker file)."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
-        raise FileExistsError(f"sample: {out_dir} is not empty and was not written by ferdata.sample; "
-                              f"choose an empty or new folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    tmp.chmod(0o755)                     # mkdtemp makes it private; the dataset is not
-    return tmp
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` with ``tmp`` so readers never see a half-written sample."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old)
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, a non-empty folder without the marker: a real AffectNet root holds
+    the same two folder names, and only a folder this module wrote may be replaced."""
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+        raise StageDirError(f"sample: {out_dir} is not empty and was not written by ferdata.sample; "
+                            f"choose an empty or new folder")
 
 
 def _csv_text(rows: list[list[str]]) -> str:
@@ -120,14 +101,14 @@ def make_affectnet_sample(out_dir: Path, params: SampleParams) -> dict:
     per_class, classes, val_fraction = params.per_class, params.classes, params.val_fraction
     seed, image_size, jpeg_quality = params.seed, params.image_size, params.jpeg_quality
     out_dir = Path(out_dir).resolve()          # "." gets a name to build beside; a symlink, its folder
+    _check_out_dir(out_dir)
     identities = load_identities()
     splits = split_identities(identities, val_fraction, np.random.default_rng([seed, 0]))
     n_val = round(per_class * val_fraction)
     sizes = {"train": per_class - n_val, "validation": n_val}
-    tmp = _prepare_out_dir(out_dir)
     summary: dict = {"image_size": image_size, "counts": {}, "identities": {}}
     total = len(classes) * per_class
-    try:
+    with staged_dir(out_dir, owned=(IMAGES_DIR, LISTS_DIR, MARKER)) as tmp:
         for split_no, split in enumerate(("train", "validation"), start=1):
             slots = slot_identities(splits[split], sizes[split], np.random.default_rng([seed, split_no]))
             rows: list[list[str]] = []
@@ -143,9 +124,5 @@ def make_affectnet_sample(out_dir: Path, params: SampleParams) -> dict:
             summary["counts"][split] = {CLASSES[c]: sizes[split] for c in sorted(classes)}
             summary["identities"][split] = sorted({i.name for i in slots})
         atomic_write_text(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        _swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("sample: wrote %d images to %s", total, out_dir)
     return summary

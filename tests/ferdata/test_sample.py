@@ -14,7 +14,8 @@ from ferdata.datasets.affectnet import AffectNetReader
 from ferdata.geometry import align_face, five_from_68
 from ferdata.io import decode_rgb
 from ferdata.records import Dropped, FaceRecord
-from ferdata.sample import COLUMNS, MARKER, SampleParams, make_affectnet_sample
+from ferdata.sample import COLUMNS, MARKER, SampleParams, make_affectnet_sample, writer
+from ferdata.sample.sources import load_identities, split_identities
 
 CLASSES = (0, 1, 2, 3, 6)
 HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
@@ -90,6 +91,55 @@ def test_refuses_a_foreign_folder(tmp_path):
         make_affectnet_sample(tmp_path, SampleParams(**TINY))
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     assert not (tmp_path / MARKER).exists()
+
+
+def test_refuses_a_foreign_folder_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "mine.txt").write_text("keep me")
+    monkeypatch.setattr(writer, "load_identities", lambda: pytest.fail("faces were detected before the refusal"))
+    with pytest.raises(FileExistsError, match="not written by ferdata.sample"):
+        make_affectnet_sample(tmp_path, SampleParams(**TINY))
+
+
+def test_refuses_user_files_inside_an_earlier_sample(tmp_path):
+    root = tmp_path / "s"
+    make_affectnet_sample(root, SampleParams(**TINY))
+    (root / "NOTES.txt").write_text("mine")
+    (root / "extra").mkdir()
+    with pytest.raises(FileExistsError, match="NOTES.txt"):
+        make_affectnet_sample(root, SampleParams(**TINY))
+    assert (root / "NOTES.txt").read_text() == "mine" and (root / "extra").is_dir() and (root / MARKER).is_file()
+
+
+def test_a_killed_runs_leftovers_are_cleared(tmp_path):
+    root = tmp_path / "s"
+    make_affectnet_sample(root, SampleParams(**TINY))
+    partial = tmp_path / ".s.partial"                    # what a run killed mid-write leaves
+    (partial / "Manually_Annotated_Images").mkdir(parents=True)
+    (partial / "Manually_Annotated_Images" / "half.jpg").write_bytes(b"\xff\xd8")
+    make_affectnet_sample(root, SampleParams(**TINY))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_a_run_killed_between_its_renames_gets_its_output_back(tmp_path, monkeypatch):
+    root = tmp_path / "s"
+    make_affectnet_sample(root, SampleParams(**TINY))
+    before = _files(root)
+    root.rename(tmp_path / ".s.old")                     # killed after moving the old output aside
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("render failed")
+    monkeypatch.setattr(writer, "render_sample", broken)
+    with pytest.raises(RuntimeError, match="render failed"):     # the next run fails too ...
+        make_affectnet_sample(root, SampleParams(**TINY))
+    assert _files(root) == before                        # ... and the previous sample is in place again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_an_extreme_val_fraction_keeps_training_identities():
+    splits = split_identities(load_identities(), 0.995, np.random.default_rng(0))
+    assert {i.tier for i in splits["train"]} == {"photo", "lfw"}
+    assert {i.tier for i in splits["validation"]} == {"photo", "lfw"}
+    assert not {i.name for i in splits["train"]} & {i.name for i in splits["validation"]}
 
 
 @pytest.mark.parametrize("bad", [
