@@ -55,16 +55,23 @@ class SheetSample:
     padding: float | None         # the align padding of that template; None: not recorded, 0 assumed
 
 
+_NO_FACE = "derived chunks (derived-*.tar) hold no face image: give the shards or the aligned folder"
+
+
 def _tars(path: Path) -> list[Path]:
     if path.is_file():
         if path.suffix.lower() != ".tar":      # read as a tar, it was blamed on the stage that wrote it
             raise ValueError(f"{path} is no .tar: give a shards folder, one .tar of it, or an aligned folder")
+        if path.name.startswith("derived-"):
+            raise ValueError(f"{path}: {_NO_FACE}")
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     tars = sorted(path.rglob("*.tar"))
     shards = [p for p in tars if not p.name.startswith(("aligned-", "derived-"))]
     chosen = shards or [p for p in tars if p.name.startswith("aligned-")]
+    if not chosen and tars:
+        raise ValueError(f"{path}: {_NO_FACE}")
     if not chosen:
         raise FileNotFoundError(f"{path}: no shards (*.tar) or aligned chunks (aligned-*.tar) found")
     return chosen
@@ -129,6 +136,8 @@ def to_sheet_sample(key: str, fields: dict[str, bytes], padding: float | None = 
     lmk = _landmarks(load_npy(fields["lmk.npy"], f"{key}.lmk.npy"), size) if "lmk.npy" in fields else None
     if "heatmap.png" in fields:
         heat = decode_jpeg_rgb(fields["heatmap.png"])
+        if heat.dtype != np.uint8:
+            raise ValueError(f"heatmap.png holds {heat.dtype} pixels, not the stage's 8-bit ones")
     elif lmk is not None:
         heat = max_heatmap_u8(lmk, HEATMAP_SIZE, HEATMAP_SIGMA, size / HEATMAP_SIZE)
     else:
@@ -208,17 +217,36 @@ def contact_sheet(samples: list[SheetSample], columns: int = COLUMNS) -> np.ndar
     return sheet
 
 
-SHEET_FORMATS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+# The tallest image each format's encoder writes (OpenCV: JPEG 65,500, WebP 16,383 px); PNG and BMP
+# take the sheet of MAX_SAMPLES (about 1.4 GB in memory), the most one sheet shows.
+SHEET_FORMATS = {".png": None, ".jpg": 65_500, ".jpeg": 65_500, ".webp": 16_383, ".bmp": None}
+MAX_SAMPLES = 5000
+
+
+def sheet_height(n: int, columns: int = COLUMNS) -> int:
+    """Pixel height of :func:`contact_sheet` for ``n`` tiles (a tile is the label strip over a panel)."""
+    return -(-n // columns) * (LABEL_H + PANEL + 8) + 8
+
+
+def _check_size(out: Path, n: int) -> None:
+    """Refuse, before reading any tar, a sheet the format cannot hold or no sheet should be."""
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ValueError(f"-n {n}: a sheet shows 1 to {MAX_SAMPLES} samples")
+    limit = SHEET_FORMATS[out.suffix.lower()]
+    if limit is not None and sheet_height(n) > limit:
+        most = (limit - 8) // (LABEL_H + PANEL + 8) * COLUMNS
+        raise ValueError(f"-n {n} makes a sheet {sheet_height(n):,} px tall; {out.suffix} holds at most "
+                         f"{limit:,}: use -n {most} or fewer, or a .png")
 
 
 def show(path: Path, out: Path, n: int = 32) -> Path:
-    """Write a contact sheet of the first ``n`` samples under ``path`` to ``out`` (PNG)."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    """Write a contact sheet of the first ``n`` samples under ``path`` to ``out`` (the format follows
+    its suffix)."""
     out = Path(out)
     if out.suffix.lower() not in SHEET_FORMATS:
         raise ValueError(f"--out {out}: a contact sheet is an image; end the name in "
                          f"{' or '.join(sorted(SHEET_FORMATS))}")
+    _check_size(out, n)
     paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
     samples = []
     for tar, key, fields in itertools.islice(_samples(Path(path)), n):

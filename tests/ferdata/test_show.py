@@ -222,3 +222,41 @@ def test_a_file_that_is_no_tar_is_told_what_to_give(tmp_path):
     (tmp_path / "_info.json").write_text("{}")
     with pytest.raises(ValueError, match="_info.json is no .tar: give a shards folder, one .tar of it"):
         show(tmp_path / "_info.json", tmp_path / "sheet.png")
+
+
+@pytest.mark.parametrize("out, n, says", [
+    ("s.jpg", 706, r"-n 706 makes a sheet 65,666 px tall; \.jpg holds at most 65,500: use -n 704 or fewer"),
+    ("s.webp", 178, r"-n 178 makes a sheet 16,562 px tall; \.webp holds at most 16,383: use -n 176 or fewer"),
+    ("s.png", 5001, "-n 5001: a sheet shows 1 to 5000 samples"),
+    ("s.png", 10**20, "a sheet shows 1 to 5000 samples"),
+    ("s.png", 0, "a sheet shows 1 to 5000 samples")])
+def test_a_sheet_its_format_cannot_hold_is_refused_before_reading(tmp_path, out, n, says):
+    """OpenCV encodes JPEG up to 65,500 px and WebP up to 16,383 px (checked by hand): the sheet failed
+    only after every sample was read, with 'could not encode'; a huge -n gave islice's message."""
+    with pytest.raises(ValueError, match=says):
+        show(tmp_path / "not read", tmp_path / out, n)
+
+
+def test_the_largest_sheets_a_format_holds_pass_the_check(tmp_path):
+    for out, n in (("s.jpg", 704), ("s.webp", 176), ("s.png", 5000)):
+        with pytest.raises(FileNotFoundError):                   # past the size check, at the reading
+            show(tmp_path / "not read", tmp_path / out, n)
+
+
+def test_a_heatmap_that_is_not_8_bit_is_named_with_its_tar(tmp_path, aligned):
+    img, lmk = aligned[0]
+    ok, png16 = cv2.imencode(".png", np.full((28, 28), 40000, np.uint16))
+    with TarShardWriter(tmp_path / "heat16", "test", 10) as w:
+        w.write("k0", {"jpg": encode_jpeg(img, 95), "lmk.npy": npy_bytes(lmk), "heatmap.png": png16.tobytes()})
+    with pytest.raises(ValueError, match=r"sample 'k0' cannot be shown \(ValueError: heatmap.png holds uint16"):
+        show(tmp_path / "heat16", tmp_path / "s.png", 4)
+
+
+def test_derived_chunks_are_told_apart_from_broken_shards(tmp_path, aligned):
+    img, lmk = aligned[0]
+    with TarShardWriter(tmp_path / "derived", "derived", 10) as w:
+        w.write("k0", {"heatmap.png": encode_png(max_heatmap_u8(lmk, 28, 1.0, 4.0))})
+    for given in (tmp_path / "derived", tmp_path / "derived" / "derived-000000.tar"):
+        with pytest.raises(ValueError, match=r"derived chunks \(derived-\*.tar\) hold no face image: give the "
+                                             "shards or the aligned folder"):
+            show(given, tmp_path / "s.png", 4)
