@@ -3,6 +3,9 @@ determinism, landmark/box consistency, detectability and (slow) class separabili
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -75,6 +78,35 @@ def test_byte_identical_rerun(tiny, tmp_path):
     again = tmp_path / "again"
     make_affectnet_sample(again, SampleParams(**TINY))
     assert _files(again) == _files(root)
+
+
+def test_byte_identical_in_fresh_processes_with_other_hash_seeds(tmp_path):
+    """The in-process rerun above reuses the cached detections; fresh processes detect again and
+    hash strings with another seed."""
+    code = ("import sys; from pathlib import Path; from ferdata.sample import SampleParams, make_affectnet_sample; "
+            f"make_affectnet_sample(Path(sys.argv[1]), SampleParams(**{{**{TINY!r}, 'per_class': 2, 'val_fraction': 0.5}}))")
+    for run, hash_seed in (("a", "1"), ("b", "12345")):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], env=env, check=True, timeout=300)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") and len(_files(tmp_path / "a")) == 2 * len(CLASSES) + 3
+
+
+def test_each_class_has_its_mouth(tiny):
+    """The labels match the painted geometry: mean inner-lip opening over the inter-ocular distance,
+    from the CSV's own landmarks. Surprise drops the jaw into an O, Happy parts the lips over teeth,
+    Neutral and Anger keep them closed (pressed thin for Anger), Sad's arch barely opens them."""
+    root, _ = tiny
+    gaps: dict[int, list[float]] = {}
+    for name in ("training.csv", "validation.csv"):
+        for row in _rows(root, name)[1:]:
+            lmk = np.array(row[5].split(";"), float).reshape(68, 2)
+            iod = np.linalg.norm(lmk[36:42].mean(0) - lmk[42:48].mean(0))
+            gap = np.mean([np.linalg.norm(lmk[lo] - lmk[up]) for up, lo in ((61, 67), (62, 66), (63, 65))])
+            gaps.setdefault(int(row[6]), []).append(gap / iod)
+    mean = {c: float(np.mean(v)) for c, v in gaps.items()}
+    assert mean[3] > 0.25 and mean[1] > 0.05                     # Surprise, Happy: open
+    assert mean[0] < 0.05 and mean[6] < 0.05 and mean[2] < 0.06  # Neutral, Anger, Sad: closed
+    assert mean[3] > 2 * mean[1] > 2 * max(mean[0], mean[6])
 
 
 def test_rerun_replaces_previous_output(tmp_path):
