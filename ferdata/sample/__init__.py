@@ -27,18 +27,6 @@ Modules, in the order the data flows:
 - ``render``: one image (``render_sample``);
 - ``writer``: the AffectNet layout and the entry point ``make_affectnet_sample``.
 """
-from ferdata.datasets.affectnet import COLUMNS
-from ferdata.sample.expressions import (EXPRESSIONS, FOLDS, VALENCE_AROUSAL, Expression, Fold, expression_shape,
-                                        mouth_gap, neutralise)
-from ferdata.sample.render import Sample, face_box, render_sample
-from ferdata.sample.sources import Identity, load_identities, slot_identities, split_identities
-from ferdata.sample.warp import ThinPlateSpline
-from ferdata.sample.writer import (CSV_NAMES, IMAGES_DIR, LISTS_DIR, MARKER, SPLIT_DIRS, SampleParams,
-                                  make_affectnet_sample)
+from ferdata.sample.writer import MARKER, SampleParams, make_affectnet_sample
 
-__all__ = [
-    "COLUMNS", "CSV_NAMES", "EXPRESSIONS", "FOLDS", "IMAGES_DIR", "LISTS_DIR", "MARKER", "SPLIT_DIRS",
-    "VALENCE_AROUSAL", "Expression", "Fold", "Identity", "Sample", "SampleParams", "ThinPlateSpline",
-    "expression_shape", "face_box", "load_identities", "make_affectnet_sample", "mouth_gap", "neutralise",
-    "render_sample", "slot_identities", "split_identities",
-]
+__all__ = ["MARKER", "SampleParams", "make_affectnet_sample"]

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from ferdata.datasets.affectnet import AffectNetReader
+from ferdata.datasets.affectnet import COLUMNS, AffectNetReader
 from ferdata.geometry import align_face, five_from_68
 from ferdata.io import decode_rgb
 from ferdata.records import Dropped, FaceRecord
-from ferdata.sample import COLUMNS, MARKER, SampleParams, make_affectnet_sample, writer
+from ferdata.sample import MARKER, SampleParams, make_affectnet_sample, writer
 from ferdata.sample.sources import load_identities, split_identities
 
 CLASSES = (0, 1, 2, 3, 6)
