@@ -12,7 +12,7 @@ import torch
 from ferdata.classes import CLASSES
 from fermodels.distributed import DistEnv
 from fermodels.metrics import SUMMARY_METRICS
-from fermodels.runstate import LAST, Position, truncate_live
+from fermodels.runstate import LAST, Position, repair_summary, truncate_live
 
 log = logging.getLogger(__name__)
 FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
@@ -49,6 +49,7 @@ def open_live(live_dir: Path, pos: Position, env: DistEnv):
     resuming = pos.epoch > 0 or pos.batch > 0
     if resuming:
         truncate_live(live_dir, pos.epoch)
+        repair_summary(live_dir, pos.epoch)
     try:
         live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
     except Exception as e:
@@ -76,17 +77,20 @@ def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: di
         log.info("epoch %d trained on: %s", epoch, " ".join(f"{name} {share:.1%}" for name, share in shares.items()))
     if live is None:
         return
-    for k, v in losses.items():
-        live.log_metric(f"train/{k}", v)
-    live.log_metric("train/lr", lr)
-    live.log_metric("train/samples", seen)
-    live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
-    live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
-    for name, share in shares.items():
-        live.log_metric(f"train/class_share/{name}", share)
-    for k in SUMMARY_METRICS if val else ():       # no val split: nothing to log
-        live.log_metric(f"val/{k}", val[k])
-    live.next_step()
+    try:
+        for k, v in losses.items():
+            live.log_metric(f"train/{k}", v)
+        live.log_metric("train/lr", lr)
+        live.log_metric("train/samples", seen)
+        live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
+        live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))
+        for name, share in shares.items():
+            live.log_metric(f"train/class_share/{name}", share)
+        for k in SUMMARY_METRICS if val else ():       # no val split: nothing to log
+            live.log_metric(f"val/{k}", val[k])
+        live.next_step()
+    except OSError as err:                  # DVCLive's writes name no file (a full disk: "[Errno 28] ...")
+        raise OSError(err.errno, f"{err.strerror} (while writing the training logs in {live.dir})") from err
 
 
 def check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path,

@@ -14,7 +14,9 @@ DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_b
 
 
 def save_last(ckpt: str, params: dict, data: dict, **position) -> None:
-    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, **position}
+    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data,
+                                                  "optimizer": {"state": {}, "param_groups": []},
+                                                  "best": {"epoch": -1}, "step": 0, **position}
     torch.save(state, f"{ckpt}/{LAST}")
 
 
@@ -103,6 +105,41 @@ def test_a_second_run_into_the_same_checkpoint_folder_is_refused(tmp_path):
     (tmp_path / "ckpt" / f".{LAST}.tmp").write_bytes(b"an earlier version's failed save")
     with checkpoints_held(tmp_path / "ckpt") as held:      # free again; the old temp name cleared
         assert held == tmp_path / "ckpt" and not any(held.iterdir())
+
+
+def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path, monkeypatch):
+    """It failed at the first save (after an epoch and its validation by default), naming a temp file."""
+    import tempfile
+
+    from fermodels.runstate import checkpoints_held
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(PermissionError, match=r"checkpoint folder .*ckpt is not writable \(Permission denied\): fix"):
+        with checkpoints_held(tmp_path / "ckpt"):
+            pass
+
+
+@pytest.mark.parametrize("pending_step, promoted", [(5, True), (4, False)])
+def test_pending_best_weights_become_best_pt_only_when_last_pt_records_them(tmp_path, pending_step, promoted):
+    from fermodels.runstate import BEST, PENDING_BEST, checkpoints_held
+
+    torch.save({"step": 5, "best": {"epoch": 1}}, tmp_path / LAST)
+    torch.save({"step": 3, "best": {"epoch": 0}}, tmp_path / BEST)
+    torch.save({"step": pending_step, "best": {"epoch": 1}}, tmp_path / PENDING_BEST)
+    with checkpoints_held(tmp_path):
+        assert not (tmp_path / PENDING_BEST).exists()
+        assert torch.load(tmp_path / BEST)["step"] == (pending_step if promoted else 3)
+
+
+def test_an_earlier_runs_best_pt_without_its_last_pt_is_said_to_be_replaced(tmp_path, caplog):
+    from fermodels.runstate import BEST
+
+    (tmp_path / BEST).write_bytes(b"weights")
+    with caplog.at_level(logging.WARNING, "fermodels.runstate"):
+        assert resume_state(tmp_path, PARAMS, DATA) is None
+    assert f"{tmp_path / BEST} is an earlier run's, without its last.pt: this run replaces it" in caplog.text
 
 
 def test_a_checkpoint_that_cannot_be_written_is_named_and_leaves_the_old_one(tmp_path):

@@ -1071,7 +1071,7 @@ def test_a_run_goes_on_under_other_loader_workers_even_mid_epoch(tmp_path, caplo
     params, data = {"epochs": 3, "lr": 0.1, "workers": 2, "streams": 4}, {"datasets": ["x"]}
     state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, "epoch": 1,
                                                   "batch": 3, "step": 8, "world_size": 1, "epoch_steps": 5,
-                                                  "streams": 4}
+                                                  "streams": 4, "optimizer": {}, "best": {"epoch": -1}}
     torch.save(state, tmp_path / "last.pt")
     for workers in (0, 1, 4):
         resumed = resume_state(tmp_path, {**params, "workers": workers}, data)

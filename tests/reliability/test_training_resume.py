@@ -23,7 +23,7 @@ import fermodels.runstate as runstate
 import fermodels.train as trainer
 import fermodels.trainparams as trainparams
 from fermodels.registry import ModelCard
-from fermodels.runstate import LAST, load_checkpoint
+from fermodels.runstate import BEST, LAST, PENDING_BEST, load_checkpoint
 from fermodels.train import train
 from fermodels.trainlog import NonFiniteLossError
 from fermodels.trainparams import TrainParams
@@ -36,22 +36,55 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from tests.reliability.test_training_resume import train_params, use_model
+    from tests.reliability.test_training_resume import fake_val, train_params, use_model
     from fermodels.train import train
     shards, ckpt, live, kill_after = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     use_model(sys.argv[5], setattr)
+    killed_by = sys.argv[6] if len(sys.argv) > 6 else "last.pt"     # a file's rename, or "log" (an epoch's log)
+    fake_val(os.environ.get("FAKE_VAL", ""), setattr)
     real, saves = os.replace, [0]
+
+    def count():
+        saves[0] += 1
+        if saves[0] == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def replace(src, dst):
         real(src, dst)
-        if str(dst).endswith("last.pt"):
-            saves[0] += 1
-            if saves[0] == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+        if str(dst).endswith(killed_by):
+            count()
 
-    os.replace = replace
+    import fermodels.train as trainer
+    real_log = trainer.log_epoch
+
+    def log_epoch(*args):
+        real_log(*args)
+        if killed_by == "log":
+            count()
+
+    os.replace, trainer.log_epoch = replace, log_epoch
     train(shards, train_params(model=sys.argv[5]), ckpt, live)
 """)
+
+
+def fake_val(accuracies: str, setattr_) -> None:
+    """Validation scores each epoch with the next of ``accuracies`` (comma-separated), so a test
+    chooses which epochs improve."""
+    if not accuracies:
+        return
+    from fermodels.metrics import SUMMARY_METRICS
+
+    values = iter(float(a) for a in accuracies.split(","))
+    setattr_(trainer, "score_split", lambda *args: dict.fromkeys(SUMMARY_METRICS, next(values)))
+
+
+def kill_run(tiny_shards: Path, tmp_path: Path, kill_after: int, killed_by: str = "last.pt", fake: str = "",
+             model: str = TINY) -> None:
+    """Train in a child process that SIGKILLs itself at the ``kill_after``-th ``killed_by`` event."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tiny_shards), str(tmp_path / "run"),
+                           str(tmp_path / "live"), str(kill_after), model, killed_by], capture_output=True, text=True,
+                          env={**child_env(), "FAKE_VAL": fake}, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
 
 
 class TinyNet(nn.Module):
@@ -101,11 +134,7 @@ def test_killed_training_resumes_to_the_same_weights(model, tiny_shards, tmp_pat
     ref = load_checkpoint(tmp_path / "ref" / LAST)
     steps = ref["step"]
     assert ref["epoch"] == 1 and steps >= 4
-    kill_after = steps // 2 + 1                         # mid-way through epoch 1
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(tiny_shards), str(tmp_path / "run"),
-                           str(tmp_path / "live"), str(kill_after), model], capture_output=True, text=True,
-                          env=child_env(), timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    kill_run(tiny_shards, tmp_path, steps // 2 + 1, model=model)     # mid-way through epoch 1
     killed_at = load_checkpoint(tmp_path / "run" / LAST)
     assert 0 < killed_at["step"] < steps
     best = train(tiny_shards, params, tmp_path / "run", tmp_path / "live")
@@ -120,6 +149,90 @@ def test_killed_training_resumes_to_the_same_weights(model, tiny_shards, tmp_pat
         logged = [sorted((d / "plots" / "metrics" / "train" / f"{name}.tsv").read_text().splitlines())
                   for d in (tmp_path / "ref_live", tmp_path / "live")]
         assert logged[0] == logged[1], name
+
+
+def test_a_kill_between_the_best_and_last_saves_leaves_best_pt_as_last_pt_records(tiny_shards, tmp_path,
+                                                                                   one_thread, monkeypatch):
+    """An epoch's best weights were saved, then last.pt: a kill between them left best.pt from an
+    epoch that last.pt and the logs did not know, and a replay of it that scored otherwise (a GPU's,
+    another thread count's) kept those weights. Here epoch 1 improves in the killed run and not in
+    the replay."""
+    kill_run(tiny_shards, tmp_path, 2, PENDING_BEST, fake="0.5,0.6")       # after epoch 1's best weights
+    assert load_checkpoint(tmp_path / "run" / LAST)["epoch"] == 1 and (tmp_path / "run" / PENDING_BEST).is_file()
+    use_model(TINY, monkeypatch.setattr)
+    fake_val("0.4", monkeypatch.setattr)                                   # the replayed epoch 1: worse
+    best = train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    assert best["epoch"] == 0 == load_checkpoint(tmp_path / "run" / LAST)["best"]["epoch"]
+    assert load_checkpoint(tmp_path / "run" / BEST)["epoch"] == 0
+    assert not (tmp_path / "run" / PENDING_BEST).exists()
+
+
+def test_a_kill_after_last_pt_finishes_the_best_pt_update(tiny_shards, tmp_path, one_thread, monkeypatch):
+    """Killed after last.pt recorded epoch 1 as the best, before its weights became best.pt: the next
+    run puts them in place (it has no epoch left to replay)."""
+    use_model(TINY, monkeypatch.setattr)
+    train(tiny_shards, train_params(), tmp_path / "ref", tmp_path / "ref_live")
+    steps = load_checkpoint(tmp_path / "ref" / LAST)["step"]               # last.pt saves: every step but
+    kill_run(tiny_shards, tmp_path, steps, fake="0.5,0.6")                 # each epoch's last, and each end
+    assert load_checkpoint(tmp_path / "run" / LAST)["best"]["epoch"] == 1
+    assert load_checkpoint(tmp_path / "run" / BEST)["epoch"] == 0 and (tmp_path / "run" / PENDING_BEST).is_file()
+    best = train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    assert best["epoch"] == 1 == load_checkpoint(tmp_path / "run" / BEST)["epoch"]
+
+
+def test_a_kill_after_an_epochs_log_resumes_without_repeating_its_rows(tiny_shards, tmp_path, one_thread,
+                                                                       monkeypatch):
+    use_model(TINY, monkeypatch.setattr)
+    train(tiny_shards, train_params(), tmp_path / "ref", tmp_path / "ref_live")
+    kill_run(tiny_shards, tmp_path, 1, "log")                              # epoch 0 logged, its last.pt not saved
+    train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "ref" / LAST).values(),
+                                                 weights(tmp_path / "run" / LAST).values()))
+    for name in ("samples", "ce", "lr"):
+        logged = [(d / "plots" / "metrics" / "train" / f"{name}.tsv").read_text() for d in (tmp_path / "ref_live",
+                                                                                             tmp_path / "live")]
+        assert logged[0] == logged[1] and logged[0].count("\n") == 3, name       # header + epochs 0 and 1
+
+
+@pytest.mark.parametrize("when", ["finished", "mid-run"])
+def test_an_unreadable_metrics_json_is_rebuilt_from_the_history(tiny_shards, tmp_path, one_thread, monkeypatch,
+                                                               when):
+    """DVCLive writes metrics.json in place: a full disk left it empty, and every later run stopped
+    with 'Expecting value: line 1 column 1'."""
+    use_model(TINY, monkeypatch.setattr)
+    train(tiny_shards, train_params(), tmp_path / "ref", tmp_path / "ref_live")
+    if when == "finished":
+        train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    else:
+        steps = load_checkpoint(tmp_path / "ref" / LAST)["step"]
+        kill_run(tiny_shards, tmp_path, steps // 2 + 2)                    # in epoch 1, epoch 0 logged
+    (tmp_path / "live" / "metrics.json").write_text("")
+    train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    timing = ("samples_per_s", "loader_wait_fraction")
+    got, want = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "live", tmp_path / "ref_live"))
+    for summary in (got, want):
+        for key in timing:
+            summary["train"].pop(key)
+    assert got == want
+
+
+def test_a_finished_run_without_its_best_pt_trains_again(tiny_shards, tmp_path, one_thread, monkeypatch, caplog):
+    use_model(TINY, monkeypatch.setattr)
+    train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    (tmp_path / "run" / BEST).unlink()
+    with caplog.at_level("WARNING", "fermodels.runstate"):
+        train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    assert "records epoch" in caplog.text and "but best.pt is missing: starting over" in caplog.text
+    assert load_checkpoint(tmp_path / "run" / BEST)["epoch"] >= 0
+
+
+def test_a_copy_of_best_pt_as_last_pt_is_refused_in_one_line(tiny_shards, tmp_path, one_thread, monkeypatch):
+    use_model(TINY, monkeypatch.setattr)
+    train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
+    (tmp_path / "run" / LAST).write_bytes((tmp_path / "run" / BEST).read_bytes())
+    with pytest.raises(ValueError, match=r"last.pt holds no optimizer state \(a copy of best.pt\?\), so training "
+                                         "cannot resume from it: delete it"):
+        train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
