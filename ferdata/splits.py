@@ -81,8 +81,9 @@ def assign_splits(
     prepared dataset).
     """
     check_settings(val_fraction, test_fraction, by, folds, fold)
-    if official is None or folds:
+    if official is None or folds:        # k-fold deals groups out over the whole dataset
         records = list(records)
+    if official is None:
         official = {r.split for r in records if isinstance(r, FaceRecord) and r.split}
     if folds and "test" not in official:
         yield from _kfold(records, seed=seed, by=by, folds=folds, fold=fold, with_val=val_fraction > 0)
@@ -104,8 +105,10 @@ def assign_splits(
     val_band = val_fraction if carve_val else 0.0
     counts: Counter[str] = Counter()
     for item in records:
-        if isinstance(item, FaceRecord) and by == "subject" and not item.subject:
-            counts[f"by_{name}" if (name := _grouped_by(item)) else "no_subject"] += 1
+        if isinstance(item, FaceRecord) and (lacking := _no_subject(item, by)):
+            counts[lacking] += 1
+        if isinstance(item, FaceRecord) and item.split in ("", "train"):
+            counts["carvable"] += 1
         if isinstance(item, FaceRecord) and item.split in ("", "train") and not item.extra.get(TRAIN_ONLY):
             u = unit_hash(seed, group_of(item, by))
             split = "test" if u < test_band else "val" if u < test_band + val_band else "train"
@@ -128,11 +131,14 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int, wi
         log.info("k-fold assignment replaces the dataset's official train/val splits")
     groups = sorted({group_of(r, by) for r in kept}, key=lambda g: (unit_hash(seed, g), g))
     if len(groups) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}")
+        raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}: set shard.folds "
+                         f"to {len(groups)} or fewer (as many as groups: leave one {by} out)")
     fold_of = {g: i % folds for i, g in enumerate(groups)}
     names = {fold: "test", **({(fold + 1) % folds: "val"} if with_val else {})}
     counts: Counter[str] = Counter()
     for item in records:
+        if isinstance(item, FaceRecord) and (lacking := _no_subject(item, by)):
+            counts[lacking] += 1
         if isinstance(item, FaceRecord):
             if item.extra.get(TRAIN_ONLY):
                 item = replace(item, split="train")               # in every fold's training split
@@ -141,7 +147,7 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int, wi
                 item = replace(item, split=names.get(k, "train"), extra={**item.extra, "fold": k})
             counts[item.split] += 1
         yield item
-    _report(counts, by, with_val)
+    _report(counts, by, with_val, kfold=True)
     if not with_val:
         log.info("shard.val_fraction 0: no fold is val, %d of the %d folds train (training then keeps its last "
                  "epoch)", folds - 1, folds)
@@ -165,14 +171,30 @@ def check_settings(val_fraction: float, test_fraction: float, by: str, folds: in
         raise ValueError(f"{prefix}fold {fold} needs {prefix}folds (k-fold cross-validation is off: folds 0)")
 
 
-def _report(counts: Counter[str], by: str, carved_val: bool = True) -> None:
+def _no_subject(item: FaceRecord, by: str) -> str:
+    """The count a record grouped by subject but without one goes to ("" when it has one)."""
+    if by != "subject" or item.subject:
+        return ""
+    return f"by_{name}" if (name := _grouped_by(item)) else "no_subject"
+
+
+def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool = False) -> None:
+    """Log the split sizes and the records grouped by something other than a subject (a warning
+    under k-fold, whose folds are then not subject-independent for them)."""
     no_subject = counts.pop("no_subject", 0)
     grouped = {name: counts.pop(f"by_{name}", 0) for name in GROUPS}
+    carvable = counts.pop("carvable", 0)
     log.info("splits by %s: %s", by, dict(sorted(counts.items())))
+    say = log.warning if kfold else log.info
+    why = ": the folds keep their photos or people apart only as far as those go" if kfold else ""
     for name, n in grouped.items():
         if n:
-            log.info("%d records have no subject and were grouped by their %s", n, name)
+            say("%d records have no subject and were grouped by their %s%s", n, name, why)
     if no_subject:
-        log.info("%d records have no subject and were grouped by key", no_subject)
+        say("%d records have no subject and were grouped by key%s", no_subject,
+            ": their folds are per image, so one person can be in test and train" if kfold else "")
     if counts and not counts["val"] and carved_val:       # training refuses it when it starts
         log.warning("split 'val' is empty; raise shard.val_fraction or use more data")
+    if carvable and not counts["train"]:                  # every group fell in test or val
+        log.warning("split 'train' is empty (every group of the %d training records fell in test or val): lower "
+                    "shard.val_fraction / shard.test_fraction, or use another shard.seed", carvable)

@@ -205,3 +205,38 @@ def test_an_empty_carved_split_stops_the_shard_stage_with_what_to_do():
     assert set(splits_of(both).values()) == {"train", "val", "test"}              # k-fold: every split filled
     official = [rec(f"t{i}", "test") for i in range(5)] + many(50)               # only val is carved
     assert "val" in splits_of(assign_splits(official, seed=0, val_fraction=0.2, test_fraction=0.1)).values()
+
+
+def test_kfold_warns_of_records_without_a_subject(caplog):
+    """The fraction path said how many records had no subject; k-fold, where a reader that lost the
+    ids turns subject-independent folds into per-image ones, said nothing."""
+    recs = many(30, subjects=6)[:15] + many(30)[15:]
+    with caplog.at_level("INFO", "ferdata.splits"):
+        list(assign_splits(recs, seed=0, val_fraction=0.2, test_fraction=0, folds=5))
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("15 records have no subject and were grouped by key: their folds are per image" in r.getMessage()
+               for r in warned), caplog.text
+
+
+def test_kfold_keeps_the_official_splits_it_is_given():
+    """A part of a dataset holds only official training faces: with ``official`` naming its test split,
+    k-fold must not deal those faces into test folds (it read the splits from the records instead)."""
+    recs = many(30, split="train", subjects=6)
+    out = Counter(splits_of(assign_splits(recs, seed=0, val_fraction=0.2, test_fraction=0, folds=3,
+                                          official={"train", "test"})).values())
+    assert out["test"] == 0 and out["train"] + out["val"] == 30
+
+
+def test_too_few_groups_for_the_folds_says_what_to_set():
+    with pytest.raises(ValueError, match=r"5 folds need at least 5 groups \(subject\); found 4: set shard.folds to "
+                                         r"4 or fewer"):
+        list(assign_splits(many(20, subjects=4), seed=0, val_fraction=0.2, test_fraction=0, folds=5))
+
+
+def test_an_empty_carved_train_split_is_warned_of(caplog):
+    recs = [rec(f"k{i}", "", "S0") for i in range(10)] + [rec(f"t{i}", "", "S1") for i in range(10)]
+    seed = next(s for s in range(500) if unit_hash(s, "S0") < 0.25 <= unit_hash(s, "S1") < 0.5)   # test, val
+    with caplog.at_level("WARNING", "ferdata.splits"):
+        out = Counter(splits_of(assign_splits(recs, seed=seed, val_fraction=0.25, test_fraction=0.25)).values())
+    assert out["train"] == 0
+    assert "split 'train' is empty (every group of the 20 training records fell in test or val)" in caplog.text
