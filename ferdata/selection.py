@@ -65,7 +65,7 @@ def split_digest(shards_dir: str | Path, split: str) -> str:
     (its shards by their own sha256, counts, classes), so two splits that hold the same samples pin
     alike whatever params made them (a dataset's official test split under every ``shard.fold``:
     :mod:`fermodels.crossval` tells such folds from a cross-validation by this)."""
-    return _digest(_info(shards_dir, split))
+    return _digest(read_info(shards_dir, split))
 
 
 def _digest(info: dict) -> str:
@@ -73,7 +73,7 @@ def _digest(info: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _info(shards_dir: str | Path, split: str) -> dict:
+def read_info(shards_dir: str | Path, split: str) -> dict:
     """``<shards_dir>/<split>/_info.json``, refused with what to do when missing or not a split's."""
     path = Path(shards_dir) / split / INFO
     if not path.is_file():
@@ -108,7 +108,7 @@ def selection(data_dir: str | Path, names: Sequence[str], splits: Sequence[str])
     datasets = {}
     for name in names:
         shards = stage_dirs(data_dir, name)["shards"]
-        infos = {s: _info(shards, s) for s in splits}
+        infos = {s: read_info(shards, s) for s in splits}
         datasets[name] = {"shards": shards.as_posix(), "splits": {s: _digest(i) for s, i in infos.items()}}
         if dealt := infos[splits[0]].get("fold_assignment"):         # k-fold: which data the folds came from
             datasets[name]["fold_assignment"] = dealt
@@ -131,11 +131,19 @@ def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]
     path = Path(path)
     if not path.is_file():
         raise SelectionError(f"{path} not found: run the `select` stage (`dvc repro select`)")
-    chosen = json.loads(path.read_text())
+    try:
+        chosen = json.loads(path.read_text())
+    except ValueError as err:               # git-tracked: a merge can leave conflict markers in it
+        raise SelectionError(f"{path} is not JSON ({err}; a merge conflict?): run `dvc repro select`") from None
+    if not isinstance(chosen, dict):
+        raise SelectionError(f"{path} holds a {type(chosen).__name__}, not a selection: run `dvc repro select`")
     if chosen.get("version") != VERSION:
         raise SelectionError(f"{path} has version {chosen.get('version')!r}, expected {VERSION}: "
                              f"run `dvc repro select`")
-    pinned = chosen["datasets"]
+    pinned = chosen.get("datasets")
+    if not isinstance(pinned, dict) or not all(isinstance(p, dict) and isinstance(p.get("shards"), str)
+                                               and isinstance(p.get("splits"), dict) for p in pinned.values()):
+        raise SelectionError(f"{path} is damaged (its datasets are not the select stage's): run `dvc repro select`")
     if sorted(pinned) != sorted(names):
         raise SelectionError(f"{path} selects {sorted(pinned)} but the params ask for {sorted(names)}: "
                              f"run `dvc repro select` (or `dvc repro`)")

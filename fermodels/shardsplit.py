@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from ferdata.classes import CLASSES
 from ferdata.io import read_header
 from ferdata.layout import INFO
+from ferdata.selection import read_info
 from ferdata.tario import iter_tar_samples, listed_shard
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
                                         f"folder, {inside}")
             raise FileNotFoundError(f"{info_path} not found: prepare the dataset first "
                                     f"(`dvc repro shard@<name>` or `ferdata prepare <name>`)")
-        info = json.loads(info_path.read_text())
+        info = read_info(d, split)
         if info.get("split", split) != split:
             raise ValueError(f"{info_path} describes the {info['split']!r} split, not {split!r}: split folders "
                              "swapped or renamed in a copy? (`ferdata verify` checks a copy)")

@@ -133,3 +133,30 @@ def test_a_selection_pinning_more_splits_than_are_read_is_refused(tmp_path):
     write_selection(tmp_path / "all.json", tmp_path / "data", ["a"], ("train", "val", "test"))
     with pytest.raises(SelectionError, match=r"pins the \['test', 'train', 'val'\] splits of a"):
         read_selection(tmp_path / "all.json", ["a"], TRAIN)
+
+
+@pytest.mark.parametrize("text, says", [
+    ('<<<<<<< HEAD\n{"version": 2}\n=======\n', r"train.json is not JSON \(.*; a merge conflict\?\): run `dvc repro "
+                                                r"select`"),
+    ('["x"]', r"train.json holds a list, not a selection: run `dvc repro select`"),
+    ("VERSION", r"train.json is damaged \(its datasets are not the select stage's\): run `dvc repro select`"),
+    ("VERSION-datasets-list", r"train.json is damaged")])
+def test_a_selection_file_that_is_not_one_is_named(tmp_path, text, says):
+    """The selection files are git-tracked: a merge can leave conflict markers. They gave 'Expecting
+    value: line 1 column 1', an AttributeError traceback or 'error: datasets'."""
+    from ferdata.selection import VERSION
+
+    text = {"VERSION": json.dumps({"version": VERSION}),
+            "VERSION-datasets-list": json.dumps({"version": VERSION, "datasets": {"a": ["shards"]}})}.get(text, text)
+    (tmp_path / "train.json").write_text(text)
+    with pytest.raises(SelectionError, match=says):
+        read_selection(tmp_path / "train.json", ["a"], TRAIN)
+
+
+def test_a_training_split_whose_info_is_not_json_is_named(tmp_path):
+    from fermodels.shardsplit import open_split
+
+    shards = _prepare(tmp_path / "data", "a")
+    (shards / "val" / "_info.json").write_text("{'split': 'val'")
+    with pytest.raises(SelectionError, match=r"val/_info.json is not JSON .*: prepare the dataset again"):
+        open_split([shards], "val")
