@@ -89,8 +89,8 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
     if out is not None:
         atomic_write_text(out, json.dumps([s.record() for s in series], indent=2) + "\n")
     if any(s.problem for s in series):
-        raise ValueError("some series are not cross-validations (above): their folds share a test split or were "
-                         "dealt from different preparations of the data")
+        raise ValueError("some series are not cross-validations (above): their folds share a test split, were "
+                         "dealt from different preparations of the data or were scored on another split")
 
 
 reflow_help(app)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -54,12 +55,17 @@ class Series:
     def missing(self) -> list[int]:
         return [k for k in range(self.folds) if k not in self.runs]
 
-    @property
+    @cached_property
     def problem(self) -> str | None:
-        """Why the folds do not make a cross-validation, or None: folds tested on the same split
+        """Why the folds do not make a cross-validation, or None: folds scored on another split than
+        test (val chose their best.pt: optimistic figures), or tested on the same split
         (a dataset with an official test split, such as RAF-DB's or AffectNet's, keeps it whatever
         ``shard.fold`` says; so does a cross-dataset ``evaluate.dataset``): averaging them would count
         one test set several times."""
+        scored = (self.params.get("evaluate") or {}).get("split") or "test"
+        if scored != "test":
+            return (f"the folds were scored on evaluate.split {scored!r}, not on their test fold: a cross-validation "
+                    "reports each fold's test split (val chose the epoch kept)")
         by_split: dict[tuple[str, str], list[int]] = {}
         dealt: dict[str, dict[str, list[int]]] = {}
         for k, run in sorted(self.runs.items()):

@@ -35,9 +35,7 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     if pairs is not None:
         (repo / "runs" / "eval").mkdir(parents=True, exist_ok=True)
-        right = sum(a == p for a, p in pairs)
-        metrics = {"accuracy": right / len(pairs), "mean_class_accuracy": 0.5, "macro_f1": 0.5,
-                   "num_samples": len(pairs)}
+        metrics = {**by_hand(pairs), "num_samples": len(pairs)}
         (repo / "runs" / "eval" / "metrics.json").write_text(json.dumps(metrics))
         (repo / "runs" / "eval" / "confusion.json").write_text(
             json.dumps([{"actual": a, "predicted": p} for a, p in pairs]))
@@ -52,6 +50,20 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
     stamp = {**ENV, "GIT_COMMITTER_DATE": f"{1_700_000_000 + when} +0000"}
     git(repo, "commit", "-q", "-m", name, env=stamp)
     git(repo, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}", git(repo, "rev-parse", "HEAD"))
+
+
+def by_hand(pairs: list[tuple[str, str]]) -> dict:
+    """What evaluate writes, counted here: accuracy, mean recall and mean F1 over the classes present."""
+    present = sorted({a for a, _ in pairs})
+    recall, f1 = [], []
+    for c in present:
+        tp = sum(a == p == c for a, p in pairs)
+        r, predicted = tp / sum(a == c for a, _ in pairs), sum(p == c for _, p in pairs)
+        prec = tp / predicted if predicted else 0.0
+        recall.append(r)
+        f1.append(2 * prec * r / (prec + r) if prec + r else 0.0)
+    return {"accuracy": sum(a == p for a, p in pairs) / len(pairs), "mean_class_accuracy": sum(recall) / len(present),
+            "macro_f1": sum(f1) / len(present)}
 
 
 def params(fold: int, folds: int = 3, model: str = "cmnet") -> dict:
@@ -101,6 +113,10 @@ def test_folds_are_grouped_and_summarised(repo):
     assert acc["mean"] == pytest.approx(1.75 / 3)
     assert acc["std"] == pytest.approx(math.sqrt(((0.75 - 1.75 / 3) ** 2 + (1.75 / 3) ** 2 + (1 - 1.75 / 3) ** 2) / 2))
     assert acc["pooled"] == pytest.approx(5 / 8)
+    # each fold's other figures are its own evaluation's (fold 0: Happy recall 1, Sad 1/2; F1 0.8 and 2/3)
+    assert cmnet.table()["mean_class_accuracy"]["folds"] == pytest.approx([0.75, 0.0, 1.0])
+    assert cmnet.table()["macro_f1"]["folds"] == pytest.approx([(0.8 + 2 / 3) / 2, 0.0, 1.0])
+    assert cmnet.table()["macro_f1"]["mean"] == pytest.approx(((0.8 + 2 / 3) / 2 + 1) / 3)
     # pooled recall per class: Happy 2 of 3 (fold 1 misses one), Sad 2 of 3, Neutral 1 of 2
     assert cmnet.table()["mean_class_accuracy"]["pooled"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
     assert cmnet.table()["num_samples"] == {"folds": [4, 2, 2], "pooled": 8}
@@ -266,3 +282,16 @@ def test_folds_that_record_no_test_split_are_said_to_be_unchecked(tmp_path):
     assert series.problem is None and series.unchecked == [0]
     assert "folds 0 record no test split (runs of an older version): not checked to differ" in describe(series)
     assert series.record()["unchecked"] == [0]
+
+
+def test_folds_scored_on_another_split_than_test_are_not_summarised(tmp_path):
+    """evaluate.split val scores each fold on the split that chose its best.pt; the table looked like
+    a cross-validation."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        experiment(repo, base, f"f{k}", k, {**params(k), "evaluate": {"split": "val"}}, FOLDS[k], tested=f"sha-{k}")
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.problem.startswith("the folds were scored on evaluate.split 'val', not on their test fold")
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo), "--rev", base])
+    assert res.exit_code != 0 and "scored on another split" in str(res.exception)
