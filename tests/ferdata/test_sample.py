@@ -84,7 +84,8 @@ def test_byte_identical_in_fresh_processes_with_other_hash_seeds(tmp_path):
     """The in-process rerun above reuses the cached detections; fresh processes detect again and
     hash strings with another seed."""
     code = ("import sys; from pathlib import Path; from ferdata.sample import SampleParams, make_affectnet_sample; "
-            f"make_affectnet_sample(Path(sys.argv[1]), SampleParams(**{{**{TINY!r}, 'per_class': 2, 'val_fraction': 0.5}}))")
+            f"make_affectnet_sample(Path(sys.argv[1]), SampleParams(**{{**{TINY!r}, 'per_class': 2, "
+            "'val_fraction': 0.5}))")
     for run, hash_seed in (("a", "1"), ("b", "12345")):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         subprocess.run([sys.executable, "-c", code, str(tmp_path / run)], env=env, check=True, timeout=300)
