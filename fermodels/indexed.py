@@ -32,6 +32,7 @@ class IndexedSplit(Dataset):
         self.keys: list[str] = []
         self.members: list[dict[str, tuple[str, int, int]]] = []
         self.dataset_index: list[int] = []
+        labels: list[int] = []
         self.excluded: Counter = Counter()
         for d, shard_dir in enumerate(split.dirs):                  # keys are unique within a dataset
             listed = split.shards_of(shard_dir)
@@ -48,7 +49,8 @@ class IndexedSplit(Dataset):
                 self.keys.append(key)
                 self.members.append({e: m for e, m in fields.items() if e in exts})
                 self.dataset_index.append(d)
-        self.labels = np.array([int(read_member(m["cls"])) for m in self.members], np.int64)
+                labels.append(label)
+        self.labels = np.array(labels, np.int64)
 
     def __len__(self) -> int:
         return len(self.keys)
