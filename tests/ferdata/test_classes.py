@@ -8,7 +8,7 @@ import pytest
 
 from ferdata.classes import (
     CLASSES, JAFFE_CODES, NATIVE_TO_CANONICAL, UnknownClassError, canonical_id, class_names,
-    resolve_names, to_canonical,
+    resolve_names, stored_class_id, to_canonical,
 )
 
 
@@ -72,3 +72,9 @@ def test_resolve_names_rejects_bad_targets_and_stray_keys():
         resolve_names(["x"], {"x": "Boredom"})
     with pytest.raises(ValueError, match="match no class folder"):
         resolve_names(["happy"], {"hapy": "Happy"})
+
+
+@pytest.mark.parametrize("text, want", [(b"0", 0), (b"7", 7), (b" 3\n", 3), (b"8", None), (b"-1", None),
+                                        (b"+1", None), (b"", None), (b"1.0", None), (b"\xd9\xa3", None)])
+def test_stored_class_id(text, want):
+    assert stored_class_id(text) == want

@@ -414,3 +414,11 @@ def test_backends_refuses_a_params_file_it_cannot_read(tmp_path, params, given, 
     assert done.returncode == 1 and done.stderr.startswith(says) and "Traceback" not in done.stderr, done.stderr
     (tmp_path / "params.yaml").write_text("train: {lr: 0.1}\n")
     assert _ferdata("backends", cwd=tmp_path).returncode == 0
+
+
+def test_cache_merge_refuses_a_source_that_is_no_database_before_making_the_target(tmp_path):
+    (tmp_path / "faces.sqlite").write_bytes(b"not a database, just bytes" * 100)
+    res = CliRunner().invoke(app, ["cache", "merge", str(tmp_path / "faces.sqlite"), "--into", str(tmp_path / "c1")])
+    assert isinstance(res.exception, ValueError), res.exception
+    assert "faces.sqlite is not a ferdata detection cache" in str(res.exception)
+    assert not (tmp_path / "c1").exists()

@@ -663,10 +663,12 @@ def test_auto_skips_a_candidate_that_refuses_the_options(tmp_path, monkeypatch, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert AutoBackend({"det_size": 600}, tmp_path).delegate.name == "embedded"
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ferdata.faces.auto"):
+    with caplog.at_level(logging.INFO, logger="ferdata.faces.auto"):
         assert AutoBackend({"pack": "synth", "det_size": 600}, synthetic_root).delegate.name == "embedded"
     assert "face backend insightface refuses the options, so it is not used: face backend 'insightface': option " \
            "det_size must be a multiple of 32" in caplog.text
+    assert "auto: using embedded (insightface: face backend 'insightface': option det_size must be a multiple" \
+        in caplog.text                                  # the choice's reasons name it too
 
 
 def test_a_pack_without_landmark_models_is_named_and_passed_over_by_auto(tmp_path, monkeypatch, photos):

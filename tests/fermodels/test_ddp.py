@@ -874,3 +874,10 @@ def test_sync_batchnorm_converts_only_distributed_gpu_runs_and_keeps_the_paramet
     assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
     assert [id(p) for p in converted.parameters()] == [id(p) for p in params]
     assert converted.card.name == "resnet18_112"
+
+
+def test_the_buffer_is_the_largest_piece_wherever_it_comes_in_the_stream():
+    from fermodels.distributed import Piece, StreamPlan
+    from fermodels.stream import buffer_size
+
+    assert buffer_size(StreamPlan(0, (Piece("b", 0, 12), Piece("a", 0, 30)), (21, 21), 0), 8) == 30

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 
 import cv2
 import numpy as np
@@ -315,3 +316,26 @@ def test_parity_sees_logit_errors_a_saturated_model_hides(tmp_path, preprocess, 
     assert max(parity(tmp_path / "out", tmp_path / "saturated.pt", formats=["onnx"]).values()) < TOLERANCE
     wrong = parity(tmp_path / "out", tmp_path / "other.pt", "resnet18_112", formats=["onnx"])["onnx"]
     assert wrong > 0.05                                       # the probabilities alike (0 or 1), the logits 10% off
+
+
+def test_a_zip_that_holds_no_torch_data_is_named(tmp_path):
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as z:
+        z.writestr("images/a.txt", "hello")
+    with pytest.raises(ValueError, match=r"data.zip is a zip archive that holds no torch data, not a training "
+                                         r"checkpoint"):
+        load_checkpoint(tmp_path / "data.zip")
+
+
+def test_a_pickled_model_of_a_users_script_is_named(tmp_path, monkeypatch):
+    import __main__
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+    Net.__module__, Net.__qualname__ = "__main__", "Net"
+    monkeypatch.setattr(__main__, "Net", Net, raising=False)
+    torch.save(Net(), tmp_path / "mine.pt")
+    with pytest.raises(ValueError, match=r"mine.pt is a pickled model object \(torch.save\(model\)\), not a training"):
+        load_checkpoint(tmp_path / "mine.pt")

@@ -639,3 +639,9 @@ def test_flip_tta_averages_the_prediction_of_the_mirrored_face(photos, predictor
     assert not torch.allclose(plain, mirrored, atol=1e-6)             # the mirror scores differently
     np.testing.assert_allclose(tta.probabilities(faces), ((plain + mirrored) / 2).numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(predictor.probabilities(faces), plain.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_value_a_later_training_detector_refuses_is_an_error_too():
+    with pytest.raises(ValueError, match="face backend 'face_alignment': option flip_input must be true or false, "
+                                         "got 'yes'"):
+        choose_backend(None, {"insightface": 5, "face_alignment": 3}, {"flip_input": "yes"})

@@ -1156,3 +1156,26 @@ def test_each_step_and_rank_draws_its_own_augmentation_and_a_resume_the_same():
     for other in (draws(0, 1, 5, 1), draws(0, 1, 6, 0), draws(0, 2, 5, 0), draws(1, 1, 5, 0)):
         assert all(a != b for a, b in zip(base, other))                     # torch, augmentation, targets
     assert base[1] != base[2]                                               # the two generators apart
+
+
+def test_non_finite_weights_mid_epoch_are_not_saved_by_checkpoint_every(tiny_shards, tmp_path, monkeypatch,
+                                                                       one_thread):
+    params = make_params(epochs=1, checkpoint_every=1)
+    info = json.loads((tiny_shards / "train" / "_info.json").read_text())
+    assert math.ceil(info["num_samples"] / params.batch_size) >= 3       # step 2 is not the epoch's last
+    real_step, steps = trainer.train_step, []
+
+    def overflowing_step(fwd, net, *a):
+        losses = real_step(fwd, net, *a)
+        steps.append(1)
+        if len(steps) == 2:
+            with torch.no_grad():
+                first = next(net.parameters())
+                first[(0,) * first.dim()] = float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer, "train_step", overflowing_step)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights .*last good checkpoint kept at"):
+        train(tiny_shards, params, tmp_path / "c", tmp_path / "l")
+    state = load_checkpoint(tmp_path / "c" / "last.pt")["state_dict"]           # step 1's
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

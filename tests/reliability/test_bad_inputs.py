@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from ferdata.datasets import DatasetLayoutError, open_reader
-from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, jpeg_damage, probe_image
+from ferdata.io import BadImage, _damage, decode_image, decode_jpeg_rgb, jpeg_damage, probe_image
 from ferdata.stages.detect import run_detect
 from ferdata.tario import iter_dir_samples
 from ferdata.verify import verify_shards
@@ -372,3 +372,43 @@ def test_an_image_replaced_after_detect_is_dropped_by_align_not_cropped(tmp_path
     assert [(d["key"], d["reason"]) for d in dropped] == [(keys["good_1.jpg"], "source_changed")]
     kept = {key for key, _ in iter_dir_samples(out / "aligned", "aligned")}
     assert kept == set(keys.values()) - {keys["good_1.jpg"]}
+
+
+@pytest.mark.parametrize("message, damaged", [
+    ("Corrupt JPEG data: 8 extraneous bytes before marker 0xd9", False),     # TRAILING_JUNK: up to 8 is junk
+    ("Corrupt JPEG data: 9 extraneous bytes before marker 0xd9", True),
+    ("Corrupt JPEG data: 1 extraneous bytes before marker 0xd0", True),      # RST0
+    ("Corrupt JPEG data: 1 extraneous bytes before marker 0xd7", True),      # RST7
+    ("Corrupt JPEG data: 1 extraneous bytes before marker 0xda", True),      # SOS
+    ("Premature end of JPEG file", True)])
+def test_damage_rule_boundaries(message, damaged):
+    assert bool(_damage(message)) is damaged
+
+
+def test_more_than_eight_bytes_before_the_end_marker_is_damage():
+    sound = encode(picture(39), quality=92)
+    assert jpeg_damage(sound[:-2] + bytes(8) + sound[-2:]) == ""
+    assert jpeg_damage(sound[:-2] + bytes(9) + sound[-2:]).startswith("Corrupt JPEG data: 9 extraneous bytes")
+
+
+def test_a_strict_decoder_failure_other_than_damage_falls_back_to_opencv(monkeypatch):
+    import ferdata.io as fio
+
+    data = encode(picture(39), quality=92)
+    want = decode_image(data).rgb
+
+    class Broken:
+        @staticmethod
+        def decode_jpeg(*args, **kwargs):
+            raise RuntimeError("unsupported by this build")
+
+    monkeypatch.setattr(fio, "_simplejpeg", lambda: Broken)
+    got = decode_image(data)
+    assert np.array_equal(got.rgb, want) and got.damage == "" and got.conversions == ()
+
+
+def test_a_webp_missing_its_last_bytes_is_truncated():
+    data = encode(picture(44), "WEBP")
+    with pytest.raises(BadImage) as e:
+        decode_image(data[:-4])
+    assert e.value.reason == "truncated"

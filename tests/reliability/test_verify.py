@@ -17,6 +17,8 @@ from ferdata.errors import run_cli
 from ferdata.tario import TarShardWriter, iter_tar_samples, sha256_file
 from ferdata.layout import INFO
 from ferdata.verify import verify_shards
+from ferdata.records import LABEL_MODE, SOFT_LABEL
+from ferdata.summary import SplitSummary
 
 
 @pytest.fixture
@@ -484,3 +486,48 @@ def test_shards_with_soft_labels_pass(tmp_path):
         older = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("face_backends", "soft_labels")}
         path.write_text(json.dumps(older))
     assert verify_shards(shards) == []
+
+
+def test_only_distributions_trained_on_count_as_soft_labels():
+    """FER+ val/test rows carry a distribution in label_mode majority: training must not switch to
+    distribution targets for them (train.py reads soft_labels to decide)."""
+    s = SplitSummary()
+    dist = [0.0, 1.0] + [0.0] * 6
+    s.add("a", 1, {"backend": "embedded", "extra": {SOFT_LABEL: dist, LABEL_MODE: "majority"}})
+    s.add("b", 1, {"backend": "embedded", "extra": {SOFT_LABEL: dist}})          # no mode: majority
+    s.add("c", 1, {"backend": "embedded", "extra": {SOFT_LABEL: dist, LABEL_MODE: "crossentropy"}})
+    assert s.info()["soft_labels"] == {"crossentropy": 1}
+
+
+def test_a_split_without_distributions_has_no_soft_labels_and_a_backendless_sample_is_unknown():
+    s = SplitSummary()
+    s.add("a", 0, {"extra": {}})
+    s.add("b", 7, {"backend": "embedded"})
+    info = s.info()
+    assert "soft_labels" not in info                      # other datasets' _info.json stay byte-identical
+    assert info["face_backends"] == {"embedded": 1, "unknown": 1}
+    assert (info["class_histogram"]["Neutral"], info["class_histogram"]["Contempt"]) == (1, 1)
+
+
+def test_a_sample_whose_json_names_a_subset_the_info_file_misses_is_named(shards):
+    def tag(fields):
+        meta = json.loads(fields["json"])
+        meta["extra"] = {**(meta.get("extra") or {}), "subsets": ["occlusion"]}
+        fields["json"] = json.dumps(meta).encode()
+    _, key = _relisted(shards, tag)
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shards / 'train'}: subset 'occlusion' in {INFO} lists 0 keys not in the shards and 0 "
+                            f"whose json does not name it, and misses 1 whose json does (e.g. {key!r})")
+               for p in problems), problems
+
+
+def test_an_older_info_file_listing_subset_keys_not_in_the_shards_is_named(shards):
+    """Shards of versions before face_backends: only stray listed keys are checked, and they must be."""
+    def older(info):
+        info.pop("face_backends")
+        info.pop("soft_labels", None)
+        info["subsets"] = {"occlusion": ["train-nowhere"]}
+    _with_info(shards, older)
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shards / 'train'}: subset 'occlusion' in {INFO} lists 1 keys not in the shards")
+               for p in problems), problems
