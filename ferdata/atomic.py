@@ -230,11 +230,13 @@ class staged_dir:
         self.partial = self.out.with_name(f".{self.out.name}.partial")
         self.old = self.out.with_name(f".{self.out.name}.old")
 
-    def _check_owned(self) -> None:
+    def check_owned(self) -> None:
+        """Refuse an ``out`` that is a file or holds names the stage does not own (also before any work)."""
         if not self.out.exists():
             return
         if not self.out.is_dir():
-            raise StageDirError(f"{self.out} is a file; a stage output must be a folder: remove it or pick another")
+            raise StageDirError(f"{self.out} is a file, but a folder is needed there: move it away or choose "
+                                "another path")
         foreign = sorted(p.name for p in self.out.iterdir()
                          if not any(fnmatch(p.name, pat) for pat in (*self.owned, ".*.tmp")))
         if foreign:
@@ -243,7 +245,7 @@ class staged_dir:
                 f"it replaces the whole folder: move them away or choose an empty output folder")
 
     def __enter__(self) -> Path:
-        self._check_owned()
+        self.check_owned()
         self._claim()                                    # no other run is at work on ``out`` from here
         try:
             if not self.out.exists() and self.old.is_dir():  # a run killed between its two renames:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -66,12 +67,28 @@ class SampleParams:
                              "leaves an empty split; use per_class >= 2 and a fraction that gives both")
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse, before any work, a non-empty folder without the marker: a real AffectNet root holds
-    the same two folder names, and only a folder this module wrote may be replaced."""
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
+OWNED = (IMAGES_DIR, LISTS_DIR, MARKER)
+_WRITTEN = re.compile(rf"{re.escape(IMAGES_DIR)}/[{''.join(SPLIT_DIRS.values())}]/[0-9a-f]{{40}}\.jpg|"
+                      rf"{re.escape(LISTS_DIR)}/({'|'.join(map(re.escape, CSV_NAMES.values()))})|{re.escape(MARKER)}")
+
+
+def _check_out_dir(staged: staged_dir) -> None:
+    """Refuse, before any work, a file, a non-empty folder without the marker (a real AffectNet root
+    holds the same two folder names: only a folder this module wrote may be replaced), or a sample
+    folder holding anything this module does not write, at any depth."""
+    out_dir = staged.out
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        staged.check_owned()                              # a file
+        return
+    if not (out_dir / MARKER).is_file():
         raise StageDirError(f"sample: {out_dir} is not empty and was not written by ferdata.sample; "
                             f"choose an empty or new folder")
+    staged.check_owned()                                  # names at the top this module does not own
+    foreign = [p.relative_to(out_dir).as_posix() for p in sorted(out_dir.rglob("*"))
+               if not p.is_dir() and not _WRITTEN.fullmatch(p.relative_to(out_dir).as_posix())]
+    if foreign:
+        raise StageDirError(f"sample: {out_dir} holds files ferdata.sample did not write ({', '.join(foreign[:5])}); "
+                            "it replaces the whole folder: move them away or choose an empty output folder")
 
 
 def _csv_text(rows: list[list[str]]) -> str:
@@ -101,14 +118,15 @@ def make_affectnet_sample(out_dir: Path, params: SampleParams) -> dict:
     per_class, classes, val_fraction = params.per_class, params.classes, params.val_fraction
     seed, image_size, jpeg_quality = params.seed, params.image_size, params.jpeg_quality
     out_dir = Path(out_dir).resolve()          # "." gets a name to build beside; a symlink, its folder
-    _check_out_dir(out_dir)
+    staged = staged_dir(out_dir, owned=OWNED)
+    _check_out_dir(staged)
     identities = load_identities()
     splits = split_identities(identities, val_fraction, np.random.default_rng([seed, 0]))
     n_val = round(per_class * val_fraction)
     sizes = {"train": per_class - n_val, "validation": n_val}
     summary: dict = {"image_size": image_size, "counts": {}, "identities": {}}
     total = len(classes) * per_class
-    with staged_dir(out_dir, owned=(IMAGES_DIR, LISTS_DIR, MARKER)) as tmp:
+    with staged as tmp:
         for split_no, split in enumerate(("train", "validation"), start=1):
             slots = slot_identities(splits[split], sizes[split], np.random.default_rng([seed, split_no]))
             rows: list[list[str]] = []

@@ -318,7 +318,7 @@ def test_sample_into_a_file_is_named_in_plain_words(tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     proc = _ferdata("sample", str(tmp_path / "afile"), cwd=tmp_path)
     assert proc.returncode == 1 and "Errno" not in proc.stderr, proc.stderr
-    assert f"\nerror: {tmp_path / 'afile'} is a file, but a folder is needed there: " in proc.stderr, proc.stderr
+    assert f"error: {tmp_path / 'afile'} is a file, but a folder is needed there: " in proc.stderr, proc.stderr
     assert (tmp_path / "afile").read_text() == "keep me"
 
 

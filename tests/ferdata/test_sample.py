@@ -141,6 +141,21 @@ def test_refuses_user_files_inside_an_earlier_sample(tmp_path):
     with pytest.raises(FileExistsError, match="NOTES.txt"):
         make_affectnet_sample(root, SampleParams(**TINY))
     assert (root / "NOTES.txt").read_text() == "mine" and (root / "extra").is_dir() and (root / MARKER).is_file()
+    (root / "NOTES.txt").unlink()
+    (root / "extra").rmdir()
+    (root / "Manually_Annotated_Images" / "1" / "mine.jpg").write_bytes(b"a photo of mine")   # deeper down
+    with pytest.raises(FileExistsError, match=r"did not write \(Manually_Annotated_Images/1/mine.jpg\)"):
+        make_affectnet_sample(root, SampleParams(**TINY))
+    assert (root / "Manually_Annotated_Images" / "1" / "mine.jpg").read_bytes() == b"a photo of mine"
+
+
+def test_files_inside_an_earlier_sample_are_refused_before_any_work(tmp_path, monkeypatch):
+    root = tmp_path / "s"
+    make_affectnet_sample(root, SampleParams(**TINY))
+    (root / "Manually_Annotated_file_lists" / "notes.csv").write_text("mine")
+    monkeypatch.setattr(writer, "load_identities", lambda: pytest.fail("faces were detected before the refusal"))
+    with pytest.raises(FileExistsError, match="notes.csv"):
+        make_affectnet_sample(root, SampleParams(**TINY))
 
 
 def test_a_killed_runs_leftovers_are_cleared(tmp_path):
