@@ -11,41 +11,30 @@ dropout are all seeded from (seed, epoch, step), so restarting at a saved step r
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import zipfile
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from ferdata.atomic import atomic_open, atomic_write_text, fsync_dir, held_folder
+from ferdata.atomic import atomic_open
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
+from fermodels.ckptdir import BEST, LAST, saved_at
+from fermodels.livelog import logged_epochs
 from fermodels.registry import create_model, model_kwargs
 
 log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
 CHECKPOINT_KEYS = ("model", "model_kwargs", "num_classes", "classes", "state_dict")   # what loading needs
-LAST, BEST = "last.pt", "best.pt"
-# An epoch's best weights are saved here, then last.pt (which records that epoch as the best), then
-# renamed to best.pt: a kill between the saves left a best.pt of an epoch no log or last.pt knew,
-# and a resume that did not replay that epoch exactly kept those weights (:func:`settle_best`).
-PENDING_BEST = ".best.pending.pt"
-
-
 def preprocess_record(params: Mapping[str, Any]) -> dict:
     """The align/derive settings of a params file, in the form checkpoints carry them (training
     prefers what the shards record: ``_info.json``'s ``preprocess``, from the align/derive reports)."""
@@ -59,61 +48,6 @@ class Position:
     epoch: int
     batch: int
     step: int
-
-
-@contextmanager
-def checkpoints_held(ckpt_dir: str | Path) -> Iterator[Path]:
-    """Hold ``ckpt_dir`` for one training run (a lock on the folder, which its process's death
-    releases): a second run writing the same ``last.pt``/``best.pt`` is refused, where their saves
-    interleaved and each resumed from the other's checkpoints."""
-    folder = Path(ckpt_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    with held_folder(folder, f"another run is training into {folder} now: wait for it to finish, or stop it, "
-                             "then run again (or give this run another checkpoint folder)"):
-        for legacy in (LAST, BEST):           # earlier versions' fixed temp names (a failed save left them)
-            (folder / f".{legacy}.tmp").unlink(missing_ok=True)
-        _check_writable(folder)
-        settle_best(folder)
-        yield folder
-
-
-def _check_writable(folder: Path) -> None:
-    """Fail now, not after the first epoch, where the checkpoints cannot be written."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise OSError(err.errno, f"checkpoint folder {folder} is not writable ({err.strerror}): fix its "
-                                 "permissions or give another folder") from None
-
-
-def _saved_at(path: Path) -> tuple[int, int] | None:
-    """(step, best epoch recorded) of a checkpoint, its tensors not read; None when unreadable."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return int(state["step"]), int(state["best"]["epoch"])
-    except Exception:  # noqa: BLE001 - any file that does not say is no match
-        return None
-
-
-def settle_best(folder: Path) -> None:
-    """Finish a best.pt update a kill interrupted, or undo it: the pending weights become best.pt
-    when last.pt was saved at the same step and records their epoch as the best, else they are
-    from an epoch that will be replayed and are removed."""
-    pending = folder / PENDING_BEST
-    if not pending.exists():
-        return
-    saved = _saved_at(pending)
-    if saved is not None and saved == _saved_at(folder / LAST):
-        promote_best(folder)
-    else:
-        pending.unlink()
-
-
-def promote_best(folder: Path) -> None:
-    """The pending best weights become best.pt (once last.pt records them)."""
-    os.replace(folder / PENDING_BEST, folder / BEST)
-    fsync_dir(folder)
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, params: Any, optimizer: Any, position: Position,
@@ -333,7 +267,7 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
                         "over, so that the logs cover every epoch", path, done, live_dir, _spans(unlogged))
             return None
     best_epoch = state["best"].get("epoch", -1)
-    if best_epoch >= 0 and (_saved_at(path.parent / BEST) or (0, -1))[1] != best_epoch:
+    if best_epoch >= 0 and (saved_at(path.parent / BEST) or (0, -1))[1] != best_epoch:
         log.warning("%s records epoch %d as the best, but %s is %s: starting over, so that best.pt holds the epoch "
                     "that last.pt and the logs choose", path, best_epoch, BEST,
                     "missing" if not (path.parent / BEST).is_file() else "another epoch's or unreadable")
@@ -362,57 +296,6 @@ def _spans(numbers: list[int]) -> str:
         else:
             runs.append([n, n])
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
-
-
-def logged_epochs(live_dir: str | Path) -> set[int]:
-    """The epochs (DVCLive steps) that every history file of ``live_dir`` has a row for (its
-    ``metrics.json``, the last row of each, is rebuilt when lost: :func:`repair_summary`)."""
-    files = sorted(Path(live_dir).glob("plots/metrics/**/*.tsv"))
-    if not files:
-        return set()
-    common: set[int] | None = None
-    for tsv in files:
-        rows, col = _history(tsv)
-        steps = {int(r[col]) for r in rows[1:] if len(r) > col} if col is not None else set()
-        common = steps if common is None else common & steps
-    return common or set()
-
-
-def repair_summary(live_dir: str | Path, epochs: int) -> None:
-    """Rebuild DVCLive's ``metrics.json`` (each metric's last value and the step) from the history
-    files when it is missing or unreadable, as a write cut off by a full disk leaves it (DVCLive
-    writes it in place): resuming read it and failed, and a finished run ended with no metrics in it.
-    Its keys come in the files' order, not the order they were logged in."""
-    metrics = Path(live_dir) / "metrics.json"
-    if epochs < 1:                       # nothing logged yet
-        return
-    try:
-        if isinstance(json.loads(metrics.read_text(encoding="utf-8")), dict):
-            return
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError):
-        log.warning("%s is unreadable (a write cut off?): rebuilt from the history files", metrics)
-    summary: dict = {}
-    for tsv in sorted(Path(live_dir).glob("plots/metrics/**/*.tsv")):
-        rows, col = _history(tsv)
-        last = [r for r in rows[1:] if col is not None and len(r) > col and int(r[col]) < epochs]
-        if not last:
-            continue
-        *folders, name = tsv.relative_to(Path(live_dir) / "plots" / "metrics").with_suffix("").parts
-        node = summary
-        for folder in folders:
-            node = node.setdefault(folder, {})
-        text = last[-1][rows[0].index(name)] if name in rows[0] else last[-1][-1]
-        node[name] = int(text) if text.lstrip("-").isdigit() else float(text)
-    atomic_write_text(metrics, json.dumps({**summary, "step": epochs - 1}, indent=4) + "\n")
-
-
-def _history(tsv: Path) -> tuple[list[list[str]], int | None]:
-    """A DVCLive history file's rows (header first) and the index of its ``step`` column."""
-    with open(tsv, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    return rows, rows[0].index("step") if rows and "step" in rows[0] else None
 
 
 def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, streams: int | None = None) -> Position:
@@ -447,16 +330,3 @@ def _layout(ranks_streams: tuple[int, int | None], steps_per_epoch: int) -> tupl
     one, and no more streams than a rank has batches (:func:`fermodels.distributed.plan_epoch`)."""
     ranks, streams = ranks_streams
     return ranks, None if streams is None else max(1, min(streams, steps_per_epoch))
-
-
-def truncate_live(live_dir: str | Path, from_step: int) -> None:
-    """Drop DVCLive history rows logged at or after ``from_step`` (work redone after a kill)."""
-    for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
-        rows, step_col = _history(tsv)
-        if step_col is None:
-            continue
-        kept = [rows[0]] + [r for r in rows[1:] if int(r[step_col]) < from_step]
-        if len(kept) != len(rows):             # replaced whole: a kill mid-write lost the history rows
-            text = io.StringIO(newline="")
-            csv.writer(text, delimiter="\t", lineterminator="\n").writerows(kept)
-            atomic_write_text(tsv, text.getvalue())

@@ -35,8 +35,8 @@ from fermodels.losses import GLOBAL_BATCH, draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
-from fermodels.runstate import (LAST, PENDING_BEST, Position, checkpoints_held, code_fingerprint, next_position,
-                                other_threads, promote_best, resume_state, save_checkpoint)
+from fermodels.ckptdir import LAST, PENDING_BEST, checkpoints_held, promote_best
+from fermodels.runstate import Position, code_fingerprint, next_position, other_threads, resume_state, save_checkpoint
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
@@ -246,7 +246,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             val = {} if run.val_loader is None else score_split(scored, run.val_loader, params.num_classes, env,
                                                                  device, params.channels_last)
             end = Position(epoch, run.steps_per_epoch, run.step)
-            improved = not val or val[params.select_metric] > run.best[params.select_metric]  # no val: the last
+            improved = not val or val[params.select_metric] > run.best[params.select_metric]  # no val: each epoch
             if improved:
                 run.best = {**{k: val[k] for k in SUMMARY_METRICS if val}, "epoch": epoch}
                 _save(env, ckpt_dir / PENDING_BEST, run, params, end, scored)     # best.pt once last.pt says so

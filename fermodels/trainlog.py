@@ -12,7 +12,8 @@ import torch
 from ferdata.classes import CLASSES
 from fermodels.distributed import DistEnv
 from fermodels.metrics import SUMMARY_METRICS
-from fermodels.runstate import LAST, Position, repair_summary, truncate_live
+from fermodels.livelog import repair_summary, truncate_live
+from fermodels.runstate import LAST, Position
 
 log = logging.getLogger(__name__)
 FINITE_CHECK_EVERY = 50     # steps between loss checks (each check syncs the GPU)
@@ -90,7 +91,9 @@ def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: di
             live.log_metric(f"val/{k}", val[k])
         live.next_step()
     except OSError as err:                  # DVCLive's writes name no file (a full disk: "[Errno 28] ...")
-        raise OSError(err.errno, f"{err.strerror} (while writing the training logs in {live.dir})") from err
+        if err.filename is None:
+            err.add_note(f"while writing the training logs in {live.dir}")
+        raise
 
 
 def check_finite(bad: torch.Tensor, epoch: int, step: int, losses: dict, ckpt_dir: Path,

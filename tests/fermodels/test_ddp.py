@@ -437,7 +437,7 @@ def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
 def test_a_checkpoint_folder_another_run_holds_stops_every_rank_with_the_reason(tiny_shards, tmp_path):
     """Rank 0 alone holds the checkpoint folder; when it is refused, the other ranks stop with
     its message at once (they went on and waited at their first collective for rank 0)."""
-    from fermodels.runstate import checkpoints_held
+    from fermodels.ckptdir import checkpoints_held
 
     with checkpoints_held(tmp_path / "ckpt"):
         mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,

@@ -96,7 +96,7 @@ def test_a_damaged_last_pt_says_how_to_train_from_the_start(tmp_path):
 def test_a_second_run_into_the_same_checkpoint_folder_is_refused(tmp_path):
     """Two runs saving into one folder interleaved their last.pt / best.pt (and resumed from each
     other's); the folder is held for the run, and released with it."""
-    from fermodels.runstate import checkpoints_held
+    from fermodels.ckptdir import checkpoints_held
 
     with checkpoints_held(tmp_path / "ckpt"):
         with pytest.raises(BlockingIOError, match="another run is training into .*ckpt now"):
@@ -111,7 +111,7 @@ def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path, monk
     """It failed at the first save (after an epoch and its validation by default), naming a temp file."""
     import tempfile
 
-    from fermodels.runstate import checkpoints_held
+    from fermodels.ckptdir import checkpoints_held
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -121,16 +121,45 @@ def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path, monk
             pass
 
 
-@pytest.mark.parametrize("pending_step, promoted", [(5, True), (4, False)])
-def test_pending_best_weights_become_best_pt_only_when_last_pt_records_them(tmp_path, pending_step, promoted):
-    from fermodels.runstate import BEST, PENDING_BEST, checkpoints_held
+@pytest.mark.parametrize("pending, last, promoted", [
+    (5, 5, True), (4, 5, False), (5, None, False), (5, b"PK\x03\x04 cut off", False), (b"cut off", 5, False)])
+def test_pending_best_weights_become_best_pt_only_when_last_pt_records_them(tmp_path, pending, last, promoted):
+    from fermodels.ckptdir import BEST, PENDING_BEST, checkpoints_held
 
-    torch.save({"step": 5, "best": {"epoch": 1}}, tmp_path / LAST)
-    torch.save({"step": 3, "best": {"epoch": 0}}, tmp_path / BEST)
-    torch.save({"step": pending_step, "best": {"epoch": 1}}, tmp_path / PENDING_BEST)
+    for path, step, best in ((LAST, last, 1), (BEST, 3, 0), (PENDING_BEST, pending, 1)):
+        if isinstance(step, bytes):
+            (tmp_path / path).write_bytes(step)
+        elif step is not None:
+            torch.save({"step": step, "best": {"epoch": best}}, tmp_path / path)
     with checkpoints_held(tmp_path):
         assert not (tmp_path / PENDING_BEST).exists()
-        assert torch.load(tmp_path / BEST)["step"] == (pending_step if promoted else 3)
+        assert torch.load(tmp_path / BEST)["step"] == (pending if promoted else 3)
+
+
+def test_a_failed_read_of_best_pt_is_raised_not_taken_for_another_run(tmp_path, monkeypatch):
+    """Any error reading best.pt read as 'another epoch's': an EIO on a network disk retrained from
+    scratch and overwrote last.pt."""
+    import fermodels.ckptdir as ckptdir
+
+    torch.save({"step": 5, "best": {"epoch": 1}}, tmp_path / "best.pt")
+
+    def eio(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(ckptdir.torch, "load", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        ckptdir.saved_at(tmp_path / "best.pt")
+
+
+def test_temp_files_of_killed_saves_are_cleared_when_a_run_holds_the_folder(tmp_path):
+    """Only the next save of the same file removed them, so a finished run's folder kept those of a
+    file it did not save again, and DVC cached them with it."""
+    from fermodels.ckptdir import checkpoints_held
+
+    for name in ("..best.pending.pt.k1ll3d.tmp", ".best.pt.0ldv3r.tmp", f".{LAST}.tmp"):
+        (tmp_path / name).write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.txt").write_text("mine")
+    with checkpoints_held(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_an_earlier_runs_best_pt_without_its_last_pt_is_said_to_be_replaced(tmp_path, caplog):
@@ -178,7 +207,7 @@ def test_a_checkpoint_that_cannot_be_written_is_named_and_leaves_the_old_one(tmp
 
 
 def test_training_holds_its_checkpoint_folder(tiny_shards, tmp_path):
-    from fermodels.runstate import checkpoints_held
+    from fermodels.ckptdir import checkpoints_held
     from fermodels.train import train
     from tests.fermodels.helpers import make_params
 

@@ -1179,3 +1179,16 @@ def test_non_finite_weights_mid_epoch_are_not_saved_by_checkpoint_every(tiny_sha
         train(tiny_shards, params, tmp_path / "c", tmp_path / "l")
     state = load_checkpoint(tmp_path / "c" / "last.pt")["state_dict"]           # step 1's
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_failed_log_write_names_the_log_folder():
+    """DVCLive's writes name no file: a full disk said only '[Errno 28] No space left on device'."""
+    class FullDisk:
+        dir = "runs/train/live"
+
+        def log_metric(self, *args):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError) as err:
+        trainlog.log_epoch(FullDisk(), 0, [({"ce": 1.0}, 2, 0.0, [1, 1])], 0.1, 1.0, {})
+    assert err.value.errno == 28 and err.value.__notes__ == ["while writing the training logs in runs/train/live"]

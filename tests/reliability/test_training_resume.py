@@ -23,7 +23,8 @@ import fermodels.runstate as runstate
 import fermodels.train as trainer
 import fermodels.trainparams as trainparams
 from fermodels.registry import ModelCard
-from fermodels.runstate import BEST, LAST, PENDING_BEST, load_checkpoint
+from fermodels.ckptdir import BEST, LAST, PENDING_BEST
+from fermodels.runstate import load_checkpoint
 from fermodels.train import train
 from fermodels.trainlog import NonFiniteLossError
 from fermodels.trainparams import TrainParams
@@ -194,7 +195,7 @@ def test_a_kill_after_an_epochs_log_resumes_without_repeating_its_rows(tiny_shar
         assert logged[0] == logged[1] and logged[0].count("\n") == 3, name       # header + epochs 0 and 1
 
 
-@pytest.mark.parametrize("when", ["finished", "mid-run"])
+@pytest.mark.parametrize("when", ["finished", "mid-run", "mid-epoch-0"])
 def test_an_unreadable_metrics_json_is_rebuilt_from_the_history(tiny_shards, tmp_path, one_thread, monkeypatch,
                                                                when):
     """DVCLive writes metrics.json in place: a full disk left it empty, and every later run stopped
@@ -203,9 +204,12 @@ def test_an_unreadable_metrics_json_is_rebuilt_from_the_history(tiny_shards, tmp
     train(tiny_shards, train_params(), tmp_path / "ref", tmp_path / "ref_live")
     if when == "finished":
         train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
-    else:
+    elif when == "mid-run":
         steps = load_checkpoint(tmp_path / "ref" / LAST)["step"]
         kill_run(tiny_shards, tmp_path, steps // 2 + 2)                    # in epoch 1, epoch 0 logged
+    else:
+        kill_run(tiny_shards, tmp_path, 1)                                 # in epoch 0: nothing logged yet,
+    (tmp_path / "live").mkdir(exist_ok=True)                               # but DVCLive's end() writes the file
     (tmp_path / "live" / "metrics.json").write_text("")
     train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
     timing = ("samples_per_s", "loader_wait_fraction")

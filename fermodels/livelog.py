@@ -1,0 +1,80 @@
+"""The DVCLive logs of a training run as resuming reads them: which epochs every history file
+holds (:func:`logged_epochs`), the rows of epochs being redone dropped (:func:`truncate_live`), and
+``metrics.json`` rebuilt from the history when a write cut it off (:func:`repair_summary`). DVCLive
+writes these in place, not through a temp file."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+from ferdata.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def logged_epochs(live_dir: str | Path) -> set[int]:
+    """The epochs (DVCLive steps) that every history file of ``live_dir`` has a row for (its
+    ``metrics.json``, the last row of each, is rebuilt when lost: :func:`repair_summary`)."""
+    files = sorted(Path(live_dir).glob("plots/metrics/**/*.tsv"))
+    if not files:
+        return set()
+    common: set[int] | None = None
+    for tsv in files:
+        rows, col = _history(tsv)
+        steps = {int(r[col]) for r in rows[1:] if len(r) > col} if col is not None else set()
+        common = steps if common is None else common & steps
+    return common or set()
+
+
+def repair_summary(live_dir: str | Path, epochs: int) -> None:
+    """Rebuild DVCLive's ``metrics.json`` (each metric's last value and the step) from the history
+    files when it is missing or unreadable, as a write cut off by a full disk leaves it (DVCLive
+    writes it in place): resuming read it and failed, and a finished run ended with no metrics in it.
+    Its keys come in the files' order, not the order they were logged in."""
+    metrics = Path(live_dir) / "metrics.json"
+    try:
+        if isinstance(json.loads(metrics.read_text(encoding="utf-8")), dict):
+            return
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        log.warning("%s is unreadable (a write cut off?): rebuilt from the history files", metrics)
+    if epochs < 1:                       # no epoch logged yet: DVCLive starts from none
+        metrics.unlink(missing_ok=True)
+        return
+    summary: dict = {}
+    for tsv in sorted(Path(live_dir).glob("plots/metrics/**/*.tsv")):
+        rows, col = _history(tsv)
+        last = [r for r in rows[1:] if col is not None and len(r) > col and int(r[col]) < epochs]
+        if not last:
+            continue
+        *folders, name = tsv.relative_to(Path(live_dir) / "plots" / "metrics").with_suffix("").parts
+        node = summary
+        for folder in folders:
+            node = node.setdefault(folder, {})
+        text = last[-1][rows[0].index(name)] if name in rows[0] else last[-1][-1]
+        node[name] = int(text) if text.lstrip("-").isdigit() else float(text)
+    atomic_write_text(metrics, json.dumps({**summary, "step": epochs - 1}, indent=4) + "\n")
+
+
+def _history(tsv: Path) -> tuple[list[list[str]], int | None]:
+    """A DVCLive history file's rows (header first) and the index of its ``step`` column."""
+    with open(tsv, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    return rows, rows[0].index("step") if rows and "step" in rows[0] else None
+
+
+def truncate_live(live_dir: str | Path, from_step: int) -> None:
+    """Drop DVCLive history rows logged at or after ``from_step`` (work redone after a kill)."""
+    for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
+        rows, step_col = _history(tsv)
+        if step_col is None:
+            continue
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[step_col]) < from_step]
+        if len(kept) != len(rows):             # replaced whole: a kill mid-write lost the history rows
+            text = io.StringIO(newline="")
+            csv.writer(text, delimiter="\t", lineterminator="\n").writerows(kept)
+            atomic_write_text(tsv, text.getvalue())
