@@ -82,10 +82,11 @@ def read_info(shards_dir: str | Path, split: str) -> dict:
     try:
         info = json.loads(path.read_text())
     except ValueError as err:
-        raise SelectionError(f"{path} is not JSON ({err}): prepare the dataset again") from None
+        raise SelectionError(f"{path} is not JSON ({err}): prepare the dataset again (`dvc repro shard@<name>` or "
+                             "`ferdata prepare <name>`)") from None
     if not isinstance(info, dict):
         raise SelectionError(f"{path} holds a {type(info).__name__}, not a split's description: prepare the "
-                             "dataset again")
+                             "dataset again (`dvc repro shard@<name>` or `ferdata prepare <name>`)")
     return info
 
 

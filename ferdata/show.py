@@ -209,8 +209,7 @@ def contact_sheet(samples: list[SheetSample], columns: int = COLUMNS) -> np.ndar
         raise ValueError("contact sheet needs at least one sample")
     tiles = [_tile(s) for s in samples]
     th, tw = tiles[0].shape[:2]
-    rows = -(-len(tiles) // columns)
-    sheet = np.full((rows * (th + 8) + 8, columns * (tw + 8) + 8, 3), 255, np.uint8)
+    sheet = np.full((sheet_height(len(tiles), columns), columns * (tw + 8) + 8, 3), 255, np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
         sheet[8 + r * (th + 8):8 + r * (th + 8) + th, 8 + c * (tw + 8):8 + c * (tw + 8) + tw] = t
@@ -228,14 +227,12 @@ def sheet_height(n: int, columns: int = COLUMNS) -> int:
     return -(-n // columns) * (LABEL_H + PANEL + 8) + 8
 
 
-def _check_size(out: Path, n: int) -> None:
-    """Refuse, before reading any tar, a sheet the format cannot hold or no sheet should be."""
-    if not 1 <= n <= MAX_SAMPLES:
-        raise ValueError(f"-n {n}: a sheet shows 1 to {MAX_SAMPLES} samples")
+def check_size(out: Path, n: int) -> None:
+    """Refuse a sheet of ``n`` samples that ``out``'s format cannot hold (before it is drawn)."""
     limit = SHEET_FORMATS[out.suffix.lower()]
     if limit is not None and sheet_height(n) > limit:
         most = (limit - 8) // (LABEL_H + PANEL + 8) * COLUMNS
-        raise ValueError(f"-n {n} makes a sheet {sheet_height(n):,} px tall; {out.suffix} holds at most "
+        raise ValueError(f"{n} samples make a sheet {sheet_height(n):,} px tall; {out.suffix} holds at most "
                          f"{limit:,}: use -n {most} or fewer, or a .png")
 
 
@@ -246,7 +243,8 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
     if out.suffix.lower() not in SHEET_FORMATS:
         raise ValueError(f"--out {out}: a contact sheet is an image; end the name in "
                          f"{' or '.join(sorted(SHEET_FORMATS))}")
-    _check_size(out, n)
+    if not 1 <= n <= MAX_SAMPLES:
+        raise ValueError(f"-n {n}: a sheet shows 1 to {MAX_SAMPLES} samples")
     paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
     samples = []
     for tar, key, fields in itertools.islice(_samples(Path(path)), n):
@@ -255,6 +253,7 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
         samples.append(_sheet_sample(tar, key, fields, paddings[tar.parent]))
     if not samples:
         raise ValueError(f"{path}: the tar files hold no samples")
+    check_size(out, len(samples))
     ok, data = cv2.imencode(out.suffix.lower(), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode the sheet as {out.suffix}")

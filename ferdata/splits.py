@@ -131,8 +131,12 @@ def _kfold(records: list[Item], *, seed: int, by: str, folds: int, fold: int, wi
         log.info("k-fold assignment replaces the dataset's official train/val splits")
     groups = sorted({group_of(r, by) for r in kept}, key=lambda g: (unit_hash(seed, g), g))
     if len(groups) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}: set shard.folds "
-                         f"to {len(groups)} or fewer (as many as groups: leave one {by} out)")
+        least = 3 if with_val else 2
+        fix = (f"set shard.folds to {len(groups)} or fewer, down to {least} (as many as groups: leave one {by} out)"
+               if len(groups) >= least else
+               f"k-fold needs at least {least} ({'with' if with_val else 'without'} a val fold): use shard.folds 0 "
+               "(a carved test split) or more data")
+        raise ValueError(f"{folds} folds need at least {folds} groups ({by}); found {len(groups)}: {fix}")
     fold_of = {g: i % folds for i, g in enumerate(groups)}
     names = {fold: "test", **({(fold + 1) % folds: "val"} if with_val else {})}
     counts: Counter[str] = Counter()

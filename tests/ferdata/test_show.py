@@ -14,7 +14,7 @@ import pytest
 from ferdata.geometry import align_face, split_halves, template
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import encode_jpeg, encode_png
-from ferdata.show import LABEL_H, PANEL, contact_sheet, show, to_sheet_sample
+from ferdata.show import LABEL_H, PANEL, check_size, contact_sheet, show, to_sheet_sample
 from ferdata.stages.align import npy_bytes
 from ferdata.tario import TarShardWriter
 
@@ -225,22 +225,27 @@ def test_a_file_that_is_no_tar_is_told_what_to_give(tmp_path):
 
 
 @pytest.mark.parametrize("out, n, says", [
-    ("s.jpg", 706, r"-n 706 makes a sheet 65,666 px tall; \.jpg holds at most 65,500: use -n 704 or fewer"),
-    ("s.webp", 178, r"-n 178 makes a sheet 16,562 px tall; \.webp holds at most 16,383: use -n 176 or fewer"),
-    ("s.png", 5001, "-n 5001: a sheet shows 1 to 5000 samples"),
-    ("s.png", 10**20, "a sheet shows 1 to 5000 samples"),
-    ("s.png", 0, "a sheet shows 1 to 5000 samples")])
-def test_a_sheet_its_format_cannot_hold_is_refused_before_reading(tmp_path, out, n, says):
+    ("s.jpg", 706, r"706 samples make a sheet 65,666 px tall; \.jpg holds at most 65,500: use -n 704 or fewer"),
+    ("s.webp", 178, r"178 samples make a sheet 16,562 px tall; \.webp holds at most 16,383: use -n 176 or fewer")])
+def test_a_sheet_its_format_cannot_hold_is_refused_before_drawing(out, n, says):
     """OpenCV encodes JPEG up to 65,500 px and WebP up to 16,383 px (checked by hand): the sheet failed
-    only after every sample was read, with 'could not encode'; a huge -n gave islice's message."""
+    after it was drawn, with 'could not encode'."""
     with pytest.raises(ValueError, match=says):
-        show(tmp_path / "not read", tmp_path / out, n)
+        check_size(Path(out), n)
+    check_size(Path(out), n - 2)                                 # one row fewer fits
 
 
-def test_the_largest_sheets_a_format_holds_pass_the_check(tmp_path):
-    for out, n in (("s.jpg", 704), ("s.webp", 176), ("s.png", 5000)):
-        with pytest.raises(FileNotFoundError):                   # past the size check, at the reading
-            show(tmp_path / "not read", tmp_path / out, n)
+@pytest.mark.parametrize("n", [5001, 10**20, 0])
+def test_n_is_refused_out_of_range_before_reading(tmp_path, n):
+    """A huge -n gave islice's message."""
+    with pytest.raises(ValueError, match=f"-n {n}: a sheet shows 1 to 5000 samples"):
+        show(tmp_path / "not read", tmp_path / "s.png", n)
+
+
+def test_the_format_limit_counts_the_samples_found_not_n(tmp_path, aligned):
+    write_shards(tmp_path / "shards", aligned)
+    sheet = cv2.imread(str(show(tmp_path / "shards", tmp_path / "s.jpg", 5000)))      # 8 samples, 4 rows
+    assert sheet.shape[0] == 4 * (PANEL + LABEL_H + 8) + 8
 
 
 def test_a_heatmap_that_is_not_8_bit_is_named_with_its_tar(tmp_path, aligned):

@@ -229,8 +229,10 @@ def test_kfold_keeps_the_official_splits_it_is_given():
 
 def test_too_few_groups_for_the_folds_says_what_to_set():
     with pytest.raises(ValueError, match=r"5 folds need at least 5 groups \(subject\); found 4: set shard.folds to "
-                                         r"4 or fewer"):
+                                         r"4 or fewer, down to 3"):
         list(assign_splits(many(20, subjects=4), seed=0, val_fraction=0.2, test_fraction=0, folds=5))
+    with pytest.raises(ValueError, match=r"found 2: k-fold needs at least 3 \(with a val fold\): use shard.folds 0"):
+        list(assign_splits(many(20, subjects=2), seed=0, val_fraction=0.2, test_fraction=0, folds=3))
 
 
 def test_an_empty_carved_train_split_is_warned_of(caplog):
