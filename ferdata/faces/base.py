@@ -219,7 +219,11 @@ class FaceBackend:
 
     def signature(self) -> str:
         """What identifies this backend's results in the detection cache: name, ``version``, the
-        options that shape them, the model files by content and the versions of :attr:`packages`."""
+        options that shape them, the model files by content, the versions of :attr:`packages`, and
+        what this package's decoding and point mapping make of probe files
+        (:func:`ferdata.faces.probe.pipeline_digest`: a fix there re-detects, an edit elsewhere not)."""
+        from ferdata.faces.probe import pipeline_digest
+
         missing = [names[0] for names in self.packages if installed_release(names) is None]
         if missing:                     # before fingerprint(), which imports them; before any image is read
             raise MissingPackageError(f"face backend {self.name!r} needs the Python package(s) {', '.join(missing)}: "
@@ -227,7 +231,8 @@ class FaceBackend:
         opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in self.UNSIGNED)
         fp = self.fingerprint()
         packages = package_versions(self.packages)
-        return f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "") + (f":{packages}" if packages else "")
+        return (f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "") + (f":{packages}" if packages else "")
+                + f":px{pipeline_digest()}")
 
     def cacheable_for(self, record: FaceRecord | None) -> bool:
         """Whether this record's result depends on its pixels only (so may be cached)."""

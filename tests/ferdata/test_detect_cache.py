@@ -519,3 +519,45 @@ def test_auto_uses_a_cached_model_detection_only_for_records_without_landmarks(t
     np.testing.assert_allclose(rows["marked"]["face"]["lmk68"], own, atol=1e-3)
     np.testing.assert_allclose(rows["bare"]["face"]["lmk68"], model, atol=1e-3)
     assert (notes(report)["detections_run"], notes(report)["cache_hits"]) == (1, 1)
+
+
+@pytest.fixture()
+def fresh_digest():
+    from ferdata.faces.probe import pipeline_digest
+
+    pipeline_digest.cache_clear()
+    yield pipeline_digest
+    pipeline_digest.cache_clear()                 # not the patched code's digest for later tests
+
+
+@pytest.mark.parametrize("change", ["turn", "alpha", "points"])
+def test_a_change_to_decoding_or_point_mapping_detects_again(tmp_path, images, monkeypatch, fresh_digest, change):
+    """The cache key named the backend, options, models and packages, not this package's decoding:
+    fixes to how TIFFs are turned (twice) or alpha flattened left every earlier detection in the
+    cache, and align cropped the right pixels at the wrong places (exit 0). Here the code of run 1
+    stands in for the code before such a fix."""
+    import ferdata.faces.base as base
+    import ferdata.io as fio
+
+    first = run_detect(records(images[:4]), params(tmp_path), tmp_path / "a")
+    assert notes(first)["detections_run"] == 4
+    real = {"turn": fio.apply_orientation, "alpha": fio._flatten_alpha, "points": base.scaled_points}[change]
+    broken = {"turn": lambda img, turn: real(real(img, turn), turn),                       # turned twice
+              "alpha": lambda img, *a: (real(img, *a) * 0.9).astype(np.uint8),           # darkened
+              "points": lambda pts, factor: real(pts, factor * 1.001)}[change]
+    monkeypatch.setattr(*{"turn": (fio, "apply_orientation"), "alpha": (fio, "_flatten_alpha"),
+                          "points": (base, "scaled_points")}[change], broken)
+    fresh_digest.cache_clear()
+    again = run_detect(records(images[:4]), params(tmp_path), tmp_path / "b")
+    assert notes(again)["cache_hits"] == 0 and notes(again)["detections_run"] == 4
+    assert notes(again)["backend"] != notes(first)["backend"]
+
+
+def test_the_pipeline_digest_is_the_same_in_a_fresh_process_with_another_hash_seed(fresh_digest):
+    import subprocess
+    import sys
+
+    code = "from ferdata.faces.probe import pipeline_digest; print(pipeline_digest())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "77"},
+                         capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+    assert out == fresh_digest() and len(out) == 12

