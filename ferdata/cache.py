@@ -75,8 +75,12 @@ def cache_file(source: str | Path) -> Path:
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
-    """Another cache's file opened read-only (a merge never writes to its sources)."""
-    return sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    """Another cache's file opened read-only (a merge never writes to its sources). A WAL database
+    read with ``mode=ro`` makes ``-shm``/``-wal`` files beside it, and cannot on read-only media; a
+    cache whose run has ended has no ``-wal`` file (closing folds it in) and opens ``immutable``,
+    which makes none. One with a ``-wal`` file (a run at work, or killed) is read with it."""
+    wal = path.with_name(path.name + "-wal")
+    return sqlite3.connect(path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?immutable=1"), uri=True)
 
 
 def readable_cache(source: str | Path) -> Path:
@@ -257,19 +261,24 @@ class DetectionCache:
             except sqlite3.DatabaseError as e:
                 raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
             counts = MergeCounts()
-            for sha, sig, value in _source_rows(rows, source):
-                if not _looks_whole(value):
-                    counts.corrupt += 1
-                    continue
-                have = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
-                if have is None:
-                    self.db.execute("INSERT INTO det VALUES (?, ?, ?)", (sha, sig, value))
-                    counts.added += 1
-                elif have[0] == value:
-                    counts.present += 1
-                else:
-                    counts.differing += 1
-            self.db.commit()
+            try:
+                for sha, sig, value in _source_rows(rows, source):
+                    if not _looks_whole(value):
+                        counts.corrupt += 1
+                        continue
+                    have = self.db.execute("SELECT value FROM det WHERE sha=? AND sig=?", (sha, sig)).fetchone()
+                    if have is None:
+                        self.db.execute("INSERT INTO det VALUES (?, ?, ?)", (sha, sig, value))
+                        counts.added += 1
+                    elif have[0] == value:
+                        counts.present += 1
+                    else:
+                        counts.differing += 1
+            except ValueError as err:              # a source damaged part way: what it gave before is kept
+                err.add_note(f"the {counts.added} entries added before it are kept")
+                raise
+            finally:
+                self.db.commit()
         finally:
             src.close()
         return counts

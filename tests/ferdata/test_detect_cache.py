@@ -561,3 +561,34 @@ def test_the_pipeline_digest_is_the_same_in_a_fresh_process_with_another_hash_se
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "77"},
                          capture_output=True, text=True, check=True, timeout=120).stdout.strip()
     assert out == fresh_digest() and len(out) == 12
+
+
+def test_a_merge_leaves_nothing_beside_its_source(tmp_path):
+    """Read with mode=ro, a WAL cache got -shm and -wal files beside it (and on read-only media could
+    not be read at all, 'unable to open database file'): a cache whose run has ended opens immutable."""
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(tmp_path / "a") as a:
+        a.put("s1", "sig", Detection((50, 60), (face,)))
+    before = sorted(p.name for p in (tmp_path / "a").iterdir())
+    with DetectionCache(tmp_path / "b") as b:
+        assert b.merge(tmp_path / "a").added == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before == ["detections.sqlite"]
+
+
+def test_a_source_damaged_part_way_keeps_what_it_gave_before(tmp_path):
+    """The merge rolled back every entry when the source's damage came part way through (the CLI said
+    'nothing after this point of it was merged', and the target held none)."""
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(tmp_path / "a") as a:
+        for i in range(3000):
+            a.put(f"{i:064x}", "sig", Detection((50, 60), (face,)))
+    data = bytearray((tmp_path / "a" / "detections.sqlite").read_bytes())
+    page = 4096
+    at = (len(data) * 2 // 3) // page * page
+    data[at:at + page] = b"\xa5" * page                                  # one page two thirds in
+    (tmp_path / "a" / "detections.sqlite").write_bytes(bytes(data))
+    with DetectionCache(tmp_path / "b") as b:
+        with pytest.raises(ValueError, match="not a whole ferdata detection cache") as err:
+            b.merge(tmp_path / "a")
+        kept = len(b)
+    assert 0 < kept < 3000 and err.value.__notes__ == [f"the {kept} entries added before it are kept"]
