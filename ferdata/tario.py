@@ -238,9 +238,9 @@ def iter_tar_samples(source: str | Path | BinaryIO, where: str = "",
 
 def _checked_members(source: str | Path | BinaryIO, where: str) -> Iterator[tuple[str, str, bytes, str]]:
     """(key, ext, data, name) of each member, checked one by one."""
-    for m, data in iter_members(source):
+    for m, data in iter_members(source, max_size=MAX_MEMBER_BYTES):      # a larger one is not read ...
         k, ext = split_member(m.name)
-        check_member(m, where, ext)
+        check_member(m, where, ext)                                         # ... but refused here
         yield k, ext, data, m.name
 
 

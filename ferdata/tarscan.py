@@ -118,7 +118,7 @@ def _member(buf: bytes, at: int, size: int, longname: str | None, offset_data: i
     """The member of the plain regular-file header at ``buf[at:]`` whose data starts at file
     offset ``offset_data`` (a preceding GNU long name applied); anything else is :class:`_Unusual`."""
     name = longname if longname is not None else _nts(buf[at:at + 100])
-    if buf[at + 345]:
+    if buf[at + 345] and longname is None:              # a GNU long name is the whole name (as tarfile has it)
         name = f"{_nts(buf[at + 345:at + 500])}/{name}"
     if buf[at + 156] not in _REGULAR or name.endswith("/"):
         raise _Unusual
@@ -156,12 +156,13 @@ def _from_tarfile(m: tarfile.TarInfo) -> Member:
     return Member(m.name, m.size, m.offset_data, m.isreg() and not m.issparse())
 
 
-def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]:
+def _scan(f: BinaryIO, read_data: bool, max_size: int | None = None) -> Iterator[tuple[Member, bytes | None]]:
     """Plain GNU/ustar regular files (and GNU long names) of an uncompressed tar, read directly:
     ``tarfile`` spends ~60 us per member on general header handling. Members get the same
-    name, size and ``offset_data`` tarfile would give; any other header raises :class:`_Unusual`."""
+    name, size and ``offset_data`` tarfile would give; any other header raises :class:`_Unusual`.
+    A member over ``max_size`` is not read (its data None)."""
     pos, longname = f.tell(), None
-    end = None if read_data else f.seek(0, os.SEEK_END)     # members are skipped: check they fit
+    end = f.seek(0, os.SEEK_END)                        # members skipped, not read: check they fit
     f.seek(pos)
     while True:
         buf = f.read(BLOCK)
@@ -180,7 +181,7 @@ def _scan(f: BinaryIO, read_data: bool) -> Iterator[tuple[Member, bytes | None]]
             pos += BLOCK + size + pad
             continue
         info, longname = _member(buf, 0, size, longname, pos + BLOCK), None
-        if read_data:
+        if read_data and (max_size is None or size <= max_size):
             data = f.read(size)
             if len(data) < size:
                 raise tarfile.ReadError("unexpected end of data")
@@ -288,10 +289,14 @@ def _check_sums(buf: bytes, blocks: np.ndarray, starts: list[int]) -> None:
         _check_sum(head, starts[i], int(unsigned[i]))
 
 
-def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Iterator[tuple[Member, bytes | None]]:
+def iter_members(source: str | Path | BinaryIO, read_data: bool = True,
+                 max_size: int | None = None) -> Iterator[tuple[Member, bytes | None]]:
     """Every member of a tar (path or seekable file object, optionally compressed) with its data
-    (``read_data``) or with ``offset_data`` set, in file order. Plain archives (what the writer
-    makes) take the fast scanner; anything else, from the first unusual header on, ``tarfile``."""
+    (``read_data``; None for a member over ``max_size``, which is not read: a crafted member cannot
+    exhaust memory before its size is checked) or with ``offset_data`` set, in file order. Plain
+    archives (what the writer makes) take the fast scanner; anything else, from the first unusual
+    header on, ``tarfile``."""
+    fits = (lambda size: True) if max_size is None else (lambda size: size <= max_size)
     own = isinstance(source, (str, os.PathLike))
     f = open(source, "rb") if own else source
     try:
@@ -302,12 +307,12 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
             if table is not None:
                 buf = table.buf
                 for name, size, offset in zip(table.names, table.sizes, table.offsets):
-                    yield Member(name, size, offset), buf[offset:offset + size]
+                    yield Member(name, size, offset), buf[offset:offset + size] if fits(size) else None
                 return                   # else nothing was handed out yet: tarfile reads it all, below
         elif not f.read(6).startswith(_COMPRESSED):
             f.seek(start)
             try:
-                for member in _scan(f, read_data):
+                for member in _scan(f, read_data, max_size):
                     yield member
                     done += 1
                 return
@@ -319,7 +324,8 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True) -> Itera
         with tarfile.open(fileobj=f, mode="r|*" if read_data else "r:*") as tar:
             for i, m in enumerate(tar):
                 if i >= done:
-                    yield _from_tarfile(m), tar.extractfile(m).read() if read_data and m.isreg() else None
+                    yield _from_tarfile(m), (tar.extractfile(m).read() if read_data and m.isreg() and fits(m.size)
+                                             else None)
             end = start + tar.offset
         if plain:
             f.seek(end)

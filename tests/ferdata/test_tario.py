@@ -454,3 +454,53 @@ def test_the_writer_refuses_keys_its_readers_would_rename_or_refuse(tmp_path, ke
             writer.write(key, {"cls": b"0"})
         writer.write("dir/ok_key-1", {"cls": b"0"})
     assert [k for k, _ in iter_tar_samples(writer.files[0].path)] == ["dir/ok_key-1"]
+
+
+def test_a_member_over_the_limit_is_refused_before_it_is_read(tmp_path):
+    """The size check came after the member was read whole: a 400 kB .tar.gz holding a 400 MB member
+    grew memory by 800 MB before it was refused."""
+    import gzip
+    import tracemalloc
+
+    from ferdata.tario import MAX_MEMBER_BYTES
+
+    size = MAX_MEMBER_BYTES + (1 << 20)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("k0.jpg")
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+    (tmp_path / "big.tar.gz").write_bytes(gzip.compress(raw.getvalue(), compresslevel=1))
+    del raw
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeTarError, match=f"member 'k0.jpg' is {size} bytes"):
+            list(iter_tar_samples(tmp_path / "big.tar.gz"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MAX_MEMBER_BYTES // 4, peak
+
+
+def test_a_gnu_long_name_is_the_whole_name_whatever_the_prefix_field_holds(tmp_path):
+    """tarfile takes a GNU long name whole; the fast scanner put the real header's prefix field before
+    it ('evil/kkk...jpg' where tarfile reads 'kkk...jpg')."""
+    name = "k" * 120 + ".jpg"
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(raw.getvalue())
+    at = 1024                                           # the LongLink header, its name block, then the real header
+    assert data[at + 156:at + 157] == b"0"
+    data[at + 345:at + 349] = b"evil"
+    data[at + 148:at + 156] = b" " * 8
+    data[at + 148:at + 155] = f"{sum(data[at:at + 512]):06o}\0".encode()
+    (tmp_path / "long.tar").write_bytes(bytes(data))
+    with tarfile.open(tmp_path / "long.tar") as tar:
+        assert tar.getnames() == [name]
+    for read_data in (True, False):
+        assert [m.name for m, _ in iter_members(tmp_path / "long.tar", read_data=read_data)] == [name]
+    with open(tmp_path / "long.tar", "rb") as f:
+        assert [m.name for m, _ in iter_members(f)] == [name]
