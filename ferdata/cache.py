@@ -75,12 +75,23 @@ def cache_file(source: str | Path) -> Path:
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
-    """Another cache's file opened read-only (a merge never writes to its sources). A WAL database
-    read with ``mode=ro`` makes ``-shm``/``-wal`` files beside it, and cannot on read-only media; a
-    cache whose run has ended has no ``-wal`` file (closing folds it in) and opens ``immutable``,
-    which makes none. One with a ``-wal`` file (a run at work, or killed) is read with it."""
-    wal = path.with_name(path.name + "-wal")
-    return sqlite3.connect(path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?immutable=1"), uri=True)
+    """Another cache's file opened read-only (a merge never writes to its sources): ``mode=ro``, which
+    reads a consistent snapshot while a run may write it (SQLite leaves its ``-shm``/``-wal`` files
+    beside it, no entry changed). A WAL database cannot be opened so on read-only media (SQLite must
+    make those files): there it is read ``immutable``, as no run can be writing it."""
+    uri = path.resolve().as_uri()
+    try:
+        db = sqlite3.connect(uri + "?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return sqlite3.connect(uri + "?immutable=1", uri=True)
+    try:
+        db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    except sqlite3.OperationalError:          # "unable to open database file", "attempt to write a readonly ..."
+        db.close()
+        return sqlite3.connect(uri + "?immutable=1", uri=True)
+    except sqlite3.DatabaseError:             # no database: the caller's first query says so, naming it
+        pass
+    return db
 
 
 def readable_cache(source: str | Path) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -49,6 +50,10 @@ def saved_at(path: Path) -> tuple[int, int] | None:
     """(step, best epoch recorded) of a checkpoint, its tensors not read; None when there is none or
     it is no checkpoint that says (a failed read of the disk is raised: it says nothing of the file)."""
     if not path.is_file():
+        return None
+    try:
+        zipfile.ZipFile(path).close()        # a file cut short: torch says only "[Errno 22] Invalid argument"
+    except zipfile.BadZipFile:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

@@ -122,13 +122,18 @@ def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path, monk
 
 
 @pytest.mark.parametrize("pending, last, promoted", [
-    (5, 5, True), (4, 5, False), (5, None, False), (5, b"PK\x03\x04 cut off", False), (b"cut off", 5, False)])
+    (5, 5, True), (4, 5, False), (5, None, False), (5, b"PK\x03\x04 cut off", False), (b"cut off", 5, False),
+    (5, "30 bytes short", False), ("1 byte short", 5, False)])
 def test_pending_best_weights_become_best_pt_only_when_last_pt_records_them(tmp_path, pending, last, promoted):
     from fermodels.ckptdir import BEST, PENDING_BEST, checkpoints_held
 
     for path, step, best in ((LAST, last, 1), (BEST, 3, 0), (PENDING_BEST, pending, 1)):
         if isinstance(step, bytes):
             (tmp_path / path).write_bytes(step)
+        elif isinstance(step, str):                # a whole checkpoint, cut off near its end (torch: EINVAL)
+            torch.save({"step": 5, "best": {"epoch": best}, "w": torch.zeros(1000)}, tmp_path / path)
+            whole = (tmp_path / path).read_bytes()
+            (tmp_path / path).write_bytes(whole[:-int(step.split()[0])])
         elif step is not None:
             torch.save({"step": step, "best": {"epoch": best}}, tmp_path / path)
     with checkpoints_held(tmp_path):
