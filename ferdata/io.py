@@ -304,15 +304,16 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
         img, damage = _strict_jpeg(data, head, inside)
     elif head.format in _JPEG:
         damage = jpeg_damage(data)
-    if img is None:             # without alpha the decoder writes RGB itself (BGR + cvtColor's pixels, a pass less)
+    grey_alpha_tiff = head.has_alpha and head.format == "TIFF" and head.mode in _GRAY_ALPHA
+    if grey_alpha_tiff:                           # OpenCV's TIFF reader drops a grey image's alpha
+        img = _pil_pixels(data)
+    elif img is None:           # without alpha the decoder writes RGB itself (BGR + cvtColor's pixels, a pass less)
         flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED_RGB[inside] | cv2.IMREAD_IGNORE_ORIENTATION
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         reason = "truncated" if is_truncated(head.format, data) else "undecodable"
         raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
     if head.has_alpha:
-        if head.format == "TIFF" and head.mode in _GRAY_ALPHA:
-            img = _pil_pixels(data)               # OpenCV's TIFF reader drops a grey image's alpha
         img = cv2.cvtColor(_flatten_alpha(img, head.premultiplied), cv2.COLOR_BGR2RGB)
     rgb = np.ascontiguousarray(apply_orientation(img, head.turn))
     conversions = probe.conversions + ((JPEG_DAMAGED,) if damage else ())
@@ -369,12 +370,15 @@ def _damage(message: str) -> str:
     return message if damaged else ""
 
 
-def _pil_pixels(data: bytes) -> np.ndarray:
-    """The stored samples as PIL reads them (no EXIF turn, no conversion)."""
+def _pil_pixels(data: bytes) -> np.ndarray | None:
+    """The stored samples as PIL reads them (no EXIF turn, no conversion); None when it cannot."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im)
+    except (OSError, ValueError, SyntaxError):      # damaged data: the caller names it
+        return None
 
 
 def _libjpeg(head: ImageHeader) -> bool:

@@ -227,13 +227,17 @@ def sheet_height(n: int, columns: int = COLUMNS) -> int:
     return -(-n // columns) * (LABEL_H + PANEL + 8) + 8
 
 
+def most_samples(out: Path) -> int:
+    """The most samples a sheet in ``out``'s format holds."""
+    limit = SHEET_FORMATS[out.suffix.lower()]
+    return MAX_SAMPLES if limit is None else min(MAX_SAMPLES, (limit - 8) // (LABEL_H + PANEL + 8) * COLUMNS)
+
+
 def check_size(out: Path, n: int) -> None:
     """Refuse a sheet of ``n`` samples that ``out``'s format cannot hold (before it is drawn)."""
-    limit = SHEET_FORMATS[out.suffix.lower()]
-    if limit is not None and sheet_height(n) > limit:
-        most = (limit - 8) // (LABEL_H + PANEL + 8) * COLUMNS
+    if n > most_samples(out):
         raise ValueError(f"{n} samples make a sheet {sheet_height(n):,} px tall; {out.suffix} holds at most "
-                         f"{limit:,}: use -n {most} or fewer, or a .png")
+                         f"{SHEET_FORMATS[out.suffix.lower()]:,}: use -n {most_samples(out)} or fewer, or a .png")
 
 
 def show(path: Path, out: Path, n: int = 32) -> Path:
@@ -247,7 +251,7 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
         raise ValueError(f"-n {n}: a sheet shows 1 to {MAX_SAMPLES} samples")
     paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
     samples = []
-    for tar, key, fields in itertools.islice(_samples(Path(path)), n):
+    for tar, key, fields in itertools.islice(_samples(Path(path)), min(n, most_samples(out) + 1)):   # one more: refused
         if tar.parent not in paddings:
             paddings[tar.parent] = recorded_padding(tar.parent)
         samples.append(_sheet_sample(tar, key, fields, paddings[tar.parent]))

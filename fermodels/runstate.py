@@ -35,6 +35,8 @@ from fermodels.registry import create_model, model_kwargs
 log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
 CHECKPOINT_KEYS = ("model", "model_kwargs", "num_classes", "classes", "state_dict")   # what loading needs
+
+
 def preprocess_record(params: Mapping[str, Any]) -> dict:
     """The align/derive settings of a params file, in the form checkpoints carry them (training
     prefers what the shards record: ``_info.json``'s ``preprocess``, from the align/derive reports)."""

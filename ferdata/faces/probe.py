@@ -7,9 +7,12 @@ and rounded (:meth:`Detection.canonical`). The key named the backend, its option
 packages, but none of that code: a fix to how a TIFF is turned, or an alpha flattened, left every
 earlier detection of such files in the cache, and align cropped the right pixels at the wrong
 places. Hashing the source would re-detect a whole dataset after any edit of those modules; this
-digest changes only when what they make changes (for the cases probed). The probes avoid lossy
-encoders beyond OpenCV's (whose version the key holds anyway) and ``cv2.resize``, whose results
-may differ between CPUs: caches merged between machines keep matching.
+digest changes only when what they make changes (for the cases probed: not the reduction forced on
+JPEGs over 40 MP, nor CMYK). The probes are encoded by OpenCV (whose version the key holds anyway) or
+written by hand, but for three TIFFs by PIL (uncompressed: the same bytes from pillow 11 to 13), and
+stay off computations that may differ between CPUs (resizing only at whole-number factors, which
+gives exact block means), so caches merged between machines keep matching. A format this OpenCV
+build cannot write or read counts as such in the digest instead of stopping every detection.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import hashlib
 import io
 import struct
 from functools import lru_cache
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -52,30 +55,42 @@ def _pil(img: np.ndarray, mode: str, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def probe_files() -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each probe: the formats and modes :func:`ferdata.io.decode_image` converts."""
+def probe_files() -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes) of each probe: the formats and modes :func:`ferdata.io.decode_image` converts
+    (None for one this OpenCV build cannot write)."""
+    for name, make in _probes():
+        try:
+            yield name, make()
+        except (cv2.error, RuntimeError):
+            yield name, None
+
+
+def _probes() -> Iterator[tuple[str, Callable[[], bytes]]]:
     rgb = _picture()
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     alpha = np.linspace(0, 255, rgb.shape[1], dtype=np.uint8)[None, :].repeat(rgb.shape[0], 0)
     bgra = np.dstack([bgr, alpha])
     grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    jpeg = _cv(".jpg", bgr, cv2.IMWRITE_JPEG_QUALITY, 90)
-    yield "jpeg", jpeg
-    yield "jpeg_grey", _cv(".jpg", grey, cv2.IMWRITE_JPEG_QUALITY, 90)
+    even = np.ascontiguousarray(_picture(48, 64)[..., ::-1])        # whole blocks: reduced turns too
+    quality = (cv2.IMWRITE_JPEG_QUALITY, 90)
+    yield "jpeg", lambda: _cv(".jpg", bgr, *quality)
+    yield "jpeg_grey", lambda: _cv(".jpg", grey, *quality)
     for orientation in (3, 6, 8):
-        yield f"jpeg_exif{orientation}", _with_orientation(jpeg, orientation)
-    yield "png", _cv(".png", bgr)
-    yield "png_rgba", _cv(".png", bgra)
-    yield "png_16bit", _cv(".png", bgr.astype(np.uint16) * 257)
-    yield "png_grey", _cv(".png", grey)
-    yield "tiff_rgba", _cv(".tiff", bgra)
-    yield "tiff_grey_alpha", _pil(np.dstack([grey, alpha]), "LA", "TIFF")
-    yield "tiff_exif6", _pil(rgb, "RGB", "TIFF", exif=_orientation_exif(6))
-    yield "webp", _cv(".webp", bgr, cv2.IMWRITE_WEBP_QUALITY, 101)          # lossless
-    yield "bmp", _cv(".bmp", bgr)
+        yield f"jpeg_exif{orientation}", lambda o=orientation: _with_orientation(_cv(".jpg", bgr, *quality), o)
+        yield f"jpeg_even_exif{orientation}", lambda o=orientation: _with_orientation(_cv(".jpg", even, *quality), o)
+    yield "png", lambda: _cv(".png", bgr)
+    yield "png_rgba", lambda: _cv(".png", bgra)
+    yield "png_16bit", lambda: _cv(".png", bgr.astype(np.uint16) * 257)
+    yield "png_grey", lambda: _cv(".png", grey)
+    yield "tiff_rgba", lambda: _pil(np.dstack([rgb, alpha]), "RGBA", "TIFF")    # OpenCV's lacks ExtraSamples
+    yield "tiff_grey_alpha", lambda: _pil(np.dstack([grey, alpha]), "LA", "TIFF")
+    yield "tiff_exif6", lambda: _pil(rgb, "RGB", "TIFF", exif=_orientation_exif(6))
+    yield "webp", lambda: _cv(".webp", bgr, cv2.IMWRITE_WEBP_QUALITY, 101)          # lossless
+    yield "bmp", lambda: _cv(".bmp", bgr)
 
 
-def _orientation_exif(orientation: int):
+def _orientation_exif(orientation: int) -> object:
+    """A PIL ``Image.Exif`` holding only the orientation tag."""
     from PIL import Image
 
     exif = Image.Exif()
@@ -99,19 +114,20 @@ def pipeline_digest() -> str:
     from ferdata.cache import Detection
     from ferdata.faces.base import Face
     from ferdata.geometry import resized_back, shrunk
-    from ferdata.io import decode_image
+    from ferdata.io import BadImage, Decoded, decode_image
 
     h = hashlib.sha256()
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)    # libtiff's notes on grey + alpha
-    try:
-        for name, data in probe_files():
-            for reduce in (1, 2, 4):
-                d = decode_image(data, reduce)
-                h.update(f"{name}/{reduce}:{d.rgb.shape}:{d.scale!r}:{d.conversions}:{bool(d.damage)}".encode())
-                h.update(np.ascontiguousarray(d.rgb).tobytes())
-    finally:
-        cv2.utils.logging.setLogLevel(level)
+    for name, data in probe_files():
+        for reduce in (1, 2, 4):
+            try:
+                d = decode_image(data, reduce) if data is not None else None
+            except BadImage as err:                   # a reader this OpenCV build lacks
+                d = err
+            if not isinstance(d, Decoded):
+                h.update(f"{name}/{reduce}:unavailable".encode())
+                continue
+            h.update(f"{name}/{reduce}:{d.rgb.shape}:{d.scale!r}".encode())   # what detections depend on
+            h.update(np.ascontiguousarray(d.rgb).tobytes())
     kps, lmk = _points()
     small, scale = shrunk(np.zeros((45, 61, 3), np.uint8), 32)
     boxes, back = resized_back(np.array([[7.5, 3.25, 52.0, 41.5]]), kps[None], scale)

@@ -68,7 +68,7 @@ class SampleParams:
 
 
 OWNED = (IMAGES_DIR, LISTS_DIR, MARKER)
-_WRITTEN = re.compile(rf"{re.escape(IMAGES_DIR)}/[{''.join(SPLIT_DIRS.values())}]/[0-9a-f]{{40}}\.jpg|"
+_WRITTEN = re.compile(rf"{re.escape(IMAGES_DIR)}/({'|'.join(map(re.escape, SPLIT_DIRS.values()))})/[0-9a-f]{{40}}\.jpg|"
                       rf"{re.escape(LISTS_DIR)}/({'|'.join(map(re.escape, CSV_NAMES.values()))})|{re.escape(MARKER)}")
 
 

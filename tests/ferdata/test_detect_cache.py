@@ -610,3 +610,30 @@ def test_a_source_damaged_part_way_keeps_what_it_gave_before(tmp_path):
             b.merge(tmp_path / "a")
         kept = len(b)
     assert 0 < kept < 3000 and err.value.__notes__ == [f"the {kept} entries added before it are kept"]
+
+
+@pytest.mark.parametrize("lacks", ["writer", "reader"])
+def test_an_opencv_build_without_a_format_still_detects(monkeypatch, fresh_digest, lacks):
+    """A build without WebP (say) made every backend's signature, so every detect run, fail."""
+    import ferdata.faces.probe as probe
+    import ferdata.io as fio
+
+    whole = fresh_digest()
+    fresh_digest.cache_clear()
+    if lacks == "writer":
+        real = probe.cv2.imencode
+
+        def no_webp(ext, *args):
+            if ext == ".webp":
+                raise cv2.error("could not find encoder for the specified extension")
+            return real(ext, *args)
+        monkeypatch.setattr(probe.cv2, "imencode", no_webp)
+    else:
+        real = fio.decode_image
+
+        def no_webp(data, *args):
+            if data[:4] == b"RIFF":
+                raise BadImage("undecodable", "WEBP 61x45 RGB")
+            return real(data, *args)
+        monkeypatch.setattr(fio, "decode_image", no_webp)
+    assert fresh_digest() != whole and len(fresh_digest()) == 12

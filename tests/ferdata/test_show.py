@@ -265,3 +265,19 @@ def test_derived_chunks_are_told_apart_from_broken_shards(tmp_path, aligned):
         with pytest.raises(ValueError, match=r"derived chunks \(derived-\*.tar\) hold no face image: give the "
                                              "shards or the aligned folder"):
             show(given, tmp_path / "s.png", 4)
+
+
+def test_a_sheet_too_tall_for_its_format_is_refused_after_one_sample_more_than_it_holds(tmp_path, aligned,
+                                                                                      monkeypatch):
+    """-n 5000 -o s.jpg read all 5000 samples before it was refused."""
+    import ferdata.show as show_module
+
+    write_shards(tmp_path / "shards", aligned)                              # 8 samples
+    monkeypatch.setitem(show_module.SHEET_FORMATS, ".jpg", 3 * (PANEL + LABEL_H + 8) + 8)    # 3 rows: 6 samples
+    drawn = []
+    real = show_module._sheet_sample
+    monkeypatch.setattr(show_module, "_sheet_sample", lambda *a: drawn.append(a[1]) or real(*a))
+    with pytest.raises(ValueError, match=r"7 samples make a sheet .* use -n 6 or fewer, or a .png"):
+        show(tmp_path / "shards", tmp_path / "s.jpg", 5000)
+    assert len(drawn) == 7
+    assert show(tmp_path / "shards", tmp_path / "s.jpg", 6).is_file()
