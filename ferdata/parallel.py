@@ -155,7 +155,7 @@ def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool) -> 
     """The error for a broken pool: a worker died (the items of the chunks still out, as far as
     named), or a result could not be sent back (an exception its class cannot rebuild: the pool's
     account of it, a remote traceback, is the error's cause)."""
-    items = [x for _, chunk in pending for x in chunk]
+    items = [x for future, chunk in pending if not isinstance(future, _Local) for x in chunk]   # sent out
     named = [describe(x) for x in items[:8]] if describe is not None else []
     more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
     where = f" while processing one of: {'; '.join(named)}{more}" if named else ""

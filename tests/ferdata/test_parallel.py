@@ -254,3 +254,30 @@ def test_the_pool_runs_under_every_start_method(method):
         """)
     out = _output(proc, 120, f"the pool hung under {method}")
     assert proc.returncode == 0 and out.strip().splitlines()[-1] == str(2 * sum(range(40, 60))), out
+
+
+def test_a_dead_worker_is_not_blamed_on_items_this_process_computed():
+    """The error named every item still pending, those computed here (``local``) among them."""
+    proc = _run("""
+        import os
+        from ferdata.parallel import parallel_map
+
+        class Fn:
+            def __call__(self, x):
+                if x == 13:
+                    os._exit(1)
+                return x
+
+        def name(x):
+            return f"item {x}"
+
+        def here(x):
+            return x in (14, 15)
+
+        try:
+            list(parallel_map(Fn(), range(40), workers=2, window=8, chunksize=2, local=here, describe=name))
+        except ChildProcessError as err:
+            print("|", err)
+        """)
+    out = _output(proc, 60, "the run hung after its worker died")
+    assert "item 13" in out and "item 14" not in out and "item 15" not in out, out
