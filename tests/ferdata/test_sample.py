@@ -126,13 +126,6 @@ def test_refuses_a_foreign_folder(tmp_path):
     assert not (tmp_path / MARKER).exists()
 
 
-def test_refuses_a_foreign_folder_before_any_work(tmp_path, monkeypatch):
-    (tmp_path / "mine.txt").write_text("keep me")
-    monkeypatch.setattr(writer, "load_identities", lambda: pytest.fail("faces were detected before the refusal"))
-    with pytest.raises(FileExistsError, match="not written by ferdata.sample"):
-        make_affectnet_sample(tmp_path, SampleParams(**TINY))
-
-
 def test_refuses_user_files_inside_an_earlier_sample(tmp_path):
     root = tmp_path / "s"
     make_affectnet_sample(root, SampleParams(**TINY))
@@ -149,12 +142,18 @@ def test_refuses_user_files_inside_an_earlier_sample(tmp_path):
     assert (root / "Manually_Annotated_Images" / "1" / "mine.jpg").read_bytes() == b"a photo of mine"
 
 
-def test_files_inside_an_earlier_sample_are_refused_before_any_work(tmp_path, monkeypatch):
+@pytest.mark.parametrize("inside, says", [(False, "not written by ferdata.sample"), (True, "notes.csv")])
+def test_a_folder_it_must_not_replace_is_refused_before_any_work(tmp_path, monkeypatch, inside, says):
+    """A foreign folder, or user files in an earlier sample: refused before the faces are detected."""
     root = tmp_path / "s"
-    make_affectnet_sample(root, SampleParams(**TINY))
-    (root / "Manually_Annotated_file_lists" / "notes.csv").write_text("mine")
+    if inside:
+        make_affectnet_sample(root, SampleParams(**TINY))
+        (root / "Manually_Annotated_file_lists" / "notes.csv").write_text("mine")
+    else:
+        root.mkdir()
+        (root / "mine.txt").write_text("keep me")
     monkeypatch.setattr(writer, "load_identities", lambda: pytest.fail("faces were detected before the refusal"))
-    with pytest.raises(FileExistsError, match="notes.csv"):
+    with pytest.raises(FileExistsError, match=says):
         make_affectnet_sample(root, SampleParams(**TINY))
 
 

@@ -313,6 +313,23 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, on
     assert issubclass(NonFiniteLossError, USER_ERRORS)            # the stage prints one error line, no traceback
 
 
+def _weights_overflow_at(step: int, monkeypatch) -> None:
+    """Training's ``step``-th update turns a weight NaN while its loss stays finite (a gradient that
+    overflowed, with no scaler to skip the step)."""
+    real_step, steps = trainer.train_step, []
+
+    def overflowing_step(fwd, net, *a):
+        losses = real_step(fwd, net, *a)
+        steps.append(1)
+        if len(steps) == step:
+            with torch.no_grad():
+                first = next(net.parameters())
+                first[(0,) * first.dim()] = float("nan")
+        return losses
+
+    monkeypatch.setattr(trainer, "train_step", overflowing_step)
+
+
 def test_non_finite_weights_under_a_finite_loss_stop_before_a_checkpoint_holds_them(tiny_shards, tmp_path,
                                                                                     monkeypatch, one_thread):
     """Bug guarded: a gradient that overflows while the loss stays finite (bf16 / fp32: no scaler to
@@ -321,18 +338,7 @@ def test_non_finite_weights_under_a_finite_loss_stop_before_a_checkpoint_holds_t
     params = make_params(epochs=2)
     info = json.loads((tiny_shards / "train" / "_info.json").read_text())
     per_epoch = math.ceil(info["num_samples"] / params.batch_size)
-    real_step, steps = trainer.train_step, []
-
-    def overflowing_step(fwd, net, *a):
-        losses = real_step(fwd, net, *a)
-        steps.append(1)
-        if len(steps) == per_epoch:           # the epoch's last step: its loss was finite, its update was not
-            with torch.no_grad():
-                first = next(net.parameters())
-                first[(0,) * first.dim()] = float("nan")
-        return losses
-
-    monkeypatch.setattr(trainer, "train_step", overflowing_step)
+    _weights_overflow_at(per_epoch, monkeypatch)          # the epoch's last step
     with pytest.raises(NonFiniteLossError, match=r"non-finite weights \(a gradient overflowed"):
         train(tiny_shards, params, tmp_path / "c", tmp_path / "l")
     for name in ("last.pt", "best.pt"):
@@ -1163,18 +1169,7 @@ def test_non_finite_weights_mid_epoch_are_not_saved_by_checkpoint_every(tiny_sha
     params = make_params(epochs=1, checkpoint_every=1)
     info = json.loads((tiny_shards / "train" / "_info.json").read_text())
     assert math.ceil(info["num_samples"] / params.batch_size) >= 3       # step 2 is not the epoch's last
-    real_step, steps = trainer.train_step, []
-
-    def overflowing_step(fwd, net, *a):
-        losses = real_step(fwd, net, *a)
-        steps.append(1)
-        if len(steps) == 2:
-            with torch.no_grad():
-                first = next(net.parameters())
-                first[(0,) * first.dim()] = float("nan")
-        return losses
-
-    monkeypatch.setattr(trainer, "train_step", overflowing_step)
+    _weights_overflow_at(2, monkeypatch)
     with pytest.raises(NonFiniteLossError, match=r"non-finite weights .*last good checkpoint kept at"):
         train(tiny_shards, params, tmp_path / "c", tmp_path / "l")
     state = load_checkpoint(tmp_path / "c" / "last.pt")["state_dict"]           # step 1's
