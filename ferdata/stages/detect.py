@@ -9,7 +9,7 @@ Outputs in ``out_dir``: ``faces.jsonl.gz`` (one row per kept record, reader orde
 is built beside ``out_dir`` and swapped in whole (``ferdata.atomic.staged_dir``).
 Detections are cached by image content hash + backend signature, so a repeated run
 detects nothing (and starts no worker, loads no model) and a grown dataset detects
-only its new images. Work goes to the backend in small batches (``BATCH``), so
+only its new images. Work goes to the backend in small batches (``detect_work.BATCH``), so
 backends that batch their model (the embedded one, for small same-size images) can.
 :func:`fill_cache` detects into the cache only: one machine's part of a dataset, when
 several machines share the detection (``ferdata detect --part K/N``, then ``ferdata cache merge``).
@@ -17,7 +17,6 @@ several machines share the detection (``ferdata detect --part K/N``, then ``ferd
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -30,21 +29,17 @@ from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
-from ferdata.faces.base import (BACKENDS, SELECTIONS, Face, FaceBackend, MissingModelError, face_in_box,
-                                select_face, shape_only)
-from ferdata.io import BadImage, decode_image, probe_image
+from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face
 from ferdata.layout import FACES, REPORT
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
-from ferdata.records import Dropped, FaceRecord, load_image_bytes, record_to_dict, scale_record
+from ferdata.records import Dropped, FaceRecord, record_to_dict
 from ferdata.report import StageReport, write_drops
+from ferdata.stages.detect_work import DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs
 
 log = logging.getLogger(__name__)
 OWNED = (FACES, "dropped.jsonl", REPORT)
-BATCH = 8            # images per task sent to a worker
-DETECTOR_FAILED = "detector_failed"       # the backend raised on this image (the error is the detail)
-LOCAL_BATCH = 64     # cache hits / drops handled per step in the main process
 
 
 @dataclass(frozen=True)
@@ -83,159 +78,6 @@ class DetectParams:
 
     def create_backend(self) -> FaceBackend:
         return create_backend(self.backend, self.backend_options(), self.model_dir, self.allow_download)
-
-
-@dataclass(frozen=True)
-class _Job:
-    record: FaceRecord
-    sha: str
-    data: bytes | None                 # None when ``cached`` is set
-    cached: Detection | None
-    cacheable: bool
-
-
-Item = _Job | Dropped
-# item, detection, drop reason, drop detail, whether the detection is another record's of the same image
-Result = tuple[Item, Detection | None, str, str, bool]
-
-
-def _is_local(batch: list[Item]) -> bool:
-    """A batch that needs no model: only drops and cache hits."""
-    return all(isinstance(j, Dropped) or j.cached is not None for j in batch)
-
-
-class DetectWorker:
-    """Picklable callable for worker processes: decode + detect a batch of images.
-
-    The backend (and its models) is created on first use, once per process; cache
-    hits and drops pass straight through.
-    """
-
-    def __init__(self, params: DetectParams) -> None:
-        self.params = params
-        self._backend: FaceBackend | None = None
-        self._batch_failures = 0
-
-    def before_fork(self) -> None:
-        """Create the backend and load its shareable parts once, before the workers fork."""
-        if self._backend is None:
-            self._backend = self.params.create_backend()
-        self._backend.preload_shared()
-
-    def __call__(self, batch: list[Item]) -> list[Result]:
-        out: list[Result] = [(j, getattr(j, "cached", None), "", "", False) for j in batch]
-        todo, images, scales = [], [], []
-        same: dict[int, int] = {}                  # a job -> the earlier one of its image (detected once)
-        first: dict[str, int] = {}
-        for i, job in enumerate(batch):
-            if isinstance(job, Dropped) or job.cached is not None:
-                continue
-            if job.cacheable and job.sha in first:
-                same[i] = first[job.sha]
-                continue
-            if job.cacheable:
-                first[job.sha] = i
-            if self._backend is None:                # models themselves load on first use
-                self._backend = self.params.create_backend()
-            try:
-                if self._backend.needs_pixels:
-                    decoded = decode_image(job.data)
-                    image, scale = decoded.rgb, decoded.scale
-                else:                              # header only: align decodes (and drops bad bodies)
-                    probe = probe_image(job.data)
-                    image, scale = shape_only(*probe.shape), probe.scale
-            except BadImage as e:
-                out[i] = (job, None, e.reason, e.detail, False)
-                continue
-            todo.append(i)
-            images.append(image)
-            scales.append(scale)
-        if todo:
-            # Huge images decode reduced: backends work in the decoded frame (record
-            # annotations scaled into it); results go back to source-image pixels.
-            records = [scale_record(batch[i].record, s) for i, s in zip(todo, scales)]
-            found = self._detect(images, records)
-            for i, image, s, faces in zip(todo, images, scales, found):
-                if isinstance(faces, Exception):
-                    out[i] = (batch[i], None, DETECTOR_FAILED, f"{type(faces).__name__}: {faces}", False)
-                    continue
-                shape = (round(image.shape[0] / s), round(image.shape[1] / s))
-                det = Detection(shape, tuple(f.scaled(1.0 / s) for f in faces)).canonical()
-                det.to_json()                      # serialise here, in parallel; cached on the object
-                out[i] = (batch[i], det, "", "", False)
-        for i, j in same.items():
-            out[i] = (batch[i], *out[j][1:4], True)
-        return out
-
-    def _detect(self, images: list, records: list) -> list[list[Face] | Exception]:
-        """The backend's faces per image; an image on which it fails is its exception, so one odd
-        image is a recorded drop, not the end of an hours-long run. A missing or unusable model is
-        no image's fault and ends the run."""
-        try:
-            return self._backend.detect_batch(images, records)
-        except (MissingModelError, ImportError, MemoryError):
-            raise
-        except Exception as e:                     # noqa: BLE001  (found again one image at a time)
-            # told once per process: an odd image fails its batch now and then, but a batch path that
-            # always fails would otherwise show only as a slower run
-            (log.debug if self._batch_failures else log.warning)(
-                "%s: a batch of %d images failed (%s: %s); detecting them one at a time (an image failing "
-                "alone is recorded as a drop)", self._backend.name, len(images), type(e).__name__, e)
-            self._batch_failures += 1
-        found: list[list[Face] | Exception] = []
-        for image, record in zip(images, records):
-            try:
-                found.append(self._backend.detect(image, record))
-            except (MissingModelError, ImportError, MemoryError):
-                raise
-            except Exception as e:                 # noqa: BLE001  (counted, named in dropped.jsonl)
-                found.append(e)
-        return found
-
-
-def _jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: DetectionCache | None,
-          sig: str) -> Iterator[Item]:
-    """Read and hash each image; attach its cached detection when there is one."""
-    for item in items:
-        if isinstance(item, Dropped):
-            yield item
-            continue
-        try:
-            data = load_image_bytes(item)
-        except OSError as e:
-            yield Dropped(item.dataset, item.key, "unreadable_file", f"{item.path}: {e.strerror}")
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        cacheable = cache is not None and backend.cacheable_for(item)
-        hit = cache.get(sha, sig) if cacheable else None
-        yield _Job(item, sha, None if hit else data, hit, cacheable)
-
-
-def _same_image(a: Item, b: Item) -> bool:
-    """Whether ``b`` needs the detection ``a`` gets: the same image, whose faces depend on its pixels only."""
-    return isinstance(a, _Job) and isinstance(b, _Job) and a.sha == b.sha and a.cacheable and b.cacheable
-
-
-def _batch_name(batch: list[Item]) -> str:
-    """The images of a batch, for errors."""
-    first = batch[0].record.path if isinstance(batch[0], _Job) else batch[0].key
-    return f"{first}" if len(batch) == 1 else f"the {len(batch)} images from {first} on"
-
-
-def _batches(jobs: Iterable[Item]) -> Iterator[list[Item]]:
-    """Consecutive jobs grouped into batches that either all need a model or none does; a record of
-    the image the one before it is of (ExpW's faces of one photo) stays in its batch, so the worker
-    detects that image once (:meth:`DetectWorker.__call__`)."""
-    batch: list[Item] = []
-    for job in jobs:
-        local = isinstance(job, Dropped) or job.cached is not None
-        full = len(batch) >= (LOCAL_BATCH if local else BATCH) and not _same_image(batch[-1], job)
-        if batch and (local != _is_local(batch[-1:]) or full):
-            yield batch
-            batch = []
-        batch.append(job)
-    if batch:
-        yield batch
 
 
 class _Table:
@@ -319,8 +161,8 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     table = _Table(params, backend, cache, sig)
     # A pixel-free backend only parses headers: shipping each file to a worker costs more than that.
     workers = params.workers if backend.needs_pixels else 1
-    batches = parallel_map(DetectWorker(params), _batches(_jobs(items, backend, cache, sig)), workers,
-                           window=max(4, 4 * workers), chunksize=1, local=_is_local, describe=_batch_name)
+    batches = parallel_map(DetectWorker(params), batches_of(jobs(items, backend, cache, sig)), workers,
+                           window=max(4, 4 * workers), chunksize=1, local=is_local, describe=batch_name)
     try:
         yield table, (table.row(*r) for r in progress((r for b in batches for r in b), desc="detect", unit="img"))
     finally:

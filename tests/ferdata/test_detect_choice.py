@@ -110,7 +110,7 @@ def test_a_failing_batch_is_detected_image_by_image_and_told_once(caplog):
     """A batch the backend cannot detect whole is detected one image at a time (an image that fails
     alone becomes its exception, a recorded drop); the batch failure is logged once per process, so
     a batch path that always fails does not pass as a slow run."""
-    from ferdata.stages.detect import DetectWorker
+    from ferdata.stages.detect_work import DetectWorker
 
     class BatchFails:
         name = "stub"
@@ -126,7 +126,7 @@ def test_a_failing_batch_is_detected_image_by_image_and_told_once(caplog):
     worker = DetectWorker(DetectParams("embedded", "largest", 640, None, None, "unused", 1))
     worker._backend = BatchFails()
     images = [np.ones((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)]
-    with caplog.at_level("DEBUG", logger="ferdata.stages.detect"):
+    with caplog.at_level("DEBUG", logger="ferdata.stages.detect_work"):
         first = worker._detect(images, [None, None])
         worker._detect(images, [None, None])
     assert len(first[0]) == 1 and first[0][0].score == 0.9 and isinstance(first[1], ValueError)
