@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -27,10 +28,19 @@ SAMPLE_SETTINGS = {
 
 
 def read_faces(detect_dir: str | Path) -> Iterator[dict]:
-    """Rows of a detect table."""
-    with gzip.open(Path(detect_dir) / FACES, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
+    """Rows of a detect table; a missing or damaged one is named with what to run."""
+    path = Path(detect_dir) / FACES
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the detect stage first (`dvc repro detect@<name>` or "
+                                "`ferdata prepare <name>`)")
+    n = 0
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                yield json.loads(line)
+    except (EOFError, gzip.BadGzipFile, ValueError, zlib.error) as err:
+        raise ValueError(f"{path}: damaged after {n} rows ({type(err).__name__}: {err}); re-run the detect "
+                         "stage") from None
 
 
 def stage_dirs(data_dir: str | Path, name: str) -> dict[str, Path]:

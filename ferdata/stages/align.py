@@ -29,8 +29,8 @@ import numpy as np
 
 from ferdata.atomic import staged_dir
 from ferdata.classes import CLASSES
-from ferdata.geometry import (Aligned, align_face, crop_reduction, reduced_frame, spread, template, template_misfit,
-                              transform_points)
+from ferdata.geometry import (Aligned, align_face, crop_reduction, five_from_68, reduced_frame, spread, template,
+                              template_misfit, transform_points)
 from ferdata.io import JPEG_DAMAGED, BadImage, Decoded, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
@@ -104,6 +104,10 @@ ANNOTATED_TURNED = "exif_orientation_annotations"
 # 0.7-0.8 with detector noise; mirrored or shuffled order about 0.97.
 MAX_MISFIT = 0.9
 MIN_SPREAD_PX = 1.0      # RMS spread of the 5 keypoints in source pixels (the template's: 23 px at 112)
+# The 68 landmarks' five points (eye centres, nose tip, mouth corners) away from the 5 keypoints, RMS, in
+# keypoint spreads: the embedded backend's dlib fits reach 0.64 (median 0.16, the sample's 465 faces); a
+# fit to another face or a misplaced box is several.
+MAX_LANDMARK_GAP = 1.0
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -143,10 +147,27 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
         raise BadGeometry("implausible_landmarks", f"the 5 keypoints fit no face (misfit {misfit:.2f} > "
                                                    f"{MAX_MISFIT}: a face in full profile is under 0.8): listed in "
                                                    "mirrored or shuffled order, or with most points missing?")
+    if lmk is not None:
+        _check_landmarks(lmk.astype(np.float64), kps)
     cx, cy = kps.mean(0)
     if not (0 <= cx < shape[1] and 0 <= cy < shape[0]):
-        raise BadGeometry("face_outside_image", f"keypoint centre ({cx:.0f}, {cy:.0f}) outside {shape[1]}x{shape[0]}")
+        raise BadGeometry("face_outside_image", f"keypoint centre ({cx / scale:.0f}, {cy / scale:.0f}) outside "
+                                                f"{round(shape[1] / scale)}x{round(shape[0] / scale)}")   # the file's
     return kps.astype(np.float32), lmk
+
+
+def _check_landmarks(lmk: np.ndarray, kps: np.ndarray) -> None:
+    """The 68 landmarks must be a face's, the face of the 5 keypoints (models of their own give the
+    two: RetinaFace and dlib, SCRFD and 1k3d68): regions and heatmaps are drawn from them."""
+    if np.ptp(lmk, axis=0).max() < 1e-3:
+        raise BadGeometry("bad_landmarks", "degenerate: the 68 landmarks coincide")
+    five = five_from_68(lmk).astype(np.float64)
+    if (misfit := template_misfit(five)) > MAX_MISFIT:
+        raise BadGeometry("implausible_landmarks", f"the 68 landmarks fit no face (misfit {misfit:.2f} > "
+                                                   f"{MAX_MISFIT}): listed in mirrored or shuffled order?")
+    if (gap := float(np.sqrt(((five - kps) ** 2).sum(1).mean())) / spread(kps)) > MAX_LANDMARK_GAP:
+        raise BadGeometry("implausible_landmarks", f"the 68 landmarks lie {gap:.2f} keypoint spreads from the 5 "
+                                                   f"keypoints (> {MAX_LANDMARK_GAP}): they are another face's")
 
 
 def whole_image_points(width: float, height: float, size: int) -> np.ndarray:
@@ -315,6 +336,17 @@ class Deduplicator:
             yield row
 
 
+def _check_readable(drops: list[Dropped], rows: int) -> None:
+    """Stop (the previous output kept) when half the images detect read or more cannot be read now:
+    a run from another folder (the table's paths are relative to the one detect ran in) or a dataset
+    moved or unmounted since, not faces to drop."""
+    lost = [d for d in drops if d.reason == "unreadable_file"]
+    if lost and 2 * len(lost) >= rows:
+        raise FileNotFoundError(f"align: {len(lost)} of the {rows} images the detect stage read cannot be read now "
+                                f"(e.g. {lost[0].detail}): run from the folder detect ran in (the project's), or "
+                                "re-run detect if the dataset moved")
+
+
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
     # the detector's settings ride along (under "detect"): the shards record how their faces were found;
@@ -340,6 +372,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                     report.count("converted", name)
                 if res.num_faces > 1:
                     report.count("faces", "several_faces_one_kept")
+        _check_readable(drops, report.kept + len(drops))
         report.notes[CONTENT] = content_digest(writer.files)
         write_drops(out, report, drops)
         report.write(out / REPORT)

@@ -207,3 +207,36 @@ def test_the_smallest_face_is_measured_in_source_pixels_not_in_the_reduced_decod
     small = (face - centre) * (2.0 / spread(face)) + centre        # 2 px RMS spread in the source
     assert abs(spread(small) - 2.0) < 1e-6
     assert np.allclose(checked_points(_face(small), (600, 600, 3), 0.25)[0], (small + 0.5) / 4 - 0.5, atol=1e-3)
+
+
+def test_68_landmarks_that_are_not_the_keypoints_face_are_dropped(embedded, photos):
+    """Only their shape and finiteness were checked: 68 points in mirrored order, all zeros or of a
+    face 150 px away were kept, and derive drew eye boxes swapped, empty or off the crop. Here one
+    real detection, its 68 points changed."""
+    from ferdata.geometry import FLIP_68
+    from ferdata.stages.align import BadGeometry
+
+    face = max(embedded.detect(photos["astronaut"]), key=lambda f: f.area)
+    row = {"box": list(face.box), "kps5": face.kps5.tolist(), "lmk68": face.lmk68.tolist()}
+    shape = photos["astronaut"].shape
+    kps, lmk = checked_points(row, shape)                               # the real pair passes
+    np.testing.assert_allclose(lmk, face.lmk68, atol=1e-4)
+    for name, points, reason, says in (
+            ("mirrored", face.lmk68[FLIP_68], "implausible_landmarks", "the 68 landmarks fit no face"),
+            ("zeros", np.zeros((68, 2)), "bad_landmarks", "the 68 landmarks coincide"),
+            ("another face", face.lmk68 + [150.0, 0.0], "implausible_landmarks", "keypoint spreads from the 5")):
+        with pytest.raises(BadGeometry, match=says) as drop:
+            checked_points({**row, "lmk68": np.asarray(points).tolist()}, shape)
+        assert drop.value.reason == reason, name
+
+
+def test_a_face_outside_the_image_is_told_in_the_files_pixels():
+    """The detail gave the centre and size in the reduced decode's frame: 'outside 32x32' for a
+    256 px image decoded at 1/8."""
+    from ferdata.geometry import ARCFACE_112
+    from ferdata.stages.align import BadGeometry
+
+    face = ARCFACE_112 * 0.5 + [900.0, 100.0]                           # centre about (928, 132) in the file
+    with pytest.raises(BadGeometry, match=r"keypoint centre \(92\d, 13\d\) outside 256x256") as drop:
+        checked_points(_face(face), (32, 32, 3), 0.125)
+    assert drop.value.reason == "face_outside_image"

@@ -637,3 +637,49 @@ def test_an_opencv_build_without_a_format_still_detects(monkeypatch, fresh_diges
             return real(data, *args)
         monkeypatch.setattr(fio, "decode_image", no_webp)
     assert fresh_digest() != whole and len(fresh_digest()) == 12
+
+
+def test_align_stops_when_the_images_detect_read_are_gone(tmp_path, images):
+    """Run from another folder (the table's paths are the detect run's) or after the dataset moved,
+    every face was dropped as unreadable_file and the stage succeeded with nothing kept."""
+    import shutil
+
+    from ferdata.stages.align import AlignParams, run_align
+    from tests.reliability.corpus import build
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    moved = [Path(shutil.copy(p, pictures / p.name)) for p in images[:4]]
+    run_detect(records(moved), params(tmp_path), tmp_path / "detect")
+    align = build(AlignParams, "align", workers=1)
+    run_align(tmp_path / "detect", align, tmp_path / "aligned")
+    before = sorted(p.name for p in (tmp_path / "aligned").iterdir())
+    moved[0].unlink()                                                 # one image gone: a recorded drop
+    assert run_align(tmp_path / "detect", align, tmp_path / "aligned").dropped["unreadable_file"] == 1
+    pictures.rename(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=r"align: 4 of the 4 images the detect stage read cannot be read "
+                                                r"now \(e.g. .*pictures/.*\): run from the folder detect ran in"):
+        run_align(tmp_path / "detect", align, tmp_path / "aligned")
+    assert sorted(p.name for p in (tmp_path / "aligned").iterdir()) == before     # the last output stays
+
+
+def test_a_missing_or_damaged_detect_table_and_a_wrong_derive_input_are_named(tmp_path, images):
+    """'[Errno 2] No such file', 'Expecting value: line 1 column 1' (no file named) and an EOFError
+    traceback for the table; derive given another stage's folder wrote an empty output."""
+    import gzip
+
+    from ferdata.stages.derive import DeriveParams, run_derive
+    from tests.reliability.corpus import build
+
+    with pytest.raises(FileNotFoundError, match="faces.jsonl.gz not found: run the detect stage first"):
+        list(read_faces(tmp_path / "none"))
+    run_detect(records(images[:3]), params(tmp_path), tmp_path / "d")
+    whole = (tmp_path / "d" / FACES).read_bytes()
+    for name, data in (("cut", whole[:len(whole) // 2]), ("garbage", gzip.compress(b"not json\n"))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / FACES).write_bytes(data)
+        with pytest.raises(ValueError, match=rf"{name}/faces.jsonl.gz: damaged after \d+ rows .*re-run the detect"):
+            list(read_faces(tmp_path / name))
+    with pytest.raises(ValueError, match=r"d is no align stage's output \(its report.json says 'detect'\)"):
+        run_derive(tmp_path / "d", build(DeriveParams, "derive", workers=1), tmp_path / "derived")
+    assert not (tmp_path / "derived").exists()
