@@ -51,7 +51,9 @@ from ferdata.heatmap import gaussian_heatmaps, heatmap_stride, max_heatmap_u8  #
 from ferdata.io import BadImage, decode_image, decode_jpeg_rgb, decode_rgb, encode_jpeg, encode_png  # noqa: E402
 from ferdata.params import load_params, section  # noqa: E402
 from ferdata.records import SPLITS, load_image_bytes, record_from_dict  # noqa: E402
-from ferdata.stages.align import AlignParams, BadGeometry, crop_face, npy_bytes, run_align  # noqa: E402
+from ferdata.crop import BadGeometry, crop_face  # noqa: E402
+from ferdata.stages.align import AlignParams, run_align  # noqa: E402
+from ferdata.tario import npy_bytes  # noqa: E402
 from ferdata.stages.derive import DeriveParams, run_derive  # noqa: E402
 from ferdata.layout import FACES, read_faces  # noqa: E402
 from ferdata.stages.detect import DetectParams, run_detect  # noqa: E402

@@ -48,7 +48,7 @@ from ferdata.geometry import split_halves  # noqa: E402
 from ferdata.heatmap import max_heatmap_u8  # noqa: E402
 from ferdata.io import encode_jpeg, encode_png  # noqa: E402
 from ferdata.params import load_params  # noqa: E402
-from ferdata.stages.align import npy_bytes  # noqa: E402
+from ferdata.tario import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402

@@ -200,6 +200,12 @@ def check_member(m: Member, where: str, ext: str | None = None) -> None:
         raise UnsafeTarError(f"{where}: member {name!r} is {m.size} bytes (limit {MAX_MEMBER_BYTES})")
 
 
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
 def load_npy(data: bytes, where: str = "") -> np.ndarray:
     """Load ``.npy`` bytes without ever unpickling; a pickled payload is refused."""
     if not data.startswith(b"\x93NUMPY"):            # np.load would take it for a pickle ("holds pickled objects")

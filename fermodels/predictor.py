@@ -36,7 +36,8 @@ from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
 from ferdata.layout import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
-from ferdata.stages.align import BadGeometry, crop_face, npy_bytes
+from ferdata.crop import BadGeometry, crop_face
+from ferdata.tario import npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, travel_side

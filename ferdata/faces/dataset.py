@@ -42,7 +42,7 @@ class PrecroppedBackend(FaceBackend):
 
     The 5 keypoints are the 112 ArcFace template scaled to the image; align warps such a face
     as a resize of the whole image at any crop size, edges continued
-    (``ferdata.stages.align.crop_face``, ``crop_border``); no 68 landmarks exist unless the
+    (``ferdata.crop.crop_face``, ``crop_border``); no 68 landmarks exist unless the
     dataset gives them.
     """
 

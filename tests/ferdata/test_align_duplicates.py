@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ferdata.records import Dropped
 from ferdata.report import StageReport
-from ferdata.stages.align import Deduplicator, conflicting_labels
+from ferdata.dedup import Deduplicator, conflicting_labels
 
 
 def row(key: str, label: int, split: str, picture: str = "ab" * 32, box=(10.2, 10.0, 90.0, 90.4)) -> dict:

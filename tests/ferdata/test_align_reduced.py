@@ -9,7 +9,7 @@ import pytest
 from ferdata.faces.base import select_face
 from ferdata.geometry import align_face, crop_reduction, estimate_norm, template
 from ferdata.io import decode_image
-from ferdata.stages.align import checked_points, crop_face, source_matrix
+from ferdata.crop import checked_points, crop_face, source_matrix
 
 ZOOM = 2                       # the photo upscaled 2x: its face is 4-8x larger than a 112 crop needs
 
@@ -144,7 +144,7 @@ def test_keypoints_no_face_has_are_dropped_and_turned_faces_kept():
     96% black, a face upside down) and a sub-pixel spread (a zoom of thousands) were cropped and
     kept as faces. Turned faces, up to full profile and pitched, stay."""
     from ferdata.geometry import ARCFACE_112, FLIP_5, template_misfit
-    from ferdata.stages.align import MAX_MISFIT, BadGeometry
+    from ferdata.crop import MAX_MISFIT, BadGeometry
 
     face = ARCFACE_112 * 3 + 100                                # a face seen straight on
     shape = (600, 600, 3)
@@ -170,7 +170,7 @@ def test_keypoint_centre_checked_against_width_and_height_of_a_wide_picture():
     """Bug guarded: the image's height and width swapped in the off-image check: on a 600 x 100
     picture a face at x 300, y 50 was dropped as face_outside_image (and one past the bottom kept)."""
     from ferdata.geometry import ARCFACE_112
-    from ferdata.stages.align import BadGeometry
+    from ferdata.crop import BadGeometry
 
     face = (ARCFACE_112 - ARCFACE_112.mean(0)) * 0.5 + [300.0, 50.0]
     assert np.allclose(checked_points(_face(face), (100, 600, 3))[0], face, atol=1e-3)
@@ -184,7 +184,7 @@ def test_non_finite_box_or_landmarks_are_dropped_by_reason():
     """Bug guarded: the box or the 68 landmarks not checked for NaN/inf: such a face was cropped and
     written (the crop's landmarks NaN, the json box NaN) instead of dropped as bad_box/bad_landmarks."""
     from ferdata.geometry import ARCFACE_112
-    from ferdata.stages.align import BadGeometry
+    from ferdata.crop import BadGeometry
 
     kps = ARCFACE_112 * 3 + 100
     lmk = np.full((68, 2), 150.0)
@@ -214,7 +214,7 @@ def test_68_landmarks_that_are_not_the_keypoints_face_are_dropped(embedded, phot
     face 150 px away were kept, and derive drew eye boxes swapped, empty or off the crop. Here one
     real detection, its 68 points changed."""
     from ferdata.geometry import FLIP_68
-    from ferdata.stages.align import BadGeometry
+    from ferdata.crop import BadGeometry
 
     face = max(embedded.detect(photos["astronaut"]), key=lambda f: f.area)
     row = {"box": list(face.box), "kps5": face.kps5.tolist(), "lmk68": face.lmk68.tolist()}
@@ -234,7 +234,7 @@ def test_a_face_outside_the_image_is_told_in_the_files_pixels():
     """The detail gave the centre and size in the reduced decode's frame: 'outside 32x32' for a
     256 px image decoded at 1/8."""
     from ferdata.geometry import ARCFACE_112
-    from ferdata.stages.align import BadGeometry
+    from ferdata.crop import BadGeometry
 
     face = ARCFACE_112 * 0.5 + [900.0, 100.0]                           # centre about (928, 132) in the file
     with pytest.raises(BadGeometry, match=r"keypoint centre \(92\d, 13\d\) outside 256x256") as drop:

@@ -615,7 +615,7 @@ def test_precropped_is_a_resize_edges_included(photos, side, size):
 
     from ferdata.cache import face_to_dict
     from ferdata.io import Decoded
-    from ferdata.stages.align import crop_border, crop_face
+    from ferdata.crop import crop_border, crop_face
 
     crop = cv2.resize(photos["astronaut"][50:250, 130:330], (side, side), interpolation=cv2.INTER_AREA)
     (f,) = create_backend("precropped").detect(crop, _record())

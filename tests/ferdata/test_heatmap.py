@@ -75,7 +75,7 @@ def test_derive_writes_a_heatmap_only_for_a_face_with_landmarks():
     """A precropped face (no 68 points) gets no blank heatmap.png: a model that reads heatmaps is
     told the field is missing (fermodels' decoder names it) instead of training on zeros."""
     from ferdata.io import encode_jpeg
-    from ferdata.stages.align import npy_bytes
+    from ferdata.tario import npy_bytes
     from ferdata.stages.derive import DeriveParams, DeriveWorker
     from fermodels.data import SampleDecoder
 

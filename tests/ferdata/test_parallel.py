@@ -189,7 +189,7 @@ def test_exceptions_cross_processes_whole_with_their_notes():
 
     from ferdata.faces.base import MissingModelError
     from ferdata.io import BadImage
-    from ferdata.stages.align import BadGeometry
+    from ferdata.crop import BadGeometry
 
     for err in (BadImage("too_small", "8x8"), BadGeometry("bad_keypoints", "collinear"),
                 MissingModelError("embedded", "x.dat", ["/here"], "fetch it")):

@@ -15,7 +15,7 @@ from ferdata.geometry import align_face, split_halves, template
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import encode_jpeg, encode_png
 from ferdata.show import LABEL_H, PANEL, check_size, contact_sheet, show, to_sheet_sample
-from ferdata.stages.align import npy_bytes
+from ferdata.tario import npy_bytes
 from ferdata.tario import TarShardWriter
 
 pytestmark = pytest.mark.usefixtures("offline")

@@ -23,7 +23,8 @@ from ferdata.io import decode_jpeg_rgb, decode_rgb, encode_jpeg
 from ferdata.layout import read_faces
 from ferdata.params import load_params
 from ferdata.records import FaceRecord
-from ferdata.stages.align import AlignParams, checked_points, run_align
+from ferdata.crop import checked_points
+from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
