@@ -240,3 +240,32 @@ def test_a_face_outside_the_image_is_told_in_the_files_pixels():
     with pytest.raises(BadGeometry, match=r"keypoint centre \(92\d, 13\d\) outside 256x256") as drop:
         checked_points(_face(face), (32, 32, 3), 0.125)
     assert drop.value.reason == "face_outside_image"
+
+
+def test_the_stored_matrix_maps_source_landmarks_onto_the_crops_when_decoded_reduced(embedded, photos, tmp_path):
+    """The json's source -> crop matrix was checked only as a function; here through the align worker,
+    on a picture 4x the astronaut (decoded at a fraction): the detected source landmarks it maps
+    land on the sample's own lmk.npy."""
+    import hashlib
+    import json
+
+    from ferdata.cache import face_to_dict
+    from ferdata.geometry import transform_points
+    from ferdata.io import encode_jpeg
+    from ferdata.records import FaceRecord, record_to_dict
+    from ferdata.stages.align import AlignParams, AlignWorker
+    from ferdata.tario import load_npy
+    from tests.reliability.corpus import build
+
+    big = cv2.resize(photos["astronaut"], None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    data = encode_jpeg(big, 92)
+    (tmp_path / "big.jpg").write_bytes(data)
+    face = max(embedded.detect(photos["astronaut"]), key=lambda f: f.area).scaled(4.0)
+    rec = FaceRecord(dataset="t", key="k0", path=str(tmp_path / "big.jpg"), label=1, native_label="1")
+    row = {"record": record_to_dict(rec), "face": face_to_dict(face), "backend": "embedded",
+           "sha256": hashlib.sha256(data).hexdigest(), "num_faces": 1}
+    sample = AlignWorker(build(AlignParams, "align", workers=1))(row)
+    meta = json.loads(sample.fields["json"])
+    assert decode_image(data, 2).scale < 1 and crop_reduction(face.kps5, 112, 0.0) > 1   # a reduced decode
+    mapped = transform_points(np.asarray(row["face"]["lmk68"]), np.asarray(meta["matrix"]))
+    np.testing.assert_allclose(mapped, load_npy(sample.fields["lmk.npy"]), atol=2e-3)

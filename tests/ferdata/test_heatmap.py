@@ -114,3 +114,38 @@ def test_derive_stores_the_image_left_half_as_left_and_the_mirrored_right_half_a
     want_left, want_right = j + y, (111 - j) + y          # right.jpg column j is crop column 111 - j
     assert np.abs(left - want_left[..., None]).max() <= 4
     assert np.abs(right - want_right[..., None]).max() <= 4
+
+
+@pytest.mark.parametrize("size, heatmap_size", [(112, 28), (224, 30)])
+def test_derive_draws_the_heatmap_and_regions_from_the_samples_landmarks(embedded, photos, size, heatmap_size):
+    """Derive's output was only checked for which fields it has: a heatmap drawn at the wrong stride
+    or landmark regions replaced by the fixed grid passed every test. A real aligned face here:
+    the heatmap is hot under every landmark, each region box holds its iBUG group and lies in the crop."""
+    import json
+
+    from ferdata.geometry import align_face
+    import cv2
+
+    from ferdata.io import encode_jpeg
+    from ferdata.regions import LANDMARK_GROUPS
+    from ferdata.stages.derive import DeriveParams, DeriveWorker
+    from ferdata.tario import npy_bytes
+    from tests.reliability.corpus import build
+
+    face = max(embedded.detect(photos["astronaut"]), key=lambda f: f.area)
+    al = align_face(photos["astronaut"], face.kps5, size, lmk68=face.lmk68)
+    params = build(DeriveParams, "derive", heatmap_size=heatmap_size, workers=1)
+    _, out = DeriveWorker(params)(("k", {"jpg": encode_jpeg(al.image, 95), "lmk.npy": npy_bytes(al.lmk68)}))
+    heat = cv2.imdecode(np.frombuffer(out["heatmap.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert heat.shape == (heatmap_size, heatmap_size)
+    cells = np.floor((al.lmk68 + 0.5) * heatmap_size / size).astype(int)      # the cell each landmark falls in
+    inside = ((cells >= 0) & (cells < heatmap_size)).all(1)
+    assert inside.sum() >= 60 and (heat[cells[inside, 1], cells[inside, 0]] >= 199).all()
+    regions = json.loads(out["regions.json"])
+    for name, group in LANDMARK_GROUPS.items():
+        x0, y0, x1, y1 = regions["landmarks"][name]
+        assert 0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size, name
+        pts = np.clip(al.lmk68[list(group)], 0, size - 1)
+        assert (pts[:, 0] >= x0).all() and (pts[:, 0] <= x1).all() and (pts[:, 1] >= y0).all() \
+            and (pts[:, 1] <= y1).all(), name
+    assert regions["landmarks"] != regions["fixed"]
