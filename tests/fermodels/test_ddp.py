@@ -412,6 +412,18 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             torch.save(run.ema.state_dict(), Path(out) / f"rank{env.rank}-ema-{path.name}")
 
     trainer._save = save_every_rank
+    if mode in ("killed", "whole"):                     # checkpoint_every 1; "killed" stops every rank at a save
+        params = make_params(epochs=2, batch_size=8, workers=2, shuffle_buffer=4, checkpoint_every=1)
+        saves = [0]
+
+        def save_then_die(env, path, run, *args):
+            save_every_rank(env, path, run, *args)
+            saves[0] += path.name == "last.pt"
+            if mode == "killed" and saves[0] == 3 and not (Path(out) / "ckpt" / "resumed").exists():
+                os._exit(0)                             # every rank at the same step, rank 0's last.pt written
+        trainer._save = save_then_die
+        trainer.train(shards, params, Path(out) / "ckpt", Path(out) / "live")
+        return
     import logging
 
     logging.getLogger("fermodels").setLevel(logging.INFO)
@@ -562,6 +574,26 @@ def test_training_under_two_gloo_ranks(tiny_shards, tmp_path, mode):
     if mode == "train_ema":
         e0, e1 = (torch.load(p) for p in averages)
         assert all(torch.equal(e0[k], e1[k]) for k in e0), "the ranks' weight averages differ"
+
+
+def test_a_run_killed_mid_epoch_under_two_gloo_ranks_resumes_to_the_same_weights(tiny_shards, tmp_path):
+    """README: 'the same N-rank run resumes and repeats exactly'. Only a finished run was relaunched
+    under two ranks; here both ranks stop at a mid-epoch save and a fresh pair resumes from it."""
+    from fermodels.runstate import load_checkpoint
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(whole), "whole"), nprocs=2,
+                       start_method="fork")
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(cut), "killed"), nprocs=2,
+                       start_method="fork")
+    killed = load_checkpoint(cut / "ckpt" / "last.pt")
+    assert killed["epoch"] == 0 and 0 < killed["batch"] < killed["epoch_steps"]          # mid-epoch
+    (cut / "ckpt" / "resumed").write_text("")
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(cut), "killed"), nprocs=2,
+                       start_method="fork")
+    ref, got = (load_checkpoint(d / "ckpt" / "last.pt") for d in (whole, cut))
+    assert got["step"] == ref["step"] and got["best"] == ref["best"]
+    assert all(torch.equal(got["state_dict"][k], ref["state_dict"][k]) for k in ref["state_dict"])
 
 
 @pytest.mark.parametrize("name, message", [("gpu", "expected auto, cpu, cuda or cuda:N"),
