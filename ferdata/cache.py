@@ -295,6 +295,18 @@ class DetectionCache:
         return counts
 
     @_named
+    def prune(self, keep: Iterable[str]) -> int:
+        """Drop every entry whose signature is not in ``keep`` and compact the file; the number dropped."""
+        self.flush()
+        keep = sorted(set(keep))
+        marks = ",".join("?" * len(keep))
+        dropped = self.db.execute(f"DELETE FROM det WHERE sig NOT IN ({marks})", keep).rowcount
+        self.db.commit()
+        if dropped:
+            self.db.execute("VACUUM")
+        return dropped
+
+    @_named
     def signatures(self) -> dict[str, int]:
         """Entries per backend signature (which backend and settings they were detected with)."""
         self.flush()

@@ -91,7 +91,8 @@ def detect(
     typer.echo(f"cache {n['cache']} (backend {n['backend']})")
 
 
-cache_app = typer.Typer(help="The detection cache (detect.cache_dir): merge caches filled on other machines.",
+cache_app = typer.Typer(help="The detection cache (detect.cache_dir): merge caches filled on other machines, prune "
+                             "entries no dataset uses.",
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
@@ -123,6 +124,30 @@ def cache_merge(
         typer.echo(f"{cache.path}: {len(cache)} detections")
         for sig, n in cache.signatures().items():
             typer.echo(f"  {n:9d}  {sig}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    params: Path = typer.Option(Path("params.yaml"), help="Parameters file: the datasets whose detections to keep."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be dropped; change nothing."),
+) -> None:
+    """Drop the entries no dataset in params.yaml would use now (detected with other backends, settings,
+    model files, package releases or decoding code) and compact each cache file."""
+    from ferdata.cache import FILE, DetectionCache
+    from ferdata.params import load_params
+    from ferdata.prepare import signatures_in_use
+
+    for folder, keep in signatures_in_use(load_params(params)).items():
+        if not (folder / FILE).is_file():
+            typer.echo(f"{folder}: no detection cache yet")
+            continue
+        with DetectionCache(folder) as cache:
+            stale = {sig: n for sig, n in cache.signatures().items() if sig not in keep}
+            dropped = sum(stale.values()) if dry_run else cache.prune(keep)
+            kept = len(cache) - (dropped if dry_run else 0)
+            typer.echo(f"{cache.path}: {'would drop' if dry_run else 'dropped'} {dropped}, kept {kept}")
+            for sig, n in stale.items():
+                typer.echo(f"  {n:9d}  {sig}")
 
 
 @app.command()

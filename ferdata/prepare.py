@@ -74,6 +74,16 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
     return fill_cache(records, detect_section(params, name, spec)).to_dict()
 
 
+def signatures_in_use(params: Mapping[str, Any]) -> dict[Path, set[str]]:
+    """The detection-cache signatures the detect stage would use now, per cache folder, for every
+    dataset of ``params`` (its backend built, so a missing model is named here)."""
+    out: dict[Path, set[str]] = {}
+    for name in params.get("datasets") or {}:
+        detect = detect_section(params, name, dataset_spec(params, name))
+        out.setdefault(Path(detect.cache_dir), set()).add(detect.create_backend().signature())
+    return out
+
+
 def cache_dir_of(params: Mapping[str, Any], name: str | None = None) -> Path:
     """The detection cache folder that dataset ``name``'s detect runs use (its own
     ``datasets.<name>.detect.cache_dir`` when it sets one), or the detect section's."""

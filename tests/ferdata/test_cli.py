@@ -422,3 +422,35 @@ def test_cache_merge_refuses_a_source_that_is_no_database_before_making_the_targ
     assert isinstance(res.exception, ValueError), res.exception
     assert "faces.sqlite is not a ferdata detection cache" in str(res.exception)
     assert not (tmp_path / "c1").exists()
+
+
+def test_cache_prune_drops_what_no_dataset_would_use_now(tmp_path):
+    """Entries of earlier keys (another release, setting or decoding) stayed for ever, about 2 kB per
+    image per key; `cache prune` keeps the keys each dataset's detect section makes now."""
+    import numpy as np
+    import yaml
+
+    from ferdata.cache import Detection, DetectionCache
+    from ferdata.faces.base import Face
+    from ferdata.stages.detect import DetectParams
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["detect"]["cache_dir"] = str(tmp_path / "cache")
+    params["datasets"] = {"mine": {"reader": "folder", "root": str(tmp_path / "faces"), "options": {}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    now = DetectParams(**params["detect"]).create_backend().signature()
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(tmp_path / "cache") as cache:
+        for i in range(3):
+            cache.put(f"n{i}", now, Detection((50, 60), (face,)))
+        for i in range(2):
+            cache.put(f"o{i}", "embedded:v2:old", Detection((50, 60), (face,)))
+    args = ["cache", "prune", "--params", str(tmp_path / "p.yaml")]
+    res = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert res.exit_code == 0 and "would drop 2, kept 3" in res.output and "embedded:v2:old" in res.output, res.output
+    with DetectionCache(tmp_path / "cache") as cache:
+        assert len(cache) == 5                                          # a dry run changes nothing
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "dropped 2, kept 3" in res.output, res.output
+    with DetectionCache(tmp_path / "cache") as cache:
+        assert cache.signatures() == {now: 3}
