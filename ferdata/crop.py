@@ -53,8 +53,8 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
     """(kps5, lmk68) in the frame of the image decoded at ``scale`` as float32, or
     :class:`BadGeometry` when the box or points are non-finite, the points coincide or spread over
     less than :data:`MIN_SPREAD_PX` (a zoom of hundreds: a crop of one pixel), they fit no face
-    (:data:`MAX_MISFIT`: listed in mirrored or shuffled order, or with most points missing), or their
-    centre lies off the image."""
+    (:data:`MAX_MISFIT`: listed in mirrored or shuffled order, or with most points missing), the 68
+    landmarks are not the keypoints' face (:data:`MAX_LANDMARK_GAP`), or the centre lies off the image."""
     if not np.isfinite(np.asarray(face["box"], np.float64)).all():
         raise BadGeometry("bad_box", f"face box {face['box']} is not finite")
     kps = np.asarray(face["kps5"], np.float64)
