@@ -80,17 +80,17 @@ def _read_only(path: Path) -> sqlite3.Connection:
     beside it, no entry changed). A WAL database cannot be opened so on read-only media (SQLite must
     make those files): there it is read ``immutable``, as no run can be writing it."""
     uri = path.resolve().as_uri()
+    db = None
     try:
         db = sqlite3.connect(uri + "?mode=ro", uri=True)
-    except sqlite3.OperationalError:
-        return sqlite3.connect(uri + "?immutable=1", uri=True)
-    try:
         db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
     except sqlite3.OperationalError:          # "unable to open database file", "attempt to write a readonly ..."
-        db.close()
+        if db is not None:
+            db.close()
         return sqlite3.connect(uri + "?immutable=1", uri=True)
     except sqlite3.DatabaseError:             # no database: the caller's first query says so, naming it
-        pass
+        if db is None:
+            raise
     return db
 
 

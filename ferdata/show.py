@@ -235,9 +235,9 @@ def most_samples(out: Path) -> int:
 
 def check_size(out: Path, n: int) -> None:
     """Refuse a sheet of ``n`` samples that ``out``'s format cannot hold (before it is drawn)."""
-    if n > most_samples(out):
+    if n > (most := most_samples(out)):
         raise ValueError(f"{n} samples make a sheet {sheet_height(n):,} px tall; {out.suffix} holds at most "
-                         f"{SHEET_FORMATS[out.suffix.lower()]:,}: use -n {most_samples(out)} or fewer, or a .png")
+                         f"{SHEET_FORMATS[out.suffix.lower()]:,}: use -n {most} or fewer, or a .png")
 
 
 def show(path: Path, out: Path, n: int = 32) -> Path:
