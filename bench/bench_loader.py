@@ -66,7 +66,8 @@ from ferdata.io import decode_jpeg_rgb  # noqa: E402
 from ferdata.tario import iter_dir_samples  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import MEMBERS, SampleDecoder  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan  # noqa: E402
+from fermodels.distributed import DistEnv  # noqa: E402
+from fermodels.epochplan import WorkerPlan  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.registry import ModelCard  # noqa: E402
 from fermodels.shardsplit import open_split  # noqa: E402

@@ -52,7 +52,8 @@ from ferdata.tario import npy_bytes  # noqa: E402
 from ferdata.tario import TarShardWriter  # noqa: E402
 from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
-from fermodels.distributed import DistEnv, WorkerPlan, plan_epoch  # noqa: E402
+from fermodels.distributed import DistEnv  # noqa: E402
+from fermodels.epochplan import WorkerPlan, plan_epoch  # noqa: E402
 from fermodels.info import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402

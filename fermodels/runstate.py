@@ -307,9 +307,9 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, stream
     the ranks, each rank's epoch over its shuffle streams), so it cannot be continued under another
     number of ranks or ``streams`` (None: the saved number): that is refused; from an epoch's end
     the next one starts under any, with a warning (the epochs are laid out otherwise from there).
-    ``streams`` is the number an epoch is cut into (:func:`fermodels.distributed.stream_count`, from
+    ``streams`` is the number an epoch is cut into (:func:`fermodels.epochplan.stream_count`, from
     ``train.streams`` and the rank's share of the epoch), as ``last.pt`` records it. The number of
-    loader workers lays nothing out (:func:`fermodels.distributed.assign_streams`): a run continues
+    loader workers lays nothing out (:func:`fermodels.epochplan.assign_streams`): a run continues
     under any."""
     saved = (state.get("world_size", world_size), state.get("streams", streams))
     now = (world_size, saved[1] if streams is None else streams)
@@ -329,6 +329,6 @@ def next_position(state: dict, steps_per_epoch: int, world_size: int = 1, stream
 
 def _layout(ranks_streams: tuple[int, int | None], steps_per_epoch: int) -> tuple[int, int | None]:
     """(ranks, shuffle streams) as an epoch is laid out: 0 (a version's in-process loader) reads as
-    one, and no more streams than a rank has batches (:func:`fermodels.distributed.plan_epoch`)."""
+    one, and no more streams than a rank has batches (:func:`fermodels.epochplan.plan_epoch`)."""
     ranks, streams = ranks_streams
     return ranks, None if streams is None else max(1, min(streams, steps_per_epoch))

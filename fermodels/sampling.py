@@ -16,7 +16,7 @@ runs match.
 
 The rates assume each part holds the split's class mix. With one dataset it does (the shard stage
 hash-shuffles a dataset's samples into its shards); with several, each shard holds one dataset,
-so each part takes the same fraction of every dataset (:func:`fermodels.distributed._take_mixed`)
+so each part takes the same fraction of every dataset (:func:`fermodels.epochplan._take_mixed`)
 and reads them interleaved (:func:`fermodels.stream.read_pieces`): with parts of whole shards, a
 part of one dataset filling its quota skewed the epoch (1,000 samples of class A alone beside
 500 A + 500 B, one shard each: 62% A). The trainer logs what each epoch held

@@ -25,7 +25,7 @@ from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
 from fermodels.data import SampleDecoder, assemble, decode_batch, sample_label
-from fermodels.distributed import StreamPlan, WorkerPlan, plan_epoch
+from fermodels.epochplan import StreamPlan, WorkerPlan, plan_epoch
 from fermodels.sampling import ClassRepeat, repeat_stream
 
 PREFETCH = 4

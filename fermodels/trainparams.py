@@ -16,7 +16,7 @@ from ferdata.params import (above, at_least, below_from, check_values, one_of, o
                             section_values, within)
 from fermodels.augment import AugmentParams
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
-from fermodels.distributed import divisors
+from fermodels.epochplan import divisors
 from fermodels.evaluate import autocast
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import OPTIMIZERS, SCHEDULES

@@ -179,7 +179,7 @@ def test_a_row_of_n_workers_is_n_busy_workers(quick, tmp_path):
     each row's workers all work, and refuses sizes that would not."""
     import yaml
 
-    from fermodels.distributed import stream_count
+    from fermodels.epochplan import stream_count
 
     bench, train_bench, results = load_bench("bench_loader"), load_bench("bench_train"), quick[0]
     shards = train_bench.make_shards(tmp_path, QUICK_SAMPLES, 250)

@@ -12,7 +12,8 @@ import torch
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing
 from fermodels.data import SampleDecoder, decode_batch
-from fermodels.distributed import DistEnv, plan_epoch
+from fermodels.distributed import DistEnv
+from fermodels.epochplan import plan_epoch
 from fermodels.shardsplit import open_split
 from fermodels.stream import RING_DEPTH, stream_loader
 

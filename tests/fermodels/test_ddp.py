@@ -16,8 +16,9 @@ import torch.multiprocessing as mp
 
 from fermodels.data import SampleDecoder
 from fermodels.shardsplit import open_split
-from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, batch_sizes, env_from_os, max_over_ranks,
-                                   pick_device, plan_epoch, round_robin_skips, shard_order, split_evenly, sync_buffers)
+from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, env_from_os, max_over_ranks, pick_device,
+                                   sync_buffers)
+from fermodels.epochplan import batch_sizes, plan_epoch, round_robin_skips, shard_order, split_evenly
 from fermodels.losses import neutral_aware_anchor
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
@@ -162,7 +163,7 @@ def test_a_small_epoch_is_cut_into_fewer_streams_each_shuffling_a_buffer():
     """A one-shard dataset keeps its file order every epoch: cut into 8 contiguous parts, its batches
     would hold the same few dozen faces every epoch. Fewer streams (a divisor of train.streams), each
     at least a shuffle buffer, never depending on the workers."""
-    from fermodels.distributed import stream_count
+    from fermodels.epochplan import stream_count
 
     assert stream_count(8, 330, 500) == 1                   # the sample, CK+, JAFFE: one stream, shuffled whole
     assert stream_count(8, 2400, 500) == 4 and stream_count(8, 4000, 500) == 8
@@ -193,7 +194,7 @@ def test_one_stream_per_worker_by_default_as_before(tiny_shards):
 
 
 def test_a_piece_past_its_shards_end_names_the_shards_real_count(tiny_shards):
-    from fermodels.distributed import Piece
+    from fermodels.epochplan import Piece
     from fermodels.stream import read_pieces
 
     url, count = open_split([tiny_shards], "train").shards[0]
@@ -688,7 +689,7 @@ def test_a_part_reads_its_datasets_interleaved_in_proportion(tmp_path):
     at a time: most batches held one dataset."""
     import tarfile
 
-    from fermodels.distributed import Piece
+    from fermodels.epochplan import Piece
     from fermodels.stream import read_pieces
 
     def shard(path: Path, keys: list[str]) -> str:
@@ -851,7 +852,7 @@ def test_a_stream_reading_one_shard_shuffles_it_whole(tmp_path):
 
     from ferdata.io import encode_jpeg
     from ferdata.tario import TarShardWriter
-    from fermodels.distributed import Piece, StreamPlan
+    from fermodels.epochplan import Piece, StreamPlan
     from fermodels.stream import buffer_size
 
     with TarShardWriter(tmp_path, "one", 100) as writer:
@@ -909,7 +910,7 @@ def test_sync_batchnorm_converts_only_distributed_gpu_runs_and_keeps_the_paramet
 
 
 def test_the_buffer_is_the_largest_piece_wherever_it_comes_in_the_stream():
-    from fermodels.distributed import Piece, StreamPlan
+    from fermodels.epochplan import Piece, StreamPlan
     from fermodels.stream import buffer_size
 
     assert buffer_size(StreamPlan(0, (Piece("b", 0, 12), Piece("a", 0, 30)), (21, 21), 0), 8) == 30

@@ -19,7 +19,8 @@ import fermodels.train as trainer
 import fermodels.trainlog as trainlog
 import fermodels.trainparams as trainparams
 from fermodels.data import SampleDecoder
-from fermodels.distributed import DistEnv, plan_epoch
+from fermodels.distributed import DistEnv
+from fermodels.epochplan import plan_epoch
 from fermodels.modelinput import normalise, to_device
 from fermodels.optim import SAM, build_optimizer
 from fermodels.registry import create_model, list_models
@@ -485,7 +486,7 @@ def test_training_gives_the_same_weights_under_any_number_of_loader_workers(tiny
     """train.workers only says which process makes a batch: 0 and 2 workers (and the streams dealt
     to them otherwise) train byte-identical weights. Before, each worker shuffled its own part of the
     epoch, so changing the count trained another model."""
-    from fermodels.distributed import stream_count
+    from fermodels.epochplan import stream_count
 
     states, split = [], open_split([tiny_shards], "train")
     assert stream_count(2, split.num_samples, 4) == 2                 # two streams, dealt to the workers

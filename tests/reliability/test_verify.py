@@ -410,7 +410,8 @@ def test_a_damaged_image_or_label_is_named_by_every_loader(shards, tmp_path, ext
     class-balanced, and the evaluator's indexed reader)."""
     from ferdata.tario import TarShardWriter, iter_tar_samples
     from fermodels.data import SampleDecoder
-    from fermodels.distributed import DistEnv, plan_epoch
+    from fermodels.distributed import DistEnv
+    from fermodels.epochplan import plan_epoch
     from fermodels.indexed import IndexedSplit
     from fermodels.sampling import ClassRepeat
     from fermodels.shardsplit import open_split
