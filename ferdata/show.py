@@ -233,11 +233,13 @@ def most_samples(out: Path) -> int:
     return MAX_SAMPLES if limit is None else min(MAX_SAMPLES, (limit - 8) // (LABEL_H + PANEL + 8) * COLUMNS)
 
 
-def check_size(out: Path, n: int) -> None:
-    """Refuse a sheet of ``n`` samples that ``out``'s format cannot hold (before it is drawn)."""
-    if n > (most := most_samples(out)):
-        raise ValueError(f"{n} samples make a sheet {sheet_height(n):,} px tall; {out.suffix} holds at most "
-                         f"{SHEET_FORMATS[out.suffix.lower()]:,}: use -n {most} or fewer, or a .png")
+def capacity(out: Path) -> str:
+    """What a sheet in ``out``'s format holds at most, and the ``-n`` to give instead."""
+    most, limit = most_samples(out), SHEET_FORMATS[out.suffix.lower()]
+    if limit is not None and most < MAX_SAMPLES:
+        return (f"a {out.suffix} sheet holds at most {most} ({limit:,} px tall): use -n {most} or fewer, "
+                "or a .png")
+    return f"a sheet shows at most {MAX_SAMPLES} (about 1.4 GB in memory): use -n {MAX_SAMPLES} or fewer"
 
 
 def show(path: Path, out: Path, n: int = 32) -> Path:
@@ -247,17 +249,19 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
     if out.suffix.lower() not in SHEET_FORMATS:
         raise ValueError(f"--out {out}: a contact sheet is an image; end the name in "
                          f"{' or '.join(sorted(SHEET_FORMATS))}")
-    if not 1 <= n <= MAX_SAMPLES:
-        raise ValueError(f"-n {n}: a sheet shows 1 to {MAX_SAMPLES} samples")
+    if n < 1:
+        raise ValueError(f"-n {n}: a sheet shows at least 1 sample")
+    most = most_samples(out)
     paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
     samples = []
-    for tar, key, fields in itertools.islice(_samples(Path(path)), min(n, most_samples(out) + 1)):   # one more: refused
+    for tar, key, fields in itertools.islice(_samples(Path(path)), min(n, most + 1)):   # one more: refused
         if tar.parent not in paddings:
             paddings[tar.parent] = recorded_padding(tar.parent)
         samples.append(_sheet_sample(tar, key, fields, paddings[tar.parent]))
     if not samples:
         raise ValueError(f"{path}: the tar files hold no samples")
-    check_size(out, len(samples))
+    if len(samples) > most:
+        raise ValueError(f"-n {n}: {path} holds more than {most} samples; {capacity(out)}")
     ok, data = cv2.imencode(out.suffix.lower(), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode the sheet as {out.suffix}")

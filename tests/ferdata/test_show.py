@@ -14,7 +14,7 @@ import pytest
 from ferdata.geometry import align_face, split_halves, template
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import encode_jpeg, encode_png
-from ferdata.show import LABEL_H, PANEL, check_size, contact_sheet, show, to_sheet_sample
+from ferdata.show import LABEL_H, PANEL, contact_sheet, most_samples, sheet_height, show, to_sheet_sample
 from ferdata.tario import npy_bytes
 from ferdata.tario import TarShardWriter
 
@@ -224,22 +224,40 @@ def test_a_file_that_is_no_tar_is_told_what_to_give(tmp_path):
         show(tmp_path / "_info.json", tmp_path / "sheet.png")
 
 
-@pytest.mark.parametrize("out, n, says", [
-    ("s.jpg", 706, r"706 samples make a sheet 65,666 px tall; \.jpg holds at most 65,500: use -n 704 or fewer"),
-    ("s.webp", 178, r"178 samples make a sheet 16,562 px tall; \.webp holds at most 16,383: use -n 176 or fewer")])
-def test_a_sheet_its_format_cannot_hold_is_refused_before_drawing(out, n, says):
-    """OpenCV encodes JPEG up to 65,500 px and WebP up to 16,383 px (checked by hand): the sheet failed
-    after it was drawn, with 'could not encode'."""
-    with pytest.raises(ValueError, match=says):
-        check_size(Path(out), n)
-    check_size(Path(out), n - 2)                                 # one row fewer fits
+@pytest.mark.parametrize("out, most", [("s.jpg", 704), ("s.webp", 176), ("s.png", 5000), ("s.bmp", 5000)])
+def test_a_format_holds_the_sheet_its_encoder_writes(out, most):
+    """OpenCV encodes JPEG up to 65,500 px and WebP up to 16,383 px (checked by hand): 352 rows of 2 tiles
+    of (LABEL_H + PANEL + 8) px plus 8 is 65,480 px, 353 rows 65,666; 88 rows 16,376, 89 rows 16,562."""
+    assert most_samples(Path(out)) == most
+    if out != "s.png" and out != "s.bmp":
+        assert sheet_height(most) <= {"s.jpg": 65_500, "s.webp": 16_383}[out] < sheet_height(most + 2)
 
 
-@pytest.mark.parametrize("n", [5001, 10**20, 0])
-def test_n_is_refused_out_of_range_before_reading(tmp_path, n):
-    """A huge -n gave islice's message."""
-    with pytest.raises(ValueError, match=f"-n {n}: a sheet shows 1 to 5000 samples"):
+@pytest.mark.parametrize("n", [0, -3])
+def test_n_below_one_is_refused_before_reading(tmp_path, n):
+    with pytest.raises(ValueError, match=f"-n {n}: a sheet shows at least 1 sample"):
         show(tmp_path / "not read", tmp_path / "s.png", n)
+
+
+@pytest.mark.parametrize("n", [5001, 10**20])
+def test_an_n_beyond_what_a_sheet_holds_shows_the_samples_there_are(tmp_path, aligned, n):
+    """-n over 5000 was refused even where the split held 8 samples (and 10**20 gave islice's message
+    before that)."""
+    write_shards(tmp_path / "shards", aligned)
+    sheet = cv2.imread(str(show(tmp_path / "shards", tmp_path / "s.png", n)))         # 8 samples, 4 rows
+    assert sheet.shape[0] == 4 * (PANEL + LABEL_H + 8) + 8
+
+
+def test_more_samples_than_a_png_sheet_holds_are_refused(tmp_path, aligned, monkeypatch):
+    import ferdata.show as show_module
+
+    write_shards(tmp_path / "shards", aligned)                              # 8 samples
+    monkeypatch.setattr(show_module, "MAX_SAMPLES", 5)
+    with pytest.raises(ValueError, match=r"-n 100000000000000000000: .*shards holds more than 5 "
+                                         r"samples; a sheet shows at most 5 \(about 1.4 GB in memory\): use -n 5 "
+                                         "or fewer"):
+        show(tmp_path / "shards", tmp_path / "s.png", 10**20)
+    assert show(tmp_path / "shards", tmp_path / "s.png", 5).is_file()
 
 
 def test_the_format_limit_counts_the_samples_found_not_n(tmp_path, aligned):
@@ -277,7 +295,8 @@ def test_a_sheet_too_tall_for_its_format_is_refused_after_one_sample_more_than_i
     drawn = []
     real = show_module._sheet_sample
     monkeypatch.setattr(show_module, "_sheet_sample", lambda *a: drawn.append(a[1]) or real(*a))
-    with pytest.raises(ValueError, match=r"7 samples make a sheet .* use -n 6 or fewer, or a .png"):
+    with pytest.raises(ValueError, match=r"-n 5000: .*shards holds more than 6 samples; a \.jpg sheet holds at most "
+                                         r"6 \(566 px tall\): use -n 6 or fewer, or a \.png"):
         show(tmp_path / "shards", tmp_path / "s.jpg", 5000)
     assert len(drawn) == 7
     assert show(tmp_path / "shards", tmp_path / "s.jpg", 6).is_file()
