@@ -440,6 +440,8 @@ def encode_png(gray_or_rgb: np.ndarray) -> bytes:
 def decode_jpeg_rgb(data: bytes) -> np.ndarray:
     """Decode a JPEG/PNG written by this pipeline (trusted size): JPEGs to RGB (straight from the
     decoder, no BGR pass), PNGs to grayscale or RGB as stored."""
+    if not data:
+        raise BadImage("empty_file")                # cv2.imdecode asserts on an empty buffer
     buf = np.frombuffer(data, np.uint8)
     if data[:2] == _JPEG_SOI:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)

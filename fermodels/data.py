@@ -68,10 +68,12 @@ class SampleDecoder:
         if "heatmap" in self.fields:
             out["heatmap"] = _resize(_image(s, "heatmap.png"), side // 4, side // 4)
         if "lmk" in self.fields:
-            lmk = load_npy(_member(s, "lmk.npy", key), f"{key}.lmk.npy").astype(np.float32)
+            lmk = load_npy(_member(s, "lmk.npy", key), f"sample {key!r}{_of(s.get('__url__', ''))}: its lmk.npy"
+                           ).astype(np.float32)
             out["lmk"] = (lmk + 0.5) * (side / src) - 0.5          # pixel-centre convention
         if self.targets:
-            out["target"], out["target_kind"] = label_target(_member(s, "json", key), out["label"], key)
+            out["target"], out["target_kind"] = label_target(_member(s, "json", key), out["label"], key,
+                                                             s.get("__url__", ""))
         return out
 
     def collate(self, raw: Sequence[dict]) -> dict:
@@ -92,10 +94,17 @@ class SampleDecoder:
                 **(targets if self.targets else {})}
 
 
-def label_target(meta: bytes, label: int, key: str) -> tuple[np.ndarray, int]:
+def label_target(meta: bytes, label: int, key: str, url: str = "") -> tuple[np.ndarray, int]:
     """A sample's training target from its ``json`` member: (distribution over the canonical
     classes, kind) when it carries one in a training label mode, else (one-hot of ``label``, 0)."""
-    extra = json.loads(meta).get("extra") or {}
+    try:
+        record = json.loads(meta)
+    except ValueError as e:                       # UnicodeDecodeError too
+        raise ValueError(f"sample {key!r}{_of(url)}: its json member is not JSON ({e}): {DAMAGED}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("extra") or {}, dict):
+        raise ValueError(f"sample {key!r}{_of(url)}: its json member holds no record with an 'extra' mapping: "
+                         f"{DAMAGED}")
+    extra = record.get("extra") or {}
     mode = extra.get(LABEL_MODE, "majority")
     if SOFT_LABEL not in extra or mode == "majority":
         target = np.zeros(len(CLASSES), np.float32)
@@ -184,9 +193,20 @@ def decode_batch(decoder: SampleDecoder, raw: Sequence[dict],
     for i, s in enumerate(raw):
         d = decoder(s)
         for name, view in views:
-            view[i] = d[name]
+            value = d[name]
+            if isinstance(value, np.ndarray) and (value.shape != view.shape[1:] or value.dtype != view.dtype):
+                _refuse_field(s, name, value, view)
+            view[i] = value
         keys.append(d["key"])
     return out, keys
+
+
+def _refuse_field(s: dict, name: str, value: np.ndarray, view: np.ndarray) -> None:
+    """A decoded member the batch cannot hold (a grey or 16-bit picture, 5 landmarks): numpy would
+    have cast it modulo 256, broadcast it, or failed with no sample named."""
+    raise ValueError(f"sample {s['__key__']!r}{_of(s.get('__url__', ''))}: its {MEMBERS.get(name, 'json')} gives "
+                     f"{value.dtype} {tuple(value.shape)} where the batch takes {view.dtype} {tuple(view.shape[1:])}: "
+                     f"{DAMAGED}")
 
 
 def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:

@@ -532,3 +532,56 @@ def test_an_older_info_file_listing_subset_keys_not_in_the_shards_is_named(shard
     problems = verify_shards(shards)
     assert any(p.startswith(f"{shards / 'train'}: subset 'occlusion' in {INFO} lists 1 keys not in the shards")
                for p in problems), problems
+
+
+def _raw_sample(**over) -> dict:
+    """A raw sample as the loaders read it from a shard, members replaced by ``over``."""
+    from ferdata.io import encode_jpeg, encode_png
+    from ferdata.tario import npy_bytes
+
+    img = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    sample = {"__key__": "ds/k1", "__url__": "shards/train/s-000003.tar", "cls": b"3", "jpg": encode_jpeg(img, 90),
+              "left.jpg": encode_jpeg(img[:, :56], 90), "right.jpg": encode_jpeg(img[:, 56:], 90),
+              "heatmap.png": encode_png(np.full((28, 28), 77, np.uint8)),
+              "lmk.npy": npy_bytes(np.full((68, 2), 50, np.float32)), "json": b'{"extra": {}}'}
+    return {**sample, **over}
+
+
+def _png16(value: int) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", np.full((28, 28), value, np.uint16))[1].tobytes()
+
+
+@pytest.mark.parametrize("member, data, says", [
+    ("jpg", b"", "its jpg does not decode \\(empty_file\\)"),
+    ("heatmap.png", b"", "its heatmap.png does not decode \\(empty_file\\)"),
+    ("jpg", "grey", r"its jpg gives uint8 \(112, 112\) where the batch takes uint8 \(112, 112, 3\)"),
+    ("heatmap.png", "rgb", r"its heatmap.png gives uint8 \(28, 28, 3\) where the batch takes uint8 \(28, 28\)"),
+    ("heatmap.png", "16-bit", r"its heatmap.png gives uint16 \(28, 28\) where the batch takes uint8 \(28, 28\)"),
+    ("lmk.npy", (5, 2), r"its lmk.npy gives float32 \(5, 2\) where the batch takes float32 \(68, 2\)"),
+    ("lmk.npy", (1, 2), r"its lmk.npy gives float32 \(1, 2\) where the batch takes float32 \(68, 2\)"),
+    ("lmk.npy", b"xx", "its lmk.npy: not a .npy array"),
+    ("json", b"{", "its json member is not JSON"),
+    ("json", b"[1]", "its json member holds no record with an 'extra' mapping")],
+    ids=["empty-jpg", "empty-heatmap", "grey-jpg", "rgb-heatmap", "16-bit-heatmap", "lmk-5", "lmk-1", "lmk-not-npy",
+         "json-cut", "json-list"])
+def test_a_member_the_batch_cannot_hold_is_named_with_its_sample_and_shard(member, data, says):
+    """An empty member raised OpenCV's ``!buf.empty()`` assertion; a 16-bit heatmap of 40000 entered
+    the batch as 64 (cast modulo 256; its 8 bits are 156); a grey picture, an RGB heatmap or 5
+    landmarks gave numpy's "could not broadcast", and 1 landmark became 68 copies of itself; a cut
+    ``json`` gave a bare JSONDecodeError. Each names the sample and its shard now."""
+    from ferdata.io import encode_png
+    from ferdata.tario import npy_bytes
+    from fermodels.data import SampleDecoder, decode_batch
+
+    made = {"grey": lambda: encode_png(np.full((112, 112), 9, np.uint8)),
+            "rgb": lambda: encode_png(np.full((28, 28, 3), 77, np.uint8)), "16-bit": lambda: _png16(40000)}
+    if isinstance(data, tuple):
+        data = npy_bytes(np.zeros(data, np.float32))
+    elif isinstance(data, str):
+        data = made[data]()
+    decoder = SampleDecoder(("image", "left", "right", "heatmap", "lmk"), 112, targets=True)
+    decode_batch(decoder, [_raw_sample()])                    # the intact sample decodes
+    with pytest.raises(ValueError, match=r"sample 'ds/k1' of shards/train/s-000003\.tar:? " + says):
+        decode_batch(decoder, [_raw_sample(**{member: data})])
