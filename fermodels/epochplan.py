@@ -16,6 +16,7 @@ Pure planning: no torch, no process group (the rank and world size come in a
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 import os
@@ -205,13 +206,18 @@ def round_robin_skips(counts: Sequence[int], skip: int) -> list[int]:
 
 
 def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: int, env: DistEnv,
-               workers: int, seed: int, shuffle: bool, skip_batches: int = 0,
+               workers: int, seed: int, shuffle: bool, epoch: int = 0, skip_batches: int = 0,
                one_pass: bool = False, streams: int | None = None, shuffle_buffer: int = 0) -> list[WorkerPlan]:
-    """This rank's worker plans for one epoch of ``samples`` samples.
+    """This rank's worker plans for epoch ``epoch`` of ``samples`` samples.
 
-    ``shards`` are (path, sample count) pairs. The sequence is the shard order repeated
-    (each pass reshuffled) and cut at ``samples``; ``batch_size`` is per rank. Every rank gets
-    ``ceil(largest rank share / batch_size)`` batches. ``skip_batches`` resumes inside the epoch.
+    ``shards`` are (path, sample count) pairs. The run reads one endless sequence: pass after pass
+    over the shards, each pass in its own order (:func:`pass_seed`, from the run's ``seed``), and
+    epoch ``e`` is its window ``[e * samples, (e + 1) * samples)``: an epoch of the split's size is
+    one pass, a shorter one (``train.epoch_samples``) continues where the last stopped. (Cutting
+    each epoch's own passes at ``samples`` read the same prefix of every shard each epoch: the rest
+    of a one-shard dataset never, and a longer epoch read some samples twice and others once.)
+    ``batch_size`` is per rank. Every rank gets ``ceil(largest rank share / batch_size)`` batches.
+    ``skip_batches`` resumes inside the epoch.
 
     The rank's batches are cut into ``streams`` contiguous blocks (one per worker if None; fewer when
     each would read less than ``shuffle_buffer`` samples, :func:`stream_count`; no more than there are
@@ -229,9 +235,11 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     if total == 0 or samples <= 0:
         raise ValueError("the split has no samples")
     read = total if one_pass else samples
+    start = epoch * read                                  # the epoch's window on the run's passes
+    first = start // total
     sequence: list[tuple[str, int]] = []
-    for p in range(math.ceil(read / total)):
-        sequence += shard_order(shards, seed * 7919 + p, shuffle)
+    for p in range(first, math.ceil((start + read) / total)):
+        sequence += shard_order(shards, pass_seed(seed, p), shuffle)
     per_rank = split_evenly(samples, env.world_size)
     if per_rank[-1] == 0:
         raise ValueError(f"an epoch of {samples} samples (the train split's, or train.epoch_samples) cannot give "
@@ -245,7 +253,7 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     if one_pass:                    # each stream reads a part as large as its quota of the rank's samples
         quotas = [sum(sizes[b: b + n]) for b, n in zip(itertools.accumulate([0, *blocks]), blocks)]
         reads = split_in_proportion(rank_reads[env.rank], quotas)
-    lanes, pos, b = [], sum(rank_reads[: env.rank]), 0
+    lanes, pos, b = [], start - first * total + sum(rank_reads[: env.rank]), 0
     for s, (n, skip) in enumerate(zip(blocks, skips)):
         lane_sizes = tuple(sizes[b: b + n])
         count = reads[s] if reads else sum(lane_sizes)
@@ -257,6 +265,17 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
         lanes.append(StreamPlan(s, tuple(pieces), lane_sizes, skip))
         pos, b = pos + count, b + n
     return assign_streams(lanes, workers, skip_batches)
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
+
+
+def pass_seed(seed: int, p: int) -> int:
+    """The shuffle seed of pass ``p`` over the shards of a run seeded ``seed``. (x 7919: the seed an
+    epoch's first pass had when each epoch read its own passes, so epochs of one pass keep their order.)"""
+    return mix_seed(seed, p) * 7919
 
 
 def stream_count(streams: int, samples: int, shuffle_buffer: int) -> int:

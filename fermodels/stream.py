@@ -10,7 +10,6 @@ device (:func:`fermodels.modelinput.to_device`, :mod:`fermodels.augment`, :func:
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import random
@@ -25,16 +24,11 @@ from ferdata.parallel import one_thread_per_worker
 from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
 from fermodels.data import SampleDecoder, assemble, decode_batch, sample_label
-from fermodels.epochplan import StreamPlan, WorkerPlan, plan_epoch
+from fermodels.epochplan import StreamPlan, WorkerPlan, mix_seed, plan_epoch
 from fermodels.sampling import ClassRepeat, repeat_stream
 
 PREFETCH = 4
 RING_DEPTH = PREFETCH + 2         # shared buffers per worker (fermodels.batchring)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
 
 
 def read_pieces(pieces: Sequence, only: Collection[str] | None = None) -> Iterator[dict]:
@@ -123,7 +117,7 @@ class EpochPlanner:
     plan_kw: Mapping[str, Any] = field(default_factory=dict)     # plan_epoch's samples, batch_size, env, ...
 
     def plans(self, epoch: int, skip: int = 0) -> list[WorkerPlan]:
-        return plan_epoch(self.shards, seed=mix_seed(self.seed, epoch), skip_batches=skip, **self.plan_kw)
+        return plan_epoch(self.shards, seed=self.seed, epoch=epoch, skip_batches=skip, **self.plan_kw)
 
     def stream_seed(self, epoch: int) -> int:
         return mix_seed(self.seed, epoch, self.rank)

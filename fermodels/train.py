@@ -38,7 +38,8 @@ from fermodels.registry import create_model
 from fermodels.ckptdir import LAST, PENDING_BEST, checkpoints_held, promote_best
 from fermodels.runstate import Position, code_fingerprint, next_position, other_threads, resume_state, save_checkpoint
 from fermodels.sampling import ClassRepeat, class_weight_tensor
-from fermodels.stream import EpochPlanner, PersistentLoader, mix_seed
+from fermodels.epochplan import mix_seed
+from fermodels.stream import EpochPlanner, PersistentLoader
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
 from fermodels.trainparams import (TrainParams, check_classes, check_selection, check_smoothing_applies,
                                    random_start_warnings, require_extras_read, shards_preprocess)

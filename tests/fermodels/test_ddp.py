@@ -59,6 +59,38 @@ def test_plan_is_seeded_and_epochs_differ():
     assert [p.url for p in unshuffled[0].pieces] == [u for u, _ in shards]
 
 
+@pytest.mark.parametrize("counts, samples, world", [
+    ([10], 5, 1),                     # half the split an epoch: one shard (CK+, JAFFE)
+    ([10, 30], 20, 2),                # CK+ beside a larger dataset, two ranks
+    ([10], 15, 1),                    # one and a half passes an epoch
+    ([7, 6, 9], 11, 3)])
+def test_epochs_shorter_or_longer_than_the_split_read_it_evenly(counts, samples, world):
+    """train.epoch_samples: epoch e is the window [e * samples, (e + 1) * samples) of one sequence of
+    passes, so the epochs that make whole passes read every sample as often. Each epoch cut its own
+    passes at ``samples``: a shard's first samples every epoch, the rest of a one-shard dataset never
+    (10 shards' worth, 5 an epoch: 5 samples read 40 times in 40 epochs, 5 never), and 15 an epoch
+    over 10 read 5 samples twice an epoch."""
+    shards = [(f"/d/ds{i % 2}/train/s{i}.tar", n) for i, n in enumerate(counts)]
+    total = sum(counts)
+    epochs = 4 * total // math.gcd(total, samples)          # 4 whole passes' worth of epochs
+    seen: Counter = Counter()
+    for epoch in range(epochs):
+        for rank in range(world):
+            plans = plan_epoch(shards, samples=samples, batch_size=4, env=DistEnv(rank, world, 0), workers=1,
+                               seed=3, shuffle=True, epoch=epoch)
+            seen.update(_positions(plans, shards))
+    assert sum(seen.values()) == epochs * samples
+    assert set(seen.values()) == {epochs * samples // total}, sorted(Counter(seen.values()).items())
+
+
+def test_an_epoch_of_the_split_is_one_pass_and_the_next_another_order():
+    shards = [(f"s{i}.tar", 5) for i in range(6)]
+    kw = dict(samples=30, batch_size=4, env=DistEnv(0, 1, 0), workers=1, seed=3, shuffle=True)
+    first, second = (plan_epoch(shards, epoch=e, **kw) for e in (0, 1))
+    assert sorted(_positions(first, shards)) == sorted(_positions(second, shards))
+    assert _positions(first, shards) != _positions(second, shards)
+
+
 def test_batch_sizes_and_splits():
     assert batch_sizes(9, 4, 3) == [4, 3, 2]            # the last two share 5: no batch under half
     assert batch_sizes(8, 4, 3) == [4, 2, 2]
@@ -247,7 +279,7 @@ def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
     import random
 
     from fermodels.sampling import repeat_stream
-    from fermodels.stream import mix_seed
+    from fermodels.epochplan import mix_seed
 
     rng = random.Random(0)
     shards = [(f"s{i}", 40) for i in range(50)]
