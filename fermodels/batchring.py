@@ -44,6 +44,17 @@ def require_shared_memory(nbytes: int, where: str = SHM_DIR) -> None:
                            f"--shm-size=2g, or a larger tmpfs), or lower train.workers or train.batch_size")
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie not yet reaped counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class BatchRing:
     """``depth`` buffers of up to ``capacity`` samples per worker and field, in shared memory."""
 
@@ -58,6 +69,7 @@ class BatchRing:
                         for name, (shape, dtype) in self.layout.items()}
         self.released = torch.zeros(workers, dtype=torch.int64).share_memory_()
         self._parent = os.getpid()
+        self._watch: tuple[int, int] | None = None      # (a worker's pid, its parent when it first waited)
 
     @property
     def nbytes(self) -> int:
@@ -70,7 +82,7 @@ class BatchRing:
         main process has released the batch that used them ``depth`` batches earlier."""
         need = serial - self.depth + 1
         while int(self.released[worker]) < need:
-            if os.getpid() != self._parent and os.getppid() != self._parent:     # orphaned worker
+            if self._orphaned():
                 raise RuntimeError("the loader's main process is gone")
             time.sleep(_POLL_S)
         slot = serial % self.depth
@@ -84,6 +96,14 @@ class BatchRing:
             return buf[worker, slot, : shape[0]]
 
         return empty
+
+    def _orphaned(self) -> bool:
+        """In a worker: its parent changed since it first waited (the main process died, or the fork
+        server that ends with it), or the main process is gone. The parent itself is the main process
+        under fork and spawn but the fork server under forkserver (Python 3.14's default on Linux)."""
+        if self._watch is None or self._watch[0] != os.getpid():
+            self._watch = (os.getpid(), os.getppid())
+        return os.getppid() != self._watch[1] or not _alive(self._parent)
 
     @staticmethod
     def message(worker: int, serial: int, samples: int, rest: dict) -> dict:

@@ -3,7 +3,10 @@ stay the caller's, a worker never overwrites a buffer the main process has not r
 stopped loader lets its workers go, and the buffers fit exactly what the decoder makes."""
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -208,3 +211,45 @@ def test_a_ring_larger_than_free_shared_memory_is_refused_with_what_to_do(monkey
     with pytest.raises(RuntimeError, match=r"need 14 MB .* 4 MB free: .*--shm-size"):
         BatchRing({"image": ((112, 112, 3), torch.uint8)}, workers=2, depth=6, capacity=32)    # 2*6*32*37,632 B
     BatchRing({"image": ((112, 112, 3), torch.uint8)}, workers=1, depth=1, capacity=32)    # 1.2 MB fits
+
+
+def _waiting_worker(ring: BatchRing, q) -> None:
+    q.put("started")
+    try:
+        ring.acquire(0, 1)            # depth 1: waits until the main process releases batch 0
+        q.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        q.put(repr(e))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_waiting_worker_is_not_taken_for_an_orphan_whatever_starts_it(method):
+    """A worker started by a fork server (Python 3.14's default on Linux) has the fork server for its
+    parent: it stopped with "the loader's main process is gone" the first time it waited."""
+    ctx = mp.get_context(method)
+    ring = BatchRing({"label": ((), torch.int64)}, workers=1, depth=1, capacity=2)
+    q = ctx.Queue()
+    p = ctx.Process(target=_waiting_worker, args=(ring, q))
+    p.start()
+    assert q.get(timeout=60) == "started"
+    time.sleep(0.3)                   # it waits now
+    ring.released[0] = 1
+    assert q.get(timeout=30) == "ok"
+    p.join(10)
+
+
+def _main_then_gone(q) -> None:
+    ring = BatchRing({"label": ((), torch.int64)}, workers=1, depth=1, capacity=2)
+    mp.get_context("fork").Process(target=_waiting_worker, args=(ring, q)).start()
+    time.sleep(0.3)
+    os._exit(0)
+
+
+def test_a_worker_whose_main_process_is_gone_stops():
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    main = ctx.Process(target=_main_then_gone, args=(q,))
+    main.start()
+    assert q.get(timeout=60) == "started"
+    main.join(30)                     # gone, and reaped
+    assert q.get(timeout=30) == "RuntimeError(\"the loader's main process is gone\")"
