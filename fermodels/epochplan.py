@@ -160,7 +160,7 @@ def _take_mixed(sequence: list[tuple[str, int]], start: int, count: int, total: 
     """Pieces covering positions ``[start, start + count)`` of ``sequence`` (passes of ``total``
     samples over every shard) with each pass's datasets (shard folders) interleaved sample by
     sample in proportion (:func:`_mixed_order`): exactly ``count`` samples, each dataset's share of
-    them to within one sample, however few shards a dataset has. Cutting whole shards gave a
+    them to within two samples a pass, however few shards a dataset has. Cutting whole shards gave a
     one-shard dataset (CK+, JAFFE) to one rank x worker part: its batches held all of it and the
     others none (a class-balanced epoch skewed, 0.62 of it class A in :mod:`fermodels.sampling`'s
     example). One dataset: the plain positions of the shard order."""
