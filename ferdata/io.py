@@ -49,6 +49,8 @@ _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "G
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _GRAY_ALPHA = ("LA", "La")
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
 
 
 class BadImage(ValueError):
@@ -76,6 +78,7 @@ class ImageHeader:
     has_alpha: bool
     premultiplied: bool = False   # the decoded colour already holds alpha (see :func:`read_header`)
     frames: int = 1               # pages of a TIFF, frames of an animated WebP: the first is decoded
+    grey_key: int | None = None   # a grey PNG's transparent sample value (tRNS), as the decoder gives samples
 
     @property
     def turn(self) -> int:
@@ -104,8 +107,10 @@ def sniff_format(data: bytes) -> str:
 
 
 def _orientation(im) -> int:
-    try:
-        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    from PIL import Image
+
+    try:            # Image's own: a PNG's getexif() decodes every pixel to reach chunks after the image data
+        value = Image.Image.getexif(im).get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the picture: treat as upright
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -118,13 +123,14 @@ def read_header(data: bytes) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(_png_metadata_first(data) if data.startswith(_PNG) else data)) as im:
                 fmt, mode, (w, h) = im.format or "", im.mode, im.size
                 alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
                 orientation = _orientation(im)
                 tags = getattr(im, "tag_v2", {}) if fmt == "TIFF" else {}
                 extra, bits = tags.get(TIFF_EXTRA_SAMPLES), tags.get(TIFF_BITS_PER_SAMPLE)
                 frames = _frames(im) if fmt != "MPO" else 1     # an MPO's first picture is the photo itself
+                key = im.info.get("transparency") if fmt == "PNG" and mode in ("1", "L", "I", "I;16") else None
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
@@ -143,7 +149,33 @@ def read_header(data: bytes) -> ImageHeader:
     extra = tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
     opencv_multiplies = depth == 8 and mode not in _GRAY_ALPHA
     premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and opencv_multiplies))
-    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied, frames)
+    if isinstance(key, int) and depth < 8:      # libpng scales 1/2/4-bit grey to 8 bits, not the key
+        key *= 255 // (2 ** depth - 1)
+    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied, frames,
+                       key if isinstance(key, int) else None)
+
+
+def _png_metadata_first(data: bytes) -> bytes:
+    """A PNG's bytes with its metadata chunks after the image data (EXIF, XMP and text: where
+    ``eXIf`` often sits) moved before it, for PIL to read the header from: it reads those chunks only
+    once it has decoded every pixel (a 0.5 MB PNG of 121 MP took 100 MB before it was refused).
+    Chunks are copied whole, CRCs and all; anything else (animation frames) stays where it is."""
+    chunks, pos = [], len(_PNG)
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if end > len(data):
+            break
+        chunks.append((data[pos + 4:pos + 8], pos, end))
+        pos = end
+    image = [i for i, (kind, _, _) in enumerate(chunks) if kind == b"IDAT"]
+    if not image:
+        return data
+    after = [(s, e) for kind, s, e in chunks[image[-1] + 1:] if kind in _PNG_METADATA]
+    if not after:
+        return data
+    first = chunks[image[0]][1]
+    return data[:first] + b"".join(data[s:e] for s, e in after) + b"".join(
+        data[s:e] for kind, s, e in chunks[image[0]:] if (s, e) not in after) + data[chunks[-1][2]:]
 
 
 def _frames(im) -> int:
@@ -313,6 +345,8 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     if img is None:
         reason = "truncated" if is_truncated(head.format, data) else "undecodable"
         raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
+    if head.grey_key is not None and img.ndim == 2:         # OpenCV ignores a grey PNG's tRNS
+        img = np.where(img == head.grey_key, 0, img).astype(img.dtype)
     if head.has_alpha:
         img = cv2.cvtColor(_flatten_alpha(img, head.premultiplied), cv2.COLOR_BGR2RGB)
     rgb = np.ascontiguousarray(apply_orientation(img, head.turn))

@@ -267,4 +267,3 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
         raise OSError(f"could not encode the sheet as {out.suffix}")
     atomic_write_bytes(out, data.tobytes())
     return out
-

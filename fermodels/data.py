@@ -228,4 +228,3 @@ IMAGES = ("image", "left", "right")
 
 def _new_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
-

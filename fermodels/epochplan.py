@@ -29,6 +29,7 @@ import numpy as np
 if TYPE_CHECKING:
     from fermodels.distributed import DistEnv
 
+
 @dataclass(frozen=True)
 class Piece:
     """Samples ``[start, stop)`` (in file order) of one shard."""

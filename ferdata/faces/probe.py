@@ -9,7 +9,8 @@ earlier detection of such files in the cache, and align cropped the right pixels
 places. Hashing the source would re-detect a whole dataset after any edit of those modules; this
 digest changes only when what they make changes (for the cases probed: not the reduction forced on
 JPEGs over 40 MP, nor CMYK). The probes are encoded by OpenCV (whose version the key holds anyway) or
-written by hand, but for three TIFFs by PIL (uncompressed: the same bytes from pillow 11 to 13), and
+written by hand, but for three TIFFs (uncompressed: the same bytes from pillow 11 to 13) and a grey PNG with
+a transparent value (OpenCV writes none; its pixels, not its bytes, enter the digest) by PIL, and
 stay off computations that may differ between CPUs (resizing only at whole-number factors, which
 gives exact block means), so caches merged between machines keep matching. A format this OpenCV
 build cannot write or read counts as such in the digest instead of stopping every detection.
@@ -82,6 +83,7 @@ def _probes() -> Iterator[tuple[str, Callable[[], bytes]]]:
     yield "png_rgba", lambda: _cv(".png", bgra)
     yield "png_16bit", lambda: _cv(".png", bgr.astype(np.uint16) * 257)
     yield "png_grey", lambda: _cv(".png", grey)
+    yield "png_grey_trns", lambda: _pil(grey, "L", "PNG", transparency=int(grey[20, 30]))  # a transparent value
     yield "tiff_rgba", lambda: _pil(np.dstack([rgb, alpha]), "RGBA", "TIFF")    # OpenCV's lacks ExtraSamples
     yield "tiff_grey_alpha", lambda: _pil(np.dstack([grey, alpha]), "LA", "TIFF")
     yield "tiff_exif6", lambda: _pil(rgb, "RGB", "TIFF", exif=_orientation_exif(6))

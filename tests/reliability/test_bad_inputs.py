@@ -187,6 +187,71 @@ def test_exif_orientation_matches_pil(orientation):
         assert probe_image(data).shape == ref.shape[:2]             # header-only frame for pixel-free backends
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import zlib
+
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def _before_iend(png: bytes, chunk: bytes) -> bytes:
+    """``png`` with ``chunk`` after its image data (just before IEND, 12 bytes from the end)."""
+    return png[:-12] + chunk + png[-12:]
+
+
+@pytest.mark.parametrize("where", ["exif_after_image", "xmp_after_image", "exif_before_image"])
+def test_a_pngs_orientation_is_read_wherever_its_chunk_sits_without_decoding_it(monkeypatch, where):
+    """PIL reads a PNG's chunks after the image data (where eXIf often sits) only once it has decoded
+    every pixel, and getexif() did so while "reading the header": a 0.5 MB PNG of 121 MP took about
+    100 MB before it was refused, a 3 MP one twice the decode time, and the pixel-free backends decoded
+    every pixel. The header is read without a pixel now, and the orientation still found."""
+    from PIL import PngImagePlugin
+
+    rgb = np.ascontiguousarray(real_photo("astronaut")[:120, :80])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain = encode(rgb, "PNG")
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    data = {"exif_after_image": _before_iend(plain, _png_chunk(b"eXIf", exif.tobytes().removeprefix(b"Exif\0\0"))),
+            "xmp_after_image": _before_iend(plain, _png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp)),
+            "exif_before_image": encode(rgb, "PNG", exif=exif.tobytes())}[where]
+    full = Image.open(io.BytesIO(data))
+    full.load()
+    ref = np.asarray(ImageOps.exif_transpose(full).convert("RGB"))
+    assert ref.shape == (80, 120, 3)                                # PIL, every chunk read: turned
+    loads = []
+    real_load = PngImagePlugin.PngImageFile.load
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda im: loads.append(1) or real_load(im))
+    assert probe_image(data).shape == (80, 120) and not loads
+    got = decode_image(data)
+    assert np.array_equal(got.rgb, ref) and "exif_orientation" in got.conversions
+
+
+@pytest.mark.parametrize("depth", [2, 8, 16])
+def test_a_grey_pngs_transparent_value_is_flattened_to_black(depth):
+    """A grey PNG's tRNS (one sample value fully transparent): PIL makes those pixels alpha 0, and the
+    decode said ``alpha_flattened``, but OpenCV ignores it on grey and they came out (10, 10, 10).
+    The key is a value of the file's samples: 2-bit sample 1 is 85 once widened to 8 bits."""
+    top = 2 ** depth - 1
+    opaque_sample, key = top * 3 // 4, top // 3                     # 2, 1 / 191, 85 / 49151, 21845
+    grey = np.full((32, 40), opaque_sample, np.uint16 if depth == 16 else np.uint8)
+    grey[:16] = key
+    buf = io.BytesIO()
+    if depth == 2:                          # PIL packs the top bits of 8-bit values: widen the samples first
+        Image.fromarray(grey * 85).save(buf, "PNG", transparency=key, bits=2)
+    else:
+        Image.fromarray(grey).save(buf, "PNG", transparency=key)    # 16: mode I;16
+    data = buf.getvalue()
+    assert data[24] == depth                                         # the file's bit depth
+    if depth == 8:
+        rgba = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+        assert (rgba[:16, :, 3] == 0).all() and (rgba[16:, :, 3] == 255).all()      # PIL: the top half is clear
+    got = decode_image(data)
+    opaque = {2: 170, 8: 191, 16: 49151 >> 8}[depth]
+    assert "alpha_flattened" in got.conversions
+    assert (got.rgb[:16] == 0).all() and (got.rgb[16:] == opaque).all(), (got.rgb[0, 0], got.rgb[20, 0])
+
+
 @pytest.mark.parametrize("size, orientation, expected", [((121, 83), 1, 4), ((121, 83), 6, 1), ((120, 84), 6, 4),
                                                           ((122, 84), 8, 2)])
 def test_optional_reduction_keeps_flipped_frames_exact(size, orientation, expected):
