@@ -1,0 +1,183 @@
+"""What an image file is, read from its header without decoding a pixel: format, mode, size, EXIF
+orientation, bit depth, alpha (and how it is stored), frames, and the conversions decoding it will
+apply (:func:`read_header`, :func:`conversions_of`); whether it visibly ends early
+(:func:`is_truncated`); and :class:`BadImage`, the error every unusable input raises with its
+reason. Decoding is :mod:`ferdata.io`'s.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+EXIF_ORIENTATION = 0x0112
+TIFF_EXTRA_SAMPLES = 338          # ExtraSamples: 1 associated (premultiplied) alpha, 2 unassociated
+TIFF_BITS_PER_SAMPLE = 258
+JPEG_FORMATS = ("JPEG", "MPO")
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+GRAY_ALPHA_MODES = ("LA", "La")
+_PNG = b"\x89PNG\r\n\x1a\n"
+_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+
+
+class BadImage(ValueError):
+    """An input that cannot be used; ``reason`` is a short snake_case code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+    def __reduce__(self):  # rebuilt whole in the parent when a worker raises it (notes too)
+        return (type(self), (self.reason, self.detail), self.__dict__)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the file's header says, read without decoding pixels."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    orientation: int          # EXIF 1..8 (1 = as stored)
+    bit_depth: int
+    has_alpha: bool
+    premultiplied: bool = False   # the decoded colour already holds alpha (see :func:`read_header`)
+    frames: int = 1               # pages of a TIFF, frames of an animated WebP: the first is decoded
+    grey_key: int | None = None   # a grey PNG's transparent sample value (tRNS), as the decoder gives samples
+
+    @property
+    def turn(self) -> int:
+        """The orientation left to apply after decoding. TIFF's is tag 274 of the image itself, which
+        libtiff-based decoders (OpenCV's whatever its flags, and PIL's, whose size is then the
+        displayed one) already apply: turning again would rotate or mirror the face twice."""
+        return 1 if self.format == "TIFF" else self.orientation
+
+
+def sniff_format(data: bytes) -> str:
+    """The format named by the file's magic bytes, or "" when it is none we know."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    return ""
+
+
+def _orientation(im) -> int:
+    from PIL import Image
+
+    try:            # Image's own: a PNG's getexif() decodes every pixel to reach chunks after the image data
+        value = Image.Image.getexif(im).get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the picture: treat as upright
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """Parse the header with PIL (lazy: no pixel data is decoded)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(_png_metadata_first(data) if data.startswith(_PNG) else data)) as im:
+                fmt, mode, (w, h) = im.format or "", im.mode, im.size
+                alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+                orientation = _orientation(im)
+                tags = getattr(im, "tag_v2", {}) if fmt == "TIFF" else {}
+                extra, bits = tags.get(TIFF_EXTRA_SAMPLES), tags.get(TIFF_BITS_PER_SAMPLE)
+                frames = _frames(im) if fmt != "MPO" else 1     # an MPO's first picture is the photo itself
+                key = im.info.get("transparency") if fmt == "PNG" and mode in ("1", "L", "I", "I;16") else None
+    except Image.DecompressionBombError as e:
+        raise BadImage("too_large", str(e)) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
+        kind = sniff_format(data)
+        if not kind:
+            raise BadImage("not_an_image", f"unknown file signature {data[:8]!r}") from None
+        reason = "truncated" if is_truncated(kind, data) else "undecodable"
+        raise BadImage(reason, f"{kind} header unreadable: {type(e).__name__}") from None
+    depth = data[24] if fmt == "PNG" and len(data) > 24 else (16 if mode.startswith("I;16") else 8)
+    if bits:                                  # PIL shows a 16-bit RGBA TIFF as mode RGBA
+        depth = max(bits) if isinstance(bits, (tuple, list)) else int(bits)
+    # A TIFF's alpha is associated (ExtraSamples 1: colour stored premultiplied) or unassociated (2),
+    # which OpenCV's libtiff path premultiplies itself for 8-bit colour samples (RGBA interface); the
+    # raw 16-bit path does not, nor PIL, which reads grey + alpha (see :func:`decode_image`).
+    # Premultiplied colour is already the picture over black.
+    extra = tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
+    opencv_multiplies = depth == 8 and mode not in GRAY_ALPHA_MODES
+    premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and opencv_multiplies))
+    if isinstance(key, int) and depth < 8:      # libpng scales 1/2/4-bit grey to 8 bits, not the key
+        key *= 255 // (2 ** depth - 1)
+    return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied, frames,
+                       key if isinstance(key, int) else None)
+
+
+def _png_metadata_first(data: bytes) -> bytes:
+    """A PNG's bytes with its metadata chunks after the image data (EXIF, XMP and text: where
+    ``eXIf`` often sits) moved before it, for PIL to read the header from: it reads those chunks only
+    once it has decoded every pixel (a 0.5 MB PNG of 121 MP took 100 MB before it was refused).
+    Chunks are copied whole, CRCs and all; anything else (animation frames) stays where it is."""
+    chunks, pos = [], len(_PNG)
+    while pos + 12 <= len(data):
+        end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
+        if end > len(data):
+            break
+        chunks.append((data[pos + 4:pos + 8], pos, end))
+        pos = end
+    image = [i for i, (kind, _, _) in enumerate(chunks) if kind == b"IDAT"]
+    if not image:
+        return data
+    after = [(s, e) for kind, s, e in chunks[image[-1] + 1:] if kind in _PNG_METADATA]
+    if not after:
+        return data
+    first = chunks[image[0]][1]
+    return data[:first] + b"".join(data[s:e] for s, e in after) + b"".join(
+        data[s:e] for kind, s, e in chunks[image[0]:] if (s, e) not in after) + data[chunks[-1][2]:]
+
+
+def _frames(im) -> int:
+    """How many pictures the file holds (walking a TIFF's page directory, no pixels decoded)."""
+    try:
+        return max(1, int(getattr(im, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - a broken later page must not cost the first: counted as one
+        return 1
+
+
+def is_truncated(fmt: str, data: bytes) -> bool:
+    """True when the file visibly ends early (JPEG: no EOI after the last scan; PNG: no IEND; BMP
+    and WebP: shorter than the size their header gives; GIF: no trailer byte)."""
+    if fmt in JPEG_FORMATS:
+        return data.rfind(b"\xff\xd9") < max(data.rfind(b"\xff\xda"), 2)
+    if fmt == "PNG":
+        return data.rfind(b"IEND") < 0
+    if fmt == "BMP" and len(data) >= 6:
+        return len(data) < int.from_bytes(data[2:6], "little")
+    if fmt == "WEBP" and len(data) >= 8:
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    if fmt == "GIF":
+        return not data.rstrip(b"\0").endswith(b";")
+    return False
+
+
+def conversions_of(head: ImageHeader, reduce: int) -> tuple[str, ...]:
+    """Names of the conversions decoding applies, for stage reports."""
+    names = []
+    if head.orientation != 1:
+        names.append("exif_orientation")
+    if head.has_alpha:
+        names.append("alpha_flattened")
+    if head.bit_depth > 8:
+        names.append("high_bit_depth")
+    if head.mode in _GRAY_MODES:
+        names.append("grayscale")
+    elif head.mode == "CMYK":
+        names.append("cmyk")
+    elif head.mode in ("P", "PA"):
+        names.append("palette")
+    if head.frames > 1:
+        names.append("first_frame_only")         # a multi-page TIFF or animated WebP: its first picture
+    if reduce > 1:
+        names.append(f"downscaled_{reduce}x")
+    return tuple(names)
