@@ -98,7 +98,8 @@ def read_header(data: bytes) -> ImageHeader:
             raise BadImage("not_an_image", f"unknown file signature {data[:8]!r}") from None
         reason = "truncated" if is_truncated(kind, data) else "undecodable"
         raise BadImage(reason, f"{kind} header unreadable: {type(e).__name__}") from None
-    depth = data[24] if fmt == "PNG" and len(data) > 24 else (16 if mode.startswith("I;16") else 8)
+    wide = mode.startswith("I;16") or (fmt == "PPM" and mode == "I")      # PIL opens a 16-bit PGM as I
+    depth = data[24] if fmt == "PNG" and len(data) > 24 else (16 if wide else 8)
     if bits:                                  # PIL shows a 16-bit RGBA TIFF as mode RGBA
         depth = max(bits) if isinstance(bits, (tuple, list)) else int(bits)
     # A TIFF's alpha is associated (ExtraSamples 1: colour stored premultiplied) or unassociated (2),

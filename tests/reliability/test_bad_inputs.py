@@ -227,6 +227,17 @@ def test_a_pngs_orientation_is_read_wherever_its_chunk_sits_without_decoding_it(
     assert np.array_equal(got.rgb, ref) and "exif_orientation" in got.conversions
 
 
+def test_a_16_bit_pgm_says_it_was_narrowed():
+    """PIL opens a 16-bit PGM as mode I, so ``high_bit_depth`` was missing from its conversions."""
+    import cv2
+
+    ok, pgm = cv2.imencode(".pgm", np.full((30, 40), 51400, np.uint16))
+    got = decode_image(pgm.tobytes())
+    assert ok and got.conversions == ("high_bit_depth", "grayscale") and (got.rgb == 51400 >> 8).all()
+    ok, pgm8 = cv2.imencode(".pgm", np.full((30, 40), 200, np.uint8))
+    assert ok and decode_image(pgm8.tobytes()).conversions == ("grayscale",)
+
+
 @pytest.mark.parametrize("depth", [2, 8, 16])
 def test_a_grey_pngs_transparent_value_is_flattened_to_black(depth):
     """A grey PNG's tRNS (one sample value fully transparent): PIL makes those pixels alpha 0, and the
