@@ -124,6 +124,11 @@ def write_selection(path: str | Path, data_dir: str | Path, names: Sequence[str]
     return chosen
 
 
+# `dvc repro select` runs the stages before it too: on a machine that pulled the shards and holds no raw
+# data (docs/sharing.md) that rebuilt the sample and failed on the missing dataset roots.
+RESELECT = "run `dvc repro select` (where the shards were pulled, not made here: `dvc repro -s select`)"
+
+
 def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]) -> list[Path]:
     """The shard dirs of ``names`` pinned in the selection file ``path``, in ``names`` order, after
     checking that it pins exactly ``splits`` of exactly ``names`` and that every pinned split's
@@ -131,29 +136,29 @@ def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]
     _check_names(names)
     path = Path(path)
     if not path.is_file():
-        raise SelectionError(f"{path} not found: run the `select` stage (`dvc repro select`)")
+        raise SelectionError(f"{path} not found: {RESELECT}")
     try:
         chosen = json.loads(path.read_text())
     except ValueError as err:               # git-tracked: a merge can leave conflict markers in it
-        raise SelectionError(f"{path} is not JSON ({err}; a merge conflict?): run `dvc repro select`") from None
+        raise SelectionError(f"{path} is not JSON ({err}; a merge conflict?): {RESELECT}") from None
     if not isinstance(chosen, dict):
-        raise SelectionError(f"{path} holds a {type(chosen).__name__}, not a selection: run `dvc repro select`")
+        raise SelectionError(f"{path} holds a {type(chosen).__name__}, not a selection: {RESELECT}")
     if chosen.get("version") != VERSION:
         raise SelectionError(f"{path} has version {chosen.get('version')!r}, expected {VERSION}: "
-                             f"run `dvc repro select`")
+                             f"{RESELECT}")
     pinned = chosen.get("datasets")
     if not isinstance(pinned, dict) or not all(isinstance(p, dict) and isinstance(p.get("shards"), str)
                                                and isinstance(p.get("splits"), dict) for p in pinned.values()):
-        raise SelectionError(f"{path} is damaged (its datasets are not the select stage's): run `dvc repro select`")
+        raise SelectionError(f"{path} is damaged (its datasets are not the select stage's): {RESELECT}")
     if sorted(pinned) != sorted(names):
         raise SelectionError(f"{path} selects {sorted(pinned)} but the params ask for {sorted(names)}: "
-                             f"run `dvc repro select` (or `dvc repro`)")
+                             f"{RESELECT}")
     dirs = []
     for name in names:
         shards = Path(pinned[name]["shards"])
         if sorted(pinned[name]["splits"]) != sorted(splits):
             raise SelectionError(f"{path} pins the {sorted(pinned[name]['splits'])} splits of {name} but "
-                                 f"{sorted(splits)} are read: run `dvc repro select` (or `dvc repro`)")
+                                 f"{sorted(splits)} are read: {RESELECT}")
         stale = [s for s, digest in pinned[name]["splits"].items() if split_digest(shards, s) != digest]
         if stale:
             raise SelectionError(f"{shards} ({', '.join(stale)}) changed since {path} was written: "

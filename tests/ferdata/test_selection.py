@@ -64,7 +64,9 @@ def test_a_selection_pinning_another_dataset_too_is_refused(tmp_path):
     for name in ("a", "b"):
         _prepare(tmp_path / "data", name)
     write_selection(tmp_path / "train.json", tmp_path / "data", ["a", "b"], TRAIN)
-    with pytest.raises(SelectionError, match=r"selects \['a', 'b'\] but the params ask for \['a'\]"):
+    with pytest.raises(SelectionError, match=r"selects \['a', 'b'\] but the params ask for \['a'\]: run `dvc repro "
+                                             r"select` \(where the shards were pulled, not made here: `dvc repro -s "
+                                             r"select`\)"):
         read_selection(tmp_path / "train.json", ["a"], TRAIN)
 
 
@@ -80,7 +82,7 @@ def test_a_selection_for_other_params_is_refused(tmp_path, names, splits, match)
 def test_missing_inputs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data/a/shards/train/_info.json not found: prepare"):
         write_selection(tmp_path / "train.json", tmp_path / "data", ["a"], TRAIN)
-    with pytest.raises(SelectionError, match=r"train.json not found: run the `select` stage"):
+    with pytest.raises(SelectionError, match=r"train.json not found: run `dvc repro select`"):
         read_selection(tmp_path / "train.json", ["a"], TRAIN)
     with pytest.raises(SelectionError, match="no datasets"):
         write_selection(tmp_path / "train.json", tmp_path / "data", [], TRAIN)
