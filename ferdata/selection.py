@@ -21,6 +21,7 @@ from ferdata.atomic import atomic_write_text
 from ferdata.layout import INFO, stage_dirs
 from ferdata.params import repeated
 from ferdata.records import SPLITS
+from ferdata.summary import check_info
 
 VERSION = 2     # 2: split digests of the content, without params_hash (1: of the whole _info.json)
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
@@ -87,6 +88,11 @@ def read_info(shards_dir: str | Path, split: str) -> dict:
     if not isinstance(info, dict):
         raise SelectionError(f"{path} holds a {type(info).__name__}, not a split's description: prepare the "
                              "dataset again (`dvc repro shard@<name>` or `ferdata prepare <name>`)")
+    try:
+        check_info(info)
+    except TypeError as err:
+        raise SelectionError(f"{path} is damaged ({err}): `ferdata verify` checks the split; prepare the dataset "
+                             "again (`dvc repro shard@<name>` or `ferdata prepare <name>`)") from None
     return info
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from ferdata.classes import CLASSES, stored_class_id
 from ferdata.layout import INFO
 from ferdata.records import SPLITS
-from ferdata.summary import SplitSummary
+from ferdata.summary import SplitSummary, check_info
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
@@ -78,22 +78,10 @@ Listed = tuple[str, str, int, int | None]      # a shard's name, sha256, count a
 
 def _info_fields(info: dict) -> tuple[list[Listed], int]:
     """The listed shards (name, sha256, count, bytes) and the sample count of an info file;
-    ``TypeError`` for a field of the wrong kind, so that a damaged file is one problem line, not a crash."""
-    listed = [(sh["name"], sh["sha256"], int(sh["count"]), sh.get("bytes")) for sh in info["shards"]]
-    if not all(isinstance(n, str) and isinstance(h, str) for n, h, _, _ in listed):
-        raise TypeError("a shard's name or sha256 is not text")
-    if not all(b is None or (isinstance(b, int) and not isinstance(b, bool)) for *_, b in listed):
-        raise TypeError("a shard's bytes is not a whole number")
-    labels = info.get("label_map", [])
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise TypeError("label_map is not a list of class names")
-    hist = info.get("class_histogram", {})
-    if not isinstance(hist, dict) or not all(isinstance(n, int) for n in hist.values()):
-        raise TypeError("class_histogram is not class names to counts")
-    subsets = info.get("subsets", {})
-    if not isinstance(subsets, dict) or not all(isinstance(m, list) and all(isinstance(k, str) for k in m)
-                                                for m in subsets.values()):
-        raise TypeError("subsets is not names to lists of sample keys")
+    ``TypeError`` for a field of the wrong kind (:func:`check_info`), so that a damaged file is one
+    problem line, not a crash."""
+    check_info(info)
+    listed = [(sh["name"], sh["sha256"], sh["count"], sh.get("bytes")) for sh in info["shards"]]
     return listed, int(info["num_samples"])
 
 
@@ -128,7 +116,13 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
             continue
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif sha256_file(path) != sha:
+            continue
+        try:
+            digest = sha256_file(path)
+        except OSError as e:                              # a bad disk or no permission: the rest is still checked
+            problems.append(f"{path}: unreadable ({e.strerror or e}); copy the shards again")
+            continue
+        if digest != sha:
             problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")
         else:
             found, problem = _scan(path, tally)
@@ -224,6 +218,8 @@ def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
             found += 1
     except (UnsafeTarError, tarfile.TarError, ValueError) as e:
         return found, f"{path}: refused: {e}"
+    except OSError as e:
+        return found, f"{path}: unreadable ({e.strerror or e}); copy the shards again"
     if lacking:
         key, missing = next(iter(lacking.items()))
         more = f"; {len(lacking) - 1} more of its samples lack members too" if len(lacking) > 1 else ""

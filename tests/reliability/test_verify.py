@@ -585,3 +585,42 @@ def test_a_member_the_batch_cannot_hold_is_named_with_its_sample_and_shard(membe
     decode_batch(decoder, [_raw_sample()])                    # the intact sample decodes
     with pytest.raises(ValueError, match=r"sample 'ds/k1' of shards/train/s-000003\.tar:? " + says):
         decode_batch(decoder, [_raw_sample(**{member: data})])
+
+
+def test_an_unreadable_shard_is_a_problem_line_and_the_rest_is_still_checked(shards):
+    """A bad disk: reading a listed shard fails with EIO (a link to /proc/self/mem reads so). verify
+    stopped at it with "error: [Errno 5] Input/output error", no file named, the rest unchecked."""
+    _, info = _info(shards)
+    bad = shards / "train" / info["shards"][0]["name"]
+    bad.unlink()
+    bad.symlink_to("/proc/self/mem")
+    (shards / "val" / "val-000000.tar").unlink()
+    problems = verify_shards(shards)
+    assert f"{bad}: unreadable (Input/output error); copy the shards again" in problems
+    assert f"{shards / 'val' / 'val-000000.tar'}: missing" in problems
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda i: i.update(detect={"backend": "annotations"}), "detect is not the face backend's settings"),
+    (lambda i: i.update(detect="annotations"), "detect is not the face backend's settings"),
+    (lambda i: i.update(preprocess="x"), r"preprocess is not the align/derive settings \(align.size\)"),
+    (lambda i: i.update(preprocess={"align": {"size": "112"}}), r"preprocess is not the align/derive settings"),
+    (lambda i: i["shards"][0].update(bytes=None), "a shard's bytes is not a whole number"),
+    (lambda i: i["shards"][0].update(count=8.9), "a shard's count is not a whole number"),
+    (lambda i: i.update(face_backends={"embedded": "all"}), "face_backends is not backend names to counts")],
+    ids=["detect-no-options", "detect-text", "preprocess-text", "size-text", "bytes-null", "count-fraction",
+         "backends-text"])
+def test_verify_and_training_refuse_the_same_info_edits(shards, edit, says):
+    """Each edit passed `ferdata verify`, and training then failed with a TypeError traceback, "error:
+    options", or a size mismatch whose message said to run `ferdata verify` (which passed)."""
+    from ferdata.selection import SelectionError
+    from fermodels.shardsplit import open_split
+
+    import re
+
+    _with_info(shards, edit)
+    problems = verify_shards(shards)
+    assert len(problems) == 1 and re.match(re.escape(f"{shards / 'train' / INFO}: unreadable (TypeError: ") + says,
+                                           problems[0]), problems
+    with pytest.raises(SelectionError, match=f"train/_info.json is damaged \\({says}.*`ferdata verify` checks"):
+        open_split([shards], "train")
