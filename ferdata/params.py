@@ -166,3 +166,14 @@ def _text_number(value: Any) -> str:
     if "e" in value.lower() and "." not in value:
         return " (YAML read it as text: write 1.0e-3, not 1e-3)"
     return " (YAML read it as text: write it without quotes)"
+
+
+def dataset_specs(params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """params.yaml's ``datasets`` section (empty when absent), refused when it is no mapping: written
+    as a list, like ``train.datasets``, it gave a TypeError traceback."""
+    specs = params.get("datasets") or {}
+    if not isinstance(specs, Mapping):
+        raise ValueError(f"params.yaml datasets must map each dataset's name to its reader, root and options "
+                         f"(datasets: {{sample: {{reader: affectnet, root: data/raw/sample}}}}), got {specs!r}; the "
+                         "datasets to train on are train.datasets")
+    return specs

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ferdata.datasets import READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source
 from ferdata.layout import stage_dirs
-from ferdata.params import stage_section
+from ferdata.params import dataset_specs, stage_section
 from ferdata.parts import Part
 from ferdata.records import FaceRecord
 from ferdata.stages.align import AlignParams, run_align
@@ -27,7 +27,7 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
     """Dataset ``name``'s params.yaml entry, or reader ``name`` at ``root`` when it has none;
     ``root``, ``options`` (merged over the entry's reader options) and ``backend`` (the face backend,
     over ``datasets.<name>.detect.backend`` and the detect section's) override params.yaml."""
-    if name in (params.get("datasets") or {}):
+    if name in dataset_specs(params):
         spec = dataset_spec(params, name)
     elif root is not None:
         spec = DatasetSpec(name, str(root), {})     # a reader name + a root: no params entry needed
@@ -78,7 +78,7 @@ def signatures_in_use(params: Mapping[str, Any]) -> dict[Path, set[str]]:
     """The detection-cache signatures the detect stage would use now, per cache folder, for every
     dataset of ``params`` (its backend built, so a missing model is named here)."""
     out: dict[Path, set[str]] = {}
-    for name in params.get("datasets") or {}:
+    for name in dataset_specs(params):
         detect = detect_section(params, name, dataset_spec(params, name))
         out.setdefault(Path(detect.cache_dir), set()).add(detect.create_backend().signature())
     return out

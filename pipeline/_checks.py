@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ferdata.datasets import dataset_spec
-from ferdata.params import stage_section
+from ferdata.params import dataset_specs, stage_section
 from ferdata.selection import check_run_datasets
 from ferdata.sample import SampleParams
 from ferdata.stages.align import AlignParams
@@ -35,11 +35,11 @@ def check_params(params: Mapping[str, Any], data_dir: str | Path = DATA_DIR) -> 
             stage_section(params, name, cls)
         if params.get("sample") is not None:
             stage_section(params, "sample", SampleParams)
-        for name in params.get("datasets") or {}:
+        for name in dataset_specs(params):
             detect_section(params, name, dataset_spec(params, name))
         trained_on = train_section(params, announce=False).datasets
         tested_on, _ = evaluate_section(params)
-        check_run_datasets(trained_on, tested_on, params.get("datasets") or {}, data_dir)
+        check_run_datasets(trained_on, tested_on, dataset_specs(params), data_dir)
     except (ValueError, KeyError, TypeError) as err:
         err.add_note(NOTE)
         raise

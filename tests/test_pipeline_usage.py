@@ -114,7 +114,7 @@ def test_a_training_error_reaches_torchruns_failure_summary(tmp_path):
                          capture_output=True, text=True, env=env)
     assert run.returncode == 1 and run.stderr.startswith("error: missing.json not found"), run.stderr
     recorded = json.loads((tmp_path / "error.json").read_text())
-    assert "missing.json not found: run the `select` stage" in recorded["message"]["message"]
+    assert "missing.json not found: run `dvc repro select`" in recorded["message"]["message"]
 
 
 def test_the_whole_check_takes_datasets_prepared_outside_params_and_an_empty_sample_section(tmp_path):

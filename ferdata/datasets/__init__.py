@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping
 
 from ferdata.datasets.base import COMMON_OPTIONS, READERS, DatasetLayoutError, DatasetReader, open_reader
 from ferdata.datasets import affectnet, ckplus, expw, fer2013, folder, jaffe, rafdb, sfew  # noqa: F401  (registers)
-from ferdata.params import section
+from ferdata.params import dataset_specs, section
 from ferdata.records import Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class DatasetSpec:
 
 
 def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
-    specs = params.get("datasets") or {}
+    specs = dataset_specs(params)
     if name not in specs:
         raise KeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
     entry = specs[name]

@@ -209,7 +209,7 @@ def test_stage_scripts_report_bad_input_in_one_line(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "error: runs/select/train.json not found: run the `select` stage" in proc.stderr
+    assert "error: runs/select/train.json not found: run `dvc repro select`" in proc.stderr
 
 
 def test_detect_parts_on_two_machines_then_merge(tmp_path, photo_paths):

@@ -148,6 +148,25 @@ def test_a_dataset_entry_of_the_wrong_kind_is_named(entry, words):
         dataset_spec(params, "x")
 
 
+@pytest.mark.parametrize("datasets", [["sample"], "sample"], ids=["list", "text"])
+def test_a_datasets_section_of_the_wrong_kind_is_an_error_line(tmp_path, datasets):
+    """`datasets: [sample]` (written like train.datasets) gave `ferdata detect` and every pipeline stage,
+    so `dvc repro`, a TypeError traceback."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "datasets": datasets}))
+    says = "params.yaml datasets must map each dataset's name to its reader, root and options"
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    for command in (["-m", "ferdata.cli", "detect", "sample", "--part", "1/2"],
+                    ["-m", "pipeline.select", "data", "runs/select"]):
+        run = subprocess.run([sys.executable, *command], cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-600:]
+        assert f"error: {says}" in run.stderr and "the datasets to train on are train.datasets" in run.stderr
+
+
 def test_command_line_values_are_yaml_and_a_colon_without_a_space_is_named():
     """`--option mapping={happy:Joyful}` read as the one key 'happy:joyful' (YAML needs a space after
     the colon), and the reader's error spoke of a class folder instead."""
