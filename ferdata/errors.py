@@ -5,7 +5,8 @@ name, a bad parameter value, shards that fail their checks - raises ``OSError``,
 ``KeyError`` or one of their subclasses with a message that says what is wrong and how to fix it.
 The commands and the DVC stage scripts print that message as ``error: ...`` on stderr and exit with
 status 1; ``FER_TRACEBACK=1`` (or ``--verbose``/``-v`` where a command has it) shows the traceback
-too. Any other exception is a bug and keeps its full traceback.
+too. Any other exception is a bug and keeps its full traceback, and so does a ``KeyError`` that
+holds only the key a lookup missed (``error: options`` said nothing of where or why).
 """
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ def _wrong_kind(err: OSError) -> str | None:
             "another path") if blocker else None
 
 
+def is_user_error(err: BaseException, extra: Sequence[type[BaseException]] = ()) -> bool:
+    """Whether ``err`` is bad input under the policy above (not a bare lookup's ``KeyError``)."""
+    if isinstance(err, KeyError) and not isinstance(err, tuple(extra)):
+        return len(err.args) == 1 and isinstance(err.args[0], str) and " " in err.args[0]
+    return isinstance(err, (*USER_ERRORS, *extra))
+
+
 def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = (),
             argv: Sequence[str] | None = None) -> None:
     """Run a typer ``app`` under the policy above; ``extra``: more exception types that mean bad input."""
@@ -55,7 +63,7 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
     try:
         app()
     except (*USER_ERRORS, *extra) as err:
-        if _traceback_wanted(argv):
+        if _traceback_wanted(argv) or not is_user_error(err, extra):
             raise
         _report(err)
         raise SystemExit(1) from None
@@ -64,7 +72,7 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
 def install_excepthook() -> None:
     """The same policy for a script that ends on an uncaught exception (the DVC stage scripts)."""
     def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-        if issubclass(kind, USER_ERRORS) and not _traceback_wanted(sys.argv[1:]):
+        if is_user_error(err) and not _traceback_wanted(sys.argv[1:]):
             _report(err)
         else:
             sys.__excepthook__(kind, err, tb)

@@ -135,6 +135,24 @@ def test_a_bug_keeps_its_traceback_and_names_are_unquoted(capsys):
     assert capsys.readouterr().err.startswith("error: dataset 'x' is not in params.yaml datasets\n")
 
 
+def test_a_bare_lookup_keyerror_is_a_bug_with_its_traceback(tmp_path):
+    """``info["detect"]["options"]`` missing reached the user as "error: options": no file, no fix and
+    no traceback to find it. A KeyError that holds only the missed key keeps its traceback, from the
+    commands and from a stage script alike."""
+    import subprocess
+    import sys
+
+    def lookup():
+        return {}["options"]
+
+    with pytest.raises(KeyError):
+        run_cli(lookup, argv=[])
+    script = "from ferdata.errors import install_excepthook\ninstall_excepthook()\n{}['options']\n"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1 and "Traceback" in run.stderr and "KeyError: 'options'" in run.stderr
+
+
 def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, capsys):
     """An aligned folder re-made without re-running derive is the user's to fix (re-run derive):
     one line naming the fix, not a traceback."""
