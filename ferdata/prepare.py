@@ -11,7 +11,8 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
-from ferdata.datasets import READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source
+from ferdata.datasets import (READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source,
+                              warn_absolute_root)
 from ferdata.layout import stage_dirs
 from ferdata.params import dataset_specs, stage_section
 from ferdata.parts import Part
@@ -46,6 +47,7 @@ def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",
     """Run every preprocessing stage for dataset ``name``; returns the stage reports (``root``,
     ``options``, ``backend``: as in :func:`resolve_spec`)."""
     spec = resolve_spec(name, params, root, options, backend)
+    warn_absolute_root(name, spec)
     # Every stage's settings are checked before the first stage runs: a bad shard value must not
     # surface after hours of detection.
     align, derive, shard = (stage_section(params, n, cls) for n, cls in (

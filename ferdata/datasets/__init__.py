@@ -57,7 +57,7 @@ def warn_absolute_root(name: str, spec: DatasetSpec) -> None:
     """Each sample's provenance in the shards records its source path: under an absolute root a
     machine that mounts the data elsewhere writes other shards, and DVC sees another output."""
     if Path(spec.root).is_absolute():
-        log.warning("datasets.%s.root %s is absolute: the shards record each image's path, so a machine with the "
+        log.warning("dataset %s's root %s is absolute: the shards record each image's path, so a machine with the "
                     "images elsewhere writes different shards; give a path inside the repository (a symlink to "
                     "the images works, e.g. raw/%s -> %s; docs/sharing.md)", name, spec.root, name, spec.root)
 

@@ -227,7 +227,20 @@ def test_an_absolute_dataset_root_is_warned_about_a_relative_one_is_not(caplog):
         warn_absolute_root("rafdb", DatasetSpec("rafdb", "raw/RAF-DB", {}))
         assert not caplog.text
         warn_absolute_root("rafdb", DatasetSpec("rafdb", "/mnt/data/RAF-DB", {}))
-    assert "datasets.rafdb.root /mnt/data/RAF-DB is absolute" in caplog.text and "raw/rafdb ->" in caplog.text
+    assert "dataset rafdb's root /mnt/data/RAF-DB is absolute" in caplog.text and "raw/rafdb ->" in caplog.text
+
+
+def test_prepare_warns_of_an_absolute_root_too(tmp_path, caplog):
+    """Only the detect stage script warned: `ferdata prepare rafdb --root /abs/RAF-DB` wrote other
+    shards than `--root raw/RAF-DB` and said nothing."""
+    from ferdata.datasets import DatasetLayoutError
+    from ferdata.params import load_params
+    from ferdata.prepare import prepare
+    from tests.fermodels.helpers import REPO
+
+    with caplog.at_level("WARNING"), pytest.raises(DatasetLayoutError):
+        prepare("rafdb", load_params(REPO / "params.yaml"), tmp_path / "data", root=tmp_path / "RAF-DB")
+    assert f"dataset rafdb's root {tmp_path / 'RAF-DB'} is absolute" in caplog.text
 
 
 def test_a_record_given_its_own_key_keeps_its_subset_membership(tmp_path):
