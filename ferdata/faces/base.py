@@ -56,6 +56,19 @@ class BadModelError(MissingModelError):
         return self.args[0]
 
 
+class DownloadFailedError(MissingModelError):
+    """A backend's model file is absent and fetching it (``allow_download``) failed: headlined as
+    such (it read "model file 'buffalo_l.zip' not found", the download's failure below)."""
+
+    def __init__(self, backend: str, missing: str, looked_in: Sequence[str], fix: str) -> None:
+        super().__init__(backend, missing, looked_in, fix)
+        self.args = (f"{backend}: model file {missing!r} is not here and downloading it failed.\n"
+                     f"  looked in: {', '.join(self.looked_in) or '(nowhere)'}\n  fix: {fix}",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 def unusable(backend: str, path: str | Path, err: BaseException, fix: str) -> BadModelError:
     """The error for a model file its runtime refused (onnxruntime, torch, pickle errors), with the
     runtime's first sentence only (torch's goes on to advise ``weights_only=False``: not for a file

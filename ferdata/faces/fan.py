@@ -28,8 +28,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from ferdata.faces.base import (BACKENDS, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError, files_fingerprint,
-                                unusable)
+from ferdata.faces.base import (BACKENDS, OPENCV, SIMPLEJPEG, DownloadFailedError, Face, FaceBackend, MissingModelError,
+                                files_fingerprint, unusable)
 from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
 from ferdata.faces.fetch import fetch
 from ferdata.geometry import five_from_68, resized_back, shrunk
@@ -140,10 +140,10 @@ class FanBackend(FaceBackend):
         try:
             return str(fetch(url, hub_checkpoints() / name))
         except OSError as e:                    # URLError, socket errors, HTTP errors, a stall
-            raise MissingModelError("face_alignment", name, looked_in,
-                                    f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
-                                    f"proxy: HTTPS_PROXY), or download it yourself to {hub_checkpoints() / name} "
-                                    "(or into detect.model_dir, predict: --model-dir)") from e
+            raise DownloadFailedError("face_alignment", name, looked_in,
+                                      f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
+                                      f"proxy: HTTPS_PROXY), or download it yourself to {hub_checkpoints() / name} "
+                                      "(or into detect.model_dir, predict: --model-dir)") from e
 
     def load(self) -> None:
         """Build ``FaceAlignment`` on CPU without compiling; weights through :meth:`resolve`."""
@@ -215,4 +215,3 @@ class FanBackend(FaceBackend):
             lm = np.asarray(lm, np.float32)[:, :2]
             faces.append(Face(box, float(b[4]) if len(b) > 4 else 1.0, five_from_68(lm), lm, self.name))
         return faces
-

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError,
-                                files_fingerprint, unusable)
+from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, DownloadFailedError, Face, FaceBackend,
+                                MissingModelError, files_fingerprint, unusable)
 from ferdata.faces.fetch import fetch, unpack_zip
 from ferdata.faces.mapping import to_ibug68
 from ferdata.geometry import five_from_68, resized_back
@@ -58,8 +58,9 @@ def pack_dirs(pack: str, model_dir: str | Path | None) -> list[Path]:
 
 def _fix(pack: str, model_dir: str | Path | None) -> str:
     root = Path(model_dir).expanduser() if model_dir else DEFAULT_ROOT.expanduser()
-    return (f"put insightface pack {pack!r} in {root / 'models' / pack}/ and set detect.model_dir: {root} "
-            f"(predict: --model-dir; or point it at the pack folder); or set detect.allow_download: true "
+    where = "" if model_dir else " (insightface's own folder, read without detect.model_dir)"
+    return (f"put insightface pack {pack!r} in {root / 'models' / pack}/{where}, or point detect.model_dir "
+            f"(predict: --model-dir) at another folder holding it; or set detect.allow_download: true "
             f"(predict: --allow-download) to fetch {RELEASE_URL.format(pack=pack)} once (needs network; models "
             f"are non-commercial research only)")
 
@@ -160,10 +161,10 @@ class InsightFaceBackend(FaceBackend):
         try:
             unpack_zip(fetch(url, models / f"{pack}.zip"), models / pack)
         except (OSError, zipfile.BadZipFile) as e:
-            raise MissingModelError("insightface", f"{pack}.zip", looked_in,
-                                    f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
-                                    f"proxy: HTTPS_PROXY), or download it yourself and unzip it into "
-                                    f"{models / pack}/ (models are non-commercial research only)") from e
+            raise DownloadFailedError("insightface", f"{pack}.zip", looked_in,
+                                      f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
+                                      f"proxy: HTTPS_PROXY), or download it yourself and unzip it into "
+                                      f"{models / pack}/ (models are non-commercial research only)") from e
 
     def fingerprint(self) -> str:
         return files_fingerprint(sorted(set(self.files().values())))

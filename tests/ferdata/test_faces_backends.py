@@ -252,6 +252,10 @@ def test_insightface_missing_pack_names_file_and_fix(tmp_path, monkeypatch):
     assert "det_10g.onnx" in msg and str(tmp_path / "models" / "buffalo_l") in msg
     assert "detect.model_dir" in msg and "detect.allow_download: true" in msg and "buffalo_l.zip" in msg
     assert not InsightFaceBackend.is_available(tmp_path)
+    with pytest.raises(MissingModelError) as err:       # no model_dir: insightface's folder, no setting to make
+        InsightFaceBackend().check_ready()
+    assert (f"put insightface pack 'buffalo_l' in {tmp_path / 'home' / 'models' / 'buffalo_l'}/ (insightface's own "
+            "folder, read without detect.model_dir), or point detect.model_dir") in str(err.value)
 
 
 def test_insightface_empty_pack_folder_is_a_clear_error_not_assertion(tmp_path):
@@ -271,6 +275,7 @@ def test_insightface_download_only_when_allowed_and_offline_failure_is_clear(tmp
     with pytest.raises(MissingModelError) as err:
         InsightFaceBackend(model_dir=tmp_path, allow_download=True).files()
     assert "buffalo_l.zip failed (URLError" in str(err.value) and "check the network" in str(err.value)
+    assert str(err.value).startswith("insightface: model file 'buffalo_l.zip' is not here and downloading it failed")
     assert "allow_download" not in str(err.value)                   # it was set: not the fix
     assert err.value.looked_in and all(not d.startswith("http") for d in err.value.looked_in)   # folders searched
     assert f"unzip it into {tmp_path / 'models' / 'buffalo_l'}/" in str(err.value)
@@ -362,6 +367,7 @@ def test_fan_download_only_when_allowed_and_offline_failure_is_clear(tmp_path, m
     with pytest.raises(MissingModelError) as err:
         FanBackend(allow_download=True).resolve(FAN_URL)
     assert f"{FAN_FILE} failed (URLError" in str(err.value) and "check the network" in str(err.value)
+    assert str(err.value).startswith(f"face_alignment: model file {FAN_FILE!r} is not here and downloading it failed")
     assert "allow_download" not in str(err.value)                   # it was set: not the fix
     assert err.value.looked_in and all(not d.startswith("http") for d in err.value.looked_in)
     assert not (tmp_path / "hub" / "checkpoints" / FAN_FILE).exists()
