@@ -178,7 +178,7 @@ def backends(
     """List face backends and whether each can run here without downloading.
 
     Looks in the model folder and in each package's own default places."""
-    from ferdata.faces import BACKENDS
+    from ferdata.faces import BACKENDS, MissingModelError
     from ferdata.params import load_params
 
     given = params is not None                        # one given is read (a missing one is an error)
@@ -191,10 +191,15 @@ def backends(
         model_dir = detect.get("model_dir") if isinstance(detect, dict) else None
         if model_dir is not None and not isinstance(model_dir, str):
             raise ValueError(f"{params}: detect.model_dir must be a folder path or null, got {model_dir!r}")
-    where = f" (model_dir {model_dir})" if model_dir else ""
     for name in BACKENDS.names():
-        ready = BACKENDS.get(name).is_available(model_dir)
-        typer.echo(f"{name:15s} {'available' if ready else 'weights missing' + where}")
+        try:
+            BACKENDS.get(name).check_available(model_dir)
+        except MissingModelError as e:
+            typer.echo(f"{name:15s} weights missing: {e.missing} (looked in {', '.join(e.looked_in) or 'no folder'})")
+        except ImportError as e:
+            typer.echo(f"{name:15s} package missing ({e})")
+        else:
+            typer.echo(f"{name:15s} available (nothing to download; model files, if any, load when a run starts)")
 
 
 @app.command()

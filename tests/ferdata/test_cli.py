@@ -414,7 +414,8 @@ def test_backends_looks_in_the_model_folder(tmp_path):
     given = _ferdata("backends", "--model-dir", str(tmp_path / "models"), cwd=tmp_path, env=home)
     (tmp_path / "params.yaml").write_text(f"detect: {{model_dir: {tmp_path / 'models'}}}\n")
     from_params = _ferdata("backends", cwd=tmp_path, env=home)
-    assert "insightface     weights missing" in without.stdout, without.stdout + without.stderr
+    assert "insightface     weights missing: det_10g.onnx (looked in " in without.stdout, without.stdout + without.stderr
+    assert str(tmp_path / "home" / ".insightface") in without.stdout           # where it looked
     assert "insightface     available" in given.stdout and "insightface     available" in from_params.stdout
 
 
