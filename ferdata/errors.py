@@ -72,7 +72,11 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
 def install_excepthook() -> None:
     """The same policy for a script that ends on an uncaught exception (the DVC stage scripts)."""
     def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-        if is_user_error(err) and not _traceback_wanted(sys.argv[1:]):
+        if _traceback_wanted(sys.argv[1:]):
+            sys.__excepthook__(kind, err, tb)
+        elif issubclass(kind, KeyboardInterrupt):        # Ctrl-C: no traceback (the exit status stays 130)
+            print("interrupted", file=sys.stderr)
+        elif is_user_error(err):
             _report(err)
         else:
             sys.__excepthook__(kind, err, tb)

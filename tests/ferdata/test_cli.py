@@ -153,6 +153,17 @@ def test_a_bare_lookup_keyerror_is_a_bug_with_its_traceback(tmp_path):
     assert run.returncode == 1 and "Traceback" in run.stderr and "KeyError: 'options'" in run.stderr
 
 
+def test_a_stage_script_stopped_by_ctrl_c_says_so_without_a_traceback():
+    import signal
+    import subprocess
+    import sys
+
+    script = "from ferdata.errors import install_excepthook\ninstall_excepthook()\nraise KeyboardInterrupt\n"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == -signal.SIGINT and run.stderr == "interrupted\n", run.stderr    # a shell's 130
+
+
 def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, capsys):
     """An aligned folder re-made without re-running derive is the user's to fix (re-run derive):
     one line naming the fix, not a traceback."""
