@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import zipfile
 from collections import OrderedDict
@@ -147,6 +148,14 @@ def _other_archive(path: Path) -> str:
     return ""
 
 
+def _first_sentence(text: str, most: int = 160) -> str:
+    """The first sentence of an error's message, whole words to ``most`` characters: torch's read
+    errors go on to advice about miniz ("... there is a high"), cut mid-sentence before."""
+    line = text.strip().split("\n", 1)[0]
+    sentence = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0].rstrip(".")
+    return sentence if len(sentence) <= most else sentence[:most].rsplit(" ", 1)[0] + " ..."
+
+
 def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
@@ -167,7 +176,7 @@ def load_checkpoint(path: str | Path) -> dict:
         if other := _other_archive(path):
             raise ValueError(f"{path} is {other}, not a training checkpoint; {give} (fermodels loads "
                              "weights without running code from the file)") from None
-        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        first = _first_sentence(str(e)) or type(e).__name__
         raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: {first}); copy it "
                          "again (`dvc pull`, a finished download) or retrain") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
