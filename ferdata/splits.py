@@ -104,19 +104,20 @@ def assign_splits(
     test_band = test_fraction if carve_test else 0.0
     val_band = val_fraction if carve_val else 0.0
     counts: Counter[str] = Counter()
+    carving = bool(test_band or val_band)
     for item in records:
-        if isinstance(item, FaceRecord) and (lacking := _no_subject(item, by)):
-            counts[lacking] += 1
         if isinstance(item, FaceRecord) and item.split in ("", "train"):
             counts["carvable"] += 1
-        if isinstance(item, FaceRecord) and item.split in ("", "train") and not item.extra.get(TRAIN_ONLY):
+        if carving and isinstance(item, FaceRecord) and item.split in ("", "train") and not item.extra.get(TRAIN_ONLY):
+            if lacking := _no_subject(item, by):      # only a record carved from is grouped
+                counts[lacking] += 1
             u = unit_hash(seed, group_of(item, by))
             split = "test" if u < test_band else "val" if u < test_band + val_band else "train"
             item = replace(item, split=split) if split != item.split else item
         if isinstance(item, FaceRecord):
             counts[item.split] += 1
         yield item
-    _report(counts, by, carve_val and val_fraction > 0)
+    _report(counts, by if carving else "", carve_val and val_fraction > 0)
     if carve_test and counts and not counts["test"]:      # found here, not at evaluation after training
         raise ValueError(f"the carved test split of this dataset's {counts.total()} records is empty (no group of "
                          f"them by {by} fell in shard.test_fraction): raise it, or, for a dataset of few people "
@@ -183,12 +184,13 @@ def _no_subject(item: FaceRecord, by: str) -> str:
 
 
 def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool = False) -> None:
-    """Log the split sizes and the records grouped by something other than a subject (a warning
-    under k-fold, whose folds are then not subject-independent for them)."""
+    """Log the split sizes (``by`` "": every split the dataset's own) and the records grouped by
+    something other than a subject (a warning under k-fold, whose folds are then not
+    subject-independent for them)."""
     no_subject = counts.pop("no_subject", 0)
     grouped = {name: counts.pop(f"by_{name}", 0) for name in GROUPS}
     carvable = counts.pop("carvable", 0)
-    log.info("splits by %s: %s", by, dict(sorted(counts.items())))
+    log.info("splits %s: %s", f"by {by}" if by else "as the dataset gives them", dict(sorted(counts.items())))
     say = log.warning if kfold else log.info
     why = ": the folds keep their photos or people apart only as far as those go" if kfold else ""
     for name, n in grouped.items():

@@ -218,6 +218,22 @@ def test_kfold_warns_of_records_without_a_subject(caplog):
                for r in warned), caplog.text
 
 
+def test_a_dataset_split_as_published_is_logged_so_and_none_of_it_is_grouped(caplog):
+    """FER2013, RAF-DB: every split official, nothing carved. The log said "splits by subject" and
+    that all 60 records had no subject and were grouped by key; only carved records are grouped."""
+    recs = many(40, split="train") + [rec(f"{s}{i}", s) for s in ("val", "test") for i in range(10)]
+    with caplog.at_level("INFO", "ferdata.splits"):
+        out = Counter(splits_of(assign_splits(recs, seed=0, val_fraction=0.1, test_fraction=0.1)).values())
+    assert out == {"train": 40, "val": 10, "test": 10}
+    assert "splits as the dataset gives them: {'test': 10, 'train': 40, 'val': 10}" in caplog.text
+    assert "grouped" not in caplog.text and "splits by" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", "ferdata.splits"):                 # only test official: val carved from train
+        list(assign_splits(many(40, split="train") + [rec(f"t{i}", "test") for i in range(10)], seed=0,
+                           val_fraction=0.1, test_fraction=0.1))
+    assert "splits by subject:" in caplog.text and "40 records have no subject and were grouped by key" in caplog.text
+
+
 def test_kfold_keeps_the_official_splits_it_is_given():
     """A part of a dataset holds only official training faces: with ``official`` naming its test split,
     k-fold must not deal those faces into test folds (it read the splits from the records instead)."""
