@@ -156,7 +156,8 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     sig = backend.signature()                      # a missing model fails here, before any image is read
     if need_cache and not backend.cacheable:
         raise ValueError(f"detect.backend {params.backend!r} runs no model and caches nothing (it reads the "
-                         "dataset's annotations or image sizes); run detect on one machine")
+                         "dataset's annotations or image sizes): there is no detection to share between machines; "
+                         "`ferdata prepare` or `dvc repro` on one machine is fast")
     cache = DetectionCache(params.cache_dir) if backend.cacheable else None
     table = _Table(params, backend, cache, sig)
     # A pixel-free backend only parses headers: shipping each file to a worker costs more than that.

@@ -328,7 +328,8 @@ def test_a_cache_another_process_holds_says_so(tmp_path):
 
 
 def test_fill_cache_refuses_a_backend_that_caches_nothing(tmp_path, images):
-    with pytest.raises(ValueError, match="caches nothing"):
+    with pytest.raises(ValueError, match="caches nothing .*: there is no detection to share between machines; "
+                                         "`ferdata prepare` or `dvc repro` on one machine"):
         fill_cache(records(images[:1]), params(tmp_path, backend="annotations"))
 
 
