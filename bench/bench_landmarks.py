@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     m = measure(package_faces(args.quick))
     stats = {name: summarise(e) for name, e in m["errors"].items()}
+    if args.quick:
+        print("--quick: the group photo only, a smoke test: n/a, these figures judge nothing")
     print(f"{m['faces']} faces ({m['with_hog']} also found by dlib's HOG detector); 5-point error in "
           "eyes-to-mouth distances")
     print(f"{'dlib started from':18s} {'mean':>7s} {'p90':>7s} {'max':>7s} {'> 0.25':>7s}")

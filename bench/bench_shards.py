@@ -367,13 +367,15 @@ def choose_quality(settings: dict, reference: float) -> int | None:
     return max(candidates, key=lambda q: jumps[q]) if candidates else ok[0]
 
 
-def print_justification(m: dict) -> None:
-    """Why params.yaml's settings hold (or not), from the measured numbers."""
+def print_justification(m: dict, quick: bool = False) -> None:
+    """Why params.yaml's settings hold (or not), from the measured numbers (``quick``: computed as
+    ever, but said to judge nothing)."""
     fid, heat, halves, q = m["crops"], m["heatmap"], m["halves"], m["quality"]
     s, ref, acct = fid["settings"], fid["reference_nme"], m["shards"][m["size"]]
     chosen, cur = m["chosen_quality"], s[f"jpeg q{q}"]
     worst = max(s[f"jpeg q{x}"]["nme"] for x in QUALITIES)
-    print(f"\ncompression choices (params.yaml: align q{q}, derive q{m['derive_quality']})")
+    judged = ": n/a (--quick: computed on a few images, judging nothing)" if quick else ""
+    print(f"\ncompression choices (params.yaml: align q{q}, derive q{m['derive_quality']}){judged}")
     print(f"  landmarks: every JPEG quality moves them {100 * min(s[f'jpeg q{x}']['nme'] for x in QUALITIES):.2f}-"
           f"{100 * worst:.2f}% IOD, {worst / fid['floor_nme']:.1f}x at most what +-1 grey level of noise does and "
           f"at most {worst / ref:.0%} of the predictor's own noise (limit {NOISE_FRACTION:.0%}: added in quadrature it "
@@ -488,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_estimate(m["stages"], m["shards"])
     print_crops(m["crops"], m["halves"], m["quality"], m["size"])
     print_heatmaps(m["heatmap"], m["hm"], m["sigma"])
-    print_justification(m)
+    print_justification(m, args.quick)
     m["ratios"] = ratios(m)
     print_ratios(m["ratios"], m["size"], m["quality"])
     return m

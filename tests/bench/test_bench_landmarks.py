@@ -15,6 +15,7 @@ def test_quick_run_prints_what_it_measured():
     text = out.getvalue()
     stats, ratios = result["stats"], result["ratios"]
     assert result["faces"] == 6 and f"{result['faces']} faces" in text
+    assert text.startswith("--quick: the group photo only, a smoke test: n/a")
     assert ratios["mean keypoint / retinaface"] == stats["keypoint box"]["mean"] / stats["retinaface box"]["mean"]
     assert ratios["max keypoint / retinaface"] == stats["keypoint box"]["max"] / stats["retinaface box"]["max"]
     last = f"ratio max keypoint / retinaface: {ratios['max keypoint / retinaface']:.2f}"

@@ -42,6 +42,12 @@ def run(tmp_path_factory):
     return bench, results, out.getvalue(), work
 
 
+def test_a_quick_run_says_its_choices_judge_nothing(run):
+    """--quick drew "params.yaml's q95 is the knee" from 8 images with no n/a, unlike the other benchmarks."""
+    _, _, out, _ = run
+    assert "): n/a (--quick: computed on a few images, judging nothing)" in out
+
+
 def test_ratios_are_printed_last(run):
     _, results, out, _ = run
     tail = out[out.rindex("\nratios\n"):]
