@@ -61,6 +61,9 @@ class SampleDecoder:
         key, side = s["__key__"], self.side
         img = _image(s, "jpg")
         src = img.shape[0]
+        if img.shape[1] != src:                 # the landmarks scale with one side: a crop is square
+            raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))}: its jpg is {img.shape[1]}x{src}, not a "
+                             f"square crop: {DAMAGED}")
         out = {"image": _resize(img, side, side), "label": sample_label(s), "key": key}
         for name in ("left", "right"):
             if name in self.fields:

@@ -563,20 +563,23 @@ def _png16(value: int) -> bytes:
     ("lmk.npy", (1, 2), r"its lmk.npy gives float32 \(1, 2\) where the batch takes float32 \(68, 2\)"),
     ("lmk.npy", b"xx", "its lmk.npy: not a .npy array"),
     ("json", b"{", "its json member is not JSON"),
-    ("json", b"[1]", "its json member holds no record with an 'extra' mapping")],
+    ("json", b"[1]", "its json member holds no record with an 'extra' mapping"),
+    ("jpg", "oblong", "its jpg is 96x112, not a square crop")],
     ids=["empty-jpg", "empty-heatmap", "grey-jpg", "rgb-heatmap", "16-bit-heatmap", "lmk-5", "lmk-1", "lmk-not-npy",
-         "json-cut", "json-list"])
+         "json-cut", "json-list", "oblong-jpg"])
 def test_a_member_the_batch_cannot_hold_is_named_with_its_sample_and_shard(member, data, says):
     """An empty member raised OpenCV's ``!buf.empty()`` assertion; a 16-bit heatmap of 40000 entered
     the batch as 64 (cast modulo 256; its 8 bits are 156); a grey picture, an RGB heatmap or 5
     landmarks gave numpy's "could not broadcast", and 1 landmark became 68 copies of itself; a cut
-    ``json`` gave a bare JSONDecodeError. Each names the sample and its shard now."""
-    from ferdata.io import encode_png
+    ``json`` gave a bare JSONDecodeError; an oblong crop was stretched square with its landmarks
+    scaled by its height. Each names the sample and its shard now."""
+    from ferdata.io import encode_jpeg, encode_png
     from ferdata.tario import npy_bytes
     from fermodels.data import SampleDecoder, decode_batch
 
     made = {"grey": lambda: encode_png(np.full((112, 112), 9, np.uint8)),
-            "rgb": lambda: encode_png(np.full((28, 28, 3), 77, np.uint8)), "16-bit": lambda: _png16(40000)}
+            "rgb": lambda: encode_png(np.full((28, 28, 3), 77, np.uint8)), "16-bit": lambda: _png16(40000),
+            "oblong": lambda: encode_jpeg(np.full((112, 96, 3), 77, np.uint8), 90)}
     if isinstance(data, tuple):
         data = npy_bytes(np.zeros(data, np.float32))
     elif isinstance(data, str):
