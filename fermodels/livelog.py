@@ -9,6 +9,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from ferdata.atomic import atomic_write_text
 
@@ -23,8 +24,8 @@ def logged_epochs(live_dir: str | Path) -> set[int]:
         return set()
     common: set[int] | None = None
     for tsv in files:
-        rows, col = _history(tsv)
-        steps = {int(r[col]) for r in rows[1:] if len(r) > col} if col is not None else set()
+        _, rows, col, _ = _history(tsv)
+        steps = {int(r[col]) for r in rows} if col is not None else set()
         common = steps if common is None else common & steps
     return common or set()
 
@@ -47,34 +48,45 @@ def repair_summary(live_dir: str | Path, epochs: int) -> None:
         return
     summary: dict = {}
     for tsv in sorted(Path(live_dir).glob("plots/metrics/**/*.tsv")):
-        rows, col = _history(tsv)
-        last = [r for r in rows[1:] if col is not None and len(r) > col and int(r[col]) < epochs]
+        header, rows, col, _ = _history(tsv)
+        last = [r for r in rows if col is not None and int(r[col]) < epochs]
         if not last:
             continue
         *folders, name = tsv.relative_to(Path(live_dir) / "plots" / "metrics").with_suffix("").parts
         node = summary
         for folder in folders:
             node = node.setdefault(folder, {})
-        text = last[-1][rows[0].index(name)] if name in rows[0] else last[-1][-1]
+        text = last[-1][header.index(name)] if name in header else last[-1][-1]
         node[name] = int(text) if text.lstrip("-").isdigit() else float(text)
     atomic_write_text(metrics, json.dumps({**summary, "step": epochs - 1}, indent=4) + "\n")
 
 
-def _history(tsv: Path) -> tuple[list[list[str]], int | None]:
-    """A DVCLive history file's rows (header first) and the index of its ``step`` column."""
+class _History(NamedTuple):
+    header: list[str]
+    rows: list[list[str]]          # whole rows only
+    step: int | None               # the index of the ``step`` column
+    cut: int                       # rows left out
+
+
+def _history(tsv: Path) -> _History:
+    """A DVCLive history file's header, its whole rows and its ``step`` column. A row a cut-off
+    write left short (DVCLive appends in place: a cell missing or empty, no step number) is left
+    out: it stopped every later run with an IndexError or ``int('')``."""
     with open(tsv, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
-    return rows, rows[0].index("step") if rows and "step" in rows[0] else None
+        header, *rows = list(csv.reader(f, delimiter="\t")) or [[]]
+    col = header.index("step") if "step" in header else None
+    whole = [r for r in rows if len(r) == len(header) and all(r) and (col is None or r[col].lstrip("-").isdigit())]
+    return _History(header, whole, col, len(rows) - len(whole))
 
 
 def truncate_live(live_dir: str | Path, from_step: int) -> None:
     """Drop DVCLive history rows logged at or after ``from_step`` (work redone after a kill)."""
     for tsv in Path(live_dir).glob("plots/metrics/**/*.tsv"):
-        rows, step_col = _history(tsv)
-        if step_col is None:
+        history = _history(tsv)
+        if history.step is None:
             continue
-        kept = [rows[0]] + [r for r in rows[1:] if int(r[step_col]) < from_step]
-        if len(kept) != len(rows):             # replaced whole: a kill mid-write lost the history rows
+        kept = [r for r in history.rows if int(r[history.step]) < from_step]
+        if len(kept) != len(history.rows) or history.cut:    # replaced whole: a kill mid-write lost the rows
             text = io.StringIO(newline="")
-            csv.writer(text, delimiter="\t", lineterminator="\n").writerows(kept)
+            csv.writer(text, delimiter="\t", lineterminator="\n").writerows([history.header, *kept])
             atomic_write_text(tsv, text.getvalue())

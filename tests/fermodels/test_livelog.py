@@ -1,0 +1,42 @@
+"""A DVCLive history row cut short (a write cut off, as a full disk leaves it: DVCLive appends rows
+in place) stopped every later run with a bare IndexError or ValueError: truncate_live indexed a row
+without its step column, a row cut right after a tab has an empty step, and repair_summary indexed
+the value column of a row that lacks it. A cut row is no logged epoch, and truncating drops it."""
+from __future__ import annotations
+
+import json
+
+from fermodels.livelog import logged_epochs, repair_summary, truncate_live
+
+HEAD = "timestamp\tstep\tce\n1\t0\t0.5\n2\t1\t0.25\n"
+
+
+def _live(tmp_path, tail: str):
+    tsv = tmp_path / "plots" / "metrics" / "train" / "ce.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text(HEAD + tail)
+    return tsv
+
+
+def test_truncate_live_drops_a_row_cut_before_its_step(tmp_path):
+    tsv = _live(tmp_path, "3")
+    assert logged_epochs(tmp_path) == {0, 1}                     # this one skips the cut row
+    truncate_live(tmp_path, 2)
+    assert tsv.read_text() == HEAD
+
+
+def test_a_row_cut_after_a_tab_is_no_logged_epoch(tmp_path):
+    _live(tmp_path, "3\t")
+    assert logged_epochs(tmp_path) == {0, 1}
+
+
+def test_repair_summary_skips_a_row_cut_before_its_value(tmp_path):
+    _live(tmp_path, "3\t2")
+    repair_summary(tmp_path, 3)
+
+
+def test_a_row_cut_after_its_last_tab_is_left_out_of_the_rebuilt_summary(tmp_path):
+    _live(tmp_path, "3\t2\t")
+    assert logged_epochs(tmp_path) == {0, 1}
+    repair_summary(tmp_path, 3)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"train": {"ce": 0.25}, "step": 2}
