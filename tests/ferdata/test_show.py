@@ -300,3 +300,8 @@ def test_a_sheet_too_tall_for_its_format_is_refused_after_one_sample_more_than_i
         show(tmp_path / "shards", tmp_path / "s.jpg", 5000)
     assert len(drawn) == 7
     assert show(tmp_path / "shards", tmp_path / "s.jpg", 6).is_file()
+
+
+@pytest.mark.parametrize("n, rows", [(1, 1), (2, 1), (3, 2), (705, 353)])
+def test_a_last_row_holding_one_tile_counts_in_the_sheets_height(n, rows):
+    assert sheet_height(n) == rows * (LABEL_H + PANEL + 8) + 8

@@ -1,6 +1,7 @@
 """Deterministic, subject-independent split assignment and k-fold."""
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 
 import pytest
@@ -258,3 +259,45 @@ def test_an_empty_carved_train_split_is_warned_of(caplog):
         out = Counter(splits_of(assign_splits(recs, seed=seed, val_fraction=0.25, test_fraction=0.25)).values())
     assert out["train"] == 0
     assert "split 'train' is empty (every group of the 20 training records fell in test or val)" in caplog.text
+
+
+def test_kfold_over_a_stream_with_the_official_splits_given_deals_every_record():
+    """``official`` given lets the fraction path stream; k-fold still needs every record twice."""
+    recs = many(30, subjects=6)
+    out = list(assign_splits(iter(recs), seed=0, val_fraction=0.2, test_fraction=0, folds=3, official={"train"}))
+    assert len(out) == 30
+    assert Counter(r.split for r in out).keys() == {"train", "val", "test"}
+
+
+def test_the_last_fold_tested_takes_the_first_as_val():
+    recs = many(30, subjects=6)
+    out = list(assign_splits(recs, seed=0, val_fraction=0.2, test_fraction=0, folds=3, fold=2))
+    by_fold = {r.extra["fold"]: set() for r in out}
+    for r in out:
+        by_fold[r.extra["fold"]].add(r.split)
+    assert by_fold == {2: {"test"}, 0: {"val"}, 1: {"train"}}
+
+
+def test_too_few_groups_at_the_least_k_fold_needs_advises_that_many_folds():
+    with pytest.raises(ValueError, match=r"5 folds need at least 5 groups \(subject\); found 3: set shard.folds to "
+                                         r"3 or fewer, down to 3"):
+        list(assign_splits(many(30, subjects=3), seed=0, val_fraction=0.2, test_fraction=0, folds=5))
+    with pytest.raises(ValueError, match=r"found 2: set shard.folds to 2 or fewer, down to 2"):
+        list(assign_splits(many(30, subjects=2), seed=0, val_fraction=0, test_fraction=0, folds=4))
+
+
+def test_kfold_without_val_does_not_warn_of_an_empty_val_split(caplog):
+    with caplog.at_level(logging.INFO, "ferdata.splits"):
+        out = list(assign_splits(many(30, subjects=6), seed=0, val_fraction=0, test_fraction=0, folds=3))
+    assert "val" not in {r.split for r in out}
+    assert "split 'val' is empty" not in caplog.text
+    assert "no fold is val, 2 of the 3 folds train" in caplog.text
+
+
+def test_train_only_records_are_dealt_no_fold_and_stay_in_train():
+    recs = many(30, subjects=6) + [rec(f"auto{i}", "", f"A{i}", train_only=True) for i in range(30)]
+    out = list(assign_splits(recs, seed=0, val_fraction=0.2, test_fraction=0, folds=3, fold=0))
+    auto = [r for r in out if r.key.startswith("auto")]
+    assert {r.split for r in auto} == {"train"} and not any("fold" in r.extra for r in auto)
+    plain = Counter(r.extra["fold"] for r in out if not r.key.startswith("auto"))
+    assert sorted(plain.values()) == [10, 10, 10]          # 6 subjects dealt 2 per fold, 5 records each

@@ -1,0 +1,98 @@
+"""The fast tar scanner (ferdata.tarscan): max_size on every reading path, GNU long names followed
+by short ones, and a member cut short when it is not read."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from ferdata.tarscan import BLOCK, iter_members
+
+
+def archive(members, fmt=tarfile.GNU_FORMAT, mode="w") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode, format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+MEMBERS = [("a.jpg", b"x" * 100), ("b.json", b"y" * 101), ("c.cls", b"z" * 99)]
+
+
+@pytest.mark.parametrize("reader", ["path", "file object", "gzip path"])
+def test_a_member_over_max_size_is_not_read_and_one_of_exactly_max_size_is(tmp_path, reader):
+    """The whole-file table, the block scanner and tarfile each hand out data up to max_size only."""
+    data = archive(MEMBERS, mode="w:gz" if reader == "gzip path" else "w")
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    source = io.BytesIO(data) if reader == "file object" else path
+    got = {m.name: d for m, d in iter_members(source, max_size=100)}
+    assert got == {"a.jpg": b"x" * 100, "b.json": None, "c.cls": b"z" * 99}
+
+
+@pytest.mark.parametrize("reader", ["path", "file object", "index"])
+def test_a_gnu_long_name_names_only_the_member_after_it(tmp_path, reader):
+    data = archive([("n" * 120 + ".jpg", b"1"), ("k.cls", b"2"), ("m" * 130 + ".json", b"3"), ("k.json", b"4")])
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = tar.getnames()
+    source = path if reader == "path" else io.BytesIO(data)
+    assert [m.name for m, _ in iter_members(source, read_data=reader != "index")] == expected
+    assert expected[1] == "k.cls" and expected[3] == "k.json"
+
+
+def _with_atime(data: bytes, header_at: int) -> bytes:
+    """``data`` with the old GNU atime field (where ustar keeps its prefix) of the header at
+    ``header_at`` set, and that header's checksum redone."""
+    buf = bytearray(data)
+    head = buf[header_at:header_at + BLOCK]
+    head[345:357] = b"14000000000\0"
+    head[148:156] = b" " * 8
+    head[148:156] = b"%06o\0 " % sum(head)
+    buf[header_at:header_at + BLOCK] = head
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("reader", ["path", "file object"])
+def test_a_gnu_long_name_is_the_whole_name_whatever_the_header_after_it_holds(tmp_path, reader):
+    """tarfile takes the long name whole: bytes where ustar has a prefix (GNU's atime) are no folder."""
+    plain = archive([("n" * 120 + ".jpg", b"1")])
+    at = next(i for i in range(BLOCK, len(plain), BLOCK) if plain[i + 257:i + 265] == b"ustar  \0"
+              and plain[i + 156:i + 157] == b"0")                    # the member's own header, after the name's
+    data = _with_atime(plain, at)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getnames() == ["n" * 120 + ".jpg"]
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    source = path if reader == "path" else io.BytesIO(data)
+    assert [m.name for m, _ in iter_members(source)] == ["n" * 120 + ".jpg"]
+
+
+def test_a_member_cut_short_is_an_error_when_it_is_not_read():
+    data = archive(MEMBERS)
+    cut = data[:BLOCK + 50]                                     # the first header, half its data
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(iter_members(io.BytesIO(cut), read_data=False))
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(iter_members(io.BytesIO(cut), max_size=10))
+
+
+@pytest.mark.parametrize("read_data", [True, False])
+def test_gnu_long_names_are_read_by_the_scanner_without_tarfile(monkeypatch, read_data):
+    """GNU long names are the writers' own form (names over 100 characters): they take the fast scanner."""
+    import ferdata.tarscan as tarscan
+
+    data = archive([("a.jpg", b"1"), ("n" * 120 + ".jpg", b"22"), ("k.cls", b"3")])
+
+    def no_tarfile(*args, **kwargs):
+        raise AssertionError("tarfile was used")
+    monkeypatch.setattr(tarscan.tarfile, "open", no_tarfile)
+    got = [(m.name, d) for m, d in iter_members(io.BytesIO(data), read_data=read_data)]
+    assert [n for n, _ in got] == ["a.jpg", "n" * 120 + ".jpg", "k.cls"]
+    if read_data:
+        assert [d for _, d in got] == [b"1", b"22", b"3"]
