@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 EXIF_ORIENTATION = 0x0112
@@ -19,7 +20,9 @@ _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "G
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 GRAY_ALPHA_MODES = ("LA", "La")
 _PNG = b"\x89PNG\r\n\x1a\n"
-_PNG_METADATA = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+# The chunks PIL's getexif() reads the orientation from: EXIF, XMP (iTXt) and ImageMagick's raw profile (text)
+_PNG_ORIENTATION = ((b"eXIf", b""), (b"iTXt", b"XML:com.adobe.xmp\0"), (b"tEXt", b"Raw profile type exif\0"),
+                    (b"zTXt", b"Raw profile type exif\0"))
 
 
 class BadImage(ValueError):
@@ -82,7 +85,7 @@ def read_header(data: bytes) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(_png_metadata_first(data) if data.startswith(_PNG) else data)) as im:
+            with _pil_open(data) as im:
                 fmt, mode, (w, h) = im.format or "", im.mode, im.size
                 alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
                 orientation = _orientation(im)
@@ -115,11 +118,25 @@ def read_header(data: bytes) -> ImageHeader:
                        key if isinstance(key, int) else None)
 
 
-def _png_metadata_first(data: bytes) -> bytes:
-    """A PNG's bytes with its metadata chunks after the image data (EXIF, XMP and text: where
-    ``eXIf`` often sits) moved before it, for PIL to read the header from: it reads those chunks only
-    once it has decoded every pixel (a 0.5 MB PNG of 121 MP took 100 MB before it was refused).
-    Chunks are copied whole, CRCs and all; anything else (animation frames) stays where it is."""
+def _pil_open(data: bytes):
+    """PIL's lazy open of ``data``; a PNG with its orientation chunks moved first
+    (:func:`_png_orientation_first`), or as it is where PIL refuses a moved chunk."""
+    from PIL import Image
+
+    moved = _png_orientation_first(data) if data.startswith(_PNG) else data
+    if moved is not data:
+        try:
+            return Image.open(io.BytesIO(moved))
+        except Exception:  # noqa: BLE001 - PIL's header rules for text (size, CRC): read as stored
+            pass
+    return Image.open(io.BytesIO(data))
+
+
+def _png_orientation_first(data: bytes) -> bytes:
+    """A PNG's bytes with the chunks after its image data that can hold its orientation (EXIF, XMP,
+    a raw EXIF profile; CRC intact) moved before it, for PIL to read the header from: it reads chunks
+    after the image data only once it has decoded every pixel (a 0.5 MB PNG of 121 MP took 100 MB
+    before it was refused). Chunks are copied whole; anything else stays where it is."""
     chunks, pos = [], len(_PNG)
     while pos + 12 <= len(data):
         end = pos + 12 + int.from_bytes(data[pos:pos + 4], "big")
@@ -128,14 +145,18 @@ def _png_metadata_first(data: bytes) -> bytes:
         chunks.append((data[pos + 4:pos + 8], pos, end))
         pos = end
     image = [i for i, (kind, _, _) in enumerate(chunks) if kind == b"IDAT"]
-    if not image:
-        return data
-    after = [(s, e) for kind, s, e in chunks[image[-1] + 1:] if kind in _PNG_METADATA]
-    if not after:
+    moved = {i for i in range(image[-1] + 1, len(chunks)) if _orientation_chunk(data, *chunks[i])} if image else set()
+    if not moved:
         return data
     first = chunks[image[0]][1]
-    return data[:first] + b"".join(data[s:e] for s, e in after) + b"".join(
-        data[s:e] for kind, s, e in chunks[image[0]:] if (s, e) not in after) + data[chunks[-1][2]:]
+    return data[:first] + b"".join(data[s:e] for i, (_, s, e) in enumerate(chunks) if i in moved) + b"".join(
+        data[s:e] for i, (_, s, e) in enumerate(chunks) if i >= image[0] and i not in moved) + data[chunks[-1][2]:]
+
+
+def _orientation_chunk(data: bytes, kind: bytes, start: int, end: int) -> bool:
+    body = data[start + 8:end - 4]
+    return (any(kind == k and body.startswith(prefix) for k, prefix in _PNG_ORIENTATION)
+            and zlib.crc32(data[start + 4:end - 4]) == int.from_bytes(data[end - 4:end], "big"))
 
 
 def _frames(im) -> int:

@@ -227,6 +227,28 @@ def test_a_pngs_orientation_is_read_wherever_its_chunk_sits_without_decoding_it(
     assert np.array_equal(got.rgb, ref) and "exif_orientation" in got.conversions
 
 
+@pytest.mark.parametrize("tail", ["bad_crc_text", "huge_ztxt", "bad_crc_exif", "many_chunks"])
+def test_text_after_a_pngs_image_data_never_costs_the_picture(tail):
+    """Moving chunks before the image data for PIL to read the orientation put them under PIL's header
+    rules: a comment with a bad CRC, or a zTXt that inflates past 1 MB, made the picture undecodable
+    (libpng only warns). Only orientation chunks with their CRC intact move now, and a PNG PIL still
+    refuses so is read as stored. Thousands of chunks are walked once each (it was quadratic)."""
+    import zlib
+
+    rgb = np.ascontiguousarray(real_photo("astronaut")[:60, :40])
+    plain = encode(rgb, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    broken = _png_chunk(b"eXIf", exif.tobytes().removeprefix(b"Exif\0\0"))
+    chunks = {"bad_crc_text": _png_chunk(b"tEXt", b"Comment\0hello")[:-4] + b"\0\0\0\0",
+              "huge_ztxt": _png_chunk(b"zTXt", b"Raw profile type exif\0\0" + zlib.compress(b"a" * 2_000_000)),
+              "bad_crc_exif": broken[:-4] + bytes(4),
+              "many_chunks": _png_chunk(b"tEXt", b"Comment\0x") * 20_000 + _png_chunk(b"eXIf", broken[8:-4])}
+    got = decode_image(_before_iend(plain, chunks[tail]))
+    turned = tail == "many_chunks"                                   # the only intact orientation chunk
+    assert np.array_equal(got.rgb, np.rot90(rgb, -1) if turned else rgb) and probe_image(plain).shape == (60, 40)
+
+
 def test_a_16_bit_pgm_says_it_was_narrowed():
     """PIL opens a 16-bit PGM as mode I, so ``high_bit_depth`` was missing from its conversions."""
     import cv2
