@@ -5,8 +5,9 @@ name, a bad parameter value, shards that fail their checks - raises ``OSError``,
 ``KeyError`` or one of their subclasses with a message that says what is wrong and how to fix it.
 The commands and the DVC stage scripts print that message as ``error: ...`` on stderr and exit with
 status 1; ``FER_TRACEBACK=1`` (or ``--verbose``/``-v`` where a command has it) shows the traceback
-too. Any other exception is a bug and keeps its full traceback, and so does a ``KeyError`` that
-holds only the key a lookup missed (``error: options`` said nothing of where or why).
+too. Any other exception is a bug and keeps its full traceback, and so does a plain ``KeyError``, a
+lookup that missed (``error: options`` said nothing of where or why): a name the user gave that is
+not there raises :class:`NamedKeyError`.
 """
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ from types import TracebackType
 from typing import Callable, Sequence
 
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+
+
+class NamedKeyError(KeyError):
+    """A name that is not there (a dataset, a params section, a registered name), said in a sentence
+    with what to do: bad input under the policy above, printed plain (``KeyError`` quotes its message)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def message(err: BaseException) -> str:
@@ -50,9 +59,9 @@ def _wrong_kind(err: OSError) -> str | None:
 
 
 def is_user_error(err: BaseException, extra: Sequence[type[BaseException]] = ()) -> bool:
-    """Whether ``err`` is bad input under the policy above (not a bare lookup's ``KeyError``)."""
-    if isinstance(err, KeyError) and not isinstance(err, tuple(extra)):
-        return len(err.args) == 1 and isinstance(err.args[0], str) and " " in err.args[0]
+    """Whether ``err`` is bad input under the policy above (a ``KeyError`` only as :class:`NamedKeyError`)."""
+    if isinstance(err, KeyError) and not isinstance(err, (NamedKeyError, *extra)):
+        return False
     return isinstance(err, (*USER_ERRORS, *extra))
 
 

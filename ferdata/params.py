@@ -12,6 +12,8 @@ from typing import Any, Callable, Collection, Mapping, TypeVar
 
 import yaml
 
+from ferdata.errors import NamedKeyError
+
 T = TypeVar("T")
 PARAMS_FILE = "params.yaml"
 
@@ -43,7 +45,7 @@ def stage_section(params: Mapping[str, Any], name: str, cls: type[T]) -> T:
 def section_values(params: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     """``params[name]``; a missing section (or one that is not a mapping) is named."""
     if not isinstance(params.get(name), Mapping):
-        raise KeyError(f"params.yaml has no {name!r} section (copy it from the project's params.yaml)")
+        raise NamedKeyError(f"params.yaml has no {name!r} section (copy it from the project's params.yaml)")
     return params[name]
 
 

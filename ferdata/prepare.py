@@ -11,6 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
+from ferdata.errors import NamedKeyError
 from ferdata.datasets import (READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source,
                               warn_absolute_root)
 from ferdata.layout import stage_dirs
@@ -34,8 +35,8 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
         spec = DatasetSpec(name, str(root), {})     # a reader name + a root: no params entry needed
         READERS.get(name)                           # unknown names fail here, listing the readers
     else:
-        raise KeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
-                       f"--root with a reader name ({', '.join(READERS.names())})")
+        raise NamedKeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
+                            f"--root with a reader name ({', '.join(READERS.names())})")
     detect = {**(spec.detect or {}), "backend": backend} if backend is not None else spec.detect
     return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
                        {**(spec.options or {}), **(options or {})}, detect)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from ferdata.errors import NamedKeyError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(NamedKeyError):
     """Raised when a name is not registered; the message lists the known names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):

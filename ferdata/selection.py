@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ferdata.errors import NamedKeyError
 from ferdata.atomic import atomic_write_text
 from ferdata.layout import INFO, stage_dirs
 from ferdata.params import repeated
@@ -33,10 +34,10 @@ def check_named(names: Sequence[str], key: str, datasets: Mapping[str, Any], dat
     _check_names(names)
     for name in names:
         if name not in datasets and not stage_dirs(data_dir, name)["shards"].is_dir():
-            raise KeyError(f"{key} names {name!r}, which is neither in params.yaml's datasets "
-                           f"({', '.join(sorted(datasets))}) nor prepared under {Path(data_dir) / name / 'shards'}: "
-                           f"add it to datasets (dvc repro prepares it) or prepare it with `ferdata prepare {name} "
-                           "--root ...`")
+            raise NamedKeyError(f"{key} names {name!r}, which is neither in params.yaml's datasets "
+                                f"({', '.join(sorted(datasets))}) nor prepared under "
+                                f"{Path(data_dir) / name / 'shards'}: add it to datasets (dvc repro prepares it) or "
+                                f"prepare it with `ferdata prepare {name} --root ...`")
 
 
 def check_run_datasets(trained_on: Sequence[str], evaluated: str | None, datasets: Mapping[str, Any],

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ferdata.errors import NamedKeyError
 from ferdata.datasets.base import COMMON_OPTIONS, READERS, DatasetLayoutError, DatasetReader, open_reader
 from ferdata.datasets import affectnet, ckplus, expw, fer2013, folder, jaffe, rafdb, sfew  # noqa: F401  (registers)
 from ferdata.params import dataset_specs, section
@@ -33,7 +34,7 @@ class DatasetSpec:
 def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
     specs = dataset_specs(params)
     if name not in specs:
-        raise KeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
+        raise NamedKeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
     entry = specs[name]
     if not isinstance(entry, Mapping):
         raise ValueError(f"params.yaml datasets.{name} must be a mapping (reader, root, options), got {entry!r}")

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ferdata.cli import app
-from ferdata.errors import run_cli
+from ferdata.errors import NamedKeyError, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -127,7 +127,7 @@ def test_a_bug_keeps_its_traceback_and_names_are_unquoted(capsys):
         run_cli(bug, argv=[])
 
     def unknown():
-        raise KeyError("dataset 'x' is not in params.yaml datasets")
+        raise NamedKeyError("dataset 'x' is not in params.yaml datasets")
 
     with pytest.raises(SystemExit) as done:
         run_cli(unknown, argv=[])
@@ -142,15 +142,13 @@ def test_a_bare_lookup_keyerror_is_a_bug_with_its_traceback(tmp_path):
     import subprocess
     import sys
 
-    def lookup():
-        return {}["options"]
-
-    with pytest.raises(KeyError):
-        run_cli(lookup, argv=[])
-    script = "from ferdata.errors import install_excepthook\ninstall_excepthook()\n{}['options']\n"
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    assert run.returncode == 1 and "Traceback" in run.stderr and "KeyError: 'options'" in run.stderr
+    for key in ("options", "my dataset", "a key: with words"):       # a sentence-like key is still a lookup
+        with pytest.raises(KeyError):
+            run_cli(lambda: {}[key], argv=[])
+        script = f"from ferdata.errors import install_excepthook\ninstall_excepthook()\n{{}}[{key!r}]\n"
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        assert run.returncode == 1 and "Traceback" in run.stderr and f"KeyError: {key!r}" in run.stderr
 
 
 def test_a_stage_script_stopped_by_ctrl_c_says_so_without_a_traceback():
@@ -425,7 +423,8 @@ def test_backends_looks_in_the_model_folder(tmp_path):
     given = _ferdata("backends", "--model-dir", str(tmp_path / "models"), cwd=tmp_path, env=home)
     (tmp_path / "params.yaml").write_text(f"detect: {{model_dir: {tmp_path / 'models'}}}\n")
     from_params = _ferdata("backends", cwd=tmp_path, env=home)
-    assert "insightface     weights missing: det_10g.onnx (looked in " in without.stdout, without.stdout + without.stderr
+    said = without.stdout + without.stderr
+    assert "insightface     weights missing: det_10g.onnx (looked in " in without.stdout, said
     assert str(tmp_path / "home" / ".insightface") in without.stdout           # where it looked
     assert "insightface     available" in given.stdout and "insightface     available" in from_params.stdout
 
