@@ -14,6 +14,7 @@ order they were planned, and the one the main process needs next never waits on 
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from typing import Callable, Iterator, Mapping
@@ -45,14 +46,18 @@ def require_shared_memory(nbytes: int, where: str = SHM_DIR) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (a zombie not yet reaped counts)."""
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):           # no /proc (macOS): the pid's existence is all there is
+        return True
 
 
 class BatchRing:
@@ -69,7 +74,6 @@ class BatchRing:
                         for name, (shape, dtype) in self.layout.items()}
         self.released = torch.zeros(workers, dtype=torch.int64).share_memory_()
         self._parent = os.getpid()
-        self._watch: tuple[int, int] | None = None      # (a worker's pid, its parent when it first waited)
 
     @property
     def nbytes(self) -> int:
@@ -98,12 +102,14 @@ class BatchRing:
         return empty
 
     def _orphaned(self) -> bool:
-        """In a worker: its parent changed since it first waited (the main process died, or the fork
-        server that ends with it), or the main process is gone. The parent itself is the main process
-        under fork and spawn but the fork server under forkserver (Python 3.14's default on Linux)."""
-        if self._watch is None or self._watch[0] != os.getpid():
-            self._watch = (os.getpid(), os.getppid())
-        return os.getppid() != self._watch[1] or not _alive(self._parent)
+        """In a worker: the loader's main process is gone. A worker's parent is the main process under
+        fork and spawn but the fork server under forkserver (Python 3.14's default on Linux), so the
+        main process is watched itself: through multiprocessing's handle on it (its end of a pipe,
+        closed when it exits, reaped or not), else by its pid."""
+        parent = multiprocessing.parent_process()
+        if parent is not None and parent.pid == self._parent:
+            return not parent.is_alive()
+        return not _alive(self._parent)
 
     @staticmethod
     def message(worker: int, serial: int, samples: int, rest: dict) -> dict:

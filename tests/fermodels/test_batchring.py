@@ -213,8 +213,9 @@ def test_a_ring_larger_than_free_shared_memory_is_refused_with_what_to_do(monkey
     BatchRing({"image": ((112, 112, 3), torch.uint8)}, workers=1, depth=1, capacity=32)    # 1.2 MB fits
 
 
-def _waiting_worker(ring: BatchRing, q) -> None:
+def _waiting_worker(ring: BatchRing, q, first_wait_after: float = 0.0) -> None:
     q.put("started")
+    time.sleep(first_wait_after)
     try:
         ring.acquire(0, 1)            # depth 1: waits until the main process releases batch 0
         q.put("ok")
@@ -238,18 +239,23 @@ def test_a_waiting_worker_is_not_taken_for_an_orphan_whatever_starts_it(method):
     p.join(10)
 
 
-def _main_then_gone(q) -> None:
+def _main_then_gone(q, first_wait_after: float) -> None:
     ring = BatchRing({"label": ((), torch.int64)}, workers=1, depth=1, capacity=2)
-    mp.get_context("fork").Process(target=_waiting_worker, args=(ring, q)).start()
+    mp.get_context("fork").Process(target=_waiting_worker, args=(ring, q, first_wait_after)).start()
     time.sleep(0.3)
     os._exit(0)
 
 
-def test_a_worker_whose_main_process_is_gone_stops():
+@pytest.mark.parametrize("first_wait_after", [0.0, 1.0], ids=["waiting", "first-wait-after-it-died"])
+def test_a_worker_whose_main_process_is_gone_stops(first_wait_after):
+    """Also when the worker first waits after the main process died and before it is reaped (a
+    zombie: its pid still answers): that worker polled on until the reaping."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    main = ctx.Process(target=_main_then_gone, args=(q,))
+    main = ctx.Process(target=_main_then_gone, args=(q, first_wait_after))
     main.start()
     assert q.get(timeout=60) == "started"
-    main.join(30)                     # gone, and reaped
+    if not first_wait_after:
+        main.join(30)                 # gone, and reaped
     assert q.get(timeout=30) == "RuntimeError(\"the loader's main process is gone\")"
+    main.join(30)
