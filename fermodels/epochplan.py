@@ -3,11 +3,12 @@ DataLoader workers.
 
 Why an explicit plan instead of ``wds.split_by_node`` + ``wds.split_by_worker``: those split at
 shard granularity, so ranks get different sample counts (a rank with fewer batches hangs DDP at
-its next collective), and fewer shards than workers leave workers idle. Here the epoch's shard
-order (seeded by seed and epoch) defines one sequence of samples per dataset; each rank takes a
-range of it and each shuffle stream a part of its rank's range, the same share of every dataset
-(:func:`_take_mixed`; one dataset: contiguous ranges, so shards are read sequentially), so every
-sample is read exactly once per epoch and every rank runs the same number of batches
+its next collective), and fewer shards than workers leave workers idle. Here a run reads one
+sequence of passes over the shards, each pass in its own seeded order (:func:`pass_seed`), and an
+epoch is a window of it (one pass when the epoch is the split's size); each rank takes a range of the
+window and each shuffle stream a part of its rank's range, the same share of every dataset
+(:func:`_take_mixed`; one dataset: contiguous ranges, so shards are read sequentially), so an epoch
+of the split's size reads every sample exactly once and every rank runs the same number of batches
 (:func:`batch_sizes` shortens the last batches instead of dropping or repeating samples). The
 loader workers only make the streams' batches (:func:`assign_streams`): their number changes no batch.
 Pure planning: no torch, no process group (the rank and world size come in a
@@ -161,10 +162,11 @@ def _take_mixed(sequence: list[tuple[str, int]], start: int, count: int, total: 
     """Pieces covering positions ``[start, start + count)`` of ``sequence`` (passes of ``total``
     samples over every shard) with each pass's datasets (shard folders) interleaved sample by
     sample in proportion (:func:`_mixed_order`): exactly ``count`` samples, each dataset's share of
-    them to within two samples a pass, however few shards a dataset has. Cutting whole shards gave a
-    one-shard dataset (CK+, JAFFE) to one rank x worker part: its batches held all of it and the
-    others none (a class-balanced epoch skewed, 0.62 of it class A in :mod:`fermodels.sampling`'s
-    example). One dataset: the plain positions of the shard order."""
+    them to within a few samples a pass (measured: at most D - 1 for D datasets), however few shards
+    a dataset has. Cutting whole shards gave a one-shard dataset (CK+, JAFFE) to one rank x worker
+    part: its batches held all of it and the others none (a class-balanced epoch skewed, 0.62 of it
+    class A in :mod:`fermodels.sampling`'s example). One dataset: the plain positions of the shard
+    order."""
     names = sorted({os.path.dirname(url) for url, _ in sequence})
     if len(names) == 1:
         return _take(sequence, start, count)

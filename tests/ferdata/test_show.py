@@ -226,11 +226,24 @@ def test_a_file_that_is_no_tar_is_told_what_to_give(tmp_path):
 
 @pytest.mark.parametrize("out, most", [("s.jpg", 704), ("s.webp", 176), ("s.png", 5000), ("s.bmp", 5000)])
 def test_a_format_holds_the_sheet_its_encoder_writes(out, most):
-    """OpenCV encodes JPEG up to 65,500 px and WebP up to 16,383 px (checked by hand): 352 rows of 2 tiles
-    of (LABEL_H + PANEL + 8) px plus 8 is 65,480 px, 353 rows 65,666; 88 rows 16,376, 89 rows 16,562."""
+    """352 rows of 2 tiles of (LABEL_H + PANEL + 8) px plus 8 is 65,480 px, 353 rows 65,666; 88 rows
+    16,376, 89 rows 16,562 (the encoders' limits: below)."""
     assert most_samples(Path(out)) == most
     if out != "s.png" and out != "s.bmp":
         assert sheet_height(most) <= {"s.jpg": 65_500, "s.webp": 16_383}[out] < sheet_height(most + 2)
+
+
+@pytest.mark.parametrize("ext, tallest", [(".jpg", 65_500), (".webp", 16_383)])
+def test_opencv_encodes_a_format_up_to_the_height_the_sheet_limits_assume(ext, tallest):
+    from ferdata.show import SHEET_FORMATS
+
+    def encodes(height: int) -> bool:
+        try:
+            return cv2.imencode(ext, np.zeros((height, 1, 3), np.uint8))[0]
+        except cv2.error:
+            return False
+
+    assert SHEET_FORMATS[ext] == tallest and encodes(tallest) and not encodes(tallest + 1)
 
 
 @pytest.mark.parametrize("n", [0, -3])

@@ -84,11 +84,17 @@ def test_epochs_shorter_or_longer_than_the_split_read_it_evenly(counts, samples,
 
 
 def test_an_epoch_of_the_split_is_one_pass_and_the_next_another_order():
-    shards = [(f"s{i}.tar", 5) for i in range(6)]
-    kw = dict(samples=30, batch_size=4, env=DistEnv(0, 1, 0), workers=1, seed=3, shuffle=True)
-    first, second = (plan_epoch(shards, epoch=e, **kw) for e in (0, 1))
-    assert sorted(_positions(first, shards)) == sorted(_positions(second, shards))
-    assert _positions(first, shards) != _positions(second, shards)
+    """Epoch e of the split's size reads pass e in the order :func:`pass_seed` gives it (what each
+    epoch read before epochs became windows: its plans did not change)."""
+    from fermodels.epochplan import pass_seed
+
+    shards = [(f"s{i}.tar", n) for i, n in enumerate((5, 7, 3, 6, 9, 2))]
+    kw = dict(samples=32, batch_size=4, env=DistEnv(0, 1, 0), workers=1, seed=3, shuffle=True)
+    for epoch in (0, 1, 7):
+        order = [(url, i) for url, n in shard_order(shards, pass_seed(3, epoch), True) for i in range(n)]
+        assert _positions(plan_epoch(shards, epoch=epoch, **kw), shards) == order
+    assert _positions(plan_epoch(shards, epoch=0, **kw), shards) != _positions(plan_epoch(shards, epoch=1, **kw),
+                                                                                shards)
 
 
 def test_batch_sizes_and_splits():
