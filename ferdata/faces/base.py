@@ -27,16 +27,25 @@ BACKENDS: Registry[type["FaceBackend"]] = Registry("face backend")
 class MissingModelError(FileNotFoundError):
     """A backend's model file is absent: says which file, where we looked, and the fix."""
 
+    problem = "not found"
+
     def __init__(self, backend: str, missing: str, looked_in: Sequence[str], fix: str) -> None:
         self.backend, self.missing, self.looked_in, self.fix = backend, missing, list(looked_in), fix
         super().__init__(
-            f"{backend}: model file {missing!r} not found.\n"
+            f"{backend}: model file {missing!r} {self.problem}.\n"
             f"  looked in: {', '.join(self.looked_in) or '(nowhere)'}\n"
             f"  fix: {fix}"
         )
 
     def __reduce__(self):  # picklable across worker processes, with its notes
         return (type(self), (self.backend, self.missing, self.looked_in, self.fix), self.__dict__)
+
+
+class DownloadFailedError(MissingModelError):
+    """A backend's model file is absent and fetching it (``allow_download``) failed: headlined as
+    such (it read "model file 'buffalo_l.zip' not found", the download's failure below)."""
+
+    problem = "is not here and downloading it failed"
 
 
 class MissingPackageError(OSError):
@@ -51,19 +60,6 @@ class BadModelError(MissingModelError):
     def __init__(self, backend: str, missing: str, looked_in: Sequence[str], fix: str) -> None:
         super().__init__(backend, missing, looked_in, fix)
         self.args = (f"{backend}: model file {missing!r} cannot be loaded.\n  fix: {fix}",)
-
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-class DownloadFailedError(MissingModelError):
-    """A backend's model file is absent and fetching it (``allow_download``) failed: headlined as
-    such (it read "model file 'buffalo_l.zip' not found", the download's failure below)."""
-
-    def __init__(self, backend: str, missing: str, looked_in: Sequence[str], fix: str) -> None:
-        super().__init__(backend, missing, looked_in, fix)
-        self.args = (f"{backend}: model file {missing!r} is not here and downloading it failed.\n"
-                     f"  looked in: {', '.join(self.looked_in) or '(nowhere)'}\n  fix: {fix}",)
 
     def __str__(self) -> str:
         return self.args[0]
