@@ -161,21 +161,3 @@ def test_align_stops_from_half_the_images_unreadable(reasons, rows, stops):
             _check_readable(_drops(reasons), rows)
     else:
         _check_readable(_drops(reasons), rows)
-
-
-def test_what_a_source_damaged_part_way_gave_is_kept_on_disk(tmp_path):
-    """The entries merged before the damage are committed, not only visible to the open connection."""
-    with DetectionCache(tmp_path / "a") as a:
-        for i in range(3000):
-            a.put(f"{i:064x}", "sig", Detection((50, 60), (FACE,)))
-    data = bytearray((tmp_path / "a" / "detections.sqlite").read_bytes())
-    page = 4096
-    at = (len(data) * 2 // 3) // page * page
-    data[at:at + page] = b"\xa5" * page                                  # one page two thirds in
-    (tmp_path / "a" / "detections.sqlite").write_bytes(bytes(data))
-    b = DetectionCache(tmp_path / "b")
-    with pytest.raises(ValueError, match="not a whole ferdata detection cache"):
-        b.merge(tmp_path / "a")
-    b.db.close()                                                          # no flush, no commit of its own
-    with DetectionCache(tmp_path / "b") as again:
-        assert 0 < len(again) < 3000

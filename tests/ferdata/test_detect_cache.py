@@ -606,10 +606,12 @@ def test_a_source_damaged_part_way_keeps_what_it_gave_before(tmp_path):
     at = (len(data) * 2 // 3) // page * page
     data[at:at + page] = b"\xa5" * page                                  # one page two thirds in
     (tmp_path / "a" / "detections.sqlite").write_bytes(bytes(data))
-    with DetectionCache(tmp_path / "b") as b:
-        with pytest.raises(ValueError, match="not a whole ferdata detection cache") as err:
-            b.merge(tmp_path / "a")
-        kept = len(b)
+    b = DetectionCache(tmp_path / "b")
+    with pytest.raises(ValueError, match="not a whole ferdata detection cache") as err:
+        b.merge(tmp_path / "a")
+    b.db.close()                        # no flush, no commit of its own: what the merge kept is on disk
+    with DetectionCache(tmp_path / "b") as again:
+        kept = len(again)
     assert 0 < kept < 3000 and err.value.__notes__ == [f"the {kept} entries added before it are kept"]
 
 

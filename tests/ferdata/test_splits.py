@@ -250,6 +250,11 @@ def test_too_few_groups_for_the_folds_says_what_to_set():
         list(assign_splits(many(20, subjects=4), seed=0, val_fraction=0.2, test_fraction=0, folds=5))
     with pytest.raises(ValueError, match=r"found 2: k-fold needs at least 3 \(with a val fold\): use shard.folds 0"):
         list(assign_splits(many(20, subjects=2), seed=0, val_fraction=0.2, test_fraction=0, folds=3))
+    with pytest.raises(ValueError, match=r"5 folds need at least 5 groups \(subject\); found 3: set shard.folds to "
+                                         r"3 or fewer, down to 3"):            # at the least k-fold needs
+        list(assign_splits(many(30, subjects=3), seed=0, val_fraction=0.2, test_fraction=0, folds=5))
+    with pytest.raises(ValueError, match=r"found 2: set shard.folds to 2 or fewer, down to 2"):
+        list(assign_splits(many(30, subjects=2), seed=0, val_fraction=0, test_fraction=0, folds=4))
 
 
 def test_an_empty_carved_train_split_is_warned_of(caplog):
@@ -276,14 +281,6 @@ def test_the_last_fold_tested_takes_the_first_as_val():
     for r in out:
         by_fold[r.extra["fold"]].add(r.split)
     assert by_fold == {2: {"test"}, 0: {"val"}, 1: {"train"}}
-
-
-def test_too_few_groups_at_the_least_k_fold_needs_advises_that_many_folds():
-    with pytest.raises(ValueError, match=r"5 folds need at least 5 groups \(subject\); found 3: set shard.folds to "
-                                         r"3 or fewer, down to 3"):
-        list(assign_splits(many(30, subjects=3), seed=0, val_fraction=0.2, test_fraction=0, folds=5))
-    with pytest.raises(ValueError, match=r"found 2: set shard.folds to 2 or fewer, down to 2"):
-        list(assign_splits(many(30, subjects=2), seed=0, val_fraction=0, test_fraction=0, folds=4))
 
 
 def test_kfold_without_val_does_not_warn_of_an_empty_val_split(caplog):
