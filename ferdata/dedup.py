@@ -1,5 +1,6 @@
-"""Duplicates in a detect table: a file listed again, copies of one picture and face, and copies
-whose labels disagree (:class:`Deduplicator`, given :func:`conflicting_labels` of a first read)."""
+"""Duplicates in a detect table: a file listed again, copies of one picture and face, copies whose
+labels disagree, and training copies of held-out faces (:class:`Deduplicator`, given
+:func:`conflicting_labels` of a first read)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,6 +12,8 @@ from ferdata.report import StageReport
 
 
 Identity = tuple[bytes, tuple[str, ...], str]
+HELD_OUT = ("val", "test")
+CROSS_SPLIT_COPIES = ("keep", "drop_train")       # align.cross_split_copies
 
 
 def face_identity(row: dict) -> Identity:
@@ -20,10 +23,13 @@ def face_identity(row: dict) -> Identity:
 
 @dataclass(frozen=True)
 class Conflicts:
-    """Labels that disagree, found by a first read of the detect table; every row they name is dropped."""
+    """What a first read of the detect table finds: labels that disagree (every row they name is
+    dropped), and the faces of the official val and test splits (a training copy of one is a test
+    face seen in training: dropped when asked, ``align.cross_split_copies: drop_train``)."""
 
     faces: dict[Identity, list[str]] = field(default_factory=dict)   # copies of one face in one split
     keys: dict[str, list[str]] = field(default_factory=dict)         # one file listed again, otherwise labelled
+    held_out: dict[tuple[bytes, tuple[str, ...]], str] = field(default_factory=dict)   # face -> its val/test split
 
 
 def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
@@ -34,6 +40,7 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     listed: dict[str, tuple[str, int]] = {}
     faces: dict[Identity, set[int]] = {}
     keys: dict[str, set[int]] = {}
+    held_out: dict[tuple[bytes, tuple[str, ...]], str] = {}
     for row in rows:
         rec = row["record"]
         label = int(rec["label"])
@@ -46,7 +53,9 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
         ident = face_identity(row)
         if first.setdefault(ident, label) != label:
             faces.setdefault(ident, {first[ident]}).add(label)
-    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()})
+        if ident[2] in HELD_OUT:
+            held_out.setdefault(ident[:2], ident[2])
+    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, held_out)
 
 
 def _names(labels: set[int]) -> list[str]:
@@ -58,11 +67,15 @@ class Deduplicator:
     of it when the labels disagree (``conflicting_labels``). Copies of one picture + face in one
     split: all are dropped when their labels disagree (``conflicting_labels``: neither label can be
     trusted), else the first is kept. ``conflicts`` is :func:`conflicting_labels` of the same rows.
-    A face seen only in another official split is kept and counted, so official test sets stay whole."""
+    A face seen in another official split is kept and counted, so official test sets stay whole; with
+    ``drop_train_copies`` its copies in the train split are dropped (``copy_of_held_out``), so no
+    val or test face is trained on (the papers' splits keep them: the default)."""
 
-    def __init__(self, report: StageReport, conflicts: Conflicts | None = None) -> None:
+    def __init__(self, report: StageReport, conflicts: Conflicts | None = None,
+                 drop_train_copies: bool = False) -> None:
         self.report = report
         self.conflicts = conflicts or Conflicts()
+        self.drop_train_copies = drop_train_copies
         self.keys: set[str] = set()
         self.faces: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
 
@@ -84,6 +97,11 @@ class Deduplicator:
                               f"{rec['path']}: copies of this picture and face "
                               f"{f'in split {split}' if split else 'in the dataset'} are labelled "
                               f"{', '.join(self.conflicts.faces[ident])}")
+                continue
+            if self.drop_train_copies and split == "train" and (picture, box) in self.conflicts.held_out:
+                yield Dropped(rec["dataset"], rec["key"], "copy_of_held_out",
+                              f"{rec['path']}: the same picture and face is in the "
+                              f"{self.conflicts.held_out[picture, box]} split")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
             if split in seen:

@@ -8,7 +8,8 @@ Bad rows are dropped by reason, never crash the run: a repeated key (``duplicate
 listing of a file listed again with another label, ``conflicting_labels``),
 the same picture and face again in the same split (``duplicate_image``; every copy when
 the copies' labels disagree, ``conflicting_labels``; across official splits it is kept and
-counted, so official test sets stay intact), a source file that changed since detect
+counted, so official test sets stay intact, or its training copies dropped with
+``cross_split_copies: drop_train``, ``copy_of_held_out``), a source file that changed since detect
 (``source_changed``), unusable geometry (``bad_landmarks``, ``implausible_landmarks``, ``bad_box``,
 ``face_outside_image``) and every decode failure of :func:`ferdata.io.decode_image`. Kept inputs that needed conversion
 (EXIF rotation, alpha, 16-bit, CMYK, several faces, a JPEG with damaged data ...) are counted in
@@ -25,11 +26,11 @@ from pathlib import Path
 
 from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
-from ferdata.dedup import Deduplicator, conflicting_labels
+from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.io import JPEG_DAMAGED, BadImage, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
-from ferdata.params import at_least, check_values, within
+from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict
 from ferdata.report import StageReport, write_drops
@@ -47,12 +48,14 @@ class AlignParams:
     jpeg_quality: int
     workers: int
     chunk_size: int
+    cross_split_copies: str         # keep | drop_train: a training copy of a val/test face (ferdata.dedup)
 
     def __post_init__(self) -> None:
         crop_side = (lambda v: isinstance(v, int) and v > 0 and (v % 112 == 0 or v % 128 == 0),
                      "a multiple of 112 or 128 (the ArcFace template's scales)")
         check_values("align", self, {"size": crop_side, "padding": at_least(0), "jpeg_quality": within(1, 100),
-                                     "workers": at_least(1), "chunk_size": at_least(1)})
+                                     "workers": at_least(1), "chunk_size": at_least(1),
+                                     "cross_split_copies": one_of(CROSS_SPLIT_COPIES)})
 
     def settings(self) -> dict:
         """What shapes a crop (not how fast it is made): the shards record it, inference repeats it."""
@@ -72,6 +75,7 @@ class AlignedSample:
 # A face the dataset's annotations placed in a picture the decoder turned by its EXIF orientation
 # (a conversion of its own: annotations drawn on the stored pixels would be in another frame)
 ANNOTATED_TURNED = "exif_orientation_annotations"
+
 
 def _row_name(row: dict | Dropped) -> str:
     if isinstance(row, Dropped):
@@ -140,7 +144,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     drops: list[Dropped] = []
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
-    rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)))(read_faces(detect_dir))
+    rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
+                        params.cross_split_copies == "drop_train")(read_faces(detect_dir))
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
               closing(parallel_map(AlignWorker(params), rows, params.workers, describe=_row_name)) as done):

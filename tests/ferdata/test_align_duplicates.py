@@ -1,6 +1,8 @@
 """The align stage's deduplication: repeated keys, copies of one face, and copies whose labels disagree."""
 from __future__ import annotations
 
+import pytest
+
 from ferdata.records import Dropped
 from ferdata.report import StageReport
 from ferdata.dedup import Deduplicator, conflicting_labels
@@ -12,9 +14,9 @@ def row(key: str, label: int, split: str, picture: str = "ab" * 32, box=(10.2, 1
             "face": {"box": list(box)}, "sha256": picture}
 
 
-def dedup(rows: list[dict]) -> tuple[list[str], dict[str, str], StageReport]:
+def dedup(rows: list[dict], drop_train_copies: bool = False) -> tuple[list[str], dict[str, str], StageReport]:
     report = StageReport("align")
-    out = list(Deduplicator(report, conflicting_labels(rows))(rows))
+    out = list(Deduplicator(report, conflicting_labels(rows), drop_train_copies)(rows))
     kept = [r["record"]["key"] for r in out if not isinstance(r, Dropped)]
     drops = {d.key: f"{d.reason}: {d.detail}" for d in out if isinstance(d, Dropped)}
     return kept, drops, report
@@ -72,3 +74,19 @@ def test_copies_in_other_official_splits_with_other_labels_are_kept():
     kept, drops, report = dedup([row("a", 1, "train"), row("t", 2, "test")])
     assert kept == ["a", "t"] and drops == {}
     assert report.notes["duplicates"] == {"across_splits_train_test": 1}
+
+
+@pytest.mark.parametrize("order", ["train_first", "test_first"])
+def test_training_copies_of_held_out_faces_are_dropped_when_asked(order):
+    """align.cross_split_copies: drop_train. A face in the official test (or val) split and again in
+    train was trained on and tested on; the train copy goes, wherever it comes in the table, and the
+    held-out copies stay (the default keeps every copy, as the papers' splits do)."""
+    rows = [row("tr", 1, "train"), row("te", 1, "test"), row("va", 1, "val", picture="cd" * 32),
+            row("tr2", 1, "train", picture="cd" * 32), row("own", 1, "train", picture="ef" * 32)]
+    if order == "test_first":
+        rows = rows[1:3] + rows[:1] + rows[3:]
+    kept, drops, _ = dedup(rows, drop_train_copies=True)
+    assert sorted(kept) == ["own", "te", "va"]
+    assert drops == {"tr": "copy_of_held_out: tr.jpg: the same picture and face is in the test split",
+                     "tr2": "copy_of_held_out: tr2.jpg: the same picture and face is in the val split"}
+    assert sorted(dedup(rows)[0]) == ["own", "te", "tr", "tr2", "va"]

@@ -686,3 +686,21 @@ def test_a_missing_or_damaged_detect_table_and_a_wrong_derive_input_are_named(tm
     with pytest.raises(ValueError, match=r"d is no align stage's output \(its report.json says 'detect'\)"):
         run_derive(tmp_path / "d", build(DeriveParams, "derive", workers=1), tmp_path / "derived")
     assert not (tmp_path / "derived").exists()
+
+
+def test_align_drops_training_copies_of_test_faces_when_the_params_say_so(tmp_path, images):
+    """align.cross_split_copies reaches the stage: the same photo listed in train and test keeps both
+    copies by default and only the test copy with drop_train."""
+    import dataclasses
+
+    from ferdata.stages.align import AlignParams, run_align
+    from tests.reliability.corpus import build
+
+    recs = [dataclasses.replace(r, split=s) for r, s in zip(records([images[0], images[0], images[1]]),
+                                                            ("train", "test", "train"))]
+    run_detect(recs, params(tmp_path), tmp_path / "detect")
+    keep = build(AlignParams, "align", workers=1)
+    assert run_align(tmp_path / "detect", keep, tmp_path / "kept").kept == 3
+    dropped = run_align(tmp_path / "detect", dataclasses.replace(keep, cross_split_copies="drop_train"),
+                        tmp_path / "dropped")
+    assert dropped.kept == 2 and dropped.dropped == {"copy_of_held_out": 1}

@@ -53,6 +53,7 @@ def test_params_yaml_as_shipped_passes():
     ("detect", {"cache_dir": None}, "detect.cache_dir must be text, got None"),
     ("detect", {"model_dir": 5}, "detect.model_dir must be null or text, got 5"),
     ("align", {"padding": "0.1"}, "align.padding must be >= 0, got '0.1'"),
+    ("align", {"cross_split_copies": "drop"}, "align.cross_split_copies must be one of keep, drop_train, got 'drop'"),
     ("derive", {"chunk_size": True}, "derive.chunk_size must be >= 1, got True"),
 ])
 def test_a_bad_stage_value_is_refused_by_name(name, changes, message):
