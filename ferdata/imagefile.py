@@ -112,7 +112,9 @@ def read_header(data: bytes) -> ImageHeader:
     extra = tuple(extra) if isinstance(extra, (tuple, list)) else (extra,)
     opencv_multiplies = depth == 8 and mode not in GRAY_ALPHA_MODES
     premultiplied = alpha and fmt == "TIFF" and (1 in extra or (2 in extra and opencv_multiplies))
-    if isinstance(key, int) and depth < 8:      # libpng scales 1/2/4-bit grey to 8 bits, not the key
+    if isinstance(key, int) and mode == "1":    # PIL gives a 1-bit key widened already (0 or 255), or not
+        key = 255 if key else 0
+    elif isinstance(key, int) and depth < 8:    # libpng scales 2/4-bit grey to 8 bits, not the key
         key *= 255 // (2 ** depth - 1)
     return ImageHeader(fmt, mode, w, h, orientation, depth, alpha, premultiplied, frames,
                        key if isinstance(key, int) else None)

@@ -114,10 +114,10 @@ def label_target(meta: bytes, label: int, key: str, url: str = "") -> tuple[np.n
         target[label] = 1.0
         return target, TARGET_KINDS["crossentropy"]          # one-hot: plain cross-entropy
     if mode not in TARGET_KINDS:
-        raise ValueError(f"sample {key!r}: label mode {mode!r} unknown; known: {', '.join(TARGET_KINDS)}")
+        raise ValueError(f"sample {key!r}{_of(url)}: label mode {mode!r} unknown; known: {', '.join(TARGET_KINDS)}")
     target = np.asarray(extra[SOFT_LABEL], np.float32)
     if target.shape != (len(CLASSES),) or not np.isfinite(target).all() or target.min() < 0 or target.sum() <= 0:
-        raise ValueError(f"sample {key!r}: {SOFT_LABEL} must be {len(CLASSES)} non-negative numbers with a "
+        raise ValueError(f"sample {key!r}{_of(url)}: {SOFT_LABEL} must be {len(CLASSES)} non-negative numbers with a "
                          f"positive sum, got {extra[SOFT_LABEL]!r}")
     return target, TARGET_KINDS[mode]
 

@@ -260,6 +260,20 @@ def test_a_16_bit_pgm_says_it_was_narrowed():
     assert ok and decode_image(pgm8.tobytes()).conversions == ("grayscale",)
 
 
+def test_a_1_bit_grey_pngs_transparent_value_is_flattened_to_black():
+    """PIL gives a mode "1" PNG's key widened to 8 bits already (255), and it was widened again (65025):
+    no pixel matched, and the clear white half decoded white."""
+    white = np.zeros((32, 40), bool)
+    white[:16] = True                                                 # the top half white, and transparent
+    buf = io.BytesIO()
+    Image.fromarray(white).save(buf, "PNG", transparency=1)
+    data = buf.getvalue()
+    assert data[24] == 1                                              # a 1-bit file
+    rgba = np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))
+    assert (rgba[:16, :, 3] == 0).all() and (rgba[16:, :, 3] == 255).all()      # PIL: the top half is clear
+    assert (decode_image(data).rgb == 0).all()                       # clear white and opaque black: all black
+
+
 @pytest.mark.parametrize("depth", [2, 8, 16])
 def test_a_grey_pngs_transparent_value_is_flattened_to_black(depth):
     """A grey PNG's tRNS (one sample value fully transparent): PIL makes those pixels alpha 0, and the
