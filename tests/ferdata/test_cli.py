@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from ferdata.cli import app
 from ferdata.errors import NamedKeyError, run_cli
+from ferdata.faces import BACKENDS, MissingModelError
+from ferdata.params import section_values
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -483,3 +485,42 @@ def test_cache_prune_drops_what_no_dataset_would_use_now(tmp_path):
     assert res.exit_code == 0 and "dropped 2, kept 3" in res.output, res.output
     with DetectionCache(tmp_path / "cache") as cache:
         assert cache.signatures() == {now: 3}
+
+
+def test_a_keyerror_type_a_command_declares_bad_input_is_one_line(capsys):
+    class NoSuchRun(KeyError):
+        pass
+
+    def app_():
+        raise NoSuchRun("run 'x' is not in runs/")
+
+    with pytest.raises(SystemExit) as done:
+        run_cli(app_, extra=(NoSuchRun,), argv=[])
+    assert done.value.code == 1 and capsys.readouterr().err.startswith("error: run 'x' is not in runs/\n")
+
+
+def test_a_missing_params_section_is_bad_input_not_a_bug(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_cli(lambda: section_values({"train": {}}, "derive"), argv=[])
+    assert done.value.code == 1
+    assert capsys.readouterr().err.startswith("error: params.yaml has no 'derive' section (copy it from")
+
+
+def test_a_named_keyerror_reads_plain_in_any_message():
+    err = NamedKeyError("dataset 'x' is not in params.yaml datasets")
+    assert str(err) == "dataset 'x' is not in params.yaml datasets" and f"{err}" == str(err)
+
+
+@pytest.mark.parametrize("raised, says", [
+    (MissingModelError("b", "m.onnx", [], "fix"), "weights missing: m.onnx (looked in no folder)"),
+    (ImportError("no module named 'b'"), "package missing (no module named 'b')")])
+def test_backends_lists_a_backend_it_cannot_run_with_why(monkeypatch, raised, says):
+    name = BACKENDS.names()[0]
+
+    def check_available(model_dir=None):
+        raise raised
+
+    monkeypatch.setattr(BACKENDS.get(name), "check_available", check_available)
+    res = CliRunner().invoke(app, ["backends"])
+    assert res.exit_code == 0, res.output
+    assert f"{name:15s} {says}\n" in res.output, res.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ferdata.params import load_params, section
+from ferdata.params import dataset_specs, load_params, section
 from ferdata.stages.align import AlignParams
 from ferdata.stages.derive import DeriveParams
 from ferdata.stages.detect import DetectParams
@@ -179,3 +179,7 @@ def test_command_line_values_are_yaml_and_a_colon_without_a_space_is_named():
         parse_assignments(["mapping={happy:Joyful}"])
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_assignments(["frames"])
+
+
+def test_an_empty_datasets_section_is_no_datasets():
+    assert dataset_specs({"datasets": None}) == {} and dataset_specs({}) == {}

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from ferdata.tario import iter_tar_samples
-from fermodels.batchring import BatchRing
+from fermodels import batchring
+from fermodels.batchring import BatchRing, _alive
 from fermodels.data import SampleDecoder, decode_batch
 from fermodels.distributed import DistEnv
 from fermodels.epochplan import plan_epoch
@@ -259,3 +260,66 @@ def test_a_worker_whose_main_process_is_gone_stops(first_wait_after):
         main.join(30)                 # gone, and reaped
     assert q.get(timeout=30) == "RuntimeError(\"the loader's main process is gone\")"
     main.join(30)
+
+
+def _zombie(comm: str) -> int:
+    """A child that named itself ``comm`` and exited, not yet reaped."""
+    pid = os.fork()
+    if pid == 0:                                                     # pragma: no cover - the child
+        try:
+            with open("/proc/self/comm", "w") as f:
+                f.write(comm)
+        finally:
+            os._exit(0)
+    for _ in range(500):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                return pid
+        time.sleep(0.01)
+    raise AssertionError("the child did not exit")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_zombie_or_reaped_pid_is_not_alive_whatever_its_name():
+    """A zombie's pid still answers kill(0); its state is read past the last ')' of its name, which
+    may hold ') R' itself."""
+    assert _alive(os.getpid())
+    pid = _zombie("w) R (x")
+    try:
+        assert not _alive(pid)
+    finally:
+        os.waitpid(pid, 0)
+    assert not _alive(pid)                                           # reaped: no such process
+
+
+def test_a_pid_not_ours_to_signal_is_alive(monkeypatch):
+    def refused(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(batchring.os, "kill", refused)
+    assert _alive(12345)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_without_multiprocessings_handle_the_main_process_is_watched_by_its_pid(monkeypatch):
+    """Where multiprocessing has no parent (or another one than the ring's maker), the ring's maker's
+    pid is watched: alive, not orphaned, whatever that other parent does; a zombie, orphaned."""
+    ring = BatchRing({"label": ((), torch.int64)}, workers=1, depth=1, capacity=2)
+    assert not ring._orphaned()                                      # no parent process here: the pid
+    pid = _zombie("gone")
+    try:
+        ring._parent = pid
+        assert ring._orphaned()
+    finally:
+        os.waitpid(pid, 0)
+    ring._parent = os.getpid()
+
+    class OtherParent:                                               # e.g. a worker started by another process
+        pid = os.getpid() + 1
+
+        @staticmethod
+        def is_alive() -> bool:
+            return False
+
+    monkeypatch.setattr(batchring.multiprocessing, "parent_process", lambda: OtherParent)
+    assert not ring._orphaned()

@@ -18,7 +18,8 @@ from fermodels.data import SampleDecoder
 from fermodels.shardsplit import open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, env_from_os, max_over_ranks, pick_device,
                                    sync_buffers)
-from fermodels.epochplan import batch_sizes, plan_epoch, round_robin_skips, shard_order, split_evenly
+from fermodels.epochplan import (batch_sizes, mix_seed, plan_epoch, round_robin_skips, shard_order, split_evenly,
+                                 stream_count)
 from fermodels.losses import neutral_aware_anchor
 from fermodels.sampling import ClassRepeat
 from fermodels.stream import stream_loader
@@ -84,14 +85,12 @@ def test_epochs_shorter_or_longer_than_the_split_read_it_evenly(counts, samples,
 
 
 def test_an_epoch_of_the_split_is_one_pass_and_the_next_another_order():
-    """Epoch e of the split's size reads pass e in the order :func:`pass_seed` gives it (what each
-    epoch read before epochs became windows: its plans did not change)."""
-    from fermodels.epochplan import pass_seed
-
+    """Epoch e of the split's size reads pass e in the order each epoch read before epochs became
+    windows (``mix_seed(seed, e) * 7919``): its plans did not change."""
     shards = [(f"s{i}.tar", n) for i, n in enumerate((5, 7, 3, 6, 9, 2))]
     kw = dict(samples=32, batch_size=4, env=DistEnv(0, 1, 0), workers=1, seed=3, shuffle=True)
     for epoch in (0, 1, 7):
-        order = [(url, i) for url, n in shard_order(shards, pass_seed(3, epoch), True) for i in range(n)]
+        order = [(url, i) for url, n in shard_order(shards, mix_seed(3, epoch) * 7919, True) for i in range(n)]
         assert _positions(plan_epoch(shards, epoch=epoch, **kw), shards) == order
     assert _positions(plan_epoch(shards, epoch=0, **kw), shards) != _positions(plan_epoch(shards, epoch=1, **kw),
                                                                                 shards)
@@ -285,7 +284,6 @@ def test_balanced_epochs_read_one_pass_and_do_not_depend_on_workers_or_ranks():
     import random
 
     from fermodels.sampling import repeat_stream
-    from fermodels.epochplan import mix_seed
 
     rng = random.Random(0)
     shards = [(f"s{i}", 40) for i in range(50)]
@@ -952,3 +950,36 @@ def test_the_buffer_is_the_largest_piece_wherever_it_comes_in_the_stream():
     from fermodels.stream import buffer_size
 
     assert buffer_size(StreamPlan(0, (Piece("b", 0, 12), Piece("a", 0, 30)), (21, 21), 0), 8) == 30
+
+
+PLAN_SHARDS = [(f"s{i}.tar", n) for i, n in enumerate((5, 7, 3, 6, 9, 2))]       # 32 samples
+
+
+@pytest.mark.parametrize("samples", [10, 32, 50])
+def test_a_balanced_epoch_reads_pass_e_whatever_epoch_samples(samples):
+    """one_pass: epoch e reads pass e whole (window [e * total, (e + 1) * total)), not a window cut at
+    e * train.epoch_samples, which straddles two passes: some samples twice, others never."""
+    from fermodels.epochplan import pass_seed
+
+    for epoch in (0, 1, 3):
+        plans = plan_epoch(PLAN_SHARDS, samples=samples, batch_size=4, env=DistEnv(0, 1, 0), workers=1, seed=3,
+                           shuffle=True, epoch=epoch, one_pass=True)
+        order = [(url, i) for url, n in shard_order(PLAN_SHARDS, pass_seed(3, epoch), True) for i in range(n)]
+        assert _positions(plans, PLAN_SHARDS) == order
+
+
+def test_mixed_seeds_are_63_bit():
+    seeds = [mix_seed(s, e, r) for s in range(20) for e in range(5) for r in range(4)]
+    assert all(0 <= s < 2 ** 63 for s in seeds) and max(seeds) >= 2 ** 61
+
+
+def test_an_epoch_of_no_samples_is_refused_as_such():
+    with pytest.raises(ValueError, match="the split has no samples"):
+        plan_epoch(PLAN_SHARDS, samples=0, batch_size=4, env=DistEnv(0, 1, 0), workers=1, seed=3, shuffle=True)
+
+
+@pytest.mark.parametrize("buffer", [0, 1])
+def test_without_a_shuffle_buffer_an_epoch_has_the_streams_asked(buffer):
+    """No buffer to fill (0 or 1): the streams are train.streams, even where a stream reads fewer
+    samples than there are streams."""
+    assert stream_count(8, 3, buffer) == 8 and stream_count(6, 0, buffer) == 6

@@ -12,6 +12,7 @@ import torch
 
 from fermodels.export import export_model, parity
 from fermodels.registry import list_models
+from fermodels import runstate
 from fermodels.runstate import load_checkpoint, save_checkpoint, Position
 from fermodels.trainparams import TrainParams
 
@@ -340,3 +341,28 @@ def test_a_pickled_model_of_a_users_script_is_named(tmp_path, monkeypatch):
     torch.save(Net(), tmp_path / "mine.pt")
     with pytest.raises(ValueError, match=r"mine.pt is a pickled model object \(torch.save\(model\)\), not a training"):
         load_checkpoint(tmp_path / "mine.pt")
+
+
+LONG = " ".join(f"word{i:02d}" for i in range(40))                    # 279 characters, no sentence end
+EXACT = ("x" * 150 + " yyyyyyyyy")                                     # 160 characters
+
+
+@pytest.mark.parametrize("raised, quoted", [
+    (RuntimeError(""), "RuntimeError"),
+    (RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory\n"
+                  "  more. of it"), "PytorchStreamReader failed reading zip archive: failed finding central directory"),
+    (OSError("Bad read. There is a high chance of miniz advice here."), "Bad read"),
+    (RuntimeError(EXACT + ". Rest."), EXACT),
+    (RuntimeError(LONG), LONG[:160].rsplit(" ", 1)[0] + " ...")],
+    ids=["empty", "first-line", "first-sentence", "exactly-160", "long"])
+def test_a_damaged_checkpoint_quotes_the_first_sentence_of_torchs_error(tmp_path, monkeypatch, raised, quoted):
+    path = tmp_path / "cut.pt"
+    torch.save({"a": torch.zeros(2)}, path)                          # a torch archive; torch.load fails on it below
+
+    def failing(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(runstate.torch, "load", failing)
+    with pytest.raises(ValueError) as err:
+        load_checkpoint(path)
+    assert f"(torch could not read it: {quoted}); copy it again" in str(err.value), str(err.value)

@@ -40,3 +40,21 @@ def test_a_row_cut_after_its_last_tab_is_left_out_of_the_rebuilt_summary(tmp_pat
     assert logged_epochs(tmp_path) == {0, 1}
     repair_summary(tmp_path, 3)
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"train": {"ce": 0.25}, "step": 2}
+
+
+def test_a_cut_row_the_next_run_appended_onto_is_left_out(tmp_path):
+    tsv = _live(tmp_path, "3\t2\t0.1" + "4\t3\t0.5\n")               # "0.1" cut, the next row on its line
+    assert logged_epochs(tmp_path) == {0, 1}
+    repair_summary(tmp_path, 3)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == {"train": {"ce": 0.25}, "step": 2}
+    truncate_live(tmp_path, 5)
+    assert tsv.read_text() == HEAD
+
+
+def test_an_empty_history_file_is_no_logged_epoch(tmp_path):
+    tsv = tmp_path / "plots" / "metrics" / "train" / "ce.tsv"
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("")
+    assert logged_epochs(tmp_path) == set()
+    truncate_live(tmp_path, 0)
+    repair_summary(tmp_path, 1)

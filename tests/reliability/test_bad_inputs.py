@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -524,3 +525,45 @@ def test_a_webp_missing_its_last_bytes_is_truncated():
     with pytest.raises(BadImage) as e:
         decode_image(data[:-4])
     assert e.value.reason == "truncated"
+
+
+def _exif6() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif.tobytes()                                             # b"Exif\0\0" + the TIFF block
+
+
+def _raw_profile(kind: bytes) -> bytes:
+    """ImageMagick's raw EXIF profile (tEXt, or zTXt compressed) with orientation 6."""
+    blob = _exif6()
+    text = f"\nexif\n{len(blob):8d}\n{blob.hex()}\n".encode()
+    body = zlib.compress(text) if kind == b"zTXt" else text
+    return _png_chunk(kind, b"Raw profile type exif\0" + (b"\0" if kind == b"zTXt" else b"") + body)
+
+
+@pytest.mark.parametrize("kind", [b"tEXt", b"zTXt"])
+def test_a_raw_exif_profile_after_a_pngs_image_data_turns_it(kind):
+    """PIL's getexif() also reads ImageMagick's raw profile (text or compressed text): it moves too."""
+    rgb = np.ascontiguousarray(real_photo("astronaut")[:60, :40])
+    data = _before_iend(encode(rgb, "PNG"), _raw_profile(kind))
+    assert probe_image(data).shape == (40, 60)
+    got = decode_image(data)
+    assert np.array_equal(got.rgb, np.rot90(rgb, -1)) and "exif_orientation" in got.conversions
+
+
+@pytest.mark.parametrize("bad", ["bad_crc_profile", "huge_comment"])
+def test_a_chunk_pil_refuses_after_the_image_data_does_not_cost_the_orientation_beside_it(bad):
+    """Only an intact orientation chunk moves: a damaged one (bad CRC) or a comment PIL refuses before
+    the image data (a zTXt that inflates past 1 MB) moved with it made PIL refuse the moved header,
+    and the file was read as stored, its good eXIf unseen."""
+    rgb = np.ascontiguousarray(real_photo("astronaut")[:60, :40])
+    other = {"bad_crc_profile": _raw_profile(b"tEXt")[:-4] + bytes(4),
+             "huge_comment": _png_chunk(b"zTXt", b"Comment\0\0" + zlib.compress(b"a" * 2_000_000))}[bad]
+    good = _png_chunk(b"eXIf", _exif6().removeprefix(b"Exif\0\0"))
+    data = _before_iend(encode(rgb, "PNG"), other + good)
+    assert np.array_equal(decode_image(data).rgb, np.rot90(rgb, -1))
+
+
+def test_an_empty_trusted_image_is_a_bad_image_not_an_opencv_assertion():
+    with pytest.raises(BadImage, match="empty_file"):
+        decode_jpeg_rgb(b"")

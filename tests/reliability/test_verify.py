@@ -2,6 +2,7 @@
 its `_info.json` is named, with the file, and the command exits 1; an intact folder exits 0."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import shutil
@@ -16,6 +17,7 @@ from ferdata.cli import app
 from ferdata.errors import run_cli
 from ferdata.tario import TarShardWriter, iter_tar_samples, sha256_file
 from ferdata.layout import INFO
+from ferdata import verify
 from ferdata.verify import verify_shards
 from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.summary import SplitSummary
@@ -564,9 +566,11 @@ def _png16(value: int) -> bytes:
     ("lmk.npy", b"xx", "its lmk.npy: not a .npy array"),
     ("json", b"{", "its json member is not JSON"),
     ("json", b"[1]", "its json member holds no record with an 'extra' mapping"),
-    ("jpg", "oblong", "its jpg is 96x112, not a square crop")],
+    ("jpg", "oblong", "its jpg is 96x112, not a square crop"),
+    ("json", b'{"extra": "\xff"}', "its json member is not JSON"),            # not UTF-8: UnicodeDecodeError
+    ("json", b'{"extra": [1]}', "its json member holds no record with an 'extra' mapping")],
     ids=["empty-jpg", "empty-heatmap", "grey-jpg", "rgb-heatmap", "16-bit-heatmap", "lmk-5", "lmk-1", "lmk-not-npy",
-         "json-cut", "json-list", "oblong-jpg"])
+         "json-cut", "json-list", "oblong-jpg", "json-not-utf8", "json-extra-list"])
 def test_a_member_the_batch_cannot_hold_is_named_with_its_sample_and_shard(member, data, says):
     """An empty member raised OpenCV's ``!buf.empty()`` assertion; a 16-bit heatmap of 40000 entered
     the batch as 64 (cast modulo 256; its 8 bits are 156); a grey picture, an RGB heatmap or 5
@@ -610,9 +614,16 @@ def test_an_unreadable_shard_is_a_problem_line_and_the_rest_is_still_checked(sha
     (lambda i: i.update(preprocess={"align": {"size": "112"}}), r"preprocess is not the align/derive settings"),
     (lambda i: i["shards"][0].update(bytes=None), "a shard's bytes is not a whole number"),
     (lambda i: i["shards"][0].update(count=8.9), "a shard's count is not a whole number"),
-    (lambda i: i.update(face_backends={"embedded": "all"}), "face_backends is not backend names to counts")],
+    (lambda i: i.update(face_backends={"embedded": "all"}), "face_backends is not backend names to counts"),
+    (lambda i: i.update(shards=[i["shards"][0]["name"]]), "shards is not a list of shard entries"),
+    (lambda i: i["shards"][0].update(sha256=5), "a shard's name or sha256 is not text"),
+    (lambda i: i["shards"][0].update(count=True), "a shard's count is not a whole number"),
+    (lambda i: i["shards"][0].update(count=-1), "a shard's count is not a whole number"),
+    (lambda i: i.update(soft_labels={"soft": "all"}), "soft_labels is not label modes to counts"),
+    (lambda i: i.update(subsets={"occlusion": [5]}), "subsets is not names to lists of sample keys")],
     ids=["detect-no-options", "detect-text", "preprocess-text", "size-text", "bytes-null", "count-fraction",
-         "backends-text"])
+         "backends-text", "shards-names", "sha256-number", "count-bool", "count-negative", "soft-labels-text",
+         "subset-key-number"])
 def test_verify_and_training_refuse_the_same_info_edits(shards, edit, says):
     """Each edit passed `ferdata verify`, and training then failed with a TypeError traceback, "error:
     options", or a size mismatch whose message said to run `ferdata verify` (which passed)."""
@@ -627,3 +638,19 @@ def test_verify_and_training_refuse_the_same_info_edits(shards, edit, says):
                                            problems[0]), problems
     with pytest.raises(SelectionError, match=f"train/_info.json is damaged \\({says}.*`ferdata verify` checks"):
         open_split([shards], "train")
+
+
+def test_a_shard_unreadable_while_it_is_scanned_is_a_problem_line(shards, monkeypatch):
+    """Its sha256 read, then the disk failed under the scan: one line, the other splits still checked."""
+    def failing(path, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(verify, "iter_tar_samples", failing)
+    problems = verify_shards(shards)
+    assert problems and all(p.endswith(": unreadable (Input/output error); copy the shards again") for p in problems)
+    assert {Path(p.partition(": ")[0]).parent.name for p in problems} == {"train", "val", "test"}, problems
+
+
+def test_a_missing_shard_is_said_once(shards):
+    expected = _delete(shards)
+    assert [p for p in verify_shards(shards) if p.startswith(expected.removesuffix(": missing"))] == [expected]
