@@ -6,16 +6,29 @@ the ``evaluate.split`` of ``evaluate.dataset`` (null: the training datasets). Tr
 depend on these files instead of all of ``data/``, so preparing another dataset re-runs neither.
 """
 from pathlib import Path
+from typing import Any, Mapping
 
-from ferdata.params import dataset_specs
+from ferdata.errors import NamedKeyError
+from ferdata.params import dataset_specs, section_values
 from ferdata.selection import SPLITS_READ, check_run_datasets, tested_on, write_selection
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
+
+def required(values: Mapping[str, Any], section: str, key: str) -> Any:
+    """``values[key]`` of params section ``section``; a missing one is named (the sections are checked
+    whole in the stages after this one)."""
+    if key not in values:
+        raise NamedKeyError(f"params.yaml has no {section}.{key} (copy it from the project's params.yaml)")
+    return values[key]
+
+
 params, (data_dir, out) = setup(check_all=False)
-trained_on = apply_recipe(params["train"])["datasets"]
-tested = tested_on(params["evaluate"]["dataset"], trained_on)
+train, evaluate = (section_values(params, name) for name in ("train", "evaluate"))
+trained_on = required(apply_recipe(train), "train", "datasets")
+dataset, split = required(evaluate, "evaluate", "dataset"), required(evaluate, "evaluate", "split")
+tested = tested_on(dataset, trained_on)
 # a misspelt name is said as such (the whole check runs in the stages after)
-check_run_datasets(trained_on, params["evaluate"]["dataset"], dataset_specs(params), data_dir)
+check_run_datasets(trained_on, dataset, dataset_specs(params), data_dir)
 write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
-write_selection(Path(out) / "evaluate.json", data_dir, tested, (params["evaluate"]["split"],))
+write_selection(Path(out) / "evaluate.json", data_dir, tested, (split,))

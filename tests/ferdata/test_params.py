@@ -168,6 +168,26 @@ def test_a_datasets_section_of_the_wrong_kind_is_an_error_line(tmp_path, dataset
         assert f"error: {says}" in run.stderr and "the datasets to train on are train.datasets" in run.stderr
 
 
+@pytest.mark.parametrize("drop, says", [("evaluate", "params.yaml has no 'evaluate' section"),
+                                         ("evaluate.split", "params.yaml has no evaluate.split"),
+                                         ("train.datasets", "params.yaml has no train.datasets")])
+def test_the_select_stage_names_a_missing_section_or_value(tmp_path, drop, says):
+    """select reads params["evaluate"]["split"] before the stages after it check every section: a
+    missing one was a KeyError traceback since bare KeyErrors count as bugs."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    values = {**PARAMS, "train": dict(PARAMS["train"]), "evaluate": dict(PARAMS["evaluate"])}
+    section, _, key = drop.partition(".")
+    values.pop(section) if not key else values[section].pop(key)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values))
+    run = subprocess.run([sys.executable, "-m", "pipeline.select", "data", "runs/select"], cwd=tmp_path,
+                         capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 1 and "Traceback" not in run.stderr and f"error: {says}" in run.stderr, run.stderr[-500:]
+
+
 def test_command_line_values_are_yaml_and_a_colon_without_a_space_is_named():
     """`--option mapping={happy:Joyful}` read as the one key 'happy:joyful' (YAML needs a space after
     the colon), and the reader's error spoke of a class folder instead."""
