@@ -25,6 +25,7 @@ Layout = Mapping[str, tuple[tuple[int, ...], torch.dtype]]    # field -> (per-sa
 TAG = "_ring"                        # (worker, serial, samples) of a batch written into the ring
 RELEASE_ALL = 1 << 62
 _POLL_S = 2e-4
+ORPHAN_CHECK_S = 0.01          # how often a waiting worker whose parent is not the main process looks for it
 
 
 SHM_DIR = "/dev/shm"
@@ -74,6 +75,7 @@ class BatchRing:
                         for name, (shape, dtype) in self.layout.items()}
         self.released = torch.zeros(workers, dtype=torch.int64).share_memory_()
         self._parent = os.getpid()
+        self._next_check = 0.0                           # a worker's next look beyond its parent pid
 
     @property
     def nbytes(self) -> int:
@@ -103,13 +105,19 @@ class BatchRing:
 
     def _orphaned(self) -> bool:
         """In a worker: the loader's main process is gone. A worker's parent is the main process under
-        fork and spawn but the fork server under forkserver (Python 3.14's default on Linux), so the
-        main process is watched itself: through multiprocessing's handle on it (its end of a pipe,
-        closed when it exits, reaped or not), else by its pid."""
+        fork and spawn (alive while it is the parent: the quick answer), but the fork server under
+        forkserver (Python 3.14's default on Linux). Otherwise, at most every
+        :data:`ORPHAN_CHECK_S`, the main process is watched itself: through multiprocessing's handle
+        on it (a pipe closed at its exit, unless a later forked sibling holds it open) or its pid
+        (gone, or a zombie not yet reaped)."""
+        if os.getppid() == self._parent:
+            return False
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + ORPHAN_CHECK_S
         parent = multiprocessing.parent_process()
-        if parent is not None and parent.pid == self._parent:
-            return not parent.is_alive()
-        return not _alive(self._parent)
+        return (parent is not None and parent.pid == self._parent and not parent.is_alive()) or not _alive(self._parent)
 
     @staticmethod
     def message(worker: int, serial: int, samples: int, rest: dict) -> dict:

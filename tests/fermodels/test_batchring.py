@@ -240,25 +240,30 @@ def test_a_waiting_worker_is_not_taken_for_an_orphan_whatever_starts_it(method):
     p.join(10)
 
 
-def _main_then_gone(q, first_wait_after: float) -> None:
+def _main_then_gone(q, first_wait_after: float, sibling: bool) -> None:
     ring = BatchRing({"label": ((), torch.int64)}, workers=1, depth=1, capacity=2)
-    mp.get_context("fork").Process(target=_waiting_worker, args=(ring, q, first_wait_after)).start()
+    fork = mp.get_context("fork")
+    fork.Process(target=_waiting_worker, args=(ring, q, first_wait_after)).start()
+    if sibling:                       # forked later: it inherits the pipe end that tells the first of its parent
+        fork.Process(target=time.sleep, args=(5,)).start()      # ends on its own, after the check
     time.sleep(0.3)
     os._exit(0)
 
 
-@pytest.mark.parametrize("first_wait_after", [0.0, 1.0], ids=["waiting", "first-wait-after-it-died"])
-def test_a_worker_whose_main_process_is_gone_stops(first_wait_after):
+@pytest.mark.parametrize("first_wait_after, sibling", [(0.0, False), (1.0, False), (0.0, True)],
+                         ids=["waiting", "first-wait-after-it-died", "a-later-sibling-alive"])
+def test_a_worker_whose_main_process_is_gone_stops(first_wait_after, sibling):
     """Also when the worker first waits after the main process died and before it is reaped (a
-    zombie: its pid still answers): that worker polled on until the reaping."""
+    zombie: its pid still answers): that worker polled on until the reaping. And while a worker forked
+    after it lives, which holds multiprocessing's pipe to the main process open."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    main = ctx.Process(target=_main_then_gone, args=(q, first_wait_after))
+    main = ctx.Process(target=_main_then_gone, args=(q, first_wait_after, sibling))
     main.start()
     assert q.get(timeout=60) == "started"
-    if not first_wait_after:
+    if not first_wait_after and not sibling:
         main.join(30)                 # gone, and reaped
-    assert q.get(timeout=30) == "RuntimeError(\"the loader's main process is gone\")"
+    assert q.get(timeout=4) == "RuntimeError(\"the loader's main process is gone\")"   # before the sibling ends
     main.join(30)
 
 
@@ -304,6 +309,7 @@ def test_a_pid_not_ours_to_signal_is_alive(monkeypatch):
 def test_without_multiprocessings_handle_the_main_process_is_watched_by_its_pid(monkeypatch):
     """Where multiprocessing has no parent (or another one than the ring's maker), the ring's maker's
     pid is watched: alive, not orphaned, whatever that other parent does; a zombie, orphaned."""
+    monkeypatch.setattr(batchring, "ORPHAN_CHECK_S", 0.0)            # every call looks
     ring = BatchRing({"label": ((), torch.int64)}, workers=1, depth=1, capacity=2)
     assert not ring._orphaned()                                      # no parent process here: the pid
     pid = _zombie("gone")
