@@ -40,7 +40,7 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     listed: dict[str, tuple[str, int]] = {}
     faces: dict[Identity, set[int]] = {}
     keys: dict[str, set[int]] = {}
-    held_out: dict[tuple[bytes, tuple[str, ...]], str] = {}
+    held_out: dict[Identity, list[str]] = {}        # a val/test face -> the keys of its copies
     for row in rows:
         rec = row["record"]
         label = int(rec["label"])
@@ -54,8 +54,12 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
         if first.setdefault(ident, label) != label:
             faces.setdefault(ident, {first[ident]}).add(label)
         if ident[2] in HELD_OUT:
-            held_out.setdefault(ident[:2], ident[2])
-    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, held_out)
+            held_out.setdefault(ident, []).append(rec["key"])
+    kept = {}                       # face -> a val/test split that keeps a copy (conflicting copies all go)
+    for ident, copies in held_out.items():
+        if ident not in faces and any(key not in keys for key in copies):
+            kept.setdefault(ident[:2], ident[2])
+    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept)
 
 
 def _names(labels: set[int]) -> list[str]:

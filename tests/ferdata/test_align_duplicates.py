@@ -85,8 +85,27 @@ def test_training_copies_of_held_out_faces_are_dropped_when_asked(order):
             row("tr2", 1, "train", picture="cd" * 32), row("own", 1, "train", picture="ef" * 32)]
     if order == "test_first":
         rows = rows[1:3] + rows[:1] + rows[3:]
-    kept, drops, _ = dedup(rows, drop_train_copies=True)
+    kept, drops, report = dedup(rows, drop_train_copies=True)
     assert sorted(kept) == ["own", "te", "va"]
     assert drops == {"tr": "copy_of_held_out: tr.jpg: the same picture and face is in the test split",
                      "tr2": "copy_of_held_out: tr2.jpg: the same picture and face is in the val split"}
-    assert sorted(dedup(rows)[0]) == ["own", "te", "tr", "tr2", "va"]
+    assert "duplicates" not in report.notes                          # a dropped copy is no cross-split copy
+    kept, _, report = dedup(rows)
+    assert sorted(kept) == ["own", "te", "tr", "tr2", "va"]
+    assert sum(report.notes["duplicates"].values()) == 2
+
+
+def test_a_face_in_train_val_and_test_loses_only_its_training_copy():
+    rows = [row("tr", 1, "train"), row("va", 1, "val"), row("te", 1, "test")]
+    kept, drops, report = dedup(rows, drop_train_copies=True)
+    assert kept == ["va", "te"] and list(drops) == ["tr"]
+    assert report.notes["duplicates"] == {"across_splits_val_test": 1}
+
+
+def test_a_training_copy_stays_where_every_held_out_copy_is_dropped_for_its_labels():
+    """Test copies labelled two ways are all dropped (conflicting_labels): the face is in no held-out
+    split, so its training copy was dropped too ("is in the test split"), and the face was lost."""
+    rows = [row("tr", 1, "train"), row("te1", 1, "test"), row("te2", 2, "test")]
+    kept, drops, _ = dedup(rows, drop_train_copies=True)
+    assert kept == ["tr"] and sorted(drops) == ["te1", "te2"]
+    assert all(d.startswith("conflicting_labels") for d in drops.values())
