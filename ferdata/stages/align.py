@@ -141,6 +141,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     splits = {k: detected.pop(k) for k in ("official_splits", "source") if k in detected}
     report = StageReport("align", settings={**params.settings(), **({"detect": detected} if detected else {}),
                                             **splits})
+    if params.cross_split_copies != "keep":           # said where it drops faces (keep: the report as before)
+        report.notes["cross_split_copies"] = params.cross_split_copies
     drops: list[Dropped] = []
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).

@@ -700,7 +700,9 @@ def test_align_drops_training_copies_of_test_faces_when_the_params_say_so(tmp_pa
                                                             ("train", "test", "train"))]
     run_detect(recs, params(tmp_path), tmp_path / "detect")
     keep = build(AlignParams, "align", workers=1)
-    assert run_align(tmp_path / "detect", keep, tmp_path / "kept").kept == 3
+    kept = run_align(tmp_path / "detect", keep, tmp_path / "kept")
+    assert kept.kept == 3 and "cross_split_copies" not in kept.notes
     dropped = run_align(tmp_path / "detect", dataclasses.replace(keep, cross_split_copies="drop_train"),
                         tmp_path / "dropped")
     assert dropped.kept == 2 and dropped.dropped == {"copy_of_held_out": 1}
+    assert dropped.notes["cross_split_copies"] == "drop_train"          # which choice made the output
