@@ -11,9 +11,9 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
-from ferdata.errors import NamedKeyError
 from ferdata.datasets import (READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source,
                               warn_absolute_root)
+from ferdata.errors import NamedKeyError
 from ferdata.layout import stage_dirs
 from ferdata.params import dataset_specs, stage_section
 from ferdata.parts import Part

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ferdata.errors import NamedKeyError
 from ferdata.atomic import atomic_write_text
+from ferdata.errors import NamedKeyError
 from ferdata.layout import INFO, stage_dirs
 from ferdata.params import repeated
 from ferdata.records import SPLITS

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ferdata.errors import NamedKeyError
 from ferdata.datasets.base import COMMON_OPTIONS, READERS, DatasetLayoutError, DatasetReader, open_reader
 from ferdata.datasets import affectnet, ckplus, expw, fer2013, folder, jaffe, rafdb, sfew  # noqa: F401  (registers)
+from ferdata.errors import NamedKeyError
 from ferdata.params import dataset_specs, section
 from ferdata.records import Dropped, FaceRecord
 
