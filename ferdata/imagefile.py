@@ -129,6 +129,8 @@ def _pil_open(data: bytes):
     if moved is not data:
         try:
             return Image.open(io.BytesIO(moved))
+        except Image.DecompressionBombError:       # the size, not a moved chunk: no second open
+            raise
         except Exception:  # noqa: BLE001 - PIL's header rules for text (size, CRC): read as stored
             pass
     return Image.open(io.BytesIO(data))
