@@ -49,17 +49,25 @@ def stage_dirs(data_dir: str | Path, name: str) -> dict[str, Path]:
     return {s: base / s for s in STAGES}
 
 
+def _report_part(stage_dir: str | Path, part: str) -> dict:
+    path = Path(stage_dir) / REPORT
+    return (json.loads(path.read_text()).get(part) or {}) if path.is_file() else {}
+
+
 def report_settings(stage_dir: str | Path) -> dict:
     """The ``settings`` a stage's report records (``{}``: no report, or one from a version that did
     not record them)."""
-    path = Path(stage_dir) / REPORT
-    return (json.loads(path.read_text()).get("settings") or {}) if path.is_file() else {}
+    return _report_part(stage_dir, "settings")
 
 
 def report_inputs(stage_dir: str | Path) -> dict:
     """What a stage's report says its output was made from (``{}``: no report, or an older one)."""
-    path = Path(stage_dir) / REPORT
-    return (json.loads(path.read_text()).get("inputs") or {}) if path.is_file() else {}
+    return _report_part(stage_dir, "inputs")
+
+
+def report_notes(stage_dir: str | Path) -> dict:
+    """The ``notes`` of a stage's report (``{}``: no report)."""
+    return _report_part(stage_dir, "notes")
 
 
 # The report note in which a chunked stage records :func:`ferdata.tario.content_digest` of its chunks.

@@ -21,7 +21,8 @@ from typing import Collection
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.layout import ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_settings
+from ferdata.layout import (ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_notes,
+                            report_settings)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
@@ -140,6 +141,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     preprocess, detect, official, source = stage_settings(aligned_dir, derived_dir)
     by_split = assign(metas, params, official)
     dealt = fold_assignment(metas)
+    copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read:
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
@@ -150,6 +152,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["detect"] = detect
             if source:
                 info["source"] = source
+            if copies:                                  # align.cross_split_copies drop_train: others' info unchanged
+                info["cross_split_copies"] = copies
             if dealt:                                                       # k-fold only: others' info unchanged
                 info["fold_assignment"] = dealt
             if split == "val" and not keys and params.val_fraction == 0:    # only then: others' info unchanged

@@ -688,12 +688,15 @@ def test_a_missing_or_damaged_detect_table_and_a_wrong_derive_input_are_named(tm
     assert not (tmp_path / "derived").exists()
 
 
-def test_align_drops_training_copies_of_test_faces_when_the_params_say_so(tmp_path, images):
+def test_align_drops_training_copies_of_test_faces_when_the_params_say_so_and_the_shards_record_it(tmp_path, images):
     """align.cross_split_copies reaches the stage: the same photo listed in train and test keeps both
     copies by default and only the test copy with drop_train."""
     import dataclasses
 
     from ferdata.stages.align import AlignParams, run_align
+    from ferdata.stages.derive import DeriveParams, run_derive
+    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.summary import check_info
     from tests.reliability.corpus import build
 
     recs = [dataclasses.replace(r, split=s) for r, s in zip(records([images[0], images[0], images[1]]),
@@ -706,3 +709,11 @@ def test_align_drops_training_copies_of_test_faces_when_the_params_say_so(tmp_pa
                         tmp_path / "dropped")
     assert dropped.kept == 2 and dropped.dropped == {"copy_of_held_out": 1}
     assert dropped.notes["cross_split_copies"] == "drop_train"          # which choice made the output
+    for made in ("kept", "dropped"):                                     # and the shards say so, where drop_train
+        run_derive(tmp_path / made, build(DeriveParams, "derive", workers=1), tmp_path / f"{made}_derived")
+        run_shard(tmp_path / made, tmp_path / f"{made}_derived", build(ShardParams, "shard"), tmp_path / f"{made}_s")
+    for split in ("train", "test"):
+        assert "cross_split_copies" not in json.loads((tmp_path / "kept_s" / split / "_info.json").read_text())
+        info = json.loads((tmp_path / "dropped_s" / split / "_info.json").read_text())
+        assert info["cross_split_copies"] == "drop_train"
+        check_info(info)

@@ -620,10 +620,11 @@ def test_an_unreadable_shard_is_a_problem_line_and_the_rest_is_still_checked(sha
     (lambda i: i["shards"][0].update(count=True), "a shard's count is not a whole number"),
     (lambda i: i["shards"][0].update(count=-1), "a shard's count is not a whole number"),
     (lambda i: i.update(soft_labels={"soft": "all"}), "soft_labels is not label modes to counts"),
-    (lambda i: i.update(subsets={"occlusion": [5]}), "subsets is not names to lists of sample keys")],
+    (lambda i: i.update(subsets={"occlusion": [5]}), "subsets is not names to lists of sample keys"),
+    (lambda i: i.update(cross_split_copies=True), r"cross_split_copies is not a setting's name")],
     ids=["detect-no-options", "detect-text", "preprocess-text", "size-text", "bytes-null", "count-fraction",
          "backends-text", "shards-names", "sha256-number", "count-bool", "count-negative", "soft-labels-text",
-         "subset-key-number"])
+         "subset-key-number", "copies-bool"])
 def test_verify_and_training_refuse_the_same_info_edits(shards, edit, says):
     """Each edit passed `ferdata verify`, and training then failed with a TypeError traceback, "error:
     options", or a size mismatch whose message said to run `ferdata verify` (which passed)."""
