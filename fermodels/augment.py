@@ -99,10 +99,17 @@ def hflip_batch(batch: dict, mask: Tensor | None = None) -> dict:
     return out
 
 
-def _replace_rows(orig: Tensor, rows: Tensor, new: Callable[[Tensor], Tensor]) -> Tensor:
-    """A copy of ``orig`` whose samples ``rows`` (indices, any device) are ``new(rows)``."""
+def _replace_rows(orig: Tensor, rows: Tensor, new: Callable[[Tensor | slice], Tensor]) -> Tensor:
+    """A copy of ``orig`` whose samples ``rows`` (indices, any device) are ``new(rows)``: one kernel
+    on a GPU; sample by sample on a CPU, where ``index_copy`` copies element by element (half of a
+    uint8 batch of 64 at 112 px: 34 us a sample against 5 for the rows' slices)."""
     rows = rows.to(orig.device)
-    return orig.index_copy(0, rows, new(rows))
+    if orig.device.type != "cpu":
+        return orig.index_copy(0, rows, new(rows))
+    out = orig.clone()
+    for r in rows.tolist():
+        out[r:r + 1] = new(slice(r, r + 1))
+    return out
 
 
 def _affine_matrices(n: int, p: AugmentParams, g: torch.Generator) -> Tensor:

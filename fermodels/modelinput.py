@@ -57,6 +57,20 @@ def pixel_affine(card: ModelCard, device: torch.device | None = None) -> tuple[t
     return (scale, shift) if device is None else (host_to(scale, device), host_to(shift, device))
 
 
+def _scale_channels_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``y * scale + shift`` in place for a float (N, C, H, W) ``y`` dense in either memory format and
+    (1, C, 1, 1) factors, along rows of pixels (NCHW: one row per channel; NHWC: the factors repeated
+    along a row of pixels). Broadcast over an NHWC image as it is, a CPU multiplies element by
+    element: 3.3x slower for a uint8 batch of 64 at 112 px made channels_last."""
+    n, c, h, w = y.shape
+    if y.is_contiguous():
+        rows, scale, shift = y.view(n, c, h * w), scale.view(1, c, 1), shift.view(1, c, 1)
+    else:                                       # channels_last, as normalise makes it
+        rows, scale, shift = y.permute(0, 2, 3, 1).view(n * h, w * c), scale.view(c).repeat(w), shift.view(c).repeat(w)
+    rows.mul_(scale).add_(shift)
+    return y
+
+
 def host_to(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """A host tensor (a batch field, draws, matrices, constants) on ``device`` without holding up the
     host: a copy from pageable memory to a GPU first waits for everything queued on it, which would
@@ -78,7 +92,7 @@ def normalise(batch: dict, card: ModelCard, channels_last: bool = False,
     tensors. A float image (scaled or warped on the device, an exported graph's input) takes one
     fused multiply-add (x * 1/std - mean/std); a uint8 image is converted once, into the memory
     format the model wants, and scaled in place (on a CPU, a second fresh float tensor costs more
-    than the arithmetic). ``affine``: :func:`pixel_affine`'s pair made beforehand (an exported
+    than the arithmetic) along rows of pixels (:func:`_scale_channels_`). ``affine``: :func:`pixel_affine`'s pair made beforehand (an exported
     graph keeps it as buffers, which move with the graph; made here, a trace bakes in the device).
     ``channels_last`` false gives NCHW images whatever the input's layout (the loader's are NHWC in
     memory: kept, they ran every convolution channels_last whatever ``train.channels_last`` said)."""
@@ -93,7 +107,7 @@ def normalise(batch: dict, card: ModelCard, channels_last: bool = False,
                 out[name] = y.contiguous(memory_format=fmt)
             else:
                 y = torch.empty_like(x, dtype=torch.float32, memory_format=fmt).copy_(x)
-                out[name] = y.mul_(scale).add_(shift)
+                out[name] = _scale_channels_(y, scale, shift)
     if "heatmap" in batch:
         out["heatmap"] = batch["heatmap"] / 255.0
     return out
