@@ -92,8 +92,9 @@ def normalise(batch: dict, card: ModelCard, channels_last: bool = False,
     tensors. A float image (scaled or warped on the device, an exported graph's input) takes one
     fused multiply-add (x * 1/std - mean/std); a uint8 image is converted once, into the memory
     format the model wants, and scaled in place (on a CPU, a second fresh float tensor costs more
-    than the arithmetic) along rows of pixels (:func:`_scale_channels_`). ``affine``: :func:`pixel_affine`'s pair made beforehand (an exported
-    graph keeps it as buffers, which move with the graph; made here, a trace bakes in the device).
+    than the arithmetic) along rows of pixels (:func:`_scale_channels_`). ``affine``:
+    :func:`pixel_affine`'s pair made beforehand (an exported graph keeps it as buffers, which move
+    with the graph; made here, a trace bakes in the device).
     ``channels_last`` false gives NCHW images whatever the input's layout (the loader's are NHWC in
     memory: kept, they ran every convolution channels_last whatever ``train.channels_last`` said)."""
     scale, shift = affine if affine is not None else pixel_affine(card, batch["image"].device)
