@@ -1,6 +1,7 @@
-"""torchrun/DDP set-up from the environment, the collectives training and evaluation use, and
-losses over the whole step's batch (:class:`GlobalBatch`). How an epoch is split between the ranks
-is planned in :mod:`fermodels.epochplan`.
+"""torchrun/DDP set-up from the environment, the collectives training and evaluation use, losses
+over the whole step's batch (:class:`GlobalBatch`), and the model made ready for the ranks
+(:func:`sync_batchnorm`, :func:`ddp_wrap`). How an epoch is split between the ranks is planned in
+:mod:`fermodels.epochplan`.
 
 Launch: ``torchrun --nproc_per_node=N -m pipeline.train ...`` (one node) or with ``--nnodes``,
 ``--node_rank`` and ``--master_addr``/``--master_port`` on several; the process group is set up from
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -236,3 +238,33 @@ class GlobalBatch:
         gathered, valid = self.gather(*rows)
         value = fn(*gathered, valid=valid)
         return value * self.world_size - (value * (self.world_size - 1)).detach()
+
+
+def sync_batchnorm(net: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """``net`` with its BatchNorm layers computing statistics over every rank's samples (torch's
+    SyncBatchNorm, GPU only; the same parameters and buffers, so optimiser, checkpoints and the
+    weight average are unchanged); a single process is left as it is."""
+    if not env.distributed:
+        return net
+    if device.type != "cuda":
+        raise ValueError("train.sync_batchnorm needs CUDA ranks (torch's SyncBatchNorm runs on GPUs only): set it "
+                         "false on CPUs")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(net)
+
+
+def ddp_wrap(net: nn.Module, env: DistEnv, device: torch.device, num_classes: int, compile: bool) -> nn.Module:
+    """The module the training loop calls: DDP around ``net`` under torchrun (told to look for unused
+    parameters only where a forward pass leaves some unused), compiled if asked."""
+    fwd: nn.Module = net
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        from fermodels.info import example_batch, used_parameters
+
+        was_training = net.training
+        example = {k: v.to(device) for k, v in example_batch(net.card, 2, num_classes).items()}
+        used = {id(p) for p in used_parameters(net.eval(), example)}
+        net.train(was_training)
+        unused = any(p.requires_grad and id(p) not in used for p in net.parameters())
+        fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=unused)
+    return torch.compile(fwd) if compile else fwd

@@ -26,8 +26,8 @@ from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects, broadcast_object,
-                                   env_from_os, init_distributed, max_over_ranks, pick_device, shutdown,
-                                   sync_buffers)
+                                   ddp_wrap, env_from_os, init_distributed, max_over_ranks, pick_device, shutdown,
+                                   sync_batchnorm, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
@@ -224,7 +224,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                              net.card.scoring_batch(max(1, params.batch_size // env.world_size)), params.workers,
                              persistent=True) if selects else None
     whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
-    return _Run(net, _wrap(net, params, env, device), opt, scaler,
+    return _Run(net, ddp_wrap(net, env, device, params.num_classes, params.compile), opt, scaler,
                 decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
                 loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), ema,
                 resumed, whole=whole, threads=threads, streams=streams)
@@ -321,35 +321,6 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         t_wait = time.perf_counter()
     _check_health(run, bad, env, epoch, sums, ckpt_dir)
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
-
-
-def sync_batchnorm(net: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
-    """``net`` with its BatchNorm layers computing statistics over every rank's samples (torch's
-    SyncBatchNorm, GPU only; the same parameters and buffers, so optimiser, checkpoints and the
-    weight average are unchanged); a single process is left as it is."""
-    if not env.distributed:
-        return net
-    if device.type != "cuda":
-        raise ValueError("train.sync_batchnorm needs CUDA ranks (torch's SyncBatchNorm runs on GPUs only): set it "
-                         "false on CPUs")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(net)
-
-
-def _wrap(net: nn.Module, params: TrainParams, env: DistEnv, device: torch.device) -> nn.Module:
-    """The module the loop calls: DDP around the net under torchrun, compiled if asked."""
-    fwd: nn.Module = net
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-        from fermodels.info import example_batch, used_parameters
-
-        was_training = net.training
-        used = {id(p) for p in used_parameters(net.eval(), {k: v.to(device) for k, v in
-                                                           example_batch(net.card, 2, params.num_classes).items()})}
-        net.train(was_training)
-        unused = any(p.requires_grad and id(p) not in used for p in net.parameters())
-        fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=unused)
-    return torch.compile(fwd) if params.compile else fwd
 
 
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position,

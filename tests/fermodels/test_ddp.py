@@ -928,7 +928,7 @@ def test_sync_batchnorm_converts_only_distributed_gpu_runs_and_keeps_the_paramet
     from torch import nn
 
     from fermodels.registry import create_model
-    from fermodels.train import sync_batchnorm
+    from fermodels.distributed import sync_batchnorm
 
     net = create_model("resnet18_112", num_classes=7)
     params = list(net.parameters())
