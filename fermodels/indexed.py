@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from ferdata.classes import CLASSES
 from ferdata.layout import INFO
 from ferdata.parallel import one_thread_per_worker
-from ferdata.tario import MemberReader, index_tars
+from ferdata.tarindex import MemberReader, index_tars
 from fermodels.data import SampleDecoder, class_id
 from fermodels.shardsplit import Split
 

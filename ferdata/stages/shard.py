@@ -29,7 +29,8 @@ from ferdata.records import SPLITS, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.summary import SplitSummary
-from ferdata.tario import MemberReader, TarShardWriter, index_chunks
+from ferdata.tarindex import MemberReader, index_chunks
+from ferdata.tario import TarShardWriter
 
 log = logging.getLogger(__name__)
 OWNED = (*SPLITS, REPORT)

@@ -167,7 +167,7 @@ def test_truncated_and_corrupt_archives_raise(tmp_path, as_path):
 def test_a_shard_that_is_no_tar_is_a_user_error_naming_it(tmp_path):
     """Readers of shards and chunks (show, train, evaluate, align ...) say which file is damaged,
     as a ValueError (one error line on the command line), not tarfile's bare ReadError."""
-    from ferdata.tario import index_tars
+    from ferdata.tarindex import index_tars
 
     data = archive(tarfile.GNU_FORMAT, MEMBERS[:2])
     (tmp_path / "cut.tar").write_bytes(data[:600])
@@ -288,7 +288,7 @@ def test_only_some_members_are_handed_out_but_every_sample_is(tmp_path):
 def test_a_tar_cut_short_after_indexing_is_an_error_not_a_shorter_member(tmp_path):
     """The shard stage and training's indexed reader read members by (path, offset, size): a tar
     truncated since it was indexed gave a few bytes fewer, silently (a JSON or JPEG cut mid-way)."""
-    from ferdata.tario import index_tars, read_indexed
+    from ferdata.tarindex import index_tars, read_indexed
     from fermodels.indexed import read_member
 
     with TarShardWriter(tmp_path, "s", maxcount=10) as w:
@@ -308,7 +308,7 @@ def test_a_tar_cut_short_after_indexing_is_an_error_not_a_shorter_member(tmp_pat
 def test_member_reader_keeps_at_most_max_open_tars_open_and_reads_each_member_right(tmp_path):
     import os
 
-    from ferdata.tario import MemberReader, index_tars
+    from ferdata.tarindex import MemberReader, index_tars
 
     paths = []
     for t in range(3):

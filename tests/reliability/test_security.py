@@ -19,7 +19,7 @@ import pytest
 import ferdata.tario as tario
 from ferdata.errors import message
 from ferdata.stages.derive import run_derive
-from ferdata.tario import index_chunks
+from ferdata.tarindex import index_chunks
 from ferdata.tario import UnsafeTarError, iter_tar_samples, load_npy, sha256_file
 from ferdata.verify import verify_shards
 from tests.reliability.corpus import REPO, stage_params
