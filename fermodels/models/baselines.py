@@ -33,12 +33,18 @@ def require(batch: Batch, key: str, card: ModelCard, width: int | None = None) -
     s = card.input_size
     if key in ("image", "left", "right"):
         want = (s, s if width is None else width)
-        if x.dim() != 4 or tuple(x.shape[-2:]) != want:
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != want:
             raise ValueError(f"model {card.name!r} expects batch[{key!r}] of shape (B, 3, {want[0]}, "
                              f"{want[1]}), got {tuple(x.shape)}; resize faces to the card's input_size")
     if key == "heatmap" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, s // 4, s // 4)):
         raise ValueError(f"model {card.name!r} expects batch['heatmap'] of shape (B, 1, {s // 4}, {s // 4}) (a "
                          f"quarter of the input side), got {tuple(x.shape)}")
+    if key == "lmk" and (x.dim() != 3 or tuple(x.shape[1:]) != (68, 2)):
+        raise ValueError(f"model {card.name!r} expects batch['lmk'] of shape (B, 68, 2) (iBUG-68 x, y in image "
+                         f"pixels), got {tuple(x.shape)}")
+    if key != "image" and "image" in batch and x.shape[0] != batch["image"].shape[0]:
+        raise ValueError(f"model {card.name!r}: batch[{key!r}] holds {x.shape[0]} samples, batch['image'] "
+                         f"{batch['image'].shape[0]}")
     return x
 
 

@@ -139,6 +139,37 @@ def test_missing_field_is_named(name: str) -> None:
         model(batch)
 
 
+@pytest.mark.parametrize("name, kwargs", [("pcda", {}), ("pcnn", {"regions": "landmarks"})])
+@pytest.mark.parametrize("bad", ["flat", "unbatched", "five_point", "xyz", "batch"])
+def test_a_malformed_landmark_field_is_named(name: str, kwargs: dict, bad: str) -> None:
+    """From the Python API: an IndexError deep in the model, a conv's channel error, or (x, y, z)
+    points taken without a word."""
+    model = build(name, **kwargs).eval()
+    batch = example_batch(model.card, 2)
+    lmk = batch["lmk"]
+    batch["lmk"] = {"flat": lmk.reshape(2, 136), "unbatched": lmk[0], "five_point": lmk[:, :5],
+                    "xyz": torch.cat([lmk, torch.zeros(2, 68, 1)], -1), "batch": lmk[[0, 1, 1]]}[bad]
+    with pytest.raises(ValueError, match=r"batch\['lmk'\]"), torch.no_grad():
+        model(batch)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cmnet", "ir50"])
+def test_an_image_without_three_channels_is_named(name: str) -> None:
+    model = build(name).eval()
+    batch = example_batch(model.card, 2)
+    batch["image"] = batch["image"][:, :1]
+    with pytest.raises(ValueError, match=r"batch\['image'\] of shape \(B, 3"), torch.no_grad():
+        model(batch)
+
+
+def test_half_faces_of_another_batch_size_are_named() -> None:
+    model = build("cmnet").eval()
+    batch = example_batch(model.card, 2)
+    batch["left"] = batch["left"][[0, 1, 1]]
+    with pytest.raises(ValueError, match=r"batch\['left'\] holds 3 samples, batch\['image'\] 2"), torch.no_grad():
+        model(batch)
+
+
 @pytest.mark.parametrize("name, kwargs", VARIANTS)
 def test_the_ddp_probe_of_used_parameters_matches_what_the_training_loss_reaches(name: str, kwargs: dict) -> None:
     """The trainer tells DDP whether parameters go unused from one eval-mode forward pass (no
