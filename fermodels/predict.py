@@ -37,6 +37,7 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
             yield 0, None, "unreadable_video"
             return
         index = 0
+        listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)       # the container's count (0: not known)
         try:
             while True:
                 ok, bgr = cap.read()
@@ -49,6 +50,10 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
             cap.release()
         if index == 0:
             yield 0, None, "no_video_frames"
+        elif index < listed - 1:       # one frame of slack: some containers estimate the count from the duration
+            log.warning("%s: %d of the %d frames its header lists could be read (a file cut short?); the rest "
+                        "are not scored", path, index, listed)
+            yield index, None, "video_cut_short"
         return
     try:
         yield 0, Picture.from_file(path.read_bytes()), ""

@@ -427,6 +427,43 @@ def test_a_video_without_frames_is_reported_not_skipped(tmp_path):
     assert [(f, im, p) for f, im, p in iter_frames(tmp_path / "garbage.mp4", 1)] == [(0, None, "unreadable_video")]
 
 
+def test_a_video_cut_short_is_reported_not_read_as_if_whole(tmp_path, predictor, caplog, one_thread):
+    """Its header lists 40 frames, 21 decode: the frames there were scored and the summary said
+    nothing of the rest."""
+    import logging
+
+    from skimage import data
+
+    writer = cv2.VideoWriter(str(tmp_path / "full.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (512, 512))
+    for _ in range(40):
+        writer.write(data.astronaut()[..., ::-1].copy())
+    writer.release()
+    whole = (tmp_path / "full.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(whole[: len(whole) // 2])
+    assert [(i, p is not None, why) for i, p, why in iter_frames(tmp_path / "full.avi", 10)] == [
+        (0, True, ""), (10, True, ""), (20, True, ""), (30, True, "")]
+    with caplog.at_level(logging.WARNING):
+        rows, summary = run_predict(predictor, [tmp_path / "cut.avi"], batch_size=8, every=10)
+    assert len(rows) == 3                                   # the frames that were there are still scored
+    assert summary[-1]["problem"] == "video_cut_short", summary
+    assert "cut.avi: 21 of the 40 frames its header lists could be read" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgba", "float01", "uint16"])
+def test_an_array_that_is_not_rgb_uint8_is_refused_with_what_a_picture_is(kind, predictor):
+    """``Predictor.faces(array)``: pixels in 0..1 found no face without a word; grey, RGBA and 16-bit
+    failed inside the face backend."""
+    from skimage import data
+
+    a = data.astronaut()
+    array = {"grey": cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), "rgba": np.dstack([a, np.full(a.shape[:2], 255, np.uint8)]),
+             "float01": a / 255.0, "uint16": a.astype(np.uint16) * 257}[kind]
+    with pytest.raises(ValueError, match=r"a picture is RGB uint8 \(H, W, 3\) pixels, got "):
+        predictor.faces(array, kind)
+    faces, _ = predictor.faces(a[:, ::-1], "mirrored view")         # a strided RGB view is a picture
+    assert len(faces) == 1
+
+
 def test_an_output_that_is_neither_csv_nor_json_is_refused_first(tmp_path):
     with pytest.raises(ValueError, match=r"out.xlsx: predictions are written as .csv or .json"):
         fermodels.predict.predict_files([tmp_path], tmp_path / "no.pt", out=tmp_path / "out.xlsx")
