@@ -36,7 +36,7 @@ from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
 from ferdata.layout import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
-from ferdata.crop import BadGeometry, crop_face
+from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
 from ferdata.tario import npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
@@ -191,6 +191,10 @@ class Predictor:
         options = {"threads": torch.get_num_threads(), **(backend_options or {})}
         self.backend = choose_backend(backend, data.get("face_backends", {}), options, model_dir,
                                       data.get("face_backend_options", {}), allow_download=allow_download)
+        if self.backend.name in WHOLE_IMAGE_BACKENDS and (needs := {"lmk", "heatmap"} & set(self.card.fields)):
+            raise ValueError(f"model {self.card.name!r} reads {' and '.join(sorted(needs))} from 68 landmarks, which "
+                             f"--backend {self.backend.name} cannot give a new image (every face would be skipped): "
+                             "leave --backend out, or give one that finds faces and their landmarks")
 
     def faces(self, picture: Picture | np.ndarray, source: str, frame: int = 0) -> tuple[list[FaceSample], int]:
         """Every usable face of a picture (an RGB array is taken as a video frame) as a sample,

@@ -464,6 +464,23 @@ def test_an_array_that_is_not_rgb_uint8_is_refused_with_what_a_picture_is(kind, 
     assert len(faces) == 1
 
 
+def test_precropped_is_refused_for_a_model_that_reads_landmarks(tmp_path):
+    """A new picture has no landmarks for precropped to give: every face was skipped, one warning
+    each, and predict exited 0."""
+    from fermodels.registry import create_model
+    from fermodels.runstate import Position, preprocess_record, save_checkpoint
+
+    path = tmp_path / "heatmap.pt"
+    save_checkpoint(path, model=create_model("resnet18_heatmap_112", num_classes=7),
+                    params=make_params(model="resnet18_heatmap_112", model_kwargs={}), optimizer=None,
+                    position=Position(0, 0, 0), best={}, data={"face_backends": {"precropped": 1}},
+                    preprocess=preprocess_record(load_params(REPO / "params.yaml")))
+    with pytest.raises(ValueError, match="model 'resnet18_heatmap_112' reads heatmap from 68 landmarks, which "
+                                         "--backend precropped cannot give a new image"):
+        Predictor(path, backend="precropped", device="cpu")
+    assert Predictor(path, device="cpu").backend.name != "precropped"      # found, as the README says
+
+
 def test_an_output_that_is_neither_csv_nor_json_is_refused_first(tmp_path):
     with pytest.raises(ValueError, match=r"out.xlsx: predictions are written as .csv or .json"):
         fermodels.predict.predict_files([tmp_path], tmp_path / "no.pt", out=tmp_path / "out.xlsx")
