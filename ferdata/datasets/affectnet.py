@@ -84,7 +84,8 @@ def npy_scalar(path: Path) -> float:
     arr = load_npy(path)
     if arr.size != 1:
         raise ValueError(f"{path.name}: {arr.size} values, expected 1")
-    return float(str(arr.reshape(-1)[0]))
+    value = arr.reshape(-1)[0]
+    return float(value.decode("ascii", "replace") if isinstance(value, bytes) else str(value))
 
 
 def affect(**readers: Callable[[], float]) -> dict[str, float]:
@@ -143,7 +144,8 @@ class AffectNetReader(DatasetReader):
     subset_pattern = AFFECTNET_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
-        num_classes = PROTOCOLS.get(self.options["protocol"])
+        protocol = self.options["protocol"]
+        num_classes = PROTOCOLS.get(protocol) if isinstance(protocol, str) else None
         if num_classes is None:
             raise ValueError(f"affectnet: protocol must be affectnet7 or affectnet8, got {self.options['protocol']!r}")
         if self.options["automatic"] not in (True, False):

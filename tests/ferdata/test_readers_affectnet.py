@@ -98,6 +98,18 @@ def test_npy_layout_is_detected(tmp_path):
     assert records["test_0"].extra == {}                  # the -2 placeholders, as in the CSV layout
 
 
+def test_npy_labels_saved_as_bytes_are_read(tmp_path):
+    """A re-packaged label saved as bytes (``np.array(b"3")``) is the same number (``int()`` reads
+    it); it was read as the text "b'3'" and every such record became a bad_label drop."""
+    make_affectnet_npy(tmp_path)
+    anno = tmp_path / "train_set" / "annotations"
+    np.save(anno / "0_exp.npy", np.array(b"3"))
+    np.save(anno / "0_val.npy", np.array(b"0.5"))
+    records, drops, _ = read_all("affectnet", tmp_path)
+    assert records["train_0"].label == 3 and drops["bad_label"] == 0
+    assert records["train_0"].extra["valence"] == 0.5
+
+
 def test_npy_layout_affectnet7(tmp_path):
     make_affectnet_npy(tmp_path)
     records, drops, _ = read_all("affectnet", tmp_path, {"protocol": "affectnet7", "layout": "npy"})
@@ -129,6 +141,9 @@ def test_both_layouts_and_bad_options(tmp_path):
         read_all("affectnet", tmp_path, {"protocol": "affectnet6"})
     with pytest.raises(ValueError, match="layout must be"):
         read_all("affectnet", tmp_path, {"layout": "zip"})
+    for bad in (["affectnet7"], {"a": 1}):         # --option 'protocol=[affectnet7]': "unhashable type: 'list'"
+        with pytest.raises(ValueError, match="protocol must be affectnet7 or affectnet8"):
+            read_all("affectnet", tmp_path, {"layout": "csv", "protocol": bad})
 
 
 HASHES = ["83dac9d7eec7fb0bfef79b4d35ddc69a6f7fb458d3bffc4e78f33ad9",
