@@ -97,9 +97,11 @@ class DatasetReader:
         return self.official
 
     def read(self) -> Iterator[FaceRecord | Dropped]:
-        """Every item of :meth:`scan`, with the records of excluded classes dropped and the
+        """Every item of :meth:`scan`, with the records of excluded classes dropped (and a file's
+        listing whose other listing is of an excluded class: ``conflicting_labels``) and the
         records named by ``options.subsets`` tagged ``extra["subsets"]``."""
         self._notes = {}
+        excluded = self._excluded_listings() if self.excluded else {}
         scanned = self.scan()
         try:
             # A root laid out otherwise is named by the scan's first step, before the subset lists
@@ -122,9 +124,16 @@ class DatasetReader:
                     yield item
                     continue
                 records += 1
-                own = self._distinct(item, owners)
+                identity = self._identity(item)
+                own = self._distinct(item, identity, owners)
                 if own.key != item.key:
                     renamed.append(f"{item.path or item.key} as {own.key}")
+                other = excluded.get((item.key, identity), own.label)
+                if own.label not in self.excluded and other != own.label:
+                    yield Dropped(own.dataset, own.key, "conflicting_labels",
+                                  f"{item.path or item.key}: listed as {CLASSES[own.label]} and as "
+                                  f"{CLASSES[other]} (excluded by options.exclude_classes)")
+                    continue
                 if own.label in self.excluded:
                     yield Dropped(own.dataset, own.key, "excluded_class",
                                   f"{CLASSES[own.label]} (options.exclude_classes)")
@@ -154,16 +163,35 @@ class DatasetReader:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
                             "dropped, or excluded)", self.name, name, len(ids - tagged), len(ids))
 
-    def _distinct(self, record: FaceRecord, owners: dict[str, int]) -> FaceRecord:
+    def _excluded_listings(self) -> dict[tuple[str, str], int]:
+        """(key, :meth:`_identity`) -> label of each record of an excluded class (a face of a file: a
+        file may hold several, each with its key and label), from a first pass over the
+        scan (only when classes are excluded; it holds those records only). A file listed again with
+        another label is a conflict, as align's ``conflicting_labels`` judges one, where the
+        excluded listing never reaches align."""
+        listed: dict[tuple[str, str], int] = {}
+        try:
+            for item in self.scan():
+                if isinstance(item, FaceRecord) and item.label in self.excluded:
+                    listed.setdefault((item.key, self._identity(item)), item.label)
+        except UnicodeDecodeError as e:
+            raise self._not_utf8(e) from e
+        self._notes = {}
+        return listed
+
+    def _identity(self, record: FaceRecord) -> str:
+        """Which file (its path under the root) or pixels (their hash) a record is."""
+        return (f"path:{self._under_root(record.path)}" if record.path else
+                "pixels:" + hashlib.sha1(record.pixels or b"").hexdigest())
+
+    def _distinct(self, record: FaceRecord, identity: str, owners: dict[str, int]) -> FaceRecord:
         """``record`` with a key no other file has: names alike after sanitising (``a b.jpg`` and
         ``a-b.jpg``, ``x.jpg`` and ``x.png``, rows of one image name with other pixels) were two images
         under one key, and align kept the first as a "duplicate". The first file keeps the key, another
         gets a hash of its path relative to the root (or of its pixels) appended: keys stay stable and
-        readable. The same file listed again keeps the key: align drops the repeat (``duplicate_key``).
+        readable. The same file (``identity``) listed again keeps the key: align drops the repeat (``duplicate_key``).
         ``owners`` holds 8 bytes of digest per key (~70 MB for AffectNet's 400k)."""
-        own = (f"path:{self._under_root(record.path)}" if record.path else
-               "pixels:" + hashlib.sha1(record.pixels or b"").hexdigest())
-        digest = hashlib.sha1(own.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        digest = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         key = record.key
         while owners.setdefault(key, int(digest, 16)) != int(digest, 16):
             key = f"{key}-{digest[:8]}"

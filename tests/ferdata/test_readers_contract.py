@@ -89,6 +89,23 @@ def test_exclude_classes_drops_exactly_those_records(tmp_path, name):
             assert after == before and type(after) is type(before)
 
 
+@pytest.mark.parametrize("order", ["kept_first", "excluded_first"])
+def test_a_file_listed_with_two_labels_one_excluded_is_a_conflict_not_the_other_label(tmp_path, order):
+    """Align drops a file listed with two labels (conflicting_labels); with one of the two excluded,
+    that listing was gone before align and the other label was trusted."""
+    fx.make_rafdb(tmp_path)
+    lines = (tmp_path / "EmoLabel" / "list_patition_label.txt").read_text().splitlines()
+    again = "train_00002.jpg 2"                              # Fear; listed first as 1, Surprise
+    lines = [again] + lines if order == "excluded_first" else lines + [again]
+    (tmp_path / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    items = [i for i in open_reader("rafdb", tmp_path, {"exclude_classes": ["Fear"]}).read()
+             if i.key == "train_00002"]
+    assert not any(isinstance(i, FaceRecord) for i in items)
+    assert sorted(i.reason for i in items) == ["conflicting_labels", "excluded_class"]
+    assert next(i.detail for i in items if i.reason == "conflicting_labels").endswith(
+        "train_00002.jpg: listed as Surprise and as Fear (excluded by options.exclude_classes)")
+
+
 @pytest.mark.parametrize("bad, message", [
     ("Contempt", "must be a list"),
     (["Smile"], "'Smile' is not a class"),
