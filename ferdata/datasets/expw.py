@@ -8,6 +8,7 @@ are carved into the same split. There is no official split.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -50,7 +51,7 @@ class ExpWReader(DatasetReader):
             top, left, right, bottom, confidence = (float(v) for v in fields[2:7])
         except ValueError:
             return Dropped(self.name, key, "bad_box", f"{where}: {' '.join(fields[2:7])}")
-        if not (right > left and bottom > top):
+        if not (all(map(math.isfinite, (top, left, right, bottom))) and right > left and bottom > top):
             return Dropped(self.name, key, "bad_box", f"{where}: top={top} left={left} right={right} bottom={bottom}")
         try:
             native = int(fields[7])

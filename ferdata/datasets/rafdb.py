@@ -48,8 +48,8 @@ def parse_manual(path: Path) -> tuple[np.ndarray, dict[str, int]]:
 def parse_box(path: Path) -> tuple[float, float, float, float]:
     """A ``*_boundingbox.txt`` file: ``x0 y0 x1 y1``; ``ValueError`` if not 4 ordered numbers."""
     v = [float(t) for t in read_text(path).split()]
-    if len(v) != 4 or not (v[2] > v[0] and v[3] > v[1]):
-        raise ValueError(f"{path.name}: expected 'x0 y0 x1 y1' with x1>x0, y1>y0, got {v}")
+    if len(v) != 4 or not (np.isfinite(v).all() and v[2] > v[0] and v[3] > v[1]):
+        raise ValueError(f"{path.name}: expected 'x0 y0 x1 y1' (finite) with x1>x0, y1>y0, got {v}")
     return v[0], v[1], v[2], v[3]
 
 

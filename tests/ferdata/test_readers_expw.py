@@ -33,3 +33,13 @@ def test_expw_layout_error(tmp_path):
     with pytest.raises(DatasetLayoutError) as err:
         read_all("expw", tmp_path)
     assert "expected: label/label.lst, image/origin/" in str(err.value) and "found:    label" in str(err.value)
+
+
+def test_a_box_that_is_not_finite_is_a_bad_box(tmp_path):
+    """``-inf``/``inf`` passed the order check (right > left) and reached the crop as a box."""
+    make_expw(tmp_path)
+    lst = tmp_path / "label" / "label.lst"
+    lst.write_text(lst.read_text() + "sad_y_4.jpg 3 10 -inf inf 40 30.0 6\n")
+    records, drops, items = read_all("expw", tmp_path)
+    assert drops["bad_box"] == 2 and "sad_y_4_3" not in records
+    assert next(d for d in items if d.key == "sad_y_4_3").reason == "bad_box"

@@ -117,3 +117,12 @@ def test_the_compound_subset_is_refused_not_read_as_basic(tmp_path):
     label_file.write_text("".join(f"train_{i:05d}.jpg {i % 11 + 1}\n" for i in range(1, 12)))   # a short list
     with pytest.raises(ValueError, match="4 of 11 labels above 7"):
         read_all("rafdb", tmp_path)
+
+
+@pytest.mark.parametrize("text", ["-inf 0 inf 90", "10 20 inf 90", "10 20 80"])
+def test_a_box_file_that_is_not_four_finite_ordered_numbers_is_refused(tmp_path, text):
+    from ferdata.datasets.rafdb import parse_box
+
+    (tmp_path / "x_boundingbox.txt").write_text(text + "\n")
+    with pytest.raises(ValueError, match="x_boundingbox.txt: expected 'x0 y0 x1 y1' \\(finite\\)"):
+        parse_box(tmp_path / "x_boundingbox.txt")
