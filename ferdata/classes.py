@@ -103,6 +103,8 @@ def resolve_names(
     Mapping keys that match no name also raise, since they are most likely typos.
     """
     mapping = mapping or {}
+    if isinstance(mapping, Mapping):        # folders named 1..7 (Kaggle's RAF-DB): YAML reads {1: Surprise} as numbers
+        mapping = {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v for k, v in mapping.items()}
     if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
                                                    for k, v in mapping.items()):
         raise ValueError(f"{where}: options.mapping must map folder names to classes (or to null, leaving the folder "

@@ -67,6 +67,13 @@ def test_resolve_names_explicit_mapping_wins_and_can_exclude():
     assert ids == {"Happy": 1, "calm": 0, "0": 6, "other": None}
 
 
+def test_number_keys_name_folders_named_by_number():
+    """Kaggle's RAF-DB has folders 1..7; YAML reads ``{1: Surprise}`` with number keys, which were refused."""
+    assert resolve_names(["1", "2", "7"], {1: "Surprise", 2: "Fear", "7": "Neutral"}) == {"1": 3, "2": 4, "7": 0}
+    with pytest.raises(ValueError, match="must map folder names to classes"):
+        resolve_names(["1"], {True: "Surprise"})                   # YAML's yes/no are no folder names
+
+
 def test_resolve_names_rejects_bad_targets_and_stray_keys():
     with pytest.raises(ValueError, match="not a class"):
         resolve_names(["x"], {"x": "Boredom"})

@@ -18,7 +18,7 @@ def test_folder_with_splits_needs_mapping_for_unknown(tmp_path):
     assert err.value.unknown == ["calm"]
 
 
-@pytest.mark.parametrize("mapping", [5, ["calm"], "calm: Neutral", {1: "Happy"}, {"calm": 3}])
+@pytest.mark.parametrize("mapping", [5, ["calm"], "calm: Neutral", {1.5: "Happy"}, {"calm": 3}])
 def test_a_mapping_that_is_not_names_to_classes_is_refused_by_name(tmp_path, mapping):
     make_folder_splits(tmp_path)
     with pytest.raises(ValueError, match=r"options.mapping must map folder names to classes .* got "):
