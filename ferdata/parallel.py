@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -35,6 +36,7 @@ import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as wait_for_ended
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import cv2
@@ -45,6 +47,7 @@ R = TypeVar("R")
 _WORKER_FN: Callable | None = None
 _DESCRIBE: Callable | None = None
 PARENT_POLL_S = 1.0            # how often a worker checks that its parent is alive
+STOP_GRACE_S = 5.0             # how long stopped workers get to end before they are killed
 
 
 def one_thread_per_worker(*_: object) -> None:
@@ -90,7 +93,33 @@ def _named(fn: Callable[[T], R], item: T, describe: Callable[[T], str] | None) -
 
 
 def _run_chunk(chunk: list) -> list:
-    return [_named(_WORKER_FN, x, _DESCRIBE) for x in chunk]
+    try:
+        return [_named(_WORKER_FN, x, _DESCRIBE) for x in chunk]
+    except Exception as err:
+        sendable = _sendable(err)
+        if sendable is err:
+            raise
+        raise sendable from None
+
+
+def _sendable(err: Exception) -> Exception:
+    """``err`` itself when it pickles; else (it holds a lock, a session, an open file) a stand-in of
+    its nearest built-in class with its type, message and notes: the pool sent back only the pickling
+    error ("cannot pickle '_thread.lock' object"), the real error and the item it named lost."""
+    try:
+        pickle.dumps(err)
+        return err
+    except Exception as why:                        # noqa: BLE001  (whatever pickling raises)
+        text = f"{type(err).__name__}: {err}"
+        base = next((c for c in type(err).__mro__ if c.__module__ == "builtins"), RuntimeError)
+        try:
+            stand_in = base(text)
+        except Exception:                           # noqa: BLE001  (a built-in that needs other arguments)
+            stand_in = RuntimeError(text)
+        for note in getattr(err, "__notes__", ()):
+            stand_in.add_note(note)
+        stand_in.add_note(f"the worker's {type(err).__name__} could not be sent whole: {why}")
+        return stand_in
 
 
 def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable,
@@ -121,12 +150,21 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     write end, which it never writes to, is closed first, so that read ends at the end of the
     pipe and the pool shuts down as broken."""
     results = getattr(pool, "_result_queue", None)              # taken first: 3.14's terminate drops it
+    procs = list((pool._processes or {}).values())
     terminate = getattr(pool, "terminate_workers", None)        # Python 3.14+
     if terminate is not None:
         terminate()
     else:
-        for proc in list((pool._processes or {}).values()):
+        for proc in procs:
             proc.terminate()
+    # A worker whose code set a SIGTERM handler that does not exit would hold shutdown (and Ctrl-C) for ever
+    alive = {proc.sentinel: proc for proc in procs}
+    deadline = time.monotonic() + STOP_GRACE_S
+    while alive and (left := deadline - time.monotonic()) > 0:
+        for ended in wait_for_ended(list(alive), left):
+            alive.pop(ended)
+    for proc in alive.values():
+        proc.kill()
     if results is not None:
         results._writer.close()
     pool.shutdown(wait=True, cancel_futures=True)

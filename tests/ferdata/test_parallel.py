@@ -172,6 +172,64 @@ def test_an_error_the_parent_cannot_rebuild_says_so_with_the_pools_account():
     assert caught.value.__cause__ is not None
 
 
+class LockedError(ValueError):
+    """A library's error that keeps a handle that does not pickle (a lock, a session, an open file)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        import threading
+
+        self.handle = threading.Lock()
+
+
+class RaiseLocked:
+    def __call__(self, x: int) -> int:
+        if x == 5:
+            raise LockedError("model file /models/det.onnx is damaged: download it again")
+        return x
+
+
+def test_an_error_that_cannot_be_pickled_keeps_its_message_and_item():
+    """With workers the run ended in "cannot pickle '_thread.lock' object" (a traceback, a bug by
+    the error policy): the real error and its item were lost; with one worker it was one line."""
+    from ferdata.errors import is_user_error
+
+    with pytest.raises(ValueError) as caught:
+        list(parallel_map(RaiseLocked(), range(12), workers=2, chunksize=1, describe=name))
+    assert is_user_error(caught.value)
+    assert message(caught.value).startswith("LockedError: model file /models/det.onnx is damaged: download it "
+                                            "again (while processing item 5")
+
+
+def test_stopping_a_pool_whose_worker_ignores_sigterm_does_not_hang(tmp_path):
+    """Stopping sent SIGTERM and waited for the workers for ever: a worker running code that set a
+    SIGTERM handler of its own (and hung) made Ctrl-C, an error or an early stop hang the stage."""
+    proc = _run(f"""
+        import os, signal, time
+        from ferdata.parallel import parallel_map
+
+        class Fn:
+            def __call__(self, x):
+                if x == 1:
+                    signal.signal(signal.SIGTERM, lambda *a: None)
+                    open({str(tmp_path / "set")!r}, "w").close()
+                    time.sleep(600)
+                return x
+
+        run = parallel_map(Fn(), range(8), workers=2, chunksize=1)
+        print(next(run), flush=True)
+        while not os.path.exists({str(tmp_path / "set")!r}):     # the handler is set: stopping must not wait on it
+            time.sleep(0.05)
+        run.close()                      # what an error in the consumer, or Ctrl-C, does
+        print("stopped", flush=True)
+        """)
+    try:
+        out = _output(proc, 30, "stopping the pool hung on a worker that ignores SIGTERM")
+    finally:
+        subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], capture_output=True)
+    assert "stopped" in out, out
+
+
 def test_a_worker_killed_while_idle_is_the_same_named_error():
     """The next submit raised the bare BrokenProcessPool (a traceback, as for a bug)."""
     def slow_reader():
