@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Collection
+from typing import Collection, Iterator
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
@@ -114,6 +115,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
               out_dir: str | Path) -> StageReport:
     """Join, split and shuffle every sample into ``out_dir/<split>/`` (``out_dir`` replaced as a whole)."""
     report = StageReport("shard")
+    inputs = _inputs_digest(aligned_dir, derived_dir)
     aligned = index_chunks(require_dir(aligned_dir, "aligned", "run the align stage first"), ALIGNED)
     derived = index_chunks(require_dir(derived_dir, "derived", "run the derive stage first"), DERIVED)
     made_from = report_inputs(derived_dir).get(ALIGNED)
@@ -143,7 +145,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     by_split = assign(metas, params, official)
     dealt = fold_assignment(metas)
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
-    with staged_dir(out_dir, OWNED) as out, MemberReader() as read:
+    with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
             info = _write_split(out / split, split, keys, aligned, derived, metas, params, read)
@@ -165,6 +167,28 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         report.write(out / REPORT)
     log.info("shard: %s", report.notes)
     return report
+
+
+def _inputs_digest(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[str, str]:
+    """The identity of the shard stage's two inputs (:func:`ferdata.layout.output_digest`)."""
+    return output_digest(aligned_dir, ALIGNED), output_digest(derived_dir, DERIVED)
+
+
+@contextmanager
+def _unchanged(inputs: tuple[str, str], aligned_dir: str | Path, derived_dir: str | Path) -> Iterator[None]:
+    """Fail the block (so no shards are swapped in) when its inputs are no longer those indexed: members
+    are read by offset, and another run's output swapped in meanwhile gave other bytes (garbage), silently."""
+    def check(cause: BaseException | None) -> None:
+        if _inputs_digest(aligned_dir, derived_dir) != inputs:
+            raise ValueError(f"{aligned_dir} or {derived_dir} was replaced while the shard stage read it (another "
+                             "run of the align or derive stage of this dataset?): no shards were written; run the "
+                             "shard stage again when that run has ended") from cause
+    try:
+        yield
+    except (ValueError, OSError) as err:          # what reading another output's bytes raises
+        check(err)
+        raise
+    check(None)
 
 
 def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict, list[str] | None, dict]:

@@ -162,6 +162,37 @@ def test_shard_sees_an_aligned_output_changed_in_content_but_not_in_size(bad_cor
         run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
 
 
+def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_path, monkeypatch):
+    """Shard indexes the chunks (byte offsets), then reads them. A derive run with another
+    heatmap_sigma swapping its output in meanwhile (two `ferdata prepare` at once) gave shards of
+    undecodable heatmaps and halves, and `ferdata verify` passed them (their digests were of those bytes)."""
+    import dataclasses
+    import shutil
+
+    import ferdata.stages.shard as shard
+
+    src, _ = bad_corpus_run
+    p = stage_params(tmp_path)
+    run_align(src / "detect", p["align"], tmp_path / "aligned")
+    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
+    run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+    before = tree_hashes(tmp_path / "shards")
+    run_derive(tmp_path / "aligned", dataclasses.replace(p["derive"], heatmap_sigma=p["derive"].heatmap_sigma * 2),
+               tmp_path / "other")
+    real = shard.stage_settings
+
+    def swapping(aligned_dir, derived_dir):         # the other run's swap, between the index and the reads
+        shutil.move(tmp_path / "derived", tmp_path / "derived.old")
+        shutil.copytree(tmp_path / "other", tmp_path / "derived")
+        return real(aligned_dir, derived_dir)
+
+    monkeypatch.setattr(shard, "stage_settings", swapping)
+    with pytest.raises(ValueError, match="derived was replaced while the shard stage read it .* no shards were "
+                                         "written; run the shard stage again"):
+        run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+    assert tree_hashes(tmp_path / "shards") == before                 # the earlier shards stay
+
+
 def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
     root, _ = bad_corpus
     params = stage_params(tmp_path)["detect"]
