@@ -141,6 +141,7 @@ class AffectNetReader(DatasetReader):
     )
     option_defaults = {"protocol": "affectnet8", "layout": "auto", "automatic": False}
     official = tuple(LISTS)
+    lists_twice = True               # its label list may name a file again
     subset_pattern = AFFECTNET_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:

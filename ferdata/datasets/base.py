@@ -75,6 +75,7 @@ class DatasetReader:
     option_defaults: ClassVar[Mapping[str, Any]] = {}
     subset_pattern: ClassVar[re.Pattern[str] | None] = None   # a subset-list line -> the subset_id it names
     official: ClassVar[tuple[str, ...]] = ()     # the splits the publisher defines (none: ferdata.splits carves)
+    lists_twice: ClassVar[bool] = False          # a label list may name one face twice (see _excluded_listings)
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         known = {**COMMON_OPTIONS, **self.option_defaults}
@@ -101,7 +102,7 @@ class DatasetReader:
         listing whose other listing is of an excluded class: ``conflicting_labels``) and the
         records named by ``options.subsets`` tagged ``extra["subsets"]``."""
         self._notes = {}
-        excluded = self._excluded_listings() if self.excluded else {}
+        excluded = self._excluded_listings() if self.excluded and self.lists_twice else {}
         scanned = self.scan()
         try:
             # A root laid out otherwise is named by the scan's first step, before the subset lists
@@ -165,17 +166,19 @@ class DatasetReader:
 
     def _excluded_listings(self) -> dict[tuple[str, str], int]:
         """(key, :meth:`_identity`) -> label of each record of an excluded class (a face of a file: a
-        file may hold several, each with its key and label), from a first pass over the
-        scan (only when classes are excluded; it holds those records only). A file listed again with
-        another label is a conflict, as align's ``conflicting_labels`` judges one, where the
-        excluded listing never reaches align."""
+        file may hold several, each with its key and label). A file listed again with another label
+        is a conflict, as align's ``conflicting_labels`` judges one, where the excluded listing never
+        reaches align. A first, silent pass over the scan (its warnings come from the second), made
+        only for readers whose label lists may name a face twice (``lists_twice``) when classes are
+        excluded; it holds the excluded records only."""
         listed: dict[tuple[str, str], int] = {}
-        try:
-            for item in self.scan():
-                if isinstance(item, FaceRecord) and item.label in self.excluded:
-                    listed.setdefault((item.key, self._identity(item)), item.label)
-        except UnicodeDecodeError as e:
-            raise self._not_utf8(e) from e
+        with _muted(log, logging.getLogger(type(self).__module__)):
+            try:
+                for item in self.scan():
+                    if isinstance(item, FaceRecord) and item.label in self.excluded:
+                        listed.setdefault((item.key, self._identity(item)), item.label)
+            except UnicodeDecodeError as e:
+                raise self._not_utf8(e) from e
         self._notes = {}
         return listed
 
@@ -220,6 +223,21 @@ class DatasetReader:
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""
         return record.key
+
+
+@contextlib.contextmanager
+def _muted(*loggers: logging.Logger) -> Iterator[None]:
+    """Nothing logged directly on ``loggers`` meanwhile (a pass whose findings the next one reports)."""
+    def drop(_: logging.LogRecord) -> bool:
+        return False
+
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ class ExpWReader(DatasetReader):
 
     name = "expw"
     expects = "label/label.lst (name face_id top left right bottom confidence label) + image/origin/<name>.jpg"
+    lists_twice = True               # its label list may name a face again
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, image_dir = self._layout()

@@ -65,6 +65,7 @@ class RAFDBReader(DatasetReader):
     option_defaults: Mapping[str, Any] = {"images": "auto"}
     subset_pattern = RAFDB_ID
     official = ("train", "test")
+    lists_twice = True               # its label list may name a file again
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, kind = self._layout()
