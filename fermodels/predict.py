@@ -26,6 +26,7 @@ from fermodels.predictor import FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
 
 
 def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, str]]:
@@ -37,7 +38,9 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
             yield 0, None, "unreadable_video"
             return
         index = 0
-        listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)       # the container's count (0: not known)
+        # the container's count (0: not known); Matroska/WebM store none: OpenCV's is duration x fps, and the
+        # duration is the longest track's (an audio track running on past the last frame)
+        listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if path.suffix.lower() in COUNTED_EXTS else 0
         try:
             while True:
                 ok, bgr = cap.read()

@@ -449,6 +449,28 @@ def test_a_video_cut_short_is_reported_not_read_as_if_whole(tmp_path, predictor,
     assert "cut.avi: 21 of the 40 frames its header lists could be read" in caplog.text
 
 
+def test_a_whole_mkv_whose_duration_runs_past_its_last_frame_is_not_cut_short(tmp_path):
+    """Matroska stores no frame count: OpenCV's is duration x fps, and the duration is the longest
+    track's (an audio track 2 s longer, imitated by editing the Duration field)."""
+    import struct
+
+    path = tmp_path / "clip.mkv"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 64))
+    for i in range(30):
+        writer.write(np.full((64, 64, 3), i * 8, np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89")                          # Segment Info > Duration (EBML float, ms)
+    size = data[at + 2] & 0x7F
+    fmt = ">d" if size == 8 else ">f"
+    (duration,) = struct.unpack(fmt, data[at + 3:at + 3 + size])
+    data[at + 3:at + 3 + size] = struct.pack(fmt, duration + 2000.0)
+    path.write_bytes(bytes(data))
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) > 40      # what OpenCV estimates
+    assert [(i, p is not None, why) for i, p, why in iter_frames(path, 10)] == [
+        (0, True, ""), (10, True, ""), (20, True, "")]
+
+
 @pytest.mark.parametrize("kind", ["grey", "rgba", "float01", "uint16"])
 def test_an_array_that_is_not_rgb_uint8_is_refused_with_what_a_picture_is(kind, predictor):
     """``Predictor.faces(array)``: pixels in 0..1 found no face without a word; grey, RGBA and 16-bit
