@@ -99,7 +99,7 @@ def _run_chunk(chunk: list) -> list:
         sendable = _sendable(err)
         if sendable is err:
             raise
-        raise sendable from None
+        raise sendable from err                 # its traceback travels in the pool's text; the cause is not pickled
 
 
 def _sendable(err: Exception) -> Exception:

@@ -201,6 +201,33 @@ def test_an_error_that_cannot_be_pickled_keeps_its_message_and_item():
                                             "again (while processing item 5")
 
 
+class LockedBug(RuntimeError):
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        import threading
+
+        self.handle = threading.Lock()
+
+
+def where_it_broke(x: int) -> None:
+    raise LockedBug(f"internal state broken at {x}")
+
+
+class BreakAt3:
+    def __call__(self, x: int) -> int:
+        if x == 3:
+            where_it_broke(x)
+        return x
+
+
+def test_a_stand_in_for_an_error_that_cannot_be_pickled_keeps_the_workers_traceback():
+    """For a bug the traceback is the only account of where it happened; the stand-in was raised
+    ``from None`` and the pool's remote traceback pointed at parallel.py."""
+    with pytest.raises(RuntimeError, match="LockedBug: internal state broken at 3") as caught:
+        list(parallel_map(BreakAt3(), range(6), workers=2, chunksize=1, describe=str))
+    assert "where_it_broke" in str(caught.value.__cause__)
+
+
 def test_stopping_a_pool_whose_worker_ignores_sigterm_does_not_hang(tmp_path):
     """Stopping sent SIGTERM and waited for the workers for ever: a worker running code that set a
     SIGTERM handler of its own (and hung) made Ctrl-C, an error or an early stop hang the stage."""
