@@ -139,7 +139,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                              "damaged; run the align stage again (`dvc repro --force --single-item align@<name>`)")
     # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
     # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
-    with MemberReader() as read:
+    with MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         metas = {k: _record_fields(json.loads(read(v["json"]))) for k, v in aligned.items()}
     preprocess, detect, official, source = stage_settings(aligned_dir, derived_dir)
     by_split = assign(metas, params, official)

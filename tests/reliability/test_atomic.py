@@ -193,6 +193,40 @@ def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_p
     assert tree_hashes(tmp_path / "shards") == before                 # the earlier shards stay
 
 
+def test_shard_names_inputs_replaced_before_its_metadata_pass(bad_corpus_run, tmp_path, monkeypatch):
+    """A whole `ferdata prepare` run's aligned and derived outputs swapped in right after the index:
+    the metadata pass read the old offsets and stopped on a bare "'utf-8' codec can't decode"."""
+    import dataclasses
+    import shutil
+
+    import ferdata.stages.shard as shard
+
+    src, _ = bad_corpus_run
+    p = stage_params(tmp_path)
+    run_align(src / "detect", p["align"], tmp_path / "aligned")
+    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
+    run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+    before = tree_hashes(tmp_path / "shards")
+    run_align(src / "detect", dataclasses.replace(p["align"], jpeg_quality=p["align"].jpeg_quality - 30),
+              tmp_path / "other")
+    run_derive(tmp_path / "other", p["derive"], tmp_path / "other_derived")
+    real, calls = shard.index_chunks, []
+
+    def swapping(folder, prefix):                   # the other run's swaps, right after the index
+        out = real(folder, prefix)
+        calls.append(prefix)
+        if len(calls) == 2:
+            for name, other in (("aligned", "other"), ("derived", "other_derived")):
+                shutil.move(tmp_path / name, tmp_path / f"{name}.old")
+                shutil.copytree(tmp_path / other, tmp_path / name)
+        return out
+
+    monkeypatch.setattr(shard, "index_chunks", swapping)
+    with pytest.raises(ValueError, match="aligned or .*derived was replaced while the shard stage read it"):
+        run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+    assert tree_hashes(tmp_path / "shards") == before
+
+
 def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
     root, _ = bad_corpus
     params = stage_params(tmp_path)["detect"]
