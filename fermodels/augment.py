@@ -102,7 +102,8 @@ def hflip_batch(batch: dict, mask: Tensor | None = None) -> dict:
 def _replace_rows(orig: Tensor, rows: Tensor, new: Callable[[Tensor | slice], Tensor]) -> Tensor:
     """A copy of ``orig`` whose samples ``rows`` (indices, any device) are ``new(rows)``: one kernel
     on a GPU; sample by sample on a CPU, where ``index_copy`` copies element by element (half of a
-    uint8 batch of 64 at 112 px: 34 us a sample against 5 for the rows' slices)."""
+    uint8 batch of 64 at 112 px: 34 us a sample against 5 for the rows' slices). The copy keeps
+    ``orig``'s memory format (``normalise`` lays the batch out as the model wants)."""
     rows = rows.to(orig.device)
     if orig.device.type != "cpu":
         return orig.index_copy(0, rows, new(rows))
