@@ -98,7 +98,7 @@ def read_info(shards_dir: str | Path, split: str) -> dict:
 
 
 def _check_names(names: Sequence[str]) -> None:
-    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):   # "sample": s, a, m, ...
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):   # "sample", null
         raise SelectionError(f"datasets must be named as a list of prepared datasets' names (train.datasets: "
                              f"[sample]; evaluate.dataset: null or one name), got {names!r}")
     if twice := repeated(names):

@@ -49,6 +49,22 @@ def env_from_os() -> DistEnv:
     return DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def device_name_ok(name: Any) -> bool:
+    """Whether ``name`` is a device :func:`pick_device` can read (auto, cpu, cuda or cuda:N), present
+    or not: params sections check it when read, before any stage runs."""
+    if name == "auto":
+        return True
+    if not isinstance(name, str):
+        return False
+    try:
+        return torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError):
+        return False
+
+
+DEVICE_RULE = (device_name_ok, "auto, cpu, cuda or cuda:N")
+
+
 def pick_device(name: str, env: DistEnv) -> torch.device:
     """``auto`` = this rank's GPU when CUDA is present, else CPU; ``cuda`` = ``cuda:LOCAL_RANK``;
     ``cpu`` or ``cuda:N``. A GPU that is not there is refused here, in words, not by the first

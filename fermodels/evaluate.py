@@ -30,7 +30,7 @@ from ferdata.params import at_least, check_values, one_of, section, section_valu
 from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
 from fermodels.data import split_decoder
-from fermodels.distributed import DistEnv, all_gather_objects, env_from_os, pick_device
+from fermodels.distributed import DEVICE_RULE, DistEnv, all_gather_objects, env_from_os, pick_device
 from fermodels.indexed import IndexedSplit, indexed_loader
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
 from fermodels.modelinput import normalise, to_device
@@ -54,7 +54,8 @@ class EvalParams:
 
     def __post_init__(self) -> None:
         check_values("evaluate", self, {"split": one_of(SPLITS), "batch_size": at_least(1),
-                                        "workers": at_least(0), "seed": at_least(0)})
+                                        "workers": at_least(0), "seed": at_least(0),
+                                        "device": DEVICE_RULE})
 
 
 def evaluate_section(params: Mapping[str, Any]) -> tuple[str | None, EvalParams]:

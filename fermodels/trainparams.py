@@ -16,6 +16,7 @@ from ferdata.params import (above, at_least, below_from, check_values, one_of, o
                             section_values, within)
 from fermodels.augment import AugmentParams
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
+from fermodels.distributed import DEVICE_RULE
 from fermodels.epochplan import divisors
 from fermodels.evaluate import autocast
 from fermodels.metrics import SUMMARY_METRICS
@@ -79,6 +80,12 @@ class TrainParams:
         if not isinstance(self.model_kwargs, Mapping):
             raise ValueError(f"train.model_kwargs must be a mapping of the model's keywords (e.g. {{pretrained: "
                              f"/path/weights.pth}}), got {self.model_kwargs!r}")
+        if "num_classes" in self.model_kwargs:      # create_model's own keyword: a TypeError at model build
+            raise ValueError(f"train.model_kwargs sets num_classes ({self.model_kwargs['num_classes']!r}): set "
+                             "train.num_classes instead")
+        if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
+            raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
+                             f"{self.model_kwargs[bad[0]]!r}")
         try:                                        # a keyword the model lacks: named now, not at model build
             model_kwargs(self.model, self.model_kwargs)
         except TypeError as err:
@@ -96,7 +103,7 @@ class TrainParams:
             "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
             "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0), "streams": at_least(1),
             "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
-            "ema_decay": below_from(0, 1)})
+            "ema_decay": below_from(0, 1), "device": DEVICE_RULE})
         if self.workers and self.streams % self.workers:
             raise ValueError(f"train.workers {self.workers} must divide train.streams {self.streams}: each loader "
                              "worker makes the batches of as many shuffle streams (the streams set the sample order, "

@@ -73,8 +73,14 @@ def test_help_prints_usage_and_exits_0(stage, flag, monkeypatch, capsys):
     ("detect", "det_size", "big", "detect.det_size"),
     ("train", "datasets", ["sampel"], "train.datasets (or its recipe's) names 'sampel', which is neither in"),
     ("evaluate", "dataset", "nosuch", "evaluate.dataset names 'nosuch', which is neither in params.yaml's"),
+    ("train", "device", "gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("evaluate", "device", "gpu", "evaluate.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("train", "model_kwargs", {"num_classes": 8}, "train.model_kwargs sets num_classes (8): set train.num_classes"),
+    ("train", "model_kwargs", {"pretrained": 5}, "train.model_kwargs.pretrained must be a weight file's path or null"),
+    ("train", "recipe", ["cmnet_rafdb"], "unknown training recipe ['cmnet_rafdb']; known: "),
 ], ids=["train-key", "train-value", "evaluate-dataset", "evaluate-value", "detect-value", "train-unknown-dataset",
-        "evaluate-unknown-dataset"])
+        "evaluate-unknown-dataset", "train-device", "evaluate-device", "kwargs-num-classes", "kwargs-weights-number",
+        "recipe-list"])
 def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, section, key, value, says):
     """Each stage checked only its own section: a bad `train` value surfaced after every
     preprocessing stage had run (hours on AffectNet). Now the first stage to run names it."""
@@ -91,7 +97,9 @@ def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, s
 @pytest.mark.parametrize("section, key, value, says", [
     ("train", "datasets", ["rafbd"], "train.datasets (or its recipe's) names 'rafbd', which is neither in"),
     ("evaluate", "dataset", "rafbd", "evaluate.dataset names 'rafbd', which is neither in params.yaml's"),
-], ids=["train", "evaluate"])
+    ("train", "datasets", None, "datasets must be named as a list of prepared datasets' names"),
+    ("train", "datasets", 5, "datasets must be named as a list of prepared datasets' names"),
+], ids=["train", "evaluate", "train-null", "train-number"])
 def test_select_names_a_misspelt_dataset(tmp_path, section, key, value, says):
     """With the datasets prepared, `select` runs first and skips the whole check: a misspelt name
     got 'data/rafbd/shards/train/_info.json not found: prepare the dataset first (`dvc repro
@@ -102,7 +110,7 @@ def test_select_names_a_misspelt_dataset(tmp_path, section, key, value, says):
     run = subprocess.run([sys.executable, "-m", "pipeline.select", "data", "select"], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 1 and run.stderr.startswith("error: ") and says in run.stderr, run.stderr
-    assert not (tmp_path / "select").exists()
+    assert "Traceback" not in run.stderr and not (tmp_path / "select").exists()
 
 
 def test_a_training_error_reaches_torchruns_failure_summary(tmp_path):
@@ -115,6 +123,16 @@ def test_a_training_error_reaches_torchruns_failure_summary(tmp_path):
     assert run.returncode == 1 and run.stderr.startswith("error: missing.json not found"), run.stderr
     recorded = json.loads((tmp_path / "error.json").read_text())
     assert "missing.json not found: run `dvc repro select`" in recorded["message"]["message"]
+
+
+@pytest.mark.parametrize("section", ["train", "evaluate"])
+def test_the_whole_check_takes_every_device_name_present_or_not(tmp_path, section):
+    """Only the name is checked: preprocessing may run on another machine than training."""
+    from pipeline._checks import check_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for good in ("auto", "cpu", "cuda", "cuda:1"):
+        check_params({**params, section: {**params[section], "device": good}}, tmp_path)
 
 
 def test_the_whole_check_takes_datasets_prepared_outside_params_and_an_empty_sample_section(tmp_path):
