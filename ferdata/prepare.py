@@ -37,7 +37,13 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
     else:
         raise NamedKeyError(f"dataset {name!r} is not in params.yaml datasets; add it there or pass "
                             f"--root with a reader name ({', '.join(READERS.names())})")
-    detect = {**(spec.detect or {}), "backend": backend} if backend is not None else spec.detect
+    detect = dict(spec.detect or {})
+    if backend is not None:
+        section = params.get("detect")
+        replaced = detect.get("backend", section.get("backend") if isinstance(section, Mapping) else None)
+        if backend != replaced:             # the dataset's own options belong to the backend replaced
+            detect.pop("options", None)
+        detect["backend"] = backend
     return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
                        {**(spec.options or {}), **(options or {})}, detect)
 

@@ -152,3 +152,23 @@ def test_of_faces_centred_in_the_box_the_one_overlapping_it_most_wins_whatever_t
     small, big = face(310, 120, 370, 180), face(100, 100, 300, 300)
     assert face_in_box([small, big], (0, 0, 700, 400)) is big
     assert face_in_box([big, small], (0, 0, 700, 400)) is big
+
+
+def test_backend_option_replaces_a_datasets_own_backend_and_its_options():
+    """`ferdata prepare NAME --backend embedded` over `datasets.NAME.detect: {backend: insightface,
+    options: {pack: ...}}` was refused: "face backend 'embedded' takes no option 'pack'"."""
+    import copy
+    from pathlib import Path
+
+    import yaml
+
+    from ferdata.prepare import resolve_spec
+    from ferdata.stages.detect import detect_section
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params = copy.deepcopy(params)
+    params["datasets"]["sample"]["detect"] = {"backend": "insightface", "options": {"pack": "antelopev2"}}
+    detect = detect_section(params, "sample", resolve_spec("sample", params, backend="embedded"))
+    assert detect.backend == "embedded" and dict(detect.options) == {}
+    same = detect_section(params, "sample", resolve_spec("sample", params, backend="insightface"))
+    assert same.backend == "insightface" and dict(same.options) == {"pack": "antelopev2"}
