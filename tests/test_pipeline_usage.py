@@ -148,6 +148,7 @@ def test_the_whole_check_takes_datasets_prepared_outside_params_and_an_empty_sam
     (tmp_path / "mine" / "shards").mkdir(parents=True)
     check_params(params, tmp_path)
 
+
 def test_ranks_after_the_first_log_warnings_only():
     """Under torchrun every rank told the same progress (stream counts, the resume point, the
     recipe), once per GPU; rank 0 tells it, the others warn and fail."""
