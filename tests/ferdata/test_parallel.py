@@ -366,3 +366,89 @@ def test_a_dead_worker_is_not_blamed_on_items_this_process_computed():
         """)
     out = _output(proc, 60, "the run hung after its worker died")
     assert "item 13" in out and "item 14" not in out and "item 15" not in out, out
+
+
+class RaiseChained:
+    def __call__(self, x: int) -> int:
+        if x == 5:
+            try:
+                {}["inner key"]
+            except KeyError as err:
+                raise ValueError("outer") from err
+        return x
+
+
+def test_an_error_that_pickles_keeps_its_cause_in_the_pools_account():
+    """An error that pickles is sent as it is: the worker's traceback (the pool's account, the
+    error's cause in the parent) still shows what it was raised from."""
+    with pytest.raises(ValueError) as caught:
+        list(parallel_map(RaiseChained(), range(12), workers=2, chunksize=1, describe=name))
+    assert message(caught.value) == "outer (while processing item 5)"
+    assert "KeyError: 'inner key'" in str(caught.value.__cause__)
+
+
+class LockedDecodeError(UnicodeDecodeError):
+    """An error whose nearest built-in class cannot be made from one message (it needs 5 arguments)."""
+
+    def __init__(self) -> None:
+        super().__init__("utf-8", b"caf\xe9", 3, 4, "invalid continuation byte")
+        import threading
+
+        self.handle = threading.Lock()
+
+
+class RaiseLockedDecode:
+    def __call__(self, x: int) -> int:
+        if x == 5:
+            raise LockedDecodeError()
+        return x
+
+
+def test_an_error_that_cannot_be_pickled_nor_remade_is_a_runtime_error_with_its_message_and_item():
+    with pytest.raises(RuntimeError) as caught:
+        list(parallel_map(RaiseLockedDecode(), range(12), workers=2, chunksize=1, describe=name))
+    assert message(caught.value).startswith("LockedDecodeError: 'utf-8' codec can't decode byte 0xe9 in position 3")
+    assert "while processing item 5" in caught.value.__notes__
+    assert any(n.startswith("the worker's LockedDecodeError could not be sent whole: ")
+               for n in caught.value.__notes__)
+
+
+class EndOnSigterm:
+    """Its worker ends on SIGTERM as a library's handler may: after some cleanup (0.3 s)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __call__(self, x: int) -> int:
+        def cleanup(*_):
+            time.sleep(0.3)
+            open(f"{self.marker}.{os.getpid()}", "w").close()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, cleanup)
+        time.sleep(0.05 if x == 0 else 600)
+        return x
+
+
+def test_stopped_workers_get_time_to_end_before_they_are_killed(tmp_path):
+    run = parallel_map(EndOnSigterm(str(tmp_path / "ended")), range(8), workers=2, chunksize=1)
+    assert next(run) == 0
+    time.sleep(0.3)                                  # both workers are in item 1 and 2, handlers set
+    run.close()
+    assert len(list(tmp_path.glob("ended.*"))) == 2
+
+
+class Sleepy:
+    def __call__(self, x: int) -> int:
+        time.sleep(0.05 if x == 0 else 600)
+        return x
+
+
+def test_stopping_workers_that_end_on_sigterm_is_quick():
+    """The grace is for workers that ignore SIGTERM: workers that end on it are not waited 5 s for."""
+    run = parallel_map(Sleepy(), range(8), workers=2, chunksize=1)
+    assert next(run) == 0
+    time.sleep(0.2)
+    started = time.monotonic()
+    run.close()
+    assert time.monotonic() - started < 2.5

@@ -345,3 +345,17 @@ def test_empty_valence_and_arousal_are_kept_and_a_merged_line_gets_a_short_key(t
     assert records["train_1_e0"].extra == {"valence": 0.25} and records["train_1_e1"].extra == {}
     (key,) = [d.key for d in items if isinstance(d, Dropped)]
     assert key.startswith("train_training-csv-4") and len(key) < 40
+
+
+def test_npy_labels_of_bad_bytes_or_several_values_are_bad_labels(tmp_path):
+    """Bytes that are not ASCII digits are no number (not their digits with the rest ignored); an
+    array of two values is not one label (not its first value)."""
+    make_affectnet_npy(tmp_path)
+    anno = tmp_path / "train_set" / "annotations"
+    np.save(anno / "0_exp.npy", np.array(b"3\xff"))
+    np.save(anno / "2_exp.npy", np.array([3, 4]))
+    records, drops, items = read_all("affectnet", tmp_path)
+    assert "train_0" not in records and "train_2" not in records
+    reasons = {d.key: (d.reason, d.detail) for d in items}
+    assert reasons["train_0"][0] == "bad_label"
+    assert reasons["train_2"] == ("bad_label", "2_exp.npy: 2 values, expected 1")

@@ -302,3 +302,66 @@ def test_a_record_given_its_own_key_keeps_its_subset_membership(tmp_path):
     read = open_reader("ferplus", root, {"subsets": {"hard": "hard.txt"}}).read()
     tagged = {r.key: tuple(r.extra.get("subsets", ())) for r in read if isinstance(r, FaceRecord)}
     assert [k for k, tags in tagged.items() if tags == ("hard",)] == ["fer0000003", "fer0000003-05e57f77"]
+
+
+def test_a_file_listed_with_two_excluded_labels_is_excluded_twice_not_a_conflict(tmp_path):
+    """Both listings are of excluded classes: each is excluded_class (conflicting_labels is for a
+    kept listing whose other listing was excluded); a kept third listing names the first excluded label."""
+    fx.make_rafdb(tmp_path)
+    label_file = tmp_path / "EmoLabel" / "list_patition_label.txt"
+    lines = label_file.read_text().splitlines()
+    lines = ["train_00001.jpg 2", "train_00001.jpg 3"] + lines       # Fear, Disgust; the file's own line: 5 Sad
+    label_file.write_text("\n".join(lines) + "\n")
+    items = [i for i in open_reader("rafdb", tmp_path, {"exclude_classes": ["Fear", "Disgust"]}).read()
+             if i.key == "train_00001"]
+    assert sorted(i.reason for i in items) == ["conflicting_labels", "excluded_class", "excluded_class"]
+    assert next(i.detail for i in items if i.reason == "conflicting_labels").endswith(
+        "train_00001.jpg: listed as Sad and as Fear (excluded by options.exclude_classes)")
+
+
+def test_a_file_given_its_own_key_and_listed_with_an_excluded_label_is_a_conflict(tmp_path):
+    """The first pass knows the listing by the key the scan gave it; the lookup must use that key,
+    not the one the file got to stay distinct (``x.png`` after ``x.jpg``: ``train_7_x-<hash>``)."""
+    lmk = fx.landmarks68()
+    for i, rel in enumerate(["7/x.jpg", "7/x.png"]):
+        fx.write_image(tmp_path / "Manually_Annotated_Images" / rel, value=20 * i)
+    rows = [fx._affectnet_row("7/x.jpg", 1, lmk), fx._affectnet_row("7/x.png", 1, lmk),
+            fx._affectnet_row("7/x.png", 4, lmk)]                        # x.png: Happy and Fear (excluded)
+    lists = tmp_path / "Manually_Annotated_file_lists"
+    fx.write_text(lists / "training.csv", "\n".join([fx.AFFECTNET_HEADER, *rows]) + "\n")
+    fx.write_text(lists / "validation.csv",
+                  "\n".join([fx.AFFECTNET_HEADER, fx._affectnet_row("7/x.jpg", 2, lmk)]) + "\n")
+    items = list(open_reader("affectnet", tmp_path, {"exclude_classes": ["Fear"]}).read())
+    kept = {i.path.split("Manually_Annotated_Images/")[1] for i in items if isinstance(i, FaceRecord)
+            and i.split == "train"}
+    assert kept == {"7/x.jpg"}
+    conflict = [i for i in items if getattr(i, "reason", "") == "conflicting_labels"]
+    assert len(conflict) == 1 and conflict[0].key.startswith("train_7_x-")
+
+
+def test_nothing_excluded_reads_the_dataset_once(tmp_path, monkeypatch):
+    """The first pass over the scan is made only when classes are excluded (it costs a whole scan)."""
+    fx.make_rafdb(tmp_path)
+    reader = open_reader("rafdb", tmp_path, {})
+    scans = []
+    real = type(reader).scan
+    monkeypatch.setattr(type(reader), "scan", lambda self: scans.append(1) or real(self))
+    list(reader.read())
+    assert len(scans) == 1
+    list(open_reader("rafdb", tmp_path, {"exclude_classes": ["Fear"]}).read())
+    assert len(scans) == 3
+
+
+def test_a_scan_not_utf8_is_named_when_classes_are_excluded_too(tmp_path, monkeypatch):
+    """The first pass (exclude_classes) meets a decode error first: it is named as the second pass
+    names it (one line naming the root), not a bare codec error."""
+    fx.make_rafdb(tmp_path)
+    reader = open_reader("rafdb", tmp_path, {"exclude_classes": ["Fear"]})
+
+    def scan(self):
+        yield from ()
+        raise UnicodeDecodeError("utf-8", b"caf\xe9", 3, 4, "invalid continuation byte")
+
+    monkeypatch.setattr(type(reader), "scan", scan)
+    with pytest.raises(ValueError, match=r"rafdb: a text file under .* is not UTF-8"):
+        list(reader.read())

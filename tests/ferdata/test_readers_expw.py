@@ -43,3 +43,13 @@ def test_a_box_that_is_not_finite_is_a_bad_box(tmp_path):
     records, drops, items = read_all("expw", tmp_path)
     assert drops["bad_box"] == 2 and "sad_y_4_3" not in records
     assert next(d for d in items if d.key == "sad_y_4_3").reason == "bad_box"
+
+
+@pytest.mark.parametrize("box", ["10 12 inf 40", "10 12 50 nan", "10 12 50 10"])
+def test_a_box_with_one_side_not_finite_or_no_height_is_a_bad_box(tmp_path, box):
+    make_expw(tmp_path)
+    lst = tmp_path / "label" / "label.lst"
+    lst.write_text(lst.read_text() + f"sad_y_4.jpg 3 {box} 30.0 6\n")
+    records, drops, items = read_all("expw", tmp_path)
+    assert drops["bad_box"] == 2 and "sad_y_4_3" not in records
+    assert next(d for d in items if d.key == "sad_y_4_3").reason == "bad_box"

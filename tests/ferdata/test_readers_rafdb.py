@@ -126,3 +126,12 @@ def test_a_box_file_that_is_not_four_finite_ordered_numbers_is_refused(tmp_path,
     (tmp_path / "x_boundingbox.txt").write_text(text + "\n")
     with pytest.raises(ValueError, match="x_boundingbox.txt: expected 'x0 y0 x1 y1' \\(finite\\)"):
         parse_box(tmp_path / "x_boundingbox.txt")
+
+
+@pytest.mark.parametrize("text", ["10 20 80 90 5", "10 20 10 90", "10 50 80 40", "10 20 80 20"])
+def test_a_box_file_of_five_numbers_or_no_area_is_refused(tmp_path, text):
+    from ferdata.datasets.rafdb import parse_box
+
+    (tmp_path / "x_boundingbox.txt").write_text(text + "\n")
+    with pytest.raises(ValueError, match="x_boundingbox.txt: expected 'x0 y0 x1 y1' \\(finite\\)"):
+        parse_box(tmp_path / "x_boundingbox.txt")

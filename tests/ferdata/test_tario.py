@@ -317,7 +317,9 @@ def test_member_reader_keeps_at_most_max_open_tars_open_and_reads_each_member_ri
                 w.write(f"{t}{k}", {"cls": f"{t}{k}".encode(), "json": b"{}"})
         paths.append(w.files[0].path)
     index = index_tars(paths)
-    open_fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
     before = open_fds()
     with MemberReader(max_open=2) as read:
         for key in ["0a", "1a", "2a", "0b", "2b", "1b", "0a"] * 2:     # round robin over 3 tars, 2 slots
@@ -504,3 +506,44 @@ def test_a_gnu_long_name_is_the_whole_name_whatever_the_prefix_field_holds(tmp_p
         assert [m.name for m, _ in iter_members(tmp_path / "long.tar", read_data=read_data)] == [name]
     with open(tmp_path / "long.tar", "rb") as f:
         assert [m.name for m, _ in iter_members(f)] == [name]
+
+
+def test_member_reader_closes_the_least_recently_used_tar(tmp_path):
+    from ferdata.tarindex import MemberReader, index_tars
+
+    paths = []
+    for t in range(3):
+        with TarShardWriter(tmp_path, f"t{t}", maxcount=10) as w:
+            w.write(f"{t}a", {"cls": f"{t}a".encode()})
+        paths.append(w.files[0].path)
+    index = index_tars(paths)
+    with MemberReader(max_open=2) as read:
+        for key in ["0a", "1a", "0a", "2a"]:                      # 0 used after 1: 1 is the one closed
+            assert read(index[key]["cls"]) == key.encode()
+        assert set(read._fds) == {str(paths[0]), str(paths[2])}
+
+
+def test_read_indexed_without_a_descriptor_closes_the_one_it_opens(tmp_path):
+    import os
+
+    from ferdata.tarindex import index_tars, read_indexed
+
+    with TarShardWriter(tmp_path, "s", maxcount=10) as w:
+        w.write("k", {"cls": b"7"})
+    index = index_tars([w.files[0].path])
+    before = len(os.listdir("/proc/self/fd"))
+    assert [read_indexed(index["k"]["cls"]) for _ in range(5)] == [b"7"] * 5
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_member_in_two_tars_is_refused_by_the_index(tmp_path):
+    from ferdata.tarindex import index_tars
+    from ferdata.tario import UnsafeTarError
+
+    paths = []
+    for t in range(2):
+        with TarShardWriter(tmp_path, f"t{t}", maxcount=10) as w:
+            w.write("same", {"cls": b"%d" % t})
+        paths.append(w.files[0].path)
+    with pytest.raises(UnsafeTarError, match=r"duplicate member 'same.cls' \(key 'same' written twice\)"):
+        index_tars(paths)

@@ -651,3 +651,15 @@ def test_convcut_self_attention_rows_are_softmax_over_keys() -> None:
         w = [math.exp(sum(a * b for a, b in zip(yi, yj)) / math.sqrt(2)) for yj in rows]
         expected.append([sum(wj * yj[c] for wj, yj in zip(w, rows)) / sum(w) for c in range(2)])
     torch.testing.assert_close(self_attention(y), torch.tensor([expected], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name, key", [("pcda", "lmk"), ("resnet18_heatmap_112", "heatmap"), ("cmnet", "right")])
+@pytest.mark.parametrize("rows", [[0], [0, 1, 1]], ids=["fewer", "more"])
+def test_a_field_of_another_batch_size_than_the_image_is_named(name: str, key: str, rows: list) -> None:
+    """Fewer samples than the image too (not only more), and the heatmap too."""
+    model = build(name).eval()
+    batch = example_batch(model.card, 2)
+    batch[key] = batch[key][rows]
+    with pytest.raises(ValueError, match=rf"batch\['{key}'\] holds {len(rows)} samples, batch\['image'\] 2"), \
+            torch.no_grad():
+        model(batch)

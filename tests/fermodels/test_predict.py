@@ -722,3 +722,46 @@ def test_a_value_a_later_training_detector_refuses_is_an_error_too():
     with pytest.raises(ValueError, match="face backend 'face_alignment': option flip_input must be true or false, "
                                          "got 'yes'"):
         choose_backend(None, {"insightface": 5, "face_alignment": 3}, {"flip_input": "yes"})
+
+
+class _Capture:
+    """A cv2.VideoCapture whose header lists ``listed`` frames and of which ``decoded`` decode."""
+
+    def __init__(self, listed: int, decoded: int) -> None:
+        self.listed, self.left = listed, decoded
+
+    def isOpened(self) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return float(self.listed) if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+    def read(self):
+        if self.left == 0:
+            return False, None
+        self.left -= 1
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("listed, decoded, problem", [
+    (10, 10, None), (10, 9, None),            # one frame of slack: a count estimated from the duration
+    (10, 8, (8, None, "video_cut_short")), (10, 3, (3, None, "video_cut_short")),
+    (0, 5, None), (-1, 5, None)])             # a count not known
+def test_a_video_is_cut_short_when_two_or_more_of_its_listed_frames_do_not_decode(tmp_path, monkeypatch, listed,
+                                                                                   decoded, problem):
+    monkeypatch.setattr(cv2, "VideoCapture", lambda _: _Capture(listed, decoded))
+    got = list(iter_frames(tmp_path / "v.mp4", 4))
+    assert [i for i, p, _ in got if p is not None] == list(range(0, decoded, 4))
+    assert [(i, p, why) for i, p, why in got if p is None] == ([problem] if problem else [])
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (32, 3)], ids=["frames-stacked", "grey-3-wide"])
+def test_an_array_of_another_rank_ending_in_three_is_refused(shape):
+    """Mutant killed: pt7 (the check read the last axis only)."""
+    from fermodels.predictor import Picture
+
+    with pytest.raises(ValueError, match=r"a picture is RGB uint8 \(H, W, 3\) pixels, got uint8 "):
+        Picture(np.zeros(shape, np.uint8))
