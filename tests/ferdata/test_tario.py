@@ -317,6 +317,7 @@ def test_member_reader_keeps_at_most_max_open_tars_open_and_reads_each_member_ri
                 w.write(f"{t}{k}", {"cls": f"{t}{k}".encode(), "json": b"{}"})
         paths.append(w.files[0].path)
     index = index_tars(paths)
+
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 
