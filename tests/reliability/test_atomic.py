@@ -162,10 +162,16 @@ def test_shard_sees_an_aligned_output_changed_in_content_but_not_in_size(bad_cor
         run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
 
 
-def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_path, monkeypatch):
-    """Shard indexes the chunks (byte offsets), then reads them. A derive run with another
-    heatmap_sigma swapping its output in meanwhile (two `ferdata prepare` at once) gave shards of
-    undecodable heatmaps and halves, and `ferdata verify` passed them (their digests were of those bytes)."""
+@pytest.mark.parametrize("swapped, after, call", [(("derived",), "stage_settings", 1),
+                                                  (("aligned", "derived"), "index_chunks", 2)],
+                         ids=["derived-before-the-writes", "both-before-the-metadata-pass"])
+def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_path, monkeypatch, swapped, after,
+                                                           call):
+    """Shard indexes the chunks (byte offsets), then reads them: the records' metadata, then every
+    member as it writes. Another `ferdata prepare` run swapping its outputs in meanwhile gave shards
+    of undecodable heatmaps and halves that `ferdata verify` passed (a derive output with another
+    heatmap_sigma, before the writes), or a bare "'utf-8' codec can't decode" (both outputs, before
+    the metadata pass)."""
     import dataclasses
     import shutil
 
@@ -177,54 +183,29 @@ def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_p
     run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
     run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
     before = tree_hashes(tmp_path / "shards")
-    run_derive(tmp_path / "aligned", dataclasses.replace(p["derive"], heatmap_sigma=p["derive"].heatmap_sigma * 2),
-               tmp_path / "other")
-    real = shard.stage_settings
+    if "aligned" in swapped:
+        run_align(src / "detect", dataclasses.replace(p["align"], jpeg_quality=p["align"].jpeg_quality - 30),
+                  tmp_path / "other_aligned")
+        run_derive(tmp_path / "other_aligned", p["derive"], tmp_path / "other_derived")
+    else:
+        run_derive(tmp_path / "aligned", dataclasses.replace(p["derive"], heatmap_sigma=p["derive"].heatmap_sigma * 2),
+                   tmp_path / "other_derived")
+    real, calls = getattr(shard, after), []
 
-    def swapping(aligned_dir, derived_dir):         # the other run's swap, between the index and the reads
-        shutil.move(tmp_path / "derived", tmp_path / "derived.old")
-        shutil.copytree(tmp_path / "other", tmp_path / "derived")
-        return real(aligned_dir, derived_dir)
-
-    monkeypatch.setattr(shard, "stage_settings", swapping)
-    with pytest.raises(ValueError, match="derived was replaced while the shard stage read it .* no shards were "
-                                         "written; run the shard stage again"):
-        run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
-    assert tree_hashes(tmp_path / "shards") == before                 # the earlier shards stay
-
-
-def test_shard_names_inputs_replaced_before_its_metadata_pass(bad_corpus_run, tmp_path, monkeypatch):
-    """A whole `ferdata prepare` run's aligned and derived outputs swapped in right after the index:
-    the metadata pass read the old offsets and stopped on a bare "'utf-8' codec can't decode"."""
-    import dataclasses
-    import shutil
-
-    import ferdata.stages.shard as shard
-
-    src, _ = bad_corpus_run
-    p = stage_params(tmp_path)
-    run_align(src / "detect", p["align"], tmp_path / "aligned")
-    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
-    run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
-    before = tree_hashes(tmp_path / "shards")
-    run_align(src / "detect", dataclasses.replace(p["align"], jpeg_quality=p["align"].jpeg_quality - 30),
-              tmp_path / "other")
-    run_derive(tmp_path / "other", p["derive"], tmp_path / "other_derived")
-    real, calls = shard.index_chunks, []
-
-    def swapping(folder, prefix):                   # the other run's swaps, right after the index
-        out = real(folder, prefix)
-        calls.append(prefix)
-        if len(calls) == 2:
-            for name, other in (("aligned", "other"), ("derived", "other_derived")):
+    def swapping(*args):                            # the other run's swaps, right after this call
+        out = real(*args)
+        calls.append(1)
+        if len(calls) == call:
+            for name in swapped:
                 shutil.move(tmp_path / name, tmp_path / f"{name}.old")
-                shutil.copytree(tmp_path / other, tmp_path / name)
+                shutil.copytree(tmp_path / f"other_{name}", tmp_path / name)
         return out
 
-    monkeypatch.setattr(shard, "index_chunks", swapping)
-    with pytest.raises(ValueError, match="aligned or .*derived was replaced while the shard stage read it"):
+    monkeypatch.setattr(shard, after, swapping)
+    with pytest.raises(ValueError, match="aligned or .*derived was replaced while the shard stage read it .* no "
+                                         "shards were written; run the shard stage again"):
         run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
-    assert tree_hashes(tmp_path / "shards") == before
+    assert tree_hashes(tmp_path / "shards") == before                 # the earlier shards stay
 
 
 def test_detect_rerun_clears_temp_files_of_a_killed_run(bad_corpus, tmp_path):
@@ -406,7 +387,7 @@ def test_report_parts_are_read_by_name_and_are_empty_where_a_report_lacks_them(t
 
     assert report_settings(tmp_path) == report_inputs(tmp_path) == report_notes(tmp_path) == {}   # no report
     (tmp_path / REPORT).write_text(json.dumps({"settings": {"a": 1}, "inputs": {"b": 2}, "notes": {"c": 3}}))
-    assert (report_settings(tmp_path), report_inputs(tmp_path), report_notes(tmp_path)) == ({"a": 1}, {"b": 2},
-                                                                                           {"c": 3})
+    parts = report_settings(tmp_path), report_inputs(tmp_path), report_notes(tmp_path)
+    assert parts == ({"a": 1}, {"b": 2}, {"c": 3})
     (tmp_path / REPORT).write_text(json.dumps({"kept": 1, "notes": None}))       # an older report
     assert report_settings(tmp_path) == report_inputs(tmp_path) == report_notes(tmp_path) == {}
