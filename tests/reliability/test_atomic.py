@@ -162,16 +162,20 @@ def test_shard_sees_an_aligned_output_changed_in_content_but_not_in_size(bad_cor
         run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
 
 
-@pytest.mark.parametrize("swapped, after, call", [(("derived",), "stage_settings", 1),
-                                                  (("aligned", "derived"), "index_chunks", 2)],
-                         ids=["derived-before-the-writes", "both-before-the-metadata-pass"])
+@pytest.mark.parametrize("swapped, after, call, cut", [(("derived",), "stage_settings", 1, False),
+                                                       (("derived",), "stage_settings", 1, True),
+                                                       (("aligned", "derived"), "index_chunks", 2, False)],
+                         ids=["derived-before-the-writes", "cut-short-before-the-writes",
+                              "both-before-the-metadata-pass"])
 def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_path, monkeypatch, swapped, after,
-                                                           call):
+                                                           call, cut):
     """Shard indexes the chunks (byte offsets), then reads them: the records' metadata, then every
     member as it writes. Another `ferdata prepare` run swapping its outputs in meanwhile gave shards
     of undecodable heatmaps and halves that `ferdata verify` passed (a derive output with another
-    heatmap_sigma, before the writes), or a bare "'utf-8' codec can't decode" (both outputs, before
-    the metadata pass)."""
+    heatmap_sigma, before the writes), a bare tar error (chunks shorter than the offsets indexed),
+    or a bare "'utf-8' codec can't decode" (both outputs, before the metadata pass)."""
+    from ferdata.tario import BadTarError
+
     import dataclasses
     import shutil
 
@@ -187,6 +191,10 @@ def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_p
         run_align(src / "detect", dataclasses.replace(p["align"], jpeg_quality=p["align"].jpeg_quality - 30),
                   tmp_path / "other_aligned")
         run_derive(tmp_path / "other_aligned", p["derive"], tmp_path / "other_derived")
+    elif cut:
+        shutil.copytree(tmp_path / "derived", tmp_path / "other_derived")
+        for tar in (tmp_path / "other_derived").glob("*.tar"):
+            tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 4])
     else:
         run_derive(tmp_path / "aligned", dataclasses.replace(p["derive"], heatmap_sigma=p["derive"].heatmap_sigma * 2),
                    tmp_path / "other_derived")
@@ -203,8 +211,9 @@ def test_shard_refuses_inputs_replaced_while_it_reads_them(bad_corpus_run, tmp_p
 
     monkeypatch.setattr(shard, after, swapping)
     with pytest.raises(ValueError, match="aligned or .*derived was replaced while the shard stage read it .* no "
-                                         "shards were written; run the shard stage again"):
+                                         "shards were written; run the shard stage again") as caught:
         run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
+    assert isinstance(caught.value.__cause__, BadTarError) == cut       # the read's own error, where one failed
     assert tree_hashes(tmp_path / "shards") == before                 # the earlier shards stay
 
 
@@ -347,47 +356,3 @@ def test_an_old_output_that_cannot_be_removed_is_named(tmp_path, caplog, monkeyp
     with atomic.staged_dir(out, ("*.tar",)) as third:        # removable again, and no lock left held
         (third / "c.tar").write_bytes(b"three")
     assert sorted(p.name for p in out.iterdir()) == ["c.tar"]
-
-
-def test_shard_names_inputs_replaced_while_it_reads_them_when_a_read_fails(bad_corpus_run, tmp_path, monkeypatch):
-    """The swap made a read fail (a chunk cut shorter than the offsets indexed): the error is the
-    "replaced while the shard stage read it" one, caused by the read's error, not the bare tar error."""
-    import shutil
-
-    import ferdata.stages.shard as shard
-    from ferdata.tario import BadTarError
-
-    src, _ = bad_corpus_run
-    p = stage_params(tmp_path)
-    run_align(src / "detect", p["align"], tmp_path / "aligned")
-    run_derive(tmp_path / "aligned", p["derive"], tmp_path / "derived")
-    run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
-    before = tree_hashes(tmp_path / "shards")
-    real = shard.stage_settings
-
-    def swapping(aligned_dir, derived_dir):         # another run's output swapped in: its chunks shorter
-        shutil.move(tmp_path / "derived", tmp_path / "derived.old")
-        shutil.copytree(tmp_path / "derived.old", tmp_path / "derived")
-        for tar in (tmp_path / "derived").glob("*.tar"):
-            tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 4])
-        return real(aligned_dir, derived_dir)
-
-    monkeypatch.setattr(shard, "stage_settings", swapping)
-    with pytest.raises(ValueError, match="derived was replaced while the shard stage read it") as caught:
-        run_shard(tmp_path / "aligned", tmp_path / "derived", p["shard"], tmp_path / "shards")
-    assert isinstance(caught.value.__cause__, BadTarError)
-    assert tree_hashes(tmp_path / "shards") == before
-
-
-def test_report_parts_are_read_by_name_and_are_empty_where_a_report_lacks_them(tmp_path):
-    """Mutants killed: lay4, lay5 (report_settings, report_inputs and report_notes of ferdata.layout)."""
-    import json
-
-    from ferdata.layout import REPORT, report_inputs, report_notes, report_settings
-
-    assert report_settings(tmp_path) == report_inputs(tmp_path) == report_notes(tmp_path) == {}   # no report
-    (tmp_path / REPORT).write_text(json.dumps({"settings": {"a": 1}, "inputs": {"b": 2}, "notes": {"c": 3}}))
-    parts = report_settings(tmp_path), report_inputs(tmp_path), report_notes(tmp_path)
-    assert parts == ({"a": 1}, {"b": 2}, {"c": 3})
-    (tmp_path / REPORT).write_text(json.dumps({"kept": 1, "notes": None}))       # an older report
-    assert report_settings(tmp_path) == report_inputs(tmp_path) == report_notes(tmp_path) == {}
