@@ -141,7 +141,6 @@ class AffectNetReader(DatasetReader):
     )
     option_defaults = {"protocol": "affectnet8", "layout": "auto", "automatic": False}
     official = tuple(LISTS)
-    lists_twice = True               # its label list may name a file again
     subset_pattern = AFFECTNET_ID
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
@@ -181,6 +180,11 @@ class AffectNetReader(DatasetReader):
     def subset_id(self, record: FaceRecord) -> str:
         """Subset lists name AffectNet images by their (hash) file name."""
         return Path(record.path).stem.lower()
+
+    @property
+    def lists_twice(self) -> bool:  # type: ignore[override]
+        """The CSV layout's lists may name a file again; the npy layout has one annotation file per image."""
+        return self._layout() == "csv"
 
     def _layout(self) -> str:
         layout = self.options["layout"]

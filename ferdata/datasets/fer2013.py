@@ -278,6 +278,12 @@ class FERPlusReader(DatasetReader):
     subset_pattern = FERPLUS_ID
     official = tuple(FERPLUS_DIRS)
 
+    @property
+    def lists_twice(self) -> bool:  # type: ignore[override]
+        """The converted folders' ``label.csv`` may name a PNG again (the same file, with other votes);
+        the CSV pair's rows are each a key of their own name and pixels (no first pass: FER2013's cost)."""
+        return find_file(self.root, FERPLUS_CSVS) is None
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         mode = str(self.options["label_mode"])
         if mode not in LABEL_MODES:

@@ -359,3 +359,17 @@ def test_npy_labels_of_bad_bytes_or_several_values_are_bad_labels(tmp_path):
     reasons = {d.key: (d.reason, d.detail) for d in items}
     assert reasons["train_0"][0] == "bad_label"
     assert reasons["train_2"] == ("bad_label", "2_exp.npy: 2 values, expected 1")
+
+
+def test_only_the_csv_layout_reads_its_lists_twice_for_exclude_classes(tmp_path, monkeypatch):
+    """One annotation file per image cannot name a face twice: the npy layout needs no first pass."""
+    from ferdata.datasets.base import DatasetReader
+
+    passes = []
+    real = DatasetReader._excluded_listings
+    monkeypatch.setattr(DatasetReader, "_excluded_listings", lambda self: passes.append(self.options) or real(self))
+    make_affectnet_npy(tmp_path / "npy")
+    make_affectnet_csv(tmp_path / "csv")
+    for layout in ("npy", "csv"):
+        read_all("affectnet", tmp_path / layout, {"exclude_classes": ["Contempt"]})
+    assert len(passes) == 1

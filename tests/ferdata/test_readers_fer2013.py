@@ -316,3 +316,27 @@ def test_ferplus_folder_label_csv_with_a_header_line_reads_its_rows_only(tmp_pat
                      + label.read_text())
     records, drops, _ = read_all("ferplus", tmp_path)
     assert sorted(records) == sorted(plain) and drops == plain_drops
+
+
+def test_ferplus_folders_file_listed_twice_one_excluded_is_a_conflict(tmp_path, monkeypatch):
+    """A converted folder's label.csv naming one PNG again, with Contempt votes, under
+    exclude_classes [Contempt]: the first listing was kept as Happy. The CSV pair (one key per row)
+    still makes no first pass."""
+    from ferdata.datasets import open_reader
+    from ferdata.datasets.base import DatasetReader
+    from ferdata.records import FaceRecord
+    from tests.ferdata import fixtures_datasets as fx
+
+    fx.make_ferplus_folders(tmp_path / "folders")
+    lab = tmp_path / "folders" / "FER2013Train" / "label.csv"
+    lab.write_text(lab.read_text() + "fer0000000.png,0,0,0,0,0,0,0,10,0,0\n")     # again: 10 contempt votes
+    items = [i for i in open_reader("ferplus", tmp_path / "folders", {"exclude_classes": ["Contempt"]}).read()
+             if i.key == "fer0000000"]
+    assert not any(isinstance(i, FaceRecord) for i in items)
+    assert sorted(i.reason for i in items) == ["conflicting_labels", "excluded_class"]
+    passes = []
+    real = DatasetReader._excluded_listings
+    monkeypatch.setattr(DatasetReader, "_excluded_listings", lambda self: passes.append(1) or real(self))
+    fx.make_ferplus(tmp_path / "csv")
+    list(open_reader("ferplus", tmp_path / "csv", {"exclude_classes": ["Contempt"]}).read())
+    assert passes == []
