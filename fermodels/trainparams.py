@@ -83,14 +83,14 @@ class TrainParams:
         if "num_classes" in self.model_kwargs:      # create_model's own keyword: a TypeError at model build
             raise ValueError(f"train.model_kwargs sets num_classes ({self.model_kwargs['num_classes']!r}): set "
                              "train.num_classes instead")
-        if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
-            raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
-                             f"{self.model_kwargs[bad[0]]!r}")
         try:                                        # a keyword the model lacks: named now, not at model build
             model_kwargs(self.model, self.model_kwargs)
         except TypeError as err:
             raise ValueError(f"train.model_kwargs for train.model {self.model}: {err} (`fermodels info "
                              f"{self.model}` lists its keywords)") from None
+        if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
+            raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
+                             f"{self.model_kwargs[bad[0]]!r}")
         if isinstance(self.datasets, str) or not self.datasets:
             raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
         if twice := repeated(self.datasets):

@@ -798,6 +798,9 @@ def test_an_erased_rectangle_can_touch_every_edge_of_the_image():
     ({"augment": {"hflip": 0.5}}, "params section 'train.augment': missing keys"),
     ({"model_kwargs": [1]}, "train.model_kwargs must be a mapping"),
     ({"model_kwargs": {"foo": 1}}, "got an unexpected keyword argument 'foo' (`fermodels info"),
+    ({"model": "resnet18_112", "model_kwargs": {"landmark_checkpoint": 5}},     # the keyword first, then its value
+     "unexpected keyword argument 'landmark_checkpoint' (`fermodels info"),
+    ({"model": "cmnet", "model_kwargs": {"pretrained": 5}}, "train.model_kwargs.pretrained must be a weight file's"),
     ({"warmup_epochs": 6, "epochs": 5}, "train.warmup_epochs 6 is more than train.epochs 5"),
 ])
 def test_train_values_a_run_would_fail_on_late_are_refused_when_read(change, words):
