@@ -91,8 +91,10 @@ class TrainParams:
         if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
             raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
                              f"{self.model_kwargs[bad[0]]!r}")
-        if isinstance(self.datasets, str) or not self.datasets:
-            raise ValueError("train.datasets must be a non-empty list of prepared dataset names")
+        if (not isinstance(self.datasets, (list, tuple)) or not self.datasets
+                or not all(isinstance(d, str) and d for d in self.datasets)):
+            raise ValueError(f"train.datasets must be a non-empty list of prepared dataset names, got "
+                             f"{self.datasets!r}")
         if twice := repeated(self.datasets):
             raise ValueError(f"train.datasets lists {', '.join(map(repr, twice))} more than once (each dataset "
                              "is read once an epoch; the class-balanced sampler evens out their classes)")

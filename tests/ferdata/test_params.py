@@ -82,6 +82,10 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"momentum": 1.5}, "train.momentum must be in [0, 1], got 1.5"),
     ({"streams": 0}, "train.streams must be >= 1, got 0"),
     ({"datasets": "tiny"}, "train.datasets must be a non-empty list"),      # "tiny": t, i, n, y
+    ({"datasets": [["tiny"], ["tiny"]]}, "train.datasets must be a non-empty list of prepared dataset names, "
+                                         "got [['tiny'], ['tiny']]"),     # was: unhashable type: 'list'
+    ({"datasets": [None]}, "train.datasets must be a non-empty list of prepared dataset names, got [None]"),
+    ({"datasets": {"tiny": 1}}, "train.datasets must be a non-empty list of prepared dataset names, got {"),
     ({"warmup_epochs": 3, "epochs": 2}, "train.warmup_epochs 3 is more than train.epochs 2"),
 ])
 def test_a_bad_train_value_is_refused_by_name(changes, message):
