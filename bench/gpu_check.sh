@@ -62,6 +62,7 @@ print('benchmarks import; simplejpeg', 'present' if importlib.util.find_spec('si
 step tests 135 "$py" -m pytest -q -p no:cacheprovider -rs --durations=5 tests/fermodels/test_wire.py \
     tests/fermodels/test_batchring.py \
     tests/fermodels/test_evaluate.py::test_prediction_waits_for_the_gpu_once_not_per_batch \
+    tests/fermodels/test_evaluate.py::test_a_face_scores_alike_in_any_batch_on_a_gpu_in_full_float32 \
     tests/fermodels/test_train.py::test_training_on_cuda_with_amp_and_channels_last \
     tests/fermodels/test_train.py::test_training_on_cuda_compiled_saves_the_plain_model \
     tests/fermodels/test_train.py::test_fp16_autocast_on_cuda_trains_through_the_gradient_scaler

@@ -132,6 +132,38 @@ def test_scores_are_full_float32_and_the_settings_restored():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_face_scores_alike_in_any_batch_on_a_gpu_in_full_float32():
+    """On a GPU, TF32 (cuDNN's default on Ampere and later) and kernels chosen by batch size moved a
+    face's probabilities with its batch by more than SAME_PROB; in full float32 they stay within it.
+    The probe's own difference with TF32 on is printed, not asserted (it depends on the card)."""
+    from fermodels.evaluate import SAME_PROB, full_float32
+    from fermodels.info import example_batch
+    from fermodels.modelinput import normalise
+    from fermodels.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18_112").cuda().eval()
+    batch = normalise({k: v.cuda() for k, v in example_batch(model.card, 64).items()}, model.card)
+
+    def worst() -> float:
+        whole = model(batch)["logits"].softmax(-1)
+        alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()})["logits"].softmax(-1)
+                           for i in range(0, 64, 9)])
+        return (whole[::9] - alone).abs().max().item()
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    try:
+        conv.fp32_precision = matmul.fp32_precision = "tf32"
+        with torch.no_grad():
+            print(f"max |probability difference|, batch 64 against 1, TF32: {worst():.2e}")
+            with full_float32():
+                assert worst() < SAME_PROB
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_prediction_waits_for_the_gpu_once_not_per_batch(tiny_run):
     """Probabilities copied back per batch make the host wait for each forward before it queues the
     next batch; torch's sync debug mode counts each wait: three batches must wait as often as one."""
