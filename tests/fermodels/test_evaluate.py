@@ -497,6 +497,7 @@ def test_scoring_feeds_the_layout_asked_for(tiny_run, channels_last, monkeypatch
     predict_loader(probe, indexed_loader(data, range(4), 2, 0), card, torch.device("cpu"), flip_tta=False,
                    channels_last=channels_last)
     assert probe.seen == [channels_last] * 2
+
     class Seen(Exception):
         pass
 
