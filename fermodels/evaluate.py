@@ -145,7 +145,11 @@ def score_split(model: torch.nn.Module, loader: DataLoader, num_classes: int, en
     ``train.amp`` is, as :func:`evaluate` scores: the epoch ``best.pt`` keeps is chosen by the
     computation that reports it, not by half-precision rounding between near-tied epochs."""
     labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False, channels_last=channels_last)
-    parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels), env)
+    bad = int((~np.isfinite(probs).all(1)).sum()) if probs.size else 0
+    parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels, bad), env)
+    if bad := sum(p[2] for p in parts):         # every rank raises: argmax would score them as class 0
+        raise ValueError(f"validation: the model's probabilities are not finite (NaN or inf) for {bad} of the "
+                         f"{sum(len(p[0]) for p in parts)} samples: it overflows on them")
     y, pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     classes = class_names(num_classes)
     return metrics_from_confusion(confusion_matrix(y, pred, len(classes)), classes)

@@ -104,6 +104,23 @@ def test_batch_check_tells_a_leak_from_a_tie_flipped_by_rounding(tiny_run, one_t
     assert check["independent_of_batch"] is True                                   # ...by rounding, not a leak
 
 
+def test_validation_refuses_non_finite_probabilities_instead_of_scoring_class_0(monkeypatch):
+    """argmax of a NaN row is 0: an overflowing model scored the val split's Neutral share, and that
+    epoch could become best.pt, which the evaluate stage then refuses."""
+    import fermodels.evaluate as ev
+    from fermodels.distributed import DistEnv
+
+    labels = np.array([0, 0, 0, 1, 2, 3, 4, 5, 6, 0])
+    probs = np.full((10, 7), 1 / 7, np.float32)
+    probs[[1, 4]] = np.nan
+    monkeypatch.setattr(ev, "predict_loader", lambda *a, **k: (labels, probs, [str(i) for i in range(10)]))
+    model = torch.nn.Module()
+    model.card = None
+    with pytest.raises(ValueError, match=r"validation: the model's probabilities are not finite \(NaN or inf\) "
+                                         r"for 2 of the 10 samples"):
+        ev.score_split(model, None, 7, DistEnv(0, 1, 0), torch.device("cpu"), True)
+
+
 def test_scores_are_full_float32_and_the_settings_restored():
     """TF32 off inside, whichever of torch's APIs the user set it with (reading the legacy flags
     after the new ones were set raises), and every setting as found afterwards."""
