@@ -131,6 +131,11 @@ def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torc
     return np.concatenate(labels), torch.cat(probs).cpu().numpy(), keys
 
 
+def nonfinite_rows(probs: np.ndarray) -> int:
+    """How many faces' probabilities hold a NaN or inf (argmax scores such a row as class 0)."""
+    return int((~np.isfinite(probs).all(1)).sum())
+
+
 def rank_loader(dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: int,
                 persistent: bool = False) -> DataLoader:
     """This rank's share of ``dataset`` for :func:`score_split`: every world_size-th sample."""
@@ -145,8 +150,7 @@ def score_split(model: torch.nn.Module, loader: DataLoader, num_classes: int, en
     ``train.amp`` is, as :func:`evaluate` scores: the epoch ``best.pt`` keeps is chosen by the
     computation that reports it, not by half-precision rounding between near-tied epochs."""
     labels, probs, _ = predict_loader(model, loader, model.card, device, flip_tta=False, channels_last=channels_last)
-    bad = int((~np.isfinite(probs).all(1)).sum()) if probs.size else 0
-    parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels, bad), env)
+    parts = all_gather_objects((labels, probs.argmax(1) if probs.size else labels, nonfinite_rows(probs)), env)
     if bad := sum(p[2] for p in parts):         # every rank raises: argmax would score them as class 0
         raise ValueError(f"validation: the model's probabilities are not finite (NaN or inf) for {bad} of the "
                          f"{sum(len(p[0]) for p in parts)} samples: it overflows on them")
@@ -220,7 +224,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
                     "scored one face at a time; its batched figures are batch_composition's", card.name)
     labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), batch_size, params.workers),
                                       card, device, flip_tta=params.flip_tta)
-    if bad := int((~np.isfinite(probs).all(1)).sum()):        # argmax would score them all as class 0
+    if bad := nonfinite_rows(probs):                           # argmax would score them all as class 0
         raise ValueError(f"{checkpoint}: the model's probabilities are not finite (NaN or inf) for {bad} of the "
                          f"{len(probs)} {params.split} samples: it overflows on them (trained with train.amp?)")
     if dataset.excluded:        # in metrics.json too; said here, as the accuracy is over the rest only
