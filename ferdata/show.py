@@ -77,10 +77,25 @@ def _tars(path: Path) -> list[Path]:
     return chosen
 
 
-def _samples(path: Path) -> Iterator[tuple[Path, str, dict[str, bytes]]]:
-    """(tar, key, fields), round-robin over the tar files, so a sheet mixes splits and shards."""
-    for group in itertools.zip_longest(*map(_tar_samples, _tars(path))):
-        yield from (s for s in group if s is not None)
+def _samples(path: Path, limit: int) -> Iterator[tuple[Path, str, dict[str, bytes]]]:
+    """The first ``limit`` (tar, key, fields) taken round-robin over the tar files, so a sheet mixes
+    splits and shards. One tar is read at a time (each is read whole, up to 256 MB), and no more tars
+    read nor samples of each kept than those ``limit`` need: opening every tar at once held a whole
+    dataset in memory for a sheet of 32."""
+    tars = _tars(path)
+    rounds = -(-limit // len(tars))         # what one sample of each tar a round would need
+    while True:
+        taken: list[list[tuple[Path, str, dict[str, bytes]]]] = []
+        for tar in tars:
+            taken.append(list(itertools.islice(_tar_samples(tar), rounds)))     # the tar closed after
+            if rounds == 1 and sum(map(len, taken)) >= limit:                    # round one fills the sheet
+                break
+        order = [s for group in itertools.zip_longest(*taken) for s in group if s is not None]
+        # the first ``rounds`` rounds are exact: enough of them, or every tar read to its end, and done
+        if len(order) >= limit or all(len(t) < rounds for t in taken):
+            yield from order[:limit]
+            return
+        rounds *= 2
 
 
 def _tar_samples(tar: Path) -> Iterator[tuple[Path, str, dict[str, bytes]]]:
@@ -254,7 +269,7 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
     most = most_samples(out)
     paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
     samples = []
-    for tar, key, fields in itertools.islice(_samples(Path(path)), min(n, most + 1)):   # one more: refused
+    for tar, key, fields in _samples(Path(path), min(n, most + 1)):   # one more: refused
         if tar.parent not in paddings:
             paddings[tar.parent] = recorded_padding(tar.parent)
         samples.append(_sheet_sample(tar, key, fields, paddings[tar.parent]))
