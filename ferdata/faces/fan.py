@@ -100,6 +100,7 @@ class FanBackend(FaceBackend):
             raise ValueError(f"face_alignment detector must be one of {sorted(DETECTORS)}, "
                              f"got {self.options['detector']!r}")
         self._fa = None
+        self._given: str | None = None     # the weight file resolve() last gave: the one loading when it fails
         boxes = {k: self.options[k] for k in ("det_size", "score_threshold", "threads") if k in self.options}
         self._boxes = EmbeddedBackend(boxes, model_dir) if self.options["detector"] == "embedded" else None
         if self._boxes is None:            # sfd and dlib keep their own score filters: not in the cache key
@@ -131,14 +132,16 @@ class FanBackend(FaceBackend):
         download into torch hub's folder where face-alignment would put it, only when allowed, through
         :mod:`ferdata.faces.fetch`; any failure is a :class:`MissingModelError`."""
         try:
-            return str(find_weight(url, self.model_dir))
+            self._given = str(find_weight(url, self.model_dir))
+            return self._given
         except MissingModelError as missing:
             if not self.allow_download:
                 raise
             looked_in = missing.looked_in
         name = Path(urlparse(url).path).name
         try:
-            return str(fetch(url, hub_checkpoints() / name))
+            self._given = str(fetch(url, hub_checkpoints() / name))
+            return self._given
         except OSError as e:                    # URLError, socket errors, HTTP errors, a stall
             raise DownloadFailedError("face_alignment", name, looked_in,
                                       f"downloading {url} failed ({type(e).__name__}: {e}): check the network (a "
@@ -152,6 +155,7 @@ class FanBackend(FaceBackend):
 
         detector = self.options["detector"]
         kwargs: dict[str, Any] = {}
+        self._given = None
         if DETECTORS[detector]:
             kwargs["face_detector_kwargs"] = {"path_to_detector": self.resolve(DETECTORS[detector])}
         original: Callable = fa_api.load_file_from_url
@@ -165,8 +169,11 @@ class FanBackend(FaceBackend):
             raise
         except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError,
                 struct.error) as e:                # a cut or wrong weight file: torch.load's errors differ by cut
-            files = [FAN_FILE, *([Path(urlparse(DETECTORS[detector]).path).name] if DETECTORS[detector] else [])]
-            raise unusable("face_alignment", " or ".join(files), e, _fix(FAN_FILE, FAN_URL)) from e
+            # named by its path (S3FD's is given before FAN's), which may be in detect.model_dir: searched before
+            # torch hub's folder, so a fresh copy there would not replace it
+            bad = Path(self._given or FAN_FILE)
+            urls = {Path(urlparse(u).path).name: u for u in (FAN_URL, DETECTORS[detector]) if u}
+            raise unusable("face_alignment", bad, e, _fix(bad.name, urls.get(bad.name, FAN_URL))) from e
         finally:
             fa_api.load_file_from_url = original
         if detector == "embedded":

@@ -593,6 +593,36 @@ def test_fan_damaged_weights_are_named_with_the_fix(tmp_path, monkeypatch, photo
     assert "weights_only" not in str(err.value)                  # torch's advice is not for a damaged file
 
 
+def test_a_damaged_fan_file_in_model_dir_is_named_by_its_path(tmp_path, monkeypatch, photos):
+    """detect.model_dir is searched before torch hub's folder: the error gave the bare file name and
+    advised a download into hub's folder (or allow_download), neither of which replaces this copy."""
+    from ferdata.faces.base import BadModelError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    bad = tmp_path / "models" / FAN_FILE
+    bad.parent.mkdir()
+    bad.write_bytes(b"<html>502 Bad Gateway</html>")
+    with pytest.raises(BadModelError) as err:
+        create_backend("face_alignment", {}, tmp_path / "models").detect(photos["astronaut"])
+    assert f"'{bad}' cannot be loaded" in str(err.value)
+
+
+def test_a_damaged_s3fd_file_is_named_as_s3fd_not_fan(tmp_path, monkeypatch, photos):
+    from ferdata.faces.base import BadModelError
+    from ferdata.faces.fan import SFD_URL
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / FAN_FILE).write_bytes(b"not reached")
+    s3fd = models / SFD_URL.rsplit("/", 1)[1]
+    s3fd.write_bytes(b"<html>cut</html>")
+    with pytest.raises(BadModelError) as err:
+        create_backend("face_alignment", {"detector": "sfd"}, models).detect(photos["astronaut"])
+    assert f"'{s3fd}' cannot be loaded" in str(err.value) and SFD_URL in str(err.value)
+    assert "2DFAN4" not in str(err.value)
+
+
 # ---- annotations, precropped, auto -----------------------------------------------------------
 
 def _record(lmk=None, key="k") -> FaceRecord:
