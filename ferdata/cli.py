@@ -172,28 +172,39 @@ def datasets() -> None:
 def backends(
     model_dir: Optional[Path] = typer.Option(None, help="Folder with model files (default: params.yaml's "
                                              "detect.model_dir, when there is a params.yaml here)."),
-    params: Optional[Path] = typer.Option(None, help="Parameters file (section `detect`: model_dir; default: "
+    params: Optional[Path] = typer.Option(None, help="Parameters file (section `detect`: model_dir, options; default: "
                                           "params.yaml when there is one here)."),
 ) -> None:
     """List face backends and whether each can run here without downloading.
 
-    Looks in the model folder and in each package's own default places."""
+    Looks in the model folder and in each package's own default places, for the files detect.options
+    picks (insightface's pack, face_alignment's detector)."""
     from ferdata.faces import BACKENDS, MissingModelError
     from ferdata.params import load_params
 
     given = params is not None                        # one given is read (a missing one is an error)
     if not given and Path("params.yaml").is_file():   # one found here may be another project's
         params = Path("params.yaml")
-    if model_dir is None and params is not None:
+    options: dict = {}
+    if params is not None:
         detect = load_params(params).get("detect")
         if given and not isinstance(detect, dict):
             raise ValueError(f"{params} has no detect section (a mapping with model_dir) to read")
-        model_dir = detect.get("model_dir") if isinstance(detect, dict) else None
-        if model_dir is not None and not isinstance(model_dir, str):
-            raise ValueError(f"{params}: detect.model_dir must be a folder path or null, got {model_dir!r}")
+        if isinstance(detect, dict):
+            # the options pick the files a backend needs (insightface's pack, face_alignment's detector)
+            options = detect.get("options") or {}
+            if not isinstance(options, dict):
+                raise ValueError(f"{params}: detect.options must be a mapping, got {options!r}")
+        if model_dir is None:
+            model_dir = detect.get("model_dir") if isinstance(detect, dict) else None
+            if model_dir is not None and not isinstance(model_dir, str):
+                raise ValueError(f"{params}: detect.model_dir must be a folder path or null, got {model_dir!r}")
     for name in BACKENDS.names():
+        cls = BACKENDS.get(name)
         try:
-            BACKENDS.get(name).check_available(model_dir)
+            cls({k: v for k, v in options.items() if k in cls.option_names()}, model_dir).check_ready()
+        except ValueError as e:
+            typer.echo(f"{name:15s} refuses detect.options ({e})")
         except MissingModelError as e:
             typer.echo(f"{name:15s} weights missing: {e.missing} (looked in {', '.join(e.looked_in) or 'no folder'})")
         except ImportError as e:

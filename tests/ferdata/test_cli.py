@@ -431,6 +431,37 @@ def test_backends_looks_in_the_model_folder(tmp_path):
     assert "insightface     available" in given.stdout and "insightface     available" in from_params.stdout
 
 
+@pytest.fixture
+def model_folder(tmp_path, monkeypatch):
+    """tmp_path with models/ holding insightface's antelopev2 pack and FAN's weights (empty files)."""
+    from ferdata.faces.fan import FAN_FILE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    pack = tmp_path / "models" / "models" / "antelopev2"
+    pack.mkdir(parents=True)
+    for name in ("scrfd_10g_bnkps", "1k3d68", "2d106det"):
+        (pack / f"{name}.onnx").write_bytes(b"")
+    (tmp_path / "models" / FAN_FILE).write_bytes(b"")
+    return tmp_path
+
+
+@pytest.mark.parametrize("options, says", [
+    ("{pack: antelopev2}", "insightface     available"),
+    ("{detector: sfd}", "face_alignment  weights missing: s3fd-619a316812.pth"),
+    ("{flip_input: maybe}", "face_alignment  refuses detect.options (")])
+def test_backends_judges_each_backend_with_the_detect_options(model_folder, options, says):
+    """It read model_dir only: a configured antelopev2 pack that is there read "weights missing:
+    det_10g.onnx" (buffalo_l's), and face_alignment {detector: sfd} "available" without S3FD's file."""
+    if "pack" in options:
+        pytest.importorskip("insightface")
+    (model_folder / "params.yaml").write_text(f"detect: {{model_dir: models, options: {options}}}\n")
+    res = CliRunner().invoke(app, ["backends"])
+    assert res.exit_code == 0, res.output
+    assert says in res.output, res.output
+
+
 @pytest.mark.parametrize("params, given, says", [
     (None, True, "error: elsewhere.yaml not found"),
     ("detect: 5\n", True, "error: elsewhere.yaml has no detect section (a mapping with model_dir) to read"),
