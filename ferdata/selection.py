@@ -134,12 +134,16 @@ def write_selection(path: str | Path, data_dir: str | Path, names: Sequence[str]
 # `dvc repro select` runs the stages before it too: on a machine that pulled the shards and holds no raw
 # data (docs/sharing.md) that rebuilt the sample and failed on the missing dataset roots.
 RESELECT = "run `dvc repro select` (where the shards were pulled, not made here: `dvc repro -s select`)"
+PARAMS_ASK = ("the params ask for", RESELECT)      # who asks for a run's datasets, and the fix when others are pinned
 
 
-def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]) -> list[Path]:
+def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str], *,
+                   asking: tuple[str, str] = PARAMS_ASK) -> list[Path]:
     """The shard dirs of ``names`` pinned in the selection file ``path``, in ``names`` order, after
     checking that it pins exactly ``splits`` of exactly ``names`` and that every pinned split's
-    ``_info.json`` is unchanged on disk; :class:`SelectionError` says what differs and what to run."""
+    ``_info.json`` is unchanged on disk; :class:`SelectionError` says what differs and what to run.
+    ``asking``: who asks for ``names`` and the fix when the file pins others (the evaluator's are a
+    checkpoint's training datasets: a selection made since for other ones needs the model retrained)."""
     _check_names(names)
     path = Path(path)
     if not path.is_file():
@@ -158,8 +162,7 @@ def read_selection(path: str | Path, names: Sequence[str], splits: Sequence[str]
                                                and isinstance(p.get("splits"), dict) for p in pinned.values()):
         raise SelectionError(f"{path} is damaged (its datasets are not the select stage's): {RESELECT}")
     if sorted(pinned) != sorted(names):
-        raise SelectionError(f"{path} selects {sorted(pinned)} but the params ask for {sorted(names)}: "
-                             f"{RESELECT}")
+        raise SelectionError(f"{path} selects {sorted(pinned)} but {asking[0]} {sorted(names)}: {asking[1]}")
     dirs = []
     for name in names:
         shards = Path(pinned[name]["shards"])

@@ -4,7 +4,7 @@
 scores that one instead (cross-dataset, through the canonical labels). The shards are the ones
 pinned in ``SELECTION`` (the `select` stage's ``evaluate.json``).
 """
-from ferdata.selection import read_selection, tested_on
+from ferdata.selection import PARAMS_ASK, read_selection, tested_on
 from fermodels.evaluate import evaluate, evaluate_section
 from fermodels.runstate import load_checkpoint
 from pipeline._args import setup
@@ -12,4 +12,6 @@ from pipeline._args import setup
 params, (ckpt, selection, out) = setup()
 dataset, eval_params = evaluate_section(params)
 names = tested_on(dataset, load_checkpoint(ckpt)["datasets"])
-evaluate(ckpt, read_selection(selection, names, (eval_params.split,)), eval_params, out, names)
+# evaluate.dataset null: the checkpoint's datasets, which a train.datasets changed since (and selected) are not
+asking = PARAMS_ASK if dataset else (f"{ckpt} was trained on", "retrain on the selected ones (`dvc repro train`)")
+evaluate(ckpt, read_selection(selection, names, (eval_params.split,), asking=asking), eval_params, out, names)

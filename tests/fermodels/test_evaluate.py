@@ -368,6 +368,32 @@ def test_stage_scripts_train_and_evaluate(tiny_shards, tmp_path):
     assert metrics["test_datasets"] == ["tiny"] and metrics["num_samples"] > 0
 
 
+def test_the_evaluate_stage_names_a_checkpoint_trained_on_other_datasets(tiny_run, tmp_path, monkeypatch):
+    """train.datasets changed and selected anew, the old checkpoint evaluated by hand: the error said the
+    params ask for the checkpoint's datasets, and to re-run select, which changes nothing."""
+    import runpy
+
+    from ferdata.selection import SelectionError, write_selection
+
+    ckpt = tiny_run["ckpt"] / "best.pt"
+    trained_on = load_checkpoint(ckpt)["datasets"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(dataset=None, workers=0, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in (*trained_on, "other"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "shards").symlink_to(tiny_run["shards"])
+    write_selection(tmp_path / "sel.json", tmp_path / "data", [*trained_on, "other"], ("test",))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline.evaluate", str(ckpt), "sel.json", "eval"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(SelectionError) as err:
+        runpy.run_module("pipeline.evaluate", run_name="__main__", alter_sys=True)
+    assert f"but {ckpt} was trained on {sorted(trained_on)}: retrain on the selected ones (`dvc repro train`)" \
+        in str(err.value), err.value
+    assert not (tmp_path / "eval").exists()
+
+
 def test_non_finite_probabilities_are_an_error_not_class_0(tiny_run, tmp_path, monkeypatch, one_thread):
     """argmax of a NaN row is 0: a model that overflows scored every such sample as Neutral."""
     import fermodels.evaluate as ev
