@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +38,25 @@ def message(err: BaseException) -> str:
         return plain
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))     # e.g. which input a worker was on
-    return (str(text) or type(err).__name__) + notes
+    return (_from_loader_worker(str(text)) or type(err).__name__) + notes
+
+
+_WORKER_WRAPPED = re.compile(r"Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
+
+
+def _from_loader_worker(text: str) -> str:
+    """The worker's own message of an error torch's DataLoader re-raised in the main process: torch
+    makes the message "Caught ValueError in DataLoader worker process 0." followed by the worker's
+    whole traceback (20 lines after ``error:`` for a damaged shard read by ``train.workers`` 2). Other
+    texts as they are."""
+    wrapped = _WORKER_WRAPPED.match(text)
+    if not wrapped:
+        return text
+    heads = list(re.finditer(rf"(?:^|\n)(?:[\w.]+\.)?{wrapped.group(1)}: ", text))
+    if not heads:
+        return text
+    own = " ".join(line.strip() for line in text[heads[-1].end():].strip().splitlines())
+    return f"{own} (in loader worker {wrapped.group(2)})"
 
 
 def _wrong_kind(err: OSError) -> str | None:

@@ -448,6 +448,38 @@ def test_a_damaged_image_or_label_is_named_by_every_loader(shards, tmp_path, ext
             [decoder(s) for s in IndexedSplit(split, decoder, 7)]
 
 
+def test_a_damaged_sample_read_in_a_loader_worker_is_told_in_one_line(tmp_path):
+    """train.workers 2 (the default): torch re-raises a worker's error with the message "Caught
+    ValueError in DataLoader worker process 0." and the worker's whole traceback, which reached
+    ``error:`` as 20 lines; now the worker's own message, and which worker."""
+    from ferdata.errors import is_user_error, message
+    from ferdata.io import encode_jpeg
+    from fermodels.data import SampleDecoder
+    from fermodels.distributed import DistEnv
+    from fermodels.epochplan import plan_epoch
+    from fermodels.shardsplit import open_split
+    from fermodels.stream import stream_loader
+
+    folder = tmp_path / "ds" / "train"
+    good = encode_jpeg(np.full((8, 8, 3), 128, np.uint8), 90)
+    with TarShardWriter(folder, "x", 100) as w:
+        for i in range(16):
+            w.write(f"k{i:03d}", {"jpg": b"\xff\xd8" + bytes(len(good) - 2) if i == 5 else good, "cls": b"1"})
+    written = w.files[0]
+    (folder / INFO).write_text(json.dumps({"split": "train", "class_histogram": {"Happy": 16}, "shards": [
+        {"name": written.path.name, "count": 16, "sha256": written.sha256, "bytes": written.path.stat().st_size}]}))
+    split = open_split([folder.parent], "train")
+    plans = plan_epoch(split.shards, samples=16, batch_size=4, env=DistEnv(0, 1, 0), workers=2, seed=0,
+                       shuffle=False)
+    with pytest.raises(ValueError) as caught:
+        list(stream_loader(plans, SampleDecoder(("image",), 8), workers=2, shuffle_buffer=0, seed=0, repeat=None))
+    said = message(caught.value)
+    assert is_user_error(caught.value)
+    assert said.startswith(f"sample 'k005' of {written.path}: its jpg does not decode"), said
+    assert said.endswith(" (in loader worker 0)") or said.endswith(" (in loader worker 1)"), said
+    assert "\n" not in said and "Traceback" not in said, said
+
+
 def test_cls_one_past_the_last_class_is_no_class_id(shards):
     """Bug guarded: the class-id bound off by one: cls 8 (one past Contempt, 0-7) passed verify,
     and training's one-hot/histogram indexing would fail or mislabel on it."""
