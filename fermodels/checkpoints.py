@@ -47,8 +47,10 @@ _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 _UNIT_LISTS = {"ir50": "body", "convnext_torchvision": "features", "convnext_timm": "features"}   # timm: as mapped
 
 
-class PretrainedMismatchError(RuntimeError):
-    """A checkpoint does not provide every tensor the target module needs."""
+class PretrainedMismatchError(RuntimeError, ValueError):
+    """A checkpoint does not provide every tensor the target module needs, or is no weight file.
+    A ``ValueError`` too: bad input (:mod:`ferdata.errors`), told in one line by the DVC stages as by
+    the ``fermodels`` commands."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,16 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} ({layout}) does not exist; "
                                 "pass the path of the downloaded file")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's many kinds: a cut download, an HTML page, pickled objects
+        first = " ".join(str(e).split("\n", 1)[0].split())[:200] or type(e).__name__
+        raise PretrainedMismatchError(f"pretrained checkpoint {str(path)!r} ({layout}) cannot be read as weights "
+                                      f"(torch: {first}): a cut-off download or another kind of file? download it "
+                                      "again, or save its state dict alone (torch.save(model.state_dict(), ...))"
+                                      ) from e
     mapped = mapper(_strip_prefix(_unwrap(raw, path)))
     expected = module.state_dict()
     missing = [k for k in expected if k not in mapped and not k.endswith(_OPTIONAL_SUFFIXES)]

@@ -10,7 +10,6 @@ import typer
 from ferdata.atomic import atomic_write_text
 from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
-from fermodels.checkpoints import PretrainedMismatchError
 from fermodels.info import model_info
 from fermodels.registry import create_model, list_models
 
@@ -98,7 +97,7 @@ reflow_help(app)
 
 def main() -> None:
     """The ``fermodels`` console script (:mod:`ferdata.errors`: bad input is one line, not a traceback)."""
-    run_cli(app, extra=(PretrainedMismatchError,))
+    run_cli(app)
 
 
 if __name__ == "__main__":

@@ -238,8 +238,9 @@ def test_missing_file_unknown_layout_and_pickles(tmp_path) -> None:
         load_pretrained(ResNet18Trunk(), tmp_path / "x.pth", "no_layout")
     path = tmp_path / "pickled_module.pth"
     torch.save({"state_dict": nn.Linear(2, 2)}, path)  # a whole module: needs unsafe unpickling
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(PretrainedMismatchError, match="cannot be read as weights") as refused:   # never unpickled
         load_pretrained(nn.Linear(2, 2), path, "msceleb_resnet18")
+    assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
 
 
 def test_ir50_stage_offsets_follow_the_3_4_14_3_units():
@@ -251,3 +252,31 @@ def test_ir50_stage_offsets_follow_the_3_4_14_3_units():
     mapped = LAYOUTS.get("ir50")({k: torch.zeros(1) for k in keys})
     assert list(mapped) == [f"body.{i}.w" for i in range(24)]
     assert "body.20.w" in mapped and list(mapped)[keys.index("body4.0.w")] == "body.21.w"
+
+
+@pytest.mark.parametrize("damage", ["cut", "html"])
+def test_an_unreadable_pretrained_file_is_bad_input_told_in_one_line(tmp_path, damage):
+    """A cut download of the pretrained weights (or an error page saved under its name) gave torch's
+    RuntimeError / UnpicklingError with a traceback, from `dvc repro` and `fermodels` alike."""
+    from ferdata.errors import is_user_error, message
+
+    path = tmp_path / "resnet18_msceleb.pth"
+    torch.save({"state_dict": ResNet18Trunk().state_dict()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "cut" else b"<html>404 Not Found</html>")
+    with pytest.raises(PretrainedMismatchError) as caught:
+        load_pretrained(ResNet18Trunk(), path, "msceleb_resnet18")
+    assert is_user_error(caught.value), repr(caught.value)       # the DVC stages' policy (no extras)
+    said = message(caught.value)
+    assert f"'{path}' (msceleb_resnet18) cannot be read as weights" in said and "\n" not in said, said
+
+
+def test_a_pretrained_file_of_another_network_is_bad_input_for_the_dvc_stages(tmp_path):
+    """PretrainedMismatchError was bad input for the `fermodels` commands only (run_cli's extra): the
+    train stage (`dvc repro`, pipeline/_args.install_excepthook) printed its traceback."""
+    from ferdata.errors import is_user_error
+
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(PretrainedMismatchError) as caught:
+        load_pretrained(ResNet18Trunk(), tmp_path / "other.pth", "msceleb_resnet18")
+    assert is_user_error(caught.value)
