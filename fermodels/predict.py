@@ -168,7 +168,8 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
         video = path.suffix.lower() in VIDEO_EXTS
         for frame, picture, problem in iter_frames(path, every):
             if picture is None:
-                log.warning("%s skipped: %s", path, problem)
+                if problem != "video_cut_short":    # its frames there were scored; iter_frames told the rest
+                    log.warning("%s skipped: %s", path, problem)
                 summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
                 continue
             faces, dropped = predictor.faces(picture, str(path), frame)

@@ -447,6 +447,7 @@ def test_a_video_cut_short_is_reported_not_read_as_if_whole(tmp_path, predictor,
     assert len(rows) == 3                                   # the frames that were there are still scored
     assert summary[-1]["problem"] == "video_cut_short", summary
     assert "cut.avi: 21 of the 40 frames its header lists could be read" in caplog.text
+    assert "skipped" not in caplog.text                     # it was scored, on the frames there
 
 
 def test_a_whole_mkv_whose_duration_runs_past_its_last_frame_is_not_cut_short(tmp_path):
