@@ -51,7 +51,13 @@ def prepare(
         options = parse_assignments(option)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
-    reports = run(dataset, load_params(params), out, root, options, backend)
+    loaded = load_params(params)
+    spec = loaded.get("datasets", {}).get(dataset) if isinstance(loaded.get("datasets"), dict) else None
+    made = spec.get("root") if dataset == "sample" and root is None and isinstance(spec, dict) else None
+    if isinstance(made, str) and not Path(made).exists():     # the reader would say it does not look like AffectNet
+        raise FileNotFoundError(f"{made}: the sample dataset is generated, not shipped: `ferdata sample {made}` "
+                                "makes it (`dvc repro` does both)")
+    reports = run(dataset, loaded, out, root, options, backend)
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
 

@@ -106,6 +106,18 @@ def _ferdata(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedPr
                           timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
+def test_preparing_the_sample_before_it_is_generated_says_how_to_make_it(tmp_path, monkeypatch):
+    """The AffectNet reader said data/raw/sample "does not look like this dataset" (expected:
+    Manually_Annotated_Images/ ...), which a new user cannot act on: the sample is generated."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["prepare", "sample"])
+    assert isinstance(res.exception, FileNotFoundError), res.output
+    assert str(res.exception) == ("data/raw/sample: the sample dataset is generated, not shipped: `ferdata sample "
+                                  "data/raw/sample` makes it (`dvc repro` does both)")
+    assert not (tmp_path / "data").exists()
+
+
 def test_bad_input_is_one_line_without_a_traceback(tmp_path):
     """Run where no params.yaml is, then against an empty dataset folder: `error: ...` on stderr,
     status 1; --verbose and FER_TRACEBACK=1 add the traceback."""
