@@ -83,7 +83,7 @@ def _samples(path: Path, limit: int) -> Iterator[tuple[Path, str, dict[str, byte
     read nor samples of each kept than those ``limit`` need: opening every tar at once held a whole
     dataset in memory for a sheet of 32."""
     tars = _tars(path)
-    rounds = -(-limit // len(tars))         # what one sample of each tar a round would need
+    rounds = -(-limit // len(tars))         # rounds of one sample a tar that fill the sheet if no tar runs short
     while True:
         taken: list[list[tuple[Path, str, dict[str, bytes]]]] = []
         for tar in tars:
