@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ferdata.faces.embedded import EmbeddedBackend, dlib_box
-from ferdata.geometry import five_from_68
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))                  # this checkout's ferdata, as the other benchmarks
+
+from ferdata.faces.embedded import EmbeddedBackend, dlib_box  # noqa: E402
+from ferdata.geometry import five_from_68  # noqa: E402
 
 
 def package_faces(quick: bool) -> dict[str, np.ndarray]:

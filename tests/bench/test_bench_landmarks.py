@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from tests.bench.helpers import load_bench
+
 
 def test_quick_run_prints_what_it_measured():
     bench, out = load_bench("bench_landmarks"), io.StringIO()
@@ -24,3 +29,20 @@ def test_quick_run_prints_what_it_measured():
         assert f"{name:18s} {s['mean']:7.3f} {s['p90']:7.3f} {s['max']:7.3f}" in text
     assert stats["keypoint box"]["max"] < stats["retinaface box"]["max"]
     assert set(result["fit"]) == {"centre_fraction", "side_per_eyes_to_mouth", "side_per_interocular"}
+
+
+def test_the_benchmark_imports_the_checkout_it_sits_in(tmp_path):
+    """The other benchmarks put their repository first on sys.path; this one imported whatever ferdata
+    was installed (a change under test went unmeasured) and, with none installed, died on the import."""
+    repo = Path(__file__).resolve().parents[2]
+    code = f"""
+import runpy, sys
+sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]   # no installed ferdata
+sys.path[0] = {str(repo / 'bench')!r}                  # what `python bench/bench_landmarks.py` puts first
+runpy.run_path({str(repo / 'bench' / 'bench_landmarks.py')!r}, run_name="imported")   # its imports, no run
+print(sys.modules["ferdata"].__file__)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-600:]
+    assert Path(done.stdout.strip()).resolve().is_relative_to(repo), done.stdout
