@@ -104,6 +104,7 @@ def epoch_plans(shards: Sequence[tuple[str, int]], samples: int, batch: int, wor
     return plans
 
 
+STORED = 112                                         # the side make_shards stores faces at
 QUICK_BUFFER = 16                                    # --quick's shuffle buffer: a few hundred samples, all workers busy
 QUICK_KWARGS = {"convcut": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64], "width": 16}}
 
@@ -112,13 +113,13 @@ def make_shards(folder: Path, n: int, per_shard: int) -> Path:
     """``n`` samples in the shard format (train split + _info.json), from one real face with jitter."""
     from skimage import data
 
-    face = cv2.resize(data.astronaut()[40:220, 150:330], (112, 112), interpolation=cv2.INTER_AREA)
-    lmk = synthetic_landmarks(112).numpy()
+    face = cv2.resize(data.astronaut()[40:220, 150:330], (STORED, STORED), interpolation=cv2.INTER_AREA)
+    lmk = synthetic_landmarks(STORED).numpy()
     rng = np.random.default_rng(0)
     with TarShardWriter(folder / "train", "train", per_shard) as writer:
         for i in range(n):
             m = np.float32([[1, 0, rng.uniform(-4, 4)], [0, 1, rng.uniform(-4, 4)]])
-            img = np.clip(cv2.warpAffine(face, m, (112, 112)) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
+            img = np.clip(cv2.warpAffine(face, m, (STORED, STORED)) * rng.uniform(0.8, 1.2), 0, 255).astype(np.uint8)
             left, right = split_halves(img)
             writer.write(f"s{i:06d}", {"jpg": encode_jpeg(img, 95), "left.jpg": encode_jpeg(left, 95),
                                        "right.jpg": encode_jpeg(right, 95), "lmk.npy": npy_bytes(lmk),
@@ -145,17 +146,20 @@ def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, wo
     return n / (time.perf_counter() - t0) if n else float("nan")      # one batch: nothing after the first
 
 
-def example_uint8(card, batch: int) -> dict:
-    """A collated-looking uint8 batch of the card's fields (what the loader hands the trainer)."""
+def example_uint8(card, batch: int, device: torch.device) -> dict:
+    """A uint8 batch of the card's fields as the loader hands it to the trainer on ``device``: at the
+    side batches travel at there (``travel_side``: the stored side on an accelerator, which
+    ``to_device`` scales there; the model's side on the CPU, resized in the workers), pixels NHWC in
+    memory seen as NCHW, as ``decode_batch`` fills them."""
     g = torch.Generator().manual_seed(0)
-    s = card.input_size
-    shapes = {"image": (3, s, s), "left": (3, s, s // 2), "right": (3, s, s // 2), "heatmap": (1, s // 4, s // 4)}
+    s = travel_side(card.input_size, STORED, device) or card.input_size
+    shapes = {"image": (s, s, 3), "left": (s, s // 2, 3), "right": (s, s // 2, 3), "heatmap": (s // 4, s // 4, 1)}
     out = {"label": torch.arange(batch) % 7}
     for f in card.fields:
         if f == "lmk":
             out[f] = synthetic_landmarks(s)[None].repeat(batch, 1, 1)
         else:
-            out[f] = torch.randint(0, 256, (batch, *shapes[f]), generator=g, dtype=torch.uint8)
+            out[f] = torch.randint(0, 256, (batch, *shapes[f]), generator=g, dtype=torch.uint8).permute(0, 3, 1, 2)
     return out
 
 
@@ -205,7 +209,7 @@ def train_rate(name: str, kwargs: dict, device: torch.device, cfg: Config, batch
                warmup: int) -> float:
     """Samples/s of the trainer's step for ``name`` on ``device`` on a fixed batch (no loader)."""
     step, card = trainer(name, kwargs, device, cfg)
-    host = example_uint8(card, batch)
+    host = example_uint8(card, batch, device)
     for i in range(warmup):
         step(host, i)
     sync(device)
@@ -281,7 +285,7 @@ def profile_step(name: str, kwargs: dict, device: torch.device, cfg: Config, bat
 
     plain = train_rate(name, kwargs, device, cfg, batch, steps, 3)
     step, card = trainer(name, kwargs, device, cfg)
-    host = example_uint8(card, batch)
+    host = example_uint8(card, batch, device)
     for i in range(3):
         step(host, i)
     sync(device)

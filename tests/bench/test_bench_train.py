@@ -83,3 +83,29 @@ def test_profile_says_where_a_step_goes(capsys):
     assert re.search(r"^  resnet18_112/fp32\+cl\s+0\.00   step \d+\.\d\d ms$", tail, flags=re.M), tail
     with pytest.raises(SystemExit, match="expected model/setting"):
         bench.main(["--quick", "--devices", "cpu", "--profile", "resnet18_112/bf16"])       # a GPU setting
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("name", ["resnet18_112", "convcut", "pcda"])
+def test_the_fixed_batch_is_the_one_the_loader_hands_the_trainer(tmp_path, name, device):
+    """On a GPU the loader hands a 224 px model 112 px batches that to_device scales there, and
+    everywhere pixels NHWC in memory: the step was timed on a 224 px NCHW batch (no scaling timed,
+    4x the bytes copied, another layout). travel_side reads only the device's type: no GPU needed."""
+    import torch
+
+    from fermodels.data import SampleDecoder, travel_side
+    from fermodels.registry import create_model
+    from fermodels.shardsplit import open_split
+    from fermodels.stream import stream_loader
+
+    bench = load_bench("bench_train")
+    card = create_model(name, **bench.QUICK_KWARGS.get(name, {})).card
+    dev = torch.device(device)
+    split = open_split([bench.make_shards(tmp_path, 16, 250)], "train")
+    decoder = SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, bench.STORED, dev))
+    real = next(iter(stream_loader(bench.epoch_plans(split.shards, 16, 4, 0, 16), decoder, workers=0,
+                                   shuffle_buffer=16, seed=0, repeat=None)))
+    fixed = bench.example_uint8(card, 4, dev)
+    for field in card.fields:
+        a, b = real[field], fixed[field]
+        assert (tuple(b.shape), b.dtype, b.stride()) == (tuple(a.shape), a.dtype, a.stride()), field
