@@ -6,10 +6,9 @@ from typing import Callable
 
 import numpy as np
 
-from ferdata.geometry import (Aligned, align_face, crop_reduction, five_from_68, reduced_frame, spread, template,
-                              template_misfit, transform_points)
+from ferdata.geometry import (Aligned, align_face, crop_reduction, five_from_68, reduced_frame, spread,
+                              template_misfit, transform_points, warp_face)
 from ferdata.io import Decoded
-from ferdata.records import scaled_points
 
 
 class BadGeometry(ValueError):
@@ -98,24 +97,33 @@ def _check_landmarks(lmk: np.ndarray, kps: np.ndarray) -> None:
                                                    f"keypoints (> {MAX_LANDMARK_GAP}): they are another face's")
 
 
-def whole_image_points(width: float, height: float, size: int) -> np.ndarray:
-    """The keypoints of an image that is the crop: this crop size's template scaled to the image,
-    pixel centres matched, so the warp is a resize at any size (the 112 template the precropped
-    backend stores shifted a 224 crop by half a pixel and shrank a 128 one to 112 inside a
-    smeared border)."""
-    return scaled_points(template(size), np.array([width / size, height / size]))
+def whole_image_matrix(width: float, height: float, size: int, padding: float = 0.0) -> np.ndarray:
+    """The 2x3 matrix that resizes a ``width`` x ``height`` picture to the ``size`` crop (pixel centres
+    matched, each axis by its own factor: a similarity fitted to a template scaled to a non-square
+    picture cut rows off and smeared its edge columns over 13% of the crop), then shrinks it about the
+    crop's centre as ``padding`` shrinks the template (:func:`ferdata.geometry.template`)."""
+    resize = np.vstack([reduced_frame(size / width, size / height), [0.0, 0.0, 1.0]])
+    k, c = 1.0 / (1.0 + padding), size / 2.0
+    pad = np.array([[k, 0.0, c * (1 - k)], [0.0, k, c * (1 - k)], [0.0, 0.0, 1.0]])
+    return (pad @ resize)[:2]
 
 
-def warp_points(face: dict, backend: str, size: int) -> np.ndarray:
-    """The source-pixel keypoints the crop is warped from, which set how far the picture may be
-    reduced: a whole-image face's (its box is the image) are this size's template, not the
-    stored 112 one (whose spread differs at multiples of 128: 240x240 at 128 decoded at 1/2,
-    120x120, and was upscaled)."""
-    if backend in WHOLE_IMAGE_BACKENDS:
-        box = np.asarray(face["box"], np.float64).ravel()
-        if box.shape == (4,) and np.isfinite(box).all():          # else checked_points says why
-            return whole_image_points(box[2] - box[0], box[3] - box[1], size)
-    return np.asarray(face["kps5"], np.float64)
+def whole_image_reduction(width: float, height: float, size: int, padding: float = 0.0, limit: int = 8) -> int:
+    """The largest power of two r <= ``limit`` at which a whole-image face decoded at 1/r keeps at least
+    the crop's resolution along both axes."""
+    zoom = size / (1.0 + padding) / min(width, height)
+    r = 1
+    while r * 2 <= limit and zoom * r * 2 <= 1.0:
+        r *= 2
+    return r
+
+
+def _picture_size(face: dict) -> tuple[float, float] | None:
+    """(width, height) of a whole-image face's source picture (its box is the picture), or None."""
+    box = np.asarray(face["box"], np.float64).ravel()
+    if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+        return None                                             # checked_points says why
+    return float(box[2] - box[0]), float(box[3] - box[1])
 
 
 def crop_face(face: dict, backend: str, size: int, padding: float,
@@ -125,9 +133,14 @@ def crop_face(face: dict, backend: str, size: int, padding: float,
     (``decoded_at(reduce)``: faster, and no aliasing); detections are in source pixels, mapped
     into that frame; the border follows the backend (:func:`crop_border`). Raises
     :class:`BadGeometry` (and ``decoded_at``'s :class:`BadImage`) for a face the stage drops."""
-    decoded = decoded_at(crop_reduction(warp_points(face, backend, size), size, padding))
-    kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
-    if backend in WHOLE_IMAGE_BACKENDS:
-        h, w = decoded.rgb.shape[:2]
-        kps5 = whole_image_points(w, h, size).astype(np.float32)
-    return align_face(decoded.rgb, kps5, size, padding, lmk68, crop_border(backend)), decoded
+    if backend not in WHOLE_IMAGE_BACKENDS:
+        decoded = decoded_at(crop_reduction(np.asarray(face["kps5"], np.float64), size, padding))
+        kps5, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
+        return align_face(decoded.rgb, kps5, size, padding, lmk68, crop_border(backend)), decoded
+    # the picture is the face: resized, by its size in source pixels (a reduced decode's shape is rounded up)
+    picture = _picture_size(face)
+    decoded = decoded_at(whole_image_reduction(*picture, size, padding) if picture else 1)
+    _, lmk68 = checked_points(face, decoded.rgb.shape, decoded.scale)
+    width, height = picture or decoded.rgb.shape[1::-1]
+    m = whole_image_matrix(width * decoded.scale, height * decoded.scale, size, padding)
+    return warp_face(decoded.rgb, m, size, lmk68, crop_border(backend)), decoded

@@ -236,11 +236,17 @@ def align_face(image: np.ndarray, kps5: np.ndarray, size: int, padding: float = 
     image that already is the crop, whose last pixel centres sit inside the crop's edge (as in a
     resize), so that edge does not fade to black.
     """
-    m = estimate_norm(kps5, size, padding)
+    return warp_face(image, estimate_norm(kps5, size, padding), size, lmk68, border)
+
+
+def warp_face(image: np.ndarray, m: np.ndarray, size: int, lmk68: np.ndarray | None = None,
+              border: str = "black") -> Aligned:
+    """``image`` warped by the 2x3 image -> crop matrix ``m`` into a ``size`` crop (bilinear; ``border``
+    as for :func:`align_face`), ``lmk68`` with it."""
     crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=BORDERS[border],
                           borderValue=0.0)
     lmk = transform_points(lmk68, m) if lmk68 is not None else None
-    return Aligned(crop, m.astype(np.float32), lmk)
+    return Aligned(crop, np.asarray(m, np.float32), lmk)
 
 
 def split_halves(face: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

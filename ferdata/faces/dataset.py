@@ -41,7 +41,7 @@ class PrecroppedBackend(FaceBackend):
     """The whole image is an aligned face crop (CK+48, RAF-DB aligned, FER2013 48x48).
 
     The 5 keypoints are the 112 ArcFace template scaled to the image; align warps such a face
-    as a resize of the whole image at any crop size, edges continued
+    as a resize of the whole image (each axis by its own factor) at any crop size, edges continued
     (``ferdata.crop.crop_face``, ``crop_border``); no 68 landmarks exist unless the
     dataset gives them.
     """
