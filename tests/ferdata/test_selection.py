@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ferdata.selection import SelectionError, read_selection, write_selection
+from ferdata.selection import SelectionError, read_selection, split_digest, write_selection
 
 TRAIN = ("train", "val")
 
@@ -162,3 +162,24 @@ def test_a_training_split_whose_info_is_not_json_is_named(tmp_path):
     (shards / "val" / "_info.json").write_text("{'split': 'val'")
     with pytest.raises(SelectionError, match=r"val/_info.json is not JSON .*: prepare the dataset again"):
         open_split([shards], "val")
+
+
+CONTENT = {"split": "train", "num_samples": 3, "label_map": ["Neutral"], "class_histogram": {"Neutral": 3},
+        "shards": [{"name": "train-000000.tar", "count": 3, "sha256": "ab" * 32, "bytes": 10240}]}
+
+
+def _write_info(shards: Path, info: dict) -> Path:
+    (shards / "train").mkdir(parents=True)
+    (shards / "train" / "_info.json").write_text(json.dumps(info))
+    return shards
+
+
+def test_a_splits_pin_does_not_depend_on_the_key_order_of_its_info_file(tmp_path):
+    """Two _info.json files that say the same (fields in another order) pin alike: the digest is of the content."""
+    reordered = {k: CONTENT[k] for k in reversed(list(CONTENT))}
+    reordered["shards"] = [dict(reversed(list(s.items()))) for s in CONTENT["shards"]]
+    assert json.dumps(reordered) != json.dumps(CONTENT) and json.loads(json.dumps(reordered)) == CONTENT
+    a, b = _write_info(tmp_path / "a", CONTENT), _write_info(tmp_path / "b", reordered)
+    assert split_digest(a, "train") == split_digest(b, "train")
+    changed = _write_info(tmp_path / "c", {**CONTENT, "num_samples": 4})
+    assert split_digest(changed, "train") != split_digest(a, "train")

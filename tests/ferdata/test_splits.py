@@ -298,3 +298,18 @@ def test_train_only_records_are_dealt_no_fold_and_stay_in_train():
     assert {r.split for r in auto} == {"train"} and not any("fold" in r.extra for r in auto)
     plain = Counter(r.extra["fold"] for r in out if not r.key.startswith("auto"))
     assert sorted(plain.values()) == [10, 10, 10]          # 6 subjects dealt 2 per fold, 5 records each
+
+
+def _subject_rec(i: int, subjects: int) -> FaceRecord:
+    return FaceRecord(dataset="t", key=f"k{i:04d}", path=f"/x/k{i:04d}.jpg", label=0, native_label="0",
+                      subject=f"S{i % subjects:03d}")
+
+
+def test_kfold_deals_the_hash_ordered_groups_round_robin_from_fold_0():
+    """The i-th subject in (unit_hash, name) order is in fold i % folds: the published folds stay the same."""
+    recs = [_subject_rec(i, 7) for i in range(35)]
+    ordered = sorted({r.subject for r in recs}, key=lambda g: (unit_hash(3, g), g))
+    out = list(assign_splits(recs, seed=3, val_fraction=0.1, test_fraction=0, folds=3, fold=0))
+    assert {r.subject: r.extra["fold"] for r in out} == {g: i % 3 for i, g in enumerate(ordered)}
+    assert {r.subject for r in out if r.split == "test"} == set(ordered[0::3])
+    assert {r.subject for r in out if r.split == "val"} == set(ordered[1::3])

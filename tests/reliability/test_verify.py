@@ -7,12 +7,14 @@ import io
 import json
 import shutil
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from ferdata.classes import CLASSES
 from ferdata.cli import app
 from ferdata.errors import run_cli
 from ferdata.tario import TarShardWriter, iter_tar_samples, sha256_file
@@ -687,3 +689,41 @@ def test_a_shard_unreadable_while_it_is_scanned_is_a_problem_line(shards, monkey
 def test_a_missing_shard_is_said_once(shards):
     expected = _delete(shards)
     assert [p for p in verify_shards(shards) if p.startswith(expected.removesuffix(": missing"))] == [expected]
+
+
+def test_a_shard_copied_under_another_name_and_listed_with_matching_counts_is_named(shards):
+    """Every sample of a second copy would be trained on twice: the counts all add up, the keys do not."""
+    first = _first_shard(shards)
+    copy = first.parent / "train-900000.tar"
+    shutil.copy2(first, copy)
+    samples = list(iter_tar_samples(first))
+    classes = Counter(CLASSES[int(fields["cls"])] for _, fields in samples)
+    backends = Counter(json.loads(fields["json"]).get("backend") or "unknown" for _, fields in samples)
+
+    def relist(info):
+        info["shards"].append({**info["shards"][0], "name": copy.name})
+        info["num_samples"] += len(samples)
+        info["class_histogram"] = dict(Counter(info["class_histogram"]) + classes)
+        info["face_backends"] = dict(Counter(info["face_backends"]) + backends)
+    _with_info(shards, relist)
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{copy}: sample {samples[0][0]!r} is in this split twice") for p in problems), problems
+
+
+def test_a_sample_json_that_is_no_object_is_a_problem_line_not_a_crash(shards):
+    """A json member holding a list is one problem line naming its sample, not an AttributeError out of verify."""
+    shard, key = _relisted(shards, lambda fields: fields.update(json=b"[1, 2]"))
+    problems = verify_shards(shards)
+    assert any(p.startswith(f"{shard}: sample {key!r} has a json that is a list, not an object")
+               for p in problems), problems
+
+
+def test_an_older_info_file_without_the_subsets_its_samples_name_passes(shards):
+    """Info files from before face_backends may lack subsets their samples' json name: no false alarm there."""
+    def tag(fields):
+        meta = json.loads(fields["json"])
+        meta["extra"] = {**(meta.get("extra") or {}), "subsets": ["occlusion"]}
+        fields["json"] = json.dumps(meta).encode()
+    _relisted(shards, tag)
+    _with_info(shards, lambda info: [info.pop(k, None) for k in ("face_backends", "soft_labels", "subsets")])
+    assert verify_shards(shards) == []
