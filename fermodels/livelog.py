@@ -18,8 +18,20 @@ log = logging.getLogger(__name__)
 
 def logged_epochs(live_dir: str | Path) -> set[int]:
     """The epochs (DVCLive steps) that every history file of ``live_dir`` has a row for (its
-    ``metrics.json``, the last row of each, is rebuilt when lost: :func:`repair_summary`)."""
+    ``metrics.json``, the last row of each, is rebuilt when lost: :func:`repair_summary`). Where
+    ``metrics.json`` is readable, only the files of the metrics it names count: a file it does not
+    name is another run's (an experiment with another model, whose files `git restore` leaves behind,
+    untracked), and its few rows made a finished run look unlogged, so it trained again from the start."""
     files = sorted(Path(live_dir).glob("plots/metrics/**/*.tsv"))
+    named = _summary_metrics(Path(live_dir) / "metrics.json")
+    if named is not None:
+        base = Path(live_dir) / "plots" / "metrics"
+        ours = [f for f in files if f.relative_to(base).with_suffix("").as_posix() in named]
+        if others := [f.relative_to(base).as_posix() for f in files if f not in ours]:
+            log.warning("%s holds history files its metrics.json does not name (another run's, left untracked by "
+                        "`git restore`?): %s; not read (`git clean -n %s` lists what git does not track)",
+                        base, ", ".join(others), base)
+        files = ours
     if not files:
         return set()
     common: set[int] | None = None
@@ -28,6 +40,27 @@ def logged_epochs(live_dir: str | Path) -> set[int]:
         steps = {int(r[col]) for r in rows} if col is not None else set()
         common = steps if common is None else common & steps
     return common or set()
+
+
+def _summary_metrics(metrics: Path) -> set[str] | None:
+    """The metrics ``metrics.json`` holds, as history-file paths (``train/ce``); None when it is
+    missing, unreadable or names none."""
+    try:
+        summary = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    names: set[str] = set()
+    todo = [("", summary)]
+    while todo:
+        prefix, node = todo.pop()
+        for key, value in node.items():
+            if isinstance(value, dict):
+                todo.append((f"{prefix}{key}/", value))
+            else:
+                names.add(f"{prefix}{key}")
+    return names - {"step"} or None          # one naming no metric (no epoch logged yet) tells nothing
 
 
 def repair_summary(live_dir: str | Path, epochs: int) -> None:

@@ -58,3 +58,37 @@ def test_an_empty_history_file_is_no_logged_epoch(tmp_path):
     assert logged_epochs(tmp_path) == set()
     truncate_live(tmp_path, 0)
     repair_summary(tmp_path, 1)
+
+
+def _tsv(path, name, steps):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("step\t" + name + "\n" + "".join(f"{s}\t0.5\n" for s in steps))
+
+
+def _finished_run(live, epochs=12):
+    _tsv(live / "plots/metrics/train/ce.tsv", "ce", range(epochs))
+    _tsv(live / "plots/metrics/val/accuracy.tsv", "accuracy", range(epochs))
+    (live / "metrics.json").write_text(json.dumps({"train": {"ce": 0.1}, "val": {"accuracy": 0.6},
+                                                   "step": epochs - 1}))
+
+
+def test_a_foreign_history_file_does_not_unlog_a_finished_run(tmp_path, caplog):
+    """Another run's history file (PCNN's ce_main.tsv after `dvc exp run -S train.model=pcnn`, then `git restore .
+    && dvc checkout`: left untracked) made a finished run look unlogged: it trained again from epoch 0."""
+    _finished_run(tmp_path)
+    _tsv(tmp_path / "plots/metrics/train/ce_main.tsv", "ce_main", [0])      # a 1-epoch PCNN experiment's
+    assert logged_epochs(tmp_path) == set(range(12))
+    assert "train/ce_main.tsv; not read" in caplog.text
+
+
+def test_a_named_history_file_cut_short_still_counts(tmp_path):
+    _finished_run(tmp_path)
+    _tsv(tmp_path / "plots/metrics/val/accuracy.tsv", "accuracy", range(5))   # the run's own file lost rows
+    assert logged_epochs(tmp_path) == set(range(5))
+
+
+def test_without_metrics_json_every_file_counts(tmp_path):
+    _finished_run(tmp_path)
+    (tmp_path / "metrics.json").unlink()
+    _tsv(tmp_path / "plots/metrics/train/ce_main.tsv", "ce_main", [0])
+    assert logged_epochs(tmp_path) == {0}
