@@ -25,7 +25,7 @@ import numpy as np
 
 from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, csv_lines, open_text, whole
-from ferdata.datasets.subsets import FERPLUS_ID
+from ferdata.datasets.subsets import FERPLUS_ID, under_root
 from ferdata.io import encode_png
 from ferdata.records import LABEL_MODE, SOFT_LABEL, Dropped, FaceRecord, make_key
 
@@ -128,11 +128,10 @@ def pixels_to_png(text: str) -> bytes:
     return encode_png(values.astype(np.uint8).reshape(48, 48))
 
 
-def find_file(root: Path, candidates: Sequence[str], override: str = "") -> Path | None:
-    """``override`` (relative to ``root`` or absolute) if given, else the first existing candidate."""
+def find_file(root: Path, candidates: Sequence[str], override: str = "", option: str = "csv") -> Path | None:
+    """``override`` (relative to ``root``, or absolute under it) if given, else the first existing candidate."""
     if override:
-        p = Path(override).expanduser()
-        p = p if p.is_absolute() else root / p
+        p = under_root(override, root, f"options.{option}")
         return p if p.is_file() else None
     return next((root / c for c in candidates if (root / c).is_file()), None)
 
@@ -290,7 +289,7 @@ class FERPlusReader(DatasetReader):
             raise ValueError(f"{self.name}: label_mode must be one of {LABEL_MODES}, got {mode!r}")
         new_csv = find_file(self.root, FERPLUS_CSVS)
         if new_csv is not None:
-            fer_csv = find_file(self.root, FER_CSVS, str(self.options["fer2013_csv"]))
+            fer_csv = find_file(self.root, FER_CSVS, str(self.options["fer2013_csv"]), "fer2013_csv")
             if fer_csv is None:
                 raise DatasetLayoutError(self.name, self.root, [new_csv.name, "fer2013.csv (or options.fer2013_csv)"])
             yield from self._read_csvs(new_csv, fer_csv, mode)

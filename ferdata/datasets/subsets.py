@@ -17,6 +17,7 @@ come from the dataset.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Mapping
@@ -50,6 +51,23 @@ def parse_list(path: str | Path, pattern: re.Pattern[str]) -> frozenset[str]:
     return frozenset(ids)
 
 
+def under_root(name: str, root: Path, what: str) -> Path:
+    """``name`` (relative to ``root``, or absolute) as a path, refused when it lies outside ``root``:
+    dvc.yaml's detect stage depends on the dataset root alone, so a file read from elsewhere could
+    change without ``dvc repro`` seeing it (and the shards would keep what the old file said).
+    Checked on the path as written (``..`` folded), not through symlinks: a link under the root is
+    the root's content to DVC."""
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else Path(root) / path
+    try:
+        Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        raise ValueError(f"{what} {name!r} lies outside the dataset root {root}: `dvc repro` tracks only the root, "
+                         "so a change to that file would not prepare the dataset again; put the file (or a "
+                         "symlink to it) under the root and name it relative to the root") from None
+    return path
+
+
 def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str],
                  reader: str) -> dict[str, frozenset[str]]:
     """``{name: list file}`` -> ``{name: ids}``; relative paths resolve against ``root``.
@@ -62,8 +80,7 @@ def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str],
                          f"{{occlusion: lists/occlusion_list.txt}}, got {spec!r}")
     out: dict[str, frozenset[str]] = {}
     for name, rel in sorted(spec.items()):
-        path = Path(rel).expanduser()
-        path = path if path.is_absolute() else root / path
+        path = under_root(rel, root, f"{reader}: options.subsets.{name}")
         if not path.is_file():
             raise FileNotFoundError(f"subset {name!r}: list file {path} not found (set options.subsets.{name})")
         out[name] = parse_list(path, pattern)
