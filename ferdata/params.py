@@ -6,6 +6,7 @@ and a missing or unknown key is a clear error naming the section.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, TypeVar
@@ -170,6 +171,9 @@ def _text_number(value: Any) -> str:
     return " (YAML read it as text: write it without quotes)"
 
 
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def dataset_specs(params: Mapping[str, Any]) -> Mapping[str, Any]:
     """params.yaml's ``datasets`` section (empty when absent), refused when it is no mapping: written
     as a list, like ``train.datasets``, it gave a TypeError traceback."""
@@ -178,4 +182,7 @@ def dataset_specs(params: Mapping[str, Any]) -> Mapping[str, Any]:
         raise ValueError(f"params.yaml datasets must map each dataset's name to its reader, root and options "
                          f"(datasets: {{sample: {{reader: affectnet, root: data/raw/sample}}}}), got {specs!r}; the "
                          "datasets to train on are train.datasets")
+    if bad := [name for name in specs if not isinstance(name, str) or not DATASET_NAME.fullmatch(name)]:
+        raise ValueError(f"params.yaml datasets: name {bad[0]!r} is not letters, digits, _ and - only (dvc.yaml's "
+                         "stages for each dataset take a dot for a params path and a space for an argument)")
     return specs

@@ -207,3 +207,13 @@ def test_command_line_values_are_yaml_and_a_colon_without_a_space_is_named():
 
 def test_an_empty_datasets_section_is_no_datasets():
     assert dataset_specs({"datasets": None}) == {} and dataset_specs({}) == {}
+
+
+@pytest.mark.parametrize("name", ["tiny.v2", "my set", "raf/db", 5, ""])
+def test_a_dataset_name_dvc_yaml_cannot_carry_is_refused(name):
+    """dvc.yaml's foreach stages take a dot for a params path (`Parameters 'datasets.tiny.v2' are missing`)
+    and a space for another argument: `ferdata prepare` made such a dataset, `dvc repro` failed on it."""
+    spec = {"reader": "folder", "root": "raw/x"}
+    with pytest.raises(ValueError, match="is not letters, digits, _ and - only"):
+        dataset_specs({"datasets": {name: spec}})
+    assert list(dataset_specs({"datasets": {"raf_db-2": spec, "sample": spec}})) == ["raf_db-2", "sample"]
