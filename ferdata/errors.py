@@ -77,8 +77,30 @@ def _wrong_kind(err: OSError) -> str | None:
             "another path") if blocker else None
 
 
+def _user_error_named(name: str) -> bool:
+    """Whether ``name`` is the name of a bad-input class (a subclass of ``OSError``, ``ValueError`` or
+    :class:`NamedKeyError`)."""
+    todo: list[type[BaseException]] = [OSError, ValueError, NamedKeyError]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return True
+        todo.extend(cls.__subclasses__())
+    return False
+
+
+def _unrebuilt_worker_error(err: BaseException) -> bool:
+    """A bad-input error a DataLoader worker raised that torch could not rebuild in the main process
+    (a constructor taking other arguments than one message, such as ``BadTarError(where, err)``):
+    torch then raises a plain ``RuntimeError`` with the same "Caught <type> in DataLoader worker" text."""
+    wrapped = _WORKER_WRAPPED.match(str(err)) if type(err) is RuntimeError else None
+    return wrapped is not None and _user_error_named(wrapped.group(1))
+
+
 def is_user_error(err: BaseException, extra: Sequence[type[BaseException]] = ()) -> bool:
     """Whether ``err`` is bad input under the policy above (a ``KeyError`` only as :class:`NamedKeyError`)."""
+    if _unrebuilt_worker_error(err):
+        return True
     if isinstance(err, KeyError) and not isinstance(err, (NamedKeyError, *extra)):
         return False
     return isinstance(err, (*USER_ERRORS, *extra))
@@ -90,7 +112,7 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
     argv = sys.argv[1:] if argv is None else argv
     try:
         app()
-    except (*USER_ERRORS, *extra) as err:
+    except (*USER_ERRORS, RuntimeError, *extra) as err:
         if _traceback_wanted(argv) or not is_user_error(err, extra):
             raise
         _report(err)
