@@ -192,11 +192,13 @@ def backends(
     if not given and Path("params.yaml").is_file():   # one found here may be another project's
         params = Path("params.yaml")
     options: dict = {}
+    configured = None
     if params is not None:
         detect = load_params(params).get("detect")
         if given and not isinstance(detect, dict):
             raise ValueError(f"{params} has no detect section (a mapping with model_dir) to read")
         if isinstance(detect, dict):
+            configured = detect.get("backend")
             # the options pick the files a backend needs (insightface's pack, face_alignment's detector)
             options = detect.get("options") or {}
             if not isinstance(options, dict):
@@ -207,8 +209,14 @@ def backends(
                 raise ValueError(f"{params}: detect.model_dir must be a folder path or null, got {model_dir!r}")
     for name in BACKENDS.names():
         cls = BACKENDS.get(name)
+        mine = {k: v for k, v in options.items() if k in cls.option_names()}
         try:
-            cls({k: v for k, v in options.items() if k in cls.option_names()}, model_dir).check_ready()
+            try:
+                cls(mine, model_dir).check_ready()
+            except ValueError:
+                if name == configured or configured in (None, "auto"):
+                    raise
+                cls({}, model_dir).check_ready()    # options set for detect.backend: judge this one on its own
         except ValueError as e:
             typer.echo(f"{name:15s} refuses detect.options ({e})")
         except MissingModelError as e:

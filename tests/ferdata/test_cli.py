@@ -474,6 +474,21 @@ def test_backends_judges_each_backend_with_the_detect_options(model_folder, opti
     assert says in res.output, res.output
 
 
+def test_options_for_the_configured_backend_do_not_hide_anothers_state(tmp_path, monkeypatch):
+    """det_size 600 suits the embedded backend, not insightface (a multiple of 32): insightface read
+    "refuses detect.options" instead of whether its weights are there; the configured one is still judged."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "params.yaml").write_text("detect: {backend: embedded, options: {det_size: 600}}\n")
+    res = CliRunner().invoke(app, ["backends"])
+    assert res.exit_code == 0, res.output
+    line = next(s for s in res.output.splitlines() if s.startswith("insightface "))
+    assert "refuses" not in line and ("weights missing" in line or "available" in line or "package" in line), line
+    (tmp_path / "params.yaml").write_text("detect: {backend: insightface, options: {det_size: 600}}\n")
+    res = CliRunner().invoke(app, ["backends"])
+    assert "insightface     refuses detect.options" in res.output, res.output
+
+
 @pytest.mark.parametrize("params, given, says", [
     (None, True, "error: elsewhere.yaml not found"),
     ("detect: 5\n", True, "error: elsewhere.yaml has no detect section (a mapping with model_dir) to read"),
