@@ -59,13 +59,22 @@ def under_root(name: str, root: Path, what: str) -> Path:
     the root's content to DVC."""
     path = Path(name).expanduser()
     path = path if path.is_absolute() else Path(root) / path
-    try:
-        Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
-    except ValueError:
+    # as written (a link under the root is the root's content), or where both lead (a root that is a
+    # link, the file named by the link's target: the same file, under the root DVC walks)
+    if not (_inside(os.path.abspath(path), os.path.abspath(root))
+            or _inside(os.path.realpath(path), os.path.realpath(root))):
         raise ValueError(f"{what} {name!r} lies outside the dataset root {root}: `dvc repro` tracks only the root, "
                          "so a change to that file would not prepare the dataset again; put the file (or a "
-                         "symlink to it) under the root and name it relative to the root") from None
+                         "symlink to it) under the root and name it relative to the root")
     return path
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        Path(path).relative_to(root)
+    except ValueError:
+        return False
+    return True
 
 
 def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str],

@@ -3,10 +3,12 @@ the dataset root: dvc.yaml's detect@<ds> depends on ${item.root} alone, so a fil
 change without `dvc repro` preparing the dataset again (the shards kept the old subsets or labels)."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
+from ferdata.datasets.subsets import under_root
 from tests.ferdata.fixtures_datasets import make_ferplus, make_rafdb, read_all, write_text
 
 
@@ -37,3 +39,19 @@ def test_ferplus_fer2013_csv_outside_the_root_is_refused(tmp_path, where):
     name = str(fer) if where == "absolute" else "../FER2013/fer2013.csv"
     with pytest.raises(ValueError, match="options.fer2013_csv .* outside the dataset root"):
         read_all("ferplus", root, {"fer2013_csv": name})
+
+
+def test_a_file_in_a_symlinked_root_named_by_its_real_path_is_inside(tmp_path):
+    """raw/RAF-DB -> /disk/RAF-DB: /disk/RAF-DB/lists/occ.txt is the root's file to DVC; /disk/other.txt is not."""
+    real = tmp_path / "disk" / "RAF-DB"
+    (real / "lists").mkdir(parents=True)
+    (real / "lists" / "occ.txt").write_text("x\n")
+    (tmp_path / "raw").mkdir()
+    os.symlink(real, tmp_path / "raw" / "RAF-DB")
+    root = tmp_path / "raw" / "RAF-DB"
+    assert under_root(str(real / "lists" / "occ.txt"), root, "o").samefile(root / "lists" / "occ.txt")
+    (tmp_path / "disk" / "other.txt").write_text("x\n")
+    with pytest.raises(ValueError, match="outside the dataset root"):
+        under_root(str(tmp_path / "disk" / "other.txt"), root, "o")
+    with pytest.raises(ValueError, match="outside the dataset root"):
+        under_root("../../disk/other.txt", root, "o")
