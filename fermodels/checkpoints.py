@@ -89,7 +89,8 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - torch's many kinds: a cut download, an HTML page, pickled objects
-        first = " ".join(str(e).split("\n", 1)[0].split())[:200] or type(e).__name__
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()    # torch bolds words of its advice with ANSI codes
+        first = plain.split("\n", 1)[0].split(". ")[0][:160] or type(e).__name__    # not its weights_only advice
         raise PretrainedMismatchError(f"pretrained checkpoint {str(path)!r} ({layout}) cannot be read as weights "
                                       f"(torch: {first}): a cut-off download or another kind of file? download it "
                                       "again, or save its state dict alone (torch.save(model.state_dict(), ...))"

@@ -241,6 +241,8 @@ def test_missing_file_unknown_layout_and_pickles(tmp_path) -> None:
     with pytest.raises(PretrainedMismatchError, match="cannot be read as weights") as refused:   # never unpickled
         load_pretrained(nn.Linear(2, 2), path, "msceleb_resnet18")
     assert isinstance(refused.value.__cause__, pickle.UnpicklingError)
+    said = str(refused.value)
+    assert "(torch: Weights only load failed)" in said and "\x1b" not in said, said    # not its advice or ANSI codes
 
 
 def test_ir50_stage_offsets_follow_the_3_4_14_3_units():
