@@ -55,12 +55,10 @@ def under_root(name: str, root: Path, what: str) -> Path:
     """``name`` (relative to ``root``, or absolute) as a path, refused when it lies outside ``root``:
     dvc.yaml's detect stage depends on the dataset root alone, so a file read from elsewhere could
     change without ``dvc repro`` seeing it (and the shards would keep what the old file said).
-    Checked on the path as written (``..`` folded), not through symlinks: a link under the root is
-    the root's content to DVC."""
+    Inside as written (``..`` folded: a link under the root is the root's content to DVC), or where
+    links on both sides lead (a root that is a link, the file named by its target's path)."""
     path = Path(name).expanduser()
     path = path if path.is_absolute() else Path(root) / path
-    # as written (a link under the root is the root's content), or where both lead (a root that is a
-    # link, the file named by the link's target: the same file, under the root DVC walks)
     if not (_inside(os.path.abspath(path), os.path.abspath(root))
             or _inside(os.path.realpath(path), os.path.realpath(root))):
         raise ValueError(f"{what} {name!r} lies outside the dataset root {root}: `dvc repro` tracks only the root, "
