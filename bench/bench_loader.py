@@ -11,7 +11,8 @@ raw JPEG decode bound, side by side in one run, for the model inputs at 112 and 
   workers instead (how it was before, and what the trainer still does for a CPU device, where
   the main process would resize alone). Measured twice: the loader alone, and followed in the
   main process by what the trainer does on a CPU device (workers resize; ``to_device`` ->
-  ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise``). *Persistent*: the
+  ``augment_batch`` with params.yaml ``train.augment`` -> ``normalise`` into the memory format
+  ``train.channels_last`` gives the model). *Persistent*: the
   trainer's :class:`PersistentLoader`, whose workers and buffers outlive an epoch: its second
   epoch, with the time its start takes (against a fresh loader's fork and buffers).
 * **ImageFolder** (common practice): the *same JPEG bytes* as loose files ``root/<class>/<key>.jpg``,
@@ -195,7 +196,8 @@ def ours(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: 
         if aug is None:
             return b["image"]
         moved = to_device(b, device, size)
-        return normalise(augment_batch(moved, aug, torch.Generator().manual_seed(step), fill), card)["image"]
+        return normalise(augment_batch(moved, aug, torch.Generator().manual_seed(step), fill), card,
+                         TRAIN["channels_last"])["image"]          # into the layout the trainer's model takes
 
     return timed_epoch(ours_loader(shards, fields, size, batch, workers, buffer, cpu_resize), image_of)
 
