@@ -52,10 +52,10 @@ def _from_loader_worker(text: str) -> str:
     wrapped = _WORKER_WRAPPED.match(text)
     if not wrapped:
         return text
-    heads = list(re.finditer(rf"(?:^|\n)(?:[\w.]+\.)?{wrapped.group(1)}: ", text))
+    heads = list(re.finditer(rf"(?:^|\n)(?:[\w.]+\.)?{wrapped.group(1)}(?:: |\s*$)", text))
     if not heads:
         return text
-    own = " ".join(line.strip() for line in text[heads[-1].end():].strip().splitlines())
+    own = " ".join(line.strip() for line in text[heads[-1].end():].strip().splitlines()) or wrapped.group(1)
     return f"{own} (in loader worker {wrapped.group(2)})"
 
 

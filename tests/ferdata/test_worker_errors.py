@@ -60,3 +60,19 @@ def test_a_bug_in_a_worker_keeps_its_traceback():
         next(it)
     it._shutdown_workers()
     assert not is_user_error(caught.value)
+
+
+def test_a_worker_error_without_a_message_is_named_by_its_type():
+    """The traceback's last line is the bare type (no "ValueError: ..." line): the whole traceback came out."""
+    class _Bare(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise ValueError()
+
+    it = iter(DataLoader(_Bare(), num_workers=1))
+    with pytest.raises(ValueError) as caught:
+        next(it)
+    it._shutdown_workers()
+    assert message(caught.value) == "ValueError (in loader worker 0)"
