@@ -43,7 +43,7 @@ def prepare(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
-    from ferdata.params import load_params, parse_assignments
+    from ferdata.params import dataset_specs, load_params, parse_assignments
     from ferdata.prepare import prepare as run
 
     _setup_logging(verbose)
@@ -52,7 +52,7 @@ def prepare(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
     loaded = load_params(params)
-    spec = loaded.get("datasets", {}).get(dataset) if isinstance(loaded.get("datasets"), dict) else None
+    spec = dataset_specs(loaded).get(dataset)
     made = spec.get("root") if dataset == "sample" and root is None and isinstance(spec, dict) else None
     if isinstance(made, str) and not Path(made).exists():     # the reader would say it does not look like AffectNet
         raise FileNotFoundError(f"{made}: the sample dataset is generated, not shipped: `ferdata sample {made}` "

@@ -174,6 +174,11 @@ def _text_number(value: Any) -> str:
 DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def is_name_list(names: Any) -> bool:
+    """Whether ``names`` is a list (or tuple) of non-empty strings, as datasets are named in a list."""
+    return isinstance(names, (list, tuple)) and all(isinstance(n, str) and n for n in names)
+
+
 def dataset_specs(params: Mapping[str, Any]) -> Mapping[str, Any]:
     """params.yaml's ``datasets`` section (empty when absent), refused when it is no mapping: written
     as a list, like ``train.datasets``, it gave a TypeError traceback."""

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from ferdata.atomic import atomic_write_text
 from ferdata.errors import NamedKeyError
 from ferdata.layout import INFO, stage_dirs
-from ferdata.params import repeated
+from ferdata.params import is_name_list, repeated
 from ferdata.records import SPLITS
 from ferdata.summary import check_info
 
@@ -98,7 +98,7 @@ def read_info(shards_dir: str | Path, split: str) -> dict:
 
 
 def _check_names(names: Sequence[str]) -> None:
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n for n in names):   # "sample", null
+    if not is_name_list(names):                                                 # "sample", null
         raise SelectionError(f"datasets must be named as a list of prepared datasets' names (train.datasets: "
                              f"[sample]; evaluate.dataset: null or one name), got {names!r}")
     if twice := repeated(names):

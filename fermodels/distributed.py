@@ -69,14 +69,11 @@ def pick_device(name: str, env: DistEnv) -> torch.device:
     """``auto`` = this rank's GPU when CUDA is present, else CPU; ``cuda`` = ``cuda:LOCAL_RANK``;
     ``cpu`` or ``cuda:N``. A GPU that is not there is refused here, in words, not by the first
     tensor moved to it."""
+    if not device_name_ok(name):
+        raise ValueError(f"device {name!r}: expected {DEVICE_RULE[1]}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device("cuda", env.local_rank) if name == "cuda" else torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    device = torch.device("cuda", env.local_rank) if name == "cuda" else torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferdata.classes import CLASSES, CONTEMPT
-from ferdata.params import (above, at_least, below_from, check_values, one_of, optional, repeated, section,
-                            section_values, within)
+from ferdata.params import (above, at_least, below_from, check_values, is_name_list, one_of, optional, repeated,
+                            section, section_values, within)
 from fermodels.augment import AugmentParams
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
 from fermodels.distributed import DEVICE_RULE
@@ -91,8 +91,7 @@ class TrainParams:
         if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
             raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
                              f"{self.model_kwargs[bad[0]]!r}")
-        if (not isinstance(self.datasets, (list, tuple)) or not self.datasets
-                or not all(isinstance(d, str) and d for d in self.datasets)):
+        if not self.datasets or not is_name_list(self.datasets):
             raise ValueError(f"train.datasets must be a non-empty list of prepared dataset names, got "
                              f"{self.datasets!r}")
         if twice := repeated(self.datasets):
