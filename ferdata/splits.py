@@ -38,7 +38,8 @@ Item = FaceRecord | Dropped
 
 def unit_hash(seed: int, group: str) -> float:
     """A uniform number in [0, 1) fixed by ``seed`` and ``group`` (stable across runs and machines)."""
-    digest = hashlib.blake2b(f"{seed}:{group}".encode(), digest_size=8).digest()
+    raw = f"{seed}:{group}".encode("utf-8", "surrogateescape")        # a file name's undecodable bytes as they are
+    digest = hashlib.blake2b(raw, digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from ferdata.classes import UnknownClassError
 from ferdata.datasets import DatasetLayoutError, open_reader
+from ferdata.splits import assign_splits
 from tests.ferdata.fixtures_datasets import make_folder_splits, make_sfew, read_all, write_image
 
 
@@ -113,6 +114,20 @@ def test_sfew_val_as_val(tmp_path):
     make_sfew(tmp_path)
     records, _, _ = read_all("sfew", tmp_path, {"val_as": "val"})
     assert sorted(r.split for r in records.values()) == ["train", "train", "train", "val", "val"]
+
+
+def test_sfew_frame_named_in_another_encoding_is_split(tmp_path):
+    """A frame whose name is Latin-1 bytes (zips made on Windows): its film, undecodable byte and all,
+    groups it for the split (the split's hash refused the name after detect, align and derive had run)."""
+    make_sfew(tmp_path)
+    odd = os.fsencode(tmp_path / "Train" / "Happy") + b"/Caf\xe9_000123_00000001.png"
+    os.replace(write_image(tmp_path / "tmp.png"), odd)
+    records, drops, _ = read_all("sfew", tmp_path)
+    film = {r.extra.get("movie") for r in records.values()} - {None}
+    assert "Caf\udce9" in film, film
+    split = list(assign_splits(records.values(), seed=0, val_fraction=0.5, test_fraction=0.0,
+                               official={"train", "test"}))
+    assert sorted(r.key for r in split) == sorted(records) and not drops
 
 
 def test_sfew_rejects_non_sfew_class_folder(tmp_path):
