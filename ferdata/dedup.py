@@ -44,15 +44,17 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     for row in rows:
         rec = row["record"]
         label = int(rec["label"])
-        if rec["key"] in listed:
-            path, was = listed[rec["key"]]
-            if path == rec["path"] and was != label:
-                keys.setdefault(rec["key"], {was}).add(label)
+        again = listed.get(rec["key"])
+        if again and again[0] != rec["path"]:
+            continue                                # another file under a taken key: it says nothing of this one
+        if again and again[1] != label:
+            keys.setdefault(rec["key"], {again[1]}).add(label)
+        ident = face_identity(row)
+        if first.setdefault(ident, label) != label:     # the picture carries this label too, whichever file says so
+            faces.setdefault(ident, {first[ident]}).add(label)
+        if again:
             continue
         listed[rec["key"]] = rec["path"], label
-        ident = face_identity(row)
-        if first.setdefault(ident, label) != label:
-            faces.setdefault(ident, {first[ident]}).add(label)
         if ident[2] in HELD_OUT:
             held_out.setdefault(ident, []).append(rec["key"])
     kept = {}                       # face -> a val/test split that keeps a copy (conflicting copies all go)

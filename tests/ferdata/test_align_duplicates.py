@@ -46,6 +46,18 @@ def test_a_file_listed_again_with_another_label_is_dropped_every_time():
         ["a conflicting_labels: a.jpg: listed more than once, labelled Happy, Surprise"] * 2
 
 
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2), (2, 0, 1)])
+def test_a_copy_of_a_file_listed_with_two_labels_is_dropped_in_any_order(order):
+    """File a is listed as Happy and as Surprise, b holds a's bytes as Happy: the picture carries both
+    labels, so no copy stays (b was kept as Happy when a's Happy listing came first)."""
+    listings = [row("a", 1, "train"), row("a", 3, "train"), row("b", 1, "train")]
+    kept, drops, _ = dedup([listings[i] for i in order])
+    assert kept == []
+    assert drops["b"] == ("conflicting_labels: b.jpg: copies of this picture and face in split train are labelled "
+                          "Happy, Surprise")
+    assert drops["a"].startswith("conflicting_labels: a.jpg: ")
+
+
 def test_a_key_repeated_for_another_file_keeps_the_first_file():
     rows = [row("a", 1, "train"), {**row("a", 3, "train", picture="cd" * 32),
                                    "record": {**row("a", 3, "train")["record"], "path": "other/a.jpg"}}]
