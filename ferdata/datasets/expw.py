@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, open_text
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, open_text, whole
 from ferdata.records import PHOTO, Dropped, FaceRecord, make_key
 
 LABEL_FILES = ("label/label.lst", "label.lst")
@@ -55,7 +55,7 @@ class ExpWReader(DatasetReader):
         if not (all(map(math.isfinite, (top, left, right, bottom))) and right > left and bottom > top):
             return Dropped(self.name, key, "bad_box", f"{where}: top={top} left={left} right={right} bottom={bottom}")
         try:
-            native = int(fields[7])
+            native = whole(fields[7])                   # "3" or a re-saved "3.0"; never 3.7 truncated
             label = to_canonical("expw", native)
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: label {fields[7]!r} not in 0..6")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
-                                   open_text, read_text)
+                                   open_text, read_text, whole)
 from ferdata.datasets.subsets import RAFDB_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -85,7 +85,12 @@ class RAFDBReader(DatasetReader):
         1-7 would become basic classes. A file with labels past 7 in 5% of its rows or more (compound:
         a third of them) is it; a few are bad rows of basic, dropped one by one."""
         labels = [fields[1] for fields in (ln.split() for ln in lines) if len(fields) == 2]
-        beyond = sum(1 for v in labels if v.isdigit() and int(v) > 7)
+        beyond = 0
+        for v in labels:
+            try:
+                beyond += whole(v) > 7
+            except ValueError:                      # a bad row of either subset: dropped later, one by one
+                pass
         if beyond >= max(3, 0.05 * len(labels)):
             raise ValueError(f"{self.name}: {label_file} has {beyond} of {len(labels)} labels above 7: that is "
                              "RAF-DB's compound subset (labels 1-11), not basic (1-7); point the root at basic/")
@@ -114,7 +119,7 @@ class RAFDBReader(DatasetReader):
         if split not in ("train", "test"):
             return Dropped(self.name, key, "bad_split", f"{where}: name {fields[0]!r} lacks train_/test_")
         try:
-            native = int(fields[1])
+            native = whole(fields[1])                   # "3" or a re-saved "3.0"; never 3.7 truncated
             label = to_canonical("rafdb", native - 1)   # the file is 1-based
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: label {fields[1]!r} not in 1..7")

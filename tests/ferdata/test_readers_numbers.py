@@ -57,7 +57,37 @@ def fer2013(root: Path, value: str) -> str:
     return "00000"
 
 
-CASES = [(affectnet_npy, "bad_label"), (ckplus, "bad_label"), (affectnet_csv, "bad_label"), (ferplus, "bad_votes")]
+def rafdb(root: Path, value: str) -> str:
+    fx.make_rafdb(root)
+    labels = root / "EmoLabel" / "list_patition_label.txt"
+    labels.write_text(labels.read_text().replace("train_00001.jpg 5\n", f"train_00001.jpg {value}\n"))
+    return "train_00001"
+
+
+def expw(root: Path, value: str) -> str:
+    fx.make_expw(root)
+    labels = root / "label" / "label.lst"
+    labels.write_text(labels.read_text().replace("angry_actor_104.jpg 1 50 300 380 130 10.1 3\n",
+                                                 f"angry_actor_104.jpg 1 50 300 380 130 10.1 {value}\n"))
+    return "angry_actor_104_1"
+
+
+CASES = [(affectnet_npy, "bad_label"), (ckplus, "bad_label"), (affectnet_csv, "bad_label"), (ferplus, "bad_votes"),
+         (rafdb, "bad_label"), (expw, "bad_label")]
+
+
+@pytest.mark.parametrize("make", [affectnet_npy, ckplus, affectnet_csv, rafdb, expw], ids=lambda c: c.__name__)
+def test_a_whole_label_written_as_a_float_is_read_as_the_integer(tmp_path, make):
+    """A label list re-saved by pandas or a spreadsheet ("3.0"): the same class as "3" (RAF-DB and
+    ExpW dropped it as "label '3.0' not in 1..7")."""
+    name = make.__name__.split("_")[0]
+    labels = {}
+    for value in ("3", "3.0"):
+        key = make(tmp_path / value, value)
+        records, _, drops = fx.read_all(name, tmp_path / value)
+        assert not [d for d in drops if d.key == key], drops
+        labels[value] = [(r.label, r.native_label) for k, r in records.items() if k.startswith(key)]
+    assert labels["3.0"] == labels["3"] != []
 
 
 @pytest.mark.parametrize("make, reason", CASES, ids=lambda c: getattr(c, "__name__", c))
