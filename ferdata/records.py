@@ -18,6 +18,7 @@ LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, pr
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
 PHOTO = "photo"             # ``extra``: the photo a face shares with others (ExpW); its faces stay in one split
 MOVIE = "movie"             # ``extra``: the film a frame comes from (SFEW); its frames stay in one split
+LISTED_AS = "listed_as"     # ``extra``: the key a record was listed under before a name collision renamed it
 GROUPS = (PHOTO, MOVIE)     # ``extra`` keys that group records without a subject, in this order
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _KEY_LOSSY = re.compile(r"[^A-Za-z0-9_\-./ ]")

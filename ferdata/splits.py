@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Collection, Iterable, Iterator
 
-from ferdata.records import GROUPS, SPLITS, TRAIN_ONLY, Dropped, FaceRecord
+from ferdata.records import GROUPS, LISTED_AS, SPLITS, TRAIN_ONLY, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
 SPLIT_BY = ("subject", "key")     # shard.split_by
@@ -46,13 +46,15 @@ def unit_hash(seed: int, group: str) -> float:
 def group_of(record: FaceRecord, by: str) -> str:
     """The unit that must stay within one split. ``by="subject"``: the subject when known, else
     the photo the face shares with others (``extra[PHOTO]``), else its film (``extra[MOVIE]``),
-    else the key; ``by="key"``: the key."""
+    else the key; ``by="key"``: the key. The key is the one listed (``extra[LISTED_AS]``): files named
+    alike, one renamed by the reader, share a split whichever of them the list names first."""
+    key = record.extra.get(LISTED_AS, record.key)
     if by != "subject":
-        return record.key
+        return key
     if record.subject:
         return record.subject
     name = _grouped_by(record)
-    return f"{name}:{record.extra[name]}" if name else record.key
+    return f"{name}:{record.extra[name]}" if name else key
 
 
 def _grouped_by(record: FaceRecord) -> str | None:

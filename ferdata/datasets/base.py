@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterator, Mapping, TextIO
 
 from ferdata.classes import CLASSES, canonical_id
 from ferdata.datasets.subsets import load_subsets, membership
-from ferdata.records import Dropped, FaceRecord
+from ferdata.records import LISTED_AS, Dropped, FaceRecord
 from ferdata.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -192,13 +192,16 @@ class DatasetReader:
         ``a-b.jpg``, ``x.jpg`` and ``x.png``, rows of one image name with other pixels) were two images
         under one key, and align kept the first as a "duplicate". The first file keeps the key, another
         gets a hash of its path relative to the root (or of its pixels) appended: keys stay stable and
-        readable. The same file (``identity``) listed again keeps the key: align drops the repeat (``duplicate_key``).
+        readable, and the key it was listed under (``extra[LISTED_AS]``) puts both in one split, whichever
+        the list names first. The same file (``identity``) listed again keeps the key: align drops
+        the repeat (``duplicate_key``).
         ``owners`` holds 8 bytes of digest per key (~70 MB for AffectNet's 400k)."""
         digest = hashlib.sha1(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         key = record.key
         while owners.setdefault(key, int(digest, 16)) != int(digest, 16):
             key = f"{key}-{digest[:8]}"
-        return record if key == record.key else dataclasses.replace(record, key=key)
+        return record if key == record.key else dataclasses.replace(
+            record, key=key, extra={**record.extra, LISTED_AS: record.key})   # splits group by the listed key
 
     def _under_root(self, path: str) -> str:
         """``path`` relative to the root (what does not move with the dataset's mount point); the

@@ -1,12 +1,15 @@
 """RAF-DB: 1-based labels, split by name prefix, manual landmarks/boxes, test subsets."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ferdata.datasets import DatasetLayoutError
 from ferdata.datasets.subsets import RAFDB_ID, parse_list
-from tests.ferdata.fixtures_datasets import make_rafdb, read_all, write_text
+from ferdata.splits import assign_splits
+from tests.ferdata.fixtures_datasets import make_rafdb, read_all, write_image, write_text
 
 # hand-written: RAF-DB 1 Surprise, 2 Fear, 3 Disgust, 4 Happiness, 5 Sadness, 6 Anger, 7 Neutral
 # -> canonical 0 Neutral 1 Happy 2 Sad 3 Surprise 4 Fear 5 Disgust 6 Anger
@@ -135,3 +138,22 @@ def test_a_box_file_of_five_numbers_or_no_area_is_refused(tmp_path, text):
     (tmp_path / "x_boundingbox.txt").write_text(text + "\n")
     with pytest.raises(ValueError, match="x_boundingbox.txt: expected 'x0 y0 x1 y1' \\(finite\\)"):
         parse_box(tmp_path / "x_boundingbox.txt")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_files_named_alike_share_a_split_whichever_the_list_names_first(tmp_path, seed):
+    """train_00001.jpg and .png clean to one key: the file listed second is renamed, and the split
+    (hashed by key) moved a picture between train and val when the list's lines were reordered."""
+    img = tmp_path / "Image" / "original"
+    write_image(img / "train_00001.jpg", value=10, size=(40, 40))
+    write_image(img / "train_00001.png", value=200, size=(40, 40))
+    write_image(img / "test_0001.jpg", value=90, size=(40, 40))
+    seen = []
+    for lines in (["train_00001.jpg 4", "train_00001.png 5"], ["train_00001.png 5", "train_00001.jpg 4"]):
+        write_text(tmp_path / "EmoLabel" / "list_patition_label.txt", "\n".join([*lines, "test_0001.jpg 1"]) + "\n")
+        records, _, _ = read_all("rafdb", tmp_path)
+        assert len(records) == 3
+        seen.append({Path(r.path).name: r.split for r in assign_splits(
+            records.values(), seed=seed, val_fraction=0.5, test_fraction=0.1, official={"train", "test"})})
+    assert seen[0] == seen[1]
+    assert seen[0]["train_00001.jpg"] == seen[0]["train_00001.png"]
