@@ -102,12 +102,17 @@ def unread(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _holds_a_file(folder: Path) -> bool:
+def _holds_a_file(folder: Path, images_only: bool = False) -> bool:
     """Whether anything under ``folder`` could be a sample: a file or a linked folder (hidden non-images
-    such as ``.DS_Store`` aside). Stops at the first one."""
+    such as ``.DS_Store`` aside; with ``images_only``, what the reader reads as one: a visible image file
+    outside hidden folders, or a linked folder). Stops at the first one."""
+    def counts(name: str) -> bool:
+        return is_image(Path(name)) and not hidden(name) if images_only else is_image(Path(name)) or not hidden(name)
+
     for top, dirs, files in os.walk(folder):
-        if any(not hidden(f) or is_image(Path(top, f)) for f in files) or any(os.path.islink(Path(top, d))
-                                                                           for d in dirs):
+        if images_only:
+            dirs[:] = [d for d in dirs if not hidden(d)]
+        if any(map(counts, files)) or any(os.path.islink(Path(top, d)) for d in dirs):
             return True
     return False
 
@@ -192,8 +197,9 @@ class FolderReader(DatasetReader):
         yield from read_class_tree(dataset, split_dirs, self.options["mapping"], self.root)
 
     def official_splits(self) -> tuple[str, ...]:
-        """The split folders holding a file: an empty ``test/`` defines no test split (it is carved)."""
-        return tuple(s for s, d in self._split_dirs().items() if s and _holds_a_file(d))
+        """The split folders holding an image: a ``test/`` that holds none (empty, or a README) defines no
+        test split (it is carved)."""
+        return tuple(s for s, d in self._split_dirs().items() if s and _holds_a_file(d, images_only=True))
 
     def _split_dirs(self) -> dict[str, Path]:
         """``{split: folder}``; split is "" when the root holds the class folders directly."""

@@ -43,11 +43,15 @@ def test_folder_with_splits_and_mapping(tmp_path):
 
 
 def test_an_empty_split_folder_defines_no_split(tmp_path):
-    """test/ holding nothing but an empty class folder and a .DS_Store is no official split (the shard
-    stage carves one); one image in it, even an unreadable one, makes it official."""
+    """test/ holding no image (an empty class folder, a .DS_Store, a README, Thumbs.db, a hidden folder's
+    image) is no official split (the shard stage carves one; a README made it one that the shard stage
+    then found empty); one image in it, even an unreadable one, makes it official."""
     write_image(tmp_path / "train" / "happy" / "a.jpg")
     (tmp_path / "test" / "sad").mkdir(parents=True)
     (tmp_path / "test" / "sad" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "test" / "README.txt").write_text("labels withheld\n")
+    (tmp_path / "test" / "sad" / "Thumbs.db").write_bytes(b"\0")
+    write_image(tmp_path / "test" / "sad" / ".thumbs" / "b.jpg")
     reader = open_reader("folder", tmp_path)
     assert reader.official_splits() == ("train",)
     (tmp_path / "test" / "sad" / "b.jpg").write_bytes(b"")
