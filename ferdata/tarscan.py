@@ -37,6 +37,24 @@ _MAGIC_WORDS = np.frombuffer(b"".join(_MAGICS), np.uint64)
 _ZERO = bytes(BLOCK)
 _LONGNAME = ord("L")
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
+NOT_BY_OFFSET = ("a compressed archive (gzip, bzip2, xz or zstd): its members cannot be read by offset, as "
+                 "evaluation reads shards; decompress it to a plain .tar")
+_META_TYPES = {ord("L"): "GNU long name", ord("K"): "GNU long link name", ord("x"): "pax header",
+               ord("g"): "pax global header"}
+MAX_META_BYTES = 1 << 20       # a name or pax header is read whole: a crafted size must not exhaust memory
+
+
+def _check_meta_size(kind: int, size: int, pos: int) -> None:
+    """A long name or pax header (read whole, by this scanner or ``tarfile``) over :data:`MAX_META_BYTES`
+    is damage or a crafted archive: refused before it is read."""
+    if kind in _META_TYPES and size > MAX_META_BYTES:
+        raise tarfile.ReadError(f"corrupt tar header at byte {pos}: a {_META_TYPES[kind]} of {size} bytes "
+                                f"(limit {MAX_META_BYTES})")
+
+
+def is_compressed(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` (6 bytes or more) is gzip, bzip2, xz or zstd."""
+    return head.startswith(_COMPRESSED)
 
 
 def _nts(field: bytes) -> str:
@@ -57,7 +75,11 @@ def _size(buf: bytes, pos: int, where: int | None = None) -> int:
         except ValueError:
             pass
     if size < 0:
-        size = _number(buf[pos + 124:pos + 136])
+        try:
+            size = _number(buf[pos + 124:pos + 136])
+        except ValueError:              # a damaged digit (one bit flipped turns "0" into "8"): name the header
+            raise tarfile.ReadError(f"corrupt tar header at byte {pos if where is None else where}: size field "
+                                    f"{bytes(buf[pos + 124:pos + 136])!r} is not a number") from None
         if size < 0:
             raise tarfile.ReadError(f"corrupt tar header at byte {pos if where is None else where}: "
                                      f"negative size {size}")
@@ -106,7 +128,7 @@ def read_table(path: str | Path) -> Table | None:
         if os.fstat(f.fileno()).st_size > WHOLE_FILE_BYTES:
             return None
         buf = f.read()
-    if buf.startswith(_COMPRESSED):
+    if is_compressed(buf):
         return None
     try:
         return _scan_buffer(buf)
@@ -175,6 +197,7 @@ def _scan(f: BinaryIO, read_data: bool, max_size: int | None = None) -> Iterator
             raise _Unusual
         _check_sum(buf, pos, 256 + sum(buf[:148]) + sum(buf[156:]))
         size, kind = _size(buf, 0, pos), buf[156:157]
+        _check_meta_size(buf[156], size, pos)
         pad = -size % BLOCK
         if kind == b"L":                                  # GNU long name: the next header's real name
             longname = _nts(f.read(size + pad)[:size])
@@ -212,6 +235,7 @@ def _scan_buffer(buf: bytes) -> Table:
                 break
             raise _Unusual
         size = _size(buf, pos)
+        _check_meta_size(buf[pos + 156], size, pos)
         if pos + BLOCK + size > end:
             raise tarfile.ReadError("unexpected end of data")
         starts.append(pos)
@@ -293,7 +317,8 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True,
                  max_size: int | None = None) -> Iterator[tuple[Member, bytes | None]]:
     """Every member of a tar (path or seekable file object, optionally compressed) with its data
     (``read_data``; None for a member over ``max_size``, which is not read: a crafted member cannot
-    exhaust memory before its size is checked) or with ``offset_data`` set, in file order. Plain
+    exhaust memory before its size is checked) or with ``offset_data`` set (a plain tar only: a
+    compressed one is a ``ReadError``), in file order. Plain
     archives (what the writer makes) take the fast scanner; anything else, from the first unusual
     header on, ``tarfile``."""
     fits = (lambda size: True) if max_size is None else (lambda size: size <= max_size)
@@ -301,7 +326,11 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True,
     f = open(source, "rb") if own else source
     try:
         start = f.tell()
+        plain = not is_compressed(f.read(6))
+        f.seek(start)
         done = 0
+        if not (plain or read_data):            # offset_data would be offsets in the decompressed stream
+            raise tarfile.ReadError(NOT_BY_OFFSET)
         if own and read_data and os.fstat(f.fileno()).st_size <= WHOLE_FILE_BYTES:
             table = read_table(source)
             if table is not None:
@@ -309,8 +338,7 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True,
                 for name, size, offset in zip(table.names, table.sizes, table.offsets):
                     yield Member(name, size, offset), buf[offset:offset + size] if fits(size) else None
                 return                   # else nothing was handed out yet: tarfile reads it all, below
-        elif not f.read(6).startswith(_COMPRESSED):
-            f.seek(start)
+        elif plain:
             try:
                 for member in _scan(f, read_data, max_size):
                     yield member
@@ -318,8 +346,6 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True,
                 return
             except _Unusual:
                 pass
-        f.seek(start)
-        plain = not f.read(6).startswith(_COMPRESSED)
         f.seek(start)
         with tarfile.open(fileobj=f, mode="r|*" if read_data else "r:*") as tar:
             for i, m in enumerate(tar):

@@ -30,6 +30,7 @@ from ferdata.layout import INFO
 from ferdata.records import SPLITS
 from ferdata.summary import SplitSummary, check_info
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
+from ferdata.tarscan import NOT_BY_OFFSET, is_compressed
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
 INFO_NEEDS = ("class_histogram", "label_map")   # always written; training reads the histogram
@@ -198,6 +199,9 @@ def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
     here: dict[str, frozenset[str]] = {}                  # this shard's keys -> their members' extensions
     lacking: dict[str, list[str]] = {}                   # this shard's keys -> the required members they lack
     try:
+        with open(path, "rb") as f:
+            if is_compressed(f.read(6)):                  # the stream reads it; the indexed reader cannot
+                return found, f"{path}: refused: {NOT_BY_OFFSET}"
         for key, fields in iter_tar_samples(path):
             if key in here:                               # the reader groups a sample's members by adjacency
                 if here[key].isdisjoint(fields):

@@ -96,3 +96,56 @@ def test_gnu_long_names_are_read_by_the_scanner_without_tarfile(monkeypatch, rea
     assert [n for n, _ in got] == ["a.jpg", "n" * 120 + ".jpg", "k.cls"]
     if read_data:
         assert [d for _, d in got] == [b"1", b"22", b"3"]
+
+
+def _flip_size_digit(data: bytes, header_at: int) -> bytes:
+    """``data`` with one bit flipped in the size field of the header at ``header_at``: a "0" read as "8"."""
+    out = bytearray(data)
+    field = bytes(out[header_at + 124:header_at + 135])
+    out[header_at + 124 + field.index(b"0")] ^= 0x08
+    return bytes(out)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole file", "by blocks"])
+def test_a_size_field_that_is_no_number_names_the_header(tmp_path, monkeypatch, whole):
+    """One flipped bit in a size field gave int()'s "invalid literal ... base 8" (a ValueError naming
+    neither the file nor where) on the whole-file path."""
+    import ferdata.tarscan as tarscan
+
+    if not whole:
+        monkeypatch.setattr(tarscan, "WHOLE_FILE_BYTES", 0)
+    path = tmp_path / "t.tar"
+    path.write_bytes(_flip_size_digit(archive(MEMBERS), 2 * BLOCK))      # b.json's header
+    with pytest.raises(tarfile.ReadError, match=r"corrupt tar header at byte 1024"):
+        list(iter_members(path))
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_compressed_tar_is_read_whole_but_refused_for_reading_by_offset(tmp_path, compression):
+    """Offsets into the decompressed stream were read from the compressed file (garbage labels, or an
+    EOFError traceback for a cut one): an index of a compressed shard is refused; reading it whole works."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(archive(MEMBERS, mode=f"w:{compression}"))
+    assert [(m.name, d) for m, d in iter_members(path)] == MEMBERS
+    for source in (path, io.BytesIO(path.read_bytes())):
+        with pytest.raises(tarfile.ReadError, match="compressed archive.*decompress it to a plain .tar"):
+            list(iter_members(source, read_data=False))
+
+
+@pytest.mark.parametrize("read_data", [True, False])
+@pytest.mark.parametrize("whole", [True, False], ids=["whole file", "by blocks"])
+def test_a_long_name_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch, read_data, whole):
+    """A GNU long name is read whole: a damaged or crafted size (300 MB of a sparse file) took twice
+    that in memory and read no sample. Over MAX_META_BYTES (here made small) it is refused unread."""
+    import ferdata.tarscan as tarscan
+
+    monkeypatch.setattr(tarscan, "MAX_META_BYTES", 1000)
+    if not whole:
+        monkeypatch.setattr(tarscan, "WHOLE_FILE_BYTES", 0)
+    path = tmp_path / "t.tar"
+    path.write_bytes(archive([("n" * 999 + ".jpg", b"1"), ("k.cls", b"2")]))     # a 1004-byte name (NUL ended)
+    with pytest.raises(tarfile.ReadError, match=r"corrupt tar header at byte 0: a GNU long name of 1004 bytes "
+                                                r"\(limit 1000\)"):
+        list(iter_members(path, read_data=read_data))
+    monkeypatch.setattr(tarscan, "MAX_META_BYTES", 1004)
+    assert [m.name for m, _ in iter_members(path, read_data=read_data)] == ["n" * 999 + ".jpg", "k.cls"]

@@ -139,6 +139,17 @@ def _truncated_tar_with_its_hash(shards):
     return f"{shard}: refused: "
 
 
+def _compressed_with_its_hash(shards):
+    """A shard gzipped and listed with its new sha256 and size: the stream reads it, evaluation's
+    indexed reader cannot (offsets into the decompressed bytes); verify passed it."""
+    import gzip
+
+    shard = _first_shard(shards)
+    shard.write_bytes(gzip.compress(shard.read_bytes()))
+    _with_info(shards, lambda i: i["shards"][0].update(sha256=sha256_file(shard), bytes=shard.stat().st_size))
+    return f"{shard}: refused: a compressed archive (gzip, bzip2, xz or zstd): its members cannot be read by offset"
+
+
 def _info_lost(shards):
     """The split's _info.json did not travel: its shards were never checked, not "all match"."""
     (shards / "train" / INFO).unlink()
@@ -259,7 +270,8 @@ def _info_is_a_folder(shards):
 
 
 @pytest.mark.parametrize("damage", [_flip_a_byte, _delete, _stray, _unreadable, _wrong_count, _wrong_total,
-                                    _wrong_histogram, _truncated_tar_with_its_hash, _info_lost, _split_lost,
+                                    _wrong_histogram, _truncated_tar_with_its_hash, _compressed_with_its_hash,
+                                    _info_lost, _split_lost,
                                     _histogram_not_a_mapping, _listed_twice, _bytes_wrong, _no_histogram,
                                     _no_label_map, _member_lost("jpg"), _member_lost("cls"), _member_lost("json"),
                                     _landmarks(np.zeros(5, np.float32), "float32 (5,)"),
