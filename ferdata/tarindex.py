@@ -55,6 +55,14 @@ class MemberReader:
             self._fds.move_to_end(path)
         return read_indexed(member, fd)
 
+    def forget(self, paths: Iterable[str | Path]) -> None:
+        """Close the descriptors kept for ``paths``: a file replaced at its path since (the writers
+        rename a new file over it; ``dvc checkout`` too) is opened anew, not read through the old one."""
+        for path in paths:
+            fd = self._fds.pop(str(path), None)
+            if fd is not None:
+                os.close(fd)
+
     def close(self) -> None:
         while self._fds:
             os.close(self._fds.popitem()[1])

@@ -36,6 +36,7 @@ class IndexedSplit(Dataset):
         self.excluded: Counter = Counter()
         for d, shard_dir in enumerate(split.dirs):                  # keys are unique within a dataset
             listed = split.shards_of(shard_dir)
+            read_member.forget(path for path, _ in listed)      # read the files indexed now, not older ones
             index = index_tars(path for path, _ in listed)
             _check_counts(listed, index)
             for key, fields in index.items():

@@ -310,6 +310,37 @@ def test_evaluation_reads_exactly_the_listed_shards_and_checks_their_counts(tiny
         IndexedSplit(split, decoder, 7)
 
 
+def test_a_split_indexed_anew_reads_the_shard_now_at_its_path(tiny_shards, tmp_path):
+    """A shard replaced at its path (re-prepared: a new file renamed over the old, as the writers and
+    `dvc checkout` do) was read in the same process through the descriptor kept for the old file:
+    its old labels and pixels, silently, under the new index."""
+    import tarfile
+
+    copy = tmp_path / "shards"
+    shutil.copytree(tiny_shards, copy)
+    decoder = SampleDecoder(("image",), 112)
+    first = IndexedSplit(open_split([copy], "test"), decoder, 8)
+    assert first[0]["cls"]                                    # a read: this process now holds the file open
+    path = Path(first.members[0]["cls"][0])
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    relabelled = {m.name: (b"%d" % ((int(data) + 1) % 7) if m.name.endswith(".cls") else data[::-1])
+                  for m, data in members}                    # same sizes: the listed bytes still match
+    new = path.with_name("new.tmp")
+    with tarfile.open(new, "w", format=tarfile.GNU_FORMAT) as tar:
+        for m, _ in members:
+            tar.addfile(m, io.BytesIO(relabelled[m.name]))
+    os.replace(new, path)
+    second = IndexedSplit(open_split([copy], "test"), decoder, 8)
+    mine = [i for i, m in enumerate(second.members) if m["cls"][0] == str(path)]
+    assert mine
+    for i in mine:
+        key = second.keys[i]
+        assert second[i]["cls"] == relabelled[f"{key}.cls"]
+        assert second[i]["jpg"] == relabelled[f"{key}.jpg"]
+        assert second.labels[i] == int(relabelled[f"{key}.cls"])
+
+
 def test_two_datasets_in_one_split_keep_their_own_shards(tiny_shards, tiny8_shards):
     """Each sample is attributed to the dataset whose _info.json lists its shard (per-dataset
     metrics and subsets rest on it)."""
