@@ -19,6 +19,21 @@ T = TypeVar("T")
 PARAMS_FILE = "params.yaml"
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """YAML as PyYAML reads it (1.1), and a float without a dot (``1e-05``, ``5e-5``) a number as YAML
+    1.2 reads it: ``dvc exp run -S train.lr=0.00001`` writes ``lr: 1e-05`` (DVC writes and reads 1.2),
+    which 1.1 reads as text, so a value DVC set and shows as a number was refused."""
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+
+
+def read_yaml(text: Any) -> Any:
+    """``text`` (a string or a file) read as params.yaml is (:class:`ParamsLoader`)."""
+    return yaml.load(text, Loader=ParamsLoader)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if Path(path).is_dir():
         raise IsADirectoryError(f"{path} is a folder: give the parameters file (params.yaml) with --params PATH")
@@ -27,7 +42,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
                                 f"or pass --params PATH")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = read_yaml(f)
         except yaml.YAMLError as err:
             raise ValueError(f"{path} is not valid YAML: {err}") from None
         except UnicodeDecodeError:
@@ -73,7 +88,7 @@ def parse_assignments(items: list[str], example: str = "exclude_classes=[Contemp
         if not eq or not key.strip():
             raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. {example}")
         try:
-            value = yaml.safe_load(text)
+            value = read_yaml(text)
         except yaml.YAMLError as err:
             raise ValueError(f"{item!r}: the value is not YAML ({err})") from None
         if isinstance(value, dict) and any(":" in str(k) and v is None for k, v in value.items()):
@@ -159,15 +174,13 @@ def check_values(name: str, values: Any, rules: Mapping[str, Rule]) -> None:
 
 
 def _text_number(value: Any) -> str:
-    """A hint for YAML's classic trap: ``1e-3`` (no dot) is read as text, not a number."""
+    """A hint for a number YAML read as text (quoted)."""
     if not isinstance(value, str):
         return ""
     try:
         float(value)
     except ValueError:
         return ""
-    if "e" in value.lower() and "." not in value:
-        return " (YAML read it as text: write 1.0e-3, not 1e-3)"
     return " (YAML read it as text: write it without quotes)"
 
 

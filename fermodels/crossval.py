@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import yaml
 
 from ferdata.classes import CLASSES
+from ferdata.params import read_yaml
 from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
 
 EVAL_DIR = "runs/eval"
@@ -169,7 +169,7 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
         ref, commit, time = line.split()
         name = ref.rsplit("/", 1)[1]
         try:
-            params = yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml"))
+            params = read_yaml(_git(repo, "show", f"{commit}:params.yaml"))
             metrics = json.loads(_git(repo, "show", f"{commit}:{EVAL_DIR}/metrics.json"))
             rows = json.loads(_git(repo, "show", f"{commit}:{EVAL_DIR}/confusion.json"))
         except ValueError as err:

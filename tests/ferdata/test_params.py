@@ -3,7 +3,10 @@ instead of crashing inside a stage (a zero batch size divided by zero) or runnin
 (zero epochs trained nothing and wrote no best.pt)."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
+from dvc.utils.hydra import apply_overrides
 
 from ferdata.params import dataset_specs, load_params, section
 from ferdata.stages.align import AlignParams
@@ -11,6 +14,7 @@ from ferdata.stages.derive import DeriveParams
 from ferdata.stages.detect import DetectParams
 from ferdata.stages.shard import ShardParams
 from fermodels.evaluate import EvalParams
+from fermodels.trainparams import train_section
 from tests.fermodels.helpers import REPO, make_params
 
 PARAMS = load_params(REPO / "params.yaml")
@@ -74,7 +78,7 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"num_classes": 5}, "train.num_classes must be one of 7, 8, got 5"),
     ({"optimizer": "lion"}, "train.optimizer must be one of adam, adamw, sgd"),
     ({"warmup_epochs": -1, "workers": -2}, "train.warmup_epochs must be >= 0, got -1; train.workers must be >= 0"),
-    ({"lr": "1e-3"}, "train.lr must be > 0, got '1e-3' (YAML read it as text: write 1.0e-3"),
+    ({"lr": "1e-3"}, "train.lr must be > 0, got '1e-3' (YAML read it as text: write it without quotes)"),
     ({"epochs": True}, "train.epochs must be >= 1, got True"),
     ({"seed": 1.5, "amp": "yes"}, "train.seed must be a whole number, got 1.5; train.amp must be true or false"),
     ({"label_smoothing": 1.0}, "train.label_smoothing must be in [0, 1), got 1.0"),   # a uniform target
@@ -217,3 +221,21 @@ def test_a_dataset_name_dvc_yaml_cannot_carry_is_refused(name):
     with pytest.raises(ValueError, match="is not letters, digits, _ and - only"):
         dataset_specs({"datasets": {name: spec}})
     assert list(dataset_specs({"datasets": {"raf_db-2": spec, "sample": spec}})) == ["raf_db-2", "sample"]
+
+
+@pytest.mark.parametrize("override, value", [("train.lr=0.00001", 1e-5), ("train.lr=3e-6", 3e-6),
+                                             ("train.weight_decay=5e-5", 5e-5)])
+def test_a_small_float_set_by_dvc_exp_run_S_is_the_number_dvc_wrote(tmp_path, override, value):
+    """DVC writes ``lr: 1e-05`` (YAML 1.2, no dot), which PyYAML's 1.1 reads as text: the value DVC set
+    and `dvc exp show` lists as a number was refused ("YAML read it as text")."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path / "params.yaml", [override])          # what `dvc exp run -S` does to the file
+    params = load_params(tmp_path / "params.yaml")
+    key = override.split("=")[0].split(".")[1]
+    assert getattr(train_section(params, announce=False), key) == value
+
+
+def test_yaml_words_and_quoted_numbers_read_as_before(tmp_path):
+    (tmp_path / "p.yaml").write_text("a: 1e-05\nb: '1e-05'\nc: no\nd: 12\ne: 1.5e-3\nf: 1e5\ng: -2E+3\nh: 1e\n")
+    assert load_params(tmp_path / "p.yaml") == {"a": 1e-05, "b": "1e-05", "c": False, "d": 12, "e": 1.5e-3,
+                                                "f": 1e5, "g": -2e3, "h": "1e"}

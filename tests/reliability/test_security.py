@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import ferdata.tario as tario
 from ferdata.errors import message
@@ -192,18 +193,28 @@ def _is_true(node) -> bool:
     return isinstance(node, ast.Constant) and node.value is True
 
 
-def unsafe_calls(path: Path) -> list[str]:
+def _safe_loader(kw: dict) -> bool:
+    """``Loader=`` names yaml's SafeLoader or the project's subclass of it (checked here)."""
+    from ferdata.params import ParamsLoader
+
+    assert issubclass(ParamsLoader, yaml.SafeLoader)
+    loader = kw.get("Loader")
+    name = loader.attr if isinstance(loader, ast.Attribute) else getattr(loader, "id", "")
+    return name in ("SafeLoader", "CSafeLoader", "ParamsLoader")
+
+
+def unsafe_calls(path: Path, root: Path = REPO) -> list[str]:
     """Calls that could run attacker code on data: unpickling, unsafe YAML, shell=True."""
     found = []
     for node, owner, name, kw in _calls(ast.parse(path.read_text(encoding="utf-8"))):
-        where = f"{path.relative_to(REPO)}:{node.lineno}"
+        where = f"{path.relative_to(root)}:{node.lineno}"
         if owner == "torch" and name == "load" and not _is_true(kw.get("weights_only")):
             found.append(f"{where}: torch.load without weights_only=True")
         elif owner in ("np", "numpy") and name == "load" and _is_true(kw.get("allow_pickle")):
             found.append(f"{where}: np.load(allow_pickle=True)")
         elif owner in ("pickle", "cPickle", "dill", "joblib") and name in ("load", "loads"):
             found.append(f"{where}: {owner}.{name}")
-        elif owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all"):
+        elif owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all") and not _safe_loader(kw):
             found.append(f"{where}: yaml.{name} (use yaml.safe_load)")
         elif _is_true(kw.get("shell")) or (owner == "os" and name in ("system", "popen")):
             found.append(f"{where}: shell command ({owner}.{name})")
@@ -214,3 +225,11 @@ def test_no_unsafe_deserialisation_or_shell_in_the_code():
     files = [p for d in ("ferdata", "fermodels", "pipeline") for p in sorted((REPO / d).rglob("*.py"))]
     assert files
     assert [c for p in files for c in unsafe_calls(p)] == []
+
+
+def test_the_check_tells_a_safe_yaml_loader_from_an_unsafe_one(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text("import yaml\nyaml.load(t)\nyaml.load(t, Loader=yaml.Loader)\n"
+                    "yaml.load(t, Loader=yaml.SafeLoader)\nyaml.load(t, Loader=ParamsLoader)\nyaml.full_load(t)\n")
+    assert unsafe_calls(code, tmp_path) == [f"m.py:{n}: yaml.{f} (use yaml.safe_load)"
+                                            for n, f in ((2, "load"), (3, "load"), (6, "full_load"))]
