@@ -17,6 +17,11 @@ from ferdata.errors import NamedKeyError
 
 T = TypeVar("T")
 PARAMS_FILE = "params.yaml"
+# Settings that set how fast a stage runs or where it keeps its cache, never what it makes: dvc.yaml
+# leaves them out of their stage's params (tests/test_dvc_deps.py checks it). Training's own are in
+# fermodels.runstate (a run resumes under another value).
+SPEED_ONLY: Mapping[str, tuple[str, ...]] = {"detect": ("workers", "cache_dir"), "align": ("workers",),
+                                             "derive": ("workers",), "evaluate": ("workers",)}
 
 
 class ParamsLoader(yaml.SafeLoader):

@@ -22,8 +22,9 @@ from typing import Sequence
 import numpy as np
 
 from ferdata.classes import CLASSES
-from ferdata.params import read_yaml
+from ferdata.params import SPEED_ONLY, read_yaml
 from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
+from fermodels.runstate import LAYOUT, RESUME_IGNORES
 
 EVAL_DIR = "runs/eval"
 TESTED = "runs/select/evaluate.json"                # the split each fold was tested on, pinned by its hash
@@ -186,14 +187,22 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
     return runs, skipped
 
 
+def _shaping(name: str, values: object) -> object:
+    """Section ``name`` of a fold's params without the fold and the settings that shape no result
+    (loader workers, cache folders): folds run on two machines are one cross-validation."""
+    skip = {"shard": ("fold",), "train": RESUME_IGNORES + LAYOUT}.get(name, SPEED_ONLY.get(name, ()))
+    return {k: v for k, v in values.items() if k not in skip} if isinstance(values, dict) else values
+
+
 def summarise(runs: Sequence[FoldRun]) -> list[Series]:
-    """Runs with ``shard.folds > 0`` grouped into series; within a series the newest run of each
-    fold counts and older ones are listed as replaced. Series come newest first."""
+    """Runs with ``shard.folds > 0`` grouped into series by their params, less the fold and the
+    settings that shape no result (:func:`_shaping`); within a series the newest run of each fold
+    counts and older ones are listed as replaced. Series come newest first."""
     groups: dict[str, tuple[dict, list[FoldRun]]] = {}
     for run in runs:
         shard = run.params.get("shard") or {}
         if int(shard.get("folds") or 0) > 0:
-            rest = {**run.params, "shard": {k: v for k, v in shard.items() if k != "fold"}}
+            rest = {name: _shaping(name, values) for name, values in run.params.items()}
             groups.setdefault(json.dumps(rest, sort_keys=True, default=str), (rest, []))[1].append(run)
     series = []
     for rest, members in groups.values():

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ferdata.codeclosure import EXEMPT, PACKAGES, ROOT, closure
+from ferdata.params import SPEED_ONLY
 
 
 def stage_deps() -> dict[str, list[str]]:
@@ -72,8 +73,6 @@ def test_the_pipeline_parses_with_the_sample_removed_from_datasets(tmp_path):
 # Settings that change how fast a stage runs, never what it writes: changing them must not re-run
 # the stage (an align re-run is a full re-alignment; a new detect cache_dir would detect every face
 # again). Every other key of a stage's own params section must be declared, key by key or whole.
-NOT_SHAPING = {"detect": {"workers", "cache_dir"}, "align": {"workers"}, "derive": {"workers"},
-               "evaluate": {"workers"}}
 
 
 @pytest.mark.parametrize("stage", sorted(stage_deps()))
@@ -84,7 +83,7 @@ def test_a_stage_declares_the_settings_that_shape_its_output_and_no_others(stage
     if not isinstance(own, dict):
         return                                          # select: reads other stages' keys only
     covered_keys = {k for k in own if stage in declared or f"{stage}.{k}" in declared}
-    skipped = NOT_SHAPING.get(stage, set())
+    skipped = set(SPEED_ONLY.get(stage, ()))
     assert covered_keys == set(own) - skipped, (
         f"stage {stage!r}: undeclared {sorted(set(own) - skipped - covered_keys)}, "
         f"declared but not shaping its output {sorted(covered_keys & skipped)}")

@@ -248,6 +248,25 @@ def test_another_split_seed_is_another_series_and_a_missing_first_fold_is_named(
     assert all(s.missing == [0] for s in series)
 
 
+def test_folds_run_with_other_loader_workers_are_one_series_and_another_lr_is_another(tmp_path):
+    """Folds run on two machines differ in train.workers, evaluate.workers, detect.cache_dir: one
+    cross-validation (they were three incomplete series under one heading); train.lr is not a speed."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        p = params(k)
+        p["train"].update(workers=0 if k == 2 else 2, checkpoint_every=k)
+        p["evaluate"] = {"split": "test", "workers": 8 if k == 1 else 2}
+        p["detect"] = {"backend": "embedded", "cache_dir": f"/machine{k}/cache", "workers": k + 1}
+        experiment(repo, base, f"f{k}", k + 1, p, FOLDS[k], tested=f"digest{k}")
+        p["train"]["lr"] = 0.1
+        experiment(repo, base, f"lr{k}", 10 + k, p, FOLDS[k], tested=f"digest{k}")
+    series = summarise(read_experiments(repo, base)[0])
+    assert sorted((sorted(s.runs), s.missing, s.params["train"].get("lr", 0)) for s in series) == \
+        [([0, 1, 2], [], 0), ([0, 1, 2], [], 0.1)]
+    assert {r.name for s in series for r in s.runs.values()} == {"f0", "f1", "f2", "lr0", "lr1", "lr2"}
+
+
 def test_folds_dealt_from_two_preparations_are_not_summarised(tmp_path):
     """A fold run after the data were prepared again (a face lost or gained) has its people dealt
     otherwise: pooled with the others, its test set overlaps theirs and misses faces."""
