@@ -6,6 +6,7 @@ and a missing or unknown key is a clear error naming the section.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from pathlib import Path
@@ -114,7 +115,9 @@ def repeated(values: Collection[Any]) -> list[Any]:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float: ``.inf`` passed every range (an infinite learning rate trained to NaN
+    after the preprocessing, instead of being refused here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def at_least(n: float) -> Rule:

@@ -104,7 +104,8 @@ class TrainParams:
             "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
             "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0), "streams": at_least(1),
             "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
-            "ema_decay": below_from(0, 1), "device": DEVICE_RULE})
+            "ema_decay": below_from(0, 1), "device": DEVICE_RULE,
+            "seed": within(0, 2**64 - 1)})                 # torch.manual_seed's range (it failed at train time)
         if self.workers and self.streams % self.workers:
             raise ValueError(f"train.workers {self.workers} must divide train.streams {self.streams}: each loader "
                              "worker makes the batches of as many shuffle streams (the streams set the sample order, "

@@ -91,6 +91,9 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"datasets": [None]}, "train.datasets must be a non-empty list of prepared dataset names, got [None]"),
     ({"datasets": {"tiny": 1}}, "train.datasets must be a non-empty list of prepared dataset names, got {"),
     ({"warmup_epochs": 3, "epochs": 2}, "train.warmup_epochs 3 is more than train.epochs 2"),
+    ({"lr": float("inf")}, "train.lr must be > 0, got inf"),                   # trained to NaN after preprocessing
+    ({"weight_decay": float("nan")}, "train.weight_decay must be >= 0, got nan"),
+    ({"seed": 2**64}, "train.seed must be in [0, 18446744073709551615], got 18446744073709551616"),   # torch's overflow
 ])
 def test_a_bad_train_value_is_refused_by_name(changes, message):
     with pytest.raises(ValueError) as e:
