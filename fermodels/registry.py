@@ -90,6 +90,22 @@ def model_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in bound.arguments.items() if k != "num_classes"}
 
 
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any], num_classes: int = 7) -> None:
+    """Build ``name`` with ``kwargs`` on torch's meta device (no memory, no weight file read: a weight-file
+    keyword stands for weights from a training checkpoint), so a bad value (a misspelt choice, a float where a
+    count goes) is told now, as a ``ValueError``, rather than when training builds the model."""
+    import torch
+
+    from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
+
+    given = {k: (FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v) for k, v in kwargs.items()}
+    try:
+        with torch.device("meta"):
+            create_model(name, num_classes=num_classes, **given)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"model {name!r} cannot be built with {dict(kwargs)}: {err}") from None
+
+
 def list_models() -> list[str]:
     _import_model_modules()
     return MODELS.names()

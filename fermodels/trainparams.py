@@ -22,7 +22,7 @@ from fermodels.evaluate import autocast
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import OPTIMIZERS, SCHEDULES
 from fermodels.recipes import apply_recipe, check_applied, weights_of
-from fermodels.registry import model_kwargs
+from fermodels.registry import check_model_kwargs, model_kwargs
 from fermodels.sampling import SAMPLERS, check_class_weight_used, loss_reads
 from fermodels.shardsplit import Split
 
@@ -106,6 +106,11 @@ class TrainParams:
             "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
             "ema_decay": below_from(0, 1), "device": DEVICE_RULE,
             "seed": within(0, 2**64 - 1)})                 # torch.manual_seed's range (it failed at train time)
+        if self.model_kwargs:                       # a bad value: told now, not after the preprocessing
+            try:
+                check_model_kwargs(self.model, self.model_kwargs, self.num_classes)
+            except ValueError as err:
+                raise ValueError(f"train.model_kwargs: {err}") from None
         if self.workers and self.streams % self.workers:
             raise ValueError(f"train.workers {self.workers} must divide train.streams {self.streams}: each loader "
                              "worker makes the batches of as many shuffle streams (the streams set the sample order, "

@@ -3,6 +3,7 @@ instead of crashing inside a stage (a zero batch size divided by zero) or runnin
 (zero epochs trained nothing and wrote no best.pt)."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -99,6 +100,33 @@ def test_a_bad_train_value_is_refused_by_name(changes, message):
     with pytest.raises(ValueError) as e:
         make_params(**changes)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("model, kwargs, says", [
+    ("pcda", {"h_norm": "tanh"}, "h_norm must be one of"),
+    ("pcnn", {"regions": "landmark"}, "regions must be"),
+    ("convcut", {"cut_stage": 4}, "cut_stage must be 2 or 3, got 4"),
+    ("pcda", {"heads": 7}, "dim 768 is not divisible by heads 7"),
+    ("pcda", {"depth": 2.0}, "'float' object cannot be interpreted as an integer"),    # was a TypeError traceback
+])
+def test_a_bad_model_keyword_value_is_refused_with_the_params(model, kwargs, says):
+    """A model keyword's value was first judged when the train stage built the model, after detect,
+    align, derive and shard had run; the params check (every stage's first step) now builds it on
+    torch's meta device (no memory, no weight file read)."""
+    with pytest.raises(ValueError, match=rf"^train.model_kwargs: model '{model}' cannot be built with .*"
+                                         rf"{re.escape(says)}"):
+        make_params(model=model, model_kwargs=kwargs)
+
+
+@pytest.mark.parametrize("model, kwargs", [
+    ("cmnet", {"share_trunk": False, "pretrained": "/nowhere/resnet18_msceleb.pth"}),
+    ("pcda", {"dim": 512, "mlp_ratio": 2.0, "landmark_checkpoint": "/nowhere/mfn.pth",
+              "pretrained": "/nowhere/ir50.pth"}),
+    ("convcut", {"cut_stage": 2}),
+    ("pcnn", {"regions": "fixed"}),
+])
+def test_the_documented_model_keywords_pass_the_check_without_their_weight_files(model, kwargs):
+    assert make_params(model=model, model_kwargs=kwargs).model_kwargs == kwargs
 
 
 def test_a_warm_up_as_long_as_the_run_is_allowed():
