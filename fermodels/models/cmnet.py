@@ -77,6 +77,8 @@ class CMNet(nn.Module):
     def __init__(self, num_classes: int, card: ModelCard, mirror_right_half: bool = False,
                  share_trunk: bool = True, alpha: float = 0.9, pretrained: str | None = None) -> None:
         super().__init__()
+        if not 0.0 <= alpha <= 1.0:     # the weights are alpha and 1 - alpha: outside [0, 1] one is negative
+            raise ValueError(f"alpha must be in [0, 1] (CE weight; the half alignment weighs 1 - alpha), got {alpha!r}")
         self.card = card
         self.mirror_right_half = mirror_right_half
         self.alpha = alpha

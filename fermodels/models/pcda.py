@@ -43,6 +43,8 @@ class GaussianLandmarkEncoder(nn.Module):
                  centres: str = "features") -> None:
         super().__init__()
         check_heatmap_centres(centres)
+        if not sigma > 0:           # 0: 0/0 = nan where a landmark sits on a cell centre; < 0: the square hides it
+            raise ValueError(f"heatmap_sigma must be > 0 (feature cells), got {sigma!r}")
         self.cell = input_size / grid
         self.grid, self.sigma, self.centres = grid, sigma * self.cell, centres
         self.conv = nn.Conv2d(NUM_LANDMARKS, channels, 3, padding=1, bias=False)
@@ -122,6 +124,10 @@ class PCDA(nn.Module):
         super().__init__()
         if h_norm not in H_NORMS:
             raise ValueError(f"h_norm must be one of {H_NORMS}, got {h_norm!r}")
+        if not neaa_weight >= 0:                              # a negative weight: training maximises NeAA
+            raise ValueError(f"neaa_weight must be >= 0, got {neaa_weight!r}")
+        if not (depth >= 0 and mlp_ratio > 0):                # depth < 0 built no block, silently
+            raise ValueError(f"depth must be >= 0 and mlp_ratio > 0, got {depth!r}, {mlp_ratio!r}")
         self.card, self.h_norm, self.neaa_weight = card, h_norm, neaa_weight
         grid = card.input_size // 8
         self.image_backbone = IR50(num_stages=3)

@@ -91,6 +91,8 @@ class PCNN(nn.Module):
         super().__init__()
         if regions not in ("fixed", "landmarks"):
             raise ValueError(f"regions must be 'fixed' or 'landmarks', got {regions!r}")
+        if not (main_weight >= 0 and local_weight >= 0):      # a negative weight: training maximises that loss
+            raise ValueError(f"main_weight and local_weight must be >= 0, got {main_weight!r}, {local_weight!r}")
         self.card, self.regions = card, regions
         self.main_weight, self.local_weight = main_weight, local_weight
         self.sizes = region_sizes(card.input_size)

@@ -1,6 +1,7 @@
 """Contract tests over every registered model, then family-specific behaviour and cost checks."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -57,6 +58,22 @@ def test_a_class_count_below_two_is_refused_by_name() -> None:
     for bad in (-3, 0, 1, 2.5, True):
         with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
             create_model("resnet18_112", num_classes=bad)
+
+
+@pytest.mark.parametrize("name, kwargs, says", [
+    ("cmnet", {"alpha": 1.5}, "alpha must be in [0, 1]"),            # 1 - alpha < 0: halves pushed apart
+    ("cmnet", {"alpha": -0.1}, "alpha must be in [0, 1]"),
+    ("pcda", {"heatmap_sigma": 0.0}, "heatmap_sigma must be > 0"),   # 0/0: NaN logits
+    ("pcda", {"heatmap_sigma": -1.0}, "heatmap_sigma must be > 0"),  # the square hid the sign
+    ("pcda", {"neaa_weight": -0.01}, "neaa_weight must be >= 0"),
+    ("pcda", {"depth": -1}, "depth must be >= 0 and mlp_ratio > 0"),  # built no block, silently
+    ("pcda", {"mlp_ratio": -2.0}, "depth must be >= 0 and mlp_ratio > 0"),
+    ("pcnn", {"local_weight": -8.0}, "main_weight and local_weight must be >= 0"),
+])
+def test_a_weight_or_scale_out_of_its_range_is_refused_by_name(name: str, kwargs: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        with torch.device("meta"):
+            create_model(name, **kwargs)
 
 
 @pytest.mark.parametrize("name", ALL)
