@@ -63,6 +63,13 @@ def _named(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+def cache_folder(directory: str | Path) -> Path:
+    """The folder of the cache ``directory`` names: ``~`` expanded (it made a folder named ``~`` here),
+    and the cache's file, named instead of its folder, taken as its folder."""
+    path = Path(directory).expanduser()
+    return path.parent if path.name == FILE and not path.is_dir() else path
+
+
 def cache_file(source: str | Path) -> Path:
     """The ``detections.sqlite`` of a cache given as its folder or as the file; ``FileNotFoundError``
     when there is none."""
@@ -205,9 +212,7 @@ class DetectionCache:
 
     @_named
     def __init__(self, directory: str | Path) -> None:
-        path = Path(directory)
-        if path.name == FILE and not path.is_dir():       # the cache's file named instead of its folder
-            path = path.parent
+        path = cache_folder(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / FILE
         self.db = sqlite3.connect(self.path, timeout=60)

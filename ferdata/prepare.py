@@ -11,6 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
+from ferdata.cache import cache_folder
 from ferdata.datasets import (READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source,
                               warn_absolute_root)
 from ferdata.errors import NamedKeyError
@@ -84,12 +85,13 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
 
 
 def signatures_in_use(params: Mapping[str, Any]) -> dict[Path, set[str]]:
-    """The detection-cache signatures the detect stage would use now, per cache folder, for every
-    dataset of ``params`` (its backend built, so a missing model is named here)."""
+    """The detection-cache signatures the detect stage would use now, per cache folder (one absolute
+    path, however params.yaml spells it: prune keeps every dataset's entries in a shared file), for
+    every dataset of ``params`` (its backend built, so a missing model is named here)."""
     out: dict[Path, set[str]] = {}
     for name in dataset_specs(params):
         detect = detect_section(params, name, dataset_spec(params, name))
-        out.setdefault(Path(detect.cache_dir), set()).add(detect.create_backend().signature())
+        out.setdefault(cache_folder(detect.cache_dir).resolve(), set()).add(detect.create_backend().signature())
     return out
 
 

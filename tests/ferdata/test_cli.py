@@ -545,6 +545,46 @@ def test_cache_prune_drops_what_no_dataset_would_use_now(tmp_path):
         assert cache.signatures() == {now: 3}
 
 
+@pytest.mark.parametrize("spelling", ["absolute", "the file", "through a link", "from home"])
+def test_cache_prune_keeps_every_datasets_entries_in_one_cache_spelled_two_ways(tmp_path, monkeypatch, spelling):
+    """Dataset a uses detect.cache_dir .cache/ferdata, dataset b (its own det_size: another signature) the
+    same folder spelled otherwise: prune pruned the file once per spelling, each time keeping only that
+    spelling's signatures, and so dropped both datasets' detections."""
+    import numpy as np
+    import yaml
+
+    from ferdata.cache import Detection, DetectionCache
+    from ferdata.faces.base import Face
+    from ferdata.params import load_params
+    from ferdata.prepare import signatures_in_use
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / ".cache")
+    other = {"absolute": str(tmp_path / ".cache" / "ferdata"), "the file": ".cache/ferdata/detections.sqlite",
+             "through a link": "link/ferdata", "from home": "~/.cache/ferdata"}[spelling]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["detect"]["cache_dir"] = ".cache/ferdata"
+    params["datasets"] = {"a": {"reader": "folder", "root": "faces", "options": {}},
+                          "b": {"reader": "folder", "root": "faces", "options": {},
+                                "detect": {"det_size": 320, "cache_dir": other}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    in_use = {sig for sigs in signatures_in_use(load_params("params.yaml")).values() for sig in sigs}
+    assert len(in_use) == 2
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(".cache/ferdata") as cache:
+        for i, sig in enumerate(sorted(in_use)):
+            for j in range(3):
+                cache.put(f"{i}{j}", sig, Detection((50, 60), (face,)))
+        cache.put("old", "embedded:v2:old", Detection((50, 60), (face,)))
+    res = CliRunner().invoke(app, ["cache", "prune"])
+    assert res.exit_code == 0 and res.output.count("dropped") == 1 and "dropped 1, kept 6" in res.output, res.output
+    with DetectionCache(".cache/ferdata") as cache:
+        assert cache.signatures() == {sig: 3 for sig in in_use}
+    assert not (tmp_path / "~").exists()
+
+
 def test_a_keyerror_type_a_command_declares_bad_input_is_one_line(capsys):
     class NoSuchRun(KeyError):
         pass
