@@ -85,7 +85,8 @@ def _read_only(path: Path) -> sqlite3.Connection:
     """Another cache's file opened read-only (a merge never writes to its sources): ``mode=ro``, which
     reads a consistent snapshot while a run may write it (SQLite leaves its ``-shm``/``-wal`` files
     beside it, no entry changed). A WAL database cannot be opened so on read-only media (SQLite must
-    make those files): there it is read ``immutable``, as no run can be writing it."""
+    make those files): there it is read ``immutable``, as no run can be writing it, unless a ``-wal``
+    beside it holds entries (``immutable`` would leave them out: refused, with what to do)."""
     uri = path.resolve().as_uri()
     db = None
     try:
@@ -94,6 +95,11 @@ def _read_only(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError:          # "unable to open database file", "attempt to write a readonly ..."
         if db is not None:
             db.close()
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size:        # immutable reads the main file alone: not these entries
+            raise ValueError(f"{path}: its {wal.name} (a killed run's last entries) can be read only where SQLite "
+                             f"may write beside it: copy {path.name} and {wal.name} to a writable folder and merge "
+                             "from there")
         return sqlite3.connect(uri + "?immutable=1", uri=True)
     except sqlite3.DatabaseError:             # no database: the caller's first query says so, naming it
         if db is None:

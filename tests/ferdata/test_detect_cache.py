@@ -594,6 +594,40 @@ def test_a_source_on_read_only_media_is_merged(tmp_path, monkeypatch, fails_at):
         assert b.merge(tmp_path / "a").added == 1
 
 
+def test_a_killed_runs_cache_on_read_only_media_is_not_merged_without_its_wal(tmp_path, monkeypatch):
+    """A killed run's cache copied with its -wal (as README says) to read-only media was read immutable,
+    which reads the main file alone: the -wal's entries were left out, silently."""
+    import shutil
+
+    import ferdata.cache as cache
+
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    running = DetectionCache(tmp_path / "run")
+    for i in range(50):
+        running.put(f"{i:064x}", "sig", Detection((50, 60), (face,)))
+    running.flush()                                   # committed into the -wal, no checkpoint: then "killed"
+    (tmp_path / "media").mkdir()
+    for name in ("detections.sqlite", "detections.sqlite-wal"):
+        shutil.copy(tmp_path / "run" / name, tmp_path / "media" / name)
+    running.db.close()
+    assert (tmp_path / "media" / "detections.sqlite-wal").stat().st_size > 0
+    real = sqlite3.connect
+
+    def read_only_media(database, *args, **kwargs):
+        if isinstance(database, str) and database.endswith("?mode=ro"):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(database, *args, **kwargs)
+    monkeypatch.setattr(cache.sqlite3, "connect", read_only_media)
+    with DetectionCache(tmp_path / "b") as b:
+        with pytest.raises(ValueError, match=r"detections.sqlite-wal \(a killed run's last entries\).*copy "
+                                             r"detections.sqlite and detections.sqlite-wal to a writable folder"):
+            b.merge(tmp_path / "media")
+        assert len(b) == 0
+    monkeypatch.setattr(cache.sqlite3, "connect", real)
+    with DetectionCache(tmp_path / "b") as b:              # from a writable folder: every entry
+        assert b.merge(tmp_path / "media").added == 50
+
+
 def test_a_source_damaged_part_way_keeps_what_it_gave_before(tmp_path):
     """The merge rolled back every entry when the source's damage came part way through (the CLI said
     'nothing after this point of it was merged', and the target held none)."""
