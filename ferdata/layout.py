@@ -60,6 +60,18 @@ def report_settings(stage_dir: str | Path) -> dict:
     return _report_part(stage_dir, "settings")
 
 
+def require_made_by(stage_dir: str | Path, stage: str, fix: str) -> None:
+    """``stage_dir`` must be ``stage``'s output, as its report says: another stage's folder (two
+    inputs given the wrong way round) gave an empty output, or an error about something else."""
+    try:
+        made_by = json.loads((Path(stage_dir) / REPORT).read_text(encoding="utf-8")).get("stage")
+    except (OSError, ValueError, AttributeError):
+        made_by = None
+    if made_by != stage:
+        found = f"says {made_by!r}" if made_by else "is missing or unreadable"
+        raise ValueError(f"{stage_dir} is no {stage} stage's output (its {REPORT} {found}): {fix}")
+
+
 def report_inputs(stage_dir: str | Path) -> dict:
     """What a stage's report says its output was made from (``{}``: no report, or an older one)."""
     return _report_part(stage_dir, "inputs")

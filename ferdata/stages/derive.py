@@ -21,7 +21,7 @@ from ferdata.atomic import require_dir, staged_dir
 from ferdata.geometry import split_halves
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import decode_jpeg_rgb, encode_jpeg, encode_png
-from ferdata.layout import ALIGNED, DERIVED, REPORT, SAMPLE_SETTINGS, output_digest
+from ferdata.layout import ALIGNED, DERIVED, REPORT, SAMPLE_SETTINGS, output_digest, require_made_by
 from ferdata.parallel import parallel_map
 from ferdata.params import above, at_least, check_values, within
 from ferdata.progress import progress
@@ -83,23 +83,10 @@ def _sample_name(sample: tuple[str, dict[str, bytes]]) -> str:
     return f"aligned sample {sample[0]!r}"
 
 
-def _check_aligned(folder: Path) -> None:
-    """``folder`` must be an align stage's output (its report says so): another stage's folder gave an
-    empty derived output and no word."""
-    try:
-        stage = json.loads((folder / REPORT).read_text(encoding="utf-8")).get("stage")
-    except (OSError, ValueError, AttributeError):
-        stage = None
-    if stage != "align":
-        found = f"says {stage!r}" if stage else "is missing or unreadable"
-        raise ValueError(f"{folder} is no align stage's output (its {REPORT} {found}): give the aligned folder, or "
-                         "run the align stage first")
-
-
 def run_derive(aligned_dir: str | Path, params: DeriveParams, out_dir: str | Path) -> StageReport:
     """Derive fields for every sample of ``aligned_dir`` into ``out_dir`` (replaced as a whole)."""
     require_dir(aligned_dir, "aligned", "run the align stage first")
-    _check_aligned(Path(aligned_dir))
+    require_made_by(aligned_dir, "align", "give the aligned folder, or run the align stage first")
     report = StageReport("derive", settings=params.settings(), inputs={ALIGNED: output_digest(aligned_dir, ALIGNED)})
     samples = iter_dir_samples(aligned_dir, ALIGNED)
     with staged_dir(out_dir, OWNED) as out:

@@ -23,7 +23,7 @@ from typing import Collection, Iterator
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.layout import (ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_notes,
-                            report_settings)
+                            report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import SPLITS, record_from_dict
@@ -116,8 +116,11 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     """Join, split and shuffle every sample into ``out_dir/<split>/`` (``out_dir`` replaced as a whole)."""
     report = StageReport("shard")
     inputs = _inputs_digest(aligned_dir, derived_dir)
-    aligned = index_chunks(require_dir(aligned_dir, "aligned", "run the align stage first"), ALIGNED)
-    derived = index_chunks(require_dir(derived_dir, "derived", "run the derive stage first"), DERIVED)
+    for folder, name, stage in ((aligned_dir, "aligned", "align"), (derived_dir, "derived", "derive")):
+        require_made_by(require_dir(folder, name, f"run the {stage} stage first"), stage,
+                        f"pass data/<name>/aligned, then data/<name>/derived (or run the {stage} stage first)")
+    aligned = index_chunks(aligned_dir, ALIGNED)
+    derived = index_chunks(derived_dir, DERIVED)
     made_from = report_inputs(derived_dir).get(ALIGNED)
     if made_from is not None and made_from != output_digest(aligned_dir, ALIGNED):
         raise ValueError(f"{derived_dir} was derived from another output of the align stage than {aligned_dir} "
@@ -127,9 +130,6 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         missing = sorted(set(aligned) ^ set(derived))[:5]
         raise ValueError(f"aligned and derived samples differ (e.g. {missing}); re-run derive")
     if not aligned:                 # empty shards would only fail later, in train or evaluate
-        if not (Path(aligned_dir) / REPORT).is_file():
-            raise ValueError(f"{aligned_dir} holds no output of the align stage (no {REPORT}, no "
-                             f"{ALIGNED}-NNNNNN.tar): pass data/<name>/aligned, then data/<name>/derived")
         raise ValueError(f"no samples to shard in {aligned_dir}: every record was dropped before this stage "
                          f"({WHERE_DROPS})")
     for key, members in aligned.items():       # the align stage writes both for every sample

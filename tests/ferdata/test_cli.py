@@ -179,7 +179,8 @@ def test_a_stage_script_stopped_by_ctrl_c_says_so_without_a_traceback():
 def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, capsys):
     """An aligned folder re-made without re-running derive is the user's to fix (re-run derive):
     one line naming the fix, not a traceback."""
-    from ferdata.layout import ALIGNED, DERIVED
+    from ferdata.layout import ALIGNED, DERIVED, REPORT
+    from ferdata.report import StageReport
     from ferdata.stages.shard import ShardParams, run_shard
     from ferdata.tario import TarShardWriter
 
@@ -188,6 +189,7 @@ def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, ca
         with TarShardWriter(tmp_path / name, prefix, 10) as w:
             for key in keys:
                 w.write(key, {"json": b"{}"})
+        StageReport({"aligned": "align", "derived": "derive"}[name]).write(tmp_path / name / REPORT)
     params = ShardParams(seed=0, val_fraction=0.1, test_fraction=0.1, split_by="key", folds=0, fold=0,
                          maxcount=10)
     with pytest.raises(SystemExit) as done:
@@ -212,9 +214,14 @@ def test_a_dataset_whose_every_record_was_dropped_is_an_error_at_shard_not_empty
         (tmp_path / name).mkdir()
         with TarShardWriter(tmp_path / name, prefix, 10):
             pass
-    with pytest.raises(ValueError, match="derived holds no output of the align stage .*pass data/<name>/aligned"):
+    with pytest.raises(ValueError, match=r"derived is no align stage's output \(its report.json is missing or "
+                                         r"unreadable\): pass data/<name>/aligned, then data/<name>/derived"):
         run_shard(tmp_path / "derived", tmp_path / "aligned", ShardParams(**SHARD), tmp_path / "shards")  # swapped
     StageReport("align").write(tmp_path / "aligned" / REPORT)                 # the align stage ran, kept nothing
+    StageReport("derive").write(tmp_path / "derived" / REPORT)
+    with pytest.raises(ValueError, match=r"derived is no align stage's output \(its report.json says 'derive'\): "
+                                         r"pass data/<name>/aligned, then data/<name>/derived"):
+        run_shard(tmp_path / "derived", tmp_path / "aligned", ShardParams(**SHARD), tmp_path / "shards")  # swapped
     with pytest.raises(ValueError, match="no samples to shard in .*every record was dropped before this stage"):
         run_shard(tmp_path / "aligned", tmp_path / "derived", ShardParams(**SHARD), tmp_path / "shards")
     assert not (tmp_path / "shards").exists()
@@ -223,16 +230,18 @@ def test_a_dataset_whose_every_record_was_dropped_is_an_error_at_shard_not_empty
 @pytest.mark.parametrize("lost", ["jpg", "json"])
 def test_an_aligned_sample_without_its_image_or_record_is_named_at_shard(tmp_path, lost):
     """A bare KeyError 'json' before (`error: json`), or a sample without its image sharded anyway."""
-    from ferdata.layout import ALIGNED, DERIVED
+    from ferdata.layout import ALIGNED, DERIVED, REPORT
+    from ferdata.report import StageReport
     from ferdata.stages.shard import ShardParams, run_shard
     from ferdata.tario import TarShardWriter
 
     members = {"jpg": b"\xff\xd8\xff", "json": b"{}"}
-    for name, prefix, fields in (("aligned", ALIGNED, {e: b for e, b in members.items() if e != lost}),
-                                 ("derived", DERIVED, {"heatmap.png": b"png"})):
+    for name, stage, prefix, fields in (("aligned", "align", ALIGNED, {e: b for e, b in members.items() if e != lost}),
+                                        ("derived", "derive", DERIVED, {"heatmap.png": b"png"})):
         (tmp_path / name).mkdir()
         with TarShardWriter(tmp_path / name, prefix, 10) as writer:
             writer.write("k", fields)
+        StageReport(stage).write(tmp_path / name / REPORT)
     with pytest.raises(ValueError, match=f"aligned-000000.tar: sample 'k' has no {lost}: the align stage's output "
                                          "is damaged; run the align stage again"):
         run_shard(tmp_path / "aligned", tmp_path / "derived", ShardParams(**SHARD), tmp_path / "shards")
