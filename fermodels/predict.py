@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -26,6 +27,7 @@ from fermodels.predictor import FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg")              # annotation_path's name of a frame's copy
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
 
 
@@ -99,8 +101,9 @@ def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path
     """Where each file's annotated copies go, relative to the ``--annotate`` folder: its path below
     the folder that holds every input (so ``a/x.jpg`` and ``b/x.jpg`` stay apart), ``.jpg`` added
     to names that are not JPEG already (``x.png`` -> ``x.png.jpg``, apart from ``x.jpg``). A JPEG
-    keeps its name; an added name that a JPEG input holds too (``x.png`` beside ``x.png.jpg``) gets
-    a number (``x.png-2.jpg``)."""
+    keeps its name; an added name that a JPEG input holds too (``x.png`` beside ``x.png.jpg``), or
+    a video's whose frame copies would take a JPEG input's name (``clip.avi`` beside
+    ``clip.avi.f000000.jpg``, :func:`annotation_path`), gets a number (``x.png-2.jpg``)."""
     paths = list(paths)
     if not paths:
         return {}
@@ -109,10 +112,14 @@ def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path
     rels = {p: Path(os.path.abspath(p)).relative_to(base) for p in paths}
     names = {p: rel for p, rel in rels.items() if rel.suffix.lower() in (".jpg", ".jpeg")}
     taken = set(names.values())
+    framed = {t.with_name(m[1]) for t in taken if (m := FRAME_COPY.fullmatch(t.name))}   # JPEGs named as frames
+
+    def free(name: Path, video: bool) -> bool:
+        return name not in taken and not (video and name.with_suffix("") in framed)
     for p, rel in rels.items():
         if p not in names:
-            name, n = rel.with_name(rel.name + ".jpg"), 1
-            while name in taken:
+            name, n, video = rel.with_name(rel.name + ".jpg"), 1, rel.suffix.lower() in VIDEO_EXTS
+            while not free(name, video):
                 n += 1
                 name = rel.with_name(f"{rel.name}-{n}.jpg")
             names[p] = name

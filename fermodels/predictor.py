@@ -68,7 +68,7 @@ class Picture:
 
     def __init__(self, rgb: np.ndarray, data: bytes | None = None, scale: float = 1.0) -> None:
         rgb = np.asarray(rgb)
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb.size:
             # the face backends read uint8 RGB: float pixels found no face, grey/RGBA/16-bit failed inside them
             raise ValueError(f"a picture is RGB uint8 (H, W, 3) pixels, got {rgb.dtype} {rgb.shape}: read files with "
                              "Picture.from_file (any format, EXIF turn, alpha, 16-bit), or convert the array first")

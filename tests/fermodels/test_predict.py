@@ -267,6 +267,20 @@ def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
         "x.png.jpg", "x.png-2.jpg", "x.png-3.jpg"}
 
 
+def test_a_video_frames_copies_never_take_a_jpeg_inputs_copy_name(tmp_path):
+    """clip.avi beside a photo named clip.avi.f000000.jpg: frame 0's copy replaced the photo's."""
+    for name in ("clip.avi", "clip.avi.f000000.jpg", "clip.avi.f1000000.jpg", "other.mp4", "other.mp4-2.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    paths = expand_inputs([tmp_path])
+    names = annotation_names([tmp_path], paths)
+    videos = [p for p in paths if p.suffix in (".avi", ".mp4")]
+    frames = {annotation_path(names[v], f, video=True) for v in videos for f in (0, 10, 1_000_000)}
+    copies = {annotation_path(names[p], 0, video=False) for p in paths if p not in videos}
+    assert not frames & copies, sorted(frames & copies)
+    assert str(names[tmp_path / "clip.avi"]) == "clip.avi-2.jpg"
+    assert str(names[tmp_path / "other.mp4"]) == "other.mp4.jpg"              # no JPEG named as its frames
+
+
 def test_checkpoint_without_preprocessing_is_refused(tiny_shards, tmp_path, one_thread):
     """Shards of a version that did not record their align/derive settings, trained without them."""
     import shutil
@@ -759,9 +773,11 @@ def test_a_video_is_cut_short_when_two_or_more_of_its_listed_frames_do_not_decod
     assert [(i, p, why) for i, p, why in got if p is None] == ([problem] if problem else [])
 
 
-@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (32, 3)], ids=["frames-stacked", "grey-3-wide"])
-def test_an_array_of_another_rank_ending_in_three_is_refused(shape):
-    """Mutant killed: pt7 (the check read the last axis only)."""
+@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (32, 3), (0, 0, 3), (0, 32, 3), (32, 0, 3)],
+                         ids=["frames-stacked", "grey-3-wide", "empty", "no-rows", "no-columns"])
+def test_an_array_of_another_rank_or_without_pixels_is_refused(shape):
+    """Mutant killed: pt7 (the check read the last axis only). An empty frame reached the detector
+    (ZeroDivisionError)."""
     from fermodels.predictor import Picture
 
     with pytest.raises(ValueError, match=r"a picture is RGB uint8 \(H, W, 3\) pixels, got uint8 "):
