@@ -23,9 +23,11 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from ferdata.registry import Registry
+from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -94,14 +96,12 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any], num_classes: int = 
     """Build ``name`` with ``kwargs`` on torch's meta device (no memory, no weight file read: a weight-file
     keyword stands for weights from a training checkpoint), so a bad value (a misspelt choice, a float where a
     count goes) is told now, as a ``ValueError``, rather than when training builds the model."""
-    import torch
-
-    from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
-
     given = {k: (FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v) for k, v in kwargs.items()}
     try:
         with torch.device("meta"):
             create_model(name, num_classes=num_classes, **given)
+    except NotImplementedError:                 # an operation meta tensors lack: judged when training builds it
+        return
     except (ValueError, TypeError, RuntimeError) as err:
         raise ValueError(f"model {name!r} cannot be built with {dict(kwargs)}: {err}") from None
 
