@@ -189,6 +189,8 @@ def _scan(f: BinaryIO, read_data: bool, max_size: int | None = None) -> Iterator
     while True:
         buf = f.read(BLOCK)
         if buf == _ZERO:
+            if longname is not None:
+                raise tarfile.ReadError(_name_without_member(longname))
             _only_zeros_after(f, pos)
             return
         if len(buf) < BLOCK:
@@ -253,7 +255,14 @@ def _scan_buffer(buf: bytes) -> Table:
             continue
         members.append(_member(buf, pos, size, longname, pos + BLOCK))
         longname = None
+    if longname is not None:
+        raise tarfile.ReadError(_name_without_member(longname))
     return Table(buf, [m.name for m in members], [m.size for m in members], [m.offset_data for m in members])
+
+
+def _name_without_member(longname: str) -> str:
+    """A GNU long name is the next member's: one before the archive's end names nothing (a cut tar)."""
+    return f"a GNU long name ({longname[:60]!r}) with no member after it: the archive was cut short"
 
 
 def _blocks(buf: bytes) -> np.ndarray:

@@ -149,3 +149,16 @@ def test_a_long_name_over_the_limit_is_refused_before_it_is_read(tmp_path, monke
         list(iter_members(path, read_data=read_data))
     monkeypatch.setattr(tarscan, "MAX_META_BYTES", 1004)
     assert [m.name for m, _ in iter_members(path, read_data=read_data)] == ["n" * 999 + ".jpg", "k.cls"]
+
+
+@pytest.mark.parametrize("read_data", [True, False])
+def test_a_gnu_long_name_with_no_member_after_it_is_a_cut_archive(tmp_path, read_data):
+    """A tar cut after a long name's header and name, end blocks added (a copy cut at a member boundary
+    and "repaired"): the member it names is lost; tarfile says "end of file header", the scanner read on."""
+    data = archive([("a.cls", b"1"), ("n" * 150 + ".jpg", b"2")])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        named = tar.getmembers()[1]
+    path = tmp_path / "t.tar"
+    path.write_bytes(data[:named.offset_data - BLOCK] + bytes(2 * BLOCK))      # up to the real header
+    with pytest.raises(tarfile.ReadError, match=r"a GNU long name \('nnnn.*with no member after it"):
+        list(iter_members(path, read_data=read_data))
