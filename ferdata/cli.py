@@ -28,6 +28,8 @@ DETECT_BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(name)s: %(message)s")
+    for chatty in ("PIL", "matplotlib"):             # their debug lines (a PNG's chunks) would bury ours
+        logging.getLogger(chatty).setLevel(logging.INFO)
 
 
 @app.command()

@@ -631,3 +631,20 @@ def test_backends_lists_a_backend_it_cannot_run_with_why(monkeypatch, raised, sa
     res = CliRunner().invoke(app, ["backends"])
     assert res.exit_code == 0, res.output
     assert f"{name:15s} {says}\n" in res.output, res.output
+
+
+def test_verbose_logs_ours_at_debug_but_not_pils(caplog):
+    """`ferdata predict -v` printed PIL's debug lines for every PNG chunk it read."""
+    import logging
+
+    from ferdata.cli import _setup_logging
+
+    levels = {name: logging.getLogger(name).level for name in ("PIL", "matplotlib")}
+    caplog.set_level(logging.DEBUG)
+    try:
+        _setup_logging(verbose=True)
+        assert logging.getLogger("ferdata.stages.detect").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("PIL.PngImagePlugin").isEnabledFor(logging.DEBUG)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
