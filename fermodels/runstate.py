@@ -168,14 +168,14 @@ def load_checkpoint(path: str | Path) -> dict:
     give = "give a training checkpoint such as runs/train/ckpt/best.pt"
     if not _starts_as_zip(path):            # torch.save's format since torch 1.6; anything else is no checkpoint
         raise ValueError(f"{path} is not a {FORMAT} checkpoint (not a torch archive: {_looks_like(path)}); {give}")
+    if other := _other_archive(path):       # before torch.load, which hands a TorchScript archive to jit.load
+        raise ValueError(f"{path} is {other}, not a training checkpoint; {give} (fermodels loads "
+                         "weights without running code from the file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; each one is named below
-        if other := _other_archive(path):
-            raise ValueError(f"{path} is {other}, not a training checkpoint; {give} (fermodels loads "
-                             "weights without running code from the file)") from None
         first = _first_sentence(str(e)) or type(e).__name__
         raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: {first}); copy it "
                          "again (`dvc pull`, a finished download) or retrain") from None
