@@ -14,12 +14,13 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ferdata.errors import is_user_error
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
@@ -99,23 +100,39 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
         shutdown(created)
 
 
+class RankZeroRefusal(RuntimeError, ValueError):
+    """Another rank's account of rank 0's refusal of bad input (a ``ValueError``: one ``error:`` line
+    under the commands' error policy, as rank 0 tells its own)."""
+
+
+def _on_rank_0(fn: Callable[[], Any], env: DistEnv, share: bool = False) -> Any:
+    """``fn()`` on rank 0 alone (what only rank 0 reads or writes: the checkpoint folder, last.pt, the
+    logs): its value, on every rank when ``share`` (else None on the others). When it raises, every
+    rank stops: rank 0 with its error, the others with :class:`RankZeroRefusal` (``RuntimeError`` for
+    a bug) naming it, where they went on to wait for rank 0 at their next collective and ended on a
+    traceback (gloo's "Connection closed by peer", or their own ``RuntimeError``)."""
+    value, refusal = None, None
+    if env.is_main:
+        try:
+            value = fn()
+        except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
+            refusal = err
+    told = None if refusal is None else (f"{type(refusal).__name__}: {refusal}", is_user_error(refusal))
+    shared = broadcast_object((value if share else None, told), env)
+    if refusal is not None:
+        raise refusal
+    if shared[1] is not None:
+        text, user = shared[1]
+        raise (RankZeroRefusal if user else RuntimeError)(f"rank 0 stopped before training: {text}")
+    return value if env.is_main else shared[0]
+
+
 @contextmanager
 def _held_by_rank_0(ckpt_dir: str | Path, env: DistEnv) -> Iterator[None]:
     """Rank 0, which alone writes the checkpoints, holds their folder for the run
-    (:func:`checkpoints_held`); a refusal stops every rank with rank 0's error, where the others went
-    on to wait for it at their first collective."""
+    (:func:`checkpoints_held`); a refusal stops every rank with rank 0's error (:func:`_on_rank_0`)."""
     with ExitStack() as stack:
-        refusal = None
-        if env.is_main:
-            try:
-                stack.enter_context(checkpoints_held(ckpt_dir))
-            except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
-                refusal = err
-        shared = broadcast_object(None if refusal is None else f"{type(refusal).__name__}: {refusal}", env)
-        if refusal is not None:
-            raise refusal
-        if shared is not None:
-            raise RuntimeError(f"rank 0 stopped before training: {shared}")
+        _on_rank_0(lambda: stack.enter_context(checkpoints_held(ckpt_dir)), env)
         yield
 
 
@@ -195,7 +212,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
             "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}
-    state = broadcast_object(resume_state(ckpt_dir, asdict(params), data, live_dir) if env.is_main else None, env)
+    state = _on_rank_0(lambda: resume_state(ckpt_dir, asdict(params), data, live_dir), env, share=True)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()
     threads = torch.get_num_threads() if device.type == "cpu" else None
@@ -233,7 +250,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
          env: DistEnv, device: torch.device) -> dict:
     run = _setup(dirs, params, ckpt_dir, live_dir, preprocess, env, device)
-    live = open_live(live_dir, run.start, env)
+    live = _on_rank_0(lambda: open_live(live_dir, run.start, env), env)
     try:
         for epoch in range(run.start.epoch, params.epochs):
             first = epoch == run.start.epoch

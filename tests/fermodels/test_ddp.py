@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ferdata.errors import is_user_error
 from fermodels.data import SampleDecoder
 from fermodels.shardsplit import open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, all_gather_objects, env_from_os, max_over_ranks, pick_device,
@@ -429,13 +430,13 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
         return
     import fermodels.train as trainer
 
-    if mode == "held":                                  # the checkpoint folder is another run's
+    if mode == "held":                                  # rank 0 refuses the checkpoint folder or its last.pt
         os.environ["FER_DIST_TIMEOUT_S"] = "20"
         try:
             trainer.train(shards, make_params(epochs=1), Path(out) / "ckpt", Path(out) / "live")
             outcome = "trained"
         except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
-            outcome = f"{type(err).__name__}: {err}"
+            outcome = f"{type(err).__name__}{'' if is_user_error(err) else ' (a bug)'}: {err}"
         (Path(out) / f"rank{rank}-held.txt").write_text(outcome)
         return
     real_save = trainer._save
@@ -493,9 +494,31 @@ def test_a_checkpoint_folder_another_run_holds_stops_every_rank_with_the_reason(
                            start_method="fork")
     outcomes = [(tmp_path / f"rank{rank}-held.txt").read_text() for rank in (0, 1)]
     assert outcomes[0].startswith("BlockingIOError: another run is training into"), outcomes
-    assert outcomes[1].startswith("RuntimeError: rank 0 stopped before training: BlockingIOError: another run is "
+    assert outcomes[1].startswith("RankZeroRefusal: rank 0 stopped before training: BlockingIOError: another run is "
                                   "training into"), outcomes
     assert not (tmp_path / "live").exists()
+
+
+@pytest.mark.parametrize("damage, said", [("cut", "cut-off or damaged checkpoint"),
+                                          ("no optimizer", "holds no optimizer state")])
+def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, tmp_path, damage, said):
+    """Rank 0 alone reads last.pt: refusing it, it left, and rank 1, waiting for it in the resume
+    broadcast, ended on gloo's "Connection closed by peer" traceback."""
+    from fermodels.runstate import FORMAT
+
+    (tmp_path / "ckpt").mkdir()
+    last = tmp_path / "ckpt" / "last.pt"
+    if damage == "cut":
+        last.write_bytes(b"PK\x03\x04" + bytes(4000))
+    else:
+        torch.save({"format": FORMAT, "model": "convcut", "model_kwargs": {}, "num_classes": 7, "classes": [],
+                    "state_dict": {}, "optimizer": None}, last)
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,
+                       start_method="fork")
+    outcomes = [(tmp_path / f"rank{rank}-held.txt").read_text() for rank in (0, 1)]
+    assert outcomes[0].startswith("ValueError: ") and said in outcomes[0], outcomes
+    assert outcomes[1].startswith("RankZeroRefusal: rank 0 stopped before training: ValueError: "), outcomes
+    assert said in outcomes[1], outcomes
 
 
 def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path):
