@@ -303,6 +303,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
     sums: dict = dict(tally.sums)
     classes = torch.tensor(tally.classes or [0] * params.num_classes, dtype=torch.int64)
     seen, waited, lr, bad = tally.seen, tally.waited, params.lr, torch.zeros((), device=device)
+    losses: dict = {}                      # the last step's, told by a failed health check
     run.net.train()
     t_wait = time.perf_counter()
     for i, batch in enumerate(loader, start=skip):
@@ -336,7 +337,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
             run.tallies = all_gather_objects(now, env)
             _save(env, ckpt_dir / LAST, run, params, Position(epoch, i + 1, run.step))
         t_wait = time.perf_counter()
-    _check_health(run, bad, env, epoch, sums, ckpt_dir)
+    _check_health(run, bad, env, epoch, losses, ckpt_dir)    # not sums: loss x samples, added up
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
 
 

@@ -314,14 +314,14 @@ def test_non_finite_loss_before_any_checkpoint_says_so(tiny_shards, tmp_path, on
     assert issubclass(NonFiniteLossError, USER_ERRORS)            # the stage prints one error line, no traceback
 
 
-def _weights_overflow_at(step: int, monkeypatch) -> None:
+def _weights_overflow_at(step: int, monkeypatch) -> list[dict[str, float]]:
     """Training's ``step``-th update turns a weight NaN while its loss stays finite (a gradient that
-    overflowed, with no scaler to skip the step)."""
+    overflowed, with no scaler to skip the step); returns each step's losses, as they come."""
     real_step, steps = trainer.train_step, []
 
     def overflowing_step(fwd, net, *a):
         losses = real_step(fwd, net, *a)
-        steps.append(1)
+        steps.append({k: float(v) for k, v in losses.items()})
         if len(steps) == step:
             with torch.no_grad():
                 first = next(net.parameters())
@@ -329,6 +329,7 @@ def _weights_overflow_at(step: int, monkeypatch) -> None:
         return losses
 
     monkeypatch.setattr(trainer, "train_step", overflowing_step)
+    return steps
 
 
 def test_non_finite_weights_under_a_finite_loss_stop_before_a_checkpoint_holds_them(tiny_shards, tmp_path,
@@ -339,9 +340,12 @@ def test_non_finite_weights_under_a_finite_loss_stop_before_a_checkpoint_holds_t
     params = make_params(epochs=2)
     info = json.loads((tiny_shards / "train" / "_info.json").read_text())
     per_epoch = math.ceil(info["num_samples"] / params.batch_size)
-    _weights_overflow_at(per_epoch, monkeypatch)          # the epoch's last step
-    with pytest.raises(NonFiniteLossError, match=r"non-finite weights \(a gradient overflowed"):
+    steps = _weights_overflow_at(per_epoch, monkeypatch)          # the epoch's last step
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights \(a gradient overflowed") as caught:
         train(tiny_shards, params, tmp_path / "c", tmp_path / "l")
+    told = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.e+]+|nan|inf)", str(caught.value))}
+    assert told.keys() == steps[-1].keys()                # the last step's losses (the epoch's sums were told)
+    assert all(v == pytest.approx(steps[-1][k], rel=1e-3) for k, v in told.items()), (str(caught.value), steps[-1])
     for name in ("last.pt", "best.pt"):
         if (tmp_path / "c" / name).exists():
             state = load_checkpoint(tmp_path / "c" / name)["state_dict"]
