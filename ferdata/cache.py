@@ -81,12 +81,27 @@ def cache_file(source: str | Path) -> Path:
     return path
 
 
+def _misnamed_wal(path: Path) -> None:
+    """Refuse a cache file copied under another name (``m2.sqlite``) beside a killed run's
+    ``detections.sqlite-wal`` copied under its own: SQLite reads a database's WAL by the database's
+    name (``m2.sqlite-wal``), so its entries would be left out, silently. A WAL of that name with no
+    ``detections.sqlite`` beside it belongs to no database there: it is this copy's."""
+    if path.name == FILE or path.with_name(path.name + "-wal").exists():
+        return
+    stray = path.with_name(FILE + "-wal")
+    if stray.is_file() and stray.stat().st_size and not path.with_name(FILE).exists():
+        raise ValueError(f"{path}: the {stray.name} beside it (a killed run's last entries?) is not read for a file "
+                         f"named {path.name}: SQLite reads {path.name}-wal; rename it so, or copy the machine's "
+                         "cache folder whole and merge the folder")
+
+
 def _read_only(path: Path) -> sqlite3.Connection:
     """Another cache's file opened read-only (a merge never writes to its sources): ``mode=ro``, which
     reads a consistent snapshot while a run may write it (SQLite leaves its ``-shm``/``-wal`` files
     beside it, no entry changed). A WAL database cannot be opened so on read-only media (SQLite must
     make those files): there it is read ``immutable``, as no run can be writing it, unless a ``-wal``
     beside it holds entries (``immutable`` would leave them out: refused, with what to do)."""
+    _misnamed_wal(path)
     uri = path.resolve().as_uri()
     db = None
     try:

@@ -628,6 +628,51 @@ def test_a_killed_runs_cache_on_read_only_media_is_not_merged_without_its_wal(tm
         assert b.merge(tmp_path / "media").added == 50
 
 
+def _killed_machine_cache(folder: Path) -> DetectionCache:
+    """A machine's cache: 10 entries a finished run checkpointed, then 20 of a killed run (committed
+    into the -wal, never checkpointed); returned open, as the killed run left it."""
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(folder) as done:
+        for i in range(10):
+            done.put(f"{i:064x}", "sig", Detection((50, 60), (face,)))
+    running = DetectionCache(folder)
+    for i in range(10, 30):
+        running.put(f"{i:064x}", "sig", Detection((50, 60), (face,)))
+    running.flush()
+    return running
+
+
+def test_a_renamed_copy_whose_wal_kept_its_name_is_refused_not_merged_short(tmp_path):
+    """README said: copy each machine's detections.sqlite (and a killed run's detections.sqlite-wal)
+    and merge m2.sqlite: SQLite reads m2.sqlite-wal for it, so the killed run's entries were left out."""
+    import shutil
+
+    running = _killed_machine_cache(tmp_path / "m2")
+    main = tmp_path / "main"
+    main.mkdir()
+    shutil.copy(tmp_path / "m2" / "detections.sqlite", main / "m2.sqlite")
+    shutil.copy(tmp_path / "m2" / "detections.sqlite-wal", main / "detections.sqlite-wal")
+    running.db.close()
+    with DetectionCache(tmp_path / "target") as target:
+        with pytest.raises(ValueError, match=r"m2.sqlite: the detections.sqlite-wal beside it .* SQLite reads "
+                                             r"m2.sqlite-wal; rename it so, or copy the machine's cache folder"):
+            target.merge(main / "m2.sqlite")
+        assert len(target) == 0
+    (main / "detections.sqlite-wal").rename(main / "m2.sqlite-wal")
+    with DetectionCache(tmp_path / "target") as target:
+        assert target.merge(main / "m2.sqlite").added == 30
+
+
+def test_a_machines_cache_folder_copied_whole_merges_every_entry(tmp_path):
+    import shutil
+
+    running = _killed_machine_cache(tmp_path / "m2")
+    shutil.copytree(tmp_path / "m2", tmp_path / "main" / "m2")
+    running.db.close()
+    with DetectionCache(tmp_path / "target") as target:
+        assert target.merge(tmp_path / "main" / "m2").added == 30
+
+
 def test_a_source_damaged_part_way_keeps_what_it_gave_before(tmp_path):
     """The merge rolled back every entry when the source's damage came part way through (the CLI said
     'nothing after this point of it was merged', and the target held none)."""
