@@ -76,9 +76,8 @@ def detect(
 ) -> None:
     """Detect one part of a dataset into the detection cache, for sharing detection between machines.
 
-    Run part K/N on machine K, copy each machine's `detect.cache_dir` folder whole to one machine
-    (a killed run's last entries are in its detections.sqlite-wal), `ferdata cache merge` the folders
-    there, and `dvc repro` (or `prepare`) detects nothing."""
+    Run part K/N on machine K, copy each machine's `detect.cache_dir` folder whole (its -wal too) to
+    one machine, `ferdata cache merge` the folders there, and `dvc repro` (or `prepare`) detects nothing."""
     from ferdata.params import load_params, parse_assignments
     from ferdata.parts import Part
     from ferdata.prepare import detect_part
