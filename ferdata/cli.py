@@ -95,7 +95,7 @@ def detect(
     n = r["notes"]
     dropped = f" {r['dropped']}" if r["dropped"] else ""
     typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped{dropped}; "
-               f"{n['detections_run']} detected, {n['cache_hits']} were cached")
+               f"{n['detections_run']} detected ({n['stored']} into the cache), {n['cache_hits']} were cached")
     typer.echo(f"cache {n['cache']} (backend {n['backend']})")
 
 

@@ -89,6 +89,7 @@ class _Table:
         self.marked = {"found": 0, "missed": 0}     # faces the dataset marks: found there or not
         self.ran, self.failures = 0, []               # images the backend ran on (faces or none) / raised on
         self.elsewhere: Counter[str] = Counter()      # other signatures of the images detected now
+        self.stored = 0                               # detections put into the cache by this run
 
     def warn_cached_elsewhere(self) -> None:
         """Say so when images were detected again that the cache holds under other signatures:
@@ -128,6 +129,7 @@ class _Table:
             if job.cacheable:
                 self.elsewhere.update(self.cache.other_signatures(job.sha, self.sig))
                 self.cache.put(job.sha, self.sig, det)
+                self.stored += 1
         else:
             self.counts["cache_hits"] += 1
         if not det.faces:
@@ -251,5 +253,10 @@ def fill_cache(items: Iterable[FaceRecord | Dropped], params: DetectParams) -> S
                 report.kept += 1
         table.check_backend(final=True)
         table.warn_cached_elsewhere()
-    report.notes.update({**table.counts, "backend": table.sig, "cache": str(table.cache.path)})
+    if table.counts["detections_run"] > table.stored:   # auto on records with the dataset's own landmarks
+        log.warning("detect: %d of the %d records were placed by the dataset's own landmarks (auto), which runs "
+                    "no model and caches nothing: there is nothing of theirs to share between machines",
+                    table.counts["detections_run"] - table.stored, report.kept + sum(report.dropped.values()))
+    report.notes.update({**table.counts, "stored": table.stored, "backend": table.sig,
+                         "cache": str(table.cache.path)})
     return report

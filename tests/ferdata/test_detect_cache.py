@@ -5,6 +5,7 @@ detected on several machines merge into the single-machine result."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -331,6 +332,22 @@ def test_fill_cache_refuses_a_backend_that_caches_nothing(tmp_path, images):
     with pytest.raises(ValueError, match="caches nothing .*: there is no detection to share between machines; "
                                          "`ferdata prepare` or `dvc repro` on one machine"):
         fill_cache(records(images[:1]), params(tmp_path, backend="annotations"))
+
+
+def test_fill_cache_says_what_auto_placed_by_the_datasets_landmarks_left_out_of_the_cache(tmp_path, images,
+                                                                                          caplog):
+    """`ferdata detect --part --backend auto` on records with their own 68 points (AffectNet, the
+    sample) said "3 detected" and cached nothing: auto places them by the annotations, uncached."""
+    from tests.reliability.corpus import face_landmarks
+
+    placed = records(images[:3], {i: face_landmarks() for i in range(2)})    # k2 has no points: detected
+    with caplog.at_level(logging.WARNING):
+        report = fill_cache(placed, params(tmp_path, backend="auto"))
+    assert notes(report)["detections_run"] == 3 and notes(report)["stored"] == 1
+    assert any("2 of the 3 records were placed by the dataset's own landmarks (auto), which runs no model and "
+               "caches nothing" in r.getMessage() for r in caplog.records), caplog.text
+    with DetectionCache(tmp_path / "cache") as cache:
+        assert len(cache) == 1
 
 
 # ---- parallel_map: order, bounded memory, one fn copy per worker, errors --------------------
