@@ -163,8 +163,9 @@ def max_over_ranks(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return out
 
 
-class LauncherGoneError(RuntimeError):
-    """torchrun, which started this rank, is gone: every rank stops together."""
+class LauncherGoneError(RuntimeError, ValueError):
+    """torchrun, which started this rank, is gone: every rank stops together, each with one error line
+    (a ValueError under the commands' error policy: an expected stop, not a bug's traceback)."""
 
 
 @dataclass(frozen=True)

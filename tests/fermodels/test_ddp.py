@@ -834,8 +834,9 @@ def test_ranks_whose_torchrun_is_gone_stop_at_the_next_check(tiny_shards, tmp_pa
     monkeypatch.setattr(distributed.os, "getppid", lambda: next(calls))
     monkeypatch.setattr(trainer, "FINITE_CHECK_EVERY", 2)
     with pytest.raises(distributed.LauncherGoneError, match=f"torchrun \\(pid {parent}\\), which started the ranks, "
-                       "is gone"):
+                       "is gone") as stopped:
         trainer.train(tiny_shards, make_params(epochs=1, batch_size=4), tmp_path / "ckpt", tmp_path / "live")
+    assert is_user_error(stopped.value)                  # one error line a rank, not 20 of traceback each
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     assert distributed.LauncherWatch.here().pid is None and not distributed.LauncherWatch.here().gone()
 
