@@ -26,13 +26,34 @@ SPEED_ONLY: Mapping[str, tuple[str, ...]] = {"detect": ("workers", "cache_dir"),
 
 
 class ParamsLoader(yaml.SafeLoader):
-    """YAML as PyYAML reads it (1.1), and a float without a dot (``1e-05``, ``5e-5``) a number as YAML
-    1.2 reads it: ``dvc exp run -S train.lr=0.00001`` writes ``lr: 1e-05`` (DVC writes and reads 1.2),
-    which 1.1 reads as text, so a value DVC set and shows as a number was refused."""
+    """YAML's plain scalars resolved as YAML 1.2's core schema, as DVC (ruamel.yaml) writes and reads
+    params.yaml: ``1e-05`` and ``1.0e5`` are numbers (``dvc exp run -S train.lr=0.00001`` writes
+    ``lr: 1e-05``, which PyYAML's 1.1 reads as text), ``017`` is 17 (1.1: octal 15), ``0o17`` is 15,
+    ``1:30`` is text (1.1: 90, base 60). 1.1's ``yes``/``no``/``on``/``off`` stay booleans."""
+
+    yaml_implicit_resolvers: dict = {}
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+        base = {"0b": 2, "0o": 8, "0x": 16}.get(digits[:2].lower(), 10)
+        return sign * int(digits[2:] if base != 10 else digits, base)
 
 
-ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                                   list("-+0123456789"))
+for _tag, _regex, _first in (
+        ("bool", r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",  # 1.1's, kept
+         "yYnNtTfFoO"),
+        ("float", r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+                  r"|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+        ("int", r"^(?:[-+]?0b[01_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$", "-+0123456789"),
+        ("merge", r"^(?:<<)$", "<"),
+        ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+        ("timestamp", r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
+                      r"(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?"
+                      r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$", "0123456789"),
+        ("value", r"^(?:=)$", "=")):
+    ParamsLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regex), list(_first))
+ParamsLoader.add_constructor("tag:yaml.org,2002:int", ParamsLoader.construct_yaml_int)
 
 
 def read_yaml(text: Any) -> Any:

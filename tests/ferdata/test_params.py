@@ -9,7 +9,7 @@ import shutil
 import pytest
 from dvc.utils.hydra import apply_overrides
 
-from ferdata.params import dataset_specs, load_params, section
+from ferdata.params import dataset_specs, load_params, read_yaml, section
 from ferdata.stages.align import AlignParams
 from ferdata.stages.derive import DeriveParams
 from ferdata.stages.detect import DetectParams
@@ -264,6 +264,18 @@ def test_a_small_float_set_by_dvc_exp_run_S_is_the_number_dvc_wrote(tmp_path, ov
     params = load_params(tmp_path / "params.yaml")
     key = override.split("=")[0].split(".")[1]
     assert getattr(train_section(params, announce=False), key) == value
+
+
+@pytest.mark.parametrize("text", ["017", "09", "1.0e1", "2.5e-3", "1:30", "0o17", "0x1F", "0b101", "1e-05", "1e5",
+                                  "-2E+3", ".5", "3.", "1_000", "+7", ".inf", "-.inf", "null", "~", "1e", "'1e-3'",
+                                  "2026-12-06"])
+def test_a_value_is_read_as_dvc_reads_it(text):
+    """DVC reads params.yaml as YAML 1.2 (what `dvc exp show` and dvc.lock hold); PyYAML's 1.1 read
+    `seed: 017` as 15 (octal) and `1:30` as 90 (base 60), silently, and `1.0e1` as text."""
+    from dvc.utils.serialize._yaml import parse_yaml
+
+    ours, dvcs = read_yaml(f"x: {text}")["x"], parse_yaml(f"x: {text}", "params.yaml")["x"]
+    assert type(ours) is type(dvcs) and ours == dvcs, (ours, dvcs)
 
 
 def test_yaml_words_and_quoted_numbers_read_as_before(tmp_path):
