@@ -52,6 +52,17 @@ def _check_meta_size(kind: int, size: int, pos: int) -> None:
                                 f"(limit {MAX_META_BYTES})")
 
 
+class _CheckedInfo(tarfile.TarInfo):
+    """``tarfile``'s header reading with :func:`_check_meta_size` first: the headers the fast scanners
+    hand to ``tarfile`` (a base-256 size field, no ustar magic, a compressed archive) are held to the
+    same limit before their long name or pax header is read (a 32 KB gzip made a 32 MiB name)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        kind = self.type[0] if self.type else 0
+        _check_meta_size(kind, self.size, self.offset)
+        return super()._proc_member(tarfile_)
+
+
 def is_compressed(head: bytes) -> bool:
     """Whether a file that starts with ``head`` (6 bytes or more) is gzip, bzip2, xz or zstd."""
     return head.startswith(_COMPRESSED)
@@ -356,7 +367,7 @@ def iter_members(source: str | Path | BinaryIO, read_data: bool = True,
             except _Unusual:
                 pass
         f.seek(start)
-        with tarfile.open(fileobj=f, mode="r|*" if read_data else "r:*") as tar:
+        with tarfile.open(fileobj=f, mode="r|*" if read_data else "r:", tarinfo=_CheckedInfo) as tar:
             for i, m in enumerate(tar):
                 if i >= done:
                     yield _from_tarfile(m), (tar.extractfile(m).read() if read_data and m.isreg() and fits(m.size)

@@ -76,6 +76,8 @@ class CrossAttentionBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float = 0.0) -> None:
         super().__init__()
+        if not (dim >= 1 and heads >= 1):                     # heads 0: ZeroDivisionError; dim 0: no features
+            raise ValueError(f"dim and heads must be >= 1, got {dim!r}, {heads!r}")
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
@@ -126,6 +128,8 @@ class PCDA(nn.Module):
             raise ValueError(f"h_norm must be one of {H_NORMS}, got {h_norm!r}")
         if not neaa_weight >= 0:                              # a negative weight: training maximises NeAA
             raise ValueError(f"neaa_weight must be >= 0, got {neaa_weight!r}")
+        if not (dim >= 1 and heads >= 1):                     # checked here too: depth 0 builds no block
+            raise ValueError(f"dim and heads must be >= 1, got {dim!r}, {heads!r}")
         if not (depth >= 0 and mlp_ratio > 0):                # depth < 0 built no block, silently
             raise ValueError(f"depth must be >= 0 and mlp_ratio > 0, got {depth!r}, {mlp_ratio!r}")
         self.card, self.h_norm, self.neaa_weight = card, h_norm, neaa_weight

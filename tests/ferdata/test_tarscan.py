@@ -162,3 +162,31 @@ def test_a_gnu_long_name_with_no_member_after_it_is_a_cut_archive(tmp_path, read
     path.write_bytes(data[:named.offset_data - BLOCK] + bytes(2 * BLOCK))      # up to the real header
     with pytest.raises(tarfile.ReadError, match=r"a GNU long name \('nnnn.*with no member after it"):
         list(iter_members(path, read_data=read_data))
+
+
+def _base256_size(data: bytes, header_at: int) -> bytes:
+    """``data`` with the size field of the header at ``header_at`` in base-256 form (as GNU tar writes
+    sizes over 8 GiB), its checksum made again: a header the fast scanners hand to tarfile."""
+    out = bytearray(data)
+    size = int(bytes(out[header_at + 124:header_at + 135]), 8)
+    out[header_at + 124:header_at + 136] = b"\x80" + size.to_bytes(11, "big")
+    out[header_at + 148:header_at + 156] = b" " * 8
+    out[header_at + 148:header_at + 156] = b"%06o\0 " % sum(out[header_at:header_at + BLOCK])
+    return bytes(out)
+
+
+@pytest.mark.parametrize("form", ["gzip", "base-256 size"])
+def test_a_long_name_over_the_limit_is_refused_where_tarfile_reads_the_header(tmp_path, monkeypatch, form):
+    """The limit held in the fast scanners only: a compressed archive or a base-256 size field went to
+    tarfile, which read the name whole (a 32 KB gzip made a 32 MiB name)."""
+    import ferdata.tarscan as tarscan
+
+    monkeypatch.setattr(tarscan, "MAX_META_BYTES", 1000)
+    members = [("n" * 999 + ".jpg", b"1"), ("k.cls", b"2")]
+    path = tmp_path / "t.tar"
+    path.write_bytes(archive(members, mode="w:gz") if form == "gzip" else _base256_size(archive(members), 0))
+    with tarfile.open(path) as tar:                                   # tarfile itself reads it
+        assert tar.getnames() == [n for n, _ in members]
+    for read_data in (True, False) if form != "gzip" else (True,):
+        with pytest.raises(tarfile.ReadError, match=r"a GNU long name of 1004 bytes \(limit 1000\)"):
+            list(iter_members(path, read_data=read_data))

@@ -69,6 +69,9 @@ def test_a_class_count_below_two_is_refused_by_name() -> None:
     ("pcda", {"depth": -1}, "depth must be >= 0 and mlp_ratio > 0"),  # built no block, silently
     ("pcda", {"mlp_ratio": -2.0}, "depth must be >= 0 and mlp_ratio > 0"),
     ("pcnn", {"local_weight": -8.0}, "main_weight and local_weight must be >= 0"),
+    ("pcda", {"heads": 0}, "dim and heads must be >= 1"),              # ZeroDivisionError: a traceback
+    ("pcda", {"dim": 0}, "dim and heads must be >= 1"),                # a model without features
+    ("pcda", {"heads": 0, "depth": 0}, "dim and heads must be >= 1"),
 ])
 def test_a_weight_or_scale_out_of_its_range_is_refused_by_name(name: str, kwargs: dict, says: str) -> None:
     with pytest.raises(ValueError, match=re.escape(says)):
