@@ -189,9 +189,16 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
 
 def _shaping(name: str, values: object) -> object:
     """Section ``name`` of a fold's params without the fold and the settings that shape no result
-    (loader workers, cache folders): folds run on two machines are one cross-validation."""
+    (loader workers, cache folders; a dataset's own ``detect`` ones too): folds run on two machines
+    are one cross-validation."""
+    if not isinstance(values, dict):
+        return values
+    if name == "datasets":
+        return {ds: {**spec, "detect": _shaping("detect", spec["detect"])}
+                if isinstance(spec, dict) and isinstance(spec.get("detect"), dict) else spec
+                for ds, spec in values.items()}
     skip = {"shard": ("fold",), "train": RESUME_IGNORES + LAYOUT}.get(name, SPEED_ONLY.get(name, ()))
-    return {k: v for k, v in values.items() if k not in skip} if isinstance(values, dict) else values
+    return {k: v for k, v in values.items() if k not in skip}
 
 
 def summarise(runs: Sequence[FoldRun]) -> list[Series]:

@@ -258,6 +258,8 @@ def test_folds_run_with_other_loader_workers_are_one_series_and_another_lr_is_an
         p["train"].update(workers=0 if k == 2 else 2, checkpoint_every=k)
         p["evaluate"] = {"split": "test", "workers": 8 if k == 1 else 2}
         p["detect"] = {"backend": "embedded", "cache_dir": f"/machine{k}/cache", "workers": k + 1}
+        p["datasets"] = {"ckplus": {"reader": "ckplus", "root": "raw/ckplus",
+                                    "detect": {"det_size": 320, "workers": k + 1, "cache_dir": f"/m{k}"}}}
         experiment(repo, base, f"f{k}", k + 1, p, FOLDS[k], tested=f"digest{k}")
         p["train"]["lr"] = 0.1
         experiment(repo, base, f"lr{k}", 10 + k, p, FOLDS[k], tested=f"digest{k}")
