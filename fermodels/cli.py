@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ferdata.atomic import atomic_write_text
+from ferdata.classes import class_names
 from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
 from fermodels.info import model_info
@@ -32,8 +33,9 @@ def list_cmd(details: bool = typer.Option(False, help="build each model to show 
 
 @app.command()
 def info(name: str = typer.Argument(..., help="a registered model name (`fermodels list`)"),
-         num_classes: int = typer.Option(7, help="number of output classes")) -> None:
+         num_classes: int = typer.Option(7, help="number of output classes: 7 (no Contempt) or 8")) -> None:
     """Parameters used in forward, MACs at the card's input size, fields, losses and paper."""
+    class_names(num_classes)            # 7 or 8, as train.num_classes: the sizes of a model that can be trained
     i = model_info(name, num_classes=num_classes)
     card = i.card
     typer.echo(f"model:       {card.name}")

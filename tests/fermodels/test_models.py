@@ -601,6 +601,10 @@ def test_cli_info_and_list() -> None:
     assert "11.26 M" in result.output and "3.22 G" in result.output and "224" in result.output
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 0 and EXPECTED <= set(result.output.split())
+    assert "11.18 M used" in runner.invoke(app, ["info", "resnet18_112", "--num-classes", "8"]).output
+    for n in (3, 9, 100):                   # sizes of a model train.num_classes refuses were printed
+        result = runner.invoke(app, ["info", "resnet18_112", "--num-classes", str(n)])
+        assert isinstance(result.exception, ValueError) and "num_classes must be 7 or 8" in str(result.exception)
 
 
 def test_a_card_with_one_half_face_is_refused():
