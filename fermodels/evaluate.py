@@ -207,6 +207,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     if len(names) != len(dirs) or len(set(names)) < len(names):
         raise ValueError(f"datasets {names} must name each of the {len(dirs)} shard folders once (folders of one "
                          "name: pass datasets=)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)          # a file in the way is told now, not after the scoring
     state = load_checkpoint(checkpoint)
     device = pick_device(params.device, env_from_os())
     model = scoring_model(state, device)
@@ -253,8 +255,6 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         metrics["per_subset"] = subsets
     if params.batch_check:
         metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "confusion.json", json.dumps(confusion_rows(labels, preds, classes), indent=1) + "\n")
     plot_confusion(cm, classes, out / "confusion.png", title=f"{state['model']} on {'+'.join(names)} {params.split}")

@@ -583,3 +583,16 @@ def test_scoring_feeds_the_layout_asked_for(tiny_run, channels_last, monkeypatch
     with pytest.raises(Seen) as seen:
         evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, Path("unused"))
     assert seen.value.args == (True, True)                                  # images and weights alike
+
+
+def test_an_output_folder_that_is_a_file_is_told_before_the_scoring(tiny_run, tmp_path, monkeypatch):
+    """`python -m pipeline.evaluate CKPT SELECTION OUT` with OUT an existing file said so after scoring
+    every sample (16 s on the sample, minutes on AffectNet)."""
+    import fermodels.evaluate as evaluation
+
+    def not_now(*args, **kwargs):
+        raise AssertionError("scored before the output folder was checked")
+    monkeypatch.setattr(evaluation, "predict_loader", not_now)
+    (tmp_path / "out").write_text("not a folder\n")
+    with pytest.raises(FileExistsError):
+        evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path / "out")
