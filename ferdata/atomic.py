@@ -190,6 +190,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def writable_folder(folder: Path, what: str) -> None:
+    """Write a file in ``folder``, or in the nearest folder above it that exists (where it would be
+    made), before the work whose results go there: a results path that cannot be written fails now,
+    not after the whole run, and nothing is made yet."""
+    there = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    try:
+        if not there.is_dir():
+            raise NotADirectoryError(20, f"{there} is a file")
+        with tempfile.TemporaryFile(dir=there):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} cannot write in {folder} ({err.strerror or err}); choose another folder") from None
+
+
 def require_dir(path: str | Path, what: str, fix: str) -> Path:
     """``path`` as a Path, or a clear error naming the fix when the folder is missing."""
     path = Path(path)

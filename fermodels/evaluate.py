@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ferdata.atomic import atomic_write_text
+from ferdata.atomic import atomic_write_text, writable_folder
 from ferdata.classes import class_names
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
@@ -208,7 +208,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         raise ValueError(f"datasets {names} must name each of the {len(dirs)} shard folders once (folders of one "
                          "name: pass datasets=)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)          # a file in the way is told now, not after the scoring
+    writable_folder(out, "evaluate")                # a file in the way is told now, not after the scoring
     state = load_checkpoint(checkpoint)
     device = pick_device(params.device, env_from_os())
     model = scoring_model(state, device)
@@ -255,6 +255,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         metrics["per_subset"] = subsets
     if params.batch_check:
         metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "confusion.json", json.dumps(confusion_rows(labels, preds, classes), indent=1) + "\n")
     plot_confusion(cm, classes, out / "confusion.png", title=f"{state['model']} on {'+'.join(names)} {params.split}")

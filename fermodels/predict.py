@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
 
-from ferdata.atomic import atomic_write_bytes
+from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from fermodels.predictor import FaceSample, Picture, Predictor
@@ -241,20 +240,6 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
     if out is not None:                 # names undecodable as UTF-8 kept
         atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))
     return text
-
-
-def writable_folder(folder: Path, what: str) -> None:
-    """Write a file in ``folder``, or in the nearest folder above it that exists (where it would be
-    made), before any image is scored: a results path that cannot be written fails now, not after
-    the whole run, and nothing is made yet."""
-    there = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
-    try:
-        if not there.is_dir():
-            raise NotADirectoryError(20, f"{there} is a file")
-        with tempfile.TemporaryFile(dir=there):
-            pass
-    except OSError as err:
-        raise ValueError(f"{what} cannot write in {folder} ({err.strerror or err}); choose another folder") from None
 
 
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,

@@ -594,5 +594,6 @@ def test_an_output_folder_that_is_a_file_is_told_before_the_scoring(tiny_run, tm
         raise AssertionError("scored before the output folder was checked")
     monkeypatch.setattr(evaluation, "predict_loader", not_now)
     (tmp_path / "out").write_text("not a folder\n")
-    with pytest.raises(FileExistsError):
-        evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path / "out")
+    for out in (tmp_path / "out", tmp_path / "out" / "eval"):
+        with pytest.raises(ValueError, match=rf"evaluate cannot write in {out} \(.*out is a file\)"):
+            evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, out)
