@@ -25,13 +25,18 @@ SPEED_ONLY: Mapping[str, tuple[str, ...]] = {"detect": ("workers", "cache_dir"),
                                              "derive": ("workers",), "evaluate": ("workers",)}
 
 
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 class ParamsLoader(yaml.SafeLoader):
-    """YAML's plain scalars resolved as YAML 1.2's core schema, as DVC (ruamel.yaml) writes and reads
+    """YAML's plain numbers resolved as YAML 1.2's core schema, as DVC (ruamel.yaml) writes and reads
     params.yaml: ``1e-05`` and ``1.0e5`` are numbers (``dvc exp run -S train.lr=0.00001`` writes
     ``lr: 1e-05``, which PyYAML's 1.1 reads as text), ``017`` is 17 (1.1: octal 15), ``0o17`` is 15,
-    ``1:30`` is text (1.1: 90, base 60). 1.1's ``yes``/``no``/``on``/``off`` stay booleans."""
+    ``1:30`` is text (1.1: 90, base 60). The rest as SafeLoader resolves it (``yes``/``no``/``on``/``off``
+    stay booleans)."""
 
-    yaml_implicit_resolvers: dict = {}
+    yaml_implicit_resolvers = {first: [(tag, regex) for tag, regex in resolvers if tag not in _NUMBERS]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_yaml_int(self, node: yaml.Node) -> int:
         text = str(self.construct_scalar(node)).replace("_", "")
@@ -40,19 +45,13 @@ class ParamsLoader(yaml.SafeLoader):
         return sign * int(digits[2:] if base != 10 else digits, base)
 
 
-for _tag, _regex, _first in (
-        ("bool", r"^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$",  # 1.1's, kept
-         "yYnNtTfFoO"),
-        ("float", r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
-                  r"|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
-        ("int", r"^(?:[-+]?0b[01_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$", "-+0123456789"),
-        ("merge", r"^(?:<<)$", "<"),
-        ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
-        ("timestamp", r"^(?:[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]|[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?"
-                      r"(?:[Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?"
-                      r"(?:[ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?)$", "0123456789"),
-        ("value", r"^(?:=)$", "=")):
-    ParamsLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regex), list(_first))
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+                                          r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+                                          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"), list("-+0123456789."))
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?0b[01_]+|[-+]?0o[0-7_]+|[-+]?[0-9][0-9_]*|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
 ParamsLoader.add_constructor("tag:yaml.org,2002:int", ParamsLoader.construct_yaml_int)
 
 
