@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ferdata.atomic import atomic_write_text
+from ferdata.atomic import atomic_write_text, writable_folder
 from ferdata.classes import class_names
 from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
@@ -77,6 +77,10 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
     """Summarise k-fold experiments (`dvc exp run --queue -S shard.fold=0,...,K-1`): per fold, mean, std, pooled."""
     from fermodels.crossval import describe, read_experiments, summarise
 
+    if out is not None:                         # told before the experiments are read, not after the table
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a folder: give the JSON file to write (e.g. {out / 'cv.json'})")
+        writable_folder(out.parent, "crossval --out")
     runs, skipped = read_experiments(repo, rev)
     for name, why in skipped.items():
         typer.echo(f"skipped experiment {name}: {why}", err=True)

@@ -316,3 +316,13 @@ def test_folds_scored_on_another_split_than_test_are_not_summarised(tmp_path):
     assert series.problem.startswith("the folds were scored on evaluate.split 'val', not on their test fold")
     res = CliRunner().invoke(app, ["crossval", "--repo", str(repo), "--rev", base])
     assert res.exit_code != 0 and "scored on another split" in str(res.exception)
+
+
+def test_an_unwritable_out_is_told_before_the_experiments_are_read(repo, tmp_path):
+    """``--out`` naming a folder, or a path under a file, failed after the table was printed
+    (reading experiments takes seconds to minutes); now before, and nothing is printed."""
+    (tmp_path / "a_file").write_text("x")
+    for out, says in ((tmp_path, "is a folder: give the JSON file"), (tmp_path / "a_file" / "cv.json", "is a file")):
+        res = CliRunner().invoke(app, ["crossval", "--repo", str(repo[0]), "--rev", repo[1], "--out", str(out)])
+        assert isinstance(res.exception, ValueError) and says in str(res.exception), res.output
+        assert "folds" not in res.output
