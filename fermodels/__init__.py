@@ -8,6 +8,14 @@ import os
 # augmentation at 224 px (BENCHMARKS.md, Loader). THP_MEM_ALLOC_ENABLE=0 opts out.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from fermodels.registry import ModelCard, create_model, list_models, register_model  # noqa: E402
-
 __all__ = ["ModelCard", "create_model", "list_models", "register_model"]
+
+
+def __getattr__(name: str):
+    """The registry's names, imported on first use: ``import fermodels.cli`` (``fermodels --help``,
+    ``fermodels crossval``) does not pay for importing torch."""
+    if name in __all__:
+        from fermodels import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'fermodels' has no attribute {name!r}")

@@ -11,8 +11,6 @@ from ferdata.atomic import atomic_write_text, writable_folder
 from ferdata.classes import class_names
 from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
-from fermodels.info import model_info
-from fermodels.registry import create_model, list_models
 
 app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), training recipes, export, "
                        "k-fold cross-validation summaries.",
@@ -22,6 +20,8 @@ app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), trainin
 @app.command("list")
 def list_cmd(details: bool = typer.Option(False, help="build each model to show its input size and fields")) -> None:
     """Print every registered model name (with `--details`: input size and sample fields)."""
+    from fermodels.registry import create_model, list_models
+
     width = max(map(len, list_models()))
     for name in list_models():
         if not details:
@@ -35,6 +35,8 @@ def list_cmd(details: bool = typer.Option(False, help="build each model to show 
 def info(name: str = typer.Argument(..., help="a registered model name (`fermodels list`)"),
          num_classes: int = typer.Option(7, help="number of output classes: 7 (no Contempt) or 8")) -> None:
     """Parameters used in forward, MACs at the card's input size, fields, losses and paper."""
+    from fermodels.info import model_info
+
     class_names(num_classes)            # 7 or 8, as train.num_classes: the sizes of a model that can be trained
     i = model_info(name, num_classes=num_classes)
     card = i.card

@@ -43,6 +43,16 @@ def test_help_does_not_import_torch():
     assert _heavy_modules_after(code) == []
 
 
+def test_fermodels_help_does_not_import_torch():
+    """`fermodels --help` and `fermodels recipes` took seconds importing torch (through the
+    package's registry names and the CLI module's imports); the commands that build a model import it."""
+    code = ("from typer.testing import CliRunner\nfrom fermodels.cli import app\n"
+            "for args in (['--help'], ['recipes'], ['crossval', '--help']):\n"
+            "    res = CliRunner().invoke(app, args)\n    assert res.exit_code == 0, res.output")
+    assert "torch" not in _heavy_modules_after(code)
+    assert "torch" in _heavy_modules_after("from fermodels import create_model")
+
+
 def test_help_lists_every_command():
     res = CliRunner().invoke(app, ["--help"], terminal_width=200)
     assert res.exit_code == 0, res.output
