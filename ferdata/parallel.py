@@ -19,7 +19,9 @@
 * Errors name their input: an exception from ``fn`` carries a note ``while processing
   <describe(item)>``; a worker that dies without one (a crash in native code, the out-of-memory
   killer) stops the run with an error naming the items it may have been on (a ``multiprocessing``
-  pool started a new worker and waited for the lost result for ever). Workers ignore Ctrl-C: the
+  pool started a new worker and waited for the lost result for ever); those items are first run
+  again one at a time in a fresh worker (and, with ``split``, the parts of the one that kills it),
+  so a crash that an input causes names that input. Workers ignore Ctrl-C: the
   parent takes it and stops them (a worker interrupted while holding the pool's queue lock hung the
   parent about once in 13 tries).
 """
@@ -189,28 +191,76 @@ class _Local:
         return self.values
 
 
-def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool) -> ChildProcessError:
+def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool,
+          isolate: Callable[[list], object] | None = None) -> ChildProcessError:
     """The error for a broken pool: a worker died (the items of the chunks still out, as far as
-    named), or a result could not be sent back (an exception its class cannot rebuild: the pool's
-    account of it, a remote traceback, is the error's cause)."""
+    named; ``isolate`` finds the one that kills a worker alone, if any), or a result could not be
+    sent back (an exception its class cannot rebuild: the pool's account of it, a remote traceback,
+    is the error's cause)."""
     items = [x for future, chunk in pending if not isinstance(future, _Local) for x in chunk]   # sent out
+    told_lines = str(err.__cause__ or "").splitlines()
+    cause = [line.strip() for line in told_lines if line.strip() not in ("", "'''")][-1:]
+    searched = not cause and isolate is not None and describe is not None and bool(items)
+    if searched and (found := isolate(items)) is not _NOT_FOUND:
+        return ChildProcessError(f"a worker process died without an error while processing {describe(found)}: "
+                                 "run again alone in a fresh worker, it killed that one too (a crash in native "
+                                 "code on this input: remove or re-encode it). Re-run with workers: 1 and "
+                                 "`python -X faulthandler` to see where")
     named = [describe(x) for x in items[:8]] if describe is not None else []
     more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
     where = f" while processing one of: {'; '.join(named)}{more}" if named else ""
-    told_lines = str(err.__cause__ or "").splitlines()
-    cause = [line.strip() for line in told_lines if line.strip() not in ("", "'''")][-1:]
+    again = (" (run again one at a time in a fresh worker, none of them killed it: killed from outside, or out "
+             "of memory)") if searched else ""
     told = f"; the pool says: {cause[0][:300]}" if cause else ""
     return ChildProcessError(f"a worker process died without an error (killed, out of memory, or a crash in "
-                             f"native code), or its result could not be sent back{where}{told}. Re-run with "
-                             "workers: 1 and `python -X faulthandler` to see where")
+                             f"native code), or its result could not be sent back{where}{again}{told}. Re-run "
+                             "with workers: 1 and `python -X faulthandler` to see where")
+
+
+_NOT_FOUND = object()
+ISOLATE_S = 120.0              # how long the search for the item that kills a worker may take
+
+
+def _isolate(ctx: mp.context.BaseContext, fn: Callable, describe: Callable | None,
+             split: Callable | None, items: list) -> object:
+    """The first of ``items`` that kills a fresh worker when run alone, narrowed with ``split``
+    (item -> its parts, each an item of ``fn``) while that one has several parts; ``_NOT_FOUND``
+    when none does within ``ISOLATE_S`` (the worker was killed from outside, or ran out of memory
+    only beside the others)."""
+    deadline = time.monotonic() + ISOLATE_S
+    found = _NOT_FOUND
+    while items:
+        culprit = _NOT_FOUND
+        pool = _start_pool(ctx, 1, fn, describe)
+        try:
+            for item in items:
+                if time.monotonic() > deadline:
+                    return found
+                try:
+                    _submit(pool, ctx, [item], first=True).result()
+                except BrokenProcessPool:
+                    culprit = item
+                    break
+                except Exception:                   # noqa: BLE001  (an ordinary error is not the crash sought)
+                    pass
+        finally:
+            _stop(pool)
+        if culprit is _NOT_FOUND:
+            return found
+        found = culprit
+        parts = list(split(culprit)) if split is not None else []
+        items = parts if len(parts) > 1 else []
+    return found
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
                  window: int = 256, chunksize: int = 8,
                  local: Callable[[T], bool] | None = None,
-                 describe: Callable[[T], str] | None = None) -> Iterator[R]:
+                 describe: Callable[[T], str] | None = None,
+                 split: Callable[[T], list[T]] | None = None) -> Iterator[R]:
     """``map(fn, items)`` in order; ``fn`` must be a picklable callable (no lambdas), and so must
-    ``describe`` (item -> words naming it in errors)."""
+    ``describe`` (item -> words naming it in errors). ``split`` (item -> the items it is made of, e.g.
+    a batch's one-image batches) narrows down the input that kills a worker (module docstring)."""
     if workers <= 1:
         for item in items:
             yield _named(fn, item, describe)
@@ -220,6 +270,10 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     in_flight = 0
     chunk: list = []
     ctx = None
+
+    def isolate(lost: list) -> object:
+        _stop(pool)                            # the broken pool's other workers, before new ones start
+        return _isolate(ctx, fn, describe, split, lost)
 
     def submit() -> None:
         nonlocal pool, ctx, chunk, in_flight
@@ -233,7 +287,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             future = _submit(pool, ctx, chunk, first)
         except BrokenProcessPool as err:       # a worker died while none of its items was out
             pending.append((None, chunk))
-            raise _lost(pending, describe, err) from err
+            raise _lost(pending, describe, err, isolate) from err
         pending.append((future, chunk))
         in_flight += len(chunk)
         chunk = []
@@ -243,7 +297,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
         try:
             values = pending[0][0].result()
         except BrokenProcessPool as err:
-            raise _lost(pending, describe, err) from err
+            raise _lost(pending, describe, err, isolate) from err
         in_flight -= len(pending.popleft()[1])
         return values
 

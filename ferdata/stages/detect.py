@@ -36,7 +36,8 @@ from ferdata.params import at_least, check_values, one_of, optional, section, st
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, record_to_dict
 from ferdata.report import StageReport, write_drops
-from ferdata.stages.detect_work import DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs
+from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
+                                        one_image_batches)
 
 log = logging.getLogger(__name__)
 OWNED = (FACES, "dropped.jsonl", REPORT)
@@ -165,7 +166,8 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     # A pixel-free backend only parses headers: shipping each file to a worker costs more than that.
     workers = params.workers if backend.needs_pixels else 1
     batches = parallel_map(DetectWorker(params), batches_of(jobs(items, backend, cache, sig)), workers,
-                           window=max(4, 4 * workers), chunksize=1, local=is_local, describe=batch_name)
+                           window=max(4, 4 * workers), chunksize=1, local=is_local, describe=batch_name,
+                           split=one_image_batches)
     try:
         yield table, (table.row(*r) for r in progress((r for b in batches for r in b), desc="detect", unit="img"))
     finally:

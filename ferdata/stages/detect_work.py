@@ -131,7 +131,7 @@ class DetectWorker:
 
 
 def jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: DetectionCache | None,
-          sig: str) -> Iterator[Item]:
+         sig: str) -> Iterator[Item]:
     """Read and hash each image; attach its cached detection when there is one."""
     for item in items:
         if isinstance(item, Dropped):
@@ -157,6 +157,12 @@ def batch_name(batch: list[Item]) -> str:
     """The images of a batch, for errors."""
     first = batch[0].record.path if isinstance(batch[0], Job) else batch[0].key
     return f"{first}" if len(batch) == 1 else f"the {len(batch)} images from {first} on"
+
+
+def one_image_batches(batch: list[Item]) -> list[list[Item]]:
+    """A batch as batches of one job each: the search for the image that kills a worker
+    (``parallel_map``'s ``split``)."""
+    return [[job] for job in batch]
 
 
 def batches_of(jobs: Iterable[Item]) -> Iterator[list[Item]]:

@@ -813,3 +813,22 @@ def test_align_drops_training_copies_of_test_faces_when_the_params_say_so_and_th
         info = json.loads((tmp_path / "dropped_s" / split / "_info.json").read_text())
         assert info["cross_split_copies"] == "drop_train"
         check_info(info)
+
+
+def test_an_image_that_kills_a_worker_is_named(tmp_path, images, monkeypatch):
+    """A crash in native code on one image (a decoder or model bug) was named by the up to ~72 images
+    of the batches in flight; they are run again alone in a fresh worker, down to the one image."""
+    import ferdata.stages.detect_work as detect_work
+
+    deadly = images[9].read_bytes()
+    decode = detect_work.decode_image
+
+    def crashing_decode(data, *args, **kwargs):
+        if data == deadly:
+            os._exit(1)                            # as a segfault: no exception, the process is gone
+        return decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(detect_work, "decode_image", crashing_decode)      # the workers are forked
+    with pytest.raises(ChildProcessError) as caught:
+        run_detect(records(images), params(tmp_path, workers=2), tmp_path / "out")
+    assert f"while processing {images[9]}: run again alone" in str(caught.value)

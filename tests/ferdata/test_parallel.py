@@ -91,8 +91,66 @@ def test_a_worker_that_dies_stops_the_run_naming_what_it_was_on(death):
         """)
     out = _output(proc, 60, "the run hung after its worker died")
     assert proc.returncode == 0 and "stopped after" in out, out
-    assert "a worker process died without an error" in out and "item 13" in out, out
+    assert "a worker process died without an error while processing item 13: run again alone" in out, out
     assert "python -X faulthandler" in out
+
+
+def test_the_part_of_a_batch_that_kills_a_worker_is_named():
+    """A crash in native code on one image named the up to ~72 images of the batches in flight
+    (detect sends batches of 8): those are run again alone in a fresh worker, then the parts of the
+    batch that kills it (``split``)."""
+    proc = _run("""
+        import os
+        from ferdata.parallel import parallel_map
+
+        class Batches:
+            def __call__(self, batch):
+                if 13 in batch:
+                    os._exit(1)
+                return batch
+
+        def name(batch):
+            return f"items {batch[0]}..{batch[-1]}" if len(batch) > 1 else f"item {batch[0]}"
+
+        batches = [list(range(i, i + 4)) for i in range(0, 40, 4)]
+        try:
+            list(parallel_map(Batches(), batches, workers=2, window=8, chunksize=1, describe=name,
+                              split=lambda b: [[x] for x in b]))
+        except ChildProcessError as err:
+            print(err)
+        """)
+    out = _output(proc, 60, "the run hung after its worker died")
+    assert "died without an error while processing item 13: run again alone" in out, out
+
+
+def test_a_worker_killed_from_outside_is_not_blamed_on_an_item():
+    """Killed from outside (the out-of-memory killer, a user): run again alone, no item kills a worker,
+    and the error says so instead of naming one."""
+    proc = _run("""
+        import os, signal, tempfile
+        from ferdata.parallel import parallel_map
+
+        class Fn:
+            def __init__(self, mark):
+                self.mark = mark
+
+            def __call__(self, x):
+                if x == 5 and not os.path.exists(self.mark):      # the first time only
+                    open(self.mark, "w").close()
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return x
+
+        def name(x):
+            return f"item {x}"
+
+        mark = os.path.join(tempfile.mkdtemp(), "killed")
+        try:
+            list(parallel_map(Fn(mark), range(20), workers=2, window=8, chunksize=2, describe=name))
+        except ChildProcessError as err:
+            print(err)
+        """)
+    out = _output(proc, 60, "the run hung after its worker died")
+    assert "while processing one of: item" in out and "none of them killed it" in out, out
 
 
 def test_ctrl_c_stops_the_run_and_its_workers_at_once():
