@@ -49,3 +49,56 @@ def test_a_keypoint_centre_on_the_right_or_bottom_edge_is_outside_the_picture():
         with pytest.raises(BadGeometry) as drop:
             checked_points(face, shape)
         assert drop.value.reason == "face_outside_image"
+
+
+def _kps_face(kps, lmk=None):
+    return {"box": [0.0, 0.0, 600.0, 600.0], "kps5": np.asarray(kps).tolist(),
+            "lmk68": None if lmk is None else np.asarray(lmk).tolist()}
+
+
+@pytest.mark.parametrize("missing", [[2, 3, 4], [0, 3, 4], [1, 2, 3, 4], [0, 1, 2, 3], [0, 2, 3, 4]])
+@pytest.mark.parametrize("placeholder", [(0.0, 0.0), (-1.0, -1.0)])
+def test_keypoints_with_most_of_them_missing_are_dropped(missing, placeholder):
+    """An annotation file's placeholder for a missing point, (0, 0) or (-1, -1), on 3 or 4 of the 5:
+    their template misfit is 0.7-0.9, under MAX_MISFIT, and the face was aligned into a mostly black
+    crop of the whole photo."""
+    kps = ARCFACE_112 * 1.6 + [120.0, 30.0]
+    kps[missing] = placeholder
+    with pytest.raises(BadGeometry) as drop:
+        checked_points(_kps_face(kps), (512, 512, 3))
+    assert drop.value.reason == "bad_landmarks" and "lie on one spot" in str(drop.value)
+
+
+def test_faces_squeezed_to_a_profile_are_still_kept():
+    face = ARCFACE_112 * 3 + 100
+    centre = face.mean(0)
+    for kept in (face, (face - centre) * [0.02, 1.0] + centre, (face - centre) * [0.02, 0.5] + centre):
+        assert np.allclose(checked_points(_kps_face(kept), (600, 600, 3))[0], kept, atol=1e-3)
+
+
+def _plausible_68(kps: np.ndarray) -> np.ndarray:
+    """68 points around the 5 keypoints: eye rings on the eye centres, nose tip and mouth corners on
+    theirs, a jaw arc below, the rest scattered about the centre."""
+    rng = np.random.default_rng(0)
+    centre = kps.mean(0)
+    lmk = centre + rng.normal(0, 12, (68, 2))
+    for eye, ring in ((kps[0], slice(36, 42)), (kps[1], slice(42, 48))):
+        lmk[ring] = eye + 5 * np.stack([np.cos(np.arange(6)), np.sin(np.arange(6))], 1)
+        lmk[ring] += eye - lmk[ring].mean(0)
+    lmk[30], lmk[48], lmk[54] = kps[2], kps[3], kps[4]
+    arc = np.linspace(3.3, 6.1, 17)
+    lmk[0:17] = centre + 45 * np.stack([np.cos(arc), -np.sin(arc)], 1)
+    return lmk
+
+
+@pytest.mark.parametrize("index, where", [(2, (1e6, 1e6)), (13, (-4000.0, 9000.0)), (20, (150.0, -3000.0))])
+def test_one_misplaced_landmark_of_68_drops_the_face(index, where):
+    """Only the 68's five points were compared with the keypoints: one typo'd jaw or brow point was
+    kept, its region box the whole crop and the point lost from the heatmap."""
+    kps = ARCFACE_112 * 1.5 + 150
+    lmk = _plausible_68(kps)
+    checked_points(_kps_face(kps, lmk), (600, 600, 3))           # kept as drawn
+    lmk[index] = where
+    with pytest.raises(BadGeometry) as drop:
+        checked_points(_kps_face(kps, lmk), (600, 600, 3))
+    assert drop.value.reason == "implausible_landmarks" and f"landmark {index} lies" in str(drop.value)
