@@ -41,6 +41,12 @@ PREFIX = ALIGNED
 OWNED = (f"{PREFIX}-*.tar", REPORT, "dropped.jsonl")
 
 
+# The template shrinks by 1 / (1 + padding): at 4 the eyes-to-mouth span is a fifth of norm_crop's (8 px at
+# 112); far larger values gave crops of one colour, and from about 1e8 a precropped face's warp (its tiny
+# matrix inverted, BORDER_REPLICATE) crashed OpenCV in native code.
+MAX_PADDING = 4.0
+
+
 @dataclass(frozen=True)
 class AlignParams:
     size: int
@@ -53,8 +59,8 @@ class AlignParams:
     def __post_init__(self) -> None:
         crop_side = (lambda v: isinstance(v, int) and v > 0 and (v % 112 == 0 or v % 128 == 0),
                      "a multiple of 112 or 128 (the ArcFace template's scales)")
-        check_values("align", self, {"size": crop_side, "padding": at_least(0), "jpeg_quality": within(1, 100),
-                                     "workers": at_least(1), "chunk_size": at_least(1),
+        check_values("align", self, {"size": crop_side, "padding": within(0, MAX_PADDING),
+                                     "jpeg_quality": within(1, 100), "workers": at_least(1), "chunk_size": at_least(1),
                                      "cross_split_copies": one_of(CROSS_SPLIT_COPIES)})
 
     def settings(self) -> dict:

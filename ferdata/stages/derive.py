@@ -34,6 +34,11 @@ PREFIX = DERIVED
 OWNED = (f"{PREFIX}-*.tar", REPORT)
 
 
+# Models read the map at their input side / 4 (56 at 224); the 68 Gaussians are drawn at full size before
+# their max is taken, 68 x side^2 float32 per face: 4000 took 4 GiB a face and failed mid-stage.
+MAX_HEATMAP_SIZE = 256
+
+
 @dataclass(frozen=True)
 class DeriveParams:
     heatmap_size: int
@@ -43,7 +48,7 @@ class DeriveParams:
     chunk_size: int
 
     def __post_init__(self) -> None:
-        check_values("derive", self, {"heatmap_size": at_least(1), "heatmap_sigma": above(0),
+        check_values("derive", self, {"heatmap_size": within(1, MAX_HEATMAP_SIZE), "heatmap_sigma": above(0),
                                       "jpeg_quality": within(1, 100), "workers": at_least(1),
                                       "chunk_size": at_least(1)})
 

@@ -57,7 +57,9 @@ def test_params_yaml_as_shipped_passes():
     ("detect", {"allow_download": "no"}, "detect.allow_download must be true or false, got 'no'"),
     ("detect", {"cache_dir": None}, "detect.cache_dir must be text, got None"),
     ("detect", {"model_dir": 5}, "detect.model_dir must be null or text, got 5"),
-    ("align", {"padding": "0.1"}, "align.padding must be >= 0, got '0.1'"),
+    ("align", {"padding": "0.1"}, "align.padding must be in [0, 4.0], got '0.1'"),
+    ("align", {"padding": 1e10}, "align.padding must be in [0, 4.0], got 10000000000.0"),   # crashed OpenCV
+    ("derive", {"heatmap_size": 4000}, "derive.heatmap_size must be in [1, 256], got 4000"),   # 4 GiB a face
     ("align", {"cross_split_copies": "drop"}, "align.cross_split_copies must be one of keep, drop_train, got 'drop'"),
     ("derive", {"chunk_size": True}, "derive.chunk_size must be >= 1, got True"),
 ])
