@@ -174,6 +174,11 @@ class EmbeddedBackend(FaceBackend):
         except RuntimeError as e:                  # dlib: "Error deserializing object of type int" ...
             raise unusable("embedded", path, e, "pip install --force-reinstall face-recognition-models (or put "
                            f"a good {DLIB_68} in detect.model_dir)") from e
+        parts = self._predictor(np.zeros((8, 8), np.uint8), dlib.rectangle(0, 0, 7, 7)).num_parts
+        if parts != 68:                            # another shape predictor (dlib's 5-point one) under this name
+            self._predictor = None
+            raise unusable("embedded", path, ValueError(f"a shape predictor of {parts} points, not 68"),
+                           f"put dlib's {DLIB_68} there (pip install face-recognition-models has it)")
 
     def preload_shared(self) -> None:
         """dlib's predictor is ~100 MB of plain trees that takes ~1 s to parse: load it once

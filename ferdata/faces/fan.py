@@ -168,7 +168,9 @@ class FanBackend(FaceBackend):
         except MissingModelError:
             raise
         except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, IndexError, ValueError, OSError,
-                struct.error) as e:                # a cut or wrong weight file: torch.load's errors differ by cut
+                struct.error, TypeError) as e:     # a cut or wrong weight file: torch.load's errors differ by cut
+            if isinstance(e, TypeError) and "state_dict" not in str(e):
+                raise                              # not the file's (load_state_dict's: "Expected state_dict ...")
             # named by its path (S3FD's is given before FAN's), which may be in detect.model_dir: searched before
             # torch hub's folder, so a fresh copy there would not replace it
             bad = Path(self._given or FAN_FILE)

@@ -86,12 +86,19 @@ def find_pack(pack: str, model_dir: str | Path | None, tasks: Sequence[str]) -> 
             return {t: d / names[t] for t in tasks}
         if names is None and d.is_dir() and len(found := sorted(d.glob("*.onnx"))) >= len(tasks):
             return {p.name: p for p in found}            # one file cannot hold a detector and landmarks
+    fix = _fix(pack, model_dir)
     if names is not None:
-        first = next(t for t in tasks if not any((d / names[t]).is_file() for d in dirs))
-        missing = names[first]
+        where = {t: [d for d in dirs if (d / names[t]).is_file()] for t in tasks}
+        first = next((t for t in tasks if not where[t]), None)
+        if first is None:       # each file is somewhere, but no one folder holds them all
+            missing = " + ".join(names[t] for t in tasks) + " (in one folder)"
+            fix = ("the pack's files are split between folders (" + "; ".join(
+                f"{names[t]} in {', '.join(map(str, where[t]))}" for t in tasks) + "): " + fix)
+        else:
+            missing = names[first]
     else:
         missing = f"{pack}/*.onnx (a pack with {' + '.join(tasks)} models)"
-    raise MissingModelError("insightface", missing, [str(d) for d in dirs], _fix(pack, model_dir))
+    raise MissingModelError("insightface", missing, [str(d) for d in dirs], fix)
 
 
 @BACKENDS.register("insightface")

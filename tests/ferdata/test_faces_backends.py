@@ -20,6 +20,7 @@ import pytest
 
 from ferdata.faces import BACKENDS, Face, MissingModelError, create_backend
 from ferdata.faces.auto import AutoBackend
+from ferdata.faces.base import BadModelError
 from ferdata.faces.fan import FAN_FILE, FAN_URL, FanBackend, hub_checkpoints
 from ferdata.faces.insightface_backend import InsightFaceBackend
 from ferdata.faces.mapping import IBUG_FROM_106, PARTS_106, to_ibug68
@@ -818,3 +819,57 @@ def test_only_the_annotations_backend_refuses_a_record_for_what_it_lacks():
     assert reason == "no_landmarks" and "68 or 5 landmarks" in detail and "--backend auto" in detail
     assert create_backend("annotations").refuses(marked) is None
     assert create_backend("precropped").refuses(bare) is None
+
+
+def test_an_insightface_pack_split_between_folders_is_a_clear_error_and_auto_passes_it_over(tmp_path, monkeypatch):
+    """find_pack: every file of the pack lies in some searched folder but no folder holds them all
+    -> `next()` without a default raised a bare StopIteration (a traceback, and `auto` and
+    `ferdata backends` crashed instead of passing insightface over)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))          # no ~/.insightface
+    root = tmp_path / "models_here"
+    (root / "models" / "buffalo_l").mkdir(parents=True)
+    (root / "det_10g.onnx").write_bytes(b"x")                    # flat in detect.model_dir
+    (root / "models" / "buffalo_l" / "1k3d68.onnx").write_bytes(b"x")   # in <model_dir>/models/buffalo_l
+    backend = create_backend("insightface", {}, root)
+    with pytest.raises(MissingModelError) as err:
+        backend.check_ready()
+    assert "det_10g.onnx" in str(err.value) and "1k3d68.onnx" in str(err.value)
+    assert str(root) in str(err.value)
+    auto = create_backend("auto", {}, root)
+    assert auto.delegate.name in ("face_alignment", "embedded")
+
+
+@pytest.mark.parametrize("content", ["tensor", "list", "none"])
+def test_a_fan_file_that_torch_loads_as_no_state_dict_is_named_with_the_fix(tmp_path, monkeypatch, content):
+    """A FAN weight file that unpickles to a non-dict (a tensor, a list) made load_state_dict raise a
+    TypeError, which FanBackend.load did not catch: every image became a detector_failed drop and the
+    run ended in a RuntimeError traceback instead of the BadModelError naming the file."""
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    obj = {"tensor": torch.zeros(3), "list": [1, 2, 3], "none": None}[content]
+    torch.save(obj, tmp_path / FAN_FILE)
+    backend = FanBackend({}, tmp_path)
+    with pytest.raises(BadModelError) as err:
+        backend.load()
+    assert str(tmp_path / FAN_FILE) in str(err.value)
+
+
+def _dlib_models() -> Path:
+    """face_recognition_models' folder (a required package; its import needs pkg_resources)."""
+    from ferdata.faces.embedded import dlib_model_path
+
+    return dlib_model_path(None).parent
+
+
+def test_a_dlib_predictor_of_other_than_68_points_is_refused_when_loaded(tmp_path):
+    """dlib's 5-point predictor under the 68-point name in detect.model_dir loaded, every face got a
+    (5, 2) 'lmk68', detect kept them all (and cached them) and align dropped every one as
+    bad_landmarks, naming no model file."""
+    from ferdata.faces.embedded import DLIB_68, EmbeddedBackend
+
+    shutil.copy(_dlib_models() / "shape_predictor_5_face_landmarks.dat", tmp_path / DLIB_68)
+    backend = EmbeddedBackend({}, tmp_path)
+    with pytest.raises(BadModelError) as err:
+        backend.load_predictor()
+    assert str(tmp_path / DLIB_68) in str(err.value) and "68" in str(err.value)
