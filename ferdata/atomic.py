@@ -19,6 +19,7 @@ missing (Windows) nothing is locked.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import shutil
@@ -38,7 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
+    """``.<name>.``; for a name within 30 bytes of the 255-byte limit, its first 50 characters and a
+    digest of the whole (the random part and ``.tmp`` would make the temp name too long to create)."""
+    raw = os.fsencode(path.name)
+    if len(raw) <= 200:
+        return f".{path.name}."
+    return f".{path.name[:50]}.{hashlib.sha256(raw).hexdigest()[:16]}."
 
 
 _HELD: set[int] = set()         # lock descriptors this process holds; a forked child closes its copies

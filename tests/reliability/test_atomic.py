@@ -356,3 +356,13 @@ def test_an_old_output_that_cannot_be_removed_is_named(tmp_path, caplog, monkeyp
     with atomic.staged_dir(out, ("*.tar",)) as third:        # removable again, and no lock left held
         (third / "c.tar").write_bytes(b"three")
     assert sorted(p.name for p in out.iterdir()) == ["c.tar"]
+
+
+def test_the_longest_legal_file_name_can_be_written(tmp_path):
+    """A 250-byte name is legal (255 is the limit), but the temp file beside it (".<name>.<8
+    random>.tmp", 14 bytes more) was not: `ferdata show -o <that name>` failed with "File name too
+    long" naming a temp file the user never gave."""
+    target = tmp_path / ("b" * 246 + ".png")
+    atomic_write_bytes(target, b"x")
+    assert target.read_bytes() == b"x"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
