@@ -24,7 +24,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ferdata.atomic import atomic_write_bytes
+from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.classes import CLASSES
 from ferdata.geometry import split_halves, template
 from ferdata.heatmap import max_heatmap_u8
@@ -266,6 +266,7 @@ def show(path: Path, out: Path, n: int = 32) -> Path:
                          f"{' or '.join(sorted(SHEET_FORMATS))}")
     if n < 1:
         raise ValueError(f"-n {n}: a sheet shows at least 1 sample")
+    writable_folder(out.parent, "the contact sheet")     # told now, not after reading and drawing n samples
     most = most_samples(out)
     paddings: dict[Path, float | None] = {}         # tar folder -> its recorded align padding
     samples = []

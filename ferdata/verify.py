@@ -34,6 +34,8 @@ from ferdata.tarscan import NOT_BY_OFFSET, is_compressed
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
 INFO_NEEDS = ("class_histogram", "label_map")   # always written; training reads the histogram
+# What made a split: one shard run writes the same in every split's info file (a copy mixing two runs differs)
+MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies", "fold_assignment")
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:
@@ -66,6 +68,34 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
             problems.append(f"{root}: {len(shared)} sample(s) in both {owner[shared[0]]} and {split} (e.g. "
                             f"{shared[0]!r}): a sample must be in one split only; prepare the shards again")
         owner.update((k, split) for k in keys if k not in owner)
+    return problems + _mixed_preparations(root, infos)
+
+
+def _made_by(info_path: Path) -> dict | None:
+    """The :data:`MADE_BY` fields of an info file (None: unreadable or damaged, told by :func:`_verify_split`)."""
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        _info_fields(info)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {k: info.get(k) for k in MADE_BY}
+
+
+def _mixed_preparations(root: Path, infos: list[Path]) -> list[str]:
+    """A problem for each split whose info file says it was made otherwise than the first split's:
+    the shard stage writes every split of a folder in one run, so they differ only in a copy that
+    mixes two preparations (another crop, detector or reader option: training validates or tests
+    on faces made otherwise than it trained on)."""
+    made = [(p.parent.name, m) for p in infos if (m := _made_by(p)) is not None]
+    problems = []
+    for split, m in made[1:]:
+        first, ref = made[0]
+        differ = [k for k in MADE_BY if m[k] != ref[k]]
+        if differ:
+            k = differ[0]
+            problems.append(f"{root}: {first} and {split} come from two preparations ({k} {ref[k]!r} vs {m[k]!r}; "
+                            "the shard stage writes every split in one run): a copy mixing two runs? copy the "
+                            "shards again, or prepare them again")
     return problems
 
 

@@ -42,8 +42,9 @@ from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.epochplan import mix_seed
 from fermodels.stream import EpochPlanner, PersistentLoader
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
-from fermodels.trainparams import (TrainParams, check_classes, check_selection, check_smoothing_applies,
-                                   random_start_warnings, require_extras_read, shards_preprocess)
+from fermodels.trainparams import (TrainParams, check_classes, check_same_preparation, check_selection,
+                                   check_smoothing_applies, random_start_warnings, require_extras_read,
+                                   shards_preprocess)
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                          "report.json, or choose other train.datasets")
     check_classes(train_split, val_split, params.num_classes)
     selects = check_selection(val_split)
+    check_same_preparation(train_split, val_split)
     preprocess = shards_preprocess(train_split, preprocess)
     decoder = split_decoder(net.card, train_split, device)
     if train_split.soft_labels:                   # e.g. FERPlus label_mode crossentropy: train on the votes

@@ -202,6 +202,21 @@ def check_selection(val_split: Split) -> bool:
     return True
 
 
+def check_same_preparation(train_split: Split, val_split: Split) -> None:
+    """``best.pt`` is chosen on faces made as the training ones: one shard run writes every split
+    with the same align/derive settings, so a difference means a copy that mixes two preparations
+    (another crop size or padding: model selection on other faces, silently). Either unrecorded
+    (older versions): nothing to compare."""
+    train, val = train_split.preprocess, val_split.preprocess
+    if train and val and train != val:
+        differ = [f"{sec}.{k} {train.get(sec, {}).get(k)!r} (train) vs {val.get(sec, {}).get(k)!r} (val)"
+                  for sec in sorted({*train, *val}) for k in sorted({*train.get(sec, {}), *val.get(sec, {})})
+                  if train.get(sec, {}).get(k) != val.get(sec, {}).get(k)]
+        raise ValueError(f"the val split of {', '.join(val_split.dirs)} was prepared otherwise than the train split "
+                         f"({'; '.join(differ)}): shards copied from two preparations? `ferdata verify` names them; "
+                         "copy or prepare the shards again")
+
+
 def check_smoothing_applies(smoothing: float, split: Split) -> None:
     """Label smoothing needs a distribution to smooth: FERPlus's multi_target rows (a set of labels,
     trained as -log of the likeliest) are not smoothed, so on them alone it would be ignored."""
