@@ -212,7 +212,7 @@ def _text_number(value: Any) -> str:
     return " (YAML read it as text: write it without quotes)"
 
 
-DATASET_NAME = re.compile(r"[A-Za-z0-9_-]+")
+DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")      # no leading "-": a stage would read "-h" as an option
 
 
 def is_name_list(names: Any) -> bool:
@@ -229,6 +229,7 @@ def dataset_specs(params: Mapping[str, Any]) -> Mapping[str, Any]:
                          f"(datasets: {{sample: {{reader: affectnet, root: data/raw/sample}}}}), got {specs!r}; the "
                          "datasets to train on are train.datasets")
     if bad := [name for name in specs if not isinstance(name, str) or not DATASET_NAME.fullmatch(name)]:
-        raise ValueError(f"params.yaml datasets: name {bad[0]!r} is not letters, digits, _ and - only (dvc.yaml's "
-                         "stages for each dataset take a dot for a params path and a space for an argument)")
+        raise ValueError(f"params.yaml datasets: name {bad[0]!r} is not letters, digits, _ and - only, not starting "
+                         "with - (dvc.yaml's stages for each dataset take a dot for a params path, a space for an "
+                         "argument and a leading - for an option: -h asks for help)")
     return specs

@@ -246,10 +246,11 @@ def test_an_empty_datasets_section_is_no_datasets():
     assert dataset_specs({"datasets": None}) == {} and dataset_specs({}) == {}
 
 
-@pytest.mark.parametrize("name", ["tiny.v2", "my set", "raf/db", 5, ""])
+@pytest.mark.parametrize("name", ["tiny.v2", "my set", "raf/db", 5, "", "-h", "--help", "-x"])
 def test_a_dataset_name_dvc_yaml_cannot_carry_is_refused(name):
     """dvc.yaml's foreach stages take a dot for a params path (`Parameters 'datasets.tiny.v2' are missing`)
-    and a space for another argument: `ferdata prepare` made such a dataset, `dvc repro` failed on it."""
+    and a space for another argument: `ferdata prepare` made such a dataset, `dvc repro` failed on it. A
+    leading - is an option: a dataset named -h made each stage print its help and "succeed"."""
     spec = {"reader": "folder", "root": "raw/x"}
     with pytest.raises(ValueError, match="is not letters, digits, _ and - only"):
         dataset_specs({"datasets": {name: spec}})
