@@ -36,12 +36,32 @@ def message(err: BaseException) -> str:
     words."""
     if isinstance(err, OSError) and (plain := _wrong_kind(err)):
         return plain
+    if (died := _loader_worker_died(err)) is not None:
+        return (f"{str(died).strip()} (out of memory, or a signal from outside): lower the workers, "
+                "train.shuffle_buffer or the batch size, or give the machine more memory, and run again "
+                "(training resumes from its last checkpoint)")
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
     notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))     # e.g. which input a worker was on
     return (_from_loader_worker(str(text)) or type(err).__name__) + notes
 
 
 _WORKER_WRAPPED = re.compile(r"Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
+
+
+_LOADER_WORKER_DIED = re.compile(r"DataLoader worker \(pids? [^)]*\) (?:is killed by signal|exited unexpectedly)")
+
+
+def _loader_worker_died(err: BaseException | None) -> BaseException | None:
+    """torch's plain ``RuntimeError`` for a DataLoader worker that died without an error (the OOM
+    killer, a signal), or for an error it interrupted: torch's SIGCHLD handler raises it in the main
+    thread wherever that is (inside ``torch.save``: "unexpected pos ...", the kill only its context)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if type(err) is RuntimeError and _LOADER_WORKER_DIED.search(str(err)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _from_loader_worker(text: str) -> str:
@@ -99,7 +119,7 @@ def _unrebuilt_worker_error(err: BaseException) -> bool:
 
 def is_user_error(err: BaseException, extra: Sequence[type[BaseException]] = ()) -> bool:
     """Whether ``err`` is bad input under the policy above (a ``KeyError`` only as :class:`NamedKeyError`)."""
-    if _unrebuilt_worker_error(err):
+    if _unrebuilt_worker_error(err) or _loader_worker_died(err) is not None:
         return True
     if isinstance(err, KeyError) and not isinstance(err, (NamedKeyError, *extra)):
         return False

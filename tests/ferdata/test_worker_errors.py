@@ -76,3 +76,54 @@ def test_a_worker_error_without_a_message_is_named_by_its_type():
         next(it)
     it._shutdown_workers()
     assert message(caught.value) == "ValueError (in loader worker 0)"
+
+
+_KILLED_WORKER = """
+import os, signal
+from torch.utils.data import DataLoader, Dataset
+from ferdata.errors import install_excepthook
+
+class Dies(Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        os.kill(os.getpid(), signal.SIGKILL)      # as the out-of-memory killer ends a worker
+
+install_excepthook()
+for _ in DataLoader(Dies(), num_workers=1):
+    pass
+"""
+
+
+def test_a_loader_worker_killed_from_outside_is_one_error_line():
+    """torch raises a plain RuntimeError ("DataLoader worker (pid N) is killed by signal: Killed."),
+    which the policy took for a bug: 83 lines of traceback from the train stage."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "FER_TRACEBACK"}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WORKER], capture_output=True, text=True, timeout=120,
+                          env={**env, "PYTHONPATH": str(repo)}, cwd=repo)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and lines[0].startswith("error: DataLoader worker (pid"), proc.stderr
+    assert "out of memory, or a signal from outside" in lines[0] and len(lines) <= 2, proc.stderr
+
+
+def test_an_error_a_killed_worker_interrupted_is_told_as_the_kill():
+    """torch's SIGCHLD handler raises in the main thread wherever it is: inside torch.save the error
+    read "[enforce fail at inline_container.cc] unexpected pos", the kill only its context."""
+    died = RuntimeError("DataLoader worker (pid 4259) is killed by signal: Killed. ")
+    try:
+        try:
+            raise died
+        except RuntimeError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 35345088 vs 35344984")
+    except RuntimeError as err:
+        outer = err
+    assert is_user_error(died) and is_user_error(outer)
+    assert message(outer).startswith("DataLoader worker (pid 4259) is killed by signal: Killed. (out of memory")
+    assert not is_user_error(RuntimeError("unexpected pos 1 vs 2"))       # without the kill: a bug
