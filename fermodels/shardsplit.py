@@ -36,6 +36,7 @@ class Split:
     preprocess: dict = field(default_factory=dict)   # align/derive settings that made the faces ({}: not recorded)
     face_backend_options: dict[str, dict] = field(default_factory=dict)   # face backend -> the options it ran with
     empty_by_setting: tuple[str, ...] = ()      # dirs whose split the settings left empty (shard.val_fraction 0)
+    histograms: dict[str, dict[str, int]] = field(default_factory=dict)   # shard dir -> its class histogram
 
     @property
     def num_samples(self) -> int:
@@ -50,9 +51,11 @@ class Split:
     def class_counts(self, num_classes: int) -> list[int]:
         return [self.histogram.get(c, 0) for c in CLASSES[:num_classes]]
 
-    def classes_beyond(self, num_classes: int) -> dict[str, int]:
-        """Samples whose class a ``num_classes`` model cannot predict (e.g. Contempt for 7)."""
-        return {c: n for c, n in self.histogram.items() if n and CLASSES.index(c) >= num_classes}
+    def classes_beyond(self, num_classes: int, shard_dir: str | None = None) -> dict[str, int]:
+        """Samples whose class a ``num_classes`` model cannot predict (e.g. Contempt for 7), in all
+        dirs or in ``shard_dir``."""
+        hist = self.histogram if shard_dir is None else self.histograms.get(shard_dir, {})
+        return {c: n for c, n in hist.items() if n and CLASSES.index(c) >= num_classes}
 
 
 def _listed_on_disk(info_path: Path, listed: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
@@ -80,7 +83,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     if len({Path(d).resolve() for d in shard_dirs}) < len(shard_dirs):
         raise ValueError(f"shard dirs listed more than once: {[str(d) for d in shard_dirs]} (each would be read "
                          "twice an epoch)")
-    shards, hist, hashes, subsets, soft, backends = [], Counter(), {}, {}, Counter(), Counter()
+    shards, hist, hashes, subsets, soft, backends, hists = [], Counter(), {}, {}, Counter(), Counter(), {}
     settings: dict[str, dict] = {}
     detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
     by_setting: list[str] = []
@@ -99,6 +102,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
                              "swapped or renamed in a copy? (`ferdata verify` checks a copy)")
         shards += _listed_on_disk(info_path, info["shards"])
         hist.update(info["class_histogram"])
+        hists[str(d)] = dict(info["class_histogram"])
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
         soft.update(info.get("soft_labels", {}))
@@ -110,7 +114,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
             by_setting.append(str(d))
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
                  dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors),
-                 tuple(by_setting))
+                 tuple(by_setting), hists)
 
 
 def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:

@@ -168,7 +168,8 @@ def check_classes(train_split: Split, val_split: Split, num_classes: int) -> Non
     for split in (train_split, val_split):
         beyond = split.classes_beyond(num_classes)
         if beyond:
-            raise ValueError(f"{split.name} split of {', '.join(split.dirs)} holds {beyond}, which a "
+            holders = [d for d in split.dirs if split.classes_beyond(num_classes, d)] or split.dirs
+            raise ValueError(f"{split.name} split of {', '.join(holders)} holds {beyond}, which a "
                              f"{num_classes}-class model cannot learn; set train.num_classes 8 or prepare "
                              "the dataset without them (params.yaml datasets.<name>.options: "
                              "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7)")

@@ -1,7 +1,8 @@
 """A shards folder copied together from two preparations (val from a run with another crop size
 and padding): every split matches its own _info.json, so each check per split passed. `ferdata
 verify` and training compare what made the splits; `ferdata show` tells an unwritable sheet path
-before reading. Shards are made by hand here, as the shard stage writes them."""
+before reading; a class a model lacks is named with the dataset holding it. Shards are made by
+hand here, as the shard stage writes them."""
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,7 @@ OTHER = {"align": {"size": 128, "padding": 0.4, "jpeg_quality": 95}, "derive": P
 DETECT = {"backend": "embedded", "options": {"det_size": 640}}
 
 
-def _split(root: Path, split: str, keys: list[str], preprocess: dict) -> None:
+def _split(root: Path, split: str, keys: list[str], preprocess: dict, label: str = "Happy") -> None:
     """One shard of samples (jpg, cls, json) and its _info.json."""
     folder = root / split
     folder.mkdir(parents=True)
@@ -31,8 +32,9 @@ def _split(root: Path, split: str, keys: list[str], preprocess: dict) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key in keys:
-            meta = json.dumps({"key": key, "label": 1, "backend": "embedded", "split": split}).encode()
-            for ext, data in (("cls", b"1"), ("jpg", face), ("json", meta)):
+            cls = CLASSES.index(label)
+            meta = json.dumps({"key": key, "label": cls, "backend": "embedded", "split": split}).encode()
+            for ext, data in (("cls", str(cls).encode()), ("jpg", face), ("json", meta)):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -42,14 +44,14 @@ def _split(root: Path, split: str, keys: list[str], preprocess: dict) -> None:
     info = {"split": split, "num_samples": len(keys), "label_map": list(CLASSES),
             "shards": [{"name": name, "count": len(keys), "sha256": hashlib.sha256(data).hexdigest(),
                         "bytes": len(data)}],
-            "class_histogram": {c: (len(keys) if c == "Happy" else 0) for c in CLASSES},
+            "class_histogram": {c: (len(keys) if c == label else 0) for c in CLASSES},
             "subsets": {}, "face_backends": {"embedded": len(keys)}, "datasets": ["affectnet"],
             "params_hash": "c6703550bc8a778e", "preprocess": preprocess, "detect": DETECT}
     (folder / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
 
-def _shards(root: Path, val_preprocess: dict = PRE) -> Path:
-    _split(root, "train", ["a1", "a2"], PRE)
+def _shards(root: Path, val_preprocess: dict = PRE, train_label: str = "Happy") -> Path:
+    _split(root, "train", ["a1", "a2"], PRE, train_label)
     _split(root, "val", ["b1"], val_preprocess)
     _split(root, "test", ["c1"], PRE)
     return root
@@ -89,3 +91,17 @@ def test_show_tells_an_unwritable_sheet_path_before_reading(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="the contact sheet cannot write in"):
         show_mod.show(shards, blocker / "sheet.png", 4)
     assert not read, "samples were read and drawn before --out was found unwritable"
+
+
+def test_a_class_the_model_lacks_is_named_with_the_datasets_that_hold_it(tmp_path):
+    """Training a 7-class model on several datasets, one with Contempt: the refusal named every
+    training folder; it names the one holding Contempt."""
+    from fermodels.shardsplit import open_split
+    from fermodels.trainparams import check_classes
+
+    raf, ck = _shards(tmp_path / "rafdb"), _shards(tmp_path / "ckplus", train_label="Contempt")
+    train, val = open_split([raf, ck], "train"), open_split([raf, ck], "val")
+    check_classes(train, val, 8)
+    with pytest.raises(ValueError) as refused:
+        check_classes(train, val, 7)
+    assert f"train split of {ck} holds {{'Contempt': 2}}, which a 7-class model" in str(refused.value)
