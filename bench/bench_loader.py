@@ -505,6 +505,10 @@ def scaling_ceilings(rates: dict, workers: Sequence[int], key: str) -> dict[str,
             if measured > w:
                 print(f"  ({key}: the decode alone in {w} processes measured {measured:.2f}x one process, above "
                       f"{w}: the 1-process run was slowed, e.g. by other jobs; the ceiling is taken as {w})")
+            elif measured < 1:          # N processes gave less than one: the N-process run was slowed
+                print(f"  ({key}: the decode alone in {w} processes measured {measured:.2f}x one process, below 1: "
+                      f"slowed by other jobs; no ceiling, scaling with {w} workers is not judged)")
+                continue
             out[f"ceiling{w}"] = min(measured, float(w))
     return out
 
