@@ -67,7 +67,7 @@ def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weigh
         per = torch.where(multi, -logp.masked_fill(t <= 0, float("-inf")).amax(1), per)
     if class_weight is None:
         return per.mean()
-    w = t @ class_weight.float()
+    w = (t * class_weight.float()).sum(1)          # not a matmul: autocast would run it in bf16 / fp16
     return (w * per).sum() / (norm(w.sum()) if norm else w.sum())
 
 
