@@ -121,7 +121,7 @@ def lr_at(epoch_float: float, *, base_lr: float, schedule: str, epochs: int, war
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     if warmup_epochs > 0 and epoch_float < warmup_epochs:
-        return base_lr * (epoch_float + 1e-8) / warmup_epochs
+        return base_lr * min(1.0, (epoch_float + 1e-8) / warmup_epochs)    # a warm-up under 1e-8 epochs: lr
     e = int(epoch_float)
     if schedule == "constant":
         return base_lr

@@ -100,11 +100,11 @@ class TrainParams:
         check_values("train", self, {
             "num_classes": one_of((7, 8)), "epochs": at_least(1), "batch_size": at_least(1),
             "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),
-            "weight_decay": at_least(0), "momentum": within(0, 1), "sam_rho": above(0), "schedule": one_of(SCHEDULES),
-            "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0), "sampler": one_of(SAMPLERS),
-            "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0), "streams": at_least(1),
-            "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0), "label_smoothing": below_from(0, 1),
-            "ema_decay": below_from(0, 1), "device": DEVICE_RULE,
+            "weight_decay": at_least(0), "momentum": below_from(0, 1), "sam_rho": above(0),
+            "schedule": one_of(SCHEDULES), "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0),
+            "sampler": one_of(SAMPLERS), "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0),
+            "streams": at_least(1), "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0),
+            "label_smoothing": below_from(0, 1), "ema_decay": below_from(0, 1), "device": DEVICE_RULE,
             "seed": within(0, 2**64 - 1)})                 # torch.manual_seed's range (it failed at train time)
         if self.model_kwargs:                       # a bad value: told now, not after the preprocessing
             try:

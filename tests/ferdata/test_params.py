@@ -86,7 +86,8 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"seed": 1.5, "amp": "yes"}, "train.seed must be a whole number, got 1.5; train.amp must be true or false"),
     ({"label_smoothing": 1.0}, "train.label_smoothing must be in [0, 1), got 1.0"),   # a uniform target
     ({"label_smoothing": -0.1}, "train.label_smoothing must be in [0, 1), got -0.1"),
-    ({"momentum": 1.5}, "train.momentum must be in [0, 1], got 1.5"),
+    ({"momentum": 1.0}, "train.momentum must be in [0, 1), got 1.0"),     # a velocity that never decays
+    ({"momentum": 1.5}, "train.momentum must be in [0, 1), got 1.5"),
     ({"streams": 0}, "train.streams must be >= 1, got 0"),
     ({"datasets": "tiny"}, "train.datasets must be a non-empty list"),      # "tiny": t, i, n, y
     ({"datasets": [["tiny"], ["tiny"]]}, "train.datasets must be a non-empty list of prepared dataset names, "

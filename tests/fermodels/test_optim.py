@@ -27,6 +27,11 @@ def test_schedules():
         lr_at(1.0, schedule="poly", **KW)
 
 
+def test_a_warm_up_shorter_than_its_rounding_never_exceeds_the_lr():
+    """(e + 1e-8) / warmup_epochs made the first step 10x train.lr with warmup_epochs 1e-9."""
+    assert lr_at(0.0, schedule="constant", **{**KW, "warmup_epochs": 1e-9}) == 0.1
+
+
 @pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
                                       ("adamw", torch.optim.AdamW)])
 def test_optimizers_by_name(name, cls):
