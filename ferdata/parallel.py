@@ -192,7 +192,7 @@ class _Local:
 
 
 def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool,
-          isolate: Callable[[list], object] | None = None) -> ChildProcessError:
+          isolate: Callable[[list], tuple[object, str]] | None = None) -> ChildProcessError:
     """The error for a broken pool: a worker died (the items of the chunks still out, as far as
     named; ``isolate`` finds the one that kills a worker alone, if any), or a result could not be
     sent back (an exception its class cannot rebuild: the pool's account of it, a remote traceback,
@@ -201,16 +201,24 @@ def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool,
     told_lines = str(err.__cause__ or "").splitlines()
     cause = [line.strip() for line in told_lines if line.strip() not in ("", "'''")][-1:]
     searched = not cause and isolate is not None and describe is not None and bool(items)
-    if searched and (found := isolate(items)) is not _NOT_FOUND:
+    found, how = isolate(items) if searched else (_NOT_FOUND, "")
+    if how == "found":
         return ChildProcessError(f"a worker process died without an error while processing {describe(found)}: "
                                  "run again alone in a fresh worker, it killed that one too (a crash in native "
                                  "code on this input: remove or re-encode it). Re-run with workers: 1 and "
                                  "`python -X faulthandler` to see where")
+    if how == "every":
+        return ChildProcessError(f"a worker process died without an error; run again alone, {describe(items[0])} "
+                                 f"and {describe(items[1])} each killed a fresh worker: the worker crashes whatever "
+                                 "its input (a model file or a native library it loads, not an input). Re-run with "
+                                 "workers: 1 and `python -X faulthandler` to see where")
     named = [describe(x) for x in items[:8]] if describe is not None else []
     more = f" and {len(items) - len(named)} more" if len(items) > len(named) else ""
     where = f" while processing one of: {'; '.join(named)}{more}" if named else ""
-    again = (" (run again one at a time in a fresh worker, none of them killed it: killed from outside, or out "
-             "of memory)") if searched else ""
+    again = {"none": " (run again one at a time in a fresh worker, none of them killed it: killed from outside, "
+                     "or out of memory)",
+             "late": f" (the search for the one that kills a worker, run again one at a time, ran out of its "
+                     f"{ISOLATE_S:.0f} s before trying them all)"}.get(how, "")
     told = f"; the pool says: {cause[0][:300]}" if cause else ""
     return ChildProcessError(f"a worker process died without an error (killed, out of memory, or a crash in "
                              f"native code), or its result could not be sent back{where}{again}{told}. Re-run "
@@ -221,36 +229,48 @@ _NOT_FOUND = object()
 ISOLATE_S = 120.0              # how long the search for the item that kills a worker may take
 
 
+def _first_that_kills(ctx: mp.context.BaseContext, fn: Callable, describe: Callable | None, items: list,
+                      deadline: float) -> tuple[int | None, bool]:
+    """The index of the first of ``items`` that kills a fresh worker when run alone (None: none did),
+    and whether ``deadline`` cut the search short."""
+    pool = _start_pool(ctx, 1, fn, describe)
+    try:
+        for i, item in enumerate(items):
+            if time.monotonic() > deadline:
+                return None, True
+            try:
+                _submit(pool, ctx, [item], first=True).result()
+            except BrokenProcessPool:
+                return i, False
+            except Exception:                   # noqa: BLE001  (an ordinary error is not the crash sought)
+                pass
+    finally:
+        _stop(pool)
+    return None, False
+
+
 def _isolate(ctx: mp.context.BaseContext, fn: Callable, describe: Callable | None,
-             split: Callable | None, items: list) -> object:
-    """The first of ``items`` that kills a fresh worker when run alone, narrowed with ``split``
-    (item -> its parts, each an item of ``fn``) while that one has several parts; ``_NOT_FOUND``
-    when none does within ``ISOLATE_S`` (the worker was killed from outside, or ran out of memory
-    only beside the others)."""
+             split: Callable | None, items: list) -> tuple[object, str]:
+    """(the first of ``items`` that kills a fresh worker when run alone, narrowed with ``split``
+    (item -> its parts, each an item of ``fn``) while that one has several parts, "found"); or
+    (``_NOT_FOUND``, why): "none" (none does: the worker was killed from outside, or ran out of memory
+    only beside the others), "late" (``ISOLATE_S`` ran out first), "every" (the first two both do:
+    the worker dies whatever its input)."""
     deadline = time.monotonic() + ISOLATE_S
-    found = _NOT_FOUND
+    found: object = _NOT_FOUND
+    first_round = True
     while items:
-        culprit = _NOT_FOUND
-        pool = _start_pool(ctx, 1, fn, describe)
-        try:
-            for item in items:
-                if time.monotonic() > deadline:
-                    return found
-                try:
-                    _submit(pool, ctx, [item], first=True).result()
-                except BrokenProcessPool:
-                    culprit = item
-                    break
-                except Exception:                   # noqa: BLE001  (an ordinary error is not the crash sought)
-                    pass
-        finally:
-            _stop(pool)
-        if culprit is _NOT_FOUND:
-            return found
-        found = culprit
-        parts = list(split(culprit)) if split is not None else []
+        at, late = _first_that_kills(ctx, fn, describe, items, deadline)
+        if at is None:
+            return (found, "found") if found is not _NOT_FOUND else (_NOT_FOUND, "late" if late else "none")
+        if first_round and at == 0 and len(items) > 1:      # nothing ran in that worker: is it the input's?
+            if _first_that_kills(ctx, fn, describe, items[1:2], deadline)[0] == 0:
+                return _NOT_FOUND, "every"
+        first_round = False
+        found = items[at]
+        parts = list(split(found)) if split is not None else []
         items = parts if len(parts) > 1 else []
-    return found
+    return found, "found"
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
@@ -271,7 +291,7 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     chunk: list = []
     ctx = None
 
-    def isolate(lost: list) -> object:
+    def isolate(lost: list) -> tuple[object, str]:
         _stop(pool)                            # the broken pool's other workers, before new ones start
         return _isolate(ctx, fn, describe, split, lost)
 

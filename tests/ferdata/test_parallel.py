@@ -510,3 +510,53 @@ def test_stopping_workers_that_end_on_sigterm_is_quick():
     started = time.monotonic()
     run.close()
     assert time.monotonic() - started < 2.5
+
+
+def test_a_worker_that_dies_on_every_input_is_not_blamed_on_the_first_one():
+    """A native crash loading a model (or a wheel built for another CPU) kills every worker: the
+    search named the first input in flight as the one to remove."""
+    proc = _run("""
+        import os
+        from ferdata.parallel import parallel_map
+
+        class BrokenModel:
+            def __call__(self, x):
+                os._exit(1)
+
+        def name(x):
+            return f"image_{x}"
+
+        try:
+            list(parallel_map(BrokenModel(), range(40), workers=2, window=8, chunksize=2, describe=name))
+        except ChildProcessError as err:
+            print(err)
+        """)
+    out = _output(proc, 60, "the run hung after its worker died")
+    assert "the worker crashes whatever its input" in out and "remove or re-encode it" not in out, out
+
+
+def test_a_search_cut_short_by_its_deadline_does_not_say_none_killed_a_worker():
+    proc = _run("""
+        import os, time
+        import ferdata.parallel as par
+        from ferdata.parallel import parallel_map
+        par.ISOLATE_S = 2.0
+
+        class Slow:
+            def __call__(self, x):
+                if x == 0:
+                    time.sleep(3)
+                if x == 9:
+                    os._exit(1)
+                return x
+
+        def name(x):
+            return f"image_{x}"
+
+        try:
+            list(parallel_map(Slow(), range(40), workers=2, window=16, chunksize=1, describe=name))
+        except ChildProcessError as err:
+            print(err)
+        """)
+    out = _output(proc, 60, "the run hung after its worker died")
+    assert "ran out of its 2 s before trying them all" in out and "none of them killed it" not in out, out
