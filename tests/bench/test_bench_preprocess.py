@@ -54,3 +54,29 @@ def test_the_kernel_ceiling_is_taken_within_one_and_two_processes(monkeypatch, c
         monkeypatch.setattr(bench, "kernel_rates", lambda seconds, rates=rates: rates)
         assert bench.measure(8, 320, 1)["ceiling"] == ceiling
     assert "outside 1-2" in capsys.readouterr().out
+
+
+def test_scaling_is_not_judged_against_a_ceiling_measured_below_one_process(monkeypatch, capsys):
+    """Clamped up to 1.0, a 2-process pipeline 5% slower than one process read "met"."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    bench = load_bench("bench_preprocess")
+    walls = {1: 1.00, 2: 1.05}
+
+    def run_pipeline(records, out, cache, workers):
+        clock = SimpleNamespace(wall=walls[workers], cpu=1.0)
+        return {**dict.fromkeys(("detect", "align", "derive", "total"), clock), "detections_run": 8}
+
+    @contextmanager
+    def kernel_timer():
+        yield {"wall": 1.0, "cpu": 1.0, "load": 0.0, "calls": 1}
+
+    monkeypatch.setattr(bench, "make_inputs", lambda *a, **k: [])
+    monkeypatch.setattr(bench, "baseline", lambda *a, **k: SimpleNamespace(wall=1.0, cpu=1.0))
+    monkeypatch.setattr(bench, "run_pipeline", run_pipeline)
+    monkeypatch.setattr(bench, "kernel_rates", lambda seconds: (10.0, 7.0))     # the 2-process kernel slowed
+    monkeypatch.setattr(bench, "kernel_timer", kernel_timer)
+    bench.main(["--n", "8", "--max-side", "320", "--repeats", "1"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if "pipeline speed-up / that ceiling" in x)
+    assert line.rstrip().endswith("not judged"), line
