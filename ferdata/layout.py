@@ -18,6 +18,8 @@ FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
 ALIGNED = "aligned"             # chunk tar prefixes: aligned-000000.tar, derived-000000.tar
 DERIVED = "derived"
 INFO = "_info.json"
+# What made a split: one shard run writes the same in every split's info file (a copy mixing two runs differs)
+MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies", "fold_assignment")
 REPORT = "report.json"          # every stage's counts and the settings that shaped its output
 # The align and derive params that shape a sample (not how fast it is made): their stages' reports
 # record them, the shards and checkpoints carry them, inference repeats them.

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ferdata.classes import CLASSES, stored_class_id
-from ferdata.layout import INFO
+from ferdata.layout import INFO, MADE_BY
 from ferdata.records import SPLITS
 from ferdata.summary import SplitSummary, check_info
 from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
@@ -34,8 +34,6 @@ from ferdata.tarscan import NOT_BY_OFFSET, is_compressed
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
 INFO_NEEDS = ("class_histogram", "label_map")   # always written; training reads the histogram
-# What made a split: one shard run writes the same in every split's info file (a copy mixing two runs differs)
-MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies", "fold_assignment")
 
 
 def verify_shards(shard_dir: str | Path) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ferdata.classes import CLASSES
 from ferdata.io import read_header
-from ferdata.layout import INFO
+from ferdata.layout import INFO, MADE_BY
 from ferdata.selection import read_info
 from ferdata.tario import iter_tar_samples, listed_shard
 
@@ -37,6 +37,7 @@ class Split:
     face_backend_options: dict[str, dict] = field(default_factory=dict)   # face backend -> the options it ran with
     empty_by_setting: tuple[str, ...] = ()      # dirs whose split the settings left empty (shard.val_fraction 0)
     histograms: dict[str, dict[str, int]] = field(default_factory=dict)   # shard dir -> its class histogram
+    made_by: dict[str, dict] = field(default_factory=dict)   # shard dir -> what made it (ferdata.layout.MADE_BY)
 
     @property
     def num_samples(self) -> int:
@@ -83,7 +84,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
     if len({Path(d).resolve() for d in shard_dirs}) < len(shard_dirs):
         raise ValueError(f"shard dirs listed more than once: {[str(d) for d in shard_dirs]} (each would be read "
                          "twice an epoch)")
-    shards, hist, hashes, subsets, soft, backends, hists = [], Counter(), {}, {}, Counter(), Counter(), {}
+    shards, hist, hashes, subsets, soft, backends, hists, made = [], Counter(), {}, {}, Counter(), Counter(), {}, {}
     settings: dict[str, dict] = {}
     detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
     by_setting: list[str] = []
@@ -103,6 +104,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         shards += _listed_on_disk(info_path, info["shards"])
         hist.update(info["class_histogram"])
         hists[str(d)] = dict(info["class_histogram"])
+        made[str(d)] = {k: info.get(k) for k in MADE_BY}
         hashes[str(d)] = [s["sha256"] for s in info["shards"]]
         subsets[str(d)] = {name: frozenset(keys) for name, keys in info.get("subsets", {}).items()}
         soft.update(info.get("soft_labels", {}))
@@ -114,7 +116,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
             by_setting.append(str(d))
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
                  dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors),
-                 tuple(by_setting), hists)
+                 tuple(by_setting), hists, made)
 
 
 def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:

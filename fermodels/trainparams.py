@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferdata.classes import CLASSES, CONTEMPT
+from ferdata.layout import MADE_BY
 from ferdata.params import (above, at_least, below_from, check_values, is_name_list, one_of, optional, repeated,
                             section, section_values, within)
 from fermodels.augment import AugmentParams
@@ -204,18 +205,23 @@ def check_selection(val_split: Split) -> bool:
 
 
 def check_same_preparation(train_split: Split, val_split: Split) -> None:
-    """``best.pt`` is chosen on faces made as the training ones: one shard run writes every split
-    with the same align/derive settings, so a difference means a copy that mixes two preparations
-    (another crop size or padding: model selection on other faces, silently). Either unrecorded
-    (older versions): nothing to compare."""
-    train, val = train_split.preprocess, val_split.preprocess
-    if train and val and train != val:
-        differ = [f"{sec}.{k} {train.get(sec, {}).get(k)!r} (train) vs {val.get(sec, {}).get(k)!r} (val)"
-                  for sec in sorted({*train, *val}) for k in sorted({*train.get(sec, {}), *val.get(sec, {})})
-                  if train.get(sec, {}).get(k) != val.get(sec, {}).get(k)]
-        raise ValueError(f"the val split of {', '.join(val_split.dirs)} was prepared otherwise than the train split "
-                         f"({'; '.join(differ)}): shards copied from two preparations? `ferdata verify` names them; "
-                         "copy or prepare the shards again")
+    """``best.pt`` is chosen on faces made as the training ones, by the same run: one shard run
+    writes every split of a folder with the same record of what made it (``layout.MADE_BY``), so
+    a difference means a copy that mixes two preparations (another crop size or padding: model
+    selection on other faces; another ``shard.seed``: val faces that were trained on), silently."""
+    for d in val_split.dirs:
+        train, val = train_split.made_by.get(d, {}), val_split.made_by.get(d, {})
+        differ = [k for k in MADE_BY if train.get(k) != val.get(k)]
+        if not differ:
+            continue
+        pre_t, pre_v = train.get("preprocess") or {}, val.get("preprocess") or {}
+        told = ([f"{sec}.{k} {pre_t.get(sec, {}).get(k)!r} (train) vs {pre_v.get(sec, {}).get(k)!r} (val)"
+                 for sec in sorted({*pre_t, *pre_v}) for k in sorted({*pre_t.get(sec, {}), *pre_v.get(sec, {})})
+                 if pre_t.get(sec, {}).get(k) != pre_v.get(sec, {}).get(k)] if "preprocess" in differ else
+                [f"{differ[0]} {train.get(differ[0])!r} (train) vs {val.get(differ[0])!r} (val)"])
+        raise ValueError(f"the val split of {d} was made by another run than the train split ({'; '.join(told)}): "
+                         "shards copied from two preparations (other crops, or another shard.seed dealing trained "
+                         "faces to val)? `ferdata verify` names them; copy or prepare the shards again")
 
 
 def check_smoothing_applies(smoothing: float, split: Split) -> None:
