@@ -170,14 +170,15 @@ def batch_composition_check(model, dataset: IndexedSplit, card: ModelCard, devic
     """Predict again in other orders / batch sizes; ``reference`` is the headline prediction (file
     order at ``card.scoring_batch(params.batch_size)``), which is not repeated. A face whose top two
     classes tie within :data:`SAME_PROB` may change its prediction with no leak: independence is
-    judged on the probabilities (``changed_predictions`` counts them all)."""
-    n, bs = len(dataset), params.batch_size
+    judged on the probabilities (``changed_predictions`` counts them all). The batched orders run at
+    ``params.batch_size``, at least 2: at 1 every order would be one face at a time and compare nothing."""
+    n, bs = len(dataset), max(params.batch_size, 2)
     rng = np.random.default_rng(params.seed)
     in_file_order = list(range(n))
     orders = {"shuffled": (rng.permutation(n).tolist(), bs),
               "class_sorted": (np.argsort(dataset.labels, kind="stable").tolist(), bs),
               "batch1": (in_file_order, 1), "file_order": (in_file_order, bs)}
-    headline = card.scoring_batch(bs)
+    headline = card.scoring_batch(params.batch_size)
     report: dict = {"orders": {}}
     for name, (order, size) in orders.items():
         if order is in_file_order and size == headline:

@@ -67,6 +67,9 @@ def test_batch_check_exposes_the_batch_attention_leak(tiny_shards, tmp_path, one
     assert check["independent_of_batch"] is False
     assert set(check["orders"]) == {"shuffled", "class_sorted", "file_order"}    # the headline is one at a time
     assert check["orders"]["file_order"]["max_prob_diff"] > 1e-3
+    # at evaluate.batch_size 1 every order ran one face at a time and the leak read independent_of_batch: true
+    one = evaluate(tmp_path / "ckpt" / "best.pt", tiny_shards, replace(PARAMS, batch_size=1), tmp_path / "eval1")
+    assert one["batch_composition"]["independent_of_batch"] is False, one["batch_composition"]
     model = model_from_checkpoint(load_checkpoint(tmp_path / "ckpt" / "best.pt"))
     data = IndexedSplit(open_split([tiny_shards], "test"), SampleDecoder(model.card.fields, model.card.input_size), 7)
     labels, alone, _ = predict_loader(model, indexed_loader(data, range(len(data)), 1, 0), model.card,
