@@ -66,7 +66,7 @@ def evaluate_section(params: Mapping[str, Any]) -> tuple[str | None, EvalParams]
         raise ValueError("params section 'evaluate': missing keys ['dataset'] (null scores the training datasets; "
                          "copy it from the project's params.yaml)")
     dataset = values.pop("dataset")
-    if dataset is not None and not isinstance(dataset, str):
+    if dataset is not None and (not isinstance(dataset, str) or not dataset):      # "" read as null, silently
         raise ValueError(f"evaluate.dataset must be null (the training datasets) or one prepared dataset's name, "
                          f"got {dataset!r}")
     return dataset, section(EvalParams, values, "evaluate")
