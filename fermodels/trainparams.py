@@ -173,7 +173,8 @@ def check_classes(train_split: Split, val_split: Split, num_classes: int) -> Non
             raise ValueError(f"{split.name} split of {', '.join(holders)} holds {beyond}, which a "
                              f"{num_classes}-class model cannot learn; set train.num_classes 8 or prepare "
                              "the dataset without them (params.yaml datasets.<name>.options: "
-                             "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7)")
+                             "{exclude_classes: [Contempt]}, or for AffectNet protocol: affectnet7; for CK+ that "
+                             "leaves 6 classes unless neutral_frames: 1 adds Neutral)")
     absent = [c for c, n in zip(CLASSES, train_split.class_counts(num_classes)) if not n]
     if CLASSES[CONTEMPT] in absent:         # an 8-class recipe on data prepared as AffectNet-7 / without it
         log.warning("the train split of %s has no Contempt sample for the 8-class model to learn: prepared with "

@@ -234,3 +234,36 @@ def test_images_outside_a_sequence_folder_are_counted_drops(tmp_path):
     assert sorted(d.detail.split(":")[0] for d in strays) == sorted(str(p) for p in outside)
     assert all("cohn-kanade-images/<subject>/<sequence>/" in d.detail for d in strays)
     assert len({d.key for d in strays}) == 4
+
+
+def _one_sequence_per_code(root: Path) -> None:
+    """One labelled sequence for each CK+ emotion code 1..7 (none is Neutral: CK+ labels no sequence so)."""
+    for code in range(1, 8):
+        subj, seq = f"S{100 + code:03d}", "001"
+        for f in range(1, 7):
+            write_image(root / "cohn-kanade-images" / subj / seq / f"{subj}_{seq}_{f:08d}.png", value=40 * f)
+        (root / "Emotion" / subj / seq).mkdir(parents=True)
+        (root / "Emotion" / subj / seq / f"{subj}_{seq}_00000006_emotion.txt").write_text(f"   {code:.7e}\n")
+
+
+@pytest.mark.parametrize("example", ["params.yaml", "ferdata prepare"])
+def test_the_readmes_seven_class_ckplus_examples_give_seven_learnable_classes(tmp_path, example):
+    """README's CK+ examples, `exclude_classes: [Contempt]` with `frames: 3`, gave 6 classes: CK+ has
+    no Neutral sequence, so a "7-class" model never saw class 0. The examples now add onset Neutral."""
+    import re
+
+    import yaml
+
+    from ferdata.classes import CLASSES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    if example == "params.yaml":
+        line = next(x for x in readme.splitlines() if re.match(r"\s*ckplus: \{reader: ckplus", x))
+        options = yaml.safe_load(line.strip().split(":", 1)[1])["options"]
+    else:
+        line = next(x for x in readme.splitlines() if x.startswith("ferdata prepare ckplus"))
+        options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in re.findall(r"--option '?([^' ]+)", line))}
+    _one_sequence_per_code(tmp_path)
+    records, _, _ = read_all("ckplus", tmp_path, options)
+    classes = {CLASSES[r.label] for r in records.values()}
+    assert len(classes) == 7 and "Contempt" not in classes, (options, sorted(classes))
