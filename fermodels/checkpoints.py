@@ -26,8 +26,10 @@ remaining tensors would load into a network that is neither pretrained nor rando
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -77,13 +79,19 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
     Raises ``FileNotFoundError`` for a missing file and :class:`PretrainedMismatchError` if any
     parameter or buffer of ``module`` is absent from the mapped checkpoint or has another shape.
     """
+    mapper = LAYOUTS.get(layout)        # first: a misspelt layout is told when params are checked (meta build)
     if path == FROM_CHECKPOINT:
         return LoadReport(FROM_CHECKPOINT, layout, matched=0, ignored=0)
-    mapper = LAYOUTS.get(layout)
-    path = Path(path)
+    if not str(path).strip():
+        raise PretrainedMismatchError(f"the pretrained checkpoint path ({layout}) is empty: give the weight file's "
+                                      "path, or none for random weights")
+    path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"pretrained checkpoint {str(path)!r} ({layout}) does not exist; "
                                 "pass the path of the downloaded file")
+    if bad := failed_checksum(path):
+        raise PretrainedMismatchError(f"pretrained checkpoint {str(path)!r} ({layout}) is damaged: its {bad!r} fails "
+                                      "its CRC-32 (torch does not check them); download it again")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except OSError:
@@ -106,6 +114,10 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
             f"{len(missing)} missing ({_head(missing)}); {len(wrong)} wrong shape ({_head(wrong)}). "
             f"Checkpoint keys after mapping start with: {_head(sorted(mapped))}")
     used = {k: mapped[k] for k in expected if k in mapped}
+    if nonfinite := [k for k, v in used.items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise PretrainedMismatchError(f"{path} holds weights that are not finite (NaN or inf in "
+                                      f"{_head(nonfinite, 3)}): a damaged file or a diverged training run's; "
+                                      "download it again")
     foreign = _inside_the_target([k for k in mapped if k not in used], module, layout)
     if foreign:
         raise PretrainedMismatchError(
@@ -117,6 +129,35 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
     log.info("loaded %d tensors from %s (%s); %d checkpoint tensors unused",
              report.matched, path, layout, report.ignored)
     return report
+
+
+def failed_checksum(path: Path) -> str | None:
+    """The first member of a zip checkpoint (what ``torch.save`` writes) whose bytes fail their
+    CRC-32, which ``torch.load`` never checks: damaged weights would load as numbers. None when all
+    pass, when the file is no zip (the legacy format: torch.load says what it is), or when it was saved
+    without checksums (``torch.serialization.set_crc32_options(False)`` writes every one as 0)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            if all(info.CRC == 0 for info in z.infolist()):
+                return None
+            return z.testzip()
+    except zipfile.BadZipFile:
+        return None
+
+
+def weight_file_digests(kwargs: Mapping[str, object]) -> dict[str, str]:
+    """sha256 of each weight file a model's keywords name (:data:`WEIGHT_FILE_KWARGS`), so that a run
+    started from other weights under the same path is another run (training does not resume it)."""
+    out = {}
+    for key in WEIGHT_FILE_KWARGS:
+        value = kwargs.get(key)
+        if isinstance(value, str) and value and value != FROM_CHECKPOINT:
+            digest = hashlib.sha256()
+            with open(Path(value).expanduser(), "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out[key] = digest.hexdigest()
+    return out
 
 
 def _inside_the_target(unused: list[str], module: nn.Module, layout: str) -> list[str]:
@@ -202,10 +243,12 @@ def _convnext_timm(state: StateDict) -> StateDict:
         elif m := re.match(r"stages\.(\d)\.downsample\.([01])\.(weight|bias)$", key):
             out[f"features.{2 * int(m.group(1))}.{m.group(2)}.{m.group(3)}"] = value
         elif m := re.match(r"stages\.(\d)\.blocks\.(\d+)\.(.+)\.(weight|bias)$", key):
-            if m.group(3) in _TIMM_BLOCK:
-                prefix = f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}"
-                out[f"{prefix}.{_TIMM_BLOCK[m.group(3)]}.{m.group(4)}"] = value
+            prefix = f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}"
+            part = _TIMM_BLOCK.get(m.group(3), m.group(3))     # another part stays inside its block: refused there
+            out[f"{prefix}.{part}.{m.group(4)}"] = value
         elif m := re.match(r"stages\.(\d)\.blocks\.(\d+)\.gamma$", key):
             prefix = f"features.{2 * int(m.group(1)) + 1}.{m.group(2)}"
             out[f"{prefix}.layer_scale"] = value.reshape(-1, 1, 1)
+        else:                                                 # head.*: a part the trunk leaves out, counted
+            out[key] = value
     return out

@@ -102,7 +102,7 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any], num_classes: int = 
             create_model(name, num_classes=num_classes, **given)
     except NotImplementedError:                 # an operation meta tensors lack: judged when training builds it
         return
-    except (ValueError, TypeError, ArithmeticError, RuntimeError) as err:     # a zero or overflowing count too
+    except (ValueError, KeyError, TypeError, ArithmeticError, RuntimeError) as err:   # a zero or overflowing count
         raise ValueError(f"model {name!r} cannot be built with {dict(kwargs)}: {err}") from None
 
 

@@ -28,7 +28,7 @@ from ferdata.atomic import atomic_open
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.layout import SAMPLE_SETTINGS
-from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS
+from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS, failed_checksum
 from fermodels.ckptdir import BEST, LAST, saved_at
 from fermodels.livelog import logged_epochs
 from fermodels.registry import create_model, model_kwargs
@@ -100,20 +100,6 @@ def _interned(obj: Any) -> Any:
     return obj
 
 
-def _failed_checksum(path: Path) -> str | None:
-    """The first member of a zip checkpoint (what ``torch.save`` writes) whose bytes fail their
-    CRC-32, which ``torch.load`` never checks: damaged weights would load as numbers. None when all
-    pass, when the file is no zip (:func:`load_checkpoint` then says what it is), or when it was saved
-    without checksums (``torch.serialization.set_crc32_options(False)`` writes every one as 0)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            if all(info.CRC == 0 for info in z.infolist()):
-                return None
-            return z.testzip()
-    except zipfile.BadZipFile:
-        return None
-
-
 def _starts_as_zip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(4) == b"PK\x03\x04"
@@ -162,7 +148,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise IsADirectoryError(f"checkpoint {path} is a folder; give the .pt file in it (e.g. {path / BEST})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train first (`dvc repro train`)")
-    if bad := _failed_checksum(path):
+    if bad := failed_checksum(path):
         raise ValueError(f"{path} is a damaged checkpoint: its {bad!r} fails its CRC-32 (torch does not check them); "
                          "copy it again (`dvc pull`, a finished download) or retrain")
     give = "give a training checkpoint such as runs/train/ckpt/best.pt"

@@ -37,6 +37,7 @@ from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
 from fermodels.ckptdir import LAST, PENDING_BEST, checkpoints_held, promote_best
+from fermodels.checkpoints import weight_file_digests
 from fermodels.runstate import Position, code_fingerprint, next_position, other_threads, resume_state, save_checkpoint
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.epochplan import mix_seed
@@ -214,6 +215,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
             "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}
+    if weights := weight_file_digests(params.model_kwargs):      # other weights under the same path: another run
+        data["weights"] = weights
     state = _on_rank_0(lambda: resume_state(ckpt_dir, asdict(params), data, live_dir), env, share=True)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()

@@ -92,6 +92,10 @@ class TrainParams:
         if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
             raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
                              f"{self.model_kwargs[bad[0]]!r}")
+        if empty := [k for k in WEIGHT_FILE_KWARGS if isinstance(self.model_kwargs.get(k), str)
+                     and not self.model_kwargs[k].strip()]:      # '' was read as null: random weights, silently
+            raise ValueError(f"train.model_kwargs.{empty[0]} is empty ({self.model_kwargs[empty[0]]!r}): give the "
+                             "weight file's path, or null (or leave it out) to start from random weights")
         if not self.datasets or not is_name_list(self.datasets):
             raise ValueError(f"train.datasets must be a non-empty list of prepared dataset names, got "
                              f"{self.datasets!r}")
