@@ -32,7 +32,7 @@ READERS: Registry[type["DatasetReader"]] = Registry("dataset reader")
 
 # Options every reader takes, beside its own ``option_defaults``.
 #   exclude_classes: canonical class names (or synonyms) whose records are dropped with reason
-#   ``excluded_class``, e.g. [Contempt] for the 7-class protocols of CK+ and FERPlus.
+#   ``excluded_class``, e.g. [Contempt] for FERPlus's 7-class protocol (CK+'s also needs neutral_frames).
 #   subsets: {name: list file} of named test subsets (RAN's Occlusion / Pose>30 / Pose>45 lists);
 #   records listed are tagged ``extra["subsets"]`` and the evaluator reports each subset apart.
 #   Readers whose image ids such lists name set ``subset_pattern`` (:mod:`ferdata.datasets.subsets`).

@@ -21,7 +21,7 @@ from typing import Generator, Iterator, Mapping
 
 import numpy as np
 
-from ferdata.classes import NEUTRAL, to_canonical
+from ferdata.classes import CLASSES, NEUTRAL, to_canonical
 from ferdata.datasets.base import (LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader, read_text,
                                    whole)
 from ferdata.datasets.folder import hidden, is_image, stray_images, subdirs, unread, visible_files
@@ -167,6 +167,11 @@ class CKPlusReader(DatasetReader):
             return
         chosen = upto[-frames:]
         onset = [p for p in upto[:neutral] if p not in chosen]
+        if onset and label in self.excluded:     # a sequence left out is left out whole: its onset too
+            for p in onset:
+                yield Dropped(self.name, make_key(p.stem), "excluded_class",
+                              f"onset frame of a {CLASSES[label]} sequence (options.exclude_classes)")
+            onset = []
         for path, cid, native_label, role in (
             [(p, NEUTRAL, "0", "onset") for p in onset] + [(p, label, str(native), "peak") for p in chosen]
         ):

@@ -267,3 +267,14 @@ def test_the_readmes_seven_class_ckplus_examples_give_seven_learnable_classes(tm
     records, _, _ = read_all("ckplus", tmp_path, options)
     classes = {CLASSES[r.label] for r in records.values()}
     assert len(classes) == 7 and "Contempt" not in classes, (options, sorted(classes))
+
+
+def test_an_excluded_sequences_onset_frames_are_left_out_with_it(tmp_path):
+    """`neutral_frames: 1, exclude_classes: [Contempt]`: the Contempt sequence's onset frame came back
+    as a Neutral face (18 of them on real CK+), beside the six basic emotions' onsets."""
+    _one_sequence_per_code(tmp_path)           # codes 1..7, one sequence each; code 2 is Contempt (S102)
+    records, drops, _ = read_all("ckplus", tmp_path, {"frames": 3, "neutral_frames": 1,
+                                                      "exclude_classes": ["Contempt"]})
+    neutral = sorted(r.extra["sequence"] for r in records.values() if r.label == 0)
+    assert len(neutral) == 6 and "S102_001" not in neutral, neutral
+    assert drops["excluded_class"] == 4                      # its 3 peak frames and its onset frame
