@@ -132,3 +132,21 @@ def test_timm_tensors_the_mapping_does_not_know_are_counted_or_refused_not_dropp
     torch.save(state, path)
     with pytest.raises(PretrainedMismatchError, match=r"se\.fc1\.weight"):
         load_pretrained(ConvNeXtTrunk(3, **TINY_CONVNEXT), path, "convnext_timm")
+
+
+def test_a_damaged_central_directory_entry_is_told_as_damage(tmp_path):
+    """ZipFile.testzip catches BadZipFile alone: a member whose compression method was damaged in the
+    zip's directory raised a raw NotImplementedError (a traceback, as for a bug)."""
+    import struct
+
+    good = tmp_path / "resnet18_msceleb.pth"
+    torch.save(resnet18(weights=None).state_dict(), good)
+    data = bytearray(good.read_bytes())
+    start = struct.unpack("<I", data[data.rfind(b"PK\x05\x06") + 16:][:4])[0]
+    entry = data.find(b"PK\x01\x02", start)
+    data[entry + 10:entry + 12] = struct.pack("<H", 99)          # the first member's method: 0 -> 99
+    bad = tmp_path / "damaged.pth"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(PretrainedMismatchError) as caught:
+        load_pretrained(ResNet18Trunk(), bad, "msceleb_resnet18")
+    assert is_user_error(caught.value) and "damaged.pth" in str(caught.value)
