@@ -95,40 +95,46 @@ def test_a_worker_that_dies_stops_the_run_naming_what_it_was_on(death):
     assert "python -X faulthandler" in out
 
 
+def _lost_error(worker: str, call: str) -> str:
+    """The ChildProcessError's text when ``call`` (a ``parallel_map`` over ``worker``'s callable, its
+    items named ``item <x>`` by ``name``) runs in a fresh interpreter."""
+    proc = _run(textwrap.dedent(worker) + textwrap.dedent(f"""
+        from ferdata.parallel import parallel_map
+
+        def name(x):
+            x = x if isinstance(x, list) else [x]
+            return f"item {{x[0]}}" if len(x) == 1 else f"items {{x[0]}}..{{x[-1]}}"
+
+        try:
+            list({call})
+        except ChildProcessError as err:
+            print(err)
+        """))
+    return _output(proc, 60, "the run hung after its worker died")
+
+
 def test_the_part_of_a_batch_that_kills_a_worker_is_named():
     """A crash in native code on one image named the up to ~72 images of the batches in flight
     (detect sends batches of 8): those are run again alone in a fresh worker, then the parts of the
     batch that kills it (``split``)."""
-    proc = _run("""
+    out = _lost_error("""
         import os
-        from ferdata.parallel import parallel_map
 
         class Batches:
             def __call__(self, batch):
                 if 13 in batch:
                     os._exit(1)
                 return batch
-
-        def name(batch):
-            return f"items {batch[0]}..{batch[-1]}" if len(batch) > 1 else f"item {batch[0]}"
-
-        batches = [list(range(i, i + 4)) for i in range(0, 40, 4)]
-        try:
-            list(parallel_map(Batches(), batches, workers=2, window=8, chunksize=1, describe=name,
-                              split=lambda b: [[x] for x in b]))
-        except ChildProcessError as err:
-            print(err)
-        """)
-    out = _output(proc, 60, "the run hung after its worker died")
+        """, ("parallel_map(Batches(), [list(range(i, i + 4)) for i in range(0, 40, 4)], workers=2, window=8, "
+              "chunksize=1, describe=name, split=lambda b: [[x] for x in b])"))
     assert "died without an error while processing item 13: run again alone" in out, out
 
 
 def test_a_worker_killed_from_outside_is_not_blamed_on_an_item():
     """Killed from outside (the out-of-memory killer, a user): run again alone, no item kills a worker,
     and the error says so instead of naming one."""
-    proc = _run("""
+    out = _lost_error("""
         import os, signal, tempfile
-        from ferdata.parallel import parallel_map
 
         class Fn:
             def __init__(self, mark):
@@ -139,17 +145,8 @@ def test_a_worker_killed_from_outside_is_not_blamed_on_an_item():
                     open(self.mark, "w").close()
                     os.kill(os.getpid(), signal.SIGKILL)
                 return x
-
-        def name(x):
-            return f"item {x}"
-
-        mark = os.path.join(tempfile.mkdtemp(), "killed")
-        try:
-            list(parallel_map(Fn(mark), range(20), workers=2, window=8, chunksize=2, describe=name))
-        except ChildProcessError as err:
-            print(err)
-        """)
-    out = _output(proc, 60, "the run hung after its worker died")
+        """, ("parallel_map(Fn(os.path.join(tempfile.mkdtemp(), 'killed')), range(20), workers=2, window=8, "
+              "chunksize=2, describe=name)"))
     assert "while processing one of: item" in out and "none of them killed it" in out, out
 
 
@@ -515,31 +512,20 @@ def test_stopping_workers_that_end_on_sigterm_is_quick():
 def test_a_worker_that_dies_on_every_input_is_not_blamed_on_the_first_one():
     """A native crash loading a model (or a wheel built for another CPU) kills every worker: the
     search named the first input in flight as the one to remove."""
-    proc = _run("""
+    out = _lost_error("""
         import os
-        from ferdata.parallel import parallel_map
 
         class BrokenModel:
             def __call__(self, x):
                 os._exit(1)
-
-        def name(x):
-            return f"image_{x}"
-
-        try:
-            list(parallel_map(BrokenModel(), range(40), workers=2, window=8, chunksize=2, describe=name))
-        except ChildProcessError as err:
-            print(err)
-        """)
-    out = _output(proc, 60, "the run hung after its worker died")
+        """, "parallel_map(BrokenModel(), range(40), workers=2, window=8, chunksize=2, describe=name)")
     assert "the worker crashes whatever its input" in out and "remove or re-encode it" not in out, out
 
 
 def test_a_search_cut_short_by_its_deadline_does_not_say_none_killed_a_worker():
-    proc = _run("""
+    out = _lost_error("""
         import os, time
         import ferdata.parallel as par
-        from ferdata.parallel import parallel_map
         par.ISOLATE_S = 2.0
 
         class Slow:
@@ -549,14 +535,5 @@ def test_a_search_cut_short_by_its_deadline_does_not_say_none_killed_a_worker():
                 if x == 9:
                     os._exit(1)
                 return x
-
-        def name(x):
-            return f"image_{x}"
-
-        try:
-            list(parallel_map(Slow(), range(40), workers=2, window=16, chunksize=1, describe=name))
-        except ChildProcessError as err:
-            print(err)
-        """)
-    out = _output(proc, 60, "the run hung after its worker died")
+        """, "parallel_map(Slow(), range(40), workers=2, window=16, chunksize=1, describe=name)")
     assert "ran out of its 2 s before trying them all" in out and "none of them killed it" not in out, out
