@@ -150,10 +150,13 @@ def test_scaling_is_measured_for_every_worker_count_above_one():
     import io
     from contextlib import redirect_stdout
 
-    with redirect_stdout(io.StringIO()):
+    with redirect_stdout(io.StringIO()) as printed:
         results = load_bench("bench_loader").main(["--quick", "--inputs", "image@112", "--workers", "1,3"])
     r, ours = results["ratios"], results["ours"]["image@112"]
-    ceiling = results["decode"]["image@112"]["ceiling3"]
+    ceiling = results["decode"]["image@112"].get("ceiling3")
+    if ceiling is None:         # 3 decode processes measured below one (other jobs on the cores): not judged
+        assert "below 1: slowed by other jobs" in printed.getvalue() and "image@112 scaling / that ceiling" not in r
+        return
     assert set(r["image@112 scaling / that ceiling"]) == {3} and ceiling > 0
     assert math.isclose(r["image@112 scaling / that ceiling"][3]["value"], ours[3].rate / ours[1].rate / ceiling)
 
