@@ -29,6 +29,16 @@ SAMPLE_SETTINGS = {
 }
 
 
+def setting_differences(a: dict, b: dict, keys: list[tuple[str, str]] | None = None,
+                        a_is: str = "", b_is: str = "") -> list[str]:
+    """``section.key a-value (a_is) vs b-value (b_is)`` for each of ``keys`` (default: every key of
+    either) whose value differs between two records of :data:`SAMPLE_SETTINGS`' shape."""
+    if keys is None:
+        keys = [(sec, k) for sec in sorted({*a, *b}) for k in sorted({*a.get(sec, {}), *b.get(sec, {})})]
+    return [f"{sec}.{k} {a.get(sec, {}).get(k)!r}{a_is} vs {b.get(sec, {}).get(k)!r}{b_is}"
+            for sec, k in keys if a.get(sec, {}).get(k) != b.get(sec, {}).get(k)]
+
+
 def read_faces(detect_dir: str | Path) -> Iterator[dict]:
     """Rows of a detect table; a missing or damaged one is named with what to run."""
     path = Path(detect_dir) / FACES

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ferdata.atomic import atomic_write_text, writable_folder
 from ferdata.classes import class_names
+from ferdata.layout import setting_differences
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
@@ -284,8 +285,7 @@ def check_preprocess(trained: dict, shards: dict, fields: Sequence[str], checkpo
     warn = [("align", "size"), ("align", "jpeg_quality"), *((("derive", "jpeg_quality"),) if halves else ())]
 
     def differing(keys: list[tuple[str, str]]) -> list[str]:
-        return [f"{sec}.{k} {trained.get(sec, {}).get(k)!r} (training) vs {shards.get(sec, {}).get(k)!r}"
-                for sec, k in keys if trained.get(sec, {}).get(k) != shards.get(sec, {}).get(k)]
+        return setting_differences(trained, shards, keys, a_is=" (training)")
 
     where = ", ".join(map(str, dirs))
     if differ := differing(refuse):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ferdata.classes import CLASSES, CONTEMPT
-from ferdata.layout import MADE_BY
+from ferdata.layout import MADE_BY, setting_differences
 from ferdata.params import (above, at_least, below_from, check_values, is_name_list, one_of, optional, repeated,
                             section, section_values, within)
 from fermodels.augment import AugmentParams
@@ -219,10 +219,8 @@ def check_same_preparation(train_split: Split, val_split: Split) -> None:
         differ = [k for k in MADE_BY if train.get(k) != val.get(k)]
         if not differ:
             continue
-        pre_t, pre_v = train.get("preprocess") or {}, val.get("preprocess") or {}
-        told = ([f"{sec}.{k} {pre_t.get(sec, {}).get(k)!r} (train) vs {pre_v.get(sec, {}).get(k)!r} (val)"
-                 for sec in sorted({*pre_t, *pre_v}) for k in sorted({*pre_t.get(sec, {}), *pre_v.get(sec, {})})
-                 if pre_t.get(sec, {}).get(k) != pre_v.get(sec, {}).get(k)] if "preprocess" in differ else
+        told = (setting_differences(train.get("preprocess") or {}, val.get("preprocess") or {},
+                                    a_is=" (train)", b_is=" (val)") if "preprocess" in differ else
                 [f"{differ[0]} {train.get(differ[0])!r} (train) vs {val.get(differ[0])!r} (val)"])
         raise ValueError(f"the val split of {d} was made by another run than the train split ({'; '.join(told)}): "
                          "shards copied from two preparations (other crops, or another shard.seed dealing trained "
