@@ -173,7 +173,24 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise ValueError(f"{path} is a damaged {FORMAT} checkpoint: it lacks {', '.join(missing)}")
+    if problem := _class_problem(state["classes"], state["num_classes"]):
+        raise ValueError(f"{path} is a damaged or edited {FORMAT} checkpoint: {problem} (predictions would be named "
+                         "wrongly); copy it again or retrain")
     return state
+
+
+def _class_problem(classes: object, num_classes: object) -> str:
+    """Why a checkpoint's class names cannot name its outputs ("" when they can): one distinct, non-empty
+    name per output, in output order."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        return f"num_classes is {num_classes!r}, not a count of 2 or more"
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) and c for c in classes):
+        return f"its classes {str(classes)[:120]} are not a list of names"
+    if len(classes) != num_classes:
+        return f"it names {len(classes)} classes ({', '.join(classes)[:120]}) for {num_classes} outputs"
+    if len(set(classes)) != len(classes):
+        return f"its class names repeat ({', '.join(classes)[:120]})"
+    return ""
 
 
 # Defaults that changed after checkpoints stored only the keywords given: (model, keyword) -> the

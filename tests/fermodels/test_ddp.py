@@ -504,6 +504,7 @@ def test_a_checkpoint_folder_another_run_holds_stops_every_rank_with_the_reason(
 def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, tmp_path, damage, said):
     """Rank 0 alone reads last.pt: refusing it, it left, and rank 1, waiting for it in the resume
     broadcast, ended on gloo's "Connection closed by peer" traceback."""
+    from ferdata.classes import class_names
     from fermodels.runstate import FORMAT
 
     (tmp_path / "ckpt").mkdir()
@@ -511,8 +512,8 @@ def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, 
     if damage == "cut":
         last.write_bytes(b"PK\x03\x04" + bytes(4000))
     else:
-        torch.save({"format": FORMAT, "model": "convcut", "model_kwargs": {}, "num_classes": 7, "classes": [],
-                    "state_dict": {}, "optimizer": None}, last)
+        torch.save({"format": FORMAT, "model": "convcut", "model_kwargs": {}, "num_classes": 7,
+                    "classes": list(class_names(7)), "state_dict": {}, "optimizer": None}, last)
     mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,
                        start_method="fork")
     outcomes = [(tmp_path / f"rank{rank}-held.txt").read_text() for rank in (0, 1)]

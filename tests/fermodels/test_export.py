@@ -158,6 +158,13 @@ def test_a_folder_or_a_damaged_checkpoint_is_one_clear_error(tmp_path, tiny_run)
     torch.save({k: v for k, v in state.items() if k != "state_dict"}, tmp_path / "nodict.pt")
     with pytest.raises(ValueError, match="damaged .* it lacks state_dict"):
         load(tmp_path / "nodict.pt")
+    for classes, num, says in [(state["classes"][:-1], state["num_classes"], "names 6 classes .* for 7 outputs"),
+                               ([*state["classes"][:-1], state["classes"][0]], 7, "class names repeat"),
+                               ("Neutral", 7, "are not a list of names"), ([*state["classes"][:-1], ""], 7, "not a"),
+                               (state["classes"], 7.0, "num_classes is 7.0, not a count")]:
+        torch.save({**state, "classes": classes, "num_classes": num}, tmp_path / "names.pt")
+        with pytest.raises(ValueError, match=f"names.pt is a damaged or edited .*{says}.*named wrongly"):
+            load(tmp_path / "names.pt")
     first = next(iter(state["state_dict"]))
     edited = {**state, "state_dict": {k: v for k, v in state["state_dict"].items() if k != first}}
     with pytest.raises(ValueError, match="weights do not fit model 'convcut' .*Missing key"):
