@@ -249,8 +249,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         if unscored := [name for i, name in enumerate(names) if not (which == i).any()]:
             log.warning("evaluate: %s hold(s) no %s sample a %d-class model can be scored on: left out of "
                         "per_dataset", ", ".join(unscored), params.split, len(classes))
-        metrics["per_dataset"] = {name: metrics_from_confusion(
-            confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes)
+        metrics["per_dataset"] = {name: {**metrics_from_confusion(
+            confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes),
+            "excluded": dict(sorted(dataset.excluded_per_dataset[i].items()))}
             for i, name in enumerate(names) if name not in unscored}
     subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:

@@ -33,7 +33,7 @@ class IndexedSplit(Dataset):
         self.members: list[dict[str, tuple[str, int, int]]] = []
         self.dataset_index: list[int] = []
         labels: list[int] = []
-        self.excluded: Counter = Counter()
+        self.excluded_per_dataset: list[Counter] = [Counter() for _ in split.dirs]     # class name -> count
         for d, shard_dir in enumerate(split.dirs):                  # keys are unique within a dataset
             listed = split.shards_of(shard_dir)
             read_member.forget(path for path, _ in listed)      # read the files indexed now, not older ones
@@ -45,13 +45,18 @@ class IndexedSplit(Dataset):
                                      "shard is damaged; check the split with `ferdata verify`")
                 label = class_id(read_member(fields["cls"]), key, fields["cls"][0])
                 if label >= num_classes:
-                    self.excluded[CLASSES[label]] += 1
+                    self.excluded_per_dataset[d][CLASSES[label]] += 1
                     continue
                 self.keys.append(key)
                 self.members.append({e: m for e, m in fields.items() if e in exts})
                 self.dataset_index.append(d)
                 labels.append(label)
         self.labels = np.array(labels, np.int64)
+
+    @property
+    def excluded(self) -> Counter:
+        """Samples of classes the model cannot predict (class name -> count), left out, over every dataset."""
+        return sum(self.excluded_per_dataset, Counter())
 
     def __len__(self) -> int:
         return len(self.keys)

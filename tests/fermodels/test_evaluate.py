@@ -238,6 +238,8 @@ def test_cross_dataset_scores_shared_classes_and_counts_the_rest(tiny_run, tiny8
                     EvalParams(**{**PARAMS.__dict__, "batch_check": False}), tmp_path / "both", ["tiny", "tiny8"])
     assert set(both["per_dataset"]) == {"tiny", "tiny8"} and both["cross_dataset"] is True
     assert sum(d["num_samples"] for d in both["per_dataset"].values()) == both["num_samples"]
+    assert both["per_dataset"]["tiny8"]["excluded"] == m["excluded"] and both["per_dataset"]["tiny"]["excluded"] == {}
+    assert both["excluded"] == m["excluded"]                     # the total: each dataset's own, summed
     state = torch.load(tiny_run["ckpt"] / "best.pt", weights_only=True)
     torch.save({**state, "datasets": ["tiny", "tiny8"]}, tmp_path / "two.pt")     # trained on both
     one = evaluate(tmp_path / "two.pt", tiny_run["shards"], EvalParams(**{**PARAMS.__dict__, "batch_check": False}),
