@@ -19,3 +19,8 @@ def __getattr__(name: str):
 
         return getattr(registry, name)
     raise AttributeError(f"module 'fermodels' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names with the registry's, which load on first use (tab completion, ``help``)."""
+    return sorted({*globals(), *__all__})

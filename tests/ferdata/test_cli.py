@@ -51,6 +51,7 @@ def test_fermodels_help_does_not_import_torch():
             "    res = CliRunner().invoke(app, args)\n    assert res.exit_code == 0, res.output")
     assert "torch" not in _heavy_modules_after(code)
     assert "torch" in _heavy_modules_after("from fermodels import create_model")
+    assert "torch" not in _heavy_modules_after("import fermodels\nassert 'list_models' in dir(fermodels)")
 
 
 def test_help_lists_every_command():
