@@ -102,7 +102,7 @@ def unread(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _holds_a_file(folder: Path, images_only: bool = False) -> bool:
+def holds_a_file(folder: Path, images_only: bool = False) -> bool:
     """Whether anything under ``folder`` could be a sample: a file or a linked folder (hidden non-images
     such as ``.DS_Store`` aside; with ``images_only``, what the reader reads as one: a visible image file
     outside hidden folders, or a linked folder). Stops at the first one."""
@@ -123,7 +123,7 @@ def files_beside(dataset: str, folder: Path, where: str) -> Iterator[Dropped]:
     (``.trash/``, ``.@__thumb/``), not read, each a ``hidden_file`` drop."""
     for path in visible_files(folder, recursive=False):
         yield Dropped(dataset, make_key(where, path.name), "outside_class_folder", str(path))
-    for path in sorted(p for p in folder.iterdir() if hidden(p.name) and p.is_dir() and _holds_a_file(p)):
+    for path in sorted(p for p in folder.iterdir() if hidden(p.name) and p.is_dir() and holds_a_file(p)):
         yield Dropped(dataset, make_key(where, path.name), *unread(path))
 
 
@@ -199,7 +199,7 @@ class FolderReader(DatasetReader):
     def official_splits(self) -> tuple[str, ...]:
         """The split folders holding an image: a ``test/`` that holds none (empty, or a README) defines no
         test split (it is carved)."""
-        return tuple(s for s, d in self._split_dirs().items() if s and _holds_a_file(d, images_only=True))
+        return tuple(s for s, d in self._split_dirs().items() if s and holds_a_file(d, images_only=True))
 
     def _split_dirs(self) -> dict[str, Path]:
         """``{split: folder}``; split is "" when the root holds the class folders directly."""

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.datasets.folder import read_class_tree, subdirs
+from ferdata.datasets.folder import holds_a_file, read_class_tree, subdirs
 from ferdata.records import MOVIE, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,11 @@ class SFEWReader(DatasetReader):
     option_defaults: Mapping[str, object] = {"val_as": "test"}
 
     def official_splits(self) -> tuple[str, ...]:
-        return ("train", self.options["val_as"])
+        """Train, and Val as ``val_as`` when it holds an image: a Val/ of empty class folders defines no
+        split (it is carved, as the folder reader's empty test/ is; one whose images were all dropped is
+        an error at the shard stage)."""
+        val = self._folders()["val"]
+        return ("train",) + ((self.options["val_as"],) if holds_a_file(val, images_only=True) else ())
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         val_as = self.options["val_as"]

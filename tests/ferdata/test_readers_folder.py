@@ -118,6 +118,18 @@ def test_sfew_val_as_val(tmp_path):
     make_sfew(tmp_path)
     records, _, _ = read_all("sfew", tmp_path, {"val_as": "val"})
     assert sorted(r.split for r in records.values()) == ["train", "train", "train", "val", "val"]
+    assert open_reader("sfew", tmp_path, {"val_as": "val"}).official_splits() == ("train", "val")
+
+
+def test_sfew_val_without_images_defines_no_split(tmp_path):
+    """Val/ of empty class folders (only Train unpacked) is carved, as README says of a folder naming no
+    image; the shard stage refused it after detection ("restore or fix those images")."""
+    make_sfew(tmp_path)
+    assert open_reader("sfew", tmp_path).official_splits() == ("train", "test")
+    for image in (tmp_path / "Val").rglob("*.png"):
+        image.unlink()
+    (tmp_path / "Val" / "Sad" / ".DS_Store").write_bytes(b"\0")
+    assert open_reader("sfew", tmp_path).official_splits() == ("train",)
 
 
 def test_sfew_frame_named_in_another_encoding_is_split(tmp_path):
