@@ -186,6 +186,15 @@ def _looks_whole(value: object) -> bool:
     return isinstance(value, str) and value.startswith('{"shape":[') and value.endswith("]}")
 
 
+def _parses(value: object) -> bool:
+    """Whether a stored entry is one :meth:`DetectionCache.get` can use (not a damaged one, a miss)."""
+    try:
+        Detection.from_json(value)
+    except BAD_ENTRY:
+        return False
+    return True
+
+
 def _round_points(a: np.ndarray | None) -> np.ndarray | None:
     return None if a is None else np.asarray(np.asarray(a, np.float64).round(3), np.float32)
 
@@ -228,6 +237,21 @@ class MergeCounts:
     corrupt: int = 0        # entries that do not parse: not added
 
 
+def _to_wal(db: sqlite3.Connection, timeout: float = 60) -> None:
+    """Switch ``db`` to WAL, waiting as long as its busy timeout for another process creating the same
+    cache: a new file is in rollback mode, where SQLite answers the switch with "database is locked" at
+    once (no busy wait: a deadlock guard) while the other connection holds its write lock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class DetectionCache:
     """``get``/``put`` detections by (sha256 of the encoded image, backend signature)."""
 
@@ -237,7 +261,7 @@ class DetectionCache:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / FILE
         self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        _to_wal(self.db)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS det (sha TEXT, sig TEXT, value TEXT, PRIMARY KEY (sha, sig))")
         self.db.commit()
@@ -286,7 +310,8 @@ class DetectionCache:
     def merge(self, source: str | Path) -> MergeCounts:
         """Add the entries of another cache (its folder or its ``detections.sqlite``, read-only).
         An entry already here stays as it is; one whose stored detection differs is counted
-        (detection on another CPU can differ in the last rounded digit)."""
+        (detection on another CPU can differ in the last rounded digit); one here that does not parse
+        (damaged: a miss) is replaced by the source's, counted as added."""
         src_path = cache_file(source)
         if src_path.resolve() == self.path.resolve():
             raise ValueError(f"{source} is this cache itself; give the other machines' caches")
@@ -298,6 +323,9 @@ class DetectionCache:
             except sqlite3.DatabaseError as e:
                 raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
             counts = MergeCounts()
+            # The look-ups and inserts under one write lock: a detect run storing the same image between
+            # a look-up ("not here") and its INSERT failed the merge ("UNIQUE constraint failed").
+            self.db.execute("BEGIN IMMEDIATE")
             try:
                 for sha, sig, value in _source_rows(rows, source):
                     if not _looks_whole(value):
@@ -309,6 +337,9 @@ class DetectionCache:
                         counts.added += 1
                     elif have[0] == value:
                         counts.present += 1
+                    elif not _parses(have[0]):          # damaged here (a miss for get): take the whole one
+                        self.db.execute("UPDATE det SET value=? WHERE sha=? AND sig=?", (value, sha, sig))
+                        counts.added += 1
                     else:
                         counts.differing += 1
             except ValueError as err:              # a source damaged part way: what it gave before is kept
@@ -322,14 +353,23 @@ class DetectionCache:
 
     @_named
     def prune(self, keep: Iterable[str]) -> int:
-        """Drop every entry whose signature is not in ``keep`` and compact the file; the number dropped."""
+        """Drop every entry whose signature is not in ``keep`` and compact the file; the number dropped.
+        The file is compacted also when nothing is dropped: a prune whose compaction failed (a full
+        disk, the usual reason to prune) has dropped its entries already (leaving pages part empty, no
+        free page to tell), and the next one must still give their space back."""
         self.flush()
         keep = sorted(set(keep))
         marks = ",".join("?" * len(keep))
         dropped = self.db.execute(f"DELETE FROM det WHERE sig NOT IN ({marks})", keep).rowcount
         self.db.commit()
-        if dropped:
+        try:
             self.db.execute("VACUUM")
+        except sqlite3.DatabaseError as err:
+            named = CacheError(self.path, err)
+            if dropped:
+                named.add_note(f"{dropped} entries were dropped; the file was not compacted: free some space "
+                               "and run `ferdata cache prune` again")
+            raise named from err
         return dropped
 
     @_named

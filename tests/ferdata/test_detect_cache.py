@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import cv2
@@ -832,3 +833,115 @@ def test_an_image_that_kills_a_worker_is_named(tmp_path, images, monkeypatch):
     with pytest.raises(ChildProcessError) as caught:
         run_detect(records(images), params(tmp_path, workers=2), tmp_path / "out")
     assert f"while processing {images[9]}: run again alone" in str(caught.value)
+
+
+def test_a_cache_another_process_is_creating_is_waited_for_not_locked_out(tmp_path):
+    """A new detections.sqlite is in rollback mode until DetectionCache switches it to WAL;
+    while another process creating it holds its write lock (its CREATE TABLE), SQLite answers this
+    process's `PRAGMA journal_mode=WAL` with "database is locked" at once, not after the busy timeout:
+    two runs started together on a new detect.cache_dir failed."""
+    folder = tmp_path / "c"
+    folder.mkdir()
+    other = sqlite3.connect(folder / "detections.sqlite", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")                        # the other process, mid-way through creating it
+    other.execute("CREATE TABLE IF NOT EXISTS det (sha TEXT, sig TEXT, value TEXT, PRIMARY KEY (sha, sig))")
+    timer = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    timer.start()
+    try:
+        with DetectionCache(folder) as cache:               # waits for it (as every other statement does)
+            cache.put("a", "sig", Detection((5, 5), ()))
+        with DetectionCache(folder) as cache:
+            assert len(cache) == 1
+    finally:
+        timer.join()
+        other.close()
+
+
+class _VacuumFails:
+    """The cache's connection, whose VACUUM fails as on a full disk (the DELETE before it fits)."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def execute(self, sql, *args):
+        if sql.strip().upper() == "VACUUM":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def _pages(path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("PRAGMA page_count").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_prune_whose_compaction_failed_is_compacted_by_the_next_prune(tmp_path):
+    """Prune commits its DELETE, then VACUUMs; when the VACUUM fails (a full disk: the reason to
+    prune) the entries are gone, and every later prune drops 0 and skipped VACUUM ("if dropped"):
+    the file was never compacted."""
+    value = Detection((100, 100), ())
+    with DetectionCache(tmp_path / "c") as cache:
+        for i in range(3000):
+            cache.put(f"{i:064x}" * 8, "keep" if i % 4 else "old", value)     # long keys: many pages
+    with DetectionCache(tmp_path / "c") as cache:
+        real = cache.db
+        cache.db = _VacuumFails(real)
+        try:
+            cache.prune(["keep"])
+            raise AssertionError("the VACUUM did not fail")
+        except CacheError as err:
+            assert "disk is full" in str(err)
+        finally:
+            cache.db = real
+    full = _pages(cache.path)
+    with DetectionCache(tmp_path / "c") as cache:
+        assert cache.prune(["keep"]) == 0 and len(cache) == 2250
+    assert _pages(cache.path) < 0.9 * full, "the second prune did not compact the file"
+
+
+def test_merge_replaces_an_entry_here_that_does_not_parse(tmp_path):
+    """An entry here that `get` cannot use (damaged: a miss, detected again) was kept over the
+    source's whole entry for the same image and counted as "differing (kept it)"."""
+    good = Detection((120, 80), ())
+    with DetectionCache(tmp_path / "m2") as other:
+        other.put("a" * 64, "sig", good)
+        other.put("b" * 64, "sig", Detection((7, 7), ()))
+    with DetectionCache(tmp_path / "main") as main:
+        main.put("a" * 64, "sig", good)
+        main.put("b" * 64, "sig", Detection((9, 9), ()))          # another whole detection: kept, counted
+    db = sqlite3.connect(tmp_path / "main" / "detections.sqlite")
+    db.execute("UPDATE det SET value = substr(value, 1, 12) WHERE sha = ?", ("a" * 64,))
+    db.commit()
+    db.close()
+    with DetectionCache(tmp_path / "main") as main:
+        counts = main.merge(tmp_path / "m2")
+        assert (counts.added, counts.differing) == (1, 1)
+        assert main.get("a" * 64, "sig") == good
+        assert main.get("b" * 64, "sig") == Detection((9, 9), ())
+
+
+def test_a_detect_run_storing_an_image_a_merge_adds_does_not_fail_the_merge(tmp_path):
+    """The merge looked an entry up outside any transaction, then INSERTed it: another process
+    storing the same entry in between made it fail with "UNIQUE constraint failed", reported as "the
+    file is damaged: delete it". The other process's commit is injected at the merge's BEGIN."""
+    value = Detection((5, 5), ())
+    with DetectionCache(tmp_path / "m2") as other:
+        other.put("a" * 64, "sig", value)
+    with DetectionCache(tmp_path / "main") as main:
+        writer = sqlite3.connect(main.path, timeout=60)
+
+        def at(sql):
+            if sql.startswith("BEGIN"):
+                with writer:
+                    writer.execute("INSERT OR REPLACE INTO det VALUES (?, ?, ?)", ("a" * 64, "sig", value.to_json()))
+
+        main.db.set_trace_callback(at)
+        counts = main.merge(tmp_path / "m2")
+        main.db.set_trace_callback(None)
+        writer.close()
+        assert (counts.added, counts.present) == (0, 1) and main.get("a" * 64, "sig") == value
