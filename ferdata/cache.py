@@ -385,8 +385,11 @@ class DetectionCache:
 
     @_named
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        """Write the buffered puts and close the file (closed also when that write fails: a full disk)."""
+        try:
+            self.flush()
+        finally:
+            self.db.close()
 
     def __enter__(self) -> "DetectionCache":
         return self

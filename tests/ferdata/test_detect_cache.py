@@ -945,3 +945,32 @@ def test_a_detect_run_storing_an_image_a_merge_adds_does_not_fail_the_merge(tmp_
         main.db.set_trace_callback(None)
         writer.close()
         assert (counts.added, counts.present) == (0, 1) and main.get("a" * 64, "sig") == value
+
+
+def test_a_cache_whose_last_write_fails_is_closed_all_the_same(tmp_path):
+    """close() writes the buffered puts, then closes the file: a write failing there (a full disk)
+    left the connection, and its file handles, open."""
+    class FullDisk:
+        def __init__(self, db):
+            self._db = db
+
+        def executemany(self, *args):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def __enter__(self):
+            return self._db.__enter__()
+
+        def __exit__(self, *exc):
+            return self._db.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self._db, name)
+
+    cache = DetectionCache(tmp_path / "c")
+    real = cache.db
+    cache.put("a" * 64, "sig", Detection((5, 5), ()))
+    cache.db = FullDisk(real)
+    with pytest.raises(CacheError, match="disk is full"):
+        cache.close()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        real.execute("SELECT 1")
