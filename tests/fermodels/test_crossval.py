@@ -326,3 +326,19 @@ def test_an_unwritable_out_is_told_before_the_experiments_are_read(repo, tmp_pat
         res = CliRunner().invoke(app, ["crossval", "--repo", str(repo[0]), "--rev", repo[1], "--out", str(out)])
         assert isinstance(res.exception, ValueError) and says in str(res.exception), res.output
         assert "folds" not in res.output
+
+
+def test_a_cross_dataset_series_names_its_test_dataset(tmp_path):
+    """Scored on another k-fold dataset (evaluate.dataset: jaffe, dealt into folds too), a series is
+    summarised (its test splits differ per fold); its header names the dataset it was tested on."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        experiment(repo, base, f"ck{k}", k, params(k), FOLDS[k], tested={"ckplus": f"ck-{k}"})
+        cross = {**params(k), "evaluate": {"dataset": "jaffe", "split": "test"}}
+        experiment(repo, base, f"jf{k}", 10 + k, cross, FOLDS[k], tested={"jaffe": f"jf-{k}"})
+    cross, own = summarise(read_experiments(repo, base)[0])
+    assert cross.problem is None and own.problem is None            # both summarised: each JAFFE face tested once
+    heads = [describe(s).splitlines()[0] for s in (cross, own)]
+    assert heads[0] != heads[1], heads                               # both read "cmnet on ckplus: 3 of 3 folds"
+    assert "jaffe" in heads[0]
