@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import re
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -30,12 +32,33 @@ FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg")              # annotation_path's 
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
 
 
+@contextmanager
+def openable_name(path: Path) -> Iterator[str]:
+    """A name OpenCV can open ``path`` by: the path itself, or, for a name that is not UTF-8 (its
+    bytes kept as surrogates, which ``cv2.VideoCapture`` crashes the process on), a link to the
+    file under a temporary UTF-8 name."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="fer-video-") as tmp:
+            link = os.path.join(tmp, "video" + path.suffix.lower())
+            os.symlink(os.path.abspath(path), link)
+            yield link
+        return
+    yield name
+
+
 def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, str]]:
     """(frame index, picture or None, problem) for an image (which keeps its file's bytes for
     the reduced decodes), or every ``every``-th video frame."""
     if path.suffix.lower() in VIDEO_EXTS:
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
+        try:
+            with openable_name(path) as name:
+                cap = cv2.VideoCapture(name)
+        except OSError:                 # no link could be made for a name OpenCV cannot take
+            cap = None
+        if cap is None or not cap.isOpened():
             yield 0, None, "unreadable_video"
             return
         index = 0

@@ -486,6 +486,26 @@ def test_a_whole_mkv_whose_duration_runs_past_its_last_frame_is_not_cut_short(tm
         (0, True, ""), (10, True, ""), (20, True, "")]
 
 
+def test_a_video_whose_name_is_not_utf8_is_read_not_a_crash(tmp_path):
+    """cv2.VideoCapture on a name holding surrogate escapes (a Latin-1 file name) killed the process
+    (SIGSEGV): predict wrote nothing for any input. Run in a child so a crash fails the test."""
+    from skimage import data
+
+    name = os.fsdecode(b"caf\xe9.avi")
+    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (512, 512))
+    for _ in range(6):
+        writer.write(data.astronaut()[..., ::-1].copy())
+    writer.release()
+    os.replace(tmp_path / "clip.avi", tmp_path / name)
+    code = ("import sys; from pathlib import Path; from fermodels.predict import iter_frames; "
+            "print([(i, p is not None, why) for i, p, why in iter_frames(Path(sys.argv[1]), 2)])")
+    run = subprocess.run([sys.executable, "-c", code, os.fsencode(tmp_path / name)], capture_output=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert run.returncode == 0, f"rc {run.returncode}: {run.stderr.decode(errors='replace')[-500:]}"
+    assert run.stdout.decode().strip() == "[(0, True, ''), (2, True, ''), (4, True, '')]"
+    assert [p.name for p in tmp_path.iterdir()] == [name]            # nothing left beside it
+
+
 @pytest.mark.parametrize("kind", ["grey", "rgba", "float01", "uint16"])
 def test_an_array_that_is_not_rgb_uint8_is_refused_with_what_a_picture_is(kind, predictor):
     """``Predictor.faces(array)``: pixels in 0..1 found no face without a word; grey, RGBA and 16-bit
