@@ -266,6 +266,23 @@ def sync_batchnorm(net: nn.Module, env: DistEnv, device: torch.device) -> nn.Mod
     return nn.SyncBatchNorm.convert_sync_batchnorm(net)
 
 
+def check_compile_works(device: torch.device) -> None:
+    """Refuse ``train.compile`` in words where torch.compile cannot build kernels on ``device`` (no
+    working C++ compiler for inductor's CPU kernels, no triton on a GPU): compiled lazily, the model
+    failed at the first training step, after the data was set up, on a 100-line inductor traceback."""
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0 + 1.0
+
+    try:
+        torch.compile(probe, dynamic=False)(torch.ones(8, device=device))
+    except Exception as err:     # noqa: BLE001 - inductor raises many kinds (InductorError, BackendCompilerFailed)
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise ValueError(f"train.compile: torch.compile cannot build kernels on {device.type} here ({first}); "
+                         "install what it names (a C++ compiler such as g++ for the CPU, triton for a GPU) "
+                         "or set train.compile false") from None
+
+
 def ddp_wrap(net: nn.Module, env: DistEnv, device: torch.device, num_classes: int, compile: bool) -> nn.Module:
     """The module the training loop calls: DDP around ``net`` under torchrun (told to look for unused
     parameters only where a forward pass leaves some unused), compiled if asked."""

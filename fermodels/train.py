@@ -27,8 +27,8 @@ from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects, broadcast_object,
-                                   ddp_wrap, env_from_os, init_distributed, max_over_ranks, pick_device, shutdown,
-                                   sync_batchnorm, sync_buffers)
+                                   check_compile_works, ddp_wrap, env_from_os, init_distributed, max_over_ranks,
+                                   pick_device, shutdown, sync_batchnorm, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit
@@ -174,6 +174,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     ``live_dir`` logged, if any)."""
     if params.batch_size % env.world_size:
         raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
+    if params.compile:              # before the data: an inductor that cannot build here fails at the first step
+        check_compile_works(device)
     torch.manual_seed(params.seed)
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
     for warning in random_start_warnings(net, params):

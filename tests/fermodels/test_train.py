@@ -6,7 +6,10 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from fermodels.stream import stream_loader
 from fermodels.train import train, train_step
 from fermodels.trainlog import NonFiniteLossError
 
-from tests.fermodels.helpers import TINY_MODEL, build_shards, make_params, soft_label_of
+from tests.fermodels.helpers import REPO, TINY_MODEL, build_shards, make_params, soft_label_of
 
 CPU = torch.device("cpu")
 FAST_MODELS = {"resnet18_112", "convcut"}
@@ -589,6 +592,22 @@ def test_class_weight_values_and_probe():
     assert check_class_weight_used(Weighted(), out, batch) is True
     assert check_class_weight_used(Plain(), out, batch) is False
     assert check_class_weight_used(Weighted(), out, {**batch, "label": torch.zeros(4, dtype=torch.int64)}) is None
+
+
+def test_compile_without_a_working_compiler_is_refused_in_words_before_training(tiny_shards, tmp_path):
+    """train.compile where inductor cannot build kernels (no C++ compiler) died at the first training
+    step, after the data was set up, on a ~100-line InductorError traceback."""
+    script = (f"from tests.fermodels.helpers import make_params\nfrom fermodels.train import train\n"
+              f"try:\n    train({str(tiny_shards)!r}, make_params(epochs=1, compile=True), {str(tmp_path / 'c')!r}, "
+              f"{str(tmp_path / 'l')!r})\n    print('TRAINED')\n"
+              f"except Exception as e:\n    print('RAISED', type(e).__name__, str(e).splitlines()[0])\n")
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    said = [line for line in run.stdout.splitlines() if line.startswith(("RAISED", "TRAINED"))]
+    assert said and said[-1].startswith("RAISED ValueError train.compile: torch.compile cannot build kernels on cpu"), (
+        run.stdout[-800:], run.stderr[-800:])
+    assert not (tmp_path / "l").exists() or not any((tmp_path / "l").iterdir())        # before the run logged
 
 
 @pytest.mark.slow
