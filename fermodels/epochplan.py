@@ -247,7 +247,9 @@ def plan_epoch(shards: Sequence[tuple[str, int]], *, samples: int, batch_size: i
     if per_rank[-1] == 0:
         raise ValueError(f"an epoch of {samples} samples (the train split's, or train.epoch_samples) cannot give "
                          f"each of {env.world_size} ranks one: use fewer ranks")
-    sizes = batch_sizes(per_rank[env.rank], batch_size, math.ceil(per_rank[0] / batch_size))
+    num_batches = math.ceil(per_rank[0] / batch_size)
+    batch_sizes(per_rank[-1], batch_size, num_batches)      # the smallest share: every rank refuses what one must
+    sizes = batch_sizes(per_rank[env.rank], batch_size, num_batches)
     asked = max(1, workers if streams is None else stream_count(streams, read // env.world_size, shuffle_buffer))
     blocks = split_evenly(len(sizes), min(asked, len(sizes)))
     skips = round_robin_skips(blocks, skip_batches)

@@ -715,8 +715,12 @@ def test_a_balanced_epoch_at_rate_one_shows_every_sample_once_whatever_the_worke
 
 
 def test_a_batch_of_one_per_rank_names_the_fix():
-    with pytest.raises(ValueError, match="with a batch of 1 per rank every rank needs as many samples"):
-        plan_epoch([("a.tar", 13)], samples=13, batch_size=1, env=DistEnv(1, 2, 0), workers=0, seed=0, shuffle=True)
+    """Every rank refuses, not only the one with the smaller share: rank 0 went on to its first
+    collective and ended on gloo's "Connection closed by peer" traceback."""
+    for rank in (0, 1):
+        with pytest.raises(ValueError, match="with a batch of 1 per rank every rank needs as many samples"):
+            plan_epoch([("a.tar", 13)], samples=13, batch_size=1, env=DistEnv(rank, 2, 0), workers=0, seed=0,
+                       shuffle=True)
     with pytest.raises(ValueError, match=r"1 samples \(the train split's, or train.epoch_samples\) .* use fewer ranks"):
         plan_epoch([("a.tar", 13)], samples=1, batch_size=2, env=DistEnv(0, 2, 0), workers=0, seed=0, shuffle=True)
 
