@@ -116,3 +116,12 @@ def make_params(**overrides) -> TrainParams:
     return section(TrainParams, apply_recipe(values), "train")
 
 
+def bare_checkpoint(params: dict, data: dict, **fields) -> dict:
+    """A last.pt's contents as resume_state reads them, without a model: no weights, a 7-class model's
+    class names (load_checkpoint checks them), ``fields`` over a fresh run's position."""
+    from ferdata.classes import class_names
+    from fermodels.runstate import CHECKPOINT_KEYS, FORMAT
+
+    return ({k: None for k in CHECKPOINT_KEYS} | {"num_classes": 7, "classes": list(class_names(7))}
+            | {"format": FORMAT, "params": params, "data": data, "optimizer": {"state": {}, "param_groups": []},
+               "best": {"epoch": -1}, "step": 0} | fields)

@@ -10,17 +10,15 @@ import torch
 
 from fermodels.ckptdir import BEST, LAST, PENDING_BEST, saved_at, settle_best
 from fermodels.livelog import logged_epochs, repair_summary, truncate_live
-from fermodels.runstate import CHECKPOINT_KEYS, FORMAT, resume_state
+from fermodels.runstate import resume_state
+from tests.fermodels.helpers import bare_checkpoint
 
 PARAMS = {"epochs": 2, "lr": 0.1, "seed": 0}
 DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_backends": ["retinaface"]}
 
 
 def save_last(ckpt, params: dict, data: dict, **position) -> None:
-    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data,
-                                                  "optimizer": {"state": {}, "param_groups": []},
-                                                  "best": {"epoch": -1}, "step": 0, **position}
-    torch.save(state, f"{ckpt}/{LAST}")
+    torch.save(bare_checkpoint(params, data, **position), f"{ckpt}/{LAST}")
 
 
 def history(live, name: str, text: str):

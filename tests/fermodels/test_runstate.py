@@ -7,17 +7,15 @@ import sys
 import pytest
 import torch
 
-from fermodels.runstate import CHECKPOINT_KEYS, FORMAT, LAST, resume_state
+from fermodels.runstate import LAST, resume_state
+from tests.fermodels.helpers import bare_checkpoint
 
 PARAMS = {"epochs": 2, "lr": 0.1, "seed": 0}
 DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_backends": ["retinaface"]}
 
 
 def save_last(ckpt: str, params: dict, data: dict, **position) -> None:
-    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data,
-                                                  "optimizer": {"state": {}, "param_groups": []},
-                                                  "best": {"epoch": -1}, "step": 0, **position}
-    torch.save(state, f"{ckpt}/{LAST}")
+    torch.save(bare_checkpoint(params, data, **position), f"{ckpt}/{LAST}")
 
 
 def test_the_same_run_resumes(tmp_path):

@@ -34,7 +34,8 @@ from fermodels.stream import stream_loader
 from fermodels.train import train, train_step
 from fermodels.trainlog import NonFiniteLossError
 
-from tests.fermodels.helpers import REPO, TINY_MODEL, build_shards, make_params, soft_label_of
+from tests.fermodels.helpers import (REPO, TINY_MODEL, bare_checkpoint, build_shards, make_params,
+                                     soft_label_of)
 
 CPU = torch.device("cpu")
 FAST_MODELS = {"resnet18_112", "convcut"}
@@ -1099,12 +1100,11 @@ def test_a_run_goes_on_under_other_loader_workers_even_mid_epoch(tmp_path, caplo
     finished run trained nothing and its last.pt kept the old count). next_position, given another
     effective count (another number of ranks can give one), goes on from an epoch's end with a
     warning and refuses the middle of one."""
-    from fermodels.runstate import CHECKPOINT_KEYS, FORMAT, Position, next_position, resume_state
+    from fermodels.runstate import Position, next_position, resume_state
 
     params, data = {"epochs": 3, "lr": 0.1, "workers": 2, "streams": 4}, {"datasets": ["x"]}
-    state = {k: None for k in CHECKPOINT_KEYS} | {"format": FORMAT, "params": params, "data": data, "epoch": 1,
-                                                  "batch": 3, "step": 8, "world_size": 1, "epoch_steps": 5,
-                                                  "streams": 4, "optimizer": {}, "best": {"epoch": -1}}
+    state = bare_checkpoint(params, data, epoch=1, batch=3, step=8, world_size=1, epoch_steps=5, streams=4,
+                            optimizer={})
     torch.save(state, tmp_path / "last.pt")
     for workers in (0, 1, 4):
         resumed = resume_state(tmp_path, {**params, "workers": workers}, data)
