@@ -159,3 +159,46 @@ def test_ranks_after_the_first_log_warnings_only():
 
     assert log_level({}) == log_level({"RANK": "0"}) == logging.INFO
     assert log_level({"RANK": "1"}) == log_level({"RANK": "7"}) == logging.WARNING
+
+
+def _with_dataset(**entry) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"]["second"] = {"reader": "affectnet", "root": "raw/AffectNet", "options": {}, **entry}
+    return params
+
+
+@pytest.mark.parametrize("entry, named", [({"options": {"protocl": "affectnet7"}}, "protocl"),
+                                          ({"reader": "afectnet"}, "afectnet")], ids=["option", "reader"])
+def test_the_whole_check_refuses_another_datasets_misspelt_reader_or_option(tmp_path, entry, named):
+    """The check never built the datasets' readers: a misspelt reader or option of a second dataset
+    passed it, and `dvc repro` detected every other dataset before that one's detect stage failed."""
+    from ferdata.errors import is_user_error, message
+    from pipeline._checks import check_params
+
+    with pytest.raises((ValueError, KeyError)) as caught:
+        check_params(_with_dataset(**entry), tmp_path)
+    assert is_user_error(caught.value)
+    assert named in message(caught.value) and "datasets.second" in message(caught.value)
+    check_params(_with_dataset(root="/nonexistent/AffectNet", options={"protocol": "affectnet7"}), tmp_path)
+
+
+@pytest.mark.parametrize("where, detect, named", [
+    ("section", {"backend": "embeded"}, "embeded"),
+    ("section", {"options": {"thread": 2}}, "thread"),
+    ("section", {"options": {"threads": 0}}, "threads"),
+    ("dataset", {"options": {"threads": 0}}, "threads"),
+    ("dataset", {"backend": "embeded"}, "datasets.sample.detect.backend")])
+def test_the_whole_check_refuses_a_bad_face_backend_or_option(tmp_path, where, detect, named):
+    """The detect section's own backend and options were checked only when a detect stage started (a
+    dataset's override was checked, the section not; option values by neither)."""
+    from ferdata.errors import is_user_error, message
+    from pipeline._checks import check_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    if where == "section":
+        params["detect"].update(detect)
+    else:
+        params["datasets"]["sample"]["detect"] = detect
+    with pytest.raises((ValueError, KeyError)) as caught:
+        check_params(params, tmp_path)
+    assert is_user_error(caught.value) and named in message(caught.value)

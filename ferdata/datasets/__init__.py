@@ -47,6 +47,11 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
     if not isinstance(spec.detect, Mapping):
         raise ValueError(f"datasets.{name}.detect must be a mapping of detect values (e.g. {{backend: precropped}}), "
                          f"got {spec.detect!r}")
+    try:        # the reader's name and option names, as the detect stage builds it (no file opened: a training
+        open_reader(spec.reader, spec.root, spec.options)     # machine need not hold the raw images)
+    except (ValueError, KeyError) as err:
+        err.add_note(f"params.yaml datasets.{name}")
+        raise
     return spec
 
 

@@ -183,6 +183,7 @@ def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> D
     base = stage_section(params, "detect", DetectParams)         # a missing or wrong section is named as such
     own = dict(spec.detect)
     if not own:
+        _check_backend(base, "detect")
         return base
     unknown = sorted(set(own) - set(vars(base)))
     if unknown:
@@ -192,10 +193,22 @@ def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> D
         own.setdefault("options", {})
     try:
         merged = section(DetectParams, {**params["detect"], **own}, f"datasets.{name}.detect")
-        BACKENDS.get(merged.backend).check_options(merged.options)
+        _check_backend(merged, f"datasets.{name}.detect")
     except ValueError as e:
         raise ValueError(f"datasets.{name}.detect (over the detect section): {e}") from None
     return merged
+
+
+def _check_backend(params: DetectParams, where: str) -> None:
+    """The backend's name, and its options' names and kinds, as building it checks them (no model
+    file read): a misspelt backend or option of the section, or a bad value, is told when params.yaml
+    is checked (:mod:`pipeline._checks`), not only when this dataset's detect stage starts."""
+    try:
+        backend = BACKENDS.get(params.backend)
+    except KeyError as e:                  # an unknown name: said with where it was set
+        raise ValueError(f"{where}.backend: {e}") from None
+    backend.check_options(params.options)
+    backend.check_values(params.options)
 
 
 def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_dir: str | Path,
