@@ -38,6 +38,26 @@ class ParamsLoader(yaml.SafeLoader):
     yaml_implicit_resolvers = {first: [(tag, regex) for tag, regex in resolvers if tag not in _NUMBERS]
                                for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        """A mapping, refused when it names a key twice: PyYAML keeps the last silently (``lr`` set
+        twice trained with the second), where DVC (ruamel.yaml) refuses the file. Keys a merge
+        (``<<: *base``) brings in may be set again, as YAML means them to."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:                   # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key {key!r} twice (first on line {first.line + 1}): keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
     def construct_yaml_int(self, node: yaml.Node) -> int:
         text = str(self.construct_scalar(node)).replace("_", "")
         sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))

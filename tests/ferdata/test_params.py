@@ -286,3 +286,14 @@ def test_yaml_words_and_quoted_numbers_read_as_before(tmp_path):
     (tmp_path / "p.yaml").write_text("a: 1e-05\nb: '1e-05'\nc: no\nd: 12\ne: 1.5e-3\nf: 1e5\ng: -2E+3\nh: 1e\n")
     assert load_params(tmp_path / "p.yaml") == {"a": 1e-05, "b": "1e-05", "c": False, "d": 12, "e": 1.5e-3,
                                                 "f": 1e5, "g": -2e3, "h": "1e"}
+
+
+def test_a_key_given_twice_is_refused_as_dvc_refuses_it(tmp_path):
+    """PyYAML kept the last value silently (`lr` set twice trained with the second) where DVC refuses
+    the file; keys a merge (`<<: *base`) brings in may still be set again."""
+    text = (REPO / "params.yaml").read_text().replace("  lr: 0.002", "  lr: 0.002\n  lr: 0.5", 1)
+    assert text.count("  lr: ") == 2
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ValueError, match="'lr' twice"):
+        load_params(tmp_path / "params.yaml")
+    assert read_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
