@@ -293,12 +293,14 @@ def stream_count(streams: int, samples: int, shuffle_buffer: int) -> int:
     loader workers."""
     if shuffle_buffer <= 1:
         return streams
-    return max(d for d in divisors(streams) if d == 1 or samples // d >= shuffle_buffer)
+    return max(d for d in divisors(streams, most=max(1, samples // shuffle_buffer))
+               if d == 1 or samples // d >= shuffle_buffer)
 
 
-def divisors(n: int) -> list[int]:
-    """The positive divisors of ``n``, ascending."""
-    return [d for d in range(1, n + 1) if n % d == 0]
+def divisors(n: int, most: int | None = None) -> list[int]:
+    """The positive divisors of ``n`` (those up to ``most`` when given), ascending: bounded, since
+    ``n`` may be any whole number params.yaml holds (train.streams 10**23 hung the params check)."""
+    return [d for d in range(1, (n if most is None else min(n, most)) + 1) if n % d == 0]
 
 
 def assign_streams(lanes: Sequence[StreamPlan], workers: int, skip_batches: int = 0) -> list[WorkerPlan]:

@@ -108,7 +108,8 @@ class TrainParams:
             "weight_decay": at_least(0), "momentum": below_from(0, 1), "sam_rho": above(0),
             "schedule": one_of(SCHEDULES), "warmup_epochs": at_least(0), "step_size": at_least(1), "gamma": above(0),
             "sampler": one_of(SAMPLERS), "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0),
-            "streams": at_least(1), "shuffle_buffer": at_least(0), "checkpoint_every": at_least(0),
+            "streams": at_least(1), "checkpoint_every": at_least(0),
+            "shuffle_buffer": (at_least(2)[0], ">= 2 (0 and 1 shuffle nothing: every epoch in the same order)"),
             "label_smoothing": below_from(0, 1), "ema_decay": below_from(0, 1), "device": DEVICE_RULE,
             "seed": within(0, 2**64 - 1)})                 # torch.manual_seed's range (it failed at train time)
         if self.model_kwargs:                       # a bad value: told now, not after the preprocessing
@@ -119,8 +120,8 @@ class TrainParams:
         if self.workers and self.streams % self.workers:
             raise ValueError(f"train.workers {self.workers} must divide train.streams {self.streams}: each loader "
                              "worker makes the batches of as many shuffle streams (the streams set the sample order, "
-                             f"the workers do not); use one of {divisors(self.streams)} workers, or more streams "
-                             "(another number of streams is another order)")
+                             f"the workers do not); use one of {divisors(self.streams, most=1024)} workers, or more "
+                             "streams (another number of streams is another order)")
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"train.warmup_epochs {self.warmup_epochs} is more than train.epochs {self.epochs} "
                              "(the learning rate would never reach train.lr)")

@@ -23,7 +23,7 @@ import fermodels.trainlog as trainlog
 import fermodels.trainparams as trainparams
 from fermodels.data import SampleDecoder
 from fermodels.distributed import DistEnv
-from fermodels.epochplan import plan_epoch
+from fermodels.epochplan import plan_epoch, stream_count
 from fermodels.modelinput import normalise, to_device
 from fermodels.optim import SAM, build_optimizer
 from fermodels.registry import create_model, list_models
@@ -488,6 +488,16 @@ def test_loader_workers_must_divide_the_streams():
     with pytest.raises(ValueError, match=r"train.workers 3 must divide train.streams 16: .* one of \[1, 2, 4, 8, 16\]"):
         make_params(workers=3, streams=16)
     assert make_params(workers=3, streams=12).workers == 3 and make_params(workers=0, streams=5).streams == 5
+    with pytest.raises(ValueError, match="must divide train.streams"):      # its hint listed 1..10**23's divisors
+        make_params(workers=2, streams=10**23 + 1)
+    assert stream_count(10**23, 1000, 500) == 2                             # (hung, as that count did)
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_a_shuffle_buffer_that_shuffles_nothing_is_refused(value):
+    """0 and 1 passed the check and switched the per-epoch shuffle off: every epoch in one order."""
+    with pytest.raises(ValueError, match="train.shuffle_buffer"):
+        make_params(shuffle_buffer=value)
 
 
 def test_training_gives_the_same_weights_under_any_number_of_loader_workers(tiny_shards, tmp_path, one_thread):
