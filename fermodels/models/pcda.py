@@ -130,8 +130,10 @@ class PCDA(nn.Module):
             raise ValueError(f"neaa_weight must be >= 0, got {neaa_weight!r}")
         if not (dim >= 1 and heads >= 1):                     # checked here too: depth 0 builds no block
             raise ValueError(f"dim and heads must be >= 1, got {dim!r}, {heads!r}")
-        if not (depth >= 0 and mlp_ratio > 0):                # depth < 0 built no block, silently
-            raise ValueError(f"depth must be >= 0 and mlp_ratio > 0, got {depth!r}, {mlp_ratio!r}")
+        # depth 0: no block reads the image, the class token alone is the prediction (the same for every
+        # face), and the landmark tokens get no gradient (DDP without find_unused_parameters fails)
+        if not (depth >= 1 and mlp_ratio > 0):
+            raise ValueError(f"depth must be >= 1 and mlp_ratio > 0, got {depth!r}, {mlp_ratio!r}")
         self.card, self.h_norm, self.neaa_weight = card, h_norm, neaa_weight
         grid = card.input_size // 8
         self.image_backbone = IR50(num_stages=3)

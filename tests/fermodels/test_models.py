@@ -66,8 +66,9 @@ def test_a_class_count_below_two_is_refused_by_name() -> None:
     ("pcda", {"heatmap_sigma": 0.0}, "heatmap_sigma must be > 0"),   # 0/0: NaN logits
     ("pcda", {"heatmap_sigma": -1.0}, "heatmap_sigma must be > 0"),  # the square hid the sign
     ("pcda", {"neaa_weight": -0.01}, "neaa_weight must be >= 0"),
-    ("pcda", {"depth": -1}, "depth must be >= 0 and mlp_ratio > 0"),  # built no block, silently
-    ("pcda", {"mlp_ratio": -2.0}, "depth must be >= 0 and mlp_ratio > 0"),
+    ("pcda", {"depth": -1}, "depth must be >= 1 and mlp_ratio > 0"),  # built no block, silently
+    ("pcda", {"depth": 0}, "depth must be >= 1 and mlp_ratio > 0"),   # the class token alone: one answer
+    ("pcda", {"mlp_ratio": -2.0}, "depth must be >= 1 and mlp_ratio > 0"),
     ("pcnn", {"local_weight": -8.0}, "main_weight and local_weight must be >= 0"),
     ("pcda", {"heads": 0}, "dim and heads must be >= 1"),              # ZeroDivisionError: a traceback
     ("pcda", {"dim": 0}, "dim and heads must be >= 1"),                # a model without features
