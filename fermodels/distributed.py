@@ -289,13 +289,20 @@ def ddp_wrap(net: nn.Module, env: DistEnv, device: torch.device, num_classes: in
     fwd: nn.Module = net
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
-        from fermodels.info import example_batch, used_parameters
+        from fermodels.info import example_batch
 
         was_training = net.training
         example = {k: v.to(device) for k, v in example_batch(net.card, 2, num_classes).items()}
-        used = {id(p) for p in used_parameters(net.eval(), example)}
-        net.train(was_training)
-        unused = any(p.requires_grad and id(p) not in used for p in net.parameters())
+        trained = [p for p in net.parameters() if p.requires_grad]
+        # by gradient, not by the modules called: a module called whose output reaches no loss (or a
+        # parameter used directly, outside any submodule's forward) gets no gradient all the same
+        net.eval()                              # no BatchNorm statistics moved, no dropout drawn
+        try:
+            loss = sum(net.losses(net(example), example).values())
+            grads = torch.autograd.grad(loss, trained, allow_unused=True)
+        finally:
+            net.train(was_training)
+        unused = any(g is None for g in grads)
         fwd = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                       find_unused_parameters=unused)
     return torch.compile(fwd) if compile else fwd

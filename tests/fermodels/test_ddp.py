@@ -1012,3 +1012,42 @@ def test_without_a_shuffle_buffer_an_epoch_has_the_streams_asked(buffer):
     """No buffer to fill (0 or 1): the streams are train.streams, even where a stream reads fewer
     samples than there are streams."""
     assert stream_count(8, 3, buffer) == 8 and stream_count(6, 0, buffer) == 6
+
+
+class _Branchy(torch.nn.Module):
+    """A model whose second layer is called; with ``dead`` its output reaches no loss."""
+
+    def __init__(self, dead: bool) -> None:
+        from fermodels.registry import ModelCard
+
+        super().__init__()
+        self.card = ModelCard(name="branchy", input_size=8, fields=("image",), losses=("ce",), paper="test")
+        self.a, self.b, self.fc = torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 7)
+        self.dead = dead
+
+    def forward(self, batch):
+        f = self.a(batch["image"].mean((2, 3)))
+        g = self.b(f)
+        return {"logits": self.fc(f if self.dead else g)}
+
+    def losses(self, out, batch):
+        return {"ce": torch.nn.functional.cross_entropy(out["logits"], batch["label"])}
+
+
+@pytest.mark.parametrize("dead", [True, False])
+def test_ddp_is_told_of_parameters_no_loss_reaches_though_their_module_runs(monkeypatch, dead):
+    """Judged by the modules called, a layer run whose output no loss reaches (pcda's landmark tokens at
+    depth 0) counted as used: DDP, not told to look, failed at the second step ("Expected to have
+    finished reduction")."""
+    from fermodels.distributed import ddp_wrap
+
+    told = {}
+
+    def fake_ddp(module, device_ids=None, find_unused_parameters=False):
+        told["unused"] = find_unused_parameters
+        return module
+
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", fake_ddp)
+    net = _Branchy(dead).train()
+    ddp_wrap(net, DistEnv(0, 2, 0), torch.device("cpu"), 7, compile=False)
+    assert told["unused"] is dead and net.training
