@@ -365,6 +365,11 @@ class DetectionCache:
         try:
             self.db.execute("VACUUM")
         except sqlite3.DatabaseError as err:
+            if not dropped and isinstance(err, sqlite3.OperationalError) and "full" in str(err):
+                # nothing to drop: the answer is 0, as it was; compacting (an earlier prune's drops) waits
+                log.warning("%s: nothing to drop; not compacted (%s): free some space and prune again to give "
+                            "back an earlier prune's space", self.path, err)
+                return 0
             named = CacheError(self.path, err)
             if dropped:
                 named.add_note(f"{dropped} entries were dropped; the file was not compacted: free some space "

@@ -233,7 +233,7 @@ def describe(series: Series) -> str:
     datasets = recipe.get("datasets") or train.get("datasets") or []          # a recipe names its own
     tested = (series.params.get("evaluate") or {}).get("dataset")       # cross-dataset: say what was scored
     head = (f"{train.get('recipe') or train.get('model')} on {'+'.join(datasets)}"
-            + (f", tested on {tested}" if tested and tested not in datasets else "") + ": "
+            + (f", tested on {tested}" if tested and [tested] != list(datasets) else "") + ": "
             f"{len(series.runs)} of {series.folds} folds" + (f", missing {series.missing}" if series.missing else ""))
     if series.problem:
         return f"{head}\nnot summarised: {series.problem}"

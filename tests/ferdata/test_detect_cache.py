@@ -974,3 +974,20 @@ def test_a_cache_whose_last_write_fails_is_closed_all_the_same(tmp_path):
         cache.close()
     with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
         real.execute("SELECT 1")
+
+
+def test_a_prune_with_nothing_to_drop_on_a_full_disk_says_zero(tmp_path, caplog):
+    """Compacting needs the file's size again in free space: with nothing to drop, a full disk is no
+    error (`ferdata cache prune` stopped there, before a later cache whose stale entries free space)."""
+    with DetectionCache(tmp_path / "c") as cache:
+        for i in range(50):
+            cache.put(f"{i:064x}", "keep", Detection((100, 100), ()))
+    with DetectionCache(tmp_path / "c") as cache:
+        real = cache.db
+        cache.db = _VacuumFails(real)
+        try:
+            with caplog.at_level("WARNING", logger="ferdata.cache"):
+                assert cache.prune(["keep"]) == 0
+        finally:
+            cache.db = real
+        assert len(cache) == 50 and "nothing to drop; not compacted" in caplog.text

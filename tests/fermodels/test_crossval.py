@@ -342,3 +342,17 @@ def test_a_cross_dataset_series_names_its_test_dataset(tmp_path):
     heads = [describe(s).splitlines()[0] for s in (cross, own)]
     assert heads[0] != heads[1], heads                               # both read "cmnet on ckplus: 3 of 3 folds"
     assert "jaffe" in heads[0]
+
+
+def test_a_series_scored_on_one_of_its_training_datasets_names_it(tmp_path):
+    """Trained on ckplus+jaffe and scored on jaffe alone: the header read like the series scored on both."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        both = {"shard": {"seed": 0, "folds": 3, "fold": k},
+                "train": {"model": "cmnet", "datasets": ["ckplus", "jaffe"]}}
+        experiment(repo, base, f"b{k}", k, both, FOLDS[k], tested={"ckplus": f"ck-{k}", "jaffe": f"jf-{k}"})
+        one = {**both, "evaluate": {"dataset": "jaffe", "split": "test"}}
+        experiment(repo, base, f"j{k}", 10 + k, one, FOLDS[k], tested={"jaffe": f"jf-{k}"})
+    heads = sorted(describe(s).splitlines()[0] for s in summarise(read_experiments(repo, base)[0]))
+    assert heads == ["cmnet on ckplus+jaffe, tested on jaffe: 3 of 3 folds", "cmnet on ckplus+jaffe: 3 of 3 folds"]
