@@ -56,8 +56,10 @@ class DetectParams:
     options: Mapping[str, Any] = field(default_factory=dict)   # backend-specific, e.g. {pack: antelopev2}
 
     def __post_init__(self) -> None:
+        folder = (lambda v: isinstance(v, str) and v.strip() != "", "a folder's path (not empty)")
         check_values("detect", self, {"select": one_of(SELECTIONS), "det_size": at_least(32),
-                                      "score_threshold": optional(within(0, 1)), "workers": at_least(1)})
+                                      "score_threshold": optional(within(0, 1)), "workers": at_least(1),
+                                      "cache_dir": folder, "model_dir": optional(folder)})
         if self.options is None:                                   # `options:` left empty in YAML
             object.__setattr__(self, "options", {})
         if not isinstance(self.options, Mapping):

@@ -55,8 +55,10 @@ def test_params_yaml_as_shipped_passes():
     ("shard", {"maxcount": 2.5}, "shard.maxcount must be a whole number, got 2.5"),
     ("detect", {"workers": 1.5}, "detect.workers must be a whole number, got 1.5"),
     ("detect", {"allow_download": "no"}, "detect.allow_download must be true or false, got 'no'"),
-    ("detect", {"cache_dir": None}, "detect.cache_dir must be text, got None"),
-    ("detect", {"model_dir": 5}, "detect.model_dir must be null or text, got 5"),
+    ("detect", {"cache_dir": None}, "detect.cache_dir must be a folder's path"),
+    ("detect", {"cache_dir": ""}, "detect.cache_dir must be a folder's path"),       # the cache went into the repo
+    ("detect", {"model_dir": 5}, "detect.model_dir must be null or a folder's path (not empty), got 5"),
+    ("detect", {"model_dir": " "}, "detect.model_dir must be null or a folder's path"),
     ("align", {"padding": "0.1"}, "align.padding must be in [0, 4.0], got '0.1'"),
     ("align", {"padding": 1e10}, "align.padding must be in [0, 4.0], got 10000000000.0"),   # crashed OpenCV
     ("derive", {"heatmap_size": 4000}, "derive.heatmap_size must be in [1, 256], got 4000"),   # 4 GiB a face
