@@ -13,6 +13,7 @@ from torch import nn
 
 from ferdata.classes import CLASSES, CONTEMPT
 from ferdata.layout import MADE_BY, setting_differences
+from ferdata.registry import UnknownNameError
 from ferdata.params import (above, at_least, below_from, check_values, is_name_list, one_of, optional, repeated,
                             section, section_values, within)
 from fermodels.augment import AugmentParams
@@ -89,6 +90,9 @@ class TrainParams:
         except TypeError as err:
             raise ValueError(f"train.model_kwargs for train.model {self.model}: {err} (`fermodels info "
                              f"{self.model}` lists its keywords)") from None
+        except UnknownNameError as err:
+            err.add_note("train.model")
+            raise
         if bad := [k for k in WEIGHT_FILE_KWARGS if not isinstance(self.model_kwargs.get(k), (str, type(None)))]:
             raise ValueError(f"train.model_kwargs.{bad[0]} must be a weight file's path or null, got "
                              f"{self.model_kwargs[bad[0]]!r}")

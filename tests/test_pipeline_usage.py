@@ -79,9 +79,10 @@ def test_help_prints_usage_and_exits_0(stage, flag, monkeypatch, capsys):
     ("train", "model_kwargs", {"num_classes": 8}, "train.model_kwargs sets num_classes (8): set train.num_classes"),
     ("train", "model_kwargs", {"pretrained": 5}, "train.model_kwargs.pretrained must be a weight file's path or null"),
     ("train", "recipe", ["cmnet_rafdb"], "unknown training recipe ['cmnet_rafdb']; known: "),
+    ("train", "model", "resnet81", "resnet18_heatmap_112 (train.model)"),
 ], ids=["train-key", "train-value", "evaluate-dataset", "evaluate-dataset-empty", "evaluate-value", "detect-value",
         "train-unknown-dataset", "evaluate-unknown-dataset", "train-device", "evaluate-device", "kwargs-num-classes",
-        "kwargs-weights-number", "recipe-list"])
+        "kwargs-weights-number", "recipe-list", "model"])
 def test_a_stage_refuses_a_bad_value_of_any_section_before_it_starts(tmp_path, section, key, value, says):
     """Each stage checked only its own section: a bad `train` value surfaced after every
     preprocessing stage had run (hours on AffectNet). Now the first stage to run names it."""
