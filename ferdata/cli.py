@@ -45,7 +45,7 @@ def prepare(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
-    from ferdata.params import dataset_specs, load_params, parse_assignments
+    from ferdata.params import load_params, parse_assignments
     from ferdata.prepare import prepare as run
 
     _setup_logging(verbose)
@@ -54,14 +54,21 @@ def prepare(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
     loaded = load_params(params)
-    spec = dataset_specs(loaded).get(dataset)
-    made = spec.get("root") if dataset == "sample" and root is None and isinstance(spec, dict) else None
-    if isinstance(made, str) and not Path(made).exists():     # the reader would say it does not look like AffectNet
-        raise FileNotFoundError(f"{made}: the sample dataset is generated, not shipped: `ferdata sample {made}` "
-                                "makes it (`dvc repro` does both)")
+    check_sample_made(loaded, dataset, root)
     reports = run(dataset, loaded, out, root, options, backend)
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
+
+
+def check_sample_made(params: dict, dataset: str, root: Optional[Path]) -> None:
+    """The bundled sample's folder exists: its reader would say it does not look like AffectNet."""
+    from ferdata.params import dataset_specs
+
+    spec = dataset_specs(params).get(dataset)
+    made = spec.get("root") if dataset == "sample" and root is None and isinstance(spec, dict) else None
+    if isinstance(made, str) and not Path(made).exists():
+        raise FileNotFoundError(f"{made}: the sample dataset is generated, not shipped: `ferdata sample {made}` "
+                                "makes it (`dvc repro` does both)")
 
 
 @app.command()
@@ -91,7 +98,9 @@ def detect(
         options = parse_assignments(option)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--option") from None
-    r = detect_part(dataset, load_params(params), which, root, options, backend)
+    loaded = load_params(params)
+    check_sample_made(loaded, dataset, root)
+    r = detect_part(dataset, loaded, which, root, options, backend)
     n = r["notes"]
     dropped = f" {r['dropped']}" if r["dropped"] else ""
     typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped{dropped}; "

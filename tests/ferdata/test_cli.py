@@ -122,11 +122,12 @@ def test_preparing_the_sample_before_it_is_generated_says_how_to_make_it(tmp_pat
     Manually_Annotated_Images/ ...), which a new user cannot act on: the sample is generated."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
-    res = CliRunner().invoke(app, ["prepare", "sample"])
-    assert isinstance(res.exception, FileNotFoundError), res.output
-    assert str(res.exception) == ("data/raw/sample: the sample dataset is generated, not shipped: `ferdata sample "
-                                  "data/raw/sample` makes it (`dvc repro` does both)")
-    assert not (tmp_path / "data").exists()
+    for args in (["prepare", "sample"], ["detect", "sample", "--part", "1/2"]):       # detect: on machine K
+        res = CliRunner().invoke(app, args)
+        assert isinstance(res.exception, FileNotFoundError), res.output
+        assert str(res.exception) == ("data/raw/sample: the sample dataset is generated, not shipped: `ferdata "
+                                      "sample data/raw/sample` makes it (`dvc repro` does both)")
+        assert not (tmp_path / "data").exists()
 
 
 def test_bad_input_is_one_line_without_a_traceback(tmp_path):
