@@ -38,11 +38,15 @@ class ParamsLoader(yaml.SafeLoader):
     yaml_implicit_resolvers = {first: [(tag, regex) for tag, regex in resolvers if tag not in _NUMBERS]
                                for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
         """A mapping, refused when it names a key twice: PyYAML keeps the last silently (``lr`` set
         twice trained with the second), where DVC (ruamel.yaml) refuses the file. Keys a merge
-        (``<<: *base``) brings in may be set again, as YAML means them to."""
-        if isinstance(node, yaml.MappingNode):
+        (``<<: *base``) brings in may be set again, as YAML means them to. Checked here, on a node's
+        first flattening: flattening puts the merged keys into ``node.value`` for good, and a merge
+        source may be flattened (as another mapping's ``<<``) before it is constructed itself."""
+        checked = self.__dict__.setdefault("_checked_nodes", set())
+        if id(node) not in checked:
+            checked.add(id(node))
             seen: dict[Any, Any] = {}
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -56,7 +60,7 @@ class ParamsLoader(yaml.SafeLoader):
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark,
                         f"found the key {key!r} twice (first on line {first.line + 1}): keep one", key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
+        super().flatten_mapping(node)
 
     def construct_yaml_int(self, node: yaml.Node) -> int:
         text = str(self.construct_scalar(node)).replace("_", "")

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 from dvc.utils.hydra import apply_overrides
 
 from ferdata.params import dataset_specs, load_params, read_yaml, section
@@ -298,4 +299,45 @@ def test_a_key_given_twice_is_refused_as_dvc_refuses_it(tmp_path):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ValueError, match="'lr' twice"):
         load_params(tmp_path / "params.yaml")
+    assert read_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
+
+
+# Merge sources that PyYAML flattens (as another mapping's `<<`) before building them: their merged-in
+# keys were taken for keys written twice by hand.
+NESTED = """\
+common: &common
+  lr: 0.1
+  epochs: 2
+defaults:
+  train: &train
+    <<: *common
+    lr: 1.0
+experiment:
+  <<: *train
+"""
+
+INLINE = """\
+base: &base {x: 1, y: 2}
+a:
+  <<: &mid
+    <<: *base
+    x: 2
+b: *mid
+"""
+
+
+def test_a_nested_merge_source_that_sets_a_merged_key_again_is_read_as_yaml_means_it():
+    assert read_yaml(NESTED) == yaml.safe_load(NESTED)
+    assert read_yaml(NESTED)["experiment"] == {"lr": 1.0, "epochs": 2}
+
+
+def test_an_inline_merge_source_used_again_by_alias_is_read():
+    assert read_yaml(INLINE) == yaml.safe_load(INLINE)
+
+
+def test_a_key_given_twice_is_still_refused_where_merges_are_about():
+    with pytest.raises(yaml.YAMLError, match="'lr' twice"):
+        read_yaml(NESTED.replace("    lr: 1.0\n", "    lr: 1.0\n    lr: 2.0\n"))
+    with pytest.raises(yaml.YAMLError, match="'x' twice"):
+        read_yaml("b: &b {x: 1}\nc:\n  <<: *b\n  x: 3\n  x: 4\n")
     assert read_yaml("b: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
