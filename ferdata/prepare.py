@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ferdata.cache import cache_folder
-from ferdata.datasets import (READERS, DatasetSpec, dataset_spec, official_splits, read_dataset, source,
+from ferdata.datasets import (READERS, DatasetSpec, check_reader, dataset_spec, official_splits, read_dataset, source,
                               warn_absolute_root)
 from ferdata.errors import NamedKeyError
 from ferdata.layout import stage_dirs
@@ -31,7 +31,7 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
     ``root``, ``options`` (merged over the entry's reader options) and ``backend`` (the face backend,
     over ``datasets.<name>.detect.backend`` and the detect section's) override params.yaml."""
     if name in dataset_specs(params):
-        spec = dataset_spec(params, name)
+        spec = dataset_spec(params, name, build=False)       # built below, with the options given over its own
     elif root is not None:
         spec = DatasetSpec(name, str(root), {})     # a reader name + a root: no params entry needed
         READERS.get(name)                           # unknown names fail here, listing the readers
@@ -45,8 +45,11 @@ def resolve_spec(name: str, params: Mapping[str, Any], root: str | Path | None =
         if backend != replaced:             # the dataset's own options belong to the backend replaced
             detect.pop("options", None)
         detect["backend"] = backend
-    return DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
-                       {**(spec.options or {}), **(options or {})}, detect)
+    resolved = DatasetSpec(spec.reader, str(root) if root is not None else spec.root,
+                           {**(spec.options or {}), **(options or {})}, detect)
+    if name in dataset_specs(params):
+        check_reader(resolved, f"params.yaml datasets.{name}" + (" with the options given" if options else ""))
+    return resolved
 
 
 def prepare(name: str, params: Mapping[str, Any], data_dir: str | Path = "data",

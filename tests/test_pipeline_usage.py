@@ -169,7 +169,10 @@ def _with_dataset(**entry) -> dict:
 
 
 @pytest.mark.parametrize("entry, named", [({"options": {"protocl": "affectnet7"}}, "protocl"),
-                                          ({"reader": "afectnet"}, "afectnet")], ids=["option", "reader"])
+                                          ({"reader": "afectnet"}, "afectnet"),
+                                          ({"options": {"root": "raw/elsewhere"}}, "'root'"),   # were TypeErrors
+                                          ({"options": {1: "x"}}, "unknown option(s) 1")],
+                         ids=["option", "reader", "option-root", "option-number"])
 def test_the_whole_check_refuses_another_datasets_misspelt_reader_or_option(tmp_path, entry, named):
     """The check never built the datasets' readers: a misspelt reader or option of a second dataset
     passed it, and `dvc repro` detected every other dataset before that one's detect stage failed."""
@@ -188,7 +191,10 @@ def test_the_whole_check_refuses_another_datasets_misspelt_reader_or_option(tmp_
     ("section", {"options": {"thread": 2}}, "thread"),
     ("section", {"options": {"threads": 0}}, "threads"),
     ("dataset", {"options": {"threads": 0}}, "threads"),
-    ("dataset", {"backend": "embeded"}, "datasets.sample.detect.backend")])
+    ("dataset", {"backend": "embeded"}, "datasets.sample.detect.backend"),
+    ("section", {"backend": "face_alignment", "options": {"detector": "embeded"}}, "detector must be one of"),
+    ("section", {"backend": "insightface", "options": {"landmarks": "69"}}, "landmarks must be one of"),
+    ("section", {"backend": "insightface", "options": {"pack": "buffalo_sc"}}, "has no 68-point landmark model")])
 def test_the_whole_check_refuses_a_bad_face_backend_or_option(tmp_path, where, detect, named):
     """The detect section's own backend and options were checked only when a detect stage started (a
     dataset's override was checked, the section not; option values by neither)."""
@@ -203,3 +209,11 @@ def test_the_whole_check_refuses_a_bad_face_backend_or_option(tmp_path, where, d
     with pytest.raises((ValueError, KeyError)) as caught:
         check_params(params, tmp_path)
     assert is_user_error(caught.value) and named in message(caught.value)
+
+
+def test_the_whole_check_lets_auto_pass_on_options_one_candidate_refuses(tmp_path):
+    from pipeline._checks import check_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["detect"].update(backend="auto", options={"detector": "sfd", "pack": "antelopev2"})
+    check_params(params, tmp_path)

@@ -15,8 +15,8 @@ from ferdata.records import Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "DatasetSpec", "dataset_spec",
-           "official_splits", "open_reader", "read_dataset", "source", "warn_absolute_root"]
+__all__ = ["COMMON_OPTIONS", "READERS", "DatasetLayoutError", "DatasetReader", "DatasetSpec", "check_reader",
+           "dataset_spec", "official_splits", "open_reader", "read_dataset", "source", "warn_absolute_root"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,9 @@ class DatasetSpec:
     detect: dict = field(default_factory=dict)
 
 
-def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
+def dataset_spec(params: Mapping[str, Any], name: str, build: bool = True) -> DatasetSpec:
+    """Dataset ``name``'s params.yaml entry, its reader built (``build``: its name and option names
+    checked, no file opened) unless a caller builds it with options of its own over the entry's."""
     specs = dataset_specs(params)
     if name not in specs:
         raise NamedKeyError(f"dataset {name!r} is not in params.yaml datasets (known: {', '.join(sorted(specs))})")
@@ -47,12 +49,19 @@ def dataset_spec(params: Mapping[str, Any], name: str) -> DatasetSpec:
     if not isinstance(spec.detect, Mapping):
         raise ValueError(f"datasets.{name}.detect must be a mapping of detect values (e.g. {{backend: precropped}}), "
                          f"got {spec.detect!r}")
-    try:        # the reader's name and option names, as the detect stage builds it (no file opened: a training
-        open_reader(spec.reader, spec.root, spec.options)     # machine need not hold the raw images)
-    except (ValueError, KeyError) as err:
-        err.add_note(f"params.yaml datasets.{name}")
-        raise
+    if build:
+        check_reader(spec, f"params.yaml datasets.{name}")
     return spec
+
+
+def check_reader(spec: DatasetSpec, where: str) -> None:
+    """The reader's name and option names, as the detect stage builds it (no file opened: a training
+    machine need not hold the raw images); an error gets ``where`` as a note."""
+    try:
+        open_reader(spec.reader, spec.root, spec.options)
+    except (ValueError, KeyError) as err:
+        err.add_note(where)
+        raise
 
 
 def read_dataset(spec: DatasetSpec) -> Iterator[FaceRecord | Dropped]:

@@ -320,4 +320,10 @@ def excluded_ids(names: Any, reader: str) -> frozenset[int]:
 
 def open_reader(name: str, root: str | Path, options: Mapping[str, Any] | None = None) -> DatasetReader:
     """Instantiate the reader registered as ``name``."""
-    return READERS.get(name)(root, **dict(options or {}))
+    cls = READERS.get(name)
+    options = dict(options or {})
+    if not_names := sorted(repr(k) for k in options if not isinstance(k, str) or k == "root"):
+        known = sorted({**COMMON_OPTIONS, **cls.option_defaults})      # a keyword error was a traceback
+        raise ValueError(f"{cls.name}: unknown option(s) {', '.join(not_names)}; known: {known} (the root is "
+                         "datasets.<name>.root, not an option)")
+    return cls(root, **options)

@@ -93,12 +93,17 @@ class FanBackend(FaceBackend):
     downloads = True
     defaults = {"detector": "embedded", "det_size": 640, "score_threshold": 0.9, "flip_input": False}
 
+    @classmethod
+    def check_values(cls, options: Mapping[str, Any]) -> None:
+        """As every backend's, and ``detector`` one of :data:`DETECTORS` (told when params.yaml is checked)."""
+        super().check_values(options)
+        if options.get("detector", cls.defaults["detector"]) not in DETECTORS:
+            raise ValueError(f"face_alignment detector must be one of {sorted(DETECTORS)}, "
+                             f"got {options['detector']!r}")
+
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:
         super().__init__(options, model_dir, allow_download)
-        if self.options["detector"] not in DETECTORS:
-            raise ValueError(f"face_alignment detector must be one of {sorted(DETECTORS)}, "
-                             f"got {self.options['detector']!r}")
         self._fa = None
         self._given: str | None = None     # the weight file resolve() last gave: the one loading when it fails
         boxes = {k: self.options[k] for k in ("det_size", "score_threshold", "threads") if k in self.options}

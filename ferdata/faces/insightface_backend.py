@@ -120,6 +120,14 @@ class InsightFaceBackend(FaceBackend):
         if size is not None and (size < 32 or size % 32):
             raise ValueError(f"face backend {cls.name!r}: option det_size must be a multiple of 32 (SCRFD's "
                              f"largest stride), got {size}")
+        landmarks = str(options.get("landmarks", cls.defaults["landmarks"]))
+        if landmarks not in LANDMARK_TASKS:          # the landmark model and the pack: no file read to know them
+            raise ValueError(f"insightface landmarks must be one of {sorted(LANDMARK_TASKS)}, "
+                             f"got {options.get('landmarks')!r}")
+        pack = str(options.get("pack", cls.defaults["pack"]))
+        if pack in PACK_FILES and LANDMARK_TASKS[landmarks] not in PACK_FILES[pack]:
+            raise ValueError(f"insightface pack {pack!r} has no {landmarks}-point landmark model: "
+                             f"use one that has ({', '.join(WITH_LANDMARKS)})")
 
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:

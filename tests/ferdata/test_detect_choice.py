@@ -7,12 +7,14 @@ import json
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from ferdata.datasets import open_reader
 from ferdata.faces.base import Face, face_in_box
 from ferdata.layout import read_faces
 from ferdata.records import FaceRecord
 from ferdata.stages.detect import DetectParams, run_detect
+from tests.fermodels.helpers import REPO
 
 pytestmark = pytest.mark.usefixtures("offline")
 
@@ -172,3 +174,26 @@ def test_backend_option_replaces_a_datasets_own_backend_and_its_options():
     assert detect.backend == "embedded" and dict(detect.options) == {}
     same = detect_section(params, "sample", resolve_spec("sample", params, backend="insightface"))
     assert same.backend == "insightface" and dict(same.options) == {"pack": "antelopev2"}
+
+
+def _params_with_ck() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"]["ck"] = {"reader": "ckplus", "root": "raw/CK+", "options": {"exclude_classes": ["Contemp"]}}
+    return params
+
+
+def test_an_option_given_replaces_the_entrys_bad_one():
+    """`ferdata prepare NAME --option` is over params.yaml's: the entry's value it replaces was refused."""
+    from ferdata.prepare import resolve_spec
+
+    spec = resolve_spec("ck", _params_with_ck(), root="/data/CK+", options={"exclude_classes": ["Contempt"]})
+    assert spec.options == {"exclude_classes": ["Contempt"]} and spec.root == "/data/CK+"
+
+
+def test_the_entrys_bad_option_is_still_refused_when_nothing_replaces_it():
+    from ferdata.datasets import dataset_spec
+    from ferdata.prepare import resolve_spec
+
+    for call in (lambda: resolve_spec("ck", _params_with_ck()), lambda: dataset_spec(_params_with_ck(), "ck")):
+        with pytest.raises(ValueError, match="'Contemp' is not a class"):
+            call()
