@@ -103,13 +103,21 @@ def resolve_names(
     Mapping keys that match no name also raise, since they are most likely typos.
     """
     mapping = mapping or {}
+    pairs: list = []
     if isinstance(mapping, Mapping):        # folders named 1..7 (Kaggle's RAF-DB): YAML reads {1: Surprise} as numbers
-        mapping = {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: v for k, v in mapping.items()}
+        pairs = [(str(k) if isinstance(k, int) and not isinstance(k, bool) else k, v) for k, v in mapping.items()]
     if not isinstance(mapping, Mapping) or not all(isinstance(k, str) and (v is None or isinstance(v, str))
-                                                   for k, v in mapping.items()):
+                                                   for k, v in pairs):
         raise ValueError(f"{where}: options.mapping must map folder names to classes (or to null, leaving the folder "
                          f"out), e.g. {{calm: Neutral, unsure: null}}; got {mapping!r}")
-    explicit = {k.strip().lower(): v for k, v in mapping.items()}
+    explicit: dict[str, str | None] = {}
+    given: dict[str, object] = {}
+    for k, v in pairs:            # the keys as given: 1 and "1", Calm and calm name one folder
+        low = k.strip().lower()
+        if low in explicit and explicit[low] != v:
+            raise ValueError(f"{where}: options.mapping names folder {low!r} twice ({given[low]!r}: "
+                             f"{explicit[low]!r} and {k!r}: {v!r}); keep one")
+        explicit[low], given[low] = v, k
     lowered = {n.strip().lower() for n in names}
     stray = sorted(k for k in explicit if k not in lowered)
     if stray:

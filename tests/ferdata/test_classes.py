@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from ferdata.params import read_yaml
+
 from ferdata.classes import (
     CLASSES, JAFFE_CODES, NATIVE_TO_CANONICAL, UnknownClassError, canonical_id, class_names,
     resolve_names, stored_class_id, to_canonical,
@@ -85,3 +87,16 @@ def test_resolve_names_rejects_bad_targets_and_stray_keys():
                                         (b"+1", None), (b"", None), (b"1.0", None), (b"\xd9\xa3", None)])
 def test_stored_class_id(text, want):
     assert stored_class_id(text) == want
+
+
+@pytest.mark.parametrize("text", ['{1: Surprise, "1": Fear}', "{calm: Neutral, Calm: Sad}"])
+def test_a_mapping_naming_one_folder_twice_is_refused(text):
+    """1 and "1", Calm and calm name one folder: the last was kept silently."""
+    mapping = read_yaml(f"mapping: {text}")["mapping"]          # params.yaml reads both keys (not the same key)
+    with pytest.raises(ValueError, match="twice"):
+        resolve_names(["1", "calm"], mapping, where="folder class folders")
+
+
+def test_a_mapping_naming_each_folder_once_still_resolves():
+    out = resolve_names(["1", "calm"], read_yaml("m: {1: Surprise, Calm: Neutral}")["m"])
+    assert {k: CLASSES[v] for k, v in out.items()} == {"1": "Surprise", "calm": "Neutral"}
