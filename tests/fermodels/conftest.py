@@ -7,7 +7,6 @@ so a model learns them in a few steps. Built once per test session.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,14 @@ import torch
 from ferdata.params import load_params
 from fermodels.runstate import preprocess_record
 
-from tests.fermodels.helpers import REPO, build_shards, make_params
+from tests.fermodels.helpers import REPO, build_shards, ferdata_quiet, make_params
 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """~31 train / ~11 val / 14 test samples of 7 classes in shards of 4 (data/tiny/shards layout)."""
-    logging.getLogger("ferdata").setLevel(logging.WARNING)
-    return build_shards(tmp_path_factory.mktemp("data") / "tiny")
+    with ferdata_quiet():
+        return build_shards(tmp_path_factory.mktemp("data") / "tiny")
 
 
 @pytest.fixture(scope="session")

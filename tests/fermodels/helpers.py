@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -56,6 +58,19 @@ def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: ra
                     x1, y1 = lmk.max(0)
                     w.writerow([rel, f"{x0:.1f}", f"{y0:.1f}", f"{x1 - x0:.1f}", f"{y1 - y0:.1f}",
                                 ";".join(f"{v:.2f}" for v in lmk.reshape(-1)), label, "0.0", "0.0"])
+
+
+@contextmanager
+def ferdata_quiet():
+    """The ferdata loggers at WARNING meanwhile (the stages' progress lines), their level restored
+    after (left at WARNING, a later test of `-v` logging found DEBUG off)."""
+    logger = logging.getLogger("ferdata")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, classes: range = range(7),

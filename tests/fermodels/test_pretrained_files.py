@@ -3,7 +3,6 @@ empty-path weights are refused by name; a misspelt layout is told when params ar
 expanded; the timm mapping counts or refuses every tensor it does not rename."""
 from __future__ import annotations
 
-import logging
 import zipfile
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from ferdata.errors import is_user_error, message
 from fermodels.checkpoints import PretrainedMismatchError, load_pretrained
 from fermodels.models.backbones import ResNet18Trunk
-from tests.fermodels.helpers import REPO, build_shards, make_params
+from tests.fermodels.helpers import REPO, build_shards, ferdata_quiet, make_params
 
 
 def _tiny_convnext_file(path: Path, seed: int) -> None:
@@ -33,8 +32,8 @@ def test_new_pretrained_weights_in_place_are_trained_from_not_resumed_past(tmp_p
     from fermodels.train import train
     from ferdata.params import load_params
 
-    logging.getLogger("ferdata").setLevel(logging.WARNING)
-    shards = build_shards(tmp_path / "tiny")
+    with ferdata_quiet():
+        shards = build_shards(tmp_path / "tiny")
     pre = preprocess_record(load_params(REPO / "params.yaml"))
     weights = tmp_path / "convnext_base.pth"
     _tiny_convnext_file(weights, seed=1)
