@@ -8,6 +8,7 @@ on the code this module imports (``ferdata.codeclosure.CHECKS``), only on the co
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,9 +20,11 @@ from ferdata.stages.align import AlignParams
 from ferdata.stages.derive import DeriveParams
 from ferdata.stages.detect import detect_section
 from ferdata.stages.shard import ShardParams
+from fermodels.checkpoints import WEIGHT_FILE_KWARGS
 from fermodels.evaluate import evaluate_section
 from fermodels.trainparams import train_section
 
+log = logging.getLogger(__name__)
 DATA_DIR = "data"        # where dvc.yaml's stages put each dataset (data/<name>/...)
 NOTE = "params.yaml is checked whole before a stage runs: fix this value even where this stage does not read it"
 
@@ -37,9 +40,14 @@ def check_params(params: Mapping[str, Any], data_dir: str | Path = DATA_DIR) -> 
             stage_section(params, "sample", SampleParams)
         for name in dataset_specs(params):
             detect_section(params, name, dataset_spec(params, name))
-        trained_on = train_section(params, announce=False).datasets
+        train = train_section(params, announce=False)
         tested_on, _ = evaluate_section(params)
-        check_run_datasets(trained_on, tested_on, dataset_specs(params), data_dir)
+        check_run_datasets(train.datasets, tested_on, dataset_specs(params), data_dir)
     except (ValueError, KeyError, TypeError) as err:
         err.add_note(NOTE)
         raise
+    for key in WEIGHT_FILE_KWARGS:      # needed on the machine that trains only: said, not refused
+        path = train.model_kwargs.get(key)
+        if isinstance(path, str) and not Path(path).expanduser().exists():
+            log.warning("train.model_kwargs.%s %s is not on this machine: the train stage stops at its start "
+                        "without it (after the preprocessing stages)", key, path)

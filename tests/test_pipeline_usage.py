@@ -217,3 +217,20 @@ def test_the_whole_check_lets_auto_pass_on_options_one_candidate_refuses(tmp_pat
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["detect"].update(backend="auto", options={"detector": "sfd", "pack": "antelopev2"})
     check_params(params, tmp_path)
+
+
+def test_the_whole_check_says_when_a_pretrained_file_is_not_here(tmp_path, caplog):
+    """A missing weight file passed the check (it need only be on the machine that trains) and the train
+    stage stopped at its start, after hours of preprocessing, with nothing said before."""
+    from pipeline._checks import check_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(model="resnet18_112", model_kwargs={"pretrained": str(tmp_path / "r18.pth")})
+    with caplog.at_level("WARNING", logger="pipeline._checks"):
+        check_params(params, tmp_path)
+    assert f"train.model_kwargs.pretrained {tmp_path / 'r18.pth'} is not on this machine" in caplog.text
+    caplog.clear()
+    (tmp_path / "r18.pth").write_bytes(b"weights")
+    with caplog.at_level("WARNING", logger="pipeline._checks"):
+        check_params(params, tmp_path)
+    assert "is not on this machine" not in caplog.text
