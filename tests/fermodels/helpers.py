@@ -140,3 +140,12 @@ def bare_checkpoint(params: dict, data: dict, **fields) -> dict:
     return ({k: None for k in CHECKPOINT_KEYS} | {"num_classes": 7, "classes": list(class_names(7))}
             | {"format": FORMAT, "params": params, "data": data, "optimizer": {"state": {}, "param_groups": []},
                "best": {"epoch": -1}, "step": 0} | fields)
+
+
+def save_last(ckpt, params: dict, data: dict, **position) -> None:
+    """:func:`bare_checkpoint` saved as ``ckpt``'s last.pt."""
+    import torch
+
+    from fermodels.ckptdir import LAST
+
+    torch.save(bare_checkpoint(params, data, **position), f"{ckpt}/{LAST}")

@@ -11,14 +11,10 @@ import torch
 from fermodels.ckptdir import BEST, LAST, PENDING_BEST, saved_at, settle_best
 from fermodels.livelog import logged_epochs, repair_summary, truncate_live
 from fermodels.runstate import resume_state
-from tests.fermodels.helpers import bare_checkpoint
+from tests.fermodels.helpers import save_last
 
 PARAMS = {"epochs": 2, "lr": 0.1, "seed": 0}
 DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_backends": ["retinaface"]}
-
-
-def save_last(ckpt, params: dict, data: dict, **position) -> None:
-    torch.save(bare_checkpoint(params, data, **position), f"{ckpt}/{LAST}")
 
 
 def history(live, name: str, text: str):

@@ -8,14 +8,10 @@ import pytest
 import torch
 
 from fermodels.runstate import LAST, resume_state
-from tests.fermodels.helpers import bare_checkpoint
+from tests.fermodels.helpers import save_last
 
 PARAMS = {"epochs": 2, "lr": 0.1, "seed": 0}
 DATA = {"datasets": ["sample"], "train": {"a.tar": "0" * 64}, "val": {}, "face_backends": ["retinaface"]}
-
-
-def save_last(ckpt: str, params: dict, data: dict, **position) -> None:
-    torch.save(bare_checkpoint(params, data, **position), f"{ckpt}/{LAST}")
 
 
 def test_the_same_run_resumes(tmp_path):
