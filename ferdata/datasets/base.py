@@ -23,16 +23,27 @@ from typing import Any, ClassVar, Iterator, Mapping, TextIO
 
 from ferdata.classes import CLASSES, canonical_id
 from ferdata.datasets.subsets import load_subsets, membership
-from ferdata.records import LISTED_AS, Dropped, FaceRecord
+from ferdata.records import LISTED_AS, SOFT_LABEL, Dropped, FaceRecord
 from ferdata.registry import Registry
 
 log = logging.getLogger(__name__)
 
 READERS: Registry[type["DatasetReader"]] = Registry("dataset reader")
 
+
+def without_classes(distribution: list[float], excluded: frozenset[int]) -> list[float]:
+    """A label distribution (canonical order) with the ``excluded`` classes' shares removed and the
+    rest renormalised: a FERPlus face of 6 Anger and 4 Disgust votes, Disgust excluded, trains as
+    Anger alone (the trainer drops Contempt's share so for a 7-class model). Its label is never an
+    excluded class (such records are dropped), so some share remains."""
+    kept = [0.0 if c in excluded else float(v) for c, v in enumerate(distribution)]
+    total = sum(kept)
+    return [v / total for v in kept]
+
 # Options every reader takes, beside its own ``option_defaults``.
 #   exclude_classes: canonical class names (or synonyms) whose records are dropped with reason
-#   ``excluded_class``, e.g. [Contempt] for FERPlus's 7-class protocol (CK+'s also needs neutral_frames).
+#   ``excluded_class``, e.g. [Contempt] for FERPlus's 7-class protocol (CK+'s also needs neutral_frames);
+#   a kept record's label distribution (FERPlus votes) loses their shares, so no target names them.
 #   subsets: {name: list file} of named test subsets (RAN's Occlusion / Pose>30 / Pose>45 lists);
 #   records listed are tagged ``extra["subsets"]`` and the evaluator reports each subset apart.
 #   Readers whose image ids such lists name set ``subset_pattern`` (:mod:`ferdata.datasets.subsets`).
@@ -139,6 +150,9 @@ class DatasetReader:
                     yield Dropped(own.dataset, own.key, "excluded_class",
                                   f"{CLASSES[own.label]} (options.exclude_classes)")
                     continue
+                if self.excluded and SOFT_LABEL in own.extra:
+                    own = dataclasses.replace(own, extra={
+                        **own.extra, SOFT_LABEL: without_classes(own.extra[SOFT_LABEL], self.excluded)})
                 if subsets:
                     image_id = self.subset_id(item)           # as the lists name it: before any new key
                     tags = membership(image_id, subsets)

@@ -340,3 +340,32 @@ def test_ferplus_folders_file_listed_twice_one_excluded_is_a_conflict(tmp_path, 
     fx.make_ferplus(tmp_path / "csv")
     list(open_reader("ferplus", tmp_path / "csv", {"exclude_classes": ["Contempt"]}).read())
     assert passes == []
+
+
+@pytest.mark.parametrize("mode", ["crossentropy", "probability", "multi_target"])
+def test_an_excluded_class_is_no_training_target_in_a_kept_faces_votes(tmp_path, mode):
+    """exclude_classes drops the faces whose label is that class; a kept face's vote distribution
+    lost nothing: with 6 Anger and 4 Disgust votes and Disgust excluded, the model still learnt
+    Disgust from 40% of the face (crossentropy), 40% of its draws (probability), or any pick of it
+    (multi_target)."""
+    from ferdata.classes import CLASSES
+    header = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+    write_text(tmp_path / "fer2013.csv", f"emotion,pixels,Usage\n0,{pixel_text(7)},Training\n")
+    write_text(tmp_path / "fer2013new.csv", f"{header}\nTraining,fer0000000.png,0,0,0,0,6,4,0,0,0,0\n")
+    anger, disgust = CLASSES.index("Anger"), CLASSES.index("Disgust")
+    records, _, _ = read_all("ferplus", tmp_path, {"label_mode": mode})
+    assert records["fer0000000"].extra["soft_label"][disgust] > 0           # the votes, not excluded
+    records, drops, _ = read_all("ferplus", tmp_path, {"label_mode": mode, "exclude_classes": ["Disgust"]})
+    face = records["fer0000000"]
+    assert face.label == anger and not drops
+    assert face.extra["soft_label"] == [1.0 if c == anger else 0.0 for c in range(len(CLASSES))]
+    assert face.extra["votes"] == [0, 0, 0, 0, 6, 4, 0, 0, 0, 0]            # the provenance keeps them all
+
+
+def test_excluding_a_minor_class_renormalises_the_rest(tmp_path):
+    """fer0000000 of the fixture: 4 neutral, 1 sadness, 3 anger, 2 disgust votes -> crossentropy's
+    neutral 4/7, anger 3/7; with Anger excluded, Neutral alone."""
+    make_ferplus(tmp_path)
+    records, _, _ = read_all("ferplus", tmp_path, {"label_mode": "crossentropy", "exclude_classes": ["Anger"]})
+    np.testing.assert_allclose(records["fer0000000"].extra["soft_label"], [1, 0, 0, 0, 0, 0, 0, 0])
+    assert records["fer0000000"].label == 0
