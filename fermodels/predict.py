@@ -30,6 +30,29 @@ log = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg")              # annotation_path's name of a frame's copy
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
+COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
+
+
+def marked_jpeg(data: bytes) -> bytes:
+    """JPEG ``data`` with a comment (COM segment) saying it is an annotated copy, after its JFIF header."""
+    at = 2 + (2 + int.from_bytes(data[4:6], "big") if data[2:4] == b"\xff\xe0" else 0)
+    return data[:at] + b"\xff\xfe" + (len(COPY_MARK) + 2).to_bytes(2, "big") + COPY_MARK + data[at:]
+
+
+def is_annotated_copy(path: Path) -> bool:
+    """Whether ``path`` is a copy an earlier ``--annotate`` wrote (its comment, :func:`marked_jpeg`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    at = 2
+    while head[:2] == b"\xff\xd8" and at + 4 <= len(head) and head[at] == 0xFF and head[at + 1] in (0xE0, 0xFE):
+        size = int.from_bytes(head[at + 2:at + 4], "big")
+        if head[at + 1] == 0xFE and head[at + 4:at + 2 + size] == COPY_MARK:
+            return True
+        at += 2 + size
+    return False
 
 
 @contextmanager
@@ -152,12 +175,17 @@ def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path
 def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
     """Refuse an ``--annotate`` folder where a copy would replace an input: a JPEG keeps its name
     there, below the folder that holds every input, so pointed at that folder it would replace the
-    originals."""
+    originals; nor any other file of that name there but an earlier run's copy (:func:`is_annotated_copy`)."""
     inputs = {os.path.realpath(p): p for p in names}
     for p, name in names.items():
         if (hit := inputs.get(os.path.realpath(annotate / name))) is not None:
             raise ValueError(f"--annotate {annotate}: its copy of {p} would replace the input {hit}; choose a "
                              "folder outside the inputs")
+    for p, name in names.items():        # a photo of the same name there that is no input (IMG_0001.jpg)
+        target = annotate / name
+        if p.suffix.lower() not in VIDEO_EXTS and os.path.lexists(target) and not is_annotated_copy(target):
+            raise ValueError(f"--annotate {annotate}: its copy of {p} would replace {target}, a file that is not "
+                             "an annotated copy; choose another folder or move the file away")
 
 
 def annotation_path(name: Path, frame: int, video: bool) -> Path:
@@ -245,7 +273,7 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1
         label = f"{r['expression']} {r[r['expression']]:.2f}" if r["expression"] else "?"
         cv2.putText(canvas, label, (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
-    atomic_write_bytes(path, encode_jpeg(canvas, 90))      # any file name (cv2's imwrite needs UTF-8)
+    atomic_write_bytes(path, marked_jpeg(encode_jpeg(canvas, 90)))     # any file name (cv2's imwrite needs UTF-8)
 
 
 def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:

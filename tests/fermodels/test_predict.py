@@ -34,8 +34,8 @@ from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
 import fermodels.predict
 import fermodels.predictor
-from fermodels.predict import (annotation_names, annotation_path, check_annotations, expand_inputs, iter_frames,
-                               predict_files, run_predict)
+from fermodels.predict import (annotation_names, annotation_path, check_annotations, expand_inputs,
+                               is_annotated_copy, iter_frames, predict_files, run_predict)
 from fermodels.predictor import Picture, Predictor, choose_backend
 from fermodels.runstate import load_checkpoint
 from fermodels.shardsplit import open_split
@@ -619,6 +619,30 @@ def test_annotating_into_the_inputs_folder_never_replaces_an_input(tmp_path):
     assert all((photos / rel).read_bytes() == b"original" for rel in ("a.jpg", "b.png", "more/c.JPEG"))
     check_annotations(tmp_path / "annotated", annotation_names([photos], expand_inputs([photos])))   # elsewhere: fine
     check_annotations(photos, annotation_names([photos / "b.png"], [photos / "b.png"]))   # b.png.jpg beside it
+
+
+def test_annotating_never_replaces_a_file_that_is_no_earlier_copy(photos, tiny_run, tmp_path, one_thread):
+    """A camera restarts its numbering: day2/IMG_0001.jpg annotated into trip/, beside day 1's
+    IMG_0001.jpg (no input), replaced day 1's photo with day 2's boxed copy. Only an earlier run's
+    copy (its JPEG comment says so) is replaced; it still decodes as a plain JPEG."""
+    trip = tmp_path / "trip"
+    (trip / "day2").mkdir(parents=True)
+    day1 = (photos / "two.jpg").read_bytes()
+    (trip / "IMG_0001.jpg").write_bytes(day1)
+    (trip / "day2" / "IMG_0001.jpg").write_bytes((photos / "astronaut.jpg").read_bytes())
+    args = ["predict", str(trip / "day2"), "-m", str(tiny_run["ckpt"] / "best.pt"), "--backend", "embedded",
+            "--device", "cpu", "--annotate"]
+    res = CliRunner().invoke(app, [*args, str(trip)])
+    assert isinstance(res.exception, ValueError)                       # `ferdata` prints it in one line
+    assert f"would replace {trip / 'IMG_0001.jpg'}, a file that is not an annotated copy" in str(res.exception)
+    assert (trip / "IMG_0001.jpg").read_bytes() == day1
+    for _ in range(2):                                   # a second run replaces the first run's copy
+        res = CliRunner().invoke(app, [*args, str(tmp_path / "ann")])
+        assert res.exit_code == 0, res.output
+        copy = (tmp_path / "ann" / "IMG_0001.jpg").read_bytes()
+        assert is_annotated_copy(tmp_path / "ann" / "IMG_0001.jpg")
+        assert decode_jpeg_rgb(copy).shape == cv2.imread(str(trip / "day2" / "IMG_0001.jpg")).shape
+    assert not is_annotated_copy(trip / "IMG_0001.jpg") and not is_annotated_copy(tmp_path / "missing.jpg")
 
 
 def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, caplog):
