@@ -11,15 +11,18 @@ not there raises :class:`NamedKeyError`.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Callable, Sequence
 
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
+INTERRUPTED = 130              # the exit status of a command stopped by Ctrl-C (128 + SIGINT)
 
 
 class NamedKeyError(KeyError):
@@ -132,6 +135,10 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
     argv = sys.argv[1:] if argv is None else argv
     try:
         app()
+    except SystemExit as end:
+        if end.code == INTERRUPTED:                        # typer's answer to Ctrl-C, silent: said as a stage says it
+            print("interrupted", file=sys.stderr)
+        raise
     except (*USER_ERRORS, RuntimeError, *extra) as err:
         if _traceback_wanted(argv) or not is_user_error(err, extra):
             raise
@@ -142,16 +149,35 @@ def run_cli(app: Callable[[], object], extra: Sequence[type[BaseException]] = ()
 def install_excepthook() -> None:
     """The same policy for a script that ends on an uncaught exception (the DVC stage scripts)."""
     def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+        interrupted = issubclass(kind, KeyboardInterrupt)
         if _traceback_wanted(sys.argv[1:]):
             sys.__excepthook__(kind, err, tb)
-        elif issubclass(kind, KeyboardInterrupt):        # Ctrl-C: no traceback (the exit status stays 130)
+        elif interrupted:                                  # Ctrl-C: no traceback
             print("interrupted", file=sys.stderr)
         elif is_user_error(err):
             _report(err)
         else:
             sys.__excepthook__(kind, err, tb)
+        if interrupted:
+            _end_as_interrupted()
 
     sys.excepthook = hook
+
+
+def _end_as_interrupted() -> None:
+    """End as Python ends on an unhandled Ctrl-C (status 130 to a shell, -2 to ``subprocess``), after
+    the exit handlers. Left to the interpreter, the status came out 1 once ``torch._dynamo`` was
+    imported (every stage from detect on imports it: its exit handler imports modules, which clears
+    the interpreter's note of the unhandled KeyboardInterrupt), so DVC and ``set -e`` scripts read an
+    interrupted stage as one that failed."""
+    atexit._run_exitfuncs()                                # the interpreter's exit work, before the signal ends it
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):                      # a closed pipe or stream
+            pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _traceback_wanted(argv: Sequence[str]) -> bool:

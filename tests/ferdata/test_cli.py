@@ -177,15 +177,39 @@ def test_a_bare_lookup_keyerror_is_a_bug_with_its_traceback(tmp_path):
         assert run.returncode == 1 and "Traceback" in run.stderr and f"KeyError: {key!r}" in run.stderr
 
 
-def test_a_stage_script_stopped_by_ctrl_c_says_so_without_a_traceback():
+@pytest.mark.parametrize("imports", ["", "import torch._dynamo\n"])
+@pytest.mark.parametrize("traceback", ["0", "1"])
+def test_a_stage_script_stopped_by_ctrl_c_says_so_and_ends_as_interrupted(imports, traceback):
+    """Every stage from detect on imports torch._dynamo (the params check's model registry): its exit
+    handler made the status of a Ctrl-C 1, a failure to DVC and to `set -e` scripts."""
     import signal
     import subprocess
     import sys
 
-    script = "from ferdata.errors import install_excepthook\ninstall_excepthook()\nraise KeyboardInterrupt\n"
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    assert run.returncode == -signal.SIGINT and run.stderr == "interrupted\n", run.stderr    # a shell's 130
+    script = f"from ferdata.errors import install_excepthook\ninstall_excepthook()\n{imports}raise KeyboardInterrupt\n"
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "FER_TRACEBACK": traceback})
+    assert run.returncode == -signal.SIGINT, run.stderr                     # a shell's 130
+    assert (run.stderr == "interrupted\n") if traceback == "0" else ("Traceback" in run.stderr)
+
+
+def test_a_command_stopped_by_ctrl_c_says_so(monkeypatch, capsys):
+    """typer ends a Ctrl-C with status 130 and not a word; the stage scripts say "interrupted"."""
+    import typer
+
+    from ferdata.errors import run_cli
+
+    command = typer.Typer()
+
+    @command.command()
+    def work(stop: bool = False) -> None:
+        if stop:
+            raise KeyboardInterrupt
+    for argv, code, said in ((["--stop"], 130, "interrupted\n"), ([], 0, "")):
+        monkeypatch.setattr(sys, "argv", ["ferdata", *argv])
+        with pytest.raises(SystemExit) as end:
+            run_cli(command)
+        assert end.value.code == code and capsys.readouterr().err == said
 
 
 def test_derived_samples_out_of_step_with_aligned_ones_are_one_line(tmp_path, capsys):
