@@ -104,9 +104,13 @@ def split_member(name: str) -> tuple[str, str]:
     return _split_plain(name)
 
 
+NAME_DIGITS = 6                # the file number in the names :class:`TarShardWriter` gives
+MAX_FILES = 10 ** NAME_DIGITS   # files per folder and prefix: the next number has a digit more
+
+
 def shard_name_pattern(prefix: str) -> re.Pattern[str]:
     """Names :class:`TarShardWriter` gives its files: ``<prefix>-NNNNNN.tar``."""
-    return re.compile(rf"{re.escape(prefix)}-\d{{6}}\.tar")
+    return re.compile(rf"{re.escape(prefix)}-\d{{{NAME_DIGITS}}}\.tar")
 
 
 class TarShardWriter:
@@ -141,6 +145,10 @@ class TarShardWriter:
             raise ValueError(f"invalid sample key {key!r}: no dots, empty path parts, backslashes, NUL or line "
                              "breaks (readers would rename or refuse it)")
         if self._buf is None:
+            if len(self.files) >= MAX_FILES:      # a 7-digit name no reader lists: its samples were lost
+                raise ValueError(f"{self.dir}: more than {MAX_FILES:,} {self.prefix} files of {self.maxcount} "
+                                 "sample(s) each; put more samples in each (align/derive chunk_size, "
+                                 "shard.maxcount)")
             self._buf = io.BytesIO()
         for ext in sorted(fields):
             data = fields[ext]
@@ -157,7 +165,7 @@ class TarShardWriter:
         self._buf.write(bytes(2 * BLOCK))                  # end-of-archive, then pad to a full record
         self._buf.write(bytes(-self._buf.tell() % RECORD))
         data = self._buf.getvalue()
-        path = self.dir / f"{self.prefix}-{len(self.files):06d}.tar"
+        path = self.dir / f"{self.prefix}-{len(self.files):0{NAME_DIGITS}d}.tar"
         atomic_write_bytes(path, data)
         self.files.append(ShardFile(path, self._count, hashlib.sha256(data).hexdigest(), len(data)))
         self._buf, self._count = None, 0

@@ -75,6 +75,22 @@ def test_roll_over_and_read_back(tmp_path, monkeypatch):
     assert list(first) == samples[20:]
 
 
+def test_no_file_is_written_under_a_name_no_reader_lists(tmp_path, monkeypatch):
+    """The 1,000,000th file was named with 7 digits, which no reader lists: its samples were lost
+    (align.chunk_size or shard.maxcount 1 over a million faces). Refused with what to change."""
+    import ferdata.tario as tario
+
+    assert tario.shard_name_pattern("s").fullmatch(f"s-{tario.MAX_FILES - 1:0{tario.NAME_DIGITS}d}.tar")
+    assert not tario.shard_name_pattern("s").fullmatch(f"s-{tario.MAX_FILES:0{tario.NAME_DIGITS}d}.tar")
+    monkeypatch.setattr(tario, "MAX_FILES", 3)
+    samples = random_samples(4, seed=5)
+    with pytest.raises(ValueError, match=r"more than 3 s files of 1 sample\(s\) each; .*shard.maxcount"):
+        with TarShardWriter(tmp_path, "s", maxcount=1) as w:
+            for key, fields in samples:
+                w.write(key, fields)
+    assert list(iter_dir_samples(tmp_path, "s")) == samples[:3]
+
+
 def test_split_member_is_the_pathlib_rule_on_every_short_path():
     """The fast string split agrees with the pathlib definition on all paths over {a, b, ., /}."""
     def by_pathlib(name: str) -> tuple[str, str]:
