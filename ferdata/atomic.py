@@ -225,6 +225,22 @@ def _removed(path: Path) -> bool:
     return not path.exists()
 
 
+def _foreign(folder: Path, owned: tuple[str, ...], where: str = "") -> list[str]:
+    """The names under ``folder`` that no pattern of ``owned`` covers (temp files aside). A pattern
+    without ``/`` owns a name whole; ``dir/pat`` owns a folder ``dir`` only as far as ``pat`` covers
+    what it holds (a split folder of shards: files a user put in it are named, not deleted)."""
+    found = []
+    for p in folder.iterdir():
+        if fnmatch(p.name, ".*.tmp") or any(fnmatch(p.name, pat) for pat in owned if "/" not in pat):
+            continue
+        inner = tuple(pat.split("/", 1)[1] for pat in owned if "/" in pat and fnmatch(p.name, pat.split("/", 1)[0]))
+        if inner and p.is_dir() and not p.is_symlink():
+            found += _foreign(p, inner, f"{where}{p.name}/")
+        else:
+            found.append(f"{where}{p.name}")
+    return found
+
+
 class StageDirError(FileExistsError):
     """A stage was pointed at a folder holding files it did not write."""
 
@@ -240,8 +256,9 @@ class staged_dir:
     A kill leaves at most ``.<out>.partial`` (cleared by the next run) and ``.<out>.old`` (moved
     back to ``out`` when the kill came between the two renames, else removed).
 
-    ``owned`` are glob patterns of the names the stage writes; an existing ``out``
-    holding anything else is refused rather than deleted.
+    ``owned`` are glob patterns of the names the stage writes (``dir/pattern`` for the files of a
+    folder it writes); an existing ``out`` holding anything else, at any depth so given, is refused
+    rather than deleted.
     """
 
     def __init__(self, out: str | Path, owned: tuple[str, ...]) -> None:
@@ -257,8 +274,10 @@ class staged_dir:
         if not self.out.is_dir():
             raise StageDirError(f"{self.out} is a file, but a folder is needed there: move it away or choose "
                                 "another path")
-        foreign = sorted(p.name for p in self.out.iterdir()
-                         if not any(fnmatch(p.name, pat) for pat in (*self.owned, ".*.tmp")))
+        if os.path.ismount(self.out):               # renaming it away fails (EBUSY), after all the work
+            raise StageDirError(f"{self.out} is a mount point: a stage builds its output beside it and swaps it "
+                                "in whole, which a mount point cannot be; give a folder inside it")
+        foreign = sorted(_foreign(self.out, self.owned))
         if foreign:
             raise StageDirError(
                 f"{self.out} holds files this stage did not write ({', '.join(foreign[:5])}); "
@@ -311,9 +330,15 @@ class staged_dir:
             if exc_type is not None:
                 shutil.rmtree(self.partial, ignore_errors=True)
                 return
-            if self.out.exists():
-                os.replace(self.out, self.old)
-            os.replace(self.partial, self.out)
+            try:
+                if self.out.exists():
+                    os.replace(self.out, self.old)
+                os.replace(self.partial, self.out)
+            except OSError:                         # the previous output stays, the new one goes
+                if not self.out.exists() and self.old.is_dir():
+                    os.replace(self.old, self.out)
+                shutil.rmtree(self.partial, ignore_errors=True)
+                raise
             fsync_dir(self.out.parent)
             if not _removed(self.old):
                 log.warning("could not remove %s (read-only?): remove it by hand, it holds an earlier output",

@@ -31,10 +31,12 @@ from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.summary import SplitSummary
 from ferdata.tarindex import MemberReader, index_chunks
-from ferdata.tario import TarShardWriter
+from ferdata.tario import NAME_DIGITS, TarShardWriter
 
 log = logging.getLogger(__name__)
-OWNED = (*SPLITS, REPORT)
+# What the stage writes, down into the split folders: a file a user put in one is refused, not deleted with it
+OWNED = (*(f"{split}/{name}" for split in SPLITS
+           for name in (f"{split}-{'[0-9]' * NAME_DIGITS}.tar", INFO)), REPORT)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,65 @@ def test_stage_refuses_a_folder_it_does_not_own(bad_corpus_run, tmp_path):
     assert (out / "thesis.tex").read_text() == "precious"
 
 
+def test_shard_refuses_files_it_did_not_write_inside_its_split_folders(bad_corpus_run, tmp_path):
+    """The shard stage owned train/, val/ and test/ whole: a user's train/NOTES.txt, a tar added by
+    hand, or an image dataset's class folders given as the output were deleted without a word."""
+    import shutil
+
+    src, _ = bad_corpus_run
+    out = tmp_path / "shards"
+    run_stage("shard", src, out, chunk=2)
+    own = tree_hashes(out)
+    for rel in ("train/NOTES.txt", "train/rafdb-extra-000000.tar", "test/Happy/1.png", "val/train-000000.tar"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"precious")
+        with pytest.raises(StageDirError, match=rel.split("/")[0] + "/" + rel.split("/")[1]):
+            run_stage("shard", src, out, chunk=2)
+        assert (out / rel).read_bytes() == b"precious"
+        shutil.rmtree(out / rel) if (out / rel).is_dir() else (out / rel).unlink()
+        if rel.startswith("test/Happy"):
+            (out / "test" / "Happy").rmdir()
+    (out / "train" / ".train-000000.tar.x1y2.tmp").write_bytes(b"left by a killed writer")
+    run_stage("shard", src, out, chunk=2)                          # its own output, and temp files: replaced
+    assert tree_hashes(out) == own
+
+
+def test_a_mount_point_as_output_is_refused_before_the_work(tmp_path, monkeypatch):
+    """Renaming a mount point fails (EBUSY): the stage did all its work, then failed, leaving a full
+    staging copy (a Docker volume at data/<name>/shards)."""
+    from ferdata.atomic import staged_dir
+
+    out = tmp_path / "derived"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    with pytest.raises(StageDirError, match="is a mount point"):
+        with staged_dir(out, ("derived-*.tar",)):
+            pytest.fail("the work ran into a folder that cannot be swapped in")
+
+
+def test_a_swap_that_fails_keeps_the_old_output_and_leaves_no_staging_copy(tmp_path, monkeypatch):
+    import errno
+
+    from ferdata.atomic import staged_dir
+
+    out = tmp_path / "derived"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    real = os.replace
+    for failing in (out, tmp_path / ".derived.partial"):               # the first rename, then the second
+        def busy(src, dst, *a, **k):
+            if Path(src) == failing:
+                raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+            return real(src, dst, *a, **k)
+        monkeypatch.setattr(os, "replace", busy)
+        with pytest.raises(OSError, match="busy"):
+            with staged_dir(out, ("derived-*.tar", "report.json")) as tmp:
+                (tmp / "report.json").write_text("new")
+        assert (out / "report.json").read_text() == "old" and sorted(os.listdir(out)) == ["report.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["derived"]      # no .derived.partial or .old left
+
+
 def test_shard_refuses_derived_fields_made_from_another_aligned_output(bad_corpus_run, tmp_path):
     """Align re-run (224 px) without derive, e.g. a `ferdata prepare` stopped between the two, then
     shard: the shards mixed 224 px crops with halves and heatmaps of the old 112 px ones, and
