@@ -40,6 +40,7 @@ def without_classes(distribution: list[float], excluded: frozenset[int]) -> list
     total = sum(kept)
     return [v / total for v in kept]
 
+
 # Options every reader takes, beside its own ``option_defaults``.
 #   exclude_classes: canonical class names (or synonyms) whose records are dropped with reason
 #   ``excluded_class``, e.g. [Contempt] for FERPlus's 7-class protocol (CK+'s also needs neutral_frames);
