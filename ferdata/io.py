@@ -303,11 +303,23 @@ def encode_png(gray_or_rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def decode_jpeg_rgb(data: bytes) -> np.ndarray:
-    """Decode a JPEG/PNG written by this pipeline (trusted size): JPEGs to RGB (straight from the
-    decoder, no BGR pass), PNGs to grayscale or RGB as stored."""
+MAX_STORED_SIDE = 4096             # the largest align.size (the params refuse more): stored faces, halves, heatmaps
+MAX_STORED_PIXELS = MAX_STORED_SIDE ** 2
+
+
+def decode_jpeg_rgb(data: bytes, max_pixels: int = MAX_STORED_PIXELS) -> np.ndarray:
+    """Decode a JPEG/PNG written by this pipeline: JPEGs to RGB (straight from the decoder, no BGR
+    pass), PNGs to grayscale or RGB as stored. Shards come from anywhere (a remote, a colleague), so
+    the size the header declares is checked first: a picture over ``max_pixels`` (a decompression
+    bomb: a 0.9 MB PNG of 30000 x 30000 decodes to 0.9-2.7 GB) is refused as ``too_large``."""
     if not data:
         raise BadImage("empty_file")                # cv2.imdecode asserts on an empty buffer
+    size = _declared_size(data)
+    if size is None:                                # not a JPEG or PNG of ours: PIL reads its header
+        head = read_header(data)
+        size = head.width, head.height
+    if size[0] * size[1] > max_pixels:
+        raise BadImage("too_large", f"{size[0]}x{size[1]} exceeds {max_pixels} pixels")
     buf = np.frombuffer(data, np.uint8)
     if data[:2] == _JPEG_SOI:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR_RGB)
@@ -321,3 +333,29 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray:
 
 
 _JPEG_SOI = b"\xff\xd8"
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}      # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) a PNG's IHDR or a JPEG's frame header declares, read without decoding
+    (a few marker hops: cheap enough for every loader read); None for anything else."""
+    if data.startswith(_PNG_SIG) and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(_JPEG_SOI):
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:                          # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif marker in _SOF:
+            return (int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")) \
+                if i + 9 <= n else None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None

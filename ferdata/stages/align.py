@@ -27,7 +27,7 @@ from pathlib import Path
 from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
-from ferdata.io import JPEG_DAMAGED, BadImage, decode_image, encode_jpeg
+from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
@@ -57,8 +57,8 @@ class AlignParams:
     cross_split_copies: str         # keep | drop_train: a training copy of a val/test face (ferdata.dedup)
 
     def __post_init__(self) -> None:
-        crop_side = (lambda v: isinstance(v, int) and v > 0 and (v % 112 == 0 or v % 128 == 0),
-                     "a multiple of 112 or 128 (the ArcFace template's scales)")
+        crop_side = (lambda v: isinstance(v, int) and 0 < v <= MAX_STORED_SIDE and (v % 112 == 0 or v % 128 == 0),
+                     f"a multiple of 112 or 128 (the ArcFace template's scales) up to {MAX_STORED_SIDE}")
         check_values("align", self, {"size": crop_side, "padding": within(0, MAX_PADDING),
                                      "jpeg_quality": within(1, 100), "workers": at_least(1), "chunk_size": at_least(1),
                                      "cross_split_copies": one_of(CROSS_SPLIT_COPIES)})

@@ -36,3 +36,44 @@ def test_png_round_trips_gray_and_rgb(image):
 def test_undecodable_bytes_raise():
     with pytest.raises(BadImage):
         decode_jpeg_rgb(b"\xff\xd8not a jpeg")
+
+
+def bomb_png(side: int, channels: int = 1) -> bytes:
+    """A valid ``side`` x ``side`` PNG of zeros, a few kB per thousand pixels of side."""
+    import struct
+    import zlib
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (1 + side * channels)
+    raw = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", side, side, 8, {1: 0, 3: 2}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_a_stored_picture_declaring_a_huge_size_is_refused_before_decoding():
+    """Shards come from a remote or a colleague: a 60 kB heatmap.png of 8000 x 8000 (a 30000 x 30000
+    one: 0.9 MB, 2-3.5 GB in train, evaluate and show) was decoded in full by every reader."""
+    png = bomb_png(8000)
+    assert len(png) < 200_000
+    with pytest.raises(BadImage, match="too_large.*8000x8000"):
+        decode_jpeg_rgb(png)
+    big = np.zeros((4200, 4200, 3), np.uint8)
+    with pytest.raises(BadImage, match="too_large.*4200x4200"):
+        decode_jpeg_rgb(encode_jpeg(big, 50))                          # a JPEG's frame header read too
+    assert decode_jpeg_rgb(bomb_png(28)).shape == (28, 28)
+    assert decode_jpeg_rgb(bomb_png(1024, 3)).shape == (1024, 1024, 3)
+    face = data.astronaut()[:300, 100:400]
+    assert decode_jpeg_rgb(encode_jpeg(face, 95)).shape == (300, 300, 3)
+
+
+def test_the_loader_names_the_sample_of_a_bomb():
+    from fermodels.data import SampleDecoder
+
+    sample = {"__key__": "k1", "__url__": "shards/train/train-000000.tar", "cls": b"1",
+              "jpg": encode_jpeg(np.full((112, 112, 3), 128, np.uint8), 95), "heatmap.png": bomb_png(8000)}
+    with pytest.raises(ValueError, match=r"sample 'k1' of .*train-000000.tar: its heatmap.png does not decode "
+                                         r"\(too_large"):
+        SampleDecoder(("image", "heatmap"), 112)(sample)

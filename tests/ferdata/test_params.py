@@ -39,10 +39,19 @@ def test_params_yaml_as_shipped_passes():
     make_params()
 
 
+def test_the_largest_crop_is_one_its_readers_decode():
+    """Every reader of stored pictures refuses one over ``MAX_STORED_PIXELS`` (a decompression bomb
+    in a shard): no align.size may make crops that large."""
+    from ferdata.io import MAX_STORED_PIXELS
+
+    assert read("align", size=4096).size ** 2 <= MAX_STORED_PIXELS
+
+
 @pytest.mark.parametrize("name, changes, message", [
     ("detect", {"score_threshold": 1.5}, "detect.score_threshold must be null or in [0, 1], got 1.5"),
     ("detect", {"select": "biggest"}, "detect.select must be one of largest, central, got 'biggest'"),
     ("align", {"size": 100}, "align.size must be a multiple of 112 or 128"),
+    ("align", {"size": 4480}, "align.size must be a multiple of 112 or 128 (the ArcFace template's scales) up to 4096"),
     ("align", {"jpeg_quality": 0, "workers": 0},
      "align.jpeg_quality must be in [1, 100], got 0; align.workers must be >= 1, got 0"),
     ("derive", {"heatmap_sigma": 0}, "derive.heatmap_sigma must be > 0, got 0"),
