@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ferdata.classes import CLASSES
 from ferdata.errors import is_user_error
+from ferdata.layout import INFO
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
@@ -319,6 +321,7 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
                    epochs=params.epochs, warmup_epochs=params.warmup_epochs, step_size=params.step_size,
                    gamma=params.gamma)
         set_lr(run.opt, lr)
+        check_batch_classes(batch, params.num_classes)
         gen, draws = seed_step(params.seed, epoch, run.step, env.rank)
         moved = to_device(draw_targets(batch, draws, params.num_classes), device, run.decoder.size)
         b = normalise(augment_batch(moved, params.augment, gen, fill), run.net.card, params.channels_last)
@@ -346,6 +349,20 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         t_wait = time.perf_counter()
     _check_health(run, bad, env, epoch, losses, ckpt_dir)    # not sums: loss x samples, added up
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
+
+
+def check_batch_classes(batch: dict, num_classes: int) -> None:
+    """Refuse a training sample whose class the model has no output for: :func:`check_classes` judges
+    the split by its ``_info.json`` histogram, so a shard whose samples it does not describe (edited,
+    another preparation's) gave cross-entropy's IndexError traceback ("Target 7 is out of bounds")."""
+    beyond = (batch["label"] >= num_classes).nonzero().flatten()
+    if len(beyond):
+        i = int(beyond[0])
+        label = int(batch["label"][i])
+        raise ValueError(f"training sample {batch['key'][i]!r} is {CLASSES[label]} (class id {label}), which a "
+                         f"{num_classes}-class model cannot learn, though the train split's {INFO} counts none: "
+                         "that file does not describe its shards; `ferdata verify` the split, then re-run the "
+                         "shard stage (or `dvc pull` / `dvc checkout` it)")
 
 
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position,
