@@ -45,6 +45,7 @@ class SampleDecoder:
     size: int
     wire: int | None = None
     targets: bool = False
+    stored: int | None = None      # the crop side the split records: a jpg of another is a damaged shard
 
     @property
     def side(self) -> int:
@@ -64,6 +65,9 @@ class SampleDecoder:
         if img.shape[1] != src:                 # the landmarks scale with one side: a crop is square
             raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))}: its jpg is {img.shape[1]}x{src}, not a "
                              f"square crop: {DAMAGED}")
+        if self.stored is not None and src != self.stored:      # its landmarks are in the recorded side's pixels
+            raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))}: its jpg is {src}x{src}, but its split's "
+                             f"_info.json records faces of align.size {self.stored}: {DAMAGED}")
         out = {"image": _resize(img, side, side), "label": sample_label(s), "key": key}
         for name in ("left", "right"):
             if name in self.fields:
@@ -124,7 +128,9 @@ def label_target(meta: bytes, label: int, key: str, url: str = "") -> tuple[np.n
 
 def split_decoder(card: ModelCard, split: Split, device: torch.device) -> SampleDecoder:
     """The decoder of a model's inputs read from ``split`` for a model on ``device``."""
-    return SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, stored_side(split), device))
+    stored = int(split.preprocess["align"]["size"]) if split.preprocess else None   # else each dataset's own
+    return SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, stored_side(split), device),
+                         stored=stored)
 
 
 def travel_side(size: int, stored: int, device: torch.device) -> int | None:

@@ -640,6 +640,28 @@ def test_a_member_the_batch_cannot_hold_is_named_with_its_sample_and_shard(membe
         decode_batch(decoder, [_raw_sample(**{member: data})])
 
 
+def test_a_face_stored_at_another_side_than_its_split_records_is_named(shards):
+    """A 100 px jpg in a split recorded as 112 trained and scored, resized silently, with its
+    landmarks (in 112 px pixels) scaled by 112/100: 12% off, and verify passed it."""
+    import torch
+
+    from ferdata.io import encode_jpeg
+    from fermodels.data import decode_batch, split_decoder
+    from fermodels.registry import ModelCard
+    from fermodels.shardsplit import open_split
+
+    split = open_split([shards], "train")
+    card = ModelCard(name="every_field", input_size=224, fields=("image", "left", "right", "heatmap", "lmk"),
+                     losses=("ce_main",), paper="")
+    decoder = split_decoder(card, split, torch.device("cpu"))
+    assert decoder.stored == split.preprocess["align"]["size"] == 112
+    decode_batch(decoder, [_raw_sample()])
+    small = encode_jpeg(np.full((100, 100, 3), 77, np.uint8), 90)
+    with pytest.raises(ValueError, match=r"sample 'ds/k1' of shards/train/s-000003\.tar: its jpg is 100x100, but "
+                                         r"its split's _info.json records faces of align.size 112: its shard is damaged"):
+        decode_batch(decoder, [_raw_sample(jpg=small)])
+
+
 def test_an_unreadable_shard_is_a_problem_line_and_the_rest_is_still_checked(shards):
     """A bad disk: reading a listed shard fails with EIO (a link to /proc/self/mem reads so). verify
     stopped at it with "error: [Errno 5] Input/output error", no file named, the rest unchecked."""
