@@ -150,7 +150,9 @@ def install_excepthook() -> None:
     """The same policy for a script that ends on an uncaught exception (the DVC stage scripts)."""
     def hook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
         interrupted = issubclass(kind, KeyboardInterrupt)
-        if _traceback_wanted(sys.argv[1:]):
+        if issubclass(kind, BrokenPipeError):              # the reader of our output left (`| head -1`): quiet
+            _silence_stdout()
+        elif _traceback_wanted(sys.argv[1:]):
             sys.__excepthook__(kind, err, tb)
         elif interrupted:                                  # Ctrl-C: no traceback
             print("interrupted", file=sys.stderr)
@@ -162,6 +164,14 @@ def install_excepthook() -> None:
             _end_as_interrupted()
 
     sys.excepthook = hook
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null: the interpreter's last flush of what the closed pipe did
+    not take would print "Exception ignored ... BrokenPipeError" (the exit status stays 1, as click's)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _end_as_interrupted() -> None:

@@ -12,7 +12,7 @@ import sys
 from typing import Mapping, Sequence
 
 from ferdata.errors import install_excepthook
-from ferdata.params import load_params
+from ferdata.params import PARAMS_FILE, load_params
 
 HELP = ("-h", "--help")
 USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
@@ -26,10 +26,13 @@ def setup(check_all: bool = True) -> tuple[dict, list[str]]:
 
     ``-h``/``--help`` prints the usage line and the script's docstring and exits 0; a wrong number of
     arguments prints the usage line on stderr and exits 2, as argparse does."""
+    install_excepthook()                               # first: --help into a closed pipe is no traceback either
     doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
     args = arguments(doc, sys.argv[1:])
-    install_excepthook()
     logging.basicConfig(level=log_level(), format="%(asctime)s %(name)s: %(message)s")
+    if not os.path.isfile(PARAMS_FILE):                # load_params' hint names --params, which a stage has not
+        raise FileNotFoundError(f"{PARAMS_FILE} not found in {os.getcwd()}: a stage script runs in the project "
+                                "folder (the one with params.yaml and dvc.yaml), as `dvc repro` runs it")
     params = load_params()
     if check_all:
         from pipeline._checks import check_params     # after the arguments: --help needs no torch

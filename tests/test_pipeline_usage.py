@@ -65,6 +65,25 @@ def test_help_prints_usage_and_exits_0(stage, flag, monkeypatch, capsys):
     assert f"Stage `{stage}" in out and err == ""
 
 
+def test_help_into_a_closed_pipe_and_a_missing_params_file_are_quiet_or_one_line(tmp_path):
+    """`python -m pipeline.<stage> --help | head -1` (the reader gone) ended on a BrokenPipeError
+    traceback; run outside the project, a stage said to "pass --params PATH", which it has not."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FER_TRACEBACK", None)
+    read, write = os.pipe()
+    os.close(read)                                              # the reader left before the help was written
+    with os.fdopen(write, "wb") as gone:
+        run = subprocess.run([sys.executable, "-m", "pipeline.detect", "--help"], stdout=gone, stderr=subprocess.PIPE,
+                             cwd=tmp_path, env=env, text=True)
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+    run = subprocess.run([sys.executable, "-m", "pipeline.detect", "sample", "out"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith(f"error: params.yaml not found in {tmp_path}: a stage script runs in the project "
+                                 "folder"), run.stderr
+    assert "--params" not in run.stderr
+
+
 @pytest.mark.parametrize("section, key, value, says", [
     ("train", "bogus", 1, "params section 'train': unknown keys ['bogus']"),
     ("train", "epochs", 0, "train.epochs"),
