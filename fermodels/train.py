@@ -246,7 +246,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     repeat = ClassRepeat.balanced(counts, samples) if params.sampler == "balanced" else None
     loader = PersistentLoader(planner, replace(decoder, targets=bool(train_split.soft_labels)),
                               workers=params.workers, shuffle_buffer=params.shuffle_buffer, repeat=repeat)
-    val_loader = rank_loader(IndexedSplit(val_split, decoder, params.num_classes), env,
+    val_loader = rank_loader(_val_set(val_split, decoder, params.num_classes), env,
                              net.card.scoring_batch(max(1, params.batch_size // env.world_size)), params.workers,
                              persistent=True) if selects else None
     whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
@@ -349,6 +349,19 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
         t_wait = time.perf_counter()
     _check_health(run, bad, env, epoch, losses, ckpt_dir)    # not sums: loss x samples, added up
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
+
+
+def _val_set(split: Split, decoder: SampleDecoder, num_classes: int) -> IndexedSplit:
+    """The val samples, all of them: :func:`check_classes` passed the split on its ``_info.json``
+    histogram, so a sample of a class beyond the model's is one that file does not count (an edited
+    or mixed shard), left out of model selection without a word."""
+    val = IndexedSplit(split, decoder, num_classes)
+    if val.excluded:
+        raise ValueError(f"the val split of {', '.join(split.dirs)} holds {dict(sorted(val.excluded.items()))}, "
+                         f"which a {num_classes}-class model cannot predict, though its {INFO} counts none: that "
+                         "file does not describe its shards; `ferdata verify` the split, then re-run the shard stage "
+                         "(or `dvc pull` / `dvc checkout` it)")
+    return val
 
 
 def check_batch_classes(batch: dict, num_classes: int) -> None:

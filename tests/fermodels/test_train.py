@@ -1226,17 +1226,21 @@ def test_a_failed_log_write_names_the_log_folder():
     assert err.value.errno == 28 and err.value.__notes__ == ["while writing the training logs in runs/train/live"]
 
 
-def test_a_training_sample_of_a_class_the_model_lacks_is_one_line(tiny_shards, tmp_path):
+@pytest.mark.parametrize("split, says", [
+    ("train", r"training sample '{key}' is Contempt \(class id 7\), which a 7-class model cannot learn"),
+    ("val", r"the val split of .* holds \{{'Contempt': 1\}}, which a 7-class model cannot predict, though its "
+            r"_info.json counts none")])
+def test_a_sample_of_a_class_the_model_lacks_is_one_line(tiny_shards, tmp_path, split, says):
     """The split's _info.json histogram counts no Contempt, but a sample of its shards is one (an
     edited or mixed shard: verify names it): training ended on cross-entropy's IndexError traceback
-    ("Target 7 is out of bounds"), not a line naming the sample."""
+    ("Target 7 is out of bounds"); a val one was left out of model selection without a word."""
     import hashlib
     import io
     import shutil
     import tarfile
 
     shards = shutil.copytree(tiny_shards, tmp_path / "shards")
-    tar = sorted((shards / "train").glob("*.tar"))[0]
+    tar = sorted((shards / split).glob("*.tar"))[0]
     with tarfile.open(tar) as t:
         members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
     key = members[0][0].name.split(".")[0]
@@ -1246,12 +1250,12 @@ def test_a_training_sample_of_a_class_the_model_lacks_is_one_line(tiny_shards, t
             data = b"7" if m.name == f"{key}.cls" else data
             m.size = len(data)
             t.addfile(m, io.BytesIO(data))
-    info_path = shards / "train" / "_info.json"
+    info_path = shards / split / "_info.json"
     info = json.loads(info_path.read_text())
     for entry in info["shards"]:                         # sha256 and bytes agree: only the histogram lies
         if entry["name"] == tar.name:
             entry["sha256"], entry["bytes"] = hashlib.sha256(tar.read_bytes()).hexdigest(), tar.stat().st_size
     info_path.chmod(0o644)
     info_path.write_text(json.dumps(info))
-    with pytest.raises(ValueError, match=rf"{key}' is Contempt \(class id 7\), which a 7-class model cannot learn"):
+    with pytest.raises(ValueError, match=says.format(key=key)):
         train(shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
