@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ferdata.imagefile import (GRAY_ALPHA_MODES, JPEG_FORMATS, BadImage, ImageHeader, conversions_of, is_truncated,
-                               read_header, sniff_format)
+from ferdata.imagefile import (GRAY_ALPHA_MODES, JPEG_FORMATS, BadImage, ImageHeader, conversions_of, declared_size,
+                               is_truncated, read_header, sniff_format)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})  # file names read
 MAX_PIXELS = 40_000_000            # above this a JPEG decodes reduced; other formats are refused
@@ -314,7 +314,7 @@ def decode_jpeg_rgb(data: bytes, max_pixels: int = MAX_STORED_PIXELS) -> np.ndar
     bomb: a 0.9 MB PNG of 30000 x 30000 decodes to 0.9-2.7 GB) is refused as ``too_large``."""
     if not data:
         raise BadImage("empty_file")                # cv2.imdecode asserts on an empty buffer
-    size = _declared_size(data)
+    size = declared_size(data)
     if size is None:                                # not a JPEG or PNG of ours: PIL reads its header
         head = read_header(data)
         size = head.width, head.height
@@ -333,29 +333,3 @@ def decode_jpeg_rgb(data: bytes, max_pixels: int = MAX_STORED_PIXELS) -> np.ndar
 
 
 _JPEG_SOI = b"\xff\xd8"
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}      # start-of-frame markers (not DHT, JPG, DAC)
-
-
-def _declared_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) a PNG's IHDR or a JPEG's frame header declares, read without decoding
-    (a few marker hops: cheap enough for every loader read); None for anything else."""
-    if data.startswith(_PNG_SIG) and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if not data.startswith(_JPEG_SOI):
-        return None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:                          # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
-            i += 2
-        elif marker in _SOF:
-            return (int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")) \
-                if i + 9 <= n else None
-        else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None

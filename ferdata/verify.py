@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ferdata.classes import CLASSES, stored_class_id
+from ferdata.imagefile import declared_size
 from ferdata.layout import INFO, MADE_BY
 from ferdata.records import SPLITS
 from ferdata.summary import SplitSummary, check_info
@@ -154,7 +155,7 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
         if digest != sha:
             problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")
         else:
-            found, problem = _scan(path, tally)
+            found, problem = _scan(path, tally, _crop_side(info))
             if problem:
                 problems.append(problem)
             elif found != count:
@@ -218,11 +219,20 @@ def _summary_problems(folder: Path, info: dict, tally: _Tally) -> list[str]:
     return problems
 
 
-def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
+def _crop_side(info: dict) -> int | None:
+    """The side of the split's stored faces as its info file records it (None: not recorded)."""
+    try:
+        side = info["preprocess"]["align"]["size"]
+    except (KeyError, TypeError):
+        return None
+    return side if isinstance(side, int) and not isinstance(side, bool) else None
+
+
+def _scan(path: Path, tally: _Tally, side: int | None = None) -> tuple[int, str]:
     """(samples in a shard, problem or ""), each sample added to ``tally``; a key seen already (in
-    this split's shards) is a problem, and so is a sample whose members are bad (:func:`_read_sample`)
-    or lack one of :data:`REQUIRED` (named only once the whole shard is read: the rest may come
-    later, split apart from it)."""
+    this split's shards) is a problem, and so is a sample whose members are bad (:func:`_read_sample`;
+    a face not ``side`` square) or lack one of :data:`REQUIRED` (named only once the whole shard is
+    read: the rest may come later, split apart from it)."""
     found = 0
     here: dict[str, frozenset[str]] = {}                  # this shard's keys -> their members' extensions
     lacking: dict[str, list[str]] = {}                   # this shard's keys -> the required members they lack
@@ -239,7 +249,7 @@ def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
                 return found, f"{path}: sample {key!r} is in this shard twice: prepare the shards again"
             if key in tally.keys:
                 return found, f"{path}: sample {key!r} is in this split twice (a shard copied or listed twice?)"
-            problem, label, meta = _read_sample(path, key, fields)
+            problem, label, meta = _read_sample(path, key, fields, side)
             if problem:
                 return found, f"{path}: sample {key!r} {problem}: prepare the shards again"
             missing = [ext for ext in REQUIRED if ext not in fields]
@@ -260,11 +270,16 @@ def _scan(path: Path, tally: _Tally) -> tuple[int, str]:
     return found, ""
 
 
-def _read_sample(path: Path, key: str, fields: dict[str, bytes]) -> tuple[str, int | None, dict]:
+def _read_sample(path: Path, key: str, fields: dict[str, bytes],
+                 side: int | None = None) -> tuple[str, int | None, dict]:
     """(what is wrong with the members one sample has, "" when nothing; its ``cls``; its ``json``):
     wrong is an ``.npy`` that needs pickle (``UnsafeTarError``), landmarks that are not 68 finite
-    (x, y) points, a ``cls`` that is no class id, a ``json`` that is no object or whose label is not
-    the ``cls``."""
+    (x, y) points, a ``jpg`` whose header declares another size than ``side`` square (the landmarks
+    are in its pixels; not decoded), a ``cls`` that is no class id, a ``json`` that is no object or
+    whose label is not the ``cls``."""
+    size = declared_size(fields["jpg"]) if side is not None and "jpg" in fields else None
+    if size is not None and size != (side, side):
+        return f"has a jpg of {size[0]}x{size[1]}, but {INFO} records faces of align.size {side}", None, {}
     for ext, data in fields.items():
         if ext.endswith("npy"):
             array = load_npy(data, f"{path}:{key}.{ext}")

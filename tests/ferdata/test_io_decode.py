@@ -77,3 +77,25 @@ def test_the_loader_names_the_sample_of_a_bomb():
     with pytest.raises(ValueError, match=r"sample 'k1' of .*train-000000.tar: its heatmap.png does not decode "
                                          r"\(too_large"):
         SampleDecoder(("image", "heatmap"), 112)(sample)
+
+
+def test_declared_size_is_the_size_pil_reads():
+    """The size checks read a JPEG's frame header or a PNG's IHDR by hand: they agree with PIL on the
+    encoders' usual layouts (APP segments before the frame, progressive, grey, EXIF), and say
+    nothing of other bytes."""
+    from ferdata.imagefile import declared_size
+
+    face = data.astronaut()[:120, :90]
+    made = {"cv2 jpeg": encode_jpeg(face, 90), "png": encode_png(face), "grey png": encode_png(face[..., 0])}
+    for name, options in (("progressive", {"progressive": True}), ("exif", {"exif": Image.Exif()}),
+                          ("grey", {})):
+        buf = io.BytesIO()
+        (Image.fromarray(face).convert("L") if name == "grey" else Image.fromarray(face)).save(
+            buf, "JPEG", quality=80, **options)
+        made[name] = buf.getvalue()
+    for name, encoded in made.items():
+        assert declared_size(encoded) == Image.open(io.BytesIO(encoded)).size == (90, 120), name
+    gif = io.BytesIO()
+    Image.fromarray(face).save(gif, "GIF")
+    assert declared_size(gif.getvalue()) is None and declared_size(b"\xff\xd8\xff\xe0") is None
+    assert declared_size(b"not a picture") is None and declared_size(b"") is None
