@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -67,28 +66,20 @@ class SampleParams:
                              "leaves an empty split; use per_class >= 2 and a fraction that gives both")
 
 
-OWNED = (IMAGES_DIR, LISTS_DIR, MARKER)
-_WRITTEN = re.compile(rf"{re.escape(IMAGES_DIR)}/({'|'.join(map(re.escape, SPLIT_DIRS.values()))})/[0-9a-f]{{40}}\.jpg|"
-                      rf"{re.escape(LISTS_DIR)}/({'|'.join(map(re.escape, CSV_NAMES.values()))})|{re.escape(MARKER)}")
+# What this module writes, down to each file: a folder holding anything else is refused, not replaced
+OWNED = (*(f"{IMAGES_DIR}/{d}/{'[0-9a-f]' * 40}.jpg" for d in SPLIT_DIRS.values()),
+         *(f"{LISTS_DIR}/{name}" for name in CSV_NAMES.values()), MARKER)
 
 
 def _check_out_dir(staged: staged_dir) -> None:
     """Refuse, before any work, a file, a non-empty folder without the marker (a real AffectNet root
     holds the same two folder names: only a folder this module wrote may be replaced), or a sample
-    folder holding anything this module does not write, at any depth."""
+    folder holding anything this module does not write, at any depth (:data:`OWNED`)."""
     out_dir = staged.out
-    if not out_dir.is_dir() or not any(out_dir.iterdir()):
-        staged.check_owned()                              # a file
-        return
-    if not (out_dir / MARKER).is_file():
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).is_file():
         raise StageDirError(f"sample: {out_dir} is not empty and was not written by ferdata.sample; "
                             f"choose an empty or new folder")
-    staged.check_owned()                                  # names at the top this module does not own
-    foreign = [p.relative_to(out_dir).as_posix() for p in sorted(out_dir.rglob("*"))
-               if not p.is_dir() and not _WRITTEN.fullmatch(p.relative_to(out_dir).as_posix())]
-    if foreign:
-        raise StageDirError(f"sample: {out_dir} holds files ferdata.sample did not write ({', '.join(foreign[:5])}); "
-                            "it replaces the whole folder: move them away or choose an empty output folder")
+    staged.check_owned()
 
 
 def _csv_text(rows: list[list[str]]) -> str:
