@@ -69,6 +69,9 @@ def settle_best(folder: Path) -> None:
     when last.pt was saved at the same step and records their epoch as the best, else they are
     from an epoch that will be replayed and are removed."""
     pending = folder / PENDING_BEST
+    last = saved_at(folder / LAST)
+    if last is not None and last[1] < 0 and (folder / BEST).is_file():
+        (folder / BEST).unlink()        # last.pt records no best epoch: best.pt is an earlier run's
     if not pending.exists():
         return
     saved = saved_at(pending)

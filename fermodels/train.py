@@ -38,13 +38,13 @@ from fermodels.losses import GLOBAL_BATCH, draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
-from fermodels.ckptdir import LAST, PENDING_BEST, checkpoints_held, promote_best
+from fermodels.ckptdir import BEST, LAST, PENDING_BEST, checkpoints_held, promote_best
 from fermodels.checkpoints import weight_file_digests
 from fermodels.runstate import Position, code_fingerprint, next_position, other_threads, resume_state, save_checkpoint
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.epochplan import mix_seed
 from fermodels.stream import EpochPlanner, PersistentLoader
-from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, log_epoch, open_live
+from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, end_live, log_epoch, open_live
 from fermodels.trainparams import (TrainParams, check_classes, check_same_preparation, check_selection,
                                    check_smoothing_applies, random_start_warnings, require_extras_read,
                                    shards_preprocess)
@@ -260,6 +260,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
          env: DistEnv, device: torch.device) -> dict:
     run = _setup(dirs, params, ckpt_dir, live_dir, preprocess, env, device)
     live = _on_rank_0(lambda: open_live(live_dir, run.start, env), env)
+    failed = True
     try:
         for epoch in range(run.start.epoch, params.epochs):
             first = epoch == run.start.epoch
@@ -283,10 +284,11 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             _save(env, ckpt_dir / LAST, run, params, end)
             if improved and env.is_main:
                 promote_best(ckpt_dir)
+        failed = False
     finally:
         run.loader.close()
         if live is not None:
-            live.end()
+            end_live(live, failed)
     return run.best
 
 
@@ -392,3 +394,7 @@ def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Po
                         resume={"world_size": env.world_size, "epoch_steps": run.steps_per_epoch,
                                 "streams": run.streams, "tallies": run.tallies, **averaged,
                                 **({"cpu_threads": run.threads} if run.threads else {})})
+        if model is None and run.best.get("epoch", -1) < 0:
+            # no epoch of this run is the best yet: a best.pt here is an earlier run's (one started over
+            # with other params, data or code), which must not stay beside this run's last.pt
+            (path.parent / BEST).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ferdata.atomic import writable_folder
 from ferdata.classes import CLASSES
 from fermodels.distributed import DistEnv
 from fermodels.metrics import SUMMARY_METRICS
@@ -47,6 +48,9 @@ def open_live(live_dir: Path, pos: Position, env: DistEnv):
         return None
     from dvclive import Live
 
+    # a folder the logs cannot be written in is told now, not at the first epoch's end (the epoch lost)
+    writable_folder(Path(live_dir), "training's DVCLive logs (live_dir)")
+
     resuming = pos.epoch > 0 or pos.batch > 0
     if resuming:
         truncate_live(live_dir, pos.epoch)
@@ -62,6 +66,22 @@ def open_live(live_dir: Path, pos: Position, env: DistEnv):
                          f"a repository needs a commit before training (`git add -A && git commit -m ...`)") from e
     live.step = pos.epoch
     return live
+
+
+def end_live(live, failed: bool) -> None:
+    """DVCLive's ``end`` (it rewrites ``metrics.json`` in place). When the run is already stopping on
+    an error, a failure here is logged, not raised: raised from the trainer's ``finally`` it replaced
+    that error (a full disk told "[Errno 28] No space left on device" without the checkpoint or log
+    it was writing); the next run rebuilds a ``metrics.json`` cut off here (:func:`repair_summary`)."""
+    try:
+        live.end()
+    except OSError as err:
+        if failed:
+            log.warning("the training logs' summary in %s was not written either: %s", live.dir, err)
+            return
+        if err.filename is None:
+            err.add_note(f"while writing the training logs in {live.dir}")
+        raise
 
 
 def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: dict) -> None:

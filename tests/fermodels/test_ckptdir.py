@@ -42,6 +42,19 @@ def test_pending_weights_of_the_same_step_but_another_best_epoch_are_removed(tmp
     assert torch.load(tmp_path / BEST)["step"] == 3
 
 
+def test_a_best_pt_beside_a_last_pt_of_no_best_epoch_is_another_runs_and_removed(tmp_path):
+    """A run started over another's folder saves a last.pt of best epoch -1 and then removes the
+    other's best.pt; killed between the two, the next start removes it."""
+    torch.save({"step": 3, "best": {"epoch": -1}}, tmp_path / LAST)
+    torch.save({"step": 40, "best": {"epoch": 3}}, tmp_path / BEST)
+    settle_best(tmp_path)
+    assert not (tmp_path / BEST).exists()
+    torch.save({"step": 9, "best": {"epoch": 0}}, tmp_path / LAST)
+    torch.save({"step": 9, "best": {"epoch": 0}}, tmp_path / BEST)
+    settle_best(tmp_path)
+    assert (tmp_path / BEST).exists()
+
+
 def test_saved_at_reads_step_and_best_epoch(tmp_path):
     torch.save({"step": 7, "best": {"epoch": 2}}, tmp_path / LAST)
     assert saved_at(tmp_path / LAST) == (7, 2)

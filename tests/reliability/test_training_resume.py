@@ -7,10 +7,12 @@ resnet18_112 itself.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import fermodels.runstate as runstate
 import fermodels.train as trainer
 import fermodels.trainparams as trainparams
 from fermodels.registry import ModelCard
+from ferdata.errors import message
 from fermodels.ckptdir import BEST, LAST, PENDING_BEST
 from fermodels.runstate import load_checkpoint
 from fermodels.train import train
@@ -293,3 +296,86 @@ def test_dvc_keeps_what_a_resume_reads_when_train_runs_again(tmp_path):
         run = subprocess.run([*dvc, "repro", "-f", "-q"], cwd=tmp_path, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
     assert (tmp_path / "found.txt").read_text().split("\n") == kept
+
+
+def test_a_full_disk_at_a_checkpoint_save_names_the_checkpoint(tiny_shards, tmp_path, one_thread, monkeypatch):
+    """The disk fills up at the third save (the logs share it, as runs/train/ckpt and runs/train/live
+    do): the error named no file ("[Errno 28] No space left on device"), DVCLive's own failure in the
+    trainer's `finally` having replaced save_checkpoint's, which names the checkpoint."""
+    import dvclive.live
+
+    use_model(TINY, monkeypatch.setattr)
+    real_save, saves = torch.save, [0]
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def save(obj, f, *args, **kwargs):
+        saves[0] += 1
+        if saves[0] == 3:                              # from here on every write fails
+            monkeypatch.setattr(dvclive.live, "dump_json", no_space)
+            no_space()
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError) as caught:
+        train(tiny_shards, train_params(), tmp_path / "ckpt", tmp_path / "live")
+    told = message(caught.value)
+    assert "No space left on device" in told and f"while writing {tmp_path / 'ckpt'}" in told, told
+    assert load_checkpoint(tmp_path / "ckpt" / LAST)["step"] == 2          # the last good one kept
+
+
+def test_an_unwritable_log_folder_is_named_before_training(tiny_shards, tmp_path, one_thread, monkeypatch):
+    """A live_dir that cannot be written failed at the first epoch's log (after the epoch and its
+    validation; with checkpoint_every 0 the epoch is lost), as the checkpoint folder did before its
+    check (test_an_unwritable_checkpoint_folder_is_named_before_training)."""
+    from dvclive.plots import metric
+
+    use_model(TINY, monkeypatch.setattr)
+    live = tmp_path / "live"
+    live.mkdir()                                         # there, but read-only (a mount, or permissions)
+    real_tf, steps = tempfile.TemporaryFile, [0]
+    real_step = trainer.train_step
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    def temporary_file(*args, dir=None, **kwargs):       # the live folder refuses files, the others do not
+        if dir is not None and str(dir).startswith(str(live)):
+            refuse()
+        return real_tf(*args, dir=dir, **kwargs)
+
+    def counted(*args, **kwargs):
+        steps[0] += 1
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    monkeypatch.setattr(metric.Metric, "dump", refuse)
+    monkeypatch.setattr(trainer, "train_step", counted)
+    with pytest.raises((ValueError, OSError)) as caught:
+        train(tiny_shards, train_params(checkpoint_every=0), tmp_path / "ckpt", live)
+    assert steps[0] == 0, f"failed after {steps[0]} training steps: {message(caught.value)}"
+    assert str(live) in message(caught.value)
+
+
+def test_a_restart_over_another_runs_folder_never_leaves_its_best_pt_beside_the_new_last_pt(
+        tiny_shards, tmp_path, one_thread, monkeypatch):
+    """The folder holds another run's finished checkpoints; this run (other params) starts over
+    and is stopped in its first epoch after a mid-epoch save. best.pt must not be the other run's
+    weights beside this run's last.pt (predict/export/evaluate of best.pt took them silently)."""
+    use_model(TINY, monkeypatch.setattr)
+    train(tiny_shards, train_params(), tmp_path / "ckpt", tmp_path / "live")         # run A, finished
+    other = train_params(lr=train_params().lr * 2)
+    real_step, steps = trainer.train_step, [0]
+
+    def stop_at_3(*args, **kwargs):
+        steps[0] += 1
+        if steps[0] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(trainer, "train_step", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_shards, other, tmp_path / "ckpt", tmp_path / "live")
+    last = load_checkpoint(tmp_path / "ckpt" / LAST)
+    assert last["params"]["lr"] == other.lr and last["best"]["epoch"] == -1
+    best = tmp_path / "ckpt" / BEST
+    assert not best.exists() or load_checkpoint(best)["params"]["lr"] == other.lr, \
+        "best.pt is the other run's, beside this run's last.pt"
