@@ -16,7 +16,8 @@ Geometry stays consistent across a sample's fields:
 * small affine (rotation, translation, scale, as torchvision's ``RandomAffine`` with black fill):
   one matrix per sample warps the image, the heatmap (same normalised grid, resampled: peak
   heights and widths change with the scale, by up to about 55/255 against a map drawn from the
-  warped landmarks; ``resnet18_heatmap`` reads it as an attention mask) and the landmarks;
+  warped landmarks at a lone landmark, about 87/255 where peaks overlap (eyes, lips);
+  ``resnet18_heatmap`` reads it as an attention mask) and the landmarks;
 * random erasing (torchvision ``RandomErasing`` semantics, filled with the mean colour like
   ``value=0`` after ``Normalize``): one rectangle per sample on the image.
 
