@@ -16,7 +16,7 @@ from ferdata.clihelp import reflow_help
 from ferdata.errors import run_cli
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 
 BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over params.yaml's detect.backend and "

@@ -3,7 +3,10 @@
 Typer's rich help keeps a docstring's line breaks (in the command list and in every paragraph but
 the first), so text wrapped at this code base's line length broke mid-sentence in an 80-column
 terminal. :func:`reflow_help` gives each command the docstring with the lines of each paragraph
-joined; paragraphs stay apart."""
+joined; paragraphs stay apart, and the command lists show each first paragraph whole (click cut
+it at about 45 characters). The apps use click's plain help layout (``rich_markup_mode=None``):
+rich's table gave an option's help a 16-character column in 80 columns (a terminal, or any
+redirected output) and cut long words with an ellipsis ("(runs/train/ckp…")."""
 from __future__ import annotations
 
 import inspect
@@ -23,5 +26,10 @@ def reflow_help(app: typer.Typer) -> None:
     for info in app.registered_commands:
         if info.help is None and info.callback is not None and info.callback.__doc__:
             info.help = reflowed(info.callback.__doc__)
+        if info.short_help is None and info.help:              # the command list: whole, wrapped (not cut at 45)
+            info.short_help = info.help.split("\n\n")[0]
     for group in app.registered_groups:
+        text = group.help if isinstance(group.help, str) else group.typer_instance.info.help
+        if not isinstance(group.short_help, str) and isinstance(text, str):
+            group.short_help = reflowed(text).split("\n\n")[0]
         reflow_help(group.typer_instance)

@@ -14,7 +14,7 @@ from ferdata.errors import run_cli
 
 app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), training recipes, export, "
                        "k-fold cross-validation summaries.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 
 @app.command("list")
