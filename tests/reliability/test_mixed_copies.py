@@ -28,7 +28,8 @@ def _split(root: Path, split: str, keys: list[str], preprocess: dict, label: str
     """One shard of samples (jpg, cls, json) and its _info.json."""
     folder = root / split
     folder.mkdir(parents=True)
-    face = cv2.imencode(".jpg", np.full((112, 112, 3), 128, np.uint8))[1].tobytes()
+    side = preprocess["align"]["size"]                  # faces as the preparation made them
+    face = cv2.imencode(".jpg", np.full((side, side, 3), 128, np.uint8))[1].tobytes()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key in keys:
