@@ -40,6 +40,8 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
         marker = data[i + 1]
         if marker == 0xFF:                          # fill byte
             i += 1
+        elif marker == 0x00:                        # no marker: libjpeg skips it byte by byte, not by a length
+            return None                             # (a decoy SOF could lie where a length would land): PIL reads it
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             i += 2
         elif marker in _SOF:

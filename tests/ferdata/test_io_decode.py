@@ -99,3 +99,33 @@ def test_declared_size_is_the_size_pil_reads():
     Image.fromarray(face).save(gif, "GIF")
     assert declared_size(gif.getvalue()) is None and declared_size(b"\xff\xd8\xff\xe0") is None
     assert declared_size(b"not a picture") is None and declared_size(b"") is None
+
+
+def _decoy_jpeg(side: int = 5000) -> bytes:
+    """A JPEG of side x side that libjpeg decodes whole, with 'FF 00 LL LL' after its SOI (stray
+    bytes to libjpeg, skipped one by one) whose 'length' takes a marker walk over the real frame
+    header onto a 112 px one hidden in a comment."""
+    import cv2
+
+    real = cv2.imencode(".jpg", np.zeros((side, side, 3), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])[1].tobytes()
+    i = 2
+    while real[i + 1] != 0xC0:
+        i += 2 + int.from_bytes(real[i + 2:i + 4], "big")
+    n = int.from_bytes(real[i + 2:i + 4], "big")
+    sof = real[i:i + 2 + n]
+    decoy = bytearray(sof)
+    decoy[5:9] = (112).to_bytes(2, "big") * 2
+    com = b"\xff\xfe" + (2 + len(decoy)).to_bytes(2, "big")
+    body = real[2:i] + sof + com
+    return b"\xff\xd8\xff\x00" + (len(body) + 2).to_bytes(2, "big") + body + bytes(decoy) + real[i + 2 + n:]
+
+
+def test_a_huge_jpeg_is_refused_however_its_markers_are_laid_out():
+    """The header walk read 'FF 00' as a marker with a length, as libjpeg does not: a 5000 px JPEG
+    declared 112 px to it (a decoy frame header in a comment) and was decoded whole."""
+    import cv2
+
+    data = _decoy_jpeg()
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape == (625, 625)
+    with pytest.raises(BadImage, match="too_large.*5000x5000"):
+        decode_jpeg_rgb(data)
