@@ -22,6 +22,7 @@ import glob
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -241,6 +242,21 @@ def _foreign(folder: Path, owned: tuple[str, ...], where: str = "") -> list[str]
     return found
 
 
+def _is_mount(path: Path) -> bool:
+    """Whether ``path`` (resolved) is a mount point: :func:`os.path.ismount` compares it
+    with its parent (another device, or the same inode), which misses a bind mount of a folder of the same
+    file system (``mount --bind``, a Docker volume from the disk the project is on); Linux lists
+    every mount point in /proc/self/mountinfo (its 5th field, spaces and the like as octal escapes)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            points = {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in f}
+    except (OSError, IndexError):
+        return False
+    return str(path) in points
+
+
 class StageDirError(FileExistsError):
     """A stage was pointed at a folder holding files it did not write."""
 
@@ -274,7 +290,7 @@ class staged_dir:
         if not self.out.is_dir():
             raise StageDirError(f"{self.out} is a file, but a folder is needed there: move it away or choose "
                                 "another path")
-        if os.path.ismount(self.out):               # renaming it away fails (EBUSY), after all the work
+        if _is_mount(self.out):                     # renaming it away fails (EBUSY), after all the work
             raise StageDirError(f"{self.out} is a mount point: a stage builds its output beside it and swaps it "
                                 "in whole, which a mount point cannot be; give a folder inside it")
         foreign = sorted(_foreign(self.out, self.owned))

@@ -10,6 +10,7 @@ folder holds an older, different output.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -148,6 +149,36 @@ def test_a_mount_point_as_output_is_refused_before_the_work(tmp_path, monkeypatc
     with pytest.raises(StageDirError, match="is a mount point"):
         with staged_dir(out, ("derived-*.tar",)):
             pytest.fail("the work ran into a folder that cannot be swapped in")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="bind-mounts in a private namespace: root")
+def test_a_bind_mount_of_the_same_file_system_as_output_is_refused_before_the_work(tmp_path):
+    """os.path.ismount compares a folder with its parent: a bind mount from the same file system
+    (`mount --bind`, a Docker volume from the project's disk) passed, and the stage failed with
+    EBUSY after all its work."""
+    script = textwrap.dedent(f"""
+        import os, subprocess
+        from ferdata.atomic import StageDirError, staged_dir
+        os.makedirs("{tmp_path}/store/out"); os.makedirs("{tmp_path}/proj/out")
+        subprocess.run(["mount", "--bind", "{tmp_path}/store/out", "{tmp_path}/proj/out"], check=True)
+        os.symlink("{tmp_path}/proj/out", "{tmp_path}/link")          # a stage works on the folder a link names
+        try:
+            for out in ("{tmp_path}/proj/out", "{tmp_path}/link"):
+                try:
+                    staged_dir(out, ("report.json",)).check_owned()
+                    print("passed")
+                except StageDirError as e:
+                    print("refused:", e)
+        finally:
+            subprocess.run(["umount", "{tmp_path}/proj/out"])
+        """)
+    run = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", script],
+                         capture_output=True, text=True, env=child_env(), timeout=120)
+    if run.returncode != 0 and "unshare" in run.stderr:
+        pytest.skip(f"no private mount namespace here: {run.stderr.strip()}")
+    told = run.stdout.splitlines()
+    assert len(told) == 2, run.stdout + run.stderr
+    assert all(line.startswith(f"refused: {tmp_path}/proj/out is a mount point") for line in told), run.stdout
 
 
 def test_a_swap_that_fails_keeps_the_old_output_and_leaves_no_staging_copy(tmp_path, monkeypatch):
