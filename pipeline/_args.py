@@ -56,7 +56,9 @@ def arguments(doc: str, argv: Sequence[str]) -> list[str]:
     names = m.group(2).split()
     line = f"usage: {m.group(1)}{m.group(2)}"
     if any(a in HELP for a in argv):
-        print(f"{line}\n\n{doc.strip()}")
+        # flushed here: a closed pipe raises now, where the excepthook quiets it; left to the exit's
+        # flush (stdout to a pipe is block-buffered) it printed "Exception ignored ... BrokenPipeError", status 120
+        print(f"{line}\n\n{doc.strip()}", flush=True)
         raise SystemExit(0)
     if len(argv) != len(names):
         print(f"{line}\nerror: expected {len(names)} argument(s) ({' '.join(names)}), got {len(argv)}",

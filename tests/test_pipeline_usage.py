@@ -69,7 +69,8 @@ def test_help_into_a_closed_pipe_and_a_missing_params_file_are_quiet_or_one_line
     """`python -m pipeline.<stage> --help | head -1` (the reader gone) ended on a BrokenPipeError
     traceback; run outside the project, a stage said to "pass --params PATH", which it has not."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("FER_TRACEBACK", None)
+    for name in ("FER_TRACEBACK", "PYTHONUNBUFFERED"):         # as a shell runs it: stdout to a pipe buffered
+        env.pop(name, None)
     read, write = os.pipe()
     os.close(read)                                              # the reader left before the help was written
     with os.fdopen(write, "wb") as gone:
