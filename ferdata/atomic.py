@@ -39,6 +39,22 @@ except ImportError:                                  # Windows: no locks
 log = logging.getLogger(__name__)
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file here (0o666 less the umask): mkstemp makes 0o600,
+    and a fixed 0o644 made outputs world-readable under ``umask 077`` and not group-writable under
+    ``umask 002``. Read from /proc where it can be (``os.umask`` sets the mask to read it: racy in threads)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _temp_prefix(path: Path) -> str:
     """``.<name>.``; for a name within 30 bytes of the 255-byte limit, its first 50 characters and a
     digest of the whole (the random part and ``.tmp`` would make the temp name too long to create)."""
@@ -174,7 +190,7 @@ class atomic_open:
                 if exc_type is None:           # renamed while open and locked: no writer takes it for stale
                     self.f.flush()
                     os.fsync(self.f.fileno())
-                    os.fchmod(self.f.fileno(), 0o644)
+                    os.fchmod(self.f.fileno(), _file_mode())
                     os.replace(self.tmp, self.path)
             finally:
                 self.f.close()

@@ -448,6 +448,22 @@ def test_an_old_output_that_cannot_be_removed_is_named(tmp_path, caplog, monkeyp
     assert sorted(p.name for p in out.iterdir()) == ["c.tar"]
 
 
+@pytest.mark.parametrize("mask", [0o077, 0o002, 0o022])
+def test_a_written_file_has_the_mode_open_would_give_it(tmp_path, mask):
+    """A fixed 0o644 made every output world-readable under umask 077 (licensed face data, kept by
+    `cp -p` and tar) and not group-writable under umask 002 (a shared group folder)."""
+    import stat
+
+    old = os.umask(mask)
+    try:
+        atomic_write_bytes(tmp_path / "out.json", b"{}")
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "out.json").stat().st_mode)
+    assert mode == 0o666 & ~mask == stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+
+
 def test_the_longest_legal_file_name_can_be_written(tmp_path):
     """A 250-byte name is legal (255 is the limit), but the temp file beside it (".<name>.<8
     random>.tmp", 14 bytes more) was not: `ferdata show -o <that name>` failed with "File name too
