@@ -63,3 +63,13 @@ def test_dvc_repro_in_clone(tmp_path):
     ran = stages_run(dry)
     assert "derive@sample" in ran
     assert not ran & {"sample", "detect@sample", "align@sample"}, ran
+
+
+def test_dvc_analytics_are_off_in_the_project():
+    """README promises no network beyond PyPI: DVC's analytics daemon tried analytics.dvc.org on every
+    `dvc` command and left its report in $TMPDIR (one file per command, never removed)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    assert config.get("core", "analytics") == "false"
