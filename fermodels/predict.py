@@ -185,7 +185,8 @@ def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
         target = annotate / name
         if p.suffix.lower() not in VIDEO_EXTS and os.path.lexists(target) and not is_annotated_copy(target):
             raise ValueError(f"--annotate {annotate}: its copy of {p} would replace {target}, a file that is not "
-                             "an annotated copy; choose another folder or move the file away")
+                             "an annotated copy (nor one this version marked: copies made before 2026-12 carry no "
+                             "mark); choose another folder or move the file away")
 
 
 def annotation_path(name: Path, frame: int, video: bool) -> Path:
