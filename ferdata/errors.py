@@ -169,8 +169,12 @@ def install_excepthook() -> None:
 def _silence_stdout() -> None:
     """Point standard output at /dev/null: the interpreter's last flush of what the closed pipe did
     not take would print "Exception ignored ... BrokenPipeError" (the exit status stays 1, as click's)."""
+    try:
+        target = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):          # no real stream (replaced, or closed): nothing to flush
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, target)
     os.close(devnull)
 
 
