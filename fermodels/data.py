@@ -128,9 +128,9 @@ def label_target(meta: bytes, label: int, key: str, url: str = "") -> tuple[np.n
 
 def split_decoder(card: ModelCard, split: Split, device: torch.device) -> SampleDecoder:
     """The decoder of a model's inputs read from ``split`` for a model on ``device``."""
-    stored = int(split.preprocess["align"]["size"]) if split.preprocess else None   # else each dataset's own
-    return SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, stored_side(split), device),
-                         stored=stored)
+    side = stored_side(split)                     # checked per face only where the split records it
+    return SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, side, device),
+                         stored=side if split.preprocess else None)
 
 
 def travel_side(size: int, stored: int, device: torch.device) -> int | None:

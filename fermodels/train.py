@@ -353,6 +353,10 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
     return Tally({k: float(v) for k, v in sums.items()}, seen, waited, time.perf_counter() - t0, classes.tolist()), lr
 
 
+_UNDESCRIBED = ("that file does not describe its shards; `ferdata verify` the split, then re-run the shard stage "
+                "(or `dvc pull` / `dvc checkout` it)")
+
+
 def _val_set(split: Split, decoder: SampleDecoder, num_classes: int) -> IndexedSplit:
     """The val samples, all of them: :func:`check_classes` passed the split on its ``_info.json``
     histogram, so a sample of a class beyond the model's is one that file does not count (an edited
@@ -360,9 +364,8 @@ def _val_set(split: Split, decoder: SampleDecoder, num_classes: int) -> IndexedS
     val = IndexedSplit(split, decoder, num_classes)
     if val.excluded:
         raise ValueError(f"the val split of {', '.join(split.dirs)} holds {dict(sorted(val.excluded.items()))}, "
-                         f"which a {num_classes}-class model cannot predict, though its {INFO} counts none: that "
-                         "file does not describe its shards; `ferdata verify` the split, then re-run the shard stage "
-                         "(or `dvc pull` / `dvc checkout` it)")
+                         f"which a {num_classes}-class model cannot predict, though its {INFO} counts none: "
+                         f"{_UNDESCRIBED}")
     return val
 
 
@@ -376,8 +379,7 @@ def check_batch_classes(batch: dict, num_classes: int) -> None:
         label = int(batch["label"][i])
         raise ValueError(f"training sample {batch['key'][i]!r} is {CLASSES[label]} (class id {label}), which a "
                          f"{num_classes}-class model cannot learn, though the train split's {INFO} counts none: "
-                         "that file does not describe its shards; `ferdata verify` the split, then re-run the "
-                         "shard stage (or `dvc pull` / `dvc checkout` it)")
+                         f"{_UNDESCRIBED}")
 
 
 def _save(env: DistEnv, path: Path, run: _Run, params: TrainParams, position: Position,
