@@ -296,12 +296,12 @@ def test_stopping_a_pool_whose_worker_ignores_sigterm_does_not_hang(tmp_path):
                     signal.signal(signal.SIGTERM, lambda *a: None)
                     open({str(tmp_path / "set")!r}, "w").close()
                     time.sleep(600)
+                while x == 0 and not os.path.exists({str(tmp_path / "set")!r}):   # 1 is out, its handler set
+                    time.sleep(0.02)
                 return x
 
         run = parallel_map(Fn(), range(8), workers=2, chunksize=1)
-        print(next(run), flush=True)
-        while not os.path.exists({str(tmp_path / "set")!r}):     # the handler is set: stopping must not wait on it
-            time.sleep(0.05)
+        print(next(run), flush=True)     # (0 on its own raced the parent: 1 not yet out, and then never)
         run.close()                      # what an error in the consumer, or Ctrl-C, does
         print("stopped", flush=True)
         """)
@@ -468,42 +468,73 @@ def test_an_error_that_cannot_be_pickled_nor_remade_is_a_runtime_error_with_its_
                for n in caught.value.__notes__)
 
 
-class EndOnSigterm:
-    """Its worker ends on SIGTERM as a library's handler may: after some cleanup (0.3 s)."""
+class BusyAfterTheFirst:
+    """Item 0 returns once the parent has sent items 1 and 2 out (it asked ``telling(folder)`` for
+    item 3); every other item marks that it started, then sleeps: after the first result both workers
+    are busy for good. (Item 0 on a timer raced the parent on a loaded machine: 0 came back before 1
+    was sent out, and after the first result a paused generator sends nothing more.)"""
 
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
 
     def __call__(self, x: int) -> int:
+        if x == 0:
+            _wait_for([self.folder / "asked"])
+            return x
+        self.started()
+        (self.folder / f"started.{x}").touch()
+        time.sleep(600)
+        return x
+
+    def started(self) -> None:
+        pass
+
+
+class EndOnSigterm(BusyAfterTheFirst):
+    """Its worker ends on SIGTERM as a library's handler may: after some cleanup (0.3 s)."""
+
+    def started(self) -> None:
         def cleanup(*_):
             time.sleep(0.3)
-            open(f"{self.marker}.{os.getpid()}", "w").close()
+            (self.folder / f"ended.{os.getpid()}").touch()
             os._exit(0)
 
         signal.signal(signal.SIGTERM, cleanup)
-        time.sleep(0.05 if x == 0 else 600)
-        return x
+
+
+def telling(folder: Path, n: int = 8):
+    """``range(n)``, touching ``folder/asked`` when item 3 is asked for (with ``chunksize=1`` items 1
+    and 2 are sent out by then)."""
+    for x in range(n):
+        if x == 3:
+            (folder / "asked").touch()
+        yield x
+
+
+def _wait_for(paths: list[Path], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline, f"never appeared: {[str(p) for p in paths]}"
+        time.sleep(0.02)
+
+
+def _two_busy_workers(fn: BusyAfterTheFirst, folder: Path):
+    """A paused ``parallel_map`` whose two workers are both in ``fn``'s sleep."""
+    run = parallel_map(fn, telling(folder), workers=2, chunksize=1)
+    assert next(run) == 0
+    _wait_for([folder / "started.1", folder / "started.2"])
+    return run
 
 
 def test_stopped_workers_get_time_to_end_before_they_are_killed(tmp_path):
-    run = parallel_map(EndOnSigterm(str(tmp_path / "ended")), range(8), workers=2, chunksize=1)
-    assert next(run) == 0
-    time.sleep(0.3)                                  # both workers are in item 1 and 2, handlers set
+    run = _two_busy_workers(EndOnSigterm(tmp_path), tmp_path)
     run.close()
     assert len(list(tmp_path.glob("ended.*"))) == 2
 
 
-class Sleepy:
-    def __call__(self, x: int) -> int:
-        time.sleep(0.05 if x == 0 else 600)
-        return x
-
-
-def test_stopping_workers_that_end_on_sigterm_is_quick():
+def test_stopping_workers_that_end_on_sigterm_is_quick(tmp_path):
     """The grace is for workers that ignore SIGTERM: workers that end on it are not waited 5 s for."""
-    run = parallel_map(Sleepy(), range(8), workers=2, chunksize=1)
-    assert next(run) == 0
-    time.sleep(0.2)
+    run = _two_busy_workers(BusyAfterTheFirst(tmp_path), tmp_path)
     started = time.monotonic()
     run.close()
     assert time.monotonic() - started < 2.5
