@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 BATCH = 8            # images per task sent to a worker
 DETECTOR_FAILED = "detector_failed"       # the backend raised on this image (the error is the detail)
 LOCAL_BATCH = 64     # cache hits / drops handled per step in the main process
+MAX_SAME = 8 * BATCH  # a batch grows past BATCH for the records of one image (a photo's faces) up to this
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,9 @@ class DetectWorker:
 
 def jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: DetectionCache | None,
          sig: str) -> Iterator[Item]:
-    """Read and hash each image; attach its cached detection when there is one."""
+    """Read and hash each image; attach its cached detection when there is one. Consecutive records of
+    one image share one bytes object (pickled once in a batch)."""
+    last: tuple[str, bytes] = ("", b"")
     for item in items:
         if isinstance(item, Dropped):
             yield item
@@ -143,6 +146,9 @@ def jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: Det
             yield Dropped(item.dataset, item.key, "unreadable_file", f"{item.path}: {e.strerror}")
             continue
         sha = hashlib.sha256(data).hexdigest()
+        if sha == last[0]:
+            data = last[1]
+        last = (sha, data)
         cacheable = cache is not None and backend.cacheable_for(item)
         hit = cache.get(sha, sig) if cacheable else None
         yield Job(item, sha, None if hit else data, hit, cacheable)
@@ -168,11 +174,13 @@ def one_image_batches(batch: list[Item]) -> list[list[Item]]:
 def batches_of(jobs: Iterable[Item]) -> Iterator[list[Item]]:
     """Consecutive jobs grouped into batches that either all need a model or none does; a record of
     the image the one before it is of (ExpW's faces of one photo) stays in its batch, so the worker
-    detects that image once (:meth:`DetectWorker.__call__`)."""
+    detects that image once (:meth:`DetectWorker.__call__`), up to ``MAX_SAME`` jobs: a list naming one
+    file 100k times in a row made one batch of them all, sent to one worker whole."""
     batch: list[Item] = []
     for job in jobs:
         local = isinstance(job, Dropped) or job.cached is not None
-        full = len(batch) >= (LOCAL_BATCH if local else BATCH) and not _same_image(batch[-1], job)
+        full = len(batch) >= (LOCAL_BATCH if local else BATCH) and (
+            len(batch) >= MAX_SAME or not _same_image(batch[-1], job))
         if batch and (local != is_local(batch[-1:]) or full):
             yield batch
             batch = []

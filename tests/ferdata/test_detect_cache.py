@@ -75,6 +75,27 @@ def test_the_faces_of_one_photo_are_detected_once(tmp_path, images, workers, mon
         assert rows[f"k{i:02d}"] == next(iter(read_faces(tmp_path / f"apart{i}" / "out")))["face"]
 
 
+def test_a_long_run_of_one_image_makes_bounded_batches_carrying_its_bytes_once(tmp_path, images):
+    """A list naming one file 5,000 times in a row made one batch of 5,000 jobs, each with its own copy
+    of the file's bytes, pickled to one worker whole (the pool's window counts batches): memory grew
+    with the run's length times the image's size."""
+    from ferdata.stages.detect_work import BATCH, Job, batches_of, jobs
+
+    class Caching:
+        def cacheable_for(self, _):
+            return True
+
+    recs = [FaceRecord("t", f"k{i}", str(images[0]), 1, "x") for i in range(5_000)]
+    few = [FaceRecord("t", f"p{i}", str(images[1]), 1, "x") for i in range(BATCH - 1)] + recs[:5]
+    with DetectionCache(tmp_path / "cache") as cache:
+        batches = list(batches_of(jobs(recs, Caching(), cache, "sig")))
+        first = next(batches_of(jobs(few, Caching(), cache, "sig")))
+    assert sum(map(len, batches)) == 5_000 and max(map(len, batches)) <= 8 * BATCH
+    assert all(isinstance(j, Job) and j.cacheable for b in batches for j in b)
+    assert len({id(j.data) for b in batches for j in b}) == 1
+    assert [j.record.key for j in first][-5:] == [f"k{i}" for i in range(5)]        # a photo's faces: one batch
+
+
 def test_repeat_detects_nothing_and_growth_detects_only_new(tmp_path, images, monkeypatch):
     first = run_detect(records(images[:8]), params(tmp_path), tmp_path / "a")
     assert notes(first)["detections_run"] == 8 and first.kept == 8
