@@ -182,11 +182,21 @@ def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
             raise ValueError(f"--annotate {annotate}: its copy of {p} would replace the input {hit}; choose a "
                              "folder outside the inputs")
     for p, name in names.items():        # a photo of the same name there that is no input (IMG_0001.jpg)
-        target = annotate / name
-        if p.suffix.lower() not in VIDEO_EXTS and os.path.lexists(target) and not is_annotated_copy(target):
-            raise ValueError(f"--annotate {annotate}: its copy of {p} would replace {target}, a file that is not "
-                             "an annotated copy (nor one this version marked: copies made before 2026-12 carry no "
-                             "mark); choose another folder or move the file away")
+        for target in _replaced_by(annotate, p, name):
+            if not is_annotated_copy(target):
+                raise ValueError(f"--annotate {annotate}: its copy of {p} would replace {target}, a file that is "
+                                 "not an annotated copy (nor one this version marked: copies made before 2026-12 "
+                                 "carry no mark); choose another folder or move the file away")
+
+
+def _replaced_by(annotate: Path, p: Path, name: Path) -> list[Path]:
+    """The files in ``annotate`` that ``p``'s copies may replace: its copy, or a video's frames' copies
+    (any frame's: which frames hold a face is known only once it is read)."""
+    if p.suffix.lower() not in VIDEO_EXTS:
+        return [annotate / name] if os.path.lexists(annotate / name) else []
+    folder, stem = annotate / name.parent, name.with_suffix("").name
+    return sorted(f for f in (folder.iterdir() if folder.is_dir() else ())
+                  if (m := FRAME_COPY.fullmatch(f.name)) and m[1] == stem)
 
 
 def annotation_path(name: Path, frame: int, video: bool) -> Path:

@@ -645,6 +645,29 @@ def test_annotating_never_replaces_a_file_that_is_no_earlier_copy(photos, tiny_r
     assert not is_annotated_copy(trip / "IMG_0001.jpg") and not is_annotated_copy(tmp_path / "missing.jpg")
 
 
+def test_a_videos_frame_copies_never_replace_a_file_that_is_no_earlier_copy(tmp_path):
+    """A video's frame copies (clip.mp4.f000000.jpg) were not checked: a user's file of that name in the
+    --annotate folder was replaced by an annotated frame. An earlier run's frame copies, and another
+    video's, are not in the way."""
+    (tmp_path / "in").mkdir()
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    video = tmp_path / "in" / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    for _ in range(3):
+        writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    names = annotation_names([video], [video])
+    fermodels.predict.draw_faces(np.zeros((8, 8, 3), np.uint8), [], ann / "clip.mp4.f000000.jpg")   # a marked copy
+    (ann / "other.mp4.f000001.jpg").write_bytes(encode_jpeg(np.zeros((8, 8, 3), np.uint8), 90))
+    (ann / "clip.mp4.f000001.jpeg").write_bytes(b"yours")                 # no name a copy takes
+    check_annotations(ann, names)
+    theirs = ann / "clip.mp4.f000002.jpg"
+    theirs.write_bytes(encode_jpeg(np.full((8, 8, 3), 200, np.uint8), 90))
+    with pytest.raises(ValueError, match=f"would replace {theirs}, a file that is not an annotated copy"):
+        check_annotations(ann, names)
+
+
 def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, caplog):
     (tmp_path / "kept" / "more").mkdir(parents=True)
     for rel in ("photos/a.jpg", "kept/more/b.png", "photos/c.heic", "photos/.hidden.jpg"):
