@@ -23,6 +23,7 @@ import numpy as np
 
 from ferdata.classes import CLASSES
 from ferdata.params import SPEED_ONLY, read_yaml
+from ferdata.selection import VERSION as SELECTION_VERSION
 from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
 from fermodels.runstate import LAYOUT, RESUME_IGNORES
 
@@ -92,8 +93,8 @@ class Series:
 
     @property
     def unchecked(self) -> list[int]:
-        """Folds whose run records no pinned test split (a version before ``runs/select``): nothing
-        shows that their test splits differ."""
+        """Folds whose run records no pinned test split (a version before ``runs/select``), or pins it
+        by a digest that differs by fold (selection version 1): nothing shows that their test splits differ."""
         return [k for k, run in sorted(self.runs.items()) if run.tested is None]
 
     def table(self) -> dict:
@@ -177,9 +178,14 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
             skipped[name] = f"no evaluation in its commit ({err})"
             continue
         try:
-            tested = json.dumps(json.loads(_git(repo, "show", f"{commit}:{TESTED}")), sort_keys=True)
+            chosen = json.loads(_git(repo, "show", f"{commit}:{TESTED}"))
         except ValueError:                          # an experiment of a version that did not pin it
-            tested = None
+            chosen = None
+        if isinstance(chosen, dict) and chosen.get("version") != SELECTION_VERSION:
+            # selection version 1 hashed the whole _info.json, params_hash (which holds shard.fold) included:
+            # one official test split pins a different digest under every fold, so nothing can be compared
+            chosen = None
+        tested = None if chosen is None else json.dumps(chosen, sort_keys=True)
         cm = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
         for r in rows:
             cm[CLASSES.index(r["actual"]), CLASSES.index(r["predicted"])] += 1
@@ -249,6 +255,7 @@ def describe(series: Series) -> str:
     if series.replaced:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")
     if series.unchecked:
-        rows.append(f"folds {', '.join(map(str, series.unchecked))} record no test split (runs of an older version): "
+        rows.append(f"folds {', '.join(map(str, series.unchecked))} record no comparable test split (runs of an older "
+                    "version): "
                     "not checked to differ; a dataset with an official test split keeps it in every fold")
     return "\n".join([head, *rows])

@@ -43,7 +43,7 @@ def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
         (repo / "runs" / "select").mkdir(parents=True, exist_ok=True)
         pins = tested if isinstance(tested, dict) else {"ckplus": tested}
         chosen = pins if "datasets" in pins else {     # a whole selection file, or digests of the test splits
-            "version": 1, "datasets": {name: {"shards": f"data/{name}/shards", "splits": {"test": sha}}
+            "version": 2, "datasets": {name: {"shards": f"data/{name}/shards", "splits": {"test": sha}}
                                        for name, sha in pins.items()}}
         (repo / "runs" / "select" / "evaluate.json").write_text(json.dumps(chosen))
     git(repo, "add", "-A")
@@ -198,6 +198,20 @@ def test_folds_tested_on_one_split_are_not_summarised(tmp_path):
     assert saved["cmnet"]["metrics"]["accuracy"]["pooled"] == pytest.approx(5 / 8)
 
 
+def test_folds_pinned_by_the_first_selection_version_are_listed_unchecked(tmp_path):
+    """Selection version 1 (before the content digests) pinned the sha256 of the whole _info.json, whose
+    params_hash holds shard.fold: one official test split pinned another digest in every fold, so such
+    folds were averaged as a cross-validation, neither refused nor listed as unchecked."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        v1 = {"version": 1, "datasets": {"rafdb": {"shards": "data/rafdb/shards", "splits": {"test": f"whole-{k}"}}}}
+        experiment(repo, base, f"f{k}", k, params(k), FOLDS[k], tested=v1)
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.unchecked == [0, 1, 2]
+    assert "folds 0, 1, 2 record no comparable test split" in describe(series)
+
+
 def test_a_dataset_keeping_its_test_split_is_found_beside_one_that_folds(tmp_path):
     """Evaluated on two datasets' test splits: CK+'s changes with the fold, RAF-DB's official one does
     not; the run's pins differ as a whole, yet RAF-DB's test set would be counted once per fold."""
@@ -301,7 +315,8 @@ def test_folds_that_record_no_test_split_are_said_to_be_unchecked(tmp_path):
         experiment(repo, base, f"f{k}", k, params(k, folds=2), FOLDS[0], tested=None if k == 0 else "sha-1")
     (series,) = summarise(read_experiments(repo, base)[0])
     assert series.problem is None and series.unchecked == [0]
-    assert "folds 0 record no test split (runs of an older version): not checked to differ" in describe(series)
+    said = "folds 0 record no comparable test split (runs of an older version): not checked to differ"
+    assert said in describe(series)
     assert series.record()["unchecked"] == [0]
 
 
