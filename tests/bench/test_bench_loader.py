@@ -89,7 +89,11 @@ def test_ratios_follow_from_the_rates_and_print_last(quick):
                         results["ours"]["image@224"][2].rate / 2 / bound)
     one, two = results["ours"]["image@112"][1].rate, results["ours"]["image@112"][2].rate
     decode = results["decode"]["image@112"]
-    ceiling = decode["ceiling2"]                  # best rate of 2 processes over best of 1, as scaling is judged
+    ceiling = decode.get("ceiling2")              # best rate of 2 processes over best of 1, as scaling is judged
+    if ceiling is None:         # 2 decode processes measured below one (other jobs on the cores): not judged
+        assert decode["procs2"] < decode["procs1"] and "below 1: slowed by other jobs" in out
+        assert not any(k.startswith("image@112 scaling") for k in r)
+        return
     assert math.isclose(ceiling, min(2.0, decode["procs2"] / decode["procs1"]))      # above 2 processes: noise
     assert 0 < ceiling and r["image@112 decode alone, N / 1 processes"][2]["value"] == ceiling
     assert math.isclose(r["image@112 scaling / that ceiling"][2]["value"], two / one / ceiling)
@@ -140,8 +144,9 @@ def test_steady_state_figures_are_measured(quick):
         for w, epoch in by_workers.items():
             assert epoch.steady > 0 and epoch.first_batch_ms > 0, (key, w)
     r = results["ratios"]
-    assert set(r["image@112 ours per worker / decode, steady"]) == {0, 1, 2}
-    assert set(r["image@112 scaling / that ceiling, steady"]) == {2} and "steady (first batch)" in out
+    assert set(r["image@112 ours per worker / decode, steady"]) == {0, 1, 2} and "steady (first batch)" in out
+    if "ceiling2" in results["decode"]["image@112"]:      # (none when 2 decode processes measured below one)
+        assert set(r["image@112 scaling / that ceiling, steady"]) == {2}
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")      # 3 workers on a 2-core machine
