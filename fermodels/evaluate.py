@@ -277,7 +277,11 @@ def check_preprocess(trained: dict, shards: dict, fields: Sequence[str], checkpo
     what the model's ``fields`` read: another framing (``align.padding``: the face at another
     scale in the crop) or another heatmap (size, sigma) scores another task, and is refused; a
     crop stored at another size (the loader resizes it) or through another JPEG quality is warned
-    about. Either side unrecorded (older versions): nothing to compare."""
+    about. Either side unrecorded (older versions): nothing to compare (said when only the shards' is)."""
+    if trained and not shards:
+        log.warning("evaluate: %s record no align/derive settings (prepared by an earlier version): their faces "
+                    "cannot be checked to be framed as %s's training faces; prepare them again with this version "
+                    "to have them checked", ", ".join(map(str, dirs)), checkpoint)
     if not trained or not shards:
         return
     halves = bool({"left", "right"} & set(fields))

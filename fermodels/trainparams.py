@@ -26,7 +26,7 @@ from fermodels.optim import OPTIMIZERS, SCHEDULES
 from fermodels.recipes import apply_recipe, check_applied, weights_of
 from fermodels.registry import check_model_kwargs, model_kwargs
 from fermodels.sampling import SAMPLERS, check_class_weight_used, loss_reads
-from fermodels.shardsplit import Split
+from fermodels.shardsplit import Split, stored_side
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,20 @@ def train_section(params: Mapping[str, Any], announce: bool = True) -> TrainPara
 
 def shards_preprocess(split: Split, given: dict) -> dict:
     """The align/derive settings for the checkpoints: what the shards record (the stages that made
-    them), else ``given`` (params.yaml's, for shards of a version that did not record them)."""
+    them), else ``given`` (params.yaml's, for shards of a version that did not record them: a guess
+    the checkpoints pass on to inference, refused when the faces' stored side contradicts it)."""
     if not split.preprocess:
+        where = ", ".join(map(str, split.dirs))
+        if given and (side := stored_side(split)) != int(given["align"]["size"]):
+            raise ValueError(f"{where}: shards of an earlier version, which did not record how their faces were made, "
+                             f"hold {side} px faces where params.yaml's align.size is {given['align']['size']}: the "
+                             "checkpoints would tell inference to crop faces another way; prepare them again with "
+                             "this version (`dvc repro --force align@<name>` then `dvc repro`, or `ferdata prepare "
+                             "<name>`)")
+        if given:
+            log.warning("%s: shards of an earlier version, which did not record how their faces were made: the "
+                        "checkpoints record params.yaml's align/derive settings %s, unchecked (inference crops "
+                        "faces so); prepare them again with this version to have them recorded", where, given)
         return given
     if given and given != split.preprocess:
         log.warning("params.yaml's align/derive settings %s are not the ones the shards were made with %s "

@@ -2,7 +2,8 @@
 
 Applies ``train.recipe`` (if any), then trains on the shards of every ``train.datasets`` entry as
 pinned in ``SELECTION`` (the `select` stage's ``train.json``); the align/derive settings the shards
-record go into the checkpoints for inference (params.yaml's, for shards that do not record them).
+record go into the checkpoints for inference (params.yaml's, with a warning, for shards of an earlier version
+that do not record them; refused when their faces' side is not params.yaml's align.size).
 Under torchrun a rank's error goes into torchrun's failure summary (``record``), not only its log.
 """
 from torch.distributed.elastic.multiprocessing.errors import record

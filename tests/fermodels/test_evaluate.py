@@ -543,8 +543,11 @@ def test_preprocessing_is_compared_only_where_both_sides_record_it(caplog):
     from fermodels.evaluate import check_preprocess
 
     shards = {"align": {"padding": 0.2, "size": 112}, "derive": {"jpeg_quality": 90}}
-    check_preprocess({}, shards, ("image",), "old.pt", [])            # a checkpoint of an older version
-    check_preprocess(shards, {}, ("image",), "new.pt", [])            # shards of an older version
+    with caplog.at_level("WARNING", logger="fermodels.evaluate"):
+        check_preprocess({}, shards, ("image",), "old.pt", [])        # a checkpoint of an older version
+        assert caplog.text == ""
+        check_preprocess(shards, {}, ("image",), "new.pt", ["old/test"])  # shards of an older version: said
+    assert "old/test record no align/derive settings" in caplog.text and "new.pt's training faces" in caplog.text
     with pytest.raises(ValueError, match=r"align.padding 0.2 \(training\) vs None"):
         check_preprocess(shards, {"align": {"size": 112}, "derive": {}}, ("image",), "a.pt", [])
     with caplog.at_level("WARNING", logger="fermodels.evaluate"):

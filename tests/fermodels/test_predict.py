@@ -690,6 +690,30 @@ def test_predict_reads_every_image_type_the_dataset_readers_read(tmp_path):
     assert sorted(p.suffix.lower() for p in expand_inputs([tmp_path])) == sorted(IMAGE_EXTS)
 
 
+def test_shards_that_record_no_settings_train_with_params_yamls_only_where_the_faces_agree(tiny_shards, preprocess,
+                                                                                          tmp_path, caplog):
+    """Shards of a version that did not record their align/derive settings were trained on with
+    params.yaml's put into the checkpoint unchecked: 112 px faces under a params.yaml saying 128 gave a
+    checkpoint telling inference to crop at 128 (another template placement), without a word."""
+    import shutil
+
+    from fermodels.trainparams import shards_preprocess
+
+    old = shutil.copytree(tiny_shards, tmp_path / "old")
+    for info_path in old.glob("*/_info.json"):
+        info = json.loads(info_path.read_text())
+        side = info.pop("preprocess")["align"]["size"]
+        info_path.write_text(json.dumps(info))
+    split = open_split([old], "train")
+    assert not split.preprocess and side == preprocess["align"]["size"]
+    with caplog.at_level("WARNING", "fermodels.trainparams"):
+        assert shards_preprocess(split, preprocess) == preprocess
+    assert "did not record how their faces were made" in caplog.text and "unchecked" in caplog.text
+    other = {**preprocess, "align": {**preprocess["align"], "size": side + 16}}
+    with pytest.raises(ValueError, match=f"hold {side} px faces where params.yaml's align.size is {side + 16}"):
+        shards_preprocess(split, other)
+
+
 def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shards, tmp_path):
     import shutil
 
