@@ -87,3 +87,14 @@ def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int,
     return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
                       collate_fn=dataset.decoder.collate, pin_memory=torch.cuda.is_available(),
                       persistent_workers=persistent and workers > 0, worker_init_fn=one_thread_per_worker)
+
+
+def close_loader(loader: DataLoader | None) -> None:
+    """Stop a loader's persistent workers now (the trainer's loaders when training ends, by an error
+    or Ctrl-C too): left to the interpreter's exit, multiprocessing terminated the validation loader's,
+    and each left its ``pymp-*`` folder in ``$TMPDIR``; left to the garbage collector, a caller that
+    keeps the error (or a loop of runs in one process) kept them running."""
+    running = getattr(loader, "_iterator", None)              # DataLoader keeps persistent workers here
+    if running is not None:
+        running._shutdown_workers()
+        loader._iterator = None

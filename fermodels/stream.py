@@ -25,6 +25,7 @@ from ferdata.tario import iter_tar_samples
 from fermodels.batchring import BatchRing, received
 from fermodels.data import SampleDecoder, assemble, decode_batch, sample_label
 from fermodels.epochplan import StreamPlan, WorkerPlan, mix_seed, plan_epoch
+from fermodels.indexed import close_loader
 from fermodels.sampling import ClassRepeat, repeat_stream
 
 PREFETCH = 4
@@ -289,8 +290,6 @@ class PersistentLoader:
         """Stop the workers now (the next epoch forks new ones)."""
         if self._ring is not None:
             self._ring.release_all()                          # none may wait for a buffer while stopping
-        running = getattr(self._loader, "_iterator", None)      # DataLoader keeps persistent workers here
-        if running is not None:
-            running._shutdown_workers()
+        close_loader(self._loader)
         self._loader = self._ring = self._shape = None
         self._clean = True

@@ -33,7 +33,7 @@ from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gath
                                    pick_device, shutdown, sync_batchnorm, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
-from fermodels.indexed import IndexedSplit
+from fermodels.indexed import IndexedSplit, close_loader
 from fermodels.losses import GLOBAL_BATCH, draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
@@ -287,6 +287,7 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
         failed = False
     finally:
         run.loader.close()
+        close_loader(run.val_loader)
         if live is not None:
             end_live(live, failed)
     return run.best

@@ -1226,6 +1226,22 @@ def test_a_failed_log_write_names_the_log_folder():
     assert err.value.errno == 28 and err.value.__notes__ == ["while writing the training logs in runs/train/live"]
 
 
+def test_training_stopped_by_an_error_stops_its_validation_workers(tiny_shards, tmp_path, monkeypatch):
+    """An error after the first validation (DVCLive's write on a full disk): the training loader's
+    workers stopped, the validation loader's persistent ones ran on while the error was held (the
+    command's excepthook, a caller), and at exit multiprocessing killed them: each left its pymp-*
+    folder in $TMPDIR, every run."""
+    import multiprocessing
+
+    def full_disk(live, epoch, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "log_epoch", full_disk)
+    with pytest.raises(OSError) as caught:
+        train(tiny_shards, make_params(epochs=2, workers=2, shuffle_buffer=4), tmp_path / "ckpt", tmp_path / "live")
+    assert caught.value.errno == 28 and multiprocessing.active_children() == []
+
+
 @pytest.mark.parametrize("split, says", [
     ("train", r"training sample '{key}' is Contempt \(class id 7\), which a 7-class model cannot learn"),
     ("val", r"the val split of .* holds \{{'Contempt': 1\}}, which a 7-class model cannot predict, though its "
