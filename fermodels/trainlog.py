@@ -4,8 +4,11 @@ a non-finite loss (all ranks together)."""
 from __future__ import annotations
 
 import logging
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -56,7 +59,8 @@ def open_live(live_dir: Path, pos: Position, env: DistEnv):
         truncate_live(live_dir, pos.epoch)
         repair_summary(live_dir, pos.epoch)
     try:
-        live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
+        with _no_dvc_init(sys.modules.get(Live.__module__)):
+            live = Live(dir=str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None, report=None)
     except Exception as e:
         # DVCLive reads the project's git HEAD, which does not exist before the first commit. Its
         # scmrepo.SCMError is matched by module: scmrepo (DVC's git layer) need not be importable.
@@ -66,6 +70,42 @@ def open_live(live_dir: Path, pos: Position, env: DistEnv):
                          f"a repository needs a commit before training (`git add -A && git commit -m ...`)") from e
     live.step = pos.epoch
     return live
+
+
+@contextmanager
+def _no_dvc_init(module) -> Iterator[None]:
+    """While DVCLive (``module``: the one that defines ``Live``) starts, it opens an existing DVC
+    repository only: where there was none (training from a git project of the user's own) it ran
+    `dvc init` there, staging .dvc/ and .dvcignore in the user's git index."""
+    opener = getattr(module, "get_dvc_repo", None)
+    if opener is None:                      # another DVCLive version (or a stand-in): left as it is
+        yield
+        return
+
+    def existing():
+        from dvc.exceptions import NotDvcRepoError
+        from dvc.repo import Repo
+        from dvc.scm import SCMError
+        try:
+            return Repo()
+        except (NotDvcRepoError, SCMError):
+            return None
+
+    module.get_dvc_repo = existing
+    try:
+        yield
+    finally:
+        module.get_dvc_repo = opener
+
+
+def _close_dvc_repo(live) -> None:
+    """Close the DVC repository DVCLive opened (its sqlite indexes and git pack files): DVCLive never
+    does, and its Studio thread keeps the logger alive, so each run left 4-8 descriptors open in the
+    process (a sweep of runs in one process ran out of them)."""
+    repo = getattr(live, "_dvc_repo", None)
+    if repo is not None:
+        repo.close()
+        live._dvc_repo = None
 
 
 def end_live(live, failed: bool) -> None:
@@ -82,6 +122,8 @@ def end_live(live, failed: bool) -> None:
         if err.filename is None:
             err.add_note(f"while writing the training logs in {live.dir}")
         raise
+    finally:
+        _close_dvc_repo(live)
 
 
 def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: dict) -> None:

@@ -1242,6 +1242,31 @@ def test_training_stopped_by_an_error_stops_its_validation_workers(tiny_shards, 
     assert caught.value.errno == 28 and multiprocessing.active_children() == []
 
 
+def test_runs_from_a_git_project_without_dvc_init_nothing_and_keep_no_descriptors(tiny_shards, tmp_path,
+                                                                                   monkeypatch):
+    """Training from a git project of the user's own (no DVC): DVCLive ran `dvc init` there, staging
+    .dvc/ and .dvcignore in the user's index; and it never closed the DVC repository it opened (4-8
+    descriptors per run in one process: a sweep of ~125 runs reached a 1024 limit)."""
+    import gc
+
+    project = tmp_path / "project"
+    project.mkdir()
+    git = ["git", "-C", str(project), "-c", "user.email=t@t", "-c", "user.name=t"]
+    (project / "README").write_text("x\n")
+    for cmd in (["init", "-q"], ["add", "README"], ["commit", "-qm", "x"]):
+        subprocess.run(git + cmd, check=True)
+    monkeypatch.chdir(project)
+    counts = []
+    for run in range(3):
+        train(tiny_shards, make_params(epochs=1), project / f"r{run}" / "ckpt", project / f"r{run}" / "live")
+        gc.collect()
+        counts.append(len(os.listdir("/proc/self/fd")))
+    staged = subprocess.run(git + ["status", "--short", "--untracked-files=no"], capture_output=True, text=True,
+                            check=True).stdout
+    assert not (project / ".dvc").exists() and staged == "", staged
+    assert counts[2] <= counts[0], f"descriptors after each run: {counts}"
+
+
 @pytest.mark.parametrize("split, says", [
     ("train", r"training sample '{key}' is Contempt \(class id 7\), which a 7-class model cannot learn"),
     ("val", r"the val split of .* holds \{{'Contempt': 1\}}, which a 7-class model cannot predict, though its "
