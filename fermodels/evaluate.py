@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -91,14 +92,33 @@ def full_float32():
     batch size, so a face's probabilities moved with its batch by more than the batch check's
     :data:`SAME_PROB`, and near-tied epochs swapped places in validation. Through torch's
     ``fp32_precision`` settings (the legacy ``allow_tf32`` flags cannot be read once a user set
-    those), restored as found."""
+    those), restored as found when the last thread inside leaves: they are the process's, and two
+    threads (one Predictor in a thread-pool server) each saving and restoring them left one's forward
+    under TF32 and the process at "ieee" for good."""
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    saved = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    with _FULL_FLOAT32.lock:
+        if _FULL_FLOAT32.inside == 0:
+            _FULL_FLOAT32.saved = conv.fp32_precision, matmul.fp32_precision
+            conv.fp32_precision = matmul.fp32_precision = "ieee"
+        _FULL_FLOAT32.inside += 1
     try:
         yield
     finally:
-        conv.fp32_precision, matmul.fp32_precision = saved
+        with _FULL_FLOAT32.lock:
+            _FULL_FLOAT32.inside -= 1
+            if _FULL_FLOAT32.inside == 0:
+                conv.fp32_precision, matmul.fp32_precision = _FULL_FLOAT32.saved
+
+
+@dataclass
+class _Inside:
+    """How many threads are inside :func:`full_float32`, and the settings the first one found."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    inside: int = 0
+    saved: tuple[str, str] = ("", "")
+
+
+_FULL_FLOAT32 = _Inside()
 
 
 def scoring_model(state: dict, device: torch.device) -> torch.nn.Module:

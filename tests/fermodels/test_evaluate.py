@@ -539,6 +539,36 @@ def test_the_batch_check_reports_the_largest_change_of_any_face():
     assert _compare(ref, moved, np.zeros(50, np.int64))["max_prob_diff"] == pytest.approx(0.01)
 
 
+def test_full_float32_holds_for_every_thread_inside_and_restores_the_settings_found():
+    """The settings are the process's: two threads (one Predictor in a thread-pool server) each saved
+    and restored them, so the second thread's forward ended under TF32 (the first one's restore) and
+    the process was left at "ieee" for good (the second one's)."""
+    import threading
+    import time
+
+    from fermodels.evaluate import full_float32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    seen = []
+
+    def score(delay):
+        time.sleep(delay)
+        with full_float32():
+            seen.append(conv.fp32_precision)
+            time.sleep(0.3)
+            seen.append(conv.fp32_precision)              # the second thread's forward ends after the first's
+
+    threads = [threading.Thread(target=score, args=(d,)) for d in (0.0, 0.1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision, matmul.fp32_precision = before
+    assert seen == ["ieee"] * 4 and after == before, (seen, after, before)
+
+
 def test_preprocessing_is_compared_only_where_both_sides_record_it(caplog):
     from fermodels.evaluate import check_preprocess
 
