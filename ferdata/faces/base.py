@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from importlib import metadata
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -116,6 +117,7 @@ class Face:
                        kps5=scaled_points(self.kps5, factor), lmk68=scaled_points(self.lmk68, factor))
 
 
+_LOADING = threading.RLock()      # FaceBackend.load_once: a model's load, once across threads
 OPENCV = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 SIMPLEJPEG = ("simplejpeg",)      # decodes RGB and grey JPEGs (ferdata.io.decode_image): part of every backend's pixels
 ONNXRUNTIME = ("onnxruntime", "onnxruntime-gpu")
@@ -189,6 +191,16 @@ class FaceBackend:
         """Identity of the model files in use, by content (:func:`files_fingerprint`); empty for
         backends that run no model."""
         return ""
+
+    def load_once(self, attr: str, load: Callable[[], None]) -> None:
+        """``load()`` (which sets ``attr``) unless ``attr`` is set: once, however many threads share
+        this backend (a Predictor in a thread-pool server loaded its models in each thread that came
+        first: 8 loads of a ~100 MB predictor, 8x the first answers' time). The lock is the module's:
+        a backend is pickled to worker processes."""
+        if getattr(self, attr) is None:
+            with _LOADING:
+                if getattr(self, attr) is None:
+                    load()
 
     @classmethod
     def option_names(cls) -> frozenset[str]:

@@ -184,8 +184,7 @@ class EmbeddedBackend(FaceBackend):
         """dlib's predictor is ~100 MB of plain trees that takes ~1 s to parse: load it once
         before forking workers (they share it copy-on-write). The ONNX session is not
         fork-safe and is created in each worker."""
-        if self._predictor is None:
-            self.load_predictor()
+        self.load_once("_predictor", self.load_predictor)
 
     # -- the three steps, public so benchmarks can time the model kernels alone ----------
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
@@ -196,8 +195,7 @@ class EmbeddedBackend(FaceBackend):
 
     def infer(self, blob: np.ndarray) -> list[np.ndarray]:
         """The RetinaFace ONNX kernel: (N, 3, H, W) -> [loc, conf, landmarks]."""
-        if self._session is None:
-            self.load_detector()
+        self.load_once("_session", self.load_detector)
         return self._session.run(None, {"input": blob})
 
     def decode(self, loc: np.ndarray, conf: np.ndarray, pts: np.ndarray, width: int, height: int,
@@ -228,8 +226,7 @@ class EmbeddedBackend(FaceBackend):
         """dlib's 68 points started from ``box`` (the second model kernel; faces use :func:`dlib_box`)."""
         import dlib
 
-        if self._predictor is None:
-            self.load_predictor()
+        self.load_once("_predictor", self.load_predictor)
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         shape = self._predictor(image, dlib.rectangle(x0, y0, x1, y1))
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)

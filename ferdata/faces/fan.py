@@ -195,8 +195,7 @@ class FanBackend(FaceBackend):
         (a notebook that trained first) hangs there: OpenMP's threads do not survive a fork."""
         import torch
 
-        if self._fa is None:
-            self.load()
+        self.load_once("_fa", self.load)
         before = torch.get_num_threads()
         torch.set_num_threads(int(self.options.get("threads", 1)))
         try:

@@ -218,8 +218,7 @@ class InsightFaceBackend(FaceBackend):
     def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
         from insightface.app.common import Face as InsightFace
 
-        if self._models is None:
-            self.load()
+        self.load_once("_models", self.load)
         bgr = np.ascontiguousarray(image[..., ::-1])           # insightface models take BGR
         detector = self._models["detection"]
         size = tuple(int(v) for v in detector.input_size)       # det_size, or the model's fixed input

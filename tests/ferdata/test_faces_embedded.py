@@ -165,3 +165,39 @@ class _NoSystemPath(type(__import__("pathlib").Path())):
 
     def is_file(self) -> bool:
         return not str(self).startswith("/usr/share/dlib") and super().is_file()
+
+
+def test_threads_sharing_a_fresh_backend_load_each_model_once(monkeypatch):
+    """A Predictor in a thread-pool server: the threads of the first requests each loaded the ONNX
+    session and the ~100 MB dlib predictor themselves (8 threads: 8 loads, 8x the first answers' time)."""
+    import threading
+    import time
+
+    import cv2
+    from skimage import data
+
+    loads = {"detector": 0, "predictor": 0}
+
+    def counted(kind, load):
+        def wrapper(self):
+            loads[kind] += 1
+            time.sleep(0.2)                               # a load takes a while: the others arrive meanwhile
+            load(self)
+        return wrapper
+
+    monkeypatch.setattr(EmbeddedBackend, "load_detector", counted("detector", EmbeddedBackend.load_detector))
+    monkeypatch.setattr(EmbeddedBackend, "load_predictor", counted("predictor", EmbeddedBackend.load_predictor))
+    backend = EmbeddedBackend({"threads": 1})
+    image = cv2.resize(data.astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    start, found = threading.Barrier(6), []
+
+    def first_call():
+        start.wait()
+        found.append(len(backend.detect(image)))
+
+    threads = [threading.Thread(target=first_call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert found == [1] * 6 and loads == {"detector": 1, "predictor": 1}, (found, loads)
