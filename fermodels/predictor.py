@@ -78,6 +78,11 @@ class Picture:
     @classmethod
     def from_file(cls, data: bytes) -> "Picture":
         """A still image from its file's bytes, decoded as the detect stage decodes it."""
+        if isinstance(data, memoryview):
+            data = data.tobytes()
+        if not isinstance(data, (bytes, bytearray)):
+            hint = " (a path: Picture.from_file(Path(p).read_bytes()))" if isinstance(data, (str, Path)) else ""
+            raise TypeError(f"Picture.from_file takes the file's bytes, got {type(data).__name__}{hint}")
         decoded = decode_image(data)
         picture = cls(decoded.rgb, data, decoded.scale)
         picture._reduced[1] = decoded                  # decode_image(data, 1) is this very decode
@@ -201,6 +206,10 @@ class Predictor:
         and how many were dropped (bad geometry, no landmarks the model needs)."""
         if isinstance(picture, np.ndarray):
             picture = Picture(picture)
+        elif not isinstance(picture, Picture):
+            raise TypeError(f"a picture is a Picture (Picture.from_file(its file's bytes)) or an RGB uint8 (H, W, 3) "
+                            f"array, got {type(picture).__module__}.{type(picture).__name__} (a PIL image: "
+                            "np.asarray(image.convert('RGB')))")
         record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
                             native_label="")
         samples, dropped = [], 0

@@ -668,6 +668,30 @@ def test_a_videos_frame_copies_never_replace_a_file_that_is_no_earlier_copy(tmp_
         check_annotations(ann, names)
 
 
+@pytest.mark.parametrize("given", ["str", "path", "file"])
+def test_picture_from_file_given_no_bytes_says_it_takes_bytes(given, tmp_path):
+    """A path (the obvious mistake, given the name) failed inside the decoder: "startswith first arg
+    must be str ..., not bytes" or "'PosixPath' object has no attribute 'startswith'"."""
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(encode_jpeg(np.full((64, 64, 3), 128, np.uint8), 90))
+    with open(path, "rb") as f:
+        arg = {"str": str(path), "path": path, "file": f}[given]
+        with pytest.raises(TypeError, match="^Picture.from_file takes the file's bytes, got "):
+            Picture.from_file(arg)
+    assert Picture.from_file(memoryview(path.read_bytes())).rgb.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("kind", ["pil", "bytes", "none"])
+def test_faces_of_something_that_is_no_picture_says_what_a_picture_is(kind):
+    """A PIL image, a file's bytes or None failed with "'...' object has no attribute 'rgb'"."""
+    from PIL import Image
+
+    thing = {"pil": Image.new("RGB", (64, 64)), "bytes": b"\xff\xd8", "none": None}[kind]
+    predictor = object.__new__(Predictor)                 # the check comes before any model is used
+    with pytest.raises(TypeError, match=r"^a picture is a Picture .* or an RGB uint8 \(H, W, 3\) array, got "):
+        predictor.faces(thing, kind)
+
+
 def test_folders_are_expanded_through_links_and_other_files_are_named(tmp_path, caplog):
     (tmp_path / "kept" / "more").mkdir(parents=True)
     for rel in ("photos/a.jpg", "kept/more/b.png", "photos/c.heic", "photos/.hidden.jpg"):
