@@ -112,7 +112,8 @@ def alignment(preprocess: dict, card) -> dict:
                       "mouth corner, image right"],
         "template": [[round(float(v), 4) for v in point] for point in template(size, padding)],
         "crop_size": size,
-        "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints to the template; "
+        "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints (in image pixels, "
+                "rounded to 1/1000 px as the detect stage stores them) to the template; "
                 "warpAffine to crop_size x crop_size, bilinear, black border (the edge replicated "
                 "for datasets read pre-cropped: the template then maps pixel centres, "
                 "(t + 0.5) * side / crop_size - 0.5, i.e. a resize). "
