@@ -208,8 +208,9 @@ def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool,
                                  "code on this input: remove or re-encode it). Re-run with workers: 1 and "
                                  "`python -X faulthandler` to see where")
     if how == "every":
-        return ChildProcessError(f"a worker process died without an error; run again alone, {describe(items[0])} "
-                                 f"and {describe(items[1])} each killed a fresh worker: the worker crashes whatever "
+        first, second = found
+        return ChildProcessError(f"a worker process died without an error; run again alone, {describe(first)} "
+                                 f"and {describe(second)} each killed a fresh worker: the worker crashes whatever "
                                  "its input (a model file or a native library it loads, not an input). Re-run with "
                                  "workers: 1 and `python -X faulthandler` to see where")
     named = [describe(x) for x in items[:8]] if describe is not None else []
@@ -254,22 +255,29 @@ def _isolate(ctx: mp.context.BaseContext, fn: Callable, describe: Callable | Non
     """(the first of ``items`` that kills a fresh worker when run alone, narrowed with ``split``
     (item -> its parts, each an item of ``fn``) while that one has several parts, "found"); or
     (``_NOT_FOUND``, why): "none" (none does: the worker was killed from outside, or ran out of memory
-    only beside the others), "late" (``ISOLATE_S`` ran out first), "every" (the first two both do:
-    the worker dies whatever its input)."""
+    only beside the others), "late" (``ISOLATE_S`` ran out first); or ((that one, a part of another
+    item named otherwise), "every") when both do: the worker dies whatever its input (not the first two
+    items: they may hold the same input, e.g. a photo named by more records than a batch holds)."""
     deadline = time.monotonic() + ISOLATE_S
     found: object = _NOT_FOUND
-    first_round = True
+    control: list = []             # the first item killed its worker: the others, to tell whether any input does
     while items:
         at, late = _first_that_kills(ctx, fn, describe, items, deadline)
         if at is None:
-            return (found, "found") if found is not _NOT_FOUND else (_NOT_FOUND, "late" if late else "none")
-        if first_round and at == 0 and len(items) > 1:      # nothing ran in that worker: is it the input's?
-            if _first_that_kills(ctx, fn, describe, items[1:2], deadline)[0] == 0:
-                return _NOT_FOUND, "every"
-        first_round = False
+            if found is _NOT_FOUND:
+                return _NOT_FOUND, "late" if late else "none"
+            break
+        if found is _NOT_FOUND and at == 0:
+            control = items[1:]
         found = items[at]
         parts = list(split(found)) if split is not None else []
         items = parts if len(parts) > 1 else []
+    if control:                    # nothing ran in that worker: is it the input's? Tried on another input, not on
+        named = describe(found) if describe is not None else None     # another part holding the same one
+        other = next((q for item in control for q in (split(item) if split is not None else [item])
+                      if describe is None or describe(q) != named), None)
+        if other is not None and _first_that_kills(ctx, fn, describe, [other], deadline)[0] == 0:
+            return (found, other), "every"
     return found, "found"
 
 

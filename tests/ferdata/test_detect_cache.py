@@ -854,6 +854,13 @@ def test_an_image_that_kills_a_worker_is_named(tmp_path, images, monkeypatch):
     with pytest.raises(ChildProcessError) as caught:
         run_detect(records(images), params(tmp_path, workers=2), tmp_path / "out")
     assert f"while processing {images[9]}: run again alone" in str(caught.value)
+    # named by more records in a row than a batch holds: two batches in flight hold it, and the check for a
+    # worker that dies whatever its input ran the second one, the same image, and blamed every input
+    run = [FaceRecord("t", "k0", str(images[0]), 1, "x")] + [
+        FaceRecord("t", f"d{i}", str(images[9]), 1, "x") for i in range(100)]
+    with pytest.raises(ChildProcessError) as caught:
+        run_detect(run, params(tmp_path / "run", workers=2), tmp_path / "run" / "out")
+    assert f"while processing {images[9]}: run again alone" in str(caught.value), str(caught.value)
 
 
 def test_a_cache_another_process_is_creating_is_waited_for_not_locked_out(tmp_path):

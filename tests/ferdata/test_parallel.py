@@ -551,6 +551,7 @@ def test_a_worker_that_dies_on_every_input_is_not_blamed_on_the_first_one():
                 os._exit(1)
         """, "parallel_map(BrokenModel(), range(40), workers=2, window=8, chunksize=2, describe=name)")
     assert "the worker crashes whatever its input" in out and "remove or re-encode it" not in out, out
+    assert "run again alone, item 0 and item 1 each killed a fresh worker" in out, out
 
 
 def test_a_search_cut_short_by_its_deadline_does_not_say_none_killed_a_worker():
