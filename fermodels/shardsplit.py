@@ -153,6 +153,14 @@ def stored_side(split: Split) -> int:
     datasets differ."""
     if split.preprocess:
         return int(split.preprocess["align"]["size"])
+    sides = stored_sides(split)
+    if not sides:
+        raise ValueError(f"no face image in the {split.name} shards of {', '.join(split.dirs)}")
+    return min(sides.values())
+
+
+def stored_sides(split: Split) -> dict[str, int]:
+    """Each shard folder's face side, read from its first face (folders without a face left out)."""
     sides: dict[str, int] = {}
     for path, _ in split.shards:
         folder = str(Path(path).parent)
@@ -161,6 +169,4 @@ def stored_side(split: Split) -> int:
             if image is not None:           # a shard without faces: the folder's next one
                 head = read_header(image)
                 sides[folder] = min(head.width, head.height)
-    if not sides:
-        raise ValueError(f"no face image in the {split.name} shards of {', '.join(split.dirs)}")
-    return min(sides.values())
+    return sides

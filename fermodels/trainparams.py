@@ -26,7 +26,7 @@ from fermodels.optim import OPTIMIZERS, SCHEDULES
 from fermodels.recipes import apply_recipe, check_applied, weights_of
 from fermodels.registry import check_model_kwargs, model_kwargs
 from fermodels.sampling import SAMPLERS, check_class_weight_used, loss_reads
-from fermodels.shardsplit import Split, stored_side
+from fermodels.shardsplit import Split, stored_sides
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,15 @@ def shards_preprocess(split: Split, given: dict) -> dict:
     the checkpoints pass on to inference, refused when the faces' stored side contradicts it)."""
     if not split.preprocess:
         where = ", ".join(map(str, split.dirs))
-        if given and (side := stored_side(split)) != int(given["align"]["size"]):
-            raise ValueError(f"{where}: shards of an earlier version, which did not record how their faces were made, "
-                             f"hold {side} px faces where params.yaml's align.size is {given['align']['size']}: the "
-                             "checkpoints would tell inference to crop faces another way; prepare them again with "
-                             "this version (`dvc repro --force align@<name>` then `dvc repro`, or `ferdata prepare "
-                             "<name>`)")
+        size = int(given["align"]["size"]) if given else None
+        other = {d: s for d, s in (stored_sides(split) if given else {}).items() if s != size}
+        if other:                           # each folder's side: the smallest over the datasets hid a larger one
+            sides = "/".join(map(str, sorted(set(other.values()))))
+            raise ValueError(f"{', '.join(other)}: {sides} px faces where params.yaml's align.size is {size}, in a "
+                             "split that does not record how its faces were made (shards of an earlier version, or "
+                             "trained beside some): the checkpoints would tell inference to crop faces another way; "
+                             "prepare the earlier version's shards again with this version (`dvc repro --force "
+                             "align@<name>` then `dvc repro`, or `ferdata prepare <name>`)")
         if given:
             log.warning("%s: shards of an earlier version, which did not record how their faces were made: the "
                         "checkpoints record params.yaml's align/derive settings %s, unchecked (inference crops "

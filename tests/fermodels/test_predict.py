@@ -734,8 +734,34 @@ def test_shards_that_record_no_settings_train_with_params_yamls_only_where_the_f
         assert shards_preprocess(split, preprocess) == preprocess
     assert "did not record how their faces were made" in caplog.text and "unchecked" in caplog.text
     other = {**preprocess, "align": {**preprocess["align"], "size": side + 16}}
-    with pytest.raises(ValueError, match=f"hold {side} px faces where params.yaml's align.size is {side + 16}"):
+    with pytest.raises(ValueError, match=f"{side} px faces where params.yaml's align.size is {side + 16}, in a split"):
         shards_preprocess(split, other)
+
+
+def test_an_unrecorded_dataset_of_another_side_beside_a_recorded_one_is_refused(tiny_shards, preprocess, tmp_path):
+    """The stored side checked was the smallest over the datasets: a dataset of an earlier version
+    with 128 px faces trained beside one recording 112 (params.yaml's too) went unnoticed."""
+    from ferdata.datasets import open_reader
+    from fermodels.trainparams import shards_preprocess
+    from tests.fermodels.helpers import write_affectnet
+
+    params, base = load_params(REPO / "params.yaml"), tmp_path / "old"
+    write_affectnet(base / "raw", 2, 1, range(7), 0)
+    records = open_reader("affectnet", base / "raw", {"protocol": "affectnet7"}).read()
+    run_detect(records, stage_params(DetectParams, params["detect"], backend="annotations", workers=1,
+                                     cache_dir=str(base / "cache")), base / "detect")
+    run_align(base / "detect", stage_params(AlignParams, params["align"], workers=1, size=128), base / "aligned")
+    run_derive(base / "aligned", stage_params(DeriveParams, params["derive"], workers=1), base / "derived")
+    run_shard(base / "aligned", base / "derived", stage_params(ShardParams, params["shard"], maxcount=4),
+              base / "shards")
+    for info_path in (base / "shards").glob("*/_info.json"):
+        info = json.loads(info_path.read_text())
+        del info["preprocess"]
+        info_path.write_text(json.dumps(info))
+    split = open_split([tiny_shards, base / "shards"], "train")
+    assert split.preprocess == {} and preprocess["align"]["size"] == 112
+    with pytest.raises(ValueError, match=rf"^{base}/shards/train: 128 px faces where params.yaml's align.size is 112"):
+        shards_preprocess(split, preprocess)
 
 
 def test_datasets_made_with_different_settings_do_not_train_one_model(tiny_shards, tmp_path):
