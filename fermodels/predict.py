@@ -177,26 +177,34 @@ def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
     there, below the folder that holds every input, so pointed at that folder it would replace the
     originals; nor any other file of that name there but an earlier run's copy (:func:`is_annotated_copy`)."""
     inputs = {os.path.realpath(p): p for p in names}
+    listed: dict[Path, dict[str, list[Path]]] = {}        # each folder listed once, not once per video
+    replaced = {p: _replaced_by(annotate, p, name, listed) for p, name in names.items()}
     for p, name in names.items():
-        if (hit := inputs.get(os.path.realpath(annotate / name))) is not None:
-            raise ValueError(f"--annotate {annotate}: its copy of {p} would replace the input {hit}; choose a "
-                             "folder outside the inputs")
+        for target in [annotate / name, *replaced[p]]:     # a video's frame copies too
+            if (hit := inputs.get(os.path.realpath(target))) is not None:
+                raise ValueError(f"--annotate {annotate}: its copy of {p} would replace the input {hit}; choose a "
+                                 "folder outside the inputs")
     for p, name in names.items():        # a photo of the same name there that is no input (IMG_0001.jpg)
-        for target in _replaced_by(annotate, p, name):
+        for target in replaced[p]:
             if not is_annotated_copy(target):
                 raise ValueError(f"--annotate {annotate}: its copy of {p} would replace {target}, a file that is "
                                  "not an annotated copy (nor one this version marked: copies made before 2026-12 "
                                  "carry no mark); choose another folder or move the file away")
 
 
-def _replaced_by(annotate: Path, p: Path, name: Path) -> list[Path]:
+def _replaced_by(annotate: Path, p: Path, name: Path, listed: dict[Path, dict[str, list[Path]]]) -> list[Path]:
     """The files in ``annotate`` that ``p``'s copies may replace: its copy, or a video's frames' copies
-    (any frame's: which frames hold a face is known only once it is read)."""
+    (any frame's: which frames hold a face is known only once it is read). ``listed``: the frame copies
+    of each folder listed so far, by video name."""
     if p.suffix.lower() not in VIDEO_EXTS:
         return [annotate / name] if os.path.lexists(annotate / name) else []
-    folder, stem = annotate / name.parent, name.with_suffix("").name
-    return sorted(f for f in (folder.iterdir() if folder.is_dir() else ())
-                  if (m := FRAME_COPY.fullmatch(f.name)) and m[1] == stem)
+    folder = annotate / name.parent
+    if folder not in listed:
+        listed[folder] = {}
+        for f in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if m := FRAME_COPY.fullmatch(f.name):
+                listed[folder].setdefault(m[1], []).append(f)
+    return listed[folder].get(name.with_suffix("").name, [])
 
 
 def annotation_path(name: Path, frame: int, video: bool) -> Path:

@@ -668,6 +668,29 @@ def test_a_videos_frame_copies_never_replace_a_file_that_is_no_earlier_copy(tmp_
         check_annotations(ann, names)
 
 
+def test_a_videos_frame_copy_that_is_an_input_is_not_replaced_and_the_folder_is_listed_once(tmp_path, monkeypatch):
+    """A re-run of `predict photos/ --annotate photos/annotated` reads the first run's frame copies as
+    inputs, and the video's new frame copy replaced one (a photo's copy there is refused). Listing the
+    folder once per video made a re-run over 400 videos with 100 copies each take 104 s, not 6 s."""
+    photos = tmp_path / "photos"
+    ann = photos / "annotated"
+    ann.mkdir(parents=True)
+    (photos / "clip.mp4").write_bytes(b"not read here")
+    fermodels.predict.draw_faces(np.zeros((8, 8, 3), np.uint8), [], ann / "clip.mp4.f000000.jpg")   # run 1's
+    paths = expand_inputs([photos])
+    assert ann / "clip.mp4.f000000.jpg" in paths
+    with pytest.raises(ValueError, match="its copy of .*clip.mp4 would replace the input .*clip.mp4.f000000.jpg"):
+        check_annotations(ann, annotation_names([photos], paths))
+
+    for v in range(20):
+        fermodels.predict.draw_faces(np.zeros((8, 8, 3), np.uint8), [], ann / f"v{v}.mp4.f000000.jpg")
+    names = {tmp_path / "in" / f"v{v}.mp4": Path(f"v{v}.mp4.jpg") for v in range(20)}
+    listed, real = [], Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: listed.append(self) or real(self))
+    check_annotations(ann, names)
+    assert listed == [ann]
+
+
 @pytest.mark.parametrize("given", ["str", "path", "file"])
 def test_picture_from_file_given_no_bytes_says_it_takes_bytes(given, tmp_path):
     """A path (the obvious mistake, given the name) failed inside the decoder: "startswith first arg
