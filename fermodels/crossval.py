@@ -256,6 +256,5 @@ def describe(series: Series) -> str:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")
     if series.unchecked:
         rows.append(f"folds {', '.join(map(str, series.unchecked))} record no comparable test split (runs of an older "
-                    "version): "
-                    "not checked to differ; a dataset with an official test split keeps it in every fold")
+                    "version): not checked to differ; a dataset with an official test split keeps it in every fold")
     return "\n".join([head, *rows])
