@@ -130,11 +130,11 @@ def test_the_part_of_a_batch_that_kills_a_worker_is_named():
     assert "died without an error while processing item 13: run again alone" in out, out
 
 
-def test_a_worker_killed_from_outside_is_not_blamed_on_an_item():
+def test_a_worker_killed_from_outside_is_not_blamed_on_an_item(tmp_path):
     """Killed from outside (the out-of-memory killer, a user): run again alone, no item kills a worker,
     and the error says so instead of naming one."""
     out = _lost_error("""
-        import os, signal, tempfile
+        import os, signal
 
         class Fn:
             def __init__(self, mark):
@@ -145,8 +145,8 @@ def test_a_worker_killed_from_outside_is_not_blamed_on_an_item():
                     open(self.mark, "w").close()
                     os.kill(os.getpid(), signal.SIGKILL)
                 return x
-        """, ("parallel_map(Fn(os.path.join(tempfile.mkdtemp(), 'killed')), range(20), workers=2, window=8, "
-              "chunksize=2, describe=name)"))
+        """, (f"parallel_map(Fn({str(tmp_path / 'killed')!r}), range(20), workers=2, window=8, "
+              "chunksize=2, describe=name)"))                 # (its mark in a folder pytest removes)
     assert "while processing one of: item" in out and "none of them killed it" in out, out
 
 
