@@ -250,7 +250,7 @@ def _first_that_kills(ctx: mp.context.BaseContext, fn: Callable, describe: Calla
     return None, False
 
 
-def _isolate(ctx: mp.context.BaseContext, fn: Callable, describe: Callable | None,
+def _isolate(ctx: mp.context.BaseContext, fn: Callable, describe: Callable,
              split: Callable | None, items: list) -> tuple[object, str]:
     """(the first of ``items`` that kills a fresh worker when run alone, narrowed with ``split``
     (item -> its parts, each an item of ``fn``) while that one has several parts, "found"); or
@@ -273,9 +273,9 @@ def _isolate(ctx: mp.context.BaseContext, fn: Callable, describe: Callable | Non
         parts = list(split(found)) if split is not None else []
         items = parts if len(parts) > 1 else []
     if control:                    # nothing ran in that worker: is it the input's? Tried on another input, not on
-        named = describe(found) if describe is not None else None     # another part holding the same one
+        named = describe(found)    # another part holding the same one
         other = next((q for item in control for q in (split(item) if split is not None else [item])
-                      if describe is None or describe(q) != named), None)
+                      if describe(q) != named), None)
         if other is not None and _first_that_kills(ctx, fn, describe, [other], deadline)[0] == 0:
             return (found, other), "every"
     return found, "found"

@@ -148,9 +148,10 @@ def shards_preprocess(split: Split, given: dict) -> dict:
     them), else ``given`` (params.yaml's, for shards of a version that did not record them: a guess
     the checkpoints pass on to inference, refused when the faces' stored side contradicts it)."""
     if not split.preprocess:
-        where = ", ".join(map(str, split.dirs))
-        size = int(given["align"]["size"]) if given else None
-        other = {d: s for d, s in (stored_sides(split) if given else {}).items() if s != size}
+        if not given:
+            return given
+        size = int(given["align"]["size"])
+        other = {d: s for d, s in stored_sides(split).items() if s != size}
         if other:                           # each folder's side: the smallest over the datasets hid a larger one
             sides = "/".join(map(str, sorted(set(other.values()))))
             raise ValueError(f"{', '.join(other)}: {sides} px faces where params.yaml's align.size is {size}, in a "
@@ -158,10 +159,10 @@ def shards_preprocess(split: Split, given: dict) -> dict:
                              "trained beside some): the checkpoints would tell inference to crop faces another way; "
                              "prepare the earlier version's shards again with this version (`dvc repro --force "
                              "align@<name>` then `dvc repro`, or `ferdata prepare <name>`)")
-        if given:
-            log.warning("%s: shards of an earlier version, which did not record how their faces were made: the "
-                        "checkpoints record params.yaml's align/derive settings %s, unchecked (inference crops "
-                        "faces so); prepare them again with this version to have them recorded", where, given)
+        log.warning("%s: shards of an earlier version, which did not record how their faces were made: the "
+                    "checkpoints record params.yaml's align/derive settings %s, unchecked (inference crops faces "
+                    "so); prepare them again with this version to have them recorded",
+                    ", ".join(map(str, split.dirs)), given)
         return given
     if given and given != split.preprocess:
         log.warning("params.yaml's align/derive settings %s are not the ones the shards were made with %s "
