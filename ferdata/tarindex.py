@@ -6,9 +6,11 @@ chunks by key this way, and validation and evaluation read their splits so (:mod
 from __future__ import annotations
 
 import os
+from array import array
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from ferdata.tario import BadTarError, UnsafeTarError, check_member, list_shards, readable_tar, split_member
 from ferdata.tarscan import iter_members
@@ -74,9 +76,10 @@ class MemberReader:
         self.close()
 
 
-def index_chunks(directory: str | Path, prefix: str) -> dict[str, dict[str, Indexed]]:
-    """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety."""
-    return index_tars(list_shards(directory, prefix))
+def index_chunks(directory: str | Path, prefix: str, keys: "MemberIndex | None" = None) -> "MemberIndex":
+    """key -> {ext: (path, offset, size)} over every chunk tar, checking member safety, held compactly
+    (:class:`MemberIndex`); ``keys``: an index whose key strings this one shares (the same samples)."""
+    return MemberIndex(list_shards(directory, prefix), keys)
 
 
 def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Indexed]]:
@@ -94,3 +97,78 @@ def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Indexed]]:
                     raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
                 sample[ext] = (where, m.offset_data, m.size)
     return index
+
+
+class MemberIndex(Mapping):
+    """:func:`index_tars`' mapping, key -> {ext: (path, offset, size)}, held in columns: per member
+    extension one array each of tar numbers, offsets and sizes (-1: the sample has no such member),
+    a row per key. About 20 bytes a member and one dict entry a key, where a dict per sample with a
+    tuple, two ints and an extension string per member took ~1.3 kB a sample (the shard stage holds
+    two, for every sample of a dataset). Each key's members come out in the order the tars list them,
+    as :func:`index_tars` gives them. ``keys``: another index whose key strings are shared."""
+
+    def __init__(self, paths: Iterable[str | Path], keys: "MemberIndex | None" = None) -> None:
+        self._paths: list[str] = []
+        self._keys: list[str] = []
+        self._row: dict[str, int] = {}
+        self._slot: dict[str, int] = {}
+        self._cols: list[tuple[array, array, array]] = []       # per ext slot: tar number, offset, size
+        for path in paths:
+            where = str(path)
+            tar = len(self._paths)
+            self._paths.append(where)
+            with readable_tar(where):
+                for m, _ in iter_members(path, read_data=False):
+                    check_member(m, where)
+                    key, ext = split_member(m.name)
+                    row = self._row.get(key)
+                    if row is None:
+                        row = self._add_row(keys._shared(key) if keys is not None else key)
+                    slot = self._slot.get(ext)
+                    if slot is None:
+                        slot = self._add_slot(ext)
+                    tars, offsets, sizes = self._cols[slot]
+                    if offsets[row] >= 0:
+                        raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
+                    tars[row], offsets[row], sizes[row] = tar, m.offset_data, m.size
+
+    def _add_row(self, key: str) -> int:
+        row = self._row[key] = len(self._keys)
+        self._keys.append(key)
+        for tars, offsets, sizes in self._cols:
+            tars.append(-1)
+            offsets.append(-1)
+            sizes.append(-1)
+        return row
+
+    def _add_slot(self, ext: str) -> int:
+        slot = self._slot[ext] = len(self._cols)
+        n = len(self._keys)
+        self._cols.append((array("i", [-1]) * n, array("q", [-1]) * n, array("q", [-1]) * n))
+        return slot
+
+    def _shared(self, key: str) -> str:
+        """This index's own string equal to ``key`` (``key`` where it has none)."""
+        row = self._row.get(key)
+        return key if row is None else self._keys[row]
+
+    def key(self, key: str) -> str:
+        """This index's own string equal to ``key`` (a ``KeyError`` where it has none): held in its
+        place, an equal string read elsewhere (a record's key) costs no memory of its own."""
+        return self._keys[self._row[key]]
+
+    def __getitem__(self, key: str) -> dict[str, Indexed]:
+        row = self._row[key]
+        found = [(tars[row], offsets[row], sizes[row], ext)
+                 for ext, (tars, offsets, sizes) in zip(self._slot, self._cols) if offsets[row] >= 0]
+        found.sort()
+        return {ext: (self._paths[tar], offset, size) for tar, offset, size, ext in found}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._row
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)

@@ -18,7 +18,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Collection, Iterator
+from typing import Collection, Iterable, Iterator
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
@@ -26,11 +26,11 @@ from ferdata.layout import (ALIGNED, DERIVED, INFO, REPORT, output_digest, repor
                             report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
-from ferdata.records import SPLITS, record_from_dict
+from ferdata.records import SPLITS, FaceRecord, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.summary import SplitSummary
-from ferdata.tarindex import MemberReader, index_chunks
+from ferdata.tarindex import MemberIndex, MemberReader, index_chunks
 from ferdata.tario import NAME_DIGITS, TarShardWriter
 
 log = logging.getLogger(__name__)
@@ -74,20 +74,26 @@ def assign(metas: dict[str, dict], params: ShardParams,
     its assigned split and ``extra`` (k-fold adds the fold), which the sample's ``json`` carries.
     ``official``: the splits the dataset defines (the reader's); one with no sample left is an error,
     not a split to carve out of train. None: the splits the samples carry."""
-    records = (record_from_dict(m) for m in metas.values())
     present = {m["split"] for m in metas.values() if m["split"]}
+    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for r in _assigned(metas.values(), present, params, official):
+        by_split[r.split].append(r.key)
+        metas[r.key].update(split=r.split, extra=dict(r.extra))
+    return by_split
+
+
+def _assigned(metas: Iterable[dict], present: set[str], params: ShardParams,
+              official: Collection[str] | None) -> Iterator[FaceRecord]:
+    """:func:`assign`'s records with their splits, from ``metas`` streamed (read once, in order) and
+    ``present``, the splits they carry."""
     lost = sorted(set(official or ()) - present)
     if lost:
         raise ValueError(f"no sample is left in the dataset's official {' and '.join(lost)} split ({WHERE_DROPS}); "
                          "carving it out of train would change the benchmark: restore or fix those images")
     official = present | set(official or ())
-    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for r in assign_splits(records, seed=params.seed, val_fraction=params.val_fraction,
-                           test_fraction=params.test_fraction, by=params.split_by, folds=params.folds,
-                           fold=params.fold, official=official):
-        by_split[r.split].append(r.key)
-        metas[r.key].update(split=r.split, extra=dict(r.extra))
-    return by_split
+    yield from assign_splits((record_from_dict(m) for m in metas), seed=params.seed, val_fraction=params.val_fraction,
+                             test_fraction=params.test_fraction, by=params.split_by, folds=params.folds,
+                             fold=params.fold, official=official)
 
 
 def fold_assignment(metas: dict[str, dict]) -> str | None:
@@ -99,10 +105,11 @@ def fold_assignment(metas: dict[str, dict]) -> str | None:
     return hashlib.sha256(json.dumps(dealt).encode()).hexdigest()[:16] if dealt else None
 
 
-def placed(meta_json: bytes, record: dict) -> bytes:
+def placed(meta_json: bytes, record: dict, meta: dict | None = None) -> bytes:
     """The aligned sample's ``json`` with the split (and extra) the shard stage placed it in: the
-    reader's split is empty for a dataset without one, and "train" for a face carved into val."""
-    meta = json.loads(meta_json)
+    reader's split is empty for a dataset without one, and "train" for a face carved into val.
+    ``meta``: ``meta_json`` parsed already."""
+    meta = json.loads(meta_json) if meta is None else meta
     if all(meta.get(f) == record[f] for f in ("split", "extra")):
         return meta_json
     return json.dumps({**meta, "split": record["split"], "extra": record["extra"]}, sort_keys=True).encode()
@@ -122,7 +129,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         require_made_by(require_dir(folder, name, f"run the {stage} stage first"), stage,
                         f"pass data/<name>/aligned, then data/<name>/derived (or run the {stage} stage first)")
     aligned = index_chunks(aligned_dir, ALIGNED)
-    derived = index_chunks(derived_dir, DERIVED)
+    derived = index_chunks(derived_dir, DERIVED, aligned)       # aligned's key strings, shared
     made_from = report_inputs(derived_dir).get(ALIGNED)
     if made_from is not None and made_from != output_digest(aligned_dir, ALIGNED):
         raise ValueError(f"{derived_dir} was derived from another output of the align stage than {aligned_dir} "
@@ -139,18 +146,27 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
             where = next(iter(members.values()))[0]
             raise ValueError(f"{where}: sample {key!r} has no {' and no '.join(lost)}: the align stage's output is "
                              "damaged; run the align stage again (`dvc repro --force --single-item align@<name>`)")
-    # Only the record fields splitting and the info need: the full metadata (matrix, box, hashes)
-    # cost ~3 kB per sample held here, ~1 GB at AffectNet scale.
+    # The records are read where they are needed, never held: once for the splits they carry, once
+    # streamed through the split assignment (keeping each key's split, and its fold under k-fold), and
+    # as each sample is written. Held per sample: the compact member indexes and the key (~0.4 kB,
+    # where the record fields held here took ~1.4 kB and dict indexes ~1.6 kB).
     with MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
-        metas = {k: _record_fields(json.loads(read(v["json"]))) for k, v in aligned.items()}
+        present = {m["split"] for m in _metas(aligned, read) if m["split"]}
     preprocess, detect, official, source = stage_settings(aligned_dir, derived_dir)
-    by_split = assign(metas, params, official)
-    dealt = fold_assignment(metas)
+    by_split: dict[str, list[str]] = {s: [] for s in SPLITS}
+    folds: dict[str, object] = {}                   # key -> the fold its extra carries (k-fold)
+    with MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir, at_exit=False):   # the writes check
+        for r in _assigned(_metas(aligned, read), present, params, official):
+            key = aligned.key(r.key)                    # the index's string, not an equal one of the record's
+            by_split[r.split].append(key)
+            if "fold" in r.extra:
+                folds[key] = r.extra["fold"]
+    dealt = fold_assignment({key: {"extra": {"fold": k}} for key, k in folds.items()})
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
-            info = _write_split(out / split, split, keys, aligned, derived, metas, params, read)
+            info = _write_split(out / split, split, keys, aligned, derived, folds, params, read)
             if preprocess:
                 info["preprocess"] = preprocess
             if detect:
@@ -165,7 +181,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["empty_by_setting"] = "shard.val_fraction 0"          # training keeps its last epoch
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
-        report.kept = len(metas)
+        report.kept = len(aligned)
         report.write(out / REPORT)
     log.info("shard: %s", report.notes)
     return report
@@ -177,9 +193,11 @@ def _inputs_digest(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[st
 
 
 @contextmanager
-def _unchanged(inputs: tuple[str, str], aligned_dir: str | Path, derived_dir: str | Path) -> Iterator[None]:
+def _unchanged(inputs: tuple[str, str], aligned_dir: str | Path, derived_dir: str | Path,
+               at_exit: bool = True) -> Iterator[None]:
     """Fail the block (so no shards are swapped in) when its inputs are no longer those indexed: members
-    are read by offset, and another run's output swapped in meanwhile gave other bytes (garbage), silently."""
+    are read by offset, and another run's output swapped in meanwhile gave other bytes (garbage), silently.
+    ``at_exit`` False: checked where the block fails only (a later block, the writes', checks at its end)."""
     def check(cause: BaseException | None) -> None:
         if _inputs_digest(aligned_dir, derived_dir) != inputs:
             raise ValueError(f"{aligned_dir} or {derived_dir} was replaced while the shard stage read it (another "
@@ -190,7 +208,8 @@ def _unchanged(inputs: tuple[str, str], aligned_dir: str | Path, derived_dir: st
     except (ValueError, OSError) as err:          # what reading another output's bytes raises
         check(err)
         raise
-    check(None)
+    if at_exit:
+        check(None)
 
 
 def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[dict, dict, list[str] | None, dict]:
@@ -206,22 +225,42 @@ def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[di
     return ({"align": align, "derive": derive} if align and derive else {}), detect, official, source
 
 
-def _write_split(directory: Path, split: str, keys: list[str], aligned: dict, derived: dict, metas: dict,
-                 params: ShardParams, read: MemberReader) -> dict:
+def _metas(aligned: MemberIndex, read: MemberReader) -> Iterator[dict]:
+    """Each sample's record fields, read from its ``json`` in the index's order."""
+    for members in aligned.values():
+        yield _record_fields(json.loads(read(members["json"])))
+
+
+def _record(meta: dict, key: str, split: str, folds: dict) -> dict:
+    """The record fields of sample ``key``'s ``json`` with the split (and extra) the assignment gave
+    it, as :func:`assign` leaves them: ``extra`` as :func:`ferdata.records.record_from_dict` reads it,
+    with its fold under k-fold."""
+    record = _record_fields(meta)
+    extra = dict(record.get("extra") or {})
+    if key in folds:
+        extra["fold"] = folds[key]
+    record.update(split=split, extra=extra)
+    return record
+
+
+def _write_split(directory: Path, split: str, keys: list[str], aligned: MemberIndex, derived: MemberIndex,
+                 folds: dict, params: ShardParams, read: MemberReader) -> dict:
     """Write one split's shards in ``keys`` order; returns its ``_info.json`` content."""
+    summary, datasets = SplitSummary(), set()
     with TarShardWriter(directory, split, params.maxcount) as writer:
         for key in progress(keys, desc=f"shard {split}", unit="sample"):
             fields = {ext: read(m) for ext, m in {**aligned[key], **derived[key]}.items()}
-            fields["json"] = placed(fields["json"], metas[key])
-            fields["cls"] = str(metas[key]["label"]).encode()
+            meta = json.loads(fields["json"])
+            record = _record(meta, key, split, folds)
+            fields["json"] = placed(fields["json"], record, meta)
+            fields["cls"] = str(record["label"]).encode()
             writer.write(key, fields)
-    summary = SplitSummary()
-    for k in keys:
-        summary.add(k, metas[k]["label"], metas[k])
+            summary.add(key, record["label"], record)
+            datasets.add(record["dataset"])
     # the summaries: the class histogram (training's class counts), the test subsets (options.subsets
     # lists), the face backends (inference finds faces the same way) and the label modes training reads
     return {"split": split, "num_samples": len(keys),
             "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256, "bytes": f.size}
                        for f in writer.files],
-            "label_map": list(CLASSES), "datasets": sorted({metas[k]["dataset"] for k in keys}),
+            "label_map": list(CLASSES), "datasets": sorted(datasets),
             "params_hash": params_hash(params), **summary.info()}
