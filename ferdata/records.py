@@ -91,7 +91,7 @@ class FaceRecord:
         return float(x0 - pad), float(y0 - pad), float(x1 + pad), float(y1 + pad)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)      # slots: the stages hold every drop until the end (~0.1 kB each less)
 class Dropped:
     """A sample that was not kept, and why. Counted by ``reason`` in stage reports."""
 

@@ -62,5 +62,5 @@ def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
     """Count drops in the report and list every one of them in ``out/dropped.jsonl``."""
     for d in drops:
         report.drop(d)
-    with atomic_open(out / "dropped.jsonl") as f:
-        f.write("".join(json.dumps(asdict(d), sort_keys=True) + "\n" for d in drops).encode())
+    with atomic_open(out / "dropped.jsonl") as f:       # line by line: the whole list as one text took
+        f.writelines((json.dumps(asdict(d), sort_keys=True) + "\n").encode() for d in drops)  # ~0.5 kB a drop more
