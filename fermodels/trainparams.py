@@ -159,10 +159,17 @@ def shards_preprocess(split: Split, given: dict) -> dict:
                              "trained beside some): the checkpoints would tell inference to crop faces another way; "
                              "prepare the earlier version's shards again with this version (`dvc repro --force "
                              "align@<name>` then `dvc repro`, or `ferdata prepare <name>`)")
+        recorded = {d: split.made_by.get(d, {}).get("preprocess") for d in split.dirs}
+        if differ := {d: r for d, r in recorded.items() if r and r != given}:     # the datasets that do record
+            shown = "; ".join(f"{d}: {r}" for d, r in differ.items())
+            raise ValueError(f"{shown}: shards made with other align/derive settings than params.yaml's {given}, "
+                             "trained beside shards of an earlier version that record none: the checkpoints "
+                             "would tell inference to crop faces as params.yaml does; prepare every dataset with "
+                             "this version and the same align and derive sections")
         log.warning("%s: shards of an earlier version, which did not record how their faces were made: the "
                     "checkpoints record params.yaml's align/derive settings %s, unchecked (inference crops faces "
                     "so); prepare them again with this version to have them recorded",
-                    ", ".join(map(str, split.dirs)), given)
+                    ", ".join(d for d, r in recorded.items() if not r) or ", ".join(split.dirs), given)
         return given
     if given and given != split.preprocess:
         log.warning("params.yaml's align/derive settings %s are not the ones the shards were made with %s "
