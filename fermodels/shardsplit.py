@@ -78,9 +78,10 @@ def _listed_on_disk(info_path: Path, listed: Sequence[Mapping[str, Any]]) -> lis
     return out
 
 
-def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
+def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) -> Split:
     """Read ``<dir>/<split>/_info.json`` of every shard dir (one per training dataset); each shard
-    it lists must be there with its listed size."""
+    it lists must be there with its listed size. ``warn`` false: what the datasets' other splits
+    tell alike (one shard run writes them all) is left unsaid, as the caller told it for one."""
     if len({Path(d).resolve() for d in shard_dirs}) < len(shard_dirs):
         raise ValueError(f"shard dirs listed more than once: {[str(d) for d in shard_dirs]} (each would be read "
                          "twice an epoch)")
@@ -115,11 +116,11 @@ def open_split(shard_dirs: Sequence[str | Path], split: str) -> Split:
         if info.get("empty_by_setting") and not info["shards"]:
             by_setting.append(str(d))
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
-                 dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors),
+                 dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors, warn),
                  tuple(by_setting), hists, made)
 
 
-def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:
+def _backend_options(detectors: dict[str, dict[str, dict]], warn: bool = True) -> dict[str, dict]:
     """Each face backend's options over all datasets; a backend run with different options for
     two datasets is left out (inference then builds it with its own defaults), with a warning."""
     merged: dict[str, dict] = {}
@@ -128,7 +129,7 @@ def _backend_options(detectors: dict[str, dict[str, dict]]) -> dict[str, dict]:
         for name, options in per_backend.items():
             if merged.setdefault(name, options) != options:
                 differing.add(name)
-    if differing:
+    if differing and warn:
         log.warning("face backend(s) %s ran with different options for different datasets: inference will "
                     "not repeat either (pass --backend-option)", ", ".join(sorted(differing)))
     return {name: options for name, options in sorted(merged.items()) if name not in differing}

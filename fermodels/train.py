@@ -30,7 +30,7 @@ from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects, broadcast_object,
                                    check_compile_works, ddp_wrap, env_from_os, init_distributed, max_over_ranks,
-                                   pick_device, shutdown, sync_batchnorm, sync_buffers)
+                                   pick_device, shutdown, sync_batchnorm, sync_buffers, warnings_told_here)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit, close_loader
@@ -182,7 +182,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
     for warning in random_start_warnings(net, params):
         log.warning(warning)
-    train_split, val_split = (open_split(dirs, s) for s in SPLITS_READ)
+    train_split, val_split = (open_split(dirs, s, warn=s == SPLITS_READ[0]) for s in SPLITS_READ)   # told once
     if not train_split.num_samples:
         raise ValueError(f"the train split of {', '.join(train_split.dirs)} holds no sample (a dataset prepared "
                          "all into test, or every face dropped?): nothing to train on; see the shard stage's "
@@ -258,7 +258,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
          env: DistEnv, device: torch.device) -> dict:
-    run = _setup(dirs, params, ckpt_dir, live_dir, preprocess, env, device)
+    with warnings_told_here(env.is_main):           # every rank checks the same shards and params
+        run = _setup(dirs, params, ckpt_dir, live_dir, preprocess, env, device)
     live = _on_rank_0(lambda: open_live(live_dir, run.start, env), env)
     failed = True
     try:

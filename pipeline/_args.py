@@ -30,14 +30,17 @@ def setup(check_all: bool = True) -> tuple[dict, list[str]]:
     doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
     args = arguments(doc, sys.argv[1:])
     logging.basicConfig(level=log_level(), format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)   # its INFO "generated new fontManager" is not ours
     if not os.path.isfile(PARAMS_FILE):                # load_params' hint names --params, which a stage has not
         raise FileNotFoundError(f"{PARAMS_FILE} not found in {os.getcwd()}: a stage script runs in the project "
                                 "folder (the one with params.yaml and dvc.yaml), as `dvc repro` runs it")
     params = load_params()
     if check_all:
+        from fermodels.distributed import warnings_told_here
         from pipeline._checks import check_params     # after the arguments: --help needs no torch
 
-        check_params(params)
+        with warnings_told_here(os.environ.get("LOCAL_RANK", "0") == "0"):    # torchrun: once per machine
+            check_params(params)
     return params, args
 
 

@@ -143,7 +143,8 @@ def test_checkpoints_describe_themselves_and_best_is_chosen_on_val(tiny_run):
 def test_the_test_split_is_never_read(tiny_shards, tmp_path, monkeypatch, one_thread):
     opened = []
     real_open, real_indexed = trainer.open_split, trainer.IndexedSplit
-    monkeypatch.setattr(trainer, "open_split", lambda dirs, split: opened.append(split) or real_open(dirs, split))
+    monkeypatch.setattr(trainer, "open_split",
+                        lambda dirs, split, **kw: opened.append(split) or real_open(dirs, split, **kw))
     monkeypatch.setattr(trainer, "IndexedSplit",
                         lambda d, split, *a: opened.append(split) or real_indexed(d, split, *a))
     train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
