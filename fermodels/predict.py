@@ -24,6 +24,7 @@ import numpy as np
 from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
+from ferdata.progress import progress
 from fermodels.predictor import FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,8 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
             rows.append(row)
         pending.clear()
 
-    for path in paths:
+    paths = list(paths)
+    for path in progress(paths, desc="predict", unit="file", total=len(paths)):
         video = path.suffix.lower() in VIDEO_EXTS
         for frame, picture, problem in iter_frames(path, every):
             if picture is None:
@@ -250,7 +252,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                 continue
             faces, dropped = predictor.faces(picture, str(path), frame)
             summary.append({"source": str(path), "frame": frame, "faces": len(faces), "dropped": dropped})
-            log.info("%s%s: %d face(s)", path, f" frame {frame}" if video else "", len(faces))
+            log.debug("%s%s: %d face(s)", path, f" frame {frame}" if video else "", len(faces))   # -v; the end counts
             pending += faces
             if annotate is not None and faces:
                 flush()
