@@ -28,8 +28,8 @@ DETECT_BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(name)s: %(message)s")
-    for chatty in ("PIL", "matplotlib"):             # their debug lines (a PNG's chunks) would bury ours
-        logging.getLogger(chatty).setLevel(logging.INFO)
+    logging.getLogger("PIL").setLevel(logging.INFO)         # its debug lines (a PNG's chunks) would bury ours
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)   # and its INFO "generated new fontManager"
 
 
 @app.command()
@@ -45,6 +45,7 @@ def prepare(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
+    from ferdata.layout import DROPS, stage_dirs
     from ferdata.params import load_params, parse_assignments
     from ferdata.prepare import prepare as run
 
@@ -58,6 +59,9 @@ def prepare(
     reports = run(dataset, loaded, out, root, options, backend)
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
+    dirs = stage_dirs(out, dataset)
+    typer.echo(f"shards in {dirs['shards']}; each drop listed in {dirs['detect'] / DROPS} and "
+               f"{dirs['aligned'] / DROPS}; check the faces with `ferdata show {dirs['shards']}`")
 
 
 def check_sample_made(params: dict, dataset: str, root: Optional[Path]) -> None:

@@ -21,6 +21,7 @@ INFO = "_info.json"
 # What made a split: one shard run writes the same in every split's info file (a copy mixing two runs differs)
 MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies", "fold_assignment")
 REPORT = "report.json"          # every stage's counts and the settings that shaped its output
+DROPS = "dropped.jsonl"         # detect's and align's: every record not kept, one JSON line each
 # The align and derive params that shape a sample (not how fast it is made): their stages' reports
 # record them, the shards and checkpoints carry them, inference repeats them.
 SAMPLE_SETTINGS = {

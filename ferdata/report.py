@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ferdata.atomic import atomic_open
+from ferdata.layout import DROPS
 from ferdata.records import Dropped
 
 MAX_EXAMPLES = 20  # examples kept per reason, so a report stays small for 10^5 drops
@@ -62,5 +63,5 @@ def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
     """Count drops in the report and list every one of them in ``out/dropped.jsonl``."""
     for d in drops:
         report.drop(d)
-    with atomic_open(out / "dropped.jsonl") as f:       # line by line: the whole list as one text took
+    with atomic_open(out / DROPS) as f:       # line by line: the whole list as one text took
         f.writelines((json.dumps(asdict(d), sort_keys=True) + "\n").encode() for d in drops)  # ~0.5 kB a drop more

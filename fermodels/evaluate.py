@@ -282,9 +282,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "confusion.json", json.dumps(confusion_rows(labels, preds, classes), indent=1) + "\n")
     plot_confusion(cm, classes, out / "confusion.png", title=f"{state['model']} on {'+'.join(names)} {params.split}")
-    log.info("evaluate: acc %.4f, mean class acc %.4f, macro-F1 %.4f on %d samples%s", metrics["accuracy"],
-             metrics["mean_class_accuracy"], metrics["macro_f1"], metrics["num_samples"],
-             " (cross-dataset)" if metrics["cross_dataset"] else "")
+    log.info("evaluate: acc %.4f, mean class acc %.4f, macro-F1 %.4f on %d samples%s; written to %s "
+             "(metrics.json, confusion.json, confusion.png)", metrics["accuracy"], metrics["mean_class_accuracy"],
+             metrics["macro_f1"], metrics["num_samples"], " (cross-dataset)" if metrics["cross_dataset"] else "", out)
     for name, m in subsets.items():
         log.info("evaluate: subset %s: acc %.4f, mean class acc %.4f on %d samples", name, m["accuracy"],
                  m["mean_class_accuracy"], m["num_samples"])

@@ -286,6 +286,11 @@ def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, 
             if improved and env.is_main:
                 promote_best(ckpt_dir)
         failed = False
+        if env.is_main and run.best.get("epoch", -1) >= 0:      # where the run's outputs are, once
+            chosen = (f"val {params.select_metric} {run.best[params.select_metric]:.4f}"
+                      if params.select_metric in run.best else "the last epoch: no val split")
+            log.info("training done: %s is epoch %d (%s), %s beside it; DVCLive logs in %s", ckpt_dir / BEST,
+                     run.best["epoch"], chosen, LAST, live_dir)
     finally:
         run.loader.close()
         close_loader(run.val_loader)

@@ -28,7 +28,7 @@ from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_image, encode_jpeg
-from ferdata.layout import ALIGNED, CONTENT, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
+from ferdata.layout import ALIGNED, CONTENT, DROPS, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
@@ -38,7 +38,7 @@ from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
 log = logging.getLogger(__name__)
 PREFIX = ALIGNED
-OWNED = (f"{PREFIX}-*.tar", REPORT, "dropped.jsonl")
+OWNED = (f"{PREFIX}-*.tar", REPORT, DROPS)
 
 
 # The template shrinks by 1 / (1 + padding): at 4 the eyes-to-mouth span is a fifth of norm_crop's (8 px at

@@ -30,7 +30,7 @@ from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face
-from ferdata.layout import FACES, REPORT
+from ferdata.layout import DROPS, FACES, REPORT
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
@@ -40,7 +40,7 @@ from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, bat
                                         one_image_batches)
 
 log = logging.getLogger(__name__)
-OWNED = (FACES, "dropped.jsonl", REPORT)
+OWNED = (FACES, DROPS, REPORT)
 
 
 @dataclass(frozen=True)
@@ -248,12 +248,12 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     "(FER2013 / FERPlus 48 px, CK+48, RAF-DB aligned), too small or too tight for a detector, use "
                     "the precropped backend: `ferdata prepare <name> --backend precropped`, or "
                     "datasets.<name>.detect: {backend: precropped} in params.yaml", params.backend, faceless,
-                    faceless + report.kept, Path(out_dir) / "dropped.jsonl")
+                    faceless + report.kept, Path(out_dir) / DROPS)
     if (missed := table.marked["missed"]) > max(10, table.marked["found"]):
         log.warning("detect: %d of the %d faces the dataset marks were found nowhere near its boxes or landmarks "
                     "(dropped as no_face_in_box, see %s): are they in these images' pixels, or was the dataset "
                     "resized after annotation?", missed, missed + table.marked["found"],
-                    Path(out_dir) / "dropped.jsonl")
+                    Path(out_dir) / DROPS)
     return report
 
 
