@@ -7,19 +7,22 @@ The commands and the DVC stage scripts print that message as ``error: ...`` on s
 status 1; ``FER_TRACEBACK=1`` (or ``--verbose``/``-v`` where a command has it) shows the traceback
 too. Any other exception is a bug and keeps its full traceback, and so does a plain ``KeyError``, a
 lookup that missed (``error: options`` said nothing of where or why): a name the user gave that is
-not there raises :class:`NamedKeyError`.
+not there raises :class:`NamedKeyError`. Under torchrun a warning every rank would give alike is
+told by one (:func:`warnings_told_here`).
 """
 from __future__ import annotations
 
 import atexit
 import errno
+import logging
 import os
 import re
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 INTERRUPTED = 130              # the exit status of a command stopped by Ctrl-C (128 + SIGINT)
@@ -31,6 +34,23 @@ class NamedKeyError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+@contextmanager
+def warnings_told_here(first: bool) -> Iterator[None]:
+    """While the block runs, log records below ERROR only where ``first`` (rank 0; under torchrun,
+    ``LOCAL_RANK`` 0 for what each machine checks of its own): the checks every rank makes on the same
+    params and shards (a split's settings, its classes, a frozen random trunk, a resume's threads) are
+    told once, not once per rank; an error stays each rank's own."""
+    if first:
+        yield
+        return
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
 
 
 def message(err: BaseException) -> str:

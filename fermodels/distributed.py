@@ -11,13 +11,11 @@ torch's default timeout (10 minutes with NCCL, 30 with gloo); ``FER_DIST_TIMEOUT
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -40,23 +38,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-@contextmanager
-def warnings_told_here(first: bool) -> Iterator[None]:
-    """While the block runs, log records below ERROR only where ``first`` (rank 0; under torchrun,
-    ``LOCAL_RANK`` 0 for what each machine checks of its own): the checks every rank makes on the same
-    params and shards (a split's settings, its classes, a frozen random trunk, a resume's threads) are
-    told once, not once per rank; an error stays each rank's own."""
-    if first:
-        yield
-        return
-    before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(before)
 
 
 def env_from_os() -> DistEnv:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
-from ferdata.errors import is_user_error
+from ferdata.errors import is_user_error, warnings_told_here
 from ferdata.layout import INFO
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import augment_batch
@@ -30,7 +30,7 @@ from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects, broadcast_object,
                                    check_compile_works, ddp_wrap, env_from_os, init_distributed, max_over_ranks,
-                                   pick_device, shutdown, sync_batchnorm, sync_buffers, warnings_told_here)
+                                   pick_device, shutdown, sync_batchnorm, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit, close_loader

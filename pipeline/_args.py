@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Mapping, Sequence
 
-from ferdata.errors import install_excepthook
+from ferdata.errors import install_excepthook, warnings_told_here
 from ferdata.params import PARAMS_FILE, load_params
 
 HELP = ("-h", "--help")
@@ -36,7 +36,6 @@ def setup(check_all: bool = True) -> tuple[dict, list[str]]:
                                 "folder (the one with params.yaml and dvc.yaml), as `dvc repro` runs it")
     params = load_params()
     if check_all:
-        from fermodels.distributed import warnings_told_here
         from pipeline._checks import check_params     # after the arguments: --help needs no torch
 
         with warnings_told_here(os.environ.get("LOCAL_RANK", "0") == "0"):    # torchrun: once per machine
