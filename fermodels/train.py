@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from ferdata.classes import CLASSES
 from ferdata.errors import is_user_error, warnings_told_here
 from ferdata.layout import INFO
+from ferdata.progress import progress
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
@@ -324,6 +325,8 @@ def _train_epoch(run: _Run, params: TrainParams, env: DistEnv, device: torch.dev
     losses: dict = {}                      # the last step's, told by a failed health check
     run.net.train()
     t_wait = time.perf_counter()
+    if env.is_main:             # an epoch of AffectNet takes long: a bar, or a line a minute off a terminal
+        loader = progress(loader, f"epoch {epoch}", "batches", run.steps_per_epoch - skip)
     for i, batch in enumerate(loader, start=skip):
         waited += time.perf_counter() - t_wait
         lr = lr_at(epoch + i / run.steps_per_epoch, base_lr=params.lr, schedule=params.schedule,

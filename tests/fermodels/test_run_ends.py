@@ -54,3 +54,23 @@ def test_prepare_ends_saying_where_the_shards_and_the_drops_are(tmp_path, monkey
     assert result.output.splitlines()[-1] == (
         f"shards in {out}/affectnet/shards; each drop listed in {out}/affectnet/detect/dropped.jsonl and "
         f"{out}/affectnet/aligned/dropped.jsonl; check the faces with `ferdata show {out}/affectnet/shards`")
+
+
+def test_an_epoch_says_how_far_it_is_off_a_terminal(tiny_shards, preprocess, tmp_path, caplog, monkeypatch):
+    """Training told nothing until an epoch ended (an hour of AffectNet on one GPU) when its output
+    went to a log file, as under `dvc repro`: now a plain line a minute (every batch here)."""
+    import io
+    import sys
+
+    import ferdata.progress
+    from fermodels.train import train
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(ferdata.progress, "PLAIN_EVERY_S", 0.0)
+    caplog.set_level(logging.INFO, logger="ferdata.progress")
+    torch.set_num_threads(1)
+    train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live", preprocess)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ferdata.progress"]
+    steps = len(lines)
+    assert steps >= 2 and lines[0].startswith(f"epoch 0: 1 of {steps} batches so far (")
+    assert lines[-1].startswith(f"epoch 0: {steps} of {steps} batches so far (")
