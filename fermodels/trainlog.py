@@ -143,7 +143,7 @@ def log_epoch(live, epoch: int, totals: list, lr: float, elapsed: float, val: di
     try:
         for k, v in losses.items():
             live.log_metric(f"train/{k}", v)
-        live.log_metric("train/lr", lr)
+        live.log_metric("train/learning_rate", lr)    # not train/lr: params.yaml has train.lr (DVC then prefixes both)
         live.log_metric("train/samples", seen)
         live.log_metric("train/samples_per_s", seen / max(elapsed, 1e-9))
         live.log_metric("train/loader_wait_fraction", waited / max(elapsed, 1e-9))

@@ -192,7 +192,7 @@ def test_a_kill_after_an_epochs_log_resumes_without_repeating_its_rows(tiny_shar
     train(tiny_shards, train_params(), tmp_path / "run", tmp_path / "live")
     assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "ref" / LAST).values(),
                                                  weights(tmp_path / "run" / LAST).values()))
-    for name in ("samples", "ce", "lr"):
+    for name in ("samples", "ce", "learning_rate"):
         logged = [(d / "plots" / "metrics" / "train" / f"{name}.tsv").read_text() for d in (tmp_path / "ref_live",
                                                                                              tmp_path / "live")]
         assert logged[0] == logged[1] and logged[0].count("\n") == 3, name       # header + epochs 0 and 1
