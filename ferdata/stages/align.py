@@ -171,7 +171,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
         report.notes[CONTENT] = content_digest(writer.files)
         write_drops(out, report, drops)
         report.write(out / REPORT)
-    log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped), report.notes)
+    log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped),
+             {k: v for k, v in report.notes.items() if k != CONTENT})      # the digest is report.json's
     if damaged := report.notes.get("converted", {}).get(JPEG_DAMAGED):
         log.warning("align: %d JPEG(s) with damaged compressed data kept as decoders read them (the damaged part grey "
                     "or shifted; each sample's json names libjpeg's complaint under jpeg_damage); look at them with "
