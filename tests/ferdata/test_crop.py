@@ -102,3 +102,12 @@ def test_one_misplaced_landmark_of_68_drops_the_face(index, where):
     with pytest.raises(BadGeometry) as drop:
         checked_points(_kps_face(kps, lmk), (600, 600, 3))
     assert drop.value.reason == "implausible_landmarks" and f"landmark {index} lies" in str(drop.value)
+
+
+def test_keypoints_sharing_a_row_or_column_are_not_one_spot():
+    """Integer annotations put eyes on one row and an eye above its mouth corner on one column: only
+    points equal in x *and* y are one spot (a placeholder). Compared per axis, this frontal face of 5
+    distinct points counted 3 "at one spot" and was dropped as missing points."""
+    kps = np.array([[38.0, 52.0], [74.0, 52.0], [56.0, 72.0], [38.0, 92.0], [74.0, 92.0]]) * 2 + 100
+    got, _ = checked_points(_kps_face(kps), (600, 600, 3))
+    np.testing.assert_allclose(got, kps, atol=1e-3)

@@ -239,3 +239,27 @@ def test_flip_68_equals_the_ibug_mirror_table_and_keeps_a_symmetric_face():
     face = synthetic_landmarks(112).numpy()
     # the synthetic face is symmetric about x = 56 and the flip axis is x = 55.5: 1 px apart at most
     assert np.abs(flip_landmarks(face, 112) - face).max() < 2.0
+
+
+def test_a_detector_on_a_shrunk_copy_maps_back_per_axis_as_cv2_resize_places_pixels():
+    """Every shrink tested kept both axes' scale equal (1600 x 1200 -> 320 x 240), so one scale for both
+    axes, or the x scale used for y, passed. A 1000 x 601 image shrunk to 640 rounds 384.64 rows to 385:
+    sx = 640 / 1000, sy = 385 / 601. Boxes (pixel edges) divide by the scale; points (pixel centres) map
+    as x = (x' + 0.5) / s - 0.5 on each axis; both checked against a blob cv2.resize itself moved."""
+    import cv2
+
+    from ferdata.geometry import resized_back, shrunk
+
+    ys, xs = np.mgrid[0:601, 0:1000].astype(np.float64)
+    cx, cy = 612.3, 377.8
+    image = np.rint(255 * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * 40.0 ** 2))).astype(np.uint8)
+    small, scale = shrunk(image, 640)
+    assert small.shape == (385, 640) and scale == (640 / 1000, 385 / 601)
+    sy_, sx_ = np.mgrid[0:385, 0:640]
+    found = np.array([(small * sx_).sum(), (small * sy_).sum()]) / small.sum()      # the blob as detected there
+    boxes, points = resized_back(np.array([[64.0, 38.5, 640.0, 385.0]]), found[None], scale)
+    np.testing.assert_allclose(boxes, [[100.0, 38.5 * 601 / 385, 1000.0, 601.0]], rtol=1e-6)
+    np.testing.assert_allclose(points[0], [cx, cy], atol=0.1)
+    assert cv2.resize(image, (640, 385), interpolation=cv2.INTER_AREA).shape == small.shape
+    # each axis its own offset, by hand: x' = (x + 0.5) / 2 - 0.5, y' = (y + 0.5) / 4 - 0.5
+    np.testing.assert_allclose(reduced_frame(0.5, 0.25), [[0.5, 0, -0.25], [0, 0.25, -0.375]])

@@ -83,3 +83,35 @@ def test_landmark_boxes_are_centred_on_their_points_pixels():
     assert box == [48.5, 58.5, 52.5, 62.5]
     crop = crop_regions(np.arange(112 * 112).reshape(112, 112), {"mouth": box})["mouth"]
     assert crop.shape == (5, 5) and crop[2, 2] == 60 * 112 + 50
+
+
+def test_landmark_groups_are_the_ibug_points_of_each_region_and_mirror_each_other():
+    """The groups were only read back from the module: a right cheek built from the left mouth corner (48 for
+    54) or an eye missing a corner kept every box test green. Written out from the iBUG-68 markup (0-based:
+    jaw 0-16, brows 17-21 | 22-26, nostrils 31-35, eyes 36-41 | 42-47, lips 48-67; "left" = image left), and
+    each right group must be its left group's mirror under the (separately pinned) iBUG flip table."""
+    from ferdata.geometry import FLIP_68
+
+    assert {k: sorted(v) for k, v in LANDMARK_GROUPS.items()} == {
+        "eye_left": [17, 18, 19, 20, 21, 36, 37, 38, 39, 40, 41],
+        "eye_right": [22, 23, 24, 25, 26, 42, 43, 44, 45, 46, 47],
+        "cheek_left": [1, 2, 3, 4, 31, 40, 41, 48],
+        "cheek_right": [12, 13, 14, 15, 35, 46, 47, 54],
+        "mouth": list(range(48, 68)),
+    }
+    for left, right in (("eye_left", "eye_right"), ("cheek_left", "cheek_right"), ("mouth", "mouth")):
+        assert sorted(int(FLIP_68[i]) for i in LANDMARK_GROUPS[left]) == sorted(LANDMARK_GROUPS[right])
+
+
+def test_landmark_boxes_grow_by_the_margin_of_their_extent_and_clip_at_the_crops_edge():
+    """The boxes above have no extent (all points on one pixel), so the margin (15% of the group's extent
+    + 2 px a side) and the clip were never exercised: a doubled margin or a clip at size - 1 (the last
+    pixel row lost: edges are in pixel-edge coordinates, the crop ends at 112) passed. By hand: mouth
+    points spanning pixel centres x 40..60, y 100..110 are edges [40.5, 60.5] x [100.5, 110.5]; the pad is
+    (20 * 0.15 + 2, 10 * 0.15 + 2) = (5, 3.5); the bottom edge 114 clips to 112."""
+    lmk = np.tile(np.array([[50.0, 60.0]], np.float32), (68, 1))
+    mouth = list(range(48, 68))
+    lmk[mouth, 0] = np.linspace(40.0, 60.0, len(mouth))
+    lmk[mouth, 1] = np.linspace(100.0, 110.0, len(mouth))
+    assert landmark_regions(lmk, 112)["mouth"] == [35.5, 97.0, 65.5, 112.0]
+    assert crop_regions(np.zeros((112, 112)), {"m": [35.5, 97.0, 65.5, 112.0]})["m"].shape == (15, 31)

@@ -112,6 +112,17 @@ def test_batch_sizes_and_splits():
     assert round_robin_skips([2, 1], 3) == [2, 1]
 
 
+def test_parts_in_proportion_give_leftovers_to_the_largest_remainders_and_datasets_interleave_mid_cell():
+    """By hand. 10 samples in proportion to 1 : 2 : 4 are 1.43, 2.86, 5.71: floors 1, 2, 5 and the two
+    leftovers to the largest remainders (0.86, 0.71), not to the first parts. Datasets of 3 and 1 samples
+    interleave with each sample at the middle of its share of the pass, (k + 1/2) / n: 1/6, 1/2, 5/6 and
+    1/2, the tie going to the dataset listed first."""
+    from fermodels.epochplan import _mixed_order, split_in_proportion
+
+    assert split_in_proportion(10, [1, 2, 4]) == [1, 3, 6]
+    assert _mixed_order((3, 1)).tolist() == [0, 0, 1, 0]
+
+
 def test_a_last_batch_of_exactly_half_is_kept():
     assert batch_sizes(6, 4, 2) == [4, 2] and batch_sizes(5, 4, 2) == [3, 2]      # 1 < 2: shared
 

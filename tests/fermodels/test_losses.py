@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from ferdata.registry import UnknownNameError
 from fermodels.info import example_batch
-from fermodels.losses import (LOSSES, TARGET_KINDS, draw_targets, half_alignment, label_loss, neutral_aware_anchor,
-                              soft_cross_entropy)
+from fermodels.losses import (LOSSES, TARGET_KINDS, cross_entropy, draw_targets, half_alignment, label_loss,
+                              neutral_aware_anchor, soft_cross_entropy)
 from fermodels.registry import create_model
 
 
@@ -319,3 +319,26 @@ def test_class_weights_of_a_smoothed_or_soft_loss_stay_exact_under_bf16_autocast
         got = label_loss(logits, batch)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_hard_labels_with_class_weights_give_torchs_weighted_mean() -> None:
+    """The default path of train.class_weights (hard labels, no smoothing, no distributions) was only
+    compared with itself under DDP: dividing by the sum of the class weights instead of the batch's
+    weight sum (sum_i w[y_i]) passed. torch's weighted mean is the reference."""
+    logits, labels = _logits_targets(n=9)
+    weight = torch.tensor([1.3, 0.7, 2.9, 1.1, 5.37, 9.81, 0.55])
+    want = F.cross_entropy(logits, labels, weight=weight)
+    assert cross_entropy(logits, labels, weight).item() == pytest.approx(want.item(), rel=1e-6)
+    assert label_loss(logits, {"label": labels, "class_weight": weight}).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_a_probability_row_with_no_votes_in_the_models_classes_is_left_as_it_is() -> None:
+    """A row whose every vote is Contempt has nothing for a 7-class model to draw: without the guard
+    torch.multinomial raised on its all-zero row and stopped the training step."""
+    only_contempt = torch.tensor([0.0] * 7 + [1.0])
+    happy = torch.tensor([0.0, 1.0] + [0.0] * 6)
+    batch = {"label": torch.tensor([7, 1]), "target": torch.stack([only_contempt, happy]),
+             "target_kind": torch.full((2,), TARGET_KINDS["probability"])}
+    drawn = draw_targets(batch, torch.Generator().manual_seed(0), 7)
+    assert torch.equal(drawn["target"][0], only_contempt) and drawn["target_kind"][0] == TARGET_KINDS["probability"]
+    assert torch.equal(drawn["target"][1], happy) and drawn["target_kind"][1] == TARGET_KINDS["crossentropy"]

@@ -63,3 +63,23 @@ def test_rows_and_png(tmp_path):
                                                      {"actual": "Sad", "predicted": "Sad"}]
     plot_confusion(np.array([[2, 1, 0], [0, 2, 0], [1, 1, 2]]), NAMES, tmp_path / "cm.png", "t")
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_confusion_png_shows_each_true_class_as_fractions_of_its_row(tmp_path, monkeypatch):
+    """The PNG was only checked to be a PNG: normalising by columns (precision, not recall) or leaving out
+    a class that is predicted but absent from the labels passed. The matrix handed to imshow, by hand:
+    each row over its row sum; Happy has no true sample but is predicted twice, so it stays (a zero row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    shown, imshow = [], Axes.imshow
+
+    def recording(self, x, *args, **kwargs):
+        shown.append(np.asarray(x))
+        return imshow(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "imshow", recording)
+    plot_confusion(np.array([[2, 1, 0], [0, 0, 0], [1, 1, 2]]), NAMES, tmp_path / "cm.png", "t")
+    np.testing.assert_allclose(shown[0], [[2 / 3, 1 / 3, 0], [0, 0, 0], [1 / 4, 1 / 4, 2 / 4]])

@@ -604,6 +604,9 @@ def test_class_weight_values_and_probe():
     assert check_class_weight_used(Weighted(), out, batch) is True
     assert check_class_weight_used(Plain(), out, batch) is False
     assert check_class_weight_used(Weighted(), out, {**batch, "label": torch.zeros(4, dtype=torch.int64)}) is None
+    # a first batch without class 0: a skew put on class 0 left every present class at one weight, the
+    # weighted loss equal to the plain one, and training refused a model that reads the weights
+    assert check_class_weight_used(Weighted(), out, {**batch, "label": torch.tensor([2, 1, 2, 1])}) is True
 
 
 def test_compile_without_a_working_compiler_is_refused_in_words_before_training(tiny_shards, tmp_path):
@@ -768,6 +771,11 @@ def test_an_erased_rectangle_fits_inside_the_image_with_the_drawn_area():
     assert erased.float().mean() > 0.9
     assert area[erased].min() >= 0.22 and area[erased].max() <= 0.37
     assert not masks.all(1).any() and not masks.all(2).any()                # never a whole column or row
+    # torchvision's aspect ratios h / w, log-uniform over [0.3, 3.3]: tall and wide rectangles alike (a
+    # fixed ratio passed every check above)
+    rows, cols = masks.any(2).sum(1)[erased].double(), masks.any(1).sum(1)[erased].double()
+    ratio = (rows / cols).log()
+    assert ratio.min() < math.log(0.5) and ratio.max() > math.log(2) and abs(ratio.mean()) < 0.3
 
 
 def test_an_identity_affine_leaves_landmarks_where_they_are():
@@ -814,6 +822,26 @@ def test_drawn_affine_matrices_are_rotations_when_scale_is_one():
                                atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.linalg.det(a), torch.ones(256, dtype=torch.float64), atol=1e-5, rtol=0)
     assert torch.equal(m[:, :2, 2], torch.zeros(256, 2))
+
+
+def test_drawn_affine_parameters_span_torchvisions_ranges_in_both_directions():
+    """Only the rotation block's shape and the identity were checked: angles drawn from [0, degrees] (never
+    turning the other way), shifts from [0, translate] or at half the asked size passed. As torchvision's
+    RandomAffine, by hand: angle uniform in [-degrees, degrees], shift uniform in [-translate, translate] x
+    the side in pixels (normalised coordinates span 2 per side: pixels = normalised x side / 2), scale
+    uniform in [scale_min, scale_max]."""
+    from fermodels.augment import _affine_matrices
+
+    n, side = 4000, 112
+    m = _affine_matrices(n, _aug(affine_p=1.0, degrees=10.0, translate=0.1, scale_min=0.9, scale_max=1.1),
+                         torch.Generator().manual_seed(0)).double()
+    angle = torch.rad2deg(torch.atan2(m[:, 1, 0], m[:, 0, 0]))
+    scale = torch.hypot(m[:, 0, 0], m[:, 1, 0])
+    shift = m[:, :2, 2] * side / 2                                             # in pixels
+    for x, lo, hi in ((angle, -10.0, 10.0), (scale, 0.9, 1.1), (shift[:, 0], -11.2, 11.2), (shift[:, 1], -11.2, 11.2)):
+        width = hi - lo
+        assert lo - 1e-4 <= x.min() < lo + 0.02 * width and hi - 0.02 * width < x.max() <= hi + 1e-4
+        assert abs(x.mean().item() - (lo + hi) / 2) < 0.03 * width              # uniform: centred on the middle
 
 
 def test_an_erased_rectangle_can_touch_every_edge_of_the_image():
