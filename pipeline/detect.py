@@ -3,7 +3,13 @@ from ferdata.datasets import dataset_spec, official_splits, read_dataset, source
 from ferdata.stages.detect import detect_section, run_detect
 from pipeline._args import setup
 
-params, (name, out) = setup()
-spec = dataset_spec(params, name)
-warn_absolute_root(name, spec)
-run_detect(read_dataset(spec), detect_section(params, name, spec), out, official_splits(spec), source(spec))
+
+def main() -> None:
+    params, (name, out) = setup()
+    spec = dataset_spec(params, name)
+    warn_absolute_root(name, spec)
+    run_detect(read_dataset(spec), detect_section(params, name, spec), out, official_splits(spec), source(spec))
+
+
+if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__
+    main()

@@ -9,9 +9,15 @@ from fermodels.evaluate import evaluate, evaluate_section
 from fermodels.runstate import load_checkpoint
 from pipeline._args import setup
 
-params, (ckpt, selection, out) = setup()
-dataset, eval_params = evaluate_section(params)
-names = tested_on(dataset, load_checkpoint(ckpt)["datasets"])
-# evaluate.dataset null: the checkpoint's datasets, which a train.datasets changed since (and selected) are not
-asking = PARAMS_ASK if dataset else (f"{ckpt} was trained on", "retrain on the selected ones (`dvc repro train`)")
-evaluate(ckpt, read_selection(selection, names, (eval_params.split,), asking=asking), eval_params, out, names)
+
+def main() -> None:
+    params, (ckpt, selection, out) = setup()
+    dataset, eval_params = evaluate_section(params)
+    names = tested_on(dataset, load_checkpoint(ckpt)["datasets"])
+    # evaluate.dataset null: the checkpoint's datasets, which a train.datasets changed since (and selected) are not
+    asking = PARAMS_ASK if dataset else (f"{ckpt} was trained on", "retrain on the selected ones (`dvc repro train`)")
+    evaluate(ckpt, read_selection(selection, names, (eval_params.split,), asking=asking), eval_params, out, names)
+
+
+if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__
+    main()

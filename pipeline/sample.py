@@ -5,5 +5,11 @@ from ferdata.params import stage_section
 from ferdata.sample import SampleParams, make_affectnet_sample
 from pipeline._args import setup
 
-params, (out,) = setup(check_all=False)
-make_affectnet_sample(Path(out), stage_section(params, "sample", SampleParams))
+
+def main() -> None:
+    params, (out,) = setup(check_all=False)
+    make_affectnet_sample(Path(out), stage_section(params, "sample", SampleParams))
+
+
+if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__
+    main()

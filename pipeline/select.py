@@ -23,12 +23,17 @@ def required(values: Mapping[str, Any], section: str, key: str) -> Any:
     return values[key]
 
 
-params, (data_dir, out) = setup(check_all=False)
-train, evaluate = (section_values(params, name) for name in ("train", "evaluate"))
-trained_on = required(apply_recipe(train), "train", "datasets")
-dataset, split = required(evaluate, "evaluate", "dataset"), required(evaluate, "evaluate", "split")
-# a misspelt name is said as such (the whole check runs in the stages after); before any use of the names
-check_run_datasets(trained_on, dataset, dataset_specs(params), data_dir)
-tested = tested_on(dataset, trained_on)
-write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
-write_selection(Path(out) / "evaluate.json", data_dir, tested, (split,))
+def main() -> None:
+    params, (data_dir, out) = setup(check_all=False)
+    train, evaluate = (section_values(params, name) for name in ("train", "evaluate"))
+    trained_on = required(apply_recipe(train), "train", "datasets")
+    dataset, split = required(evaluate, "evaluate", "dataset"), required(evaluate, "evaluate", "split")
+    # a misspelt name is said as such (the whole check runs in the stages after); before any use of the names
+    check_run_datasets(trained_on, dataset, dataset_specs(params), data_dir)
+    tested = tested_on(dataset, trained_on)
+    write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
+    write_selection(Path(out) / "evaluate.json", data_dir, tested, (split,))
+
+
+if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__
+    main()

@@ -254,3 +254,16 @@ def test_the_whole_check_says_when_a_pretrained_file_is_not_here(tmp_path, caplo
     with caplog.at_level("WARNING", logger="pipeline._checks"):
         check_params(params, tmp_path)
     assert "is not on this machine" not in caplog.text
+
+
+def test_a_worker_that_imports_a_stage_script_runs_no_stage():
+    """A spawn or forkserver worker (macOS; Python 3.14's default on Linux, which DataLoader workers
+    take) imports the script its parent runs, as ``__mp_main__`` with the worker's own argv. The
+    scripts did their work at import: every worker ran ``setup()`` again and died, so detect, align,
+    derive (with a misleading "the worker crashes whatever its input") and evaluate failed."""
+    code = "\n".join(["import runpy, sys", "sys.argv = ['-c']"]
+                     + [f"runpy.run_module('pipeline.{s}', run_name='__mp_main__', alter_sys=True)" for s in STAGES]
+                     + ["print('imported every stage script')"])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "imported every stage script" in proc.stdout, proc.stderr[-3000:]
