@@ -64,6 +64,19 @@ def one_thread_per_worker(*_: object) -> None:
     torch = sys.modules.get("torch")               # not imported for it: that costs a worker a second
     if torch is not None:
         torch.set_num_threads(1)
+    if mp.get_start_method(allow_none=True) == "forkserver" and (run := mp.parent_process()) is not None:
+        _watch_run(run.pid)      # a DataLoader worker's parent is the fork server too, which outlives the run
+
+
+_WATCHING = False
+
+
+def _watch_run(run: int) -> None:
+    """Once per worker: a thread that ends this process when process ``run`` is gone."""
+    global _WATCHING
+    if not _WATCHING:
+        _WATCHING = True
+        threading.Thread(target=_exit_with_run, args=(run,), daemon=True, name="exit-with-run").start()
 
 
 def _install(fn: Callable, describe: Callable | None, parent: int, method: str) -> None:
@@ -71,10 +84,14 @@ def _install(fn: Callable, describe: Callable | None, parent: int, method: str) 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the workers
     one_thread_per_worker()
     _WORKER_FN, _DESCRIBE = fn, describe
-    # A forkserver worker's parent is the fork server, which ends with the run's process; under
-    # fork and spawn it is the run's process itself (watched by pid: it may be gone already)
-    watched = os.getppid() if method == "forkserver" else parent
-    threading.Thread(target=_exit_with, args=(watched,), daemon=True, name="exit-with-parent").start()
+    # Under fork and spawn the worker's parent is the run's process itself (watched by pid: it may be
+    # gone already). A forkserver worker's parent is the fork server, which does not end with the run's
+    # process: every worker holds the server's "alive" pipe open (multiprocessing passes it to each), so
+    # server and workers waited on each other for ever; the run's process is watched itself.
+    if method == "forkserver":
+        _watch_run(parent)
+    else:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="exit-with-parent").start()
 
 
 def _exit_with(parent: int) -> None:
@@ -82,6 +99,28 @@ def _exit_with(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
     os._exit(1)
+
+
+def _exit_with_run(run: int) -> None:
+    """In a worker whose parent is not the run's process (forkserver): exit when that process is gone."""
+    while _runs(run):
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def _runs(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its own parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):           # no /proc (macOS): the pid's existence is all there is
+        return True
 
 
 def _named(fn: Callable[[T], R], item: T, describe: Callable[[T], str] | None) -> R:
@@ -173,9 +212,15 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 
 
 def _context() -> mp.context.BaseContext:
-    """fork where it is the platform default (fast start, nothing re-imported), else spawn."""
-    method = mp.get_start_method(allow_none=True) or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    return mp.get_context("spawn" if method == "spawn" else method)
+    """The start method the program set; else fork where it is safe (fast start, nothing re-imported:
+    Linux, also on Python 3.14+ where the default became forkserver), else spawn. Not fork on macOS,
+    although it is offered there: macOS's system libraries (libdispatch, which OpenCV's thread pool
+    uses there, Accelerate, the Objective-C runtime) crash or hang a forked child of a process that
+    used them, which is why spawn is Python's default there."""
+    method = mp.get_start_method(allow_none=True)
+    if method is None:
+        method = "fork" if sys.platform != "darwin" and "fork" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method)
 
 
 class _Local:

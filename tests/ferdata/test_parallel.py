@@ -569,3 +569,95 @@ def test_a_search_cut_short_by_its_deadline_does_not_say_none_killed_a_worker():
                 return x
         """, "parallel_map(Slow(), range(40), workers=2, window=16, chunksize=1, describe=name)")
     assert "ran out of its 2 s before trying them all" in out and "none of them killed it" not in out, out
+
+
+@pytest.mark.parametrize("platform, expected", [("darwin", "spawn"), ("linux", "fork")])
+def test_the_pool_uses_fork_only_where_it_is_safe(monkeypatch, platform, expected):
+    """With no start method set, the pool took fork wherever fork exists, macOS too (where Python's
+    default is spawn: its system libraries crash or hang forked children); Linux keeps fork, also on
+    Python 3.14+ whose default there is forkserver. A method the program set is used as it is."""
+    import multiprocessing as mp
+
+    from ferdata import parallel
+
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: None)     # none set
+    monkeypatch.setattr(sys, "platform", platform)        # get_all_start_methods reads it on each call
+    assert parallel._context().get_start_method() == expected
+    monkeypatch.setattr(mp, "get_start_method", lambda allow_none=False: "forkserver")
+    assert parallel._context().get_start_method() == "forkserver"
+
+
+class Slow:
+    def __call__(self, x: int) -> int:
+        time.sleep(0.05)
+        return x
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_workers_end_with_a_killed_run_under_every_start_method(method):
+    """Under forkserver the workers watched the fork server, which outlives the run's process (each
+    worker holds its "alive" pipe): a killed stage left the server and its workers, models loaded,
+    for ever."""
+    proc = _run(f"""
+        import multiprocessing as mp
+        from ferdata.parallel import parallel_map
+        from tests.ferdata.test_parallel import Slow
+
+        mp.set_start_method({method!r})
+        for i, _ in enumerate(parallel_map(Slow(), range(10_000), workers=2, chunksize=1)):
+            if i == 3:
+                print("started", flush=True)
+        """)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        os.kill(proc.pid, signal.SIGKILL)                     # the parent alone, as the out-of-memory killer
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid)],
+                                                        capture_output=True).stdout.strip():
+            time.sleep(0.2)
+    finally:
+        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+    assert not left, f"{method}: processes still running 15 s after the run's process was killed: {left}"
+
+
+def test_loader_workers_end_with_a_killed_run_under_forkserver():
+    """DataLoader workers (``worker_init_fn=one_thread_per_worker``, as the trainer's and evaluation's)
+    under forkserver, Python 3.14's default on Linux: torch's workers watch their parent, the fork
+    server, which outlives a killed run (each worker holds its "alive" pipe): they stayed for ever."""
+    proc = _run("""
+        import multiprocessing as mp
+        import torch
+        from ferdata.parallel import one_thread_per_worker
+        from tests.ferdata.test_parallel import SlowItems
+
+        mp.set_start_method("forkserver")
+        loader = torch.utils.data.DataLoader(SlowItems(), num_workers=2, worker_init_fn=one_thread_per_worker)
+        for i, _ in enumerate(loader):
+            if i == 3:
+                print("started", flush=True)
+        """)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid)],
+                                                        capture_output=True).stdout.strip():
+            time.sleep(0.2)
+    finally:
+        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+    assert not left, f"processes still running 15 s after the run's process was killed: {left}"
+
+
+class SlowItems:
+    def __len__(self) -> int:
+        return 10_000
+
+    def __getitem__(self, i: int) -> int:
+        time.sleep(0.05)
+        return i
