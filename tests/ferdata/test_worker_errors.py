@@ -47,14 +47,23 @@ def test_run_cli_reports_it_in_one_line(capsys):
     assert capsys.readouterr().err.startswith("error: x-000000.tar: not a readable tar")
 
 
+class _Bug(Dataset):               # module level: spawn / forkserver workers unpickle it by name
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        raise RuntimeError("a real bug")
+
+
+class _Bare(Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        raise ValueError()
+
+
 def test_a_bug_in_a_worker_keeps_its_traceback():
-    class _Bug(Dataset):
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            raise RuntimeError("a real bug")
-
     it = iter(DataLoader(_Bug(), num_workers=1))
     with pytest.raises(RuntimeError) as caught:
         next(it)
@@ -64,13 +73,6 @@ def test_a_bug_in_a_worker_keeps_its_traceback():
 
 def test_a_worker_error_without_a_message_is_named_by_its_type():
     """The traceback's last line is the bare type (no "ValueError: ..." line): the whole traceback came out."""
-    class _Bare(Dataset):
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            raise ValueError()
-
     it = iter(DataLoader(_Bare(), num_workers=1))
     with pytest.raises(ValueError) as caught:
         next(it)

@@ -4,6 +4,7 @@ inside an epoch and in-process loading stay exact, and the trainer forks its tra
 validation workers once."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import fermodels.indexed as indexed
@@ -96,6 +97,10 @@ def test_the_trainer_forks_its_loader_workers_once(tiny_shards, tmp_path, monkey
 def test_every_loader_worker_runs_opencv_on_one_thread(tiny_shards, monkeypatch):
     """Loader workers resize with OpenCV, whose pool defaults to a thread per core in each worker:
     N workers put N x N threads on N cores. Each image here is filled with its worker's thread count."""
+    import multiprocessing as mp
+
+    if mp.get_start_method() != "fork":                # the patched resize below reaches forked workers only
+        pytest.skip("needs fork: spawn / forkserver workers re-import fermodels.data, without the patch")
     import cv2
     import numpy as np
 
