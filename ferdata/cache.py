@@ -63,10 +63,30 @@ def _named(method: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+EXP_WORKSPACE = (".dvc", "tmp", "exps")     # DVC's temporary experiment workspaces: <repo>/.dvc/tmp/exps/<tmp>/
+
+
+def experiment_home(cwd: str | Path) -> Path | None:
+    """Where ``cwd`` lies in the repository a temporary DVC experiment workspace was made from
+    (``dvc exp run --queue``/``--temp``, ``dvc queue start``: ``<repo>/.dvc/tmp/exps/<tmp>/...``), or
+    ``None`` outside one."""
+    parts = Path(cwd).absolute().parts
+    for i in range(len(parts) - len(EXP_WORKSPACE) - 1, 0, -1):
+        if parts[i:i + len(EXP_WORKSPACE)] == EXP_WORKSPACE:
+            return Path(*parts[:i], *parts[i + len(EXP_WORKSPACE) + 1:])
+    return None
+
+
 def cache_folder(directory: str | Path) -> Path:
     """The folder of the cache ``directory`` names: ``~`` expanded (it made a folder named ``~`` here),
-    and the cache's file, named instead of its folder, taken as its folder."""
+    and the cache's file, named instead of its folder, taken as its folder. A relative one in a temporary
+    DVC experiment workspace is taken in the repository it was made from: there it would start empty
+    (the cache is no DVC output: the workspace holds none of it), detect every image again and be
+    deleted with the workspace; queued experiments running side by side share it as two checkouts do."""
     path = Path(directory).expanduser()
+    if not path.is_absolute() and (home := experiment_home(Path.cwd())) is not None:
+        log.info("detect.cache_dir %s: in the repository this experiment was queued from, %s", directory, home / path)
+        path = home / path
     return path.parent if path.name == FILE and not path.is_dir() else path
 
 

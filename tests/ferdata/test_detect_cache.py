@@ -1019,3 +1019,26 @@ def test_a_prune_with_nothing_to_drop_on_a_full_disk_says_zero(tmp_path, caplog)
         finally:
             cache.db = real
         assert len(cache) == 50 and "nothing to drop; not compacted" in caplog.text
+
+
+def test_a_relative_cache_dir_in_a_queued_experiment_is_the_repositorys(tmp_path, monkeypatch):
+    """`dvc exp run --queue` + `dvc queue start` run each experiment in <repo>/.dvc/tmp/exps/<tmp>/, whose
+    git tree holds no .cache/: a relative detect.cache_dir made a new, empty cache there (every image
+    detected again: hours on AffectNet), and DVC deleted it with the workspace."""
+    from ferdata.cache import cache_folder
+
+    repo = (tmp_path / "repo").resolve()
+    work = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    (work / "sub").mkdir(parents=True)
+    with DetectionCache(repo / ".cache" / "ferdata") as main:
+        main.put("a" * 64, "sig", Detection((5, 6), ()))
+    monkeypatch.chdir(work)
+    with DetectionCache(".cache/ferdata") as cache:
+        assert cache.path.resolve() == repo / ".cache" / "ferdata" / "detections.sqlite"
+        assert cache.get("a" * 64, "sig") is not None
+    assert not (work / ".cache").exists()
+    monkeypatch.chdir(work / "sub")                     # a stage's wdir below the workspace's root
+    assert cache_folder("c").resolve() == repo / "sub" / "c"
+    assert cache_folder("/abs/c") == Path("/abs/c")     # an absolute one is left as it is
+    monkeypatch.chdir(repo)                             # in the repository itself: as before
+    assert cache_folder(".cache/ferdata") == Path(".cache/ferdata")
