@@ -103,13 +103,14 @@ def _exit_with(parent: int) -> None:
 
 def _exit_with_run(run: int) -> None:
     """In a worker whose parent is not the run's process (forkserver): exit when that process is gone."""
-    while _runs(run):
+    while alive(run):
         time.sleep(PARENT_POLL_S)
     os._exit(1)
 
 
-def _runs(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its own parent, does not)."""
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its own parent, does not):
+    what a worker watching a process that is not its parent can learn (the loader's batch ring too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -21,6 +21,8 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from ferdata.parallel import alive
+
 Layout = Mapping[str, tuple[tuple[int, ...], torch.dtype]]    # field -> (per-sample shape, dtype)
 TAG = "_ring"                        # (worker, serial, samples) of a batch written into the ring
 RELEASE_ALL = 1 << 62
@@ -44,21 +46,6 @@ def require_shared_memory(nbytes: int, where: str = SHM_DIR) -> None:
         raise RuntimeError(f"the loader's shared batch buffers need {nbytes / 2**20:.0f} MB of shared memory but "
                            f"{where} has {free / 2**20:.0f} MB free: give the container more (docker run "
                            f"--shm-size=2g, or a larger tmpfs), or lower train.workers or train.batch_size")
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0] != b"Z"
-    except (OSError, IndexError):           # no /proc (macOS): the pid's existence is all there is
-        return True
 
 
 class BatchRing:
@@ -117,7 +104,7 @@ class BatchRing:
             return False
         self._next_check = now + ORPHAN_CHECK_S
         parent = multiprocessing.parent_process()
-        return (parent is not None and parent.pid == self._parent and not parent.is_alive()) or not _alive(self._parent)
+        return (parent is not None and parent.pid == self._parent and not parent.is_alive()) or not alive(self._parent)
 
     @staticmethod
     def message(worker: int, serial: int, samples: int, rest: dict) -> dict:

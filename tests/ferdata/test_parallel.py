@@ -380,6 +380,24 @@ def test_a_killed_stage_leaves_its_folder_to_the_next_run(tmp_path):
     assert (out / "a").read_text() == "next run"
 
 
+def _left_after_killing(proc: subprocess.Popen) -> list[str]:
+    """Kill ``proc`` alone once it printed "started" (as the out-of-memory killer would), and return the
+    pids of its session still running 15 s later (killed then, so that none outlives the test)."""
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid)],
+                                                        capture_output=True).stdout.strip():
+            time.sleep(0.2)
+    finally:
+        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in left:
+            os.kill(int(pid), signal.SIGKILL)
+    return left
+
+
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_the_pool_runs_under_every_start_method(method):
     """Under forkserver every worker exited at once: it watched for the run's process as its parent,
@@ -608,18 +626,7 @@ def test_workers_end_with_a_killed_run_under_every_start_method(method):
             if i == 3:
                 print("started", flush=True)
         """)
-    try:
-        assert proc.stdout.readline().strip() == "started"
-        os.kill(proc.pid, signal.SIGKILL)                     # the parent alone, as the out-of-memory killer
-        proc.wait(timeout=30)
-        deadline = time.time() + 15
-        while time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid)],
-                                                        capture_output=True).stdout.strip():
-            time.sleep(0.2)
-    finally:
-        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        for pid in left:
-            os.kill(int(pid), signal.SIGKILL)
+    left = _left_after_killing(proc)
     assert not left, f"{method}: processes still running 15 s after the run's process was killed: {left}"
 
 
@@ -639,18 +646,7 @@ def test_loader_workers_end_with_a_killed_run_under_forkserver():
             if i == 3:
                 print("started", flush=True)
         """)
-    try:
-        assert proc.stdout.readline().strip() == "started"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        deadline = time.time() + 15
-        while time.time() < deadline and subprocess.run(["pgrep", "-s", str(proc.pid)],
-                                                        capture_output=True).stdout.strip():
-            time.sleep(0.2)
-    finally:
-        left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        for pid in left:
-            os.kill(int(pid), signal.SIGKILL)
+    left = _left_after_killing(proc)
     assert not left, f"processes still running 15 s after the run's process was killed: {left}"
 
 

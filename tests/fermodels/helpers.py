@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -113,6 +115,22 @@ def soft_label_of(label: int) -> list[float]:
     dist = [0.0] * 8
     dist[label], dist[(label + 1) % 7] = 0.6, 0.4
     return dist
+
+
+def copy_shards(shards: Path, to: Path, edit) -> Path:
+    """A copy of the shards folder ``shards`` at ``to`` whose split ``_info.json`` files ``edit`` (a
+    function of the parsed dict) changed."""
+    shutil.copytree(shards, to)
+    for info in to.glob("*/_info.json"):
+        d = json.loads(info.read_text())
+        edit(d)
+        info.write_text(json.dumps(d))
+    return to
+
+
+def unrecorded(info: dict) -> None:
+    """An ``_info.json`` as an earlier version wrote it, without the align/derive settings."""
+    info.pop("preprocess", None)
 
 
 def stage_params(cls, values: dict, **overrides):

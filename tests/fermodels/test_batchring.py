@@ -14,7 +14,8 @@ import torch
 
 from ferdata.tario import iter_tar_samples
 from fermodels import batchring
-from fermodels.batchring import BatchRing, _alive
+from ferdata.parallel import alive as _alive
+from fermodels.batchring import BatchRing
 from fermodels.data import SampleDecoder, decode_batch
 from fermodels.distributed import DistEnv
 from fermodels.epochplan import plan_epoch
@@ -301,7 +302,7 @@ def test_a_pid_not_ours_to_signal_is_alive(monkeypatch):
     def refused(pid, sig):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(batchring.os, "kill", refused)
+    monkeypatch.setattr(os, "kill", refused)
     assert _alive(12345)
 
 

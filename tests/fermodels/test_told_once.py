@@ -1,10 +1,8 @@
 """Under torchrun, and over the train and val splits: a warning told once per run (review h52)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import socket
 from pathlib import Path
 
@@ -12,24 +10,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.fermodels.helpers import make_params
+from tests.fermodels.helpers import copy_shards, make_params, unrecorded
 
 
 UNRECORDED = "shards of an earlier version"
 BACKENDS = "ran with different options for different datasets"
-
-
-def _copy(shards: Path, to: Path, edit) -> Path:
-    shutil.copytree(shards, to)
-    for info in to.glob("*/_info.json"):
-        d = json.loads(info.read_text())
-        edit(d)
-        info.write_text(json.dumps(d))
-    return to
-
-
-def _unrecorded(d: dict) -> None:
-    d.pop("preprocess", None)
 
 
 def _other_options(d: dict) -> None:
@@ -62,7 +47,7 @@ def _rank(rank: int, port: int, shards: str, out: str, preprocess: dict) -> None
 
 def test_a_warning_about_the_shards_is_told_by_rank_0_only(tiny_shards, preprocess, tmp_path):
     """Every rank read the same shards and warned alike: 2 ranks, 2 copies of each warning."""
-    old = _copy(tiny_shards, tmp_path / "data" / "tiny" / "shards", _unrecorded)
+    old = copy_shards(tiny_shards, tmp_path / "data" / "tiny" / "shards", unrecorded)
     mp.start_processes(_rank, args=(_free_port(), str(old), str(tmp_path), preprocess), nprocs=2,
                        start_method="fork")
     logs = [(tmp_path / f"rank{r}.log").read_text() for r in (0, 1)]
@@ -74,8 +59,8 @@ def test_a_warning_every_split_would_give_is_told_once(tiny_shards, preprocess, 
     """The train and val splits of the same datasets told the same backend-options warning twice."""
     from fermodels.train import train
 
-    a = _copy(tiny_shards, tmp_path / "a" / "shards", _same_options)
-    b = _copy(tiny_shards, tmp_path / "b" / "shards", _other_options)
+    a = copy_shards(tiny_shards, tmp_path / "a" / "shards", _same_options)
+    b = copy_shards(tiny_shards, tmp_path / "b" / "shards", _other_options)
     caplog.set_level(logging.WARNING, logger="fermodels")
     torch.set_num_threads(1)
     train([a, b], make_params(epochs=1, datasets=["a", "b"], epoch_samples=8), tmp_path / "ckpt",

@@ -1,36 +1,21 @@
 """Shards that record no align/derive settings trained beside shards that do (review h52)."""
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from pathlib import Path
 
 import pytest
 
 from fermodels.shardsplit import open_split
 from fermodels.trainparams import shards_preprocess
+from tests.fermodels.helpers import copy_shards, unrecorded
 
 
 UNRECORDED = "shards of an earlier version"
 
 
-def _copy(shards: Path, to: Path, edit) -> Path:
-    shutil.copytree(shards, to)
-    for info in to.glob("*/_info.json"):
-        d = json.loads(info.read_text())
-        edit(d)
-        info.write_text(json.dumps(d))
-    return to
-
-
-def _unrecorded(d: dict) -> None:
-    d.pop("preprocess", None)
-
-
 def test_the_unrecorded_warning_names_the_datasets_that_record_nothing(tiny_shards, preprocess, tmp_path, caplog):
-    old = _copy(tiny_shards, tmp_path / "old" / "shards", _unrecorded)
-    new = _copy(tiny_shards, tmp_path / "new" / "shards", lambda d: None)
+    old = copy_shards(tiny_shards, tmp_path / "old" / "shards", unrecorded)
+    new = copy_shards(tiny_shards, tmp_path / "new" / "shards", lambda d: None)
     caplog.set_level(logging.WARNING, logger="fermodels")
     assert shards_preprocess(open_split([old, new], "train"), preprocess) == preprocess
     said = [r.getMessage() for r in caplog.records if UNRECORDED in r.getMessage()]
@@ -40,11 +25,11 @@ def test_the_unrecorded_warning_names_the_datasets_that_record_nothing(tiny_shar
 def test_a_dataset_recording_other_settings_beside_an_unrecorded_one_is_refused(tiny_shards, preprocess, tmp_path):
     """params.yaml's settings went into the checkpoint unchecked against the settings the other
     dataset does record (another align.padding: inference would crop its faces otherwise)."""
-    old = _copy(tiny_shards, tmp_path / "old" / "shards", _unrecorded)
+    old = copy_shards(tiny_shards, tmp_path / "old" / "shards", unrecorded)
 
     def padded(d: dict) -> None:
         d["preprocess"]["align"]["padding"] = 0.25
 
-    new = _copy(tiny_shards, tmp_path / "new" / "shards", padded)
+    new = copy_shards(tiny_shards, tmp_path / "new" / "shards", padded)
     with pytest.raises(ValueError, match=r"new/shards: .*'padding': 0.25.* other align/derive settings"):
         shards_preprocess(open_split([old, new], "train"), preprocess)
