@@ -205,7 +205,7 @@ def _unchanged(inputs: tuple[str, str], aligned_dir: str | Path, derived_dir: st
                              "shard stage again when that run has ended") from cause
     try:
         yield
-    except (ValueError, OSError) as err:          # what reading another output's bytes raises
+    except Exception as err:          # what reading another output's bytes raises (a key it lacks: KeyError)
         check(err)
         raise
     if at_exit:
@@ -226,9 +226,15 @@ def stage_settings(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[di
 
 
 def _metas(aligned: MemberIndex, read: MemberReader) -> Iterator[dict]:
-    """Each sample's record fields, read from its ``json`` in the index's order."""
-    for members in aligned.values():
-        yield _record_fields(json.loads(read(members["json"])))
+    """Each sample's record fields, read from its ``json`` in the index's order; a ``json`` naming
+    another key than its tar member's is refused (its sample would be lost, another written twice)."""
+    for key, members in aligned.items():
+        meta = _record_fields(json.loads(read(members["json"])))
+        if meta.get("key") != key:
+            raise ValueError(f"{members['json'][0]}: sample {key!r} has a json naming key {meta.get('key')!r}: the "
+                             "align stage's output is damaged; run the align stage again (`dvc repro --force "
+                             "--single-item align@<name>`)")
+        yield meta
 
 
 def _record(meta: dict, key: str, split: str, folds: dict) -> dict:
