@@ -26,18 +26,32 @@ def dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_editor_files_in_a_code_folder_change_no_stage(tmp_path):
     shutil.copy2(REPO / ".dvcignore", tmp_path / ".dvcignore")
     assert dvc(["init", "--no-scm", "-q"], tmp_path).returncode == 0
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "model.py").write_text("X = 1\n")
-    assert dvc(["stage", "add", "-q", "-n", "s", "-d", "pkg", "true"], tmp_path).returncode == 0
+    (tmp_path / "ferdata").mkdir()
+    (tmp_path / "ferdata" / "model.py").write_text("X = 1\n")
+    assert dvc(["stage", "add", "-q", "-n", "s", "-d", "ferdata", "true"], tmp_path).returncode == 0
     assert dvc(["repro", "-q"], tmp_path).returncode == 0
-    os.symlink("user@host.1234:1700000000", tmp_path / "pkg" / ".#model.py")     # Emacs: dangling
-    (tmp_path / "pkg" / ".model.py.swp").write_bytes(b"vim")
-    (tmp_path / "pkg" / "model.py~").write_text("X = 0\n")
-    (tmp_path / "pkg" / ".DS_Store").write_bytes(b"\0")
-    (tmp_path / "pkg" / ".ipynb_checkpoints").mkdir()
-    (tmp_path / "pkg" / ".ipynb_checkpoints" / "model-checkpoint.py").write_text("X = 2\n")
+    os.symlink("user@host.1234:1700000000", tmp_path / "ferdata" / ".#model.py")     # Emacs: dangling
+    (tmp_path / "ferdata" / ".model.py.swp").write_bytes(b"vim")
+    (tmp_path / "ferdata" / "model.py~").write_text("X = 0\n")
+    (tmp_path / "ferdata" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "ferdata" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "ferdata" / ".ipynb_checkpoints" / "model-checkpoint.py").write_text("X = 2\n")
     status = dvc(["status", "--json"], tmp_path)
     assert status.returncode == 0, status.stderr
     assert status.stdout.strip() == "{}", status.stdout
-    (tmp_path / "pkg" / "model.py").write_text("X = 3\n")                        # a real edit still counts
-    assert "pkg" in dvc(["status", "--json"], tmp_path).stdout
+    (tmp_path / "ferdata" / "model.py").write_text("X = 3\n")                        # a real edit still counts
+    assert "ferdata" in dvc(["status", "--json"], tmp_path).stdout
+
+
+def test_a_datasets_files_named_like_editors_files_are_still_tracked(tmp_path):
+    """The editors' patterns applied everywhere: a dataset's ``img.jpg~`` or ``.#img.jpg`` under data/, which
+    its reader lists (a not_an_image / hidden_file drop in detect's report), was neither hashed by
+    `dvc add` (adding or removing it re-ran nothing) nor pushed (review h53)."""
+    shutil.copy2(REPO / ".dvcignore", tmp_path / ".dvcignore")
+    assert dvc(["init", "--no-scm", "-q"], tmp_path).returncode == 0
+    raw = tmp_path / "data" / "raw" / "x" / "happy"
+    raw.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg~", ".#c.jpg", ".DS_Store"):
+        (raw / name).write_bytes(name.encode())
+    assert dvc(["add", "-q", "data/raw/x"], tmp_path).returncode == 0
+    assert "nfiles: 4" in (tmp_path / "data" / "raw" / "x.dvc").read_text()
