@@ -46,7 +46,7 @@ def warnings_told_here(first: bool) -> Iterator[None]:
         yield
         return
     before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(max(before, logging.WARNING))     # never lower a level the user disabled
     try:
         yield
     finally:

@@ -18,6 +18,11 @@ def progress(items: Iterable[T], desc: str, unit: str = "it", total: int | None 
         from tqdm import tqdm
 
         return iter(tqdm(items, desc=desc, unit=unit, total=total, dynamic_ncols=True))
+    if total is None and hasattr(items, "__len__"):      # as tqdm takes it: the count and the time left
+        try:
+            total = len(items)
+        except TypeError:                                   # e.g. a DataLoader over an IterableDataset
+            pass
     return _plain(items, desc, unit, total)
 
 
