@@ -117,6 +117,8 @@ def assign_splits(
             u = unit_hash(seed, group_of(item, by))
             split = "test" if u < test_band else "val" if u < test_band + val_band else "train"
             item = replace(item, split=split) if split != item.split else item
+        if isinstance(item, FaceRecord) and not item.split:     # not carved (training only, or nothing is): train
+            item = replace(item, split="train")
         if isinstance(item, FaceRecord):
             counts[item.split] += 1
         yield item

@@ -342,3 +342,11 @@ def test_a_file_renamed_for_a_key_collision_shares_the_split_of_the_key_it_was_l
         for by in ("key", "subject"):
             out = splits_of(assign_splits(items, seed=seed, val_fraction=0.2, test_fraction=0.2, by=by, folds=folds))
             assert all(out[f"k{i:03d}"] == out[f"k{i:03d}-0a1b2c3d"] for i in range(40)), (seed, by)
+
+
+def test_a_training_only_record_of_a_dataset_without_splits_is_placed_in_train():
+    """Carving skips a training-only record; with no split of its own it kept "" and the shard stage
+    failed on it with a bare KeyError ''."""
+    items = many(200) + [rec("auto", train_only=True)]
+    out = splits_of(assign_splits(items, seed=0, val_fraction=0.2, test_fraction=0.2))
+    assert out["auto"] == "train" and set(out.values()) == {"train", "val", "test"}
