@@ -59,10 +59,12 @@ def _output(proc: subprocess.Popen, timeout: float, hung: str) -> str:
         pytest.fail(hung)
 
 
-def _run(script: str, **kw) -> subprocess.Popen:
+def _run(script: str, tmp: Path | None = None, **kw) -> subprocess.Popen:
+    """``script`` in a new Python process and session; ``tmp``: its TMPDIR (a fork server killed with
+    the run leaves its ``pymp-*`` folder there, not in /tmp)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({"TMPDIR": str(tmp)} if tmp is not None else {})}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            start_new_session=True, **kw)
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True, **kw)
 
 
 @pytest.mark.parametrize("death", ["os._exit(1)", "os.kill(os.getpid(), signal.SIGKILL)"])
@@ -612,7 +614,7 @@ class Slow:
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_workers_end_with_a_killed_run_under_every_start_method(method):
+def test_workers_end_with_a_killed_run_under_every_start_method(method, tmp_path):
     """Under forkserver the workers watched the fork server, which outlives the run's process (each
     worker holds its "alive" pipe): a killed stage left the server and its workers, models loaded,
     for ever."""
@@ -625,12 +627,12 @@ def test_workers_end_with_a_killed_run_under_every_start_method(method):
         for i, _ in enumerate(parallel_map(Slow(), range(10_000), workers=2, chunksize=1)):
             if i == 3:
                 print("started", flush=True)
-        """)
+        """, tmp_path)
     left = _left_after_killing(proc)
     assert not left, f"{method}: processes still running 15 s after the run's process was killed: {left}"
 
 
-def test_loader_workers_end_with_a_killed_run_under_forkserver():
+def test_loader_workers_end_with_a_killed_run_under_forkserver(tmp_path):
     """DataLoader workers (``worker_init_fn=one_thread_per_worker``, as the trainer's and evaluation's)
     under forkserver, Python 3.14's default on Linux: torch's workers watch their parent, the fork
     server, which outlives a killed run (each worker holds its "alive" pipe): they stayed for ever."""
@@ -645,7 +647,7 @@ def test_loader_workers_end_with_a_killed_run_under_forkserver():
         for i, _ in enumerate(loader):
             if i == 3:
                 print("started", flush=True)
-        """)
+        """, tmp_path)
     left = _left_after_killing(proc)
     assert not left, f"processes still running 15 s after the run's process was killed: {left}"
 
