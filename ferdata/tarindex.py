@@ -82,30 +82,19 @@ def index_chunks(directory: str | Path, prefix: str, keys: "MemberIndex | None" 
     return MemberIndex(list_shards(directory, prefix), keys)
 
 
-def index_tars(paths: Iterable[str | Path]) -> dict[str, dict[str, Indexed]]:
+def index_tars(paths: Iterable[str | Path]) -> "MemberIndex":
     """key -> {ext: (path, offset, size)} over the tars ``paths``, checking member safety; a key
     with the same member twice (in one tar or across them) is refused."""
-    index: dict[str, dict[str, Indexed]] = {}
-    for path in paths:
-        where = str(path)                                   # one string shared by all its members
-        with readable_tar(where):
-            for m, _ in iter_members(path, read_data=False):
-                check_member(m, where)
-                key, ext = split_member(m.name)
-                sample = index.setdefault(key, {})
-                if ext in sample:
-                    raise UnsafeTarError(f"{path}: duplicate member {m.name!r} (key {key!r} written twice)")
-                sample[ext] = (where, m.offset_data, m.size)
-    return index
+    return MemberIndex(paths)
 
 
 class MemberIndex(Mapping):
-    """:func:`index_tars`' mapping, key -> {ext: (path, offset, size)}, held in columns: per member
+    """key -> {ext: (path, offset, size)} over the tars ``paths``, held in columns: per member
     extension one array each of tar numbers, offsets and sizes (-1: the sample has no such member),
     a row per key. About 20 bytes a member and one dict entry a key, where a dict per sample with a
     tuple, two ints and an extension string per member took ~1.3 kB a sample (the shard stage holds
-    two, for every sample of a dataset). Each key's members come out in the order the tars list them,
-    as :func:`index_tars` gives them. ``keys``: another index whose key strings are shared."""
+    two, for every sample of a dataset). Each key's members come out in the order the tars list them.
+    ``keys``: another index whose key strings are shared."""
 
     def __init__(self, paths: Iterable[str | Path], keys: "MemberIndex | None" = None) -> None:
         self._paths: list[str] = []
@@ -123,7 +112,7 @@ class MemberIndex(Mapping):
                     key, ext = split_member(m.name)
                     row = self._row.get(key)
                     if row is None:
-                        row = self._add_row(keys._shared(key) if keys is not None else key)
+                        row = self._add_row(keys.key(key) if keys is not None and key in keys else key)
                     slot = self._slot.get(ext)
                     if slot is None:
                         slot = self._add_slot(ext)
@@ -146,11 +135,6 @@ class MemberIndex(Mapping):
         n = len(self._keys)
         self._cols.append((array("i", [-1]) * n, array("q", [-1]) * n, array("q", [-1]) * n))
         return slot
-
-    def _shared(self, key: str) -> str:
-        """This index's own string equal to ``key`` (``key`` where it has none)."""
-        row = self._row.get(key)
-        return key if row is None else self._keys[row]
 
     def key(self, key: str) -> str:
         """This index's own string equal to ``key`` (a ``KeyError`` where it has none): held in its

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class IndexedSplit(Dataset):
                 **{e: read_member(m) for e, m in members.items()}}
 
 
-def _check_counts(listed: Sequence[tuple[str, int]], index: dict[str, dict[str, tuple[str, int, int]]]) -> None:
+def _check_counts(listed: Sequence[tuple[str, int]], index: Mapping[str, dict[str, tuple[str, int, int]]]) -> None:
     """Each listed (shard, count) holds the samples its ``_info.json`` gives (a shard cut short
     at a member boundary reads as a valid, smaller tar)."""
     found = Counter(path for fields in index.values() for path in {m[0] for m in fields.values()})

@@ -101,7 +101,12 @@ def fold_assignment(metas: dict[str, dict]) -> str | None:
     fold's splits: folds summarised together must come from one preparation of the data, as a face
     lost or gained before the shard stage changes the folds' contents and a person lost or gained
     deals the others anew (:mod:`fermodels.crossval` compares it)."""
-    dealt = sorted((key, m["extra"]["fold"]) for key, m in metas.items() if "fold" in (m.get("extra") or {}))
+    return _fold_digest({key: m["extra"]["fold"] for key, m in metas.items() if "fold" in (m.get("extra") or {})})
+
+
+def _fold_digest(folds: dict[str, object]) -> str | None:
+    """:func:`fold_assignment` of the fold each key was dealt to (``folds``; empty: not k-fold)."""
+    dealt = sorted(folds.items())
     return hashlib.sha256(json.dumps(dealt).encode()).hexdigest()[:16] if dealt else None
 
 
@@ -161,7 +166,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
             by_split[r.split].append(key)
             if "fold" in r.extra:
                 folds[key] = r.extra["fold"]
-    dealt = fold_assignment({key: {"extra": {"fold": k}} for key, k in folds.items()})
+    dealt = _fold_digest(folds)
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         for split, keys in by_split.items():
