@@ -74,16 +74,16 @@ def confusion_rows(y_true: Sequence[int], y_pred: Sequence[int], class_names: Se
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path, title: str) -> None:
-    """Row-normalised confusion matrix with counts, classes absent from both axes left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Row-normalised confusion matrix with counts, classes absent from both axes left out. Drawn on a
+    figure of its own, outside pyplot: the process's backend (a notebook's inline one) and its open
+    figures stay as they were (``matplotlib.use("Agg")`` here switched a notebook to Agg for good)."""
+    from matplotlib.figure import Figure
 
     keep = (cm.sum(0) + cm.sum(1)) > 0
     cm, names = cm[keep][:, keep], [c for c, k in zip(class_names, keep) if k]
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 1.1 * len(names) + 1.5))
+    fig = Figure(figsize=(1.1 * len(names) + 2, 1.1 * len(names) + 1.5))
+    ax = fig.subplots()
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(names)):
         for j in range(len(names)):
@@ -96,5 +96,4 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | Path,
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

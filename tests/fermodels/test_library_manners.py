@@ -1,0 +1,30 @@
+"""The libraries used from a notebook or a script of one's own: calling a function leaves the process's
+settings (matplotlib's backend, ...) as the user had them, and wrong inputs are told in plain words."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.fermodels.helpers import REPO
+
+
+def test_plot_confusion_leaves_the_users_matplotlib_backend_and_figures(tmp_path):
+    """A notebook draws inline (its own backend): plot_confusion (and so evaluate) switched the process
+    to Agg, after which the notebook's plots were no longer shown. In a fresh interpreter, with a
+    backend other than Agg chosen and a figure of the user's open."""
+    code = f"""
+import matplotlib, numpy as np
+import matplotlib.pyplot as plt
+plt.switch_backend("svg")
+fig = plt.figure()
+from fermodels.metrics import plot_confusion
+plot_confusion(np.array([[2, 1], [0, 3]]), ["Neutral", "Happy"], {str(tmp_path / "cm.png")!r}, "t")
+print(matplotlib.get_backend(), plt.get_fignums())
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["svg", "[1]"], out.stdout
+    assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
