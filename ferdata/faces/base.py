@@ -296,6 +296,20 @@ class FaceBackend:
         return True
 
 
+def check_pixels(image: np.ndarray, backend: str) -> None:
+    """Refuse what a face model cannot read as a picture: anything but RGB uint8 (H, W, 3) pixels. A
+    float picture in [0, 1] found no face without a word, and a grey, RGBA or empty one failed deep
+    inside the model (``not enough values to unpack``, ``division by zero``)."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
+            or not image.size:
+        got = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
+               else f"{type(image).__module__}.{type(image).__name__}")
+        raise ValueError(f"face backend {backend!r} reads RGB uint8 (H, W, 3) pixels, got {got}: decode files with "
+                         "ferdata.io.decode_rgb(file bytes) (any format, EXIF turn, alpha, 16-bit), or convert the "
+                         "array (np.asarray(pil_image.convert('RGB')); floats in [0, 1]: (x * 255).round()."
+                         "astype(np.uint8))")
+
+
 def shape_only(height: int, width: int) -> np.ndarray:
     """A stand-in image for backends with ``needs_pixels = False``: the right (H, W), no pixels."""
     return np.empty((height, width, 0), np.uint8)

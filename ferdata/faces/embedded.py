@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError,
-                                files_fingerprint, unusable)
+                                check_pixels, files_fingerprint, unusable)
 from ferdata.geometry import resized_back, shrunk
 from ferdata.records import FaceRecord
 
@@ -238,6 +238,7 @@ class EmbeddedBackend(FaceBackend):
                 for b, s, k in zip(boxes, scores, kps)]
 
     def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
+        check_pixels(image, self.name)
         blob, scale = self.prepare(image)
         loc, conf, pts = self.infer(blob)
         h, w = blob.shape[2:]
@@ -246,6 +247,8 @@ class EmbeddedBackend(FaceBackend):
     def detect_batch(self, images: Sequence[np.ndarray],
                      records: Sequence[FaceRecord | None]) -> list[list[Face]]:
         """Small same-size inputs go through ONNX as one batch; others one at a time."""
+        for image in images:
+            check_pixels(image, self.name)
         prepared = [self.prepare(img) for img in images]
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, (blob, _) in enumerate(prepared):

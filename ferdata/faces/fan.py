@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ferdata.faces.base import (BACKENDS, OPENCV, SIMPLEJPEG, DownloadFailedError, Face, FaceBackend, MissingModelError,
-                                files_fingerprint, unusable)
+                                check_pixels, files_fingerprint, unusable)
 from ferdata.faces.embedded import EmbeddedBackend, retinaface_digest
 from ferdata.faces.fetch import fetch
 from ferdata.geometry import five_from_68, resized_back, shrunk
@@ -195,6 +195,7 @@ class FanBackend(FaceBackend):
         (a notebook that trained first) hangs there: OpenMP's threads do not survive a fork."""
         import torch
 
+        check_pixels(image, self.name)
         self.load_once("_fa", self.load)
         before = torch.get_num_threads()
         torch.set_num_threads(int(self.options.get("threads", 1)))

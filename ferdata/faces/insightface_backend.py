@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, DownloadFailedError, Face, FaceBackend,
-                                MissingModelError, files_fingerprint, unusable)
+                                MissingModelError, check_pixels, files_fingerprint, unusable)
 from ferdata.faces.fetch import fetch, unpack_zip
 from ferdata.faces.mapping import to_ibug68
 from ferdata.geometry import five_from_68, resized_back
@@ -218,6 +218,7 @@ class InsightFaceBackend(FaceBackend):
     def detect(self, image: np.ndarray, record: FaceRecord | None = None) -> list[Face]:
         from insightface.app.common import Face as InsightFace
 
+        check_pixels(image, self.name)
         self.load_once("_models", self.load)
         bgr = np.ascontiguousarray(image[..., ::-1])           # insightface models take BGR
         detector = self._models["detection"]

@@ -28,3 +28,20 @@ print(matplotlib.get_backend(), plt.get_fignums())
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["svg", "[1]"], out.stdout
     assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("kind", ["float01", "float255", "grey", "rgba", "empty"])
+def test_a_face_backend_refuses_pixels_it_cannot_read_in_plain_words(kind):
+    """``create_backend("embedded").detect(image)`` on one's own array: a float picture in [0, 1] (skimage,
+    torchvision) found no face without a word; grey, RGBA and empty arrays failed inside the model
+    ("not enough values to unpack", "division by zero")."""
+    from ferdata.faces import create_backend
+
+    rgb = np.full((64, 64, 3), 128, np.uint8)
+    image = {"float01": rgb / 255.0, "float255": rgb.astype(np.float32), "grey": rgb[..., 0],
+             "rgba": np.dstack([rgb, rgb[..., :1]]), "empty": np.zeros((0, 0, 3), np.uint8)}[kind]
+    backend = create_backend("embedded")
+    with pytest.raises(ValueError, match=r"reads RGB uint8 \(H, W, 3\) pixels, got"):
+        backend.detect(image)
+    with pytest.raises(ValueError, match=r"reads RGB uint8 \(H, W, 3\) pixels, got"):
+        backend.detect_batch([rgb, image], [None, None])
