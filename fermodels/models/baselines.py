@@ -26,10 +26,19 @@ def require(batch: Batch, key: str, card: ModelCard, width: int | None = None) -
 
     ``width`` overrides the expected width (half faces are S x S/2).
     """
+    if not isinstance(batch, Mapping):          # model(images): ``key in tensor`` failed with "Tensor.__contains__ ..."
+        raise TypeError(f"model {card.name!r} takes a batch dict of its card's fields {card.fields} (e.g. "
+                        f"{{'image': (B, 3, {card.input_size}, {card.input_size}) float}}, normalised with the card's "
+                        f"mean/std: fermodels.modelinput.normalise), got {type(batch).__name__}")
     if key not in batch:
         raise KeyError(f"model {card.name!r} needs batch[{key!r}]; its card lists fields "
                        f"{card.fields}, the batch has {sorted(batch)}")
     x = batch[key]
+    if not (isinstance(x, Tensor) and x.is_floating_point()):    # uint8 pixels failed deep in a convolution
+        raise TypeError(f"model {card.name!r} expects batch[{key!r}] as a float tensor"
+                        + (" (images normalised with the card's mean/std: fermodels.modelinput.normalise(batch, "
+                           "model.card) makes them from uint8 pixels)" if key in ("image", "left", "right", "heatmap")
+                           else "") + f", got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
     s = card.input_size
     if key in ("image", "left", "right"):
         want = (s, s if width is None else width)

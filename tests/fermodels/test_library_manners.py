@@ -45,3 +45,18 @@ def test_a_face_backend_refuses_pixels_it_cannot_read_in_plain_words(kind):
         backend.detect(image)
     with pytest.raises(ValueError, match=r"reads RGB uint8 \(H, W, 3\) pixels, got"):
         backend.detect_batch([rgb, image], [None, None])
+
+
+def test_a_model_called_as_timm_models_are_says_what_it_takes():
+    """``create_model`` is timm-style, so ``model(images)`` is the first thing a user tries: it failed with
+    torch's "Tensor.__contains__ only supports Tensor or scalar"; uint8 pixels failed inside a convolution."""
+    import torch
+
+    from fermodels.registry import create_model
+
+    model = create_model("resnet18_112", num_classes=7).eval()
+    with pytest.raises(TypeError, match=r"takes a batch dict of its card's fields \('image',\).*normalise"):
+        model(torch.zeros(1, 3, 112, 112))
+    with pytest.raises(TypeError, match=r"batch\['image'\] as a float tensor.*normalise.*got torch.uint8"):
+        model({"image": torch.zeros(1, 3, 112, 112, dtype=torch.uint8)})
+    assert model({"image": torch.zeros(1, 3, 112, 112)})["logits"].shape == (1, 7)
