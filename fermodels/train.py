@@ -98,8 +98,11 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
     env = env_from_os()
     device = pick_device(params.device, env)
     created = init_distributed(device, env)
+    # Training seeds torch's global generators (params.seed, then every step): the caller's (a notebook's)
+    # are theirs again afterwards, as they were, not left at the last step's seed.
+    own = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     try:
-        with _held_by_rank_0(ckpt_dir, env):
+        with _held_by_rank_0(ckpt_dir, env), torch.random.fork_rng(devices=own):
             return _fit(dirs, params, Path(ckpt_dir), Path(live_dir), preprocess or {}, env, device)
     finally:
         shutdown(created)

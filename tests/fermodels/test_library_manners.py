@@ -60,3 +60,23 @@ def test_a_model_called_as_timm_models_are_says_what_it_takes():
     with pytest.raises(TypeError, match=r"batch\['image'\] as a float tensor.*normalise.*got torch.uint8"):
         model({"image": torch.zeros(1, 3, 112, 112, dtype=torch.uint8)})
     assert model({"image": torch.zeros(1, 3, 112, 112)})["logits"].shape == (1, 7)
+
+
+def test_training_from_python_leaves_the_callers_random_state(tiny_shards, preprocess, tmp_path):
+    """train() seeds torch's global generator (params.seed, then each step) and left it at the last
+    step's seed: a notebook's torch.randn after training gave the same numbers in every session."""
+    import torch
+
+    from fermodels.train import train
+    from tests.fermodels.helpers import make_params
+
+    torch.manual_seed(12345)
+    torch.rand(3)
+    before = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live", preprocess)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.random.get_rng_state(), before)
