@@ -135,18 +135,23 @@ def predict_loader(model: torch.nn.Module, loader, card: ModelCard, device: torc
     probabilities stay on the device until the end: a copy back per batch would make the host wait
     for each batch's forward instead of queuing the next one. ``channels_last``: the images' memory
     format, the model's (:func:`scoring_model` converts it; training's as ``train.channels_last``).
-    In full float32 (:func:`full_float32`) where ``amp`` is off."""
+    In full float32 (:func:`full_float32`) where ``amp`` is off. Scored in eval mode; the model is left in
+    the mode it came in (a training loop of one's own that validates with this went on in eval mode)."""
+    was_training = model.training
     model.eval()
     labels, probs, keys = [], [], []
-    for batch in loader:
-        b = normalise(to_device(batch, device, card.input_size), card, channels_last)
-        with autocast(device, amp), full_float32():
-            p = model(b)["logits"].float().softmax(-1)
-            if flip_tta:
-                p = (p + model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
-        labels.append(batch["label"].numpy())
-        probs.append(p)
-        keys += batch["key"]
+    try:
+        for batch in loader:
+            b = normalise(to_device(batch, device, card.input_size), card, channels_last)
+            with autocast(device, amp), full_float32():
+                p = model(b)["logits"].float().softmax(-1)
+                if flip_tta:
+                    p = (p + model(hflip_batch(b))["logits"].float().softmax(-1)) / 2
+            labels.append(batch["label"].numpy())
+            probs.append(p)
+            keys += batch["key"]
+    finally:
+        model.train(was_training)
     if not labels:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), []
     return np.concatenate(labels), torch.cat(probs).cpu().numpy(), keys

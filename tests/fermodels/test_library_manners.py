@@ -80,3 +80,29 @@ def test_training_from_python_leaves_the_callers_random_state(tiny_shards, prepr
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_scoring_a_model_leaves_it_in_the_mode_it_came_in(tiny_shards):
+    """predict_loader (and score_split, which validates) put the model in eval mode and left it there: a
+    training loop of one's own that validates with it each epoch trained on in eval mode (BatchNorm's
+    running statistics frozen, no dropout) unless it called model.train() again."""
+    import torch
+
+    from fermodels.data import split_decoder
+    from fermodels.evaluate import predict_loader
+    from fermodels.indexed import IndexedSplit, indexed_loader
+    from fermodels.registry import create_model
+    from fermodels.shardsplit import open_split
+
+    model = create_model("resnet18_112", num_classes=7)
+    assert model.training
+    device = torch.device("cpu")
+    split = open_split([tiny_shards], "val")
+    dataset = IndexedSplit(split, split_decoder(model.card, split, device), 7)
+    labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), 8, 0), model.card, device,
+                                      flip_tta=False, channels_last=False)
+    assert probs.shape == (len(dataset), 7)
+    assert model.training
+    model.eval()
+    predict_loader(model, indexed_loader(dataset, range(2), 8, 0), model.card, device, flip_tta=False)
+    assert not model.training
