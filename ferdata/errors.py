@@ -60,7 +60,14 @@ def message(err: BaseException) -> str:
     if isinstance(err, OSError) and (plain := _wrong_kind(err)):
         return plain
     if (died := _loader_worker_died(err)) is not None:
-        return (f"{str(died).strip()} (out of memory, or a signal from outside): lower the workers, "
+        said = str(died).strip()
+        if _EXIT_CODE.search(said):            # an exit, not a kill: Python's own on an uncaught error
+            return (f"{said.split('. Details are lost')[0]} (not a kill: the worker ended on an error of its "
+                    "own, its traceback printed above; under spawn / forkserver often one raised while "
+                    "the worker started, e.g. an import that fails there; train.workers 0 raises it here)")
+        cause = ("out of memory, or a signal from outside" if "killed by signal" in said else    # its exit unknown:
+                 "out of memory, a signal from outside, or an error of its own printed above")   # torch's watchdog
+        return (f"{said} ({cause}): lower the workers, "
                 "train.shuffle_buffer or the batch size, or give the machine more memory, and run again "
                 "(training resumes from its last checkpoint)")
     text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
@@ -71,7 +78,13 @@ def message(err: BaseException) -> str:
 _WORKER_WRAPPED = re.compile(r"Caught (\w+) in DataLoader worker process (\d+)\.\nOriginal Traceback")
 
 
-_LOADER_WORKER_DIED = re.compile(r"DataLoader worker \(pids? [^)]*\) (?:is killed by signal|exited unexpectedly)")
+# torch says "(pid N) is killed by signal" from its SIGCHLD handler (the workers are this process's children:
+# fork, spawn) and "(pid(s) N, M) exited unexpectedly" from its watchdog (forkserver: the fork server's children)
+_LOADER_WORKER_DIED = re.compile(r"DataLoader worker \(pid(?:s|\(s\))? [^)]*\) "
+                                 r"(?:is killed by signal|exited unexpectedly)")
+
+
+_EXIT_CODE = re.compile(r"exited unexpectedly with exit code [1-9]")
 
 
 def _loader_worker_died(err: BaseException | None) -> BaseException | None:
