@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -42,6 +43,8 @@ from multiprocessing.connection import wait as wait_for_ended
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import cv2
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,11 +82,54 @@ def _watch_run(run: int) -> None:
         threading.Thread(target=_exit_with_run, args=(run,), daemon=True, name="exit-with-run").start()
 
 
-def _install(fn: Callable, describe: Callable | None, parent: int, method: str) -> None:
-    global _WORKER_FN, _DESCRIBE
+def _logging_setup() -> tuple:
+    """What a spawn / forkserver worker needs to log as this process does: the root logger's level, the
+    format of its first stream handler (to stderr or stdout), the levels set on named loggers (e.g. PIL's)
+    and ``logging.disable``'s. A forked worker inherits the handlers themselves."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if isinstance(h, logging.StreamHandler)), None)
+    formatter = handler.formatter if handler is not None else None
+    stream = ("stdout" if handler is not None and getattr(handler, "stream", None) is sys.stdout else "stderr")
+    named = {name: lg.level for name, lg in root.manager.loggerDict.items()
+             if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET}
+    return (root.level, handler is not None, getattr(formatter, "_fmt", None), getattr(formatter, "datefmt", None),
+            stream, named, root.manager.disable)
+
+
+def _log_as_parent(setup: tuple) -> None:
+    """In a spawn / forkserver worker: logging set up as :func:`_logging_setup` found it in the run's
+    process. Without it a worker's records met logging's last resort: warnings and errors only, bare
+    messages without the stage's format (``-v``'s debug lines and every info line lost)."""
+    level, handled, fmt, datefmt, stream, named, disabled = setup
+    if handled and not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=fmt, datefmt=datefmt, stream=getattr(sys, stream))
+    logging.getLogger().setLevel(level)
+    for name, own in named.items():
+        logging.getLogger(name).setLevel(own)
+    logging.disable(disabled)
+
+
+_START_ERROR: BaseException | None = None        # a worker's start-up failure, raised by its first chunk
+
+
+def _install(fn: Callable | bytes, describe: Callable | None, parent: int, method: str,
+             logs: tuple | None = None) -> None:
+    """The pool's initializer. It never raises: an initializer's exception ends its worker as if killed
+    (the pool logs it and breaks), and the run then searched the inputs for one that kills a worker and
+    said "died without an error" of a plain Python error (a module that fails to import in the worker, a
+    model that fails to load). The error is kept and raised by the worker's first chunk instead, whole.
+    Under spawn and forkserver ``fn`` arrives pickled, so that unpickling it (importing its modules) is
+    part of the start-up caught here."""
+    global _WORKER_FN, _DESCRIBE, _START_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the workers
-    one_thread_per_worker()
-    _WORKER_FN, _DESCRIBE = fn, describe
+    try:
+        if logs is not None:
+            _log_as_parent(logs)
+        one_thread_per_worker()
+        _WORKER_FN, _DESCRIBE = (pickle.loads(fn) if isinstance(fn, bytes) else fn), describe
+    except Exception as err:                        # noqa: BLE001  (told by the first chunk, see above)
+        err.add_note("while starting a worker process (before any input: every worker fails so)")
+        _START_ERROR = err
     # Under fork and spawn the worker's parent is the run's process itself (watched by pid: it may be
     # gone already). A forkserver worker's parent is the fork server, which does not end with the run's
     # process: every worker holds the server's "alive" pipe open (multiprocessing passes it to each), so
@@ -136,6 +182,8 @@ def _named(fn: Callable[[T], R], item: T, describe: Callable[[T], str] | None) -
 
 def _run_chunk(chunk: list) -> list:
     try:
+        if _START_ERROR is not None:
+            raise _START_ERROR
         return [_named(_WORKER_FN, x, _DESCRIBE) for x in chunk]
     except Exception as err:
         sendable = _sendable(err)
@@ -167,8 +215,11 @@ def _sendable(err: Exception) -> Exception:
 def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable,
                 describe: Callable | None) -> ProcessPoolExecutor:
     """A pool whose workers hold ``fn``."""
+    method = ctx.get_start_method()
+    sent = fn if method == "fork" else pickle.dumps(fn)      # fork: fn's loaded models shared, not copied
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install,
-                               initargs=(fn, describe, os.getpid(), ctx.get_start_method()))
+                               initargs=(sent, describe, os.getpid(), method,
+                                         None if method == "fork" else _logging_setup()))
 
 
 def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list, first: bool):
@@ -247,6 +298,10 @@ def _lost(pending: deque, describe: Callable | None, err: BrokenProcessPool,
     told_lines = str(err.__cause__ or "").splitlines()
     cause = [line.strip() for line in told_lines if line.strip() not in ("", "'''")][-1:]
     searched = not cause and isolate is not None and describe is not None and bool(items)
+    if searched:                   # the search can take ISOLATE_S and more: without a word, the run looked hung
+        log.warning("a worker process died without an error: running the %d input(s) it may have been on again, "
+                    "one at a time in a fresh worker, to find one that kills it (at most %.0f s; Ctrl-C stops)",
+                    len(items), ISOLATE_S)
     found, how = isolate(items) if searched else (_NOT_FOUND, "")
     if how == "found":
         return ChildProcessError(f"a worker process died without an error while processing {describe(found)}: "

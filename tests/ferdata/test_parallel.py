@@ -659,3 +659,89 @@ class SlowItems:
     def __getitem__(self, i: int) -> int:
         time.sleep(0.05)
         return i
+
+
+def test_the_search_for_the_input_that_kills_a_worker_is_told_before_it_starts(tmp_path):
+    """The search runs every input in flight again, one at a time (up to ``ISOLATE_S``, 120 s): the run
+    said nothing meanwhile (37 s of silence after a detect worker was killed with 2 workers at 4 s a batch),
+    so it looked hung."""
+    proc = _run("""
+        import logging, os, sys, time
+        logging.basicConfig(level=logging.INFO, format="LOG %(name)s: %(message)s", stream=sys.stdout)
+        from ferdata.parallel import parallel_map
+
+        class Fn:
+            def __call__(self, x):
+                if x == 13:
+                    os._exit(1)
+                return x
+
+        try:
+            list(parallel_map(Fn(), range(40), workers=2, window=8, chunksize=2, describe=str))
+        except ChildProcessError as err:
+            print("ERROR", err)
+        """, tmp_path)
+    out = _output(proc, 60, "the run hung after its worker died")
+    told = out.find("LOG ferdata.parallel: a worker process died without an error: running the")
+    assert 0 <= told < out.find("ERROR a worker process died without an error while processing 13"), out
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_worker_that_fails_to_start_says_why_not_that_it_died(method, tmp_path):
+    """A spawn / forkserver worker that cannot unpickle its callable (here a class in ``python -c``'s
+    ``__main__``, as in a notebook on macOS; likewise a module that fails to import in the worker) died
+    in its start-up: the run printed the worker's traceback once per worker started, searched the inputs,
+    and ended with "a worker process died without an error ... a model file or a native library it
+    loads". The worker's own error is the run's, told once."""
+    proc = _run(f"""
+        import multiprocessing as mp
+        mp.set_start_method("{method}")
+        from ferdata.parallel import parallel_map
+
+        class Fn:
+            def __call__(self, x):
+                return x
+
+        try:
+            list(parallel_map(Fn(), range(20), workers=2, chunksize=2, describe=str))
+        except Exception as err:
+            print("RAISED", type(err).__name__, "|", err, "|", getattr(err, "__notes__", None))
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung after its workers failed to start")
+    raised = [line for line in out.splitlines() if line.startswith("RAISED")]
+    assert raised and "died without an error" not in raised[0], out
+    assert "AttributeError" in raised[0] and "Fn" in raised[0] and "while starting a worker process" in raised[0], out
+
+
+_LOUD = """
+import logging
+
+
+class Loud:                          # in a module of its own: a spawn / forkserver worker imports it
+    def __call__(self, x):
+        logging.getLogger("ferdata.worker").warning("warned about %d", x)
+        logging.getLogger("ferdata.worker").debug("debugged %d", x)
+        return x
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_spawned_workers_log_lines_look_like_the_run_s(method, tmp_path):
+    """A forked worker inherits the run's logging; a spawn / forkserver worker (macOS's default, or a
+    start method the program set) had none: its warnings came out bare, without the stage's
+    ``name: message`` format, and its info and debug lines (``-v``) not at all."""
+    (tmp_path / "loud.py").write_text(_LOUD)
+    proc = _run(f"""
+        import logging, multiprocessing as mp, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        mp.set_start_method("{method}")
+        logging.basicConfig(level=logging.DEBUG, format="LOG %(levelname)s %(name)s: %(message)s")
+        from ferdata.parallel import parallel_map
+        from loud import Loud
+
+        print(list(parallel_map(Loud(), range(4), workers=2, chunksize=1)))
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung")
+    assert proc.returncode == 0 and "[0, 1, 2, 3]" in out, out
+    assert "LOG WARNING ferdata.worker: warned about 2" in out, out
+    assert "LOG DEBUG ferdata.worker: debugged 3" in out, out
