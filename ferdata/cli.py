@@ -272,6 +272,16 @@ def sample(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("params")
+def default_params() -> None:
+    """Print the project's default params.yaml, to start a project outside a checkout.
+
+    `ferdata params > params.yaml` gives `prepare`, `detect`, `sample` and `cache` the settings a checkout has."""
+    from ferdata.params import default_params_text
+
+    typer.echo(default_params_text(), nl=False)
+
+
 @app.command("show")
 def show_sheet(
     path: Path = typer.Argument(..., help="Shards folder (<split>/*.tar), one .tar, or an aligned chunk folder."),

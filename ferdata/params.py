@@ -84,12 +84,24 @@ def read_yaml(text: Any) -> Any:
     return yaml.load(text, Loader=ParamsLoader)
 
 
+def default_params_text() -> str:
+    """The project's params.yaml as released: packaged in the wheel as ``ferdata/params.yaml`` (setup.py
+    copies it there at build time), else, in a checkout, the one beside ``ferdata/``."""
+    from importlib.resources import files
+
+    packaged = files("ferdata") / PARAMS_FILE
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[1] / PARAMS_FILE).read_text(encoding="utf-8")
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if Path(path).is_dir():
         raise IsADirectoryError(f"{path} is a folder: give the parameters file (params.yaml) with --params PATH")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found: run from the project folder (the one with params.yaml) "
-                                f"or pass --params PATH")
+                                f"or pass --params PATH (outside a checkout, `ferdata params > params.yaml` "
+                                f"writes the defaults)")
     with open(path, encoding="utf-8") as f:
         try:
             data = read_yaml(f)
