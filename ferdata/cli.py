@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from ferdata.clihelp import reflow_help
+from ferdata.clihelp import reflow_help, version_option
 from ferdata.errors import run_cli
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
@@ -356,6 +356,7 @@ def write_stdout(text: str) -> None:
     buffer.flush()
 
 
+version_option(app, "ferdata")
 reflow_help(app)
 
 

@@ -33,3 +33,19 @@ def reflow_help(app: typer.Typer) -> None:
         if not isinstance(group.short_help, str) and isinstance(text, str):
             group.short_help = reflowed(text).split("\n\n")[0]
         reflow_help(group.typer_instance)
+
+
+def version_option(app: typer.Typer, prog: str) -> None:
+    """``prog --version`` prints the installed release (``ferdata.__version__``, one for both packages)
+    and exits, as a bug report or an environment check asks for."""
+    from ferdata import __version__
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"{prog} {__version__}")
+            raise typer.Exit()
+
+    @app.callback()
+    def root(version: bool = typer.Option(False, "--version", callback=show, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+        pass

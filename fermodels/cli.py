@@ -9,7 +9,7 @@ import typer
 
 from ferdata.atomic import atomic_write_text, writable_folder
 from ferdata.classes import class_names
-from ferdata.clihelp import reflow_help
+from ferdata.clihelp import reflow_help, version_option
 from ferdata.errors import run_cli
 
 app = typer.Typer(help="FER models: the registry (inputs, sizes, costs), training recipes, export, "
@@ -100,6 +100,7 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
                          "dealt from different preparations of the data or were scored on another split")
 
 
+version_option(app, "fermodels")
 reflow_help(app)
 
 

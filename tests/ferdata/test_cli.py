@@ -707,3 +707,20 @@ def test_verbose_logs_ours_at_debug_but_not_pils(caplog):
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize("prog", ["ferdata", "fermodels"])
+def test_version_is_the_installed_release_and_cheap(prog):
+    """`--version` for a bug report: the release pip installed (its metadata, from pyproject's dynamic
+    version), printed without importing torch, and the subcommands unchanged beside it."""
+    from importlib.metadata import version
+
+    import fermodels.cli
+
+    cli = {"ferdata": app, "fermodels": fermodels.cli.app}[prog]
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.output == f"{prog} {version('ferdata')}\n", result.output
+    code = (f"import sys; sys.argv = ['{prog}', '--version']\nfrom {prog}.cli import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass")
+    assert "torch" not in _heavy_modules_after(code)       # its last line: the modules imported
+    assert CliRunner().invoke(cli, ["list" if prog == "fermodels" else "datasets"]).exit_code == 0
