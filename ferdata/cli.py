@@ -149,16 +149,24 @@ def cache_merge(
 
 @cache_app.command("prune")
 def cache_prune(
-    params: Path = typer.Option(Path("params.yaml"), help="Parameters file: the datasets whose detections to keep."),
+    params: list[Path] = typer.Option([Path("params.yaml")], "--params",
+                                      help="Parameters file: the datasets whose detections to keep; repeat it for "
+                                           "every checkout (or experiment's params) that shares the cache."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be dropped; change nothing."),
 ) -> None:
     """Drop the entries no dataset in params.yaml would use now (detected with other backends, settings,
-    model files, package releases or decoding code) and compact each cache file."""
+    model files, package releases or decoding code) and compact each cache file.
+
+    A cache shared between checkouts keeps only what the --params files use: give each checkout's."""
     from ferdata.cache import FILE, DetectionCache
     from ferdata.params import load_params
     from ferdata.prepare import signatures_in_use
 
-    for folder, keep in signatures_in_use(load_params(params)).items():
+    in_use: dict[Path, set[str]] = {}
+    for path in params:
+        for folder, sigs in signatures_in_use(load_params(path)).items():
+            in_use.setdefault(folder, set()).update(sigs)
+    for folder, keep in in_use.items():
         if not (folder / FILE).is_file():
             typer.echo(f"{folder}: no detection cache yet")
             continue

@@ -724,3 +724,37 @@ def test_version_is_the_installed_release_and_cheap(prog):
             "try:\n    main()\nexcept SystemExit:\n    pass")
     assert "torch" not in _heavy_modules_after(code)       # its last line: the modules imported
     assert CliRunner().invoke(cli, ["list" if prog == "fermodels" else "datasets"]).exit_code == 0
+
+
+def test_cache_prune_keeps_the_entries_of_every_checkout_sharing_the_cache(tmp_path):
+    """README shares one absolute detect.cache_dir (~/.cache/ferdata) between checkouts, and queued
+    experiments with their own detect settings use the workspace's: `cache prune` kept only what one
+    params.yaml uses, so pruning from one checkout dropped the other's detections (hours of detection
+    again on AffectNet). Every --params given is kept."""
+    import numpy as np
+    import yaml
+
+    from ferdata.cache import Detection, DetectionCache
+    from ferdata.faces.base import Face
+    from ferdata.params import load_params
+    from ferdata.prepare import signatures_in_use
+
+    sigs = []
+    for name, det_size in (("a", 640), ("b", 320)):          # two checkouts, one shared cache, other settings
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["detect"].update(cache_dir=str(tmp_path / "shared"), det_size=det_size)
+        params["datasets"] = {name: {"reader": "folder", "root": str(tmp_path / "faces"), "options": {}}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(params))
+        sigs += [sig for s in signatures_in_use(load_params(tmp_path / f"{name}.yaml")).values() for sig in s]
+    assert len(set(sigs)) == 2
+    face = Face((1.0, 2.0, 30.0, 40.0), 0.99, np.zeros((5, 2), np.float32), None, "embedded")
+    with DetectionCache(tmp_path / "shared") as cache:
+        for i, sig in enumerate(sigs):
+            for j in range(3):
+                cache.put(f"{i}{j}", sig, Detection((50, 60), (face,)))
+        cache.put("old", "embedded:v2:old", Detection((50, 60), (face,)))
+    res = CliRunner().invoke(app, ["cache", "prune", "--params", str(tmp_path / "a.yaml"),
+                                   "--params", str(tmp_path / "b.yaml")])
+    assert res.exit_code == 0 and "dropped 1, kept 6" in res.output, res.output
+    with DetectionCache(tmp_path / "shared") as cache:
+        assert cache.signatures() == {sig: 3 for sig in sigs}
