@@ -15,6 +15,14 @@ from ferdata.errors import install_excepthook, warnings_told_here
 from ferdata.params import PARAMS_FILE, load_params
 
 HELP = ("-h", "--help")
+# dvc.yaml's per-dataset stages name their dataset by DVC's DVC_STAGE variable (``detect@<name>``,
+# ``--dvc-stage "$DVC_STAGE"``), never by ``${key}`` in ``cmd``: DVC hands ``cmd`` to a shell, so a
+# dataset name from params.yaml interpolated there (``x$(touch${IFS}/tmp/pwned)``) ran as shell code
+# before any check of this package could refuse the name. The arguments each stage then gets:
+DVC_STAGE = "--dvc-stage"
+DVC_STAGE_ARGS = {"detect": "{name} data/{name}/detect", "align": "data/{name}/detect data/{name}/aligned",
+                  "derive": "data/{name}/aligned data/{name}/derived",
+                  "shard": "data/{name}/aligned data/{name}/derived data/{name}/shards"}
 USAGE = re.compile(r"Usage: (python -m [\w.]+)((?: [A-Z][A-Z_]*)*)")
 
 
@@ -62,8 +70,24 @@ def arguments(doc: str, argv: Sequence[str]) -> list[str]:
         # flush (stdout to a pipe is block-buffered) it printed "Exception ignored ... BrokenPipeError", status 120
         print(f"{line}\n\n{doc.strip()}", flush=True)
         raise SystemExit(0)
+    if len(argv) == 2 and argv[0] == DVC_STAGE:
+        argv = dvc_stage_args(m.group(1).rpartition(".")[2], argv[1])
     if len(argv) != len(names):
         print(f"{line}\nerror: expected {len(names)} argument(s) ({' '.join(names)}), got {len(argv)}",
               file=sys.stderr)
         raise SystemExit(2)
     return list(argv)
+
+
+def dvc_stage_args(script: str, address: str) -> list[str]:
+    """The arguments of stage script ``script`` (``detect``) for DVC's stage address ``address``
+    (``detect@<name>``, or ``path/dvc.yaml:detect@<name>``), its dataset name checked first."""
+    from ferdata.params import DATASET_NAME
+
+    stage, _, name = address.rpartition(":")[2].partition("@")
+    if stage != script or script not in DVC_STAGE_ARGS:
+        raise ValueError(f"{DVC_STAGE} {address!r}: not a stage of pipeline.{script} (expected {script}@<dataset>)")
+    if not DATASET_NAME.fullmatch(name):
+        raise ValueError(f"params.yaml datasets: name {name!r} is not letters, digits, _ and - only, not starting "
+                         "with - (it names folders and DVC stages)")
+    return DVC_STAGE_ARGS[script].format(name=name).split()
