@@ -307,6 +307,14 @@ def read_text(path: Path) -> str:
         return f.read()
 
 
+def leads_out(rel: str) -> bool:
+    """Whether an image name a label list gives (relative to the images' folder) leads out of that
+    folder: absolute, or ``..`` past its top. Such a list would read any picture on the machine (a
+    private photo) into the shards, which are shared (``dvc push``), and outside what DVC tracks
+    (the dataset root); a link under the root is the root's content and stays allowed."""
+    return os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir
+
+
 def whole(text: object) -> int:
     """A label or count written as a whole number ("3", "3.0", CK+'s "3.0000000e+00"); anything
     else (3.7, inf, nan, a word) is a ``ValueError``, never a class truncated or an overflow."""

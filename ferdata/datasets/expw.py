@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ferdata.classes import to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, open_text, whole
+from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, leads_out, open_text, whole
 from ferdata.records import PHOTO, Dropped, FaceRecord, make_key
 
 LABEL_FILES = ("label/label.lst", "label.lst")
@@ -59,6 +59,8 @@ class ExpWReader(DatasetReader):
             label = to_canonical("expw", native)
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: label {fields[7]!r} not in 0..6")
+        if leads_out(name):
+            return Dropped(self.name, key, "malformed_row", f"{where}: {name!r} leads out of {image_dir.name}/")
         path = image_dir / name
         if name not in exists:
             if len(exists) > 64:

@@ -24,7 +24,8 @@ from typing import Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ferdata.classes import NATIVE_TO_CANONICAL, to_canonical
-from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, csv_lines, open_text, whole
+from ferdata.datasets.base import (READERS, DatasetLayoutError, DatasetReader, csv_lines, leads_out, open_text,
+                                   whole)
 from ferdata.datasets.subsets import FERPLUS_ID, under_root
 from ferdata.io import encode_png
 from ferdata.records import LABEL_MODE, SOFT_LABEL, Dropped, FaceRecord, make_key
@@ -343,6 +344,10 @@ class FERPlusReader(DatasetReader):
                         yield Dropped(self.name, f"{split}-line{lineno}", "no_image_name", where)
                         continue
                     key = make_key(Path(row[0].strip()).stem)
+                    if leads_out(row[0].strip()):
+                        yield Dropped(self.name, key, "malformed_row", f"{folder}/label.csv:{lineno}: "
+                                      f"{row[0].strip()!r} leads out of {folder}/")
+                        continue
                     path = self.root / folder / row[0].strip()
                     # Microsoft's committed label.csv files carry the face box "(x, y, w, h)" before
                     # the 10 votes; generate_training_data.py writes the votes right after the name.

@@ -18,7 +18,7 @@ import numpy as np
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS, DatasetLayoutError, DatasetReader,
-                                   open_text, read_text, whole)
+                                   leads_out, open_text, read_text, whole)
 from ferdata.datasets.subsets import RAFDB_ID
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -124,6 +124,8 @@ class RAFDBReader(DatasetReader):
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: label {fields[1]!r} not in 1..7")
         name = f"{stem}_aligned{Path(fields[0]).suffix}" if kind == "aligned" else fields[0]
+        if leads_out(fields[0]):
+            return Dropped(self.name, key, "malformed_row", f"{where}: {fields[0]!r} leads out of {image_dir.name}/")
         path = image_dir / name
         if not path.is_file():
             return Dropped(self.name, key, "missing_image", str(path))
