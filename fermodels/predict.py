@@ -297,6 +297,16 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1
     atomic_write_bytes(path, marked_jpeg(encode_jpeg(canvas, 90)))     # any file name (cv2's imwrite needs UTF-8)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")     # what spreadsheets read a cell as a formula by
+
+
+def inert(value: object) -> object:
+    """A CSV text cell a spreadsheet shows as text: a file name or class name (from a checkpoint made
+    elsewhere) starting like a formula (``=HYPERLINK(...)``, ``@SUM(...)``) gets a leading ``'``, as
+    OWASP advises; numbers and other text are kept as they are."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:
     """CSV (``.csv`` or stdout) or JSON (``.json``: faces + per-image summary); returns the text."""
     if out is not None and out.suffix.lower() == ".json":
@@ -304,9 +314,10 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
     else:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression", *classes])
+        writer.writerow([inert(c) for c in ("source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression",
+                                             *classes)])
         for r in rows:
-            writer.writerow([r["source"], r["frame"], r["face"], *r["box"], r["score"], r["expression"],
+            writer.writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
                              *(r[c] for c in classes)])
         text = buf.getvalue()
     if out is not None:                 # names undecodable as UTF-8 kept
