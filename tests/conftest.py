@@ -25,17 +25,21 @@ def _no_network(monkeypatch):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _dvc_site_cache(tmp_path_factory):
-    """DVC keeps each repository's state (hashes, links) in its site cache, /var/tmp/dvc/repo/<token>,
-    a new folder for every repository it opens: outside $TMPDIR, never removed. The suite's clones and
-    `dvc init` folders keep theirs under pytest's temporary folder (subprocesses inherit it)."""
-    before = os.environ.get("DVC_SITE_CACHE_DIR")
-    os.environ["DVC_SITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dvc-site-cache"))
+def _tool_caches(tmp_path_factory):
+    """Caches the tools keep outside $TMPDIR's test folders, never removed, kept under pytest's temporary
+    folder instead (subprocesses inherit the variables): DVC's site cache, /var/tmp/dvc/repo/<token>, a new
+    folder for every repository it opens (the suite's clones and `dvc init` folders); torch's compile
+    cache, $TMPDIR/torchinductor_<user> (164 MB after the slow compile tests)."""
+    names = {"DVC_SITE_CACHE_DIR": "dvc-site-cache", "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
+    before = {var: os.environ.get(var) for var in names}
+    for var, folder in names.items():
+        os.environ[var] = str(tmp_path_factory.mktemp(folder))
     yield
-    if before is None:
-        os.environ.pop("DVC_SITE_CACHE_DIR", None)
-    else:
-        os.environ["DVC_SITE_CACHE_DIR"] = before
+    for var, value in before.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
 
 
 @pytest.fixture

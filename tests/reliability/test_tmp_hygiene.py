@@ -30,3 +30,11 @@ def test_dvc_repositories_made_by_tests_keep_their_site_cache_in_the_test_tmp(tm
                                                             _btime=btime)))
     assert not default.exists(), f"the test's DVC repository left {default} outside the test's folders"
     assert used is not None and Path(used).is_relative_to(tmp_path.parents[1]), used
+
+
+def test_torch_compiles_into_the_test_tmp(tmp_path):
+    """The compile tests left torch's inductor cache, $TMPDIR/torchinductor_<user> (164 MB), after the run:
+    torch (and every subprocess a test starts) compiles under pytest's temporary folder instead."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert Path(cache_dir()).is_relative_to(tmp_path.parents[1]), cache_dir()
