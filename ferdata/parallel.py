@@ -126,7 +126,8 @@ def _install(fn: Callable | bytes, describe: Callable | None, parent: int, metho
         if logs is not None:
             _log_as_parent(logs)
         one_thread_per_worker()
-        _WORKER_FN, _DESCRIBE = (pickle.loads(fn) if isinstance(fn, bytes) else fn), describe
+        # the bytes _start_pool pickled in the run's own process, as multiprocessing itself would send them:
+        _WORKER_FN, _DESCRIBE = (pickle.loads(fn) if isinstance(fn, bytes) else fn), describe  # trusted: our own
     except Exception as err:                        # noqa: BLE001  (told by the first chunk, see above)
         err.add_note("while starting a worker process (before any input: every worker fails so)")
         _START_ERROR = err
