@@ -64,16 +64,20 @@ def _named(method: Callable[..., R]) -> Callable[..., R]:
 
 
 EXP_WORKSPACE = (".dvc", "tmp", "exps")     # DVC's temporary experiment workspaces: <repo>/.dvc/tmp/exps/<tmp>/
+STANDALONE = "standalone"                   # `dvc exp run --temp`'s: <repo>/.dvc/tmp/exps/standalone/<tmp>/
 
 
 def experiment_home(cwd: str | Path) -> Path | None:
     """Where ``cwd`` lies in the repository a temporary DVC experiment workspace was made from
-    (``dvc exp run --queue``/``--temp``, ``dvc queue start``: ``<repo>/.dvc/tmp/exps/<tmp>/...``), or
-    ``None`` outside one."""
+    (``dvc exp run --queue``, ``dvc queue start``: ``<repo>/.dvc/tmp/exps/<tmp>/...``; ``--temp``:
+    ``<repo>/.dvc/tmp/exps/standalone/<tmp>/...``), or ``None`` outside one."""
     parts = Path(cwd).absolute().parts
     for i in range(len(parts) - len(EXP_WORKSPACE) - 1, 0, -1):
         if parts[i:i + len(EXP_WORKSPACE)] == EXP_WORKSPACE:
-            return Path(*parts[:i], *parts[i + len(EXP_WORKSPACE) + 1:])
+            tmp = i + len(EXP_WORKSPACE)
+            if parts[tmp] == STANDALONE and len(parts) > tmp + 1:
+                tmp += 1
+            return Path(*parts[:i], *parts[tmp + 1:])
     return None
 
 

@@ -1042,3 +1042,23 @@ def test_a_relative_cache_dir_in_a_queued_experiment_is_the_repositorys(tmp_path
     assert cache_folder("/abs/c") == Path("/abs/c")     # an absolute one is left as it is
     monkeypatch.chdir(repo)                             # in the repository itself: as before
     assert cache_folder(".cache/ferdata") == Path(".cache/ferdata")
+
+
+def test_a_relative_cache_dir_in_a_temp_experiment_is_the_repositorys(tmp_path, monkeypatch):
+    """`dvc exp run --temp` runs in <repo>/.dvc/tmp/exps/standalone/<tmp>/, one folder deeper than a
+    queued experiment: the cache was taken in <repo>/<tmp>/.cache/ferdata, a new, empty folder left in
+    the repository (every image detected again, '0 cached')."""
+    from ferdata.cache import cache_folder
+
+    repo = (tmp_path / "repo").resolve()
+    work = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12cd"
+    (work / "sub").mkdir(parents=True)
+    with DetectionCache(repo / ".cache" / "ferdata") as main:
+        main.put("a" * 64, "sig", Detection((5, 6), ()))
+    monkeypatch.chdir(work)
+    with DetectionCache(".cache/ferdata") as cache:
+        assert cache.path.resolve() == repo / ".cache" / "ferdata" / "detections.sqlite"
+        assert cache.get("a" * 64, "sig") is not None
+    assert not (repo / "tmpab12cd").exists() and not (work / ".cache").exists()
+    monkeypatch.chdir(work / "sub")
+    assert cache_folder("c").resolve() == repo / "sub" / "c"
