@@ -87,22 +87,29 @@ def _logging_setup() -> tuple:
     format of its first stream handler (to stderr or stdout), the levels set on named loggers (e.g. PIL's)
     and ``logging.disable``'s. A forked worker inherits the handlers themselves."""
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if isinstance(h, logging.StreamHandler)), None)
+    # the console's handler only: a FileHandler is a StreamHandler too (its lines went to the console), and a
+    # subclass's formatter may read fields of its own (colorlog's %(log_color)s: a logging error per line)
+    handler = next((h for h in root.handlers if type(h) is logging.StreamHandler
+                    and h.stream in (sys.stdout, sys.stderr)), None)
     formatter = handler.formatter if handler is not None else None
-    stream = ("stdout" if handler is not None and getattr(handler, "stream", None) is sys.stdout else "stderr")
-    named = {name: lg.level for name, lg in root.manager.loggerDict.items()
+    stream = "stdout" if handler is not None and handler.stream is sys.stdout else "stderr"
+    named = {name: lg.level for name, lg in list(root.manager.loggerDict.items())
              if isinstance(lg, logging.Logger) and lg.level != logging.NOTSET}
-    return (root.level, handler is not None, getattr(formatter, "_fmt", None), getattr(formatter, "datefmt", None),
-            stream, named, root.manager.disable)
+    style = getattr(formatter, "_style", None)          # "{" and "$" formats are not "%" ones
+    style = ("{" if isinstance(style, logging.StrFormatStyle) else "$"
+             if isinstance(style, logging.StringTemplateStyle) else "%")
+    return (root.level, handler is not None and handler.level, getattr(formatter, "_fmt", None),
+            getattr(formatter, "datefmt", None), style, stream, named, root.manager.disable)
 
 
 def _log_as_parent(setup: tuple) -> None:
     """In a spawn / forkserver worker: logging set up as :func:`_logging_setup` found it in the run's
     process. Without it a worker's records met logging's last resort: warnings and errors only, bare
     messages without the stage's format (``-v``'s debug lines and every info line lost)."""
-    level, handled, fmt, datefmt, stream, named, disabled = setup
-    if handled and not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format=fmt, datefmt=datefmt, stream=getattr(sys, stream))
+    level, handled, fmt, datefmt, style, stream, named, disabled = setup
+    if handled is not False and not logging.getLogger().handlers:    # handled: the console handler's own level
+        logging.basicConfig(level=level, format=fmt, datefmt=datefmt, style=style, stream=getattr(sys, stream))
+        logging.getLogger().handlers[0].setLevel(handled)
     logging.getLogger().setLevel(level)
     for name, own in named.items():
         logging.getLogger(name).setLevel(own)
@@ -112,7 +119,7 @@ def _log_as_parent(setup: tuple) -> None:
 _START_ERROR: BaseException | None = None        # a worker's start-up failure, raised by its first chunk
 
 
-def _install(fn: Callable | bytes, describe: Callable | None, parent: int, method: str,
+def _install(fn: Callable | _Deferred, describe: Callable | None, parent: int, method: str,
              logs: tuple | None = None) -> None:
     """The pool's initializer. It never raises: an initializer's exception ends its worker as if killed
     (the pool logs it and breaks), and the run then searched the inputs for one that kills a worker and
@@ -122,12 +129,16 @@ def _install(fn: Callable | bytes, describe: Callable | None, parent: int, metho
     part of the start-up caught here."""
     global _WORKER_FN, _DESCRIBE, _START_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the workers
-    try:
-        if logs is not None:
+    if logs is not None:
+        try:
             _log_as_parent(logs)
+        except Exception as err:                    # noqa: BLE001  (logging is no reason to fail the run)
+            log.warning("a worker process logs as Python's default, not as the run: %s: %s", type(err).__name__, err)
+    try:
         one_thread_per_worker()
-        # the bytes _start_pool pickled in the run's own process, as multiprocessing itself would send them:
-        _WORKER_FN, _DESCRIBE = (pickle.loads(fn) if isinstance(fn, bytes) else fn), describe  # trusted: our own
+        if isinstance(fn, _Deferred):               # pickled by multiprocessing itself, unpickled only here
+            fn, describe = pickle.loads(fn.data)    # trusted: our own
+        _WORKER_FN, _DESCRIBE = fn, describe
     except Exception as err:                        # noqa: BLE001  (told by the first chunk, see above)
         err.add_note("while starting a worker process (before any input: every worker fails so)")
         _START_ERROR = err
@@ -217,10 +228,31 @@ def _start_pool(ctx: mp.context.BaseContext, workers: int, fn: Callable,
                 describe: Callable | None) -> ProcessPoolExecutor:
     """A pool whose workers hold ``fn``."""
     method = ctx.get_start_method()
-    sent = fn if method == "fork" else pickle.dumps(fn)      # fork: fn's loaded models shared, not copied
+    if method == "fork":                                    # fn's loaded models shared, not copied
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install,
+                                   initargs=(fn, describe, os.getpid(), method, None))
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_install,
-                               initargs=(sent, describe, os.getpid(), method,
-                                         None if method == "fork" else _logging_setup()))
+                               initargs=(_Deferred((fn, describe)), None, os.getpid(), method, _logging_setup()))
+
+
+class _Deferred:
+    """Objects sent to a spawn / forkserver worker whose unpickling waits for :func:`_install` (an error in it,
+    e.g. a class the worker cannot import, is the worker's start error, not a worker dead at birth). They are
+    pickled by multiprocessing's own pickler while it starts the worker, as without this wrapper: what may be
+    shared only then (a multiprocessing Lock or Value, a file descriptor, torch's shared tensors) still is."""
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __reduce__(self):
+        from multiprocessing.reduction import ForkingPickler
+        return _Deferred._arrived, (bytes(ForkingPickler.dumps(self.obj)),)
+
+    @classmethod
+    def _arrived(cls, data: bytes) -> "_Deferred":
+        arrived = cls.__new__(cls)
+        arrived.data = data
+        return arrived
 
 
 def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list, first: bool):

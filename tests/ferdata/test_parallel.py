@@ -745,3 +745,96 @@ def test_a_spawned_workers_log_lines_look_like_the_run_s(method, tmp_path):
     assert proc.returncode == 0 and "[0, 1, 2, 3]" in out, out
     assert "LOG WARNING ferdata.worker: warned about 2" in out, out
     assert "LOG DEBUG ferdata.worker: debugged 3" in out, out
+
+
+_COUNTED = """
+class Counted:                       # in a module of its own: a spawn / forkserver worker imports it
+    def __init__(self, counter):
+        self.counter = counter
+
+    def __call__(self, x):
+        with self.counter.get_lock():
+            self.counter.value += 1
+        return x
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_callable_holding_a_multiprocessing_value_still_reaches_spawned_workers(method, tmp_path):
+    """multiprocessing pickles a worker's arguments while it starts the worker, the only time a Lock or a
+    Value may be pickled: ``fn`` pickled beforehand by ``pickle.dumps`` failed in the run's process
+    ("Synchronized objects should only be shared between processes through inheritance")."""
+    (tmp_path / "counted.py").write_text(_COUNTED)
+    proc = _run(f"""
+        import multiprocessing as mp, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        mp.set_start_method("{method}")
+        from ferdata.parallel import parallel_map
+        from counted import Counted
+
+        counter = mp.Value("i", 0)
+        print(list(parallel_map(Counted(counter), range(4), workers=2, chunksize=1)), counter.value)
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung")
+    assert proc.returncode == 0 and "[0, 1, 2, 3] 4" in out, out
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_brace_style_log_format_does_not_stop_spawned_workers(method, tmp_path):
+    """The run's format copied as a "%" one: a program logging with ``style="{"`` had every worker fail to
+    start (ValueError: Invalid format ... for '%' style), the whole run with it."""
+    (tmp_path / "loud.py").write_text(_LOUD)
+    proc = _run(f"""
+        import logging, multiprocessing as mp, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        mp.set_start_method("{method}")
+        logging.basicConfig(level=logging.DEBUG, format="LOG {{levelname}} {{name}}: {{message}}", style="{{")
+        from ferdata.parallel import parallel_map
+        from loud import Loud
+
+        print(list(parallel_map(Loud(), range(4), workers=2, chunksize=1)))
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung")
+    assert proc.returncode == 0 and "[0, 1, 2, 3]" in out, out
+    assert "LOG WARNING ferdata.worker: warned about 2" in out, out
+
+
+def test_a_describe_the_worker_cannot_import_is_its_start_error_too(tmp_path):
+    """``describe`` travels with ``fn``: one defined in ``python -c``'s (a notebook's) ``__main__`` killed
+    every spawn worker at birth, and the run ended with "the worker crashes whatever its input"."""
+    proc = _run("""
+        import multiprocessing as mp
+        mp.set_start_method("spawn")
+        from ferdata.parallel import parallel_map
+
+        def name(x):
+            return f"item {x}"
+
+        try:
+            list(parallel_map(str, range(6), workers=2, chunksize=1, describe=name))
+        except Exception as err:
+            print("RAISED", type(err).__name__, "|", err, "|", getattr(err, "__notes__", None))
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung after its workers failed to start")
+    raised = [line for line in out.splitlines() if line.startswith("RAISED")]
+    assert raised and "AttributeError" in raised[0] and "while starting a worker process" in raised[0], out
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_run_that_logs_to_a_file_gets_no_worker_debug_lines_on_its_console(method, tmp_path):
+    """A FileHandler is a StreamHandler: its format and level were copied onto a console handler in each
+    worker, so a run logging debug lines to a file had every worker's debug line on its terminal."""
+    (tmp_path / "loud.py").write_text(_LOUD)
+    proc = _run(f"""
+        import logging, multiprocessing as mp, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        mp.set_start_method("{method}")
+        logging.basicConfig(level=logging.DEBUG, filename={str(tmp_path / "run.log")!r})
+        from ferdata.parallel import parallel_map
+        from loud import Loud
+
+        print(list(parallel_map(Loud(), range(4), workers=2, chunksize=1)))
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung")
+    assert proc.returncode == 0 and "[0, 1, 2, 3]" in out, out
+    assert "debugged" not in out, out
