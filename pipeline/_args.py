@@ -64,14 +64,17 @@ def arguments(doc: str, argv: Sequence[str]) -> list[str]:
     if m is None:
         raise RuntimeError(f"{sys.argv[0]}: its docstring has no 'Usage: python -m pipeline.<stage> ARG ...' line")
     names = m.group(2).split()
-    line = f"usage: {m.group(1)}{m.group(2)}"
+    script = m.group(1).rpartition(".")[2]
+    line = f"usage: {m.group(1)}{m.group(2)}" + (f"\n   or: {m.group(1)} {DVC_STAGE} {script}@DATASET  (as dvc.yaml "
+                                                  "runs it; the paths data/DATASET/...)"
+                                                  if script in DVC_STAGE_ARGS else "")
     if any(a in HELP for a in argv):
         # flushed here: a closed pipe raises now, where the excepthook quiets it; left to the exit's
         # flush (stdout to a pipe is block-buffered) it printed "Exception ignored ... BrokenPipeError", status 120
         print(f"{line}\n\n{doc.strip()}", flush=True)
         raise SystemExit(0)
     if len(argv) == 2 and argv[0] == DVC_STAGE:
-        argv = dvc_stage_args(m.group(1).rpartition(".")[2], argv[1])
+        argv = dvc_stage_args(script, argv[1])
     if len(argv) != len(names):
         print(f"{line}\nerror: expected {len(names)} argument(s) ({' '.join(names)}), got {len(argv)}",
               file=sys.stderr)

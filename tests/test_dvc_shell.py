@@ -38,3 +38,24 @@ def test_a_dataset_name_with_shell_code_runs_no_code_under_dvc_repro(tmp_path):
                          text=True, env=env, timeout=600)
     assert not marker.exists(), run.stdout + run.stderr
     assert run.returncode != 0 and "is not letters, digits, _ and -" in run.stdout + run.stderr
+
+
+def test_the_arguments_a_stage_gets_are_the_paths_dvc_yaml_declares():
+    """The per-dataset scripts' paths come from pipeline/_args.py's DVC_STAGE_ARGS, not dvc.yaml's cmd:
+    each must still be one of the stage's declared deps (inputs) or outs (the last: where it writes),
+    else a stage would write where DVC does not look, or read what it does not track."""
+    from pipeline._args import DVC_STAGE_ARGS, dvc_stage_args
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    per_dataset = {name for name, spec in stages.items() if "foreach" in spec}
+    assert per_dataset == set(DVC_STAGE_ARGS)
+
+    def declared(entries) -> list[str]:
+        return [str(next(iter(e)) if isinstance(e, dict) else e).replace("${key}", "ds") for e in entries]
+
+    for name in per_dataset:
+        do = stages[name]["do"]
+        args = dvc_stage_args(name, f"{name}@ds")
+        paths = [a for a in args if "/" in a]
+        assert paths and paths[-1] in declared(do["outs"]), (name, args, do["outs"])
+        assert set(paths[:-1]) <= set(declared(do["deps"])), (name, args, do["deps"])

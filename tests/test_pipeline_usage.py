@@ -43,7 +43,11 @@ def test_wrong_number_of_arguments_prints_usage_and_exits_2(stage, argv, monkeyp
     assert out == ""
     lines = err.splitlines()
     assert lines[0] == f"usage: {usage_in_docstring(stage)}"
-    assert lines[1].startswith("error: expected ") and f"got {len(argv)}" in lines[1]
+    assert lines[-1].startswith("error: expected ") and f"got {len(argv)}" in lines[-1]
+    per_dataset = stage in ("detect", "align", "derive", "shard")     # dvc.yaml runs these with --dvc-stage
+    assert len(lines) == 2 + per_dataset
+    assert not per_dataset or lines[1].endswith(f" --dvc-stage {stage}@DATASET  (as dvc.yaml runs it; the paths "
+                                                "data/DATASET/...)")
     assert "Traceback" not in err and "unpack" not in err
 
 
