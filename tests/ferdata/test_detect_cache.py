@@ -1021,14 +1021,17 @@ def test_a_prune_with_nothing_to_drop_on_a_full_disk_says_zero(tmp_path, caplog)
         assert len(cache) == 50 and "nothing to drop; not compacted" in caplog.text
 
 
-def test_a_relative_cache_dir_in_a_queued_experiment_is_the_repositorys(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workspace", [("tmpab12cd",), ("standalone", "tmpab12cd")], ids=["queued", "temp"])
+def test_a_relative_cache_dir_in_an_experiment_workspace_is_the_repositorys(workspace, tmp_path, monkeypatch):
     """`dvc exp run --queue` + `dvc queue start` run each experiment in <repo>/.dvc/tmp/exps/<tmp>/, whose
     git tree holds no .cache/: a relative detect.cache_dir made a new, empty cache there (every image
-    detected again: hours on AffectNet), and DVC deleted it with the workspace."""
+    detected again: hours on AffectNet), and DVC deleted it with the workspace. `dvc exp run --temp` runs
+    one folder deeper, in .../exps/standalone/<tmp>/: the cache was taken in <repo>/<tmp>/.cache/ferdata,
+    a new, empty folder left in the repository."""
     from ferdata.cache import cache_folder
 
     repo = (tmp_path / "repo").resolve()
-    work = repo / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    work = repo.joinpath(".dvc", "tmp", "exps", *workspace)
     (work / "sub").mkdir(parents=True)
     with DetectionCache(repo / ".cache" / "ferdata") as main:
         main.put("a" * 64, "sig", Detection((5, 6), ()))
@@ -1036,29 +1039,9 @@ def test_a_relative_cache_dir_in_a_queued_experiment_is_the_repositorys(tmp_path
     with DetectionCache(".cache/ferdata") as cache:
         assert cache.path.resolve() == repo / ".cache" / "ferdata" / "detections.sqlite"
         assert cache.get("a" * 64, "sig") is not None
-    assert not (work / ".cache").exists()
+    assert not (work / ".cache").exists() and not (repo / "tmpab12cd").exists()
     monkeypatch.chdir(work / "sub")                     # a stage's wdir below the workspace's root
     assert cache_folder("c").resolve() == repo / "sub" / "c"
     assert cache_folder("/abs/c") == Path("/abs/c")     # an absolute one is left as it is
     monkeypatch.chdir(repo)                             # in the repository itself: as before
     assert cache_folder(".cache/ferdata") == Path(".cache/ferdata")
-
-
-def test_a_relative_cache_dir_in_a_temp_experiment_is_the_repositorys(tmp_path, monkeypatch):
-    """`dvc exp run --temp` runs in <repo>/.dvc/tmp/exps/standalone/<tmp>/, one folder deeper than a
-    queued experiment: the cache was taken in <repo>/<tmp>/.cache/ferdata, a new, empty folder left in
-    the repository (every image detected again, '0 cached')."""
-    from ferdata.cache import cache_folder
-
-    repo = (tmp_path / "repo").resolve()
-    work = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpab12cd"
-    (work / "sub").mkdir(parents=True)
-    with DetectionCache(repo / ".cache" / "ferdata") as main:
-        main.put("a" * 64, "sig", Detection((5, 6), ()))
-    monkeypatch.chdir(work)
-    with DetectionCache(".cache/ferdata") as cache:
-        assert cache.path.resolve() == repo / ".cache" / "ferdata" / "detections.sqlite"
-        assert cache.get("a" * 64, "sig") is not None
-    assert not (repo / "tmpab12cd").exists() and not (work / ".cache").exists()
-    monkeypatch.chdir(work / "sub")
-    assert cache_folder("c").resolve() == repo / "sub" / "c"

@@ -20,31 +20,21 @@ def _escapes(records) -> list[str]:
     return [r.path for r in records.values() if "private" in r.path]
 
 
-@pytest.mark.parametrize("how", ["relative", "absolute"])
-def test_rafdb(tmp_path, private, how):
-    root = make_rafdb(tmp_path / "RAF")
-    name = "../../../home/train_private.jpg" if how == "relative" else str(private)
-    labels = root / "EmoLabel" / "list_patition_label.txt"
-    labels.write_text(labels.read_text() + f"{name} 3\n")
-    records, reasons, drops = read_all("rafdb", root)
-    assert not _escapes(records)
-    assert any("leads out" in d.detail for d in drops if d.reason == "malformed_row")
+LISTS = {   # reader: (fixture maker, its label list, the line naming an image, "{name}" for the image's name)
+    "rafdb": (make_rafdb, "EmoLabel/list_patition_label.txt", "{name} 3\n"),
+    "expw": (make_expw, "label/label.lst", "{name} 0 5 5 100 100 50.0 3\n"),
+    "ferplus": (make_ferplus_folders, "FER2013Train/label.csv", "{name},0,10,0,0,0,0,0,0,0,0\n"),
+}
 
 
 @pytest.mark.parametrize("how", ["relative", "absolute"])
-def test_expw(tmp_path, private, how):
-    root = make_expw(tmp_path / "ExpW")
+@pytest.mark.parametrize("reader", sorted(LISTS))
+def test_a_label_list_cannot_read_an_image_outside_its_dataset(tmp_path, private, reader, how):
+    make, listed, line = LISTS[reader]
+    root = make(tmp_path / reader)
     name = "../../../home/train_private.jpg" if how == "relative" else str(private)
-    labels = root / "label" / "label.lst"
-    labels.write_text(labels.read_text() + f"{name} 0 5 5 100 100 50.0 3\n")
-    records, reasons, drops = read_all("expw", root)
+    labels = root / listed
+    labels.write_text(labels.read_text() + line.format(name=name))
+    records, reasons, drops = read_all(reader, root)
     assert not _escapes(records)
     assert any("leads out" in d.detail for d in drops if d.reason == "malformed_row")
-
-
-def test_ferplus_folders(tmp_path, private):
-    root = make_ferplus_folders(tmp_path / "FERPlus")
-    labels = root / "FER2013Train" / "label.csv"
-    labels.write_text(labels.read_text() + f"{private},0,10,0,0,0,0,0,0,0,0\n")
-    records, reasons, drops = read_all("ferplus", root)
-    assert not _escapes(records)
