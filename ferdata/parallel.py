@@ -84,8 +84,8 @@ def _watch_run(run: int) -> None:
 
 def _logging_setup() -> tuple:
     """What a spawn / forkserver worker needs to log as this process does: the root logger's level, the
-    format of its first stream handler (to stderr or stdout), the levels set on named loggers (e.g. PIL's)
-    and ``logging.disable``'s. A forked worker inherits the handlers themselves."""
+    level, format and style of its console handler (to stderr or stdout; None without one), the levels set
+    on named loggers (e.g. PIL's) and ``logging.disable``'s. A forked worker inherits the handlers themselves."""
     root = logging.getLogger()
     # the console's handler only: a FileHandler is a StreamHandler too (its lines went to the console), and a
     # subclass's formatter may read fields of its own (colorlog's %(log_color)s: a logging error per line)
@@ -98,7 +98,7 @@ def _logging_setup() -> tuple:
     style = getattr(formatter, "_style", None)          # "{" and "$" formats are not "%" ones
     style = ("{" if isinstance(style, logging.StrFormatStyle) else "$"
              if isinstance(style, logging.StringTemplateStyle) else "%")
-    return (root.level, handler is not None and handler.level, getattr(formatter, "_fmt", None),
+    return (root.level, None if handler is None else handler.level, getattr(formatter, "_fmt", None),
             getattr(formatter, "datefmt", None), style, stream, named, root.manager.disable)
 
 
@@ -106,10 +106,10 @@ def _log_as_parent(setup: tuple) -> None:
     """In a spawn / forkserver worker: logging set up as :func:`_logging_setup` found it in the run's
     process. Without it a worker's records met logging's last resort: warnings and errors only, bare
     messages without the stage's format (``-v``'s debug lines and every info line lost)."""
-    level, handled, fmt, datefmt, style, stream, named, disabled = setup
-    if handled is not False and not logging.getLogger().handlers:    # handled: the console handler's own level
+    level, console, fmt, datefmt, style, stream, named, disabled = setup    # console: its handler's level
+    if console is not None and not logging.getLogger().handlers:
         logging.basicConfig(level=level, format=fmt, datefmt=datefmt, style=style, stream=getattr(sys, stream))
-        logging.getLogger().handlers[0].setLevel(handled)
+        logging.getLogger().handlers[0].setLevel(console)
     logging.getLogger().setLevel(level)
     for name, own in named.items():
         logging.getLogger(name).setLevel(own)
