@@ -30,7 +30,7 @@ import torch
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
 from ferdata.faces.auto import AutoBackend, first_ready
-from ferdata.faces.base import BACKENDS, Face, FaceBackend
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, rgb_pixels
 from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
@@ -68,8 +68,7 @@ class Picture:
 
     def __init__(self, rgb: np.ndarray, data: bytes | None = None, scale: float = 1.0) -> None:
         rgb = np.asarray(rgb)
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or not rgb.size:
-            # the face backends read uint8 RGB: float pixels found no face, grey/RGBA/16-bit failed inside them
+        if not rgb_pixels(rgb):     # what the face backends read (their own check_pixels says it for them)
             raise ValueError(f"a picture is RGB uint8 (H, W, 3) pixels, got {rgb.dtype} {rgb.shape}: read files with "
                              "Picture.from_file (any format, EXIF turn, alpha, 16-bit), or convert the array first")
         self.rgb, self.data, self.scale = rgb, data, scale

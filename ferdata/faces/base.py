@@ -296,12 +296,17 @@ class FaceBackend:
         return True
 
 
+def rgb_pixels(image: object) -> bool:
+    """Whether ``image`` is what the face models read: RGB uint8 (H, W, 3) pixels, not empty."""
+    return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            and image.size > 0)
+
+
 def check_pixels(image: np.ndarray, backend: str) -> None:
-    """Refuse what a face model cannot read as a picture: anything but RGB uint8 (H, W, 3) pixels. A
-    float picture in [0, 1] found no face without a word, and a grey, RGBA or empty one failed deep
-    inside the model (``not enough values to unpack``, ``division by zero``)."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
-            or not image.size:
+    """Refuse what a face model cannot read as a picture: anything but :func:`rgb_pixels`. A float
+    picture in [0, 1] found no face without a word, and a grey, RGBA or empty one failed deep inside
+    the model (``not enough values to unpack``, ``division by zero``)."""
+    if not rgb_pixels(image):
         got = (f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray)
                else f"{type(image).__module__}.{type(image).__name__}")
         raise ValueError(f"face backend {backend!r} reads RGB uint8 (H, W, 3) pixels, got {got}: decode files with "
