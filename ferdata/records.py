@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -31,11 +32,15 @@ def make_key(*parts: str) -> str:
     other character (``ä``, ``#`` ...) also gets a short hash of its original text, so
     ``1/ä.jpg`` and ``1/ö.jpg`` stay two different keys; so does a part of separators only
     (``-``, `` ``, ``..``), which cleans to nothing: it is that hash alone. Empty parts are skipped.
+    A name is read in its composed form (NFC): ``café`` written decomposed (``e`` + U+0301, as macOS
+    writes names and its zip archives keep them) is the same key, so a copy of a dataset made on a Mac
+    gets the keys, and so the splits, of the same dataset unpacked elsewhere.
     """
     out = []
     for p in parts:
         if not p:
             continue
+        p = unicodedata.normalize("NFC", p)
         clean = _KEY_BAD.sub("-", p).strip("-")
         if _KEY_LOSSY.search(p) or not clean:
             clean = f"{clean}-{hashlib.sha1(p.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}".lstrip("-")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from collections import Counter
 from dataclasses import replace
 from typing import Collection, Iterable, Iterator
@@ -38,6 +39,7 @@ Item = FaceRecord | Dropped
 
 def unit_hash(seed: int, group: str) -> float:
     """A uniform number in [0, 1) fixed by ``seed`` and ``group`` (stable across runs and machines)."""
+    group = unicodedata.normalize("NFC", group)     # a film or subject named in decomposed form (a Mac's copy) alike
     raw = f"{seed}:{group}".encode("utf-8", "surrogateescape")        # a file name's undecodable bytes as they are
     digest = hashlib.blake2b(raw, digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
