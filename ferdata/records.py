@@ -5,8 +5,11 @@ e.g. FER2013, where ``pixels`` carries the encoded PNG bytes).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -154,8 +157,18 @@ def record_from_dict(d: Mapping[str, Any]) -> FaceRecord:
 
 
 def load_image_bytes(r: FaceRecord) -> bytes:
-    """The record's encoded image: inline pixels or the file's bytes."""
+    """The record's encoded image: inline pixels or the file's bytes. A pipe, socket or device under an
+    image's name (a reader that lists files by name, CK+'s frames, AffectNet's npy layout) is an
+    ``OSError`` (a recorded drop), not read: a pipe waited for ever for a writer, a link to
+    ``/dev/zero`` read until memory ran out."""
     if r.pixels is not None:
         return r.pixels
-    with open(r.path, "rb") as f:
+    with open(r.path, "rb", opener=_without_waiting) as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", r.path)
         return f.read()
+
+
+def _without_waiting(path: str, flags: int) -> int:
+    """``open``'s descriptor, opened without waiting (a pipe nobody writes to opens at once)."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))

@@ -114,15 +114,19 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     """Files as given; folders expanded (recursively, linked folders too, sorted) to their images and
-    videos, the other files and hidden images and folders (``._x.jpg``, ``.thumbs/``) counted in
-    warnings; a file named twice (itself and inside a folder given too) is read once."""
+    videos, the other files, pipes and devices, and hidden images and folders (``._x.jpg``, ``.thumbs/``)
+    counted in warnings; a file named twice (itself and inside a folder given too) is read once."""
     out: dict[str, Path] = {}
     for p in inputs:
         if p.is_dir():
             found, others, links, unseen = [], [], [], []   # links: folders not followed (up the tree or walked)
+            special = []             # a pipe waits forever for a writer, a link to /dev/zero never ends
             for f in visible_files(p):
-                (unseen if hidden(f.name) else links if f.is_dir()
+                (unseen if hidden(f.name) else links if f.is_dir() else special if _special(f)
                  else found if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS else others).append(f)
+            if special:
+                log.warning("%s: %d pipe(s), socket(s) or device(s) skipped (no regular file), e.g. %s", p,
+                            len(special), special[0])
             if unseen:
                 log.warning("%s: %d hidden file(s) or folder(s) skipped, e.g. %s", p, len(unseen), unseen[0])
             if others:
@@ -136,11 +140,18 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
                                         f"({' '.join(sorted(VIDEO_EXTS))}) in it or below it")
         elif p.is_file():
             found = [p]
+        elif _special(p):
+            raise ValueError(f"{p} is not a regular file (a pipe, socket or device); give image or video files")
         else:
             raise FileNotFoundError(f"{p} does not exist")
         for f in found:
             out.setdefault(os.path.abspath(f), f)
     return list(out.values())
+
+
+def _special(path: Path) -> bool:
+    """Something there (a link followed) that is neither a folder nor a regular file."""
+    return path.exists() and not path.is_dir() and not path.is_file()
 
 
 def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path, Path]:

@@ -1,0 +1,60 @@
+"""A pipe or device under an image's name, in readers that list images by name (audit h64)."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from ferdata.datasets.base import open_reader
+from ferdata.records import FaceRecord, load_image_bytes
+from ferdata.stages.detect import DetectParams, run_detect
+from tests.ferdata.fixtures_datasets import make_ckplus
+
+
+def _within(seconds: float, fn, fifo: Path | None = None):
+    """``fn()``'s result or exception, failing the test (instead of hanging it) when it takes longer;
+    a reader stuck on ``fifo`` is released by opening it for writing."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as e:      # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        if fifo is not None:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))     # the reader gets EOF and goes on
+            t.join(seconds)
+        pytest.fail(f"still running after {seconds} s (waiting on a pipe?)")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_pipe_named_as_an_image_is_an_error_not_a_wait(tmp_path):
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    rec = FaceRecord(dataset="d", key="x", path=str(fifo), label=0, native_label="0")
+    with pytest.raises(OSError, match="not a regular file"):
+        _within(10, lambda: load_image_bytes(rec), fifo)
+
+
+def test_a_ckplus_frame_that_is_a_pipe_is_a_recorded_drop(tmp_path):
+    """CK+ lists a sequence's frames by name: a pipe among them hung `ferdata prepare ckplus` for ever."""
+    root = make_ckplus(tmp_path / "ck")
+    records = [r for r in open_reader("ckplus", root).read() if isinstance(r, FaceRecord)]
+    fifo = Path(records[0].path)
+    fifo.unlink()
+    os.mkfifo(fifo)
+    params = DetectParams(backend="precropped", select="largest", det_size=640, score_threshold=None,
+                          model_dir=None, cache_dir=str(tmp_path / "cache"), workers=1)
+    report = _within(60, lambda: run_detect(records, params, tmp_path / "detect"), fifo)
+    assert report.dropped["unreadable_file"] == 1
+    assert "not a regular file" in report.examples["unreadable_file"][0]["detail"]
+    assert report.kept == len(records) - 1
