@@ -8,6 +8,7 @@ steps that made the checkpoint's training faces.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -32,6 +33,8 @@ VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg")              # annotation_path's name of a frame's copy
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
+NAME_MAX = 255                                      # bytes in a file name (Linux, macOS, Windows file systems)
+FRAME_ROOM = len(".f0000000")                       # what annotation_path adds for a video frame (up to 10^7)
 
 
 def marked_jpeg(data: bytes) -> bytes:
@@ -175,13 +178,29 @@ def annotation_names(inputs: Iterable[Path], paths: Iterable[Path]) -> dict[Path
         return name not in taken and not (video and name.with_suffix("") in framed)
     for p, rel in rels.items():
         if p not in names:
-            name, n, video = rel.with_name(rel.name + ".jpg"), 1, rel.suffix.lower() in VIDEO_EXTS
+            n, video = 1, rel.suffix.lower() in VIDEO_EXTS
+            name = rel.with_name(_fit(rel.name, ".jpg", video))
             while not free(name, video):
                 n += 1
-                name = rel.with_name(f"{rel.name}-{n}.jpg")
+                name = rel.with_name(_fit(rel.name, f"-{n}.jpg", video))
             names[p] = name
             taken.add(name)
     return {p: names[p] for p in paths}
+
+
+def _fit(stem: str, ending: str, video: bool) -> str:
+    """``stem + ending``, or, where that (with a video frame's number) is longer than a file name may
+    be, ``stem`` cut short with a digest of it: a 252-byte ``x.png`` took 256 bytes as ``x.png.jpg``
+    and the run ended at its copy, its predictions lost."""
+    room = NAME_MAX - len(os.fsencode(ending)) - (FRAME_ROOM if video else 0)
+    raw = os.fsencode(stem)
+    if len(raw) <= room:
+        return stem + ending
+    tag = "~" + hashlib.sha1(raw).hexdigest()[:8]
+    cut = stem
+    while len(os.fsencode(cut)) > room - len(tag):
+        cut = cut[:-1]
+    return cut + tag + ending
 
 
 def check_annotations(annotate: Path, names: Mapping[Path, Path]) -> None:
@@ -318,18 +337,31 @@ def inert(value: object) -> object:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
+def _csv_rows(buf: io.StringIO):
+    """``writerow`` for CSV lines ending in ``\\n`` whose cells holding a carriage return are quoted:
+    Python before 3.11.9 / 3.12.3 (CPython gh-67044) quotes only the characters of ``lineterminator``, so
+    a file named ``a\\rb.jpg`` was written bare and every CSV reader split its row in two there. Such a
+    row is written with every text cell quoted (numbers stay bare: readers parse them alike)."""
+    plain = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+
+    def writerow(cells: list) -> None:
+        (quoted if any(isinstance(c, str) and "\r" in c for c in cells) else plain).writerow(cells)
+    return writerow
+
+
 def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:
     """CSV (``.csv`` or stdout) or JSON (``.json``: faces + per-image summary); returns the text."""
     if out is not None and out.suffix.lower() == ".json":
         text = json.dumps({"faces": rows, "images": summary}, indent=2) + "\n"
     else:
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow([inert(c) for c in ("source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression",
-                                             *classes)])
+        writerow = _csv_rows(buf)
+        writerow([inert(c) for c in ("source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression",
+                                     *classes)])
         for r in rows:
-            writer.writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
-                             *(r[c] for c in classes)])
+            writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
+                      *(r[c] for c in classes)])
         text = buf.getvalue()
     if out is not None:                 # names undecodable as UTF-8 kept
         atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))
