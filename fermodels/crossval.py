@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ferdata.classes import CLASSES
+from ferdata.faces.base import FaceBackend
 from ferdata.params import SPEED_ONLY, read_yaml
 from ferdata.selection import VERSION as SELECTION_VERSION
 from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
@@ -204,7 +205,10 @@ def _shaping(name: str, values: object) -> object:
                 if isinstance(spec, dict) and isinstance(spec.get("detect"), dict) else spec
                 for ds, spec in values.items()}
     skip = {"shard": ("fold",), "train": RESUME_IGNORES + LAYOUT}.get(name, SPEED_ONLY.get(name, ()))
-    return {k: v for k, v in values.items() if k not in skip}
+    out = {k: v for k, v in values.items() if k not in skip}
+    if name == "detect" and isinstance(out.get("options"), dict):     # a backend's threads: how fast, not which faces
+        out["options"] = {k: v for k, v in out["options"].items() if k not in FaceBackend.UNSIGNED}
+    return out
 
 
 def summarise(runs: Sequence[FoldRun]) -> list[Series]:

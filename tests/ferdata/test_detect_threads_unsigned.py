@@ -1,0 +1,47 @@
+"""``detect.options.threads`` says how fast a backend runs, never what it finds (``FaceBackend.UNSIGNED``):
+it must not reach what the detect stage records, which the align report, every split's ``_info.json``
+and the checkpoints carry on (another value there made ``select`` pin new hashes and training start over)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ferdata.layout import FACES, REPORT
+from ferdata.records import FaceRecord
+from ferdata.stages.detect import DetectParams, run_detect
+
+pytestmark = pytest.mark.usefixtures("offline")
+
+
+def params(tmp_path, options: dict) -> DetectParams:
+    return DetectParams(backend="embedded", select="largest", det_size=640, score_threshold=None, model_dir=None,
+                        cache_dir=str(tmp_path / "cache"), workers=1, options=options)
+
+
+def test_threads_stay_out_of_the_recorded_settings(tmp_path):
+    assert params(tmp_path, {"threads": 4}).settings() == params(tmp_path, {}).settings()
+
+
+def test_threads_do_not_change_the_detect_output(tmp_path, photos):
+    import cv2
+
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(photos["astronaut"][:300, 100:400], cv2.COLOR_RGB2BGR))
+    recs = [FaceRecord("t", "k0", str(path), 1, "x")]
+    run_detect(recs, params(tmp_path, {}), tmp_path / "one")
+    run_detect(recs, params(tmp_path, {"threads": 2}), tmp_path / "two")
+    assert (tmp_path / "one" / FACES).read_bytes() == (tmp_path / "two" / FACES).read_bytes()
+    settings = [json.loads((tmp_path / d / REPORT).read_text())["settings"] for d in ("one", "two")]
+    assert settings[0] == settings[1]
+
+
+def test_crossval_groups_folds_whatever_their_detect_threads():
+    """Folds run on two machines with other thread counts are one cross-validation."""
+    from fermodels.crossval import _shaping
+
+    mine = {"backend": "embedded", "workers": 2, "options": {"threads": 4}}
+    theirs = {"backend": "embedded", "workers": 8, "options": {}}
+    assert _shaping("detect", mine) == _shaping("detect", theirs)
+    datasets = {"ck": {"reader": "ckplus", "root": "raw/CK+", "detect": {"options": {"threads": 2}}}}
+    assert _shaping("datasets", datasets) == _shaping("datasets", {"ck": {**datasets["ck"], "detect": {"options": {}}}})
