@@ -20,9 +20,10 @@ T = TypeVar("T")
 PARAMS_FILE = "params.yaml"
 # Settings that set how fast a stage runs or where it keeps its cache, never what it makes: dvc.yaml
 # leaves them out of their stage's params (tests/test_dvc_deps.py checks it). Training's own are in
-# fermodels.runstate (a run resumes under another value).
-SPEED_ONLY: Mapping[str, tuple[str, ...]] = {"detect": ("workers", "cache_dir"), "align": ("workers",),
-                                             "derive": ("workers",), "evaluate": ("workers",)}
+# fermodels.runstate (a run resumes under another value). allow_download decides whether missing weights may
+# be fetched, not which: the faces are those of the same model files (in the detection cache key).
+SPEED_ONLY: Mapping[str, tuple[str, ...]] = {"detect": ("workers", "cache_dir", "allow_download"),
+                                             "align": ("workers",), "derive": ("workers",), "evaluate": ("workers",)}
 
 
 _NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
