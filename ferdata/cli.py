@@ -208,10 +208,10 @@ def backends(
 
     Looks in the model folder and in each package's own default places, for the files detect.options
     picks (insightface's pack, face_alignment's detector)."""
-    from ferdata.faces import BACKENDS, MissingModelError
+    from ferdata.faces import BACKENDS
     from ferdata.params import load_params
 
-    given = params is not None                        # one given is read (a missing one is an error)
+    given, given_dir = params is not None, model_dir  # one given is read (a missing one is an error)
     if not given and Path("params.yaml").is_file():   # one found here may be another project's
         params = Path("params.yaml")
     options: dict = {}
@@ -233,21 +233,55 @@ def backends(
     for name in BACKENDS.names():
         cls = BACKENDS.get(name)
         mine = {k: v for k, v in options.items() if k in cls.option_names()}
+        fallback = None if name == configured or configured in (None, "auto") else {}
+        typer.echo(f"{name:15s} {_readiness(cls, mine, model_dir, fallback)}")
+    if params is not None:
+        _dataset_backends(load_params(params), given_dir)
+
+
+def _dataset_backends(params: dict, model_dir: Optional[Path]) -> None:
+    """One line per dataset whose own detect values (``datasets.<name>.detect``: backend, options,
+    model_dir) differ from the section's, judged as its detect stage resolves them (``--model-dir``
+    still wins): the section's line says nothing of the models that dataset needs."""
+    from ferdata.datasets import dataset_spec
+    from ferdata.faces import BACKENDS
+    from ferdata.params import dataset_specs
+    from ferdata.stages.detect import detect_section
+
+    for name in dataset_specs(params):
         try:
-            try:
-                cls(mine, model_dir).check_ready()
-            except ValueError:
-                if name == configured or configured in (None, "auto"):
-                    raise
-                cls({}, model_dir).check_ready()    # options set for detect.backend: judge this one on its own
-        except ValueError as e:
-            typer.echo(f"{name:15s} refuses detect.options ({e})")
-        except MissingModelError as e:
-            typer.echo(f"{name:15s} weights missing: {e.missing} (looked in {', '.join(e.looked_in) or 'no folder'})")
-        except ImportError as e:
-            typer.echo(f"{name:15s} package missing ({e})")
-        else:
-            typer.echo(f"{name:15s} available (nothing to download; model files, if any, load when a run starts)")
+            spec = dataset_spec(params, name, build=False)
+            if not set(spec.detect or {}) & {"backend", "options", "model_dir"}:
+                continue
+            det = detect_section(params, name, spec)
+        except (ValueError, KeyError) as e:
+            typer.echo(f"datasets.{name}: {e}")
+            continue
+        cls = BACKENDS.get(det.backend)
+        mine = {k: v for k, v in det.options.items() if k in cls.option_names()}
+        typer.echo(f"datasets.{name} {det.backend}: "
+                   f"{_readiness(cls, mine, model_dir if model_dir is not None else det.model_dir, None)}")
+
+
+def _readiness(cls, options: dict, model_dir, fallback: Optional[dict]) -> str:
+    """Whether face backend ``cls`` can run here with ``options`` from ``model_dir``, in words;
+    ``fallback``: the options to judge it with when it refuses these (None: say the refusal)."""
+    from ferdata.faces import MissingModelError
+
+    try:
+        try:
+            cls(options, model_dir).check_ready()
+        except ValueError:
+            if fallback is None:
+                raise
+            cls(fallback, model_dir).check_ready()      # options set for detect.backend: judge this one alone
+    except ValueError as e:
+        return f"refuses detect.options ({e})"
+    except MissingModelError as e:
+        return f"weights missing: {e.missing} (looked in {', '.join(e.looked_in) or 'no folder'})"
+    except ImportError as e:
+        return f"package missing ({e})"
+    return "available (nothing to download; model files, if any, load when a run starts)"
 
 
 @app.command()
