@@ -26,6 +26,16 @@ from typing import Callable, Iterator, Sequence
 
 USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 INTERRUPTED = 130              # the exit status of a command stopped by Ctrl-C (128 + SIGINT)
+# What a terminal acts on rather than shows: C0/C1 controls (ESC sequences that recolour the screen or set
+# its title, a carriage return or newline that starts a line of the file name's making), DEL, bidi
+# overrides, and a name's undecodable bytes (kept as lone surrogates).
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def shown(name: object) -> str:
+    """``name`` (a file name, a path) as a console line shows it, on one line: every character a
+    terminal would act on written as its Python escape (``\\x1b``, ``\\n``, ``\\udcff``), the rest as it is."""
+    return _UNSHOWN.sub(lambda m: repr(m[0])[1:-1], str(name))
 
 
 class NamedKeyError(KeyError):

@@ -24,6 +24,7 @@ import numpy as np
 
 from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
+from ferdata.errors import shown
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
 from fermodels.predictor import FaceSample, Picture, Predictor
@@ -106,7 +107,7 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
             yield 0, None, "no_video_frames"
         elif index < listed - 1:       # one frame of slack: some containers estimate the count from the duration
             log.warning("%s: %d of the %d frames its header lists could be read (a file cut short?); the rest "
-                        "are not scored", path, index, listed)
+                        "are not scored", shown(path), index, listed)
             yield index, None, "video_cut_short"
         return
     try:
@@ -128,25 +129,26 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
                 (unseen if hidden(f.name) else links if f.is_dir() else special if _special(f)
                  else found if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS else others).append(f)
             if special:
-                log.warning("%s: %d pipe(s), socket(s) or device(s) skipped (no regular file), e.g. %s", p,
-                            len(special), special[0])
+                log.warning("%s: %d pipe(s), socket(s) or device(s) skipped (no regular file), e.g. %s", shown(p),
+                            len(special), shown(special[0]))
             if unseen:
-                log.warning("%s: %d hidden file(s) or folder(s) skipped, e.g. %s", p, len(unseen), unseen[0])
+                log.warning("%s: %d hidden file(s) or folder(s) skipped, e.g. %s", shown(p), len(unseen),
+                            shown(unseen[0]))
             if others:
-                log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", p, len(others),
-                            " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), others[0])
+                log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", shown(p),
+                            len(others), " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), shown(others[0]))
             if links:
-                log.warning("%s: %d linked folder(s) not followed (up the tree or read already), e.g. %s", p,
-                            len(links), links[0])
+                log.warning("%s: %d linked folder(s) not followed (up the tree or read already), e.g. %s", shown(p),
+                            len(links), shown(links[0]))
             if not found:          # a folder given for its pictures holds none: a wrong folder, not a result
-                raise FileNotFoundError(f"{p}: no images ({' '.join(sorted(IMAGE_EXTS))}) or videos "
+                raise FileNotFoundError(f"{shown(p)}: no images ({' '.join(sorted(IMAGE_EXTS))}) or videos "
                                         f"({' '.join(sorted(VIDEO_EXTS))}) in it or below it")
         elif p.is_file():
             found = [p]
         elif _special(p):
-            raise ValueError(f"{p} is not a regular file (a pipe, socket or device); give image or video files")
+            raise ValueError(f"{shown(p)} is not a regular file (a pipe, socket or device); give image or video files")
         else:
-            raise FileNotFoundError(f"{p} does not exist")
+            raise FileNotFoundError(f"{shown(p)} does not exist")
         for f in found:
             out.setdefault(os.path.abspath(f), f)
     return list(out.values())
@@ -263,7 +265,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
             finite = bool(np.isfinite(p).all())                     # argmax of NaNs would say class 0
             if not finite:
                 log.warning("%s face %d: the model's probabilities are not finite; no expression given",
-                            face.source, face.index)
+                            shown(face.source), face.index)
             row = {"source": face.source, "frame": face.frame, "face": face.index,
                    "box": [round(v, 1) for v in face.box], "score": round(face.score, 4),
                    "expression": predictor.classes[int(p.argmax())] if finite else None}
@@ -277,12 +279,13 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
         for frame, picture, problem in iter_frames(path, every):
             if picture is None:
                 if problem != "video_cut_short":    # its frames there were scored; iter_frames told the rest
-                    log.warning("%s skipped: %s", path, problem)
+                    log.warning("%s skipped: %s", shown(path), problem)
                 summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
                 continue
             faces, dropped = predictor.faces(picture, str(path), frame)
             summary.append({"source": str(path), "frame": frame, "faces": len(faces), "dropped": dropped})
-            log.debug("%s%s: %d face(s)", path, f" frame {frame}" if video else "", len(faces))   # -v; the end counts
+            log.debug("%s%s: %d face(s)", shown(path), f" frame {frame}" if video else "",
+                      len(faces))                                       # -v; the end counts
             pending += faces
             if annotate is not None and faces:
                 flush()
@@ -300,14 +303,14 @@ def describe(summary: list[dict], most: int = 5) -> str:
     for them), inputs not read (named, with the reason), faces skipped for bad geometry."""
     unread = [s for s in summary if s.get("problem")]
     faceless = [s for s in summary if s["faces"] == 0 and not s.get("problem")]
-    named = ", ".join(s["source"] + (f" frame {s['frame']}" if Path(s["source"]).suffix.lower() in VIDEO_EXTS else "")
-                      for s in faceless[:most])
+    named = ", ".join(shown(s["source"]) + (f" frame {s['frame']}" if Path(s["source"]).suffix.lower() in VIDEO_EXTS
+                                            else "") for s in faceless[:most])
     parts = [f"{sum(s['faces'] for s in summary)} face(s) in {len(summary) - len(unread)} image(s)/frame(s)",
              f"{len(faceless)} without a face" + (f": {named}{', ...' if len(faceless) > most else ''}"
                                                    if faceless else "")]
     if unread:
-        shown = ", ".join(f"{s['source']} ({s['problem']})" for s in unread[:most])
-        parts.append(f"{len(unread)} not read: {shown}{', ...' if len(unread) > most else ''}")
+        told = ", ".join(f"{shown(s['source'])} ({s['problem']})" for s in unread[:most])
+        parts.append(f"{len(unread)} not read: {told}{', ...' if len(unread) > most else ''}")
     skipped = sum(s.get("dropped", 0) for s in summary)
     if skipped:
         parts.append(f"{skipped} face(s) skipped (bad geometry or no landmarks; see the warnings)")

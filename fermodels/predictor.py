@@ -37,6 +37,7 @@ from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
 from ferdata.layout import SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
+from ferdata.errors import shown
 from ferdata.tario import npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
@@ -216,7 +217,7 @@ class Predictor:
             try:
                 row, al = self.aligned(picture, face)
             except (BadGeometry, BadImage) as e:
-                log.warning("%s frame %d face %d skipped: %s", source, frame, i, e)
+                log.warning("%s frame %d face %d skipped: %s", shown(source), frame, i, e)
                 dropped += 1
                 continue
             fields = {"jpg": encode_jpeg(al.image, self.align["jpeg_quality"]), "cls": b"0"}

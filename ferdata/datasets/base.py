@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Iterator, Mapping, TextIO
 
 from ferdata.classes import CLASSES, canonical_id
 from ferdata.datasets.subsets import load_subsets, membership
+from ferdata.errors import shown
 from ferdata.records import LISTED_AS, SOFT_LABEL, Dropped, FaceRecord
 from ferdata.registry import Registry
 
@@ -57,7 +58,7 @@ class DatasetLayoutError(FileNotFoundError):
     def __init__(self, reader: str, root: Path, expected: list[str],
                  fix: str = "point --root (or params.yaml datasets.<name>.root) at the dataset's top folder") -> None:
         root = Path(root)
-        found = sorted(p.name for p in root.iterdir())[:20] if root.is_dir() else []
+        found = sorted(shown(p.name) for p in root.iterdir())[:20] if root.is_dir() else []
         state = "exists" if root.is_dir() else "is a file, not a folder" if root.exists() else "does not exist"
         where = f"{root} ({state})"
         super().__init__(
@@ -171,9 +172,9 @@ class DatasetReader:
         if renamed:
             log.warning("%s: %d record(s) named alike after key sanitising took their own key (a hash of their "
                         "path under the root, or of their pixels, appended), e.g. %s", self.name, len(renamed),
-                        renamed[0])
+                        shown(renamed[0]))
         for what, (n, example) in sorted(noted.items()):
-            log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, example)
+            log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, shown(example))
         for name, ids in sorted(subsets.items()):
             if ids - tagged:
                 log.warning("%s: subset %r lists %d of its %d images that were not kept (not in the dataset, "
