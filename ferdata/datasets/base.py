@@ -128,6 +128,7 @@ class DatasetReader:
         tagged: set[str] = set()
         owners: dict[str, int] = {}                       # key -> digest of the file (or pixels) that took it
         renamed: list[str] = []                           # "<file> as <key>" of each record given its own key
+        not_utf8: list[str] = []                          # paths whose names are not UTF-8 (DVC cannot hash them)
         records, drops = 0, Counter()
         noted: dict[str, list] = {}                       # what -> [records kept with it, first example]
         try:
@@ -138,6 +139,8 @@ class DatasetReader:
                     yield item
                     continue
                 records += 1
+                if item.path and not _utf8(item.path):
+                    not_utf8.append(item.path)
                 identity = self._identity(item)
                 own = self._distinct(item, identity, owners)
                 if own.key != item.key:
@@ -173,6 +176,11 @@ class DatasetReader:
             log.warning("%s: %d record(s) named alike after key sanitising took their own key (a hash of their "
                         "path under the root, or of their pixels, appended), e.g. %s", self.name, len(renamed),
                         shown(renamed[0]))
+        if not_utf8:
+            log.warning("%s: %d file name(s) are not UTF-8, e.g. %s: read here, but DVC cannot hash them (`dvc "
+                        "add` and `dvc repro` fail on this root with \"'utf-8' codec can't encode character ...\", "
+                        "naming no file); rename them to UTF-8, e.g. convmv -f latin1 -t utf8 -r --notest %s",
+                        self.name, len(not_utf8), shown(not_utf8[0]), shown(self.root))
         for what, (n, example) in sorted(noted.items()):
             log.warning("%s: %d record(s) %s, e.g. %s", self.name, n, what, shown(example))
         for name, ids in sorted(subsets.items()):
@@ -242,6 +250,15 @@ class DatasetReader:
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""
         return record.key
+
+
+def _utf8(path: str) -> bool:
+    """Whether ``path`` is UTF-8 text (not a name's undecodable bytes, kept as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
