@@ -31,7 +31,7 @@ from fermodels.predictor import FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg")              # annotation_path's name of a frame's copy
+FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg", re.DOTALL)   # annotation_path's name of a frame's copy
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
 NAME_MAX = 255                                      # bytes in a file name (Linux, macOS, Windows file systems)

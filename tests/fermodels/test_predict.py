@@ -267,9 +267,12 @@ def test_annotation_names_are_unique_below_the_inputs_common_folder(tmp_path):
         "x.png.jpg", "x.png-2.jpg", "x.png-3.jpg"}
 
 
-def test_a_video_frames_copies_never_take_a_jpeg_inputs_copy_name(tmp_path):
-    """clip.avi beside a photo named clip.avi.f000000.jpg: frame 0's copy replaced the photo's."""
-    for name in ("clip.avi", "clip.avi.f000000.jpg", "clip.avi.f1000000.jpg", "other.mp4", "other.mp4-2.jpg"):
+@pytest.mark.parametrize("clip", ["clip", "two\nlines"])
+def test_a_video_frames_copies_never_take_a_jpeg_inputs_copy_name(tmp_path, clip):
+    """clip.avi beside a photo named clip.avi.f000000.jpg: frame 0's copy replaced the photo's (a name
+    with a newline too: the frame-copy pattern did not match across it)."""
+    for name in (f"{clip}.avi", f"{clip}.avi.f000000.jpg", f"{clip}.avi.f1000000.jpg", "other.mp4",
+                 "other.mp4-2.jpg"):
         (tmp_path / name).write_bytes(b"")
     paths = expand_inputs([tmp_path])
     names = annotation_names([tmp_path], paths)
@@ -277,7 +280,7 @@ def test_a_video_frames_copies_never_take_a_jpeg_inputs_copy_name(tmp_path):
     frames = {annotation_path(names[v], f, video=True) for v in videos for f in (0, 10, 1_000_000)}
     copies = {annotation_path(names[p], 0, video=False) for p in paths if p not in videos}
     assert not frames & copies, sorted(frames & copies)
-    assert str(names[tmp_path / "clip.avi"]) == "clip.avi-2.jpg"
+    assert str(names[tmp_path / f"{clip}.avi"]) == f"{clip}.avi-2.jpg"
     assert str(names[tmp_path / "other.mp4"]) == "other.mp4.jpg"              # no JPEG named as its frames
 
 
