@@ -203,6 +203,12 @@ class FaceBackend:
                     load()
 
     @classmethod
+    def unsigned(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """The options that never change what this backend finds when built with ``options``: out of
+        the signature (the detection cache key) and of the settings the shards record."""
+        return cls.UNSIGNED
+
+    @classmethod
     def option_names(cls) -> frozenset[str]:
         """The options this backend reads (``detect.options`` may set them)."""
         return frozenset(cls.defaults) | cls.UNSIGNED
@@ -249,7 +255,8 @@ class FaceBackend:
         if missing:                     # before fingerprint(), which imports them; before any image is read
             raise MissingPackageError(f"face backend {self.name!r} needs the Python package(s) {', '.join(missing)}: "
                                       f"pip install {' '.join(missing)} (or reinstall this project)")
-        opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in self.UNSIGNED)
+        unsigned = self.unsigned(self.options)
+        opts = ",".join(f"{k}={self.options[k]}" for k in sorted(self.options) if k not in unsigned)
         fp = self.fingerprint()
         packages = package_versions(self.packages)
         return (f"{self.name}:v{self.version}:{opts}" + (f":{fp}" if fp else "") + (f":{packages}" if packages else "")

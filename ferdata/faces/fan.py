@@ -101,6 +101,12 @@ class FanBackend(FaceBackend):
             raise ValueError(f"face_alignment detector must be one of {sorted(DETECTORS)}, "
                              f"got {options['detector']!r}")
 
+    @classmethod
+    def unsigned(cls, options: Mapping[str, Any]) -> frozenset[str]:
+        """``score_threshold`` too with the sfd and dlib detectors, which keep their own score filters."""
+        own = options.get("detector", cls.defaults["detector"]) != "embedded"
+        return cls.UNSIGNED | ({"score_threshold"} if own else frozenset())
+
     def __init__(self, options: Mapping[str, Any] | None = None, model_dir: str | Path | None = None,
                  allow_download: bool = False) -> None:
         super().__init__(options, model_dir, allow_download)
@@ -108,8 +114,6 @@ class FanBackend(FaceBackend):
         self._given: str | None = None     # the weight file resolve() last gave: the one loading when it fails
         boxes = {k: self.options[k] for k in ("det_size", "score_threshold", "threads") if k in self.options}
         self._boxes = EmbeddedBackend(boxes, model_dir) if self.options["detector"] == "embedded" else None
-        if self._boxes is None:            # sfd and dlib keep their own score filters: not in the cache key
-            self.UNSIGNED = type(self).UNSIGNED | {"score_threshold"}
         detector_packages = {"embedded": EmbeddedBackend.packages, "dlib": (("dlib-bin", "dlib"),), "sfd": ()}
         self.packages = (("face-alignment",), ("torch",), OPENCV, SIMPLEJPEG,
                          *(p for p in detector_packages[self.options["detector"]] if p not in (OPENCV, SIMPLEJPEG)))

@@ -76,12 +76,13 @@ class DetectParams:
         return {**{k: v for k, v in given.items() if v is not None and k in reads}, **self.options}
 
     def settings(self) -> dict:
-        """The backend and what it is built with, less the options that shape no face (``threads``:
-        ``FaceBackend.UNSIGNED``, out of the cache key too): the shards record it, inference finds
-        faces so, and a thread count must not give the same faces other shards (and a new training)."""
-        unsigned = BACKENDS.get(self.backend).UNSIGNED
-        return {"backend": self.backend,
-                "options": {k: v for k, v in self.backend_options().items() if k not in unsigned}}
+        """The backend and what it is built with, less the options that shape no face (``threads``;
+        face_alignment's sfd/dlib ``score_threshold``: :meth:`FaceBackend.unsigned`, out of the cache key
+        too): the shards record it, inference finds faces so, and a setting that finds the same faces
+        must not give them other shards (and a new training)."""
+        options = self.backend_options()
+        unsigned = BACKENDS.get(self.backend).unsigned(options)
+        return {"backend": self.backend, "options": {k: v for k, v in options.items() if k not in unsigned}}
 
     def create_backend(self) -> FaceBackend:
         return create_backend(self.backend, self.backend_options(), self.model_dir, self.allow_download)

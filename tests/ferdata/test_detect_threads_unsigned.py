@@ -45,3 +45,15 @@ def test_crossval_groups_folds_whatever_their_detect_threads():
     assert _shaping("detect", mine) == _shaping("detect", theirs)
     datasets = {"ck": {"reader": "ckplus", "root": "raw/CK+", "detect": {"options": {"threads": 2}}}}
     assert _shaping("datasets", datasets) == _shaping("datasets", {"ck": {**datasets["ck"], "detect": {"options": {}}}})
+
+
+@pytest.mark.parametrize("detector, recorded", [("sfd", False), ("dlib", False), ("embedded", True)])
+def test_fan_score_threshold_is_recorded_only_where_it_filters(tmp_path, detector, recorded):
+    """face_alignment's sfd and dlib detectors keep their own score filters (the threshold is out of
+    their cache key): recording it anyway gave their identical faces new shard hashes and a new training."""
+    def settings(threshold):
+        return DetectParams(backend="face_alignment", select="largest", det_size=640, score_threshold=threshold,
+                            model_dir=None, cache_dir=str(tmp_path), workers=1,
+                            options={"detector": detector}).settings()
+    assert (settings(0.3) != settings(None)) is recorded
+    assert ("score_threshold" in settings(0.3)["options"]) is recorded
