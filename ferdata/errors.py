@@ -38,6 +38,29 @@ def shown(name: object) -> str:
     return _UNSHOWN.sub(lambda m: repr(m[0])[1:-1], str(name))
 
 
+# torch's CPU allocator failing (a RuntimeError: "DefaultCPUAllocator: can't allocate memory"), or numpy's
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory|Unable to allocate", re.IGNORECASE)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the machine running out of memory (``MemoryError``, or the allocator's
+    RuntimeError torch raises instead), not a fault of the file being read."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and bool(_OUT_OF_MEMORY.search(str(e))))
+
+
+def no_memory_for(path: Path, e: BaseException) -> OSError:
+    """The error to raise for ``out_of_memory(e)`` while loading the intact ``path``: the machine's, so
+    the file is not called damaged (the advice to copy it again or delete it threw away good runs)."""
+    told = _first_line(str(e)) or type(e).__name__
+    return OSError(errno.ENOMEM, f"not enough memory to load {path} ({path.stat().st_size / 1e6:.0f} MB; {told}): "
+                   "the file is whole (its CRC-32s pass); free memory or use a machine with more, and run again")
+
+
+def _first_line(text: str, most: int = 200) -> str:
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= most else line[:most] + " ..."
+
+
 class NamedKeyError(KeyError):
     """A name that is not there (a dataset, a params section, a registered name), said in a sentence
     with what to do: bad input under the policy above, printed plain (``KeyError`` quotes its message)."""

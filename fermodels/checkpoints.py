@@ -38,6 +38,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ferdata.errors import no_memory_for, out_of_memory
 from ferdata.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadRep
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - torch's many kinds: a cut download, an HTML page, pickled objects
+        if out_of_memory(e):                # the machine's, not the download's
+            raise no_memory_for(path, e) from e
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()    # torch bolds words of its advice with ANSI codes
         first = plain.split("\n", 1)[0].split(". ")[0][:160] or type(e).__name__    # not its weights_only advice
         raise PretrainedMismatchError(f"pretrained checkpoint {str(path)!r} ({layout}) cannot be read as weights "

@@ -27,6 +27,7 @@ from torch import nn
 from ferdata.atomic import atomic_open
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
+from ferdata.errors import no_memory_for, out_of_memory
 from ferdata.layout import SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS, failed_checksum
 from fermodels.ckptdir import BEST, LAST, saved_at
@@ -162,6 +163,8 @@ def load_checkpoint(path: str | Path) -> dict:
     except PermissionError:
         raise
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; each one is named below
+        if out_of_memory(e):                # the machine's, not the file's: keep the run
+            raise no_memory_for(path, e) from e
         first = _first_sentence(str(e)) or type(e).__name__
         raise ValueError(f"{path} is a cut-off or damaged checkpoint (torch could not read it: {first}); copy it "
                          "again (`dvc pull`, a finished download) or retrain") from None

@@ -149,3 +149,22 @@ def test_a_damaged_central_directory_entry_is_told_as_damage(tmp_path):
     with pytest.raises(PretrainedMismatchError) as caught:
         load_pretrained(ResNet18Trunk(), bad, "msceleb_resnet18")
     assert is_user_error(caught.value) and "damaged.pth" in str(caught.value)
+
+
+def test_too_little_memory_for_whole_pretrained_weights_is_not_a_cut_download(tmp_path, monkeypatch):
+    """Out of memory reading an intact file (torch's allocator says so in a RuntimeError) was told as "a
+    cut-off download or another kind of file? download it again" (audit h68)."""
+    import errno
+
+    import fermodels.checkpoints as checkpoints
+
+    good = tmp_path / "resnet18_msceleb.pth"
+    torch.save({"state_dict": resnet18(weights=None).state_dict()}, good)
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 600000000 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr(checkpoints.torch, "load", no_memory)
+    with pytest.raises(OSError, match="not enough memory to load") as caught:
+        load_pretrained(ResNet18Trunk(), good, "msceleb_resnet18")
+    assert caught.value.errno == errno.ENOMEM and "download" not in str(caught.value)

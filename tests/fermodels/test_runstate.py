@@ -230,3 +230,25 @@ def test_interning_a_checkpoint_keeps_text_subclasses_and_a_state_dicts_metadata
     assert type(out["name"]) is np.str_ and out["name"] == "x"
     assert out["sd"]._metadata == {"": {"version": 1}} and type(out["sd"]) is OrderedDict
     assert out["t"] == ("a", "b") and out["plain"] is sys.intern("text3")
+
+
+@pytest.mark.parametrize("fault", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                 "tried to allocate 600000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError()], ids=["torch_allocator", "MemoryError"])
+def test_too_little_memory_for_a_whole_last_pt_is_not_called_damaged(tmp_path, monkeypatch, fault):
+    """Out of memory loading an intact last.pt (`ulimit -v`, a small machine) was told as "a cut-off or damaged
+    checkpoint ...: delete it to train from the start": the advice threw away the run."""
+    import errno
+
+    import fermodels.runstate as runstate
+
+    save_last(str(tmp_path), PARAMS, DATA)
+
+    def no_memory(*args, **kwargs):
+        raise fault
+    monkeypatch.setattr(runstate.torch, "load", no_memory)
+    with pytest.raises(OSError, match="not enough memory to load") as err:
+        resume_state(tmp_path, PARAMS, DATA)
+    assert err.value.errno == errno.ENOMEM
+    assert "damaged" not in str(err.value) and "delete" not in str(err.value)
