@@ -156,6 +156,22 @@ def record_from_dict(d: Mapping[str, Any]) -> FaceRecord:
     )
 
 
+# OS errors that are the machine's state, not the image's: out of descriptors or memory, a network
+# mount gone. Dropped as ``unreadable_file`` they cost good images silently (a complete-looking output).
+NOT_THE_FILES = frozenset(getattr(errno, n) for n in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS", "ENOTCONN", "ESTALE",
+                                                      "EINTR") if hasattr(errno, n))
+
+
+def unreadable_drop(r: FaceRecord, err: OSError, stage: str) -> Dropped:
+    """The ``unreadable_file`` drop of ``r`` for ``err``; ``err`` itself, with a note, when it is no
+    fault of the file (:data:`NOT_THE_FILES`): the run stops and nothing is dropped."""
+    if err.errno in NOT_THE_FILES:
+        err.add_note(f"{stage}: the machine's error, not the image's: no image was dropped for it; fix it "
+                     "(e.g. `ulimit -n`, free memory, the dataset's mount) and run again")
+        raise err
+    return Dropped(r.dataset, r.key, "unreadable_file", f"{r.path}: {err.strerror}")
+
+
 def load_image_bytes(r: FaceRecord) -> bytes:
     """The record's encoded image: inline pixels or the file's bytes. A pipe, socket or device under an
     image's name (a reader that lists files by name, CK+'s frames, AffectNet's npy layout) is an

@@ -32,7 +32,7 @@ from ferdata.layout import ALIGNED, CONTENT, DROPS, REPORT, SAMPLE_SETTINGS, rea
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
-from ferdata.records import Dropped, load_image_bytes, record_from_dict
+from ferdata.records import Dropped, load_image_bytes, record_from_dict, unreadable_drop
 from ferdata.report import StageReport, write_drops
 from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
@@ -107,7 +107,7 @@ class AlignWorker:
             al, decoded = crop_face(face, row["backend"], self.params.size, self.params.padding,
                                     lambda reduce: decode_image(data, reduce))
         except OSError as e:
-            return Dropped(rec.dataset, rec.key, "unreadable_file", f"{rec.path}: {e.strerror}")
+            return unreadable_drop(rec, e, "align")
         except (BadImage, BadGeometry) as e:
             return Dropped(rec.dataset, rec.key, e.reason, f"{rec.path}: {e.detail}")
         meta = {

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from ferdata.cache import Detection, DetectionCache
 from ferdata.faces.base import Face, FaceBackend, MissingModelError, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
-from ferdata.records import Dropped, FaceRecord, load_image_bytes, scale_record
+from ferdata.records import Dropped, FaceRecord, load_image_bytes, scale_record, unreadable_drop
 
 if TYPE_CHECKING:
     from ferdata.stages.detect import DetectParams
@@ -143,7 +143,7 @@ def jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: Det
         try:
             data = load_image_bytes(item)
         except OSError as e:
-            yield Dropped(item.dataset, item.key, "unreadable_file", f"{item.path}: {e.strerror}")
+            yield unreadable_drop(item, e, "detect")
             continue
         sha = hashlib.sha256(data).hexdigest()
         if sha == last[0]:

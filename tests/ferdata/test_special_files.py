@@ -58,3 +58,28 @@ def test_a_ckplus_frame_that_is_a_pipe_is_a_recorded_drop(tmp_path):
     assert report.dropped["unreadable_file"] == 1
     assert "not a regular file" in report.examples["unreadable_file"][0]["detail"]
     assert report.kept == len(records) - 1
+
+
+def test_out_of_descriptors_stops_detect_instead_of_dropping_good_images(tmp_path, monkeypatch):
+    """EMFILE (or ENOMEM, a network mount gone) is the machine's state, not the image's: dropped as
+    unreadable_file, good images went missing from a run that ended well (exit 0, shards written)."""
+    import errno
+
+    import ferdata.stages.detect_work as work
+
+    root = make_ckplus(tmp_path / "ck")
+    records = [r for r in open_reader("ckplus", root).read() if isinstance(r, FaceRecord)]
+    real = work.load_image_bytes
+
+    def out_of_descriptors(rec):
+        if rec.key == records[-1].key:
+            raise OSError(errno.EMFILE, "Too many open files", rec.path)
+        return real(rec)
+
+    monkeypatch.setattr(work, "load_image_bytes", out_of_descriptors)
+    params = DetectParams(backend="precropped", select="largest", det_size=640, score_threshold=None,
+                          model_dir=None, cache_dir=str(tmp_path / "cache"), workers=1)
+    with pytest.raises(OSError, match="Too many open files") as err:
+        run_detect(records, params, tmp_path / "detect")
+    assert any("not the image's" in note for note in err.value.__notes__)
+    assert not (tmp_path / "detect").exists()          # no output that looks complete
