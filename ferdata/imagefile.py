@@ -109,10 +109,12 @@ def read_header(data: bytes) -> ImageHeader:
     """Parse the header with PIL (lazy: no pixel data is decoded)."""
     from PIL import Image
 
+    # our own parsing, outside the handler below: a bug in it is a traceback, not every PNG "undecodable"
+    moved = _png_orientation_first(data) if data.startswith(_PNG) else data
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _pil_open(data) as im:
+            with _pil_open(data, moved) as im:
                 fmt, mode, (w, h) = im.format or "", im.mode, im.size
                 alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
                 orientation = _orientation(im)
@@ -122,6 +124,8 @@ def read_header(data: bytes) -> ImageHeader:
                 key = im.info.get("transparency") if fmt == "PNG" and mode in ("1", "L", "I", "I;16") else None
     except Image.DecompressionBombError as e:
         raise BadImage("too_large", str(e)) from None
+    except MemoryError:                      # the machine's, not the file's: no good image dropped for it
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
         kind = sniff_format(data)
         if not kind:
@@ -147,12 +151,11 @@ def read_header(data: bytes) -> ImageHeader:
                        key if isinstance(key, int) else None)
 
 
-def _pil_open(data: bytes):
-    """PIL's lazy open of ``data``; a PNG with its orientation chunks moved first
-    (:func:`_png_orientation_first`), or as it is where PIL refuses a moved chunk."""
+def _pil_open(data: bytes, moved: bytes):
+    """PIL's lazy open of ``data``; ``moved``: a PNG with its orientation chunks moved first
+    (:func:`_png_orientation_first`), opened instead, or ``data`` as it is where PIL refuses a moved chunk."""
     from PIL import Image
 
-    moved = _png_orientation_first(data) if data.startswith(_PNG) else data
     if moved is not data:
         try:
             return Image.open(io.BytesIO(moved))

@@ -129,3 +129,23 @@ def test_a_huge_jpeg_is_refused_however_its_markers_are_laid_out():
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8).shape == (625, 625)
     with pytest.raises(BadImage, match="too_large.*5000x5000"):
         decode_jpeg_rgb(data)
+
+
+@pytest.mark.parametrize("fault", [TypeError("a bug of ours"), MemoryError()])
+def test_a_fault_of_ours_or_the_machines_is_no_undecodable_image(monkeypatch, fault):
+    """read_header's handler for PIL's many errors also held this project's own PNG parsing (and a
+    MemoryError): a bug there dropped every good PNG as "undecodable" (a recorded drop, no traceback)."""
+    import ferdata.imagefile as imagefile
+
+    def raising(data):
+        raise fault
+
+    monkeypatch.setattr(imagefile, "_png_orientation_first", raising)
+    png = encode_png(np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(type(fault)):
+        imagefile.read_header(png)
+    if isinstance(fault, MemoryError):
+        monkeypatch.undo()
+        monkeypatch.setattr(Image, "open", raising)
+        with pytest.raises(MemoryError):
+            imagefile.read_header(png)
