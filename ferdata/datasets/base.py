@@ -301,7 +301,11 @@ def csv_lines(f: TextIO, width: int | None = None, warn: bool = True) -> Iterato
     alone reads wrong (its cell count or its values) and the reader drops it with that reason."""
     commas: list[int] = []
     for number, line in enumerate(f, 1):
-        cells = next(csv.reader([line]), [])
+        try:
+            cells = next(csv.reader([line]), [])
+        except csv.Error as e:          # a cell over csv's field limit: a zero-filled or other non-CSV file
+            raise ValueError(f"{getattr(f, 'name', 'a list')}: line {number} is not a CSV row ({e}): a damaged "
+                             "(e.g. zero-filled) or wrong file? replace it with the publisher's") from None
         if not any(c.strip() for c in cells):
             if line.strip():
                 commas.append(number)

@@ -369,3 +369,11 @@ def test_excluding_a_minor_class_renormalises_the_rest(tmp_path):
     records, _, _ = read_all("ferplus", tmp_path, {"label_mode": "crossentropy", "exclude_classes": ["Anger"]})
     np.testing.assert_allclose(records["fer0000000"].extra["soft_label"], [1, 0, 0, 0, 0, 0, 0, 0])
     assert records["fer0000000"].label == 0
+
+
+def test_a_zero_filled_csv_is_one_error_naming_the_file(tmp_path):
+    """A label list zeroed by a crash (no line break, one cell over csv's 128 KiB field limit) raised
+    csv.Error, no user error: a 76-line traceback ending "Error: field larger than field limit"."""
+    (tmp_path / "fer2013.csv").write_bytes(bytes(300_000))
+    with pytest.raises(ValueError, match=r"fer2013\.csv: line 1 is not a CSV row"):
+        read_all("fer2013", tmp_path)
