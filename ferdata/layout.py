@@ -64,7 +64,17 @@ def stage_dirs(data_dir: str | Path, name: str) -> dict[str, Path]:
 
 def _report_part(stage_dir: str | Path, part: str) -> dict:
     path = Path(stage_dir) / REPORT
-    return (json.loads(path.read_text()).get(part) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:                 # UnicodeDecodeError too: zero-filled, cut short, edited
+        report = err
+    if not isinstance(report, dict):           # said with the file: "Expecting value: line 1 column 1 (char 0)"
+        raise ValueError(f"{path} is damaged ({report if isinstance(report, ValueError) else 'no JSON object'}): "
+                         f"re-run the stage that wrote {Path(stage_dir).name} (`dvc repro --force` it, or "
+                         "`ferdata prepare`)")
+    return report.get(part) or {}
 
 
 def report_settings(stage_dir: str | Path) -> dict:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ferdata.layout import REPORT, output_digest, report_inputs, report_notes, report_settings
 
 
@@ -39,3 +41,13 @@ def test_a_report_part_that_is_null_or_absent_reads_as_empty(tmp_path):
     folder = _stage(tmp_path / "given", {"settings": {"size": 112}, "notes": {"cross_split_copies": "drop"}}, {})
     assert report_settings(folder) == {"size": 112} and report_notes(folder) == {"cross_split_copies": "drop"}
     assert report_inputs(folder) == {}
+
+
+@pytest.mark.parametrize("text", ["\0" * 100, "[1]", '{"stage": "detect", "settings": {'],
+                         ids=["zero-filled", "not an object", "cut short"])
+def test_a_damaged_report_is_named_with_the_fix(tmp_path, text):
+    """The align stage reads the detect stage's report.json for its settings: a damaged one stopped it with
+    "error: Expecting value: line 1 column 1 (char 0)" (no file named), or an AttributeError traceback."""
+    (tmp_path / REPORT).write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{REPORT} is damaged .*re-run the stage"):
+        report_settings(tmp_path)
