@@ -103,7 +103,9 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any], num_classes: int = 
     except NotImplementedError:                 # an operation meta tensors lack: judged when training builds it
         return
     except (ValueError, KeyError, TypeError, ArithmeticError, RuntimeError) as err:   # a zero or overflowing count
-        raise ValueError(f"model {name!r} cannot be built with {dict(kwargs)}: {err}") from None
+        # chained, not ``from None``: a TypeError or KeyError of a bug in the model's own code is caught here
+        # too, and FER_TRACEBACK=1 must show where it was raised (it showed this line only)
+        raise ValueError(f"model {name!r} cannot be built with {dict(kwargs)}: {err}") from err
 
 
 def list_models() -> list[str]:

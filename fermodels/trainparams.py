@@ -120,7 +120,7 @@ class TrainParams:
             try:
                 check_model_kwargs(self.model, self.model_kwargs, self.num_classes)
             except ValueError as err:
-                raise ValueError(f"train.model_kwargs: {err}") from None
+                raise ValueError(f"train.model_kwargs: {err}") from err.__cause__
         if self.workers and self.streams % self.workers:
             raise ValueError(f"train.workers {self.workers} must divide train.streams {self.streams}: each loader "
                              "worker makes the batches of as many shuffle streams (the streams set the sample order, "

@@ -168,3 +168,27 @@ def test_too_little_memory_for_whole_pretrained_weights_is_not_a_cut_download(tm
     with pytest.raises(OSError, match="not enough memory to load") as caught:
         load_pretrained(ResNet18Trunk(), good, "msceleb_resnet18")
     assert caught.value.errno == errno.ENOMEM and "download" not in str(caught.value)
+
+
+def test_a_bug_in_a_models_code_keeps_its_traceback_under_fer_traceback(monkeypatch):
+    """check_model_kwargs turns a TypeError into "cannot be built with ..." (a bad value, or a bug in the
+    model): ``from None`` twice (registry, trainparams) left FER_TRACEBACK=1 a traceback ending in
+    trainparams.py, the model's own line gone."""
+    import traceback
+
+    import yaml
+
+    import fermodels.models.baselines as baselines
+    from fermodels.trainparams import train_section
+
+    def buggy(self, *args, **kwargs):
+        return len(5)                   # a bug of the model's code
+
+    monkeypatch.setattr(baselines.ResNet18Classifier, "__init__", buggy)
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text(encoding="utf-8"))
+    params["train"] = {**params["train"], "model": "resnet18_112", "recipe": None,
+                       "model_kwargs": {"pretrained": None}}
+    with pytest.raises(ValueError, match="cannot be built with") as err:
+        train_section(params, announce=False)
+    shown = "".join(traceback.format_exception(err.value))
+    assert "in buggy" in shown and "len(5)" in shown
