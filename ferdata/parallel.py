@@ -27,6 +27,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing as mp
@@ -257,14 +258,37 @@ class _Deferred:
 
 def _submit(pool: ProcessPoolExecutor, ctx: mp.context.BaseContext, chunk: list, first: bool):
     """Submit a chunk; under fork the first submit forks the workers, with the parent's objects
-    frozen meanwhile (they stay frozen in the workers only)."""
+    frozen meanwhile (they stay frozen in the workers only) and Ctrl-C held until they are forked."""
     if not first or ctx.get_start_method() != "fork":
         return pool.submit(_run_chunk, chunk)
     gc.freeze()
     try:
-        return pool.submit(_run_chunk, chunk)
+        with _interrupt_after():
+            return pool.submit(_run_chunk, chunk)
     finally:
         gc.unfreeze()
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Ctrl-C (SIGINT) pressed meanwhile is acted on when the block ends. Python runs the at-fork hooks
+    (logging's lock release) after each fork: a KeyboardInterrupt raised in one is printed as "Exception
+    ignored" and lost, so a Ctrl-C pressed while the workers were forking (seconds on a loaded machine)
+    went unheeded. Only the main thread sets handlers; elsewhere the block runs as it is."""
+    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or before in (None, signal.SIG_IGN):
+        yield                                           # None: a handler set outside Python, kept
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+        if caught and callable(before):
+            before(signal.SIGINT, None)                 # Python's own: KeyboardInterrupt, now
+        elif caught:
+            os.kill(os.getpid(), signal.SIGINT)         # SIG_DFL: the end it would have had
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

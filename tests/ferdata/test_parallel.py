@@ -175,6 +175,37 @@ def test_ctrl_c_stops_the_run_and_its_workers_at_once():
     assert not left, f"workers left running: {left}"
 
 
+def test_ctrl_c_while_the_workers_fork_is_not_lost():
+    """A SIGINT that landed while Python ran its at-fork hooks in the parent (logging's lock release; seconds
+    on a loaded machine) raised KeyboardInterrupt inside the hook, where it is printed as "Exception ignored"
+    and lost: the run went on (audit h65). It is held until the workers are forked, then acted on. The
+    hook here announces itself and then takes a second, the signal arriving meanwhile."""
+    proc = _run("""
+        import os, time
+        from ferdata.parallel import parallel_map
+
+        class Slow:
+            def __call__(self, x):
+                time.sleep(0.2)
+                return x
+
+        def slow_fork():
+            print("forking", flush=True)
+            time.sleep(1.0)
+
+        os.register_at_fork(after_in_parent=slow_fork)
+        for _ in parallel_map(Slow(), range(10_000), workers=2, window=8, chunksize=1):
+            pass
+        print("ran to the end", flush=True)
+        """)
+    assert proc.stdout.readline().strip() == "forking"
+    os.killpg(proc.pid, signal.SIGINT)                  # as a terminal's Ctrl-C, while the hook runs
+    out = _output(proc, 30, "Ctrl-C while forking was lost: the run went on")
+    assert proc.returncode != 0 and "KeyboardInterrupt" in out and "ran to the end" not in out, out
+    left = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not left, f"workers left running: {left}"
+
+
 def test_stopping_workers_in_the_middle_of_sending_a_result_does_not_hang():
     """Workers stopped (Ctrl-C, an error, a consumer that stops early) while sending a large result
     left half a message in the result pipe: the pool's manager thread waited for the rest for ever,
