@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 
@@ -52,3 +53,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """torch's thread count is the process's: a test that sets it and does not set it back runs every
+    later test of the session on that count (masking what the default would do). Use ``one_thread``."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        after = torch.get_num_threads()
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch.set_num_threads({after}) (it was {before}): use the one_thread fixture")

@@ -5,18 +5,15 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from tests.fermodels.helpers import make_params
 
 
-def test_a_finished_run_says_where_its_outputs_are(tiny_shards, preprocess, tmp_path, caplog):
+def test_a_finished_run_says_where_its_outputs_are(tiny_shards, preprocess, tmp_path, caplog, one_thread):
     """The last lines of a training run were the last epoch's; which epoch best.pt holds and where
     was never said."""
     from fermodels.train import train
 
     caplog.set_level(logging.INFO, logger="fermodels")
-    torch.set_num_threads(1)
     train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live", preprocess)
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training done: ")]
     assert done == [f"training done: {tmp_path / 'ckpt' / 'best.pt'} is epoch 0 (val accuracy "
@@ -56,7 +53,8 @@ def test_prepare_ends_saying_where_the_shards_and_the_drops_are(tmp_path, monkey
         f"{out}/affectnet/aligned/dropped.jsonl; check the faces with `ferdata show {out}/affectnet/shards`")
 
 
-def test_an_epoch_says_how_far_it_is_off_a_terminal(tiny_shards, preprocess, tmp_path, caplog, monkeypatch):
+def test_an_epoch_says_how_far_it_is_off_a_terminal(tiny_shards, preprocess, tmp_path, caplog, monkeypatch,
+                                                    one_thread):
     """Training told nothing until an epoch ended (an hour of AffectNet on one GPU) when its output
     went to a log file, as under `dvc repro`: now a plain line a minute (every batch here)."""
     import io
@@ -68,7 +66,6 @@ def test_an_epoch_says_how_far_it_is_off_a_terminal(tiny_shards, preprocess, tmp
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     monkeypatch.setattr(ferdata.progress, "PLAIN_EVERY_S", 0.0)
     caplog.set_level(logging.INFO, logger="ferdata.progress")
-    torch.set_num_threads(1)
     train(tiny_shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live", preprocess)
     lines = [r.getMessage() for r in caplog.records if r.name == "ferdata.progress"]
     steps = len(lines)

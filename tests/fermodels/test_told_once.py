@@ -55,14 +55,13 @@ def test_a_warning_about_the_shards_is_told_by_rank_0_only(tiny_shards, preproce
     assert UNRECORDED not in logs[1]
 
 
-def test_a_warning_every_split_would_give_is_told_once(tiny_shards, preprocess, tmp_path, caplog):
+def test_a_warning_every_split_would_give_is_told_once(tiny_shards, preprocess, tmp_path, caplog, one_thread):
     """The train and val splits of the same datasets told the same backend-options warning twice."""
     from fermodels.train import train
 
     a = copy_shards(tiny_shards, tmp_path / "a" / "shards", _same_options)
     b = copy_shards(tiny_shards, tmp_path / "b" / "shards", _other_options)
     caplog.set_level(logging.WARNING, logger="fermodels")
-    torch.set_num_threads(1)
     train([a, b], make_params(epochs=1, datasets=["a", "b"], epoch_samples=8), tmp_path / "ckpt",
           tmp_path / "live", preprocess)
     assert caplog.text.count(BACKENDS) == 1
