@@ -413,11 +413,23 @@ def test_a_killed_stage_leaves_its_folder_to_the_next_run(tmp_path):
     assert (out / "a").read_text() == "next run"
 
 
+def _wait_for_started(proc: subprocess.Popen) -> None:
+    """Read ``proc``'s output up to its "started" line. Lines before it are not the test's business: a
+    warning on stderr (merged into stdout), such as torch's DataLoader saying 2 workers are more than the
+    1 CPU this process may use (a 1-core CI machine, ``taskset -c 0``, a container's cpuset)."""
+    before = []
+    for line in proc.stdout:
+        if line.strip() == "started":
+            return
+        before.append(line)
+    raise AssertionError(f"the run ended without starting: {''.join(before)}")
+
+
 def _left_after_killing(proc: subprocess.Popen) -> list[str]:
     """Kill ``proc`` alone once it printed "started" (as the out-of-memory killer would), and return the
     pids of its session still running 15 s later (killed then, so that none outlives the test)."""
     try:
-        assert proc.stdout.readline().strip() == "started"
+        _wait_for_started(proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         deadline = time.time() + 15
@@ -869,3 +881,15 @@ def test_a_run_that_logs_to_a_file_gets_no_worker_debug_lines_on_its_console(met
     out = _output(proc, 120, "the run hung")
     assert proc.returncode == 0 and "[0, 1, 2, 3]" in out, out
     assert "debugged" not in out, out
+
+
+def test_a_warning_before_started_is_not_taken_for_the_run_failing():
+    """On a machine with 1 CPU torch warns that 2 DataLoader workers are too many before the run starts:
+    the forkserver loader test read that warning as its "started" line and failed."""
+    proc = _run("""
+        import sys, time
+        print("UserWarning: This DataLoader will create 2 worker processes in total.", file=sys.stderr, flush=True)
+        print("started", flush=True)
+        time.sleep(600)
+        """)
+    assert _left_after_killing(proc) == []
