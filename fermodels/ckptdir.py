@@ -13,6 +13,7 @@ from typing import Iterator
 import torch
 
 from ferdata.atomic import fsync_dir, held_folder, remove_unlocked
+from ferdata.errors import no_memory_for, out_of_memory
 
 LAST, BEST = "last.pt", "best.pt"
 # An epoch's best weights are saved here, then last.pt (which records that epoch as the best), then
@@ -60,7 +61,9 @@ def saved_at(path: Path) -> tuple[int, int] | None:
         return int(state["step"]), int(state["best"]["epoch"])
     except OSError:
         raise
-    except Exception:  # noqa: BLE001 - torch's many kinds for a file that is no such checkpoint
+    except Exception as e:  # noqa: BLE001 - torch's many kinds for a file that is no such checkpoint
+        if out_of_memory(e):            # the machine's: "none" would start the run over, replacing it
+            raise no_memory_for(path, e) from e
         return None
 
 

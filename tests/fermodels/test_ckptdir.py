@@ -60,6 +60,20 @@ def test_saved_at_reads_step_and_best_epoch(tmp_path):
     assert saved_at(tmp_path / LAST) == (7, 2)
 
 
+def test_saved_at_out_of_memory_is_raised_not_read_as_no_checkpoint(tmp_path, monkeypatch):
+    """None ("no checkpoint that says") made resume_state start over and replace a whole run's checkpoints
+    when the machine could not load them (audit h68's left)."""
+    import fermodels.ckptdir as ckptdir
+
+    torch.save({"step": 7, "best": {"epoch": 2}}, tmp_path / LAST)
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9000 bytes")
+    monkeypatch.setattr(ckptdir.torch, "load", no_memory)
+    with pytest.raises(OSError, match="not enough memory to load"):
+        saved_at(tmp_path / LAST)
+
+
 # --- resume_state's best.pt check ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("best_step, best_epoch, resumes", [(4, 1, True), (2, 0, False)])
