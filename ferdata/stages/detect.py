@@ -177,10 +177,17 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
                            split=one_image_batches)
     try:
         yield table, (table.row(*r) for r in progress((r for b in batches for r in b), desc="detect", unit="img"))
-    finally:
+    except BaseException:
         batches.close()                            # stops the workers at once if we failed midway
-        if cache:
-            cache.close()
+        if cache is not None:                      # (not `if cache`: its len() counts, flushing first)
+            try:
+                cache.close()
+            except OSError as e:                   # the first error (Ctrl-C: exit 130) is the one to tell
+                log.warning("detect: the detection cache could not save this run's last detections: %s", e)
+        raise
+    batches.close()
+    if cache is not None:
+        cache.close()
 
 
 def detect_section(params: Mapping[str, Any], name: str, spec: DatasetSpec) -> DetectParams:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import ferdata.parallel as parallel
+import ferdata.stages.detect as detect_stage
 from ferdata.cache import CacheError, Detection, DetectionCache
 from ferdata.faces.base import Face
 from ferdata.io import BadImage, decode_rgb
@@ -1045,3 +1046,29 @@ def test_a_relative_cache_dir_in_an_experiment_workspace_is_the_repositorys(work
     assert cache_folder("/abs/c") == Path("/abs/c")     # an absolute one is left as it is
     monkeypatch.chdir(repo)                             # in the repository itself: as before
     assert cache_folder(".cache/ferdata") == Path(".cache/ferdata")
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["empty-cache", "warm-cache"])
+def test_ctrl_c_stays_the_error_when_the_cache_cannot_save_too(tmp_path, photos, monkeypatch, caplog, warm):
+    """A Ctrl-C midway closes the detection cache, which flushes; a flush that failed too (another run
+    holding the cache past the lock's wait) replaced the KeyboardInterrupt (exit 1, not 130, and the
+    cache's error told instead of the interruption) (audit h68's left). An empty cache was not closed at
+    all (``if cache:`` asked its length)."""
+    path = tmp_path / "a.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(photos["astronaut"][:300, 100:400], cv2.COLOR_RGB2BGR))
+    params = DetectParams(backend="embedded", select="largest", det_size=640, score_threshold=None,
+                          model_dir=None, cache_dir=str(tmp_path / "cache"), workers=1)
+    if warm:
+        run_detect([FaceRecord("t", "k0", str(path), 1, "x")], params, tmp_path / "first")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def failing_close(self):
+        raise CacheError(tmp_path / "cache", sqlite3.OperationalError("database is locked"))
+    monkeypatch.setattr(DetectionCache, "close", failing_close)
+    monkeypatch.setattr(detect_stage._Table, "row", interrupted)      # Ctrl-C as the first face comes back
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        run_detect([FaceRecord("t", "k0", str(path), 1, "x")], params, tmp_path / "detect")
+    assert "could not save this run's last detections: detection cache" in caplog.text
+    assert "database is locked" in caplog.text
