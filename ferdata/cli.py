@@ -248,7 +248,12 @@ def _dataset_backends(params: dict, model_dir: Optional[Path]) -> None:
     from ferdata.params import dataset_specs
     from ferdata.stages.detect import detect_section
 
-    for name in dataset_specs(params):
+    try:
+        names = list(dataset_specs(params))
+    except ValueError as e:             # another project's params.yaml (found here, not given): said, not fatal
+        typer.echo(f"datasets: {e}")
+        return
+    for name in names:
         try:
             spec = dataset_spec(params, name, build=False)
             if not set(spec.detect or {}) & {"backend", "options", "model_dir"}:

@@ -34,3 +34,15 @@ def test_backends_judges_a_datasets_own_detect_values(tmp_path, monkeypatch):
     res = CliRunner().invoke(app, ["backends", "--model-dir", str(tmp_path / "models")])
     rafdb = [s for s in res.output.splitlines() if s.startswith("datasets.rafdb")]
     assert rafdb and "nowhere" not in rafdb[0] and "models" in rafdb[0], res.output   # --model-dir wins
+
+
+def test_backends_lists_every_backend_whatever_the_datasets_section_holds(tmp_path, monkeypatch):
+    """A params.yaml found here may be another project's (the detect section is read only when it is
+    one): a `datasets` list there ended `ferdata backends` with an error after its lines (audit h70)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "params.yaml").write_text("detect:\n  backend: auto\ndatasets:\n  - fer2013\n")
+    res = CliRunner().invoke(app, ["backends"])
+    assert res.exit_code == 0, res.output
+    assert "precropped" in res.output and "datasets:" in res.output, res.output
