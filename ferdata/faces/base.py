@@ -303,6 +303,16 @@ class FaceBackend:
         return True
 
 
+def signed_options(backend: str, options: Mapping[str, Any]) -> dict:
+    """``options`` of face backend ``backend`` less those that find no other faces
+    (:meth:`FaceBackend.unsigned`: ``threads``; face_alignment's sfd/dlib ``score_threshold``): what the
+    shards record and inference repeats. As given for a name no backend has (another version's)."""
+    if backend not in BACKENDS.names() or not isinstance(options, Mapping):
+        return dict(options) if isinstance(options, Mapping) else options
+    unsigned = BACKENDS.get(backend).unsigned(options)
+    return {k: v for k, v in options.items() if k not in unsigned}
+
+
 def rgb_pixels(image: object) -> bool:
     """Whether ``image`` is what the face models read: RGB uint8 (H, W, 3) pixels, not empty."""
     return (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3

@@ -29,7 +29,7 @@ from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
-from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face
+from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, signed_options
 from ferdata.layout import DROPS, FACES, REPORT
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
@@ -80,9 +80,7 @@ class DetectParams:
         face_alignment's sfd/dlib ``score_threshold``: :meth:`FaceBackend.unsigned`, out of the cache key
         too): the shards record it, inference finds faces so, and a setting that finds the same faces
         must not give them other shards (and a new training)."""
-        options = self.backend_options()
-        unsigned = BACKENDS.get(self.backend).unsigned(options)
-        return {"backend": self.backend, "options": {k: v for k, v in options.items() if k not in unsigned}}
+        return {"backend": self.backend, "options": signed_options(self.backend, self.backend_options())}
 
     def create_backend(self) -> FaceBackend:
         return create_backend(self.backend, self.backend_options(), self.model_dir, self.allow_download)
