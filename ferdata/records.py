@@ -179,10 +179,24 @@ def load_image_bytes(r: FaceRecord) -> bytes:
     ``/dev/zero`` read until memory ran out."""
     if r.pixels is not None:
         return r.pixels
-    with open(r.path, "rb", opener=_without_waiting) as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", r.path)
+    with open_regular(r.path) as f:
         return f.read()
+
+
+class NotRegularFile(OSError):
+    """A pipe, socket or device where a file was to be read."""
+
+
+def open_regular(path: str | os.PathLike, mode: str = "rb", **kwargs: Any):
+    """``open(path, mode, **kwargs)`` of a regular file; a pipe, socket or device there is a
+    :class:`NotRegularFile` (EINVAL), not a wait (a pipe nobody writes to is opened without waiting, then refused)."""
+    f = open(path, mode, opener=_without_waiting, **kwargs)
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise NotRegularFile(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
+    if hasattr(os, "O_NONBLOCK"):          # a regular file: read as any other (a FUSE or network mount may
+        os.set_blocking(f.fileno(), True)  # honour O_NONBLOCK and answer EAGAIN, a short read)
+    return f
 
 
 def _without_waiting(path: str, flags: int) -> int:

@@ -40,7 +40,7 @@ from ferdata.datasets.base import (BOX_UNREADABLE, LANDMARKS_UNREADABLE, READERS
 from ferdata.datasets.folder import hidden, is_image, unread
 from ferdata.datasets.subsets import AFFECTNET_ID
 from ferdata.io import IMAGE_EXTS
-from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key
+from ferdata.records import TRAIN_ONLY, Dropped, FaceRecord, make_key, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def label_problem(native: int, num_classes: int) -> str:
 def load_npy(path: Path) -> np.ndarray:
     """``np.load`` without pickles; any unreadable file becomes ``ValueError`` (a drop, not a crash)."""
     try:
-        return np.load(path, allow_pickle=False)
+        with open_regular(path) as f:                 # a pipe under its name: refused, not waited on
+            return np.load(f, allow_pickle=False)
     except (OSError, EOFError, ValueError) as err:
         raise ValueError(f"{path.name}: unreadable .npy ({err})") from err
 

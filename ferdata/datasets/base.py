@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Iterator, Mapping, TextIO
 from ferdata.classes import CLASSES, canonical_id
 from ferdata.datasets.subsets import load_subsets, membership
 from ferdata.errors import shown
-from ferdata.records import LISTED_AS, SOFT_LABEL, Dropped, FaceRecord
+from ferdata.records import LISTED_AS, SOFT_LABEL, Dropped, FaceRecord, NotRegularFile, open_regular
 from ferdata.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,10 @@ def open_text(path: Path, newline: str | None = None) -> Iterator[TextIO]:
     """A publisher's text file (UTF-8, a byte-order mark allowed); a byte that is not UTF-8, wherever
     reading meets it, is a ``ValueError`` naming the file."""
     try:
-        with open(path, newline=newline, encoding="utf-8-sig") as f:
+        with open_regular(path, "r", newline=newline, encoding="utf-8-sig") as f:
             yield f
+    except NotRegularFile as e:            # a pipe there waited for ever: a drop or an error naming it
+        raise ValueError(f"{path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not UTF-8 ({e.reason}: byte {e.object[e.start:e.start + 1]!r} at offset "
                          f"{e.start}); save it as UTF-8 (the publishers' files are)") from None

@@ -83,3 +83,30 @@ def test_out_of_descriptors_stops_detect_instead_of_dropping_good_images(tmp_pat
         run_detect(records, params, tmp_path / "detect")
     assert any("not the image's" in note for note in err.value.__notes__)
     assert not (tmp_path / "detect").exists()          # no output that looks complete
+
+
+def test_a_ckplus_label_file_that_is_a_pipe_is_a_drop_not_a_wait(tmp_path):
+    """The image fix left the readers' own text files: a pipe named ``*_emotion.txt`` hung the CK+ reader
+    (and so `ferdata prepare ckplus`) for ever (audit h70)."""
+    from ferdata.records import Dropped
+
+    root = make_ckplus(tmp_path / "ck")
+    label = sorted(root.rglob("*_emotion.txt"))[0]
+    label.unlink()
+    os.mkfifo(label)
+    items = _within(30, lambda: list(open_reader("ckplus", root).read()), label)
+    bad = [d for d in items if isinstance(d, Dropped) and d.reason == "bad_label" and label.name in d.detail]
+    assert len(bad) == 1 and "not a regular file" in bad[0].detail, bad
+
+
+def test_an_affectnet_npy_label_that_is_a_pipe_is_a_drop_not_a_wait(tmp_path):
+    from ferdata.records import Dropped
+    from tests.ferdata.fixtures_datasets import make_affectnet_npy
+
+    root = make_affectnet_npy(tmp_path / "an")
+    label = root / "train_set" / "annotations" / "0_exp.npy"
+    label.unlink()
+    os.mkfifo(label)
+    items = _within(30, lambda: list(open_reader("affectnet", root).read()), label)
+    bad = [d for d in items if isinstance(d, Dropped) and d.reason == "bad_label"]
+    assert any("not a regular file" in d.detail for d in bad), bad
