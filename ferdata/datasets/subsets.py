@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from ferdata.records import open_regular
+
 log = logging.getLogger(__name__)
 
 RAFDB_ID = re.compile(r"\b((?:train|test)_\d{4,5})(?:_aligned)?(?:\.\w+)?\b")
@@ -38,7 +40,9 @@ def parse_list(path: str | Path, pattern: re.Pattern[str]) -> frozenset[str]:
     path = Path(path)
     ids: set[str] = set()
     skipped = 0
-    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
+    with open_regular(path, "r", encoding="utf-8-sig", errors="replace") as f:      # a pipe: refused, not waited on
+        text = f.read()
+    for line in text.splitlines():
         m = pattern.search(line)
         if m:
             ids.add(m.group(1))

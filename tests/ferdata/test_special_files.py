@@ -110,3 +110,13 @@ def test_an_affectnet_npy_label_that_is_a_pipe_is_a_drop_not_a_wait(tmp_path):
     items = _within(30, lambda: list(open_reader("affectnet", root).read()), label)
     bad = [d for d in items if isinstance(d, Dropped) and d.reason == "bad_label"]
     assert any("not a regular file" in d.detail for d in bad), bad
+
+
+def test_a_subset_list_that_is_a_pipe_is_an_error_not_a_wait(tmp_path):
+    """A test-subset list (datasets.<name>.options.subsets) given as a pipe hung reading it."""
+    from ferdata.datasets.subsets import RAFDB_ID, parse_list
+
+    fifo = tmp_path / "occlusion_list.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        _within(10, lambda: parse_list(fifo, RAFDB_ID), fifo)
