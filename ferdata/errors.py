@@ -49,11 +49,11 @@ def out_of_memory(e: BaseException) -> bool:
 
 
 def no_memory_for(path: Path, e: BaseException) -> OSError:
-    """The error to raise for ``out_of_memory(e)`` while loading the intact ``path``: the machine's, so
-    the file is not called damaged (the advice to copy it again or delete it threw away good runs)."""
+    """The error to raise for ``out_of_memory(e)`` while loading ``path``: the machine's, so the file
+    is not called damaged (the advice to copy it again or delete it threw away good runs)."""
     told = _first_line(str(e)) or type(e).__name__
     return OSError(errno.ENOMEM, f"not enough memory to load {path} ({path.stat().st_size / 1e6:.0f} MB; {told}): "
-                   "the file is whole (its CRC-32s pass); free memory or use a machine with more, and run again")
+                   "the machine's shortage, not a fault of the file; free memory or use a machine with more, and run again")
 
 
 def _first_line(text: str, most: int = 200) -> str:
