@@ -53,7 +53,8 @@ def no_memory_for(path: Path, e: BaseException) -> OSError:
     is not called damaged (the advice to copy it again or delete it threw away good runs)."""
     told = _first_line(str(e)) or type(e).__name__
     return OSError(errno.ENOMEM, f"not enough memory to load {path} ({path.stat().st_size / 1e6:.0f} MB; {told}): "
-                   "the machine's shortage, not a fault of the file; free memory or use a machine with more, and run again")
+                   "the machine's shortage, not a fault of the file; free memory or use a machine with more, and "
+                   "run again")
 
 
 def _first_line(text: str, most: int = 200) -> str:
