@@ -112,12 +112,25 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
         backends.update(info.get("face_backends", {}))
         settings[str(d)] = info.get("preprocess") or {}
         if info.get("detect"):                        # auto's options went to each backend it used
-            detectors[str(d)] = {name: info["detect"]["options"] for name in info.get("face_backends", {})}
+            detectors[str(d)] = {name: _face_options(name, info["detect"]["options"])
+                                 for name in info.get("face_backends", {})}
         if info.get("empty_by_setting") and not info["shards"]:
             by_setting.append(str(d))
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
                  dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors, warn),
                  tuple(by_setting), hists, made)
+
+
+def _face_options(name: str, options: Mapping[str, Any]) -> dict:
+    """``options`` less those that find no other faces (``FaceBackend.unsigned``: ``threads``; face_alignment's
+    sfd/dlib ``score_threshold``): shards prepared before the detect stage left them out of its settings
+    still record them, and a dataset prepared since must not seem to have run the backend another way.
+    Spelled out here, as ``ferdata.faces`` is not among the code training depends on
+    (tests/fermodels/test_shards_recorded_threads.py checks it against the backends)."""
+    unsigned = {"threads"}
+    if name == "face_alignment" and options.get("detector", "embedded") != "embedded":
+        unsigned.add("score_threshold")
+    return {k: v for k, v in options.items() if k not in unsigned}
 
 
 def _backend_options(detectors: dict[str, dict[str, dict]], warn: bool = True) -> dict[str, dict]:
