@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from ferdata.classes import CLASSES
-from ferdata.faces.base import FaceBackend
+from ferdata.faces.base import BACKENDS, FaceBackend
 from ferdata.params import SPEED_ONLY, read_yaml
 from ferdata.selection import VERSION as SELECTION_VERSION
 from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
@@ -206,8 +206,14 @@ def _shaping(name: str, values: object) -> object:
                 for ds, spec in values.items()}
     skip = {"shard": ("fold",), "train": RESUME_IGNORES + LAYOUT}.get(name, SPEED_ONLY.get(name, ()))
     out = {k: v for k, v in values.items() if k not in skip}
-    if name == "detect" and isinstance(out.get("options"), dict):     # a backend's threads: how fast, not which faces
-        out["options"] = {k: v for k, v in out["options"].items() if k not in FaceBackend.UNSIGNED}
+    if name == "detect":                # what finds no other faces: threads; sfd/dlib's score_threshold
+        options = out.get("options") if isinstance(out.get("options"), dict) else {}
+        backend = out.get("backend")    # none in a dataset's own detect values: the section's backend
+        unsigned = (BACKENDS.get(backend).unsigned(options) if isinstance(backend, str) and backend in BACKENDS
+                    else FaceBackend.UNSIGNED)
+        if isinstance(out.get("options"), dict):
+            out["options"] = {k: v for k, v in options.items() if k not in unsigned}
+        out = {k: v for k, v in out.items() if k not in unsigned}          # detect.score_threshold
     return out
 
 

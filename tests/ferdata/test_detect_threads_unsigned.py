@@ -57,3 +57,15 @@ def test_fan_score_threshold_is_recorded_only_where_it_filters(tmp_path, detecto
                             options={"detector": detector}).settings()
     assert (settings(0.3) != settings(None)) is recorded
     assert ("score_threshold" in settings(0.3)["options"]) is recorded
+
+
+def test_crossval_groups_face_alignment_folds_whatever_their_sfd_threshold():
+    """sfd and dlib keep their own score filters: folds that differ only in detect.score_threshold found the
+    same faces and are one cross-validation; with the embedded detector the threshold filters, and splits them."""
+    from fermodels.crossval import _shaping
+
+    def detect(detector, threshold):
+        return _shaping("detect", {"backend": "face_alignment", "score_threshold": threshold,
+                                   "options": {"detector": detector, "threads": 2}})
+    assert detect("sfd", 0.3) == detect("sfd", 0.9) and detect("dlib", None) == detect("dlib", 0.5)
+    assert detect("embedded", 0.3) != detect("embedded", 0.9)
