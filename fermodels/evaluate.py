@@ -33,7 +33,7 @@ from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
 from fermodels.data import split_decoder
 from fermodels.distributed import DEVICE_RULE, DistEnv, all_gather_objects, env_from_os, pick_device
-from fermodels.indexed import IndexedSplit, indexed_loader
+from fermodels.indexed import IndexedSplit, Passes, indexed_loader
 from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_confusion, plot_confusion
 from fermodels.modelinput import normalise, to_device
 from fermodels.registry import ModelCard
@@ -192,12 +192,19 @@ def _compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> di
 
 
 def batch_composition_check(model, dataset: IndexedSplit, card: ModelCard, device: torch.device,
-                            params: EvalParams, reference: np.ndarray) -> dict:
+                            params: EvalParams, reference: np.ndarray, passes: Passes | None = None) -> dict:
     """Predict again in other orders / batch sizes; ``reference`` is the headline prediction (file
     order at ``card.scoring_batch(params.batch_size)``), which is not repeated. A face whose top two
     classes tie within :data:`SAME_PROB` may change its prediction with no leak: independence is
     judged on the probabilities (``changed_predictions`` counts them all). The batched orders run at
-    ``params.batch_size``, at least 2: at 1 every order would be one face at a time and compare nothing."""
+    ``params.batch_size``, at least 2: at 1 every order would be one face at a time and compare nothing.
+    ``passes``: the loader to score with (its workers kept from the headline pass), else one of its own."""
+    if passes is None:
+        passes = Passes(dataset, params.workers)
+        try:
+            return batch_composition_check(model, dataset, card, device, params, reference, passes)
+        finally:
+            passes.close()
     n, bs = len(dataset), max(params.batch_size, 2)
     rng = np.random.default_rng(params.seed)
     in_file_order = list(range(n))
@@ -209,8 +216,7 @@ def batch_composition_check(model, dataset: IndexedSplit, card: ModelCard, devic
     for name, (order, size) in orders.items():
         if order is in_file_order and size == headline:
             continue
-        loader = indexed_loader(dataset, order, size, params.workers)
-        _, probs, _ = predict_loader(model, loader, card, device, flip_tta=params.flip_tta)
+        _, probs, _ = predict_loader(model, passes.over(order, size), card, device, flip_tta=params.flip_tta)
         back = np.empty_like(probs)
         back[np.asarray(order, np.int64)] = probs
         report["orders"][name] = _compare(reference, back, dataset.labels)
@@ -251,8 +257,14 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     if batch_size != params.batch_size:
         log.warning("evaluate: %s's predictions depend on the other faces in a batch (its card: per_sample false): "
                     "scored one face at a time; its batched figures are batch_composition's", card.name)
-    labels, probs, _ = predict_loader(model, indexed_loader(dataset, range(len(dataset)), batch_size, params.workers),
-                                      card, device, flip_tta=params.flip_tta)
+    passes = Passes(dataset, params.workers)     # one set of loader workers for the headline and the check
+    try:
+        labels, probs, _ = predict_loader(model, passes.over(range(len(dataset)), batch_size), card, device,
+                                          flip_tta=params.flip_tta)
+        composition = (batch_composition_check(model, dataset, card, device, params, probs, passes)
+                       if params.batch_check and not nonfinite_rows(probs) else None)
+    finally:
+        passes.close()
     if bad := nonfinite_rows(probs):                           # argmax would score them all as class 0
         raise ValueError(f"{checkpoint}: the model's probabilities are not finite (NaN or inf) for {bad} of the "
                          f"{len(probs)} {params.split} samples: it overflows on them (trained with train.amp?)")
@@ -281,8 +293,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:
         metrics["per_subset"] = subsets
-    if params.batch_check:
-        metrics["batch_composition"] = batch_composition_check(model, dataset, card, device, params, probs)
+    if composition is not None:
+        metrics["batch_composition"] = composition
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "confusion.json", json.dumps(confusion_rows(labels, preds, classes), indent=1) + "\n")

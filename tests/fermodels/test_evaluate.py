@@ -635,3 +635,22 @@ def test_an_output_folder_that_is_a_file_is_told_before_the_scoring(tiny_run, tm
     for out in (tmp_path / "out", tmp_path / "out" / "eval"):
         with pytest.raises(ValueError, match=rf"evaluate cannot write in {out} \(.*out is a file\)"):
             evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, out)
+
+
+def test_one_set_of_loader_workers_serves_every_pass(tiny_run, tmp_path, one_thread, monkeypatch):
+    """The headline pass and the batch check's three orders each started their own loader workers: under
+    spawn or forkserver ~2.4 s a pass, the sample's evaluation 2x fork's. One set serves them all now,
+    and the passes' batches are indexed_loader's (the same metrics, batch check included)."""
+    import fermodels.indexed as indexed
+
+    started = tmp_path / "started"
+    started.mkdir()
+
+    def counted(worker_id: int) -> None:
+        (started / f"{os.getpid()}-{worker_id}").touch()
+    monkeypatch.setattr(indexed, "one_thread_per_worker", counted)
+    params = replace(PARAMS, workers=2)
+    got = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], params, tmp_path / "out")
+    assert len(list(started.iterdir())) == 2                   # 8 before: 2 workers x 4 passes
+    alone = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path / "alone")
+    assert got == alone and got["batch_composition"]["orders"].keys() == {"shuffled", "class_sorted", "batch1"}
