@@ -92,7 +92,7 @@ def load_subsets(spec: Mapping[str, str], root: Path, pattern: re.Pattern[str],
     out: dict[str, frozenset[str]] = {}
     for name, rel in sorted(spec.items()):
         path = under_root(rel, root, f"{reader}: options.subsets.{name}")
-        if not path.is_file():
+        if not path.exists():               # a pipe or folder there: parse_list names what it is
             raise FileNotFoundError(f"subset {name!r}: list file {path} not found (set options.subsets.{name})")
         out[name] = parse_list(path, pattern)
     return out

@@ -120,3 +120,13 @@ def test_a_subset_list_that_is_a_pipe_is_an_error_not_a_wait(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):
         _within(10, lambda: parse_list(fifo, RAFDB_ID), fifo)
+
+
+def test_a_subset_list_that_is_a_pipe_is_named_as_such_by_load_subsets(tmp_path):
+    """load_subsets (parse_list's only caller) asked is_file() first: a pipe was "not found"."""
+    from ferdata.datasets.subsets import RAFDB_ID, load_subsets
+
+    os.mkfifo(tmp_path / "occlusion_list.txt")
+    with pytest.raises(OSError, match="not a regular file"):
+        _within(10, lambda: load_subsets({"occlusion": "occlusion_list.txt"}, tmp_path, RAFDB_ID, "rafdb"),
+                tmp_path / "occlusion_list.txt")
