@@ -75,9 +75,12 @@ def load_npy(path: Path) -> np.ndarray:
     """``np.load`` without pickles; any unreadable file becomes ``ValueError`` (a drop, not a crash)."""
     try:
         with open_regular(path) as f:                 # a pipe under its name: refused, not waited on
-            return np.load(f, allow_pickle=False)
+            arr = np.load(f, allow_pickle=False)
     except (OSError, EOFError, ValueError) as err:
         raise ValueError(f"{path.name}: unreadable .npy ({err})") from err
+    if not isinstance(arr, np.ndarray):               # a zip (.npz) under a .npy name: an NpzFile, no array
+        raise ValueError(f"{path.name}: unreadable .npy (an .npz archive, not one array)")
+    return arr
 
 
 def npy_scalar(path: Path) -> float:

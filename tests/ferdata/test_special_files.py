@@ -130,3 +130,19 @@ def test_a_subset_list_that_is_a_pipe_is_named_as_such_by_load_subsets(tmp_path)
     with pytest.raises(OSError, match="not a regular file"):
         _within(10, lambda: load_subsets({"occlusion": "occlusion_list.txt"}, tmp_path, RAFDB_ID, "rafdb"),
                 tmp_path / "occlusion_list.txt")
+
+
+def test_an_affectnet_npy_label_that_is_an_npz_archive_is_a_drop_not_a_crash(tmp_path):
+    """np.load returns an NpzFile for a zip: `.size` was an AttributeError that ended the whole reader."""
+    import numpy as np
+
+    from ferdata.records import Dropped
+    from tests.ferdata.fixtures_datasets import make_affectnet_npy
+
+    root = make_affectnet_npy(tmp_path / "an")
+    label = root / "train_set" / "annotations" / "0_exp.npy"
+    with open(label, "wb") as f:
+        np.savez(f, x=np.array("3"))
+    items = list(open_reader("affectnet", root).read())
+    bad = [d for d in items if isinstance(d, Dropped) and d.reason == "bad_label"]
+    assert any(".npz archive" in d.detail for d in bad), bad
