@@ -84,22 +84,20 @@ def indexed_loader(dataset: IndexedSplit, order: Sequence[int], batch_size: int,
                    persistent: bool = False) -> DataLoader:
     """Batches of ``dataset`` in exactly ``order`` (a list of indices); ``persistent``: the workers
     serve every pass over it (the trainer's validation each epoch) instead of a fork per pass."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=list(order), num_workers=workers,
-                      collate_fn=dataset.decoder.collate, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=persistent and workers > 0, worker_init_fn=one_thread_per_worker)
+    return Passes(dataset, workers, persistent).over(order, batch_size)
 
 
 class Passes:
     """One loader over ``dataset`` for several passes in other orders and batch sizes (evaluate's headline
     scores, then its batch-composition check): with ``workers``, one set of worker processes serves them
     all. A loader per pass started its workers anew each time: under spawn or forkserver (macOS, Python
-    3.14's default) ~2.4 s a pass, the sample's evaluation 2x fork's. The batches are those of
-    :func:`indexed_loader` for the same order and batch size. :meth:`close` stops the workers."""
+    3.14's default) ~2.4 s a pass, the sample's evaluation 2x fork's. ``persistent`` false: workers forked
+    for each pass and ended with it (:func:`indexed_loader`'s default). :meth:`close` stops the workers."""
 
-    def __init__(self, dataset: IndexedSplit, workers: int) -> None:
+    def __init__(self, dataset: IndexedSplit, workers: int, persistent: bool = True) -> None:
         self.batches: list[list[int]] = []
         self.loader = DataLoader(dataset, batch_sampler=self, num_workers=workers, collate_fn=dataset.decoder.collate,
-                                 pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+                                 pin_memory=torch.cuda.is_available(), persistent_workers=persistent and workers > 0,
                                  worker_init_fn=one_thread_per_worker)
 
     def over(self, order: Sequence[int], batch_size: int) -> DataLoader:
