@@ -38,6 +38,16 @@ def shown(name: object) -> str:
     return _UNSHOWN.sub(lambda m: repr(m[0])[1:-1], str(name))
 
 
+def utf8_name(name: str) -> bool:
+    """Whether ``name`` is UTF-8 text: not a file name's undecodable bytes, kept as lone surrogates (which
+    DVC cannot hash, and ``cv2.VideoCapture`` crashes the process on)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # torch's CPU allocator failing (a RuntimeError: "DefaultCPUAllocator: can't allocate memory"), or numpy's
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory|Unable to allocate", re.IGNORECASE)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
-from ferdata.errors import shown
+from ferdata.errors import shown, utf8_name
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
 from fermodels.predictor import FaceSample, Picture, Predictor
@@ -66,15 +66,13 @@ def openable_name(path: Path) -> Iterator[str]:
     bytes kept as surrogates, which ``cv2.VideoCapture`` crashes the process on), a link to the
     file under a temporary UTF-8 name."""
     name = str(path)
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        with tempfile.TemporaryDirectory(prefix="fer-video-") as tmp:
-            link = os.path.join(tmp, "video" + path.suffix.lower())
-            os.symlink(os.path.abspath(path), link)
-            yield link
+    if utf8_name(name):
+        yield name
         return
-    yield name
+    with tempfile.TemporaryDirectory(prefix="fer-video-") as tmp:
+        link = os.path.join(tmp, "video" + path.suffix.lower())
+        os.symlink(os.path.abspath(path), link)
+        yield link
 
 
 def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, str]]:

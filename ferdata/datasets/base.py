@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterator, Mapping, TextIO
 
 from ferdata.classes import CLASSES, canonical_id
 from ferdata.datasets.subsets import load_subsets, membership
-from ferdata.errors import shown
+from ferdata.errors import shown, utf8_name
 from ferdata.records import LISTED_AS, SOFT_LABEL, Dropped, FaceRecord, NotRegularFile, open_regular
 from ferdata.registry import Registry
 
@@ -139,7 +139,7 @@ class DatasetReader:
                     yield item
                     continue
                 records += 1
-                if item.path and not _utf8(item.path):
+                if item.path and not utf8_name(item.path):
                     not_utf8.append(item.path)
                 identity = self._identity(item)
                 own = self._distinct(item, identity, owners)
@@ -250,15 +250,6 @@ class DatasetReader:
     def subset_id(self, record: FaceRecord) -> str:
         """The id by which subset lists name ``record`` (what ``subset_pattern`` extracts): its key."""
         return record.key
-
-
-def _utf8(path: str) -> bool:
-    """Whether ``path`` is UTF-8 text (not a name's undecodable bytes, kept as lone surrogates)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
