@@ -46,16 +46,10 @@ def prepare(
 ) -> None:
     """Run detect -> align -> derive -> shard for one dataset (the same functions as `dvc repro`)."""
     from ferdata.layout import DROPS, stage_dirs
-    from ferdata.params import load_params, parse_assignments
     from ferdata.prepare import prepare as run
 
     _setup_logging(verbose)
-    try:
-        options = parse_assignments(option)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--option") from None
-    loaded = load_params(params)
-    check_sample_made(loaded, dataset, root)
+    options, loaded = _dataset_inputs(option, params, dataset, root)
     reports = run(dataset, loaded, out, root, options, backend)
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
@@ -64,15 +58,23 @@ def prepare(
                f"{dirs['aligned'] / DROPS}; check the faces with `ferdata show {dirs['shards']}`")
 
 
-def check_sample_made(params: dict, dataset: str, root: Optional[Path]) -> None:
-    """The bundled sample's folder exists: its reader would say it does not look like AffectNet."""
-    from ferdata.params import dataset_specs
+def _dataset_inputs(option: list[str], params: Path, dataset: str, root: Optional[Path]) -> tuple[dict, dict]:
+    """The reader options given as ``--option KEY=VALUE`` and the loaded params file of a command that
+    reads ``dataset``; the bundled sample's folder must exist (its reader would say it does not look
+    like AffectNet)."""
+    from ferdata.params import dataset_specs, load_params, parse_assignments
 
-    spec = dataset_specs(params).get(dataset)
+    try:
+        options = parse_assignments(option)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--option") from None
+    loaded = load_params(params)
+    spec = dataset_specs(loaded).get(dataset)
     made = spec.get("root") if dataset == "sample" and root is None and isinstance(spec, dict) else None
     if isinstance(made, str) and not Path(made).exists():
         raise FileNotFoundError(f"{made}: the sample dataset is generated, not shipped: `ferdata sample {made}` "
                                 "makes it (`dvc repro` does both)")
+    return options, loaded
 
 
 @app.command()
@@ -89,7 +91,6 @@ def detect(
 
     Run part K/N on machine K, copy each machine's `detect.cache_dir` folder whole (its -wal too) to
     one machine, `ferdata cache merge` the folders there, and `dvc repro` (or `prepare`) detects nothing."""
-    from ferdata.params import load_params, parse_assignments
     from ferdata.parts import Part
     from ferdata.prepare import detect_part
 
@@ -98,12 +99,7 @@ def detect(
         which = Part.parse(part)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--part") from None
-    try:
-        options = parse_assignments(option)
-    except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="--option") from None
-    loaded = load_params(params)
-    check_sample_made(loaded, dataset, root)
+    options, loaded = _dataset_inputs(option, params, dataset, root)
     r = detect_part(dataset, loaded, which, root, options, backend)
     n = r["notes"]
     dropped = f" {r['dropped']}" if r["dropped"] else ""
