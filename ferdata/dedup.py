@@ -57,9 +57,9 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
         listed[rec["key"]] = rec["path"], label
         if ident[2] in HELD_OUT:
             held_out.setdefault(ident, []).append(rec["key"])
-    kept = {}                       # face -> a val/test split that keeps a copy (conflicting copies all go)
+    kept = {}                       # face -> a val/test split that keeps a copy (kept whole: Deduplicator)
     for ident, copies in held_out.items():
-        if ident not in faces and any(key not in keys for key in copies):
+        if any(key not in keys for key in copies):
             kept.setdefault(ident[:2], ident[2])
     return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept)
 
@@ -72,7 +72,11 @@ class Deduplicator:
     """Keys must be unique: a file listed again is dropped (``duplicate_key``), and every listing
     of it when the labels disagree (``conflicting_labels``). Copies of one picture + face in one
     split: all are dropped when their labels disagree (``conflicting_labels``: neither label can be
-    trusted), else the first is kept. ``conflicts`` is :func:`conflicting_labels` of the same rows.
+    trusted), else the first is kept; in an official val or test split (the only ones align sees: the
+    shard stage carves the others later) every copy is kept, as published, and counted
+    (``duplicates``: ``within_<split>``, ``conflicting_labels_in_<split>``), so a benchmark's test set is
+    scored whole (FER2013's PrivateTest holds copies of one picture, some labelled otherwise).
+    ``conflicts`` is :func:`conflicting_labels` of the same rows.
     A face seen in another official split is kept and counted, so official test sets stay whole; with
     ``drop_train_copies`` its copies in the train split are dropped (``copy_of_held_out``), so no
     val or test face is trained on (the papers' splits keep them: the default)."""
@@ -98,7 +102,10 @@ class Deduplicator:
                 continue
             self.keys.add(rec["key"])
             picture, box, split = ident = face_identity(row)
-            if ident in self.conflicts.faces:
+            held = split in HELD_OUT
+            if ident in self.conflicts.faces and held:
+                self.report.count("duplicates", f"conflicting_labels_in_{split}")
+            elif ident in self.conflicts.faces:
                 yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
                               f"{rec['path']}: copies of this picture and face "
                               f"{f'in split {split}' if split else 'in the dataset'} are labelled "
@@ -110,6 +117,10 @@ class Deduplicator:
                               f"{self.conflicts.held_out[picture, box]} split")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
+            if split in seen and held:          # an official val/test split is scored as published
+                self.report.count("duplicates", f"within_{split}")
+                yield row
+                continue
             if split in seen:
                 yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{rec['path']}: same as {seen[split]}")
                 continue

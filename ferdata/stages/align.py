@@ -7,7 +7,8 @@ box and the source->crop matrix). Train and test go through the same function.
 Bad rows are dropped by reason, never crash the run: a repeated key (``duplicate_key``; every
 listing of a file listed again with another label, ``conflicting_labels``),
 the same picture and face again in the same split (``duplicate_image``; every copy when
-the copies' labels disagree, ``conflicting_labels``; across official splits it is kept and
+the copies' labels disagree, ``conflicting_labels``; in an official val or test split every copy is kept
+and counted, so the published test set is scored whole; across official splits it is kept and
 counted, so official test sets stay intact, or its training copies dropped with
 ``cross_split_copies: drop_train``, ``copy_of_held_out``), a source file that changed since detect
 (``source_changed``), unusable geometry (``bad_landmarks``, ``implausible_landmarks``, ``bad_box``,
@@ -173,6 +174,9 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
         report.write(out / REPORT)
     log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped),
              {k: v for k, v in report.notes.items() if k != CONTENT})      # the digest is report.json's
+    if kept := {k: n for k, n in report.notes.get("duplicates", {}).items() if not k.startswith("across_")}:
+        log.warning("align: copies of one picture and face in an official val/test split were kept, as the dataset "
+                    "publishes them (scored once per copy): %s", kept)
     if damaged := report.notes.get("converted", {}).get(JPEG_DAMAGED):
         log.warning("align: %d JPEG(s) with damaged compressed data kept as decoders read them (the damaged part grey "
                     "or shifted; each sample's json names libjpeg's complaint under jpeg_damage); look at them with "

@@ -218,10 +218,11 @@ def standard_cases() -> list[Case]:
         # geometry problems: reasons recorded by the align stage
         Case("landmarks_degenerate", jpeg_of(41), "align", "bad_landmarks", landmarks=";".join(["50"] * 136)),
         Case("landmarks_off_image", jpeg_of(42), "align", "face_outside_image", landmarks=lmk_text(far)),
-        # duplicates: first occurrence wins within a split; across official splits both stay
+        # duplicates: first occurrence wins within a training split; an official test split and copies across
+        # official splits keep every copy
         Case("dup_of_good_1", jpeg_of(1), "align", "duplicate_image"),
         Case("dup_of_good_2_in_test", jpeg_of(2), split="test", reason="across_splits_train_test"),
-        Case("dup_of_good_2_in_test_again", jpeg_of(2), "align", "duplicate_image", split="test"),
+        Case("dup_of_good_2_in_test_again", jpeg_of(2), split="test", reason="within_test"),
         # copies whose labels disagree: every copy in that split goes; a copy in another split stays
         Case("conflict_a", jpeg_of(50), "align", "conflicting_labels", label="2"),
         Case("conflict_b", jpeg_of(50), "align", "conflicting_labels", label="4"),
@@ -268,7 +269,7 @@ def build_corpus(root: Path, cases: list[Case] | None = None) -> Expected:
             exp.align_dropped[case.reason] += 1
         else:
             exp.kept += 1
-            if case.reason.startswith("across_splits"):
+            if case.reason.startswith(("across_splits", "within_")):
                 exp.duplicates[case.reason] += 1
             elif case.reason:
                 exp.converted.update(case.reason.split("+"))
