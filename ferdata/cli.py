@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from ferdata.clihelp import reflow_help, version_option
-from ferdata.errors import run_cli
+from ferdata.errors import console_logging, run_cli
 
 app = typer.Typer(help="FER data pipeline: read datasets, detect/align faces, derive, shard, verify.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -27,7 +27,7 @@ DETECT_BACKEND_HELP = ("Face backend for this dataset (`ferdata backends`), over
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(name)s: %(message)s")
+    console_logging(logging.DEBUG if verbose else logging.INFO, "%(name)s: %(message)s")
     logging.getLogger("PIL").setLevel(logging.INFO)         # its debug lines (a PNG's chunks) would bury ours
     logging.getLogger("matplotlib").setLevel(logging.WARNING)   # and its INFO "generated new fontManager"
 
@@ -291,14 +291,15 @@ def verify(shards: Path = typer.Argument(..., help="A shards folder (with <split
 
     Every shard's sha256, size and sample count, the class histogram, samples in two shards or
     splits, each sample's members, unsafe tar members."""
+    from ferdata.errors import shown
     from ferdata.verify import verify_shards
 
     problems = verify_shards(shards)
-    for p in problems:
-        typer.echo(p, err=True)
+    for p in problems:              # names from the folder and its _info.json (a copy from elsewhere): shown inert
+        typer.echo(shown(p), err=True)
     if problems:
         raise typer.Exit(1)
-    typer.echo(f"{shards}: all shards match their _info.json")
+    typer.echo(f"{shown(shards)}: all shards match their _info.json")
 
 
 @app.command()
@@ -389,7 +390,13 @@ def predict(
 
 def write_stdout(text: str) -> None:
     """Text naming files, written as UTF-8 whatever the locale, a file name undecodable as UTF-8 as its
-    own bytes (as ``--out`` writes it), never an encoding error after every image was scored."""
+    own bytes (as ``--out`` writes it), never an encoding error after every image was scored. On a
+    terminal each line is shown as ``ferdata.errors.shown`` writes names (a file named with ESC
+    sequences cleared the screen or set its title); into a pipe or a file the text is written as it is."""
+    if sys.stdout.isatty():
+        from ferdata.errors import shown
+
+        text = "\n".join(shown(line) for line in text.split("\n"))
     buffer = getattr(sys.stdout, "buffer", None)
     if buffer is None:
         sys.stdout.write(text)

@@ -28,14 +28,38 @@ USER_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError)
 INTERRUPTED = 130              # the exit status of a command stopped by Ctrl-C (128 + SIGINT)
 # What a terminal acts on rather than shows: C0/C1 controls (ESC sequences that recolour the screen or set
 # its title, a carriage return or newline that starts a line of the file name's making), DEL, bidi
-# overrides, and a name's undecodable bytes (kept as lone surrogates).
-_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# overrides and marks (the Arabic letter mark too), line and paragraph separators, and a name's undecodable
+# bytes (kept as lone surrogates).
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def shown(name: object) -> str:
     """``name`` (a file name, a path) as a console line shows it, on one line: every character a
     terminal would act on written as its Python escape (``\\x1b``, ``\\n``, ``\\udcff``), the rest as it is."""
     return _UNSHOWN.sub(lambda m: repr(m[0])[1:-1], str(name))
+
+
+def inert_lines(text: object) -> str:
+    """``text`` as the console shows a message: each of its lines as :func:`shown` writes a name, the line
+    breaks the message itself makes kept. The guard for what no call site escaped (a name in an exception's
+    text, a third party's message): nothing in it recolours the terminal, sets its title, moves the cursor
+    back over a line or reverses it."""
+    return "\n".join(shown(line) for line in str(text).split("\n"))
+
+
+class ConsoleFormatter(logging.Formatter):
+    """A log record (its traceback too) as :func:`inert_lines` shows it: the console handler's formatter of
+    the command lines and the stage scripts, and of the preprocessing workers they start."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return inert_lines(super().format(record))
+
+
+def console_logging(level: int, fmt: str) -> None:
+    """``logging.basicConfig(level=level, format=fmt)`` with the console's lines inert (:class:`ConsoleFormatter`)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(ConsoleFormatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def utf8_name(name: str) -> bool:
@@ -276,5 +300,5 @@ def _traceback_wanted(argv: Sequence[str]) -> bool:
 
 
 def _report(err: BaseException) -> None:
-    print(f"error: {message(err)}", file=sys.stderr)
+    print(f"error: {inert_lines(message(err))}", file=sys.stderr)
     print("(FER_TRACEBACK=1 shows the traceback)", file=sys.stderr)

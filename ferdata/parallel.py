@@ -45,6 +45,8 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import cv2
 
+from ferdata.errors import ConsoleFormatter
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -111,6 +113,7 @@ def _log_as_parent(setup: tuple) -> None:
     if console is not None and not logging.getLogger().handlers:
         logging.basicConfig(level=level, format=fmt, datefmt=datefmt, style=style, stream=getattr(sys, stream))
         logging.getLogger().handlers[0].setLevel(console)
+        logging.getLogger().handlers[0].setFormatter(ConsoleFormatter(fmt, datefmt, style))   # its lines inert too
     logging.getLogger().setLevel(level)
     for name, own in named.items():
         logging.getLogger(name).setLevel(own)

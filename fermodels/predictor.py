@@ -225,7 +225,7 @@ class Predictor:
                 fields["lmk.npy"] = npy_bytes(al.lmk68)
             elif {"lmk", "heatmap"} & set(self.card.fields):
                 log.warning("%s frame %d face %d skipped: backend %s gives no 68 landmarks, model %s needs them",
-                            source, frame, i, self.backend.name, self.card.name)
+                            shown(source), frame, i, self.backend.name, self.card.name)
                 dropped += 1
                 continue
             fields.update(self.derive((f"face{i}", fields))[1])

@@ -11,7 +11,7 @@ import re
 import sys
 from typing import Mapping, Sequence
 
-from ferdata.errors import install_excepthook, warnings_told_here
+from ferdata.errors import console_logging, install_excepthook, warnings_told_here
 from ferdata.params import PARAMS_FILE, load_params
 
 HELP = ("-h", "--help")
@@ -37,7 +37,7 @@ def setup(check_all: bool = True) -> tuple[dict, list[str]]:
     install_excepthook()                               # first: --help into a closed pipe is no traceback either
     doc = getattr(sys.modules.get("__main__"), "__doc__", None) or ""
     args = arguments(doc, sys.argv[1:])
-    logging.basicConfig(level=log_level(), format="%(asctime)s %(name)s: %(message)s")
+    console_logging(log_level(), "%(asctime)s %(name)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)   # its INFO "generated new fontManager" is not ours
     if not os.path.isfile(PARAMS_FILE):                # load_params' hint names --params, which a stage has not
         raise FileNotFoundError(f"{PARAMS_FILE} not found in {os.getcwd()}: a stage script runs in the project "

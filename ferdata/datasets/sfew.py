@@ -21,6 +21,7 @@ from typing import Iterator, Mapping
 
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.folder import holds_a_file, read_class_tree, subdirs
+from ferdata.errors import shown
 from ferdata.records import MOVIE, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class SFEWReader(DatasetReader):
         if loose:           # the split carved from Train then mixes a film's frames, near-duplicates
             log.warning("%s: %d of %d frames are not named <film>_<clip>_<frame> as SFEW's release names them "
                         "(e.g. %s): each goes to a split on its own, so a film's frames can be in train and val",
-                        self.name, len(loose), frames, Path(loose[0]).name)
+                        self.name, len(loose), frames, shown(Path(loose[0]).name))
 
     def _folders(self) -> dict[str, Path]:
         """``{"train": Train/, "val": Val/}`` matched case-insensitively."""

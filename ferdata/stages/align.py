@@ -28,6 +28,7 @@ from pathlib import Path
 from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
+from ferdata.errors import shown
 from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_image, encode_jpeg
 from ferdata.layout import ALIGNED, CONTENT, DROPS, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
@@ -87,7 +88,7 @@ ANNOTATED_TURNED = "exif_orientation_annotations"
 def _row_name(row: dict | Dropped) -> str:
     if isinstance(row, Dropped):
         return f"dropped record {row.key!r}"
-    return f"record {row['record'].get('key')!r} ({row['record'].get('path')})"
+    return f"record {row['record'].get('key')!r} ({shown(row['record'].get('path'))})"
 
 
 class AlignWorker:
@@ -136,8 +137,8 @@ def _check_readable(drops: list[Dropped], rows: int) -> None:
     lost = [d for d in drops if d.reason == "unreadable_file"]
     if lost and 2 * len(lost) >= rows:
         raise FileNotFoundError(f"align: {len(lost)} of the {rows} images the detect stage read cannot be read now "
-                                f"(e.g. {lost[0].detail}): run from the folder detect ran in (the project's), or "
-                                "re-run detect if the dataset moved")
+                                f"(e.g. {shown(lost[0].detail)}): run from the folder detect ran in (the project's), "
+                                "or re-run detect if the dataset moved")
 
 
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:

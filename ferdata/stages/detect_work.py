@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ferdata.cache import Detection, DetectionCache
+from ferdata.errors import shown
 from ferdata.faces.base import Face, FaceBackend, MissingModelError, shape_only
 from ferdata.io import BadImage, decode_image, probe_image
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, scale_record, unreadable_drop
@@ -161,7 +162,7 @@ def _same_image(a: Item, b: Item) -> bool:
 
 def batch_name(batch: list[Item]) -> str:
     """The images of a batch, for errors."""
-    first = batch[0].record.path if isinstance(batch[0], Job) else batch[0].key
+    first = shown(batch[0].record.path) if isinstance(batch[0], Job) else batch[0].key
     return f"{first}" if len(batch) == 1 else f"the {len(batch)} images from {first} on"
 
 

@@ -758,3 +758,43 @@ def test_cache_prune_keeps_the_entries_of_every_checkout_sharing_the_cache(tmp_p
     assert res.exit_code == 0 and "dropped 1, kept 6" in res.output, res.output
     with DetectionCache(tmp_path / "shared") as cache:
         assert cache.signatures() == {sig: 3 for sig in sigs}
+
+
+# ---- console lines stay inert whatever a message carries (audit h72) --------------------------------------------
+NAMES = ["pin/esc\x1b[31mred\x1b]0;title\x07.jpg", "pin/cr\rdone.jpg", "pin/" + os.fsdecode(b"bad\xff.jpg"),
+         "pin/rlo\u202egpj.exe"]
+
+
+def _inert(line: str) -> bool:
+    return not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 or c == "\u202e" or 0xd800 <= ord(c) < 0xe000
+                   for c in line)
+
+
+def test_the_error_line_is_inert_whatever_the_message_carries(capsys):
+    """An exception's text naming a file no call site escaped (ferdata.errors.shown) reached the terminal
+    raw through ``error: ...``; the message's own line breaks stay (a layout error's found: / fix: lines)."""
+    def bad_input():
+        raise ValueError(f"{NAMES[0]}: damaged\n  fix: {NAMES[1]}")
+
+    with pytest.raises(SystemExit):
+        run_cli(bad_input, argv=[])
+    err = capsys.readouterr().err
+    assert all(_inert(line) for line in err.splitlines()), repr(err)
+    assert "error: pin/esc\\x1b[31mred\\x1b]0;title\\x07.jpg: damaged\n  fix: pin/cr\\rdone.jpg" in err
+
+
+@pytest.mark.parametrize("setup", ["from ferdata.cli import _setup_logging; _setup_logging(False)",
+                                   "import sys; sys.argv[1:] = ['a']; from pipeline._args import setup; "
+                                   "setup.__globals__['arguments'] = lambda doc, argv: argv; setup(check_all=False)"])
+def test_the_commands_log_lines_are_inert(setup, tmp_path):
+    """``ferdata``'s and the stage scripts' console log lines: a name in a message that no call site passed
+    through ``shown`` (an exception's text, a third party's) set the terminal's title, cleared the screen or
+    overwrote the line; the message's own line breaks stay."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    script = (f"{setup}\nimport logging\n"
+              f"logging.getLogger('ferdata.x').warning('read %s\\nsecond line', {NAMES[0] + NAMES[2]!r})")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          errors="surrogateescape", env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if "ferdata.x" in ln or "second line" in ln]
+    assert len(lines) == 2 and all(_inert(ln) for ln in lines), repr(proc.stderr)
+    assert "read pin/esc\\x1b[31mred\\x1b]0;title\\x07.jpgpin/bad\\udcff.jpg" in lines[0]

@@ -893,3 +893,37 @@ def test_a_warning_before_started_is_not_taken_for_the_run_failing():
         time.sleep(600)
         """)
     assert _left_after_killing(proc) == []
+
+
+_NAMER = """
+import logging
+
+
+class Namer:                         # in a module of its own: a spawn / forkserver worker imports it
+    def __call__(self, x):
+        logging.getLogger("ferdata.worker").warning("read %s", "pic\\x1b]0;pwned\\x07\\r%d.jpg" % x)
+        return x
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_spawned_workers_log_lines_are_inert_as_the_run_s(method, tmp_path):
+    """The run's console lines show a name's ESC sequences and carriage returns escaped
+    (ferdata.errors.console_logging); a spawned worker rebuilt its console handler from the format alone,
+    so its lines set the terminal's title and overwrote themselves (audit h72)."""
+    (tmp_path / "namer.py").write_text(_NAMER)
+    proc = _run(f"""
+        import logging, multiprocessing as mp, sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        mp.set_start_method("{method}")
+        from ferdata.errors import console_logging
+        console_logging(logging.INFO, "LOG %(name)s: %(message)s")
+        from ferdata.parallel import parallel_map
+        from namer import Namer
+
+        print(list(parallel_map(Namer(), range(2), workers=2, chunksize=1)))
+        """, tmp_path)
+    out = _output(proc, 120, "the run hung")
+    assert proc.returncode == 0 and "[0, 1]" in out, out
+    assert "LOG ferdata.worker: read pic\\x1b]0;pwned\\x07\\r1.jpg" in out, out
+    assert not any(c in out for c in "\x1b\x07\r"), repr(out)

@@ -773,3 +773,18 @@ def test_an_older_info_file_without_the_subsets_its_samples_name_passes(shards):
     _relisted(shards, tag)
     _with_info(shards, lambda info: [info.pop(k, None) for k in ("face_backends", "soft_labels", "subsets")])
     assert verify_shards(shards) == []
+
+
+def test_problem_lines_name_hostile_shards_inertly(shards):
+    """A stray tar or an _info.json entry named with ESC sequences or a carriage return (a shards folder
+    pulled from elsewhere, the case verify is for) cleared the screen, set the terminal's title or
+    overwrote the line; click also dropped CSI sequences when stderr was no terminal, naming a file
+    that is not there (audit h72)."""
+    stray = shards / "train" / "stray\x1b[2J\x1b]0;pwned\x07.tar"
+    shutil.copy2(_first_shard(shards), stray)
+    _with_info(shards, lambda info: info["shards"].append({**info["shards"][0], "name": "listed\rOVERWRITE.tar"}))
+    result = CliRunner().invoke(app, ["verify", str(shards)])
+    assert result.exit_code == 1
+    assert "stray\\x1b[2J\\x1b]0;pwned\\x07.tar: shard not listed" in result.output, result.output
+    assert "listed\\rOVERWRITE.tar: missing" in result.output, result.output
+    assert not any(c in result.output for c in "\x1b\x07\r"), repr(result.output)
