@@ -351,6 +351,22 @@ def test_predict_finds_faces_with_the_training_detector_when_it_runs_here(monkey
     assert chosen.name == "embedded" and chosen.options["score_threshold"] == 0.7 and "pack" not in chosen.options
 
 
+def test_a_model_trained_on_a_datasets_own_crops_is_warned_that_auto_frames_new_faces_otherwise(caplog):
+    """precropped training faces are framed as the dataset cut them; auto aligns new faces to the ArcFace
+    template (face-box crops: the eyes 7-13 px of 112 elsewhere), so the model scores faces unlike its
+    training faces: said as a warning (it was an info line, unseen through the Python API), with the fix.
+    A model trained on a dataset's landmarks (annotations) was aligned to the template too: no warning."""
+    with caplog.at_level("INFO", logger="fermodels"):
+        assert choose_backend(None, {"precropped": 5}).name == "auto"
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "framed otherwise" in warned[0].getMessage()
+    assert "--backend precropped" in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fermodels"):
+        assert choose_backend(None, {"annotations": 5}).name == "auto"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
     seen = {}
     real = fermodels.predictor.choose_backend
