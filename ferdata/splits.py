@@ -184,8 +184,11 @@ def check_settings(val_fraction: float, test_fraction: float, by: str, folds: in
 
 
 def _no_subject(item: FaceRecord, by: str) -> str:
-    """The count a record grouped by subject but without one goes to ("" when it has one)."""
-    if by != "subject" or item.subject:
+    """The count a record grouped by subject but without one goes to, or one grouped by key though it
+    has a subject ("" when it is grouped by its subject)."""
+    if by != "subject":
+        return "keyed_subject" if item.subject else ""
+    if item.subject:
         return ""
     return f"by_{name}" if (name := _grouped_by(item)) else "no_subject"
 
@@ -195,6 +198,7 @@ def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool 
     something other than a subject (a warning under k-fold, whose folds are then not
     subject-independent for them)."""
     no_subject = counts.pop("no_subject", 0)
+    keyed = counts.pop("keyed_subject", 0)
     grouped = {name: counts.pop(f"by_{name}", 0) for name in GROUPS}
     carvable = counts.pop("carvable", 0)
     log.info("splits %s: %s", f"by {by}" if by else "as the dataset gives them", dict(sorted(counts.items())))
@@ -203,6 +207,10 @@ def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool 
     for name, n in grouped.items():
         if n:
             say("%d records have no subject and were grouped by their %s%s", n, name, why)
+    if keyed:       # shard.split_by key on people: CK+'s near-identical frames of one sequence in test and train
+        log.warning("%d records have a subject but were grouped by key (shard.split_by: key): one person's faces "
+                    "(CK+: the frames of one sequence, near copies) fall in test and train alike; shard.split_by: "
+                    "subject keeps each person in one split", keyed)
     if no_subject:
         say("%d records have no subject and were grouped by key%s", no_subject,
             ": their folds are per image, so one person can be in test and train" if kfold else "")

@@ -350,3 +350,18 @@ def test_a_training_only_record_of_a_dataset_without_splits_is_placed_in_train()
     items = many(200) + [rec("auto", train_only=True)]
     out = splits_of(assign_splits(items, seed=0, val_fraction=0.2, test_fraction=0.2))
     assert out["auto"] == "train" and set(out.values()) == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("folds", [0, 10])
+def test_records_with_a_subject_split_by_key_are_warned_of(folds, caplog):
+    """shard.split_by: key on CK+ deals each frame alone: the near-identical frames of one sequence fell in
+    test and train without a word (split_by: key warned only of nothing)."""
+    recs = [FaceRecord(dataset="ckplus", key=f"S{s:03d}_001_{f:08d}", path="x", label=1, native_label="5",
+                       subject=f"S{s:03d}", extra={"sequence": f"S{s:03d}_001"}) for s in range(12) for f in (3, 4, 5)]
+    with caplog.at_level("WARNING", logger="ferdata.splits"):
+        list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0.3, by="key", folds=folds))
+    assert "36 records have a subject but were grouped by key" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ferdata.splits"):
+        list(assign_splits(recs, seed=0, val_fraction=0, test_fraction=0.3, by="subject", folds=folds))
+    assert "grouped by key" not in caplog.text
