@@ -77,7 +77,7 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
              repo: Path = typer.Option(Path("."), help="The project's git repository."),
              out: Optional[Path] = typer.Option(None, help="Also write the summaries as JSON here.")) -> None:
     """Summarise k-fold experiments (`dvc exp run --queue -S shard.fold=0,...,K-1`): per fold, mean, std, pooled."""
-    from fermodels.crossval import describe, read_experiments, summarise
+    from fermodels.crossval import describe, distinct, read_experiments, summarise
 
     if out is not None:                         # told before the experiments are read, not after the table
         if out.is_dir():
@@ -90,14 +90,15 @@ def crossval(rev: str = typer.Option("HEAD", help="The baseline commit whose exp
     if not series:
         raise ValueError(f"no cross-validation experiments of {rev} (of {len(runs)} with an evaluation): set "
                          f"shard.folds in params.yaml, commit, then `dvc exp run --queue -S shard.fold=0,1,...` "
-                         f"and `dvc queue start`; experiments of another commit: --rev COMMIT "
-                         f"(`dvc exp show -A` lists them)")
-    typer.echo("\n\n".join(describe(s) for s in series))
+                         f"and `dvc exp run --run-all` (after `dvc queue start`: wait until `dvc queue status` "
+                         f"shows them ended); experiments of another commit: --rev COMMIT (`dvc exp show -A` lists them)")
+    typer.echo("\n\n".join(describe(s, d) for s, d in zip(series, distinct(series))))
     if out is not None:
         atomic_write_text(out, json.dumps([s.record() for s in series], indent=2) + "\n")
     if any(s.problem for s in series):
-        raise ValueError("some series are not cross-validations (above): their folds share a test split, were "
-                         "dealt from different preparations of the data or were scored on another split")
+        raise ValueError("some series are not cross-validations (above): their folds share a test split, ran "
+                         "different code or inputs, were dealt from different preparations of the data or were "
+                         "scored on another split")
 
 
 version_option(app, "fermodels")

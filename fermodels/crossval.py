@@ -12,6 +12,7 @@ of the folds' confusion matrices: what "overall accuracy" over K folds means).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class FoldRun:
     metrics: dict = field(hash=False)
     confusion: np.ndarray = field(hash=False)       # rows actual, columns predicted, all canonical classes
     tested: str | None = None                       # the pinned test split(s), as JSON; None if not recorded
+    code: str | None = None                         # digest of the code and inputs its stages ran (dvc.lock)
 
 
 @dataclass
@@ -60,7 +62,8 @@ class Series:
 
     @cached_property
     def problem(self) -> str | None:
-        """Why the folds do not make a cross-validation, or None: folds scored on another split than
+        """Why the folds do not make a cross-validation, or None: folds that ran other code (their
+        dvc.lock's deps differ: a fold queued after an edit), folds scored on another split than
         test (val chose their best.pt: optimistic figures), or tested on the same split
         (a dataset with an official test split, such as RAF-DB's or AffectNet's, keeps it whatever
         ``shard.fold`` says; so does a cross-dataset ``evaluate.dataset``): averaging them would count
@@ -76,6 +79,14 @@ class Series:
                 by_split.setdefault(pin, []).append(k)
             for dataset, assignment in _assignments(run.tested).items():
                 dealt.setdefault(dataset, {}).setdefault(assignment, []).append(k)
+        ran: dict[str, list[int]] = {}
+        for k, run in sorted(self.runs.items()):
+            if run.code is not None:
+                ran.setdefault(run.code, []).append(k)
+        if len(ran) > 1:
+            return ("the folds ran different code or inputs (their dvc.lock records other files for the stages: folds "
+                    + " vs ".join(",".join(map(str, f)) for f in ran.values()) + "): a fold queued after an edit "
+                    "of the code, or of a dataset, is another experiment; run every fold again from one commit")
         if redealt := {d: list(by.values()) for d, by in dealt.items() if len(by) > 1}:
             groups = "; ".join(f"{d}: folds " + " vs ".join(",".join(map(str, f)) for f in folds)
                                for d, folds in redealt.items())
@@ -147,6 +158,26 @@ def _assignments(tested: str | None) -> dict[str, str]:
             if isinstance(pinned, dict) and pinned.get("fold_assignment")}
 
 
+LOCK_SKIP = ("data", "runs")         # outputs of other stages: the folds' own splits, selections and checkpoints
+
+
+def _code(repo: Path, commit: str) -> str | None:
+    """A digest of the deps every stage in ``commit``'s dvc.lock ran on, but the outputs of other stages
+    (:data:`LOCK_SKIP`): the code files and folders dvc.yaml lists, the raw dataset roots. None: no lock."""
+    try:
+        lock = read_yaml(_git(repo, "show", f"{commit}:dvc.lock"))
+    except ValueError:
+        return None
+    stages = lock.get("stages") if isinstance(lock, dict) else None
+    if not isinstance(stages, dict):
+        return None
+    deps = sorted((str(name), str(dep.get("path")), str(dep.get("md5") or dep.get("hash")))
+                  for name, stage in stages.items() if isinstance(stage, dict)
+                  for dep in stage.get("deps") or () if isinstance(dep, dict)
+                  and str(dep.get("path")).replace("\\", "/").split("/")[0] not in LOCK_SKIP)
+    return hashlib.sha256(json.dumps(deps).encode()).hexdigest()[:16]
+
+
 def _git(repo: Path, *args: str) -> str:
     proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
     if proc.returncode:
@@ -190,7 +221,7 @@ def read_experiments(repo: str | Path = ".", baseline: str = "HEAD") -> tuple[li
         cm = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
         for r in rows:
             cm[CLASSES.index(r["actual"]), CLASSES.index(r["predicted"])] += 1
-        runs.append(FoldRun(name, commit, int(time), params, metrics, cm, tested))
+        runs.append(FoldRun(name, commit, int(time), params, metrics, cm, tested, _code(repo, commit)))
     return runs, skipped
 
 
@@ -240,8 +271,30 @@ def summarise(runs: Sequence[FoldRun]) -> list[Series]:
     return sorted(series, key=lambda s: -max(r.time for r in s.runs.values()))
 
 
-def describe(series: Series) -> str:
-    """A readable table: the configuration, one row per fold, then mean, sample std and pooled."""
+def _flat(values: object, prefix: str = "") -> dict[str, object]:
+    """Nested params as {"train.seed": 1, ...}."""
+    if not isinstance(values, dict) or not values:
+        return {prefix: values} if prefix else {}
+    out: dict[str, object] = {}
+    for k, v in values.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def distinct(series: Sequence[Series]) -> list[str]:
+    """For each of ``series``, the settings in which it differs from the others ("train.seed 1,
+    train.lr 0.1"; "" for one series): two series of one model on one dataset had the same heading."""
+    flat = [_flat(s.params) for s in series]
+    keys = sorted({k for f in flat for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k, "(unset)"), sort_keys=True, default=str)
+                                      for f in flat}) > 1]
+    return [", ".join(f"{k} {json.dumps(f[k], default=str) if k in f else '(unset)'}" for k in differ)
+            for f in flat]
+
+
+def describe(series: Series, differs: str = "") -> str:
+    """A readable table: the configuration, one row per fold, then mean, sample std and pooled.
+    ``differs``: what sets this series apart from the others summarised with it (:func:`distinct`)."""
     from fermodels.recipes import RECIPES
 
     train = series.params.get("train", {})
@@ -250,7 +303,8 @@ def describe(series: Series) -> str:
     tested = (series.params.get("evaluate") or {}).get("dataset")       # cross-dataset: say what was scored
     head = (f"{train.get('recipe') or train.get('model')} on {'+'.join(datasets)}"
             + (f", tested on {tested}" if tested and [tested] != list(datasets) else "") + ": "
-            f"{len(series.runs)} of {series.folds} folds" + (f", missing {series.missing}" if series.missing else ""))
+            f"{len(series.runs)} of {series.folds} folds" + (f", missing {series.missing}" if series.missing else "")
+            + (f" ({differs})" if differs else ""))
     if series.problem:
         return f"{head}\nnot summarised: {series.problem}"
     table = series.table()

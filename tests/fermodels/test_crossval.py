@@ -26,13 +26,18 @@ def git(repo: Path, *args: str, env: dict | None = None) -> str:
 
 
 def experiment(repo: Path, baseline: str, name: str, when: int, params: dict,
-               pairs: list[tuple[str, str]] | None, tested: str | dict | None = None) -> None:
+               pairs: list[tuple[str, str]] | None, tested: str | dict | None = None,
+               files: dict[str, str] | None = None) -> None:
     """An experiment commit on top of ``baseline``: params.yaml and (unless ``pairs`` is None) an
     evaluation whose test samples are the (actual, predicted) ``pairs``; ``tested``: the digest of the
-    ckplus test split (or {dataset: digest}) its ``runs/select/evaluate.json`` pins (none when None)."""
+    ckplus test split (or {dataset: digest}) its ``runs/select/evaluate.json`` pins (none when None);
+    ``files``: other files of the commit, {path: text} (its dvc.lock)."""
     git(repo, "checkout", "-q", "-f", "--detach", baseline)
     git(repo, "clean", "-fdq")
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    for path, text in (files or {}).items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
     if pairs is not None:
         (repo / "runs" / "eval").mkdir(parents=True, exist_ok=True)
         metrics = {**by_hand(pairs), "num_samples": len(pairs)}
@@ -371,3 +376,66 @@ def test_a_series_scored_on_one_of_its_training_datasets_names_it(tmp_path):
         experiment(repo, base, f"j{k}", 10 + k, one, FOLDS[k], tested={"jaffe": f"jf-{k}"})
     heads = sorted(describe(s).splitlines()[0] for s in summarise(read_experiments(repo, base)[0]))
     assert heads == ["cmnet on ckplus+jaffe, tested on jaffe: 3 of 3 folds", "cmnet on ckplus+jaffe: 3 of 3 folds"]
+
+
+def _lock(train_py: str, test_split: str) -> str:
+    """A dvc.lock as DVC writes it: the train stage's code, the fold's own selection and shards."""
+    def dep(path: str, md5: str) -> dict:
+        return {"path": path, "hash": "md5", "md5": md5}
+
+    return yaml.safe_dump({"schema": "2.0", "stages": {
+        "shard@ckplus": {"deps": [dep("data/ckplus/aligned", "a.dir"), dep("ferdata/splits.py", "s1")]},
+        "select": {"deps": [dep("data", f"{test_split}.dir"), dep("ferdata/selection.py", "s2")]},
+        "train": {"deps": [dep("runs/select/train.json", test_split), dep("fermodels/train.py", train_py)]},
+        "detect@ckplus": {"deps": [dep("raw/CK+", "raw.dir")]}}})
+
+
+def test_folds_that_ran_other_code_are_not_summarised(tmp_path):
+    """A fold queued (or re-run) after an edit of the code is another experiment: its commit's dvc.lock
+    records other deps. Its figures were averaged with the others' (the newest run of a fold counts)."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        experiment(repo, base, f"f{k}", k, params(k), FOLDS[k], tested=f"sha-{k}",
+                   files={"dvc.lock": _lock("code-v1", f"split{k}")})       # the folds' own data differ: fine
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.problem is None and series.table()["num_samples"]["pooled"] == 8
+    experiment(repo, base, "f1-edited", 9, params(1), FOLDS[1], tested="sha-1",
+               files={"dvc.lock": _lock("code-v2", "split1")})
+    (series,) = summarise(read_experiments(repo, base)[0])
+    assert series.runs[1].name == "f1-edited"
+    assert series.problem.startswith("the folds ran different code or inputs")
+    assert "folds 0,2 vs 1" in series.problem
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo), "--rev", base])
+    assert res.exit_code != 0 and "ran different code or inputs" in str(res.exception)
+
+
+def test_series_of_one_model_on_one_dataset_are_told_apart_by_what_differs(tmp_path):
+    """Two series that differ in train.seed (or lr) printed the same heading, "cmnet on ckplus: 3 of 3
+    folds", twice: nothing said which table was which."""
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k in range(3):
+        experiment(repo, base, f"a{k}", k, params(k), FOLDS[k], tested=f"a-{k}")
+        other = params(k)
+        other["train"]["seed"] = 1
+        experiment(repo, base, f"b{k}", 10 + k, other, FOLDS[k], tested=f"b-{k}")
+    res = CliRunner().invoke(app, ["crossval", "--repo", str(repo), "--rev", base])
+    assert res.exit_code == 0, res.output
+    heads = [line for line in res.output.splitlines() if " of 3 folds" in line]
+    assert heads == ["cmnet on ckplus: 3 of 3 folds (train.seed 1)",
+                     "cmnet on ckplus: 3 of 3 folds (train.seed (unset))"]
+
+
+def test_the_readme_summarises_the_folds_after_they_have_run():
+    """README's block ran `dvc queue start && dvc queue status` then `fermodels crossval`: the queue
+    runs in the background, so the summary came before any fold had ended (an error, or the partial
+    series of a queue half done, exit status 0)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in readme.split("```bash")[1:] if "fermodels crossval" in b.split("```")[0]]
+    assert blocks, "README has no bash block that runs fermodels crossval"
+    for block in blocks:
+        lines = [line.split("#")[0].strip() for line in block.split("```")[0].splitlines()]
+        before = lines[:next(i for i, line in enumerate(lines) if line.startswith("fermodels crossval"))]
+        assert any("--run-all" in line for line in before), before
+        assert not any(line.startswith("dvc queue start") for line in before), before
