@@ -23,6 +23,8 @@ from ferdata.layout import INFO, stage_dirs
 from ferdata.params import is_name_list, repeated
 from ferdata.records import SPLITS
 from ferdata.summary import check_info
+from ferdata.tarindex import MemberReader, index_tars
+from ferdata.tario import listed_shard
 
 VERSION = 2     # 2: split digests of the content, without params_hash (1: of the whole _info.json)
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
@@ -129,6 +131,54 @@ def write_selection(path: str | Path, data_dir: str | Path, names: Sequence[str]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(chosen, indent=2, sort_keys=True) + "\n")
     return chosen
+
+
+def _pictures(shards_dir: Path, split: str) -> dict[str, str]:
+    """sha256 of each sample's source picture (its ``json``'s provenance) -> the sample's key, over the
+    shards ``split``'s ``_info.json`` lists (only the ``json`` members are read)."""
+    info = read_info(shards_dir, split)
+    index = index_tars(listed_shard(shards_dir / split, s["name"]) for s in info.get("shards", []))
+    found: dict[str, str] = {}
+    with MemberReader() as read:
+        for key in index:
+            member = index[key].get("json")
+            if member is not None:
+                sha = json.loads(read(member)).get("sha256")
+                if isinstance(sha, str):
+                    found.setdefault(sha, key)
+    return found
+
+
+def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], tested: Sequence[str],
+                           split: str) -> list[str]:
+    """Faces a run holds out that another of its datasets trains on: the same picture (sha256 of the
+    source file) in ``split`` of a ``tested`` dataset and in the train or val split of another dataset of
+    ``trained_on``, or in a training dataset's val split (which picks the epoch) and another's train
+    split. Within one dataset the align stage judges copies (``align.cross_split_copies``); across
+    datasets (RAF-DB and a folder copy of it, FER2013 and FERPlus, web-crawled sets) nothing did. One
+    line per copy, ``<ds>/<split>/<key> is <ds>/<split>/<key>``; empty for a run of one dataset."""
+    if len(set(trained_on) | set(tested)) < 2:
+        return []
+    read: dict[tuple[str, str], dict[str, str]] = {}
+
+    def pictures(name: str, s: str) -> dict[str, str]:
+        if (name, s) not in read:
+            read[name, s] = _pictures(stage_dirs(data_dir, name)["shards"], s)
+        return read[name, s]
+
+    held = {(name, "val"): ("train",) for name in trained_on}
+    if split != "train":
+        held.update({(name, split): SPLITS_READ if split != "val" else ("train",) for name in tested})
+    found = []
+    for (name, s), against in held.items():
+        for other in trained_on:
+            if other == name:
+                continue
+            for t in against:
+                theirs = pictures(other, t)
+                found += [f"{name}/{s}/{key} is {other}/{t}/{theirs[sha]}"
+                          for sha, key in sorted(pictures(name, s).items(), key=lambda i: i[1]) if sha in theirs]
+    return found
 
 
 # `dvc repro select` runs the stages before it too: on a machine that pulled the shards and holds no raw

@@ -5,12 +5,13 @@ the train and val splits of ``train.datasets`` (after ``train.recipe``), ``OUT_D
 the ``evaluate.split`` of ``evaluate.dataset`` (null: the training datasets). Train and evaluate
 depend on these files instead of all of ``data/``, so preparing another dataset re-runs neither.
 """
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 from ferdata.errors import NamedKeyError
 from ferdata.params import dataset_specs, section_values
-from ferdata.selection import SPLITS_READ, check_run_datasets, tested_on, write_selection
+from ferdata.selection import SPLITS_READ, check_run_datasets, copies_across_datasets, tested_on, write_selection
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
@@ -33,6 +34,11 @@ def main() -> None:
     tested = tested_on(dataset, trained_on)
     write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
     write_selection(Path(out) / "evaluate.json", data_dir, tested, (split,))
+    if copies := copies_across_datasets(data_dir, trained_on, tested, split):
+        logging.getLogger("pipeline.select").warning(
+            "%d held-out face(s) are also in a training split of another dataset of this run (the same picture), so "
+            "the model trains on faces it is scored on: %s%s; remove those pictures from one of the datasets",
+            len(copies), "; ".join(copies[:5]), " ..." if len(copies) > 5 else "")
 
 
 if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__

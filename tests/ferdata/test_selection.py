@@ -183,3 +183,37 @@ def test_a_splits_pin_does_not_depend_on_the_key_order_of_its_info_file(tmp_path
     assert split_digest(a, "train") == split_digest(b, "train")
     changed = _write_info(tmp_path / "c", {**CONTENT, "num_samples": 4})
     assert split_digest(changed, "train") != split_digest(a, "train")
+
+
+def _prepare_pictures(data: Path, name: str, pictures: dict[str, list[str]]) -> Path:
+    """A prepared dataset whose splits hold samples of the given source pictures (sha256 in each ``json``)."""
+    from ferdata.tario import TarShardWriter
+    shards = data / name / "shards"
+    for split in ("train", "val", "test"):
+        (shards / split).mkdir(parents=True, exist_ok=True)
+        with TarShardWriter(shards / split, split, 1000) as writer:
+            for i, sha in enumerate(pictures.get(split, [])):
+                member = json.dumps({"sha256": sha, "split": split}).encode()
+                writer.write(f"{split}_{i}", {"jpg": b"x", "json": member})
+        info = {"split": split, "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256,
+                                            "bytes": f.size} for f in writer.files]}
+        (shards / split / "_info.json").write_text(json.dumps(info))
+    return shards
+
+
+def test_a_held_out_face_that_another_dataset_of_the_run_trains_on_is_found(tmp_path):
+    """Mixed datasets: RAF-DB's test face p1 is in a folder dataset's train split, its val face p4 in the
+    folder's train. Each dataset's align stage sees only its own copies: nothing said so, and the run
+    trained on faces it was scored on (and picked its epoch on a face it trained on)."""
+    from ferdata.selection import copies_across_datasets
+    data = tmp_path / "data"
+    _prepare_pictures(data, "rafdb", {"train": ["p0"], "val": ["p4"], "test": ["p1", "p2"]})
+    _prepare_pictures(data, "other", {"train": ["p1", "p4", "p5"], "val": ["p2"], "test": ["p6"]})
+    assert copies_across_datasets(data, ["rafdb", "other"], ["rafdb", "other"], "test") == [
+        "rafdb/val/val_0 is other/train/train_1", "rafdb/test/test_0 is other/train/train_0",
+        "rafdb/test/test_1 is other/val/val_0"]
+    assert copies_across_datasets(data, ["other"], ["rafdb"], "test") == [          # cross-dataset evaluation
+        "rafdb/test/test_0 is other/train/train_0", "rafdb/test/test_1 is other/val/val_0"]
+    assert copies_across_datasets(data, ["rafdb"], ["rafdb"], "test") == []         # one dataset: align's to judge
+    _prepare_pictures(data, "clean", {"train": ["q0"], "val": ["q1"], "test": ["q2"]})
+    assert copies_across_datasets(data, ["rafdb", "clean"], ["rafdb", "clean"], "test") == []
