@@ -124,7 +124,7 @@ def assign_splits(
         if isinstance(item, FaceRecord):
             counts[item.split] += 1
         yield item
-    _report(counts, by if carving else "", carve_val and val_fraction > 0)
+    _report(counts, by if carving else "", carve_val and val_fraction > 0, carved_test=carve_test)
     if carve_test and counts and not counts["test"]:      # found here, not at evaluation after training
         raise ValueError(f"the carved test split of this dataset's {counts.total()} records is empty (no group of "
                          f"them by {by} fell in shard.test_fraction): raise it, or, for a dataset of few people "
@@ -193,10 +193,12 @@ def _no_subject(item: FaceRecord, by: str) -> str:
     return f"by_{name}" if (name := _grouped_by(item)) else "no_subject"
 
 
-def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool = False) -> None:
+def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool = False,
+            carved_test: bool = False) -> None:
     """Log the split sizes (``by`` "": every split the dataset's own) and the records grouped by
     something other than a subject (a warning under k-fold, whose folds are then not
-    subject-independent for them)."""
+    subject-independent for them, and for records grouped by key where a test split is carved: one
+    person's images, a video's frames, can then be in test and in train)."""
     no_subject = counts.pop("no_subject", 0)
     keyed = counts.pop("keyed_subject", 0)
     grouped = {name: counts.pop(f"by_{name}", 0) for name in GROUPS}
@@ -209,11 +211,15 @@ def _report(counts: Counter[str], by: str, carved_val: bool = True, kfold: bool 
             say("%d records have no subject and were grouped by their %s%s", n, name, why)
     if keyed:       # shard.split_by key on people: CK+'s near-identical frames of one sequence in test and train
         log.warning("%d records have a subject but were grouped by key (shard.split_by: key): one person's faces "
-                    "(CK+: the frames of one sequence, near copies) fall in test and train alike; shard.split_by: "
-                    "subject keeps each person in one split", keyed)
+                    "(CK+: the frames of one sequence, near copies) fall in %s and train alike; shard.split_by: "
+                    "subject keeps each person in one split", keyed, "test" if kfold or carved_test else "val")
     if no_subject:
-        say("%d records have no subject and were grouped by key%s", no_subject,
-            ": their folds are per image, so one person can be in test and train" if kfold else "")
+        per_image = kfold or (carved_test and by == "subject")
+        (log.warning if per_image else log.info)(
+            "%d records have no subject and were grouped by key%s", no_subject,
+            ": their folds are per image, so one person can be in test and train" if kfold else
+            ": the carved test split is per image, so one person (a video's frames) can be in test and train (the "
+            "folder reader takes options.subject, a pattern naming the person in a file's path)" if per_image else "")
     if counts and not counts["val"] and carved_val:       # training refuses it when it starts
         log.warning("split 'val' is empty; raise shard.val_fraction or use more data")
     if carvable and not counts["train"]:                  # every group fell in test or val

@@ -161,7 +161,7 @@ def test_a_dataset_sets_its_own_detect_values(tmp_path):
     info = json.loads((stage_dirs(tmp_path / "data", "crops")["shards"] / "train" / "_info.json").read_text())
     assert info["detect"]["backend"] == "precropped"
     assert info["source"] == {"reader": "folder", "options": {"dataset": "folder", "exclude_classes": [], "mapping": {},
-                                                              "subsets": {}}}     # what the shards were read as
+                                                              "subject": None, "subsets": {}}}  # what they were read as
     params["datasets"]["crops"]["detect"] = {"backend": "precropped", "selct": "largest"}
     with pytest.raises(ValueError, match=r"datasets\.crops\.detect: unknown keys \['selct'\]"):
         prepare("crops", params, tmp_path / "data2")

@@ -4,12 +4,16 @@ Class folder names map to canonical ids through ``ferdata.classes`` synonyms
 (case-insensitive) or an explicit ``mapping`` option; an unknown folder name is an
 error that lists every unknown name, because guessing (or sorting folder names, as
 torchvision's ImageFolder does) silently scrambles labels. Optional split folders
-(train/val/test and common spellings) give the official split.
+(train/val/test and common spellings) give the official split. ``subject`` (a regular expression
+searched in each image's path under its class folder, e.g. ``'^(S\\d+)_'`` for CK+48's
+``S010_004_00000017.png``) names the person, so that the splits carved from the folder keep one person
+(and the frames of one sequence) in one split; without it every image is split on its own.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -144,6 +148,7 @@ def read_class_tree(
     split_dirs: Mapping[str, Path],
     mapping: Mapping[str, str | None] | None,
     root: Path,
+    subject: re.Pattern[str] | None = None,
 ) -> Iterator[FaceRecord | Dropped]:
     """Records for ``{split: folder}`` where each folder holds one sub-folder per class.
 
@@ -154,7 +159,8 @@ def read_class_tree(
     one that is no image file (``not_an_image``: notes, GIFs, pipes), a link to nothing (``missing_image``),
     a hidden image or folder (``hidden_file``: ``._x.jpg``, ``.thumbs/``; ``.DS_Store`` is ignored),
     a link it does not follow (``repeated_folder``: up the tree, into another folder under ``root``,
-    the dataset's folder, or to one read already). Other linked folders are read.
+    the dataset's folder, or to one read already). Other linked folders are read. ``subject``: the
+    pattern whose first group (or group ``subject``) in the path under the class folder is the person.
     """
     per_split = {split: subdirs(folder) for split, folder in split_dirs.items()}
     names = sorted({d.name for dirs in per_split.values() for d in dirs})
@@ -173,8 +179,31 @@ def read_class_tree(
                 else:
                     yield FaceRecord(
                         dataset=dataset, key=key, path=str(path), label=cid,
-                        native_label=class_dir.name, split=split,
+                        native_label=class_dir.name, split=split, subject=subject_of(rel, subject),
                     )
+
+
+def subject_pattern(value: object, reader: str) -> re.Pattern[str] | None:
+    """The ``subject`` option compiled (None: not set); refused unless a pattern with a group."""
+    if value is None:
+        return None
+    try:
+        pattern = re.compile(value) if isinstance(value, str) and value else None
+    except re.error as err:
+        raise ValueError(f"{reader}: options.subject {value!r} is no regular expression ({err})") from None
+    if pattern is None or not pattern.groups:
+        raise ValueError(f"{reader}: options.subject must be a regular expression whose first group (or group "
+                         f"'subject') is the person in a file's path under its class folder, e.g. '^(S\\d+)_' "
+                         f"for CK+48's S010_004_00000017.png; got {value!r}")
+    return pattern
+
+
+def subject_of(rel: str, pattern: re.Pattern[str] | None) -> str:
+    """The person ``pattern`` finds in ``rel`` ("" when none is set or the path does not match)."""
+    match = pattern.search(rel) if pattern else None
+    if match is None:
+        return ""
+    return (match["subject"] if "subject" in pattern.groupindex else match[1]) or ""
 
 
 @READERS.register("folder")
@@ -186,15 +215,25 @@ class FolderReader(DatasetReader):
         "<root>/<class>/*.jpg or <root>/<train|val|test>/<class>/*.jpg; class folders named like "
         "happy/Happiness/angry/... or mapped with options.mapping"
     )
-    option_defaults: Mapping[str, object] = {"mapping": {}, "dataset": "folder"}
+    option_defaults: Mapping[str, object] = {"mapping": {}, "dataset": "folder", "subject": None}
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         dataset = str(self.options["dataset"])
+        subject = subject_pattern(self.options["subject"], self.name)
         split_dirs = self._split_dirs()
         if "" not in split_dirs:                      # train/val/test folders: files beside them are no data
             log.info("%s: split folders %s", self.name, {k: v.name for k, v in split_dirs.items()})
             yield from files_beside(dataset, self.root, "root")
-        yield from read_class_tree(dataset, split_dirs, self.options["mapping"], self.root)
+        images, loose = 0, []
+        for item in read_class_tree(dataset, split_dirs, self.options["mapping"], self.root, subject):
+            if subject and isinstance(item, FaceRecord):
+                images += 1
+                if not item.subject:
+                    loose.append(item.path)
+            yield item
+        if loose:           # the splits carved from the folder then split these images one by one
+            log.warning("%s: %d of %d images have no person in their path under options.subject %r (e.g. %s): each "
+                        "goes to a split on its own", self.name, len(loose), images, subject.pattern, loose[0])
 
     def official_splits(self) -> tuple[str, ...]:
         """The split folders holding an image: a ``test/`` that holds none (empty, or a README) defines no

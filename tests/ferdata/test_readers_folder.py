@@ -321,3 +321,48 @@ def test_split_folder_spellings_mean_their_split(tmp_path, name, split):
     write_image(tmp_path / name / "happy" / "a.png")
     records, drops, _ = read_all("folder", tmp_path)
     assert not drops and [r.split for r in records.values()] == [split]
+
+
+def _ckplus48(root: Path) -> None:
+    """Kaggle's CK+48 layout: <class>/S<subject>_<sequence>_<frame>.png, three peak frames per sequence."""
+    for s in range(12):
+        for frame in range(3):
+            write_image(root / ("happy", "sadness", "anger")[s % 3] / f"S{s + 10:03d}_001_{frame + 15:08d}.png",
+                        value=10 * s + frame)
+
+
+def test_folder_subject_option_keeps_a_person_and_a_sequence_in_one_carved_split(tmp_path):
+    """Without a subject every frame was carved on its own: frames of one sequence (near-duplicates) and
+    one person landed in train and in test. options.subject names the person in the file's path."""
+    _ckplus48(tmp_path)
+    records, drops, _ = read_all("folder", tmp_path, {"subject": r"^(S\d+)_"})
+    assert not drops and {r.subject for r in records.values()} == {f"S{s + 10:03d}" for s in range(12)}
+    splits: dict[str, set[str]] = {}
+    for r in assign_splits(records.values(), seed=0, val_fraction=0.3, test_fraction=0.3):
+        splits.setdefault(r.subject, set()).add(r.split)
+    assert all(len(s) == 1 for s in splits.values()), splits
+    assert {"train", "test"} <= set().union(*splits.values())
+
+
+def test_folder_subject_option_named_group_unmatched_names_and_bad_patterns(tmp_path, caplog):
+    _ckplus48(tmp_path)
+    write_image(tmp_path / "happy" / "odd.png")
+    with caplog.at_level("WARNING", "ferdata.datasets.folder"):
+        records, _, _ = read_all("folder", tmp_path, {"subject": r"(?P<subject>S\d+)_(?P<seq>\d+)"})
+    assert records["happy_odd-png"].subject == "" and records["happy_S010_001_00000015-png"].subject == "S010"
+    assert "1 of 37 images have no person in their path" in caplog.text
+    for bad in ("S\\d+", "(unclosed", 3, ""):
+        with pytest.raises(ValueError, match="options.subject"):
+            read_all("folder", tmp_path, {"subject": bad})
+
+
+def test_a_test_split_carved_per_image_is_warned_of(tmp_path, caplog):
+    """A folder without subjects carves its test split image by image: said at info level only, so a
+    CK+48-style folder put one sequence's frames in train and test without a warning."""
+    _ckplus48(tmp_path)
+    records, _, _ = read_all("folder", tmp_path)
+    with caplog.at_level("INFO", "ferdata.splits"):
+        list(assign_splits(records.values(), seed=0, val_fraction=0.2, test_fraction=0.2))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("36 records have no subject and were grouped by key: the carved test split is per image" in m
+               for m in warned), caplog.text
