@@ -22,6 +22,7 @@ from typing import Collection, Iterable, Iterator
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
+from ferdata.dedup import NearCopies, face_hash
 from ferdata.layout import (ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_notes,
                             report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
@@ -169,6 +170,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     dealt = _fold_digest(folds)
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
+        near = _near_copies_told(near_copies(by_split, aligned, read), by_split, copies, report)
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
             info = _write_split(out / split, split, keys, aligned, derived, folds, params, read)
@@ -182,14 +184,56 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["cross_split_copies"] = copies
             if dealt:                                                       # k-fold only: others' info unchanged
                 info["fold_assignment"] = dealt
+            if split == "train" and near and copies == "drop_train":       # only then: others' info unchanged
+                info["near_copies_dropped"] = len(near)
             if split == "val" and not keys and params.val_fraction == 0:    # only then: others' info unchanged
                 info["empty_by_setting"] = "shard.val_fraction 0"          # training keeps its last epoch
             atomic_write_text(out / split / INFO, json.dumps(info, indent=2, sort_keys=True) + "\n")
             report.notes[split] = len(keys)
-        report.kept = len(aligned)
+        report.kept = len(aligned) - sum(report.dropped.values())
         report.write(out / REPORT)
-    log.info("shard: %s", report.notes)
+    log.info("shard: %s", {k: v for k, v in report.notes.items() if k != NEAR})     # the pairs: report.json
     return report
+
+
+NEAR = "near_copies_of_held_out"         # report.json: training key -> "<split>/<key>" of the held-out face
+
+
+def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copies: str | None,
+                      report: StageReport) -> dict[str, str]:
+    """``near`` (:func:`near_copies`) warned of and listed in the report; under ``drop_train`` its
+    training faces are taken out of ``by_split`` (counted as dropped)."""
+    if near:
+        shown = "; ".join(f"train/{k} ~ {v}" for k, v in list(near.items())[:5])
+        log.warning("shard: %d training face(s) are near copies of val/test faces (re-encoded, resized or mirrored "
+                    "copies, or the same face in the same pose), each listed in the shards' report.json: %s%s; %s",
+                    len(near), shown, " ..." if len(near) > 5 else "",
+                    "dropped (align.cross_split_copies drop_train)" if copies == "drop_train" else
+                    "kept (align.cross_split_copies keep; drop_train drops them)")
+        report.notes[NEAR] = dict(sorted(near.items()))        # every pair, to look at (`ferdata show`)
+        if copies == "drop_train":
+            by_split["train"] = [k for k in by_split["train"] if k not in near]
+            report.dropped["near_copy_of_held_out"] += len(near)
+    return near
+
+
+def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader) -> dict[str, str]:
+    """Training faces that are near copies of a val or test face (:class:`ferdata.dedup.NearCopies`):
+    key -> "<split>/<key>" of the held-out face. The align stage compares files byte for byte; a copy
+    re-encoded, resized or mirrored, in one dataset's train and test (or in a carved split: one video's
+    frames in a folder without subjects), was trained on and scored on, unnoticed."""
+    if not by_split["train"] or not (by_split["val"] or by_split["test"]):
+        return {}
+    held = NearCopies()
+    for split in ("val", "test"):
+        for key in by_split[split]:
+            if (h := face_hash(read(aligned[key]["jpg"]))) is not None:
+                held.add(f"{split}/{key}", h)
+    found = {}
+    for key in progress(by_split["train"], desc="near copies", unit="sample"):
+        if (h := face_hash(read(aligned[key]["jpg"]))) is not None and (other := held.find(h)):
+            found[key] = other
+    return found
 
 
 def _inputs_digest(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[str, str]:
