@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text, held_folder, remove_unlocked
-from ferdata.geometry import template
+from ferdata.geometry import FLIP_68, template
 from fermodels.modelinput import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
@@ -96,7 +96,46 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         # the face backends that found the training faces (samples each): find new faces the same way
         "face_backends": (state.get("data") or {}).get("face_backends", {}),
         "face_backend_options": (state.get("data") or {}).get("face_backend_options", {}),
+        "flip_tta": flip_tta(card),
+        "provenance": provenance(state),
     }
+
+
+def flip_tta(card) -> dict:
+    """How ``ferdata predict --flip-tta`` mirrors a face's inputs (:func:`fermodels.augment.hflip_batch`):
+    a deployer averaging with the mirrored face needs the halves swapped and the landmarks re-indexed."""
+    fields = set(card.fields)
+    out = {"average": "the mean of the face's probabilities and its mirrored inputs' probabilities",
+           "image": "flipped left-right"}
+    if "heatmap" in fields:
+        out["heatmap"] = "flipped left-right"
+    if {"left", "right"} & fields:
+        out["halves"] = "swapped: the mirrored face's left is the right input, its right the left input (no flip)"
+    if "lmk" in fields:
+        out["lmk"] = "x -> input_size - 1 - x, then point i of the mirrored face is point lmk_order[i]"
+        out["lmk_order"] = FLIP_68.tolist()
+    return out
+
+
+def provenance(state: dict) -> dict:
+    """Which code and data made the checkpoint (what it records), and the package that exported it: two
+    exports of other models, data or preprocessing code differ here even where their prose reads the same."""
+    from ferdata import __version__
+
+    data = state.get("data") or {}
+    return {"package_version": __version__, "torch": state.get("torch"), "training_code": data.get("code"),
+            "epoch": state.get("epoch"), "recipe": state.get("recipe"),
+            "shards": {split: data[split] for split in ("train", "val") if split in data}}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def alignment(preprocess: dict, card) -> dict:
@@ -110,19 +149,27 @@ def alignment(preprocess: dict, card) -> dict:
     out = {
         "keypoints": ["eye, image left", "eye, image right", "nose tip", "mouth corner, image left",
                       "mouth corner, image right"],
-        "template": [[round(float(v), 4) for v in point] for point in template(size, padding)],
+        # full precision: rounded to 1e-4 px (a padded or 128-based template), crops moved by a level here and
+        # there, which the crop's JPEG made 3 (probabilities 1e-3 apart)
+        "template": [[float(v) for v in point] for point in template(size, padding)],
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints (in image pixels, "
-                "rounded to 1/1000 px as the detect stage stores them) to the template; "
+                "rounded to 1/1000 px as the detect stage stores them, then, mapped into the picture the face is "
+                "warped from, held as float32) to the template; "
                 "warpAffine to crop_size x crop_size, bilinear, black border (the edge replicated "
                 "for datasets read pre-cropped: the template then maps pixel centres, "
                 "(t + 0.5) * side / crop_size - 0.5, i.e. a resize). "
                 "A face with more than twice the crop's resolution is warped from the image first shrunk by the "
                 "largest r in 2, 4, 8 that keeps it at least crop_size (the 5 keypoints' RMS distance from their "
                 "centre, divided by r, at least the template's), not from the full image, which one warp aliases: a "
-                "JPEG file decoded at 1/r by libjpeg (OpenCV IMREAD_REDUCED_COLOR_r), any other picture (PNG, "
+                "JPEG file decoded at 1/r by libjpeg (OpenCV IMREAD_REDUCED_COLOR_r; a JPEG whose EXIF orientation "
+                "turns or mirrors it (2-8) at half that r, again until r divides both its stored sides, so the "
+                "partial last block stays at the far edge; a JPEG over 40 million pixels always at the least r in "
+                "2, 4, 8 that brings it under, whatever its faces' size), any other picture (PNG, "
                 "a video frame) as ceil(h/r) x ceil(w/r) means of r x r blocks, the last ones padded by repeating "
-                "the edge; points map as (p + 0.5) / r - 0.5. Pictures are decoded upright (EXIF orientation "
+                "the edge, each mean rounded to a whole level as OpenCV's INTER_AREA resize rounds it: half up at "
+                "r = 2, half to even at r = 4 and 8 (cv2.resize of the padded picture to 1/r, INTER_AREA, is this "
+                "exactly); points map as (p + 0.5) / r - 0.5. Pictures are decoded upright (EXIF orientation "
                 "applied) and transparency flattened onto black",
         "resize": "none" if card.input_size == size else
                   f"{size} -> {card.input_size}: pixel centres aligned, OpenCV INTER_LINEAR when enlarging and "
@@ -134,7 +181,12 @@ def alignment(preprocess: dict, card) -> dict:
         halves = f" (the halves from JPEGs of quality {derive_q})" if derive_q is not None else ""
         out["stored"] = (f"training read each crop back from a JPEG of quality {align_q}{halves}: encode and decode "
                          "them so too for the exact training inputs (ferdata predict does); the raw crop differs "
-                         "from them by that JPEG error")
+                         "from them by that JPEG error. The JPEGs are baseline, libjpeg's standard (IJG) tables "
+                         "scaled to that quality, 4:2:0 chroma subsampling (OpenCV imencode's and Pillow's default; "
+                         "an encoder set to 4:4:4 gives pixels tens of levels away), read back by libjpeg with its "
+                         "default (islow) DCT and smooth chroma upsampling (OpenCV imdecode, Pillow)")
+        out["jpeg"] = {"quality": align_q, "halves_quality": derive_q, "chroma_subsampling": "4:2:0",
+                       "tables": "IJG standard, scaled by quality", "encoder": "OpenCV imencode (libjpeg-turbo)"}
     if {"left", "right"} & set(card.fields):
         out["halves"] = ("from the crop as read back from its JPEG ('stored'): left = crop[:, :W/2], right = "
                          "crop[:, W/2:] flipped left-right (W: the crop's side), each JPEG-encoded again at the "
@@ -178,6 +230,8 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
                                   "into another folder"):
             files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
     meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
+    # a graph copied beside another export's .json, or the checkpoint it came from, is told by its hash
+    meta["sha256"] = {"checkpoint": _sha256(Path(checkpoint)), **{fmt: _sha256(out / f) for fmt, f in files.items()}}
     atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))
     return meta

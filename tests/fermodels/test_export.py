@@ -381,3 +381,150 @@ def test_a_damaged_checkpoint_quotes_the_first_sentence_of_torchs_error(tmp_path
     with pytest.raises(ValueError) as err:
         load_checkpoint(path)
     assert f"(torch could not read it: {quoted}); copy it again" in str(err.value), str(err.value)
+
+
+def test_the_metadata_says_which_reduction_a_turned_jpeg_is_warped_from(tmp_path):
+    """A phone's JPEG stored turned (EXIF orientation 6) whose sides are no multiple of r is warped from a
+    less reduced decode (ferdata.io.probe_image backs off): the .json must say so, and the rule it states,
+    done with OpenCV alone, gives predict's crop (it took 1/4 where predict took 1/2: 74 levels off)."""
+    import io as _io
+
+    from PIL import Image
+    from skimage import data
+
+    from ferdata.crop import crop_face
+    from ferdata.geometry import crop_reduction, similarity_matrix
+    from fermodels.export import alignment
+    from fermodels.predictor import Picture
+    from fermodels.registry import create_model
+
+    big = cv2.resize(data.astronaut(), (2046, 2046), interpolation=cv2.INTER_CUBIC)[:, :2042]
+    exif = Image.Exif()
+    exif[0x0112] = 6                                   # displayed = stored turned 90 degrees clockwise
+    buf = _io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.rot90(big, 1))).save(buf, "JPEG", quality=92, exif=exif.tobytes())
+    jpeg = buf.getvalue()
+    kps5 = np.array([[199.0, 106.0], [248.0, 104.0], [226.0, 131.0], [204.0, 160.0], [243.0, 158.0]]) * 4
+    meta = alignment({"align": {"size": 112, "padding": 0.0}}, create_model("convcut").card)
+    assert "EXIF orientation turns or mirrors it" in meta["crop"] and "40 million pixels" in meta["crop"]
+    row = {"box": [700.0, 300.0, 1100.0, 800.0], "score": 1.0, "kps5": kps5.tolist(), "lmk68": None, "backend": "x"}
+    ours = crop_face(row, "embedded", 112, 0.0, Picture.from_file(jpeg).reduced)[0].image
+    r = crop_reduction(kps5, 112)                      # 4: the face's size alone
+    stored_h, stored_w = 2042, 2046                    # the turned JPEG's stored sides
+    while r > 1 and (stored_w % r or stored_h % r):    # the rule the .json states
+        r //= 2
+    flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}[r]
+    picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), flag)[..., ::-1]
+    m = similarity_matrix((kps5 + 0.5) / r - 0.5, np.array(meta["template"]))
+    theirs = cv2.warpAffine(np.ascontiguousarray(picture), m, (112, 112), flags=cv2.INTER_LINEAR, borderValue=0)
+    assert r == 2 and np.abs(theirs.astype(int) - ours).max() <= 1
+
+
+def test_the_metadata_says_how_a_block_means_level_is_rounded():
+    """A PNG or video frame's large face is warped from r x r block means; OpenCV rounds them half up at
+    r = 2 and half to even at 4 and 8. Rounded otherwise (what "means" alone suggests), 12% of a 1/2
+    picture's levels differ by one, which the crop's JPEG makes up to 9 levels of the model's input."""
+    from ferdata.io import block_mean
+    from fermodels.export import alignment
+    from fermodels.registry import create_model
+
+    crop = alignment({"align": {"size": 112, "padding": 0.0}}, create_model("convcut").card)["crop"]
+    assert "half up at r = 2, half to even at r = 4 and 8" in crop
+    rgb = np.random.default_rng(0).integers(0, 256, (61, 77, 3), dtype=np.uint8)
+    for r, rounded in ((2, lambda s, n: (s + n // 2) // n), (4, lambda s, n: np.round(s / n)),
+                       (8, lambda s, n: np.round(s / n))):
+        padded = np.pad(rgb, ((0, -61 % r), (0, -77 % r), (0, 0)), mode="edge").astype(np.int64)
+        sums = padded.reshape(padded.shape[0] // r, r, padded.shape[1] // r, r, 3).sum((1, 3))
+        assert np.array_equal(block_mean(rgb, r), rounded(sums, r * r).astype(np.uint8)), r
+
+
+@pytest.mark.parametrize("size, padding", [(112, 0.0), (224, 0.25), (128, 0.0), (112, 0.1)])
+def test_the_metadata_template_is_the_one_the_crops_were_warped_to(size, padding):
+    """Rounded to 4 decimals, a padded or 128-based template moved the deployer's crop by a level in places;
+    the crop's JPEG made that 3 levels and the probabilities 1e-3 apart from predict's."""
+    import json as _json
+
+    from ferdata.geometry import template
+    from fermodels.export import alignment
+    from fermodels.registry import create_model
+
+    meta = alignment({"align": {"size": size, "padding": padding}}, create_model("resnet18_112").card)
+    written = _json.loads(_json.dumps(meta))["template"]       # through JSON, as a deployer reads it
+    assert np.array_equal(np.array(written), template(size, padding))
+
+
+def _jpeg_sampling(jpeg: bytes) -> list[tuple[int, int]]:
+    """Each component's (horizontal, vertical) sampling factors from a JPEG's SOF marker."""
+    i = 2
+    while i < len(jpeg):
+        marker, length = jpeg[i + 1], int.from_bytes(jpeg[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xC2:
+            count = jpeg[i + 9]
+            return [(jpeg[i + 11 + 3 * c] >> 4, jpeg[i + 11 + 3 * c] & 15) for c in range(count)]
+        i += 2 + length
+    raise AssertionError("no SOF marker")
+
+
+def test_the_metadata_names_the_chroma_subsampling_the_crops_jpegs_used():
+    """'A JPEG of quality 95' alone: an encoder set to 4:4:4 (TurboJPEG asks for it) gives crops up to 50
+    levels from training's, probabilities 1e-2 apart; the crops' JPEGs are 4:2:0, and the .json says so."""
+    from ferdata.io import encode_jpeg
+    from fermodels.export import alignment
+    from fermodels.registry import create_model
+
+    meta = alignment({"align": {"size": 112, "padding": 0.0, "jpeg_quality": 95}, "derive": {"jpeg_quality": 90}},
+                     create_model("cmnet").card)
+    face = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    assert _jpeg_sampling(encode_jpeg(face, 95)) == [(2, 2), (1, 1), (1, 1)]      # 4:2:0
+    assert meta["jpeg"] == {"quality": 95, "halves_quality": 90, "chroma_subsampling": "4:2:0",
+                            "tables": "IJG standard, scaled by quality", "encoder": "OpenCV imencode (libjpeg-turbo)"}
+    assert "4:2:0 chroma subsampling" in meta["stored"]
+
+
+@pytest.mark.parametrize("name", ["cmnet", "pcda", "resnet18_heatmap"])
+def test_the_metadata_says_how_predict_mirrors_a_face_for_flip_tta(name):
+    """`predict --flip-tta` swaps the halves and re-indexes the landmarks: a deployer mirroring each input
+    as an image (halves flipped in place, landmarks only moved) is 2e-2 away; the .json's recipe is exact."""
+    from fermodels.augment import hflip_batch
+    from fermodels.export import example_inputs, metadata
+    from fermodels.registry import create_model
+
+    card = create_model(name).card
+    state = {"model": name, "model_kwargs": {}, "classes": ["a"] * 7}
+    recipe = metadata(state, card, {})["flip_tta"]
+    inputs = dict(zip(card.fields, example_inputs(card, batch=2)))
+    ours = hflip_batch(inputs)
+    theirs = {k: v.flip(-1) for k, v in inputs.items() if k in ("image", "heatmap")}
+    if "halves" in recipe:
+        theirs["left"], theirs["right"] = inputs["right"], inputs["left"]
+    if "lmk" in recipe:
+        lmk = inputs["lmk"][:, recipe["lmk_order"]].clone()
+        lmk[..., 0] = card.input_size - 1 - lmk[..., 0]
+        theirs["lmk"] = lmk
+    assert set(theirs) == set(card.fields)
+    assert all(torch.equal(ours[k], theirs[k]) for k in card.fields)
+
+
+def test_the_metadata_names_the_code_data_and_files_it_came_from(tmp_path, preprocess):
+    """A deployer told only 'fermodels-export/1' could not tell two exports apart, nor a graph from another
+    export placed beside the .json: the checkpoint records its training code and shard hashes, the .json
+    carries them, the package version and each file's sha256."""
+    import hashlib
+
+    from ferdata import __version__
+
+    _checkpoint_of("resnet18_112", tmp_path / "m.pt", preprocess)
+    state = torch.load(tmp_path / "m.pt", weights_only=False)
+    state["data"] = {"code": "c0de", "train": {"/s": ["a" * 64]}, "val": {"/s": ["b" * 64]}}
+    torch.save(state, tmp_path / "m.pt")
+    meta = json.loads(json.dumps(export_model(tmp_path / "m.pt", tmp_path / "out", formats=["onnx"])))
+    saved = json.loads((tmp_path / "out" / "resnet18_112.json").read_text())
+    assert saved == meta
+    assert meta["provenance"]["training_code"] == "c0de" and meta["provenance"]["package_version"] == __version__
+    assert meta["provenance"]["shards"] == {"train": {"/s": ["a" * 64]}, "val": {"/s": ["b" * 64]}}
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert meta["sha256"] == {"checkpoint": digest(tmp_path / "m.pt"),
+                              "onnx": digest(tmp_path / "out" / "resnet18_112.onnx")}
