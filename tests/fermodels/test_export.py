@@ -523,7 +523,7 @@ def test_the_metadata_names_the_code_data_and_files_it_came_from(tmp_path, prepr
     assert meta["provenance"]["training_code"] == "c0de" and meta["provenance"]["package_version"] == __version__
     assert meta["provenance"]["shards"] == {"train": {"/s": ["a" * 64]}, "val": {"/s": ["b" * 64]}}
 
-    def digest(path: Path) -> str:
+    def digest(path) -> str:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     assert meta["sha256"] == {"checkpoint": digest(tmp_path / "m.pt"),
