@@ -361,6 +361,9 @@ def predict(
     every: int = typer.Option(10, min=1, help="Videos: score every N-th frame."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     flip_tta: bool = typer.Option(False, help="Average with the mirrored face."),
+    grey: Optional[bool] = typer.Option(
+        None, "--grey/--colour", help="Score faces in grey (R = G = B) or in colour. Default: grey for a model "
+                                      "trained on grey faces only (FER2013, JAFFE), else colour."),
     allow_download: bool = typer.Option(
         False, "--allow-download", help="Let insightface / face_alignment fetch missing weights (needs network)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
@@ -380,7 +383,7 @@ def predict(
         raise typer.BadParameter(str(err), param_hint="--backend-option") from None
     text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
                                   backend_options=options, batch_size=batch_size, every=every, device=device,
-                                  flip_tta=flip_tta, allow_download=allow_download)
+                                  flip_tta=flip_tta, allow_download=allow_download, grey=grey)
     if out is None:
         write_stdout(text)
     typer.echo(describe(summary), err=True)

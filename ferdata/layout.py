@@ -19,7 +19,11 @@ ALIGNED = "aligned"             # chunk tar prefixes: aligned-000000.tar, derive
 DERIVED = "derived"
 INFO = "_info.json"
 # What made a split: one shard run writes the same in every split's info file (a copy mixing two runs differs)
-MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies", "fold_assignment")
+MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies", "fold_assignment", "grey_faces")
+# Every face of a dataset is grey (R = G = B: FER2013's, JAFFE's, most of CK+'s pictures): the align report's note and
+# each split's _info.json say so (true; absent otherwise), a model trained on such faces alone records it in its
+# checkpoint's data, and inference turns a colour face grey for it (fermodels.predictor)
+GREY = "grey_faces"
 REPORT = "report.json"          # every stage's counts and the settings that shaped its output
 DROPS = "dropped.jsonl"         # detect's and align's: every record not kept, one JSON line each
 # The align and derive params that shape a sample (not how fast it is made): their stages' reports

@@ -74,6 +74,8 @@ def check_info(info: Mapping[str, Any]) -> None:
     detect = info.get("detect")
     if detect and not (isinstance(detect, dict) and isinstance(detect.get("options"), dict)):
         raise TypeError("detect is not the face backend's settings (backend, options)")
+    if not isinstance(info.get("grey_faces", False), bool):
+        raise TypeError("grey_faces is not true or false")
     if not isinstance(info.get("cross_split_copies", ""), str):
         raise TypeError("cross_split_copies is not a setting's name (align.cross_split_copies)")
     pre = info.get("preprocess")

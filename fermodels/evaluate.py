@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from ferdata.atomic import atomic_write_text, writable_folder
 from ferdata.classes import class_names
-from ferdata.layout import setting_differences
+from ferdata.layout import GREY, setting_differences
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from fermodels.augment import hflip_batch
@@ -248,6 +248,10 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     card, classes = model.card, tuple(state["classes"])
     split = open_split(dirs, params.split)
     check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)
+    if (state.get("data") or {}).get(GREY) is True and not split.grey:
+        log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all grey: "
+                    "scored as they are, colours the model never saw, where `ferdata predict` turns a face grey for "
+                    "it first", Path(checkpoint).name, params.split, ", ".join(names))
     dataset = IndexedSplit(split, split_decoder(card, split, device), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "

@@ -98,6 +98,9 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "face_backend_options": (state.get("data") or {}).get("face_backend_options", {}),
         "flip_tta": flip_tta(card),
         "provenance": provenance(state),
+        # every training face was grey: turn a colour crop grey (BT.601 luma, OpenCV's integer weights, replicated
+        # to R = G = B) before feeding it, as ferdata predict does (absent: a model trained on colour faces)
+        **({"grey_faces": True} if (state.get("data") or {}).get("grey_faces") is True else {}),
     }
 
 

@@ -16,6 +16,11 @@ the decoded pixels for other formats, :func:`ferdata.io.block_mean`), not from t
 pixels, which one bilinear warp would shrink 4-10x with aliasing. An image file's crops equal
 the align stage's byte for byte; a video frame has no file bytes, so its reduced copy is the
 block mean, as for a PNG.
+
+A model whose training faces were all grey (R = G = B: FER2013, JAFFE; the checkpoint's
+``data.grey_faces``) sees a colour face it never saw: each face is warped from the picture in grey
+(:func:`grey_copy`: BT.601 luma replicated to R = G = B, as the align stage decodes a grey picture), so
+its crop is the one the align stage makes of that grey picture; ``grey`` chooses otherwise.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import cv2
 import numpy as np
 import torch
 
@@ -34,7 +40,7 @@ from ferdata.faces.base import BACKENDS, Face, FaceBackend, rgb_pixels
 from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
-from ferdata.layout import SAMPLE_SETTINGS
+from ferdata.layout import GREY, SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
 from ferdata.errors import shown
@@ -74,6 +80,7 @@ class Picture:
                              "Picture.from_file (any format, EXIF turn, alpha, 16-bit), or convert the array first")
         self.rgb, self.data, self.scale = rgb, data, scale
         self._reduced: dict[int, Decoded] = {} if data is not None else {1: Decoded(rgb, 1.0, ())}
+        self._grey: dict[int, Decoded] = {}
 
     @classmethod
     def from_file(cls, data: bytes) -> "Picture":
@@ -88,14 +95,27 @@ class Picture:
         picture._reduced[1] = decoded                  # decode_image(data, 1) is this very decode
         return picture
 
-    def reduced(self, reduce: int) -> Decoded:
+    def reduced(self, reduce: int, grey: bool = False) -> Decoded:
         """The picture as the align stage decodes it for a face at ``reduce`` (1, 2, 4, 8): a
         file's bytes through ``decode_image(data, reduce)``, a frame's pixels through
-        :func:`block_mean` (its nearest equivalent: frames have no bytes to decode reduced)."""
+        :func:`block_mean` (its nearest equivalent: frames have no bytes to decode reduced);
+        ``grey``: that in grey (:func:`grey_copy`)."""
+        if grey:
+            if reduce not in self._grey:
+                self._grey[reduce] = grey_copy(self.reduced(reduce))
+            return self._grey[reduce]
         if reduce not in self._reduced:
             self._reduced[reduce] = (decode_image(self.data, reduce) if self.data is not None
                                      else Decoded(block_mean(self.rgb, reduce), 1.0 / reduce, ()))
         return self._reduced[reduce]
+
+
+def grey_copy(decoded: Decoded) -> Decoded:
+    """``decoded`` in grey: each pixel's luma (ITU-R BT.601, OpenCV's integer weights, which keep a grey
+    pixel's value) replicated to R = G = B, as the align stage decodes a grey picture (FER2013's PNGs,
+    JAFFE's TIFFs). A grey picture comes back unchanged."""
+    grey = cv2.cvtColor(np.ascontiguousarray(decoded.rgb), cv2.COLOR_RGB2GRAY)
+    return Decoded(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), decoded.scale, decoded.conversions, decoded.damage)
 
 
 def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,
@@ -184,7 +204,9 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, backend: str | None = None, device: str = "auto",
                  model_dir: str | Path | None = None, backend_options: Mapping[str, Any] | None = None,
-                 flip_tta: bool = False, allow_download: bool = False) -> None:
+                 flip_tta: bool = False, allow_download: bool = False, grey: bool | None = None) -> None:
+        """``grey``: score each face in grey (True) or in the picture's colours (False); None: in grey for a
+        model whose training faces were all grey (its checkpoint's ``data.grey_faces``), else in colour."""
         state = load_checkpoint(checkpoint)
         pre = state.get("preprocess") or {}
         if set(pre) != set(SAMPLE_SETTINGS):
@@ -199,6 +221,16 @@ class Predictor:
         self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
         data = state.get("data") or {}
+        trained_grey = data.get(GREY) is True
+        self.grey = trained_grey if grey is None else bool(grey)
+        if self.grey and trained_grey:
+            log.info("the model was trained on grey faces only (R = G = B): faces are scored in grey, their colour "
+                     "turned to grey as the training pictures were (--colour keeps it)")
+        elif self.grey:
+            log.info("faces are scored in grey (R = G = B), as asked; the model's training faces were not all grey")
+        elif trained_grey:
+            log.warning("the model was trained on grey faces only (R = G = B): scoring faces in colour, as asked, "
+                        "which the model never saw (leave --colour out to score them in grey)")
         # One process: the face model may take the threads torch has here (a detect worker runs on one)
         options = {"threads": torch.get_num_threads(), **(backend_options or {})}
         self.backend = choose_backend(backend, data.get("face_backends", {}), options, model_dir,
@@ -245,7 +277,7 @@ class Predictor:
         :class:`BadImage`) as the align stage would drop the face."""
         row = face_to_dict(face.scaled(1.0 / picture.scale))
         al, _ = crop_face(row, row["backend"] or self.backend.name, self.align["size"], self.align["padding"],
-                          picture.reduced)
+                          lambda reduce: picture.reduced(reduce, self.grey))
         return row, al
 
     @torch.no_grad()

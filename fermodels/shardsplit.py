@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ferdata.classes import CLASSES
 from ferdata.io import read_header
-from ferdata.layout import INFO, MADE_BY
+from ferdata.layout import GREY, INFO, MADE_BY
 from ferdata.selection import read_info
 from ferdata.tario import iter_tar_samples, listed_shard
 
@@ -38,6 +38,7 @@ class Split:
     empty_by_setting: tuple[str, ...] = ()      # dirs whose split the settings left empty (shard.val_fraction 0)
     histograms: dict[str, dict[str, int]] = field(default_factory=dict)   # shard dir -> its class histogram
     made_by: dict[str, dict] = field(default_factory=dict)   # shard dir -> what made it (ferdata.layout.MADE_BY)
+    grey: bool = False                          # every dataset's _info.json says all its faces are grey (R = G = B)
 
     @property
     def num_samples(self) -> int:
@@ -118,7 +119,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
             by_setting.append(str(d))
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
                  dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors, warn),
-                 tuple(by_setting), hists, made)
+                 tuple(by_setting), hists, made, bool(made) and all(m[GREY] is True for m in made.values()))
 
 
 def _face_options(name: str, options: Mapping[str, Any]) -> dict:

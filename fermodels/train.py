@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
 from ferdata.errors import is_user_error, warnings_told_here
-from ferdata.layout import INFO
+from ferdata.layout import GREY, INFO
 from ferdata.progress import progress
 from ferdata.selection import SPLITS_READ
 from fermodels.augment import augment_batch
@@ -225,6 +225,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
             "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}
     if weights := weight_file_digests(params.model_kwargs):      # other weights under the same path: another run
         data["weights"] = weights
+    if train_split.grey:                # every training face grey: predict turns colour faces grey for the model
+        data[GREY] = True               # (only then: a colour run's checkpoints as before)
     state = _on_rank_0(lambda: resume_state(ckpt_dir, asdict(params), data, live_dir), env, share=True)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()

@@ -25,12 +25,14 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.errors import shown
 from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_image, encode_jpeg
-from ferdata.layout import ALIGNED, CONTENT, DROPS, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
+from ferdata.layout import ALIGNED, CONTENT, DROPS, GREY, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
@@ -78,6 +80,13 @@ class AlignedSample:
     fields: dict[str, bytes]
     conversions: tuple[str, ...]
     num_faces: int
+    grey: bool = False          # the crop is grey (R = G = B): a grey picture's face (:func:`is_grey`)
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    """Whether an RGB image is grey: R = G = B in every pixel, as a grey picture decodes (its value
+    replicated) and stays through the warp (the same on each channel)."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 # A face the dataset's annotations placed in a picture the decoder turned by its EXIF orientation
@@ -127,7 +136,7 @@ class AlignWorker:
             fields["lmk.npy"] = npy_bytes(al.lmk68)
         if row["backend"] == "annotations" and "exif_orientation" in conversions:
             conversions += (ANNOTATED_TURNED,)           # told apart: which frame the annotations meant is a guess
-        return AlignedSample(rec.key, fields, conversions, int(row["num_faces"]))
+        return AlignedSample(rec.key, fields, conversions, int(row["num_faces"]), is_grey(al.image))
 
 
 def _check_readable(drops: list[Dropped], rows: int) -> None:
@@ -152,6 +161,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     if params.cross_split_copies != "keep":           # said where it drops faces (keep: the report as before)
         report.notes["cross_split_copies"] = params.cross_split_copies
     drops: list[Dropped] = []
+    grey = 0
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
@@ -165,11 +175,14 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                     continue
                 writer.write(res.key, res.fields)
                 report.kept += 1
+                grey += res.grey
                 for name in res.conversions:
                     report.count("converted", name)
                 if res.num_faces > 1:
                     report.count("faces", "several_faces_one_kept")
         _check_readable(drops, report.kept + len(drops))
+        if report.kept and grey == report.kept:         # only then: a dataset with a colour face, its report as before
+            report.notes[GREY] = True                   # the shards and a model trained on them alone say so
         report.notes[CONTENT] = content_digest(writer.files)
         write_drops(out, report, drops)
         report.write(out / REPORT)

@@ -1,7 +1,8 @@
 """Shard stage: join aligned + derived samples, split, shuffle with a seed, write shards.
 
 Output per split: ``<out>/<split>/<split>-%06d.tar`` and ``<out>/<split>/_info.json``
-(sample count per shard, sha256 per shard, class histogram, label map, params hash, the
+(sample count per shard, sha256 per shard, class histogram, label map, params hash, whether every
+face is grey, the
 keys of each named test subset a reader tagged, e.g. RAF-DB's occlusion and pose lists, how
 many samples each face backend made, and, when samples carry label distributions that
 training uses, e.g. FERPlus's crossentropy mode, how many per mode).
@@ -23,7 +24,7 @@ from typing import Collection, Iterable, Iterator
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.dedup import NearCopies, face_hash
-from ferdata.layout import (ALIGNED, DERIVED, INFO, REPORT, output_digest, report_inputs, report_notes,
+from ferdata.layout import (ALIGNED, DERIVED, GREY, INFO, REPORT, output_digest, report_inputs, report_notes,
                             report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
@@ -169,6 +170,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 folds[key] = r.extra["fold"]
     dealt = _fold_digest(folds)
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
+    grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         near = _near_copies_told(near_copies(by_split, aligned, read), by_split, copies, report)
         for split, keys in by_split.items():
@@ -182,6 +184,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["source"] = source
             if copies:                                  # align.cross_split_copies drop_train: others' info unchanged
                 info["cross_split_copies"] = copies
+            if grey:                                    # every face grey (R = G = B): others' info unchanged
+                info[GREY] = True
             if dealt:                                                       # k-fold only: others' info unchanged
                 info["fold_assignment"] = dealt
             if split == "train" and near and copies == "drop_train":       # only then: others' info unchanged

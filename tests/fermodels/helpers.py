@@ -43,8 +43,10 @@ def _face_image(label: int, rng: np.random.Generator, size: int = 128) -> tuple[
     return img, lmk.astype(np.float32)
 
 
-def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: range, seed: int = 0) -> None:
-    """AffectNet official layout: Manually_Annotated_Images/<dir>/<file>.jpg + training/validation.csv."""
+def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: range, seed: int = 0,
+                    grey: bool = False) -> None:
+    """AffectNet official layout: Manually_Annotated_Images/<dir>/<file>.jpg + training/validation.csv;
+    ``grey``: the pictures as grey JPEGs (their BT.601 luma), as FER2013's or JAFFE's are grey."""
     rng = np.random.default_rng(seed)
     for csv_name, subdir, n in (("training.csv", "1", per_class), ("validation.csv", "2", test_per_class)):
         (root / "Manually_Annotated_Images" / subdir).mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,8 @@ def write_affectnet(root: Path, per_class: int, test_per_class: int, classes: ra
                 for i in range(n):
                     img, lmk = _face_image(label, rng)
                     rel = f"{subdir}/c{label}_{i:03d}.jpg"
-                    cv2.imwrite(str(root / "Manually_Annotated_Images" / rel), img[..., ::-1])
+                    cv2.imwrite(str(root / "Manually_Annotated_Images" / rel),
+                                cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if grey else img[..., ::-1])
                     x0, y0 = lmk.min(0)
                     x1, y1 = lmk.max(0)
                     w.writerow([rel, f"{x0:.1f}", f"{y0:.1f}", f"{x1 - x0:.1f}", f"{y1 - y0:.1f}",
@@ -78,14 +81,14 @@ def ferdata_quiet():
 def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, classes: range = range(7),
                  maxcount: int = 4, protocol: str = "affectnet7", seed: int = 0,
                  subsets: dict[str, set[str]] | None = None, soft_mode: str | None = None,
-                 val_fraction: float = 0.25) -> Path:
+                 val_fraction: float = 0.25, grey: bool = False) -> Path:
     """Raw fixture -> detect -> align -> derive -> shard under ``base``; returns the shards dir.
     ``subsets`` (name -> record keys) tags records ``extra["subsets"]`` as a reader with
     ``options.subsets`` does (AffectNet's reader takes no subset lists); ``soft_mode`` gives every
     training record a label distribution in that label mode, as the FERPlus reader does
-    (:func:`soft_label_of`)."""
+    (:func:`soft_label_of`); ``grey``: grey pictures (:func:`write_affectnet`)."""
     params = load_params(REPO / "params.yaml")
-    write_affectnet(base / "raw", per_class, test_per_class, classes, seed)
+    write_affectnet(base / "raw", per_class, test_per_class, classes, seed, grey)
     records = open_reader("affectnet", base / "raw", {"protocol": protocol}).read()
     if subsets:
         records = _with_extra(records, lambda r: {"subsets": tags} if (tags := tuple(

@@ -1,0 +1,141 @@
+"""A model trained on grey faces alone (FER2013, JAFFE, most of CK+: grey pictures, decoded R = G = B)
+is told apart from one trained on colour, from the align stage to the checkpoint, and served grey
+faces: fed a colour photo's face as it is, it scores a picture unlike any it was trained on."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import fermodels.predict
+from ferdata.cli import app
+from ferdata.io import decode_jpeg_rgb
+from ferdata.records import FaceRecord
+from fermodels.export import metadata
+from fermodels.predictor import Picture, Predictor
+from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.shardsplit import open_split
+
+from tests.fermodels.helpers import build_shards, ferdata_quiet, make_params
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+@pytest.fixture(scope="module")
+def grey_shards(tmp_path_factory):
+    """``tiny_shards``' dataset with its pictures stored as grey JPEGs."""
+    with ferdata_quiet():
+        return build_shards(tmp_path_factory.mktemp("data") / "tinygrey", grey=True)
+
+
+def _train(shards, out, datasets, preprocess):
+    from fermodels.train import train
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(shards, make_params(epochs=1, datasets=datasets), out / "ckpt", out / "live", preprocess)
+    finally:
+        torch.set_num_threads(before)
+    return out / "ckpt" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def grey_run(grey_shards, preprocess, tmp_path_factory):
+    return _train(grey_shards, tmp_path_factory.mktemp("greyrun"), ["tinygrey"], preprocess)
+
+
+def test_shards_of_grey_pictures_say_every_face_is_grey_and_colour_ones_as_before(grey_shards, tiny_shards):
+    for split in ("train", "val", "test"):
+        assert json.loads((grey_shards / split / "_info.json").read_text())["grey_faces"] is True
+        assert "grey_faces" not in json.loads((tiny_shards / split / "_info.json").read_text())
+    assert json.loads((grey_shards.parent / "aligned" / "report.json").read_text())["notes"]["grey_faces"] is True
+    assert "grey_faces" not in json.loads((tiny_shards.parent / "aligned" / "report.json").read_text())["notes"]
+    assert open_split([grey_shards], "train").grey and not open_split([tiny_shards], "train").grey
+    assert not open_split([grey_shards, tiny_shards], "train").grey        # mixed: the model saw colour too
+
+
+def test_a_model_trained_on_grey_faces_alone_records_it(grey_run, grey_shards, tiny_run, preprocess, tmp_path):
+    assert load_checkpoint(grey_run)["data"]["grey_faces"] is True
+    assert "grey_faces" not in load_checkpoint(tiny_run["ckpt"] / "best.pt")["data"]      # colour: as before
+    mixed = _train([grey_shards, tiny_run["shards"]], tmp_path, ["tinygrey", "tiny"], preprocess)
+    assert "grey_faces" not in load_checkpoint(mixed)["data"]
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("colour")
+    cv2.imwrite(str(d / "astronaut.jpg"), data.astronaut()[..., ::-1])
+    return d / "astronaut.jpg"
+
+
+def test_predict_scores_a_grey_models_faces_in_grey_cropped_as_from_the_grey_picture(grey_run, tiny_run, astronaut,
+                                                                                     caplog, one_thread):
+    with caplog.at_level("INFO", logger="fermodels"):
+        grey = Predictor(grey_run, backend="embedded", device="cpu")
+    assert grey.grey and "trained on grey faces only" in caplog.text
+    picture = Picture.from_file(astronaut.read_bytes())
+    faces, _ = grey.faces(picture, "astronaut.jpg")
+    assert faces and all(_is_grey(decode_jpeg_rgb(f.fields["jpg"])) for f in faces)
+    # the crop is the one the align stage makes of the photo turned grey (a grey picture decodes R = G = B)
+    rgb = picture.rgb
+    grey_png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))[1].tobytes()
+    colour = Predictor(grey_run, backend="embedded", device="cpu", grey=False)
+    face = grey.backend.detect(rgb, FaceRecord(dataset="predict", key="a", path="astronaut.jpg", label=0,
+                                               native_label=""))[0]
+    _, from_colour = grey.aligned(picture, face)
+    _, from_grey_file = colour.aligned(Picture.from_file(grey_png), face)
+    assert np.array_equal(from_colour.image, from_grey_file.image)
+    # a grey picture is left as it is: its crop the same either way
+    grey_picture = Picture.from_file(grey_png)
+    assert np.array_equal(grey.aligned(grey_picture, face)[1].image, colour.aligned(grey_picture, face)[1].image)
+    # asked for colour, and a colour model (or an older checkpoint, which records nothing): the photo's colours
+    assert not colour.grey and not _is_grey(decode_jpeg_rgb(colour.faces(picture, "astronaut.jpg")[0][0].fields["jpg"]))
+    old = Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cpu")
+    assert not old.grey and not _is_grey(decode_jpeg_rgb(old.faces(picture, "astronaut.jpg")[0][0].fields["jpg"]))
+
+
+def test_the_cli_chooses_grey_or_colour_over_the_checkpoint(grey_run, astronaut, monkeypatch, one_thread):
+    seen = []
+    real = fermodels.predict.Predictor
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("grey"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fermodels.predict, "Predictor", spy)
+    base = ["predict", str(astronaut), "-m", str(grey_run), "--backend", "embedded", "--device", "cpu"]
+    for extra in ([], ["--colour"], ["--grey"]):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 0, res.output
+    assert seen == [None, False, True]
+
+
+def test_an_export_of_a_grey_model_says_so(grey_run, tiny_run):
+    state = load_checkpoint(grey_run)
+    assert metadata(state, model_from_checkpoint(state).card, {})["grey_faces"] is True
+    colour = load_checkpoint(tiny_run["ckpt"] / "best.pt")
+    assert "grey_faces" not in metadata(colour, model_from_checkpoint(colour).card, {})
+
+
+def test_evaluating_a_grey_model_on_colour_faces_warns_that_predict_serves_them_grey(
+        grey_run, grey_shards, tiny_shards, tmp_path, caplog, one_thread):
+    from ferdata.params import load_params
+    from fermodels.evaluate import EvalParams, evaluate
+
+    from tests.fermodels.helpers import REPO, stage_params
+
+    params = stage_params(EvalParams, load_params(REPO / "params.yaml")["evaluate"], workers=0, device="cpu",
+                          batch_check=False)
+    evaluate(grey_run, grey_shards, params, tmp_path / "own")
+    assert "trained on grey faces only" not in caplog.text             # its own grey test faces: nothing to say
+    evaluate(grey_run, tiny_shards, params, tmp_path / "cross", datasets=["tiny"])
+    assert "trained on grey faces only" in caplog.text and "not all grey" in caplog.text
