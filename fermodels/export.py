@@ -98,10 +98,14 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "face_backend_options": (state.get("data") or {}).get("face_backend_options", {}),
         "flip_tta": flip_tta(card),
         "provenance": provenance(state),
-        # every training face was grey: turn a colour crop grey (BT.601 luma, OpenCV's integer weights, replicated
-        # to R = G = B) before feeding it, as ferdata predict does (absent: a model trained on colour faces)
-        **({"grey_faces": True} if (state.get("data") or {}).get("grey_faces") is True else {}),
+        # every training face was grey (absent: a model trained on colour faces); how predict serves it
+        **({"grey_faces": True, "grey": GREY_RULE} if (state.get("data") or {}).get("grey_faces") is True else {}),
     }
+
+
+GREY_RULE = ("every training face was grey (R = G = B): ferdata predict turns the picture (each reduced copy the "
+             "crop is warped from) grey before the warp, cv2.cvtColor RGB2GRAY (BT.601 luma, OpenCV's fixed-point "
+             "weights) replicated to 3 channels, then aligns, stores and feeds the face as for any model")
 
 
 def flip_tta(card) -> dict:

@@ -121,7 +121,8 @@ def test_the_cli_chooses_grey_or_colour_over_the_checkpoint(grey_run, astronaut,
 
 def test_an_export_of_a_grey_model_says_so(grey_run, tiny_run):
     state = load_checkpoint(grey_run)
-    assert metadata(state, model_from_checkpoint(state).card, {})["grey_faces"] is True
+    meta = metadata(state, model_from_checkpoint(state).card, {})
+    assert meta["grey_faces"] is True and "before the warp" in meta["grey"]
     colour = load_checkpoint(tiny_run["ckpt"] / "best.pt")
     assert "grey_faces" not in metadata(colour, model_from_checkpoint(colour).card, {})
 
