@@ -145,6 +145,7 @@ _PIECES = 16            # the hash in 16-bit pieces: two hashes within NEAR_BITS
 # The bits dealt into pieces in a fixed shuffled order: a piece is no image row, which aligned faces share
 # (any order keeps the pigeonhole guarantee; this one only spreads the index's buckets).
 _ORDER = random.Random(0).sample(range(256), 256)
+_CANDIDATES = 1 << 20   # (probe, held face) pairs compared at once: ~150 MB, whatever the pieces' buckets hold
 
 
 def face_hash(jpg: bytes) -> tuple[int, int] | None:
@@ -220,13 +221,16 @@ class NearCopies:
         counts = (hi - lo).ravel()
         total = int(counts.sum())
         best = np.full(len(hashes), len(self.hashes), np.int64)
-        if total:
-            probe = np.repeat(np.arange(len(hashes) * _PIECES) // _PIECES, counts)
-            piece = np.repeat(np.tile(pieces, len(hashes)), counts)
-            ends = np.cumsum(counts)
-            pos = np.repeat(lo.ravel(), counts) + np.arange(total) - np.repeat(ends - counts, counts)
-            cand = order[piece, pos]
-            near = np.bitwise_count(_words(hashes)[probe] ^ held[cand]).sum(1) <= NEAR_BITS
+        ends, words, first = np.cumsum(counts), _words(hashes), lo.ravel()
+        starts = ends - counts
+        # (probe, piece, position) candidates a slice at a time: many held faces sharing a piece value
+        # (identical hashes: blank faces, a still video's frames) give batch x 16 x their number of them
+        for at in range(0, total, _CANDIDATES):
+            j = np.arange(at, min(at + _CANDIDATES, total))
+            row = np.searchsorted(ends, j, "right")                  # the (probe, piece) each candidate is of
+            probe, piece = row // _PIECES, row % _PIECES
+            cand = order[piece, first[row] + j - starts[row]]
+            near = np.bitwise_count(words[probe] ^ held[cand]).sum(1) <= NEAR_BITS
             np.minimum.at(best, probe[near], cand[near])
         best[best == len(self.hashes)] = -1
         return best

@@ -120,3 +120,26 @@ def test_find_many_names_the_first_held_face_within_near_bits_as_a_brute_force_s
     assert held.find_many(faces, batch=64) == brute
     assert brute[-1] == "test/5" and sum(b is not None for b in brute) > 100 and brute.count(None) > 100
     assert [held.find(f) for f in faces[:50]] == brute[:50]
+
+
+def test_find_many_memory_stays_bounded_when_many_held_faces_share_a_hash():
+    """Identical held hashes (blank faces, a still video's frames) put every one of them in each of a
+    probe's 16 buckets: the candidates of a batch were expanded at once (~1.5 MB per held copy per
+    batch of 1024: 2000 copies took 3 GB), so a few tens of thousands ran out of memory."""
+    import random
+    import tracemalloc
+    from ferdata.dedup import NearCopies
+    rng = random.Random(0)
+    h = rng.getrandbits(256)
+    held = NearCopies()
+    for i in range(1000):
+        held.add(f"test/{i}", (h, rng.getrandbits(256)))
+    held.add("test/other", (h ^ 0b111, 0))
+    tracemalloc.start()
+    try:
+        found = held.find_many([(h, 0)] * 1024 + [(h ^ (1 << 200) ^ 0b111, 1)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == ["test/0"] * 1025
+    assert peak < 400 << 20, f"{peak >> 20} MiB"
