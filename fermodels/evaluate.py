@@ -162,6 +162,20 @@ def nonfinite_rows(probs: np.ndarray) -> int:
     return int((~np.isfinite(probs).all(1)).sum())
 
 
+def _colour_faces(dataset: IndexedSplit, most: int = 64) -> bool:
+    """Whether any of up to ``most`` faces spread over ``dataset`` is in colour (not R = G = B): a split
+    whose _info.json does not record grey_faces may be grey faces prepared before it was recorded."""
+    from ferdata.io import decode_jpeg_rgb
+
+    for i in range(0, len(dataset), max(1, len(dataset) // most)):
+        if (jpg := dataset[i].get("jpg")) is None:
+            return True
+        rgb = decode_jpeg_rgb(jpg)
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            return True
+    return False
+
+
 def rank_loader(dataset: IndexedSplit, env: DistEnv, batch_size: int, workers: int,
                 persistent: bool = False) -> DataLoader:
     """This rank's share of ``dataset`` for :func:`score_split`: every world_size-th sample."""
@@ -248,15 +262,19 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     card, classes = model.card, tuple(state["classes"])
     split = open_split(dirs, params.split)
     check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)
-    if (state.get("data") or {}).get(GREY) is True and not split.grey:
-        log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all grey: "
-                    "scored as they are, colours the model never saw, where `ferdata predict` turns a face grey for "
-                    "it first", Path(checkpoint).name, params.split, ", ".join(names))
     dataset = IndexedSplit(split, split_decoder(card, split, device), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
                          f"{len(classes)}-class model can be scored on"
                          + (" (prepared with shard.val_fraction 0?)" if params.split == "val" else ""))
+    if (state.get("data") or {}).get(GREY) is True and not split.grey:
+        if _colour_faces(dataset):
+            log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all "
+                        "grey: scored as they are, colours the model never saw, where `ferdata predict` turns a face "
+                        "grey for it first", Path(checkpoint).name, params.split, ", ".join(names))
+        else:               # shards prepared before the shard stage recorded grey_faces: grey, unmarked
+            log.info("evaluate: the %s faces of %s look grey but their _info.json does not say so (prepared before "
+                     "grey_faces was recorded? prepare them again)", params.split, ", ".join(names))
     batch_size = card.scoring_batch(params.batch_size)
     if batch_size != params.batch_size:
         log.warning("evaluate: %s's predictions depend on the other faces in a batch (its card: per_sample false): "

@@ -95,6 +95,11 @@ class Picture:
         picture._reduced[1] = decoded                  # decode_image(data, 1) is this very decode
         return picture
 
+    def detected(self, grey: bool = False) -> np.ndarray:
+        """The pixels detection runs on (``rgb``); ``grey``: those in grey (:func:`grey_copy`), as the
+        detect stage saw a grey dataset's pictures (landmarks found on the colours move the crop)."""
+        return grey_copy(Decoded(self.rgb, self.scale, ())).rgb if grey else self.rgb
+
     def reduced(self, reduce: int, grey: bool = False) -> Decoded:
         """The picture as the align stage decodes it for a face at ``reduce`` (1, 2, 4, 8): a
         file's bytes through ``decode_image(data, reduce)``, a frame's pixels through
@@ -252,7 +257,7 @@ class Predictor:
         record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
                             native_label="")
         samples, dropped = [], 0
-        for i, face in enumerate(self.backend.detect(picture.rgb, record)):
+        for i, face in enumerate(self.backend.detect(picture.detected(self.grey), record)):
             try:
                 row, al = self.aligned(picture, face)
             except (BadGeometry, BadImage) as e:

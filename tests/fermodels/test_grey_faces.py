@@ -103,6 +103,20 @@ def test_predict_scores_a_grey_models_faces_in_grey_cropped_as_from_the_grey_pic
     assert not old.grey and not _is_grey(decode_jpeg_rgb(old.faces(picture, "astronaut.jpg")[0][0].fields["jpg"]))
 
 
+def test_a_grey_models_faces_are_detected_on_the_grey_picture_as_the_detect_stage_found_them(
+        grey_run, astronaut, monkeypatch, one_thread):
+    """The detect stage ran the detector on the dataset's grey pictures: landmarks found on the colours
+    differ (astronaut, embedded backend: 1.6 px), and so does the crop warped from them (7 levels on average)."""
+    picture = Picture.from_file(astronaut.read_bytes())
+    for grey in (True, False):
+        predictor = Predictor(grey_run, backend="embedded", device="cpu", grey=grey)
+        seen, real = [], predictor.backend.detect
+        monkeypatch.setattr(predictor.backend, "detect", lambda rgb, record: seen.append(rgb) or real(rgb, record))
+        faces, _ = predictor.faces(picture, "astronaut.jpg")
+        grey_picture = cv2.cvtColor(cv2.cvtColor(picture.rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        assert faces and np.array_equal(seen[0], grey_picture if grey else picture.rgb)
+
+
 def test_the_cli_chooses_grey_or_colour_over_the_checkpoint(grey_run, astronaut, monkeypatch, one_thread):
     seen = []
     real = fermodels.predict.Predictor
@@ -140,3 +154,27 @@ def test_evaluating_a_grey_model_on_colour_faces_warns_that_predict_serves_them_
     assert "trained on grey faces only" not in caplog.text             # its own grey test faces: nothing to say
     evaluate(grey_run, tiny_shards, params, tmp_path / "cross", datasets=["tiny"])
     assert "trained on grey faces only" in caplog.text and "not all grey" in caplog.text
+
+
+def test_evaluating_a_grey_model_on_grey_shards_prepared_before_grey_faces_was_recorded_does_not_warn(
+        grey_run, grey_shards, tmp_path, caplog, one_thread):
+    """Shards of a grey dataset prepared before 6b2ab76 record no grey_faces: they were told apart from
+    colour ones by that key alone, so a grey model scored on them was warned of colours it was not fed."""
+    import shutil
+
+    from ferdata.params import load_params
+    from fermodels.evaluate import EvalParams, evaluate
+
+    from tests.fermodels.helpers import REPO, stage_params
+
+    old = tmp_path / "old" / "tinygrey"
+    shutil.copytree(grey_shards, old)
+    for info in old.glob("*/_info.json"):
+        data = json.loads(info.read_text())
+        del data["grey_faces"]
+        info.write_text(json.dumps(data))
+    params = stage_params(EvalParams, load_params(REPO / "params.yaml")["evaluate"], workers=0, device="cpu",
+                          batch_check=False)
+    with caplog.at_level("INFO", logger="fermodels"):
+        evaluate(grey_run, old, params, tmp_path / "eval")
+    assert "trained on grey faces only" not in caplog.text and "look grey" in caplog.text
