@@ -61,11 +61,17 @@ def test_shards_of_grey_pictures_say_every_face_is_grey_and_colour_ones_as_befor
     assert not open_split([grey_shards, tiny_shards], "train").grey        # mixed: the model saw colour too
 
 
-def test_a_model_trained_on_grey_faces_alone_records_it(grey_run, grey_shards, tiny_run, preprocess, tmp_path):
+def test_a_model_trained_on_grey_faces_alone_records_it(grey_run, grey_shards, tiny_run, preprocess, tmp_path,
+                                                        caplog):
+    """A mix of grey and colour datasets is a colour model, said in the log (a grey dataset prepared before
+    grey_faces was recorded also counts as colour: the line tells to prepare it again)."""
     assert load_checkpoint(grey_run)["data"]["grey_faces"] is True
     assert "grey_faces" not in load_checkpoint(tiny_run["ckpt"] / "best.pt")["data"]      # colour: as before
-    mixed = _train([grey_shards, tiny_run["shards"]], tmp_path, ["tinygrey", "tiny"], preprocess)
+    with caplog.at_level("INFO", logger="fermodels"):
+        mixed = _train([grey_shards, tiny_run["shards"]], tmp_path, ["tinygrey", "tiny"], preprocess)
     assert "grey_faces" not in load_checkpoint(mixed)["data"]
+    said = [r.getMessage() for r in caplog.records if "recorded as trained on colour" in r.getMessage()]
+    assert len(said) == 1 and str(grey_shards) in said[0] and str(tiny_run["shards"]) not in said[0]
 
 
 @pytest.fixture(scope="module")
