@@ -136,7 +136,7 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
     # MAX_PIXELS) cannot: there, on a reversed axis whose stored size N is no multiple of r,
     # points map (r * ceil(N / r) - N) / r decoded px off (under one decoded px; known, not corrected).
     # Other formats are shrunk after decoding, in the displayed frame (block_mean): no such offset.
-    while reduce > needed and _libjpeg(head) and head.turn != 1 and (head.width % reduce or head.height % reduce):
+    while reduce > needed and libjpeg_scales(head) and head.turn != 1 and (head.width % reduce or head.height % reduce):
         reduce //= 2
     h, w = -(-head.height // reduce), -(-head.width // reduce)      # libjpeg rounds scaled sizes up
     shape = (w, h) if head.turn in (5, 6, 7, 8) else (h, w)
@@ -162,9 +162,9 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     """
     probe = probe_image(data, reduce_at_least)
     head, reduce = probe.header, probe.reduce
-    inside = reduce if _libjpeg(head) else 1                      # the reduction the decoder makes itself
+    inside = reduce if libjpeg_scales(head) else 1                      # the reduction the decoder makes itself
     img, damage = None, ""
-    if _libjpeg(head) and head.mode in ("RGB", "L"):
+    if libjpeg_scales(head) and head.mode in ("RGB", "L"):
         img, damage = _strict_jpeg(data, head, inside)
     elif head.format in JPEG_FORMATS:
         damage = jpeg_damage(data)
@@ -247,7 +247,7 @@ def _pil_pixels(data: bytes) -> np.ndarray | None:
         return None
 
 
-def _libjpeg(head: ImageHeader) -> bool:
+def libjpeg_scales(head: ImageHeader) -> bool:
     """Whether the decoder shrinks this file itself (libjpeg's scaled decode)."""
     return head.format in JPEG_FORMATS and not head.has_alpha
 

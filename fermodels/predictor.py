@@ -39,7 +39,7 @@ from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, rgb_pixels
 from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned
-from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg
+from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg, libjpeg_scales, probe_image
 from ferdata.layout import GREY, SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
@@ -107,12 +107,27 @@ class Picture:
         ``grey``: that in grey (:func:`grey_copy`)."""
         if grey:
             if reduce not in self._grey:
-                self._grey[reduce] = grey_copy(self.reduced(reduce))
+                self._grey[reduce] = self._grey_at(reduce)
             return self._grey[reduce]
         if reduce not in self._reduced:
             self._reduced[reduce] = (decode_image(self.data, reduce) if self.data is not None
                                      else Decoded(block_mean(self.rgb, reduce), 1.0 / reduce, ()))
         return self._reduced[reduce]
+
+    def _grey_at(self, reduce: int) -> Decoded:
+        """The picture turned grey as the align stage decodes that grey picture at ``reduce``: a JPEG's
+        reduced decode is libjpeg's (its luma: turned grey as it comes); any other file or a frame is
+        shrunk by block means after it is turned grey, as the grey picture's pixels would be (turned grey
+        after the block means, 15% of a large face's crop values came out one level off)."""
+        decoded = self.reduced(reduce)
+        if reduce == 1:
+            return grey_copy(decoded)
+        if self.data is not None:
+            whole_file = probe_image(self.data, 1)
+            if libjpeg_scales(whole_file.header) or whole_file.reduce != 1:    # a whole decode already reduced
+                return grey_copy(decoded)                 # (over MAX_PIXELS): block means of it would compound
+        whole = self.reduced(1, grey=True)
+        return Decoded(block_mean(whole.rgb, reduce), decoded.scale, decoded.conversions, decoded.damage)
 
 
 def grey_copy(decoded: Decoded) -> Decoded:
