@@ -351,10 +351,13 @@ def _csv_rows(buf: io.StringIO):
     return writerow
 
 
-def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None) -> str:
-    """CSV (``.csv`` or stdout) or JSON (``.json``: faces + per-image summary); returns the text."""
+def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None,
+               scoring: dict | None = None) -> str:
+    """CSV (``.csv`` or stdout) or JSON (``.json``: faces + per-image summary, and ``scoring``: how the
+    faces were scored, e.g. in grey or with flip TTA, which a CSV cannot say); returns the text."""
     if out is not None and out.suffix.lower() == ".json":
-        text = json.dumps({"faces": rows, "images": summary}, indent=2) + "\n"
+        text = json.dumps({"faces": rows, "images": summary, **({"scoring": scoring} if scoring else {})},
+                          indent=2) + "\n"
     else:
         buf = io.StringIO()
         writerow = _csv_rows(buf)
@@ -397,4 +400,5 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
             folder.mkdir(parents=True, exist_ok=True)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,
                                 names=names)
-    return write_rows(rows, summary, predictor.classes, out), summary
+    scoring = {"grey": predictor.grey, "flip_tta": predictor.flip_tta, "backend": predictor.backend.name}
+    return write_rows(rows, summary, predictor.classes, out, scoring), summary

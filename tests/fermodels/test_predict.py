@@ -192,6 +192,7 @@ def test_cli_writes_csv_json_and_annotations(photos, tiny_run, tmp_path, one_thr
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "out.json").read_text())
     assert len(out["faces"]) == 1 + 2 + 1 and len(out["images"]) == 4
+    assert out["scoring"] == {"grey": False, "flip_tta": False, "backend": "embedded"}     # what no CSV row says
     assert {p.name for p in (tmp_path / "ann").iterdir()} == {"astronaut.jpg", "two.jpg", "clip.avi.f000000.jpg"}
     assert runner.invoke(app, ["predict", str(tmp_path / "missing.jpg"), "-m", ckpt]).exit_code != 0
 
