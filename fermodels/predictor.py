@@ -247,7 +247,8 @@ class Predictor:
             log.info("the model was trained on grey faces only (R = G = B): faces are scored in grey, their colour "
                      "turned to grey as the training pictures were (--colour keeps it)")
         elif self.grey:
-            log.info("faces are scored in grey (R = G = B), as asked; the model's training faces were not all grey")
+            log.info("faces are scored in grey (R = G = B), as asked; the checkpoint does not record that its training "
+                     "faces were all grey (colour ones, or a checkpoint trained before grey_faces was recorded)")
         elif trained_grey:
             log.warning("the model was trained on grey faces only (R = G = B): scoring faces in colour, as asked, "
                         "which the model never saw (leave --colour out to score them in grey)")

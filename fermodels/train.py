@@ -228,9 +228,10 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
     if train_split.grey:                # every training face grey: predict turns colour faces grey for the model
         data[GREY] = True               # (only then: a colour run's checkpoints as before)
     elif grey := [d for d, made in train_split.made_by.items() if made.get(GREY) is True]:
-        log.info("the faces of %s are grey, the others' are not all grey: the model is recorded as trained on colour "
-                 "faces (predict scores its faces in colour); shards of a grey dataset prepared before they recorded "
-                 "grey_faces count as colour: prepare them again", ", ".join(grey))
+        log.warning("%s record(s) every face grey (grey_faces) and %s do(es) not: colour faces, or grey faces prepared "
+                    "before the shard stage recorded grey_faces (prepare those again: `dvc repro shard@<name>`); the "
+                    "checkpoint records no data.grey_faces, so `ferdata predict` scores colour pictures in colour for "
+                    "it", ", ".join(grey), ", ".join(d for d in train_split.dirs if d not in grey))
     state = _on_rank_0(lambda: resume_state(ckpt_dir, asdict(params), data, live_dir), env, share=True)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()

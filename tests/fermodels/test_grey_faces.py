@@ -61,6 +61,25 @@ def test_shards_of_grey_pictures_say_every_face_is_grey_and_colour_ones_as_befor
     assert not open_split([grey_shards, tiny_shards], "train").grey        # mixed: the model saw colour too
 
 
+def test_grey_shards_trained_with_ones_prepared_before_grey_faces_was_recorded_are_warned_of(
+        grey_shards, preprocess, tmp_path, caplog):
+    """One grey dataset prepared again after 6b2ab76, another not (its _info.json without grey_faces):
+    the model trained on both records no grey_faces, so predict scores colour pictures in colour for it;
+    that was silent (audit h84)."""
+    import shutil
+
+    old = tmp_path / "old" / "tinygrey"
+    shutil.copytree(grey_shards, old)
+    for info in old.glob("*/_info.json"):
+        data = json.loads(info.read_text())
+        del data["grey_faces"]
+        info.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="fermodels"):
+        mixed = _train([grey_shards, old], tmp_path / "run", ["tinygrey", "oldgrey"], preprocess)
+    assert "grey_faces" not in load_checkpoint(mixed)["data"]
+    assert "prepared before the shard stage recorded grey_faces" in caplog.text and str(old) in caplog.text
+
+
 def test_a_model_trained_on_grey_faces_alone_records_it(grey_run, grey_shards, tiny_run, preprocess, tmp_path,
                                                         caplog):
     """A mix of grey and colour datasets is a colour model, said in the log (a grey dataset prepared before
@@ -70,8 +89,9 @@ def test_a_model_trained_on_grey_faces_alone_records_it(grey_run, grey_shards, t
     with caplog.at_level("INFO", logger="fermodels"):
         mixed = _train([grey_shards, tiny_run["shards"]], tmp_path, ["tinygrey", "tiny"], preprocess)
     assert "grey_faces" not in load_checkpoint(mixed)["data"]
-    said = [r.getMessage() for r in caplog.records if "recorded as trained on colour" in r.getMessage()]
-    assert len(said) == 1 and str(grey_shards) in said[0] and str(tiny_run["shards"]) not in said[0]
+    said = [r.getMessage() for r in caplog.records if "checkpoint records no data.grey_faces" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{grey_shards} record(s) every face grey")
+    assert f"and {tiny_run['shards']} do(es) not" in said[0]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +157,14 @@ def test_the_cli_chooses_grey_or_colour_over_the_checkpoint(grey_run, astronaut,
         res = CliRunner().invoke(app, base + extra)
         assert res.exit_code == 0, res.output
     assert seen == [None, False, True]
+
+
+def test_grey_asked_of_a_checkpoint_without_grey_faces_does_not_say_its_faces_were_colour(tiny_run, caplog):
+    """A checkpoint trained on grey faces before 6b2ab76 records no grey_faces: --grey, which CHANGES
+    points such a checkpoint to, was told that its training faces "were not all grey"."""
+    with caplog.at_level("INFO", logger="fermodels"):
+        Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cpu", grey=True)
+    assert "were not all grey" not in caplog.text and "does not record" in caplog.text
 
 
 def test_an_export_of_a_grey_model_says_so(grey_run, tiny_run):
