@@ -61,19 +61,24 @@ def test_shards_of_grey_pictures_say_every_face_is_grey_and_colour_ones_as_befor
     assert not open_split([grey_shards, tiny_shards], "train").grey        # mixed: the model saw colour too
 
 
+def _as_prepared_before_grey_faces(shards, copy):
+    """A copy of grey shards as the shard stage before 6b2ab76 left them: no grey_faces in any _info.json."""
+    import shutil
+
+    shutil.copytree(shards, copy)
+    for info in copy.glob("*/_info.json"):
+        data = json.loads(info.read_text())
+        del data["grey_faces"]
+        info.write_text(json.dumps(data))
+    return copy
+
+
 def test_grey_shards_trained_with_ones_prepared_before_grey_faces_was_recorded_are_warned_of(
         grey_shards, preprocess, tmp_path, caplog):
     """One grey dataset prepared again after 6b2ab76, another not (its _info.json without grey_faces):
     the model trained on both records no grey_faces, so predict scores colour pictures in colour for it;
     that was silent (audit h84)."""
-    import shutil
-
-    old = tmp_path / "old" / "tinygrey"
-    shutil.copytree(grey_shards, old)
-    for info in old.glob("*/_info.json"):
-        data = json.loads(info.read_text())
-        del data["grey_faces"]
-        info.write_text(json.dumps(data))
+    old = _as_prepared_before_grey_faces(grey_shards, tmp_path / "old" / "tinygrey")
     with caplog.at_level("WARNING", logger="fermodels"):
         mixed = _train([grey_shards, old], tmp_path / "run", ["tinygrey", "oldgrey"], preprocess)
     assert "grey_faces" not in load_checkpoint(mixed)["data"]
@@ -194,19 +199,12 @@ def test_evaluating_a_grey_model_on_grey_shards_prepared_before_grey_faces_was_r
         grey_run, grey_shards, tmp_path, caplog, one_thread):
     """Shards of a grey dataset prepared before 6b2ab76 record no grey_faces: they were told apart from
     colour ones by that key alone, so a grey model scored on them was warned of colours it was not fed."""
-    import shutil
-
     from ferdata.params import load_params
     from fermodels.evaluate import EvalParams, evaluate
 
     from tests.fermodels.helpers import REPO, stage_params
 
-    old = tmp_path / "old" / "tinygrey"
-    shutil.copytree(grey_shards, old)
-    for info in old.glob("*/_info.json"):
-        data = json.loads(info.read_text())
-        del data["grey_faces"]
-        info.write_text(json.dumps(data))
+    old = _as_prepared_before_grey_faces(grey_shards, tmp_path / "old" / "tinygrey")
     params = stage_params(EvalParams, load_params(REPO / "params.yaml")["evaluate"], workers=0, device="cpu",
                           batch_check=False)
     with caplog.at_level("INFO", logger="fermodels"):
