@@ -397,9 +397,9 @@ def write_stdout(text: str) -> None:
     terminal each line is shown as ``ferdata.errors.shown`` writes names (a file named with ESC
     sequences cleared the screen or set its title); into a pipe or a file the text is written as it is."""
     if sys.stdout.isatty():
-        from ferdata.errors import shown
+        from ferdata.errors import inert_lines
 
-        text = "\n".join(shown(line) for line in text.split("\n"))
+        text = inert_lines(text)
     buffer = getattr(sys.stdout, "buffer", None)
     if buffer is None:
         sys.stdout.write(text)

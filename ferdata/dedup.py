@@ -166,14 +166,6 @@ def face_hash(jpg: bytes) -> tuple[int, int] | None:
     return bits(grey), bits(np.ascontiguousarray(grey[:, ::-1]))
 
 
-def _pieces(h: int) -> Iterator[tuple[int, int]]:
-    for piece in range(_PIECES):
-        value = 0
-        for bit in _ORDER[piece * 16:(piece + 1) * 16]:
-            value = value << 1 | (h >> bit & 1)
-        yield piece, value
-
-
 class NearCopies:
     """Held-out faces by :func:`face_hash`, indexed by piece; :meth:`find_many` names, for each face, the
     first added whose hash is within :data:`NEAR_BITS` of the face's (else of its mirror's; every such
@@ -199,9 +191,10 @@ class NearCopies:
         if not self.hashes or not faces:
             return found
         if self._index is None:
-            vals = _piece_values(self.hashes)                       # (M, 16)
+            raw = _raw(self.hashes)
+            vals = _piece_values(raw)                               # (M, 16)
             order = np.argsort(vals, axis=0, kind="stable").T        # (16, M): per piece, held faces by value
-            self._index = (order, np.take_along_axis(vals.T, order, 1), _words(self.hashes))
+            self._index = (order, np.take_along_axis(vals.T, order, 1), _words(raw))
         for start in range(0, len(faces), batch):
             part = faces[start:start + batch]
             best = self._best([f[0] for f in part])
@@ -214,14 +207,15 @@ class NearCopies:
     def _best(self, hashes: list[int]) -> np.ndarray:
         """For each hash, the first held face within NEAR_BITS of it, or -1."""
         order, sorted_vals, held = self._index
-        vals = _piece_values(hashes)                                 # (N, 16)
+        raw = _raw(hashes)
+        vals = _piece_values(raw)                                    # (N, 16)
         pieces = np.arange(_PIECES)
         lo = np.stack([np.searchsorted(sorted_vals[p], vals[:, p], "left") for p in pieces], 1)
         hi = np.stack([np.searchsorted(sorted_vals[p], vals[:, p], "right") for p in pieces], 1)
         counts = (hi - lo).ravel()
         total = int(counts.sum())
         best = np.full(len(hashes), len(self.hashes), np.int64)
-        ends, words, first = np.cumsum(counts), _words(hashes), lo.ravel()
+        ends, words, first = np.cumsum(counts), _words(raw), lo.ravel()
         starts = ends - counts
         # (probe, piece, position) candidates a slice at a time: many held faces sharing a piece value
         # (identical hashes: blank faces, a still video's frames) give batch x 16 x their number of them
@@ -236,14 +230,19 @@ class NearCopies:
         return best
 
 
-def _piece_values(hashes: list[int]) -> np.ndarray:
-    """(N, 16) the values :func:`_pieces` gives, for many hashes at once."""
-    raw = np.frombuffer(b"".join(h.to_bytes(32, "big") for h in hashes), np.uint8).reshape(-1, 32)
+def _raw(hashes: list[int]) -> np.ndarray:
+    """(N, 32) the big-endian bytes of each 256-bit hash."""
+    return np.frombuffer(b"".join(h.to_bytes(32, "big") for h in hashes), np.uint8).reshape(-1, 32)
+
+
+def _piece_values(raw: np.ndarray) -> np.ndarray:
+    """(N, 16) each hash's 16 pieces: piece k the 16-bit value of bits ``_ORDER[16k:16k+16]``, the first
+    of them its highest bit."""
     bits = np.unpackbits(raw, axis=1)[:, ::-1]                      # column i: bit i of the hash
-    dealt = np.packbits(bits[:, _ORDER].reshape(-1, _PIECES, 16), axis=-1)     # its first bit the highest
+    dealt = np.packbits(bits[:, _ORDER].reshape(-1, _PIECES, 16), axis=-1)
     return np.ascontiguousarray(dealt).view(">u2").reshape(-1, _PIECES).astype(np.int64)
 
 
-def _words(hashes: list[int]) -> np.ndarray:
+def _words(raw: np.ndarray) -> np.ndarray:
     """(N, 4) uint64 words of each 256-bit hash."""
-    return np.frombuffer(b"".join(h.to_bytes(32, "big") for h in hashes), ">u8").reshape(-1, 4).astype(np.uint64)
+    return raw.view(">u8").astype(np.uint64)

@@ -252,6 +252,12 @@ def libjpeg_scales(head: ImageHeader) -> bool:
     return head.format in JPEG_FORMATS and not head.has_alpha
 
 
+def is_grey(rgb: np.ndarray) -> bool:
+    """Whether an RGB image is grey: R = G = B in every pixel, as a grey picture decodes (its value
+    replicated) and stays through a warp or a JPEG round trip (the same on each channel)."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
 def block_mean(rgb: np.ndarray, reduce: int) -> np.ndarray:
     """``rgb`` at 1/``reduce`` the way libjpeg's reduced decode makes it: ceil(h/r) x ceil(w/r)
     pixels, each the mean of an r x r block (the last, partial blocks filled by repeating the edge,

@@ -165,13 +165,10 @@ def nonfinite_rows(probs: np.ndarray) -> int:
 def _colour_faces(dataset: IndexedSplit, most: int = 64) -> bool:
     """Whether any of up to ``most`` faces spread over ``dataset`` is in colour (not R = G = B): a split
     whose _info.json does not record grey_faces may be grey faces prepared before it was recorded."""
-    from ferdata.io import decode_jpeg_rgb
+    from ferdata.io import decode_jpeg_rgb, is_grey
 
     for i in range(0, len(dataset), max(1, len(dataset) // most)):
-        if (jpg := dataset[i].get("jpg")) is None:
-            return True
-        rgb = decode_jpeg_rgb(jpg)
-        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+        if (jpg := dataset[i].get("jpg")) is None or not is_grey(decode_jpeg_rgb(jpg)):
             return True
     return False
 

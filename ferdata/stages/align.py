@@ -25,13 +25,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.errors import shown
-from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_image, encode_jpeg
+from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_image, encode_jpeg, is_grey
 from ferdata.layout import ALIGNED, CONTENT, DROPS, GREY, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
@@ -81,12 +79,6 @@ class AlignedSample:
     conversions: tuple[str, ...]
     num_faces: int
     grey: bool = False          # the crop is grey (R = G = B): a grey picture's face (:func:`is_grey`)
-
-
-def is_grey(rgb: np.ndarray) -> bool:
-    """Whether an RGB image is grey: R = G = B in every pixel, as a grey picture decodes (its value
-    replicated) and stays through the warp (the same on each channel)."""
-    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 # A face the dataset's annotations placed in a picture the decoder turned by its EXIF orientation
