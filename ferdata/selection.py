@@ -134,8 +134,10 @@ def write_selection(path: str | Path, data_dir: str | Path, names: Sequence[str]
 
 
 def _pictures(shards_dir: Path, split: str) -> dict[str, str]:
-    """sha256 of each sample's source picture (its ``json``'s provenance) -> the sample's key, over the
-    shards ``split``'s ``_info.json`` lists (only the ``json`` members are read)."""
+    """sha256 of each sample's source picture (its ``json``'s provenance) and, as ``face:<sha256>``, of
+    its aligned face (its ``jpg``) -> the sample's key, over the shards ``split``'s ``_info.json`` lists.
+    The face's hash finds one picture stored in other bytes: FER2013's CSV rows (PNG made here) and the
+    PNGs FERPlus's converter wrote of them hash apart as files, but align to the same crop."""
     info = read_info(shards_dir, split)
     index = index_tars(listed_shard(shards_dir / split, s["name"]) for s in info.get("shards", []))
     found: dict[str, str] = {}
@@ -146,17 +148,21 @@ def _pictures(shards_dir: Path, split: str) -> dict[str, str]:
                 sha = json.loads(read(member)).get("sha256")
                 if isinstance(sha, str):
                     found.setdefault(sha, key)
+            face = index[key].get("jpg")
+            if face is not None:
+                found.setdefault("face:" + hashlib.sha256(read(face)).hexdigest(), key)
     return found
 
 
 def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], tested: Sequence[str],
                            split: str) -> list[str]:
     """Faces a run holds out that another of its datasets trains on: the same picture (sha256 of the
-    source file) in ``split`` of a ``tested`` dataset and in the train or val split of another dataset of
-    ``trained_on``, or in a training dataset's val split (which picks the epoch) and another's train
-    split. Within one dataset the align stage judges copies (``align.cross_split_copies``); across
-    datasets (RAF-DB and a folder copy of it, FER2013 and FERPlus, web-crawled sets) nothing did. One
-    line per copy, ``<ds>/<split>/<key> is <ds>/<split>/<key>``; empty for a run of one dataset."""
+    source file, or of the aligned face: one picture stored in other bytes) in ``split`` of a ``tested``
+    dataset and in the train or val split of another dataset of ``trained_on``, or in a training
+    dataset's val split (which picks the epoch) and another's train split. Within one dataset the align
+    stage judges copies (``align.cross_split_copies``); across datasets (RAF-DB and a folder copy of it,
+    FER2013 and FERPlus, web-crawled sets) nothing did. One line per copy, ``<ds>/<split>/<key> is
+    <ds>/<split>/<key>``; empty for a run of one dataset."""
     if len(set(trained_on) | set(tested)) < 2:
         return []
     read: dict[tuple[str, str], dict[str, str]] = {}
@@ -178,7 +184,7 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
                 theirs = pictures(other, t)
                 found += [f"{name}/{s}/{key} is {other}/{t}/{theirs[sha]}"
                           for sha, key in sorted(pictures(name, s).items(), key=lambda i: i[1]) if sha in theirs]
-    return found
+    return list(dict.fromkeys(found))           # a copy found by its picture and by its face: once
 
 
 # `dvc repro select` runs the stages before it too: on a machine that pulled the shards and holds no raw

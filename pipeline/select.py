@@ -36,8 +36,9 @@ def main() -> None:
     write_selection(Path(out) / "evaluate.json", data_dir, tested, (split,))
     if copies := copies_across_datasets(data_dir, trained_on, tested, split):
         logging.getLogger("pipeline.select").warning(
-            "%d held-out face(s) are also in a training split of another dataset of this run (the same picture), so "
-            "the model trains on faces it is scored on: %s%s; remove those pictures from one of the datasets",
+            "%d held-out face(s) are also in a training split of another dataset of this run (the same picture or "
+            "aligned face), so the model trains on faces it is scored on: %s%s; remove those pictures from one of "
+            "the datasets",
             len(copies), "; ".join(copies[:5]), " ..." if len(copies) > 5 else "")
 
 

@@ -282,13 +282,22 @@ class FERPlusReader(DatasetReader):
     def lists_twice(self) -> bool:  # type: ignore[override]
         """The converted folders' ``label.csv`` may name a PNG again (the same file, with other votes);
         the CSV pair's rows are each a key of their own name and pixels (no first pass: FER2013's cost)."""
-        return find_file(self.root, FERPLUS_CSVS) is None
+        return self._votes_csv() is None
+
+    def _votes_csv(self) -> Path | None:
+        """``fer2013new.csv``, unless the converted folders are read: there is none, or it lies beside
+        the folders the converter made of it without ``fer2013.csv`` (nor ``options.fer2013_csv``)."""
+        new_csv = find_file(self.root, FERPLUS_CSVS)
+        if (new_csv is not None and not self.options["fer2013_csv"] and find_file(self.root, FER_CSVS) is None
+                and all((self.root / d / "label.csv").is_file() for d in FERPLUS_DIRS.values())):
+            return None
+        return new_csv
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         mode = str(self.options["label_mode"])
         if mode not in LABEL_MODES:
             raise ValueError(f"{self.name}: label_mode must be one of {LABEL_MODES}, got {mode!r}")
-        new_csv = find_file(self.root, FERPLUS_CSVS)
+        new_csv = self._votes_csv()
         if new_csv is not None:
             fer_csv = find_file(self.root, FER_CSVS, str(self.options["fer2013_csv"]), "fer2013_csv")
             if fer_csv is None:

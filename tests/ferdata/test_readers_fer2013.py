@@ -112,6 +112,20 @@ def test_ferplus_folders_with_microsofts_face_box_column(tmp_path):
     assert drops == {"missing_image": 1, "not_face": 1}
 
 
+def test_ferplus_converted_folders_beside_the_votes_they_were_made_from(tmp_path):
+    """fer2013new.csv beside the FER2013Train|Valid|Test folders the converter made of it (no fer2013.csv):
+    the folders are the dataset, where the root was refused for a missing fer2013.csv."""
+    make_ferplus_folders(tmp_path)
+    make_ferplus(tmp_path / "csvs")
+    (tmp_path / "fer2013new.csv").write_text((tmp_path / "csvs" / "fer2013new.csv").read_text())
+    records, drops, _ = read_all("ferplus", tmp_path)
+    assert {k: (r.split, r.label) for k, r in records.items()} == {"fer0000000": ("train", 1), "fer0000002": ("val", 0)}
+    assert drops == {"missing_image": 1, "not_face": 1}
+    (tmp_path / "fer2013.csv").write_text((tmp_path / "csvs" / "fer2013.csv").read_text())
+    records, _, _ = read_all("ferplus", tmp_path)                    # both CSVs: the CSVs, as before
+    assert all(r.pixels is not None for r in records.values())
+
+
 def test_ferplus_layout_error_and_bad_mode(tmp_path):
     with pytest.raises(DatasetLayoutError) as err:
         read_all("ferplus", tmp_path)
