@@ -17,6 +17,7 @@ TIFF_BITS_PER_SAMPLE = 258
 JPEG_FORMATS = ("JPEG", "MPO")
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WEBP"))
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")   # ISO-BMFF major brands
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 GRAY_ALPHA_MODES = ("LA", "La")
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -128,6 +129,9 @@ def read_header(data: bytes) -> ImageHeader:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
         kind = sniff_format(data)
+        if not kind and data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:     # an iPhone's photo: no decoder here
+            raise BadImage("heic_unsupported", f"HEIC/HEIF image (brand {data[8:12].decode()!r}) cannot be decoded "
+                                               "here: convert it to JPEG or PNG") from None
         if not kind:
             raise BadImage("not_an_image", f"unknown file signature {data[:8]!r}") from None
         reason = "truncated" if is_truncated(kind, data) else "undecodable"

@@ -156,7 +156,7 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
     conversions: an RGB or grey JPEG is read by libjpeg-turbo in strict mode (simplejpeg: OpenCV's
     pixels bit for bit, at any reduction, in the same time), which stops at a warning, then by
     OpenCV, which reads on; other JPEGs (CMYK) are checked by :func:`jpeg_damage`.
-    Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``,
+    Raises :class:`BadImage` with reason ``empty_file``, ``not_an_image``, ``heic_unsupported``,
     ``truncated``, ``undecodable``, ``too_large``, ``too_small`` or
     ``unsupported_pixel_format``.
     """
