@@ -25,14 +25,17 @@ import numpy as np
 from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.errors import shown, utf8_name
+from ferdata.imagefile import read_header
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
-from fermodels.predictor import FaceSample, Picture, Predictor
+from ferdata.stages.detect_work import DETECTOR_FAILED
+from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+# what OpenCV's FFmpeg reads: phones' .3gp, camcorders' AVCHD (.mts, .m2ts), MPEG-PS (.mpg); not .ts (TypeScript)
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg"}
 FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg", re.DOTALL)   # annotation_path's name of a frame's copy
-COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v"}     # containers whose header lists the video's frames
+COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v", ".3gp"}     # containers whose header lists the video's frames
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
 NAME_MAX = 255                                      # bytes in a file name (Linux, macOS, Windows file systems)
 FRAME_ROOM = len(".f0000000")                       # what annotation_path adds for a video frame (up to 10^7)
@@ -93,11 +96,18 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
         listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if path.suffix.lower() in COUNTED_EXTS else 0
         try:
             while True:
+                if index % every:       # a frame not scored: decoded, not converted to BGR (a 1080p frame: 1.2 ms)
+                    if not cap.grab():
+                        break
+                    index += 1
+                    continue
                 ok, bgr = cap.read()
                 if not ok:
                     break
                 if index % every == 0:
-                    yield index, Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)), ""
+                    picture = Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                    picture.time = round(float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000, 6)   # the frame's timestamp
+                    yield index, picture, ""
                 index += 1
         finally:
             cap.release()
@@ -109,9 +119,15 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
             yield index, None, "video_cut_short"
         return
     try:
-        yield 0, Picture.from_file(path.read_bytes()), ""
+        data = path.read_bytes()
+        picture = Picture.from_file(data)
     except (OSError, BadImage) as e:
         yield 0, None, getattr(e, "reason", "unreadable_file")
+        return
+    if "first_frame_only" in picture.reduced(1).conversions:     # as the align stage decodes it: its first picture
+        log.warning("%s holds %d pictures (an animated GIF/WebP/PNG or a multi-page TIFF): only the first is scored "
+                    "(as a video, e.g. .mp4, every frame would be)", shown(path), read_header(data).frames)
+    yield 0, picture, ""
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
@@ -252,6 +268,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     rows: list[dict] = []
     summary: list[dict] = []
     pending: list[FaceSample] = []
+    times: dict[tuple[str, int], float | None] = {}     # (source, frame) -> a video frame's time in seconds
 
     if not predictor.card.per_sample:
         log.warning("%s's predictions depend on the other faces in a batch (its card: per_sample false): "
@@ -268,6 +285,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                    "box": [round(v, 1) for v in face.box], "score": round(face.score, 4),
                    "expression": predictor.classes[int(p.argmax())] if finite else None}
             row.update({c: round(float(v), 6) if finite else None for c, v in zip(predictor.classes, p)})
+            row["time"] = times.get((face.source, face.frame))
             rows.append(row)
         pending.clear()
 
@@ -280,8 +298,17 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                     log.warning("%s skipped: %s", shown(path), problem)
                 summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
                 continue
-            faces, dropped = predictor.faces(picture, str(path), frame)
-            summary.append({"source": str(path), "frame": frame, "faces": len(faces), "dropped": dropped})
+            try:
+                faces, dropped = predictor.faces(picture, str(path), frame)
+            except DetectorFailed as e:     # one odd picture ended the run, every row scored so far lost
+                log.warning("%s%s skipped: %s (%s)", shown(path), f" frame {frame}" if video else "",
+                            DETECTOR_FAILED, e)
+                summary.append({"source": str(path), "frame": frame, **({"time": picture.time} if video else {}),
+                                "faces": 0, "problem": DETECTOR_FAILED})
+                continue
+            summary.append({"source": str(path), "frame": frame, **({"time": picture.time} if video else {}),
+                            "faces": len(faces), "dropped": dropped})
+            times[(str(path), frame)] = picture.time
             log.debug("%s%s: %d face(s)", shown(path), f" frame {frame}" if video else "",
                       len(faces))                                       # -v; the end counts
             pending += faces
@@ -362,10 +389,10 @@ def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], 
         buf = io.StringIO()
         writerow = _csv_rows(buf)
         writerow([inert(c) for c in ("source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression",
-                                     *classes)])
-        for r in rows:
+                                     *classes, "time")])
+        for r in rows:          # time: a video frame's timestamp in seconds (variable frame rates too); images none
             writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
-                      *(r[c] for c in classes)])
+                      *(r[c] for c in classes), r.get("time")])
         text = buf.getvalue()
     if out is not None:                 # names undecodable as UTF-8 kept
         atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))

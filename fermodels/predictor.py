@@ -36,7 +36,7 @@ import torch
 from ferdata.cache import face_to_dict
 from ferdata.faces import create_backend
 from ferdata.faces.auto import AutoBackend, first_ready
-from ferdata.faces.base import BACKENDS, Face, FaceBackend, rgb_pixels
+from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, rgb_pixels
 from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned
 from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg, libjpeg_scales, probe_image
@@ -56,6 +56,10 @@ from fermodels.runstate import load_checkpoint
 log = logging.getLogger(__name__)
 
 
+class DetectorFailed(RuntimeError):
+    """The face backend raised on one picture: the detect stage records it as ``detector_failed`` and goes on."""
+
+
 @dataclass(frozen=True)
 class FaceSample:
     """One face ready for the model: where it came from and its shard-format fields."""
@@ -71,7 +75,8 @@ class FaceSample:
 class Picture:
     """One image or video frame: the RGB pixels detection runs on (``scale``: their size relative
     to the file's, below 1 only for a huge JPEG) and, made once per reduction on first use, the
-    copies the align stage would warp a face from (:meth:`reduced`)."""
+    copies the align stage would warp a face from (:meth:`reduced`). ``time``: a video frame's presentation
+    time in seconds (its timestamp, not index / fps: a phone's video has a variable frame rate), else None."""
 
     def __init__(self, rgb: np.ndarray, data: bytes | None = None, scale: float = 1.0) -> None:
         rgb = np.asarray(rgb)
@@ -79,6 +84,7 @@ class Picture:
             raise ValueError(f"a picture is RGB uint8 (H, W, 3) pixels, got {rgb.dtype} {rgb.shape}: read files with "
                              "Picture.from_file (any format, EXIF turn, alpha, 16-bit), or convert the array first")
         self.rgb, self.data, self.scale = rgb, data, scale
+        self.time: float | None = None
         self._reduced: dict[int, Decoded] = {} if data is not None else {1: Decoded(rgb, 1.0, ())}
         self._grey: dict[int, Decoded] = {}
 
@@ -273,7 +279,13 @@ class Predictor:
         record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
                             native_label="")
         samples, dropped = [], 0
-        for i, face in enumerate(self.backend.detect(picture.detected(self.grey), record)):
+        try:
+            found = self.backend.detect(picture.detected(self.grey), record)
+        except (MissingModelError, ImportError, MemoryError):       # no picture's fault: as the detect stage
+            raise
+        except Exception as e:  # noqa: BLE001 - one odd picture, named by the caller (run_predict goes on)
+            raise DetectorFailed(f"{type(e).__name__}: {e}") from e
+        for i, face in enumerate(found):
             try:
                 row, al = self.aligned(picture, face)
             except (BadGeometry, BadImage) as e:

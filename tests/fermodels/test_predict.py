@@ -941,6 +941,12 @@ class _Capture:
         self.left -= 1
         return True, np.zeros((8, 8, 3), np.uint8)
 
+    def grab(self) -> bool:
+        if self.left == 0:
+            return False
+        self.left -= 1
+        return True
+
     def release(self) -> None:
         pass
 
@@ -966,3 +972,33 @@ def test_an_array_of_another_rank_or_without_pixels_is_refused(shape):
 
     with pytest.raises(ValueError, match=r"a picture is RGB uint8 \(H, W, 3\) pixels, got uint8 "):
         Picture(np.zeros(shape, np.uint8))
+
+
+def test_frames_not_scored_are_decoded_but_never_converted(tmp_path, monkeypatch):
+    """--every 10 converted every frame to BGR (cap.read) and dropped 9 of 10 (audit h88): the frames between
+    are grabbed (decoded, no conversion), so the stride and the cut-short count stay as they were."""
+    capture = _Capture(10, 10)
+    reads = []
+    real = capture.read
+    monkeypatch.setattr(capture, "read", lambda: reads.append(1) or real())
+    monkeypatch.setattr(cv2, "VideoCapture", lambda _: capture)
+    assert [i for i, p, _ in iter_frames(tmp_path / "v.mp4", 4)] == [0, 4, 8]
+    assert len(reads) == 3
+
+
+def test_a_picture_the_face_backend_fails_on_is_named_and_the_run_goes_on(photos, predictor, monkeypatch, caplog,
+                                                                         one_thread):
+    """The detect stage records an image its backend raises on as ``detector_failed`` and goes on; predict ended
+    there, every row scored before it lost (audit h88)."""
+    real = predictor.backend.detect
+
+    def detect(image, record):
+        if record.path.endswith("two.jpg"):
+            raise RuntimeError("odd picture")
+        return real(image, record)
+    monkeypatch.setattr(predictor.backend, "detect", detect)
+    paths = [photos / n for n in ("astronaut.jpg", "two.jpg", "noise.png")]
+    rows, summary = run_predict(predictor, paths, batch_size=2, every=1)
+    assert [Path(r["source"]).name for r in rows] == ["astronaut.jpg"]
+    assert summary[1] == {"source": str(paths[1]), "frame": 0, "faces": 0, "problem": "detector_failed"}
+    assert "detector_failed (RuntimeError: odd picture)" in caplog.text

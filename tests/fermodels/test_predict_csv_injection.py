@@ -18,7 +18,7 @@ def test_no_csv_cell_starts_like_a_formula():
     cells = [c for line in csv.reader(io.StringIO(text)) for c in line]
     assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r")], text
     header, values = list(csv.reader(io.StringIO(text)))
-    assert values[0] == "'=2+3.jpg" and header[-3] == "'" + EVIL and values[3] == "-1.5"   # numbers stay numbers
+    assert values[0] == "'=2+3.jpg" and header[-4] == "'" + EVIL and values[3] == "-1.5"   # numbers stay numbers
 
 
 class _Stdout:
