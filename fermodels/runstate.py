@@ -230,6 +230,8 @@ def model_from_checkpoint(state: dict) -> nn.Module:
 
 
 RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes
+# train.device as written (auto, cuda, cuda:1): resuming compares the kind it names, data["device"]
+DEVICE = ("device",)
 # train params that change no batch: the loader workers only make the shuffle streams' batches, so a
 # run goes on under another count (train.streams sets the order: another value is another run)
 LAYOUT = ("workers",)
@@ -262,7 +264,7 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
     if state.get("optimizer") is None:
         raise ValueError(f"{path} holds no optimizer state (a copy of best.pt?), so training cannot resume from it: "
                          "delete it to train from the start")
-    params, saved = ({k: v for k, v in p.items() if k not in RESUME_IGNORES + LAYOUT}
+    params, saved = ({k: v for k, v in p.items() if k not in RESUME_IGNORES + LAYOUT + DEVICE}
                      for p in (params, state["params"]))
     if saved != params or state["data"] != data:
         differ = sorted(k for k in {*params, *saved} if params.get(k) != saved.get(k))
@@ -283,11 +285,19 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
             log.warning("%s has finished %d epoch(s), but %s lacks the logs of epoch(s) %s (removed?): starting "
                         "over, so that the logs cover every epoch", path, done, live_dir, _spans(unlogged))
             return None
-    best_epoch = state["best"].get("epoch", -1)
-    if best_epoch >= 0 and (saved_at(path.parent / BEST) or (0, -1))[1] != best_epoch:
+    best_epoch, best = state["best"].get("epoch", -1), path.parent / BEST
+    saved = saved_at(best) if best_epoch >= 0 else None
+    if best_epoch >= 0 and best.is_file():      # damaged: starting over threw last.pt away, resuming kept it
+        damage = ("cannot be read as a checkpoint (cut off or damaged)" if saved is None else
+                  f"is damaged: its {bad!r} fails its CRC-32" if (bad := failed_checksum(best)) else "")
+        if damage:
+            raise ValueError(f"{best} {damage}, and {path.name} records epoch {best_epoch} as the best, whose weights "
+                             f"only {BEST} holds: put back a good copy of {BEST} to resume, or delete {path.name} "
+                             f"and {BEST} to train from the start")
+    if best_epoch >= 0 and (saved or (0, -1))[1] != best_epoch:
         log.warning("%s records epoch %d as the best, but %s is %s: starting over, so that best.pt holds the epoch "
                     "that last.pt and the logs choose", path, best_epoch, BEST,
-                    "missing" if not (path.parent / BEST).is_file() else "another epoch's or unreadable")
+                    "missing" if not best.is_file() else "another epoch's")
         return None
     return state
 

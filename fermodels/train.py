@@ -222,7 +222,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                  params.shuffle_buffer, idle)
     data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
             "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
-            "face_backend_options": train_split.face_backend_options, "code": code_fingerprint()}
+            "face_backend_options": train_split.face_backend_options, "code": code_fingerprint(),
+            "device": device.type}          # cpu or cuda: train.device auto, cuda and cuda:1 train alike
     if weights := weight_file_digests(params.model_kwargs):      # other weights under the same path: another run
         data["weights"] = weights
     if train_split.grey:                # every training face grey: predict turns colour faces grey for the model

@@ -252,3 +252,29 @@ def test_too_little_memory_for_a_whole_last_pt_is_not_called_damaged(tmp_path, m
         resume_state(tmp_path, PARAMS, DATA)
     assert err.value.errno == errno.ENOMEM
     assert "damaged" not in str(err.value) and "delete" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["cut", "flipped"])
+def test_a_damaged_best_pt_is_refused_not_trained_over(tmp_path, damage):
+    """last.pt recorded epoch 1 as the best and best.pt was damaged: a cut one started the run over
+    (a warning, then last.pt overwritten at the first save: every epoch lost), a byte flipped in its
+    weights resumed and finished with the damaged best.pt, which predict and evaluate then refuse."""
+    import struct
+    import zipfile
+
+    from fermodels.runstate import BEST
+
+    save_last(str(tmp_path), PARAMS, DATA, epoch=1, batch=4, epoch_steps=4, step=8, best={"epoch": 1})
+    torch.save({"step": 8, "best": {"epoch": 1}, "w": torch.arange(1000.0)}, tmp_path / BEST)
+    raw = bytearray((tmp_path / BEST).read_bytes())
+    if damage == "cut":
+        raw = raw[:len(raw) // 2]
+    else:                                   # one byte in the middle of the weights' bytes
+        info = next(i for i in zipfile.ZipFile(tmp_path / BEST).infolist() if "/data/" in i.filename)
+        name, extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+        raw[info.header_offset + 30 + name + extra + info.file_size // 2] ^= 0x40
+    (tmp_path / BEST).write_bytes(bytes(raw))
+    last = (tmp_path / LAST).read_bytes()
+    with pytest.raises(ValueError, match=f"{BEST} (cannot be read|is damaged).*put back a good copy"):
+        resume_state(tmp_path, PARAMS, DATA)
+    assert (tmp_path / LAST).read_bytes() == last

@@ -277,6 +277,20 @@ def test_a_setting_that_shapes_no_weight_still_resumes(tiny_run, tmp_path, caplo
     assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["step"] == before["step"]
 
 
+def test_naming_the_same_device_otherwise_still_resumes(tiny_run, tmp_path, caplog, one_thread, monkeypatch):
+    """train.device cpu -> auto on a machine without a GPU (or cuda -> cuda:1, another free GPU) is the
+    same run on the same kind of device: it started over, throwing every finished epoch away."""
+    import shutil
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)       # auto: the CPU, as the run's
+    shutil.copytree(tiny_run["ckpt"], tmp_path / "ckpt")
+    shutil.copytree(tiny_run["live"], tmp_path / "live")
+    before = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    train(tiny_run["shards"], make_params(epochs=3, device="auto"), tmp_path / "ckpt", tmp_path / "live")
+    assert "starting over" not in caplog.text
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["step"] == before["step"]
+
+
 def test_a_finished_run_trains_again_when_its_code_changed(tiny_run, tmp_path, caplog, one_thread, monkeypatch):
     """DVC re-runs train after an edit of its code; resuming the finished last.pt trained nothing."""
     import shutil
