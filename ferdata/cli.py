@@ -364,6 +364,8 @@ def predict(
     grey: Optional[bool] = typer.Option(
         None, "--grey/--colour", help="Score faces in grey (R = G = B) or in colour. Default: grey for a model "
                                       "trained on grey faces only (FER2013, JAFFE), else colour."),
+    keypoints: Optional[str] = typer.Option(
+        None, help="Align each face by the face backend's 5 keypoints (detector) or by the eye centres, nose tip and mouth corners of its 68 landmarks (landmarks). Default: landmarks for a model trained on a dataset's own landmarks only (backend annotations), else detector."),
     allow_download: bool = typer.Option(
         False, "--allow-download", help="Let insightface / face_alignment fetch missing weights (needs network)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
@@ -383,7 +385,8 @@ def predict(
         raise typer.BadParameter(str(err), param_hint="--backend-option") from None
     text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
                                   backend_options=options, batch_size=batch_size, every=every, device=device,
-                                  flip_tta=flip_tta, allow_download=allow_download, grey=grey)
+                                  flip_tta=flip_tta, allow_download=allow_download, grey=grey,
+                                  keypoints=keypoints)
     if out is None:
         write_stdout(text)
     typer.echo(describe(summary), err=True)

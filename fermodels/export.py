@@ -89,7 +89,8 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "input_order": list(card.fields),   # the TorchScript graph takes them positionally, in this order
         "outputs": {"logits": ["batch", len(state["classes"])], "probs": ["batch", len(state["classes"])]},
         "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
-        "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card),
+        "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card,
+                                                                  (state.get("data") or {}).get("face_backends")),
         "datasets": state.get("datasets", []), "best": state.get("best", {}), "files": files, "opset": OPSET,
         # false: a face's scores depend on the other faces in its batch; run such a model one face at a time
         "per_sample": card.per_sample,
@@ -145,9 +146,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def alignment(preprocess: dict, card) -> dict:
+LANDMARK_KEYPOINTS = ("the eye centres (the means of iBUG-68 points 36-41 and 42-47), the nose tip (30) and the "
+                      "mouth corners (48, 54) of the face's 68 landmarks: the training faces were aligned by their "
+                      "dataset's own landmarks so; a detector's own 5 keypoints (RetinaFace's, SCRFD's) sit a few "
+                      "pixels elsewhere in the crop (3.6 px of 112 on average), which moves the scores")
+
+
+def alignment(preprocess: dict, card, face_backends: dict | None = None) -> dict:
     """How a photo's face becomes the graph's ``image`` without this package: the 5-point template
-    the training crops were warped to, and how a crop is brought to the model's input size."""
+    the training crops were warped to, which 5 points of a face were warped to it (``face_backends``, the
+    checkpoint's: all ``annotations``, the five points of 68 landmarks), and how a crop is brought to the
+    model's input size."""
     if "align" not in preprocess:
         log.warning("the checkpoint records no align/derive settings (trained before they were recorded): "
                     "the export's alignment section is empty")
@@ -159,6 +168,8 @@ def alignment(preprocess: dict, card) -> dict:
         # full precision: rounded to 1e-4 px (a padded or 128-based template), crops moved by a level here and
         # there, which the crop's JPEG made 3 (probabilities 1e-3 apart)
         "template": [[float(v) for v in point] for point in template(size, padding)],
+        "keypoints_from": (LANDMARK_KEYPOINTS if face_backends and set(face_backends) == {"annotations"} else
+                           "the face detector's own 5 keypoints (face_backends names the detector)"),
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints (in image pixels, "
                 "rounded to 1/1000 px as the detect stage stores them, then, mapped into the picture the face is "

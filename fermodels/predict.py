@@ -403,7 +403,8 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
                   annotate: Path | None = None, backend: str | None = None, model_dir: str | Path | None = None,
                   backend_options: Mapping[str, Any] | None = None, batch_size: int = 32, every: int = 10,
                   device: str = "auto", flip_tta: bool = False,
-                  allow_download: bool = False, grey: bool | None = None) -> tuple[str, list[dict]]:
+                  allow_download: bool = False, grey: bool | None = None,
+                  keypoints: str | None = None) -> tuple[str, list[dict]]:
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
     the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
     per image/frame (face counts). The library side of ``ferdata predict``."""
@@ -421,11 +422,12 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
         writable_folder(out.parent, f"--out {out}:")
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
                           backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download,
-                          grey=grey)
+                          grey=grey, keypoints=keypoints)
     for folder in (annotate, out.parent if out is not None else None):
         if folder is not None:          # made once the checkpoint loaded: a bad one leaves no empty folders
             folder.mkdir(parents=True, exist_ok=True)
     rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,
                                 names=names)
-    scoring = {"grey": predictor.grey, "flip_tta": predictor.flip_tta, "backend": predictor.backend.name}
+    scoring = {"grey": predictor.grey, "flip_tta": predictor.flip_tta, "backend": predictor.backend.name,
+               "keypoints": predictor.keypoints}
     return write_rows(rows, summary, predictor.classes, out, scoring), summary

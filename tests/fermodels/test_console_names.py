@@ -111,6 +111,7 @@ def test_predicts_no_landmarks_warning_names_a_hostile_file_inertly(caplog):
     p.card = SimpleNamespace(fields=("jpg", "heatmap"), name="stub_model")
     p.align = {"jpeg_quality": 90}
     p.grey = False
+    p.keypoints = "detector"
     with caplog.at_level(logging.WARNING):
         for name in HOSTILE:
             assert p.faces(np.zeros((8, 8, 3), np.uint8), name, 0) == ([], 1)

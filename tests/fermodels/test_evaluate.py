@@ -654,3 +654,21 @@ def test_one_set_of_loader_workers_serves_every_pass(tiny_run, tmp_path, one_thr
     assert len(list(started.iterdir())) == 2                   # 8 before: 2 workers x 4 passes
     alone = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], PARAMS, tmp_path / "alone")
     assert got == alone and got["batch_composition"]["orders"].keys() == {"shuffled", "class_sorted", "batch1"}
+
+
+def test_faces_placed_otherwise_than_the_training_faces_are_warned_about(caplog):
+    """A model trained on a dataset's own landmarks (annotations) scored on detected faces (embedded: RetinaFace's
+    keypoints, a few pixels of 112 elsewhere) was scored silently: the sample's held-out pictures gave 83% prepared
+    with annotations and 64% prepared with embedded, with no word that the faces were framed otherwise."""
+    from fermodels.evaluate import check_face_sources
+
+    shards = [Path("data/other/shards")]
+    with caplog.at_level("WARNING", logger="fermodels"):
+        check_face_sources({"annotations": 90}, {"embedded": 30}, "best.pt", shards)
+    assert "placed by a face detector's keypoints" in caplog.text and "the dataset's own landmarks" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fermodels"):
+        check_face_sources({"embedded": 90}, {"insightface": 30}, "best.pt", shards)      # detectors both
+        check_face_sources({"annotations": 90, "embedded": 9}, {"embedded": 30}, "best.pt", shards)   # trained on both
+        check_face_sources({}, {"embedded": 30}, "best.pt", shards)                         # an older checkpoint
+    assert not caplog.records

@@ -528,3 +528,17 @@ def test_the_metadata_names_the_code_data_and_files_it_came_from(tmp_path, prepr
 
     assert meta["sha256"] == {"checkpoint": digest(tmp_path / "m.pt"),
                               "onnx": digest(tmp_path / "out" / "resnet18_112.onnx")}
+
+
+def test_the_metadata_says_which_5_points_of_a_face_the_training_faces_were_aligned_by():
+    """A model trained on a dataset's own landmarks (annotations) learnt faces aligned by the five points of their 68
+    landmarks; the export said only "eye, image left ...", and a deployer aligning by a detector's own keypoints
+    (RetinaFace's: 3.6 px of 112 away on average) scored the sample's held-out pictures 64% instead of 78%."""
+    from fermodels.export import alignment
+    from fermodels.registry import create_model
+
+    card = create_model("resnet18_112").card
+    pre = {"align": {"size": 112, "padding": 0.0}}
+    assert "36-41" in alignment(pre, card, {"annotations": 30})["keypoints_from"]
+    assert "detector's own" in alignment(pre, card, {"embedded": 30})["keypoints_from"]
+    assert "detector's own" in alignment(pre, card, {"annotations": 30, "embedded": 3})["keypoints_from"]
