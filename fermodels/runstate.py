@@ -200,7 +200,8 @@ def _class_problem(classes: object, num_classes: object) -> str:
 # value such a checkpoint was trained with (checkpoints now store every keyword).
 FORMER_DEFAULTS = {("cmnet", "mirror_right_half"): True, ("pcda", "drop"): 0.0, ("pcda", "heatmap_centres"): "cells",
                    ("resnet18_heatmap", "heatmap_centres"): "cells",
-                   ("resnet18_heatmap_112", "heatmap_centres"): "cells"}
+                   ("resnet18_heatmap_112", "heatmap_centres"): "cells",
+                   ("convcut", "cut_stage"): 3, ("convcut_paper", "cut_stage"): 3}
 
 
 def model_from_checkpoint(state: dict) -> nn.Module:

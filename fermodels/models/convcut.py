@@ -10,8 +10,9 @@ Two variants, identical except for the attention (the paper, Algorithm 1; docs/r
   acknowledged bug, kept on purpose to measure it: on class-sorted evaluation batches it leaks
   labels across samples, and even in eval mode a sample's prediction changes with its batch.
 
-Backbone: ConvNeXt-Base (torchvision) cut after ``cut_stage`` (3 -> 512 x 14 x 14, 2 -> 256 x 28 x 28
-at 224), frozen by default as in the paper. DET block: LayerNorm -> separable conv k4 s4
+Backbone: ConvNeXt-Base (torchvision) cut after ``cut_stage`` (2 -> 256 x 28 x 28, the default: the paper
+"truncat[es] the third and fourth stages" (§3, said twice); 3 -> 512 x 14 x 14, PAtt-Lite's geometry)
+at 224, frozen by default as in the paper. DET block: LayerNorm -> separable conv k4 s4
 ('same') + ReLU -> separable conv k2 s2 ('valid') + ReLU -> spatial dropout 0.1 (widths and
 activations from PAtt-Lite, which the authors say they borrowed).
 """
@@ -118,7 +119,8 @@ class ConvCut(nn.Module):
 _PAPER = ("Nan, Liu, Qian, Song: A Visual Self-attention Mechanism Facial Expression Recognition "
           "Network beyond ConvNeXt (Conv-cut), arXiv 2504.09077")
 _COMMON = ("Paper + PAtt-Lite template (the TF code was not readable): ConvNeXt-Base cut after "
-           "stage {cut} (exact cut not published), frozen={frozen}, stochastic depth 0; DET width "
+           "stage {cut} (the paper truncates stages 3 and 4; cut_stage=3 keeps stage 3, PAtt-Lite's 14x14 "
+           "geometry), frozen={frozen}, stochastic depth 0; DET width "
            "256, ReLU, 'same' then 'valid' padding from PAtt-Lite; no Dense-32/BN before the "
            "attention (not in Algorithm 1). `pretrained`: torchvision or timm ConvNeXt-Base "
            "(pretrained_layout). Keras ConvNeXt normalises internally; here images use ImageNet "
@@ -131,7 +133,7 @@ def _card(name: str, notes: str, per_sample: bool = True) -> ModelCard:
 
 
 @register_model("convcut")
-def convcut(num_classes: int = 7, cut_stage: int = 3, freeze_backbone: bool = True,
+def convcut(num_classes: int = 7, cut_stage: int = 2, freeze_backbone: bool = True,
             width: int = 256, pretrained: str | None = None,
             pretrained_layout: str = "convnext_torchvision", depths: Sequence[int] | None = None,
             dims: Sequence[int] | None = None) -> ConvCut:
@@ -143,7 +145,7 @@ def convcut(num_classes: int = 7, cut_stage: int = 3, freeze_backbone: bool = Tr
 
 
 @register_model("convcut_paper")
-def convcut_paper(num_classes: int = 7, cut_stage: int = 3, freeze_backbone: bool = True,
+def convcut_paper(num_classes: int = 7, cut_stage: int = 2, freeze_backbone: bool = True,
                   width: int = 256, pretrained: str | None = None,
                   pretrained_layout: str = "convnext_torchvision",
                   depths: Sequence[int] | None = None, dims: Sequence[int] | None = None) -> ConvCut:

@@ -547,7 +547,7 @@ def test_convcut_cut_stage_two_gives_three_by_three_tokens() -> None:
 
 
 def test_convcut_default_is_real_convnext_base() -> None:
-    model = create_model("convcut").train()
+    model = create_model("convcut", cut_stage=3).train()
     depths = [len(model.backbone.features[i]) for i in (1, 3, 5)]
     assert depths == [3, 3, 27] and len(model.backbone.features) == 6
     assert model.backbone.out_channels == 512
@@ -556,10 +556,21 @@ def test_convcut_default_is_real_convnext_base() -> None:
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 209_159
 
 
+@pytest.mark.parametrize("name", ["convcut", "convcut_paper"])
+def test_convcut_default_truncates_the_third_and_fourth_stages_as_the_paper_says(name: str) -> None:
+    """Conv-cut §3: "the third and fourth stages of ConvNeXt-Base are truncated" - the default keeps
+    the stem and stages 1-2 (256 x 28 x 28 at 224), not stage 3; an old checkpoint that did not store
+    cut_stage was trained with the former default, 3."""
+    from fermodels.runstate import FORMER_DEFAULTS
+    model = create_model(name)
+    assert len(model.backbone.features) == 4 and model.backbone.out_channels == 256
+    assert FORMER_DEFAULTS[(name, "cut_stage")] == 3
+
+
 @pytest.mark.slow
 def test_convcut_default_exports_to_onnx(tmp_path) -> None:
     """The real ConvNeXt-Base cut at stage 3 (a 240 MB ONNX file)."""
-    model = create_model("convcut").eval()
+    model = create_model("convcut", cut_stage=3).eval()
     image = example_batch(model.card, 1)["image"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
