@@ -96,6 +96,7 @@ class _Table:
         self.ran, self.failures = 0, []               # images the backend ran on (faces or none) / raised on
         self.elsewhere: Counter[str] = Counter()      # other signatures of the images detected now
         self.stored = 0                               # detections put into the cache by this run
+        self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
 
     def warn_cached_elsewhere(self) -> None:
         """Say so when images were detected again that the cache holds under other signatures:
@@ -119,9 +120,17 @@ class _Table:
 
     def row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool = False) -> dict | Dropped:
         """The table row of a kept record, or why it was dropped (``reused``: the detection of an
-        earlier record of the same image, counted as a cache hit)."""
+        earlier record of the same image, counted as a cache hit); a dropped record a test subset
+        lists is noted in :attr:`subset_drops`, for the warning the reader's count cannot give."""
         if isinstance(job, Dropped):
             return job
+        out = self._row(job, det, reason, detail, reused)
+        if isinstance(out, Dropped):
+            for name in job.record.extra.get("subsets") or ():
+                self.subset_drops.setdefault(name, []).append(job.record.key)
+        return out
+
+    def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
         rec = job.record
         if det is None:
             drop = Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {detail}" if detail else rec.path)
@@ -264,6 +273,10 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     "(dropped as no_face_in_box, see %s): are they in these images' pixels, or was the dataset "
                     "resized after annotation?", missed, missed + table.marked["found"],
                     Path(out_dir) / DROPS)
+    for name, keys in sorted(table.subset_drops.items()):
+        log.warning("detect: subset %r loses %d of its listed images here (no face, none where the dataset marks "
+                    "it, or the backend failed), e.g. %s: the evaluator scores it without them; see %s", name,
+                    len(keys), keys[0], Path(out_dir) / DROPS)
     return report
 
 
