@@ -142,6 +142,21 @@ def _check_readable(drops: list[Dropped], rows: int) -> None:
                                 "or re-run detect if the dataset moved")
 
 
+def _warn_subset_drops(detect_dir: str | Path, drops: list[Dropped], out_dir: str | Path) -> None:
+    """Warn of each test subset (``options.subsets``) whose listed images this stage drops (a face that
+    fits no template, an unreadable picture, a copy): the evaluator scores the subset without them, where
+    the reader and the detect stage count those lost before."""
+    dropped = {d.key for d in drops}
+    lost: dict[str, list[str]] = {}
+    for row in read_faces(detect_dir) if dropped else ():
+        if (rec := row["record"])["key"] in dropped:
+            for name in (rec.get("extra") or {}).get("subsets") or ():
+                lost.setdefault(name, []).append(rec["key"])
+    for name, keys in sorted(lost.items()):
+        log.warning("align: subset %r loses %d of its listed images here, e.g. %s: the evaluator scores it without "
+                    "them; see %s", name, len(keys), keys[0], Path(out_dir) / DROPS)
+
+
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
     """Align every detected face of ``detect_dir`` into ``out_dir`` (replaced as a whole)."""
     # the detector's settings ride along (under "detect"): the shards record how their faces were found;
@@ -173,6 +188,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                 if res.num_faces > 1:
                     report.count("faces", "several_faces_one_kept")
         _check_readable(drops, report.kept + len(drops))
+        _warn_subset_drops(detect_dir, drops, out_dir)
         if report.kept and grey == report.kept:         # only then: a dataset with a colour face, its report as before
             report.notes[GREY] = True                   # the shards and a model trained on them alone say so
         report.notes[CONTENT] = content_digest(writer.files)
