@@ -30,6 +30,7 @@ import io
 import logging
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -256,6 +257,31 @@ def is_grey(rgb: np.ndarray) -> bool:
     """Whether an RGB image is grey: R = G = B in every pixel, as a grey picture decodes (its value
     replicated) and stays through a warp or a JPEG round trip (the same on each channel)."""
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def grey_copy(decoded: Decoded) -> Decoded:
+    """``decoded`` in grey: each pixel's luma (ITU-R BT.601, OpenCV's integer weights, which keep a grey
+    pixel's value) replicated to R = G = B, as a grey picture decodes (FER2013's PNGs, JAFFE's TIFFs).
+    A grey picture comes back unchanged."""
+    grey = cv2.cvtColor(np.ascontiguousarray(decoded.rgb), cv2.COLOR_RGB2GRAY)
+    return Decoded(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), decoded.scale, decoded.conversions, decoded.damage)
+
+
+def decode_grey(data: bytes, reduce_at_least: int = 1,
+                decode: Callable[[int], Decoded] | None = None) -> Decoded:
+    """``decode_image(data, reduce_at_least)`` of the picture turned grey (:func:`grey_copy`), as that
+    grey picture decodes: a JPEG's reduced decode is libjpeg's (its luma: turned grey as it comes); any
+    other file is shrunk by block means after it is turned grey (turned grey after them, 15% of a large
+    face's crop values came out one level off). The align stage (``detect.grey``) and inference for a
+    grey model (:class:`fermodels.predictor.Picture`) both read grey pictures so. ``decode``: a
+    memoised ``decode_image`` of ``data`` (reduce -> Decoded), else it is called."""
+    decode = decode or functools.partial(decode_image, data)
+    decoded = decode(reduce_at_least)
+    whole_file = probe_image(data, 1) if reduce_at_least != 1 else None
+    if whole_file is None or libjpeg_scales(whole_file.header) or whole_file.reduce != 1:
+        return grey_copy(decoded)           # (a whole decode already reduced, over MAX_PIXELS: block means compound)
+    whole = grey_copy(decode(1))
+    return Decoded(block_mean(whole.rgb, reduce_at_least), decoded.scale, decoded.conversions, decoded.damage)
 
 
 def block_mean(rgb: np.ndarray, reduce: int) -> np.ndarray:

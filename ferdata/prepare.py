@@ -94,7 +94,7 @@ def signatures_in_use(params: Mapping[str, Any]) -> dict[Path, set[str]]:
     out: dict[Path, set[str]] = {}
     for name in dataset_specs(params):
         detect = detect_section(params, name, dataset_spec(params, name))
-        out.setdefault(cache_folder(detect.cache_dir).resolve(), set()).add(detect.create_backend().signature())
+        out.setdefault(cache_folder(detect.cache_dir).resolve(), set()).add(detect.signature(detect.create_backend()))
     return out
 
 

@@ -19,8 +19,8 @@ block mean, as for a PNG.
 
 A model whose training faces were all grey (R = G = B: FER2013, JAFFE; the checkpoint's
 ``data.grey_faces``) sees a colour face it never saw: each face is warped from the picture in grey
-(:func:`grey_copy`: BT.601 luma replicated to R = G = B, as the align stage decodes a grey picture), so
-its crop is the one the align stage makes of that grey picture; ``grey`` chooses otherwise.
+(:func:`ferdata.io.decode_grey`: BT.601 luma replicated to R = G = B, as the align stage decodes a grey
+picture), so its crop is the one the align stage makes of that grey picture; ``grey`` chooses otherwise.
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import cv2
 import numpy as np
 import torch
 
@@ -39,7 +38,7 @@ from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, rgb_pixels
 from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned, five_from_68
-from ferdata.io import BadImage, Decoded, block_mean, decode_image, encode_jpeg, libjpeg_scales, probe_image
+from ferdata.io import BadImage, Decoded, block_mean, decode_grey, decode_image, encode_jpeg, grey_copy
 from ferdata.layout import GREY, SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
@@ -121,27 +120,16 @@ class Picture:
         return self._reduced[reduce]
 
     def _grey_at(self, reduce: int) -> Decoded:
-        """The picture turned grey as the align stage decodes that grey picture at ``reduce``: a JPEG's
-        reduced decode is libjpeg's (its luma: turned grey as it comes); any other file or a frame is
-        shrunk by block means after it is turned grey, as the grey picture's pixels would be (turned grey
-        after the block means, 15% of a large face's crop values came out one level off)."""
+        """The picture turned grey as the align stage decodes that grey picture at ``reduce``: a file's
+        by :func:`decode_grey` (as the align stage reads a ``detect.grey`` dataset's), a frame shrunk by
+        block means after it is turned grey, as the grey picture's pixels would be."""
+        if self.data is not None:
+            return decode_grey(self.data, reduce, self.reduced)
         decoded = self.reduced(reduce)
         if reduce == 1:
             return grey_copy(decoded)
-        if self.data is not None:
-            whole_file = probe_image(self.data, 1)
-            if libjpeg_scales(whole_file.header) or whole_file.reduce != 1:    # a whole decode already reduced
-                return grey_copy(decoded)                 # (over MAX_PIXELS): block means of it would compound
         whole = self.reduced(1, grey=True)
         return Decoded(block_mean(whole.rgb, reduce), decoded.scale, decoded.conversions, decoded.damage)
-
-
-def grey_copy(decoded: Decoded) -> Decoded:
-    """``decoded`` in grey: each pixel's luma (ITU-R BT.601, OpenCV's integer weights, which keep a grey
-    pixel's value) replicated to R = G = B, as the align stage decodes a grey picture (FER2013's PNGs,
-    JAFFE's TIFFs). A grey picture comes back unchanged."""
-    grey = cv2.cvtColor(np.ascontiguousarray(decoded.rgb), cv2.COLOR_RGB2GRAY)
-    return Decoded(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), decoded.scale, decoded.conversions, decoded.damage)
 
 
 def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mapping[str, Any] | None = None,

@@ -54,6 +54,7 @@ class DetectParams:
     workers: int
     allow_download: bool = False   # let insightface / face_alignment fetch missing weights
     options: Mapping[str, Any] = field(default_factory=dict)   # backend-specific, e.g. {pack: antelopev2}
+    grey: bool = False             # the pictures turned grey (ferdata.io.decode_grey) for detection and alignment
 
     def __post_init__(self) -> None:
         folder = (lambda v: isinstance(v, str) and v.strip() != "", "a folder's path (not empty)")
@@ -80,7 +81,12 @@ class DetectParams:
         face_alignment's sfd/dlib ``score_threshold``: :meth:`FaceBackend.unsigned`, out of the cache key
         too): the shards record it, inference finds faces so, and a setting that finds the same faces
         must not give them other shards (and a new training)."""
-        return {"backend": self.backend, "options": signed_options(self.backend, self.backend_options())}
+        settings = {"backend": self.backend, "options": signed_options(self.backend, self.backend_options())}
+        return {**settings, "grey": True} if self.grey else settings      # only then: colour datasets' as before
+
+    def signature(self, backend: FaceBackend) -> str:
+        """The detection cache's key for ``backend`` run on these pictures: a grey picture's faces are its own."""
+        return backend.signature() + (";grey" if self.grey else "")
 
     def create_backend(self) -> FaceBackend:
         return create_backend(self.backend, self.backend_options(), self.model_dir, self.allow_download)
@@ -170,7 +176,7 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     """The table rows and drops of ``items`` in reader order, detecting (in worker processes)
     only what the cache lacks; workers and cache are closed on leaving, even midway."""
     backend = params.create_backend()
-    sig = backend.signature()                      # a missing model fails here, before any image is read
+    sig = params.signature(backend)                # a missing model fails here, before any image is read
     if need_cache and not backend.cacheable:
         raise ValueError(f"detect.backend {params.backend!r} runs no model and caches nothing (it reads the "
                          "dataset's annotations or image sizes): there is no detection to share between machines; "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from ferdata.cache import Detection, DetectionCache
 from ferdata.errors import shown
 from ferdata.faces.base import Face, FaceBackend, MissingModelError, shape_only
-from ferdata.io import BadImage, decode_image, probe_image
+from ferdata.io import BadImage, decode_grey, decode_image, probe_image
 from ferdata.records import Dropped, FaceRecord, load_image_bytes, scale_record, unreadable_drop
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class DetectWorker:
                 self._backend = self.params.create_backend()
             try:
                 if self._backend.needs_pixels:
-                    decoded = decode_image(job.data)
+                    decoded = decode_grey(job.data) if self.params.grey else decode_image(job.data)
                     image, scale = decoded.rgb, decoded.scale
                 else:                              # header only: align decodes (and drops bad bodies)
                     probe = probe_image(job.data)

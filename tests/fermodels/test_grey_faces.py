@@ -4,6 +4,7 @@ faces: fed a colour photo's face as it is, it scores a picture unlike any it was
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -233,3 +234,86 @@ def test_a_large_faces_grey_crop_is_block_meaned_after_the_picture_turns_grey(gr
     assert np.array_equal(grey.aligned(picture, face)[1].image, from_grey_file)
     from_grey_frame = colour.aligned(Picture(cv2.cvtColor(grey_big, cv2.COLOR_GRAY2RGB)), face)[1].image
     assert np.array_equal(grey.aligned(Picture(big), face)[1].image, from_grey_frame)
+
+
+@pytest.fixture(scope="module")
+def colour_photos(tmp_path_factory):
+    """Real colour photos in the ways the align stage reads them: JPEGs (grace_hopper as matplotlib ships it),
+    a PNG, and a face 4x the crop's resolution as a PNG (block means of the grey picture) and a JPEG (libjpeg's
+    reduced decode); and a grey PNG among them, as CK+ mixes grey and colour sessions."""
+    import matplotlib.cbook
+    from skimage.data import astronaut
+
+    from tests.fermodels.test_predict import large_face_photo
+
+    d = tmp_path_factory.mktemp("mixed")
+    hopper = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    (d / "hopper.jpg").write_bytes(hopper.read_bytes())
+    cv2.imwrite(str(d / "astronaut.jpg"), astronaut()[..., ::-1])
+    cv2.imwrite(str(d / "astronaut.png"), astronaut()[..., ::-1])
+    cv2.imwrite(str(d / "large.png"), large_face_photo()[..., ::-1])
+    cv2.imwrite(str(d / "large.jpg"), large_face_photo()[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(str(d / "grey.png"), cv2.cvtColor(astronaut()[:, ::-1], cv2.COLOR_RGB2GRAY))
+    return sorted(d.iterdir())
+
+
+def _prepared(paths, tmp_path, cache, grey):
+    """``paths`` through the detect (embedded) and align stages, ``detect.grey`` as given: (detect report,
+    align report, key -> aligned fields)."""
+    from ferdata.params import load_params
+    from ferdata.stages.align import AlignParams, run_align
+    from ferdata.stages.detect import DetectParams, run_detect
+    from ferdata.tario import iter_tar_samples
+
+    from tests.fermodels.helpers import REPO, stage_params
+
+    params = load_params(REPO / "params.yaml")
+    records = [FaceRecord(dataset="mixed", key=p.stem + p.suffix[1:], path=str(p), label=1, native_label="happy")
+               for p in paths]
+    detected = run_detect(records, stage_params(DetectParams, params["detect"], backend="embedded", workers=1,
+                                                cache_dir=str(cache), grey=grey), tmp_path / "detect")
+    aligned = run_align(tmp_path / "detect", stage_params(AlignParams, params["align"], workers=1), tmp_path / "al")
+    faces = {k: f for tar in sorted((tmp_path / "al").glob("aligned-*.tar")) for k, f in iter_tar_samples(tar)}
+    return detected, aligned, faces
+
+
+def test_a_dataset_made_grey_has_predicts_grey_crops_byte_for_byte_and_says_every_face_is_grey(
+        colour_photos, grey_run, tmp_path, one_thread):
+    """CK+ mixes grey and colour sessions: as it is, a colour dataset (its model served colour photos);
+    ``detect.grey`` turns every picture grey as predict turns one for a grey model (BT.601, before detection
+    and the warp), so its crops are predict's for those photos, byte for byte, and the dataset is grey."""
+    _, as_is, _ = _prepared(colour_photos, tmp_path / "colour", tmp_path / "cache", grey=False)
+    assert "grey_faces" not in as_is.notes
+    detected, made, faces = _prepared(colour_photos, tmp_path / "grey", tmp_path / "cache", grey=True)
+    assert made.notes["grey_faces"] is True and made.kept == len(colour_photos)
+    assert made.settings["detect"]["grey"] is True and "grey" not in as_is.settings["detect"]
+    assert detected.notes["detections_run"] == len(colour_photos)        # not the colour pictures' cached faces
+    predictor = Predictor(grey_run, backend="embedded", device="cpu", keypoints="detector")
+    assert predictor.grey
+    for path in colour_photos:
+        found, _ = predictor.faces(Picture.from_file(path.read_bytes()), path.name)
+        assert found[0].fields["jpg"] == faces[path.stem + path.suffix[1:]]["jpg"], path.name
+
+
+def test_a_mostly_grey_dataset_is_told_how_to_make_its_faces_grey(colour_photos, tmp_path, caplog):
+    """CK+ as released: grey sessions and a few colour ones. Recorded as colour, its model was served colour
+    photos without a word; the align stage names detect.grey (and says nothing of a colour or a grey dataset)."""
+    from skimage.data import astronaut
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(9):              # grey frames of one session: the same face, a little noise apart
+        noisy = np.clip(astronaut().astype(np.int16) + rng.integers(-3, 4, (512, 512, 1)), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(d / f"grey{i}.png"), cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY))
+    mostly_grey = sorted(d.iterdir()) + [p for p in colour_photos if p.name == "astronaut.jpg"]
+    with caplog.at_level("WARNING", logger="ferdata"):
+        _, report, _ = _prepared(mostly_grey, tmp_path / "mostly", tmp_path / "cache", grey=False)
+    assert report.kept == 10 and "grey_faces" not in report.notes
+    told = [r.getMessage() for r in caplog.records if "detect: {grey: true}" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("align: 9 of the 10 faces are grey (R = G = B) and 1 in colour")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ferdata"):
+        _prepared(mostly_grey, tmp_path / "made", tmp_path / "cache", grey=True)
+        _prepared(colour_photos, tmp_path / "colour", tmp_path / "cache", grey=False)
+    assert "detect: {grey: true}" not in caplog.text
