@@ -66,6 +66,14 @@ class BadModelError(MissingModelError):
         return self.args[0]
 
 
+def no_spinning(options) -> None:
+    """ONNX Runtime session options whose intra-op threads block when idle instead of spinning: by default
+    they spin on their cores after each run, and in ``ferdata predict`` (one process, several threads) they
+    then took the cores dlib, the crop decodes and torch ran on next (a shared 2-core machine: whole runs 1.1-2.1x;
+    a detect worker on one thread has none to spin). Results are the same either way."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
 def unusable(backend: str, path: str | Path, err: BaseException, fix: str) -> BadModelError:
     """The error for a model file its runtime refused (onnxruntime, torch, pickle errors), with the
     runtime's first sentence only (torch's goes on to advise ``weights_only=False``: not for a file

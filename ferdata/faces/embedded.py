@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, Face, FaceBackend, MissingModelError,
-                                check_pixels, files_fingerprint, unusable)
+                                check_pixels, files_fingerprint, no_spinning, unusable)
 from ferdata.geometry import resized_back, shrunk
 from ferdata.records import FaceRecord
 
@@ -159,6 +159,7 @@ class EmbeddedBackend(FaceBackend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options.get("threads", 1))   # parallelism comes from processes
         so.inter_op_num_threads = 1
+        no_spinning(so)
         try:
             self._session = ort.InferenceSession(WEIGHTS, so, providers=["CPUExecutionProvider"])
         except Exception as e:                     # onnxruntime: InvalidProtobuf ... (a damaged install)

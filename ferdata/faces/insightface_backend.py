@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ferdata.faces.base import (BACKENDS, ONNXRUNTIME, OPENCV, SIMPLEJPEG, DownloadFailedError, Face, FaceBackend,
-                                MissingModelError, check_pixels, files_fingerprint, unusable)
+                                MissingModelError, check_pixels, files_fingerprint, no_spinning, unusable)
 from ferdata.faces.fetch import fetch, unpack_zip
 from ferdata.faces.mapping import to_ibug68
 from ferdata.geometry import five_from_68, resized_back
@@ -192,6 +192,7 @@ class InsightFaceBackend(FaceBackend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(self.options.get("threads", 1))   # parallelism comes from processes
         so.inter_op_num_threads = 1
+        no_spinning(so)
         models: dict[str, Any] = {}
         for path in self.files().values():
             try:

@@ -201,3 +201,12 @@ def test_threads_sharing_a_fresh_backend_load_each_model_once(monkeypatch):
     for t in threads:
         t.join()
     assert found == [1] * 6 and loads == {"detector": 1, "predictor": 1}, (found, loads)
+
+
+def test_the_detectors_threads_do_not_spin_between_runs():
+    """ONNX Runtime's idle intra-op threads spin by default and took the cores the steps after each
+    detection (dlib, the crop's decode, torch) ran on in ``ferdata predict``."""
+    backend = EmbeddedBackend({"threads": 2})
+    backend.load_detector()
+    options = backend._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
