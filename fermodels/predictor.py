@@ -38,7 +38,9 @@ from ferdata.faces.auto import AutoBackend, first_ready
 from ferdata.faces.base import BACKENDS, Face, FaceBackend, MissingModelError, rgb_pixels
 from ferdata.faces.dataset import AnnotationsBackend
 from ferdata.geometry import Aligned, five_from_68
-from ferdata.io import BadImage, Decoded, block_mean, decode_grey, decode_image, encode_jpeg, grey_copy
+from ferdata.imagefile import read_header
+from ferdata.io import (BadImage, Decoded, block_mean, decode_grey, decode_image, encode_jpeg, grey_copy,
+                        libjpeg_scales)
 from ferdata.layout import GREY, SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
 from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
@@ -55,13 +57,17 @@ from fermodels.runstate import load_checkpoint
 log = logging.getLogger(__name__)
 
 
+DERIVED = frozenset({"left", "right", "heatmap"})     # the card fields made by the derive stage (DeriveWorker)
+
+
 class DetectorFailed(RuntimeError):
     """The face backend raised on one picture: the detect stage records it as ``detector_failed`` and goes on."""
 
 
 @dataclass(frozen=True)
 class FaceSample:
-    """One face ready for the model: where it came from and its shard-format fields."""
+    """One face ready for the model: where it came from and its shard-format fields (the derive stage's only
+    for a model that reads them: :data:`DERIVED`)."""
 
     source: str
     frame: int
@@ -103,7 +109,11 @@ class Picture:
     def detected(self, grey: bool = False) -> np.ndarray:
         """The pixels detection runs on (``rgb``); ``grey``: those in grey (:func:`grey_copy`), as the
         detect stage saw a grey dataset's pictures (landmarks found on the colours move the crop)."""
-        return grey_copy(Decoded(self.rgb, self.scale, ())).rgb if grey else self.rgb
+        if not grey:
+            return self.rgb
+        if (whole := self._reduced.get(1)) is not None and whole.rgb is self.rgb:    # the grey copy a crop at 1 warps
+            return self.reduced(1, grey=True).rgb                                  # from: made once, not twice
+        return grey_copy(Decoded(self.rgb, self.scale, ())).rgb
 
     def reduced(self, reduce: int, grey: bool = False) -> Decoded:
         """The picture as the align stage decodes it for a face at ``reduce`` (1, 2, 4, 8): a
@@ -115,8 +125,16 @@ class Picture:
                 self._grey[reduce] = self._grey_at(reduce)
             return self._grey[reduce]
         if reduce not in self._reduced:
-            self._reduced[reduce] = (decode_image(self.data, reduce) if self.data is not None
-                                     else Decoded(block_mean(self.rgb, reduce), 1.0 / reduce, ()))
+            whole = self._reduced.get(1)
+            if self.data is None:
+                self._reduced[reduce] = Decoded(block_mean(self.rgb, reduce), 1.0 / reduce, ())
+            elif whole is not None and whole.scale == 1.0 and not libjpeg_scales(read_header(self.data)):
+                # decode_image(data, reduce) of a PNG, TIFF, WebP ... decodes it whole again and takes these very
+                # block means (only a JPEG decodes reduced): the same pixels from the decode made already
+                self._reduced[reduce] = Decoded(block_mean(whole.rgb, reduce), 1.0 / reduce, whole.conversions,
+                                                whole.damage)
+            else:
+                self._reduced[reduce] = decode_image(self.data, reduce)
         return self._reduced[reduce]
 
     def _grey_at(self, reduce: int) -> Decoded:
@@ -244,6 +262,9 @@ class Predictor:
         self.align = pre["align"]
         d = pre["derive"]
         self.derive = DeriveWorker(DeriveParams(d["heatmap_size"], d["heatmap_sigma"], d["jpeg_quality"], 1, 1))
+        # the derive stage's fields the model reads: halves, heatmap (an image-only model, most of them, reads none;
+        # regions.json no model reads): derived only for a model that reads them (its inputs are the same)
+        self.derived = bool(DERIVED & set(self.card.fields))
         self.decoder = SampleDecoder(self.card.fields, self.card.input_size,
                                      wire=travel_side(self.card.input_size, self.align["size"], self.device))
         data = state.get("data") or {}
@@ -315,7 +336,8 @@ class Predictor:
                             shown(source), frame, i, self.backend.name, self.card.name)
                 dropped += 1
                 continue
-            fields.update(self.derive((f"face{i}", fields))[1])
+            if self.derived:
+                fields.update(self.derive((f"face{i}", fields))[1])
             samples.append(FaceSample(source, frame, i, tuple(row["box"]), float(row["score"]), fields))
         return samples, dropped
 

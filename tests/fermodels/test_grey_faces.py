@@ -317,3 +317,21 @@ def test_a_mostly_grey_dataset_is_told_how_to_make_its_faces_grey(colour_photos,
         _prepared(mostly_grey, tmp_path / "made", tmp_path / "cache", grey=True)
         _prepared(colour_photos, tmp_path / "colour", tmp_path / "cache", grey=False)
     assert "detect: {grey: true}" not in caplog.text
+
+
+def test_a_pictures_grey_copy_is_made_once_for_detection_and_the_crop(monkeypatch):
+    """Detection in grey and a small face's crop (warped from the whole picture in grey) read one grey copy:
+    a 12-megapixel photo's costs 8 ms, a frame's each frame."""
+    import ferdata.io
+    import fermodels.predictor as predictor_module
+    from skimage.data import astronaut
+
+    real, calls = ferdata.io.grey_copy, []
+    counted = lambda decoded: calls.append(1) or real(decoded)              # noqa: E731
+    monkeypatch.setattr(predictor_module, "grey_copy", counted)            # a frame's, and detection's
+    monkeypatch.setattr(ferdata.io, "grey_copy", counted)                  # a file's, through decode_grey
+    for picture in (Picture(astronaut()), Picture.from_file(cv2.imencode(".jpg", astronaut())[1].tobytes())):
+        calls.clear()
+        seen = picture.detected(grey=True)
+        assert seen is picture.reduced(1, grey=True).rgb and len(calls) == 1
+        assert np.array_equal(seen, real(predictor_module.Decoded(picture.rgb, picture.scale, ())).rgb)

@@ -149,6 +149,27 @@ def test_large_face_in_a_video_frame_is_low_passed_like_the_reduced_decode(large
     assert new < 2.0 and old > 3 * new, (new, old)
 
 
+@pytest.mark.parametrize("ext", [".png", ".tif", ".webp"])
+def test_a_file_that_decodes_only_whole_is_decoded_once_and_reduced_as_the_align_stage_reduces_it(
+        ext, predictor, monkeypatch, one_thread):
+    """A large face in a PNG (TIFF, WebP) needs the picture at 1/4: the align stage's decode_image(data, 4) decodes
+    it whole and takes block means, so predict takes them of its whole decode, not decoding the file again."""
+    _, buf = cv2.imencode(ext, large_face_photo()[..., ::-1], [cv2.IMWRITE_WEBP_QUALITY, 101] if ext == ".webp" else [])
+    data = buf.tobytes()
+    want = fermodels.predictor.decode_image(data, 4)
+    decode, reduce = fermodels.predictor.decode_image, fermodels.predictor.block_mean
+    calls = []
+    monkeypatch.setattr(fermodels.predictor, "decode_image",
+                        lambda data, r=1: calls.append(("decode", r)) or decode(data, r))
+    monkeypatch.setattr(fermodels.predictor, "block_mean", lambda rgb, r: calls.append(("mean", r)) or reduce(rgb, r))
+    picture = Picture.from_file(data)
+    faces, _ = predictor.faces(picture, "large" + ext)
+    assert len(faces) == 1 and calls == [("decode", 1), ("mean", 4)]
+    got = picture.reduced(4)
+    assert np.array_equal(got.rgb, want.rgb) and (got.scale, got.conversions, got.damage) == (
+        want.scale, want.conversions, want.damage)
+
+
 def test_each_reduction_is_decoded_once_per_picture(predictor, monkeypatch, one_thread):
     """Two large faces of one image need one decode at 1/4 between them (and a frame one block mean)."""
     _, buf = cv2.imencode(".jpg", large_face_photo(faces=2)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
@@ -163,6 +184,26 @@ def test_each_reduction_is_decoded_once_per_picture(predictor, monkeypatch, one_
     calls.clear()
     faces, _ = predictor.faces(picture.rgb, "two.avi", 3)
     assert len(faces) == 2 and calls == [("mean", 4)]
+
+
+def test_a_model_that_reads_no_derived_field_gets_none_made_and_the_same_input(photos, predictor, monkeypatch,
+                                                                               one_thread):
+    """Halves, heatmap and regions are made only for a model that reads them: an image-only model's batch and
+    probabilities are those of the faces with every derived field made (derive was 2-4% of predict's time)."""
+    assert set(predictor.card.fields) == {"image"}
+    picture = Picture.from_file((photos / "two.jpg").read_bytes())
+    real, calls = predictor.derive, []
+    monkeypatch.setattr(predictor, "derive", lambda sample: calls.append(sample[0]) or real(sample))
+    lean, _ = predictor.faces(picture, "two.jpg")
+    assert len(lean) == 2 and calls == []
+    monkeypatch.setattr(predictor, "derived", True)
+    full, _ = predictor.faces(picture, "two.jpg")
+    assert len(calls) == 2 and "left.jpg" in full[0].fields
+    batches = [predictor.decoder.collate([{"__key__": f"f{i}", **f.fields} for i, f in enumerate(faces)])
+               for faces in (lean, full)]
+    assert batches[0].keys() == batches[1].keys()
+    assert all(torch.equal(batches[0][k], batches[1][k]) for k in batches[0] if torch.is_tensor(batches[0][k]))
+    assert np.array_equal(predictor.probabilities(lean), predictor.probabilities(full))
 
 
 def test_faces_per_image_video_frames_and_rows(photos, predictor, one_thread):
