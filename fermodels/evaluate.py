@@ -378,7 +378,8 @@ def check_face_sources(trained: Mapping[str, int], tested: Mapping[str, int], ch
         log.warning("evaluate: %s hold faces placed by %s, %s's training faces by %s: framed otherwise (eyes, nose "
                     "and mouth a few pixels elsewhere in the crop), so these figures are not those of faces framed as "
                     "the model learnt; prepare the test data with the training's face backend",
-                    ", ".join(map(str, dirs)), " and ".join(sorted(other)), Path(checkpoint).name, " and ".join(sorted(face_sources(trained))))
+                    ", ".join(map(str, dirs)), " and ".join(sorted(other)), Path(checkpoint).name,
+                    " and ".join(sorted(face_sources(trained))))
 
 
 def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,

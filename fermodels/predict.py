@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg"}
 FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg", re.DOTALL)   # annotation_path's name of a frame's copy
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v", ".3gp"}     # containers whose header lists the video's frames
+MOST_FAILED = 10        # pictures the face backend may fail on before any success: beyond, it is broken
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
 NAME_MAX = 255                                      # bytes in a file name (Linux, macOS, Windows file systems)
 FRAME_ROOM = len(".f0000000")                       # what annotation_path adds for a video frame (up to 10^7)
@@ -269,6 +270,8 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     summary: list[dict] = []
     pending: list[FaceSample] = []
     times: dict[tuple[str, int], float | None] = {}     # (source, frame) -> a video frame's time in seconds
+    failures: list[str] = []                            # pictures the face backend raised on
+    ran = 0                                             # pictures it ran on (faces or none)
 
     if not predictor.card.per_sample:
         log.warning("%s's predictions depend on the other faces in a batch (its card: per_sample false): "
@@ -301,6 +304,11 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
             try:
                 faces, dropped = predictor.faces(picture, str(path), frame)
             except DetectorFailed as e:     # one odd picture ended the run, every row scored so far lost
+                failures.append(f"{shown(path)}: {e}")
+                if len(failures) >= MOST_FAILED and ran == 0:        # as the detect stage: a broken backend
+                    raise RuntimeError(f"predict: the face backend ({predictor.backend.name}) failed on the first "
+                                       f"{len(failures)} pictures: a broken install, model or device, not odd "
+                                       f"pictures; the first: {failures[0]}") from e
                 log.warning("%s%s skipped: %s (%s)", shown(path), f" frame {frame}" if video else "",
                             DETECTOR_FAILED, e)
                 summary.append({"source": str(path), "frame": frame, **({"time": picture.time} if video else {}),
@@ -308,6 +316,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                 continue
             summary.append({"source": str(path), "frame": frame, **({"time": picture.time} if video else {}),
                             "faces": len(faces), "dropped": dropped})
+            ran += 1
             times[(str(path), frame)] = picture.time
             log.debug("%s%s: %d face(s)", shown(path), f" frame {frame}" if video else "",
                       len(faces))                                       # -v; the end counts

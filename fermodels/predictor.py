@@ -43,7 +43,7 @@ from ferdata.io import (BadImage, Decoded, block_mean, decode_grey, decode_image
                         libjpeg_scales)
 from ferdata.layout import GREY, SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
-from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, crop_face
+from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, check_landmarks, crop_face
 from ferdata.errors import shown
 from ferdata.tario import npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
@@ -279,15 +279,18 @@ class Predictor:
         elif trained_grey:
             log.warning("the model was trained on grey faces only (R = G = B): scoring faces in colour, as asked, "
                         "which the model never saw (leave --colour out to score them in grey)")
+        self.keypoints = keypoints or keypoint_source(data.get("face_backends", {}))
+        self._no_landmarks_told = False
+        if self.keypoints not in ("detector", "landmarks"):           # before the face models load (seconds)
+            raise ValueError(f"keypoints must be detector or landmarks, got {self.keypoints!r}")
         # One process: the face model may take the threads torch has here (a detect worker runs on one)
         options = {"threads": torch.get_num_threads(), **(backend_options or {})}
         self.backend = choose_backend(backend, data.get("face_backends", {}), options, model_dir,
                                       data.get("face_backend_options", {}), allow_download=allow_download)
-        self.keypoints = keypoints or keypoint_source(data.get("face_backends", {}))
-        self._no_landmarks_told = False
-        if self.keypoints not in ("detector", "landmarks"):
-            raise ValueError(f"keypoints must be detector or landmarks, got {self.keypoints!r}")
-        if self.keypoints == "landmarks":
+        if self.keypoints == "landmarks" and keypoints:
+            log.info("new faces are aligned by the eye centres, nose tip and mouth corners of their 68 landmarks, as "
+                     "asked, not by the detector's keypoints")
+        elif self.keypoints == "landmarks":
             log.info("the model's training faces were aligned by their dataset's landmarks: new faces are aligned by "
                      "the eye centres, nose tip and mouth corners of their 68 landmarks, not the detector's keypoints")
         if self.backend.name in WHOLE_IMAGE_BACKENDS and (needs := {"lmk", "heatmap"} & set(self.card.fields)):
@@ -314,15 +317,17 @@ class Predictor:
         except Exception as e:  # noqa: BLE001 - one odd picture, named by the caller (run_predict goes on)
             raise DetectorFailed(f"{type(e).__name__}: {e}") from e
         for i, face in enumerate(found):
-            if self.keypoints == "landmarks" and face.lmk68 is not None:     # the training faces' five points
-                face = replace(face, kps5=five_from_68(face.lmk68))
-            elif self.keypoints == "landmarks" and not self._no_landmarks_told:
+            if self.keypoints == "landmarks" and face.lmk68 is None and not self._no_landmarks_told:
                 self._no_landmarks_told = True
                 log.warning("backend %s gives no 68 landmarks: faces are aligned by its 5 keypoints, not by the "
                             "landmarks' five points that aligned the model's training faces (a few pixels "
                             "elsewhere; a backend with 68 landmarks, e.g. embedded, aligns them alike)",
                             self.backend.name)
             try:
+                if self.keypoints == "landmarks" and face.lmk68 is not None:     # the training faces' five points
+                    # checked against the detector's keypoints first: once replaced, the 68 match them by definition
+                    check_landmarks(np.asarray(face.lmk68, np.float64), np.asarray(face.kps5, np.float64))
+                    face = replace(face, kps5=five_from_68(face.lmk68))
                 row, al = self.aligned(picture, face)
             except (BadGeometry, BadImage) as e:
                 log.warning("%s frame %d face %d skipped: %s", shown(source), frame, i, e)

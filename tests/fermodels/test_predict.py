@@ -453,6 +453,22 @@ def test_faces_without_68_landmarks_fall_back_to_the_keypoints_with_one_warning(
     assert len(told) == 1
 
 
+def test_landmarks_of_another_face_are_refused_when_they_align_the_face(photos, tiny_run, monkeypatch, one_thread):
+    """--keypoints landmarks aligned a face by its 68 landmarks' five points after replacing the detector's
+    keypoints by them, so the align stage's check that the 68 are this face's (MAX_LANDMARK_GAP) compared
+    them with themselves: a dlib fit to a neighbour face or a misplaced box was scored, not skipped."""
+    from dataclasses import replace
+
+    image = cv2.imread(str(photos / "astronaut.jpg"))[..., ::-1].copy()
+    for keypoints in ("detector", "landmarks"):
+        predictor = Predictor(tiny_run["ckpt"] / "best.pt", backend="embedded", device="cpu", keypoints=keypoints)
+        detect = predictor.backend.detect
+        monkeypatch.setattr(predictor.backend, "detect", lambda im, rec, d=detect: [
+            replace(f, lmk68=f.lmk68 + np.float32([110, 40])) for f in d(im, rec)])   # a face's width away
+        faces, dropped = predictor.faces(image, "astronaut.jpg")
+        assert (len(faces), dropped) == (0, 1), keypoints
+
+
 def test_cli_passes_backend_options(photos, tiny_run, monkeypatch, one_thread):
     seen = {}
     real = fermodels.predictor.choose_backend
@@ -1048,6 +1064,15 @@ def test_a_video_is_cut_short_when_two_or_more_of_its_listed_frames_do_not_decod
     assert [(i, p, why) for i, p, why in got if p is None] == ([problem] if problem else [])
 
 
+def test_a_misspelt_keypoints_source_is_refused_before_the_face_models_load(tiny_run, monkeypatch):
+    """--keypoints is free text: a typo was told only after the face backend's models had loaded."""
+    def loaded(*args, **kwargs):
+        raise AssertionError("the face backend was made first")
+    monkeypatch.setattr(fermodels.predictor, "choose_backend", loaded)
+    with pytest.raises(ValueError, match="keypoints must be detector or landmarks, got 'landmark'"):
+        Predictor(tiny_run["ckpt"] / "best.pt", device="cpu", keypoints="landmark")
+
+
 @pytest.mark.parametrize("shape", [(2, 32, 32, 3), (32, 3), (0, 0, 3), (0, 32, 3), (32, 0, 3)],
                          ids=["frames-stacked", "grey-3-wide", "empty", "no-rows", "no-columns"])
 def test_an_array_of_another_rank_or_without_pixels_is_refused(shape):
@@ -1087,3 +1112,14 @@ def test_a_picture_the_face_backend_fails_on_is_named_and_the_run_goes_on(photos
     assert [Path(r["source"]).name for r in rows] == ["astronaut.jpg"]
     assert summary[1] == {"source": str(paths[1]), "frame": 0, "faces": 0, "problem": "detector_failed"}
     assert "detector_failed (RuntimeError: odd picture)" in caplog.text
+
+
+def test_a_backend_failing_on_every_picture_stops_the_run(photos, predictor, monkeypatch, one_thread):
+    """A broken backend (a bug, a GPU out of memory: torch's is a RuntimeError) raised on every picture: each was
+    skipped as detector_failed and the run ended "successfully" with no rows. The detect stage stops when its
+    first 10 images all fail (_Table.check_backend); predict does so too."""
+    def detect(image, record):
+        raise TypeError("a bug in the backend")
+    monkeypatch.setattr(predictor.backend, "detect", detect)
+    with pytest.raises(RuntimeError, match="failed on the first 10 pictures.*TypeError: a bug in the backend"):
+        run_predict(predictor, [photos / "astronaut.jpg"] * 12, batch_size=2, every=1)
