@@ -36,11 +36,12 @@ def crop_border(backend: str) -> str:
 # faces of the benchmark photos); a 3-D face turned to full profile and pitched 30 degrees reaches
 # 0.7-0.8 with detector noise; mirrored or shuffled order about 0.97.
 MAX_MISFIT = 0.9
-# The sine of the angle from the first-listed eye's line to the eyes-to-mouth line: about 1 for points in ArcFace order
-# (the image-left eye first; 0.96 or more on the sample's 480 annotated and 465 detected faces, whatever the roll),
-# about -1 for the subject's order (a mirror image, which no rotation makes); a turned face so listed fits the
-# template under MAX_MISFIT (22 of 480 sample faces, 0.86-0.90) and was kept, warped upside down and shrunk.
-MIN_HANDEDNESS = -0.5
+# The signed width of the eyes (first-listed to second) across the eyes-to-mouth line, in eye-to-mouth lengths, whatever
+# the roll: 0.87 for the template, 0.43 or more on the sample's 480 annotated faces; negative for the subject's order
+# (a mirror image, which no rotation makes): a turned face so listed fits the template under MAX_MISFIT (22 of the 480,
+# misfit 0.86-0.90, handedness -0.43 or less) and was kept, warped upside down and shrunk. A face in full profile is
+# about 0 either way (its eyes a pixel of detector noise apart): as a sine it was +-1, and 30% of them were dropped.
+MIN_HANDEDNESS = -0.25
 MOST_AT_ONE_SPOT = 3     # keypoints on one spot: most of the 5 missing (their misfit stays under MAX_MISFIT)
 MIN_SPREAD_PX = 1.0      # RMS spread of the 5 keypoints in source pixels (the template's: 23 px at 112)
 # The 68 landmarks' five points (eye centres, nose tip, mouth corners) away from the 5 keypoints, RMS, in
@@ -92,7 +93,7 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
                                                    "image-left eye, the image-right eye, nose tip, image-left and "
                                                    "image-right mouth corners")
     if lmk is not None:
-        _check_landmarks(lmk.astype(np.float64), kps)
+        check_landmarks(lmk.astype(np.float64), kps)
     cx, cy = kps.mean(0)
     if not (0 <= cx < shape[1] and 0 <= cy < shape[0]):
         raise BadGeometry("face_outside_image", f"keypoint centre ({cx / scale:.0f}, {cy / scale:.0f}) outside "
@@ -101,11 +102,12 @@ def checked_points(face: dict, shape: tuple[int, ...], scale: float = 1.0) -> tu
 
 
 def _handedness(kps: np.ndarray) -> float:
-    """The sine of the angle from the eye line (first-listed eye to second) to the line from the eyes' midpoint to
-    the mouth corners' (y down): near 1 for a face in ArcFace order, near -1 for its mirror-order listing."""
+    """The eye line's (first-listed eye to second) width across the line from the eyes' midpoint to the mouth
+    corners' (y down), in lengths of the latter: about 0.9 for a frontal face in ArcFace order, as much below 0 for
+    its mirror-order listing, near 0 for a face in profile (whose eyes' order noise decides)."""
     eye = kps[1] - kps[0]
     down = (kps[3] + kps[4]) / 2 - (kps[0] + kps[1]) / 2
-    norm = float(np.hypot(*eye) * np.hypot(*down))
+    norm = float(down @ down)
     return float(eye[0] * down[1] - eye[1] * down[0]) / norm if norm > 0 else 1.0
 
 
@@ -117,7 +119,7 @@ def _most_at_one_spot(kps: np.ndarray) -> int:
     return int(near.sum(1).max())
 
 
-def _check_landmarks(lmk: np.ndarray, kps: np.ndarray) -> None:
+def check_landmarks(lmk: np.ndarray, kps: np.ndarray) -> None:
     """The 68 landmarks must be a face's, the face of the 5 keypoints (models of their own give the
     two: RetinaFace and dlib, SCRFD and 1k3d68): regions and heatmaps are drawn from them."""
     if np.ptp(lmk, axis=0).max() < 1e-3:
