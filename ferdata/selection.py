@@ -181,10 +181,12 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
             if other == name:
                 continue
             for t in against:
-                theirs = pictures(other, t)
-                found += [f"{name}/{s}/{key} is {other}/{t}/{theirs[sha]}"
-                          for sha, key in sorted(pictures(name, s).items(), key=lambda i: i[1]) if sha in theirs]
-    return list(dict.fromkeys(found))           # a copy found by its picture and by its face: once
+                theirs, copied = pictures(other, t), {}
+                for sha, key in sorted(pictures(name, s).items(), key=lambda i: i[1]):
+                    if sha in theirs:       # found by its picture and by its face (maybe another sample's): once
+                        copied.setdefault(key, theirs[sha])
+                found += [f"{name}/{s}/{key} is {other}/{t}/{theirs_key}" for key, theirs_key in copied.items()]
+    return found
 
 
 # `dvc repro select` runs the stages before it too: on a machine that pulled the shards and holds no raw

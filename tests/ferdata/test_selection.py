@@ -185,7 +185,8 @@ def test_a_splits_pin_does_not_depend_on_the_key_order_of_its_info_file(tmp_path
     assert split_digest(changed, "train") != split_digest(a, "train")
 
 
-def _prepare_pictures(data: Path, name: str, pictures: dict[str, list[str]], faces: dict[str, str] = {}) -> Path:
+def _prepare_pictures(data: Path, name: str, pictures: dict[str, list[str]],
+                      faces: dict[str, str] | None = None) -> Path:
     """A prepared dataset whose splits hold samples of the given source pictures (sha256 in each ``json``),
     each aligned face (``jpg``) its own unless ``faces`` gives it (picture -> face bytes)."""
     from ferdata.tario import TarShardWriter
@@ -195,7 +196,7 @@ def _prepare_pictures(data: Path, name: str, pictures: dict[str, list[str]], fac
         with TarShardWriter(shards / split, split, 1000) as writer:
             for i, sha in enumerate(pictures.get(split, [])):
                 member = json.dumps({"sha256": sha, "split": split}).encode()
-                writer.write(f"{split}_{i}", {"jpg": faces.get(sha, f"face of {sha}").encode(), "json": member})
+                writer.write(f"{split}_{i}", {"jpg": (faces or {}).get(sha, f"face of {sha}").encode(), "json": member})
         info = {"split": split, "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256,
                                             "bytes": f.size} for f in writer.files]}
         (shards / split / "_info.json").write_text(json.dumps(info))
@@ -236,3 +237,13 @@ def test_a_picture_stored_in_other_bytes_by_another_dataset_is_found_by_its_face
     _prepare_pictures(data, "same", {"train": ["other"], "test": ["csv5"]},
                       faces={"csv5": "face5"})                  # the same picture and face: said once
     assert copies_across_datasets(data, ["fer2013"], ["same"], "test") == ["same/test/test_0 is fer2013/train/train_0"]
+
+
+def test_a_held_out_face_matched_by_its_picture_and_by_its_face_is_one_copy(tmp_path):
+    """A held-out sample whose picture is one training sample's and whose aligned face another's (two copies of
+    one face in the other dataset) was two lines, and the select stage's count of held-out faces said 2."""
+    from ferdata.selection import copies_across_datasets
+    data = tmp_path / "data"
+    _prepare_pictures(data, "a", {"train": ["p1", "p2"]}, faces={"p1": "other face", "p2": "face"})
+    _prepare_pictures(data, "b", {"train": ["q"], "test": ["p1"]}, faces={"p1": "face"})
+    assert copies_across_datasets(data, ["a", "b"], ["b"], "test") == ["b/test/test_0 is a/train/train_0"]
