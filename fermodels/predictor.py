@@ -310,8 +310,9 @@ class Predictor:
         record = FaceRecord(dataset="predict", key=make_key("predict", str(frame)), path=source, label=0,
                             native_label="")
         samples, dropped = [], 0
+        detected = picture.detected(self.grey)                 # a failure here is no backend's
         try:
-            found = self.backend.detect(picture.detected(self.grey), record)
+            found = self.backend.detect(detected, record)
         except (MissingModelError, ImportError, MemoryError):       # no picture's fault: as the detect stage
             raise
         except Exception as e:  # noqa: BLE001 - one odd picture, named by the caller (run_predict goes on)

@@ -287,15 +287,15 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
                         "over, so that the logs cover every epoch", path, done, live_dir, _spans(unlogged))
             return None
     best_epoch, best = state["best"].get("epoch", -1), path.parent / BEST
-    saved = saved_at(best) if best_epoch >= 0 else None
+    best_at = saved_at(best) if best_epoch >= 0 else None
     if best_epoch >= 0 and best.is_file():      # damaged: starting over threw last.pt away, resuming kept it
-        damage = ("cannot be read as a checkpoint (cut off or damaged)" if saved is None else
+        damage = ("cannot be read as a checkpoint (cut off or damaged)" if best_at is None else
                   f"is damaged: its {bad!r} fails its CRC-32" if (bad := failed_checksum(best)) else "")
         if damage:
             raise ValueError(f"{best} {damage}, and {path.name} records epoch {best_epoch} as the best, whose weights "
                              f"only {BEST} holds: put back a good copy of {BEST} to resume, or delete {path.name} "
                              f"and {BEST} to train from the start")
-    if best_epoch >= 0 and (saved or (0, -1))[1] != best_epoch:
+    if best_epoch >= 0 and (best_at or (0, -1))[1] != best_epoch:
         log.warning("%s records epoch %d as the best, but %s is %s: starting over, so that best.pt holds the epoch "
                     "that last.pt and the logs choose", path, best_epoch, BEST,
                     "missing" if not best.is_file() else "another epoch's")
