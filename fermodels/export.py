@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text, held_folder, remove_unlocked
+from ferdata.crop import keypoint_source
 from ferdata.geometry import FLIP_68, template
 from fermodels.modelinput import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
@@ -89,8 +90,8 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "input_order": list(card.fields),   # the TorchScript graph takes them positionally, in this order
         "outputs": {"logits": ["batch", len(state["classes"])], "probs": ["batch", len(state["classes"])]},
         "normalisation": {"mean": list(card.mean), "std": list(card.std), "applied": "inside the graph"},
-        "preprocess": state.get("preprocess", {}), "alignment": alignment(state.get("preprocess", {}), card,
-                                                                  (state.get("data") or {}).get("face_backends")),
+        "preprocess": state.get("preprocess", {}),
+        "alignment": alignment(state.get("preprocess", {}), card, (state.get("data") or {}).get("face_backends")),
         "datasets": state.get("datasets", []), "best": state.get("best", {}), "files": files, "opset": OPSET,
         # false: a face's scores depend on the other faces in its batch; run such a model one face at a time
         "per_sample": card.per_sample,
@@ -168,7 +169,7 @@ def alignment(preprocess: dict, card, face_backends: dict | None = None) -> dict
         # full precision: rounded to 1e-4 px (a padded or 128-based template), crops moved by a level here and
         # there, which the crop's JPEG made 3 (probabilities 1e-3 apart)
         "template": [[float(v) for v in point] for point in template(size, padding)],
-        "keypoints_from": (LANDMARK_KEYPOINTS if face_backends and set(face_backends) == {"annotations"} else
+        "keypoints_from": (LANDMARK_KEYPOINTS if keypoint_source(face_backends) == "landmarks" else
                            "the face detector's own 5 keypoints (face_backends names the detector)"),
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints (in image pixels, "

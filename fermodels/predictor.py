@@ -43,7 +43,7 @@ from ferdata.io import (BadImage, Decoded, block_mean, decode_grey, decode_image
                         libjpeg_scales)
 from ferdata.layout import GREY, SAMPLE_SETTINGS
 from ferdata.records import FaceRecord, make_key
-from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, check_landmarks, crop_face
+from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, check_landmarks, crop_face, keypoint_source
 from ferdata.errors import shown
 from ferdata.tario import npy_bytes
 from ferdata.stages.derive import DeriveParams, DeriveWorker
@@ -229,15 +229,6 @@ def warn_unread_options(backend: FaceBackend, options: Mapping[str, Any]) -> Non
     if unread:
         log.warning("face backend %s does not read option %s (ignored); its options: %s", used.name,
                     ", ".join(map(repr, unread)), ", ".join(sorted(type(used).option_names())))
-
-
-def keypoint_source(trained: Mapping[str, int]) -> str:
-    """Which 5 points align a new face for a model whose training faces came from ``trained`` (backend ->
-    samples): ``landmarks`` when every one was placed by a dataset's own landmarks (``annotations``: the eye
-    centres, nose tip and mouth corners of its 68 points, :func:`~ferdata.geometry.five_from_68`), so a new
-    face is aligned by the same five points of its 68 landmarks; else ``detector``, the face backend's own
-    5 keypoints (RetinaFace's sit 3.6 px of 112 from the 68's five on average, 6.9 px at p90)."""
-    return "landmarks" if trained and set(trained) == {"annotations"} else "detector"
 
 
 class Predictor:
