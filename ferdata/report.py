@@ -7,6 +7,7 @@ examples), and an input that was kept but needed fixing (EXIF rotation, alpha,
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,3 +66,13 @@ def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
         report.drop(d)
     with atomic_open(out / DROPS) as f:       # line by line: the whole list as one text took
         f.writelines((json.dumps(asdict(d), sort_keys=True) + "\n").encode() for d in drops)  # ~0.5 kB a drop more
+
+
+def warn_subset_losses(stage: str, lost: dict[str, list[str]], out_dir: str | Path, why: str) -> None:
+    """Warn of each test subset (``options.subsets``) that ``stage`` drops listed images of (subset -> their
+    keys; ``why``: the stage's reasons): the evaluator scores the subset without them, where the reader
+    counted only those missing or excluded."""
+    for name, keys in sorted(lost.items()):
+        logging.getLogger(f"ferdata.stages.{stage}").warning(
+            "%s: subset %r loses %d of its listed images here (%s), e.g. %s: the evaluator scores it without them; "
+            "see %s", stage, name, len(keys), why, keys[0], Path(out_dir) / DROPS)

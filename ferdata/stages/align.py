@@ -25,6 +25,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
@@ -36,7 +37,7 @@ from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, unreadable_drop
-from ferdata.report import StageReport, write_drops
+from ferdata.report import StageReport, warn_subset_losses, write_drops
 from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -150,19 +151,13 @@ def _check_readable(drops: list[Dropped], rows: int) -> None:
                                 "or re-run detect if the dataset moved")
 
 
-def _warn_subset_drops(detect_dir: str | Path, drops: list[Dropped], out_dir: str | Path) -> None:
-    """Warn of each test subset (``options.subsets``) whose listed images this stage drops (a face that
-    fits no template, an unreadable picture, a copy): the evaluator scores the subset without them, where
-    the reader and the detect stage count those lost before."""
-    dropped = {d.key for d in drops}
-    lost: dict[str, list[str]] = {}
-    for row in read_faces(detect_dir) if dropped else ():
-        if (rec := row["record"])["key"] in dropped:
-            for name in (rec.get("extra") or {}).get("subsets") or ():
-                lost.setdefault(name, []).append(rec["key"])
-    for name, keys in sorted(lost.items()):
-        log.warning("align: subset %r loses %d of its listed images here, e.g. %s: the evaluator scores it without "
-                    "them; see %s", name, len(keys), keys[0], Path(out_dir) / DROPS)
+def _noting_subsets(rows: Iterable[dict], listed: dict[str, list[str]]) -> Iterator[dict]:
+    """``rows`` as they are, noting the test subsets (``options.subsets``) each listed record is in
+    (key -> names) as they pass, for the warning of those this stage drops (no second read of the table)."""
+    for row in rows:
+        if names := (row["record"].get("extra") or {}).get("subsets"):
+            listed[row["record"]["key"]] = names
+        yield row
 
 
 def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) -> StageReport:
@@ -179,8 +174,9 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     grey = 0
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
+    listed: dict[str, list[str]] = {}
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
-                        params.cross_split_copies == "drop_train")(read_faces(detect_dir))
+                        params.cross_split_copies == "drop_train")(_noting_subsets(read_faces(detect_dir), listed))
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
               closing(parallel_map(AlignWorker(params, detected.get("grey") is True), rows, params.workers,
@@ -197,7 +193,11 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                 if res.num_faces > 1:
                     report.count("faces", "several_faces_one_kept")
         _check_readable(drops, report.kept + len(drops))
-        _warn_subset_drops(detect_dir, drops, out_dir)
+        lost: dict[str, list[str]] = {}
+        for d in drops:
+            for name in listed.get(d.key, ()):
+                lost.setdefault(name, []).append(d.key)
+        warn_subset_losses("align", lost, out_dir, "a face that fits no template, an unreadable picture, a copy")
         if report.kept and grey == report.kept:         # only then: a dataset with a colour face, its report as before
             report.notes[GREY] = True                   # the shards and a model trained on them alone say so
         report.notes[CONTENT] = content_digest(writer.files)

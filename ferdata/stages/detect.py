@@ -35,7 +35,7 @@ from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, record_to_dict
-from ferdata.report import StageReport, write_drops
+from ferdata.report import StageReport, warn_subset_losses, write_drops
 from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
                                         one_image_batches)
 
@@ -279,10 +279,8 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     "(dropped as no_face_in_box, see %s): are they in these images' pixels, or was the dataset "
                     "resized after annotation?", missed, missed + table.marked["found"],
                     Path(out_dir) / DROPS)
-    for name, keys in sorted(table.subset_drops.items()):
-        log.warning("detect: subset %r loses %d of its listed images here (no face, none where the dataset marks "
-                    "it, or the backend failed), e.g. %s: the evaluator scores it without them; see %s", name,
-                    len(keys), keys[0], Path(out_dir) / DROPS)
+    warn_subset_losses("detect", table.subset_drops, out_dir, "no face, none where the dataset marks it, or the "
+                       "backend failed")
     return report
 
 
