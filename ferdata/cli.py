@@ -385,12 +385,10 @@ def predict(
         options = parse_assignments(backend_option, example="threads=2")
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--backend-option") from None
-    text, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
-                                  backend_options=options, batch_size=batch_size, every=every, device=device,
-                                  flip_tta=flip_tta, allow_download=allow_download, grey=grey,
-                                  keypoints=keypoints)
-    if out is None:
-        write_stdout(text)
+    _, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
+                               backend_options=options, batch_size=batch_size, every=every, device=device,
+                               flip_tta=flip_tta, allow_download=allow_download, grey=grey,
+                               keypoints=keypoints, stream=write_stdout if out is None else None)
     typer.echo(describe(summary), err=True)
     if summary and all(s.get("problem") for s in summary):   # nothing scored: not "no faces"
         raise typer.Exit(1)

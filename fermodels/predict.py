@@ -17,12 +17,12 @@ import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import cv2
 import numpy as np
 
-from ferdata.atomic import atomic_write_bytes, writable_folder
+from ferdata.atomic import atomic_write_bytes, fsync_dir, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.errors import shown, utf8_name
 from ferdata.imagefile import read_header
@@ -40,6 +40,7 @@ MOST_FAILED = 10        # pictures the face backend may fail on before any succe
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
 NAME_MAX = 255                                      # bytes in a file name (Linux, macOS, Windows file systems)
 FRAME_ROOM = len(".f0000000")                       # what annotation_path adds for a video frame (up to 10^7)
+PARTIAL = ".partial"                                # --out's rows while the run goes on (partial_path)
 
 
 def marked_jpeg(data: bytes) -> bytes:
@@ -260,14 +261,30 @@ def annotation_path(name: Path, frame: int, video: bool) -> Path:
     return name.with_name(f"{name.stem}.f{frame:06d}{name.suffix}") if video else name
 
 
+class Results:
+    """What a predict run has scored so far: ``rows`` (one per face) and ``summary`` (one per image or
+    frame); each batch of rows is also handed to ``on_rows`` (:func:`written_as_scored`) when set."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.summary: list[dict] = []
+        self.on_rows: Callable[[list[dict]], None] | None = None
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows += rows
+        if self.on_rows is not None and rows:
+            self.on_rows(rows)
+
+
 def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int, every: int,
                 annotate: Path | None = None, names: Mapping[Path, Path] | None = None,
-                ) -> tuple[list[dict], list[dict]]:
+                results: Results | None = None) -> tuple[list[dict], list[dict]]:
     """(one row per face with its probabilities, one summary per image/frame with its face count,
-    or the reason it could not be read). With ``annotate``, each image with a face is saved there
-    boxed and labelled, under ``names[path]`` (default: the file's name, see :func:`annotation_names`)."""
-    rows: list[dict] = []
-    summary: list[dict] = []
+    or the reason it could not be read), gathered in ``results`` when given. With ``annotate``, each
+    image with a face is saved there boxed and labelled, under ``names[path]`` (default: the file's
+    name, see :func:`annotation_names`)."""
+    results = Results() if results is None else results
+    rows, summary = results.rows, results.summary
     pending: list[FaceSample] = []
     times: dict[tuple[str, int], float | None] = {}     # (source, frame) -> a video frame's time in seconds
     failures: list[str] = []                            # pictures the face backend raised on
@@ -279,6 +296,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
 
     def flush() -> None:
         chunks = (predictor.probabilities(pending[i:i + batch_size]) for i in range(0, len(pending), batch_size))
+        scored = []
         for face, p in zip(pending, (row for chunk in chunks for row in chunk)):
             finite = bool(np.isfinite(p).all())                     # argmax of NaNs would say class 0
             if not finite:
@@ -289,8 +307,9 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                    "expression": predictor.classes[int(p.argmax())] if finite else None}
             row.update({c: round(float(v), 6) if finite else None for c, v in zip(predictor.classes, p)})
             row["time"] = times.get((face.source, face.frame))
-            rows.append(row)
+            scored.append(row)
         pending.clear()
+        results.add(scored)
 
     paths = list(paths)
     for path in progress(paths, desc="predict", unit="file", total=len(paths)):
@@ -387,25 +406,93 @@ def _csv_rows(buf: io.StringIO):
     return writerow
 
 
-def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None,
-               scoring: dict | None = None) -> str:
-    """CSV (``.csv`` or stdout) or JSON (``.json``: faces + per-image summary, and ``scoring``: how the
-    faces were scored, e.g. in grey or with flip TTA, which a CSV cannot say); returns the text."""
-    if out is not None and out.suffix.lower() == ".json":
-        text = json.dumps({"faces": rows, "images": summary, **({"scoring": scoring} if scoring else {})},
-                          indent=2) + "\n"
-    else:
-        buf = io.StringIO()
-        writerow = _csv_rows(buf)
+def csv_text(rows: list[dict], classes: tuple[str, ...], header: bool = False) -> str:
+    """The CSV lines of ``rows`` (each ending in ``\\n``), after the header line when ``header``."""
+    buf = io.StringIO()
+    writerow = _csv_rows(buf)
+    if header:
         writerow([inert(c) for c in ("source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression",
                                      *classes, "time")])
-        for r in rows:          # time: a video frame's timestamp in seconds (variable frame rates too); images none
-            writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
-                      *(r[c] for c in classes), r.get("time")])
-        text = buf.getvalue()
+    for r in rows:              # time: a video frame's timestamp in seconds (variable frame rates too); images none
+        writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
+                  *(r[c] for c in classes), r.get("time")])
+    return buf.getvalue()
+
+
+def json_text(rows: list[dict], summary: list[dict], scoring: dict | None = None, complete: bool = True) -> str:
+    """The ``.json`` output: faces, per-image summary, ``scoring`` (how the faces were scored, e.g. in grey
+    or with flip TTA, which a CSV cannot say), and ``"complete": false`` for a run that was stopped."""
+    return json.dumps({"faces": rows, "images": summary, **({"scoring": scoring} if scoring else {}),
+                       **({} if complete else {"complete": False})}, indent=2) + "\n"
+
+
+def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None,
+               scoring: dict | None = None) -> str:
+    """CSV (``.csv`` or stdout) or JSON (``.json``, :func:`json_text`); returns the text."""
+    if out is not None and out.suffix.lower() == ".json":
+        text = json_text(rows, summary, scoring)
+    else:
+        text = csv_text(rows, classes, header=True)
     if out is not None:                 # names undecodable as UTF-8 kept
         atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))
     return text
+
+
+def partial_path(out: Path) -> Path:
+    """Where a run writing ``out`` keeps what it scored until it ends (then renamed to ``out``), and leaves
+    it when stopped: ``<out>.partial``; a name too long for that keeps its start and gains a digest."""
+    name = out.name + PARTIAL
+    if len(os.fsencode(name)) > NAME_MAX:
+        digest = "-" + hashlib.sha256(os.fsencode(out.name)).hexdigest()[:16]
+        stem = out.name
+        while len(os.fsencode(stem + digest + PARTIAL)) > NAME_MAX:
+            stem = stem[:-1]
+        name = stem + digest + PARTIAL
+    return out.with_name(name)
+
+
+@contextmanager
+def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | None,
+                      stream: Callable[[str], None] | None, scoring: dict) -> Iterator[None]:
+    """Write a run's rows as the block scores them: CSV lines to ``stream`` (stdout) or to ``out``'s
+    :func:`partial_path`, flushed with each batch, renamed to ``out`` when the block ends; a ``.json``
+    whole at the end. A run stopped by an error or Ctrl-C leaves what it scored in the partial file
+    (a ``.json`` one ``"complete": false``), and one killed, every batch written before (a CSV)."""
+    partial = None if out is None else partial_path(out)
+    csv_out = out is None or out.suffix.lower() == ".csv"
+    f = open(partial, "w", encoding="utf-8", errors="surrogateescape", newline="") if partial and csv_out else None
+    write = f.write if f is not None else stream if csv_out else None
+    if write is not None:
+        write(csv_text([], classes, header=True))
+
+        def passed_on(rows: list[dict]) -> None:
+            write(csv_text(rows, classes))
+            if f is not None:
+                f.flush()
+        results.on_rows = passed_on
+    try:
+        yield
+    except BaseException:
+        if f is not None:
+            f.close()
+        if partial is not None and results.rows:
+            if not csv_out:
+                atomic_write_bytes(partial, json_text(results.rows, results.summary, scoring, complete=False)
+                                   .encode("utf-8", errors="surrogateescape"))
+            log.warning("predict stopped: the %d face row(s) scored so far are in %s", len(results.rows),
+                        shown(partial))
+        elif partial is not None:
+            partial.unlink(missing_ok=True)
+        raise
+    if f is not None:
+        with f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, out)
+        fsync_dir(out.parent)
+    elif out is not None:
+        atomic_write_bytes(out, json_text(results.rows, results.summary, scoring)
+                           .encode("utf-8", errors="surrogateescape"))
 
 
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,
@@ -413,10 +500,12 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
                   backend_options: Mapping[str, Any] | None = None, batch_size: int = 32, every: int = 10,
                   device: str = "auto", flip_tta: bool = False,
                   allow_download: bool = False, grey: bool | None = None,
-                  keypoints: str | None = None) -> tuple[str, list[dict]]:
+                  keypoints: str | None = None, stream: Callable[[str], None] | None = None,
+                  ) -> tuple[str, list[dict]]:
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
-    the rows to ``out`` (.csv or .json) when given. Returns the CSV/JSON text and the summary
-    per image/frame (face counts). The library side of ``ferdata predict``."""
+    the rows to ``out`` (.csv or .json) when given, else as CSV to ``stream`` (stdout), as they are
+    scored (:func:`written_as_scored`). Returns the CSV/JSON text and the summary per image/frame
+    (face counts). The library side of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
     if out is not None and out.is_dir():
@@ -435,8 +524,12 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     for folder in (annotate, out.parent if out is not None else None):
         if folder is not None:          # made once the checkpoint loaded: a bad one leaves no empty folders
             folder.mkdir(parents=True, exist_ok=True)
-    rows, summary = run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate,
-                                names=names)
     scoring = {"grey": predictor.grey, "flip_tta": predictor.flip_tta, "backend": predictor.backend.name,
                "keypoints": predictor.keypoints}
-    return write_rows(rows, summary, predictor.classes, out, scoring), summary
+    results = Results()
+    with written_as_scored(results, predictor.classes, out, stream, scoring):
+        run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate, names=names,
+                    results=results)
+    if out is not None and out.suffix.lower() == ".json":
+        return json_text(results.rows, results.summary, scoring), results.summary
+    return csv_text(results.rows, predictor.classes, header=True), results.summary
