@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ferdata.classes import CLASSES, stored_class_id
-from ferdata.io import BadImage, decode_jpeg_rgb
+from ferdata.io import BadImage, Decoded, decode_jpeg_rgb, grey_copy
 from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.tario import load_npy
 from fermodels.losses import TARGET_KINDS
@@ -39,13 +39,15 @@ class SampleDecoder:
     the workers no resize and the hand-off a quarter of the bytes. With ``targets`` it also reads
     each sample's label distribution (``json``: FERPlus votes in a training label mode) into
     ``target`` (one-hot of the label when it has none) and ``target_kind`` (how the loss uses it,
-    :data:`fermodels.losses.TARGET_KINDS`)."""
+    :data:`fermodels.losses.TARGET_KINDS`). With ``grey`` the face and its halves are turned grey
+    (BT.601 luma, :func:`ferdata.io.grey_copy`), as ``ferdata predict`` scores new faces for a grey-trained model."""
 
     fields: tuple[str, ...]
     size: int
     wire: int | None = None
     targets: bool = False
     stored: int | None = None      # the crop side the split records: a jpg of another is a damaged shard
+    grey: bool = False
 
     @property
     def side(self) -> int:
@@ -68,10 +70,11 @@ class SampleDecoder:
         if self.stored is not None and src != self.stored:      # its landmarks are in the recorded side's pixels
             raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))}: its jpg is {src}x{src}, but its split's "
                              f"_info.json records faces of align.size {self.stored}: {DAMAGED}")
-        out = {"image": _resize(img, side, side), "label": sample_label(s), "key": key}
+        tone = _grey if self.grey else _as_is
+        out = {"image": _resize(tone(img), side, side), "label": sample_label(s), "key": key}
         for name in ("left", "right"):
             if name in self.fields:
-                out[name] = _resize(_image(s, MEMBERS[name]), side, side // 2)
+                out[name] = _resize(tone(_image(s, MEMBERS[name])), side, side // 2)
         if "heatmap" in self.fields:
             out["heatmap"] = _resize(_image(s, "heatmap.png"), side // 4, side // 4)
         if "lmk" in self.fields:
@@ -126,11 +129,12 @@ def label_target(meta: bytes, label: int, key: str, url: str = "") -> tuple[np.n
     return target, TARGET_KINDS[mode]
 
 
-def split_decoder(card: ModelCard, split: Split, device: torch.device) -> SampleDecoder:
-    """The decoder of a model's inputs read from ``split`` for a model on ``device``."""
+def split_decoder(card: ModelCard, split: Split, device: torch.device, grey: bool = False) -> SampleDecoder:
+    """The decoder of a model's inputs read from ``split`` for a model on ``device`` (``grey``: faces
+    turned grey)."""
     side = stored_side(split)                     # checked per face only where the split records it
     return SampleDecoder(card.fields, card.input_size, wire=travel_side(card.input_size, side, device),
-                         stored=side if split.preprocess else None)
+                         stored=side if split.preprocess else None, grey=grey)
 
 
 def travel_side(size: int, stored: int, device: torch.device) -> int | None:
@@ -178,6 +182,14 @@ def _image(s: dict, ext: str) -> np.ndarray:
     except BadImage as e:
         raise ValueError(f"sample {key!r}{_of(s.get('__url__', ''))}: its {ext} does not decode ({e}): "
                          f"{DAMAGED}") from None
+
+
+def _as_is(img: np.ndarray) -> np.ndarray:
+    return img
+
+
+def _grey(img: np.ndarray) -> np.ndarray:
+    return grey_copy(Decoded(img, 1.0, ())).rgb
 
 
 def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:

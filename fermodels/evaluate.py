@@ -53,6 +53,7 @@ class EvalParams:
     flip_tta: bool
     batch_check: bool
     seed: int
+    grey: bool | None = None    # faces turned grey; None: for a model trained on grey faces only, as predict does
 
     def __post_init__(self) -> None:
         check_values("evaluate", self, {"split": one_of(SPLITS), "batch_size": at_least(1),
@@ -260,19 +261,27 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     split = open_split(dirs, params.split)
     check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)
     check_face_sources((state.get("data") or {}).get("face_backends", {}), split.face_backends, checkpoint, dirs)
-    dataset = IndexedSplit(split, split_decoder(card, split, device), len(classes))
+    trained_grey = (state.get("data") or {}).get(GREY) is True
+    grey = trained_grey if params.grey is None else params.grey
+    dataset = IndexedSplit(split, split_decoder(card, split, device, grey=grey and not split.grey), len(classes))
     if len(dataset) == 0:
         raise ValueError(f"no {params.split} samples in {', '.join(map(str, dirs))} that a "
                          f"{len(classes)}-class model can be scored on"
                          + (" (prepared with shard.val_fraction 0?)" if params.split == "val" else ""))
-    if (state.get("data") or {}).get(GREY) is True and not split.grey:
-        if _colour_faces(dataset):
-            log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all "
-                        "grey: scored as they are, colours the model never saw, where `ferdata predict` turns a face "
-                        "grey for it first", Path(checkpoint).name, params.split, ", ".join(names))
-        else:               # shards prepared before the shard stage recorded grey_faces: grey, unmarked
+    if (trained_grey or grey) and not split.grey:
+        told = (Path(checkpoint).name, params.split, ", ".join(names))
+        if not _colour_faces(dataset):      # shards prepared before the shard stage recorded grey_faces: unmarked
             log.info("evaluate: the %s faces of %s look grey but their _info.json does not say so (prepared before "
-                     "grey_faces was recorded? prepare them again)", params.split, ", ".join(names))
+                     "grey_faces was recorded? prepare them again)", *told[1:])
+        elif not grey:
+            log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all "
+                        "grey: scored as they are (evaluate.grey: false), colours the model never saw, where "
+                        "`ferdata predict` turns a face grey for it first", *told)
+        else:
+            log.info("evaluate: the %s faces of %s are scored turned grey (BT.601 luma, R = G = B) for %s, as "
+                     "`ferdata predict` scores a face%s", params.split, ", ".join(names), Path(checkpoint).name,
+                     " for a model trained on grey faces only (evaluate.grey: false keeps their colours)"
+                     if params.grey is None else " with --grey (evaluate.grey: true)")
     batch_size = card.scoring_batch(params.batch_size)
     if batch_size != params.batch_size:
         log.warning("evaluate: %s's predictions depend on the other faces in a batch (its card: per_sample false): "
@@ -296,7 +305,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     metrics = metrics_from_confusion(cm, classes)
     metrics.update({
         "model": state["model"], "split": params.split, "checkpoint": Path(checkpoint).name, "epoch": state["epoch"],
-        "flip_tta": params.flip_tta,
+        "flip_tta": params.flip_tta, "grey": grey,
         "train_datasets": list(state["datasets"]), "test_datasets": names,
         "cross_dataset": not set(names) <= set(state["datasets"]),       # a dataset it was not trained on
         "excluded": dict(sorted(dataset.excluded.items())),
