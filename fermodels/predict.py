@@ -1,16 +1,14 @@
 """Inference for users: images, folders or videos in, per-face expression probabilities out.
 
-This module handles the inputs and outputs: which files and video frames are read
-(:func:`expand_inputs`, :func:`iter_frames`), the per-face CSV and summary, and annotated copies.
+This module handles the inputs: which files and video frames are read (:func:`expand_inputs`,
+:func:`iter_frames`), the run over them (:func:`run_predict`) with its one-line summary, and annotated
+copies; :mod:`fermodels.predictions` writes the rows.
 Each face becomes model input through :class:`fermodels.predictor.Predictor`, which repeats the
 steps that made the checkpoint's training faces.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import logging
 import os
 import re
@@ -22,13 +20,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import cv2
 import numpy as np
 
-from ferdata.atomic import atomic_write_bytes, fsync_dir, writable_folder
+from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.errors import shown, utf8_name
 from ferdata.imagefile import read_header
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
 from ferdata.stages.detect_work import DETECTOR_FAILED
+from fermodels.predictions import NAME_MAX, Results, csv_text, json_text, written_as_scored
 from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
@@ -38,9 +37,7 @@ FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg", re.DOTALL)   # annotation_path's 
 COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v", ".3gp"}     # containers whose header lists the video's frames
 MOST_FAILED = 10        # pictures the face backend may fail on before any success: beyond, it is broken
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
-NAME_MAX = 255                                      # bytes in a file name (Linux, macOS, Windows file systems)
 FRAME_ROOM = len(".f0000000")                       # what annotation_path adds for a video frame (up to 10^7)
-PARTIAL = ".partial"                                # --out's rows while the run goes on (partial_path)
 
 
 def marked_jpeg(data: bytes) -> bytes:
@@ -261,21 +258,6 @@ def annotation_path(name: Path, frame: int, video: bool) -> Path:
     return name.with_name(f"{name.stem}.f{frame:06d}{name.suffix}") if video else name
 
 
-class Results:
-    """What a predict run has scored so far: ``rows`` (one per face) and ``summary`` (one per image or
-    frame); each batch of rows is also handed to ``on_rows`` (:func:`written_as_scored`) when set."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self.summary: list[dict] = []
-        self.on_rows: Callable[[list[dict]], None] | None = None
-
-    def add(self, rows: list[dict]) -> None:
-        self.rows += rows
-        if self.on_rows is not None and rows:
-            self.on_rows(rows)
-
-
 def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int, every: int,
                 annotate: Path | None = None, names: Mapping[Path, Path] | None = None,
                 results: Results | None = None) -> tuple[list[dict], list[dict]]:
@@ -381,118 +363,6 @@ def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1
         cv2.putText(canvas, label, (x0, max(12, y0 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 0), 1, cv2.LINE_AA)
     atomic_write_bytes(path, marked_jpeg(encode_jpeg(canvas, 90)))     # any file name (cv2's imwrite needs UTF-8)
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")     # what spreadsheets read a cell as a formula by
-
-
-def inert(value: object) -> object:
-    """A CSV text cell a spreadsheet shows as text: a file name or class name (from a checkpoint made
-    elsewhere) starting like a formula (``=HYPERLINK(...)``, ``@SUM(...)``) gets a leading ``'``, as
-    OWASP advises; numbers and other text are kept as they are."""
-    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
-
-
-def _csv_rows(buf: io.StringIO):
-    """``writerow`` for CSV lines ending in ``\\n`` whose cells holding a carriage return are quoted:
-    Python before 3.11.9 / 3.12.3 (CPython gh-67044) quotes only the characters of ``lineterminator``, so
-    a file named ``a\\rb.jpg`` was written bare and every CSV reader split its row in two there. Such a
-    row is written with every text cell quoted (numbers stay bare: readers parse them alike)."""
-    plain = csv.writer(buf, lineterminator="\n")
-    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
-
-    def writerow(cells: list) -> None:
-        (quoted if any(isinstance(c, str) and "\r" in c for c in cells) else plain).writerow(cells)
-    return writerow
-
-
-def csv_text(rows: list[dict], classes: tuple[str, ...], header: bool = False) -> str:
-    """The CSV lines of ``rows`` (each ending in ``\\n``), after the header line when ``header``."""
-    buf = io.StringIO()
-    writerow = _csv_rows(buf)
-    if header:
-        writerow([inert(c) for c in ("source", "frame", "face", "x0", "y0", "x1", "y1", "score", "expression",
-                                     *classes, "time")])
-    for r in rows:              # time: a video frame's timestamp in seconds (variable frame rates too); images none
-        writerow([inert(r["source"]), r["frame"], r["face"], *r["box"], r["score"], inert(r["expression"]),
-                  *(r[c] for c in classes), r.get("time")])
-    return buf.getvalue()
-
-
-def json_text(rows: list[dict], summary: list[dict], scoring: dict | None = None, complete: bool = True) -> str:
-    """The ``.json`` output: faces, per-image summary, ``scoring`` (how the faces were scored, e.g. in grey
-    or with flip TTA, which a CSV cannot say), and ``"complete": false`` for a run that was stopped."""
-    return json.dumps({"faces": rows, "images": summary, **({"scoring": scoring} if scoring else {}),
-                       **({} if complete else {"complete": False})}, indent=2) + "\n"
-
-
-def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None,
-               scoring: dict | None = None) -> str:
-    """CSV (``.csv`` or stdout) or JSON (``.json``, :func:`json_text`); returns the text."""
-    if out is not None and out.suffix.lower() == ".json":
-        text = json_text(rows, summary, scoring)
-    else:
-        text = csv_text(rows, classes, header=True)
-    if out is not None:                 # names undecodable as UTF-8 kept
-        atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))
-    return text
-
-
-def partial_path(out: Path) -> Path:
-    """Where a run writing ``out`` keeps what it scored until it ends (then renamed to ``out``), and leaves
-    it when stopped: ``<out>.partial``; a name too long for that keeps its start and gains a digest."""
-    name = out.name + PARTIAL
-    if len(os.fsencode(name)) > NAME_MAX:
-        digest = "-" + hashlib.sha256(os.fsencode(out.name)).hexdigest()[:16]
-        stem = out.name
-        while len(os.fsencode(stem + digest + PARTIAL)) > NAME_MAX:
-            stem = stem[:-1]
-        name = stem + digest + PARTIAL
-    return out.with_name(name)
-
-
-@contextmanager
-def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | None,
-                      stream: Callable[[str], None] | None, scoring: dict) -> Iterator[None]:
-    """Write a run's rows as the block scores them: CSV lines to ``stream`` (stdout) or to ``out``'s
-    :func:`partial_path`, flushed with each batch, renamed to ``out`` when the block ends; a ``.json``
-    whole at the end. A run stopped by an error or Ctrl-C leaves what it scored in the partial file
-    (a ``.json`` one ``"complete": false``), and one killed, every batch written before (a CSV)."""
-    partial = None if out is None else partial_path(out)
-    csv_out = out is None or out.suffix.lower() == ".csv"
-    f = open(partial, "w", encoding="utf-8", errors="surrogateescape", newline="") if partial and csv_out else None
-    write = f.write if f is not None else stream if csv_out else None
-    if write is not None:
-        write(csv_text([], classes, header=True))
-
-        def passed_on(rows: list[dict]) -> None:
-            write(csv_text(rows, classes))
-            if f is not None:
-                f.flush()
-        results.on_rows = passed_on
-    try:
-        yield
-    except BaseException:
-        if f is not None:
-            f.close()
-        if partial is not None and results.rows:
-            if not csv_out:
-                atomic_write_bytes(partial, json_text(results.rows, results.summary, scoring, complete=False)
-                                   .encode("utf-8", errors="surrogateescape"))
-            log.warning("predict stopped: the %d face row(s) scored so far are in %s", len(results.rows),
-                        shown(partial))
-        elif partial is not None:
-            partial.unlink(missing_ok=True)
-        raise
-    if f is not None:
-        with f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, out)
-        fsync_dir(out.parent)
-    elif out is not None:
-        atomic_write_bytes(out, json_text(results.rows, results.summary, scoring)
-                           .encode("utf-8", errors="surrogateescape"))
 
 
 def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path | None = None,

@@ -973,7 +973,8 @@ def test_a_backend_run_two_ways_for_two_datasets_is_not_repeated(tiny_shards, tm
 def test_a_face_with_non_finite_probabilities_gets_no_expression(photos, predictor, monkeypatch, tmp_path,
                                                                   caplog, one_thread):
     """Not the first class (argmax of NaNs), and no NaN in the JSON (not JSON), nor in annotations."""
-    from fermodels.predict import run_predict, write_rows
+    from fermodels.predict import run_predict
+    from fermodels.predictions import write_rows
 
     monkeypatch.setattr(predictor, "probabilities", lambda faces: np.full((len(faces), len(predictor.classes)), np.nan))
     rows, summary = run_predict(predictor, [photos / "astronaut.jpg"], batch_size=2, every=1,

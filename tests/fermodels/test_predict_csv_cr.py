@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 
-from fermodels.predict import write_rows
+from fermodels.predictions import write_rows
 
 
 def _row(source: str) -> dict:

