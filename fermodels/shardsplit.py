@@ -103,6 +103,10 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
         if info.get("split", split) != split:
             raise ValueError(f"{info_path} describes the {info['split']!r} split, not {split!r}: split folders "
                              "swapped or renamed in a copy? (`ferdata verify` checks a copy)")
+        if info.get("label_map", list(CLASSES)) != list(CLASSES):    # cls ids are read as CLASSES' indices
+            raise ValueError(f"{info_path}: its label_map {info['label_map']} is not the class order every stage "
+                             f"reads {list(CLASSES)}: its samples' cls ids would be read as other classes (shards not "
+                             "written by this project's shard stage?); prepare the dataset again")
         shards += _listed_on_disk(info_path, info["shards"])
         hist.update(info["class_histogram"])
         hists[str(d)] = dict(info["class_histogram"])

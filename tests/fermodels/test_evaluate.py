@@ -672,3 +672,18 @@ def test_faces_placed_otherwise_than_the_training_faces_are_warned_about(caplog)
         check_face_sources({"annotations": 90, "embedded": 9}, {"embedded": 30}, "best.pt", shards)   # trained on both
         check_face_sources({}, {"embedded": 30}, "best.pt", shards)                         # an older checkpoint
     assert not caplog.records
+
+
+def test_shards_of_another_class_order_are_refused_not_read_by_index(tiny_run, tmp_path):
+    """``_info.json`` names its class order (``label_map``); training and evaluation read each ``cls`` as an
+    index of :data:`CLASSES` whatever it says: shards in RAF-DB's order were scored against the wrong classes
+    (a perfect model at 0.0), where only `ferdata verify` said so."""
+    from ferdata.classes import CLASSES, NATIVE_TO_CANONICAL
+    from tests.fermodels.helpers import copy_shards
+
+    raf_order = [CLASSES[c] for c in NATIVE_TO_CANONICAL["rafdb"]]
+    shards = copy_shards(tiny_run["shards"], tmp_path / "shards", lambda info: info.update(label_map=raf_order))
+    with pytest.raises(ValueError, match="label_map .* is not the class order"):
+        evaluate(tiny_run["ckpt"] / "best.pt", shards, PARAMS, tmp_path / "eval")
+    with pytest.raises(ValueError, match="label_map .* is not the class order"):
+        train(shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
