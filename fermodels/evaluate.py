@@ -309,6 +309,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         "train_datasets": list(state["datasets"]), "test_datasets": names,
         "cross_dataset": not set(names) <= set(state["datasets"]),       # a dataset it was not trained on
         "excluded": dict(sorted(dataset.excluded.items())),
+        # what the figures are over: the model's outputs, and the classes with test faces, which mean class
+        # accuracy and macro-F1 average (a class only predicted is in per_class, not in the averages)
+        "classes": list(classes), "averaged_over": [c for c, n in zip(classes, cm.sum(1)) if n],
     })
     if len(dirs) > 1:
         which = np.asarray(dataset.dataset_index)

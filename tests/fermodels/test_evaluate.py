@@ -674,6 +674,19 @@ def test_faces_placed_otherwise_than_the_training_faces_are_warned_about(caplog)
     assert not caplog.records
 
 
+def test_metrics_json_names_the_classes_scored_and_averaged(tiny_run, tiny8_shards, tmp_path, one_thread):
+    """metrics.json said how many faces were left out (``excluded``) but not which classes the model has nor
+    which classes mean class accuracy and macro-F1 average over: ``per_class`` also lists a class that is only
+    predicted (support 0, recall 0), which the averages leave out."""
+    m = evaluate(tiny_run["ckpt"] / "best.pt", tiny8_shards, replace(PARAMS, batch_check=False), tmp_path, ["tiny8"])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    info = json.loads((tiny8_shards / "test" / "_info.json").read_text())
+    assert saved["classes"] == ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger"]
+    assert saved["averaged_over"] == [c for c in saved["classes"] if info["class_histogram"].get(c)]
+    assert m["mean_class_accuracy"] == pytest.approx(
+        np.mean([m["per_class"][c]["recall"] for c in saved["averaged_over"]]))
+
+
 def test_shards_of_another_class_order_are_refused_not_read_by_index(tiny_run, tmp_path):
     """``_info.json`` names its class order (``label_map``); training and evaluation read each ``cls`` as an
     index of :data:`CLASSES` whatever it says: shards in RAF-DB's order were scored against the wrong classes
