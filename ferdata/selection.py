@@ -28,6 +28,13 @@ from ferdata.tario import listed_shard
 
 VERSION = 2     # 2: split digests of the content, without params_hash (1: of the whole _info.json)
 SPLITS_READ = ("train", "val")     # what training reads of every dataset; the test split is the evaluator's
+ALL = "all"     # evaluate.split: every split of a cross-dataset target, the whole dataset scored
+
+
+def scored_splits(split: str) -> tuple[str, ...]:
+    """The splits the evaluate stage reads for ``evaluate.split``: all three for :data:`ALL` (a dataset the
+    model was not trained on, scored whole as cross-dataset protocols do), else that one."""
+    return SPLITS if split == ALL else (split,)
 
 
 def check_named(names: Sequence[str], key: str, datasets: Mapping[str, Any], data_dir: str | Path) -> None:
@@ -43,12 +50,17 @@ def check_named(names: Sequence[str], key: str, datasets: Mapping[str, Any], dat
 
 
 def check_run_datasets(trained_on: Sequence[str], evaluated: str | None, datasets: Mapping[str, Any],
-                       data_dir: str | Path) -> None:
+                       data_dir: str | Path, split: str = "test") -> None:
     """:func:`check_named` for what a run reads: ``train.datasets`` (after the recipe) and
-    ``evaluate.dataset`` (None: the training datasets)."""
+    ``evaluate.dataset`` (None: the training datasets); ``evaluate.split`` :data:`ALL` of a training
+    dataset (its training faces scored) is refused here, before any stage runs."""
     check_named(trained_on, "train.datasets (or its recipe's)", datasets, data_dir)
     if evaluated:
         check_named([evaluated], "evaluate.dataset", datasets, data_dir)
+    if split == ALL and evaluated in trained_on:
+        raise ValueError(f"evaluate.split all scores every split of evaluate.dataset {evaluated!r}, which "
+                         "train.datasets trains on: its train and val faces would be scored; use split all for a "
+                         "dataset the model does not train on (cross-dataset), or evaluate.split test")
 
 
 def tested_on(dataset: str | None, trained_on: Sequence[str]) -> list[str]:
@@ -159,7 +171,8 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
     """Faces a run holds out that another of its datasets trains on: the same picture (sha256 of the
     source file, or of the aligned face: one picture stored in other bytes) in ``split`` of a ``tested``
     dataset and in the train or val split of another dataset of ``trained_on``, or in a training
-    dataset's val split (which picks the epoch) and another's train split. Within one dataset the align
+    dataset's val split (which picks the epoch) and another's train split; ``split`` :data:`ALL`: every
+    split of a ``tested`` dataset (scored whole, cross-dataset). Within one dataset the align
     stage judges copies (``align.cross_split_copies``); across datasets (RAF-DB and a folder copy of it,
     FER2013 and FERPlus, web-crawled sets) nothing did. One line per copy, ``<ds>/<split>/<key> is
     <ds>/<split>/<key>``; empty for a run of one dataset."""
@@ -173,7 +186,9 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
         return read[name, s]
 
     held = {(name, "val"): ("train",) for name in trained_on}
-    if split != "train":
+    if split == ALL:
+        held.update({(name, s): SPLITS_READ for name in tested for s in SPLITS})
+    elif split != "train":
         held.update({(name, split): SPLITS_READ if split != "val" else ("train",) for name in tested})
     found = []
     for (name, s), against in held.items():

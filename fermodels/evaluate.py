@@ -30,6 +30,7 @@ from ferdata.classes import class_names
 from ferdata.layout import GREY, setting_differences
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
+from ferdata.selection import ALL, scored_splits
 from fermodels.augment import hflip_batch
 from fermodels.data import split_decoder
 from fermodels.distributed import DEVICE_RULE, DistEnv, all_gather_objects, env_from_os, pick_device
@@ -38,7 +39,7 @@ from fermodels.metrics import confusion_matrix, confusion_rows, metrics_from_con
 from fermodels.modelinput import normalise, to_device
 from fermodels.registry import ModelCard
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
-from fermodels.shardsplit import Split, open_split
+from fermodels.shardsplit import Split, joined, open_split
 
 log = logging.getLogger(__name__)
 SAME_PROB = 1e-4          # float noise between batch sizes stays far below this
@@ -56,7 +57,7 @@ class EvalParams:
     grey: bool | None = None    # faces turned grey; None: for a model trained on grey faces only, as predict does
 
     def __post_init__(self) -> None:
-        check_values("evaluate", self, {"split": one_of(SPLITS), "batch_size": at_least(1),
+        check_values("evaluate", self, {"split": one_of((*SPLITS, ALL)), "batch_size": at_least(1),
                                         "workers": at_least(0), "seed": at_least(0),
                                         "device": DEVICE_RULE})
 
@@ -72,6 +73,10 @@ def evaluate_section(params: Mapping[str, Any]) -> tuple[str | None, EvalParams]
     if dataset is not None and (not isinstance(dataset, str) or not dataset):      # "" read as null, silently
         raise ValueError(f"evaluate.dataset must be null (the training datasets) or one prepared dataset's name, "
                          f"got {dataset!r}")
+    if values.get("split") == ALL and dataset is None:
+        raise ValueError("evaluate.split all scores every split of evaluate.dataset, a dataset the model was not "
+                         "trained on; with evaluate.dataset null it would score the training faces: name the "
+                         "dataset, or set evaluate.split test")
     return dataset, section(EvalParams, values, "evaluate")
 
 
@@ -246,6 +251,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     ``datasets`` names the shard dirs (default: the folder above ``shards``); a name the
     model was not trained on makes it a cross-dataset evaluation (labels are canonical, classes
     the model cannot predict - e.g. Contempt for a 7-class model - are excluded and counted).
+    ``params.split`` ``all`` scores every split of such datasets (the whole target dataset).
     """
     dirs = [Path(shard_dirs)] if isinstance(shard_dirs, (str, Path)) else [Path(d) for d in shard_dirs]
     names = list(datasets) if datasets is not None else [d.resolve().parent.name for d in dirs]
@@ -258,7 +264,11 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     device = pick_device(params.device, env_from_os())
     model = scoring_model(state, device)
     card, classes = model.card, tuple(state["classes"])
-    split = open_split(dirs, params.split)
+    if params.split == ALL and (trained := sorted(set(names) & set(state["datasets"]))):
+        raise ValueError(f"evaluate.split all scores every split of {', '.join(trained)}, which "
+                         f"{Path(checkpoint).name} was trained on: its train and val faces would be scored; "
+                         "use split all for a dataset the model was not trained on (cross-dataset)")
+    split = joined([open_split(dirs, s, warn=not i) for i, s in enumerate(scored_splits(params.split))])
     check_preprocess(state.get("preprocess") or {}, split.preprocess, card.fields, checkpoint, dirs)
     check_face_sources((state.get("data") or {}).get("face_backends", {}), split.face_backends, checkpoint, dirs)
     trained_grey = (state.get("data") or {}).get(GREY) is True
@@ -298,8 +308,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         raise ValueError(f"{checkpoint}: the model's probabilities are not finite (NaN or inf) for {bad} of the "
                          f"{len(probs)} {params.split} samples: it overflows on them (trained with train.amp?)")
     if dataset.excluded:        # in metrics.json too; said here, as the accuracy is over the rest only
-        log.warning("evaluate: %d %s sample(s) of classes a %d-class model cannot predict are left out: %s",
-                    sum(dataset.excluded.values()), params.split, len(classes), dict(sorted(dataset.excluded.items())))
+        log.warning("evaluate: %d %ssample(s) of classes a %d-class model cannot predict are left out: %s",
+                    sum(dataset.excluded.values()), "" if params.split == ALL else params.split + " ", len(classes),
+                    dict(sorted(dataset.excluded.items())))
     preds = probs.argmax(1)
     cm = confusion_matrix(labels, preds, len(classes))
     metrics = metrics_from_confusion(cm, classes)

@@ -126,6 +126,32 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
                  tuple(by_setting), hists, made, bool(made) and all(m[GREY] is True for m in made.values()))
 
 
+def joined(splits: Sequence[Split]) -> Split:
+    """Several splits of the same shard dirs read as one (``evaluate.split: all``, a cross-dataset target
+    scored whole): each dir's shards in the splits' order, its counts summed (a face is in one split of its
+    dataset, so its keys stay unique), what made the faces as the first split records it (one shard run
+    writes them all)."""
+    if len(splits) == 1:
+        return splits[0]
+    first, dirs = splits[0], splits[0].dirs
+    if any(s.dirs != dirs for s in splits):
+        raise ValueError(f"joined splits must be of the same shard dirs, got {[s.dirs for s in splits]}")
+
+    def summed(counts) -> dict[str, int]:
+        return dict(sum((Counter(c) for c in counts), Counter()))
+
+    return Split("+".join(s.name for s in splits), dirs,
+                 tuple(shard for d in dirs for s in splits for shard in s.shards_of(d)),
+                 summed(s.histogram for s in splits), {d: [h for s in splits for h in s.hashes[d]] for d in dirs},
+                 {d: {name: frozenset().union(*(s.subsets.get(d, {}).get(name, frozenset()) for s in splits))
+                      for name in sorted({n for s in splits for n in s.subsets.get(d, {})})} for d in dirs},
+                 summed(s.soft_labels for s in splits), dict(sorted(summed(s.face_backends for s in splits).items())),
+                 first.preprocess, first.face_backend_options,
+                 tuple(d for d in dirs if all(d in s.empty_by_setting for s in splits)),
+                 {d: summed(s.histograms.get(d, {}) for s in splits) for d in dirs}, first.made_by,
+                 all(s.grey for s in splits))
+
+
 def _face_options(name: str, options: Mapping[str, Any]) -> dict:
     """``options`` less those that find no other faces (``FaceBackend.unsigned``: ``threads``; face_alignment's
     sfd/dlib ``score_threshold``): shards prepared before the detect stage left them out of its settings

@@ -41,8 +41,8 @@ def check_params(params: Mapping[str, Any], data_dir: str | Path = DATA_DIR) -> 
         for name in dataset_specs(params):
             detect_section(params, name, dataset_spec(params, name))
         train = train_section(params, announce=False)
-        tested_on, _ = evaluate_section(params)
-        check_run_datasets(train.datasets, tested_on, dataset_specs(params), data_dir)
+        tested_on, evaluate = evaluate_section(params)
+        check_run_datasets(train.datasets, tested_on, dataset_specs(params), data_dir, evaluate.split)
     except (ValueError, KeyError, TypeError) as err:
         err.add_note(NOTE)
         raise

@@ -4,7 +4,7 @@
 scores that one instead (cross-dataset, through the canonical labels). The shards are the ones
 pinned in ``SELECTION`` (the `select` stage's ``evaluate.json``).
 """
-from ferdata.selection import PARAMS_ASK, read_selection, tested_on
+from ferdata.selection import PARAMS_ASK, read_selection, scored_splits, tested_on
 from fermodels.evaluate import evaluate, evaluate_section
 from fermodels.runstate import load_checkpoint
 from pipeline._args import setup
@@ -16,7 +16,8 @@ def main() -> None:
     names = tested_on(dataset, load_checkpoint(ckpt)["datasets"])
     # evaluate.dataset null: the checkpoint's datasets, which a train.datasets changed since (and selected) are not
     asking = PARAMS_ASK if dataset else (f"{ckpt} was trained on", "retrain on the selected ones (`dvc repro train`)")
-    evaluate(ckpt, read_selection(selection, names, (eval_params.split,), asking=asking), eval_params, out, names)
+    dirs = read_selection(selection, names, scored_splits(eval_params.split), asking=asking)
+    evaluate(ckpt, dirs, eval_params, out, names)
 
 
 if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__

@@ -2,8 +2,9 @@
 
 Pins the prepared data each later stage reads (:mod:`ferdata.selection`): ``OUT_DIR/train.json``
 the train and val splits of ``train.datasets`` (after ``train.recipe``), ``OUT_DIR/evaluate.json``
-the ``evaluate.split`` of ``evaluate.dataset`` (null: the training datasets). Train and evaluate
-depend on these files instead of all of ``data/``, so preparing another dataset re-runs neither.
+the ``evaluate.split`` of ``evaluate.dataset`` (null: the training datasets; split ``all``: its every
+split). Train and evaluate depend on these files instead of all of ``data/``, so preparing another
+dataset re-runs neither.
 """
 import logging
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any, Mapping
 
 from ferdata.errors import NamedKeyError
 from ferdata.params import dataset_specs, section_values
-from ferdata.selection import SPLITS_READ, check_run_datasets, copies_across_datasets, tested_on, write_selection
+from ferdata.selection import (SPLITS_READ, check_run_datasets, copies_across_datasets, scored_splits, tested_on,
+                               write_selection)
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
@@ -30,10 +32,10 @@ def main() -> None:
     trained_on = required(apply_recipe(train), "train", "datasets")
     dataset, split = required(evaluate, "evaluate", "dataset"), required(evaluate, "evaluate", "split")
     # a misspelt name is said as such (the whole check runs in the stages after); before any use of the names
-    check_run_datasets(trained_on, dataset, dataset_specs(params), data_dir)
+    check_run_datasets(trained_on, dataset, dataset_specs(params), data_dir, split)
     tested = tested_on(dataset, trained_on)
     write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
-    write_selection(Path(out) / "evaluate.json", data_dir, tested, (split,))
+    write_selection(Path(out) / "evaluate.json", data_dir, tested, scored_splits(split))
     if copies := copies_across_datasets(data_dir, trained_on, tested, split):
         logging.getLogger("pipeline.select").warning(
             "%d held-out face(s) are also in a training split of another dataset of this run (the same picture or "

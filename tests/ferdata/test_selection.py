@@ -247,3 +247,22 @@ def test_a_held_out_face_matched_by_its_picture_and_by_its_face_is_one_copy(tmp_
     _prepare_pictures(data, "a", {"train": ["p1", "p2"]}, faces={"p1": "other face", "p2": "face"})
     _prepare_pictures(data, "b", {"train": ["q"], "test": ["p1"]}, faces={"p1": "face"})
     assert copies_across_datasets(data, ["a", "b"], ["b"], "test") == ["b/test/test_0 is a/train/train_0"]
+
+
+def test_a_cross_dataset_target_scored_whole_is_searched_for_copies_in_every_split(tmp_path):
+    """``evaluate.split: all`` scores every split of the target: a copy of a training face in the target's
+    train or val split is scored too, and must be found (searching per split missed the train split and
+    said a training dataset's val copies three times)."""
+    from ferdata.selection import check_run_datasets, copies_across_datasets
+    data = tmp_path / "data"
+    _prepare_pictures(data, "jaffe", {"train": ["p1"], "val": ["p2"], "test": ["p3"]})
+    _prepare_pictures(data, "rafdb", {"train": ["p2", "x"], "val": ["p1"], "test": ["p3"]})
+    _prepare_pictures(data, "other", {"train": ["p1"], "val": ["y"]})
+    assert copies_across_datasets(data, ["rafdb", "other"], ["jaffe"], "all") == [
+        "rafdb/val/val_0 is other/train/train_0",
+        "jaffe/train/train_0 is rafdb/val/val_0", "jaffe/train/train_0 is other/train/train_0",
+        "jaffe/val/val_0 is rafdb/train/train_0"]
+    specs = {"jaffe": {}, "rafdb": {}}
+    check_run_datasets(["rafdb"], "jaffe", specs, data, "all")
+    with pytest.raises(ValueError, match="evaluate.split all scores every split of evaluate.dataset 'rafdb'"):
+        check_run_datasets(["rafdb"], "rafdb", specs, data, "all")

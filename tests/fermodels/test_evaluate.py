@@ -700,3 +700,38 @@ def test_shards_of_another_class_order_are_refused_not_read_by_index(tiny_run, t
         evaluate(tiny_run["ckpt"] / "best.pt", shards, PARAMS, tmp_path / "eval")
     with pytest.raises(ValueError, match="label_map .* is not the class order"):
         train(shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+
+
+def test_split_all_scores_a_cross_dataset_target_whole(tiny_run, tiny8_shards, tmp_path, one_thread):
+    """A cross-dataset target without an official test split (JAFFE, CK+, a folder dataset) was scored on
+    its carved shard.test_fraction only (JAFFE's 10 people: one person) with no setting to score it whole, as
+    cross-dataset protocols do; ``evaluate.split: all`` scores every split of a dataset the model did not
+    train on, through the stage scripts too, and is refused for a training dataset."""
+    from fermodels.evaluate import evaluate_section
+
+    infos = {s: json.loads((tiny8_shards / s / "_info.json").read_text()) for s in ("train", "val", "test")}
+    contempt = sum(i["class_histogram"].get("Contempt", 0) for i in infos.values())
+    m = evaluate(tiny_run["ckpt"] / "best.pt", tiny8_shards, replace(PARAMS, split="all", batch_check=False),
+                 tmp_path / "all", ["tiny8"])
+    assert m["split"] == "all" and m["cross_dataset"] is True and m["excluded"] == {"Contempt": contempt}
+    assert m["num_samples"] == sum(i["num_samples"] for i in infos.values()) - contempt
+    with pytest.raises(ValueError, match="which best.pt was trained on"):
+        evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], replace(PARAMS, split="all"), tmp_path / "own",
+                 ["tiny"])
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    with pytest.raises(ValueError, match="evaluate.dataset null"):
+        evaluate_section({**params, "evaluate": {**params["evaluate"], "split": "all", "dataset": None}})
+    params["train"].update(datasets=["tiny"])
+    params["evaluate"].update(dataset="tiny8", split="all", workers=0, device="cpu", batch_check=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name, shards in (("tiny", tiny_run["shards"]), ("tiny8", tiny8_shards)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "shards").symlink_to(shards)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for cmd in (["pipeline.select", "data", "sel"],
+                ["pipeline.evaluate", str(tiny_run["ckpt"] / "best.pt"), "sel/evaluate.json", "eval"]):
+        subprocess.run([sys.executable, "-m", *cmd], cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert sorted(json.loads((tmp_path / "sel" / "evaluate.json").read_text())["datasets"]["tiny8"]["splits"]) == \
+        ["test", "train", "val"]
+    staged = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (staged["split"], staged["num_samples"], staged["excluded"]) == ("all", m["num_samples"], m["excluded"])
