@@ -150,3 +150,4 @@ def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | No
     elif out is not None:
         atomic_write_bytes(out, json_text(results.rows, results.summary, scoring)
                            .encode("utf-8", errors="surrogateescape"))
+        partial.unlink(missing_ok=True)         # an earlier stopped run's, which this one has replaced

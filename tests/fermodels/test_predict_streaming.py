@@ -71,6 +71,9 @@ def test_a_json_run_stopped_by_an_error_leaves_what_it_scored_marked_incomplete(
     assert left["complete"] is False
     assert [Path(f["source"]).name for f in left["faces"]] == ["p0.jpg", "p1.jpg"]
     assert len(left["images"]) == 2
+    monkeypatch.undo()
+    predict_files(pictures, tiny_run["ckpt"] / "best.pt", out=out, backend="embedded", device="cpu", every=1)
+    assert len(json.loads(out.read_text())["faces"]) == N and not partial_path(out).exists()   # replaced
 
 
 def test_a_whole_run_renames_its_rows_to_the_output_and_streams_stdout_as_it_scores(
