@@ -268,7 +268,6 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     results = Results() if results is None else results
     rows, summary = results.rows, results.summary
     pending: list[FaceSample] = []
-    times: dict[tuple[str, int], float | None] = {}     # (source, frame) -> a video frame's time in seconds
     failures: list[str] = []                            # pictures the face backend raised on
     ran = 0                                             # pictures it ran on (faces or none)
 
@@ -288,7 +287,7 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
                    "box": [round(v, 1) for v in face.box], "score": round(face.score, 4),
                    "expression": predictor.classes[int(p.argmax())] if finite else None}
             row.update({c: round(float(v), 6) if finite else None for c, v in zip(predictor.classes, p)})
-            row["time"] = times.get((face.source, face.frame))
+            row["time"] = face.time
             scored.append(row)
         pending.clear()
         results.add(scored)
@@ -318,7 +317,6 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
             summary.append({"source": str(path), "frame": frame, **({"time": picture.time} if video else {}),
                             "faces": len(faces), "dropped": dropped})
             ran += 1
-            times[(str(path), frame)] = picture.time
             log.debug("%s%s: %d face(s)", shown(path), f" frame {frame}" if video else "",
                       len(faces))                                       # -v; the end counts
             pending += faces

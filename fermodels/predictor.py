@@ -75,6 +75,7 @@ class FaceSample:
     box: tuple[float, float, float, float]        # x0, y0, x1, y1 in the file's pixels
     score: float
     fields: dict
+    time: float | None = None                      # a video frame's timestamp in seconds (Picture.time)
 
 
 class Picture:
@@ -335,7 +336,7 @@ class Predictor:
                 continue
             if self.derived:
                 fields.update(self.derive((f"face{i}", fields))[1])
-            samples.append(FaceSample(source, frame, i, tuple(row["box"]), float(row["score"]), fields))
+            samples.append(FaceSample(source, frame, i, tuple(row["box"]), float(row["score"]), fields, picture.time))
         return samples, dropped
 
     def aligned(self, picture: Picture, face: Face) -> tuple[dict, Aligned]:
