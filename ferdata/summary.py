@@ -59,6 +59,8 @@ def check_info(info: Mapping[str, Any]) -> None:
             raise TypeError("a shard's count is not a whole number")
         if "bytes" in s and not _whole(s["bytes"]):          # null too: training compares it with the file's size
             raise TypeError("a shard's bytes is not a whole number")
+    if "num_samples" in info and not _whole(info["num_samples"]):   # verify compares it with the samples
+        raise TypeError("num_samples is not a whole number")
     labels = info.get("label_map", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise TypeError("label_map is not a list of class names")

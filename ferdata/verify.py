@@ -112,7 +112,7 @@ def _info_fields(info: dict) -> tuple[list[Listed], int]:
     problem line, not a crash."""
     check_info(info)
     listed = [(sh["name"], sh["sha256"], sh["count"], sh.get("bytes")) for sh in info["shards"]]
-    return listed, int(info["num_samples"])
+    return listed, info["num_samples"]
 
 
 def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:

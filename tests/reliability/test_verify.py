@@ -788,3 +788,12 @@ def test_problem_lines_name_hostile_shards_inertly(shards):
     assert "stray\\x1b[2J\\x1b]0;pwned\\x07.tar: shard not listed" in result.output, result.output
     assert "listed\\rOVERWRITE.tar: missing" in result.output, result.output
     assert not any(c in result.output for c in "\x1b\x07\r"), repr(result.output)
+
+
+@pytest.mark.parametrize("value", [69.9, "279", None])
+def test_a_split_total_of_the_wrong_kind_is_refused_not_rounded(shards, value):
+    """`num_samples` 69.9 or "279" passed verify ("all shards match"): int() made it agree with the
+    samples (docs/sharing.md: a split total that disagrees, or a field of the wrong kind, is a problem)."""
+    _with_info(shards, lambda info: info.update(num_samples=value))
+    assert verify_shards(shards) == [f"{shards / 'train' / INFO}: unreadable (TypeError: num_samples is not a "
+                                     "whole number)"]
