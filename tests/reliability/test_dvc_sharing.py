@@ -161,3 +161,32 @@ def test_with_every_stage_locked_allow_missing_reruns_only_what_changed(clean_ro
     assert stages_run(dvc(b, "repro", "--dry", "--allow-missing")) == set()
     ran = stages_run(dvc(b, "exp", "run", "--allow-missing", "-S", "train.lr=0.0005"))
     assert {"train", "evaluate"} <= ran <= {"select", "train", "evaluate"}, ran
+
+
+@pytest.mark.slow                   # a git + DVC project, a remote and a clone: about a minute
+def test_dry_run_before_select_has_run_stops_as_docs_sharing_md_says(clean_root, tmp_path):
+    """docs/sharing.md's Machine B with only the shards pulled (A ran ``dvc repro shard@<ds>``):
+    ``dvc repro --dry --allow-missing`` does not list what would run there: the dry run hashes the
+    dependencies of the stages after one it would run, and ``runs/select/train.json`` is not there yet.
+    The page must say so, not promise the list (audit h99)."""
+    a, b = tmp_path / "machine_a", tmp_path / "machine_b"
+    make_machine_a(a, clean_root, tmp_path / "remote")
+    params = yaml.safe_load((a / "params.yaml").read_text())
+    params["datasets"] = {"tiny": params["datasets"]["tiny"]}          # the sample's raw data is never made here
+    params["train"]["datasets"] = ["tiny"]
+    (a / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (a / ".git" / "info" / "exclude").write_text("/raw/\n")
+    sh(a, "git", "add", "-A")
+    sh(a, "git", "commit", "-q", "-m", "project")
+    dvc(a, "repro", "shard@tiny")
+    dvc(a, "push", "shard@tiny")
+    sh(a, "git", "add", "dvc.lock")
+    sh(a, "git", "commit", "-q", "-m", "tiny dataset prepared")
+    sh(tmp_path, "git", "clone", "-q", str(a), str(b))
+    dvc(b, "pull", "shard@tiny")
+    dry = subprocess.run([sys.executable, "-m", "dvc", "repro", "--dry", "--allow-missing"], cwd=b, env=env(),
+                         capture_output=True, text=True, timeout=600)
+    out = dry.stdout + dry.stderr
+    assert dry.returncode != 0 and "runs/select/train.json" in out, out
+    doc = " ".join((REPO / "docs" / "sharing.md").read_text(encoding="utf-8").split())
+    assert "failed to reproduce 'train'" in doc, "docs/sharing.md says this dry run lists what would run"
