@@ -50,9 +50,9 @@ from ferdata.stages.derive import DeriveParams, DeriveWorker
 from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, travel_side
 from fermodels.distributed import env_from_os, pick_device
-from fermodels.evaluate import full_float32, scoring_model
 from fermodels.modelinput import normalise, to_device
 from fermodels.runstate import load_checkpoint
+from fermodels.scoring import full_float32, scoring_model
 
 log = logging.getLogger(__name__)
 

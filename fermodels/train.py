@@ -33,12 +33,12 @@ from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gath
                                    check_compile_works, ddp_wrap, env_from_os, init_distributed, max_over_ranks,
                                    pick_device, shutdown, sync_batchnorm, sync_buffers)
 from fermodels.ema import WeightAverage
-from fermodels.evaluate import amp_dtype, autocast, rank_loader, score_split
 from fermodels.indexed import IndexedSplit, close_loader
 from fermodels.losses import GLOBAL_BATCH, draw_targets
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import SAM, build_optimizer, lr_at, set_lr
 from fermodels.registry import create_model
+from fermodels.scoring import amp_dtype, autocast, rank_loader, score_split
 from fermodels.ckptdir import BEST, LAST, PENDING_BEST, checkpoints_held, promote_best
 from fermodels.checkpoints import weight_file_digests
 from fermodels.runstate import Position, code_fingerprint, next_position, other_threads, resume_state, save_checkpoint

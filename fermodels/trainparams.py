@@ -20,11 +20,11 @@ from fermodels.augment import AugmentParams
 from fermodels.checkpoints import WEIGHT_FILE_KWARGS
 from fermodels.distributed import DEVICE_RULE
 from fermodels.epochplan import divisors
-from fermodels.evaluate import autocast
 from fermodels.metrics import SUMMARY_METRICS
 from fermodels.optim import OPTIMIZERS, SCHEDULES
 from fermodels.recipes import apply_recipe, check_applied, weights_of
 from fermodels.registry import check_model_kwargs, model_kwargs
+from fermodels.scoring import autocast
 from fermodels.sampling import SAMPLERS, check_class_weight_used, loss_reads
 from fermodels.shardsplit import Split, stored_sides
 

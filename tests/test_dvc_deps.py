@@ -109,3 +109,12 @@ def test_installed_without_pipeline_the_code_hash_ignores_a_foreign_pipeline_pac
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[:2] == ["('ferdata', 'fermodels')", "True"]
+
+
+def test_training_does_not_run_the_evaluate_stage():
+    """Training validates with :mod:`fermodels.scoring`, not the evaluate stage's module: editing how the
+    evaluate stage checks, reports or writes its metrics must not re-run training (dvc.yaml's train deps)
+    nor change its checkpoints' code fingerprint (a run would start over instead of resuming)."""
+    reached = closure(ROOT / "pipeline" / "train.py")
+    assert "fermodels/scoring.py" in reached
+    assert "fermodels/evaluate.py" not in reached

@@ -110,7 +110,7 @@ def test_batch_check_tells_a_leak_from_a_tie_flipped_by_rounding(tiny_run, one_t
 def test_validation_refuses_non_finite_probabilities_instead_of_scoring_class_0(monkeypatch):
     """argmax of a NaN row is 0: an overflowing model scored the val split's Neutral share, and that
     epoch could become best.pt, which the evaluate stage then refuses."""
-    import fermodels.evaluate as ev
+    import fermodels.scoring as ev
     from fermodels.distributed import DistEnv
 
     labels = np.array([0, 0, 0, 1, 2, 3, 4, 5, 6, 0])
@@ -127,7 +127,7 @@ def test_validation_refuses_non_finite_probabilities_instead_of_scoring_class_0(
 def test_scores_are_full_float32_and_the_settings_restored():
     """TF32 off inside, whichever of torch's APIs the user set it with (reading the legacy flags
     after the new ones were set raises), and every setting as found afterwards."""
-    from fermodels.evaluate import full_float32
+    from fermodels.scoring import full_float32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
 
@@ -156,7 +156,8 @@ def test_a_face_scores_alike_in_any_batch_on_a_gpu_in_full_float32():
     """On a GPU, TF32 (cuDNN's default on Ampere and later) and kernels chosen by batch size moved a
     face's probabilities with its batch by more than SAME_PROB; in full float32 they stay within it.
     The probe's own difference with TF32 on is printed, not asserted (it depends on the card)."""
-    from fermodels.evaluate import SAME_PROB, full_float32
+    from fermodels.evaluate import SAME_PROB
+    from fermodels.scoring import full_float32
     from fermodels.info import example_batch
     from fermodels.modelinput import normalise
     from fermodels.registry import create_model
@@ -522,7 +523,7 @@ def test_the_stored_side_skips_a_shard_without_faces_and_prefers_the_record(tiny
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_the_ranks_validate_every_sample_once(tiny_shards, world):
     from fermodels.distributed import DistEnv
-    from fermodels.evaluate import rank_loader
+    from fermodels.scoring import rank_loader
 
     data = IndexedSplit(open_split([tiny_shards], "val"), SampleDecoder(("image",), 112), 7)
     seen = [key for rank in range(world) for batch in rank_loader(data, DistEnv(rank, world, rank), 4, 0)
@@ -546,7 +547,7 @@ def test_full_float32_holds_for_every_thread_inside_and_restores_the_settings_fo
     import threading
     import time
 
-    from fermodels.evaluate import full_float32
+    from fermodels.scoring import full_float32
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, matmul.fp32_precision

@@ -89,7 +89,7 @@ def test_scoring_a_model_leaves_it_in_the_mode_it_came_in(tiny_shards):
     import torch
 
     from fermodels.data import split_decoder
-    from fermodels.evaluate import predict_loader
+    from fermodels.scoring import predict_loader
     from fermodels.indexed import IndexedSplit, indexed_loader
     from fermodels.registry import create_model
     from fermodels.shardsplit import open_split

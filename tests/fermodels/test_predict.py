@@ -30,7 +30,6 @@ from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
 from ferdata.tario import iter_tar_samples
 from fermodels.data import split_decoder
-from fermodels.evaluate import predict_loader
 from fermodels.indexed import IndexedSplit, indexed_loader, read_member
 import fermodels.predict
 import fermodels.predictor
@@ -38,6 +37,7 @@ from fermodels.predict import (annotation_names, annotation_path, check_annotati
                                is_annotated_copy, iter_frames, predict_files, run_predict)
 from fermodels.predictor import Picture, Predictor, choose_backend
 from fermodels.runstate import load_checkpoint
+from fermodels.scoring import predict_loader
 from fermodels.shardsplit import open_split
 
 from tests.fermodels.helpers import REPO, stage_params, make_params

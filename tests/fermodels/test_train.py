@@ -155,11 +155,11 @@ def test_validation_scores_in_float32_even_when_training_in_mixed_precision(tiny
                                                                             one_thread):
     """best.pt is chosen by the computation `evaluate` reports with (float32), not by bf16/fp16
     rounding between near-tied epochs; training itself still runs under autocast."""
-    import fermodels.evaluate as evaluate
+    import fermodels.scoring as scoring
 
     calls, autocast_steps = [], []
-    real_predict, real_step = evaluate.predict_loader, trainer.train_step
-    monkeypatch.setattr(evaluate, "predict_loader", lambda *a, **k: calls.append(k.get("amp", False))
+    real_predict, real_step = scoring.predict_loader, trainer.train_step
+    monkeypatch.setattr(scoring, "predict_loader", lambda *a, **k: calls.append(k.get("amp", False))
                         or real_predict(*a, **k))
     amp_of = lambda *a: inspect.signature(real_step).bind(*a).arguments["amp"]      # noqa: E731
     monkeypatch.setattr(trainer, "train_step", lambda *a: autocast_steps.append(amp_of(*a)) or real_step(*a))
@@ -416,9 +416,9 @@ def test_fp16_autocast_on_cuda_trains_through_the_gradient_scaler(tiny_shards, t
     """GPUs without bf16 train in fp16 with a gradient scaler (an H200 has bf16, so fp16 is forced
     here): the steps run through an enabled scaler and its state is saved with the checkpoint
     (that a resume restores it is tested on the CPU)."""
-    import fermodels.evaluate as evaluate
+    import fermodels.scoring as scoring
 
-    for module in (trainer, evaluate):
+    for module in (trainer, scoring):
         monkeypatch.setattr(module, "amp_dtype", lambda device: torch.float16)
     made, real_scaler = [], torch.amp.GradScaler
 
