@@ -26,7 +26,6 @@ remaining tensors would load into a network that is neither pretrained nor rando
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import zipfile
@@ -40,6 +39,7 @@ from torch import Tensor, nn
 
 from ferdata.errors import no_memory_for, out_of_memory
 from ferdata.registry import Registry
+from ferdata.tario import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,7 @@ def weight_file_digests(kwargs: Mapping[str, object]) -> dict[str, str]:
     for key in WEIGHT_FILE_KWARGS:
         value = kwargs.get(key)
         if isinstance(value, str) and value and value != FROM_CHECKPOINT:
-            digest = hashlib.sha256()
-            with open(Path(value).expanduser(), "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            out[key] = digest.hexdigest()
+            out[key] = sha256_file(Path(value).expanduser())
     return out
 
 

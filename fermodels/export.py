@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ferdata.atomic import atomic_write_text, held_folder, remove_unlocked
 from ferdata.crop import keypoint_source
 from ferdata.geometry import FLIP_68, template
+from ferdata.tario import sha256_file
 from fermodels.modelinput import normalise, pixel_affine
 from fermodels.runstate import load_checkpoint, model_from_checkpoint
 
@@ -137,16 +138,6 @@ def provenance(state: dict) -> dict:
             "shards": {split: data[split] for split in ("train", "val") if split in data}}
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 LANDMARK_KEYPOINTS = ("the eye centres (the means of iBUG-68 points 36-41 and 42-47), the nose tip (30) and the "
                       "mouth corners (48, 54) of the face's 68 landmarks: the training faces were aligned by their "
                       "dataset's own landmarks so; a detector's own 5 keypoints (RetinaFace's, SCRFD's) sit a few "
@@ -250,7 +241,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
             files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
     meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
     # a graph copied beside another export's .json, or the checkpoint it came from, is told by its hash
-    meta["sha256"] = {"checkpoint": _sha256(Path(checkpoint)), **{fmt: _sha256(out / f) for fmt, f in files.items()}}
+    meta["sha256"] = {"checkpoint": sha256_file(checkpoint), **{fmt: sha256_file(out / f) for fmt, f in files.items()}}
     atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))
     return meta
