@@ -163,19 +163,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
                          f"{len(classes)}-class model can be scored on"
                          + (" (prepared with shard.val_fraction 0?)" if params.split == "val" else ""))
     if (trained_grey or grey) and not split.grey:
-        told = (Path(checkpoint).name, params.split, ", ".join(names))
-        if not _colour_faces(dataset):      # shards prepared before the shard stage recorded grey_faces: unmarked
-            log.info("evaluate: the %s faces of %s look grey but their _info.json does not say so (prepared before "
-                     "grey_faces was recorded? prepare them again)", *told[1:])
-        elif not grey:
-            log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all "
-                        "grey: scored as they are (evaluate.grey: false), colours the model never saw, where "
-                        "`ferdata predict` turns a face grey for it first", *told)
-        else:
-            log.info("evaluate: the %s faces of %s are scored turned grey (BT.601 luma, R = G = B) for %s, as "
-                     "`ferdata predict` scores a face%s", params.split, ", ".join(names), Path(checkpoint).name,
-                     " for a model trained on grey faces only (evaluate.grey: false keeps their colours)"
-                     if params.grey is None else " with --grey (evaluate.grey: true)")
+        _tell_grey(dataset, grey, params, checkpoint, names)
     batch_size = card.scoring_batch(params.batch_size)
     if batch_size != params.batch_size:
         log.warning("evaluate: %s's predictions depend on the other faces in a batch (its card: per_sample false): "
@@ -209,30 +197,50 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         "classes": list(classes), "averaged_over": [c for c, n in zip(classes, cm.sum(1)) if n],
     })
     if len(dirs) > 1:
-        which = np.asarray(dataset.dataset_index)
-        if unscored := [name for i, name in enumerate(names) if not (which == i).any()]:
-            log.warning("evaluate: %s hold(s) no %s sample a %d-class model can be scored on: left out of "
-                        "per_dataset", ", ".join(unscored), params.split, len(classes))
-        metrics["per_dataset"] = {name: {**metrics_from_confusion(
-            confusion_matrix(labels[which == i], preds[which == i], len(classes)), classes),
-            "excluded": dict(sorted(dataset.excluded_per_dataset[i].items()))}
-            for i, name in enumerate(names) if name not in unscored}
+        metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split)
     subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:
         metrics["per_subset"] = subsets
     if composition is not None:
         metrics["batch_composition"] = composition
+    _write_outputs(out, metrics, labels, preds, cm, classes,
+                   title=f"{state['model']} on {'+'.join(names)} {params.split}")
+    return metrics
+
+
+def _write_outputs(out: Path, metrics: dict, labels: np.ndarray, preds: np.ndarray, cm: np.ndarray,
+                   classes: Sequence[str], title: str) -> None:
+    """metrics.json, confusion.json (``dvc plots``) and confusion.png into ``out``, and the figures logged."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "confusion.json", json.dumps(confusion_rows(labels, preds, classes), indent=1) + "\n")
-    plot_confusion(cm, classes, out / "confusion.png", title=f"{state['model']} on {'+'.join(names)} {params.split}")
+    plot_confusion(cm, classes, out / "confusion.png", title=title)
     log.info("evaluate: acc %.4f, mean class acc %.4f, macro-F1 %.4f on %d samples%s; written to %s "
              "(metrics.json, confusion.json, confusion.png)", metrics["accuracy"], metrics["mean_class_accuracy"],
              metrics["macro_f1"], metrics["num_samples"], " (cross-dataset)" if metrics["cross_dataset"] else "", out)
-    for name, m in subsets.items():
+    for name, m in metrics.get("per_subset", {}).items():
         log.info("evaluate: subset %s: acc %.4f, mean class acc %.4f on %d samples", name, m["accuracy"],
                  m["mean_class_accuracy"], m["num_samples"])
-    return metrics
+
+
+def _tell_grey(dataset: IndexedSplit, grey: bool, params: EvalParams, checkpoint: str | Path,
+               names: Sequence[str]) -> None:
+    """Say how faces not recorded grey are scored for a model trained on grey faces or asked to score
+    in grey (``grey``: whether they are turned grey): as they are, turned grey, or already grey though
+    their ``_info.json`` does not say so."""
+    told = (Path(checkpoint).name, params.split, ", ".join(names))
+    if not _colour_faces(dataset):      # shards prepared before the shard stage recorded grey_faces: unmarked
+        log.info("evaluate: the %s faces of %s look grey but their _info.json does not say so (prepared before "
+                 "grey_faces was recorded? prepare them again)", *told[1:])
+    elif not grey:
+        log.warning("evaluate: %s was trained on grey faces only (R = G = B) and the %s faces of %s are not all "
+                    "grey: scored as they are (evaluate.grey: false), colours the model never saw, where "
+                    "`ferdata predict` turns a face grey for it first", *told)
+    else:
+        log.info("evaluate: the %s faces of %s are scored turned grey (BT.601 luma, R = G = B) for %s, as "
+                 "`ferdata predict` scores a face%s", params.split, ", ".join(names), Path(checkpoint).name,
+                 " for a model trained on grey faces only (evaluate.grey: false keeps their colours)"
+                 if params.grey is None else " with --grey (evaluate.grey: true)")
 
 
 def check_preprocess(trained: dict, shards: dict, fields: Sequence[str], checkpoint: str | Path,
@@ -287,6 +295,21 @@ def check_face_sources(trained: Mapping[str, int], tested: Mapping[str, int], ch
                     "the model learnt; prepare the test data with the training's face backend",
                     ", ".join(map(str, dirs)), " and ".join(sorted(other)), Path(checkpoint).name,
                     " and ".join(sorted(face_sources(trained))))
+
+
+def per_dataset(dataset: IndexedSplit, names: Sequence[str], labels: np.ndarray, preds: np.ndarray,
+                classes: Sequence[str], split: str) -> dict[str, dict]:
+    """Metrics of each of several datasets evaluated together, with the samples left out of each; a
+    dataset with no sample the model can be scored on is left out (and said so). ``labels``/``preds``
+    are in ``dataset`` order."""
+    which = np.asarray(dataset.dataset_index)
+    if unscored := [name for i, name in enumerate(names) if not (which == i).any()]:
+        log.warning("evaluate: %s hold(s) no %s sample a %d-class model can be scored on: left out of "
+                    "per_dataset", ", ".join(unscored), split, len(classes))
+    return {name: {**metrics_from_confusion(confusion_matrix(labels[which == i], preds[which == i], len(classes)),
+                                            classes),
+                   "excluded": dict(sorted(dataset.excluded_per_dataset[i].items()))}
+            for i, name in enumerate(names) if name not in unscored}
 
 
 def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,
