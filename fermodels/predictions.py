@@ -83,18 +83,6 @@ def json_text(rows: list[dict], summary: list[dict], scoring: dict | None = None
                        **({} if complete else {"complete": False})}, indent=2) + "\n"
 
 
-def write_rows(rows: list[dict], summary: list[dict], classes: tuple[str, ...], out: Path | None,
-               scoring: dict | None = None) -> str:
-    """CSV (``.csv`` or stdout) or JSON (``.json``, :func:`json_text`); returns the text."""
-    if out is not None and out.suffix.lower() == ".json":
-        text = json_text(rows, summary, scoring)
-    else:
-        text = csv_text(rows, classes, header=True)
-    if out is not None:                 # names undecodable as UTF-8 kept
-        atomic_write_bytes(out, text.encode("utf-8", errors="surrogateescape"))
-    return text
-
-
 def partial_path(out: Path) -> Path:
     """Where a run writing ``out`` keeps what it scored until it ends (then renamed to ``out``), and leaves
     it when stopped: ``<out>.partial``; a name too long for that keeps its start and gains a digest."""

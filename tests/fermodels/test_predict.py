@@ -974,14 +974,14 @@ def test_a_face_with_non_finite_probabilities_gets_no_expression(photos, predict
                                                                   caplog, one_thread):
     """Not the first class (argmax of NaNs), and no NaN in the JSON (not JSON), nor in annotations."""
     from fermodels.predict import run_predict
-    from fermodels.predictions import write_rows
+    from fermodels.predictions import json_text
 
     monkeypatch.setattr(predictor, "probabilities", lambda faces: np.full((len(faces), len(predictor.classes)), np.nan))
     rows, summary = run_predict(predictor, [photos / "astronaut.jpg"], batch_size=2, every=1,
                                 annotate=tmp_path / "ann")
     assert len(rows) == 1 and rows[0]["expression"] is None and all(rows[0][c] is None for c in predictor.classes)
     assert "probabilities are not finite" in caplog.text
-    json.loads(write_rows(rows, summary, predictor.classes, tmp_path / "out.json"), parse_constant=pytest.fail)
+    json.loads(json_text(rows, summary), parse_constant=pytest.fail)
     assert (tmp_path / "ann" / "astronaut.jpg").is_file()
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 
-from fermodels.predictions import write_rows
+from fermodels.predictions import Results, written_as_scored
 
 
 def _row(source: str) -> dict:
@@ -15,7 +15,9 @@ def test_a_file_name_holding_a_carriage_return_stays_one_csv_row(tmp_path):
     """A bare ``\\r`` in a name was written unquoted (Python < 3.11.9 quotes only the line terminator's
     characters): every CSV reader ended the row there, one face's row read as two broken ones."""
     names = ["in/cr\rdone.jpg", "in/plain.jpg", "in/both\r\nx.jpg"]
-    write_rows([_row(n) for n in names], [], ("Neutral", "Happy"), tmp_path / "out.csv")
+    results = Results()
+    with written_as_scored(results, ("Neutral", "Happy"), tmp_path / "out.csv", None, {}):     # as predict writes
+        results.add([_row(n) for n in names])
     with open(tmp_path / "out.csv", newline="", encoding="utf-8") as f:
         read = list(csv.DictReader(f))
     assert [r["source"] for r in read] == names

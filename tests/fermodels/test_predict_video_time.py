@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from fermodels.predict import iter_frames
-from fermodels.predictions import write_rows
+from fermodels.predictions import csv_text
 
 VFR_MS = [0.0, 40.0, 80.0, 2000.0, 2040.0, 5000.0]       # a pause, as a phone records one
 
@@ -62,5 +62,5 @@ def test_a_constant_rate_video_frames_times_are_index_over_fps(tmp_path):
 def test_the_csv_has_a_time_column_empty_for_still_images():
     rows = [{"source": s, "frame": f, "face": 0, "box": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "expression": "Happy",
              "Happy": 1.0, "time": t} for s, f, t in (("a.jpg", 0, None), ("v.mp4", 3, 2.04))]
-    header, still, frame = list(csv.reader(io.StringIO(write_rows(rows, [], ("Happy",), None))))
+    header, still, frame = list(csv.reader(io.StringIO(csv_text(rows, ("Happy",), header=True))))
     assert header[-1] == "time" and still[-1] == "" and frame[-1] == "2.04"
