@@ -23,7 +23,7 @@ from ferdata.io import BadImage, Decoded, decode_jpeg_rgb, grey_copy
 from ferdata.records import LABEL_MODE, SOFT_LABEL
 from ferdata.tario import load_npy
 from fermodels.losses import TARGET_KINDS
-from fermodels.registry import ModelCard
+from fermodels.registry import FIELDS, ModelCard
 from fermodels.shardsplit import Split, stored_side
 
 MEMBERS = {"image": "jpg", "left": "left.jpg", "right": "right.jpg", "heatmap": "heatmap.png", "lmk": "lmk.npy"}
@@ -242,7 +242,6 @@ def assemble(fields: dict[str, torch.Tensor], rest: dict) -> dict:
     return batch
 
 
-FIELDS = ("image", "left", "right", "heatmap", "lmk")
 TARGETS = ("target", "target_kind")
 IMAGES = ("image", "left", "right")
 

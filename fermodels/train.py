@@ -153,11 +153,9 @@ class _Run:
     opt: Any
     scaler: torch.amp.GradScaler
     decoder: SampleDecoder
-    train_split: Split
     val_loader: DataLoader | None           # this rank's share of the val split (workers kept); None: no split
     data: dict
     preprocess: dict
-    repeat: ClassRepeat | None
     class_weight: torch.Tensor
     loader: PersistentLoader
     steps_per_epoch: int
@@ -220,19 +218,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
         log.info("each epoch is cut into %d shuffle stream(s), not train.streams %d: each stream shuffles at "
                  "least train.shuffle_buffer (%d) samples and makes a batch%s", streams, params.streams,
                  params.shuffle_buffer, idle)
-    data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
-            "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
-            "face_backend_options": train_split.face_backend_options, "code": code_fingerprint(),
-            "device": device.type}          # cpu or cuda: train.device auto, cuda and cuda:1 train alike
-    if weights := weight_file_digests(params.model_kwargs):      # other weights under the same path: another run
-        data["weights"] = weights
-    if train_split.grey:                # every training face grey: predict turns colour faces grey for the model
-        data[GREY] = True               # (only then: a colour run's checkpoints as before)
-    elif grey := [d for d, made in train_split.made_by.items() if made.get(GREY) is True]:
-        log.warning("%s record(s) every face grey (grey_faces) and %s do(es) not: colour faces, or grey faces prepared "
-                    "before the shard stage recorded grey_faces (prepare those again: `dvc repro shard@<name>`); the "
-                    "checkpoint records no data.grey_faces, so `ferdata predict` scores colour pictures in colour for "
-                    "it", ", ".join(grey), ", ".join(d for d in train_split.dirs if d not in grey))
+    data = _data_record(params, train_split, val_split, device)
     state = _on_rank_0(lambda: resume_state(ckpt_dir, asdict(params), data, live_dir), env, share=True)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()
@@ -262,10 +248,30 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                              net.card.scoring_batch(max(1, params.batch_size // env.world_size)), params.workers,
                              persistent=True) if selects else None
     whole = GlobalBatch(env.world_size, env.rank, params.batch_size // env.world_size) if env.distributed else None
-    return _Run(net, ddp_wrap(net, env, device, params.num_classes, params.compile), opt, scaler,
-                decoder, train_split, val_loader, data, preprocess, repeat, class_weight_tensor(counts, device),
-                loader, steps, start, best, start.step, not (params.class_weights or params.label_smoothing), ema,
-                resumed, whole=whole, threads=threads, streams=streams)
+    return _Run(net=net, fwd=ddp_wrap(net, env, device, params.num_classes, params.compile), opt=opt, scaler=scaler,
+                decoder=decoder, val_loader=val_loader, data=data, preprocess=preprocess,
+                class_weight=class_weight_tensor(counts, device), loader=loader, steps_per_epoch=steps, start=start,
+                best=best, step=start.step, extras_checked=not (params.class_weights or params.label_smoothing),
+                ema=ema, resumed=resumed, whole=whole, threads=threads, streams=streams)
+
+
+def _data_record(params: TrainParams, train_split: Split, val_split: Split, device: torch.device) -> dict:
+    """What the run trains on, recorded in its checkpoints (``data``): a run resumes only on the same
+    record (:func:`fermodels.runstate.resume_state`), and predict finds and turns faces as it says."""
+    data = {"datasets": list(params.datasets), "train": train_split.hashes, "val": val_split.hashes,
+            "face_backends": train_split.face_backends,     # predict finds faces as the training data's were
+            "face_backend_options": train_split.face_backend_options, "code": code_fingerprint(),
+            "device": device.type}          # cpu or cuda: train.device auto, cuda and cuda:1 train alike
+    if weights := weight_file_digests(params.model_kwargs):      # other weights under the same path: another run
+        data["weights"] = weights
+    if train_split.grey:                # every training face grey: predict turns colour faces grey for the model
+        data[GREY] = True               # (only then: a colour run's checkpoints as before)
+    elif grey := [d for d, made in train_split.made_by.items() if made.get(GREY) is True]:
+        log.warning("%s record(s) every face grey (grey_faces) and %s do(es) not: colour faces, or grey faces prepared "
+                    "before the shard stage recorded grey_faces (prepare those again: `dvc repro shard@<name>`); the "
+                    "checkpoint records no data.grey_faces, so `ferdata predict` scores colour pictures in colour for "
+                    "it", ", ".join(grey), ", ".join(d for d in train_split.dirs if d not in grey))
+    return data
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,
