@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from ferdata.atomic import atomic_write_text, held_folder, remove_unlocked
-from ferdata.crop import keypoint_source
 from ferdata.geometry import FLIP_68, template
 from ferdata.tario import sha256_file
 from fermodels.modelinput import normalise, pixel_affine
@@ -149,6 +148,8 @@ def alignment(preprocess: dict, card, face_backends: dict | None = None) -> dict
     the training crops were warped to, which 5 points of a face were warped to it (``face_backends``, the
     checkpoint's: all ``annotations``, the five points of 68 landmarks), and how a crop is brought to the
     model's input size."""
+    from fermodels.predictor import training_keypoints
+
     if "align" not in preprocess:
         log.warning("the checkpoint records no align/derive settings (trained before they were recorded): "
                     "the export's alignment section is empty")
@@ -160,7 +161,7 @@ def alignment(preprocess: dict, card, face_backends: dict | None = None) -> dict
         # full precision: rounded to 1e-4 px (a padded or 128-based template), crops moved by a level here and
         # there, which the crop's JPEG made 3 (probabilities 1e-3 apart)
         "template": [[float(v) for v in point] for point in template(size, padding)],
-        "keypoints_from": (LANDMARK_KEYPOINTS if keypoint_source(face_backends) == "landmarks" else
+        "keypoints_from": (LANDMARK_KEYPOINTS if training_keypoints(face_backends) == "landmarks" else
                            "the face detector's own 5 keypoints (face_backends names the detector)"),
         "crop_size": size,
         "crop": "least-squares similarity (rotation, uniform scale, shift) taking the 5 keypoints (in image pixels, "

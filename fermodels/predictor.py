@@ -192,7 +192,8 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
         if missing:
             log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "
                         "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
-        elif whole := [n for n in ranked if n in WHOLE_IMAGE_BACKENDS]:
+        elif (whole := [n for n in ranked if n in WHOLE_IMAGE_BACKENDS]) and 2 * sum(
+                trained[n] for n in whole) > sum(trained.values()):
             # the dataset's own crops: framed as its publisher cut them, not by the 5-point template auto warps new
             # faces to (face-box crops grown 20%: the eyes 7-13 px of 112 higher, 44 grey levels apart on average)
             log.warning("the model's training faces are the dataset's own crops (%s), framed as the dataset cut "
@@ -205,6 +206,14 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
         backend = create_backend("auto", options, model_dir, allow_download)
     warn_unread_options(backend, options or {})
     return backend
+
+
+def training_keypoints(trained: Mapping[str, int] | None) -> str:
+    """:func:`ferdata.crop.keypoint_source` of the training faces that were placed by 5 points: a dataset's own
+    crops (``precropped``, FERPlus's or RAF-DB's aligned pictures) were framed by no keypoints at all, so a
+    pooled model of AffectNet by its landmarks (``annotations``) and FERPlus (``precropped``) aligns new faces
+    by their 68 landmarks' five points, as its landmark-placed faces were, not by the detector's keypoints."""
+    return keypoint_source({name: n for name, n in (trained or {}).items() if name not in WHOLE_IMAGE_BACKENDS})
 
 
 def check_candidate_options(candidates: list[str], options: Mapping[str, Any]) -> None:
@@ -271,7 +280,7 @@ class Predictor:
         elif trained_grey:
             log.warning("the model was trained on grey faces only (R = G = B): scoring faces in colour, as asked, "
                         "which the model never saw (leave --colour out to score them in grey)")
-        self.keypoints = keypoints or keypoint_source(data.get("face_backends", {}))
+        self.keypoints = keypoints or training_keypoints(data.get("face_backends", {}))
         self._no_landmarks_told = False
         if self.keypoints not in ("detector", "landmarks"):           # before the face models load (seconds)
             raise ValueError(f"keypoints must be detector or landmarks, got {self.keypoints!r}")
