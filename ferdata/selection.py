@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ferdata.atomic import atomic_write_text
+from ferdata.classes import CLASSES, stored_class_id
 from ferdata.errors import NamedKeyError
 from ferdata.layout import INFO, stage_dirs
 from ferdata.params import is_name_list, repeated
@@ -196,12 +197,62 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
             if other == name:
                 continue
             for t in against:
-                theirs, copied = pictures(other, t), {}
-                for sha, key in sorted(pictures(name, s).items(), key=lambda i: i[1]):
-                    if sha in theirs:       # found by its picture and by its face (maybe another sample's): once
-                        copied.setdefault(key, theirs[sha])
-                found += [f"{name}/{s}/{key} is {other}/{t}/{theirs_key}" for key, theirs_key in copied.items()]
+                found += [f"{name}/{s}/{key} is {other}/{t}/{theirs}"
+                          for key, theirs in _copied(pictures(name, s), pictures(other, t)).items()]
     return found
+
+
+def _copied(ours: Mapping[str, str], theirs: Mapping[str, str]) -> dict[str, str]:
+    """Our key -> their key of each of our samples whose picture or face (:func:`_pictures`) they hold; a
+    sample found by its picture and by its face (maybe another sample's) once, in our keys' order."""
+    copied: dict[str, str] = {}
+    for sha, key in sorted(ours.items(), key=lambda i: i[1]):
+        if sha in theirs:
+            copied.setdefault(key, theirs[sha])
+    return copied
+
+
+def trained_twice(data_dir: str | Path, trained_on: Sequence[str]) -> list[str]:
+    """Faces the train splits of two datasets of a run both hold (the same picture or aligned face, as
+    :func:`copies_across_datasets` finds them: RAF-DB and a folder copy of it, FER2013 and FERPlus): within
+    one dataset the align stage keeps such a copy once, or drops the copies whose labels disagree; across
+    datasets each was trained on twice an epoch, under each dataset's label. One line per copy,
+    ``<ds>/train/<key> is <ds>/train/<key>``, with both labels where they differ; empty for one dataset."""
+    names = list(dict.fromkeys(trained_on))
+    if len(names) < 2:
+        return []
+    shards = {name: stage_dirs(data_dir, name)["shards"] for name in names}
+    pictures = {name: _pictures(shards[name], "train") for name in names}
+    pairs = [(name, key, other, theirs) for i, name in enumerate(names) for other in names[i + 1:]
+             for key, theirs in _copied(pictures[name], pictures[other]).items()]
+    wanted: dict[str, set[str]] = {name: set() for name in names}
+    for name, key, other, theirs in pairs:
+        wanted[name].add(key)
+        wanted[other].add(theirs)
+    labels = {name: _labels(shards[name], "train", keys) for name, keys in wanted.items()}
+    lines = []
+    for name, key, other, theirs in pairs:
+        ours, their = labels[name].get(key), labels[other].get(theirs)
+        differ = ours is not None and their is not None and ours != their
+        told = f" (labelled {CLASSES[ours]} and {CLASSES[their]})" if differ else ""
+        lines.append(f"{name}/train/{key} is {other}/train/{theirs}{told}")
+    return lines
+
+
+def _labels(shards_dir: Path, split: str, keys: set[str]) -> dict[str, int]:
+    """The class id (``cls``) of each of ``keys`` in ``split`` of ``shards_dir`` (one without a readable
+    one left out)."""
+    if not keys:
+        return {}
+    index = index_tars(listed_shard(shards_dir / split, s["name"]) for s in read_info(shards_dir, split)
+                       .get("shards", []))
+    out: dict[str, int] = {}
+    with MemberReader() as read:
+        for key in sorted(keys):
+            if (member := index.get(key, {}).get("cls")) is not None and \
+                    (label := stored_class_id(read(member))) is not None:
+                out[key] = label
+    return out
 
 
 # `dvc repro select` runs the stages before it too: on a machine that pulled the shards and holds no raw

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from ferdata.errors import NamedKeyError
 from ferdata.params import dataset_specs, section_values
 from ferdata.selection import (SPLITS_READ, check_run_datasets, copies_across_datasets, scored_splits, tested_on,
-                               write_selection)
+                               trained_twice, write_selection)
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
@@ -42,6 +42,14 @@ def main() -> None:
             "aligned face), so the model trains on faces it is scored on: %s%s; remove those pictures from one of "
             "the datasets",
             len(copies), "; ".join(copies[:5]), " ..." if len(copies) > 5 else "")
+    if twice := trained_twice(data_dir, trained_on):
+        conflicting = sum(" (labelled " in line for line in twice)
+        logging.getLogger("pipeline.select").warning(
+            "%d face(s) are in the train splits of two datasets of this run (the same picture or aligned face), so "
+            "each is trained on twice an epoch%s, where within one dataset a copy is kept once and copies whose "
+            "labels disagree are dropped: %s%s; remove those pictures from one of the datasets",
+            len(twice), f", {conflicting} of them under two labels" if conflicting else "", "; ".join(twice[:5]),
+            " ..." if len(twice) > 5 else "")
 
 
 if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__
