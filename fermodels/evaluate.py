@@ -194,7 +194,7 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         "excluded": dict(sorted(dataset.excluded.items())),
         # what the figures are over: the model's outputs, and the classes with test faces, which mean class
         # accuracy and macro-F1 average (a class only predicted is in per_class, not in the averages)
-        "classes": list(classes), "averaged_over": [c for c, n in zip(classes, cm.sum(1)) if n],
+        "classes": list(classes), "averaged_over": averaged_over(cm, classes),
     })
     if len(dirs) > 1:
         metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split)
@@ -299,17 +299,29 @@ def check_face_sources(trained: Mapping[str, int], tested: Mapping[str, int], ch
 
 def per_dataset(dataset: IndexedSplit, names: Sequence[str], labels: np.ndarray, preds: np.ndarray,
                 classes: Sequence[str], split: str) -> dict[str, dict]:
-    """Metrics of each of several datasets evaluated together, with the samples left out of each; a
-    dataset with no sample the model can be scored on is left out (and said so). ``labels``/``preds``
-    are in ``dataset`` order."""
+    """Metrics of each of several datasets evaluated together, with the classes its averages run over
+    (they differ by dataset: RAF-DB's 7 beside AffectNet-8's 8), its confusion matrix (rows true, columns
+    predicted: they add up to the pooled one, whose precision and macro-F1 the datasets' figures cannot
+    give) and the samples left out of it; a dataset with no sample the model can be scored on is left
+    out (and said so). ``labels``/``preds`` are in ``dataset`` order."""
     which = np.asarray(dataset.dataset_index)
     if unscored := [name for i, name in enumerate(names) if not (which == i).any()]:
         log.warning("evaluate: %s hold(s) no %s sample a %d-class model can be scored on: left out of "
                     "per_dataset", ", ".join(unscored), split, len(classes))
-    return {name: {**metrics_from_confusion(confusion_matrix(labels[which == i], preds[which == i], len(classes)),
-                                            classes),
-                   "excluded": dict(sorted(dataset.excluded_per_dataset[i].items()))}
-            for i, name in enumerate(names) if name not in unscored}
+    out = {}
+    for i, name in enumerate(names):
+        if name not in unscored:
+            cm = confusion_matrix(labels[which == i], preds[which == i], len(classes))
+            excluded = dict(sorted(dataset.excluded_per_dataset[i].items()))
+            out[name] = {**metrics_from_confusion(cm, classes), "averaged_over": averaged_over(cm, classes),
+                         "confusion_matrix": cm.tolist(), "excluded": excluded}
+    return out
+
+
+def averaged_over(cm: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """The classes with test faces (a row of ``cm`` that is not empty): those mean class accuracy and
+    macro-F1 average over (a class only predicted is in ``per_class``, not in the averages)."""
+    return [c for c, n in zip(classes, cm.sum(1)) if n]
 
 
 def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,
