@@ -54,7 +54,7 @@ from fermodels.augment import AugmentParams, augment_batch  # noqa: E402
 from fermodels.data import SampleDecoder, split_decoder, travel_side  # noqa: E402
 from fermodels.distributed import DistEnv  # noqa: E402
 from fermodels.epochplan import WorkerPlan, plan_epoch  # noqa: E402
-from fermodels.info import synthetic_landmarks  # noqa: E402
+from fermodels.examples import synthetic_landmarks  # noqa: E402
 from fermodels.modelinput import normalise, to_device  # noqa: E402
 from fermodels.optim import build_optimizer  # noqa: E402
 from fermodels.registry import create_model, list_models  # noqa: E402

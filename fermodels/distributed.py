@@ -289,7 +289,7 @@ def ddp_wrap(net: nn.Module, env: DistEnv, device: torch.device, num_classes: in
     fwd: nn.Module = net
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
-        from fermodels.info import example_batch
+        from fermodels.examples import example_batch
 
         was_training = net.training
         example = {k: v.to(device) for k, v in example_batch(net.card, 2, num_classes).items()}

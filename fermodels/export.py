@@ -64,7 +64,7 @@ def input_shapes(card, batch: int) -> dict[str, list[int]]:
 
 def example_inputs(card, batch: int = 2, seed: int = 0) -> tuple[Tensor, ...]:
     """Plausible pixel-space inputs for tracing and parity checks."""
-    from fermodels.info import synthetic_landmarks
+    from fermodels.examples import synthetic_landmarks
 
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -118,3 +118,11 @@ def test_training_does_not_run_the_evaluate_stage():
     reached = closure(ROOT / "pipeline" / "train.py")
     assert "fermodels/scoring.py" in reached
     assert "fermodels/evaluate.py" not in reached
+
+
+def test_training_does_not_run_the_model_size_report():
+    """torch.compile's trial step takes its stand-in batch from :mod:`fermodels.examples`, not from
+    ``fermodels info``'s module: editing how parameters and MACs are counted must not restart training."""
+    for stage in ("train", "evaluate"):
+        reached = closure(ROOT / "pipeline" / f"{stage}.py")
+        assert "fermodels/examples.py" in reached and "fermodels/info.py" not in reached, stage

@@ -234,7 +234,7 @@ def test_flip_68_equals_the_ibug_mirror_table_and_keeps_a_symmetric_face():
         expected[a], expected[b] = b, a
     assert FLIP_68.tolist() == expected
 
-    from fermodels.info import synthetic_landmarks
+    from fermodels.examples import synthetic_landmarks
 
     face = synthetic_landmarks(112).numpy()
     # the synthetic face is symmetric about x = 56 and the flip axis is x = 55.5: 1 px apart at most

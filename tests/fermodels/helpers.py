@@ -19,7 +19,7 @@ from ferdata.stages.align import AlignParams, run_align
 from ferdata.stages.derive import DeriveParams, run_derive
 from ferdata.stages.detect import DetectParams, run_detect
 from ferdata.stages.shard import ShardParams, run_shard
-from fermodels.info import synthetic_landmarks
+from fermodels.examples import synthetic_landmarks
 from fermodels.recipes import apply_recipe
 from fermodels.trainparams import TrainParams
 

@@ -158,7 +158,7 @@ def test_a_face_scores_alike_in_any_batch_on_a_gpu_in_full_float32():
     The probe's own difference with TF32 on is printed, not asserted (it depends on the card)."""
     from fermodels.evaluate import SAME_PROB
     from fermodels.scoring import full_float32
-    from fermodels.info import example_batch
+    from fermodels.examples import example_batch
     from fermodels.modelinput import normalise
     from fermodels.registry import create_model
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ferdata.registry import UnknownNameError
-from fermodels.info import example_batch
+from fermodels.examples import example_batch
 from fermodels.losses import (LOSSES, TARGET_KINDS, cross_entropy, draw_targets, half_alignment, label_loss,
                               neutral_aware_anchor, soft_cross_entropy)
 from fermodels.registry import create_model

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from fermodels.cli import app
-from fermodels.info import example_batch, model_info, synthetic_landmarks
+from fermodels.examples import example_batch, synthetic_landmarks
+from fermodels.info import model_info
 from fermodels.losses import GLOBAL_BATCH, neutral_aware_anchor
 from fermodels.registry import FIELDS, create_model, list_models
 

@@ -648,7 +648,7 @@ def test_torch_compile_on_cpu(tiny_shards, tmp_path):
 # ---- device-side augmentation --------------------------------------------------------------
 
 def _face_batch(n: int = 3, size: int = 32) -> dict:
-    from fermodels.info import synthetic_landmarks
+    from fermodels.examples import synthetic_landmarks
     from ferdata.heatmap import landmark_heatmaps
 
     g = torch.Generator().manual_seed(0)
@@ -962,7 +962,7 @@ def test_the_weights_and_smoothing_probe_does_not_depend_on_the_label_mode(kind)
     or sets of labels (multi_target, never smoothed), made a model that reads both settings look as
     if it ignored them (a random NotImplementedError at the first step); one that does ignore the
     class weights is still refused."""
-    from fermodels.info import example_batch
+    from fermodels.examples import example_batch
     from fermodels.losses import TARGET_KINDS
 
     net = create_model("convcut", num_classes=7)
