@@ -181,27 +181,40 @@ def test_an_export_of_a_grey_model_says_so(grey_run, tiny_run):
     assert "grey_faces" not in metadata(colour, model_from_checkpoint(colour).card, {})
 
 
-def test_evaluating_a_grey_model_on_colour_faces_scores_them_grey_as_predict_serves_them(
-        grey_run, grey_shards, tiny_shards, tmp_path, caplog, monkeypatch, one_thread):
-    """A model trained on grey faces alone (FER2013) tested on a colour dataset (RAF-DB) was scored on
-    colours it never saw, with a warning that `predict` would turn them grey: evaluate now does as predict
-    does (evaluate.grey: null), and evaluate.grey: false keeps the colours, warned of as before."""
+@pytest.fixture
+def fed(monkeypatch) -> list[bool]:
+    """Whether each evaluate pass fed the model grey faces only (R = G = B), in order."""
     import fermodels.evaluate
-    from ferdata.params import load_params
-    from fermodels.evaluate import EvalParams, evaluate
 
-    from tests.fermodels.helpers import REPO, stage_params
-
-    fed: list[bool] = []
+    seen: list[bool] = []
     scored = fermodels.evaluate.predict_loader
 
     def spy(model, loader, *args, **kwargs):
-        fed.append(all(_is_grey(b["image"].permute(0, 2, 3, 1).numpy()) for b in loader))
+        seen.append(all(_is_grey(b["image"].permute(0, 2, 3, 1).numpy()) for b in loader))
         return scored(model, loader, *args, **kwargs)
     monkeypatch.setattr(fermodels.evaluate, "predict_loader", spy)
+    return seen
 
-    params = stage_params(EvalParams, load_params(REPO / "params.yaml")["evaluate"], workers=0, device="cpu",
-                          batch_check=False)
+
+def _eval_params():
+    """The project's evaluate section, quick: in the test process, on the CPU, no batch check."""
+    from ferdata.params import load_params
+    from fermodels.evaluate import EvalParams
+
+    from tests.fermodels.helpers import REPO, stage_params
+
+    return stage_params(EvalParams, load_params(REPO / "params.yaml")["evaluate"], workers=0, device="cpu",
+                        batch_check=False)
+
+
+def test_evaluating_a_grey_model_on_colour_faces_scores_them_grey_as_predict_serves_them(
+        grey_run, grey_shards, tiny_shards, tmp_path, caplog, fed, one_thread):
+    """A model trained on grey faces alone (FER2013) tested on a colour dataset (RAF-DB) was scored on
+    colours it never saw, with a warning that `predict` would turn them grey: evaluate now does as predict
+    does (evaluate.grey: null), and evaluate.grey: false keeps the colours, warned of as before."""
+    from fermodels.evaluate import EvalParams, evaluate
+
+    params = _eval_params()
     assert params.grey is None                                          # the project's default
     with caplog.at_level("INFO", logger="fermodels"):
         assert evaluate(grey_run, grey_shards, params, tmp_path / "own")["grey"] is True
@@ -216,22 +229,10 @@ def test_evaluating_a_grey_model_on_colour_faces_scores_them_grey_as_predict_ser
     assert "trained on grey faces only" in caplog.text and "not all grey" in caplog.text
 
 
-def test_a_colour_model_is_scored_on_grey_faces_when_asked(tiny_run, tmp_path, caplog, monkeypatch, one_thread):
-    import fermodels.evaluate
-    from ferdata.params import load_params
+def test_a_colour_model_is_scored_on_grey_faces_when_asked(tiny_run, tmp_path, caplog, fed, one_thread):
     from fermodels.evaluate import EvalParams, evaluate
 
-    from tests.fermodels.helpers import REPO, stage_params
-
-    fed: list[bool] = []
-    scored = fermodels.evaluate.predict_loader
-
-    def spy(model, loader, *args, **kwargs):
-        fed.append(all(_is_grey(b["image"].permute(0, 2, 3, 1).numpy()) for b in loader))
-        return scored(model, loader, *args, **kwargs)
-    monkeypatch.setattr(fermodels.evaluate, "predict_loader", spy)
-    params = stage_params(EvalParams, load_params(REPO / "params.yaml")["evaluate"], workers=0, device="cpu",
-                          batch_check=False)
+    params = _eval_params()
     assert evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], params, tmp_path / "as")["grey"] is False
     with caplog.at_level("INFO", logger="fermodels"):
         asked = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"],
