@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -385,13 +386,23 @@ def predict(
         options = parse_assignments(backend_option, example="threads=2")
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--backend-option") from None
-    _, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
-                               backend_options=options, batch_size=batch_size, every=every, device=device,
-                               flip_tta=flip_tta, allow_download=allow_download, grey=grey,
-                               keypoints=keypoints, stream=write_stdout if out is None else None)
+    # `kill`, `timeout`, a container's stop: the run ends as on Ctrl-C, keeping what it scored (a .json's
+    # .partial too; a signal's default action ends the process with the rows held in memory), status 128 + 15
+    before = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        _, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
+                                   backend_options=options, batch_size=batch_size, every=every, device=device,
+                                   flip_tta=flip_tta, allow_download=allow_download, grey=grey,
+                                   keypoints=keypoints, stream=write_stdout if out is None else None)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     typer.echo(describe(summary), err=True)
     if summary and all(s.get("problem") for s in summary):   # nothing scored: not "no faces"
         raise typer.Exit(1)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def write_stdout(text: str) -> None:

@@ -27,7 +27,7 @@ from ferdata.imagefile import read_header
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
 from ferdata.stages.detect_work import DETECTOR_FAILED
-from fermodels.predictions import NAME_MAX, Results, csv_text, json_text, written_as_scored
+from fermodels.predictions import NAME_MAX, Results, csv_text, json_text, partial_path, written_as_scored
 from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
@@ -378,6 +378,9 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
     if out is not None and out.is_dir():
         raise ValueError(f"--out {out} is a folder: give the file to write (a name ending in .csv or .json)")
+    if out is not None and partial_path(out).is_dir():     # the run's rows go there first: found now, not at its end
+        raise ValueError(f"--out {out}: {partial_path(out)} is a folder, where the run keeps its rows until it ends: "
+                         "move it away, or choose another name")
     inputs = list(inputs)
     paths = expand_inputs(inputs)
     names = annotation_names(inputs, paths)

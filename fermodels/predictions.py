@@ -13,11 +13,12 @@ import io
 import json
 import logging
 import os
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ferdata.atomic import atomic_write_bytes, fsync_dir
+from ferdata.atomic import atomic_write_bytes, fsync_dir, try_lock
 from ferdata.errors import shown
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,14 @@ def json_text(rows: list[dict], summary: list[dict], scoring: dict | None = None
                        **({} if complete else {"complete": False})}, indent=2) + "\n"
 
 
+def scored_summary(rows: list[dict], summary: list[dict]) -> list[dict]:
+    """The entries of ``summary`` whose faces all have their rows in ``rows``: a run stopped between batches
+    has listed pictures whose faces were found but not yet scored (up to a batch of them), which a stopped
+    ``.json`` must not list as done."""
+    have = Counter((r["source"], r["frame"]) for r in rows)
+    return [s for s in summary if have[s["source"], s["frame"]] >= s.get("faces", 0)]
+
+
 def partial_path(out: Path) -> Path:
     """Where a run writing ``out`` keeps what it scored until it ends (then renamed to ``out``), and leaves
     it when stopped: ``<out>.partial``; a name too long for that keeps its start and gains a digest."""
@@ -96,6 +105,23 @@ def partial_path(out: Path) -> Path:
     return out.with_name(name)
 
 
+def _held_partial(partial: Path, out: Path):
+    """``partial`` opened for this run's CSV lines, emptied, and locked (:func:`ferdata.atomic.try_lock`) until
+    it is renamed to ``out``: two runs writing one ``--out`` (a cron job overrunning the next) wrote into one
+    file, the first renamed it with the second's lines over its own (NUL bytes, rows lost) and the second
+    failed after scoring every picture."""
+    while True:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o666)
+        if not try_lock(fd, forked_children_drop=False):
+            os.close(fd)
+            raise BlockingIOError(f"--out {out}: another `ferdata predict` is writing {partial} now; wait for it "
+                                  "to end, or choose another --out")
+        if os.path.samestat(os.fstat(fd), os.stat(partial)):   # not the file another run has just renamed
+            os.ftruncate(fd, 0)
+            return open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="")
+        os.close(fd)
+
+
 @contextmanager
 def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | None,
                       stream: Callable[[str], None] | None, scoring: dict) -> Iterator[None]:
@@ -105,7 +131,7 @@ def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | No
     (a ``.json`` one ``"complete": false``), and one killed, every batch written before (a CSV)."""
     partial = None if out is None else partial_path(out)
     csv_out = out is None or out.suffix.lower() == ".csv"
-    f = open(partial, "w", encoding="utf-8", errors="surrogateescape", newline="") if partial and csv_out else None
+    f = _held_partial(partial, out) if partial and csv_out else None
     write = f.write if f is not None else stream if csv_out else None
     if write is not None:
         write(csv_text([], classes, header=True))
@@ -122,7 +148,8 @@ def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | No
             f.close()
         if partial is not None and results.rows:
             if not csv_out:
-                atomic_write_bytes(partial, json_text(results.rows, results.summary, scoring, complete=False)
+                listed = scored_summary(results.rows, results.summary)     # not the pictures still pending
+                atomic_write_bytes(partial, json_text(results.rows, listed, scoring, complete=False)
                                    .encode("utf-8", errors="surrogateescape"))
             log.warning("predict stopped: the %d face row(s) scored so far are in %s", len(results.rows),
                         shown(partial))
@@ -133,7 +160,7 @@ def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | No
         with f:
             f.flush()
             os.fsync(f.fileno())
-        os.replace(partial, out)
+            os.replace(partial, out)            # still held: a run starting now writes a new partial file
         fsync_dir(out.parent)
     elif out is not None:
         atomic_write_bytes(out, json_text(results.rows, results.summary, scoring)

@@ -132,3 +132,86 @@ def test_predict_into_a_pipe_whose_reader_left_stops_quietly(pictures, tiny_run,
                              stdout=gone, stderr=subprocess.PIPE, cwd=tmp_path, env=env, text=True)
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr and "pipe" not in run.stderr.lower(), run.stderr
+
+
+def test_a_stopped_json_run_lists_only_the_pictures_whose_faces_it_scored(pictures, tiny_run, tmp_path, monkeypatch,
+                                                                          one_thread):
+    """Faces wait for a whole batch before they are scored: a .json stopped between batches listed in ``images``
+    the pictures whose faces were found but never scored (up to a batch of them, ``faces`` 1 and no row), so
+    a user resuming from its ``images`` skipped them."""
+    out = tmp_path / "rows.json"
+    _stop_at(monkeypatch, 4, [])                # pictures 0-2 read; with batches of 2, picture 2 still pending
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(pictures, tiny_run["ckpt"] / "best.pt", out=out, backend="embedded", device="cpu",
+                      batch_size=2, every=1)
+    left = json.loads(partial_path(out).read_text())
+    scored = [Path(f["source"]).name for f in left["faces"]]
+    assert scored == ["p0.jpg", "p1.jpg"]
+    assert [Path(i["source"]).name for i in left["images"]] == scored
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_a_folder_in_the_partial_files_place_is_refused_before_any_face_is_scored(pictures, tiny_run, tmp_path,
+                                                                                  suffix, one_thread):
+    """A .json run wrote its output whole and then failed (status 1) removing ``<out>.partial``, a folder;
+    a .csv run failed opening it, each with an OSError after loading the model."""
+    out = tmp_path / f"rows{suffix}"
+    partial_path(out).mkdir()
+    with pytest.raises(ValueError, match="partial is a folder"):
+        predict_files(pictures[:1], tiny_run["ckpt"] / "best.pt", out=out, backend="embedded", device="cpu")
+    assert not out.exists() and partial_path(out).is_dir()
+
+
+def test_a_json_run_ended_by_sigterm_keeps_what_it_scored(pictures, tiny_run, tmp_path):
+    """`kill`, `timeout` and a container's stop send SIGTERM, whose default action ended the process with
+    a .json run's rows in memory: nothing was left, where README promises the rows of a run stopped by a
+    kill. The run now ends as on Ctrl-C: ``.json.partial``, ``"complete": false``, status 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fermodels.helpers import REPO
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(60):
+        os.link(pictures[0], many / f"q{i:02d}.jpg")
+    out = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "ferdata.cli", "predict", str(many), "--model",
+                            str(tiny_run["ckpt"] / "best.pt"), "--backend", "embedded", "--device", "cpu",
+                            "--batch-size", "1", "--out", str(out), "-v"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, env=env, text=True)
+    seen = 0
+    for line in run.stderr:                     # -v: a line per picture read; stop after a few scored
+        seen += "face(s)" in line
+        if seen == 3:
+            run.send_signal(signal.SIGTERM)
+            break
+    rest = run.stderr.read()
+    assert run.wait(60) == 128 + signal.SIGTERM, rest
+    left = json.loads(partial_path(out).read_text())
+    assert left["complete"] is False and len(left["faces"]) >= 2 and not out.exists()
+
+
+def test_a_second_run_writing_the_same_csv_is_refused_while_the_first_writes_it(pictures, tiny_run, tmp_path,
+                                                                                one_thread):
+    """Two runs of one --out (a cron job overrunning the next) opened one .partial: the second emptied it under
+    the first, which renamed it with NUL bytes and lost rows as its output (status 0), and the second failed at
+    its end, every row lost. A run now holds its partial file locked until it is renamed."""
+    import fcntl
+    import os
+
+    out = tmp_path / "rows.csv"
+    first = os.open(partial_path(out), os.O_WRONLY | os.O_CREAT)
+    os.write(first, b"source,frame\n")
+    fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)       # a run at work
+    try:
+        with pytest.raises(BlockingIOError, match="another `ferdata predict` is writing"):
+            predict_files(pictures[:1], tiny_run["ckpt"] / "best.pt", out=out, backend="embedded", device="cpu")
+        assert partial_path(out).read_bytes() == b"source,frame\n" and not out.exists()
+    finally:
+        os.close(first)
+    predict_files(pictures[:1], tiny_run["ckpt"] / "best.pt", out=out, backend="embedded", device="cpu")
+    assert out.read_text().count("\n") == 2 and not partial_path(out).exists()
