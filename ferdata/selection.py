@@ -168,7 +168,7 @@ def _pictures(shards_dir: Path, split: str) -> dict[str, str]:
 
 
 def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], tested: Sequence[str],
-                           split: str) -> list[str]:
+                           split: str, read: dict[tuple[str, str], dict[str, str]] | None = None) -> list[str]:
     """Faces a run holds out that another of its datasets trains on: the same picture (sha256 of the
     source file, or of the aligned face: one picture stored in other bytes) in ``split`` of a ``tested``
     dataset and in the train or val split of another dataset of ``trained_on``, or in a training
@@ -176,15 +176,14 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
     split of a ``tested`` dataset (scored whole, cross-dataset). Within one dataset the align
     stage judges copies (``align.cross_split_copies``); across datasets (RAF-DB and a folder copy of it,
     FER2013 and FERPlus, web-crawled sets) nothing did. One line per copy, ``<ds>/<split>/<key> is
-    <ds>/<split>/<key>``; empty for a run of one dataset."""
+    <ds>/<split>/<key>``; empty for a run of one dataset. ``read``: the pictures of each (dataset, split)
+    read so far, shared with :func:`trained_twice` (each split's members are read once)."""
     if len(set(trained_on) | set(tested)) < 2:
         return []
-    read: dict[tuple[str, str], dict[str, str]] = {}
+    read = {} if read is None else read
 
     def pictures(name: str, s: str) -> dict[str, str]:
-        if (name, s) not in read:
-            read[name, s] = _pictures(stage_dirs(data_dir, name)["shards"], s)
-        return read[name, s]
+        return _read_pictures(data_dir, name, s, read)
 
     held = {(name, "val"): ("train",) for name in trained_on}
     if split == ALL:
@@ -202,6 +201,14 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
     return found
 
 
+def _read_pictures(data_dir: str | Path, name: str, split: str, read: dict[tuple[str, str], dict[str, str]],
+                   ) -> dict[str, str]:
+    """:func:`_pictures` of ``split`` of dataset ``name``, kept in ``read`` (a split of 100k samples: 20-30 s)."""
+    if (name, split) not in read:
+        read[name, split] = _pictures(stage_dirs(data_dir, name)["shards"], split)
+    return read[name, split]
+
+
 def _copied(ours: Mapping[str, str], theirs: Mapping[str, str]) -> dict[str, str]:
     """Our key -> their key of each of our samples whose picture or face (:func:`_pictures`) they hold; a
     sample found by its picture and by its face (maybe another sample's) once, in our keys' order."""
@@ -212,17 +219,20 @@ def _copied(ours: Mapping[str, str], theirs: Mapping[str, str]) -> dict[str, str
     return copied
 
 
-def trained_twice(data_dir: str | Path, trained_on: Sequence[str]) -> list[str]:
+def trained_twice(data_dir: str | Path, trained_on: Sequence[str],
+                  read: dict[tuple[str, str], dict[str, str]] | None = None) -> list[str]:
     """Faces the train splits of two datasets of a run both hold (the same picture or aligned face, as
     :func:`copies_across_datasets` finds them: RAF-DB and a folder copy of it, FER2013 and FERPlus): within
     one dataset the align stage keeps such a copy once, or drops the copies whose labels disagree; across
     datasets each was trained on twice an epoch, under each dataset's label. One line per copy,
-    ``<ds>/train/<key> is <ds>/train/<key>``, with both labels where they differ; empty for one dataset."""
+    ``<ds>/train/<key> is <ds>/train/<key>``, with both labels where they differ; empty for one dataset.
+    ``read``: as :func:`copies_across_datasets`'s, which has read these train splits already."""
     names = list(dict.fromkeys(trained_on))
     if len(names) < 2:
         return []
     shards = {name: stage_dirs(data_dir, name)["shards"] for name in names}
-    pictures = {name: _pictures(shards[name], "train") for name in names}
+    read = {} if read is None else read
+    pictures = {name: _read_pictures(data_dir, name, "train", read) for name in names}
     pairs = [(name, key, other, theirs) for i, name in enumerate(names) for other in names[i + 1:]
              for key, theirs in _copied(pictures[name], pictures[other]).items()]
     wanted: dict[str, set[str]] = {name: set() for name in names}

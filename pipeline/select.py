@@ -36,13 +36,14 @@ def main() -> None:
     tested = tested_on(dataset, trained_on)
     write_selection(Path(out) / "train.json", data_dir, trained_on, SPLITS_READ)
     write_selection(Path(out) / "evaluate.json", data_dir, tested, scored_splits(split))
-    if copies := copies_across_datasets(data_dir, trained_on, tested, split):
+    read: dict = {}         # each split's pictures, read once for both checks
+    if copies := copies_across_datasets(data_dir, trained_on, tested, split, read):
         logging.getLogger("pipeline.select").warning(
             "%d held-out face(s) are also in a training split of another dataset of this run (the same picture or "
             "aligned face), so the model trains on faces it is scored on: %s%s; remove those pictures from one of "
             "the datasets",
             len(copies), "; ".join(copies[:5]), " ..." if len(copies) > 5 else "")
-    if twice := trained_twice(data_dir, trained_on):
+    if twice := trained_twice(data_dir, trained_on, read):
         conflicting = sum(" (labelled " in line for line in twice)
         logging.getLogger("pipeline.select").warning(
             "%d face(s) are in the train splits of two datasets of this run (the same picture or aligned face), so "

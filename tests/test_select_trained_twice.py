@@ -54,3 +54,30 @@ def test_the_select_stage_warns_of_them(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "1 face(s) are in the train splits of two datasets of this run" in run.stderr
     assert "1 of them under two labels" in run.stderr and "(labelled Sad and Disgust)" in run.stderr
+
+
+def test_the_select_stage_reads_each_train_split_once(tmp_path, monkeypatch):
+    """Both checks of a pooled run read the train splits (every sample's json and jpg: 20-30 s per 100k
+    samples): trained_twice read them again after copies_across_datasets, doubling the select stage's time."""
+    import yaml
+
+    import ferdata.selection
+    import pipeline.select
+    from tests.fermodels.helpers import REPO
+
+    data = tmp_path / "data"
+    _prepare(data, "rafdb", {"p0": 1, "p1": 2})
+    _prepare(data, "folder", {"p1": 5})
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"] = {n: {"reader": "folder", "root": f"raw/{n}", "options": {}} for n in ("rafdb", "folder")}
+    params["train"]["datasets"] = ["rafdb", "folder"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    read, pictures = [], ferdata.selection._pictures
+    monkeypatch.setattr(ferdata.selection, "_pictures",
+                        lambda shards, split: read.append((shards.parent.name, split)) or pictures(shards, split))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["select.py", "data", "runs/select"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setitem(sys.modules, "__main__", pipeline.select)      # setup() reads its usage line
+    pipeline.select.main()
+    assert ("rafdb", "train") in read and len(read) == len(set(read)), read
