@@ -3,7 +3,8 @@
 ``params.yaml`` ``train.recipe`` is null or one of these names; a recipe's values replace the
 same keys of the ``train`` section (``dvc exp run -S train.recipe=cmnet_rafdb`` is the whole
 command). Recipes set what the papers set - data, model, classes, optimiser, schedule, epochs,
-batch size, augmentation, sampler, the val metric ``best.pt`` is chosen on; no SAM, class weights,
+batch size, augmentation, sampler, and for AffectNet, whose papers score a class-balanced set, the val
+metric ``best.pt`` is chosen on (others leave ``select_metric`` to params.yaml); no SAM, class weights,
 label smoothing or weight average (none of the seed papers uses them) - and leave machine settings
 (device, workers, amp, ``model_kwargs`` such as pretrained-weight paths) to ``params.yaml``.
 
@@ -37,7 +38,8 @@ class Recipe:
 RECIPES: Registry[Recipe] = Registry("training recipe")
 RECIPE_KEYS = ("datasets", "model", "num_classes", "epochs", "epoch_samples", "batch_size", "optimizer", "lr",
                "weight_decay", "momentum", "schedule", "warmup_epochs", "step_size", "gamma", "sam", "sam_rho",
-               "sam_adaptive", "sampler", "class_weights", "label_smoothing", "ema_decay", "augment", "select_metric")
+               "sam_adaptive", "sampler", "class_weights", "label_smoothing", "ema_decay", "augment")
+OPTIONAL_KEYS = ("select_metric",)      # set by the recipes whose paper's protocol fixes it; else params.yaml's
 
 
 def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, translate: float = 0.0,
@@ -50,6 +52,8 @@ def _augment(hflip: float = 0.5, affine_p: float = 0.0, degrees: float = 0.0, tr
 
 def _recipe(name: str, source: str, notes: str = "", weights: str = "", *, published: str, **values: Any) -> None:
     missing = set(RECIPE_KEYS) - set(values)
+    if unknown := set(values) - set(RECIPE_KEYS) - set(OPTIONAL_KEYS):
+        raise ValueError(f"recipe {name!r} sets {sorted(unknown)}, which are no recipe keys")
     if missing or not published:
         raise ValueError(f"recipe {name!r} misses {sorted(missing) or 'its published figure'}")
     RECIPES.register(name)(Recipe(values, source, notes, weights, published))
@@ -70,7 +74,7 @@ _CMNET_FIGURE = "none found: CMNet's results table was not reachable (seed_model
 # label smoothing, a weight average; and epochs are passes over the training split (epoch_samples
 # null), so that "epochs" means what the papers mean whatever params.yaml says.
 _PLAIN = {"sam": False, "sam_rho": 0.05, "sam_adaptive": False, "class_weights": False, "label_smoothing": 0.0,
-          "ema_decay": 0.0, "epoch_samples": None, "select_metric": "accuracy"}
+          "ema_decay": 0.0, "epoch_samples": None}
 # AffectNet's published figures are accuracy on its official validation set, 500 faces a class (the papers keep
 # its best epoch): on a class-balanced set accuracy is the mean of the class recalls, so best.pt is chosen on
 # the val split's mean_class_accuracy; its plain accuracy, on a split carved from training.csv (47% Happy,

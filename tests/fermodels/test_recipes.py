@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ferdata.params import section
-from fermodels.recipes import RECIPE_KEYS, RECIPES, apply_recipe, check_applied, list_recipes
+from fermodels.recipes import OPTIONAL_KEYS, RECIPE_KEYS, RECIPES, apply_recipe, check_applied, list_recipes
 from fermodels.registry import list_models
 from fermodels.trainparams import TrainParams
 
@@ -30,7 +30,7 @@ def test_recipe_builds_valid_params(name):
     assert params.augment.hflip == recipe.values["augment"]["hflip"]
     assert params.datasets == recipe.values["datasets"]
     assert params.num_classes in (7, 8)
-    assert set(recipe.values) == set(RECIPE_KEYS)
+    assert set(RECIPE_KEYS) <= set(recipe.values) <= set(RECIPE_KEYS) | set(OPTIONAL_KEYS)
     assert re.fullmatch(r"docs/reference/seed_models\.md:\d+.*", recipe.source), recipe.source
     assert params.model_kwargs == train_section()["model_kwargs"], "machine settings stay with params.yaml"
 
@@ -163,3 +163,12 @@ def test_affectnet_recipes_keep_the_epoch_the_balanced_official_validation_set_s
     on_val = max(epochs, key=lambda e: _scores(carved, epochs[e])[metric])
     on_test = max(epochs, key=lambda e: _scores(balanced, epochs[e])["accuracy"])
     assert on_val == on_test == "balanced", f"{name} keeps the {on_val!r} epoch (val {metric})"
+
+
+def test_a_recipe_whose_paper_fixes_no_selection_keeps_the_users_select_metric():
+    """Only the AffectNet recipes choose best.pt's metric (their papers score a class-balanced set); making it a
+    key every recipe set replaced a user's ``select_metric: macro_f1`` beside ``cmnet_rafdb`` with accuracy."""
+    for name in list_recipes():
+        chosen = apply_recipe({**train_section(), "recipe": name, "select_metric": "macro_f1"},
+                              announce=False)["select_metric"]
+        assert chosen == ("mean_class_accuracy" if name.split("_")[-1].startswith("affectnet") else "macro_f1"), name
