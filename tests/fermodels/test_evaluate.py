@@ -736,3 +736,16 @@ def test_split_all_scores_a_cross_dataset_target_whole(tiny_run, tiny8_shards, t
         ["test", "train", "val"]
     staged = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (staged["split"], staged["num_samples"], staged["excluded"]) == ("all", m["num_samples"], m["excluded"])
+
+
+def test_shards_written_before_label_map_was_recorded_are_read_in_the_canonical_order(tiny_run, tmp_path, one_thread):
+    """The label_map check must not refuse shards whose _info.json has no label_map (the shard stage wrote
+    every split in CLASSES' order before recording it): they are scored and trained on as before."""
+    from tests.fermodels.helpers import copy_shards
+
+    shards = copy_shards(tiny_run["shards"], tmp_path / "shards", lambda info: info.pop("label_map", None))
+    assert "label_map" not in json.loads((shards / "test" / "_info.json").read_text())
+    old = evaluate(tiny_run["ckpt"] / "best.pt", shards, replace(PARAMS, batch_check=False), tmp_path / "old")
+    new = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], replace(PARAMS, batch_check=False), tmp_path / "new")
+    assert old["accuracy"] == new["accuracy"] and old["num_samples"] == new["num_samples"]
+    train(shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
