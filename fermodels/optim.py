@@ -15,7 +15,32 @@ from torch import nn
 from ferdata.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
-SCHEDULES = ("constant", "step", "exponential", "cosine")
+# a decay: (base_lr, fractional epoch, epochs, warmup_epochs, step_size, gamma) -> lr after the warm-up
+SCHEDULES: Registry[Callable[[float, float, int, float, int, float], float]] = Registry("schedule")
+
+
+@SCHEDULES.register("constant")
+def _constant(base_lr: float, epoch: float, epochs: int, warmup: float, step_size: int, gamma: float) -> float:
+    return base_lr
+
+
+@SCHEDULES.register("step")
+def _step(base_lr: float, epoch: float, epochs: int, warmup: float, step_size: int, gamma: float) -> float:
+    """torch's StepLR stepped per epoch, epochs counted from 0."""
+    return base_lr * gamma ** (int(epoch) // step_size)
+
+
+@SCHEDULES.register("exponential")
+def _exponential(base_lr: float, epoch: float, epochs: int, warmup: float, step_size: int, gamma: float) -> float:
+    """torch's ExponentialLR stepped per epoch, epochs counted from 0."""
+    return base_lr * gamma ** int(epoch)
+
+
+@SCHEDULES.register("cosine")
+def _cosine(base_lr: float, epoch: float, epochs: int, warmup: float, step_size: int, gamma: float) -> float:
+    """Smoothly from the end of the warm-up to 0 at ``epochs``."""
+    t = (epoch - warmup) / max(1e-8, epochs - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 @OPTIMIZERS.register("sgd")
@@ -118,16 +143,7 @@ def lr_at(epoch_float: float, *, base_lr: float, schedule: str, epochs: int, war
     starts at ``gamma * base_lr``); ``cosine`` decays smoothly from the end of the warm-up to 0
     at ``epochs``. No recipe warms up.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    decay = SCHEDULES.get(schedule)
     if warmup_epochs > 0 and epoch_float < warmup_epochs:
         return base_lr * min(1.0, (epoch_float + 1e-8) / warmup_epochs)    # a warm-up under 1e-8 epochs: lr
-    e = int(epoch_float)
-    if schedule == "constant":
-        return base_lr
-    if schedule == "step":
-        return base_lr * gamma ** (e // step_size)
-    if schedule == "exponential":
-        return base_lr * gamma ** e
-    t = (epoch_float - warmup_epochs) / max(1e-8, epochs - warmup_epochs)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return decay(base_lr, epoch_float, epochs, warmup_epochs, step_size, gamma)
