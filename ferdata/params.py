@@ -1,7 +1,8 @@
 """params.yaml -> frozen dataclasses, one per stage section.
 
-The dataclasses carry no defaults: params.yaml is the single source of values,
-and a missing or unknown key is a clear error naming the section.
+params.yaml is the single source of values: :func:`section` requires every key of a section, so the few
+field defaults (for code that builds a section by hand: tests, benchmarks, the library API) never stand in
+for it, and a missing or unknown key is a clear error naming the section.
 """
 from __future__ import annotations
 
