@@ -37,7 +37,8 @@ def test_a_face_two_datasets_of_the_run_train_on_is_named_with_its_two_labels(tm
     assert trained_twice(data, ["rafdb"]) == []
 
 
-def test_the_select_stage_warns_of_them(tmp_path):
+def _pooled_project(tmp_path) -> None:
+    """A project folder whose run trains on two prepared datasets sharing one picture, under two labels."""
     import yaml
 
     from tests.fermodels.helpers import REPO
@@ -49,6 +50,12 @@ def test_the_select_stage_warns_of_them(tmp_path):
     params["datasets"] = {n: {"reader": "folder", "root": f"raw/{n}", "options": {}} for n in ("rafdb", "folder")}
     params["train"]["datasets"] = ["rafdb", "folder"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_the_select_stage_warns_of_them(tmp_path):
+    from tests.fermodels.helpers import REPO
+
+    _pooled_project(tmp_path)
     run = subprocess.run([sys.executable, "-m", "pipeline.select", "data", "runs/select"], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
@@ -59,19 +66,10 @@ def test_the_select_stage_warns_of_them(tmp_path):
 def test_the_select_stage_reads_each_train_split_once(tmp_path, monkeypatch):
     """Both checks of a pooled run read the train splits (every sample's json and jpg: 20-30 s per 100k
     samples): trained_twice read them again after copies_across_datasets, doubling the select stage's time."""
-    import yaml
-
     import ferdata.selection
     import pipeline.select
-    from tests.fermodels.helpers import REPO
 
-    data = tmp_path / "data"
-    _prepare(data, "rafdb", {"p0": 1, "p1": 2})
-    _prepare(data, "folder", {"p1": 5})
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["datasets"] = {n: {"reader": "folder", "root": f"raw/{n}", "options": {}} for n in ("rafdb", "folder")}
-    params["train"]["datasets"] = ["rafdb", "folder"]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    _pooled_project(tmp_path)
     read, pictures = [], ferdata.selection._pictures
     monkeypatch.setattr(ferdata.selection, "_pictures",
                         lambda shards, split: read.append((shards.parent.name, split)) or pictures(shards, split))
