@@ -140,16 +140,19 @@ def joined(splits: Sequence[Split]) -> Split:
     def summed(counts) -> dict[str, int]:
         return dict(sum((Counter(c) for c in counts), Counter()))
 
-    return Split("+".join(s.name for s in splits), dirs,
-                 tuple(shard for d in dirs for s in splits for shard in s.shards_of(d)),
-                 summed(s.histogram for s in splits), {d: [h for s in splits for h in s.hashes[d]] for d in dirs},
-                 {d: {name: frozenset().union(*(s.subsets.get(d, {}).get(name, frozenset()) for s in splits))
-                      for name in sorted({n for s in splits for n in s.subsets.get(d, {})})} for d in dirs},
-                 summed(s.soft_labels for s in splits), dict(sorted(summed(s.face_backends for s in splits).items())),
-                 first.preprocess, first.face_backend_options,
-                 tuple(d for d in dirs if all(d in s.empty_by_setting for s in splits)),
-                 {d: summed(s.histograms.get(d, {}) for s in splits) for d in dirs}, first.made_by,
-                 all(s.grey for s in splits))
+    return Split(
+        name="+".join(s.name for s in splits), dirs=dirs,
+        shards=tuple(shard for d in dirs for s in splits for shard in s.shards_of(d)),
+        histogram=summed(s.histogram for s in splits),
+        hashes={d: [h for s in splits for h in s.hashes[d]] for d in dirs},
+        subsets={d: {name: frozenset().union(*(s.subsets.get(d, {}).get(name, frozenset()) for s in splits))
+                     for name in sorted({n for s in splits for n in s.subsets.get(d, {})})} for d in dirs},
+        soft_labels=summed(s.soft_labels for s in splits),
+        face_backends=dict(sorted(summed(s.face_backends for s in splits).items())),
+        preprocess=first.preprocess, face_backend_options=first.face_backend_options,
+        empty_by_setting=tuple(d for d in dirs if all(d in s.empty_by_setting for s in splits)),
+        histograms={d: summed(s.histograms.get(d, {}) for s in splits) for d in dirs},
+        made_by=first.made_by, grey=all(s.grey for s in splits))
 
 
 def _face_options(name: str, options: Mapping[str, Any]) -> dict:
