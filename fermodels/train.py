@@ -47,8 +47,8 @@ from fermodels.epochplan import mix_seed
 from fermodels.stream import EpochPlanner, PersistentLoader
 from fermodels.trainlog import FINITE_CHECK_EVERY, Tally, check_finite, end_live, log_epoch, open_live
 from fermodels.trainparams import (TrainParams, check_classes, check_same_preparation, check_selection,
-                                   check_smoothing_applies, random_start_warnings, require_extras_read,
-                                   shards_preprocess)
+                                   check_selection_metric, check_smoothing_applies, random_start_warnings,
+                                   require_extras_read, shards_preprocess)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                          "report.json, or choose other train.datasets")
     check_classes(train_split, val_split, params.num_classes)
     selects = check_selection(val_split)
+    if selects:
+        check_selection_metric(params, val_split)
     check_same_preparation(train_split, val_split)
     preprocess = shards_preprocess(train_split, preprocess)
     decoder = split_decoder(net.card, train_split, device)

@@ -30,6 +30,8 @@ from fermodels.shardsplit import Split, stored_sides
 
 log = logging.getLogger(__name__)
 
+UNEVEN_VAL = 2     # a val split whose largest class holds this many times its smallest's samples is uneven
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -235,6 +237,22 @@ def check_selection(val_split: Split) -> bool:
         log.warning("best.pt is chosen on the val split of %s only: %s has none (shard.val_fraction 0 or too "
                     "small)", ", ".join(d for d in val_split.dirs if d not in empty), ", ".join(empty))
     return True
+
+
+def check_selection_metric(params: TrainParams, val_split: Split) -> None:
+    """Warn when training evens out the classes (``sampler: balanced`` or ``class_weights``) while
+    ``best.pt`` is chosen on plain accuracy of an uneven val split: that metric picks the epoch
+    that favours the frequent classes, which the rebalancing trains against (AffectNet's val
+    split, carved from training.csv, is 47% Happy; its papers score the class-balanced test set)."""
+    if params.select_metric != "accuracy" or not (params.sampler == "balanced" or params.class_weights):
+        return
+    present = [n for n in val_split.class_counts(params.num_classes) if n]
+    if len(present) > 1 and max(present) >= UNEVEN_VAL * min(present):
+        log.warning("train.%s evens out the classes, but best.pt is chosen on plain accuracy of a val split "
+                    "whose classes hold %d to %d samples: it favours the epoch that leans to the frequent "
+                    "classes; set train.select_metric mean_class_accuracy (as the AffectNet recipes do) or "
+                    "macro_f1", "sampler balanced" if params.sampler == "balanced" else "class_weights",
+                    min(present), max(present))
 
 
 def check_same_preparation(train_split: Split, val_split: Split) -> None:

@@ -1343,3 +1343,33 @@ def test_a_sample_of_a_class_the_model_lacks_is_one_line(tiny_shards, tmp_path, 
     info_path.write_text(json.dumps(info))
     with pytest.raises(ValueError, match=says.format(key=key)):
         train(shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+
+
+def _val_split(histogram: dict[str, int]):
+    from fermodels.shardsplit import Split
+
+    n = sum(histogram.values())
+    return Split(name="val", dirs=("d",), shards=(("d/val-000000.tar", n),), histogram=histogram, hashes={"d": ["h"]})
+
+
+@pytest.mark.parametrize("rebalance", [{"sampler": "balanced"}, {"class_weights": True}])
+def test_rebalanced_training_selected_on_plain_accuracy_of_an_uneven_val_split_is_warned(rebalance, caplog):
+    uneven = _val_split({"Neutral": 40, "Happy": 94, "Sad": 20, "Contempt": 3})   # AffectNet's carved val, scaled
+    even = _val_split({"Neutral": 10, "Happy": 12, "Sad": 8})
+    trainparams.check_selection_metric(make_params(**rebalance), uneven)
+    assert "evens out the classes, but best.pt is chosen on plain accuracy" in caplog.text
+    assert "hold 20 to 94 samples" in caplog.text, "Contempt is beyond a 7-class model: not counted"
+    caplog.clear()
+    for params, split in [(make_params(**rebalance), even), (make_params(), uneven),
+                          (make_params(**rebalance, select_metric="mean_class_accuracy"), uneven)]:
+        trainparams.check_selection_metric(params, split)
+    assert "plain accuracy" not in caplog.text
+
+
+def test_train_checks_the_selection_metric_against_its_val_split(tiny_shards, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(trainer, "check_selection_metric", lambda params, split: seen.append(split.name))
+    monkeypatch.setattr(trainer, "check_same_preparation", lambda *a: (_ for _ in ()).throw(SystemExit("stop")))
+    with pytest.raises(SystemExit, match="stop"):
+        train(tiny_shards, make_params(epochs=1, sampler="balanced"), tmp_path / "ckpt", tmp_path / "live")
+    assert seen == ["val"]
