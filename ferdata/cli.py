@@ -390,10 +390,10 @@ def predict(
     # .partial too; a signal's default action ends the process with the rows held in memory), status 128 + 15
     before = signal.signal(signal.SIGTERM, _stopped)
     try:
-        _, summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
-                                   backend_options=options, batch_size=batch_size, every=every, device=device,
-                                   flip_tta=flip_tta, allow_download=allow_download, grey=grey,
-                                   keypoints=keypoints, stream=write_stdout if out is None else None)
+        summary = predict_files(inputs, model, out=out, annotate=annotate, backend=backend, model_dir=model_dir,
+                                backend_options=options, batch_size=batch_size, every=every, device=device,
+                                flip_tta=flip_tta, allow_download=allow_download, grey=grey, keypoints=keypoints,
+                                stream=write_stdout if out is None else None).summary
     finally:
         signal.signal(signal.SIGTERM, before)
     typer.echo(describe(summary), err=True)

@@ -27,7 +27,7 @@ from ferdata.imagefile import read_header
 from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
 from ferdata.stages.detect_work import DETECTOR_FAILED
-from fermodels.predictions import NAME_MAX, Results, csv_text, json_text, partial_path, written_as_scored
+from fermodels.predictions import NAME_MAX, Results, partial_path, written_as_scored
 from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
 
 log = logging.getLogger(__name__)
@@ -369,11 +369,11 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
                   device: str = "auto", flip_tta: bool = False,
                   allow_download: bool = False, grey: bool | None = None,
                   keypoints: str | None = None, stream: Callable[[str], None] | None = None,
-                  ) -> tuple[str, list[dict]]:
+                  ) -> Results:
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
     the rows to ``out`` (.csv or .json) when given, else as CSV to ``stream`` (stdout), as they are
-    scored (:func:`written_as_scored`). Returns the CSV/JSON text and the summary per image/frame
-    (face counts). The library side of ``ferdata predict``."""
+    scored (:func:`written_as_scored`). Returns the rows (one per face) and the summary per image or
+    frame (face counts; :func:`fermodels.predictions.csv_text` formats the rows). The library side of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
     if out is not None and out.is_dir():
@@ -401,6 +401,4 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     with written_as_scored(results, predictor.classes, out, stream, scoring):
         run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate, names=names,
                     results=results)
-    if out is not None and out.suffix.lower() == ".json":
-        return json_text(results.rows, results.summary, scoring), results.summary
-    return csv_text(results.rows, predictor.classes, header=True), results.summary
+    return results
