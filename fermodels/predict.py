@@ -373,7 +373,8 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     """Score every face of ``inputs`` (images, videos, folders of them) with a checkpoint; write
     the rows to ``out`` (.csv or .json) when given, else as CSV to ``stream`` (stdout), as they are
     scored (:func:`written_as_scored`). Returns the rows (one per face) and the summary per image or
-    frame (face counts; :func:`fermodels.predictions.csv_text` formats the rows). The library side of ``ferdata predict``."""
+    frame (face counts; :func:`fermodels.predictions.csv_text` formats the rows). The library side
+    of ``ferdata predict``."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ValueError(f"--out {out}: predictions are written as .csv or .json; end the name in one of them")
     if out is not None and out.is_dir():
