@@ -29,12 +29,15 @@ from ferdata.progress import progress
 from ferdata.stages.detect_work import DETECTOR_FAILED
 from fermodels.predictions import NAME_MAX, Results, partial_path, written_as_scored
 from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
+from fermodels.videofile import missing_bytes
 
 log = logging.getLogger(__name__)
 # what OpenCV's FFmpeg reads: phones' .3gp, camcorders' AVCHD (.mts, .m2ts), MPEG-PS (.mpg); not .ts (TypeScript)
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg"}
 FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg", re.DOTALL)   # annotation_path's name of a frame's copy
-COUNTED_EXTS = {".mp4", ".avi", ".mov", ".m4v", ".3gp"}     # containers whose header lists the video's frames
+# containers whose header lists the frames shown: an MP4/MOV also lists those its edit list leaves out (a clip cut
+# from a longer one without re-encoding keeps the frames back to a keyframe), so its count may exceed what decodes
+COUNTED_EXTS = {".avi"}
 MOST_FAILED = 10        # pictures the face backend may fail on before any success: beyond, it is broken
 COPY_MARK = b"ferdata predict: annotated copy"          # a JPEG comment in every --annotate copy
 FRAME_ROOM = len(".f0000000")                       # what annotation_path adds for a video frame (up to 10^7)
@@ -90,22 +93,26 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
             yield 0, None, "unreadable_video"
             return
         index = 0
+        aspect = pixel_aspect(cap)      # its pixels' width / height: 1, or a camcorder's or DVD's non-square ones
         # the container's count (0: not known); Matroska/WebM store none: OpenCV's is duration x fps, and the
         # duration is the longest track's (an audio track running on past the last frame)
         listed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if path.suffix.lower() in COUNTED_EXTS else 0
+        last = 0.0                      # the last frame's timestamp (s): where a file cut short ends
         try:
             while True:
                 if index % every:       # a frame not scored: decoded, not converted to BGR (a 1080p frame: 1.2 ms)
                     if not cap.grab():
                         break
                     index += 1
+                    last = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000
                     continue
                 ok, bgr = cap.read()
                 if not ok:
                     break
                 if index % every == 0:
-                    picture = Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                    picture = Picture(square_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), aspect))
                     picture.time = round(float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000, 6)   # the frame's timestamp
+                    last = picture.time
                     yield index, picture, ""
                 index += 1
         finally:
@@ -113,8 +120,13 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
         if index == 0:
             yield 0, None, "no_video_frames"
         elif index < listed - 1:       # one frame of slack: some containers estimate the count from the duration
-            log.warning("%s: %d of the %d frames its header lists could be read (a file cut short?); the rest "
-                        "are not scored", shown(path), index, listed)
+            log.warning("%s: %d of the %d frames its header lists could be read (a file cut short?), the last at "
+                        "%.3f s; the rest are not scored", shown(path), index, listed, last)
+            yield index, None, "video_cut_short"
+        elif missing := missing_bytes(path):
+            log.warning("%s: its container lists %d bytes more than the file holds (a file cut short?): %d frames "
+                        "could be read, the last at %.3f s; any after it are not scored", shown(path), missing,
+                        index, last)
             yield index, None, "video_cut_short"
         return
     try:
@@ -127,6 +139,25 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
         log.warning("%s holds %d pictures (an animated GIF/WebP/PNG or a multi-page TIFF): only the first is scored "
                     "(as a video, e.g. .mp4, every frame would be)", shown(path), read_header(data).frames)
     yield 0, picture, ""
+
+
+def pixel_aspect(cap: Any) -> float:
+    """The pixel aspect ratio, width / height, of the frames a capture gives (the video's sample aspect ratio; 1
+    when not given): 4/3 for HDV or AVCHD's 1440x1080 shown as 1920x1080, 32/27 for a widescreen DVD's 720x480;
+    its inverse for a video OpenCV turns upright by a quarter turn (a phone's)."""
+    num, den = cap.get(cv2.CAP_PROP_SAR_NUM), cap.get(cv2.CAP_PROP_SAR_DEN)
+    aspect = num / den if num > 0 and den > 0 else 1.0
+    return 1 / aspect if cap.get(cv2.CAP_PROP_ORIENTATION_META) % 180 == 90 else aspect
+
+
+def square_pixels(rgb: np.ndarray, aspect: float) -> np.ndarray:
+    """A frame of pixels ``aspect`` times as wide as high widened (or narrowed) to square pixels, as a player shows
+    it: OpenCV gives the stored pixels, on which a face is squeezed (3/4 as wide for 4/3) and aligned so."""
+    if abs(aspect - 1.0) < 1e-3:
+        return rgb
+    height, width = rgb.shape[:2]
+    wide = max(1, round(width * aspect))
+    return cv2.resize(rgb, (wide, height), interpolation=cv2.INTER_AREA if wide < width else cv2.INTER_CUBIC)
 
 
 def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
@@ -295,12 +326,15 @@ def run_predict(predictor: Predictor, paths: Iterable[Path], *, batch_size: int,
     paths = list(paths)
     for path in progress(paths, desc="predict", unit="file", total=len(paths)):
         video = path.suffix.lower() in VIDEO_EXTS
+        last = None                                     # a video's last frame scored: where a cut one's rows end
         for frame, picture, problem in iter_frames(path, every):
             if picture is None:
                 if problem != "video_cut_short":    # its frames there were scored; iter_frames told the rest
                     log.warning("%s skipped: %s", shown(path), problem)
-                summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem})
+                summary.append({"source": str(path), "frame": frame, "faces": 0, "problem": problem,
+                                **({"time": last} if problem == "video_cut_short" else {})})
                 continue
+            last = picture.time
             try:
                 faces, dropped = predictor.faces(picture, str(path), frame)
             except DetectorFailed as e:     # one odd picture ended the run, every row scored so far lost
@@ -342,12 +376,18 @@ def describe(summary: list[dict], most: int = 5) -> str:
              f"{len(faceless)} without a face" + (f": {named}{', ...' if len(faceless) > most else ''}"
                                                    if faceless else "")]
     if unread:
-        told = ", ".join(f"{shown(s['source'])} ({s['problem']})" for s in unread[:most])
+        told = ", ".join(map(_unread, unread[:most]))
         parts.append(f"{len(unread)} not read: {told}{', ...' if len(unread) > most else ''}")
     skipped = sum(s.get("dropped", 0) for s in summary)
     if skipped:
         parts.append(f"{skipped} face(s) skipped (bad geometry or no landmarks; see the warnings)")
     return "; ".join(parts)
+
+
+def _unread(entry: dict) -> str:
+    """An input not read, for the summary line: its name, why, and for a video cut short where its rows end."""
+    end = f", scored to {entry['time']:g} s" if entry.get("time") is not None else ""
+    return f"{shown(entry['source'])} ({entry['problem']}{end})"
 
 
 def draw_faces(image: np.ndarray, rows: list[dict], path: Path, scale: float = 1.0) -> None:
