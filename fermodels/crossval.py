@@ -122,6 +122,26 @@ class Series:
                       "pooled": pooled[m]}
         out["num_samples"] = {"folds": [r.metrics["num_samples"] for r in ordered], "pooled": pooled["num_samples"]}
         out["per_class_pooled"] = pooled["per_class"]
+        if datasets := self.per_dataset():
+            out["per_dataset"] = datasets
+        return out
+
+    def per_dataset(self) -> dict[str, dict]:
+        """Per dataset of folds that scored several together (their metrics.json ``per_dataset``): each
+        fold's figures and the pooled ones over its test samples of every fold (the sum of the folds'
+        confusion matrices of that dataset); {} unless every fold records them (a version before
+        per_dataset's confusion_matrix did not)."""
+        ordered = [self.runs[k] for k in sorted(self.runs)]
+        parts = [r.metrics.get("per_dataset") for r in ordered]
+        if not all(p and "classes" in r.metrics and all("confusion_matrix" in m for m in p.values())
+                   for p, r in zip(parts, ordered)):
+            return {}
+        out = {}
+        for name in sorted(set().union(*parts)):
+            folds = [(p[name], r.metrics["classes"]) for p, r in zip(parts, ordered) if name in p]
+            pooled = metrics_from_confusion(sum(_canonical(m["confusion_matrix"], c) for m, c in folds), CLASSES)
+            out[name] = {**{m: {"folds": [f[m] for f, _ in folds], "pooled": pooled[m]} for m in METRICS},
+                         "num_samples": pooled["num_samples"], "per_class_pooled": pooled["per_class"]}
         return out
 
     def record(self) -> dict:
@@ -133,6 +153,14 @@ class Series:
             return {**out, "problem": self.problem}
         confusion = {k: r.confusion.tolist() for k, r in sorted(self.runs.items())}
         return {**out, "metrics": self.table(), "classes": list(CLASSES), "confusion": confusion}
+
+
+def _canonical(cm: list[list[int]], classes: Sequence[str]) -> np.ndarray:
+    """A confusion matrix over a model's ``classes`` as one over every canonical class (:data:`CLASSES`)."""
+    at = [CLASSES.index(c) for c in classes]
+    out = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    out[np.ix_(at, at)] = np.asarray(cm, np.int64)
+    return out
 
 
 def _pins(tested: str | None) -> list[tuple[str, ...]]:
@@ -316,6 +344,8 @@ def describe(series: Series, differs: str = "") -> str:
         rows.append(f"{what:>7s}" + "".join(f"{'n/a':>21s}" if table[m][what] is None else f"{table[m][what]:21.4f}"
                                             for m in METRICS)
                     + (f"{table['num_samples']['pooled']:14d}" if what == "pooled" else ""))
+    rows += [f"pooled on {name}: " + ", ".join(f"{m} {figures[m]['pooled']:.4f}" for m in METRICS)
+             + f" ({figures['num_samples']} test samples)" for name, figures in table.get("per_dataset", {}).items()]
     if series.replaced:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")
     if series.unchecked:

@@ -439,3 +439,37 @@ def test_the_readme_summarises_the_folds_after_they_have_run():
         before = lines[:next(i for i, line in enumerate(lines) if line.startswith("fermodels crossval"))]
         assert any("--run-all" in line for line in before), before
         assert not any(line.startswith("dvc queue start") for line in before), before
+
+
+def test_folds_scored_on_two_datasets_give_each_datasets_figures_pooled_over_the_folds(tmp_path):
+    """Folds of a model trained and tested on two k-fold datasets (CK+ and JAFFE): each fold's metrics.json
+    has per_dataset (confusion matrices over the model's 7 classes); the summary pooled only the two
+    together, so neither dataset's cross-validated figures could be had from cv.json."""
+    from ferdata.classes import class_names
+    from fermodels.metrics import confusion_matrix, metrics_from_confusion
+
+    classes = list(class_names(7))
+    folds = {0: {"ckplus": [(H, H), (S, H)], "jaffe": [(N, N)]}, 1: {"ckplus": [(S, S)], "jaffe": [(H, N), (N, N)]}}
+    repo = tmp_path / "repo"
+    base = baseline_repo(repo)
+    for k, by_dataset in folds.items():
+        pairs = [pair for dataset_pairs in by_dataset.values() for pair in dataset_pairs]
+        experiment(repo, base, f"f{k}", k, params(k, folds=2), pairs, tested={"ckplus": f"c{k}", "jaffe": f"j{k}"})
+        metrics = json.loads(git(repo, "show", "HEAD:runs/eval/metrics.json"))
+        metrics["classes"] = classes
+        metrics["per_dataset"] = {name: {"confusion_matrix": confusion_matrix(
+            [classes.index(a) for a, _ in ps], [classes.index(p) for _, p in ps], 7).tolist(), **by_hand(ps)}
+            for name, ps in by_dataset.items()}
+        (repo / "runs" / "eval" / "metrics.json").write_text(json.dumps(metrics))
+        git(repo, "commit", "-q", "-a", "-m", f"f{k} per dataset")
+        git(repo, "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/f{k}", git(repo, "rev-parse", "HEAD"))
+    [series] = summarise(read_experiments(repo, base)[0])
+    table = series.table()
+    jaffe = table["per_dataset"]["jaffe"]
+    assert jaffe["accuracy"]["folds"] == [1.0, 0.5] and jaffe["accuracy"]["pooled"] == pytest.approx(2 / 3)
+    assert jaffe["num_samples"] == 3 and table["per_dataset"]["ckplus"]["num_samples"] == 3
+    ckplus = [pair for by_dataset in folds.values() for pair in by_dataset["ckplus"]]
+    expected = metrics_from_confusion(confusion_matrix([classes.index(a) for a, _ in ckplus],
+                                                       [classes.index(p) for _, p in ckplus], 7), classes)
+    assert table["per_dataset"]["ckplus"]["macro_f1"]["pooled"] == pytest.approx(expected["macro_f1"])
+    assert "pooled on jaffe: accuracy 0.6667" in describe(series)
