@@ -41,7 +41,8 @@ from fermodels.registry import create_model
 from fermodels.scoring import amp_dtype, autocast, rank_loader, score_split
 from fermodels.ckptdir import BEST, LAST, PENDING_BEST, checkpoints_held, promote_best
 from fermodels.checkpoints import weight_file_digests
-from fermodels.runstate import Position, code_fingerprint, next_position, other_threads, resume_state, save_checkpoint
+from fermodels.runstate import (DEVICE, LAYOUT, Position, code_fingerprint, next_position, other_threads, resume_state,
+                                save_checkpoint)
 from fermodels.sampling import ClassRepeat, class_weight_tensor
 from fermodels.epochplan import mix_seed
 from fermodels.stream import EpochPlanner, PersistentLoader
@@ -221,6 +222,7 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
                  "least train.shuffle_buffer (%d) samples and makes a batch%s", streams, params.streams,
                  params.shuffle_buffer, idle)
     data = _data_record(params, train_split, val_split, device)
+    check_ranks_agree(params, data, env)
     state = _on_rank_0(lambda: resume_state(ckpt_dir, asdict(params), data, live_dir), env, share=True)
     start, best = Position(0, 0, 0), {params.select_metric: -1.0, "epoch": -1}
     scaler, resumed = torch.amp.GradScaler(device.type, enabled=fp16), Tally()
@@ -274,6 +276,30 @@ def _data_record(params: TrainParams, train_split: Split, val_split: Split, devi
                     "checkpoint records no data.grey_faces, so `ferdata predict` scores colour pictures in colour for "
                     "it", ", ".join(grey), ", ".join(d for d in train_split.dirs if d not in grey))
     return data
+
+
+def _run_record(params: TrainParams, data: dict) -> dict:
+    """What every rank must train alike, keyed as told: the train params but the loader workers and the
+    device's spelling, and the data record (each split's shard digests in order: the folders' paths
+    may differ between machines)."""
+    record = {f"train.{k}": v for k, v in asdict(params).items() if k not in LAYOUT + DEVICE}
+    for k, v in data.items():
+        name = "the training code (data.code)" if k == "code" else f"data.{k}"
+        record[name] = list(v.values()) if k in SPLITS_READ else v      # digests in order, not by folder path
+    return record
+
+
+def check_ranks_agree(params: TrainParams, data: dict, env: DistEnv) -> None:
+    """Refuse, on every rank, a rank started with other train params, shards or code than rank 0 (one
+    machine's stale params.yaml or shards): its epoch plan read other samples (a train.seed apart gave
+    duplicates and drops), its optimiser stepped otherwise (train.lr) or its collectives came at other
+    steps (train.checkpoint_every: a hang), all without a word, since rank 0 alone checks last.pt."""
+    records = all_gather_objects(_run_record(params, data), env)
+    for rank, record in enumerate(records[1:], start=1):
+        if differ := sorted(k for k in {*records[0], *record} if records[0].get(k) != record.get(k)):
+            raise ValueError(f"rank {rank} was started with other settings than rank 0 ({', '.join(differ)} "
+                             "differ): every rank, on every machine, must train with the same params.yaml, shards "
+                             "and code")
 
 
 def _fit(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path, preprocess: dict,

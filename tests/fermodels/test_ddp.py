@@ -450,6 +450,14 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             outcome = f"{type(err).__name__}{'' if is_user_error(err) else ' (a bug)'}: {err}"
         (Path(out) / f"rank{rank}-held.txt").write_text(outcome)
         return
+    if mode == "mismatch":                              # rank 1 reads another params.yaml (another seed)
+        try:
+            trainer.train(shards, make_params(epochs=1, seed=rank), Path(out) / "ckpt", Path(out) / "live")
+            outcome = "trained"
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-mismatch.txt").write_text(outcome)
+        return
     real_save = trainer._save
 
     def save_every_rank(env, path, run, *args):
@@ -531,6 +539,17 @@ def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, 
     assert outcomes[0].startswith("ValueError: ") and said in outcomes[0], outcomes
     assert outcomes[1].startswith("RankZeroRefusal: rank 0 stopped before training: ValueError: "), outcomes
     assert said in outcomes[1], outcomes
+
+
+def test_a_rank_started_with_other_params_stops_every_rank_before_training(tiny_shards, tmp_path):
+    """A rank given another train.seed than rank 0 (a machine's stale params.yaml) planned its epochs
+    from another shuffle: the run read some samples twice and others never, without a word."""
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "mismatch"), nprocs=2,
+                       start_method="fork")
+    outcomes = [(tmp_path / f"rank{rank}-mismatch.txt").read_text() for rank in (0, 1)]
+    assert all(o.startswith("ValueError: rank 1 was started with other settings than rank 0 (train.seed differ)")
+               for o in outcomes), outcomes
+    assert not (tmp_path / "ckpt" / "last.pt").exists()
 
 
 def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path):
