@@ -5,6 +5,8 @@ through this module; ids are never inferred from folder sort order.
 """
 from __future__ import annotations
 
+import json
+import unicodedata
 from typing import Mapping
 
 CLASSES: tuple[str, ...] = (
@@ -59,7 +61,8 @@ class UnknownClassError(ValueError):
         super().__init__(
             f"{where}: unknown class name(s) {self.unknown}; known names: {sorted(SYNONYMS)}.\n"
             f"  fix: add an explicit mapping, options: {{mapping: {{{self.unknown[0]!r}: <one of "
-            f"{', '.join(CLASSES)}>}}}} (a value of null excludes that class and counts its images as dropped)"
+            f"{', '.join(CLASSES)}>}}}} (a value of null excludes that class and counts its images as dropped); "
+            f"on the command line: --option 'mapping={{{json.dumps(self.unknown[0], ensure_ascii=False)}: <class>}}'"
         )
 
 
@@ -92,6 +95,12 @@ def canonical_id(name: str) -> int:
     return cid
 
 
+def _folded(name: str) -> str:
+    """``name`` as mapping keys and folder names are compared: composed (NFC: a Mac's copy or zip names
+    ``Ü`` decomposed, ``U`` + a combining mark, where an editor or shell types it composed), trimmed, lower-case."""
+    return unicodedata.normalize("NFC", name).strip().lower()
+
+
 def resolve_names(
     names: list[str], mapping: Mapping[str, str | None] | None = None, *, where: str = "folders"
 ) -> dict[str, int | None]:
@@ -113,19 +122,19 @@ def resolve_names(
     explicit: dict[str, str | None] = {}
     given: dict[str, object] = {}
     for k, v in pairs:            # the keys as given: 1 and "1", Calm and calm name one folder
-        low = k.strip().lower()
+        low = _folded(k)
         if low in explicit and explicit[low] != v:
             raise ValueError(f"{where}: options.mapping names folder {low!r} twice ({given[low]!r}: "
                              f"{explicit[low]!r} and {k!r}: {v!r}); keep one")
         explicit[low], given[low] = v, k
-    lowered = {n.strip().lower() for n in names}
+    lowered = {_folded(n) for n in names}
     stray = sorted(k for k in explicit if k not in lowered)
     if stray:
         raise ValueError(f"{where}: mapping names {stray} match no class folder; present: {sorted(names)}")
     out: dict[str, int | None] = {}
     unknown: list[str] = []
     for name in names:
-        low = name.strip().lower()
+        low = _folded(name)
         if low in explicit:
             target = explicit[low]
             out[name] = None if target is None or str(target).strip() == "" else _explicit(target, where)

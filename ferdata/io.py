@@ -38,7 +38,8 @@ import numpy as np
 from ferdata.imagefile import (GRAY_ALPHA_MODES, JPEG_FORMATS, BadImage, ImageHeader, conversions_of, declared_size,
                                is_truncated, read_header, sniff_format)
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})  # file names read
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm",
+                        ".ppm"})      # file names read (.jfif: a JPEG as Windows' browsers save one)
 MAX_PIXELS = 40_000_000            # above this a JPEG decodes reduced; other formats are refused
 MAX_SOURCE_PIXELS = 178_956_970    # PIL's decompression-bomb limit: refused whatever the format
 MIN_SIDE = 16                      # smaller images cannot hold a usable face

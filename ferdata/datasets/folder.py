@@ -24,6 +24,8 @@ from ferdata.records import Dropped, FaceRecord, make_key
 
 log = logging.getLogger(__name__)
 
+HEIF_EXTS = frozenset({".heic", ".heif"})     # an iPhone's photos: no decoder here (io.decode_image says so too)
+MAC_ZIP_FOLDER = "__MACOSX"     # where an archive made on a Mac keeps a ``._x`` resource fork of each file
 SPLIT_DIRS: Mapping[str, str] = {
     "train": "train", "training": "train",
     "val": "val", "valid": "val", "validation": "val",
@@ -32,12 +34,13 @@ SPLIT_DIRS: Mapping[str, str] = {
 
 
 def subdirs(folder: Path) -> list[Path]:
-    """Visible sub-folders of ``folder``, sorted by name (hidden ones like ``.DS_Store`` skipped)."""
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    """Visible sub-folders of ``folder``, sorted by name (hidden ones like ``.trash/`` skipped)."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not hidden(p.name)), key=lambda p: p.name)
 
 
 def hidden(name: str) -> bool:
-    return name.startswith(".")
+    """A dot-name (``.DS_Store``, ``._x.jpg``, ``.thumbs/``) or a Mac archive's ``__MACOSX/``: no data."""
+    return name.startswith(".") or name == MAC_ZIP_FOLDER
 
 
 def visible_files(folder: Path, recursive: bool = True, fence: Path | None = None) -> list[Path]:
@@ -93,10 +96,13 @@ def is_image(path: Path) -> bool:
 def unread(path: Path) -> tuple[str, str] | None:
     """Why a listed file is no image to read, as a drop (reason, detail); None for an image."""
     if hidden(path.name):
-        return "hidden_file", f"{path}: hidden (its name starts with '.'): not read"
+        why = "a Mac archive's resource forks" if path.name == MAC_ZIP_FOLDER else "its name starts with '.'"
+        return "hidden_file", f"{path}: hidden ({why}): not read"
     if path.is_dir():
         return "repeated_folder", (f"{path}: a link up the tree, into another folder of the dataset, or to a "
                                    "folder read already: not followed (a loop, or a second way in)")
+    if path.suffix.lower() in HEIF_EXTS:        # as io.decode_image names one renamed .jpg
+        return "heic_unsupported", f"{path}: a HEIC/HEIF photo cannot be decoded here: convert it to JPEG or PNG"
     if not is_image(path):
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
     if not path.exists():

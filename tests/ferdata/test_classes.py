@@ -100,3 +100,10 @@ def test_a_mapping_naming_one_folder_twice_is_refused(text):
 def test_a_mapping_naming_each_folder_once_still_resolves():
     out = resolve_names(["1", "calm"], read_yaml("m: {1: Surprise, Calm: Neutral}")["m"])
     assert {k: CLASSES[v] for k, v in out.items()} == {"1": "Surprise", "calm": "Neutral"}
+
+
+def test_the_unknown_name_fix_gives_the_command_line_form_too():
+    """`ferdata prepare folder --root ...` users got only the params.yaml form of the fix (audit h107)."""
+    with pytest.raises(UnknownClassError) as err:
+        resolve_names(["sad face", "happy"])
+    assert """--option 'mapping={"sad face": <class>}'""" in str(err.value)
