@@ -319,9 +319,11 @@ def sample(
 
 @app.command("params")
 def default_params() -> None:
-    """Print the project's default params.yaml, to start a project outside a checkout.
+    """Print the project's params.yaml, to start a project outside a checkout.
 
-    `ferdata params > params.yaml` gives `prepare`, `detect`, `sample` and `cache` the settings a checkout has."""
+    `ferdata params > params.yaml` gives `prepare`, `detect`, `sample` and `cache` the settings a checkout has.
+
+    An installed wheel prints its copy, as released; under `pip install -e`, the checkout's file, edits included."""
     from ferdata.params import default_params_text
 
     typer.echo(default_params_text(), nl=False)
