@@ -93,6 +93,8 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
         "preprocess": state.get("preprocess", {}),
         "alignment": alignment(state.get("preprocess", {}), card, (state.get("data") or {}).get("face_backends")),
         "datasets": state.get("datasets", []), "best": state.get("best", {}), "files": files, "opset": OPSET,
+        # false: best's scores are another epoch's weights or the weight average's (a last.pt), not these
+        "best_scores_these_weights": scores_these_weights(state),
         # false: a face's scores depend on the other faces in its batch; run such a model one face at a time
         "per_sample": card.per_sample,
         # the face backends that found the training faces (samples each): find new faces the same way
@@ -105,9 +107,19 @@ def metadata(state: dict, card, files: dict[str, str]) -> dict:
     }
 
 
-GREY_RULE = ("every training face was grey (R = G = B): ferdata predict turns the picture (each reduced copy the "
-             "crop is warped from) grey before the warp, cv2.cvtColor RGB2GRAY (BT.601 luma, OpenCV's fixed-point "
-             "weights) replicated to 3 channels, then aligns, stores and feeds the face as for any model")
+def scores_these_weights(state: dict) -> bool:
+    """Whether the checkpoint's ``best`` scores its own weights: a best.pt's are; a last.pt holds the raw weights of
+    the epoch it stopped at, its ``best`` the best epoch's scores, of the weight average when there is one (``ema``).
+    True for a ``best`` naming no epoch (nothing scored)."""
+    best = state.get("best") or {}
+    return "epoch" not in best or (best["epoch"] == state.get("epoch") and "ema" not in state)
+
+
+GREY_RULE = ("every training face was grey (R = G = B), found and warped from a grey picture: ferdata predict turns "
+             "the picture grey, cv2.cvtColor RGB2GRAY (BT.601 luma, OpenCV's fixed-point weights) replicated to 3 "
+             "channels, before the face backend finds its faces and keypoints (found on the colours, they sit a few "
+             "pixels elsewhere, which moves the crop and the scores) and before the warp (each reduced copy the crop "
+             "is warped from), then aligns, stores and feeds the face as for any model")
 
 
 def flip_tta(card) -> dict:
@@ -187,6 +199,8 @@ def alignment(preprocess: dict, card, face_backends: dict | None = None) -> dict
                   "INTER_AREA when shrinking, on the uint8 crop (rounded), as the loader resized for training on "
                   "a CPU (on a GPU the enlargement ran in float, within one level of it)",
     }
+    if framed := dataset_framed(face_backends):
+        out["framing"] = framed
     derive_q = (preprocess.get("derive") or {}).get("jpeg_quality")
     if (align_q := preprocess["align"].get("jpeg_quality")) is not None:
         halves = f" (the halves from JPEGs of quality {derive_q})" if derive_q is not None else ""
@@ -213,6 +227,20 @@ def alignment(preprocess: dict, card, face_backends: dict | None = None) -> dict
     return out
 
 
+def dataset_framed(face_backends: dict | None) -> str | None:
+    """For a model most of whose training faces were a dataset's own crops (``precropped``: FERPlus's, RAF-DB's
+    aligned pictures), what ``ferdata predict`` warns of: those were resized whole, framed as the dataset cut them,
+    not warped to the template a new photo's face is warped to; else None."""
+    from fermodels.predictor import dataset_crops
+
+    if not (whole := dataset_crops(face_backends)):
+        return None
+    return (f"most training faces were the dataset's own crops ({', '.join(whole)}), each resized whole to crop_size "
+            "(the edge replicated), framed as the dataset cut them: a new photo's face warped to the template is "
+            "framed otherwise, which the model never saw; feed it faces cropped as those datasets crop them, "
+            "resized so, for scores like its validation's")
+
+
 def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS,
                  name: str | None = None, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write ``<name>.onnx`` / ``<name>.ts`` and ``<name>.json``; returns the metadata.
@@ -230,6 +258,11 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     if not formats:
         raise ValueError("no export format left (--no-onnx and --no-torchscript together): keep one")
     state = load_checkpoint(checkpoint)
+    if not scores_these_weights(state):
+        log.warning("%s holds the raw weights of epoch %s, not the ones its best scores (epoch %s%s): the export's "
+                    "best_scores_these_weights is false; export best.pt for the validated weights", checkpoint,
+                    state.get("epoch"), (state.get("best") or {}).get("epoch"),
+                    ", their average" if "ema" in state else "")
     wrapper = ExportWrapper(model_from_checkpoint(state))
     card, name = wrapper.card, name or state["model"]
     out = Path(out_dir)

@@ -192,8 +192,7 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
         if missing:
             log.warning("the model's training faces were found by %s, which cannot run here; using auto, whose "
                         "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
-        elif (whole := [n for n in ranked if n in WHOLE_IMAGE_BACKENDS]) and 2 * sum(
-                trained[n] for n in whole) > sum(trained.values()):
+        elif whole := dataset_crops(trained):
             # the dataset's own crops: framed as its publisher cut them, not by the 5-point template auto warps new
             # faces to (face-box crops grown 20%: the eyes 7-13 px of 112 higher, 44 grey levels apart on average)
             log.warning("the model's training faces are the dataset's own crops (%s), framed as the dataset cut "
@@ -214,6 +213,16 @@ def training_keypoints(trained: Mapping[str, int] | None) -> str:
     pooled model of AffectNet by its landmarks (``annotations``) and FERPlus (``precropped``) aligns new faces
     by their 68 landmarks' five points, as its landmark-placed faces were, not by the detector's keypoints."""
     return keypoint_source({name: n for name, n in (trained or {}).items() if name not in WHOLE_IMAGE_BACKENDS})
+
+
+def dataset_crops(trained: Mapping[str, int] | None) -> list[str]:
+    """The whole-image backends (``precropped``: FERPlus's, RAF-DB's own crops, resized whole) that made
+    most of a model's training faces (``trained``: samples per face backend), most first; [] when they
+    made half or fewer. Such faces are framed as the dataset cut them, not by the template new faces are
+    warped to."""
+    counts = trained or {}
+    whole = sorted((n for n in counts if n in WHOLE_IMAGE_BACKENDS), key=lambda n: (-counts[n], n))
+    return whole if 2 * sum(counts[n] for n in whole) > sum(counts.values()) else []
 
 
 def check_candidate_options(candidates: list[str], options: Mapping[str, Any]) -> None:

@@ -79,6 +79,13 @@ class ResNet18Classifier(nn.Module):
 HEATMAP_CENTRES = ("features", "cells")
 
 
+def arange_like(like: Tensor, n: int) -> Tensor:
+    """0, 1, ..., n - 1 in ``like``'s dtype, on its device, and so when traced: ``torch.arange(n,
+    device=like.device)`` is traced with that device as a constant, and a TorchScript export moved to a GPU
+    made these steps on the CPU and failed there (pcnn, pcda)."""
+    return like.new_ones(n).cumsum(0, dtype=like.dtype) - 1
+
+
 def check_heatmap_centres(centres: str) -> None:
     if centres not in HEATMAP_CENTRES:
         raise ValueError(f"heatmap_centres must be one of {HEATMAP_CENTRES}, got {centres!r}")

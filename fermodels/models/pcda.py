@@ -27,13 +27,11 @@ from torch import Tensor, nn
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import GLOBAL_BATCH, label_loss, neutral_aware_anchor
 from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
-from fermodels.models.baselines import Batch, check_heatmap_centres, require
+from fermodels.models.baselines import Batch, arange_like, check_heatmap_centres, require
 from fermodels.registry import ModelCard, register_model
 
 H_NORMS = ("sigmoid", "raw", "minmax", "softmax")
 NUM_LANDMARKS = 68
-
-
 
 
 class GaussianLandmarkEncoder(nn.Module):
@@ -61,7 +59,7 @@ class GaussianLandmarkEncoder(nn.Module):
         ``(j + 0.5) * cell - 0.5`` instead, the middle of pixels [j*cell, (j+1)*cell), 3.5 px off
         the features at 112 (how checkpoints saved before this keyword were trained).
         """
-        steps = torch.arange(self.grid, dtype=lmk.dtype, device=lmk.device)
+        steps = arange_like(lmk, self.grid)
         centres = steps * self.cell if self.centres == "features" else (steps + 0.5) * self.cell - 0.5
         dx = centres[None, None, None, :] - lmk[:, :, 0, None, None]
         dy = centres[None, None, :, None] - lmk[:, :, 1, None, None]

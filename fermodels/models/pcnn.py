@@ -28,7 +28,7 @@ from ferdata.regions import fixed_regions as ferdata_fixed_regions
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import label_loss
 from fermodels.models.backbones import ResNet18Trunk, global_avg_pool
-from fermodels.models.baselines import Batch, require
+from fermodels.models.baselines import Batch, arange_like, require
 from fermodels.registry import ModelCard, register_model
 
 REGIONS = REGION_NAMES
@@ -66,9 +66,8 @@ def landmark_boxes(lmk: Tensor, size: int, margin: float = 0.15) -> Tensor:
 
 def _affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
     """``F.affine_grid(theta, (B, C, H, W), align_corners=True)`` from plain matmuls (exportable)."""
-    def axis(n: int) -> Tensor:  # linspace(-1, 1, n); arange keeps float32 in ONNX export
-        steps = torch.arange(n, dtype=theta.dtype, device=theta.device)
-        return steps * (2.0 / max(n - 1, 1)) - 1.0
+    def axis(n: int) -> Tensor:  # linspace(-1, 1, n), in theta's dtype and device when traced
+        return arange_like(theta, n) * (2.0 / max(n - 1, 1)) - 1.0
 
     gy, gx = torch.meshgrid(axis(height), axis(width), indexing="ij")
     base = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(1, height * width, 3)
@@ -118,7 +117,7 @@ class PCNN(nn.Module):
                     for k, (r0, r1, c0, c1) in fixed_regions(self.card.input_size).items()}
         lmk = require(batch, "lmk", self.card)
         boxes = landmark_boxes(lmk.to(image.dtype), self.card.input_size)
-        index = torch.arange(image.shape[0], dtype=image.dtype, device=image.device)[:, None]
+        index = arange_like(image, image.shape[0])[:, None]
         return {name: roi_align(image, torch.cat([index, boxes[:, i]], dim=1), self.sizes[name],
                                 spatial_scale=1.0, sampling_ratio=2, aligned=True)
                 for i, name in enumerate(REGIONS)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 import zipfile
 
@@ -90,6 +91,30 @@ def test_torchscript_graph_holds_no_device_and_reexports_check_only_what_they_wr
     res = CliRunner().invoke(app, ["export", str(tiny_run["ckpt"] / "best.pt"), str(tmp_path), "--no-onnx"])
     assert res.exit_code == 0, res.output
     assert "torchscript:" in res.output and "onnx:" not in res.output
+
+
+FORWARD_MADE = ("pcda", "pcnn")        # models that make tensors in forward (steps of a grid, batch indices)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    *((n, {}) for n in FORWARD_MADE), ("pcnn", {"regions": "landmarks"}),
+    *(pytest.param(n, {}, marks=pytest.mark.slow) for n in list_models() if n not in FORWARD_MADE)])
+def test_a_torchscript_graph_makes_its_tensors_on_its_inputs_device(name, kwargs, tmp_path, one_thread):
+    """A tensor made in forward on ``x.device`` (torch.arange(n, device=theta.device)) was traced with the
+    device as a constant: pcnn's and pcda's TorchScript graphs, moved to a GPU, made their grid steps on the
+    CPU, which the GPU's tensors then met (a device mismatch); their ONNX graphs were fine."""
+    from fermodels.export import ExportWrapper, _write_graphs
+    from fermodels.registry import create_model
+
+    _write_graphs(ExportWrapper(create_model(name, **kwargs).eval()), tmp_path, name, ["torchscript"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)             # torch.jit.load's deprecation notice
+        graph = torch.jit.load(str(tmp_path / f"{name}.ts"))
+    lines = str(graph.inlined_graph).splitlines()
+    cpu = [line.split(" : ")[0].strip() for line in lines if 'Device = prim::Constant[value="cpu"]' in line]
+    made = [line.strip() for line in lines if re.search(r"aten::(arange|zeros|ones|full|empty|eye|linspace)\(", line)
+            and any(re.search(rf"{c}[,)]", line.split("=", 1)[1]) for c in cpu)]
+    assert not made, made[:2]          # a constant index tensor on the CPU is fine: indexing moves it
 
 
 def test_an_export_clears_the_staging_folder_a_killed_export_left(tiny_run, tmp_path, one_thread):
@@ -530,6 +555,23 @@ def test_the_metadata_names_the_code_data_and_files_it_came_from(tmp_path, prepr
                               "onnx": digest(tmp_path / "out" / "resnet18_112.onnx")}
 
 
+def test_an_export_of_a_last_pt_says_its_best_scores_are_not_its_weights(tmp_path, preprocess, caplog):
+    """A last.pt holds the raw weights of the epoch it stopped at; its best is the best epoch's scores (of the
+    weight average, with train.ema_decay). Its export carried that best as the graph's own scores."""
+    _checkpoint_of("resnet18_112", tmp_path / "best.pt", preprocess)
+    state = torch.load(tmp_path / "best.pt", weights_only=False)
+    torch.save({**state, "epoch": 3, "best": {"epoch": 1, "accuracy": 0.8}}, tmp_path / "last.pt")
+    torch.save({**state, "epoch": 1, "best": {"epoch": 1, "accuracy": 0.8}}, tmp_path / "best.pt")
+    torch.save({**state, "epoch": 1, "best": {"epoch": 1, "accuracy": 0.8}, "ema": state["state_dict"]},
+               tmp_path / "ema.pt")
+    assert export_model(tmp_path / "best.pt", tmp_path / "b", ["onnx"])["best_scores_these_weights"] is True
+    with caplog.at_level("WARNING", logger="fermodels.export"):
+        for name in ("last.pt", "ema.pt"):
+            meta = export_model(tmp_path / name, tmp_path / name.split(".")[0], ["onnx"])
+            assert meta["best_scores_these_weights"] is False and meta["best"]["accuracy"] == 0.8
+    assert caplog.text.count("export best.pt for the validated weights") == 2
+
+
 def test_the_metadata_says_which_5_points_of_a_face_the_training_faces_were_aligned_by():
     """A model trained on a dataset's own landmarks (annotations) learnt faces aligned by the five points of their 68
     landmarks; the export said only "eye, image left ...", and a deployer aligning by a detector's own keypoints
@@ -542,3 +584,17 @@ def test_the_metadata_says_which_5_points_of_a_face_the_training_faces_were_alig
     assert "36-41" in alignment(pre, card, {"annotations": 30})["keypoints_from"]
     assert "detector's own" in alignment(pre, card, {"embedded": 30})["keypoints_from"]
     assert "detector's own" in alignment(pre, card, {"annotations": 30, "embedded": 3})["keypoints_from"]
+
+
+def test_the_metadata_says_when_the_training_faces_were_a_datasets_own_crops():
+    """A model trained mostly on FERPlus's or RAF-DB's own crops (precropped) saw faces framed as the dataset cut
+    them; predict warns that new faces, warped to the template, are framed otherwise. The export said only that
+    the crops were warped to the template by "the face detector's own 5 keypoints"."""
+    from fermodels.export import alignment
+    from fermodels.registry import create_model
+
+    card = create_model("resnet18_112").card
+    pre = {"align": {"size": 112, "padding": 0.0}}
+    assert "dataset's own crops (precropped)" in alignment(pre, card, {"precropped": 30, "embedded": 3})["framing"]
+    assert "framing" not in alignment(pre, card, {"precropped": 3, "embedded": 30})
+    assert "framing" not in alignment(pre, card, {"annotations": 30})

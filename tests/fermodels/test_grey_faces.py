@@ -181,6 +181,22 @@ def test_an_export_of_a_grey_model_says_so(grey_run, tiny_run):
     assert "grey_faces" not in metadata(colour, model_from_checkpoint(colour).card, {})
 
 
+def test_an_export_of_a_grey_model_says_its_faces_are_found_in_the_grey_picture(astronaut, one_thread):
+    """Predict finds a grey model's faces in the picture turned grey (Picture.detected(grey=True)); the export
+    said only that the picture is turned grey "before the warp", and a deployer finding faces on the colours
+    had keypoints up to 5 px elsewhere (grace_hopper.jpg), crops 22 levels off on average."""
+    from ferdata.faces import create_backend
+    from fermodels.registry import create_model
+
+    state = {"model": "resnet18_112", "model_kwargs": {}, "classes": ["a"] * 7, "data": {"grey_faces": True}}
+    rule = metadata(state, create_model("resnet18_112").card, {})["grey"]
+    assert "before the face backend finds its faces and keypoints" in rule and "before the warp" in rule
+    picture = Picture.from_file(astronaut.read_bytes())
+    backend = create_backend("embedded", {"threads": 1})
+    on_colour, on_grey = (backend.detect(picture.detected(grey), None)[0].kps5 for grey in (False, True))
+    assert np.abs(np.asarray(on_colour) - np.asarray(on_grey)).max() > 0.5      # the rule is not moot
+
+
 @pytest.fixture
 def fed(monkeypatch) -> list[bool]:
     """Whether each evaluate pass fed the model grey faces only (R = G = B), in order."""
