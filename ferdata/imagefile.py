@@ -124,7 +124,7 @@ def read_header(data: bytes) -> ImageHeader:
                 frames = _frames(im) if fmt != "MPO" else 1     # an MPO's first picture is the photo itself
                 key = im.info.get("transparency") if fmt == "PNG" and mode in ("1", "L", "I", "I;16") else None
     except Image.DecompressionBombError as e:
-        raise BadImage("too_large", str(e)) from None
+        raise BadImage("too_large", f"{e}: shrink it") from None
     except MemoryError:                      # the machine's, not the file's: no good image dropped for it
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for an unreadable header
@@ -134,8 +134,7 @@ def read_header(data: bytes) -> ImageHeader:
                                                "here: convert it to JPEG or PNG") from None
         if not kind:
             raise BadImage("not_an_image", f"unknown file signature {data[:8]!r}") from None
-        reason = "truncated" if is_truncated(kind, data) else "undecodable"
-        raise BadImage(reason, f"{kind} header unreadable: {type(e).__name__}") from None
+        raise damaged(kind, data, f"{kind} header unreadable ({type(e).__name__})") from None
     wide = mode.startswith("I;16") or (fmt == "PPM" and mode == "I")      # PIL opens a 16-bit PGM as I
     depth = data[24] if fmt == "PNG" and len(data) > 24 else (16 if wide else 8)
     if bits:                                  # PIL shows a 16-bit RGBA TIFF as mode RGBA
@@ -203,6 +202,20 @@ def _frames(im) -> int:
         return max(1, int(getattr(im, "n_frames", 1)))
     except Exception:  # noqa: BLE001 - a broken later page must not cost the first: counted as one
         return 1
+
+
+# What a drop's detail tells the user to do about a file its decoder could not read (audit h110)
+DAMAGED_FIX = {"truncated": "the file ends early (an interrupted download, copy or unzip): copy it again from its "
+                             "source",
+               "undecodable": "its data does not decode (damaged, or a variant the decoders here do not read): copy it "
+                              "again from its source, or re-save it as PNG or JPEG"}
+
+
+def damaged(fmt: str, data: bytes, what: str) -> BadImage:
+    """``truncated`` (:func:`is_truncated`) or ``undecodable`` for a ``fmt`` file whose ``what`` failed, with the
+    fix in its detail."""
+    reason = "truncated" if is_truncated(fmt, data) else "undecodable"
+    return BadImage(reason, f"{what}: {DAMAGED_FIX[reason]}")
 
 
 def is_truncated(fmt: str, data: bytes) -> bool:

@@ -35,11 +35,14 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ferdata.imagefile import (GRAY_ALPHA_MODES, JPEG_FORMATS, BadImage, ImageHeader, conversions_of, declared_size,
-                               is_truncated, read_header, sniff_format)
+from ferdata.imagefile import (GRAY_ALPHA_MODES, JPEG_FORMATS, BadImage, ImageHeader, conversions_of, damaged,
+                               declared_size, read_header, sniff_format)
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm",
                         ".ppm"})      # file names read (.jfif: a JPEG as Windows' browsers save one)
+# what OpenCV's FFmpeg reads: phones' .3gp, camcorders' AVCHD (.mts, .m2ts), MPEG-PS (.mpg); not .ts (TypeScript).
+# `ferdata predict` scores their frames; no dataset reader reads a video (its frames are extracted first)
+VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg"})
 MAX_PIXELS = 40_000_000            # above this a JPEG decodes reduced; other formats are refused
 MAX_SOURCE_PIXELS = 178_956_970    # PIL's decompression-bomb limit: refused whatever the format
 MIN_SIDE = 16                      # smaller images cannot hold a usable face
@@ -62,11 +65,12 @@ def _reduction(head: ImageHeader) -> int:
     """1, 2, 4 or 8; raises ``too_large`` where bounded memory cannot be kept."""
     pixels = head.width * head.height
     if pixels > MAX_SOURCE_PIXELS:
-        raise BadImage("too_large", f"{head.width}x{head.height} exceeds {MAX_SOURCE_PIXELS} pixels")
+        raise BadImage("too_large", f"{head.width}x{head.height} exceeds {MAX_SOURCE_PIXELS} pixels: shrink it")
     if pixels <= MAX_PIXELS:
         return 1
     if head.format not in JPEG_FORMATS:
-        raise BadImage("too_large", f"{head.width}x{head.height} {head.format}: only JPEG decodes reduced")
+        raise BadImage("too_large", f"{head.width}x{head.height} {head.format} exceeds {MAX_PIXELS} pixels, the most "
+                       "decoded whole (only a JPEG decodes reduced): shrink it, or save it as JPEG")
     return next(r for r in (2, 4, 8) if pixels / (r * r) <= MAX_PIXELS)
 
 
@@ -129,7 +133,7 @@ def probe_image(data: bytes, reduce_at_least: int = 1) -> Probe:
         raise BadImage("empty_file")
     head = read_header(data)
     if min(head.width, head.height) < MIN_SIDE:
-        raise BadImage("too_small", f"{head.width}x{head.height}")
+        raise BadImage("too_small", f"{head.width}x{head.height}: a side under {MIN_SIDE} px, too small to hold a face")
     needed = _reduction(head)
     reduce = max(needed, reduce_at_least)
     # Flipped/rotated frames keep the pixel-centre rule x' = (x + 0.5) / r - 0.5 only when r
@@ -177,8 +181,7 @@ def decode_image(data: bytes, reduce_at_least: int = 1) -> Decoded:
         flags = cv2.IMREAD_UNCHANGED if head.has_alpha else _REDUCED_RGB[inside] | cv2.IMREAD_IGNORE_ORIENTATION
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
-        reason = "truncated" if is_truncated(head.format, data) else "undecodable"
-        raise BadImage(reason, f"{head.format} {head.width}x{head.height} {head.mode}")
+        raise damaged(head.format, data, f"{head.format} {head.width}x{head.height} {head.mode}")
     if head.grey_key is not None and img.ndim == 2:         # OpenCV ignores a grey PNG's tRNS
         img = np.where(img == head.grey_key, 0, img).astype(img.dtype)
     if head.has_alpha:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ferdata.atomic import atomic_open
-from ferdata.layout import DROPS
+from ferdata.layout import DROPS, REPORT
 from ferdata.records import Dropped
 
 MAX_EXAMPLES = 20  # examples kept per reason, so a report stays small for 10^5 drops
@@ -66,6 +66,14 @@ def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:
         report.drop(d)
     with atomic_open(out / DROPS) as f:       # line by line: the whole list as one text took
         f.writelines((json.dumps(asdict(d), sort_keys=True) + "\n").encode() for d in drops)  # ~0.5 kB a drop more
+
+
+def where_listed(out_dir: str | Path, report: StageReport) -> str:
+    """Where a stage's summary line sends the reader for its drops (``dvc repro``'s log names no file
+    otherwise; ``ferdata prepare``'s last line does): "" when it dropped nothing."""
+    if not report.dropped:
+        return ""
+    return f" (each listed in {Path(out_dir) / DROPS}, counts and examples in {Path(out_dir) / REPORT})"
 
 
 def warn_subset_losses(stage: str, lost: dict[str, list[str]], out_dir: str | Path, why: str) -> None:

@@ -24,7 +24,7 @@ from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.datasets.folder import hidden, visible_files
 from ferdata.errors import shown, utf8_name
 from ferdata.imagefile import read_header
-from ferdata.io import IMAGE_EXTS, BadImage, encode_jpeg
+from ferdata.io import IMAGE_EXTS, VIDEO_EXTS, BadImage, encode_jpeg
 from ferdata.progress import progress
 from ferdata.stages.detect_work import DETECTOR_FAILED
 from fermodels.predictions import NAME_MAX, Results, partial_path, written_as_scored
@@ -32,8 +32,8 @@ from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
 from fermodels.videofile import missing_bytes
 
 log = logging.getLogger(__name__)
-# what OpenCV's FFmpeg reads: phones' .3gp, camcorders' AVCHD (.mts, .m2ts), MPEG-PS (.mpg); not .ts (TypeScript)
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".3gp", ".mts", ".m2ts", ".mpg", ".mpeg"}
+# a folder's GIFs are scored as a GIF named is (its first picture, with a warning); dataset readers leave GIFs out
+PICTURE_EXTS = IMAGE_EXTS | {".gif"}
 FRAME_COPY = re.compile(r"(.+)\.f\d{6,}\.jpg", re.DOTALL)   # annotation_path's name of a frame's copy
 # containers whose header lists the frames shown: an MP4/MOV also lists those its edit list leaves out (a clip cut
 # from a longer one without re-encoding keeps the frames back to a keyframe), so its count may exceed what decodes
@@ -171,7 +171,7 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
             special = []             # a pipe waits forever for a writer, a link to /dev/zero never ends
             for f in visible_files(p):
                 (unseen if hidden(f.name) else links if f.is_dir() else special if _special(f)
-                 else found if f.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS else others).append(f)
+                 else found if f.suffix.lower() in PICTURE_EXTS | VIDEO_EXTS else others).append(f)
             if special:
                 log.warning("%s: %d pipe(s), socket(s) or device(s) skipped (no regular file), e.g. %s", shown(p),
                             len(special), shown(special[0]))
@@ -180,12 +180,12 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
                             shown(unseen[0]))
             if others:
                 log.warning("%s: %d file(s) neither image (%s) nor video (%s) skipped, e.g. %s", shown(p),
-                            len(others), " ".join(sorted(IMAGE_EXTS)), " ".join(sorted(VIDEO_EXTS)), shown(others[0]))
+                            len(others), " ".join(sorted(PICTURE_EXTS)), " ".join(sorted(VIDEO_EXTS)), shown(others[0]))
             if links:
                 log.warning("%s: %d linked folder(s) not followed (up the tree or read already), e.g. %s", shown(p),
                             len(links), shown(links[0]))
             if not found:          # a folder given for its pictures holds none: a wrong folder, not a result
-                raise FileNotFoundError(f"{shown(p)}: no images ({' '.join(sorted(IMAGE_EXTS))}) or videos "
+                raise FileNotFoundError(f"{shown(p)}: no images ({' '.join(sorted(PICTURE_EXTS))}) or videos "
                                         f"({' '.join(sorted(VIDEO_EXTS))}) in it or below it")
         elif p.is_file():
             found = [p]

@@ -58,15 +58,31 @@ class DatasetLayoutError(FileNotFoundError):
     def __init__(self, reader: str, root: Path, expected: list[str],
                  fix: str = "point --root (or params.yaml datasets.<name>.root) at the dataset's top folder") -> None:
         root = Path(root)
-        found = sorted(shown(p.name) for p in root.iterdir())[:20] if root.is_dir() else []
         state = "exists" if root.is_dir() else "is a file, not a folder" if root.exists() else "does not exist"
         where = f"{root} ({state})"
+        found, instead = _at_root(root)
         super().__init__(
             f"{reader}: {where} does not look like this dataset.\n"
             f"  expected: {', '.join(expected)}\n"
-            f"  found:    {', '.join(found) or '(nothing)'}\n"
-            f"  fix: {fix}"
+            f"  found:    {found}\n"
+            f"  fix: {fix}{instead}"
         )
+
+
+ARCHIVES = (".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar")
+
+
+def _at_root(root: Path) -> tuple[str, str]:
+    """What is at a dataset's ``root`` for :class:`DatasetLayoutError`: the first names in the folder, or
+    the file given instead of one (``found: (nothing)`` said no more, audit h110), with what to do then."""
+    if root.is_dir():
+        return ", ".join(sorted(shown(p.name) for p in root.iterdir())[:20]) or "(nothing)", ""
+    if not root.exists():
+        return "(nothing)", ""
+    name = shown(root.name)
+    if name.lower().endswith(ARCHIVES):
+        return f"{name}, an archive", f"; unpack {name} first and give the folder it makes"
+    return f"{name}, a file", f"; a folder, not a file in it ({name} lies in {shown(str(root.parent))})"
 
 
 # An unreadable annotation is a note, not a drop: the image and its label are the data, and a record
@@ -130,12 +146,14 @@ class DatasetReader:
         renamed: list[str] = []                           # "<file> as <key>" of each record given its own key
         not_utf8: list[str] = []                          # paths whose names are not UTF-8 (DVC cannot hash them)
         records, drops = 0, Counter()
+        example: dict[str, str] = {}                      # reason -> its first drop's detail (no sample: named)
         noted: dict[str, list] = {}                       # what -> [records kept with it, first example]
         try:
             for item in itertools.chain(first, scanned):
                 note = self._notes.pop(item.key, None)        # counted below only if the record stays
                 if not isinstance(item, FaceRecord):
                     drops[item.reason] += 1
+                    example.setdefault(item.reason, item.detail)
                     yield item
                     continue
                 records += 1
@@ -170,7 +188,8 @@ class DatasetReader:
         except UnicodeDecodeError as e:
             raise self._not_utf8(e) from e
         if not records:              # an empty label file or class folders: nothing to prepare
-            dropped = f"; dropped: {dict(sorted(drops.items()))}" if drops else ""
+            dropped = f"; dropped: {dict(sorted(drops.items()))}, e.g. {example[drops.most_common(1)[0][0]]}" \
+                if drops else ""
             raise ValueError(f"{self.name}: no samples found under {self.root} (expected {self.expects}){dropped}")
         if renamed:
             log.warning("%s: %d record(s) named alike after key sanitising took their own key (a hash of their "

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Mapping
 
 from ferdata.classes import CLASSES, resolve_names
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
-from ferdata.io import IMAGE_EXTS
+from ferdata.io import IMAGE_EXTS, VIDEO_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,13 @@ def unread(path: Path) -> tuple[str, str] | None:
                                    "folder read already: not followed (a loop, or a second way in)")
     if path.suffix.lower() in HEIF_EXTS:        # as io.decode_image names one renamed .jpg
         return "heic_unsupported", f"{path}: a HEIC/HEIF photo cannot be decoded here: convert it to JPEG or PNG"
+    if path.suffix.lower() in VIDEO_EXTS:      # video FER sets (RAVDESS, DFEW, AFEW) ship clips
+        return "video_file", (f"{path}: a video: extract its frames first, into a folder of their own (ffmpeg -i "
+                               f"{path.name} -vf fps=5 {path.stem}/%04d.png); a folder dataset keeps a clip's frames "
+                               "in one split with options.subject, e.g. '^([^/]+)/'")
+    if path.suffix.lower() == ".gif":
+        return "not_an_image", (f"{path}: a GIF is not read (often an animated clip, whose first frame need not show "
+                                "the expression): convert a still one to PNG, extract an animated one's frames")
     if not is_image(path):
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
     if not path.exists():
@@ -162,9 +169,9 @@ def read_class_tree(
     before any record is produced). Images in a class mapped to ``None`` are dropped
     with reason ``excluded_class``. Keys are ``<split>_<class>_<relative path>``. Every other
     visible file is a counted drop too: one beside the class folders (``outside_class_folder``),
-    one that is no image file (``not_an_image``: notes, GIFs, pipes), a link to nothing (``missing_image``),
-    a hidden image or folder (``hidden_file``: ``._x.jpg``, ``.thumbs/``; ``.DS_Store`` is ignored),
-    a link it does not follow (``repeated_folder``: up the tree, into another folder under ``root``,
+    one that is no image file (``not_an_image``: notes, GIFs, pipes; ``video_file``: a clip), a link to nothing
+    (``missing_image``), a hidden image or folder (``hidden_file``: ``._x.jpg``, ``.thumbs/``; ``.DS_Store`` is
+    ignored), a link it does not follow (``repeated_folder``: up the tree, into another folder under ``root``,
     the dataset's folder, or to one read already). Other linked folders are read. ``subject``: the
     pattern whose first group (or group ``subject``) in the path under the class folder is the person.
     """

@@ -37,7 +37,7 @@ from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, unreadable_drop
-from ferdata.report import StageReport, warn_subset_losses, write_drops
+from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
 from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
         report.notes[CONTENT] = content_digest(writer.files)
         write_drops(out, report, drops)
         report.write(out / REPORT)
-    log.info("align: kept %d, dropped %s, notes %s", report.kept, dict(report.dropped),
+    log.info("align: kept %d, dropped %s%s, notes %s", report.kept, dict(report.dropped), where_listed(out_dir, report),
              {k: v for k, v in report.notes.items() if k != CONTENT})      # the digest is report.json's
     if kept := {k: n for k, n in report.notes.get("duplicates", {}).items() if not k.startswith("across_")}:
         log.warning("align: copies of one picture and face in an official val/test split were kept, as the dataset "

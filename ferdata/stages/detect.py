@@ -35,7 +35,7 @@ from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, record_to_dict
-from ferdata.report import StageReport, warn_subset_losses, write_drops
+from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
 from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
                                         one_image_batches)
 
@@ -266,8 +266,8 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         # does not re-run. How many detections ran is logged and returned, not written.
         report.write(out / REPORT)
         report.notes.update(table.counts)
-    log.info("detect: kept %d, dropped %s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
-             table.counts["detections_run"], table.counts["cache_hits"])
+    log.info("detect: kept %d, dropped %s%s, ran %d detections (%d cached)", report.kept, dict(report.dropped),
+             where_listed(out_dir, report), table.counts["detections_run"], table.counts["cache_hits"])
     if (faceless := report.dropped["no_face"]) > max(10, report.kept) and params.backend != "precropped":
         log.warning("detect: backend %s found no face in %d of %d images (see %s). If they are face crops already "
                     "(FER2013 / FERPlus 48 px, CK+48, RAF-DB aligned), too small or too tight for a detector, use "

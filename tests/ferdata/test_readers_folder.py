@@ -219,7 +219,7 @@ def test_every_visible_file_is_read_or_counted(tmp_path):
     details = {d.reason: d.detail for d in items}
     outside = sorted(d.detail for d in items if d.reason == "outside_class_folder")
     assert outside == [str(tmp_path / "labels.txt"), str(tmp_path / "train" / "stray.jpg")]
-    assert "e.gif: not one of" in details["not_an_image"] and "gone.jpg" in details["missing_image"]
+    assert "e.gif: a GIF is not read" in details["not_an_image"] and "gone.jpg" in details["missing_image"]
 
 
 def test_linked_folders_are_read_and_loops_counted(tmp_path):

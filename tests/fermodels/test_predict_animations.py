@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fermodels.predict import iter_frames
+from fermodels.predict import expand_inputs, iter_frames
 
 
 @pytest.mark.parametrize("suffix", [".gif", ".webp"])
@@ -24,3 +24,11 @@ def test_an_animation_is_scored_on_its_first_frame_and_says_so(tmp_path, suffix,
     assert [r.getMessage() for r in caplog.records] == [f"{path} holds 3 pictures (an animated GIF/WebP/PNG or a "
                                                         "multi-page TIFF): only the first is scored (as a video, "
                                                         "e.g. .mp4, every frame would be)"]
+
+
+def test_a_folders_gifs_are_scored_as_a_named_one(tmp_path):
+    """They were skipped as "neither image nor video" (audit h110) while a GIF named was scored."""
+    for name in ("a.jpg", "b.gif", "c.txt"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    assert expand_inputs([tmp_path / "in"]) == [tmp_path / "in" / "a.jpg", tmp_path / "in" / "b.gif"]
