@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Collection, Iterable, Iterator
 
+import numpy as np
+
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.dedup import NearCopies, face_hash
+from ferdata.dedup import NearCopies, face_vector
 from ferdata.layout import (ALIGNED, DERIVED, GREY, INFO, REPORT, output_digest, report_inputs, report_notes,
                             report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
@@ -209,9 +211,9 @@ def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copi
     training faces are taken out of ``by_split`` (counted as dropped)."""
     if near:
         shown = "; ".join(f"train/{k} ~ {v}" for k, v in list(near.items())[:5])
-        log.warning("shard: %d training face(s) are near copies of val/test faces (their aligned crops all but "
-                    "identical: re-encoded copies, or the same face in the same pose and framing), each listed in "
-                    "the shards' report.json: %s%s; %s",
+        log.warning("shard: %d training face(s) are near copies of val/test faces (copies of one picture, "
+                    "re-encoded, resized, mirrored or cropped a little otherwise, or the same face in the same pose "
+                    "and framing; some such copies are missed), each listed in the shards' report.json: %s%s; %s",
                     len(near), shown, " ..." if len(near) > 5 else "",
                     "dropped (align.cross_split_copies drop_train)" if copies == "drop_train" else
                     "kept (align.cross_split_copies keep; drop_train drops them)")
@@ -225,27 +227,26 @@ def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copi
 def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader) -> dict[str, str]:
     """Training faces that are near copies of a val or test face (:class:`ferdata.dedup.NearCopies`):
     key -> "<split>/<key>" of the held-out face. The align stage compares files byte for byte; a copy
-    whose aligned crop is all but identical (re-encoded; resized or mirrored where the crop is the
-    picture, ``precropped``), in one dataset's train and test (or in a carved split: one video's
-    frames in a folder without subjects), was trained on and scored on, unnoticed. A copy the detector
-    found again at another size, mirrored or cropped otherwise is aligned a pixel or two otherwise and
-    mostly not found (:func:`ferdata.dedup.face_hash`)."""
+    re-encoded, resized, mirrored or cropped a little otherwise (its face found and aligned again), in
+    one dataset's train and test (or in a carved split: one video's frames in a folder without subjects),
+    was trained on and scored on, unnoticed. Most such copies are found, not all
+    (:func:`ferdata.dedup.face_vector`)."""
     if not by_split["train"] or not (by_split["val"] or by_split["test"]):
         return {}
     held = NearCopies()
     for split in ("val", "test"):
         for key in by_split[split]:
-            if (h := face_hash(read(aligned[key]["jpg"]))) is not None:
+            if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
                 held.add(f"{split}/{key}", h)
     found: dict[str, str] = {}
-    batch: list[tuple[str, tuple[int, int]]] = []
+    batch: list[tuple[str, np.ndarray]] = []
 
     def look_up() -> None:                  # a batch at a time: memory stays flat whatever the split's size
         found.update((key, other) for (key, _), other in zip(batch, held.find_many([h for _, h in batch])) if other)
         batch.clear()
 
     for key in progress(by_split["train"], desc="near copies", unit="sample"):
-        if (h := face_hash(read(aligned[key]["jpg"]))) is not None:
+        if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
             batch.append((key, h))
             if len(batch) == 1024:
                 look_up()
