@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ferdata.atomic import atomic_write_text, held_folder, remove_unlocked
+from ferdata.atomic import atomic_write_text, fsync_dir, held_folder, remove_unlocked, writable_folder
 from ferdata.geometry import FLIP_68, template
 from ferdata.tario import sha256_file
 from fermodels.modelinput import normalise, pixel_affine
-from fermodels.runstate import load_checkpoint, model_from_checkpoint
+from fermodels.runstate import built_kwargs, load_checkpoint, model_from_checkpoint, recorded_preprocess
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript")
@@ -83,7 +84,8 @@ INPUT_RANGES = {"image": "0..255 RGB", "left": "0..255 RGB", "right": "0..255 RG
 
 def metadata(state: dict, card, files: dict[str, str]) -> dict:
     return {
-        "format": "fermodels-export/1", "model": state["model"], "model_kwargs": state["model_kwargs"],
+        # what the graph was built with: an older checkpoint's stored keywords leave out defaults changed since
+        "format": "fermodels-export/1", "model": state["model"], "model_kwargs": built_kwargs(state),
         "classes": list(state["classes"]), "input_size": card.input_size, "fields": list(card.fields),
         "inputs": {f: {"shape": ["batch", *shape[1:]], "dtype": "float32", "range": INPUT_RANGES[f]}
                    for f, shape in input_shapes(card, 1).items()},
@@ -245,19 +247,20 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
                  name: str | None = None, tolerance: float = PARITY_TOLERANCE) -> dict:
     """Write ``<name>.onnx`` / ``<name>.ts`` and ``<name>.json``; returns the metadata.
 
-    The graphs are written into a hidden folder inside ``out_dir`` and checked against PyTorch
-    there (:func:`parity`); only graphs within ``tolerance`` are moved to their names, the
-    ``.json`` (which records the differences under ``parity``) last, after the old ``.json`` and
-    any graph of this name in a format not exported now (an earlier export's) are removed. A graph
-    that fails the check raises and leaves ``out_dir`` as it was: no file under a final name that
-    should not be used.
+    The graphs and the ``.json`` (which records the differences under ``parity``) are written into a
+    hidden folder inside ``out_dir`` and checked against PyTorch there (:func:`parity`); only graphs
+    within ``tolerance`` take the place of an earlier export of this name (:func:`_swap_in`: its
+    ``.json`` and graphs, one of a format not exported now too). A graph that fails the check, an
+    error or Ctrl-C leave ``out_dir`` as it was: no file under a final name that should not be used.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown export formats {sorted(unknown)}; known: {', '.join(FORMATS)}")
     if not formats:
         raise ValueError("no export format left (--no-onnx and --no-torchscript together): keep one")
+    writable_folder(Path(out_dir), "export")     # named, not the hidden staging folder the export writes in first
     state = load_checkpoint(checkpoint)
+    recorded_preprocess(state, checkpoint)       # the .json's alignment: how to make the graph's inputs
     if not scores_these_weights(state):
         log.warning("%s holds the raw weights of epoch %s, not the ones its best scores (epoch %s%s): the export's "
                     "best_scores_these_weights is false; export best.pt for the validated weights", checkpoint,
@@ -267,26 +270,67 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, formats: Sequence[
     card, name = wrapper.card, name or state["model"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for suffix in (*(SUFFIX[f] for f in formats), ".json"):         # told before the tracing, not after it
+        if (out / f"{name}{suffix}").is_dir():
+            raise IsADirectoryError(f"{out / f'{name}{suffix}'} is a folder, where the export writes its {suffix} "
+                                    "file: move it away, or export into another folder")
     remove_unlocked(out.glob(f"{glob.escape(f'.{name}.export-')}*"))     # what a killed export left
     with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}.export-", ignore_cleanup_errors=True) as staging:
         # ours while it works (another export of this name, removing leftovers, may have taken it)
         with held_folder(staging, f"another export of {name} into {out} is running: wait for it, or export "
                                   "into another folder"):
-            files, diffs = _publish(wrapper, checkpoint, Path(staging), out, name, formats, tolerance)
-    meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
-    # a graph copied beside another export's .json, or the checkpoint it came from, is told by its hash
-    meta["sha256"] = {"checkpoint": sha256_file(checkpoint), **{fmt: sha256_file(out / f) for fmt, f in files.items()}}
-    atomic_write_text(out / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            staging = Path(staging)
+            files, diffs = _checked_graphs(wrapper, checkpoint, staging, out, name, formats, tolerance)
+            meta = {**metadata(state, card, files), "parity": {fmt: float(f"{d:.3g}") for fmt, d in diffs.items()}}
+            # a graph copied beside another export's .json, or the checkpoint it came from, is told by its hash
+            meta["sha256"] = {"checkpoint": sha256_file(checkpoint),
+                              **{fmt: sha256_file(staging / f) for fmt, f in files.items()}}
+            atomic_write_text(staging / f"{name}.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            _swap_in(staging, out, name, [*files.values(), f"{name}.json"])
     log.info("exported %s to %s (%s)", state["model"], out, ", ".join(files))
     return meta
 
 
-def _publish(wrapper: ExportWrapper, checkpoint: str | Path, staging: Path, out: Path, name: str,
-             formats: Sequence[str], tolerance: float) -> tuple[dict[str, str], dict[str, float]]:
-    """Write the graphs into ``staging``, check them against PyTorch (:func:`parity`), and move them to
-    their names in ``out`` when all are within ``tolerance``, after removing what an earlier export of
-    ``name`` left there that would disagree with them (its ``.json``, a graph of a format not exported
-    now). Returns {format: file name} and {format: difference}."""
+def _swap_in(staging: Path, out: Path, name: str, new: list[str]) -> None:
+    """Move the files ``new`` (the ``.json`` last) from ``staging`` to ``out``, in place of the earlier export
+    of ``name`` there, whose files (its ``.json`` first, a graph of a format not exported now too) are moved
+    aside before: an error or Ctrl-C on the way moves every file back, so ``out`` holds the whole earlier
+    export or the whole new one. A process killed on the way (SIGKILL, a power cut) leaves graphs without a
+    ``.json`` (no export) and the earlier files in ``.<name>.replaced-*``; so does a move back that fails."""
+    old = [f for f in (f"{name}.json", *(f"{name}{s}" for s in SUFFIX.values())) if (out / f).is_file()]
+    aside = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}.replaced-"))
+    moves = [*((out / f, aside / f) for f in old), *((staging / f, out / f) for f in new)]
+    done: list[tuple[Path, Path]] = []
+    try:
+        for src, dst in moves:
+            os.replace(src, dst)
+            done.append((src, dst))
+    except BaseException as err:
+        if stuck := _moved_back(done):
+            err.add_note(f"export: {stuck} could not be moved back: the earlier export's files are in {aside}")
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(out)
+    for f in sorted(set(old) - set(new)):
+        log.info("export: removed %s (an earlier export's)", out / f)
+
+
+def _moved_back(done: list[tuple[Path, Path]]) -> str:
+    """Undo the renames ``done`` (src -> dst), last first; the first that fails ("" when none did)."""
+    for src, dst in reversed(done):
+        try:
+            os.replace(dst, src)
+        except BaseException:           # a second Ctrl-C too: the earlier export's files stay where they are
+            return str(dst)
+    return ""
+
+
+def _checked_graphs(wrapper: ExportWrapper, checkpoint: str | Path, staging: Path, out: Path, name: str,
+                    formats: Sequence[str], tolerance: float) -> tuple[dict[str, str], dict[str, float]]:
+    """Write the graphs into ``staging`` and check them against PyTorch (:func:`parity`): one not within
+    ``tolerance`` raises. Returns {format: file name} and {format: difference}."""
     files = _write_graphs(wrapper, staging, name, formats)
     diffs = parity(staging, checkpoint, name, formats=formats, wrapper=wrapper)
     for fmt, diff in diffs.items():
@@ -294,13 +338,6 @@ def _publish(wrapper: ExportWrapper, checkpoint: str | Path, staging: Path, out:
             raise RuntimeError(f"the exported {fmt} graph's outputs differ from PyTorch's by {diff:.2e} "
                                f"(probabilities, or logits over their scale; more than {tolerance:g}): not "
                                f"written to {out / files[fmt]}")
-    for stale in [*(f for f in FORMATS if f not in files), "json"]:     # no old .json beside new graphs
-        path = out / f"{name}{SUFFIX.get(stale, '.json')}"
-        if path.is_file():
-            path.unlink()
-            log.info("export: removed %s (an earlier export's)", path)
-    for file in files.values():
-        os.replace(staging / file, out / file)
     return files, diffs
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from ferdata.atomic import atomic_write_bytes, writable_folder
-from ferdata.datasets.folder import hidden, visible_files
+from ferdata.datasets.folder import HEIF_EXTS, hidden, visible_files
 from ferdata.errors import shown, utf8_name
 from ferdata.imagefile import read_header
 from ferdata.io import IMAGE_EXTS, VIDEO_EXTS, BadImage, encode_jpeg
@@ -29,6 +29,7 @@ from ferdata.progress import progress
 from ferdata.stages.detect_work import DETECTOR_FAILED
 from fermodels.predictions import NAME_MAX, Results, partial_path, written_as_scored
 from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
+from fermodels.runstate import checkpoint_file
 from fermodels.videofile import missing_bytes
 
 log = logging.getLogger(__name__)
@@ -160,10 +161,11 @@ def square_pixels(rgb: np.ndarray, aspect: float) -> np.ndarray:
     return cv2.resize(rgb, (wide, height), interpolation=cv2.INTER_AREA if wide < width else cv2.INTER_CUBIC)
 
 
-def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
+def expand_inputs(inputs: Iterable[Path], skipped: list[dict] | None = None) -> list[Path]:
     """Files as given; folders expanded (recursively, linked folders too, sorted) to their images and
     videos, the other files, pipes and devices, and hidden images and folders (``._x.jpg``, ``.thumbs/``)
-    counted in warnings; a file named twice (itself and inside a folder given too) is read once."""
+    counted in warnings and, given ``skipped``, added to it one by one (``source``, ``reason``: what a
+    ``.json`` output lists); a file named twice (itself and inside a folder given too) is read once."""
     out: dict[str, Path] = {}
     for p in inputs:
         if p.is_dir():
@@ -172,6 +174,8 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
             for f in visible_files(p):
                 (unseen if hidden(f.name) else links if f.is_dir() else special if _special(f)
                  else found if f.suffix.lower() in PICTURE_EXTS | VIDEO_EXTS else others).append(f)
+            if skipped is not None:
+                skipped += passed_over(unseen, links, special, others)
             if special:
                 log.warning("%s: %d pipe(s), socket(s) or device(s) skipped (no regular file), e.g. %s", shown(p),
                             len(special), shown(special[0]))
@@ -196,6 +200,14 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
         for f in found:
             out.setdefault(os.path.abspath(f), f)
     return list(out.values())
+
+
+def passed_over(unseen: list[Path], links: list[Path], special: list[Path], others: list[Path]) -> list[dict]:
+    """A folder's files and folders :func:`expand_inputs` passes over, each with why."""
+    reasons = (("hidden", unseen), ("linked_folder_not_followed", links), ("not_a_regular_file", special),
+               ("not_image_or_video", others))
+    return [{"source": str(f), "reason": "heic_unsupported" if f.suffix.lower() in HEIF_EXTS else reason}
+            for reason, found in reasons for f in found]
 
 
 def _special(path: Path) -> bool:
@@ -422,14 +434,16 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
     if out is not None and partial_path(out).is_dir():     # the run's rows go there first: found now, not at its end
         raise ValueError(f"--out {out}: {partial_path(out)} is a folder, where the run keeps its rows until it ends: "
                          "move it away, or choose another name")
-    inputs = list(inputs)
-    paths = expand_inputs(inputs)
+    if out is not None:
+        writable_folder(out.parent, f"--out {out}:")
+    if annotate is not None:
+        writable_folder(annotate, "--annotate")
+    checkpoint_file(checkpoint)                   # before walking the inputs, which may take minutes and warn
+    inputs, results = list(inputs), Results()
+    paths = expand_inputs(inputs, results.skipped)
     names = annotation_names(inputs, paths)
     if annotate is not None:
         check_annotations(annotate, names)
-        writable_folder(annotate, "--annotate")
-    if out is not None:
-        writable_folder(out.parent, f"--out {out}:")
     predictor = Predictor(checkpoint, backend=backend, device=device, model_dir=model_dir,
                           backend_options=backend_options, flip_tta=flip_tta, allow_download=allow_download,
                           grey=grey, keypoints=keypoints)
@@ -438,7 +452,6 @@ def predict_files(inputs: Iterable[Path], checkpoint: str | Path, *, out: Path |
             folder.mkdir(parents=True, exist_ok=True)
     scoring = {"grey": predictor.grey, "flip_tta": predictor.flip_tta, "backend": predictor.backend.name,
                "keypoints": predictor.keypoints}
-    results = Results()
     with written_as_scored(results, predictor.classes, out, stream, scoring):
         run_predict(predictor, paths, batch_size=batch_size, every=every, annotate=annotate, names=names,
                     results=results)

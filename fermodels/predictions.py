@@ -28,11 +28,14 @@ PARTIAL = ".partial"                                # --out's rows while the run
 
 class Results:
     """What a predict run has scored so far: ``rows`` (one per face) and ``summary`` (one per image or
-    frame); each batch of rows is also handed to ``on_rows`` (:func:`written_as_scored`) when set."""
+    frame), and ``skipped``, what the input folders held that is not read (hidden files, other files, with
+    why: :func:`fermodels.predict.expand_inputs`); each batch of rows is also handed to ``on_rows``
+    (:func:`written_as_scored`) when set."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
         self.summary: list[dict] = []
+        self.skipped: list[dict] = []
         self.on_rows: Callable[[list[dict]], None] | None = None
 
     def add(self, rows: list[dict]) -> None:
@@ -77,10 +80,13 @@ def csv_text(rows: list[dict], classes: tuple[str, ...], header: bool = False) -
     return buf.getvalue()
 
 
-def json_text(rows: list[dict], summary: list[dict], scoring: dict | None = None, complete: bool = True) -> str:
-    """The ``.json`` output: faces, per-image summary, ``scoring`` (how the faces were scored, e.g. in grey
-    or with flip TTA, which a CSV cannot say), and ``"complete": false`` for a run that was stopped."""
-    return json.dumps({"faces": rows, "images": summary, **({"scoring": scoring} if scoring else {}),
+def json_text(rows: list[dict], summary: list[dict], scoring: dict | None = None, complete: bool = True,
+              skipped: list[dict] | None = None) -> str:
+    """The ``.json`` output: faces, per-image summary, what the input folders held that was not read
+    (``skipped``, each with its reason), ``scoring`` (how the faces were scored, e.g. in grey or with flip
+    TTA, which a CSV cannot say), and ``"complete": false`` for a run that was stopped."""
+    return json.dumps({"faces": rows, "images": summary, "skipped": skipped or [],
+                       **({"scoring": scoring} if scoring else {}),
                        **({} if complete else {"complete": False})}, indent=2) + "\n"
 
 
@@ -149,7 +155,8 @@ def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | No
         if partial is not None and results.rows:
             if not csv_out:
                 listed = scored_summary(results.rows, results.summary)     # not the pictures still pending
-                atomic_write_bytes(partial, json_text(results.rows, listed, scoring, complete=False)
+                atomic_write_bytes(partial, json_text(results.rows, listed, scoring, complete=False,
+                                                      skipped=results.skipped)
                                    .encode("utf-8", errors="surrogateescape"))
             log.warning("predict stopped: the %d face row(s) scored so far are in %s", len(results.rows),
                         shown(partial))
@@ -163,6 +170,6 @@ def written_as_scored(results: Results, classes: tuple[str, ...], out: Path | No
             os.replace(partial, out)            # still held: a run starting now writes a new partial file
         fsync_dir(out.parent)
     elif out is not None:
-        atomic_write_bytes(out, json_text(results.rows, results.summary, scoring)
+        atomic_write_bytes(out, json_text(results.rows, results.summary, scoring, skipped=results.skipped)
                            .encode("utf-8", errors="surrogateescape"))
         partial.unlink(missing_ok=True)         # an earlier stopped run's, which this one has replaced

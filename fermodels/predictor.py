@@ -41,7 +41,7 @@ from ferdata.geometry import Aligned, five_from_68
 from ferdata.imagefile import read_header
 from ferdata.io import (BadImage, Decoded, block_mean, decode_grey, decode_image, encode_jpeg, grey_copy,
                         libjpeg_scales)
-from ferdata.layout import GREY, SAMPLE_SETTINGS
+from ferdata.layout import GREY
 from ferdata.records import FaceRecord, make_key
 from ferdata.crop import WHOLE_IMAGE_BACKENDS, BadGeometry, check_landmarks, crop_face, keypoint_source
 from ferdata.errors import shown
@@ -51,7 +51,7 @@ from fermodels.augment import hflip_batch
 from fermodels.data import SampleDecoder, travel_side
 from fermodels.distributed import env_from_os, pick_device
 from fermodels.modelinput import normalise, to_device
-from fermodels.runstate import load_checkpoint
+from fermodels.runstate import load_checkpoint, recorded_preprocess
 from fermodels.scoring import full_float32, scoring_model
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,7 @@ class Predictor:
         ``keypoints``: align each face by the backend's 5 keypoints (``detector``) or by the five points of its
         68 landmarks (``landmarks``); None: as the training faces were aligned (:func:`keypoint_source`)."""
         state = load_checkpoint(checkpoint)
-        pre = state.get("preprocess") or {}
-        if set(pre) != set(SAMPLE_SETTINGS):
-            raise ValueError(f"{checkpoint} does not record its preprocessing (align/derive settings); "
-                             "retrain it with the train stage (pipeline/train.py), which records them")
+        pre = recorded_preprocess(state, checkpoint)
         self.device = pick_device(device, env_from_os())
         self.model = scoring_model(state, self.device)
         self.card, self.classes, self.flip_tta = self.model.card, tuple(state["classes"]), flip_tta

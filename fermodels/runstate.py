@@ -143,12 +143,19 @@ def _first_sentence(text: str, most: int = 160) -> str:
     return sentence if len(sentence) <= most else sentence[:most].rsplit(" ", 1)[0] + " ..."
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` when a file is there, else the error naming what to give: told by a command before its
+    long work (predict walking a folder of photos) as well as by :func:`load_checkpoint`."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"checkpoint {path} is a folder; give the .pt file in it (e.g. {path / BEST})")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; train first (`dvc repro train`)")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = checkpoint_file(path)
     if bad := failed_checksum(path):
         raise ValueError(f"{path} is a damaged checkpoint: its {bad!r} fails its CRC-32 (torch does not check them); "
                          "copy it again (`dvc pull`, a finished download) or retrain")
@@ -182,6 +189,18 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def recorded_preprocess(state: dict, path: str | Path) -> dict:
+    """The checkpoint's align/derive settings (``preprocess``), which a new face is made into model input with
+    (predict) or a deployer is told to make it with (export); one that lacks them (trained before they were
+    recorded) is refused: its faces would be made with guessed settings, their scores off without a word."""
+    pre = state.get("preprocess") or {}
+    if set(pre) != set(SAMPLE_SETTINGS):
+        raise ValueError(f"{path} does not record its preprocessing (align/derive settings), without which a new "
+                         "face cannot be made into its input as its training faces were; retrain it with the train "
+                         "stage (pipeline/train.py), which records them")
+    return pre
+
+
 def _class_problem(classes: object, num_classes: object) -> str:
     """Why a checkpoint's class names cannot name its outputs ("" when they can): one distinct, non-empty
     name per output, in output order."""
@@ -204,30 +223,69 @@ FORMER_DEFAULTS = {("cmnet", "mirror_right_half"): True, ("pcda", "drop"): 0.0, 
                    ("convcut", "cut_stage"): 3, ("convcut_paper", "cut_stage"): 3}
 
 
-def model_from_checkpoint(state: dict) -> nn.Module:
-    """Rebuild the model named in a checkpoint and load its weights strictly (eval mode). Weight
-    files it was initialised from (``pretrained`` ...) are not read: the checkpoint holds them."""
-    kwargs = {**{k: v for (m, k), v in FORMER_DEFAULTS.items() if m == state["model"]}, **state["model_kwargs"]}
-    kwargs = {k: FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v for k, v in kwargs.items()}
+def built_kwargs(state: dict) -> dict[str, Any]:
+    """Every keyword the checkpoint's model is rebuilt with: those it stores, over the defaults it was trained
+    with where a default changed since (:data:`FORMER_DEFAULTS`: an old cmnet stores no ``mirror_right_half``
+    and is built with True), and the factory's for the rest. What an export's ``model_kwargs`` records."""
+    former = {k: v for (m, k), v in FORMER_DEFAULTS.items() if m == state["model"]}
     try:
-        model_kwargs(state["model"], kwargs)
+        return model_kwargs(state["model"], {**former, **state["model_kwargs"]})
     except TypeError as e:                       # a keyword the model's factory does not take
         raise ValueError(f"the checkpoint's {state['model']} was made with settings this version does not know "
                          f"({e}): use the version of the package that trained it, or retrain") from None
+
+
+def model_from_checkpoint(state: dict) -> nn.Module:
+    """Rebuild the model named in a checkpoint (:func:`built_kwargs`) and load its weights strictly (eval
+    mode). Weight files it was initialised from (``pretrained`` ...) are not read: the checkpoint holds them."""
+    kwargs = {k: FROM_CHECKPOINT if k in WEIGHT_FILE_KWARGS and v else v for k, v in built_kwargs(state).items()}
     bad = [k for k, t in state["state_dict"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"the checkpoint's weights are not finite (NaN or inf in {', '.join(bad[:3])}"
                          f"{' ...' if len(bad) > 3 else ''}): its training diverged; use an earlier checkpoint, "
                          "or retrain (lower train.lr, train.amp off)")
     model = create_model(state["model"], num_classes=state["num_classes"], **kwargs)
+    weights, taken = _unwrapped(state["state_dict"], set(model.state_dict()))
+    if taken:
+        log.warning("the checkpoint's weight names all start with %s, the prefix of a model wrapped by %s (saved "
+                    "by other code than this trainer): loaded without it", "".join(taken),
+                    " in ".join(WRAPPER_PREFIXES[p] for p in taken))
     try:
-        model.load_state_dict(state["state_dict"], strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as e:                    # missing, unexpected or mis-shaped tensors
         detail = " ".join(str(e).split())
-        raise ValueError(f"the checkpoint's weights do not fit model {state['model']!r} "
+        raise ValueError(f"the checkpoint's weights do not fit model {state['model']!r}{_prefixed(weights)} "
                          f"({detail[:300]}{' ...' if len(detail) > 300 else ''}): the checkpoint is damaged "
                          "or was edited") from e
     return model.eval()
+
+
+# what a wrapper's state dict puts before every weight's name: which wrapper
+WRAPPER_PREFIXES = {"module.": "DDP (or DataParallel)", "_orig_mod.": "torch.compile"}
+
+
+def _unwrapped(weights: dict, names: set[str]) -> tuple[dict, list[str]]:
+    """``weights`` without the prefixes a wrapped model gives every name (:data:`WRAPPER_PREFIXES`, one in
+    another too: ``_orig_mod.module.``), taken off only where every name has it and no name of the model
+    (``names``) does; and the prefixes taken off, outermost first."""
+    taken: list[str] = []
+    while weights:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in weights)
+                       and not any(k.startswith(p) for k in names)), None)
+        if prefix is None:
+            break
+        weights = {k[len(prefix):]: v for k, v in weights.items()}
+        taken.append(prefix)
+    return weights, taken
+
+
+def _prefixed(weights: dict) -> str:
+    """Says how many weight names start with a wrapper's prefix (some, not all: not taken off), which the
+    error's list of keys, cut short, may not show; "" when none does."""
+    for prefix, wrapper in WRAPPER_PREFIXES.items():
+        if n := sum(k.startswith(prefix) for k in weights):
+            return f"; {n} of its {len(weights)} weight names start with {prefix!r}, the prefix {wrapper} gives them"
+    return ""
 
 
 RESUME_IGNORES = ("checkpoint_every",)   # train params that shape no weight: changing one still resumes

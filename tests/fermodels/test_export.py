@@ -127,6 +127,36 @@ def test_an_export_clears_the_staging_folder_a_killed_export_left(tiny_run, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["convcut.json", "convcut.onnx"]
 
 
+def test_an_output_folder_that_cannot_be_written_is_named(tiny_run, tmp_path, monkeypatch):
+    """A read-only output folder failed once the model was built, naming the hidden staging folder
+    ('[Errno 30] Read-only file system: '.../.convcut.export-4uqq9tn8'), as `predict --out` does not."""
+    import errno
+    import os
+    from pathlib import Path
+
+    out = tmp_path / "read-only"
+    out.mkdir()
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def refuse(path) -> None:
+        if out in (Path(path), Path(path).parent):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def opened(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def made(path, *args, **kwargs):
+        refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "mkdir", made)
+    with pytest.raises(ValueError, match=rf"^export cannot write in {re.escape(str(out))} \(Read-only file system\); "
+                                         "choose another folder$"):
+        export_model(tiny_run["ckpt"] / "best.pt", out)
+
+
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, tiny_run):
     """An export, a truncated file, text or a picture given where a training checkpoint belongs. Bug
     guarded: text starting with some letters ('train:', 'score,...'), or a GIF, reached torch's legacy
@@ -200,6 +230,26 @@ def test_a_folder_or_a_damaged_checkpoint_is_one_clear_error(tmp_path, tiny_run)
         model_from_checkpoint(edited)
 
 
+def test_weights_saved_from_a_wrapped_model_load_or_name_the_prefix(tiny_run, caplog):
+    """A state dict saved from a DDP (`module.`) or torch.compile (`_orig_mod.`) wrapper was "damaged or edited",
+    its key list cut at 300 characters before the prefixed names showed. Every name prefixed: taken off (the
+    same tensors); some: the error says so."""
+    from fermodels.runstate import load_checkpoint as load, model_from_checkpoint
+
+    state = load(tiny_run["ckpt"] / "best.pt")
+    weights = state["state_dict"]
+    for prefix in ("module.", "_orig_mod.", "_orig_mod.module."):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="fermodels.runstate"):
+            net = model_from_checkpoint({**state, "state_dict": {prefix + k: v for k, v in weights.items()}})
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())
+        assert f"weight names all start with {prefix}, the prefix of a model wrapped by" in caplog.text
+    some = {("module." if i % 2 else "") + k: v for i, (k, v) in enumerate(weights.items())}
+    with pytest.raises(ValueError, match=rf"do not fit model 'convcut'; {len(weights) // 2} of its {len(weights)} "
+                                         r"weight names start with 'module.', the prefix DDP \(or DataParallel\)"):
+        model_from_checkpoint({**state, "state_dict": some})
+
+
 def test_unknown_format_or_none_is_refused(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="onnx"):
         export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["tflite"])
@@ -259,6 +309,39 @@ def test_checkpoints_rebuild_without_their_weight_files_and_keep_their_defaults(
     assert model_from_checkpoint(state).heatmap_centres == "features"
     old = {**state, "model_kwargs": {k: v for k, v in state["model_kwargs"].items() if k != "heatmap_centres"}}
     assert model_from_checkpoint(old).heatmap_centres == "cells"
+
+
+def test_the_metadata_records_the_keywords_an_older_checkpoint_is_built_with(tmp_path, preprocess):
+    """A cmnet saved before checkpoints stored every keyword is rebuilt with mirror_right_half True (FORMER_DEFAULTS);
+    its export's .json gave the stored keywords ({}), so a deployer rebuilding it from them got the new default."""
+    from fermodels.export import metadata
+    from fermodels.registry import create_model
+    from fermodels.runstate import model_from_checkpoint
+
+    _checkpoint_of("cmnet", tmp_path / "m.pt", preprocess)
+    old = {**load_checkpoint(tmp_path / "m.pt"), "model_kwargs": {}}
+    kwargs = metadata(old, create_model("cmnet").card, {})["model_kwargs"]
+    assert kwargs["mirror_right_half"] is True is model_from_checkpoint(old).mirror_right_half
+    assert kwargs == {**load_checkpoint(tmp_path / "m.pt")["model_kwargs"], "mirror_right_half": True}
+
+
+@pytest.mark.parametrize("preprocess_kept", [{}, {"align"}])
+def test_a_checkpoint_without_its_preprocessing_is_refused_by_export_as_by_predict(tmp_path, preprocess,
+                                                                                    preprocess_kept):
+    """Export wrote such a checkpoint's graphs with a warning and `alignment: {}` (no template, crop size nor
+    JPEG quality to make its inputs with), which predict refuses to score faces with."""
+    from fermodels.predictor import Predictor
+
+    _checkpoint_of("resnet18_112", tmp_path / "m.pt", preprocess)
+    state = torch.load(tmp_path / "m.pt", weights_only=False)
+    torch.save({**state, "preprocess": {k: v for k, v in preprocess.items() if k in preprocess_kept}},
+               tmp_path / "old.pt")
+    refused = r"old.pt does not record its preprocessing \(align/derive settings\).*retrain it with the train stage"
+    with pytest.raises(ValueError, match=refused):
+        export_model(tmp_path / "old.pt", tmp_path / "out", formats=["onnx"])
+    assert not list((tmp_path / "out").glob("*"))
+    with pytest.raises(ValueError, match=refused):
+        Predictor(tmp_path / "old.pt", device="cpu")
 
 
 def _damage_first_tensor(src, dst) -> None:
@@ -335,6 +418,63 @@ def test_a_graph_failing_parity_is_not_left_under_its_name(tiny_run, tmp_path, m
     with pytest.raises(RuntimeError, match="not written"):
         export_model(tiny_run["ckpt"] / "best.pt", tmp_path / "fresh")
     assert list((tmp_path / "fresh").iterdir()) == []
+
+
+def test_an_export_stopped_anywhere_leaves_the_earlier_export_whole(tiny_run, tmp_path, monkeypatch):
+    """The old .json was removed, the graphs renamed one by one, the new .json written last: Ctrl-C or an error
+    between (a folder where a graph goes) left new graphs, or an old one beside a new one, without a .json. Each
+    rename into or out of the folder fails in turn here: the earlier export stays whole; the run that meets no
+    failure leaves the new one whole."""
+    import os
+    from itertools import count
+    from pathlib import Path
+
+    ckpt = tiny_run["ckpt"] / "best.pt"
+    export_model(ckpt, tmp_path, formats=["onnx"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, renames = os.replace, []
+
+    def failing(src, dst, *args, **kwargs):
+        if tmp_path in (Path(src).parent, Path(dst).parent):
+            renames.append(dst)
+            if len(renames) == at:
+                raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", failing)
+    for at in count(1):
+        renames.clear()
+        try:
+            meta = export_model(ckpt, tmp_path)
+        except KeyboardInterrupt:
+            assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, f"stopped at rename {at}"
+            continue
+        break
+    assert at > 3 and sorted(p.name for p in tmp_path.iterdir()) == ["convcut.json", "convcut.onnx", "convcut.ts"]
+    assert json.loads((tmp_path / "convcut.json").read_text())["files"] == meta["files"]
+    assert len(meta["files"]) == 2
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def stopped_again(src, dst, *args, **kwargs):           # a second Ctrl-C while moving the files back
+        if Path(dst).parent == tmp_path:
+            raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+    monkeypatch.setattr(os, "replace", stopped_again)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        export_model(ckpt, tmp_path, formats=["onnx"])
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".convcut.replaced-")]
+    assert [{p.name: p.read_bytes() for p in a.iterdir()} for a in aside] == [before]       # nothing deleted
+    assert f"the earlier export's files are in {aside[0]}" in "".join(stopped.value.__notes__)
+
+
+def test_a_folder_where_a_graph_goes_is_told_before_the_earlier_export_is_touched(tiny_run, tmp_path):
+    """It failed at the rename of that graph, after the earlier .json was removed and another graph replaced."""
+    export_model(tiny_run["ckpt"] / "best.pt", tmp_path, formats=["onnx"])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    (tmp_path / "convcut.ts").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"convcut.ts is a folder, where the export writes its .ts file: "
+                                                "move it away"):
+        export_model(tiny_run["ckpt"] / "best.pt", tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
 def test_a_narrower_export_leaves_no_graph_of_an_earlier_one(tiny_run, tmp_path):

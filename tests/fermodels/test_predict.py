@@ -280,6 +280,26 @@ def test_file_names_that_are_not_utf8_are_scored_written_and_annotated(photos, t
     assert res.stdout_bytes.splitlines()[1].startswith(os.fsencode(inputs) + b"/caf\xe9.jpg,")
 
 
+def test_a_json_output_lists_what_the_input_folders_held_that_was_not_read(tiny_run, tmp_path, one_thread):
+    """A folder's other files (an iPhone's .HEIC, notes), hidden ones and linked folders not followed were only
+    counted in warnings naming one of each: a .json, which accounts for every picture, lists each with why."""
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    (photos / ".thumbs").mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.full((64, 64, 3), 128, np.uint8))
+    for name in ("IMG_0001.HEIC", "notes.txt", "._a.jpg"):
+        (photos / name).write_bytes(b"x")
+    (photos / "sub" / "up").symlink_to(photos)
+    out = tmp_path / "p.json"
+    fermodels.predict.predict_files([photos], tiny_run["ckpt"] / "best.pt", out=out, backend="precropped",
+                                    device="cpu")
+    listed = json.loads(out.read_text())
+    assert [i["source"] for i in listed["images"]] == [str(photos / "a.jpg")]
+    assert sorted((Path(s["source"]).relative_to(photos).as_posix(), s["reason"]) for s in listed["skipped"]) == [
+        ("._a.jpg", "hidden"), (".thumbs", "hidden"), ("IMG_0001.HEIC", "heic_unsupported"),
+        ("notes.txt", "not_image_or_video"), ("sub/up", "linked_folder_not_followed")]
+
+
 def test_a_folder_without_pictures_is_an_error_not_an_empty_result(tmp_path):
     """It printed a CSV header and '0 face(s) in 0 image(s)', exit 0: a wrong folder looked like a result."""
     (tmp_path / "empty").mkdir()
@@ -660,6 +680,20 @@ def test_precropped_is_refused_for_a_model_that_reads_landmarks(tmp_path):
     assert Predictor(path, device="cpu").backend.name != "precropped"      # found, as the README says
 
 
+def test_a_missing_checkpoint_is_told_before_the_inputs_are_walked(tmp_path, caplog):
+    """`--model` misspelt: the whole input folder was walked (minutes on a network share) and its skipped
+    files warned of before the checkpoint was found missing."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "notes.txt").write_text("x")
+    (photos / "a.jpg").write_bytes(b"")
+    for model, error in ((tmp_path / "no.pt", FileNotFoundError), (tmp_path, IsADirectoryError)):
+        caplog.clear()
+        with caplog.at_level("WARNING"), pytest.raises(error, match=f"checkpoint {model} (not found|is a folder)"):
+            fermodels.predict.predict_files([photos], model, out=tmp_path / "p.json")
+        assert not caplog.records, caplog.text
+
+
 def test_an_output_that_is_neither_csv_nor_json_is_refused_first(tmp_path):
     with pytest.raises(ValueError, match=r"out.xlsx: predictions are written as .csv or .json"):
         fermodels.predict.predict_files([tmp_path], tmp_path / "no.pt", out=tmp_path / "out.xlsx")
@@ -734,10 +768,11 @@ def test_annotating_into_the_inputs_folder_never_replaces_an_input(tmp_path):
     (photos / "more").mkdir(parents=True)
     for rel in ("a.jpg", "b.png", "more/c.JPEG"):
         (photos / rel).write_bytes(b"original")
+    (tmp_path / "not_read.pt").write_bytes(b"")          # refused before the checkpoint is read (only found)
     with pytest.raises(ValueError, match=r"its copy of .*a\.jpg would replace the input .*a\.jpg; choose a folder"):
-        predict_files([photos], tmp_path / "no_checkpoint_needed.pt", annotate=photos)
+        predict_files([photos], tmp_path / "not_read.pt", annotate=photos)
     with pytest.raises(ValueError, match=r"more/c\.JPEG would replace"):
-        predict_files([photos / "more"], tmp_path / "none.pt", annotate=photos / "more")
+        predict_files([photos / "more"], tmp_path / "not_read.pt", annotate=photos / "more")
     assert all((photos / rel).read_bytes() == b"original" for rel in ("a.jpg", "b.png", "more/c.JPEG"))
     check_annotations(tmp_path / "annotated", annotation_names([photos], expand_inputs([photos])))   # elsewhere: fine
     check_annotations(photos, annotation_names([photos / "b.png"], [photos / "b.png"]))   # b.png.jpg beside it
