@@ -2,7 +2,7 @@
 checked to be a face's (:func:`checked_points`); inference crops new pictures with the same code."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable
 
 import numpy as np
 
@@ -30,15 +30,6 @@ def crop_border(backend: str) -> str:
     """How a crop continues past its image's edge: a precropped image's own edge pixels (the
     image is the crop, its last pixel centres sit just inside the crop's edge), else black."""
     return "replicate" if backend in WHOLE_IMAGE_BACKENDS else "black"
-
-
-def keypoint_source(trained: Mapping[str, int] | None) -> str:
-    """Which 5 points align a new face for a model whose training faces came from ``trained`` (backend ->
-    samples): ``landmarks`` when every one was placed by a dataset's own landmarks (``annotations``: the eye
-    centres, nose tip and mouth corners of its 68 points, :func:`~ferdata.geometry.five_from_68`), so a new
-    face is aligned by the same five points of its 68 landmarks; else ``detector``, the face backend's own
-    5 keypoints (RetinaFace's sit 3.6 px of 112 from the 68's five on average, 6.9 px at p90)."""
-    return "landmarks" if trained and set(trained) == {"annotations"} else "detector"
 
 
 # Keypoints no face has (ferdata.geometry.template_misfit): real detections stay under 0.43 (1,101
