@@ -21,7 +21,6 @@ import numpy as np
 from ferdata.registry import Registry
 
 REGION_NAMES = ("eye_left", "eye_right", "cheek_left", "cheek_right", "mouth")
-PCNN_FRACTIONS = {"w1": 0.5, "h1": 0.5, "h2": 0.65}   # h1 was 0.4 before the code's commit 1656fc6
 
 # iBUG-68 points bounding each region in landmark mode ("left" = image left).
 LANDMARK_GROUPS: dict[str, tuple[int, ...]] = {
@@ -43,7 +42,8 @@ def _cut(size: int, fraction: float) -> int:
 
 @REGION_MODES.register("fixed")
 def fixed_regions(size: int, w1: float = 0.5, h1: float = 0.5, h2: float = 0.65) -> Boxes:
-    """PCNN's fixed-fraction regions of a ``size`` x ``size`` aligned face."""
+    """PCNN's fixed-fraction regions of a ``size`` x ``size`` aligned face; the defaults are PCNN's (``h1``
+    was 0.4 before the code's commit 1656fc6)."""
     if not (0 < w1 < 1 and 0 < h1 < h2 < 1):
         raise ValueError(f"need 0 < w1 < 1 and 0 < h1 < h2 < 1, got w1={w1}, h1={h1}, h2={h2}")
     w, a, b, s = _cut(size, w1), _cut(size, h1), _cut(size, h2), size

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ferdata.regions import LANDMARK_GROUPS, PCNN_FRACTIONS, REGION_NAMES
+from ferdata.regions import LANDMARK_GROUPS, REGION_NAMES
 from ferdata.regions import fixed_regions as ferdata_fixed_regions
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import label_loss
@@ -39,7 +39,7 @@ def fixed_regions(size: int) -> dict[str, tuple[int, int, int, int]]:
 
     The boxes come from :func:`ferdata.regions.fixed_regions` (geometry is defined once, there).
     """
-    boxes = ferdata_fixed_regions(size, **PCNN_FRACTIONS)
+    boxes = ferdata_fixed_regions(size)
     return {k: (int(y0), int(y1), int(x0), int(x1)) for k, (x0, y0, x1, y1) in boxes.items()}
 
 
