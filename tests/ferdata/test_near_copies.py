@@ -37,6 +37,22 @@ def test_near_copies_of_a_face_are_found_mirrored_too_and_other_faces_are_not():
     assert face_vector(b"not a jpeg") is None
 
 
+def _prepared(root, params: dict, out) -> dict:
+    """The folder dataset at ``root`` through detect, align, derive and shard into ``out``: the shard
+    stage's report."""
+    from ferdata.datasets import open_reader
+    from ferdata.stages.align import run_align
+    from ferdata.stages.derive import run_derive
+    from ferdata.stages.detect import run_detect
+    from ferdata.stages.shard import run_shard
+
+    opened = open_reader("folder", root)
+    run_detect(opened.read(), params["detect"], out / "detect", opened.official_splits())
+    run_align(out / "detect", params["align"], out / "aligned")
+    run_derive(out / "aligned", params["derive"], out / "derived")
+    return run_shard(out / "aligned", out / "derived", params["shard"], out / "shards").to_dict()
+
+
 def _moved(img, dx: float, dy: float, degrees: float, scale: float):
     """``img`` turned and scaled about its centre and shifted: the face of a copy that the detector
     found again (resized, mirrored or cropped otherwise), aligned that much otherwise."""
@@ -54,11 +70,8 @@ def test_a_copy_aligned_a_few_pixels_otherwise_is_found(tmp_path, copies):
     found 4 of 109 half or double size and mirrored copies. Here the crop is the picture (precropped),
     moved 1-1.5 px (its hash 23-33 bits away, of 15 allowed); different people's faces are not named."""
     import cv2
-    from ferdata.datasets import open_reader
-    from ferdata.stages.align import AlignParams, run_align
-    from ferdata.stages.derive import run_derive
-    from ferdata.stages.detect import run_detect
-    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.stages.align import AlignParams
+    from ferdata.stages.shard import ShardParams
     from tests.reliability.corpus import build, stage_params
     faces, root = [cv2.resize(f, (112, 112), interpolation=cv2.INTER_CUBIC) for f in _faces(24)], tmp_path / "raw"
     moved = {"c0": _moved(faces[0], 1.0, 1.0, 0.0, 1.0), "c1": _moved(faces[1], 1.5, 1.0, 0.5, 1.0),
@@ -72,11 +85,8 @@ def test_a_copy_aligned_a_few_pixels_otherwise_is_found(tmp_path, copies):
     params = stage_params(tmp_path, backend="precropped")
     params["align"] = build(AlignParams, "align", workers=1, chunk_size=8, cross_split_copies=copies)
     params["shard"] = build(ShardParams, "shard", maxcount=8, val_fraction=0.0)
-    opened, out = open_reader("folder", root), tmp_path / "out"
-    run_detect(opened.read(), params["detect"], out / "detect", opened.official_splits())
-    run_align(out / "detect", params["align"], out / "aligned")
-    run_derive(out / "aligned", params["derive"], out / "derived")
-    report = run_shard(out / "aligned", out / "derived", params["shard"], out / "shards").to_dict()
+    out = tmp_path / "out"
+    report = _prepared(root, params, out)
     assert report["notes"].get("near_copies_of_held_out") == {f"train_happy_c{i}-jpg": f"test/test_happy_f{i}-jpg"
                                                               for i in range(3)}
     info = json.loads((out / "shards" / "train" / "_info.json").read_text())
@@ -88,11 +98,8 @@ def test_re_encoded_resized_and_mirrored_copies_of_test_faces_in_train_are_found
     """align's dedup compares files byte for byte: a test face re-encoded, resized or mirrored in the
     train split was trained on and scored on without a word, even under cross_split_copies drop_train."""
     import cv2
-    from ferdata.datasets import open_reader
-    from ferdata.stages.align import AlignParams, run_align
-    from ferdata.stages.derive import run_derive
-    from ferdata.stages.detect import run_detect
-    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.stages.align import AlignParams
+    from ferdata.stages.shard import ShardParams
     from tests.reliability.corpus import build, stage_params
     faces, root = _faces(16), tmp_path / "raw"
     for split, names in (("train", range(4, 16)), ("test", range(4))):
@@ -105,12 +112,9 @@ def test_re_encoded_resized_and_mirrored_copies_of_test_faces_in_train_are_found
     params = stage_params(tmp_path, backend="precropped")
     params["align"] = build(AlignParams, "align", workers=1, chunk_size=4, cross_split_copies=copies)
     params["shard"] = build(ShardParams, "shard", maxcount=4, val_fraction=0.0)      # every copy stays in train
-    opened, out = open_reader("folder", root), tmp_path / "out"
-    run_detect(opened.read(), params["detect"], out / "detect", opened.official_splits())
-    run_align(out / "detect", params["align"], out / "aligned")
-    run_derive(out / "aligned", params["derive"], out / "derived")
+    out = tmp_path / "out"
     with caplog.at_level("WARNING", "ferdata.stages.shard"):
-        report = run_shard(out / "aligned", out / "derived", params["shard"], out / "shards").to_dict()
+        report = _prepared(root, params, out)
     assert "3 training face(s) are near copies" in caplog.text
     for name, of in (("c0", 0), ("c1", 1), ("c2", 2)):
         assert f"train/train_happy_{name}-jpg ~ test/test_happy_f{of}-jpg" in caplog.text
@@ -202,11 +206,7 @@ def test_copies_of_a_photo_that_the_detector_found_again_are_found(tmp_path):
     import cv2
     import matplotlib.cbook
     import skimage.data
-    from ferdata.datasets import open_reader
-    from ferdata.stages.align import run_align
-    from ferdata.stages.derive import run_derive
-    from ferdata.stages.detect import run_detect
-    from ferdata.stages.shard import ShardParams, run_shard
+    from ferdata.stages.shard import ShardParams
     from tests.reliability.corpus import build, stage_params
     data = Path(importlib.util.find_spec("insightface").submodule_search_locations[0]) / "data" / "images"
     tom = cv2.imread(str(data / "Tom_Hanks_54745.png"))
@@ -226,11 +226,8 @@ def test_copies_of_a_photo_that_the_detector_found_again_are_found(tmp_path):
         (root / split / "happy" / f"{stem}.jpg").write_bytes(_jpeg(np.ascontiguousarray(img)))
     params = stage_params(tmp_path, backend="embedded")
     params["shard"] = build(ShardParams, "shard", maxcount=8, val_fraction=0.0)
-    opened, out = open_reader("folder", root), tmp_path / "out"
-    run_detect(opened.read(), params["detect"], out / "detect", opened.official_splits())
-    run_align(out / "detect", params["align"], out / "aligned")
-    run_derive(out / "aligned", params["derive"], out / "derived")
-    report = run_shard(out / "aligned", out / "derived", params["shard"], out / "shards").to_dict()
+    out = tmp_path / "out"
+    report = _prepared(root, params, out)
     assert report["notes"].get("near_copies_of_held_out") == {
         "train_happy_astronaut_mirrored-jpg": "test/test_happy_astronaut-jpg",
         **{f"train_happy_tom_{how}-jpg": "test/test_happy_tom-jpg" for how in ("cropped", "double", "mirrored")}}
