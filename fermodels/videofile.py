@@ -54,6 +54,10 @@ def _chunks_end(f: BinaryIO, size: int, little: bool) -> int:
             at += 8 + n + (n & 1)
         elif n == 0:
             return size
+        elif n == 1 and len(head) < 16:     # the 64-bit size cut off: the box's header alone runs past the end
+            return at + 16
+        elif n == 1 and int.from_bytes(head[8:16], "big") < 16:     # 0 (a placeholder) or less than a header
+            return 0
         elif n == 1:
             at += int.from_bytes(head[8:16], "big")
         elif n < 8:                     # no box is shorter than its header: not an MP4 after all

@@ -72,3 +72,20 @@ def test_a_whole_mp4_whose_edit_list_shows_part_of_its_frames_is_not_cut_short(t
     with caplog.at_level(logging.WARNING):
         assert [(i, why) for i, _, why in iter_frames(tmp_path / "trimmed.mp4", 10)] == [(0, ""), (10, "")]
     assert "cut short" not in caplog.text
+
+
+@pytest.mark.parametrize("tail, missing", [(bytes(8) + bytes(1000), 0), (bytes(3), 5)])
+def test_an_mp4_box_whose_64_bit_size_is_zero_or_cut_off_ends_the_walk(tmp_path, tail, missing):
+    """A box of size 1 takes its size from the next 8 bytes: 0 there (a placeholder, a damaged file), or those
+    bytes cut off (a download stopped in the box's header), left the walk where it was, forever: predict hung
+    on the video once its frames were decoded."""
+    import subprocess
+    import sys
+
+    ftyp = (24).to_bytes(4, "big") + b"ftypisom" + bytes(4) + b"isomiso2"
+    (tmp_path / "odd.mp4").write_bytes(ftyp + (1).to_bytes(4, "big") + b"mdat" + tail)
+    code = "import sys, pathlib, fermodels.videofile as v; print(v.missing_bytes(pathlib.Path(sys.argv[1])))"
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "odd.mp4")], capture_output=True, text=True,
+                          timeout=30)         # in a process of its own: the hang is ended by the timeout
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == missing
