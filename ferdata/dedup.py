@@ -145,6 +145,7 @@ _BLUR = 2.0 / 112       # Gaussian sigma, of the crop's side, before the 16x16 a
 _SLACK = 1e-3           # the float32 search takes candidates this far below NEAR_SIMILARITY; each is checked exactly
 _LOW = 64               # DCT coefficients (the lowest frequencies) the first pass compares; the rest's length bounds it
 _CELLS = 1 << 22        # (probe, held face) bounds computed at once: ~16 MB
+_SLICE = 256            # a probe's candidates compared whole at once, up to the first near one
 
 
 def face_vector(jpg: bytes) -> np.ndarray | None:
@@ -247,7 +248,17 @@ class NearCopies:
         for at in range(0, len(probes), rows):
             maybe = bound[at:at + rows] @ bounds >= NEAR_SIMILARITY - _SLACK
             for i in np.flatnonzero(maybe.any(1)):
-                near = np.flatnonzero(maybe[i])
-                near = near[units[near] @ unit[at + i] >= NEAR_SIMILARITY - _SLACK]
-                best[at + i] = next((j for j in near if similarity(probes[at + i], held[j]) >= NEAR_SIMILARITY), -1)
+                best[at + i] = self._first_of(probes[at + i], unit[at + i], np.flatnonzero(maybe[i]))
         return best
+
+    def _first_of(self, probe: np.ndarray, unit: np.ndarray, candidates: np.ndarray) -> int:
+        """The first of ``candidates`` (held faces, in order) at least NEAR_SIMILARITY like ``probe``, or -1:
+        compared a slice at a time, up to the first near one (a still video's thousands of alike held faces are
+        each a candidate: comparing them all took a probe milliseconds, the search hours)."""
+        held, units, _ = self._index
+        for at in range(0, len(candidates), _SLICE):
+            near = candidates[at:at + _SLICE]
+            near = near[units[near] @ unit >= NEAR_SIMILARITY - _SLACK]
+            if (j := next((j for j in near if similarity(probe, held[j]) >= NEAR_SIMILARITY), -1)) >= 0:
+                return j
+        return -1

@@ -231,3 +231,25 @@ def test_copies_of_a_photo_that_the_detector_found_again_are_found(tmp_path):
     assert report["notes"].get("near_copies_of_held_out") == {
         "train_happy_astronaut_mirrored-jpg": "test/test_happy_astronaut-jpg",
         **{f"train_happy_tom_{how}-jpg": "test/test_happy_tom-jpg" for how in ("cropped", "double", "mirrored")}}
+
+
+def test_a_probe_is_compared_with_alike_held_faces_only_up_to_the_first_near_one():
+    """A still video's frames carved into val/test and train: every held frame is a candidate of every training
+    frame. Each probe's candidates were all compared at once (100k held faces: 100 MB, ~50 ms a probe; 80k
+    probes: over an hour, where the first candidate is near); now a slice at a time, up to the first near one."""
+    import tracemalloc
+    from ferdata.dedup import NearCopies
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, 256, dtype=np.uint8)
+    held = NearCopies()
+    for i in range(100_000):
+        held.add(f"test/{i}", np.stack([frame, frame[::-1]]))
+    assert held.find(np.stack([frame, frame])) == "test/0"             # the index built: not measured
+    tracemalloc.start()
+    try:
+        found = held.find_many([np.stack([frame, frame])] * 8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found == ["test/0"] * 8
+    assert peak < 48 << 20, f"{peak >> 20} MiB: every alike held face compared"
