@@ -128,9 +128,9 @@ class Series:
 
     def per_dataset(self) -> dict[str, dict]:
         """Per dataset of folds that scored several together (their metrics.json ``per_dataset``): each
-        fold's figures and the pooled ones over its test samples of every fold (the sum of the folds'
-        confusion matrices of that dataset); {} unless every fold records them (a version before
-        per_dataset's confusion_matrix did not)."""
+        fold's figures (None for a fold that did not score it: the list stays in fold order) and the
+        pooled ones over its test samples of every fold (the sum of the folds' confusion matrices of that
+        dataset); {} unless every fold records them (a version before per_dataset's confusion_matrix did not)."""
         ordered = [self.runs[k] for k in sorted(self.runs)]
         parts = [r.metrics.get("per_dataset") for r in ordered]
         if not all(p and "classes" in r.metrics and all("confusion_matrix" in m for m in p.values())
@@ -138,9 +138,10 @@ class Series:
             return {}
         out = {}
         for name in sorted(set().union(*parts)):
-            folds = [(p[name], r.metrics["classes"]) for p, r in zip(parts, ordered) if name in p]
-            pooled = metrics_from_confusion(sum(_canonical(m["confusion_matrix"], c) for m, c in folds), CLASSES)
-            out[name] = {**{m: {"folds": [f[m] for f, _ in folds], "pooled": pooled[m]} for m in METRICS},
+            folds = [(p.get(name), r.metrics["classes"]) for p, r in zip(parts, ordered)]    # None: not in the fold
+            pooled = metrics_from_confusion(sum(_canonical(m["confusion_matrix"], c) for m, c in folds if m),
+                                            CLASSES)
+            out[name] = {**{m: {"folds": [f and f[m] for f, _ in folds], "pooled": pooled[m]} for m in METRICS},
                          "num_samples": pooled["num_samples"], "per_class_pooled": pooled["per_class"]}
         return out
 

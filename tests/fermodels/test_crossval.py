@@ -449,12 +449,13 @@ def test_folds_scored_on_two_datasets_give_each_datasets_figures_pooled_over_the
     from fermodels.metrics import confusion_matrix, metrics_from_confusion
 
     classes = list(class_names(7))
-    folds = {0: {"ckplus": [(H, H), (S, H)], "jaffe": [(N, N)]}, 1: {"ckplus": [(S, S)], "jaffe": [(H, N), (N, N)]}}
+    folds = {0: {"ckplus": [(H, H), (S, H)], "jaffe": [(N, N)]}, 1: {"ckplus": [(S, S)], "jaffe": [(H, N), (N, N)]},
+             2: {"ckplus": [(N, N)]}}        # a fold whose test split holds no JAFFE face
     repo = tmp_path / "repo"
     base = baseline_repo(repo)
     for k, by_dataset in folds.items():
         pairs = [pair for dataset_pairs in by_dataset.values() for pair in dataset_pairs]
-        experiment(repo, base, f"f{k}", k, params(k, folds=2), pairs, tested={"ckplus": f"c{k}", "jaffe": f"j{k}"})
+        experiment(repo, base, f"f{k}", k, params(k, folds=3), pairs, tested={"ckplus": f"c{k}", "jaffe": f"j{k}"})
         metrics = json.loads(git(repo, "show", "HEAD:runs/eval/metrics.json"))
         metrics["classes"] = classes
         metrics["per_dataset"] = {name: {"confusion_matrix": confusion_matrix(
@@ -466,8 +467,8 @@ def test_folds_scored_on_two_datasets_give_each_datasets_figures_pooled_over_the
     [series] = summarise(read_experiments(repo, base)[0])
     table = series.table()
     jaffe = table["per_dataset"]["jaffe"]
-    assert jaffe["accuracy"]["folds"] == [1.0, 0.5] and jaffe["accuracy"]["pooled"] == pytest.approx(2 / 3)
-    assert jaffe["num_samples"] == 3 and table["per_dataset"]["ckplus"]["num_samples"] == 3
+    assert jaffe["accuracy"]["folds"] == [1.0, 0.5, None] and jaffe["accuracy"]["pooled"] == pytest.approx(2 / 3)
+    assert jaffe["num_samples"] == 3 and table["per_dataset"]["ckplus"]["num_samples"] == 4
     ckplus = [pair for by_dataset in folds.values() for pair in by_dataset["ckplus"]]
     expected = metrics_from_confusion(confusion_matrix([classes.index(a) for a, _ in ckplus],
                                                        [classes.index(p) for _, p in ckplus], 7), classes)
