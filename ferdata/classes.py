@@ -6,6 +6,7 @@ through this module; ids are never inferred from folder sort order.
 from __future__ import annotations
 
 import json
+import shlex
 import unicodedata
 from typing import Mapping
 
@@ -58,11 +59,12 @@ class UnknownClassError(ValueError):
 
     def __init__(self, where: str, unknown: list[str]) -> None:
         self.unknown = sorted(unknown)
+        option = f"mapping={{{json.dumps(self.unknown[0], ensure_ascii=False)}: <class>}}"
         super().__init__(
             f"{where}: unknown class name(s) {self.unknown}; known names: {sorted(SYNONYMS)}.\n"
             f"  fix: add an explicit mapping, options: {{mapping: {{{self.unknown[0]!r}: <one of "
             f"{', '.join(CLASSES)}>}}}} (a value of null excludes that class and counts its images as dropped); "
-            f"on the command line: --option 'mapping={{{json.dumps(self.unknown[0], ensure_ascii=False)}: <class>}}'"
+            f"on the command line: --option {shlex.quote(option)}"
         )
 
 

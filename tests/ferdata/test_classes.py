@@ -107,3 +107,13 @@ def test_the_unknown_name_fix_gives_the_command_line_form_too():
     with pytest.raises(UnknownClassError) as err:
         resolve_names(["sad face", "happy"])
     assert """--option 'mapping={"sad face": <class>}'""" in str(err.value)
+
+
+def test_the_command_line_form_of_the_fix_is_quoted_for_the_shell():
+    """A folder named with a quote (``don't know``) broke the single-quoted --option the error offered."""
+    import shlex
+
+    with pytest.raises(UnknownClassError) as err:
+        resolve_names(["don't know", "happy"])
+    offered = str(err.value).split("on the command line: ", 1)[1]
+    assert shlex.split(offered) == ["--option", 'mapping={"don\'t know": <class>}']
