@@ -280,9 +280,12 @@ def _data_record(params: TrainParams, train_split: Split, val_split: Split, devi
 
 def _run_record(params: TrainParams, data: dict) -> dict:
     """What every rank must train alike, keyed as told: the train params but the loader workers and the
-    device's spelling, and the data record (each split's shard digests in order: the folders' paths
-    may differ between machines)."""
+    device's spelling, and the data record (each split's shard digests in order, and the weight files
+    ``model_kwargs`` names by content, ``data.weights``: the folders' paths may differ between machines)."""
     record = {f"train.{k}": v for k, v in asdict(params).items() if k not in LAYOUT + DEVICE}
+    files = data.get("weights", {})
+    record["train.model_kwargs"] = {k: "<a file: data.weights>" if k in files else v
+                                    for k, v in params.model_kwargs.items()}
     for k, v in data.items():
         name = "the training code (data.code)" if k == "code" else f"data.{k}"
         record[name] = list(v.values()) if k in SPLITS_READ else v      # digests in order, not by folder path

@@ -552,6 +552,20 @@ def test_a_rank_started_with_other_params_stops_every_rank_before_training(tiny_
     assert not (tmp_path / "ckpt" / "last.pt").exists()
 
 
+def test_ranks_compare_weight_files_by_content_not_by_their_paths():
+    """Machines mount weights at other paths: a `pretrained` file spelled /a/w.pth on one and /b/w.pth on the
+    other, the same bytes (data.weights), trains alike; other bytes do not."""
+    from fermodels.train import _run_record
+
+    def record(path: str, digest: str) -> dict:
+        params = make_params()
+        object.__setattr__(params, "model_kwargs", {**params.model_kwargs, "pretrained": path})
+        return _run_record(params, {"train": {"/x/tiny": ["d0"]}, "weights": {"pretrained": digest}})
+
+    assert record("/a/w.pth", "5e") == record("/b/w.pth", "5e")
+    assert record("/a/w.pth", "5e") != record("/a/w.pth", "6f")
+
+
 def test_ranks_validate_rank_0s_batchnorm_statistics_and_stop_together(tmp_path):
     """After DDP steps each rank's BatchNorm running statistics hold its own last batch; the
     trainer gives every rank rank 0's before validating (and saving). The non-finite-loss check
