@@ -216,7 +216,7 @@ def training_keypoints(trained: Mapping[str, int] | None) -> str:
     the 68's five on average, 6.9 px at p90). A dataset's own crops (``precropped``, FERPlus's or RAF-DB's
     aligned pictures) were framed by no points at all: a pooled model of AffectNet by its landmarks and
     FERPlus aligns new faces by their 68 landmarks' five points, as its landmark-placed faces were."""
-    placed = {name for name, n in (trained or {}).items() if name not in WHOLE_IMAGE_BACKENDS}
+    placed = set(trained or {}).difference(WHOLE_IMAGE_BACKENDS)
     return "landmarks" if placed == {"annotations"} else "detector"
 
 
