@@ -72,6 +72,8 @@ class LoadReport:
 # machine) is neither needed nor read.
 WEIGHT_FILE_KWARGS = ("pretrained", "landmark_checkpoint")
 FROM_CHECKPOINT = "<weights from the training checkpoint>"
+# what a wrapper's state dict puts before every weight's name: which wrapper
+WRAPPER_PREFIXES = {"module.": "DDP (or DataParallel)", "_orig_mod.": "torch.compile"}
 
 
 def load_pretrained(module: nn.Module, path: str | Path, layout: str) -> LoadReport:
@@ -196,8 +198,13 @@ def _unwrap(raw: object, path: Path) -> StateDict:
 
 
 def _strip_prefix(state: StateDict) -> StateDict:
-    """Drop DataParallel/DDP ``module.`` prefixes."""
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    """Each name without the prefixes a wrapper gives it (:data:`WRAPPER_PREFIXES`, one in another too:
+    ``_orig_mod.module.``). Name by name: an averaged model's file holds ``module.*`` and ``n_averaged``."""
+    def bare(name: str) -> str:
+        while prefix := next((p for p in WRAPPER_PREFIXES if name.startswith(p)), None):
+            name = name[len(prefix):]
+        return name
+    return {bare(k): v for k, v in state.items()}
 
 
 def _head(items: list[str], n: int = 8) -> str:

@@ -29,7 +29,7 @@ from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.errors import no_memory_for, out_of_memory
 from ferdata.layout import SAMPLE_SETTINGS
-from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS, failed_checksum
+from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS, WRAPPER_PREFIXES, failed_checksum
 from fermodels.ckptdir import BEST, LAST, saved_at
 from fermodels.livelog import logged_epochs
 from fermodels.registry import create_model, model_kwargs
@@ -258,10 +258,6 @@ def model_from_checkpoint(state: dict) -> nn.Module:
                          f"({detail[:300]}{' ...' if len(detail) > 300 else ''}): the checkpoint is damaged "
                          "or was edited") from e
     return model.eval()
-
-
-# what a wrapper's state dict puts before every weight's name: which wrapper
-WRAPPER_PREFIXES = {"module.": "DDP (or DataParallel)", "_orig_mod.": "torch.compile"}
 
 
 def _unwrapped(weights: dict, names: set[str]) -> tuple[dict, list[str]]:

@@ -282,3 +282,27 @@ def test_a_pretrained_file_of_another_network_is_bad_input_for_the_dvc_stages(tm
     with pytest.raises(PretrainedMismatchError) as caught:
         load_pretrained(ResNet18Trunk(), tmp_path / "other.pth", "msceleb_resnet18")
     assert is_user_error(caught.value)
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "_orig_mod.module.", "module._orig_mod."])
+def test_a_compiled_models_saved_weights_load_as_pretrained(tmp_path, prefix) -> None:
+    """A backbone fine-tuned under torch.compile (and DDP) saves every name as ``_orig_mod.conv1.weight``:
+    only DDP's ``module.`` was taken off, and the file was refused as missing every tensor."""
+    ref = randomise(resnet18(weights=None)).state_dict()
+    path = tmp_path / "compiled.pth"
+    torch.save({f"{prefix}{k}": v for k, v in ref.items()}, path)
+    trunk = ResNet18Trunk(include_layer4=True)
+    load_pretrained(trunk, str(path), "msceleb_resnet18")
+    assert_same(trunk, ref)
+
+
+def test_an_averaged_models_file_loads_as_pretrained(tmp_path) -> None:
+    """torch.optim.swa_utils.AveragedModel saves ``module.*`` beside its own ``n_averaged``: prefixes are taken
+    off name by name, not only where every name has one."""
+    averaged = torch.optim.swa_utils.AveragedModel(randomise(resnet18(weights=None)))
+    path = tmp_path / "swa.pth"
+    torch.save(averaged.state_dict(), path)
+    assert "n_averaged" in averaged.state_dict()
+    trunk = ResNet18Trunk(include_layer4=True)
+    load_pretrained(trunk, str(path), "msceleb_resnet18")
+    assert_same(trunk, averaged.module.state_dict())
