@@ -141,3 +141,16 @@ def test_faces_in_full_profile_are_kept_whichever_way_detector_noise_lists_their
         checked_points(_kps_face((face - centre) * [0.0, 1.0] + centre + n), (400, 400, 3))
     crossed = (face - centre) * [-0.01, 1.0] + centre           # the far eye a pixel past the near one
     checked_points(_kps_face(crossed), (400, 400, 3))
+
+
+def test_5_points_with_only_the_mouth_corners_mirrored_are_dropped_not_shrunk():
+    """RAF-DB-style manual points (astronaut's face: eye centres, nose tip, mouth corners from dlib's 68) with the
+    eyes image-left first but the mouth corners the subject's: misfit 0.84, under MAX_MISFIT, and the eye check
+    passes, so the face was aligned shrunk to 0.55 of its size, eyes and mouth 11 px of 112 off the template."""
+    ordered = np.array([[203.0, 101.5], [246.33, 103.67], [225.0, 127.0], [200.0, 139.0], [245.0, 141.0]])
+    face = {"box": [177.6, 57.0, 272.8, 177.2], "kps5": ordered}
+    kps, _ = checked_points(face, (512, 512, 3))
+    assert np.allclose(kps, ordered, atol=1e-3)
+    with pytest.raises(BadGeometry, match="mouth corners are a mirror image") as drop:
+        checked_points({**face, "kps5": ordered[[0, 1, 2, 4, 3]]}, (512, 512, 3))
+    assert drop.value.reason == "implausible_landmarks"
