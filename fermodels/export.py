@@ -152,8 +152,9 @@ def provenance(state: dict) -> dict:
 
 
 LANDMARK_KEYPOINTS = ("the eye centres (the means of iBUG-68 points 36-41 and 42-47), the nose tip (30) and the "
-                      "mouth corners (48, 54) of the face's 68 landmarks: the training faces were aligned by their "
-                      "dataset's own landmarks so; a detector's own 5 keypoints (RetinaFace's, SCRFD's) sit a few "
+                      "mouth corners (48, 54) of the face's 68 landmarks: most training faces were aligned by their "
+                      "dataset's own landmarks, these five of 68 or 5 drawn by hand at those places (RAF-DB's, "
+                      "within about 1 px of 112); a detector's own 5 keypoints (RetinaFace's, SCRFD's) sit a few "
                       "pixels elsewhere in the crop (3.6 px of 112 on average), which moves the scores")
 
 
