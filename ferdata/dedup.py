@@ -72,6 +72,11 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept)
 
 
+def _where(rec: dict) -> str:
+    """A record's file for a drop's detail, or its key where the dataset has none (FER2013's CSV rows)."""
+    return rec["path"] or rec["key"]
+
+
 def _names(labels: set[int]) -> list[str]:
     return [CLASSES[c] for c in sorted(labels)]
 
@@ -103,10 +108,10 @@ class Deduplicator:
             if rec["key"] in self.conflicts.keys:
                 labels = ", ".join(self.conflicts.keys[rec["key"]])
                 yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
-                              f"{rec['path']}: listed more than once, labelled {labels}")
+                              f"{_where(rec)}: listed more than once, labelled {labels}")
                 continue
             if rec["key"] in self.keys:
-                yield Dropped(rec["dataset"], rec["key"], "duplicate_key", f"{rec['path']}: key used before")
+                yield Dropped(rec["dataset"], rec["key"], "duplicate_key", f"{_where(rec)}: key used before")
                 continue
             self.keys.add(rec["key"])
             picture, box, split = ident = face_identity(row)
@@ -115,13 +120,13 @@ class Deduplicator:
                 self.report.count("duplicates", f"conflicting_labels_in_{split}")
             elif ident in self.conflicts.faces:
                 yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
-                              f"{rec['path']}: copies of this picture and face "
+                              f"{_where(rec)}: copies of this picture and face "
                               f"{f'in split {split}' if split else 'in the dataset'} are labelled "
                               f"{', '.join(self.conflicts.faces[ident])}")
                 continue
             if self.drop_train_copies and split == "train" and (picture, box) in self.conflicts.held_out:
                 yield Dropped(rec["dataset"], rec["key"], "copy_of_held_out",
-                              f"{rec['path']}: the same picture and face is in the "
+                              f"{_where(rec)}: the same picture and face is in the "
                               f"{self.conflicts.held_out[picture, box]} split")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
@@ -130,7 +135,7 @@ class Deduplicator:
                 yield row
                 continue
             if split in seen:
-                yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{rec['path']}: same as {seen[split]}")
+                yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{_where(rec)}: same as {seen[split]}")
                 continue
             if seen:
                 first_split = next(iter(seen))

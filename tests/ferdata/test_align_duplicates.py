@@ -128,3 +128,15 @@ def test_an_official_test_split_keeps_every_copy_and_its_training_copy_goes_when
     assert report.notes["duplicates"] == {"conflicting_labels_in_test": 2, "within_test": 2, "within_val": 1}
     kept, drops, _ = dedup(rows)
     assert kept == ["tr", "te1", "te2", "s1", "s2", "v1", "v2"] and drops == {}
+
+
+def test_drops_of_rows_without_a_file_name_their_key():
+    """FER2013 and FERPlus rows have no file (path ""): their drop details began ": the same picture ..."."""
+    rows = [row("00001", 1, "train"), row("00002", 1, "train"), row("00003", 2, "train", picture="cd" * 32),
+            row("00004", 2, "test", picture="cd" * 32), row("00001", 1, "train")]
+    for r in rows:
+        r["record"]["path"] = ""
+    _, drops, _ = dedup(rows, drop_train_copies=True)
+    assert drops == {"00002": "duplicate_image: 00002: same as 00001",
+                     "00003": "copy_of_held_out: 00003: the same picture and face is in the test split",
+                     "00001": "duplicate_key: 00001: key used before"}
