@@ -253,3 +253,22 @@ def test_a_probe_is_compared_with_alike_held_faces_only_up_to_the_first_near_one
         tracemalloc.stop()
     assert found == ["test/0"] * 8
     assert peak < 48 << 20, f"{peak >> 20} MiB: every alike held face compared"
+
+
+def test_low_contrast_faces_lit_from_one_side_are_not_near_copies_of_other_people():
+    """FER2013's 48 px crops: low-contrast faces whose light falls off to one side correlated at 0.98 by the
+    light alone (an audit: 6 of 4,950 pairs of different people; here 3 of 50 named; 95 of 350 training faces dropped
+    under drop_train where the ramp was stronger); a re-encoded copy of such a face is still found."""
+    import cv2
+    from ferdata.dedup import NearCopies, face_vector
+    xx = np.mgrid[0:48, 0:48][1].astype(np.float32)
+    lit = []
+    for f in _faces(100):
+        grey = cv2.resize(f[..., 0], (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32)
+        face = (110 + 20 * (grey - grey.mean()) / grey.std()) * (0.1 + 0.9 * xx / 47)    # 90% of the light gone
+        lit.append(cv2.resize(np.clip(face, 0, 255).round().astype(np.uint8), (112, 112)))     # the aligned crop
+    held = NearCopies()
+    for i, f in enumerate(lit[:50]):
+        held.add(f"test/{i}", face_vector(_jpeg(f)))
+    assert held.find_many([face_vector(_jpeg(f)) for f in lit[50:]]) == [None] * 50
+    assert held.find_many([face_vector(_jpeg(f, 60)) for f in lit[:5]]) == [f"test/{i}" for i in range(5)]
