@@ -86,6 +86,11 @@ class FaceRecord:
         if self.split not in ("",) + SPLITS:
             raise ValueError(f"record split {self.split!r} not in {SPLITS}")
 
+    @property
+    def where(self) -> str:
+        """The record's file, or its key where it has none (inline pixels: FER2013's CSV rows), for messages."""
+        return self.path or self.key
+
     def annotated_box(self) -> tuple[float, float, float, float] | None:
         """Where the dataset says the face is: its box, else its landmarks' bounds grown by half
         their larger side each way (5 points span eyes to mouth only: a turned face's detector box
@@ -169,7 +174,7 @@ def unreadable_drop(r: FaceRecord, err: OSError, stage: str) -> Dropped:
         err.add_note(f"{stage}: the machine's error, not the image's: no image was dropped for it; fix it "
                      "(e.g. `ulimit -n`, free memory, the dataset's mount) and run again")
         raise err
-    return Dropped(r.dataset, r.key, "unreadable_file", f"{r.path}: {err.strerror}")
+    return Dropped(r.dataset, r.key, "unreadable_file", f"{r.where}: {err.strerror}")
 
 
 def load_image_bytes(r: FaceRecord) -> bytes:

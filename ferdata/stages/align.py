@@ -115,13 +115,13 @@ class AlignWorker:
         try:
             data = load_image_bytes(rec)
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
-                return Dropped(rec.dataset, rec.key, "source_changed", f"{rec.path}: re-run detect")
+                return Dropped(rec.dataset, rec.key, "source_changed", f"{rec.where}: re-run detect")
             al, decoded = crop_face(face, row["backend"], self.params.size, self.params.padding,
                                     partial(decode_grey if self.grey else decode_image, data))
         except OSError as e:
             return unreadable_drop(rec, e, "align")
         except (BadImage, BadGeometry) as e:
-            return Dropped(rec.dataset, rec.key, e.reason, f"{rec.path}: {e.detail}")
+            return Dropped(rec.dataset, rec.key, e.reason, f"{rec.where}: {e.detail}")
         meta = {
             **{k: v for k, v in row["record"].items() if k not in ("pixels", "landmarks")},
             "backend": row["backend"], "score": face["score"], "box": face["box"],

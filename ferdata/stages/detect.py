@@ -139,7 +139,7 @@ class _Table:
     def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
         rec = job.record
         if det is None:
-            drop = Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {detail}" if detail else rec.path)
+            drop = Dropped(rec.dataset, rec.key, reason, f"{rec.where}: {detail}" if detail else rec.where)
             if reason == DETECTOR_FAILED:
                 self.failures.append(drop)
                 self.check_backend(final=False)
@@ -155,12 +155,12 @@ class _Table:
             self.counts["cache_hits"] += 1
         if not det.faces:
             reason, why = self.backend.refuses(rec) or ("no_face", "")
-            return Dropped(rec.dataset, rec.key, reason, f"{rec.path}: {why}" if why else rec.path)
+            return Dropped(rec.dataset, rec.key, reason, f"{rec.where}: {why}" if why else rec.where)
         if (box := rec.annotated_box()) is None:
             face = select_face(list(det.faces), det.shape, self.params.select)
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
             self.marked["missed"] += 1
-            return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.path}: {len(det.faces)} face(s) found, "
+            return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.where}: {len(det.faces)} face(s) found, "
                            f"none centred where the dataset marks the face {tuple(round(v) for v in box)}")
         else:
             self.marked["found"] += 1

@@ -391,3 +391,21 @@ def test_a_zero_filled_csv_is_one_error_naming_the_file(tmp_path):
     (tmp_path / "fer2013.csv").write_bytes(bytes(300_000))
     with pytest.raises(ValueError, match=r"fer2013\.csv: line 1 is not a CSV row"):
         read_all("fer2013", tmp_path)
+
+
+def test_detect_drops_of_fer2013_rows_name_their_key(tmp_path):
+    """A FER2013 row has no file (its pixels are in the CSV): prepared with a face detector, its ``no_face``
+    drop's detail was "" (the empty path), and an align drop's began ": "."""
+    import json
+
+    from ferdata.datasets import open_reader
+    from ferdata.stages.detect import run_detect
+    from tests.reliability.corpus import stage_params
+
+    make_fer2013(tmp_path / "raw")
+    opened = open_reader("fer2013", tmp_path / "raw")
+    run_detect(opened.read(), stage_params(tmp_path, backend="embedded")["detect"], tmp_path / "detect")
+    drops = [json.loads(line) for line in (tmp_path / "detect" / "dropped.jsonl").read_text().splitlines()]
+    no_face = [d for d in drops if d["reason"] == "no_face"]
+    assert len(no_face) == 7                     # the seven readable rows are flat grey: no face in them
+    assert all(d["detail"] == d["key"] or d["detail"].startswith(f"{d['key']}: ") for d in no_face), no_face
