@@ -47,7 +47,7 @@ class SheetSample:
     key: str
     face: np.ndarray              # RGB uint8, N x N
     lmk: np.ndarray | None        # (68, 2) crop pixels
-    heatmap: np.ndarray           # uint8 single channel
+    heatmap: np.ndarray | None    # uint8 single channel; None: no 68 landmarks (5 points: RAF-DB's), no heatmap
     left: np.ndarray
     right: np.ndarray
     label: str
@@ -156,7 +156,7 @@ def to_sheet_sample(key: str, fields: dict[str, bytes], padding: float | None = 
     elif lmk is not None:
         heat = max_heatmap_u8(lmk, HEATMAP_SIZE, HEATMAP_SIGMA, size / HEATMAP_SIZE)
     else:
-        heat = np.zeros((HEATMAP_SIZE, HEATMAP_SIZE), np.uint8)
+        heat = None
     if "left.jpg" in fields and "right.jpg" in fields:
         left, right = decode_jpeg_rgb(fields["left.jpg"]), decode_jpeg_rgb(fields["right.jpg"])
     else:
@@ -202,6 +202,12 @@ def _face_panel(s: SheetSample) -> np.ndarray:
 
 def _heat_panel(s: SheetSample) -> np.ndarray:
     face = cv2.resize(s.face, (PANEL, PANEL), interpolation=cv2.INTER_LINEAR)
+    if s.heatmap is None:                    # a blank heatmap would read as 68 landmarks found nowhere
+        panel = (face // 2 + 64).astype(np.uint8)
+        for line, y in (("no 68", PANEL // 2 - 4), ("landmarks", PANEL // 2 + 12)):
+            for colour, width in (((255, 255, 255), 3), ((0, 0, 0), 1)):
+                cv2.putText(panel, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, 0.42, colour, width, cv2.LINE_AA)
+        return panel
     heat = cv2.resize(s.heatmap if s.heatmap.ndim == 2 else s.heatmap[..., 0], (PANEL, PANEL),
                       interpolation=cv2.INTER_LINEAR)
     colour = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)

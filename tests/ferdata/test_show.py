@@ -317,3 +317,19 @@ def test_a_sheet_too_tall_for_its_format_is_refused_after_one_sample_more_than_i
 @pytest.mark.parametrize("n, rows", [(1, 1), (2, 1), (3, 2), (705, 353)])
 def test_a_last_row_holding_one_tile_counts_in_the_sheets_height(n, rows):
     assert sheet_height(n) == rows * (LABEL_H + PANEL + 8) + 8
+
+
+def test_a_sample_without_68_landmarks_says_so_in_its_heatmap_panel(aligned):
+    """RAF-DB read by its 5 manual points has no ``lmk.npy`` and no heatmap: its panel was drawn from an all-zero
+    heatmap, a plain blue tint, as if the 68 landmarks had been found nowhere."""
+    from ferdata.show import _heat_panel
+
+    img, lmk = aligned[0]
+    five = to_sheet_sample("raf_0", {"jpg": encode_jpeg(img, 95), "cls": b"1"})
+    assert five.lmk is None and five.heatmap is None
+    panel = _heat_panel(five)
+    assert panel.shape == (PANEL, PANEL, 3) and (panel.min(axis=2) < 16).sum() > 50     # black text on a face
+    assert (panel[..., 2].astype(int) - panel[..., 0]).mean() < 20                         # no blue tint
+    assert contact_sheet([five]).std() > 20
+    full = to_sheet_sample("aff_0", {"jpg": encode_jpeg(img, 95), "lmk.npy": npy_bytes(lmk), "cls": b"1"})
+    assert full.heatmap is not None and full.heatmap.max() > 0
