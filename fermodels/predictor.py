@@ -194,7 +194,8 @@ def choose_backend(asked: str | None, trained: Mapping[str, int], options: Mappi
                         "crops may differ (give --model-dir, or --backend to choose)", "; ".join(missing))
         elif whole := dataset_crops(trained):
             # the dataset's own crops: framed as its publisher cut them, not by the 5-point template auto warps new
-            # faces to (face-box crops grown 20%: the eyes 7-13 px of 112 higher, 44 grey levels apart on average)
+            # faces to (FERPlus's face-box crops grown 20%: the eyes 7-13 px of 112 higher, 44 grey levels apart on
+            # average; RAF-DB's aligned 100 px pictures by its own eyes-and-mouth template: not measured here)
             log.warning("the model's training faces are the dataset's own crops (%s), framed as the dataset cut "
                         "them; the faces of new pictures are found by auto and aligned to the ArcFace template, "
                         "framed otherwise, so the model scores faces unlike its training faces: give inputs "
