@@ -238,9 +238,13 @@ def _tell_grey(dataset: IndexedSplit, grey: bool, params: EvalParams, checkpoint
                     "`ferdata predict` turns a face grey for it first", *told)
     else:
         log.info("evaluate: the %s faces of %s are scored turned grey (BT.601 luma, R = G = B) for %s, as "
-                 "`ferdata predict` scores a face%s", params.split, ", ".join(names), Path(checkpoint).name,
+                 "`ferdata predict` scores a face%s; they were found and warped in the colour pictures, where "
+                 "predict finds a face in the picture turned grey (keypoints up to a few px elsewhere, crops a "
+                 "few levels off): %s prepares the crops predict makes", params.split, ", ".join(names),
+                 Path(checkpoint).name,
                  " for a model trained on grey faces only (evaluate.grey: false keeps their colours)"
-                 if params.grey is None else " with --grey (evaluate.grey: true)")
+                 if params.grey is None else " with --grey (evaluate.grey: true)",
+                 " and ".join(f"datasets.{name}.detect: {{grey: true}}" for name in names))
 
 
 def check_preprocess(trained: dict, shards: dict, fields: Sequence[str], checkpoint: str | Path,

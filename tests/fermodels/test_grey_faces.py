@@ -245,6 +245,21 @@ def test_evaluating_a_grey_model_on_colour_faces_scores_them_grey_as_predict_ser
     assert "trained on grey faces only" in caplog.text and "not all grey" in caplog.text
 
 
+def test_colour_test_faces_scored_grey_are_said_to_be_found_in_colour_with_the_setting_that_makes_predicts(
+        grey_run, tiny_shards, tmp_path, caplog, one_thread):
+    """A grey model's colour test faces were found and warped in the colour pictures, where predict finds them
+    in the picture turned grey: on 35 colour photos their probabilities differed from predict's by up to 0.08,
+    told as "a level of rounding" (audit h117). The log says so and names the setting that prepares predict's
+    crops (detect.grey)."""
+    from fermodels.evaluate import evaluate
+
+    with caplog.at_level("INFO", logger="fermodels"):
+        evaluate(grey_run, tiny_shards, _eval_params(), tmp_path / "cross", datasets=["tiny"])
+    said = [r.getMessage() for r in caplog.records if "scored turned grey" in r.getMessage()]
+    assert len(said) == 1 and "found and warped in the colour pictures" in said[0]
+    assert "datasets.tiny.detect: {grey: true} prepares the crops predict makes" in said[0]
+
+
 def test_a_colour_model_is_scored_on_grey_faces_when_asked(tiny_run, tmp_path, caplog, fed, one_thread):
     from fermodels.evaluate import EvalParams, evaluate
 
