@@ -34,8 +34,9 @@ def list_cmd(details: bool = typer.Option(False, help="build each model to show 
 @app.command()
 def info(name: str = typer.Argument(..., help="a registered model name (`fermodels list`)"),
          num_classes: int = typer.Option(7, help="number of output classes: 7 (no Contempt) or 8")) -> None:
-    """Parameters used in forward, MACs at the card's input size, fields, losses and paper."""
+    """Parameters used in forward, MACs at the card's input size, fields, losses, keywords and paper."""
     from fermodels.info import model_info
+    from fermodels.registry import model_kwargs
 
     class_names(num_classes)            # 7 or 8, as train.num_classes: the sizes of a model that can be trained
     i = model_info(name, num_classes=num_classes)
@@ -44,6 +45,8 @@ def info(name: str = typer.Argument(..., help="a registered model name (`fermode
     typer.echo(f"input size:  {card.input_size} x {card.input_size}")
     typer.echo(f"fields:      {', '.join(card.fields)}")
     typer.echo(f"losses:      {', '.join(card.losses)}")
+    keywords = model_kwargs(name, {})       # train.model_kwargs: each keyword the model takes, at its default
+    typer.echo(f"keywords:    {', '.join(f'{k}={v!r}' for k, v in keywords.items()) or '(none)'}")
     typer.echo(f"params:      {i.params_used / 1e6:.2f} M used in forward "
                f"({i.params_registered / 1e6:.2f} M registered, {i.params_trainable / 1e6:.2f} M trainable)")
     typer.echo(f"MACs:        {i.macs / 1e9:.2f} G (batch 1; FLOPs = 2 x MACs)")
