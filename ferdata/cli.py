@@ -380,8 +380,15 @@ def predict(
     Prints CSV or writes CSV/JSON; the last line counts faces, images without one and inputs not read
     (exit status 1 when no input could be read)."""
     from ferdata.params import parse_assignments
+    from fermodels.distributed import DEVICE_RULE
     from fermodels.predict import describe, predict_files     # torch: imported by this command only
+    from fermodels.predictor import KEYPOINTS
 
+    # told as usage errors before the inputs are walked and the checkpoint loaded (a typo was told after both)
+    if keypoints is not None and keypoints not in KEYPOINTS:
+        raise typer.BadParameter(f"{keypoints!r}: give {' or '.join(KEYPOINTS)}", param_hint="--keypoints")
+    if not DEVICE_RULE[0](device):
+        raise typer.BadParameter(f"{device!r}: give {DEVICE_RULE[1]}", param_hint="--device")
     _setup_logging(verbose)                                   # which face backend runs, and why
 
     try:

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 
 DERIVED = frozenset({"left", "right", "heatmap"})     # the card fields made by the derive stage (DeriveWorker)
+KEYPOINTS = ("detector", "landmarks")               # what aligns a new face (Predictor's keypoints, --keypoints)
 
 
 class DetectorFailed(RuntimeError):
@@ -296,8 +297,8 @@ class Predictor:
                         "which the model never saw (leave --colour out to score them in grey)")
         self.keypoints = keypoints or training_keypoints(data.get("face_backends", {}))
         self._no_landmarks_told = False
-        if self.keypoints not in ("detector", "landmarks"):           # before the face models load (seconds)
-            raise ValueError(f"keypoints must be detector or landmarks, got {self.keypoints!r}")
+        if self.keypoints not in KEYPOINTS:                           # before the face models load (seconds)
+            raise ValueError(f"keypoints must be {' or '.join(KEYPOINTS)}, got {self.keypoints!r}")
         # One process: the face model may take the threads torch has here (a detect worker runs on one)
         options = {"threads": torch.get_num_threads(), **(backend_options or {})}
         self.backend = choose_backend(backend, data.get("face_backends", {}), options, model_dir,
