@@ -51,7 +51,7 @@ def prepare(
 
     _setup_logging(verbose)
     options, loaded = _dataset_inputs(option, params, dataset, root)
-    reports = run(dataset, loaded, out, root, options, backend)
+    reports = run(dataset, loaded, out, root, options, _backend_name(backend))
     for stage, r in reports.items():
         typer.echo(f"{stage:7s} kept {r['kept']:7d}  dropped {r['dropped_total']:6d}  {r['dropped'] or ''}")
     dirs = stage_dirs(out, dataset)
@@ -78,6 +78,17 @@ def _dataset_inputs(option: list[str], params: Path, dataset: str, root: Optiona
     return options, loaded
 
 
+def _backend_name(backend: Optional[str]) -> Optional[str]:
+    """``--backend``, a misspelt one refused as such: it was told as a bad datasets.<name>.detect.backend in
+    params.yaml, a key the user had not set."""
+    from ferdata.faces import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise typer.BadParameter(f"unknown face backend {backend!r}; known: {', '.join(BACKENDS.names())}",
+                                 param_hint="--backend")
+    return backend
+
+
 @app.command()
 def detect(
     dataset: str = typer.Argument(..., help="Dataset name from params.yaml `datasets`, or a reader name with --root."),
@@ -101,7 +112,7 @@ def detect(
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--part") from None
     options, loaded = _dataset_inputs(option, params, dataset, root)
-    r = detect_part(dataset, loaded, which, root, options, backend)
+    r = detect_part(dataset, loaded, which, root, options, _backend_name(backend))
     n = r["notes"]
     dropped = f" {r['dropped']}" if r["dropped"] else ""
     typer.echo(f"part {which}: {r['kept']} images with a face, {r['dropped_total']} dropped{dropped}; "
