@@ -46,8 +46,8 @@ def check_named(names: Sequence[str], key: str, datasets: Mapping[str, Any], dat
         if name not in datasets and not stage_dirs(data_dir, name)["shards"].is_dir():
             raise NamedKeyError(f"{key} names {name!r}, which is neither in params.yaml's datasets "
                                 f"({', '.join(sorted(datasets))}) nor prepared under "
-                                f"{Path(data_dir) / name / 'shards'}: add it to datasets (dvc repro prepares it) or "
-                                f"prepare it with `ferdata prepare {name} --root ...`")
+                                f"{Path(data_dir) / name / 'shards'}: add it to datasets ({name}: {{reader: ..., root: "
+                                f"...}}), which `dvc repro` or `ferdata prepare {name}` prepares")
 
 
 def check_run_datasets(trained_on: Sequence[str], evaluated: str | None, datasets: Mapping[str, Any],

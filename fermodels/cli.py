@@ -56,12 +56,16 @@ def info(name: str = typer.Argument(..., help="a registered model name (`fermode
 
 @app.command()
 def recipes() -> None:
-    """Named training presets (`dvc exp run -S train.recipe=NAME`), their sources and the paper's figure."""
+    """Named training presets (`dvc exp run -S train.recipe=NAME`), their sources, the datasets they train on
+    and the paper's figure."""
     from fermodels.recipes import RECIPES, list_recipes
 
     for name in list_recipes():
         recipe = RECIPES.get(name)
-        typer.echo(f"{name:24s} {recipe.source}\n{'':24s} paper's test accuracy: {recipe.published}")
+        # the params.yaml datasets names it trains on: `affectnet7`, not the reader's name (README's `affectnet`)
+        typer.echo(f"{name:24s} {recipe.source}\n{'':24s} trains on params.yaml datasets "
+                   f"{', '.join(recipe.values['datasets'])} ({recipe.values['num_classes']} classes)\n"
+                   f"{'':24s} paper's test accuracy: {recipe.published}")
 
 
 @app.command()
