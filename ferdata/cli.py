@@ -346,7 +346,7 @@ def show_sheet(
     out: Path = typer.Option(Path("sheet.png"), "--out", "-o",
                              help="Contact sheet image to write (.png, or .jpg, .webp, .bmp: the format follows "
                                   "the suffix)."),
-    n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show (the first n; a sheet holds at most 5000, a .jpg or .webp fewer)."),
+    n: int = typer.Option(32, "--n", "-n", min=1, help="How many samples to show (taken a tar at a time in turn, so splits and shards mix; a sheet holds at most 5000, a .jpg or .webp fewer)."),
 ) -> None:
     """Contact sheet of aligned faces to check alignment by eye.
 

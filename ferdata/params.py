@@ -268,6 +268,6 @@ def dataset_specs(params: Mapping[str, Any]) -> Mapping[str, Any]:
                          "datasets to train on are train.datasets")
     if bad := [name for name in specs if not isinstance(name, str) or not DATASET_NAME.fullmatch(name)]:
         raise ValueError(f"params.yaml datasets: name {bad[0]!r} is not letters, digits, _ and - only, not starting "
-                         "with - (dvc.yaml's stages for each dataset take a dot for a params path, a space for an "
-                         "argument and a leading - for an option: -h asks for help)")
+                         "with - (dvc.yaml's stages for each dataset take a dot for a params path, a space splits a "
+                         "command line, and `ferdata prepare -h` reads a leading - as an option)")
     return specs
