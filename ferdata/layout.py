@@ -26,6 +26,10 @@ MADE_BY = ("params_hash", "preprocess", "detect", "source", "cross_split_copies"
 GREY = "grey_faces"
 REPORT = "report.json"          # every stage's counts and the settings that shaped its output
 DROPS = "dropped.jsonl"         # detect's and align's: every record not kept, one JSON line each
+# detect's and align's report notes: records of an official val or test split dropped there, split -> reason ->
+# count; the shard stage writes the sum into that split's _info.json (under DROPPED_BEFORE), evaluate reports it
+HELD_OUT_DROPS = "held_out_dropped"
+DROPPED_BEFORE = "dropped_in_preparation"
 # The align and derive params that shape a sample (not how fast it is made): their stages' reports
 # record them, the shards and checkpoints carry them, inference repeats them.
 SAMPLE_SETTINGS = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ferdata.atomic import atomic_write_text, writable_folder
-from ferdata.layout import GREY, setting_differences
+from ferdata.layout import DROPPED_BEFORE, GREY, setting_differences
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from ferdata.selection import ALL, scored_splits
@@ -195,9 +196,15 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         # what the figures are over: the model's outputs, and the classes with test faces, which mean class
         # accuracy and macro-F1 average (a class only predicted is in per_class, not in the averages)
         "classes": list(classes), "averaged_over": averaged_over(cm, classes),
+        # the split's official pictures that detect or align dropped: not in the figures (papers score every one)
+        DROPPED_BEFORE: dict(sorted(sum((Counter(n) for n in split.dropped.values()), Counter()).items())),
     })
+    _tell_dropped(split, names)
     if len(dirs) > 1:
         metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split)
+        for d, name in zip(split.dirs, names):
+            if name in metrics["per_dataset"]:
+                metrics["per_dataset"][name][DROPPED_BEFORE] = split.dropped.get(d, {})
     subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:
         metrics["per_subset"] = subsets
@@ -206,6 +213,18 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     _write_outputs(out, metrics, labels, preds, cm, classes,
                    title=f"{state['model']} on {'+'.join(names)} {params.split}")
     return metrics
+
+
+def _tell_dropped(split: Split, names: Sequence[str]) -> None:
+    """Warn of each dataset whose official pictures of the scored split the detect or align stage dropped
+    (``_info.json``'s ``dropped_in_preparation``): the figures are over the faces kept, where a paper's
+    protocol scores every picture of the split (a face not found counts as wrong there, or is not said)."""
+    for d, name in zip(split.dirs, names):
+        if lost := split.dropped.get(d):
+            log.warning("evaluate: %d of %s's official %s pictures were dropped in preparation (%s): the figures "
+                        "are over the faces kept, not every picture the split lists; each is in the detect and "
+                        "align stages' dropped.jsonl (data/%s/detect, data/%s/aligned)", sum(lost.values()), name,
+                        split.name, ", ".join(f"{reason} {n}" for reason, n in lost.items()), name, name)
 
 
 def _write_outputs(out: Path, metrics: dict, labels: np.ndarray, preds: np.ndarray, cm: np.ndarray,

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ferdata.classes import CLASSES
 from ferdata.io import read_header
-from ferdata.layout import GREY, INFO, MADE_BY
+from ferdata.layout import DROPPED_BEFORE, GREY, INFO, MADE_BY
 from ferdata.selection import read_info
 from ferdata.tario import iter_tar_samples, listed_shard
 
@@ -39,6 +39,8 @@ class Split:
     histograms: dict[str, dict[str, int]] = field(default_factory=dict)   # shard dir -> its class histogram
     made_by: dict[str, dict] = field(default_factory=dict)   # shard dir -> what made it (ferdata.layout.MADE_BY)
     grey: bool = False                          # every dataset's _info.json says all its faces are grey (R = G = B)
+    # shard dir -> reason -> its official pictures of this split that detect or align dropped (none: no entry)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -90,6 +92,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
     settings: dict[str, dict] = {}
     detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
     by_setting: list[str] = []
+    dropped: dict[str, dict[str, int]] = {}
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -121,9 +124,11 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
                                  for name in info.get("face_backends", {})}
         if info.get("empty_by_setting") and not info["shards"]:
             by_setting.append(str(d))
+        if info.get(DROPPED_BEFORE):
+            dropped[str(d)] = dict(info[DROPPED_BEFORE])
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
                  dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors, warn),
-                 tuple(by_setting), hists, made, bool(made) and all(m[GREY] is True for m in made.values()))
+                 tuple(by_setting), hists, made, bool(made) and all(m[GREY] is True for m in made.values()), dropped)
 
 
 def joined(splits: Sequence[Split]) -> Split:
@@ -152,7 +157,9 @@ def joined(splits: Sequence[Split]) -> Split:
         preprocess=first.preprocess, face_backend_options=first.face_backend_options,
         empty_by_setting=tuple(d for d in dirs if all(d in s.empty_by_setting for s in splits)),
         histograms={d: summed(s.histograms.get(d, {}) for s in splits) for d in dirs},
-        made_by=first.made_by, grey=all(s.grey for s in splits))
+        made_by=first.made_by, grey=all(s.grey for s in splits),
+        dropped={d: dict(sorted(counts.items())) for d in dirs
+                 if (counts := summed(s.dropped.get(d, {}) for s in splits))})
 
 
 def _face_options(name: str, options: Mapping[str, Any]) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
@@ -32,12 +33,13 @@ from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.errors import shown
 from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_grey, decode_image, encode_jpeg, is_grey
-from ferdata.layout import ALIGNED, CONTENT, DROPS, GREY, REPORT, SAMPLE_SETTINGS, read_faces, report_settings
+from ferdata.layout import (ALIGNED, CONTENT, DROPS, GREY, HELD_OUT_DROPS, REPORT, SAMPLE_SETTINGS, read_faces,
+                            report_notes, report_settings)
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, load_image_bytes, record_from_dict, unreadable_drop
-from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
+from ferdata.report import HELD_OUT, StageReport, counted_by_split, warn_subset_losses, where_listed, write_drops
 from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
 log = logging.getLogger(__name__)
@@ -151,12 +153,15 @@ def _check_readable(drops: list[Dropped], rows: int) -> None:
                                 "or re-run detect if the dataset moved")
 
 
-def _noting_subsets(rows: Iterable[dict], listed: dict[str, list[str]]) -> Iterator[dict]:
+def _noting_subsets(rows: Iterable[dict], listed: dict[str, list[str]], held: dict[str, str]) -> Iterator[dict]:
     """``rows`` as they are, noting the test subsets (``options.subsets``) each listed record is in
-    (key -> names) as they pass, for the warning of those this stage drops (no second read of the table)."""
+    (key -> names) as they pass, for the warning of those this stage drops (no second read of the table), and
+    the records of an official val or test split (key -> split), for the drops counted by split."""
     for row in rows:
         if names := (row["record"].get("extra") or {}).get("subsets"):
             listed[row["record"]["key"]] = names
+        if row["record"].get("split") in HELD_OUT:
+            held[row["record"]["key"]] = row["record"]["split"]
         yield row
 
 
@@ -175,8 +180,10 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
     listed: dict[str, list[str]] = {}
+    held: dict[str, str] = {}
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
-                        params.cross_split_copies == "drop_train")(_noting_subsets(read_faces(detect_dir), listed))
+                        params.cross_split_copies == "drop_train")(_noting_subsets(read_faces(detect_dir), listed,
+                                                                                   held))
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
               closing(parallel_map(AlignWorker(params, detected.get("grey") is True), rows, params.workers,
@@ -198,6 +205,12 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
             for name in listed.get(d.key, ()):
                 lost.setdefault(name, []).append(d.key)
         warn_subset_losses("align", lost, out_dir, "a face that fits no template, an unreadable picture, a copy")
+        here: dict[str, Counter[str]] = {}
+        for d in drops:
+            if d.key in held:
+                here.setdefault(held[d.key], Counter())[d.reason] += 1
+        if dropped := counted_by_split(report_notes(detect_dir).get(HELD_OUT_DROPS, {}), here):
+            report.notes[HELD_OUT_DROPS] = dropped     # detect's and these: the shard stage writes them to _info.json
         if report.kept and grey == report.kept:         # only then: a dataset with a colour face, its report as before
             report.notes[GREY] = True                   # the shards and a model trained on them alone say so
         report.notes[CONTENT] = content_digest(writer.files)

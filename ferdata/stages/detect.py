@@ -30,12 +30,12 @@ from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, signed_options
-from ferdata.layout import DROPS, FACES, REPORT
+from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
 from ferdata.records import Dropped, FaceRecord, record_to_dict
-from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
+from ferdata.report import HELD_OUT, StageReport, counted_by_split, warn_subset_losses, where_listed, write_drops
 from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
                                         one_image_batches)
 
@@ -103,6 +103,7 @@ class _Table:
         self.elsewhere: Counter[str] = Counter()      # other signatures of the images detected now
         self.stored = 0                               # detections put into the cache by this run
         self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
+        self.held_out: dict[str, Counter[str]] = {}  # official val/test split -> reason -> its records dropped here
 
     def warn_cached_elsewhere(self) -> None:
         """Say so when images were detected again that the cache holds under other signatures:
@@ -127,13 +128,16 @@ class _Table:
     def row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool = False) -> dict | Dropped:
         """The table row of a kept record, or why it was dropped (``reused``: the detection of an
         earlier record of the same image, counted as a cache hit); a dropped record a test subset
-        lists is noted in :attr:`subset_drops`, for the warning the reader's count cannot give."""
+        lists is noted in :attr:`subset_drops`, for the warning the reader's count cannot give, and one of an
+        official val or test split counted in :attr:`held_out` (evaluate's figures are over the faces kept)."""
         if isinstance(job, Dropped):
             return job
         out = self._row(job, det, reason, detail, reused)
         if isinstance(out, Dropped):
             for name in job.record.extra.get("subsets") or ():
                 self.subset_drops.setdefault(name, []).append(job.record.key)
+            if job.record.split in HELD_OUT:
+                self.held_out.setdefault(job.record.split, Counter())[out.reason] += 1
         return out
 
     def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
@@ -261,6 +265,8 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         table.check_backend(final=True)
         table.warn_cached_elsewhere()
         report.notes["backend"] = table.sig
+        if table.held_out:                  # only then: a dataset without such drops, its report as before
+            report.notes[HELD_OUT_DROPS] = counted_by_split(table.held_out)
         # The file holds what the table holds: a run served from the cache (warm, merged, other
         # workers) writes the same bytes as a cold one, so DVC sees the same output and align
         # does not re-run. How many detections ran is logged and returned, not written.

@@ -26,8 +26,8 @@ import numpy as np
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.dedup import NearCopies, face_vector
-from ferdata.layout import (ALIGNED, DERIVED, GREY, INFO, REPORT, output_digest, report_inputs, report_notes,
-                            report_settings, require_made_by)
+from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, GREY, HELD_OUT_DROPS, INFO, REPORT, output_digest,
+                            report_inputs, report_notes, report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import SPLITS, FaceRecord, record_from_dict
@@ -173,6 +173,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     dealt = _fold_digest(folds)
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
+    lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         near = _near_copies_told(near_copies(by_split, aligned, read), by_split, copies, report)
         for split, keys in by_split.items():
@@ -188,6 +189,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["cross_split_copies"] = copies
             if grey:                                    # every face grey (R = G = B): others' info unchanged
                 info[GREY] = True
+            if lost.get(split):                         # only then: others' info unchanged
+                info[DROPPED_BEFORE] = lost[split]      # evaluate's figures leave these pictures out: it says so
             if dealt:                                                       # k-fold only: others' info unchanged
                 info["fold_assignment"] = dealt
             if split == "train" and near and copies == "drop_train":       # only then: others' info unchanged

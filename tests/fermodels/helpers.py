@@ -81,8 +81,9 @@ def ferdata_quiet():
 def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, classes: range = range(7),
                  maxcount: int = 4, protocol: str = "affectnet7", seed: int = 0,
                  subsets: dict[str, set[str]] | None = None, soft_mode: str | None = None,
-                 val_fraction: float = 0.25, grey: bool = False) -> Path:
+                 val_fraction: float = 0.25, grey: bool = False, edit=None) -> Path:
     """Raw fixture -> detect -> align -> derive -> shard under ``base``; returns the shards dir.
+    ``edit``: a function of each record read (a FaceRecord or a reader's drop) to the record detect is given.
     ``subsets`` (name -> record keys) tags records ``extra["subsets"]`` as a reader with
     ``options.subsets`` does (AffectNet's reader takes no subset lists); ``soft_mode`` gives every
     training record a label distribution in that label mode, as the FERPlus reader does
@@ -96,6 +97,8 @@ def build_shards(base: Path, *, per_class: int = 6, test_per_class: int = 2, cla
     if soft_mode:
         records = _with_extra(records, lambda r: {SOFT_LABEL: soft_label_of(r.label), LABEL_MODE: soft_mode}
                               if r.split == "train" else {})
+    if edit:
+        records = map(edit, records)
     detect = stage_params(DetectParams, params["detect"], backend="annotations", workers=1,
                           cache_dir=str(base / "cache"))
     run_detect(records, detect, base / "detect")
