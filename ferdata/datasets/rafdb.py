@@ -97,13 +97,14 @@ class RAFDBReader(DatasetReader):
 
     def _layout(self) -> tuple[Path, str]:
         label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
-        kind = self.options["images"]
+        asked = kind = self.options["images"]
         if kind not in ("auto", *IMAGE_DIRS):
             raise ValueError(f"{self.name}: images must be auto, original or aligned, got {kind!r}")
         if kind == "auto":
             kind = next((k for k, d in IMAGE_DIRS.items() if (self.root / d).is_dir()), "original")
         if label_file is None or not (self.root / IMAGE_DIRS[kind]).is_dir():
-            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[kind]}/"])
+            images = " or ".join(f"{d}/" for d in IMAGE_DIRS.values()) if asked == "auto" else f"{IMAGE_DIRS[kind]}/"
+            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], images])
         return label_file, kind
 
     def _parse(

@@ -70,8 +70,11 @@ def test_layout_error_names_expected_and_found(tmp_path):
     with pytest.raises(DatasetLayoutError) as err:
         read_all("rafdb", tmp_path)
     msg = str(err.value)
-    assert "expected: EmoLabel/list_patition_label.txt, Image/original/" in msg
+    # images: auto takes either folder (it named Image/original/ alone, as `ferdata datasets` does not)
+    assert "expected: EmoLabel/list_patition_label.txt, Image/original/ or Image/aligned/" in msg
     assert "found:    Image, list.txt" in msg
+    with pytest.raises(DatasetLayoutError, match="list_patition_label.txt, Image/aligned/\n"):
+        read_all("rafdb", tmp_path, {"images": "aligned"})
 
 
 def test_bad_option_value(tmp_path):
