@@ -350,14 +350,16 @@ def averaged_over(cm: np.ndarray, classes: Sequence[str]) -> list[str]:
 def per_subset(dataset: IndexedSplit, split: Split, names: Sequence[str], labels: np.ndarray,
                preds: np.ndarray, classes: Sequence[str]) -> dict[str, dict]:
     """Metrics of each named test subset (a reader's ``options.subsets``: RAF-DB/FERPlus occlusion,
-    pose > 30 / 45 degrees), over its members the model can be scored on; named ``<dataset>/<subset>``
-    when several datasets are evaluated together. ``labels``/``preds`` are in ``dataset`` order."""
+    pose > 30 / 45 degrees), over its members the model can be scored on, with the classes its averages run
+    over (``averaged_over``); named ``<dataset>/<subset>`` when several datasets are evaluated together.
+    ``labels``/``preds`` are in ``dataset`` order."""
     keys, which = np.asarray(dataset.keys), np.asarray(dataset.dataset_index)
     out = {}
     for i, (shard_dir, name) in enumerate(zip(split.dirs, names)):
         for subset, members in sorted(split.subsets[shard_dir].items()):
             mask = (which == i) & np.isin(keys, sorted(members))
-            if mask.any():
-                out[subset if len(split.dirs) == 1 else f"{name}/{subset}"] = metrics_from_confusion(
-                    confusion_matrix(labels[mask], preds[mask], len(classes)), classes)
+            if mask.any():          # a subset (pose > 45) often lacks classes: say which its averages run over
+                cm = confusion_matrix(labels[mask], preds[mask], len(classes))
+                out[subset if len(split.dirs) == 1 else f"{name}/{subset}"] = {
+                    **metrics_from_confusion(cm, classes), "averaged_over": averaged_over(cm, classes)}
     return out
