@@ -153,7 +153,7 @@ def _check_readable(drops: list[Dropped], rows: int) -> None:
                                 "or re-run detect if the dataset moved")
 
 
-def _noting_subsets(rows: Iterable[dict], listed: dict[str, list[str]], held: dict[str, str]) -> Iterator[dict]:
+def _noting_members(rows: Iterable[dict], listed: dict[str, list[str]], held: dict[str, str]) -> Iterator[dict]:
     """``rows`` as they are, noting the test subsets (``options.subsets``) each listed record is in
     (key -> names) as they pass, for the warning of those this stage drops (no second read of the table), and
     the records of an official val or test split (key -> split), for the drops counted by split."""
@@ -182,7 +182,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     listed: dict[str, list[str]] = {}
     held: dict[str, str] = {}
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
-                        params.cross_split_copies == "drop_train")(_noting_subsets(read_faces(detect_dir), listed,
+                        params.cross_split_copies == "drop_train")(_noting_members(read_faces(detect_dir), listed,
                                                                                    held))
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
