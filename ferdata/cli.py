@@ -207,8 +207,8 @@ def datasets() -> None:
 
 @app.command()
 def backends(
-    model_dir: Optional[Path] = typer.Option(None, help="Folder with model files (default: params.yaml's "
-                                             "detect.model_dir, when there is a params.yaml here)."),
+    model_dir: Optional[Path] = typer.Option(None, help="Folder with model files (default: detect.model_dir of "
+                                             "--params, or of params.yaml when there is one here)."),
     params: Optional[Path] = typer.Option(None, help="Parameters file (section `detect`: model_dir, options; default: "
                                           "params.yaml when there is one here)."),
 ) -> None:
