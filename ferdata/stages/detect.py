@@ -104,6 +104,15 @@ class _Table:
         self.stored = 0                               # detections put into the cache by this run
         self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
         self.held_out: dict[str, Counter[str]] = {}  # official val/test split -> reason -> its records dropped here
+        self.unread: dict[str, str] = {}              # key -> official val/test split of a record not yet a row
+
+    def noting_held_out(self, items: Iterable[FaceRecord | Dropped]) -> Iterator[FaceRecord | Dropped]:
+        """``items`` as they are, each official val or test record's split noted by key: a record whose picture
+        cannot be read reaches :meth:`row` as its ``unreadable_file`` drop, without its split."""
+        for item in items:
+            if isinstance(item, FaceRecord) and item.split in HELD_OUT:
+                self.unread[item.key] = item.split
+            yield item
 
     def warn_cached_elsewhere(self) -> None:
         """Say so when images were detected again that the cache holds under other signatures:
@@ -130,8 +139,11 @@ class _Table:
         earlier record of the same image, counted as a cache hit); a dropped record a test subset
         lists is noted in :attr:`subset_drops`, for the warning the reader's count cannot give, and one of an
         official val or test split counted in :attr:`held_out` (evaluate's figures are over the faces kept)."""
-        if isinstance(job, Dropped):
+        if isinstance(job, Dropped):            # a reader's drop, or a record whose picture was not read
+            if job.reason == "unreadable_file" and (split := self.unread.pop(job.key, None)):
+                self.held_out.setdefault(split, Counter())[job.reason] += 1
             return job
+        self.unread.pop(job.record.key, None)
         out = self._row(job, det, reason, detail, reused)
         if isinstance(out, Dropped):
             for name in job.record.extra.get("subsets") or ():
@@ -189,7 +201,8 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     table = _Table(params, backend, cache, sig)
     # A pixel-free backend only parses headers: shipping each file to a worker costs more than that.
     workers = params.workers if backend.needs_pixels else 1
-    batches = parallel_map(DetectWorker(params), batches_of(jobs(items, backend, cache, sig)), workers,
+    read = jobs(table.noting_held_out(items), backend, cache, sig)
+    batches = parallel_map(DetectWorker(params), batches_of(read), workers,
                            window=max(4, 4 * workers), chunksize=1, local=is_local, describe=batch_name,
                            split=one_image_batches)
     try:
