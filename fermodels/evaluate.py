@@ -219,12 +219,13 @@ def _tell_dropped(split: Split, names: Sequence[str]) -> None:
     """Warn of each dataset whose official pictures of the scored split the detect or align stage dropped
     (``_info.json``'s ``dropped_in_preparation``): the figures are over the faces kept, where a paper's
     protocol scores every picture of the split (a face not found counts as wrong there, or is not said)."""
+    counted = " and ".join(s for s in split.name.split("+") if s != "train")    # split all: train's not counted
     for d, name in zip(split.dirs, names):
         if lost := split.dropped.get(d):
             log.warning("evaluate: %d of %s's official %s pictures were dropped in preparation (%s): the figures "
                         "are over the faces kept, not every picture the split lists; each is in the detect and "
                         "align stages' dropped.jsonl (data/%s/detect, data/%s/aligned)", sum(lost.values()), name,
-                        split.name, ", ".join(f"{reason} {n}" for reason, n in lost.items()), name, name)
+                        counted, ", ".join(f"{reason} {n}" for reason, n in lost.items()), name, name)
 
 
 def _write_outputs(out: Path, metrics: dict, labels: np.ndarray, preds: np.ndarray, cm: np.ndarray,
