@@ -65,7 +65,7 @@ def check_info(info: Mapping[str, Any]) -> None:
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise TypeError("label_map is not a list of class names")
     for name, of in (("class_histogram", "class names"), ("face_backends", "backend names"),
-                     ("soft_labels", "label modes")):
+                     ("soft_labels", "label modes"), ("dropped_in_preparation", "drop reasons")):
         counts = info.get(name, {})
         if not isinstance(counts, dict) or not all(_whole(n) for n in counts.values()):
             raise TypeError(f"{name} is not {of} to counts")
