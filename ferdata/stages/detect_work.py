@@ -162,7 +162,7 @@ def _same_image(a: Item, b: Item) -> bool:
 
 def batch_name(batch: list[Item]) -> str:
     """The images of a batch, for errors."""
-    first = shown(batch[0].record.path) if isinstance(batch[0], Job) else batch[0].key
+    first = shown(batch[0].record.where) if isinstance(batch[0], Job) else batch[0].key
     return f"{first}" if len(batch) == 1 else f"the {len(batch)} images from {first} on"
 
 
