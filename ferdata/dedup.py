@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 
 from ferdata.classes import CLASSES
-from ferdata.records import Dropped
+from ferdata.records import HELD_OUT, Dropped
 from ferdata.report import StageReport
 
 
 Identity = tuple[bytes, tuple[str, ...], str]
-HELD_OUT = ("val", "test")
 CROSS_SPLIT_COPIES = ("keep", "drop_train")       # align.cross_split_copies
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+HELD_OUT = ("val", "test")      # the splits a model is scored on: kept apart from train, their losses counted
 SOFT_LABEL = "soft_label"    # ``extra``: a label distribution (8 floats, canonical order), e.g. FERPlus votes
 LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, probability, multi_target; majority: not)
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)

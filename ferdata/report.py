@@ -61,9 +61,6 @@ class StageReport:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-HELD_OUT = ("val", "test")      # the splits whose drops a detect or align report counts by split (HELD_OUT_DROPS)
-
-
 def counted_by_split(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """``split -> reason -> count`` mappings summed, as plain sorted dicts (a report's ``HELD_OUT_DROPS``
     note: detect's, then detect's and align's together)."""

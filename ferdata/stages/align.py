@@ -38,8 +38,8 @@ from ferdata.layout import (ALIGNED, CONTENT, DROPS, GREY, HELD_OUT_DROPS, REPOR
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
-from ferdata.records import Dropped, load_image_bytes, record_from_dict, unreadable_drop
-from ferdata.report import HELD_OUT, StageReport, counted_by_split, warn_subset_losses, where_listed, write_drops
+from ferdata.records import HELD_OUT, Dropped, load_image_bytes, record_from_dict, unreadable_drop
+from ferdata.report import StageReport, counted_by_split, warn_subset_losses, where_listed, write_drops
 from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, GREY, HELD_OUT_DRO
                             report_inputs, report_notes, report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
-from ferdata.records import SPLITS, FaceRecord, record_from_dict
+from ferdata.records import HELD_OUT, SPLITS, FaceRecord, record_from_dict
 from ferdata.report import StageReport
 from ferdata.splits import SPLIT_BY, assign_splits, check_settings, unit_hash
 from ferdata.summary import SplitSummary
@@ -237,7 +237,7 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: Memb
     if not by_split["train"] or not (by_split["val"] or by_split["test"]):
         return {}
     held = NearCopies()
-    for split in ("val", "test"):
+    for split in HELD_OUT:
         for key in by_split[split]:
             if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
                 held.add(f"{split}/{key}", h)
