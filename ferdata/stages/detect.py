@@ -178,12 +178,31 @@ class _Table:
             self.marked["missed"] += 1
             return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.where}: {len(det.faces)} face(s) found, "
                            f"none centred where the dataset marks the face {tuple(round(v) for v in box)}")
+        elif not self.backend.finds_faces and rec.box is not None and _share(rec.box, face.box) < MIN_BOXED_SHARE:
+            return Dropped(rec.dataset, rec.key, "not_a_face_crop", f"{rec.where}: the dataset boxes its face at "
+                           f"{tuple(round(v) for v in rec.box)}, under a quarter of the {det.shape[1]}x{det.shape[0]} "
+                           f"picture the {self.backend.name} backend takes as the face; use a backend that finds "
+                           "faces (embedded, auto)")
         else:
             self.marked["found"] += 1
         # The face holds the landmarks alignment uses; the dataset's own (if any) stay in the dataset.
         return {"record": record_to_dict(replace(rec, landmarks=None)), "face": face_to_dict(face),
                 "backend": face.backend or self.backend.name, "num_faces": len(det.faces),
                 "sha256": job.sha, "image_shape": list(det.shape)}
+
+
+# A picture a whole-image backend (precropped) takes as the face is no face crop where the dataset's own box for
+# the face covers less of it than this (ExpW's group photos: a face boxed in a corner, or at the centre of the
+# photo, was kept whole, the photo trained on); a crop with a margin (AffectNet's) keeps its box well above it
+MIN_BOXED_SHARE = 0.25
+
+
+def _share(box: tuple[float, float, float, float], face: tuple[float, float, float, float]) -> float:
+    """How much of ``face`` (x0, y0, x1, y1) the dataset's ``box`` covers, 0..1."""
+    w = min(box[2], face[2]) - max(box[0], face[0])
+    h = min(box[3], face[3]) - max(box[1], face[1])
+    area = (face[2] - face[0]) * (face[3] - face[1])
+    return max(0.0, w) * max(0.0, h) / area if area > 0 else 0.0
 
 
 @contextmanager
