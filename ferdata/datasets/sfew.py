@@ -1,6 +1,8 @@
 """SFEW 2.0 (Static Facial Expressions in the Wild): ``Train/<Class>/`` and ``Val/<Class>/``.
 
-Class folders are ``Angry Disgust Fear Happy Neutral Sad Surprise``. Test labels
+Class folders are ``Angry Disgust Fear Happy Neutral Sad Surprise``, directly in ``Train/`` and ``Val/`` or
+as SFEW 2.0's archives unpack (``Train_Aligned_Faces.zip``, ``Val_Aligned_Faces_new.zip``): in
+``<Split>_Aligned_Faces/``, at the root or in ``Train/`` and ``Val/``. Test labels
 were never released, so papers report on Val: by default Val becomes our test split
 (like AffectNet's official validation set) and ``ferdata.splits`` carves a
 validation split out of Train. The unlabelled ``Test/`` folder is ignored.
@@ -27,6 +29,7 @@ from ferdata.records import MOVIE, Dropped, FaceRecord
 log = logging.getLogger(__name__)
 
 SFEW_CLASSES = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+ALIGNED = "_aligned_faces"      # SFEW 2.0's Train_Aligned_Faces/, Val_Aligned_Faces(_new)/
 FRAME_NAME = re.compile(r"(?P<film>.+?)_\d+_\d+")       # <film>_<clip>_<frame>; a film's name may hold "_"
 
 
@@ -80,10 +83,32 @@ class SFEWReader(DatasetReader):
                         self.name, len(loose), frames, shown(Path(loose[0]).name))
 
     def _folders(self) -> dict[str, Path]:
-        """``{"train": Train/, "val": Val/}`` matched case-insensitively."""
-        by_name = {d.name.lower(): d for d in subdirs(self.root)} if self.root.is_dir() else {}
-        if "train" not in by_name or "val" not in by_name:
-            raise DatasetLayoutError(self.name, self.root, ["Train/", "Val/"])
+        """``{"train": ..., "val": ...}``: the folders holding the class folders (``Train/``,
+        ``Train/Train_Aligned_Faces/`` or ``Train_Aligned_Faces/``, and Val's alike), matched case-insensitively."""
+        found = {split: self._split_folders(split) for split in ("train", "val")}
+        if not all(found.values()):
+            raise DatasetLayoutError(self.name, self.root,
+                                     ["Train/", "Val/ (or Train_Aligned_Faces/, Val_Aligned_Faces/)"])
+        if len(found["train"]) > 1 or len(found["val"]) > 1:
+            two = "; ".join(", ".join(d.name for d in dirs) for dirs in found.values() if len(dirs) > 1)
+            raise ValueError(f"{self.name}: {self.root} holds a split twice ({two}): move one of them out (SFEW's "
+                             "aligned faces or its original frames, not both)")
+        by_name = {d.name.lower(): d for d in subdirs(self.root)}
         if "test" in by_name:
             log.info("%s: ignoring %s (SFEW test labels are not public)", self.name, by_name["test"])
-        return {"train": by_name["train"], "val": by_name["val"]}
+        return {split: _inside_aligned(dirs[0], split) for split, dirs in found.items()}
+
+    def _split_folders(self, split: str) -> list[Path]:
+        """The root's folders named ``split`` or ``<split>_Aligned_Faces...``."""
+        if not self.root.is_dir():
+            return []
+        return [d for d in subdirs(self.root) if d.name.lower() == split or d.name.lower().startswith(split + ALIGNED)]
+
+
+def _inside_aligned(folder: Path, split: str) -> Path:
+    """``folder``, or the ``<Split>_Aligned_Faces`` folder in it when that is all it holds (``Train/`` with the
+    archive unpacked into it)."""
+    inner = subdirs(folder)
+    if len(inner) == 1 and inner[0].name.lower().startswith(split + ALIGNED):
+        return inner[0]
+    return folder
