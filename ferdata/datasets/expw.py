@@ -41,7 +41,17 @@ class ExpWReader(DatasetReader):
         image_dir = next((self.root / p for p in IMAGE_DIRS if (self.root / p).is_dir()), None)
         if label_file is None or image_dir is None:
             raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[0]}/"])
+        if image_dir.name != "origin" and (packed := self._packed()):
+            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[0]}/"],
+                                     fix=f"unpack the images first: 7z x {packed} -o{packed.parent} (it makes "
+                                         f"{packed.parent / 'origin'}/)")
         return label_file, image_dir
+
+    def _packed(self) -> Path | None:
+        """The first volume of ExpW's image archive (``image/origin.7z.001``, as released) where no
+        ``origin/`` folder was unpacked: every face was a ``missing_image`` drop naming no archive."""
+        return next((p for d in (self.root / "image", self.root) for p in sorted(d.glob("origin.7z*"))
+                     if p.is_file()), None)
 
     def _parse(self, fields: list[str], where: str, image_dir: Path, exists: dict[str, bool]) -> FaceRecord | Dropped:
         key = make_key(Path(fields[0]).stem, *fields[1:2])
