@@ -38,7 +38,7 @@ class JAFFEReader(DatasetReader):
 
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         folder = self._folder()
-        for path in sorted(p for p in folder.iterdir() if not p.is_dir()):
+        for path in visible_files(folder, recursive=False):      # .DS_Store left out, as the folder reader leaves it
             yield Dropped(self.name, make_key(path.stem), *why) if (why := unread(path)) else self._parse(path)
         yield from self._elsewhere(folder)
 
