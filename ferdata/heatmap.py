@@ -1,9 +1,11 @@
-"""Landmark heatmaps: one Gaussian renderer for the derive stage and for models.
+"""Landmark heatmaps: the Gaussian renderer of the derive stage's ``heatmap.png`` (and ``ferdata show``).
 
-Works on numpy arrays and on torch tensors (same code path, the array's own ``exp``),
-so the stored single-channel map and the per-landmark maps a model renders on the GPU
-from ``lmk.npy`` agree exactly. ``sigma`` is the true standard deviation in heatmap
-cells (unlike face-alignment's ``draw_gaussian``, whose sigma only sets a window).
+Works on numpy arrays and on torch tensors (same code path, the array's own ``exp``), so a model
+could render per-landmark maps from ``lmk.npy`` that agree exactly with the stored map; none does
+today: ``resnet18_heatmap`` reads the stored map, and ``pcda`` draws its own Gaussians centred on
+IR-50's feature cells (``fermodels.models.pcda.GaussianLandmarkEncoder``), not on heatmap cells.
+``sigma`` is the true standard deviation in heatmap cells (unlike face-alignment's
+``draw_gaussian``, whose sigma only sets a window).
 """
 from __future__ import annotations
 
