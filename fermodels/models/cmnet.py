@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import half_alignment, label_loss
 from fermodels.models.backbones import ResNet18Trunk, global_avg_pool
-from fermodels.models.baselines import Batch, require
+from fermodels.models.common import Batch, require
 from fermodels.registry import ModelCard, register_model
 
 

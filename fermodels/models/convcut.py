@@ -29,7 +29,7 @@ from torchvision.models.convnext import LayerNorm2d
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import label_loss
 from fermodels.models.backbones import ConvNeXtTrunk, freeze, global_avg_pool
-from fermodels.models.baselines import Batch, require
+from fermodels.models.common import Batch, require
 from fermodels.registry import ModelCard, register_model
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import GLOBAL_BATCH, label_loss, neutral_aware_anchor
 from fermodels.models.backbones import IR50, MobileFaceNetTrunk, freeze
-from fermodels.models.baselines import Batch, arange_like, check_heatmap_centres, require
+from fermodels.models.common import Batch, arange_like, check_heatmap_centres, require
 from fermodels.registry import ModelCard, register_model
 
 H_NORMS = ("sigmoid", "raw", "minmax", "softmax")

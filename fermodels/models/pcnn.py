@@ -28,7 +28,7 @@ from ferdata.regions import fixed_regions as ferdata_fixed_regions
 from fermodels.checkpoints import load_pretrained
 from fermodels.losses import label_loss
 from fermodels.models.backbones import ResNet18Trunk, global_avg_pool
-from fermodels.models.baselines import Batch, arange_like, require
+from fermodels.models.common import Batch, arange_like, require
 from fermodels.registry import ModelCard, register_model
 
 REGIONS = REGION_NAMES
