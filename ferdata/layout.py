@@ -10,8 +10,9 @@ import gzip
 import hashlib
 import json
 import zlib
+from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 STAGES = ("detect", "aligned", "derived", "shards")
 FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
@@ -128,3 +129,13 @@ def output_digest(stage_dir: str | Path, prefix: str) -> str:
     for chunk in sorted(folder.glob(f"{prefix}-*.tar")):
         h.update(f"\0{chunk.name}\0{chunk.stat().st_size}".encode())
     return h.hexdigest()
+
+
+def counted_by_split(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """``split -> reason -> count`` mappings summed, as plain sorted dicts (a report's :data:`HELD_OUT_DROPS`
+    note: detect's, then detect's and align's together)."""
+    total: dict[str, Counter[str]] = {}
+    for part in parts:
+        for split, reasons in part.items():
+            total.setdefault(split, Counter()).update(reasons)
+    return {split: dict(sorted(total[split].items())) for split in sorted(total)}

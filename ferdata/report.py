@@ -11,7 +11,6 @@ import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from ferdata.atomic import atomic_open
 from ferdata.layout import DROPS, REPORT
@@ -59,16 +58,6 @@ class StageReport:
         from ferdata.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-
-def counted_by_split(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
-    """``split -> reason -> count`` mappings summed, as plain sorted dicts (a report's ``HELD_OUT_DROPS``
-    note: detect's, then detect's and align's together)."""
-    total: dict[str, Counter[str]] = {}
-    for part in parts:
-        for split, reasons in part.items():
-            total.setdefault(split, Counter()).update(reasons)
-    return {split: dict(sorted(total[split].items())) for split in sorted(total)}
 
 
 def write_drops(out: Path, report: StageReport, drops: list[Dropped]) -> None:

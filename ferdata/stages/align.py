@@ -33,13 +33,13 @@ from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.errors import shown
 from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_grey, decode_image, encode_jpeg, is_grey
-from ferdata.layout import (ALIGNED, CONTENT, DROPS, GREY, HELD_OUT_DROPS, REPORT, SAMPLE_SETTINGS, read_faces,
-                            report_notes, report_settings)
+from ferdata.layout import (ALIGNED, CONTENT, DROPS, GREY, HELD_OUT_DROPS, REPORT, SAMPLE_SETTINGS, counted_by_split,
+                            read_faces, report_notes, report_settings)
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import HELD_OUT, Dropped, load_image_bytes, record_from_dict, unreadable_drop
-from ferdata.report import StageReport, counted_by_split, warn_subset_losses, where_listed, write_drops
+from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
 from ferdata.tario import TarShardWriter, content_digest, npy_bytes
 
 log = logging.getLogger(__name__)

@@ -30,12 +30,12 @@ from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, signed_options
-from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT
+from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, counted_by_split
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
 from ferdata.records import HELD_OUT, Dropped, FaceRecord, record_to_dict
-from ferdata.report import StageReport, counted_by_split, warn_subset_losses, where_listed, write_drops
+from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
 from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
                                         one_image_batches)
 
