@@ -36,7 +36,8 @@ class Conflicts:
 
     faces: dict[Identity, list[str]] = field(default_factory=dict)   # copies of one face in one split
     keys: dict[str, list[str]] = field(default_factory=dict)         # one file listed again, otherwise labelled
-    held_out: dict[tuple[bytes, tuple[str, ...]], str] = field(default_factory=dict)   # face -> its val/test split
+    # face -> a val/test split keeping a copy of it, and that copy's key
+    held_out: dict[tuple[bytes, tuple[str, ...]], tuple[str, str]] = field(default_factory=dict)
 
 
 def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
@@ -64,10 +65,10 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
         listed[rec["key"]] = rec["path"], label
         if ident[2] in HELD_OUT:
             held_out.setdefault(ident, []).append(rec["key"])
-    kept = {}                       # face -> a val/test split that keeps a copy (kept whole: Deduplicator)
+    kept = {}                       # face -> a val/test split that keeps a copy (kept whole: Deduplicator), its key
     for ident, copies in held_out.items():
-        if any(key not in keys for key in copies):
-            kept.setdefault(ident[:2], ident[2])
+        if (key := next((key for key in copies if key not in keys), None)) is not None:
+            kept.setdefault(ident[:2], (ident[2], key))
     return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept)
 
 
@@ -124,9 +125,9 @@ class Deduplicator:
                               f"{', '.join(self.conflicts.faces[ident])}")
                 continue
             if self.drop_train_copies and split == "train" and (picture, box) in self.conflicts.held_out:
+                held, copy = self.conflicts.held_out[picture, box]
                 yield Dropped(rec["dataset"], rec["key"], "copy_of_held_out",
-                              f"{_where(rec)}: the same picture and face is in the "
-                              f"{self.conflicts.held_out[picture, box]} split")
+                              f"{_where(rec)}: the same picture and face is in the {held} split ({copy})")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
             if split in seen and held:          # an official val/test split is scored as published

@@ -91,16 +91,16 @@ def test_copies_in_other_official_splits_with_other_labels_are_kept():
 @pytest.mark.parametrize("order", ["train_first", "test_first"])
 def test_training_copies_of_held_out_faces_are_dropped_when_asked(order):
     """align.cross_split_copies: drop_train. A face in the official test (or val) split and again in
-    train was trained on and tested on; the train copy goes, wherever it comes in the table, and the
-    held-out copies stay (the default keeps every copy, as the papers' splits do)."""
+    train was trained on and tested on; the train copy goes, wherever it comes in the table, naming the
+    held-out copy, and the held-out copies stay (the default keeps every copy, as the papers' splits do)."""
     rows = [row("tr", 1, "train"), row("te", 1, "test"), row("va", 1, "val", picture="cd" * 32),
             row("tr2", 1, "train", picture="cd" * 32), row("own", 1, "train", picture="ef" * 32)]
     if order == "test_first":
         rows = rows[1:3] + rows[:1] + rows[3:]
     kept, drops, report = dedup(rows, drop_train_copies=True)
     assert sorted(kept) == ["own", "te", "va"]
-    assert drops == {"tr": "copy_of_held_out: tr.jpg: the same picture and face is in the test split",
-                     "tr2": "copy_of_held_out: tr2.jpg: the same picture and face is in the val split"}
+    assert drops == {"tr": "copy_of_held_out: tr.jpg: the same picture and face is in the test split (te)",
+                     "tr2": "copy_of_held_out: tr2.jpg: the same picture and face is in the val split (va)"}
     assert "duplicates" not in report.notes                          # a dropped copy is no cross-split copy
     kept, _, report = dedup(rows)
     assert sorted(kept) == ["own", "te", "tr", "tr2", "va"]
@@ -124,7 +124,7 @@ def test_an_official_test_split_keeps_every_copy_and_its_training_copy_goes_when
             row("v1", 4, "val", picture="ef" * 32), row("v2", 4, "val", picture="ef" * 32)]
     kept, drops, report = dedup(rows, drop_train_copies=True)
     assert kept == ["te1", "te2", "s1", "s2", "v1", "v2"]
-    assert drops == {"tr": "copy_of_held_out: tr.jpg: the same picture and face is in the test split"}
+    assert drops == {"tr": "copy_of_held_out: tr.jpg: the same picture and face is in the test split (te1)"}
     assert report.notes["duplicates"] == {"conflicting_labels_in_test": 2, "within_test": 2, "within_val": 1}
     kept, drops, _ = dedup(rows)
     assert kept == ["tr", "te1", "te2", "s1", "s2", "v1", "v2"] and drops == {}
@@ -138,5 +138,5 @@ def test_drops_of_rows_without_a_file_name_their_key():
         r["record"]["path"] = ""
     _, drops, _ = dedup(rows, drop_train_copies=True)
     assert drops == {"00002": "duplicate_image: 00002: same as 00001",
-                     "00003": "copy_of_held_out: 00003: the same picture and face is in the test split",
+                     "00003": "copy_of_held_out: 00003: the same picture and face is in the test split (00004)",
                      "00001": "duplicate_key: 00001: key used before"}
