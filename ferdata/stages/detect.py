@@ -172,17 +172,20 @@ class _Table:
         if not det.faces:
             reason, why = self.backend.refuses(rec) or ("no_face", "")
             return Dropped(rec.dataset, rec.key, reason, f"{rec.where}: {why}" if why else rec.where)
+        # A whole-image backend's one face is the picture: a face boxed small in it (at the centre or in a corner)
+        # is no face crop, whether or not the box holds the picture's centre
+        whole = not self.backend.finds_faces
+        if whole and rec.box is not None and _share(rec.box, det.faces[0].box) < MIN_BOXED_SHARE:
+            return Dropped(rec.dataset, rec.key, "not_a_face_crop", f"{rec.where}: the dataset boxes its face at "
+                           f"{tuple(round(v) for v in rec.box)}, under a quarter of the {det.shape[1]}x{det.shape[0]} "
+                           f"picture the {self.backend.name} backend takes as the face; use a backend that finds "
+                           "faces (embedded, auto)")
         if (box := rec.annotated_box()) is None:
             face = select_face(list(det.faces), det.shape, self.params.select)
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
             self.marked["missed"] += 1
             return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.where}: {len(det.faces)} face(s) found, "
                            f"none centred where the dataset marks the face {tuple(round(v) for v in box)}")
-        elif not self.backend.finds_faces and rec.box is not None and _share(rec.box, face.box) < MIN_BOXED_SHARE:
-            return Dropped(rec.dataset, rec.key, "not_a_face_crop", f"{rec.where}: the dataset boxes its face at "
-                           f"{tuple(round(v) for v in rec.box)}, under a quarter of the {det.shape[1]}x{det.shape[0]} "
-                           f"picture the {self.backend.name} backend takes as the face; use a backend that finds "
-                           "faces (embedded, auto)")
         else:
             self.marked["found"] += 1
         # The face holds the landmarks alignment uses; the dataset's own (if any) stay in the dataset.
@@ -192,8 +195,9 @@ class _Table:
 
 
 # A picture a whole-image backend (precropped) takes as the face is no face crop where the dataset's own box for
-# the face covers less of it than this (ExpW's group photos: a face boxed in a corner, or at the centre of the
-# photo, was kept whole, the photo trained on); a crop with a margin (AffectNet's) keeps its box well above it
+# the face covers less of it than this (ExpW's photos: a face boxed at the centre was kept whole, the photo trained
+# on; one boxed elsewhere was a no_face_in_box drop, told as boxes that missed); a crop with a margin keeps its box
+# well above it. Faces marked by landmarks alone (CK+'s frames) are not judged: points span less than a face does
 MIN_BOXED_SHARE = 0.25
 
 
