@@ -14,6 +14,7 @@ from typing import Iterator
 
 from ferdata.classes import to_canonical
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader, leads_out, open_text, whole
+from ferdata.datasets.folder import is_image
 from ferdata.records import PHOTO, Dropped, FaceRecord, make_key
 
 LABEL_FILES = ("label/label.lst", "label.lst")
@@ -39,12 +40,12 @@ class ExpWReader(DatasetReader):
     def _layout(self) -> tuple[Path, Path]:
         label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
         image_dir = next((self.root / p for p in IMAGE_DIRS if (self.root / p).is_dir()), None)
-        if label_file is None or image_dir is None:
-            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[0]}/"])
-        if image_dir.name != "origin" and (packed := self._packed()):
+        if (image_dir is None or not _holds_images(image_dir)) and (packed := self._packed()):
             raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[0]}/"],
                                      fix=f"unpack the images first: 7z x {packed} -o{packed.parent} (it makes "
                                          f"{packed.parent / 'origin'}/)")
+        if label_file is None or image_dir is None:
+            raise DatasetLayoutError(self.name, self.root, [LABEL_FILES[0], f"{IMAGE_DIRS[0]}/"])
         return label_file, image_dir
 
     def _packed(self) -> Path | None:
@@ -83,3 +84,9 @@ class ExpWReader(DatasetReader):
             box=(left, top, right, bottom), extra={"face_id": int(face_id) if face_id.isdigit() else face_id,
                                                    "confidence": confidence, PHOTO: make_key(Path(name).stem)},
         )
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file: ``origin/``, or ``image/`` with the pictures unpacked flat beside the
+    volumes (an empty ``origin/``, an unpacking cut short, holds none)."""
+    return any(is_image(p) for p in folder.iterdir() if p.is_file())
