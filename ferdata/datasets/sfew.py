@@ -45,7 +45,7 @@ class SFEWReader(DatasetReader):
 
     name = "sfew"
     expects = ("Train/<Angry|Disgust|Fear|Happy|Neutral|Sad|Surprise>/<film>_<clip>_<frame>.png and "
-               "Val/<same>/...")
+               "Val/<same>/... (or Train_Aligned_Faces/, Val_Aligned_Faces_new/ as the archives unpack)")
     option_defaults: Mapping[str, object] = {"val_as": "test"}
 
     def official_splits(self) -> tuple[str, ...]:
@@ -109,6 +109,8 @@ def _inside_aligned(folder: Path, split: str) -> Path:
     """``folder``, or the ``<Split>_Aligned_Faces`` folder in it when that is all it holds (``Train/`` with the
     archive unpacked into it)."""
     inner = subdirs(folder)
-    if len(inner) == 1 and inner[0].name.lower().startswith(split + ALIGNED):
-        return inner[0]
-    return folder
+    aligned = [d for d in inner if d.name.lower().startswith(split + ALIGNED)]
+    if aligned and len(inner) > 1:
+        raise ValueError(f"sfew: {folder} holds a split twice ({', '.join(d.name for d in inner)}): move one of them "
+                         "out (SFEW's aligned faces or its original frames, not both)")
+    return aligned[0] if aligned else folder

@@ -30,3 +30,11 @@ def test_a_split_both_as_frames_and_as_aligned_faces_is_refused_naming_both(tmp_
     make_sfew(root)
     with pytest.raises(ValueError, match="Train, Train_Aligned_Faces"):
         read_all("sfew", root)
+
+
+def test_aligned_faces_unpacked_beside_the_class_folders_of_a_split_are_refused_naming_both(tmp_path):
+    """Train/ holding its class folders and Train_Aligned_Faces/ named the folder reader as the fix (audit h125)."""
+    root = make_sfew(tmp_path / "sfew")
+    (make_sfew(tmp_path / "other") / "Train").rename(root / "Train" / "Train_Aligned_Faces")
+    with pytest.raises(ValueError, match="holds a split twice .*Train_Aligned_Faces"):
+        read_all("sfew", root)
