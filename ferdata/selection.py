@@ -201,6 +201,24 @@ def copies_across_datasets(data_dir: str | Path, trained_on: Sequence[str], test
     return found
 
 
+def scored_twice(data_dir: str | Path, tested: Sequence[str], split: str,
+                 read: dict[tuple[str, str], dict[str, str]] | None = None) -> list[str]:
+    """Faces the scored ``split`` of two ``tested`` datasets both hold (the same picture or aligned face, as
+    :func:`copies_across_datasets` finds them: FER2013's PrivateTest and FERPlus's test are one set of
+    pictures): the pooled figures count each of them twice, under each dataset's label (``per_dataset``
+    scores each dataset alone). One line per copy, ``<ds>/<split>/<key> is <ds>/<split>/<key>``; empty
+    for one dataset. ``read``: shared with the other checks (each split's members are read once)."""
+    names = list(dict.fromkeys(tested))
+    read = {} if read is None else read
+    lines = []
+    for s in scored_splits(split):
+        for i, name in enumerate(names):
+            for other in names[i + 1:]:
+                ours, theirs = (_read_pictures(data_dir, n, s, read) for n in (name, other))
+                lines += [f"{name}/{s}/{key} is {other}/{s}/{their}" for key, their in _copied(ours, theirs).items()]
+    return lines
+
+
 def _read_pictures(data_dir: str | Path, name: str, split: str, read: dict[tuple[str, str], dict[str, str]],
                    ) -> dict[str, str]:
     """:func:`_pictures` of ``split`` of dataset ``name``, kept in ``read`` (a split of 100k samples: 20-30 s)."""

@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 from ferdata.errors import NamedKeyError
 from ferdata.params import dataset_specs, section_values
-from ferdata.selection import (SPLITS_READ, check_run_datasets, copies_across_datasets, scored_splits, tested_on,
-                               trained_twice, write_selection)
+from ferdata.selection import (SPLITS_READ, check_run_datasets, copies_across_datasets, scored_splits, scored_twice,
+                               tested_on, trained_twice, write_selection)
 from fermodels.recipes import apply_recipe
 from pipeline._args import setup
 
@@ -51,6 +51,12 @@ def main() -> None:
             "labels disagree are dropped: %s%s; remove those pictures from one of the datasets",
             len(twice), f", {conflicting} of them under two labels" if conflicting else "", "; ".join(twice[:5]),
             " ..." if len(twice) > 5 else "")
+    if pooled := scored_twice(data_dir, tested, split, read):
+        logging.getLogger("pipeline.select").warning(
+            "%d scored face(s) are in the %s splits of two datasets of this run (the same picture or aligned face), "
+            "so the pooled figures count each twice, under each dataset's label: %s%s; read metrics.json's "
+            "per_dataset, or evaluate one dataset (evaluate.dataset)", len(pooled), split, "; ".join(pooled[:5]),
+            " ..." if len(pooled) > 5 else "")
 
 
 if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__

@@ -1,0 +1,56 @@
+"""A run pooling two datasets whose test splits hold the same pictures (FER2013's PrivateTest and FERPlus's test
+are one set of pictures): the pooled figures scored each such face twice, under each dataset's label, and neither
+the select stage nor evaluate said so (it warned only of held-out faces another dataset trains on)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from ferdata.tario import TarShardWriter
+
+
+def _prepare(data, name, pictures: dict[str, list[str]]) -> None:
+    """A prepared dataset whose splits hold the given pictures (sha256 in each ``json``), class 0."""
+    shards = data / name / "shards"
+    for split in ("train", "val", "test"):
+        (shards / split).mkdir(parents=True, exist_ok=True)
+        with TarShardWriter(shards / split, split, 1000) as writer:
+            for i, sha in enumerate(pictures.get(split, [])):
+                writer.write(f"{split}_{i}", {"jpg": f"face of {sha}".encode(), "cls": b"0",
+                                              "json": json.dumps({"sha256": sha, "split": split}).encode()})
+        info = {"split": split, "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256,
+                                            "bytes": f.size} for f in writer.files]}
+        (shards / split / "_info.json").write_text(json.dumps(info))
+
+
+def test_test_faces_two_scored_datasets_hold_are_named(tmp_path):
+    from ferdata.selection import scored_twice
+
+    data = tmp_path / "data"
+    _prepare(data, "fer2013", {"train": ["a"], "test": ["t0", "t1", "t2"]})
+    _prepare(data, "ferplus", {"train": ["a"], "test": ["t1", "t2", "u"]})
+    assert scored_twice(data, ["fer2013", "ferplus"], "test") == ["fer2013/test/test_1 is ferplus/test/test_0",
+                                                                  "fer2013/test/test_2 is ferplus/test/test_1"]
+    assert scored_twice(data, ["fer2013"], "test") == []
+    assert scored_twice(data, ["fer2013", "ferplus"], "val") == []
+
+
+def test_the_select_stage_warns_of_them(tmp_path):
+    import yaml
+
+    from tests.fermodels.helpers import REPO
+
+    data = tmp_path / "data"
+    _prepare(data, "fer2013", {"train": ["a"], "test": ["t0", "t1"]})
+    _prepare(data, "ferplus", {"train": ["b"], "test": ["t1"]})
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["datasets"] = {n: {"reader": n, "root": "raw/FER", "options": {}} for n in ("fer2013", "ferplus")}
+    params["train"]["datasets"] = ["fer2013", "ferplus"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run = subprocess.run([sys.executable, "-m", "pipeline.select", "data", "runs/select"], cwd=tmp_path,
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr
+    assert "1 scored face(s) are in the test splits of two datasets of this run" in run.stderr
+    assert "fer2013/test/test_1 is ferplus/test/test_0" in run.stderr
