@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ferdata.classes import CLASSES
-from ferdata.records import HELD_OUT, Dropped
+from ferdata.records import HELD_OUT, SPLITS, Dropped
 from ferdata.report import StageReport
 
 
@@ -81,6 +81,13 @@ def _names(labels: set[int]) -> list[str]:
     return [CLASSES[c] for c in sorted(labels)]
 
 
+def across_splits(a: str, b: str) -> str:
+    """The ``duplicates`` count of a face in splits ``a`` and ``b``, named in split order (train, val, test)
+    whichever the table gave first: FER2013's train/test copies were counted under two names by row order."""
+    first, second = sorted((a, b), key=lambda s: SPLITS.index(s) if s in SPLITS else -1)
+    return f"across_splits_{first or 'none'}_{second or 'none'}"
+
+
 class Deduplicator:
     """Keys must be unique: a file listed again is dropped (``duplicate_key``), and every listing
     of it when the labels disagree (``conflicting_labels``). Copies of one picture + face in one
@@ -138,8 +145,7 @@ class Deduplicator:
                 yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{_where(rec)}: same as {seen[split]}")
                 continue
             if seen:
-                first_split = next(iter(seen))
-                self.report.count("duplicates", f"across_splits_{first_split or 'none'}_{split or 'none'}")
+                self.report.count("duplicates", across_splits(next(iter(seen)), split))
             seen[split] = rec["key"]
             yield row
 
