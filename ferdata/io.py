@@ -263,6 +263,15 @@ def is_grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
+BLANK_RANGE = 4     # a crop whose pixels all lie within this many levels of each other shows no face
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """Whether an image is one flat colour (every value within :data:`BLANK_RANGE` levels): no face, yet the
+    precropped backend takes any picture as one (FER2013's all-black rows were trained on and scored unsaid)."""
+    return int(image.max()) - int(image.min()) <= BLANK_RANGE
+
+
 def grey_copy(decoded: Decoded) -> Decoded:
     """``decoded`` in grey: each pixel's luma (ITU-R BT.601, OpenCV's integer weights, which keep a grey
     pixel's value) replicated to R = G = B, as a grey picture decodes (FER2013's PNGs, JAFFE's TIFFs).

@@ -32,7 +32,8 @@ from ferdata.atomic import staged_dir
 from ferdata.crop import BadGeometry, crop_face, source_matrix
 from ferdata.dedup import CROSS_SPLIT_COPIES, Deduplicator, conflicting_labels
 from ferdata.errors import shown
-from ferdata.io import JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_grey, decode_image, encode_jpeg, is_grey
+from ferdata.io import (JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_grey, decode_image, encode_jpeg, is_blank,
+                        is_grey)
 from ferdata.layout import (ALIGNED, CONTENT, DROPS, GREY, HELD_OUT_DROPS, REPORT, SAMPLE_SETTINGS, counted_by_split,
                             read_faces, report_notes, report_settings)
 from ferdata.parallel import parallel_map
@@ -88,6 +89,7 @@ class AlignedSample:
     conversions: tuple[str, ...]
     num_faces: int
     grey: bool = False          # the crop is grey (R = G = B): a grey picture's face (:func:`is_grey`)
+    blank: bool = False         # the crop is one flat colour (:func:`is_blank`): no face (FER2013's all-black rows)
 
 
 # A face the dataset's annotations placed in a picture the decoder turned by its EXIF orientation
@@ -139,7 +141,8 @@ class AlignWorker:
             fields["lmk.npy"] = npy_bytes(al.lmk68)
         if row["backend"] == "annotations" and "exif_orientation" in conversions:
             conversions += (ANNOTATED_TURNED,)           # told apart: which frame the annotations meant is a guess
-        return AlignedSample(rec.key, fields, conversions, int(row["num_faces"]), is_grey(al.image))
+        return AlignedSample(rec.key, fields, conversions, int(row["num_faces"]), is_grey(al.image),
+                             is_blank(al.image))
 
 
 def _check_readable(drops: list[Dropped], rows: int) -> None:
@@ -176,7 +179,7 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     if params.cross_split_copies != "keep":           # said where it drops faces (keep: the report as before)
         report.notes["cross_split_copies"] = params.cross_split_copies
     drops: list[Dropped] = []
-    grey = 0
+    grey, blank = 0, []
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
     listed: dict[str, list[str]] = {}
@@ -195,6 +198,9 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                 writer.write(res.key, res.fields)
                 report.kept += 1
                 grey += res.grey
+                if res.blank:
+                    blank.append(res.key)
+                    report.count("faces", "blank")
                 for name in res.conversions:
                     report.count("converted", name)
                 if res.num_faces > 1:
@@ -227,6 +233,10 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                     "it on grey faces, set detect: {grey: true} in its params.yaml datasets entry (every picture "
                     "turned grey as `ferdata predict` turns one for a grey model)", grey, report.kept,
                     report.kept - grey)
+    if blank:
+        log.warning("align: %d face(s) are one flat colour (no face: FER2013's all-black rows), kept and so trained on "
+                    "or scored: %s%s; counted under faces: blank in %s", len(blank), ", ".join(blank[:5]),
+                    " ..." if len(blank) > 5 else "", Path(out_dir) / REPORT)
     if damaged := report.notes.get("converted", {}).get(JPEG_DAMAGED):
         log.warning("align: %d JPEG(s) with damaged compressed data kept as decoders read them (the damaged part grey "
                     "or shifted; each sample's json names libjpeg's complaint under jpeg_damage); look at them with "
