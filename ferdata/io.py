@@ -263,13 +263,15 @@ def is_grey(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
-BLANK_RANGE = 4     # a crop whose pixels all lie within this many levels of each other shows no face
+BLANK_RANGE = 4     # a crop each of whose channels lies within this many levels shows no face
 
 
 def is_blank(image: np.ndarray) -> bool:
-    """Whether an image is one flat colour (every value within :data:`BLANK_RANGE` levels): no face, yet the
-    precropped backend takes any picture as one (FER2013's all-black rows were trained on and scored unsaid)."""
-    return int(image.max()) - int(image.min()) <= BLANK_RANGE
+    """Whether an image is one flat colour (each channel's values within :data:`BLANK_RANGE` levels: a flat red
+    crop too, whose channels differ from each other): no face, yet the precropped backend takes any picture as one
+    (FER2013's all-black rows were trained on and scored unsaid)."""
+    values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1)
+    return bool((values.max(axis=0).astype(int) - values.min(axis=0)).max() <= BLANK_RANGE)
 
 
 def grey_copy(decoded: Decoded) -> Decoded:
