@@ -205,17 +205,21 @@ def scored_twice(data_dir: str | Path, tested: Sequence[str], split: str,
                  read: dict[tuple[str, str], dict[str, str]] | None = None) -> list[str]:
     """Faces the scored ``split`` of two ``tested`` datasets both hold (the same picture or aligned face, as
     :func:`copies_across_datasets` finds them: FER2013's PrivateTest and FERPlus's test are one set of
-    pictures): the pooled figures count each of them twice, under each dataset's label (``per_dataset``
-    scores each dataset alone). One line per copy, ``<ds>/<split>/<key> is <ds>/<split>/<key>``; empty
-    for one dataset. ``read``: shared with the other checks (each split's members are read once)."""
+    pictures): the pooled figures count each of them again, under each dataset's label (``per_dataset``
+    scores each dataset alone). One line per face scored again, ``<ds>/<split>/<key> is <ds>/<split>/<key>``
+    naming the earliest dataset's copy (a face in three datasets' splits: two lines); empty for one dataset.
+    ``read``: shared with the other checks (each split's members are read once)."""
     names = list(dict.fromkeys(tested))
     read = {} if read is None else read
     lines = []
     for s in scored_splits(split):
-        for i, name in enumerate(names):
-            for other in names[i + 1:]:
-                ours, theirs = (_read_pictures(data_dir, n, s, read) for n in (name, other))
-                lines += [f"{name}/{s}/{key} is {other}/{s}/{their}" for key, their in _copied(ours, theirs).items()]
+        for j, other in enumerate(names):
+            theirs = _read_pictures(data_dir, other, s, read)
+            again: dict[str, str] = {}          # their key -> the line naming its earliest copy
+            for name in names[:j]:
+                for key, their in _copied(_read_pictures(data_dir, name, s, read), theirs).items():
+                    again.setdefault(their, f"{name}/{s}/{key} is {other}/{s}/{their}")
+            lines += again.values()
     return lines
 
 

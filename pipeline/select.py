@@ -53,10 +53,10 @@ def main() -> None:
             " ..." if len(twice) > 5 else "")
     if pooled := scored_twice(data_dir, tested, split, read):
         logging.getLogger("pipeline.select").warning(
-            "%d scored face(s) are in the %s splits of two datasets of this run (the same picture or aligned face), "
-            "so the pooled figures count each twice, under each dataset's label: %s%s; read metrics.json's "
-            "per_dataset, or evaluate one dataset (evaluate.dataset)", len(pooled), split, "; ".join(pooled[:5]),
-            " ..." if len(pooled) > 5 else "")
+            "%d scored face(s) are copies of a face in the %s split of another dataset of this run (the same picture "
+            "or aligned face), so the pooled figures count each again, under each dataset's label: %s%s; read "
+            "metrics.json's per_dataset, or evaluate one dataset (evaluate.dataset)", len(pooled), split,
+            "; ".join(pooled[:5]), " ..." if len(pooled) > 5 else "")
 
 
 if __name__ == "__main__":      # not when a spawn / forkserver worker imports this script as __mp_main__

@@ -52,5 +52,16 @@ def test_the_select_stage_warns_of_them(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pipeline.select", "data", "runs/select"], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
-    assert "1 scored face(s) are in the test splits of two datasets of this run" in run.stderr
+    assert "1 scored face(s) are copies of a face in the test split of another dataset of this run" in run.stderr
     assert "fer2013/test/test_1 is ferplus/test/test_0" in run.stderr
+
+
+def test_a_face_in_three_datasets_is_counted_once_per_extra_score(tmp_path):
+    from ferdata.selection import scored_twice
+
+    data = tmp_path / "data"
+    for name, test in (("fer2013", ["t0", "t1"]), ("ferplus", ["t0"]), ("copy", ["t0", "t1"])):
+        _prepare(data, name, {"train": [name], "test": test})
+    assert scored_twice(data, ["fer2013", "ferplus", "copy"], "test") == [
+        "fer2013/test/test_0 is ferplus/test/test_0", "fer2013/test/test_0 is copy/test/test_0",
+        "fer2013/test/test_1 is copy/test/test_1"]          # t0 scored thrice: two extra scores, not three pairs
