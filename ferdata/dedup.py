@@ -144,8 +144,8 @@ class Deduplicator:
             if split in seen:
                 yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{_where(rec)}: same as {seen[split]}")
                 continue
-            if seen:
-                self.report.count("duplicates", across_splits(next(iter(seen)), split))
+            for other in seen:          # each pair of splits once: a face in three is named alike in any row order
+                self.report.count("duplicates", across_splits(other, split))
             seen[split] = rec["key"]
             yield row
 

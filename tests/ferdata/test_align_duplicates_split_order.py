@@ -2,6 +2,8 @@
 two names (across_splits_train_test 3, across_splits_test_train 2), which read as two kinds of copy."""
 from __future__ import annotations
 
+import itertools
+
 from tests.ferdata.test_align_duplicates import dedup, row
 
 
@@ -11,3 +13,10 @@ def test_copies_across_two_splits_are_counted_under_one_name_whatever_the_row_or
             row("c", 1, "train", picture="ef" * 32)]
     _, _, report = dedup(rows)
     assert report.notes["duplicates"] == {"across_splits_train_test": 2, "across_splits_train_val": 1}
+
+
+def test_a_face_in_three_splits_is_counted_alike_in_any_row_order():
+    for order in itertools.permutations(("train", "val", "test")):
+        _, _, report = dedup([row(f"k{i}", 1, split) for i, split in enumerate(order)])
+        assert report.notes["duplicates"] == {"across_splits_train_val": 1, "across_splits_train_test": 1,
+                                              "across_splits_val_test": 1}, order
