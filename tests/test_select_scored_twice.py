@@ -3,26 +3,16 @@ are one set of pictures): the pooled figures scored each such face twice, under 
 the select stage nor evaluate said so (it warned only of held-out faces another dataset trains on)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
-from ferdata.tario import TarShardWriter
+from tests.test_select_trained_twice import prepare_pictures
 
 
 def _prepare(data, name, pictures: dict[str, list[str]]) -> None:
-    """A prepared dataset whose splits hold the given pictures (sha256 in each ``json``), class 0."""
-    shards = data / name / "shards"
-    for split in ("train", "val", "test"):
-        (shards / split).mkdir(parents=True, exist_ok=True)
-        with TarShardWriter(shards / split, split, 1000) as writer:
-            for i, sha in enumerate(pictures.get(split, [])):
-                writer.write(f"{split}_{i}", {"jpg": f"face of {sha}".encode(), "cls": b"0",
-                                              "json": json.dumps({"sha256": sha, "split": split}).encode()})
-        info = {"split": split, "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256,
-                                            "bytes": f.size} for f in writer.files]}
-        (shards / split / "_info.json").write_text(json.dumps(info))
+    """A prepared dataset whose splits hold the given pictures, class 0, keyed ``<split>_<i>``."""
+    prepare_pictures(data, name, {split: dict.fromkeys(shas, 0) for split, shas in pictures.items()}, "{split}_{i}")
 
 
 def test_test_faces_two_scored_datasets_hold_are_named(tmp_path):

@@ -11,18 +11,25 @@ import sys
 from ferdata.tario import TarShardWriter
 
 
-def _prepare(data, name, train: dict[str, int]) -> None:
-    """A prepared dataset whose train split holds pictures (sha256 in each ``json``) of the given class ids."""
+def prepare_pictures(data, name, splits: dict[str, dict[str, int]], key: str = "{name}_{i}") -> None:
+    """A prepared dataset whose splits hold pictures (sha256 in each ``json``) of the given class ids, each
+    sample keyed by ``key`` (``name``, ``split`` and its position ``i``); a split not given is empty."""
     shards = data / name / "shards"
     for split in ("train", "val", "test"):
         (shards / split).mkdir(parents=True, exist_ok=True)
         with TarShardWriter(shards / split, split, 1000) as writer:
-            for i, (sha, label) in enumerate(train.items() if split == "train" else ()):
-                writer.write(f"{name}_{i}", {"jpg": f"face of {sha}".encode(), "cls": str(label).encode(),
-                                             "json": json.dumps({"sha256": sha, "split": split}).encode()})
+            for i, (sha, label) in enumerate(splits.get(split, {}).items()):
+                writer.write(key.format(name=name, split=split, i=i), {
+                    "jpg": f"face of {sha}".encode(), "cls": str(label).encode(),
+                    "json": json.dumps({"sha256": sha, "split": split}).encode()})
         info = {"split": split, "shards": [{"name": f.path.name, "count": f.count, "sha256": f.sha256,
                                             "bytes": f.size} for f in writer.files]}
         (shards / split / "_info.json").write_text(json.dumps(info))
+
+
+def _prepare(data, name, train: dict[str, int]) -> None:
+    """A prepared dataset whose train split holds pictures of the given class ids."""
+    prepare_pictures(data, name, {"train": train})
 
 
 def test_a_face_two_datasets_of_the_run_train_on_is_named_with_its_two_labels(tmp_path):
