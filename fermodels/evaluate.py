@@ -222,10 +222,12 @@ def _tell_dropped(split: Split, names: Sequence[str]) -> None:
     counted = " and ".join(s for s in split.name.split("+") if s != "train")    # split all: train's not counted
     for d, name in zip(split.dirs, names):
         if lost := split.dropped.get(d):
+            stages = Path(d).parent                     # <data>/<name>/shards: detect's and align's folders beside
             log.warning("evaluate: %d of %s's official %s pictures were dropped in preparation (%s): the figures "
                         "are over the faces kept, not every picture the split lists; each is in the detect and "
-                        "align stages' dropped.jsonl (data/%s/detect, data/%s/aligned)", sum(lost.values()), name,
-                        counted, ", ".join(f"{reason} {n}" for reason, n in lost.items()), name, name)
+                        "align stages' dropped.jsonl (%s, %s)", sum(lost.values()), name, counted,
+                        ", ".join(f"{reason} {n}" for reason, n in lost.items()), stages / "detect",
+                        stages / "aligned")
 
 
 def _write_outputs(out: Path, metrics: dict, labels: np.ndarray, preds: np.ndarray, cm: np.ndarray,

@@ -54,6 +54,7 @@ def test_official_test_pictures_dropped_in_preparation_are_counted_and_evaluate_
     said = [r.getMessage() for r in caplog.records if "dropped in preparation" in r.getMessage()]
     assert len(said) == 1 and "3 of lossy's official test pictures" in said[0], said
     assert "bad_landmarks 1, no_landmarks 2" in said[0]
+    assert f"({base / 'detect'}, {base / 'aligned'})" in said[0]        # where they are listed, wherever that is
     whole = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], _eval_params(), tmp_path / "eval2",
                      datasets=["tiny"])
     assert whole["dropped_in_preparation"] == {}           # a split that lost nothing
