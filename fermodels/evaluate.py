@@ -201,10 +201,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     })
     _tell_dropped(split, names)
     if len(dirs) > 1:
-        metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split)
-        for d, name in zip(split.dirs, names):
-            if name in metrics["per_dataset"]:
-                metrics["per_dataset"][name][DROPPED_BEFORE] = split.dropped.get(d, {})
+        metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split,
+                                             [split.dropped.get(d, {}) for d in split.dirs])
     subsets = per_subset(dataset, split, names, labels, preds, classes)
     if subsets:
         metrics["per_subset"] = subsets
@@ -324,12 +322,13 @@ def check_face_sources(trained: Mapping[str, int], tested: Mapping[str, int], ch
 
 
 def per_dataset(dataset: IndexedSplit, names: Sequence[str], labels: np.ndarray, preds: np.ndarray,
-                classes: Sequence[str], split: str) -> dict[str, dict]:
+                classes: Sequence[str], split: str, dropped: Sequence[Mapping[str, int]]) -> dict[str, dict]:
     """Metrics of each of several datasets evaluated together, with the classes its averages run over
     (they differ by dataset: RAF-DB's 7 beside AffectNet-8's 8), its confusion matrix (rows true, columns
     predicted: they add up to the pooled one, whose precision and macro-F1 the datasets' figures cannot
-    give) and the samples left out of it; a dataset with no sample the model can be scored on is left
-    out (and said so). ``labels``/``preds`` are in ``dataset`` order."""
+    give), the samples left out of it, and its official pictures of the split preparation dropped (``dropped``,
+    one per name); a dataset with no sample the model can be scored on is left out (and said so).
+    ``labels``/``preds`` are in ``dataset`` order."""
     which = np.asarray(dataset.dataset_index)
     if unscored := [name for i, name in enumerate(names) if not (which == i).any()]:
         log.warning("evaluate: %s hold(s) no %s sample a %d-class model can be scored on: left out of "
@@ -340,7 +339,7 @@ def per_dataset(dataset: IndexedSplit, names: Sequence[str], labels: np.ndarray,
             cm = confusion_matrix(labels[which == i], preds[which == i], len(classes))
             excluded = dict(sorted(dataset.excluded_per_dataset[i].items()))
             out[name] = {**metrics_from_confusion(cm, classes), "averaged_over": averaged_over(cm, classes),
-                         "confusion_matrix": cm.tolist(), "excluded": excluded}
+                         "confusion_matrix": cm.tolist(), "excluded": excluded, DROPPED_BEFORE: dict(dropped[i])}
     return out
 
 
