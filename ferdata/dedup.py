@@ -72,9 +72,10 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept)
 
 
-def _where(rec: dict) -> str:
-    """A record's file for a drop's detail, or its key where the dataset has none (FER2013's CSV rows)."""
-    return rec["path"] or rec["key"]
+def _dropped(rec: dict, reason: str, why: str) -> Dropped:
+    """The drop of the table's record ``rec`` (its split with it), its detail naming the record's file,
+    or its key where the dataset has none (FER2013's CSV rows), as :attr:`FaceRecord.where` does."""
+    return Dropped(rec["dataset"], rec["key"], reason, f"{rec['path'] or rec['key']}: {why}", rec.get("split", ""))
 
 
 def _names(labels: set[int]) -> list[str]:
@@ -114,11 +115,10 @@ class Deduplicator:
             rec = row["record"]
             if rec["key"] in self.conflicts.keys:
                 labels = ", ".join(self.conflicts.keys[rec["key"]])
-                yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
-                              f"{_where(rec)}: listed more than once, labelled {labels}")
+                yield _dropped(rec, "conflicting_labels", f"listed more than once, labelled {labels}")
                 continue
             if rec["key"] in self.keys:
-                yield Dropped(rec["dataset"], rec["key"], "duplicate_key", f"{_where(rec)}: key used before")
+                yield _dropped(rec, "duplicate_key", "key used before")
                 continue
             self.keys.add(rec["key"])
             picture, box, split = ident = face_identity(row)
@@ -126,15 +126,13 @@ class Deduplicator:
             if ident in self.conflicts.faces and held:
                 self.report.count("duplicates", f"conflicting_labels_in_{split}")
             elif ident in self.conflicts.faces:
-                yield Dropped(rec["dataset"], rec["key"], "conflicting_labels",
-                              f"{_where(rec)}: copies of this picture and face "
-                              f"{f'in split {split}' if split else 'in the dataset'} are labelled "
-                              f"{', '.join(self.conflicts.faces[ident])}")
+                yield _dropped(rec, "conflicting_labels", "copies of this picture and face "
+                               f"{f'in split {split}' if split else 'in the dataset'} are labelled "
+                               f"{', '.join(self.conflicts.faces[ident])}")
                 continue
             if self.drop_train_copies and split == "train" and (picture, box) in self.conflicts.held_out:
                 held, copy = self.conflicts.held_out[picture, box]
-                yield Dropped(rec["dataset"], rec["key"], "copy_of_held_out",
-                              f"{_where(rec)}: the same picture and face is in the {held} split ({copy})")
+                yield _dropped(rec, "copy_of_held_out", f"the same picture and face is in the {held} split ({copy})")
                 continue
             seen = self.faces.setdefault((picture, box), {})          # split -> first key
             if split in seen and held:          # an official val/test split is scored as published
@@ -142,7 +140,7 @@ class Deduplicator:
                 yield row
                 continue
             if split in seen:
-                yield Dropped(rec["dataset"], rec["key"], "duplicate_image", f"{_where(rec)}: same as {seen[split]}")
+                yield _dropped(rec, "duplicate_image", f"same as {seen[split]}")
                 continue
             for other in seen:          # each pair of splits once: a face in three is named alike in any row order
                 self.report.count("duplicates", across_splits(other, split))

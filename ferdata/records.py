@@ -18,6 +18,11 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 HELD_OUT = ("val", "test")      # the splits a model is scored on: kept apart from train, their losses counted
+# A reader's drops of a listed picture it could not use (missing, unreadable, its row or label damaged):
+# lost to its split as detect's and align's drops are. Its other drops are the protocol's or the user's
+# choice (a class left out, no majority of votes, "not a face") and no loss to a split's count.
+READ_LOSSES = frozenset({"missing_image", "unreadable_file", "malformed_row", "bad_pixels", "bad_label",
+                         "bad_votes", "heic_unsupported"})
 SOFT_LABEL = "soft_label"    # ``extra``: a label distribution (8 floats, canonical order), e.g. FERPlus votes
 LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, probability, multi_target; majority: not)
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
@@ -87,6 +92,10 @@ class FaceRecord:
         if self.split not in ("",) + SPLITS:
             raise ValueError(f"record split {self.split!r} not in {SPLITS}")
 
+    def dropped(self, reason: str, detail: str) -> Dropped:
+        """The record's drop for ``reason`` (its split with it)."""
+        return Dropped(self.dataset, self.key, reason, detail, self.split)
+
     @property
     def where(self) -> str:
         """The record's file, or its key where it has none (inline pixels: FER2013's CSV rows), for messages."""
@@ -107,12 +116,15 @@ class FaceRecord:
 
 @dataclass(frozen=True, slots=True)      # slots: the stages hold every drop until the end (~0.1 kB each less)
 class Dropped:
-    """A sample that was not kept, and why. Counted by ``reason`` in stage reports."""
+    """A sample that was not kept, and why. Counted by ``reason`` in stage reports. ``split`` is the
+    record's official split where it is known ("" where the dataset has none, or where the reader
+    could not tell it: a row without its Usage): an official val or test split's losses are counted."""
 
     dataset: str
     key: str
     reason: str
     detail: str = ""
+    split: str = ""
 
 
 def scaled_points(points: np.ndarray | None, factor: float | np.ndarray) -> np.ndarray | None:
@@ -175,7 +187,7 @@ def unreadable_drop(r: FaceRecord, err: OSError, stage: str) -> Dropped:
         err.add_note(f"{stage}: the machine's error, not the image's: no image was dropped for it; fix it "
                      "(e.g. `ulimit -n`, free memory, the dataset's mount) and run again")
         raise err
-    return Dropped(r.dataset, r.key, "unreadable_file", f"{r.where}: {err.strerror}")
+    return r.dropped("unreadable_file", f"{r.where}: {err.strerror}")
 
 
 def load_image_bytes(r: FaceRecord) -> bytes:

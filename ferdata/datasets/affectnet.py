@@ -251,14 +251,14 @@ class AffectNetReader(DatasetReader):
         key = make_key(split, f"auto_{name}" if automatic else name) if name and whole_row else make_key(split, where)
         if not whole_row or not name:
             return Dropped(self.name, key, "malformed_row", f"{where}: {len(row)} columns"
-                           + ("" if name else ", no image path"))
+                           + ("" if name else ", no image path"), split=split)
         try:
             native = whole(row[6])
         except ValueError:
-            return Dropped(self.name, key, "bad_label", f"{where}: expression {row[6]!r}")
+            return Dropped(self.name, key, "bad_label", f"{where}: expression {row[6]!r}", split=split)
         problem = label_problem(native, num_classes)
         if problem:
-            return Dropped(self.name, key, problem, f"{where}: expression {native}")
+            return Dropped(self.name, key, problem, f"{where}: expression {native}", split=split)
         box: tuple[float, float, float, float] | None
         try:
             x, y, w, h = (float(v) for v in row[1:5])
@@ -277,10 +277,11 @@ class AffectNetReader(DatasetReader):
             self.note(LANDMARKS_UNREADABLE, key, f"{where}: facial_landmarks {err}")
             lmk = None
         if os.path.isabs(rel) or os.path.normpath(rel).split(os.sep)[0] == os.pardir:
-            return Dropped(self.name, key, "malformed_row", f"{where}: {rel!r} leads out of {images.name}/")
+            return Dropped(self.name, key, "malformed_row", f"{where}: {rel!r} leads out of {images.name}/",
+                           split=split)
         path = images / rel
         if not path.is_file():
-            return Dropped(self.name, key, "missing_image", str(path))
+            return Dropped(self.name, key, "missing_image", str(path), split=split)
         extra: dict = {"annotation": "automatic", TRAIN_ONLY: True} if automatic else {}
         extra.update(affect(valence=partial(float, row[7]), arousal=partial(float, row[8])))
         return FaceRecord(
@@ -298,19 +299,19 @@ class AffectNetReader(DatasetReader):
         labels = sorted((folder / "annotations").glob("*_exp.npy"))
         for path in labels:                                   # what copying from a Mac leaves: ._123_exp.npy
             if hidden(path.name):
-                yield Dropped(self.name, make_key(split, path.name), *unread(path))
+                yield Dropped(self.name, make_key(split, path.name), *unread(path), split=split)
         ids = sorted((p.name[: -len("_exp.npy")] for p in labels if not hidden(p.name)), key=lambda i: (len(i), i))
         images = _images_by_stem(folder / "images")
         for image_id in ids:
             yield self._parse_npy(folder, image_id, split, num_classes, images.get(image_id, []))
             for other in images.get(image_id, [])[1:]:
                 yield Dropped(self.name, make_key(split, other.name), "duplicate_image",
-                              f"{other}: annotations/{image_id}_exp.npy labels {images[image_id][0].name}")
+                              f"{other}: annotations/{image_id}_exp.npy labels {images[image_id][0].name}", split=split)
         labelled = set(ids)
         for stem, paths in images.items():                   # an image its annotations do not label
             for path in paths if stem not in labelled else ():
                 why = unread(path) if hidden(path.name) else ("no_label", f"{path}: no annotations/{stem}_exp.npy")
-                yield Dropped(self.name, make_key(split, stem), *why)
+                yield Dropped(self.name, make_key(split, stem), *why, split=split)
 
     def _parse_npy(self, folder: Path, image_id: str, split: str, num_classes: int,
                    images: list[Path]) -> FaceRecord | Dropped:
@@ -319,13 +320,13 @@ class AffectNetReader(DatasetReader):
         try:
             native = whole(npy_scalar(anno / f"{image_id}_exp.npy"))
         except ValueError as err:
-            return Dropped(self.name, key, "bad_label", str(err))
+            return Dropped(self.name, key, "bad_label", str(err), split=split)
         problem = label_problem(native, num_classes)
         if problem:
-            return Dropped(self.name, key, problem, f"{folder.name}/{image_id}: expression {native}")
+            return Dropped(self.name, key, problem, f"{folder.name}/{image_id}: expression {native}", split=split)
         if not images:
             return Dropped(self.name, key, "missing_image", f"{folder / 'images' / image_id}.jpg (or another image "
-                           f"type: {', '.join(sorted(IMAGE_EXTS))})")
+                           f"type: {', '.join(sorted(IMAGE_EXTS))})", split=split)
         path = images[0]
         lmk = None
         if (anno / f"{image_id}_lnd.npy").is_file():

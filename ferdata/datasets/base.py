@@ -165,13 +165,11 @@ class DatasetReader:
                     renamed.append(f"{item.path or item.key} as {own.key}")
                 other = excluded.get((item.key, identity), own.label)
                 if own.label not in self.excluded and other != own.label:
-                    yield Dropped(own.dataset, own.key, "conflicting_labels",
-                                  f"{item.path or item.key}: listed as {CLASSES[own.label]} and as "
-                                  f"{CLASSES[other]} (excluded by options.exclude_classes)")
+                    yield own.dropped("conflicting_labels", f"{item.where}: listed as {CLASSES[own.label]} and as "
+                                      f"{CLASSES[other]} (excluded by options.exclude_classes)")
                     continue
                 if own.label in self.excluded:
-                    yield Dropped(own.dataset, own.key, "excluded_class",
-                                  f"{CLASSES[own.label]} (options.exclude_classes)")
+                    yield own.dropped("excluded_class", f"{CLASSES[own.label]} (options.exclude_classes)")
                     continue
                 if self.excluded and SOFT_LABEL in own.extra:
                     own = dataclasses.replace(own, extra={

@@ -257,11 +257,11 @@ class FER2013Reader(DatasetReader):
             label = to_canonical("fer2013", emotion)
         except ValueError:
             return Dropped(self.name, key, "bad_label", f"{where}: emotion {row.emotion!r} is not a whole "
-                           "number in 0..6 (0 Angry .. 6 Neutral)")
+                           "number in 0..6 (0 Angry .. 6 Neutral)", split=split)
         try:
             png = pixels_to_png(row.pixels)
         except ValueError as err:
-            return Dropped(self.name, key, "bad_pixels", f"{where}: {err}")
+            return Dropped(self.name, key, "bad_pixels", f"{where}: {err}", split=split)
         return FaceRecord(dataset=self.name, key=key, path="", label=label, native_label=str(emotion),
                           split=split, pixels=png)
 
@@ -335,11 +335,12 @@ class FERPlusReader(DatasetReader):
         if split is None:
             return Dropped(self.name, key, "bad_split", f"{where}: FER2013 Usage {fer_row.usage!r}")
         if plus_row[0].strip().lower() != fer_row.usage.lower():
-            return Dropped(self.name, key, "usage_mismatch", f"{where}: {plus_row[0]!r} vs FER2013 {fer_row.usage!r}")
+            return Dropped(self.name, key, "usage_mismatch", f"{where}: {plus_row[0]!r} vs FER2013 {fer_row.usage!r}",
+                           split=split)
         try:
             png = pixels_to_png(fer_row.pixels)
         except ValueError as err:
-            return Dropped(self.name, key, "bad_pixels", f"{where}: {err}")
+            return Dropped(self.name, key, "bad_pixels", f"{where}: {err}", split=split)
         return self._record(key, plus_row[2:], split, mode, path="", pixels=png, where=where)
 
     def _read_folders(self, mode: str) -> Iterator[FaceRecord | Dropped]:
@@ -350,19 +351,19 @@ class FERPlusReader(DatasetReader):
                         continue                  # a header line (Microsoft's files have none): not an image
                     if not row[0].strip():
                         where = f"{folder}/label.csv:{lineno}"
-                        yield Dropped(self.name, f"{split}-line{lineno}", "no_image_name", where)
+                        yield Dropped(self.name, f"{split}-line{lineno}", "no_image_name", where, split=split)
                         continue
                     key = make_key(Path(row[0].strip()).stem)
                     if leads_out(row[0].strip()):
                         yield Dropped(self.name, key, "malformed_row", f"{folder}/label.csv:{lineno}: "
-                                      f"{row[0].strip()!r} leads out of {folder}/")
+                                      f"{row[0].strip()!r} leads out of {folder}/", split=split)
                         continue
                     path = self.root / folder / row[0].strip()
                     # Microsoft's committed label.csv files carry the face box "(x, y, w, h)" before
                     # the 10 votes; generate_training_data.py writes the votes right after the name.
                     votes = row[2:] if len(row) == 12 and row[1].strip().startswith("(") else row[1:]
                     if not path.is_file():
-                        yield Dropped(self.name, key, "missing_image", str(path))
+                        yield Dropped(self.name, key, "missing_image", str(path), split=split)
                     else:
                         where = f"{folder}/label.csv:{lineno}"
                         yield self._record(key, votes, split, mode, path=str(path), pixels=None, where=where)
@@ -373,11 +374,11 @@ class FERPlusReader(DatasetReader):
         try:
             votes = _votes(vote_cells)
         except ValueError as err:
-            return Dropped(self.name, key, "bad_votes", f"{where}: {err}")
+            return Dropped(self.name, key, "bad_votes", f"{where}: {err}", split=split)
         try:
             dist = ferplus_distribution(votes, mode if split == "train" else "majority")
         except FERPlusUnlabelled as err:
-            return Dropped(self.name, key, err.reason, f"votes {votes}")
+            return Dropped(self.name, key, err.reason, f"votes {votes}", split=split)
         native = int(np.argmax(dist))
         return FaceRecord(
             dataset=self.name, key=key, path=path, label=to_canonical("ferplus", native),

@@ -186,9 +186,9 @@ def read_class_tree(
                 rel = path.relative_to(class_dir).as_posix()
                 key = make_key(split, class_dir.name, rel)     # names alike after sanitising: DatasetReader.read
                 if (why := unread(path)) is not None:
-                    yield Dropped(dataset, key, *why)
+                    yield Dropped(dataset, key, *why, split=split)
                 elif cid is None:
-                    yield Dropped(dataset, key, "excluded_class", f"{class_dir.name}/{rel}")
+                    yield Dropped(dataset, key, "excluded_class", f"{class_dir.name}/{rel}", split=split)
                 else:
                     yield FaceRecord(
                         dataset=dataset, key=key, path=str(path), label=cid,

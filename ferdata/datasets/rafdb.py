@@ -123,13 +123,14 @@ class RAFDBReader(DatasetReader):
             native = whole(fields[1])                   # "3" or a re-saved "3.0"; never 3.7 truncated
             label = to_canonical("rafdb", native - 1)   # the file is 1-based
         except ValueError:
-            return Dropped(self.name, key, "bad_label", f"{where}: label {fields[1]!r} not in 1..7")
+            return Dropped(self.name, key, "bad_label", f"{where}: label {fields[1]!r} not in 1..7", split=split)
         name = f"{stem}_aligned{Path(fields[0]).suffix}" if kind == "aligned" else fields[0]
         if leads_out(fields[0]):
-            return Dropped(self.name, key, "malformed_row", f"{where}: {fields[0]!r} leads out of {image_dir.name}/")
+            return Dropped(self.name, key, "malformed_row", f"{where}: {fields[0]!r} leads out of {image_dir.name}/",
+                           split=split)
         path = image_dir / name
         if not path.is_file():
-            return Dropped(self.name, key, "missing_image", str(path))
+            return Dropped(self.name, key, "missing_image", str(path), split=split)
         lmk, box, extra = None, None, {}
         try:
             if manual is not None and (manual / f"{stem}_manu_attri.txt").is_file():

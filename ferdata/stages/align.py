@@ -119,13 +119,13 @@ class AlignWorker:
         try:
             data = load_image_bytes(rec)
             if hashlib.sha256(data).hexdigest() != row["sha256"]:
-                return Dropped(rec.dataset, rec.key, "source_changed", f"{rec.where}: re-run detect")
+                return rec.dropped("source_changed", f"{rec.where}: re-run detect")
             al, decoded = crop_face(face, row["backend"], self.params.size, self.params.padding,
                                     partial(decode_grey if self.grey else decode_image, data))
         except OSError as e:
             return unreadable_drop(rec, e, "align")
         except (BadImage, BadGeometry) as e:
-            return Dropped(rec.dataset, rec.key, e.reason, f"{rec.where}: {e.detail}")
+            return rec.dropped(e.reason, f"{rec.where}: {e.detail}")
         meta = {
             **{k: v for k, v in row["record"].items() if k not in ("pixels", "landmarks")},
             "backend": row["backend"], "score": face["score"], "box": face["box"],
@@ -156,15 +156,12 @@ def _check_readable(drops: list[Dropped], rows: int) -> None:
                                 "or re-run detect if the dataset moved")
 
 
-def _noting_members(rows: Iterable[dict], listed: dict[str, list[str]], held: dict[str, str]) -> Iterator[dict]:
+def _noting_members(rows: Iterable[dict], listed: dict[str, list[str]]) -> Iterator[dict]:
     """``rows`` as they are, noting the test subsets (``options.subsets``) each listed record is in
-    (key -> names) as they pass, for the warning of those this stage drops (no second read of the table), and
-    the records of an official val or test split (key -> split), for the drops counted by split."""
+    (key -> names) as they pass, for the warning of those this stage drops (no second read of the table)."""
     for row in rows:
         if names := (row["record"].get("extra") or {}).get("subsets"):
             listed[row["record"]["key"]] = names
-        if row["record"].get("split") in HELD_OUT:
-            held[row["record"]["key"]] = row["record"]["split"]
         yield row
 
 
@@ -183,10 +180,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
     listed: dict[str, list[str]] = {}
-    held: dict[str, str] = {}
     rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
-                        params.cross_split_copies == "drop_train")(_noting_members(read_faces(detect_dir), listed,
-                                                                                   held))
+                        params.cross_split_copies == "drop_train")(_noting_members(read_faces(detect_dir), listed))
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
               closing(parallel_map(AlignWorker(params, detected.get("grey") is True), rows, params.workers,
@@ -213,8 +208,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
         warn_subset_losses("align", lost, out_dir, "a face that fits no template, an unreadable picture, a copy")
         here: dict[str, Counter[str]] = {}
         for d in drops:
-            if d.key in held:
-                here.setdefault(held[d.key], Counter())[d.reason] += 1
+            if d.split in HELD_OUT:
+                here.setdefault(d.split, Counter())[d.reason] += 1
         if dropped := counted_by_split(report_notes(detect_dir).get(HELD_OUT_DROPS, {}), here):
             report.notes[HELD_OUT_DROPS] = dropped     # detect's and these: the shard stage writes them to _info.json
         if report.kept and grey == report.kept:         # only then: a dataset with a colour face, its report as before

@@ -34,7 +34,7 @@ from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, counted_by_spli
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
-from ferdata.records import HELD_OUT, Dropped, FaceRecord, record_to_dict
+from ferdata.records import HELD_OUT, READ_LOSSES, Dropped, FaceRecord, record_to_dict
 from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
 from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
                                         one_image_batches)
@@ -104,15 +104,6 @@ class _Table:
         self.stored = 0                               # detections put into the cache by this run
         self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
         self.held_out: dict[str, Counter[str]] = {}  # official val/test split -> reason -> its records dropped here
-        self.unread: dict[str, str] = {}              # key -> official val/test split of a record not yet a row
-
-    def noting_held_out(self, items: Iterable[FaceRecord | Dropped]) -> Iterator[FaceRecord | Dropped]:
-        """``items`` as they are, each official val or test record's split noted by key: a record whose picture
-        cannot be read reaches :meth:`row` as its ``unreadable_file`` drop, without its split."""
-        for item in items:
-            if isinstance(item, FaceRecord) and item.split in HELD_OUT:
-                self.unread[item.key] = item.split
-            yield item
 
     def warn_cached_elsewhere(self) -> None:
         """Say so when images were detected again that the cache holds under other signatures:
@@ -138,24 +129,27 @@ class _Table:
         """The table row of a kept record, or why it was dropped (``reused``: the detection of an
         earlier record of the same image, counted as a cache hit); a dropped record a test subset
         lists is noted in :attr:`subset_drops`, for the warning the reader's count cannot give, and one of an
-        official val or test split counted in :attr:`held_out` (evaluate's figures are over the faces kept)."""
+        official val or test split counted in :attr:`held_out` (evaluate's figures are over the faces kept; of a
+        reader's drops, those of a picture it could not use, :data:`~ferdata.records.READ_LOSSES`)."""
         if isinstance(job, Dropped):            # a reader's drop, or a record whose picture was not read
-            if job.reason == "unreadable_file" and (split := self.unread.pop(job.key, None)):
-                self.held_out.setdefault(split, Counter())[job.reason] += 1
+            if job.reason in READ_LOSSES:
+                self._note_held_out(job)
             return job
-        self.unread.pop(job.record.key, None)
         out = self._row(job, det, reason, detail, reused)
         if isinstance(out, Dropped):
             for name in job.record.extra.get("subsets") or ():
                 self.subset_drops.setdefault(name, []).append(job.record.key)
-            if job.record.split in HELD_OUT:
-                self.held_out.setdefault(job.record.split, Counter())[out.reason] += 1
+            self._note_held_out(out)
         return out
+
+    def _note_held_out(self, drop: Dropped) -> None:
+        if drop.split in HELD_OUT:
+            self.held_out.setdefault(drop.split, Counter())[drop.reason] += 1
 
     def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
         rec = job.record
         if det is None:
-            drop = Dropped(rec.dataset, rec.key, reason, f"{rec.where}: {detail}" if detail else rec.where)
+            drop = rec.dropped(reason, f"{rec.where}: {detail}" if detail else rec.where)
             if reason == DETECTOR_FAILED:
                 self.failures.append(drop)
                 self.check_backend(final=False)
@@ -171,21 +165,21 @@ class _Table:
             self.counts["cache_hits"] += 1
         if not det.faces:
             reason, why = self.backend.refuses(rec) or ("no_face", "")
-            return Dropped(rec.dataset, rec.key, reason, f"{rec.where}: {why}" if why else rec.where)
+            return rec.dropped(reason, f"{rec.where}: {why}" if why else rec.where)
         # A whole-image backend's one face is the picture: a face boxed small in it (at the centre or in a corner)
         # is no face crop, whether or not the box holds the picture's centre
         whole = not self.backend.finds_faces
         if whole and rec.box is not None and _share(rec.box, det.faces[0].box) < MIN_BOXED_SHARE:
-            return Dropped(rec.dataset, rec.key, "not_a_face_crop", f"{rec.where}: the dataset boxes its face at "
-                           f"{tuple(round(v) for v in rec.box)}, under a quarter of the {det.shape[1]}x{det.shape[0]} "
-                           f"picture the {self.backend.name} backend takes as the face; use a backend that finds "
-                           "faces (embedded, auto)")
+            return rec.dropped("not_a_face_crop", f"{rec.where}: the dataset boxes its face at "
+                               f"{tuple(round(v) for v in rec.box)}, under a quarter of the {det.shape[1]}x"
+                               f"{det.shape[0]} picture the {self.backend.name} backend takes as the face; use a "
+                               "backend that finds faces (embedded, auto)")
         if (box := rec.annotated_box()) is None:
             face = select_face(list(det.faces), det.shape, self.params.select)
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
             self.marked["missed"] += 1
-            return Dropped(rec.dataset, rec.key, "no_face_in_box", f"{rec.where}: {len(det.faces)} face(s) found, "
-                           f"none centred where the dataset marks the face {tuple(round(v) for v in box)}")
+            return rec.dropped("no_face_in_box", f"{rec.where}: {len(det.faces)} face(s) found, none centred "
+                               f"where the dataset marks the face {tuple(round(v) for v in box)}")
         else:
             self.marked["found"] += 1
         # The face holds the landmarks alignment uses; the dataset's own (if any) stay in the dataset.
@@ -224,7 +218,7 @@ def _detections(items: Iterable[FaceRecord | Dropped], params: DetectParams,
     table = _Table(params, backend, cache, sig)
     # A pixel-free backend only parses headers: shipping each file to a worker costs more than that.
     workers = params.workers if backend.needs_pixels else 1
-    read = jobs(table.noting_held_out(items), backend, cache, sig)
+    read = jobs(items, backend, cache, sig)
     batches = parallel_map(DetectWorker(params), batches_of(read), workers,
                            window=max(4, 4 * workers), chunksize=1, local=is_local, describe=batch_name,
                            split=one_image_batches)

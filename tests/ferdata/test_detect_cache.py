@@ -504,7 +504,7 @@ def test_an_image_the_backend_fails_on_is_a_recorded_drop_and_a_broken_backend_e
     report = run_detect(records(images[:4]), params(tmp_path), tmp_path / "one")
     assert report.kept == 3 and report.to_dict()["dropped"] == {"detector_failed": 1}
     dropped = [json.loads(line) for line in (tmp_path / "one" / "dropped.jsonl").read_text().splitlines()]
-    assert dropped == [{"dataset": "t", "key": "k2", "reason": "detector_failed",
+    assert dropped == [{"dataset": "t", "key": "k2", "reason": "detector_failed", "split": "",
                         "detail": f"{images[2]}: RuntimeError: RetinaFace gave 10 anchors, expected 12"}]
 
     calls = []
