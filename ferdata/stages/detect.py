@@ -171,7 +171,7 @@ class _Table:
         whole = not self.backend.finds_faces
         if whole and rec.box is not None and _share(rec.box, det.faces[0].box) < MIN_BOXED_SHARE:
             return rec.dropped("not_a_face_crop", f"{rec.where}: the dataset boxes its face at "
-                               f"{tuple(round(v) for v in rec.box)}, under a quarter of the {det.shape[1]}x"
+                               f"{tuple(round(v) for v in rec.box)}, under {MIN_BOXED_SHARE:.0%} of the {det.shape[1]}x"
                                f"{det.shape[0]} picture the {self.backend.name} backend takes as the face; use a "
                                "backend that finds faces (embedded, auto)")
         if (box := rec.annotated_box()) is None:
