@@ -223,6 +223,35 @@ def scored_twice(data_dir: str | Path, tested: Sequence[str], split: str,
     return lines
 
 
+def _listed(lines: Sequence[str]) -> str:
+    return "; ".join(lines[:5]) + (" ..." if len(lines) > 5 else "")
+
+
+def copy_warnings(data_dir: str | Path, trained_on: Sequence[str], tested: Sequence[str], split: str) -> list[str]:
+    """What the select stage warns of faces shared between the datasets of a run (each split read once):
+    held-out faces another dataset trains on (:func:`copies_across_datasets`), faces trained on twice an epoch
+    (:func:`trained_twice`), scored faces the pooled figures count again (:func:`scored_twice`)."""
+    read: dict[tuple[str, str], dict[str, str]] = {}
+    told = []
+    if copies := copies_across_datasets(data_dir, trained_on, tested, split, read):
+        told.append(f"{len(copies)} held-out face(s) are also in a training split of another dataset of this run "
+                    "(the same picture or aligned face), so the model trains on faces it is scored on: "
+                    f"{_listed(copies)}; remove those pictures from one of the datasets")
+    if twice := trained_twice(data_dir, trained_on, read):
+        conflicting = sum(" (labelled " in line for line in twice)
+        told.append(f"{len(twice)} face(s) are in the train splits of two datasets of this run (the same picture "
+                    "or aligned face), so each is trained on twice an epoch"
+                    f"{f', {conflicting} of them under two labels' if conflicting else ''}, where within one "
+                    "dataset a copy is kept once and copies whose labels disagree are dropped: "
+                    f"{_listed(twice)}; remove those pictures from one of the datasets")
+    if pooled := scored_twice(data_dir, tested, split, read):
+        told.append(f"{len(pooled)} scored face(s) are copies of a face in the {split} split of another dataset "
+                    "of this run (the same picture or aligned face), so the pooled figures count each again, "
+                    f"under each dataset's label: {_listed(pooled)}; read metrics.json's per_dataset, or evaluate "
+                    "one dataset (evaluate.dataset)")
+    return told
+
+
 def _read_pictures(data_dir: str | Path, name: str, split: str, read: dict[tuple[str, str], dict[str, str]],
                    ) -> dict[str, str]:
     """:func:`_pictures` of ``split`` of dataset ``name``, kept in ``read`` (a split of 100k samples: 20-30 s)."""

@@ -55,3 +55,25 @@ def test_a_face_in_three_datasets_is_counted_once_per_extra_score(tmp_path):
     assert scored_twice(data, ["fer2013", "ferplus", "copy"], "test") == [
         "fer2013/test/test_0 is ferplus/test/test_0", "fer2013/test/test_0 is copy/test/test_0",
         "fer2013/test/test_1 is copy/test/test_1"]          # t0 scored thrice: two extra scores, not three pairs
+
+
+def test_the_stages_three_warnings_come_from_one_read_of_each_split(tmp_path, monkeypatch):
+    """The select stage's warnings of shared faces (held out but trained on, trained on twice, scored twice)
+    are :func:`ferdata.selection.copy_warnings`'s: one text each, every split's members read once."""
+    import ferdata.selection as selection
+
+    data = tmp_path / "data"
+    _prepare(data, "fer2013", {"train": ["a", "s"], "test": ["t0", "t1"]})
+    _prepare(data, "ferplus", {"train": ["a"], "test": ["t1", "s"]})
+    reads = []
+    real = selection._pictures
+    monkeypatch.setattr(selection, "_pictures", lambda shards, split: reads.append((shards, split)) or real(shards,
+                                                                                                           split))
+    told = selection.copy_warnings(data, ["fer2013", "ferplus"], ["fer2013", "ferplus"], "test")
+    assert [t.split(" face(s) are ")[1][:20] for t in told] == ["also in a training s", "in the train splits ",
+                                                               "copies of a face in "], told
+    assert told[0].startswith("1 held-out") and "ferplus/test/test_1 is fer2013/train/train_1" in told[0]
+    assert told[1].startswith("1 face(s)") and "fer2013/train/train_0 is ferplus/train/train_0" in told[1]
+    assert told[2].startswith("1 scored") and "fer2013/test/test_1 is ferplus/test/test_0" in told[2]
+    assert len(reads) == len(set(reads)) and reads
+    assert selection.copy_warnings(data, ["fer2013"], ["fer2013"], "test") == []
