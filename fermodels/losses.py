@@ -1,4 +1,4 @@
-"""Loss functions of the seed models, registered by name.
+"""Loss functions of the seed models.
 
 Models combine these into their ``losses(out, batch)`` dict with their own weights; the
 functions here are unweighted so tests can check each formula against its paper or code.
@@ -12,9 +12,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ferdata.classes import NEUTRAL
-from ferdata.registry import Registry
-
-LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 
 # The batch key under which the trainer hands a model's losses, under DDP, the
 # :class:`fermodels.distributed.GlobalBatch` for losses over the whole step's batch (NeAA).
@@ -24,7 +21,6 @@ GLOBAL_BATCH = "global_batch"
 Norm = Callable[[Tensor], Tensor]
 
 
-@LOSSES.register("ce")
 def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = None,
                   norm: Norm | None = None) -> Tensor:
     """Softmax cross-entropy; with ``class_weight`` (C,) the weighted mean torch defines.
@@ -46,7 +42,6 @@ def cross_entropy(logits: Tensor, labels: Tensor, class_weight: Tensor | None = 
 TARGET_KINDS = {"crossentropy": 0, "probability": 1, "multi_target": 2}
 
 
-@LOSSES.register("soft_ce")
 def soft_cross_entropy(logits: Tensor, target: Tensor, kind: Tensor, class_weight: Tensor | None = None,
                        smoothing: float = 0.0, norm: Norm | None = None) -> Tensor:
     """Cross-entropy against per-sample distributions ``target`` (B, >= C; truncated to the C
@@ -107,7 +102,6 @@ def draw_targets(batch: dict, generator: torch.Generator, num_classes: int) -> d
     return {**batch, "target": target, "target_kind": kind}
 
 
-@LOSSES.register("half_alignment")
 def half_alignment(left: Tensor, right: Tensor) -> Tensor:
     """CMNet's half-face alignment loss: MSE between pooled left/right half descriptors.
 
@@ -119,7 +113,6 @@ def half_alignment(left: Tensor, right: Tensor) -> Tensor:
     return torch.mean((left.float() - right.float()) ** 2)  # float32 under autocast too
 
 
-@LOSSES.register("neaa")
 def neutral_aware_anchor(features: Tensor, logits: Tensor, labels: Tensor, neutral: int = NEUTRAL,
                          valid: Tensor | None = None) -> Tensor:
     """Neutral-expression-aware anchor loss (Nie et al., CVM 2024, §3.2, Eqs. 6-10), batch-wise.
