@@ -91,7 +91,11 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
         except OSError:                 # no link could be made for a name OpenCV cannot take
             cap = None
         if cap is None or not cap.isOpened():
-            yield 0, None, "unreadable_video"
+            if missing := missing_bytes(path):     # an MP4 whose recording stopped before its index (moov) was written
+                log.warning("%s: its container lists %d bytes more than the file holds (a file cut short?) and no "
+                            "frame of it could be read (an MP4/MOV is indexed at its end: a recording that was cut "
+                            "off, or a copy stopped part way)", shown(path), missing)
+            yield 0, None, "video_cut_short" if missing else "unreadable_video"
             return
         index = 0
         aspect = pixel_aspect(cap)      # its pixels' width / height: 1, or a camcorder's or DVD's non-square ones
