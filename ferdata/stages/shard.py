@@ -25,7 +25,7 @@ import numpy as np
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.dedup import NearCopies, face_vector
+from ferdata.dedup import NearCopies, face_identity, face_vector
 from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, GREY, HELD_OUT_DROPS, INFO, REPORT, output_digest,
                             report_inputs, report_notes, report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
@@ -176,6 +176,12 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         near = _near_copies_told(near_copies(by_split, aligned, read), by_split, copies, report)
+        if apart := val_near_copies(by_split, aligned, read):
+            log.warning("shard: %d val face(s) are near copies of test faces (kept, as published: the best checkpoint "
+                        "is picked on faces the test scores again), each listed in the shards' report.json: %s%s",
+                        len(apart), "; ".join(f"val/{k} ~ {v}" for k, v in list(apart.items())[:5]),
+                        " ..." if len(apart) > 5 else "")
+            report.notes[NEAR_VAL] = dict(sorted(apart.items()))
         for split, keys in by_split.items():
             keys.sort(key=lambda k: (unit_hash(params.seed + 1, k), k))
             info = _write_split(out / split, split, keys, aligned, derived, folds, params, read)
@@ -201,11 +207,12 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
             report.notes[split] = len(keys)
         report.kept = len(aligned) - sum(report.dropped.values())
         report.write(out / REPORT)
-    log.info("shard: %s", {k: v for k, v in report.notes.items() if k != NEAR})     # the pairs: report.json
+    log.info("shard: %s", {k: v for k, v in report.notes.items() if k not in (NEAR, NEAR_VAL)})  # pairs: report.json
     return report
 
 
 NEAR = "near_copies_of_held_out"         # report.json: training key -> "<split>/<key>" of the held-out face
+NEAR_VAL = "near_copies_val_test"        # report.json: val key -> "test/<key>" of the test face
 
 
 def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copies: str | None,
@@ -233,12 +240,28 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: Memb
     re-encoded, resized, mirrored or cropped a little otherwise (its face found and aligned again), in
     one dataset's train and test (or in a carved split: one video's frames in a folder without subjects),
     was trained on and scored on, unnoticed. Most such copies are found, not all
-    (:func:`ferdata.dedup.face_vector`)."""
-    if not by_split["train"] or not (by_split["val"] or by_split["test"]):
+    (:func:`ferdata.dedup.face_vector`). A copy that is the same file (picture and face) is align's, counted there
+    (``duplicates``) or dropped (``copy_of_held_out``): not named again, so both settings name the same faces."""
+    return _near(by_split["train"], {split: by_split[split] for split in HELD_OUT}, aligned, read)
+
+
+def val_near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader) -> dict[str, str]:
+    """Val faces that are near copies of a test face: key -> "test/<key>" (as :func:`near_copies`; the same file is
+    align's, counted under ``duplicates``: across_splits_val_test). Both are kept, as published: the best checkpoint
+    is picked on faces the test scores again."""
+    return _near(by_split["val"], {"test": by_split["test"]}, aligned, read)
+
+
+def _near(probes: list[str], held_splits: dict[str, list[str]], aligned: MemberIndex,
+          read: MemberReader) -> dict[str, str]:
+    """Each of ``probes`` (keys) that is a near copy of a face of ``held_splits`` (split -> keys), and which."""
+    if not probes or not any(held_splits.values()):
         return {}
     held = NearCopies()
-    for split in HELD_OUT:
-        for key in by_split[split]:
+    files: set[tuple[bytes, tuple[str, ...]]] = set()       # the held faces' pictures and boxes, as align knows them
+    for split, keys in held_splits.items():
+        for key in keys:
+            files.add(_picture_face(read(aligned[key]["json"])))
             if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
                 held.add(f"{split}/{key}", h)
     found: dict[str, str] = {}
@@ -248,13 +271,24 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: Memb
         found.update((key, other) for (key, _), other in zip(batch, held.find_many([h for _, h in batch])) if other)
         batch.clear()
 
-    for key in progress(by_split["train"], desc="near copies", unit="sample"):
+    for key in progress(probes, desc="near copies", unit="sample"):
+        if _picture_face(read(aligned[key]["json"])) in files:
+            continue        # the same file: align counted it (duplicates, across_splits_*) or dropped it (drop_train)
         if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
             batch.append((key, h))
             if len(batch) == 1024:
                 look_up()
     look_up()
     return found
+
+
+def _picture_face(meta_json: bytes) -> tuple[bytes, tuple[str, ...]]:
+    """An aligned sample's picture and face as align's dedup tells copies apart (:func:`ferdata.dedup.face_identity`
+    less the split)."""
+    meta = json.loads(meta_json)
+    if not meta.get("sha256") or meta.get("box") is None:       # an older align output: no copy told apart
+        return meta.get("key", "").encode(), ("?",)
+    return face_identity({"sha256": meta["sha256"], "face": {"box": meta["box"]}, "record": meta})[:2]
 
 
 def _inputs_digest(aligned_dir: str | Path, derived_dir: str | Path) -> tuple[str, str]:

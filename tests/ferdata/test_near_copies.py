@@ -272,3 +272,54 @@ def test_low_contrast_faces_lit_from_one_side_are_not_near_copies_of_other_peopl
         held.add(f"test/{i}", face_vector(_jpeg(f)))
     assert held.find_many([face_vector(_jpeg(f)) for f in lit[50:]]) == [None] * 50
     assert held.find_many([face_vector(_jpeg(f, 60)) for f in lit[:5]]) == [f"test/{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("copies", ["keep", "drop_train"])
+def test_a_training_copy_that_is_the_same_file_is_not_listed_again_as_a_near_copy(tmp_path, copies):
+    """align counts a training copy of a test file (``duplicates``: across_splits_train_test) or drops it
+    (drop_train): the shard stage listed it again as a near copy under keep only (an audit: 138 near copies
+    under keep, 104 under drop_train, of one dataset: its 34 exact copies counted twice)."""
+    from ferdata.stages.align import AlignParams
+    from ferdata.stages.shard import ShardParams
+    from tests.reliability.corpus import build, stage_params
+    faces, root = _faces(12), tmp_path / "raw"
+    for split, names in (("train", range(4, 12)), ("test", range(4))):
+        for i in names:
+            (root / split / "happy").mkdir(parents=True, exist_ok=True)
+            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
+    (root / "train" / "happy" / "same.jpg").write_bytes(_jpeg(faces[0]))          # test f0's bytes
+    (root / "train" / "happy" / "c1.jpg").write_bytes(_jpeg(faces[1], 60))        # test f1 re-encoded
+    params = stage_params(tmp_path, backend="precropped")
+    params["align"] = build(AlignParams, "align", workers=1, chunk_size=4, cross_split_copies=copies)
+    params["shard"] = build(ShardParams, "shard", maxcount=4, val_fraction=0.0)
+    out = tmp_path / "out"
+    report = _prepared(root, params, out)
+    align = json.loads((out / "aligned" / "report.json").read_text())
+    assert align["notes"].get("duplicates") == ({"across_splits_train_test": 1} if copies == "keep" else None)
+    assert report["notes"]["near_copies_of_held_out"] == {"train_happy_c1-jpg": "test/test_happy_f1-jpg"}
+
+
+def test_a_val_face_that_is_a_near_copy_of_a_test_face_is_named(tmp_path, caplog):
+    """A test face re-encoded in val was silent (only training faces were compared), where the same file in val
+    and test is counted (across_splits_val_test): the checkpoint picked on val was picked on a test face."""
+    from ferdata.stages.shard import ShardParams
+    from tests.reliability.corpus import build, stage_params
+    faces, root = _faces(8), tmp_path / "raw"
+    for split, names in (("train", range(4, 8)), ("test", range(3))):
+        for i in names:
+            (root / split / "happy").mkdir(parents=True, exist_ok=True)
+            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
+    (root / "val" / "happy").mkdir(parents=True)
+    (root / "val" / "happy" / "same.jpg").write_bytes(_jpeg(faces[0]))          # test f0's bytes: align counts it
+    (root / "val" / "happy" / "c1.jpg").write_bytes(_jpeg(faces[1], 60))        # test f1 re-encoded
+    (root / "val" / "happy" / "f3.jpg").write_bytes(_jpeg(faces[3]))            # no copy
+    params = stage_params(tmp_path, backend="precropped")
+    params["shard"] = build(ShardParams, "shard", maxcount=4)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", "ferdata.stages.shard"):
+        report = _prepared(root, params, out)
+    assert json.loads((out / "aligned" / "report.json").read_text())["notes"]["duplicates"] == \
+        {"across_splits_val_test": 1}
+    assert report["notes"].get("near_copies_val_test") == {"val_happy_c1-jpg": "test/test_happy_f1-jpg"}
+    assert "1 val face(s) are near copies of test faces" in caplog.text
+    assert json.loads((out / "shards" / "val" / "_info.json").read_text())["num_samples"] == 3
