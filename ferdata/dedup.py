@@ -38,13 +38,16 @@ class Conflicts:
     keys: dict[str, list[str]] = field(default_factory=dict)         # one file listed again, otherwise labelled
     # face -> a val/test split keeping a copy of it, and that copy's key
     held_out: dict[tuple[bytes, tuple[str, ...]], tuple[str, str]] = field(default_factory=dict)
+    # copies of one face in one training (or unsplit) split -> the key kept: the smallest, whatever the rows' order
+    keepers: dict[Identity, str] = field(default_factory=dict)
 
 
 def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     """Faces given different labels by copies of one picture in one split, and files listed more
     than once (same key, same path) with different labels, each with those labels. A key repeated
     for another file is not a conflict: :class:`Deduplicator` keeps its first file."""
-    first: dict[Identity, int] = {}
+    first: dict[Identity, tuple[int, str]] = {}    # the face's first label, and the smallest key of its copies
+    copied: set[Identity] = set()                   # faces with copies under other keys
     listed: dict[str, tuple[str, int]] = {}
     faces: dict[Identity, set[int]] = {}
     keys: dict[str, set[int]] = {}
@@ -58,10 +61,14 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
         if again and again[1] != label:
             keys.setdefault(rec["key"], {again[1]}).add(label)
         ident = face_identity(row)
-        if first.setdefault(ident, label) != label:     # the picture carries this label too, whichever file says so
-            faces.setdefault(ident, {first[ident]}).add(label)
+        seen, keeper = first.setdefault(ident, (label, rec["key"]))
+        if seen != label:       # the picture carries this label too, whichever file says so
+            faces.setdefault(ident, {seen}).add(label)
         if again:
             continue
+        if rec["key"] != keeper:
+            copied.add(ident)
+            first[ident] = seen, min(keeper, rec["key"])
         listed[rec["key"]] = rec["path"], label
         if ident[2] in HELD_OUT:
             held_out.setdefault(ident, []).append(rec["key"])
@@ -69,7 +76,8 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     for ident, copies in held_out.items():
         if (key := next((key for key in copies if key not in keys), None)) is not None:
             kept.setdefault(ident[:2], (ident[2], key))
-    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept)
+    keepers = {i: first[i][1] for i in copied if i[2] not in HELD_OUT and first[i][1] not in keys}
+    return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept, keepers)
 
 
 def _dropped(rec: dict, reason: str, why: str) -> Dropped:
@@ -93,8 +101,9 @@ class Deduplicator:
     """Keys must be unique: a file listed again is dropped (``duplicate_key``), and every listing
     of it when the labels disagree (``conflicting_labels``). Copies of one picture + face in one
     split: all are dropped when their labels disagree (``conflicting_labels``: neither label can be
-    trusted), else the first is kept; in an official val or test split (the only ones align sees: the
-    shard stage carves the others later) every copy is kept, as published, and counted
+    trusted), else the one with the smallest key is kept, in any row order (the kept key decides a carved
+    split); in an official val or test split (the only ones align sees: the shard stage carves the others later)
+    every copy is kept, as published, and counted
     (``duplicates``: ``within_<split>``, ``conflicting_labels_in_<split>``), so a benchmark's test set is
     scored whole (FER2013's PrivateTest holds copies of one picture, some labelled otherwise).
     ``conflicts`` is :func:`conflicting_labels` of the same rows.
@@ -139,8 +148,9 @@ class Deduplicator:
                 self.report.count("duplicates", f"within_{split}")
                 yield row
                 continue
-            if split in seen:
-                yield _dropped(rec, "duplicate_image", f"same as {seen[split]}")
+            keeper = self.conflicts.keepers.get(ident)      # the smallest key: the rows' order does not choose
+            if split in seen or keeper not in (None, rec["key"]):
+                yield _dropped(rec, "duplicate_image", f"same as {keeper or seen[split]}")
                 continue
             for other in seen:          # each pair of splits once: a face in three is named alike in any row order
                 self.report.count("duplicates", across_splits(other, split))
