@@ -140,7 +140,9 @@ def check_landmarks(lmk: np.ndarray, kps: np.ndarray) -> None:
                                                    f"{MAX_MISFIT}): listed in mirrored or shuffled order?")
     if (gap := float(np.sqrt(((five - kps) ** 2).sum(1).mean())) / spread(kps)) > MAX_LANDMARK_GAP:
         raise BadGeometry("implausible_landmarks", f"the 68 landmarks lie {gap:.2f} keypoint spreads from the 5 "
-                                                   f"keypoints (> {MAX_LANDMARK_GAP}): they are another face's")
+                                                   f"keypoints (> {MAX_LANDMARK_GAP}): they are another face's, or the "
+                                                   "landmark model lost this one (dlib's points often miss a face "
+                                                   "rolled 60 degrees or more)")
     reach = np.sqrt(((lmk - kps.mean(0)) ** 2).sum(1)) / spread(kps)
     if reach.max() > MAX_LANDMARK_REACH:
         far = int(reach.argmax())
