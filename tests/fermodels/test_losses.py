@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ferdata.registry import UnknownNameError
 from fermodels.examples import example_batch
-from fermodels.losses import (LOSSES, TARGET_KINDS, cross_entropy, draw_targets, half_alignment, label_loss,
+from fermodels.losses import (TARGET_KINDS, cross_entropy, draw_targets, half_alignment, label_loss,
                               neutral_aware_anchor, soft_cross_entropy)
 from fermodels.registry import create_model
 
@@ -158,12 +157,6 @@ def test_half_alignment_equals_public_partition_loss() -> None:
     heads = F.log_softmax(torch.stack([left, right], dim=1), dim=1)
     public = 2 * heads.var(dim=1).mean()  # CMNet utils/loss.py PartitionLoss on Model_5's heads
     assert half_alignment(left, right).item() == pytest.approx(public.item(), rel=1e-5)
-
-
-def test_registry_names_and_unknown() -> None:
-    assert {"ce", "neaa", "half_alignment"} <= set(LOSSES.names())
-    with pytest.raises(UnknownNameError, match="neaa"):
-        LOSSES.get("center")
 
 
 def test_model_loss_weights() -> None:
