@@ -136,6 +136,31 @@ def _on_rank_0(fn: Callable[[], Any], env: DistEnv, share: bool = False) -> Any:
     return value if env.is_main else shared[0]
 
 
+class RankRefusal(RuntimeError, ValueError):
+    """Another rank's account of a rank's refusal of bad input (a ``ValueError``: one ``error:`` line)."""
+
+
+def on_every_rank(fn: Callable[[], Any], env: DistEnv) -> Any:
+    """``fn()`` on every rank (what each machine checks of its own, as its shards against the selection
+    file); when it raises on any rank, every rank stops: that rank with its error, the others with
+    :class:`RankRefusal` (``RuntimeError`` for a bug) naming it. Run in the process group: a rank that
+    failed before joining it left the ranks of the other machines waiting in its set-up for the
+    collective timeout (30 minutes with gloo), ending on a store timeout that named nothing."""
+    value, refusal = None, None
+    try:
+        value = fn()
+    except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
+        refusal = err
+    told = all_gather_objects(None if refusal is None else (f"{type(refusal).__name__}: {refusal}",
+                                                            is_user_error(refusal)), env)
+    if refusal is not None:
+        raise refusal
+    for rank, said in enumerate(told):
+        if said is not None:
+            raise (RankRefusal if said[1] else RuntimeError)(f"rank {rank} stopped before training: {said[0]}")
+    return value
+
+
 @contextmanager
 def _held_by_rank_0(ckpt_dir: str | Path, env: DistEnv) -> Iterator[None]:
     """Rank 0, which alone writes the checkpoints, holds their folder for the run

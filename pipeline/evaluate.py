@@ -5,6 +5,7 @@ scores that one instead (cross-dataset, through the canonical labels). The shard
 pinned in ``SELECTION`` (the `select` stage's ``evaluate.json``).
 """
 from ferdata.selection import PARAMS_ASK, read_selection, scored_splits, tested_on
+from fermodels.distributed import env_from_os
 from fermodels.evaluate import evaluate, evaluate_section
 from fermodels.runstate import load_checkpoint
 from pipeline._args import setup
@@ -12,6 +13,9 @@ from pipeline._args import setup
 
 def main() -> None:
     params, (ckpt, selection, out) = setup()
+    if (env := env_from_os()).distributed:      # no process group: each rank scored every face, wrote the same files
+        raise ValueError(f"the evaluate stage runs in one process, not under torchrun ({env.world_size} ranks would "
+                         f"each score every face and write {out} in turn): run `python -m pipeline.evaluate`")
     dataset, eval_params = evaluate_section(params)
     names = tested_on(dataset, load_checkpoint(ckpt)["datasets"])
     # evaluate.dataset null: the checkpoint's datasets, which a train.datasets changed since (and selected) are not

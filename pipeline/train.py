@@ -9,8 +9,9 @@ Under torchrun a rank's error goes into torchrun's failure summary (``record``),
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from ferdata.selection import SPLITS_READ, read_selection
+from fermodels.distributed import env_from_os, init_distributed, pick_device, shutdown
 from fermodels.runstate import preprocess_record
-from fermodels.train import train
+from fermodels.train import on_every_rank, train
 from fermodels.trainparams import train_section
 from pipeline._args import setup
 
@@ -18,8 +19,15 @@ from pipeline._args import setup
 @record
 def run(params: dict, selection: str, ckpt: str, live: str) -> None:
     train_params = train_section(params)
-    shards = read_selection(selection, train_params.datasets, SPLITS_READ)
-    train(shards, train_params, ckpt, live, preprocess_record(params))
+    env = env_from_os()
+    # in the process group before reading the selection: a machine whose shards differ from the pinned ones
+    # stops every rank with its reason, where the other machines' ranks waited for it until the timeout
+    created = init_distributed(pick_device(train_params.device, env), env)
+    try:
+        shards = on_every_rank(lambda: read_selection(selection, train_params.datasets, SPLITS_READ), env)
+        train(shards, train_params, ckpt, live, preprocess_record(params))
+    finally:
+        shutdown(created)
 
 
 if __name__ == "__main__":

@@ -1095,3 +1095,59 @@ def test_ddp_is_told_of_parameters_no_loss_reaches_though_their_module_runs(monk
     net = _Branchy(dead).train()
     ddp_wrap(net, DistEnv(0, 2, 0), torch.device("cpu"), 7, compile=False)
     assert told["unused"] is dead and net.training
+
+
+def _stage_worker(rank: int, world: int, port: int, base: str) -> None:
+    """pipeline/train.py's run() as torchrun starts it on two machines, each in its own folder."""
+    import yaml
+
+    from pipeline.train import run
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), FER_DIST_TIMEOUT_S="20")
+    torch.set_num_threads(1)
+    here = Path(base) / f"machine{rank}"
+    os.chdir(here)
+    params = yaml.safe_load((here / "params.yaml").read_text())
+    try:
+        run(params, "sel/train.json", "ckpt", "live")
+        outcome = "trained"
+    except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+        outcome = f"{type(err).__name__}{'' if is_user_error(err) else ' (a bug)'}: {err}"
+    (Path(base) / f"rank{rank}.txt").write_text(outcome)
+    os._exit(0)                 # not an exception: torch.multiprocessing would end the other rank at once
+
+
+def test_a_machine_whose_shards_differ_from_the_selection_stops_every_rank_with_its_reason(tiny_shards, tmp_path,
+                                                                                          monkeypatch):
+    """Two machines, one git checkout each (the same runs/select/train.json), machine 1's val shards
+    not those pinned (a stale `dvc pull`): machine 1 refused them before joining the process group
+    and exited, and machine 0's rank waited in the group's set-up for the collective timeout (30
+    minutes with gloo) and ended on "DistStoreError: wait timeout ... keys: /default_pg/..."."""
+    import shutil
+
+    import yaml
+
+    from ferdata.selection import SPLITS_READ, write_selection
+    from tests.fermodels.helpers import REPO, TINY_MODEL, copy_shards
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"].update(TINY_MODEL, datasets=["tiny"], epochs=1, batch_size=8, workers=0, device="cpu",
+                           shuffle_buffer=8)
+    for rank in (0, 1):
+        here = tmp_path / f"machine{rank}"
+        (here / "data" / "tiny").mkdir(parents=True)
+        (here / "params.yaml").write_text(yaml.safe_dump(params))
+        if rank == 0:
+            (here / "data" / "tiny" / "shards").symlink_to(tiny_shards)
+            monkeypatch.chdir(here)     # the selection names the shards relative to the checkout, as select does
+            write_selection(here / "sel" / "train.json", "data", ["tiny"], SPLITS_READ)
+        else:
+            copy_shards(tiny_shards, here / "data" / "tiny" / "shards",
+                        lambda info: info.update(stale=True) if info.get("split") == "val" else None)
+            shutil.copytree(tmp_path / "machine0" / "sel", here / "sel")
+    mp.start_processes(_stage_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    said = {rank: (tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
+    assert said[1].startswith("SelectionError: data/tiny/shards (val) changed since sel/train.json"), said
+    assert said[0].startswith("RankRefusal: rank 1 stopped before training: SelectionError: data/tiny/shards "
+                              "(val)"), said

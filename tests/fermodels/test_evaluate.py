@@ -749,3 +749,29 @@ def test_shards_written_before_label_map_was_recorded_are_read_in_the_canonical_
     new = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], replace(PARAMS, batch_check=False), tmp_path / "new")
     assert old["accuracy"] == new["accuracy"] and old["num_samples"] == new["num_samples"]
     train(shards, make_params(epochs=1), tmp_path / "ckpt", tmp_path / "live")
+
+
+def test_the_evaluate_stage_under_torchrun_is_refused_before_scoring(tiny_run, tmp_path, monkeypatch):
+    """`torchrun --nproc_per_node=2 -m pipeline.evaluate ...` joined no process group: every rank scored
+    every face (W times the work, on every GPU) and wrote the same metrics.json, confusion.json and png."""
+    import runpy
+
+    from ferdata.selection import write_selection
+
+    ckpt = tiny_run["ckpt"] / "best.pt"
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(dataset=None, workers=0, device="cpu", batch_check=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for name in load_checkpoint(ckpt)["datasets"]:
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "shards").symlink_to(tiny_run["shards"])
+    write_selection(tmp_path / "sel.json", tmp_path / "data", load_checkpoint(ckpt)["datasets"], ("test",))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(sys, "argv", ["pipeline.evaluate", str(ckpt), "sel.json", "eval"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(ValueError, match="the evaluate stage runs in one process, not under torchrun"):
+        runpy.run_module("pipeline.evaluate", run_name="__main__", alter_sys=True)
+    assert not (tmp_path / "eval").exists()
