@@ -28,7 +28,7 @@ from ferdata.atomic import atomic_open
 from ferdata.classes import class_names
 from ferdata.codeclosure import PACKAGES, ROOT, fingerprint
 from ferdata.errors import no_memory_for, out_of_memory
-from ferdata.layout import SAMPLE_SETTINGS
+from ferdata.layout import GREY, SAMPLE_SETTINGS
 from fermodels.checkpoints import FROM_CHECKPOINT, WEIGHT_FILE_KWARGS, WRAPPER_PREFIXES, failed_checksum
 from fermodels.ckptdir import BEST, LAST, saved_at
 from fermodels.livelog import logged_epochs
@@ -36,6 +36,9 @@ from fermodels.registry import create_model, model_kwargs
 
 log = logging.getLogger(__name__)
 FORMAT = "fermodels-checkpoint/2"
+# ``data`` keys training records only where they apply (fermodels/train.py's _data_record): a checkpoint
+# without one is another kind of run (colour faces, no weight file), not one from an earlier version.
+DATA_WHERE_THEY_APPLY = (GREY, "weights")
 CHECKPOINT_KEYS = ("model", "model_kwargs", "num_classes", "classes", "state_dict")   # what loading needs
 
 
@@ -326,7 +329,7 @@ def resume_state(ckpt_dir: str | Path, params: dict, data: dict, live_dir: str |
         differ += sorted("the training code (data.code)" if k == "code" else f"data.{k}"
                          for k in {*data, *state["data"]} if data.get(k) != state["data"].get(k))
         lacks = sorted(k for k in params if k not in saved)
-        lacks += sorted(f"data.{k}" for k in data if k not in state["data"])
+        lacks += sorted(f"data.{k}" for k in data if k not in state["data"] and k not in DATA_WHERE_THEY_APPLY)
         older = (f"; it is from an earlier version of this package, which did not record {', '.join(lacks)}"
                  if lacks else "")
         log.warning("%s is from another run (it differs in %s%s): starting over, replacing its checkpoints in %s and "

@@ -278,3 +278,14 @@ def test_a_damaged_best_pt_is_refused_not_trained_over(tmp_path, damage):
     with pytest.raises(ValueError, match=f"{BEST} (cannot be read|is damaged).*put back a good copy"):
         resume_state(tmp_path, PARAMS, DATA)
     assert (tmp_path / LAST).read_bytes() == last
+
+
+@pytest.mark.parametrize("key, value", [("grey_faces", True), ("weights", {"pretrained": "ab" * 32})])
+def test_a_key_recorded_only_where_it_applies_is_not_blamed_on_an_older_version(tmp_path, caplog, key, value):
+    """A colour run's checkpoint has no data.grey_faces (and one without pretrained weights no data.weights) by
+    design: a grey run after it differs from it, but the old checkpoint is not from an earlier version."""
+    save_last(str(tmp_path), PARAMS, DATA)
+    with caplog.at_level(logging.WARNING, "fermodels.runstate"):
+        assert resume_state(tmp_path, PARAMS, {**DATA, key: value}) is None
+    assert f"(it differs in data.{key}): starting over" in caplog.text
+    assert "earlier version" not in caplog.text
