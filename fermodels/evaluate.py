@@ -221,11 +221,13 @@ def _tell_dropped(split: Split, names: Sequence[str]) -> None:
     for d, name in zip(split.dirs, names):
         if lost := split.dropped.get(d):
             stages = Path(d).parent                     # <data>/<name>/shards: detect's and align's folders beside
+            lists = [stages / "detect", stages / "aligned"]
+            where = (", ".join(map(str, lists)) if any(p.is_dir() for p in lists) else   # only the shards pulled
+                     f"not on this machine: `dvc pull detect@{name} align@{name}` fetches them")
             log.warning("evaluate: %d of %s's official %s pictures were dropped in preparation (%s): the figures "
                         "are over the faces kept, not every picture the split lists; each is in the detect and "
-                        "align stages' dropped.jsonl (%s, %s)", sum(lost.values()), name, counted,
-                        ", ".join(f"{reason} {n}" for reason, n in lost.items()), stages / "detect",
-                        stages / "aligned")
+                        "align stages' dropped.jsonl (%s)", sum(lost.values()), name, counted,
+                        ", ".join(f"{reason} {n}" for reason, n in lost.items()), where)
 
 
 def _write_outputs(out: Path, metrics: dict, labels: np.ndarray, preds: np.ndarray, cm: np.ndarray,

@@ -58,3 +58,24 @@ def test_official_test_pictures_dropped_in_preparation_are_counted_and_evaluate_
     whole = evaluate(tiny_run["ckpt"] / "best.pt", tiny_run["shards"], _eval_params(), tmp_path / "eval2",
                      datasets=["tiny"])
     assert whole["dropped_in_preparation"] == {}           # a split that lost nothing
+
+
+def test_the_drop_warning_says_how_to_get_the_lists_where_only_the_shards_are_here(
+        tmp_path, tiny_run, caplog, one_thread):
+    """docs/sharing.md's machine B pulls only shard@<name>: the detect and align folders the warning names are
+    not there, so it says how to fetch them instead of naming folders that do not exist."""
+    import shutil
+
+    from fermodels.evaluate import evaluate
+    from tests.fermodels.test_grey_faces import _eval_params
+
+    with ferdata_quiet():
+        shards = build_shards(tmp_path / "lossy", edit=_losing_test_faces())
+    pulled = tmp_path / "b" / "data" / "lossy" / "shards"
+    shutil.copytree(shards, pulled)                      # machine B: `dvc pull shard@lossy`, nothing beside
+    with caplog.at_level("WARNING", logger="fermodels"):
+        evaluate(tiny_run["ckpt"] / "best.pt", pulled, _eval_params(), tmp_path / "eval", datasets=["lossy"])
+    said = [r.getMessage() for r in caplog.records if "dropped in preparation" in r.getMessage()]
+    assert len(said) == 1, said
+    assert str(pulled.parent / "detect") not in said[0]
+    assert "dvc pull detect@lossy align@lossy" in said[0]
