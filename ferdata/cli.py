@@ -380,8 +380,9 @@ def predict(
                                       "trained on grey faces only (FER2013, JAFFE), else colour."),
     keypoints: Optional[str] = typer.Option(
         None, help="Align each face by the face backend's 5 keypoints (detector) or by the eye centres, nose "
-                   "tip and mouth corners of its 68 landmarks (landmarks). Default: landmarks for a model trained "
-                   "on a dataset's own landmarks only (backend annotations), else detector."),
+                   "tip and mouth corners of its 68 landmarks (landmarks). Default: landmarks for a model most of "
+                   "whose faces placed by points were placed by a dataset's own landmarks (backend annotations), "
+                   "else detector."),
     allow_download: bool = typer.Option(
         False, "--allow-download", help="Let insightface / face_alignment fetch missing weights (needs network)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log debug messages."),
