@@ -25,7 +25,8 @@ import numpy as np
 
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
-from ferdata.dedup import NearCopies, face_identity, face_vector
+from ferdata.dedup import face_identity
+from ferdata.nearcopies import NearCopies, face_vector
 from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, GREY, HELD_OUT_DROPS, INFO, REPORT, output_digest,
                             report_inputs, report_notes, report_settings, require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
@@ -235,12 +236,12 @@ def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copi
 
 
 def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader) -> dict[str, str]:
-    """Training faces that are near copies of a val or test face (:class:`ferdata.dedup.NearCopies`):
+    """Training faces that are near copies of a val or test face (:class:`ferdata.nearcopies.NearCopies`):
     key -> "<split>/<key>" of the held-out face. The align stage compares files byte for byte; a copy
     re-encoded, resized, mirrored or cropped a little otherwise (its face found and aligned again), in
     one dataset's train and test (or in a carved split: one video's frames in a folder without subjects),
     was trained on and scored on, unnoticed. Most such copies are found, not all
-    (:func:`ferdata.dedup.face_vector`). A copy that is the same file (picture and face) is align's, counted there
+    (:func:`ferdata.nearcopies.face_vector`). A copy that is the same file (picture and face) is align's, counted there
     (``duplicates``) or dropped (``copy_of_held_out``): not named again, so both settings name the same faces."""
     return _near(by_split["train"], {split: by_split[split] for split in HELD_OUT}, aligned, read)
 

@@ -24,7 +24,7 @@ def _jpeg(img, quality: int = 95) -> bytes:
 
 def test_near_copies_of_a_face_are_found_mirrored_too_and_other_faces_are_not():
     import cv2
-    from ferdata.dedup import NearCopies, face_vector
+    from ferdata.nearcopies import NearCopies, face_vector
     faces = _faces(40)
     held = NearCopies()
     for i, f in enumerate(faces[:20]):
@@ -144,7 +144,7 @@ def test_find_many_names_the_first_held_face_at_near_similarity_as_comparing_eve
     every pair with :func:`similarity` finds: faces just at NEAR_SIMILARITY found, just below not, a face
     like two held faces named by the first added, its mirror image compared where the face is like none,
     and a flat face like nothing (a blank crop, its correlation undefined)."""
-    from ferdata.dedup import NEAR_SIMILARITY, NearCopies, similarity
+    from ferdata.nearcopies import NEAR_SIMILARITY, NearCopies, similarity
     rng = np.random.default_rng(7)
     held_vectors = rng.integers(0, 256, (600, 256), dtype=np.uint8)
     held_vectors[10] = held_vectors[5]                  # two held faces alike: the first added is named
@@ -178,7 +178,7 @@ def test_find_many_memory_stays_bounded_when_many_held_faces_share_a_hash():
     similarities are computed a slice of probes at a time (~16 MB), and a probe's candidates are checked
     only until one is near."""
     import tracemalloc
-    from ferdata.dedup import NearCopies
+    from ferdata.nearcopies import NearCopies
     rng = np.random.default_rng(0)
     h = rng.integers(0, 256, 256, dtype=np.uint8)
     held = NearCopies()
@@ -238,7 +238,7 @@ def test_a_probe_is_compared_with_alike_held_faces_only_up_to_the_first_near_one
     frame. Each probe's candidates were all compared at once (100k held faces: 100 MB, ~50 ms a probe; 80k
     probes: over an hour, where the first candidate is near); now a slice at a time, up to the first near one."""
     import tracemalloc
-    from ferdata.dedup import NearCopies
+    from ferdata.nearcopies import NearCopies
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, 256, dtype=np.uint8)
     held = NearCopies()
@@ -260,7 +260,7 @@ def test_low_contrast_faces_lit_from_one_side_are_not_near_copies_of_other_peopl
     light alone (an audit: 6 of 4,950 pairs of different people; here 3 of 50 named; 95 of 350 training faces dropped
     under drop_train where the ramp was stronger); a re-encoded copy of such a face is still found."""
     import cv2
-    from ferdata.dedup import NearCopies, face_vector
+    from ferdata.nearcopies import NearCopies, face_vector
     xx = np.mgrid[0:48, 0:48][1].astype(np.float32)
     lit = []
     for f in _faces(100):

@@ -8,7 +8,7 @@ from tests.ferdata.test_near_copies import _faces, _jpeg, _moved
 def test_precropped_copies_moved_a_pixel_or_more_are_mostly_missed_as_the_readme_says():
     """100 LFW faces at 48 px, upscaled to the aligned 112, against copies shifted or scaled at 48 px."""
     import cv2
-    from ferdata.dedup import face_vector, is_near
+    from ferdata.nearcopies import face_vector, is_near
     faces = [cv2.resize(f[..., 0], (48, 48), interpolation=cv2.INTER_AREA) for f in _faces(100)]
 
     def vector(img):
