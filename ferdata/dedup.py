@@ -39,7 +39,8 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     """Faces given different labels by copies of one picture in one split, and files listed more
     than once (same key, same path) with different labels, each with those labels. A key repeated
     for another file is not a conflict: :class:`Deduplicator` keeps its first file."""
-    first: dict[Identity, tuple[int, str]] = {}    # the face's first label, and the smallest key of its copies
+    first: dict[Identity, int] = {}                 # the face's first label
+    smallest: dict[Identity, str] = {}              # the smallest key of its copies (first listings only)
     copied: set[Identity] = set()                   # faces with copies under other keys
     listed: dict[str, tuple[str, int]] = {}
     faces: dict[Identity, set[int]] = {}
@@ -54,14 +55,13 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
         if again and again[1] != label:
             keys.setdefault(rec["key"], {again[1]}).add(label)
         ident = face_identity(row)
-        seen, keeper = first.setdefault(ident, (label, rec["key"]))
-        if seen != label:       # the picture carries this label too, whichever file says so
-            faces.setdefault(ident, {seen}).add(label)
+        if first.setdefault(ident, label) != label:     # the picture carries this label too, whichever file says so
+            faces.setdefault(ident, {first[ident]}).add(label)
         if again:
-            continue
-        if rec["key"] != keeper:
+            continue        # a listing Deduplicator drops (duplicate_key): its key keeps no face
+        if (keeper := smallest.setdefault(ident, rec["key"])) != rec["key"]:
             copied.add(ident)
-            first[ident] = seen, min(keeper, rec["key"])
+            smallest[ident] = min(keeper, rec["key"])
         listed[rec["key"]] = rec["path"], label
         if ident[2] in HELD_OUT:
             held_out.setdefault(ident, []).append(rec["key"])
@@ -69,7 +69,7 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     for ident, copies in held_out.items():
         if (key := next((key for key in copies if key not in keys), None)) is not None:
             kept.setdefault(ident[:2], (ident[2], key))
-    keepers = {i: first[i][1] for i in copied if i[2] not in HELD_OUT and first[i][1] not in keys}
+    keepers = {i: smallest[i] for i in copied if i[2] not in HELD_OUT and smallest[i] not in keys}
     return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept, keepers)
 
 
@@ -111,6 +111,7 @@ class Deduplicator:
         self.drop_train_copies = drop_train_copies
         self.keys: set[str] = set()
         self.faces: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
+        self.trained_held: list[str] = []      # "train/<key> is <split>/<key>": a val/test face kept in train too
 
     def __call__(self, rows: Iterable[dict]) -> Iterator[dict | Dropped]:
         for row in rows:
@@ -147,5 +148,9 @@ class Deduplicator:
                 continue
             for other in seen:          # each pair of splits once: a face in three is named alike in any row order
                 self.report.count("duplicates", across_splits(other, split))
+                if "train" in (split, other) and {split, other} & set(HELD_OUT):
+                    mine, theirs = (rec["key"], f"{other}/{seen[other]}") if split == "train" else \
+                        (seen["train"], f"{split}/{rec['key']}")
+                    self.trained_held.append(f"train/{mine} is {theirs}")
             seen[split] = rec["key"]
             yield row

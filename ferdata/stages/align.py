@@ -180,8 +180,8 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     # Two reads of the table: whether a first copy stays depends on copies later in it, and the
     # rows are streamed, never held (the first read keeps one small entry per picture and face).
     listed: dict[str, list[str]] = {}
-    rows = Deduplicator(report, conflicting_labels(read_faces(detect_dir)),
-                        params.cross_split_copies == "drop_train")(_noting_members(read_faces(detect_dir), listed))
+    dedup = Deduplicator(report, conflicting_labels(read_faces(detect_dir)), params.cross_split_copies == "drop_train")
+    rows = dedup(_noting_members(read_faces(detect_dir), listed))
     with staged_dir(out_dir, OWNED) as out:
         with (TarShardWriter(out, PREFIX, params.chunk_size) as writer,     # closing: a failure stops the workers
               closing(parallel_map(AlignWorker(params, detected.get("grey") is True), rows, params.workers,
@@ -222,6 +222,10 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
     if kept := {k: n for k, n in report.notes.get("duplicates", {}).items() if not k.startswith("across_")}:
         log.warning("align: copies of one picture and face in an official val/test split were kept, as the dataset "
                     "publishes them (scored once per copy): %s", kept)
+    if trained := dedup.trained_held:     # the shard stage's near copies leave these out: named here
+        log.warning("align: %d training face(s) are the same picture and face as a val/test face, kept "
+                    "(align.cross_split_copies keep; drop_train drops them), so the model trains on faces it is scored "
+                    "on: %s%s", len(trained), "; ".join(trained[:5]), " ..." if len(trained) > 5 else "")
     if report.kept and MOSTLY_GREY * report.kept <= grey < report.kept:
         log.warning("align: %d of the %d faces are grey (R = G = B) and %d in colour: the dataset is recorded as "
                     "colour (no grey_faces), so a model trained on it scores new faces in colour; to train and serve "

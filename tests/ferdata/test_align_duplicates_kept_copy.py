@@ -20,3 +20,17 @@ def test_the_copy_kept_in_a_training_split_is_the_same_in_any_row_order():
                         (("b", "duplicate_image: b.jpg: same as a"), ("c", "duplicate_image: c.jpg: same as a"),
                          ("z", "duplicate_image: z.jpg: same as y")),
                         (("across_splits_train_test", 1),))}
+
+
+def test_a_face_only_a_repeated_listing_names_keeps_its_other_copy():
+    """A file listed twice under one key (an AffectNet CSV row per face: two faces of one image) whose second
+    listing is a face copied under another key: that listing is dropped (duplicate_key), so its key must not be
+    the copy kept, or the face loses every copy (the first row's rule kept "m")."""
+    other = (200.0, 10.0, 290.0, 90.0)
+    rows = [row("b", 1, "train", path="x.jpg"), row("b", 1, "train", box=other, path="x.jpg"),
+            row("m", 1, "train", box=other, path="y.jpg")]
+    for order in itertools.permutations(rows):
+        kept, drops, _ = dedup(list(order))
+        first_b = next(r for r in order if r["record"]["key"] == "b")
+        # b's first listing keeps its face (the other listing: duplicate_key); the face copied as m keeps a copy
+        assert sorted(kept) == (["b"] if first_b["face"]["box"] == list(other) else ["b", "m"]), drops

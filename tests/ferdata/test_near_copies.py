@@ -323,3 +323,25 @@ def test_a_val_face_that_is_a_near_copy_of_a_test_face_is_named(tmp_path, caplog
     assert report["notes"].get("near_copies_val_test") == {"val_happy_c1-jpg": "test/test_happy_f1-jpg"}
     assert "1 val face(s) are near copies of test faces" in caplog.text
     assert json.loads((out / "shards" / "val" / "_info.json").read_text())["num_samples"] == 3
+
+
+def test_a_training_copy_of_a_test_file_kept_is_still_warned_of_and_named(tmp_path, caplog):
+    """Under keep (the default) the shard stage no longer lists a training face that is the same file as a test
+    face (align's): align must name it then, or a dataset whose only leak is exact copies is warned of nowhere."""
+    from ferdata.stages.align import AlignParams
+    from ferdata.stages.shard import ShardParams
+    from tests.reliability.corpus import build, stage_params
+    faces, root = _faces(8), tmp_path / "raw"
+    for split, names in (("train", range(4, 8)), ("test", range(4))):
+        for i in names:
+            (root / split / "happy").mkdir(parents=True, exist_ok=True)
+            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
+    (root / "train" / "happy" / "same.jpg").write_bytes(_jpeg(faces[0]))          # test f0's bytes
+    params = stage_params(tmp_path, backend="precropped")
+    params["align"] = build(AlignParams, "align", workers=1, chunk_size=4, cross_split_copies="keep")
+    params["shard"] = build(ShardParams, "shard", maxcount=4, val_fraction=0.0)
+    with caplog.at_level("WARNING", "ferdata"):
+        _prepared(root, params, tmp_path / "out")
+    told = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "train_happy_same-jpg" in
+            r.getMessage()]
+    assert len(told) == 1 and "test/test_happy_f0-jpg" in told[0], caplog.text

@@ -218,8 +218,8 @@ def standard_cases() -> list[Case]:
         # geometry problems: reasons recorded by the align stage
         Case("landmarks_degenerate", jpeg_of(41), "align", "bad_landmarks", landmarks=";".join(["50"] * 136)),
         Case("landmarks_off_image", jpeg_of(42), "align", "face_outside_image", landmarks=lmk_text(far)),
-        # duplicates: one copy (the smallest key) stays within a training split; an official test split and copies across
-        # official splits keep every copy
+        # duplicates: one copy (the smallest key) stays within a training split; an official test split and copies
+        # across official splits keep every copy
         Case("dup_of_good_1", jpeg_of(1), "align", "duplicate_image"),
         Case("dup_of_good_2_in_test", jpeg_of(2), split="test", reason="across_splits_train_test"),
         Case("dup_of_good_2_in_test_again", jpeg_of(2), split="test", reason="within_test"),
