@@ -114,9 +114,10 @@ class RAFDBReader(DatasetReader):
         fields = line.split()
         stem = Path(fields[0]).stem
         key = make_key(stem)
-        if len(fields) != 2:
-            return Dropped(self.name, key, "malformed_row", f"{where}: {len(fields)} fields")
         split = stem.split("_", 1)[0]
+        if len(fields) != 2:                    # its name still tells its split: a test row's loss is counted
+            return Dropped(self.name, key, "malformed_row", f"{where}: {len(fields)} fields",
+                           split=split if split in ("train", "test") else "")
         if split not in ("train", "test"):
             return Dropped(self.name, key, "bad_split", f"{where}: name {fields[0]!r} lacks train_/test_")
         try:

@@ -72,3 +72,13 @@ def test_detect_counts_a_missing_test_picture_but_not_a_class_the_protocol_leave
     assert {(d["reason"], d["split"]) for d in lines} == {("missing_image", "test"), ("missing_image", "train"),
                                                           ("label_contempt_excluded", "test"),
                                                           ("label_contempt_excluded", "train")}
+
+
+def test_a_rafdb_test_row_without_its_label_carries_its_split(tmp_path):
+    """A damaged row (a test picture's line cut after its name) is a read loss whose split the name tells."""
+    root = make_rafdb(tmp_path / "raw")
+    labels = root / "EmoLabel" / "list_patition_label.txt"
+    labels.write_text(labels.read_text().replace("test_0002.jpg 2", "test_0002.jpg"))
+    _, _, drops = read_all("rafdb", root)
+    (cut,) = [d for d in drops if d.key == "test_0002"]
+    assert (cut.reason, cut.split) == ("malformed_row", "test") and cut.reason in READ_LOSSES
