@@ -30,7 +30,7 @@ from ferdata.stages.detect_work import DETECTOR_FAILED
 from fermodels.predictions import NAME_MAX, Results, partial_path, written_as_scored
 from fermodels.predictor import DetectorFailed, FaceSample, Picture, Predictor
 from fermodels.runstate import checkpoint_file
-from fermodels.videofile import missing_bytes
+from fermodels.videofile import missing_bytes, unindexed_mp4
 
 log = logging.getLogger(__name__)
 # a folder's GIFs are scored as a GIF named is (its first picture, with a warning); dataset readers leave GIFs out
@@ -91,11 +91,15 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
         except OSError:                 # no link could be made for a name OpenCV cannot take
             cap = None
         if cap is None or not cap.isOpened():
-            if missing := missing_bytes(path):     # an MP4 whose recording stopped before its index (moov) was written
+            missing, unindexed = missing_bytes(path), unindexed_mp4(path)
+            if missing:                             # a copy stopped before the index (moov) at the end
                 log.warning("%s: its container lists %d bytes more than the file holds (a file cut short?) and no "
                             "frame of it could be read (an MP4/MOV is indexed at its end: a recording that was cut "
                             "off, or a copy stopped part way)", shown(path), missing)
-            yield 0, None, "video_cut_short" if missing else "unreadable_video"
+            elif unindexed:                         # a recording stopped before it wrote its index
+                log.warning("%s: its media has no index (moov), which an MP4/MOV writes at its end: a recording "
+                            "that was cut off, no frame of it readable", shown(path))
+            yield 0, None, "video_cut_short" if missing or unindexed else "unreadable_video"
             return
         index = 0
         aspect = pixel_aspect(cap)      # its pixels' width / height: 1, or a camcorder's or DVD's non-square ones

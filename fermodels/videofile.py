@@ -38,6 +38,30 @@ def _declared_end(f: BinaryIO) -> int:
     return _segment_end(f) if head[:4] == EBML else 0
 
 
+def unindexed_mp4(path: Path) -> bool:
+    """Whether ``path`` is an MP4/MOV whose top-level boxes hold its media (``mdat``) and no index (``moov``): a
+    recording stopped before writing the index it writes last, its ``mdat`` size still the placeholder 0 ("to the
+    end of the file", as ffmpeg and OpenCV write it), so :func:`missing_bytes` finds nothing missing."""
+    kinds: set[bytes] = set()
+    try:
+        with open(path, "rb") as f:
+            size, at = f.seek(0, 2), 0
+            while at + 8 <= size:
+                f.seek(at)
+                head = f.read(16)
+                n, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if (at == 0 and kind not in MP4_BOXES) or not all(32 < c < 127 for c in kind):
+                    break
+                kinds.add(kind)
+                n = int.from_bytes(head[8:16], "big") if n == 1 and len(head) == 16 else n
+                if n < 8:               # 0: to the end of the file (a placeholder), or no box at all
+                    break
+                at += n
+    except OSError:
+        return False
+    return b"mdat" in kinds and b"moov" not in kinds
+
+
 def _chunks_end(f: BinaryIO, size: int, little: bool) -> int:
     """Where the last of the file's top-level RIFF chunks (little-endian sizes, padded to even) or MP4 boxes
     (big-endian; 1: a 64-bit size follows, 0: to the end of the file) ends; the walk stops at bytes that are

@@ -92,3 +92,22 @@ def test_an_mp4_box_whose_64_bit_size_is_zero_or_cut_off_ends_the_walk(tmp_path,
                           timeout=30)         # in a process of its own: the hang is ended by the timeout
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == missing
+
+
+def test_an_mp4_recording_stopped_before_its_index_is_a_video_cut_short(tmp_path, caplog):
+    """A recorder killed part way (OpenCV's, ffmpeg's writer) leaves its media box's size the placeholder 0 and no
+    moov: nothing lies past the file's end to find, so it was `unreadable_video`, as an unknown format is."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", (
+        "import os, cv2, numpy as np\n"
+        f"w = cv2.VideoWriter({str(tmp_path / 'rec.mp4')!r}, cv2.VideoWriter_fourcc(*'mp4v'), 25, (64, 48))\n"
+        "for i in range(120):\n"
+        "    w.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))\n"
+        "os._exit(0)\n")], check=True)
+    with caplog.at_level(logging.WARNING):
+        assert [why for _, _, why in iter_frames(tmp_path / "rec.mp4", 10)] == ["video_cut_short"]
+    assert "no index (moov)" in caplog.text
+    (tmp_path / "other.mp4").write_bytes(b"not a video at all")
+    assert [why for _, _, why in iter_frames(tmp_path / "other.mp4", 10)] == ["unreadable_video"]
