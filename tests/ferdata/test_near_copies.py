@@ -274,6 +274,19 @@ def test_low_contrast_faces_lit_from_one_side_are_not_near_copies_of_other_peopl
     assert held.find_many([face_vector(_jpeg(f, 60)) for f in lit[:5]]) == [f"test/{i}" for i in range(5)]
 
 
+def _happy_folder(root, faces, splits: dict[str, range], copies: dict[str, bytes]) -> None:
+    """A folder dataset of ``faces`` (each split's indices as ``<split>/happy/f<i>.jpg``) plus ``copies``
+    (``<split>/<name>`` -> bytes, in the split's happy folder)."""
+    for split, names in splits.items():
+        (root / split / "happy").mkdir(parents=True, exist_ok=True)
+        for i in names:
+            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
+    for where, data in copies.items():
+        split, name = where.split("/")
+        (root / split / "happy").mkdir(parents=True, exist_ok=True)
+        (root / split / "happy" / name).write_bytes(data)
+
+
 @pytest.mark.parametrize("copies", ["keep", "drop_train"])
 def test_a_training_copy_that_is_the_same_file_is_not_listed_again_as_a_near_copy(tmp_path, copies):
     """align counts a training copy of a test file (``duplicates``: across_splits_train_test) or drops it
@@ -283,12 +296,8 @@ def test_a_training_copy_that_is_the_same_file_is_not_listed_again_as_a_near_cop
     from ferdata.stages.shard import ShardParams
     from tests.reliability.corpus import build, stage_params
     faces, root = _faces(12), tmp_path / "raw"
-    for split, names in (("train", range(4, 12)), ("test", range(4))):
-        for i in names:
-            (root / split / "happy").mkdir(parents=True, exist_ok=True)
-            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
-    (root / "train" / "happy" / "same.jpg").write_bytes(_jpeg(faces[0]))          # test f0's bytes
-    (root / "train" / "happy" / "c1.jpg").write_bytes(_jpeg(faces[1], 60))        # test f1 re-encoded
+    _happy_folder(root, faces, {"train": range(4, 12), "test": range(4)},
+                  {"train/same.jpg": _jpeg(faces[0]), "train/c1.jpg": _jpeg(faces[1], 60)})  # f0's bytes, f1 at q60
     params = stage_params(tmp_path, backend="precropped")
     params["align"] = build(AlignParams, "align", workers=1, chunk_size=4, cross_split_copies=copies)
     params["shard"] = build(ShardParams, "shard", maxcount=4, val_fraction=0.0)
@@ -305,14 +314,9 @@ def test_a_val_face_that_is_a_near_copy_of_a_test_face_is_named(tmp_path, caplog
     from ferdata.stages.shard import ShardParams
     from tests.reliability.corpus import build, stage_params
     faces, root = _faces(8), tmp_path / "raw"
-    for split, names in (("train", range(4, 8)), ("test", range(3))):
-        for i in names:
-            (root / split / "happy").mkdir(parents=True, exist_ok=True)
-            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
-    (root / "val" / "happy").mkdir(parents=True)
-    (root / "val" / "happy" / "same.jpg").write_bytes(_jpeg(faces[0]))          # test f0's bytes: align counts it
-    (root / "val" / "happy" / "c1.jpg").write_bytes(_jpeg(faces[1], 60))        # test f1 re-encoded
-    (root / "val" / "happy" / "f3.jpg").write_bytes(_jpeg(faces[3]))            # no copy
+    _happy_folder(root, faces, {"train": range(4, 8), "test": range(3)},       # val: test f0's bytes (align counts
+                  {"val/same.jpg": _jpeg(faces[0]), "val/c1.jpg": _jpeg(faces[1], 60),  # it), f1 re-encoded, no copy
+                   "val/f3.jpg": _jpeg(faces[3])})
     params = stage_params(tmp_path, backend="precropped")
     params["shard"] = build(ShardParams, "shard", maxcount=4)
     out = tmp_path / "out"
@@ -332,11 +336,7 @@ def test_a_training_copy_of_a_test_file_kept_is_still_warned_of_and_named(tmp_pa
     from ferdata.stages.shard import ShardParams
     from tests.reliability.corpus import build, stage_params
     faces, root = _faces(8), tmp_path / "raw"
-    for split, names in (("train", range(4, 8)), ("test", range(4))):
-        for i in names:
-            (root / split / "happy").mkdir(parents=True, exist_ok=True)
-            (root / split / "happy" / f"f{i}.jpg").write_bytes(_jpeg(faces[i]))
-    (root / "train" / "happy" / "same.jpg").write_bytes(_jpeg(faces[0]))          # test f0's bytes
+    _happy_folder(root, faces, {"train": range(4, 8), "test": range(4)}, {"train/same.jpg": _jpeg(faces[0])})
     params = stage_params(tmp_path, backend="precropped")
     params["align"] = build(AlignParams, "align", workers=1, chunk_size=4, cross_split_copies="keep")
     params["shard"] = build(ShardParams, "shard", maxcount=4, val_fraction=0.0)
