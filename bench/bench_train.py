@@ -6,7 +6,8 @@ the shard loader's samples/s alone, so it is clear whether the loader could feed
   (forward, named losses, backward, optimiser) - timed after warm-up steps.
 * **loader**: ``stream_loader`` over synthetic shards in the real format (JPEG q95 faces from
   scikit-image's astronaut with jitter, halves, heatmap, landmarks), decoding exactly the fields of
-  each input configuration, with ``--workers`` processes: one epoch, first batch excluded.
+  each input configuration, with ``--workers`` processes, batches at the side they travel at to the
+  row's device (a 224 px model's resized in the workers for the CPU): one epoch, first batch excluded.
 
 * **fed**: the same step fed by the real loader (``--workers`` processes) for ``--fed-steps``
   steps, timing how long the loop waits in ``next(loader)`` (the trainer logs the same as
@@ -132,11 +133,12 @@ def make_shards(folder: Path, n: int, per_shard: int) -> Path:
 
 
 def loader_rate(shards: Path, fields: tuple[str, ...], size: int, batch: int, workers: int,
-                buffer: int = BUFFER) -> float:
-    """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded)."""
+                buffer: int = BUFFER, device: torch.device = torch.device("cuda")) -> float:
+    """Samples/s of one epoch of the training loader (first batch, i.e. worker start-up, excluded),
+    its batches at the side they travel at to ``device`` (on the CPU the workers resize to ``size``)."""
     split = open_split([shards], "train")
     plans = epoch_plans(split.shards, split.num_samples, batch, workers, buffer)
-    decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), torch.device("cuda")))  # to a GPU
+    decoder = SampleDecoder(fields, size, wire=travel_side(size, stored_side(split), device))
     loader = stream_loader(plans, decoder, workers=workers, shuffle_buffer=buffer, seed=0, repeat=None)
     it = iter(loader)
     next(it)
@@ -405,12 +407,16 @@ def measure(args: argparse.Namespace) -> dict:
             for name in names:
                 kwargs = QUICK_KWARGS.get(name, {}) if args.quick else {}
                 card = create_model(name, **kwargs).card
-                key = f"{'+'.join(card.fields)}@{card.input_size}"
-                if key not in results["loader"]:
-                    results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers,
-                                                         buffer)
                 for dev in devices:
                     cuda = dev.type == "cuda"
+                    # the loader as the trainer runs it for this device: on the CPU a 224 px model's
+                    # batches are resized in the workers, on a GPU they travel at the stored side
+                    side = travel_side(card.input_size, STORED, dev) or card.input_size
+                    key = f"{'+'.join(card.fields)}@{card.input_size}" + (
+                        "" if side == STORED else f", resized to {side} in the workers")
+                    if key not in results["loader"]:
+                        results["loader"][key] = loader_rate(shards, card.fields, card.input_size, 32, args.workers,
+                                                             buffer, dev)
                     bs = args.gpu_batch_size if cuda else batch
                     fed_steps = args.fed_steps or (2 if args.quick else 50 if cuda else 4)
                     for cfg in (c for c in (CUDA_CONFIGS if cuda else cpu_configs) if c.compile == compiled):

@@ -18,17 +18,35 @@ def test_quick_benchmark_prints_ratios_last(capsys):
     out = capsys.readouterr().out
     tail = out[out.index("\nratios (loader alone / train step"):]
     assert set(results["train"]) >= {"resnet18_112/cpu/fp32+cl", "convcut/cpu/fp32+cl"}
-    assert set(results["loader"]) == {"image@112", "image@224"}
+    assert set(results["loader"]) == {"image@112", "image@224, resized to 224 in the workers"}     # CPU rows
     assert set(results["fed"]) == set(results["wait"]) == set(results["train"])
     assert all(0 <= w < 1 for w in results["wait"].values())
     assert all(v > 0 for part in ("train", "fed", "loader", "ratio") for v in results[part].values())
-    loader_of = {"resnet18_112": "image@112", "convcut": "image@224"}
+    loader_of = {"resnet18_112": "image@112", "convcut": "image@224, resized to 224 in the workers"}
     for tag, rate in results["train"].items():
         assert math.isclose(results["ratio"][tag], results["loader"][loader_of[tag.split("/")[0]]] / rate)
         line = re.search(rf"^  {re.escape(tag)}\s+(\d+\.\d\d)x   waiting\s+(\d+\.\d)%$", tail, flags=re.M)
         assert line, (tag, tail)
         assert float(line[1]) == round(results["ratio"][tag], 2)
         assert float(line[2]) == round(100 * results["wait"][tag], 1)
+
+
+def test_the_loader_alone_is_the_loader_the_step_is_fed_by(monkeypatch):
+    """Bug guarded: the "loader alone" rate (the ratio's numerator) always decoded as for a GPU, 112 px
+    batches scaled on the device, also for CPU rows, where the trainer's workers resize a 224 px
+    model's batches themselves (2.3x slower on this VM): loader / step overstated the loader's margin."""
+    bench = load_bench("bench_train")
+    sides = []
+    real = bench.stream_loader
+
+    def spy(plans, decoder, **kw):
+        sides.append(decoder.side)
+        return real(plans, decoder, **kw)
+
+    monkeypatch.setattr(bench, "stream_loader", spy)
+    results = bench.main(["--quick", "--threads", "1", "--devices", "cpu", "--models", "convcut"])
+    assert len(sides) == 2 and set(sides) == {224}, sides           # loader alone, then the fed step
+    assert list(results["loader"]) == ["image@224, resized to 224 in the workers"]
 
 
 @pytest.mark.slow
