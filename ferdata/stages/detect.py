@@ -25,11 +25,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from ferdata.atomic import atomic_open, staged_dir
 from ferdata.cache import Detection, DetectionCache, face_to_dict
 from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, signed_options
+from ferdata.geometry import five_from_68, spread
 from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, counted_by_split
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
@@ -104,6 +107,8 @@ class _Table:
         self.stored = 0                               # detections put into the cache by this run
         self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
         self.held_out: dict[str, Counter[str]] = {}  # official val/test split -> reason -> its records dropped here
+        self.framed_small: list[tuple[str, float]] = []  # (key, scale) of the first faces that look like frames
+        self.frames = 0                               # ... and how many (MIN_CROP_SCALE)
 
     def warn_cached_elsewhere(self) -> None:
         """Say so when images were detected again that the cache holds under other signatures:
@@ -174,6 +179,10 @@ class _Table:
                                f"{tuple(round(v) for v in rec.box)}, under {MIN_BOXED_SHARE:.0%} of the {det.shape[1]}x"
                                f"{det.shape[0]} picture the {self.backend.name} backend takes as the face; use a "
                                "backend that finds faces (embedded, auto)")
+        if whole and rec.box is None and (scale := _landmark_scale(rec, det.faces[0].kps5)) < MIN_CROP_SCALE:
+            self.frames += 1                # kept: the scale is measured on CK+ only (a warning says so)
+            if len(self.framed_small) < 5:
+                self.framed_small.append((rec.key, scale))
         if (box := rec.annotated_box()) is None:
             face = select_face(list(det.faces), det.shape, self.params.select)
         elif (face := face_in_box(det.faces, box)) is None:      # another face, or none where it says
@@ -191,8 +200,26 @@ class _Table:
 # A picture a whole-image backend (precropped) takes as the face is no face crop where the dataset's own box for
 # the face covers less of it than this (ExpW's photos: a face boxed at the centre was kept whole, the photo trained
 # on; one boxed elsewhere was a no_face_in_box drop, told as boxes that missed); a crop with a margin keeps its box
-# well above it. Faces marked by landmarks alone (CK+'s frames) are not judged: points span less than a face does
+# well above it. Faces marked by landmarks alone (CK+'s frames) are not judged by it (points span less than a face
+# does), but by MIN_CROP_SCALE, with a warning
 MIN_BOXED_SHARE = 0.25
+
+
+# Faces marked by 68 landmarks alone, taken whole by a whole-image backend: the spread of the landmarks' five
+# points (eye centres, nose tip, mouth corners) over that of the template the backend scales to the picture. A
+# template crop is 1 (one with half a face of margin, align.padding 0.5: 0.67); CK+'s 640x490 frames, their face
+# half the frame's height: 0.55, squashed whole into the crop. Below this a warning names them (none is dropped:
+# no real dataset of crops with 68 landmarks was measured against it).
+MIN_CROP_SCALE = 0.6
+
+
+def _landmark_scale(rec: FaceRecord, kps5: Any) -> float:
+    """How large the face the record's 68 landmarks place is against ``kps5``, the template keypoints a whole-image
+    backend puts on the picture (1: as a crop frames it); 1 where the record has no 68 finite landmarks."""
+    lmk = None if rec.landmarks is None else np.asarray(rec.landmarks, np.float64)
+    if lmk is None or lmk.shape != (68, 2) or not np.isfinite(lmk).all():
+        return 1.0
+    return spread(five_from_68(lmk)) / max(spread(np.asarray(kps5, np.float64)), 1e-9)
 
 
 def _share(box: tuple[float, float, float, float], face: tuple[float, float, float, float]) -> float:
@@ -310,6 +337,12 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
                     "the precropped backend: `ferdata prepare <name> --backend precropped`, or "
                     "datasets.<name>.detect: {backend: precropped} in params.yaml", params.backend, faceless,
                     faceless + report.kept, Path(out_dir) / DROPS)
+    if table.frames:
+        log.warning("detect: %d face(s) marked by 68 landmarks alone fill under %.2f of the %s backend's crop (e.g. "
+                    "%s): these pictures look like whole frames (CK+'s 640x490), not face crops, and each is taken "
+                    "whole, its face squashed small into the crop; use a backend that finds faces (embedded, auto) "
+                    "or annotations", table.frames, MIN_CROP_SCALE, params.backend,
+                    ", ".join(f"{key} {scale:.3f}" for key, scale in table.framed_small))
     if (missed := table.marked["missed"]) > max(10, table.marked["found"]):
         log.warning("detect: %d of the %d faces the dataset marks were found nowhere near its boxes or landmarks "
                     "(dropped as no_face_in_box, see %s): are they in these images' pixels, or was the dataset "
