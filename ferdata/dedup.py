@@ -40,8 +40,8 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     than once (same key, same path) with different labels, each with those labels. A key repeated
     for another file is not a conflict: :class:`Deduplicator` keeps its first file."""
     first: dict[Identity, int] = {}                 # the face's first label
-    smallest: dict[Identity, str] = {}              # the smallest key of its copies (first listings only)
-    copied: set[Identity] = set()                   # faces with copies under other keys
+    first_key: dict[Identity, str] = {}             # the key of its first copy (first listings only)
+    copied: dict[Identity, list[str]] = {}          # faces with copies under other keys -> every copy's key
     listed: dict[str, tuple[str, int]] = {}
     faces: dict[Identity, set[int]] = {}
     keys: dict[str, set[int]] = {}
@@ -59,9 +59,8 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
             faces.setdefault(ident, {first[ident]}).add(label)
         if again:
             continue        # a listing Deduplicator drops (duplicate_key): its key keeps no face
-        if (keeper := smallest.setdefault(ident, rec["key"])) != rec["key"]:
-            copied.add(ident)
-            smallest[ident] = min(keeper, rec["key"])
+        if (key := first_key.setdefault(ident, rec["key"])) != rec["key"]:
+            copied.setdefault(ident, [key]).append(rec["key"])
         listed[rec["key"]] = rec["path"], label
         if ident[2] in HELD_OUT:
             held_out.setdefault(ident, []).append(rec["key"])
@@ -69,7 +68,8 @@ def conflicting_labels(rows: Iterable[dict]) -> Conflicts:
     for ident, copies in held_out.items():
         if (key := next((key for key in copies if key not in keys), None)) is not None:
             kept.setdefault(ident[:2], (ident[2], key))
-    keepers = {i: smallest[i] for i in copied if i[2] not in HELD_OUT and smallest[i] not in keys}
+    keepers = {i: min(k for k in copies if k not in keys) for i, copies in copied.items()   # a key dropped as
+               if i[2] not in HELD_OUT and any(k not in keys for k in copies)}     # listed otherwise keeps nothing
     return Conflicts({i: _names(v) for i, v in faces.items()}, {k: _names(v) for k, v in keys.items()}, kept, keepers)
 
 
@@ -111,7 +111,7 @@ class Deduplicator:
         self.drop_train_copies = drop_train_copies
         self.keys: set[str] = set()
         self.faces: dict[tuple[bytes, tuple[str, ...]], dict[str, str]] = {}
-        self.trained_held: list[str] = []      # "train/<key> is <split>/<key>": a val/test face kept in train too
+        self.trained_held: dict[str, list[str]] = {}    # "train/<key>" -> "<split>/<key>"s: val/test faces in train
 
     def __call__(self, rows: Iterable[dict]) -> Iterator[dict | Dropped]:
         for row in rows:
@@ -151,6 +151,6 @@ class Deduplicator:
                 if "train" in (split, other) and {split, other} & set(HELD_OUT):
                     mine, theirs = (rec["key"], f"{other}/{seen[other]}") if split == "train" else \
                         (seen["train"], f"{split}/{rec['key']}")
-                    self.trained_held.append(f"train/{mine} is {theirs}")
+                    self.trained_held.setdefault(f"train/{mine}", []).append(theirs)     # in val and test: one face
             seen[split] = rec["key"]
             yield row

@@ -224,8 +224,10 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                     "publishes them (scored once per copy): %s", kept)
     if trained := dedup.trained_held:     # the shard stage's near copies leave these out: named here
         log.warning("align: %d training face(s) are the same picture and face as a val/test face, kept "
-                    "(align.cross_split_copies keep; drop_train drops them), so the model trains on faces it is scored "
-                    "on: %s%s", len(trained), "; ".join(trained[:5]), " ..." if len(trained) > 5 else "")
+                    "(align.cross_split_copies keep; drop_train drops them), so the model trains on faces its "
+                    "checkpoint is picked or scored on: %s%s", len(trained),
+                    "; ".join(f"{k} is {' and '.join(v)}" for k, v in list(trained.items())[:5]),
+                    " ..." if len(trained) > 5 else "")
     if report.kept and MOSTLY_GREY * report.kept <= grey < report.kept:
         log.warning("align: %d of the %d faces are grey (R = G = B) and %d in colour: the dataset is recorded as "
                     "colour (no grey_faces), so a model trained on it scores new faces in colour; to train and serve "

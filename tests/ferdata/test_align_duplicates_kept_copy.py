@@ -34,3 +34,18 @@ def test_a_face_only_a_repeated_listing_names_keeps_its_other_copy():
         first_b = next(r for r in order if r["record"]["key"] == "b")
         # b's first listing keeps its face (the other listing: duplicate_key); the face copied as m keeps a copy
         assert sorted(kept) == (["b"] if first_b["face"]["box"] == list(other) else ["b", "m"]), drops
+
+
+def test_the_copy_kept_is_the_smallest_key_not_dropped_for_its_listings_in_any_row_order():
+    """Three copies of one face whose smallest key is also listed for another face with another label (dropped:
+    conflicting_labels, every listing): the smallest of the others stays, whatever the rows' order (the first
+    row of b and c stayed: the carved split followed the table's order)."""
+    other = (200.0, 10.0, 290.0, 90.0)
+    rows = [row("a", 1, "train"), row("a", 2, "train", box=other), row("b", 1, "train"), row("c", 1, "train")]
+    results = set()
+    for order in itertools.permutations(rows):
+        if [r["record"]["label"] for r in order if r["record"]["key"] == "a"] == [1, 2]:    # a's listings in order
+            kept, drops, _ = dedup(list(order))
+            results.add((tuple(sorted(kept)), tuple(sorted(drops.items()))))
+    assert results == {(("b",), (("a", "conflicting_labels: a.jpg: listed more than once, labelled Happy, Sad"),
+                                 ("c", "duplicate_image: c.jpg: same as b")))}, results

@@ -20,3 +20,15 @@ def test_a_face_in_three_splits_is_counted_alike_in_any_row_order():
         _, _, report = dedup([row(f"k{i}", 1, split) for i, split in enumerate(order)])
         assert report.notes["duplicates"] == {"across_splits_train_val": 1, "across_splits_train_test": 1,
                                               "across_splits_val_test": 1}, order
+
+
+def test_a_training_face_also_in_val_and_test_is_one_training_face_told():
+    """align's warning counts training faces that are the same file as a val/test face: one in both val and test
+    (FER2013's three splits share copies) is one face, named with both copies (it was counted twice)."""
+    from ferdata.dedup import Deduplicator, conflicting_labels
+    from ferdata.report import StageReport
+    for rows in ([row("v", 1, "val"), row("t", 1, "test"), row("a", 1, "train")],
+                 [row("a", 1, "train"), row("v", 1, "val"), row("t", 1, "test")]):
+        dedup_ = Deduplicator(StageReport("align"), conflicting_labels(rows))
+        list(dedup_(rows))
+        assert {k: sorted(v) for k, v in dedup_.trained_held.items()} == {"train/a": ["test/t", "val/v"]}
