@@ -45,27 +45,19 @@ def unindexed_mp4(path: Path) -> bool:
     kinds: set[bytes] = set()
     try:
         with open(path, "rb") as f:
-            size, at = f.seek(0, 2), 0
-            while at + 8 <= size:
-                f.seek(at)
-                head = f.read(16)
-                n, kind = int.from_bytes(head[:4], "big"), head[4:8]
-                if (at == 0 and kind not in MP4_BOXES) or not all(32 < c < 127 for c in kind):
-                    break
-                kinds.add(kind)
-                n = int.from_bytes(head[8:16], "big") if n == 1 and len(head) == 16 else n
-                if n < 8:               # 0: to the end of the file (a placeholder), or no box at all
-                    break
-                at += n
+            if f.read(8)[4:8] not in MP4_BOXES:
+                return False
+            _chunks_end(f, f.seek(0, 2), little=False, kinds=kinds)
     except OSError:
         return False
     return b"mdat" in kinds and b"moov" not in kinds
 
 
-def _chunks_end(f: BinaryIO, size: int, little: bool) -> int:
+def _chunks_end(f: BinaryIO, size: int, little: bool, kinds: set[bytes] | None = None) -> int:
     """Where the last of the file's top-level RIFF chunks (little-endian sizes, padded to even) or MP4 boxes
     (big-endian; 1: a 64-bit size follows, 0: to the end of the file) ends; the walk stops at bytes that are
-    no chunk (an ID other than RIFF, a box type that is not four letters: data appended, not a part cut)."""
+    no chunk (an ID other than RIFF, a box type that is not four letters: data appended, not a part cut).
+    ``kinds``: filled with the types of the chunks or boxes walked."""
     at = 0
     while at + 8 <= size:
         f.seek(at)
@@ -73,6 +65,8 @@ def _chunks_end(f: BinaryIO, size: int, little: bool) -> int:
         kind = head[:4] if little else head[4:8]
         if (kind != b"RIFF") if little else not all(32 < c < 127 for c in kind):
             return at
+        if kinds is not None:
+            kinds.add(kind)
         n = int.from_bytes(head[4:8] if little else head[:4], "little" if little else "big")
         if little:
             at += 8 + n + (n & 1)
