@@ -176,8 +176,9 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
     lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
-        near = _near_copies_told(near_copies(by_split, aligned, read), by_split, copies, report)
-        if apart := val_near_copies(by_split, aligned, read):
+        near, apart = near_copies(by_split, aligned, read)
+        near = _near_copies_told(near, by_split, copies, report)
+        if apart:
             log.warning("shard: %d val face(s) are near copies of test faces (kept, as published: the best checkpoint "
                         "is picked on faces the test scores again), each listed in the shards' report.json: %s%s",
                         len(apart), "; ".join(f"val/{k} ~ {v}" for k, v in list(apart.items())[:5]),
@@ -235,36 +236,41 @@ def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copi
     return near
 
 
-def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader) -> dict[str, str]:
-    """Training faces that are near copies of a val or test face (:class:`ferdata.nearcopies.NearCopies`):
-    key -> "<split>/<key>" of the held-out face. The align stage compares files byte for byte; a copy
-    re-encoded, resized, mirrored or cropped a little otherwise (its face found and aligned again), in
-    one dataset's train and test (or in a carved split: one video's frames in a folder without subjects),
-    was trained on and scored on, unnoticed. Most such copies are found, not all
-    (:func:`ferdata.nearcopies.face_vector`). A copy that is the same file (picture and face) is align's, counted there
-    (``duplicates``) or dropped (``copy_of_held_out``): not named again, so both settings name the same faces."""
-    return _near(by_split["train"], {split: by_split[split] for split in HELD_OUT}, aligned, read)
+# A sample's picture and face as align tells copies apart (:func:`_picture_face`), and its face vector
+_Face = tuple[tuple[bytes, tuple[str, ...]], np.ndarray | None]
 
 
-def val_near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader) -> dict[str, str]:
-    """Val faces that are near copies of a test face: key -> "test/<key>" (as :func:`near_copies`; the same file is
-    align's, counted under ``duplicates``: across_splits_val_test). Both are kept, as published: the best checkpoint
-    is picked on faces the test scores again."""
-    return _near(by_split["val"], {"test": by_split["test"]}, aligned, read)
+def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex,
+                read: MemberReader) -> tuple[dict[str, str], dict[str, str]]:
+    """Training faces that are near copies of a val or test face (:class:`ferdata.nearcopies.NearCopies`), and val
+    faces that are near copies of a test face: each key -> "<split>/<key>" of the held-out face, the val and test
+    faces read once for both. The align stage compares files byte for byte; a copy re-encoded, resized, mirrored
+    or cropped a little otherwise (its face found and aligned again), in one dataset's train and test (or in a
+    carved split: one video's frames in a folder without subjects), was trained on and scored on, unnoticed; one
+    in val picked the checkpoint on a face the test scores again (both kept, as published). Most such copies are
+    found, not all (:func:`ferdata.nearcopies.face_vector`). A copy that is the same file (picture and face) is
+    align's, counted there (``duplicates``) or dropped (``copy_of_held_out``): not named again, so both settings
+    name the same faces."""
+    def face(key: str) -> _Face:
+        return _picture_face(read(aligned[key]["json"])), face_vector(read(aligned[key]["jpg"]))
+
+    held = {split: {key: face(key) for key in by_split[split]} for split in HELD_OUT}
+    training = ((key, face(key)) for key in progress(by_split["train"], desc="near copies", unit="sample"))
+    return _near(training, held), _near(held["val"].items(), {"test": held["test"]})
 
 
-def _near(probes: list[str], held_splits: dict[str, list[str]], aligned: MemberIndex,
-          read: MemberReader) -> dict[str, str]:
-    """Each of ``probes`` (keys) that is a near copy of a face of ``held_splits`` (split -> keys), and which."""
-    if not probes or not any(held_splits.values()):
+def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, _Face]]) -> dict[str, str]:
+    """Each of ``probes`` (key, face) that is a near copy of a face of ``held_splits`` (split -> key -> face), and
+    which; ``probes`` are not read where ``held_splits`` hold no face."""
+    if not any(held_splits.values()):
         return {}
     held = NearCopies()
     files: set[tuple[bytes, tuple[str, ...]]] = set()       # the held faces' pictures and boxes, as align knows them
-    for split, keys in held_splits.items():
-        for key in keys:
-            files.add(_picture_face(read(aligned[key]["json"])))
-            if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
-                held.add(f"{split}/{key}", h)
+    for split, faces in held_splits.items():
+        for key, (file, vector) in faces.items():
+            files.add(file)
+            if vector is not None:
+                held.add(f"{split}/{key}", vector)
     found: dict[str, str] = {}
     batch: list[tuple[str, np.ndarray]] = []
 
@@ -272,11 +278,11 @@ def _near(probes: list[str], held_splits: dict[str, list[str]], aligned: MemberI
         found.update((key, other) for (key, _), other in zip(batch, held.find_many([h for _, h in batch])) if other)
         batch.clear()
 
-    for key in progress(probes, desc="near copies", unit="sample"):
-        if _picture_face(read(aligned[key]["json"])) in files:
+    for key, (file, vector) in probes:
+        if file in files:
             continue        # the same file: align counted it (duplicates, across_splits_*) or dropped it (drop_train)
-        if (h := face_vector(read(aligned[key]["jpg"]))) is not None:
-            batch.append((key, h))
+        if vector is not None:
+            batch.append((key, vector))
             if len(batch) == 1024:
                 look_up()
     look_up()
