@@ -176,7 +176,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
     lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
-        near, apart = near_copies(by_split, aligned, read)
+        near, apart = near_copies(by_split, aligned, read, dealt=dealt is not None)
         near = _near_copies_told(near, by_split, copies, report)
         if apart:
             log.warning("shard: %d val face(s) are near copies of test faces (kept, as published: the best checkpoint "
@@ -240,8 +240,8 @@ def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copi
 _Face = tuple[tuple[bytes, tuple[str, ...]], np.ndarray | None]
 
 
-def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex,
-                read: MemberReader) -> tuple[dict[str, str], dict[str, str]]:
+def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader,
+                dealt: bool = False) -> tuple[dict[str, str], dict[str, str]]:
     """Training faces that are near copies of a val or test face (:class:`ferdata.nearcopies.NearCopies`), and val
     faces that are near copies of a test face: each key -> "<split>/<key>" of the held-out face, the val and test
     faces read once for both. The align stage compares files byte for byte; a copy re-encoded, resized, mirrored
@@ -250,18 +250,21 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex,
     in val picked the checkpoint on a face the test scores again (both kept, as published). Most such copies are
     found, not all (:func:`ferdata.nearcopies.face_vector`). A copy that is the same file (picture and face) is
     align's, counted there (``duplicates``) or dropped (``copy_of_held_out``): not named again, so both settings
-    name the same faces."""
+    name the same faces. Under k-fold (``dealt``) the same file is named too: align saw the dataset's own splits
+    (a train/val dataset's), which the folds deal anew, so its two copies can fall in a fold's train and test."""
     def face(key: str) -> _Face:
         return _picture_face(read(aligned[key]["json"])), face_vector(read(aligned[key]["jpg"]))
 
     held = {split: {key: face(key) for key in by_split[split]} for split in HELD_OUT}
     training = ((key, face(key)) for key in progress(by_split["train"], desc="near copies", unit="sample"))
-    return _near(training, held), _near(held["val"].items(), {"test": held["test"]})
+    return _near(training, held, dealt), _near(held["val"].items(), {"test": held["test"]}, dealt)
 
 
-def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, _Face]]) -> dict[str, str]:
+def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, _Face]],
+          same_files: bool = False) -> dict[str, str]:
     """Each of ``probes`` (key, face) that is a near copy of a face of ``held_splits`` (split -> key -> face), and
-    which; ``probes`` are not read where ``held_splits`` hold no face."""
+    which; ``probes`` are not read where ``held_splits`` hold no face. ``same_files``: a probe that is the same
+    file as a held face is compared too (k-fold: align's splits are not these)."""
     if not any(held_splits.values()):
         return {}
     held = NearCopies()
@@ -279,7 +282,7 @@ def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, 
         batch.clear()
 
     for key, (file, vector) in probes:
-        if file in files:
+        if file in files and not same_files:
             continue        # the same file: align counted it (duplicates, across_splits_*) or dropped it (drop_train)
         if vector is not None:
             batch.append((key, vector))
