@@ -4,7 +4,6 @@ dealt to two folds by key. Where one lands in a fold's test split and the other 
 was trained on, and the shard stage skipped the pair as align's (audit h136)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 
