@@ -109,12 +109,40 @@ class NearCopies:
     def __init__(self) -> None:
         self.names: list[str] = []
         self.vectors: list[np.ndarray] = []
+        self.mirrors: list[np.ndarray] = []
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add(self, name: str, vectors: np.ndarray) -> None:
         self.names.append(name)
         self.vectors.append(vectors[0])
+        self.mirrors.append(vectors[1])
         self._index = None
+
+    def _built(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._index is None:
+            held = np.stack(self.vectors)
+            unit = _unit(held)
+            self._index = held, unit, _bounds(unit).T
+        return self._index
+
+    def earlier(self) -> list[int]:
+        """For each face added, the first face added before it that :func:`is_near` it (else its mirror image), or
+        -1: near copies within one set of faces (a test split that holds one face twice scores it twice)."""
+        if not self.vectors:
+            return []
+        held, _, bounds = self._built()
+        found = np.full(len(held), -1, np.int64)
+        rows = max(1, _CELLS // len(held))
+        for probes in (held, np.stack(self.mirrors)):
+            todo = np.flatnonzero(found < 0)
+            unit = _unit(probes[todo])
+            bound = _bounds(unit)
+            for at in range(0, len(todo), rows):
+                maybe = bound[at:at + rows] @ bounds >= NEAR_SIMILARITY - _SLACK
+                maybe &= np.arange(len(held)) < todo[at:at + rows, None]         # faces added before it only
+                for r in np.flatnonzero(maybe.any(1)):
+                    found[todo[at + r]] = self._first_of(probes[todo[at + r]], unit[at + r], np.flatnonzero(maybe[r]))
+        return found.tolist()
 
     def find(self, vectors: np.ndarray) -> str | None:
         return self.find_many([vectors])[0]
@@ -123,10 +151,7 @@ class NearCopies:
         found: list[str | None] = [None] * len(faces)
         if not self.vectors or not faces:
             return found
-        if self._index is None:
-            held = np.stack(self.vectors)
-            unit = _unit(held)
-            self._index = held, unit, _bounds(unit).T
+        self._built()
         for start in range(0, len(faces), batch):
             part = np.stack(faces[start:start + batch])                 # (B, 2, 256)
             best = self._first(part[:, 0])

@@ -176,8 +176,14 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
     lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
-        near, apart = near_copies(by_split, aligned, read, dealt=dealt is not None)
+        near, apart, within = near_copies(by_split, aligned, read, dealt=dealt is not None)
         near = _near_copies_told(near, by_split, copies, report)
+        if within:
+            log.warning("shard: %d val/test face(s) are near copies of another face of their split (kept, as "
+                        "published: each copy is scored, so the figures count that face more than once), each listed "
+                        "in the shards' report.json: %s%s", len(within),
+                        "; ".join(f"{k} ~ {v}" for k, v in list(within.items())[:5]), " ..." if len(within) > 5 else "")
+            report.notes[NEAR_WITHIN] = within
         if apart:
             log.warning("shard: %d val face(s) are near copies of test faces (kept, as published: the best checkpoint "
                         "is picked on faces the test scores again), each listed in the shards' report.json: %s%s",
@@ -209,12 +215,13 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
             report.notes[split] = len(keys)
         report.kept = len(aligned) - sum(report.dropped.values())
         report.write(out / REPORT)
-    log.info("shard: %s", {k: v for k, v in report.notes.items() if k not in (NEAR, NEAR_VAL)})  # pairs: report.json
+    log.info("shard: %s", {k: v for k, v in report.notes.items() if k not in (NEAR, NEAR_VAL, NEAR_WITHIN)})  # pairs
     return report
 
 
 NEAR = "near_copies_of_held_out"         # report.json: training key -> "<split>/<key>" of the held-out face
 NEAR_VAL = "near_copies_val_test"        # report.json: val key -> "test/<key>" of the test face
+NEAR_WITHIN = "near_copies_within_held_out"     # report.json: "<split>/<key>" -> "<split>/<key>" of an earlier face
 
 
 def _near_copies_told(near: dict[str, str], by_split: dict[str, list[str]], copies: str | None,
@@ -241,11 +248,12 @@ _Face = tuple[tuple[bytes, tuple[str, ...]], np.ndarray | None]
 
 
 def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: MemberReader,
-                dealt: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+                dealt: bool = False) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """Training faces that are near copies of a val or test face (:class:`ferdata.nearcopies.NearCopies`), and val
     faces that are near copies of a test face: each key -> "<split>/<key>" of the held-out face, the val and test
-    faces read once for both. The align stage compares files byte for byte; a copy re-encoded, resized, mirrored
-    or cropped a little otherwise (its face found and aligned again), in one dataset's train and test (or in a
+    faces read once for both; and the val and test faces that are near copies of another face of their own split
+    (:func:`_within`: scored twice). The align stage compares files byte for byte; a copy re-encoded, resized,
+    mirrored or cropped a little otherwise (its face found and aligned again), in one dataset's train and test (or in a
     carved split: one video's frames in a folder without subjects), was trained on and scored on, unnoticed; one
     in val picked the checkpoint on a face the test scores again (both kept, as published). Most such copies are
     found, not all (:func:`ferdata.nearcopies.face_vector`). A copy that is the same file (picture and face) is
@@ -257,7 +265,22 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: Memb
 
     held = {split: {key: face(key) for key in by_split[split]} for split in HELD_OUT}
     training = ((key, face(key)) for key in progress(by_split["train"], desc="near copies", unit="sample"))
-    return _near(training, held, dealt), _near(held["val"].items(), {"test": held["test"]}, dealt)
+    within = {pair: of for split in HELD_OUT for pair, of in _within(split, held[split], dealt).items()}
+    return _near(training, held, dealt), _near(held["val"].items(), {"test": held["test"]}, dealt), within
+
+
+def _within(split: str, faces: dict[str, _Face], same_files: bool = False) -> dict[str, str]:
+    """The faces of one split that are near copies of another of its faces: "<split>/<key>" -> "<split>/<key>" of
+    the first such face in key order (any order of the samples names the same pairs). The same file twice is
+    align's (``duplicates``: ``within_<split>``): only its first face is compared, unless ``same_files`` (k-fold:
+    align's splits are not these)."""
+    index, keys, files = NearCopies(), [], set()
+    for key, (file, vector) in sorted(faces.items()):
+        if (same_files or file not in files) and vector is not None:
+            files.add(file)
+            index.add(key, vector)
+            keys.append(key)
+    return {f"{split}/{keys[i]}": f"{split}/{keys[j]}" for i, j in enumerate(index.earlier()) if j >= 0}
 
 
 def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, _Face]],
