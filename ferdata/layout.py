@@ -31,6 +31,12 @@ DROPS = "dropped.jsonl"         # detect's and align's: every record not kept, o
 # count; the shard stage writes the sum into that split's _info.json (under DROPPED_BEFORE), evaluate reports it
 HELD_OUT_DROPS = "held_out_dropped"
 DROPPED_BEFORE = "dropped_in_preparation"
+# ... and, under UNSPLIT, the lost records of a dataset without official splits (CK+, JAFFE): k-fold deals every
+# record into a fold, so under k-fold the shard stage writes the sum of them all into the test split's _info.json
+# (DROPPED_BEFORE_FOLDS: the whole dataset's, in no fold, as a dropped record's person is not recorded)
+UNSPLIT = "unsplit"
+DROPPED_BEFORE_FOLDS = "dropped_before_folds"
+COPIES = frozenset({"duplicate_image", "duplicate_key"})    # align's drops of a copy: its picture is kept once
 # The align and derive params that shape a sample (not how fast it is made): their stages' reports
 # record them, the shards and checkpoints carry them, inference repeats them.
 SAMPLE_SETTINGS = {

@@ -24,6 +24,7 @@ import numpy as np
 
 from ferdata.classes import CLASSES
 from ferdata.faces.base import BACKENDS, FaceBackend
+from ferdata.layout import DROPPED_BEFORE_FOLDS
 from ferdata.params import SPEED_ONLY, read_yaml
 from ferdata.selection import VERSION as SELECTION_VERSION
 from fermodels.metrics import SUMMARY_METRICS as METRICS, metrics_from_confusion
@@ -122,6 +123,8 @@ class Series:
                       "pooled": pooled[m]}
         out["num_samples"] = {"folds": [r.metrics["num_samples"] for r in ordered], "pooled": pooled["num_samples"]}
         out["per_class_pooled"] = pooled["per_class"]
+        if lost := next((r.metrics[DROPPED_BEFORE_FOLDS] for r in ordered if DROPPED_BEFORE_FOLDS in r.metrics), None):
+            out[DROPPED_BEFORE_FOLDS] = lost        # the dataset's pictures in no fold (each fold records them all)
         if datasets := self.per_dataset():
             out["per_dataset"] = datasets
         return out
@@ -347,6 +350,9 @@ def describe(series: Series, differs: str = "") -> str:
                     + (f"{table['num_samples']['pooled']:14d}" if what == "pooled" else ""))
     rows += [f"pooled on {name}: " + ", ".join(f"{m} {figures[m]['pooled']:.4f}" for m in METRICS)
              + f" ({figures['num_samples']} test samples)" for name, figures in table.get("per_dataset", {}).items()]
+    if lost := table.get(DROPPED_BEFORE_FOLDS):
+        rows.append(f"in no fold: {sum(lost.values())} pictures dropped in preparation ("
+                    + ", ".join(f"{reason} {n}" for reason, n in lost.items()) + "), not in the figures")
     if series.replaced:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")
     if series.unchecked:

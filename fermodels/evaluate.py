@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ferdata.atomic import atomic_write_text, writable_folder
-from ferdata.layout import DROPPED_BEFORE, GREY, setting_differences
+from ferdata.layout import DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, setting_differences
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from ferdata.selection import ALL, scored_splits
@@ -199,6 +199,9 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         # the split's official pictures that detect or align dropped: not in the figures (papers score every one)
         DROPPED_BEFORE: dict(sorted(sum((Counter(n) for n in split.dropped.values()), Counter()).items())),
     })
+    if split.dropped_before_folds:      # k-fold only: other runs' metrics.json unchanged
+        metrics[DROPPED_BEFORE_FOLDS] = dict(sorted(sum((Counter(n) for n in split.dropped_before_folds.values()),
+                                                        Counter()).items()))
     _tell_dropped(split, names)
     if len(dirs) > 1:
         metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split,
@@ -216,7 +219,8 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
 def _tell_dropped(split: Split, names: Sequence[str]) -> None:
     """Warn of each dataset whose official pictures of the scored split the detect or align stage dropped
     (``_info.json``'s ``dropped_in_preparation``): the figures are over the faces kept, where a paper's
-    protocol scores every picture of the split (a face not found counts as wrong there, or is not said)."""
+    protocol scores every picture of the split (a face not found counts as wrong there, or is not said); and,
+    under k-fold, of the dataset's pictures they dropped, in no fold (``dropped_before_folds``)."""
     counted = " and ".join(s for s in split.name.split("+") if s != "train")    # split all: train's not counted
     for d, name in zip(split.dirs, names):
         if lost := split.dropped.get(d):
@@ -228,6 +232,11 @@ def _tell_dropped(split: Split, names: Sequence[str]) -> None:
                         "are over the faces kept, not every picture the split lists; each is in the detect and "
                         "align stages' dropped.jsonl (%s)", sum(lost.values()), name, counted,
                         ", ".join(f"{reason} {n}" for reason, n in lost.items()), where)
+        if lost := split.dropped_before_folds.get(d):
+            log.warning("evaluate: %d of %s's pictures were dropped in preparation (%s) and are in no fold: this "
+                        "fold's figures, and those pooled over the folds, leave them out, where a k-fold protocol "
+                        "scores every picture once", sum(lost.values()), name,
+                        ", ".join(f"{reason} {n}" for reason, n in lost.items()))
 
 
 def _write_outputs(out: Path, metrics: dict, labels: np.ndarray, preds: np.ndarray, cm: np.ndarray,

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from ferdata.classes import CLASSES
 from ferdata.io import read_header
-from ferdata.layout import DROPPED_BEFORE, GREY, INFO, MADE_BY
+from ferdata.layout import DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, INFO, MADE_BY
 from ferdata.selection import read_info
 from ferdata.tario import iter_tar_samples, listed_shard
 
@@ -41,6 +41,8 @@ class Split:
     grey: bool = False                          # every dataset's _info.json says all its faces are grey (R = G = B)
     # shard dir -> reason -> its official pictures of this split that detect or align dropped (none: no entry)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    # k-fold's test split: shard dir -> reason -> the dataset's pictures detect or align dropped, in no fold
+    dropped_before_folds: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -93,6 +95,7 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
     detectors: dict[str, dict] = {}                   # shard dir -> face backend -> options
     by_setting: list[str] = []
     dropped: dict[str, dict[str, int]] = {}
+    before_folds: dict[str, dict[str, int]] = {}
     for d in shard_dirs:
         info_path = Path(d) / split / INFO
         if not info_path.is_file():
@@ -126,9 +129,12 @@ def open_split(shard_dirs: Sequence[str | Path], split: str, warn: bool = True) 
             by_setting.append(str(d))
         if info.get(DROPPED_BEFORE):
             dropped[str(d)] = dict(info[DROPPED_BEFORE])
+        if info.get(DROPPED_BEFORE_FOLDS):
+            before_folds[str(d)] = dict(info[DROPPED_BEFORE_FOLDS])
     return Split(split, tuple(str(d) for d in shard_dirs), tuple(shards), dict(hist), hashes, subsets, dict(soft),
                  dict(sorted(backends.items())), _one_preprocess(settings, split), _backend_options(detectors, warn),
-                 tuple(by_setting), hists, made, bool(made) and all(m[GREY] is True for m in made.values()), dropped)
+                 tuple(by_setting), hists, made, bool(made) and all(m[GREY] is True for m in made.values()), dropped,
+                 before_folds)
 
 
 def joined(splits: Sequence[Split]) -> Split:
@@ -159,7 +165,8 @@ def joined(splits: Sequence[Split]) -> Split:
         histograms={d: summed(s.histograms.get(d, {}) for s in splits) for d in dirs},
         made_by=first.made_by, grey=all(s.grey for s in splits),
         dropped={d: dict(sorted(counts.items())) for d in dirs
-                 if (counts := summed(s.dropped.get(d, {}) for s in splits))})
+                 if (counts := summed(s.dropped.get(d, {}) for s in splits))},
+        dropped_before_folds={d: c for s in splits for d, c in s.dropped_before_folds.items()})   # the test split's
 
 
 def _face_options(name: str, options: Mapping[str, Any]) -> dict:

@@ -33,7 +33,7 @@ from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, signed_options
 from ferdata.geometry import five_from_68, spread
-from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, counted_by_split
+from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, UNSPLIT, counted_by_split
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
@@ -106,7 +106,7 @@ class _Table:
         self.elsewhere: Counter[str] = Counter()      # other signatures of the images detected now
         self.stored = 0                               # detections put into the cache by this run
         self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
-        self.held_out: dict[str, Counter[str]] = {}  # official val/test split -> reason -> its records dropped here
+        self.held_out: dict[str, Counter[str]] = {}  # val/test split or UNSPLIT -> reason -> its records dropped here
         self.framed_small: list[tuple[str, float]] = []  # (key, scale) of the first faces that look like frames
         self.frames = 0                               # ... and how many (MIN_CROP_SCALE)
 
@@ -134,7 +134,8 @@ class _Table:
         """The table row of a kept record, or why it was dropped (``reused``: the detection of an
         earlier record of the same image, counted as a cache hit); a dropped record a test subset
         lists is noted in :attr:`subset_drops`, for the warning the reader's count cannot give, and one of an
-        official val or test split counted in :attr:`held_out` (evaluate's figures are over the faces kept; of a
+        official val or test split (or of a dataset without splits: k-fold tests each) counted in :attr:`held_out`
+        (evaluate's figures are over the faces kept; of a
         reader's drops, those of a picture it could not use, :data:`~ferdata.records.READ_LOSSES`)."""
         if isinstance(job, Dropped):            # a reader's drop, or a record whose picture was not read
             if job.reason in READ_LOSSES:
@@ -148,8 +149,8 @@ class _Table:
         return out
 
     def _note_held_out(self, drop: Dropped) -> None:
-        if drop.split in HELD_OUT:
-            self.held_out.setdefault(drop.split, Counter())[drop.reason] += 1
+        if drop.split in HELD_OUT or not drop.split:    # unsplit: in a fold under k-fold, counted for it
+            self.held_out.setdefault(drop.split or UNSPLIT, Counter())[drop.reason] += 1
 
     def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
         rec = job.record

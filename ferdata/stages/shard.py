@@ -27,8 +27,9 @@ from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.dedup import face_identity
 from ferdata.nearcopies import NearCopies, face_vector
-from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, GREY, HELD_OUT_DROPS, INFO, REPORT, output_digest,
-                            report_inputs, report_notes, report_settings, require_made_by)
+from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, HELD_OUT_DROPS, INFO, REPORT,
+                            counted_by_split, output_digest, report_inputs, report_notes, report_settings,
+                            require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
 from ferdata.records import HELD_OUT, SPLITS, FaceRecord, record_from_dict
@@ -175,6 +176,12 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
     lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
+    before = counted_by_split(*({"": n} for n in lost.values())).get("", {}) if dealt else {}     # k-fold: no fold
+    if before:
+        log.warning("shard: %d of this dataset's pictures were dropped in preparation (%s) and are in no fold: each "
+                    "fold's figures, and those pooled over the folds, are over the faces kept, where a k-fold protocol "
+                    "scores every picture once (recorded in the test split's _info.json, %s; %s)", sum(before.values()),
+                    ", ".join(f"{r} {n}" for r, n in before.items()), DROPPED_BEFORE_FOLDS, WHERE_DROPS)
     with staged_dir(out_dir, OWNED) as out, MemberReader() as read, _unchanged(inputs, aligned_dir, derived_dir):
         near, apart, within = near_copies(by_split, aligned, read, dealt=dealt is not None)
         near = _near_copies_told(near, by_split, copies, report)
@@ -207,6 +214,8 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info[DROPPED_BEFORE] = lost[split]      # evaluate's figures leave these pictures out: it says so
             if dealt:                                                       # k-fold only: others' info unchanged
                 info["fold_assignment"] = dealt
+            if before and split == "test":        # the whole dataset's (a dropped record's fold is not known)
+                info[DROPPED_BEFORE_FOLDS] = before
             if split == "train" and near and copies == "drop_train":       # only then: others' info unchanged
                 info["near_copies_dropped"] = len(near)
             if split == "val" and not keys and params.val_fraction == 0:    # only then: others' info unchanged

@@ -79,3 +79,33 @@ def test_the_drop_warning_says_how_to_get_the_lists_where_only_the_shards_are_he
     assert len(said) == 1, said
     assert str(pulled.parent / "detect") not in said[0]
     assert "dvc pull detect@lossy align@lossy" in said[0]
+
+
+def test_pictures_in_no_fold_reach_each_folds_metrics_and_the_cross_validation_table(
+        tmp_path, tiny_run, caplog, one_thread):
+    """Under k-fold the dataset's pictures detect or align dropped are in no fold: each fold's test ``_info.json``
+    records them (``dropped_before_folds``), evaluate warns and writes them into metrics.json, and the
+    cross-validation table and its text say the pooled figures leave them out (audit h136)."""
+    import numpy as np
+
+    from ferdata.classes import CLASSES
+    from fermodels.crossval import FoldRun, Series, describe
+    from fermodels.evaluate import evaluate
+    from tests.ferdata.test_kfold_drops_counted import kfold_shards
+    from tests.fermodels.test_grey_faces import _eval_params
+
+    runs = {}
+    for fold in range(2):
+        with ferdata_quiet():
+            shards = kfold_shards(tmp_path, fold, folds=2)
+        with caplog.at_level("WARNING", logger="fermodels"):
+            metrics = evaluate(tiny_run["ckpt"] / "best.pt", shards, _eval_params(), tmp_path / f"eval{fold}",
+                               datasets=["unsplit"])
+        assert metrics["dropped_before_folds"] == {"no_landmarks": 2}
+        assert metrics["dropped_in_preparation"] == {}           # no official test split: none of its own
+        runs[fold] = FoldRun(f"f{fold}", "c", fold, {}, metrics, (fold + 1) * np.eye(len(CLASSES), dtype=np.int64))
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("fermodels") and "in no fold" in r.getMessage()]
+    assert len(said) == 2 and "2 of unsplit's pictures were dropped in preparation (no_landmarks 2)" in said[0]
+    series = Series({"train": {"model": "cmnet"}}, 2, runs, [])
+    assert series.table()["dropped_before_folds"] == {"no_landmarks": 2}
+    assert "in no fold: 2 pictures dropped in preparation (no_landmarks 2)" in describe(series)
