@@ -160,6 +160,23 @@ def readable_cache(source: str | Path) -> Path:
     return path
 
 
+_BY_SIGNATURE = "SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig"      # entries per backend signature
+
+
+def stored_signatures(source: str | Path) -> dict[str, int]:
+    """Entries per backend signature of the cache at ``source`` (:func:`cache_file`), read as a merge reads its
+    sources (read-only: ``cache prune --dry-run`` changes nothing, where opening a :class:`DetectionCache` makes the
+    file WAL and its table, and is refused on read-only media or another user's cache)."""
+    path = cache_file(source)
+    db = _read_only(path)
+    try:
+        return dict(db.execute(_BY_SIGNATURE).fetchall())
+    except sqlite3.DatabaseError as err:
+        raise CacheError(path, err) from err
+    finally:
+        db.close()
+
+
 def _source_rows(rows: Iterable[tuple], source: str | Path) -> Iterator[tuple]:
     """The rows of a cache being merged in; its damage is named as its own, not this cache's."""
     try:
@@ -405,7 +422,7 @@ class DetectionCache:
     def signatures(self) -> dict[str, int]:
         """Entries per backend signature (which backend and settings they were detected with)."""
         self.flush()
-        return dict(self.db.execute("SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig").fetchall())
+        return dict(self.db.execute(_BY_SIGNATURE).fetchall())
 
     @_named
     def __len__(self) -> int:

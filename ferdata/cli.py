@@ -166,7 +166,7 @@ def cache_prune(
     model files, package releases or decoding code) and compact each cache file.
 
     A cache shared between checkouts keeps only what the --params files use: give each checkout's."""
-    from ferdata.cache import FILE, DetectionCache
+    from ferdata.cache import FILE, DetectionCache, stored_signatures
     from ferdata.params import load_params
     from ferdata.prepare import signatures_in_use
 
@@ -178,13 +178,18 @@ def cache_prune(
         if not (folder / FILE).is_file():
             typer.echo(f"{folder}: no detection cache yet")
             continue
-        with DetectionCache(folder) as cache:
-            stale = {sig: n for sig, n in cache.signatures().items() if sig not in keep}
-            dropped = sum(stale.values()) if dry_run else cache.prune(keep)
-            kept = len(cache) - (dropped if dry_run else 0)
-            typer.echo(f"{cache.path}: {'would drop' if dry_run else 'dropped'} {dropped}, kept {kept}")
-            for sig, n in stale.items():
-                typer.echo(f"  {n:9d}  {sig}")
+        if dry_run:                     # read-only: opened to write, the file was made WAL (a rewrite) or refused
+            counts = stored_signatures(folder)
+            stale = {sig: n for sig, n in counts.items() if sig not in keep}
+            dropped = sum(stale.values())
+            typer.echo(f"{folder / FILE}: would drop {dropped}, kept {sum(counts.values()) - dropped}")
+        else:
+            with DetectionCache(folder) as cache:
+                stale = {sig: n for sig, n in cache.signatures().items() if sig not in keep}
+                dropped = cache.prune(keep)
+                typer.echo(f"{cache.path}: dropped {dropped}, kept {len(cache)}")
+        for sig, n in stale.items():
+            typer.echo(f"  {n:9d}  {sig}")
 
 
 @app.command()
