@@ -26,6 +26,7 @@ import numpy as np
 
 from ferdata.atomic import atomic_write_bytes, writable_folder
 from ferdata.classes import CLASSES
+from ferdata.errors import shown
 from ferdata.geometry import split_halves, template
 from ferdata.heatmap import max_heatmap_u8
 from ferdata.io import decode_jpeg_rgb
@@ -214,13 +215,22 @@ def _heat_panel(s: SheetSample) -> np.ndarray:
     return cv2.addWeighted(face, 0.55, colour, 0.45, 0.0)
 
 
+def drawable(text: str) -> str:
+    """``text`` as ``cv2.putText`` can draw it: ASCII, every other character as its escape (``\\x1b``,
+    ``\\xe9``, ``\\udcff``). Its Hershey fonts draw ASCII alone, and a lone surrogate (a key or a json
+    backend holding a name's undecodable bytes, in a shard made elsewhere) ended the process with a
+    segmentation fault, no message."""
+    return shown(text).encode("ascii", "backslashreplace").decode("ascii")
+
+
 def _tile(s: SheetSample) -> np.ndarray:
     half_w = PANEL // 2
     halves = [cv2.resize(h, (half_w, PANEL), interpolation=cv2.INTER_LINEAR) for h in (s.left, s.right)]
     gap = np.full((PANEL, 4, 3), 255, np.uint8)
     body = np.concatenate([_face_panel(s), gap, _heat_panel(s), gap, halves[0], gap[:, :2], halves[1]], axis=1)
     strip = np.full((LABEL_H, body.shape[1], 3), 255, np.uint8)
-    cv2.putText(strip, s.label[:70], (3, LABEL_H - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(strip, drawable(s.label)[:70], (3, LABEL_H - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                cv2.LINE_AA)
     return np.concatenate([strip, body], axis=0)
 
 

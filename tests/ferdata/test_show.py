@@ -333,3 +333,23 @@ def test_a_sample_without_68_landmarks_says_so_in_its_heatmap_panel(aligned):
     assert contact_sheet([five]).std() > 20
     full = to_sheet_sample("aff_0", {"jpg": encode_jpeg(img, 95), "lmk.npy": npy_bytes(lmk), "cls": b"1"})
     assert full.heatmap is not None and full.heatmap.max() > 0
+
+
+def test_a_key_or_backend_with_undecodable_bytes_is_drawn_not_a_crash(tmp_path):
+    """A shard from elsewhere whose key (a member name's bytes that are not UTF-8) or json backend
+    (a "\\udcff" escape) holds a lone surrogate: cv2.putText ended the process with a segmentation
+    fault (exit 139, no message). Run apart, so a crash fails this test, not the session."""
+    import os
+    import subprocess
+    import sys
+
+    with TarShardWriter(tmp_path, "train", 10) as w:
+        w.write("k\udcff", {"jpg": encode_jpeg(np.full((112, 112, 3), 128, np.uint8), 95), "cls": b"1",
+                           "json": b'{"backend": "emb\\udcfeedded", "label": 1}'})
+    out = tmp_path / "sheet.png"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "ferdata.cli", "show", str(tmp_path / "train-000000.tar"),
+                           "-o", str(out), "-n", "1"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert out.is_file()
