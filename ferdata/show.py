@@ -68,7 +68,14 @@ def _tars(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    tars = sorted(path.rglob("*.tar"))
+    found = sorted(path.rglob("*.tar"))
+    # a folder so named (a shard unpacked beside it) is no tar; a dangling link, a pipe or a device is told,
+    # not opened (a pipe blocked for ever; a folder was blamed on the sheet: "a file must be written there")
+    odd = next((p for p in found if not p.is_file() and not p.is_dir()), None)
+    if odd is not None:
+        raise ValueError(f"{odd}: not a regular file (a dangling link, a pipe or a device), so no tar to show: "
+                         "`dvc checkout` the shards, or move it away")
+    tars = [p for p in found if p.is_file()]
     shards = [p for p in tars if not p.name.startswith(("aligned-", "derived-"))]
     chosen = shards or [p for p in tars if p.name.startswith("aligned-")]
     if not chosen and tars:
