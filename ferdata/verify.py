@@ -276,7 +276,10 @@ def _read_sample(path: Path, key: str, fields: dict[str, bytes],
     wrong is an ``.npy`` that needs pickle (``UnsafeTarError``), landmarks that are not 68 finite
     (x, y) points, a ``jpg`` whose header declares another size than ``side`` square (the landmarks
     are in its pixels; not decoded), a ``cls`` that is no class id, a ``json`` that is no object or
-    whose label is not the ``cls``."""
+    whose label is not the ``cls``, and a member of 0 bytes."""
+    empty = sorted(ext for ext, data in fields.items() if not data)     # every member the stage writes holds bytes
+    if empty:                                    # images are not decoded: a 0-byte jpg declares no size to compare
+        return f"has an empty {' and an empty '.join(empty)} (0 bytes; the shard stage writes none)", None, {}
     size = declared_size(fields["jpg"]) if side is not None and "jpg" in fields else None
     if size is not None and size != (side, side):
         return f"has a jpg of {size[0]}x{size[1]}, but {INFO} records faces of align.size {side}", None, {}

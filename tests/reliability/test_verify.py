@@ -271,6 +271,16 @@ def _members_split_apart(shards):
     return f"{shard}: the members of sample {key!r} are split apart in the shard"
 
 
+def _member_emptied(ext):
+    def damage(shards):
+        """A member cut to 0 bytes, the shard listed again: verify read no image (a jpg declaring no size
+        passed the align.size check) and said "all shards match"; training stopped on it mid-epoch."""
+        shard, key = _relisted(shards, lambda fields: fields.update({ext: b""}))
+        return f"{shard}: sample {key!r} has an empty {ext} (0 bytes; the shard stage writes none)"
+    damage.__name__ = f"_empty_{ext}_relisted"
+    return damage
+
+
 def _info_is_a_folder(shards):
     """It raised IsADirectoryError instead of naming the file."""
     path, _ = _info(shards)
@@ -289,7 +299,9 @@ def _info_is_a_folder(shards):
                                     _landmarks(np.full((68, 2), np.nan, np.float32), "float32 (68, 2)"),
                                     _cls_disagrees_with_json, _cls_not_a_class, _members_split_apart,
                                     _info_is_a_folder, _label_map_permuted_with_its_histogram, _subset_edited,
-                                    _face_backends_edited, _soft_labels_added, _face_of_another_side],
+                                    _face_backends_edited, _soft_labels_added, _face_of_another_side,
+                                    _member_emptied("jpg"), _member_emptied("left.jpg"),
+                                    _member_emptied("heatmap.png")],
                          ids=lambda f: f.__name__[1:])
 def test_each_disagreement_is_named_and_exits_1(shards, damage):
     expected = damage(shards)
