@@ -53,8 +53,7 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
         raise FileNotFoundError(f"no {INFO} under {shard_dir}: pass the shards folder (with <split>/{INFO})")
     # The shard stage writes every split (an empty one too): a missing one was lost on the way.
     # (An _info.json that is there but no file is one problem line of its own, from _verify_split.)
-    problems = [f"{root / split}: no {INFO} (the shard stage writes one for every split; the copy is "
-                "incomplete)" for split in SPLITS if root / split / INFO not in infos]
+    problems = [_split_absent(root / split) for split in SPLITS if root / split / INFO not in infos]
     problems += [f"{d}: shards without {INFO}" for d in sorted(p for p in root.iterdir() if p.is_dir())
                  if d.name not in SPLITS and d / INFO not in infos and any(d.glob("*.tar"))]
     owner: dict[str, str] = {}                                    # sample key -> the split holding it
@@ -68,6 +67,19 @@ def verify_shards(shard_dir: str | Path) -> list[str]:
                             f"{shared[0]!r}): a sample must be in one split only; prepare the shards again")
         owner.update((k, split) for k in keys if k not in owner)
     return problems + _mixed_preparations(root, infos)
+
+
+def _split_absent(folder: Path) -> str:
+    """Why ``folder`` (a split's) yielded no info file: none there (a copy that lost it), or a folder this
+    user may not read, which the glob skips without a word (it was told as a lost file, so the user copied
+    again what was all there)."""
+    try:
+        (folder / INFO).stat()
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:                                    # no permission to enter the folder, a bad disk
+        return f"{folder}: unreadable ({e.strerror or e}); give this user read access, or copy the shards again"
+    return f"{folder}: no {INFO} (the shard stage writes one for every split; the copy is incomplete)"
 
 
 def _made_by(info_path: Path) -> dict | None:
