@@ -30,7 +30,7 @@ from ferdata.imagefile import declared_size
 from ferdata.layout import INFO, MADE_BY
 from ferdata.records import SPLITS
 from ferdata.summary import SplitSummary, check_info
-from ferdata.tario import UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
+from ferdata.tario import BadTarError, UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 from ferdata.tarscan import NOT_BY_OFFSET, is_compressed
 
 REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
@@ -165,7 +165,8 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
             problems.append(f"{path}: unreadable ({e.strerror or e}); copy the shards again")
             continue
         if digest != sha:
-            problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)")
+            problems.append(f"{path}: sha256 mismatch (corrupt, truncated or from another run)"
+                            + _what_differs(path, count, size, info))
         else:
             found, problem = _scan(path, tally, _crop_side(info))
             if problem:
@@ -186,6 +187,22 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
     if not problems:
         problems += _summary_problems(folder, info, tally)
     return problems, tally.keys
+
+
+def _what_differs(path: Path, count: int, size: int | None, info: dict) -> str:
+    """What a look inside a shard whose sha256 differs finds (its size against the listed one, the first
+    sample whose members are bad or lacking, its sample count), as "; ..." to add to the mismatch: the
+    mismatch alone named no sample, nor said whether the file was cut short or is another run's."""
+    said = []
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        said.append(f"{actual} bytes, {INFO} says {size}")
+    found, problem = _scan(path, _Tally(), _crop_side(info))     # a tally of its own: its keys count nowhere
+    if problem:
+        said.append(problem.removeprefix(f"{path}: ").removesuffix(": prepare the shards again"))
+    elif found != count:
+        said.append(f"{found} samples, {INFO} says {count}")
+    return "".join(f"; {s}" for s in said)
 
 
 @dataclass
@@ -270,6 +287,8 @@ def _scan(path: Path, tally: _Tally, side: int | None = None) -> tuple[int, str]
             here[key] = frozenset(fields)
             tally.add(key, label, meta)
             found += 1
+    except BadTarError as e:                 # its own advice, "check it with `ferdata verify`", is this command
+        return found, f"{path}: refused: not a readable tar ({e.__cause__ or e})"
     except (UnsafeTarError, tarfile.TarError, ValueError) as e:
         return found, f"{path}: refused: {e}"
     except OSError as e:
