@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import tarfile
@@ -214,15 +215,30 @@ def npy_bytes(a: np.ndarray) -> bytes:
 
 
 def load_npy(data: bytes, where: str = "") -> np.ndarray:
-    """Load ``.npy`` bytes without ever unpickling; a pickled payload is refused."""
+    """Load ``.npy`` bytes without ever unpickling: its header read once, the array its bytes (a copy, as
+    ``np.load`` gives); a pickled payload is refused, and so is a header numpy cannot parse or one declaring more
+    bytes than the member holds (``np.load`` let its header parser's ``TokenError`` through, and made room for a
+    declared 7 TiB array before reading: a ``MemoryError``)."""
     if not data.startswith(b"\x93NUMPY"):            # np.load would take it for a pickle ("holds pickled objects")
         raise UnsafeTarError(f"{where}: not a .npy array (no NUMPY header: damaged?); refused")
+    head = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        version = np.lib.format.read_magic(head)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(head)
     except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise UnsafeTarError(f"{where}: .npy holds pickled objects; refused") from None
         raise UnsafeTarError(f"{where}: unreadable .npy ({e})") from None
+    except Exception as e:                          # numpy's parser lets tokenize's errors through
+        raise UnsafeTarError(f"{where}: unreadable .npy header ({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise UnsafeTarError(f"{where}: .npy holds pickled objects; refused")
+    count = math.prod(shape)
+    declared, held = count * dtype.itemsize, len(data) - head.tell()
+    if declared > held:
+        raise UnsafeTarError(f"{where}: declares a {dtype} array of shape {shape} ({declared} bytes), holds {held}; "
+                             "refused")
+    flat = np.frombuffer(data, dtype, count, head.tell())
+    return (flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)).copy(order="K")
 
 
 def iter_tar_samples(source: str | Path | BinaryIO, where: str = "",
