@@ -122,7 +122,7 @@ def recorded_padding(folder: Path) -> float | None:
             continue
         try:
             value = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:        # RecursionError: JSON nested too deep
             raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e}); `ferdata verify` the shards, or "
                              "re-run the stage that wrote it") from e
         for field in where:
@@ -141,7 +141,7 @@ def _sheet_sample(tar: Path, key: str, fields: dict[str, bytes], padding: float 
     member, malformed landmarks, a face of a size no template has, a label or json of another shape)."""
     try:
         return to_sheet_sample(key, fields, padding)
-    except (KeyError, ValueError, TypeError, AttributeError, cv2.error) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError, cv2.error) as e:
         raise ValueError(f"{tar}: sample {key!r} cannot be shown ({type(e).__name__}: {e}); "
                          f"`ferdata verify` the shards, or re-run the stage that wrote them") from e
 

@@ -87,7 +87,7 @@ def _made_by(info_path: Path) -> dict | None:
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
         _info_fields(info)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     return {k: info.get(k) for k in MADE_BY}
 
@@ -134,7 +134,7 @@ def _verify_split(info_path: Path) -> tuple[list[str], set[str]]:
         listed, expected_total = _info_fields(info)
     except OSError as e:                                      # a folder, a dangling link, no permission
         return [f"{info_path}: unreadable ({e.strerror or e}); copy the shards again"], set()
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:   # Recursion: JSON nested too deep
         return [f"{info_path}: unreadable ({type(e).__name__}: {e})"], set()
     folder = info_path.parent
     problems = []
@@ -328,7 +328,7 @@ def _read_sample(path: Path, key: str, fields: dict[str, bytes],
     if "json" in fields:
         try:
             meta = json.loads(fields["json"])
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:         # RecursionError: nested deeper than the decoder goes
             return f"has a json that does not parse ({e})", None, {}
         if not isinstance(meta, dict):
             return f"has a json that is a {type(meta).__name__}, not an object", None, {}
