@@ -33,7 +33,9 @@ from ferdata.summary import SplitSummary, check_info
 from ferdata.tario import BadTarError, UnsafeTarError, iter_tar_samples, listed_shard, load_npy, sha256_file
 from ferdata.tarscan import NOT_BY_OFFSET, is_compressed
 
-REQUIRED = ("cls", "jpg", "json")        # every sample the shard stage writes has these (lmk.npy: 68 points only)
+# every sample the shard stage writes has these (lmk.npy: 68 points only, and then heatmap.png: WITH_LANDMARKS)
+REQUIRED = ("cls", "jpg", "json", "left.jpg", "right.jpg", "regions.json")
+WITH_LANDMARKS = ("heatmap.png",)
 INFO_NEEDS = ("class_histogram", "label_map")   # always written; training reads the histogram
 
 
@@ -260,8 +262,8 @@ def _crop_side(info: dict) -> int | None:
 def _scan(path: Path, tally: _Tally, side: int | None = None) -> tuple[int, str]:
     """(samples in a shard, problem or ""), each sample added to ``tally``; a key seen already (in
     this split's shards) is a problem, and so is a sample whose members are bad (:func:`_read_sample`;
-    a face not ``side`` square) or lack one of :data:`REQUIRED` (named only once the whole shard is
-    read: the rest may come later, split apart from it)."""
+    a face not ``side`` square) or lack one of :data:`REQUIRED` (or of :data:`WITH_LANDMARKS`; named only once
+    the whole shard is read: the rest may come later, split apart from it)."""
     found = 0
     here: dict[str, frozenset[str]] = {}                  # this shard's keys -> their members' extensions
     lacking: dict[str, list[str]] = {}                   # this shard's keys -> the required members they lack
@@ -281,7 +283,7 @@ def _scan(path: Path, tally: _Tally, side: int | None = None) -> tuple[int, str]
             problem, label, meta = _read_sample(path, key, fields, side)
             if problem:
                 return found, f"{path}: sample {key!r} {problem}: prepare the shards again"
-            missing = [ext for ext in REQUIRED if ext not in fields]
+            missing = [ext for ext in REQUIRED + (WITH_LANDMARKS if "lmk.npy" in fields else ()) if ext not in fields]
             if missing:
                 lacking[key] = missing
             here[key] = frozenset(fields)
@@ -297,7 +299,8 @@ def _scan(path: Path, tally: _Tally, side: int | None = None) -> tuple[int, str]
         key, missing = next(iter(lacking.items()))
         more = f"; {len(lacking) - 1} more of its samples lack members too" if len(lacking) > 1 else ""
         return found, (f"{path}: sample {key!r} has no {' and no '.join(missing)} (the shard stage writes "
-                       f"{', '.join(REQUIRED)} for every sample){more}: prepare the shards again")
+                       f"{', '.join(REQUIRED)} for every sample, {', '.join(WITH_LANDMARKS)} with lmk.npy){more}: "
+                       "prepare the shards again")
     return found, ""
 
 

@@ -25,17 +25,19 @@ DETECT = {"backend": "embedded", "options": {"det_size": 640}}
 
 
 def _split(root: Path, split: str, keys: list[str], preprocess: dict, label: str = "Happy") -> None:
-    """One shard of samples (jpg, cls, json) and its _info.json."""
+    """One shard of samples (jpg, cls, json and the derive stage's halves and regions) and its _info.json."""
     folder = root / split
     folder.mkdir(parents=True)
     side = preprocess["align"]["size"]                  # faces as the preparation made them
     face = cv2.imencode(".jpg", np.full((side, side, 3), 128, np.uint8))[1].tobytes()
+    half = cv2.imencode(".jpg", np.full((side, side // 2, 3), 128, np.uint8))[1].tobytes()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key in keys:
             cls = CLASSES.index(label)
             meta = json.dumps({"key": key, "label": cls, "backend": "embedded", "split": split}).encode()
-            for ext, data in (("cls", str(cls).encode()), ("jpg", face), ("json", meta)):
+            for ext, data in (("cls", str(cls).encode()), ("jpg", face), ("json", meta), ("left.jpg", half),
+                              ("right.jpg", half), ("regions.json", b'{"fixed": {}}')):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))

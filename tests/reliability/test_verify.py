@@ -219,7 +219,8 @@ def _no_label_map(shards):
 def _member_lost(ext):
     def damage(shards):
         shard, key = _relisted(shards, lambda fields: fields.pop(ext))
-        return f"{shard}: sample {key!r} has no {ext} (the shard stage writes cls, jpg, json for every sample)"
+        return (f"{shard}: sample {key!r} has no {ext} (the shard stage writes cls, jpg, json, left.jpg, right.jpg, "
+                "regions.json for every sample, heatmap.png with lmk.npy)")
     damage.__name__ = f"_no_{ext}_relisted"
     return damage
 
@@ -294,6 +295,8 @@ def _info_is_a_folder(shards):
                                     _info_lost, _split_lost,
                                     _histogram_not_a_mapping, _listed_twice, _bytes_wrong, _no_histogram,
                                     _no_label_map, _member_lost("jpg"), _member_lost("cls"), _member_lost("json"),
+                                    _member_lost("left.jpg"), _member_lost("regions.json"),
+                                    _member_lost("heatmap.png"),
                                     _landmarks(np.zeros(5, np.float32), "float32 (5,)"),
                                     _landmarks(np.zeros((68, 3), np.float32), "float32 (68, 3)"),
                                     _landmarks(np.full((68, 2), np.nan, np.float32), "float32 (68, 2)"),
