@@ -303,7 +303,9 @@ def _readiness(cls, options: dict, model_dir, fallback: Optional[dict]) -> str:
 
 
 @app.command()
-def verify(shards: Path = typer.Argument(..., help="A shards folder (with <split>/_info.json).")) -> None:
+def verify(shards: Path = typer.Argument(..., help="A shards folder (with <split>/_info.json), or one split's "
+                                                   "folder (its own checks only: not splits sharing a sample, "
+                                                   "a split missing, or splits from two preparations).")) -> None:
     """Check shards against their _info.json (docs/sharing.md, "Verifying what arrived").
 
     Every shard's sha256, size and sample count, the class histogram, samples in two shards or
