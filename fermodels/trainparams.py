@@ -113,7 +113,8 @@ class TrainParams:
             "epoch_samples": optional(at_least(1)), "optimizer": one_of(OPTIMIZERS.names()), "lr": above(0),
             "weight_decay": at_least(0), "momentum": below_from(0, 1), "sam_rho": above(0),
             "schedule": one_of(SCHEDULES.names()), "warmup_epochs": at_least(0), "step_size": at_least(1),
-            "gamma": above(0),
+            "gamma": (lambda v: above(0)[0](v) and v <= 1, "in (0, 1] (step and exponential multiply the learning "
+                      "rate by it: above 1 it grows)"),
             "sampler": one_of(SAMPLERS), "select_metric": one_of(SUMMARY_METRICS), "workers": at_least(0),
             "streams": at_least(1), "checkpoint_every": at_least(0),
             "shuffle_buffer": (at_least(2)[0], ">= 2 (0 and 1 shuffle nothing: every epoch in the same order)"),

@@ -110,6 +110,8 @@ def test_a_bad_evaluate_value_is_refused_by_name():
     ({"lr": float("inf")}, "train.lr must be > 0, got inf"),                   # trained to NaN after preprocessing
     ({"weight_decay": float("nan")}, "train.weight_decay must be >= 0, got nan"),
     ({"seed": 2**64}, "train.seed must be in [0, 18446744073709551615], got 18446744073709551616"),   # torch's overflow
+    ({"schedule": "step", "gamma": 10}, "train.gamma must be in (0, 1] (step and exponential multiply the learning "
+                                        "rate by it: above 1 it grows), got 10"),     # was an lr 10x larger each step
 ])
 def test_a_bad_train_value_is_refused_by_name(changes, message):
     with pytest.raises(ValueError) as e:
