@@ -210,6 +210,27 @@ def test_the_whole_check_refuses_another_datasets_misspelt_reader_or_option(tmp_
     check_params(_with_dataset(root="/nonexistent/AffectNet", options={"protocol": "affectnet7"}), tmp_path)
 
 
+@pytest.mark.parametrize("reader, options, named", [
+    ("affectnet", {"protocol": "affectnet9"}, "protocol must be affectnet7 or affectnet8, got 'affectnet9'"),
+    ("affectnet", {"automatic": "yes"}, "automatic must be true or false, got 'yes'"),
+    ("affectnet", {"layout": "zip"}, "layout must be one of"),
+    ("rafdb", {"images": "orig"}, "images must be auto, original or aligned, got 'orig'"),
+    ("sfew", {"val_as": "valid"}, "val_as must be 'test' or 'val', got 'valid'"),
+    ("ferplus", {"label_mode": "majorty"}, "label_mode must be one of"),
+    ("ckplus", {"frames": 0}, "options.frames must be a whole number >= 1, got 0"),
+    ("folder", {"subject": "S\\d+"}, "options.subject must be a regular expression")])
+def test_the_whole_check_refuses_another_datasets_bad_option_value(tmp_path, reader, options, named):
+    """A reader's option values were checked when its scan started: a second dataset's misspelt protocol
+    passed the whole check, and `dvc repro` detected every dataset before it, then failed at its detect stage."""
+    from ferdata.errors import is_user_error, message
+    from pipeline._checks import check_params
+
+    with pytest.raises(ValueError) as caught:
+        check_params(_with_dataset(reader=reader, options=options), tmp_path)
+    assert is_user_error(caught.value)
+    assert named in message(caught.value) and "datasets.second" in message(caught.value)
+
+
 @pytest.mark.parametrize("where, detect, named", [
     ("section", {"backend": "embeded"}, "embeded"),
     ("section", {"options": {"thread": 2}}, "thread"),

@@ -147,13 +147,17 @@ class AffectNetReader(DatasetReader):
     official = tuple(LISTS)
     subset_pattern = AFFECTNET_ID
 
-    def scan(self) -> Iterator[FaceRecord | Dropped]:
+    def check_options(self) -> None:
         protocol = self.options["protocol"]
-        num_classes = PROTOCOLS.get(protocol) if isinstance(protocol, str) else None
-        if num_classes is None:
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
             raise ValueError(f"affectnet: protocol must be affectnet7 or affectnet8, got {self.options['protocol']!r}")
         if self.options["automatic"] not in (True, False):
             raise ValueError(f"affectnet: automatic must be true or false, got {self.options['automatic']!r}")
+        if self.options["layout"] not in LAYOUTS:
+            raise ValueError(f"affectnet: layout must be one of {LAYOUTS}, got {self.options['layout']!r}")
+
+    def scan(self) -> Iterator[FaceRecord | Dropped]:
+        num_classes = PROTOCOLS[self.options["protocol"]]
         if self._layout() == "npy":
             if self.options["automatic"]:
                 raise ValueError("affectnet: options.automatic needs the official layout: the re-packaged npy "
@@ -192,8 +196,6 @@ class AffectNetReader(DatasetReader):
 
     def _layout(self) -> str:
         layout = self.options["layout"]
-        if layout not in LAYOUTS:
-            raise ValueError(f"affectnet: layout must be one of {LAYOUTS}, got {layout!r}")
         if layout != "auto":
             return layout
         has_npy = any((self.root / d / "annotations").is_dir() for d in NPY_SPLITS.values())

@@ -120,6 +120,13 @@ class DatasetReader:
             takers = ", ".join(n for n in READERS.names() if READERS.get(n).subset_pattern is not None)
             raise ValueError(f"{self.name}: options.subsets is not supported: no published subset lists name "
                              f"this dataset's images (readers that take subsets: {takers}); remove options.subsets")
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Refuse an option value this reader cannot take, in words, before any file is read: built when
+        params.yaml is checked whole (:func:`ferdata.datasets.check_reader`), so a value misspelt for one
+        dataset is told before any stage runs, not when its detect stage starts after the other datasets'
+        detection. Readers with options override it; none to check here."""
 
     def official_splits(self) -> tuple[str, ...]:
         """The splits the dataset's publisher defines, whether or not any of their records survive

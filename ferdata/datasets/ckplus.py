@@ -97,9 +97,12 @@ class CKPlusReader(DatasetReader):
     )
     option_defaults: Mapping[str, object] = {"frames": 3, "neutral_frames": 0}
 
+    def check_options(self) -> None:
+        self.options["frames"] = whole_number(self.name, "frames", self.options["frames"], 1)
+        self.options["neutral_frames"] = whole_number(self.name, "neutral_frames", self.options["neutral_frames"], 0)
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
-        frames = whole_number(self.name, "frames", self.options["frames"], 1)
-        neutral = whole_number(self.name, "neutral_frames", self.options["neutral_frames"], 0)
+        frames, neutral = self.options["frames"], self.options["neutral_frames"]
         images = _first_dir(self.root, IMAGE_DIRS)
         emotions = _first_dir(self.root, EMOTION_DIRS)
         if images is None or emotions is None:

@@ -293,10 +293,12 @@ class FERPlusReader(DatasetReader):
             return None
         return new_csv
 
+    def check_options(self) -> None:
+        if (mode := str(self.options["label_mode"])) not in LABEL_MODES:
+            raise ValueError(f"{self.name}: label_mode must be one of {LABEL_MODES}, got {mode!r}")
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         mode = str(self.options["label_mode"])
-        if mode not in LABEL_MODES:
-            raise ValueError(f"{self.name}: label_mode must be one of {LABEL_MODES}, got {mode!r}")
         new_csv = self._votes_csv()
         if new_csv is not None:
             fer_csv = find_file(self.root, FER_CSVS, str(self.options["fer2013_csv"]), "fer2013_csv")

@@ -230,6 +230,9 @@ class FolderReader(DatasetReader):
     )
     option_defaults: Mapping[str, object] = {"mapping": {}, "dataset": "folder", "subject": None}
 
+    def check_options(self) -> None:
+        subject_pattern(self.options["subject"], self.name)
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         dataset = str(self.options["dataset"])
         subject = subject_pattern(self.options["subject"], self.name)

@@ -67,6 +67,10 @@ class RAFDBReader(DatasetReader):
     official = ("train", "test")
     lists_twice = True               # its label list may name a file again
 
+    def check_options(self) -> None:
+        if self.options["images"] not in ("auto", *IMAGE_DIRS):
+            raise ValueError(f"{self.name}: images must be auto, original or aligned, got {self.options['images']!r}")
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         label_file, kind = self._layout()
         image_dir = self.root / IMAGE_DIRS[kind]
@@ -98,8 +102,6 @@ class RAFDBReader(DatasetReader):
     def _layout(self) -> tuple[Path, str]:
         label_file = next((self.root / p for p in LABEL_FILES if (self.root / p).is_file()), None)
         asked = kind = self.options["images"]
-        if kind not in ("auto", *IMAGE_DIRS):
-            raise ValueError(f"{self.name}: images must be auto, original or aligned, got {kind!r}")
         if kind == "auto":
             kind = next((k for k, d in IMAGE_DIRS.items() if (self.root / d).is_dir()), "original")
         if label_file is None or not (self.root / IMAGE_DIRS[kind]).is_dir():

@@ -55,10 +55,12 @@ class SFEWReader(DatasetReader):
         val = self._folders()["val"]
         return ("train",) + ((self.options["val_as"],) if holds_a_file(val, images_only=True) else ())
 
+    def check_options(self) -> None:
+        if self.options["val_as"] not in ("test", "val"):
+            raise ValueError(f"{self.name}: val_as must be 'test' or 'val', got {self.options['val_as']!r}")
+
     def scan(self) -> Iterator[FaceRecord | Dropped]:
         val_as = self.options["val_as"]
-        if val_as not in ("test", "val"):
-            raise ValueError(f"{self.name}: val_as must be 'test' or 'val', got {val_as!r}")
         folders = self._folders()
         split_dirs = {"train": folders["train"], val_as: folders["val"]}
         for split, folder in split_dirs.items():
