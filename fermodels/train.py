@@ -202,12 +202,17 @@ def _setup(dirs: list[Path], params: TrainParams, ckpt_dir: Path, live_dir: Path
            device: torch.device) -> _Run:
     """Model, data, optimiser and the resume point (``last.pt`` of this exact run whose epochs
     ``live_dir`` logged, if any)."""
-    if params.batch_size % env.world_size:
-        raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
-    if params.compile:              # before the data: an inductor that cannot build here fails at the first step
-        check_compile_works(device)
-    torch.manual_seed(params.seed)
-    net = create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
+    def build() -> nn.Module:
+        if params.batch_size % env.world_size:
+            raise ValueError(f"train.batch_size {params.batch_size} is not divisible by {env.world_size} ranks")
+        if params.compile:          # before the data: an inductor that cannot build here fails at the first step
+            check_compile_works(device)
+        torch.manual_seed(params.seed)
+        return create_model(params.model, num_classes=params.num_classes, **params.model_kwargs).to(device)
+
+    # on every rank, told to all: a weight file or a compiler one machine lacks stopped that machine's ranks
+    # alone, the others' ending at check_ranks_agree on gloo's "Connection closed by peer" (NCCL: the timeout)
+    net = on_every_rank(build, env)
     for warning in random_start_warnings(net, params):
         log.warning(warning)
     train_split, val_split = (open_split(dirs, s, warn=s == SPLITS_READ[0]) for s in SPLITS_READ)   # told once

@@ -450,6 +450,19 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             outcome = f"{type(err).__name__}{'' if is_user_error(err) else ' (a bug)'}: {err}"
         (Path(out) / f"rank{rank}-held.txt").write_text(outcome)
         return
+    if mode == "no_weights":                            # machine 1 lacks the weight file params.yaml names
+        if rank == 1:
+            def missing(*args, **kwargs):
+                raise FileNotFoundError("pretrained checkpoint '/models/w.pth' (msceleb_resnet18) does not exist")
+            trainer.create_model = missing
+        os.environ["FER_DIST_TIMEOUT_S"] = "20"
+        try:
+            trainer.train(shards, make_params(epochs=1), Path(out) / "ckpt", Path(out) / "live")
+            outcome = "trained"
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-no_weights.txt").write_text(outcome)
+        return
     if mode == "mismatch":                              # rank 1 reads another params.yaml (another seed)
         try:
             trainer.train(shards, make_params(epochs=1, seed=rank), Path(out) / "ckpt", Path(out) / "live")
@@ -539,6 +552,18 @@ def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, 
     assert outcomes[0].startswith("ValueError: ") and said in outcomes[0], outcomes
     assert outcomes[1].startswith("RankZeroRefusal: rank 0 stopped before training: ValueError: "), outcomes
     assert said in outcomes[1], outcomes
+
+
+def test_a_weight_file_one_machine_lacks_stops_every_rank_with_the_reason(tiny_shards, tmp_path):
+    """The model was built on each rank before the ranks compared anything: the rank without the file
+    stopped, the others ended on gloo's "Connection closed by peer" (NCCL: waited for the timeout)."""
+    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "no_weights"), nprocs=2,
+                       start_method="fork")
+    outcomes = [(tmp_path / f"rank{rank}-no_weights.txt").read_text() for rank in (0, 1)]
+    assert outcomes[1].startswith("FileNotFoundError: pretrained checkpoint '/models/w.pth'"), outcomes
+    assert outcomes[0].startswith("RankRefusal: rank 1 stopped before training: FileNotFoundError: pretrained "
+                                  "checkpoint '/models/w.pth'"), outcomes
+    assert not (tmp_path / "ckpt" / "last.pt").exists()
 
 
 def test_a_rank_started_with_other_params_stops_every_rank_before_training(tiny_shards, tmp_path):
