@@ -11,15 +11,20 @@ torch's default timeout (10 minutes with NCCL, 30 with gloo); ``FER_DIST_TIMEOUT
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ferdata.errors import is_user_error
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,9 @@ def collective_timeout() -> timedelta | None:
     return timedelta(seconds=seconds)
 
 
-def init_distributed(device: torch.device, env: DistEnv) -> bool:
+def init_distributed(device: torch.device, env: DistEnv, store: dist.Store | None = None) -> bool:
     """Join the process group (NCCL on CUDA, gloo on CPU) with :func:`collective_timeout`; True if
-    this call created it."""
+    this call created it. ``store``: the rendezvous store :func:`start_ranks` met the others in."""
     if not env.distributed or dist.is_initialized():
         return False
     if device.type == "cuda":
@@ -116,9 +121,91 @@ def init_distributed(device: torch.device, env: DistEnv) -> bool:
                              f"LOCAL_RANK (this one cuda:{env.local_rank}); set the device to cuda or auto, and "
                              "choose GPUs with CUDA_VISIBLE_DEVICES")
         torch.cuda.set_device(device)
+    joined = {} if store is None else {"store": store, "rank": env.rank, "world_size": env.world_size}
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout(),
-                            device_id=device if device.type == "cuda" else None)
+                            device_id=device if device.type == "cuda" else None, **joined)
     return True
+
+
+class RankRefusal(RuntimeError, ValueError):
+    """Another rank's account of a rank's refusal of bad input (a ``ValueError``: one ``error:`` line)."""
+
+
+START = "fermodels/start"       # the rendezvous store's keys of :func:`start_ranks`
+
+
+def start_ranks(prepare: Callable[[], tuple[T, torch.device]],
+                env: DistEnv | None = None) -> tuple[T, torch.device, bool]:
+    """``prepare()`` (what a rank does before it can join the process group: read and check its own
+    params.yaml, pick its device), then the group joined on the device it returns (:func:`init_distributed`;
+    the bool: whether this call created the group; ``env``: torchrun's by default). Under torchrun every
+    rank first tells the others, through the rendezvous store, whether ``prepare`` failed and the kind of
+    device it picked: a rank that failed alone (one machine's params.yaml, a GPU asked for where none is)
+    stops every rank with its reason, where the other machines' ranks waited in init_process_group for
+    the timeout (30 minutes) and ended on a store timeout that named nothing; ranks on CPUs and GPUs at
+    once are refused (gloo and NCCL do not meet). A rank that never arrives is named after the timeout."""
+    value, device, failure = None, None, None
+    try:
+        value, device = prepare()
+    except (Exception, SystemExit) as err:      # noqa: BLE001 - any failure here must reach every rank
+        failure = err
+    env = env or env_from_os()           # after prepare: its command-line error policy is set up
+    if not env.distributed or dist.is_initialized():
+        if failure is not None:
+            raise failure
+        return value, device, False
+    try:
+        timeout = collective_timeout() or dist.default_pg_timeout
+    except ValueError as err:
+        failure, timeout = failure or err, dist.default_pg_timeout
+    try:
+        store, _, _ = next(dist.rendezvous("env://", env.rank, env.world_size, timeout=timeout))
+    except (dist.DistStoreError, dist.DistNetworkError):
+        if failure is not None:         # its own reason, not the store's
+            raise failure from None
+        raise
+    told = _tell_start(store, env, failure, device, timeout)
+    if failure is not None:
+        raise failure
+    for rank, (text, user, _) in enumerate(told):
+        if text is not None:
+            raise (RankRefusal if user else RuntimeError)(f"rank {rank} stopped before joining the others: {text}")
+    if len(kinds := {kind for _, _, kind in told}) > 1:
+        ranks = "; ".join(f"{kind}: rank(s) {', '.join(str(r) for r, t in enumerate(told) if t[2] == kind)}"
+                          for kind in sorted(kinds))
+        raise ValueError(f"the ranks picked different kinds of device ({ranks}): gloo (CPU) and NCCL (GPU) ranks "
+                         "cannot train together; a machine with no visible GPU picks the CPU under device auto: "
+                         "give every machine its GPUs (CUDA_VISIBLE_DEVICES), or set train.device cuda to be told "
+                         "which has none")
+    return value, device, init_distributed(device, env, store)
+
+
+def _tell_start(store: dist.Store, env: DistEnv, failure: BaseException | None, device: torch.device | None,
+                timeout: timedelta) -> list[tuple[str | None, bool, str | None]]:
+    """Every rank's (failure, whether bad input, device type), in rank order, through ``store``."""
+    keys = dist.PrefixStore(f"{START}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    said = None if failure is None else f"{type(failure).__name__}: {failure}"
+    user = failure is not None and (isinstance(failure, SystemExit) or is_user_error(failure))
+    keys.set(str(env.rank), json.dumps([said, user, None if device is None else device.type]))
+    ranks = [str(r) for r in range(env.world_size)]
+    try:
+        keys.wait(ranks, timeout)
+    except (dist.DistStoreError, RuntimeError):
+        if failure is not None:
+            raise failure from None
+        missing = [r for r in ranks if not keys.check([r])]
+        raise TimeoutError(f"rank(s) {', '.join(missing)} did not start within {timeout.total_seconds():g} s (a "
+                           f"machine not launched, or stopped before it could tell why: see its log); "
+                           f"{TIMEOUT_ENV} sets the wait") from None
+    told = [tuple(json.loads(keys.get(r))) for r in ranks]
+    if keys.add("read", 1) == env.world_size:
+        keys.set("all_read", "1")
+    if env.rank == 0:                   # it may host the store: it stops (on a refusal) once every rank has read
+        try:
+            keys.wait(["all_read"], timeout)
+        except (dist.DistStoreError, RuntimeError):
+            pass
+    return told
 
 
 def shutdown(created: bool) -> None:

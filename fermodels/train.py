@@ -29,9 +29,9 @@ from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
-from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects, broadcast_object,
-                                   check_compile_works, ddp_wrap, env_from_os, init_distributed, max_over_ranks,
-                                   pick_device, shutdown, sync_batchnorm, sync_buffers)
+from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, RankRefusal, all_gather_objects,
+                                   broadcast_object, check_compile_works, ddp_wrap, env_from_os, max_over_ranks,
+                                   pick_device, shutdown, start_ranks, sync_batchnorm, sync_buffers)
 from fermodels.ema import WeightAverage
 from fermodels.indexed import IndexedSplit, close_loader
 from fermodels.losses import GLOBAL_BATCH, draw_targets
@@ -97,8 +97,7 @@ def train(shards: str | Path | Sequence[str | Path], params: TrainParams, ckpt_d
     if len(dirs) != len(params.datasets):
         raise ValueError(f"{len(dirs)} shard dirs for datasets {params.datasets}")
     env = env_from_os()
-    device = pick_device(params.device, env)
-    created = init_distributed(device, env)
+    _, device, created = start_ranks(lambda: (None, pick_device(params.device, env)), env)
     # Training seeds torch's global generators (params.seed, then every step): the caller's (a notebook's)
     # are theirs again afterwards, as they were, not left at the last step's seed.
     own = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -134,10 +133,6 @@ def _on_rank_0(fn: Callable[[], Any], env: DistEnv, share: bool = False) -> Any:
         text, user = shared[1]
         raise (RankZeroRefusal if user else RuntimeError)(f"rank 0 stopped before training: {text}")
     return value if env.is_main else shared[0]
-
-
-class RankRefusal(RuntimeError, ValueError):
-    """Another rank's account of a rank's refusal of bad input (a ``ValueError``: one ``error:`` line)."""
 
 
 def on_every_rank(fn: Callable[[], Any], env: DistEnv) -> Any:

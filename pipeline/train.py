@@ -9,7 +9,7 @@ Under torchrun a rank's error goes into torchrun's failure summary (``record``),
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from ferdata.selection import SPLITS_READ, read_selection
-from fermodels.distributed import env_from_os, init_distributed, pick_device, shutdown
+from fermodels.distributed import env_from_os, pick_device, shutdown, start_ranks
 from fermodels.runstate import preprocess_record
 from fermodels.train import on_every_rank, train
 from fermodels.trainparams import train_section
@@ -18,11 +18,16 @@ from pipeline._args import setup
 
 @record
 def run(params: dict, selection: str, ckpt: str, live: str) -> None:
-    train_params = train_section(params)
     env = env_from_os()
+
+    def prepare():
+        train_params = train_section(params)
+        return train_params, pick_device(train_params.device, env)
+
+    # a machine that cannot join (no GPU where train.device asks for one) stops every rank with its reason
+    train_params, _, created = start_ranks(prepare, env)
     # in the process group before reading the selection: a machine whose shards differ from the pinned ones
     # stops every rank with its reason, where the other machines' ranks waited for it until the timeout
-    created = init_distributed(pick_device(train_params.device, env), env)
     try:
         shards = on_every_rank(lambda: read_selection(selection, train_params.datasets, SPLITS_READ), env)
         train(shards, train_params, ckpt, live, preprocess_record(params))
@@ -30,6 +35,17 @@ def run(params: dict, selection: str, ckpt: str, live: str) -> None:
         shutdown(created)
 
 
+def _failing(err: BaseException):
+    """A :func:`start_ranks` preparation that fails with ``err`` (the usage or params mistake already found)."""
+    def prepare():
+        raise err
+    return prepare
+
+
 if __name__ == "__main__":
-    params, args = setup()            # usage and params mistakes: the same on every rank, told by each
+    try:
+        params, args = setup()        # each machine reads its own params.yaml: a mistake may be one machine's
+    except (Exception, SystemExit) as err:      # noqa: BLE001 - told to every rank (they wait to join), then raised
+        start_ranks(_failing(err))
+        raise
     run(params, *args)

@@ -439,6 +439,31 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             torch.save(gathered, out)
         torch.distributed.destroy_process_group()
         return
+    if mode == "own_params":                            # each rank in its own folder, as on its own machine
+        import runpy
+        import sys
+
+        os.environ["FER_DIST_TIMEOUT_S"] = "20"
+        os.chdir(Path(out) / f"machine{rank}")
+        sys.argv = ["pipeline.train", "runs/select/train.json", "runs/train/ckpt", "runs/train/live"]
+        try:
+            runpy.run_module("pipeline.train", run_name="__main__", alter_sys=True)
+            outcome = "trained"
+        except BaseException as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-own.txt").write_text(outcome)
+        return
+    if mode == "kinds":                                 # rank 1 picked a GPU, rank 0 the CPU (device auto)
+        from fermodels.distributed import start_ranks
+
+        os.environ["FER_DIST_TIMEOUT_S"] = "20"
+        try:
+            start_ranks(lambda: (None, torch.device("cpu") if rank == 0 else torch.device("cuda", 0)))
+            outcome = "joined"
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-kinds.txt").write_text(outcome)
+        return
     import fermodels.train as trainer
 
     if mode == "held":                                  # rank 0 refuses the checkpoint folder or its last.pt
@@ -575,6 +600,32 @@ def test_a_rank_started_with_other_params_stops_every_rank_before_training(tiny_
     assert all(o.startswith("ValueError: rank 1 was started with other settings than rank 0 (train.seed differ)")
                for o in outcomes), outcomes
     assert not (tmp_path / "ckpt" / "last.pt").exists()
+
+
+def test_a_params_mistake_on_one_machine_stops_every_rank_with_its_reason(tmp_path):
+    """pipeline.train read and checked each machine's params.yaml before joining the process group:
+    a mistake only machine 1 had stopped it there, while machine 0's ranks waited in
+    init_process_group for the timeout (30 minutes) and ended on a store timeout naming nothing."""
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
+    assert "\n  epochs: 12" in text, "the project's train.epochs is no longer 12: edit the mistake below"
+    for rank, epochs in ((0, "12"), (1, "0")):
+        (tmp_path / f"machine{rank}").mkdir()
+        mistake = text.replace("\n  epochs: 12", f"\n  epochs: {epochs}")
+        (tmp_path / f"machine{rank}" / "params.yaml").write_text(mistake)
+    mp.start_processes(_worker, args=(2, _free_port(), "", str(tmp_path), "own_params"), nprocs=2,
+                       start_method="fork")
+    said = [(tmp_path / f"rank{rank}-own.txt").read_text() for rank in (0, 1)]
+    assert said[1].startswith("ValueError: train.epochs must be >= 1, got 0"), said
+    assert said[0] == ("RankRefusal: rank 1 stopped before joining the others: ValueError: train.epochs must be "
+                       ">= 1, got 0"), said
+
+
+def test_ranks_on_cpus_and_gpus_at_once_are_refused_before_joining(tmp_path):
+    mp.start_processes(_worker, args=(2, _free_port(), "", str(tmp_path), "kinds"), nprocs=2, start_method="fork")
+    for rank in (0, 1):
+        said = (tmp_path / f"rank{rank}-kinds.txt").read_text()
+        assert said.startswith("ValueError: the ranks picked different kinds of device (cpu: rank(s) 0; cuda: "
+                               "rank(s) 1)"), said
 
 
 def test_ranks_compare_weight_files_by_content_not_by_their_paths():
