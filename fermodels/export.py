@@ -10,6 +10,7 @@ align/derive settings, and how a photo's face becomes each input without this pa
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -37,13 +38,39 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4      # max |probability| (or relative logit) difference an export may have from PyTorch
 
 
+def _checked_inputs(inputs: List[Tensor], names: List[str], shapes: List[List[int]]) -> List[Tensor]:
+    """``inputs`` as they are, each of shape [batch] + its ``shapes`` entry with the first input's batch, or an
+    error naming the input. Scripted (:func:`checked_inputs`), so a traced TorchScript graph keeps the check:
+    the model's own checks (:func:`fermodels.models.common.require`) are Python, gone from the trace, and a CNN
+    runs on a face of any size."""
+    batch = inputs[0].size(0)
+    for i in range(len(inputs)):
+        got = inputs[i].size()
+        if len(got) != len(shapes[i]) + 1 or got[1:] != shapes[i] or got[0] != batch:
+            raise ValueError("input " + names[i] + " is " + str(got) + ", not [batch] + " + str(shapes[i])
+                             + " with the batch of input " + names[0] + " (" + str(batch) + "): see the "
+                             "export's .json (inputs, input_order)")
+    return inputs
+
+
+@functools.cache
+def checked_inputs():
+    """:func:`_checked_inputs` scripted (once, when a graph is first traced: it reads the source)."""
+    return torch.jit.script(_checked_inputs)
+
+
 class ExportWrapper(nn.Module):
-    """Positional pixel-space inputs -> (logits, probabilities), normalising inside."""
+    """Positional pixel-space inputs -> (logits, probabilities), normalising inside. ``check_shapes``: each
+    input's shape is checked inside the graph (:func:`checked_inputs`; set while tracing TorchScript, whose
+    graph would otherwise run on inputs of any size; ONNX Runtime checks an ONNX graph's declared shapes)."""
+
+    check_shapes = False
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model, self.card = model, model.card
         self.fields = tuple(model.card.fields)
+        self.shapes = [shape[1:] for shape in input_shapes(model.card, 1).values()]
         # Buffers, not constants made in forward: a traced graph moved to a GPU takes them along.
         scale, shift = pixel_affine(model.card)
         self.register_buffer("scale", scale)
@@ -51,6 +78,8 @@ class ExportWrapper(nn.Module):
         self.eval()      # the ONNX exporter restores the wrapper's mode afterwards: it must be eval
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        if self.check_shapes:
+            inputs = tuple(checked_inputs()(list(inputs), list(self.fields), self.shapes))
         batch = normalise(dict(zip(self.fields, inputs)), self.card, affine=(self.scale, self.shift))
         logits = self.model(batch)["logits"].float()
         return logits, logits.softmax(-1)
@@ -354,7 +383,11 @@ def _write_graphs(wrapper: ExportWrapper, folder: Path, name: str, formats: Sequ
                               dynamic_axes={n: {0: "batch"} for n in (*card.fields, "logits", "probs")})
         if "torchscript" in formats:
             files["torchscript"] = f"{name}{SUFFIX['torchscript']}"
-            traced = torch.jit.trace(wrapper.eval(), example, check_trace=False)
+            wrapper.check_shapes = True         # kept in the graph (scripted): the model's own checks are not
+            try:
+                traced = torch.jit.trace(wrapper.eval(), example, check_trace=False)
+            finally:
+                del wrapper.check_shapes
             torch.jit.save(traced, str(folder / files["torchscript"]))
     return files
 

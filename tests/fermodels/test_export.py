@@ -739,3 +739,25 @@ def test_the_metadata_says_when_the_training_faces_were_a_datasets_own_crops():
     assert "dataset's own crops (precropped)" in alignment(pre, card, {"precropped": 30, "embedded": 3})["framing"]
     assert "framing" not in alignment(pre, card, {"precropped": 3, "embedded": 30})
     assert "framing" not in alignment(pre, card, {"annotations": 30})
+
+
+def test_a_torchscript_graph_refuses_inputs_of_another_shape_as_onnx_and_pytorch_do(
+        tmp_path, preprocess, one_thread):
+    """The traced graph kept none of the model's input checks (``require``): a 224 px face fed to a 112 px
+    model's .ts, or one face with a batch of two heatmaps, gave probabilities without a word (a CNN runs at
+    any size; the heatmap broadcast over the batch), where the ONNX graph and the PyTorch model refuse them."""
+    graphs = {}
+    for name in ("resnet18_112", "resnet18_heatmap_112"):
+        _checkpoint_of(name, tmp_path / f"{name}.pt", preprocess)
+        export_model(tmp_path / f"{name}.pt", tmp_path, formats=["torchscript"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)             # torch.jit.load's deprecation notice
+            graphs[name] = torch.jit.load(str(tmp_path / f"{name}.ts"))
+    image, heatmap = torch.rand(2, 3, 112, 112) * 255, torch.rand(2, 1, 28, 28) * 255
+    assert graphs["resnet18_112"](image)[1].shape == (2, 7)
+    assert graphs["resnet18_heatmap_112"](image[:1], heatmap[:1])[1].shape == (1, 7)
+    for name, bad, field in (("resnet18_112", (torch.rand(1, 3, 224, 224) * 255,), "image"),
+                             ("resnet18_112", (image[:, :1],), "image"),
+                             ("resnet18_heatmap_112", (image[:1], heatmap), "heatmap")):
+        with pytest.raises(Exception, match=rf"input {field} is \[[^]]*\], not \[batch\]"):
+            graphs[name](*bad)
