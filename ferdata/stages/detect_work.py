@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ferdata.cache import Detection, DetectionCache
@@ -104,7 +104,9 @@ class DetectWorker:
                 out[i] = (batch[i], det, "", "", False)
         for i, j in same.items():
             out[i] = (batch[i], *out[j][1:4], True)
-        return out
+        # The picture's bytes stay here: the parent reads the record, hash and detection only (the bytes went back
+        # with every result, a second copy of each image through the pipe and in the parent's memory)
+        return [(_without_bytes(r[0]), *r[1:]) for r in out]
 
     def _detect(self, images: list, records: list) -> list[list[Face] | Exception]:
         """The backend's faces per image; an image on which it fails is its exception, so one odd
@@ -130,6 +132,11 @@ class DetectWorker:
             except Exception as e:                 # noqa: BLE001  (counted, named in dropped.jsonl)
                 found.append(e)
         return found
+
+
+def _without_bytes(item: Item) -> Item:
+    """``item`` without its picture's bytes (a :class:`Job` that carries them), as a result goes back."""
+    return replace(item, data=None) if isinstance(item, Job) and item.data is not None else item
 
 
 def jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: DetectionCache | None,
