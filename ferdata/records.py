@@ -20,9 +20,10 @@ SPLITS = ("train", "val", "test")
 HELD_OUT = ("val", "test")      # the splits a model is scored on: kept apart from train, their losses counted
 # A reader's drops of a listed picture it could not use (missing, unreadable, its row or label damaged):
 # lost to its split as detect's and align's drops are. Its other drops are the protocol's or the user's
-# choice (a class left out, no majority of votes, "not a face") and no loss to a split's count.
+# choice (a class left out, no majority of votes, "not a face") and no loss to a split's count. The detect stage's
+# own drops before a picture is decoded (unreadable, too_large: a file over MAX_IMAGE_BYTES) are counted alike.
 READ_LOSSES = frozenset({"missing_image", "unreadable_file", "malformed_row", "bad_pixels", "bad_label",
-                         "bad_votes", "heic_unsupported"})
+                         "bad_votes", "heic_unsupported", "too_large"})
 SOFT_LABEL = "soft_label"    # ``extra``: a label distribution (8 floats, canonical order), e.g. FERPlus votes
 LABEL_MODE = "label_mode"    # ``extra``: how training uses it (crossentropy, probability, multi_target; majority: not)
 TRAIN_ONLY = "train_only"   # ``extra`` flag: a training record never carved into val/test (e.g. noisy labels)
@@ -190,14 +191,27 @@ def unreadable_drop(r: FaceRecord, err: OSError, stage: str) -> Dropped:
     return r.dropped("unreadable_file", f"{r.where}: {err.strerror}")
 
 
+# No picture the decoders here read is larger (ferdata.io refuses over 178 MP, and a non-JPEG over 40 MP: a 16-bit
+# RGBA TIFF of 40 MP is 320 MB); a file over it is a video, archive or disk image under an image's name, and was read
+# whole, then held about four times over on its way to a worker (two 600 MB ones: 5 GB; audit h141)
+MAX_IMAGE_BYTES = 1 << 30
+
+
+class TooLarge(OSError):
+    """A file over :data:`MAX_IMAGE_BYTES` under an image's name, not read (the detect stage's ``too_large``)."""
+
+
 def load_image_bytes(r: FaceRecord) -> bytes:
     """The record's encoded image: inline pixels or the file's bytes. A pipe, socket or device under an
     image's name (a reader that lists files by name, CK+'s frames, AffectNet's npy layout) is an
     ``OSError`` (a recorded drop), not read: a pipe waited for ever for a writer, a link to
-    ``/dev/zero`` read until memory ran out."""
+    ``/dev/zero`` read until memory ran out. A file over :data:`MAX_IMAGE_BYTES` is :class:`TooLarge`, not read."""
     if r.pixels is not None:
         return r.pixels
     with open_regular(r.path) as f:
+        if (size := os.fstat(f.fileno()).st_size) > MAX_IMAGE_BYTES:
+            raise TooLarge(errno.EFBIG, f"a file of {size:,} bytes, over the {MAX_IMAGE_BYTES >> 20:,} MiB no picture "
+                           "read here takes: a video, archive or disk image under an image's name? not read")
         return f.read()
 
 

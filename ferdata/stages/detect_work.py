@@ -12,7 +12,7 @@ from ferdata.cache import Detection, DetectionCache
 from ferdata.errors import shown
 from ferdata.faces.base import Face, FaceBackend, MissingModelError, shape_only
 from ferdata.io import BadImage, decode_grey, decode_image, probe_image
-from ferdata.records import Dropped, FaceRecord, load_image_bytes, scale_record, unreadable_drop
+from ferdata.records import Dropped, FaceRecord, TooLarge, load_image_bytes, scale_record, unreadable_drop
 
 if TYPE_CHECKING:
     from ferdata.stages.detect import DetectParams
@@ -150,6 +150,9 @@ def jobs(items: Iterable[FaceRecord | Dropped], backend: FaceBackend, cache: Det
             continue
         try:
             data = load_image_bytes(item)
+        except TooLarge as e:                      # a file too large to be a picture: not read
+            yield item.dropped("too_large", f"{item.where}: {e.strerror}")
+            continue
         except OSError as e:
             yield unreadable_drop(item, e, "detect")
             continue
