@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Mapping
 
 from ferdata.classes import CLASSES, resolve_names
 from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
+from ferdata.errors import shown
 from ferdata.io import IMAGE_EXTS, VIDEO_EXTS
 from ferdata.records import Dropped, FaceRecord, make_key
 
@@ -61,7 +62,9 @@ def visible_files(folder: Path, recursive: bool = True, fence: Path | None = Non
     found: list[Path] = []
     walked = {home}
 
-    def fail(err: OSError) -> None:
+    def fail(err: OSError) -> None:     # its images cannot be counted, nor dropped one by one: the run stops
+        err.add_note(f"a folder of the dataset that cannot be listed: nothing under it can be read or counted; give "
+                     f"read access (chmod -R a+rX {shown(str(err.filename))}) or move it out of {shown(str(bound))}")
         raise err
 
     for top, dirs, files in os.walk(folder, onerror=fail, followlinks=True):
@@ -112,8 +115,9 @@ def unread(path: Path) -> tuple[str, str] | None:
                                 "the expression): convert a still one to PNG, extract an animated one's frames")
     if not is_image(path):
         return "not_an_image", f"{path}: not one of {', '.join(sorted(IMAGE_EXTS))}"
-    if not path.exists():
-        return "missing_image", f"{path}: a link to nothing"
+    if not path.exists():               # a file listed with its folder, then moved or deleted, is no link (audit h141)
+        return "missing_image", (f"{path}: a link to nothing" if path.is_symlink() else
+                                 f"{path}: gone since its folder was listed (moved or deleted meanwhile)")
     if not path.is_file():
         return "not_an_image", f"{path}: not a regular file (a pipe, socket or device)"
     return None

@@ -366,3 +366,18 @@ def test_a_test_split_carved_per_image_is_warned_of(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("36 records have no subject and were grouped by key: the carved test split is per image" in m
                for m in warned), caplog.text
+
+
+def test_a_file_gone_after_its_folder_was_listed_is_not_called_a_link(tmp_path):
+    """A class folder is listed whole before its first record goes to detection; a file deleted or moved
+    meanwhile (hours, on a large folder) was dropped as "a link to nothing" (audit h141)."""
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / "happy" / name)
+    (tmp_path / "happy" / "c.jpg").symlink_to("nowhere.jpg")
+    items = open_reader("folder", tmp_path).read()
+    first = next(items)
+    (tmp_path / "happy" / "b.jpg").unlink()
+    drops = {d.key: d.detail for d in items if not hasattr(d, "label")}
+    assert first.key == "happy_a-jpg"
+    assert drops["happy_b-jpg"].endswith("b.jpg: gone since its folder was listed (moved or deleted meanwhile)")
+    assert drops["happy_c-jpg"].endswith("c.jpg: a link to nothing")
