@@ -12,7 +12,7 @@ import json
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 STAGES = ("detect", "aligned", "derived", "shards")
 FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
@@ -36,7 +36,8 @@ DROPPED_BEFORE = "dropped_in_preparation"
 # (DROPPED_BEFORE_FOLDS: the whole dataset's, in no fold, as a dropped record's person is not recorded)
 UNSPLIT = "unsplit"
 DROPPED_BEFORE_FOLDS = "dropped_before_folds"
-COPIES = frozenset({"duplicate_image", "duplicate_key"})    # align's drops of a copy: its picture is kept once
+# align's drops of a copy: its picture is kept once (copy_of_held_out: in val or test, the train copy dropped)
+COPIES = frozenset({"duplicate_image", "duplicate_key", "copy_of_held_out"})
 # The align and derive params that shape a sample (not how fast it is made): their stages' reports
 # record them, the shards and checkpoints carry them, inference repeats them.
 SAMPLE_SETTINGS = {
@@ -135,6 +136,13 @@ def output_digest(stage_dir: str | Path, prefix: str) -> str:
     for chunk in sorted(folder.glob(f"{prefix}-*.tar")):
         h.update(f"\0{chunk.name}\0{chunk.stat().st_size}".encode())
     return h.hexdigest()
+
+
+def folded_train(official_splits: Sequence[str] | None) -> bool:
+    """Whether k-fold would deal a dataset's official train split into folds (it has no official test split, as
+    a folder of train/ and val/): then its train records detect or align dropped are counted too (under "train"),
+    each in no fold. None: not known (the splits not recorded), counted as before."""
+    return official_splits is not None and "test" not in official_splits
 
 
 def counted_by_split(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:

@@ -35,7 +35,7 @@ from ferdata.errors import shown
 from ferdata.io import (JPEG_DAMAGED, MAX_STORED_SIDE, BadImage, decode_grey, decode_image, encode_jpeg, is_blank,
                         is_grey)
 from ferdata.layout import (ALIGNED, CONTENT, COPIES, DROPS, GREY, HELD_OUT_DROPS, REPORT, SAMPLE_SETTINGS, UNSPLIT,
-                            counted_by_split, read_faces, report_notes, report_settings)
+                            counted_by_split, folded_train, read_faces, report_notes, report_settings)
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
@@ -207,8 +207,9 @@ def run_align(detect_dir: str | Path, params: AlignParams, out_dir: str | Path) 
                 lost.setdefault(name, []).append(d.key)
         warn_subset_losses("align", lost, out_dir, "a face that fits no template, an unreadable picture, a copy")
         here: dict[str, Counter[str]] = {}
+        dealt = {"train", ""} if folded_train(splits.get("official_splits")) else {""}   # k-fold deals them
         for d in drops:
-            if d.split in HELD_OUT or not (d.split or d.reason in COPIES):     # a copy dropped: its picture is kept
+            if d.split in HELD_OUT or (d.split in dealt and d.reason not in COPIES):    # a copy's picture is kept
                 here.setdefault(d.split or UNSPLIT, Counter())[d.reason] += 1
         if dropped := counted_by_split(report_notes(detect_dir).get(HELD_OUT_DROPS, {}), here):
             report.notes[HELD_OUT_DROPS] = dropped     # detect's and these: the shard stage writes them to _info.json

@@ -33,7 +33,7 @@ from ferdata.datasets import DatasetSpec
 from ferdata.faces import create_backend
 from ferdata.faces.base import BACKENDS, SELECTIONS, FaceBackend, face_in_box, select_face, signed_options
 from ferdata.geometry import five_from_68, spread
-from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, UNSPLIT, counted_by_split
+from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, UNSPLIT, counted_by_split, folded_train
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
@@ -149,7 +149,8 @@ class _Table:
         return out
 
     def _note_held_out(self, drop: Dropped) -> None:
-        if drop.split in HELD_OUT or not drop.split:    # unsplit: in a fold under k-fold, counted for it
+        # unsplit: in a fold under k-fold, counted for it; train: k-fold deals it too where there is no test split
+        if drop.split in HELD_OUT or drop.split == "train" or not drop.split:   # (run_detect keeps train's then only)
             self.held_out.setdefault(drop.split or UNSPLIT, Counter())[drop.reason] += 1
 
     def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
@@ -323,8 +324,8 @@ def run_detect(items: Iterable[FaceRecord | Dropped], params: DetectParams, out_
         table.check_backend(final=True)
         table.warn_cached_elsewhere()
         report.notes["backend"] = table.sig
-        if table.held_out:                  # only then: a dataset without such drops, its report as before
-            report.notes[HELD_OUT_DROPS] = counted_by_split(table.held_out)
+        if held := {s: n for s, n in table.held_out.items() if s != "train" or folded_train(official_splits)}:
+            report.notes[HELD_OUT_DROPS] = counted_by_split(held)   # only then: else the report as before
         # The file holds what the table holds: a run served from the cache (warm, merged, other
         # workers) writes the same bytes as a cold one, so DVC sees the same output and align
         # does not re-run. How many detections ran is logged and returned, not written.

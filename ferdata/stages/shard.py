@@ -210,7 +210,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
                 info["cross_split_copies"] = copies
             if grey:                                    # every face grey (R = G = B): others' info unchanged
                 info[GREY] = True
-            if lost.get(split) and not dealt:           # only then (k-fold deals val from every record, not these)
+            if lost.get(split) and not dealt and split in HELD_OUT:     # only then (k-fold deals every record)
                 info[DROPPED_BEFORE] = lost[split]      # evaluate's figures leave these pictures out: it says so
             if dealt:                                                       # k-fold only: others' info unchanged
                 info["fold_assignment"] = dealt
