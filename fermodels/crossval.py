@@ -351,7 +351,7 @@ def describe(series: Series, differs: str = "") -> str:
     rows += [f"pooled on {name}: " + ", ".join(f"{m} {figures[m]['pooled']:.4f}" for m in METRICS)
              + f" ({figures['num_samples']} test samples)" for name, figures in table.get("per_dataset", {}).items()]
     if lost := table.get(DROPPED_BEFORE_FOLDS):
-        rows.append(f"in no fold: {sum(lost.values())} pictures dropped in preparation ("
+        rows.append(f"in no fold: {sum(lost.values())} picture(s) dropped in preparation ("
                     + ", ".join(f"{reason} {n}" for reason, n in lost.items()) + "), not in the figures")
     if series.replaced:
         rows.append(f"older runs of a fold, not counted: {', '.join(series.replaced)}")

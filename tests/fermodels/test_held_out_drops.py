@@ -108,4 +108,4 @@ def test_pictures_in_no_fold_reach_each_folds_metrics_and_the_cross_validation_t
     assert len(said) == 2 and "2 of unsplit's pictures were dropped in preparation (no_landmarks 2)" in said[0]
     series = Series({"train": {"model": "cmnet"}}, 2, runs, [])
     assert series.table()["dropped_before_folds"] == {"no_landmarks": 2}
-    assert "in no fold: 2 pictures dropped in preparation (no_landmarks 2)" in describe(series)
+    assert "in no fold: 2 picture(s) dropped in preparation (no_landmarks 2)" in describe(series)
