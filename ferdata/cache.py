@@ -154,13 +154,51 @@ def readable_cache(source: str | Path) -> Path:
     try:
         src.execute("SELECT sha, sig, value FROM det LIMIT 1").fetchall()
     except sqlite3.DatabaseError as e:
-        raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
+        raise _not_a_cache(source, path, e) from None
     finally:
         src.close()
     return path
 
 
+def _not_a_cache(source: str | Path, path: Path, err: sqlite3.DatabaseError) -> ValueError:
+    """The error for a source that holds no detection table: a cache whose run was killed before SQLite first
+    copied its WAL into it (it does so every ~4 MB, and when the run ends) holds its detections in the
+    ``-wal`` beside it alone; copied without it, that cache was called no ferdata cache at all."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        header = b""
+    wal = path.with_name(path.name + "-wal")
+    if (header.startswith(b"SQLite format 3\0") and header[18:19] == b"\x02" and "no such table" in str(err)
+            and not (wal.is_file() and wal.stat().st_size)):
+        return ValueError(f"{source}: a detection cache whose entries are all in its {wal.name}, not copied with it "
+                          f"(a run killed early keeps them there): copy {wal.name} beside {path.name} (the machine's "
+                          "cache folder whole) and merge again")
+    return ValueError(f"{source} is not a ferdata detection cache ({err})")
+
+
 _BY_SIGNATURE = "SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig"      # entries per backend signature
+# The parts of datasets detected whole into a cache (`ferdata detect --part K/N` run to its end): merged with the
+# entries, they tell the machine that merges which parts it lacks (a machine's cache not copied, a run killed,
+# parts given other N), before `dvc repro` detects those images there, on one machine, without a word.
+_PARTS_TABLE = "CREATE TABLE IF NOT EXISTS parts (dataset TEXT, sig TEXT, part TEXT, PRIMARY KEY (dataset, sig, part))"
+
+
+def parts_missing(parts: Iterable[str]) -> str:
+    """In words, what ``parts`` (``"K/N"``, detected whole) lack to cover a dataset: ``""`` when they cover it."""
+    counts: dict[int, set[int]] = {}
+    for part in parts:
+        k, _, n = part.partition("/")
+        counts.setdefault(int(n), set()).add(int(k))
+    if any(len(have) == n for n, have in counts.items()):     # one split whole: every record detected
+        return ""
+    if len(counts) > 1:
+        return (f"parts of {len(counts)} different splits ({', '.join(f'x/{n}' for n in sorted(counts))}) overlap "
+                "and leave gaps: every machine must give the same N")
+    (n, have), = counts.items()
+    missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in have]
+    return f"{', '.join(missing)} missing (not merged, or its run did not finish)" if missing else ""
 
 
 def stored_signatures(source: str | Path) -> dict[str, int]:
@@ -305,6 +343,7 @@ class DetectionCache:
         _to_wal(self.db)
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS det (sha TEXT, sig TEXT, value TEXT, PRIMARY KEY (sha, sig))")
+        self.db.execute(_PARTS_TABLE)
         self.db.commit()
         self._pending: dict[tuple[str, str], str] = {}         # (sha, sig) -> JSON, not yet written
         self._written = time.monotonic()
@@ -362,8 +401,9 @@ class DetectionCache:
             try:
                 rows = src.execute("SELECT sha, sig, value FROM det")
             except sqlite3.DatabaseError as e:
-                raise ValueError(f"{source} is not a ferdata detection cache ({e})") from None
+                raise _not_a_cache(source, src_path, e) from None
             counts = MergeCounts()
+            has_parts = src.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='parts'").fetchone()
             # The look-ups and inserts under one write lock: a detect run storing the same image between
             # a look-up ("not here") and its INSERT failed the merge ("UNIQUE constraint failed").
             self.db.execute("BEGIN IMMEDIATE")
@@ -383,6 +423,9 @@ class DetectionCache:
                         counts.added += 1
                     else:
                         counts.differing += 1
+                if has_parts:
+                    for row in _source_rows(src.execute("SELECT dataset, sig, part FROM parts"), source):
+                        self.db.execute("INSERT OR IGNORE INTO parts VALUES (?, ?, ?)", row)
             except ValueError as err:              # a source damaged part way: what it gave before is kept
                 err.add_note(f"the {counts.added} entries added before it are kept")
                 raise
@@ -402,6 +445,7 @@ class DetectionCache:
         keep = sorted(set(keep))
         marks = ",".join("?" * len(keep))
         dropped = self.db.execute(f"DELETE FROM det WHERE sig NOT IN ({marks})", keep).rowcount
+        self.db.execute(f"DELETE FROM parts WHERE sig NOT IN ({marks})", keep)
         self.db.commit()
         try:
             self.db.execute("VACUUM")
@@ -417,6 +461,21 @@ class DetectionCache:
                                "and run `ferdata cache prune` again")
             raise named from err
         return dropped
+
+    @_named
+    def record_part(self, dataset: str, sig: str, part: str) -> None:
+        """Note that part ``part`` (``"K/N"``) of ``dataset`` was detected whole into this cache under ``sig``."""
+        self.flush()
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO parts VALUES (?, ?, ?)", (dataset, sig, part))
+
+    @_named
+    def parts(self) -> dict[tuple[str, str], set[str]]:
+        """The parts detected whole into this cache (merged ones included), per (dataset, signature)."""
+        out: dict[tuple[str, str], set[str]] = {}
+        for dataset, sig, part in self.db.execute("SELECT dataset, sig, part FROM parts"):
+            out.setdefault((dataset, sig), set()).add(part)
+        return out
 
     @_named
     def signatures(self) -> dict[str, int]:

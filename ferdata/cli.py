@@ -135,7 +135,7 @@ def cache_merge(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (for detect.cache_dir)."),
 ) -> None:
     """Add the entries of other detection caches to this machine's (existing entries stay)."""
-    from ferdata.cache import DetectionCache, readable_cache
+    from ferdata.cache import DetectionCache, parts_missing, readable_cache, stored_signatures
     from ferdata.params import load_params
     from ferdata.prepare import cache_dir_of
 
@@ -144,15 +144,41 @@ def cache_merge(
     for source in sources:              # every source found and readable before the target is opened (or made)
         readable_cache(source)
     target = into if into is not None else cache_dir_of(load_params(params), dataset)
+    in_use = _signatures_here(params)
     with DetectionCache(target) as cache:
         for source in sources:
             c = cache.merge(source)
             typer.echo(f"{source}: {c.added} added, {c.present} already here"
                        + (f", {c.differing} differing from the entry here (kept it)" if c.differing else "")
                        + (f", {c.corrupt} damaged (skipped: detected again when needed)" if c.corrupt else ""))
+            unused = sum(n for sig, n in stored_signatures(source).items() if in_use is not None and sig not in in_use)
+            if unused:
+                typer.echo(f"  warning: {unused} of its entries were detected with a backend signature no dataset of "
+                           f"{params} uses here (another backend, setting, model file or face package release; see "
+                           "below): `dvc repro` detects those images again on this machine")
         typer.echo(f"{cache.path}: {len(cache)} detections")
         for sig, n in cache.signatures().items():
             typer.echo(f"  {n:9d}  {sig}")
+        parts = cache.parts()
+        for (name, sig), done in sorted(parts.items()):
+            several = sum(d == name for d, _ in parts) > 1
+            gap = parts_missing(done)
+            listed = ", ".join(sorted(done, key=lambda p: tuple(int(v) for v in p.split("/")[::-1])))
+            typer.echo(f"{name}: parts {listed} detected" + (f" (backend {sig})" if several else "")
+                       + (f"; {gap}: `dvc repro` detects those images here" if gap else ": the whole dataset"))
+
+
+def _signatures_here(params: Path) -> Optional[set[str]]:
+    """The detection-cache signatures the datasets of ``params`` would use on this machine, or None where that
+    cannot be told (no params file, a backend whose models are not here): a part detected with other settings
+    is said at the merge, before `dvc repro` detects its images again on one machine."""
+    from ferdata.params import load_params
+    from ferdata.prepare import signatures_in_use
+
+    try:
+        return set().union(*signatures_in_use(load_params(params)).values())
+    except (OSError, ValueError, KeyError, ImportError):
+        return None
 
 
 @cache_app.command("prune")

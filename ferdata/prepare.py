@@ -11,7 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any, Mapping
 
-from ferdata.cache import cache_folder
+from ferdata.cache import DetectionCache, cache_folder
 from ferdata.datasets import (READERS, DatasetSpec, check_reader, dataset_spec, official_splits, read_dataset, source,
                               warn_absolute_root)
 from ferdata.errors import NamedKeyError
@@ -84,7 +84,11 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
     Records the reader drops are left to the full detect run, which counts them."""
     spec = resolve_spec(name, params, root, options, backend)
     records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
-    return fill_cache(records, detect_section(params, name, spec)).to_dict()
+    detect = detect_section(params, name, spec)
+    report = fill_cache(records, detect)
+    with DetectionCache(detect.cache_dir) as cache:     # done whole: `cache merge` tells the parts it lacks
+        cache.record_part(name, str(report.notes["backend"]), str(part))
+    return report.to_dict()
 
 
 def signatures_in_use(params: Mapping[str, Any]) -> dict[Path, set[str]]:
