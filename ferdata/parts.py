@@ -1,14 +1,16 @@
 """One part of a dataset, for detecting faces on several machines (``ferdata detect --part K/N``).
 
-A record belongs to part ``K`` of ``N`` by a hash of its key, so every machine that reads the
-same dataset makes the same split without talking to the others, each record falls in exactly
-one part, and parts are equal in size up to sampling noise, whatever order the reader yields.
+A record belongs to part ``K`` of ``N`` by a hash of its key (of its photo's, where faces share one), so every
+machine that reads the same dataset makes the same split without talking to the others, each record falls in
+exactly one part, and parts are equal in size up to sampling noise, whatever order the reader yields.
 Parts count from 1 (``1/4`` .. ``4/4``), like GNU ``split -n K/N``.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+from ferdata.records import PHOTO, FaceRecord
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,12 @@ class Part:
         """Whether the record with this key is in this part."""
         digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") % self.count == self.index - 1
+
+    def holds_record(self, record: FaceRecord) -> bool:
+        """Whether ``record`` is in this part: by the photo it shares with other faces where it names one
+        (ExpW), so that a photo is detected on one machine (its faces split by key were detected on up to N,
+        each image once per part), else by its key."""
+        return self.holds(record.extra.get(PHOTO) or record.key)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

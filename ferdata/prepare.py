@@ -83,7 +83,7 @@ def detect_part(name: str, params: Mapping[str, Any], part: Part, root: str | Pa
     (``detect.cache_dir``), for merging with the other parts' caches; returns the report.
     Records the reader drops are left to the full detect run, which counts them."""
     spec = resolve_spec(name, params, root, options, backend)
-    records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds(r.key))
+    records = (r for r in read_dataset(spec) if isinstance(r, FaceRecord) and part.holds_record(r))
     detect = detect_section(params, name, spec)
     report = fill_cache(records, detect)
     with DetectionCache(detect.cache_dir) as cache:     # done whole: `cache merge` tells the parts it lacks
