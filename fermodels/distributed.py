@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
@@ -143,7 +144,8 @@ def start_ranks(prepare: Callable[[], tuple[T, torch.device]],
     device it picked: a rank that failed alone (one machine's params.yaml, a GPU asked for where none is)
     stops every rank with its reason, where the other machines' ranks waited in init_process_group for
     the timeout (30 minutes) and ended on a store timeout that named nothing; ranks on CPUs and GPUs at
-    once are refused (gloo and NCCL do not meet). A rank that never arrives is named after the timeout."""
+    once are refused (gloo and NCCL do not meet). A rank that died after torchrun started it, before it could
+    tell why, is named after the timeout (a machine never launched is waited for by torchrun's own rendezvous)."""
     value, device, failure = None, None, None
     try:
         value, device = prepare()
@@ -164,7 +166,7 @@ def start_ranks(prepare: Callable[[], tuple[T, torch.device]],
         if failure is not None:         # its own reason, not the store's
             raise failure from None
         raise
-    told = _tell_start(store, env, failure, device, timeout)
+    told, group_store = _tell_start(store, env, failure, device, timeout)
     if failure is not None:
         raise failure
     for rank, (text, user, _) in enumerate(told):
@@ -177,35 +179,50 @@ def start_ranks(prepare: Callable[[], tuple[T, torch.device]],
                          "cannot train together; a machine with no visible GPU picks the CPU under device auto: "
                          "give every machine its GPUs (CUDA_VISIBLE_DEVICES), or set train.device cuda to be told "
                          "which has none")
-    return value, device, init_distributed(device, env, store)
+    return value, device, init_distributed(device, env, group_store)
 
 
 def _tell_start(store: dist.Store, env: DistEnv, failure: BaseException | None, device: torch.device | None,
-                timeout: timedelta) -> list[tuple[str | None, bool, str | None]]:
-    """Every rank's (failure, whether bad input, device type), in rank order, through ``store``."""
-    keys = dist.PrefixStore(f"{START}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+                timeout: timedelta) -> tuple[list[tuple[str | None, bool, str | None]], dist.Store]:
+    """Every rank's (failure, whether bad input, device type), in rank order, through ``store``, and the
+    store the process group is to use: this meeting's own namespace of ``store``.
+
+    torchrun's agent keeps its store across restarts, and a c10d agent restarted for another machine's
+    membership change counts no restart, so TORCHELASTIC_RESTART_COUNT differs between the machines and
+    cannot name a meeting. The ranks' keys are deleted instead as soon as every rank has read them, and
+    rank 0 draws a token naming the rest: the meeting's counters and the process group's keys (gloo's own,
+    left from the last attempt, sent a restarted rank to a dead address). Every rank leaves only once all
+    have read: the agent hosting the store ends as soon as one of its ranks stops on a refusal."""
+    keys = dist.PrefixStore(START, store)
     said = None if failure is None else f"{type(failure).__name__}: {failure}"
     user = failure is not None and (isinstance(failure, SystemExit) or is_user_error(failure))
-    keys.set(str(env.rank), json.dumps([said, user, None if device is None else device.type]))
+    token = uuid.uuid4().hex if env.rank == 0 else None
+    keys.set(str(env.rank), json.dumps([said, user, None if device is None else device.type, token]))
     ranks = [str(r) for r in range(env.world_size)]
     try:
         keys.wait(ranks, timeout)
     except (dist.DistStoreError, RuntimeError):
-        if failure is not None:
-            raise failure from None
         missing = [r for r in ranks if not keys.check([r])]
-        raise TimeoutError(f"rank(s) {', '.join(missing)} did not start within {timeout.total_seconds():g} s (a "
-                           f"machine not launched, or stopped before it could tell why: see its log); "
-                           f"{TIMEOUT_ENV} sets the wait") from None
-    told = [tuple(json.loads(keys.get(r))) for r in ranks]
-    if keys.add("read", 1) == env.world_size:
-        keys.set("all_read", "1")
-    if env.rank == 0:                   # it may host the store: it stops (on a refusal) once every rank has read
-        try:
-            keys.wait(["all_read"], timeout)
+        try:                            # not read by a later attempt as this one's
+            keys.delete_key(str(env.rank))
         except (dist.DistStoreError, RuntimeError):
             pass
-    return told
+        if failure is not None:
+            raise failure from None
+        raise TimeoutError(f"rank(s) {', '.join(missing)} did not start within {timeout.total_seconds():g} s "
+                           f"(stopped before it could tell why: see its machine's log); {TIMEOUT_ENV} sets the "
+                           "wait") from None
+    told = [json.loads(keys.get(r)) for r in ranks]
+    meeting = told[0][3]
+    if keys.add(f"read/{meeting}", 1) == env.world_size:     # every rank has read: a restart finds none of it
+        for r in ranks:
+            keys.delete_key(r)
+        keys.set(f"all_read/{meeting}", "1")
+    try:
+        keys.wait([f"all_read/{meeting}"], timeout)
+    except (dist.DistStoreError, RuntimeError):
+        pass
+    return [tuple(t[:3]) for t in told], dist.PrefixStore(f"{START}/group/{meeting}", store)
 
 
 def shutdown(created: bool) -> None:

@@ -453,6 +453,43 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             outcome = f"{type(err).__name__}: {err}"
         (Path(out) / f"rank{rank}-own.txt").write_text(outcome)
         return
+    if mode.startswith("restart"):                      # torchrun's agent store, kept across restarts
+        from fermodels.distributed import shutdown, start_ranks
+
+        attempt = int(mode[len("restart"):])
+        # a restart after rank 1's machine failed: its agent counts it, rank 0's agent (restarted for the
+        # other machine's new membership, as c10d's agents are) does not
+        os.environ.update(TORCHELASTIC_USE_AGENT_STORE="True", FER_DIST_TIMEOUT_S="10",
+                          TORCHELASTIC_RESTART_COUNT=str(attempt if rank == 1 else 0))
+        try:
+            _, _, created = start_ranks(lambda: (None, torch.device("cpu")))
+            total = torch.ones(1)
+            torch.distributed.all_reduce(total)
+            outcome = f"met {int(total)}"
+            shutdown(created)
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-attempt{attempt}.txt").write_text(outcome)
+        return
+    if mode == "store_host_fails":                      # rank 1's machine hosts the store and stops on a mistake
+        import time
+        from datetime import timedelta
+
+        from fermodels.distributed import _tell_start
+
+        store = torch.distributed.TCPStore("127.0.0.1", port, world, is_master=rank == 1, wait_for_workers=False,
+                                           timeout=timedelta(seconds=10))
+        if rank == 0:                                   # a slower machine: it reads the others' words late
+            get = torch.distributed.PrefixStore.get
+            torch.distributed.PrefixStore.get = lambda self, key: (time.sleep(1.0), get(self, key))[1]
+        failure = ValueError("train.epochs must be >= 1, got 0") if rank == 1 else None
+        try:
+            told = _tell_start(store, DistEnv(rank, world, rank), failure, torch.device("cpu"), timedelta(seconds=10))
+            outcome = repr([t[:2] for t in (told[0] if isinstance(told[0], list) else told)])
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            outcome = f"{type(err).__name__}: {err}"
+        (Path(out) / f"rank{rank}-host.txt").write_text(outcome)
+        return                                          # rank 1's process ends: its store with it
     if mode == "kinds":                                 # rank 1 picked a GPU, rank 0 the CPU (device auto)
         from fermodels.distributed import start_ranks
 
@@ -626,6 +663,32 @@ def test_ranks_on_cpus_and_gpus_at_once_are_refused_before_joining(tmp_path):
         said = (tmp_path / f"rank{rank}-kinds.txt").read_text()
         assert said.startswith("ValueError: the ranks picked different kinds of device (cpu: rank(s) 0; cuda: "
                                "rank(s) 1)"), said
+
+
+def test_a_restart_meets_again_though_the_agents_count_restarts_differently(tmp_path):
+    """torchrun keeps its agent's store across restarts, and a c10d agent restarted for another machine's
+    membership change does not count a restart: the meeting's keys, named by TORCHELASTIC_RESTART_COUNT,
+    parted the two machines' ranks (one waited FER_DIST_TIMEOUT_S, 30 minutes by default, and named the
+    other as never started; the other read the last attempt's words), and gloo's own keys, left from the
+    last attempt, sent a rank to a dead address."""
+    port = _free_port()
+    agent = torch.distributed.TCPStore("127.0.0.1", port, None, is_master=True, wait_for_workers=False)
+    for attempt in (0, 1):
+        mp.start_processes(_worker, args=(2, port, "", str(tmp_path), f"restart{attempt}"), nprocs=2,
+                           start_method="fork")
+        said = [(tmp_path / f"rank{rank}-attempt{attempt}.txt").read_text() for rank in (0, 1)]
+        assert said == ["met 2", "met 2"], (attempt, said)
+    del agent
+
+
+def test_a_refusal_waits_until_every_rank_has_read_it(tmp_path):
+    """Under torchrun the agent of one machine hosts the store, and it ends as soon as one of its ranks
+    stops: a rank that stopped on its own mistake right after reading the others' words took the store
+    with it, and a slower machine's ranks ended on 'Connection was likely closed', its reason lost."""
+    mp.start_processes(_worker, args=(2, _free_port(), "", str(tmp_path), "store_host_fails"), nprocs=2,
+                       start_method="fork")
+    said = [(tmp_path / f"rank{rank}-host.txt").read_text() for rank in (0, 1)]
+    assert said[0] == "[(None, False), ('ValueError: train.epochs must be >= 1, got 0', True)]", said
 
 
 def test_ranks_compare_weight_files_by_content_not_by_their_paths():
