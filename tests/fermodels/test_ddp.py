@@ -503,17 +503,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
         return
     import fermodels.train as trainer
 
-    if mode == "held":                                  # rank 0 refuses the checkpoint folder or its last.pt
-        os.environ["FER_DIST_TIMEOUT_S"] = "20"
-        try:
-            trainer.train(shards, make_params(epochs=1), Path(out) / "ckpt", Path(out) / "live")
-            outcome = "trained"
-        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
-            outcome = f"{type(err).__name__}{'' if is_user_error(err) else ' (a bug)'}: {err}"
-        (Path(out) / f"rank{rank}-held.txt").write_text(outcome)
-        return
-    if mode == "no_weights":                            # machine 1 lacks the weight file params.yaml names
-        if rank == 1:
+    if mode in ("held", "no_weights"):                  # rank 0 refuses the checkpoint folder or its last.pt;
+        if mode == "no_weights" and rank == 1:          # machine 1 lacks the weight file params.yaml names
             def missing(*args, **kwargs):
                 raise FileNotFoundError("pretrained checkpoint '/models/w.pth' (msceleb_resnet18) does not exist")
             trainer.create_model = missing
@@ -522,8 +513,8 @@ def _worker(rank: int, world: int, port: int, shards: str, out: str, mode: str) 
             trainer.train(shards, make_params(epochs=1), Path(out) / "ckpt", Path(out) / "live")
             outcome = "trained"
         except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
-            outcome = f"{type(err).__name__}: {err}"
-        (Path(out) / f"rank{rank}-no_weights.txt").write_text(outcome)
+            outcome = f"{type(err).__name__}{'' if is_user_error(err) else ' (a bug)'}: {err}"
+        (Path(out) / f"rank{rank}-{mode}.txt").write_text(outcome)
         return
     if mode == "mismatch":                              # rank 1 reads another params.yaml (another seed)
         try:
@@ -578,15 +569,19 @@ def test_two_gloo_ranks_split_the_epoch_exactly(tiny_shards, tmp_path):
     assert len(keys) == len(set(keys)) == open_split([tiny_shards], "train").num_samples
 
 
+def _outcomes(shards, out, mode: str) -> list[str]:
+    """What each of two ranks of :func:`_worker` in ``mode`` raised (or "trained")."""
+    mp.start_processes(_worker, args=(2, _free_port(), str(shards), str(out), mode), nprocs=2, start_method="fork")
+    return [(out / f"rank{rank}-{mode}.txt").read_text() for rank in (0, 1)]
+
+
 def test_a_checkpoint_folder_another_run_holds_stops_every_rank_with_the_reason(tiny_shards, tmp_path):
     """Rank 0 alone holds the checkpoint folder; when it is refused, the other ranks stop with
     its message at once (they went on and waited at their first collective for rank 0)."""
     from fermodels.ckptdir import checkpoints_held
 
     with checkpoints_held(tmp_path / "ckpt"):
-        mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,
-                           start_method="fork")
-    outcomes = [(tmp_path / f"rank{rank}-held.txt").read_text() for rank in (0, 1)]
+        outcomes = _outcomes(tiny_shards, tmp_path, "held")
     assert outcomes[0].startswith("BlockingIOError: another run is training into"), outcomes
     assert outcomes[1].startswith("RankZeroRefusal: rank 0 stopped before training: BlockingIOError: another run is "
                                   "training into"), outcomes
@@ -608,9 +603,7 @@ def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, 
     else:
         torch.save({"format": FORMAT, "model": "convcut", "model_kwargs": {}, "num_classes": 7,
                     "classes": list(class_names(7)), "state_dict": {}, "optimizer": None}, last)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "held"), nprocs=2,
-                       start_method="fork")
-    outcomes = [(tmp_path / f"rank{rank}-held.txt").read_text() for rank in (0, 1)]
+    outcomes = _outcomes(tiny_shards, tmp_path, "held")
     assert outcomes[0].startswith("ValueError: ") and said in outcomes[0], outcomes
     assert outcomes[1].startswith("RankZeroRefusal: rank 0 stopped before training: ValueError: "), outcomes
     assert said in outcomes[1], outcomes
@@ -619,9 +612,7 @@ def test_a_last_pt_rank_0_refuses_stops_every_rank_with_its_reason(tiny_shards, 
 def test_a_weight_file_one_machine_lacks_stops_every_rank_with_the_reason(tiny_shards, tmp_path):
     """The model was built on each rank before the ranks compared anything: the rank without the file
     stopped, the others ended on gloo's "Connection closed by peer" (NCCL: waited for the timeout)."""
-    mp.start_processes(_worker, args=(2, _free_port(), str(tiny_shards), str(tmp_path), "no_weights"), nprocs=2,
-                       start_method="fork")
-    outcomes = [(tmp_path / f"rank{rank}-no_weights.txt").read_text() for rank in (0, 1)]
+    outcomes = _outcomes(tiny_shards, tmp_path, "no_weights")
     assert outcomes[1].startswith("FileNotFoundError: pretrained checkpoint '/models/w.pth'"), outcomes
     assert outcomes[0].startswith("RankRefusal: rank 1 stopped before training: FileNotFoundError: pretrained "
                                   "checkpoint '/models/w.pth'"), outcomes
