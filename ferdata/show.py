@@ -68,16 +68,16 @@ def _tars(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    found = sorted(path.rglob("*.tar"))
     # a folder so named (a shard unpacked beside it) is no tar; a dangling link, a pipe or a device is told,
-    # not opened (a pipe blocked for ever; a folder was blamed on the sheet: "a file must be written there")
-    odd = next((p for p in found if not p.is_file() and not p.is_dir()), None)
+    # not opened (a pipe blocked for ever; a folder was blamed on the sheet: "a file must be written there"),
+    # where it is one of the tars to show (an aligned chunk whose cache is gone leaves the shards' sheet alone)
+    tars = [p for p in sorted(path.rglob("*.tar")) if not p.is_dir()]
+    shards = [p for p in tars if not p.name.startswith(("aligned-", "derived-"))]
+    chosen = shards or [p for p in tars if p.name.startswith("aligned-")]
+    odd = next((p for p in chosen if not p.is_file()), None)
     if odd is not None:
         raise ValueError(f"{odd}: not a regular file (a dangling link, a pipe or a device), so no tar to show: "
                          "`dvc checkout` the shards, or move it away")
-    tars = [p for p in found if p.is_file()]
-    shards = [p for p in tars if not p.name.startswith(("aligned-", "derived-"))]
-    chosen = shards or [p for p in tars if p.name.startswith("aligned-")]
     if not chosen and tars:
         raise ValueError(f"{path}: {_NO_FACE}")
     if not chosen:

@@ -30,3 +30,12 @@ def test_entries_named_tar_that_are_no_files_are_skipped_or_named(tmp_path):
     (shards / "train" / "gone.tar").symlink_to(tmp_path / "nowhere.tar")
     with pytest.raises(ValueError, match=r"gone\.tar: not a regular file \(a dangling link, a pipe or a device\)"):
         show(shards, tmp_path / "s.png", 3)
+
+
+def test_a_dangling_aligned_chunk_beside_the_shards_leaves_their_sheet_alone(tmp_path):
+    """The shards are shown, not the aligned chunks beside them: an aligned chunk's link whose cache file is gone
+    (a large intermediate removed to free the disk) stopped the shards' sheet, where it was drawn before."""
+    _shards(tmp_path / "data" / "shards")
+    (tmp_path / "data" / "aligned").mkdir()
+    (tmp_path / "data" / "aligned" / "aligned-000000.tar").symlink_to(tmp_path / "nowhere.tar")
+    assert show(tmp_path / "data", tmp_path / "s.png", 3).is_file()
