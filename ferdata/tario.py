@@ -232,12 +232,17 @@ def load_npy(data: bytes, where: str = "") -> np.ndarray:
         raise UnsafeTarError(f"{where}: unreadable .npy header ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise UnsafeTarError(f"{where}: .npy holds pickled objects; refused")
+    if any(n < 0 for n in shape):                   # np.load: "negative dimensions are not allowed"
+        raise UnsafeTarError(f"{where}: unreadable .npy (declares a negative dimension, shape {shape})")
     count = math.prod(shape)
     declared, held = count * dtype.itemsize, len(data) - head.tell()
     if declared > held:
         raise UnsafeTarError(f"{where}: declares a {dtype} array of shape {shape} ({declared} bytes), holds {held}; "
                              "refused")
-    flat = np.frombuffer(data, dtype, count, head.tell())
+    try:
+        flat = np.frombuffer(data, dtype, count, head.tell())
+    except ValueError as e:                         # a dtype of no bytes ("itemsize cannot be zero")
+        raise UnsafeTarError(f"{where}: unreadable .npy ({e})") from None
     return (flat.reshape(shape[::-1]).transpose() if fortran else flat.reshape(shape)).copy(order="K")
 
 

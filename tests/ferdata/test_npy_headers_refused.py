@@ -32,3 +32,12 @@ def test_the_npy_the_stages_write_still_loads():
     lmk = np.arange(136, dtype=np.float32).reshape(68, 2)
     np.testing.assert_array_equal(load_npy(npy_bytes(lmk), "k.lmk.npy"), lmk)
     assert load_npy(npy_bytes(np.zeros((0, 2), np.float32))).shape == (0, 2)
+
+
+@pytest.mark.parametrize("shape", [(-1, 2), (-2,), (2, -68), (-1, -1)])
+def test_a_negative_dimension_is_refused_as_np_load_refuses_it(shape):
+    """np.load refused a header declaring a negative dimension ("negative dimensions are not allowed"); read
+    by hand, (-1, 2) gave a (68, 2) array from any 136 floats, (-2,) a (136,) one, (-1, -1) numpy's bare error."""
+    data = _header({"descr": "<f4", "fortran_order": False, "shape": shape}) + bytes(544)
+    with pytest.raises(UnsafeTarError, match=r"^k\.lmk\.npy: .*negative"):
+        load_npy(data, "k.lmk.npy")
