@@ -171,11 +171,24 @@ def _not_a_cache(source: str | Path, path: Path, err: sqlite3.DatabaseError) -> 
         header = b""
     wal = path.with_name(path.name + "-wal")
     if (header.startswith(b"SQLite format 3\0") and header[18:19] == b"\x02" and "no such table" in str(err)
-            and not (wal.is_file() and wal.stat().st_size)):
+            and not (wal.is_file() and wal.stat().st_size) and _no_tables(path)):
         return ValueError(f"{source}: a detection cache whose entries are all in its {wal.name}, not copied with it "
                           f"(a run killed early keeps them there): copy {wal.name} beside {path.name} (the machine's "
                           "cache folder whole) and merge again")
     return ValueError(f"{source} is not a ferdata detection cache ({err})")
+
+
+def _no_tables(path: Path) -> bool:
+    """Whether the database file at ``path`` itself holds no table (a killed run's cache: its schema is in its WAL
+    too); a WAL database of another program holds its own tables, and is no cache whose WAL was left behind."""
+    try:
+        db = sqlite3.connect(path.resolve().as_uri() + "?immutable=1", uri=True)
+        try:
+            return not db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError:
+        return False
 
 
 _BY_SIGNATURE = "SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig"      # entries per backend signature

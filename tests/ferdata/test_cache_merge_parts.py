@@ -106,3 +106,22 @@ def test_a_killed_runs_cache_copied_without_its_wal_is_named_so(tmp_path):
     sqlite3.connect(other).execute("CREATE TABLE foo (a)").connection.commit()
     with pytest.raises(ValueError, match="is not a ferdata detection cache"):
         readable_cache(other)
+
+
+def test_another_programs_wal_database_is_not_called_a_cache_without_its_wal(tmp_path):
+    """A WAL-mode SQLite file of another program (its own tables in it, nothing in a -wal) was told to be a
+    detection cache whose entries were left in a -wal, and to be copied again with it."""
+    import sqlite3
+
+    from ferdata.cache import readable_cache
+
+    (tmp_path / "other").mkdir()
+    db = sqlite3.connect(tmp_path / "other" / "detections.sqlite")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE places (url TEXT)")
+    db.commit()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    with pytest.raises(ValueError, match="is not a ferdata detection cache") as err:
+        readable_cache(tmp_path / "other")
+    assert "-wal" not in str(err.value)
