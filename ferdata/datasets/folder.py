@@ -63,8 +63,13 @@ def visible_files(folder: Path, recursive: bool = True, fence: Path | None = Non
     walked = {home}
 
     def fail(err: OSError) -> None:     # its images cannot be counted, nor dropped one by one: the run stops
-        err.add_note(f"a folder of the dataset that cannot be listed: nothing under it can be read or counted; give "
-                     f"read access (chmod -R a+rX {shown(str(err.filename))}) or move it out of {shown(str(bound))}")
+        if isinstance(err, (FileNotFoundError, NotADirectoryError)):    # no permission to give: it is not there
+            err.add_note("a folder of the dataset gone since its parent was listed (moved or deleted meanwhile), "
+                         "or never there: run again once the dataset is in place")
+        else:
+            err.add_note(f"a folder of the dataset that cannot be listed: nothing under it can be read or counted; "
+                         f"give this user read access (its owner: chmod -R u+rX {shown(str(err.filename))}) or move "
+                         f"it out of {shown(str(bound))}")
         raise err
 
     for top, dirs, files in os.walk(folder, onerror=fail, followlinks=True):

@@ -31,4 +31,14 @@ def test_a_folder_that_cannot_be_listed_stops_the_read_saying_what_to_do(tmp_pat
         list(open_reader("folder", tmp_path).read())
     said = message(err.value)
     assert said.startswith("[Errno 13] Permission denied:") and "cannot be listed" in said
-    assert f"chmod -R a+rX {tmp_path / 'happy' / 'private'}" in said and f"move it out of {tmp_path}" in said
+    assert f"chmod -R u+rX {tmp_path / 'happy' / 'private'}" in said and f"move it out of {tmp_path}" in said
+
+
+def test_a_folder_gone_since_its_parent_was_listed_is_not_told_to_be_given_read_access(tmp_path):
+    """A class folder removed while the dataset is read (or a folder not there) was told to be chmod-ed."""
+    from ferdata.datasets.folder import visible_files
+    from ferdata.errors import message
+
+    with pytest.raises(FileNotFoundError) as err:
+        visible_files(tmp_path / "gone")
+    assert "chmod" not in message(err.value) and "gone since its parent was listed" in message(err.value)
