@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -206,12 +207,21 @@ def parts_missing(parts: Iterable[str]) -> str:
         counts.setdefault(int(n), set()).add(int(k))
     if any(len(have) == n for n, have in counts.items()):     # one split whole: every record detected
         return ""
+    if len(counts) > 1 and _cover(counts):      # 1/2 with 2/4 and 4/4: a record is in part K of N by hash % N
+        return ""
     if len(counts) > 1:
         return (f"parts of {len(counts)} different splits ({', '.join(f'x/{n}' for n in sorted(counts))}) overlap "
                 "and leave gaps: every machine must give the same N")
     (n, have), = counts.items()
     missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in have]
     return f"{', '.join(missing)} missing (not merged, or its run did not finish)" if missing else ""
+
+
+def _cover(counts: dict[int, set[int]], most: int = 1 << 16) -> bool:
+    """Whether parts of several N (N -> the K detected) hold every record together: each residue of the hash
+    modulo the N's least common multiple falls in one of them (not told where that multiple is over ``most``)."""
+    span = math.lcm(*counts)
+    return span <= most and all(any(r % n + 1 in have for n, have in counts.items()) for r in range(span))
 
 
 def stored_signatures(source: str | Path) -> dict[str, int]:

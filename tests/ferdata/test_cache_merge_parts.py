@@ -23,6 +23,8 @@ def test_parts_missing_in_words():
     assert parts_missing(["1/1"]) == ""
     assert "different splits" in parts_missing(["1/2", "2/3"])
     assert parts_missing(["2/2", "1/3", "2/3", "3/3"]) == ""     # a split whole covers every record
+    assert parts_missing(["1/2", "2/4", "4/4"]) == ""       # hash % 2 == 0, then % 4 == 1 and 3: every record
+    assert "leave gaps" in parts_missing(["1/2", "2/4"])
 
 
 def test_merge_copies_the_parts_and_prune_drops_those_of_dropped_signatures(tmp_path):
