@@ -12,7 +12,7 @@ import json
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Collection, Iterator, Mapping
 
 STAGES = ("detect", "aligned", "derived", "shards")
 FACES = "faces.jsonl.gz"        # the detect table: one JSON row per kept record
@@ -138,10 +138,10 @@ def output_digest(stage_dir: str | Path, prefix: str) -> str:
     return h.hexdigest()
 
 
-def folded_train(official_splits: Sequence[str] | None) -> bool:
-    """Whether k-fold would deal a dataset's official train split into folds (it has no official test split, as
-    a folder of train/ and val/): then its train records detect or align dropped are counted too (under "train"),
-    each in no fold. None: not known (the splits not recorded), counted as before."""
+def folded_train(official_splits: Collection[str] | None) -> bool:
+    """Whether k-fold deals a dataset's official train split into folds: it has no official test split (a folder
+    of train/ and val/, CK+; :func:`ferdata.splits.assign`). Then detect and align count its train records they
+    drop too (under "train"), each in no fold. None: not known (the splits not recorded), counted as before."""
     return official_splits is not None and "test" not in official_splits
 
 

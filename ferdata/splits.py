@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Collection, Iterable, Iterator
 
+from ferdata.layout import folded_train
 from ferdata.records import GROUPS, LISTED_AS, SPLITS, TRAIN_ONLY, Dropped, FaceRecord
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def assign_splits(
         records = list(records)
     if official is None:
         official = {r.split for r in records if isinstance(r, FaceRecord) and r.split}
-    if folds and "test" not in official:
+    if folds and folded_train(official):
         yield from _kfold(records, seed=seed, by=by, folds=folds, fold=fold, with_val=val_fraction > 0)
         return
     if folds:       # shard.folds is one setting for every dataset: k-fold is for those without a test split
