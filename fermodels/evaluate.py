@@ -197,11 +197,10 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         # accuracy and macro-F1 average (a class only predicted is in per_class, not in the averages)
         "classes": list(classes), "averaged_over": averaged_over(cm, classes),
         # the split's official pictures that detect or align dropped: not in the figures (papers score every one)
-        DROPPED_BEFORE: dict(sorted(sum((Counter(n) for n in split.dropped.values()), Counter()).items())),
+        DROPPED_BEFORE: _over_datasets(split.dropped),
     })
     if split.dropped_before_folds:      # k-fold only: other runs' metrics.json unchanged
-        metrics[DROPPED_BEFORE_FOLDS] = dict(sorted(sum((Counter(n) for n in split.dropped_before_folds.values()),
-                                                        Counter()).items()))
+        metrics[DROPPED_BEFORE_FOLDS] = _over_datasets(split.dropped_before_folds)
     _tell_dropped(split, names)
     if len(dirs) > 1:
         metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split,
@@ -214,6 +213,11 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     _write_outputs(out, metrics, labels, preds, cm, classes,
                    title=f"{state['model']} on {'+'.join(names)} {params.split}")
     return metrics
+
+
+def _over_datasets(counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """Shard dir -> reason -> pictures, summed over the dirs (reasons sorted)."""
+    return dict(sorted(sum((Counter(n) for n in counts.values()), Counter()).items()))
 
 
 def _tell_dropped(split: Split, names: Sequence[str]) -> None:
