@@ -1,7 +1,9 @@
 """JAFFE: 213 grayscale TIFFs of 10 subjects whose file names carry the label.
 
 Names are ``<subject>.<EXPR><n>.<imageid>.tiff`` (e.g. ``KA.AN1.39.tiff``; a copy converted to
-PNG or JPEG keeps the name: any image extension is read); the expression is the two-letter code
+PNG or JPEG keeps the name: any image extension is read, also after the ``.tiff`` a converting loop such as
+``for f in *.tiff; do convert $f $f.png; done`` leaves, ``KA.AN1.39.tiff.png``: same key, label and subject);
+the expression is the two-letter code
 AN/DI/FE/HA/NE/SA/SU. There is no official split:
 the usual protocols are leave-one-subject-out or 10-fold, which
 ``ferdata.splits.assign_splits(..., by="subject", folds=k)`` provides.
@@ -17,7 +19,8 @@ from ferdata.datasets.base import READERS, DatasetLayoutError, DatasetReader
 from ferdata.datasets.folder import is_image, stray_images, unread, visible_files
 from ferdata.records import Dropped, FaceRecord, make_key
 
-NAME = re.compile(r"^(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+)\.[^.]+$", re.IGNORECASE)
+NAME = re.compile(r"^(?P<name>(?P<subject>[A-Za-z]{2})\.(?P<code>[A-Za-z]{2})(?P<rep>\d+)\.(?P<id>\d+))"
+                  r"(?:\.tiff?)?\.[^.]+$", re.IGNORECASE)
 
 
 def _jaffe_names(folder: Path) -> int:
@@ -64,8 +67,8 @@ class JAFFEReader(DatasetReader):
                             f"JAFFE is read from the files directly in {folder} (move it there, or remove it)")
 
     def _parse(self, path: Path) -> FaceRecord | Dropped:
-        key = make_key(path.stem)
         m = NAME.match(path.name)
+        key = make_key(m["name"] if m else path.stem)        # KA.AN1.39.tiff.png keys as KA.AN1.39.tiff does
         if m is None:
             return Dropped(self.name, key, "bad_filename",
                            f"{path.name} is not <subject>.<EXPR><n>.<id>.<tiff|png|jpg...>")

@@ -137,3 +137,18 @@ def test_images_beside_jaffe_folder_are_counted_drops(tmp_path):
     assert sorted(d.detail.split(":")[0] for d in items if d.reason == "outside_dataset_folder") == sorted(
         str(p) for p in outside)
     assert all(f"directly in {tmp_path / 'jaffe'}" in d.detail for d in items if d.reason == "outside_dataset_folder")
+
+
+def test_copies_converted_by_appending_an_extension_are_read_alike(tmp_path):
+    """``for f in *.tiff; do convert $f $f.bmp; done`` names the copies ``KA.AN1.39.tiff.bmp``: the same key, label
+    and subject as the TIFF (such a folder was refused whole: "does not look like this dataset")."""
+    make_jaffe(tmp_path / "tiff")
+    for path in (tmp_path / "tiff").glob("*.tiff"):
+        converted = tmp_path / "converted" / f"{path.name}.{'bmp' if 'A' in path.name else 'png'}"
+        converted.parent.mkdir(exist_ok=True)
+        converted.write_bytes(path.read_bytes())
+    tiff, _, _ = read_all("jaffe", tmp_path / "tiff")
+    converted, drops, _ = read_all("jaffe", tmp_path / "converted")
+    assert {k: (r.label, r.subject) for k, r in converted.items()} == {k: (r.label, r.subject) for k, r in tiff.items()}
+    assert converted["KA-AN1-39"].path.endswith("KA.AN1.39.tiff.bmp") and converted["KA-AN1-39"].label == 6
+    assert drops == {"bad_label": 1, "bad_filename": 1}     # XX.ZZ1.1.tiff.png, random.tiff.png as from the TIFFs
