@@ -274,22 +274,21 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: Memb
 
     held = {split: {key: face(key) for key in by_split[split]} for split in HELD_OUT}
     training = ((key, face(key)) for key in progress(by_split["train"], desc="near copies", unit="sample"))
-    sequences = {key: seq for split in HELD_OUT for key in by_split[split]
-                 if (seq := _sequence(read(aligned[key]["json"])))}
-    within = {pair: of for split in HELD_OUT
-              for pair, of in _within(split, held[split], dealt, sequences).items()}
+    people = {key: who for split in HELD_OUT for key in by_split[split]
+              if (who := _person(read(aligned[key]["json"])))}
+    within = {pair: of for split in HELD_OUT for pair, of in _within(split, held[split], dealt, people).items()}
     return _near(training, held, dealt), _near(held["val"].items(), {"test": held["test"]}, dealt), within
 
 
 def _within(split: str, faces: dict[str, _Face], same_files: bool = False,
-            sequences: dict[str, str] | None = None) -> dict[str, str]:
+            people: dict[str, str] | None = None) -> dict[str, str]:
     """The faces of one split that are near copies of another of its faces: "<split>/<key>" -> "<split>/<key>" of
     the first such face in key order (any order of the samples names the same pairs). The same file twice is
     align's (``duplicates``: ``within_<split>``): only its first face is compared, unless ``same_files`` (k-fold:
-    align's splits are not these). Frames of one recorded sequence (``sequences``: key -> the ``extra.sequence``
-    a reader gives, CK+'s last frames up to the peak, taken as its ``frames`` option asks) are not paired with
-    each other: a video's consecutive frames are alike by nature and the protocol scores each; a frame near a
-    face of another sequence is still named."""
+    align's splits are not these). Faces of one person (``people``: key -> :func:`_person`) are not paired with
+    each other: a lab dataset's shots of one person are alike by nature and its protocol scores each (CK+'s last
+    frames of a sequence, the neutral first frames of a person's sequences, JAFFE's repeated shots); a face near
+    another person's is still named."""
     index, keys, files, vectors = NearCopies(), [], set(), []
     for key, (file, vector) in sorted(faces.items()):
         if (same_files or file not in files) and vector is not None:
@@ -298,17 +297,19 @@ def _within(split: str, faces: dict[str, _Face], same_files: bool = False,
             keys.append(key)
             vectors.append(vector)
     found = index.earlier()
-    seq = [(sequences or {}).get(key) for key in keys]
+    who = [(people or {}).get(key) for key in keys]
     for i, j in enumerate(found):
-        if j >= 0 and seq[i] is not None and seq[i] == seq[j]:      # its own sequence's frame: look past them
-            found[i] = next((k for k in range(i) if seq[k] != seq[i]
+        if j >= 0 and who[i] is not None and who[i] == who[j]:      # its own person's face: look past them
+            found[i] = next((k for k in range(i) if who[k] != who[i]
                              and (is_near(vectors[i][0], vectors[k][0]) or is_near(vectors[i][1], vectors[k][0]))), -1)
     return {f"{split}/{keys[i]}": f"{split}/{keys[j]}" for i, j in enumerate(found) if j >= 0}
 
 
-def _sequence(meta_json: bytes) -> str | None:
-    """The recorded sequence an aligned sample's frame is of (its ``extra.sequence``: CK+), or None."""
-    return (json.loads(meta_json).get("extra") or {}).get("sequence") or None
+def _person(meta_json: bytes) -> str | None:
+    """Whose face an aligned sample is, where the dataset says (its subject: CK+, JAFFE, a folder's ``subject``
+    option), else the recorded sequence its frame is of (``extra.sequence``), else None."""
+    meta = json.loads(meta_json)
+    return meta.get("subject") or (meta.get("extra") or {}).get("sequence") or None
 
 
 def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, _Face]],
