@@ -17,7 +17,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -132,6 +132,22 @@ class RankRefusal(RuntimeError, ValueError):
     """Another rank's account of a rank's refusal of bad input (a ``ValueError``: one ``error:`` line)."""
 
 
+def told(err: BaseException | None) -> list | None:
+    """A rank's failure as it tells the other ranks: ["Type: message", whether it is bad input (one ``error:``
+    line, not a bug)], or None."""
+    if err is None:
+        return None
+    return [f"{type(err).__name__}: {err}", isinstance(err, SystemExit) or is_user_error(err)]
+
+
+def stop_for_others(told_by_rank: Sequence[list | None], when: str) -> None:
+    """Raise the first failure another rank told (:func:`told`): :class:`RankRefusal` for bad input, else
+    ``RuntimeError`` (a bug), naming the rank and ``when`` it stopped."""
+    for rank, said in enumerate(told_by_rank):
+        if said is not None:
+            raise (RankRefusal if said[1] else RuntimeError)(f"rank {rank} stopped {when}: {said[0]}")
+
+
 START = "fermodels/start"       # the rendezvous store's keys of :func:`start_ranks`
 
 
@@ -166,15 +182,13 @@ def start_ranks(prepare: Callable[[], tuple[T, torch.device]],
         if failure is not None:         # its own reason, not the store's
             raise failure from None
         raise
-    told, group_store = _tell_start(store, env, failure, device, timeout)
+    said, kinds, group_store = _tell_start(store, env, failure, device, timeout)
     if failure is not None:
         raise failure
-    for rank, (text, user, _) in enumerate(told):
-        if text is not None:
-            raise (RankRefusal if user else RuntimeError)(f"rank {rank} stopped before joining the others: {text}")
-    if len(kinds := {kind for _, _, kind in told}) > 1:
-        ranks = "; ".join(f"{kind}: rank(s) {', '.join(str(r) for r, t in enumerate(told) if t[2] == kind)}"
-                          for kind in sorted(kinds))
+    stop_for_others(said, "before joining the others")
+    if len(set(kinds)) > 1:
+        ranks = "; ".join(f"{kind}: rank(s) {', '.join(str(r) for r, k in enumerate(kinds) if k == kind)}"
+                          for kind in sorted(set(kinds)))
         raise ValueError(f"the ranks picked different kinds of device ({ranks}): gloo (CPU) and NCCL (GPU) ranks "
                          "cannot train together; a machine with no visible GPU picks the CPU under device auto: "
                          "give every machine its GPUs (CUDA_VISIBLE_DEVICES), or set train.device cuda to be told "
@@ -183,9 +197,9 @@ def start_ranks(prepare: Callable[[], tuple[T, torch.device]],
 
 
 def _tell_start(store: dist.Store, env: DistEnv, failure: BaseException | None, device: torch.device | None,
-                timeout: timedelta) -> tuple[list[tuple[str | None, bool, str | None]], dist.Store]:
-    """Every rank's (failure, whether bad input, device type), in rank order, through ``store``, and the
-    store the process group is to use: this meeting's own namespace of ``store``.
+                timeout: timedelta) -> tuple[list[list | None], list[str | None], dist.Store]:
+    """Every rank's failure (:func:`told`) and device type, in rank order, through ``store``, and the store the
+    process group is to use: this meeting's own namespace of ``store``.
 
     torchrun's agent keeps its store across restarts, and a c10d agent restarted for another machine's
     membership change counts no restart, so TORCHELASTIC_RESTART_COUNT differs between the machines and
@@ -194,10 +208,8 @@ def _tell_start(store: dist.Store, env: DistEnv, failure: BaseException | None, 
     left from the last attempt, sent a restarted rank to a dead address). Every rank leaves only once all
     have read: the agent hosting the store ends as soon as one of its ranks stops on a refusal."""
     keys = dist.PrefixStore(START, store)
-    said = None if failure is None else f"{type(failure).__name__}: {failure}"
-    user = failure is not None and (isinstance(failure, SystemExit) or is_user_error(failure))
     token = uuid.uuid4().hex if env.rank == 0 else None
-    keys.set(str(env.rank), json.dumps([said, user, None if device is None else device.type, token]))
+    keys.set(str(env.rank), json.dumps([told(failure), None if device is None else device.type, token]))
     ranks = [str(r) for r in range(env.world_size)]
     try:
         keys.wait(ranks, timeout)
@@ -212,8 +224,8 @@ def _tell_start(store: dist.Store, env: DistEnv, failure: BaseException | None, 
         raise TimeoutError(f"rank(s) {', '.join(missing)} did not start within {timeout.total_seconds():g} s "
                            f"(stopped before it could tell why: see its machine's log); {TIMEOUT_ENV} sets the "
                            "wait") from None
-    told = [json.loads(keys.get(r)) for r in ranks]
-    meeting = told[0][3]
+    words = [json.loads(keys.get(r)) for r in ranks]
+    meeting = words[0][2]
     if keys.add(f"read/{meeting}", 1) == env.world_size:     # every rank has read: a restart finds none of it
         for r in ranks:
             keys.delete_key(r)
@@ -222,7 +234,7 @@ def _tell_start(store: dist.Store, env: DistEnv, failure: BaseException | None, 
         keys.wait([f"all_read/{meeting}"], timeout)
     except (dist.DistStoreError, RuntimeError):
         pass
-    return [tuple(t[:3]) for t in told], dist.PrefixStore(f"{START}/group/{meeting}", store)
+    return [w[0] for w in words], [w[1] for w in words], dist.PrefixStore(f"{START}/group/{meeting}", store)
 
 
 def shutdown(created: bool) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ferdata.classes import CLASSES
-from ferdata.errors import is_user_error, warnings_told_here
+from ferdata.errors import warnings_told_here
 from ferdata.layout import GREY, INFO
 from ferdata.progress import progress
 from ferdata.selection import SPLITS_READ
@@ -29,9 +29,10 @@ from fermodels.augment import augment_batch
 from fermodels.data import SampleDecoder, split_decoder
 from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
-from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, RankRefusal, all_gather_objects,
+from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects,
                                    broadcast_object, check_compile_works, ddp_wrap, env_from_os, max_over_ranks,
-                                   pick_device, shutdown, start_ranks, sync_batchnorm, sync_buffers)
+                                   pick_device, shutdown, start_ranks, stop_for_others, sync_batchnorm, sync_buffers,
+                                   told)
 from fermodels.ema import WeightAverage
 from fermodels.indexed import IndexedSplit, close_loader
 from fermodels.losses import GLOBAL_BATCH, draw_targets
@@ -125,8 +126,7 @@ def _on_rank_0(fn: Callable[[], Any], env: DistEnv, share: bool = False) -> Any:
             value = fn()
         except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
             refusal = err
-    told = None if refusal is None else (f"{type(refusal).__name__}: {refusal}", is_user_error(refusal))
-    shared = broadcast_object((value if share else None, told), env)
+    shared = broadcast_object((value if share else None, told(refusal)), env)
     if refusal is not None:
         raise refusal
     if shared[1] is not None:
@@ -138,21 +138,19 @@ def _on_rank_0(fn: Callable[[], Any], env: DistEnv, share: bool = False) -> Any:
 def on_every_rank(fn: Callable[[], Any], env: DistEnv) -> Any:
     """``fn()`` on every rank (what each machine checks of its own, as its shards against the selection
     file); when it raises on any rank, every rank stops: that rank with its error, the others with
-    :class:`RankRefusal` (``RuntimeError`` for a bug) naming it. Run in the process group: a rank that
-    failed before joining it left the ranks of the other machines waiting in its set-up for the
-    collective timeout (30 minutes with gloo), ending on a store timeout that named nothing."""
+    :class:`~fermodels.distributed.RankRefusal` (``RuntimeError`` for a bug) naming it
+    (:func:`~fermodels.distributed.stop_for_others`). Run in the process group, as the model is built: a
+    weight file one machine lacks stopped its ranks alone, the others ending on gloo's "Connection closed by
+    peer" (NCCL: the timeout)."""
     value, refusal = None, None
     try:
         value = fn()
     except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
         refusal = err
-    told = all_gather_objects(None if refusal is None else (f"{type(refusal).__name__}: {refusal}",
-                                                            is_user_error(refusal)), env)
+    said = all_gather_objects(told(refusal), env)
     if refusal is not None:
         raise refusal
-    for rank, said in enumerate(told):
-        if said is not None:
-            raise (RankRefusal if said[1] else RuntimeError)(f"rank {rank} stopped before training: {said[0]}")
+    stop_for_others(said, "before training")
     return value
 
 

@@ -186,9 +186,9 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
         near, apart, within = near_copies(by_split, aligned, read, dealt=dealt is not None)
         near = _near_copies_told(near, by_split, copies, report)
         if within:
-            log.warning("shard: %d val/test face(s) are near copies of another face of their split (kept, as "
-                        "published: each copy is scored, so the figures count that face more than once), each listed "
-                        "in the shards' report.json: %s%s", len(within),
+            log.warning("shard: %d val/test face(s) are near copies of another face of their split (kept: "
+                        "each copy is scored, so the figures count that face more than once), each listed in the "
+                        "shards' report.json: %s%s", len(within),
                         "; ".join(f"{k} ~ {v}" for k, v in list(within.items())[:5]), " ..." if len(within) > 5 else "")
             report.notes[NEAR_WITHIN] = within
         if apart:
