@@ -125,14 +125,20 @@ class NearCopies:
             self._index = held, unit, _bounds(unit).T
         return self._index
 
-    def earlier(self) -> list[int]:
+    def earlier(self, groups: list[object] | None = None) -> list[int]:
         """For each face added, the first face added before it that :func:`is_near` it (else its mirror image), or
-        -1: near copies within one set of faces (a test split that holds one face twice scores it twice)."""
+        -1: near copies within one set of faces (a test split that holds one face twice scores it twice).
+        ``groups``: one per face added (None: in no group); faces of one group are not paired (one person's shots
+        in a lab dataset), left out with the bounds: a face whose earlier near faces are all of its own group costs
+        no more than one that has none (they were compared one by one in Python with every earlier face)."""
         if not self.vectors:
             return []
         held, _, bounds = self._built()
         found = np.full(len(held), -1, np.int64)
         rows = max(1, _CELLS // len(held))
+        codes = {}                                                  # a group's number; a face in none: its own
+        group = np.array([-1 - i if g is None else codes.setdefault(g, len(codes))
+                          for i, g in enumerate(groups or [None] * len(held))], np.int64)
         for probes in (held, np.stack(self.mirrors)):
             todo = np.flatnonzero(found < 0)
             unit = _unit(probes[todo])
@@ -140,6 +146,7 @@ class NearCopies:
             for at in range(0, len(todo), rows):
                 maybe = bound[at:at + rows] @ bounds >= NEAR_SIMILARITY - _SLACK
                 maybe &= np.arange(len(held)) < todo[at:at + rows, None]         # faces added before it only
+                maybe &= group != group[todo[at:at + rows], None]                  # of another group only
                 for r in np.flatnonzero(maybe.any(1)):
                     found[todo[at + r]] = self._first_of(probes[todo[at + r]], unit[at + r], np.flatnonzero(maybe[r]))
         return found.tolist()

@@ -26,7 +26,7 @@ import numpy as np
 from ferdata.atomic import atomic_write_text, require_dir, staged_dir
 from ferdata.classes import CLASSES
 from ferdata.dedup import face_identity
-from ferdata.nearcopies import NearCopies, face_vector, is_near
+from ferdata.nearcopies import NearCopies, face_vector
 from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, HELD_OUT_DROPS, INFO, REPORT,
                             counted_by_split, output_digest, report_inputs, report_notes, report_settings,
                             require_made_by)
@@ -289,19 +289,13 @@ def _within(split: str, faces: dict[str, _Face], same_files: bool = False,
     each other: a lab dataset's shots of one person are alike by nature and its protocol scores each (CK+'s last
     frames of a sequence, the neutral first frames of a person's sequences, JAFFE's repeated shots); a face near
     another person's is still named."""
-    index, keys, files, vectors = NearCopies(), [], set(), []
+    index, keys, files = NearCopies(), [], set()
     for key, (file, vector) in sorted(faces.items()):
         if (same_files or file not in files) and vector is not None:
             files.add(file)
             index.add(key, vector)
             keys.append(key)
-            vectors.append(vector)
-    found = index.earlier()
-    who = [(people or {}).get(key) for key in keys]
-    for i, j in enumerate(found):
-        if j >= 0 and who[i] is not None and who[i] == who[j]:      # its own person's face: look past them
-            found[i] = next((k for k in range(i) if who[k] != who[i]
-                             and (is_near(vectors[i][0], vectors[k][0]) or is_near(vectors[i][1], vectors[k][0]))), -1)
+    found = index.earlier([(people or {}).get(key) for key in keys])      # its own person's faces passed over
     return {f"{split}/{keys[i]}": f"{split}/{keys[j]}" for i, j in enumerate(found) if j >= 0}
 
 
