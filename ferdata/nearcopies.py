@@ -80,6 +80,18 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 0)
 
 
+_PLANE = (np.stack([_X, _Y]) / math.sqrt(_K)).astype(np.float32)  # the two lighting ramps, of length 1
+
+
+def _flat(vectors: np.ndarray) -> np.ndarray:
+    """(N, 256) float32 each vector less its best-fitting plane (:func:`detrended_similarity`), of length 1 (a plane:
+    0): their products are the faces' detrended similarities, to float32's precision."""
+    centred = vectors.astype(np.float32) - vectors.mean(1, dtype=np.float32, keepdims=True)
+    centred -= (centred @ _PLANE.T) @ _PLANE
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return np.divide(centred, norms, out=np.zeros_like(centred), where=norms > 1e-3)
+
+
 def _frequencies() -> np.ndarray:
     """(256, 256) the orthonormal 2D DCT of a 16x16 image as a matrix, its rows lowest frequencies first."""
     rows = np.stack([cv2.dct(e.reshape(_GRID, _GRID)).ravel() for e in np.eye(_GRID * _GRID)]).T
@@ -184,11 +196,14 @@ class NearCopies:
     def _first_of(self, probe: np.ndarray, unit: np.ndarray, candidates: np.ndarray) -> int:
         """The first of ``candidates`` (held faces, in order) :func:`is_near` ``probe``, or -1:
         compared a slice at a time, up to the first near one (a still video's thousands of alike held faces are
-        each a candidate: comparing them all took a probe milliseconds, the search hours)."""
+        each a candidate: comparing them all took a probe milliseconds, the search hours), in float32 first, both
+        correlations, and then exactly."""
         held, units, _ = self._index
         for at in range(0, len(candidates), _SLICE):
             near = candidates[at:at + _SLICE]
             near = near[units[near] @ unit >= NEAR_SIMILARITY - _SLACK]
+            if near.size:       # faces alike by a light from one side only: passed over here, not one by one below
+                near = near[_flat(held[near]) @ _flat(probe[None])[0] >= NEAR_DETRENDED - _SLACK]
             if (j := next((j for j in near if is_near(probe, held[j])), -1)) >= 0:
                 return j
         return -1

@@ -39,3 +39,30 @@ def test_a_test_split_holding_a_face_twice_names_it(tmp_path, caplog):
         "test/test_happy_f2-jpg": "test/test_happy_c2-jpg"}
     assert "3 val/test face(s) are near copies of another face of their split" in caplog.text
     assert report["notes"]["test"] == 10                          # kept: the split as published
+
+
+def test_faces_alike_by_a_side_light_only_are_passed_over_in_float_not_compared_one_by_one(monkeypatch):
+    """Low-contrast faces lit strongly from one side correlate at 0.98 by the light alone, so every pair of them passed
+    the float32 search and was compared exactly, one pair at a time in Python: a split of such faces took a split's
+    pairs' worth (2,000 faces: 45 s; 10k: ~20 min). The lighting ramp is taken out in float32 too (audit h144)."""
+    import ferdata.nearcopies as nearcopies
+    from ferdata.nearcopies import NearCopies, face_vector
+    ramp = np.linspace(0, 1, 100)[None, :, None]
+    lit = [face_vector(_jpeg(np.clip(f * 0.15 + 255 * 0.85 * ramp, 0, 255).astype(np.uint8))) for f in _faces(60)]
+    copy = face_vector(_jpeg(np.clip(_faces(8)[7] * 0.15 + 255 * 0.85 * ramp, 0, 255).astype(np.uint8), 70))
+    calls = []
+    real = nearcopies.is_near
+
+    def counted(a, b):
+        calls.append(1)
+        return real(a, b)
+    monkeypatch.setattr(nearcopies, "is_near", counted)
+    index = NearCopies()
+    for v in lit + [copy]:
+        index.add("f", v)
+    assert index.earlier() == [-1] * 60 + [7]               # different people lit alike: not near; the copy is
+    held = NearCopies()
+    for v in lit[:30]:
+        held.add("h", v)
+    assert held.find_many(lit[30:]) == [None] * 30
+    assert len(calls) <= 60                                 # of the order of the faces, not of their pairs (~3,000)
