@@ -106,9 +106,12 @@ def _bounds(unit: np.ndarray) -> np.ndarray:
     """(N, _LOW + 1) float32: each unit vector's lowest-frequency DCT coefficients and the length of the rest.
     The DCT is orthonormal, so the product of two rows is at least the two faces' correlation (the rest's
     product at most the product of its lengths): a pair whose bound is below NEAR_SIMILARITY is no near copy."""
-    coef = unit.astype(np.float64) @ _DCT.T
-    rest = np.sqrt((coef[:, _LOW:] ** 2).sum(1, keepdims=True))
-    return np.hstack([coef[:, :_LOW], rest]).astype(np.float32)
+    out = np.empty((len(unit), _LOW + 1), np.float32)
+    for at in range(0, len(unit), 4096):        # float64 a few thousand faces at a time (whole: ~9 kB a face at once)
+        coef = unit[at:at + 4096].astype(np.float64) @ _DCT.T
+        out[at:at + len(coef), :_LOW] = coef[:, :_LOW]
+        out[at:at + len(coef), _LOW] = np.sqrt((coef[:, _LOW:] ** 2).sum(1))
+    return out
 
 
 class NearCopies:
