@@ -140,8 +140,8 @@ def output_digest(stage_dir: str | Path, prefix: str) -> str:
 
 def folded_train(official_splits: Collection[str] | None) -> bool:
     """Whether k-fold deals a dataset's official train split into folds: it has no official test split (a folder
-    of train/ and val/, CK+; :func:`ferdata.splits.assign`). Then detect and align count its train records they
-    drop too (under "train"), each in no fold. None: not known (the splits not recorded), counted as before."""
+    of train/ and val/, CK+; :func:`ferdata.splits.assign_splits`). Then detect and align count the train records
+    they drop too (under "train"), each in no fold. None: not known (the splits not recorded), counted as before."""
     return official_splits is not None and "test" not in official_splits
 
 

@@ -106,7 +106,7 @@ class _Table:
         self.elsewhere: Counter[str] = Counter()      # other signatures of the images detected now
         self.stored = 0                               # detections put into the cache by this run
         self.subset_drops: dict[str, list[str]] = {}  # test subset (options.subsets) -> its records dropped here
-        self.held_out: dict[str, Counter[str]] = {}  # val/test split or UNSPLIT -> reason -> its records dropped here
+        self.held_out: dict[str, Counter[str]] = {}  # val/test/train split or UNSPLIT -> reason -> dropped here
         self.framed_small: list[tuple[str, float]] = []  # (key, scale) of the first faces that look like frames
         self.frames = 0                               # ... and how many (MIN_CROP_SCALE)
 
