@@ -37,6 +37,21 @@ def test_near_copies_of_a_face_are_found_mirrored_too_and_other_faces_are_not():
     assert face_vector(b"not a jpeg") is None
 
 
+def _counted_is_near(monkeypatch, *modules) -> list:
+    """A list that grows by one at each exact comparison (:func:`ferdata.nearcopies.is_near`), in ``nearcopies``
+    and in each of ``modules`` that imported it."""
+    import ferdata.nearcopies as nearcopies
+
+    calls, real = [], nearcopies.is_near
+
+    def counted(a, b):
+        calls.append(1)
+        return real(a, b)
+    for module in (nearcopies, *modules):
+        monkeypatch.setattr(module, "is_near", counted, raising=False)
+    return calls
+
+
 def _prepared(root, params: dict, out) -> dict:
     """The folder dataset at ``root`` through detect, align, derive and shard into ``out``: the shard
     stage's report."""

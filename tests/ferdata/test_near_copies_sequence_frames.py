@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tests.ferdata.test_near_copies import _faces, _jpeg
+from tests.ferdata.test_near_copies import _counted_is_near, _faces, _jpeg
 
 
 def _frame(face: np.ndarray, f: int) -> np.ndarray:
@@ -70,7 +70,6 @@ def test_faces_near_only_their_own_persons_are_passed_over_without_comparing_eve
     """A test split of 40 people's shots, each near the shots before it of its own person: each was then compared, one
     by one in Python, with every earlier face of the split (a split's pairs: 3,000 faces took 34 s, 10k several
     minutes); the faces of other people are left out with the bounds, as any other face is (audit h144)."""
-    import ferdata.nearcopies as nearcopies
     from ferdata.nearcopies import face_vector
     from ferdata.stages import shard
     faces, people = {}, {}
@@ -80,14 +79,7 @@ def test_faces_near_only_their_own_persons_are_passed_over_without_comparing_eve
             faces[f"p{p:03d}_{f:03d}"] = ((f"p{p}_{f}".encode(), ()), face_vector(_jpeg(img)))
             people[f"p{p:03d}_{f:03d}"] = f"P{p}"
     faces["p999_000"], people["p999_000"] = ((b"copy", ()), faces["p007_005"][1].copy()), "P999"  # another person's
-    calls = []
-    real = nearcopies.is_near
-
-    def counted(a, b):
-        calls.append(1)
-        return real(a, b)
-    monkeypatch.setattr(nearcopies, "is_near", counted)
-    monkeypatch.setattr(shard, "is_near", counted, raising=False)
+    calls = _counted_is_near(monkeypatch, shard)
     found = shard._within("test", faces, people=people)
     assert list(found) == ["test/p999_000"] and found["test/p999_000"].startswith("test/p007_")   # the copy only
     assert len(calls) <= 4 * len(faces)                 # of the order of the faces, not of their pairs (~50k)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tests.ferdata.test_near_copies import _faces, _happy_folder, _jpeg, _prepared
+from tests.ferdata.test_near_copies import _counted_is_near, _faces, _happy_folder, _jpeg, _prepared
 
 
 def test_near_copies_within_one_set_of_faces_are_found_once_each_and_other_faces_are_not():
@@ -45,18 +45,11 @@ def test_faces_alike_by_a_side_light_only_are_passed_over_in_float_not_compared_
     """Low-contrast faces lit strongly from one side correlate at 0.98 by the light alone, so every pair of them passed
     the float32 search and was compared exactly, one pair at a time in Python: a split of such faces took a split's
     pairs' worth (2,000 faces: 45 s; 10k: ~20 min). The lighting ramp is taken out in float32 too (audit h144)."""
-    import ferdata.nearcopies as nearcopies
     from ferdata.nearcopies import NearCopies, face_vector
     ramp = np.linspace(0, 1, 100)[None, :, None]
     lit = [face_vector(_jpeg(np.clip(f * 0.15 + 255 * 0.85 * ramp, 0, 255).astype(np.uint8))) for f in _faces(60)]
     copy = face_vector(_jpeg(np.clip(_faces(8)[7] * 0.15 + 255 * 0.85 * ramp, 0, 255).astype(np.uint8), 70))
-    calls = []
-    real = nearcopies.is_near
-
-    def counted(a, b):
-        calls.append(1)
-        return real(a, b)
-    monkeypatch.setattr(nearcopies, "is_near", counted)
+    calls = _counted_is_near(monkeypatch)
     index = NearCopies()
     for v in lit + [copy]:
         index.add("f", v)
