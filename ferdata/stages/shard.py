@@ -269,13 +269,18 @@ def near_copies(by_split: dict[str, list[str]], aligned: MemberIndex, read: Memb
     align's, counted there (``duplicates``) or dropped (``copy_of_held_out``): not named again, so both settings
     name the same faces. Under k-fold (``dealt``) the same file is named too: align saw the dataset's own splits
     (a train/val dataset's), which the folds deal anew, so its two copies can fall in a fold's train and test."""
-    def face(key: str) -> _Face:
-        return _picture_face(read(aligned[key]["json"])), face_vector(read(aligned[key]["jpg"]))
+    def face(key: str) -> tuple[_Face, dict]:           # and the sample's JSON, read and parsed once
+        meta = json.loads(read(aligned[key]["json"]))
+        return (_picture_face(meta), face_vector(read(aligned[key]["jpg"]))), meta
 
-    held = {split: {key: face(key) for key in by_split[split]} for split in HELD_OUT}
-    training = ((key, face(key)) for key in progress(by_split["train"], desc="near copies", unit="sample"))
-    people = {key: who for split in HELD_OUT for key in by_split[split]
-              if (who := _person(read(aligned[key]["json"])))}
+    held: dict[str, dict[str, _Face]] = {split: {} for split in HELD_OUT}
+    people: dict[str, str] = {}                 # a held face's person (:func:`_person`), where the dataset says
+    for split in HELD_OUT:
+        for key in by_split[split]:
+            held[split][key], meta = face(key)
+            if who := _person(meta):
+                people[key] = who
+    training = ((key, face(key)[0]) for key in progress(by_split["train"], desc="near copies", unit="sample"))
     within = {pair: of for split in HELD_OUT for pair, of in _within(split, held[split], dealt, people).items()}
     return _near(training, held, dealt), _near(held["val"].items(), {"test": held["test"]}, dealt), within
 
@@ -299,10 +304,9 @@ def _within(split: str, faces: dict[str, _Face], same_files: bool = False,
     return {f"{split}/{keys[i]}": f"{split}/{keys[j]}" for i, j in enumerate(found) if j >= 0}
 
 
-def _person(meta_json: bytes) -> str | None:
-    """Whose face an aligned sample is, where the dataset says (its subject: CK+, JAFFE, a folder's ``subject``
-    option), else the recorded sequence its frame is of (``extra.sequence``), else None."""
-    meta = json.loads(meta_json)
+def _person(meta: dict) -> str | None:
+    """Whose face an aligned sample (its JSON) is, where the dataset says (its subject: CK+, JAFFE, a folder's
+    ``subject`` option), else the recorded sequence its frame is of (``extra.sequence``), else None."""
     return meta.get("subject") or (meta.get("extra") or {}).get("sequence") or None
 
 
@@ -338,10 +342,9 @@ def _near(probes: Iterable[tuple[str, _Face]], held_splits: dict[str, dict[str, 
     return found
 
 
-def _picture_face(meta_json: bytes) -> tuple[bytes, tuple[str, ...]]:
-    """An aligned sample's picture and face as align's dedup tells copies apart (:func:`ferdata.dedup.face_identity`
-    less the split)."""
-    meta = json.loads(meta_json)
+def _picture_face(meta: dict) -> tuple[bytes, tuple[str, ...]]:
+    """An aligned sample's (its JSON's) picture and face as align's dedup tells copies apart
+    (:func:`ferdata.dedup.face_identity` less the split)."""
     if not meta.get("sha256") or meta.get("box") is None:       # an older align output: no copy told apart
         return meta.get("key", "").encode(), ("?",)
     return face_identity({"sha256": meta["sha256"], "face": {"box": meta["box"]}, "record": meta})[:2]
