@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -197,31 +196,6 @@ _BY_SIGNATURE = "SELECT sig, COUNT(*) FROM det GROUP BY sig ORDER BY sig"      #
 # entries, they tell the machine that merges which parts it lacks (a machine's cache not copied, a run killed,
 # parts given other N), before `dvc repro` detects those images there, on one machine, without a word.
 _PARTS_TABLE = "CREATE TABLE IF NOT EXISTS parts (dataset TEXT, sig TEXT, part TEXT, PRIMARY KEY (dataset, sig, part))"
-
-
-def parts_missing(parts: Iterable[str]) -> str:
-    """In words, what ``parts`` (``"K/N"``, detected whole) lack to cover a dataset: ``""`` when they cover it."""
-    counts: dict[int, set[int]] = {}
-    for part in parts:
-        k, _, n = part.partition("/")
-        counts.setdefault(int(n), set()).add(int(k))
-    if any(len(have) == n for n, have in counts.items()):     # one split whole: every record detected
-        return ""
-    if len(counts) > 1 and _cover(counts):      # 1/2 with 2/4 and 4/4: a record is in part K of N by hash % N
-        return ""
-    if len(counts) > 1:
-        return (f"parts of {len(counts)} different splits ({', '.join(f'x/{n}' for n in sorted(counts))}) overlap "
-                "and leave gaps: every machine must give the same N")
-    (n, have), = counts.items()
-    missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in have]
-    return f"{', '.join(missing)} missing (not merged, or its run did not finish)" if missing else ""
-
-
-def _cover(counts: dict[int, set[int]], most: int = 1 << 16) -> bool:
-    """Whether parts of several N (N -> the K detected) hold every record together: each residue of the hash
-    modulo the N's least common multiple falls in one of them (not told where that multiple is over ``most``)."""
-    span = math.lcm(*counts)
-    return span <= most and all(any(r % n + 1 in have for n, have in counts.items()) for r in range(span))
 
 
 def stored_signatures(source: str | Path) -> dict[str, int]:

@@ -135,7 +135,8 @@ def cache_merge(
     params: Path = typer.Option(Path("params.yaml"), help="Parameters file (for detect.cache_dir)."),
 ) -> None:
     """Add the entries of other detection caches to this machine's (existing entries stay)."""
-    from ferdata.cache import DetectionCache, parts_missing, readable_cache, stored_signatures
+    from ferdata.cache import DetectionCache, readable_cache, stored_signatures
+    from ferdata.parts import Part, parts_missing
     from ferdata.params import load_params
     from ferdata.prepare import cache_dir_of
 
@@ -163,7 +164,7 @@ def cache_merge(
         for (name, sig), done in sorted(parts.items()):
             several = sum(d == name for d, _ in parts) > 1
             gap = parts_missing(done)
-            listed = ", ".join(sorted(done, key=lambda p: tuple(int(v) for v in p.split("/")[::-1])))
+            listed = ", ".join(sorted(done, key=lambda p: (Part.parse(p).count, Part.parse(p).index)))
             typer.echo(f"{name}: parts {listed} detected" + (f" (backend {sig})" if several else "")
                        + (f"; {gap}: `dvc repro` detects those images here" if gap else ": the whole dataset"))
 

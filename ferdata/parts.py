@@ -8,7 +8,9 @@ Parts count from 1 (``1/4`` .. ``4/4``), like GNU ``split -n K/N``.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
+from typing import Iterable
 
 from ferdata.records import PHOTO, FaceRecord
 
@@ -46,3 +48,28 @@ class Part:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def parts_missing(parts: Iterable[str]) -> str:
+    """In words, what the parts ``"K/N"`` detected whole lack to cover a dataset, ``""`` when they cover it."""
+    have: dict[int, set[int]] = {}                    # N -> the K detected
+    for part in map(Part.parse, parts):
+        have.setdefault(part.count, set()).add(part.index)
+    if _cover(have):
+        return ""
+    if len(have) > 1:
+        return (f"parts of {len(have)} different splits ({', '.join(f'x/{n}' for n in sorted(have))}) overlap "
+                "and leave gaps: every machine must give the same N")
+    (n, ks), = have.items()
+    missing = ", ".join(f"{k}/{n}" for k in range(1, n + 1) if k not in ks)
+    return f"{missing} missing (not merged, or its run did not finish)"
+
+
+def _cover(have: dict[int, set[int]], most: int = 1 << 16) -> bool:
+    """Whether parts (N -> the K detected) hold every record together: one N's parts all, or (a record is in part K
+    of N by its hash modulo N, :meth:`Part.holds`) each residue modulo the N's least common multiple in one of them
+    (1/2 with 2/4 and 4/4; not worked out where that multiple is over ``most``)."""
+    if any(len(ks) == n for n, ks in have.items()):
+        return True
+    span = math.lcm(*have)
+    return span <= most and all(any(r % n + 1 in ks for n, ks in have.items()) for r in range(span))

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_parts_missing_in_words():
-    from ferdata.cache import parts_missing
+    from ferdata.parts import parts_missing
 
     assert parts_missing(["1/3", "2/3", "3/3"]) == ""
     assert parts_missing(["1/3", "3/3"]).startswith("2/3 missing")
