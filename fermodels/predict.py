@@ -91,7 +91,8 @@ def iter_frames(path: Path, every: int) -> Iterator[tuple[int, Picture | None, s
         except OSError:                 # no link could be made for a name OpenCV cannot take
             cap = None
         if cap is None or not cap.isOpened():
-            missing, unindexed = missing_bytes(path), unindexed_mp4(path)
+            missing = missing_bytes(path)
+            unindexed = not missing and unindexed_mp4(path)     # the boxes walked again only where none is missing
             if missing:                             # a copy stopped before the index (moov) at the end
                 log.warning("%s: its container lists %d bytes more than the file holds (a file cut short?) and no "
                             "frame of it could be read (an MP4/MOV is indexed at its end: a recording that was cut "
