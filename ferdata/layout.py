@@ -145,6 +145,14 @@ def folded_train(official_splits: Collection[str] | None) -> bool:
     return official_splits is not None and "test" not in official_splits
 
 
+def reasons_summed(counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """``anything -> reason -> count`` (splits, datasets) summed over its first level, reasons sorted."""
+    total: Counter[str] = Counter()
+    for reasons in counts.values():
+        total.update(reasons)
+    return dict(sorted(total.items()))
+
+
 def counted_by_split(*parts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """``split -> reason -> count`` mappings summed, as plain sorted dicts (a report's :data:`HELD_OUT_DROPS`
     note: detect's, then detect's and align's together)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ferdata.atomic import atomic_write_text, writable_folder
-from ferdata.layout import DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, setting_differences
+from ferdata.layout import DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, reasons_summed, setting_differences
 from ferdata.params import at_least, check_values, one_of, section, section_values
 from ferdata.records import SPLITS
 from ferdata.selection import ALL, scored_splits
@@ -197,10 +196,10 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
         # accuracy and macro-F1 average (a class only predicted is in per_class, not in the averages)
         "classes": list(classes), "averaged_over": averaged_over(cm, classes),
         # the split's official pictures that detect or align dropped: not in the figures (papers score every one)
-        DROPPED_BEFORE: _over_datasets(split.dropped),
+        DROPPED_BEFORE: reasons_summed(split.dropped),
     })
     if split.dropped_before_folds:      # k-fold only: other runs' metrics.json unchanged
-        metrics[DROPPED_BEFORE_FOLDS] = _over_datasets(split.dropped_before_folds)
+        metrics[DROPPED_BEFORE_FOLDS] = reasons_summed(split.dropped_before_folds)
     _tell_dropped(split, names)
     if len(dirs) > 1:
         metrics["per_dataset"] = per_dataset(dataset, names, labels, preds, classes, params.split,
@@ -213,11 +212,6 @@ def evaluate(checkpoint: str | Path, shard_dirs: str | Path | Sequence[str | Pat
     _write_outputs(out, metrics, labels, preds, cm, classes,
                    title=f"{state['model']} on {'+'.join(names)} {params.split}")
     return metrics
-
-
-def _over_datasets(counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
-    """Shard dir -> reason -> pictures, summed over the dirs (reasons sorted)."""
-    return dict(sorted(sum((Counter(n) for n in counts.values()), Counter()).items()))
 
 
 def _tell_dropped(split: Split, names: Sequence[str]) -> None:

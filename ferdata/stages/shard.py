@@ -28,7 +28,7 @@ from ferdata.classes import CLASSES
 from ferdata.dedup import face_identity
 from ferdata.nearcopies import NearCopies, face_vector
 from ferdata.layout import (ALIGNED, DERIVED, DROPPED_BEFORE, DROPPED_BEFORE_FOLDS, GREY, HELD_OUT_DROPS, INFO, REPORT,
-                            counted_by_split, output_digest, report_inputs, report_notes, report_settings,
+                            output_digest, reasons_summed, report_inputs, report_notes, report_settings,
                             require_made_by)
 from ferdata.params import at_least, check_values, one_of, within
 from ferdata.progress import progress
@@ -176,7 +176,7 @@ def run_shard(aligned_dir: str | Path, derived_dir: str | Path, params: ShardPar
     copies = report_notes(aligned_dir).get("cross_split_copies")  # recorded by align where not "keep"
     grey = report_notes(aligned_dir).get(GREY) is True          # recorded by align where every face is grey
     lost = report_notes(aligned_dir).get(HELD_OUT_DROPS, {})     # official val/test records detect or align dropped
-    before = counted_by_split(*({"": n} for n in lost.values())).get("", {}) if dealt else {}     # k-fold: no fold
+    before = reasons_summed(lost) if dealt else {}      # k-fold: the dataset's lost pictures, in no fold
     if before:
         log.warning("shard: %d of this dataset's pictures were dropped in preparation (%s) and are in no fold: each "
                     "fold's figures, and those pooled over the folds, are over the faces kept, where a k-fold protocol "
