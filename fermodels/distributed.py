@@ -148,6 +148,25 @@ def stop_for_others(told_by_rank: Sequence[list | None], when: str) -> None:
             raise (RankRefusal if said[1] else RuntimeError)(f"rank {rank} stopped {when}: {said[0]}")
 
 
+def on_every_rank(fn: Callable[[], Any], env: DistEnv) -> Any:
+    """``fn()`` on every rank (what each machine checks of its own, as its shards against the selection
+    file); when it raises on any rank, every rank stops: that rank with its error, the others with
+    :class:`RankRefusal` (``RuntimeError`` for a bug) naming it
+    (:func:`stop_for_others`). Run in the process group, as the model is built: a
+    weight file one machine lacks stopped its ranks alone, the others ending on gloo's "Connection closed by
+    peer" (NCCL: the timeout)."""
+    value, refusal = None, None
+    try:
+        value = fn()
+    except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
+        refusal = err
+    said = all_gather_objects(told(refusal), env)
+    if refusal is not None:
+        raise refusal
+    stop_for_others(said, "before training")
+    return value
+
+
 START = "fermodels/start"       # the rendezvous store's keys of :func:`start_ranks`
 
 

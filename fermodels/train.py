@@ -31,7 +31,7 @@ from fermodels.modelinput import normalise, to_device
 from fermodels.shardsplit import Split, open_split
 from fermodels.distributed import (DistEnv, GlobalBatch, LauncherWatch, all_gather_objects,
                                    broadcast_object, check_compile_works, ddp_wrap, env_from_os, max_over_ranks,
-                                   pick_device, shutdown, start_ranks, stop_for_others, sync_batchnorm, sync_buffers,
+                                   on_every_rank, pick_device, shutdown, start_ranks, sync_batchnorm, sync_buffers,
                                    told)
 from fermodels.ema import WeightAverage
 from fermodels.indexed import IndexedSplit, close_loader
@@ -133,25 +133,6 @@ def _on_rank_0(fn: Callable[[], Any], env: DistEnv, share: bool = False) -> Any:
         text, user = shared[1]
         raise (RankZeroRefusal if user else RuntimeError)(f"rank 0 stopped before training: {text}")
     return value if env.is_main else shared[0]
-
-
-def on_every_rank(fn: Callable[[], Any], env: DistEnv) -> Any:
-    """``fn()`` on every rank (what each machine checks of its own, as its shards against the selection
-    file); when it raises on any rank, every rank stops: that rank with its error, the others with
-    :class:`~fermodels.distributed.RankRefusal` (``RuntimeError`` for a bug) naming it
-    (:func:`~fermodels.distributed.stop_for_others`). Run in the process group, as the model is built: a
-    weight file one machine lacks stopped its ranks alone, the others ending on gloo's "Connection closed by
-    peer" (NCCL: the timeout)."""
-    value, refusal = None, None
-    try:
-        value = fn()
-    except Exception as err:       # noqa: BLE001 - any failure here must reach every rank
-        refusal = err
-    said = all_gather_objects(told(refusal), env)
-    if refusal is not None:
-        raise refusal
-    stop_for_others(said, "before training")
-    return value
 
 
 @contextmanager

@@ -9,9 +9,9 @@ Under torchrun a rank's error goes into torchrun's failure summary (``record``),
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from ferdata.selection import SPLITS_READ, read_selection
-from fermodels.distributed import env_from_os, pick_device, shutdown, start_ranks
+from fermodels.distributed import env_from_os, on_every_rank, pick_device, shutdown, start_ranks
 from fermodels.runstate import preprocess_record
-from fermodels.train import on_every_rank, train
+from fermodels.train import train
 from fermodels.trainparams import train_section
 from pipeline._args import setup
 
