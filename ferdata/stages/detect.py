@@ -37,7 +37,7 @@ from ferdata.layout import DROPS, FACES, HELD_OUT_DROPS, REPORT, UNSPLIT, counte
 from ferdata.parallel import parallel_map
 from ferdata.params import at_least, check_values, one_of, optional, section, stage_section, within
 from ferdata.progress import progress
-from ferdata.records import READ_LOSSES, Dropped, FaceRecord, record_to_dict
+from ferdata.records import HELD_OUT, READ_LOSSES, Dropped, FaceRecord, record_to_dict
 from ferdata.report import StageReport, warn_subset_losses, where_listed, write_drops
 from ferdata.stages.detect_work import (DETECTOR_FAILED, DetectWorker, Item, batch_name, batches_of, is_local, jobs,
                                         one_image_batches)
@@ -149,9 +149,9 @@ class _Table:
         return out
 
     def _note_held_out(self, drop: Dropped) -> None:
-        # every split's (run_detect keeps train's only where k-fold deals it: no official test split) and, as
-        # UNSPLIT, a dataset's without splits (in a fold under k-fold)
-        self.held_out.setdefault(drop.split or UNSPLIT, Counter())[drop.reason] += 1
+        # unsplit: in a fold under k-fold, counted for it; train: k-fold deals it too where there is no test split
+        if drop.split in HELD_OUT or drop.split == "train" or not drop.split:   # (run_detect keeps train's then only)
+            self.held_out.setdefault(drop.split or UNSPLIT, Counter())[drop.reason] += 1
 
     def _row(self, job: Item, det: Detection | None, reason: str, detail: str, reused: bool) -> dict | Dropped:
         rec = job.record
